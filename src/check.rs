@@ -1,0 +1,92 @@
+//! `p11kms check`: proves a configuration end to end without serving. It validates the
+//! config, opens the token by label and logs in, reports the mechanisms the daemon needs, and
+//! reconciles the store with the token. Drift is reported, never repaired.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::core::reconcile::DriftReport;
+use crate::core::SystemClock;
+use crate::hsm::MechanismReport;
+use crate::server::{open_engine, ServerError};
+
+/// Everything `check` found.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The token label that was opened.
+    pub token: String,
+    /// Mechanism availability.
+    pub mechanisms: Vec<MechanismReport>,
+    /// Store/token drift.
+    pub drift: DriftReport,
+}
+
+impl CheckReport {
+    /// True when nothing needs an operator's attention.
+    pub fn is_ok(&self) -> bool {
+        self.drift.is_clean() && self.mechanisms.iter().all(|m| m.present || !m.required)
+    }
+
+    /// A human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "token '{}': opened and logged in", self.token);
+        for m in &self.mechanisms {
+            let status = match (m.present, m.required) {
+                (true, _) => "ok",
+                (false, true) => "MISSING (required)",
+                (false, false) => "missing (optional)",
+            };
+            let _ = writeln!(out, "mechanism {:<28} {status}", m.name);
+        }
+        let d = &self.drift;
+        let _ = writeln!(
+            out,
+            "store: {} keys; token: {} objects",
+            d.keys_checked, d.objects_on_token
+        );
+        for i in &d.interrupted {
+            let _ = writeln!(
+                out,
+                "DRIFT interrupted creation: key {} is still Creating; HSM object {}",
+                i.key_id,
+                if i.hsm_object_present { "present" } else { "absent" }
+            );
+        }
+        for (k, v) in &d.missing_objects {
+            let _ = writeln!(out, "DRIFT missing HSM object: key {k} version {v}");
+        }
+        for o in &d.orphan_objects {
+            let _ = writeln!(
+                out,
+                "DRIFT orphan token object: label '{}' class {} (no stored key version)",
+                o.label, o.class
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.is_ok() {
+                "check passed"
+            } else {
+                "check FAILED (nothing was changed or deleted)"
+            }
+        );
+        out
+    }
+}
+
+/// Runs every check for a loaded config.
+pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
+    let kms = open_engine(config, Arc::new(SystemClock)).await?;
+    let mechanisms = kms.hsm().mechanisms()?;
+    let drift = kms.reconcile().await?;
+    let report = CheckReport {
+        token: kms.hsm().token_label().to_string(),
+        mechanisms,
+        drift,
+    };
+    kms.hsm().shutdown();
+    Ok(report)
+}

@@ -1,0 +1,414 @@
+//! The daemon's configuration: one TOML file, typed, `deny_unknown_fields`, validated before
+//! any port is bound.
+//!
+//! Relative paths are resolved against the directory of the config file. Secrets (the token
+//! PIN) come from a file or an environment variable, never from argv, and are held in
+//! zeroizing types that `Debug` redacts. `p11kms.example.toml` is the commented reference.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::hsm::{HsmConfig, Pin};
+use crate::identity::arn::Arn;
+use crate::identity::{CertBinding, CertMatcher};
+
+/// Why a configuration was refused. The message names the field and the fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub kms: KmsConfig,
+    pub hsm: HsmSection,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// `[server]`: the gRPC listener and its TLS files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8443`. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// PEM server certificate chain.
+    pub tls_cert: PathBuf,
+    /// PEM server private key.
+    pub tls_key: PathBuf,
+    /// PEM CA bundle that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// `[kms]`: how the daemon presents itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsConfig {
+    /// ARN partition.
+    pub partition: String,
+    /// Region in ARNs.
+    pub region: String,
+    /// How often the deletion sweeper runs, in seconds.
+    pub deletion_sweep_interval_secs: u64,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        KmsConfig {
+            partition: "aws".into(),
+            region: "us-east-1".into(),
+            deletion_sweep_interval_secs: 60,
+        }
+    }
+}
+
+/// `[hsm]`: the PKCS#11 module, token and session pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmSection {
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// Label of the token. Tokens are found by label, never by slot number.
+    pub token_label: String,
+    /// File holding the user PIN (trailing newline ignored).
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// For SoftHSM2: its config file. Exported as SOFTHSM2_CONF before the module loads,
+    /// unless the environment already sets it.
+    pub softhsm2_conf: Option<PathBuf>,
+    /// HSM worker threads, each with its own session.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Requests that may wait for a worker before new ones get ThrottlingException.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// How long a request may wait for a worker before DependencyTimeoutException.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+}
+
+fn default_workers() -> usize {
+    2
+}
+fn default_queue_depth() -> usize {
+    1024
+}
+fn default_acquire_timeout_ms() -> u64 {
+    2000
+}
+
+/// `[store]`: metadata persistence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the embedded SQLite database.
+    pub data_dir: PathBuf,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `p11kms=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[identity]`: how callers map to principals.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Client-certificate bindings.
+    #[serde(default)]
+    pub certificate: Vec<CertificateBindingConfig>,
+}
+
+/// One `[[identity.certificate]]` binding: exactly one of `subject_cn` / `san_uri`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateBindingConfig {
+    pub subject_cn: Option<String>,
+    pub san_uri: Option<String>,
+    /// The principal ARN the certificate authenticates as.
+    pub principal: String,
+}
+
+impl Config {
+    /// Reads, parses, resolves relative paths and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses config text with paths relative to `base` (tests build configs in memory).
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: base.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.server.tls_cert);
+        fix(&mut self.server.tls_key);
+        fix(&mut self.server.client_ca);
+        fix(&mut self.store.data_dir);
+        if let Some(p) = self.hsm.pin_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.hsm.softhsm2_conf.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Checks every value that can be checked without touching the network or the HSM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (name, p) in [
+            ("server.tls_cert", &self.server.tls_cert),
+            ("server.tls_key", &self.server.tls_key),
+            ("server.client_ca", &self.server.client_ca),
+        ] {
+            if !p.is_file() {
+                return invalid(format!("{name}: {} is not a readable file", p.display()));
+            }
+        }
+        if self.kms.partition.is_empty() || self.kms.partition.contains(':') {
+            return invalid("kms.partition must be a non-empty name without ':'".into());
+        }
+        if self.kms.region.is_empty() || self.kms.region.contains(':') {
+            return invalid("kms.region must be a non-empty name without ':'".into());
+        }
+        if self.kms.deletion_sweep_interval_secs == 0 {
+            return invalid("kms.deletion_sweep_interval_secs must be at least 1".into());
+        }
+        if self.hsm.token_label.is_empty() || self.hsm.token_label.len() > 32 {
+            return invalid("hsm.token_label must be 1-32 characters".into());
+        }
+        match (&self.hsm.pin_file, &self.hsm.pin_env) {
+            (Some(_), Some(_)) => {
+                return invalid("hsm: set exactly one of pin_file and pin_env, not both".into())
+            }
+            (None, None) => return invalid("hsm: set one of pin_file or pin_env".into()),
+            _ => {}
+        }
+        if self.hsm.workers == 0 || self.hsm.workers > 256 {
+            return invalid("hsm.workers must be 1-256".into());
+        }
+        if self.hsm.queue_depth == 0 {
+            return invalid("hsm.queue_depth must be at least 1".into());
+        }
+        if self.hsm.acquire_timeout_ms == 0 {
+            return invalid("hsm.acquire_timeout_ms must be at least 1".into());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return invalid(format!(
+                "log.format must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            ));
+        }
+        self.certificate_bindings()?;
+        Ok(())
+    }
+
+    /// The certificate bindings, validated.
+    pub fn certificate_bindings(&self) -> Result<Vec<CertBinding>, ConfigError> {
+        self.identity
+            .certificate
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let matcher = match (&b.subject_cn, &b.san_uri) {
+                    (Some(cn), None) if !cn.is_empty() => CertMatcher::SubjectCn(cn.clone()),
+                    (None, Some(uri)) if !uri.is_empty() => CertMatcher::SanUri(uri.clone()),
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "identity.certificate[{i}]: set exactly one of subject_cn or san_uri"
+                        )))
+                    }
+                };
+                let arn = Arn::parse(&b.principal).map_err(|e| {
+                    ConfigError::Invalid(format!("identity.certificate[{i}].principal: {e}"))
+                })?;
+                if !matches!(arn.service, "iam" | "sts") || arn.account.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "identity.certificate[{i}].principal must be an IAM or STS principal ARN with an account"
+                    )));
+                }
+                Ok(CertBinding {
+                    matcher,
+                    principal_arn: b.principal.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Reads the token PIN from its file or environment variable.
+    pub fn read_pin(&self) -> Result<Pin, ConfigError> {
+        let raw: Zeroizing<String> = match (&self.hsm.pin_file, &self.hsm.pin_env) {
+            (Some(path), _) => Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!("hsm.pin_file {}: {e}", path.display()))
+            })?),
+            (None, Some(var)) => Zeroizing::new(std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!("hsm.pin_env: environment variable {var} is not set"))
+            })?),
+            (None, None) => return Err(ConfigError::Invalid("hsm: no PIN source".into())),
+        };
+        let pin = raw.trim_end_matches(['\n', '\r']);
+        if pin.is_empty() {
+            return Err(ConfigError::Invalid("hsm: the PIN is empty".into()));
+        }
+        Ok(Pin::new(pin))
+    }
+
+    /// The HSM layer's configuration, with the PIN read from its source.
+    pub fn hsm_config(&self) -> Result<HsmConfig, ConfigError> {
+        let mut cfg = HsmConfig::new(&self.hsm.module, &self.hsm.token_label, self.read_pin()?);
+        cfg.workers = self.hsm.workers;
+        cfg.queue_depth = self.hsm.queue_depth;
+        cfg.acquire_timeout = Duration::from_millis(self.hsm.acquire_timeout_ms);
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_files() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["server.pem", "server-key.pem", "ca.pem", "pin"] {
+            std::fs::write(d.path().join(f), "1234\n").unwrap();
+        }
+        d
+    }
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+tls_cert = "server.pem"
+tls_key = "server-key.pem"
+client_ca = "ca.pem"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "t"
+pin_file = "pin"
+[store]
+data_dir = "data"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap();
+        assert_eq!(c.kms.region, "us-east-1");
+        assert_eq!(c.hsm.workers, 2);
+        assert_eq!(c.store.data_dir, d.path().join("data"));
+        assert_eq!(c.read_pin().unwrap().expose(), "1234");
+        assert!(format!("{:?}", c.hsm_config().unwrap()).contains("redacted"));
+        assert!(!format!("{:?}", c.hsm_config().unwrap()).contains("1234"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let d = dir_with_files();
+        let text = BASE.replace("[store]", "[store]\nbogus = 1");
+        assert!(matches!(
+            Config::from_toml(&text, d.path()),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn pin_sources_must_be_exactly_one() {
+        let d = dir_with_files();
+        let both = BASE.replace("pin_file = \"pin\"", "pin_file = \"pin\"\npin_env = \"X\"");
+        assert!(Config::from_toml(&both, d.path()).is_err());
+        let none = BASE.replace("pin_file = \"pin\"", "");
+        assert!(Config::from_toml(&none, d.path()).is_err());
+        let env = BASE.replace("pin_file = \"pin\"", "pin_env = \"P11KMS_TEST_UNSET_PIN\"");
+        let c = Config::from_toml(&env, d.path()).unwrap();
+        assert!(c.read_pin().is_err());
+    }
+
+    #[test]
+    fn missing_tls_file_and_bad_values_are_refused() {
+        let d = dir_with_files();
+        let t = BASE.replace("ca.pem", "nope.pem");
+        assert!(Config::from_toml(&t, d.path()).is_err());
+        let t = BASE.replace("[store]", "[kms]\nregion = \"\"\n[store]");
+        assert!(Config::from_toml(&t, d.path()).is_err());
+        let t = BASE.replace("pin_file = \"pin\"", "pin_file = \"pin\"\nworkers = 0");
+        assert!(Config::from_toml(&t, d.path()).is_err());
+        let t = format!("{BASE}\n[log]\nformat = \"xml\"\n");
+        assert!(Config::from_toml(&t, d.path()).is_err());
+    }
+
+    #[test]
+    fn certificate_bindings_are_validated() {
+        let d = dir_with_files();
+        let good = format!(
+            "{BASE}\n[[identity.certificate]]\nsubject_cn = \"admin\"\nprincipal = \"arn:aws:iam::111122223333:user/admin\"\n"
+        );
+        let c = Config::from_toml(&good, d.path()).unwrap();
+        assert_eq!(c.certificate_bindings().unwrap().len(), 1);
+        let both = good.replace(
+            "subject_cn = \"admin\"",
+            "subject_cn = \"admin\"\nsan_uri = \"spiffe://x\"",
+        );
+        assert!(Config::from_toml(&both, d.path()).is_err());
+        let bad_arn = good.replace("arn:aws:iam::111122223333:user/admin", "admin");
+        assert!(Config::from_toml(&bad_arn, d.path()).is_err());
+    }
+}

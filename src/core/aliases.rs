@@ -1,0 +1,242 @@
+//! Aliases: CreateAlias, UpdateAlias, DeleteAlias, ListAliases.
+//!
+//! Alias operations need the action on the alias ARN and on the key (kms-spec 3.2); an alias
+//! always lives in the account of the key it points at.
+
+use super::validate;
+use super::{check_state, AuthzRequest, Kms, KmsError, Resolved, StateClass};
+use crate::identity::Caller;
+use crate::store::AliasRecord;
+
+/// Most aliases one key may have.
+pub const MAX_ALIASES_PER_KEY: usize = 50;
+
+/// One ListAliases entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasListEntry {
+    pub alias_name: String,
+    pub alias_arn: String,
+    pub target_key_id: String,
+    pub creation_date_ms: i64,
+    pub last_updated_date_ms: i64,
+}
+
+/// One page of ListAliases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListAliasesResponse {
+    pub aliases: Vec<AliasListEntry>,
+    pub next_marker: Option<String>,
+}
+
+impl Kms {
+    fn authorize_alias(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        alias_name: &str,
+    ) -> Result<(), KmsError> {
+        let alias_arn = self.alias_arn(&caller.account, alias_name);
+        self.authorize(
+            caller,
+            AuthzRequest {
+                action,
+                resource: &alias_arn,
+                key: None,
+                encryption_context: None,
+                request_alias: None,
+            },
+        )
+    }
+
+    fn alias_target_in_own_account(
+        &self,
+        caller: &Caller,
+        target_key_id: &str,
+    ) -> Result<Resolved, KmsError> {
+        let target = self.resolve(caller, target_key_id, false)?;
+        if target.key.record.account != caller.account {
+            return Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to point an alias at a key in another account",
+                caller.principal_arn
+            )));
+        }
+        Ok(target)
+    }
+
+    fn alias_count(&self, key_id: &str) -> usize {
+        self.cache_read()
+            .aliases
+            .values()
+            .filter(|a| a.key_id == key_id)
+            .count()
+    }
+
+    /// CreateAlias.
+    pub async fn create_alias(
+        &self,
+        caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        validate::alias_name(alias_name)?;
+        let _guard = self.mutate.lock().await;
+        let target = self.alias_target_in_own_account(caller, target_key_id)?;
+        self.authorize_alias(caller, "kms:CreateAlias", alias_name)?;
+        self.authorize_key(caller, "kms:CreateAlias", &target, None)?;
+        check_state(&target.key, StateClass::NotPendingDeletion)?;
+        let exists = self
+            .cache_read()
+            .aliases
+            .contains_key(&(caller.account.clone(), alias_name.to_string()));
+        if exists {
+            return Err(KmsError::AlreadyExists(format!(
+                "An alias with the name {} already exists",
+                self.alias_arn(&caller.account, alias_name)
+            )));
+        }
+        if self.alias_count(&target.key.record.key_id) >= MAX_ALIASES_PER_KEY {
+            return Err(KmsError::LimitExceeded(format!(
+                "A key can have at most {MAX_ALIASES_PER_KEY} aliases."
+            )));
+        }
+        let now = self.now_ms();
+        let record = AliasRecord {
+            account: caller.account.clone(),
+            name: alias_name.to_string(),
+            key_id: target.key.record.key_id.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.store.create_alias(&record).await.map_err(|e| match e {
+            crate::store::StoreError::AlreadyExists(_) => KmsError::AlreadyExists(format!(
+                "An alias with the name {} already exists",
+                self.alias_arn(&caller.account, alias_name)
+            )),
+            other => other.into(),
+        })?;
+        self.cache_write()
+            .aliases
+            .insert((record.account.clone(), record.name.clone()), record);
+        Ok(())
+    }
+
+    /// UpdateAlias: points an alias at another key of the same account.
+    pub async fn update_alias(
+        &self,
+        caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        validate::alias_name(alias_name)?;
+        let _guard = self.mutate.lock().await;
+        let current = self
+            .cache_read()
+            .aliases
+            .get(&(caller.account.clone(), alias_name.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "Alias {} is not found.",
+                    self.alias_arn(&caller.account, alias_name)
+                ))
+            })?;
+        let old = self.resolve(caller, &current.key_id, false)?;
+        let new = self.alias_target_in_own_account(caller, target_key_id)?;
+        self.authorize_alias(caller, "kms:UpdateAlias", alias_name)?;
+        self.authorize_key(caller, "kms:UpdateAlias", &old, None)?;
+        self.authorize_key(caller, "kms:UpdateAlias", &new, None)?;
+        check_state(&new.key, StateClass::NotPendingDeletion)?;
+        if new.key.record.key_usage != old.key.record.key_usage
+            || new.key.record.key_spec != old.key.record.key_spec
+        {
+            return Err(KmsError::Validation(
+                "The new target key must have the same key spec and key usage as the current one."
+                    .into(),
+            ));
+        }
+        if self.alias_count(&new.key.record.key_id) >= MAX_ALIASES_PER_KEY {
+            return Err(KmsError::LimitExceeded(format!(
+                "A key can have at most {MAX_ALIASES_PER_KEY} aliases."
+            )));
+        }
+        let now = self.now_ms();
+        self.store
+            .update_alias(&caller.account, alias_name, &new.key.record.key_id, now)
+            .await?;
+        let mut updated = current;
+        updated.key_id = new.key.record.key_id.clone();
+        updated.updated_at_ms = now;
+        self.cache_write()
+            .aliases
+            .insert((updated.account.clone(), updated.name.clone()), updated);
+        Ok(())
+    }
+
+    /// DeleteAlias.
+    pub async fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
+        validate::alias_name(alias_name)?;
+        let _guard = self.mutate.lock().await;
+        let key_ref = (caller.account.clone(), alias_name.to_string());
+        let current = self.cache_read().aliases.get(&key_ref).cloned().ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "Alias {} is not found.",
+                self.alias_arn(&caller.account, alias_name)
+            ))
+        })?;
+        let target = self.resolve(caller, &current.key_id, false)?;
+        self.authorize_alias(caller, "kms:DeleteAlias", alias_name)?;
+        self.authorize_key(caller, "kms:DeleteAlias", &target, None)?;
+        self.store.delete_alias(&caller.account, alias_name).await?;
+        self.cache_write().aliases.remove(&key_ref);
+        Ok(())
+    }
+
+    /// ListAliases: the caller's account's aliases, optionally only those of one key.
+    pub async fn list_aliases(
+        &self,
+        caller: &Caller,
+        key_id: Option<&str>,
+        limit: Option<i32>,
+        marker: &str,
+    ) -> Result<ListAliasesResponse, KmsError> {
+        let limit = validate::limit(limit)?;
+        let after = validate::decode_marker(marker)?;
+        let only_key = match key_id.filter(|k| !k.is_empty()) {
+            Some(k) => Some(self.resolve(caller, k, false)?.key.record.key_id.clone()),
+            None => None,
+        };
+        self.authorize(
+            caller,
+            AuthzRequest {
+                action: "kms:ListAliases",
+                resource: "*",
+                key: None,
+                encryption_context: None,
+                request_alias: None,
+            },
+        )?;
+        let cache = self.cache_read();
+        let items = cache
+            .aliases
+            .values()
+            .filter(|a| a.account == caller.account)
+            .filter(|a| only_key.as_ref().is_none_or(|k| &a.key_id == k))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AliasListEntry {
+                        alias_name: a.name.clone(),
+                        alias_arn: self.alias_arn(&a.account, &a.name),
+                        target_key_id: a.key_id.clone(),
+                        creation_date_ms: a.created_at_ms,
+                        last_updated_date_ms: a.updated_at_ms,
+                    },
+                )
+            });
+        let (aliases, next_marker) = validate::page(items, after.as_deref(), limit);
+        Ok(ListAliasesResponse {
+            aliases,
+            next_marker,
+        })
+    }
+}

@@ -1,0 +1,438 @@
+//! Cryptographic operations: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+//! GenerateDataKeyWithoutPlaintext, GenerateRandom.
+//!
+//! Every operation here is one HSM job: the IV comes from the device's RNG inside the job, data
+//! keys are generated and sealed inside one job, and ReEncrypt's plaintext never leaves the HSM
+//! worker. Plaintext and data keys are held in `Zeroizing` buffers.
+
+use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
+
+use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
+use super::validate;
+use super::{check_state, AuthzRequest, Kms, KmsError, Resolved, StateClass};
+use crate::ciphertext::{self, HEADER_LEN};
+use crate::hsm::{GcmSealed, ObjectId};
+use crate::identity::Caller;
+
+/// Largest plaintext Encrypt accepts.
+pub const MAX_PLAINTEXT: usize = 4096;
+/// Largest ciphertext blob accepted or produced.
+pub const MAX_CIPHERTEXT: usize = 6144;
+/// Largest data key / random request.
+pub const MAX_DATA_KEY_BYTES: i32 = 1024;
+
+const KNOWN_ENCRYPTION_ALGORITHMS: &[&str] =
+    &["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"];
+
+/// Encrypt input.
+#[derive(Debug, Default)]
+pub struct EncryptRequest {
+    pub key_id: String,
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub encryption_context: BTreeMap<String, String>,
+    pub grant_tokens: Vec<String>,
+    pub encryption_algorithm: Option<String>,
+}
+
+/// Encrypt output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptResponse {
+    pub ciphertext_blob: Vec<u8>,
+    /// The key ARN.
+    pub key_id: String,
+    pub encryption_algorithm: String,
+}
+
+/// Decrypt input.
+#[derive(Debug, Default)]
+pub struct DecryptRequest {
+    pub ciphertext_blob: Vec<u8>,
+    pub encryption_context: BTreeMap<String, String>,
+    pub grant_tokens: Vec<String>,
+    pub key_id: Option<String>,
+    pub encryption_algorithm: Option<String>,
+}
+
+/// Decrypt output. `Debug` never prints the plaintext.
+pub struct DecryptResponse {
+    /// The key ARN.
+    pub key_id: String,
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub encryption_algorithm: String,
+    pub key_material_id: String,
+}
+
+impl std::fmt::Debug for DecryptResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptResponse")
+            .field("key_id", &self.key_id)
+            .field("plaintext", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// ReEncrypt input.
+#[derive(Debug, Default)]
+pub struct ReEncryptRequest {
+    pub ciphertext_blob: Vec<u8>,
+    pub source_encryption_context: BTreeMap<String, String>,
+    pub source_key_id: Option<String>,
+    pub destination_key_id: String,
+    pub destination_encryption_context: BTreeMap<String, String>,
+    pub source_encryption_algorithm: Option<String>,
+    pub destination_encryption_algorithm: Option<String>,
+    pub grant_tokens: Vec<String>,
+}
+
+/// ReEncrypt output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReEncryptResponse {
+    pub ciphertext_blob: Vec<u8>,
+    pub source_key_id: String,
+    pub key_id: String,
+    pub source_encryption_algorithm: String,
+    pub destination_encryption_algorithm: String,
+    pub source_key_material_id: String,
+    pub destination_key_material_id: String,
+}
+
+/// GenerateDataKey / GenerateDataKeyWithoutPlaintext input.
+#[derive(Debug, Default, Clone)]
+pub struct GenerateDataKeyRequest {
+    pub key_id: String,
+    pub encryption_context: BTreeMap<String, String>,
+    pub number_of_bytes: Option<i32>,
+    pub key_spec: Option<String>,
+    pub grant_tokens: Vec<String>,
+}
+
+/// GenerateDataKey output; `plaintext` is `None` for the WithoutPlaintext variant.
+pub struct GenerateDataKeyResponse {
+    pub ciphertext_blob: Vec<u8>,
+    pub plaintext: Option<Zeroizing<Vec<u8>>>,
+    pub key_id: String,
+    pub key_material_id: String,
+}
+
+impl std::fmt::Debug for GenerateDataKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerateDataKeyResponse")
+            .field("key_id", &self.key_id)
+            .field("plaintext", &self.plaintext.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_algorithm(member: &str, alg: Option<&str>) -> Result<(), KmsError> {
+    match alg {
+        None | Some("") | Some(SYMMETRIC_DEFAULT) => Ok(()),
+        Some(a) if KNOWN_ENCRYPTION_ALGORITHMS.contains(&a) => Err(KmsError::InvalidKeyUsage(
+            format!("The encryption algorithm {a} is not valid for a symmetric key."),
+        )),
+        Some(_) => Err(KmsError::validation(
+            member,
+            &format!("Member must satisfy enum value set: {KNOWN_ENCRYPTION_ALGORITHMS:?}"),
+        )),
+    }
+}
+
+fn check_symmetric_usage(resolved: &Resolved) -> Result<(), KmsError> {
+    let r = &resolved.key.record;
+    if r.key_usage != ENCRYPT_DECRYPT || r.key_spec != SYMMETRIC_DEFAULT {
+        return Err(KmsError::InvalidKeyUsage(format!(
+            "{} key usage is {} and spec {}; this operation needs a symmetric ENCRYPT_DECRYPT key.",
+            resolved.key.arn, r.key_usage, r.key_spec
+        )));
+    }
+    Ok(())
+}
+
+fn canonical(member: &str, ctx: &BTreeMap<String, String>) -> Result<Vec<u8>, KmsError> {
+    validate::encryption_context(member, ctx)?;
+    ciphertext::canonical_context(ctx)
+        .ok_or_else(|| KmsError::validation(member, "Member values must be shorter than 64 KiB"))
+}
+
+/// A closure that builds the AAD once the HSM has chosen the IV.
+type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
+
+fn aad_builder(object: ObjectId, canonical_ctx: Vec<u8>) -> AadBuilder {
+    Box::new(move |iv: &[u8; 12]| {
+        let header = ciphertext::header(&object.key_id(), object.version(), iv);
+        ciphertext::aad(&header, &canonical_ctx)
+    })
+}
+
+fn blob_from(object: ObjectId, sealed: &GcmSealed) -> Vec<u8> {
+    let header = ciphertext::header(&object.key_id(), object.version(), &sealed.iv);
+    ciphertext::assemble(&header, &sealed.ciphertext_and_tag)
+}
+
+fn invalid_ciphertext() -> KmsError {
+    KmsError::InvalidCiphertext("The ciphertext is invalid.".into())
+}
+
+/// A parsed, located source ciphertext, ready for the HSM.
+struct OpenedBlob {
+    resolved: Resolved,
+    object: ObjectId,
+    iv: [u8; 12],
+    ciphertext_and_tag: Vec<u8>,
+    aad: Vec<u8>,
+}
+
+impl Kms {
+    /// Encrypt: AES-256-GCM under the key's current version, on the device.
+    pub async fn encrypt(
+        &self,
+        caller: &Caller,
+        req: EncryptRequest,
+    ) -> Result<EncryptResponse, KmsError> {
+        validate::blob_len("plaintext", req.plaintext.len(), 1, MAX_PLAINTEXT)?;
+        validate::grant_tokens(&req.grant_tokens)?;
+        check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
+        let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
+        self.authorize_key(caller, "kms:Encrypt", &resolved, Some(&req.encryption_context))?;
+        check_state(&resolved.key, StateClass::Use)?;
+        check_symmetric_usage(&resolved)?;
+        let object = resolved.key.current_object();
+        let sealed = self
+            .hsm
+            .encrypt_gcm(object, req.plaintext, aad_builder(object, canonical_ctx))
+            .await?;
+        Ok(EncryptResponse {
+            ciphertext_blob: blob_from(object, &sealed),
+            key_id: resolved.key.arn.clone(),
+            encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+        })
+    }
+
+    /// Parses a blob, finds its key, checks an optional expected key, authorizes `action`
+    /// and checks state. The order is AWS's: parse, look up, KeyId match, authorize, state.
+    fn open_blob(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        ctx_member: &str,
+        ctx: &BTreeMap<String, String>,
+        expected_key: Option<&str>,
+        action: &'static str,
+    ) -> Result<OpenedBlob, KmsError> {
+        validate::blob_len("ciphertextBlob", blob.len(), 1, MAX_CIPHERTEXT)?;
+        let canonical_ctx = canonical(ctx_member, ctx)?;
+        let parsed = ciphertext::parse(blob).map_err(|_| invalid_ciphertext())?;
+        let Some(key) = self.key_by_uuid(&parsed.key_id) else {
+            if self.was_deleted(&parsed.key_id) {
+                return Err(KmsError::NotFound(
+                    "The key that encrypted this ciphertext has been deleted.".into(),
+                ));
+            }
+            return Err(invalid_ciphertext());
+        };
+        if let Some(expected) = expected_key.filter(|k| !k.is_empty()) {
+            let named = self.resolve(caller, expected, true)?;
+            if named.key.uuid != key.uuid {
+                return Err(KmsError::IncorrectKey(
+                    "The key ID in the request does not identify the key that encrypted the ciphertext."
+                        .into(),
+                ));
+            }
+        }
+        let resolved = Resolved { key, alias: None };
+        self.authorize_key(caller, action, &resolved, Some(ctx))?;
+        check_state(&resolved.key, StateClass::Use)?;
+        check_symmetric_usage(&resolved)?;
+        if !resolved.key.versions.contains(&parsed.key_version) {
+            return Err(invalid_ciphertext());
+        }
+        let header: &[u8; HEADER_LEN] = parsed.header;
+        Ok(OpenedBlob {
+            object: ObjectId::new(resolved.key.uuid, parsed.key_version),
+            iv: parsed.iv,
+            ciphertext_and_tag: parsed.ciphertext_and_tag.to_vec(),
+            aad: ciphertext::aad(header, &canonical_ctx),
+            resolved,
+        })
+    }
+
+    /// Decrypt: reads the key from the blob; a given KeyId must match it.
+    pub async fn decrypt(
+        &self,
+        caller: &Caller,
+        req: DecryptRequest,
+    ) -> Result<DecryptResponse, KmsError> {
+        validate::grant_tokens(&req.grant_tokens)?;
+        check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
+        let opened = self.open_blob(
+            caller,
+            &req.ciphertext_blob,
+            "encryptionContext",
+            &req.encryption_context,
+            req.key_id.as_deref(),
+            "kms:Decrypt",
+        )?;
+        let plaintext = self
+            .hsm
+            .decrypt_gcm(opened.object, opened.iv, opened.ciphertext_and_tag, opened.aad)
+            .await?;
+        Ok(DecryptResponse {
+            key_id: opened.resolved.key.arn.clone(),
+            plaintext,
+            encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+            key_material_id: key_material_id(opened.object),
+        })
+    }
+
+    /// ReEncrypt: decrypt and re-encrypt inside one HSM job; the plaintext never leaves it.
+    pub async fn re_encrypt(
+        &self,
+        caller: &Caller,
+        req: ReEncryptRequest,
+    ) -> Result<ReEncryptResponse, KmsError> {
+        validate::grant_tokens(&req.grant_tokens)?;
+        check_algorithm(
+            "sourceEncryptionAlgorithm",
+            req.source_encryption_algorithm.as_deref(),
+        )?;
+        check_algorithm(
+            "destinationEncryptionAlgorithm",
+            req.destination_encryption_algorithm.as_deref(),
+        )?;
+        let dest_ctx = canonical(
+            "destinationEncryptionContext",
+            &req.destination_encryption_context,
+        )?;
+        let source = self.open_blob(
+            caller,
+            &req.ciphertext_blob,
+            "sourceEncryptionContext",
+            &req.source_encryption_context,
+            req.source_key_id.as_deref(),
+            "kms:ReEncryptFrom",
+        )?;
+        let dest = self.resolve(caller, &req.destination_key_id, true)?;
+        self.authorize(
+            caller,
+            AuthzRequest {
+                action: "kms:ReEncryptTo",
+                resource: &dest.key.arn,
+                key: Some(&dest.key.record),
+                encryption_context: Some(&req.destination_encryption_context),
+                request_alias: dest.alias.as_deref(),
+            },
+        )?;
+        check_state(&dest.key, StateClass::Use)?;
+        check_symmetric_usage(&dest)?;
+        let dest_object = dest.key.current_object();
+        let sealed = self
+            .hsm
+            .reencrypt_gcm(
+                source.object,
+                source.iv,
+                source.ciphertext_and_tag,
+                source.aad,
+                dest_object,
+                aad_builder(dest_object, dest_ctx),
+            )
+            .await?;
+        Ok(ReEncryptResponse {
+            ciphertext_blob: blob_from(dest_object, &sealed),
+            source_key_id: source.resolved.key.arn.clone(),
+            key_id: dest.key.arn.clone(),
+            source_encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+            destination_encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+            source_key_material_id: key_material_id(source.object),
+            destination_key_material_id: key_material_id(dest_object),
+        })
+    }
+
+    /// GenerateDataKey (`with_plaintext`) or GenerateDataKeyWithoutPlaintext.
+    pub async fn generate_data_key(
+        &self,
+        caller: &Caller,
+        req: GenerateDataKeyRequest,
+        with_plaintext: bool,
+    ) -> Result<GenerateDataKeyResponse, KmsError> {
+        validate::grant_tokens(&req.grant_tokens)?;
+        let n = match (req.number_of_bytes, req.key_spec.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(KmsError::Validation(
+                    "Specify either KeySpec or NumberOfBytes, not both.".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(KmsError::Validation(
+                    "Specify either KeySpec or NumberOfBytes.".into(),
+                ))
+            }
+            (Some(n), None) => {
+                validate::int_range("numberOfBytes", n, 1, MAX_DATA_KEY_BYTES)?;
+                n as usize
+            }
+            (None, Some("AES_256")) => 32,
+            (None, Some("AES_128")) => 16,
+            (None, Some(_)) => {
+                return Err(KmsError::validation(
+                    "keySpec",
+                    "Member must satisfy enum value set: [AES_256, AES_128]",
+                ))
+            }
+        };
+        let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
+        let action = if with_plaintext {
+            "kms:GenerateDataKey"
+        } else {
+            "kms:GenerateDataKeyWithoutPlaintext"
+        };
+        self.authorize_key(caller, action, &resolved, Some(&req.encryption_context))?;
+        check_state(&resolved.key, StateClass::Use)?;
+        check_symmetric_usage(&resolved)?;
+        let object = resolved.key.current_object();
+        let (plaintext, sealed) = self
+            .hsm
+            .generate_data_key(object, n, aad_builder(object, canonical_ctx))
+            .await?;
+        Ok(GenerateDataKeyResponse {
+            ciphertext_blob: blob_from(object, &sealed),
+            plaintext: with_plaintext.then_some(plaintext),
+            key_id: resolved.key.arn.clone(),
+            key_material_id: key_material_id(object),
+        })
+    }
+
+    /// GenerateRandom: bytes from the HSM's RNG.
+    pub async fn generate_random(
+        &self,
+        caller: &Caller,
+        number_of_bytes: Option<i32>,
+        custom_key_store_id: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let Some(n) = number_of_bytes else {
+            return Err(KmsError::validation(
+                "numberOfBytes",
+                "Member must not be null",
+            ));
+        };
+        validate::int_range("numberOfBytes", n, 1, MAX_DATA_KEY_BYTES)?;
+        if custom_key_store_id.is_some_and(|s| !s.is_empty()) {
+            return Err(KmsError::UnsupportedOperation(
+                "Custom key stores are not supported; the daemon's HSM is the key store.".into(),
+            ));
+        }
+        self.authorize(
+            caller,
+            AuthzRequest {
+                action: "kms:GenerateRandom",
+                resource: "*",
+                key: None,
+                encryption_context: None,
+                request_alias: None,
+            },
+        )?;
+        Ok(self.hsm.random(n as usize).await?)
+    }
+}

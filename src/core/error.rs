@@ -1,0 +1,134 @@
+//! `KmsError`: one variant per AWS exception name. Doors map it to their wire in one place
+//! each (`api::grpc::status`); nothing else in the crate invents wire errors.
+
+use crate::hsm::{HsmError, HsmErrorKind};
+use crate::store::StoreError;
+
+/// An operation's failure, named as AWS KMS names it. The message is safe to show the caller:
+/// it never carries plaintext, key material, PINs or policy text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KmsError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("{0}")]
+    Disabled(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("{0}")]
+    KeyUnavailable(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    InvalidCiphertext(String),
+    #[error("{0}")]
+    IncorrectKey(String),
+    #[error("{0}")]
+    InvalidKeyUsage(String),
+    #[error("{0}")]
+    MalformedPolicyDocument(String),
+    #[error("{0}")]
+    InvalidGrantToken(String),
+    #[error("{0}")]
+    InvalidAliasName(String),
+    #[error("{0}")]
+    InvalidArn(String),
+    #[error("{0}")]
+    InvalidMarker(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
+    Tag(String),
+    #[error("{0}")]
+    UnsupportedOperation(String),
+    #[error("{0}")]
+    Throttling(String),
+    #[error("{0}")]
+    DependencyTimeout(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl KmsError {
+    /// The AWS exception name, as it appears in `__type` and in gRPC `ErrorInfo.reason`.
+    pub fn aws_name(&self) -> &'static str {
+        match self {
+            KmsError::NotFound(_) => "NotFoundException",
+            KmsError::AccessDenied(_) => "AccessDeniedException",
+            KmsError::Disabled(_) => "DisabledException",
+            KmsError::InvalidState(_) => "KMSInvalidStateException",
+            KmsError::KeyUnavailable(_) => "KeyUnavailableException",
+            KmsError::AlreadyExists(_) => "AlreadyExistsException",
+            KmsError::Validation(_) => "ValidationException",
+            KmsError::InvalidCiphertext(_) => "InvalidCiphertextException",
+            KmsError::IncorrectKey(_) => "IncorrectKeyException",
+            KmsError::InvalidKeyUsage(_) => "InvalidKeyUsageException",
+            KmsError::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
+            KmsError::InvalidGrantToken(_) => "InvalidGrantTokenException",
+            KmsError::InvalidAliasName(_) => "InvalidAliasNameException",
+            KmsError::InvalidArn(_) => "InvalidArnException",
+            KmsError::InvalidMarker(_) => "InvalidMarkerException",
+            KmsError::LimitExceeded(_) => "LimitExceededException",
+            KmsError::Tag(_) => "TagException",
+            KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
+            KmsError::Throttling(_) => "ThrottlingException",
+            KmsError::DependencyTimeout(_) => "DependencyTimeoutException",
+            KmsError::Internal(_) => "KMSInternalException",
+        }
+    }
+
+    /// The caller-safe message.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// A ValidationException in AWS's phrasing for one member.
+    pub fn validation(member: &str, constraint: &str) -> KmsError {
+        KmsError::Validation(format!(
+            "1 validation error detected: Value at '{member}' failed to satisfy constraint: {constraint}"
+        ))
+    }
+}
+
+impl From<StoreError> for KmsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists(m) => KmsError::AlreadyExists(m),
+            StoreError::NotFound(m) => KmsError::NotFound(m),
+            StoreError::Corrupt(_) | StoreError::Database(_) => {
+                tracing::error!(error = %e, "metadata store failure");
+                KmsError::Internal("The metadata store failed; the request was not applied.".into())
+            }
+        }
+    }
+}
+
+impl From<HsmError> for KmsError {
+    fn from(e: HsmError) -> Self {
+        match e.kind {
+            HsmErrorKind::AuthFailed => {
+                KmsError::InvalidCiphertext("The ciphertext is invalid.".into())
+            }
+            HsmErrorKind::Busy => {
+                KmsError::Throttling("The HSM request queue is full; retry with backoff.".into())
+            }
+            HsmErrorKind::Timeout => {
+                tracing::warn!(error = %e, "no HSM session became free in time");
+                KmsError::DependencyTimeout(
+                    "No HSM session became available in time; retry the request.".into(),
+                )
+            }
+            HsmErrorKind::Unavailable | HsmErrorKind::ObjectNotFound => {
+                tracing::error!(error = %e, "HSM unavailable");
+                KmsError::KeyUnavailable(format!("The HSM is unavailable: {e}"))
+            }
+            _ => {
+                tracing::error!(error = %e, "HSM failure");
+                KmsError::Internal(format!("HSM failure: {e}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! Key lifecycle: CreateKey, DescribeKey, ListKeys, EnableKey, DisableKey,
+//! ScheduleKeyDeletion, CancelKeyDeletion, UpdateKeyDescription.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::validate;
+use super::{check_state, AuthzRequest, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
+use crate::hsm::ObjectId;
+use crate::identity::arn::account_root_arn;
+use crate::identity::Caller;
+use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
+
+/// The only key spec this build creates; asymmetric and HMAC specs arrive with the key
+/// catalogue issue.
+pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+/// The usage of symmetric keys.
+pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
+/// Key policies larger than this are refused with LimitExceededException.
+pub const MAX_KEY_POLICY_BYTES: usize = 32 * 1024;
+
+const KNOWN_KEY_SPECS: &[&str] = &[
+    "SYMMETRIC_DEFAULT",
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+    "ECC_NIST_EDWARDS25519",
+    "HMAC_224",
+    "HMAC_256",
+    "HMAC_384",
+    "HMAC_512",
+    "SM2",
+    "ML_DSA_44",
+    "ML_DSA_65",
+    "ML_DSA_87",
+];
+const KNOWN_USAGES: &[&str] = &[
+    "ENCRYPT_DECRYPT",
+    "SIGN_VERIFY",
+    "GENERATE_VERIFY_MAC",
+    "KEY_AGREEMENT",
+];
+const KNOWN_ORIGINS: &[&str] = &["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
+
+/// CreateKey input.
+#[derive(Debug, Clone, Default)]
+pub struct CreateKeyRequest {
+    pub policy: Option<String>,
+    pub description: String,
+    pub key_usage: Option<String>,
+    pub key_spec: Option<String>,
+    pub customer_master_key_spec: Option<String>,
+    pub origin: Option<String>,
+    pub bypass_policy_lockout_safety_check: bool,
+    pub tags: Vec<Tag>,
+    pub multi_region: bool,
+}
+
+/// KeyMetadata, as DescribeKey and CreateKey return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMetadata {
+    pub aws_account_id: String,
+    pub key_id: String,
+    pub arn: String,
+    pub creation_date_ms: i64,
+    pub enabled: bool,
+    pub description: String,
+    pub key_usage: String,
+    pub key_state: String,
+    pub deletion_date_ms: Option<i64>,
+    pub origin: String,
+    pub key_manager: String,
+    pub key_spec: String,
+    pub encryption_algorithms: Vec<String>,
+    pub multi_region: bool,
+    pub pending_deletion_window_in_days: Option<i32>,
+    pub current_key_material_id: String,
+}
+
+/// One ListKeys entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListEntry {
+    pub key_id: String,
+    pub key_arn: String,
+}
+
+/// One page of ListKeys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListKeysResponse {
+    pub keys: Vec<KeyListEntry>,
+    pub next_marker: Option<String>,
+}
+
+/// ScheduleKeyDeletion output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleKeyDeletionResponse {
+    pub key_id: String,
+    pub deletion_date_ms: i64,
+    pub key_state: String,
+    pub pending_window_in_days: i32,
+}
+
+/// The 64-hex-character id of one backing-key version (AWS's KeyMaterialId).
+pub fn key_material_id(object: ObjectId) -> String {
+    let digest = Sha256::digest(object.0);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default key policy of kms-spec 3.3: delegate to the key account's IAM.
+pub fn default_key_policy(partition: &str, account: &str) -> String {
+    let root = account_root_arn(partition, account);
+    format!(
+        "{{\"Version\":\"2012-10-17\",\"Id\":\"key-default-1\",\"Statement\":[{{\"Sid\":\"Enable IAM User Permissions\",\"Effect\":\"Allow\",\"Principal\":{{\"AWS\":\"{root}\"}},\"Action\":\"kms:*\",\"Resource\":\"*\"}}]}}"
+    )
+}
+
+/// Validates a key policy document's size and JSON shape.
+pub(crate) fn validate_policy_document(policy: &str) -> Result<(), KmsError> {
+    if policy.is_empty() {
+        return Err(KmsError::validation(
+            "policy",
+            "Member must have length greater than or equal to 1",
+        ));
+    }
+    if policy.len() > MAX_KEY_POLICY_BYTES {
+        return Err(KmsError::LimitExceeded(format!(
+            "The key policy is {} bytes; the limit is {MAX_KEY_POLICY_BYTES} bytes.",
+            policy.len()
+        )));
+    }
+    let doc: serde_json::Value = serde_json::from_str(policy).map_err(|e| {
+        KmsError::MalformedPolicyDocument(format!("The policy is not valid JSON: {e}"))
+    })?;
+    let Some(obj) = doc.as_object() else {
+        return Err(KmsError::MalformedPolicyDocument(
+            "The policy must be a JSON object.".into(),
+        ));
+    };
+    match obj.get("Statement") {
+        Some(serde_json::Value::Array(a)) if !a.is_empty() => Ok(()),
+        Some(serde_json::Value::Object(_)) => Ok(()),
+        _ => Err(KmsError::MalformedPolicyDocument(
+            "The policy must have a Statement object or a non-empty Statement array.".into(),
+        )),
+    }
+}
+
+impl Kms {
+    /// KeyMetadata for a cached key.
+    pub fn key_metadata(&self, key: &CachedKey) -> KeyMetadata {
+        let r = &key.record;
+        KeyMetadata {
+            aws_account_id: r.account.clone(),
+            key_id: r.key_id.clone(),
+            arn: key.arn.clone(),
+            creation_date_ms: r.created_at_ms,
+            enabled: r.state == KeyState::Enabled,
+            description: r.description.clone(),
+            key_usage: r.key_usage.clone(),
+            key_state: r.state.as_str().to_string(),
+            deletion_date_ms: r.deletion_date_ms,
+            origin: r.origin.clone(),
+            key_manager: "CUSTOMER".into(),
+            key_spec: r.key_spec.clone(),
+            encryption_algorithms: vec![SYMMETRIC_DEFAULT.into()],
+            multi_region: false,
+            pending_deletion_window_in_days: r.pending_window_days,
+            current_key_material_id: if key.versions.is_empty() {
+                String::new()
+            } else {
+                key_material_id(key.current_object())
+            },
+        }
+    }
+
+    /// CreateKey: a new symmetric CMK generated inside the HSM, created in two phases.
+    pub async fn create_key(
+        &self,
+        caller: &Caller,
+        req: CreateKeyRequest,
+    ) -> Result<KeyMetadata, KmsError> {
+        validate::description(&req.description)?;
+        validate::tags(&req.tags)?;
+        let spec = match (&req.key_spec, &req.customer_master_key_spec) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(KmsError::Validation(
+                    "KeySpec and CustomerMasterKeySpec must not both be given with different values."
+                        .into(),
+                ))
+            }
+            (Some(s), _) | (None, Some(s)) => s.as_str(),
+            (None, None) => SYMMETRIC_DEFAULT,
+        };
+        if !KNOWN_KEY_SPECS.contains(&spec) {
+            return Err(KmsError::validation(
+                "keySpec",
+                &format!("Member must satisfy enum value set: {KNOWN_KEY_SPECS:?}"),
+            ));
+        }
+        let usage = req.key_usage.as_deref().unwrap_or(ENCRYPT_DECRYPT);
+        if !KNOWN_USAGES.contains(&usage) {
+            return Err(KmsError::validation(
+                "keyUsage",
+                &format!("Member must satisfy enum value set: {KNOWN_USAGES:?}"),
+            ));
+        }
+        let origin = req.origin.as_deref().unwrap_or("AWS_KMS");
+        if !KNOWN_ORIGINS.contains(&origin) {
+            return Err(KmsError::validation(
+                "origin",
+                &format!("Member must satisfy enum value set: {KNOWN_ORIGINS:?}"),
+            ));
+        }
+        if spec == SYMMETRIC_DEFAULT && usage != ENCRYPT_DECRYPT {
+            return Err(KmsError::Validation(format!(
+                "KeyUsage {usage} is not compatible with KeySpec {spec}."
+            )));
+        }
+        if spec != SYMMETRIC_DEFAULT {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "KeySpec {spec} is not supported by this p11kms build yet."
+            )));
+        }
+        if origin != "AWS_KMS" {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "Origin {origin} is not supported by this p11kms build yet."
+            )));
+        }
+        if req.multi_region {
+            return Err(KmsError::UnsupportedOperation(
+                "Multi-Region keys are not supported.".into(),
+            ));
+        }
+        let policy = match &req.policy {
+            Some(p) => {
+                validate_policy_document(p)?;
+                p.clone()
+            }
+            None => default_key_policy(&self.settings.partition, &caller.account),
+        };
+        self.authorize(
+            caller,
+            AuthzRequest {
+                action: "kms:CreateKey",
+                resource: "*",
+                key: None,
+                encryption_context: None,
+                request_alias: None,
+            },
+        )?;
+        if !req.tags.is_empty() {
+            self.authorize(
+                caller,
+                AuthzRequest {
+                    action: "kms:TagResource",
+                    resource: "*",
+                    key: None,
+                    encryption_context: None,
+                    request_alias: None,
+                },
+            )?;
+        }
+
+        let uuid = Uuid::new_v4();
+        let key_id = uuid.hyphenated().to_string();
+        let now = self.now_ms();
+        let mut record = KeyRecord {
+            key_id: key_id.clone(),
+            account: caller.account.clone(),
+            description: req.description,
+            key_spec: spec.to_string(),
+            key_usage: usage.to_string(),
+            origin: origin.to_string(),
+            state: KeyState::Creating,
+            created_at_ms: now,
+            deletion_date_ms: None,
+            pending_window_days: None,
+            current_version: 1,
+            policy,
+        };
+        // Phase one: the row, in Creating.
+        self.store.insert_key(&record, &req.tags).await?;
+        if self.hooks.interrupt_create() == InterruptCreate::AfterMetadataRow {
+            return Err(KmsError::Internal(
+                "CreateKey interrupted by a test hook after the metadata row".into(),
+            ));
+        }
+        let object = ObjectId::new(*uuid.as_bytes(), 1);
+        if let Err(e) = self.hsm.generate_aes_key(object).await {
+            // Nothing usable exists: remove the row so no partial change remains. If the
+            // device created an object anyway, `check` reports it as an orphan.
+            if let Err(se) = self.store.delete_key(&key_id).await {
+                tracing::error!(key_id, error = %se, "could not roll back a failed CreateKey row");
+            }
+            return Err(e.into());
+        }
+        if self.hooks.interrupt_create() == InterruptCreate::AfterHsmObject {
+            return Err(KmsError::Internal(
+                "CreateKey interrupted by a test hook after the HSM object".into(),
+            ));
+        }
+        // Phase two: version 1 and Enabled, in one transaction.
+        record.state = KeyState::Enabled;
+        let version = KeyVersion {
+            key_id: key_id.clone(),
+            version: 1,
+            created_at_ms: now,
+        };
+        self.store.add_version_and_update(&version, &record).await?;
+        let cached = self.cache_put(CachedKey {
+            arn: self.key_arn(&record.account, &key_id),
+            uuid: *uuid.as_bytes(),
+            versions: vec![1],
+            tags: req.tags,
+            record,
+        });
+        tracing::info!(key_id, "key created");
+        Ok(self.key_metadata(&cached))
+    }
+
+    /// DescribeKey: metadata of a key named by id, ARN, alias name or alias ARN.
+    pub async fn describe_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        grant_tokens: &[String],
+    ) -> Result<KeyMetadata, KmsError> {
+        validate::grant_tokens(grant_tokens)?;
+        let resolved = self.resolve(caller, key_id, true)?;
+        self.authorize_key(caller, "kms:DescribeKey", &resolved, None)?;
+        Ok(self.key_metadata(&resolved.key))
+    }
+
+    /// ListKeys: the caller's account's keys, ordered by key id, paginated.
+    pub async fn list_keys(
+        &self,
+        caller: &Caller,
+        limit: Option<i32>,
+        marker: &str,
+    ) -> Result<ListKeysResponse, KmsError> {
+        let limit = validate::limit(limit)?;
+        let after = validate::decode_marker(marker)?;
+        self.authorize(
+            caller,
+            AuthzRequest {
+                action: "kms:ListKeys",
+                resource: "*",
+                key: None,
+                encryption_context: None,
+                request_alias: None,
+            },
+        )?;
+        let cache = self.cache_read();
+        let items = cache
+            .keys
+            .values()
+            .filter(|k| k.record.account == caller.account)
+            .map(|k| {
+                (
+                    k.record.key_id.clone(),
+                    KeyListEntry {
+                        key_id: k.record.key_id.clone(),
+                        key_arn: k.arn.clone(),
+                    },
+                )
+            });
+        let (keys, next_marker) = validate::page(items, after.as_deref(), limit);
+        Ok(ListKeysResponse { keys, next_marker })
+    }
+
+    /// EnableKey.
+    pub async fn enable_key(&self, caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.set_enabled(caller, key_id, true).await
+    }
+
+    /// DisableKey.
+    pub async fn disable_key(&self, caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.set_enabled(caller, key_id, false).await
+    }
+
+    async fn set_enabled(&self, caller: &Caller, key_id: &str, enable: bool) -> Result<(), KmsError> {
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, key_id, false)?;
+        let action = if enable { "kms:EnableKey" } else { "kms:DisableKey" };
+        self.authorize_key(caller, action, &resolved, None)?;
+        check_state(&resolved.key, StateClass::EnableDisable)?;
+        let target = if enable { KeyState::Enabled } else { KeyState::Disabled };
+        if resolved.key.record.state == target {
+            return Ok(());
+        }
+        self.update_record(&resolved.key, |r| r.state = target).await?;
+        Ok(())
+    }
+
+    /// ScheduleKeyDeletion: PendingDeletion for 7-30 days (default 30).
+    pub async fn schedule_key_deletion(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        pending_window_in_days: Option<i32>,
+    ) -> Result<ScheduleKeyDeletionResponse, KmsError> {
+        let days = pending_window_in_days.unwrap_or(30);
+        validate::int_range("pendingWindowInDays", days, 7, 30)?;
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:ScheduleKeyDeletion", &resolved, None)?;
+        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+        let deletion = self.now_ms() + i64::from(days) * 86_400_000;
+        let updated = self
+            .update_record(&resolved.key, |r| {
+                r.state = KeyState::PendingDeletion;
+                r.deletion_date_ms = Some(deletion);
+                r.pending_window_days = Some(days);
+            })
+            .await?;
+        tracing::info!(key_id = %updated.record.key_id, days, "key scheduled for deletion");
+        Ok(ScheduleKeyDeletionResponse {
+            key_id: updated.arn.clone(),
+            deletion_date_ms: deletion,
+            key_state: KeyState::PendingDeletion.as_str().into(),
+            pending_window_in_days: days,
+        })
+    }
+
+    /// CancelKeyDeletion: back to Disabled, as AWS does.
+    pub async fn cancel_key_deletion(&self, caller: &Caller, key_id: &str) -> Result<String, KmsError> {
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:CancelKeyDeletion", &resolved, None)?;
+        check_state(&resolved.key, StateClass::PendingDeletion)?;
+        let updated = self
+            .update_record(&resolved.key, |r| {
+                r.state = KeyState::Disabled;
+                r.deletion_date_ms = None;
+                r.pending_window_days = None;
+            })
+            .await?;
+        Ok(updated.arn.clone())
+    }
+
+    /// UpdateKeyDescription.
+    pub async fn update_key_description(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        description: &str,
+    ) -> Result<(), KmsError> {
+        validate::description(description)?;
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:UpdateKeyDescription", &resolved, None)?;
+        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+        self.update_record(&resolved.key, |r| r.description = description.to_string())
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a changed copy of a key's record, then updates the cache. Callers hold the
+    /// mutation lock.
+    pub(crate) async fn update_record(
+        &self,
+        key: &CachedKey,
+        change: impl FnOnce(&mut KeyRecord),
+    ) -> Result<Arc<CachedKey>, KmsError> {
+        let mut cached = key.clone();
+        change(&mut cached.record);
+        self.store.update_key(&cached.record).await?;
+        Ok(self.cache_put(cached))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_is_the_documented_one() {
+        let p = default_key_policy("aws", "111122223333");
+        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        assert_eq!(v["Id"], "key-default-1");
+        assert_eq!(v["Statement"][0]["Principal"]["AWS"], "arn:aws:iam::111122223333:root");
+        assert_eq!(v["Statement"][0]["Action"], "kms:*");
+        assert!(validate_policy_document(&p).is_ok());
+    }
+
+    #[test]
+    fn policy_document_checks() {
+        assert!(matches!(
+            validate_policy_document("{"),
+            Err(KmsError::MalformedPolicyDocument(_))
+        ));
+        assert!(matches!(
+            validate_policy_document("[]"),
+            Err(KmsError::MalformedPolicyDocument(_))
+        ));
+        assert!(matches!(
+            validate_policy_document("{\"Statement\":[]}"),
+            Err(KmsError::MalformedPolicyDocument(_))
+        ));
+        let big = format!("{{\"Statement\":{{}},\"x\":\"{}\"}}", "a".repeat(40_000));
+        assert!(matches!(
+            validate_policy_document(&big),
+            Err(KmsError::LimitExceeded(_))
+        ));
+    }
+
+    #[test]
+    fn material_id_is_64_hex() {
+        let id = key_material_id(ObjectId::new([1; 16], 1));
+        assert_eq!(id.len(), 64);
+        assert_ne!(id, key_material_id(ObjectId::new([1; 16], 2)));
+    }
+}

@@ -1,0 +1,461 @@
+//! The engine: transport-independent KMS operations.
+//!
+//! One file per operation family: [`keys`] (lifecycle), [`aliases`], [`tags`], [`crypto`]
+//! (encrypt, decrypt, re-encrypt, data keys, random), [`sweeper`] (deletion), [`reconcile`]
+//! (store/token drift). Each operation follows the same path: validate input, resolve the key
+//! from the in-memory cache, authorize, check the key state, then touch the HSM or the store.
+//! No operation reaches the device or the store without an allow.
+
+pub mod aliases;
+pub mod authz;
+pub mod clock;
+pub mod crypto;
+pub mod error;
+pub mod keys;
+pub mod reconcile;
+pub mod sweeper;
+pub mod tags;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use uuid::Uuid;
+
+use crate::hsm::{Hsm, ObjectId};
+use crate::identity::arn::{self, Arn};
+use crate::identity::Caller;
+use crate::store::{AliasRecord, KeyBundle, KeyRecord, KeyState, MetadataStore, Tag};
+
+pub use authz::{AuthzDecision, AuthzRequest, Authorizer, SameAccountAuthorizer};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::KmsError;
+
+/// Engine settings that shape ARNs and limits.
+#[derive(Debug, Clone)]
+pub struct KmsSettings {
+    /// ARN partition, `aws` unless configured otherwise.
+    pub partition: String,
+    /// The region this daemon presents itself as.
+    pub region: String,
+}
+
+/// Where a test may interrupt CreateKey between its two phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum InterruptCreate {
+    /// Normal operation.
+    Never = 0,
+    /// Stop after the metadata row is written, before the HSM object exists.
+    AfterMetadataRow = 1,
+    /// Stop after the HSM object exists, before the row is switched to Enabled.
+    AfterHsmObject = 2,
+}
+
+/// Hooks that let integration tests interrupt the engine at chosen points. They do nothing
+/// unless a test sets them.
+#[derive(Debug, Default)]
+pub struct TestHooks {
+    interrupt_create: AtomicU8,
+}
+
+impl TestHooks {
+    /// Makes every following CreateKey stop at `at` (until reset with `Never`).
+    pub fn set_interrupt_create(&self, at: InterruptCreate) {
+        self.interrupt_create.store(at as u8, Ordering::SeqCst);
+    }
+
+    fn interrupt_create(&self) -> InterruptCreate {
+        match self.interrupt_create.load(Ordering::SeqCst) {
+            1 => InterruptCreate::AfterMetadataRow,
+            2 => InterruptCreate::AfterHsmObject,
+            _ => InterruptCreate::Never,
+        }
+    }
+}
+
+/// A key as the engine caches it: the record plus what the request path needs precomputed.
+#[derive(Debug, Clone)]
+pub struct CachedKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// The key id as UUID bytes (the ciphertext's key id and the HSM CKA_ID prefix).
+    pub uuid: [u8; 16],
+    /// The key ARN.
+    pub arn: String,
+    /// Every backing-key version, ascending.
+    pub versions: Vec<u32>,
+    /// Resource tags.
+    pub tags: Vec<Tag>,
+}
+
+impl CachedKey {
+    /// The HSM object of the current version.
+    pub fn current_object(&self) -> ObjectId {
+        ObjectId::new(self.uuid, self.record.current_version)
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: BTreeMap<Uuid, Arc<CachedKey>>,
+    /// (account, alias name) -> alias.
+    aliases: BTreeMap<(String, String), AliasRecord>,
+    /// Keys that existed and were deleted by the sweeper during this process's life.
+    deleted: BTreeSet<Uuid>,
+}
+
+/// A resolved key reference: the key and, when it was named by alias, the alias name.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The key.
+    pub key: Arc<CachedKey>,
+    /// The alias name (`alias/...`) when the request named the key by alias.
+    pub alias: Option<String>,
+}
+
+/// The engine. Shared by every door through an `Arc`.
+pub struct Kms {
+    settings: KmsSettings,
+    store: Arc<dyn MetadataStore>,
+    hsm: Arc<Hsm>,
+    authorizer: Arc<dyn Authorizer>,
+    clock: Arc<dyn Clock>,
+    hooks: TestHooks,
+    cache: RwLock<Cache>,
+    /// Serialises metadata changes so read-modify-write of a key or alias never races.
+    mutate: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Kms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kms")
+            .field("settings", &self.settings)
+            .field("token", &self.hsm.token_label())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kms {
+    /// Builds the engine and warms the key and alias cache from the store.
+    pub async fn open(
+        settings: KmsSettings,
+        store: Arc<dyn MetadataStore>,
+        hsm: Arc<Hsm>,
+        authorizer: Arc<dyn Authorizer>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Kms>, KmsError> {
+        let kms = Kms {
+            settings,
+            store,
+            hsm,
+            authorizer,
+            clock,
+            hooks: TestHooks::default(),
+            cache: RwLock::new(Cache::default()),
+            mutate: tokio::sync::Mutex::new(()),
+        };
+        let bundles = kms.store.load_all().await?;
+        let aliases = kms.store.list_aliases().await?;
+        {
+            let mut cache = kms.cache_write();
+            for b in bundles {
+                let cached = kms.cached_from_bundle(b)?;
+                cache.keys.insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
+            }
+            for a in aliases {
+                cache.aliases.insert((a.account.clone(), a.name.clone()), a);
+            }
+        }
+        Ok(Arc::new(kms))
+    }
+
+    /// The engine's settings.
+    pub fn settings(&self) -> &KmsSettings {
+        &self.settings
+    }
+
+    /// The HSM the engine runs on (tests read its counters and attributes).
+    pub fn hsm(&self) -> &Arc<Hsm> {
+        &self.hsm
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Arc<dyn MetadataStore> {
+        &self.store
+    }
+
+    /// Test hooks; inert unless set.
+    pub fn hooks(&self) -> &TestHooks {
+        &self.hooks
+    }
+
+    /// Now, by the engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Number of keys in the cache (every state).
+    pub fn key_count(&self) -> usize {
+        self.cache_read().keys.len()
+    }
+
+    fn cache_read(&self) -> RwLockReadGuard<'_, Cache> {
+        // A poisoned lock means a panic happened while writing; the maps themselves are
+        // always consistent between statements, so keep serving.
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache_write(&self) -> RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key_arn(&self, account: &str, key_id: &str) -> String {
+        arn::key_arn(&self.settings.partition, &self.settings.region, account, key_id)
+    }
+
+    fn alias_arn(&self, account: &str, alias_name: &str) -> String {
+        arn::alias_arn(&self.settings.partition, &self.settings.region, account, alias_name)
+    }
+
+    fn cached_from_bundle(&self, b: KeyBundle) -> Result<CachedKey, KmsError> {
+        let uuid = Uuid::parse_str(&b.key.key_id).map_err(|_| {
+            KmsError::Internal(format!("stored key id '{}' is not a UUID", b.key.key_id))
+        })?;
+        Ok(CachedKey {
+            arn: self.key_arn(&b.key.account, &b.key.key_id),
+            uuid: *uuid.as_bytes(),
+            versions: b.versions.iter().map(|v| v.version).collect(),
+            tags: b.tags,
+            record: b.key,
+        })
+    }
+
+    /// Replaces a key's cache entry from its stored state.
+    fn cache_put(&self, cached: CachedKey) -> Arc<CachedKey> {
+        let arc = Arc::new(cached);
+        self.cache_write()
+            .keys
+            .insert(Uuid::from_bytes(arc.uuid), arc.clone());
+        arc
+    }
+
+    /// Reloads one key from the store into the cache (after a change).
+    async fn refresh_key(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, KmsError> {
+        match self.store.get_key(key_id).await? {
+            Some(b) => Ok(Some(self.cache_put(self.cached_from_bundle(b)?))),
+            None => {
+                if let Ok(u) = Uuid::parse_str(key_id) {
+                    self.cache_write().keys.remove(&u);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn key_by_uuid(&self, uuid: &[u8; 16]) -> Option<Arc<CachedKey>> {
+        self.cache_read().keys.get(&Uuid::from_bytes(*uuid)).cloned()
+    }
+
+    fn was_deleted(&self, uuid: &[u8; 16]) -> bool {
+        self.cache_read().deleted.contains(&Uuid::from_bytes(*uuid))
+    }
+
+    /// Resolves a KeyId parameter: key id, key ARN, and (when `allow_alias`) alias name or
+    /// alias ARN. Bare ids and alias names resolve in the caller's own account.
+    pub fn resolve(
+        &self,
+        caller: &Caller,
+        key_ref: &str,
+        allow_alias: bool,
+    ) -> Result<Resolved, KmsError> {
+        validate::key_ref(key_ref)?;
+        if key_ref.starts_with("arn:") {
+            let parsed = Arn::parse(key_ref)
+                .map_err(|_| KmsError::NotFound(format!("Invalid arn {key_ref}")))?;
+            if parsed.service != "kms"
+                || parsed.partition != self.settings.partition
+                || parsed.region != self.settings.region
+            {
+                return Err(KmsError::NotFound(format!("Invalid arn {key_ref}")));
+            }
+            if let Some(id) = parsed.resource.strip_prefix("key/") {
+                return self.resolve_id(caller, parsed.account, id, key_ref);
+            }
+            if parsed.resource.starts_with("alias/") {
+                if !allow_alias {
+                    return Err(KmsError::NotFound(format!(
+                        "Invalid keyId {key_ref}: this operation takes a key ID or key ARN"
+                    )));
+                }
+                return self.resolve_alias(caller, parsed.account, parsed.resource, key_ref);
+            }
+            return Err(KmsError::NotFound(format!("Invalid arn {key_ref}")));
+        }
+        if key_ref.starts_with("alias/") {
+            if !allow_alias {
+                return Err(KmsError::NotFound(format!(
+                    "Invalid keyId {key_ref}: this operation takes a key ID or key ARN"
+                )));
+            }
+            let account = caller.account.clone();
+            return self.resolve_alias(caller, &account, key_ref, key_ref);
+        }
+        let account = caller.account.clone();
+        self.resolve_id(caller, &account, key_ref, key_ref)
+    }
+
+    fn resolve_id(
+        &self,
+        caller: &Caller,
+        account: &str,
+        id: &str,
+        as_given: &str,
+    ) -> Result<Resolved, KmsError> {
+        let found = Uuid::parse_str(id)
+            .ok()
+            .filter(|u| u.hyphenated().to_string() == id)
+            .and_then(|u| self.cache_read().keys.get(&u).cloned())
+            .filter(|k| k.record.account == account);
+        match found {
+            Some(key) => Ok(Resolved { key, alias: None }),
+            None => Err(self.absent(caller, account, as_given)),
+        }
+    }
+
+    fn resolve_alias(
+        &self,
+        caller: &Caller,
+        account: &str,
+        name: &str,
+        as_given: &str,
+    ) -> Result<Resolved, KmsError> {
+        let target = {
+            let cache = self.cache_read();
+            cache
+                .aliases
+                .get(&(account.to_string(), name.to_string()))
+                .and_then(|a| Uuid::parse_str(&a.key_id).ok())
+                .and_then(|u| cache.keys.get(&u).cloned())
+        };
+        match target {
+            Some(key) => Ok(Resolved {
+                key,
+                alias: Some(name.to_string()),
+            }),
+            None if account != caller.account => Err(self.absent(caller, account, as_given)),
+            None => Err(KmsError::NotFound(format!(
+                "Alias {} is not found.",
+                self.alias_arn(account, name)
+            ))),
+        }
+    }
+
+    /// The error for a key that cannot be found. In another account it is AccessDenied, so
+    /// that callers cannot probe which keys exist there.
+    fn absent(&self, caller: &Caller, account: &str, as_given: &str) -> KmsError {
+        if account != caller.account {
+            KmsError::AccessDenied(format!(
+                "User: {} is not authorized to access {as_given}",
+                caller.principal_arn
+            ))
+        } else if as_given.starts_with("arn:") {
+            KmsError::NotFound(format!("Key '{as_given}' does not exist"))
+        } else {
+            KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.key_arn(account, as_given)
+            ))
+        }
+    }
+
+    /// Asks the authorizer; a denial becomes AccessDeniedException in AWS's phrasing.
+    fn authorize(&self, caller: &Caller, req: AuthzRequest<'_>) -> Result<(), KmsError> {
+        let decision = self.authorizer.authorize(caller, &req);
+        if decision.allowed {
+            return Ok(());
+        }
+        tracing::info!(
+            principal = %caller.principal_arn,
+            action = req.action,
+            resource = req.resource,
+            reason = %decision.reason,
+            "access denied"
+        );
+        Err(KmsError::AccessDenied(format!(
+            "User: {} is not authorized to perform: {} on resource: {} because {}",
+            caller.principal_arn, req.action, req.resource, decision.reason
+        )))
+    }
+
+    /// Authorizes an action on a resolved key.
+    fn authorize_key(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        resolved: &Resolved,
+        ctx: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), KmsError> {
+        self.authorize(
+            caller,
+            AuthzRequest {
+                action,
+                resource: &resolved.key.arn,
+                key: Some(&resolved.key.record),
+                encryption_context: ctx,
+                request_alias: resolved.alias.as_deref(),
+            },
+        )
+    }
+}
+
+/// Key-state classes of kms-spec section 1.4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StateClass {
+    /// Cryptographic use: Enabled only.
+    Use,
+    /// Anything but PendingDeletion.
+    NotPendingDeletion,
+    /// EnableKey / DisableKey: Enabled, Disabled, Unavailable.
+    EnableDisable,
+    /// CancelKeyDeletion: PendingDeletion only.
+    PendingDeletion,
+    /// DescribeKey, ListResourceTags: any state.
+    Any,
+}
+
+/// Checks a key's state against an operation's class, with AWS's exceptions and messages.
+pub(crate) fn check_state(key: &CachedKey, class: StateClass) -> Result<(), KmsError> {
+    let st = key.record.state;
+    let arn = &key.arn;
+    let invalid = |what: &str| KmsError::InvalidState(format!("{arn} is {what}."));
+    let described = |st: KeyState| match st {
+        KeyState::PendingDeletion => invalid("pending deletion"),
+        KeyState::PendingImport => invalid("pending import"),
+        KeyState::Creating => invalid("creating"),
+        KeyState::Unavailable => invalid("unavailable"),
+        KeyState::Disabled => KmsError::Disabled(format!("{arn} is disabled.")),
+        KeyState::Enabled => invalid("enabled"),
+    };
+    match class {
+        StateClass::Any => Ok(()),
+        StateClass::Use => match st {
+            KeyState::Enabled => Ok(()),
+            other => Err(described(other)),
+        },
+        StateClass::NotPendingDeletion => match st {
+            KeyState::PendingDeletion => Err(invalid("pending deletion")),
+            KeyState::Creating => Err(invalid("creating")),
+            _ => Ok(()),
+        },
+        StateClass::EnableDisable => match st {
+            KeyState::Enabled | KeyState::Disabled | KeyState::Unavailable => Ok(()),
+            other => Err(described(other)),
+        },
+        StateClass::PendingDeletion => match st {
+            KeyState::PendingDeletion => Ok(()),
+            _ => Err(invalid("not pending deletion")),
+        },
+    }
+}

@@ -1,0 +1,77 @@
+//! The deletion sweeper: when a key's pending window ends, destroy its HSM objects, then its
+//! metadata. Each step is idempotent, so a sweep interrupted halfway finishes on the next run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{Kms, KmsError};
+use crate::hsm::{HsmErrorKind, ObjectId};
+use crate::store::KeyState;
+
+impl Kms {
+    /// Destroys every key whose deletion date has passed by the engine's clock. Returns the
+    /// ids of the keys destroyed.
+    pub async fn sweep_deletions(&self) -> Result<Vec<String>, KmsError> {
+        let now = self.now_ms();
+        let due: Vec<String> = self
+            .cache_read()
+            .keys
+            .values()
+            .filter(|k| {
+                k.record.state == KeyState::PendingDeletion
+                    && k.record.deletion_date_ms.is_some_and(|d| d <= now)
+            })
+            .map(|k| k.record.key_id.clone())
+            .collect();
+        let mut destroyed = Vec::new();
+        for key_id in due {
+            let _guard = self.mutate.lock().await;
+            let Some(key) = Uuid::parse_str(&key_id)
+                .ok()
+                .and_then(|u| self.cache_read().keys.get(&u).cloned())
+            else {
+                continue;
+            };
+            // Re-check under the lock: CancelKeyDeletion may have won the race.
+            if key.record.state != KeyState::PendingDeletion
+                || key.record.deletion_date_ms.is_none_or(|d| d > now)
+            {
+                continue;
+            }
+            for &version in &key.versions {
+                match self.hsm.destroy(ObjectId::new(key.uuid, version)).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.store.delete_key(&key_id).await?;
+            {
+                let mut cache = self.cache_write();
+                let uuid = Uuid::from_bytes(key.uuid);
+                cache.keys.remove(&uuid);
+                cache.aliases.retain(|_, a| a.key_id != key_id);
+                cache.deleted.insert(uuid);
+            }
+            tracing::info!(key_id, "key deleted: HSM objects destroyed and metadata removed");
+            destroyed.push(key_id);
+        }
+        Ok(destroyed)
+    }
+}
+
+/// Runs [`Kms::sweep_deletions`] every `interval` until the task is aborted.
+pub fn spawn_sweeper(kms: Arc<Kms>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = kms.sweep_deletions().await {
+                tracing::error!(error = %e, "deletion sweep failed; will retry");
+            }
+        }
+    })
+}

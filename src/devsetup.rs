@@ -1,0 +1,254 @@
+//! The dev set-up: a dev CA, a server certificate, an admin client certificate for the dev
+//! account, random PINs, a daemon config and a client config, all under one data directory.
+//! Idempotent: what exists is kept. The SoftHSM2 token itself is made by
+//! `softhsm-config/init-token.sh` (the run script calls both).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// The dev account.
+pub const DEV_ACCOUNT: &str = "111122223333";
+/// The dev token's label.
+pub const DEV_TOKEN_LABEL: &str = "p11kms-dev";
+/// The principal the dev admin certificate authenticates as.
+pub const DEV_ADMIN_PRINCIPAL: &str = "arn:aws:iam::111122223333:user/admin";
+const CA_NAME: &str = "p11kms dev CA";
+
+/// Why the dev set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevSetupError {
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Cert(#[from] rcgen::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevSetupError + '_ {
+    move |source| DevSetupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a file readable only by its owner (private keys, PINs).
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), DevSetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(contents).map_err(io(path))
+}
+
+fn write_public(path: &Path, contents: &[u8]) -> Result<(), DevSetupError> {
+    fs::write(path, contents).map_err(io(path))
+}
+
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, CA_NAME);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(p)
+}
+
+fn load_issuer(pki: &Path) -> Result<Issuer<'static, KeyPair>, DevSetupError> {
+    let key_path = pki.join("ca-key.pem");
+    let pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
+    Ok(Issuer::new(ca_params()?, KeyPair::from_pem(&pem)?))
+}
+
+/// Creates `ca.pem`/`ca-key.pem` and `server.pem`/`server-key.pem` (SANs localhost,
+/// 127.0.0.1, ::1) in `pki`, unless `ca.pem` already exists.
+pub fn ensure_ca_and_server(pki: &Path) -> Result<(), DevSetupError> {
+    fs::create_dir_all(pki).map_err(io(pki))?;
+    if pki.join("ca.pem").exists() {
+        return Ok(());
+    }
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params()?.self_signed(&ca_key)?;
+    write_private(&pki.join("ca-key.pem"), ca_key.serialize_pem().as_bytes())?;
+    write_public(&pki.join("ca.pem"), ca_cert.pem().as_bytes())?;
+
+    let issuer = load_issuer(pki)?;
+    let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
+    p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().map_err(|_| rcgen::Error::CouldNotParseCertificate)?));
+    p.subject_alt_names.push(SanType::IpAddress("::1".parse().map_err(|_| rcgen::Error::CouldNotParseCertificate)?));
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    write_private(&pki.join("server-key.pem"), key.serialize_pem().as_bytes())?;
+    write_public(&pki.join("server.pem"), cert.pem().as_bytes())?;
+    Ok(())
+}
+
+/// Issues a client certificate with subject CN `name` (and an optional URI SAN) signed by the
+/// dev CA in `pki`: `<name>.pem` and `<name>-key.pem`. Overwrites existing files.
+pub fn issue_client_cert(pki: &Path, name: &str, san_uri: Option<&str>) -> Result<(), DevSetupError> {
+    let issuer = load_issuer(pki)?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, name);
+    if let Some(uri) = san_uri {
+        p.subject_alt_names.push(SanType::URI(uri.try_into()?));
+    }
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    write_private(&pki.join(format!("{name}-key.pem")), key.serialize_pem().as_bytes())?;
+    write_public(&pki.join(format!("{name}.pem")), cert.pem().as_bytes())?;
+    Ok(())
+}
+
+/// The first SoftHSM2 module found in the usual Debian/Ubuntu places.
+pub fn find_softhsm_module() -> Option<PathBuf> {
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+fn random_pin() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// What the dev set-up produced.
+#[derive(Debug, Clone)]
+pub struct DevSetup {
+    /// The daemon config.
+    pub config: PathBuf,
+    /// The client config the CLI picks up by default.
+    pub client_config: PathBuf,
+}
+
+/// Creates (or keeps) everything the dev daemon needs under `data_dir`.
+pub fn dev_setup(data_dir: &Path, listen: &str) -> Result<DevSetup, DevSetupError> {
+    fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let pki = data_dir.join("pki");
+    ensure_ca_and_server(&pki)?;
+    if !pki.join("admin.pem").exists() {
+        issue_client_cert(&pki, "admin", None)?;
+    }
+    for pin in ["user-pin", "so-pin"] {
+        let p = data_dir.join(pin);
+        if !p.exists() {
+            write_private(&p, random_pin().as_bytes())?;
+        }
+    }
+    let module = find_softhsm_module()
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    let config = data_dir.join("p11kms.toml");
+    if !config.exists() {
+        let text = format!(
+            r#"# p11kms dev configuration, written by `p11kms dev-setup`. See p11kms.example.toml
+# in the source tree for every option with its meaning.
+
+[server]
+listen = "{listen}"
+tls_cert = "pki/server.pem"
+tls_key = "pki/server-key.pem"
+client_ca = "pki/ca.pem"
+
+[kms]
+partition = "aws"
+region = "us-east-1"
+
+[hsm]
+module = "{module}"
+token_label = "{DEV_TOKEN_LABEL}"
+pin_file = "user-pin"
+softhsm2_conf = "softhsm/softhsm2.conf"
+
+[store]
+data_dir = "db"
+
+[[identity.certificate]]
+subject_cn = "admin"
+principal = "{DEV_ADMIN_PRINCIPAL}"
+"#,
+            module = module.display()
+        );
+        write_public(&config, text.as_bytes())?;
+    }
+    let client_config = data_dir.join("client.toml");
+    if !client_config.exists() {
+        let text = format!(
+            "# Written by `p11kms dev-setup`: how the CLI reaches the dev daemon.\nendpoint = \"https://{}\"\nca_cert = \"pki/ca.pem\"\nclient_cert = \"pki/admin.pem\"\nclient_key = \"pki/admin-key.pem\"\ntls_domain = \"localhost\"\n",
+            listen.replace("0.0.0.0", "127.0.0.1")
+        );
+        write_public(&client_config, text.as_bytes())?;
+    }
+    Ok(DevSetup {
+        config,
+        client_config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    fn der_of(path: &Path) -> Vec<u8> {
+        let pem = fs::read_to_string(path).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    }
+
+    #[test]
+    fn leaves_are_not_cas_and_server_has_sans() {
+        let d = tempfile::tempdir().unwrap();
+        let out = dev_setup(d.path(), "127.0.0.1:8443").unwrap();
+        assert!(out.config.exists() && out.client_config.exists());
+        let pki = d.path().join("pki");
+        let ca_der = der_of(&pki.join("ca.pem"));
+        let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+        assert!(ca.is_ca());
+        for leaf in ["server.pem", "admin.pem"] {
+            let der = der_of(&pki.join(leaf));
+            let (_, c) = X509Certificate::from_der(&der).unwrap();
+            assert!(!c.is_ca(), "{leaf} must not be a CA");
+            assert_eq!(c.issuer(), ca.subject());
+        }
+        let der = der_of(&pki.join("server.pem"));
+        let (_, server) = X509Certificate::from_der(&der).unwrap();
+        let san = server.subject_alternative_name().unwrap().unwrap();
+        let names = format!("{:?}", san.value.general_names);
+        assert!(names.contains("localhost") && names.contains("[127, 0, 0, 1]"), "{names}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(pki.join("ca-key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0);
+        // Idempotent: a second run keeps the CA.
+        let before = fs::read(pki.join("ca.pem")).unwrap();
+        dev_setup(d.path(), "127.0.0.1:8443").unwrap();
+        assert_eq!(before, fs::read(pki.join("ca.pem")).unwrap());
+    }
+}

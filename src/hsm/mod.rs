@@ -1,0 +1,566 @@
+//! Everything PKCS#11. `cryptoki` is imported nowhere else in the crate.
+//!
+//! # Shape
+//!
+//! - **One module per process.** The PKCS#11 library is loaded and
+//!   initialised once per module path (`CKF_OS_LOCKING_OK`) in a
+//!   process-global registry and never finalised, so several [`Hsm`]s (for
+//!   example several daemons started by one integration-test binary, possibly
+//!   on different tokens of one module) share it.
+//! - **Token by label.** The token is found by its label, never its slot
+//!   number; a missing or duplicated label is a configuration error.
+//! - **Keeper session.** A session that logs the user in and stays open for
+//!   the life of the [`Hsm`]: closing an application's last session on a token
+//!   logs it out and invalidates every object handle.
+//! - **Workers.** `workers` dedicated threads (`hsm-worker-N`), each owning
+//!   one R/W session, take jobs from one bounded queue of `queue_depth` jobs.
+//!   The async API enqueues a job and awaits its answer; PKCS#11 calls never
+//!   run on async runtime threads. A full queue answers
+//!   [`HsmErrorKind::Busy`] at once; a job that waited past its deadline
+//!   (enqueue time + `acquire_timeout`) answers [`HsmErrorKind::Timeout`]
+//!   without touching the device. A job whose caller has gone away (its
+//!   future was dropped) is skipped. A job that has started always completes.
+//! - **Handle cache.** Key objects are found by `CKA_ID` ([`ObjectId`]) once
+//!   and their handles cached; creation caches directly; destroy evicts. A
+//!   cached handle that the device reports invalid is evicted and looked up
+//!   again once.
+//! - **AES-256-GCM** with a 128-bit tag and a 12-byte IV drawn from the HSM's
+//!   RNG in the same job. A decrypt failure that may be a tag failure
+//!   (SoftHSM2 answers `CKR_GENERAL_ERROR`) is classified by probing the
+//!   session and the key in the same job: healthy device ->
+//!   [`HsmErrorKind::AuthFailed`], otherwise [`HsmErrorKind::Unavailable`].
+//!
+//! # Counters
+//!
+//! [`Hsm::counters`] counts PKCS#11 calls per function, one per logical call
+//! made by this layer (cryptoki's internal size-query pass of `C_Encrypt`,
+//! `C_Decrypt` and `C_WrapKey`, and the paging of `C_FindObjects`, are not
+//! counted separately).
+//!
+//! # Blocking
+//!
+//! [`Hsm::open`], [`Hsm::mechanisms`], [`Hsm::shutdown`] and the drop of the
+//! last `Arc<Hsm>` block (the latter two wait for queued jobs to drain): call
+//! them from `spawn_blocking` or outside the async runtime.
+
+mod error;
+mod module;
+mod objects;
+mod ops;
+mod pool;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::Pkcs11;
+use cryptoki::mechanism::MechanismType;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+use tokio::sync::oneshot;
+use zeroize::Zeroizing;
+
+pub use error::{HsmError, HsmErrorKind};
+pub use objects::ObjectId;
+
+use objects::HandleCache;
+use pool::{Counters, Dispatch, Job, Pool, SubmitError, WorkerCtx};
+
+/// Default number of HSM worker threads.
+pub const DEFAULT_WORKERS: usize = 2;
+/// Default capacity of the HSM job queue.
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+/// Default time a job may wait in the queue before it is answered `Timeout`.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// GCM IV length in bytes.
+pub const GCM_IV_LEN: usize = 12;
+/// GCM tag length in bytes.
+pub const GCM_TAG_LEN: usize = 16;
+/// Largest request for random bytes or a data key, in bytes.
+pub const MAX_RANDOM_LEN: usize = 4096;
+
+/// Builds the GCM AAD from the IV the HSM generated (the caller's AAD
+/// includes the IV, which is only known inside the job).
+pub type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
+
+/// The user PIN, zeroized on drop and redacted in `Debug`.
+#[derive(Clone)]
+pub struct Pin(Zeroizing<String>);
+
+impl Pin {
+    /// Wrap a PIN.
+    pub fn new(pin: impl Into<String>) -> Self {
+        Pin(Zeroizing::new(pin.into()))
+    }
+
+    /// The PIN itself; do not log or copy it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Pin {
+    fn from(s: String) -> Self {
+        Pin::new(s)
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(<redacted>)")
+    }
+}
+
+/// How to reach the HSM.
+#[derive(Clone, Debug)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// Label of the token (never a slot number).
+    pub token_label: String,
+    /// The user PIN.
+    pub pin: Pin,
+    /// Number of worker threads, each with its own session (default 2).
+    pub workers: usize,
+    /// Capacity of the job queue (default 1024).
+    pub queue_depth: usize,
+    /// How long a job may wait in the queue (default 2 s).
+    pub acquire_timeout: Duration,
+}
+
+impl HsmConfig {
+    /// A config with default pool settings.
+    pub fn new(module: impl Into<PathBuf>, token_label: impl Into<String>, pin: Pin) -> Self {
+        HsmConfig {
+            module: module.into(),
+            token_label: token_label.into(),
+            pin,
+            workers: DEFAULT_WORKERS,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
+/// Output of an AES-GCM encryption: the HSM-generated IV and ciphertext || tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcmSealed {
+    /// The 12-byte IV, drawn from the HSM's RNG.
+    pub iv: [u8; 12],
+    /// Ciphertext followed by the 16-byte tag.
+    pub ciphertext_and_tag: Vec<u8>,
+}
+
+/// One object on the token, as reconciliation sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// `CKA_ID` (20 bytes for p11kms objects; see [`ObjectId::from_bytes`]).
+    pub id: Vec<u8>,
+    /// `CKA_LABEL`, lossily decoded as UTF-8.
+    pub label: String,
+    /// `CKA_CLASS` without the `CKO_` prefix: `SECRET_KEY`, `PRIVATE_KEY`, ...
+    pub class: String,
+}
+
+/// Custody-relevant attributes of a key object, read from the device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyAttributes {
+    /// `CKA_TOKEN`
+    pub token: bool,
+    /// `CKA_PRIVATE`
+    pub private: bool,
+    /// `CKA_SENSITIVE`
+    pub sensitive: bool,
+    /// `CKA_ALWAYS_SENSITIVE`
+    pub always_sensitive: bool,
+    /// `CKA_EXTRACTABLE`
+    pub extractable: bool,
+    /// `CKA_NEVER_EXTRACTABLE`
+    pub never_extractable: bool,
+    /// `CKA_ENCRYPT`
+    pub encrypt: bool,
+    /// `CKA_DECRYPT`
+    pub decrypt: bool,
+    /// `CKA_WRAP`
+    pub wrap: bool,
+    /// `CKA_UNWRAP`
+    pub unwrap: bool,
+    /// `CKA_SIGN`
+    pub sign: bool,
+    /// `CKA_VERIFY`
+    pub verify: bool,
+    /// `CKA_DERIVE`
+    pub derive: bool,
+    /// `CKA_ALLOWED_MECHANISMS` without the `CKM_` prefix: `["AES_GCM"]`.
+    pub allowed_mechanisms: Vec<String>,
+}
+
+/// Whether the token offers a mechanism p11kms uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MechanismReport {
+    /// Mechanism name without the `CKM_` prefix.
+    pub name: &'static str,
+    /// The token lists it.
+    pub present: bool,
+    /// p11kms cannot run without it.
+    pub required: bool,
+}
+
+/// Mechanisms p11kms uses: (name, type, required).
+const MECHANISMS: &[(&str, MechanismType, bool)] = &[
+    ("AES_KEY_GEN", MechanismType::AES_KEY_GEN, true),
+    ("AES_GCM", MechanismType::AES_GCM, true),
+    (
+        "RSA_PKCS_KEY_PAIR_GEN",
+        MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+        false,
+    ),
+    ("RSA_PKCS_OAEP", MechanismType::RSA_PKCS_OAEP, false),
+    ("EC_KEY_PAIR_GEN", MechanismType::ECC_KEY_PAIR_GEN, false),
+    ("ECDSA", MechanismType::ECDSA, false),
+    ("SHA256_HMAC", MechanismType::SHA256_HMAC, false),
+    ("AES_KEY_WRAP_PAD", MechanismType::AES_KEY_WRAP_PAD, false),
+];
+
+/// State shared by the `Hsm` handle and its workers.
+pub(crate) struct Shared {
+    pub(crate) token: String,
+    pub(crate) slot: Slot,
+    pub(crate) pkcs11: Arc<Pkcs11>,
+    pub(crate) pin: Pin,
+    pub(crate) counters: Counters,
+    pub(crate) handles: HandleCache,
+}
+
+/// A connection to one token: keeper session, worker pool, handle cache.
+pub struct Hsm {
+    shared: Arc<Shared>,
+    pool: Pool,
+    keeper: Mutex<Option<Session>>,
+}
+
+impl fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hsm")
+            .field("token", &self.shared.token)
+            .field("workers", &self.pool.workers())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hsm {
+    /// Load (or reuse) the module, find the token by label, log in with a
+    /// keeper session and start the workers. Blocking: call it from
+    /// `spawn_blocking` or before the runtime serves.
+    pub fn open(cfg: &HsmConfig) -> Result<Arc<Hsm>, HsmError> {
+        let token = cfg.token_label.as_str();
+        if cfg.workers == 0 || cfg.queue_depth == 0 {
+            return Err(HsmError::new(
+                HsmErrorKind::Config,
+                "open",
+                token,
+                "workers and queue_depth must be at least 1",
+            ));
+        }
+        let counters = Counters::default();
+        let pkcs11 = module::module(&cfg.module, token)?;
+        let slot = module::find_token(&pkcs11, token, &|f| counters.inc(f))?;
+
+        counters.inc("C_OpenSession");
+        let keeper = pkcs11
+            .open_ro_session(slot)
+            .map_err(|e| error::from_cryptoki("C_OpenSession", token, &e))?;
+        counters.inc("C_Login");
+        module::login(&keeper, &cfg.pin, token)?;
+
+        let shared = Arc::new(Shared {
+            token: token.to_owned(),
+            slot,
+            pkcs11,
+            pin: cfg.pin.clone(),
+            counters,
+            handles: HandleCache::default(),
+        });
+        let pool = Pool::start(&shared, cfg.workers, cfg.queue_depth, cfg.acquire_timeout)?;
+        tracing::info!(
+            token = %shared.token,
+            workers = cfg.workers,
+            queue_depth = cfg.queue_depth,
+            "HSM token opened"
+        );
+        Ok(Arc::new(Hsm {
+            shared,
+            pool,
+            keeper: Mutex::new(Some(keeper)),
+        }))
+    }
+
+    /// The label of the token this `Hsm` uses.
+    pub fn token_label(&self) -> &str {
+        &self.shared.token
+    }
+
+    /// Generate a CMK version: an AES-256 token key with the CMK template
+    /// and `CKA_ID` = `id`. Costs 10-16 ms on SoftHSM2 (file writes).
+    pub async fn generate_aes_key(&self, id: ObjectId) -> Result<(), HsmError> {
+        self.submit("generate_aes_key", move |ctx| {
+            ops::generate_aes_key(ctx, id)
+        })
+        .await
+    }
+
+    /// AES-256-GCM encrypt under `id`. The IV comes from the HSM's RNG in the
+    /// same job; `aad` builds the AAD from that IV.
+    pub async fn encrypt_gcm(
+        &self,
+        id: ObjectId,
+        plaintext: Zeroizing<Vec<u8>>,
+        aad: AadBuilder,
+    ) -> Result<GcmSealed, HsmError> {
+        self.submit("encrypt_gcm", move |ctx| {
+            ops::encrypt_gcm(ctx, id, &plaintext, aad)
+        })
+        .await
+    }
+
+    /// AES-256-GCM decrypt under `id`. A bad tag or wrong AAD on a healthy
+    /// device answers [`HsmErrorKind::AuthFailed`].
+    pub async fn decrypt_gcm(
+        &self,
+        id: ObjectId,
+        iv: [u8; 12],
+        ciphertext_and_tag: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.submit("decrypt_gcm", move |ctx| {
+            ops::decrypt_gcm(ctx, id, &iv, &ciphertext_and_tag, &aad)
+        })
+        .await
+    }
+
+    /// A random data key of `n` bytes (1..=[`MAX_RANDOM_LEN`]) from the HSM
+    /// RNG, encrypted under `id` in the same job.
+    pub async fn generate_data_key(
+        &self,
+        id: ObjectId,
+        n: usize,
+        aad: AadBuilder,
+    ) -> Result<(Zeroizing<Vec<u8>>, GcmSealed), HsmError> {
+        self.check_len("generate_data_key", n)?;
+        self.submit("generate_data_key", move |ctx| {
+            ops::generate_data_key(ctx, id, n, aad)
+        })
+        .await
+    }
+
+    /// Decrypt under `src` and re-encrypt under `dst` in one job; the
+    /// plaintext never leaves the worker.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reencrypt_gcm(
+        &self,
+        src: ObjectId,
+        iv: [u8; 12],
+        ciphertext_and_tag: Vec<u8>,
+        src_aad: Vec<u8>,
+        dst: ObjectId,
+        dst_aad: AadBuilder,
+    ) -> Result<GcmSealed, HsmError> {
+        self.submit("reencrypt_gcm", move |ctx| {
+            ops::reencrypt_gcm(ctx, src, &iv, &ciphertext_and_tag, &src_aad, dst, dst_aad)
+        })
+        .await
+    }
+
+    /// `n` bytes (1..=[`MAX_RANDOM_LEN`]) from the HSM's RNG.
+    pub async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.check_len("random", n)?;
+        self.submit("random", move |ctx| ops::random(ctx, n)).await
+    }
+
+    /// Destroy the key object `id`; [`HsmErrorKind::ObjectNotFound`] if absent.
+    pub async fn destroy(&self, id: ObjectId) -> Result<(), HsmError> {
+        self.submit("destroy", move |ctx| ops::destroy(ctx, id))
+            .await
+    }
+
+    /// Whether the key object `id` exists on the token.
+    pub async fn exists(&self, id: ObjectId) -> Result<bool, HsmError> {
+        self.submit("exists", move |ctx| ops::exists(ctx, id)).await
+    }
+
+    /// The custody attributes of key object `id`, read from the device.
+    pub async fn key_attributes(&self, id: ObjectId) -> Result<KeyAttributes, HsmError> {
+        self.submit("key_attributes", move |ctx| ops::key_attributes(ctx, id))
+            .await
+    }
+
+    /// Try to read `CKA_VALUE` of `id`. For custody tests: it must fail for
+    /// p11kms keys (`CKR_ATTRIBUTE_SENSITIVE`).
+    pub async fn try_read_value(&self, id: ObjectId) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.submit("try_read_value", move |ctx| ops::try_read_value(ctx, id))
+            .await
+    }
+
+    /// Generate a session AES wrapping key and try `CKM_AES_KEY_WRAP_PAD` on
+    /// `id`. For custody tests: it must fail (`CKR_KEY_UNEXTRACTABLE`). The
+    /// wrapping key is destroyed either way.
+    pub async fn try_wrap_with_new_key(&self, id: ObjectId) -> Result<Vec<u8>, HsmError> {
+        self.submit("try_wrap_with_new_key", move |ctx| {
+            ops::try_wrap_with_new_key(ctx, id)
+        })
+        .await
+    }
+
+    /// Every object on the token the logged-in user can see (for
+    /// reconciliation). A linear scan: not for the request path.
+    pub async fn list_objects(&self) -> Result<Vec<ObjectInfo>, HsmError> {
+        self.submit("list_objects", ops::list_objects).await
+    }
+
+    /// Which of the mechanisms p11kms uses the token offers. Blocking (one
+    /// `C_GetMechanismList` on the calling thread).
+    pub fn mechanisms(&self) -> Result<Vec<MechanismReport>, HsmError> {
+        let s = &self.shared;
+        s.counters.inc("C_GetMechanismList");
+        let list = s
+            .pkcs11
+            .get_mechanism_list(s.slot)
+            .map_err(|e| error::from_cryptoki("C_GetMechanismList", &s.token, &e))?;
+        Ok(MECHANISMS
+            .iter()
+            .map(|(name, m, required)| MechanismReport {
+                name,
+                present: list.contains(m),
+                required: *required,
+            })
+            .collect())
+    }
+
+    /// Health check: `C_GetSessionInfo` through a worker; fails unless the
+    /// session is usable and logged in.
+    pub async fn ping(&self) -> Result<(), HsmError> {
+        self.submit("ping", ops::ping).await
+    }
+
+    /// PKCS#11 calls made so far, per function (`"C_Encrypt"` -> count).
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        self.shared.counters.snapshot()
+    }
+
+    /// Total PKCS#11 calls made so far.
+    pub fn total_ops(&self) -> u64 {
+        self.shared.counters.total()
+    }
+
+    /// Number of jobs waiting in the queue (not yet picked up by a worker).
+    pub fn queued(&self) -> usize {
+        self.pool.queued()
+    }
+
+    /// Number of cached object handles.
+    pub fn cached_handles(&self) -> usize {
+        self.shared.handles.len()
+    }
+
+    /// Stop accepting jobs, let the workers finish what is queued, close
+    /// their sessions, then close the keeper session. Idempotent; blocking.
+    /// Later calls answer [`HsmErrorKind::Unavailable`].
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+        let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(session) = keeper {
+            self.shared.counters.inc("C_CloseSession");
+            if let Err(e) = session.close() {
+                tracing::warn!(
+                    token = %self.shared.token,
+                    error = %error::from_cryptoki("C_CloseSession", &self.shared.token, &e),
+                    "closing the HSM keeper session failed"
+                );
+            }
+            tracing::info!(token = %self.shared.token, "HSM token closed");
+        }
+    }
+
+    /// Run `f` on a worker thread (tests use it to hold a worker busy).
+    #[cfg(test)]
+    pub(crate) async fn run_on_worker(
+        &self,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<(), HsmError> {
+        self.submit("test_job", move |_ctx| {
+            f();
+            Ok(())
+        })
+        .await
+    }
+
+    fn check_len(&self, op: &'static str, n: usize) -> Result<(), HsmError> {
+        if n == 0 || n > MAX_RANDOM_LEN {
+            return Err(HsmError::new(
+                HsmErrorKind::Other,
+                op,
+                &self.shared.token,
+                format!("length must be 1..={MAX_RANDOM_LEN} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Enqueue `f` for a worker and await its answer.
+    async fn submit<T, F>(&self, op: &'static str, f: F) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, HsmError>>();
+        let job = Job {
+            deadline: Instant::now() + self.pool.acquire_timeout(),
+            run: Box::new(move |dispatch: Dispatch<'_>| {
+                // The caller gave up (its future was dropped): skip the work.
+                if tx.is_closed() {
+                    return;
+                }
+                let answer = match dispatch {
+                    Dispatch::Run(ctx) => f(ctx),
+                    Dispatch::Expired(shared) => Err(HsmError::new(
+                        HsmErrorKind::Timeout,
+                        op,
+                        &shared.token,
+                        "waited in the HSM queue past its deadline",
+                    )),
+                };
+                let _ = tx.send(answer);
+            }),
+        };
+        let token = &self.shared.token;
+        self.pool.try_submit(job).map_err(|e| match e {
+            SubmitError::Full => {
+                HsmError::new(HsmErrorKind::Busy, op, token, "HSM job queue is full")
+            }
+            SubmitError::Closed => HsmError::new(
+                HsmErrorKind::Unavailable,
+                op,
+                token,
+                "HSM layer is shut down",
+            ),
+        })?;
+        rx.await.map_err(|_| {
+            HsmError::new(
+                HsmErrorKind::Unavailable,
+                op,
+                token,
+                "the HSM worker dropped the job",
+            )
+        })?
+    }
+}
+
+impl Drop for Hsm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,122 @@
+//! The PKCS#11 module: one initialised `Pkcs11` per module path per process,
+//! tokens found by label, and user login.
+//!
+//! SoftHSM2 (and other modules) misbehave when initialised and finalised
+//! repeatedly in one process, so the first [`super::Hsm`] that needs a module
+//! loads and initialises it (with `CKF_OS_LOCKING_OK`) and every later one
+//! shares it. It is never finalised: it lives until the process exits.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use super::error::{from_cryptoki, HsmError, HsmErrorKind};
+use super::Pin;
+
+type Registry = Mutex<HashMap<PathBuf, Arc<Pkcs11>>>;
+
+static MODULES: OnceLock<Registry> = OnceLock::new();
+
+/// The process-wide initialised module loaded from `path` (loading and
+/// initialising it on first use). `token` only labels errors.
+pub(crate) fn module(path: &Path, token: &str) -> Result<Arc<Pkcs11>, HsmError> {
+    // Canonicalise so that two spellings of one library share one context.
+    let key = std::fs::canonicalize(path).map_err(|e| {
+        HsmError::new(
+            HsmErrorKind::Config,
+            "C_Initialize",
+            token,
+            format!("PKCS#11 module {}: {e}", path.display()),
+        )
+    })?;
+    let mut reg = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = reg.get(&key) {
+        return Ok(Arc::clone(p));
+    }
+    let pkcs11 = Pkcs11::new(&key).map_err(|e| {
+        let mut err = from_cryptoki("C_GetFunctionList", token, &e);
+        err.kind = HsmErrorKind::Config;
+        err
+    })?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) => {}
+        // Something else in this process (another library) initialised the
+        // module already: that is fine, we share it and never finalise it.
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(from_cryptoki("C_Initialize", token, &e)),
+    }
+    tracing::info!(module = %key.display(), "PKCS#11 module initialised");
+    let pkcs11 = Arc::new(pkcs11);
+    reg.insert(key, Arc::clone(&pkcs11));
+    Ok(pkcs11)
+}
+
+/// The slot holding the one token labelled `label`. Errors if there is none
+/// or more than one (slot numbers are never used: SoftHSM2 renumbers them).
+pub(crate) fn find_token(
+    pkcs11: &Pkcs11,
+    label: &str,
+    count: &dyn Fn(&'static str),
+) -> Result<Slot, HsmError> {
+    count("C_GetSlotList");
+    let slots = pkcs11
+        .get_slots_with_token()
+        .map_err(|e| from_cryptoki("C_GetSlotList", label, &e))?;
+    let mut found = Vec::new();
+    for slot in slots {
+        count("C_GetTokenInfo");
+        match pkcs11.get_token_info(slot) {
+            Ok(info) if info.label().trim_end() == label => found.push(slot),
+            Ok(_) => {}
+            // A slot whose token vanished between the two calls is skipped.
+            Err(CkError::Pkcs11(RvError::TokenNotPresent | RvError::SlotIdInvalid, _)) => {}
+            Err(e) => return Err(from_cryptoki("C_GetTokenInfo", label, &e)),
+        }
+    }
+    match found.len() {
+        1 => Ok(found[0]),
+        0 => Err(HsmError::new(
+            HsmErrorKind::Config,
+            "C_GetTokenInfo",
+            label,
+            "no token with this label",
+        )),
+        n => Err(HsmError::new(
+            HsmErrorKind::Config,
+            "C_GetTokenInfo",
+            label,
+            format!("{n} tokens share this label"),
+        )),
+    }
+}
+
+/// Log the user in on `session`. Login state is per token per process, so
+/// `CKR_USER_ALREADY_LOGGED_IN` (another session or `Hsm` did it) is success.
+pub(crate) fn login(session: &Session, pin: &Pin, token: &str) -> Result<(), HsmError> {
+    let auth = AuthPin::from(pin.expose());
+    match session.login(UserType::User, Some(&auth)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => {
+            let mut err = from_cryptoki("C_Login", token, &e);
+            if matches!(
+                e,
+                CkError::Pkcs11(
+                    RvError::PinIncorrect | RvError::PinLocked | RvError::PinInvalid,
+                    _
+                )
+            ) {
+                err.kind = HsmErrorKind::Config;
+            }
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The bodies of the HSM operations. Each runs inside a worker job, on the
+//! worker's own session, and counts every PKCS#11 call it makes.
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectHandle};
+use cryptoki::session::SessionState;
+use zeroize::Zeroizing;
+
+use super::error::{is_handle_invalid, rv_string, HsmError, HsmErrorKind};
+use super::objects::{
+    class_name, cmk_aes_template, mechanism_name, secret_key_search, session_wrapping_key_template,
+    ObjectId,
+};
+use super::pool::WorkerCtx;
+use super::{AadBuilder, GcmSealed, KeyAttributes, ObjectInfo, GCM_IV_LEN, GCM_TAG_LEN};
+
+/// GCM tag length in bits.
+const TAG_BITS: u64 = (GCM_TAG_LEN * 8) as u64;
+
+// ---------------------------------------------------------------- handles
+
+/// Find the secret-key object with `CKA_ID` = `id` on the device (linear
+/// scan in SoftHSM2). `Ok(None)` if absent; an error if not unique.
+fn find(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<Option<ObjectHandle>, HsmError> {
+    ctx.count("C_FindObjectsInit");
+    ctx.count("C_FindObjects");
+    ctx.count("C_FindObjectsFinal");
+    let found = ctx
+        .session
+        .find_objects(&secret_key_search(id))
+        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [h] => Ok(Some(*h)),
+        many => Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_FindObjects",
+            ctx.token(),
+            format!("{} objects share the CKA_ID of {id}", many.len()),
+        )),
+    }
+}
+
+/// The handle of `id`: from the cache, else found once and cached.
+/// The flag says whether it came from the cache.
+fn resolve(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<(ObjectHandle, bool), HsmError> {
+    if let Some(h) = ctx.shared.handles.get(id) {
+        return Ok((h, true));
+    }
+    match find(ctx, id)? {
+        Some(h) => {
+            ctx.shared.handles.insert(*id, h);
+            Ok((h, false))
+        }
+        None => Err(not_found(ctx, id)),
+    }
+}
+
+fn not_found(ctx: &WorkerCtx, id: &ObjectId) -> HsmError {
+    HsmError::new(
+        HsmErrorKind::ObjectNotFound,
+        "C_FindObjects",
+        ctx.token(),
+        format!("no key object with the CKA_ID of {id}"),
+    )
+}
+
+/// Run `f` with the handle of `id`. If a cached handle turns out invalid
+/// (destroyed elsewhere, device lost our handles) it is evicted, looked up
+/// again, and `f` retried once.
+fn with_key<T>(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    mut f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    let (h, cached) = resolve(ctx, id)?;
+    match f(ctx, h) {
+        Err(e) if cached && e.kind == HsmErrorKind::ObjectNotFound => {
+            ctx.shared.handles.evict(id);
+            let (h, _) = resolve(ctx, id)?;
+            f(ctx, h)
+        }
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------- primitives
+
+fn random_iv(ctx: &mut WorkerCtx) -> Result<[u8; GCM_IV_LEN], HsmError> {
+    let mut iv = [0u8; GCM_IV_LEN];
+    ctx.count("C_GenerateRandom");
+    ctx.session
+        .generate_random_slice(&mut iv)
+        .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+    Ok(iv)
+}
+
+fn gcm_params<'a>(
+    ctx: &WorkerCtx,
+    iv: &'a mut [u8; GCM_IV_LEN],
+    aad: &'a [u8],
+    function: &'static str,
+) -> Result<GcmParams<'a>, HsmError> {
+    GcmParams::new(iv, aad, TAG_BITS.into()).map_err(|e| {
+        HsmError::new(
+            HsmErrorKind::Other,
+            function,
+            ctx.token(),
+            format!("bad GCM parameters: {e}"),
+        )
+    })
+}
+
+/// AES-GCM encrypt with a fresh HSM-generated IV.
+fn seal(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    plaintext: &[u8],
+    aad: AadBuilder,
+) -> Result<GcmSealed, HsmError> {
+    let iv = random_iv(ctx)?;
+    let aad = aad(&iv);
+    let ciphertext_and_tag = with_key(ctx, id, |ctx, h| {
+        let mut iv_buf = iv;
+        let params = gcm_params(ctx, &mut iv_buf, &aad, "C_EncryptInit")?;
+        ctx.count("C_EncryptInit");
+        ctx.count("C_Encrypt");
+        ctx.session
+            .encrypt(&Mechanism::AesGcm(params), h, plaintext)
+            .map_err(|e| ctx.fail("C_Encrypt", &e))
+    })?;
+    Ok(GcmSealed {
+        iv,
+        ciphertext_and_tag,
+    })
+}
+
+/// AES-GCM decrypt, with the tag-failure classification.
+fn open(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    iv: &[u8; GCM_IV_LEN],
+    ciphertext_and_tag: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    if ciphertext_and_tag.len() < GCM_TAG_LEN {
+        return Err(HsmError::new(
+            HsmErrorKind::AuthFailed,
+            "C_Decrypt",
+            ctx.token(),
+            "ciphertext shorter than the GCM tag",
+        ));
+    }
+    with_key(ctx, id, |ctx, h| {
+        let mut iv_buf = *iv;
+        let params = gcm_params(ctx, &mut iv_buf, aad, "C_DecryptInit")?;
+        ctx.count("C_DecryptInit");
+        ctx.count("C_Decrypt");
+        match ctx
+            .session
+            .decrypt(&Mechanism::AesGcm(params), h, ciphertext_and_tag)
+        {
+            Ok(plaintext) => Ok(Zeroizing::new(plaintext)),
+            Err(
+                e @ CkError::Pkcs11(
+                    RvError::GeneralError
+                    | RvError::EncryptedDataInvalid
+                    | RvError::EncryptedDataLenRange,
+                    Function::Decrypt,
+                ),
+            ) => Err(classify_open_failure(ctx, h, &e)),
+            Err(e) => Err(ctx.fail("C_Decrypt", &e)),
+        }
+    })
+}
+
+/// SoftHSM2 answers a GCM tag failure with `CKR_GENERAL_ERROR`. Tell a forged
+/// or corrupted ciphertext from a sick device by probing, in the same job,
+/// the session (`C_GetSessionInfo`: usable and logged in) and the key
+/// (`C_GetAttributeValue(CKA_CLASS)`). Healthy -> `AuthFailed`; the key gone
+/// -> `ObjectNotFound`; anything else -> `Unavailable`.
+fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) -> HsmError {
+    let mut err = super::error::from_cryptoki("C_Decrypt", ctx.token(), e);
+    ctx.count("C_GetSessionInfo");
+    let session_ok = match ctx.session.get_session_info() {
+        Ok(info) => matches!(
+            info.session_state(),
+            SessionState::RwUser | SessionState::RoUser
+        ),
+        Err(pe) => {
+            ctx.fail("C_GetSessionInfo", &pe);
+            false
+        }
+    };
+    if !session_ok {
+        err.kind = HsmErrorKind::Unavailable;
+        err.detail = Some("decrypt failed and the session probe failed".into());
+        return err;
+    }
+    ctx.count("C_GetAttributeValue");
+    match ctx.session.get_attributes(key, &[AttributeType::Class]) {
+        Ok(attrs) if attrs.iter().any(|a| matches!(a, Attribute::Class(_))) => {
+            err.kind = HsmErrorKind::AuthFailed;
+            err.detail = Some("GCM authentication failed".into());
+        }
+        Ok(_) => {
+            err.kind = HsmErrorKind::Unavailable;
+            err.detail = Some("decrypt failed and the key probe returned no class".into());
+        }
+        Err(pe) if is_handle_invalid(&pe) => {
+            err.kind = HsmErrorKind::ObjectNotFound;
+            err.detail = Some("decrypt failed and the key handle is no longer valid".into());
+        }
+        Err(pe) => {
+            ctx.fail("C_GetAttributeValue", &pe);
+            err.kind = HsmErrorKind::Unavailable;
+            err.detail = Some("decrypt failed and the key probe failed".into());
+        }
+    }
+    err
+}
+
+// ---------------------------------------------------------------- operations
+
+/// Generate a CMK version (AES-256 token key) and cache its handle.
+pub(crate) fn generate_aes_key(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
+    // Key ids are fresh UUIDs from the engine; we do not scan the token for
+    // a duplicate (a linear scan per creation), but refuse a known one.
+    if ctx.shared.handles.get(&id).is_some() {
+        return Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_GenerateKey",
+            ctx.token(),
+            format!("a key object with the CKA_ID of {id} already exists"),
+        ));
+    }
+    ctx.count("C_GenerateKey");
+    let h = ctx
+        .session
+        .generate_key(&Mechanism::AesKeyGen, &cmk_aes_template(&id))
+        .map_err(|e| ctx.fail("C_GenerateKey", &e))?;
+    ctx.shared.handles.insert(id, h);
+    tracing::debug!(token = %ctx.token(), object = %id, "HSM key generated");
+    Ok(())
+}
+
+/// AES-256-GCM encrypt under `id`.
+pub(crate) fn encrypt_gcm(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    plaintext: &[u8],
+    aad: AadBuilder,
+) -> Result<GcmSealed, HsmError> {
+    seal(ctx, &id, plaintext, aad)
+}
+
+/// AES-256-GCM decrypt under `id`.
+pub(crate) fn decrypt_gcm(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    iv: &[u8; GCM_IV_LEN],
+    ciphertext_and_tag: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    open(ctx, &id, iv, ciphertext_and_tag, aad)
+}
+
+/// `n` random bytes, encrypted under `id`, in one job.
+pub(crate) fn generate_data_key(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    n: usize,
+    aad: AadBuilder,
+) -> Result<(Zeroizing<Vec<u8>>, GcmSealed), HsmError> {
+    let key = random(ctx, n)?;
+    let sealed = seal(ctx, &id, &key, aad)?;
+    Ok((key, sealed))
+}
+
+/// Decrypt under `src`, encrypt under `dst`; the plaintext stays here.
+pub(crate) fn reencrypt_gcm(
+    ctx: &mut WorkerCtx,
+    src: ObjectId,
+    iv: &[u8; GCM_IV_LEN],
+    ciphertext_and_tag: &[u8],
+    src_aad: &[u8],
+    dst: ObjectId,
+    dst_aad: AadBuilder,
+) -> Result<GcmSealed, HsmError> {
+    let plaintext = open(ctx, &src, iv, ciphertext_and_tag, src_aad)?;
+    seal(ctx, &dst, &plaintext, dst_aad)
+}
+
+/// `n` bytes from the HSM's RNG.
+pub(crate) fn random(ctx: &mut WorkerCtx, n: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    let mut out = Zeroizing::new(vec![0u8; n]);
+    ctx.count("C_GenerateRandom");
+    ctx.session
+        .generate_random_slice(&mut out)
+        .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+    Ok(out)
+}
+
+/// Destroy the key object `id` and evict its handle.
+pub(crate) fn destroy(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
+    let r = with_key(ctx, &id, |ctx, h| {
+        ctx.count("C_DestroyObject");
+        ctx.session
+            .destroy_object(h)
+            .map_err(|e| ctx.fail("C_DestroyObject", &e))
+    });
+    // Whatever happened, the handle must not be trusted any more.
+    ctx.shared.handles.evict(&id);
+    r?;
+    tracing::debug!(token = %ctx.token(), object = %id, "HSM key destroyed");
+    Ok(())
+}
+
+/// Whether `id` exists. A cached handle is confirmed with one cheap
+/// `C_GetAttributeValue(CKA_CLASS)`; otherwise the token is searched.
+pub(crate) fn exists(ctx: &mut WorkerCtx, id: ObjectId) -> Result<bool, HsmError> {
+    if let Some(h) = ctx.shared.handles.get(&id) {
+        ctx.count("C_GetAttributeValue");
+        match ctx.session.get_attributes(h, &[AttributeType::Class]) {
+            Ok(_) => return Ok(true),
+            Err(e) if is_handle_invalid(&e) => ctx.shared.handles.evict(&id),
+            Err(e) => return Err(ctx.fail("C_GetAttributeValue", &e)),
+        }
+    }
+    match find(ctx, &id)? {
+        Some(h) => {
+            ctx.shared.handles.insert(id, h);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Read the custody attributes of `id`.
+pub(crate) fn key_attributes(ctx: &mut WorkerCtx, id: ObjectId) -> Result<KeyAttributes, HsmError> {
+    const WANTED: &[AttributeType] = &[
+        AttributeType::Token,
+        AttributeType::Private,
+        AttributeType::Sensitive,
+        AttributeType::AlwaysSensitive,
+        AttributeType::Extractable,
+        AttributeType::NeverExtractable,
+        AttributeType::Encrypt,
+        AttributeType::Decrypt,
+        AttributeType::Wrap,
+        AttributeType::Unwrap,
+        AttributeType::Sign,
+        AttributeType::Verify,
+        AttributeType::Derive,
+        AttributeType::AllowedMechanisms,
+    ];
+    let attrs = with_key(ctx, &id, |ctx, h| {
+        ctx.count("C_GetAttributeValue");
+        ctx.session
+            .get_attributes(h, WANTED)
+            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
+    })?;
+    let mut k = KeyAttributes::default();
+    for a in attrs {
+        match a {
+            Attribute::Token(v) => k.token = v,
+            Attribute::Private(v) => k.private = v,
+            Attribute::Sensitive(v) => k.sensitive = v,
+            Attribute::AlwaysSensitive(v) => k.always_sensitive = v,
+            Attribute::Extractable(v) => k.extractable = v,
+            Attribute::NeverExtractable(v) => k.never_extractable = v,
+            Attribute::Encrypt(v) => k.encrypt = v,
+            Attribute::Decrypt(v) => k.decrypt = v,
+            Attribute::Wrap(v) => k.wrap = v,
+            Attribute::Unwrap(v) => k.unwrap = v,
+            Attribute::Sign(v) => k.sign = v,
+            Attribute::Verify(v) => k.verify = v,
+            Attribute::Derive(v) => k.derive = v,
+            Attribute::AllowedMechanisms(ms) => {
+                k.allowed_mechanisms = ms.into_iter().map(mechanism_name).collect()
+            }
+            _ => {}
+        }
+    }
+    Ok(k)
+}
+
+/// Try to read `CKA_VALUE`; fails for sensitive keys.
+pub(crate) fn try_read_value(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    with_key(ctx, &id, |ctx, h| {
+        ctx.count("C_GetAttributeValue");
+        let info = ctx
+            .session
+            .get_attribute_info(h, &[AttributeType::Value])
+            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        let refused = |rv: RvError| HsmError {
+            kind: HsmErrorKind::Other,
+            function: "C_GetAttributeValue",
+            rv: Some(rv_string(rv)),
+            token: ctx.token().to_owned(),
+            detail: Some("CKA_VALUE cannot be read".into()),
+        };
+        match info.first() {
+            Some(AttributeInfo::Available(_)) => {}
+            Some(AttributeInfo::Sensitive) => return Err(refused(RvError::AttributeSensitive)),
+            Some(AttributeInfo::TypeInvalid) => return Err(refused(RvError::AttributeTypeInvalid)),
+            _ => {
+                return Err(HsmError::new(
+                    HsmErrorKind::Other,
+                    "C_GetAttributeValue",
+                    ctx.token(),
+                    "CKA_VALUE is unavailable",
+                ))
+            }
+        }
+        ctx.count("C_GetAttributeValue");
+        let attrs = ctx
+            .session
+            .get_attributes(h, &[AttributeType::Value])
+            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(Zeroizing::new(v)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                HsmError::new(
+                    HsmErrorKind::Other,
+                    "C_GetAttributeValue",
+                    ctx.token(),
+                    "CKA_VALUE is unavailable",
+                )
+            })
+    })
+}
+
+/// Generate a session wrapping key and try to wrap `id` with it
+/// (`CKM_AES_KEY_WRAP_PAD`). The wrapping key is destroyed either way.
+pub(crate) fn try_wrap_with_new_key(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+) -> Result<Vec<u8>, HsmError> {
+    let (target, _) = resolve(ctx, &id)?;
+    ctx.count("C_GenerateKey");
+    let wrapping = ctx
+        .session
+        .generate_key(&Mechanism::AesKeyGen, &session_wrapping_key_template())
+        .map_err(|e| ctx.fail("C_GenerateKey", &e))?;
+    ctx.count("C_WrapKey");
+    let wrapped = ctx
+        .session
+        .wrap_key(&Mechanism::AesKeyWrapPad, wrapping, target)
+        .map_err(|e| ctx.fail("C_WrapKey", &e));
+    ctx.count("C_DestroyObject");
+    if let Err(e) = ctx.session.destroy_object(wrapping) {
+        let err = ctx.fail("C_DestroyObject", &e);
+        tracing::warn!(error = %err, "could not destroy the custody-probe wrapping key");
+    }
+    wrapped
+}
+
+/// Every object the logged-in user can see, with id, label and class.
+pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmError> {
+    ctx.count("C_FindObjectsInit");
+    ctx.count("C_FindObjects");
+    ctx.count("C_FindObjectsFinal");
+    let handles = ctx
+        .session
+        .find_objects(&[])
+        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        ctx.count("C_GetAttributeValue");
+        let attrs = match ctx.session.get_attributes(
+            h,
+            &[
+                AttributeType::Id,
+                AttributeType::Label,
+                AttributeType::Class,
+            ],
+        ) {
+            Ok(a) => a,
+            // Destroyed between the search and now.
+            Err(e) if is_handle_invalid(&e) => continue,
+            Err(e) => return Err(ctx.fail("C_GetAttributeValue", &e)),
+        };
+        let mut info = ObjectInfo {
+            id: Vec::new(),
+            label: String::new(),
+            class: String::new(),
+        };
+        for a in attrs {
+            match a {
+                Attribute::Id(v) => info.id = v,
+                Attribute::Label(v) => info.label = String::from_utf8_lossy(&v).into_owned(),
+                Attribute::Class(c) => info.class = class_name(c),
+                _ => {}
+            }
+        }
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// Health: the worker session is usable and logged in.
+pub(crate) fn ping(ctx: &mut WorkerCtx) -> Result<(), HsmError> {
+    ctx.count("C_GetSessionInfo");
+    let info = ctx
+        .session
+        .get_session_info()
+        .map_err(|e| ctx.fail("C_GetSessionInfo", &e))?;
+    match info.session_state() {
+        SessionState::RwUser | SessionState::RoUser => Ok(()),
+        state => Err(HsmError::new(
+            HsmErrorKind::Unavailable,
+            "C_GetSessionInfo",
+            ctx.token(),
+            format!("session is not logged in ({state:?})"),
+        )),
+    }
+}

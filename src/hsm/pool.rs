@@ -1,0 +1,329 @@
+//! HSM worker threads, the bounded job queue, deadlines and call counters.
+//!
+//! `workers` threads named `hsm-worker-N` each own one R/W session and take
+//! jobs from one shared bounded queue (`std::sync::mpsc::sync_channel`).
+//! - Enqueueing never blocks: a full queue is refused at once
+//!   ([`SubmitError::Full`] -> `Busy`).
+//! - Each job carries a deadline (enqueue time + `acquire_timeout`). A worker
+//!   that picks a job up after its deadline answers `Timeout` without doing
+//!   it; a job that has started runs to completion.
+//! - Shutdown drops the sending side: workers drain what is queued, close
+//!   their sessions and exit; `shutdown` joins them.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use cryptoki::error::Error as CkError;
+use cryptoki::session::Session;
+
+use super::error::{from_cryptoki, is_session_broken, HsmError};
+use super::module;
+use super::Shared;
+
+/// What a worker hands a job.
+pub(crate) enum Dispatch<'a> {
+    /// Do the work with this worker's session.
+    Run(&'a mut WorkerCtx),
+    /// The job's deadline passed while it was queued: answer `Timeout`.
+    Expired(&'a Shared),
+}
+
+/// One unit of work: runs once on a worker thread.
+pub(crate) struct Job {
+    /// Latest time at which a worker may start the job.
+    pub(crate) deadline: Instant,
+    /// The work; it sends its own answer.
+    pub(crate) run: Box<dyn FnOnce(Dispatch<'_>) + Send>,
+}
+
+/// Why a job was not enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubmitError {
+    /// The queue is full.
+    Full,
+    /// The pool has been shut down.
+    Closed,
+}
+
+/// A worker's view: its own session plus the shared state.
+pub(crate) struct WorkerCtx {
+    pub(crate) session: Session,
+    pub(crate) shared: Arc<Shared>,
+    /// Set when a call reported that the session is gone; the worker reopens
+    /// it before the next job.
+    broken: bool,
+}
+
+impl WorkerCtx {
+    /// Count one call of PKCS#11 function `f`.
+    pub(crate) fn count(&self, f: &'static str) {
+        self.shared.counters.inc(f);
+    }
+
+    /// Convert a cryptoki error, noting whether the session is broken.
+    pub(crate) fn fail(&mut self, function: &'static str, e: &CkError) -> HsmError {
+        if is_session_broken(e) {
+            self.broken = true;
+        }
+        from_cryptoki(function, &self.shared.token, e)
+    }
+
+    /// The token label (for errors).
+    pub(crate) fn token(&self) -> &str {
+        &self.shared.token
+    }
+
+    /// Replace a broken session with a fresh, logged-in one.
+    fn reopen(&mut self) {
+        self.count("C_OpenSession");
+        match self.shared.pkcs11.open_rw_session(self.shared.slot) {
+            Ok(session) => {
+                self.count("C_Login");
+                if let Err(e) = module::login(&session, &self.shared.pin, &self.shared.token) {
+                    tracing::warn!(token = %self.shared.token, error = %e, "HSM worker re-login failed");
+                    return;
+                }
+                // Dropping the old session closes it (errors are ignored: it
+                // is already gone on the device).
+                self.count("C_CloseSession");
+                let old = std::mem::replace(&mut self.session, session);
+                drop(old);
+                self.broken = false;
+                tracing::info!(token = %self.shared.token, "HSM worker session reopened");
+            }
+            Err(e) => {
+                let err = from_cryptoki("C_OpenSession", &self.shared.token, &e);
+                tracing::warn!(token = %self.shared.token, error = %err, "HSM worker could not reopen its session");
+            }
+        }
+    }
+}
+
+/// The worker pool of one `Hsm`.
+pub(crate) struct Pool {
+    tx: RwLock<Option<SyncSender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    queued: Arc<AtomicUsize>,
+    workers: usize,
+    acquire_timeout: Duration,
+}
+
+impl Pool {
+    /// Open one R/W session per worker (on the calling thread, so failures
+    /// surface from `Hsm::open`) and start the workers.
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        workers: usize,
+        queue_depth: usize,
+        acquire_timeout: Duration,
+    ) -> Result<Pool, HsmError> {
+        let mut sessions = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            shared.counters.inc("C_OpenSession");
+            let s = shared
+                .pkcs11
+                .open_rw_session(shared.slot)
+                .map_err(|e| from_cryptoki("C_OpenSession", &shared.token, &e))?;
+            sessions.push(s);
+        }
+        let (tx, rx) = sync_channel::<Job>(queue_depth);
+        let rx = Arc::new(Mutex::new(rx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::with_capacity(workers);
+        for (n, session) in sessions.into_iter().enumerate() {
+            let ctx = WorkerCtx {
+                session,
+                shared: Arc::clone(shared),
+                broken: false,
+            };
+            let rx = Arc::clone(&rx);
+            let queued = Arc::clone(&queued);
+            let handle = thread::Builder::new()
+                .name(format!("hsm-worker-{n}"))
+                .spawn(move || worker_loop(ctx, &rx, &queued))
+                .map_err(|e| {
+                    HsmError::new(
+                        super::HsmErrorKind::Unavailable,
+                        "open",
+                        &shared.token,
+                        format!("cannot start HSM worker thread: {e}"),
+                    )
+                });
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    // Stop the workers already started before failing.
+                    drop(tx);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Pool {
+            tx: RwLock::new(Some(tx)),
+            threads: Mutex::new(threads),
+            queued,
+            workers,
+            acquire_timeout,
+        })
+    }
+
+    /// Enqueue a job without blocking.
+    pub(crate) fn try_submit(&self, job: Job) -> Result<(), SubmitError> {
+        let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.as_ref().ok_or(SubmitError::Closed)?;
+        // Count before sending so that a worker never decrements first.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(_) => Err(SubmitError::Full),
+                    TrySendError::Disconnected(_) => Err(SubmitError::Closed),
+                }
+            }
+        }
+    }
+
+    /// The queue wait limit.
+    pub(crate) fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+
+    /// Number of worker threads.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Jobs waiting in the queue.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Close the queue, let the workers drain it and join them. Idempotent.
+    pub(crate) fn shutdown(&self) {
+        let tx = self.tx.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(tx);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let me = thread::current().id();
+        for t in threads {
+            if t.thread().id() == me {
+                // Dropped from inside a job (cannot happen with this crate's
+                // jobs): the thread exits on its own once the queue is empty.
+                continue;
+            }
+            if t.join().is_err() {
+                tracing::error!("an HSM worker thread panicked");
+            }
+        }
+    }
+}
+
+fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize) {
+    loop {
+        // Only one worker waits in recv at a time; the others wait for the
+        // lock. Either way the lock is released before the job runs.
+        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(job) = next else { break };
+        queued.fetch_sub(1, Ordering::Relaxed);
+        if Instant::now() > job.deadline {
+            (job.run)(Dispatch::Expired(&ctx.shared));
+            continue;
+        }
+        if ctx.broken {
+            ctx.reopen();
+        }
+        let run = job.run;
+        if catch_unwind(AssertUnwindSafe(|| run(Dispatch::Run(&mut ctx)))).is_err() {
+            tracing::error!(token = %ctx.shared.token, "an HSM job panicked");
+        }
+    }
+    ctx.count("C_CloseSession");
+    let token = ctx.shared.token.clone();
+    if let Err(e) = ctx.session.close() {
+        let err = from_cryptoki("C_CloseSession", &token, &e);
+        tracing::warn!(token = %token, error = %err, "closing an HSM worker session failed");
+    }
+}
+
+/// PKCS#11 functions this layer counts.
+const FUNCTIONS: &[&str] = &[
+    "C_CloseSession",
+    "C_Decrypt",
+    "C_DecryptInit",
+    "C_DestroyObject",
+    "C_Encrypt",
+    "C_EncryptInit",
+    "C_FindObjects",
+    "C_FindObjectsFinal",
+    "C_FindObjectsInit",
+    "C_GenerateKey",
+    "C_GenerateRandom",
+    "C_GetAttributeValue",
+    "C_GetMechanismList",
+    "C_GetSessionInfo",
+    "C_GetSlotList",
+    "C_GetTokenInfo",
+    "C_Login",
+    "C_OpenSession",
+    "C_WrapKey",
+];
+
+/// Per-function PKCS#11 call counters.
+pub(crate) struct Counters {
+    map: BTreeMap<&'static str, AtomicU64>,
+    other: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            map: FUNCTIONS.iter().map(|f| (*f, AtomicU64::new(0))).collect(),
+            other: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Counters {
+    /// Count one call of `f`.
+    pub(crate) fn inc(&self, f: &'static str) {
+        match self.map.get(f) {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+            None => {
+                debug_assert!(false, "uncounted PKCS#11 function {f}");
+                self.other.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    /// Current values (every counted function, zeros included).
+    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        let mut m: BTreeMap<&'static str, u64> = self
+            .map
+            .iter()
+            .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
+            .collect();
+        let other = self.other.load(Ordering::Relaxed);
+        if other > 0 {
+            m.insert("other", other);
+        }
+        m
+    }
+
+    /// Sum of all counters.
+    pub(crate) fn total(&self) -> u64 {
+        self.map
+            .values()
+            .map(|v| v.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.other.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,703 @@
+//! Tests against a real SoftHSM2 (no mocks).
+//!
+//! All tests of the binary share one process-global PKCS#11 context, and
+//! SoftHSM2 reads its config (and its token list) when first initialised, so
+//! every token is created once, serially, before the first `Hsm::open`.
+//!
+//! Other unit tests of the crate that need a token must use
+//! [`test_config`] (they run in the same process, so they must share this
+//! set-up): `Hsm::open(&crate::hsm::tests::test_config())`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use super::*;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const INIT_TOKEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-config/init-token.sh");
+
+/// The token directory lives in a static, which is never dropped; stale
+/// ones from earlier runs are swept at set-up instead.
+const TEST_DIR_PREFIX: &str = "p11kms-hsm-test-";
+
+fn sweep_stale_test_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if stale && e.file_name().to_string_lossy().starts_with(TEST_DIR_PREFIX) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    pin: String,
+    /// Main token: most tests use it.
+    a: String,
+    /// Second token: multi-token tests.
+    b: String,
+    /// Third token, never logged in by other tests: wrong-PIN test.
+    c: String,
+    /// Label carried by two tokens.
+    dup: String,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        sweep_stale_test_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix(TEST_DIR_PREFIX)
+            .tempdir()
+            .expect("tempdir");
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let pin = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let so_pin = format!("s{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let [a, b, c, dup] = ["a", "b", "c", "dup"].map(|n| format!("p11kms-test-{n}-{tag}"));
+        let mut conf = None;
+        for label in [&a, &b, &c, &dup] {
+            let out = Command::new("bash")
+                .arg(INIT_TOKEN)
+                .arg(dir.path())
+                .arg(label)
+                .env("P11KMS_SO_PIN", &so_pin)
+                .env("P11KMS_USER_PIN", &pin)
+                .output()
+                .expect("run init-token.sh");
+            assert!(
+                out.status.success(),
+                "init-token.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let printed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            conf = Some(PathBuf::from(printed));
+        }
+        let conf = conf.unwrap();
+        assert!(conf.is_file());
+        // A second token with the `dup` label (init-token.sh is idempotent by
+        // label, so call softhsm2-util directly).
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                &dup,
+                "--so-pin",
+                &so_pin,
+            ])
+            .args(["--pin", &pin])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util");
+        assert!(out.status.success());
+        // Idempotence: running it again for an existing label changes nothing.
+        let again = Command::new("bash")
+            .arg(INIT_TOKEN)
+            .arg(dir.path())
+            .arg(&a)
+            .env("P11KMS_SO_PIN", &so_pin)
+            .env("P11KMS_USER_PIN", &pin)
+            .output()
+            .unwrap();
+        assert!(again.status.success());
+        // Before any Pkcs11 exists in this process (edition 2021: safe).
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        Env {
+            _dir: dir,
+            pin,
+            a,
+            b,
+            c,
+            dup,
+        }
+    })
+}
+
+/// A config for the shared test token (created on first use); other unit
+/// tests of the crate use this.
+pub(crate) fn test_config() -> HsmConfig {
+    cfg(&env().a)
+}
+
+fn cfg(label: &str) -> HsmConfig {
+    HsmConfig::new(MODULE, label, Pin::new(env().pin.clone()))
+}
+
+fn open(label: &str) -> Arc<Hsm> {
+    Hsm::open(&cfg(label)).expect("open Hsm")
+}
+
+fn new_id() -> ObjectId {
+    ObjectId::new(*uuid::Uuid::new_v4().as_bytes(), 1)
+}
+
+/// The AAD closure the engine will pass: a prefix followed by the IV.
+fn aad_with(prefix: &'static [u8]) -> AadBuilder {
+    Box::new(move |iv| {
+        let mut v = prefix.to_vec();
+        v.extend_from_slice(iv);
+        v
+    })
+}
+
+fn aad_bytes(prefix: &[u8], iv: &[u8; 12]) -> Vec<u8> {
+    let mut v = prefix.to_vec();
+    v.extend_from_slice(iv);
+    v
+}
+
+fn pt(b: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(b.to_vec())
+}
+
+#[tokio::test]
+async fn encrypt_decrypt_round_trip_with_aad() {
+    let hsm = open(&env().a);
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    assert!(hsm.exists(id).await.unwrap());
+
+    let s1 = hsm
+        .encrypt_gcm(id, pt(b"hello world"), aad_with(b"ctx"))
+        .await
+        .unwrap();
+    let s2 = hsm
+        .encrypt_gcm(id, pt(b"hello world"), aad_with(b"ctx"))
+        .await
+        .unwrap();
+    assert_eq!(s1.ciphertext_and_tag.len(), 11 + GCM_TAG_LEN);
+    assert_ne!(s1.iv, s2.iv, "IVs come fresh from the HSM RNG");
+    assert_ne!(s1.ciphertext_and_tag, s2.ciphertext_and_tag);
+
+    let finds = hsm.counters()["C_FindObjects"];
+    for s in [&s1, &s2] {
+        let out = hsm
+            .decrypt_gcm(
+                id,
+                s.iv,
+                s.ciphertext_and_tag.clone(),
+                aad_bytes(b"ctx", &s.iv),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&out[..], b"hello world");
+    }
+    // Created keys are cached: no lookup per request.
+    assert_eq!(hsm.counters()["C_FindObjects"], finds);
+
+    // Empty plaintext and a 4 KiB one.
+    let empty = hsm.encrypt_gcm(id, pt(b""), aad_with(b"")).await.unwrap();
+    assert_eq!(empty.ciphertext_and_tag.len(), GCM_TAG_LEN);
+    let out = hsm
+        .decrypt_gcm(id, empty.iv, empty.ciphertext_and_tag, empty.iv.to_vec())
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+    let big = vec![0xa5u8; 4096];
+    let s = hsm
+        .encrypt_gcm(id, pt(&big), aad_with(b"big"))
+        .await
+        .unwrap();
+    let out = hsm
+        .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, aad_bytes(b"big", &s.iv))
+        .await
+        .unwrap();
+    assert_eq!(&out[..], &big[..]);
+    hsm.destroy(id).await.unwrap();
+}
+
+#[tokio::test]
+async fn tampering_is_auth_failed() {
+    let hsm = open(&env().a);
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    let s = hsm
+        .encrypt_gcm(id, pt(b"secret"), aad_with(b"right"))
+        .await
+        .unwrap();
+
+    // Wrong AAD.
+    let e = hsm
+        .decrypt_gcm(
+            id,
+            s.iv,
+            s.ciphertext_and_tag.clone(),
+            aad_bytes(b"wrong", &s.iv),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+    assert_eq!(e.function, "C_Decrypt");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "C_Decrypt failed on token '{}': CKR_GENERAL_ERROR (0x5)",
+            env().a
+        )),
+        "{e}"
+    );
+    assert_eq!(e.rv_code(), Some(0x5));
+
+    // Flipped tag bit.
+    let mut ct = s.ciphertext_and_tag.clone();
+    *ct.last_mut().unwrap() ^= 1;
+    let e = hsm
+        .decrypt_gcm(id, s.iv, ct, aad_bytes(b"right", &s.iv))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+
+    // Flipped ciphertext bit and wrong IV.
+    let mut ct = s.ciphertext_and_tag.clone();
+    ct[0] ^= 0x80;
+    let e = hsm
+        .decrypt_gcm(id, s.iv, ct, aad_bytes(b"right", &s.iv))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+    let mut iv = s.iv;
+    iv[3] ^= 1;
+    let e = hsm
+        .decrypt_gcm(
+            id,
+            iv,
+            s.ciphertext_and_tag.clone(),
+            aad_bytes(b"right", &s.iv),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+
+    // Truncated below the tag length.
+    let e = hsm
+        .decrypt_gcm(id, s.iv, vec![1, 2, 3], aad_bytes(b"right", &s.iv))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+
+    // The session is still healthy afterwards.
+    let out = hsm
+        .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, aad_bytes(b"right", &s.iv))
+        .await
+        .unwrap();
+    assert_eq!(&out[..], b"secret");
+    hsm.ping().await.unwrap();
+    hsm.destroy(id).await.unwrap();
+}
+
+#[tokio::test]
+async fn custody_attributes_and_refusals() {
+    let hsm = open(&env().a);
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+
+    let a = hsm.key_attributes(id).await.unwrap();
+    assert!(a.token && a.private);
+    assert!(a.sensitive && a.always_sensitive);
+    assert!(!a.extractable && a.never_extractable);
+    assert!(a.encrypt && a.decrypt);
+    assert!(!a.wrap && !a.unwrap && !a.sign && !a.verify && !a.derive);
+    assert_eq!(a.allowed_mechanisms, vec!["AES_GCM".to_string()]);
+
+    let e = hsm.try_read_value(id).await.unwrap_err();
+    assert!(e.rv_is("CKR_ATTRIBUTE_SENSITIVE"), "{e}");
+
+    let e = hsm.try_wrap_with_new_key(id).await.unwrap_err();
+    assert!(e.rv_is("CKR_KEY_UNEXTRACTABLE"), "{e}");
+    assert_eq!(e.function, "C_WrapKey");
+
+    // The listing shows the object, with its id, label and class.
+    let objects = hsm.list_objects().await.unwrap();
+    let o = objects.iter().find(|o| o.id == id.0).expect("key listed");
+    assert_eq!(o.label, id.label());
+    assert_eq!(o.class, "SECRET_KEY");
+    assert_eq!(ObjectId::from_bytes(&o.id), Some(id));
+    // The custody-probe wrapping key was a session object and is gone.
+    assert!(!objects.iter().any(|o| o.label.contains("custody-probe")));
+    hsm.destroy(id).await.unwrap();
+}
+
+#[tokio::test]
+async fn destroy_then_use_is_not_found() {
+    let hsm = open(&env().a);
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    let s = hsm.encrypt_gcm(id, pt(b"x"), aad_with(b"")).await.unwrap();
+    hsm.destroy(id).await.unwrap();
+    assert!(!hsm.exists(id).await.unwrap());
+
+    let e = hsm
+        .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, s.iv.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::ObjectNotFound, "{e}");
+    let e = hsm.destroy(id).await.unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::ObjectNotFound, "{e}");
+    let e = hsm
+        .encrypt_gcm(new_id(), pt(b"x"), aad_with(b""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::ObjectNotFound, "{e}");
+}
+
+#[tokio::test]
+async fn stale_cached_handle_is_evicted_and_found_again() {
+    // Two Hsm instances on one token: each has its own handle cache.
+    let h1 = open(&env().a);
+    let h2 = open(&env().a);
+    let id = new_id();
+    h1.generate_aes_key(id).await.unwrap();
+
+    // h2 resolves by C_FindObjects on first use, then uses the cache.
+    let f0 = h2.counters()["C_FindObjects"];
+    let s = h2.encrypt_gcm(id, pt(b"y"), aad_with(b"")).await.unwrap();
+    assert_eq!(h2.counters()["C_FindObjects"], f0 + 1);
+    h2.encrypt_gcm(id, pt(b"y"), aad_with(b"")).await.unwrap();
+    assert_eq!(h2.counters()["C_FindObjects"], f0 + 1);
+
+    // Destroyed through h1: h2's cached handle is now invalid.
+    h1.destroy(id).await.unwrap();
+    let e = h2
+        .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, s.iv.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::ObjectNotFound, "{e}");
+    assert!(!h2.exists(id).await.unwrap());
+}
+
+#[tokio::test]
+async fn reencrypt_between_two_keys() {
+    let hsm = open(&env().a);
+    let (k1, k2) = (new_id(), new_id());
+    hsm.generate_aes_key(k1).await.unwrap();
+    hsm.generate_aes_key(k2).await.unwrap();
+    let s = hsm
+        .encrypt_gcm(k1, pt(b"move me"), aad_with(b"one"))
+        .await
+        .unwrap();
+    let r = hsm
+        .reencrypt_gcm(
+            k1,
+            s.iv,
+            s.ciphertext_and_tag.clone(),
+            aad_bytes(b"one", &s.iv),
+            k2,
+            aad_with(b"two"),
+        )
+        .await
+        .unwrap();
+    let out = hsm
+        .decrypt_gcm(
+            k2,
+            r.iv,
+            r.ciphertext_and_tag.clone(),
+            aad_bytes(b"two", &r.iv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&out[..], b"move me");
+    // Not openable under the source key.
+    let e = hsm
+        .decrypt_gcm(k1, r.iv, r.ciphertext_and_tag, aad_bytes(b"two", &r.iv))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+    // A bad source ciphertext fails as AuthFailed too.
+    let e = hsm
+        .reencrypt_gcm(
+            k1,
+            s.iv,
+            s.ciphertext_and_tag,
+            aad_bytes(b"nope", &s.iv),
+            k2,
+            aad_with(b"two"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+    hsm.destroy(k1).await.unwrap();
+    hsm.destroy(k2).await.unwrap();
+}
+
+#[tokio::test]
+async fn data_keys_and_random() {
+    let hsm = open(&env().a);
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    let (key, sealed) = hsm
+        .generate_data_key(id, 32, aad_with(b"dk"))
+        .await
+        .unwrap();
+    assert_eq!(key.len(), 32);
+    assert_eq!(sealed.ciphertext_and_tag.len(), 32 + GCM_TAG_LEN);
+    let out = hsm
+        .decrypt_gcm(
+            id,
+            sealed.iv,
+            sealed.ciphertext_and_tag,
+            aad_bytes(b"dk", &sealed.iv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&out[..], &key[..]);
+
+    let r1 = hsm.random(64).await.unwrap();
+    let r2 = hsm.random(64).await.unwrap();
+    assert_eq!(r1.len(), 64);
+    assert_ne!(&r1[..], &r2[..]);
+    assert_eq!(hsm.random(0).await.unwrap_err().kind, HsmErrorKind::Other);
+    assert_eq!(
+        hsm.random(MAX_RANDOM_LEN + 1).await.unwrap_err().kind,
+        HsmErrorKind::Other
+    );
+    hsm.destroy(id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_is_busy_and_late_job_is_timeout() {
+    let mut c = cfg(&env().a);
+    c.workers = 1;
+    c.queue_depth = 1;
+    c.acquire_timeout = Duration::from_millis(50);
+    let hsm = Hsm::open(&c).unwrap();
+
+    // Hold the only worker for 300 ms.
+    let (started_tx, started_rx) = mpsc::channel();
+    let blocker = {
+        let hsm = Arc::clone(&hsm);
+        tokio::spawn(async move {
+            hsm.run_on_worker(move || {
+                started_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            })
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+
+    // One job fits in the queue ...
+    let randoms_before = hsm.counters()["C_GenerateRandom"];
+    let queued = {
+        let hsm = Arc::clone(&hsm);
+        tokio::spawn(async move { hsm.random(16).await })
+    };
+    let t0 = Instant::now();
+    while hsm.queued() < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // ... the next ones are refused at once.
+    for _ in 0..20 {
+        let t = Instant::now();
+        let e = hsm.random(16).await.unwrap_err();
+        assert_eq!(e.kind, HsmErrorKind::Busy, "{e}");
+        assert!(t.elapsed() < Duration::from_millis(50));
+    }
+
+    // The queued job was picked up after its 50 ms deadline: Timeout, and
+    // the device was not touched.
+    let e = queued.await.unwrap().unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::Timeout, "{e}");
+    assert_eq!(e.function, "random");
+    blocker.await.unwrap().unwrap();
+    assert_eq!(hsm.counters()["C_GenerateRandom"], randoms_before);
+
+    // Afterwards the pool works normally.
+    assert_eq!(hsm.random(16).await.unwrap().len(), 16);
+    assert_eq!(hsm.counters()["C_GenerateRandom"], randoms_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_of_parallel_requests() {
+    let mut c = cfg(&env().a);
+    c.workers = 2;
+    c.queue_depth = 4096;
+    let hsm = Hsm::open(&c).unwrap();
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    let before = hsm.counters();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let hsm = Arc::clone(&hsm);
+        tasks.spawn(async move {
+            let msg = i.to_be_bytes().to_vec();
+            let s = hsm
+                .encrypt_gcm(id, Zeroizing::new(msg.clone()), aad_with(b"f"))
+                .await?;
+            let out = hsm
+                .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, aad_bytes(b"f", &s.iv))
+                .await?;
+            assert_eq!(&out[..], &msg[..]);
+            Ok::<_, HsmError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let after = hsm.counters();
+    assert_eq!(after["C_Encrypt"] - before["C_Encrypt"], 200);
+    assert_eq!(after["C_Decrypt"] - before["C_Decrypt"], 200);
+    assert_eq!(after["C_GenerateRandom"] - before["C_GenerateRandom"], 200);
+    assert_eq!(after["C_FindObjects"], before["C_FindObjects"]);
+    assert!(hsm.total_ops() >= before.values().sum::<u64>() + 800);
+    hsm.destroy(id).await.unwrap();
+}
+
+#[tokio::test]
+async fn counters_move_only_with_calls() {
+    let hsm = open(&env().a);
+    let total = hsm.total_ops();
+    assert!(total > 0, "open made calls");
+    assert_eq!(hsm.total_ops(), total);
+    hsm.ping().await.unwrap();
+    assert_eq!(hsm.total_ops(), total + 1);
+    assert_eq!(hsm.counters()["C_GetSessionInfo"], 1);
+    // Refused before the queue: no device call.
+    hsm.random(0).await.unwrap_err();
+    assert_eq!(hsm.total_ops(), total + 1);
+}
+
+#[tokio::test]
+async fn two_tokens_in_one_process_and_drop_isolation() {
+    let a = open(&env().a);
+    let b = open(&env().b);
+    assert_eq!(a.token_label(), env().a);
+    assert_eq!(b.token_label(), env().b);
+    let (ka, kb) = (new_id(), new_id());
+    a.generate_aes_key(ka).await.unwrap();
+    b.generate_aes_key(kb).await.unwrap();
+
+    // Keys are per token.
+    assert!(!b.exists(ka).await.unwrap());
+    assert!(!a.exists(kb).await.unwrap());
+    let sa = a.encrypt_gcm(ka, pt(b"on a"), aad_with(b"")).await.unwrap();
+    let e = b
+        .decrypt_gcm(ka, sa.iv, sa.ciphertext_and_tag.clone(), sa.iv.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::ObjectNotFound);
+
+    // Dropping the Hsm on b does not disturb a ...
+    drop(b);
+    let out = a
+        .decrypt_gcm(ka, sa.iv, sa.ciphertext_and_tag.clone(), sa.iv.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(&out[..], b"on a");
+
+    // ... nor does dropping a second Hsm on the same token.
+    let a2 = open(&env().a);
+    a2.ping().await.unwrap();
+    assert!(a2.exists(ka).await.unwrap());
+    drop(a2);
+    a.ping().await.unwrap();
+    let out = a
+        .decrypt_gcm(ka, sa.iv, sa.ciphertext_and_tag, sa.iv.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(&out[..], b"on a");
+
+    // b can be opened again, and its key is still there.
+    let b = open(&env().b);
+    assert!(b.exists(kb).await.unwrap());
+    b.destroy(kb).await.unwrap();
+    a.destroy(ka).await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_pool() {
+    let hsm = open(&env().a);
+    hsm.ping().await.unwrap();
+    let h2 = Arc::clone(&hsm);
+    tokio::task::spawn_blocking(move || h2.shutdown())
+        .await
+        .unwrap();
+    let e = hsm.ping().await.unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::Unavailable);
+    hsm.shutdown(); // idempotent
+}
+
+#[test]
+fn mechanisms_report() {
+    let hsm = open(&env().a);
+    let m = hsm.mechanisms().unwrap();
+    for name in ["AES_KEY_GEN", "AES_GCM"] {
+        let r = m.iter().find(|r| r.name == name).unwrap();
+        assert!(r.present && r.required, "{r:?}");
+    }
+    let wrap = m.iter().find(|r| r.name == "AES_KEY_WRAP_PAD").unwrap();
+    assert!(wrap.present && !wrap.required);
+    assert_eq!(m.len(), 8);
+}
+
+#[test]
+fn config_errors() {
+    let e = Hsm::open(&cfg("p11kms-no-such-token")).unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::Config, "{e}");
+
+    let e = Hsm::open(&cfg(&env().dup)).unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("2 tokens"), "{e}");
+
+    let mut c = cfg(&env().c);
+    c.pin = Pin::new("not-the-pin");
+    let e = Hsm::open(&c).unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::Config, "{e}");
+    assert_eq!(e.function, "C_Login");
+    assert!(e.rv_is("CKR_PIN_INCORRECT"), "{e}");
+    assert!(!e.to_string().contains("not-the-pin"));
+
+    let mut c = cfg(&env().a);
+    c.workers = 0;
+    assert_eq!(Hsm::open(&c).unwrap_err().kind, HsmErrorKind::Config);
+
+    let mut c = cfg(&env().a);
+    c.module = "/nonexistent/libpkcs11.so".into();
+    assert_eq!(Hsm::open(&c).unwrap_err().kind, HsmErrorKind::Config);
+
+    // The right PIN on the same token works.
+    let hsm = open(&env().c);
+    drop(hsm);
+}
+
+#[test]
+fn secrets_are_redacted() {
+    let c = test_config();
+    let dbg = format!("{c:?}");
+    assert!(dbg.contains("Pin(<redacted>)"));
+    assert!(!dbg.contains(&env().pin));
+    let hsm = open(&env().a);
+    assert!(!format!("{hsm:?}").contains(&env().pin));
+    assert_eq!(c.workers, DEFAULT_WORKERS);
+    assert_eq!(c.queue_depth, DEFAULT_QUEUE_DEPTH);
+    assert_eq!(c.acquire_timeout, DEFAULT_ACQUIRE_TIMEOUT);
+}
+
+#[test]
+fn worker_threads_are_named() {
+    let hsm = open(&env().a);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    rt.block_on(hsm.run_on_worker(move || {
+        tx.send(std::thread::current().name().map(str::to_owned))
+            .unwrap();
+    }))
+    .unwrap();
+    let name = rx.recv().unwrap().unwrap();
+    assert!(name.starts_with("hsm-worker-"), "{name}");
+}

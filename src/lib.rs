@@ -1,0 +1,50 @@
+//! # p11kms: an on-premises key management daemon in front of a PKCS#11 HSM
+//!
+//! Customer master keys live in the HSM and never leave it in plaintext. Every request is
+//! authenticated, then authorized by AWS-KMS-style policy evaluation, and only then run on the
+//! device. `ARCHITECTURE.md` (in the shared design folder) is the full design; this is the map.
+//!
+//! ## Crate map
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the TOML config file: typed, validated before any port is bound, secrets from file or env |
+//! | [`core`] | the operations, one file per family (`keys`, `aliases`, `tags`, `crypto`), key resolution, the authorizer seam, `KmsError` |
+//! | [`policy`] | the pure policy language: parsing, compilation, conditions, evaluation with a trace |
+//! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
+//! | [`hsm`] | everything PKCS#11 (the only place `cryptoki` is imported): module, token, sessions, handle cache, operations |
+//! | [`store`] | metadata persistence behind [`store::MetadataStore`]; SQLite embedded by default |
+//! | [`ciphertext`] | ciphertext format v1 and its AAD |
+//! | [`api`] | the doors: gRPC today, and the one mapping from `KmsError` to each wire's error |
+//! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
+//! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
+//! | [`client`] | the gRPC client used by the CLI's client commands |
+//! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |
+//! | [`pb`] | generated protobuf/gRPC types for `p11kms.v1` |
+//!
+//! The request path: door -> authenticate ([`identity::Caller`]) -> core operation -> resolve
+//! key (cache) -> authorize -> key state -> HSM -> reply.
+
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod check;
+pub mod ciphertext;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod devsetup;
+pub mod hsm;
+pub mod identity;
+pub mod policy;
+pub mod server;
+pub mod store;
+
+/// Generated protobuf and gRPC types of the `p11kms.v1` package.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("p11kms.v1");
+
+    /// Encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("p11kms_descriptor");
+}

@@ -1,0 +1,196 @@
+//! Wiring: config -> HSM, store, engine, doors. [`start`] returns a handle so integration tests
+//! can run the real daemon in-process on `127.0.0.1:0`; [`run`] serves until a shutdown future
+//! resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::api::grpc::GrpcService;
+use crate::config::{Config, ConfigError};
+use crate::core::sweeper::spawn_sweeper;
+use crate::core::{Clock, Kms, KmsError, KmsSettings, SameAccountAuthorizer, SystemClock};
+use crate::hsm::{Hsm, HsmError};
+use crate::identity::CertificateDirectory;
+use crate::pb::key_management_service_server::KeyManagementServiceServer;
+use crate::store::{SqliteStore, StoreError};
+
+/// Largest gRPC message the daemon decodes. The largest legitimate request (a 32 KB key policy
+/// or a 6 KB ciphertext with a full encryption context) is far below it.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("HSM: {0}")]
+    Hsm(#[from] HsmError),
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("engine: {0}")]
+    Kms(#[from] KmsError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Options that tests (and embedders) may set; production uses the defaults.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// The engine's clock.
+    pub clock: Arc<dyn Clock>,
+    /// Overrides `kms.deletion_sweep_interval_secs`.
+    pub sweep_interval: Option<Duration>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            clock: Arc::new(SystemClock),
+            sweep_interval: None,
+        }
+    }
+}
+
+/// A running daemon.
+pub struct RunningServer {
+    /// The address the gRPC door listens on.
+    pub addr: SocketAddr,
+    /// The engine (tests read HSM counters and set hooks through it).
+    pub kms: Arc<Kms>,
+    shutdown: Option<oneshot::Sender<()>>,
+    serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, drains, and stops the HSM workers.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let served = (&mut self.serve).await;
+        self.sweeper.abort();
+        self.kms.hsm().shutdown();
+        match served {
+            Ok(r) => r.map_err(ServerError::from),
+            Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    /// Waits until the server stops by itself (it does so only on error).
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        let served = (&mut self.serve).await;
+        self.sweeper.abort();
+        self.kms.hsm().shutdown();
+        match served {
+            Ok(r) => r.map_err(ServerError::from),
+            Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+/// Opens the HSM named by the config (on a blocking thread: it loads and logs into a PKCS#11
+/// module).
+pub async fn open_hsm(config: &Config) -> Result<Arc<Hsm>, ServerError> {
+    let hsm_cfg = config.hsm_config()?;
+    tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg))
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(ServerError::from)
+}
+
+/// Opens the HSM and the store and builds the engine.
+pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Kms>, ServerError> {
+    let hsm = open_hsm(config).await?;
+    let store = SqliteStore::open(&config.store.data_dir).await?;
+    let kms = Kms::open(
+        KmsSettings {
+            partition: config.kms.partition.clone(),
+            region: config.kms.region.clone(),
+        },
+        Arc::new(store),
+        hsm,
+        Arc::new(SameAccountAuthorizer),
+        clock,
+    )
+    .await?;
+    Ok(kms)
+}
+
+fn tls_config(config: &Config) -> Result<ServerTlsConfig, ServerError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServerError::Tls(format!("{}: {e}", p.display())))
+    };
+    let cert = read(&config.server.tls_cert)?;
+    let key = read(&config.server.tls_key)?;
+    let ca = read(&config.server.client_ca)?;
+    // Client certificates are verified against the CA when presented; a request without one
+    // is answered UNAUTHENTICATED by the door (other authentication methods share the port).
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(ca))
+        .client_auth_optional(true))
+}
+
+/// Starts the daemon and returns once it is listening.
+pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningServer, ServerError> {
+    let certs = Arc::new(CertificateDirectory::new(config.certificate_bindings()?));
+    let tls = tls_config(config)?;
+    let kms = open_engine(config, options.clock.clone()).await?;
+    match kms.reconcile().await {
+        Ok(report) if !report.is_clean() => tracing::warn!(
+            interrupted = report.interrupted.len(),
+            missing = report.missing_objects.len(),
+            orphans = report.orphan_objects.len(),
+            "store and token disagree; run `p11kms check` for details (nothing was deleted)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not reconcile store and token at start-up"),
+    }
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    let addr = listener.local_addr()?;
+    let service = KeyManagementServiceServer::new(GrpcService::new(kms.clone(), certs))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .add_service(service);
+    let serve = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    let interval = options
+        .sweep_interval
+        .unwrap_or(Duration::from_secs(config.kms.deletion_sweep_interval_secs));
+    let sweeper = spawn_sweeper(kms.clone(), interval);
+    tracing::info!(%addr, token = kms.hsm().token_label(), keys = kms.key_count(), "p11kms serving gRPC over TLS");
+    Ok(RunningServer {
+        addr,
+        kms,
+        shutdown: Some(tx),
+        serve,
+        sweeper,
+    })
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let server = start(&config, ServerOptions::default()).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}

@@ -1,0 +1,178 @@
+//! Metadata persistence: keys, key versions, aliases, tags and key policies.
+//!
+//! The engine talks to a [`MetadataStore`]; SQLite (embedded, the default) lives in
+//! [`sqlite`]. Nothing here ever holds key material: the HSM does. Every multi-row change is
+//! one transaction, so a failed request never leaves a partial change behind.
+
+use async_trait::async_trait;
+use std::fmt;
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Lifecycle state of a KMS key, with AWS's names (kms-spec section 1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    /// Phase one of a two-phase create: the row exists, the HSM object may not.
+    Creating,
+    Enabled,
+    Disabled,
+    PendingDeletion,
+    PendingImport,
+    Unavailable,
+}
+
+impl KeyState {
+    /// The AWS wire name (`Enabled`, `PendingDeletion`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Creating => "Creating",
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
+            KeyState::Unavailable => "Unavailable",
+        }
+    }
+
+    /// Parses the AWS wire name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<KeyState> {
+        Some(match s {
+            "Creating" => KeyState::Creating,
+            "Enabled" => KeyState::Enabled,
+            "Disabled" => KeyState::Disabled,
+            "PendingDeletion" => KeyState::PendingDeletion,
+            "PendingImport" => KeyState::PendingImport,
+            "Unavailable" => KeyState::Unavailable,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One KMS key's metadata row. Key ids are lowercase UUID strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_id: String,
+    /// 12-digit AWS account id that owns the key.
+    pub account: String,
+    pub description: String,
+    /// `SYMMETRIC_DEFAULT`, `RSA_2048`, ...
+    pub key_spec: String,
+    /// `ENCRYPT_DECRYPT`, `SIGN_VERIFY`, ...
+    pub key_usage: String,
+    /// `AWS_KMS` or `EXTERNAL`.
+    pub origin: String,
+    pub state: KeyState,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Unix milliseconds; set while PendingDeletion.
+    pub deletion_date_ms: Option<i64>,
+    /// Set while PendingDeletion.
+    pub pending_window_days: Option<i32>,
+    /// The version new encryptions use (1-based).
+    pub current_version: u32,
+    /// The key policy document (JSON text), policy name `default`.
+    pub policy: String,
+}
+
+/// One backing-key version of a KMS key; each is one object on the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub key_id: String,
+    pub version: u32,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// An alias: a friendly name in an account that points at exactly one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasRecord {
+    pub account: String,
+    /// Full name including the `alias/` prefix.
+    pub name: String,
+    pub key_id: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A resource tag on a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// A key with everything that hangs off it, as loaded into the engine's cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBundle {
+    pub key: KeyRecord,
+    pub versions: Vec<KeyVersion>,
+    pub tags: Vec<Tag>,
+}
+
+/// Errors of the store layer. The engine maps them to AWS exceptions in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness constraint failed (duplicate alias name, duplicate key id).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The row to change does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A stored value could not be decoded (corrupt or foreign database).
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+    /// The database itself failed (I/O, locking, migration).
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// Persistence for key metadata. Implementations must make each method atomic.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Phase one of creation: inserts the key row (normally in `Creating`) with its tags.
+    async fn insert_key(&self, key: &KeyRecord, tags: &[Tag]) -> Result<(), StoreError>;
+    /// Phase two of creation: records version 1 (or a new version) and sets the key row,
+    /// in one transaction.
+    async fn add_version_and_update(
+        &self,
+        version: &KeyVersion,
+        key: &KeyRecord,
+    ) -> Result<(), StoreError>;
+    /// Overwrites the mutable columns of an existing key row (state, description, dates,
+    /// current version, policy). `NotFound` if the row does not exist.
+    async fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// One key with its versions and tags.
+    async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError>;
+    /// Every key with its versions and tags, ordered by key id (cache warm-up, `check`).
+    async fn load_all(&self) -> Result<Vec<KeyBundle>, StoreError>;
+    /// Removes a key with its versions, tags and aliases, in one transaction.
+    async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;
+
+    /// Replaces or adds the given tags on a key (same tag key overwrites), atomically.
+    async fn put_tags(&self, key_id: &str, tags: &[Tag]) -> Result<(), StoreError>;
+    /// Removes the given tag keys from a key; absent keys are ignored.
+    async fn remove_tags(&self, key_id: &str, tag_keys: &[String]) -> Result<(), StoreError>;
+
+    /// Inserts an alias; `AlreadyExists` if (account, name) is taken.
+    async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+    /// Points an existing alias at another key; `NotFound` if absent.
+    async fn update_alias(
+        &self,
+        account: &str,
+        name: &str,
+        key_id: &str,
+        updated_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Deletes an alias; `NotFound` if absent.
+    async fn delete_alias(&self, account: &str, name: &str) -> Result<(), StoreError>;
+    /// Every alias of every account, ordered by (account, name).
+    async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError>;
+}

@@ -1,0 +1,189 @@
+//! Shared harness for integration tests: one real SoftHSM2 token per test binary (each binary
+//! is its own process, with one PKCS#11 instance), a dev PKI, and helpers that start the real
+//! daemon in-process on 127.0.0.1:0 and connect real gRPC clients over mutual TLS.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use p11kms::api::grpc::status::aws_reason;
+use p11kms::client::ClientConfig;
+use p11kms::config::Config;
+use p11kms::core::ManualClock;
+use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
+use p11kms::server::{self, RunningServer, ServerOptions};
+use tonic::transport::Channel;
+
+pub type Client = KeyManagementServiceClient<Channel>;
+
+pub const ACCOUNT: &str = "111122223333";
+pub const OTHER_ACCOUNT: &str = "444455556666";
+pub const TOKEN_LABEL: &str = "p11kms-test";
+pub const USER_PIN: &str = "test-user-pin-4821";
+pub const SO_PIN: &str = "test-so-pin-9377";
+
+/// The per-process test environment.
+pub struct Env {
+    pub dir: PathBuf,
+    pub pki: PathBuf,
+    pub softhsm_conf: PathBuf,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Creates the token and PKI once per test binary.
+pub fn env() -> &'static Env {
+    ENV.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("p11kms-it-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let softhsm_dir = dir.join("softhsm");
+        let out = Command::new("bash")
+            .arg(manifest_dir().join("softhsm-config/init-token.sh"))
+            .arg(&softhsm_dir)
+            .arg(TOKEN_LABEL)
+            .env("P11KMS_SO_PIN", SO_PIN)
+            .env("P11KMS_USER_PIN", USER_PIN)
+            .output()
+            .expect("run init-token.sh (is softhsm2 installed?)");
+        assert!(
+            out.status.success(),
+            "init-token.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let softhsm_conf = softhsm_dir.join("softhsm2.conf");
+        // Set before any PKCS#11 module is loaded in this process.
+        std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
+        std::fs::write(dir.join("user-pin"), USER_PIN).unwrap();
+        let pki = dir.join("pki");
+        p11kms::devsetup::ensure_ca_and_server(&pki).unwrap();
+        for name in ["admin", "bob", "unbound"] {
+            p11kms::devsetup::issue_client_cert(&pki, name, None).unwrap();
+        }
+        Env {
+            dir,
+            pki,
+            softhsm_conf,
+        }
+    })
+}
+
+/// A daemon config for a data directory of its own, on an ephemeral port.
+pub fn config_text(data_dir: &Path) -> String {
+    let e = env();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+tls_cert = "{pki}/server.pem"
+tls_key = "{pki}/server-key.pem"
+client_ca = "{pki}/ca.pem"
+
+[hsm]
+module = "{module}"
+token_label = "{TOKEN_LABEL}"
+pin_file = "{dir}/user-pin"
+softhsm2_conf = "{conf}"
+
+[store]
+data_dir = "{data}"
+
+[[identity.certificate]]
+subject_cn = "admin"
+principal = "arn:aws:iam::{ACCOUNT}:user/admin"
+
+[[identity.certificate]]
+subject_cn = "bob"
+principal = "arn:aws:iam::{OTHER_ACCOUNT}:user/bob"
+"#,
+        pki = e.pki.display(),
+        dir = e.dir.display(),
+        conf = e.softhsm_conf.display(),
+        data = data_dir.display(),
+        module = p11kms::devsetup::find_softhsm_module()
+            .expect("SoftHSM2 module not found")
+            .display(),
+    )
+}
+
+/// Writes the config file for a data directory and returns its path.
+pub fn write_config(data_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let path = data_dir.join("p11kms.toml");
+    std::fs::write(&path, config_text(data_dir)).unwrap();
+    path
+}
+
+pub fn config(data_dir: &Path) -> Config {
+    Config::load(&write_config(data_dir)).expect("config")
+}
+
+/// A fresh data directory under the test environment.
+pub fn data_dir(name: &str) -> PathBuf {
+    let d = env().dir.join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts the real daemon on 127.0.0.1:0 with the given clock.
+pub async fn start_with(data_dir: &Path, clock: Arc<ManualClock>) -> RunningServer {
+    server::start(
+        &config(data_dir),
+        ServerOptions {
+            clock,
+            sweep_interval: Some(std::time::Duration::from_millis(50)),
+        },
+    )
+    .await
+    .expect("daemon starts")
+}
+
+pub async fn start(data_dir: &Path) -> RunningServer {
+    start_with(data_dir, Arc::new(ManualClock::default())).await
+}
+
+/// A client authenticating with the named certificate from the test PKI (or none).
+pub async fn client_as(addr: std::net::SocketAddr, cert: Option<&str>) -> Client {
+    let pki = &env().pki;
+    ClientConfig {
+        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
+        ca_cert: Some(pki.join("ca.pem")),
+        client_cert: cert.map(|c| pki.join(format!("{c}.pem"))),
+        client_key: cert.map(|c| pki.join(format!("{c}-key.pem"))),
+        tls_domain: Some("localhost".into()),
+    }
+    .connect()
+    .await
+    .expect("connect")
+}
+
+pub async fn admin(addr: std::net::SocketAddr) -> Client {
+    client_as(addr, Some("admin")).await
+}
+
+/// The AWS exception name of a failed call.
+pub fn reason<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => aws_reason(&s).unwrap_or_else(|| format!("no reason; {:?}: {}", s.code(), s.message())),
+    }
+}
+
+/// Creates a key and returns its id.
+pub async fn create_key(c: &mut Client) -> String {
+    c.create_key(p11kms::pb::CreateKeyRequest::default())
+        .await
+        .expect("create key")
+        .into_inner()
+        .key_metadata
+        .expect("metadata")
+        .key_id
+}

@@ -1,0 +1,829 @@
+//! End-to-end tests of the gRPC door: the real daemon on 127.0.0.1:0, a real SoftHSM2 token,
+//! real SQLite, real clients over mutual TLS.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use p11kms::hsm::ObjectId;
+use p11kms::pb;
+
+fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn uuid_bytes(key_id: &str) -> [u8; 16] {
+    *uuid::Uuid::parse_str(key_id).unwrap().as_bytes()
+}
+
+async fn encrypt(c: &mut Client, key: &str, pt: &[u8], ec: &[(&str, &str)]) -> Vec<u8> {
+    c.encrypt(pb::EncryptRequest {
+        key_id: key.into(),
+        plaintext: pt.to_vec(),
+        encryption_context: ctx(ec),
+        ..Default::default()
+    })
+    .await
+    .expect("encrypt")
+    .into_inner()
+    .ciphertext_blob
+}
+
+fn decrypt_req(blob: &[u8], ec: &[(&str, &str)]) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        ciphertext_blob: blob.to_vec(),
+        encryption_context: ctx(ec),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_lifecycle_happy_path() {
+    let dir = data_dir("lifecycle");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+
+    let created = c
+        .create_key(pb::CreateKeyRequest {
+            description: "payments".into(),
+            tags: vec![pb::Tag {
+                tag_key: "team".into(),
+                tag_value: "pay".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(created.key_state, "Enabled");
+    assert!(created.enabled);
+    assert_eq!(created.key_spec, "SYMMETRIC_DEFAULT");
+    assert_eq!(created.key_usage, "ENCRYPT_DECRYPT");
+    assert_eq!(created.aws_account_id, ACCOUNT);
+    assert_eq!(
+        created.arn,
+        format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{}", created.key_id)
+    );
+    assert_eq!(created.current_key_material_id.len(), 64);
+    let id = created.key_id.clone();
+
+    // Describe by id, ARN, alias name and alias ARN.
+    c.create_alias(pb::CreateAliasRequest {
+        alias_name: "alias/payments".into(),
+        target_key_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    for r in [
+        id.clone(),
+        created.arn.clone(),
+        "alias/payments".to_string(),
+        format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments"),
+    ] {
+        let m = c
+            .describe_key(pb::DescribeKeyRequest {
+                key_id: r.clone(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("describe {r}: {e}"))
+            .into_inner()
+            .key_metadata
+            .unwrap();
+        assert_eq!(m.key_id, id);
+        assert_eq!(m.description, "payments");
+    }
+
+    c.update_key_description(pb::UpdateKeyDescriptionRequest {
+        key_id: id.clone(),
+        description: "payments v2".into(),
+    })
+    .await
+    .unwrap();
+
+    // Tags.
+    c.tag_resource(pb::TagResourceRequest {
+        key_id: id.clone(),
+        tags: vec![pb::Tag {
+            tag_key: "env".into(),
+            tag_value: "prod".into(),
+        }],
+    })
+    .await
+    .unwrap();
+    let tags = c
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tags;
+    let keys: Vec<_> = tags.iter().map(|t| t.tag_key.as_str()).collect();
+    assert_eq!(keys, vec!["env", "team"]);
+    c.untag_resource(pb::UntagResourceRequest {
+        key_id: id.clone(),
+        tag_keys: vec!["team".into()],
+    })
+    .await
+    .unwrap();
+    let tags = c
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tags;
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0].tag_value, "prod");
+
+    // Disable / enable.
+    c.disable_key(pb::DisableKeyRequest { key_id: id.clone() }).await.unwrap();
+    let m = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: id.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(m.key_state, "Disabled");
+    assert!(!m.enabled);
+    c.enable_key(pb::EnableKeyRequest { key_id: id.clone() }).await.unwrap();
+
+    // Schedule and cancel deletion: default window 30, cancel leaves Disabled.
+    let s = c
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: id.clone(),
+            pending_window_in_days: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.pending_window_in_days, 30);
+    assert_eq!(s.key_state, "PendingDeletion");
+    assert_eq!(s.key_id, created.arn);
+    let cancelled = c
+        .cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.key_id, created.arn);
+    let m = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: id.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(m.key_state, "Disabled");
+    assert!(m.deletion_date.is_none());
+
+    // ListKeys pagination over three keys.
+    create_key(&mut c).await;
+    create_key(&mut c).await;
+    let mut seen = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let page = c
+            .list_keys(pb::ListKeysRequest {
+                limit: Some(2),
+                marker: marker.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.keys.len() <= 2);
+        seen.extend(page.keys.into_iter().map(|k| k.key_id));
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(seen.len(), 3);
+    assert!(seen.contains(&id));
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+
+    // Aliases: update, list, delete.
+    let other = create_key(&mut c).await;
+    c.update_alias(pb::UpdateAliasRequest {
+        alias_name: "alias/payments".into(),
+        target_key_id: other.clone(),
+    })
+    .await
+    .unwrap();
+    let aliases = c
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases;
+    assert_eq!(aliases.len(), 1);
+    assert_eq!(aliases[0].target_key_id, other);
+    assert_eq!(
+        aliases[0].alias_arn,
+        format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments")
+    );
+    let only = c
+        .list_aliases(pb::ListAliasesRequest {
+            key_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases;
+    assert!(only.is_empty());
+    c.delete_alias(pb::DeleteAliasRequest {
+        alias_name: "alias/payments".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reason(
+            c.describe_key(pb::DescribeKeyRequest {
+                key_id: "alias/payments".into(),
+                grant_tokens: vec![],
+            })
+            .await
+        ),
+        "NotFoundException"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cryptographic_operations_happy_path() {
+    let dir = data_dir("crypto");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let key2 = create_key(&mut c).await;
+    c.create_alias(pb::CreateAliasRequest {
+        alias_name: "alias/app".into(),
+        target_key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+
+    // Encrypt by alias, decrypt without KeyId and with the matching KeyId.
+    let ec = [("tenant", "acme"), ("purpose", "test")];
+    for size in [1usize, 32, 4096] {
+        let pt: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let r = c
+            .encrypt(pb::EncryptRequest {
+                key_id: "alias/app".into(),
+                plaintext: pt.clone(),
+                encryption_context: ctx(&ec),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.ciphertext_blob.len(), size + 49);
+        assert!(r.ciphertext_blob.len() <= 6144);
+        assert!(r.key_id.ends_with(&key) && r.key_id.starts_with("arn:aws:kms:"));
+        assert_eq!(r.encryption_algorithm, "SYMMETRIC_DEFAULT");
+        // Context order does not matter.
+        let reversed = [("purpose", "test"), ("tenant", "acme")];
+        let d = c
+            .decrypt(decrypt_req(&r.ciphertext_blob, &reversed))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.plaintext, pt);
+        assert_eq!(d.key_id, r.key_id);
+        assert_eq!(d.key_material_id.len(), 64);
+        let mut with_key = decrypt_req(&r.ciphertext_blob, &ec);
+        with_key.key_id = key.clone();
+        assert_eq!(c.decrypt(with_key).await.unwrap().into_inner().plaintext, pt);
+    }
+
+    // Two encryptions of the same plaintext differ (fresh IV from the HSM).
+    let a = encrypt(&mut c, &key, b"same", &[]).await;
+    let b = encrypt(&mut c, &key, b"same", &[]).await;
+    assert_ne!(a, b);
+
+    // ReEncrypt to another key and another context, without plaintext to the caller.
+    let blob = encrypt(&mut c, &key, b"move me", &[("a", "1")]).await;
+    let re = c
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            source_encryption_context: ctx(&[("a", "1")]),
+            destination_key_id: key2.clone(),
+            destination_encryption_context: ctx(&[("b", "2")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(re.key_id.ends_with(&key2));
+    assert!(re.source_key_id.ends_with(&key));
+    let d = c
+        .decrypt(decrypt_req(&re.ciphertext_blob, &[("b", "2")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.plaintext, b"move me");
+    assert!(d.key_id.ends_with(&key2));
+    // ReEncrypt on the same key changes only the context.
+    let same = c
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob,
+            source_encryption_context: ctx(&[("a", "1")]),
+            destination_key_id: key.clone(),
+            destination_encryption_context: ctx(&[("a", "2")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = c
+        .decrypt(decrypt_req(&same.ciphertext_blob, &[("a", "2")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.plaintext, b"move me");
+
+    // Data keys: KeySpec and NumberOfBytes; the blob opens with Decrypt.
+    for (spec, n, len) in [("AES_256", None, 32usize), ("AES_128", None, 16), ("", Some(1), 1), ("", Some(1024), 1024)] {
+        let dk = c
+            .generate_data_key(pb::GenerateDataKeyRequest {
+                key_id: key.clone(),
+                encryption_context: ctx(&[("file", "x")]),
+                number_of_bytes: n,
+                key_spec: spec.into(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(dk.plaintext.len(), len);
+        let d = c
+            .decrypt(decrypt_req(&dk.ciphertext_blob, &[("file", "x")]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.plaintext, dk.plaintext);
+    }
+    let wp = c
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key_id: "alias/app".into(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = c
+        .decrypt(decrypt_req(&wp.ciphertext_blob, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.plaintext.len(), 32);
+
+    // GenerateRandom.
+    let r1 = c
+        .generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: Some(1024),
+            custom_key_store_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    let r2 = c
+        .generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: Some(1024),
+            custom_key_store_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    assert_eq!(r1.len(), 1024);
+    assert_ne!(r1, r2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_aws_errors() {
+    let dir = data_dir("bad-input");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+
+    // Plaintext of 0 and 4097 bytes.
+    for size in [0usize, 4097] {
+        let r = c
+            .encrypt(pb::EncryptRequest {
+                key_id: key.clone(),
+                plaintext: vec![7; size],
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(reason(r), "ValidationException", "plaintext {size}");
+    }
+    // NumberOfBytes 0 and 1025, both KeySpec and NumberOfBytes, neither.
+    for (n, spec) in [(Some(0), ""), (Some(1025), ""), (Some(32), "AES_256"), (None, ""), (None, "AES_512")] {
+        let r = c
+            .generate_data_key(pb::GenerateDataKeyRequest {
+                key_id: key.clone(),
+                number_of_bytes: n,
+                key_spec: spec.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(reason(r), "ValidationException", "{n:?} {spec}");
+        let r = c
+            .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                key_id: key.clone(),
+                number_of_bytes: n,
+                key_spec: spec.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(reason(r), "ValidationException", "{n:?} {spec}");
+    }
+    for n in [0, 1025] {
+        let r = c
+            .generate_random(pb::GenerateRandomRequest {
+                number_of_bytes: Some(n),
+                custom_key_store_id: String::new(),
+            })
+            .await;
+        assert_eq!(reason(r), "ValidationException");
+    }
+
+    // Unknown key, by id, ARN and alias.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for k in [
+        unknown.clone(),
+        format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{unknown}"),
+        "alias/nope".into(),
+        "not-a-key".into(),
+    ] {
+        let r = c
+            .encrypt(pb::EncryptRequest {
+                key_id: k.clone(),
+                plaintext: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(reason(r), "NotFoundException", "{k}");
+    }
+    assert_eq!(
+        reason(c.enable_key(pb::EnableKeyRequest { key_id: unknown.clone() }).await),
+        "NotFoundException"
+    );
+
+    // A wrong algorithm for a symmetric key.
+    let r = c
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"x".to_vec(),
+            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "InvalidKeyUsageException");
+
+    // Disabled key.
+    let blob = encrypt(&mut c, &key, b"secret", &[]).await;
+    c.disable_key(pb::DisableKeyRequest { key_id: key.clone() }).await.unwrap();
+    let r = c
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "DisabledException");
+    assert_eq!(reason(c.decrypt(decrypt_req(&blob, &[])).await), "DisabledException");
+    c.enable_key(pb::EnableKeyRequest { key_id: key.clone() }).await.unwrap();
+
+    // Pending deletion.
+    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+        key_id: key.clone(),
+        pending_window_in_days: Some(7),
+    })
+    .await
+    .unwrap();
+    let r = c
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "KMSInvalidStateException");
+    assert_eq!(reason(c.decrypt(decrypt_req(&blob, &[])).await), "KMSInvalidStateException");
+    assert_eq!(
+        reason(
+            c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+                key_id: key.clone(),
+                pending_window_in_days: Some(7),
+            })
+            .await
+        ),
+        "KMSInvalidStateException"
+    );
+    assert_eq!(
+        reason(c.enable_key(pb::EnableKeyRequest { key_id: key.clone() }).await),
+        "KMSInvalidStateException"
+    );
+    c.cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: key.clone() })
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(c.cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: key.clone() }).await),
+        "KMSInvalidStateException"
+    );
+    c.enable_key(pb::EnableKeyRequest { key_id: key.clone() }).await.unwrap();
+    for days in [6, 31] {
+        let r = c
+            .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+                key_id: key.clone(),
+                pending_window_in_days: Some(days),
+            })
+            .await;
+        assert_eq!(reason(r), "ValidationException");
+    }
+
+    // Aliases: reserved prefix, malformed names, duplicates, management ops by alias.
+    for bad in ["alias/aws/s3", "payments", "alias/", "alias/bad name", "alias/ünï"] {
+        let r = c
+            .create_alias(pb::CreateAliasRequest {
+                alias_name: bad.into(),
+                target_key_id: key.clone(),
+            })
+            .await;
+        assert_eq!(reason(r), "InvalidAliasNameException", "{bad}");
+    }
+    c.create_alias(pb::CreateAliasRequest {
+        alias_name: "alias/dup".into(),
+        target_key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+    let r = c
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/dup".into(),
+            target_key_id: key.clone(),
+        })
+        .await;
+    assert_eq!(reason(r), "AlreadyExistsException");
+    assert_eq!(
+        reason(
+            c.delete_alias(pb::DeleteAliasRequest {
+                alias_name: "alias/missing".into()
+            })
+            .await
+        ),
+        "NotFoundException"
+    );
+    assert_eq!(
+        reason(c.disable_key(pb::DisableKeyRequest { key_id: "alias/dup".into() }).await),
+        "NotFoundException"
+    );
+
+    // Tags and descriptions.
+    let r = c
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.clone(),
+            tags: vec![pb::Tag {
+                tag_key: "aws:reserved".into(),
+                tag_value: String::new(),
+            }],
+        })
+        .await;
+    assert_eq!(reason(r), "TagException");
+    let r = c
+        .update_key_description(pb::UpdateKeyDescriptionRequest {
+            key_id: key.clone(),
+            description: "d".repeat(8193),
+        })
+        .await;
+    assert_eq!(reason(r), "ValidationException");
+    let r = c
+        .create_key(pb::CreateKeyRequest {
+            policy: "{not json".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "MalformedPolicyDocumentException");
+    let r = c
+        .create_key(pb::CreateKeyRequest {
+            key_spec: "AES_999".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "ValidationException");
+    let r = c
+        .list_keys(pb::ListKeysRequest {
+            limit: Some(10),
+            marker: "%%%".into(),
+        })
+        .await;
+    assert_eq!(reason(r), "InvalidMarkerException");
+    let r = c
+        .list_keys(pb::ListKeysRequest {
+            limit: Some(0),
+            marker: String::new(),
+        })
+        .await;
+    assert_eq!(reason(r), "ValidationException");
+
+    // A failed request changes nothing: the key still has exactly one alias and its tags.
+    let aliases = c
+        .list_aliases(pb::ListAliasesRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases;
+    assert_eq!(aliases.len(), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
+    let dir = data_dir("tamper");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let other = create_key(&mut c).await;
+    let ec = [("dept", "finance")];
+    let blob = encrypt(&mut c, &key, b"the quarterly numbers", &ec).await;
+
+    // Every single-byte change to the blob.
+    for i in 0..blob.len() {
+        for flip in [0x01u8, 0x80] {
+            let mut m = blob.clone();
+            m[i] ^= flip;
+            let r = c.decrypt(decrypt_req(&m, &ec)).await;
+            assert_eq!(reason(r), "InvalidCiphertextException", "byte {i} ^ {flip:#x}");
+        }
+    }
+    // Truncated and extended blobs.
+    for m in [blob[..blob.len() - 1].to_vec(), [blob.clone(), vec![0]].concat(), blob[..10].to_vec()] {
+        assert_eq!(reason(c.decrypt(decrypt_req(&m, &ec)).await), "InvalidCiphertextException");
+    }
+    // Wrong, missing, extra, and case-changed context.
+    for bad in [
+        vec![("dept", "Finance")],
+        vec![],
+        vec![("dept", "finance"), ("x", "y")],
+        vec![("Dept", "finance")],
+    ] {
+        let r = c.decrypt(decrypt_req(&blob, &bad)).await;
+        assert_eq!(reason(r), "InvalidCiphertextException", "{bad:?}");
+    }
+    // The device still answers after all those failures.
+    let d = c.decrypt(decrypt_req(&blob, &ec)).await.unwrap().into_inner();
+    assert_eq!(d.plaintext, b"the quarterly numbers");
+
+    // Decrypt naming another key: IncorrectKeyException.
+    let mut r = decrypt_req(&blob, &ec);
+    r.key_id = other.clone();
+    assert_eq!(reason(c.decrypt(r).await), "IncorrectKeyException");
+    let r = c
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            source_encryption_context: ctx(&ec),
+            source_key_id: other.clone(),
+            destination_key_id: other.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "IncorrectKeyException");
+    // Oversized blob.
+    assert_eq!(
+        reason(c.decrypt(decrypt_req(&vec![1u8; 6145], &ec)).await),
+        "ValidationException"
+    );
+    assert_eq!(reason(c.decrypt(decrypt_req(&[], &ec)).await), "ValidationException");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmk_custody_on_the_token() {
+    let dir = data_dir("custody");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let hsm = server.kms.hsm().clone();
+    let object = ObjectId::new(uuid_bytes(&key), 1);
+
+    let attrs = hsm.key_attributes(object).await.expect("attributes");
+    assert!(attrs.token, "CKA_TOKEN");
+    assert!(attrs.private, "CKA_PRIVATE");
+    assert!(attrs.sensitive, "CKA_SENSITIVE");
+    assert!(attrs.always_sensitive, "CKA_ALWAYS_SENSITIVE");
+    assert!(!attrs.extractable, "CKA_EXTRACTABLE");
+    assert!(attrs.never_extractable, "CKA_NEVER_EXTRACTABLE");
+    assert!(attrs.encrypt && attrs.decrypt, "CKA_ENCRYPT/CKA_DECRYPT");
+    assert!(!attrs.wrap && !attrs.unwrap && !attrs.sign && !attrs.verify && !attrs.derive);
+    assert_eq!(attrs.allowed_mechanisms, vec!["AES_GCM".to_string()]);
+
+    let read = hsm.try_read_value(object).await;
+    assert!(read.is_err(), "reading CKA_VALUE must fail");
+    let wrapped = hsm.try_wrap_with_new_key(object).await;
+    let err = wrapped.expect_err("wrapping must fail");
+    assert!(err.to_string().contains("CKR_KEY_UNEXTRACTABLE"), "{err}");
+
+    // The object is findable by its label for people using pkcs11-tool.
+    let objects = hsm.list_objects().await.unwrap();
+    assert!(objects
+        .iter()
+        .any(|o| o.label == format!("p11kms/{key}/v1") && o.id == object.0.to_vec()));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_is_required_and_accounts_are_isolated() {
+    let dir = data_dir("auth");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, b"mine", &[]).await;
+
+    // No client certificate at all.
+    let mut anon = client_as(server.addr, None).await;
+    let r = anon.list_keys(pb::ListKeysRequest::default()).await;
+    let s = r.expect_err("no certificate must be refused");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated);
+    // A certificate from our CA that is bound to no principal.
+    let mut unbound = client_as(server.addr, Some("unbound")).await;
+    let s = unbound
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .expect_err("unbound certificate must be refused");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated);
+
+    // A principal of another account cannot use or even see the key, and the denied
+    // requests make no HSM call.
+    let mut bob = client_as(server.addr, Some("bob")).await;
+    let before = server.kms.hsm().total_ops();
+    let arn = format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{key}");
+    let r = bob
+        .encrypt(pb::EncryptRequest {
+            key_id: arn.clone(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "AccessDeniedException");
+    assert_eq!(reason(bob.decrypt(decrypt_req(&blob, &[])).await), "AccessDeniedException");
+    assert_eq!(
+        reason(
+            bob.describe_key(pb::DescribeKeyRequest {
+                key_id: arn.clone(),
+                grant_tokens: vec![]
+            })
+            .await
+        ),
+        "AccessDeniedException"
+    );
+    // A bare id resolves in bob's own account, where it does not exist.
+    assert_eq!(
+        reason(bob.disable_key(pb::DisableKeyRequest { key_id: key.clone() }).await),
+        "NotFoundException"
+    );
+    assert_eq!(server.kms.hsm().total_ops(), before, "denied requests reached the HSM");
+    let bobs_keys = bob
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert!(bobs_keys.is_empty());
+    // The admin's key is untouched.
+    let m = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key,
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(m.key_state, "Enabled");
+    server.shutdown().await.unwrap();
+}
