@@ -102,7 +102,7 @@ struct Cache {
     keys: BTreeMap<Uuid, Arc<CachedKey>>,
     /// (account, alias name) -> alias.
     aliases: BTreeMap<(String, String), AliasRecord>,
-    /// Keys that existed and were deleted by the sweeper during this process's life.
+    /// Keys destroyed by the sweeper (tombstones from the store).
     deleted: BTreeSet<Uuid>,
 }
 
@@ -158,6 +158,7 @@ impl Kms {
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;
+        let deleted = kms.store.deleted_key_ids().await?;
         {
             let mut cache = kms.cache_write();
             for b in bundles {
@@ -167,6 +168,9 @@ impl Kms {
             for a in aliases {
                 cache.aliases.insert((a.account.clone(), a.name.clone()), a);
             }
+            cache
+                .deleted
+                .extend(deleted.iter().filter_map(|id| Uuid::parse_str(id).ok()));
         }
         Ok(Arc::new(kms))
     }

@@ -47,7 +47,7 @@ impl Kms {
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.store.delete_key(&key_id).await?;
+            self.store.destroy_key(&key_id, now).await?;
             {
                 let mut cache = self.cache_write();
                 let uuid = Uuid::from_bytes(key.uuid);

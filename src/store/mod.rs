@@ -156,6 +156,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Removes a key with its versions, tags and aliases, in one transaction.
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;
 
+    /// The sweeper's last step: removes a key like [`MetadataStore::delete_key`] and records a
+    /// tombstone (key id, account, time) in the same transaction.
+    async fn destroy_key(&self, key_id: &str, deleted_at_ms: i64) -> Result<(), StoreError>;
+    /// Ids of every key destroyed by the sweeper.
+    async fn deleted_key_ids(&self) -> Result<Vec<String>, StoreError>;
+
     /// Replaces or adds the given tags on a key (same tag key overwrites), atomically.
     async fn put_tags(&self, key_id: &str, tags: &[Tag]) -> Result<(), StoreError>;
     /// Removes the given tag keys from a key; absent keys are ignored.

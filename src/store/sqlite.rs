@@ -35,8 +35,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The embedded migrations as (version, description, SQL), in version order.
 ///
 /// Append only: never edit or renumber a released entry, sqlx checks the checksums.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "deleted keys",
+        include_str!("../../migrations/0002_deleted_keys.sql"),
+    ),
+];
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
@@ -491,6 +497,47 @@ impl MetadataStore for SqliteStore {
             return Err(StoreError::NotFound(key_missing(key_id)));
         }
         tx.commit().await.map_err(db_err)
+    }
+
+    async fn destroy_key(&self, key_id: &str, deleted_at_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let account: Option<String> = sqlx::query_scalar("SELECT account FROM keys WHERE key_id = ?")
+            .bind(key_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let Some(account) = account else {
+            return Err(StoreError::NotFound(key_missing(key_id)));
+        };
+        for sql in [
+            "DELETE FROM aliases WHERE key_id = ?",
+            "DELETE FROM tags WHERE key_id = ?",
+            "DELETE FROM key_versions WHERE key_id = ?",
+            "DELETE FROM keys WHERE key_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        sqlx::query(
+            "INSERT OR REPLACE INTO deleted_keys (key_id, account, deleted_at_ms) VALUES (?, ?, ?)",
+        )
+        .bind(key_id)
+        .bind(&account)
+        .bind(deleted_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn deleted_key_ids(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT key_id FROM deleted_keys ORDER BY key_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
     }
 
     async fn put_tags(&self, key_id: &str, tags: &[Tag]) -> Result<(), StoreError> {

@@ -1,0 +1,327 @@
+//! Restart durability, the deletion sweeper on an injected clock, and the CLI tour — all
+//! against the real daemon, a real SoftHSM2 token and real SQLite.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use p11kms::core::ManualClock;
+use p11kms::hsm::ObjectId;
+use p11kms::pb;
+
+fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_aliases_and_ciphertexts_survive_a_restart() {
+    let dir = data_dir("restart");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    c.create_alias(pb::CreateAliasRequest {
+        alias_name: "alias/durable".into(),
+        target_key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+    c.tag_resource(pb::TagResourceRequest {
+        key_id: key.clone(),
+        tags: vec![pb::Tag {
+            tag_key: "k".into(),
+            tag_value: "v".into(),
+        }],
+    })
+    .await
+    .unwrap();
+    let blob = c
+        .encrypt(pb::EncryptRequest {
+            key_id: "alias/durable".into(),
+            plaintext: b"kept across restarts".to_vec(),
+            encryption_context: ctx(&[("app", "x")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let dk = c
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key_id: key.clone(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let m = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: "alias/durable".into(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(m.key_id, key);
+    assert_eq!(m.key_state, "Enabled");
+    let d = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            encryption_context: ctx(&[("app", "x")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.plaintext, b"kept across restarts");
+    let d = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: dk.ciphertext_blob,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.plaintext, dk.plaintext);
+    let tags = c
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tags;
+    assert_eq!(tags.len(), 1);
+    server.shutdown().await.unwrap();
+}
+
+async fn wait_until_gone(c: &mut Client, key: &str) -> bool {
+    for _ in 0..100 {
+        let r = c
+            .describe_key(pb::DescribeKeyRequest {
+                key_id: key.into(),
+                grant_tokens: vec![],
+            })
+            .await;
+        if r.is_err() {
+            return reason(r) == "NotFoundException";
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_destroys_the_hsm_object_after_the_window() {
+    let dir = data_dir("sweeper");
+    let clock = Arc::new(ManualClock::default());
+    let server = start_with(&dir, clock.clone()).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let survivor = create_key(&mut c).await;
+    c.create_alias(pb::CreateAliasRequest {
+        alias_name: "alias/doomed".into(),
+        target_key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+    let blob = c
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"soon unreadable".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let object = ObjectId::new(*uuid::Uuid::parse_str(&key).unwrap().as_bytes(), 1);
+    let hsm = server.kms.hsm().clone();
+    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+        key_id: key.clone(),
+        pending_window_in_days: Some(7),
+    })
+    .await
+    .unwrap();
+
+    // Six days on: the sweeper (every 50 ms) must leave it alone.
+    clock.advance_days(6);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(hsm.exists(object).await.unwrap(), "destroyed before the window ended");
+    let m = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(m.key_state, "PendingDeletion");
+
+    // Past the window: HSM object destroyed, metadata and aliases gone.
+    clock.advance_days(2);
+    assert!(wait_until_gone(&mut c, &key).await, "sweeper did not delete the key");
+    assert!(!hsm.exists(object).await.unwrap(), "HSM object still on the token");
+    let r = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "NotFoundException");
+    let aliases = c
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases;
+    assert!(aliases.is_empty());
+    // The other key is untouched.
+    c.encrypt(pb::EncryptRequest {
+        key_id: survivor.clone(),
+        plaintext: b"x".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    // The answer is the same after a restart (tombstones are persisted).
+    let server = start_with(&dir, clock).await;
+    let mut c = admin(server.addr).await;
+    let r = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "NotFoundException");
+    server.shutdown().await.unwrap();
+}
+
+fn cli(args: &[&str], conn: &[String], stdin: Option<&Path>) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p11kms"));
+    cmd.args(args).args(conn);
+    if let Some(p) = stdin {
+        cmd.stdin(std::fs::File::open(p).unwrap());
+    }
+    let out = cmd.output().expect("run p11kms");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tour_create_encrypt_decrypt_data_key() {
+    let dir = data_dir("cli");
+    let server = start(&dir).await;
+    let pki = env().pki.clone();
+    let conn = vec![
+        format!("--endpoint=https://127.0.0.1:{}", server.addr.port()),
+        format!("--ca-cert={}", pki.join("ca.pem").display()),
+        format!("--client-cert={}", pki.join("admin.pem").display()),
+        format!("--client-key={}", pki.join("admin-key.pem").display()),
+    ];
+    let work = dir.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let (ok, out, err) = cli(&["key", "create", "--description", "cli key"], &conn, None);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let key = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        assert_eq!(v["KeyMetadata"]["KeyState"], "Enabled");
+
+        let (ok, _, err) = cli(&["alias", "create", "alias/cli", &key], &conn, None);
+        assert!(ok, "{err}");
+        let plain = work.join("plain.txt");
+        std::fs::write(&plain, b"hello from the CLI").unwrap();
+        let sealed = work.join("sealed.bin");
+        let (ok, _, err) = cli(
+            &[
+                "encrypt",
+                "--key",
+                "alias/cli",
+                "--in",
+                plain.to_str().unwrap(),
+                "--context",
+                "app=cli",
+                "--out",
+                sealed.to_str().unwrap(),
+            ],
+            &conn,
+            None,
+        );
+        assert!(ok, "{err}");
+        let opened = work.join("opened.txt");
+        let (ok, _, err) = cli(
+            &["decrypt", "--in", "-", "--context", "app=cli", "--out", opened.to_str().unwrap()],
+            &conn,
+            Some(&sealed),
+        );
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read(&opened).unwrap(), b"hello from the CLI");
+        // A wrong context fails with the AWS error name and a non-zero exit.
+        let (ok, _, err) = cli(
+            &["decrypt", "--in", sealed.to_str().unwrap(), "--context", "app=other"],
+            &conn,
+            None,
+        );
+        assert!(!ok);
+        assert!(err.contains("InvalidCiphertextException"), "{err}");
+
+        let (ok, out, err) = cli(&["generate-data-key", "--key", &key], &conn, None);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pt = b64.decode(v["Plaintext"].as_str().unwrap()).unwrap();
+        assert_eq!(pt.len(), 32);
+        let (ok, out, err) = cli(
+            &["decrypt", "--b64", v["CiphertextBlob"].as_str().unwrap()],
+            &conn,
+            None,
+        );
+        assert!(ok, "{err}");
+        assert_eq!(b64.decode(out.trim()).unwrap(), pt);
+
+        let (ok, out, _) = cli(&["key", "list"], &conn, None);
+        assert!(ok && out.contains(&key));
+        let (ok, out, _) = cli(&["alias", "list"], &conn, None);
+        assert!(ok && out.contains("alias/cli"));
+        let (ok, _, err) = cli(&["key", "disable", &key], &conn, None);
+        assert!(ok, "{err}");
+        let (ok, out, _) = cli(&["key", "describe", &key], &conn, None);
+        assert!(ok && out.contains("\"Disabled\""), "{out}");
+        let (ok, out, err) = cli(&["key", "schedule-deletion", &key, "--days", "7"], &conn, None);
+        assert!(ok && out.contains("PendingDeletion"), "{err}");
+        let (ok, _, err) = cli(&["key", "cancel-deletion", &key], &conn, None);
+        assert!(ok, "{err}");
+        let (ok, _, err) = cli(&["key", "enable", &key], &conn, None);
+        assert!(ok, "{err}");
+        // Without a client certificate the CLI is refused.
+        let no_cert: Vec<String> = conn[..2].to_vec();
+        let (ok, _, err) = cli(&["key", "list"], &no_cert, None);
+        assert!(!ok);
+        assert!(err.contains("UnrecognizedClientException"), "{err}");
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    result.unwrap();
+}
