@@ -51,7 +51,11 @@ impl CheckReport {
                 out,
                 "DRIFT interrupted creation: key {} is still Creating; HSM object {}",
                 i.key_id,
-                if i.hsm_object_present { "present" } else { "absent" }
+                if i.hsm_object_present {
+                    "present"
+                } else {
+                    "absent"
+                }
             );
         }
         for (k, v) in &d.missing_objects {

@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn short_and_unknown_version_rejected() {
         assert_eq!(parse(&[]).unwrap_err(), CiphertextError::TooShort);
-        assert_eq!(parse(&[1u8; OVERHEAD]).unwrap_err(), CiphertextError::TooShort);
+        assert_eq!(
+            parse(&[1u8; OVERHEAD]).unwrap_err(),
+            CiphertextError::TooShort
+        );
         let mut blob = sample();
         blob[0] = 2;
         assert_eq!(parse(&blob).unwrap_err(), CiphertextError::UnknownVersion);
@@ -187,7 +190,10 @@ mod tests {
         let mut y = BTreeMap::new();
         y.insert("a".to_string(), "b".to_string());
         assert_ne!(canonical_context(&x), canonical_context(&y));
-        assert_eq!(canonical_context(&BTreeMap::new()).unwrap(), Vec::<u8>::new());
+        assert_eq!(
+            canonical_context(&BTreeMap::new()).unwrap(),
+            Vec::<u8>::new()
+        );
         let mut big = BTreeMap::new();
         big.insert("k".to_string(), "v".repeat(70_000));
         assert!(canonical_context(&big).is_none());

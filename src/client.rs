@@ -72,10 +72,9 @@ impl ClientConfig {
 
     /// Connects with mutual TLS.
     pub async fn connect(&self) -> Result<KeyManagementServiceClient<Channel>, ClientError> {
-        let endpoint = self
-            .endpoint
-            .clone()
-            .ok_or_else(|| ClientError::Config("no endpoint (--endpoint or P11KMS_ENDPOINT)".into()))?;
+        let endpoint = self.endpoint.clone().ok_or_else(|| {
+            ClientError::Config("no endpoint (--endpoint or P11KMS_ENDPOINT)".into())
+        })?;
         let read = |p: &Option<PathBuf>, what: &str| -> Result<Vec<u8>, ClientError> {
             let p = p
                 .as_ref()
@@ -85,7 +84,10 @@ impl ClientConfig {
                 source,
             })
         };
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca_cert, "CA certificate")?));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(
+            &self.ca_cert,
+            "CA certificate",
+        )?));
         if self.client_cert.is_some() || self.client_key.is_some() {
             tls = tls.identity(Identity::from_pem(
                 read(&self.client_cert, "client certificate")?,

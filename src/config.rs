@@ -301,7 +301,9 @@ impl Config {
                 ConfigError::Invalid(format!("hsm.pin_file {}: {e}", path.display()))
             })?),
             (None, Some(var)) => Zeroizing::new(std::env::var(var).map_err(|_| {
-                ConfigError::Invalid(format!("hsm.pin_env: environment variable {var} is not set"))
+                ConfigError::Invalid(format!(
+                    "hsm.pin_env: environment variable {var} is not set"
+                ))
             })?),
             (None, None) => return Err(ConfigError::Invalid("hsm: no PIN source".into())),
         };

@@ -88,11 +88,22 @@ pub fn ensure_ca_and_server(pki: &Path) -> Result<(), DevSetupError> {
 
     let issuer = load_issuer(pki)?;
     let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
-    p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().map_err(|_| rcgen::Error::CouldNotParseCertificate)?));
-    p.subject_alt_names.push(SanType::IpAddress("::1".parse().map_err(|_| rcgen::Error::CouldNotParseCertificate)?));
+    p.subject_alt_names.push(SanType::IpAddress(
+        "127.0.0.1"
+            .parse()
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?,
+    ));
+    p.subject_alt_names.push(SanType::IpAddress(
+        "::1"
+            .parse()
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?,
+    ));
     p.distinguished_name.push(DnType::CommonName, "localhost");
     p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     p.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate()?;
@@ -104,7 +115,11 @@ pub fn ensure_ca_and_server(pki: &Path) -> Result<(), DevSetupError> {
 
 /// Issues a client certificate with subject CN `name` (and an optional URI SAN) signed by the
 /// dev CA in `pki`: `<name>.pem` and `<name>-key.pem`. Overwrites existing files.
-pub fn issue_client_cert(pki: &Path, name: &str, san_uri: Option<&str>) -> Result<(), DevSetupError> {
+pub fn issue_client_cert(
+    pki: &Path,
+    name: &str,
+    san_uri: Option<&str>,
+) -> Result<(), DevSetupError> {
     let issuer = load_issuer(pki)?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, name);
@@ -117,7 +132,10 @@ pub fn issue_client_cert(pki: &Path, name: &str, san_uri: Option<&str>) -> Resul
     p.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
-    write_private(&pki.join(format!("{name}-key.pem")), key.serialize_pem().as_bytes())?;
+    write_private(
+        &pki.join(format!("{name}-key.pem")),
+        key.serialize_pem().as_bytes(),
+    )?;
     write_public(&pki.join(format!("{name}.pem")), cert.pem().as_bytes())?;
     Ok(())
 }
@@ -162,8 +180,8 @@ pub fn dev_setup(data_dir: &Path, listen: &str) -> Result<DevSetup, DevSetupErro
             write_private(&p, random_pin().as_bytes())?;
         }
     }
-    let module = find_softhsm_module()
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    let module =
+        find_softhsm_module().unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
     let config = data_dir.join("p11kms.toml");
     if !config.exists() {
         let text = format!(
@@ -220,7 +238,9 @@ mod tests {
         let pem = fs::read_to_string(path).unwrap();
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
     }
 
     #[test]
@@ -242,9 +262,15 @@ mod tests {
         let (_, server) = X509Certificate::from_der(&der).unwrap();
         let san = server.subject_alternative_name().unwrap().unwrap();
         let names = format!("{:?}", san.value.general_names);
-        assert!(names.contains("localhost") && names.contains("[127, 0, 0, 1]"), "{names}");
+        assert!(
+            names.contains("localhost") && names.contains("[127, 0, 0, 1]"),
+            "{names}"
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(pki.join("ca-key.pem")).unwrap().permissions().mode();
+        let mode = fs::metadata(pki.join("ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0);
         // Idempotent: a second run keeps the CA.
         let before = fs::read(pki.join("ca.pem")).unwrap();

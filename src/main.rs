@@ -344,7 +344,10 @@ async fn shutdown_signal() {
 async fn client_command(command: Command) -> Result<(), String> {
     match command {
         Command::Key { conn, command } => {
-            let mut c = client_config(&conn)?.connect().await.map_err(|e| e.to_string())?;
+            let mut c = client_config(&conn)?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
             match command {
                 KeyCommand::Create {
                     description,
@@ -450,7 +453,10 @@ async fn client_command(command: Command) -> Result<(), String> {
             }
         }
         Command::Alias { conn, command } => {
-            let mut c = client_config(&conn)?.connect().await.map_err(|e| e.to_string())?;
+            let mut c = client_config(&conn)?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
             match command {
                 AliasCommand::Create { name, key } => {
                     c.create_alias(pb::CreateAliasRequest {
@@ -494,7 +500,10 @@ async fn client_command(command: Command) -> Result<(), String> {
             out,
         } => {
             let plaintext = read_input(&input)?;
-            let mut c = client_config(&conn)?.connect().await.map_err(|e| e.to_string())?;
+            let mut c = client_config(&conn)?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
             let r = c
                 .encrypt(pb::EncryptRequest {
                     key_id: key,
@@ -518,7 +527,10 @@ async fn client_command(command: Command) -> Result<(), String> {
             out,
         } => {
             let blob = read_input(&input)?;
-            let mut c = client_config(&conn)?.connect().await.map_err(|e| e.to_string())?;
+            let mut c = client_config(&conn)?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
             let r = c
                 .decrypt(pb::DecryptRequest {
                     ciphertext_blob: blob.to_vec(),
@@ -549,7 +561,10 @@ async fn client_command(command: Command) -> Result<(), String> {
                 (Some(s), _) => s.clone(),
                 (None, Some(_)) => String::new(),
             };
-            let mut c = client_config(&conn)?.connect().await.map_err(|e| e.to_string())?;
+            let mut c = client_config(&conn)?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
             let r = c
                 .generate_data_key(pb::GenerateDataKeyRequest {
                     key_id: key,

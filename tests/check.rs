@@ -38,28 +38,48 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     server.shutdown().await.unwrap();
 
     let cfg = config_path.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || run_check(&cfg)).await.unwrap();
+    let (code, out) = tokio::task::spawn_blocking(move || run_check(&cfg))
+        .await
+        .unwrap();
     assert_eq!(code, 0, "clean check failed:\n{out}");
-    assert!(out.contains("mechanism AES_GCM") && out.contains("check passed"), "{out}");
+    assert!(
+        out.contains("mechanism AES_GCM") && out.contains("check passed"),
+        "{out}"
+    );
 
     // Interrupt two creations, one at each point between the phases.
     let server = start(&dir).await;
     let mut c = admin(server.addr).await;
-    server.kms.hooks().set_interrupt_create(InterruptCreate::AfterHsmObject);
+    server
+        .kms
+        .hooks()
+        .set_interrupt_create(InterruptCreate::AfterHsmObject);
     let r = c.create_key(pb::CreateKeyRequest::default()).await;
     assert_eq!(reason(r), "KMSInternalException");
-    server.kms.hooks().set_interrupt_create(InterruptCreate::AfterMetadataRow);
+    server
+        .kms
+        .hooks()
+        .set_interrupt_create(InterruptCreate::AfterMetadataRow);
     let r = c.create_key(pb::CreateKeyRequest::default()).await;
     assert_eq!(reason(r), "KMSInternalException");
-    server.kms.hooks().set_interrupt_create(InterruptCreate::Never);
+    server
+        .kms
+        .hooks()
+        .set_interrupt_create(InterruptCreate::Never);
     let objects_before = server.kms.hsm().list_objects().await.unwrap().len();
     drop(c);
     server.shutdown().await.unwrap();
 
     let cfg = config_path.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || run_check(&cfg)).await.unwrap();
+    let (code, out) = tokio::task::spawn_blocking(move || run_check(&cfg))
+        .await
+        .unwrap();
     assert_eq!(code, 2, "check must fail on drift:\n{out}");
-    assert_eq!(out.matches("DRIFT interrupted creation").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("DRIFT interrupted creation").count(),
+        2,
+        "{out}"
+    );
     assert!(out.contains("HSM object present"), "{out}");
     assert!(out.contains("HSM object absent"), "{out}");
     assert!(out.contains("nothing was changed or deleted"), "{out}");
@@ -68,7 +88,10 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     // and such keys refuse use with the documented state error.
     let server = start(&dir).await;
     let mut c = admin(server.addr).await;
-    assert_eq!(server.kms.hsm().list_objects().await.unwrap().len(), objects_before);
+    assert_eq!(
+        server.kms.hsm().list_objects().await.unwrap().len(),
+        objects_before
+    );
     let keys = c
         .list_keys(pb::ListKeysRequest::default())
         .await
@@ -107,7 +130,9 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     // A config problem is reported and exits non-zero.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[server]\nlisten = \"nope\"\n").unwrap();
-    let (code, out) = tokio::task::spawn_blocking(move || run_check(&bad)).await.unwrap();
+    let (code, out) = tokio::task::spawn_blocking(move || run_check(&bad))
+        .await
+        .unwrap();
     assert_ne!(code, 0);
     assert!(out.contains("invalid config"), "{out}");
 }

@@ -15,7 +15,10 @@ use p11kms::hsm::ObjectId;
 use p11kms::pb;
 
 fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +163,10 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     // Six days on: the sweeper (every 50 ms) must leave it alone.
     clock.advance_days(6);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(hsm.exists(object).await.unwrap(), "destroyed before the window ended");
+    assert!(
+        hsm.exists(object).await.unwrap(),
+        "destroyed before the window ended"
+    );
     let m = c
         .describe_key(pb::DescribeKeyRequest {
             key_id: key.clone(),
@@ -175,8 +181,14 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
 
     // Past the window: HSM object destroyed, metadata and aliases gone.
     clock.advance_days(2);
-    assert!(wait_until_gone(&mut c, &key).await, "sweeper did not delete the key");
-    assert!(!hsm.exists(object).await.unwrap(), "HSM object still on the token");
+    assert!(
+        wait_until_gone(&mut c, &key).await,
+        "sweeper did not delete the key"
+    );
+    assert!(
+        !hsm.exists(object).await.unwrap(),
+        "HSM object still on the token"
+    );
     let r = c
         .decrypt(pb::DecryptRequest {
             ciphertext_blob: blob.clone(),
@@ -271,7 +283,15 @@ async fn cli_tour_create_encrypt_decrypt_data_key() {
         assert!(ok, "{err}");
         let opened = work.join("opened.txt");
         let (ok, _, err) = cli(
-            &["decrypt", "--in", "-", "--context", "app=cli", "--out", opened.to_str().unwrap()],
+            &[
+                "decrypt",
+                "--in",
+                "-",
+                "--context",
+                "app=cli",
+                "--out",
+                opened.to_str().unwrap(),
+            ],
             &conn,
             Some(&sealed),
         );
@@ -279,7 +299,13 @@ async fn cli_tour_create_encrypt_decrypt_data_key() {
         assert_eq!(std::fs::read(&opened).unwrap(), b"hello from the CLI");
         // A wrong context fails with the AWS error name and a non-zero exit.
         let (ok, _, err) = cli(
-            &["decrypt", "--in", sealed.to_str().unwrap(), "--context", "app=other"],
+            &[
+                "decrypt",
+                "--in",
+                sealed.to_str().unwrap(),
+                "--context",
+                "app=other",
+            ],
             &conn,
             None,
         );
@@ -309,7 +335,11 @@ async fn cli_tour_create_encrypt_decrypt_data_key() {
         assert!(ok, "{err}");
         let (ok, out, _) = cli(&["key", "describe", &key], &conn, None);
         assert!(ok && out.contains("\"Disabled\""), "{out}");
-        let (ok, out, err) = cli(&["key", "schedule-deletion", &key, "--days", "7"], &conn, None);
+        let (ok, out, err) = cli(
+            &["key", "schedule-deletion", &key, "--days", "7"],
+            &conn,
+            None,
+        );
         assert!(ok && out.contains("PendingDeletion"), "{err}");
         let (ok, _, err) = cli(&["key", "cancel-deletion", &key], &conn, None);
         assert!(ok, "{err}");

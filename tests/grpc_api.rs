@@ -10,7 +10,10 @@ use p11kms::hsm::ObjectId;
 use p11kms::pb;
 
 fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn uuid_bytes(key_id: &str) -> [u8; 16] {
@@ -144,7 +147,9 @@ async fn key_lifecycle_happy_path() {
     assert_eq!(tags[0].tag_value, "prod");
 
     // Disable / enable.
-    c.disable_key(pb::DisableKeyRequest { key_id: id.clone() }).await.unwrap();
+    c.disable_key(pb::DisableKeyRequest { key_id: id.clone() })
+        .await
+        .unwrap();
     let m = c
         .describe_key(pb::DescribeKeyRequest {
             key_id: id.clone(),
@@ -157,7 +162,9 @@ async fn key_lifecycle_happy_path() {
         .unwrap();
     assert_eq!(m.key_state, "Disabled");
     assert!(!m.enabled);
-    c.enable_key(pb::EnableKeyRequest { key_id: id.clone() }).await.unwrap();
+    c.enable_key(pb::EnableKeyRequest { key_id: id.clone() })
+        .await
+        .unwrap();
 
     // Schedule and cancel deletion: default window 30, cancel leaves Disabled.
     let s = c
@@ -309,7 +316,10 @@ async fn cryptographic_operations_happy_path() {
         assert_eq!(d.key_material_id.len(), 64);
         let mut with_key = decrypt_req(&r.ciphertext_blob, &ec);
         with_key.key_id = key.clone();
-        assert_eq!(c.decrypt(with_key).await.unwrap().into_inner().plaintext, pt);
+        assert_eq!(
+            c.decrypt(with_key).await.unwrap().into_inner().plaintext,
+            pt
+        );
     }
 
     // Two encryptions of the same plaintext differ (fresh IV from the HSM).
@@ -359,7 +369,12 @@ async fn cryptographic_operations_happy_path() {
     assert_eq!(d.plaintext, b"move me");
 
     // Data keys: KeySpec and NumberOfBytes; the blob opens with Decrypt.
-    for (spec, n, len) in [("AES_256", None, 32usize), ("AES_128", None, 16), ("", Some(1), 1), ("", Some(1024), 1024)] {
+    for (spec, n, len) in [
+        ("AES_256", None, 32usize),
+        ("AES_128", None, 16),
+        ("", Some(1), 1),
+        ("", Some(1024), 1024),
+    ] {
         let dk = c
             .generate_data_key(pb::GenerateDataKeyRequest {
                 key_id: key.clone(),
@@ -438,7 +453,13 @@ async fn bad_input_gets_aws_errors() {
         assert_eq!(reason(r), "ValidationException", "plaintext {size}");
     }
     // NumberOfBytes 0 and 1025, both KeySpec and NumberOfBytes, neither.
-    for (n, spec) in [(Some(0), ""), (Some(1025), ""), (Some(32), "AES_256"), (None, ""), (None, "AES_512")] {
+    for (n, spec) in [
+        (Some(0), ""),
+        (Some(1025), ""),
+        (Some(32), "AES_256"),
+        (None, ""),
+        (None, "AES_512"),
+    ] {
         let r = c
             .generate_data_key(pb::GenerateDataKeyRequest {
                 key_id: key.clone(),
@@ -486,7 +507,12 @@ async fn bad_input_gets_aws_errors() {
         assert_eq!(reason(r), "NotFoundException", "{k}");
     }
     assert_eq!(
-        reason(c.enable_key(pb::EnableKeyRequest { key_id: unknown.clone() }).await),
+        reason(
+            c.enable_key(pb::EnableKeyRequest {
+                key_id: unknown.clone()
+            })
+            .await
+        ),
         "NotFoundException"
     );
 
@@ -503,7 +529,11 @@ async fn bad_input_gets_aws_errors() {
 
     // Disabled key.
     let blob = encrypt(&mut c, &key, b"secret", &[]).await;
-    c.disable_key(pb::DisableKeyRequest { key_id: key.clone() }).await.unwrap();
+    c.disable_key(pb::DisableKeyRequest {
+        key_id: key.clone(),
+    })
+    .await
+    .unwrap();
     let r = c
         .encrypt(pb::EncryptRequest {
             key_id: key.clone(),
@@ -512,8 +542,15 @@ async fn bad_input_gets_aws_errors() {
         })
         .await;
     assert_eq!(reason(r), "DisabledException");
-    assert_eq!(reason(c.decrypt(decrypt_req(&blob, &[])).await), "DisabledException");
-    c.enable_key(pb::EnableKeyRequest { key_id: key.clone() }).await.unwrap();
+    assert_eq!(
+        reason(c.decrypt(decrypt_req(&blob, &[])).await),
+        "DisabledException"
+    );
+    c.enable_key(pb::EnableKeyRequest {
+        key_id: key.clone(),
+    })
+    .await
+    .unwrap();
 
     // Pending deletion.
     c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
@@ -530,7 +567,10 @@ async fn bad_input_gets_aws_errors() {
         })
         .await;
     assert_eq!(reason(r), "KMSInvalidStateException");
-    assert_eq!(reason(c.decrypt(decrypt_req(&blob, &[])).await), "KMSInvalidStateException");
+    assert_eq!(
+        reason(c.decrypt(decrypt_req(&blob, &[])).await),
+        "KMSInvalidStateException"
+    );
     assert_eq!(
         reason(
             c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
@@ -542,17 +582,33 @@ async fn bad_input_gets_aws_errors() {
         "KMSInvalidStateException"
     );
     assert_eq!(
-        reason(c.enable_key(pb::EnableKeyRequest { key_id: key.clone() }).await),
+        reason(
+            c.enable_key(pb::EnableKeyRequest {
+                key_id: key.clone()
+            })
+            .await
+        ),
         "KMSInvalidStateException"
     );
-    c.cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: key.clone() })
-        .await
-        .unwrap();
+    c.cancel_key_deletion(pb::CancelKeyDeletionRequest {
+        key_id: key.clone(),
+    })
+    .await
+    .unwrap();
     assert_eq!(
-        reason(c.cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: key.clone() }).await),
+        reason(
+            c.cancel_key_deletion(pb::CancelKeyDeletionRequest {
+                key_id: key.clone()
+            })
+            .await
+        ),
         "KMSInvalidStateException"
     );
-    c.enable_key(pb::EnableKeyRequest { key_id: key.clone() }).await.unwrap();
+    c.enable_key(pb::EnableKeyRequest {
+        key_id: key.clone(),
+    })
+    .await
+    .unwrap();
     for days in [6, 31] {
         let r = c
             .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
@@ -564,7 +620,13 @@ async fn bad_input_gets_aws_errors() {
     }
 
     // Aliases: reserved prefix, malformed names, duplicates, management ops by alias.
-    for bad in ["alias/aws/s3", "payments", "alias/", "alias/bad name", "alias/ünï"] {
+    for bad in [
+        "alias/aws/s3",
+        "payments",
+        "alias/",
+        "alias/bad name",
+        "alias/ünï",
+    ] {
         let r = c
             .create_alias(pb::CreateAliasRequest {
                 alias_name: bad.into(),
@@ -596,7 +658,12 @@ async fn bad_input_gets_aws_errors() {
         "NotFoundException"
     );
     assert_eq!(
-        reason(c.disable_key(pb::DisableKeyRequest { key_id: "alias/dup".into() }).await),
+        reason(
+            c.disable_key(pb::DisableKeyRequest {
+                key_id: "alias/dup".into()
+            })
+            .await
+        ),
         "NotFoundException"
     );
 
@@ -677,12 +744,23 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
             let mut m = blob.clone();
             m[i] ^= flip;
             let r = c.decrypt(decrypt_req(&m, &ec)).await;
-            assert_eq!(reason(r), "InvalidCiphertextException", "byte {i} ^ {flip:#x}");
+            assert_eq!(
+                reason(r),
+                "InvalidCiphertextException",
+                "byte {i} ^ {flip:#x}"
+            );
         }
     }
     // Truncated and extended blobs.
-    for m in [blob[..blob.len() - 1].to_vec(), [blob.clone(), vec![0]].concat(), blob[..10].to_vec()] {
-        assert_eq!(reason(c.decrypt(decrypt_req(&m, &ec)).await), "InvalidCiphertextException");
+    for m in [
+        blob[..blob.len() - 1].to_vec(),
+        [blob.clone(), vec![0]].concat(),
+        blob[..10].to_vec(),
+    ] {
+        assert_eq!(
+            reason(c.decrypt(decrypt_req(&m, &ec)).await),
+            "InvalidCiphertextException"
+        );
     }
     // Wrong, missing, extra, and case-changed context.
     for bad in [
@@ -695,7 +773,11 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
         assert_eq!(reason(r), "InvalidCiphertextException", "{bad:?}");
     }
     // The device still answers after all those failures.
-    let d = c.decrypt(decrypt_req(&blob, &ec)).await.unwrap().into_inner();
+    let d = c
+        .decrypt(decrypt_req(&blob, &ec))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(d.plaintext, b"the quarterly numbers");
 
     // Decrypt naming another key: IncorrectKeyException.
@@ -717,7 +799,10 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
         reason(c.decrypt(decrypt_req(&vec![1u8; 6145], &ec)).await),
         "ValidationException"
     );
-    assert_eq!(reason(c.decrypt(decrypt_req(&[], &ec)).await), "ValidationException");
+    assert_eq!(
+        reason(c.decrypt(decrypt_req(&[], &ec)).await),
+        "ValidationException"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -789,7 +874,10 @@ async fn authentication_is_required_and_accounts_are_isolated() {
         })
         .await;
     assert_eq!(reason(r), "AccessDeniedException");
-    assert_eq!(reason(bob.decrypt(decrypt_req(&blob, &[])).await), "AccessDeniedException");
+    assert_eq!(
+        reason(bob.decrypt(decrypt_req(&blob, &[])).await),
+        "AccessDeniedException"
+    );
     assert_eq!(
         reason(
             bob.describe_key(pb::DescribeKeyRequest {
@@ -802,10 +890,19 @@ async fn authentication_is_required_and_accounts_are_isolated() {
     );
     // A bare id resolves in bob's own account, where it does not exist.
     assert_eq!(
-        reason(bob.disable_key(pb::DisableKeyRequest { key_id: key.clone() }).await),
+        reason(
+            bob.disable_key(pb::DisableKeyRequest {
+                key_id: key.clone()
+            })
+            .await
+        ),
         "NotFoundException"
     );
-    assert_eq!(server.kms.hsm().total_ops(), before, "denied requests reached the HSM");
+    assert_eq!(
+        server.kms.hsm().total_ops(),
+        before,
+        "denied requests reached the HSM"
+    );
     let bobs_keys = bob
         .list_keys(pb::ListKeysRequest::default())
         .await

@@ -107,13 +107,16 @@ impl Kms {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        self.store.create_alias(&record).await.map_err(|e| match e {
-            crate::store::StoreError::AlreadyExists(_) => KmsError::AlreadyExists(format!(
-                "An alias with the name {} already exists",
-                self.alias_arn(&caller.account, alias_name)
-            )),
-            other => other.into(),
-        })?;
+        self.store
+            .create_alias(&record)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::AlreadyExists(_) => KmsError::AlreadyExists(format!(
+                    "An alias with the name {} already exists",
+                    self.alias_arn(&caller.account, alias_name)
+                )),
+                other => other.into(),
+            })?;
         self.cache_write()
             .aliases
             .insert((record.account.clone(), record.name.clone()), record);
@@ -177,12 +180,17 @@ impl Kms {
         validate::alias_name(alias_name)?;
         let _guard = self.mutate.lock().await;
         let key_ref = (caller.account.clone(), alias_name.to_string());
-        let current = self.cache_read().aliases.get(&key_ref).cloned().ok_or_else(|| {
-            KmsError::NotFound(format!(
-                "Alias {} is not found.",
-                self.alias_arn(&caller.account, alias_name)
-            ))
-        })?;
+        let current = self
+            .cache_read()
+            .aliases
+            .get(&key_ref)
+            .cloned()
+            .ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "Alias {} is not found.",
+                    self.alias_arn(&caller.account, alias_name)
+                ))
+            })?;
         let target = self.resolve(caller, &current.key_id, false)?;
         self.authorize_alias(caller, "kms:DeleteAlias", alias_name)?;
         self.authorize_key(caller, "kms:DeleteAlias", &target, None)?;

@@ -47,10 +47,7 @@ impl Authorizer for SameAccountAuthorizer {
         match req.key {
             Some(key) if key.account != caller.account => AuthzDecision {
                 allowed: false,
-                reason: format!(
-                    "no resource-based policy allows the {} action",
-                    req.action
-                ),
+                reason: format!("no resource-based policy allows the {} action", req.action),
             },
             Some(_) => AuthzDecision {
                 allowed: true,

@@ -23,8 +23,12 @@ pub const MAX_CIPHERTEXT: usize = 6144;
 /// Largest data key / random request.
 pub const MAX_DATA_KEY_BYTES: i32 = 1024;
 
-const KNOWN_ENCRYPTION_ALGORITHMS: &[&str] =
-    &["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"];
+const KNOWN_ENCRYPTION_ALGORITHMS: &[&str] = &[
+    "SYMMETRIC_DEFAULT",
+    "RSAES_OAEP_SHA_1",
+    "RSAES_OAEP_SHA_256",
+    "SM2PKE",
+];
 
 /// Encrypt input.
 #[derive(Debug, Default)]
@@ -195,7 +199,12 @@ impl Kms {
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self.resolve(caller, &req.key_id, true)?;
-        self.authorize_key(caller, "kms:Encrypt", &resolved, Some(&req.encryption_context))?;
+        self.authorize_key(
+            caller,
+            "kms:Encrypt",
+            &resolved,
+            Some(&req.encryption_context),
+        )?;
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
         let object = resolved.key.current_object();
@@ -276,7 +285,12 @@ impl Kms {
         )?;
         let plaintext = self
             .hsm
-            .decrypt_gcm(opened.object, opened.iv, opened.ciphertext_and_tag, opened.aad)
+            .decrypt_gcm(
+                opened.object,
+                opened.iv,
+                opened.ciphertext_and_tag,
+                opened.aad,
+            )
             .await?;
         Ok(DecryptResponse {
             key_id: opened.resolved.key.arn.clone(),

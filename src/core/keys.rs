@@ -188,12 +188,10 @@ impl Kms {
         validate::description(&req.description)?;
         validate::tags(&req.tags)?;
         let spec = match (&req.key_spec, &req.customer_master_key_spec) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(KmsError::Validation(
-                    "KeySpec and CustomerMasterKeySpec must not both be given with different values."
-                        .into(),
-                ))
-            }
+            (Some(a), Some(b)) if a != b => return Err(KmsError::Validation(
+                "KeySpec and CustomerMasterKeySpec must not both be given with different values."
+                    .into(),
+            )),
             (Some(s), _) | (None, Some(s)) => s.as_str(),
             (None, None) => SYMMETRIC_DEFAULT,
         };
@@ -384,17 +382,31 @@ impl Kms {
         self.set_enabled(caller, key_id, false).await
     }
 
-    async fn set_enabled(&self, caller: &Caller, key_id: &str, enable: bool) -> Result<(), KmsError> {
+    async fn set_enabled(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        enable: bool,
+    ) -> Result<(), KmsError> {
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, key_id, false)?;
-        let action = if enable { "kms:EnableKey" } else { "kms:DisableKey" };
+        let action = if enable {
+            "kms:EnableKey"
+        } else {
+            "kms:DisableKey"
+        };
         self.authorize_key(caller, action, &resolved, None)?;
         check_state(&resolved.key, StateClass::EnableDisable)?;
-        let target = if enable { KeyState::Enabled } else { KeyState::Disabled };
+        let target = if enable {
+            KeyState::Enabled
+        } else {
+            KeyState::Disabled
+        };
         if resolved.key.record.state == target {
             return Ok(());
         }
-        self.update_record(&resolved.key, |r| r.state = target).await?;
+        self.update_record(&resolved.key, |r| r.state = target)
+            .await?;
         Ok(())
     }
 
@@ -429,7 +441,11 @@ impl Kms {
     }
 
     /// CancelKeyDeletion: back to Disabled, as AWS does.
-    pub async fn cancel_key_deletion(&self, caller: &Caller, key_id: &str) -> Result<String, KmsError> {
+    pub async fn cancel_key_deletion(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+    ) -> Result<String, KmsError> {
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, key_id, false)?;
         self.authorize_key(caller, "kms:CancelKeyDeletion", &resolved, None)?;
@@ -484,7 +500,10 @@ mod tests {
         let p = default_key_policy("aws", "111122223333");
         let v: serde_json::Value = serde_json::from_str(&p).unwrap();
         assert_eq!(v["Id"], "key-default-1");
-        assert_eq!(v["Statement"][0]["Principal"]["AWS"], "arn:aws:iam::111122223333:root");
+        assert_eq!(
+            v["Statement"][0]["Principal"]["AWS"],
+            "arn:aws:iam::111122223333:root"
+        );
         assert_eq!(v["Statement"][0]["Action"], "kms:*");
         assert!(validate_policy_document(&p).is_ok());
     }

@@ -28,7 +28,7 @@ use crate::identity::arn::{self, Arn};
 use crate::identity::Caller;
 use crate::store::{AliasRecord, KeyBundle, KeyRecord, KeyState, MetadataStore, Tag};
 
-pub use authz::{AuthzDecision, AuthzRequest, Authorizer, SameAccountAuthorizer};
+pub use authz::{Authorizer, AuthzDecision, AuthzRequest, SameAccountAuthorizer};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::KmsError;
 
@@ -163,7 +163,9 @@ impl Kms {
             let mut cache = kms.cache_write();
             for b in bundles {
                 let cached = kms.cached_from_bundle(b)?;
-                cache.keys.insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
+                cache
+                    .keys
+                    .insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
             }
             for a in aliases {
                 cache.aliases.insert((a.account.clone(), a.name.clone()), a);
@@ -216,11 +218,21 @@ impl Kms {
     }
 
     fn key_arn(&self, account: &str, key_id: &str) -> String {
-        arn::key_arn(&self.settings.partition, &self.settings.region, account, key_id)
+        arn::key_arn(
+            &self.settings.partition,
+            &self.settings.region,
+            account,
+            key_id,
+        )
     }
 
     fn alias_arn(&self, account: &str, alias_name: &str) -> String {
-        arn::alias_arn(&self.settings.partition, &self.settings.region, account, alias_name)
+        arn::alias_arn(
+            &self.settings.partition,
+            &self.settings.region,
+            account,
+            alias_name,
+        )
     }
 
     fn cached_from_bundle(&self, b: KeyBundle) -> Result<CachedKey, KmsError> {
@@ -259,7 +271,10 @@ impl Kms {
     }
 
     fn key_by_uuid(&self, uuid: &[u8; 16]) -> Option<Arc<CachedKey>> {
-        self.cache_read().keys.get(&Uuid::from_bytes(*uuid)).cloned()
+        self.cache_read()
+            .keys
+            .get(&Uuid::from_bytes(*uuid))
+            .cloned()
     }
 
     fn was_deleted(&self, uuid: &[u8; 16]) -> bool {

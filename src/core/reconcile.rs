@@ -35,7 +35,9 @@ pub struct DriftReport {
 impl DriftReport {
     /// True when store and token agree.
     pub fn is_clean(&self) -> bool {
-        self.interrupted.is_empty() && self.missing_objects.is_empty() && self.orphan_objects.is_empty()
+        self.interrupted.is_empty()
+            && self.missing_objects.is_empty()
+            && self.orphan_objects.is_empty()
     }
 }
 
@@ -79,7 +81,9 @@ impl Kms {
             for v in &b.versions {
                 accounted.insert((uuid, v.version));
                 if !on_token.contains(&(uuid, v.version)) {
-                    report.missing_objects.push((b.key.key_id.clone(), v.version));
+                    report
+                        .missing_objects
+                        .push((b.key.key_id.clone(), v.version));
                 }
             }
         }

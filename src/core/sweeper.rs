@@ -55,7 +55,10 @@ impl Kms {
                 cache.aliases.retain(|_, a| a.key_id != key_id);
                 cache.deleted.insert(uuid);
             }
-            tracing::info!(key_id, "key deleted: HSM objects destroyed and metadata removed");
+            tracing::info!(
+                key_id,
+                "key deleted: HSM objects destroyed and metadata removed"
+            );
             destroyed.push(key_id);
         }
         Ok(destroyed)

@@ -39,7 +39,9 @@ impl Kms {
                 validate::MAX_TAGS
             )));
         }
-        self.store.put_tags(&resolved.key.record.key_id, &tags).await?;
+        self.store
+            .put_tags(&resolved.key.record.key_id, &tags)
+            .await?;
         self.refresh_key(&resolved.key.record.key_id).await?;
         Ok(())
     }
@@ -83,8 +85,11 @@ impl Kms {
         check_state(&resolved.key, StateClass::Any)?;
         let mut tags = resolved.key.tags.clone();
         tags.sort_by(|a, b| a.key.cmp(&b.key));
-        let (tags, next_marker) =
-            validate::page(tags.into_iter().map(|t| (t.key.clone(), t)), after.as_deref(), limit);
+        let (tags, next_marker) = validate::page(
+            tags.into_iter().map(|t| (t.key.clone(), t)),
+            after.as_deref(),
+            limit,
+        );
         Ok(ListResourceTagsResponse { tags, next_marker })
     }
 }

@@ -205,7 +205,11 @@ pub fn page<T>(
         last = Some(pos);
         out.push(item);
     }
-    let marker = if more { last.map(|l| encode_marker(&l)) } else { None };
+    let marker = if more {
+        last.map(|l| encode_marker(&l))
+    } else {
+        None
+    };
     (out, marker)
 }
 
@@ -230,8 +234,7 @@ pub fn alias_name(name: &str) -> Result<(), KmsError> {
     }
     if name.starts_with("alias/aws/") {
         return Err(KmsError::InvalidAliasName(
-            "Alias names beginning with \"alias/aws/\" are reserved for AWS managed keys."
-                .into(),
+            "Alias names beginning with \"alias/aws/\" are reserved for AWS managed keys.".into(),
         ));
     }
     Ok(())
@@ -251,10 +254,22 @@ mod tests {
     #[test]
     fn alias_rules() {
         assert!(alias_name("alias/app-1:prod/x_y").is_ok());
-        for bad in ["app", "alias/", "alias/has space", "alias/é", &format!("alias/{}", "a".repeat(251))] {
-            assert!(matches!(alias_name(bad), Err(KmsError::InvalidAliasName(_))), "{bad}");
+        for bad in [
+            "app",
+            "alias/",
+            "alias/has space",
+            "alias/é",
+            &format!("alias/{}", "a".repeat(251)),
+        ] {
+            assert!(
+                matches!(alias_name(bad), Err(KmsError::InvalidAliasName(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!(alias_name("alias/aws/s3"), Err(KmsError::InvalidAliasName(_))));
+        assert!(matches!(
+            alias_name("alias/aws/s3"),
+            Err(KmsError::InvalidAliasName(_))
+        ));
     }
 
     #[test]
@@ -267,7 +282,10 @@ mod tests {
         assert_eq!(p2, vec![2, 3]);
         let (p3, m3) = page(items, Some("k3"), 2);
         assert_eq!((p3, m3), (vec![4], None));
-        assert!(matches!(decode_marker("!!"), Err(KmsError::InvalidMarker(_))));
+        assert!(matches!(
+            decode_marker("!!"),
+            Err(KmsError::InvalidMarker(_))
+        ));
     }
 
     #[test]
@@ -280,6 +298,10 @@ mod tests {
             ctx.insert(format!("k{i}"), "v".into());
         }
         assert!(encryption_context("encryptionContext", &ctx).is_err());
-        assert!(tags(&[Tag { key: "aws:x".into(), value: String::new() }]).is_err());
+        assert!(tags(&[Tag {
+            key: "aws:x".into(),
+            value: String::new()
+        }])
+        .is_err());
     }
 }

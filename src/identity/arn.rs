@@ -115,6 +115,9 @@ mod tests {
             alias_arn("aws", "eu-west-1", "111122223333", "alias/x"),
             "arn:aws:kms:eu-west-1:111122223333:alias/x"
         );
-        assert_eq!(account_root_arn("aws", "111122223333"), "arn:aws:iam::111122223333:root");
+        assert_eq!(
+            account_root_arn("aws", "111122223333"),
+            "arn:aws:iam::111122223333:root"
+        );
     }
 }

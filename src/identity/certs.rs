@@ -95,7 +95,9 @@ mod tests {
 
     fn cert(cn: &str, uri: Option<&str>) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         if let Some(u) = uri {
             params
                 .subject_alt_names
@@ -128,7 +130,8 @@ mod tests {
             Some("arn:aws:iam::111122223333:user/admin")
         );
         assert_eq!(
-            dir.principal_for(&cert("svc", Some("spiffe://corp/app"))).as_deref(),
+            dir.principal_for(&cert("svc", Some("spiffe://corp/app")))
+                .as_deref(),
             Some("arn:aws:iam::111122223333:role/app")
         );
         assert_eq!(dir.principal_for(&cert("Admin", None)), None);

@@ -501,11 +501,12 @@ impl MetadataStore for SqliteStore {
 
     async fn destroy_key(&self, key_id: &str, deleted_at_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        let account: Option<String> = sqlx::query_scalar("SELECT account FROM keys WHERE key_id = ?")
-            .bind(key_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let account: Option<String> =
+            sqlx::query_scalar("SELECT account FROM keys WHERE key_id = ?")
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
         let Some(account) = account else {
             return Err(StoreError::NotFound(key_missing(key_id)));
         };

@@ -128,7 +128,9 @@ pub fn config(data_dir: &Path) -> Config {
 
 /// A fresh data directory under the test environment.
 pub fn data_dir(name: &str) -> PathBuf {
-    let d = env().dir.join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    let d = env()
+        .dir
+        .join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -173,7 +175,9 @@ pub async fn admin(addr: std::net::SocketAddr) -> Client {
 pub fn reason<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> String {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(s) => aws_reason(&s).unwrap_or_else(|| format!("no reason; {:?}: {}", s.code(), s.message())),
+        Err(s) => {
+            aws_reason(&s).unwrap_or_else(|| format!("no reason; {:?}: {}", s.code(), s.message()))
+        }
     }
 }
 

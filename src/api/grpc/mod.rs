@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use crate::core::aliases::AliasListEntry;
-use crate::core::crypto::{DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest};
+use crate::core::crypto::{
+    DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
+};
 use crate::core::keys::{CreateKeyRequest, KeyMetadata};
 use crate::core::Kms;
 use crate::identity::{AuthMethod, Caller, CertificateDirectory};
@@ -125,7 +127,10 @@ type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl KeyManagementService for GrpcService {
-    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Reply<pb::CreateKeyResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let m = self
@@ -151,7 +156,10 @@ impl KeyManagementService for GrpcService {
         }))
     }
 
-    async fn describe_key(&self, request: Request<pb::DescribeKeyRequest>) -> Reply<pb::DescribeKeyResponse> {
+    async fn describe_key(
+        &self,
+        request: Request<pb::DescribeKeyRequest>,
+    ) -> Reply<pb::DescribeKeyResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let m = self
@@ -164,7 +172,10 @@ impl KeyManagementService for GrpcService {
         }))
     }
 
-    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Reply<pb::ListKeysResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let page = self
@@ -186,7 +197,10 @@ impl KeyManagementService for GrpcService {
         }))
     }
 
-    async fn enable_key(&self, request: Request<pb::EnableKeyRequest>) -> Reply<pb::EnableKeyResponse> {
+    async fn enable_key(
+        &self,
+        request: Request<pb::EnableKeyRequest>,
+    ) -> Reply<pb::EnableKeyResponse> {
         let caller = self.caller(&request)?;
         self.kms
             .enable_key(&caller, &request.into_inner().key_id)
@@ -195,7 +209,10 @@ impl KeyManagementService for GrpcService {
         Ok(Response::new(pb::EnableKeyResponse {}))
     }
 
-    async fn disable_key(&self, request: Request<pb::DisableKeyRequest>) -> Reply<pb::DisableKeyResponse> {
+    async fn disable_key(
+        &self,
+        request: Request<pb::DisableKeyRequest>,
+    ) -> Reply<pb::DisableKeyResponse> {
         let caller = self.caller(&request)?;
         self.kms
             .disable_key(&caller, &request.into_inner().key_id)
@@ -249,7 +266,10 @@ impl KeyManagementService for GrpcService {
         Ok(Response::new(pb::UpdateKeyDescriptionResponse {}))
     }
 
-    async fn tag_resource(&self, request: Request<pb::TagResourceRequest>) -> Reply<pb::TagResourceResponse> {
+    async fn tag_resource(
+        &self,
+        request: Request<pb::TagResourceRequest>,
+    ) -> Reply<pb::TagResourceResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         self.kms
@@ -259,7 +279,10 @@ impl KeyManagementService for GrpcService {
         Ok(Response::new(pb::TagResourceResponse {}))
     }
 
-    async fn untag_resource(&self, request: Request<pb::UntagResourceRequest>) -> Reply<pb::UntagResourceResponse> {
+    async fn untag_resource(
+        &self,
+        request: Request<pb::UntagResourceRequest>,
+    ) -> Reply<pb::UntagResourceResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         self.kms
@@ -294,7 +317,10 @@ impl KeyManagementService for GrpcService {
         }))
     }
 
-    async fn create_alias(&self, request: Request<pb::CreateAliasRequest>) -> Reply<pb::CreateAliasResponse> {
+    async fn create_alias(
+        &self,
+        request: Request<pb::CreateAliasRequest>,
+    ) -> Reply<pb::CreateAliasResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         self.kms
@@ -304,7 +330,10 @@ impl KeyManagementService for GrpcService {
         Ok(Response::new(pb::CreateAliasResponse {}))
     }
 
-    async fn update_alias(&self, request: Request<pb::UpdateAliasRequest>) -> Reply<pb::UpdateAliasResponse> {
+    async fn update_alias(
+        &self,
+        request: Request<pb::UpdateAliasRequest>,
+    ) -> Reply<pb::UpdateAliasResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         self.kms
@@ -314,7 +343,10 @@ impl KeyManagementService for GrpcService {
         Ok(Response::new(pb::UpdateAliasResponse {}))
     }
 
-    async fn delete_alias(&self, request: Request<pb::DeleteAliasRequest>) -> Reply<pb::DeleteAliasResponse> {
+    async fn delete_alias(
+        &self,
+        request: Request<pb::DeleteAliasRequest>,
+    ) -> Reply<pb::DeleteAliasResponse> {
         let caller = self.caller(&request)?;
         self.kms
             .delete_alias(&caller, &request.into_inner().alias_name)
@@ -323,7 +355,10 @@ impl KeyManagementService for GrpcService {
         Ok(Response::new(pb::DeleteAliasResponse {}))
     }
 
-    async fn list_aliases(&self, request: Request<pb::ListAliasesRequest>) -> Reply<pb::ListAliasesResponse> {
+    async fn list_aliases(
+        &self,
+        request: Request<pb::ListAliasesRequest>,
+    ) -> Reply<pb::ListAliasesResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let page = self
@@ -387,7 +422,10 @@ impl KeyManagementService for GrpcService {
         }))
     }
 
-    async fn re_encrypt(&self, request: Request<pb::ReEncryptRequest>) -> Reply<pb::ReEncryptResponse> {
+    async fn re_encrypt(
+        &self,
+        request: Request<pb::ReEncryptRequest>,
+    ) -> Reply<pb::ReEncryptResponse> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let out = self
@@ -483,7 +521,11 @@ impl KeyManagementService for GrpcService {
         let r = request.into_inner();
         let bytes = self
             .kms
-            .generate_random(&caller, r.number_of_bytes, Some(r.custom_key_store_id.as_str()))
+            .generate_random(
+                &caller,
+                r.number_of_bytes,
+                Some(r.custom_key_store_id.as_str()),
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::GenerateRandomResponse {

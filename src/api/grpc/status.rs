@@ -37,7 +37,8 @@ pub fn code_for(e: &KmsError) -> Code {
 
 /// Builds a gRPC status with an `ErrorInfo` naming an AWS exception.
 pub fn with_reason(code: Code, reason: &str, message: String) -> Status {
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+    let details =
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
     Status::with_error_details(code, message, details)
 }
 
@@ -57,9 +58,7 @@ pub fn unauthenticated(message: &str) -> Status {
 
 /// The AWS exception name carried by a status, if any (clients and tests use it).
 pub fn aws_reason(status: &Status) -> Option<String> {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
+    status.get_details_error_info().map(|info| info.reason)
 }
 
 #[cfg(test)]
@@ -70,11 +69,20 @@ mod tests {
     fn reason_round_trips_through_status() {
         let s = to_status(KmsError::InvalidCiphertext("x".into()));
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert_eq!(aws_reason(&s).as_deref(), Some("InvalidCiphertextException"));
+        assert_eq!(
+            aws_reason(&s).as_deref(),
+            Some("InvalidCiphertextException")
+        );
         let s = to_status(KmsError::AccessDenied("no".into()));
         assert_eq!(s.code(), Code::PermissionDenied);
         assert_eq!(aws_reason(&s).as_deref(), Some("AccessDeniedException"));
-        assert_eq!(code_for(&KmsError::Disabled(String::new())), Code::FailedPrecondition);
-        assert_eq!(code_for(&KmsError::Throttling(String::new())), Code::ResourceExhausted);
+        assert_eq!(
+            code_for(&KmsError::Disabled(String::new())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code_for(&KmsError::Throttling(String::new())),
+            Code::ResourceExhausted
+        );
     }
 }

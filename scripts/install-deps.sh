@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what p11kms needs on a Debian or Ubuntu machine, only where it is missing:
+# SoftHSM2 (the dev and test HSM), OpenSC (pkcs11-tool, for operators), and a C compiler
+# (the tests build a small PKCS#11 fault-injection shim). Rust itself must already be
+# installed (https://rustup.rs): this script says so and stops if it is not.
+set -euo pipefail
+
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+
+if [ "${#need[@]}" -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo to install: ${need[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    echo "install-deps: installing ${need[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: cargo not found; install Rust first (https://rustup.rs)" >&2
+    exit 1
+fi
