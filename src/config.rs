@@ -14,7 +14,8 @@ use zeroize::Zeroizing;
 
 use crate::hsm::{HsmConfig, Pin};
 use crate::identity::arn::Arn;
-use crate::identity::{CertBinding, CertMatcher};
+use crate::identity::directory::AccountFiles;
+use crate::identity::{CertBinding, CertMatcher, DirectoryFiles};
 
 /// Why a configuration was refused. The message names the field and the fault.
 #[derive(Debug, thiserror::Error)]
@@ -147,13 +148,31 @@ impl Default for LogConfig {
     }
 }
 
-/// `[identity]`: how callers map to principals.
+/// `[identity]`: the identity directory and how callers map to principals.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
-    /// Client-certificate bindings.
+    /// Client-certificate bindings (more may come from the credentials file).
     #[serde(default)]
     pub certificate: Vec<CertificateBindingConfig>,
+    /// The credentials file: access keys and certificate bindings (JSON).
+    pub credentials: Option<PathBuf>,
+    /// One entry per account.
+    #[serde(default)]
+    pub account: Vec<AccountConfig>,
+}
+
+/// One `[[identity.account]]`: the account's IAM configuration and guardrails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The 12-digit account id.
+    pub account_id: String,
+    /// The JSON `aws iam get-account-authorization-details` prints for the account.
+    pub authorization_details: PathBuf,
+    /// Guardrail policy documents (the role of SCPs): every one must allow.
+    #[serde(default)]
+    pub guardrails: Vec<PathBuf>,
 }
 
 /// One `[[identity.certificate]]` binding: exactly one of `subject_cn` / `san_uri`.
@@ -210,6 +229,15 @@ impl Config {
         if let Some(p) = self.hsm.softhsm2_conf.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.identity.credentials.as_mut() {
+            fix(p);
+        }
+        for a in &mut self.identity.account {
+            fix(&mut a.authorization_details);
+            for g in &mut a.guardrails {
+                fix(g);
+            }
+        }
     }
 
     /// Checks every value that can be checked without touching the network or the HSM.
@@ -259,7 +287,55 @@ impl Config {
             ));
         }
         self.certificate_bindings()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, a) in self.identity.account.iter().enumerate() {
+            if !crate::identity::arn::is_account_id(&a.account_id) {
+                return invalid(format!(
+                    "identity.account[{i}].account_id must be 12 digits, not {:?}",
+                    a.account_id
+                ));
+            }
+            if !seen.insert(a.account_id.as_str()) {
+                return invalid(format!(
+                    "identity.account[{i}]: account {} is listed twice",
+                    a.account_id
+                ));
+            }
+            for p in std::iter::once(&a.authorization_details).chain(&a.guardrails) {
+                if !p.is_file() {
+                    return invalid(format!(
+                        "identity.account[{i}]: {} is not a readable file",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.identity.credentials {
+            if !p.is_file() {
+                return invalid(format!(
+                    "identity.credentials: {} is not a readable file",
+                    p.display()
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The identity directory's files.
+    pub fn directory_files(&self) -> DirectoryFiles {
+        DirectoryFiles {
+            accounts: self
+                .identity
+                .account
+                .iter()
+                .map(|a| AccountFiles {
+                    account_id: a.account_id.clone(),
+                    authorization_details: a.authorization_details.clone(),
+                    guardrails: a.guardrails.clone(),
+                })
+                .collect(),
+            credentials: self.identity.credentials.clone(),
+        }
     }
 
     /// The certificate bindings, validated.
@@ -395,6 +471,19 @@ data_dir = "data"
         assert!(Config::from_toml(&t, d.path()).is_err());
         let t = format!("{BASE}\n[log]\nformat = \"xml\"\n");
         assert!(Config::from_toml(&t, d.path()).is_err());
+    }
+
+    #[test]
+    fn the_reference_config_parses() {
+        let d = dir_with_files();
+        std::fs::create_dir_all(d.path().join("pki")).unwrap();
+        for f in ["pki/server.pem", "pki/server-key.pem", "pki/ca.pem", "user-pin"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let text = include_str!("../p11kms.example.toml");
+        let c = Config::from_toml(text, d.path()).expect("p11kms.example.toml must stay valid");
+        assert_eq!(c.certificate_bindings().unwrap().len(), 1);
+        assert_eq!(c.hsm.acquire_timeout_ms, 2000);
     }
 
     #[test]

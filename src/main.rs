@@ -3,7 +3,7 @@
 
 #![deny(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -257,7 +257,7 @@ fn status_error(s: tonic::Status) -> String {
     }
 }
 
-fn ctx(pairs: Vec<(String, String)>) -> HashMap<String, String> {
+fn ctx(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
     pairs.into_iter().collect()
 }
 

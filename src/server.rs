@@ -11,13 +11,18 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::api::grpc::GrpcService;
+use crate::api::grpc::capture::CaptureSigned;
+use crate::api::grpc::Door;
 use crate::config::{Config, ConfigError};
 use crate::core::sweeper::spawn_sweeper;
-use crate::core::{Clock, Kms, KmsError, KmsSettings, SameAccountAuthorizer, SystemClock};
+use crate::core::{Clock, Kms, KmsError, KmsSettings, SystemClock};
 use crate::hsm::{Hsm, HsmError};
-use crate::identity::CertificateDirectory;
+use crate::identity::auth::Authenticator;
+use crate::identity::directory::IdentityError;
+use crate::identity::{DirectoryHandle, SessionStore};
+use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
+use crate::pb::security_token_service_server::SecurityTokenServiceServer;
 use crate::store::{SqliteStore, StoreError};
 
 /// Largest gRPC message the daemon decodes. The largest legitimate request (a 32 KB key policy
@@ -31,6 +36,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("HSM: {0}")]
     Hsm(#[from] HsmError),
+    #[error("identity directory: {0}")]
+    Identity(#[from] IdentityError),
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
     #[error("engine: {0}")]
@@ -70,6 +77,9 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: tokio::task::JoinHandle<()>,
+    reloader: tokio::task::JoinHandle<()>,
+    auth: Arc<Authenticator>,
+    directory_files: crate::identity::DirectoryFiles,
 }
 
 impl RunningServer {
@@ -80,6 +90,7 @@ impl RunningServer {
         }
         let served = (&mut self.serve).await;
         self.sweeper.abort();
+        self.reloader.abort();
         self.kms.hsm().shutdown();
         match served {
             Ok(r) => r.map_err(ServerError::from),
@@ -87,16 +98,54 @@ impl RunningServer {
         }
     }
 
+    /// Reloads the identity directory from its files, as SIGHUP does. On error the old
+    /// directory stays in force.
+    pub fn reload_identity(&self) -> Result<(), IdentityError> {
+        reload(&self.kms, &self.auth, &self.directory_files)
+    }
+
     /// Waits until the server stops by itself (it does so only on error).
     pub async fn wait(mut self) -> Result<(), ServerError> {
         let served = (&mut self.serve).await;
         self.sweeper.abort();
+        self.reloader.abort();
         self.kms.hsm().shutdown();
         match served {
             Ok(r) => r.map_err(ServerError::from),
             Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
         }
     }
+}
+
+fn reload(
+    kms: &Kms,
+    auth: &Authenticator,
+    files: &crate::identity::DirectoryFiles,
+) -> Result<(), IdentityError> {
+    kms.directory().reload(files)?;
+    auth.refresh_certificates();
+    tracing::info!("identity directory reloaded");
+    Ok(())
+}
+
+/// Reloads the identity directory on every SIGHUP.
+fn spawn_reloader(
+    kms: Arc<Kms>,
+    auth: Arc<Authenticator>,
+    files: crate::identity::DirectoryFiles,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut hup) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; identity reload by signal is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            // Errors are logged by the directory, which keeps the old one in force.
+            let _ = reload(&kms, &auth, &files);
+        }
+    })
 }
 
 /// Opens the HSM named by the config (on a blocking thread: it loads and logs into a PKCS#11
@@ -109,8 +158,12 @@ pub async fn open_hsm(config: &Config) -> Result<Arc<Hsm>, ServerError> {
         .map_err(ServerError::from)
 }
 
-/// Opens the HSM and the store and builds the engine.
+/// Opens the identity directory, the HSM and the store, and builds the engine.
 pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Kms>, ServerError> {
+    let files = config.directory_files();
+    let directory = tokio::task::spawn_blocking(move || DirectoryHandle::load(&files))
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
     let hsm = open_hsm(config).await?;
     let store = SqliteStore::open(&config.store.data_dir).await?;
     let kms = Kms::open(
@@ -120,7 +173,8 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
         },
         Arc::new(store),
         hsm,
-        Arc::new(SameAccountAuthorizer),
+        Arc::new(directory),
+        Arc::new(SessionStore::new()),
         clock,
     )
     .await?;
@@ -144,9 +198,25 @@ fn tls_config(config: &Config) -> Result<ServerTlsConfig, ServerError> {
 
 /// Starts the daemon and returns once it is listening.
 pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningServer, ServerError> {
-    let certs = Arc::new(CertificateDirectory::new(config.certificate_bindings()?));
+    let bindings = config.certificate_bindings()?;
     let tls = tls_config(config)?;
     let kms = open_engine(config, options.clock.clone()).await?;
+    {
+        let dir = kms.directory().current();
+        if let Some(b) = bindings.iter().find(|b| dir.principal(&b.principal_arn).is_none()) {
+            kms.hsm().shutdown();
+            return Err(ServerError::Config(ConfigError::Invalid(format!(
+                "identity.certificate binds to {}, which is not in the identity directory",
+                b.principal_arn
+            ))));
+        }
+    }
+    let auth = Arc::new(Authenticator::new(
+        kms.directory().clone(),
+        kms.sessions().clone(),
+        bindings,
+        &config.kms.region,
+    ));
     match kms.reconcile().await {
         Ok(report) if !report.is_clean() => tracing::warn!(
             interrupted = report.interrupted.len(),
@@ -159,13 +229,27 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     }
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
-    let service = KeyManagementServiceServer::new(GrpcService::new(kms.clone(), certs))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let door = Door::new(kms.clone(), auth.clone());
+    let body_limit = MAX_MESSAGE_BYTES + 5;
+    let kms_service = CaptureSigned::new(
+        KeyManagementServiceServer::new(door.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        body_limit,
+    );
+    let sts_service = CaptureSigned::new(
+        SecurityTokenServiceServer::new(door.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        body_limit,
+    );
+    let admin_service = CaptureSigned::new(
+        AdminServiceServer::new(door).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        body_limit,
+    );
     let (tx, rx) = oneshot::channel::<()>();
     let router = Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)
-        .add_service(service);
+        .add_service(kms_service)
+        .add_service(sts_service)
+        .add_service(admin_service);
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
@@ -177,6 +261,8 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .sweep_interval
         .unwrap_or(Duration::from_secs(config.kms.deletion_sweep_interval_secs));
     let sweeper = spawn_sweeper(kms.clone(), interval);
+    let directory_files = config.directory_files();
+    let reloader = spawn_reloader(kms.clone(), auth.clone(), directory_files.clone());
     tracing::info!(%addr, token = kms.hsm().token_label(), keys = kms.key_count(), "p11kms serving gRPC over TLS");
     Ok(RunningServer {
         addr,
@@ -184,6 +270,9 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         shutdown: Some(tx),
         serve,
         sweeper,
+        reloader,
+        auth,
+        directory_files,
     })
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use p11kms::core::ManualClock;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
 
-fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -349,7 +349,7 @@ async fn cli_tour_create_encrypt_decrypt_data_key() {
         let no_cert: Vec<String> = conn[..2].to_vec();
         let (ok, _, err) = cli(&["key", "list"], &no_cert, None);
         assert!(!ok);
-        assert!(err.contains("UnrecognizedClientException"), "{err}");
+        assert!(err.contains("MissingAuthenticationTokenException"), "{err}");
     })
     .await;
     server.shutdown().await.unwrap();

@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use common::*;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
 
-fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -863,7 +863,7 @@ async fn authentication_is_required_and_accounts_are_isolated() {
 
     // A principal of another account cannot use or even see the key, and the denied
     // requests make no HSM call.
-    let mut bob = client_as(server.addr, Some("bob")).await;
+    let mut bob = client_as(server.addr, Some("keyadmin")).await;
     let before = server.kms.hsm().total_ops();
     let arn = format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{key}");
     let r = bob

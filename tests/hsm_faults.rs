@@ -1,3 +1,697 @@
+//! Device-fault tests: the real daemon (in-process, gRPC over mutual TLS) in front of a PKCS#11
+//! fault shim (`tests/fault-shim/shim.c`) that forwards to SoftHSM2 and fails chosen calls on
+//! command. They check that a forged ciphertext is told apart from a sick device:
+//! InvalidCiphertextException (INVALID_ARGUMENT) for the one, KeyUnavailableException
+//! (UNAVAILABLE) for the other, and that the daemon recovers once the device does.
+//!
+//! - The shim is compiled at run time with the system C compiler (`cc`, or `$CC`). Without a
+//!   compiler the tests print `SKIPPED: ...` and return. When `libp11-kit-dev`'s standard
+//!   `pkcs11.h` is present, the shim's CK_FUNCTION_LIST layout is also checked against it.
+//! - Only the shim is loaded in this process (never SoftHSM2 directly): one PKCS#11 instance.
+//! - Faults are files in one control directory for the whole process, so the tests that flip
+//!   them are serialised (`faults()`), and every test starts from no faults.
+
 mod common;
-#[test]
-fn placeholder() { let _ = common::manifest_dir(); }
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use p11kms::api::grpc::status::aws_reason;
+use p11kms::config::Config;
+use p11kms::core::ManualClock;
+use p11kms::pb;
+use p11kms::server::{self, RunningServer, ServerError, ServerOptions};
+use tonic::Code;
+
+const PLAINTEXT: &[u8] = b"attack at dawn";
+const EC: &[(&str, &str)] = &[("purpose", "fault-test")];
+/// Where Debian's libp11-kit-dev puts the standard PKCS#11 header.
+const P11KIT_INCLUDE: &str = "/usr/include/p11-kit-1";
+
+// ------------------------------------------------------------------------- the shim
+
+struct Shim {
+    lib: PathBuf,
+    control: PathBuf,
+}
+
+static SHIM: OnceLock<Result<Shim, String>> = OnceLock::new();
+/// Serialises the tests: the control directory is process-wide.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Builds the shim once per process and points it at SoftHSM2. `Err` means "skip".
+fn build_shim() -> Result<Shim, String> {
+    // Sets SOFTHSM2_CONF and creates the token before any module is loaded.
+    let env = env();
+    let target = p11kms::devsetup::find_softhsm_module()
+        .ok_or_else(|| "SoftHSM2 module not found (apt-get install softhsm2)".to_string())?;
+    let src = manifest_dir().join("tests/fault-shim/shim.c");
+    let out = env.dir.join("fault-shim");
+    let control = out.join("control");
+    std::fs::create_dir_all(&control).unwrap();
+    let lib = out.join("libp11kms-shim.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+
+    let built = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .output();
+    match built {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "no C compiler `{cc}` to build the PKCS#11 fault shim (apt-get install gcc)"
+            ))
+        }
+        Err(e) => panic!("running {cc}: {e}"),
+        Ok(o) => assert!(
+            o.status.success(),
+            "the fault shim does not compile:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+
+    // The function-list layout must match the standard exactly; check it when a standard
+    // header is at hand (compile-time asserts only, nothing is produced).
+    if Path::new(P11KIT_INCLUDE).join("p11-kit/pkcs11.h").exists() {
+        let o = Command::new(&cc)
+            .args(["-fsyntax-only", "-DP11KMS_SHIM_CHECK_LAYOUT"])
+            .arg(format!("-I{P11KIT_INCLUDE}"))
+            .arg(&src)
+            .output()
+            .expect("run the C compiler");
+        assert!(
+            o.status.success(),
+            "the shim's CK_FUNCTION_LIST layout differs from the standard header:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    } else {
+        eprintln!(
+            "note: {P11KIT_INCLUDE}/p11-kit/pkcs11.h absent (libp11-kit-dev); the shim's \
+             function-list layout was not cross-checked"
+        );
+    }
+
+    // Read by the shim when the module is first loaded, which has not happened yet.
+    std::env::set_var("P11KMS_SHIM_TARGET", &target);
+    std::env::set_var("P11KMS_SHIM_CONTROL", &control);
+    Ok(Shim { lib, control })
+}
+
+impl Shim {
+    /// Creates control file `name` (empty: the default fault).
+    fn set(&self, name: &str) {
+        std::fs::write(self.control.join(name), b"").unwrap();
+    }
+
+    /// Makes `function` fail with return value `rv`.
+    fn fail_with(&self, function: &str, rv: u64) {
+        std::fs::write(
+            self.control.join(format!("fail_{function}")),
+            format!("{rv:#x}"),
+        )
+        .unwrap();
+    }
+
+    fn unset(&self, name: &str) {
+        let _ = std::fs::remove_file(self.control.join(name));
+    }
+
+    fn is_set(&self, name: &str) -> bool {
+        self.control.join(name).exists()
+    }
+
+    /// Removes every control file: a healthy device.
+    fn clear(&self) {
+        for entry in std::fs::read_dir(&self.control).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+    }
+}
+
+/// Exclusive use of the fault controls for one test, starting (and ending) healthy.
+struct Faults {
+    shim: &'static Shim,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Faults {
+    type Target = Shim;
+    fn deref(&self) -> &Shim {
+        self.shim
+    }
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        self.shim.clear();
+    }
+}
+
+/// `None` (after printing why) when the shim cannot be built here.
+async fn faults() -> Option<Faults> {
+    let shim = match SHIM.get_or_init(build_shim) {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+    };
+    let serial = SERIAL.lock().await;
+    shim.clear();
+    Some(Faults {
+        shim,
+        _serial: serial,
+    })
+}
+
+/// A daemon config with `hsm.module` = the shim (everything else as the harness makes it).
+fn shim_config(shim: &Shim, name: &str) -> Config {
+    let dir = data_dir(name);
+    let softhsm = p11kms::devsetup::find_softhsm_module().unwrap();
+    let text = config_text(&dir);
+    let from = format!("module = \"{}\"", softhsm.display());
+    assert!(
+        text.contains(&from),
+        "harness config has no `{from}` line:\n{text}"
+    );
+    let text = text.replace(&from, &format!("module = \"{}\"", shim.lib.display()));
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).expect("config");
+    assert_eq!(config.hsm.module, shim.lib, "the daemon must use the shim");
+    config
+}
+
+async fn start_config(config: &Config) -> Result<RunningServer, ServerError> {
+    server::start(
+        config,
+        ServerOptions {
+            clock: Arc::new(ManualClock::default()),
+            sweep_interval: Some(Duration::from_millis(50)),
+        },
+    )
+    .await
+}
+
+/// Starts the daemon on the shim.
+async fn start_shimmed(shim: &Shim, name: &str) -> Result<RunningServer, ServerError> {
+    start_config(&shim_config(shim, name)).await
+}
+
+// ------------------------------------------------------------------------- helpers
+
+fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    c.encrypt(pb::EncryptRequest {
+        key_id: key.into(),
+        plaintext: pt.to_vec(),
+        encryption_context: ctx(EC),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().ciphertext_blob)
+}
+
+async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    c.decrypt(pb::DecryptRequest {
+        ciphertext_blob: blob.to_vec(),
+        encryption_context: ctx(EC),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+/// (gRPC code, AWS reason, message) of a call that must have failed.
+#[track_caller]
+fn failure<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) -> (Code, String, String) {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+        Err(s) => (
+            s.code(),
+            aws_reason(&s).unwrap_or_else(|| "<no ErrorInfo reason>".into()),
+            s.message().to_string(),
+        ),
+    }
+}
+
+#[track_caller]
+fn assert_invalid_ciphertext<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
+    let (code, reason, msg) = failure(what, r);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::InvalidArgument, "InvalidCiphertextException"),
+        "{what}: {msg}"
+    );
+}
+
+/// A device failure: KeyUnavailableException / UNAVAILABLE (never InvalidCiphertext, never
+/// Internal).
+#[track_caller]
+fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
+    let (code, reason, msg) = failure(what, r);
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "KeyUnavailableException"),
+        "{what}: {msg}"
+    );
+}
+
+type Counters = BTreeMap<&'static str, u64>;
+
+fn counters(s: &RunningServer) -> Counters {
+    s.kms.hsm().counters()
+}
+
+fn delta(before: &Counters, after: &Counters, f: &str) -> u64 {
+    after.get(f).copied().unwrap_or(0) - before.get(f).copied().unwrap_or(0)
+}
+
+async fn key_count(c: &mut Client) -> usize {
+    c.list_keys(pb::ListKeysRequest {
+        limit: Some(1000),
+        marker: String::new(),
+    })
+    .await
+    .expect("list keys")
+    .into_inner()
+    .keys
+    .len()
+}
+
+/// `n` concurrent decrypts of `blob` and encrypts under `key`; every one must succeed (so
+/// both HSM workers are exercised, whichever picks a job up).
+async fn concurrent_round_trips(c: &Client, key: &str, blob: &[u8], n: usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut c = c.clone();
+        let key = key.to_string();
+        let blob = blob.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let pt = decrypt(&mut c, &blob)
+                .await
+                .unwrap_or_else(|e| panic!("decrypt #{i}: {e:?}"));
+            assert_eq!(pt, PLAINTEXT, "decrypt #{i}");
+            let fresh = encrypt(&mut c, &key, PLAINTEXT)
+                .await
+                .unwrap_or_else(|e| panic!("encrypt #{i}: {e:?}"));
+            assert_eq!(
+                decrypt(&mut c, &fresh).await.unwrap(),
+                PLAINTEXT,
+                "round trip #{i}"
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.expect("round-trip task");
+    }
+}
+
+// ------------------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_blob_is_invalid_ciphertext_but_dead_device_is_unavailable() {
+    let Some(f) = faults().await else { return };
+    let server = start_shimmed(&f, "forged")
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    assert_eq!(decrypt(&mut c, &blob).await.expect("decrypt"), PLAINTEXT);
+
+    // (a) A flipped GCM tag bit on a healthy device: the device answers CKR_GENERAL_ERROR, the
+    // probes succeed, the caller gets InvalidCiphertextException.
+    let mut forged = blob.clone();
+    *forged.last_mut().unwrap() ^= 0x01;
+    let before = counters(&server);
+    assert_invalid_ciphertext("forged tag", decrypt(&mut c, &forged).await);
+    let after = counters(&server);
+    assert!(
+        delta(&before, &after, "C_Decrypt") >= 1,
+        "the forged blob never reached the device"
+    );
+    assert!(
+        delta(&before, &after, "C_GetSessionInfo") >= 1
+            && delta(&before, &after, "C_GetAttributeValue") >= 1,
+        "the decrypt failure was not classified by probing the device: {before:?} -> {after:?}"
+    );
+
+    // (b) The device answers a VALID blob like a tag failure while every probe succeeds: the
+    // daemon cannot tell it from a forgery and must say InvalidCiphertextException.
+    f.set("decrypt_general_error");
+    let before = counters(&server);
+    assert_invalid_ciphertext(
+        "valid blob, C_Decrypt -> CKR_GENERAL_ERROR",
+        decrypt(&mut c, &blob).await,
+    );
+    let after = counters(&server);
+    assert!(
+        delta(&before, &after, "C_GetSessionInfo") >= 1,
+        "no session probe ran"
+    );
+    f.unset("decrypt_general_error");
+    assert_eq!(
+        decrypt(&mut c, &blob).await.expect("decrypt after (b)"),
+        PLAINTEXT
+    );
+
+    // (c) Dead device: every call fails with CKR_DEVICE_ERROR. Several attempts, so both
+    // workers see it.
+    f.set("dead");
+    for i in 0..4 {
+        assert_unavailable(
+            &format!("decrypt while dead #{i}"),
+            decrypt(&mut c, &blob).await,
+        );
+        assert_unavailable(
+            &format!("encrypt while dead #{i}"),
+            encrypt(&mut c, &key, PLAINTEXT).await,
+        );
+    }
+    // The forged blob too: a dead device must not turn a forgery into anything but
+    // "unavailable" (and must never vouch for it).
+    assert_unavailable("forged blob while dead", decrypt(&mut c, &forged).await);
+    f.unset("dead");
+
+    // (c') C_Decrypt answers like a tag failure but a probe fails: the device is sick, not the
+    // blob. First the session probe, then the key probe.
+    f.set("decrypt_general_error");
+    f.set("fail_C_GetSessionInfo");
+    let before = counters(&server);
+    assert_unavailable(
+        "tag-like failure, session probe fails",
+        decrypt(&mut c, &blob).await,
+    );
+    let after = counters(&server);
+    assert!(
+        delta(&before, &after, "C_GetSessionInfo") >= 1,
+        "no session probe ran"
+    );
+    f.unset("fail_C_GetSessionInfo");
+
+    f.set("fail_C_GetAttributeValue");
+    let before = counters(&server);
+    assert_unavailable(
+        "tag-like failure, key probe fails",
+        decrypt(&mut c, &blob).await,
+    );
+    let after = counters(&server);
+    assert!(
+        delta(&before, &after, "C_GetAttributeValue") >= 1,
+        "no key probe ran"
+    );
+    f.unset("fail_C_GetAttributeValue");
+
+    // A session probe that answers "session handle invalid" (device reset under us).
+    f.fail_with("C_GetSessionInfo", 0xb3);
+    assert_unavailable(
+        "tag-like failure, session handle invalid",
+        decrypt(&mut c, &blob).await,
+    );
+    f.unset("fail_C_GetSessionInfo");
+    f.unset("decrypt_general_error");
+
+    // (c'') C_Decrypt itself reports a device error: unavailable, whatever the probes say.
+    f.set("fail_C_Decrypt");
+    assert_unavailable(
+        "C_Decrypt -> CKR_DEVICE_ERROR",
+        decrypt(&mut c, &blob).await,
+    );
+    f.unset("fail_C_Decrypt");
+
+    // (d) The device is back: the very first decrypt works (broken sessions are reopened
+    // before the next job), and so does everything after it, on both workers.
+    f.clear();
+    let before = counters(&server);
+    assert_eq!(
+        decrypt(&mut c, &blob)
+            .await
+            .expect("first decrypt after recovery"),
+        PLAINTEXT
+    );
+    concurrent_round_trips(&c, &key, &blob, 8).await;
+    let after = counters(&server);
+    eprintln!(
+        "recovery: C_OpenSession +{}, C_Login +{} after the faults were cleared",
+        delta(&before, &after, "C_OpenSession"),
+        delta(&before, &after, "C_Login")
+    );
+    // And a forgery is still a forgery.
+    assert_invalid_ciphertext("forged tag after recovery", decrypt(&mut c, &forged).await);
+
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_device_fails_every_hsm_operation_as_unavailable_and_recovers() {
+    let Some(f) = faults().await else { return };
+    let server = start_shimmed(&f, "dead")
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let keys_before = key_count(&mut c).await;
+
+    f.set("dead");
+    assert_unavailable(
+        "GenerateRandom while dead",
+        c.generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: Some(32),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_unavailable(
+        "GenerateDataKey while dead",
+        c.generate_data_key(pb::GenerateDataKeyRequest {
+            key_id: key.clone(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_unavailable(
+        "GenerateDataKeyWithoutPlaintext while dead",
+        c.generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key_id: key.clone(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_unavailable(
+        "ReEncrypt while dead",
+        c.re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            source_encryption_context: ctx(EC),
+            destination_key_id: key.clone(),
+            ..Default::default()
+        })
+        .await,
+    );
+    // CreateKey: an internal or unavailable error, and no half-created key left behind.
+    let (code, reason, msg) = failure(
+        "CreateKey while dead",
+        c.create_key(pb::CreateKeyRequest::default()).await,
+    );
+    assert!(
+        matches!(
+            (code, reason.as_str()),
+            (Code::Unavailable, "KeyUnavailableException")
+                | (Code::Internal, "KMSInternalException")
+        ),
+        "CreateKey while dead: {code:?} {reason}: {msg}"
+    );
+    // Metadata-only operations do not need the device.
+    let described = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .expect("DescribeKey while the HSM is dead")
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(described.key_state, "Enabled");
+    assert_eq!(
+        key_count(&mut c).await,
+        keys_before,
+        "a failed CreateKey left a key behind"
+    );
+
+    // A daemon cannot start on a dead device: it must say so, promptly.
+    let second = tokio::time::timeout(Duration::from_secs(30), start_shimmed(&f, "dead-start"))
+        .await
+        .expect("starting a daemon on a dead HSM hangs");
+    assert!(second.is_err(), "a daemon started on a dead HSM");
+
+    // Recovery.
+    f.clear();
+    let random = c
+        .generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: Some(32),
+            ..Default::default()
+        })
+        .await
+        .expect("GenerateRandom after recovery")
+        .into_inner()
+        .plaintext;
+    assert_eq!(random.len(), 32);
+    let dk = c
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key_id: key.clone(),
+            key_spec: "AES_256".into(),
+            encryption_context: ctx(EC),
+            ..Default::default()
+        })
+        .await
+        .expect("GenerateDataKey after recovery")
+        .into_inner();
+    assert_eq!(dk.plaintext.len(), 32);
+    assert_eq!(
+        decrypt(&mut c, &dk.ciphertext_blob)
+            .await
+            .expect("decrypt data key"),
+        dk.plaintext
+    );
+    let re = c
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            source_encryption_context: ctx(EC),
+            destination_key_id: key.clone(),
+            destination_encryption_context: ctx(EC),
+            ..Default::default()
+        })
+        .await
+        .expect("ReEncrypt after recovery")
+        .into_inner()
+        .ciphertext_blob;
+    assert_eq!(
+        decrypt(&mut c, &re).await.expect("decrypt re-encrypted"),
+        PLAINTEXT
+    );
+    let key2 = create_key(&mut c).await;
+    assert_eq!(key_count(&mut c).await, keys_before + 1);
+    let blob2 = encrypt(&mut c, &key2, PLAINTEXT)
+        .await
+        .expect("encrypt under a new key");
+    assert_eq!(
+        decrypt(&mut c, &blob2)
+            .await
+            .expect("decrypt under a new key"),
+        PLAINTEXT
+    );
+    concurrent_round_trips(&c, &key, &blob, 8).await;
+
+    // A daemon can start again, and serves the keys created before the outage.
+    let third = start_shimmed(&f, "after-outage")
+        .await
+        .expect("daemon starts after recovery");
+    third.shutdown().await.expect("shutdown");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_reset_closes_every_session_and_the_daemon_recovers() {
+    let Some(f) = faults().await else { return };
+    let config = shim_config(&f, "reset");
+    let workers = config.hsm.workers as u64;
+    let server = start_config(&config)
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    for _ in 0..4 {
+        assert_eq!(decrypt(&mut c, &blob).await.unwrap(), PLAINTEXT);
+    }
+
+    // The next PKCS#11 call closes every session of the process on the token (the user is
+    // logged out, every object handle becomes invalid), as a device reset does.
+    f.set("reset");
+    let before = counters(&server);
+    // Batches of concurrent decrypts until every worker has reopened its session (so each
+    // has run at least one job since the reset), tolerating device failures meanwhile.
+    let mut failures: Vec<tonic::Status> = Vec::new();
+    let mut batches = 0;
+    while delta(&before, &counters(&server), "C_OpenSession") < workers && batches < 20 {
+        batches += 1;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let mut c = c.clone();
+            let blob = blob.clone();
+            tasks.push(tokio::spawn(async move { decrypt(&mut c, &blob).await }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(pt) => assert_eq!(pt, PLAINTEXT),
+                Err(s) => failures.push(s),
+            }
+        }
+    }
+    assert!(!f.is_set("reset"), "the reset was never triggered");
+    let after = counters(&server);
+    eprintln!(
+        "device reset: {} failed request(s) in {} batch(es) of 4 until all {workers} workers \
+         reopened their sessions (C_OpenSession +{}, C_Login +{}, C_FindObjects +{}): {:?}",
+        failures.len(),
+        batches,
+        delta(&before, &after, "C_OpenSession"),
+        delta(&before, &after, "C_Login"),
+        delta(&before, &after, "C_FindObjects"),
+        failures
+            .iter()
+            .map(|s| s.message().to_string())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        delta(&before, &counters(&server), "C_OpenSession") >= workers,
+        "the workers did not all reopen their sessions after a device reset: {failures:?}"
+    );
+    for s in &failures {
+        assert_eq!(
+            (s.code(), aws_reason(s).as_deref()),
+            (Code::Unavailable, Some("KeyUnavailableException")),
+            "a device reset must look unavailable, never like a bad ciphertext: {s:?}"
+        );
+    }
+    // At most one failed request per worker session.
+    assert!(
+        failures.len() as u64 <= workers,
+        "{} requests failed after a device reset ({workers} workers)",
+        failures.len()
+    );
+
+    // Every worker has a fresh session: everything works from now on.
+    for i in 0..6 {
+        assert_eq!(
+            decrypt(&mut c, &blob)
+                .await
+                .unwrap_or_else(|e| panic!("decrypt #{i} after reset: {e:?}")),
+            PLAINTEXT
+        );
+    }
+    concurrent_round_trips(&c, &key, &blob, 8).await;
+    let key2 = create_key(&mut c).await;
+    let blob2 = encrypt(&mut c, &key2, PLAINTEXT)
+        .await
+        .expect("encrypt under a new key");
+    assert_eq!(decrypt(&mut c, &blob2).await.unwrap(), PLAINTEXT);
+
+    server.shutdown().await.expect("shutdown");
+}

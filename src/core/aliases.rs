@@ -3,8 +3,9 @@
 //! Alias operations need the action on the alias ARN and on the key (kms-spec 3.2); an alias
 //! always lives in the account of the key it points at.
 
+use super::authz::AuthzRequest;
 use super::validate;
-use super::{check_state, AuthzRequest, Kms, KmsError, Resolved, StateClass};
+use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
 use crate::store::AliasRecord;
 
@@ -36,16 +37,8 @@ impl Kms {
         alias_name: &str,
     ) -> Result<(), KmsError> {
         let alias_arn = self.alias_arn(&caller.account, alias_name);
-        self.authorize(
-            caller,
-            AuthzRequest {
-                action,
-                resource: &alias_arn,
-                key: None,
-                encryption_context: None,
-                request_alias: None,
-            },
-        )
+        self.authorize(caller, AuthzRequest::new(action, &alias_arn))
+            .map(|_| ())
     }
 
     fn alias_target_in_own_account(
@@ -213,16 +206,7 @@ impl Kms {
             Some(k) => Some(self.resolve(caller, k, false)?.key.record.key_id.clone()),
             None => None,
         };
-        self.authorize(
-            caller,
-            AuthzRequest {
-                action: "kms:ListAliases",
-                resource: "*",
-                key: None,
-                encryption_context: None,
-                request_alias: None,
-            },
-        )?;
+        self.authorize(caller, AuthzRequest::new("kms:ListAliases", "*"))?;
         let cache = self.cache_read();
         let items = cache
             .aliases

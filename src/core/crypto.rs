@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
+use super::authz::{AuthzRequest, CtxValue};
 use super::validate;
-use super::{check_state, AuthzRequest, Kms, KmsError, Resolved, StateClass};
+use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext::{self, HEADER_LEN};
 use crate::hsm::{GcmSealed, ObjectId};
 use crate::identity::Caller;
@@ -195,7 +196,7 @@ impl Kms {
         req: EncryptRequest,
     ) -> Result<EncryptResponse, KmsError> {
         validate::blob_len("plaintext", req.plaintext.len(), 1, MAX_PLAINTEXT)?;
-        validate::grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self.resolve(caller, &req.key_id, true)?;
@@ -229,6 +230,7 @@ impl Kms {
         ctx: &BTreeMap<String, String>,
         expected_key: Option<&str>,
         action: &'static str,
+        extra: Option<(&'static str, CtxValue)>,
     ) -> Result<OpenedBlob, KmsError> {
         validate::blob_len("ciphertextBlob", blob.len(), 1, MAX_CIPHERTEXT)?;
         let canonical_ctx = canonical(ctx_member, ctx)?;
@@ -251,7 +253,11 @@ impl Kms {
             }
         }
         let resolved = Resolved { key, alias: None };
-        self.authorize_key(caller, action, &resolved, Some(ctx))?;
+        let mut authz = AuthzRequest::on_key(action, &resolved).context(ctx);
+        if let Some((k, v)) = extra {
+            authz = authz.with(k, v);
+        }
+        self.authorize(caller, authz)?;
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
         if !resolved.key.versions.contains(&parsed.key_version) {
@@ -273,7 +279,7 @@ impl Kms {
         caller: &Caller,
         req: DecryptRequest,
     ) -> Result<DecryptResponse, KmsError> {
-        validate::grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
         let opened = self.open_blob(
             caller,
@@ -282,6 +288,7 @@ impl Kms {
             &req.encryption_context,
             req.key_id.as_deref(),
             "kms:Decrypt",
+            None,
         )?;
         let plaintext = self
             .hsm
@@ -306,7 +313,7 @@ impl Kms {
         caller: &Caller,
         req: ReEncryptRequest,
     ) -> Result<ReEncryptResponse, KmsError> {
-        validate::grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm(
             "sourceEncryptionAlgorithm",
             req.source_encryption_algorithm.as_deref(),
@@ -319,6 +326,16 @@ impl Kms {
             "destinationEncryptionContext",
             &req.destination_encryption_context,
         )?;
+        let dest = self.resolve(caller, &req.destination_key_id, true)?;
+        let same_key = ciphertext::parse(&req.ciphertext_blob)
+            .map(|p| p.key_id == dest.key.uuid)
+            .unwrap_or(false);
+        let same = || {
+            (
+                "kms:ReEncryptOnSameKey",
+                CtxValue::one(if same_key { "true" } else { "false" }),
+            )
+        };
         let source = self.open_blob(
             caller,
             &req.ciphertext_blob,
@@ -326,17 +343,14 @@ impl Kms {
             &req.source_encryption_context,
             req.source_key_id.as_deref(),
             "kms:ReEncryptFrom",
+            Some(same()),
         )?;
-        let dest = self.resolve(caller, &req.destination_key_id, true)?;
+        let (k, v) = same();
         self.authorize(
             caller,
-            AuthzRequest {
-                action: "kms:ReEncryptTo",
-                resource: &dest.key.arn,
-                key: Some(&dest.key.record),
-                encryption_context: Some(&req.destination_encryption_context),
-                request_alias: dest.alias.as_deref(),
-            },
+            AuthzRequest::on_key("kms:ReEncryptTo", &dest)
+                .context(&req.destination_encryption_context)
+                .with(k, v),
         )?;
         check_state(&dest.key, StateClass::Use)?;
         check_symmetric_usage(&dest)?;
@@ -370,7 +384,7 @@ impl Kms {
         req: GenerateDataKeyRequest,
         with_plaintext: bool,
     ) -> Result<GenerateDataKeyResponse, KmsError> {
-        validate::grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens)?;
         let n = match (req.number_of_bytes, req.key_spec.as_deref()) {
             (Some(_), Some(_)) => {
                 return Err(KmsError::Validation(
@@ -437,16 +451,7 @@ impl Kms {
                 "Custom key stores are not supported; the daemon's HSM is the key store.".into(),
             ));
         }
-        self.authorize(
-            caller,
-            AuthzRequest {
-                action: "kms:GenerateRandom",
-                resource: "*",
-                key: None,
-                encryption_context: None,
-                request_alias: None,
-            },
-        )?;
+        self.authorize(caller, AuthzRequest::new("kms:GenerateRandom", "*"))?;
         Ok(self.hsm.random(n as usize).await?)
     }
 }

@@ -33,6 +33,8 @@ pub enum KmsError {
     #[error("{0}")]
     InvalidGrantToken(String),
     #[error("{0}")]
+    InvalidGrantId(String),
+    #[error("{0}")]
     InvalidAliasName(String),
     #[error("{0}")]
     InvalidArn(String),
@@ -68,6 +70,7 @@ impl KmsError {
             KmsError::InvalidKeyUsage(_) => "InvalidKeyUsageException",
             KmsError::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
             KmsError::InvalidGrantToken(_) => "InvalidGrantTokenException",
+            KmsError::InvalidGrantId(_) => "InvalidGrantIdException",
             KmsError::InvalidAliasName(_) => "InvalidAliasNameException",
             KmsError::InvalidArn(_) => "InvalidArnException",
             KmsError::InvalidMarker(_) => "InvalidMarkerException",

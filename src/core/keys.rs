@@ -6,8 +6,10 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::authz::{AuthzRequest, CtxValue};
+use super::policies::compile_key_policy;
 use super::validate;
-use super::{check_state, AuthzRequest, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
+use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
 use crate::hsm::ObjectId;
 use crate::identity::arn::account_root_arn;
 use crate::identity::Caller;
@@ -18,8 +20,6 @@ use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
 pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 /// The usage of symmetric keys.
 pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
-/// Key policies larger than this are refused with LimitExceededException.
-pub const MAX_KEY_POLICY_BYTES: usize = 32 * 1024;
 
 const KNOWN_KEY_SPECS: &[&str] = &[
     "SYMMETRIC_DEFAULT",
@@ -120,37 +120,6 @@ pub fn default_key_policy(partition: &str, account: &str) -> String {
     )
 }
 
-/// Validates a key policy document's size and JSON shape.
-pub(crate) fn validate_policy_document(policy: &str) -> Result<(), KmsError> {
-    if policy.is_empty() {
-        return Err(KmsError::validation(
-            "policy",
-            "Member must have length greater than or equal to 1",
-        ));
-    }
-    if policy.len() > MAX_KEY_POLICY_BYTES {
-        return Err(KmsError::LimitExceeded(format!(
-            "The key policy is {} bytes; the limit is {MAX_KEY_POLICY_BYTES} bytes.",
-            policy.len()
-        )));
-    }
-    let doc: serde_json::Value = serde_json::from_str(policy).map_err(|e| {
-        KmsError::MalformedPolicyDocument(format!("The policy is not valid JSON: {e}"))
-    })?;
-    let Some(obj) = doc.as_object() else {
-        return Err(KmsError::MalformedPolicyDocument(
-            "The policy must be a JSON object.".into(),
-        ));
-    };
-    match obj.get("Statement") {
-        Some(serde_json::Value::Array(a)) if !a.is_empty() => Ok(()),
-        Some(serde_json::Value::Object(_)) => Ok(()),
-        _ => Err(KmsError::MalformedPolicyDocument(
-            "The policy must have a Statement object or a non-empty Statement array.".into(),
-        )),
-    }
-}
-
 impl Kms {
     /// KeyMetadata for a cached key.
     pub fn key_metadata(&self, key: &CachedKey) -> KeyMetadata {
@@ -235,34 +204,43 @@ impl Kms {
                 "Multi-Region keys are not supported.".into(),
             ));
         }
-        let policy = match &req.policy {
-            Some(p) => {
-                validate_policy_document(p)?;
-                p.clone()
-            }
+        let policy_text = match &req.policy {
+            Some(p) => p.clone(),
             None => default_key_policy(&self.settings.partition, &caller.account),
         };
-        self.authorize(
-            caller,
-            AuthzRequest {
-                action: "kms:CreateKey",
-                resource: "*",
-                key: None,
-                encryption_context: None,
-                request_alias: None,
-            },
-        )?;
+        let compiled = compile_key_policy(&policy_text)?;
+        let tag_keys: Vec<String> = req.tags.iter().map(|t| t.key.clone()).collect();
+        let mut authz = AuthzRequest::new("kms:CreateKey", "*")
+            .with("kms:KeySpec", CtxValue::one(spec))
+            .with("kms:KeyUsage", CtxValue::one(usage))
+            .with("kms:KeyOrigin", CtxValue::one(origin))
+            .with("kms:MultiRegion", CtxValue::one("false"))
+            .with(
+                "kms:BypassPolicyLockoutSafetyCheck",
+                CtxValue::one(if req.bypass_policy_lockout_safety_check {
+                    "true"
+                } else {
+                    "false"
+                }),
+            );
         if !req.tags.is_empty() {
-            self.authorize(
-                caller,
-                AuthzRequest {
-                    action: "kms:TagResource",
-                    resource: "*",
-                    key: None,
-                    encryption_context: None,
-                    request_alias: None,
-                },
-            )?;
+            authz = authz.with("aws:TagKeys", CtxValue::Many(tag_keys.clone()));
+        }
+        for t in &req.tags {
+            authz = authz.with(format!("aws:RequestTag/{}", t.key), CtxValue::one(t.value.as_str()));
+        }
+        self.authorize(caller, authz)?;
+        if !req.tags.is_empty() {
+            let mut tag_authz = AuthzRequest::new("kms:TagResource", "*")
+                .with("aws:TagKeys", CtxValue::Many(tag_keys));
+            for t in &req.tags {
+                tag_authz =
+                    tag_authz.with(format!("aws:RequestTag/{}", t.key), CtxValue::one(t.value.as_str()));
+            }
+            self.authorize(caller, tag_authz)?;
+        }
+        if req.policy.is_some() {
+            self.check_policy_principals(&compiled)?;
         }
 
         let uuid = Uuid::new_v4();
@@ -280,8 +258,20 @@ impl Kms {
             deletion_date_ms: None,
             pending_window_days: None,
             current_version: 1,
-            policy,
+            policy: policy_text,
         };
+        if req.policy.is_some() && !req.bypass_policy_lockout_safety_check {
+            let prospective = CachedKey {
+                arn: self.key_arn(&record.account, &key_id),
+                uuid: *uuid.as_bytes(),
+                versions: Vec::new(),
+                tags: Vec::new(),
+                policy: Some(compiled.clone()),
+                grants: Vec::new(),
+                record: record.clone(),
+            };
+            self.lockout_check(caller, &prospective, &compiled)?;
+        }
         // Phase one: the row, in Creating.
         self.store.insert_key(&record, &req.tags).await?;
         if self.hooks.interrupt_create() == InterruptCreate::AfterMetadataRow {
@@ -316,6 +306,8 @@ impl Kms {
             uuid: *uuid.as_bytes(),
             versions: vec![1],
             tags: req.tags,
+            policy: Some(compiled),
+            grants: Vec::new(),
             record,
         });
         tracing::info!(key_id, "key created");
@@ -329,7 +321,7 @@ impl Kms {
         key_id: &str,
         grant_tokens: &[String],
     ) -> Result<KeyMetadata, KmsError> {
-        validate::grant_tokens(grant_tokens)?;
+        self.check_grant_tokens(grant_tokens)?;
         let resolved = self.resolve(caller, key_id, true)?;
         self.authorize_key(caller, "kms:DescribeKey", &resolved, None)?;
         Ok(self.key_metadata(&resolved.key))
@@ -344,16 +336,7 @@ impl Kms {
     ) -> Result<ListKeysResponse, KmsError> {
         let limit = validate::limit(limit)?;
         let after = validate::decode_marker(marker)?;
-        self.authorize(
-            caller,
-            AuthzRequest {
-                action: "kms:ListKeys",
-                resource: "*",
-                key: None,
-                encryption_context: None,
-                request_alias: None,
-            },
-        )?;
+        self.authorize(caller, AuthzRequest::new("kms:ListKeys", "*"))?;
         let cache = self.cache_read();
         let items = cache
             .keys
@@ -421,7 +404,13 @@ impl Kms {
         validate::int_range("pendingWindowInDays", days, 7, 30)?;
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, key_id, false)?;
-        self.authorize_key(caller, "kms:ScheduleKeyDeletion", &resolved, None)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:ScheduleKeyDeletion", &resolved).with(
+                "kms:ScheduleKeyDeletionPendingWindowInDays",
+                CtxValue::one(days.to_string()),
+            ),
+        )?;
         check_state(&resolved.key, StateClass::NotPendingDeletion)?;
         let deletion = self.now_ms() + i64::from(days) * 86_400_000;
         let updated = self
@@ -486,6 +475,9 @@ impl Kms {
     ) -> Result<Arc<CachedKey>, KmsError> {
         let mut cached = key.clone();
         change(&mut cached.record);
+        if cached.record.policy != key.record.policy {
+            cached.policy = Some(compile_key_policy(&cached.record.policy)?);
+        }
         self.store.update_key(&cached.record).await?;
         Ok(self.cache_put(cached))
     }
@@ -505,26 +497,26 @@ mod tests {
             "arn:aws:iam::111122223333:root"
         );
         assert_eq!(v["Statement"][0]["Action"], "kms:*");
-        assert!(validate_policy_document(&p).is_ok());
+        assert!(compile_key_policy(&p).is_ok());
     }
 
     #[test]
     fn policy_document_checks() {
         assert!(matches!(
-            validate_policy_document("{"),
+            compile_key_policy("{"),
             Err(KmsError::MalformedPolicyDocument(_))
         ));
         assert!(matches!(
-            validate_policy_document("[]"),
+            compile_key_policy("[]"),
             Err(KmsError::MalformedPolicyDocument(_))
         ));
         assert!(matches!(
-            validate_policy_document("{\"Statement\":[]}"),
+            compile_key_policy("{\"Statement\":[]}"),
             Err(KmsError::MalformedPolicyDocument(_))
         ));
         let big = format!("{{\"Statement\":{{}},\"x\":\"{}\"}}", "a".repeat(40_000));
         assert!(matches!(
-            validate_policy_document(&big),
+            compile_key_policy(&big),
             Err(KmsError::LimitExceeded(_))
         ));
     }

@@ -11,8 +11,12 @@ pub mod authz;
 pub mod clock;
 pub mod crypto;
 pub mod error;
+pub mod explain;
+pub mod grants;
 pub mod keys;
+pub mod policies;
 pub mod reconcile;
+pub mod sts;
 pub mod sweeper;
 pub mod tags;
 mod validate;
@@ -25,10 +29,13 @@ use uuid::Uuid;
 
 use crate::hsm::{Hsm, ObjectId};
 use crate::identity::arn::{self, Arn};
-use crate::identity::Caller;
-use crate::store::{AliasRecord, KeyBundle, KeyRecord, KeyState, MetadataStore, Tag};
+use crate::identity::{Caller, DirectoryHandle, SessionStore};
+use crate::policy::Policy;
+use crate::store::{
+    AliasRecord, GrantRecord, KeyBundle, KeyRecord, KeyState, MetadataStore, Tag,
+};
 
-pub use authz::{Authorizer, AuthzDecision, AuthzRequest, SameAccountAuthorizer};
+pub use authz::{AuthzRequest, CtxValue};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::KmsError;
 
@@ -88,6 +95,11 @@ pub struct CachedKey {
     pub versions: Vec<u32>,
     /// Resource tags.
     pub tags: Vec<Tag>,
+    /// The key policy, compiled once per policy version. `None` if the stored text does not
+    /// compile (then only grants and nothing else can allow; `check` and the log say so).
+    pub policy: Option<Arc<Policy>>,
+    /// The key's grants.
+    pub grants: Vec<GrantRecord>,
 }
 
 impl CachedKey {
@@ -102,6 +114,8 @@ struct Cache {
     keys: BTreeMap<Uuid, Arc<CachedKey>>,
     /// (account, alias name) -> alias.
     aliases: BTreeMap<(String, String), AliasRecord>,
+    /// (key id, alias name): the aliases of each key, for `kms:ResourceAliases`.
+    aliases_by_key: BTreeSet<(String, String)>,
     /// Keys destroyed by the sweeper (tombstones from the store).
     deleted: BTreeSet<Uuid>,
 }
@@ -120,7 +134,8 @@ pub struct Kms {
     settings: KmsSettings,
     store: Arc<dyn MetadataStore>,
     hsm: Arc<Hsm>,
-    authorizer: Arc<dyn Authorizer>,
+    directory: Arc<DirectoryHandle>,
+    sessions: Arc<SessionStore>,
     clock: Arc<dyn Clock>,
     hooks: TestHooks,
     cache: RwLock<Cache>,
@@ -138,19 +153,21 @@ impl std::fmt::Debug for Kms {
 }
 
 impl Kms {
-    /// Builds the engine and warms the key and alias cache from the store.
+    /// Builds the engine and warms the key, alias and grant cache from the store.
     pub async fn open(
         settings: KmsSettings,
         store: Arc<dyn MetadataStore>,
         hsm: Arc<Hsm>,
-        authorizer: Arc<dyn Authorizer>,
+        directory: Arc<DirectoryHandle>,
+        sessions: Arc<SessionStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Kms>, KmsError> {
         let kms = Kms {
             settings,
             store,
             hsm,
-            authorizer,
+            directory,
+            sessions,
             clock,
             hooks: TestHooks::default(),
             cache: RwLock::new(Cache::default()),
@@ -190,6 +207,16 @@ impl Kms {
     /// The metadata store.
     pub fn store(&self) -> &Arc<dyn MetadataStore> {
         &self.store
+    }
+
+    /// The identity directory (reloadable).
+    pub fn directory(&self) -> &Arc<DirectoryHandle> {
+        &self.directory
+    }
+
+    /// Live AssumeRole sessions.
+    pub fn sessions(&self) -> &Arc<SessionStore> {
+        &self.sessions
     }
 
     /// Test hooks; inert unless set.
@@ -244,8 +271,21 @@ impl Kms {
             uuid: *uuid.as_bytes(),
             versions: b.versions.iter().map(|v| v.version).collect(),
             tags: b.tags,
+            policy: compile_stored_policy(&b.key.key_id, &b.key.policy),
             record: b.key,
+            grants: Vec::new(),
         })
+    }
+
+    /// Alias names of a key, for `kms:ResourceAliases`.
+    pub(crate) fn aliases_of(&self, key_id: &str) -> Vec<String> {
+        let cache = self.cache_read();
+        cache
+            .aliases_by_key
+            .range((key_id.to_string(), String::new())..)
+            .take_while(|(k, _)| k == key_id)
+            .map(|(_, name)| name.clone())
+            .collect()
     }
 
     /// Replaces a key's cache entry from its stored state.
@@ -257,10 +297,16 @@ impl Kms {
         arc
     }
 
-    /// Reloads one key from the store into the cache (after a change).
+    /// Reloads one key from the store into the cache (after a change), keeping its grants.
     async fn refresh_key(&self, key_id: &str) -> Result<Option<Arc<CachedKey>>, KmsError> {
         match self.store.get_key(key_id).await? {
-            Some(b) => Ok(Some(self.cache_put(self.cached_from_bundle(b)?))),
+            Some(b) => {
+                let mut cached = self.cached_from_bundle(b)?;
+                if let Some(old) = self.key_by_uuid(&cached.uuid) {
+                    cached.grants = old.grants.clone();
+                }
+                Ok(Some(self.cache_put(cached)))
+            }
             None => {
                 if let Ok(u) = Uuid::parse_str(key_id) {
                     self.cache_write().keys.remove(&u);
@@ -388,44 +434,17 @@ impl Kms {
             ))
         }
     }
+}
 
-    /// Asks the authorizer; a denial becomes AccessDeniedException in AWS's phrasing.
-    fn authorize(&self, caller: &Caller, req: AuthzRequest<'_>) -> Result<(), KmsError> {
-        let decision = self.authorizer.authorize(caller, &req);
-        if decision.allowed {
-            return Ok(());
+/// Compiles a stored key policy; a stored policy that no longer compiles denies everything
+/// but grants, and is logged.
+fn compile_stored_policy(key_id: &str, text: &str) -> Option<Arc<Policy>> {
+    match Policy::parse(text, crate::policy::PolicyKind::Key) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            tracing::error!(key_id, error = %e, "stored key policy does not compile; only grants can allow use of this key");
+            None
         }
-        tracing::info!(
-            principal = %caller.principal_arn,
-            action = req.action,
-            resource = req.resource,
-            reason = %decision.reason,
-            "access denied"
-        );
-        Err(KmsError::AccessDenied(format!(
-            "User: {} is not authorized to perform: {} on resource: {} because {}",
-            caller.principal_arn, req.action, req.resource, decision.reason
-        )))
-    }
-
-    /// Authorizes an action on a resolved key.
-    fn authorize_key(
-        &self,
-        caller: &Caller,
-        action: &'static str,
-        resolved: &Resolved,
-        ctx: Option<&BTreeMap<String, String>>,
-    ) -> Result<(), KmsError> {
-        self.authorize(
-            caller,
-            AuthzRequest {
-                action,
-                resource: &resolved.key.arn,
-                key: Some(&resolved.key.record),
-                encryption_context: ctx,
-                request_alias: resolved.alias.as_deref(),
-            },
-        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! Tags: TagResource, UntagResource, ListResourceTags.
 
+use super::authz::{AuthzRequest, CtxValue};
 use super::validate;
 use super::{check_state, Kms, KmsError, StateClass};
 use crate::identity::Caller;
@@ -26,7 +27,17 @@ impl Kms {
         validate::tags(&tags)?;
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, key_id, false)?;
-        self.authorize_key(caller, "kms:TagResource", &resolved, None)?;
+        let mut authz = AuthzRequest::on_key("kms:TagResource", &resolved).with(
+            "aws:TagKeys",
+            CtxValue::Many(tags.iter().map(|t| t.key.clone()).collect()),
+        );
+        for t in &tags {
+            authz = authz.with(
+                format!("aws:RequestTag/{}", t.key),
+                CtxValue::one(t.value.as_str()),
+            );
+        }
+        self.authorize(caller, authz)?;
         check_state(&resolved.key, StateClass::NotPendingDeletion)?;
         let existing = &resolved.key.tags;
         let added = tags
@@ -61,7 +72,11 @@ impl Kms {
         }
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, key_id, false)?;
-        self.authorize_key(caller, "kms:UntagResource", &resolved, None)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:UntagResource", &resolved)
+                .with("aws:TagKeys", CtxValue::Many(tag_keys.clone())),
+        )?;
         check_state(&resolved.key, StateClass::NotPendingDeletion)?;
         self.store
             .remove_tags(&resolved.key.record.key_id, &tag_keys)

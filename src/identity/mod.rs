@@ -1,16 +1,24 @@
 //! Who is calling: ARNs, principals, the [`Caller`] that authentication yields, and the
 //! bindings from client certificates to principals.
 //!
-//! The identity directory (users, groups, roles, policies, access keys, AssumeRole sessions)
-//! grows here; today a principal comes from an mTLS client certificate mapped in config.
+//! [`directory`] holds accounts with their users, groups, roles and policies (loaded from
+//! `aws iam get-account-authorization-details` JSON) and credentials; [`sessions`] holds
+//! AssumeRole temporary credentials; [`sigv4`] verifies and makes AWS Signature V4.
 
 pub mod arn;
+pub mod auth;
 pub mod certs;
+pub mod directory;
+pub mod sessions;
+pub mod sigv4;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use arn::{Arn, ArnError};
 pub use certs::{CertBinding, CertMatcher, CertificateDirectory};
+pub use directory::{Directory, DirectoryFiles, DirectoryHandle, ResolvedPrincipal};
+pub use sessions::{SessionEntry, SessionStore};
 
 /// How a caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +45,9 @@ impl AuthMethod {
     }
 }
 
-/// An authenticated caller, as the engine sees it. Doors build one per request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An authenticated caller, as the engine sees it. Doors build one per request after
+/// authentication; the principal is resolved against the identity directory.
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// The principal ARN (`arn:aws:iam::111122223333:user/alice`, an assumed-role session ARN,
     /// or an account root).
@@ -51,26 +60,44 @@ pub struct Caller {
     pub source_ip: Option<IpAddr>,
     /// Whether the request arrived over TLS.
     pub secure_transport: bool,
+    /// The access key id used to sign, for SigV4 and session callers (never the secret).
+    pub access_key_id: Option<String>,
+    /// The principal as the directory knows it: policies, tags, type.
+    pub principal: ResolvedPrincipal,
+    /// The AssumeRole session, for temporary credentials.
+    pub session: Option<Arc<SessionEntry>>,
 }
 
 impl Caller {
-    /// Builds a caller from a principal ARN; the account is taken from the ARN.
-    pub fn from_principal(
-        principal_arn: &str,
+    /// A caller for a resolved principal.
+    pub fn new(
+        principal: ResolvedPrincipal,
         method: AuthMethod,
         source_ip: Option<IpAddr>,
         secure_transport: bool,
-    ) -> Result<Caller, ArnError> {
-        let arn = Arn::parse(principal_arn)?;
-        if arn.account.is_empty() {
-            return Err(ArnError::Malformed("principal ARN has no account".into()));
-        }
-        Ok(Caller {
-            principal_arn: principal_arn.to_string(),
-            account: arn.account.to_string(),
+    ) -> Caller {
+        Caller {
+            principal_arn: principal.principal_arn().to_string(),
+            account: principal.account().to_string(),
             method,
             source_ip,
             secure_transport,
-        })
+            access_key_id: None,
+            principal,
+            session: None,
+        }
+    }
+
+    /// For an assumed-role session: the role's ARN.
+    pub fn role_arn(&self) -> Option<&str> {
+        self.principal.role_arn()
+    }
+
+    /// Session tags (empty unless the caller uses AssumeRole credentials with tags).
+    pub fn session_tags(&self) -> &[(String, String)] {
+        self.session
+            .as_ref()
+            .map(|s| s.tags.as_slice())
+            .unwrap_or(&[])
     }
 }

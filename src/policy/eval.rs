@@ -263,6 +263,11 @@ fn op_name(action: &str) -> &str {
 
 /// Whether `action` (`kms:Decrypt` or `Decrypt`) may be performed on another account's key.
 pub fn is_cross_account_op(action: &str) -> bool {
+    // Role trust is evaluated with the same algorithm (trust policy as the resource policy),
+    // and assuming a role in another account is the point of cross-account roles.
+    if action.eq_ignore_ascii_case("sts:AssumeRole") {
+        return true;
+    }
     let op = op_name(action);
     CROSS_ACCOUNT_OPS.iter().any(|o| o.eq_ignore_ascii_case(op))
 }

@@ -5,6 +5,7 @@
 //! one transaction, so a failed request never leaves a partial change behind.
 
 use async_trait::async_trait;
+use std::collections::BTreeMap;
 use std::fmt;
 
 pub mod sqlite;
@@ -109,6 +110,28 @@ pub struct Tag {
     pub value: String,
 }
 
+/// A grant on a key (kms-spec 3.5). Grants never expire; they end by RetireGrant,
+/// RevokeGrant or deletion of the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// 64 hex characters.
+    pub grant_id: String,
+    pub key_id: String,
+    /// Optional idempotency name.
+    pub name: Option<String>,
+    pub grantee_principal: String,
+    pub retiring_principal: Option<String>,
+    /// Grant operations without the `kms:` prefix (`Decrypt`, `Encrypt`, ...).
+    pub operations: Vec<String>,
+    /// `EncryptionContextEquals` constraint.
+    pub constraint_equals: Option<BTreeMap<String, String>>,
+    /// `EncryptionContextSubset` constraint.
+    pub constraint_subset: Option<BTreeMap<String, String>>,
+    /// The account that created the grant (the key's account).
+    pub issuing_account: String,
+    pub created_at_ms: i64,
+}
+
 /// A key with everything that hangs off it, as loaded into the engine's cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBundle {
@@ -181,4 +204,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_alias(&self, account: &str, name: &str) -> Result<(), StoreError>;
     /// Every alias of every account, ordered by (account, name).
     async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError>;
+
+    /// Inserts a grant; `NotFound` if its key does not exist, `AlreadyExists` on a duplicate id.
+    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+    /// Deletes a grant; `NotFound` if absent.
+    async fn delete_grant(&self, grant_id: &str) -> Result<(), StoreError>;
+    /// Every grant, ordered by (key id, creation time, grant id).
+    async fn list_grants(&self) -> Result<Vec<GrantRecord>, StoreError>;
 }

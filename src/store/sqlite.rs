@@ -10,7 +10,8 @@
 //! SQLite answers with `SQLITE_BUSY` without waiting).
 
 use super::{
-    AliasRecord, KeyBundle, KeyRecord, KeyState, KeyVersion, MetadataStore, StoreError, Tag,
+    AliasRecord, GrantRecord, KeyBundle, KeyRecord, KeyState, KeyVersion, MetadataStore,
+    StoreError, Tag,
 };
 use async_trait::async_trait;
 use sqlx::error::BoxDynError;
@@ -20,7 +21,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "deleted keys",
         include_str!("../../migrations/0002_deleted_keys.sql"),
     ),
+    (3, "grants", include_str!("../../migrations/0003_grants.sql")),
 ];
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
@@ -514,6 +516,7 @@ impl MetadataStore for SqliteStore {
             "DELETE FROM aliases WHERE key_id = ?",
             "DELETE FROM tags WHERE key_id = ?",
             "DELETE FROM key_versions WHERE key_id = ?",
+            "DELETE FROM grants WHERE key_id = ?",
             "DELETE FROM keys WHERE key_id = ?",
         ] {
             sqlx::query(sql)
@@ -532,6 +535,71 @@ impl MetadataStore for SqliteStore {
         .await
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
+    }
+
+    async fn insert_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
+        let ops = serde_json::to_string(&g.operations)
+            .map_err(|e| StoreError::Database(format!("encoding grant operations: {e}")))?;
+        let constraints = if g.constraint_equals.is_none() && g.constraint_subset.is_none() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&serde_json::json!({
+                    "EncryptionContextEquals": g.constraint_equals,
+                    "EncryptionContextSubset": g.constraint_subset,
+                }))
+                .map_err(|e| StoreError::Database(format!("encoding grant constraints: {e}")))?,
+            )
+        };
+        let mut tx = self.write_tx().await?;
+        require_key_on(&mut tx, &g.key_id).await?;
+        sqlx::query(
+            "INSERT INTO grants (grant_id, key_id, name, grantee_principal, retiring_principal, \
+             operations, constraints, issuing_account, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&g.grant_id)
+        .bind(&g.key_id)
+        .bind(&g.name)
+        .bind(&g.grantee_principal)
+        .bind(&g.retiring_principal)
+        .bind(ops)
+        .bind(constraints)
+        .bind(&g.issuing_account)
+        .bind(g.created_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            write_err(
+                e,
+                || format!("grant {} already exists", g.grant_id),
+                || key_missing(&g.key_id),
+            )
+        })?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn delete_grant(&self, grant_id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM grants WHERE grant_id = ?")
+            .bind(grant_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("grant {grant_id} not found")));
+        }
+        Ok(())
+    }
+
+    async fn list_grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT grant_id, key_id, name, grantee_principal, retiring_principal, operations, \
+             constraints, issuing_account, created_at_ms FROM grants \
+             ORDER BY key_id, created_at_ms, grant_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(grant_from_row).collect()
     }
 
     async fn deleted_key_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -1013,6 +1081,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grants_round_trip_and_go_with_their_key() {
+        let (_dir, store) = open_temp().await;
+        create_enabled(&store, "k1", &[]).await;
+        let mut eq = BTreeMap::new();
+        eq.insert("a".to_string(), "1".to_string());
+        let g = GrantRecord {
+            grant_id: "g1".into(),
+            key_id: "k1".into(),
+            name: Some("n".into()),
+            grantee_principal: "arn:aws:iam::111122223333:user/u".into(),
+            retiring_principal: None,
+            operations: vec!["Decrypt".into(), "Encrypt".into()],
+            constraint_equals: None,
+            constraint_subset: Some(eq),
+            issuing_account: "111122223333".into(),
+            created_at_ms: 5,
+        };
+        store.insert_grant(&g).await.unwrap();
+        assert!(matches!(
+            store.insert_grant(&g).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        let mut orphan = g.clone();
+        orphan.grant_id = "g2".into();
+        orphan.key_id = "nope".into();
+        assert!(matches!(
+            store.insert_grant(&orphan).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.list_grants().await.unwrap(), vec![g.clone()]);
+        store.destroy_key("k1", 9).await.unwrap();
+        assert!(store.list_grants().await.unwrap().is_empty());
+        assert_eq!(store.deleted_key_ids().await.unwrap(), vec!["k1".to_string()]);
+        assert!(matches!(
+            store.delete_grant("g1").await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn delete_key_cascades_to_versions_tags_and_aliases() {
         let (_dir, store) = open_temp().await;
         let mut doomed = create_enabled(&store, "k1", &[tag("a", "1"), tag("b", "2")]).await;
@@ -1272,4 +1380,43 @@ mod tests {
             assert!(loaded.contains(&one));
         }
     }
+}
+
+/// Decodes one `grants` row.
+fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("grant row: {what}"));
+    let get_s = |c: &str| -> Result<String, StoreError> {
+        row.try_get::<String, _>(c).map_err(|_| corrupt(c))
+    };
+    let get_o = |c: &str| -> Result<Option<String>, StoreError> {
+        row.try_get::<Option<String>, _>(c).map_err(|_| corrupt(c))
+    };
+    let operations: Vec<String> =
+        serde_json::from_str(&get_s("operations")?).map_err(|_| corrupt("operations"))?;
+    let (constraint_equals, constraint_subset) = match get_o("constraints")? {
+        None => (None, None),
+        Some(text) => {
+            #[derive(serde::Deserialize)]
+            struct C {
+                #[serde(rename = "EncryptionContextEquals")]
+                equals: Option<BTreeMap<String, String>>,
+                #[serde(rename = "EncryptionContextSubset")]
+                subset: Option<BTreeMap<String, String>>,
+            }
+            let c: C = serde_json::from_str(&text).map_err(|_| corrupt("constraints"))?;
+            (c.equals, c.subset)
+        }
+    };
+    Ok(GrantRecord {
+        grant_id: get_s("grant_id")?,
+        key_id: get_s("key_id")?,
+        name: get_o("name")?,
+        grantee_principal: get_s("grantee_principal")?,
+        retiring_principal: get_o("retiring_principal")?,
+        operations,
+        constraint_equals,
+        constraint_subset,
+        issuing_account: get_s("issuing_account")?,
+        created_at_ms: row.try_get::<i64, _>("created_at_ms").map_err(|_| corrupt("created_at_ms"))?,
+    })
 }

@@ -37,6 +37,11 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The identity fixtures: two accounts and a credentials file.
+pub fn fixtures_dir() -> PathBuf {
+    manifest_dir().join("tests/fixtures/identity")
+}
+
 /// Creates the token and PKI once per test binary.
 pub fn env() -> &'static Env {
     ENV.get_or_init(|| {
@@ -65,7 +70,7 @@ pub fn env() -> &'static Env {
         std::fs::write(dir.join("user-pin"), USER_PIN).unwrap();
         let pki = dir.join("pki");
         p11kms::devsetup::ensure_ca_and_server(&pki).unwrap();
-        for name in ["admin", "bob", "unbound"] {
+        for name in ["admin", "bob", "keyadmin", "user1", "user2", "unbound"] {
             p11kms::devsetup::issue_client_cert(&pki, name, None).unwrap();
         }
         Env {
@@ -96,14 +101,18 @@ softhsm2_conf = "{conf}"
 [store]
 data_dir = "{data}"
 
-[[identity.certificate]]
-subject_cn = "admin"
-principal = "arn:aws:iam::{ACCOUNT}:user/admin"
+[identity]
+credentials = "{fixtures}/credentials.json"
 
-[[identity.certificate]]
-subject_cn = "bob"
-principal = "arn:aws:iam::{OTHER_ACCOUNT}:user/bob"
+[[identity.account]]
+account_id = "{ACCOUNT}"
+authorization_details = "{fixtures}/{ACCOUNT}.json"
+
+[[identity.account]]
+account_id = "{OTHER_ACCOUNT}"
+authorization_details = "{fixtures}/{OTHER_ACCOUNT}.json"
 "#,
+        fixtures = fixtures_dir().display(),
         pki = e.pki.display(),
         dir = e.dir.display(),
         conf = e.softhsm_conf.display(),

@@ -1,61 +1,94 @@
-//! The gRPC door: `p11kms.v1.KeyManagementService` over TLS with client certificates.
+//! The gRPC door: `p11kms.v1.KeyManagementService`, `SecurityTokenService` and
+//! `AdminService` over TLS.
 //!
-//! Each method authenticates the caller from its verified client certificate, converts the
-//! message to the engine's types, calls the engine, and converts back. Errors go through
-//! [`status::to_status`], the door's one mapping.
+//! A caller authenticates with a client certificate (mutual TLS) or with AWS Signature V4
+//! (access keys, or AssumeRole credentials plus `x-amz-security-token`) over the gRPC method
+//! path, its headers and the SHA-256 of the request message (see `docs/grpc-api.md`). Each
+//! method converts the message to the engine's types, calls the engine, and converts back.
+//! Errors go through [`status::to_status`], the door's one mapping.
 
+pub mod admin;
+pub mod capture;
+pub mod kms;
 pub mod status;
+pub mod sts;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
+
 use zeroize::Zeroizing;
 
 use crate::core::aliases::AliasListEntry;
-use crate::core::crypto::{
-    DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
-};
-use crate::core::keys::{CreateKeyRequest, KeyMetadata};
+use crate::core::keys::KeyMetadata;
 use crate::core::Kms;
-use crate::identity::{AuthMethod, Caller, CertificateDirectory};
 use crate::pb;
-use crate::pb::key_management_service_server::KeyManagementService;
-use crate::store::Tag;
-use status::{to_status, unauthenticated};
+use crate::store::{GrantRecord, Tag};
+use crate::identity::auth::{AuthError, Authenticator, SigV4Input};
+use crate::identity::sigv4::SignableRequest;
+use crate::identity::Caller;
+use capture::SignedRequestInfo;
+use status::with_reason;
 
-/// The gRPC service over the engine.
+/// Allowed clock skew for SigV4 on the gRPC door, seconds.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// What every gRPC service of the door shares: the engine and the authenticator.
 #[derive(Debug, Clone)]
-pub struct GrpcService {
+pub struct Door {
     kms: Arc<Kms>,
-    certs: Arc<CertificateDirectory>,
+    auth: Arc<Authenticator>,
 }
 
-impl GrpcService {
-    /// A service over an engine, authenticating callers with certificate bindings.
-    pub fn new(kms: Arc<Kms>, certs: Arc<CertificateDirectory>) -> Self {
-        GrpcService { kms, certs }
+impl Door {
+    /// A door over an engine.
+    pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>) -> Self {
+        Door { kms, auth }
     }
 
-    /// The caller behind a request: its verified client certificate mapped to a principal.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    /// The caller behind a request: a SigV4 signature when the request has an
+    /// `Authorization` header, else its verified client certificate.
+    fn caller<T>(&self, req: &Request<T>, service: &str) -> Result<Caller, Status> {
+        let source_ip = req.remote_addr().map(|a| a.ip());
+        if let Some(info) = req.extensions().get::<SignedRequestInfo>() {
+            let Some(hash) = info.payload_sha256_hex.as_deref() else {
+                return Err(auth_status(AuthError::InvalidSignature(
+                    "The request body could not be read for signature verification.".into(),
+                )));
+            };
+            let input = SigV4Input {
+                request: SignableRequest {
+                    method: "POST",
+                    path: &info.path,
+                    query: "",
+                    headers: &info.headers,
+                    payload_sha256_hex: hash,
+                },
+                service,
+                max_skew_secs: MAX_SKEW_SECS,
+                source_ip,
+                secure_transport: true,
+            };
+            return self
+                .auth
+                .from_sigv4(&input, self.kms.now_ms())
+                .map_err(auth_status);
+        }
         let certs = req
             .peer_certs()
-            .ok_or_else(|| unauthenticated("A client certificate is required."))?;
+            .ok_or_else(|| auth_status(AuthError::MissingAuthenticationToken))?;
         let leaf = certs
             .first()
-            .ok_or_else(|| unauthenticated("A client certificate is required."))?;
-        let principal = self.certs.principal_for(leaf.as_ref()).ok_or_else(|| {
-            unauthenticated("The client certificate is not bound to any principal.")
-        })?;
-        Caller::from_principal(
-            &principal,
-            AuthMethod::MutualTls,
-            req.remote_addr().map(|a| a.ip()),
-            true,
-        )
-        .map_err(|_| unauthenticated("The client certificate maps to an invalid principal."))
+            .ok_or_else(|| auth_status(AuthError::MissingAuthenticationToken))?;
+        self.auth
+            .from_certificate(leaf.as_ref(), source_ip)
+            .map_err(auth_status)
     }
+}
+
+/// UNAUTHENTICATED with the AWS exception name of an authentication failure.
+pub fn auth_status(e: AuthError) -> Status {
+    with_reason(tonic::Code::Unauthenticated, e.aws_name(), e.to_string())
 }
 
 fn ts(ms: i64) -> prost_types::Timestamp {
@@ -67,10 +100,6 @@ fn ts(ms: i64) -> prost_types::Timestamp {
 
 fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
-}
-
-fn ctx(m: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
-    m.into_iter().collect()
 }
 
 fn tags_in(tags: Vec<pb::Tag>) -> Vec<Tag> {
@@ -123,413 +152,26 @@ fn expose(p: Zeroizing<Vec<u8>>) -> Vec<u8> {
     p.to_vec()
 }
 
-type Reply<T> = Result<Response<T>, Status>;
 
-#[tonic::async_trait]
-impl KeyManagementService for GrpcService {
-    async fn create_key(
-        &self,
-        request: Request<pb::CreateKeyRequest>,
-    ) -> Reply<pb::CreateKeyResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let m = self
-            .kms
-            .create_key(
-                &caller,
-                CreateKeyRequest {
-                    policy: opt(r.policy),
-                    description: r.description,
-                    key_usage: opt(r.key_usage),
-                    key_spec: opt(r.key_spec),
-                    customer_master_key_spec: opt(r.customer_master_key_spec),
-                    origin: opt(r.origin),
-                    bypass_policy_lockout_safety_check: r.bypass_policy_lockout_safety_check,
-                    tags: tags_in(r.tags),
-                    multi_region: r.multi_region,
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CreateKeyResponse {
-            key_metadata: Some(metadata(m)),
-        }))
-    }
-
-    async fn describe_key(
-        &self,
-        request: Request<pb::DescribeKeyRequest>,
-    ) -> Reply<pb::DescribeKeyResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let m = self
-            .kms
-            .describe_key(&caller, &r.key_id, &r.grant_tokens)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DescribeKeyResponse {
-            key_metadata: Some(metadata(m)),
-        }))
-    }
-
-    async fn list_keys(
-        &self,
-        request: Request<pb::ListKeysRequest>,
-    ) -> Reply<pb::ListKeysResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_keys(&caller, r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ListKeysResponse {
-            keys: page
-                .keys
-                .into_iter()
-                .map(|k| pb::KeyListEntry {
-                    key_id: k.key_id,
-                    key_arn: k.key_arn,
-                })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
-    }
-
-    async fn enable_key(
-        &self,
-        request: Request<pb::EnableKeyRequest>,
-    ) -> Reply<pb::EnableKeyResponse> {
-        let caller = self.caller(&request)?;
-        self.kms
-            .enable_key(&caller, &request.into_inner().key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::EnableKeyResponse {}))
-    }
-
-    async fn disable_key(
-        &self,
-        request: Request<pb::DisableKeyRequest>,
-    ) -> Reply<pb::DisableKeyResponse> {
-        let caller = self.caller(&request)?;
-        self.kms
-            .disable_key(&caller, &request.into_inner().key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DisableKeyResponse {}))
-    }
-
-    async fn schedule_key_deletion(
-        &self,
-        request: Request<pb::ScheduleKeyDeletionRequest>,
-    ) -> Reply<pb::ScheduleKeyDeletionResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .schedule_key_deletion(&caller, &r.key_id, r.pending_window_in_days)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ScheduleKeyDeletionResponse {
-            key_id: out.key_id,
-            deletion_date: Some(ts(out.deletion_date_ms)),
-            key_state: out.key_state,
-            pending_window_in_days: out.pending_window_in_days,
-        }))
-    }
-
-    async fn cancel_key_deletion(
-        &self,
-        request: Request<pb::CancelKeyDeletionRequest>,
-    ) -> Reply<pb::CancelKeyDeletionResponse> {
-        let caller = self.caller(&request)?;
-        let key_id = self
-            .kms
-            .cancel_key_deletion(&caller, &request.into_inner().key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CancelKeyDeletionResponse { key_id }))
-    }
-
-    async fn update_key_description(
-        &self,
-        request: Request<pb::UpdateKeyDescriptionRequest>,
-    ) -> Reply<pb::UpdateKeyDescriptionResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        self.kms
-            .update_key_description(&caller, &r.key_id, &r.description)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UpdateKeyDescriptionResponse {}))
-    }
-
-    async fn tag_resource(
-        &self,
-        request: Request<pb::TagResourceRequest>,
-    ) -> Reply<pb::TagResourceResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        self.kms
-            .tag_resource(&caller, &r.key_id, tags_in(r.tags))
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::TagResourceResponse {}))
-    }
-
-    async fn untag_resource(
-        &self,
-        request: Request<pb::UntagResourceRequest>,
-    ) -> Reply<pb::UntagResourceResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        self.kms
-            .untag_resource(&caller, &r.key_id, r.tag_keys)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UntagResourceResponse {}))
-    }
-
-    async fn list_resource_tags(
-        &self,
-        request: Request<pb::ListResourceTagsRequest>,
-    ) -> Reply<pb::ListResourceTagsResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_resource_tags(&caller, &r.key_id, r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ListResourceTagsResponse {
-            tags: page
-                .tags
-                .into_iter()
-                .map(|t| pb::Tag {
-                    tag_key: t.key,
-                    tag_value: t.value,
-                })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
-    }
-
-    async fn create_alias(
-        &self,
-        request: Request<pb::CreateAliasRequest>,
-    ) -> Reply<pb::CreateAliasResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        self.kms
-            .create_alias(&caller, &r.alias_name, &r.target_key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CreateAliasResponse {}))
-    }
-
-    async fn update_alias(
-        &self,
-        request: Request<pb::UpdateAliasRequest>,
-    ) -> Reply<pb::UpdateAliasResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        self.kms
-            .update_alias(&caller, &r.alias_name, &r.target_key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UpdateAliasResponse {}))
-    }
-
-    async fn delete_alias(
-        &self,
-        request: Request<pb::DeleteAliasRequest>,
-    ) -> Reply<pb::DeleteAliasResponse> {
-        let caller = self.caller(&request)?;
-        self.kms
-            .delete_alias(&caller, &request.into_inner().alias_name)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DeleteAliasResponse {}))
-    }
-
-    async fn list_aliases(
-        &self,
-        request: Request<pb::ListAliasesRequest>,
-    ) -> Reply<pb::ListAliasesResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_aliases(&caller, opt(r.key_id).as_deref(), r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ListAliasesResponse {
-            aliases: page.aliases.into_iter().map(alias_entry).collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
-    }
-
-    async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Reply<pb::EncryptResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .encrypt(
-                &caller,
-                EncryptRequest {
-                    key_id: r.key_id,
-                    plaintext: Zeroizing::new(r.plaintext),
-                    encryption_context: ctx(r.encryption_context),
-                    grant_tokens: r.grant_tokens,
-                    encryption_algorithm: opt(r.encryption_algorithm),
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::EncryptResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            key_id: out.key_id,
-            encryption_algorithm: out.encryption_algorithm,
-        }))
-    }
-
-    async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Reply<pb::DecryptResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .decrypt(
-                &caller,
-                DecryptRequest {
-                    ciphertext_blob: r.ciphertext_blob,
-                    encryption_context: ctx(r.encryption_context),
-                    grant_tokens: r.grant_tokens,
-                    key_id: opt(r.key_id),
-                    encryption_algorithm: opt(r.encryption_algorithm),
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DecryptResponse {
-            key_id: out.key_id,
-            plaintext: expose(out.plaintext),
-            encryption_algorithm: out.encryption_algorithm,
-            key_material_id: out.key_material_id,
-        }))
-    }
-
-    async fn re_encrypt(
-        &self,
-        request: Request<pb::ReEncryptRequest>,
-    ) -> Reply<pb::ReEncryptResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .re_encrypt(
-                &caller,
-                ReEncryptRequest {
-                    ciphertext_blob: r.ciphertext_blob,
-                    source_encryption_context: ctx(r.source_encryption_context),
-                    source_key_id: opt(r.source_key_id),
-                    destination_key_id: r.destination_key_id,
-                    destination_encryption_context: ctx(r.destination_encryption_context),
-                    source_encryption_algorithm: opt(r.source_encryption_algorithm),
-                    destination_encryption_algorithm: opt(r.destination_encryption_algorithm),
-                    grant_tokens: r.grant_tokens,
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ReEncryptResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            source_key_id: out.source_key_id,
-            key_id: out.key_id,
-            source_encryption_algorithm: out.source_encryption_algorithm,
-            destination_encryption_algorithm: out.destination_encryption_algorithm,
-            source_key_material_id: out.source_key_material_id,
-            destination_key_material_id: out.destination_key_material_id,
-        }))
-    }
-
-    async fn generate_data_key(
-        &self,
-        request: Request<pb::GenerateDataKeyRequest>,
-    ) -> Reply<pb::GenerateDataKeyResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .generate_data_key(
-                &caller,
-                GenerateDataKeyRequest {
-                    key_id: r.key_id,
-                    encryption_context: ctx(r.encryption_context),
-                    number_of_bytes: r.number_of_bytes,
-                    key_spec: opt(r.key_spec),
-                    grant_tokens: r.grant_tokens,
-                },
-                true,
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GenerateDataKeyResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            plaintext: out.plaintext.map(expose).unwrap_or_default(),
-            key_id: out.key_id,
-            key_material_id: out.key_material_id,
-        }))
-    }
-
-    async fn generate_data_key_without_plaintext(
-        &self,
-        request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
-    ) -> Reply<pb::GenerateDataKeyWithoutPlaintextResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .generate_data_key(
-                &caller,
-                GenerateDataKeyRequest {
-                    key_id: r.key_id,
-                    encryption_context: ctx(r.encryption_context),
-                    number_of_bytes: r.number_of_bytes,
-                    key_spec: opt(r.key_spec),
-                    grant_tokens: r.grant_tokens,
-                },
-                false,
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GenerateDataKeyWithoutPlaintextResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            key_id: out.key_id,
-            key_material_id: out.key_material_id,
-        }))
-    }
-
-    async fn generate_random(
-        &self,
-        request: Request<pb::GenerateRandomRequest>,
-    ) -> Reply<pb::GenerateRandomResponse> {
-        let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let bytes = self
-            .kms
-            .generate_random(
-                &caller,
-                r.number_of_bytes,
-                Some(r.custom_key_store_id.as_str()),
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GenerateRandomResponse {
-            plaintext: expose(bytes),
-        }))
+fn grant_entry(g: GrantRecord) -> pb::GrantListEntry {
+    let constraint = |m: Option<std::collections::BTreeMap<String, String>>| {
+        m.map(|pairs| pb::EncryptionContextConstraint { pairs })
+    };
+    let constraints = (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then(|| {
+        pb::GrantConstraints {
+            encryption_context_subset: constraint(g.constraint_subset),
+            encryption_context_equals: constraint(g.constraint_equals),
+        }
+    });
+    pb::GrantListEntry {
+        key_id: g.key_id,
+        grant_id: g.grant_id,
+        name: g.name.unwrap_or_default(),
+        creation_date: Some(ts(g.created_at_ms)),
+        grantee_principal: g.grantee_principal,
+        retiring_principal: g.retiring_principal.unwrap_or_default(),
+        issuing_account: g.issuing_account,
+        operations: g.operations,
+        constraints,
     }
 }

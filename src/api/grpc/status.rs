@@ -27,6 +27,7 @@ pub fn code_for(e: &KmsError) -> Code {
         | KmsError::InvalidKeyUsage(_)
         | KmsError::MalformedPolicyDocument(_)
         | KmsError::InvalidGrantToken(_)
+        | KmsError::InvalidGrantId(_)
         | KmsError::InvalidAliasName(_)
         | KmsError::InvalidArn(_)
         | KmsError::InvalidMarker(_)

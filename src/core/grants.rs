@@ -1,0 +1,616 @@
+//! Grants (kms-spec 3.5): CreateGrant, ListGrants, ListRetirableGrants, RetireGrant,
+//! RevokeGrant, and grant tokens.
+//!
+//! The store is strongly consistent, so a grant is in force as soon as CreateGrant returns;
+//! grant tokens are still accepted and validated (unknown or malformed ones are
+//! InvalidGrantTokenException), as AWS clients send them.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::authz::{AuthzRequest, CtxValue};
+use super::validate;
+use super::{Kms, KmsError, Resolved};
+use crate::identity::Caller;
+use crate::policy::PolicyType;
+use crate::store::{GrantRecord, KeyState};
+
+/// Most grants one key may carry.
+pub const MAX_GRANTS_PER_KEY: usize = 50_000;
+/// Most pairs in one constraint map.
+pub const MAX_CONSTRAINT_PAIRS: usize = 8;
+/// Longest constraint value.
+pub const MAX_CONSTRAINT_VALUE: usize = 384;
+
+/// Every grant operation name of the API.
+pub const ALL_GRANT_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
+    "Encapsulate",
+    "Decapsulate",
+];
+
+/// Grant operations that make sense on a symmetric encryption key.
+const SYMMETRIC_GRANT_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+];
+
+const TOKEN_PREFIX: &str = "p11kms-gt1.";
+
+/// CreateGrant input.
+#[derive(Debug, Clone, Default)]
+pub struct CreateGrantRequest {
+    pub key_id: String,
+    pub grantee_principal: String,
+    pub retiring_principal: Option<String>,
+    pub operations: Vec<String>,
+    pub constraint_equals: Option<BTreeMap<String, String>>,
+    pub constraint_subset: Option<BTreeMap<String, String>>,
+    pub grant_tokens: Vec<String>,
+    pub name: Option<String>,
+}
+
+/// CreateGrant output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateGrantResponse {
+    pub grant_token: String,
+    pub grant_id: String,
+}
+
+/// A page of grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListGrantsResponse {
+    /// Grants with `key_id` as the key ARN.
+    pub grants: Vec<GrantRecord>,
+    pub next_marker: Option<String>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes * 2);
+    while out.len() < bytes * 2 {
+        out.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    out.truncate(bytes * 2);
+    out
+}
+
+/// A fresh grant token naming `grant_id` (tokens differ per call).
+fn new_token(grant_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{grant_id}.{}", random_hex(16)))
+}
+
+/// The grant id a token names, if it is one of ours.
+pub(crate) fn token_grant_id(token: &str) -> Option<String> {
+    let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let rest = text.strip_prefix(TOKEN_PREFIX)?;
+    let (id, nonce) = rest.split_once('.')?;
+    (is_grant_id(id) && nonce.len() == 32).then(|| id.to_string())
+}
+
+fn is_grant_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn check_grant_id(id: &str) -> Result<(), KmsError> {
+    if is_grant_id(id) {
+        Ok(())
+    } else {
+        Err(KmsError::InvalidGrantId(format!(
+            "The grant id {:?} is not valid.",
+            id.chars().take(128).collect::<String>()
+        )))
+    }
+}
+
+fn check_constraint(member: &str, c: &Option<BTreeMap<String, String>>) -> Result<(), KmsError> {
+    if let Some(map) = c {
+        if map.len() > MAX_CONSTRAINT_PAIRS {
+            return Err(KmsError::validation(
+                member,
+                &format!("Member must have at most {MAX_CONSTRAINT_PAIRS} pairs"),
+            ));
+        }
+        if map
+            .iter()
+            .any(|(k, v)| k.is_empty() || v.chars().count() > MAX_CONSTRAINT_VALUE)
+        {
+            return Err(KmsError::validation(
+                member,
+                &format!("Keys must be non-empty and values at most {MAX_CONSTRAINT_VALUE} characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_principal(member: &str, p: &str) -> Result<(), KmsError> {
+    let ok = crate::identity::arn::is_account_id(p)
+        || crate::identity::Arn::parse(p)
+            .map(|a| matches!(a.service, "iam" | "sts") && !a.account.is_empty())
+            .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(KmsError::InvalidArn(format!(
+            "{member} {:?} is not a valid principal ARN.",
+            p.chars().take(256).collect::<String>()
+        )))
+    }
+}
+
+/// Does `caller` match `principal` (an account id or root ARN matches every principal of that
+/// account; a role ARN matches its sessions)?
+pub(crate) fn principal_matches(caller: &Caller, principal: &str) -> bool {
+    if principal == caller.principal_arn {
+        return true;
+    }
+    if principal == caller.account
+        || principal == format!("arn:aws:iam::{}:root", caller.account)
+    {
+        return true;
+    }
+    caller.role_arn().is_some_and(|r| r == principal)
+}
+
+/// Whether a child grant's constraints are at least as strict as its parent's.
+fn constraints_at_least(parent: &GrantRecord, child: &GrantRecord) -> bool {
+    if let Some(pe) = &parent.constraint_equals {
+        if child.constraint_equals.as_ref() != Some(pe) {
+            return false;
+        }
+    }
+    if let Some(ps) = &parent.constraint_subset {
+        let child_has_all = |m: &BTreeMap<String, String>| ps.iter().all(|(k, v)| m.get(k) == Some(v));
+        let ok = child.constraint_subset.as_ref().is_some_and(child_has_all)
+            || child.constraint_equals.as_ref().is_some_and(child_has_all);
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+impl Kms {
+    /// Validates the grant tokens of a request: each must name a grant that exists.
+    pub(crate) fn check_grant_tokens(&self, tokens: &[String]) -> Result<(), KmsError> {
+        validate::grant_token_shape(tokens)?;
+        for t in tokens {
+            let ok = token_grant_id(t).is_some_and(|id| self.grant_by_id(&id).is_some());
+            if !ok {
+                return Err(KmsError::InvalidGrantToken(
+                    "The grant token is not valid.".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn grant_by_id(&self, grant_id: &str) -> Option<GrantRecord> {
+        let cache = self.cache_read();
+        cache
+            .keys
+            .values()
+            .find_map(|k| k.grants.iter().find(|g| g.grant_id == grant_id).cloned())
+    }
+
+    /// CreateGrant.
+    pub async fn create_grant(
+        &self,
+        caller: &Caller,
+        req: CreateGrantRequest,
+    ) -> Result<CreateGrantResponse, KmsError> {
+        self.check_grant_tokens(&req.grant_tokens)?;
+        if req.grantee_principal.is_empty() {
+            return Err(KmsError::validation("granteePrincipal", "Member must not be null"));
+        }
+        check_principal("GranteePrincipal", &req.grantee_principal)?;
+        if let Some(r) = &req.retiring_principal {
+            check_principal("RetiringPrincipal", r)?;
+        }
+        if req.operations.is_empty() {
+            return Err(KmsError::validation("operations", "Member must not be empty"));
+        }
+        for op in &req.operations {
+            if !ALL_GRANT_OPERATIONS.contains(&op.as_str()) {
+                return Err(KmsError::validation(
+                    "operations",
+                    &format!("Member must satisfy enum value set: {ALL_GRANT_OPERATIONS:?}"),
+                ));
+            }
+        }
+        if let Some(n) = &req.name {
+            if n.is_empty()
+                || n.len() > 256
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'_' | b'-'))
+            {
+                return Err(KmsError::validation(
+                    "name",
+                    "Member must be 1-256 characters of [a-zA-Z0-9:/_-]",
+                ));
+            }
+        }
+        check_constraint("constraints.encryptionContextEquals", &req.constraint_equals)?;
+        check_constraint("constraints.encryptionContextSubset", &req.constraint_subset)?;
+
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
+        let mut ops: Vec<String> = req.operations.clone();
+        ops.sort();
+        ops.dedup();
+        // The constraint pairs are the request's encryption context for kms:EncryptionContext:*.
+        let mut ctx = BTreeMap::new();
+        for m in [&req.constraint_subset, &req.constraint_equals].into_iter().flatten() {
+            ctx.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let mut constraint_types = Vec::new();
+        if req.constraint_equals.is_some() {
+            constraint_types.push("EncryptionContextEquals".to_string());
+        }
+        if req.constraint_subset.is_some() {
+            constraint_types.push("EncryptionContextSubset".to_string());
+        }
+        let mut authz = AuthzRequest::on_key("kms:CreateGrant", &resolved)
+            .context(&ctx)
+            .with("kms:GrantOperations", CtxValue::Many(ops.clone()))
+            .with("kms:GranteePrincipal", CtxValue::one(&req.grantee_principal))
+            .with("kms:GrantIsForAWSResource", CtxValue::one("false"));
+        if let Some(r) = &req.retiring_principal {
+            authz = authz.with("kms:RetiringPrincipal", CtxValue::one(r));
+        }
+        if !constraint_types.is_empty() {
+            authz = authz.with("kms:GrantConstraintType", CtxValue::Many(constraint_types));
+        }
+        let decision = self.authorize(caller, authz)?;
+
+        match resolved.key.record.state {
+            KeyState::Enabled | KeyState::Unavailable => {}
+            KeyState::Disabled => {
+                return Err(KmsError::Disabled(format!("{} is disabled.", resolved.key.arn)))
+            }
+            other => {
+                return Err(KmsError::InvalidState(format!(
+                    "{} is {}.",
+                    resolved.key.arn,
+                    match other {
+                        KeyState::PendingDeletion => "pending deletion",
+                        KeyState::PendingImport => "pending import",
+                        _ => "not in a state that allows grants",
+                    }
+                )))
+            }
+        }
+        let usable: &[&str] = if resolved.key.record.key_spec == "SYMMETRIC_DEFAULT" {
+            SYMMETRIC_GRANT_OPERATIONS
+        } else {
+            ALL_GRANT_OPERATIONS
+        };
+        if let Some(bad) = ops.iter().find(|o| !usable.contains(&o.as_str())) {
+            return Err(KmsError::Validation(format!(
+                "Grant operation {bad} is not valid for a {} key.",
+                resolved.key.record.key_spec
+            )));
+        }
+        let record = GrantRecord {
+            grant_id: random_hex(32),
+            key_id: resolved.key.record.key_id.clone(),
+            name: req.name.clone(),
+            grantee_principal: req.grantee_principal.clone(),
+            retiring_principal: req.retiring_principal.clone(),
+            operations: ops,
+            constraint_equals: req.constraint_equals.clone(),
+            constraint_subset: req.constraint_subset.clone(),
+            issuing_account: resolved.key.record.account.clone(),
+            created_at_ms: self.now_ms(),
+        };
+        // A grant that allowed this CreateGrant may only pass on what it has.
+        if let Some(first) = decision.deciding.first() {
+            if first.policy_type == PolicyType::Grant {
+                let parent = resolved
+                    .key
+                    .grants
+                    .iter()
+                    .find(|g| g.grant_id == first.policy_name);
+                let within = parent.is_some_and(|p| {
+                    record.operations.iter().all(|o| p.operations.contains(o))
+                        && constraints_at_least(p, &record)
+                });
+                if !within {
+                    return Err(KmsError::AccessDenied(format!(
+                        "User: {} is not authorized to perform: kms:CreateGrant on resource: {} because a grant may only create grants with a subset of its operations and constraints at least as strict",
+                        caller.principal_arn, resolved.key.arn
+                    )));
+                }
+            }
+        }
+        // Idempotency: the same name and properties return the same grant.
+        if let Some(existing) = resolved.key.grants.iter().find(|g| {
+            g.name.is_some()
+                && g.name == record.name
+                && g.grantee_principal == record.grantee_principal
+                && g.retiring_principal == record.retiring_principal
+                && g.operations == record.operations
+                && g.constraint_equals == record.constraint_equals
+                && g.constraint_subset == record.constraint_subset
+        }) {
+            return Ok(CreateGrantResponse {
+                grant_token: new_token(&existing.grant_id),
+                grant_id: existing.grant_id.clone(),
+            });
+        }
+        if resolved.key.grants.len() >= MAX_GRANTS_PER_KEY {
+            return Err(KmsError::LimitExceeded(format!(
+                "A key can have at most {MAX_GRANTS_PER_KEY} grants."
+            )));
+        }
+        self.store.insert_grant(&record).await?;
+        let mut updated = (*resolved.key).clone();
+        updated.grants.push(record.clone());
+        self.cache_put(updated);
+        Ok(CreateGrantResponse {
+            grant_token: new_token(&record.grant_id),
+            grant_id: record.grant_id,
+        })
+    }
+
+    fn grants_page(
+        &self,
+        grants: Vec<GrantRecord>,
+        limit: Option<i32>,
+        marker: &str,
+    ) -> Result<ListGrantsResponse, KmsError> {
+        let limit = validate::limit(limit)?;
+        let after = validate::decode_marker(marker)?;
+        let items = grants.into_iter().map(|mut g| {
+            let pos = format!("{}/{:020}/{}", g.key_id, g.created_at_ms, g.grant_id);
+            if let Some(k) = uuid::Uuid::parse_str(&g.key_id)
+                .ok()
+                .and_then(|u| self.cache_read().keys.get(&u).map(|k| k.arn.clone()))
+            {
+                g.key_id = k;
+            }
+            (pos, g)
+        });
+        let (grants, next_marker) = validate::page(items, after.as_deref(), limit);
+        Ok(ListGrantsResponse {
+            grants,
+            next_marker,
+        })
+    }
+
+    /// ListGrants: the grants of one key, optionally filtered by grant id or grantee.
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        grant_id: Option<&str>,
+        grantee: Option<&str>,
+        limit: Option<i32>,
+        marker: &str,
+    ) -> Result<ListGrantsResponse, KmsError> {
+        if let Some(g) = grant_id {
+            check_grant_id(g)?;
+        }
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:ListGrants", &resolved)
+                .with("kms:GrantIsForAWSResource", CtxValue::one("false")),
+        )?;
+        let grants: Vec<GrantRecord> = resolved
+            .key
+            .grants
+            .iter()
+            .filter(|g| grant_id.is_none_or(|id| g.grant_id == id))
+            .filter(|g| grantee.is_none_or(|p| g.grantee_principal == p))
+            .cloned()
+            .collect();
+        self.grants_page(grants, limit, marker)
+    }
+
+    /// ListRetirableGrants: grants (on keys of any account) that name `retiring_principal`,
+    /// which must be in the caller's account.
+    pub async fn list_retirable_grants(
+        &self,
+        caller: &Caller,
+        retiring_principal: &str,
+        limit: Option<i32>,
+        marker: &str,
+    ) -> Result<ListGrantsResponse, KmsError> {
+        if retiring_principal.is_empty() {
+            return Err(KmsError::validation("retiringPrincipal", "Member must not be null"));
+        }
+        check_principal("RetiringPrincipal", retiring_principal)?;
+        self.authorize(caller, AuthzRequest::new("kms:ListRetirableGrants", "*"))?;
+        let in_account = crate::identity::Arn::parse(retiring_principal)
+            .map(|a| a.account == caller.account)
+            .unwrap_or(retiring_principal == caller.account);
+        if !in_account {
+            return Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to list grants retirable by a principal of another account",
+                caller.principal_arn
+            )));
+        }
+        let grants: Vec<GrantRecord> = {
+            let cache = self.cache_read();
+            cache
+                .keys
+                .values()
+                .flat_map(|k| k.grants.iter())
+                .filter(|g| g.retiring_principal.as_deref() == Some(retiring_principal))
+                .cloned()
+                .collect()
+        };
+        self.grants_page(grants, limit, marker)
+    }
+
+    fn find_grant(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        grant_id: &str,
+    ) -> Result<(Resolved, GrantRecord), KmsError> {
+        check_grant_id(grant_id)?;
+        let resolved = self.resolve(caller, key_id, false)?;
+        let grant = resolved
+            .key
+            .grants
+            .iter()
+            .find(|g| g.grant_id == grant_id)
+            .cloned()
+            .ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "Grant {grant_id} does not exist on {}",
+                    resolved.key.arn
+                ))
+            })?;
+        Ok((resolved, grant))
+    }
+
+    async fn drop_grant(&self, resolved: &Resolved, grant_id: &str) -> Result<(), KmsError> {
+        self.store.delete_grant(grant_id).await?;
+        let mut updated = (*resolved.key).clone();
+        updated.grants.retain(|g| g.grant_id != grant_id);
+        self.cache_put(updated);
+        Ok(())
+    }
+
+    /// RetireGrant, by token or by key and grant id. Allowed for the retiring principal, the
+    /// grantee when the grant includes RetireGrant, and the key's account (its root, or IAM
+    /// principals it delegates kms:RetireGrant to). An explicit deny always wins.
+    pub async fn retire_grant(
+        &self,
+        caller: &Caller,
+        grant_token: Option<&str>,
+        key_id: Option<&str>,
+        grant_id: Option<&str>,
+    ) -> Result<(), KmsError> {
+        let _guard = self.mutate.lock().await;
+        let (resolved, grant) = match (grant_token, key_id, grant_id) {
+            (Some(t), _, _) => {
+                validate::grant_token_shape(std::slice::from_ref(&t.to_string()))?;
+                let id = token_grant_id(t).ok_or_else(|| {
+                    KmsError::InvalidGrantToken("The grant token is not valid.".into())
+                })?;
+                let grant = self.grant_by_id(&id).ok_or_else(|| {
+                    KmsError::InvalidGrantToken("The grant token is not valid.".into())
+                })?;
+                let key = uuid::Uuid::parse_str(&grant.key_id)
+                    .ok()
+                    .and_then(|u| self.cache_read().keys.get(&u).cloned())
+                    .ok_or_else(|| KmsError::NotFound("The grant's key does not exist.".into()))?;
+                if let Some(k) = key_id.filter(|k| !k.is_empty()) {
+                    let named = self.resolve(caller, k, false)?;
+                    if named.key.uuid != key.uuid {
+                        return Err(KmsError::InvalidGrantToken(
+                            "The grant token does not belong to the given key.".into(),
+                        ));
+                    }
+                }
+                (Resolved { key, alias: None }, grant)
+            }
+            (None, Some(k), Some(g)) => self.find_grant(caller, k, g)?,
+            _ => {
+                return Err(KmsError::Validation(
+                    "Specify a GrantToken, or both KeyId and GrantId.".into(),
+                ))
+            }
+        };
+        self.authorize_retire(caller, &resolved, &grant)?;
+        self.drop_grant(&resolved, &grant.grant_id).await
+    }
+
+    /// RevokeGrant: key administrators, through policy.
+    pub async fn revoke_grant(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        grant_id: &str,
+    ) -> Result<(), KmsError> {
+        let _guard = self.mutate.lock().await;
+        let (resolved, grant) = self.find_grant(caller, key_id, grant_id)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:RevokeGrant", &resolved)
+                .with("kms:GrantIsForAWSResource", CtxValue::one("false")),
+        )?;
+        self.drop_grant(&resolved, &grant.grant_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_their_grant_and_differ() {
+        let id = random_hex(32);
+        assert_eq!(id.len(), 64);
+        let a = new_token(&id);
+        let b = new_token(&id);
+        assert_ne!(a, b);
+        assert_eq!(token_grant_id(&a).as_deref(), Some(id.as_str()));
+        assert_eq!(token_grant_id("garbage"), None);
+        assert_eq!(token_grant_id(&URL_SAFE_NO_PAD.encode("p11kms-gt1.xyz.abc")), None);
+    }
+
+    fn grant(ops: &[&str], eq: Option<&[(&str, &str)]>, sub: Option<&[(&str, &str)]>) -> GrantRecord {
+        let m = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        GrantRecord {
+            grant_id: "g".into(),
+            key_id: "k".into(),
+            name: None,
+            grantee_principal: "111122223333".into(),
+            retiring_principal: None,
+            operations: ops.iter().map(|s| s.to_string()).collect(),
+            constraint_equals: eq.map(m),
+            constraint_subset: sub.map(m),
+            issuing_account: "111122223333".into(),
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn child_constraints_must_be_as_strict() {
+        let parent = grant(&["Decrypt"], None, Some(&[("a", "1")]));
+        assert!(constraints_at_least(&parent, &grant(&["Decrypt"], None, Some(&[("a", "1"), ("b", "2")]))));
+        assert!(constraints_at_least(&parent, &grant(&["Decrypt"], Some(&[("a", "1")]), None)));
+        assert!(!constraints_at_least(&parent, &grant(&["Decrypt"], None, None)));
+        assert!(!constraints_at_least(&parent, &grant(&["Decrypt"], None, Some(&[("a", "2")]))));
+        let eq = grant(&["Decrypt"], Some(&[("a", "1")]), None);
+        assert!(!constraints_at_least(&eq, &grant(&["Decrypt"], None, Some(&[("a", "1")]))));
+    }
+}

@@ -1,0 +1,176 @@
+//! The STS operations the daemon serves: AssumeRole and GetCallerIdentity.
+//!
+//! AssumeRole is decided by the same algorithm as KMS requests, with the role's trust policy
+//! in the place of the key policy: the trust policy must allow the caller, and across
+//! accounts the caller's identity policies must allow `sts:AssumeRole` on the role too.
+
+use std::sync::Arc;
+
+use super::authz::{iso8601, AuthzRequest, CtxValue};
+use super::{Kms, KmsError};
+use crate::identity::sessions::SessionError;
+use crate::identity::Caller;
+use crate::policy::{evaluate, EvalInput, NamedPolicy, Policy, PolicyKind};
+
+/// AssumeRole input.
+#[derive(Debug, Clone, Default)]
+pub struct AssumeRoleRequest {
+    pub role_arn: String,
+    pub role_session_name: String,
+    pub duration_seconds: Option<i32>,
+    pub policy: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// AssumeRole output. `Debug` never prints the secret or the token.
+pub struct AssumeRoleResponse {
+    pub access_key_id: String,
+    pub secret_access_key: zeroize::Zeroizing<String>,
+    pub session_token: zeroize::Zeroizing<String>,
+    pub expiration_ms: i64,
+    pub assumed_role_id: String,
+    pub assumed_role_arn: String,
+}
+
+impl std::fmt::Debug for AssumeRoleResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssumeRoleResponse")
+            .field("access_key_id", &self.access_key_id)
+            .field("assumed_role_arn", &self.assumed_role_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// GetCallerIdentity output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerIdentity {
+    pub user_id: String,
+    pub account: String,
+    pub arn: String,
+}
+
+fn session_error(e: SessionError) -> KmsError {
+    match e {
+        SessionError::Validation(m) => KmsError::Validation(m),
+        other => KmsError::LimitExceeded(other.to_string()),
+    }
+}
+
+impl Kms {
+    /// AssumeRole: temporary credentials for a session of a role.
+    pub async fn assume_role(
+        &self,
+        caller: &Caller,
+        req: AssumeRoleRequest,
+    ) -> Result<AssumeRoleResponse, KmsError> {
+        if req.role_arn.is_empty() {
+            return Err(KmsError::validation("roleArn", "Member must not be null"));
+        }
+        let session_policy = match req.policy.as_deref().filter(|p| !p.is_empty()) {
+            Some(text) => Some(Arc::new(
+                Policy::parse(text, PolicyKind::Session)
+                    .map_err(|e| KmsError::MalformedPolicyDocument(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let directory = self.directory.current();
+        let denied = || {
+            KmsError::AccessDenied(format!(
+                "User: {} is not authorized to perform: sts:AssumeRole on resource: {}",
+                caller.principal_arn,
+                req.role_arn.chars().take(256).collect::<String>()
+            ))
+        };
+        let role = directory.role(&req.role_arn).ok_or_else(denied)?;
+        let mut authz = AuthzRequest::new("sts:AssumeRole", &role.arn)
+            .with("sts:RoleSessionName", CtxValue::one(req.role_session_name.as_str()));
+        if !req.tags.is_empty() {
+            authz = authz.with(
+                "aws:TagKeys",
+                CtxValue::Many(req.tags.iter().map(|(k, _)| k.clone()).collect()),
+            );
+            for (k, v) in &req.tags {
+                authz = authz.with(format!("aws:RequestTag/{k}"), CtxValue::one(v.as_str()));
+            }
+        }
+        let ctx = self.request_context(caller, &authz);
+        let p = &caller.principal;
+        let identity = crate::identity::directory::named_policies(p.identity_policies());
+        let guardrails = crate::identity::directory::named_policies(p.guardrails());
+        let boundary: Vec<NamedPolicy<'_>> = p
+            .permission_boundary()
+            .map(|(n, pol)| NamedPolicy { name: n, policy: pol })
+            .into_iter()
+            .collect();
+        let session: Vec<NamedPolicy<'_>> = caller
+            .session
+            .as_ref()
+            .and_then(|s| s.session_policy.as_ref())
+            .map(|pol| NamedPolicy {
+                name: "session-policy",
+                policy: pol,
+            })
+            .into_iter()
+            .collect();
+        let empty = Default::default();
+        let decision = evaluate(&EvalInput {
+            key_account: Some(&role.account),
+            key_policy: Some(role.trust_named()),
+            identity_policies: &identity,
+            guardrails: &guardrails,
+            permission_boundaries: &boundary,
+            session_policies: &session,
+            grants: &[],
+            encryption_context: &empty,
+            role_arn: caller.role_arn(),
+            request: &ctx,
+        });
+        if !decision.is_allow() {
+            tracing::info!(principal = %caller.principal_arn, role = %role.arn, reason = %decision.summary(), "AssumeRole denied");
+            return Err(KmsError::AccessDenied(decision.aws_message(
+                &caller.principal_arn,
+                "sts:AssumeRole",
+                &role.arn,
+            )));
+        }
+        let duration = match req.duration_seconds {
+            None => 3600.min(role.max_session_duration).max(900),
+            Some(d) if d < 0 => {
+                return Err(KmsError::validation(
+                    "durationSeconds",
+                    "Member must have value greater than or equal to 900",
+                ))
+            }
+            Some(d) => d as u32,
+        };
+        let issued = self
+            .sessions
+            .issue(
+                role,
+                &req.role_session_name,
+                duration,
+                session_policy,
+                req.tags,
+                self.now_ms(),
+            )
+            .map_err(session_error)?;
+        tracing::info!(principal = %caller.principal_arn, session = %issued.assumed_role_arn, expires = %iso8601(issued.expiration_ms), "role assumed");
+        Ok(AssumeRoleResponse {
+            access_key_id: issued.access_key_id,
+            secret_access_key: issued.secret_access_key,
+            session_token: issued.session_token,
+            expiration_ms: issued.expiration_ms,
+            assumed_role_id: issued.assumed_role_id,
+            assumed_role_arn: issued.assumed_role_arn,
+        })
+    }
+
+    /// GetCallerIdentity: who the caller is. Needs no permission, as in AWS.
+    pub fn get_caller_identity(&self, caller: &Caller) -> CallerIdentity {
+        CallerIdentity {
+            user_id: caller.principal.userid().into_owned(),
+            account: caller.account.clone(),
+            arn: caller.principal_arn.clone(),
+        }
+    }
+}

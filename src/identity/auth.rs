@@ -1,0 +1,223 @@
+//! Authentication: turns what a door saw (a verified client certificate, or a SigV4-signed
+//! request) into a [`Caller`] whose principal is resolved against the identity directory.
+//!
+//! Doors call [`Authenticator`]; they never look at credentials themselves.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use super::sigv4::{self, SigV4Error, SignableRequest};
+use super::{AuthMethod, Caller, CertBinding, CertificateDirectory, DirectoryHandle, SessionStore};
+use crate::identity::sessions::SessionError;
+
+/// Why a request could not be authenticated, named as AWS names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials at all.
+    #[error("Missing Authentication Token")]
+    MissingAuthenticationToken,
+    /// Unknown access key, unknown or mismatched session token, unbound certificate.
+    #[error("{0}")]
+    UnrecognizedClient(String),
+    /// The Authorization header is malformed.
+    #[error("{0}")]
+    IncompleteSignature(String),
+    /// The signature does not match, or the request is outside the allowed clock skew.
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// The session's temporary credentials have expired.
+    #[error("The security token included in the request is expired")]
+    ExpiredToken,
+}
+
+impl AuthError {
+    /// The AWS exception name.
+    pub fn aws_name(&self) -> &'static str {
+        match self {
+            AuthError::MissingAuthenticationToken => "MissingAuthenticationTokenException",
+            AuthError::UnrecognizedClient(_) => "UnrecognizedClientException",
+            AuthError::IncompleteSignature(_) => "IncompleteSignatureException",
+            AuthError::InvalidSignature(_) => "InvalidSignatureException",
+            AuthError::ExpiredToken => "ExpiredTokenException",
+        }
+    }
+}
+
+impl From<SigV4Error> for AuthError {
+    fn from(e: SigV4Error) -> Self {
+        match e {
+            SigV4Error::MissingAuthenticationToken => AuthError::MissingAuthenticationToken,
+            SigV4Error::IncompleteSignature(m) => AuthError::IncompleteSignature(m),
+            SigV4Error::InvalidSignature(m) | SigV4Error::SignatureExpired(m) => {
+                AuthError::InvalidSignature(m)
+            }
+            SigV4Error::UnrecognizedClient => AuthError::UnrecognizedClient(
+                "The security token included in the request is invalid.".into(),
+            ),
+        }
+    }
+}
+
+/// Where a SigV4 request came from and what it signed.
+#[derive(Debug, Clone, Copy)]
+pub struct SigV4Input<'a> {
+    /// The request as signed.
+    pub request: SignableRequest<'a>,
+    /// The signing service expected (`kms`, `sts`).
+    pub service: &'a str,
+    /// Allowed clock skew, seconds.
+    pub max_skew_secs: i64,
+    /// Peer address.
+    pub source_ip: Option<IpAddr>,
+    /// Whether the request came over TLS.
+    pub secure_transport: bool,
+}
+
+/// Authenticates requests against the directory, the session store and the certificate
+/// bindings (from config and from the credentials file).
+pub struct Authenticator {
+    directory: Arc<DirectoryHandle>,
+    sessions: Arc<SessionStore>,
+    config_bindings: Vec<CertBinding>,
+    certs: RwLock<Arc<CertificateDirectory>>,
+    regions: Vec<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("regions", &self.regions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator over a directory and session store. `config_bindings` are the
+    /// `[[identity.certificate]]` entries of the config file; `region` is the only region a
+    /// signature may be scoped to.
+    pub fn new(
+        directory: Arc<DirectoryHandle>,
+        sessions: Arc<SessionStore>,
+        config_bindings: Vec<CertBinding>,
+        region: &str,
+    ) -> Authenticator {
+        let a = Authenticator {
+            directory,
+            sessions,
+            config_bindings,
+            certs: RwLock::new(Arc::new(CertificateDirectory::default())),
+            regions: vec![region.to_string()],
+        };
+        a.refresh_certificates();
+        a
+    }
+
+    /// Rebuilds the certificate bindings after the directory was reloaded.
+    pub fn refresh_certificates(&self) {
+        let dir = self.directory.current();
+        let mut bindings = self.config_bindings.clone();
+        bindings.extend(dir.cert_bindings().iter().cloned());
+        let fresh = Arc::new(CertificateDirectory::new(bindings));
+        *self.certs.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    fn resolve(
+        &self,
+        principal_arn: &str,
+        method: AuthMethod,
+        source_ip: Option<IpAddr>,
+        secure: bool,
+    ) -> Result<Caller, AuthError> {
+        let principal = self
+            .directory
+            .current()
+            .principal(principal_arn)
+            .ok_or_else(|| {
+                tracing::warn!(principal = principal_arn, "credentials map to a principal the directory does not know");
+                AuthError::UnrecognizedClient(
+                    "The credentials map to a principal that is not in the identity directory."
+                        .into(),
+                )
+            })?;
+        Ok(Caller::new(principal, method, source_ip, secure))
+    }
+
+    /// A caller from a verified client certificate (leaf, DER).
+    pub fn from_certificate(
+        &self,
+        leaf_der: &[u8],
+        source_ip: Option<IpAddr>,
+    ) -> Result<Caller, AuthError> {
+        let certs = self
+            .certs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let principal = certs.principal_for(leaf_der).ok_or_else(|| {
+            AuthError::UnrecognizedClient(
+                "The client certificate is not bound to any principal.".into(),
+            )
+        })?;
+        self.resolve(&principal, AuthMethod::MutualTls, source_ip, true)
+    }
+
+    /// A caller from a SigV4-signed request: a long-term access key, or AssumeRole
+    /// credentials with their session token.
+    pub fn from_sigv4(&self, input: &SigV4Input<'_>, now_ms: i64) -> Result<Caller, AuthError> {
+        let headers = input.request.headers;
+        let auth = sigv4::header_value(headers, "authorization")
+            .ok_or(AuthError::MissingAuthenticationToken)?;
+        let parsed = sigv4::parse_authorization(auth)?;
+        let token = sigv4::header_value(headers, "x-amz-security-token");
+        let (secret, principal_arn, method, session) = match token {
+            Some(token) => {
+                let s = self
+                    .sessions
+                    .lookup(&parsed.access_key_id, token, now_ms)
+                    .map_err(|e| match e {
+                        SessionError::Expired => AuthError::ExpiredToken,
+                        _ => AuthError::UnrecognizedClient(
+                            "The security token included in the request is invalid.".into(),
+                        ),
+                    })?;
+                (
+                    s.secret_access_key.clone(),
+                    s.session_arn.clone(),
+                    AuthMethod::SessionToken,
+                    Some(s),
+                )
+            }
+            None => {
+                let dir = self.directory.current();
+                let key = dir.access_key(&parsed.access_key_id).ok_or_else(|| {
+                    AuthError::UnrecognizedClient(
+                        "The security token included in the request is invalid.".into(),
+                    )
+                })?;
+                (
+                    key.secret_access_key.clone(),
+                    key.principal_arn.clone(),
+                    AuthMethod::SigV4,
+                    None,
+                )
+            }
+        };
+        sigv4::verify(
+            &input.request,
+            input.service,
+            &self.regions,
+            now_ms.div_euclid(1000),
+            input.max_skew_secs,
+            |_| Some(secret),
+        )?;
+        let mut caller = self.resolve(
+            &principal_arn,
+            method,
+            input.source_ip,
+            input.secure_transport,
+        )?;
+        caller.access_key_id = Some(parsed.access_key_id);
+        caller.session = session;
+        Ok(caller)
+    }
+}
