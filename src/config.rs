@@ -477,7 +477,12 @@ data_dir = "data"
     fn the_reference_config_parses() {
         let d = dir_with_files();
         std::fs::create_dir_all(d.path().join("pki")).unwrap();
-        for f in ["pki/server.pem", "pki/server-key.pem", "pki/ca.pem", "user-pin"] {
+        for f in [
+            "pki/server.pem",
+            "pki/server-key.pem",
+            "pki/ca.pem",
+            "user-pin",
+        ] {
             std::fs::write(d.path().join(f), "x").unwrap();
         }
         let text = include_str!("../p11kms.example.toml");

@@ -246,7 +246,7 @@ fn client_config(conn: &Conn) -> Result<ClientConfig, String> {
         ca_cert: conn.ca_cert.clone(),
         client_cert: conn.client_cert.clone(),
         client_key: conn.client_key.clone(),
-        tls_domain: None,
+        ..Default::default()
     }))
 }
 

@@ -135,8 +135,7 @@ fn spawn_reloader(
     files: crate::identity::DirectoryFiles,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Ok(mut hup) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             tracing::warn!("cannot listen for SIGHUP; identity reload by signal is off");
             return;
@@ -203,7 +202,10 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     let kms = open_engine(config, options.clock.clone()).await?;
     {
         let dir = kms.directory().current();
-        if let Some(b) = bindings.iter().find(|b| dir.principal(&b.principal_arn).is_none()) {
+        if let Some(b) = bindings
+            .iter()
+            .find(|b| dir.principal(&b.principal_arn).is_none())
+        {
             kms.hsm().shutdown();
             return Err(ServerError::Config(ConfigError::Invalid(format!(
                 "identity.certificate binds to {}, which is not in the identity directory",

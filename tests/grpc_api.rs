@@ -924,3 +924,39 @@ async fn authentication_is_required_and_accounts_are_isolated() {
     assert_eq!(m.key_state, "Enabled");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigv4_signed_requests_are_authenticated() {
+    let dir = data_dir("sigv4");
+    let server = start(&dir).await;
+    let mut s = signed_as(server.addr, "AKIAADMIN00000000001").await;
+    let created = s
+        .kms
+        .create_key(s.kms_req(pb::CreateKeyRequest::default(), "CreateKey"))
+        .await
+        .expect("signed CreateKey")
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    let who = s
+        .sts
+        .get_caller_identity(s.sts_req(pb::GetCallerIdentityRequest {}, "GetCallerIdentity"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(who.arn, format!("arn:aws:iam::{ACCOUNT}:user/admin"));
+    assert_eq!(who.account, ACCOUNT);
+    // A request signed for another method does not verify.
+    let req = s.signer.sign(
+        pb::DescribeKeyRequest {
+            key_id: created.key_id.clone(),
+            grant_tokens: vec![],
+        },
+        "/p11kms.v1.KeyManagementService/DisableKey",
+    );
+    assert_eq!(
+        reason(s.kms.describe_key(req).await),
+        "InvalidSignatureException"
+    );
+    server.shutdown().await.unwrap();
+}

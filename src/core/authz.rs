@@ -159,20 +159,30 @@ fn grant_views(grants: &[GrantRecord]) -> Vec<GrantView<'_>> {
 impl Kms {
     /// The request context for a caller and request: principal, network, time, key and
     /// operation condition keys.
-    pub(crate) fn request_context(&self, caller: &Caller, req: &AuthzRequest<'_>) -> RequestContext {
+    pub(crate) fn request_context(
+        &self,
+        caller: &Caller,
+        req: &AuthzRequest<'_>,
+    ) -> RequestContext {
         let mut ctx = RequestContext::new(
             caller.principal_arn.as_str(),
             caller.account.as_str(),
             req.action,
             req.resource,
         );
-        caller.principal.add_context_keys(&mut ctx, caller.session_tags());
+        caller
+            .principal
+            .add_context_keys(&mut ctx, caller.session_tags());
         let now = self.now_ms();
         ctx.set("aws:CurrentTime", iso8601(now));
         ctx.set("aws:EpochTime", (now.div_euclid(1000)).to_string());
         ctx.set(
             "aws:SecureTransport",
-            if caller.secure_transport { "true" } else { "false" },
+            if caller.secure_transport {
+                "true"
+            } else {
+                "false"
+            },
         );
         ctx.set("aws:RequestedRegion", self.settings.region.as_str());
         if let Some(ip) = caller.source_ip {
@@ -230,7 +240,10 @@ impl Kms {
         let guardrails = named_policies(p.guardrails());
         let boundary: Vec<NamedPolicy<'_>> = p
             .permission_boundary()
-            .map(|(n, pol)| NamedPolicy { name: n, policy: pol })
+            .map(|(n, pol)| NamedPolicy {
+                name: n,
+                policy: pol,
+            })
             .into_iter()
             .collect();
         let session: Vec<NamedPolicy<'_>> = caller
@@ -246,10 +259,12 @@ impl Kms {
         let key = if req.identity_only { None } else { req.key };
         let grants = key.map(|k| grant_views(&k.grants)).unwrap_or_default();
         let empty = BTreeMap::new();
-        let key_policy = key.and_then(|k| k.policy.as_deref()).map(|pol| NamedPolicy {
-            name: "default",
-            policy: pol,
-        });
+        let key_policy = key
+            .and_then(|k| k.policy.as_deref())
+            .map(|pol| NamedPolicy {
+                name: "default",
+                policy: pol,
+            });
         let input = EvalInput {
             key_account: req.key.map(|k| k.record.account.as_str()),
             key_policy,

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
 use super::authz::{AuthzRequest, CtxValue};
+use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext::{self, HEADER_LEN};

@@ -144,7 +144,9 @@ fn check_constraint(member: &str, c: &Option<BTreeMap<String, String>>) -> Resul
         {
             return Err(KmsError::validation(
                 member,
-                &format!("Keys must be non-empty and values at most {MAX_CONSTRAINT_VALUE} characters"),
+                &format!(
+                    "Keys must be non-empty and values at most {MAX_CONSTRAINT_VALUE} characters"
+                ),
             ));
         }
     }
@@ -172,9 +174,7 @@ pub(crate) fn principal_matches(caller: &Caller, principal: &str) -> bool {
     if principal == caller.principal_arn {
         return true;
     }
-    if principal == caller.account
-        || principal == format!("arn:aws:iam::{}:root", caller.account)
-    {
+    if principal == caller.account || principal == format!("arn:aws:iam::{}:root", caller.account) {
         return true;
     }
     caller.role_arn().is_some_and(|r| r == principal)
@@ -188,7 +188,8 @@ fn constraints_at_least(parent: &GrantRecord, child: &GrantRecord) -> bool {
         }
     }
     if let Some(ps) = &parent.constraint_subset {
-        let child_has_all = |m: &BTreeMap<String, String>| ps.iter().all(|(k, v)| m.get(k) == Some(v));
+        let child_has_all =
+            |m: &BTreeMap<String, String>| ps.iter().all(|(k, v)| m.get(k) == Some(v));
         let ok = child.constraint_subset.as_ref().is_some_and(child_has_all)
             || child.constraint_equals.as_ref().is_some_and(child_has_all);
         if !ok {
@@ -229,14 +230,20 @@ impl Kms {
     ) -> Result<CreateGrantResponse, KmsError> {
         self.check_grant_tokens(&req.grant_tokens)?;
         if req.grantee_principal.is_empty() {
-            return Err(KmsError::validation("granteePrincipal", "Member must not be null"));
+            return Err(KmsError::validation(
+                "granteePrincipal",
+                "Member must not be null",
+            ));
         }
         check_principal("GranteePrincipal", &req.grantee_principal)?;
         if let Some(r) = &req.retiring_principal {
             check_principal("RetiringPrincipal", r)?;
         }
         if req.operations.is_empty() {
-            return Err(KmsError::validation("operations", "Member must not be empty"));
+            return Err(KmsError::validation(
+                "operations",
+                "Member must not be empty",
+            ));
         }
         for op in &req.operations {
             if !ALL_GRANT_OPERATIONS.contains(&op.as_str()) {
@@ -259,8 +266,14 @@ impl Kms {
                 ));
             }
         }
-        check_constraint("constraints.encryptionContextEquals", &req.constraint_equals)?;
-        check_constraint("constraints.encryptionContextSubset", &req.constraint_subset)?;
+        check_constraint(
+            "constraints.encryptionContextEquals",
+            &req.constraint_equals,
+        )?;
+        check_constraint(
+            "constraints.encryptionContextSubset",
+            &req.constraint_subset,
+        )?;
 
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, &req.key_id, false)?;
@@ -269,7 +282,10 @@ impl Kms {
         ops.dedup();
         // The constraint pairs are the request's encryption context for kms:EncryptionContext:*.
         let mut ctx = BTreeMap::new();
-        for m in [&req.constraint_subset, &req.constraint_equals].into_iter().flatten() {
+        for m in [&req.constraint_subset, &req.constraint_equals]
+            .into_iter()
+            .flatten()
+        {
             ctx.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let mut constraint_types = Vec::new();
@@ -282,7 +298,10 @@ impl Kms {
         let mut authz = AuthzRequest::on_key("kms:CreateGrant", &resolved)
             .context(&ctx)
             .with("kms:GrantOperations", CtxValue::Many(ops.clone()))
-            .with("kms:GranteePrincipal", CtxValue::one(&req.grantee_principal))
+            .with(
+                "kms:GranteePrincipal",
+                CtxValue::one(&req.grantee_principal),
+            )
             .with("kms:GrantIsForAWSResource", CtxValue::one("false"));
         if let Some(r) = &req.retiring_principal {
             authz = authz.with("kms:RetiringPrincipal", CtxValue::one(r));
@@ -295,7 +314,10 @@ impl Kms {
         match resolved.key.record.state {
             KeyState::Enabled | KeyState::Unavailable => {}
             KeyState::Disabled => {
-                return Err(KmsError::Disabled(format!("{} is disabled.", resolved.key.arn)))
+                return Err(KmsError::Disabled(format!(
+                    "{} is disabled.",
+                    resolved.key.arn
+                )))
             }
             other => {
                 return Err(KmsError::InvalidState(format!(
@@ -447,7 +469,10 @@ impl Kms {
         marker: &str,
     ) -> Result<ListGrantsResponse, KmsError> {
         if retiring_principal.is_empty() {
-            return Err(KmsError::validation("retiringPrincipal", "Member must not be null"));
+            return Err(KmsError::validation(
+                "retiringPrincipal",
+                "Member must not be null",
+            ));
         }
         check_principal("RetiringPrincipal", retiring_principal)?;
         self.authorize(caller, AuthzRequest::new("kms:ListRetirableGrants", "*"))?;
@@ -580,10 +605,17 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(token_grant_id(&a).as_deref(), Some(id.as_str()));
         assert_eq!(token_grant_id("garbage"), None);
-        assert_eq!(token_grant_id(&URL_SAFE_NO_PAD.encode("p11kms-gt1.xyz.abc")), None);
+        assert_eq!(
+            token_grant_id(&URL_SAFE_NO_PAD.encode("p11kms-gt1.xyz.abc")),
+            None
+        );
     }
 
-    fn grant(ops: &[&str], eq: Option<&[(&str, &str)]>, sub: Option<&[(&str, &str)]>) -> GrantRecord {
+    fn grant(
+        ops: &[&str],
+        eq: Option<&[(&str, &str)]>,
+        sub: Option<&[(&str, &str)]>,
+    ) -> GrantRecord {
         let m = |p: &[(&str, &str)]| {
             p.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -606,11 +638,26 @@ mod tests {
     #[test]
     fn child_constraints_must_be_as_strict() {
         let parent = grant(&["Decrypt"], None, Some(&[("a", "1")]));
-        assert!(constraints_at_least(&parent, &grant(&["Decrypt"], None, Some(&[("a", "1"), ("b", "2")]))));
-        assert!(constraints_at_least(&parent, &grant(&["Decrypt"], Some(&[("a", "1")]), None)));
-        assert!(!constraints_at_least(&parent, &grant(&["Decrypt"], None, None)));
-        assert!(!constraints_at_least(&parent, &grant(&["Decrypt"], None, Some(&[("a", "2")]))));
+        assert!(constraints_at_least(
+            &parent,
+            &grant(&["Decrypt"], None, Some(&[("a", "1"), ("b", "2")]))
+        ));
+        assert!(constraints_at_least(
+            &parent,
+            &grant(&["Decrypt"], Some(&[("a", "1")]), None)
+        ));
+        assert!(!constraints_at_least(
+            &parent,
+            &grant(&["Decrypt"], None, None)
+        ));
+        assert!(!constraints_at_least(
+            &parent,
+            &grant(&["Decrypt"], None, Some(&[("a", "2")]))
+        ));
         let eq = grant(&["Decrypt"], Some(&[("a", "1")]), None);
-        assert!(!constraints_at_least(&eq, &grant(&["Decrypt"], None, Some(&[("a", "1")]))));
+        assert!(!constraints_at_least(
+            &eq,
+            &grant(&["Decrypt"], None, Some(&[("a", "1")]))
+        ));
     }
 }

@@ -227,15 +227,20 @@ impl Kms {
             authz = authz.with("aws:TagKeys", CtxValue::Many(tag_keys.clone()));
         }
         for t in &req.tags {
-            authz = authz.with(format!("aws:RequestTag/{}", t.key), CtxValue::one(t.value.as_str()));
+            authz = authz.with(
+                format!("aws:RequestTag/{}", t.key),
+                CtxValue::one(t.value.as_str()),
+            );
         }
         self.authorize(caller, authz)?;
         if !req.tags.is_empty() {
             let mut tag_authz = AuthzRequest::new("kms:TagResource", "*")
                 .with("aws:TagKeys", CtxValue::Many(tag_keys));
             for t in &req.tags {
-                tag_authz =
-                    tag_authz.with(format!("aws:RequestTag/{}", t.key), CtxValue::one(t.value.as_str()));
+                tag_authz = tag_authz.with(
+                    format!("aws:RequestTag/{}", t.key),
+                    CtxValue::one(t.value.as_str()),
+                );
             }
             self.authorize(caller, tag_authz)?;
         }

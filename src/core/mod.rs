@@ -31,9 +31,7 @@ use crate::hsm::{Hsm, ObjectId};
 use crate::identity::arn::{self, Arn};
 use crate::identity::{Caller, DirectoryHandle, SessionStore};
 use crate::policy::Policy;
-use crate::store::{
-    AliasRecord, GrantRecord, KeyBundle, KeyRecord, KeyState, MetadataStore, Tag,
-};
+use crate::store::{AliasRecord, GrantRecord, KeyBundle, KeyRecord, KeyState, MetadataStore, Tag};
 
 pub use authz::{AuthzRequest, CtxValue};
 pub use clock::{Clock, ManualClock, SystemClock};

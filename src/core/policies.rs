@@ -92,7 +92,10 @@ impl Kms {
         super::validate::limit(limit)?;
         super::validate::decode_marker(marker)?;
         let resolved = self.resolve(caller, key_id, false)?;
-        self.authorize(caller, AuthzRequest::on_key("kms:ListKeyPolicies", &resolved))?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:ListKeyPolicies", &resolved),
+        )?;
         Ok(vec![DEFAULT_POLICY_NAME.to_string()])
     }
 
@@ -122,7 +125,11 @@ impl Kms {
                 .with("kms:PolicyName", CtxValue::one(name))
                 .with(
                     "kms:BypassPolicyLockoutSafetyCheck",
-                    CtxValue::one(if bypass_lockout_check { "true" } else { "false" }),
+                    CtxValue::one(if bypass_lockout_check {
+                        "true"
+                    } else {
+                        "false"
+                    }),
                 ),
         )?;
         self.check_policy_principals(&compiled)?;
@@ -130,7 +137,8 @@ impl Kms {
             self.lockout_check(caller, &resolved.key, &compiled)?;
         }
         let text = policy_text.to_string();
-        self.update_record(&resolved.key, |r| r.policy = text).await?;
+        self.update_record(&resolved.key, |r| r.policy = text)
+            .await?;
         Ok(())
     }
 }

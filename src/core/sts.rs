@@ -82,8 +82,10 @@ impl Kms {
             ))
         };
         let role = directory.role(&req.role_arn).ok_or_else(denied)?;
-        let mut authz = AuthzRequest::new("sts:AssumeRole", &role.arn)
-            .with("sts:RoleSessionName", CtxValue::one(req.role_session_name.as_str()));
+        let mut authz = AuthzRequest::new("sts:AssumeRole", &role.arn).with(
+            "sts:RoleSessionName",
+            CtxValue::one(req.role_session_name.as_str()),
+        );
         if !req.tags.is_empty() {
             authz = authz.with(
                 "aws:TagKeys",
@@ -99,7 +101,10 @@ impl Kms {
         let guardrails = crate::identity::directory::named_policies(p.guardrails());
         let boundary: Vec<NamedPolicy<'_>> = p
             .permission_boundary()
-            .map(|(n, pol)| NamedPolicy { name: n, policy: pol })
+            .map(|(n, pol)| NamedPolicy {
+                name: n,
+                policy: pol,
+            })
             .into_iter()
             .collect();
         let session: Vec<NamedPolicy<'_>> = caller

@@ -133,7 +133,10 @@ impl Authenticator {
             .current()
             .principal(principal_arn)
             .ok_or_else(|| {
-                tracing::warn!(principal = principal_arn, "credentials map to a principal the directory does not know");
+                tracing::warn!(
+                    principal = principal_arn,
+                    "credentials map to a principal the directory does not know"
+                );
                 AuthError::UnrecognizedClient(
                     "The credentials map to a principal that is not in the identity directory."
                         .into(),
@@ -148,11 +151,7 @@ impl Authenticator {
         leaf_der: &[u8],
         source_ip: Option<IpAddr>,
     ) -> Result<Caller, AuthError> {
-        let certs = self
-            .certs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let certs = self.certs.read().unwrap_or_else(|p| p.into_inner()).clone();
         let principal = certs.principal_for(leaf_der).ok_or_else(|| {
             AuthError::UnrecognizedClient(
                 "The client certificate is not bound to any principal.".into(),

@@ -43,7 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "deleted keys",
         include_str!("../../migrations/0002_deleted_keys.sql"),
     ),
-    (3, "grants", include_str!("../../migrations/0003_grants.sql")),
+    (
+        3,
+        "grants",
+        include_str!("../../migrations/0003_grants.sql"),
+    ),
 ];
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
@@ -1113,7 +1117,10 @@ mod tests {
         assert_eq!(store.list_grants().await.unwrap(), vec![g.clone()]);
         store.destroy_key("k1", 9).await.unwrap();
         assert!(store.list_grants().await.unwrap().is_empty());
-        assert_eq!(store.deleted_key_ids().await.unwrap(), vec!["k1".to_string()]);
+        assert_eq!(
+            store.deleted_key_ids().await.unwrap(),
+            vec!["k1".to_string()]
+        );
         assert!(matches!(
             store.delete_grant("g1").await,
             Err(StoreError::NotFound(_))
@@ -1417,6 +1424,8 @@ fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
         constraint_equals,
         constraint_subset,
         issuing_account: get_s("issuing_account")?,
-        created_at_ms: row.try_get::<i64, _>("created_at_ms").map_err(|_| corrupt("created_at_ms"))?,
+        created_at_ms: row
+            .try_get::<i64, _>("created_at_ms")
+            .map_err(|_| corrupt("created_at_ms"))?,
     })
 }

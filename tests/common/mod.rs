@@ -9,10 +9,12 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use p11kms::api::grpc::status::aws_reason;
-use p11kms::client::ClientConfig;
+use p11kms::client::{AccessKeyCredentials, ClientConfig, Signer};
 use p11kms::config::Config;
 use p11kms::core::ManualClock;
+use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
+use p11kms::pb::security_token_service_client::SecurityTokenServiceClient;
 use p11kms::server::{self, RunningServer, ServerOptions};
 use tonic::transport::Channel;
 
@@ -170,10 +172,86 @@ pub async fn client_as(addr: std::net::SocketAddr, cert: Option<&str>) -> Client
         client_cert: cert.map(|c| pki.join(format!("{c}.pem"))),
         client_key: cert.map(|c| pki.join(format!("{c}-key.pem"))),
         tls_domain: Some("localhost".into()),
+        ..Default::default()
     }
     .connect()
     .await
     .expect("connect")
+}
+
+/// The secret of a fixture access key (tests/fixtures/identity/credentials.json).
+pub fn fixture_credentials(access_key_id: &str) -> AccessKeyCredentials {
+    let text = std::fs::read_to_string(fixtures_dir().join("credentials.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let secret = v["AccessKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["AccessKeyId"] == access_key_id)
+        .unwrap_or_else(|| panic!("no fixture access key {access_key_id}"))["SecretAccessKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    AccessKeyCredentials {
+        access_key_id: access_key_id.to_string(),
+        secret_access_key: zeroize::Zeroizing::new(secret),
+        session_token: None,
+    }
+}
+
+/// Clients of every service that authenticate with SigV4 (no client certificate).
+pub struct Signed {
+    pub kms: Client,
+    pub sts: SecurityTokenServiceClient<Channel>,
+    pub admin: AdminServiceClient<Channel>,
+    pub signer: Signer,
+}
+
+impl Signed {
+    /// Signs a KeyManagementService request for `method` (e.g. "Encrypt").
+    pub fn kms_req<T: prost::Message>(&self, msg: T, method: &str) -> tonic::Request<T> {
+        self.signer
+            .sign(msg, &format!("/p11kms.v1.KeyManagementService/{method}"))
+    }
+
+    /// Signs a SecurityTokenService request.
+    pub fn sts_req<T: prost::Message>(&self, msg: T, method: &str) -> tonic::Request<T> {
+        self.signer
+            .sign(msg, &format!("/p11kms.v1.SecurityTokenService/{method}"))
+    }
+
+    /// Signs an AdminService request.
+    pub fn admin_req<T: prost::Message>(&self, msg: T, method: &str) -> tonic::Request<T> {
+        self.signer
+            .sign(msg, &format!("/p11kms.v1.AdminService/{method}"))
+    }
+}
+
+/// SigV4 clients with the given credentials.
+pub async fn signed_with(addr: std::net::SocketAddr, credentials: AccessKeyCredentials) -> Signed {
+    let pki = &env().pki;
+    let cfg = ClientConfig {
+        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
+        ca_cert: Some(pki.join("ca.pem")),
+        tls_domain: Some("localhost".into()),
+        ..Default::default()
+    };
+    let channel = cfg.channel().await.expect("connect");
+    Signed {
+        kms: Client::new(channel.clone()),
+        sts: SecurityTokenServiceClient::new(channel.clone()),
+        admin: AdminServiceClient::new(channel),
+        signer: Signer {
+            credentials,
+            region: "us-east-1".into(),
+            authority: format!("127.0.0.1:{}", addr.port()),
+        },
+    }
+}
+
+/// SigV4 clients for a fixture access key.
+pub async fn signed_as(addr: std::net::SocketAddr, access_key_id: &str) -> Signed {
+    signed_with(addr, fixture_credentials(access_key_id)).await
 }
 
 pub async fn admin(addr: std::net::SocketAddr) -> Client {

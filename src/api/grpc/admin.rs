@@ -22,7 +22,10 @@ impl AdminService for Door {
         let source_ip = match r.source_ip.as_str() {
             "" => None,
             ip => Some(ip.parse().map_err(|_| {
-                to_status(KmsError::validation("sourceIp", "Member must be an IP address"))
+                to_status(KmsError::validation(
+                    "sourceIp",
+                    "Member must be an IP address",
+                ))
             })?),
         };
         let out = self

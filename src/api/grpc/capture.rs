@@ -87,8 +87,7 @@ where
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
                     // One uncompressed message: flag byte 0, 4-byte length, then the message.
-                    let hash = (bytes.len() >= 5 && bytes[0] == 0)
-                        .then(|| sha256_hex(&bytes[5..]));
+                    let hash = (bytes.len() >= 5 && bytes[0] == 0).then(|| sha256_hex(&bytes[5..]));
                     (bytes, hash)
                 }
                 Err(_) => (Bytes::new(), None),

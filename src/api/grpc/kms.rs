@@ -5,7 +5,9 @@ use zeroize::Zeroizing;
 
 use super::status::to_status;
 use super::{alias_entry, expose, grant_entry, metadata, opt, tags_in, ts, Door};
-use crate::core::crypto::{DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest};
+use crate::core::crypto::{
+    DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
+};
 use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
 use crate::core::keys::CreateKeyRequest;
 use crate::pb;

@@ -22,11 +22,11 @@ use zeroize::Zeroizing;
 use crate::core::aliases::AliasListEntry;
 use crate::core::keys::KeyMetadata;
 use crate::core::Kms;
-use crate::pb;
-use crate::store::{GrantRecord, Tag};
 use crate::identity::auth::{AuthError, Authenticator, SigV4Input};
 use crate::identity::sigv4::SignableRequest;
 use crate::identity::Caller;
+use crate::pb;
+use crate::store::{GrantRecord, Tag};
 use capture::SignedRequestInfo;
 use status::with_reason;
 
@@ -151,7 +151,6 @@ fn alias_entry(a: AliasListEntry) -> pb::AliasListEntry {
 fn expose(p: Zeroizing<Vec<u8>>) -> Vec<u8> {
     p.to_vec()
 }
-
 
 fn grant_entry(g: GrantRecord) -> pb::GrantListEntry {
     let constraint = |m: Option<std::collections::BTreeMap<String, String>>| {

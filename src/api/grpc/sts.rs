@@ -28,7 +28,11 @@ impl SecurityTokenService for Door {
                     role_session_name: r.role_session_name,
                     duration_seconds: r.duration_seconds,
                     policy: opt(r.policy),
-                    tags: r.tags.into_iter().map(|t| (t.tag_key, t.tag_value)).collect(),
+                    tags: r
+                        .tags
+                        .into_iter()
+                        .map(|t| (t.tag_key, t.tag_value))
+                        .collect(),
                 },
             )
             .await
