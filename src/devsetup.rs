@@ -18,6 +18,8 @@ pub const DEV_ACCOUNT: &str = "111122223333";
 pub const DEV_TOKEN_LABEL: &str = "p11kms-dev";
 /// The principal the dev admin certificate authenticates as.
 pub const DEV_ADMIN_PRINCIPAL: &str = "arn:aws:iam::111122223333:user/admin";
+/// The dev admin's access key id (its secret is generated per data directory).
+pub const DEV_ADMIN_ACCESS_KEY_ID: &str = "AKIAP11KMSDEVADMIN01";
 const CA_NAME: &str = "p11kms dev CA";
 
 /// Why the dev set-up failed.
@@ -157,6 +159,62 @@ fn random_pin() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A 40-character secret access key from the OS RNG (via UUID v4).
+fn random_secret() -> String {
+    use base64::Engine;
+    let mut bytes = Vec::with_capacity(32);
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let mut s = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    s.truncate(40);
+    s
+}
+
+/// The dev account's IAM configuration, in `aws iam get-account-authorization-details`
+/// format: user `admin` with the managed policy `KmsAdmin` (kms:*, p11kms:*, sts:*).
+fn dev_authorization_details() -> String {
+    let acct = DEV_ACCOUNT;
+    serde_json::to_string_pretty(&serde_json::json!({
+        "UserDetailList": [{
+            "Path": "/",
+            "UserName": "admin",
+            "UserId": "AIDADEVADMIN00000001",
+            "Arn": format!("arn:aws:iam::{acct}:user/admin"),
+            "CreateDate": "2026-01-01T00:00:00Z",
+            "GroupList": [],
+            "AttachedManagedPolicies": [{
+                "PolicyName": "KmsAdmin",
+                "PolicyArn": format!("arn:aws:iam::{acct}:policy/KmsAdmin")
+            }],
+            "UserPolicyList": [],
+            "Tags": []
+        }],
+        "GroupDetailList": [],
+        "RoleDetailList": [],
+        "Policies": [{
+            "PolicyName": "KmsAdmin",
+            "PolicyId": "ANPADEVKMSADMIN00001",
+            "Arn": format!("arn:aws:iam::{acct}:policy/KmsAdmin"),
+            "Path": "/",
+            "DefaultVersionId": "v1",
+            "PolicyVersionList": [{
+                "VersionId": "v1",
+                "IsDefaultVersion": true,
+                "Document": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Sid": "DevAdministrator",
+                        "Effect": "Allow",
+                        "Action": ["kms:*", "p11kms:*", "sts:*"],
+                        "Resource": "*"
+                    }]
+                }
+            }]
+        }]
+    }))
+    .unwrap_or_default()
+}
+
 /// What the dev set-up produced.
 #[derive(Debug, Clone)]
 pub struct DevSetup {
@@ -179,6 +237,31 @@ pub fn dev_setup(data_dir: &Path, listen: &str) -> Result<DevSetup, DevSetupErro
         if !p.exists() {
             write_private(&p, random_pin().as_bytes())?;
         }
+    }
+    let identity = data_dir.join("identity");
+    fs::create_dir_all(&identity).map_err(io(&identity))?;
+    let details = identity.join(format!("{DEV_ACCOUNT}.json"));
+    if !details.exists() {
+        write_public(&details, dev_authorization_details().as_bytes())?;
+    }
+    let secret_file = data_dir.join("admin-secret-access-key");
+    if !secret_file.exists() {
+        write_private(&secret_file, random_secret().as_bytes())?;
+    }
+    let credentials = identity.join("credentials.json");
+    if !credentials.exists() {
+        let secret = fs::read_to_string(&secret_file).map_err(io(&secret_file))?;
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "AccessKeys": [{
+                "AccessKeyId": DEV_ADMIN_ACCESS_KEY_ID,
+                "SecretAccessKey": secret.trim(),
+                "UserArn": DEV_ADMIN_PRINCIPAL,
+                "Status": "Active"
+            }],
+            "CertificateBindings": [{"SubjectCN": "admin", "Principal": DEV_ADMIN_PRINCIPAL}]
+        }))
+        .unwrap_or_default();
+        write_private(&credentials, text.as_bytes())?;
     }
     let module =
         find_softhsm_module().unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
@@ -207,9 +290,14 @@ softhsm2_conf = "softhsm/softhsm2.conf"
 [store]
 data_dir = "db"
 
-[[identity.certificate]]
-subject_cn = "admin"
-principal = "{DEV_ADMIN_PRINCIPAL}"
+# Who is who: the dev account's users and policies (aws iam get-account-authorization-details
+# format), and credentials (access keys, certificate bindings). Reloaded on SIGHUP.
+[identity]
+credentials = "identity/credentials.json"
+
+[[identity.account]]
+account_id = "{DEV_ACCOUNT}"
+authorization_details = "identity/{DEV_ACCOUNT}.json"
 "#,
             module = module.display()
         );
@@ -218,7 +306,7 @@ principal = "{DEV_ADMIN_PRINCIPAL}"
     let client_config = data_dir.join("client.toml");
     if !client_config.exists() {
         let text = format!(
-            "# Written by `p11kms dev-setup`: how the CLI reaches the dev daemon.\nendpoint = \"https://{}\"\nca_cert = \"pki/ca.pem\"\nclient_cert = \"pki/admin.pem\"\nclient_key = \"pki/admin-key.pem\"\ntls_domain = \"localhost\"\n",
+            "# Written by `p11kms dev-setup`: how the CLI reaches the dev daemon.\n# Default: the admin client certificate. `--profile admin-sigv4` signs with the admin\n# access key instead.\nendpoint = \"https://{}\"\nca_cert = \"pki/ca.pem\"\nclient_cert = \"pki/admin.pem\"\nclient_key = \"pki/admin-key.pem\"\ntls_domain = \"localhost\"\n\n[profiles.admin-sigv4]\naccess_key_id = \"{DEV_ADMIN_ACCESS_KEY_ID}\"\nsecret_access_key_file = \"admin-secret-access-key\"\nregion = \"us-east-1\"\n",
             listen.replace("0.0.0.0", "127.0.0.1")
         );
         write_public(&client_config, text.as_bytes())?;

@@ -15,9 +15,12 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use p11kms::api::grpc::status::aws_reason;
-use p11kms::client::ClientConfig;
+use p11kms::client::{ClientConfig, Signer};
 use p11kms::config::Config;
 use p11kms::pb;
+use p11kms::pb::admin_service_client::AdminServiceClient;
+use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
+use p11kms::pb::security_token_service_client::SecurityTokenServiceClient;
 
 /// p11kms: an on-premises key management daemon with keys held in a PKCS#11 HSM.
 #[derive(Parser, Debug)]
@@ -93,6 +96,25 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Policy tools: offline evaluation of test vectors, and explaining a live decision.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Temporary credentials (AssumeRole) and identity.
+    Sts {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: StsCommand,
+    },
+    /// Manage grants.
+    Grant {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
     /// Generate a data key: plaintext and ciphertext.
     GenerateDataKey {
         #[command(flatten)]
@@ -148,6 +170,115 @@ enum KeyCommand {
     },
     /// Cancel a scheduled deletion (the key is left Disabled).
     CancelDeletion { key: String },
+    /// Print a key's policy document.
+    GetPolicy { key: String },
+    /// Replace a key's policy document.
+    PutPolicy {
+        key: String,
+        #[arg(long)]
+        policy_file: PathBuf,
+        /// Skip the check that you can still change the policy afterwards (dangerous).
+        #[arg(long)]
+        bypass_policy_lockout_safety_check: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Evaluate a JSON array of cases (the format of shared/policy-cases/cases.json) offline
+    /// and print `<name> Allow|Deny` per case.
+    Eval {
+        file: PathBuf,
+        /// Compare with each case's `expected`; exit non-zero on any mismatch.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Ask the daemon how it would decide a request (needs p11kms:ExplainAccess).
+    Explain {
+        #[command(flatten)]
+        conn: Conn,
+        /// The principal ARN to evaluate for.
+        #[arg(long)]
+        principal: String,
+        /// The action, e.g. kms:Decrypt.
+        #[arg(long)]
+        action: String,
+        /// Key id, key ARN, alias name or alias ARN.
+        #[arg(long)]
+        key: String,
+        /// Encryption context pair, repeatable.
+        #[arg(long = "context", value_parser = parse_pair)]
+        context: Vec<(String, String)>,
+        /// Evaluate as if the request came from this address (aws:SourceIp).
+        #[arg(long)]
+        source_ip: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StsCommand {
+    /// Assume a role; prints temporary credentials as JSON, like `aws sts assume-role`.
+    AssumeRole {
+        #[arg(long)]
+        role_arn: String,
+        #[arg(long)]
+        role_session_name: String,
+        #[arg(long)]
+        duration_seconds: Option<i32>,
+        /// Optional session policy document file.
+        #[arg(long)]
+        policy_file: Option<PathBuf>,
+        /// Session tag pair, repeatable.
+        #[arg(long = "tag", value_parser = parse_pair)]
+        tags: Vec<(String, String)>,
+    },
+    /// Print who you are.
+    GetCallerIdentity,
+}
+
+#[derive(Subcommand, Debug)]
+enum GrantCommand {
+    /// Create a grant.
+    Create {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        grantee: String,
+        /// Comma-separated operations, e.g. Decrypt,Encrypt.
+        #[arg(long, value_delimiter = ',')]
+        operations: Vec<String>,
+        #[arg(long)]
+        retiring: Option<String>,
+        /// EncryptionContextSubset pair, repeatable.
+        #[arg(long = "subset", value_parser = parse_pair)]
+        subset: Vec<(String, String)>,
+        /// EncryptionContextEquals pair, repeatable.
+        #[arg(long = "equals", value_parser = parse_pair)]
+        equals: Vec<(String, String)>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a key's grants.
+    List {
+        #[arg(long)]
+        key: String,
+    },
+    /// Retire a grant by token, or by key and grant id.
+    Retire {
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        grant_id: Option<String>,
+    },
+    /// Revoke a grant.
+    Revoke {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        grant_id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,6 +312,9 @@ struct Conn {
     /// Client config file (default: p11kms-data/client.toml when it exists).
     #[arg(long, env = "P11KMS_CLIENT_CONFIG", global = true)]
     client_config: Option<PathBuf>,
+    /// A `[profiles.NAME]` section of the client config to use.
+    #[arg(long, env = "P11KMS_PROFILE", global = true)]
+    profile: Option<String>,
 }
 
 /// Where input bytes come from.
@@ -237,10 +371,13 @@ fn client_config(conn: &Conn) -> Result<ClientConfig, String> {
         let default = PathBuf::from("p11kms-data/client.toml");
         default.exists().then_some(default)
     });
-    let base = match file {
+    let mut base = match file {
         Some(f) => ClientConfig::load(&f).map_err(|e| e.to_string())?,
         None => ClientConfig::default(),
     };
+    if let Some(p) = &conn.profile {
+        base = base.with_profile(p).map_err(|e| e.to_string())?;
+    }
     Ok(base.overlay(ClientConfig {
         endpoint: conn.endpoint.clone(),
         ca_cert: conn.ca_cert.clone(),
@@ -248,6 +385,37 @@ fn client_config(conn: &Conn) -> Result<ClientConfig, String> {
         client_key: conn.client_key.clone(),
         ..Default::default()
     }))
+}
+
+/// A connection plus, for access-key callers, a SigV4 signer.
+struct Session {
+    channel: tonic::transport::Channel,
+    signer: Option<Signer>,
+}
+
+impl Session {
+    async fn open(conn: &Conn) -> Result<Session, String> {
+        let cfg = client_config(conn)?;
+        let signer = cfg.signer().map_err(|e| e.to_string())?;
+        let channel = cfg.channel().await.map_err(|e| e.to_string())?;
+        Ok(Session { channel, signer })
+    }
+
+    fn kms(&self) -> KeyManagementServiceClient<tonic::transport::Channel> {
+        KeyManagementServiceClient::new(self.channel.clone())
+    }
+
+    /// A request for `/p11kms.v1.<service>/<method>`, signed when using access keys.
+    fn req<T: prost::Message>(&self, service: &str, method: &str, msg: T) -> tonic::Request<T> {
+        match &self.signer {
+            Some(s) => s.sign(msg, &format!("/p11kms.v1.{service}/{method}")),
+            None => tonic::Request::new(msg),
+        }
+    }
+
+    fn k<T: prost::Message>(&self, method: &str, msg: T) -> tonic::Request<T> {
+        self.req("KeyManagementService", method, msg)
+    }
 }
 
 fn status_error(s: tonic::Status) -> String {
@@ -344,10 +512,8 @@ async fn shutdown_signal() {
 async fn client_command(command: Command) -> Result<(), String> {
     match command {
         Command::Key { conn, command } => {
-            let mut c = client_config(&conn)?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let sess = Session::open(&conn).await?;
+            let mut c = sess.kms();
             match command {
                 KeyCommand::Create {
                     description,
@@ -360,18 +526,23 @@ async fn client_command(command: Command) -> Result<(), String> {
                         None => String::new(),
                     };
                     let r = c
-                        .create_key(pb::CreateKeyRequest {
-                            description,
-                            policy,
-                            tags: tags
-                                .into_iter()
-                                .map(|(k, v)| pb::Tag {
-                                    tag_key: k,
-                                    tag_value: v,
-                                })
-                                .collect(),
-                            ..Default::default()
-                        })
+                        .create_key(
+                            sess.k(
+                                "CreateKey",
+                                pb::CreateKeyRequest {
+                                    description,
+                                    policy,
+                                    tags: tags
+                                        .into_iter()
+                                        .map(|(k, v)| pb::Tag {
+                                            tag_key: k,
+                                            tag_value: v,
+                                        })
+                                        .collect(),
+                                    ..Default::default()
+                                },
+                            ),
+                        )
                         .await
                         .map_err(status_error)?
                         .into_inner();
@@ -384,10 +555,13 @@ async fn client_command(command: Command) -> Result<(), String> {
                     let mut keys = Vec::new();
                     loop {
                         let r = c
-                            .list_keys(pb::ListKeysRequest {
-                                limit,
-                                marker: marker.clone(),
-                            })
+                            .list_keys(sess.k(
+                                "ListKeys",
+                                pb::ListKeysRequest {
+                                    limit,
+                                    marker: marker.clone(),
+                                },
+                            ))
                             .await
                             .map_err(status_error)?
                             .into_inner();
@@ -405,10 +579,13 @@ async fn client_command(command: Command) -> Result<(), String> {
                 }
                 KeyCommand::Describe { key } => {
                     let r = c
-                        .describe_key(pb::DescribeKeyRequest {
-                            key_id: key,
-                            grant_tokens: vec![],
-                        })
+                        .describe_key(sess.k(
+                            "DescribeKey",
+                            pb::DescribeKeyRequest {
+                                key_id: key,
+                                grant_tokens: vec![],
+                            },
+                        ))
                         .await
                         .map_err(status_error)?
                         .into_inner();
@@ -417,21 +594,24 @@ async fn client_command(command: Command) -> Result<(), String> {
                     }
                 }
                 KeyCommand::Enable { key } => {
-                    c.enable_key(pb::EnableKeyRequest { key_id: key })
+                    c.enable_key(sess.k("EnableKey", pb::EnableKeyRequest { key_id: key }))
                         .await
                         .map_err(status_error)?;
                 }
                 KeyCommand::Disable { key } => {
-                    c.disable_key(pb::DisableKeyRequest { key_id: key })
+                    c.disable_key(sess.k("DisableKey", pb::DisableKeyRequest { key_id: key }))
                         .await
                         .map_err(status_error)?;
                 }
                 KeyCommand::ScheduleDeletion { key, days } => {
                     let r = c
-                        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-                            key_id: key,
-                            pending_window_in_days: days,
-                        })
+                        .schedule_key_deletion(sess.k(
+                            "ScheduleKeyDeletion",
+                            pb::ScheduleKeyDeletionRequest {
+                                key_id: key,
+                                pending_window_in_days: days,
+                            },
+                        ))
                         .await
                         .map_err(status_error)?
                         .into_inner();
@@ -442,9 +622,45 @@ async fn client_command(command: Command) -> Result<(), String> {
                         "PendingWindowInDays": r.pending_window_in_days,
                     }));
                 }
+                KeyCommand::GetPolicy { key } => {
+                    let r = c
+                        .get_key_policy(sess.k(
+                            "GetKeyPolicy",
+                            pb::GetKeyPolicyRequest {
+                                key_id: key,
+                                policy_name: String::new(),
+                            },
+                        ))
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    println!("{}", r.policy);
+                }
+                KeyCommand::PutPolicy {
+                    key,
+                    policy_file,
+                    bypass_policy_lockout_safety_check,
+                } => {
+                    let policy = std::fs::read_to_string(&policy_file)
+                        .map_err(|e| format!("reading {}: {e}", policy_file.display()))?;
+                    c.put_key_policy(sess.k(
+                        "PutKeyPolicy",
+                        pb::PutKeyPolicyRequest {
+                            key_id: key,
+                            policy_name: String::new(),
+                            policy,
+                            bypass_policy_lockout_safety_check,
+                        },
+                    ))
+                    .await
+                    .map_err(status_error)?;
+                }
                 KeyCommand::CancelDeletion { key } => {
                     let r = c
-                        .cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: key })
+                        .cancel_key_deletion(sess.k(
+                            "CancelKeyDeletion",
+                            pb::CancelKeyDeletionRequest { key_id: key },
+                        ))
                         .await
                         .map_err(status_error)?
                         .into_inner();
@@ -453,26 +669,30 @@ async fn client_command(command: Command) -> Result<(), String> {
             }
         }
         Command::Alias { conn, command } => {
-            let mut c = client_config(&conn)?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let sess = Session::open(&conn).await?;
+            let mut c = sess.kms();
             match command {
                 AliasCommand::Create { name, key } => {
-                    c.create_alias(pb::CreateAliasRequest {
-                        alias_name: name,
-                        target_key_id: key,
-                    })
+                    c.create_alias(sess.k(
+                        "CreateAlias",
+                        pb::CreateAliasRequest {
+                            alias_name: name,
+                            target_key_id: key,
+                        },
+                    ))
                     .await
                     .map_err(status_error)?;
                 }
                 AliasCommand::List { key } => {
                     let r = c
-                        .list_aliases(pb::ListAliasesRequest {
-                            key_id: key.unwrap_or_default(),
-                            limit: Some(1000),
-                            marker: String::new(),
-                        })
+                        .list_aliases(sess.k(
+                            "ListAliases",
+                            pb::ListAliasesRequest {
+                                key_id: key.unwrap_or_default(),
+                                limit: Some(1000),
+                                marker: String::new(),
+                            },
+                        ))
                         .await
                         .map_err(status_error)?
                         .into_inner();
@@ -486,9 +706,11 @@ async fn client_command(command: Command) -> Result<(), String> {
                     print_json(&json!({ "Aliases": aliases }));
                 }
                 AliasCommand::Delete { name } => {
-                    c.delete_alias(pb::DeleteAliasRequest { alias_name: name })
-                        .await
-                        .map_err(status_error)?;
+                    c.delete_alias(
+                        sess.k("DeleteAlias", pb::DeleteAliasRequest { alias_name: name }),
+                    )
+                    .await
+                    .map_err(status_error)?;
                 }
             }
         }
@@ -500,17 +722,18 @@ async fn client_command(command: Command) -> Result<(), String> {
             out,
         } => {
             let plaintext = read_input(&input)?;
-            let mut c = client_config(&conn)?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let sess = Session::open(&conn).await?;
+            let mut c = sess.kms();
             let r = c
-                .encrypt(pb::EncryptRequest {
-                    key_id: key,
-                    plaintext: plaintext.to_vec(),
-                    encryption_context: ctx(context),
-                    ..Default::default()
-                })
+                .encrypt(sess.k(
+                    "Encrypt",
+                    pb::EncryptRequest {
+                        key_id: key,
+                        plaintext: plaintext.to_vec(),
+                        encryption_context: ctx(context),
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -527,17 +750,18 @@ async fn client_command(command: Command) -> Result<(), String> {
             out,
         } => {
             let blob = read_input(&input)?;
-            let mut c = client_config(&conn)?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let sess = Session::open(&conn).await?;
+            let mut c = sess.kms();
             let r = c
-                .decrypt(pb::DecryptRequest {
-                    ciphertext_blob: blob.to_vec(),
-                    encryption_context: ctx(context),
-                    key_id: key.unwrap_or_default(),
-                    ..Default::default()
-                })
+                .decrypt(sess.k(
+                    "Decrypt",
+                    pb::DecryptRequest {
+                        ciphertext_blob: blob.to_vec(),
+                        encryption_context: ctx(context),
+                        key_id: key.unwrap_or_default(),
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -561,18 +785,19 @@ async fn client_command(command: Command) -> Result<(), String> {
                 (Some(s), _) => s.clone(),
                 (None, Some(_)) => String::new(),
             };
-            let mut c = client_config(&conn)?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let sess = Session::open(&conn).await?;
+            let mut c = sess.kms();
             let r = c
-                .generate_data_key(pb::GenerateDataKeyRequest {
-                    key_id: key,
-                    encryption_context: ctx(context),
-                    number_of_bytes: bytes,
-                    key_spec,
-                    grant_tokens: vec![],
-                })
+                .generate_data_key(sess.k(
+                    "GenerateDataKey",
+                    pb::GenerateDataKeyRequest {
+                        key_id: key,
+                        encryption_context: ctx(context),
+                        number_of_bytes: bytes,
+                        key_spec,
+                        grant_tokens: vec![],
+                    },
+                ))
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -592,7 +817,221 @@ async fn client_command(command: Command) -> Result<(), String> {
             }
             print_json(&v);
         }
-        Command::Serve { .. } | Command::Check { .. } | Command::DevSetup { .. } => {}
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    conn,
+                    principal,
+                    action,
+                    key,
+                    context,
+                    source_ip,
+                },
+        } => {
+            let sess = Session::open(&conn).await?;
+            let mut c = AdminServiceClient::new(sess.channel.clone());
+            let r = c
+                .explain_access(sess.req(
+                    "AdminService",
+                    "ExplainAccess",
+                    pb::ExplainAccessRequest {
+                        principal,
+                        action,
+                        key_id: key,
+                        encryption_context: ctx(context),
+                        source_ip: source_ip.unwrap_or_default(),
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let statements: Vec<_> = r
+                .deciding_statements
+                .iter()
+                .map(|d| json!({"PolicyType": d.policy_type, "PolicyName": d.policy_name, "Statement": d.statement}))
+                .collect();
+            print_json(&json!({
+                "Decision": r.decision,
+                "Reason": r.reason,
+                "Resource": r.resource,
+                "DecidingStatements": statements,
+                "Message": r.message,
+            }));
+        }
+        Command::Sts { conn, command } => {
+            let sess = Session::open(&conn).await?;
+            let mut c = SecurityTokenServiceClient::new(sess.channel.clone());
+            match command {
+                StsCommand::AssumeRole {
+                    role_arn,
+                    role_session_name,
+                    duration_seconds,
+                    policy_file,
+                    tags,
+                } => {
+                    let policy = match policy_file {
+                        Some(p) => std::fs::read_to_string(&p)
+                            .map_err(|e| format!("reading {}: {e}", p.display()))?,
+                        None => String::new(),
+                    };
+                    let r = c
+                        .assume_role(
+                            sess.req(
+                                "SecurityTokenService",
+                                "AssumeRole",
+                                pb::AssumeRoleRequest {
+                                    role_arn,
+                                    role_session_name,
+                                    duration_seconds,
+                                    policy,
+                                    tags: tags
+                                        .into_iter()
+                                        .map(|(k, v)| pb::Tag {
+                                            tag_key: k,
+                                            tag_value: v,
+                                        })
+                                        .collect(),
+                                },
+                            ),
+                        )
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    let creds = r.credentials.unwrap_or_default();
+                    let user = r.assumed_role_user.unwrap_or_default();
+                    let secret = Zeroizing::new(creds.secret_access_key);
+                    let token = Zeroizing::new(creds.session_token);
+                    print_json(&json!({
+                        "Credentials": {
+                            "AccessKeyId": creds.access_key_id,
+                            "SecretAccessKey": secret.as_str(),
+                            "SessionToken": token.as_str(),
+                            "Expiration": ts(&creds.expiration),
+                        },
+                        "AssumedRoleUser": {"AssumedRoleId": user.assumed_role_id, "Arn": user.arn},
+                    }));
+                }
+                StsCommand::GetCallerIdentity => {
+                    let r = c
+                        .get_caller_identity(sess.req(
+                            "SecurityTokenService",
+                            "GetCallerIdentity",
+                            pb::GetCallerIdentityRequest {},
+                        ))
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    print_json(&json!({"UserId": r.user_id, "Account": r.account, "Arn": r.arn}));
+                }
+            }
+        }
+        Command::Grant { conn, command } => {
+            let sess = Session::open(&conn).await?;
+            let mut c = sess.kms();
+            match command {
+                GrantCommand::Create {
+                    key,
+                    grantee,
+                    operations,
+                    retiring,
+                    subset,
+                    equals,
+                    name,
+                } => {
+                    let constraint = |pairs: Vec<(String, String)>| {
+                        (!pairs.is_empty())
+                            .then(|| pb::EncryptionContextConstraint { pairs: ctx(pairs) })
+                    };
+                    let subset = constraint(subset);
+                    let equals = constraint(equals);
+                    let constraints =
+                        (subset.is_some() || equals.is_some()).then_some(pb::GrantConstraints {
+                            encryption_context_subset: subset,
+                            encryption_context_equals: equals,
+                        });
+                    let r = c
+                        .create_grant(sess.k(
+                            "CreateGrant",
+                            pb::CreateGrantRequest {
+                                key_id: key,
+                                grantee_principal: grantee,
+                                retiring_principal: retiring.unwrap_or_default(),
+                                operations,
+                                constraints,
+                                grant_tokens: vec![],
+                                name: name.unwrap_or_default(),
+                            },
+                        ))
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    print_json(&json!({"GrantId": r.grant_id, "GrantToken": r.grant_token}));
+                }
+                GrantCommand::List { key } => {
+                    let r = c
+                        .list_grants(sess.k(
+                            "ListGrants",
+                            pb::ListGrantsRequest {
+                                key_id: key,
+                                limit: Some(1000),
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    let grants: Vec<_> = r
+                        .grants
+                        .iter()
+                        .map(|g| {
+                            json!({
+                                "GrantId": g.grant_id,
+                                "KeyId": g.key_id,
+                                "Name": g.name,
+                                "GranteePrincipal": g.grantee_principal,
+                                "RetiringPrincipal": g.retiring_principal,
+                                "Operations": g.operations,
+                                "CreationDate": ts(&g.creation_date),
+                            })
+                        })
+                        .collect();
+                    print_json(&json!({ "Grants": grants }));
+                }
+                GrantCommand::Retire {
+                    token,
+                    key,
+                    grant_id,
+                } => {
+                    c.retire_grant(sess.k(
+                        "RetireGrant",
+                        pb::RetireGrantRequest {
+                            grant_token: token.unwrap_or_default(),
+                            key_id: key.unwrap_or_default(),
+                            grant_id: grant_id.unwrap_or_default(),
+                        },
+                    ))
+                    .await
+                    .map_err(status_error)?;
+                }
+                GrantCommand::Revoke { key, grant_id } => {
+                    c.revoke_grant(sess.k(
+                        "RevokeGrant",
+                        pb::RevokeGrantRequest {
+                            key_id: key,
+                            grant_id,
+                        },
+                    ))
+                    .await
+                    .map_err(status_error)?;
+                }
+            }
+        }
+        Command::Serve { .. }
+        | Command::Check { .. }
+        | Command::DevSetup { .. }
+        | Command::Policy {
+            command: PolicyCommand::Eval { .. },
+        } => {}
     }
     Ok(())
 }
@@ -619,6 +1058,39 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
+            })
+        }
+        Command::Policy {
+            command: PolicyCommand::Eval { file, check },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let outcomes = p11kms::policy::cases::run_text(&text).map_err(|e| e.to_string())?;
+            let mut failed = 0usize;
+            for o in &outcomes {
+                println!("{} {}", o.name, o.decision.effect.as_str());
+                if check && !o.passed() {
+                    failed += 1;
+                    eprintln!(
+                        "MISMATCH {}: expected {}, got {} ({})",
+                        o.name,
+                        o.expected.map(|e| e.as_str()).unwrap_or("-"),
+                        o.decision.effect.as_str(),
+                        o.decision.summary()
+                    );
+                }
+            }
+            if check {
+                eprintln!(
+                    "{} cases match, {} mismatch",
+                    outcomes.len() - failed,
+                    failed
+                );
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             })
         }
         Command::DevSetup { data_dir, listen } => {

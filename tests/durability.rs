@@ -355,3 +355,94 @@ async fn cli_tour_create_encrypt_decrypt_data_key() {
     server.shutdown().await.unwrap();
     result.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sigv4_profiles_and_sts() {
+    let dir = data_dir("cli-sigv4");
+    let server = start(&dir).await;
+    let pki = env().pki.clone();
+    // A client config with two access-key profiles; secrets live in files, never on argv.
+    let bob = fixture_credentials("AKIABOB0000000000001");
+    let admin = fixture_credentials("AKIAADMIN00000000001");
+    std::fs::write(dir.join("bob-secret"), bob.secret_access_key.as_bytes()).unwrap();
+    std::fs::write(dir.join("admin-secret"), admin.secret_access_key.as_bytes()).unwrap();
+    let client_toml = dir.join("client.toml");
+    std::fs::write(
+        &client_toml,
+        format!(
+            "endpoint = \"https://127.0.0.1:{port}\"\nca_cert = \"{ca}\"\ntls_domain = \"localhost\"\n\n[profiles.admin]\naccess_key_id = \"AKIAADMIN00000000001\"\nsecret_access_key_file = \"admin-secret\"\n\n[profiles.bob]\naccess_key_id = \"AKIABOB0000000000001\"\nsecret_access_key_file = \"bob-secret\"\n",
+            port = server.addr.port(),
+            ca = pki.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let conn = vec![format!("--client-config={}", client_toml.display())];
+    let result = tokio::task::spawn_blocking(move || {
+        let with = |p: &str| {
+            let mut v = conn.clone();
+            v.push(format!("--profile={p}"));
+            v
+        };
+        let (ok, out, err) = cli(&["sts", "get-caller-identity"], &with("admin"), None);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["Arn"], format!("arn:aws:iam::{ACCOUNT}:user/admin"));
+        // The admin (kms:* by identity policy, default key policy) can create and use a key.
+        let (ok, out, err) = cli(&["key", "create"], &with("admin"), None);
+        assert!(ok, "{err}");
+        let key: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let key_id = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        // bob has no KMS permissions: AccessDeniedException, with a non-zero exit.
+        let (ok, _, err) = cli(&["key", "describe", &key_id], &with("bob"), None);
+        assert!(!ok);
+        assert!(err.contains("AccessDeniedException"), "{err}");
+        // bob may assume Engineering; the printed credentials work as the session.
+        let (ok, out, err) = cli(
+            &[
+                "sts",
+                "assume-role",
+                "--role-arn",
+                &format!("arn:aws:iam::{ACCOUNT}:role/Engineering"),
+                "--role-session-name",
+                "cli-test",
+            ],
+            &with("bob"),
+            None,
+        );
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let c = &v["Credentials"];
+        assert!(c["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
+        assert_eq!(
+            v["AssumedRoleUser"]["Arn"],
+            format!("arn:aws:sts::{ACCOUNT}:assumed-role/Engineering/cli-test")
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+            .args(["sts", "get-caller-identity"])
+            .args(&conn)
+            .env("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap())
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                c["SecretAccessKey"].as_str().unwrap(),
+            )
+            .env("AWS_SESSION_TOKEN", c["SessionToken"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["Arn"],
+            format!("arn:aws:sts::{ACCOUNT}:assumed-role/Engineering/cli-test")
+        );
+        // An unknown profile is a clear error.
+        let (ok, _, err) = cli(&["sts", "get-caller-identity"], &with("nobody"), None);
+        assert!(!ok && err.contains("no profile named"), "{err}");
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    result.unwrap();
+}
