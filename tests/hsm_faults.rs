@@ -695,3 +695,38 @@ async fn device_reset_closes_every_session_and_the_daemon_recovers() {
 
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_device_reset_only_one_request_fails() {
+    let Some(f) = faults().await else { return };
+    let config = shim_config(&f, "reset-seq");
+    let server = start_config(&config)
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    // Warm every worker so each holds a session and a cached handle.
+    for _ in 0..8 {
+        assert_eq!(decrypt(&mut c, &blob).await.unwrap(), PLAINTEXT);
+    }
+    f.set("reset");
+    // Sequential requests: the first one to hit the dead session fails; every other worker
+    // learns of the reset from the shared epoch and reopens before its next job.
+    let mut failures = 0;
+    for _ in 0..12 {
+        match decrypt(&mut c, &blob).await {
+            Ok(pt) => assert_eq!(pt, PLAINTEXT),
+            Err(s) => {
+                assert_eq!(aws_reason(&s).as_deref(), Some("KeyUnavailableException"));
+                failures += 1;
+            }
+        }
+    }
+    assert!(!f.is_set("reset"), "the reset was never triggered");
+    assert!(
+        failures <= 1,
+        "{failures} sequential requests failed after one device reset"
+    );
+    server.shutdown().await.expect("shutdown");
+}

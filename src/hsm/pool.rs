@@ -57,6 +57,11 @@ pub(crate) struct WorkerCtx {
     /// Set when a call reported that the session is gone; the worker reopens
     /// it before the next job.
     broken: bool,
+    /// Bumped by any worker that finds its session gone (a device reset closes every
+    /// session at once), so idle workers reopen before their next job instead of failing it.
+    reset_epoch: Arc<AtomicU64>,
+    /// The epoch this worker's session was opened in.
+    opened_in: u64,
 }
 
 impl WorkerCtx {
@@ -69,6 +74,7 @@ impl WorkerCtx {
     pub(crate) fn fail(&mut self, function: &'static str, e: &CkError) -> HsmError {
         if is_session_broken(e) {
             self.broken = true;
+            self.reset_epoch.fetch_add(1, Ordering::SeqCst);
         }
         from_cryptoki(function, &self.shared.token, e)
     }
@@ -78,8 +84,14 @@ impl WorkerCtx {
         &self.shared.token
     }
 
+    /// Whether the session must be replaced before the next job.
+    fn needs_reopen(&self) -> bool {
+        self.broken || self.reset_epoch.load(Ordering::SeqCst) != self.opened_in
+    }
+
     /// Replace a broken session with a fresh, logged-in one.
     fn reopen(&mut self) {
+        let epoch = self.reset_epoch.load(Ordering::SeqCst);
         self.count("C_OpenSession");
         match self.shared.pkcs11.open_rw_session(self.shared.slot) {
             Ok(session) => {
@@ -94,6 +106,7 @@ impl WorkerCtx {
                 let old = std::mem::replace(&mut self.session, session);
                 drop(old);
                 self.broken = false;
+                self.opened_in = epoch;
                 tracing::info!(token = %self.shared.token, "HSM worker session reopened");
             }
             Err(e) => {
@@ -135,11 +148,14 @@ impl Pool {
         let rx = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::with_capacity(workers);
+        let reset_epoch = Arc::new(AtomicU64::new(0));
         for (n, session) in sessions.into_iter().enumerate() {
             let ctx = WorkerCtx {
                 session,
                 shared: Arc::clone(shared),
                 broken: false,
+                reset_epoch: Arc::clone(&reset_epoch),
+                opened_in: 0,
             };
             let rx = Arc::clone(&rx);
             let queued = Arc::clone(&queued);
@@ -238,7 +254,7 @@ fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsi
             (job.run)(Dispatch::Expired(&ctx.shared));
             continue;
         }
-        if ctx.broken {
+        if ctx.needs_reopen() {
             ctx.reopen();
         }
         let run = job.run;
