@@ -46,6 +46,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub identity: IdentityConfig,
 }
 
@@ -127,6 +129,25 @@ fn default_acquire_timeout_ms() -> u64 {
 pub struct StoreConfig {
     /// Directory of the embedded SQLite database.
     pub data_dir: PathBuf,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// Where; loopback by default, because metrics name keys and principals' activity.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
 }
 
 /// `[log]`.

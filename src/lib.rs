@@ -12,6 +12,7 @@
 //! | [`core`] | the operations, one file per family (`keys`, `aliases`, `tags`, `crypto`), key resolution, the authorizer seam, `KmsError` |
 //! | [`policy`] | the pure policy language: parsing, compilation, conditions, evaluation with a trace |
 //! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
+//! | [`metrics`] | Prometheus metrics: requests, latencies, HSM calls and queue, decisions, audit |
 //! | [`hsm`] | everything PKCS#11 (the only place `cryptoki` is imported): module, token, sessions, handle cache, operations |
 //! | [`store`] | metadata persistence behind [`store::MetadataStore`]; SQLite embedded by default |
 //! | [`ciphertext`] | ciphertext format v1 and its AAD |
@@ -36,6 +37,7 @@ pub mod core;
 pub mod devsetup;
 pub mod hsm;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -196,7 +196,7 @@ enum PolicyCommand {
     /// Ask the daemon how it would decide a request (needs p11kms:ExplainAccess).
     Explain {
         #[command(flatten)]
-        conn: Conn,
+        conn: Box<Conn>,
         /// The principal ARN to evaluate for.
         #[arg(long)]
         principal: String,

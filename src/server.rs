@@ -20,6 +20,7 @@ use crate::hsm::{Hsm, HsmError};
 use crate::identity::auth::Authenticator;
 use crate::identity::directory::IdentityError;
 use crate::identity::{DirectoryHandle, SessionStore};
+use crate::metrics::Metrics;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
 use crate::pb::security_token_service_server::SecurityTokenServiceServer;
@@ -78,6 +79,10 @@ pub struct RunningServer {
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
+    health_task: tokio::task::JoinHandle<()>,
+    /// Where the metrics endpoint listens, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)>,
     auth: Arc<Authenticator>,
     directory_files: crate::identity::DirectoryFiles,
 }
@@ -89,9 +94,7 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let served = (&mut self.serve).await;
-        self.sweeper.abort();
-        self.reloader.abort();
-        self.kms.hsm().shutdown();
+        self.stop_background().await;
         match served {
             Ok(r) => r.map_err(ServerError::from),
             Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
@@ -107,15 +110,63 @@ impl RunningServer {
     /// Waits until the server stops by itself (it does so only on error).
     pub async fn wait(mut self) -> Result<(), ServerError> {
         let served = (&mut self.serve).await;
-        self.sweeper.abort();
-        self.reloader.abort();
-        self.kms.hsm().shutdown();
+        self.stop_background().await;
         match served {
             Ok(r) => r.map_err(ServerError::from),
             Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
         }
     }
 }
+
+impl RunningServer {
+    async fn stop_background(&mut self) {
+        self.sweeper.abort();
+        self.reloader.abort();
+        self.health_task.abort();
+        if let Some((tx, task)) = self.metrics_task.take() {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
+        self.kms.hsm().shutdown();
+    }
+}
+
+/// Keeps the gRPC health service in step with the HSM: SERVING while a session answers,
+/// NOT_SERVING otherwise.
+fn spawn_health(kms: Arc<Kms>, health: tonic_health::server::HealthReporter) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let services = [
+            "",
+            "p11kms.v1.KeyManagementService",
+            "p11kms.v1.SecurityTokenService",
+            "p11kms.v1.AdminService",
+        ];
+        let mut last = None;
+        loop {
+            let ok = kms.hsm().ping().await.is_ok();
+            if last != Some(ok) {
+                let status = if ok {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                for s in services {
+                    health.set_service_status(s, status).await;
+                }
+                if !ok {
+                    tracing::error!("health: NOT_SERVING (the HSM does not answer)");
+                } else if last.is_some() {
+                    tracing::info!("health: SERVING again");
+                }
+                last = Some(ok);
+            }
+            tokio::time::sleep(HEALTH_INTERVAL).await;
+        }
+    })
+}
+
+/// How often the health task probes the HSM (and, with the audit trail, its writer).
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
 fn reload(
     kms: &Kms,
@@ -231,7 +282,14 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     }
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
-    let door = Door::new(kms.clone(), auth.clone());
+    let metrics = Arc::new(Metrics::new(kms.clone(), Vec::new()));
+    let door = Door::new(kms.clone(), auth.clone(), metrics.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
     let body_limit = MAX_MESSAGE_BYTES + 5;
     let kms_service = CaptureSigned::new(
         KeyManagementServiceServer::new(door.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -251,7 +309,9 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .tcp_nodelay(true)
         .add_service(kms_service)
         .add_service(sts_service)
-        .add_service(admin_service);
+        .add_service(admin_service)
+        .add_service(health_service)
+        .add_service(reflection);
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
@@ -263,6 +323,19 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .sweep_interval
         .unwrap_or(Duration::from_secs(config.kms.deletion_sweep_interval_secs));
     let sweeper = spawn_sweeper(kms.clone(), interval);
+    let health_task = spawn_health(kms.clone(), health);
+    let (metrics_addr, metrics_task) = if config.metrics.enabled {
+        let listener = tokio::net::TcpListener::bind(config.metrics.listen).await?;
+        let addr = listener.local_addr()?;
+        let (mtx, mrx) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::metrics::serve(metrics.clone(), listener, async {
+            let _ = mrx.await;
+        }));
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        (Some(addr), Some((mtx, task)))
+    } else {
+        (None, None)
+    };
     let directory_files = config.directory_files();
     let reloader = spawn_reloader(kms.clone(), auth.clone(), directory_files.clone());
     tracing::info!(%addr, token = kms.hsm().token_label(), keys = kms.key_count(), "p11kms serving gRPC over TLS");
@@ -273,6 +346,9 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         serve,
         sweeper,
         reloader,
+        health_task,
+        metrics_addr,
+        metrics_task,
         auth,
         directory_files,
     })

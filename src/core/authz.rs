@@ -146,8 +146,8 @@ fn grant_views(grants: &[GrantRecord]) -> Vec<GrantView<'_>> {
             grant_id: &g.grant_id,
             grantee_principal: &g.grantee_principal,
             operations: &g.operations,
-            constraints: (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then(
-                || GrantConstraintsView {
+            constraints: (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then_some(
+                GrantConstraintsView {
                     encryption_context_equals: g.constraint_equals.as_ref(),
                     encryption_context_subset: g.constraint_subset.as_ref(),
                 },
@@ -306,6 +306,11 @@ impl Kms {
         req: AuthzRequest<'_>,
     ) -> Result<Decision, KmsError> {
         let decision = self.decide(caller, &req);
+        super::record::decision(&decision, req.resource);
+        if let Some(k) = req.key {
+            super::record::key(&k.arn, &k.record.account);
+        }
+        self.decision_counts.count(&decision);
         if decision.is_allow() {
             return Ok(decision);
         }

@@ -179,6 +179,16 @@ fn invalid_ciphertext() -> KmsError {
     KmsError::InvalidCiphertext("The ciphertext is invalid.".into())
 }
 
+/// A ciphertext as a request presents it.
+struct SourceBlob<'a> {
+    blob: &'a [u8],
+    /// The request member holding the context (for validation messages).
+    ctx_member: &'static str,
+    ctx: &'a BTreeMap<String, String>,
+    /// The KeyId the caller says the blob is under, if any.
+    expected_key: Option<&'a str>,
+}
+
 /// A parsed, located source ciphertext, ready for the HSM.
 struct OpenedBlob {
     resolved: Resolved,
@@ -209,6 +219,7 @@ impl Kms {
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
         let object = resolved.key.current_object();
+        super::record::key_version(object.version());
         let sealed = self
             .hsm
             .encrypt_gcm(object, req.plaintext, aad_builder(object, canonical_ctx))
@@ -225,13 +236,16 @@ impl Kms {
     fn open_blob(
         &self,
         caller: &Caller,
-        blob: &[u8],
-        ctx_member: &str,
-        ctx: &BTreeMap<String, String>,
-        expected_key: Option<&str>,
+        src: SourceBlob<'_>,
         action: &'static str,
         extra: Option<(&'static str, CtxValue)>,
     ) -> Result<OpenedBlob, KmsError> {
+        let SourceBlob {
+            blob,
+            ctx_member,
+            ctx,
+            expected_key,
+        } = src;
         validate::blob_len("ciphertextBlob", blob.len(), 1, MAX_CIPHERTEXT)?;
         let canonical_ctx = canonical(ctx_member, ctx)?;
         let parsed = ciphertext::parse(blob).map_err(|_| invalid_ciphertext())?;
@@ -263,6 +277,7 @@ impl Kms {
         if !resolved.key.versions.contains(&parsed.key_version) {
             return Err(invalid_ciphertext());
         }
+        super::record::key_version(parsed.key_version);
         let header: &[u8; HEADER_LEN] = parsed.header;
         Ok(OpenedBlob {
             object: ObjectId::new(resolved.key.uuid, parsed.key_version),
@@ -283,10 +298,12 @@ impl Kms {
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
         let opened = self.open_blob(
             caller,
-            &req.ciphertext_blob,
-            "encryptionContext",
-            &req.encryption_context,
-            req.key_id.as_deref(),
+            SourceBlob {
+                blob: &req.ciphertext_blob,
+                ctx_member: "encryptionContext",
+                ctx: &req.encryption_context,
+                expected_key: req.key_id.as_deref(),
+            },
             "kms:Decrypt",
             None,
         )?;
@@ -338,10 +355,12 @@ impl Kms {
         };
         let source = self.open_blob(
             caller,
-            &req.ciphertext_blob,
-            "sourceEncryptionContext",
-            &req.source_encryption_context,
-            req.source_key_id.as_deref(),
+            SourceBlob {
+                blob: &req.ciphertext_blob,
+                ctx_member: "sourceEncryptionContext",
+                ctx: &req.source_encryption_context,
+                expected_key: req.source_key_id.as_deref(),
+            },
             "kms:ReEncryptFrom",
             Some(same()),
         )?;
@@ -420,6 +439,7 @@ impl Kms {
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
         let object = resolved.key.current_object();
+        super::record::key_version(object.version());
         let (plaintext, sealed) = self
             .hsm
             .generate_data_key(object, n, aad_builder(object, canonical_ctx))

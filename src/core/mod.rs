@@ -16,6 +16,7 @@ pub mod grants;
 pub mod keys;
 pub mod policies;
 pub mod reconcile;
+pub mod record;
 pub mod sts;
 pub mod sweeper;
 pub mod tags;
@@ -80,6 +81,35 @@ impl TestHooks {
     }
 }
 
+/// Authorization decisions taken so far, by outcome (for metrics).
+#[derive(Debug, Default)]
+pub struct DecisionCounts {
+    allow: std::sync::atomic::AtomicU64,
+    explicit_deny: std::sync::atomic::AtomicU64,
+    implicit_deny: std::sync::atomic::AtomicU64,
+}
+
+impl DecisionCounts {
+    fn count(&self, d: &crate::policy::Decision) {
+        use crate::policy::DecisionReason::*;
+        let c = match d.reason {
+            Allowed => &self.allow,
+            ExplicitDeny => &self.explicit_deny,
+            ImplicitDeny => &self.implicit_deny,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (allowed, explicit denies, implicit denies).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.allow.load(Ordering::Relaxed),
+            self.explicit_deny.load(Ordering::Relaxed),
+            self.implicit_deny.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A key as the engine caches it: the record plus what the request path needs precomputed.
 #[derive(Debug, Clone)]
 pub struct CachedKey {
@@ -139,6 +169,8 @@ pub struct Kms {
     cache: RwLock<Cache>,
     /// Serialises metadata changes so read-modify-write of a key or alias never races.
     mutate: tokio::sync::Mutex<()>,
+    /// Decisions by outcome.
+    decision_counts: DecisionCounts,
 }
 
 impl std::fmt::Debug for Kms {
@@ -170,6 +202,7 @@ impl Kms {
             hooks: TestHooks::default(),
             cache: RwLock::new(Cache::default()),
             mutate: tokio::sync::Mutex::new(()),
+            decision_counts: DecisionCounts::default(),
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;
@@ -215,6 +248,11 @@ impl Kms {
     /// Live AssumeRole sessions.
     pub fn sessions(&self) -> &Arc<SessionStore> {
         &self.sessions
+    }
+
+    /// Authorization decisions so far, by outcome.
+    pub fn decision_counts(&self) -> &DecisionCounts {
+        &self.decision_counts
     }
 
     /// Test hooks; inert unless set.

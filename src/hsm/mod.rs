@@ -48,12 +48,14 @@ mod module;
 mod objects;
 mod ops;
 mod pool;
+pub mod stats;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -456,6 +458,21 @@ impl Hsm {
         self.shared.counters.total()
     }
 
+    /// Statistics for the metrics endpoint: call counts and latencies per PKCS#11 function,
+    /// queue waits, queue depth and rejections.
+    pub fn stats(&self) -> stats::HsmStats {
+        let c = &self.shared.counters;
+        stats::HsmStats {
+            calls: c.snapshot().into_iter().collect(),
+            latency: c.latency(),
+            queue_wait: c.queue_wait.snapshot(),
+            queue_depth: self.pool.queued(),
+            workers: self.pool.workers(),
+            rejected_busy: c.busy.load(Ordering::Relaxed),
+            rejected_timeout: c.timeouts.load(Ordering::Relaxed),
+        }
+    }
+
     /// Number of jobs waiting in the queue (not yet picked up by a worker).
     pub fn queued(&self) -> usize {
         self.pool.queued()
@@ -517,8 +534,10 @@ impl Hsm {
         F: FnOnce(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, HsmError>>();
+        let enqueued = Instant::now();
         let job = Job {
-            deadline: Instant::now() + self.pool.acquire_timeout(),
+            enqueued,
+            deadline: enqueued + self.pool.acquire_timeout(),
             run: Box::new(move |dispatch: Dispatch<'_>| {
                 // The caller gave up (its future was dropped): skip the work.
                 if tx.is_closed() {
@@ -539,6 +558,7 @@ impl Hsm {
         let token = &self.shared.token;
         self.pool.try_submit(job).map_err(|e| match e {
             SubmitError::Full => {
+                self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
                 HsmError::new(HsmErrorKind::Busy, op, token, "HSM job queue is full")
             }
             SubmitError::Closed => HsmError::new(

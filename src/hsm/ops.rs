@@ -1,6 +1,8 @@
 //! The bodies of the HSM operations. Each runs inside a worker job, on the
 //! worker's own session, and counts every PKCS#11 call it makes.
 
+use std::time::Instant;
+
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
@@ -92,9 +94,10 @@ fn with_key<T>(
 fn random_iv(ctx: &mut WorkerCtx) -> Result<[u8; GCM_IV_LEN], HsmError> {
     let mut iv = [0u8; GCM_IV_LEN];
     ctx.count("C_GenerateRandom");
-    ctx.session
-        .generate_random_slice(&mut iv)
-        .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+    let t = Instant::now();
+    let r = ctx.session.generate_random_slice(&mut iv);
+    ctx.observe("C_GenerateRandom", t);
+    r.map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
     Ok(iv)
 }
 
@@ -128,9 +131,12 @@ fn seal(
         let params = gcm_params(ctx, &mut iv_buf, &aad, "C_EncryptInit")?;
         ctx.count("C_EncryptInit");
         ctx.count("C_Encrypt");
-        ctx.session
-            .encrypt(&Mechanism::AesGcm(params), h, plaintext)
-            .map_err(|e| ctx.fail("C_Encrypt", &e))
+        let t = Instant::now();
+        let r = ctx
+            .session
+            .encrypt(&Mechanism::AesGcm(params), h, plaintext);
+        ctx.observe("C_Encrypt", t);
+        r.map_err(|e| ctx.fail("C_Encrypt", &e))
     })?;
     Ok(GcmSealed {
         iv,
@@ -159,10 +165,12 @@ fn open(
         let params = gcm_params(ctx, &mut iv_buf, aad, "C_DecryptInit")?;
         ctx.count("C_DecryptInit");
         ctx.count("C_Decrypt");
-        match ctx
+        let t = Instant::now();
+        let r = ctx
             .session
-            .decrypt(&Mechanism::AesGcm(params), h, ciphertext_and_tag)
-        {
+            .decrypt(&Mechanism::AesGcm(params), h, ciphertext_and_tag);
+        ctx.observe("C_Decrypt", t);
+        match r {
             Ok(plaintext) => Ok(Zeroizing::new(plaintext)),
             Err(
                 e @ CkError::Pkcs11(
@@ -238,10 +246,12 @@ pub(crate) fn generate_aes_key(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), 
         ));
     }
     ctx.count("C_GenerateKey");
-    let h = ctx
+    let t = Instant::now();
+    let r = ctx
         .session
-        .generate_key(&Mechanism::AesKeyGen, &cmk_aes_template(&id))
-        .map_err(|e| ctx.fail("C_GenerateKey", &e))?;
+        .generate_key(&Mechanism::AesKeyGen, &cmk_aes_template(&id));
+    ctx.observe("C_GenerateKey", t);
+    let h = r.map_err(|e| ctx.fail("C_GenerateKey", &e))?;
     ctx.shared.handles.insert(id, h);
     tracing::debug!(token = %ctx.token(), object = %id, "HSM key generated");
     Ok(())

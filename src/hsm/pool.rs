@@ -23,6 +23,7 @@ use cryptoki::session::Session;
 
 use super::error::{from_cryptoki, is_session_broken, HsmError};
 use super::module;
+use super::stats::{HistogramSnapshot, LatencyHistogram};
 use super::Shared;
 
 /// What a worker hands a job.
@@ -35,6 +36,8 @@ pub(crate) enum Dispatch<'a> {
 
 /// One unit of work: runs once on a worker thread.
 pub(crate) struct Job {
+    /// When the job was queued.
+    pub(crate) enqueued: Instant,
     /// Latest time at which a worker may start the job.
     pub(crate) deadline: Instant,
     /// The work; it sends its own answer.
@@ -68,6 +71,11 @@ impl WorkerCtx {
     /// Count one call of PKCS#11 function `f`.
     pub(crate) fn count(&self, f: &'static str) {
         self.shared.counters.inc(f);
+    }
+
+    /// Record the latency of one call of `f` that started at `started`.
+    pub(crate) fn observe(&self, f: &'static str, started: Instant) {
+        self.shared.counters.observe(f, started.elapsed());
     }
 
     /// Convert a cryptoki error, noting whether the session is broken.
@@ -250,7 +258,13 @@ fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsi
         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok(job) = next else { break };
         queued.fetch_sub(1, Ordering::Relaxed);
-        if Instant::now() > job.deadline {
+        let now = Instant::now();
+        ctx.shared
+            .counters
+            .queue_wait
+            .observe(now.saturating_duration_since(job.enqueued));
+        if now > job.deadline {
+            ctx.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
             (job.run)(Dispatch::Expired(&ctx.shared));
             continue;
         }
@@ -293,10 +307,14 @@ const FUNCTIONS: &[&str] = &[
     "C_WrapKey",
 ];
 
-/// Per-function PKCS#11 call counters.
+/// Per-function PKCS#11 call counters and latencies, queue waits and rejections.
 pub(crate) struct Counters {
     map: BTreeMap<&'static str, AtomicU64>,
     other: AtomicU64,
+    latency: BTreeMap<&'static str, LatencyHistogram>,
+    pub(crate) queue_wait: LatencyHistogram,
+    pub(crate) busy: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
 }
 
 impl Default for Counters {
@@ -304,6 +322,13 @@ impl Default for Counters {
         Counters {
             map: FUNCTIONS.iter().map(|f| (*f, AtomicU64::new(0))).collect(),
             other: AtomicU64::new(0),
+            latency: FUNCTIONS
+                .iter()
+                .map(|f| (*f, LatencyHistogram::default()))
+                .collect(),
+            queue_wait: LatencyHistogram::default(),
+            busy: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -332,6 +357,22 @@ impl Counters {
             m.insert("other", other);
         }
         m
+    }
+
+    /// Records how long one call of `f` took.
+    pub(crate) fn observe(&self, f: &'static str, d: Duration) {
+        if let Some(h) = self.latency.get(f) {
+            h.observe(d);
+        }
+    }
+
+    /// Latency snapshots of the functions that have been called.
+    pub(crate) fn latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        self.latency
+            .iter()
+            .map(|(f, h)| (*f, h.snapshot()))
+            .filter(|(_, s)| s.count > 0)
+            .collect()
     }
 
     /// Sum of all counters.

@@ -706,6 +706,47 @@ impl MetadataStore for SqliteStore {
     }
 }
 
+/// Decodes one `grants` row.
+fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("grant row: {what}"));
+    let get_s = |c: &str| -> Result<String, StoreError> {
+        row.try_get::<String, _>(c).map_err(|_| corrupt(c))
+    };
+    let get_o = |c: &str| -> Result<Option<String>, StoreError> {
+        row.try_get::<Option<String>, _>(c).map_err(|_| corrupt(c))
+    };
+    let operations: Vec<String> =
+        serde_json::from_str(&get_s("operations")?).map_err(|_| corrupt("operations"))?;
+    let (constraint_equals, constraint_subset) = match get_o("constraints")? {
+        None => (None, None),
+        Some(text) => {
+            #[derive(serde::Deserialize)]
+            struct C {
+                #[serde(rename = "EncryptionContextEquals")]
+                equals: Option<BTreeMap<String, String>>,
+                #[serde(rename = "EncryptionContextSubset")]
+                subset: Option<BTreeMap<String, String>>,
+            }
+            let c: C = serde_json::from_str(&text).map_err(|_| corrupt("constraints"))?;
+            (c.equals, c.subset)
+        }
+    };
+    Ok(GrantRecord {
+        grant_id: get_s("grant_id")?,
+        key_id: get_s("key_id")?,
+        name: get_o("name")?,
+        grantee_principal: get_s("grantee_principal")?,
+        retiring_principal: get_o("retiring_principal")?,
+        operations,
+        constraint_equals,
+        constraint_subset,
+        issuing_account: get_s("issuing_account")?,
+        created_at_ms: row
+            .try_get::<i64, _>("created_at_ms")
+            .map_err(|_| corrupt("created_at_ms"))?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1387,45 +1428,4 @@ mod tests {
             assert!(loaded.contains(&one));
         }
     }
-}
-
-/// Decodes one `grants` row.
-fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("grant row: {what}"));
-    let get_s = |c: &str| -> Result<String, StoreError> {
-        row.try_get::<String, _>(c).map_err(|_| corrupt(c))
-    };
-    let get_o = |c: &str| -> Result<Option<String>, StoreError> {
-        row.try_get::<Option<String>, _>(c).map_err(|_| corrupt(c))
-    };
-    let operations: Vec<String> =
-        serde_json::from_str(&get_s("operations")?).map_err(|_| corrupt("operations"))?;
-    let (constraint_equals, constraint_subset) = match get_o("constraints")? {
-        None => (None, None),
-        Some(text) => {
-            #[derive(serde::Deserialize)]
-            struct C {
-                #[serde(rename = "EncryptionContextEquals")]
-                equals: Option<BTreeMap<String, String>>,
-                #[serde(rename = "EncryptionContextSubset")]
-                subset: Option<BTreeMap<String, String>>,
-            }
-            let c: C = serde_json::from_str(&text).map_err(|_| corrupt("constraints"))?;
-            (c.equals, c.subset)
-        }
-    };
-    Ok(GrantRecord {
-        grant_id: get_s("grant_id")?,
-        key_id: get_s("key_id")?,
-        name: get_o("name")?,
-        grantee_principal: get_s("grantee_principal")?,
-        retiring_principal: get_o("retiring_principal")?,
-        operations,
-        constraint_equals,
-        constraint_subset,
-        issuing_account: get_s("issuing_account")?,
-        created_at_ms: row
-            .try_get::<i64, _>("created_at_ms")
-            .map_err(|_| corrupt("created_at_ms"))?,
-    })
 }

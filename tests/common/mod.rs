@@ -103,6 +103,9 @@ softhsm2_conf = "{conf}"
 [store]
 data_dir = "{data}"
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [identity]
 credentials = "{fixtures}/credentials.json"
 

@@ -3,7 +3,6 @@
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use super::status::to_status;
 use super::{alias_entry, expose, grant_entry, metadata, opt, tags_in, ts, Door};
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
@@ -23,556 +22,637 @@ impl KeyManagementService for Door {
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Reply<pb::CreateKeyResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let m = self
-            .kms
-            .create_key(
-                &caller,
-                CreateKeyRequest {
-                    policy: opt(r.policy),
-                    description: r.description,
-                    key_usage: opt(r.key_usage),
-                    key_spec: opt(r.key_spec),
-                    customer_master_key_spec: opt(r.customer_master_key_spec),
-                    origin: opt(r.origin),
-                    bypass_policy_lockout_safety_check: r.bypass_policy_lockout_safety_check,
-                    tags: tags_in(r.tags),
-                    multi_region: r.multi_region,
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CreateKeyResponse {
-            key_metadata: Some(metadata(m)),
-        }))
+        self.serve("CreateKey", SERVICE, request, |kms, caller, r| async move {
+            let m = kms
+                .create_key(
+                    &caller,
+                    CreateKeyRequest {
+                        policy: opt(r.policy),
+                        description: r.description,
+                        key_usage: opt(r.key_usage),
+                        key_spec: opt(r.key_spec),
+                        customer_master_key_spec: opt(r.customer_master_key_spec),
+                        origin: opt(r.origin),
+                        bypass_policy_lockout_safety_check: r.bypass_policy_lockout_safety_check,
+                        tags: tags_in(r.tags),
+                        multi_region: r.multi_region,
+                    },
+                )
+                .await?;
+            Ok(pb::CreateKeyResponse {
+                key_metadata: Some(metadata(m)),
+            })
+        })
+        .await
     }
 
     async fn describe_key(
         &self,
         request: Request<pb::DescribeKeyRequest>,
     ) -> Reply<pb::DescribeKeyResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let m = self
-            .kms
-            .describe_key(&caller, &r.key_id, &r.grant_tokens)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DescribeKeyResponse {
-            key_metadata: Some(metadata(m)),
-        }))
+        self.serve(
+            "DescribeKey",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let m = kms
+                    .describe_key(&caller, &r.key_id, &r.grant_tokens)
+                    .await?;
+                Ok(pb::DescribeKeyResponse {
+                    key_metadata: Some(metadata(m)),
+                })
+            },
+        )
+        .await
     }
 
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Reply<pb::ListKeysResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_keys(&caller, r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ListKeysResponse {
-            keys: page
-                .keys
-                .into_iter()
-                .map(|k| pb::KeyListEntry {
-                    key_id: k.key_id,
-                    key_arn: k.key_arn,
-                })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
+        self.serve("ListKeys", SERVICE, request, |kms, caller, r| async move {
+            let page = kms.list_keys(&caller, r.limit, &r.marker).await?;
+            Ok(pb::ListKeysResponse {
+                keys: page
+                    .keys
+                    .into_iter()
+                    .map(|k| pb::KeyListEntry {
+                        key_id: k.key_id,
+                        key_arn: k.key_arn,
+                    })
+                    .collect(),
+                truncated: page.next_marker.is_some(),
+                next_marker: page.next_marker.unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn enable_key(
         &self,
         request: Request<pb::EnableKeyRequest>,
     ) -> Reply<pb::EnableKeyResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        self.kms
-            .enable_key(&caller, &request.into_inner().key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::EnableKeyResponse {}))
+        self.serve("EnableKey", SERVICE, request, |kms, caller, r| async move {
+            kms.enable_key(&caller, &r.key_id).await?;
+            Ok(pb::EnableKeyResponse {})
+        })
+        .await
     }
 
     async fn disable_key(
         &self,
         request: Request<pb::DisableKeyRequest>,
     ) -> Reply<pb::DisableKeyResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        self.kms
-            .disable_key(&caller, &request.into_inner().key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DisableKeyResponse {}))
+        self.serve(
+            "DisableKey",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.disable_key(&caller, &r.key_id).await?;
+                Ok(pb::DisableKeyResponse {})
+            },
+        )
+        .await
     }
 
     async fn schedule_key_deletion(
         &self,
         request: Request<pb::ScheduleKeyDeletionRequest>,
     ) -> Reply<pb::ScheduleKeyDeletionResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .schedule_key_deletion(&caller, &r.key_id, r.pending_window_in_days)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ScheduleKeyDeletionResponse {
-            key_id: out.key_id,
-            deletion_date: Some(ts(out.deletion_date_ms)),
-            key_state: out.key_state,
-            pending_window_in_days: out.pending_window_in_days,
-        }))
+        self.serve(
+            "ScheduleKeyDeletion",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .schedule_key_deletion(&caller, &r.key_id, r.pending_window_in_days)
+                    .await?;
+                Ok(pb::ScheduleKeyDeletionResponse {
+                    key_id: out.key_id,
+                    deletion_date: Some(ts(out.deletion_date_ms)),
+                    key_state: out.key_state,
+                    pending_window_in_days: out.pending_window_in_days,
+                })
+            },
+        )
+        .await
     }
 
     async fn cancel_key_deletion(
         &self,
         request: Request<pb::CancelKeyDeletionRequest>,
     ) -> Reply<pb::CancelKeyDeletionResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let key_id = self
-            .kms
-            .cancel_key_deletion(&caller, &request.into_inner().key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CancelKeyDeletionResponse { key_id }))
+        self.serve(
+            "CancelKeyDeletion",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let key_id = kms.cancel_key_deletion(&caller, &r.key_id).await?;
+                Ok(pb::CancelKeyDeletionResponse { key_id })
+            },
+        )
+        .await
     }
 
     async fn update_key_description(
         &self,
         request: Request<pb::UpdateKeyDescriptionRequest>,
     ) -> Reply<pb::UpdateKeyDescriptionResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .update_key_description(&caller, &r.key_id, &r.description)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UpdateKeyDescriptionResponse {}))
+        self.serve(
+            "UpdateKeyDescription",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.update_key_description(&caller, &r.key_id, &r.description)
+                    .await?;
+                Ok(pb::UpdateKeyDescriptionResponse {})
+            },
+        )
+        .await
     }
 
     async fn tag_resource(
         &self,
         request: Request<pb::TagResourceRequest>,
     ) -> Reply<pb::TagResourceResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .tag_resource(&caller, &r.key_id, tags_in(r.tags))
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::TagResourceResponse {}))
+        self.serve(
+            "TagResource",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.tag_resource(&caller, &r.key_id, tags_in(r.tags))
+                    .await?;
+                Ok(pb::TagResourceResponse {})
+            },
+        )
+        .await
     }
 
     async fn untag_resource(
         &self,
         request: Request<pb::UntagResourceRequest>,
     ) -> Reply<pb::UntagResourceResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .untag_resource(&caller, &r.key_id, r.tag_keys)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UntagResourceResponse {}))
+        self.serve(
+            "UntagResource",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.untag_resource(&caller, &r.key_id, r.tag_keys).await?;
+                Ok(pb::UntagResourceResponse {})
+            },
+        )
+        .await
     }
 
     async fn list_resource_tags(
         &self,
         request: Request<pb::ListResourceTagsRequest>,
     ) -> Reply<pb::ListResourceTagsResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_resource_tags(&caller, &r.key_id, r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ListResourceTagsResponse {
-            tags: page
-                .tags
-                .into_iter()
-                .map(|t| pb::Tag {
-                    tag_key: t.key,
-                    tag_value: t.value,
+        self.serve(
+            "ListResourceTags",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let page = kms
+                    .list_resource_tags(&caller, &r.key_id, r.limit, &r.marker)
+                    .await?;
+                Ok(pb::ListResourceTagsResponse {
+                    tags: page
+                        .tags
+                        .into_iter()
+                        .map(|t| pb::Tag {
+                            tag_key: t.key,
+                            tag_value: t.value,
+                        })
+                        .collect(),
+                    truncated: page.next_marker.is_some(),
+                    next_marker: page.next_marker.unwrap_or_default(),
                 })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
+            },
+        )
+        .await
     }
 
     async fn create_alias(
         &self,
         request: Request<pb::CreateAliasRequest>,
     ) -> Reply<pb::CreateAliasResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .create_alias(&caller, &r.alias_name, &r.target_key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CreateAliasResponse {}))
+        self.serve(
+            "CreateAlias",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.create_alias(&caller, &r.alias_name, &r.target_key_id)
+                    .await?;
+                Ok(pb::CreateAliasResponse {})
+            },
+        )
+        .await
     }
 
     async fn update_alias(
         &self,
         request: Request<pb::UpdateAliasRequest>,
     ) -> Reply<pb::UpdateAliasResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .update_alias(&caller, &r.alias_name, &r.target_key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UpdateAliasResponse {}))
+        self.serve(
+            "UpdateAlias",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.update_alias(&caller, &r.alias_name, &r.target_key_id)
+                    .await?;
+                Ok(pb::UpdateAliasResponse {})
+            },
+        )
+        .await
     }
 
     async fn delete_alias(
         &self,
         request: Request<pb::DeleteAliasRequest>,
     ) -> Reply<pb::DeleteAliasResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        self.kms
-            .delete_alias(&caller, &request.into_inner().alias_name)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DeleteAliasResponse {}))
+        self.serve(
+            "DeleteAlias",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.delete_alias(&caller, &r.alias_name).await?;
+                Ok(pb::DeleteAliasResponse {})
+            },
+        )
+        .await
     }
 
     async fn list_aliases(
         &self,
         request: Request<pb::ListAliasesRequest>,
     ) -> Reply<pb::ListAliasesResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_aliases(&caller, opt(r.key_id).as_deref(), r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ListAliasesResponse {
-            aliases: page.aliases.into_iter().map(alias_entry).collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
+        self.serve(
+            "ListAliases",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let page = kms
+                    .list_aliases(&caller, opt(r.key_id).as_deref(), r.limit, &r.marker)
+                    .await?;
+                Ok(pb::ListAliasesResponse {
+                    aliases: page.aliases.into_iter().map(alias_entry).collect(),
+                    truncated: page.next_marker.is_some(),
+                    next_marker: page.next_marker.unwrap_or_default(),
+                })
+            },
+        )
+        .await
     }
 
     async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Reply<pb::EncryptResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .encrypt(
-                &caller,
-                EncryptRequest {
-                    key_id: r.key_id,
-                    plaintext: Zeroizing::new(r.plaintext),
-                    encryption_context: r.encryption_context,
-                    grant_tokens: r.grant_tokens,
-                    encryption_algorithm: opt(r.encryption_algorithm),
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::EncryptResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            key_id: out.key_id,
-            encryption_algorithm: out.encryption_algorithm,
-        }))
+        self.serve("Encrypt", SERVICE, request, |kms, caller, r| async move {
+            let out = kms
+                .encrypt(
+                    &caller,
+                    EncryptRequest {
+                        key_id: r.key_id,
+                        plaintext: Zeroizing::new(r.plaintext),
+                        encryption_context: r.encryption_context,
+                        grant_tokens: r.grant_tokens,
+                        encryption_algorithm: opt(r.encryption_algorithm),
+                    },
+                )
+                .await?;
+            Ok(pb::EncryptResponse {
+                ciphertext_blob: out.ciphertext_blob,
+                key_id: out.key_id,
+                encryption_algorithm: out.encryption_algorithm,
+            })
+        })
+        .await
     }
 
     async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Reply<pb::DecryptResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .decrypt(
-                &caller,
-                DecryptRequest {
-                    ciphertext_blob: r.ciphertext_blob,
-                    encryption_context: r.encryption_context,
-                    grant_tokens: r.grant_tokens,
-                    key_id: opt(r.key_id),
-                    encryption_algorithm: opt(r.encryption_algorithm),
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::DecryptResponse {
-            key_id: out.key_id,
-            plaintext: expose(out.plaintext),
-            encryption_algorithm: out.encryption_algorithm,
-            key_material_id: out.key_material_id,
-        }))
+        self.serve("Decrypt", SERVICE, request, |kms, caller, r| async move {
+            let out = kms
+                .decrypt(
+                    &caller,
+                    DecryptRequest {
+                        ciphertext_blob: r.ciphertext_blob,
+                        encryption_context: r.encryption_context,
+                        grant_tokens: r.grant_tokens,
+                        key_id: opt(r.key_id),
+                        encryption_algorithm: opt(r.encryption_algorithm),
+                    },
+                )
+                .await?;
+            Ok(pb::DecryptResponse {
+                key_id: out.key_id,
+                plaintext: expose(out.plaintext),
+                encryption_algorithm: out.encryption_algorithm,
+                key_material_id: out.key_material_id,
+            })
+        })
+        .await
     }
 
     async fn re_encrypt(
         &self,
         request: Request<pb::ReEncryptRequest>,
     ) -> Reply<pb::ReEncryptResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .re_encrypt(
-                &caller,
-                ReEncryptRequest {
-                    ciphertext_blob: r.ciphertext_blob,
-                    source_encryption_context: r.source_encryption_context,
-                    source_key_id: opt(r.source_key_id),
-                    destination_key_id: r.destination_key_id,
-                    destination_encryption_context: r.destination_encryption_context,
-                    source_encryption_algorithm: opt(r.source_encryption_algorithm),
-                    destination_encryption_algorithm: opt(r.destination_encryption_algorithm),
-                    grant_tokens: r.grant_tokens,
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ReEncryptResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            source_key_id: out.source_key_id,
-            key_id: out.key_id,
-            source_encryption_algorithm: out.source_encryption_algorithm,
-            destination_encryption_algorithm: out.destination_encryption_algorithm,
-            source_key_material_id: out.source_key_material_id,
-            destination_key_material_id: out.destination_key_material_id,
-        }))
+        self.serve("ReEncrypt", SERVICE, request, |kms, caller, r| async move {
+            let out = kms
+                .re_encrypt(
+                    &caller,
+                    ReEncryptRequest {
+                        ciphertext_blob: r.ciphertext_blob,
+                        source_encryption_context: r.source_encryption_context,
+                        source_key_id: opt(r.source_key_id),
+                        destination_key_id: r.destination_key_id,
+                        destination_encryption_context: r.destination_encryption_context,
+                        source_encryption_algorithm: opt(r.source_encryption_algorithm),
+                        destination_encryption_algorithm: opt(r.destination_encryption_algorithm),
+                        grant_tokens: r.grant_tokens,
+                    },
+                )
+                .await?;
+            Ok(pb::ReEncryptResponse {
+                ciphertext_blob: out.ciphertext_blob,
+                source_key_id: out.source_key_id,
+                key_id: out.key_id,
+                source_encryption_algorithm: out.source_encryption_algorithm,
+                destination_encryption_algorithm: out.destination_encryption_algorithm,
+                source_key_material_id: out.source_key_material_id,
+                destination_key_material_id: out.destination_key_material_id,
+            })
+        })
+        .await
     }
 
     async fn generate_data_key(
         &self,
         request: Request<pb::GenerateDataKeyRequest>,
     ) -> Reply<pb::GenerateDataKeyResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .generate_data_key(
-                &caller,
-                GenerateDataKeyRequest {
-                    key_id: r.key_id,
-                    encryption_context: r.encryption_context,
-                    number_of_bytes: r.number_of_bytes,
-                    key_spec: opt(r.key_spec),
-                    grant_tokens: r.grant_tokens,
-                },
-                true,
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GenerateDataKeyResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            plaintext: out.plaintext.map(expose).unwrap_or_default(),
-            key_id: out.key_id,
-            key_material_id: out.key_material_id,
-        }))
+        self.serve(
+            "GenerateDataKey",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .generate_data_key(
+                        &caller,
+                        GenerateDataKeyRequest {
+                            key_id: r.key_id,
+                            encryption_context: r.encryption_context,
+                            number_of_bytes: r.number_of_bytes,
+                            key_spec: opt(r.key_spec),
+                            grant_tokens: r.grant_tokens,
+                        },
+                        true,
+                    )
+                    .await?;
+                Ok(pb::GenerateDataKeyResponse {
+                    ciphertext_blob: out.ciphertext_blob,
+                    plaintext: out.plaintext.map(expose).unwrap_or_default(),
+                    key_id: out.key_id,
+                    key_material_id: out.key_material_id,
+                })
+            },
+        )
+        .await
     }
 
     async fn generate_data_key_without_plaintext(
         &self,
         request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Reply<pb::GenerateDataKeyWithoutPlaintextResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .generate_data_key(
-                &caller,
-                GenerateDataKeyRequest {
-                    key_id: r.key_id,
-                    encryption_context: r.encryption_context,
-                    number_of_bytes: r.number_of_bytes,
-                    key_spec: opt(r.key_spec),
-                    grant_tokens: r.grant_tokens,
-                },
-                false,
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GenerateDataKeyWithoutPlaintextResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            key_id: out.key_id,
-            key_material_id: out.key_material_id,
-        }))
+        self.serve(
+            "GenerateDataKeyWithoutPlaintext",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .generate_data_key(
+                        &caller,
+                        GenerateDataKeyRequest {
+                            key_id: r.key_id,
+                            encryption_context: r.encryption_context,
+                            number_of_bytes: r.number_of_bytes,
+                            key_spec: opt(r.key_spec),
+                            grant_tokens: r.grant_tokens,
+                        },
+                        false,
+                    )
+                    .await?;
+                Ok(pb::GenerateDataKeyWithoutPlaintextResponse {
+                    ciphertext_blob: out.ciphertext_blob,
+                    key_id: out.key_id,
+                    key_material_id: out.key_material_id,
+                })
+            },
+        )
+        .await
     }
 
     async fn generate_random(
         &self,
         request: Request<pb::GenerateRandomRequest>,
     ) -> Reply<pb::GenerateRandomResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let bytes = self
-            .kms
-            .generate_random(
-                &caller,
-                r.number_of_bytes,
-                Some(r.custom_key_store_id.as_str()),
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GenerateRandomResponse {
-            plaintext: expose(bytes),
-        }))
+        self.serve(
+            "GenerateRandom",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let bytes = kms
+                    .generate_random(
+                        &caller,
+                        r.number_of_bytes,
+                        Some(r.custom_key_store_id.as_str()),
+                    )
+                    .await?;
+                Ok(pb::GenerateRandomResponse {
+                    plaintext: expose(bytes),
+                })
+            },
+        )
+        .await
     }
 
     async fn get_key_policy(
         &self,
         request: Request<pb::GetKeyPolicyRequest>,
     ) -> Reply<pb::GetKeyPolicyResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let (policy, policy_name) = self
-            .kms
-            .get_key_policy(&caller, &r.key_id, &r.policy_name)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GetKeyPolicyResponse {
-            policy,
-            policy_name,
-        }))
+        self.serve(
+            "GetKeyPolicy",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let (policy, policy_name) = kms
+                    .get_key_policy(&caller, &r.key_id, &r.policy_name)
+                    .await?;
+                Ok(pb::GetKeyPolicyResponse {
+                    policy,
+                    policy_name,
+                })
+            },
+        )
+        .await
     }
 
     async fn put_key_policy(
         &self,
         request: Request<pb::PutKeyPolicyRequest>,
     ) -> Reply<pb::PutKeyPolicyResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .put_key_policy(
-                &caller,
-                &r.key_id,
-                &r.policy_name,
-                &r.policy,
-                r.bypass_policy_lockout_safety_check,
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::PutKeyPolicyResponse {}))
+        self.serve(
+            "PutKeyPolicy",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.put_key_policy(
+                    &caller,
+                    &r.key_id,
+                    &r.policy_name,
+                    &r.policy,
+                    r.bypass_policy_lockout_safety_check,
+                )
+                .await?;
+                Ok(pb::PutKeyPolicyResponse {})
+            },
+        )
+        .await
     }
 
     async fn list_key_policies(
         &self,
         request: Request<pb::ListKeyPoliciesRequest>,
     ) -> Reply<pb::ListKeyPoliciesResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let policy_names = self
-            .kms
-            .list_key_policies(&caller, &r.key_id, r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::ListKeyPoliciesResponse {
-            policy_names,
-            next_marker: String::new(),
-            truncated: false,
-        }))
+        self.serve(
+            "ListKeyPolicies",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let policy_names = kms
+                    .list_key_policies(&caller, &r.key_id, r.limit, &r.marker)
+                    .await?;
+                Ok(pb::ListKeyPoliciesResponse {
+                    policy_names,
+                    next_marker: String::new(),
+                    truncated: false,
+                })
+            },
+        )
+        .await
     }
 
     async fn create_grant(
         &self,
         request: Request<pb::CreateGrantRequest>,
     ) -> Reply<pb::CreateGrantResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let c = r.constraints.unwrap_or_default();
-        let out = self
-            .kms
-            .create_grant(
-                &caller,
-                CreateGrantRequest {
-                    key_id: r.key_id,
-                    grantee_principal: r.grantee_principal,
-                    retiring_principal: opt(r.retiring_principal),
-                    operations: r.operations,
-                    constraint_equals: c.encryption_context_equals.map(|m| m.pairs),
-                    constraint_subset: c.encryption_context_subset.map(|m| m.pairs),
-                    grant_tokens: r.grant_tokens,
-                    name: opt(r.name),
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CreateGrantResponse {
-            grant_token: out.grant_token,
-            grant_id: out.grant_id,
-        }))
+        self.serve(
+            "CreateGrant",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let c = r.constraints.unwrap_or_default();
+                let out = kms
+                    .create_grant(
+                        &caller,
+                        CreateGrantRequest {
+                            key_id: r.key_id,
+                            grantee_principal: r.grantee_principal,
+                            retiring_principal: opt(r.retiring_principal),
+                            operations: r.operations,
+                            constraint_equals: c.encryption_context_equals.map(|m| m.pairs),
+                            constraint_subset: c.encryption_context_subset.map(|m| m.pairs),
+                            grant_tokens: r.grant_tokens,
+                            name: opt(r.name),
+                        },
+                    )
+                    .await?;
+                Ok(pb::CreateGrantResponse {
+                    grant_token: out.grant_token,
+                    grant_id: out.grant_id,
+                })
+            },
+        )
+        .await
     }
 
     async fn list_grants(
         &self,
         request: Request<pb::ListGrantsRequest>,
     ) -> Reply<pb::ListGrantsResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_grants(
-                &caller,
-                &r.key_id,
-                opt(r.grant_id).as_deref(),
-                opt(r.grantee_principal).as_deref(),
-                r.limit,
-                &r.marker,
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(grants_page(page)))
+        self.serve(
+            "ListGrants",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let page = kms
+                    .list_grants(
+                        &caller,
+                        &r.key_id,
+                        opt(r.grant_id).as_deref(),
+                        opt(r.grantee_principal).as_deref(),
+                        r.limit,
+                        &r.marker,
+                    )
+                    .await?;
+                Ok(grants_page(page))
+            },
+        )
+        .await
     }
 
     async fn list_retirable_grants(
         &self,
         request: Request<pb::ListRetirableGrantsRequest>,
     ) -> Reply<pb::ListGrantsResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let page = self
-            .kms
-            .list_retirable_grants(&caller, &r.retiring_principal, r.limit, &r.marker)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(grants_page(page)))
+        self.serve(
+            "ListRetirableGrants",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let page = kms
+                    .list_retirable_grants(&caller, &r.retiring_principal, r.limit, &r.marker)
+                    .await?;
+                Ok(grants_page(page))
+            },
+        )
+        .await
     }
 
     async fn retire_grant(
         &self,
         request: Request<pb::RetireGrantRequest>,
     ) -> Reply<pb::RetireGrantResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .retire_grant(
-                &caller,
-                opt(r.grant_token).as_deref(),
-                opt(r.key_id).as_deref(),
-                opt(r.grant_id).as_deref(),
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::RetireGrantResponse {}))
+        self.serve(
+            "RetireGrant",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.retire_grant(
+                    &caller,
+                    opt(r.grant_token).as_deref(),
+                    opt(r.key_id).as_deref(),
+                    opt(r.grant_id).as_deref(),
+                )
+                .await?;
+                Ok(pb::RetireGrantResponse {})
+            },
+        )
+        .await
     }
 
     async fn revoke_grant(
         &self,
         request: Request<pb::RevokeGrantRequest>,
     ) -> Reply<pb::RevokeGrantResponse> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        self.kms
-            .revoke_grant(&caller, &r.key_id, &r.grant_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::RevokeGrantResponse {}))
+        self.serve(
+            "RevokeGrant",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.revoke_grant(&caller, &r.key_id, &r.grant_id).await?;
+                Ok(pb::RevokeGrantResponse {})
+            },
+        )
+        .await
     }
 }
 

@@ -13,37 +13,78 @@ pub mod kms;
 pub mod status;
 pub mod sts;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 
 use zeroize::Zeroizing;
 
 use crate::core::aliases::AliasListEntry;
 use crate::core::keys::KeyMetadata;
-use crate::core::Kms;
+use crate::core::record;
+use crate::core::{Kms, KmsError};
 use crate::identity::auth::{AuthError, Authenticator, SigV4Input};
 use crate::identity::sigv4::SignableRequest;
 use crate::identity::Caller;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::store::{GrantRecord, Tag};
 use capture::SignedRequestInfo;
 use status::with_reason;
 
+/// The door's name in metrics and audit events.
+pub const DOOR: &str = "grpc";
+
 /// Allowed clock skew for SigV4 on the gRPC door, seconds.
 pub const MAX_SKEW_SECS: i64 = 300;
 
-/// What every gRPC service of the door shares: the engine and the authenticator.
+/// What every gRPC service of the door shares: the engine, the authenticator and metrics.
 #[derive(Debug, Clone)]
 pub struct Door {
     kms: Arc<Kms>,
     auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
 }
 
 impl Door {
     /// A door over an engine.
-    pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>) -> Self {
-        Door { kms, auth }
+    pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> Self {
+        Door { kms, auth, metrics }
+    }
+
+    /// Serves one request: authenticates the caller, runs `f` with the engine in a record
+    /// scope, records metrics, and maps the engine's error to the wire in one place.
+    async fn serve<T, R, F, Fut>(
+        &self,
+        op: &'static str,
+        service: &'static str,
+        request: Request<T>,
+        f: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(Arc<Kms>, Caller, T) -> Fut,
+        Fut: Future<Output = Result<R, KmsError>>,
+    {
+        let started = Instant::now();
+        let caller = match self.caller(&request, service) {
+            Ok(c) => c,
+            Err(status) => {
+                let outcome =
+                    status::aws_reason(&status).unwrap_or_else(|| "Unauthenticated".into());
+                self.metrics.request(DOOR, op, &outcome, started.elapsed());
+                return Err(status);
+            }
+        };
+        let msg = request.into_inner();
+        let (result, _record) = record::scope(f(self.kms.clone(), caller, msg)).await;
+        let outcome = match &result {
+            Ok(_) => "Success",
+            Err(e) => e.aws_name(),
+        };
+        self.metrics.request(DOOR, op, outcome, started.elapsed());
+        result.map(Response::new).map_err(status::to_status)
     }
 
     /// The caller behind a request: a SigV4 signature when the request has an

@@ -3,7 +3,6 @@
 
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
 use super::{opt, ts, Door};
 use crate::core::sts::AssumeRoleRequest;
 use crate::pb;
@@ -17,50 +16,61 @@ impl SecurityTokenService for Door {
         &self,
         request: Request<pb::AssumeRoleRequest>,
     ) -> Result<Response<pb::AssumeRoleResponse>, Status> {
-        let caller = self.caller(&request, SERVICE)?;
-        let r = request.into_inner();
-        let out = self
-            .kms
-            .assume_role(
-                &caller,
-                AssumeRoleRequest {
-                    role_arn: r.role_arn,
-                    role_session_name: r.role_session_name,
-                    duration_seconds: r.duration_seconds,
-                    policy: opt(r.policy),
-                    tags: r
-                        .tags
-                        .into_iter()
-                        .map(|t| (t.tag_key, t.tag_value))
-                        .collect(),
-                },
-            )
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::AssumeRoleResponse {
-            credentials: Some(pb::Credentials {
-                access_key_id: out.access_key_id,
-                secret_access_key: out.secret_access_key.to_string(),
-                session_token: out.session_token.to_string(),
-                expiration: Some(ts(out.expiration_ms)),
-            }),
-            assumed_role_user: Some(pb::AssumedRoleUser {
-                assumed_role_id: out.assumed_role_id,
-                arn: out.assumed_role_arn,
-            }),
-        }))
+        self.serve(
+            "AssumeRole",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .assume_role(
+                        &caller,
+                        AssumeRoleRequest {
+                            role_arn: r.role_arn,
+                            role_session_name: r.role_session_name,
+                            duration_seconds: r.duration_seconds,
+                            policy: opt(r.policy),
+                            tags: r
+                                .tags
+                                .into_iter()
+                                .map(|t| (t.tag_key, t.tag_value))
+                                .collect(),
+                        },
+                    )
+                    .await?;
+                Ok(pb::AssumeRoleResponse {
+                    credentials: Some(pb::Credentials {
+                        access_key_id: out.access_key_id,
+                        secret_access_key: out.secret_access_key.to_string(),
+                        session_token: out.session_token.to_string(),
+                        expiration: Some(ts(out.expiration_ms)),
+                    }),
+                    assumed_role_user: Some(pb::AssumedRoleUser {
+                        assumed_role_id: out.assumed_role_id,
+                        arn: out.assumed_role_arn,
+                    }),
+                })
+            },
+        )
+        .await
     }
 
     async fn get_caller_identity(
         &self,
         request: Request<pb::GetCallerIdentityRequest>,
     ) -> Result<Response<pb::GetCallerIdentityResponse>, Status> {
-        let caller = self.caller(&request, SERVICE)?;
-        let id = self.kms.get_caller_identity(&caller);
-        Ok(Response::new(pb::GetCallerIdentityResponse {
-            user_id: id.user_id,
-            account: id.account,
-            arn: id.arn,
-        }))
+        self.serve(
+            "GetCallerIdentity",
+            SERVICE,
+            request,
+            |kms, caller, _r| async move {
+                let id = kms.get_caller_identity(&caller);
+                Ok(pb::GetCallerIdentityResponse {
+                    user_id: id.user_id,
+                    account: id.account,
+                    arn: id.arn,
+                })
+            },
+        )
+        .await
     }
 }

@@ -1,0 +1,127 @@
+//! What one request did, as the door's audit event and metrics need it: the authorization
+//! decisions with their deciding statements, the key and the key version used.
+//!
+//! The door opens a scope per request ([`scope`]); the engine records into it as it goes, so
+//! no operation signature has to carry audit plumbing. Outside a scope, recording is a no-op.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use crate::policy::{Decision, DecisionReason, Effect};
+
+/// One authorization decision taken while serving a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// The IAM action (`kms:Decrypt`).
+    pub action: String,
+    /// The resource ARN.
+    pub resource: String,
+    /// `Allow` or `Deny`.
+    pub effect: &'static str,
+    /// `Allowed`, `ExplicitDeny` or `ImplicitDeny`.
+    pub reason: &'static str,
+    /// Why, in AWS's words, without policy text.
+    pub summary: String,
+    /// (policy type, policy name, Sid / Statement[i] / grant id).
+    pub deciding: Vec<(String, String, String)>,
+}
+
+/// Everything the engine recorded about one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// Decisions in the order they were taken.
+    pub decisions: Vec<DecisionRecord>,
+    /// The key the request acted on (ARN), when there was one.
+    pub key_arn: Option<String>,
+    /// The key's account.
+    pub key_account: Option<String>,
+    /// The backing-key version used by a cryptographic operation.
+    pub key_version: Option<u32>,
+}
+
+tokio::task_local! {
+    static CURRENT: Arc<Mutex<RequestRecord>>;
+}
+
+/// Runs `fut` with a fresh record and returns its output with what was recorded.
+pub async fn scope<F: Future>(fut: F) -> (F::Output, RequestRecord) {
+    let cell = Arc::new(Mutex::new(RequestRecord::default()));
+    let out = CURRENT.scope(cell.clone(), fut).await;
+    let record = cell.lock().map(|r| r.clone()).unwrap_or_default();
+    (out, record)
+}
+
+fn with(f: impl FnOnce(&mut RequestRecord)) {
+    let _ = CURRENT.try_with(|cell| {
+        if let Ok(mut r) = cell.lock() {
+            f(&mut r);
+        }
+    });
+}
+
+/// Records a decision.
+pub(crate) fn decision(d: &Decision, resource: &str) {
+    with(|r| {
+        r.decisions.push(DecisionRecord {
+            action: d.action.clone(),
+            resource: resource.to_string(),
+            effect: if d.effect == Effect::Allow {
+                "Allow"
+            } else {
+                "Deny"
+            },
+            reason: match d.reason {
+                DecisionReason::Allowed => "Allowed",
+                DecisionReason::ExplicitDeny => "ExplicitDeny",
+                DecisionReason::ImplicitDeny => "ImplicitDeny",
+            },
+            summary: d.summary(),
+            deciding: d
+                .deciding
+                .iter()
+                .map(|s| {
+                    (
+                        format!("{:?}", s.policy_type),
+                        s.policy_name.clone(),
+                        s.statement.clone(),
+                    )
+                })
+                .collect(),
+        })
+    });
+}
+
+/// Records the key a request acts on (the first one recorded wins: ReEncrypt's source).
+pub(crate) fn key(arn: &str, account: &str) {
+    with(|r| {
+        if r.key_arn.is_none() {
+            r.key_arn = Some(arn.to_string());
+            r.key_account = Some(account.to_string());
+        }
+    });
+}
+
+/// Records the backing-key version a cryptographic operation used.
+pub(crate) fn key_version(v: u32) {
+    with(|r| r.key_version = Some(v));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_inside_a_scope_only() {
+        key("arn:k", "111122223333");
+        let ((), rec) = scope(async {
+            key("arn:a", "111122223333");
+            key("arn:b", "111122223333");
+            key_version(3);
+        })
+        .await;
+        assert_eq!(rec.key_arn.as_deref(), Some("arn:a"));
+        assert_eq!(rec.key_version, Some(3));
+        let ((), empty) = scope(async {}).await;
+        assert_eq!(empty, RequestRecord::default());
+    }
+}

@@ -1,0 +1,313 @@
+//! Prometheus metrics, served on a separate (by default loopback) port.
+//!
+//! Request counts and latencies are recorded by the doors; HSM, policy and audit figures are
+//! read from their owners' counters at scrape time, so the request path never waits on the
+//! metrics registry for them.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::core::Kms;
+use crate::hsm::stats::{HistogramSnapshot, LATENCY_BUCKETS};
+
+/// Labels of the request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `grpc`, `aws-json`.
+    pub door: String,
+    /// The operation (`Encrypt`, `AssumeRole`, ...).
+    pub operation: String,
+    /// `Success`, or the AWS exception name.
+    pub outcome: String,
+}
+
+/// Labels of the request latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub door: String,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    effect: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// Extra figures read at scrape time (the audit writer registers one).
+pub trait ScrapeSource: Send + Sync + 'static {
+    /// Appends metric families.
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error>;
+}
+
+/// The daemon's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OperationLabels, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn request_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+/// Encodes a histogram snapshot.
+pub fn encode_histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Option<(&str, String)>, HistogramSnapshot)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (label, snap) in series {
+        let buckets: Vec<(f64, u64)> = snap.buckets.clone();
+        match label {
+            Some((_, value)) => {
+                let labels = FunctionLabels {
+                    function: value.clone(),
+                };
+                let mut e = m.encode_family(&labels)?;
+                e.encode_histogram::<Vec<(String, String)>>(
+                    snap.sum_secs,
+                    snap.count,
+                    &buckets,
+                    None,
+                )?;
+            }
+            None => m.encode_histogram::<Vec<(String, String)>>(
+                snap.sum_secs,
+                snap.count,
+                &buckets,
+                None,
+            )?,
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct EngineCollector {
+    kms: Arc<Kms>,
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.kms.hsm().stats();
+        {
+            let mut m = encoder.encode_descriptor(
+                "p11kms_hsm_calls",
+                "PKCS#11 calls made, by function",
+                None,
+                MetricType::Counter,
+            )?;
+            for (f, n) in &stats.calls {
+                let labels = FunctionLabels {
+                    function: f.to_string(),
+                };
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let series: Vec<(Option<(&str, String)>, HistogramSnapshot)> = stats
+            .latency
+            .iter()
+            .map(|(f, s)| (Some(("function", f.to_string())), s.clone()))
+            .collect();
+        encode_histogram(
+            &mut encoder,
+            "p11kms_hsm_call_duration_seconds",
+            "PKCS#11 call latency, by function",
+            &series,
+        )?;
+        encode_histogram(
+            &mut encoder,
+            "p11kms_hsm_queue_wait_seconds",
+            "Time requests waited for an HSM session (worker)",
+            &[(None, stats.queue_wait.clone())],
+        )?;
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
+            let g = ConstGauge::new(v);
+            let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+            g.encode(m)
+        };
+        gauge(
+            &mut encoder,
+            "p11kms_hsm_queue_depth",
+            "Requests waiting for an HSM session now",
+            stats.queue_depth as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "p11kms_hsm_sessions",
+            "HSM worker sessions",
+            stats.workers as i64,
+        )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "p11kms_hsm_rejections",
+                "Requests refused by the HSM session pool (busy: queue full; timeout: waited too long)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("busy", stats.rejected_busy),
+                ("timeout", stats.rejected_timeout),
+            ] {
+                let labels = ReasonLabels {
+                    reason: reason.to_string(),
+                };
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let (allow, explicit, implicit) = self.kms.decision_counts().snapshot();
+            let mut m = encoder.encode_descriptor(
+                "p11kms_policy_decisions",
+                "Authorization decisions, by effect and reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (effect, reason, n) in [
+                ("Allow", "Allowed", allow),
+                ("Deny", "ExplicitDeny", explicit),
+                ("Deny", "ImplicitDeny", implicit),
+            ] {
+                let labels = DecisionLabels {
+                    effect: effect.to_string(),
+                    reason: reason.to_string(),
+                };
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            &mut encoder,
+            "p11kms_keys",
+            "Keys in the engine's cache, every state",
+            self.kms.key_count() as i64,
+        )?;
+        Ok(())
+    }
+}
+
+struct SourceCollector(Box<dyn ScrapeSource>);
+
+impl std::fmt::Debug for SourceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceCollector")
+    }
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(&mut encoder)
+    }
+}
+
+impl Metrics {
+    /// The registry with the request families and the engine's scrape-time figures.
+    pub fn new(kms: Arc<Kms>, extra: Vec<Box<dyn ScrapeSource>>) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<OperationLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "p11kms_requests",
+            "Requests served, by door, operation and outcome (Success or the AWS exception name)",
+            requests.clone(),
+        );
+        registry.register(
+            "p11kms_request_duration_seconds",
+            "Request latency inside the daemon, by door and operation",
+            latency.clone(),
+        );
+        registry.register_collector(Box::new(EngineCollector { kms }));
+        for source in extra {
+            registry.register_collector(Box::new(SourceCollector(source)));
+        }
+        Metrics {
+            registry,
+            requests,
+            latency,
+        }
+    }
+
+    /// Records one request.
+    pub fn request(&self, door: &str, operation: &str, outcome: &str, latency: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                door: door.to_string(),
+                operation: operation.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&OperationLabels {
+                door: door.to_string(),
+                operation: operation.to_string(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

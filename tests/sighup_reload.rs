@@ -1,0 +1,169 @@
+//! SIGHUP reloads the identity directory (issue 3): its own test binary, because it signals
+//! its own process. The daemon runs in-process with a copy of the identity fixtures; the test
+//! changes the files, sends SIGHUP to this process with `kill -HUP <pid>`, and polls (bounded)
+//! until the change is in force.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use p11kms::core::ManualClock;
+use p11kms::pb;
+use p11kms::server::{RunningServer, ServerOptions};
+use serde_json::json;
+
+const AK_NOPOLICY: &str = "AKIANOPOLICY00000001";
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn copy_fixtures(dest: &Path) -> PathBuf {
+    let copy = dest.join("identity");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    copy
+}
+
+async fn start_with_fixtures(data: &Path, fixtures: &Path) -> RunningServer {
+    let text = config_text(data).replace(
+        &fixtures_dir().display().to_string(),
+        &fixtures.display().to_string(),
+    );
+    assert!(text.contains(&fixtures.display().to_string()));
+    let path = data.join("p11kms-copy.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = p11kms::config::Config::load(&path).expect("config");
+    p11kms::server::start(
+        &cfg,
+        ServerOptions {
+            clock: Arc::new(ManualClock::default()),
+            sweep_interval: Some(Duration::from_millis(50)),
+        },
+    )
+    .await
+    .expect("daemon starts")
+}
+
+fn send_sighup() {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Whether nopolicy may encrypt under `key` (Ok), or why not (the AWS exception name).
+async fn nopolicy_encrypt(s: &mut Signed, key: &str) -> Result<(), String> {
+    let req = s.kms_req(
+        pb::EncryptRequest {
+            key_id: key.into(),
+            plaintext: b"hup".to_vec(),
+            ..Default::default()
+        },
+        "Encrypt",
+    );
+    match s.kms.encrypt(req).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(reason::<()>(Err(e))),
+    }
+}
+
+/// Sends SIGHUP (again every 250 ms, in case the daemon's handler was not yet listening) until
+/// `nopolicy_encrypt` gives `want`, or the deadline passes.
+async fn hup_until(s: &mut Signed, key: &str, want: &Result<(), String>) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        send_sighup();
+        let polled_since = Instant::now();
+        while polled_since.elapsed() < Duration::from_millis(250) {
+            let got = nopolicy_encrypt(s, key).await;
+            if &got == want {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if start.elapsed() > DEADLINE {
+            return nopolicy_encrypt(s, key).await;
+        }
+    }
+}
+
+fn write_nopolicy_policy(account_file: &Path, policies: serde_json::Value) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(account_file).unwrap()).unwrap();
+    let user = v["UserDetailList"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|u| u["UserName"] == "nopolicy")
+        .unwrap();
+    user["UserPolicyList"] = policies;
+    std::fs::write(account_file, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_identity_directory() {
+    // A SIGHUP listener of our own first: with a tokio handler installed the signal can never
+    // take the default action (terminating this process), whatever the daemon's reloader task
+    // is doing yet. It also tells us the signal was delivered.
+    let mut ours = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("listen for SIGHUP");
+
+    let dir = data_dir("sighup");
+    let fixtures = copy_fixtures(&dir);
+    let account_file = fixtures.join(format!("{ACCOUNT}.json"));
+    let server = start_with_fixtures(&dir, &fixtures).await;
+    let mut admin = admin(server.addr).await;
+    let key = create_key(&mut admin).await;
+    let mut nopolicy = signed_as(server.addr, AK_NOPOLICY).await;
+    let denied = Err("AccessDeniedException".to_string());
+    assert_eq!(nopolicy_encrypt(&mut nopolicy, &key).await, denied);
+
+    // Grant nopolicy kms:Encrypt in the file, then SIGHUP.
+    write_nopolicy_policy(
+        &account_file,
+        json!([{
+            "PolicyName": "ViaSighup",
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*"}]}
+        }]),
+    );
+    assert_eq!(
+        hup_until(&mut nopolicy, &key, &Ok(())).await,
+        Ok(()),
+        "the change did not take effect within {DEADLINE:?} of SIGHUP"
+    );
+    tokio::time::timeout(DEADLINE, ours.recv())
+        .await
+        .expect("our own listener saw the SIGHUP");
+
+    // A malformed file and SIGHUP: the previous directory stays in force.
+    std::fs::write(&account_file, "{ this is not JSON").unwrap();
+    send_sighup();
+    tokio::time::timeout(DEADLINE, ours.recv())
+        .await
+        .expect("SIGHUP delivered");
+    // Bounded observation: for one second after delivery, nopolicy stays allowed.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(1) {
+        assert_eq!(nopolicy_encrypt(&mut nopolicy, &key).await, Ok(()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A good file again (without the policy): the next SIGHUP takes it.
+    std::fs::copy(
+        fixtures_dir().join(format!("{ACCOUNT}.json")),
+        &account_file,
+    )
+    .unwrap();
+    assert_eq!(
+        hup_until(&mut nopolicy, &key, &denied).await,
+        denied,
+        "the restored file did not take effect within {DEADLINE:?} of SIGHUP"
+    );
+    server.shutdown().await.unwrap();
+}
