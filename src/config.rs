@@ -498,11 +498,14 @@ data_dir = "data"
     fn the_reference_config_parses() {
         let d = dir_with_files();
         std::fs::create_dir_all(d.path().join("pki")).unwrap();
+        std::fs::create_dir_all(d.path().join("identity")).unwrap();
         for f in [
             "pki/server.pem",
             "pki/server-key.pem",
             "pki/ca.pem",
             "user-pin",
+            "identity/credentials.json",
+            "identity/111122223333.json",
         ] {
             std::fs::write(d.path().join(f), "x").unwrap();
         }
@@ -510,6 +513,8 @@ data_dir = "data"
         let c = Config::from_toml(text, d.path()).expect("p11kms.example.toml must stay valid");
         assert_eq!(c.certificate_bindings().unwrap().len(), 1);
         assert_eq!(c.hsm.acquire_timeout_ms, 2000);
+        assert_eq!(c.directory_files().accounts.len(), 1);
+        assert!(c.metrics.enabled);
     }
 
     #[test]
