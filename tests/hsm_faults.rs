@@ -730,3 +730,58 @@ async fn after_a_device_reset_only_one_request_fails() {
     );
     server.shutdown().await.expect("shutdown");
 }
+
+/// The health status of the KMS service, polled until it equals `want` (bounded).
+async fn wait_health(addr: std::net::SocketAddr, want: i32) -> i32 {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = p11kms::client::ClientConfig {
+        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
+        ca_cert: Some(env().pki.join("ca.pem")),
+        tls_domain: Some("localhost".into()),
+        ..Default::default()
+    }
+    .channel()
+    .await
+    .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let mut status = -1;
+    for _ in 0..60 {
+        status = health
+            .check(HealthCheckRequest {
+                service: "p11kms.v1.KeyManagementService".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1);
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_device() {
+    let Some(f) = faults().await else { return };
+    let config = shim_config(&f, "health");
+    let server = start_config(&config)
+        .await
+        .expect("daemon starts on the shim");
+    // 1 = SERVING, 2 = NOT_SERVING (grpc.health.v1).
+    assert_eq!(wait_health(server.addr, 1).await, 1);
+    f.set("dead");
+    assert_eq!(
+        wait_health(server.addr, 2).await,
+        2,
+        "dead HSM must be NOT_SERVING"
+    );
+    f.clear();
+    assert_eq!(
+        wait_health(server.addr, 1).await,
+        1,
+        "recovered HSM must be SERVING"
+    );
+    server.shutdown().await.expect("shutdown");
+}

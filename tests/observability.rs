@@ -1,0 +1,165 @@
+//! Metrics, health and reflection against the real daemon.
+
+mod common;
+
+use common::*;
+use p11kms::pb;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+/// Fetches `GET /metrics` with a plain HTTP/1.1 request over loopback.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    text
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_requests() {
+    let dir = data_dir("metrics");
+    let server = start(&dir).await;
+    let maddr = server.metrics_addr.expect("metrics enabled");
+    assert!(maddr.ip().is_loopback());
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+
+    let before = scrape(maddr).await;
+    let ok = "p11kms_requests_total{door=\"grpc\",operation=\"Encrypt\",outcome=\"Success\"}";
+    let denied =
+        "p11kms_requests_total{door=\"grpc\",operation=\"Encrypt\",outcome=\"AccessDeniedException\"}";
+    for _ in 0..3 {
+        c.encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"m".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut user2 = client_as(server.addr, Some("user2")).await;
+    let r = user2
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"m".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "AccessDeniedException");
+    let mut anon = client_as(server.addr, None).await;
+    let _ = anon.list_keys(pb::ListKeysRequest::default()).await;
+
+    let after = scrape(maddr).await;
+    assert_eq!(sample(&after, ok) - sample(&before, ok), 3.0, "{after}");
+    assert_eq!(sample(&after, denied) - sample(&before, denied), 1.0);
+    let unauth = "p11kms_requests_total{door=\"grpc\",operation=\"ListKeys\",outcome=\"MissingAuthenticationTokenException\"}";
+    assert_eq!(sample(&after, unauth), 1.0, "{after}");
+    let calls = "p11kms_hsm_calls_total{function=\"C_Encrypt\"}";
+    assert!(sample(&after, calls) - sample(&before, calls) >= 3.0);
+    assert!(
+        sample(
+            &after,
+            "p11kms_hsm_call_duration_seconds_count{function=\"C_Encrypt\"}"
+        ) >= 3.0
+    );
+    let deny = "p11kms_policy_decisions_total{effect=\"Deny\",reason=\"ImplicitDeny\"}";
+    assert!(sample(&after, deny) - sample(&before, deny) >= 1.0);
+    let allow = "p11kms_policy_decisions_total{effect=\"Allow\",reason=\"Allowed\"}";
+    assert!(sample(&after, allow) - sample(&before, allow) >= 3.0);
+    for family in [
+        "p11kms_request_duration_seconds_bucket{",
+        "p11kms_hsm_queue_wait_seconds_count",
+        "p11kms_hsm_queue_depth",
+        "p11kms_hsm_rejections_total{reason=\"busy\"}",
+    ] {
+        assert!(after.contains(family), "missing {family}");
+    }
+    // No secret material in metrics.
+    assert!(!after.contains(USER_PIN));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_serving_and_reflection_lists_the_api() {
+    let dir = data_dir("health");
+    let server = start(&dir).await;
+    let channel = p11kms::client::ClientConfig {
+        endpoint: Some(format!("https://127.0.0.1:{}", server.addr.port())),
+        ca_cert: Some(env().pki.join("ca.pem")),
+        tls_domain: Some("localhost".into()),
+        ..Default::default()
+    }
+    .channel()
+    .await
+    .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let mut status = 0;
+    for _ in 0..50 {
+        status = health
+            .check(HealthCheckRequest {
+                service: "p11kms.v1.KeyManagementService".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(0);
+        if status == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 1, "health must be SERVING");
+
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in [
+        "p11kms.v1.KeyManagementService",
+        "p11kms.v1.SecurityTokenService",
+        "p11kms.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == s), "{s} not in {names:?}");
+    }
+    server.shutdown().await.unwrap();
+}
