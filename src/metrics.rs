@@ -161,6 +161,16 @@ impl Collector for EngineCollector {
             "Requests waiting for an HSM session now",
             stats.queue_depth as i64,
         )?;
+        {
+            let c = ConstCounter::new(stats.health_probes);
+            let m = encoder.encode_descriptor(
+                "p11kms_hsm_health_probes",
+                "Health probes sent to the HSM (C_GetSessionInfo), not in p11kms_hsm_calls",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(m)?;
+        }
         gauge(
             &mut encoder,
             "p11kms_hsm_sessions",

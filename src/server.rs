@@ -82,7 +82,10 @@ pub struct RunningServer {
     health_task: tokio::task::JoinHandle<()>,
     /// Where the metrics endpoint listens, when enabled.
     pub metrics_addr: Option<SocketAddr>,
-    metrics_task: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)>,
+    metrics_task: Option<(
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
     auth: Arc<Authenticator>,
     directory_files: crate::identity::DirectoryFiles,
 }
@@ -133,7 +136,10 @@ impl RunningServer {
 
 /// Keeps the gRPC health service in step with the HSM: SERVING while a session answers,
 /// NOT_SERVING otherwise.
-fn spawn_health(kms: Arc<Kms>, health: tonic_health::server::HealthReporter) -> tokio::task::JoinHandle<()> {
+fn spawn_health(
+    kms: Arc<Kms>,
+    health: tonic_health::server::HealthReporter,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let services = [
             "",
@@ -283,7 +289,8 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new(kms.clone(), Vec::new()));
-    let door = Door::new(kms.clone(), auth.clone(), metrics.clone());
+    let gate = crate::api::gate::Gate::new(kms.clone(), metrics.clone());
+    let door = Door::new(auth.clone(), gate);
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)

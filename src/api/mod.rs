@@ -1,4 +1,5 @@
 //! The doors onto the engine. A door only translates: wire types to core types and back, and
 //! `KmsError` to the wire's error shape, in one place per door. It holds no business logic.
 
+pub mod gate;
 pub mod grpc;

@@ -146,12 +146,11 @@ fn grant_views(grants: &[GrantRecord]) -> Vec<GrantView<'_>> {
             grant_id: &g.grant_id,
             grantee_principal: &g.grantee_principal,
             operations: &g.operations,
-            constraints: (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then_some(
-                GrantConstraintsView {
+            constraints: (g.constraint_equals.is_some() || g.constraint_subset.is_some())
+                .then_some(GrantConstraintsView {
                     encryption_context_equals: g.constraint_equals.as_ref(),
                     encryption_context_subset: g.constraint_subset.as_ref(),
-                },
-            ),
+                }),
         })
         .collect()
 }

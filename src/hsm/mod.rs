@@ -443,7 +443,7 @@ impl Hsm {
     }
 
     /// Health check: `C_GetSessionInfo` through a worker; fails unless the
-    /// session is usable and logged in.
+    /// session is usable and logged in. Counted as a health probe, not in [`Hsm::counters`].
     pub async fn ping(&self) -> Result<(), HsmError> {
         self.submit("ping", ops::ping).await
     }
@@ -470,6 +470,7 @@ impl Hsm {
             workers: self.pool.workers(),
             rejected_busy: c.busy.load(Ordering::Relaxed),
             rejected_timeout: c.timeouts.load(Ordering::Relaxed),
+            health_probes: c.probes.load(Ordering::Relaxed),
         }
     }
 

@@ -521,7 +521,9 @@ pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmEr
 
 /// Health: the worker session is usable and logged in.
 pub(crate) fn ping(ctx: &mut WorkerCtx) -> Result<(), HsmError> {
-    ctx.count("C_GetSessionInfo");
+    // Health probes are counted apart (`health_probes`), so the per-function counters show
+    // only what requests caused: a denied request must leave them unchanged.
+    ctx.shared.counters.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let info = ctx
         .session
         .get_session_info()

@@ -315,6 +315,8 @@ pub(crate) struct Counters {
     pub(crate) queue_wait: LatencyHistogram,
     pub(crate) busy: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    /// Health probes (`C_GetSessionInfo` from [`super::Hsm::ping`]), kept out of `map`.
+    pub(crate) probes: AtomicU64,
 }
 
 impl Default for Counters {
@@ -329,6 +331,7 @@ impl Default for Counters {
             queue_wait: LatencyHistogram::default(),
             busy: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct HsmStats {
     pub rejected_busy: u64,
     /// Requests that waited past their deadline (DependencyTimeoutException).
     pub rejected_timeout: u64,
+    /// Health probes sent to the device (not in `calls`).
+    pub health_probes: u64,
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@
 pub mod admin;
 pub mod capture;
 pub mod kms;
+pub mod params;
 pub mod status;
 pub mod sts;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
@@ -23,12 +23,11 @@ use zeroize::Zeroizing;
 
 use crate::core::aliases::AliasListEntry;
 use crate::core::keys::KeyMetadata;
-use crate::core::record;
+use crate::api::gate::{Gate, RequestInfo};
 use crate::core::{Kms, KmsError};
 use crate::identity::auth::{AuthError, Authenticator, SigV4Input};
 use crate::identity::sigv4::SignableRequest;
 use crate::identity::Caller;
-use crate::metrics::Metrics;
 use crate::pb;
 use crate::store::{GrantRecord, Tag};
 use capture::SignedRequestInfo;
@@ -40,18 +39,22 @@ pub const DOOR: &str = "grpc";
 /// Allowed clock skew for SigV4 on the gRPC door, seconds.
 pub const MAX_SKEW_SECS: i64 = 300;
 
-/// What every gRPC service of the door shares: the engine, the authenticator and metrics.
+/// What every gRPC service of the door shares: the engine, the authenticator and the gate.
 #[derive(Debug, Clone)]
 pub struct Door {
     kms: Arc<Kms>,
     auth: Arc<Authenticator>,
-    metrics: Arc<Metrics>,
+    gate: Gate,
 }
 
 impl Door {
     /// A door over an engine.
-    pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> Self {
-        Door { kms, auth, metrics }
+    pub fn new(auth: Arc<Authenticator>, gate: Gate) -> Self {
+        Door {
+            kms: gate.kms().clone(),
+            auth,
+            gate,
+        }
     }
 
     /// Serves one request: authenticates the caller, runs `f` with the engine in a record
@@ -64,27 +67,35 @@ impl Door {
         f: F,
     ) -> Result<Response<R>, Status>
     where
+        T: params::AuditParams,
         F: FnOnce(Arc<Kms>, Caller, T) -> Fut,
         Fut: Future<Output = Result<R, KmsError>>,
+        R: params::AuditResponse,
     {
-        let started = Instant::now();
+        let mut info = RequestInfo::new(DOOR, op);
+        info.source_ip = request.remote_addr().map(|a| a.ip());
+        info.user_agent = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        info.params = request.get_ref().audit_params();
         let caller = match self.caller(&request, service) {
             Ok(c) => c,
             Err(status) => {
                 let outcome =
                     status::aws_reason(&status).unwrap_or_else(|| "Unauthenticated".into());
-                self.metrics.request(DOOR, op, &outcome, started.elapsed());
+                self.gate.refused(&info, &outcome, status.message()).await;
                 return Err(status);
             }
         };
         let msg = request.into_inner();
-        let (result, _record) = record::scope(f(self.kms.clone(), caller, msg)).await;
-        let outcome = match &result {
-            Ok(_) => "Success",
-            Err(e) => e.aws_name(),
-        };
-        self.metrics.request(DOOR, op, outcome, started.elapsed());
-        result.map(Response::new).map_err(status::to_status)
+        let fut = f(self.kms.clone(), caller.clone(), msg);
+        self.gate
+            .run(info, caller, fut, |r: &R| r.audit_response())
+            .await
+            .map(Response::new)
+            .map_err(status::to_status)
     }
 
     /// The caller behind a request: a SigV4 signature when the request has an

@@ -1,0 +1,319 @@
+//! What the audit trail records of each gRPC request and response, with CloudTrail's member
+//! names (camelCase). Plaintext, data keys, ciphertext blobs, secrets, session tokens and grant
+//! tokens are never included: each message lists what is safe, field by field.
+
+use serde_json::{json, Value};
+
+use crate::pb;
+
+/// The CloudTrail `requestParameters` of a request message.
+pub trait AuditParams {
+    /// Request parameters, without secrets.
+    fn audit_params(&self) -> Value;
+}
+
+/// The CloudTrail `responseElements` of a response message (`null` for most operations).
+pub trait AuditResponse {
+    /// Response elements, without secrets.
+    fn audit_response(&self) -> Value {
+        Value::Null
+    }
+}
+
+fn opt(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_string())
+    }
+}
+
+fn tags(t: &[pb::Tag]) -> Value {
+    Value::Array(
+        t.iter()
+            .map(|t| json!({"tagKey": t.tag_key, "tagValue": t.tag_value}))
+            .collect(),
+    )
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref()
+        .map(|t| json!(crate::core::authz::iso8601(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))))
+        .unwrap_or(Value::Null)
+}
+
+/// Removes nulls so events carry only what the request had.
+fn compact(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+macro_rules! params {
+    ($t:ty, |$r:ident| $body:expr) => {
+        impl AuditParams for $t {
+            fn audit_params(&self) -> Value {
+                let $r = self;
+                compact($body)
+            }
+        }
+    };
+}
+
+params!(pb::CreateKeyRequest, |r| json!({
+    "description": r.description,
+    "keyUsage": opt(&r.key_usage),
+    "keySpec": opt(&r.key_spec),
+    "customerMasterKeySpec": opt(&r.customer_master_key_spec),
+    "origin": opt(&r.origin),
+    "bypassPolicyLockoutSafetyCheck": r.bypass_policy_lockout_safety_check,
+    "policy": opt(&r.policy),
+    "tags": tags(&r.tags),
+    "multiRegion": r.multi_region,
+}));
+params!(pb::DescribeKeyRequest, |r| json!({"keyId": r.key_id}));
+params!(pb::ListKeysRequest, |r| json!({"limit": r.limit, "marker": opt(&r.marker)}));
+params!(pb::EnableKeyRequest, |r| json!({"keyId": r.key_id}));
+params!(pb::DisableKeyRequest, |r| json!({"keyId": r.key_id}));
+params!(pb::ScheduleKeyDeletionRequest, |r| json!({
+    "keyId": r.key_id,
+    "pendingWindowInDays": r.pending_window_in_days,
+}));
+params!(pb::CancelKeyDeletionRequest, |r| json!({"keyId": r.key_id}));
+params!(pb::UpdateKeyDescriptionRequest, |r| json!({
+    "keyId": r.key_id,
+    "description": r.description,
+}));
+params!(pb::TagResourceRequest, |r| json!({"keyId": r.key_id, "tags": tags(&r.tags)}));
+params!(pb::UntagResourceRequest, |r| json!({"keyId": r.key_id, "tagKeys": r.tag_keys}));
+params!(pb::ListResourceTagsRequest, |r| json!({
+    "keyId": r.key_id,
+    "limit": r.limit,
+    "marker": opt(&r.marker),
+}));
+params!(pb::CreateAliasRequest, |r| json!({
+    "aliasName": r.alias_name,
+    "targetKeyId": r.target_key_id,
+}));
+params!(pb::UpdateAliasRequest, |r| json!({
+    "aliasName": r.alias_name,
+    "targetKeyId": r.target_key_id,
+}));
+params!(pb::DeleteAliasRequest, |r| json!({"aliasName": r.alias_name}));
+params!(pb::ListAliasesRequest, |r| json!({
+    "keyId": opt(&r.key_id),
+    "limit": r.limit,
+    "marker": opt(&r.marker),
+}));
+params!(pb::EncryptRequest, |r| json!({
+    "keyId": r.key_id,
+    "encryptionContext": r.encryption_context,
+    "encryptionAlgorithm": opt(&r.encryption_algorithm).as_str().map(str::to_string).unwrap_or_else(|| "SYMMETRIC_DEFAULT".into()),
+    "grantTokens": (!r.grant_tokens.is_empty()).then(|| r.grant_tokens.len()),
+}));
+params!(pb::DecryptRequest, |r| json!({
+    "keyId": opt(&r.key_id),
+    "encryptionContext": r.encryption_context,
+    "encryptionAlgorithm": opt(&r.encryption_algorithm).as_str().map(str::to_string).unwrap_or_else(|| "SYMMETRIC_DEFAULT".into()),
+}));
+params!(pb::ReEncryptRequest, |r| json!({
+    "sourceKeyId": opt(&r.source_key_id),
+    "destinationKeyId": r.destination_key_id,
+    "sourceEncryptionContext": r.source_encryption_context,
+    "destinationEncryptionContext": r.destination_encryption_context,
+}));
+params!(pb::GenerateDataKeyRequest, |r| json!({
+    "keyId": r.key_id,
+    "encryptionContext": r.encryption_context,
+    "keySpec": opt(&r.key_spec),
+    "numberOfBytes": r.number_of_bytes,
+}));
+params!(pb::GenerateDataKeyWithoutPlaintextRequest, |r| json!({
+    "keyId": r.key_id,
+    "encryptionContext": r.encryption_context,
+    "keySpec": opt(&r.key_spec),
+    "numberOfBytes": r.number_of_bytes,
+}));
+params!(pb::GenerateRandomRequest, |r| json!({"numberOfBytes": r.number_of_bytes}));
+params!(pb::GetKeyPolicyRequest, |r| json!({
+    "keyId": r.key_id,
+    "policyName": if r.policy_name.is_empty() { "default" } else { r.policy_name.as_str() },
+}));
+params!(pb::PutKeyPolicyRequest, |r| json!({
+    "keyId": r.key_id,
+    "policyName": if r.policy_name.is_empty() { "default" } else { r.policy_name.as_str() },
+    "policy": r.policy,
+    "bypassPolicyLockoutSafetyCheck": r.bypass_policy_lockout_safety_check,
+}));
+params!(pb::ListKeyPoliciesRequest, |r| json!({"keyId": r.key_id}));
+params!(pb::CreateGrantRequest, |r| json!({
+    "keyId": r.key_id,
+    "granteePrincipal": r.grantee_principal,
+    "retiringPrincipal": opt(&r.retiring_principal),
+    "operations": r.operations,
+    "constraints": r.constraints.as_ref().map(|c| json!({
+        "encryptionContextSubset": c.encryption_context_subset.as_ref().map(|m| &m.pairs),
+        "encryptionContextEquals": c.encryption_context_equals.as_ref().map(|m| &m.pairs),
+    })),
+    "name": opt(&r.name),
+}));
+params!(pb::ListGrantsRequest, |r| json!({
+    "keyId": r.key_id,
+    "grantId": opt(&r.grant_id),
+    "granteePrincipal": opt(&r.grantee_principal),
+    "limit": r.limit,
+}));
+params!(pb::ListRetirableGrantsRequest, |r| json!({
+    "retiringPrincipal": r.retiring_principal,
+    "limit": r.limit,
+}));
+// The grant token is a capability: log that one was used, never its value.
+params!(pb::RetireGrantRequest, |r| json!({
+    "keyId": opt(&r.key_id),
+    "grantId": opt(&r.grant_id),
+    "grantToken": (!r.grant_token.is_empty()).then_some("(given)"),
+}));
+params!(pb::RevokeGrantRequest, |r| json!({"keyId": r.key_id, "grantId": r.grant_id}));
+params!(pb::AssumeRoleRequest, |r| json!({
+    "roleArn": r.role_arn,
+    "roleSessionName": r.role_session_name,
+    "durationSeconds": r.duration_seconds,
+    "policy": opt(&r.policy),
+    "tags": r.tags.iter().map(|t| json!({"key": t.tag_key, "value": t.tag_value})).collect::<Vec<_>>(),
+}));
+params!(pb::GetCallerIdentityRequest, |_r| json!({}));
+params!(pb::ExplainAccessRequest, |r| json!({
+    "principal": r.principal,
+    "action": r.action,
+    "keyId": r.key_id,
+    "encryptionContext": r.encryption_context,
+    "sourceIp": opt(&r.source_ip),
+}));
+
+fn metadata(m: &Option<pb::KeyMetadata>) -> Value {
+    m.as_ref()
+        .map(|m| {
+            json!({"keyMetadata": {
+                "keyId": m.key_id,
+                "arn": m.arn,
+                "keyState": m.key_state,
+                "keySpec": m.key_spec,
+                "keyUsage": m.key_usage,
+                "origin": m.origin,
+            }})
+        })
+        .unwrap_or(Value::Null)
+}
+
+impl AuditResponse for pb::CreateKeyResponse {
+    fn audit_response(&self) -> Value {
+        metadata(&self.key_metadata)
+    }
+}
+impl AuditResponse for pb::ScheduleKeyDeletionResponse {
+    fn audit_response(&self) -> Value {
+        json!({
+            "keyId": self.key_id,
+            "deletionDate": ts(&self.deletion_date),
+            "keyState": self.key_state,
+            "pendingWindowInDays": self.pending_window_in_days,
+        })
+    }
+}
+impl AuditResponse for pb::CancelKeyDeletionResponse {
+    fn audit_response(&self) -> Value {
+        json!({"keyId": self.key_id})
+    }
+}
+impl AuditResponse for pb::CreateGrantResponse {
+    fn audit_response(&self) -> Value {
+        json!({"grantId": self.grant_id})
+    }
+}
+// Credentials: the access key id and expiry only; never the secret or the session token.
+impl AuditResponse for pb::AssumeRoleResponse {
+    fn audit_response(&self) -> Value {
+        json!({
+            "credentials": self.credentials.as_ref().map(|c| json!({
+                "accessKeyId": c.access_key_id,
+                "expiration": ts(&c.expiration),
+            })),
+            "assumedRoleUser": self.assumed_role_user.as_ref().map(|u| json!({
+                "assumedRoleId": u.assumed_role_id,
+                "arn": u.arn,
+            })),
+        })
+    }
+}
+impl AuditResponse for pb::ExplainAccessResponse {
+    fn audit_response(&self) -> Value {
+        json!({"decision": self.decision, "reason": self.reason})
+    }
+}
+
+macro_rules! null_response {
+    ($($t:ty),* $(,)?) => { $(impl AuditResponse for $t {})* };
+}
+
+null_response!(
+    pb::DescribeKeyResponse,
+    pb::ListKeysResponse,
+    pb::EnableKeyResponse,
+    pb::DisableKeyResponse,
+    pb::UpdateKeyDescriptionResponse,
+    pb::TagResourceResponse,
+    pb::UntagResourceResponse,
+    pb::ListResourceTagsResponse,
+    pb::CreateAliasResponse,
+    pb::UpdateAliasResponse,
+    pb::DeleteAliasResponse,
+    pb::ListAliasesResponse,
+    pb::EncryptResponse,
+    pb::DecryptResponse,
+    pb::ReEncryptResponse,
+    pb::GenerateDataKeyResponse,
+    pb::GenerateDataKeyWithoutPlaintextResponse,
+    pb::GenerateRandomResponse,
+    pb::GetKeyPolicyResponse,
+    pb::PutKeyPolicyResponse,
+    pb::ListKeyPoliciesResponse,
+    pb::ListGrantsResponse,
+    pb::RetireGrantResponse,
+    pb::RevokeGrantResponse,
+    pb::GetCallerIdentityResponse,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_never_in_params() {
+        let e = pb::EncryptRequest {
+            key_id: "alias/a".into(),
+            plaintext: b"TOP-SECRET-PLAINTEXT".to_vec(),
+            encryption_context: [("dept".to_string(), "hr".to_string())].into(),
+            ..Default::default()
+        };
+        let p = e.audit_params().to_string();
+        assert!(!p.contains("TOP-SECRET"));
+        assert!(p.contains("\"encryptionContext\":{\"dept\":\"hr\"}"), "{p}");
+        let r = pb::RetireGrantRequest {
+            grant_token: "CAPABILITY-TOKEN".into(),
+            ..Default::default()
+        };
+        assert!(!r.audit_params().to_string().contains("CAPABILITY"));
+        let a = pb::AssumeRoleResponse {
+            credentials: Some(pb::Credentials {
+                access_key_id: "ASIAX".into(),
+                secret_access_key: "SECRET-KEY-VALUE".into(),
+                session_token: "SESSION-TOKEN-VALUE".into(),
+                expiration: None,
+            }),
+            assumed_role_user: None,
+        };
+        let s = a.audit_response().to_string();
+        assert!(s.contains("ASIAX") && !s.contains("SECRET-KEY") && !s.contains("SESSION-TOKEN"));
+    }
+}
