@@ -48,7 +48,12 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
     pub identity: IdentityConfig,
+    /// The AWS JSON 1.1 door (AWS CLI, SDKs); off unless enabled.
+    #[serde(default)]
+    pub aws_json: AwsJsonConfig,
 }
 
 /// `[server]`: the gRPC listener and its TLS files.
@@ -131,6 +136,41 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
 }
 
+/// `[audit]`: the tamper-evident audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Directory of the JSON-lines segments; default `<store.data_dir>/audit`.
+    pub dir: Option<PathBuf>,
+    /// `group-commit` (the event is fsynced before the response; concurrent requests share
+    /// one fsync) or `relaxed` (fsync every `fsync_interval_ms`).
+    pub durability: String,
+    /// Relaxed mode's fsync interval.
+    pub fsync_interval_ms: u64,
+    /// Start a new segment past this size.
+    pub max_segment_bytes: u64,
+    /// Start a new segment past this age (0 = never by age).
+    pub max_segment_age_secs: u64,
+    /// Add a signed checkpoint every N events.
+    pub checkpoint_every_events: u64,
+    /// ... and at least every T seconds (0 = count only).
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            dir: None,
+            durability: "group-commit".into(),
+            fsync_interval_ms: 1000,
+            max_segment_bytes: 64 * 1024 * 1024,
+            max_segment_age_secs: 86_400,
+            checkpoint_every_events: 1000,
+            checkpoint_interval_secs: 60,
+        }
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,6 +186,32 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// `[aws_json]`: the AWS-compatible door (AWS JSON 1.1 for KMS, the Query protocol for STS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsJsonConfig {
+    /// Serve the door.
+    pub enabled: bool,
+    /// Where to listen, e.g. `127.0.0.1:4443`. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// HTTPS with `[server] tls_cert`/`tls_key`. Plain HTTP (`false`) is allowed only on a
+    /// loopback address.
+    pub tls: bool,
+    /// Largest request body accepted; larger ones are refused before they are parsed.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AwsJsonConfig {
+    fn default() -> Self {
+        AwsJsonConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4443)),
+            tls: true,
+            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -253,6 +319,9 @@ impl Config {
         if let Some(p) = self.identity.credentials.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.audit.dir.as_mut() {
+            fix(p);
+        }
         for a in &mut self.identity.account {
             fix(&mut a.authorization_details);
             for g in &mut a.guardrails {
@@ -308,6 +377,27 @@ impl Config {
             ));
         }
         self.certificate_bindings()?;
+        if self.aws_json.enabled && !self.aws_json.tls && !self.aws_json.listen.ip().is_loopback() {
+            return invalid(format!(
+                "aws_json.tls = false is allowed only on a loopback address, not {}",
+                self.aws_json.listen
+            ));
+        }
+        if self.aws_json.max_body_bytes < 1024 || self.aws_json.max_body_bytes > 16 * 1024 * 1024 {
+            return invalid("aws_json.max_body_bytes must be 1024 to 16777216".into());
+        }
+        if !matches!(self.audit.durability.as_str(), "group-commit" | "relaxed") {
+            return invalid(format!(
+                "audit.durability must be \"group-commit\" or \"relaxed\", not {:?}",
+                self.audit.durability
+            ));
+        }
+        if self.audit.checkpoint_every_events == 0 || self.audit.max_segment_bytes < 4096 {
+            return invalid(
+                "audit.checkpoint_every_events must be at least 1 and audit.max_segment_bytes at least 4096"
+                    .into(),
+            );
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, a) in self.identity.account.iter().enumerate() {
             if !crate::identity::arn::is_account_id(&a.account_id) {
@@ -340,6 +430,34 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The audit directory.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.store.data_dir.join("audit"))
+    }
+
+    /// The audit writer's configuration.
+    pub fn audit_config(&self) -> crate::audit::AuditConfig {
+        let a = &self.audit;
+        let mut c = crate::audit::AuditConfig::new(self.audit_dir());
+        c.durability = if a.durability == "relaxed" {
+            crate::audit::Durability::Relaxed {
+                fsync_interval: Duration::from_millis(a.fsync_interval_ms.max(1)),
+            }
+        } else {
+            crate::audit::Durability::GroupCommit
+        };
+        c.max_segment_bytes = a.max_segment_bytes;
+        c.max_segment_age =
+            (a.max_segment_age_secs > 0).then(|| Duration::from_secs(a.max_segment_age_secs));
+        c.checkpoint_every_events = a.checkpoint_every_events;
+        c.checkpoint_interval =
+            (a.checkpoint_interval_secs > 0).then(|| Duration::from_secs(a.checkpoint_interval_secs));
+        c
     }
 
     /// The identity directory's files.

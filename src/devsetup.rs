@@ -290,6 +290,13 @@ softhsm2_conf = "softhsm/softhsm2.conf"
 [store]
 data_dir = "db"
 
+# The AWS door: the AWS CLI, boto3 and the AWS SDKs (AWS_ENDPOINT_URL_KMS=https://localhost:4443,
+# AWS_CA_BUNDLE=pki/ca.pem). HTTPS with the [server] certificate.
+[aws_json]
+enabled = true
+listen = "127.0.0.1:4443"
+tls = true
+
 # Who is who: the dev account's users and policies (aws iam get-account-authorization-details
 # format), and credentials (access keys, certificate bindings). Reloaded on SIGHUP.
 [identity]

@@ -16,6 +16,7 @@
 //! | [`hsm`] | everything PKCS#11 (the only place `cryptoki` is imported): module, token, sessions, handle cache, operations |
 //! | [`store`] | metadata persistence behind [`store::MetadataStore`]; SQLite embedded by default |
 //! | [`ciphertext`] | ciphertext format v1 and its AAD |
+//! | [`audit`] | the tamper-evident audit trail: events, the hash-chained group-committed writer, HSM-signed checkpoints, the offline verifier |
 //! | [`api`] | the doors: gRPC today, and the one mapping from `KmsError` to each wire's error |
 //! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
 //! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
@@ -29,6 +30,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod check;
 pub mod ciphertext;
 pub mod client;

@@ -96,6 +96,11 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Policy tools: offline evaluation of test vectors, and explaining a live decision.
     Policy {
         #[command(subcommand)]
@@ -180,6 +185,21 @@ enum KeyCommand {
         /// Skip the check that you can still change the policy afterwards (dangerous).
         #[arg(long)]
         bypass_policy_lockout_safety_check: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check audit segments offline (no HSM, no daemon): hashes, chain, sequence numbers,
+    /// segment links and checkpoint signatures. Exits non-zero on any problem.
+    Verify {
+        /// The audit public key (PEM or DER), `audit-public-key.pem` in the data directory.
+        /// Without it, checkpoint signatures are not checked.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Segment files (`audit-*.jsonl`), in any order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -462,7 +482,11 @@ fn print_json(v: &serde_json::Value) {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never in files or journald.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -1029,6 +1053,7 @@ async fn client_command(command: Command) -> Result<(), String> {
         Command::Serve { .. }
         | Command::Check { .. }
         | Command::DevSetup { .. }
+        | Command::Audit { .. }
         | Command::Policy {
             command: PolicyCommand::Eval { .. },
         } => {}
@@ -1092,6 +1117,12 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { public_key, files },
+        } => {
+            let code = p11kms::audit::run_verify_cli(public_key.as_deref(), &files);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::DevSetup { data_dir, listen } => {
             let out = p11kms::devsetup::dev_setup(&data_dir, &listen).map_err(|e| e.to_string())?;

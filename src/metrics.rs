@@ -321,3 +321,54 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// The audit writer's figures: queue depth, fsync latency, records, errors, health.
+pub struct AuditSource(pub Arc<crate::audit::AuditLog>);
+
+impl ScrapeSource for AuditSource {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::audit::FSYNC_BUCKETS_SECONDS;
+        let s = self.0.stats();
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
+            let g = ConstGauge::new(v);
+            let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+            g.encode(m)
+        };
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| {
+            let c = ConstCounter::new(v);
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)
+        };
+        gauge(encoder, "p11kms_audit_queue_depth", "Audit events waiting to be written", s.queue_depth as i64)?;
+        gauge(encoder, "p11kms_audit_healthy", "1 while the audit trail is writable", i64::from(s.healthy))?;
+        counter(encoder, "p11kms_audit_events", "Audit events written", s.events_written)?;
+        counter(encoder, "p11kms_audit_checkpoints", "Signed checkpoints written", s.checkpoints_written)?;
+        counter(encoder, "p11kms_audit_write_errors", "Audit write failures", s.write_errors)?;
+        counter(encoder, "p11kms_audit_checkpoint_errors", "Checkpoint signing failures", s.checkpoint_errors)?;
+        counter(encoder, "p11kms_audit_rejected", "Events refused (queue full or trail unavailable)", s.rejected)?;
+        // The writer's buckets are cumulative; the encoder wants per-bucket counts.
+        let mut prev = 0u64;
+        let buckets: Vec<(f64, u64)> = FSYNC_BUCKETS_SECONDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(s.fsync_buckets.iter().copied())
+            .map(|(le, cum)| {
+                let n = cum.saturating_sub(prev);
+                prev = cum;
+                (le, n)
+            })
+            .collect();
+        let snap = HistogramSnapshot {
+            sum_secs: s.fsync_seconds_sum,
+            count: s.fsyncs,
+            buckets,
+        };
+        encode_histogram(
+            encoder,
+            "p11kms_audit_fsync_duration_seconds",
+            "Audit fsync latency (one fsync per group-committed batch)",
+            &[(None, snap)],
+        )
+    }
+}

@@ -20,6 +20,7 @@ use crate::hsm::{Hsm, HsmError};
 use crate::identity::auth::Authenticator;
 use crate::identity::directory::IdentityError;
 use crate::identity::{DirectoryHandle, SessionStore};
+use crate::audit::{export_public_key, AuditLog, CheckpointSigner, HsmCheckpointSigner};
 use crate::metrics::Metrics;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
@@ -39,6 +40,8 @@ pub enum ServerError {
     Hsm(#[from] HsmError),
     #[error("identity directory: {0}")]
     Identity(#[from] IdentityError),
+    #[error("audit trail: {0}")]
+    Audit(String),
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
     #[error("engine: {0}")]
@@ -88,6 +91,11 @@ pub struct RunningServer {
     )>,
     auth: Arc<Authenticator>,
     directory_files: crate::identity::DirectoryFiles,
+    /// Where the AWS door (`[aws_json]`) listens, when enabled.
+    pub aws_json_addr: Option<SocketAddr>,
+    aws_json: Option<crate::api::aws_json::AwsJsonServer>,
+    /// The audit trail (tests read its health and files).
+    pub audit: Arc<AuditLog>,
 }
 
 impl RunningServer {
@@ -123,6 +131,9 @@ impl RunningServer {
 
 impl RunningServer {
     async fn stop_background(&mut self) {
+        if let Some(aws) = self.aws_json.take() {
+            aws.shutdown().await;
+        }
         self.sweeper.abort();
         self.reloader.abort();
         self.health_task.abort();
@@ -130,14 +141,32 @@ impl RunningServer {
             let _ = tx.send(());
             let _ = task.await;
         }
+        // The final checkpoint needs the HSM: close the trail before the HSM layer.
+        if let Err(e) = self.audit.shutdown().await {
+            tracing::error!(error = %e, "closing the audit trail failed");
+        }
         self.kms.hsm().shutdown();
     }
 }
 
-/// Keeps the gRPC health service in step with the HSM: SERVING while a session answers,
-/// NOT_SERVING otherwise.
+/// Opens the audit trail: the HSM-resident checkpoint key (created at first start), its
+/// public key exported to the data directory, and the writer.
+async fn open_audit(config: &Config, kms: &Arc<Kms>) -> Result<Arc<AuditLog>, ServerError> {
+    let signer = HsmCheckpointSigner::new(kms.hsm().clone(), crate::audit::AUDIT_KEY_LABEL).await?;
+    std::fs::create_dir_all(&config.store.data_dir)?;
+    export_public_key(&config.store.data_dir, signer.public_key_spki_der())
+        .map_err(|e| ServerError::Audit(e.to_string()))?;
+    let log = AuditLog::open(config.audit_config(), Some(Arc::new(signer)))
+        .await
+        .map_err(|e| ServerError::Audit(e.to_string()))?;
+    Ok(Arc::new(log))
+}
+
+/// Keeps the gRPC health service in step with the HSM and the audit trail: SERVING while a
+/// session answers and the trail is writable, NOT_SERVING otherwise.
 fn spawn_health(
     kms: Arc<Kms>,
+    audit: Arc<AuditLog>,
     health: tonic_health::server::HealthReporter,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -149,7 +178,8 @@ fn spawn_health(
         ];
         let mut last = None;
         loop {
-            let ok = kms.hsm().ping().await.is_ok();
+            let audit_ok = audit.healthy();
+            let ok = audit_ok && kms.hsm().ping().await.is_ok();
             if last != Some(ok) {
                 let status = if ok {
                     tonic_health::ServingStatus::Serving
@@ -160,7 +190,10 @@ fn spawn_health(
                     health.set_service_status(s, status).await;
                 }
                 if !ok {
-                    tracing::error!("health: NOT_SERVING (the HSM does not answer)");
+                    tracing::error!(
+                        audit_writable = audit_ok,
+                        "health: NOT_SERVING (the HSM does not answer or the audit trail cannot be written)"
+                    );
                 } else if last.is_some() {
                     tracing::info!("health: SERVING again");
                 }
@@ -288,8 +321,13 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     }
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
-    let metrics = Arc::new(Metrics::new(kms.clone(), Vec::new()));
-    let gate = crate::api::gate::Gate::new(kms.clone(), metrics.clone());
+    let audit = open_audit(config, &kms).await?;
+    let metrics = Arc::new(Metrics::new(
+        kms.clone(),
+        vec![Box::new(crate::metrics::AuditSource(audit.clone()))],
+    ));
+    let gate = crate::api::gate::Gate::new(kms.clone(), metrics.clone(), audit.clone());
+    let aws_json = crate::api::aws_json::start(config, auth.clone(), gate.clone()).await?;
     let door = Door::new(auth.clone(), gate);
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -330,7 +368,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .sweep_interval
         .unwrap_or(Duration::from_secs(config.kms.deletion_sweep_interval_secs));
     let sweeper = spawn_sweeper(kms.clone(), interval);
-    let health_task = spawn_health(kms.clone(), health);
+    let health_task = spawn_health(kms.clone(), audit.clone(), health);
     let (metrics_addr, metrics_task) = if config.metrics.enabled {
         let listener = tokio::net::TcpListener::bind(config.metrics.listen).await?;
         let addr = listener.local_addr()?;
@@ -358,6 +396,9 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         metrics_task,
         auth,
         directory_files,
+        aws_json_addr: aws_json.as_ref().map(|s| s.addr),
+        aws_json,
+        audit,
     })
 }
 

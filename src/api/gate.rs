@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::audit::{AuditDecidingStatement, AuditDecision, AuditEvent, AuditLog, UserIdentity};
 use crate::core::record::{self, RequestRecord};
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
@@ -48,16 +49,69 @@ impl RequestInfo {
 }
 
 /// The accounting shared by the doors.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Gate {
     kms: Arc<Kms>,
     metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").finish_non_exhaustive()
+    }
+}
+
+/// The refusal when the audit trail cannot be written: the daemon fails closed.
+fn audit_unavailable() -> KmsError {
+    KmsError::DependencyTimeout(
+        "The audit trail cannot be written, so the request was refused. Retry later.".into(),
+    )
+}
+
+/// The decision that explains a request: the first denial, else the last allow.
+fn deciding(rec: &RequestRecord) -> Option<AuditDecision> {
+    let d = rec
+        .decisions
+        .iter()
+        .find(|d| d.effect == "Deny")
+        .or_else(|| rec.decisions.last())?;
+    Some(AuditDecision {
+        effect: d.effect.to_string(),
+        reason: format!("{} ({}: {})", d.reason, d.action, d.summary),
+        deciding_statements: d
+            .deciding
+            .iter()
+            .map(|(t, n, s)| AuditDecidingStatement {
+                policy_type: t.clone(),
+                policy_name: n.clone(),
+                statement: s.clone(),
+            })
+            .collect(),
+    })
 }
 
 impl Gate {
-    /// A gate over the engine and the metrics.
-    pub fn new(kms: Arc<Kms>, metrics: Arc<Metrics>) -> Gate {
-        Gate { kms, metrics }
+    /// A gate over the engine, the metrics and the audit trail.
+    pub fn new(kms: Arc<Kms>, metrics: Arc<Metrics>, audit: Arc<AuditLog>) -> Gate {
+        Gate {
+            kms,
+            metrics,
+            audit,
+        }
+    }
+
+    fn event(&self, info: &RequestInfo) -> AuditEvent {
+        let mut ev = AuditEvent::new(info.operation, info.request_id.clone(), self.kms.now_ms());
+        ev.door = info.door.to_string();
+        ev.aws_region = self.kms.settings().region.clone();
+        ev.source_ip_address = info.source_ip.map(|ip| ip.to_string());
+        ev.user_agent = info.user_agent.clone();
+        if !info.params.is_null() {
+            ev.request_parameters = Some(info.params.clone());
+        }
+        ev.latency_micros = u64::try_from(info.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        ev
     }
 
     /// The engine.
@@ -66,13 +120,35 @@ impl Gate {
     }
 
     /// Accounts for a request whose authentication failed (`error_name` is the AWS name).
-    pub async fn refused(&self, info: &RequestInfo, error_name: &str, _message: &str) {
+    /// The caller's answer is the authentication error whether or not the event could be
+    /// written.
+    pub async fn refused(
+        &self,
+        info: &RequestInfo,
+        error_name: &str,
+        message: &str,
+        access_key_id: Option<String>,
+    ) {
+        let mut ev = self.event(info);
+        ev.user_identity = UserIdentity::unknown(access_key_id);
+        ev.set_error(error_name, message);
+        ev.decision = Some(AuditDecision::deny(format!(
+            "authentication failed: {error_name}"
+        )));
+        if let Err(e) = self.audit.append(ev).await {
+            tracing::error!(request_id = %info.request_id, error = %e, "could not audit a refused request");
+        }
         self.metrics.request(
             info.door,
             info.operation,
             error_name,
             info.started.elapsed(),
         );
+    }
+
+    /// Whether the audit trail is writable (health).
+    pub fn audit_healthy(&self) -> bool {
+        self.audit.healthy()
     }
 
     /// Runs an authenticated request and accounts for it. `response_elements` extracts what
@@ -87,12 +163,38 @@ impl Gate {
     where
         Fut: Future<Output = Result<R, KmsError>>,
     {
-        let (result, rec): (Result<R, KmsError>, RequestRecord) = record::scope(fut).await;
+        // Fail closed: nothing runs that could not be recorded.
+        let (result, rec): (Result<R, KmsError>, RequestRecord) = if self.audit.healthy() {
+            record::scope(fut).await
+        } else {
+            (Err(audit_unavailable()), RequestRecord::default())
+        };
+        let mut ev = self.event(&info).with_caller(&caller);
+        if let (Some(arn), Some(account)) = (&rec.key_arn, &rec.key_account) {
+            ev.add_key_resource(arn.clone(), account.clone());
+        }
+        ev.key_version = rec.key_version;
+        ev.decision = deciding(&rec);
+        match &result {
+            Ok(r) => {
+                let v = response_elements(r);
+                if !v.is_null() {
+                    ev.response_elements = Some(v);
+                }
+            }
+            Err(e) => ev.set_error(e.aws_name(), e.message()),
+        }
+        let result = match self.audit.append(ev).await {
+            Ok(_) => result,
+            Err(e) => {
+                tracing::error!(request_id = %info.request_id, error = %e, "audit trail unavailable; request refused");
+                Err(audit_unavailable())
+            }
+        };
         let outcome = match &result {
             Ok(_) => "Success",
             Err(e) => e.aws_name(),
         };
-        let _ = (&caller, &rec, result.as_ref().ok().map(response_elements));
         self.metrics
             .request(info.door, info.operation, outcome, info.started.elapsed());
         result

@@ -90,6 +90,10 @@ impl Kms {
         report.orphan_objects = objects
             .into_iter()
             .filter(|o| o.label.starts_with("p11kms/"))
+            .filter(|o| {
+                !o.label
+                    .starts_with(crate::hsm::signing::AUDIT_KEY_LABEL_PREFIX)
+            })
             .filter(|o| split_id(&o.id).is_none_or(|k| !accounted.contains(&k)))
             .collect();
         Ok(report)

@@ -48,6 +48,8 @@ mod module;
 mod objects;
 mod ops;
 mod pool;
+pub mod raw;
+pub mod signing;
 pub mod stats;
 #[cfg(test)]
 pub(crate) mod tests;

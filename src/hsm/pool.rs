@@ -296,6 +296,7 @@ const FUNCTIONS: &[&str] = &[
     "C_FindObjectsFinal",
     "C_FindObjectsInit",
     "C_GenerateKey",
+    "C_GenerateKeyPair",
     "C_GenerateRandom",
     "C_GetAttributeValue",
     "C_GetMechanismList",
@@ -304,6 +305,8 @@ const FUNCTIONS: &[&str] = &[
     "C_GetTokenInfo",
     "C_Login",
     "C_OpenSession",
+    "C_Sign",
+    "C_SignInit",
     "C_WrapKey",
 ];
 

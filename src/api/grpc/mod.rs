@@ -85,7 +85,15 @@ impl Door {
             Err(status) => {
                 let outcome =
                     status::aws_reason(&status).unwrap_or_else(|| "Unauthenticated".into());
-                self.gate.refused(&info, &outcome, status.message()).await;
+                let akid = request
+                    .extensions()
+                    .get::<SignedRequestInfo>()
+                    .and_then(|i| crate::identity::sigv4::header_value(&i.headers, "authorization"))
+                    .and_then(|a| crate::identity::sigv4::parse_authorization(a).ok())
+                    .map(|a| a.access_key_id);
+                self.gate
+                    .refused(&info, &outcome, status.message(), akid)
+                    .await;
                 return Err(status);
             }
         };

@@ -110,7 +110,7 @@ params!(pb::EncryptRequest, |r| json!({
     "keyId": r.key_id,
     "encryptionContext": r.encryption_context,
     "encryptionAlgorithm": opt(&r.encryption_algorithm).as_str().map(str::to_string).unwrap_or_else(|| "SYMMETRIC_DEFAULT".into()),
-    "grantTokens": (!r.grant_tokens.is_empty()).then(|| r.grant_tokens.len()),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
 }));
 params!(pb::DecryptRequest, |r| json!({
     "keyId": opt(&r.key_id),

@@ -1,0 +1,290 @@
+//! The AWS door's one error mapping: `KmsError`, authentication failures and protocol
+//! refusals to the wire.
+//!
+//! KMS (AWS JSON 1.1): `{"__type": "<ExceptionName>", "message": "..."}` with the HTTP status of
+//! kms-spec sections 1.6 and 2.4, and `x-amzn-RequestId`. STS (Query protocol): AWS's
+//! `<ErrorResponse>` XML with STS's own codes (`AccessDenied`, `InvalidClientTokenId`,
+//! `SignatureDoesNotMatch`, ...).
+//!
+//! Protocol refusals (decisions, documented in `docs/aws-clients.md`):
+//!
+//! | Case | Status | `__type` |
+//! |---|---|---|
+//! | unknown `X-Amz-Target` | 400 | UnknownOperationException |
+//! | no `X-Amz-Target` (and not an STS form) | 400 | UnknownOperationException |
+//! | a method other than POST | 405 (`Allow: POST`) | UnknownOperationException |
+//! | body over `max_body_bytes`, refused before it is read in full or parsed | 413 | RequestEntityTooLargeException |
+//! | body not JSON, not an object, or a member of the wrong type | 400 | SerializationException |
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{header, HeaderValue, StatusCode};
+use serde_json::json;
+
+use crate::core::KmsError;
+use crate::identity::auth::AuthError;
+
+/// The AWS JSON 1.1 content type.
+pub const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// The STS XML namespace.
+pub const STS_XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
+
+/// A refusal or failure as the wire shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// The AWS error name (`__type`, or the STS `Code`).
+    pub name: &'static str,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The caller-safe message.
+    pub message: String,
+}
+
+impl WireError {
+    fn new(name: &'static str, message: impl Into<String>) -> WireError {
+        WireError {
+            name,
+            status: json_status(name),
+            message: message.into(),
+        }
+    }
+
+    /// An `X-Amz-Target` this door does not serve (or none).
+    pub fn unknown_operation(message: impl Into<String>) -> WireError {
+        WireError::new("UnknownOperationException", message)
+    }
+
+    /// A method other than POST.
+    pub fn method_not_allowed(method: &str) -> WireError {
+        WireError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            ..WireError::new(
+                "UnknownOperationException",
+                format!("The HTTP method {method} is not supported; AWS JSON requests are POST /."),
+            )
+        }
+    }
+
+    /// A body that is not the operation's JSON input.
+    pub fn serialization(message: impl Into<String>) -> WireError {
+        WireError::new("SerializationException", message)
+    }
+
+    /// A body larger than the configured limit.
+    pub fn too_large(limit: usize) -> WireError {
+        WireError::new(
+            "RequestEntityTooLargeException",
+            format!("The request body exceeds the limit of {limit} bytes."),
+        )
+    }
+
+    /// An engine error.
+    pub fn from_kms(e: &KmsError) -> WireError {
+        WireError::new(e.aws_name(), e.message())
+    }
+
+    /// An authentication failure (AWS's names: MissingAuthenticationTokenException,
+    /// IncompleteSignatureException, InvalidSignatureException, UnrecognizedClientException,
+    /// ExpiredTokenException).
+    pub fn from_auth(e: &AuthError) -> WireError {
+        WireError::new(e.aws_name(), e.to_string())
+    }
+
+    /// The STS (Query protocol) form of an engine error.
+    pub fn sts_from_kms(e: &KmsError) -> WireError {
+        let (name, status) = match e {
+            KmsError::AccessDenied(_) => ("AccessDenied", StatusCode::FORBIDDEN),
+            KmsError::Validation(_) => ("ValidationError", StatusCode::BAD_REQUEST),
+            KmsError::MalformedPolicyDocument(_) => {
+                ("MalformedPolicyDocument", StatusCode::BAD_REQUEST)
+            }
+            KmsError::LimitExceeded(_) => ("PackedPolicyTooLarge", StatusCode::BAD_REQUEST),
+            KmsError::Throttling(_) => ("Throttling", StatusCode::BAD_REQUEST),
+            KmsError::NotFound(_) => ("NoSuchEntity", StatusCode::NOT_FOUND),
+            KmsError::DependencyTimeout(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+            KmsError::Internal(_) | KmsError::KeyUnavailable(_) => {
+                ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            _ => (e.aws_name(), json_status(e.aws_name())),
+        };
+        WireError {
+            name,
+            status,
+            message: e.message(),
+        }
+    }
+
+    /// The STS form of an authentication failure, with STS's codes.
+    pub fn sts_from_auth(e: &AuthError) -> WireError {
+        let (name, status) = match e {
+            AuthError::MissingAuthenticationToken => {
+                ("MissingAuthenticationToken", StatusCode::FORBIDDEN)
+            }
+            AuthError::UnrecognizedClient(_) => ("InvalidClientTokenId", StatusCode::FORBIDDEN),
+            AuthError::IncompleteSignature(_) => ("IncompleteSignature", StatusCode::BAD_REQUEST),
+            AuthError::InvalidSignature(_) => ("SignatureDoesNotMatch", StatusCode::FORBIDDEN),
+            AuthError::ExpiredToken => ("ExpiredToken", StatusCode::BAD_REQUEST),
+        };
+        WireError {
+            name,
+            status,
+            message: e.to_string(),
+        }
+    }
+
+    /// An STS action this door does not serve.
+    pub fn sts_invalid_action(action: &str) -> WireError {
+        WireError {
+            name: "InvalidAction",
+            status: StatusCode::BAD_REQUEST,
+            message: format!("Could not find operation {action:?} for version 2011-06-15"),
+        }
+    }
+}
+
+/// The HTTP status of an AWS JSON error name (kms-spec 1.6 and 2.4).
+pub fn json_status(name: &str) -> StatusCode {
+    match name {
+        "NotFoundException" => StatusCode::NOT_FOUND,
+        "DisabledException"
+        | "KMSInvalidStateException"
+        | "AlreadyExistsException"
+        | "ConflictException" => StatusCode::CONFLICT,
+        "DryRunOperationException" => StatusCode::PRECONDITION_FAILED,
+        "KeyUnavailableException" | "KMSInternalException" | "InternalFailure" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        "DependencyTimeoutException" | "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "MissingAuthenticationTokenException" => StatusCode::FORBIDDEN,
+        "RequestEntityTooLargeException" => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn request_id_header(request_id: &str) -> HeaderValue {
+    HeaderValue::from_str(request_id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A 200 AWS JSON response.
+pub fn json_ok(request_id: &str, body: &serde_json::Value) -> Response {
+    json_response(request_id, StatusCode::OK, body.to_string())
+}
+
+fn json_response(request_id: &str, status: StatusCode, body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    h.insert("x-amzn-requestid", request_id_header(request_id));
+    r
+}
+
+/// The AWS JSON error response.
+pub fn json_error(request_id: &str, e: &WireError) -> Response {
+    let body = json!({"__type": e.name, "message": e.message}).to_string();
+    let mut r = json_response(request_id, e.status, body);
+    if e.status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    r
+}
+
+/// Escapes text for XML element content and attribute values.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A 200 STS XML response.
+pub fn xml_ok(request_id: &str, body: String) -> Response {
+    xml_response(request_id, StatusCode::OK, body)
+}
+
+fn xml_response(request_id: &str, status: StatusCode, body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    h.insert("x-amzn-requestid", request_id_header(request_id));
+    r
+}
+
+/// The STS XML error response.
+pub fn xml_error(request_id: &str, e: &WireError) -> Response {
+    let kind = if e.status.is_server_error() {
+        "Receiver"
+    } else {
+        "Sender"
+    };
+    let body = format!(
+        "<ErrorResponse xmlns=\"{STS_XMLNS}\">\n  <Error>\n    <Type>{kind}</Type>\n    <Code>{}</Code>\n    <Message>{}</Message>\n  </Error>\n  <RequestId>{}</RequestId>\n</ErrorResponse>\n",
+        xml_escape(e.name),
+        xml_escape(&e.message),
+        xml_escape(request_id),
+    );
+    xml_response(request_id, e.status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_spec() {
+        let cases = [
+            (KmsError::NotFound(String::new()), 404),
+            (KmsError::Disabled(String::new()), 409),
+            (KmsError::InvalidState(String::new()), 409),
+            (KmsError::AlreadyExists(String::new()), 409),
+            (KmsError::AccessDenied(String::new()), 400),
+            (KmsError::Validation(String::new()), 400),
+            (KmsError::InvalidCiphertext(String::new()), 400),
+            (KmsError::Throttling(String::new()), 400),
+            (KmsError::KeyUnavailable(String::new()), 500),
+            (KmsError::Internal(String::new()), 500),
+            (KmsError::DependencyTimeout(String::new()), 503),
+        ];
+        for (e, status) in cases {
+            assert_eq!(WireError::from_kms(&e).status.as_u16(), status, "{e:?}");
+        }
+        let auth = [
+            (AuthError::MissingAuthenticationToken, 403),
+            (AuthError::UnrecognizedClient(String::new()), 400),
+            (AuthError::IncompleteSignature(String::new()), 400),
+            (AuthError::InvalidSignature(String::new()), 400),
+            (AuthError::ExpiredToken, 400),
+        ];
+        for (e, status) in auth {
+            let w = WireError::from_auth(&e);
+            assert_eq!(w.status.as_u16(), status, "{e:?}");
+            assert_eq!(w.name, e.aws_name());
+        }
+        assert_eq!(WireError::too_large(10).status.as_u16(), 413);
+        assert_eq!(WireError::method_not_allowed("GET").status.as_u16(), 405);
+    }
+
+    #[test]
+    fn xml_is_escaped() {
+        assert_eq!(xml_escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
+        let r = xml_error(
+            "rid",
+            &WireError::sts_from_kms(&KmsError::AccessDenied("User: <x> & y".into())),
+        );
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+}

@@ -1,0 +1,1027 @@
+//! The KMS operations of the AWS door (`X-Amz-Target: TrentService.<Operation>`), and the
+//! door's one custom operation `P11kmsAdmin.ExplainAccess`.
+//!
+//! Each operation parses its JSON input (PascalCase AWS member names, base64 blobs, unknown
+//! members ignored, `null` the same as absent) into the engine's request, calls the engine, and
+//! renders the output (epoch-second timestamps, base64 blobs, null members omitted). Parsing
+//! happens before the engine runs, so a body of the wrong shape is a SerializationException
+//! and never reaches the engine.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::core::aliases::AliasListEntry;
+use crate::core::crypto::{
+    DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
+};
+use crate::core::explain::{policy_type_name, ExplainRequest};
+use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
+use crate::core::keys::{CreateKeyRequest, KeyMetadata};
+use crate::core::{Kms, KmsError};
+use crate::identity::Caller;
+use crate::store::{GrantRecord, Tag};
+
+/// A successful operation: the JSON body, and what the audit trail logs of it
+/// (CloudTrail `responseElements`; never plaintext, keys or tokens).
+#[derive(Debug)]
+pub struct Reply {
+    /// The response body.
+    pub body: Value,
+    /// The audit `responseElements` (`Null` for most operations).
+    pub elements: Value,
+}
+
+impl Reply {
+    fn body(body: Value) -> Reply {
+        Reply {
+            body: compact(body),
+            elements: Value::Null,
+        }
+    }
+
+    fn empty() -> Reply {
+        Reply::body(json!({}))
+    }
+}
+
+/// The engine call of a parsed request.
+pub type Call = Pin<Box<dyn Future<Output = Result<Reply, KmsError>> + Send>>;
+
+/// Parses a request body and returns the engine call, or the parse error.
+pub type Prepare = fn(Arc<Kms>, Caller, Value) -> Result<Call, serde_json::Error>;
+
+/// One operation of the door.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    /// The AWS operation name (`Encrypt`).
+    pub name: &'static str,
+    /// Its SigV4 signing service.
+    pub service: &'static str,
+    /// Parses the input and builds the engine call.
+    pub prepare: Prepare,
+}
+
+const KMS: &str = "kms";
+
+macro_rules! ops {
+    ($($name:literal => $f:ident),* $(,)?) => {
+        /// Every `TrentService` operation the door serves: the same set as the gRPC
+        /// `KeyManagementService` (a unit test compares them).
+        pub const OPERATIONS: &[Operation] = &[
+            $(Operation { name: $name, service: KMS, prepare: $f }),*
+        ];
+    };
+}
+
+ops!(
+    "CreateKey" => create_key,
+    "DescribeKey" => describe_key,
+    "ListKeys" => list_keys,
+    "EnableKey" => enable_key,
+    "DisableKey" => disable_key,
+    "ScheduleKeyDeletion" => schedule_key_deletion,
+    "CancelKeyDeletion" => cancel_key_deletion,
+    "UpdateKeyDescription" => update_key_description,
+    "TagResource" => tag_resource,
+    "UntagResource" => untag_resource,
+    "ListResourceTags" => list_resource_tags,
+    "CreateAlias" => create_alias,
+    "UpdateAlias" => update_alias,
+    "DeleteAlias" => delete_alias,
+    "ListAliases" => list_aliases,
+    "Encrypt" => encrypt,
+    "Decrypt" => decrypt,
+    "ReEncrypt" => re_encrypt,
+    "GenerateDataKey" => generate_data_key,
+    "GenerateDataKeyWithoutPlaintext" => generate_data_key_without_plaintext,
+    "GenerateRandom" => generate_random,
+    "GetKeyPolicy" => get_key_policy,
+    "PutKeyPolicy" => put_key_policy,
+    "ListKeyPolicies" => list_key_policies,
+    "CreateGrant" => create_grant,
+    "ListGrants" => list_grants,
+    "ListRetirableGrants" => list_retirable_grants,
+    "RetireGrant" => retire_grant,
+    "RevokeGrant" => revoke_grant,
+);
+
+/// `P11kmsAdmin.ExplainAccess`: the gRPC AdminService's ExplainAccess on this door.
+pub const EXPLAIN_ACCESS: Operation = Operation {
+    name: "ExplainAccess",
+    service: KMS,
+    prepare: explain_access,
+};
+
+/// The operation an `X-Amz-Target` names, if this door serves it.
+pub fn operation(target: &str) -> Option<&'static Operation> {
+    if let Some(op) = target.strip_prefix("TrentService.") {
+        return OPERATIONS.iter().find(|o| o.name == op);
+    }
+    (target == "P11kmsAdmin.ExplainAccess").then_some(&EXPLAIN_ACCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input helpers
+
+fn parse<T: DeserializeOwned>(v: Value) -> Result<T, serde_json::Error> {
+    serde_json::from_value(v)
+}
+
+/// A base64 blob member.
+struct Blob(Vec<u8>);
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Zeroizing::new(String::deserialize(d)?);
+        B64.decode(s.as_bytes())
+            .map(Blob)
+            .map_err(|_| serde::de::Error::custom("a blob member is not valid base64"))
+    }
+}
+
+fn blob(b: Option<Blob>) -> Vec<u8> {
+    b.map(|b| b.0).unwrap_or_default()
+}
+
+type Context = Option<BTreeMap<String, String>>;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagIn {
+    tag_key: Option<String>,
+    tag_value: Option<String>,
+}
+
+fn tags_in(t: Option<Vec<TagIn>>) -> Vec<Tag> {
+    t.unwrap_or_default()
+        .into_iter()
+        .map(|t| Tag {
+            key: t.tag_key.unwrap_or_default(),
+            value: t.tag_value.unwrap_or_default(),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output helpers
+
+/// Epoch seconds as a JSON number (fractional when the time has milliseconds).
+fn ts(ms: i64) -> Value {
+    if ms % 1000 == 0 {
+        Value::from(ms / 1000)
+    } else {
+        Value::from(ms as f64 / 1000.0)
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// Drops null members, recursively (AWS omits absent members).
+fn compact(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, compact(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(compact).collect()),
+        other => other,
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn metadata(m: &KeyMetadata) -> Value {
+    json!({
+        "AWSAccountId": m.aws_account_id,
+        "KeyId": m.key_id,
+        "Arn": m.arn,
+        "CreationDate": ts(m.creation_date_ms),
+        "Enabled": m.enabled,
+        "Description": m.description,
+        "KeyUsage": m.key_usage,
+        "KeyState": m.key_state,
+        "DeletionDate": m.deletion_date_ms.map(ts),
+        "Origin": m.origin,
+        "KeyManager": m.key_manager,
+        "CustomerMasterKeySpec": m.key_spec,
+        "KeySpec": m.key_spec,
+        "EncryptionAlgorithms": m.encryption_algorithms,
+        "MultiRegion": m.multi_region,
+        "PendingDeletionWindowInDays": m.pending_deletion_window_in_days,
+        "CurrentKeyMaterialId": non_empty(m.current_key_material_id.clone()),
+    })
+}
+
+/// CloudTrail's `responseElements` of CreateKey.
+fn metadata_elements(m: &KeyMetadata) -> Value {
+    json!({"keyMetadata": {
+        "keyId": m.key_id,
+        "arn": m.arn,
+        "keyState": m.key_state,
+        "keySpec": m.key_spec,
+        "keyUsage": m.key_usage,
+        "origin": m.origin,
+    }})
+}
+
+fn alias_entry(a: AliasListEntry) -> Value {
+    json!({
+        "AliasName": a.alias_name,
+        "AliasArn": a.alias_arn,
+        "TargetKeyId": non_empty(a.target_key_id),
+        "CreationDate": ts(a.creation_date_ms),
+        "LastUpdatedDate": ts(a.last_updated_date_ms),
+    })
+}
+
+fn grant_entry(g: GrantRecord) -> Value {
+    let constraints = (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then(|| {
+        json!({
+            "EncryptionContextSubset": g.constraint_subset,
+            "EncryptionContextEquals": g.constraint_equals,
+        })
+    });
+    json!({
+        "KeyId": g.key_id,
+        "GrantId": g.grant_id,
+        "Name": g.name,
+        "CreationDate": ts(g.created_at_ms),
+        "GranteePrincipal": g.grantee_principal,
+        "RetiringPrincipal": g.retiring_principal,
+        "IssuingAccount": g.issuing_account,
+        "Operations": g.operations,
+        "Constraints": constraints,
+    })
+}
+
+fn grants_page(page: ListGrantsResponse) -> Reply {
+    Reply::body(json!({
+        "Grants": page.grants.into_iter().map(grant_entry).collect::<Vec<_>>(),
+        "Truncated": page.next_marker.is_some(),
+        "NextMarker": page.next_marker,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+macro_rules! input {
+    ($name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct $name {
+            $(#[serde(default)] $field: $ty,)*
+        }
+    };
+}
+
+input!(CreateKeyIn {
+    policy: Option<String>,
+    description: Option<String>,
+    key_usage: Option<String>,
+    key_spec: Option<String>,
+    customer_master_key_spec: Option<String>,
+    origin: Option<String>,
+    bypass_policy_lockout_safety_check: Option<bool>,
+    tags: Option<Vec<TagIn>>,
+    multi_region: Option<bool>,
+});
+
+fn create_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: CreateKeyIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let m = kms
+            .create_key(
+                &caller,
+                CreateKeyRequest {
+                    policy: r.policy,
+                    description: r.description.unwrap_or_default(),
+                    key_usage: r.key_usage,
+                    key_spec: r.key_spec,
+                    customer_master_key_spec: r.customer_master_key_spec,
+                    origin: r.origin,
+                    bypass_policy_lockout_safety_check: r
+                        .bypass_policy_lockout_safety_check
+                        .unwrap_or(false),
+                    tags: tags_in(r.tags),
+                    multi_region: r.multi_region.unwrap_or(false),
+                },
+            )
+            .await?;
+        Ok(Reply {
+            elements: metadata_elements(&m),
+            ..Reply::body(json!({"KeyMetadata": metadata(&m)}))
+        })
+    }))
+}
+
+input!(KeyIdIn {
+    key_id: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn describe_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let m = kms
+            .describe_key(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                &r.grant_tokens.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply::body(json!({"KeyMetadata": metadata(&m)})))
+    }))
+}
+
+input!(PageIn {
+    key_id: Option<String>,
+    limit: Option<i32>,
+    marker: Option<String>,
+});
+
+fn list_keys(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: PageIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let page = kms
+            .list_keys(&caller, r.limit, &r.marker.unwrap_or_default())
+            .await?;
+        Ok(Reply::body(json!({
+            "Keys": page.keys.into_iter().map(|k| json!({"KeyId": k.key_id, "KeyArn": k.key_arn})).collect::<Vec<_>>(),
+            "Truncated": page.next_marker.is_some(),
+            "NextMarker": page.next_marker,
+        })))
+    }))
+}
+
+fn enable_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.enable_key(&caller, &r.key_id.unwrap_or_default())
+            .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn disable_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.disable_key(&caller, &r.key_id.unwrap_or_default())
+            .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+input!(ScheduleIn {
+    key_id: Option<String>,
+    pending_window_in_days: Option<i32>,
+});
+
+fn schedule_key_deletion(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: ScheduleIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .schedule_key_deletion(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                r.pending_window_in_days,
+            )
+            .await?;
+        Ok(Reply {
+            elements: json!({
+                "keyId": out.key_id,
+                "deletionDate": crate::core::authz::iso8601(out.deletion_date_ms),
+                "keyState": out.key_state,
+                "pendingWindowInDays": out.pending_window_in_days,
+            }),
+            ..Reply::body(json!({
+                "KeyId": out.key_id,
+                "DeletionDate": ts(out.deletion_date_ms),
+                "KeyState": out.key_state,
+                "PendingWindowInDays": out.pending_window_in_days,
+            }))
+        })
+    }))
+}
+
+fn cancel_key_deletion(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let key_id = kms
+            .cancel_key_deletion(&caller, &r.key_id.unwrap_or_default())
+            .await?;
+        Ok(Reply {
+            elements: json!({"keyId": key_id}),
+            ..Reply::body(json!({"KeyId": key_id}))
+        })
+    }))
+}
+
+input!(DescriptionIn {
+    key_id: Option<String>,
+    description: Option<String>,
+});
+
+fn update_key_description(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: DescriptionIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.update_key_description(
+            &caller,
+            &r.key_id.unwrap_or_default(),
+            &r.description.unwrap_or_default(),
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+input!(TagIn2 {
+    key_id: Option<String>,
+    tags: Option<Vec<TagIn>>,
+    tag_keys: Option<Vec<String>>,
+});
+
+fn tag_resource(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: TagIn2 = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.tag_resource(&caller, &r.key_id.unwrap_or_default(), tags_in(r.tags))
+            .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn untag_resource(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: TagIn2 = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.untag_resource(
+            &caller,
+            &r.key_id.unwrap_or_default(),
+            r.tag_keys.unwrap_or_default(),
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn list_resource_tags(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: PageIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let page = kms
+            .list_resource_tags(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                r.limit,
+                &r.marker.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "Tags": page.tags.into_iter().map(|t| json!({"TagKey": t.key, "TagValue": t.value})).collect::<Vec<_>>(),
+            "Truncated": page.next_marker.is_some(),
+            "NextMarker": page.next_marker,
+        })))
+    }))
+}
+
+input!(AliasIn {
+    alias_name: Option<String>,
+    target_key_id: Option<String>,
+});
+
+fn create_alias(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: AliasIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.create_alias(
+            &caller,
+            &r.alias_name.unwrap_or_default(),
+            &r.target_key_id.unwrap_or_default(),
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn update_alias(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: AliasIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.update_alias(
+            &caller,
+            &r.alias_name.unwrap_or_default(),
+            &r.target_key_id.unwrap_or_default(),
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn delete_alias(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: AliasIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.delete_alias(&caller, &r.alias_name.unwrap_or_default())
+            .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn list_aliases(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: PageIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let page = kms
+            .list_aliases(
+                &caller,
+                r.key_id.as_deref(),
+                r.limit,
+                &r.marker.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "Aliases": page.aliases.into_iter().map(alias_entry).collect::<Vec<_>>(),
+            "Truncated": page.next_marker.is_some(),
+            "NextMarker": page.next_marker,
+        })))
+    }))
+}
+
+input!(EncryptIn {
+    key_id: Option<String>,
+    plaintext: Option<Blob>,
+    encryption_context: Context,
+    grant_tokens: Option<Vec<String>>,
+    encryption_algorithm: Option<String>,
+});
+
+fn encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: EncryptIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .encrypt(
+                &caller,
+                EncryptRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    plaintext: Zeroizing::new(blob(r.plaintext)),
+                    encryption_context: r.encryption_context.unwrap_or_default(),
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    encryption_algorithm: r.encryption_algorithm,
+                },
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "CiphertextBlob": b64(&out.ciphertext_blob),
+            "KeyId": out.key_id,
+            "EncryptionAlgorithm": out.encryption_algorithm,
+        })))
+    }))
+}
+
+input!(DecryptIn {
+    ciphertext_blob: Option<Blob>,
+    encryption_context: Context,
+    grant_tokens: Option<Vec<String>>,
+    key_id: Option<String>,
+    encryption_algorithm: Option<String>,
+});
+
+fn decrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: DecryptIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .decrypt(
+                &caller,
+                DecryptRequest {
+                    ciphertext_blob: blob(r.ciphertext_blob),
+                    encryption_context: r.encryption_context.unwrap_or_default(),
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    key_id: r.key_id,
+                    encryption_algorithm: r.encryption_algorithm,
+                },
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "KeyId": out.key_id,
+            "Plaintext": b64(&out.plaintext),
+            "EncryptionAlgorithm": out.encryption_algorithm,
+            "KeyMaterialId": non_empty(out.key_material_id.clone()),
+        })))
+    }))
+}
+
+input!(ReEncryptIn {
+    ciphertext_blob: Option<Blob>,
+    source_encryption_context: Context,
+    source_key_id: Option<String>,
+    destination_key_id: Option<String>,
+    destination_encryption_context: Context,
+    source_encryption_algorithm: Option<String>,
+    destination_encryption_algorithm: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn re_encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: ReEncryptIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .re_encrypt(
+                &caller,
+                ReEncryptRequest {
+                    ciphertext_blob: blob(r.ciphertext_blob),
+                    source_encryption_context: r.source_encryption_context.unwrap_or_default(),
+                    source_key_id: r.source_key_id,
+                    destination_key_id: r.destination_key_id.unwrap_or_default(),
+                    destination_encryption_context: r
+                        .destination_encryption_context
+                        .unwrap_or_default(),
+                    source_encryption_algorithm: r.source_encryption_algorithm,
+                    destination_encryption_algorithm: r.destination_encryption_algorithm,
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                },
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "CiphertextBlob": b64(&out.ciphertext_blob),
+            "SourceKeyId": out.source_key_id,
+            "KeyId": out.key_id,
+            "SourceEncryptionAlgorithm": out.source_encryption_algorithm,
+            "DestinationEncryptionAlgorithm": out.destination_encryption_algorithm,
+            "SourceKeyMaterialId": non_empty(out.source_key_material_id),
+            "DestinationKeyMaterialId": non_empty(out.destination_key_material_id),
+        })))
+    }))
+}
+
+input!(DataKeyIn {
+    key_id: Option<String>,
+    encryption_context: Context,
+    number_of_bytes: Option<i32>,
+    key_spec: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn data_key(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+    with_plaintext: bool,
+) -> Result<Call, serde_json::Error> {
+    let r: DataKeyIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .generate_data_key(
+                &caller,
+                GenerateDataKeyRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    encryption_context: r.encryption_context.unwrap_or_default(),
+                    number_of_bytes: r.number_of_bytes,
+                    key_spec: r.key_spec,
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                },
+                with_plaintext,
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "CiphertextBlob": b64(&out.ciphertext_blob),
+            "Plaintext": out.plaintext.as_ref().map(|p| b64(p)),
+            "KeyId": out.key_id,
+            "KeyMaterialId": non_empty(out.key_material_id.clone()),
+        })))
+    }))
+}
+
+fn generate_data_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    data_key(kms, caller, v, true)
+}
+
+fn generate_data_key_without_plaintext(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    data_key(kms, caller, v, false)
+}
+
+input!(RandomIn {
+    number_of_bytes: Option<i32>,
+    custom_key_store_id: Option<String>,
+});
+
+fn generate_random(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: RandomIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let bytes = kms
+            .generate_random(&caller, r.number_of_bytes, r.custom_key_store_id.as_deref())
+            .await?;
+        Ok(Reply::body(json!({"Plaintext": b64(&bytes)})))
+    }))
+}
+
+input!(PolicyIn {
+    key_id: Option<String>,
+    policy_name: Option<String>,
+    policy: Option<String>,
+    bypass_policy_lockout_safety_check: Option<bool>,
+    limit: Option<i32>,
+    marker: Option<String>,
+});
+
+fn get_key_policy(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: PolicyIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let (policy, policy_name) = kms
+            .get_key_policy(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                &r.policy_name.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply::body(
+            json!({"Policy": policy, "PolicyName": policy_name}),
+        ))
+    }))
+}
+
+fn put_key_policy(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: PolicyIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.put_key_policy(
+            &caller,
+            &r.key_id.unwrap_or_default(),
+            &r.policy_name.unwrap_or_default(),
+            &r.policy.unwrap_or_default(),
+            r.bypass_policy_lockout_safety_check.unwrap_or(false),
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn list_key_policies(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: PolicyIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let names = kms
+            .list_key_policies(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                r.limit,
+                &r.marker.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply::body(
+            json!({"PolicyNames": names, "Truncated": false}),
+        ))
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ConstraintsIn {
+    #[serde(default)]
+    encryption_context_subset: Context,
+    #[serde(default)]
+    encryption_context_equals: Context,
+}
+
+input!(CreateGrantIn {
+    key_id: Option<String>,
+    grantee_principal: Option<String>,
+    retiring_principal: Option<String>,
+    operations: Option<Vec<String>>,
+    constraints: Option<ConstraintsIn>,
+    grant_tokens: Option<Vec<String>>,
+    name: Option<String>,
+});
+
+fn create_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: CreateGrantIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let c = r.constraints.unwrap_or_default();
+        let out = kms
+            .create_grant(
+                &caller,
+                CreateGrantRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    grantee_principal: r.grantee_principal.unwrap_or_default(),
+                    retiring_principal: r.retiring_principal,
+                    operations: r.operations.unwrap_or_default(),
+                    constraint_equals: c.encryption_context_equals,
+                    constraint_subset: c.encryption_context_subset,
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    name: r.name,
+                },
+            )
+            .await?;
+        Ok(Reply {
+            elements: json!({"grantId": out.grant_id}),
+            ..Reply::body(json!({"GrantToken": out.grant_token, "GrantId": out.grant_id}))
+        })
+    }))
+}
+
+input!(GrantsIn {
+    key_id: Option<String>,
+    grant_id: Option<String>,
+    grantee_principal: Option<String>,
+    retiring_principal: Option<String>,
+    grant_token: Option<String>,
+    limit: Option<i32>,
+    marker: Option<String>,
+});
+
+fn list_grants(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: GrantsIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let page = kms
+            .list_grants(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                r.grant_id.as_deref(),
+                r.grantee_principal.as_deref(),
+                r.limit,
+                &r.marker.unwrap_or_default(),
+            )
+            .await?;
+        Ok(grants_page(page))
+    }))
+}
+
+fn list_retirable_grants(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: GrantsIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let page = kms
+            .list_retirable_grants(
+                &caller,
+                &r.retiring_principal.unwrap_or_default(),
+                r.limit,
+                &r.marker.unwrap_or_default(),
+            )
+            .await?;
+        Ok(grants_page(page))
+    }))
+}
+
+fn retire_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: GrantsIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.retire_grant(
+            &caller,
+            r.grant_token.as_deref(),
+            r.key_id.as_deref(),
+            r.grant_id.as_deref(),
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn revoke_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: GrantsIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.revoke_grant(
+            &caller,
+            &r.key_id.unwrap_or_default(),
+            &r.grant_id.unwrap_or_default(),
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+input!(ExplainIn {
+    principal: Option<String>,
+    action: Option<String>,
+    key_id: Option<String>,
+    encryption_context: Context,
+    source_ip: Option<String>,
+});
+
+fn explain_access(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: ExplainIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let source_ip = match r.source_ip.as_deref() {
+            None | Some("") => None,
+            Some(ip) => Some(ip.parse().map_err(|_| {
+                KmsError::validation("sourceIp", "Member must be an IP address")
+            })?),
+        };
+        let out = kms
+            .explain(
+                &caller,
+                ExplainRequest {
+                    principal: r.principal.unwrap_or_default(),
+                    action: r.action.unwrap_or_default(),
+                    key_id: r.key_id.unwrap_or_default(),
+                    encryption_context: r.encryption_context.unwrap_or_default(),
+                    source_ip,
+                },
+            )
+            .await?;
+        let d = &out.decision;
+        let decision = if d.is_allow() { "Allow" } else { "Deny" };
+        let reason = format!("{:?}", d.reason);
+        Ok(Reply {
+            elements: json!({"decision": decision, "reason": reason}),
+            ..Reply::body(json!({
+                "Decision": decision,
+                "Reason": reason,
+                "DecidingStatements": d.deciding.iter().map(|s| json!({
+                    "PolicyType": policy_type_name(s),
+                    "PolicyName": s.policy_name,
+                    "Statement": s.statement,
+                })).collect::<Vec<_>>(),
+                "Message": out.message,
+                "Resource": out.resource,
+            }))
+        })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// Every rpc of the gRPC KeyManagementService is a TrentService operation here (and the
+    /// other way round), so an operation added to one door cannot be missing from the other.
+    #[test]
+    fn serves_every_grpc_operation() {
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let grpc: std::collections::BTreeSet<String> = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter())
+            .filter(|s| s.name() == "KeyManagementService")
+            .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
+            .collect();
+        assert!(grpc.len() >= 29, "{grpc:?}");
+        let here: std::collections::BTreeSet<String> =
+            OPERATIONS.iter().map(|o| o.name.to_string()).collect();
+        assert_eq!(grpc, here);
+        assert!(operation("TrentService.Encrypt").is_some());
+        assert!(operation("TrentService.Nope").is_none());
+        assert!(operation("Encrypt").is_none());
+        assert_eq!(
+            operation("P11kmsAdmin.ExplainAccess").map(|o| o.name),
+            Some("ExplainAccess")
+        );
+    }
+
+    #[test]
+    fn inputs_follow_aws_json() {
+        // Unknown members are ignored, null is absent, blobs are base64.
+        let r: EncryptIn = parse(json!({
+            "KeyId": "alias/a", "Plaintext": "aGVsbG8=", "EncryptionContext": {"a": "b"},
+            "GrantTokens": null, "SomethingNew": 1
+        }))
+        .unwrap();
+        assert_eq!(blob(r.plaintext), b"hello");
+        assert!(r.grant_tokens.is_none());
+        // Wrong member types and bad base64 are refused.
+        assert!(parse::<EncryptIn>(json!({"KeyId": 5})).is_err());
+        assert!(parse::<EncryptIn>(json!({"Plaintext": "***"})).is_err());
+        assert!(parse::<PageIn>(json!({"Limit": "ten"})).is_err());
+    }
+
+    #[test]
+    fn outputs_omit_nulls_and_use_epoch_seconds() {
+        assert_eq!(ts(1_700_000_000_000), json!(1_700_000_000));
+        assert_eq!(ts(1_700_000_000_500), json!(1_700_000_000.5));
+        let r = Reply::body(json!({"A": null, "B": {"C": null, "D": 1}, "E": [{"F": null}]}));
+        assert_eq!(r.body, json!({"B": {"D": 1}, "E": [{}]}));
+    }
+}

@@ -1,0 +1,253 @@
+//! What the audit trail records of each AWS-door request, from its JSON body (KMS) or form
+//! (STS): CloudTrail's `requestParameters`, with CloudTrail's member names (camelCase).
+//!
+//! Each operation lists the members that are safe to log; everything else is dropped. So
+//! plaintext, ciphertext blobs, data keys, grant tokens, secrets and session tokens are never
+//! included, whatever the caller sends (grant tokens are logged as a count, a RetireGrant token
+//! as `"(given)"`).
+
+use serde_json::{Map, Value};
+
+/// Members of each operation that may be logged, by AWS (PascalCase) name.
+fn loggable(operation: &str) -> &'static [&'static str] {
+    match operation {
+        "CreateKey" => &[
+            "Description",
+            "KeyUsage",
+            "KeySpec",
+            "CustomerMasterKeySpec",
+            "Origin",
+            "BypassPolicyLockoutSafetyCheck",
+            "Policy",
+            "Tags",
+            "MultiRegion",
+        ],
+        "DescribeKey" | "EnableKey" | "DisableKey" | "CancelKeyDeletion" | "ListKeyPolicies" => {
+            &["KeyId", "GrantTokens"]
+        }
+        "ListKeys" => &["Limit", "Marker"],
+        "ScheduleKeyDeletion" => &["KeyId", "PendingWindowInDays"],
+        "UpdateKeyDescription" => &["KeyId", "Description"],
+        "TagResource" => &["KeyId", "Tags"],
+        "UntagResource" => &["KeyId", "TagKeys"],
+        "ListResourceTags" => &["KeyId", "Limit", "Marker"],
+        "CreateAlias" | "UpdateAlias" => &["AliasName", "TargetKeyId"],
+        "DeleteAlias" => &["AliasName"],
+        "ListAliases" => &["KeyId", "Limit", "Marker"],
+        "Encrypt" => &[
+            "KeyId",
+            "EncryptionContext",
+            "EncryptionAlgorithm",
+            "GrantTokens",
+        ],
+        "Decrypt" => &[
+            "KeyId",
+            "EncryptionContext",
+            "EncryptionAlgorithm",
+            "GrantTokens",
+        ],
+        "ReEncrypt" => &[
+            "SourceKeyId",
+            "DestinationKeyId",
+            "SourceEncryptionContext",
+            "DestinationEncryptionContext",
+            "SourceEncryptionAlgorithm",
+            "DestinationEncryptionAlgorithm",
+            "GrantTokens",
+        ],
+        "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => &[
+            "KeyId",
+            "EncryptionContext",
+            "KeySpec",
+            "NumberOfBytes",
+            "GrantTokens",
+        ],
+        "GenerateRandom" => &["NumberOfBytes", "CustomKeyStoreId"],
+        "GetKeyPolicy" => &["KeyId", "PolicyName"],
+        "PutKeyPolicy" => &[
+            "KeyId",
+            "PolicyName",
+            "Policy",
+            "BypassPolicyLockoutSafetyCheck",
+        ],
+        "CreateGrant" => &[
+            "KeyId",
+            "GranteePrincipal",
+            "RetiringPrincipal",
+            "Operations",
+            "Constraints",
+            "Name",
+            "GrantTokens",
+        ],
+        "ListGrants" => &["KeyId", "GrantId", "GranteePrincipal", "Limit", "Marker"],
+        "ListRetirableGrants" => &["RetiringPrincipal", "Limit", "Marker"],
+        "RetireGrant" => &["KeyId", "GrantId", "GrantToken"],
+        "RevokeGrant" => &["KeyId", "GrantId"],
+        "ExplainAccess" => &[
+            "Principal",
+            "Action",
+            "KeyId",
+            "EncryptionContext",
+            "SourceIp",
+        ],
+        "AssumeRole" => &[
+            "RoleArn",
+            "RoleSessionName",
+            "DurationSeconds",
+            "Policy",
+            "Tags",
+        ],
+        _ => &[],
+    }
+}
+
+/// `KeyId` -> `keyId`.
+fn camel(name: &str) -> String {
+    let mut c = name.chars();
+    match c.next() {
+        Some(first) => first.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Renames the keys of an object (one level) to camelCase; leaves values alone.
+fn camel_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (camel(k), v.clone())).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The CloudTrail `requestParameters` of a KMS request body (`Null` when the body is not an
+/// object).
+pub fn request_parameters(operation: &str, body: &Value) -> Value {
+    let Value::Object(m) = body else {
+        return Value::Null;
+    };
+    let mut out = Map::new();
+    for &member in loggable(operation) {
+        let Some(v) = m.get(member).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let logged = match member {
+            // Capabilities: log that they were used, never their value.
+            "GrantTokens" => match v {
+                Value::Array(a) if a.is_empty() => continue,
+                Value::Array(a) => Value::from(a.len()),
+                _ => continue,
+            },
+            "GrantToken" => Value::from("(given)"),
+            // Tags: [{TagKey, TagValue}] -> [{tagKey, tagValue}].
+            "Tags" => match v {
+                Value::Array(a) => Value::Array(a.iter().map(camel_keys).collect()),
+                _ => continue,
+            },
+            // Constraint names renamed; the encryption-context maps inside keep their keys.
+            "Constraints" => camel_keys(v),
+            _ => v.clone(),
+        };
+        out.insert(camel(member), logged);
+    }
+    Value::Object(out)
+}
+
+/// The CloudTrail `requestParameters` of an STS Query request (its form pairs).
+pub fn sts_parameters(action: &str, form: &[(String, String)]) -> Value {
+    let mut body = Map::new();
+    let mut tags: Vec<(usize, String, String)> = Vec::new();
+    for (k, v) in form {
+        if let Some(rest) = k.strip_prefix("Tags.member.") {
+            let mut it = rest.splitn(2, '.');
+            if let (Some(Ok(n)), Some(part)) = (it.next().map(str::parse::<usize>), it.next()) {
+                match tags.iter_mut().find(|t| t.0 == n) {
+                    Some(t) if part == "Key" => t.1 = v.clone(),
+                    Some(t) if part == "Value" => t.2 = v.clone(),
+                    Some(_) => {}
+                    None if part == "Key" => tags.push((n, v.clone(), String::new())),
+                    None if part == "Value" => tags.push((n, String::new(), v.clone())),
+                    None => {}
+                }
+            }
+            continue;
+        }
+        let value = match k.as_str() {
+            "DurationSeconds" => v
+                .parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(v.as_str())),
+            _ => Value::from(v.as_str()),
+        };
+        body.insert(k.clone(), value);
+    }
+    if !tags.is_empty() {
+        tags.sort_by_key(|t| t.0);
+        body.insert(
+            "Tags".into(),
+            Value::Array(
+                tags.into_iter()
+                    .map(|(_, k, v)| serde_json::json!({"Key": k, "Value": v}))
+                    .collect(),
+            ),
+        );
+    }
+    request_parameters(action, &Value::Object(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_never_logged() {
+        let body = json!({
+            "KeyId": "alias/a",
+            "Plaintext": "VE9QLVNFQ1JFVA==",
+            "EncryptionContext": {"Dept": "hr"},
+            "GrantTokens": ["CAPABILITY-TOKEN"],
+        });
+        let p = request_parameters("Encrypt", &body);
+        assert_eq!(
+            p,
+            json!({"keyId": "alias/a", "encryptionContext": {"Dept": "hr"}, "grantTokens": 1})
+        );
+        let p = request_parameters("Decrypt", &json!({"CiphertextBlob": "AAAA"})).to_string();
+        assert!(!p.contains("AAAA"), "{p}");
+        let p = request_parameters("RetireGrant", &json!({"GrantToken": "CAPABILITY"}));
+        assert_eq!(p, json!({"grantToken": "(given)"}));
+        let p = request_parameters("Unknown", &json!({"Plaintext": "x"}));
+        assert_eq!(p, json!({}));
+        let p = request_parameters(
+            "CreateGrant",
+            &json!({"KeyId": "k", "Constraints": {"EncryptionContextSubset": {"Dept": "IT"}}}),
+        );
+        assert_eq!(
+            p,
+            json!({"keyId": "k", "constraints": {"encryptionContextSubset": {"Dept": "IT"}}})
+        );
+    }
+
+    #[test]
+    fn sts_form_is_logged_without_tokens() {
+        let form = [
+            ("Action", "AssumeRole"),
+            ("RoleArn", "arn:aws:iam::111122223333:role/R"),
+            ("RoleSessionName", "s"),
+            ("DurationSeconds", "900"),
+            ("Tags.member.1.Key", "team"),
+            ("Tags.member.1.Value", "blue"),
+            ("SecretAccessKey", "never"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let p = sts_parameters("AssumeRole", &form);
+        assert_eq!(
+            p,
+            json!({
+                "roleArn": "arn:aws:iam::111122223333:role/R",
+                "roleSessionName": "s",
+                "durationSeconds": 900,
+                "tags": [{"key": "team", "value": "blue"}],
+            })
+        );
+    }
+}

@@ -1,0 +1,1226 @@
+//! [`AuditLog`]: the append-only, hash-chained, group-committed audit trail writer.
+//!
+//! # Shape
+//!
+//! - **One writer thread** (`audit-writer`) owns the files. Callers hand it serialized events
+//!   through a bounded queue; it assigns sequence numbers and hashes (so queue order is chain
+//!   order), writes a batch, fsyncs once and then answers every waiter of the batch.
+//! - **Segments.** Files `audit-000001.jsonl`, `audit-000002.jsonl`, … in the audit
+//!   directory. A new segment is started at every open (a restart never appends to an old
+//!   file), when the current one reaches `max_segment_bytes`, and when it is older than
+//!   `max_segment_age` (and has events). The first record of every segment is a
+//!   `segment-start` naming the previous segment and chaining to its last good record.
+//! - **Durability.** [`Durability::GroupCommit`] (default): `append` returns once its record
+//!   is written and fsynced; appends that arrive while the writer is busy share the next
+//!   fsync. [`Durability::Relaxed`]: `append` returns once the record is written to the
+//!   file (page cache); the writer fsyncs every `fsync_interval`.
+//! - **Checkpoints.** With a signer, after a batch that brings the events since the last
+//!   checkpoint to `checkpoint_every_events`, every `checkpoint_interval` while there are new
+//!   records, before a rotation and at shutdown, the writer appends a signed checkpoint. A
+//!   signing failure is logged and counted, retried later, and never fails appends.
+//! - **Fail closed.** Any write, fsync or file-identity failure (the segment file was
+//!   removed or replaced, the directory is gone) fails the batch with
+//!   [`AuditError::Unavailable`], rolls the file back to its last durable length (best
+//!   effort), marks the log unhealthy (appends are then refused at once) and retries from
+//!   `retry_min` doubling to `retry_max` by opening a new segment linked to the last durable
+//!   record. When that works the log is healthy again.
+//! - **Crash recovery** ([`AuditLog::open`]): the newest segment is read; its last complete,
+//!   well-formed record is the chain head. A torn last line (no trailing newline) is left in
+//!   place, and the new segment's `segment-start` records `truncatedAfterSequence`; the
+//!   verifier reports the torn line as a truncation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use super::checkpoint::{attach_signature, unsigned_body, CheckpointSigner};
+use super::event::{
+    iso8601_ms, key_id_of, record_body, seal_line, split_line, AuditEvent, Checkpoint,
+    SegmentStart, CHECKPOINT_ALGORITHM, GENESIS_HASH, RECORD_EVENT, RECORD_SEGMENT_START,
+};
+use super::AuditError;
+
+/// Upper bounds (seconds) of the fsync latency histogram buckets; a last `+Inf` bucket
+/// follows.
+pub const FSYNC_BUCKETS_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+const FSYNC_BUCKETS_MICROS: &[u64] = &[
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// When an appended record counts as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `append` returns after the record is fsynced; concurrent appends share one fsync.
+    GroupCommit,
+    /// `append` returns after the record is written (not yet fsynced); the writer fsyncs
+    /// every `fsync_interval`. A crash may lose the records of the last interval.
+    Relaxed {
+        /// How often the writer fsyncs written records.
+        fsync_interval: Duration,
+    },
+}
+
+/// Audit trail settings.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// The directory of the segment files (created if missing, mode 0750).
+    pub dir: PathBuf,
+    /// Group commit (default) or relaxed.
+    pub durability: Durability,
+    /// Start a new segment once the current one has this many bytes (default 64 MiB).
+    pub max_segment_bytes: u64,
+    /// Start a new segment once the current one is this old and has events (default 24 h;
+    /// `None`: never by age).
+    pub max_segment_age: Option<Duration>,
+    /// Write a checkpoint after this many events (default 1000; 0: not by count).
+    pub checkpoint_every_events: u64,
+    /// Write a checkpoint this often while there are new records (default 60 s; `None`:
+    /// not by time).
+    pub checkpoint_interval: Option<Duration>,
+    /// Capacity of the writer's queue (default 65536); a full queue answers
+    /// [`AuditError::Busy`].
+    pub queue_capacity: usize,
+    /// Most records written per batch (default 4096).
+    pub max_batch: usize,
+    /// First retry delay after a write failure (default 50 ms).
+    pub retry_min: Duration,
+    /// Longest retry delay (default 5 s).
+    pub retry_max: Duration,
+}
+
+impl AuditConfig {
+    /// Defaults for the trail in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> AuditConfig {
+        AuditConfig {
+            dir: dir.into(),
+            durability: Durability::GroupCommit,
+            max_segment_bytes: 64 << 20,
+            max_segment_age: Some(Duration::from_secs(24 * 3600)),
+            checkpoint_every_events: 1000,
+            checkpoint_interval: Some(Duration::from_secs(60)),
+            queue_capacity: 65_536,
+            max_batch: 4096,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+
+    fn validate(&self) -> Result<(), AuditError> {
+        let bad = |m: &str| Err(AuditError::Config(m.into()));
+        if self.max_segment_bytes < 4096 {
+            return bad("max_segment_bytes must be at least 4096");
+        }
+        if self.queue_capacity == 0 || self.max_batch == 0 {
+            return bad("queue_capacity and max_batch must be at least 1");
+        }
+        if self.retry_min.is_zero() || self.retry_max < self.retry_min {
+            return bad("retry_min must be > 0 and retry_max >= retry_min");
+        }
+        if let Durability::Relaxed { fsync_interval } = self.durability {
+            if fsync_interval.is_zero() {
+                return bad("the relaxed fsync interval must be > 0");
+            }
+        }
+        if self.max_segment_age.is_some_and(|d| d.is_zero())
+            || self.checkpoint_interval.is_some_and(|d| d.is_zero())
+        {
+            return bad("max_segment_age and checkpoint_interval must be > 0");
+        }
+        Ok(())
+    }
+}
+
+/// What `append` answers: where the record sits in the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// The record's sequence number.
+    pub sequence: u64,
+    /// The record's hash.
+    pub hash: String,
+    /// Whether the record was fsynced before the answer (group commit).
+    pub durable: bool,
+}
+
+/// Counters and gauges for the metrics endpoint and health.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditStats {
+    /// Whether the trail can be written (health: SERVING).
+    pub healthy: bool,
+    /// Appends waiting for the writer.
+    pub queue_depth: u64,
+    /// Event records written.
+    pub events_written: u64,
+    /// All records written (events, checkpoints, segment starts).
+    pub records_written: u64,
+    /// Checkpoints written.
+    pub checkpoints_written: u64,
+    /// Segments started by this process.
+    pub segments_started: u64,
+    /// Write batches.
+    pub batches: u64,
+    /// fsyncs of segment files.
+    pub fsyncs: u64,
+    /// Latency of the last fsync, seconds.
+    pub last_fsync_seconds: f64,
+    /// Cumulative fsync counts per bucket of [`FSYNC_BUCKETS_SECONDS`], then `+Inf`
+    /// (Prometheus `le` semantics).
+    pub fsync_buckets: Vec<u64>,
+    /// Sum of fsync latencies, seconds.
+    pub fsync_seconds_sum: f64,
+    /// Failed writes, fsyncs and recovery attempts.
+    pub write_errors: u64,
+    /// Failed checkpoint signatures.
+    pub checkpoint_errors: u64,
+    /// Appends refused (unhealthy, queue full, stopped).
+    pub rejected: u64,
+    /// The chain head's sequence number.
+    pub head_sequence: u64,
+    /// The current segment's file name.
+    pub segment: String,
+    /// The last write error, if unhealthy.
+    pub last_error: Option<String>,
+}
+
+/// State shared by [`AuditLog`] and its writer thread.
+struct Shared {
+    healthy: AtomicBool,
+    queued: AtomicU64,
+    events_written: AtomicU64,
+    records_written: AtomicU64,
+    checkpoints_written: AtomicU64,
+    segments_started: AtomicU64,
+    batches: AtomicU64,
+    fsyncs: AtomicU64,
+    last_fsync_micros: AtomicU64,
+    fsync_sum_micros: AtomicU64,
+    fsync_buckets: Vec<AtomicU64>,
+    write_errors: AtomicU64,
+    checkpoint_errors: AtomicU64,
+    rejected: AtomicU64,
+    head_sequence: AtomicU64,
+    segment: Mutex<String>,
+    last_error: Mutex<Option<String>>,
+    /// Tests hold it to stop the writer between taking the first command of a batch and
+    /// draining the queue.
+    #[cfg(test)]
+    gate: Mutex<()>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            healthy: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            events_written: AtomicU64::new(0),
+            records_written: AtomicU64::new(0),
+            checkpoints_written: AtomicU64::new(0),
+            segments_started: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            last_fsync_micros: AtomicU64::new(0),
+            fsync_sum_micros: AtomicU64::new(0),
+            fsync_buckets: (0..=FSYNC_BUCKETS_MICROS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            write_errors: AtomicU64::new(0),
+            checkpoint_errors: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            head_sequence: AtomicU64::new(0),
+            segment: Mutex::new(String::new()),
+            last_error: Mutex::new(None),
+            #[cfg(test)]
+            gate: Mutex::new(()),
+        }
+    }
+}
+
+impl Shared {
+    fn record_fsync(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.last_fsync_micros.store(us, Ordering::Relaxed);
+        self.fsync_sum_micros.fetch_add(us, Ordering::Relaxed);
+        let i = FSYNC_BUCKETS_MICROS
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(FSYNC_BUCKETS_MICROS.len());
+        self.fsync_buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+}
+
+/// A command for the writer thread.
+enum Cmd {
+    Append {
+        fields: Vec<u8>,
+        ack: oneshot::Sender<Result<AppendReceipt, AuditError>>,
+    },
+    Flush(oneshot::Sender<Result<(), AuditError>>),
+    Checkpoint(oneshot::Sender<Result<Option<u64>, AuditError>>),
+    Shutdown(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// The audit trail. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct AuditLog {
+    tx: SyncSender<Cmd>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .field("healthy", &self.healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Open the trail in `cfg.dir`: recover the chain head from the newest segment (see the
+    /// module docs on crash recovery), start a new segment and the writer thread. Without a
+    /// signer no checkpoints are written (the daemon always passes the HSM signer). Fails if
+    /// the directory cannot be created or written, or the existing trail cannot be read.
+    /// Must be called inside a Tokio runtime.
+    pub async fn open(
+        cfg: AuditConfig,
+        signer: Option<Arc<dyn CheckpointSigner>>,
+    ) -> Result<AuditLog, AuditError> {
+        cfg.validate()?;
+        let rt = tokio::runtime::Handle::current();
+        let shared = Arc::new(Shared::default());
+        let dir = cfg.dir.clone();
+        let capacity = cfg.queue_capacity;
+        let sh = Arc::clone(&shared);
+        let writer = tokio::task::spawn_blocking(move || Writer::recover(cfg, signer, sh, rt))
+            .await
+            .map_err(|e| AuditError::Io(format!("audit recovery task failed: {e}")))??;
+        let (tx, rx) = sync_channel(capacity);
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| AuditError::Io(format!("cannot start the audit writer thread: {e}")))?;
+        Ok(AuditLog {
+            tx,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            dir,
+        })
+    }
+
+    /// Append one event. With group commit this returns after the record is fsynced; with
+    /// relaxed durability after it is written. [`AuditError::Unavailable`] when the trail
+    /// cannot be written (fail closed), [`AuditError::Busy`] when the queue is full. Either
+    /// way nothing was recorded and the request must fail.
+    pub async fn append(&self, event: AuditEvent) -> Result<AppendReceipt, AuditError> {
+        if !self.shared.healthy.load(Ordering::SeqCst) {
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(AuditError::Unavailable(
+                self.shared
+                    .last_error()
+                    .unwrap_or_else(|| "the audit trail is not writable".into()),
+            ));
+        }
+        let fields = event
+            .into_json_object()
+            .map_err(|e| AuditError::Invalid(format!("audit event cannot be serialized: {e}")))?;
+        let (ack, rx) = oneshot::channel();
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.tx.try_send(Cmd::Append { fields, ack }) {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(match e {
+                TrySendError::Full(_) => AuditError::Busy,
+                TrySendError::Disconnected(_) => stopped(),
+            });
+        }
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Whether the trail can be written. False from a write failure until the writer has
+    /// started a new segment successfully.
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::SeqCst)
+    }
+
+    /// The audit directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Counters for the metrics endpoint.
+    pub fn stats(&self) -> AuditStats {
+        let s = &self.shared;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut cumulative = 0;
+        let fsync_buckets = s
+            .fsync_buckets
+            .iter()
+            .map(|b| {
+                cumulative += ld(b);
+                cumulative
+            })
+            .collect();
+        let healthy = self.healthy();
+        AuditStats {
+            healthy,
+            queue_depth: s.queued.load(Ordering::SeqCst),
+            events_written: ld(&s.events_written),
+            records_written: ld(&s.records_written),
+            checkpoints_written: ld(&s.checkpoints_written),
+            segments_started: ld(&s.segments_started),
+            batches: ld(&s.batches),
+            fsyncs: ld(&s.fsyncs),
+            last_fsync_seconds: ld(&s.last_fsync_micros) as f64 / 1e6,
+            fsync_buckets,
+            fsync_seconds_sum: ld(&s.fsync_sum_micros) as f64 / 1e6,
+            write_errors: ld(&s.write_errors),
+            checkpoint_errors: ld(&s.checkpoint_errors),
+            rejected: ld(&s.rejected),
+            head_sequence: ld(&s.head_sequence),
+            segment: s.segment.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            last_error: if healthy { None } else { s.last_error() },
+        }
+    }
+
+    /// Fsync whatever is written (relaxed mode); a no-op with group commit.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Cmd::Flush(ack)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Write a signed checkpoint now if there are records since the last one. Answers the
+    /// sequence of the latest checkpoint (`None` without a signer or before any).
+    pub async fn checkpoint_now(&self) -> Result<Option<u64>, AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Cmd::Checkpoint(ack)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Write what is queued, a final checkpoint, fsync, and stop the writer. Later appends
+    /// answer [`AuditError::Unavailable`]. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), AuditError> {
+        let (ack, rx) = oneshot::channel();
+        let answer = match self.tx.send(Cmd::Shutdown(ack)) {
+            Ok(()) => rx.await.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
+        self.shared.healthy.store(false, Ordering::SeqCst);
+        self.shared
+            .set_last_error(Some("the audit trail is shut down".into()));
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        answer
+    }
+
+    /// Hold the writer before it drains its queue (tests: make a batch deterministic).
+    #[cfg(test)]
+    pub(crate) fn test_gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn stopped() -> AuditError {
+    AuditError::Unavailable("the audit writer has stopped".into())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `audit-000042.jsonl`.
+pub(crate) fn segment_name(index: u64) -> String {
+    format!("audit-{index:06}.jsonl")
+}
+
+/// The index of a segment file name (`audit-<digits>.jsonl`, at least 6 digits).
+pub(crate) fn segment_index(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+    if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment files in `dir`, by index.
+fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(i) = segment_index(&name) {
+            if e.file_type()?.is_file() {
+                out.push((i, name));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The chain head found at the end of a segment's bytes.
+struct Tail {
+    /// (sequence, hash) of the last complete record that parses.
+    last_good: Option<(u64, String)>,
+    /// Bytes after the last newline (a torn record).
+    torn_bytes: usize,
+}
+
+fn scan_tail(data: &[u8]) -> Tail {
+    let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn_bytes = data.len() - complete;
+    let mut last_good = None;
+    for line in data[..complete].split(|b| *b == b'\n').rev() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((_, hash)) = split_line(line) else {
+            continue;
+        };
+        let seq = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("sequence").and_then(serde_json::Value::as_u64));
+        if let Some(seq) = seq {
+            last_good = Some((seq, hash.to_owned()));
+            break;
+        }
+    }
+    Tail {
+        last_good,
+        torn_bytes,
+    }
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    /// Bytes durably written (group commit) or written (relaxed).
+    bytes: u64,
+    opened: Instant,
+    /// Records in this segment (the segment start included).
+    records: u64,
+    /// Event records in this segment.
+    events: u64,
+    /// (device, inode) of the file as opened.
+    id: (u64, u64),
+}
+
+/// Checkpoint bookkeeping.
+struct CpState {
+    /// First sequence not covered by a checkpoint of this process.
+    first_seq: u64,
+    /// Records and events since the last checkpoint.
+    records: u64,
+    events: u64,
+    last_seq: Option<u64>,
+    last_time: Instant,
+    /// After a signing failure: no attempt before this.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+struct Writer {
+    cfg: AuditConfig,
+    signer: Option<Arc<dyn CheckpointSigner>>,
+    key_id: String,
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+    seg: Option<Segment>,
+    next_index: u64,
+    last_segment_name: Option<String>,
+    head_seq: u64,
+    head_hash: String,
+    cp: CpState,
+    /// Relaxed mode: records written since the last fsync.
+    dirty: bool,
+    last_fsync: Instant,
+    /// Set after a write failure: the note for the recovery segment.
+    broken: Option<String>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+type Ack<T> = oneshot::Sender<Result<T, AuditError>>;
+
+impl Writer {
+    /// Read the existing trail and start a new segment.
+    fn recover(
+        cfg: AuditConfig,
+        signer: Option<Arc<dyn CheckpointSigner>>,
+        shared: Arc<Shared>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Writer, AuditError> {
+        let dir = cfg.dir.clone();
+        let io = |e: std::io::Error, what: &str| {
+            AuditError::Io(format!("{what} {}: {e}", dir.display()))
+        };
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| io(e, "cannot create the audit directory"))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o750))
+                .map_err(|e| io(e, "cannot set permissions on"))?;
+        }
+        let segments = list_segments(&dir).map_err(|e| io(e, "cannot list"))?;
+        let mut head = (0u64, GENESIS_HASH.to_owned());
+        let mut torn = None;
+        for (n, (_, name)) in segments.iter().rev().enumerate() {
+            let path = dir.join(name);
+            let data = fs::read(&path).map_err(|e| {
+                AuditError::Io(format!("cannot read audit segment {}: {e}", path.display()))
+            })?;
+            let tail = scan_tail(&data);
+            if n == 0 && tail.torn_bytes > 0 {
+                torn = Some((name.clone(), tail.torn_bytes));
+            }
+            if let Some(good) = tail.last_good {
+                head = good;
+                break;
+            }
+        }
+        if let Some((_, last)) = segments.last() {
+            let report = super::verify::verify_files(&[dir.join(last)], None);
+            for p in &report.problems {
+                tracing::error!(
+                    segment = %last,
+                    sequence = ?p.sequence,
+                    kind = %p.kind,
+                    detail = %p.detail,
+                    "the newest audit segment does not verify; run `p11kms audit verify`"
+                );
+            }
+        }
+        let key_id = signer
+            .as_ref()
+            .map(|s| key_id_of(s.public_key_spki_der()))
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut w = Writer {
+            signer,
+            key_id,
+            shared,
+            rt,
+            seg: None,
+            next_index: segments.last().map_or(1, |(i, _)| i + 1),
+            last_segment_name: segments.last().map(|(_, n)| n.clone()),
+            head_seq: head.0,
+            head_hash: head.1,
+            cp: CpState {
+                first_seq: head.0 + 1,
+                records: 0,
+                events: 0,
+                last_seq: None,
+                last_time: now,
+                retry_at: None,
+                backoff: Duration::from_secs(1),
+            },
+            dirty: false,
+            last_fsync: now,
+            broken: None,
+            retry_at: None,
+            backoff: cfg.retry_min,
+            cfg,
+        };
+        let (reason, truncated, note) = match (&torn, segments.is_empty()) {
+            (Some((name, bytes)), _) => {
+                tracing::warn!(
+                    segment = %name,
+                    torn_bytes = bytes,
+                    after_sequence = w.head_seq,
+                    "the audit trail ends with a torn record (crash during a write); \
+                     it is left in place and the trail continues in a new segment"
+                );
+                (
+                    "crash-recovery",
+                    Some(w.head_seq),
+                    Some(format!(
+                        "{name} ends with a torn record of {bytes} bytes after sequence {}; left in place",
+                        w.head_seq
+                    )),
+                )
+            }
+            (None, true) => ("new-trail", None, None),
+            (None, false) => ("startup", None, None),
+        };
+        w.open_segment(reason, truncated, note)
+            .map_err(AuditError::Io)?;
+        w.shared.healthy.store(true, Ordering::SeqCst);
+        tracing::info!(
+            dir = %w.cfg.dir.display(),
+            segment = %w.last_segment_name.as_deref().unwrap_or(""),
+            head_sequence = w.head_seq,
+            "audit trail opened"
+        );
+        Ok(w)
+    }
+
+    fn run(mut self, rx: &Receiver<Cmd>) {
+        loop {
+            let now = Instant::now();
+            self.on_timers(now);
+            let wait = self.next_deadline().map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.close();
+                    return;
+                }
+            };
+            #[cfg(test)]
+            let shared = Arc::clone(&self.shared);
+            #[cfg(test)]
+            let gate = shared.gate.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cmds = vec![first];
+            while cmds.len() < self.cfg.max_batch {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            #[cfg(test)]
+            drop(gate);
+            let appends = cmds
+                .iter()
+                .filter(|c| matches!(c, Cmd::Append { .. }))
+                .count() as u64;
+            self.shared.queued.fetch_sub(appends, Ordering::SeqCst);
+            if self.process(cmds) {
+                return;
+            }
+        }
+    }
+
+    /// Handle a batch of commands in order; true once shut down.
+    fn process(&mut self, cmds: Vec<Cmd>) -> bool {
+        let mut pending: Vec<(Vec<u8>, Ack<AppendReceipt>)> = Vec::new();
+        for cmd in cmds {
+            match cmd {
+                Cmd::Append { fields, ack } => pending.push((fields, ack)),
+                Cmd::Flush(ack) => {
+                    self.write_events(std::mem::take(&mut pending));
+                    let r = self.sync_if_dirty();
+                    let _ = ack.send(r);
+                }
+                Cmd::Checkpoint(ack) => {
+                    self.write_events(std::mem::take(&mut pending));
+                    let r = self.checkpoint();
+                    let _ = ack.send(r);
+                }
+                Cmd::Shutdown(ack) => {
+                    self.write_events(std::mem::take(&mut pending));
+                    self.close();
+                    let _ = ack.send(Ok(()));
+                    return true;
+                }
+            }
+        }
+        self.write_events(pending);
+        false
+    }
+
+    fn relaxed(&self) -> Option<Duration> {
+        match self.cfg.durability {
+            Durability::GroupCommit => None,
+            Durability::Relaxed { fsync_interval } => Some(fsync_interval),
+        }
+    }
+
+    fn may_checkpoint(&self, now: Instant) -> bool {
+        self.signer.is_some() && self.cp.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// Time-driven work: recovery, relaxed fsync, timed checkpoints and rotation.
+    fn on_timers(&mut self, now: Instant) {
+        if self.broken.is_some() {
+            if self.retry_at.is_none_or(|t| now >= t) {
+                self.try_recover(now);
+            }
+            return;
+        }
+        if let Some(interval) = self.relaxed() {
+            if self.dirty && now >= self.last_fsync + interval {
+                let _ = self.sync_if_dirty();
+            }
+        }
+        if let Some(interval) = self.cfg.checkpoint_interval {
+            if self.cp.records > 0
+                && now >= self.cp.last_time + interval
+                && self.may_checkpoint(now)
+            {
+                let _ = self.checkpoint();
+            }
+        }
+        if let (Some(age), Some(seg)) = (self.cfg.max_segment_age, &self.seg) {
+            if seg.events > 0 && now >= seg.opened + age {
+                if let Err(e) = self.rotate("rotation-time") {
+                    self.fail(e, None);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.broken.is_some() {
+            return self.retry_at;
+        }
+        let mut d: Option<Instant> = None;
+        let mut consider = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
+        if let Some(interval) = self.relaxed() {
+            if self.dirty {
+                consider(self.last_fsync + interval);
+            }
+        }
+        if let Some(interval) = self.cfg.checkpoint_interval {
+            if self.signer.is_some() && self.cp.records > 0 {
+                let t = self.cp.last_time + interval;
+                consider(self.cp.retry_at.map_or(t, |r| r.max(t)));
+            }
+        }
+        if let (Some(age), Some(seg)) = (self.cfg.max_segment_age, &self.seg) {
+            if seg.events > 0 {
+                consider(seg.opened + age);
+            }
+        }
+        d
+    }
+
+    /// Write a batch of events (and a checkpoint if one is due), fsync per the durability
+    /// mode, then answer every waiter.
+    fn write_events(&mut self, batch: Vec<(Vec<u8>, Ack<AppendReceipt>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let fail_all = |batch: Vec<(Vec<u8>, Ack<AppendReceipt>)>, e: &str| {
+            for (_, ack) in batch {
+                let _ = ack.send(Err(AuditError::Unavailable(e.to_owned())));
+            }
+        };
+        if self.broken.is_some() || self.seg.is_none() {
+            self.shared
+                .rejected
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let e = self
+                .shared
+                .last_error()
+                .unwrap_or_else(|| "the audit trail is not writable".into());
+            return fail_all(batch, &e);
+        }
+        if self
+            .seg
+            .as_ref()
+            .is_some_and(|s| s.bytes >= self.cfg.max_segment_bytes)
+        {
+            if let Err(e) = self.rotate("rotation-size") {
+                self.fail(e.clone(), None);
+                return fail_all(batch, &e);
+            }
+        }
+        let mut buf = Vec::with_capacity(batch.len() * 1024);
+        let (mut seq, mut hash) = (self.head_seq, self.head_hash.clone());
+        let mut receipts = Vec::with_capacity(batch.len());
+        for (fields, _) in &batch {
+            seq += 1;
+            let body = record_body(RECORD_EVENT, seq, &hash, fields);
+            let (line, h) = seal_line(&body);
+            buf.extend_from_slice(&line);
+            hash = h;
+            receipts.push((seq, hash.clone()));
+        }
+        let events = batch.len() as u64;
+        let now = Instant::now();
+        let mut checkpoint = None;
+        if self.cfg.checkpoint_every_events > 0
+            && self.cp.events + events >= self.cfg.checkpoint_every_events
+            && self.may_checkpoint(now)
+        {
+            if let Some((line, h)) = self.checkpoint_line(seq + 1, &hash, events, events) {
+                buf.extend_from_slice(&line);
+                seq += 1;
+                hash = h;
+                checkpoint = Some(seq);
+            }
+        }
+        let durable = self.relaxed().is_none();
+        match self.write(&buf, durable) {
+            Ok(()) => {
+                let records = seq - self.head_seq;
+                self.commit(seq, hash, buf.len() as u64, records, events);
+                if let Some(cp_seq) = checkpoint {
+                    self.checkpoint_committed(cp_seq);
+                }
+                self.shared.batches.fetch_add(1, Ordering::Relaxed);
+                for ((_, ack), (sequence, hash)) in batch.into_iter().zip(receipts) {
+                    let _ = ack.send(Ok(AppendReceipt {
+                        sequence,
+                        hash,
+                        durable,
+                    }));
+                }
+            }
+            Err(e) => {
+                let rollback = self.seg.as_ref().map(|s| s.bytes);
+                self.fail(e.clone(), rollback);
+                fail_all(batch, &e);
+            }
+        }
+    }
+
+    /// Account for records just written.
+    fn commit(&mut self, seq: u64, hash: String, bytes: u64, records: u64, events: u64) {
+        self.head_seq = seq;
+        self.head_hash = hash;
+        if let Some(seg) = self.seg.as_mut() {
+            seg.bytes += bytes;
+            seg.records += records;
+            seg.events += events;
+        }
+        self.cp.records += records;
+        self.cp.events += events;
+        let s = &self.shared;
+        s.records_written.fetch_add(records, Ordering::Relaxed);
+        s.events_written.fetch_add(events, Ordering::Relaxed);
+        s.head_sequence.store(seq, Ordering::Relaxed);
+    }
+
+    fn checkpoint_committed(&mut self, cp_seq: u64) {
+        self.cp.first_seq = cp_seq + 1;
+        self.cp.records = 0;
+        self.cp.events = 0;
+        self.cp.last_seq = Some(cp_seq);
+        self.cp.last_time = Instant::now();
+        self.shared
+            .checkpoints_written
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A signed checkpoint line at `seq` over the head `prev_hash`. `pending_records` and
+    /// `pending_events` are the uncommitted records before it. `None` (logged, counted,
+    /// retried later) if signing fails.
+    fn checkpoint_line(
+        &mut self,
+        seq: u64,
+        prev_hash: &str,
+        pending_records: u64,
+        pending_events: u64,
+    ) -> Option<(Vec<u8>, String)> {
+        let signer = Arc::clone(self.signer.as_ref()?);
+        let cp = Checkpoint {
+            time: iso8601_ms(now_ms()),
+            first_sequence: self.cp.first_seq,
+            head_sequence: seq - 1,
+            head_hash: prev_hash.to_owned(),
+            record_count: self.cp.records + pending_records,
+            event_count: self.cp.events + pending_events,
+            previous_checkpoint_sequence: self.cp.last_seq,
+            algorithm: CHECKPOINT_ALGORITHM.into(),
+            key_id: self.key_id.clone(),
+        };
+        let unsigned = unsigned_body(seq, prev_hash, &cp);
+        match self.rt.block_on(signer.sign(&unsigned)) {
+            Ok(sig) => {
+                self.cp.retry_at = None;
+                self.cp.backoff = Duration::from_secs(1);
+                Some(seal_line(&attach_signature(&unsigned, &sig)))
+            }
+            Err(e) => {
+                self.shared
+                    .checkpoint_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.cp.retry_at = Some(Instant::now() + self.cp.backoff);
+                self.cp.backoff = (self.cp.backoff * 2).min(Duration::from_secs(60));
+                tracing::warn!(error = %e, sequence = seq, "audit checkpoint not signed; will retry");
+                None
+            }
+        }
+    }
+
+    /// Write a checkpoint now if there are records since the last one.
+    fn checkpoint(&mut self) -> Result<Option<u64>, AuditError> {
+        if self.signer.is_none() {
+            return Ok(None);
+        }
+        if self.broken.is_some() || self.seg.is_none() {
+            return Err(AuditError::Unavailable(
+                self.shared
+                    .last_error()
+                    .unwrap_or_else(|| "the audit trail is not writable".into()),
+            ));
+        }
+        if self.cp.records == 0 {
+            return Ok(self.cp.last_seq);
+        }
+        let seq = self.head_seq + 1;
+        let prev = self.head_hash.clone();
+        let Some((line, hash)) = self.checkpoint_line(seq, &prev, 0, 0) else {
+            return Err(AuditError::Signer(
+                "the checkpoint could not be signed".into(),
+            ));
+        };
+        match self.write(&line, true) {
+            Ok(()) => {
+                self.commit(seq, hash, line.len() as u64, 1, 0);
+                self.checkpoint_committed(seq);
+                Ok(Some(seq))
+            }
+            Err(e) => {
+                let rollback = self.seg.as_ref().map(|s| s.bytes);
+                self.fail(e.clone(), rollback);
+                Err(AuditError::Unavailable(e))
+            }
+        }
+    }
+
+    /// Write `buf` to the current segment, fsyncing if `sync` (always done when the file is
+    /// still the one at its path).
+    fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
+        let seg = self.seg.as_mut().ok_or("no open audit segment")?;
+        let on_disk = fs::metadata(&seg.path)
+            .map_err(|e| format!("audit segment {}: {e}", seg.path.display()))?;
+        if (on_disk.dev(), on_disk.ino()) != seg.id {
+            return Err(format!(
+                "audit segment {} was removed or replaced",
+                seg.path.display()
+            ));
+        }
+        seg.file
+            .write_all(buf)
+            .map_err(|e| format!("writing {}: {e}", seg.path.display()))?;
+        if sync {
+            let t = Instant::now();
+            seg.file
+                .sync_data()
+                .map_err(|e| format!("fsync of {}: {e}", seg.path.display()))?;
+            self.shared.record_fsync(t.elapsed());
+            self.last_fsync = Instant::now();
+            self.dirty = false;
+        } else {
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn sync_if_dirty(&mut self) -> Result<(), AuditError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let r = match self.seg.as_mut() {
+            None => Err("no open audit segment".to_owned()),
+            Some(seg) => {
+                let t = Instant::now();
+                match seg.file.sync_data() {
+                    Ok(()) => {
+                        self.shared.record_fsync(t.elapsed());
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("fsync of {}: {e}", seg.path.display())),
+                }
+            }
+        };
+        self.last_fsync = Instant::now();
+        match r {
+            Ok(()) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                // Relaxed mode: the written records were already acknowledged; nothing
+                // to roll back.
+                self.fail(e.clone(), None);
+                Err(AuditError::Unavailable(e))
+            }
+        }
+    }
+
+    /// Seal the current segment (a checkpoint, an fsync) and start the next one.
+    fn rotate(&mut self, reason: &'static str) -> Result<(), String> {
+        if self.cp.records > 0 && self.may_checkpoint(Instant::now()) {
+            // A signing failure is counted and logged inside; the rotation goes on.
+            if let Err(AuditError::Unavailable(e)) = self.checkpoint() {
+                return Err(e);
+            }
+        }
+        if self.dirty {
+            self.sync_if_dirty().map_err(|e| e.to_string())?;
+        }
+        self.open_segment(reason, None, None)
+    }
+
+    /// Create the next segment file and write its `segment-start` (fsynced, with the
+    /// directory). On failure the half-made file is removed.
+    fn open_segment(
+        &mut self,
+        reason: &'static str,
+        truncated_after_sequence: Option<u64>,
+        note: Option<String>,
+    ) -> Result<(), String> {
+        let index = self.next_index;
+        let name = segment_name(index);
+        let path = self.cfg.dir.join(&name);
+        let start = SegmentStart {
+            time: iso8601_ms(now_ms()),
+            segment: name.clone(),
+            previous_segment: self.last_segment_name.clone(),
+            previous_sequence: self.head_seq,
+            reason: reason.into(),
+            truncated_after_sequence,
+            note,
+        };
+        let fields = serde_json::to_vec(&start).map_err(|e| e.to_string())?;
+        let seq = self.head_seq + 1;
+        let (line, hash) = seal_line(&record_body(
+            RECORD_SEGMENT_START,
+            seq,
+            &self.head_hash,
+            &fields,
+        ));
+        let created = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&path);
+        let mut file = match created {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    // Never overwrite: the next attempt takes the next index.
+                    self.next_index += 1;
+                }
+                return Err(format!("creating {}: {e}", path.display()));
+            }
+        };
+        let t = Instant::now();
+        let written = file
+            .write_all(&line)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| file.metadata())
+            .map_err(|e| format!("writing {}: {e}", path.display()));
+        let meta = match written {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        self.shared.record_fsync(t.elapsed());
+        if let Err(e) = File::open(&self.cfg.dir).and_then(|d| d.sync_all()) {
+            let _ = fs::remove_file(&path);
+            return Err(format!("fsync of {}: {e}", self.cfg.dir.display()));
+        }
+        self.next_index = index + 1;
+        self.seg = Some(Segment {
+            file,
+            path,
+            bytes: line.len() as u64,
+            opened: Instant::now(),
+            records: 0,
+            events: 0,
+            id: (meta.dev(), meta.ino()),
+        });
+        self.last_segment_name = Some(name.clone());
+        self.dirty = false;
+        self.commit(seq, hash, 0, 1, 0);
+        self.shared.segments_started.fetch_add(1, Ordering::Relaxed);
+        *self
+            .shared
+            .segment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = name.clone();
+        tracing::info!(segment = %name, reason, sequence = seq, "audit segment started");
+        Ok(())
+    }
+
+    /// A write failed: refuse appends, roll the file back to `rollback` bytes (best effort),
+    /// drop the segment and schedule a recovery.
+    fn fail(&mut self, error: String, rollback: Option<u64>) {
+        let was_healthy = self.shared.healthy.swap(false, Ordering::SeqCst);
+        self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.set_last_error(Some(error.clone()));
+        if let Some(seg) = self.seg.take() {
+            if let Some(len) = rollback {
+                let _ = seg.file.set_len(len);
+            }
+        }
+        self.dirty = false;
+        if was_healthy {
+            tracing::error!(
+                error = %error,
+                "the audit trail cannot be written: requests fail closed until it can"
+            );
+        }
+        self.broken = Some(error);
+        self.backoff = self.cfg.retry_min;
+        self.retry_at = Some(Instant::now() + self.backoff);
+    }
+
+    /// Try to continue the trail in a new segment after a failure.
+    fn try_recover(&mut self, now: Instant) {
+        let note = self.broken.clone().unwrap_or_default();
+        match self.open_segment(
+            "write-error-recovery",
+            None,
+            Some(format!("continued after a write failure: {note}")),
+        ) {
+            Ok(()) => {
+                self.broken = None;
+                self.retry_at = None;
+                self.backoff = self.cfg.retry_min;
+                self.shared.set_last_error(None);
+                self.shared.healthy.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    head_sequence = self.head_seq,
+                    "the audit trail is writable again"
+                );
+            }
+            Err(e) => {
+                self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?self.backoff, "audit trail still not writable");
+                self.shared.set_last_error(Some(e));
+                self.backoff = (self.backoff * 2).min(self.cfg.retry_max);
+                self.retry_at = Some(now + self.backoff);
+            }
+        }
+    }
+
+    /// Final checkpoint and fsync.
+    fn close(&mut self) {
+        if self.broken.is_none() && self.seg.is_some() {
+            if self.cp.records > 0 && self.may_checkpoint(Instant::now()) {
+                let _ = self.checkpoint();
+            }
+            let _ = self.sync_if_dirty();
+        }
+        self.shared.healthy.store(false, Ordering::SeqCst);
+        self.shared
+            .set_last_error(Some("the audit trail is shut down".into()));
+        tracing::info!(head_sequence = self.head_seq, "audit trail closed");
+    }
+}

@@ -1,0 +1,1566 @@
+//! `p11kms-bench`: closed-loop load against a real p11kms daemon over gRPC with TLS and real
+//! credentials, side by side with the raw HSM in the same run.
+//!
+//! By default it builds a private world in a temporary directory (a SoftHSM2 token made by
+//! `softhsm-config/init-token.sh`, a dev PKI, a daemon config pointing at the identity
+//! fixtures), starts the real daemon (`p11kms serve`, the sibling binary) as a child process on
+//! 127.0.0.1, and measures. `--endpoint` measures an existing daemon instead.
+//!
+//! Every case prints ONE JSON line on stdout. Errors are counted by AWS error name and a run
+//! with errors also prints a WARNING line on stderr.
+//!
+//! The raw baseline ([`p11kms::hsm::raw`]) repeats the daemon worker's PKCS#11 calls for the
+//! same operation in this process (one thread, no network, no policy) on the same token and
+//! the same object kind. Raw and daemon phases alternate (raw, daemon, raw, daemon, ..., raw)
+//! so that machine drift hits both; raw is reported as the mean of its phases.
+//!
+//! Secrets: the token PINs are random, live in this process's memory and reach children only
+//! through their environment (never argv, logs or JSON). The SigV4 secret is read from the
+//! identity fixtures (own daemon) or from a file / environment variable (`--endpoint`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use p11kms::api::grpc::status::aws_reason;
+use p11kms::client::{AccessKeyCredentials, ClientConfig, Signer};
+use p11kms::hsm::raw::{RawBench, RawOp, RawResult};
+use p11kms::hsm::Pin;
+use p11kms::pb;
+use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
+
+type Client = KeyManagementServiceClient<Channel>;
+
+const TOKEN_LABEL: &str = "p11kms-bench";
+const PIN_ENV: &str = "P11KMS_BENCH_USER_PIN";
+const DEFAULT_ACCESS_KEY: &str = "AKIAADMIN00000000001";
+const ADMIN_CERT: &str = "admin";
+/// Bound on any single request, so that no loop can hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on requests per task per phase.
+const MAX_REQUESTS_PER_TASK: u64 = 10_000_000;
+/// Bound on latency samples kept per case (enough for 100k ops/s over 50 s).
+const MAX_SAMPLES: usize = 5_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Op {
+    Encrypt,
+    Decrypt,
+    GenerateDataKey,
+    GenerateDataKeyWithoutPlaintext,
+    ReEncrypt,
+    CreateKey,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Encrypt => "encrypt",
+            Op::Decrypt => "decrypt",
+            Op::GenerateDataKey => "generate-data-key",
+            Op::GenerateDataKeyWithoutPlaintext => "generate-data-key-without-plaintext",
+            Op::ReEncrypt => "re-encrypt",
+            Op::CreateKey => "create-key",
+        }
+    }
+
+    fn raw(self) -> RawOp {
+        match self {
+            Op::Encrypt => RawOp::Encrypt,
+            Op::Decrypt => RawOp::Decrypt,
+            Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => RawOp::GenerateDataKey,
+            Op::ReEncrypt => RawOp::ReEncrypt,
+            Op::CreateKey => RawOp::CreateKey,
+        }
+    }
+
+    /// What the HSM does per request, for the JSON.
+    fn hsm_calls(self) -> &'static str {
+        match self {
+            Op::Encrypt => "C_GenerateRandom(12)+C_EncryptInit+C_Encrypt",
+            Op::Decrypt => "C_DecryptInit+C_Decrypt",
+            Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => {
+                "C_GenerateRandom(n)+C_GenerateRandom(12)+C_EncryptInit+C_Encrypt"
+            }
+            Op::ReEncrypt => "C_DecryptInit+C_Decrypt+C_GenerateRandom(12)+C_EncryptInit+C_Encrypt",
+            Op::CreateKey => "C_GenerateKey(AES-256 token key)",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Suite {
+    /// Policy decisions per second, in-process.
+    Policy,
+    /// The operations of --ops against the daemon, with the raw baseline.
+    Crypto,
+    /// Daemon start-up time and RSS with --startup-keys keys (slow: creates the keys).
+    Startup,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Auth {
+    /// Client certificate (CN admin).
+    Mtls,
+    /// AWS Signature V4 with an access key (no client certificate).
+    Sigv4,
+}
+
+/// Benchmark p11kms against the raw HSM. One JSON line per case on stdout.
+#[derive(Parser, Debug)]
+#[command(name = "p11kms-bench", version)]
+struct Cli {
+    /// Suites to run, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "policy,crypto"
+    )]
+    suite: Vec<Suite>,
+    /// Operations of the crypto suite.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "encrypt,decrypt,generate-data-key,generate-data-key-without-plaintext,re-encrypt,create-key"
+    )]
+    ops: Vec<Op>,
+    /// Concurrent closed-loop tasks.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 channels (connections) the tasks share.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// Plaintext / data-key size in bytes (1-4096; data keys 1-1024).
+    #[arg(long, default_value_t = 32)]
+    payload: usize,
+    /// Measured daemon time per case, in seconds (split into --daemon-phase phases).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured daemon warm-up per case, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Length of one daemon phase, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    daemon_phase: f64,
+    /// Length of one raw phase, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    raw_phase: f64,
+    /// Measured time of the create-key case, in seconds (it leaves keys on the token).
+    #[arg(long, default_value_t = 10.0)]
+    create_key_duration: f64,
+    /// Skip the raw baseline.
+    #[arg(long)]
+    no_raw: bool,
+    /// Authentication of the load requests.
+    #[arg(long, value_enum, default_value = "mtls")]
+    auth: Auth,
+    /// Tokio worker threads of the client.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+
+    // ---- own daemon
+    /// Identity directory (credentials.json + <account>.json files) for the own daemon.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/identity"))]
+    identity_dir: PathBuf,
+    /// The p11kms binary (default: `p11kms` next to this binary).
+    #[arg(long)]
+    daemon_bin: Option<PathBuf>,
+    /// softhsm-config/init-token.sh.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-config/init-token.sh"))]
+    init_token_script: PathBuf,
+    /// Working directory (default: a fresh directory under the system temp dir).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Keep the working directory (token, PKI, store, daemon log) at the end.
+    #[arg(long)]
+    keep_workdir: bool,
+    /// HSM worker threads of the own daemon (default: the daemon's default).
+    #[arg(long)]
+    hsm_workers: Option<usize>,
+    /// Log level of the own daemon.
+    #[arg(long, default_value = "info")]
+    daemon_log_level: String,
+    /// Keys in the store for the startup suite.
+    #[arg(long, default_value_t = 10_000)]
+    startup_keys: usize,
+    /// Concurrent CreateKey calls while seeding the startup suite's keys.
+    #[arg(long, default_value_t = 8)]
+    seed_concurrency: usize,
+    /// Most seconds spent seeding keys for the startup suite.
+    #[arg(long, default_value_t = 1200)]
+    seed_timeout: u64,
+
+    // ---- existing daemon
+    /// Use this daemon (`https://host:port`) instead of starting one.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// CA certificate of the existing daemon.
+    #[arg(long, requires = "endpoint")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (mtls) for the existing daemon.
+    #[arg(long, requires = "endpoint")]
+    client_cert: Option<PathBuf>,
+    /// Client key (mtls) for the existing daemon.
+    #[arg(long, requires = "endpoint")]
+    client_key: Option<PathBuf>,
+    /// Name to verify in the server certificate.
+    #[arg(long)]
+    tls_domain: Option<String>,
+    /// SigV4 access key id.
+    #[arg(long, default_value = DEFAULT_ACCESS_KEY)]
+    access_key_id: String,
+    /// File holding the SigV4 secret (existing daemon; else AWS_SECRET_ACCESS_KEY).
+    #[arg(long, requires = "endpoint")]
+    secret_access_key_file: Option<PathBuf>,
+    /// PID of the existing daemon, to read its CPU and memory.
+    #[arg(long, requires = "endpoint")]
+    server_pid: Option<u32>,
+    /// Key to use with the existing daemon (default: create one).
+    #[arg(long, requires = "endpoint")]
+    key_id: Option<String>,
+    /// Raw baseline against an existing daemon's token: the PKCS#11 module.
+    #[arg(long, requires = "endpoint")]
+    hsm_module: Option<PathBuf>,
+    /// Raw baseline against an existing daemon's token: its label.
+    #[arg(long, requires = "endpoint")]
+    token_label: Option<String>,
+    /// Raw baseline against an existing daemon's token: SOFTHSM2_CONF.
+    #[arg(long, requires = "endpoint")]
+    softhsm2_conf: Option<PathBuf>,
+    /// Raw baseline against an existing daemon's token: environment variable holding the PIN.
+    #[arg(long, requires = "endpoint", default_value = PIN_ENV)]
+    pin_env: String,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+// ================================================================ /proc
+
+/// Clock ticks per second for /proc accounting (`getconf CLK_TCK`, 100 on Linux).
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// utime + stime, in ticks, of a /proc/.../stat file.
+fn stat_ticks(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU of a process: total, and of its `hsm-worker-*` threads (the PKCS#11 calls).
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcCpu {
+    total: u64,
+    hsm: u64,
+}
+
+fn proc_cpu(pid: u32) -> Option<ProcCpu> {
+    let total = stat_ticks(&format!("/proc/{pid}/stat"))?;
+    let mut hsm = 0;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            let tid = t.file_name();
+            let tid = tid.to_string_lossy();
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            if comm.starts_with("hsm-worker") {
+                hsm += stat_ticks(&format!("/proc/{pid}/task/{tid}/stat")).unwrap_or(0);
+            }
+        }
+    }
+    Some(ProcCpu { total, hsm })
+}
+
+fn self_cpu() -> u64 {
+    stat_ticks("/proc/self/stat").unwrap_or(0)
+}
+
+fn thread_cpu() -> u64 {
+    stat_ticks("/proc/thread-self/stat").unwrap_or(0)
+}
+
+/// (VmRSS, VmHWM) in kB.
+fn proc_mem(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+// ================================================================ own daemon
+
+/// The own daemon's world: token, PKI, config. Removed at the end unless kept.
+struct World {
+    dir: PathBuf,
+    pki: PathBuf,
+    config: PathBuf,
+    softhsm_conf: PathBuf,
+    module: PathBuf,
+    pin: Pin,
+    addr: SocketAddr,
+    daemon_bin: PathBuf,
+    keep: bool,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("p11kms-bench: kept {}", self.dir.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("p11kms-bench: could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// A daemon child process, killed on drop.
+struct Daemon {
+    child: Option<Child>,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(world: &World) -> Result<Daemon, String> {
+        let log = world.dir.join("daemon.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&world.daemon_bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&world.config)
+            .env(PIN_ENV, world.pin.expose())
+            .env("SOFTHSM2_CONF", &world.softhsm_conf)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", world.daemon_bin.display()))?;
+        let pid = child.id();
+        Ok(Daemon {
+            child: Some(child),
+            pid,
+            log,
+        })
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(format!(
+                "daemon exited ({status}); log tail:\n{}",
+                log_tail(&self.log)
+            )),
+            _ => None,
+        }
+    }
+
+    /// SIGTERM, wait up to 15 s, then SIGKILL.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("port probe: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn build_world(cli: &Cli) -> Result<World, String> {
+    let dir = match &cli.workdir {
+        Some(d) => d.clone(),
+        None => {
+            std::env::temp_dir().join(format!("p11kms-bench-{}", uuid::Uuid::new_v4().simple()))
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let daemon_bin = match &cli.daemon_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .ok_or("no directory for the current executable")?
+            .join("p11kms"),
+    };
+    if !daemon_bin.exists() {
+        return Err(format!(
+            "daemon binary {} not found (cargo build --release --bins, or --daemon-bin)",
+            daemon_bin.display()
+        ));
+    }
+    let module = p11kms::devsetup::find_softhsm_module()
+        .ok_or("SoftHSM2 module not found (apt-get install softhsm2)")?;
+    let world = World {
+        pki: dir.join("pki"),
+        config: dir.join("p11kms.toml"),
+        softhsm_conf: dir.join("softhsm").join("softhsm2.conf"),
+        module,
+        pin: Pin::new(random_secret()),
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        daemon_bin,
+        keep: cli.keep_workdir,
+        dir,
+    };
+
+    // The token: PINs reach the script through its environment only.
+    let so_pin = Zeroizing::new(random_secret());
+    let out = Command::new("bash")
+        .arg(&cli.init_token_script)
+        .arg(world.dir.join("softhsm"))
+        .arg(TOKEN_LABEL)
+        .env("P11KMS_SO_PIN", so_pin.as_str())
+        .env("P11KMS_USER_PIN", world.pin.expose())
+        .output()
+        .map_err(|e| format!("run {}: {e}", cli.init_token_script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "init-token.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+
+    p11kms::devsetup::ensure_ca_and_server(&world.pki).map_err(|e| e.to_string())?;
+    p11kms::devsetup::issue_client_cert(&world.pki, ADMIN_CERT, None).map_err(|e| e.to_string())?;
+
+    let id = &cli.identity_dir;
+    if !id.join("credentials.json").exists() {
+        return Err(format!("{}: no credentials.json", id.display()));
+    }
+    let mut accounts = Vec::new();
+    for e in std::fs::read_dir(id).map_err(|e| format!("{}: {e}", id.display()))? {
+        let name = e.map_err(|e| e.to_string())?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(acct) = name.strip_suffix(".json") {
+            if acct.len() == 12 && acct.bytes().all(|b| b.is_ascii_digit()) {
+                accounts.push(acct.to_string());
+            }
+        }
+    }
+    accounts.sort();
+    let q = |p: &Path| toml_str(&p.display().to_string());
+    let mut text = format!(
+        "[server]\nlisten = \"{addr}\"\ntls_cert = {cert}\ntls_key = {key}\nclient_ca = {ca}\n\n\
+         [hsm]\nmodule = {module}\ntoken_label = \"{TOKEN_LABEL}\"\npin_env = \"{PIN_ENV}\"\nsofthsm2_conf = {conf}\n{workers}\n\
+         [store]\ndata_dir = {data}\n\n[log]\nlevel = {level}\n\n[identity]\ncredentials = {creds}\n",
+        addr = world.addr,
+        cert = q(&world.pki.join("server.pem")),
+        key = q(&world.pki.join("server-key.pem")),
+        ca = q(&world.pki.join("ca.pem")),
+        module = q(&world.module),
+        conf = q(&world.softhsm_conf),
+        workers = cli
+            .hsm_workers
+            .map(|w| format!("workers = {w}\n"))
+            .unwrap_or_default(),
+        data = q(&world.dir.join("data")),
+        level = toml_str(&cli.daemon_log_level),
+        creds = q(&id.join("credentials.json")),
+    );
+    for a in &accounts {
+        text.push_str(&format!(
+            "\n[[identity.account]]\naccount_id = \"{a}\"\nauthorization_details = {}\n",
+            q(&id.join(format!("{a}.json")))
+        ));
+    }
+    std::fs::create_dir_all(world.dir.join("data")).map_err(|e| e.to_string())?;
+    std::fs::write(&world.config, text).map_err(|e| e.to_string())?;
+    Ok(world)
+}
+
+fn toml_str(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+// ================================================================ client side
+
+/// How to reach the daemon and who to be.
+#[derive(Clone)]
+struct Target {
+    cfg: ClientConfig,
+    authority: String,
+    credentials: Option<AccessKeyCredentials>,
+}
+
+impl Target {
+    fn own(world: &World, cli: &Cli) -> Result<Target, String> {
+        let mut cfg = ClientConfig {
+            endpoint: Some(format!("https://{}", world.addr)),
+            ca_cert: Some(world.pki.join("ca.pem")),
+            tls_domain: Some("localhost".into()),
+            ..Default::default()
+        };
+        let mut credentials = None;
+        match cli.auth {
+            Auth::Mtls => {
+                cfg.client_cert = Some(world.pki.join(format!("{ADMIN_CERT}.pem")));
+                cfg.client_key = Some(world.pki.join(format!("{ADMIN_CERT}-key.pem")));
+            }
+            Auth::Sigv4 => {
+                credentials = Some(fixture_credentials(
+                    &cli.identity_dir.join("credentials.json"),
+                    &cli.access_key_id,
+                )?);
+            }
+        }
+        Ok(Target {
+            cfg,
+            authority: world.addr.to_string(),
+            credentials,
+        })
+    }
+
+    fn existing(cli: &Cli, endpoint: &str) -> Result<Target, String> {
+        let uri: http::Uri = endpoint.parse().map_err(|e| format!("--endpoint: {e}"))?;
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or("--endpoint has no host")?;
+        let mut cfg = ClientConfig {
+            endpoint: Some(endpoint.to_string()),
+            ca_cert: cli.ca_cert.clone(),
+            tls_domain: cli.tls_domain.clone(),
+            ..Default::default()
+        };
+        let mut credentials = None;
+        match cli.auth {
+            Auth::Mtls => {
+                cfg.client_cert = cli.client_cert.clone();
+                cfg.client_key = cli.client_key.clone();
+            }
+            Auth::Sigv4 => {
+                let secret =
+                    match &cli.secret_access_key_file {
+                        Some(p) => Zeroizing::new(
+                            std::fs::read_to_string(p)
+                                .map_err(|e| format!("{}: {e}", p.display()))?
+                                .trim()
+                                .to_string(),
+                        ),
+                        None => Zeroizing::new(std::env::var("AWS_SECRET_ACCESS_KEY").map_err(
+                            |_| "sigv4 needs --secret-access-key-file or AWS_SECRET_ACCESS_KEY",
+                        )?),
+                    };
+                credentials = Some(AccessKeyCredentials {
+                    access_key_id: cli.access_key_id.clone(),
+                    secret_access_key: secret,
+                    session_token: None,
+                });
+            }
+        }
+        Ok(Target {
+            cfg,
+            authority,
+            credentials,
+        })
+    }
+
+    fn signer(&self) -> Option<Signer> {
+        self.credentials.clone().map(|credentials| Signer {
+            credentials,
+            region: "us-east-1".into(),
+            authority: self.authority.clone(),
+        })
+    }
+
+    fn auth_name(&self) -> &'static str {
+        if self.credentials.is_some() {
+            "sigv4"
+        } else {
+            "mtls"
+        }
+    }
+}
+
+fn fixture_credentials(path: &Path, access_key_id: &str) -> Result<AccessKeyCredentials, String> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = v["AccessKeys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["AccessKeyId"] == access_key_id))
+        .and_then(|k| k["SecretAccessKey"].as_str())
+        .ok_or_else(|| format!("{}: no access key {access_key_id}", path.display()))?;
+    Ok(AccessKeyCredentials {
+        access_key_id: access_key_id.to_string(),
+        secret_access_key: Zeroizing::new(secret.to_string()),
+        session_token: None,
+    })
+}
+
+/// Shared per-connection clients plus the optional signer.
+#[derive(Clone)]
+struct Conn {
+    clients: Vec<Client>,
+    signer: Option<Signer>,
+}
+
+impl Conn {
+    async fn open(target: &Target, channels: usize) -> Result<Conn, String> {
+        let mut clients = Vec::new();
+        for _ in 0..channels.max(1) {
+            let ch = target
+                .cfg
+                .channel()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            clients.push(KeyManagementServiceClient::new(ch));
+        }
+        Ok(Conn {
+            clients,
+            signer: target.signer(),
+        })
+    }
+
+    fn req<T: prost::Message>(&self, msg: T, method: &str) -> tonic::Request<T> {
+        match &self.signer {
+            Some(s) => s.sign(msg, &format!("/p11kms.v1.KeyManagementService/{method}")),
+            None => tonic::Request::new(msg),
+        }
+    }
+
+    fn client(&self, i: usize) -> Client {
+        self.clients[i % self.clients.len()].clone()
+    }
+}
+
+fn reason(s: &tonic::Status) -> String {
+    aws_reason(s).unwrap_or_else(|| format!("grpc:{:?}", s.code()))
+}
+
+async fn create_key(conn: &Conn, c: &mut Client) -> Result<String, tonic::Status> {
+    let r = c
+        .create_key(conn.req(
+            pb::CreateKeyRequest {
+                description: "p11kms-bench".into(),
+                ..Default::default()
+            },
+            "CreateKey",
+        ))
+        .await?;
+    r.into_inner()
+        .key_metadata
+        .map(|m| m.key_id)
+        .ok_or_else(|| tonic::Status::internal("CreateKey answered no metadata"))
+}
+
+/// Inputs the requests of one case reuse.
+struct Fixture {
+    op: Op,
+    key_id: String,
+    plaintext: Vec<u8>,
+    ciphertext: Vec<u8>,
+    data_key_len: i32,
+}
+
+async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), tonic::Status> {
+    match f.op {
+        Op::Encrypt => {
+            c.encrypt(conn.req(
+                pb::EncryptRequest {
+                    key_id: f.key_id.clone(),
+                    plaintext: f.plaintext.clone(),
+                    ..Default::default()
+                },
+                "Encrypt",
+            ))
+            .await?;
+        }
+        Op::Decrypt => {
+            c.decrypt(conn.req(
+                pb::DecryptRequest {
+                    ciphertext_blob: f.ciphertext.clone(),
+                    ..Default::default()
+                },
+                "Decrypt",
+            ))
+            .await?;
+        }
+        Op::GenerateDataKey => {
+            c.generate_data_key(conn.req(
+                pb::GenerateDataKeyRequest {
+                    key_id: f.key_id.clone(),
+                    number_of_bytes: Some(f.data_key_len),
+                    ..Default::default()
+                },
+                "GenerateDataKey",
+            ))
+            .await?;
+        }
+        Op::GenerateDataKeyWithoutPlaintext => {
+            c.generate_data_key_without_plaintext(conn.req(
+                pb::GenerateDataKeyWithoutPlaintextRequest {
+                    key_id: f.key_id.clone(),
+                    number_of_bytes: Some(f.data_key_len),
+                    ..Default::default()
+                },
+                "GenerateDataKeyWithoutPlaintext",
+            ))
+            .await?;
+        }
+        Op::ReEncrypt => {
+            c.re_encrypt(conn.req(
+                pb::ReEncryptRequest {
+                    ciphertext_blob: f.ciphertext.clone(),
+                    destination_key_id: f.key_id.clone(),
+                    ..Default::default()
+                },
+                "ReEncrypt",
+            ))
+            .await?;
+        }
+        Op::CreateKey => {
+            create_key(conn, c).await?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct PhaseResult {
+    ops: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+    server_cpu: Option<(u64, u64)>,
+    client_cpu: u64,
+}
+
+/// One closed-loop phase: `concurrency` tasks, each back to back until `dur` has passed.
+async fn daemon_phase(
+    conn: &Conn,
+    fixture: &Arc<Fixture>,
+    concurrency: usize,
+    dur: Duration,
+    server_pid: Option<u32>,
+) -> PhaseResult {
+    let cpu0 = server_pid.and_then(proc_cpu);
+    let self0 = self_cpu();
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for i in 0..concurrency.max(1) {
+        let conn = conn.clone();
+        let fixture = fixture.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = conn.client(i);
+            let mut lat = Vec::with_capacity(4096);
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut n = 0u64;
+            while n < MAX_REQUESTS_PER_TASK && Instant::now() < deadline {
+                let t = Instant::now();
+                let r = tokio::time::timeout(REQUEST_TIMEOUT, one_request(&conn, &mut c, &fixture))
+                    .await;
+                let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                n += 1;
+                match r {
+                    Ok(Ok(())) => lat.push(us),
+                    Ok(Err(s)) => *errors.entry(reason(&s)).or_default() += 1,
+                    Err(_) => *errors.entry("ClientTimeout".into()).or_default() += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut out = PhaseResult::default();
+    for t in tasks {
+        match t.await {
+            Ok((lat, errors)) => {
+                out.ops += lat.len() as u64;
+                if out.latencies_us.len() + lat.len() <= MAX_SAMPLES {
+                    out.latencies_us.extend_from_slice(&lat);
+                }
+                for (k, v) in errors {
+                    *out.errors.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => {
+                *out.errors
+                    .entry(format!("ClientTaskFailed: {e}"))
+                    .or_default() += 1
+            }
+        }
+    }
+    out.elapsed = start.elapsed();
+    out.client_cpu = self_cpu().saturating_sub(self0);
+    if let (Some(a), Some(b)) = (cpu0, server_pid.and_then(proc_cpu)) {
+        out.server_cpu = Some((b.total.saturating_sub(a.total), b.hsm.saturating_sub(a.hsm)));
+    }
+    out
+}
+
+fn percentile(sorted: &[u32], q: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Samples VmRSS of `pid` every 200 ms until stopped; returns the peak seen (kB).
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64, u64)>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut peak, mut sum, mut n) = (0u64, 0u64, 0u64);
+            // Bounded: at most one hour of samples.
+            for _ in 0..18_000 {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some((rss, _)) = proc_mem(pid) {
+                    peak = peak.max(rss);
+                    sum += rss;
+                    n += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (peak, sum.checked_div(n).unwrap_or(0), n)
+        });
+        RssSampler { stop, task }
+    }
+
+    async fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or((0, 0, 0))
+    }
+}
+
+/// Everything a crypto case needs.
+struct Bench<'a> {
+    cli: &'a Cli,
+    rt: &'a tokio::runtime::Runtime,
+    conn: Conn,
+    auth: &'static str,
+    server_pid: Option<u32>,
+    raw: Option<RawBench>,
+    key_id: String,
+    tck: f64,
+    cores: usize,
+    token_keys_note: Option<usize>,
+}
+
+impl Bench<'_> {
+    fn aad() -> Vec<u8> {
+        let header = p11kms::ciphertext::header(&[0u8; 16], 1, &[0u8; 12]);
+        p11kms::ciphertext::aad(&header, &[])
+    }
+
+    fn fixture(&self, op: Op) -> Result<Fixture, String> {
+        let payload = self.cli.payload;
+        let plaintext = vec![0x5au8; payload];
+        let ciphertext = if matches!(op, Op::Decrypt | Op::ReEncrypt) {
+            let mut c = self.conn.client(0);
+            let conn = self.conn.clone();
+            let key_id = self.key_id.clone();
+            let pt = plaintext.clone();
+            self.rt
+                .block_on(async move {
+                    c.encrypt(conn.req(
+                        pb::EncryptRequest {
+                            key_id,
+                            plaintext: pt,
+                            ..Default::default()
+                        },
+                        "Encrypt",
+                    ))
+                    .await
+                })
+                .map_err(|s| format!("fixture Encrypt: {}: {}", reason(&s), s.message()))?
+                .into_inner()
+                .ciphertext_blob
+        } else {
+            Vec::new()
+        };
+        Ok(Fixture {
+            op,
+            key_id: self.key_id.clone(),
+            plaintext,
+            ciphertext,
+            data_key_len: payload.min(1024) as i32,
+        })
+    }
+
+    fn raw_phase(&self, op: Op, dur: Duration, aad: &[u8]) -> Result<(RawResult, u64), String> {
+        let raw = self.raw.as_ref().ok_or("no raw bench")?;
+        let t0 = thread_cpu();
+        let r = raw
+            .run(op.raw(), self.cli.payload, aad, dur)
+            .map_err(|e| format!("raw {}: {e}", op.name()))?;
+        Ok((r, thread_cpu().saturating_sub(t0)))
+    }
+
+    /// One case: warm-up, then raw/daemon phases alternately, then one JSON line.
+    fn case(&self, op: Op, label: &str) -> Result<Value, String> {
+        let cli = self.cli;
+        let fixture = Arc::new(self.fixture(op)?);
+        let total = if op == Op::CreateKey {
+            secs(cli.create_key_duration)
+        } else {
+            secs(cli.duration)
+        };
+        let phase = secs(cli.daemon_phase).max(Duration::from_millis(100));
+        let raw_dur = secs(cli.raw_phase).max(Duration::from_millis(100));
+        let aad = Self::aad();
+        let concurrency = cli.concurrency.max(1);
+
+        if cli.warmup > 0.0 {
+            let w = self.rt.block_on(daemon_phase(
+                &self.conn,
+                &fixture,
+                concurrency,
+                secs(cli.warmup),
+                None,
+            ));
+            if w.ops == 0 {
+                return Err(format!(
+                    "{}: warm-up made no successful request; errors: {:?}",
+                    op.name(),
+                    w.errors
+                ));
+            }
+        }
+        let sampler = self.server_pid.map(|pid| {
+            let _g = self.rt.enter();
+            RssSampler::start(pid)
+        });
+
+        let mut raw_rates = Vec::new();
+        let mut raw_ops = 0u64;
+        let mut raw_secs = 0.0;
+        let mut raw_cpu_ticks = 0u64;
+        let mut do_raw = |this: &Self| -> Result<(), String> {
+            if this.raw.is_some() {
+                let (r, cpu) = this.raw_phase(op, raw_dur, &aad)?;
+                raw_rates.push(r.ops_per_sec());
+                raw_ops += r.ops;
+                raw_secs += r.elapsed.as_secs_f64();
+                raw_cpu_ticks += cpu;
+            }
+            Ok(())
+        };
+
+        let mut all = PhaseResult::default();
+        let mut server_total = 0u64;
+        let mut server_hsm = 0u64;
+        let mut have_server = self.server_pid.is_some();
+        let mut done = Duration::ZERO;
+        let mut phases = 0u32;
+        // Bounded: at most 10,000 phases.
+        while done < total && phases < 10_000 {
+            do_raw(self)?;
+            let d = phase.min(total - done);
+            let p = self.rt.block_on(daemon_phase(
+                &self.conn,
+                &fixture,
+                concurrency,
+                d,
+                self.server_pid,
+            ));
+            done += d;
+            phases += 1;
+            all.ops += p.ops;
+            all.elapsed += p.elapsed;
+            if all.latencies_us.len() + p.latencies_us.len() <= MAX_SAMPLES {
+                all.latencies_us.extend_from_slice(&p.latencies_us);
+            }
+            for (k, v) in p.errors {
+                *all.errors.entry(k).or_default() += v;
+            }
+            all.client_cpu += p.client_cpu;
+            match p.server_cpu {
+                Some((t, h)) => {
+                    server_total += t;
+                    server_hsm += h;
+                }
+                None => have_server = false,
+            }
+        }
+        do_raw(self)?;
+        let mem = sampler.map(|s| self.rt.block_on(s.finish()));
+        let hwm = self.server_pid.and_then(proc_mem).map(|(_, h)| h);
+
+        let mut lat = std::mem::take(&mut all.latencies_us);
+        lat.sort_unstable();
+        let secs_d = all.elapsed.as_secs_f64();
+        let ops_per_sec = if secs_d > 0.0 {
+            all.ops as f64 / secs_d
+        } else {
+            0.0
+        };
+        let us_per_tick = 1e6 / self.tck;
+        let per_op = |ticks: u64| -> Option<f64> {
+            (all.ops > 0).then(|| round1(ticks as f64 * us_per_tick / all.ops as f64))
+        };
+        let raw_mean =
+            (!raw_rates.is_empty()).then(|| raw_rates.iter().sum::<f64>() / raw_rates.len() as f64);
+        let error_count: u64 = all.errors.values().sum();
+        let server_cpu = have_server.then(|| per_op(server_total)).flatten();
+        let server_hsm_cpu = have_server.then(|| per_op(server_hsm)).flatten();
+        let outside = match (server_cpu, server_hsm_cpu) {
+            (Some(a), Some(b)) => Some(round1(a - b)),
+            _ => None,
+        };
+        let client_cpu = per_op(all.client_cpu);
+        let raw_cpu =
+            (raw_ops > 0).then(|| round1(raw_cpu_ticks as f64 * us_per_tick / raw_ops as f64));
+        let cpu_busy = (secs_d > 0.0).then(|| {
+            let server = if have_server {
+                server_total as f64 / self.tck
+            } else {
+                0.0
+            };
+            round3((server + all.client_cpu as f64 / self.tck) / secs_d / self.cores as f64)
+        });
+        let ratio = raw_mean.map(|r| round3(ops_per_sec / r));
+        let hsm_cores =
+            (have_server && secs_d > 0.0).then(|| round3(server_hsm as f64 / self.tck / secs_d));
+        let bound = if op == Op::CreateKey
+            || ratio.is_some_and(|r| r >= 0.85)
+            || hsm_cores.is_some_and(|c| c >= 0.85)
+        {
+            "hsm"
+        } else if cpu_busy.is_some_and(|b| b >= 0.9) {
+            "cpu"
+        } else {
+            "undetermined (neither HSM- nor CPU-saturated: locks, queueing or latency)"
+        };
+        if error_count > 0 {
+            eprintln!(
+                "WARNING: {} case had {error_count} errors: {:?}",
+                op.name(),
+                all.errors
+            );
+        }
+        Ok(json!({
+            "case": label,
+            "op": op.name(),
+            "payload_bytes": cli.payload,
+            "concurrency": concurrency,
+            "channels": self.conn.clients.len(),
+            "auth": self.auth,
+            "tls": true,
+            "phases": phases,
+            "duration_s": round3(secs_d),
+            "ops": all.ops,
+            "ops_per_sec": round1(ops_per_sec),
+            "p50_us": percentile(&lat, 0.50),
+            "p90_us": percentile(&lat, 0.90),
+            "p99_us": percentile(&lat, 0.99),
+            "p999_us": percentile(&lat, 0.999),
+            "max_us": lat.last(),
+            "error_count": error_count,
+            "errors": all.errors,
+            "server_cpu_us_per_op": server_cpu,
+            "server_hsm_thread_cpu_us_per_op": server_hsm_cpu,
+            "server_cpu_us_per_op_outside_hsm_threads": outside,
+            "client_cpu_us_per_op": client_cpu,
+            "machine_cpu_busy": cpu_busy,
+            "server_hsm_threads_cpu_cores": hsm_cores,
+            "raw_ops_per_sec": raw_mean.map(round1),
+            "raw_phases_ops_per_sec": raw_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+            "raw_cpu_us_per_op": raw_cpu,
+            "ratio_to_raw": ratio,
+            "hsm_calls_per_op": op.hsm_calls(),
+            "server_rss_kb_peak": mem.map(|m| m.0),
+            "server_rss_kb_mean": mem.map(|m| m.1),
+            "server_vmhwm_kb": hwm,
+            "token_keys": self.token_keys_note,
+            "bound": bound,
+        }))
+    }
+}
+
+// ================================================================ suites
+
+fn policy_suite() -> Value {
+    use p11kms::policy::bench_scenario::{self, Scenario};
+    use std::hint::black_box;
+    let scenario = Scenario::build();
+    scenario.with_input(|input| {
+        let allowed = p11kms::policy::evaluate(input).is_allow();
+        for _ in 0..10_000 {
+            black_box(p11kms::policy::evaluate(black_box(input)));
+        }
+        let budget = Duration::from_secs(3);
+        let start = Instant::now();
+        let t0 = thread_cpu();
+        let mut n = 0u64;
+        while n < 10_000_000 && start.elapsed() < budget {
+            for _ in 0..1_000 {
+                black_box(p11kms::policy::evaluate(black_box(input)));
+            }
+            n += 1_000;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let cpu_s = thread_cpu().saturating_sub(t0) as f64 / clk_tck();
+        json!({
+            "case": "policy-decisions",
+            "key_policy_statements": bench_scenario::KEY_POLICY_STATEMENTS,
+            "identity_policies": bench_scenario::IDENTITY_POLICIES,
+            "grants": bench_scenario::GRANTS,
+            "allowed": allowed,
+            "threads": 1,
+            "decisions": n,
+            "duration_s": round3(elapsed),
+            "decisions_per_sec": round1(n as f64 / elapsed),
+            "ns_per_decision": round1(elapsed * 1e9 / n as f64),
+            "cpu_s": round3(cpu_s),
+            "errors": {},
+            "bound": "cpu",
+        })
+    })
+}
+
+/// Polls until the daemon accepts TCP and answers `probe` successfully.
+fn wait_ready(
+    rt: &tokio::runtime::Runtime,
+    daemon: &mut Daemon,
+    addr: SocketAddr,
+    target: &Target,
+    key_id: Option<&str>,
+    t0: Instant,
+) -> Result<(Duration, Duration), String> {
+    let deadline = t0 + Duration::from_secs(300);
+    let port = loop {
+        if let Some(e) = daemon.exited() {
+            return Err(e);
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            break t0.elapsed();
+        }
+        if Instant::now() > deadline {
+            return Err("daemon did not open its port within 300 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    loop {
+        let r: Result<(), String> = rt.block_on(async {
+            let conn = Conn::open(target, 1).await?;
+            let mut c = conn.client(0);
+            match key_id {
+                Some(k) => c
+                    .describe_key(conn.req(
+                        pb::DescribeKeyRequest {
+                            key_id: k.to_string(),
+                            ..Default::default()
+                        },
+                        "DescribeKey",
+                    ))
+                    .await
+                    .map(drop),
+                None => c
+                    .list_keys(conn.req(
+                        pb::ListKeysRequest {
+                            limit: Some(1),
+                            ..Default::default()
+                        },
+                        "ListKeys",
+                    ))
+                    .await
+                    .map(drop),
+            }
+            .map_err(|s| format!("{}: {}", reason(&s), s.message()))
+        });
+        match r {
+            Ok(()) => return Ok((port, t0.elapsed())),
+            Err(e) => {
+                if let Some(x) = daemon.exited() {
+                    return Err(x);
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("daemon not ready within 300 s: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Creates keys until the store holds `want` (bounded by `timeout`).
+fn seed_keys(
+    rt: &tokio::runtime::Runtime,
+    conn: &Conn,
+    have: usize,
+    want: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> (usize, BTreeMap<String, u64>, Duration) {
+    let start = Instant::now();
+    let need = want.saturating_sub(have);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let made = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..concurrency.max(1) {
+            let conn = conn.clone();
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = conn.client(i);
+                let mut made = 0usize;
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= need || start.elapsed() > timeout {
+                        break;
+                    }
+                    match tokio::time::timeout(REQUEST_TIMEOUT, create_key(&conn, &mut c)).await {
+                        Ok(Ok(_)) => {
+                            made += 1;
+                            if (have + k + 1) % 1000 == 0 {
+                                eprintln!(
+                                    "p11kms-bench: seeded ~{} keys ({:.0} s)",
+                                    have + k + 1,
+                                    start.elapsed().as_secs_f64()
+                                );
+                            }
+                        }
+                        Ok(Err(s)) => *errors.entry(reason(&s)).or_default() += 1,
+                        Err(_) => *errors.entry("ClientTimeout".into()).or_default() += 1,
+                    }
+                }
+                (made, errors)
+            }));
+        }
+        let mut made = 0;
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for t in tasks {
+            if let Ok((m, e)) = t.await {
+                made += m;
+                for (k, v) in e {
+                    *errors.entry(k).or_default() += v;
+                }
+            }
+        }
+        (made, errors)
+    });
+    (made.0, made.1, start.elapsed())
+}
+
+fn startup_json(
+    label: &str,
+    keys: usize,
+    port: Duration,
+    ready: Duration,
+    pid: u32,
+    probe: &str,
+) -> Value {
+    std::thread::sleep(Duration::from_millis(500));
+    let mem = proc_mem(pid);
+    json!({
+        "case": label,
+        "keys_in_store": keys,
+        "startup_to_port_ms": round1(port.as_secs_f64() * 1e3),
+        "startup_to_first_success_ms": round1(ready.as_secs_f64() * 1e3),
+        "first_call": probe,
+        "rss_kb_after_start": mem.map(|m| m.0),
+        "vmhwm_kb_after_start": mem.map(|m| m.1),
+        "errors": {},
+        "bound": "start-up work: store load + store/token reconciliation (one C_FindObjects scan of the token)",
+    })
+}
+
+fn emit(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
+    let tck = clk_tck();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.client_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut any_errors = false;
+
+    if cli.suite.contains(&Suite::Policy) {
+        emit(&policy_suite());
+    }
+    let wants_daemon = cli.suite.contains(&Suite::Crypto) || cli.suite.contains(&Suite::Startup);
+    if !wants_daemon {
+        return Ok(true);
+    }
+    if cli.suite.contains(&Suite::Startup) && cli.endpoint.is_some() {
+        return Err("--suite startup needs the bench's own daemon (no --endpoint)".into());
+    }
+
+    // ---- the daemon
+    let world;
+    let mut daemon = None;
+    let target;
+    let mut server_pid = cli.server_pid;
+    let mut raw_cfg: Option<(PathBuf, String, Pin)> = None;
+    match &cli.endpoint {
+        Some(ep) => {
+            world = None;
+            target = Target::existing(&cli, ep)?;
+            if let (Some(m), Some(l)) = (&cli.hsm_module, &cli.token_label) {
+                if let Some(conf) = &cli.softhsm2_conf {
+                    std::env::set_var("SOFTHSM2_CONF", conf);
+                }
+                let pin = std::env::var(&cli.pin_env)
+                    .map_err(|_| format!("raw baseline needs the PIN in ${}", cli.pin_env))?;
+                raw_cfg = Some((m.clone(), l.clone(), Pin::new(pin)));
+            } else if !cli.no_raw {
+                eprintln!("p11kms-bench: no --hsm-module/--token-label: raw baseline skipped");
+            }
+        }
+        None => {
+            let w = build_world(&cli)?;
+            // Before this process loads SoftHSM2 for the raw loop.
+            std::env::set_var("SOFTHSM2_CONF", &w.softhsm_conf);
+            let t0 = Instant::now();
+            let mut d = Daemon::spawn(&w)?;
+            let t = Target::own(&w, &cli)?;
+            let (port, ready) = wait_ready(&rt, &mut d, w.addr, &t, None, t0)?;
+            eprintln!(
+                "p11kms-bench: daemon pid {} on {} (port after {:.0} ms, ready after {:.0} ms)",
+                d.pid,
+                w.addr,
+                port.as_secs_f64() * 1e3,
+                ready.as_secs_f64() * 1e3
+            );
+            server_pid = Some(d.pid);
+            raw_cfg = Some((w.module.clone(), TOKEN_LABEL.to_string(), w.pin.clone()));
+            daemon = Some(d);
+            target = t;
+            world = Some(w);
+        }
+    }
+    let raw = match (&raw_cfg, cli.no_raw) {
+        (Some((m, l, pin)), false) => {
+            Some(RawBench::open(m, l, pin).map_err(|e| format!("raw bench: {e}"))?)
+        }
+        _ => None,
+    };
+
+    let conn = rt.block_on(Conn::open(&target, cli.channels))?;
+    let key_id = match &cli.key_id {
+        Some(k) => k.clone(),
+        None => {
+            let mut c = conn.client(0);
+            rt.block_on(create_key(&conn, &mut c))
+                .map_err(|s| format!("CreateKey: {}: {}", reason(&s), s.message()))?
+        }
+    };
+    let mut bench = Bench {
+        cli: &cli,
+        rt: &rt,
+        conn,
+        auth: target.auth_name(),
+        server_pid,
+        raw,
+        key_id: key_id.clone(),
+        tck,
+        cores,
+        token_keys_note: None,
+    };
+
+    if cli.suite.contains(&Suite::Crypto) {
+        let mut ops = cli.ops.clone();
+        // create-key last: it leaves token keys behind.
+        ops.sort();
+        ops.dedup();
+        for op in ops {
+            let v = bench.case(op, op.name())?;
+            any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
+            emit(&v);
+        }
+    }
+
+    if cli.suite.contains(&Suite::Startup) {
+        let (Some(w), Some(d)) = (world.as_ref(), daemon.as_mut()) else {
+            return Err("startup suite needs the own daemon".into());
+        };
+        let count_keys = |bench: &Bench<'_>| -> Result<usize, String> {
+            let conn = bench.conn.clone();
+            bench.rt.block_on(async move {
+                let mut c = conn.client(0);
+                let mut n = 0usize;
+                let mut marker = String::new();
+                // Bounded: at most 1,000 pages of 1,000.
+                for _ in 0..1_000 {
+                    let r = c
+                        .list_keys(conn.req(
+                            pb::ListKeysRequest {
+                                limit: Some(1000),
+                                marker: marker.clone(),
+                            },
+                            "ListKeys",
+                        ))
+                        .await
+                        .map_err(|s| format!("ListKeys: {}", reason(&s)))?
+                        .into_inner();
+                    n += r.keys.len();
+                    if !r.truncated || r.next_marker.is_empty() {
+                        break;
+                    }
+                    marker = r.next_marker;
+                }
+                Ok(n)
+            })
+        };
+        // Before seeding: a restart with the keys there are now.
+        let restart = |d: &mut Daemon, label: &str, keys: usize| -> Result<Value, String> {
+            d.stop();
+            let t0 = Instant::now();
+            *d = Daemon::spawn(w)?;
+            let (port, ready) = wait_ready(&rt, d, w.addr, &target, Some(&key_id), t0)?;
+            Ok(startup_json(label, keys, port, ready, d.pid, "DescribeKey"))
+        };
+        let have = count_keys(&bench)?;
+        emit(&restart(d, "startup", have)?);
+        bench.server_pid = Some(d.pid);
+        bench.conn = rt.block_on(Conn::open(&target, cli.channels))?;
+
+        let (made, errors, took) = seed_keys(
+            &rt,
+            &bench.conn,
+            have,
+            cli.startup_keys,
+            cli.seed_concurrency,
+            Duration::from_secs(cli.seed_timeout),
+        );
+        let seeded_mem = proc_mem(d.pid);
+        let n_err: u64 = errors.values().sum();
+        if n_err > 0 {
+            any_errors = true;
+            eprintln!("WARNING: seeding keys had {n_err} errors: {errors:?}");
+        }
+        emit(&json!({
+            "case": "create-key-seed",
+            "keys_created": made,
+            "concurrency": cli.seed_concurrency,
+            "duration_s": round3(took.as_secs_f64()),
+            "ops_per_sec": round1(made as f64 / took.as_secs_f64().max(1e-9)),
+            "error_count": n_err,
+            "errors": errors,
+            "server_rss_kb_after": seeded_mem.map(|m| m.0),
+            "server_vmhwm_kb_after": seeded_mem.map(|m| m.1),
+            "bound": "hsm",
+        }));
+        let total = count_keys(&bench)?;
+        emit(&restart(d, "startup", total)?);
+        bench.server_pid = Some(d.pid);
+        bench.conn = rt.block_on(Conn::open(&target, cli.channels))?;
+        // Encrypt with that many key objects on the token.
+        bench.token_keys_note = Some(total);
+        let v = bench.case(Op::Encrypt, "encrypt-with-many-keys")?;
+        any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
+        emit(&v);
+    }
+
+    // Order: the raw session (and its key) first, then the daemon, then the files.
+    drop(bench);
+    if let Some(mut d) = daemon {
+        d.stop();
+    }
+    drop(world);
+    Ok(!any_errors)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("WARNING: the run had errors (see the \"errors\" fields)");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("p11kms-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

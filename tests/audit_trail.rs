@@ -1,0 +1,597 @@
+//! The audit trail end to end: one event per request through the gRPC door (allowed, denied,
+//! failed, unauthenticated), verification with the CLI, tampering and crash recovery, fail
+//! closed, and no secret in audit files or daemon logs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use p11kms::pb;
+use serde_json::Value;
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let audit = dir.join("audit");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&audit)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    v.sort();
+    v
+}
+
+fn records(dir: &Path) -> Vec<Value> {
+    segments(dir)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn events(dir: &Path) -> Vec<Value> {
+    records(dir)
+        .into_iter()
+        .filter(|r| r["recordType"] == "event")
+        .collect()
+}
+
+fn verify(dir: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+        .args(["audit", "verify", "--public-key"])
+        .arg(dir.join("audit-public-key.pem"))
+        .args(segments(dir))
+        .output()
+        .expect("run p11kms audit verify");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_audited_once_and_the_trail_verifies() {
+    let dir = data_dir("audit-coverage");
+    let server = start(&dir).await;
+    let mut admin_c = admin(server.addr).await;
+    let mut sent = 0usize;
+    let key = create_key(&mut admin_c).await;
+    sent += 1;
+    let blob = admin_c
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"payload".to_vec(),
+            encryption_context: ctx(&[("dept", "finance")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    sent += 1;
+    // Denied (user2 has no KMS permissions).
+    let mut user2 = client_as(server.addr, Some("user2")).await;
+    let r = user2
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: ctx(&[("dept", "finance")]),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "AccessDeniedException");
+    sent += 1;
+    // Failed (validation) and failed (bad ciphertext).
+    let r = admin_c
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: vec![],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "ValidationException");
+    sent += 1;
+    let r = admin_c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: ctx(&[("dept", "hr")]),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "InvalidCiphertextException");
+    sent += 1;
+    // Failed authentication: no certificate, and a bad signature.
+    let mut anon = client_as(server.addr, None).await;
+    let _ = anon.list_keys(pb::ListKeysRequest::default()).await;
+    sent += 1;
+    let s = signed_as(server.addr, "AKIAADMIN00000000001").await;
+    let mut req = s.kms_req(pb::ListKeysRequest::default(), "DescribeKey");
+    req.get_mut().limit = Some(5);
+    let mut kms = s.kms.clone();
+    assert_eq!(
+        reason(kms.list_keys(req).await),
+        "InvalidSignatureException"
+    );
+    sent += 1;
+    drop((admin_c, user2, anon, kms));
+    server.shutdown().await.unwrap();
+
+    let evs = events(&dir);
+    assert_eq!(evs.len(), sent, "one event per request: {evs:#?}");
+    let mut ids: Vec<&str> = evs.iter().filter_map(|e| e["requestID"].as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), sent, "request ids are unique");
+    for e in &evs {
+        for f in [
+            "eventVersion",
+            "eventTime",
+            "eventSource",
+            "eventName",
+            "awsRegion",
+            "userIdentity",
+            "readOnly",
+            "eventCategory",
+            "latencyMicros",
+            "door",
+        ] {
+            assert!(!e[f].is_null(), "{f} missing in {e}");
+        }
+    }
+    let enc = evs
+        .iter()
+        .find(|e| e["eventName"] == "Encrypt" && e["errorCode"].is_null())
+        .unwrap();
+    assert_eq!(
+        enc["requestParameters"]["encryptionContext"]["dept"],
+        "finance"
+    );
+    assert_eq!(enc["keyVersion"], 1);
+    assert_eq!(enc["resources"][0]["type"], "AWS::KMS::Key");
+    assert_eq!(
+        enc["userIdentity"]["arn"],
+        format!("arn:aws:iam::{ACCOUNT}:user/admin")
+    );
+    assert_eq!(enc["decision"]["effect"], "Allow");
+    // CloudTrail marks the cryptographic operations read-only.
+    assert_eq!(enc["readOnly"], true);
+    let created = evs.iter().find(|e| e["eventName"] == "CreateKey").unwrap();
+    assert_eq!(created["readOnly"], false);
+
+    // The denial carries its reason, without policy text.
+    let denied = evs
+        .iter()
+        .find(|e| e["errorCode"] == "AccessDeniedException")
+        .unwrap();
+    assert_eq!(denied["eventName"], "Decrypt");
+    assert_eq!(
+        denied["userIdentity"]["arn"],
+        format!("arn:aws:iam::{ACCOUNT}:user/user2")
+    );
+    assert_eq!(denied["decision"]["effect"], "Deny");
+    let why = denied["decision"]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("ImplicitDeny") && why.contains("no identity-based policy allows"),
+        "{why}"
+    );
+    assert!(!denied.to_string().contains("\"Statement\""));
+    // Failed authentication is audited too, with the access key id only.
+    let unauth: Vec<&Value> = evs
+        .iter()
+        .filter(|e| {
+            e["errorCode"] == "MissingAuthenticationTokenException"
+                || e["errorCode"] == "InvalidSignatureException"
+        })
+        .collect();
+    assert_eq!(unauth.len(), 2);
+    let sig = unauth
+        .iter()
+        .find(|e| e["errorCode"] == "InvalidSignatureException")
+        .unwrap();
+    assert_eq!(sig["userIdentity"]["accessKeyId"], "AKIAADMIN00000000001");
+
+    // The trail verifies offline with the exported public key, including a checkpoint.
+    assert!(
+        records(&dir)
+            .iter()
+            .any(|r| r["recordType"] == "checkpoint"),
+        "shutdown writes a checkpoint"
+    );
+    let (code, out) = verify(&dir);
+    assert_eq!(code, 0, "{out}");
+
+    // Editing one field is caught, by sequence number.
+    let seg = segments(&dir).pop().unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let target = evs
+        .iter()
+        .find(|e| e["errorCode"] == "AccessDeniedException")
+        .unwrap();
+    let seq = target["sequence"].as_u64().unwrap();
+    let edited = text.replacen("AccessDeniedException", "NotFoundException", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&seg, edited).unwrap();
+    let (code, out) = verify(&dir);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains(&seq.to_string()),
+        "the report names sequence {seq}: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_write_is_reported_and_the_trail_continues() {
+    let dir = data_dir("audit-crash");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    create_key(&mut c).await;
+    create_key(&mut c).await;
+    drop(c);
+    server.shutdown().await.unwrap();
+    // Tear the last line, as a crash mid-write would.
+    let seg = segments(&dir).pop().unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let keep = text.trim_end_matches('\n').rfind('\n').unwrap() + 1;
+    let torn = &text[..keep + (text.len() - keep) / 2];
+    std::fs::write(&seg, torn).unwrap();
+    let last_good: Value =
+        serde_json::from_str(text[..keep].trim_end().rsplit('\n').next().unwrap()).unwrap();
+
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    create_key(&mut c).await;
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    let (code, out) = verify(&dir);
+    assert_ne!(code, 0, "a torn line must be reported: {out}");
+    assert!(out.to_lowercase().contains("truncat"), "{out}");
+    // The new segment starts from the last good record.
+    let recs = records(&dir);
+    let start = recs
+        .iter()
+        .rev()
+        .find(|r| r["recordType"] == "segment-start")
+        .unwrap();
+    assert_eq!(start["previousHash"], last_good["hash"], "{start}");
+    assert_eq!(
+        start["sequence"].as_u64().unwrap(),
+        last_good["sequence"].as_u64().unwrap() + 1
+    );
+    assert_eq!(
+        events(&dir)
+            .iter()
+            .filter(|e| e["eventName"] == "CreateKey")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_closed_when_the_trail_cannot_be_written() {
+    let dir = data_dir("audit-closed");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let audit = dir.join("audit");
+    let aside = dir.join("audit-aside");
+    // Take the directory away and put a file in its place: works even as root.
+    std::fs::rename(&audit, &aside).unwrap();
+    std::fs::write(&audit, b"not a directory").unwrap();
+    let before = server.kms.hsm().total_ops();
+    let mut failures = 0;
+    for _ in 0..3 {
+        let r = c
+            .encrypt(pb::EncryptRequest {
+                key_id: key.clone(),
+                plaintext: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable);
+                assert_eq!(
+                    p11kms::api::grpc::status::aws_reason(&s).as_deref(),
+                    Some("DependencyTimeoutException")
+                );
+                assert!(s.message().contains("audit trail"), "{}", s.message());
+                failures += 1;
+            }
+        }
+    }
+    assert_eq!(
+        failures, 3,
+        "every request fails while the trail cannot be written"
+    );
+    assert!(!server.audit.healthy());
+    // Only the first request can reach the HSM (before the writer learns of the failure; its
+    // result is withheld): C_GenerateRandom + C_EncryptInit + C_Encrypt.
+    assert!(
+        server.kms.hsm().total_ops() - before <= 3,
+        "requests kept running on the HSM while the trail was down"
+    );
+    assert_eq!(health_status(server.addr).await, 2, "NOT_SERVING");
+    // Restore: the writer recovers and requests work again.
+    std::fs::remove_file(&audit).unwrap();
+    std::fs::rename(&aside, &audit).unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if c.encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "requests work again once the trail is writable");
+    for _ in 0..50 {
+        if health_status(server.addr).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health_status(server.addr).await, 1, "SERVING again");
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+async fn health_status(addr: std::net::SocketAddr) -> i32 {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = p11kms::client::ClientConfig {
+        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
+        ca_cert: Some(env().pki.join("ca.pem")),
+        tls_domain: Some("localhost".into()),
+        ..Default::default()
+    }
+    .channel()
+    .await
+    .unwrap();
+    let mut h = HealthClient::new(channel);
+    let mut last = -1;
+    for _ in 0..30 {
+        last = h
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1);
+        if last == 2 || last == 1 {
+            // Give the 500 ms health loop a chance to move before reporting.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            return h
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+                .unwrap_or(-1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+/// Runs the real daemon binary with debug logging, drives encrypts, decrypts, data keys and
+/// an AssumeRole through it, then scans every audit file and the whole log for the secrets
+/// used: plaintexts, data keys, the PIN, access-key secrets and the session token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_audit_trail_or_the_logs() {
+    let dir = data_dir("audit-secrets");
+    let config = write_config(&dir);
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env(
+            "RUST_LOG",
+            "trace,h2=info,hyper=info,tower=info,rustls=info,tokio=info",
+        )
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start p11kms serve");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // The daemon logs the address it bound (port 0).
+    let mut addr = None;
+    for _ in 0..100 {
+        if let Ok(f) = std::fs::File::open(&log_path) {
+            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                if line.contains("serving gRPC") {
+                    addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr=127.0.0.1:"))
+                        .and_then(|p| {
+                            p.trim_matches(|c: char| !c.is_ascii_digit())
+                                .parse::<u16>()
+                                .ok()
+                        });
+                }
+            }
+        }
+        if addr.is_some() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "daemon exited: {status}: {}",
+                std::fs::read_to_string(&log_path).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let child = Kill(child);
+    let port = addr.unwrap_or_else(|| {
+        panic!(
+            "no address in the log: {}",
+            std::fs::read_to_string(&log_path).unwrap()
+        )
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut secrets: Vec<Vec<u8>> = vec![USER_PIN.as_bytes().to_vec(), SO_PIN.as_bytes().to_vec()];
+    let mut c = admin(addr).await;
+    let key = create_key(&mut c).await;
+    for i in 0..5 {
+        let pt = format!("SECRET-PLAINTEXT-{i}-{}", uuid::Uuid::new_v4().simple());
+        secrets.push(pt.as_bytes().to_vec());
+        let blob = c
+            .encrypt(pb::EncryptRequest {
+                key_id: key.clone(),
+                plaintext: pt.as_bytes().to_vec(),
+                encryption_context: ctx(&[("case", "secrets")]),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ciphertext_blob;
+        let back = c
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob,
+                encryption_context: ctx(&[("case", "secrets")]),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext;
+        assert_eq!(back, pt.as_bytes());
+        let dk = c
+            .generate_data_key(pb::GenerateDataKeyRequest {
+                key_id: key.clone(),
+                key_spec: "AES_256".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.push(dk.plaintext.clone());
+        let r = c
+            .generate_random(pb::GenerateRandomRequest {
+                number_of_bytes: Some(32),
+                custom_key_store_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.push(r.plaintext);
+    }
+    // Access-key secrets and a session token.
+    let bob = fixture_credentials("AKIABOB0000000000001");
+    secrets.push(bob.secret_access_key.as_bytes().to_vec());
+    let s = signed_with(addr, bob).await;
+    let mut sts = s.sts.clone();
+    let creds = sts
+        .assume_role(s.sts_req(
+            pb::AssumeRoleRequest {
+                role_arn: format!("arn:aws:iam::{ACCOUNT}:role/Engineering"),
+                role_session_name: "secret-scan".into(),
+                ..Default::default()
+            },
+            "AssumeRole",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credentials
+        .unwrap();
+    secrets.push(creds.secret_access_key.as_bytes().to_vec());
+    secrets.push(creds.session_token.as_bytes().to_vec());
+    let session = signed_with(
+        addr,
+        p11kms::client::AccessKeyCredentials {
+            access_key_id: creds.access_key_id.clone(),
+            secret_access_key: zeroize::Zeroizing::new(creds.secret_access_key.clone()),
+            session_token: Some(zeroize::Zeroizing::new(creds.session_token.clone())),
+        },
+    )
+    .await;
+    let mut sts2 = session.sts.clone();
+    sts2.get_caller_identity(session.sts_req(pb::GetCallerIdentityRequest {}, "GetCallerIdentity"))
+        .await
+        .unwrap();
+    drop((c, sts, sts2));
+    // Stop the daemon gracefully (SIGTERM) so the trail is flushed and checkpointed.
+    let pid = child.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    for _ in 0..100 {
+        if segments(&dir).iter().any(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .contains("checkpoint")
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(child);
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut haystacks: Vec<(String, Vec<u8>)> = segments(&dir)
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    haystacks.push(("daemon log".into(), std::fs::read(&log_path).unwrap()));
+    let log_text = String::from_utf8_lossy(&haystacks.last().unwrap().1).into_owned();
+    assert!(log_text.contains("serving gRPC"), "the log was captured");
+    assert!(events(&dir).len() >= 20, "the audit trail was captured");
+    for secret in &secrets {
+        let forms = [
+            secret.clone(),
+            b64.encode(secret).into_bytes(),
+            secret
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes(),
+        ];
+        for (name, hay) in &haystacks {
+            for form in &forms {
+                if form.len() >= 8 {
+                    assert!(
+                        !hay.windows(form.len()).any(|w| w == form.as_slice()),
+                        "a secret ({} bytes) appears in {name}",
+                        secret.len()
+                    );
+                }
+            }
+        }
+    }
+    let _ = std::io::stdout().flush();
+}
