@@ -595,3 +595,53 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
     }
     let _ = std::io::stdout().flush();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_returned_request_id_names_the_audit_event() {
+    let dir = data_dir("audit-request-id");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let ok = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap();
+    let ok_id = ok
+        .metadata()
+        .get("x-amzn-requestid")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let err = c
+        .disable_key(pb::DisableKeyRequest {
+            key_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    let err_id = err
+        .metadata()
+        .get("x-amzn-requestid")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    drop(c);
+    server.shutdown().await.unwrap();
+    let evs = events(&dir);
+    let ok_ev = evs
+        .iter()
+        .find(|e| e["requestID"] == ok_id.as_str())
+        .expect("event for the id");
+    assert_eq!(ok_ev["eventName"], "DescribeKey");
+    assert!(ok_ev["errorCode"].is_null());
+    let err_ev = evs
+        .iter()
+        .find(|e| e["requestID"] == err_id.as_str())
+        .expect("event for the id");
+    assert_eq!(err_ev["eventName"], "DisableKey");
+    assert_eq!(err_ev["errorCode"], "NotFoundException");
+}

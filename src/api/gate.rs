@@ -163,9 +163,17 @@ impl Gate {
     where
         Fut: Future<Output = Result<R, KmsError>>,
     {
+        // Every log line of the request carries the request id of its audit event.
+        let span = tracing::info_span!(
+            "request",
+            request_id = %info.request_id,
+            door = info.door,
+            op = info.operation,
+            principal = %caller.principal_arn
+        );
         // Fail closed: nothing runs that could not be recorded.
         let (result, rec): (Result<R, KmsError>, RequestRecord) = if self.audit.healthy() {
-            record::scope(fut).await
+            record::scope(tracing::Instrument::instrument(fut, span)).await
         } else {
             (Err(audit_unavailable()), RequestRecord::default())
         };

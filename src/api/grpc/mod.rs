@@ -36,6 +36,9 @@ use status::with_reason;
 /// The door's name in metrics and audit events.
 pub const DOOR: &str = "grpc";
 
+/// Response metadata carrying the request id of the audit event.
+pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+
 /// Allowed clock skew for SigV4 on the gRPC door, seconds.
 pub const MAX_SKEW_SECS: i64 = 300;
 
@@ -99,11 +102,29 @@ impl Door {
         };
         let msg = request.into_inner();
         let fut = f(self.kms.clone(), caller.clone(), msg);
-        self.gate
+        let request_id = info.request_id.clone();
+        let result = self
+            .gate
             .run(info, caller, fut, |r: &R| r.audit_response())
-            .await
-            .map(Response::new)
-            .map_err(status::to_status)
+            .await;
+        // The request id of the audit event, as AWS returns x-amzn-RequestId.
+        let id = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
+        match result {
+            Ok(r) => {
+                let mut resp = Response::new(r);
+                if let Some(id) = id {
+                    resp.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                let mut status = status::to_status(e);
+                if let Some(id) = id {
+                    status.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                Err(status)
+            }
+        }
     }
 
     /// The caller behind a request: a SigV4 signature when the request has an
