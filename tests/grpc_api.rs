@@ -960,3 +960,78 @@ async fn sigv4_signed_requests_are_authenticated() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_aliases_condition_follows_alias_changes() {
+    let dir = data_dir("resource-aliases");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let admin_arn = format!("arn:aws:iam::{ACCOUNT}:user/admin");
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": admin_arn},
+             "NotAction": "kms:Encrypt", "Resource": "*"},
+            {"Sid": "EncryptWhenApproved", "Effect": "Allow", "Principal": {"AWS": admin_arn},
+             "Action": "kms:Encrypt", "Resource": "*",
+             "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/approved"}}}
+        ]
+    })
+    .to_string();
+    let key = c
+        .create_key(pb::CreateKeyRequest {
+            policy,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let other = create_key(&mut c).await;
+    let encrypt = |c: &mut Client| {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move {
+            c.encrypt(pb::EncryptRequest {
+                key_id: key,
+                plaintext: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    assert_eq!(reason(encrypt(&mut c).await), "AccessDeniedException");
+    c.create_alias(pb::CreateAliasRequest {
+        alias_name: "alias/approved".into(),
+        target_key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+    encrypt(&mut c)
+        .await
+        .expect("allowed once the key has the alias");
+    // Repointing the alias away takes the permission with it.
+    c.update_alias(pb::UpdateAliasRequest {
+        alias_name: "alias/approved".into(),
+        target_key_id: other.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason(encrypt(&mut c).await), "AccessDeniedException");
+    c.update_alias(pb::UpdateAliasRequest {
+        alias_name: "alias/approved".into(),
+        target_key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+    encrypt(&mut c).await.expect("allowed again");
+    c.delete_alias(pb::DeleteAliasRequest {
+        alias_name: "alias/approved".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason(encrypt(&mut c).await), "AccessDeniedException");
+    server.shutdown().await.unwrap();
+}

@@ -56,6 +56,20 @@ impl Kms {
         Ok(target)
     }
 
+    /// An alias of the caller's account, or NotFoundException.
+    fn existing_alias(&self, caller: &Caller, alias_name: &str) -> Result<AliasRecord, KmsError> {
+        self.cache_read()
+            .aliases
+            .get(&(caller.account.clone(), alias_name.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "Alias {} is not found.",
+                    self.alias_arn(&caller.account, alias_name)
+                ))
+            })
+    }
+
     fn alias_count(&self, key_id: &str) -> usize {
         self.cache_read()
             .aliases
@@ -110,9 +124,7 @@ impl Kms {
                 )),
                 other => other.into(),
             })?;
-        self.cache_write()
-            .aliases
-            .insert((record.account.clone(), record.name.clone()), record);
+        self.cache_write().put_alias(record);
         Ok(())
     }
 
@@ -125,17 +137,7 @@ impl Kms {
     ) -> Result<(), KmsError> {
         validate::alias_name(alias_name)?;
         let _guard = self.mutate.lock().await;
-        let current = self
-            .cache_read()
-            .aliases
-            .get(&(caller.account.clone(), alias_name.to_string()))
-            .cloned()
-            .ok_or_else(|| {
-                KmsError::NotFound(format!(
-                    "Alias {} is not found.",
-                    self.alias_arn(&caller.account, alias_name)
-                ))
-            })?;
+        let current = self.existing_alias(caller, alias_name)?;
         let old = self.resolve(caller, &current.key_id, false)?;
         let new = self.alias_target_in_own_account(caller, target_key_id)?;
         self.authorize_alias(caller, "kms:UpdateAlias", alias_name)?;
@@ -162,9 +164,7 @@ impl Kms {
         let mut updated = current;
         updated.key_id = new.key.record.key_id.clone();
         updated.updated_at_ms = now;
-        self.cache_write()
-            .aliases
-            .insert((updated.account.clone(), updated.name.clone()), updated);
+        self.cache_write().put_alias(updated);
         Ok(())
     }
 
@@ -173,22 +173,12 @@ impl Kms {
         validate::alias_name(alias_name)?;
         let _guard = self.mutate.lock().await;
         let key_ref = (caller.account.clone(), alias_name.to_string());
-        let current = self
-            .cache_read()
-            .aliases
-            .get(&key_ref)
-            .cloned()
-            .ok_or_else(|| {
-                KmsError::NotFound(format!(
-                    "Alias {} is not found.",
-                    self.alias_arn(&caller.account, alias_name)
-                ))
-            })?;
+        let current = self.existing_alias(caller, alias_name)?;
         let target = self.resolve(caller, &current.key_id, false)?;
         self.authorize_alias(caller, "kms:DeleteAlias", alias_name)?;
         self.authorize_key(caller, "kms:DeleteAlias", &target, None)?;
         self.store.delete_alias(&caller.account, alias_name).await?;
-        self.cache_write().aliases.remove(&key_ref);
+        self.cache_write().remove_alias(&key_ref);
         Ok(())
     }
 

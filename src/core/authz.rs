@@ -139,6 +139,43 @@ pub fn iso8601(ms: i64) -> String {
     )
 }
 
+/// The policies that apply to a caller (besides the resource's), borrowed for one evaluation.
+pub(crate) struct CallerPolicies<'a> {
+    pub identity: Vec<NamedPolicy<'a>>,
+    pub guardrails: Vec<NamedPolicy<'a>>,
+    pub boundary: Vec<NamedPolicy<'a>>,
+    pub session: Vec<NamedPolicy<'a>>,
+}
+
+impl<'a> CallerPolicies<'a> {
+    /// Identity policies, account guardrails, permission boundary and session policy.
+    pub(crate) fn of(caller: &'a Caller) -> CallerPolicies<'a> {
+        let p = &caller.principal;
+        CallerPolicies {
+            identity: named_policies(p.identity_policies()),
+            guardrails: named_policies(p.guardrails()),
+            boundary: p
+                .permission_boundary()
+                .map(|(n, pol)| NamedPolicy {
+                    name: n,
+                    policy: pol,
+                })
+                .into_iter()
+                .collect(),
+            session: caller
+                .session
+                .as_ref()
+                .and_then(|s| s.session_policy.as_ref())
+                .map(|pol| NamedPolicy {
+                    name: "session-policy",
+                    policy: pol,
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
 fn grant_views(grants: &[GrantRecord]) -> Vec<GrantView<'_>> {
     grants
         .iter()
@@ -234,27 +271,12 @@ impl Kms {
         ctx: &RequestContext,
         lockout_policy: Option<&Policy>,
     ) -> Decision {
-        let p = &caller.principal;
-        let identity = named_policies(p.identity_policies());
-        let guardrails = named_policies(p.guardrails());
-        let boundary: Vec<NamedPolicy<'_>> = p
-            .permission_boundary()
-            .map(|(n, pol)| NamedPolicy {
-                name: n,
-                policy: pol,
-            })
-            .into_iter()
-            .collect();
-        let session: Vec<NamedPolicy<'_>> = caller
-            .session
-            .as_ref()
-            .and_then(|s| s.session_policy.as_ref())
-            .map(|pol| NamedPolicy {
-                name: "session-policy",
-                policy: pol,
-            })
-            .into_iter()
-            .collect();
+        let CallerPolicies {
+            identity,
+            guardrails,
+            boundary,
+            session,
+        } = CallerPolicies::of(caller);
         let key = if req.identity_only { None } else { req.key };
         let grants = key.map(|k| grant_views(&k.grants)).unwrap_or_default();
         let empty = BTreeMap::new();

@@ -148,6 +148,32 @@ struct Cache {
     deleted: BTreeSet<Uuid>,
 }
 
+impl Cache {
+    /// Adds or repoints an alias, keeping the per-key index in step.
+    fn put_alias(&mut self, a: AliasRecord) {
+        let k = (a.account.clone(), a.name.clone());
+        if let Some(old) = self.aliases.get(&k) {
+            self.aliases_by_key
+                .remove(&(old.key_id.clone(), old.name.clone()));
+        }
+        self.aliases_by_key.insert((a.key_id.clone(), a.name.clone()));
+        self.aliases.insert(k, a);
+    }
+
+    /// Removes an alias and its index entry.
+    fn remove_alias(&mut self, k: &(String, String)) {
+        if let Some(old) = self.aliases.remove(k) {
+            self.aliases_by_key.remove(&(old.key_id, old.name));
+        }
+    }
+
+    /// Removes every alias of a key.
+    fn remove_aliases_of(&mut self, key_id: &str) {
+        self.aliases.retain(|_, a| a.key_id != key_id);
+        self.aliases_by_key.retain(|(k, _)| k != key_id);
+    }
+}
+
 /// A resolved key reference: the key and, when it was named by alias, the alias name.
 #[derive(Debug, Clone)]
 pub struct Resolved {

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use super::authz::{iso8601, AuthzRequest, CtxValue};
+use super::authz::{iso8601, AuthzRequest, CallerPolicies, CtxValue};
 use super::{Kms, KmsError};
 use crate::identity::sessions::SessionError;
 use crate::identity::Caller;
-use crate::policy::{evaluate, EvalInput, NamedPolicy, Policy, PolicyKind};
+use crate::policy::{evaluate, EvalInput, Policy, PolicyKind};
 
 /// AssumeRole input.
 #[derive(Debug, Clone, Default)]
@@ -96,27 +96,12 @@ impl Kms {
             }
         }
         let ctx = self.request_context(caller, &authz);
-        let p = &caller.principal;
-        let identity = crate::identity::directory::named_policies(p.identity_policies());
-        let guardrails = crate::identity::directory::named_policies(p.guardrails());
-        let boundary: Vec<NamedPolicy<'_>> = p
-            .permission_boundary()
-            .map(|(n, pol)| NamedPolicy {
-                name: n,
-                policy: pol,
-            })
-            .into_iter()
-            .collect();
-        let session: Vec<NamedPolicy<'_>> = caller
-            .session
-            .as_ref()
-            .and_then(|s| s.session_policy.as_ref())
-            .map(|pol| NamedPolicy {
-                name: "session-policy",
-                policy: pol,
-            })
-            .into_iter()
-            .collect();
+        let CallerPolicies {
+            identity,
+            guardrails,
+            boundary,
+            session,
+        } = CallerPolicies::of(caller);
         let empty = Default::default();
         let decision = evaluate(&EvalInput {
             key_account: Some(&role.account),

@@ -52,7 +52,7 @@ impl Kms {
                 let mut cache = self.cache_write();
                 let uuid = Uuid::from_bytes(key.uuid);
                 cache.keys.remove(&uuid);
-                cache.aliases.retain(|_, a| a.key_id != key_id);
+                cache.remove_aliases_of(&key_id);
                 cache.deleted.insert(uuid);
             }
             tracing::info!(
