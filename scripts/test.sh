@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole p11kms test suite: installs what is missing (SoftHSM2, OpenSC, a C
 # compiler), checks formatting and lints, then runs every unit and integration test against
-# real SoftHSM2 tokens, real SQLite and real gRPC clients over mutual TLS.
+# real SoftHSM2 tokens, real SQLite and real gRPC clients over mutual TLS, and the AWS door
+# against the real AWS CLI, boto3 and AWS Encryption SDK (installed into ./.venv from PyPI).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
+scripts/python-venv.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked

@@ -455,8 +455,8 @@ impl Config {
         c.max_segment_age =
             (a.max_segment_age_secs > 0).then(|| Duration::from_secs(a.max_segment_age_secs));
         c.checkpoint_every_events = a.checkpoint_every_events;
-        c.checkpoint_interval =
-            (a.checkpoint_interval_secs > 0).then(|| Duration::from_secs(a.checkpoint_interval_secs));
+        c.checkpoint_interval = (a.checkpoint_interval_secs > 0)
+            .then(|| Duration::from_secs(a.checkpoint_interval_secs));
         c
     }
 

@@ -339,13 +339,48 @@ impl ScrapeSource for AuditSource {
             let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
             c.encode(m)
         };
-        gauge(encoder, "p11kms_audit_queue_depth", "Audit events waiting to be written", s.queue_depth as i64)?;
-        gauge(encoder, "p11kms_audit_healthy", "1 while the audit trail is writable", i64::from(s.healthy))?;
-        counter(encoder, "p11kms_audit_events", "Audit events written", s.events_written)?;
-        counter(encoder, "p11kms_audit_checkpoints", "Signed checkpoints written", s.checkpoints_written)?;
-        counter(encoder, "p11kms_audit_write_errors", "Audit write failures", s.write_errors)?;
-        counter(encoder, "p11kms_audit_checkpoint_errors", "Checkpoint signing failures", s.checkpoint_errors)?;
-        counter(encoder, "p11kms_audit_rejected", "Events refused (queue full or trail unavailable)", s.rejected)?;
+        gauge(
+            encoder,
+            "p11kms_audit_queue_depth",
+            "Audit events waiting to be written",
+            s.queue_depth as i64,
+        )?;
+        gauge(
+            encoder,
+            "p11kms_audit_healthy",
+            "1 while the audit trail is writable",
+            i64::from(s.healthy),
+        )?;
+        counter(
+            encoder,
+            "p11kms_audit_events",
+            "Audit events written",
+            s.events_written,
+        )?;
+        counter(
+            encoder,
+            "p11kms_audit_checkpoints",
+            "Signed checkpoints written",
+            s.checkpoints_written,
+        )?;
+        counter(
+            encoder,
+            "p11kms_audit_write_errors",
+            "Audit write failures",
+            s.write_errors,
+        )?;
+        counter(
+            encoder,
+            "p11kms_audit_checkpoint_errors",
+            "Checkpoint signing failures",
+            s.checkpoint_errors,
+        )?;
+        counter(
+            encoder,
+            "p11kms_audit_rejected",
+            "Events refused (queue full or trail unavailable)",
+            s.rejected,
+        )?;
         // The writer's buckets are cumulative; the encoder wants per-bucket counts.
         let mut prev = 0u64;
         let buckets: Vec<(f64, u64)> = FSYNC_BUCKETS_SECONDS

@@ -13,6 +13,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::grpc::capture::CaptureSigned;
 use crate::api::grpc::Door;
+use crate::audit::{export_public_key, AuditLog, CheckpointSigner, HsmCheckpointSigner};
 use crate::config::{Config, ConfigError};
 use crate::core::sweeper::spawn_sweeper;
 use crate::core::{Clock, Kms, KmsError, KmsSettings, SystemClock};
@@ -20,7 +21,6 @@ use crate::hsm::{Hsm, HsmError};
 use crate::identity::auth::Authenticator;
 use crate::identity::directory::IdentityError;
 use crate::identity::{DirectoryHandle, SessionStore};
-use crate::audit::{export_public_key, AuditLog, CheckpointSigner, HsmCheckpointSigner};
 use crate::metrics::Metrics;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;

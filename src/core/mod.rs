@@ -156,7 +156,8 @@ impl Cache {
             self.aliases_by_key
                 .remove(&(old.key_id.clone(), old.name.clone()));
         }
-        self.aliases_by_key.insert((a.key_id.clone(), a.name.clone()));
+        self.aliases_by_key
+            .insert((a.key_id.clone(), a.name.clone()));
         self.aliases.insert(k, a);
     }
 

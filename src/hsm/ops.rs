@@ -523,7 +523,10 @@ pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmEr
 pub(crate) fn ping(ctx: &mut WorkerCtx) -> Result<(), HsmError> {
     // Health probes are counted apart (`health_probes`), so the per-function counters show
     // only what requests caused: a denied request must leave them unchanged.
-    ctx.shared.counters.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.shared
+        .counters
+        .probes
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let info = ctx
         .session
         .get_session_info()

@@ -102,7 +102,9 @@ impl WireError {
             KmsError::LimitExceeded(_) => ("PackedPolicyTooLarge", StatusCode::BAD_REQUEST),
             KmsError::Throttling(_) => ("Throttling", StatusCode::BAD_REQUEST),
             KmsError::NotFound(_) => ("NoSuchEntity", StatusCode::NOT_FOUND),
-            KmsError::DependencyTimeout(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
+            KmsError::DependencyTimeout(_) => {
+                ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE)
+            }
             KmsError::Internal(_) | KmsError::KeyUnavailable(_) => {
                 ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR)
             }

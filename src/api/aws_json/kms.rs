@@ -423,11 +423,7 @@ fn schedule_key_deletion(
     }))
 }
 
-fn cancel_key_deletion(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
+fn cancel_key_deletion(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
     let r: KeyIdIn = parse(v)?;
     Ok(Box::pin(async move {
         let key_id = kms
@@ -490,11 +486,7 @@ fn untag_resource(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde
     }))
 }
 
-fn list_resource_tags(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
+fn list_resource_tags(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
     let r: PageIn = parse(v)?;
     Ok(Box::pin(async move {
         let page = kms
@@ -783,11 +775,7 @@ fn put_key_policy(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde
     }))
 }
 
-fn list_key_policies(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
+fn list_key_policies(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
     let r: PolicyIn = parse(v)?;
     Ok(Box::pin(async move {
         let names = kms
@@ -933,12 +921,13 @@ input!(ExplainIn {
 fn explain_access(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
     let r: ExplainIn = parse(v)?;
     Ok(Box::pin(async move {
-        let source_ip = match r.source_ip.as_deref() {
-            None | Some("") => None,
-            Some(ip) => Some(ip.parse().map_err(|_| {
-                KmsError::validation("sourceIp", "Member must be an IP address")
-            })?),
-        };
+        let source_ip =
+            match r.source_ip.as_deref() {
+                None | Some("") => None,
+                Some(ip) => Some(ip.parse().map_err(|_| {
+                    KmsError::validation("sourceIp", "Member must be an IP address")
+                })?),
+            };
         let out = kms
             .explain(
                 &caller,

@@ -257,9 +257,8 @@ impl AwsJsonDoor {
                     match serde_json::from_slice(&bytes) {
                         Ok(v @ serde_json::Value::Object(_)) => v,
                         Ok(_) => {
-                            let e = WireError::serialization(
-                                "The request body must be a JSON object.",
-                            );
+                            let e =
+                                WireError::serialization("The request body must be a JSON object.");
                             return self.refuse_as(&info, &e, false, akid).await;
                         }
                         Err(err) => {
@@ -418,7 +417,9 @@ async fn accept_loop(
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => serve_connection(s, svc, stop).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "aws-json: TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "aws-json: TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(%peer, "aws-json: TLS handshake timed out"),
                     }
                 }

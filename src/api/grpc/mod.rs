@@ -21,9 +21,9 @@ use tonic::{Request, Response, Status};
 
 use zeroize::Zeroizing;
 
+use crate::api::gate::{Gate, RequestInfo};
 use crate::core::aliases::AliasListEntry;
 use crate::core::keys::KeyMetadata;
-use crate::api::gate::{Gate, RequestInfo};
 use crate::core::{Kms, KmsError};
 use crate::identity::auth::{AuthError, Authenticator, SigV4Input};
 use crate::identity::sigv4::SignableRequest;

@@ -38,7 +38,11 @@ fn tags(t: &[pb::Tag]) -> Value {
 
 fn ts(t: &Option<prost_types::Timestamp>) -> Value {
     t.as_ref()
-        .map(|t| json!(crate::core::authz::iso8601(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))))
+        .map(|t| {
+            json!(crate::core::authz::iso8601(
+                t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
+            ))
+        })
         .unwrap_or(Value::Null)
 }
 
@@ -73,7 +77,10 @@ params!(pb::CreateKeyRequest, |r| json!({
     "multiRegion": r.multi_region,
 }));
 params!(pb::DescribeKeyRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::ListKeysRequest, |r| json!({"limit": r.limit, "marker": opt(&r.marker)}));
+params!(
+    pb::ListKeysRequest,
+    |r| json!({"limit": r.limit, "marker": opt(&r.marker)})
+);
 params!(pb::EnableKeyRequest, |r| json!({"keyId": r.key_id}));
 params!(pb::DisableKeyRequest, |r| json!({"keyId": r.key_id}));
 params!(pb::ScheduleKeyDeletionRequest, |r| json!({
@@ -85,8 +92,14 @@ params!(pb::UpdateKeyDescriptionRequest, |r| json!({
     "keyId": r.key_id,
     "description": r.description,
 }));
-params!(pb::TagResourceRequest, |r| json!({"keyId": r.key_id, "tags": tags(&r.tags)}));
-params!(pb::UntagResourceRequest, |r| json!({"keyId": r.key_id, "tagKeys": r.tag_keys}));
+params!(
+    pb::TagResourceRequest,
+    |r| json!({"keyId": r.key_id, "tags": tags(&r.tags)})
+);
+params!(
+    pb::UntagResourceRequest,
+    |r| json!({"keyId": r.key_id, "tagKeys": r.tag_keys})
+);
 params!(pb::ListResourceTagsRequest, |r| json!({
     "keyId": r.key_id,
     "limit": r.limit,
@@ -100,7 +113,10 @@ params!(pb::UpdateAliasRequest, |r| json!({
     "aliasName": r.alias_name,
     "targetKeyId": r.target_key_id,
 }));
-params!(pb::DeleteAliasRequest, |r| json!({"aliasName": r.alias_name}));
+params!(
+    pb::DeleteAliasRequest,
+    |r| json!({"aliasName": r.alias_name})
+);
 params!(pb::ListAliasesRequest, |r| json!({
     "keyId": opt(&r.key_id),
     "limit": r.limit,
@@ -135,7 +151,10 @@ params!(pb::GenerateDataKeyWithoutPlaintextRequest, |r| json!({
     "keySpec": opt(&r.key_spec),
     "numberOfBytes": r.number_of_bytes,
 }));
-params!(pb::GenerateRandomRequest, |r| json!({"numberOfBytes": r.number_of_bytes}));
+params!(
+    pb::GenerateRandomRequest,
+    |r| json!({"numberOfBytes": r.number_of_bytes})
+);
 params!(pb::GetKeyPolicyRequest, |r| json!({
     "keyId": r.key_id,
     "policyName": if r.policy_name.is_empty() { "default" } else { r.policy_name.as_str() },
@@ -174,7 +193,10 @@ params!(pb::RetireGrantRequest, |r| json!({
     "grantId": opt(&r.grant_id),
     "grantToken": (!r.grant_token.is_empty()).then_some("(given)"),
 }));
-params!(pb::RevokeGrantRequest, |r| json!({"keyId": r.key_id, "grantId": r.grant_id}));
+params!(
+    pb::RevokeGrantRequest,
+    |r| json!({"keyId": r.key_id, "grantId": r.grant_id})
+);
 params!(pb::AssumeRoleRequest, |r| json!({
     "roleArn": r.role_arn,
     "roleSessionName": r.role_session_name,

@@ -1,0 +1,1013 @@
+//! The AWS door with real AWS clients from PyPI (issue 6): the AWS CLI, boto3 and the AWS
+//! Encryption SDK for Python run as subprocesses against the real daemon (HTTPS on
+//! 127.0.0.1:0, the test PKI's CA in `AWS_CA_BUNDLE`, fixture access keys in the environment,
+//! no ~/.aws files). Bad requests are sent raw over TLS and checked for AWS's error name, HTTP
+//! status, and their count in the metrics (proof that the gate accounted for them).
+//!
+//! The clients live in `./.venv`, created by `scripts/python-venv.sh` (which `scripts/test.sh`
+//! runs first). Without it these tests fail and say so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use common::*;
+use p11kms::config::Config;
+use p11kms::core::{Clock, SystemClock};
+use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
+use p11kms::server::{self, RunningServer, ServerOptions};
+use serde_json::{json, Value};
+
+const AK_ADMIN: &str = "AKIAADMIN00000000001";
+const AK_USER2: &str = "AKIAUSER200000000001";
+const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
+const USER1: &str = "arn:aws:iam::111122223333:user/user1";
+
+/// A daemon with the AWS door enabled.
+struct Door {
+    server: RunningServer,
+    /// The data directory (the audit trail is under `audit/`).
+    dir: PathBuf,
+    endpoint: String,
+    /// A scratch directory: HOME of the clients, files they read and write.
+    scratch: PathBuf,
+}
+
+async fn start_door(name: &str) -> Door {
+    let dir = data_dir(name);
+    let mut text = config_text(&dir);
+    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).expect("config");
+    let server = server::start(
+        &config,
+        ServerOptions {
+            clock: Arc::new(SystemClock),
+            sweep_interval: None,
+        },
+    )
+    .await
+    .expect("daemon starts");
+    let addr = server.aws_json_addr.expect("the AWS door is enabled");
+    assert!(addr.ip().is_loopback());
+    let scratch = dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    Door {
+        endpoint: format!("https://127.0.0.1:{}", addr.port()),
+        dir: dir.clone(),
+        server,
+        scratch,
+    }
+}
+
+/// The venv with the AWS clients; fails the test (never skips it) when missing.
+fn venv() -> PathBuf {
+    let v = manifest_dir().join(".venv");
+    assert!(
+        v.join("bin/aws").is_file() && v.join("bin/python").is_file(),
+        "the Python venv with awscli, boto3 and aws-encryption-sdk is missing at {}: \
+         run scripts/python-venv.sh (scripts/test.sh runs it before the tests)",
+        v.display()
+    );
+    v
+}
+
+/// A client command with a clean environment: endpoint, CA bundle, region, and the
+/// credentials of `access_key_id` in environment variables (never in argv).
+fn client_command(door: &Door, program: &Path, access_key_id: &str) -> Command {
+    let creds = fixture_credentials(access_key_id);
+    let mut c = Command::new(program);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &door.scratch)
+        .env("LANG", "C.UTF-8")
+        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_KMS", &door.endpoint)
+        .env("AWS_ENDPOINT_URL_STS", &door.endpoint)
+        .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env("AWS_PAGER", "")
+        .env(
+            "P11KMS_FIXTURE_CREDENTIALS",
+            fixtures_dir().join("credentials.json"),
+        )
+        .env("P11KMS_SCRATCH", &door.scratch)
+        .current_dir(&door.scratch);
+    c
+}
+
+async fn output(mut c: Command) -> Output {
+    tokio::task::spawn_blocking(move || c.output().expect("run a client"))
+        .await
+        .unwrap()
+}
+
+/// `aws <args> --output json` as `access_key_id`.
+async fn aws(door: &Door, access_key_id: &str, args: &[&str]) -> Output {
+    let mut c = client_command(door, &venv().join("bin/aws"), access_key_id);
+    c.args(args).args(["--output", "json"]);
+    output(c).await
+}
+
+/// A successful `aws` call's JSON output (`{}` for none).
+async fn aws_ok(door: &Door, access_key_id: &str, args: &[&str]) -> Value {
+    let out = aws(door, access_key_id, args).await;
+    assert!(
+        out.status.success(),
+        "aws {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("aws {args:?}: {e}: {text}"))
+    }
+}
+
+/// Runs `tests/python/<script>` with the venv's Python as `access_key_id`.
+async fn python(door: &Door, access_key_id: &str, script: &str) {
+    let mut c = client_command(door, &venv().join("bin/python"), access_key_id);
+    c.arg(manifest_dir().join("tests/python").join(script));
+    let out = output(c).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    eprintln!("{script}:\n{stdout}");
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The AWS CLI
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_runs_the_key_lifecycle() {
+    let door = start_door("aws-cli").await;
+    let a = AK_ADMIN;
+
+    let created = aws_ok(
+        &door,
+        a,
+        &["kms", "create-key", "--description", "made by the AWS CLI"],
+    )
+    .await;
+    let meta = &created["KeyMetadata"];
+    let key_id = meta["KeyId"].as_str().unwrap().to_string();
+    let arn = meta["Arn"].as_str().unwrap().to_string();
+    assert_eq!(
+        arn,
+        format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}"),
+        "{created}"
+    );
+    assert_eq!(meta["KeyState"], "Enabled");
+    assert!(meta["CreationDate"].is_number(), "{created}");
+
+    let described = aws_ok(&door, a, &["kms", "describe-key", "--key-id", &arn]).await;
+    assert_eq!(described["KeyMetadata"]["KeyId"], key_id.as_str());
+    assert_eq!(
+        described["KeyMetadata"]["Description"],
+        "made by the AWS CLI"
+    );
+
+    let listed = aws_ok(&door, a, &["kms", "list-keys"]).await;
+    assert!(
+        listed["Keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["KeyId"] == key_id.as_str() && k["KeyArn"] == arn.as_str()),
+        "{listed}"
+    );
+
+    let alias = format!("alias/cli-{}", &key_id[..8]);
+    aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "create-alias",
+            "--alias-name",
+            &alias,
+            "--target-key-id",
+            &key_id,
+        ],
+    )
+    .await;
+
+    // Encrypt by alias with an encryption context; decrypt with it.
+    let message = b"attack at dawn, via the AWS CLI";
+    std::fs::write(door.scratch.join("plain.bin"), message).unwrap();
+    let ec = "purpose=cli,team=blue";
+    let enc = aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "encrypt",
+            "--key-id",
+            &alias,
+            "--plaintext",
+            "fileb://plain.bin",
+            "--encryption-context",
+            ec,
+        ],
+    )
+    .await;
+    assert_eq!(enc["KeyId"], arn.as_str(), "Encrypt returns the key ARN");
+    assert_eq!(enc["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+    let blob = unb64(enc["CiphertextBlob"].as_str().unwrap());
+    std::fs::write(door.scratch.join("blob.bin"), &blob).unwrap();
+    let dec = aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "decrypt",
+            "--ciphertext-blob",
+            "fileb://blob.bin",
+            "--encryption-context",
+            ec,
+        ],
+    )
+    .await;
+    assert_eq!(dec["KeyId"], arn.as_str());
+    assert_eq!(unb64(dec["Plaintext"].as_str().unwrap()), message);
+    // The wrong context: InvalidCiphertextException.
+    let out = aws(
+        &door,
+        a,
+        &[
+            "kms",
+            "decrypt",
+            "--ciphertext-blob",
+            "fileb://blob.bin",
+            "--encryption-context",
+            "purpose=other",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidCiphertextException"));
+
+    let dk = aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "generate-data-key",
+            "--key-id",
+            &key_id,
+            "--key-spec",
+            "AES_256",
+        ],
+    )
+    .await;
+    assert_eq!(unb64(dk["Plaintext"].as_str().unwrap()).len(), 32);
+    assert_eq!(dk["KeyId"], arn.as_str());
+
+    // The key policy: admin administers, user1 uses.
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
+             "Action": "kms:*", "Resource": "*"},
+            {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
+             "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"}
+        ]
+    });
+    std::fs::write(door.scratch.join("policy.json"), policy.to_string()).unwrap();
+    aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "put-key-policy",
+            "--key-id",
+            &key_id,
+            "--policy-name",
+            "default",
+            "--policy",
+            "file://policy.json",
+        ],
+    )
+    .await;
+    let got = aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "get-key-policy",
+            "--key-id",
+            &key_id,
+            "--policy-name",
+            "default",
+        ],
+    )
+    .await;
+    let got_policy: Value = serde_json::from_str(got["Policy"].as_str().unwrap()).unwrap();
+    assert_eq!(got_policy, policy);
+
+    // A grant lets user2 encrypt; everything else stays denied to user2.
+    let grant = aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "create-grant",
+            "--key-id",
+            &key_id,
+            "--grantee-principal",
+            "arn:aws:iam::111122223333:user/user2",
+            "--operations",
+            "Encrypt",
+            "Decrypt",
+        ],
+    )
+    .await;
+    assert_eq!(grant["GrantId"].as_str().unwrap().len(), 64, "{grant}");
+    assert!(grant["GrantToken"].is_string());
+    let by_grant = aws_ok(
+        &door,
+        AK_USER2,
+        &[
+            "kms",
+            "encrypt",
+            "--key-id",
+            &arn,
+            "--plaintext",
+            "fileb://plain.bin",
+        ],
+    )
+    .await;
+    assert_eq!(by_grant["KeyId"], arn.as_str());
+    let out = aws(&door, AK_USER2, &["kms", "disable-key", "--key-id", &arn]).await;
+    assert_eq!(out.status.code(), Some(255), "a denied call exits 255");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AccessDeniedException"), "{err}");
+    assert!(
+        err.contains("is not authorized to perform: kms:DisableKey"),
+        "{err}"
+    );
+
+    let scheduled = aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "schedule-key-deletion",
+            "--key-id",
+            &key_id,
+            "--pending-window-in-days",
+            "7",
+        ],
+    )
+    .await;
+    assert_eq!(scheduled["KeyId"], arn.as_str());
+    assert_eq!(scheduled["KeyState"], "PendingDeletion");
+    assert_eq!(scheduled["PendingWindowInDays"], 7);
+    let now = SystemClock.now_ms() / 1000;
+    let when = scheduled["DeletionDate"].as_f64().unwrap() as i64;
+    assert!(
+        (now + 7 * 86_400 - 60..=now + 7 * 86_400 + 60).contains(&when),
+        "{scheduled}"
+    );
+    let cancelled = aws_ok(
+        &door,
+        a,
+        &["kms", "cancel-key-deletion", "--key-id", &key_id],
+    )
+    .await;
+    assert_eq!(cancelled["KeyId"], arn.as_str());
+    let after = aws_ok(&door, a, &["kms", "describe-key", "--key-id", &alias]).await;
+    assert_eq!(after["KeyMetadata"]["KeyState"], "Disabled");
+
+    door.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_sts_names_the_caller_and_assumes_a_role() {
+    let door = start_door("aws-cli-sts").await;
+    let me = aws_ok(&door, AK_ADMIN, &["sts", "get-caller-identity"]).await;
+    assert_eq!(me["Arn"], ADMIN);
+    assert_eq!(me["Account"], ACCOUNT);
+    assert!(me["UserId"].is_string());
+
+    let assumed = aws_ok(
+        &door,
+        "AKIABOB0000000000001",
+        &[
+            "sts",
+            "assume-role",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/Engineering",
+            "--role-session-name",
+            "cli-session",
+            "--duration-seconds",
+            "900",
+        ],
+    )
+    .await;
+    assert_eq!(
+        assumed["AssumedRoleUser"]["Arn"],
+        format!("arn:aws:sts::{ACCOUNT}:assumed-role/Engineering/cli-session")
+    );
+    assert!(assumed["Credentials"]["AccessKeyId"]
+        .as_str()
+        .unwrap()
+        .starts_with("ASIA"));
+
+    // user2 may not assume the role: STS's AccessDenied.
+    let out = aws(
+        &door,
+        AK_USER2,
+        &[
+            "sts",
+            "assume-role",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/Engineering",
+            "--role-session-name",
+            "nope",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AccessDenied"));
+    door.server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// boto3 and the AWS Encryption SDK
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_key_users_cross_account_and_modelled_errors() {
+    let door = start_door("boto3").await;
+    python(&door, AK_ADMIN, "boto3_checks.py").await;
+    door.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_encryption_sdk_round_trips_a_mebibyte() {
+    let door = start_door("esdk").await;
+    python(&door, AK_ADMIN, "encryption_sdk_checks.py").await;
+    door.server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad requests, sent raw
+
+struct RawResponse {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl RawResponse {
+    /// The `x-amzn-RequestId` header.
+    fn request_id(&self) -> String {
+        self.headers
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-amzn-requestid")
+                    .then(|| v.trim().to_string())
+            })
+            .expect("x-amzn-RequestId")
+    }
+
+    /// `__type` of a JSON error.
+    fn error_type(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["__type"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("(no __type in {:?})", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over TLS to the door, trusting the test CA.
+async fn raw(door: &Door, head: &str, body: &[u8]) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let addr = door.server.aws_json_addr.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(env().pki.join("ca.pem")).unwrap();
+    {
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS to the door");
+    let mut req = head.as_bytes().to_vec();
+    req.extend_from_slice(body);
+    tls.write_all(&req).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut buf),
+    )
+    .await
+    .expect("the door answers");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    RawResponse {
+        status,
+        headers: headers.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// A bad request: what it is, its head and body, and the status, error name and operation
+/// label it must get.
+type Case<'a> = (&'a str, String, Vec<u8>, u16, &'a str, &'a str);
+
+struct Sign<'a> {
+    access_key_id: &'a str,
+    secret: &'a str,
+    service: &'a str,
+    /// Seconds to move the signing time (negative: the past).
+    skew_secs: i64,
+}
+
+/// A request head: `method`, the given headers, signed when `sign` is given.
+fn head(
+    door: &Door,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    sign: Option<Sign<'_>>,
+) -> String {
+    let host = format!("127.0.0.1:{}", door.server.aws_json_addr.unwrap().port());
+    let mut all: Vec<(String, String)> = vec![("host".into(), host)];
+    all.extend(
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())),
+    );
+    if let Some(s) = sign {
+        let now = SystemClock.now_ms() / 1000 + s.skew_secs;
+        let amz_date = sigv4::format_amz_date(now);
+        all.push(("x-amz-date".into(), amz_date.clone()));
+        let names: Vec<String> = all.iter().map(|(k, _)| k.clone()).collect();
+        let hash = sigv4::sha256_hex(body);
+        let req = SignableRequest {
+            method,
+            path: "/",
+            query: "",
+            headers: &all,
+            payload_sha256_hex: &hash,
+        };
+        let auth = sigv4::authorization_header(
+            &req,
+            &names,
+            &SigningParams {
+                access_key_id: s.access_key_id,
+                secret_access_key: s.secret,
+                region: "us-east-1",
+                service: s.service,
+                amz_date: &amz_date,
+            },
+        );
+        all.push(("authorization".into(), auth));
+    }
+    let mut h = format!("{method} / HTTP/1.1\r\n");
+    for (k, v) in &all {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    h
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn requests(metrics: &str, operation: &str, outcome: &str) -> f64 {
+    let prefix = format!(
+        "p11kms_requests_total{{door=\"aws-json\",operation=\"{operation}\",outcome=\"{outcome}\"}}"
+    );
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_aws_errors_and_are_accounted() {
+    let door = start_door("aws-bad").await;
+    let maddr = door.server.metrics_addr.expect("metrics");
+    let admin = fixture_credentials(AK_ADMIN);
+    let secret = admin.secret_access_key.as_str();
+    let json_headers = |target: &'static str| {
+        vec![
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", target),
+        ]
+    };
+    let signed = |skew_secs| Sign {
+        access_key_id: AK_ADMIN,
+        secret,
+        service: "kms",
+        skew_secs,
+    };
+    let before = scrape(maddr).await;
+
+    // A well-signed request works (so the failures below are the ones intended).
+    let body = b"{}";
+    let h = head(
+        &door,
+        "POST",
+        &json_headers("TrentService.ListKeys"),
+        body,
+        Some(signed(0)),
+    );
+    let r = raw(&door, &h, body).await;
+    assert_eq!(r.status, 200, "{} {}", r.headers, r.body);
+    assert!(r.headers.to_ascii_lowercase().contains("x-amzn-requestid:"));
+    assert!(r
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: application/x-amz-json-1.1"));
+    // ... and so does one 10 minutes off (AWS allows 15).
+    let h = head(
+        &door,
+        "POST",
+        &json_headers("TrentService.ListKeys"),
+        body,
+        Some(signed(-600)),
+    );
+    assert_eq!(raw(&door, &h, body).await.status, 200);
+
+    let bad = b"{\"KeyId\": ".to_vec();
+    let wrong = b"{\"KeyId\": 42}".to_vec();
+    let big = {
+        let mut b = b"{\"Plaintext\": \"".to_vec();
+        b.extend(std::iter::repeat_n(b'A', 70 * 1024));
+        b.extend_from_slice(b"\"}");
+        b
+    };
+    let cases: Vec<Case> = vec![
+        // Wrong signature.
+        (
+            "wrong signature",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.ListKeys"),
+                body,
+                Some(Sign {
+                    secret: "not-the-secret-access-key-0000000000000",
+                    ..signed(0)
+                }),
+            ),
+            body.to_vec(),
+            400,
+            "InvalidSignatureException",
+            "ListKeys",
+        ),
+        // Expired timestamp (20 minutes ago).
+        (
+            "expired timestamp",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.ListKeys"),
+                body,
+                Some(signed(-1200)),
+            ),
+            body.to_vec(),
+            400,
+            "InvalidSignatureException",
+            "ListKeys",
+        ),
+        // Unknown access key.
+        (
+            "unknown access key",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.ListKeys"),
+                body,
+                Some(Sign {
+                    access_key_id: "AKIANOBODY0000000000",
+                    ..signed(0)
+                }),
+            ),
+            body.to_vec(),
+            400,
+            "UnrecognizedClientException",
+            "ListKeys",
+        ),
+        // No Authorization at all.
+        (
+            "unsigned",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.ListKeys"),
+                body,
+                None,
+            ),
+            body.to_vec(),
+            403,
+            "MissingAuthenticationTokenException",
+            "ListKeys",
+        ),
+        // Missing X-Amz-Target.
+        (
+            "missing target",
+            head(
+                &door,
+                "POST",
+                &[("content-type", "application/x-amz-json-1.1")],
+                body,
+                Some(signed(0)),
+            ),
+            body.to_vec(),
+            400,
+            "UnknownOperationException",
+            "Unknown",
+        ),
+        // An operation KMS does not have.
+        (
+            "unknown target",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.Frobnicate"),
+                body,
+                Some(signed(0)),
+            ),
+            body.to_vec(),
+            400,
+            "UnknownOperationException",
+            "Unknown",
+        ),
+        // Malformed JSON, and a member of the wrong type.
+        (
+            "malformed JSON",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.DescribeKey"),
+                &bad,
+                Some(signed(0)),
+            ),
+            bad,
+            400,
+            "SerializationException",
+            "DescribeKey",
+        ),
+        (
+            "wrong member type",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.DescribeKey"),
+                &wrong,
+                Some(signed(0)),
+            ),
+            wrong,
+            400,
+            "SerializationException",
+            "DescribeKey",
+        ),
+        // Over the 64 KiB default limit: refused before it is parsed (or even signed-checked).
+        (
+            "oversized body",
+            head(
+                &door,
+                "POST",
+                &json_headers("TrentService.Encrypt"),
+                &big,
+                Some(signed(0)),
+            ),
+            big,
+            413,
+            "RequestEntityTooLargeException",
+            "Encrypt",
+        ),
+        // A GET.
+        (
+            "GET",
+            head(&door, "GET", &[], b"", None),
+            Vec::new(),
+            405,
+            "UnknownOperationException",
+            "Unknown",
+        ),
+    ];
+    let mut expected: std::collections::BTreeMap<(&str, &str), f64> = Default::default();
+    let mut refused_ids = Vec::new();
+    for (what, h, body, status, name, operation) in &cases {
+        let r = raw(&door, h, body).await;
+        assert_eq!(r.status, *status, "{what}: {} {}", r.headers, r.body);
+        assert_eq!(r.error_type(), *name, "{what}: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {}",
+            r.body
+        );
+        refused_ids.push((what.to_string(), r.request_id()));
+        *expected.entry((*operation, *name)).or_default() += 1.0;
+    }
+    let r = raw(&door, &cases[0].1, &cases[0].2).await;
+    assert!(r.body.contains("signature"), "{}", r.body);
+    let r = raw(&door, &cases[1].1, &cases[1].2).await;
+    assert!(r.body.contains("Signature expired"), "{}", r.body);
+    *expected
+        .entry(("ListKeys", "InvalidSignatureException"))
+        .or_default() += 2.0;
+
+    // STS refusals come back as STS's XML.
+    let form = b"Action=GetCallerIdentity&Version=2011-06-15";
+    let sts_headers = [(
+        "content-type",
+        "application/x-www-form-urlencoded; charset=utf-8",
+    )];
+    let h = head(
+        &door,
+        "POST",
+        &sts_headers,
+        form,
+        Some(Sign {
+            secret: "not-the-secret-access-key-0000000000000",
+            service: "sts",
+            ..signed(0)
+        }),
+    );
+    let r = raw(&door, &h, form).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("<Code>SignatureDoesNotMatch</Code>") && r.body.contains("<ErrorResponse"),
+        "{}",
+        r.body
+    );
+    let h = head(
+        &door,
+        "POST",
+        &sts_headers,
+        form,
+        Some(Sign {
+            service: "sts",
+            ..signed(0)
+        }),
+    );
+    let r = raw(&door, &h, form).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains(&format!("<Arn>{ADMIN}</Arn>")),
+        "{}",
+        r.body
+    );
+
+    // The custom admin target.
+    let h = head(
+        &door,
+        "POST",
+        &json_headers("TrentService.CreateKey"),
+        b"{}",
+        Some(signed(0)),
+    );
+    let created: Value = serde_json::from_str(&raw(&door, &h, b"{}").await.body).unwrap();
+    let key_arn = created["KeyMetadata"]["Arn"].as_str().unwrap();
+    let explain =
+        json!({"Principal": USER1, "Action": "kms:Decrypt", "KeyId": key_arn}).to_string();
+    let h = head(
+        &door,
+        "POST",
+        &json_headers("P11kmsAdmin.ExplainAccess"),
+        explain.as_bytes(),
+        Some(signed(0)),
+    );
+    let r = raw(&door, &h, explain.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["Decision"], "Deny", "user1 has no rights on the key: {v}");
+    assert!(
+        v["Message"].as_str().unwrap().contains("kms:Decrypt"),
+        "{v}"
+    );
+
+    // Every refusal went through the gate: the counters moved by exactly as many.
+    let after = scrape(maddr).await;
+    for ((operation, name), n) in &expected {
+        let moved = requests(&after, operation, name) - requests(&before, operation, name);
+        assert_eq!(moved, *n, "{operation}/{name}:\n{after}");
+    }
+    assert_eq!(
+        requests(&after, "ListKeys", "Success") - requests(&before, "ListKeys", "Success"),
+        2.0
+    );
+    assert_eq!(
+        requests(&after, "GetCallerIdentity", "SignatureDoesNotMatch"),
+        1.0
+    );
+    door.server.shutdown().await.unwrap();
+
+    // ... and is in the audit trail, by the request id the caller was given; no secret is.
+    let mut trail = String::new();
+    for entry in std::fs::read_dir(door.dir.join("audit")).expect("the audit directory") {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            trail.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+        }
+    }
+    for (what, id) in &refused_ids {
+        assert!(
+            trail.contains(id.as_str()),
+            "{what}: request {id} is not audited"
+        );
+    }
+    assert!(
+        !trail.contains(secret),
+        "the secret access key is in the audit trail"
+    );
+    assert!(
+        !trail.contains("AAAAAAAAAAAAAAAA"),
+        "the oversized body is in the audit trail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_only_on_loopback() {
+    let dir = data_dir("aws-plain");
+    let mut text = config_text(&dir);
+    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"0.0.0.0:0\"\ntls = false\n");
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    let err = Config::load(&path).expect_err("plain HTTP off loopback is refused");
+    assert!(err.to_string().contains("loopback"), "{err}");
+
+    // On loopback it is allowed, and serves the same door.
+    let text =
+        config_text(&dir) + "\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = false\n";
+    std::fs::write(&path, text).unwrap();
+    let server = server::start(&Config::load(&path).unwrap(), ServerOptions::default())
+        .await
+        .expect("plain HTTP on loopback starts");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.aws_json_addr.unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.starts_with("HTTP/1.1 400") && text.contains("UnknownOperationException"),
+        "{text}"
+    );
+    server.shutdown().await.unwrap();
+}
