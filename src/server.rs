@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::grpc::capture::CaptureSigned;
@@ -359,7 +359,9 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .add_service(reflection);
     let serve = tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            // tonic ignores Server::tcp_nodelay for serve_with_incoming; without NODELAY,
+            // Nagle holds small responses for ~40 ms (docs/benchmarks.md).
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
                 let _ = rx.await;
             })
             .await

@@ -271,28 +271,43 @@ fn stat_ticks(path: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// CPU of a process: total, and of its `hsm-worker-*` threads (the PKCS#11 calls).
-#[derive(Clone, Copy, Debug, Default)]
+/// CPU of a process: total, of its `hsm-worker-*` threads (the PKCS#11 calls), and per
+/// thread name (trailing `-N` / digits stripped: `hsm-worker`, `tokio-rt-worker`, ...).
+#[derive(Clone, Debug, Default)]
 struct ProcCpu {
     total: u64,
     hsm: u64,
+    by_thread: BTreeMap<String, u64>,
+}
+
+fn thread_group(comm: &str) -> String {
+    comm.trim()
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .trim_end_matches(['-', '_'])
+        .to_string()
 }
 
 fn proc_cpu(pid: u32) -> Option<ProcCpu> {
     let total = stat_ticks(&format!("/proc/{pid}/stat"))?;
-    let mut hsm = 0;
+    let mut out = ProcCpu {
+        total,
+        ..Default::default()
+    };
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in rd.flatten() {
+        // Bounded by the daemon's thread count.
+        for t in rd.flatten().take(10_000) {
             let tid = t.file_name();
             let tid = tid.to_string_lossy();
             let comm =
                 std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            let ticks = stat_ticks(&format!("/proc/{pid}/task/{tid}/stat")).unwrap_or(0);
             if comm.starts_with("hsm-worker") {
-                hsm += stat_ticks(&format!("/proc/{pid}/task/{tid}/stat")).unwrap_or(0);
+                out.hsm += ticks;
             }
+            *out.by_thread.entry(thread_group(&comm)).or_default() += ticks;
         }
     }
-    Some(ProcCpu { total, hsm })
+    Some(out)
 }
 
 fn self_cpu() -> u64 {
@@ -796,6 +811,7 @@ struct PhaseResult {
     latencies_us: Vec<u32>,
     errors: BTreeMap<String, u64>,
     server_cpu: Option<(u64, u64)>,
+    server_threads: BTreeMap<String, u64>,
     client_cpu: u64,
 }
 
@@ -858,6 +874,12 @@ async fn daemon_phase(
     out.client_cpu = self_cpu().saturating_sub(self0);
     if let (Some(a), Some(b)) = (cpu0, server_pid.and_then(proc_cpu)) {
         out.server_cpu = Some((b.total.saturating_sub(a.total), b.hsm.saturating_sub(a.hsm)));
+        // Threads that exited during the phase are missing from `b`; new ones count from 0.
+        for (name, t) in &b.by_thread {
+            let before = a.by_thread.get(name).copied().unwrap_or(0);
+            out.server_threads
+                .insert(name.clone(), t.saturating_sub(before));
+        }
     }
     out
 }
@@ -1055,6 +1077,9 @@ impl Bench<'_> {
                 *all.errors.entry(k).or_default() += v;
             }
             all.client_cpu += p.client_cpu;
+            for (k, v) in &p.server_threads {
+                *all.server_threads.entry(k.clone()).or_default() += v;
+            }
             match p.server_cpu {
                 Some((t, h)) => {
                     server_total += t;
@@ -1089,6 +1114,15 @@ impl Bench<'_> {
             _ => None,
         };
         let client_cpu = per_op(all.client_cpu);
+        let by_thread: BTreeMap<String, Option<f64>> = if have_server {
+            all.server_threads
+                .iter()
+                .filter(|(_, t)| **t > 0)
+                .map(|(k, t)| (k.clone(), per_op(*t)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let raw_cpu =
             (raw_ops > 0).then(|| round1(raw_cpu_ticks as f64 * us_per_tick / raw_ops as f64));
         let cpu_busy = (secs_d > 0.0).then(|| {
@@ -1141,6 +1175,7 @@ impl Bench<'_> {
             "server_cpu_us_per_op": server_cpu,
             "server_hsm_thread_cpu_us_per_op": server_hsm_cpu,
             "server_cpu_us_per_op_outside_hsm_threads": outside,
+            "server_cpu_us_per_op_by_thread": by_thread,
             "client_cpu_us_per_op": client_cpu,
             "machine_cpu_busy": cpu_busy,
             "server_hsm_threads_cpu_cores": hsm_cores,
