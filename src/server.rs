@@ -361,9 +361,12 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         router
             // tonic ignores Server::tcp_nodelay for serve_with_incoming; without NODELAY,
             // Nagle holds small responses for ~40 ms (docs/benchmarks.md).
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-                let _ = rx.await;
-            })
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = rx.await;
+                },
+            )
             .await
     });
     let interval = options
