@@ -10,11 +10,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
 cargo build --release --locked --bin p11kms
+bin="${CARGO_TARGET_DIR:-target}/release/p11kms"
 
 data="${P11KMS_DATA_DIR:-$PWD/p11kms-data}"
 listen="${P11KMS_LISTEN:-127.0.0.1:8443}"
-target/release/p11kms dev-setup --data-dir "$data" --listen "$listen"
+"$bin" dev-setup --data-dir "$data" --listen "$listen"
 P11KMS_SO_PIN="$(cat "$data/so-pin")" P11KMS_USER_PIN="$(cat "$data/user-pin")" \
     softhsm-config/init-token.sh "$data/softhsm" p11kms-dev >/dev/null
 echo "p11kms: data in $data; the CLI finds p11kms-data/client.toml when run from $(pwd)" >&2
-exec target/release/p11kms serve --config "$data/p11kms.toml"
+exec "$bin" serve --config "$data/p11kms.toml"
