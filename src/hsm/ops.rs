@@ -373,6 +373,11 @@ pub(crate) fn key_attributes(ctx: &mut WorkerCtx, id: ObjectId) -> Result<KeyAtt
             .get_attributes(h, WANTED)
             .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
     })?;
+    Ok(key_attributes_from(attrs))
+}
+
+/// Custody attributes from what `C_GetAttributeValue` returned (absent ones stay false).
+pub(crate) fn key_attributes_from(attrs: Vec<Attribute>) -> KeyAttributes {
     let mut k = KeyAttributes::default();
     for a in attrs {
         match a {
@@ -395,7 +400,7 @@ pub(crate) fn key_attributes(ctx: &mut WorkerCtx, id: ObjectId) -> Result<KeyAtt
             _ => {}
         }
     }
-    Ok(k)
+    k
 }
 
 /// Try to read `CKA_VALUE`; fails for sensitive keys.

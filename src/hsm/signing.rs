@@ -20,7 +20,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use sha2::{Digest, Sha256};
 
 use super::error::{is_handle_invalid, HsmError, HsmErrorKind};
-use super::objects::{mechanism_name, ObjectId};
+use super::objects::ObjectId;
 use super::pool::WorkerCtx;
 use super::{Hsm, KeyAttributes};
 
@@ -359,26 +359,7 @@ fn attributes(ctx: &mut WorkerCtx, label: &str) -> Result<KeyAttributes, HsmErro
         .session
         .get_attributes(h, WANTED)
         .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
-    let mut k = KeyAttributes::default();
-    for a in attrs {
-        match a {
-            Attribute::Token(v) => k.token = v,
-            Attribute::Private(v) => k.private = v,
-            Attribute::Sensitive(v) => k.sensitive = v,
-            Attribute::AlwaysSensitive(v) => k.always_sensitive = v,
-            Attribute::Extractable(v) => k.extractable = v,
-            Attribute::NeverExtractable(v) => k.never_extractable = v,
-            Attribute::Decrypt(v) => k.decrypt = v,
-            Attribute::Unwrap(v) => k.unwrap = v,
-            Attribute::Sign(v) => k.sign = v,
-            Attribute::Derive(v) => k.derive = v,
-            Attribute::AllowedMechanisms(ms) => {
-                k.allowed_mechanisms = ms.into_iter().map(mechanism_name).collect()
-            }
-            _ => {}
-        }
-    }
-    Ok(k)
+    Ok(super::ops::key_attributes_from(attrs))
 }
 
 impl Hsm {
