@@ -57,6 +57,16 @@ pub struct ParsedBlob<'a> {
 }
 
 /// Parses a v1 blob. Never panics on any input.
+///
+/// ```
+/// use p11kms::ciphertext::{assemble, header, parse, OVERHEAD};
+/// let blob = assemble(&header(&[7; 16], 2, &[1; 12]), &[0u8; 20]);
+/// let p = parse(&blob).unwrap();
+/// assert_eq!((p.key_id, p.key_version, p.iv), ([7; 16], 2, [1; 12]));
+/// assert_eq!(blob.len(), OVERHEAD + 4);
+/// // Too short to hold a header, a tag and one byte of ciphertext.
+/// assert!(parse(&blob[..OVERHEAD]).is_err());
+/// ```
 pub fn parse(blob: &[u8]) -> Result<ParsedBlob<'_>, CiphertextError> {
     if blob.len() < OVERHEAD + 1 {
         return Err(CiphertextError::TooShort);
