@@ -1,0 +1,185 @@
+//! Account guardrails (the role of SCPs) and permission boundaries, end to end over gRPC with
+//! the identity directory loaded from files.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use p11kms::pb;
+use serde_json::{json, Value};
+
+/// Copies the identity fixtures to `dir/identity` and returns the copy's path.
+fn copy_fixtures(dir: &Path) -> std::path::PathBuf {
+    let to = dir.join("identity");
+    std::fs::create_dir_all(&to).unwrap();
+    for f in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+    to
+}
+
+/// Starts a daemon whose account 111122223333 has a guardrail and whose user `admin` has a
+/// permission boundary.
+async fn start_guarded(dir: &Path) -> p11kms::server::RunningServer {
+    let ids = copy_fixtures(dir);
+    // Guardrail: everything is allowed except scheduling key deletion.
+    std::fs::write(
+        ids.join("no-deletion.json"),
+        json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "AllowAll", "Effect": "Allow", "Action": "*", "Resource": "*"},
+            {"Sid": "NoKeyDeletion", "Effect": "Deny", "Action": "kms:ScheduleKeyDeletion", "Resource": "*"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    // Boundary on admin: KMS key management and encryption, but never decryption.
+    let path = ids.join(format!("{ACCOUNT}.json"));
+    let mut details: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let boundary_arn = format!("arn:aws:iam::{ACCOUNT}:policy/NoDecryptBoundary");
+    details["Policies"].as_array_mut().unwrap().push(json!({
+        "PolicyName": "NoDecryptBoundary",
+        "PolicyId": "ANPABOUNDARY00000001",
+        "Arn": boundary_arn,
+        "Path": "/",
+        "DefaultVersionId": "v1",
+        "PolicyVersionList": [{"VersionId": "v1", "IsDefaultVersion": true, "Document": {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "NotAction": "kms:Decrypt", "Resource": "*"}]
+        }}]
+    }));
+    let admin = details["UserDetailList"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|u| u["UserName"] == "admin")
+        .unwrap();
+    admin["PermissionsBoundary"] = json!({
+        "PermissionsBoundaryType": "Policy",
+        "PermissionsBoundaryArn": boundary_arn
+    });
+    std::fs::write(&path, details.to_string()).unwrap();
+
+    let text = config_text(dir)
+        .replace(&fixtures_dir().display().to_string(), &ids.display().to_string())
+        .replacen(
+            &format!("authorization_details = \"{}/{ACCOUNT}.json\"", ids.display()),
+            &format!(
+                "authorization_details = \"{}/{ACCOUNT}.json\"\nguardrails = [\"{}/no-deletion.json\"]",
+                ids.display(),
+                ids.display()
+            ),
+            1,
+        );
+    assert!(text.contains("guardrails"), "{text}");
+    let cfg_path = dir.join("p11kms.toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let config = p11kms::config::Config::load(&cfg_path).unwrap();
+    p11kms::server::start(&config, p11kms::server::ServerOptions::default())
+        .await
+        .expect("daemon starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardrail_deny_beats_every_allow() {
+    let dir = data_dir("guardrail");
+    let server = start_guarded(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    // admin's identity policy allows kms:*, the default key policy delegates to the account:
+    // only the guardrail stands in the way.
+    let before = server.kms.hsm().total_ops();
+    let r = c
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: key.clone(),
+            pending_window_in_days: Some(7),
+        })
+        .await;
+    let status = r.expect_err("the guardrail must deny");
+    assert_eq!(
+        p11kms::api::grpc::status::aws_reason(&status).as_deref(),
+        Some("AccessDeniedException")
+    );
+    assert!(
+        status.message().contains("service control policy"),
+        "AWS names the SCP-like guardrail: {}",
+        status.message()
+    );
+    assert_eq!(server.kms.hsm().total_ops(), before);
+    let m = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(m.key_state, "Enabled", "nothing changed");
+    // Everything else the guardrail allows still works.
+    c.disable_key(pb::DisableKeyRequest {
+        key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_boundary_caps_identity_policies() {
+    let dir = data_dir("boundary");
+    let server = start_guarded(&dir).await;
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = c
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"bounded".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("the boundary allows Encrypt")
+        .into_inner()
+        .ciphertext_blob;
+    // admin's identity policy allows kms:Decrypt, but the boundary does not.
+    let r = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            ..Default::default()
+        })
+        .await;
+    let status = r.expect_err("the boundary must cap Decrypt");
+    assert!(
+        status.message().contains("permissions boundary"),
+        "{}",
+        status.message()
+    );
+    // A key policy that names the user directly is not capped by the boundary (AWS rule).
+    let admin_arn = format!("arn:aws:iam::{ACCOUNT}:user/admin");
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "AdminDirect", "Effect": "Allow", "Principal": {"AWS": admin_arn}, "Action": "kms:*", "Resource": "*"}
+    ]})
+    .to_string();
+    c.put_key_policy(pb::PutKeyPolicyRequest {
+        key_id: key.clone(),
+        policy_name: String::new(),
+        policy,
+        bypass_policy_lockout_safety_check: false,
+    })
+    .await
+    .unwrap();
+    let pt = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await
+        .expect("a key policy naming the user directly is not capped")
+        .into_inner()
+        .plaintext;
+    assert_eq!(pt, b"bounded");
+    server.shutdown().await.unwrap();
+}
