@@ -231,7 +231,6 @@ mod tests {
 
     #[tokio::test]
     async fn sign_split_verify() {
-        let _one_at_a_time = crate::hsm::tests::serial().await;
         let s = SoftwareSigner::generate();
         let cp = Checkpoint {
             time: "t".into(),

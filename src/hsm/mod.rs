@@ -84,6 +84,14 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const GCM_IV_LEN: usize = 12;
 /// GCM tag length in bytes.
 pub const GCM_TAG_LEN: usize = 16;
+/// Jobs that create or destroy objects on the token; they run alone (see `pool`).
+const EXCLUSIVE_OPS: &[&str] = &[
+    "generate_aes_key",
+    "destroy",
+    "try_wrap_with_new_key",
+    "ensure_audit_key",
+];
+
 /// Largest request for random bytes or a data key, in bytes.
 pub const MAX_RANDOM_LEN: usize = 4096;
 
@@ -541,6 +549,7 @@ impl Hsm {
         let job = Job {
             enqueued,
             deadline: enqueued + self.pool.acquire_timeout(),
+            exclusive: EXCLUSIVE_OPS.contains(&op),
             run: Box::new(move |dispatch: Dispatch<'_>| {
                 // The caller gave up (its future was dropped): skip the work.
                 if tx.is_closed() {

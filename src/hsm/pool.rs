@@ -40,6 +40,8 @@ pub(crate) struct Job {
     pub(crate) enqueued: Instant,
     /// Latest time at which a worker may start the job.
     pub(crate) deadline: Instant,
+    /// Whether the job creates or destroys objects (runs alone, see [`TOKEN_OBJECTS`]).
+    pub(crate) exclusive: bool,
     /// The work; it sends its own answer.
     pub(crate) run: Box<dyn FnOnce(Dispatch<'_>) + Send>,
 }
@@ -251,6 +253,13 @@ impl Pool {
     }
 }
 
+/// Object creation and destruction run alone; every other job shares. SoftHSM2 answers
+/// CKR_GENERAL_ERROR or garbled attributes now and then when one session creates token
+/// objects while another reads or creates (seen in this crate's tests, about one run in
+/// three). Creation is bound by token file writes and rare, so readers barely ever wait.
+/// Process-global: several `Hsm`s may share one token.
+static TOKEN_OBJECTS: RwLock<()> = RwLock::new(());
+
 fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize) {
     loop {
         // Only one worker waits in recv at a time; the others wait for the
@@ -272,6 +281,17 @@ fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsi
             ctx.reopen();
         }
         let run = job.run;
+        let (_shared, _alone) = if job.exclusive {
+            (
+                None,
+                Some(TOKEN_OBJECTS.write().unwrap_or_else(|p| p.into_inner())),
+            )
+        } else {
+            (
+                Some(TOKEN_OBJECTS.read().unwrap_or_else(|p| p.into_inner())),
+                None,
+            )
+        };
         if catch_unwind(AssertUnwindSafe(|| run(Dispatch::Run(&mut ctx)))).is_err() {
             tracing::error!(token = %ctx.shared.token, "an HSM job panicked");
         }

@@ -437,7 +437,6 @@ mod tests {
 
     #[tokio::test]
     async fn audit_key_created_once_custody_and_signature_verifies() {
-        let _one_at_a_time = crate::hsm::tests::serial().await;
         let hsm = Hsm::open(&test_config()).expect("open Hsm");
         // A label of its own so the test is independent of other users of the shared token.
         let label = format!(

@@ -54,22 +54,6 @@ struct Env {
     dup: String,
 }
 
-/// The HSM unit tests share SoftHSM2 tokens in one process, and SoftHSM2 answers
-/// CKR_GENERAL_ERROR / garbled attributes now and then when parallel tests create token
-/// objects and read attributes at the same time (about one run in three once the audit-key
-/// tests joined). Each test holds this for its duration; the suite takes under a second.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs the calling async test alone among the HSM tests.
-pub(crate) async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().await
-}
-
-/// Runs the calling sync test alone among the HSM tests.
-fn serial_blocking() -> tokio::sync::MutexGuard<'static, ()> {
-    SERIAL.blocking_lock()
-}
-
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -180,7 +164,6 @@ fn pt(b: &[u8]) -> Zeroizing<Vec<u8>> {
 
 #[tokio::test]
 async fn encrypt_decrypt_round_trip_with_aad() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     let id = new_id();
     hsm.generate_aes_key(id).await.unwrap();
@@ -237,7 +220,6 @@ async fn encrypt_decrypt_round_trip_with_aad() {
 
 #[tokio::test]
 async fn tampering_is_auth_failed() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     let id = new_id();
     hsm.generate_aes_key(id).await.unwrap();
@@ -316,7 +298,6 @@ async fn tampering_is_auth_failed() {
 
 #[tokio::test]
 async fn custody_attributes_and_refusals() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     let id = new_id();
     hsm.generate_aes_key(id).await.unwrap();
@@ -349,7 +330,6 @@ async fn custody_attributes_and_refusals() {
 
 #[tokio::test]
 async fn destroy_then_use_is_not_found() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     let id = new_id();
     hsm.generate_aes_key(id).await.unwrap();
@@ -373,7 +353,6 @@ async fn destroy_then_use_is_not_found() {
 
 #[tokio::test]
 async fn stale_cached_handle_is_evicted_and_found_again() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     // Two Hsm instances on one token: each has its own handle cache.
     let h1 = open(&env().a);
     let h2 = open(&env().a);
@@ -399,7 +378,6 @@ async fn stale_cached_handle_is_evicted_and_found_again() {
 
 #[tokio::test]
 async fn reencrypt_between_two_keys() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     let (k1, k2) = (new_id(), new_id());
     hsm.generate_aes_key(k1).await.unwrap();
@@ -454,7 +432,6 @@ async fn reencrypt_between_two_keys() {
 
 #[tokio::test]
 async fn data_keys_and_random() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     let id = new_id();
     hsm.generate_aes_key(id).await.unwrap();
@@ -489,7 +466,6 @@ async fn data_keys_and_random() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_full_is_busy_and_late_job_is_timeout() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let mut c = cfg(&env().a);
     c.workers = 1;
     c.queue_depth = 1;
@@ -546,7 +522,6 @@ async fn queue_full_is_busy_and_late_job_is_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_parallel_requests() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let mut c = cfg(&env().a);
     c.workers = 2;
     c.queue_depth = 4096;
@@ -583,7 +558,6 @@ async fn flood_of_parallel_requests() {
 
 #[tokio::test]
 async fn counters_move_only_with_calls() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     let total = hsm.total_ops();
     assert!(total > 0, "open made calls");
@@ -602,7 +576,6 @@ async fn counters_move_only_with_calls() {
 
 #[tokio::test]
 async fn two_tokens_in_one_process_and_drop_isolation() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let a = open(&env().a);
     let b = open(&env().b);
     assert_eq!(a.token_label(), env().a);
@@ -650,7 +623,6 @@ async fn two_tokens_in_one_process_and_drop_isolation() {
 
 #[tokio::test]
 async fn shutdown_stops_the_pool() {
-    let _one_at_a_time = crate::hsm::tests::serial().await;
     let hsm = open(&env().a);
     hsm.ping().await.unwrap();
     let h2 = Arc::clone(&hsm);
@@ -664,7 +636,6 @@ async fn shutdown_stops_the_pool() {
 
 #[test]
 fn mechanisms_report() {
-    let _one_at_a_time = serial_blocking();
     let hsm = open(&env().a);
     let m = hsm.mechanisms().unwrap();
     for name in ["AES_KEY_GEN", "AES_GCM"] {
@@ -678,7 +649,6 @@ fn mechanisms_report() {
 
 #[test]
 fn config_errors() {
-    let _one_at_a_time = serial_blocking();
     let e = Hsm::open(&cfg("p11kms-no-such-token")).unwrap_err();
     assert_eq!(e.kind, HsmErrorKind::Config, "{e}");
 
@@ -722,7 +692,6 @@ fn secrets_are_redacted() {
 
 #[test]
 fn worker_threads_are_named() {
-    let _one_at_a_time = serial_blocking();
     let hsm = open(&env().a);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
