@@ -101,6 +101,9 @@ pub(crate) fn kind_of_rv(rv: RvError) -> HsmErrorKind {
         | SessionHandleInvalid
         | SessionClosed
         | SessionCount
+        // Our jobs always finish their operations; an active one means the session handle
+        // now names another session (handles are reused after a device reset).
+        | OperationActive
         | CryptokiNotInitialized
         | UserNotLoggedIn
         | HostMemory
@@ -138,6 +141,7 @@ pub(crate) fn is_session_broken(e: &CkError) -> bool {
         CkError::Pkcs11(
             RvError::SessionHandleInvalid
                 | RvError::SessionClosed
+                | RvError::OperationActive
                 | RvError::DeviceRemoved
                 | RvError::TokenNotPresent
                 | RvError::UserNotLoggedIn
