@@ -354,6 +354,25 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
+/// The contents of an optional file (a policy document), or "" when none is given.
+fn read_optional(path: Option<PathBuf>) -> Result<String, String> {
+    match path {
+        Some(p) => std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display())),
+        None => Ok(String::new()),
+    }
+}
+
+/// `key=value` pairs as protobuf tags.
+fn pb_tags(pairs: Vec<(String, String)>) -> Vec<pb::Tag> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| pb::Tag {
+            tag_key: k,
+            tag_value: v,
+        })
+        .collect()
+}
+
 fn read_input(input: &Input) -> Result<Zeroizing<Vec<u8>>, String> {
     match (&input.file, &input.b64) {
         (Some(p), _) if p == Path::new("-") => {
@@ -544,29 +563,17 @@ async fn client_command(command: Command) -> Result<(), String> {
                     tags,
                     policy_file,
                 } => {
-                    let policy = match policy_file {
-                        Some(p) => std::fs::read_to_string(&p)
-                            .map_err(|e| format!("reading {}: {e}", p.display()))?,
-                        None => String::new(),
-                    };
+                    let policy = read_optional(policy_file)?;
                     let r = c
-                        .create_key(
-                            sess.k(
-                                "CreateKey",
-                                pb::CreateKeyRequest {
-                                    description,
-                                    policy,
-                                    tags: tags
-                                        .into_iter()
-                                        .map(|(k, v)| pb::Tag {
-                                            tag_key: k,
-                                            tag_value: v,
-                                        })
-                                        .collect(),
-                                    ..Default::default()
-                                },
-                            ),
-                        )
+                        .create_key(sess.k(
+                            "CreateKey",
+                            pb::CreateKeyRequest {
+                                description,
+                                policy,
+                                tags: pb_tags(tags),
+                                ..Default::default()
+                            },
+                        ))
                         .await
                         .map_err(status_error)?
                         .into_inner();
@@ -893,31 +900,19 @@ async fn client_command(command: Command) -> Result<(), String> {
                     policy_file,
                     tags,
                 } => {
-                    let policy = match policy_file {
-                        Some(p) => std::fs::read_to_string(&p)
-                            .map_err(|e| format!("reading {}: {e}", p.display()))?,
-                        None => String::new(),
-                    };
+                    let policy = read_optional(policy_file)?;
                     let r = c
-                        .assume_role(
-                            sess.req(
-                                "SecurityTokenService",
-                                "AssumeRole",
-                                pb::AssumeRoleRequest {
-                                    role_arn,
-                                    role_session_name,
-                                    duration_seconds,
-                                    policy,
-                                    tags: tags
-                                        .into_iter()
-                                        .map(|(k, v)| pb::Tag {
-                                            tag_key: k,
-                                            tag_value: v,
-                                        })
-                                        .collect(),
-                                },
-                            ),
-                        )
+                        .assume_role(sess.req(
+                            "SecurityTokenService",
+                            "AssumeRole",
+                            pb::AssumeRoleRequest {
+                                role_arn,
+                                role_session_name,
+                                duration_seconds,
+                                policy,
+                                tags: pb_tags(tags),
+                            },
+                        ))
                         .await
                         .map_err(status_error)?
                         .into_inner();

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -13,13 +12,6 @@ use common::*;
 use p11kms::core::ManualClock;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
-
-fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_aliases_and_ciphertexts_survive_a_restart() {

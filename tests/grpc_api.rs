@@ -3,18 +3,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
-
-fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn uuid_bytes(key_id: &str) -> [u8; 16] {
     *uuid::Uuid::parse_str(key_id).unwrap().as_bytes()

@@ -206,13 +206,6 @@ async fn start_shimmed(shim: &Shim, name: &str) -> Result<RunningServer, ServerE
 
 // ------------------------------------------------------------------------- helpers
 
-fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic::Status> {
     c.encrypt(pb::EncryptRequest {
         key_id: key.into(),

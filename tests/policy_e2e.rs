@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,13 +40,6 @@ const AK_CAROL: &str = "AKIACAROL00000000001";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn session_arn(session: &str) -> String {
     format!("arn:aws:sts::{ACCOUNT}:assumed-role/Engineering/{session}")

@@ -101,14 +101,15 @@ impl Gate {
         }
     }
 
-    fn event(&self, info: &RequestInfo) -> AuditEvent {
+    /// The event for a request; `params` are its request parameters (moved, not copied).
+    fn event(&self, info: &RequestInfo, params: serde_json::Value) -> AuditEvent {
         let mut ev = AuditEvent::new(info.operation, info.request_id.clone(), self.kms.now_ms());
         ev.door = info.door.to_string();
         ev.aws_region = self.kms.settings().region.clone();
         ev.source_ip_address = info.source_ip.map(|ip| ip.to_string());
         ev.user_agent = info.user_agent.clone();
-        if !info.params.is_null() {
-            ev.request_parameters = Some(info.params.clone());
+        if !params.is_null() {
+            ev.request_parameters = Some(params);
         }
         ev.latency_micros = u64::try_from(info.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         ev
@@ -129,7 +130,7 @@ impl Gate {
         message: &str,
         access_key_id: Option<String>,
     ) {
-        let mut ev = self.event(info);
+        let mut ev = self.event(info, info.params.clone());
         ev.user_identity = UserIdentity::unknown(access_key_id);
         ev.set_error(error_name, message);
         ev.decision = Some(AuditDecision::deny(format!(
@@ -155,7 +156,7 @@ impl Gate {
     /// CloudTrail logs of a successful response (never plaintext or keys).
     pub async fn run<R, Fut>(
         &self,
-        info: RequestInfo,
+        mut info: RequestInfo,
         caller: Caller,
         fut: Fut,
         response_elements: impl FnOnce(&R) -> serde_json::Value,
@@ -177,7 +178,8 @@ impl Gate {
         } else {
             (Err(audit_unavailable()), RequestRecord::default())
         };
-        let mut ev = self.event(&info).with_caller(&caller);
+        let params = std::mem::take(&mut info.params);
+        let mut ev = self.event(&info, params).with_caller(&caller);
         if let (Some(arn), Some(account)) = (&rec.key_arn, &rec.key_account) {
             ev.add_key_resource(arn.clone(), account.clone());
         }

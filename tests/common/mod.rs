@@ -281,3 +281,11 @@ pub async fn create_key(c: &mut Client) -> String {
         .expect("metadata")
         .key_id
 }
+
+/// An encryption context from literal pairs.
+pub fn ctx(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
