@@ -43,8 +43,12 @@
 //! last `Arc<Hsm>` block (the latter two wait for queued jobs to drain): call
 //! them from `spawn_blocking` or outside the async runtime.
 
+pub mod asym;
+mod der;
 mod error;
+pub mod mac;
 mod module;
+mod oaep;
 mod objects;
 mod ops;
 mod pool;
@@ -53,6 +57,8 @@ pub mod signing;
 pub mod stats;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_asym;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -68,7 +74,9 @@ use cryptoki::slot::Slot;
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
+pub use asym::{Curve, PairSpec, PairUsage, ShaAlg, SignScheme};
 pub use error::{HsmError, HsmErrorKind};
+pub use mac::MacAlg;
 pub use objects::ObjectId;
 
 use objects::HandleCache;
@@ -90,6 +98,11 @@ const EXCLUSIVE_OPS: &[&str] = &[
     "destroy",
     "try_wrap_with_new_key",
     "ensure_audit_key",
+    // Asymmetric keys, signatures and MACs.
+    "generate_key_pair",
+    "generate_hmac_key",
+    "destroy_key_pair",
+    "generate_data_key_pair",
 ];
 
 /// Largest request for random bytes or a data key, in bytes.
@@ -522,6 +535,156 @@ impl Hsm {
         self.submit("test_job", move |_ctx| {
             f();
             Ok(())
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Asymmetric keys, signatures and MACs.
+
+    /// Generate a CMK key pair: private and public token objects sharing `CKA_ID` = `id`.
+    /// RSA-4096 takes seconds on SoftHSM2.
+    pub async fn generate_key_pair(
+        &self,
+        id: ObjectId,
+        spec: PairSpec,
+        usage: PairUsage,
+    ) -> Result<(), HsmError> {
+        self.submit("generate_key_pair", move |ctx| {
+            asym::generate_key_pair(ctx, id, spec, usage)
+        })
+        .await
+    }
+
+    /// Generate an HMAC CMK version (generic secret token key of the digest length).
+    pub async fn generate_hmac_key(&self, id: ObjectId, alg: MacAlg) -> Result<(), HsmError> {
+        self.submit("generate_hmac_key", move |ctx| {
+            mac::generate_hmac_key(ctx, id, alg)
+        })
+        .await
+    }
+
+    /// Destroy both halves of key pair `id`; [`HsmErrorKind::ObjectNotFound`] if neither exists.
+    pub async fn destroy_key_pair(&self, id: ObjectId) -> Result<(), HsmError> {
+        self.submit("destroy_key_pair", move |ctx| {
+            asym::destroy_key_pair(ctx, id)
+        })
+        .await
+    }
+
+    /// The custody attributes of the private (`private`) or public half of key pair `id`.
+    pub async fn key_pair_attributes(
+        &self,
+        id: ObjectId,
+        private: bool,
+    ) -> Result<KeyAttributes, HsmError> {
+        let part = if private {
+            objects::Part::Private
+        } else {
+            objects::Part::Public
+        };
+        self.submit("key_pair_attributes", move |ctx| {
+            asym::part_attributes(ctx, id, part)
+        })
+        .await
+    }
+
+    /// DER `SubjectPublicKeyInfo` of key pair `id`, built from the public object.
+    pub async fn public_key(&self, id: ObjectId, spec: PairSpec) -> Result<Vec<u8>, HsmError> {
+        self.submit("public_key", move |ctx| asym::public_key(ctx, id, spec))
+            .await
+    }
+
+    /// Sign a digest with the private key `id`.
+    pub async fn sign(
+        &self,
+        id: ObjectId,
+        scheme: SignScheme,
+        digest: Vec<u8>,
+    ) -> Result<Vec<u8>, HsmError> {
+        self.submit("sign", move |ctx| asym::sign(ctx, id, scheme, &digest))
+            .await
+    }
+
+    /// Verify a signature over a digest with the public key `id` (on the device).
+    pub async fn verify(
+        &self,
+        id: ObjectId,
+        scheme: SignScheme,
+        digest: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, HsmError> {
+        self.submit("verify", move |ctx| {
+            asym::verify(ctx, id, scheme, &digest, &signature)
+        })
+        .await
+    }
+
+    /// RSA-OAEP encrypt with the public key `id`.
+    pub async fn rsa_encrypt(
+        &self,
+        id: ObjectId,
+        hash: ShaAlg,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<Vec<u8>, HsmError> {
+        self.submit("rsa_encrypt", move |ctx| {
+            asym::rsa_encrypt(ctx, id, hash, &plaintext)
+        })
+        .await
+    }
+
+    /// RSA-OAEP decrypt with the private key `id`; a rejected ciphertext is
+    /// [`HsmErrorKind::AuthFailed`].
+    pub async fn rsa_decrypt(
+        &self,
+        id: ObjectId,
+        hash: ShaAlg,
+        ciphertext: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.submit("rsa_decrypt", move |ctx| {
+            asym::rsa_decrypt(ctx, id, hash, &ciphertext)
+        })
+        .await
+    }
+
+    /// HMAC of `message` under `id`, on the device.
+    pub async fn generate_mac(
+        &self,
+        id: ObjectId,
+        alg: MacAlg,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, HsmError> {
+        self.submit("generate_mac", move |ctx| {
+            mac::generate_mac(ctx, id, alg, &message)
+        })
+        .await
+    }
+
+    /// Whether `tag` is the HMAC of `message` under `id` (compared on the device).
+    pub async fn verify_mac(
+        &self,
+        id: ObjectId,
+        alg: MacAlg,
+        message: Vec<u8>,
+        tag: Vec<u8>,
+    ) -> Result<bool, HsmError> {
+        self.submit("verify_mac", move |ctx| {
+            mac::verify_mac(ctx, id, alg, &message, &tag)
+        })
+        .await
+    }
+
+    /// A data key pair generated on the device as session objects, returned as
+    /// (PKCS#8 DER, SPKI DER, the PKCS#8 sealed under the symmetric CMK `cmk`). The session
+    /// objects are destroyed in the same job.
+    pub async fn generate_data_key_pair(
+        &self,
+        spec: PairSpec,
+        cmk: ObjectId,
+        aad: AadBuilder,
+    ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>, GcmSealed), HsmError> {
+        self.submit("generate_data_key_pair", move |ctx| {
+            asym::generate_data_key_pair(ctx, spec, cmk, aad)
         })
         .await
     }

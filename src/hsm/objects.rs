@@ -146,39 +146,78 @@ pub(crate) fn mechanism_name(m: MechanismType) -> String {
     s.strip_prefix("CKM_").map(str::to_owned).unwrap_or(s)
 }
 
-/// Cache of resolved object handles for one token (one [`super::Hsm`]).
+/// Which object of a key version a cached handle names: the secret key of a symmetric or HMAC
+/// key, or the private or public half of a key pair (both halves share the `CKA_ID`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Part {
+    /// `CKO_SECRET_KEY`
+    Secret,
+    /// `CKO_PRIVATE_KEY`
+    Private,
+    /// `CKO_PUBLIC_KEY`
+    Public,
+}
+
+impl Part {
+    /// The object class of this part.
+    pub(crate) fn class(self) -> ObjectClass {
+        match self {
+            Part::Secret => ObjectClass::SECRET_KEY,
+            Part::Private => ObjectClass::PRIVATE_KEY,
+            Part::Public => ObjectClass::PUBLIC_KEY,
+        }
+    }
+}
+
+/// Cache of resolved object handles for one token (one [`super::Hsm`]), keyed by
+/// ([`ObjectId`], [`Part`]).
 ///
 /// Handles are valid process-wide while any session of the application on
 /// the token stays open, which the keeper session guarantees.
 #[derive(Default)]
 pub(crate) struct HandleCache {
-    map: RwLock<HashMap<ObjectId, ObjectHandle>>,
+    map: RwLock<HashMap<(ObjectId, Part), ObjectHandle>>,
 }
 
 impl HandleCache {
-    /// The cached handle, if any.
+    /// The cached handle of the secret-key object, if any.
     pub(crate) fn get(&self, id: &ObjectId) -> Option<ObjectHandle> {
+        self.get_part(id, Part::Secret)
+    }
+
+    /// Remember the handle of a secret-key object.
+    pub(crate) fn insert(&self, id: ObjectId, h: ObjectHandle) {
+        self.insert_part(id, Part::Secret, h)
+    }
+
+    /// Forget the handle of a secret-key object (destroyed, or found invalid).
+    pub(crate) fn evict(&self, id: &ObjectId) {
+        self.evict_part(id, Part::Secret)
+    }
+
+    /// The cached handle of one part, if any.
+    pub(crate) fn get_part(&self, id: &ObjectId, part: Part) -> Option<ObjectHandle> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(id)
+            .get(&(*id, part))
             .copied()
     }
 
-    /// Remember a handle.
-    pub(crate) fn insert(&self, id: ObjectId, h: ObjectHandle) {
+    /// Remember the handle of one part.
+    pub(crate) fn insert_part(&self, id: ObjectId, part: Part, h: ObjectHandle) {
         self.map
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, h);
+            .insert((id, part), h);
     }
 
-    /// Forget a handle (destroyed, or found invalid).
-    pub(crate) fn evict(&self, id: &ObjectId) {
+    /// Forget the handle of one part.
+    pub(crate) fn evict_part(&self, id: &ObjectId, part: Part) {
         self.map
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+            .remove(&(*id, part));
     }
 
     /// Number of cached handles.

@@ -328,6 +328,9 @@ const FUNCTIONS: &[&str] = &[
     "C_Sign",
     "C_SignInit",
     "C_WrapKey",
+    // Asymmetric keys, signatures and MACs.
+    "C_Verify",
+    "C_VerifyInit",
 ];
 
 /// Per-function PKCS#11 call counters and latencies, queue waits and rejections.

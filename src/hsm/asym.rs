@@ -1,0 +1,762 @@
+//! Asymmetric CMKs on the device: RSA and EC key pairs, signatures, RSA-OAEP, public keys,
+//! and data key pairs.
+//!
+//! - **Objects.** A key pair CMK version is two token objects sharing `CKA_ID` = [`ObjectId`]
+//!   and `CKA_LABEL` = [`ObjectId::label`]: the private key (private, sensitive, never
+//!   extractable, only `CKA_SIGN` or only `CKA_DECRYPT`, `CKA_ALLOWED_MECHANISMS` set) and the
+//!   public key (only `CKA_VERIFY` or only `CKA_ENCRYPT`). Handles are cached per
+//!   ([`ObjectId`], [`Part`]).
+//! - **Signing.** The daemon hashes; the device signs the digest with `CKM_RSA_PKCS_PSS`
+//!   (salt = digest length, MGF1 with the same hash), `CKM_RSA_PKCS` over a `DigestInfo`, or
+//!   `CKM_ECDSA` (raw `r || s`, converted to DER). Verification runs `C_Verify` on the public
+//!   object.
+//! - **Data key pairs.** Generated as session objects (private part extractable: it is
+//!   returned), read back into `Zeroizing` buffers, assembled as PKCS#8, destroyed, and the
+//!   PKCS#8 sealed under a symmetric CMK, all in one job.
+
+use std::time::Instant;
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use zeroize::Zeroizing;
+
+use super::der;
+use super::error::{HsmError, HsmErrorKind};
+use super::objects::{ObjectId, Part};
+use super::ops;
+use super::pool::WorkerCtx;
+use super::{AadBuilder, GcmSealed, KeyAttributes};
+
+/// An elliptic curve p11kms can generate keys on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curve {
+    /// NIST P-256 (secp256r1, prime256v1).
+    P256,
+    /// NIST P-384 (secp384r1).
+    P384,
+    /// NIST P-521 (secp521r1).
+    P521,
+    /// SECG secp256k1.
+    Secp256k1,
+}
+
+impl Curve {
+    /// DER of the curve's named-curve OID (`CKA_EC_PARAMS`).
+    pub fn oid_der(self) -> &'static [u8] {
+        match self {
+            Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+            Curve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+            Curve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
+            Curve::Secp256k1 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a],
+        }
+    }
+
+    /// Bytes of a field element (and of each half of a raw ECDSA signature).
+    pub fn field_len(self) -> usize {
+        match self {
+            Curve::P256 | Curve::Secp256k1 => 32,
+            Curve::P384 => 48,
+            Curve::P521 => 66,
+        }
+    }
+
+    /// The OpenSSL name of the curve (for messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            Curve::P256 => "prime256v1",
+            Curve::P384 => "secp384r1",
+            Curve::P521 => "secp521r1",
+            Curve::Secp256k1 => "secp256k1",
+        }
+    }
+}
+
+/// The shape of a key pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairSpec {
+    /// RSA with this modulus size in bits (public exponent 65537).
+    Rsa(u32),
+    /// EC on this curve.
+    Ec(Curve),
+}
+
+/// What the private half of a CMK key pair may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairUsage {
+    /// Sign (public half: verify).
+    Sign,
+    /// Decrypt with RSA-OAEP (public half: encrypt).
+    Decrypt,
+}
+
+/// A SHA hash used by a signature or OAEP scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShaAlg {
+    /// SHA-1 (OAEP only).
+    Sha1,
+    /// SHA-256
+    Sha256,
+    /// SHA-384
+    Sha384,
+    /// SHA-512
+    Sha512,
+}
+
+impl ShaAlg {
+    fn mechanism(self) -> MechanismType {
+        match self {
+            ShaAlg::Sha1 => MechanismType::SHA1,
+            ShaAlg::Sha256 => MechanismType::SHA256,
+            ShaAlg::Sha384 => MechanismType::SHA384,
+            ShaAlg::Sha512 => MechanismType::SHA512,
+        }
+    }
+
+    fn mgf(self) -> PkcsMgfType {
+        match self {
+            ShaAlg::Sha1 => PkcsMgfType::MGF1_SHA1,
+            ShaAlg::Sha256 => PkcsMgfType::MGF1_SHA256,
+            ShaAlg::Sha384 => PkcsMgfType::MGF1_SHA384,
+            ShaAlg::Sha512 => PkcsMgfType::MGF1_SHA512,
+        }
+    }
+}
+
+/// A signature scheme over a digest computed by the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignScheme {
+    /// RSASSA-PSS, salt = digest length, MGF1 with the same hash.
+    RsaPss(ShaAlg),
+    /// RSASSA-PKCS1-v1_5 (the device signs `DigestInfo || digest` with `CKM_RSA_PKCS`).
+    RsaPkcs1,
+    /// ECDSA on this curve; signatures are DER `Ecdsa-Sig-Value`.
+    Ecdsa(Curve),
+}
+
+fn count(ctx: &WorkerCtx, f: &'static str) {
+    ctx.count(f);
+}
+
+// ---------------------------------------------------------------- handles
+
+/// Find the object of `part` with `CKA_ID` = `id`.
+pub(crate) fn find_part(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    part: Part,
+) -> Result<Option<ObjectHandle>, HsmError> {
+    count(ctx, "C_FindObjectsInit");
+    count(ctx, "C_FindObjects");
+    count(ctx, "C_FindObjectsFinal");
+    let found = ctx
+        .session
+        .find_objects(&[Attribute::Class(part.class()), Attribute::Id(id.0.to_vec())])
+        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [h] => Ok(Some(*h)),
+        many => Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_FindObjects",
+            ctx.token(),
+            format!("{} {part:?} objects share the CKA_ID of {id}", many.len()),
+        )),
+    }
+}
+
+fn resolve_part(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    part: Part,
+) -> Result<(ObjectHandle, bool), HsmError> {
+    if let Some(h) = ctx.shared.handles.get_part(id, part) {
+        return Ok((h, true));
+    }
+    match find_part(ctx, id, part)? {
+        Some(h) => {
+            ctx.shared.handles.insert_part(*id, part, h);
+            Ok((h, false))
+        }
+        None => Err(HsmError::new(
+            HsmErrorKind::ObjectNotFound,
+            "C_FindObjects",
+            ctx.token(),
+            format!("no {part:?} key object with the CKA_ID of {id}"),
+        )),
+    }
+}
+
+/// Run `f` with the handle of (`id`, `part`); a stale cached handle is evicted, looked up
+/// again and `f` retried once.
+pub(crate) fn with_part<T>(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    part: Part,
+    mut f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    let (h, cached) = resolve_part(ctx, id, part)?;
+    match f(ctx, h) {
+        Err(e) if cached && e.kind == HsmErrorKind::ObjectNotFound => {
+            ctx.shared.handles.evict_part(id, part);
+            let (h, _) = resolve_part(ctx, id, part)?;
+            f(ctx, h)
+        }
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------- templates
+
+fn allowed(spec: PairSpec, usage: PairUsage) -> Vec<MechanismType> {
+    match (spec, usage) {
+        (PairSpec::Rsa(_), PairUsage::Sign) => {
+            vec![MechanismType::RSA_PKCS_PSS, MechanismType::RSA_PKCS]
+        }
+        (PairSpec::Rsa(_), PairUsage::Decrypt) => {
+            vec![MechanismType::RSA_PKCS_OAEP, MechanismType::RSA_X_509]
+        }
+        (PairSpec::Ec(_), _) => vec![MechanismType::ECDSA],
+    }
+}
+
+fn key_type(spec: PairSpec) -> KeyType {
+    match spec {
+        PairSpec::Rsa(_) => KeyType::RSA,
+        PairSpec::Ec(_) => KeyType::EC,
+    }
+}
+
+fn shape(spec: PairSpec) -> Vec<Attribute> {
+    match spec {
+        PairSpec::Rsa(bits) => vec![
+            Attribute::ModulusBits(u64::from(bits).into()),
+            Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        ],
+        PairSpec::Ec(c) => vec![Attribute::EcParams(c.oid_der().to_vec())],
+    }
+}
+
+fn cmk_public_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(key_type(spec)),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(usage == PairUsage::Sign),
+        Attribute::Encrypt(usage == PairUsage::Decrypt),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(allowed(spec, usage)),
+        Attribute::Id(id.0.to_vec()),
+        Attribute::Label(id.label().into_bytes()),
+    ];
+    t.extend(shape(spec));
+    t
+}
+
+fn cmk_private_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(key_type(spec)),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(usage == PairUsage::Sign),
+        Attribute::Decrypt(usage == PairUsage::Decrypt),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(allowed(spec, usage)),
+        Attribute::Id(id.0.to_vec()),
+        Attribute::Label(id.label().into_bytes()),
+    ]
+}
+
+// ---------------------------------------------------------------- CMK key pairs
+
+/// Generate a CMK key pair (token objects) and cache both handles.
+pub(crate) fn generate_key_pair(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    spec: PairSpec,
+    usage: PairUsage,
+) -> Result<(), HsmError> {
+    if ctx.shared.handles.get_part(&id, Part::Private).is_some() {
+        return Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_GenerateKeyPair",
+            ctx.token(),
+            format!("a key pair with the CKA_ID of {id} already exists"),
+        ));
+    }
+    let mech = match spec {
+        PairSpec::Rsa(_) => Mechanism::RsaPkcsKeyPairGen,
+        PairSpec::Ec(_) => Mechanism::EccKeyPairGen,
+    };
+    count(ctx, "C_GenerateKeyPair");
+    let t = Instant::now();
+    let r = ctx.session.generate_key_pair(
+        &mech,
+        &cmk_public_template(&id, spec, usage),
+        &cmk_private_template(&id, spec, usage),
+    );
+    ctx.observe("C_GenerateKeyPair", t);
+    let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    ctx.shared.handles.insert_part(id, Part::Public, public);
+    ctx.shared.handles.insert_part(id, Part::Private, private);
+    tracing::debug!(token = %ctx.token(), object = %id, ?spec, "HSM key pair generated");
+    Ok(())
+}
+
+/// Destroy both halves of a key pair. Absent halves are skipped; `ObjectNotFound` only if
+/// neither existed.
+pub(crate) fn destroy_key_pair(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
+    let mut destroyed = 0;
+    for part in [Part::Private, Part::Public] {
+        let r = with_part(ctx, &id, part, |ctx, h| {
+            count(ctx, "C_DestroyObject");
+            ctx.session
+                .destroy_object(h)
+                .map_err(|e| ctx.fail("C_DestroyObject", &e))
+        });
+        ctx.shared.handles.evict_part(&id, part);
+        match r {
+            Ok(()) => destroyed += 1,
+            Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if destroyed == 0 {
+        return Err(HsmError::new(
+            HsmErrorKind::ObjectNotFound,
+            "C_FindObjects",
+            ctx.token(),
+            format!("no key pair objects with the CKA_ID of {id}"),
+        ));
+    }
+    tracing::debug!(token = %ctx.token(), object = %id, "HSM key pair destroyed");
+    Ok(())
+}
+
+/// The custody attributes of one half of a key pair.
+pub(crate) fn part_attributes(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    part: Part,
+) -> Result<KeyAttributes, HsmError> {
+    const WANTED: &[AttributeType] = &[
+        AttributeType::Token,
+        AttributeType::Private,
+        AttributeType::Sensitive,
+        AttributeType::AlwaysSensitive,
+        AttributeType::Extractable,
+        AttributeType::NeverExtractable,
+        AttributeType::Encrypt,
+        AttributeType::Decrypt,
+        AttributeType::Wrap,
+        AttributeType::Unwrap,
+        AttributeType::Sign,
+        AttributeType::Verify,
+        AttributeType::Derive,
+        AttributeType::AllowedMechanisms,
+    ];
+    let attrs = with_part(ctx, &id, part, |ctx, h| {
+        count(ctx, "C_GetAttributeValue");
+        ctx.session
+            .get_attributes(h, WANTED)
+            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
+    })?;
+    Ok(ops::key_attributes_from(attrs))
+}
+
+fn bytes_of(attrs: &[Attribute], want: AttributeType) -> Option<Vec<u8>> {
+    attrs.iter().find_map(|a| match (a, want) {
+        (Attribute::Modulus(v), AttributeType::Modulus)
+        | (Attribute::PublicExponent(v), AttributeType::PublicExponent)
+        | (Attribute::EcPoint(v), AttributeType::EcPoint) => Some(v.clone()),
+        _ => None,
+    })
+}
+
+fn spki_of(ctx: &mut WorkerCtx, h: ObjectHandle, spec: PairSpec) -> Result<Vec<u8>, HsmError> {
+    let wanted: &[AttributeType] = match spec {
+        PairSpec::Rsa(_) => &[AttributeType::Modulus, AttributeType::PublicExponent],
+        PairSpec::Ec(_) => &[AttributeType::EcPoint],
+    };
+    count(ctx, "C_GetAttributeValue");
+    let attrs = ctx
+        .session
+        .get_attributes(h, wanted)
+        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let bad = |ctx: &WorkerCtx, what: &str| {
+        HsmError::new(
+            HsmErrorKind::Other,
+            "C_GetAttributeValue",
+            ctx.token(),
+            format!("the public key object has no usable {what}"),
+        )
+    };
+    match spec {
+        PairSpec::Rsa(_) => {
+            let n =
+                bytes_of(&attrs, AttributeType::Modulus).ok_or_else(|| bad(ctx, "CKA_MODULUS"))?;
+            let e = bytes_of(&attrs, AttributeType::PublicExponent)
+                .ok_or_else(|| bad(ctx, "CKA_PUBLIC_EXPONENT"))?;
+            Ok(der::rsa_spki(&n, &e))
+        }
+        PairSpec::Ec(c) => {
+            let raw =
+                bytes_of(&attrs, AttributeType::EcPoint).ok_or_else(|| bad(ctx, "CKA_EC_POINT"))?;
+            let point = der::ec_point_from_attr(&raw, c.field_len())
+                .ok_or_else(|| bad(ctx, "CKA_EC_POINT"))?;
+            Ok(der::ec_spki(c.oid_der(), &point))
+        }
+    }
+}
+
+/// DER `SubjectPublicKeyInfo` of a CMK key pair, from the public object's attributes.
+pub(crate) fn public_key(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    spec: PairSpec,
+) -> Result<Vec<u8>, HsmError> {
+    with_part(ctx, &id, Part::Public, |ctx, h| spki_of(ctx, h, spec))
+}
+
+// ---------------------------------------------------------------- signatures
+
+fn sign_input(scheme: SignScheme, digest: &[u8]) -> Option<Vec<u8>> {
+    match scheme {
+        SignScheme::RsaPkcs1 => {
+            let mut v = der::digest_info_prefix(digest.len())?.to_vec();
+            v.extend_from_slice(digest);
+            Some(v)
+        }
+        _ => Some(digest.to_vec()),
+    }
+}
+
+fn sign_mechanism(scheme: SignScheme, digest_len: usize) -> Mechanism<'static> {
+    match scheme {
+        SignScheme::RsaPss(h) => Mechanism::RsaPkcsPss(PkcsPssParams {
+            hash_alg: h.mechanism(),
+            mgf: h.mgf(),
+            s_len: (digest_len as u64).into(),
+        }),
+        SignScheme::RsaPkcs1 => Mechanism::RsaPkcs,
+        SignScheme::Ecdsa(_) => Mechanism::Ecdsa,
+    }
+}
+
+fn bad_input(ctx: &WorkerCtx, function: &'static str, what: &str) -> HsmError {
+    HsmError::new(HsmErrorKind::Other, function, ctx.token(), what.to_string())
+}
+
+/// Sign `digest` with the private key `id`. ECDSA answers are DER-encoded.
+pub(crate) fn sign(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    scheme: SignScheme,
+    digest: &[u8],
+) -> Result<Vec<u8>, HsmError> {
+    let input = sign_input(scheme, digest)
+        .ok_or_else(|| bad_input(ctx, "C_Sign", "unsupported digest length"))?;
+    let mech = sign_mechanism(scheme, digest.len());
+    let raw = with_part(ctx, &id, Part::Private, |ctx, h| {
+        count(ctx, "C_SignInit");
+        count(ctx, "C_Sign");
+        let t = Instant::now();
+        let r = ctx.session.sign(&mech, h, &input);
+        ctx.observe("C_Sign", t);
+        r.map_err(|e| ctx.fail("C_Sign", &e))
+    })?;
+    match scheme {
+        SignScheme::Ecdsa(_) => super::signing::ecdsa_raw_to_der(&raw).ok_or_else(|| {
+            bad_input(
+                ctx,
+                "C_Sign",
+                "the device returned a malformed ECDSA signature",
+            )
+        }),
+        _ => Ok(raw),
+    }
+}
+
+/// Verify `signature` over `digest` with the public key `id` (`C_Verify` on the device).
+/// `Ok(false)` for a signature that does not verify or is malformed.
+pub(crate) fn verify(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    scheme: SignScheme,
+    digest: &[u8],
+    signature: &[u8],
+) -> Result<bool, HsmError> {
+    let input = sign_input(scheme, digest)
+        .ok_or_else(|| bad_input(ctx, "C_Verify", "unsupported digest length"))?;
+    let signature = match scheme {
+        SignScheme::Ecdsa(c) => match der::ecdsa_der_to_raw(signature, c.field_len()) {
+            Some(raw) => raw,
+            None => return Ok(false),
+        },
+        _ => signature.to_vec(),
+    };
+    let mech = sign_mechanism(scheme, digest.len());
+    with_part(ctx, &id, Part::Public, |ctx, h| {
+        count(ctx, "C_VerifyInit");
+        count(ctx, "C_Verify");
+        let t = Instant::now();
+        let r = ctx.session.verify(&mech, h, &input, &signature);
+        ctx.observe("C_Verify", t);
+        verdict(ctx, r)
+    })
+}
+
+/// `C_Verify`'s answer as a verdict: invalid or wrong-length signatures are `false`.
+pub(crate) fn verdict(ctx: &mut WorkerCtx, r: Result<(), CkError>) -> Result<bool, HsmError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+            Ok(false)
+        }
+        Err(e) => Err(ctx.fail("C_Verify", &e)),
+    }
+}
+
+// ---------------------------------------------------------------- RSA-OAEP
+
+fn oaep(h: ShaAlg) -> Mechanism<'static> {
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+        h.mechanism(),
+        h.mgf(),
+        PkcsOaepSource::empty(),
+    ))
+}
+
+/// The modulus length in bytes of key pair `id` (from the public object).
+fn modulus_len(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<usize, HsmError> {
+    with_part(ctx, id, Part::Public, |ctx, h| {
+        count(ctx, "C_GetAttributeValue");
+        let attrs = ctx
+            .session
+            .get_attributes(h, &[AttributeType::Modulus])
+            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        bytes_of(&attrs, AttributeType::Modulus)
+            .map(|n| n.len())
+            .ok_or_else(|| bad_input(ctx, "C_GetAttributeValue", "no CKA_MODULUS"))
+    })
+}
+
+/// RSA-OAEP encrypt with the public key `id`. SHA-1 uses `CKM_RSA_PKCS_OAEP`; SHA-256 pads
+/// here (seed from the device's RNG) and encrypts with `CKM_RSA_X_509` on the device.
+pub(crate) fn rsa_encrypt(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    hash: ShaAlg,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, HsmError> {
+    let (mech, input) = if hash == ShaAlg::Sha256 {
+        let k = modulus_len(ctx, &id)?;
+        let mut seed = [0u8; 32];
+        count(ctx, "C_GenerateRandom");
+        ctx.session
+            .generate_random_slice(&mut seed)
+            .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+        let em = super::oaep::encode(plaintext, k, &seed)
+            .ok_or_else(|| bad_input(ctx, "C_Encrypt", "plaintext too long for RSA-OAEP"))?;
+        (Mechanism::RsaX509, em)
+    } else {
+        (oaep(hash), Zeroizing::new(plaintext.to_vec()))
+    };
+    with_part(ctx, &id, Part::Public, |ctx, h| {
+        count(ctx, "C_EncryptInit");
+        count(ctx, "C_Encrypt");
+        let t = Instant::now();
+        let r = ctx.session.encrypt(&mech, h, &input);
+        ctx.observe("C_Encrypt", t);
+        r.map_err(|e| ctx.fail("C_Encrypt", &e))
+    })
+}
+
+/// RSA-OAEP decrypt with the private key `id` (the RSA operation on the device; for SHA-256
+/// the padding is removed here). A rejected ciphertext is [`HsmErrorKind::AuthFailed`].
+pub(crate) fn rsa_decrypt(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    hash: ShaAlg,
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    let raw = hash == ShaAlg::Sha256;
+    let k = if raw { modulus_len(ctx, &id)? } else { 0 };
+    let mech = if raw { Mechanism::RsaX509 } else { oaep(hash) };
+    let failed = |ctx: &mut WorkerCtx, e: Option<&CkError>| {
+        let mut err = match e {
+            Some(e) => ctx.fail("C_Decrypt", e),
+            None => HsmError::new(HsmErrorKind::AuthFailed, "C_Decrypt", ctx.token(), ""),
+        };
+        err.kind = HsmErrorKind::AuthFailed;
+        err.detail = Some("RSA-OAEP decryption failed".into());
+        err
+    };
+    if raw && ciphertext.len() != k {
+        return Err(failed(ctx, None));
+    }
+    let out = with_part(ctx, &id, Part::Private, |ctx, h| {
+        count(ctx, "C_DecryptInit");
+        count(ctx, "C_Decrypt");
+        let t = Instant::now();
+        let r = ctx.session.decrypt(&mech, h, ciphertext);
+        ctx.observe("C_Decrypt", t);
+        match r {
+            Ok(p) => Ok(Zeroizing::new(p)),
+            Err(
+                e @ CkError::Pkcs11(
+                    RvError::EncryptedDataInvalid
+                    | RvError::EncryptedDataLenRange
+                    | RvError::GeneralError
+                    | RvError::DataInvalid
+                    | RvError::DataLenRange,
+                    _,
+                ),
+            ) => Err(failed(ctx, Some(&e))),
+            Err(e) => Err(ctx.fail("C_Decrypt", &e)),
+        }
+    })?;
+    if raw {
+        return super::oaep::decode(&out, k).ok_or_else(|| failed(ctx, None));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- data key pairs
+
+fn read_private(
+    ctx: &mut WorkerCtx,
+    private: ObjectHandle,
+    public: ObjectHandle,
+    spec: PairSpec,
+) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HsmError> {
+    let spki = spki_of(ctx, public, spec)?;
+    let wanted: &[AttributeType] = match spec {
+        PairSpec::Rsa(_) => &[
+            AttributeType::Modulus,
+            AttributeType::PublicExponent,
+            AttributeType::PrivateExponent,
+            AttributeType::Prime1,
+            AttributeType::Prime2,
+            AttributeType::Exponent1,
+            AttributeType::Exponent2,
+            AttributeType::Coefficient,
+        ],
+        PairSpec::Ec(_) => &[AttributeType::Value],
+    };
+    count(ctx, "C_GetAttributeValue");
+    let attrs = ctx
+        .session
+        .get_attributes(private, wanted)
+        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let mut parts: Vec<(AttributeType, Zeroizing<Vec<u8>>)> = Vec::with_capacity(8);
+    for a in attrs {
+        let (t, v) = match a {
+            Attribute::Modulus(v) => (AttributeType::Modulus, v),
+            Attribute::PublicExponent(v) => (AttributeType::PublicExponent, v),
+            Attribute::PrivateExponent(v) => (AttributeType::PrivateExponent, v),
+            Attribute::Prime1(v) => (AttributeType::Prime1, v),
+            Attribute::Prime2(v) => (AttributeType::Prime2, v),
+            Attribute::Exponent1(v) => (AttributeType::Exponent1, v),
+            Attribute::Exponent2(v) => (AttributeType::Exponent2, v),
+            Attribute::Coefficient(v) => (AttributeType::Coefficient, v),
+            Attribute::Value(v) => (AttributeType::Value, v),
+            _ => continue,
+        };
+        parts.push((t, Zeroizing::new(v)));
+    }
+    let missing = |ctx: &WorkerCtx| {
+        HsmError::new(
+            HsmErrorKind::Other,
+            "C_GetAttributeValue",
+            ctx.token(),
+            "the data key pair's private components could not be read",
+        )
+    };
+    let mut take = |t: AttributeType| -> Option<Zeroizing<Vec<u8>>> {
+        let i = parts.iter().position(|(pt, _)| *pt == t)?;
+        Some(parts.swap_remove(i).1)
+    };
+    let pkcs8 = match spec {
+        PairSpec::Rsa(_) => {
+            let k = (|| {
+                Some(der::RsaPrivateParts {
+                    n: take(AttributeType::Modulus)?,
+                    e: take(AttributeType::PublicExponent)?,
+                    d: take(AttributeType::PrivateExponent)?,
+                    p: take(AttributeType::Prime1)?,
+                    q: take(AttributeType::Prime2)?,
+                    dp: take(AttributeType::Exponent1)?,
+                    dq: take(AttributeType::Exponent2)?,
+                    qinv: take(AttributeType::Coefficient)?,
+                })
+            })()
+            .ok_or_else(|| missing(ctx))?;
+            der::rsa_pkcs8(&k)
+        }
+        PairSpec::Ec(c) => {
+            let d = take(AttributeType::Value).ok_or_else(|| missing(ctx))?;
+            // The SPKI ends with the BIT STRING holding the point.
+            let point = &spki[spki.len() - (1 + 2 * c.field_len())..];
+            der::ec_pkcs8(c.oid_der(), c.field_len(), &d, point).ok_or_else(|| missing(ctx))?
+        }
+    };
+    Ok((pkcs8, spki))
+}
+
+/// Generate a key pair as session objects, read it back as PKCS#8 + SPKI, destroy the
+/// objects, and seal the PKCS#8 under the symmetric CMK `cmk`, all in this job.
+pub(crate) fn generate_data_key_pair(
+    ctx: &mut WorkerCtx,
+    spec: PairSpec,
+    cmk: ObjectId,
+    aad: AadBuilder,
+) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>, GcmSealed), HsmError> {
+    let label = b"p11kms/data-key-pair".to_vec();
+    let mut public_t = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(key_type(spec)),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Label(label.clone()),
+    ];
+    public_t.extend(shape(spec));
+    let private_t = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(key_type(spec)),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Label(label),
+    ];
+    let mech = match spec {
+        PairSpec::Rsa(_) => Mechanism::RsaPkcsKeyPairGen,
+        PairSpec::Ec(_) => Mechanism::EccKeyPairGen,
+    };
+    count(ctx, "C_GenerateKeyPair");
+    let t = Instant::now();
+    let r = ctx.session.generate_key_pair(&mech, &public_t, &private_t);
+    ctx.observe("C_GenerateKeyPair", t);
+    let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    let read = read_private(ctx, private, public, spec);
+    for h in [private, public] {
+        count(ctx, "C_DestroyObject");
+        if let Err(e) = ctx.session.destroy_object(h) {
+            let err = ctx.fail("C_DestroyObject", &e);
+            tracing::warn!(error = %err, "could not destroy a data key pair session object");
+        }
+    }
+    let (pkcs8, spki) = read?;
+    let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, aad)?;
+    Ok((pkcs8, spki, sealed))
+}
