@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
+use super::specs::oaep_hash;
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext::{self, HEADER_LEN};
@@ -205,6 +206,9 @@ impl Kms {
         caller: &Caller,
         req: EncryptRequest,
     ) -> Result<EncryptResponse, KmsError> {
+        if let Some(h) = req.encryption_algorithm.as_deref().and_then(oaep_hash) {
+            return self.encrypt_asymmetric(caller, req, h).await;
+        }
         validate::blob_len("plaintext", req.plaintext.len(), 1, MAX_PLAINTEXT)?;
         self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
@@ -294,6 +298,9 @@ impl Kms {
         caller: &Caller,
         req: DecryptRequest,
     ) -> Result<DecryptResponse, KmsError> {
+        if let Some(h) = req.encryption_algorithm.as_deref().and_then(oaep_hash) {
+            return self.decrypt_asymmetric(caller, req, h).await;
+        }
         self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
         let opened = self.open_blob(

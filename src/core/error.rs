@@ -52,6 +52,10 @@ pub enum KmsError {
     DependencyTimeout(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    InvalidMac(String),
 }
 
 impl KmsError {
@@ -80,6 +84,8 @@ impl KmsError {
             KmsError::Throttling(_) => "ThrottlingException",
             KmsError::DependencyTimeout(_) => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",
+            KmsError::InvalidSignature(_) => "KMSInvalidSignatureException",
+            KmsError::InvalidMac(_) => "KMSInvalidMacException",
         }
     }
 

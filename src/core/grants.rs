@@ -334,7 +334,10 @@ impl Kms {
         let usable: &[&str] = if resolved.key.record.key_spec == "SYMMETRIC_DEFAULT" {
             SYMMETRIC_GRANT_OPERATIONS
         } else {
-            ALL_GRANT_OPERATIONS
+            super::specs::grant_operations(
+                &resolved.key.record.key_spec,
+                &resolved.key.record.key_usage,
+            )
         };
         if let Some(bad) = ops.iter().find(|o| !usable.contains(&o.as_str())) {
             return Err(KmsError::Validation(format!(

@@ -8,15 +8,16 @@ use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::policies::compile_key_policy;
+use super::specs::{self, SpecKind};
 use super::validate;
 use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
-use crate::hsm::ObjectId;
+use crate::hsm::{HsmError, HsmErrorKind, ObjectId, PairSpec};
 use crate::identity::arn::account_root_arn;
 use crate::identity::Caller;
 use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
 
-/// The only key spec this build creates; asymmetric and HMAC specs arrive with the key
-/// catalogue issue.
+/// The default key spec (AES-256-GCM). The other specs this build creates are listed in
+/// [`specs`].
 pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 /// The usage of symmetric keys.
 pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
@@ -78,6 +79,8 @@ pub struct KeyMetadata {
     pub key_manager: String,
     pub key_spec: String,
     pub encryption_algorithms: Vec<String>,
+    pub signing_algorithms: Vec<String>,
+    pub mac_algorithms: Vec<String>,
     pub multi_region: bool,
     pub pending_deletion_window_in_days: Option<i32>,
     pub current_key_material_id: String,
@@ -120,6 +123,26 @@ pub fn default_key_policy(partition: &str, account: &str) -> String {
     )
 }
 
+/// A device refusal to create a key pair (for instance a curve the token does not know)
+/// is UnsupportedOperationException naming the mechanism and curve; anything else maps as usual.
+fn creation_error(spec: &str, kind: SpecKind, e: HsmError) -> KmsError {
+    let SpecKind::Pair(pair) = kind else {
+        return e.into();
+    };
+    if e.kind != HsmErrorKind::Other {
+        return e.into();
+    }
+    let what = match pair {
+        PairSpec::Rsa(bits) => format!("CKM_RSA_PKCS_KEY_PAIR_GEN with a {bits}-bit modulus"),
+        PairSpec::Ec(c) => format!("CKM_EC_KEY_PAIR_GEN on curve {}", c.name()),
+    };
+    tracing::warn!(spec, error = %e, "the HSM refused to generate a key pair");
+    KmsError::UnsupportedOperation(format!(
+        "The HSM token does not support KeySpec {spec}: {what} was refused ({}).",
+        e.rv.as_deref().unwrap_or("no return value")
+    ))
+}
+
 impl Kms {
     /// KeyMetadata for a cached key.
     pub fn key_metadata(&self, key: &CachedKey) -> KeyMetadata {
@@ -137,7 +160,9 @@ impl Kms {
             origin: r.origin.clone(),
             key_manager: "CUSTOMER".into(),
             key_spec: r.key_spec.clone(),
-            encryption_algorithms: vec![SYMMETRIC_DEFAULT.into()],
+            encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
+            signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
+            mac_algorithms: specs::mac_algorithms(&r.key_spec),
             multi_region: false,
             pending_deletion_window_in_days: r.pending_window_days,
             current_key_material_id: if key.versions.is_empty() {
@@ -148,7 +173,8 @@ impl Kms {
         }
     }
 
-    /// CreateKey: a new symmetric CMK generated inside the HSM, created in two phases.
+    /// CreateKey: a new CMK (symmetric, key pair or HMAC) generated inside the HSM, created in
+    /// two phases.
     pub async fn create_key(
         &self,
         caller: &Caller,
@@ -184,14 +210,19 @@ impl Kms {
                 &format!("Member must satisfy enum value set: {KNOWN_ORIGINS:?}"),
             ));
         }
-        if spec == SYMMETRIC_DEFAULT && usage != ENCRYPT_DECRYPT {
+        let Some(kind) = specs::kind(spec) else {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "KeySpec {spec} is not supported by this p11kms build."
+            )));
+        };
+        if !specs::usages(spec).contains(&usage) {
+            if usage == "KEY_AGREEMENT" && spec.starts_with("ECC_NIST_P") {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeyUsage {usage} is not supported by this p11kms build."
+                )));
+            }
             return Err(KmsError::Validation(format!(
                 "KeyUsage {usage} is not compatible with KeySpec {spec}."
-            )));
-        }
-        if spec != SYMMETRIC_DEFAULT {
-            return Err(KmsError::UnsupportedOperation(format!(
-                "KeySpec {spec} is not supported by this p11kms build yet."
             )));
         }
         if origin != "AWS_KMS" {
@@ -285,13 +316,22 @@ impl Kms {
             ));
         }
         let object = ObjectId::new(*uuid.as_bytes(), 1);
-        if let Err(e) = self.hsm.generate_aes_key(object).await {
+        let generated = match kind {
+            SpecKind::Symmetric => self.hsm.generate_aes_key(object).await,
+            SpecKind::Pair(p) => {
+                self.hsm
+                    .generate_key_pair(object, p, specs::pair_usage(usage))
+                    .await
+            }
+            SpecKind::Hmac(a) => self.hsm.generate_hmac_key(object, a).await,
+        };
+        if let Err(e) = generated {
             // Nothing usable exists: remove the row so no partial change remains. If the
             // device created an object anyway, `check` reports it as an orphan.
             if let Err(se) = self.store.delete_key(&key_id).await {
                 tracing::error!(key_id, error = %se, "could not roll back a failed CreateKey row");
             }
-            return Err(e.into());
+            return Err(creation_error(spec, kind, e));
         }
         if self.hooks.interrupt_create() == InterruptCreate::AfterHsmObject {
             return Err(KmsError::Internal(

@@ -7,6 +7,7 @@
 //! No operation reaches the device or the store without an allow.
 
 pub mod aliases;
+pub mod asym;
 pub mod authz;
 pub mod clock;
 pub mod crypto;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod policies;
 pub mod reconcile;
 pub mod record;
+pub mod specs;
 pub mod sts;
 pub mod sweeper;
 pub mod tags;

@@ -58,6 +58,11 @@ impl Kms {
         let bundles = self.store.load_all().await?;
         let on_token: BTreeSet<([u8; 16], u32)> =
             objects.iter().filter_map(|o| split_id(&o.id)).collect();
+        // (key, version, class): a key pair version needs both halves, a secret key one object.
+        let by_class: BTreeSet<([u8; 16], u32, &str)> = objects
+            .iter()
+            .filter_map(|o| split_id(&o.id).map(|(k, v)| (k, v, o.class.as_str())))
+            .collect();
         let mut accounted: BTreeSet<([u8; 16], u32)> = BTreeSet::new();
         let mut report = DriftReport {
             keys_checked: bundles.len(),
@@ -78,9 +83,17 @@ impl Kms {
                 });
                 continue;
             }
+            let classes: &[&str] = if super::specs::is_pair(&b.key.key_spec) {
+                &["PRIVATE_KEY", "PUBLIC_KEY"]
+            } else {
+                &["SECRET_KEY"]
+            };
             for v in &b.versions {
                 accounted.insert((uuid, v.version));
-                if !on_token.contains(&(uuid, v.version)) {
+                if !classes
+                    .iter()
+                    .all(|c| by_class.contains(&(uuid, v.version, *c)))
+                {
                     report
                         .missing_objects
                         .push((b.key.key_id.clone(), v.version));

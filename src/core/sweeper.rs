@@ -40,8 +40,15 @@ impl Kms {
             {
                 continue;
             }
+            let pair = super::specs::is_pair(&key.record.key_spec);
             for &version in &key.versions {
-                match self.hsm.destroy(ObjectId::new(key.uuid, version)).await {
+                let object = ObjectId::new(key.uuid, version);
+                let destroyed = if pair {
+                    self.hsm.destroy_key_pair(object).await
+                } else {
+                    self.hsm.destroy(object).await
+                };
+                match destroyed {
                     Ok(()) => {}
                     Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
                     Err(e) => return Err(e.into()),

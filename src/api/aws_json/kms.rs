@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use crate::core::aliases::AliasListEntry;
+use crate::core::asym::{DataKeyPairRequest, MacRequest, SignRequest, VerifyRequest};
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
@@ -104,6 +105,13 @@ ops!(
     "GenerateDataKey" => generate_data_key,
     "GenerateDataKeyWithoutPlaintext" => generate_data_key_without_plaintext,
     "GenerateRandom" => generate_random,
+    "Sign" => sign,
+    "Verify" => verify,
+    "GetPublicKey" => get_public_key,
+    "GenerateMac" => generate_mac,
+    "VerifyMac" => verify_mac,
+    "GenerateDataKeyPair" => generate_data_key_pair,
+    "GenerateDataKeyPairWithoutPlaintext" => generate_data_key_pair_without_plaintext,
     "GetKeyPolicy" => get_key_policy,
     "PutKeyPolicy" => put_key_policy,
     "ListKeyPolicies" => list_key_policies,
@@ -205,6 +213,10 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+fn non_empty_list(v: &[String]) -> Option<&[String]> {
+    (!v.is_empty()).then_some(v)
+}
+
 fn metadata(m: &KeyMetadata) -> Value {
     json!({
         "AWSAccountId": m.aws_account_id,
@@ -220,7 +232,9 @@ fn metadata(m: &KeyMetadata) -> Value {
         "KeyManager": m.key_manager,
         "CustomerMasterKeySpec": m.key_spec,
         "KeySpec": m.key_spec,
-        "EncryptionAlgorithms": m.encryption_algorithms,
+        "EncryptionAlgorithms": non_empty_list(&m.encryption_algorithms),
+        "SigningAlgorithms": non_empty_list(&m.signing_algorithms),
+        "MacAlgorithms": non_empty_list(&m.mac_algorithms),
         "MultiRegion": m.multi_region,
         "PendingDeletionWindowInDays": m.pending_deletion_window_in_days,
         "CurrentKeyMaterialId": non_empty(m.current_key_material_id.clone()),
@@ -733,6 +747,198 @@ fn generate_random(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serd
             .await?;
         Ok(Reply::body(json!({"Plaintext": b64(&bytes)})))
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asymmetric keys, signatures and MACs
+
+input!(SignIn {
+    key_id: Option<String>,
+    message: Option<Blob>,
+    message_type: Option<String>,
+    signature: Option<Blob>,
+    signing_algorithm: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn sign(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: SignIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .sign(
+                &caller,
+                SignRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    message: Zeroizing::new(blob(r.message)),
+                    message_type: r.message_type,
+                    signing_algorithm: r.signing_algorithm,
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                },
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "KeyId": out.key_id,
+            "Signature": b64(&out.signature),
+            "SigningAlgorithm": out.signing_algorithm,
+        })))
+    }))
+}
+
+fn verify(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: SignIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .verify(
+                &caller,
+                VerifyRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    message: Zeroizing::new(blob(r.message)),
+                    message_type: r.message_type,
+                    signature: blob(r.signature),
+                    signing_algorithm: r.signing_algorithm,
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                },
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "KeyId": out.key_id,
+            "SignatureValid": out.signature_valid,
+            "SigningAlgorithm": out.signing_algorithm,
+        })))
+    }))
+}
+
+input!(PublicKeyIn {
+    key_id: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn get_public_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: PublicKeyIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .get_public_key(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                &r.grant_tokens.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "KeyId": out.key_id,
+            "PublicKey": b64(&out.public_key),
+            "CustomerMasterKeySpec": out.key_spec,
+            "KeySpec": out.key_spec,
+            "KeyUsage": out.key_usage,
+            "EncryptionAlgorithms": non_empty_list(&out.encryption_algorithms),
+            "SigningAlgorithms": non_empty_list(&out.signing_algorithms),
+        })))
+    }))
+}
+
+input!(MacIn {
+    key_id: Option<String>,
+    message: Option<Blob>,
+    mac_algorithm: Option<String>,
+    mac: Option<Blob>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn mac_op(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+    verify: bool,
+) -> Result<Call, serde_json::Error> {
+    let r: MacIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .mac(
+                &caller,
+                MacRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    message: Zeroizing::new(blob(r.message)),
+                    mac_algorithm: r.mac_algorithm,
+                    mac: blob(r.mac),
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                },
+                verify,
+            )
+            .await?;
+        if verify {
+            return Ok(Reply::body(json!({
+                "KeyId": out.key_id,
+                "MacValid": out.mac_valid,
+                "MacAlgorithm": out.mac_algorithm,
+            })));
+        }
+        Ok(Reply::body(json!({
+            "Mac": b64(&out.mac),
+            "MacAlgorithm": out.mac_algorithm,
+            "KeyId": out.key_id,
+        })))
+    }))
+}
+
+fn generate_mac(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    mac_op(kms, caller, v, false)
+}
+
+fn verify_mac(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    mac_op(kms, caller, v, true)
+}
+
+input!(DataKeyPairIn {
+    key_id: Option<String>,
+    encryption_context: Context,
+    key_pair_spec: Option<String>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn data_key_pair(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+    with_plaintext: bool,
+) -> Result<Call, serde_json::Error> {
+    let r: DataKeyPairIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .generate_data_key_pair(
+                &caller,
+                DataKeyPairRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    encryption_context: r.encryption_context.unwrap_or_default(),
+                    key_pair_spec: r.key_pair_spec,
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                },
+                with_plaintext,
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "PrivateKeyCiphertextBlob": b64(&out.private_key_ciphertext_blob),
+            "PrivateKeyPlaintext": out.private_key_plaintext.as_ref().map(|p| b64(p)),
+            "PublicKey": b64(&out.public_key),
+            "KeyId": out.key_id,
+            "KeyPairSpec": out.key_pair_spec,
+            "KeyMaterialId": non_empty(out.key_material_id.clone()),
+        })))
+    }))
+}
+
+fn generate_data_key_pair(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    data_key_pair(kms, caller, v, true)
+}
+
+fn generate_data_key_pair_without_plaintext(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    data_key_pair(kms, caller, v, false)
 }
 
 input!(PolicyIn {

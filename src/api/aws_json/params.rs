@@ -63,6 +63,13 @@ fn loggable(operation: &str) -> &'static [&'static str] {
             "GrantTokens",
         ],
         "GenerateRandom" => &["NumberOfBytes", "CustomKeyStoreId"],
+        // Asymmetric keys, signatures and MACs: never Message, Signature or Mac.
+        "Sign" | "Verify" => &["KeyId", "MessageType", "SigningAlgorithm", "GrantTokens"],
+        "GetPublicKey" => &["KeyId", "GrantTokens"],
+        "GenerateMac" | "VerifyMac" => &["KeyId", "MacAlgorithm", "GrantTokens"],
+        "GenerateDataKeyPair" | "GenerateDataKeyPairWithoutPlaintext" => {
+            &["KeyId", "EncryptionContext", "KeyPairSpec", "GrantTokens"]
+        }
         "GetKeyPolicy" => &["KeyId", "PolicyName"],
         "PutKeyPolicy" => &[
             "KeyId",

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::{alias_entry, expose, grant_entry, metadata, opt, tags_in, ts, Door};
+use crate::core::asym::{DataKeyPairRequest, MacRequest, SignRequest, VerifyRequest};
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
@@ -468,6 +469,210 @@ impl KeyManagementService for Door {
                     .await?;
                 Ok(pb::GenerateRandomResponse {
                     plaintext: expose(bytes),
+                })
+            },
+        )
+        .await
+    }
+
+    // Asymmetric keys, signatures and MACs.
+
+    async fn sign(&self, request: Request<pb::SignRequest>) -> Reply<pb::SignResponse> {
+        self.serve("Sign", SERVICE, request, |kms, caller, r| async move {
+            let out = kms
+                .sign(
+                    &caller,
+                    SignRequest {
+                        key_id: r.key_id,
+                        message: Zeroizing::new(r.message),
+                        message_type: opt(r.message_type),
+                        signing_algorithm: opt(r.signing_algorithm),
+                        grant_tokens: r.grant_tokens,
+                    },
+                )
+                .await?;
+            Ok(pb::SignResponse {
+                key_id: out.key_id,
+                signature: out.signature,
+                signing_algorithm: out.signing_algorithm,
+            })
+        })
+        .await
+    }
+
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Reply<pb::VerifyResponse> {
+        self.serve("Verify", SERVICE, request, |kms, caller, r| async move {
+            let out = kms
+                .verify(
+                    &caller,
+                    VerifyRequest {
+                        key_id: r.key_id,
+                        message: Zeroizing::new(r.message),
+                        message_type: opt(r.message_type),
+                        signature: r.signature,
+                        signing_algorithm: opt(r.signing_algorithm),
+                        grant_tokens: r.grant_tokens,
+                    },
+                )
+                .await?;
+            Ok(pb::VerifyResponse {
+                key_id: out.key_id,
+                signature_valid: out.signature_valid,
+                signing_algorithm: out.signing_algorithm,
+            })
+        })
+        .await
+    }
+
+    async fn get_public_key(
+        &self,
+        request: Request<pb::GetPublicKeyRequest>,
+    ) -> Reply<pb::GetPublicKeyResponse> {
+        self.serve(
+            "GetPublicKey",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .get_public_key(&caller, &r.key_id, &r.grant_tokens)
+                    .await?;
+                Ok(pb::GetPublicKeyResponse {
+                    key_id: out.key_id,
+                    public_key: out.public_key,
+                    customer_master_key_spec: out.key_spec.clone(),
+                    key_spec: out.key_spec,
+                    key_usage: out.key_usage,
+                    encryption_algorithms: out.encryption_algorithms,
+                    signing_algorithms: out.signing_algorithms,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn generate_mac(
+        &self,
+        request: Request<pb::GenerateMacRequest>,
+    ) -> Reply<pb::GenerateMacResponse> {
+        self.serve(
+            "GenerateMac",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .mac(
+                        &caller,
+                        MacRequest {
+                            key_id: r.key_id,
+                            message: Zeroizing::new(r.message),
+                            mac_algorithm: opt(r.mac_algorithm),
+                            mac: Vec::new(),
+                            grant_tokens: r.grant_tokens,
+                        },
+                        false,
+                    )
+                    .await?;
+                Ok(pb::GenerateMacResponse {
+                    mac: out.mac,
+                    mac_algorithm: out.mac_algorithm,
+                    key_id: out.key_id,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn verify_mac(
+        &self,
+        request: Request<pb::VerifyMacRequest>,
+    ) -> Reply<pb::VerifyMacResponse> {
+        self.serve("VerifyMac", SERVICE, request, |kms, caller, r| async move {
+            let out = kms
+                .mac(
+                    &caller,
+                    MacRequest {
+                        key_id: r.key_id,
+                        message: Zeroizing::new(r.message),
+                        mac_algorithm: opt(r.mac_algorithm),
+                        mac: r.mac,
+                        grant_tokens: r.grant_tokens,
+                    },
+                    true,
+                )
+                .await?;
+            Ok(pb::VerifyMacResponse {
+                key_id: out.key_id,
+                mac_valid: out.mac_valid,
+                mac_algorithm: out.mac_algorithm,
+            })
+        })
+        .await
+    }
+
+    async fn generate_data_key_pair(
+        &self,
+        request: Request<pb::GenerateDataKeyPairRequest>,
+    ) -> Reply<pb::GenerateDataKeyPairResponse> {
+        self.serve(
+            "GenerateDataKeyPair",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .generate_data_key_pair(
+                        &caller,
+                        DataKeyPairRequest {
+                            key_id: r.key_id,
+                            encryption_context: r.encryption_context,
+                            key_pair_spec: opt(r.key_pair_spec),
+                            grant_tokens: r.grant_tokens,
+                        },
+                        true,
+                    )
+                    .await?;
+                Ok(pb::GenerateDataKeyPairResponse {
+                    private_key_ciphertext_blob: out.private_key_ciphertext_blob,
+                    private_key_plaintext: out
+                        .private_key_plaintext
+                        .map(expose)
+                        .unwrap_or_default(),
+                    public_key: out.public_key,
+                    key_id: out.key_id,
+                    key_pair_spec: out.key_pair_spec,
+                    key_material_id: out.key_material_id,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn generate_data_key_pair_without_plaintext(
+        &self,
+        request: Request<pb::GenerateDataKeyPairWithoutPlaintextRequest>,
+    ) -> Reply<pb::GenerateDataKeyPairWithoutPlaintextResponse> {
+        self.serve(
+            "GenerateDataKeyPairWithoutPlaintext",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .generate_data_key_pair(
+                        &caller,
+                        DataKeyPairRequest {
+                            key_id: r.key_id,
+                            encryption_context: r.encryption_context,
+                            key_pair_spec: opt(r.key_pair_spec),
+                            grant_tokens: r.grant_tokens,
+                        },
+                        false,
+                    )
+                    .await?;
+                Ok(pb::GenerateDataKeyPairWithoutPlaintextResponse {
+                    private_key_ciphertext_blob: out.private_key_ciphertext_blob,
+                    public_key: out.public_key,
+                    key_id: out.key_id,
+                    key_pair_spec: out.key_pair_spec,
+                    key_material_id: out.key_material_id,
                 })
             },
         )

@@ -155,6 +155,46 @@ params!(
     pb::GenerateRandomRequest,
     |r| json!({"numberOfBytes": r.number_of_bytes})
 );
+// Asymmetric keys, signatures and MACs: messages, signatures, MACs and private keys are
+// never logged.
+params!(pb::SignRequest, |r| json!({
+    "keyId": r.key_id,
+    "messageType": if r.message_type.is_empty() { "RAW" } else { r.message_type.as_str() },
+    "signingAlgorithm": opt(&r.signing_algorithm),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
+params!(pb::VerifyRequest, |r| json!({
+    "keyId": r.key_id,
+    "messageType": if r.message_type.is_empty() { "RAW" } else { r.message_type.as_str() },
+    "signingAlgorithm": opt(&r.signing_algorithm),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
+params!(pb::GetPublicKeyRequest, |r| json!({
+    "keyId": r.key_id,
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
+params!(pb::GenerateMacRequest, |r| json!({
+    "keyId": r.key_id,
+    "macAlgorithm": opt(&r.mac_algorithm),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
+params!(pb::VerifyMacRequest, |r| json!({
+    "keyId": r.key_id,
+    "macAlgorithm": opt(&r.mac_algorithm),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
+params!(pb::GenerateDataKeyPairRequest, |r| json!({
+    "keyId": r.key_id,
+    "encryptionContext": r.encryption_context,
+    "keyPairSpec": opt(&r.key_pair_spec),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
+params!(pb::GenerateDataKeyPairWithoutPlaintextRequest, |r| json!({
+    "keyId": r.key_id,
+    "encryptionContext": r.encryption_context,
+    "keyPairSpec": opt(&r.key_pair_spec),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
 params!(pb::GetKeyPolicyRequest, |r| json!({
     "keyId": r.key_id,
     "policyName": if r.policy_name.is_empty() { "default" } else { r.policy_name.as_str() },
@@ -304,6 +344,13 @@ null_response!(
     pb::RetireGrantResponse,
     pb::RevokeGrantResponse,
     pb::GetCallerIdentityResponse,
+    pb::SignResponse,
+    pb::VerifyResponse,
+    pb::GetPublicKeyResponse,
+    pb::GenerateMacResponse,
+    pb::VerifyMacResponse,
+    pb::GenerateDataKeyPairResponse,
+    pb::GenerateDataKeyPairWithoutPlaintextResponse,
 );
 
 #[cfg(test)]
@@ -337,5 +384,22 @@ mod tests {
         };
         let s = a.audit_response().to_string();
         assert!(s.contains("ASIAX") && !s.contains("SECRET-KEY") && !s.contains("SESSION-TOKEN"));
+        let sign = pb::SignRequest {
+            key_id: "k".into(),
+            message: b"SECRET-MESSAGE".to_vec(),
+            signing_algorithm: "ECDSA_SHA_256".into(),
+            ..Default::default()
+        };
+        let p = sign.audit_params().to_string();
+        assert!(
+            !p.contains("SECRET") && p.contains("\"messageType\":\"RAW\""),
+            "{p}"
+        );
+        let v = pb::VerifyMacRequest {
+            message: b"SECRET-MESSAGE".to_vec(),
+            mac: b"SECRET-MAC".to_vec(),
+            ..Default::default()
+        };
+        assert!(!v.audit_params().to_string().contains("SECRET"));
     }
 }

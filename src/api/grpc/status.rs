@@ -33,6 +33,7 @@ pub fn code_for(e: &KmsError) -> Code {
         | KmsError::InvalidMarker(_)
         | KmsError::Tag(_)
         | KmsError::UnsupportedOperation(_) => Code::InvalidArgument,
+        KmsError::InvalidSignature(_) | KmsError::InvalidMac(_) => Code::InvalidArgument,
     }
 }
 

@@ -1,0 +1,572 @@
+//! Asymmetric and HMAC operations: Sign, Verify, GetPublicKey, RSA-OAEP Encrypt/Decrypt,
+//! GenerateMac, VerifyMac, GenerateDataKeyPair(WithoutPlaintext).
+//!
+//! Same path as every operation: validate the input, resolve the key, authorize (with the
+//! operation's condition keys), check the state and the key's spec and usage, then one HSM job.
+//! Messages are hashed here (sha2); the device signs the digest, verifies with the public
+//! object, decrypts with the private object and computes and compares MACs.
+
+use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
+
+use super::authz::{AuthzRequest, CtxValue};
+use super::crypto::{DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse};
+use super::keys::key_material_id;
+use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KNOWN_MESSAGE_TYPES};
+use super::validate;
+use super::{check_state, Kms, KmsError, Resolved, StateClass};
+use crate::ciphertext;
+use crate::hsm::{GcmSealed, ObjectId, PairSpec, ShaAlg};
+use crate::identity::Caller;
+
+/// Largest Sign/Verify/GenerateMac message.
+pub const MAX_MESSAGE: usize = 4096;
+/// Largest signature or MAC accepted.
+pub const MAX_SIGNATURE: usize = 6144;
+
+/// Sign input.
+#[derive(Debug, Default)]
+pub struct SignRequest {
+    pub key_id: String,
+    pub message: Zeroizing<Vec<u8>>,
+    pub message_type: Option<String>,
+    pub signing_algorithm: Option<String>,
+    pub grant_tokens: Vec<String>,
+}
+
+/// Sign output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignResponse {
+    /// The key ARN.
+    pub key_id: String,
+    pub signature: Vec<u8>,
+    pub signing_algorithm: String,
+}
+
+/// Verify input.
+#[derive(Debug, Default)]
+pub struct VerifyRequest {
+    pub key_id: String,
+    pub message: Zeroizing<Vec<u8>>,
+    pub message_type: Option<String>,
+    pub signature: Vec<u8>,
+    pub signing_algorithm: Option<String>,
+    pub grant_tokens: Vec<String>,
+}
+
+/// Verify output (an invalid signature is KMSInvalidSignatureException, never `false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyResponse {
+    /// The key ARN.
+    pub key_id: String,
+    pub signature_valid: bool,
+    pub signing_algorithm: String,
+}
+
+/// GetPublicKey output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetPublicKeyResponse {
+    /// The key ARN.
+    pub key_id: String,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    pub key_spec: String,
+    pub key_usage: String,
+    pub encryption_algorithms: Vec<String>,
+    pub signing_algorithms: Vec<String>,
+}
+
+/// GenerateMac / VerifyMac input (`mac` only for VerifyMac).
+#[derive(Debug, Default)]
+pub struct MacRequest {
+    pub key_id: String,
+    pub message: Zeroizing<Vec<u8>>,
+    pub mac_algorithm: Option<String>,
+    pub mac: Vec<u8>,
+    pub grant_tokens: Vec<String>,
+}
+
+/// GenerateMac / VerifyMac output (`mac` empty and `mac_valid` true for VerifyMac).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacResponse {
+    /// The key ARN.
+    pub key_id: String,
+    pub mac: Vec<u8>,
+    pub mac_valid: bool,
+    pub mac_algorithm: String,
+}
+
+/// GenerateDataKeyPair(WithoutPlaintext) input.
+#[derive(Debug, Default, Clone)]
+pub struct DataKeyPairRequest {
+    pub key_id: String,
+    pub encryption_context: BTreeMap<String, String>,
+    pub key_pair_spec: Option<String>,
+    pub grant_tokens: Vec<String>,
+}
+
+/// GenerateDataKeyPair output; `private_key_plaintext` is `None` for WithoutPlaintext.
+pub struct DataKeyPairResponse {
+    pub private_key_ciphertext_blob: Vec<u8>,
+    /// PKCS#8 DER.
+    pub private_key_plaintext: Option<Zeroizing<Vec<u8>>>,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    /// The key ARN.
+    pub key_id: String,
+    pub key_pair_spec: String,
+    pub key_material_id: String,
+}
+
+impl std::fmt::Debug for DataKeyPairResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeyPairResponse")
+            .field("key_id", &self.key_id)
+            .field("key_pair_spec", &self.key_pair_spec)
+            .field(
+                "private_key_plaintext",
+                &self.private_key_plaintext.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn required<'a>(member: &str, v: Option<&'a str>) -> Result<&'a str, KmsError> {
+    match v {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(KmsError::validation(member, "Member must not be null")),
+    }
+}
+
+/// Input checks of Sign and Verify that need no key: message length, message type and
+/// algorithm names, and a DIGEST's length.
+fn check_sign_input(
+    message: &[u8],
+    message_type: Option<&str>,
+    algorithm: Option<&str>,
+) -> Result<(String, bool), KmsError> {
+    validate::blob_len("message", message.len(), 1, MAX_MESSAGE)?;
+    let algorithm = required("signingAlgorithm", algorithm)?;
+    if !specs::KNOWN_SIGNING_ALGORITHMS.contains(&algorithm) {
+        return Err(KmsError::validation(
+            "signingAlgorithm",
+            &format!(
+                "Member must satisfy enum value set: {:?}",
+                specs::KNOWN_SIGNING_ALGORITHMS
+            ),
+        ));
+    }
+    let digest = match message_type.unwrap_or("RAW") {
+        "" | "RAW" => false,
+        "DIGEST" => true,
+        "EXTERNAL_MU" => {
+            return Err(KmsError::Validation(
+                "MessageType EXTERNAL_MU is only valid for ML-DSA keys.".into(),
+            ))
+        }
+        _ => {
+            return Err(KmsError::validation(
+                "messageType",
+                &format!("Member must satisfy enum value set: {KNOWN_MESSAGE_TYPES:?}"),
+            ))
+        }
+    };
+    Ok((algorithm.to_string(), digest))
+}
+
+fn message_type_name(digest: bool) -> &'static str {
+    if digest {
+        "DIGEST"
+    } else {
+        "RAW"
+    }
+}
+
+fn pair_of(resolved: &Resolved) -> Option<PairSpec> {
+    match specs::kind(&resolved.key.record.key_spec) {
+        Some(SpecKind::Pair(p)) => Some(p),
+        _ => None,
+    }
+}
+
+fn no_context(member: &str, ctx: &BTreeMap<String, String>) -> Result<(), KmsError> {
+    if ctx.is_empty() {
+        Ok(())
+    } else {
+        Err(KmsError::Validation(format!(
+            "{member} is not supported for asymmetric keys."
+        )))
+    }
+}
+
+type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
+
+fn aad_builder(object: ObjectId, canonical_ctx: Vec<u8>) -> AadBuilder {
+    Box::new(move |iv: &[u8; 12]| {
+        let header = ciphertext::header(&object.key_id(), object.version(), iv);
+        ciphertext::aad(&header, &canonical_ctx)
+    })
+}
+
+fn blob_from(object: ObjectId, sealed: &GcmSealed) -> Vec<u8> {
+    let header = ciphertext::header(&object.key_id(), object.version(), &sealed.iv);
+    ciphertext::assemble(&header, &sealed.ciphertext_and_tag)
+}
+
+impl Kms {
+    /// Resolves and authorizes a Sign or Verify, returns the key, the scheme and the digest.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_signature(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        key_id: &str,
+        message: &[u8],
+        message_type: Option<&str>,
+        algorithm: Option<&str>,
+        grant_tokens: &[String],
+    ) -> Result<(Resolved, crate::hsm::SignScheme, Vec<u8>, String), KmsError> {
+        let (algorithm, is_digest) = check_sign_input(message, message_type, algorithm)?;
+        self.check_grant_tokens(grant_tokens)?;
+        let resolved = self.resolve(caller, key_id, true)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key(action, &resolved)
+                .with("kms:SigningAlgorithm", CtxValue::one(algorithm.as_str()))
+                .with(
+                    "kms:MessageType",
+                    CtxValue::one(message_type_name(is_digest)),
+                ),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let r = &resolved.key.record;
+        let (scheme, hash) = specs::signing_scheme(&r.key_spec, &r.key_usage, &algorithm)?;
+        let digest = if is_digest {
+            if message.len() != hash.len() {
+                return Err(KmsError::Validation(format!(
+                    "Digest is invalid length for algorithm {algorithm}: {} bytes, expected {}.",
+                    message.len(),
+                    hash.len()
+                )));
+            }
+            message.to_vec()
+        } else {
+            hash.digest(message)
+        };
+        super::record::key_version(resolved.key.record.current_version);
+        Ok((resolved, scheme, digest, algorithm))
+    }
+
+    /// Sign: the device signs the daemon-computed digest with the private key.
+    pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, KmsError> {
+        let (resolved, scheme, digest, algorithm) = self.prepare_signature(
+            caller,
+            "kms:Sign",
+            &req.key_id,
+            &req.message,
+            req.message_type.as_deref(),
+            req.signing_algorithm.as_deref(),
+            &req.grant_tokens,
+        )?;
+        let signature = self
+            .hsm
+            .sign(resolved.key.current_object(), scheme, digest)
+            .await?;
+        Ok(SignResponse {
+            key_id: resolved.key.arn.clone(),
+            signature,
+            signing_algorithm: algorithm,
+        })
+    }
+
+    /// Verify: `C_Verify` with the public object; a bad signature is
+    /// KMSInvalidSignatureException.
+    pub async fn verify(
+        &self,
+        caller: &Caller,
+        req: VerifyRequest,
+    ) -> Result<VerifyResponse, KmsError> {
+        validate::blob_len("signature", req.signature.len(), 1, MAX_SIGNATURE)?;
+        let (resolved, scheme, digest, algorithm) = self.prepare_signature(
+            caller,
+            "kms:Verify",
+            &req.key_id,
+            &req.message,
+            req.message_type.as_deref(),
+            req.signing_algorithm.as_deref(),
+            &req.grant_tokens,
+        )?;
+        let valid = self
+            .hsm
+            .verify(resolved.key.current_object(), scheme, digest, req.signature)
+            .await?;
+        if !valid {
+            return Err(KmsError::InvalidSignature(
+                "The signature is not valid for this message, key and algorithm.".into(),
+            ));
+        }
+        Ok(VerifyResponse {
+            key_id: resolved.key.arn.clone(),
+            signature_valid: true,
+            signing_algorithm: algorithm,
+        })
+    }
+
+    /// GetPublicKey: the DER SubjectPublicKeyInfo built from the device's public object.
+    pub async fn get_public_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        grant_tokens: &[String],
+    ) -> Result<GetPublicKeyResponse, KmsError> {
+        self.check_grant_tokens(grant_tokens)?;
+        let resolved = self.resolve(caller, key_id, true)?;
+        self.authorize_key(caller, "kms:GetPublicKey", &resolved, None)?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let Some(pair) = pair_of(&resolved) else {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "{} is a {} key; only asymmetric keys have a public key.",
+                resolved.key.arn, resolved.key.record.key_spec
+            )));
+        };
+        let public_key = self
+            .hsm
+            .public_key(resolved.key.current_object(), pair)
+            .await?;
+        let r = &resolved.key.record;
+        Ok(GetPublicKeyResponse {
+            key_id: resolved.key.arn.clone(),
+            public_key,
+            key_spec: r.key_spec.clone(),
+            key_usage: r.key_usage.clone(),
+            encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
+            signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
+        })
+    }
+
+    /// The RSA key and OAEP bits of an asymmetric Encrypt/Decrypt, after authorization.
+    fn rsa_encryption_key(resolved: &Resolved, algorithm: &str) -> Result<u32, KmsError> {
+        let r = &resolved.key.record;
+        match pair_of(resolved) {
+            Some(PairSpec::Rsa(bits)) if r.key_usage == ENCRYPT_DECRYPT => Ok(bits),
+            _ => Err(KmsError::InvalidKeyUsage(format!(
+                "The encryption algorithm {algorithm} is not valid for {} ({} {}).",
+                resolved.key.arn, r.key_spec, r.key_usage
+            ))),
+        }
+    }
+
+    /// Encrypt with RSAES_OAEP_SHA_1/256 under the key's public object.
+    pub(crate) async fn encrypt_asymmetric(
+        &self,
+        caller: &Caller,
+        req: EncryptRequest,
+        hash: ShaAlg,
+    ) -> Result<EncryptResponse, KmsError> {
+        let algorithm = req.encryption_algorithm.clone().unwrap_or_default();
+        validate::blob_len(
+            "plaintext",
+            req.plaintext.len(),
+            1,
+            super::crypto::MAX_PLAINTEXT,
+        )?;
+        self.check_grant_tokens(&req.grant_tokens)?;
+        no_context("EncryptionContext", &req.encryption_context)?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:Encrypt", &resolved)
+                .with("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str())),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let bits = Self::rsa_encryption_key(&resolved, &algorithm)?;
+        let max = specs::oaep_max_plaintext(bits, hash);
+        if req.plaintext.len() > max {
+            return Err(KmsError::Validation(format!(
+                "Plaintext is too long for {algorithm} with a {bits}-bit key: at most {max} bytes."
+            )));
+        }
+        let object = resolved.key.current_object();
+        super::record::key_version(object.version());
+        let ciphertext_blob = self.hsm.rsa_encrypt(object, hash, req.plaintext).await?;
+        Ok(EncryptResponse {
+            ciphertext_blob,
+            key_id: resolved.key.arn.clone(),
+            encryption_algorithm: algorithm,
+        })
+    }
+
+    /// Decrypt an RSA-OAEP ciphertext with the key's private object on the device. KeyId and
+    /// EncryptionAlgorithm are required.
+    pub(crate) async fn decrypt_asymmetric(
+        &self,
+        caller: &Caller,
+        req: DecryptRequest,
+        hash: ShaAlg,
+    ) -> Result<DecryptResponse, KmsError> {
+        let algorithm = req.encryption_algorithm.clone().unwrap_or_default();
+        validate::blob_len(
+            "ciphertextBlob",
+            req.ciphertext_blob.len(),
+            1,
+            super::crypto::MAX_CIPHERTEXT,
+        )?;
+        self.check_grant_tokens(&req.grant_tokens)?;
+        let key_id = match req.key_id.as_deref() {
+            Some(k) if !k.is_empty() => k,
+            _ => {
+                return Err(KmsError::Validation(
+                    "KeyId is required to decrypt with an asymmetric encryption algorithm.".into(),
+                ))
+            }
+        };
+        no_context("EncryptionContext", &req.encryption_context)?;
+        let resolved = self.resolve(caller, key_id, true)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:Decrypt", &resolved)
+                .with("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str())),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let bits = Self::rsa_encryption_key(&resolved, &algorithm)?;
+        if req.ciphertext_blob.len() != (bits / 8) as usize {
+            return Err(KmsError::InvalidCiphertext(
+                "The ciphertext is invalid.".into(),
+            ));
+        }
+        let object = resolved.key.current_object();
+        super::record::key_version(object.version());
+        let plaintext = self
+            .hsm
+            .rsa_decrypt(object, hash, req.ciphertext_blob)
+            .await?;
+        Ok(DecryptResponse {
+            key_id: resolved.key.arn.clone(),
+            plaintext,
+            encryption_algorithm: algorithm,
+            key_material_id: key_material_id(object),
+        })
+    }
+
+    /// GenerateMac (`verify` false) or VerifyMac, on the device.
+    pub async fn mac(
+        &self,
+        caller: &Caller,
+        req: MacRequest,
+        verify: bool,
+    ) -> Result<MacResponse, KmsError> {
+        validate::blob_len("message", req.message.len(), 1, MAX_MESSAGE)?;
+        if verify {
+            validate::blob_len("mac", req.mac.len(), 1, MAX_SIGNATURE)?;
+        }
+        let algorithm = required("macAlgorithm", req.mac_algorithm.as_deref())?.to_string();
+        if !specs::KNOWN_MAC_ALGORITHMS.contains(&algorithm.as_str()) {
+            return Err(KmsError::validation(
+                "macAlgorithm",
+                &format!(
+                    "Member must satisfy enum value set: {:?}",
+                    specs::KNOWN_MAC_ALGORITHMS
+                ),
+            ));
+        }
+        self.check_grant_tokens(&req.grant_tokens)?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
+        let action = if verify {
+            "kms:VerifyMac"
+        } else {
+            "kms:GenerateMac"
+        };
+        self.authorize(
+            caller,
+            AuthzRequest::on_key(action, &resolved)
+                .with("kms:MacAlgorithm", CtxValue::one(algorithm.as_str())),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let r = &resolved.key.record;
+        let alg = specs::mac_algorithm(&r.key_spec, &r.key_usage, &algorithm)?;
+        let object = resolved.key.current_object();
+        super::record::key_version(object.version());
+        let message = req.message.to_vec();
+        if verify {
+            let ok = self.hsm.verify_mac(object, alg, message, req.mac).await?;
+            if !ok {
+                return Err(KmsError::InvalidMac(
+                    "The MAC is not valid for this message, key and algorithm.".into(),
+                ));
+            }
+            return Ok(MacResponse {
+                key_id: resolved.key.arn.clone(),
+                mac: Vec::new(),
+                mac_valid: true,
+                mac_algorithm: algorithm,
+            });
+        }
+        let mac = self.hsm.generate_mac(object, alg, message).await?;
+        Ok(MacResponse {
+            key_id: resolved.key.arn.clone(),
+            mac,
+            mac_valid: false,
+            mac_algorithm: algorithm,
+        })
+    }
+
+    /// GenerateDataKeyPair (`with_plaintext`) or GenerateDataKeyPairWithoutPlaintext: the pair
+    /// is generated on the device and its PKCS#8 sealed under the symmetric CMK in one job.
+    pub async fn generate_data_key_pair(
+        &self,
+        caller: &Caller,
+        req: DataKeyPairRequest,
+        with_plaintext: bool,
+    ) -> Result<DataKeyPairResponse, KmsError> {
+        let spec_name = required("keyPairSpec", req.key_pair_spec.as_deref())?.to_string();
+        let pair = specs::data_key_pair_spec(&spec_name)?;
+        self.check_grant_tokens(&req.grant_tokens)?;
+        validate::encryption_context("encryptionContext", &req.encryption_context)?;
+        let canonical_ctx =
+            ciphertext::canonical_context(&req.encryption_context).ok_or_else(|| {
+                KmsError::validation(
+                    "encryptionContext",
+                    "Member values must be shorter than 64 KiB",
+                )
+            })?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
+        let action = if with_plaintext {
+            "kms:GenerateDataKeyPair"
+        } else {
+            "kms:GenerateDataKeyPairWithoutPlaintext"
+        };
+        self.authorize(
+            caller,
+            AuthzRequest::on_key(action, &resolved)
+                .context(&req.encryption_context)
+                .with("kms:DataKeyPairSpec", CtxValue::one(spec_name.as_str()))
+                .with(
+                    "kms:EncryptionAlgorithm",
+                    CtxValue::one("SYMMETRIC_DEFAULT"),
+                ),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let r = &resolved.key.record;
+        if r.key_spec != super::keys::SYMMETRIC_DEFAULT || r.key_usage != ENCRYPT_DECRYPT {
+            return Err(KmsError::InvalidKeyUsage(format!(
+                "{} key usage is {} and spec {}; data key pairs need a symmetric ENCRYPT_DECRYPT key.",
+                resolved.key.arn, r.key_usage, r.key_spec
+            )));
+        }
+        let object = resolved.key.current_object();
+        super::record::key_version(object.version());
+        let (pkcs8, public_key, sealed) = self
+            .hsm
+            .generate_data_key_pair(pair, object, aad_builder(object, canonical_ctx))
+            .await?;
+        Ok(DataKeyPairResponse {
+            private_key_ciphertext_blob: blob_from(object, &sealed),
+            private_key_plaintext: with_plaintext.then_some(pkcs8),
+            public_key,
+            key_id: resolved.key.arn.clone(),
+            key_pair_spec: spec_name,
+            key_material_id: key_material_id(object),
+        })
+    }
+}
