@@ -1,0 +1,1111 @@
+//! The key catalogue end to end (issue 7, items 1-3): asymmetric and HMAC keys generated on the
+//! real SoftHSM2 token through the real daemon, used through our gRPC client and the AWS JSON
+//! door (boto3), and checked by an independent implementation (pyca/cryptography, i.e.
+//! OpenSSL) in tests/python/key_catalogue_checks.py: every signing algorithm of every spec in
+//! RAW and DIGEST form, public keys, RSA-OAEP both ways, data key pairs, HMAC, custody
+//! attributes read from the token, deletion of both halves of a key pair, reconciliation, and
+//! bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::*;
+use p11kms::config::Config;
+use p11kms::core::ManualClock;
+use p11kms::hsm::ObjectId;
+use p11kms::pb;
+use p11kms::server::{self, RunningServer, ServerOptions};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+
+const AK_ADMIN: &str = "AKIAADMIN00000000001";
+
+/// A daemon with both doors, on a manual clock with a fast sweeper.
+async fn start_both(name: &str, clock: Arc<ManualClock>) -> (RunningServer, PathBuf, String) {
+    let dir = data_dir(name);
+    let mut text = config_text(&dir);
+    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).expect("config");
+    let server = server::start(
+        &config,
+        ServerOptions {
+            clock,
+            sweep_interval: Some(Duration::from_millis(50)),
+        },
+    )
+    .await
+    .expect("daemon starts");
+    let addr = server.aws_json_addr.expect("AWS door enabled");
+    let endpoint = format!("https://127.0.0.1:{}", addr.port());
+    (server, dir, endpoint)
+}
+
+fn venv_python() -> PathBuf {
+    let p = manifest_dir().join(".venv/bin/python");
+    assert!(
+        p.is_file(),
+        "the Python venv is missing at {}: run scripts/python-venv.sh",
+        p.display()
+    );
+    p
+}
+
+/// Runs the checks script with the venv's Python and fixture admin credentials (for boto3).
+async fn python(dir: &Path, endpoint: &str, args: Vec<String>) {
+    let creds = fixture_credentials(AK_ADMIN);
+    let mut c = Command::new(venv_python());
+    c.arg(manifest_dir().join("tests/python/key_catalogue_checks.py"))
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("LANG", "C.UTF-8")
+        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_KMS", endpoint)
+        .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env(
+            "P11KMS_FIXTURE_CREDENTIALS",
+            fixtures_dir().join("credentials.json"),
+        )
+        .current_dir(manifest_dir().join("tests/python"));
+    let out = tokio::task::spawn_blocking(move || c.output().expect("run python"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "key_catalogue_checks.py {args:?} failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    eprintln!("key_catalogue_checks.py {}:\n{stdout}", args[0]);
+}
+
+async fn create(c: &mut Client, spec: &str, usage: &str) -> pb::KeyMetadata {
+    c.create_key(pb::CreateKeyRequest {
+        key_spec: spec.into(),
+        key_usage: usage.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("CreateKey {spec} {usage}: {e}"))
+    .into_inner()
+    .key_metadata
+    .unwrap()
+}
+
+fn digest(algorithm: &str, m: &[u8]) -> Vec<u8> {
+    match &algorithm[algorithm.len() - 3..] {
+        "384" => Sha384::digest(m).to_vec(),
+        "512" => Sha512::digest(m).to_vec(),
+        _ => Sha256::digest(m).to_vec(),
+    }
+}
+
+fn sign_req(key: &str, msg: &[u8], mtype: &str, alg: &str) -> pb::SignRequest {
+    pb::SignRequest {
+        key_id: key.into(),
+        message: msg.to_vec(),
+        message_type: mtype.into(),
+        signing_algorithm: alg.into(),
+        grant_tokens: vec![],
+    }
+}
+
+fn verify_req(key: &str, msg: &[u8], mtype: &str, sig: &[u8], alg: &str) -> pb::VerifyRequest {
+    pb::VerifyRequest {
+        key_id: key.into(),
+        message: msg.to_vec(),
+        message_type: mtype.into(),
+        signature: sig.to_vec(),
+        signing_algorithm: alg.into(),
+        grant_tokens: vec![],
+    }
+}
+
+fn object(key_id: &str) -> ObjectId {
+    ObjectId::new(*uuid::Uuid::parse_str(key_id).unwrap().as_bytes(), 1)
+}
+
+fn b64(b: &[u8]) -> String {
+    B64.encode(b)
+}
+
+const SIGNING_SPECS: &[&str] = &[
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_end_to_end() {
+    let clock = Arc::new(ManualClock::default());
+    let (server, dir, endpoint) = start_both("catalogue", clock.clone()).await;
+    let mut c = admin(server.addr).await;
+    let hsm = server.kms.hsm().clone();
+
+    // ---- CreateKey for every spec, timed.
+    let mut signing = Vec::new();
+    for spec in SIGNING_SPECS {
+        let t = Instant::now();
+        let m = create(&mut c, spec, "SIGN_VERIFY").await;
+        eprintln!("CreateKey {spec} SIGN_VERIFY: {:?}", t.elapsed());
+        assert_eq!(m.key_spec, *spec);
+        assert_eq!(m.customer_master_key_spec, *spec);
+        assert_eq!(m.key_usage, "SIGN_VERIFY");
+        assert!(m.encryption_algorithms.is_empty() && m.mac_algorithms.is_empty());
+        let expected: Vec<&str> = match *spec {
+            "ECC_NIST_P256" | "ECC_SECG_P256K1" => vec!["ECDSA_SHA_256"],
+            "ECC_NIST_P384" => vec!["ECDSA_SHA_384"],
+            "ECC_NIST_P521" => vec!["ECDSA_SHA_512"],
+            _ => vec![
+                "RSASSA_PSS_SHA_256",
+                "RSASSA_PSS_SHA_384",
+                "RSASSA_PSS_SHA_512",
+                "RSASSA_PKCS1_V1_5_SHA_256",
+                "RSASSA_PKCS1_V1_5_SHA_384",
+                "RSASSA_PKCS1_V1_5_SHA_512",
+            ],
+        };
+        assert_eq!(m.signing_algorithms, expected, "{spec}");
+        signing.push(m);
+    }
+    let mut encrypting = Vec::new();
+    for spec in ["RSA_2048", "RSA_3072", "RSA_4096"] {
+        let t = Instant::now();
+        let m = create(&mut c, spec, "ENCRYPT_DECRYPT").await;
+        eprintln!("CreateKey {spec} ENCRYPT_DECRYPT: {:?}", t.elapsed());
+        assert_eq!(
+            m.encryption_algorithms,
+            vec!["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+        );
+        assert!(m.signing_algorithms.is_empty());
+        encrypting.push(m);
+    }
+    let mut macs = Vec::new();
+    for (spec, alg, len) in [
+        ("HMAC_224", "HMAC_SHA_224", 28),
+        ("HMAC_256", "HMAC_SHA_256", 32),
+        ("HMAC_384", "HMAC_SHA_384", 48),
+        ("HMAC_512", "HMAC_SHA_512", 64),
+    ] {
+        let m = create(&mut c, spec, "GENERATE_VERIFY_MAC").await;
+        assert_eq!(m.mac_algorithms, vec![alg]);
+        assert!(m.encryption_algorithms.is_empty() && m.signing_algorithms.is_empty());
+        macs.push((m, alg, len));
+    }
+    let symmetric = create(&mut c, "", "").await;
+    assert_eq!(symmetric.encryption_algorithms, vec!["SYMMETRIC_DEFAULT"]);
+    // DescribeKey shows the same lists.
+    let d = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: signing[0].key_id.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
+    assert_eq!(d.signing_algorithms, signing[0].signing_algorithms);
+
+    // ---- Custody: every private key and HMAC key as the token reports it.
+    for m in signing.iter().chain(encrypting.iter()) {
+        let a = hsm
+            .key_pair_attributes(object(&m.key_id), true)
+            .await
+            .unwrap();
+        assert!(
+            a.token && a.private && a.sensitive && a.always_sensitive,
+            "{}: {a:?}",
+            m.key_spec
+        );
+        assert!(
+            !a.extractable && a.never_extractable,
+            "{}: {a:?}",
+            m.key_spec
+        );
+        let signs = m.key_usage == "SIGN_VERIFY";
+        assert_eq!(
+            (a.sign, a.decrypt),
+            (signs, !signs),
+            "{}: {a:?}",
+            m.key_spec
+        );
+        assert!(!a.unwrap && !a.derive && !a.encrypt && !a.wrap);
+        assert!(!a.allowed_mechanisms.is_empty());
+        let p = hsm
+            .key_pair_attributes(object(&m.key_id), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            (p.verify, p.encrypt),
+            (signs, !signs),
+            "{}: {p:?}",
+            m.key_spec
+        );
+        assert!(p.token && !p.wrap && !p.derive);
+    }
+    for (m, _, _) in &macs {
+        let a = hsm.key_attributes(object(&m.key_id)).await.unwrap();
+        assert!(a.token && a.private && a.sensitive && !a.extractable && a.never_extractable);
+        assert!(a.sign && a.verify && !a.encrypt && !a.decrypt && !a.wrap && !a.unwrap);
+        assert_eq!(a.allowed_mechanisms.len(), 1);
+        assert!(
+            hsm.try_read_value(object(&m.key_id)).await.is_err(),
+            "HMAC key value readable"
+        );
+    }
+
+    // ---- Sign and Verify: every algorithm of every spec, RAW and DIGEST.
+    let mut public_keys = Vec::new();
+    let mut signatures = Vec::new();
+    let message = b"the key catalogue: sign me".to_vec();
+    for m in &signing {
+        let pk = c
+            .get_public_key(pb::GetPublicKeyRequest {
+                key_id: m.key_id.clone(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(pk.key_spec, m.key_spec);
+        assert_eq!(pk.key_usage, "SIGN_VERIFY");
+        assert_eq!(pk.signing_algorithms, m.signing_algorithms);
+        assert_eq!(pk.key_id, m.arn);
+        public_keys
+            .push(json!({"key_id": m.key_id, "spec": m.key_spec, "spki": b64(&pk.public_key)}));
+        for alg in &m.signing_algorithms {
+            for mtype in ["RAW", "DIGEST"] {
+                let msg = if mtype == "RAW" {
+                    message.clone()
+                } else {
+                    digest(alg, &message)
+                };
+                let t = Instant::now();
+                let s = c
+                    .sign(sign_req(&m.key_id, &msg, mtype, alg))
+                    .await
+                    .unwrap_or_else(|e| panic!("Sign {} {alg} {mtype}: {e}", m.key_spec))
+                    .into_inner();
+                let took = t.elapsed();
+                assert_eq!(&s.signing_algorithm, alg);
+                assert_eq!(s.key_id, m.arn);
+                if alg.starts_with("ECDSA") {
+                    assert_eq!(s.signature[0], 0x30, "ECDSA signatures are DER");
+                }
+                if mtype == "RAW" {
+                    eprintln!("Sign {} {alg}: {took:?}", m.key_spec);
+                }
+                let v = c
+                    .verify(verify_req(&m.key_id, &msg, mtype, &s.signature, alg))
+                    .await
+                    .unwrap_or_else(|e| panic!("Verify {} {alg} {mtype}: {e}", m.key_spec))
+                    .into_inner();
+                assert!(v.signature_valid);
+                let mut other = msg.clone();
+                other[0] ^= 1;
+                assert_eq!(
+                    reason(
+                        c.verify(verify_req(&m.key_id, &other, mtype, &s.signature, alg))
+                            .await
+                    ),
+                    "KMSInvalidSignatureException",
+                    "{} {alg} {mtype}",
+                    m.key_spec
+                );
+                // A RAW signature verifies as the DIGEST of the same message and back.
+                if mtype == "RAW" {
+                    c.verify(verify_req(
+                        &m.key_id,
+                        &digest(alg, &message),
+                        "DIGEST",
+                        &s.signature,
+                        alg,
+                    ))
+                    .await
+                    .unwrap();
+                }
+                signatures.push(json!({
+                    "key_id": m.key_id, "spec": m.key_spec, "algorithm": alg,
+                    "message_type": mtype, "message": b64(&msg), "signature": b64(&s.signature),
+                }));
+            }
+        }
+    }
+    // A corrupted signature (not just another message) is refused too.
+    let ec_key = &signing[3];
+    let s = c
+        .sign(sign_req(&ec_key.key_id, b"x", "RAW", "ECDSA_SHA_256"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bad = s.signature.clone();
+    bad[5] ^= 0x40;
+    assert_eq!(
+        reason(
+            c.verify(verify_req(
+                &ec_key.key_id,
+                b"x",
+                "RAW",
+                &bad,
+                "ECDSA_SHA_256"
+            ))
+            .await
+        ),
+        "KMSInvalidSignatureException"
+    );
+    assert_eq!(
+        reason(
+            c.verify(verify_req(
+                &ec_key.key_id,
+                b"x",
+                "RAW",
+                b"not DER",
+                "ECDSA_SHA_256"
+            ))
+            .await
+        ),
+        "KMSInvalidSignatureException"
+    );
+
+    // ---- RSA-OAEP: p11kms both ways, limits, and the public key's ciphertexts (below).
+    let mut rsa_encryption = Vec::new();
+    for m in &encrypting {
+        let bits: usize = m.key_spec[4..].parse().unwrap();
+        let pk = c
+            .get_public_key(pb::GetPublicKeyRequest {
+                key_id: m.key_id.clone(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            pk.encryption_algorithms,
+            vec!["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+        );
+        assert!(pk.signing_algorithms.is_empty());
+        public_keys
+            .push(json!({"key_id": m.key_id, "spec": m.key_spec, "spki": b64(&pk.public_key)}));
+        let mut ours = Vec::new();
+        for (alg, hlen) in [("RSAES_OAEP_SHA_1", 20), ("RSAES_OAEP_SHA_256", 32)] {
+            let max = bits / 8 - 2 * hlen - 2;
+            for len in [1, max] {
+                let pt = vec![0xa5u8; len];
+                let e = c
+                    .encrypt(pb::EncryptRequest {
+                        key_id: m.key_id.clone(),
+                        plaintext: pt.clone(),
+                        encryption_algorithm: alg.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("Encrypt {} {alg} {len}: {e}", m.key_spec))
+                    .into_inner();
+                assert_eq!(e.encryption_algorithm, alg);
+                assert_eq!(e.ciphertext_blob.len(), bits / 8);
+                let d = c
+                    .decrypt(pb::DecryptRequest {
+                        ciphertext_blob: e.ciphertext_blob.clone(),
+                        key_id: m.key_id.clone(),
+                        encryption_algorithm: alg.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(d.plaintext, pt);
+                assert_eq!(d.encryption_algorithm, alg);
+                assert_eq!(d.key_id, m.arn);
+                ours.push(b64(&e.ciphertext_blob));
+                // The other OAEP hash does not open it.
+                let other = if hlen == 20 {
+                    "RSAES_OAEP_SHA_256"
+                } else {
+                    "RSAES_OAEP_SHA_1"
+                };
+                assert_eq!(
+                    reason(
+                        c.decrypt(pb::DecryptRequest {
+                            ciphertext_blob: e.ciphertext_blob.clone(),
+                            key_id: m.key_id.clone(),
+                            encryption_algorithm: other.into(),
+                            ..Default::default()
+                        })
+                        .await
+                    ),
+                    "InvalidCiphertextException"
+                );
+            }
+            assert_eq!(
+                reason(
+                    c.encrypt(pb::EncryptRequest {
+                        key_id: m.key_id.clone(),
+                        plaintext: vec![1; max + 1],
+                        encryption_algorithm: alg.into(),
+                        ..Default::default()
+                    })
+                    .await
+                ),
+                "ValidationException",
+                "{} {alg}: {} bytes",
+                m.key_spec,
+                max + 1
+            );
+        }
+        rsa_encryption.push(json!({
+            "key_id": m.key_id, "plaintext": b64(b"encrypted by OpenSSL"), "p11kms_ciphertexts": ours,
+        }));
+    }
+
+    // ---- HMAC: lengths, VerifyMac, tampering.
+    for (m, alg, len) in &macs {
+        let g = c
+            .generate_mac(pb::GenerateMacRequest {
+                message: b"mac me".to_vec(),
+                key_id: m.key_id.clone(),
+                mac_algorithm: alg.to_string(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(g.mac.len(), *len);
+        assert_eq!(g.mac_algorithm, *alg);
+        let again = c
+            .generate_mac(pb::GenerateMacRequest {
+                message: b"mac me".to_vec(),
+                key_id: m.key_id.clone(),
+                mac_algorithm: alg.to_string(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.mac, g.mac, "HMAC is deterministic");
+        let vm = |msg: &[u8], mac: &[u8]| pb::VerifyMacRequest {
+            message: msg.to_vec(),
+            key_id: m.key_id.clone(),
+            mac_algorithm: alg.to_string(),
+            mac: mac.to_vec(),
+            grant_tokens: vec![],
+        };
+        assert!(
+            c.verify_mac(vm(b"mac me", &g.mac))
+                .await
+                .unwrap()
+                .into_inner()
+                .mac_valid
+        );
+        let mut bad = g.mac.clone();
+        bad[len - 1] ^= 1;
+        assert_eq!(
+            reason(c.verify_mac(vm(b"mac me", &bad)).await),
+            "KMSInvalidMacException"
+        );
+        assert_eq!(
+            reason(c.verify_mac(vm(b"mac me!", &g.mac)).await),
+            "KMSInvalidMacException"
+        );
+        assert_eq!(
+            reason(c.verify_mac(vm(b"mac me", &g.mac[..len - 1])).await),
+            "KMSInvalidMacException"
+        );
+    }
+    // Different HMAC keys give different MACs.
+    let mac_of = |k: &str| pb::GenerateMacRequest {
+        message: b"same".to_vec(),
+        key_id: k.into(),
+        mac_algorithm: "HMAC_SHA_256".into(),
+        grant_tokens: vec![],
+    };
+    let other256 = create(&mut c, "HMAC_256", "GENERATE_VERIFY_MAC").await;
+    let a = c
+        .generate_mac(mac_of(&macs[1].0.key_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .mac;
+    let b = c
+        .generate_mac(mac_of(&other256.key_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .mac;
+    assert_ne!(a, b);
+
+    // ---- Data key pairs under the symmetric key.
+    let mut data_key_pairs = Vec::new();
+    let ec_ctx = ctx(&[("purpose", "data-key-pair")]);
+    for spec in [
+        "RSA_2048",
+        "RSA_3072",
+        "RSA_4096",
+        "ECC_NIST_P256",
+        "ECC_NIST_P384",
+        "ECC_NIST_P521",
+        "ECC_SECG_P256K1",
+    ] {
+        let t = Instant::now();
+        let out = c
+            .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+                encryption_context: ec_ctx.clone(),
+                key_id: symmetric.key_id.clone(),
+                key_pair_spec: spec.into(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("GenerateDataKeyPair {spec}: {e}"))
+            .into_inner();
+        eprintln!("GenerateDataKeyPair {spec}: {:?}", t.elapsed());
+        assert_eq!(out.key_pair_spec, spec);
+        assert_eq!(out.key_id, symmetric.arn);
+        let d = c
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: out.private_key_ciphertext_blob.clone(),
+                encryption_context: ec_ctx.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.plaintext, out.private_key_plaintext, "{spec}");
+        assert_eq!(
+            reason(
+                c.decrypt(pb::DecryptRequest {
+                    ciphertext_blob: out.private_key_ciphertext_blob.clone(),
+                    encryption_context: ctx(&[("purpose", "other")]),
+                    ..Default::default()
+                })
+                .await
+            ),
+            "InvalidCiphertextException"
+        );
+        data_key_pairs.push(json!({
+            "spec": spec, "pkcs8": b64(&out.private_key_plaintext), "spki": b64(&out.public_key),
+        }));
+    }
+    let wp = c
+        .generate_data_key_pair_without_plaintext(pb::GenerateDataKeyPairWithoutPlaintextRequest {
+            encryption_context: ec_ctx.clone(),
+            key_id: symmetric.key_id.clone(),
+            key_pair_spec: "ECC_NIST_P384".into(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: wp.private_key_ciphertext_blob.clone(),
+            encryption_context: ec_ctx.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    data_key_pairs.push(json!({
+        "spec": "ECC_NIST_P384", "pkcs8": b64(&opened.plaintext), "spki": b64(&wp.public_key),
+    }));
+    // No data key pair object is left on the token.
+    assert!(!hsm
+        .list_objects()
+        .await
+        .unwrap()
+        .iter()
+        .any(|o| o.label == "p11kms/data-key-pair"));
+
+    // ---- The independent implementation.
+    let input = dir.join("catalogue-in.json");
+    let output = dir.join("catalogue-out.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&json!({
+            "public_keys": public_keys, "signatures": signatures,
+            "rsa_encryption": rsa_encryption, "data_key_pairs": data_key_pairs,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    python(
+        &dir,
+        &endpoint,
+        vec![
+            "local".into(),
+            input.display().to_string(),
+            output.display().to_string(),
+        ],
+    )
+    .await;
+    let out: Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    let cts = out["ciphertexts"].as_array().unwrap();
+    assert_eq!(cts.len(), 2 * encrypting.len());
+    for ct in cts {
+        let blob = B64.decode(ct["ciphertext"].as_str().unwrap()).unwrap();
+        let d = c
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                key_id: ct["key_id"].as_str().unwrap().into(),
+                encryption_algorithm: ct["algorithm"].as_str().unwrap().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("Decrypt of an OpenSSL ciphertext {ct}: {e}"))
+            .into_inner();
+        assert_eq!(d.plaintext, b"encrypted by OpenSSL");
+        let mut bad = blob;
+        bad[7] ^= 1;
+        assert_eq!(
+            reason(
+                c.decrypt(pb::DecryptRequest {
+                    ciphertext_blob: bad,
+                    key_id: ct["key_id"].as_str().unwrap().into(),
+                    encryption_algorithm: ct["algorithm"].as_str().unwrap().into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            "InvalidCiphertextException"
+        );
+    }
+    // The AWS JSON door, with boto3.
+    python(
+        &dir,
+        &endpoint,
+        vec![
+            "boto3".into(),
+            signing[3].key_id.clone(),
+            signing[0].key_id.clone(),
+        ],
+    )
+    .await;
+
+    // ---- Reconciliation sees both halves and reports no drift for this daemon's keys (the
+    // token is shared with the other test's daemon, whose keys it reports as orphans here).
+    let ours: Vec<Vec<u8>> = signing
+        .iter()
+        .chain(&encrypting)
+        .chain(macs.iter().map(|(m, _, _)| m))
+        .map(|m| object(&m.key_id).as_bytes().to_vec())
+        .collect();
+    let no_drift = |report: &p11kms::core::reconcile::DriftReport| {
+        assert!(report.missing_objects.is_empty(), "{report:?}");
+        assert!(report.interrupted.is_empty(), "{report:?}");
+        assert!(
+            !report.orphan_objects.iter().any(|o| ours.contains(&o.id)),
+            "{report:?}"
+        );
+    };
+    no_drift(&server.kms.reconcile().await.unwrap());
+
+    // ---- Deletion destroys both halves of a key pair and the HMAC object.
+    let doomed = [&signing[3], &macs[0].0];
+    for m in doomed {
+        c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: m.key_id.clone(),
+            pending_window_in_days: Some(7),
+        })
+        .await
+        .unwrap();
+    }
+    clock.advance_days(8);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<Vec<u8>> = hsm
+            .list_objects()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        let left = doomed
+            .iter()
+            .filter(|m| ids.contains(&object(&m.key_id).as_bytes().to_vec()))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper did not destroy the objects"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The sweeper removes the metadata right after the objects.
+    loop {
+        let r = reason(
+            c.sign(sign_req(&signing[3].key_id, b"x", "RAW", "ECDSA_SHA_256"))
+                .await,
+        );
+        if r == "NotFoundException" {
+            break;
+        }
+        assert_eq!(r, "KMSInvalidStateException");
+        assert!(Instant::now() < deadline, "the key was not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    no_drift(&server.kms.reconcile().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_authorization() {
+    let (server, _dir, _endpoint) =
+        start_both("catalogue-bad", Arc::new(ManualClock::default())).await;
+    let mut c = admin(server.addr).await;
+    let ecc = create(&mut c, "ECC_NIST_P256", "SIGN_VERIFY").await;
+    let rsa_sign = create(&mut c, "RSA_2048", "SIGN_VERIFY").await;
+    let rsa_enc = create(&mut c, "RSA_2048", "ENCRYPT_DECRYPT").await;
+    let hmac = create(&mut c, "HMAC_256", "GENERATE_VERIFY_MAC").await;
+    let sym = create(&mut c, "", "").await;
+
+    // CreateKey: usage must suit the spec; unknown and unsupported specs.
+    for (spec, usage, want) in [
+        ("ECC_NIST_P256", "ENCRYPT_DECRYPT", "ValidationException"),
+        ("ECC_SECG_P256K1", "ENCRYPT_DECRYPT", "ValidationException"),
+        ("HMAC_256", "SIGN_VERIFY", "ValidationException"),
+        ("HMAC_256", "", "ValidationException"),
+        ("RSA_2048", "GENERATE_VERIFY_MAC", "ValidationException"),
+        ("SYMMETRIC_DEFAULT", "SIGN_VERIFY", "ValidationException"),
+        ("RSA_1024", "SIGN_VERIFY", "ValidationException"),
+        (
+            "ECC_NIST_EDWARDS25519",
+            "SIGN_VERIFY",
+            "UnsupportedOperationException",
+        ),
+    ] {
+        let r = c
+            .create_key(pb::CreateKeyRequest {
+                key_spec: spec.into(),
+                key_usage: usage.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(reason(r), want, "{spec} {usage}");
+    }
+
+    // Wrong algorithm for the spec, or wrong key usage.
+    for (key, alg) in [
+        (&ecc.key_id, "RSASSA_PSS_SHA_256"),
+        (&ecc.key_id, "ECDSA_SHA_384"),
+        (&rsa_sign.key_id, "ECDSA_SHA_256"),
+        (&rsa_enc.key_id, "RSASSA_PSS_SHA_256"),
+        (&sym.key_id, "ECDSA_SHA_256"),
+        (&hmac.key_id, "ECDSA_SHA_256"),
+    ] {
+        assert_eq!(
+            reason(c.sign(sign_req(key, b"m", "RAW", alg)).await),
+            "InvalidKeyUsageException",
+            "{key} {alg}"
+        );
+        assert_eq!(
+            reason(c.verify(verify_req(key, b"m", "RAW", b"sig", alg)).await),
+            "InvalidKeyUsageException",
+            "{key} {alg}"
+        );
+    }
+    assert_eq!(
+        reason(
+            c.encrypt(pb::EncryptRequest {
+                key_id: rsa_sign.key_id.clone(),
+                plaintext: b"x".to_vec(),
+                encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "InvalidKeyUsageException"
+    );
+    assert_eq!(
+        reason(
+            c.encrypt(pb::EncryptRequest {
+                key_id: sym.key_id.clone(),
+                plaintext: b"x".to_vec(),
+                encryption_algorithm: "RSAES_OAEP_SHA_1".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "InvalidKeyUsageException"
+    );
+    assert_eq!(
+        reason(
+            c.encrypt(pb::EncryptRequest {
+                key_id: rsa_enc.key_id.clone(),
+                plaintext: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "InvalidKeyUsageException",
+        "SYMMETRIC_DEFAULT on an RSA key"
+    );
+    assert_eq!(
+        reason(
+            c.generate_mac(pb::GenerateMacRequest {
+                message: b"m".to_vec(),
+                key_id: hmac.key_id.clone(),
+                mac_algorithm: "HMAC_SHA_512".into(),
+                grant_tokens: vec![],
+            })
+            .await
+        ),
+        "InvalidKeyUsageException"
+    );
+    assert_eq!(
+        reason(
+            c.generate_mac(pb::GenerateMacRequest {
+                message: b"m".to_vec(),
+                key_id: sym.key_id.clone(),
+                mac_algorithm: "HMAC_SHA_256".into(),
+                grant_tokens: vec![],
+            })
+            .await
+        ),
+        "InvalidKeyUsageException"
+    );
+    assert_eq!(
+        reason(
+            c.generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+                key_id: ecc.key_id.clone(),
+                key_pair_spec: "ECC_NIST_P256".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "InvalidKeyUsageException"
+    );
+
+    // Message sizes and DIGEST lengths.
+    let d32 = Sha256::digest(b"m").to_vec();
+    for (msg, mtype, alg) in [
+        (vec![0u8; 4097], "RAW", "ECDSA_SHA_256"),
+        (vec![], "RAW", "ECDSA_SHA_256"),
+        (d32[..31].to_vec(), "DIGEST", "ECDSA_SHA_256"),
+        (vec![0u8; 33], "DIGEST", "ECDSA_SHA_256"),
+        (d32.clone(), "NOT_A_TYPE", "ECDSA_SHA_256"),
+        (d32.clone(), "RAW", "NOT_AN_ALGORITHM"),
+        (d32.clone(), "RAW", ""),
+    ] {
+        assert_eq!(
+            reason(c.sign(sign_req(&ecc.key_id, &msg, mtype, alg)).await),
+            "ValidationException",
+            "{} bytes {mtype} {alg}",
+            msg.len()
+        );
+    }
+    assert_eq!(
+        reason(
+            c.sign(sign_req(
+                &rsa_sign.key_id,
+                &d32,
+                "DIGEST",
+                "RSASSA_PSS_SHA_512"
+            ))
+            .await
+        ),
+        "ValidationException"
+    );
+    // 4096 bytes RAW is fine.
+    c.sign(sign_req(&ecc.key_id, &[7u8; 4096], "RAW", "ECDSA_SHA_256"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(
+            c.generate_mac(pb::GenerateMacRequest {
+                message: vec![0; 4097],
+                key_id: hmac.key_id.clone(),
+                mac_algorithm: "HMAC_SHA_256".into(),
+                grant_tokens: vec![],
+            })
+            .await
+        ),
+        "ValidationException"
+    );
+
+    // Encryption context on asymmetric keys; Decrypt of RSA ciphertext needs the KeyId.
+    assert_eq!(
+        reason(
+            c.encrypt(pb::EncryptRequest {
+                key_id: rsa_enc.key_id.clone(),
+                plaintext: b"x".to_vec(),
+                encryption_context: ctx(&[("a", "b")]),
+                encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "ValidationException"
+    );
+    let ct = c
+        .encrypt(pb::EncryptRequest {
+            key_id: rsa_enc.key_id.clone(),
+            plaintext: b"x".to_vec(),
+            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    for (key, ec) in [
+        ("", ctx(&[])),
+        (rsa_enc.key_id.as_str(), ctx(&[("a", "b")])),
+    ] {
+        assert_eq!(
+            reason(
+                c.decrypt(pb::DecryptRequest {
+                    ciphertext_blob: ct.clone(),
+                    key_id: key.into(),
+                    encryption_context: ec,
+                    encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            "ValidationException"
+        );
+    }
+    assert_eq!(
+        reason(
+            c.decrypt(pb::DecryptRequest {
+                ciphertext_blob: ct[..100].to_vec(),
+                key_id: rsa_enc.key_id.clone(),
+                encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "InvalidCiphertextException"
+    );
+
+    // GetPublicKey is for asymmetric keys only.
+    for key in [&sym.key_id, &hmac.key_id] {
+        assert_eq!(
+            reason(
+                c.get_public_key(pb::GetPublicKeyRequest {
+                    key_id: key.clone(),
+                    grant_tokens: vec![],
+                })
+                .await
+            ),
+            "UnsupportedOperationException"
+        );
+    }
+    // Data key pair specs.
+    for (spec, want) in [
+        ("RSA_1024", "ValidationException"),
+        ("", "ValidationException"),
+        ("ECC_NIST_EDWARDS25519", "UnsupportedOperationException"),
+    ] {
+        assert_eq!(
+            reason(
+                c.generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+                    key_id: sym.key_id.clone(),
+                    key_pair_spec: spec.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            want,
+            "{spec}"
+        );
+    }
+
+    // Grants: operations must suit the key (kms-spec 1.5).
+    let grant = |key: &str, ops: &[&str]| pb::CreateGrantRequest {
+        key_id: key.into(),
+        grantee_principal: "arn:aws:iam::111122223333:user/user1".into(),
+        operations: ops.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    for (key, ops) in [
+        (&ecc.key_id, &["Encrypt"][..]),
+        (&ecc.key_id, &["GenerateMac"][..]),
+        (&hmac.key_id, &["Sign"][..]),
+        (&rsa_enc.key_id, &["Sign"][..]),
+        (&sym.key_id, &["Sign"][..]),
+    ] {
+        assert_eq!(
+            reason(c.create_grant(grant(key, ops)).await),
+            "ValidationException",
+            "{key} {ops:?}"
+        );
+    }
+    c.create_grant(grant(&ecc.key_id, &["Sign", "Verify", "GetPublicKey"]))
+        .await
+        .unwrap();
+    c.create_grant(grant(&hmac.key_id, &["GenerateMac", "VerifyMac"]))
+        .await
+        .unwrap();
+    c.create_grant(grant(
+        &rsa_enc.key_id,
+        &["Encrypt", "Decrypt", "GetPublicKey"],
+    ))
+    .await
+    .unwrap();
+
+    // A caller without kms:Sign (user2: no KMS permissions; the key policy delegates to IAM)
+    // is denied before any HSM call.
+    let mut user2 = client_as(server.addr, Some("user2")).await;
+    let ops = server.kms.hsm().total_ops();
+    for r in [
+        reason(
+            user2
+                .sign(sign_req(&ecc.key_id, b"m", "RAW", "ECDSA_SHA_256"))
+                .await,
+        ),
+        reason(
+            user2
+                .get_public_key(pb::GetPublicKeyRequest {
+                    key_id: ecc.key_id.clone(),
+                    grant_tokens: vec![],
+                })
+                .await,
+        ),
+        reason(
+            user2
+                .generate_mac(pb::GenerateMacRequest {
+                    message: b"m".to_vec(),
+                    key_id: hmac.key_id.clone(),
+                    mac_algorithm: "HMAC_SHA_256".into(),
+                    grant_tokens: vec![],
+                })
+                .await,
+        ),
+        reason(
+            user2
+                .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+                    key_id: sym.key_id.clone(),
+                    key_pair_spec: "ECC_NIST_P256".into(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+    ] {
+        assert_eq!(r, "AccessDeniedException");
+    }
+    assert_eq!(
+        server.kms.hsm().total_ops(),
+        ops,
+        "a denied request reached the HSM"
+    );
+}
