@@ -243,11 +243,11 @@ impl Kms {
         let r = &resolved.key.record;
         let (scheme, hash) = specs::signing_scheme(&r.key_spec, &r.key_usage, &algorithm)?;
         let digest = if is_digest {
-            if message.len() != hash.len() {
+            if message.len() != hash.digest_len() {
                 return Err(KmsError::Validation(format!(
                     "Digest is invalid length for algorithm {algorithm}: {} bytes, expected {}.",
                     message.len(),
-                    hash.len()
+                    hash.digest_len()
                 )));
             }
             message.to_vec()
@@ -556,7 +556,11 @@ impl Kms {
         }
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
-        let (pkcs8, public_key, sealed) = self
+        let crate::hsm::DataKeyPair {
+            pkcs8,
+            spki: public_key,
+            sealed,
+        } = self
             .hsm
             .generate_data_key_pair(pair, object, aad_builder(object, canonical_ctx))
             .await?;

@@ -29,6 +29,26 @@ use super::ops;
 use super::pool::WorkerCtx;
 use super::{AadBuilder, GcmSealed, KeyAttributes};
 
+/// A data key pair: the private key as PKCS#8 DER, the public key as SPKI DER, and the PKCS#8
+/// sealed under a symmetric CMK. `Debug` never prints the private key.
+pub struct DataKeyPair {
+    /// PKCS#8 `PrivateKeyInfo` DER.
+    pub pkcs8: Zeroizing<Vec<u8>>,
+    /// `SubjectPublicKeyInfo` DER.
+    pub spki: Vec<u8>,
+    /// The PKCS#8 sealed with AES-256-GCM under the CMK.
+    pub sealed: GcmSealed,
+}
+
+impl std::fmt::Debug for DataKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeyPair")
+            .field("pkcs8", &"<redacted>")
+            .field("spki_len", &self.spki.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// An elliptic curve p11kms can generate keys on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Curve {
@@ -718,7 +738,7 @@ pub(crate) fn generate_data_key_pair(
     spec: PairSpec,
     cmk: ObjectId,
     aad: AadBuilder,
-) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>, GcmSealed), HsmError> {
+) -> Result<DataKeyPair, HsmError> {
     let label = b"p11kms/data-key-pair".to_vec();
     let mut public_t = vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -758,5 +778,9 @@ pub(crate) fn generate_data_key_pair(
     }
     let (pkcs8, spki) = read?;
     let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, aad)?;
-    Ok((pkcs8, spki, sealed))
+    Ok(DataKeyPair {
+        pkcs8,
+        spki,
+        sealed,
+    })
 }

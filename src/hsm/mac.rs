@@ -32,7 +32,7 @@ pub enum MacAlg {
 
 impl MacAlg {
     /// Key and MAC length in bytes (the digest length).
-    pub fn len(self) -> usize {
+    pub fn mac_len(self) -> usize {
         match self {
             MacAlg::Sha224 => 28,
             MacAlg::Sha256 => 32,
@@ -65,7 +65,7 @@ pub(crate) fn hmac_template(id: &ObjectId, alg: MacAlg) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::ValueLen((alg.len() as u64).into()),
+        Attribute::ValueLen((alg.mac_len() as u64).into()),
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
@@ -135,7 +135,7 @@ pub(crate) fn verify_mac(
     message: &[u8],
     mac: &[u8],
 ) -> Result<bool, HsmError> {
-    if mac.len() != alg.len() {
+    if mac.len() != alg.mac_len() {
         return Ok(false);
     }
     let mech = alg.mechanism();

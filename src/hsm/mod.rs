@@ -74,7 +74,7 @@ use cryptoki::slot::Slot;
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
-pub use asym::{Curve, PairSpec, PairUsage, ShaAlg, SignScheme};
+pub use asym::{Curve, DataKeyPair, PairSpec, PairUsage, ShaAlg, SignScheme};
 pub use error::{HsmError, HsmErrorKind};
 pub use mac::MacAlg;
 pub use objects::ObjectId;
@@ -674,15 +674,15 @@ impl Hsm {
         .await
     }
 
-    /// A data key pair generated on the device as session objects, returned as
-    /// (PKCS#8 DER, SPKI DER, the PKCS#8 sealed under the symmetric CMK `cmk`). The session
-    /// objects are destroyed in the same job.
+    /// A data key pair generated on the device as session objects, returned as PKCS#8 DER,
+    /// SPKI DER and the PKCS#8 sealed under the symmetric CMK `cmk`. The session objects are
+    /// destroyed in the same job.
     pub async fn generate_data_key_pair(
         &self,
         spec: PairSpec,
         cmk: ObjectId,
         aad: AadBuilder,
-    ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>, GcmSealed), HsmError> {
+    ) -> Result<DataKeyPair, HsmError> {
         self.submit("generate_data_key_pair", move |ctx| {
             asym::generate_data_key_pair(ctx, spec, cmk, aad)
         })

@@ -130,7 +130,11 @@ async fn hmac_keys_and_data_key_pairs() {
     let cmk = new_id();
     hsm.generate_aes_key(cmk).await.unwrap();
     for spec in [PairSpec::Ec(Curve::P521), PairSpec::Rsa(2048)] {
-        let (pkcs8, spki, sealed) = hsm
+        let DataKeyPair {
+            pkcs8,
+            spki,
+            sealed,
+        } = hsm
             .generate_data_key_pair(spec, cmk, Box::new(|iv| iv.to_vec()))
             .await
             .unwrap();
