@@ -26,7 +26,7 @@ pub const MAX_MESSAGE: usize = 4096;
 pub const MAX_SIGNATURE: usize = 6144;
 
 /// Sign input.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SignRequest {
     pub key_id: String,
     pub message: Zeroizing<Vec<u8>>,
@@ -45,7 +45,7 @@ pub struct SignResponse {
 }
 
 /// Verify input.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VerifyRequest {
     pub key_id: String,
     pub message: Zeroizing<Vec<u8>>,
@@ -78,7 +78,7 @@ pub struct GetPublicKeyResponse {
 }
 
 /// GenerateMac / VerifyMac input (`mac` only for VerifyMac).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MacRequest {
     pub key_id: String,
     pub message: Zeroizing<Vec<u8>>,
@@ -96,6 +96,21 @@ pub struct MacResponse {
     pub mac_valid: bool,
     pub mac_algorithm: String,
 }
+
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("key_id", &self.key_id)
+                    .field("message", &"<redacted>")
+                    .finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+redacted_debug!(SignRequest, VerifyRequest, MacRequest);
 
 /// GenerateDataKeyPair(WithoutPlaintext) input.
 #[derive(Debug, Default, Clone)]
@@ -487,7 +502,7 @@ impl Kms {
         let alg = specs::mac_algorithm(&r.key_spec, &r.key_usage, &algorithm)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
-        let message = req.message.to_vec();
+        let message = req.message;
         if verify {
             let ok = self.hsm.verify_mac(object, alg, message, req.mac).await?;
             if !ok {

@@ -652,7 +652,7 @@ impl Hsm {
         &self,
         id: ObjectId,
         alg: MacAlg,
-        message: Vec<u8>,
+        message: Zeroizing<Vec<u8>>,
     ) -> Result<Vec<u8>, HsmError> {
         self.submit("generate_mac", move |ctx| {
             mac::generate_mac(ctx, id, alg, &message)
@@ -665,7 +665,7 @@ impl Hsm {
         &self,
         id: ObjectId,
         alg: MacAlg,
-        message: Vec<u8>,
+        message: Zeroizing<Vec<u8>>,
         tag: Vec<u8>,
     ) -> Result<bool, HsmError> {
         self.submit("verify_mac", move |ctx| {

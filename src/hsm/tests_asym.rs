@@ -108,18 +108,23 @@ async fn hmac_keys_and_data_key_pairs() {
     let id = new_id();
     hsm.generate_hmac_key(id, MacAlg::Sha384).await.unwrap();
     let mac = hsm
-        .generate_mac(id, MacAlg::Sha384, b"msg".to_vec())
+        .generate_mac(id, MacAlg::Sha384, Zeroizing::new(b"msg".to_vec()))
         .await
         .unwrap();
     assert_eq!(mac.len(), 48);
     assert!(hsm
-        .verify_mac(id, MacAlg::Sha384, b"msg".to_vec(), mac.clone())
+        .verify_mac(
+            id,
+            MacAlg::Sha384,
+            Zeroizing::new(b"msg".to_vec()),
+            mac.clone()
+        )
         .await
         .unwrap());
     let mut bad = mac;
     bad[3] ^= 1;
     assert!(!hsm
-        .verify_mac(id, MacAlg::Sha384, b"msg".to_vec(), bad)
+        .verify_mac(id, MacAlg::Sha384, Zeroizing::new(b"msg".to_vec()), bad)
         .await
         .unwrap());
     let a = hsm.key_attributes(id).await.unwrap();
