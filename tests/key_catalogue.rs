@@ -764,6 +764,93 @@ async fn catalogue_end_to_end() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     no_drift(&server.kms.reconcile().await.unwrap());
+
+    // ---- The audit trail: every new operation is recorded with safe parameters only.
+    let sign_b64 = b64(&message);
+    let wanted = [
+        "Sign",
+        "Verify",
+        "GetPublicKey",
+        "GenerateMac",
+        "VerifyMac",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let evs = audit_events(&dir);
+        let all = wanted
+            .iter()
+            .all(|w| evs.iter().any(|e| e["eventName"] == *w));
+        // boto3's Sign through the AWS door is among them.
+        let door = evs
+            .iter()
+            .filter(|e| e["eventName"] == "Sign")
+            .any(|e| e["requestParameters"]["signingAlgorithm"] == "RSASSA_PSS_SHA_256");
+        if all && door {
+            break evs;
+        }
+        assert!(Instant::now() < deadline, "audit events missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for e in &events {
+        let text = e.to_string();
+        assert!(
+            !text.contains(&sign_b64),
+            "a message reached the audit trail: {text}"
+        );
+        assert!(
+            !text.contains("c2lnbmVkIHRocm91Z2g"),
+            "a boto3 message was logged: {text}"
+        );
+        let params = &e["requestParameters"];
+        for secret in [
+            "message",
+            "signature",
+            "mac",
+            "plaintext",
+            "privateKeyPlaintext",
+        ] {
+            assert!(params.get(secret).is_none(), "{secret} logged: {text}");
+        }
+    }
+    let sign = events
+        .iter()
+        .find(|e| e["eventName"] == "Sign" && e["errorCode"].is_null())
+        .unwrap();
+    assert!(
+        sign["requestParameters"]["signingAlgorithm"].is_string(),
+        "{sign}"
+    );
+    assert!(
+        sign["requestParameters"]["messageType"].is_string(),
+        "{sign}"
+    );
+    let dkp = events
+        .iter()
+        .find(|e| e["eventName"] == "GenerateDataKeyPair")
+        .unwrap();
+    assert!(dkp["requestParameters"]["keyPairSpec"].is_string(), "{dkp}");
+}
+
+/// The audit trail's events (JSON lines under `<data dir>/audit`).
+fn audit_events(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("audit"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|r| r["recordType"] == "event")
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
