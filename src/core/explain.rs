@@ -65,6 +65,14 @@ const KEY_ACTIONS: &[&str] = &[
     "kms:CreateAlias",
     "kms:UpdateAlias",
     "kms:DeleteAlias",
+    // Asymmetric keys, signatures and MACs.
+    "kms:Sign",
+    "kms:Verify",
+    "kms:GetPublicKey",
+    "kms:GenerateMac",
+    "kms:VerifyMac",
+    "kms:GenerateDataKeyPair",
+    "kms:GenerateDataKeyPairWithoutPlaintext",
 ];
 
 impl Kms {

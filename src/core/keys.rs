@@ -567,6 +567,38 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_curve_names_mechanism_and_curve() {
+        use crate::hsm::Curve;
+        let refused = HsmError {
+            kind: HsmErrorKind::Other,
+            function: "C_GenerateKeyPair",
+            rv: Some("CKR_CURVE_NOT_SUPPORTED (0x140)".into()),
+            token: "t".into(),
+            detail: None,
+        };
+        let e = creation_error(
+            "ECC_SECG_P256K1",
+            SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1)),
+            refused.clone(),
+        );
+        assert_eq!(e.aws_name(), "UnsupportedOperationException");
+        let m = e.message();
+        assert!(
+            m.contains("CKM_EC_KEY_PAIR_GEN") && m.contains("secp256k1") && m.contains("0x140"),
+            "{m}"
+        );
+        // A sick device is not a refusal.
+        let mut gone = refused;
+        gone.kind = HsmErrorKind::Unavailable;
+        let e = creation_error(
+            "ECC_SECG_P256K1",
+            SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1)),
+            gone,
+        );
+        assert_eq!(e.aws_name(), "KeyUnavailableException");
+    }
+
+    #[test]
     fn material_id_is_64_hex() {
         let id = key_material_id(ObjectId::new([1; 16], 1));
         assert_eq!(id.len(), 64);
