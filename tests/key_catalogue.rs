@@ -831,6 +831,8 @@ async fn catalogue_end_to_end() {
         .find(|e| e["eventName"] == "GenerateDataKeyPair")
         .unwrap();
     assert!(dkp["requestParameters"]["keyPairSpec"].is_string(), "{dkp}");
+    drop((c, hsm));
+    server.shutdown().await.unwrap();
 }
 
 /// The audit trail's events (JSON lines under `<data dir>/audit`).
@@ -1195,4 +1197,69 @@ async fn bad_input_and_authorization() {
         ops,
         "a denied request reached the HSM"
     );
+    drop((c, user2));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_of_key_pairs() {
+    use p11kms::core::InterruptCreate;
+    let (server, _dir, _endpoint) =
+        start_both("catalogue-drift", Arc::new(ManualClock::default())).await;
+    let mut c = admin(server.addr).await;
+    let hsm = server.kms.hsm().clone();
+
+    // A key pair creation interrupted after the HSM objects exist: reported as interrupted
+    // with its objects present (not as orphans).
+    server
+        .kms
+        .hooks()
+        .set_interrupt_create(InterruptCreate::AfterHsmObject);
+    let r = c
+        .create_key(pb::CreateKeyRequest {
+            key_spec: "ECC_NIST_P384".into(),
+            key_usage: "SIGN_VERIFY".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(r), "KMSInternalException");
+    server
+        .kms
+        .hooks()
+        .set_interrupt_create(InterruptCreate::Never);
+    let report = server.kms.reconcile().await.unwrap();
+    assert_eq!(report.interrupted.len(), 1, "{report:?}");
+    let interrupted = &report.interrupted[0];
+    assert!(interrupted.hsm_object_present, "{report:?}");
+    let id = object(&interrupted.key_id);
+    assert!(!report.orphan_objects.iter().any(|o| o.id == id.as_bytes()));
+
+    // A key pair whose objects vanished from the token is reported missing.
+    let lost = create(&mut c, "ECC_NIST_P256", "SIGN_VERIFY").await;
+    let kept = create(&mut c, "RSA_2048", "SIGN_VERIFY").await;
+    hsm.destroy_key_pair(object(&lost.key_id)).await.unwrap();
+    let report = server.kms.reconcile().await.unwrap();
+    assert!(
+        report.missing_objects.contains(&(lost.key_id.clone(), 1)),
+        "{report:?}"
+    );
+    assert!(
+        !report
+            .missing_objects
+            .iter()
+            .any(|(k, _)| *k == kept.key_id),
+        "{report:?}"
+    );
+    // The lost key answers KeyUnavailable, never a wrong signature.
+    assert_eq!(
+        reason(
+            c.sign(sign_req(&lost.key_id, b"m", "RAW", "ECDSA_SHA_256"))
+                .await
+        ),
+        "KeyUnavailableException"
+    );
+    // The interrupted key's objects are cleaned up for the other tests sharing the token.
+    hsm.destroy_key_pair(id).await.unwrap();
+    drop((c, hsm));
+    server.shutdown().await.unwrap();
 }
