@@ -634,12 +634,16 @@ pub(crate) fn rsa_decrypt(
                 e @ CkError::Pkcs11(
                     RvError::EncryptedDataInvalid
                     | RvError::EncryptedDataLenRange
-                    | RvError::GeneralError
                     | RvError::DataInvalid
                     | RvError::DataLenRange,
                     _,
                 ),
             ) => Err(failed(ctx, Some(&e))),
+            // SoftHSM2 answers bad OAEP padding with CKR_GENERAL_ERROR: a forged ciphertext
+            // only if the session and the key still answer, else the device is sick.
+            Err(e @ CkError::Pkcs11(RvError::GeneralError, _)) if device_healthy(ctx, h) => {
+                Err(failed(ctx, Some(&e)))
+            }
             Err(e) => Err(ctx.fail("C_Decrypt", &e)),
         }
     })?;
@@ -647,6 +651,32 @@ pub(crate) fn rsa_decrypt(
         return super::oaep::decode(&out, k).ok_or_else(|| failed(ctx, None));
     }
     Ok(out)
+}
+
+/// Whether the worker's session is logged in and `key` still answers `C_GetAttributeValue`.
+fn device_healthy(ctx: &mut WorkerCtx, key: ObjectHandle) -> bool {
+    count(ctx, "C_GetSessionInfo");
+    let session_ok = match ctx.session.get_session_info() {
+        Ok(info) => matches!(
+            info.session_state(),
+            cryptoki::session::SessionState::RwUser | cryptoki::session::SessionState::RoUser
+        ),
+        Err(e) => {
+            ctx.fail("C_GetSessionInfo", &e);
+            false
+        }
+    };
+    if !session_ok {
+        return false;
+    }
+    count(ctx, "C_GetAttributeValue");
+    match ctx.session.get_attributes(key, &[AttributeType::Class]) {
+        Ok(attrs) => attrs.iter().any(|a| matches!(a, Attribute::Class(_))),
+        Err(e) => {
+            ctx.fail("C_GetAttributeValue", &e);
+            false
+        }
+    }
 }
 
 // ---------------------------------------------------------------- data key pairs
