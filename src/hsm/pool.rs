@@ -328,6 +328,8 @@ const FUNCTIONS: &[&str] = &[
     "C_Sign",
     "C_SignInit",
     "C_WrapKey",
+    // Rotation and import of key material.
+    "C_UnwrapKey",
 ];
 
 /// Per-function PKCS#11 call counters and latencies, queue waits and rejections.
