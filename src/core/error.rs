@@ -52,6 +52,14 @@ pub enum KmsError {
     DependencyTimeout(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    ExpiredImportToken(String),
+    #[error("{0}")]
+    InvalidImportToken(String),
+    #[error("{0}")]
+    IncorrectKeyMaterial(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl KmsError {
@@ -80,6 +88,10 @@ impl KmsError {
             KmsError::Throttling(_) => "ThrottlingException",
             KmsError::DependencyTimeout(_) => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",
+            KmsError::ExpiredImportToken(_) => "ExpiredImportTokenException",
+            KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
+            KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
+            KmsError::Conflict(_) => "ConflictException",
         }
     }
 

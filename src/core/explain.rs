@@ -65,6 +65,14 @@ const KEY_ACTIONS: &[&str] = &[
     "kms:CreateAlias",
     "kms:UpdateAlias",
     "kms:DeleteAlias",
+    "kms:EnableKeyRotation",
+    "kms:DisableKeyRotation",
+    "kms:GetKeyRotationStatus",
+    "kms:RotateKeyOnDemand",
+    "kms:ListKeyRotations",
+    "kms:GetParametersForImport",
+    "kms:ImportKeyMaterial",
+    "kms:DeleteImportedKeyMaterial",
 ];
 
 impl Kms {
