@@ -337,6 +337,11 @@ impl Kms {
                     created_at_ms: now,
                 })
                 .await?;
+            // The cache follows the store: the new version is known (not yet current).
+            let mut pending = key.clone();
+            pending.versions.push(version);
+            pending.versions.sort_unstable();
+            self.cache_put(pending);
         } else {
             tracing::warn!(key_id, version, "completing an interrupted rotation");
         }
@@ -349,8 +354,13 @@ impl Kms {
         if !present {
             if let Err(e) = self.hsm.generate_aes_key(object).await {
                 if !leftover {
-                    if let Err(se) = self.store.abort_rotation(&key_id, version).await {
-                        tracing::error!(key_id, version, error = %se, "could not roll back a failed rotation row");
+                    match self.store.abort_rotation(&key_id, version).await {
+                        Ok(()) => {
+                            self.cache_put(key.clone());
+                        }
+                        Err(se) => {
+                            tracing::error!(key_id, version, error = %se, "could not roll back a failed rotation row")
+                        }
                     }
                 }
                 return Err(e.into());
