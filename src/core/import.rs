@@ -46,6 +46,8 @@ const WRAPPING_ALGORITHMS: &[&str] = &[
 const WRAPPING_KEY_SPECS: &[&str] = &["RSA_2048", "RSA_3072", "RSA_4096", "SM2"];
 const IMPORT_TYPES: &[&str] = &["NEW_KEY_MATERIAL", "EXISTING_KEY_MATERIAL"];
 const TOKEN_VERSION: u8 = 1;
+/// How long an expired import token's row is kept (its wrapping key is destroyed at expiry).
+const EXPIRED_TOKEN_RETENTION_MS: i64 = 7 * 86_400_000;
 
 /// GetParametersForImport output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,18 +515,39 @@ impl Kms {
             tracing::info!(key_id, "imported key material expired");
             expired.push(key_id);
         }
+        // Expired tokens: the wrapping key goes at once; the row stays for a while so that a
+        // late ImportKeyMaterial hears ExpiredImportTokenException, not InvalidImportToken.
         for t in self.store.list_import_tokens().await? {
             if t.expires_at_ms > now {
                 continue;
             }
-            if let Some(w) = parse_uuid(&t.wrapping_key_id) {
-                match self.hsm.destroy_wrapping_key(WrappingKeyId(w)).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
-                    Err(e) => return Err(e.into()),
+            let fresh = self
+                .swept_wrapping_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(t.token_sha256.clone());
+            if fresh {
+                if let Some(w) = parse_uuid(&t.wrapping_key_id) {
+                    match self.hsm.destroy_wrapping_key(WrappingKeyId(w)).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+                        Err(e) => {
+                            self.swept_wrapping_keys
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&t.token_sha256);
+                            return Err(e.into());
+                        }
+                    }
                 }
             }
-            self.store.delete_import_token(&t.token_sha256).await?;
+            if t.expires_at_ms + EXPIRED_TOKEN_RETENTION_MS <= now {
+                self.store.delete_import_token(&t.token_sha256).await?;
+                self.swept_wrapping_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&t.token_sha256);
+            }
         }
         Ok(expired)
     }
@@ -549,11 +572,13 @@ impl Kms {
 
     /// Wrapping-key uuids of every outstanding import token (for reconciliation).
     pub(crate) async fn live_wrapping_keys(&self) -> Result<Vec<[u8; 16]>, KmsError> {
+        let now = self.now_ms();
         Ok(self
             .store
             .list_import_tokens()
             .await?
             .iter()
+            .filter(|t| t.expires_at_ms > now)
             .filter_map(|t| parse_uuid(&t.wrapping_key_id))
             .collect())
     }

@@ -221,6 +221,8 @@ pub struct Kms {
     lifecycles: RwLock<BTreeMap<String, KeyLifecycle>>,
     /// Keys with a rotation under way -> when it started (ConflictException for a second one).
     rotating: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Expired import tokens (by SHA-256) whose wrapping key the sweeper has destroyed.
+    swept_wrapping_keys: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -255,6 +257,7 @@ impl Kms {
             decision_counts: DecisionCounts::default(),
             lifecycles: RwLock::new(BTreeMap::new()),
             rotating: std::sync::Mutex::new(BTreeMap::new()),
+            swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;

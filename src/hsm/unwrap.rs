@@ -237,8 +237,7 @@ impl MaterialCheck {
     }
 }
 
-/// One ImportKeyMaterial job.
-#[derive(Debug)]
+/// One ImportKeyMaterial job. `Debug` leaves out the wrapped material.
 pub struct ImportJob {
     /// The wrapping key the import token names.
     pub wrapping_key: WrappingKeyId,
@@ -254,6 +253,18 @@ pub struct ImportJob {
     pub expected: Option<MaterialCheck>,
     /// Create the token object (false when the same material is already on the token).
     pub create_object: bool,
+}
+
+impl std::fmt::Debug for ImportJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportJob")
+            .field("wrapping_key", &self.wrapping_key)
+            .field("algorithm", &self.algorithm)
+            .field("target", &self.target)
+            .field("kind", &self.kind)
+            .field("create_object", &self.create_object)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The result of a wrapping-key generation.
