@@ -511,9 +511,15 @@ impl Kms {
             if !l.material_present || l.valid_to_ms.is_none_or(|v| v > now) {
                 continue;
             }
-            self.drop_material(&key).await?;
-            tracing::info!(key_id, "imported key material expired");
-            expired.push(key_id);
+            match self.drop_material(&key).await {
+                Ok(()) => {
+                    tracing::info!(key_id, "imported key material expired");
+                    expired.push(key_id);
+                }
+                Err(e) => {
+                    tracing::error!(key_id, error = %e, "expiring imported key material failed; will retry")
+                }
+            }
         }
         // Expired tokens: the wrapping key goes at once; the row stays for a while so that a
         // late ImportKeyMaterial hears ExpiredImportTokenException, not InvalidImportToken.

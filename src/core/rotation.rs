@@ -436,8 +436,14 @@ impl Kms {
             {
                 continue;
             }
-            self.rotate(&key, AUTOMATIC).await?;
-            rotated.push(key_id);
+            // One key's failure (device hiccup) must not hold back the others: log, retry on
+            // the next sweep.
+            match self.rotate(&key, AUTOMATIC).await {
+                Ok(_) => rotated.push(key_id),
+                Err(e) => {
+                    tracing::error!(key_id, error = %e, "automatic rotation failed; will retry")
+                }
+            }
         }
         Ok(rotated)
     }
