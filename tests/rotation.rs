@@ -352,6 +352,18 @@ async fn limits_and_bad_inputs() {
     assert_eq!(blob_version(&encrypt(&mut c, &key, b"x").await), 26);
     assert_eq!(rotations(&mut c, &key).await.len(), 25);
 
+    // An automatic rotation due within 20 minutes: ConflictException, nothing created.
+    let soon = create_key(&mut c).await;
+    c.enable_key_rotation(pb::EnableKeyRotationRequest {
+        key_id: soon.clone(),
+        rotation_period_in_days: Some(90),
+    })
+    .await
+    .unwrap();
+    clock.advance_ms(90 * 86_400_000 - 10 * 60_000);
+    assert_eq!(reason(rotate(&mut c, &soon).await), "ConflictException");
+    assert_eq!(objects_of(&server, &soon).await, vec![1]);
+
     // Disabled key: DisabledException (GetKeyRotationStatus still answers).
     let other = create_key(&mut c).await;
     c.disable_key(pb::DisableKeyRequest {

@@ -26,6 +26,8 @@ pub const AUTOMATIC: &str = "AUTOMATIC";
 /// `ON_DEMAND` rotation type.
 pub const ON_DEMAND: &str = "ON_DEMAND";
 const DAY_MS: i64 = 86_400_000;
+/// RotateKeyOnDemand is a ConflictException while an automatic rotation is due this soon.
+const AUTOMATIC_ROTATION_GUARD_MS: i64 = 20 * 60_000;
 
 /// GetKeyRotationStatus output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +239,8 @@ impl Kms {
     }
 
     /// RotateKeyOnDemand: a new version now; at most 25 per key; ConflictException while a
-    /// rotation of the key is under way. The automatic schedule does not move.
+    /// rotation of the key is under way or an automatic one is due within 20 minutes. The
+    /// automatic schedule does not move.
     pub async fn rotate_key_on_demand(
         &self,
         caller: &Caller,
@@ -260,7 +263,17 @@ impl Kms {
             KmsError::NotFound(format!("Key '{}' does not exist", resolved.key.arn))
         })?;
         check_rotation_state(&key, false)?;
-        if self.lifecycle_of(&id).on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
+        let l = self.lifecycle_of(&id);
+        if l.rotation_enabled
+            && l.next_rotation_ms
+                .is_some_and(|n| n - self.now_ms() <= AUTOMATIC_ROTATION_GUARD_MS)
+        {
+            return Err(KmsError::Conflict(format!(
+                "An automatic rotation of {} is due within 20 minutes.",
+                key.arn
+            )));
+        }
+        if l.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
             return Err(KmsError::LimitExceeded(format!(
                 "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
                 key.arn
