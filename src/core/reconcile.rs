@@ -111,6 +111,8 @@ impl Kms {
         report.orphan_objects = objects
             .into_iter()
             .filter(|o| o.label.starts_with("p11kms/"))
+            // Session objects of an import job in flight (they never outlive the job).
+            .filter(|o| o.label != "p11kms/import-check" && o.label != "p11kms/import-ephemeral")
             .filter(|o| {
                 WrappingKeyId::from_cka_id(&o.id).is_none_or(|w| !live_wrapping.contains(&w.0))
             })
