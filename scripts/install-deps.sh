@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what p11kms needs on a Debian or Ubuntu machine, only where it is missing:
-# SoftHSM2 (the dev and test HSM), OpenSC (pkcs11-tool, for operators), and a C compiler
+# SoftHSM2 (the dev and test HSM), OpenSC (pkcs11-tool, for operators), the openssl CLI
+# (BYOK import tests), and a C compiler
 # (the tests build a small PKCS#11 fault-injection shim). Rust itself must already be
 # installed (https://rustup.rs): this script says so and stops if it is not.
 set -euo pipefail
@@ -10,6 +11,8 @@ command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# openssl: the BYOK import tests wrap key material with the openssl CLI, as AWS documents it.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # python3-venv: the AWS-client tests install awscli, boto3 and aws-encryption-sdk into .venv.
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 

@@ -58,6 +58,13 @@ impl CheckReport {
                 }
             );
         }
+        for (k, v, present) in &d.interrupted_rotations {
+            let _ = writeln!(
+                out,
+                "DRIFT interrupted rotation: key {k} version {v} is not current yet; HSM object {} (the key's next rotation completes it)",
+                if *present { "present" } else { "absent" }
+            );
+        }
         for (k, v) in &d.missing_objects {
             let _ = writeln!(out, "DRIFT missing HSM object: key {k} version {v}");
         }

@@ -56,6 +56,13 @@ pub enum KmsError {
     InvalidSignature(String),
     #[error("{0}")]
     InvalidMac(String),
+    ExpiredImportToken(String),
+    #[error("{0}")]
+    InvalidImportToken(String),
+    #[error("{0}")]
+    IncorrectKeyMaterial(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl KmsError {
@@ -86,6 +93,10 @@ impl KmsError {
             KmsError::Internal(_) => "KMSInternalException",
             KmsError::InvalidSignature(_) => "KMSInvalidSignatureException",
             KmsError::InvalidMac(_) => "KMSInvalidMacException",
+            KmsError::ExpiredImportToken(_) => "ExpiredImportTokenException",
+            KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
+            KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
+            KmsError::Conflict(_) => "ConflictException",
         }
     }
 

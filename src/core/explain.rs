@@ -73,6 +73,14 @@ const KEY_ACTIONS: &[&str] = &[
     "kms:VerifyMac",
     "kms:GenerateDataKeyPair",
     "kms:GenerateDataKeyPairWithoutPlaintext",
+    "kms:EnableKeyRotation",
+    "kms:DisableKeyRotation",
+    "kms:GetKeyRotationStatus",
+    "kms:RotateKeyOnDemand",
+    "kms:ListKeyRotations",
+    "kms:GetParametersForImport",
+    "kms:ImportKeyMaterial",
+    "kms:DeleteImportedKeyMaterial",
 ];
 
 impl Kms {

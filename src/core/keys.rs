@@ -84,6 +84,10 @@ pub struct KeyMetadata {
     pub multi_region: bool,
     pub pending_deletion_window_in_days: Option<i32>,
     pub current_key_material_id: String,
+    /// Imported key material: when it expires (Unix milliseconds).
+    pub valid_to_ms: Option<i64>,
+    /// Imported key material: `KEY_MATERIAL_EXPIRES` or `KEY_MATERIAL_DOES_NOT_EXPIRE`.
+    pub expiration_model: Option<String>,
 }
 
 /// One ListKeys entry.
@@ -147,7 +151,7 @@ impl Kms {
     /// KeyMetadata for a cached key.
     pub fn key_metadata(&self, key: &CachedKey) -> KeyMetadata {
         let r = &key.record;
-        KeyMetadata {
+        let mut m = KeyMetadata {
             aws_account_id: r.account.clone(),
             key_id: r.key_id.clone(),
             arn: key.arn.clone(),
@@ -170,7 +174,15 @@ impl Kms {
             } else {
                 key_material_id(key.current_object())
             },
+            valid_to_ms: None,
+            expiration_model: None,
+        };
+        if r.origin == "EXTERNAL" {
+            let l = self.lifecycle_of(&r.key_id);
+            m.valid_to_ms = l.valid_to_ms;
+            m.expiration_model = l.expiration_model;
         }
+        m
     }
 
     /// CreateKey: a new CMK (symmetric, key pair or HMAC) generated inside the HSM, created in
@@ -225,7 +237,15 @@ impl Kms {
                 "KeyUsage {usage} is not compatible with KeySpec {spec}."
             )));
         }
-        if origin != "AWS_KMS" {
+        // Origin EXTERNAL (BYOK): SYMMETRIC_DEFAULT and HMAC keys, created in PendingImport
+        // with no HSM object until ImportKeyMaterial.
+        let external = origin == "EXTERNAL";
+        if external && spec != SYMMETRIC_DEFAULT && !spec.starts_with("HMAC_") {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "Origin EXTERNAL is not supported for KeySpec {spec} by this p11kms build."
+            )));
+        }
+        if origin != "AWS_KMS" && !external {
             return Err(KmsError::UnsupportedOperation(format!(
                 "Origin {origin} is not supported by this p11kms build yet."
             )));
@@ -307,6 +327,25 @@ impl Kms {
                 record: record.clone(),
             };
             self.lockout_check(caller, &prospective, &compiled)?;
+        }
+        if external {
+            // No HSM object: the key waits for ImportKeyMaterial.
+            record.state = KeyState::PendingImport;
+            self.store.insert_key(&record, &req.tags).await?;
+            let cached = self.cache_put(CachedKey {
+                arn: self.key_arn(&record.account, &key_id),
+                uuid: *uuid.as_bytes(),
+                versions: Vec::new(),
+                tags: req.tags,
+                policy: Some(compiled),
+                grants: Vec::new(),
+                record,
+            });
+            tracing::info!(
+                key_id,
+                "key created for imported key material (PendingImport)"
+            );
+            return Ok(self.key_metadata(&cached));
         }
         // Phase one: the row, in Creating.
         self.store.insert_key(&record, &req.tags).await?;

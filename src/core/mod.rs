@@ -14,10 +14,12 @@ pub mod crypto;
 pub mod error;
 pub mod explain;
 pub mod grants;
+pub mod import;
 pub mod keys;
 pub mod policies;
 pub mod reconcile;
 pub mod record;
+pub mod rotation;
 pub mod specs;
 pub mod sts;
 pub mod sweeper;
@@ -34,7 +36,9 @@ use crate::hsm::{Hsm, ObjectId};
 use crate::identity::arn::{self, Arn};
 use crate::identity::{Caller, DirectoryHandle, SessionStore};
 use crate::policy::Policy;
-use crate::store::{AliasRecord, GrantRecord, KeyBundle, KeyRecord, KeyState, MetadataStore, Tag};
+use crate::store::{
+    AliasRecord, GrantRecord, KeyBundle, KeyLifecycle, KeyRecord, KeyState, MetadataStore, Tag,
+};
 
 pub use authz::{AuthzRequest, CtxValue};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -66,12 +70,27 @@ pub enum InterruptCreate {
 #[derive(Debug, Default)]
 pub struct TestHooks {
     interrupt_create: AtomicU8,
+    interrupt_rotation: AtomicU8,
 }
 
 impl TestHooks {
     /// Makes every following CreateKey stop at `at` (until reset with `Never`).
     pub fn set_interrupt_create(&self, at: InterruptCreate) {
         self.interrupt_create.store(at as u8, Ordering::SeqCst);
+    }
+
+    /// Makes every following rotation stop at `at` (until reset with `Never`): after the new
+    /// version's row, or after its HSM object.
+    pub fn set_interrupt_rotation(&self, at: InterruptCreate) {
+        self.interrupt_rotation.store(at as u8, Ordering::SeqCst);
+    }
+
+    fn interrupt_rotation(&self) -> InterruptCreate {
+        match self.interrupt_rotation.load(Ordering::SeqCst) {
+            1 => InterruptCreate::AfterMetadataRow,
+            2 => InterruptCreate::AfterHsmObject,
+            _ => InterruptCreate::Never,
+        }
     }
 
     fn interrupt_create(&self) -> InterruptCreate {
@@ -200,6 +219,12 @@ pub struct Kms {
     mutate: tokio::sync::Mutex<()>,
     /// Decisions by outcome.
     decision_counts: DecisionCounts,
+    /// Rotation schedules and imported-material state, by key id (migration 0004).
+    lifecycles: RwLock<BTreeMap<String, KeyLifecycle>>,
+    /// Keys with a rotation under way -> when it started (ConflictException for a second one).
+    rotating: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Expired import tokens (by SHA-256) whose wrapping key the sweeper has destroyed.
+    swept_wrapping_keys: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -232,10 +257,18 @@ impl Kms {
             cache: RwLock::new(Cache::default()),
             mutate: tokio::sync::Mutex::new(()),
             decision_counts: DecisionCounts::default(),
+            lifecycles: RwLock::new(BTreeMap::new()),
+            rotating: std::sync::Mutex::new(BTreeMap::new()),
+            swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;
         let deleted = kms.store.deleted_key_ids().await?;
+        let lifecycles = kms.store.load_lifecycles().await?;
+        *kms.lifecycles.write().unwrap_or_else(|p| p.into_inner()) = lifecycles
+            .into_iter()
+            .map(|l| (l.key_id.clone(), l))
+            .collect();
         {
             let mut cache = kms.cache_write();
             for b in bundles {

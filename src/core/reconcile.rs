@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use super::{Kms, KmsError};
+use crate::hsm::unwrap::WrappingKeyId;
 use crate::hsm::ObjectInfo;
 use crate::store::KeyState;
 
@@ -30,12 +31,16 @@ pub struct DriftReport {
     pub missing_objects: Vec<(String, u32)>,
     /// p11kms-labelled objects on the token that no stored key version accounts for.
     pub orphan_objects: Vec<ObjectInfo>,
+    /// Rotations stopped between their phases: (key id, new version, whether its HSM object
+    /// exists). The key's next rotation completes them.
+    pub interrupted_rotations: Vec<(String, u32, bool)>,
 }
 
 impl DriftReport {
     /// True when store and token agree.
     pub fn is_clean(&self) -> bool {
         self.interrupted.is_empty()
+            && self.interrupted_rotations.is_empty()
             && self.missing_objects.is_empty()
             && self.orphan_objects.is_empty()
     }
@@ -90,6 +95,18 @@ impl Kms {
             };
             for v in &b.versions {
                 accounted.insert((uuid, v.version));
+                if v.version > b.key.current_version {
+                    report.interrupted_rotations.push((
+                        b.key.key_id.clone(),
+                        v.version,
+                        on_token.contains(&(uuid, v.version)),
+                    ));
+                    continue;
+                }
+                // Imported material that expired or was deleted is absent by design.
+                if b.key.state == KeyState::PendingImport {
+                    continue;
+                }
                 if !classes
                     .iter()
                     .all(|c| by_class.contains(&(uuid, v.version, *c)))
@@ -100,9 +117,18 @@ impl Kms {
                 }
             }
         }
+        // Wrapping keys of outstanding import tokens are accounted for; any other wrapping
+        // key (its token expired or was used, and destroying it failed) is an orphan.
+        let live_wrapping: BTreeSet<[u8; 16]> =
+            self.live_wrapping_keys().await?.into_iter().collect();
         report.orphan_objects = objects
             .into_iter()
             .filter(|o| o.label.starts_with("p11kms/"))
+            // Session objects of an import job in flight (they never outlive the job).
+            .filter(|o| o.label != "p11kms/import-check" && o.label != "p11kms/import-ephemeral")
+            .filter(|o| {
+                WrappingKeyId::from_cka_id(&o.id).is_none_or(|w| !live_wrapping.contains(&w.0))
+            })
             .filter(|o| {
                 !o.label
                     .starts_with(crate::hsm::signing::AUDIT_KEY_LABEL_PREFIX)

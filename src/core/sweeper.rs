@@ -1,5 +1,8 @@
-//! The deletion sweeper: when a key's pending window ends, destroy its HSM objects, then its
-//! metadata. Each step is idempotent, so a sweep interrupted halfway finishes on the next run.
+//! The deletion sweeper: when a key's pending window ends, destroy its HSM objects (every
+//! version, and the wrapping keys of outstanding imports), then its metadata. Each step is
+//! idempotent, so a sweep interrupted halfway finishes on the next run. The same loop runs the
+//! automatic rotation sweep ([`Kms::sweep_rotations`]) and the import expiry sweep
+//! ([`Kms::sweep_imports`]), all on the engine's clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,9 @@ impl Kms {
                 continue;
             }
             let pair = super::specs::is_pair(&key.record.key_spec);
+            // Import wrapping keys first (their token rows go with the key), then every
+            // version of the key material.
+            self.destroy_wrapping_keys_of(&key_id).await?;
             for &version in &key.versions {
                 let object = ObjectId::new(key.uuid, version);
                 let destroyed = if pair {
@@ -62,6 +68,7 @@ impl Kms {
                 cache.remove_aliases_of(&key_id);
                 cache.deleted.insert(uuid);
             }
+            self.lifecycle_cache_remove(&key_id);
             tracing::info!(
                 key_id,
                 "key deleted: HSM objects destroyed and metadata removed"
@@ -81,6 +88,12 @@ pub fn spawn_sweeper(kms: Arc<Kms>, interval: Duration) -> tokio::task::JoinHand
             tick.tick().await;
             if let Err(e) = kms.sweep_deletions().await {
                 tracing::error!(error = %e, "deletion sweep failed; will retry");
+            }
+            if let Err(e) = kms.sweep_rotations().await {
+                tracing::error!(error = %e, "automatic rotation sweep failed; will retry");
+            }
+            if let Err(e) = kms.sweep_imports().await {
+                tracing::error!(error = %e, "import expiry sweep failed; will retry");
             }
         }
     })

@@ -59,6 +59,9 @@ pub mod stats;
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_asym;
+pub mod unwrap;
+#[cfg(test)]
+mod unwrap_tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,6 +106,10 @@ const EXCLUSIVE_OPS: &[&str] = &[
     "generate_hmac_key",
     "destroy_key_pair",
     "generate_data_key_pair",
+    // Rotation and import of key material.
+    "generate_wrapping_key",
+    "destroy_wrapping_key",
+    "import_material",
 ];
 
 /// Largest request for random bytes or a data key, in bytes.
@@ -524,6 +531,49 @@ impl Hsm {
             }
             tracing::info!(token = %self.shared.token, "HSM token closed");
         }
+    }
+
+    // ---------------------------------------------------------------- rotation and import
+    // (issue 7: rotation uses `generate_aes_key`; BYOK import lives in `unwrap.rs`.)
+
+    /// Generate a fresh RSA wrapping key pair of `bits` (2048/3072/4096) for an import: the
+    /// private key stays on the token (unwrap only), the public key comes back as DER SPKI.
+    /// RSA key generation is slow on SoftHSM2 (up to seconds for 4096 bits) and runs alone.
+    /// `sha256`: the key will unwrap with RSA-OAEP over SHA-256, which not every token
+    /// offers (SoftHSM2 2.6 does not): then nothing is kept and the answer says so.
+    pub async fn generate_wrapping_key(
+        &self,
+        id: unwrap::WrappingKeyId,
+        bits: u32,
+        sha256: bool,
+    ) -> Result<unwrap::WrappingKeyOutcome, HsmError> {
+        if sha256 && unwrap::oaep_sha256_known() == Some(false) {
+            return Ok(unwrap::WrappingKeyOutcome::OaepSha256Unsupported);
+        }
+        self.submit("generate_wrapping_key", move |ctx| {
+            unwrap::generate_wrapping_key(ctx, id, bits, sha256)
+        })
+        .await
+    }
+
+    /// Destroy a wrapping private key; [`HsmErrorKind::ObjectNotFound`] if absent.
+    pub async fn destroy_wrapping_key(&self, id: unwrap::WrappingKeyId) -> Result<(), HsmError> {
+        self.submit("destroy_wrapping_key", move |ctx| {
+            unwrap::destroy_wrapping_key(ctx, id)
+        })
+        .await
+    }
+
+    /// Unwrap imported key material on the device (see [`unwrap`]): checks the length and
+    /// the check value on a session copy before creating the token object.
+    pub async fn import_material(
+        &self,
+        job: unwrap::ImportJob,
+    ) -> Result<unwrap::ImportOutcome, HsmError> {
+        self.submit("import_material", move |ctx| {
+            unwrap::import_material(ctx, job)
+        })
+        .await
     }
 
     /// Run `f` on a worker thread (tests use it to hold a worker busy).

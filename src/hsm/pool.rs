@@ -331,6 +331,8 @@ const FUNCTIONS: &[&str] = &[
     // Asymmetric keys, signatures and MACs.
     "C_Verify",
     "C_VerifyInit",
+    // Rotation and import of key material.
+    "C_UnwrapKey",
 ];
 
 /// Per-function PKCS#11 call counters and latencies, queue waits and rejections.

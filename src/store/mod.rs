@@ -140,6 +140,52 @@ pub struct KeyBundle {
     pub tags: Vec<Tag>,
 }
 
+/// Rotation schedule and imported-material state of one key (migration 0004). Keys without
+/// a row have rotation disabled and no imported material.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLifecycle {
+    pub key_id: String,
+    pub rotation_enabled: bool,
+    /// Set once rotation has been enabled (kept when disabled, as AWS shows it).
+    pub rotation_period_days: Option<i32>,
+    /// Unix milliseconds of the next automatic rotation (while enabled).
+    pub next_rotation_ms: Option<i64>,
+    /// On-demand rotations so far (at most 25).
+    pub on_demand_rotations: u32,
+    /// `KEY_MATERIAL_EXPIRES` or `KEY_MATERIAL_DOES_NOT_EXPIRE` once material was imported.
+    pub expiration_model: Option<String>,
+    /// Unix milliseconds when imported material expires.
+    pub valid_to_ms: Option<i64>,
+    /// Check value of the imported material (computed on the device; not secret).
+    pub material_check: Option<Vec<u8>>,
+    /// Whether the imported material object is on the token.
+    pub material_present: bool,
+}
+
+/// One rotation of a key: the version it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationEntry {
+    pub key_id: String,
+    pub version: u32,
+    pub rotated_at_ms: i64,
+    /// `AUTOMATIC` or `ON_DEMAND`.
+    pub rotation_type: String,
+}
+
+/// An outstanding GetParametersForImport answer. Only the SHA-256 of the token is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportTokenRecord {
+    /// Lowercase hex SHA-256 of the opaque import token.
+    pub token_sha256: String,
+    pub key_id: String,
+    /// UUID of the wrapping key pair on the token.
+    pub wrapping_key_id: String,
+    pub wrapping_algorithm: String,
+    pub wrapping_key_spec: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
 /// Errors of the store layer. The engine maps them to AWS exceptions in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -211,4 +257,52 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_grant(&self, grant_id: &str) -> Result<(), StoreError>;
     /// Every grant, ordered by (key id, creation time, grant id).
     async fn list_grants(&self) -> Result<Vec<GrantRecord>, StoreError>;
+
+    // Rotation and import of key material (migration 0004).
+
+    /// Every key's lifecycle row.
+    async fn load_lifecycles(&self) -> Result<Vec<KeyLifecycle>, StoreError>;
+    /// Inserts or replaces a key's lifecycle row; `NotFound` if the key does not exist.
+    async fn put_lifecycle(&self, l: &KeyLifecycle) -> Result<(), StoreError>;
+    /// A key's rotations, ordered by version.
+    async fn list_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, StoreError>;
+    /// Phase one of a rotation: the new version's row (the key keeps its current version).
+    async fn begin_rotation(&self, version: &KeyVersion) -> Result<(), StoreError>;
+    /// Undoes phase one of a rotation whose HSM object could not be made: removes the version
+    /// row unless a rotation entry already names it.
+    async fn abort_rotation(&self, key_id: &str, version: u32) -> Result<(), StoreError>;
+    /// Phase two of a rotation, in one transaction: the key row (new current version), the
+    /// rotation entry and the lifecycle row.
+    async fn finish_rotation(
+        &self,
+        key: &KeyRecord,
+        entry: &RotationEntry,
+        l: &KeyLifecycle,
+    ) -> Result<(), StoreError>;
+    /// Records an import token; `NotFound` if its key does not exist.
+    async fn insert_import_token(&self, t: &ImportTokenRecord) -> Result<(), StoreError>;
+    /// The import token with this SHA-256, if any.
+    async fn get_import_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<ImportTokenRecord>, StoreError>;
+    /// Removes an import token (absent is fine).
+    async fn delete_import_token(&self, token_sha256: &str) -> Result<(), StoreError>;
+    /// Every outstanding import token.
+    async fn list_import_tokens(&self) -> Result<Vec<ImportTokenRecord>, StoreError>;
+    /// A successful import, in one transaction: the version row (first import only), the key
+    /// row, the lifecycle row, and the used token removed.
+    async fn finish_import(
+        &self,
+        key: &KeyRecord,
+        version: Option<&KeyVersion>,
+        l: &KeyLifecycle,
+        token_sha256: &str,
+    ) -> Result<(), StoreError>;
+    /// The key row and its lifecycle row together (material expired or deleted).
+    async fn update_key_and_lifecycle(
+        &self,
+        key: &KeyRecord,
+        l: &KeyLifecycle,
+    ) -> Result<(), StoreError>;
 }

@@ -10,8 +10,8 @@
 //! SQLite answers with `SQLITE_BUSY` without waiting).
 
 use super::{
-    AliasRecord, GrantRecord, KeyBundle, KeyRecord, KeyState, KeyVersion, MetadataStore,
-    StoreError, Tag,
+    AliasRecord, GrantRecord, ImportTokenRecord, KeyBundle, KeyLifecycle, KeyRecord, KeyState,
+    KeyVersion, MetadataStore, RotationEntry, StoreError, Tag,
 };
 use async_trait::async_trait;
 use sqlx::error::BoxDynError;
@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "grants",
         include_str!("../../migrations/0003_grants.sql"),
+    ),
+    (
+        4,
+        "rotation import",
+        include_str!("../../migrations/0004_rotation_import.sql"),
     ),
 ];
 
@@ -704,9 +709,236 @@ impl MetadataStore for SqliteStore {
         .map(alias_from_row)
         .collect()
     }
+
+    async fn load_lifecycles(&self) -> Result<Vec<KeyLifecycle>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {LIFECYCLE_COLUMNS} FROM key_lifecycle"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(lifecycle_from_row).collect()
+    }
+
+    async fn put_lifecycle(&self, l: &KeyLifecycle) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        put_lifecycle_on(&mut conn, l).await
+    }
+
+    async fn list_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, version, rotated_at_ms, rotation_type FROM key_rotations \
+             WHERE key_id = ? ORDER BY version",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(RotationEntry {
+                    key_id: r.try_get("key_id").map_err(db_err)?,
+                    version: get_u32(r, "version", key_id)?,
+                    rotated_at_ms: r.try_get("rotated_at_ms").map_err(db_err)?,
+                    rotation_type: r.try_get("rotation_type").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn begin_rotation(&self, version: &KeyVersion) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        require_key_on(&mut tx, &version.key_id).await?;
+        insert_version_on(&mut tx, version).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn abort_rotation(&self, key_id: &str, version: u32) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM key_versions WHERE key_id = ? AND version = ? AND NOT EXISTS \
+             (SELECT 1 FROM key_rotations WHERE key_id = ? AND version = ?)",
+        )
+        .bind(key_id)
+        .bind(i64::from(version))
+        .bind(key_id)
+        .bind(i64::from(version))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn finish_rotation(
+        &self,
+        key: &KeyRecord,
+        entry: &RotationEntry,
+        l: &KeyLifecycle,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        update_key_on(&mut tx, key).await?;
+        sqlx::query(
+            "INSERT INTO key_rotations (key_id, version, rotated_at_ms, rotation_type) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(&entry.key_id)
+        .bind(i64::from(entry.version))
+        .bind(entry.rotated_at_ms)
+        .bind(&entry.rotation_type)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            write_err(
+                e,
+                || {
+                    format!(
+                        "rotation to version {} of key {}",
+                        entry.version, entry.key_id
+                    )
+                },
+                || key_missing(&entry.key_id),
+            )
+        })?;
+        put_lifecycle_on(&mut tx, l).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn insert_import_token(&self, t: &ImportTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO import_tokens (token_sha256, key_id, wrapping_key_id, \
+             wrapping_algorithm, wrapping_key_spec, created_at_ms, expires_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.token_sha256)
+        .bind(&t.key_id)
+        .bind(&t.wrapping_key_id)
+        .bind(&t.wrapping_algorithm)
+        .bind(&t.wrapping_key_spec)
+        .bind(t.created_at_ms)
+        .bind(t.expires_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| write_err(e, || "import token".into(), || key_missing(&t.key_id)))?;
+        Ok(())
+    }
+
+    async fn get_import_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<ImportTokenRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM import_tokens WHERE token_sha256 = ?"
+        ))
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn delete_import_token(&self, token_sha256: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM import_tokens WHERE token_sha256 = ?")
+            .bind(token_sha256)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn list_import_tokens(&self) -> Result<Vec<ImportTokenRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM import_tokens ORDER BY expires_at_ms"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn finish_import(
+        &self,
+        key: &KeyRecord,
+        version: Option<&KeyVersion>,
+        l: &KeyLifecycle,
+        token_sha256: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        if let Some(v) = version {
+            insert_version_on(&mut tx, v).await?;
+        }
+        update_key_on(&mut tx, key).await?;
+        put_lifecycle_on(&mut tx, l).await?;
+        sqlx::query("DELETE FROM import_tokens WHERE token_sha256 = ?")
+            .bind(token_sha256)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn update_key_and_lifecycle(
+        &self,
+        key: &KeyRecord,
+        l: &KeyLifecycle,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        update_key_on(&mut tx, key).await?;
+        put_lifecycle_on(&mut tx, l).await?;
+        tx.commit().await.map_err(db_err)
+    }
 }
 
 /// Decodes one `grants` row.
+const LIFECYCLE_COLUMNS: &str = "key_id, rotation_enabled, rotation_period_days, \
+     next_rotation_ms, on_demand_rotations, expiration_model, valid_to_ms, material_check, \
+     material_present";
+
+const TOKEN_COLUMNS: &str = "token_sha256, key_id, wrapping_key_id, wrapping_algorithm, \
+     wrapping_key_spec, created_at_ms, expires_at_ms";
+
+fn lifecycle_from_row(row: &SqliteRow) -> Result<KeyLifecycle, StoreError> {
+    let key_id: String = row.try_get("key_id").map_err(db_err)?;
+    Ok(KeyLifecycle {
+        rotation_enabled: row.try_get::<i64, _>("rotation_enabled").map_err(db_err)? != 0,
+        rotation_period_days: row.try_get("rotation_period_days").map_err(db_err)?,
+        next_rotation_ms: row.try_get("next_rotation_ms").map_err(db_err)?,
+        on_demand_rotations: get_u32(row, "on_demand_rotations", &key_id)?,
+        expiration_model: row.try_get("expiration_model").map_err(db_err)?,
+        valid_to_ms: row.try_get("valid_to_ms").map_err(db_err)?,
+        material_check: row.try_get("material_check").map_err(db_err)?,
+        material_present: row.try_get::<i64, _>("material_present").map_err(db_err)? != 0,
+        key_id,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<ImportTokenRecord, StoreError> {
+    Ok(ImportTokenRecord {
+        token_sha256: row.try_get("token_sha256").map_err(db_err)?,
+        key_id: row.try_get("key_id").map_err(db_err)?,
+        wrapping_key_id: row.try_get("wrapping_key_id").map_err(db_err)?,
+        wrapping_algorithm: row.try_get("wrapping_algorithm").map_err(db_err)?,
+        wrapping_key_spec: row.try_get("wrapping_key_spec").map_err(db_err)?,
+        created_at_ms: row.try_get("created_at_ms").map_err(db_err)?,
+        expires_at_ms: row.try_get("expires_at_ms").map_err(db_err)?,
+    })
+}
+
+async fn put_lifecycle_on(conn: &mut SqliteConnection, l: &KeyLifecycle) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT OR REPLACE INTO key_lifecycle ({LIFECYCLE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&l.key_id)
+    .bind(i64::from(l.rotation_enabled))
+    .bind(l.rotation_period_days)
+    .bind(l.next_rotation_ms)
+    .bind(i64::from(l.on_demand_rotations))
+    .bind(&l.expiration_model)
+    .bind(l.valid_to_ms)
+    .bind(&l.material_check)
+    .bind(i64::from(l.material_present))
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| write_err(e, || format!("lifecycle of key {}", l.key_id), || key_missing(&l.key_id)))?;
+    Ok(())
+}
+
 fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("grant row: {what}"));
     let get_s = |c: &str| -> Result<String, StoreError> {

@@ -26,6 +26,7 @@ use crate::core::crypto::{
 };
 use crate::core::explain::{policy_type_name, ExplainRequest};
 use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
+use crate::core::import::ImportKeyMaterialRequest;
 use crate::core::keys::{CreateKeyRequest, KeyMetadata};
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
@@ -120,6 +121,14 @@ ops!(
     "ListRetirableGrants" => list_retirable_grants,
     "RetireGrant" => retire_grant,
     "RevokeGrant" => revoke_grant,
+    "EnableKeyRotation" => enable_key_rotation,
+    "DisableKeyRotation" => disable_key_rotation,
+    "GetKeyRotationStatus" => get_key_rotation_status,
+    "RotateKeyOnDemand" => rotate_key_on_demand,
+    "ListKeyRotations" => list_key_rotations,
+    "GetParametersForImport" => get_parameters_for_import,
+    "ImportKeyMaterial" => import_key_material,
+    "DeleteImportedKeyMaterial" => delete_imported_key_material,
 );
 
 /// `P11kmsAdmin.ExplainAccess`: the gRPC AdminService's ExplainAccess on this door.
@@ -238,6 +247,8 @@ fn metadata(m: &KeyMetadata) -> Value {
         "MultiRegion": m.multi_region,
         "PendingDeletionWindowInDays": m.pending_deletion_window_in_days,
         "CurrentKeyMaterialId": non_empty(m.current_key_material_id.clone()),
+        "ValidTo": m.valid_to_ms.map(ts),
+        "ExpirationModel": m.expiration_model,
     })
 }
 
@@ -1219,4 +1230,200 @@ mod tests {
         let r = Reply::body(json!({"A": null, "B": {"C": null, "D": 1}, "E": [{"F": null}]}));
         assert_eq!(r.body, json!({"B": {"D": 1}, "E": [{}]}));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotation
+
+input!(RotationIn {
+    key_id: Option<String>,
+    rotation_period_in_days: Option<i32>,
+});
+
+fn enable_key_rotation(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: RotationIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.enable_key_rotation(
+            &caller,
+            &r.key_id.unwrap_or_default(),
+            r.rotation_period_in_days,
+        )
+        .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn disable_key_rotation(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        kms.disable_key_rotation(&caller, &r.key_id.unwrap_or_default())
+            .await?;
+        Ok(Reply::empty())
+    }))
+}
+
+fn get_key_rotation_status(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let s = kms
+            .get_key_rotation_status(&caller, &r.key_id.unwrap_or_default())
+            .await?;
+        Ok(Reply::body(json!({
+            "KeyRotationEnabled": s.key_rotation_enabled,
+            "KeyId": s.key_id,
+            "RotationPeriodInDays": s.rotation_period_in_days,
+            "NextRotationDate": s.next_rotation_date_ms.map(ts),
+            "OnDemandRotationStartDate": s.on_demand_rotation_start_date_ms.map(ts),
+        })))
+    }))
+}
+
+fn rotate_key_on_demand(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let key_id = kms
+            .rotate_key_on_demand(&caller, &r.key_id.unwrap_or_default())
+            .await?;
+        Ok(Reply {
+            elements: json!({"keyId": key_id}),
+            ..Reply::body(json!({"KeyId": key_id}))
+        })
+    }))
+}
+
+fn list_key_rotations(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: PageIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let page = kms
+            .list_key_rotations(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                r.limit,
+                &r.marker.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "Rotations": page.rotations.into_iter().map(|e| json!({
+                "KeyId": e.key_id,
+                "KeyMaterialId": e.key_material_id,
+                "RotationDate": ts(e.rotation_date_ms),
+                "RotationType": e.rotation_type,
+            })).collect::<Vec<_>>(),
+            "Truncated": page.next_marker.is_some(),
+            "NextMarker": page.next_marker,
+        })))
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import of key material
+
+input!(ParametersIn {
+    key_id: Option<String>,
+    wrapping_algorithm: Option<String>,
+    wrapping_key_spec: Option<String>,
+});
+
+fn get_parameters_for_import(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: ParametersIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let p = kms
+            .get_parameters_for_import(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                &r.wrapping_algorithm.unwrap_or_default(),
+                &r.wrapping_key_spec.unwrap_or_default(),
+            )
+            .await?;
+        Ok(Reply {
+            elements: json!({
+                "keyId": p.key_id,
+                "parametersValidTo": crate::core::authz::iso8601(p.parameters_valid_to_ms),
+            }),
+            ..Reply::body(json!({
+                "KeyId": p.key_id,
+                "ImportToken": b64(&p.import_token),
+                "PublicKey": b64(&p.public_key),
+                "ParametersValidTo": ts(p.parameters_valid_to_ms),
+            }))
+        })
+    }))
+}
+
+input!(ImportIn {
+    key_id: Option<String>,
+    import_token: Option<Blob>,
+    encrypted_key_material: Option<Blob>,
+    valid_to: Option<f64>,
+    expiration_model: Option<String>,
+    import_type: Option<String>,
+    key_material_description: Option<String>,
+    key_material_id: Option<String>,
+});
+
+fn import_key_material(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: ImportIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .import_key_material(
+                &caller,
+                ImportKeyMaterialRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    import_token: blob(r.import_token),
+                    encrypted_key_material: blob(r.encrypted_key_material),
+                    valid_to_ms: r.valid_to.map(|s| (s * 1000.0).round() as i64),
+                    expiration_model: r.expiration_model,
+                    import_type: r.import_type,
+                    key_material_description: r.key_material_description,
+                    key_material_id: r.key_material_id,
+                },
+            )
+            .await?;
+        Ok(Reply {
+            elements: json!({"keyId": out.key_id, "keyMaterialId": out.key_material_id}),
+            ..Reply::body(json!({"KeyId": out.key_id, "KeyMaterialId": out.key_material_id}))
+        })
+    }))
+}
+
+input!(DeleteMaterialIn {
+    key_id: Option<String>,
+    key_material_id: Option<String>,
+});
+
+fn delete_imported_key_material(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: DeleteMaterialIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .delete_imported_key_material(
+                &caller,
+                &r.key_id.unwrap_or_default(),
+                r.key_material_id.as_deref(),
+            )
+            .await?;
+        Ok(Reply {
+            elements: json!({"keyId": out.key_id, "keyMaterialId": out.key_material_id}),
+            ..Reply::body(json!({"KeyId": out.key_id, "KeyMaterialId": out.key_material_id}))
+        })
+    }))
 }

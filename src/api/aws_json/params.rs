@@ -90,6 +90,19 @@ fn loggable(operation: &str) -> &'static [&'static str] {
         "ListRetirableGrants" => &["RetiringPrincipal", "Limit", "Marker"],
         "RetireGrant" => &["KeyId", "GrantId", "GrantToken"],
         "RevokeGrant" => &["KeyId", "GrantId"],
+        // Rotation and import: never the ImportToken, EncryptedKeyMaterial or public key.
+        "EnableKeyRotation" => &["KeyId", "RotationPeriodInDays"],
+        "DisableKeyRotation" | "GetKeyRotationStatus" | "RotateKeyOnDemand" => &["KeyId"],
+        "ListKeyRotations" => &["KeyId", "Limit", "Marker"],
+        "GetParametersForImport" => &["KeyId", "WrappingAlgorithm", "WrappingKeySpec"],
+        "ImportKeyMaterial" => &[
+            "KeyId",
+            "ValidTo",
+            "ExpirationModel",
+            "ImportType",
+            "KeyMaterialId",
+        ],
+        "DeleteImportedKeyMaterial" => &["KeyId", "KeyMaterialId"],
         "ExplainAccess" => &[
             "Principal",
             "Action",

@@ -9,6 +9,7 @@ use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
 use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
+use crate::core::import::ImportKeyMaterialRequest;
 use crate::core::keys::CreateKeyRequest;
 use crate::pb;
 use crate::pb::key_management_service_server::KeyManagementService;
@@ -855,6 +856,197 @@ impl KeyManagementService for Door {
             |kms, caller, r| async move {
                 kms.revoke_grant(&caller, &r.key_id, &r.grant_id).await?;
                 Ok(pb::RevokeGrantResponse {})
+            },
+        )
+        .await
+    }
+
+    // Rotation.
+
+    async fn enable_key_rotation(
+        &self,
+        request: Request<pb::EnableKeyRotationRequest>,
+    ) -> Reply<pb::EnableKeyRotationResponse> {
+        self.serve(
+            "EnableKeyRotation",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.enable_key_rotation(&caller, &r.key_id, r.rotation_period_in_days)
+                    .await?;
+                Ok(pb::EnableKeyRotationResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn disable_key_rotation(
+        &self,
+        request: Request<pb::DisableKeyRotationRequest>,
+    ) -> Reply<pb::DisableKeyRotationResponse> {
+        self.serve(
+            "DisableKeyRotation",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                kms.disable_key_rotation(&caller, &r.key_id).await?;
+                Ok(pb::DisableKeyRotationResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn get_key_rotation_status(
+        &self,
+        request: Request<pb::GetKeyRotationStatusRequest>,
+    ) -> Reply<pb::GetKeyRotationStatusResponse> {
+        self.serve(
+            "GetKeyRotationStatus",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let s = kms.get_key_rotation_status(&caller, &r.key_id).await?;
+                Ok(pb::GetKeyRotationStatusResponse {
+                    key_rotation_enabled: s.key_rotation_enabled,
+                    key_id: s.key_id,
+                    rotation_period_in_days: s.rotation_period_in_days,
+                    next_rotation_date: s.next_rotation_date_ms.map(ts),
+                    on_demand_rotation_start_date: s.on_demand_rotation_start_date_ms.map(ts),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn rotate_key_on_demand(
+        &self,
+        request: Request<pb::RotateKeyOnDemandRequest>,
+    ) -> Reply<pb::RotateKeyOnDemandResponse> {
+        self.serve(
+            "RotateKeyOnDemand",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let key_id = kms.rotate_key_on_demand(&caller, &r.key_id).await?;
+                Ok(pb::RotateKeyOnDemandResponse { key_id })
+            },
+        )
+        .await
+    }
+
+    async fn list_key_rotations(
+        &self,
+        request: Request<pb::ListKeyRotationsRequest>,
+    ) -> Reply<pb::ListKeyRotationsResponse> {
+        self.serve(
+            "ListKeyRotations",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let page = kms
+                    .list_key_rotations(&caller, &r.key_id, r.limit, &r.marker)
+                    .await?;
+                Ok(pb::ListKeyRotationsResponse {
+                    rotations: page
+                        .rotations
+                        .into_iter()
+                        .map(|e| pb::RotationsListEntry {
+                            key_id: e.key_id,
+                            key_material_id: e.key_material_id,
+                            rotation_date: Some(ts(e.rotation_date_ms)),
+                            rotation_type: e.rotation_type,
+                        })
+                        .collect(),
+                    truncated: page.next_marker.is_some(),
+                    next_marker: page.next_marker.unwrap_or_default(),
+                })
+            },
+        )
+        .await
+    }
+
+    // Import of key material.
+
+    async fn get_parameters_for_import(
+        &self,
+        request: Request<pb::GetParametersForImportRequest>,
+    ) -> Reply<pb::GetParametersForImportResponse> {
+        self.serve(
+            "GetParametersForImport",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let p = kms
+                    .get_parameters_for_import(
+                        &caller,
+                        &r.key_id,
+                        &r.wrapping_algorithm,
+                        &r.wrapping_key_spec,
+                    )
+                    .await?;
+                Ok(pb::GetParametersForImportResponse {
+                    key_id: p.key_id,
+                    import_token: p.import_token,
+                    public_key: p.public_key,
+                    parameters_valid_to: Some(ts(p.parameters_valid_to_ms)),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn import_key_material(
+        &self,
+        request: Request<pb::ImportKeyMaterialRequest>,
+    ) -> Reply<pb::ImportKeyMaterialResponse> {
+        self.serve(
+            "ImportKeyMaterial",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .import_key_material(
+                        &caller,
+                        ImportKeyMaterialRequest {
+                            key_id: r.key_id,
+                            import_token: r.import_token,
+                            encrypted_key_material: r.encrypted_key_material,
+                            valid_to_ms: r
+                                .valid_to
+                                .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
+                            expiration_model: opt(r.expiration_model),
+                            import_type: opt(r.import_type),
+                            key_material_description: opt(r.key_material_description),
+                            key_material_id: opt(r.key_material_id),
+                        },
+                    )
+                    .await?;
+                Ok(pb::ImportKeyMaterialResponse {
+                    key_id: out.key_id,
+                    key_material_id: out.key_material_id,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn delete_imported_key_material(
+        &self,
+        request: Request<pb::DeleteImportedKeyMaterialRequest>,
+    ) -> Reply<pb::DeleteImportedKeyMaterialResponse> {
+        self.serve(
+            "DeleteImportedKeyMaterial",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let material = opt(r.key_material_id);
+                let out = kms
+                    .delete_imported_key_material(&caller, &r.key_id, material.as_deref())
+                    .await?;
+                Ok(pb::DeleteImportedKeyMaterialResponse {
+                    key_id: out.key_id,
+                    key_material_id: out.key_material_id,
+                })
             },
         )
         .await

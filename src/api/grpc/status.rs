@@ -34,6 +34,10 @@ pub fn code_for(e: &KmsError) -> Code {
         | KmsError::Tag(_)
         | KmsError::UnsupportedOperation(_) => Code::InvalidArgument,
         KmsError::InvalidSignature(_) | KmsError::InvalidMac(_) => Code::InvalidArgument,
+        KmsError::ExpiredImportToken(_)
+        | KmsError::InvalidImportToken(_)
+        | KmsError::IncorrectKeyMaterial(_) => Code::InvalidArgument,
+        KmsError::Conflict(_) => Code::Aborted,
     }
 }
 

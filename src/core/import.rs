@@ -1,0 +1,591 @@
+//! Import of key material (BYOK): GetParametersForImport, ImportKeyMaterial,
+//! DeleteImportedKeyMaterial, and the expiry sweeps (kms-spec 1.5 and 4.3).
+//!
+//! - GetParametersForImport generates a fresh RSA wrapping key pair on the HSM per call and
+//!   answers its public key with an opaque import token (`0x01 || wrapping key uuid || 32
+//!   HSM-random bytes`). Only the token's SHA-256 is stored, with the key, the wrapping key,
+//!   the algorithm and the expiry (24 h).
+//! - ImportKeyMaterial validates everything and checks the token before the device is
+//!   touched, then unwraps on the device ([`crate::hsm::unwrap`]): a session copy first
+//!   (length and check value; a re-import must reproduce the check value of the first
+//!   import), then the token object. The wrapping key is destroyed once the import is stored.
+//! - Material with `KEY_MATERIAL_EXPIRES` is destroyed when `ValidTo` passes (sweeper, on the
+//!   engine's clock), and the key returns to PendingImport; DeleteImportedKeyMaterial does
+//!   the same at once. Expired import tokens are swept with their wrapping keys.
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::authz::{iso8601, AuthzRequest, CtxValue};
+use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
+use super::{validate, CachedKey, Kms, KmsError};
+use crate::hsm::unwrap::{
+    HmacSpec, ImportJob, ImportOutcome, MaterialCheck, MaterialKind, WrappingAlgorithm,
+    WrappingKeyId, WrappingKeyOutcome,
+};
+use crate::hsm::{HsmErrorKind, ObjectId};
+use crate::identity::Caller;
+use crate::store::{ImportTokenRecord, KeyState, KeyVersion};
+
+/// Import parameters are valid for 24 hours.
+pub const PARAMETERS_VALIDITY_MS: i64 = 24 * 3_600_000;
+/// `ValidTo` may be at most 365 days ahead.
+pub const MAX_VALID_TO_MS: i64 = 365 * 86_400_000;
+/// The expiration model with a `ValidTo`.
+pub const KEY_MATERIAL_EXPIRES: &str = "KEY_MATERIAL_EXPIRES";
+/// The expiration model without one.
+pub const KEY_MATERIAL_DOES_NOT_EXPIRE: &str = "KEY_MATERIAL_DOES_NOT_EXPIRE";
+const WRAPPING_ALGORITHMS: &[&str] = &[
+    "RSAES_PKCS1_V1_5",
+    "RSAES_OAEP_SHA_1",
+    "RSAES_OAEP_SHA_256",
+    "RSA_AES_KEY_WRAP_SHA_1",
+    "RSA_AES_KEY_WRAP_SHA_256",
+    "SM2PKE",
+];
+const WRAPPING_KEY_SPECS: &[&str] = &["RSA_2048", "RSA_3072", "RSA_4096", "SM2"];
+const IMPORT_TYPES: &[&str] = &["NEW_KEY_MATERIAL", "EXISTING_KEY_MATERIAL"];
+const TOKEN_VERSION: u8 = 1;
+/// How long an expired import token's row is kept (its wrapping key is destroyed at expiry).
+const EXPIRED_TOKEN_RETENTION_MS: i64 = 7 * 86_400_000;
+
+/// GetParametersForImport output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetParametersForImportResponse {
+    /// The key ARN.
+    pub key_id: String,
+    /// The opaque import token (pass it back to ImportKeyMaterial).
+    pub import_token: Vec<u8>,
+    /// DER SubjectPublicKeyInfo of the wrapping key.
+    pub public_key: Vec<u8>,
+    pub parameters_valid_to_ms: i64,
+}
+
+/// ImportKeyMaterial input. `Debug` leaves out the token and the wrapped material.
+#[derive(Clone, Default)]
+pub struct ImportKeyMaterialRequest {
+    pub key_id: String,
+    pub import_token: Vec<u8>,
+    pub encrypted_key_material: Vec<u8>,
+    pub valid_to_ms: Option<i64>,
+    pub expiration_model: Option<String>,
+    pub import_type: Option<String>,
+    pub key_material_description: Option<String>,
+    pub key_material_id: Option<String>,
+}
+
+impl std::fmt::Debug for ImportKeyMaterialRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportKeyMaterialRequest")
+            .field("key_id", &self.key_id)
+            .field("valid_to_ms", &self.valid_to_ms)
+            .field("expiration_model", &self.expiration_model)
+            .field("import_type", &self.import_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// ImportKeyMaterial / DeleteImportedKeyMaterial output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMaterialResponse {
+    /// The key ARN.
+    pub key_id: String,
+    pub key_material_id: String,
+}
+
+/// What the key's material becomes on the token (class IMP: EXTERNAL origin only).
+fn material_kind(key: &CachedKey) -> Result<MaterialKind, KmsError> {
+    let r = &key.record;
+    if r.origin != "EXTERNAL" {
+        return Err(KmsError::UnsupportedOperation(format!(
+            "{} has origin {}; importing key material needs a key with origin EXTERNAL.",
+            key.arn, r.origin
+        )));
+    }
+    if r.key_spec == SYMMETRIC_DEFAULT {
+        return Ok(MaterialKind::Aes256);
+    }
+    HmacSpec::parse(&r.key_spec)
+        .map(MaterialKind::Hmac)
+        .ok_or_else(|| {
+            KmsError::UnsupportedOperation(format!(
+                "Importing key material for key spec {} is not supported.",
+                r.key_spec
+            ))
+        })
+}
+
+/// Class IMP's states: PendingImport, or Enabled/Disabled for a re-import.
+fn check_import_state(key: &CachedKey) -> Result<(), KmsError> {
+    let arn = &key.arn;
+    match key.record.state {
+        KeyState::PendingImport | KeyState::Enabled | KeyState::Disabled => Ok(()),
+        KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            "{arn} is pending deletion."
+        ))),
+        KeyState::Creating => Err(KmsError::InvalidState(format!("{arn} is creating."))),
+        KeyState::Unavailable => Err(KmsError::InvalidState(format!("{arn} is unavailable."))),
+    }
+}
+
+fn token_hash(token: &[u8]) -> String {
+    hex::encode(Sha256::digest(token))
+}
+
+fn invalid_token() -> KmsError {
+    KmsError::InvalidImportToken("The import token is invalid for this KMS key.".into())
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    Uuid::parse_str(s).ok().map(|u| *u.as_bytes())
+}
+
+impl Kms {
+    /// GetParametersForImport: a fresh RSA wrapping key pair on the HSM and an import token,
+    /// both valid for 24 hours.
+    pub async fn get_parameters_for_import(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        wrapping_algorithm: &str,
+        wrapping_key_spec: &str,
+    ) -> Result<GetParametersForImportResponse, KmsError> {
+        if !WRAPPING_ALGORITHMS.contains(&wrapping_algorithm) {
+            return Err(KmsError::validation(
+                "wrappingAlgorithm",
+                &format!("Member must satisfy enum value set: {WRAPPING_ALGORITHMS:?}"),
+            ));
+        }
+        if !WRAPPING_KEY_SPECS.contains(&wrapping_key_spec) {
+            return Err(KmsError::validation(
+                "wrappingKeySpec",
+                &format!("Member must satisfy enum value set: {WRAPPING_KEY_SPECS:?}"),
+            ));
+        }
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:GetParametersForImport", &resolved)
+                .with("kms:WrappingAlgorithm", CtxValue::one(wrapping_algorithm))
+                .with("kms:WrappingKeySpec", CtxValue::one(wrapping_key_spec)),
+        )?;
+        check_import_state(&resolved.key)?;
+        material_kind(&resolved.key)?;
+        let Some(algorithm) = WrappingAlgorithm::parse(wrapping_algorithm) else {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "The wrapping algorithm {wrapping_algorithm} is not supported by this service."
+            )));
+        };
+        let bits = match wrapping_key_spec {
+            "RSA_2048" => 2048,
+            "RSA_3072" => 3072,
+            "RSA_4096" => 4096,
+            other => {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "The wrapping key spec {other} is not supported by this service."
+                )))
+            }
+        };
+        let sha256 = matches!(
+            algorithm,
+            WrappingAlgorithm::RsaesOaepSha256 | WrappingAlgorithm::RsaAesKeyWrapSha256
+        );
+        let wrapping = WrappingKeyId(*Uuid::new_v4().as_bytes());
+        let mut token = vec![TOKEN_VERSION];
+        token.extend_from_slice(&wrapping.0);
+        token.extend_from_slice(&self.hsm.random(32).await?);
+        let public_key = match self
+            .hsm
+            .generate_wrapping_key(wrapping, bits, sha256)
+            .await?
+        {
+            WrappingKeyOutcome::Created(spki) => spki,
+            WrappingKeyOutcome::OaepSha256Unsupported => {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "The HSM token does not offer CKM_RSA_PKCS_OAEP with SHA-256 (SoftHSM2 2.6 \
+                     implements SHA-1 only), so {wrapping_algorithm} cannot be unwrapped on the \
+                     device. Use RSAES_OAEP_SHA_1 or RSA_AES_KEY_WRAP_SHA_1."
+                )));
+            }
+        };
+        let now = self.now_ms();
+        let record = ImportTokenRecord {
+            token_sha256: token_hash(&token),
+            key_id: resolved.key.record.key_id.clone(),
+            wrapping_key_id: Uuid::from_bytes(wrapping.0).hyphenated().to_string(),
+            wrapping_algorithm: wrapping_algorithm.to_string(),
+            wrapping_key_spec: wrapping_key_spec.to_string(),
+            created_at_ms: now,
+            expires_at_ms: now + PARAMETERS_VALIDITY_MS,
+        };
+        if let Err(e) = self.store.insert_import_token(&record).await {
+            if let Err(he) = self.hsm.destroy_wrapping_key(wrapping).await {
+                tracing::error!(error = %he, "could not destroy the wrapping key of a failed GetParametersForImport");
+            }
+            return Err(e.into());
+        }
+        Ok(GetParametersForImportResponse {
+            key_id: resolved.key.arn.clone(),
+            import_token: token,
+            public_key,
+            parameters_valid_to_ms: record.expires_at_ms,
+        })
+    }
+
+    /// ImportKeyMaterial: unwrap on the device; Enabled on success (a re-import keeps the
+    /// key's Enabled/Disabled state and must bring the same material).
+    pub async fn import_key_material(
+        &self,
+        caller: &Caller,
+        req: ImportKeyMaterialRequest,
+    ) -> Result<KeyMaterialResponse, KmsError> {
+        validate::blob_len("importToken", req.import_token.len(), 1, 6144)?;
+        validate::blob_len(
+            "encryptedKeyMaterial",
+            req.encrypted_key_material.len(),
+            1,
+            6144,
+        )?;
+        if let Some(t) = req.import_type.as_deref() {
+            if !IMPORT_TYPES.contains(&t) {
+                return Err(KmsError::validation(
+                    "importType",
+                    &format!("Member must satisfy enum value set: {IMPORT_TYPES:?}"),
+                ));
+            }
+        }
+        if req
+            .key_material_description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 256)
+        {
+            return Err(KmsError::validation(
+                "keyMaterialDescription",
+                "Member must have length less than or equal to 256",
+            ));
+        }
+        let model = match (req.expiration_model.as_deref(), req.valid_to_ms) {
+            (Some(KEY_MATERIAL_EXPIRES), Some(_)) | (None, Some(_)) => KEY_MATERIAL_EXPIRES,
+            (Some(KEY_MATERIAL_DOES_NOT_EXPIRE), None) | (None, None) => {
+                KEY_MATERIAL_DOES_NOT_EXPIRE
+            }
+            (Some(KEY_MATERIAL_EXPIRES), None) => {
+                return Err(KmsError::Validation(
+                    "A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES."
+                        .into(),
+                ))
+            }
+            (Some(KEY_MATERIAL_DOES_NOT_EXPIRE), Some(_)) => {
+                return Err(KmsError::Validation(
+                    "ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE."
+                        .into(),
+                ))
+            }
+            (Some(_), _) => {
+                return Err(KmsError::validation(
+                    "expirationModel",
+                    "Member must satisfy enum value set: [KEY_MATERIAL_EXPIRES, KEY_MATERIAL_DOES_NOT_EXPIRE]",
+                ))
+            }
+        };
+        let now = self.now_ms();
+        if let Some(v) = req.valid_to_ms {
+            if v <= now || v > now + MAX_VALID_TO_MS {
+                return Err(KmsError::Validation(
+                    "ValidTo must be in the future and at most 365 days from now.".into(),
+                ));
+            }
+        }
+        let resolved = self.resolve(caller, &req.key_id, false)?;
+        let mut authz = AuthzRequest::on_key("kms:ImportKeyMaterial", &resolved)
+            .with("kms:ExpirationModel", CtxValue::one(model));
+        if let Some(v) = req.valid_to_ms {
+            authz = authz.with("kms:ValidTo", CtxValue::one(iso8601(v)));
+        }
+        self.authorize(caller, authz)?;
+        check_import_state(&resolved.key)?;
+        let kind = material_kind(&resolved.key)?;
+
+        // The token: ours, for this key, not expired. Nothing has been created yet.
+        let hash = token_hash(&req.import_token);
+        let token = self
+            .store
+            .get_import_token(&hash)
+            .await?
+            .filter(|t| t.key_id == resolved.key.record.key_id)
+            .ok_or_else(invalid_token)?;
+        if token.expires_at_ms <= now {
+            return Err(KmsError::ExpiredImportToken(
+                "The import token has expired; call GetParametersForImport again.".into(),
+            ));
+        }
+        let algorithm =
+            WrappingAlgorithm::parse(&token.wrapping_algorithm).ok_or_else(invalid_token)?;
+        let wrapping = WrappingKeyId(parse_uuid(&token.wrapping_key_id).ok_or_else(invalid_token)?);
+
+        let _guard = self.mutate.lock().await;
+        let key = self.key_by_uuid(&resolved.key.uuid).ok_or_else(|| {
+            KmsError::NotFound(format!("Key '{}' does not exist", resolved.key.arn))
+        })?;
+        check_import_state(&key)?;
+        let mut l = self.lifecycle_of(&key.record.key_id);
+        let expected = match &l.material_check {
+            Some(b) => Some(MaterialCheck::from_bytes(b).ok_or_else(|| {
+                KmsError::Internal("The stored check value of the key material is corrupt.".into())
+            })?),
+            None => None,
+        };
+        if expected.is_some() && req.import_type.as_deref() == Some("NEW_KEY_MATERIAL") {
+            return Err(KmsError::UnsupportedOperation(
+                "Importing new key material into a key that already has key material (rotation of imported keys) is not supported."
+                    .into(),
+            ));
+        }
+        let target = ObjectId::new(key.uuid, 1);
+        let create_object = !l.material_present;
+        let outcome = self
+            .hsm
+            .import_material(ImportJob {
+                wrapping_key: wrapping,
+                algorithm,
+                wrapped: req.encrypted_key_material,
+                target,
+                kind,
+                expected,
+                create_object,
+            })
+            .await
+            .map_err(|e| match e.kind {
+                HsmErrorKind::ObjectNotFound => invalid_token(),
+                _ => KmsError::from(e),
+            })?;
+        let check = match outcome {
+            ImportOutcome::Imported(check) => check,
+            ImportOutcome::WrongLength(_) => {
+                return Err(KmsError::Validation(format!(
+                    "The key material does not have a valid length for key spec {}.",
+                    key.record.key_spec
+                )))
+            }
+            ImportOutcome::Mismatch => {
+                return Err(KmsError::IncorrectKeyMaterial(
+                    "The key material in the request is different from the key material previously imported into this KMS key."
+                        .into(),
+                ))
+            }
+        };
+        let mut record = key.record.clone();
+        if record.state == KeyState::PendingImport {
+            record.state = KeyState::Enabled;
+        }
+        let first = !key.versions.contains(&1);
+        let version = KeyVersion {
+            key_id: record.key_id.clone(),
+            version: 1,
+            created_at_ms: now,
+        };
+        l.material_check = Some(check.to_bytes());
+        l.material_present = true;
+        l.expiration_model = Some(model.to_string());
+        l.valid_to_ms = req.valid_to_ms;
+        if let Err(e) = self
+            .store
+            .finish_import(&record, first.then_some(&version), &l, &hash)
+            .await
+        {
+            if create_object {
+                if let Err(he) = self.hsm.destroy(target).await {
+                    tracing::error!(error = %he, "could not destroy the material of a failed import");
+                }
+            }
+            return Err(e.into());
+        }
+        let mut cached = (*key).clone();
+        cached.record = record;
+        if first {
+            cached.versions = vec![1];
+        }
+        self.lifecycle_cache_put(l);
+        let cached = self.cache_put(cached);
+        match self.hsm.destroy_wrapping_key(wrapping).await {
+            Ok(()) => {}
+            Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not destroy a used wrapping key; `check` will report it")
+            }
+        }
+        tracing::info!(key_id = %cached.record.key_id, expiration_model = model, "key material imported");
+        Ok(KeyMaterialResponse {
+            key_id: cached.arn.clone(),
+            key_material_id: key_material_id(target),
+        })
+    }
+
+    /// DeleteImportedKeyMaterial: destroys the material; the key returns to PendingImport.
+    /// No effect on a key in PendingImport.
+    pub async fn delete_imported_key_material(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        key_material_id_param: Option<&str>,
+    ) -> Result<KeyMaterialResponse, KmsError> {
+        if let Some(m) = key_material_id_param {
+            if m.len() != 64 {
+                return Err(KmsError::validation(
+                    "keyMaterialId",
+                    "Member must have length 64",
+                ));
+            }
+        }
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:DeleteImportedKeyMaterial", &resolved, None)?;
+        check_import_state(&resolved.key)?;
+        material_kind(&resolved.key)?;
+        let _guard = self.mutate.lock().await;
+        let key = self.key_by_uuid(&resolved.key.uuid).ok_or_else(|| {
+            KmsError::NotFound(format!("Key '{}' does not exist", resolved.key.arn))
+        })?;
+        check_import_state(&key)?;
+        let material = key_material_id(ObjectId::new(key.uuid, 1));
+        if key_material_id_param.is_some_and(|m| m != material) {
+            return Err(KmsError::NotFound(format!(
+                "Key material {} of {} does not exist.",
+                key_material_id_param.unwrap_or_default(),
+                key.arn
+            )));
+        }
+        if key.record.state != KeyState::PendingImport {
+            self.drop_material(&key).await?;
+        }
+        Ok(KeyMaterialResponse {
+            key_id: key.arn.clone(),
+            key_material_id: material,
+        })
+    }
+
+    /// Destroys a key's imported material on the token, then records PendingImport (callers
+    /// hold the mutation lock). The check value stays: a re-import must bring the same material.
+    async fn drop_material(&self, key: &CachedKey) -> Result<(), KmsError> {
+        for &v in &key.versions {
+            match self.hsm.destroy(ObjectId::new(key.uuid, v)).await {
+                Ok(()) => {}
+                Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut l = self.lifecycle_of(&key.record.key_id);
+        l.material_present = false;
+        l.valid_to_ms = None;
+        l.expiration_model = None;
+        let mut cached = key.clone();
+        cached.record.state = KeyState::PendingImport;
+        self.store
+            .update_key_and_lifecycle(&cached.record, &l)
+            .await?;
+        self.lifecycle_cache_put(l);
+        self.cache_put(cached);
+        tracing::info!(key_id = %key.record.key_id, "imported key material deleted; key is pending import");
+        Ok(())
+    }
+
+    /// Destroys imported material whose ValidTo has passed (key -> PendingImport), and
+    /// expired import tokens with their wrapping keys. Returns the ids of keys whose material
+    /// expired.
+    pub async fn sweep_imports(&self) -> Result<Vec<String>, KmsError> {
+        let now = self.now_ms();
+        let due: Vec<String> = self
+            .lifecycles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| l.material_present && l.valid_to_ms.is_some_and(|v| v <= now))
+            .map(|l| l.key_id.clone())
+            .collect();
+        let mut expired = Vec::new();
+        for key_id in due {
+            let _guard = self.mutate.lock().await;
+            let l = self.lifecycle_of(&key_id);
+            let Some(key) = parse_uuid(&key_id).and_then(|u| self.key_by_uuid(&u)) else {
+                continue;
+            };
+            if !l.material_present || l.valid_to_ms.is_none_or(|v| v > now) {
+                continue;
+            }
+            match self.drop_material(&key).await {
+                Ok(()) => {
+                    tracing::info!(key_id, "imported key material expired");
+                    expired.push(key_id);
+                }
+                Err(e) => {
+                    tracing::error!(key_id, error = %e, "expiring imported key material failed; will retry")
+                }
+            }
+        }
+        // Expired tokens: the wrapping key goes at once; the row stays for a while so that a
+        // late ImportKeyMaterial hears ExpiredImportTokenException, not InvalidImportToken.
+        for t in self.store.list_import_tokens().await? {
+            if t.expires_at_ms > now {
+                continue;
+            }
+            let fresh = self
+                .swept_wrapping_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(t.token_sha256.clone());
+            if fresh {
+                if let Some(w) = parse_uuid(&t.wrapping_key_id) {
+                    match self.hsm.destroy_wrapping_key(WrappingKeyId(w)).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+                        Err(e) => {
+                            self.swept_wrapping_keys
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&t.token_sha256);
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+            if t.expires_at_ms + EXPIRED_TOKEN_RETENTION_MS <= now {
+                self.store.delete_import_token(&t.token_sha256).await?;
+                self.swept_wrapping_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&t.token_sha256);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Destroys the wrapping keys of a key's outstanding import tokens (before the key itself
+    /// is destroyed; the token rows go with the key).
+    pub(crate) async fn destroy_wrapping_keys_of(&self, key_id: &str) -> Result<(), KmsError> {
+        for t in self.store.list_import_tokens().await? {
+            if t.key_id != key_id {
+                continue;
+            }
+            if let Some(w) = parse_uuid(&t.wrapping_key_id) {
+                match self.hsm.destroy_wrapping_key(WrappingKeyId(w)).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Wrapping-key uuids of every outstanding import token (for reconciliation).
+    pub(crate) async fn live_wrapping_keys(&self) -> Result<Vec<[u8; 16]>, KmsError> {
+        let now = self.now_ms();
+        Ok(self
+            .store
+            .list_import_tokens()
+            .await?
+            .iter()
+            .filter(|t| t.expires_at_ms > now)
+            .filter_map(|t| parse_uuid(&t.wrapping_key_id))
+            .collect())
+    }
+}

@@ -1,0 +1,463 @@
+//! Rotation: EnableKeyRotation, DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand,
+//! ListKeyRotations, and the automatic rotation sweep (kms-spec 1.5 and 4.2).
+//!
+//! A rotation creates version `v + 1` of a symmetric AWS_KMS key as a new AES-256 object on the
+//! token, in two phases like CreateKey: (1) the version row, (2) the HSM object, (3) one
+//! transaction switching the key's current version and recording the rotation. Every older
+//! version stays on the token and keeps decrypting (a blob names its version). A rotation
+//! interrupted after (1) or (2) leaves a version row above the current version; `check` reports
+//! it and the key's next rotation completes it (creating the object if it is missing).
+
+use std::sync::Arc;
+
+use super::authz::{AuthzRequest, CtxValue};
+use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
+use super::{validate, CachedKey, InterruptCreate, Kms, KmsError};
+use crate::hsm::ObjectId;
+use crate::identity::Caller;
+use crate::store::{KeyLifecycle, KeyState, KeyVersion, RotationEntry};
+
+/// AWS's limit on RotateKeyOnDemand per key.
+pub const MAX_ON_DEMAND_ROTATIONS: u32 = 25;
+/// RotationPeriodInDays when EnableKeyRotation does not give one.
+pub const DEFAULT_ROTATION_PERIOD_DAYS: i32 = 365;
+/// `AUTOMATIC` rotation type.
+pub const AUTOMATIC: &str = "AUTOMATIC";
+/// `ON_DEMAND` rotation type.
+pub const ON_DEMAND: &str = "ON_DEMAND";
+const DAY_MS: i64 = 86_400_000;
+/// RotateKeyOnDemand is a ConflictException while an automatic rotation is due this soon.
+const AUTOMATIC_ROTATION_GUARD_MS: i64 = 20 * 60_000;
+
+/// GetKeyRotationStatus output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotationStatus {
+    /// The key ARN.
+    pub key_id: String,
+    pub key_rotation_enabled: bool,
+    pub rotation_period_in_days: Option<i32>,
+    pub next_rotation_date_ms: Option<i64>,
+    pub on_demand_rotation_start_date_ms: Option<i64>,
+}
+
+/// One ListKeyRotations entry (RotationsListEntry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationsListEntry {
+    /// The key ARN.
+    pub key_id: String,
+    pub key_material_id: String,
+    pub rotation_date_ms: i64,
+    /// `AUTOMATIC` or `ON_DEMAND`.
+    pub rotation_type: String,
+}
+
+/// One page of ListKeyRotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListKeyRotationsResponse {
+    pub rotations: Vec<RotationsListEntry>,
+    pub next_marker: Option<String>,
+}
+
+/// Rotation applies to symmetric keys with AWS_KMS origin only (class ROT).
+fn check_rotatable(key: &CachedKey) -> Result<(), KmsError> {
+    let r = &key.record;
+    if r.key_spec != SYMMETRIC_DEFAULT {
+        return Err(KmsError::UnsupportedOperation(format!(
+            "{} has key spec {}; rotation applies to symmetric encryption keys only.",
+            key.arn, r.key_spec
+        )));
+    }
+    if r.origin != "AWS_KMS" {
+        return Err(KmsError::UnsupportedOperation(format!(
+            "{} has origin {}; rotation applies to keys with AWS_KMS key material only.",
+            key.arn, r.origin
+        )));
+    }
+    Ok(())
+}
+
+/// Class ROT's states: Enabled only (`read`: also Disabled and PendingDeletion).
+fn check_rotation_state(key: &CachedKey, read: bool) -> Result<(), KmsError> {
+    let arn = &key.arn;
+    match key.record.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled | KeyState::PendingDeletion if read => Ok(()),
+        KeyState::Disabled => Err(KmsError::Disabled(format!("{arn} is disabled."))),
+        KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            "{arn} is pending deletion."
+        ))),
+        KeyState::PendingImport => Err(KmsError::InvalidState(format!("{arn} is pending import."))),
+        KeyState::Creating => Err(KmsError::InvalidState(format!("{arn} is creating."))),
+        KeyState::Unavailable => Err(KmsError::InvalidState(format!("{arn} is unavailable."))),
+    }
+}
+
+/// Removes a key from the set of rotations under way when dropped.
+struct RotationSlot<'a> {
+    kms: &'a Kms,
+    key_id: String,
+}
+
+impl Drop for RotationSlot<'_> {
+    fn drop(&mut self) {
+        self.kms
+            .rotating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key_id);
+    }
+}
+
+impl Kms {
+    /// A key's lifecycle row (a default one if it has none).
+    pub(crate) fn lifecycle_of(&self, key_id: &str) -> KeyLifecycle {
+        self.lifecycles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key_id)
+            .cloned()
+            .unwrap_or_else(|| KeyLifecycle {
+                key_id: key_id.to_string(),
+                ..KeyLifecycle::default()
+            })
+    }
+
+    /// Replaces a key's cached lifecycle (after the store has it).
+    pub(crate) fn lifecycle_cache_put(&self, l: KeyLifecycle) {
+        self.lifecycles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(l.key_id.clone(), l);
+    }
+
+    /// Forgets a destroyed key's lifecycle.
+    pub(crate) fn lifecycle_cache_remove(&self, key_id: &str) {
+        self.lifecycles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
+    }
+
+    fn claim_rotation(&self, key_id: &str) -> Option<RotationSlot<'_>> {
+        let mut rotating = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
+        if rotating.contains_key(key_id) {
+            return None;
+        }
+        rotating.insert(key_id.to_string(), self.now_ms());
+        Some(RotationSlot {
+            kms: self,
+            key_id: key_id.to_string(),
+        })
+    }
+
+    /// EnableKeyRotation: automatic rotation every `period` days (90-2560, default 365). On a
+    /// key that rotates already, a new period moves the next date to last rotation + period.
+    pub async fn enable_key_rotation(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        rotation_period_in_days: Option<i32>,
+    ) -> Result<(), KmsError> {
+        let days = rotation_period_in_days.unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
+        validate::int_range("rotationPeriodInDays", days, 90, 2560)?;
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:EnableKeyRotation", &resolved)
+                .with("kms:RotationPeriodInDays", CtxValue::one(days.to_string())),
+        )?;
+        check_rotation_state(&resolved.key, false)?;
+        check_rotatable(&resolved.key)?;
+        let now = self.now_ms();
+        let mut l = self.lifecycle_of(&resolved.key.record.key_id);
+        let next = match (
+            l.rotation_enabled,
+            l.next_rotation_ms,
+            l.rotation_period_days,
+        ) {
+            (true, Some(next), Some(old)) => {
+                next - i64::from(old) * DAY_MS + i64::from(days) * DAY_MS
+            }
+            _ => now + i64::from(days) * DAY_MS,
+        };
+        l.rotation_enabled = true;
+        l.rotation_period_days = Some(days);
+        l.next_rotation_ms = Some(next);
+        self.store.put_lifecycle(&l).await?;
+        self.lifecycle_cache_put(l);
+        tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
+        Ok(())
+    }
+
+    /// DisableKeyRotation.
+    pub async fn disable_key_rotation(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+    ) -> Result<(), KmsError> {
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:DisableKeyRotation", &resolved, None)?;
+        check_rotation_state(&resolved.key, false)?;
+        check_rotatable(&resolved.key)?;
+        let mut l = self.lifecycle_of(&resolved.key.record.key_id);
+        if !l.rotation_enabled {
+            return Ok(());
+        }
+        l.rotation_enabled = false;
+        l.next_rotation_ms = None;
+        self.store.put_lifecycle(&l).await?;
+        self.lifecycle_cache_put(l);
+        Ok(())
+    }
+
+    /// GetKeyRotationStatus (Enabled, Disabled or PendingDeletion keys).
+    pub async fn get_key_rotation_status(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+    ) -> Result<KeyRotationStatus, KmsError> {
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:GetKeyRotationStatus", &resolved, None)?;
+        check_rotation_state(&resolved.key, true)?;
+        check_rotatable(&resolved.key)?;
+        let l = self.lifecycle_of(&resolved.key.record.key_id);
+        let started = self
+            .rotating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&resolved.key.record.key_id)
+            .copied();
+        Ok(KeyRotationStatus {
+            key_id: resolved.key.arn.clone(),
+            key_rotation_enabled: l.rotation_enabled,
+            rotation_period_in_days: l.rotation_period_days.filter(|_| l.rotation_enabled),
+            next_rotation_date_ms: l.next_rotation_ms.filter(|_| l.rotation_enabled),
+            on_demand_rotation_start_date_ms: started,
+        })
+    }
+
+    /// RotateKeyOnDemand: a new version now; at most 25 per key; ConflictException while a
+    /// rotation of the key is under way or an automatic one is due within 20 minutes. The
+    /// automatic schedule does not move.
+    pub async fn rotate_key_on_demand(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+    ) -> Result<String, KmsError> {
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:RotateKeyOnDemand", &resolved, None)?;
+        check_rotation_state(&resolved.key, false)?;
+        check_rotatable(&resolved.key)?;
+        let id = resolved.key.record.key_id.clone();
+        let Some(_slot) = self.claim_rotation(&id) else {
+            return Err(KmsError::Conflict(format!(
+                "A rotation of {} is already in progress.",
+                resolved.key.arn
+            )));
+        };
+        let _guard = self.mutate.lock().await;
+        // Re-read under the lock: the key may have changed while we waited.
+        let key = self.key_by_uuid(&resolved.key.uuid).ok_or_else(|| {
+            KmsError::NotFound(format!("Key '{}' does not exist", resolved.key.arn))
+        })?;
+        check_rotation_state(&key, false)?;
+        let l = self.lifecycle_of(&id);
+        if l.rotation_enabled
+            && l.next_rotation_ms
+                .is_some_and(|n| n - self.now_ms() <= AUTOMATIC_ROTATION_GUARD_MS)
+        {
+            return Err(KmsError::Conflict(format!(
+                "An automatic rotation of {} is due within 20 minutes.",
+                key.arn
+            )));
+        }
+        if l.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
+            return Err(KmsError::LimitExceeded(format!(
+                "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
+                key.arn
+            )));
+        }
+        let rotated = self.rotate(&key, ON_DEMAND).await?;
+        Ok(rotated.arn.clone())
+    }
+
+    /// ListKeyRotations: the key's rotations, oldest first, paginated.
+    pub async fn list_key_rotations(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        limit: Option<i32>,
+        marker: &str,
+    ) -> Result<ListKeyRotationsResponse, KmsError> {
+        let limit = validate::limit(limit)?;
+        let after = validate::decode_marker(marker)?;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize_key(caller, "kms:ListKeyRotations", &resolved, None)?;
+        if resolved.key.record.key_spec != SYMMETRIC_DEFAULT {
+            check_rotatable(&resolved.key)?;
+        }
+        let key = &resolved.key;
+        let entries = self.store.list_rotations(&key.record.key_id).await?;
+        let (rotations, next_marker) = validate::page(
+            entries.into_iter().map(|e| {
+                (
+                    format!("{:010}", e.version),
+                    RotationsListEntry {
+                        key_id: key.arn.clone(),
+                        key_material_id: key_material_id(ObjectId::new(key.uuid, e.version)),
+                        rotation_date_ms: e.rotated_at_ms,
+                        rotation_type: e.rotation_type,
+                    },
+                )
+            }),
+            after.as_deref(),
+            limit,
+        );
+        Ok(ListKeyRotationsResponse {
+            rotations,
+            next_marker,
+        })
+    }
+
+    /// Creates the next version of `key` (callers hold the mutation lock) and switches
+    /// encryption to it. Completes an interrupted earlier rotation instead of starting anew.
+    async fn rotate(
+        &self,
+        key: &CachedKey,
+        rotation_type: &str,
+    ) -> Result<Arc<CachedKey>, KmsError> {
+        let key_id = key.record.key_id.clone();
+        let current = key.record.current_version;
+        let highest = key.versions.iter().copied().max().unwrap_or(current);
+        let leftover = highest > current;
+        let version = if leftover {
+            highest
+        } else {
+            current.checked_add(1).ok_or_else(|| {
+                KmsError::LimitExceeded(format!("{} has no version number left.", key.arn))
+            })?
+        };
+        let now = self.now_ms();
+        let object = ObjectId::new(key.uuid, version);
+        if !leftover {
+            // Phase one: the version row (the key keeps encrypting under `current`).
+            self.store
+                .begin_rotation(&KeyVersion {
+                    key_id: key_id.clone(),
+                    version,
+                    created_at_ms: now,
+                })
+                .await?;
+            // The cache follows the store: the new version is known (not yet current).
+            let mut pending = key.clone();
+            pending.versions.push(version);
+            pending.versions.sort_unstable();
+            self.cache_put(pending);
+        } else {
+            tracing::warn!(key_id, version, "completing an interrupted rotation");
+        }
+        if self.hooks.interrupt_rotation() == InterruptCreate::AfterMetadataRow {
+            return Err(KmsError::Internal(
+                "rotation interrupted by a test hook after the version row".into(),
+            ));
+        }
+        let present = leftover && self.hsm.exists(object).await?;
+        if !present {
+            if let Err(e) = self.hsm.generate_aes_key(object).await {
+                if !leftover {
+                    match self.store.abort_rotation(&key_id, version).await {
+                        Ok(()) => {
+                            self.cache_put(key.clone());
+                        }
+                        Err(se) => {
+                            tracing::error!(key_id, version, error = %se, "could not roll back a failed rotation row")
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+        if self.hooks.interrupt_rotation() == InterruptCreate::AfterHsmObject {
+            return Err(KmsError::Internal(
+                "rotation interrupted by a test hook after the HSM object".into(),
+            ));
+        }
+        // Phase two: switch, record, schedule.
+        let mut cached = key.clone();
+        cached.record.current_version = version;
+        if !cached.versions.contains(&version) {
+            cached.versions.push(version);
+            cached.versions.sort_unstable();
+        }
+        let mut l = self.lifecycle_of(&key_id);
+        if rotation_type == ON_DEMAND {
+            l.on_demand_rotations += 1;
+        } else if let (Some(next), Some(days)) = (l.next_rotation_ms, l.rotation_period_days) {
+            let period = i64::from(days) * DAY_MS;
+            let mut n = next + period;
+            if n <= now {
+                n = now + period;
+            }
+            l.next_rotation_ms = Some(n);
+        }
+        let entry = RotationEntry {
+            key_id: key_id.clone(),
+            version,
+            rotated_at_ms: now,
+            rotation_type: rotation_type.to_string(),
+        };
+        self.store
+            .finish_rotation(&cached.record, &entry, &l)
+            .await?;
+        self.lifecycle_cache_put(l);
+        let arc = self.cache_put(cached);
+        tracing::info!(key_id, version, rotation_type, "key rotated");
+        Ok(arc)
+    }
+
+    /// Rotates every key whose automatic rotation date has passed by the engine's clock.
+    /// Disabled keys wait until they are enabled again. Returns the ids rotated.
+    pub async fn sweep_rotations(&self) -> Result<Vec<String>, KmsError> {
+        let now = self.now_ms();
+        let due: Vec<String> = self
+            .lifecycles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| l.rotation_enabled && l.next_rotation_ms.is_some_and(|n| n <= now))
+            .map(|l| l.key_id.clone())
+            .collect();
+        let mut rotated = Vec::new();
+        for key_id in due {
+            let Some(_slot) = self.claim_rotation(&key_id) else {
+                continue;
+            };
+            let _guard = self.mutate.lock().await;
+            let Some(key) = uuid::Uuid::parse_str(&key_id)
+                .ok()
+                .and_then(|u| self.key_by_uuid(u.as_bytes()))
+            else {
+                continue;
+            };
+            let l = self.lifecycle_of(&key_id);
+            if key.record.state != KeyState::Enabled
+                || check_rotatable(&key).is_err()
+                || !l.rotation_enabled
+                || l.next_rotation_ms.is_none_or(|n| n > now)
+            {
+                continue;
+            }
+            // One key's failure (device hiccup) must not hold back the others: log, retry on
+            // the next sweep.
+            match self.rotate(&key, AUTOMATIC).await {
+                Ok(_) => rotated.push(key_id),
+                Err(e) => {
+                    tracing::error!(key_id, error = %e, "automatic rotation failed; will retry")
+                }
+            }
+        }
+        Ok(rotated)
+    }
+}

@@ -1,0 +1,870 @@
+//! Import of key material (BYOK): RSA wrapping key pairs and on-device unwrap.
+//!
+//! - **Wrapping key pairs.** One fresh RSA key pair per GetParametersForImport. The private
+//!   key is a token object (sensitive, never extractable, `CKA_UNWRAP` only, allowed mechanism
+//!   `CKM_RSA_PKCS_OAEP`) with its own `CKA_ID` scheme ([`WrappingKeyId`]: 24 bytes, so it can
+//!   never be read as a 20-byte key-version [`ObjectId`]) and label `p11kms/import/<uuid>`.
+//!   The public key is a session object, read once (modulus, exponent) and destroyed; the
+//!   caller gets a DER SubjectPublicKeyInfo built here.
+//! - **Unwrap.** `RSAES_OAEP_*`: `C_UnwrapKey(CKM_RSA_PKCS_OAEP)` straight into a key object.
+//!   `RSA_AES_KEY_WRAP_*`: the first modulus-length bytes are OAEP-unwrapped into a session
+//!   AES key (`CKA_UNWRAP` only), which then unwraps the rest with `CKM_AES_KEY_WRAP_PAD`
+//!   (RFC 5649); the session AES key is destroyed. The material never leaves the device.
+//! - **Checks before the token object.** Every import first unwraps into a *session* copy,
+//!   checks its length and computes a check value with it on the device (AES: AES-GCM of an
+//!   HSM-random block under an HSM-random IV; HMAC: the MAC of an HSM-random message). A
+//!   re-import must reproduce the stored check value (constant-time comparison); only then
+//!   is the token object created (unwrapped again from the same blob). The session copy is
+//!   destroyed in the same job. A bad input therefore never leaves an object behind.
+
+use std::time::Instant;
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::SessionState;
+use subtle::ConstantTimeEq;
+
+use super::error::{HsmError, HsmErrorKind};
+use super::objects::ObjectId;
+use super::pool::WorkerCtx;
+
+/// Prefix of a wrapping key's 24-byte `CKA_ID`.
+const WRAPPING_ID_PREFIX: &[u8; 8] = b"p11kmsIW";
+/// Label prefix of wrapping keys.
+pub const WRAPPING_LABEL_PREFIX: &str = "p11kms/import/";
+
+/// Identity of one import wrapping key pair (a UUID); `CKA_ID` = `p11kmsIW` || uuid.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct WrappingKeyId(pub [u8; 16]);
+
+impl WrappingKeyId {
+    /// The 24-byte `CKA_ID`.
+    pub fn cka_id(&self) -> Vec<u8> {
+        let mut v = WRAPPING_ID_PREFIX.to_vec();
+        v.extend_from_slice(&self.0);
+        v
+    }
+
+    /// Parses a `CKA_ID` of the wrapping-key shape.
+    pub fn from_cka_id(id: &[u8]) -> Option<WrappingKeyId> {
+        let rest = id.strip_prefix(WRAPPING_ID_PREFIX.as_slice())?;
+        Some(WrappingKeyId(rest.try_into().ok()?))
+    }
+
+    /// `p11kms/import/<uuid>`.
+    pub fn label(&self) -> String {
+        format!(
+            "{WRAPPING_LABEL_PREFIX}{}",
+            uuid::Uuid::from_bytes(self.0).hyphenated()
+        )
+    }
+}
+
+/// AWS wrapping algorithms p11kms accepts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WrappingAlgorithm {
+    /// RSA-OAEP, SHA-1 and MGF1-SHA-1, directly over the material.
+    RsaesOaepSha1,
+    /// RSA-OAEP, SHA-256 and MGF1-SHA-256, directly over the material.
+    RsaesOaepSha256,
+    /// RSA-OAEP(SHA-1) of an ephemeral AES-256 key, then RFC 5649 of the material.
+    RsaAesKeyWrapSha1,
+    /// RSA-OAEP(SHA-256) of an ephemeral AES-256 key, then RFC 5649 of the material.
+    RsaAesKeyWrapSha256,
+}
+
+impl WrappingAlgorithm {
+    /// Parses the AWS name.
+    pub fn parse(s: &str) -> Option<WrappingAlgorithm> {
+        Some(match s {
+            "RSAES_OAEP_SHA_1" => WrappingAlgorithm::RsaesOaepSha1,
+            "RSAES_OAEP_SHA_256" => WrappingAlgorithm::RsaesOaepSha256,
+            "RSA_AES_KEY_WRAP_SHA_1" => WrappingAlgorithm::RsaAesKeyWrapSha1,
+            "RSA_AES_KEY_WRAP_SHA_256" => WrappingAlgorithm::RsaAesKeyWrapSha256,
+            _ => return None,
+        })
+    }
+
+    /// The AWS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WrappingAlgorithm::RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
+            WrappingAlgorithm::RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+            WrappingAlgorithm::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1",
+            WrappingAlgorithm::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256",
+        }
+    }
+
+    fn sha256(self) -> bool {
+        matches!(
+            self,
+            WrappingAlgorithm::RsaesOaepSha256 | WrappingAlgorithm::RsaAesKeyWrapSha256
+        )
+    }
+
+    fn two_step(self) -> bool {
+        matches!(
+            self,
+            WrappingAlgorithm::RsaAesKeyWrapSha1 | WrappingAlgorithm::RsaAesKeyWrapSha256
+        )
+    }
+
+    fn oaep(self) -> Mechanism<'static> {
+        let (hash, mgf) = if self.sha256() {
+            (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256)
+        } else {
+            (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1)
+        };
+        Mechanism::RsaPkcsOaep(PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty()))
+    }
+}
+
+/// What the imported material becomes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MaterialKind {
+    /// SYMMETRIC_DEFAULT: an AES-256 key with the CMK template (exactly 32 bytes).
+    Aes256,
+    /// HMAC_224/256/384/512: a generic secret with the HMAC template.
+    Hmac(HmacSpec),
+}
+
+/// An HMAC key spec.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HmacSpec {
+    Hmac224,
+    Hmac256,
+    Hmac384,
+    Hmac512,
+}
+
+impl HmacSpec {
+    /// Parses `HMAC_224` ... `HMAC_512`.
+    pub fn parse(spec: &str) -> Option<HmacSpec> {
+        Some(match spec {
+            "HMAC_224" => HmacSpec::Hmac224,
+            "HMAC_256" => HmacSpec::Hmac256,
+            "HMAC_384" => HmacSpec::Hmac384,
+            "HMAC_512" => HmacSpec::Hmac512,
+            _ => return None,
+        })
+    }
+
+    fn mechanism_type(self) -> MechanismType {
+        match self {
+            HmacSpec::Hmac224 => MechanismType::SHA224_HMAC,
+            HmacSpec::Hmac256 => MechanismType::SHA256_HMAC,
+            HmacSpec::Hmac384 => MechanismType::SHA384_HMAC,
+            HmacSpec::Hmac512 => MechanismType::SHA512_HMAC,
+        }
+    }
+
+    fn mechanism(self) -> Mechanism<'static> {
+        match self {
+            HmacSpec::Hmac224 => Mechanism::Sha224Hmac,
+            HmacSpec::Hmac256 => Mechanism::Sha256Hmac,
+            HmacSpec::Hmac384 => Mechanism::Sha384Hmac,
+            HmacSpec::Hmac512 => Mechanism::Sha512Hmac,
+        }
+    }
+
+    /// Accepted material lengths in bytes (AWS: digest length up to the hash's block size).
+    pub fn material_len(self) -> (usize, usize) {
+        match self {
+            HmacSpec::Hmac224 => (28, 64),
+            HmacSpec::Hmac256 => (32, 64),
+            HmacSpec::Hmac384 => (48, 128),
+            HmacSpec::Hmac512 => (64, 128),
+        }
+    }
+}
+
+impl MaterialKind {
+    fn len_range(self) -> (usize, usize) {
+        match self {
+            MaterialKind::Aes256 => (32, 32),
+            MaterialKind::Hmac(h) => h.material_len(),
+        }
+    }
+}
+
+/// A check value computed on the device with the material (not secret: a known-plaintext
+/// pair under the key, like a classic key check value).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct MaterialCheck {
+    /// AES-GCM IV (AES) or empty (HMAC).
+    pub iv: Vec<u8>,
+    /// The HSM-random input.
+    pub message: Vec<u8>,
+    /// AES-GCM ciphertext and tag, or the MAC.
+    pub value: Vec<u8>,
+}
+
+impl MaterialCheck {
+    /// Serialises as `u16 len || iv || u16 len || message || value`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        for part in [&self.iv, &self.message] {
+            v.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            v.extend_from_slice(part);
+        }
+        v.extend_from_slice(&self.value);
+        v
+    }
+
+    /// Parses [`MaterialCheck::to_bytes`].
+    pub fn from_bytes(b: &[u8]) -> Option<MaterialCheck> {
+        let mut rest = b;
+        let mut take = || -> Option<Vec<u8>> {
+            let (len, r) = rest.split_first_chunk::<2>()?;
+            let len = u16::from_be_bytes(*len) as usize;
+            if r.len() < len {
+                return None;
+            }
+            let (part, r) = r.split_at(len);
+            rest = r;
+            Some(part.to_vec())
+        };
+        let iv = take()?;
+        let message = take()?;
+        Some(MaterialCheck {
+            iv,
+            message,
+            value: rest.to_vec(),
+        })
+    }
+}
+
+/// One ImportKeyMaterial job. `Debug` leaves out the wrapped material.
+pub struct ImportJob {
+    /// The wrapping key the import token names.
+    pub wrapping_key: WrappingKeyId,
+    /// How the material is wrapped.
+    pub algorithm: WrappingAlgorithm,
+    /// The wrapped material as the caller sent it.
+    pub wrapped: Vec<u8>,
+    /// The key-version object the material becomes.
+    pub target: ObjectId,
+    /// AES or HMAC.
+    pub kind: MaterialKind,
+    /// The check value of earlier imports: the new material must reproduce it.
+    pub expected: Option<MaterialCheck>,
+    /// Create the token object (false when the same material is already on the token).
+    pub create_object: bool,
+}
+
+impl std::fmt::Debug for ImportJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportJob")
+            .field("wrapping_key", &self.wrapping_key)
+            .field("algorithm", &self.algorithm)
+            .field("target", &self.target)
+            .field("kind", &self.kind)
+            .field("create_object", &self.create_object)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a wrapping-key generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WrappingKeyOutcome {
+    /// The key pair exists; the public key as DER SubjectPublicKeyInfo.
+    Created(Vec<u8>),
+    /// The token cannot unwrap with RSA-OAEP over SHA-256 (SoftHSM2 2.6 accepts only SHA-1);
+    /// nothing was kept.
+    OaepSha256Unsupported,
+}
+
+/// Whether the module accepts CKM_RSA_PKCS_OAEP with SHA-256 (0 unknown, 1 yes, 2 no). One
+/// PKCS#11 module per process, so one answer per process.
+static OAEP_SHA256: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// `Some(false)` once a probe showed the token refuses RSA-OAEP with SHA-256.
+pub fn oaep_sha256_known() -> Option<bool> {
+    match OAEP_SHA256.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
+/// The result of an import job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The material is on the token (or was already); its check value.
+    Imported(MaterialCheck),
+    /// The unwrapped material has the wrong length for the key spec (nothing kept).
+    WrongLength(usize),
+    /// A re-import with different material (nothing kept).
+    Mismatch,
+}
+
+// ------------------------------------------------------------------------------- templates
+
+fn wrapping_private_template(id: &WrappingKeyId) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::SignRecover(false),
+        Attribute::Unwrap(true),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
+        Attribute::Id(id.cka_id()),
+        Attribute::Label(id.label().into_bytes()),
+    ]
+}
+
+fn wrapping_public_template(bits: u32) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Encrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Verify(false),
+        Attribute::ModulusBits(u64::from(bits).into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+    ]
+}
+
+/// The target (token) or check-copy (session) template of imported material. For AES it is
+/// the CMK template without `CKA_VALUE_LEN` (set by the unwrap); for HMAC the shared HMAC
+/// template of the issue-7 contract, likewise without `CKA_VALUE_LEN`.
+fn material_template(kind: MaterialKind, target: &ObjectId, token: bool) -> Vec<Attribute> {
+    let (key_type, mechanism, encrypt, sign) = match kind {
+        MaterialKind::Aes256 => (KeyType::AES, MechanismType::AES_GCM, true, false),
+        MaterialKind::Hmac(h) => (KeyType::GENERIC_SECRET, h.mechanism_type(), false, true),
+    };
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::Token(token),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(encrypt),
+        Attribute::Decrypt(encrypt),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(sign),
+        Attribute::Verify(sign),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(vec![mechanism]),
+    ];
+    if token {
+        t.push(Attribute::Id(target.0.to_vec()));
+        t.push(Attribute::Label(target.label().into_bytes()));
+    } else {
+        t.push(Attribute::Label(b"p11kms/import-check".to_vec()));
+    }
+    t
+}
+
+/// The session AES key of the two-step RSA_AES_KEY_WRAP unwrap: may only unwrap.
+fn ephemeral_aes_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(true),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(vec![MechanismType::AES_KEY_WRAP_PAD]),
+        Attribute::Label(b"p11kms/import-ephemeral".to_vec()),
+    ]
+}
+
+// ------------------------------------------------------------------------------- DER
+
+fn der_len(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    der_len(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+fn der_uint(bytes: &[u8]) -> Vec<u8> {
+    let trimmed: &[u8] = {
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        &bytes[skip.min(bytes.len().saturating_sub(1))..]
+    };
+    let mut content = Vec::with_capacity(trimmed.len() + 1);
+    if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
+        content.push(0);
+    }
+    content.extend_from_slice(trimmed);
+    der_tlv(0x02, &content)
+}
+
+/// DER SubjectPublicKeyInfo of an RSA public key (rsaEncryption, NULL parameters).
+pub fn rsa_spki_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
+    const RSA_ALGORITHM_ID: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut rsa_key = der_uint(modulus);
+    rsa_key.extend(der_uint(exponent));
+    let rsa_key = der_tlv(0x30, &rsa_key);
+    let mut bits = vec![0u8];
+    bits.extend(rsa_key);
+    let mut spki = RSA_ALGORITHM_ID.to_vec();
+    spki.extend(der_tlv(0x03, &bits));
+    der_tlv(0x30, &spki)
+}
+
+// ------------------------------------------------------------------------------- helpers
+
+fn destroy_quietly(ctx: &mut WorkerCtx, h: ObjectHandle, what: &str) {
+    ctx.count("C_DestroyObject");
+    if let Err(e) = ctx.session.destroy_object(h) {
+        let err = ctx.fail("C_DestroyObject", &e);
+        tracing::warn!(error = %err, what, "could not destroy a temporary import object");
+    }
+}
+
+fn find_wrapping_key(ctx: &mut WorkerCtx, id: &WrappingKeyId) -> Result<ObjectHandle, HsmError> {
+    ctx.count("C_FindObjectsInit");
+    ctx.count("C_FindObjects");
+    ctx.count("C_FindObjectsFinal");
+    let found = ctx
+        .session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(id.cka_id()),
+        ])
+        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
+    match found.as_slice() {
+        [h] => Ok(*h),
+        [] => Err(HsmError::new(
+            HsmErrorKind::ObjectNotFound,
+            "C_FindObjects",
+            ctx.token(),
+            format!("no import wrapping key {}", id.label()),
+        )),
+        many => Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_FindObjects",
+            ctx.token(),
+            format!("{} objects share the CKA_ID of {}", many.len(), id.label()),
+        )),
+    }
+}
+
+/// A failed unwrap of a caller's blob: on a healthy device the blob is bad
+/// ([`HsmErrorKind::AuthFailed`] -> InvalidCiphertextException), otherwise the device is.
+fn classify_unwrap_failure(ctx: &mut WorkerCtx, e: &CkError) -> HsmError {
+    let mut err = super::error::from_cryptoki("C_UnwrapKey", ctx.token(), e);
+    let blob_like = matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::GeneralError
+                | RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::WrappedKeyInvalid
+                | RvError::WrappedKeyLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange
+                | RvError::KeySizeRange
+                | RvError::TemplateInconsistent,
+            _
+        )
+    );
+    if !blob_like {
+        return ctx.fail("C_UnwrapKey", e);
+    }
+    ctx.count("C_GetSessionInfo");
+    let healthy = match ctx.session.get_session_info() {
+        Ok(info) => matches!(
+            info.session_state(),
+            SessionState::RwUser | SessionState::RoUser
+        ),
+        Err(pe) => {
+            ctx.fail("C_GetSessionInfo", &pe);
+            false
+        }
+    };
+    if healthy {
+        err.kind = HsmErrorKind::AuthFailed;
+        err.detail = Some("the wrapped key material could not be unwrapped".into());
+    } else {
+        err.kind = HsmErrorKind::Unavailable;
+        err.detail = Some("unwrap failed and the session probe failed".into());
+    }
+    err
+}
+
+fn unwrap_once(
+    ctx: &mut WorkerCtx,
+    mechanism: &Mechanism<'_>,
+    key: ObjectHandle,
+    wrapped: &[u8],
+    template: &[Attribute],
+) -> Result<ObjectHandle, HsmError> {
+    ctx.count("C_UnwrapKey");
+    let t = Instant::now();
+    let r = ctx.session.unwrap_key(mechanism, key, wrapped, template);
+    ctx.observe("C_UnwrapKey", t);
+    r.map_err(|e| classify_unwrap_failure(ctx, &e))
+}
+
+/// Unwraps the caller's blob into a new object with `template` (one or two steps).
+fn unwrap_material(
+    ctx: &mut WorkerCtx,
+    rsa: ObjectHandle,
+    modulus_len: usize,
+    job: &ImportJob,
+    template: &[Attribute],
+) -> Result<ObjectHandle, HsmError> {
+    let oaep = job.algorithm.oaep();
+    if !job.algorithm.two_step() {
+        return unwrap_once(ctx, &oaep, rsa, &job.wrapped, template);
+    }
+    if job.wrapped.len() <= modulus_len {
+        return Err(HsmError::new(
+            HsmErrorKind::AuthFailed,
+            "C_UnwrapKey",
+            ctx.token(),
+            "the wrapped key material is shorter than the RSA modulus plus an AES key wrap",
+        ));
+    }
+    let (rsa_part, aes_part) = job.wrapped.split_at(modulus_len);
+    let ephemeral = unwrap_once(ctx, &oaep, rsa, rsa_part, &ephemeral_aes_template())?;
+    let r = unwrap_once(
+        ctx,
+        &Mechanism::AesKeyWrapPad,
+        ephemeral,
+        aes_part,
+        template,
+    );
+    destroy_quietly(ctx, ephemeral, "ephemeral AES key");
+    r
+}
+
+fn value_len(ctx: &mut WorkerCtx, h: ObjectHandle) -> Result<usize, HsmError> {
+    ctx.count("C_GetAttributeValue");
+    let attrs = ctx
+        .session
+        .get_attributes(h, &[AttributeType::ValueLen])
+        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::ValueLen(n) => Some(u64::from(n) as usize),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            HsmError::new(
+                HsmErrorKind::Other,
+                "C_GetAttributeValue",
+                ctx.token(),
+                "the unwrapped key has no CKA_VALUE_LEN",
+            )
+        })
+}
+
+fn random_bytes(ctx: &mut WorkerCtx, n: usize) -> Result<Vec<u8>, HsmError> {
+    let mut v = vec![0u8; n];
+    ctx.count("C_GenerateRandom");
+    ctx.session
+        .generate_random_slice(&mut v)
+        .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+    Ok(v)
+}
+
+/// Computes the check value of `key` (fresh HSM-random inputs unless `like` gives them).
+fn check_value(
+    ctx: &mut WorkerCtx,
+    kind: MaterialKind,
+    key: ObjectHandle,
+    like: Option<&MaterialCheck>,
+) -> Result<MaterialCheck, HsmError> {
+    match kind {
+        MaterialKind::Aes256 => {
+            let (mut iv, message) = match like {
+                Some(c) => (c.iv.clone(), c.message.clone()),
+                None => (random_bytes(ctx, 12)?, random_bytes(ctx, 16)?),
+            };
+            let iv_copy = iv.clone();
+            let params = GcmParams::new(&mut iv, &[], 128.into()).map_err(|e| {
+                HsmError::new(
+                    HsmErrorKind::Other,
+                    "C_EncryptInit",
+                    ctx.token(),
+                    format!("bad GCM parameters: {e}"),
+                )
+            })?;
+            ctx.count("C_EncryptInit");
+            ctx.count("C_Encrypt");
+            let value = ctx
+                .session
+                .encrypt(&Mechanism::AesGcm(params), key, &message)
+                .map_err(|e| ctx.fail("C_Encrypt", &e))?;
+            Ok(MaterialCheck {
+                iv: iv_copy,
+                message,
+                value,
+            })
+        }
+        MaterialKind::Hmac(h) => {
+            let message = match like {
+                Some(c) => c.message.clone(),
+                None => random_bytes(ctx, 32)?,
+            };
+            ctx.count("C_SignInit");
+            ctx.count("C_Sign");
+            let value = ctx
+                .session
+                .sign(&h.mechanism(), key, &message)
+                .map_err(|e| ctx.fail("C_Sign", &e))?;
+            Ok(MaterialCheck {
+                iv: Vec::new(),
+                message,
+                value,
+            })
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------- operations
+
+/// Generates a wrapping key pair of `bits`; returns the public key as DER SPKI.
+pub(crate) fn generate_wrapping_key(
+    ctx: &mut WorkerCtx,
+    id: WrappingKeyId,
+    bits: u32,
+    sha256: bool,
+) -> Result<WrappingKeyOutcome, HsmError> {
+    ctx.count("C_GenerateKeyPair");
+    let t = Instant::now();
+    let r = ctx.session.generate_key_pair(
+        &Mechanism::RsaPkcsKeyPairGen,
+        &wrapping_public_template(bits),
+        &wrapping_private_template(&id),
+    );
+    ctx.observe("C_GenerateKeyPair", t);
+    let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    if sha256 && oaep_sha256_known().is_none() {
+        // Probe once with the public key: SoftHSM2 2.6 refuses any OAEP hash but SHA-1 with
+        // CKR_ARGUMENTS_BAD (wrap, unwrap, encrypt and decrypt alike).
+        ctx.count("C_EncryptInit");
+        ctx.count("C_Encrypt");
+        let probe = ctx.session.encrypt(
+            &WrappingAlgorithm::RsaesOaepSha256.oaep(),
+            public,
+            b"p11kms oaep-sha256 probe",
+        );
+        let ok = match probe {
+            Ok(_) => true,
+            Err(CkError::Pkcs11(
+                RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+                _,
+            )) => false,
+            Err(e) => {
+                let err = ctx.fail("C_Encrypt", &e);
+                destroy_quietly(ctx, public, "wrapping public key");
+                destroy_quietly(ctx, private, "wrapping private key");
+                return Err(err);
+            }
+        };
+        OAEP_SHA256.store(if ok { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+    }
+    if sha256 && oaep_sha256_known() == Some(false) {
+        destroy_quietly(ctx, public, "wrapping public key");
+        destroy_quietly(ctx, private, "wrapping private key");
+        return Ok(WrappingKeyOutcome::OaepSha256Unsupported);
+    }
+    ctx.count("C_GetAttributeValue");
+    let attrs = ctx
+        .session
+        .get_attributes(
+            public,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )
+        .map_err(|e| ctx.fail("C_GetAttributeValue", &e));
+    destroy_quietly(ctx, public, "wrapping public key");
+    let attrs = match attrs {
+        Ok(a) => a,
+        Err(e) => {
+            destroy_quietly(ctx, private, "wrapping private key");
+            return Err(e);
+        }
+    };
+    let mut modulus = None;
+    let mut exponent = None;
+    for a in attrs {
+        match a {
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::PublicExponent(e) => exponent = Some(e),
+            _ => {}
+        }
+    }
+    let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
+        destroy_quietly(ctx, private, "wrapping private key");
+        return Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_GetAttributeValue",
+            ctx.token(),
+            "the RSA public key has no modulus or exponent",
+        ));
+    };
+    tracing::debug!(token = %ctx.token(), object = %id.label(), bits, "import wrapping key generated");
+    Ok(WrappingKeyOutcome::Created(rsa_spki_der(
+        &modulus, &exponent,
+    )))
+}
+
+/// Destroys a wrapping private key; `ObjectNotFound` if absent.
+pub(crate) fn destroy_wrapping_key(ctx: &mut WorkerCtx, id: WrappingKeyId) -> Result<(), HsmError> {
+    let h = find_wrapping_key(ctx, &id)?;
+    ctx.count("C_DestroyObject");
+    ctx.session
+        .destroy_object(h)
+        .map_err(|e| ctx.fail("C_DestroyObject", &e))?;
+    tracing::debug!(token = %ctx.token(), object = %id.label(), "import wrapping key destroyed");
+    Ok(())
+}
+
+fn modulus_len(ctx: &mut WorkerCtx, rsa: ObjectHandle) -> Result<usize, HsmError> {
+    ctx.count("C_GetAttributeValue");
+    let attrs = ctx
+        .session
+        .get_attributes(rsa, &[AttributeType::Modulus])
+        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Modulus(m) => Some(m.len()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            HsmError::new(
+                HsmErrorKind::Other,
+                "C_GetAttributeValue",
+                ctx.token(),
+                "the wrapping key has no modulus",
+            )
+        })
+}
+
+/// Runs one import: session copy, length check, check value, then the token object.
+pub(crate) fn import_material(
+    ctx: &mut WorkerCtx,
+    job: ImportJob,
+) -> Result<ImportOutcome, HsmError> {
+    let rsa = find_wrapping_key(ctx, &job.wrapping_key)?;
+    let k = modulus_len(ctx, rsa)?;
+    let copy_template = material_template(job.kind, &job.target, false);
+    let copy = unwrap_material(ctx, rsa, k, &job, &copy_template)?;
+    let outcome = (|| {
+        let (min, max) = job.kind.len_range();
+        // SoftHSM2 neither sets CKA_VALUE_LEN on an unwrapped key nor accepts it in the
+        // unwrap template; use it where the token reports it, else bound the length by the
+        // RFC 5649 part (8 + the material padded to 8 bytes) when there is one.
+        let len = value_len(ctx, copy)?;
+        if len > 0 && (len < min || len > max) {
+            return Ok(ImportOutcome::WrongLength(len));
+        }
+        if len == 0 && job.algorithm.two_step() {
+            let padded = job.wrapped.len().saturating_sub(k + 8);
+            if padded < min || padded.saturating_sub(7) > max {
+                return Ok(ImportOutcome::WrongLength(padded));
+            }
+        }
+        let check = match check_value(ctx, job.kind, copy, job.expected.as_ref()) {
+            // AES refuses a key that is not 16, 24 or 32 bytes long.
+            Err(e)
+                if job.kind == MaterialKind::Aes256
+                    && e.rv.as_deref().is_some_and(|rv| {
+                        rv.contains("KEY_SIZE_RANGE") || rv.contains("KEY_TYPE_INCONSISTENT")
+                    }) =>
+            {
+                return Ok(ImportOutcome::WrongLength(len));
+            }
+            other => other?,
+        };
+        if let Some(expected) = &job.expected {
+            if !bool::from(check.value.ct_eq(&expected.value)) {
+                return Ok(ImportOutcome::Mismatch);
+            }
+        }
+        Ok(ImportOutcome::Imported(check))
+    })();
+    destroy_quietly(ctx, copy, "import check copy");
+    let outcome = outcome?;
+    if !(job.create_object && matches!(outcome, ImportOutcome::Imported(_))) {
+        return Ok(outcome);
+    }
+    if ctx.shared.handles.get(&job.target).is_some() {
+        return Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_UnwrapKey",
+            ctx.token(),
+            format!(
+                "a key object with the CKA_ID of {} already exists",
+                job.target
+            ),
+        ));
+    }
+    let template = material_template(job.kind, &job.target, true);
+    let h = unwrap_material(ctx, rsa, k, &job, &template)?;
+    ctx.shared.handles.insert(job.target, h);
+    tracing::debug!(token = %ctx.token(), object = %job.target, "imported key material unwrapped");
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spki_of_a_small_key_is_well_formed() {
+        let der = rsa_spki_der(&[0x00, 0xc1, 0x02], &[1, 0, 1]);
+        assert_eq!(der[0], 0x30);
+        assert_eq!(der[1] as usize, der.len() - 2);
+        // modulus gets a leading zero (high bit set), exponent stays 3 bytes
+        assert!(der.windows(5).any(|w| w == [0x02, 0x03, 0x00, 0xc1, 0x02]));
+        assert!(der.ends_with(&[0x02, 0x03, 0x01, 0x00, 0x01]));
+    }
+
+    #[test]
+    fn wrapping_ids_never_look_like_key_versions() {
+        let id = WrappingKeyId([9; 16]);
+        assert_eq!(id.cka_id().len(), 24);
+        assert!(ObjectId::from_bytes(&id.cka_id()).is_none());
+        assert_eq!(WrappingKeyId::from_cka_id(&id.cka_id()), Some(id));
+        assert!(id.label().starts_with(WRAPPING_LABEL_PREFIX));
+    }
+
+    #[test]
+    fn check_values_round_trip() {
+        let c = MaterialCheck {
+            iv: vec![1; 12],
+            message: vec![2; 16],
+            value: vec![3; 32],
+        };
+        assert_eq!(MaterialCheck::from_bytes(&c.to_bytes()), Some(c));
+        assert_eq!(MaterialCheck::from_bytes(&[0, 5, 1]), None);
+    }
+}
