@@ -56,6 +56,7 @@ pub enum KmsError {
     InvalidSignature(String),
     #[error("{0}")]
     InvalidMac(String),
+    #[error("{0}")]
     ExpiredImportToken(String),
     #[error("{0}")]
     InvalidImportToken(String),
