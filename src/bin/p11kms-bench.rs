@@ -192,6 +192,10 @@ struct Cli {
     /// Log level of the own daemon.
     #[arg(long, default_value = "info")]
     daemon_log_level: String,
+    /// `[audit] durability` of the own daemon (`group-commit` or `relaxed`; default: the
+    /// daemon's default, group commit).
+    #[arg(long)]
+    audit_durability: Option<String>,
     /// Keys in the store for the startup suite.
     #[arg(long, default_value_t = 10_000)]
     startup_keys: usize,
@@ -544,6 +548,9 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         level = toml_str(&cli.daemon_log_level),
         creds = q(&id.join("credentials.json")),
     );
+    if let Some(d) = &cli.audit_durability {
+        text.push_str(&format!("\n[audit]\ndurability = {}\n", toml_str(d)));
+    }
     for a in &accounts {
         text.push_str(&format!(
             "\n[[identity.account]]\naccount_id = \"{a}\"\nauthorization_details = {}\n",
