@@ -459,6 +459,10 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Largest batch buffer the writer keeps between batches (bytes); a larger one, left by a
+/// burst, is freed.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
+
 /// Appends the sealed `event` record line for `fields` (a serialized JSON object) at
 /// `sequence` after `previous_hash` to `buf`, without intermediate copies; returns its hash.
 /// The bytes are exactly those of `seal_line(&record_body(RECORD_EVENT, ...))`.
@@ -936,7 +940,10 @@ impl Writer {
                     self.checkpoint_committed(cp_seq);
                 }
                 self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                self.buf = buf;
+                // Keep the buffer for the next batch unless a burst made it large.
+                if buf.capacity() <= MAX_KEPT_BUFFER {
+                    self.buf = buf;
+                }
                 for (ack, (sequence, hash)) in acks.into_iter().zip(receipts) {
                     let _ = ack.send(Ok(AppendReceipt {
                         sequence,
