@@ -22,6 +22,12 @@ use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
 use p11kms::pb::security_token_service_client::SecurityTokenServiceClient;
 
+/// mimalloc instead of glibc's allocator: per-thread free lists without the arena lock and
+/// fastbin consolidation that cost the request path ~14 % of daemon CPU
+/// (docs/benchmarks.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// p11kms: an on-premises key management daemon with keys held in a PKCS#11 HSM.
 #[derive(Parser, Debug)]
 #[command(name = "p11kms", version, about)]

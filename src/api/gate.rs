@@ -39,7 +39,7 @@ impl RequestInfo {
         RequestInfo {
             door,
             operation,
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: crate::audit::ids::uuid_v4().to_string(),
             source_ip: None,
             user_agent: None,
             started: Instant::now(),
@@ -69,23 +69,25 @@ fn audit_unavailable() -> KmsError {
     )
 }
 
-/// The decision that explains a request: the first denial, else the last allow.
-fn deciding(rec: &RequestRecord) -> Option<AuditDecision> {
-    let d = rec
+/// The decision that explains a request: the first denial, else the last allow (moved out
+/// of the record, not copied).
+fn deciding(rec: &mut RequestRecord) -> Option<AuditDecision> {
+    let i = rec
         .decisions
         .iter()
-        .find(|d| d.effect == "Deny")
-        .or_else(|| rec.decisions.last())?;
+        .position(|d| d.effect == "Deny")
+        .or_else(|| rec.decisions.len().checked_sub(1))?;
+    let d = rec.decisions.swap_remove(i);
     Some(AuditDecision {
         effect: d.effect.to_string(),
         reason: format!("{} ({}: {})", d.reason, d.action, d.summary),
         deciding_statements: d
             .deciding
-            .iter()
+            .into_iter()
             .map(|(t, n, s)| AuditDecidingStatement {
-                policy_type: t.clone(),
-                policy_name: n.clone(),
-                statement: s.clone(),
+                policy_type: t,
+                policy_name: n,
+                statement: s,
             })
             .collect(),
     })
@@ -104,7 +106,7 @@ impl Gate {
     /// The event for a request; `params` are its request parameters (moved, not copied).
     fn event(&self, info: &RequestInfo, params: serde_json::Value) -> AuditEvent {
         let mut ev = AuditEvent::new(info.operation, info.request_id.clone(), self.kms.now_ms());
-        ev.door = info.door.to_string();
+        ev.door = std::borrow::Cow::Borrowed(info.door);
         ev.aws_region = self.kms.settings().region.clone();
         ev.source_ip_address = info.source_ip.map(|ip| ip.to_string());
         ev.user_agent = info.user_agent.clone();
@@ -173,18 +175,18 @@ impl Gate {
             principal = %caller.principal_arn
         );
         // Fail closed: nothing runs that could not be recorded.
-        let (result, rec): (Result<R, KmsError>, RequestRecord) = if self.audit.healthy() {
+        let (result, mut rec): (Result<R, KmsError>, RequestRecord) = if self.audit.healthy() {
             record::scope(tracing::Instrument::instrument(fut, span)).await
         } else {
             (Err(audit_unavailable()), RequestRecord::default())
         };
         let params = std::mem::take(&mut info.params);
         let mut ev = self.event(&info, params).with_caller(&caller);
-        if let (Some(arn), Some(account)) = (&rec.key_arn, &rec.key_account) {
-            ev.add_key_resource(arn.clone(), account.clone());
+        ev.decision = deciding(&mut rec);
+        if let (Some(arn), Some(account)) = (rec.key_arn, rec.key_account) {
+            ev.add_key_resource(arn, account);
         }
         ev.key_version = rec.key_version;
-        ev.decision = deciding(&rec);
         match &result {
             Ok(r) => {
                 let v = response_elements(r);

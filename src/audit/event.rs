@@ -26,6 +26,7 @@
 //! ([`GENESIS_HASH`], 64 zeros, for sequence 1). Because a record's `hash` commits to every
 //! other byte of its line, this chains every byte of every earlier record.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -363,13 +364,13 @@ fn policy_type_name(t: PolicyType) -> &'static str {
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
     /// [`EVENT_VERSION`].
-    pub event_version: String,
+    pub event_version: Cow<'static, str>,
     /// Who called.
     pub user_identity: UserIdentity,
     /// When the request arrived, ISO 8601 UTC with milliseconds.
     pub event_time: String,
     /// [`EVENT_SOURCE`].
-    pub event_source: String,
+    pub event_source: Cow<'static, str>,
     /// The operation: `Encrypt`, `CreateKey`, …
     pub event_name: String,
     /// The region the daemon serves (from the config).
@@ -400,14 +401,14 @@ pub struct AuditEvent {
     /// The keys the request named.
     pub resources: Vec<Resource>,
     /// `AwsApiCall`.
-    pub event_type: String,
+    pub event_type: Cow<'static, str>,
     /// `true`: CloudTrail records KMS calls as management events.
     pub management_event: bool,
     /// The account that owns the key, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient_account_id: Option<String>,
     /// `Management`.
-    pub event_category: String,
+    pub event_category: Cow<'static, str>,
     /// p11kms: the authorization decision (absent if the request failed before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<AuditDecision>,
@@ -417,7 +418,7 @@ pub struct AuditEvent {
     /// p11kms: time from the request's arrival to its answer, in microseconds.
     pub latency_micros: u64,
     /// p11kms: the door the request came through (`grpc`, `aws-json`, `internal`).
-    pub door: String,
+    pub door: Cow<'static, str>,
     /// p11kms: how the caller authenticated (`mtls`, `sigv4`, `session`, `internal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_method: Option<String>,
@@ -433,10 +434,10 @@ impl AuditEvent {
     ) -> AuditEvent {
         let event_name = event_name.into();
         AuditEvent {
-            event_version: EVENT_VERSION.into(),
+            event_version: Cow::Borrowed(EVENT_VERSION),
             user_identity: UserIdentity::unknown(None),
             event_time: iso8601_ms(now_unix_ms),
-            event_source: EVENT_SOURCE.into(),
+            event_source: Cow::Borrowed(EVENT_SOURCE),
             read_only: is_read_only(&event_name),
             event_name,
             aws_region: "local".into(),
@@ -447,16 +448,16 @@ impl AuditEvent {
             request_parameters: None,
             response_elements: None,
             request_id: request_id.into(),
-            event_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            event_id: super::ids::uuid_v4().hyphenated().to_string(),
             resources: Vec::new(),
-            event_type: "AwsApiCall".into(),
+            event_type: Cow::Borrowed("AwsApiCall"),
             management_event: true,
             recipient_account_id: None,
-            event_category: "Management".into(),
+            event_category: Cow::Borrowed("Management"),
             decision: None,
             key_version: None,
             latency_micros: 0,
-            door: "grpc".into(),
+            door: Cow::Borrowed("grpc"),
             auth_method: None,
         }
     }
@@ -511,14 +512,23 @@ impl AuditEvent {
     }
 
     /// The event as a JSON object (no chain fields), with secrets scrubbed.
+    #[cfg(test)]
     pub(crate) fn into_json_object(mut self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::new();
+        self.write_json_object(&mut out)?;
+        Ok(out)
+    }
+
+    /// Scrubs secrets from the parameters and appends the event as a JSON object (no chain
+    /// fields) to `out`. The writer thread calls this, so a request pays for neither.
+    pub(crate) fn write_json_object(&mut self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         if let Some(v) = self.request_parameters.as_mut() {
             scrub_secrets(v);
         }
         if let Some(v) = self.response_elements.as_mut() {
             scrub_secrets(v);
         }
-        serde_json::to_vec(&self)
+        serde_json::to_writer(out, &*self)
     }
 }
 

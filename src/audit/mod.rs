@@ -25,6 +25,7 @@
 
 pub mod checkpoint;
 pub mod event;
+pub mod ids;
 pub mod verify;
 pub mod writer;
 

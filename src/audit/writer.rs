@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::checkpoint::{attach_signature, unsigned_body, CheckpointSigner};
@@ -272,8 +273,10 @@ impl Shared {
 
 /// A command for the writer thread.
 enum Cmd {
+    /// The event travels unserialized: the writer thread scrubs and serializes it straight
+    /// into the batch buffer, once.
     Append {
-        fields: Vec<u8>,
+        event: Box<AuditEvent>,
         ack: oneshot::Sender<Result<AppendReceipt, AuditError>>,
     },
     Flush(oneshot::Sender<Result<(), AuditError>>),
@@ -332,8 +335,10 @@ impl AuditLog {
 
     /// Append one event. With group commit this returns after the record is fsynced; with
     /// relaxed durability after it is written. [`AuditError::Unavailable`] when the trail
-    /// cannot be written (fail closed), [`AuditError::Busy`] when the queue is full. Either
-    /// way nothing was recorded and the request must fail.
+    /// cannot be written (fail closed), [`AuditError::Busy`] when the queue is full,
+    /// [`AuditError::Invalid`] if the event cannot be serialized. Either way nothing was
+    /// recorded and the request must fail. The caller's thread only queues the event: the
+    /// writer thread scrubs, serializes and hashes it.
     pub async fn append(&self, event: AuditEvent) -> Result<AppendReceipt, AuditError> {
         if !self.shared.healthy.load(Ordering::SeqCst) {
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
@@ -343,12 +348,10 @@ impl AuditLog {
                     .unwrap_or_else(|| "the audit trail is not writable".into()),
             ));
         }
-        let fields = event
-            .into_json_object()
-            .map_err(|e| AuditError::Invalid(format!("audit event cannot be serialized: {e}")))?;
         let (ack, rx) = oneshot::channel();
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.tx.try_send(Cmd::Append { fields, ack }) {
+        let event = Box::new(event);
+        if let Err(e) = self.tx.try_send(Cmd::Append { event, ack }) {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(match e {
@@ -454,6 +457,44 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Largest batch buffer the writer keeps between batches (bytes); a larger one, left by a
+/// burst, is freed.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
+
+/// Appends the sealed `event` record line for `fields` (a serialized JSON object) at
+/// `sequence` after `previous_hash` to `buf`, without intermediate copies; returns its hash.
+/// The bytes are exactly those of `seal_line(&record_body(RECORD_EVENT, ...))`.
+fn append_event_line(
+    buf: &mut Vec<u8>,
+    sequence: u64,
+    previous_hash: &str,
+    fields: &[u8],
+) -> String {
+    let start = buf.len();
+    let _ = write!(
+        buf,
+        "{{\"recordType\":\"{RECORD_EVENT}\",\"sequence\":{sequence},\"previousHash\":\"{previous_hash}\""
+    );
+    let inner = fields
+        .strip_prefix(b"{")
+        .and_then(|s| s.strip_suffix(b"}"))
+        .unwrap_or(b"");
+    if !inner.is_empty() {
+        buf.push(b',');
+        buf.extend_from_slice(inner);
+    }
+    buf.push(b'}');
+    let digest = Sha256::digest(&buf[start..]);
+    let mut hex_hash = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(digest, &mut hex_hash);
+    buf.pop();
+    buf.extend_from_slice(b",\"hash\":\"");
+    buf.extend_from_slice(&hex_hash);
+    buf.extend_from_slice(b"\"}\n");
+    String::from_utf8_lossy(&hex_hash).into_owned()
 }
 
 /// `audit-000042.jsonl`.
@@ -566,6 +607,9 @@ struct Writer {
     broken: Option<String>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Reused buffers: the lines of a batch, and one event's serialized fields.
+    buf: Vec<u8>,
+    fields: Vec<u8>,
 }
 
 type Ack<T> = oneshot::Sender<Result<T, AuditError>>;
@@ -645,6 +689,8 @@ impl Writer {
             broken: None,
             retry_at: None,
             backoff: cfg.retry_min,
+            buf: Vec::new(),
+            fields: Vec::new(),
             cfg,
         };
         let (reason, truncated, note) = match (&torn, segments.is_empty()) {
@@ -721,10 +767,10 @@ impl Writer {
 
     /// Handle a batch of commands in order; true once shut down.
     fn process(&mut self, cmds: Vec<Cmd>) -> bool {
-        let mut pending: Vec<(Vec<u8>, Ack<AppendReceipt>)> = Vec::new();
+        let mut pending: Vec<(Box<AuditEvent>, Ack<AppendReceipt>)> = Vec::new();
         for cmd in cmds {
             match cmd {
-                Cmd::Append { fields, ack } => pending.push((fields, ack)),
+                Cmd::Append { event, ack } => pending.push((event, ack)),
                 Cmd::Flush(ack) => {
                     self.write_events(std::mem::take(&mut pending));
                     let r = self.sync_if_dirty();
@@ -815,14 +861,17 @@ impl Writer {
 
     /// Write a batch of events (and a checkpoint if one is due), fsync per the durability
     /// mode, then answer every waiter.
-    fn write_events(&mut self, batch: Vec<(Vec<u8>, Ack<AppendReceipt>)>) {
+    fn write_events(&mut self, batch: Vec<(Box<AuditEvent>, Ack<AppendReceipt>)>) {
         if batch.is_empty() {
             return;
         }
-        let fail_all = |batch: Vec<(Vec<u8>, Ack<AppendReceipt>)>, e: &str| {
-            for (_, ack) in batch {
+        let fail_all = |acks: Vec<Ack<AppendReceipt>>, e: &str| {
+            for ack in acks {
                 let _ = ack.send(Err(AuditError::Unavailable(e.to_owned())));
             }
+        };
+        let acks_of = |batch: Vec<(Box<AuditEvent>, Ack<AppendReceipt>)>| {
+            batch.into_iter().map(|(_, ack)| ack).collect::<Vec<_>>()
         };
         if self.broken.is_some() || self.seg.is_none() {
             self.shared
@@ -832,7 +881,7 @@ impl Writer {
                 .shared
                 .last_error()
                 .unwrap_or_else(|| "the audit trail is not writable".into());
-            return fail_all(batch, &e);
+            return fail_all(acks_of(batch), &e);
         }
         if self
             .seg
@@ -841,21 +890,34 @@ impl Writer {
         {
             if let Err(e) = self.rotate("rotation-size") {
                 self.fail(e.clone(), None);
-                return fail_all(batch, &e);
+                return fail_all(acks_of(batch), &e);
             }
         }
-        let mut buf = Vec::with_capacity(batch.len() * 1024);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut fields = std::mem::take(&mut self.fields);
         let (mut seq, mut hash) = (self.head_seq, self.head_hash.clone());
+        let mut acks = Vec::with_capacity(batch.len());
         let mut receipts = Vec::with_capacity(batch.len());
-        for (fields, _) in &batch {
+        for (mut event, ack) in batch {
+            fields.clear();
+            if let Err(e) = event.write_json_object(&mut fields) {
+                let _ = ack.send(Err(AuditError::Invalid(format!(
+                    "audit event cannot be serialized: {e}"
+                ))));
+                continue;
+            }
             seq += 1;
-            let body = record_body(RECORD_EVENT, seq, &hash, fields);
-            let (line, h) = seal_line(&body);
-            buf.extend_from_slice(&line);
-            hash = h;
+            hash = append_event_line(&mut buf, seq, &hash, &fields);
             receipts.push((seq, hash.clone()));
+            acks.push(ack);
         }
-        let events = batch.len() as u64;
+        self.fields = fields;
+        if acks.is_empty() {
+            self.buf = buf;
+            return;
+        }
+        let events = acks.len() as u64;
         let now = Instant::now();
         let mut checkpoint = None;
         if self.cfg.checkpoint_every_events > 0
@@ -878,7 +940,11 @@ impl Writer {
                     self.checkpoint_committed(cp_seq);
                 }
                 self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                for ((_, ack), (sequence, hash)) in batch.into_iter().zip(receipts) {
+                // Keep the buffer for the next batch unless a burst made it large.
+                if buf.capacity() <= MAX_KEPT_BUFFER {
+                    self.buf = buf;
+                }
+                for (ack, (sequence, hash)) in acks.into_iter().zip(receipts) {
                     let _ = ack.send(Ok(AppendReceipt {
                         sequence,
                         hash,
@@ -889,7 +955,7 @@ impl Writer {
             Err(e) => {
                 let rollback = self.seg.as_ref().map(|s| s.bytes);
                 self.fail(e.clone(), rollback);
-                fail_all(batch, &e);
+                fail_all(acks, &e);
             }
         }
     }
@@ -1222,5 +1288,21 @@ impl Writer {
         self.shared
             .set_last_error(Some("the audit trail is shut down".into()));
         tracing::info!(head_sequence = self.head_seq, "audit trail closed");
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_byte_identical_to_seal_of_record_body() {
+        for fields in [&br#"{"a":1,"b":"x"}"#[..], b"{}"] {
+            let mut buf = b"previous line\n".to_vec();
+            let hash = append_event_line(&mut buf, 42, GENESIS_HASH, fields);
+            let (line, expected) = seal_line(&record_body(RECORD_EVENT, 42, GENESIS_HASH, fields));
+            assert_eq!(&buf[14..], &line[..]);
+            assert_eq!(hash, expected);
+        }
     }
 }

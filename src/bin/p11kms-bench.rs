@@ -192,6 +192,10 @@ struct Cli {
     /// Log level of the own daemon.
     #[arg(long, default_value = "info")]
     daemon_log_level: String,
+    /// `[audit] durability` of the own daemon (`group-commit` or `relaxed`; default: the
+    /// daemon's default, group commit).
+    #[arg(long)]
+    audit_durability: Option<String>,
     /// Keys in the store for the startup suite.
     #[arg(long, default_value_t = 10_000)]
     startup_keys: usize,
@@ -341,6 +345,8 @@ struct World {
     module: PathBuf,
     pin: Pin,
     addr: SocketAddr,
+    /// The daemon's Prometheus endpoint (audit fsync figures).
+    metrics_addr: SocketAddr,
     daemon_bin: PathBuf,
     keep: bool,
 }
@@ -441,6 +447,41 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// The audit writer's cumulative counters from the daemon's `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+struct AuditCounters {
+    events: f64,
+    fsyncs: f64,
+    fsync_secs: f64,
+}
+
+/// Reads [`AuditCounters`] from the Prometheus text at `http://addr/metrics` (`None` if the
+/// endpoint does not answer within 2 s or lacks the figures).
+fn audit_counters(addr: SocketAddr) -> Option<AuditCounters> {
+    let timeout = Duration::from_secs(2);
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.take(16 << 20).read_to_string(&mut text).ok()?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some(AuditCounters {
+        events: value("p11kms_audit_events_total")?,
+        fsyncs: value("p11kms_audit_fsync_duration_seconds_count")?,
+        fsync_secs: value("p11kms_audit_fsync_duration_seconds_sum")?,
+    })
+}
+
 fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("port probe: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
@@ -485,6 +526,7 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         module,
         pin: Pin::new(random_secret()),
         addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         daemon_bin,
         keep: cli.keep_workdir,
         dir,
@@ -544,6 +586,13 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         level = toml_str(&cli.daemon_log_level),
         creds = q(&id.join("credentials.json")),
     );
+    text.push_str(&format!(
+        "\n[metrics]\nlisten = \"{}\"\n",
+        world.metrics_addr
+    ));
+    if let Some(d) = &cli.audit_durability {
+        text.push_str(&format!("\n[audit]\ndurability = {}\n", toml_str(d)));
+    }
     for a in &accounts {
         text.push_str(&format!(
             "\n[[identity.account]]\naccount_id = \"{a}\"\nauthorization_details = {}\n",
@@ -942,6 +991,8 @@ struct Bench<'a> {
     conn: Conn,
     auth: &'static str,
     server_pid: Option<u32>,
+    /// The daemon's metrics endpoint, to read the audit writer's fsync counters.
+    metrics: Option<SocketAddr>,
     raw: Option<RawBench>,
     key_id: String,
     tck: f64,
@@ -1053,12 +1104,14 @@ impl Bench<'_> {
         let mut server_total = 0u64;
         let mut server_hsm = 0u64;
         let mut have_server = self.server_pid.is_some();
+        let mut audit: Option<AuditCounters> = None;
         let mut done = Duration::ZERO;
         let mut phases = 0u32;
         // Bounded: at most 10,000 phases.
         while done < total && phases < 10_000 {
             do_raw(self)?;
             let d = phase.min(total - done);
+            let audit0 = self.metrics.and_then(audit_counters);
             let p = self.rt.block_on(daemon_phase(
                 &self.conn,
                 &fixture,
@@ -1066,6 +1119,12 @@ impl Bench<'_> {
                 d,
                 self.server_pid,
             ));
+            if let (Some(a), Some(b)) = (audit0, self.metrics.and_then(audit_counters)) {
+                let sum = audit.get_or_insert(AuditCounters::default());
+                sum.events += b.events - a.events;
+                sum.fsyncs += b.fsyncs - a.fsyncs;
+                sum.fsync_secs += b.fsync_secs - a.fsync_secs;
+            }
             done += d;
             phases += 1;
             all.ops += p.ops;
@@ -1136,6 +1195,11 @@ impl Bench<'_> {
         let ratio = raw_mean.map(|r| round3(ops_per_sec / r));
         let hsm_cores =
             (have_server && secs_d > 0.0).then(|| round3(server_hsm as f64 / self.tck / secs_d));
+        // Share of the daemon phases' wall time the audit writer spent in fsync: near 1, every
+        // request waits for the disk (group commit), whatever the CPU does.
+        let fsync_busy = audit
+            .filter(|_| secs_d > 0.0)
+            .map(|a| round3(a.fsync_secs / secs_d));
         let bound = if op == Op::CreateKey
             || ratio.is_some_and(|r| r >= 0.85)
             || hsm_cores.is_some_and(|c| c >= 0.85)
@@ -1143,6 +1207,8 @@ impl Bench<'_> {
             "hsm"
         } else if cpu_busy.is_some_and(|b| b >= 0.9) {
             "cpu"
+        } else if fsync_busy.is_some_and(|b| b >= 0.7) {
+            "audit fsync (group commit: each answer waits for the disk)"
         } else {
             "undetermined (neither HSM- nor CPU-saturated: locks, queueing or latency)"
         };
@@ -1187,6 +1253,10 @@ impl Bench<'_> {
             "server_rss_kb_peak": mem.map(|m| m.0),
             "server_rss_kb_mean": mem.map(|m| m.1),
             "server_vmhwm_kb": hwm,
+            "audit_fsyncs_per_sec": audit.filter(|_| secs_d > 0.0).map(|a| round1(a.fsyncs / secs_d)),
+            "audit_events_per_fsync": audit.filter(|a| a.fsyncs > 0.0).map(|a| round1(a.events / a.fsyncs)),
+            "audit_fsync_mean_ms": audit.filter(|a| a.fsyncs > 0.0).map(|a| round3(a.fsync_secs * 1e3 / a.fsyncs)),
+            "audit_fsync_busy": fsync_busy,
             "token_keys": self.token_keys_note,
             "bound": bound,
         }))
@@ -1475,6 +1545,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         conn,
         auth: target.auth_name(),
         server_pid,
+        metrics: world.as_ref().map(|w| w.metrics_addr),
         raw,
         key_id: key_id.clone(),
         tck,

@@ -209,45 +209,47 @@ impl Kms {
         caller
             .principal
             .add_context_keys(&mut ctx, caller.session_tags());
+        // Literal keys are written lowercase, as the context stores them, so that `set` does
+        // not lowercase them again for every request.
         let now = self.now_ms();
-        ctx.set("aws:CurrentTime", iso8601(now));
-        ctx.set("aws:EpochTime", (now.div_euclid(1000)).to_string());
+        ctx.set("aws:currenttime", iso8601(now));
+        ctx.set("aws:epochtime", (now.div_euclid(1000)).to_string());
         ctx.set(
-            "aws:SecureTransport",
+            "aws:securetransport",
             if caller.secure_transport {
                 "true"
             } else {
                 "false"
             },
         );
-        ctx.set("aws:RequestedRegion", self.settings.region.as_str());
+        ctx.set("aws:requestedregion", self.settings.region.as_str());
         if let Some(ip) = caller.source_ip {
-            ctx.set("aws:SourceIp", ip.to_string());
+            ctx.set("aws:sourceip", ip.to_string());
         }
         if let Some(s) = &caller.session {
-            ctx.set("aws:TokenIssueTime", iso8601(s.issued_ms));
+            ctx.set("aws:tokenissuetime", iso8601(s.issued_ms));
         }
         if let Some(key) = req.key {
             let r = &key.record;
-            ctx.set("kms:KeySpec", r.key_spec.as_str());
-            ctx.set("kms:KeyUsage", r.key_usage.as_str());
-            ctx.set("kms:KeyOrigin", r.origin.as_str());
-            ctx.set("kms:MultiRegion", "false");
+            ctx.set("kms:keyspec", r.key_spec.as_str());
+            ctx.set("kms:keyusage", r.key_usage.as_str());
+            ctx.set("kms:keyorigin", r.origin.as_str());
+            ctx.set("kms:multiregion", "false");
             for t in &key.tags {
                 ctx.set(&format!("aws:ResourceTag/{}", t.key), t.value.as_str());
             }
-            ctx.set_multi("kms:ResourceAliases", self.aliases_of(&key.record.key_id));
+            ctx.set_multi("kms:resourcealiases", self.aliases_of(&key.record.key_id));
         }
         if let Some(ec) = req.encryption_context {
             for (k, v) in ec {
                 ctx.set(&format!("kms:EncryptionContext:{k}"), v.as_str());
             }
             if !ec.is_empty() {
-                ctx.set_multi("kms:EncryptionContextKeys", ec.keys().cloned().collect());
+                ctx.set_multi("kms:encryptioncontextkeys", ec.keys().cloned().collect());
             }
         }
         if let Some(alias) = req.request_alias {
-            ctx.set("kms:RequestAlias", alias);
+            ctx.set("kms:requestalias", alias);
         }
         for (k, v) in &req.extra {
             match v {

@@ -47,7 +47,10 @@ tokio::task_local! {
 pub async fn scope<F: Future>(fut: F) -> (F::Output, RequestRecord) {
     let cell = Arc::new(Mutex::new(RequestRecord::default()));
     let out = CURRENT.scope(cell.clone(), fut).await;
-    let record = cell.lock().map(|r| r.clone()).unwrap_or_default();
+    let record = cell
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
     (out, record)
 }
 
