@@ -252,9 +252,20 @@ const MECHANISMS: &[(&str, MechanismType, bool)] = &[
         false,
     ),
     ("RSA_PKCS_OAEP", MechanismType::RSA_PKCS_OAEP, false),
+    ("RSA_PKCS_PSS", MechanismType::RSA_PKCS_PSS, false),
+    ("RSA_PKCS", MechanismType::RSA_PKCS, false),
+    ("RSA_X_509", MechanismType::RSA_X_509, false),
     ("EC_KEY_PAIR_GEN", MechanismType::ECC_KEY_PAIR_GEN, false),
     ("ECDSA", MechanismType::ECDSA, false),
+    (
+        "GENERIC_SECRET_KEY_GEN",
+        MechanismType::GENERIC_SECRET_KEY_GEN,
+        false,
+    ),
+    ("SHA224_HMAC", MechanismType::SHA224_HMAC, false),
     ("SHA256_HMAC", MechanismType::SHA256_HMAC, false),
+    ("SHA384_HMAC", MechanismType::SHA384_HMAC, false),
+    ("SHA512_HMAC", MechanismType::SHA512_HMAC, false),
     ("AES_KEY_WRAP_PAD", MechanismType::AES_KEY_WRAP_PAD, false),
 ];
 
