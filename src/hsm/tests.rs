@@ -648,7 +648,7 @@ fn mechanisms_report() {
     for r in &m {
         assert!(r.present, "{r:?}");
     }
-    assert_eq!(m.len(), 16);
+    assert_eq!(m.len(), 15);
 }
 
 #[test]
