@@ -406,6 +406,24 @@ async fn catalogue_end_to_end() {
         assert!(pk.signing_algorithms.is_empty());
         public_keys
             .push(json!({"key_id": m.key_id, "spec": m.key_spec, "spki": b64(&pk.public_key)}));
+        // The OpenSSL CLI encrypts with the public key (as AWS documents); p11kms decrypts.
+        for (alg, md) in [
+            ("RSAES_OAEP_SHA_1", "sha1"),
+            ("RSAES_OAEP_SHA_256", "sha256"),
+        ] {
+            let pt = format!("openssl {md} to {}", m.key_spec).into_bytes();
+            let d = c
+                .decrypt(pb::DecryptRequest {
+                    ciphertext_blob: openssl_oaep_encrypt(&pk.public_key, md, &pt),
+                    key_id: m.key_id.clone(),
+                    encryption_algorithm: alg.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("Decrypt of openssl {alg} {}: {e}", m.key_spec))
+                .into_inner();
+            assert_eq!(d.plaintext, pt, "{} {alg}", m.key_spec);
+        }
         let mut ours = Vec::new();
         for (alg, hlen) in [("RSAES_OAEP_SHA_1", 20), ("RSAES_OAEP_SHA_256", 32)] {
             let max = bits / 8 - 2 * hlen - 2;
@@ -1262,4 +1280,31 @@ async fn reconciliation_of_key_pairs() {
     hsm.destroy_key_pair(id).await.unwrap();
     drop((c, hsm));
     server.shutdown().await.unwrap();
+}
+
+/// `openssl pkeyutl -encrypt -pubin` with OAEP (`md` for both OAEP and MGF1) under the DER
+/// SubjectPublicKeyInfo that GetPublicKey returned: an independent RSA-OAEP implementation.
+fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, plaintext: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (der, input, out) = (
+        dir.path().join("pub.der"),
+        dir.path().join("in.bin"),
+        dir.path().join("out.bin"),
+    );
+    std::fs::write(&der, spki_der).unwrap();
+    std::fs::write(&input, plaintext).unwrap();
+    let st = std::process::Command::new("openssl")
+        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
+        .arg(&der)
+        .args(["-pkeyopt", "rsa_padding_mode:oaep"])
+        .args(["-pkeyopt", &format!("rsa_oaep_md:{md}")])
+        .args(["-pkeyopt", &format!("rsa_mgf1_md:{md}")])
+        .arg("-in")
+        .arg(&input)
+        .arg("-out")
+        .arg(&out)
+        .status()
+        .expect("run openssl (scripts/install-deps.sh installs it)");
+    assert!(st.success(), "openssl pkeyutl -encrypt failed");
+    std::fs::read(out).unwrap()
 }
