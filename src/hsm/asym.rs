@@ -366,26 +366,10 @@ pub(crate) fn part_attributes(
     id: ObjectId,
     part: Part,
 ) -> Result<KeyAttributes, HsmError> {
-    const WANTED: &[AttributeType] = &[
-        AttributeType::Token,
-        AttributeType::Private,
-        AttributeType::Sensitive,
-        AttributeType::AlwaysSensitive,
-        AttributeType::Extractable,
-        AttributeType::NeverExtractable,
-        AttributeType::Encrypt,
-        AttributeType::Decrypt,
-        AttributeType::Wrap,
-        AttributeType::Unwrap,
-        AttributeType::Sign,
-        AttributeType::Verify,
-        AttributeType::Derive,
-        AttributeType::AllowedMechanisms,
-    ];
     let attrs = with_part(ctx, &id, part, |ctx, h| {
         count(ctx, "C_GetAttributeValue");
         ctx.session
-            .get_attributes(h, WANTED)
+            .get_attributes(h, super::ops::CUSTODY_ATTRIBUTES)
             .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
     })?;
     Ok(ops::key_attributes_from(attrs))
@@ -655,18 +639,7 @@ pub(crate) fn rsa_decrypt(
 
 /// Whether the worker's session is logged in and `key` still answers `C_GetAttributeValue`.
 fn device_healthy(ctx: &mut WorkerCtx, key: ObjectHandle) -> bool {
-    count(ctx, "C_GetSessionInfo");
-    let session_ok = match ctx.session.get_session_info() {
-        Ok(info) => matches!(
-            info.session_state(),
-            cryptoki::session::SessionState::RwUser | cryptoki::session::SessionState::RoUser
-        ),
-        Err(e) => {
-            ctx.fail("C_GetSessionInfo", &e);
-            false
-        }
-    };
-    if !session_ok {
+    if !super::ops::session_logged_in(ctx) {
         return false;
     }
     count(ctx, "C_GetAttributeValue");

@@ -185,15 +185,11 @@ fn open(
     })
 }
 
-/// SoftHSM2 answers a GCM tag failure with `CKR_GENERAL_ERROR`. Tell a forged
-/// or corrupted ciphertext from a sick device by probing, in the same job,
-/// the session (`C_GetSessionInfo`: usable and logged in) and the key
-/// (`C_GetAttributeValue(CKA_CLASS)`). Healthy -> `AuthFailed`; the key gone
-/// -> `ObjectNotFound`; anything else -> `Unavailable`.
-fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) -> HsmError {
-    let mut err = super::error::from_cryptoki("C_Decrypt", ctx.token(), e);
+/// Whether the worker's session still answers `C_GetSessionInfo` and is logged in: the first
+/// half of telling a bad input (healthy device) from a sick device after a failed call.
+pub(crate) fn session_logged_in(ctx: &mut WorkerCtx) -> bool {
     ctx.count("C_GetSessionInfo");
-    let session_ok = match ctx.session.get_session_info() {
+    match ctx.session.get_session_info() {
         Ok(info) => matches!(
             info.session_state(),
             SessionState::RwUser | SessionState::RoUser
@@ -202,8 +198,17 @@ fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) ->
             ctx.fail("C_GetSessionInfo", &pe);
             false
         }
-    };
-    if !session_ok {
+    }
+}
+
+/// SoftHSM2 answers a GCM tag failure with `CKR_GENERAL_ERROR`. Tell a forged
+/// or corrupted ciphertext from a sick device by probing, in the same job,
+/// the session (`C_GetSessionInfo`: usable and logged in) and the key
+/// (`C_GetAttributeValue(CKA_CLASS)`). Healthy -> `AuthFailed`; the key gone
+/// -> `ObjectNotFound`; anything else -> `Unavailable`.
+fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) -> HsmError {
+    let mut err = super::error::from_cryptoki("C_Decrypt", ctx.token(), e);
+    if !session_logged_in(ctx) {
         err.kind = HsmErrorKind::Unavailable;
         err.detail = Some("decrypt failed and the session probe failed".into());
         return err;
@@ -349,28 +354,30 @@ pub(crate) fn exists(ctx: &mut WorkerCtx, id: ObjectId) -> Result<bool, HsmError
     }
 }
 
+/// The attributes [`KeyAttributes`] reports, for every kind of key object.
+pub(crate) const CUSTODY_ATTRIBUTES: &[AttributeType] = &[
+    AttributeType::Token,
+    AttributeType::Private,
+    AttributeType::Sensitive,
+    AttributeType::AlwaysSensitive,
+    AttributeType::Extractable,
+    AttributeType::NeverExtractable,
+    AttributeType::Encrypt,
+    AttributeType::Decrypt,
+    AttributeType::Wrap,
+    AttributeType::Unwrap,
+    AttributeType::Sign,
+    AttributeType::Verify,
+    AttributeType::Derive,
+    AttributeType::AllowedMechanisms,
+];
+
 /// Read the custody attributes of `id`.
 pub(crate) fn key_attributes(ctx: &mut WorkerCtx, id: ObjectId) -> Result<KeyAttributes, HsmError> {
-    const WANTED: &[AttributeType] = &[
-        AttributeType::Token,
-        AttributeType::Private,
-        AttributeType::Sensitive,
-        AttributeType::AlwaysSensitive,
-        AttributeType::Extractable,
-        AttributeType::NeverExtractable,
-        AttributeType::Encrypt,
-        AttributeType::Decrypt,
-        AttributeType::Wrap,
-        AttributeType::Unwrap,
-        AttributeType::Sign,
-        AttributeType::Verify,
-        AttributeType::Derive,
-        AttributeType::AllowedMechanisms,
-    ];
     let attrs = with_key(ctx, &id, |ctx, h| {
         ctx.count("C_GetAttributeValue");
         ctx.session
-            .get_attributes(h, WANTED)
+            .get_attributes(h, CUSTODY_ATTRIBUTES)
             .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
     })?;
     Ok(key_attributes_from(attrs))

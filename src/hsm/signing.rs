@@ -340,24 +340,11 @@ fn sign(ctx: &mut WorkerCtx, label: &str, digest: &[u8; 32]) -> Result<Vec<u8>, 
 }
 
 fn attributes(ctx: &mut WorkerCtx, label: &str) -> Result<KeyAttributes, HsmError> {
-    const WANTED: &[AttributeType] = &[
-        AttributeType::Token,
-        AttributeType::Private,
-        AttributeType::Sensitive,
-        AttributeType::AlwaysSensitive,
-        AttributeType::Extractable,
-        AttributeType::NeverExtractable,
-        AttributeType::Decrypt,
-        AttributeType::Unwrap,
-        AttributeType::Sign,
-        AttributeType::Derive,
-        AttributeType::AllowedMechanisms,
-    ];
     let (h, _) = private_handle(ctx, label)?;
     ctx.count("C_GetAttributeValue");
     let attrs = ctx
         .session
-        .get_attributes(h, WANTED)
+        .get_attributes(h, super::ops::CUSTODY_ATTRIBUTES)
         .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
     Ok(super::ops::key_attributes_from(attrs))
 }

@@ -24,7 +24,6 @@ use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::SessionState;
 use subtle::ConstantTimeEq;
 
 use super::error::{HsmError, HsmErrorKind};
@@ -494,17 +493,7 @@ fn classify_unwrap_failure(ctx: &mut WorkerCtx, e: &CkError) -> HsmError {
     if !blob_like {
         return ctx.fail("C_UnwrapKey", e);
     }
-    ctx.count("C_GetSessionInfo");
-    let healthy = match ctx.session.get_session_info() {
-        Ok(info) => matches!(
-            info.session_state(),
-            SessionState::RwUser | SessionState::RoUser
-        ),
-        Err(pe) => {
-            ctx.fail("C_GetSessionInfo", &pe);
-            false
-        }
-    };
+    let healthy = super::ops::session_logged_in(ctx);
     if healthy {
         err.kind = HsmErrorKind::AuthFailed;
         err.detail = Some("the wrapped key material could not be unwrapped".into());
