@@ -102,6 +102,67 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Sign a message (or, with --message-type DIGEST, its digest) with a SIGN_VERIFY key.
+    Sign {
+        #[command(flatten)]
+        conn: Conn,
+        /// Key id, key ARN, alias name or alias ARN.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+        /// RSASSA_PSS_SHA_256, RSASSA_PKCS1_V1_5_SHA_256, ECDSA_SHA_256, ...
+        #[arg(long)]
+        algorithm: String,
+        /// RAW (the daemon hashes the message) or DIGEST (the input is the digest).
+        #[arg(long, default_value = "RAW")]
+        message_type: String,
+        /// Write the raw signature (ECDSA: DER) here instead of printing base64.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a signature on the device; exits non-zero with KMSInvalidSignatureException when
+    /// it does not match.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+        #[arg(long)]
+        algorithm: String,
+        #[arg(long, default_value = "RAW")]
+        message_type: String,
+        /// File holding the raw signature.
+        #[arg(long)]
+        signature_file: PathBuf,
+    },
+    /// An asymmetric key's public key: PEM on standard output, or DER SubjectPublicKeyInfo
+    /// into --out.
+    GetPublicKey {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Compute an HMAC on the device with a GENERATE_VERIFY_MAC key.
+    GenerateMac {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+        /// HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512.
+        #[arg(long)]
+        algorithm: String,
+        /// Write the raw MAC here instead of printing base64.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -151,10 +212,20 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum KeyCommand {
-    /// Create a symmetric key.
+    /// Create a key (symmetric by default; see docs/key-types.md for the other specs).
     Create {
         #[arg(long, default_value = "")]
         description: String,
+        /// SYMMETRIC_DEFAULT (default), RSA_2048/3072/4096, ECC_NIST_P256/P384/P521,
+        /// ECC_SECG_P256K1, HMAC_224/256/384/512.
+        #[arg(long)]
+        key_spec: Option<String>,
+        /// ENCRYPT_DECRYPT (default), SIGN_VERIFY or GENERATE_VERIFY_MAC.
+        #[arg(long)]
+        key_usage: Option<String>,
+        /// AWS_KMS (default) or EXTERNAL (bring your own key material).
+        #[arg(long)]
+        origin: Option<String>,
         /// Tag pair, repeatable.
         #[arg(long = "tag", value_parser = parse_pair)]
         tags: Vec<(String, String)>,
@@ -181,6 +252,20 @@ enum KeyCommand {
     },
     /// Cancel a scheduled deletion (the key is left Disabled).
     CancelDeletion { key: String },
+    /// Turn on automatic rotation (every 90-2560 days; 365 by default).
+    EnableRotation {
+        key: String,
+        #[arg(long)]
+        period_days: Option<i32>,
+    },
+    /// Turn off automatic rotation.
+    DisableRotation { key: String },
+    /// Show whether automatic rotation is on and when the next one is due.
+    RotationStatus { key: String },
+    /// Rotate now: a new key version on the HSM; older versions keep decrypting.
+    Rotate { key: String },
+    /// List a key's rotations (its key material versions).
+    ListRotations { key: String },
     /// Print a key's policy document.
     GetPolicy { key: String },
     /// Replace a key's policy document.
@@ -495,9 +580,24 @@ fn metadata_json(m: &pb::KeyMetadata) -> serde_json::Value {
         "KeyManager": m.key_manager,
         "KeySpec": m.key_spec,
         "EncryptionAlgorithms": m.encryption_algorithms,
+        "SigningAlgorithms": m.signing_algorithms,
+        "MacAlgorithms": m.mac_algorithms,
+        "ValidTo": ts(&m.valid_to),
         "PendingDeletionWindowInDays": m.pending_deletion_window_in_days,
         "CurrentKeyMaterialId": m.current_key_material_id,
     })
+}
+
+/// A DER SubjectPublicKeyInfo as a PEM `PUBLIC KEY` block (64 base64 characters a line).
+fn public_key_pem(der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PUBLIC KEY-----\n");
+    pem
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -566,6 +666,9 @@ async fn client_command(command: Command) -> Result<(), String> {
             match command {
                 KeyCommand::Create {
                     description,
+                    key_spec,
+                    key_usage,
+                    origin,
                     tags,
                     policy_file,
                 } => {
@@ -576,6 +679,9 @@ async fn client_command(command: Command) -> Result<(), String> {
                             pb::CreateKeyRequest {
                                 description,
                                 policy,
+                                key_spec: key_spec.unwrap_or_default(),
+                                key_usage: key_usage.unwrap_or_default(),
+                                origin: origin.unwrap_or_default(),
                                 tags: pb_tags(tags),
                                 ..Default::default()
                             },
@@ -703,6 +809,85 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .into_inner();
                     print_json(&json!({ "KeyId": r.key_id }));
                 }
+                KeyCommand::EnableRotation { key, period_days } => {
+                    c.enable_key_rotation(sess.k(
+                        "EnableKeyRotation",
+                        pb::EnableKeyRotationRequest {
+                            key_id: key,
+                            rotation_period_in_days: period_days,
+                        },
+                    ))
+                    .await
+                    .map_err(status_error)?;
+                }
+                KeyCommand::DisableRotation { key } => {
+                    c.disable_key_rotation(sess.k(
+                        "DisableKeyRotation",
+                        pb::DisableKeyRotationRequest { key_id: key },
+                    ))
+                    .await
+                    .map_err(status_error)?;
+                }
+                KeyCommand::RotationStatus { key } => {
+                    let r = c
+                        .get_key_rotation_status(sess.k(
+                            "GetKeyRotationStatus",
+                            pb::GetKeyRotationStatusRequest { key_id: key },
+                        ))
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    print_json(&json!({
+                        "KeyId": r.key_id,
+                        "KeyRotationEnabled": r.key_rotation_enabled,
+                        "RotationPeriodInDays": r.rotation_period_in_days,
+                        "NextRotationDate": ts(&r.next_rotation_date),
+                        "OnDemandRotationStartDate": ts(&r.on_demand_rotation_start_date),
+                    }));
+                }
+                KeyCommand::Rotate { key } => {
+                    let r = c
+                        .rotate_key_on_demand(sess.k(
+                            "RotateKeyOnDemand",
+                            pb::RotateKeyOnDemandRequest { key_id: key },
+                        ))
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    print_json(&json!({ "KeyId": r.key_id }));
+                }
+                KeyCommand::ListRotations { key } => {
+                    let mut marker = String::new();
+                    let mut rotations = Vec::new();
+                    loop {
+                        let r = c
+                            .list_key_rotations(sess.k(
+                                "ListKeyRotations",
+                                pb::ListKeyRotationsRequest {
+                                    key_id: key.clone(),
+                                    limit: None,
+                                    marker: marker.clone(),
+                                    include_key_material: String::new(),
+                                },
+                            ))
+                            .await
+                            .map_err(status_error)?
+                            .into_inner();
+                        rotations.extend(r.rotations.iter().map(|e| {
+                            json!({
+                                "KeyId": e.key_id,
+                                "KeyMaterialId": e.key_material_id,
+                                "RotationDate": ts(&e.rotation_date),
+                                "RotationType": e.rotation_type,
+                            })
+                        }));
+                        if !r.truncated {
+                            break;
+                        }
+                        marker = r.next_marker;
+                    }
+                    print_json(&json!({ "Rotations": rotations }));
+                }
             }
         }
         Command::Alias { conn, command } => {
@@ -777,6 +962,117 @@ async fn client_command(command: Command) -> Result<(), String> {
             match out {
                 Some(p) => write_output(&p, &r.ciphertext_blob, false)?,
                 None => println!("{}", B64.encode(&r.ciphertext_blob)),
+            }
+        }
+        Command::Sign {
+            conn,
+            key,
+            input,
+            algorithm,
+            message_type,
+            out,
+        } => {
+            let message = read_input(&input)?;
+            let sess = Session::open(&conn).await?;
+            let r = sess
+                .kms()
+                .sign(sess.k(
+                    "Sign",
+                    pb::SignRequest {
+                        key_id: key,
+                        message: message.to_vec(),
+                        message_type,
+                        signing_algorithm: algorithm,
+                        grant_tokens: vec![],
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match out {
+                Some(p) => write_output(&p, &r.signature, false)?,
+                None => println!("{}", B64.encode(&r.signature)),
+            }
+        }
+        Command::Verify {
+            conn,
+            key,
+            input,
+            algorithm,
+            message_type,
+            signature_file,
+        } => {
+            let message = read_input(&input)?;
+            let signature = std::fs::read(&signature_file)
+                .map_err(|e| format!("reading {}: {e}", signature_file.display()))?;
+            let sess = Session::open(&conn).await?;
+            let r = sess
+                .kms()
+                .verify(sess.k(
+                    "Verify",
+                    pb::VerifyRequest {
+                        key_id: key,
+                        message: message.to_vec(),
+                        message_type,
+                        signature,
+                        signing_algorithm: algorithm,
+                        grant_tokens: vec![],
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_json(&json!({
+                "KeyId": r.key_id,
+                "SignatureValid": r.signature_valid,
+                "SigningAlgorithm": r.signing_algorithm,
+            }));
+        }
+        Command::GetPublicKey { conn, key, out } => {
+            let sess = Session::open(&conn).await?;
+            let r = sess
+                .kms()
+                .get_public_key(sess.k(
+                    "GetPublicKey",
+                    pb::GetPublicKeyRequest {
+                        key_id: key,
+                        grant_tokens: vec![],
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match out {
+                Some(p) => write_output(&p, &r.public_key, false)?,
+                None => print!("{}", public_key_pem(&r.public_key)),
+            }
+        }
+        Command::GenerateMac {
+            conn,
+            key,
+            input,
+            algorithm,
+            out,
+        } => {
+            let message = read_input(&input)?;
+            let sess = Session::open(&conn).await?;
+            let r = sess
+                .kms()
+                .generate_mac(sess.k(
+                    "GenerateMac",
+                    pb::GenerateMacRequest {
+                        message: message.to_vec(),
+                        key_id: key,
+                        mac_algorithm: algorithm,
+                        grant_tokens: vec![],
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match out {
+                Some(p) => write_output(&p, &r.mac, false)?,
+                None => println!("{}", B64.encode(&r.mac)),
             }
         }
         Command::Decrypt {
