@@ -72,6 +72,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::MechanismType;
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use tokio::sync::oneshot;
@@ -101,13 +102,14 @@ const EXCLUSIVE_OPS: &[&str] = &[
     "destroy",
     "try_wrap_with_new_key",
     "ensure_audit_key",
-    // Asymmetric keys, signatures and MACs.
-    "generate_key_pair",
+    // Asymmetric keys, signatures and MACs. Key pairs are generated as session objects under
+    // the shared lock ("generate_key_pair", "generate_data_key_pair": seconds for RSA-4096,
+    // no token file written) and only copied to the token here, in a short exclusive step.
+    "persist_key_pair",
     "generate_hmac_key",
     "destroy_key_pair",
-    "generate_data_key_pair",
-    // Rotation and import of key material.
-    "generate_wrapping_key",
+    // Rotation and import of key material ("generate_wrapping_key" is shared, as above).
+    "persist_wrapping_key",
     "destroy_wrapping_key",
     "import_material",
 ];
@@ -284,6 +286,56 @@ pub struct Hsm {
     shared: Arc<Shared>,
     pool: Pool,
     keeper: Mutex<Option<Session>>,
+    /// Key-pair generations running at once: at most `workers - 1` (at least 1), so slow
+    /// RSA generations never occupy every worker.
+    keygen: tokio::sync::Semaphore,
+}
+
+/// Session objects between the job that generates a key pair and the job that copies it to
+/// the token.
+#[derive(Default)]
+struct PendingSlot {
+    handles: Vec<ObjectHandle>,
+    /// The request ended (answered, failed or dropped): nobody will copy these any more.
+    abandoned: bool,
+}
+
+type Pending = Arc<Mutex<PendingSlot>>;
+
+/// Called by a generating job: keep `handles` for the copy, or destroy them at once if the
+/// request has already ended.
+fn park(ctx: &mut WorkerCtx, pending: &Pending, handles: Vec<ObjectHandle>) {
+    let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+    if p.abandoned {
+        asym::destroy_quietly(ctx, &handles, "session key pair of an abandoned request");
+    } else {
+        p.handles = handles;
+    }
+}
+
+/// Called by a copying job: the parked handles (the job then owns and destroys them).
+fn take_parked(pending: &Pending) -> Vec<ObjectHandle> {
+    std::mem::take(&mut pending.lock().unwrap_or_else(|p| p.into_inner()).handles)
+}
+
+/// Ends a request that parks session objects: whatever is still parked when it ends (a
+/// failed or expired copy, or the caller giving up) is destroyed by a detached job.
+struct PendingGuard<'a> {
+    hsm: &'a Hsm,
+    pending: Pending,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let left = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.abandoned = true;
+            std::mem::take(&mut p.handles)
+        };
+        if !left.is_empty() {
+            self.hsm.destroy_detached(left);
+        }
+    }
 }
 
 impl fmt::Debug for Hsm {
@@ -339,6 +391,7 @@ impl Hsm {
             shared,
             pool,
             keeper: Mutex::new(Some(keeper)),
+            keygen: tokio::sync::Semaphore::new(cfg.workers.saturating_sub(1).max(1)),
         }))
     }
 
@@ -549,7 +602,8 @@ impl Hsm {
 
     /// Generate a fresh RSA wrapping key pair of `bits` (2048/3072/4096) for an import: the
     /// private key stays on the token (unwrap only), the public key comes back as DER SPKI.
-    /// RSA key generation is slow on SoftHSM2 (up to seconds for 4096 bits) and runs alone.
+    /// RSA key generation is slow on SoftHSM2 (up to seconds for 4096 bits): it makes session
+    /// objects alongside other jobs; only the copy of the private key to the token runs alone.
     /// `sha256`: the key will unwrap with RSA-OAEP over SHA-256, which not every token
     /// offers (SoftHSM2 2.6 does not): then nothing is kept and the answer says so.
     pub async fn generate_wrapping_key(
@@ -561,10 +615,37 @@ impl Hsm {
         if sha256 && unwrap::oaep_sha256_known() == Some(false) {
             return Ok(unwrap::WrappingKeyOutcome::OaepSha256Unsupported);
         }
-        self.submit("generate_wrapping_key", move |ctx| {
-            unwrap::generate_wrapping_key(ctx, id, bits, sha256)
+        let pending = Pending::default();
+        let _guard = PendingGuard {
+            hsm: self,
+            pending: pending.clone(),
+        };
+        let permit = self.keygen_permit("generate_wrapping_key").await?;
+        let p = pending.clone();
+        let outcome = self
+            .submit("generate_wrapping_key", move |ctx| {
+                let (outcome, private) = unwrap::generate_wrapping_key(ctx, bits, sha256)?;
+                park(ctx, &p, private.into_iter().collect());
+                Ok(outcome)
+            })
+            .await?;
+        drop(permit);
+        if !matches!(outcome, unwrap::WrappingKeyOutcome::Created(_)) {
+            return Ok(outcome);
+        }
+        self.submit("persist_wrapping_key", move |ctx| {
+            match take_parked(&pending)[..] {
+                [private] => unwrap::persist_wrapping_key(ctx, id, private),
+                _ => Err(HsmError::new(
+                    HsmErrorKind::Other,
+                    "persist_wrapping_key",
+                    ctx.token(),
+                    "no session wrapping key to copy",
+                )),
+            }
         })
-        .await
+        .await?;
+        Ok(outcome)
     }
 
     /// Destroy a wrapping private key; [`HsmErrorKind::ObjectNotFound`] if absent.
@@ -587,6 +668,18 @@ impl Hsm {
         .await
     }
 
+    /// The custody attributes of wrapping private key `id`.
+    #[cfg(test)]
+    pub(crate) async fn wrapping_key_attributes(
+        &self,
+        id: unwrap::WrappingKeyId,
+    ) -> Result<KeyAttributes, HsmError> {
+        self.submit("wrapping_key_attributes", move |ctx| {
+            unwrap::wrapping_key_attributes(ctx, id)
+        })
+        .await
+    }
+
     /// Run `f` on a worker thread (tests use it to hold a worker busy).
     #[cfg(test)]
     pub(crate) async fn run_on_worker(
@@ -604,17 +697,82 @@ impl Hsm {
     // Asymmetric keys, signatures and MACs.
 
     /// Generate a CMK key pair: private and public token objects sharing `CKA_ID` = `id`.
-    /// RSA-4096 takes seconds on SoftHSM2.
+    /// RSA-4096 takes seconds on SoftHSM2: the pair is generated as session objects alongside
+    /// other jobs, then copied to the token (`C_CopyObject`) in a short exclusive job.
     pub async fn generate_key_pair(
         &self,
         id: ObjectId,
         spec: PairSpec,
         usage: PairUsage,
     ) -> Result<(), HsmError> {
+        let pending = Pending::default();
+        let _guard = PendingGuard {
+            hsm: self,
+            pending: pending.clone(),
+        };
+        let permit = self.keygen_permit("generate_key_pair").await?;
+        let p = pending.clone();
         self.submit("generate_key_pair", move |ctx| {
-            asym::generate_key_pair(ctx, id, spec, usage)
+            let pair = asym::generate_session_pair(ctx, id, spec, usage)?;
+            park(ctx, &p, vec![pair.public, pair.private]);
+            Ok(())
+        })
+        .await?;
+        drop(permit);
+        self.submit("persist_key_pair", move |ctx| {
+            match take_parked(&pending)[..] {
+                [public, private] => {
+                    asym::persist_key_pair(ctx, id, asym::SessionPair { public, private })
+                }
+                _ => Err(HsmError::new(
+                    HsmErrorKind::Other,
+                    "persist_key_pair",
+                    ctx.token(),
+                    "no session key pair to copy",
+                )),
+            }
         })
         .await
+    }
+
+    /// A permit to generate a key pair (see `Hsm::keygen`).
+    async fn keygen_permit(
+        &self,
+        op: &'static str,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, HsmError> {
+        self.keygen.acquire().await.map_err(|_| {
+            HsmError::new(
+                HsmErrorKind::Unavailable,
+                op,
+                &self.shared.token,
+                "HSM layer is shut down",
+            )
+        })
+    }
+
+    /// Destroy session objects in a job nobody awaits (cleanup of an ended request).
+    fn destroy_detached(&self, handles: Vec<ObjectHandle>) {
+        let enqueued = Instant::now();
+        let job = Job {
+            enqueued,
+            deadline: enqueued + Duration::from_secs(3600),
+            exclusive: false,
+            run: Box::new(move |dispatch: Dispatch<'_>| match dispatch {
+                Dispatch::Run(ctx) => {
+                    asym::destroy_quietly(ctx, &handles, "session objects of an ended request")
+                }
+                Dispatch::Expired(shared) => tracing::warn!(
+                    token = %shared.token,
+                    "session objects of an ended request left until the session closes"
+                ),
+            }),
+        };
+        if self.pool.try_submit(job).is_err() {
+            tracing::warn!(
+                token = %self.shared.token,
+                "HSM queue full or closed: session objects of an ended request left until the session closes"
+            );
+        }
     }
 
     /// Generate an HMAC CMK version (generic secret token key of the digest length).
@@ -744,6 +902,7 @@ impl Hsm {
         cmk: ObjectId,
         aad: AadBuilder,
     ) -> Result<DataKeyPair, HsmError> {
+        let _permit = self.keygen_permit("generate_data_key_pair").await?;
         self.submit("generate_data_key_pair", move |ctx| {
             asym::generate_data_key_pair(ctx, spec, cmk, aad)
         })

@@ -307,6 +307,7 @@ fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsi
 /// PKCS#11 functions this layer counts.
 const FUNCTIONS: &[&str] = &[
     "C_CloseSession",
+    "C_CopyObject",
     "C_Decrypt",
     "C_DecryptInit",
     "C_DestroyObject",
