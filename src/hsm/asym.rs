@@ -27,7 +27,7 @@ use super::error::{HsmError, HsmErrorKind};
 use super::objects::{ObjectId, Part};
 use super::ops;
 use super::pool::WorkerCtx;
-use super::{AadBuilder, GcmSealed, KeyAttributes};
+use super::{GcmSealed, KeyAttributes};
 
 /// A data key pair: the private key as PKCS#8 DER, the public key as SPKI DER, and the PKCS#8
 /// sealed under a symmetric CMK. `Debug` never prints the private key.
@@ -819,14 +819,12 @@ fn read_private(
     Ok((pkcs8, spki))
 }
 
-/// Generate a key pair as session objects, read it back as PKCS#8 + SPKI, destroy the
-/// objects, and seal the PKCS#8 under the symmetric CMK `cmk`, all in this job.
+/// Generate a key pair as session objects, read it back as PKCS#8 + SPKI and destroy the
+/// objects, all in this job (which touches no token object; the caller seals the PKCS#8).
 pub(crate) fn generate_data_key_pair(
     ctx: &mut WorkerCtx,
     spec: PairSpec,
-    cmk: ObjectId,
-    aad: AadBuilder,
-) -> Result<DataKeyPair, HsmError> {
+) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HsmError> {
     let label = b"p11kms/data-key-pair".to_vec();
     let mut public_t = vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -858,11 +856,5 @@ pub(crate) fn generate_data_key_pair(
     let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
     let read = read_private(ctx, private, public, spec);
     destroy_quietly(ctx, &[private, public], "data key pair session object");
-    let (pkcs8, spki) = read?;
-    let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, aad)?;
-    Ok(DataKeyPair {
-        pkcs8,
-        spki,
-        sealed,
-    })
+    read
 }

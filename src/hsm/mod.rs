@@ -20,6 +20,14 @@
 //!   (enqueue time + `acquire_timeout`) answers [`HsmErrorKind::Timeout`]
 //!   without touching the device. A job whose caller has gone away (its
 //!   future was dropped) is skipped. A job that has started always completes.
+//! - **Locking.** Jobs that create or destroy token objects (`EXCLUSIVE_OPS`)
+//!   run alone; other jobs share. Key-pair generation (`UNLOCKED_OPS`, seconds
+//!   for RSA-4096) makes session objects only and takes no lock, so it never
+//!   holds up other tenants' traffic; CMK pairs and import wrapping keys are
+//!   then copied to the token (`C_CopyObject`, which keeps
+//!   `CKA_ALWAYS_SENSITIVE` / `CKA_NEVER_EXTRACTABLE`) in a short exclusive
+//!   job. At most `workers - 1` (at least one) generations run at once, so a
+//!   worker stays free for other jobs.
 //! - **Handle cache.** Key objects are found by `CKA_ID` ([`ObjectId`]) once
 //!   and their handles cached; creation caches directly; destroy evicts. A
 //!   cached handle that the device reports invalid is evicted and looked up
@@ -102,16 +110,26 @@ const EXCLUSIVE_OPS: &[&str] = &[
     "destroy",
     "try_wrap_with_new_key",
     "ensure_audit_key",
-    // Asymmetric keys, signatures and MACs. Key pairs are generated as session objects under
-    // the shared lock ("generate_key_pair", "generate_data_key_pair": seconds for RSA-4096,
-    // no token file written) and only copied to the token here, in a short exclusive step.
+    // Asymmetric keys, signatures and MACs. Key pairs are generated as session objects
+    // (UNLOCKED_OPS) and only copied to the token here, in a short exclusive step.
     "persist_key_pair",
     "generate_hmac_key",
     "destroy_key_pair",
-    // Rotation and import of key material ("generate_wrapping_key" is shared, as above).
+    // Rotation and import of key material ("generate_wrapping_key": UNLOCKED_OPS).
     "persist_wrapping_key",
     "destroy_wrapping_key",
     "import_material",
+];
+
+/// Jobs that touch session objects only: key-pair generation (seconds for RSA-4096 on
+/// SoftHSM2). They take no lock: neither do they wait for an exclusive job, nor does an
+/// exclusive job (or, behind it, every other job) wait for them. Such a job must not read,
+/// create or destroy a token object. Measured safe beside reads and token object creation
+/// (`tests_asym::key_pair_generation_runs_alongside_reads_without_errors`).
+const UNLOCKED_OPS: &[&str] = &[
+    "generate_key_pair",
+    "generate_wrapping_key",
+    "generate_data_key_pair",
 ];
 
 /// Largest request for random bytes or a data key, in bytes.
@@ -757,6 +775,7 @@ impl Hsm {
             enqueued,
             deadline: enqueued + Duration::from_secs(3600),
             exclusive: false,
+            unlocked: true,
             run: Box::new(move |dispatch: Dispatch<'_>| match dispatch {
                 Dispatch::Run(ctx) => {
                     asym::destroy_quietly(ctx, &handles, "session objects of an ended request")
@@ -895,18 +914,32 @@ impl Hsm {
 
     /// A data key pair generated on the device as session objects, returned as PKCS#8 DER,
     /// SPKI DER and the PKCS#8 sealed under the symmetric CMK `cmk`. The session objects are
-    /// destroyed in the same job.
+    /// made, read and destroyed in one unlocked job; the sealing is a second (shared) job.
     pub async fn generate_data_key_pair(
         &self,
         spec: PairSpec,
         cmk: ObjectId,
         aad: AadBuilder,
     ) -> Result<DataKeyPair, HsmError> {
-        let _permit = self.keygen_permit("generate_data_key_pair").await?;
-        self.submit("generate_data_key_pair", move |ctx| {
-            asym::generate_data_key_pair(ctx, spec, cmk, aad)
+        let permit = self.keygen_permit("generate_data_key_pair").await?;
+        let (pkcs8, spki) = self
+            .submit("generate_data_key_pair", move |ctx| {
+                asym::generate_data_key_pair(ctx, spec)
+            })
+            .await?;
+        drop(permit);
+        // Sealing reads the token CMK: a separate job under the shared lock.
+        let (pkcs8, sealed) = self
+            .submit("seal_data_key_pair", move |ctx| {
+                let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, aad)?;
+                Ok((pkcs8, sealed))
+            })
+            .await?;
+        Ok(DataKeyPair {
+            pkcs8,
+            spki,
+            sealed,
         })
-        .await
     }
 
     fn check_len(&self, op: &'static str, n: usize) -> Result<(), HsmError> {
@@ -933,6 +966,7 @@ impl Hsm {
             enqueued,
             deadline: enqueued + self.pool.acquire_timeout(),
             exclusive: EXCLUSIVE_OPS.contains(&op),
+            unlocked: UNLOCKED_OPS.contains(&op),
             run: Box::new(move |dispatch: Dispatch<'_>| {
                 // The caller gave up (its future was dropped): skip the work.
                 if tx.is_closed() {

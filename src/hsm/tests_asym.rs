@@ -168,11 +168,12 @@ async fn hmac_keys_and_data_key_pairs() {
     hsm.destroy(cmk).await.unwrap();
 }
 
-/// Key pairs are generated as session objects under the shared lock (CMK pairs and import
-/// wrapping keys are then copied to the token alone; data key pairs never touch it). Prove
-/// that this is safe on SoftHSM2: encrypts, decrypts and attribute reads run on every other
-/// worker while pairs are generated, copied and destroyed, and token AES keys are created and
-/// destroyed (exclusive) in between; not one call may fail or answer garbage.
+/// Key pairs are generated as session objects without the token-object lock (CMK pairs and
+/// import wrapping keys are then copied to the token alone; data key pairs never touch it).
+/// Prove that this is safe on SoftHSM2: encrypts, decrypts and attribute reads run on the
+/// other workers while pairs are generated, copied and destroyed, and token AES keys are
+/// created, read back and destroyed (exclusive jobs, overlapping the generations); not one
+/// call may fail or answer garbage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_pair_generation_runs_alongside_reads_without_errors() {
     // The import tests count wrapping keys on the shared token: not while this makes some.
@@ -222,15 +223,22 @@ async fn key_pair_generation_runs_alongside_reads_without_errors() {
             (n, errors)
         }));
     }
+    // Token objects are created and destroyed (exclusive jobs) while pairs are generated.
+    let writer_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let hsm = hsm.clone();
+        let (hsm, stop) = (hsm.clone(), writer_stop.clone());
         tokio::spawn(async move {
-            for _ in 0..6 {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let id = new_id();
                 hsm.generate_aes_key(id).await.unwrap();
+                let a = hsm.key_attributes(id).await.unwrap();
+                assert!(a.token && a.sensitive && a.always_sensitive && a.never_extractable);
+                assert!(a.encrypt && a.decrypt && !a.extractable && !a.sign, "{a:?}");
                 hsm.destroy(id).await.unwrap();
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                n += 1;
             }
+            n
         })
     };
     let mut generated = 0;
@@ -273,7 +281,8 @@ async fn key_pair_generation_runs_alongside_reads_without_errors() {
         hsm.destroy_wrapping_key(wrapping).await.unwrap();
         generated += 4;
     }
-    writer.await.unwrap();
+    writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let created = writer.await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for r in readers {
@@ -281,8 +290,12 @@ async fn key_pair_generation_runs_alongside_reads_without_errors() {
         assert!(errors.is_empty(), "{} errors: {:?}", errors.len(), errors);
         total += n;
     }
-    eprintln!("{generated} key pairs generated alongside {total} encrypt+decrypt+read rounds");
+    eprintln!(
+        "{generated} key pairs generated alongside {total} encrypt+decrypt+read rounds and \
+         {created} token AES keys created and destroyed"
+    );
     assert!(total > 100, "the readers ran ({total} rounds)");
+    assert!(created > 5, "the writer ran ({created} keys)");
     // No session object of these generations is left behind (other tests of this process
     // may have a generation in flight: wait for them).
     let mut pending = usize::MAX;
