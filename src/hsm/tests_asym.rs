@@ -281,6 +281,8 @@ async fn key_pair_generation_runs_alongside_reads_without_errors() {
         hsm.destroy_wrapping_key(wrapping).await.unwrap();
         generated += 4;
     }
+    // Each round copied two key pairs (two halves each) and one wrapping private key.
+    assert_eq!(hsm.counters()["C_CopyObject"], 25);
     writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let created = writer.await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -296,8 +298,22 @@ async fn key_pair_generation_runs_alongside_reads_without_errors() {
     );
     assert!(total > 100, "the readers ran ({total} rounds)");
     assert!(created > 5, "the writer ran ({created} keys)");
-    // No session object of these generations is left behind (other tests of this process
-    // may have a generation in flight: wait for them).
+    // No session object of these generations is left behind.
+    assert_eq!(
+        pending_session_objects(&hsm).await,
+        0,
+        "session key pairs left behind"
+    );
+    hsm.destroy(cmk).await.unwrap();
+}
+
+fn aad_of(prefix: &'static [u8]) -> AadBuilder {
+    Box::new(move |iv| [prefix, iv.as_slice()].concat())
+}
+
+/// The number of key-pair session objects not yet copied or destroyed, once other tests of
+/// this process have finished theirs (polls up to 10 s).
+async fn pending_session_objects(hsm: &Hsm) -> usize {
     let mut pending = usize::MAX;
     for _ in 0..100 {
         pending = hsm
@@ -312,10 +328,38 @@ async fn key_pair_generation_runs_alongside_reads_without_errors() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(pending, 0, "session key pairs left behind");
-    hsm.destroy(cmk).await.unwrap();
+    pending
 }
 
-fn aad_of(prefix: &'static [u8]) -> AadBuilder {
-    Box::new(move |iv| [prefix, iv.as_slice()].concat())
+/// A caller that gives up while its key pair is generated: the generating job destroys the
+/// session objects itself, nothing reaches the token, and the id stays free.
+#[tokio::test]
+async fn an_abandoned_generation_leaves_nothing_behind() {
+    let hsm = open();
+    let id = new_id();
+    let before = hsm.counters()["C_GenerateKeyPair"];
+    let r = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        hsm.generate_key_pair(id, PairSpec::Rsa(3072), PairUsage::Sign),
+    )
+    .await;
+    assert!(r.is_err(), "RSA-3072 generation takes longer than 100 ms");
+    assert_eq!(pending_session_objects(&hsm).await, 0);
+    assert_eq!(
+        hsm.counters()["C_GenerateKeyPair"],
+        before + 1,
+        "the job ran"
+    );
+    assert_eq!(hsm.counters()["C_CopyObject"], 0, "nothing was copied");
+    assert_eq!(
+        hsm.key_pair_attributes(id, true).await.unwrap_err().kind,
+        HsmErrorKind::ObjectNotFound
+    );
+    // The same id can still be generated, and then the pair is whole.
+    hsm.generate_key_pair(id, PairSpec::Ec(Curve::P256), PairUsage::Sign)
+        .await
+        .unwrap();
+    assert!(hsm.key_pair_attributes(id, false).await.unwrap().token);
+    assert_eq!(hsm.counters()["C_CopyObject"], 2);
+    hsm.destroy_key_pair(id).await.unwrap();
 }
