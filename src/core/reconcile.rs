@@ -126,6 +126,8 @@ impl Kms {
             .filter(|o| o.label.starts_with("p11kms/"))
             // Session objects of an import job in flight (they never outlive the job).
             .filter(|o| o.label != "p11kms/import-check" && o.label != "p11kms/import-ephemeral")
+            // Session key pairs of a generation in flight, not yet copied to the token.
+            .filter(|o| !o.label.starts_with(crate::hsm::asym::PENDING_LABEL_PREFIX))
             .filter(|o| {
                 WrappingKeyId::from_cka_id(&o.id).is_none_or(|w| !live_wrapping.contains(&w.0))
             })

@@ -27,7 +27,7 @@ use super::error::{HsmError, HsmErrorKind};
 use super::objects::{ObjectId, Part};
 use super::ops;
 use super::pool::WorkerCtx;
-use super::{AadBuilder, GcmSealed, KeyAttributes};
+use super::{GcmSealed, KeyAttributes};
 
 /// A data key pair: the private key as PKCS#8 DER, the public key as SPKI DER, and the PKCS#8
 /// sealed under a symmetric CMK. `Debug` never prints the private key.
@@ -296,13 +296,75 @@ fn cmk_private_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<
 
 // ---------------------------------------------------------------- CMK key pairs
 
-/// Generate a CMK key pair (token objects) and cache both handles.
-pub(crate) fn generate_key_pair(
+/// `CKA_LABEL` prefix of key pairs generated as session objects and not yet copied to the
+/// token (they carry no `CKA_ID`, so no lookup by key id finds them; they never outlive the
+/// request, and vanish with the session if the process dies).
+pub const PENDING_LABEL_PREFIX: &str = "p11kms/keygen-pending";
+const PENDING_LABEL: &[u8] = PENDING_LABEL_PREFIX.as_bytes();
+
+/// A key pair generated as session objects of one worker's session, waiting to be copied to
+/// the token by [`persist_key_pair`] (which destroys it).
+#[derive(Debug)]
+pub(crate) struct SessionPair {
+    pub(crate) public: ObjectHandle,
+    pub(crate) private: ObjectHandle,
+}
+
+/// The session-object form of a token template: `CKA_TOKEN` false, no `CKA_ID`, the pending
+/// label; every custody and usage attribute unchanged.
+fn as_session_template(t: Vec<Attribute>) -> Vec<Attribute> {
+    t.into_iter()
+        .filter(|a| !matches!(a, Attribute::Id(_)))
+        .map(|a| match a {
+            Attribute::Token(_) => Attribute::Token(false),
+            Attribute::Label(_) => Attribute::Label(PENDING_LABEL.to_vec()),
+            other => other,
+        })
+        .collect()
+}
+
+/// Copy the session object `h` to the token with `CKA_ID` = `id` and `CKA_LABEL` = `label`.
+/// `C_CopyObject` keeps every other attribute, `CKA_ALWAYS_SENSITIVE` and
+/// `CKA_NEVER_EXTRACTABLE` included (the custody tests read them back).
+pub(crate) fn copy_to_token(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+    id: Vec<u8>,
+    label: Vec<u8>,
+) -> Result<ObjectHandle, HsmError> {
+    count(ctx, "C_CopyObject");
+    let t = Instant::now();
+    let r = ctx.session.copy_object(
+        h,
+        &[
+            Attribute::Token(true),
+            Attribute::Id(id),
+            Attribute::Label(label),
+        ],
+    );
+    ctx.observe("C_CopyObject", t);
+    r.map_err(|e| ctx.fail("C_CopyObject", &e))
+}
+
+/// Destroy objects, logging (not returning) failures.
+pub(crate) fn destroy_quietly(ctx: &mut WorkerCtx, handles: &[ObjectHandle], what: &str) {
+    for h in handles {
+        count(ctx, "C_DestroyObject");
+        if let Err(e) = ctx.session.destroy_object(*h) {
+            let err = ctx.fail("C_DestroyObject", &e);
+            tracing::warn!(error = %err, what, "could not destroy an HSM object");
+        }
+    }
+}
+
+/// Generate a CMK key pair as session objects (no token file is written, so this slow step
+/// runs alongside other jobs); [`persist_key_pair`] then copies it to the token.
+pub(crate) fn generate_session_pair(
     ctx: &mut WorkerCtx,
     id: ObjectId,
     spec: PairSpec,
     usage: PairUsage,
-) -> Result<(), HsmError> {
+) -> Result<SessionPair, HsmError> {
     if ctx.shared.handles.get_part(&id, Part::Private).is_some() {
         return Err(HsmError::new(
             HsmErrorKind::Other,
@@ -319,14 +381,37 @@ pub(crate) fn generate_key_pair(
     let t = Instant::now();
     let r = ctx.session.generate_key_pair(
         &mech,
-        &cmk_public_template(&id, spec, usage),
-        &cmk_private_template(&id, spec, usage),
+        &as_session_template(cmk_public_template(&id, spec, usage)),
+        &as_session_template(cmk_private_template(&id, spec, usage)),
     );
     ctx.observe("C_GenerateKeyPair", t);
     let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    Ok(SessionPair { public, private })
+}
+
+/// Copy a session key pair to the token as the CMK key pair `id` (token objects with
+/// `CKA_ID` = `id`), cache both handles, and destroy the session objects whatever happens.
+/// A half copied before a failure is destroyed again: nothing partial stays on the token.
+pub(crate) fn persist_key_pair(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    pair: SessionPair,
+) -> Result<(), HsmError> {
+    let label = id.label().into_bytes();
+    let r = copy_to_token(ctx, pair.public, id.0.to_vec(), label.clone()).and_then(|public| {
+        match copy_to_token(ctx, pair.private, id.0.to_vec(), label) {
+            Ok(private) => Ok((public, private)),
+            Err(e) => {
+                destroy_quietly(ctx, &[public], "half-copied public key");
+                Err(e)
+            }
+        }
+    });
+    destroy_quietly(ctx, &[pair.private, pair.public], "session key pair");
+    let (public, private) = r?;
     ctx.shared.handles.insert_part(id, Part::Public, public);
     ctx.shared.handles.insert_part(id, Part::Private, private);
-    tracing::debug!(token = %ctx.token(), object = %id, ?spec, "HSM key pair generated");
+    tracing::debug!(token = %ctx.token(), object = %id, "HSM key pair generated");
     Ok(())
 }
 
@@ -734,14 +819,12 @@ fn read_private(
     Ok((pkcs8, spki))
 }
 
-/// Generate a key pair as session objects, read it back as PKCS#8 + SPKI, destroy the
-/// objects, and seal the PKCS#8 under the symmetric CMK `cmk`, all in this job.
+/// Generate a key pair as session objects, read it back as PKCS#8 + SPKI and destroy the
+/// objects, all in this job (which touches no token object; the caller seals the PKCS#8).
 pub(crate) fn generate_data_key_pair(
     ctx: &mut WorkerCtx,
     spec: PairSpec,
-    cmk: ObjectId,
-    aad: AadBuilder,
-) -> Result<DataKeyPair, HsmError> {
+) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HsmError> {
     let label = b"p11kms/data-key-pair".to_vec();
     let mut public_t = vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -772,18 +855,6 @@ pub(crate) fn generate_data_key_pair(
     ctx.observe("C_GenerateKeyPair", t);
     let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
     let read = read_private(ctx, private, public, spec);
-    for h in [private, public] {
-        count(ctx, "C_DestroyObject");
-        if let Err(e) = ctx.session.destroy_object(h) {
-            let err = ctx.fail("C_DestroyObject", &e);
-            tracing::warn!(error = %err, "could not destroy a data key pair session object");
-        }
-    }
-    let (pkcs8, spki) = read?;
-    let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, aad)?;
-    Ok(DataKeyPair {
-        pkcs8,
-        spki,
-        sealed,
-    })
+    destroy_quietly(ctx, &[private, public], "data key pair session object");
+    read
 }

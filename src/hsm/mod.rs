@@ -20,6 +20,14 @@
 //!   (enqueue time + `acquire_timeout`) answers [`HsmErrorKind::Timeout`]
 //!   without touching the device. A job whose caller has gone away (its
 //!   future was dropped) is skipped. A job that has started always completes.
+//! - **Locking.** Jobs that create or destroy token objects (`EXCLUSIVE_OPS`)
+//!   run alone; other jobs share. Key-pair generation (`UNLOCKED_OPS`, seconds
+//!   for RSA-4096) makes session objects only and takes no lock, so it never
+//!   holds up other tenants' traffic; CMK pairs and import wrapping keys are
+//!   then copied to the token (`C_CopyObject`, which keeps
+//!   `CKA_ALWAYS_SENSITIVE` / `CKA_NEVER_EXTRACTABLE`) in a short exclusive
+//!   job. At most `workers - 1` (at least one) generations run at once, so a
+//!   worker stays free for other jobs.
 //! - **Handle cache.** Key objects are found by `CKA_ID` ([`ObjectId`]) once
 //!   and their handles cached; creation caches directly; destroy evicts. A
 //!   cached handle that the device reports invalid is evicted and looked up
@@ -72,6 +80,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::MechanismType;
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use tokio::sync::oneshot;
@@ -101,15 +110,26 @@ const EXCLUSIVE_OPS: &[&str] = &[
     "destroy",
     "try_wrap_with_new_key",
     "ensure_audit_key",
-    // Asymmetric keys, signatures and MACs.
-    "generate_key_pair",
+    // Asymmetric keys, signatures and MACs. Key pairs are generated as session objects
+    // (UNLOCKED_OPS) and only copied to the token here, in a short exclusive step.
+    "persist_key_pair",
     "generate_hmac_key",
     "destroy_key_pair",
-    "generate_data_key_pair",
-    // Rotation and import of key material.
-    "generate_wrapping_key",
+    // Rotation and import of key material ("generate_wrapping_key": UNLOCKED_OPS).
+    "persist_wrapping_key",
     "destroy_wrapping_key",
     "import_material",
+];
+
+/// Jobs that touch session objects only: key-pair generation (seconds for RSA-4096 on
+/// SoftHSM2). They take no lock: neither do they wait for an exclusive job, nor does an
+/// exclusive job (or, behind it, every other job) wait for them. Such a job must not read,
+/// create or destroy a token object. Measured safe beside reads and token object creation
+/// (`tests_asym::key_pair_generation_runs_alongside_reads_without_errors`).
+const UNLOCKED_OPS: &[&str] = &[
+    "generate_key_pair",
+    "generate_wrapping_key",
+    "generate_data_key_pair",
 ];
 
 /// Largest request for random bytes or a data key, in bytes.
@@ -284,6 +304,56 @@ pub struct Hsm {
     shared: Arc<Shared>,
     pool: Pool,
     keeper: Mutex<Option<Session>>,
+    /// Key-pair generations running at once: at most `workers - 1` (at least 1), so slow
+    /// RSA generations never occupy every worker.
+    keygen: tokio::sync::Semaphore,
+}
+
+/// Session objects between the job that generates a key pair and the job that copies it to
+/// the token.
+#[derive(Default)]
+struct PendingSlot {
+    handles: Vec<ObjectHandle>,
+    /// The request ended (answered, failed or dropped): nobody will copy these any more.
+    abandoned: bool,
+}
+
+type Pending = Arc<Mutex<PendingSlot>>;
+
+/// Called by a generating job: keep `handles` for the copy, or destroy them at once if the
+/// request has already ended.
+fn park(ctx: &mut WorkerCtx, pending: &Pending, handles: Vec<ObjectHandle>) {
+    let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+    if p.abandoned {
+        asym::destroy_quietly(ctx, &handles, "session key pair of an abandoned request");
+    } else {
+        p.handles = handles;
+    }
+}
+
+/// Called by a copying job: the parked handles (the job then owns and destroys them).
+fn take_parked(pending: &Pending) -> Vec<ObjectHandle> {
+    std::mem::take(&mut pending.lock().unwrap_or_else(|p| p.into_inner()).handles)
+}
+
+/// Ends a request that parks session objects: whatever is still parked when it ends (a
+/// failed or expired copy, or the caller giving up) is destroyed by a detached job.
+struct PendingGuard<'a> {
+    hsm: &'a Hsm,
+    pending: Pending,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let left = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.abandoned = true;
+            std::mem::take(&mut p.handles)
+        };
+        if !left.is_empty() {
+            self.hsm.destroy_detached(left);
+        }
+    }
 }
 
 impl fmt::Debug for Hsm {
@@ -339,6 +409,7 @@ impl Hsm {
             shared,
             pool,
             keeper: Mutex::new(Some(keeper)),
+            keygen: tokio::sync::Semaphore::new(cfg.workers.saturating_sub(1).max(1)),
         }))
     }
 
@@ -549,7 +620,8 @@ impl Hsm {
 
     /// Generate a fresh RSA wrapping key pair of `bits` (2048/3072/4096) for an import: the
     /// private key stays on the token (unwrap only), the public key comes back as DER SPKI.
-    /// RSA key generation is slow on SoftHSM2 (up to seconds for 4096 bits) and runs alone.
+    /// RSA key generation is slow on SoftHSM2 (up to seconds for 4096 bits): it makes session
+    /// objects alongside other jobs; only the copy of the private key to the token runs alone.
     /// `sha256`: the key will unwrap with RSA-OAEP over SHA-256, which not every token
     /// offers (SoftHSM2 2.6 does not): then nothing is kept and the answer says so.
     pub async fn generate_wrapping_key(
@@ -561,10 +633,37 @@ impl Hsm {
         if sha256 && unwrap::oaep_sha256_known() == Some(false) {
             return Ok(unwrap::WrappingKeyOutcome::OaepSha256Unsupported);
         }
-        self.submit("generate_wrapping_key", move |ctx| {
-            unwrap::generate_wrapping_key(ctx, id, bits, sha256)
+        let pending = Pending::default();
+        let _guard = PendingGuard {
+            hsm: self,
+            pending: pending.clone(),
+        };
+        let permit = self.keygen_permit("generate_wrapping_key").await?;
+        let p = pending.clone();
+        let outcome = self
+            .submit("generate_wrapping_key", move |ctx| {
+                let (outcome, private) = unwrap::generate_wrapping_key(ctx, bits, sha256)?;
+                park(ctx, &p, private.into_iter().collect());
+                Ok(outcome)
+            })
+            .await?;
+        drop(permit);
+        if !matches!(outcome, unwrap::WrappingKeyOutcome::Created(_)) {
+            return Ok(outcome);
+        }
+        self.submit("persist_wrapping_key", move |ctx| {
+            match take_parked(&pending)[..] {
+                [private] => unwrap::persist_wrapping_key(ctx, id, private),
+                _ => Err(HsmError::new(
+                    HsmErrorKind::Other,
+                    "persist_wrapping_key",
+                    ctx.token(),
+                    "no session wrapping key to copy",
+                )),
+            }
         })
-        .await
+        .await?;
+        Ok(outcome)
     }
 
     /// Destroy a wrapping private key; [`HsmErrorKind::ObjectNotFound`] if absent.
@@ -587,6 +686,18 @@ impl Hsm {
         .await
     }
 
+    /// The custody attributes of wrapping private key `id`.
+    #[cfg(test)]
+    pub(crate) async fn wrapping_key_attributes(
+        &self,
+        id: unwrap::WrappingKeyId,
+    ) -> Result<KeyAttributes, HsmError> {
+        self.submit("wrapping_key_attributes", move |ctx| {
+            unwrap::wrapping_key_attributes(ctx, id)
+        })
+        .await
+    }
+
     /// Run `f` on a worker thread (tests use it to hold a worker busy).
     #[cfg(test)]
     pub(crate) async fn run_on_worker(
@@ -604,17 +715,83 @@ impl Hsm {
     // Asymmetric keys, signatures and MACs.
 
     /// Generate a CMK key pair: private and public token objects sharing `CKA_ID` = `id`.
-    /// RSA-4096 takes seconds on SoftHSM2.
+    /// RSA-4096 takes seconds on SoftHSM2: the pair is generated as session objects alongside
+    /// other jobs, then copied to the token (`C_CopyObject`) in a short exclusive job.
     pub async fn generate_key_pair(
         &self,
         id: ObjectId,
         spec: PairSpec,
         usage: PairUsage,
     ) -> Result<(), HsmError> {
+        let pending = Pending::default();
+        let _guard = PendingGuard {
+            hsm: self,
+            pending: pending.clone(),
+        };
+        let permit = self.keygen_permit("generate_key_pair").await?;
+        let p = pending.clone();
         self.submit("generate_key_pair", move |ctx| {
-            asym::generate_key_pair(ctx, id, spec, usage)
+            let pair = asym::generate_session_pair(ctx, id, spec, usage)?;
+            park(ctx, &p, vec![pair.public, pair.private]);
+            Ok(())
+        })
+        .await?;
+        drop(permit);
+        self.submit("persist_key_pair", move |ctx| {
+            match take_parked(&pending)[..] {
+                [public, private] => {
+                    asym::persist_key_pair(ctx, id, asym::SessionPair { public, private })
+                }
+                _ => Err(HsmError::new(
+                    HsmErrorKind::Other,
+                    "persist_key_pair",
+                    ctx.token(),
+                    "no session key pair to copy",
+                )),
+            }
         })
         .await
+    }
+
+    /// A permit to generate a key pair (see `Hsm::keygen`).
+    async fn keygen_permit(
+        &self,
+        op: &'static str,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, HsmError> {
+        self.keygen.acquire().await.map_err(|_| {
+            HsmError::new(
+                HsmErrorKind::Unavailable,
+                op,
+                &self.shared.token,
+                "HSM layer is shut down",
+            )
+        })
+    }
+
+    /// Destroy session objects in a job nobody awaits (cleanup of an ended request).
+    fn destroy_detached(&self, handles: Vec<ObjectHandle>) {
+        let enqueued = Instant::now();
+        let job = Job {
+            enqueued,
+            deadline: enqueued + Duration::from_secs(3600),
+            exclusive: false,
+            unlocked: true,
+            run: Box::new(move |dispatch: Dispatch<'_>| match dispatch {
+                Dispatch::Run(ctx) => {
+                    asym::destroy_quietly(ctx, &handles, "session objects of an ended request")
+                }
+                Dispatch::Expired(shared) => tracing::warn!(
+                    token = %shared.token,
+                    "session objects of an ended request left until the session closes"
+                ),
+            }),
+        };
+        if self.pool.try_submit(job).is_err() {
+            tracing::warn!(
+                token = %self.shared.token,
+                "HSM queue full or closed: session objects of an ended request left until the session closes"
+            );
+        }
     }
 
     /// Generate an HMAC CMK version (generic secret token key of the digest length).
@@ -737,17 +914,32 @@ impl Hsm {
 
     /// A data key pair generated on the device as session objects, returned as PKCS#8 DER,
     /// SPKI DER and the PKCS#8 sealed under the symmetric CMK `cmk`. The session objects are
-    /// destroyed in the same job.
+    /// made, read and destroyed in one unlocked job; the sealing is a second (shared) job.
     pub async fn generate_data_key_pair(
         &self,
         spec: PairSpec,
         cmk: ObjectId,
         aad: AadBuilder,
     ) -> Result<DataKeyPair, HsmError> {
-        self.submit("generate_data_key_pair", move |ctx| {
-            asym::generate_data_key_pair(ctx, spec, cmk, aad)
+        let permit = self.keygen_permit("generate_data_key_pair").await?;
+        let (pkcs8, spki) = self
+            .submit("generate_data_key_pair", move |ctx| {
+                asym::generate_data_key_pair(ctx, spec)
+            })
+            .await?;
+        drop(permit);
+        // Sealing reads the token CMK: a separate job under the shared lock.
+        let (pkcs8, sealed) = self
+            .submit("seal_data_key_pair", move |ctx| {
+                let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, aad)?;
+                Ok((pkcs8, sealed))
+            })
+            .await?;
+        Ok(DataKeyPair {
+            pkcs8,
+            spki,
+            sealed,
         })
-        .await
     }
 
     fn check_len(&self, op: &'static str, n: usize) -> Result<(), HsmError> {
@@ -774,6 +966,7 @@ impl Hsm {
             enqueued,
             deadline: enqueued + self.pool.acquire_timeout(),
             exclusive: EXCLUSIVE_OPS.contains(&op),
+            unlocked: UNLOCKED_OPS.contains(&op),
             run: Box::new(move |dispatch: Dispatch<'_>| {
                 // The caller gave up (its future was dropped): skip the work.
                 if tx.is_closed() {

@@ -42,6 +42,9 @@ pub(crate) struct Job {
     pub(crate) deadline: Instant,
     /// Whether the job creates or destroys objects (runs alone, see [`TOKEN_OBJECTS`]).
     pub(crate) exclusive: bool,
+    /// Whether the job touches session objects only (slow key-pair generation): it takes
+    /// no lock, so it neither waits for nor holds up exclusive jobs.
+    pub(crate) unlocked: bool,
     /// The work; it sends its own answer.
     pub(crate) run: Box<dyn FnOnce(Dispatch<'_>) + Send>,
 }
@@ -281,7 +284,9 @@ fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsi
             ctx.reopen();
         }
         let run = job.run;
-        let (_shared, _alone) = if job.exclusive {
+        let (_shared, _alone) = if job.unlocked {
+            (None, None)
+        } else if job.exclusive {
             (
                 None,
                 Some(TOKEN_OBJECTS.write().unwrap_or_else(|p| p.into_inner())),
@@ -307,6 +312,7 @@ fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsi
 /// PKCS#11 functions this layer counts.
 const FUNCTIONS: &[&str] = &[
     "C_CloseSession",
+    "C_CopyObject",
     "C_Decrypt",
     "C_DecryptInit",
     "C_DestroyObject",

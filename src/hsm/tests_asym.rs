@@ -43,11 +43,13 @@ async fn ec_key_pairs_sign_and_verify_on_every_curve() {
         let spki = hsm.public_key(id, PairSpec::Ec(curve)).await.unwrap();
         assert_eq!(spki[0], 0x30);
         let private = hsm.key_pair_attributes(id, true).await.unwrap();
-        assert!(private.sensitive && !private.extractable && private.never_extractable);
+        // Generated as session objects and copied to the token: the copy keeps the custody.
+        assert!(private.sensitive && private.always_sensitive);
+        assert!(!private.extractable && private.never_extractable);
         assert!(private.sign && !private.decrypt && private.token && private.private);
         assert_eq!(private.allowed_mechanisms, vec!["ECDSA".to_string()]);
         let public = hsm.key_pair_attributes(id, false).await.unwrap();
-        assert!(public.verify && !public.encrypt);
+        assert!(public.verify && !public.encrypt && public.token);
         hsm.destroy_key_pair(id).await.unwrap();
         assert_eq!(
             hsm.destroy_key_pair(id).await.unwrap_err().kind,
@@ -164,4 +166,200 @@ async fn hmac_keys_and_data_key_pairs() {
             .any(|o| o.label == "p11kms/data-key-pair"));
     }
     hsm.destroy(cmk).await.unwrap();
+}
+
+/// Key pairs are generated as session objects without the token-object lock (CMK pairs and
+/// import wrapping keys are then copied to the token alone; data key pairs never touch it).
+/// Prove that this is safe on SoftHSM2: encrypts, decrypts and attribute reads run on the
+/// other workers while pairs are generated, copied and destroyed, and token AES keys are
+/// created, read back and destroyed (exclusive jobs, overlapping the generations); not one
+/// call may fail or answer garbage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_pair_generation_runs_alongside_reads_without_errors() {
+    // The import tests count wrapping keys on the shared token: not while this makes some.
+    let _one = super::unwrap_tests::SERIAL.lock().await;
+    let mut cfg = super::tests::test_config();
+    cfg.workers = 4;
+    cfg.acquire_timeout = std::time::Duration::from_secs(60);
+    let hsm = Hsm::open(&cfg).expect("open Hsm");
+    let cmk = new_id();
+    hsm.generate_aes_key(cmk).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..3u8 {
+        let (hsm, stop) = (hsm.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let msg = vec![r; 64];
+                let aad = |iv: &[u8; 12]| [b"stress".as_slice(), iv].concat();
+                let sealed = match hsm
+                    .encrypt_gcm(cmk, Zeroizing::new(msg.clone()), Box::new(aad))
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        errors.push(format!("encrypt: {e}"));
+                        continue;
+                    }
+                };
+                let aad = aad(&sealed.iv);
+                match hsm
+                    .decrypt_gcm(cmk, sealed.iv, sealed.ciphertext_and_tag, aad)
+                    .await
+                {
+                    Ok(pt) if pt[..] == msg[..] => {}
+                    Ok(_) => errors.push("decrypt: wrong plaintext".into()),
+                    Err(e) => errors.push(format!("decrypt: {e}")),
+                }
+                match hsm.key_attributes(cmk).await {
+                    Ok(a) if a.token && a.sensitive && a.never_extractable => {}
+                    Ok(a) => errors.push(format!("attributes garbled: {a:?}")),
+                    Err(e) => errors.push(format!("attributes: {e}")),
+                }
+                n += 1;
+            }
+            (n, errors)
+        }));
+    }
+    // Token objects are created and destroyed (exclusive jobs) while pairs are generated.
+    let writer_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (hsm, stop) = (hsm.clone(), writer_stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = new_id();
+                hsm.generate_aes_key(id).await.unwrap();
+                let a = hsm.key_attributes(id).await.unwrap();
+                assert!(a.token && a.sensitive && a.always_sensitive && a.never_extractable);
+                assert!(a.encrypt && a.decrypt && !a.extractable && !a.sign, "{a:?}");
+                hsm.destroy(id).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut generated = 0;
+    for round in 0..5 {
+        let a = new_id();
+        let b = new_id();
+        let wrapping = unwrap::WrappingKeyId(*uuid::Uuid::new_v4().as_bytes());
+        // Two generations at once (3 of 4 workers may generate).
+        let (ra, rb, rw, rd) = tokio::join!(
+            hsm.generate_key_pair(a, PairSpec::Rsa(2048), PairUsage::Sign),
+            hsm.generate_key_pair(b, PairSpec::Ec(Curve::P256), PairUsage::Sign),
+            hsm.generate_wrapping_key(wrapping, 2048, false),
+            hsm.generate_data_key_pair(PairSpec::Rsa(2048), cmk, aad_of(b"dkp")),
+        );
+        ra.unwrap_or_else(|e| panic!("round {round}: RSA pair: {e}"));
+        rb.unwrap_or_else(|e| panic!("round {round}: EC pair: {e}"));
+        assert!(matches!(
+            rw.unwrap_or_else(|e| panic!("round {round}: wrapping key: {e}")),
+            unwrap::WrappingKeyOutcome::Created(_)
+        ));
+        let pair = rd.unwrap_or_else(|e| panic!("round {round}: data key pair: {e}"));
+        assert!(!pair.pkcs8.is_empty() && !pair.spki.is_empty());
+        for id in [a, b] {
+            let p = hsm.key_pair_attributes(id, true).await.unwrap();
+            assert!(p.token && p.private && p.sensitive && p.always_sensitive);
+            assert!(!p.extractable && p.never_extractable && p.sign);
+            let digest = Sha256::digest(b"m").to_vec();
+            let scheme = if id == a {
+                SignScheme::RsaPss(ShaAlg::Sha256)
+            } else {
+                SignScheme::Ecdsa(Curve::P256)
+            };
+            let sig = hsm.sign(id, scheme, digest.clone()).await.unwrap();
+            assert!(hsm.verify(id, scheme, digest, sig).await.unwrap());
+            hsm.destroy_key_pair(id).await.unwrap();
+        }
+        let w = hsm.wrapping_key_attributes(wrapping).await.unwrap();
+        assert!(w.token && w.private && w.sensitive && w.always_sensitive);
+        assert!(!w.extractable && w.never_extractable && w.unwrap && !w.decrypt);
+        hsm.destroy_wrapping_key(wrapping).await.unwrap();
+        generated += 4;
+    }
+    // Each round copied two key pairs (two halves each) and one wrapping private key.
+    assert_eq!(hsm.counters()["C_CopyObject"], 25);
+    writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let created = writer.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for r in readers {
+        let (n, errors) = r.await.unwrap();
+        assert!(errors.is_empty(), "{} errors: {:?}", errors.len(), errors);
+        total += n;
+    }
+    eprintln!(
+        "{generated} key pairs generated alongside {total} encrypt+decrypt+read rounds and \
+         {created} token AES keys created and destroyed"
+    );
+    assert!(total > 100, "the readers ran ({total} rounds)");
+    assert!(created > 5, "the writer ran ({created} keys)");
+    // No session object of these generations is left behind.
+    assert_eq!(
+        pending_session_objects(&hsm).await,
+        0,
+        "session key pairs left behind"
+    );
+    hsm.destroy(cmk).await.unwrap();
+}
+
+fn aad_of(prefix: &'static [u8]) -> AadBuilder {
+    Box::new(move |iv| [prefix, iv.as_slice()].concat())
+}
+
+/// The number of key-pair session objects not yet copied or destroyed, once other tests of
+/// this process have finished theirs (polls up to 10 s).
+async fn pending_session_objects(hsm: &Hsm) -> usize {
+    let mut pending = usize::MAX;
+    for _ in 0..100 {
+        pending = hsm
+            .list_objects()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.label.starts_with(asym::PENDING_LABEL_PREFIX))
+            .count();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    pending
+}
+
+/// A caller that gives up while its key pair is generated: the generating job destroys the
+/// session objects itself, nothing reaches the token, and the id stays free.
+#[tokio::test]
+async fn an_abandoned_generation_leaves_nothing_behind() {
+    let hsm = open();
+    let id = new_id();
+    let before = hsm.counters()["C_GenerateKeyPair"];
+    let r = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        hsm.generate_key_pair(id, PairSpec::Rsa(3072), PairUsage::Sign),
+    )
+    .await;
+    assert!(r.is_err(), "RSA-3072 generation takes longer than 100 ms");
+    assert_eq!(pending_session_objects(&hsm).await, 0);
+    assert_eq!(
+        hsm.counters()["C_GenerateKeyPair"],
+        before + 1,
+        "the job ran"
+    );
+    assert_eq!(hsm.counters()["C_CopyObject"], 0, "nothing was copied");
+    assert_eq!(
+        hsm.key_pair_attributes(id, true).await.unwrap_err().kind,
+        HsmErrorKind::ObjectNotFound
+    );
+    // The same id can still be generated, and then the pair is whole.
+    hsm.generate_key_pair(id, PairSpec::Ec(Curve::P256), PairUsage::Sign)
+        .await
+        .unwrap();
+    assert!(hsm.key_pair_attributes(id, false).await.unwrap().token);
+    assert_eq!(hsm.counters()["C_CopyObject"], 2);
+    hsm.destroy_key_pair(id).await.unwrap();
 }

@@ -26,6 +26,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use subtle::ConstantTimeEq;
 
+use super::asym;
 use super::error::{HsmError, HsmErrorKind};
 use super::objects::ObjectId;
 use super::pool::WorkerCtx;
@@ -302,9 +303,11 @@ pub enum ImportOutcome {
 
 // ------------------------------------------------------------------------------- templates
 
-fn wrapping_private_template(id: &WrappingKeyId) -> Vec<Attribute> {
+/// The wrapping private key as a session object: `CKA_TOKEN` false, no `CKA_ID`, a pending
+/// label; [`persist_wrapping_key`] copies it to the token with its id and label.
+fn wrapping_private_template() -> Vec<Attribute> {
     vec![
-        Attribute::Token(true),
+        Attribute::Token(false),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
@@ -314,8 +317,11 @@ fn wrapping_private_template(id: &WrappingKeyId) -> Vec<Attribute> {
         Attribute::Unwrap(true),
         Attribute::Derive(false),
         Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
-        Attribute::Id(id.cka_id()),
-        Attribute::Label(id.label().into_bytes()),
+        Attribute::Label(
+            format!("{}-wrapping", asym::PENDING_LABEL_PREFIX)
+                .into_bytes()
+                .to_vec(),
+        ),
     ]
 }
 
@@ -638,19 +644,20 @@ fn check_value(
 
 // ------------------------------------------------------------------------------- operations
 
-/// Generates a wrapping key pair of `bits`; returns the public key as DER SPKI.
+/// Generates a wrapping key pair of `bits` as session objects (no token file is written, so
+/// this slow step runs alongside other jobs); returns the public key as DER SPKI and, when
+/// created, the session private key for [`persist_wrapping_key`].
 pub(crate) fn generate_wrapping_key(
     ctx: &mut WorkerCtx,
-    id: WrappingKeyId,
     bits: u32,
     sha256: bool,
-) -> Result<WrappingKeyOutcome, HsmError> {
+) -> Result<(WrappingKeyOutcome, Option<ObjectHandle>), HsmError> {
     ctx.count("C_GenerateKeyPair");
     let t = Instant::now();
     let r = ctx.session.generate_key_pair(
         &Mechanism::RsaPkcsKeyPairGen,
         &wrapping_public_template(bits),
-        &wrapping_private_template(&id),
+        &wrapping_private_template(),
     );
     ctx.observe("C_GenerateKeyPair", t);
     let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
@@ -682,7 +689,7 @@ pub(crate) fn generate_wrapping_key(
     if sha256 && oaep_sha256_known() == Some(false) {
         destroy_quietly(ctx, public, "wrapping public key");
         destroy_quietly(ctx, private, "wrapping private key");
-        return Ok(WrappingKeyOutcome::OaepSha256Unsupported);
+        return Ok((WrappingKeyOutcome::OaepSha256Unsupported, None));
     }
     ctx.count("C_GetAttributeValue");
     let attrs = ctx
@@ -718,10 +725,24 @@ pub(crate) fn generate_wrapping_key(
             "the RSA public key has no modulus or exponent",
         ));
     };
-    tracing::debug!(token = %ctx.token(), object = %id.label(), bits, "import wrapping key generated");
-    Ok(WrappingKeyOutcome::Created(rsa_spki_der(
-        &modulus, &exponent,
-    )))
+    Ok((
+        WrappingKeyOutcome::Created(rsa_spki_der(&modulus, &exponent)),
+        Some(private),
+    ))
+}
+
+/// Copies the session wrapping private key `private` to the token as wrapping key `id` and
+/// destroys the session object whatever happens.
+pub(crate) fn persist_wrapping_key(
+    ctx: &mut WorkerCtx,
+    id: WrappingKeyId,
+    private: ObjectHandle,
+) -> Result<(), HsmError> {
+    let r = asym::copy_to_token(ctx, private, id.cka_id(), id.label().into_bytes());
+    destroy_quietly(ctx, private, "session wrapping private key");
+    r?;
+    tracing::debug!(token = %ctx.token(), object = %id.label(), "import wrapping key generated");
+    Ok(())
 }
 
 /// Destroys a wrapping private key; `ObjectNotFound` if absent.
@@ -733,6 +754,21 @@ pub(crate) fn destroy_wrapping_key(ctx: &mut WorkerCtx, id: WrappingKeyId) -> Re
         .map_err(|e| ctx.fail("C_DestroyObject", &e))?;
     tracing::debug!(token = %ctx.token(), object = %id.label(), "import wrapping key destroyed");
     Ok(())
+}
+
+/// The custody attributes of wrapping private key `id` (tests read them back).
+#[cfg(test)]
+pub(crate) fn wrapping_key_attributes(
+    ctx: &mut WorkerCtx,
+    id: WrappingKeyId,
+) -> Result<super::KeyAttributes, HsmError> {
+    let h = find_wrapping_key(ctx, &id)?;
+    ctx.count("C_GetAttributeValue");
+    let attrs = ctx
+        .session
+        .get_attributes(h, super::ops::CUSTODY_ATTRIBUTES)
+        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    Ok(super::ops::key_attributes_from(attrs))
 }
 
 fn modulus_len(ctx: &mut WorkerCtx, rsa: ObjectHandle) -> Result<usize, HsmError> {

@@ -8,7 +8,7 @@ use super::unwrap::*;
 use super::*;
 
 /// These tests count import objects on the shared token: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(super) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Objects on the token that belong to imports (wrapping keys, check copies, ephemeral keys)
 /// or to the given targets.
