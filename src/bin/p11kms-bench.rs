@@ -60,6 +60,10 @@ enum Op {
     GenerateDataKeyWithoutPlaintext,
     ReEncrypt,
     CreateKey,
+    /// Sign with an ECC_NIST_P256 key, ECDSA_SHA_256, MessageType RAW.
+    Sign,
+    /// Verify such a signature.
+    Verify,
 }
 
 impl Op {
@@ -71,6 +75,8 @@ impl Op {
             Op::GenerateDataKeyWithoutPlaintext => "generate-data-key-without-plaintext",
             Op::ReEncrypt => "re-encrypt",
             Op::CreateKey => "create-key",
+            Op::Sign => "sign",
+            Op::Verify => "verify",
         }
     }
 
@@ -81,6 +87,8 @@ impl Op {
             Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => RawOp::GenerateDataKey,
             Op::ReEncrypt => RawOp::ReEncrypt,
             Op::CreateKey => RawOp::CreateKey,
+            Op::Sign => RawOp::Sign,
+            Op::Verify => RawOp::Verify,
         }
     }
 
@@ -94,6 +102,8 @@ impl Op {
             }
             Op::ReEncrypt => "C_DecryptInit+C_Decrypt+C_GenerateRandom(12)+C_EncryptInit+C_Encrypt",
             Op::CreateKey => "C_GenerateKey(AES-256 token key)",
+            Op::Sign => "SHA-256+C_SignInit+C_Sign(CKM_ECDSA, P-256 token key)",
+            Op::Verify => "SHA-256+C_VerifyInit+C_Verify(CKM_ECDSA, P-256 token key)",
         }
     }
 }
@@ -133,7 +143,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "encrypt,decrypt,generate-data-key,generate-data-key-without-plaintext,re-encrypt,create-key"
+        default_value = "encrypt,decrypt,generate-data-key,generate-data-key-without-plaintext,re-encrypt,create-key,sign,verify"
     )]
     ops: Vec<Op>,
     /// Concurrent closed-loop tasks.
@@ -781,12 +791,46 @@ async fn create_key(conn: &Conn, c: &mut Client) -> Result<String, tonic::Status
         .ok_or_else(|| tonic::Status::internal("CreateKey answered no metadata"))
 }
 
+/// The signing algorithm of the sign and verify cases (key spec ECC_NIST_P256).
+const SIGNING_ALGORITHM: &str = "ECDSA_SHA_256";
+
+fn sign_request(f: &Fixture) -> pb::SignRequest {
+    pb::SignRequest {
+        key_id: f.key_id.clone(),
+        message: f.plaintext.clone(),
+        message_type: "RAW".into(),
+        signing_algorithm: SIGNING_ALGORITHM.into(),
+        grant_tokens: vec![],
+    }
+}
+
+/// Creates the ECC_NIST_P256 SIGN_VERIFY key of the sign and verify cases.
+async fn create_signing_key(conn: &Conn, c: &mut Client) -> Result<String, tonic::Status> {
+    let r = c
+        .create_key(conn.req(
+            pb::CreateKeyRequest {
+                description: "p11kms-bench signing".into(),
+                key_spec: "ECC_NIST_P256".into(),
+                key_usage: "SIGN_VERIFY".into(),
+                ..Default::default()
+            },
+            "CreateKey",
+        ))
+        .await?;
+    r.into_inner()
+        .key_metadata
+        .map(|m| m.key_id)
+        .ok_or_else(|| tonic::Status::internal("CreateKey answered no metadata"))
+}
+
 /// Inputs the requests of one case reuse.
 struct Fixture {
     op: Op,
     key_id: String,
     plaintext: Vec<u8>,
     ciphertext: Vec<u8>,
+    /// A signature over `plaintext` by `key_id` (verify only).
+    signature: Vec<u8>,
     data_key_len: i32,
 }
 
@@ -848,6 +892,23 @@ async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), ton
         }
         Op::CreateKey => {
             create_key(conn, c).await?;
+        }
+        Op::Sign => {
+            c.sign(conn.req(sign_request(f), "Sign")).await?;
+        }
+        Op::Verify => {
+            c.verify(conn.req(
+                pb::VerifyRequest {
+                    key_id: f.key_id.clone(),
+                    message: f.plaintext.clone(),
+                    message_type: "RAW".into(),
+                    signature: f.signature.clone(),
+                    signing_algorithm: SIGNING_ALGORITHM.into(),
+                    grant_tokens: vec![],
+                },
+                "Verify",
+            ))
+            .await?;
         }
     }
     Ok(())
@@ -1032,11 +1093,36 @@ impl Bench<'_> {
         } else {
             Vec::new()
         };
+        // Sign and verify use their own ECC_NIST_P256 key, and verify a signature made first.
+        let (key_id, signature) = if matches!(op, Op::Sign | Op::Verify) {
+            let mut c = self.conn.client(0);
+            let conn = self.conn.clone();
+            let pt = plaintext.clone();
+            self.rt
+                .block_on(async move {
+                    let key_id = create_signing_key(&conn, &mut c).await?;
+                    let mut f = Fixture {
+                        op,
+                        key_id,
+                        plaintext: pt,
+                        ciphertext: Vec::new(),
+                        signature: Vec::new(),
+                        data_key_len: 0,
+                    };
+                    let sig = c.sign(conn.req(sign_request(&f), "Sign")).await?;
+                    f.signature = sig.into_inner().signature;
+                    Ok::<_, tonic::Status>((f.key_id, f.signature))
+                })
+                .map_err(|s| format!("fixture signing key: {}: {}", reason(&s), s.message()))?
+        } else {
+            (self.key_id.clone(), Vec::new())
+        };
         Ok(Fixture {
             op,
-            key_id: self.key_id.clone(),
+            key_id,
             plaintext,
             ciphertext,
+            signature,
             data_key_len: payload.min(1024) as i32,
         })
     }

@@ -421,3 +421,10 @@ impl Counters {
             + self.other.load(Ordering::Relaxed)
     }
 }
+
+/// Holds the token-object lock exclusively, for tests that create objects outside a worker
+/// (the raw benchmark's own session).
+#[cfg(test)]
+pub(crate) fn token_objects_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    TOKEN_OBJECTS.write().unwrap_or_else(|p| p.into_inner())
+}

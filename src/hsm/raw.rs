@@ -12,7 +12,11 @@
 //! - generate-data-key: `C_GenerateRandom(n)` + the encrypt above of those `n` bytes;
 //! - re-encrypt: the decrypt above + the encrypt above;
 //! - create-key: `C_GenerateKey` of an AES-256 token key (the keys made are destroyed after the
-//!   timed loop, outside the measurement).
+//!   timed loop, outside the measurement);
+//! - sign: SHA-256 of the message in-process + `C_SignInit` + `C_Sign` (`CKM_ECDSA`) with an
+//!   ECC_NIST_P256 token key pair made with the CMK pair templates, and the DER encoding of the
+//!   signature, as the daemon's Sign with ECDSA_SHA_256 and MessageType RAW;
+//! - verify: SHA-256 + DER decoding + `C_VerifyInit` + `C_Verify` with the public half.
 //!
 //! cryptoki's `encrypt`/`decrypt` make the same two-pass (size, then data) calls in both the
 //! daemon and here, so the comparison is like for like.
@@ -25,6 +29,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 
+use super::asym::{cmk_pair_generation, Curve, PairSpec, PairUsage};
 use super::error::{from_cryptoki, HsmError, HsmErrorKind};
 use super::objects::{cmk_aes_template, ObjectId};
 use super::{module, Pin, GCM_IV_LEN, GCM_TAG_LEN, MAX_RANDOM_LEN};
@@ -48,6 +53,10 @@ pub enum RawOp {
     ReEncrypt,
     /// Generate an AES-256 token key.
     CreateKey,
+    /// ECDSA P-256 signature over the SHA-256 of `payload` bytes (DER-encoded).
+    Sign,
+    /// Verify such a signature.
+    Verify,
 }
 
 /// What one timed run did.
@@ -157,6 +166,62 @@ impl RawBench {
             .map_err(fail(&self.token, "C_Decrypt"))
     }
 
+    /// A P-256 signing key pair of the CMK pair kind (token objects), for sign and verify.
+    fn ec_pair(&self) -> Result<(ObjectHandle, ObjectHandle), HsmError> {
+        let (mech, mut public, mut private) =
+            cmk_pair_generation(&fresh_id(), PairSpec::Ec(Curve::P256), PairUsage::Sign);
+        for t in [&mut public, &mut private] {
+            for a in t.iter_mut() {
+                if let Attribute::Label(l) = a {
+                    *l = b"p11kms-bench/raw/ecdsa".to_vec();
+                }
+            }
+        }
+        self.session
+            .generate_key_pair(&mech, &public, &private)
+            .map_err(fail(&self.token, "C_GenerateKeyPair"))
+    }
+
+    /// SHA-256 + `C_Sign(CKM_ECDSA)` + DER, as the daemon's Sign (ECDSA_SHA_256, RAW).
+    fn ecdsa_sign(&self, private: ObjectHandle, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(message);
+        let raw = self
+            .session
+            .sign(&Mechanism::Ecdsa, private, &digest)
+            .map_err(fail(&self.token, "C_Sign"))?;
+        super::signing::ecdsa_raw_to_der(&raw).ok_or_else(|| {
+            HsmError::new(
+                HsmErrorKind::Other,
+                "C_Sign",
+                &self.token,
+                "malformed ECDSA signature",
+            )
+        })
+    }
+
+    /// SHA-256 + DER decoding + `C_Verify(CKM_ECDSA)`, as the daemon's Verify.
+    fn ecdsa_verify(
+        &self,
+        public: ObjectHandle,
+        message: &[u8],
+        der: &[u8],
+    ) -> Result<(), HsmError> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(message);
+        let raw = super::der::ecdsa_der_to_raw(der, Curve::P256.field_len()).ok_or_else(|| {
+            HsmError::new(
+                HsmErrorKind::Other,
+                "C_Verify",
+                &self.token,
+                "malformed ECDSA signature",
+            )
+        })?;
+        self.session
+            .verify(&Mechanism::Ecdsa, public, &digest, &raw)
+            .map_err(fail(&self.token, "C_Verify"))
+    }
+
     /// Repeat `op` back to back for `duration` (at most [`MAX_OPS_PER_RUN`] operations, and
     /// [`MAX_KEYS_PER_RUN`] for create-key). `payload` is the plaintext or data-key size
     /// (1..=4096 bytes); `aad` is the GCM AAD (the daemon's is the ciphertext header).
@@ -181,6 +246,15 @@ impl RawBench {
         debug_assert_eq!(ct.len(), payload + GCM_TAG_LEN);
         let mut scratch = vec![0u8; payload];
         let mut created: Vec<ObjectHandle> = Vec::new();
+        // The signing pair for sign/verify (made before the clock starts, destroyed after).
+        let pair = match op {
+            RawOp::Sign | RawOp::Verify => {
+                let (public, private) = self.ec_pair()?;
+                created.extend([public, private]);
+                Some((public, private, self.ecdsa_sign(private, &plaintext)?))
+            }
+            _ => None,
+        };
         let limit = if op == RawOp::CreateKey {
             MAX_KEYS_PER_RUN
         } else {
@@ -204,6 +278,14 @@ impl RawBench {
                     .generate_key(&Mechanism::AesKeyGen, &bench_template(&fresh_id()))
                     .map(|h| created.push(h))
                     .map_err(fail(&self.token, "C_GenerateKey")),
+                RawOp::Sign | RawOp::Verify => {
+                    let (public, private, sig) = pair.as_ref().expect("made above");
+                    if op == RawOp::Sign {
+                        self.ecdsa_sign(*private, &plaintext).map(drop)
+                    } else {
+                        self.ecdsa_verify(*public, &plaintext, sig)
+                    }
+                }
             };
             if let Err(e) = r {
                 result = Err(e);

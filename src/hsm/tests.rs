@@ -709,3 +709,31 @@ fn worker_threads_are_named() {
     let name = rx.recv().unwrap().unwrap();
     assert!(name.starts_with("hsm-worker-"), "{name}");
 }
+
+/// The raw baseline of `p11kms-bench` runs every operation it offers against a real token,
+/// sign and verify included (an error or zero operations fails the test).
+#[test]
+fn raw_baseline_runs_every_operation() {
+    use super::raw::{RawBench, RawOp};
+    let _alone = super::pool::token_objects_exclusive();
+    let bench = RawBench::open(
+        std::path::Path::new(MODULE),
+        &env().c,
+        &Pin::new(env().pin.clone()),
+    )
+    .expect("open the raw bench");
+    for op in [
+        RawOp::Encrypt,
+        RawOp::Decrypt,
+        RawOp::GenerateDataKey,
+        RawOp::ReEncrypt,
+        RawOp::CreateKey,
+        RawOp::Sign,
+        RawOp::Verify,
+    ] {
+        let r = bench
+            .run(op, 32, b"aad", Duration::from_millis(30))
+            .unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        assert!(r.ops > 0, "{op:?} did no work");
+    }
+}
