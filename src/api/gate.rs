@@ -144,7 +144,7 @@ impl Gate {
         self.metrics.request(
             info.door,
             info.operation,
-            error_name,
+            std::borrow::Cow::Owned(error_name.to_owned()),
             info.started.elapsed(),
         );
     }
@@ -207,8 +207,12 @@ impl Gate {
             Ok(_) => "Success",
             Err(e) => e.aws_name(),
         };
-        self.metrics
-            .request(info.door, info.operation, outcome, info.started.elapsed());
+        self.metrics.request(
+            info.door,
+            info.operation,
+            std::borrow::Cow::Borrowed(outcome),
+            info.started.elapsed(),
+        );
         result
     }
 }

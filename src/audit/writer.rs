@@ -896,9 +896,9 @@ impl Writer {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let mut fields = std::mem::take(&mut self.fields);
-        let (mut seq, mut hash) = (self.head_seq, self.head_hash.clone());
+        let mut seq = self.head_seq;
         let mut acks = Vec::with_capacity(batch.len());
-        let mut receipts = Vec::with_capacity(batch.len());
+        let mut receipts: Vec<(u64, String)> = Vec::with_capacity(batch.len());
         for (mut event, ack) in batch {
             fields.clear();
             if let Err(e) = event.write_json_object(&mut fields) {
@@ -908,15 +908,20 @@ impl Writer {
                 continue;
             }
             seq += 1;
-            hash = append_event_line(&mut buf, seq, &hash, &fields);
-            receipts.push((seq, hash.clone()));
+            // Each record chains to the one before it: the previous receipt's hash, or the
+            // head for the first record of the batch (borrowed, not cloned per event).
+            let previous = receipts
+                .last()
+                .map_or(self.head_hash.as_str(), |(_, h)| h.as_str());
+            let hash = append_event_line(&mut buf, seq, previous, &fields);
+            receipts.push((seq, hash));
             acks.push(ack);
         }
         self.fields = fields;
-        if acks.is_empty() {
+        let Some(mut hash) = receipts.last().map(|(_, h)| h.clone()) else {
             self.buf = buf;
             return;
-        }
+        };
         let events = acks.len() as u64;
         let now = Instant::now();
         let mut checkpoint = None;
