@@ -31,43 +31,6 @@ fn ts_ms(ms: i64) -> prost_types::Timestamp {
 
 // ------------------------------------------------------------------------------ openssl
 
-/// `openssl pkeyutl -encrypt -pubin` with OAEP (`md` for OAEP and MGF1), as AWS documents.
-fn oaep(spki_der: &[u8], md: &str, data: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let der = dir.path().join("wrapping.der");
-    let pem = dir.path().join("wrapping.pem");
-    std::fs::write(&der, spki_der).unwrap();
-    // The PublicKey is DER SPKI; openssl converts it to the PEM AWS's examples use.
-    let st = Command::new("openssl")
-        .args(["pkey", "-pubin", "-inform", "DER", "-in"])
-        .arg(&der)
-        .arg("-out")
-        .arg(&pem)
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "openssl cannot parse the PublicKey as DER SPKI"
-    );
-    let input = dir.path().join("in.bin");
-    let out = dir.path().join("out.bin");
-    std::fs::write(&input, data).unwrap();
-    let st = Command::new("openssl")
-        .args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
-        .arg(&pem)
-        .args(["-pkeyopt", "rsa_padding_mode:oaep"])
-        .args(["-pkeyopt", &format!("rsa_oaep_md:{md}")])
-        .args(["-pkeyopt", &format!("rsa_mgf1_md:{md}")])
-        .arg("-in")
-        .arg(&input)
-        .arg("-out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::read(out).unwrap()
-}
-
 /// RFC 5649 (AES key wrap with padding) with `openssl enc -id-aes256-wrap-pad`.
 fn kwp(kek: &[u8], data: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -109,12 +72,12 @@ fn wrap(alg: &str, spki: &[u8], material: &[u8]) -> Vec<u8> {
         "sha1"
     };
     if alg.starts_with("RSAES_OAEP") {
-        oaep(spki, md, material)
+        openssl_oaep_encrypt(spki, md, material)
     } else {
         let kek: Vec<u8> = (0..32u8)
             .map(|i| i.wrapping_mul(37).wrapping_add(11))
             .collect();
-        let mut w = oaep(spki, md, &kek);
+        let mut w = openssl_oaep_encrypt(spki, md, &kek);
         w.extend(kwp(&kek, material));
         w
     }

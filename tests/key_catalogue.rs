@@ -1281,30 +1281,3 @@ async fn reconciliation_of_key_pairs() {
     drop((c, hsm));
     server.shutdown().await.unwrap();
 }
-
-/// `openssl pkeyutl -encrypt -pubin` with OAEP (`md` for both OAEP and MGF1) under the DER
-/// SubjectPublicKeyInfo that GetPublicKey returned: an independent RSA-OAEP implementation.
-fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, plaintext: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let (der, input, out) = (
-        dir.path().join("pub.der"),
-        dir.path().join("in.bin"),
-        dir.path().join("out.bin"),
-    );
-    std::fs::write(&der, spki_der).unwrap();
-    std::fs::write(&input, plaintext).unwrap();
-    let st = std::process::Command::new("openssl")
-        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
-        .arg(&der)
-        .args(["-pkeyopt", "rsa_padding_mode:oaep"])
-        .args(["-pkeyopt", &format!("rsa_oaep_md:{md}")])
-        .args(["-pkeyopt", &format!("rsa_mgf1_md:{md}")])
-        .arg("-in")
-        .arg(&input)
-        .arg("-out")
-        .arg(&out)
-        .status()
-        .expect("run openssl (scripts/install-deps.sh installs it)");
-    assert!(st.success(), "openssl pkeyutl -encrypt failed");
-    std::fs::read(out).unwrap()
-}

@@ -776,10 +776,22 @@ fn reason(s: &tonic::Status) -> String {
 }
 
 async fn create_key(conn: &Conn, c: &mut Client) -> Result<String, tonic::Status> {
+    create_key_of(conn, c, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await
+}
+
+/// CreateKey of `spec` and `usage`; answers the key id.
+async fn create_key_of(
+    conn: &Conn,
+    c: &mut Client,
+    spec: &str,
+    usage: &str,
+) -> Result<String, tonic::Status> {
     let r = c
         .create_key(conn.req(
             pb::CreateKeyRequest {
                 description: "p11kms-bench".into(),
+                key_spec: spec.into(),
+                key_usage: usage.into(),
                 ..Default::default()
             },
             "CreateKey",
@@ -802,25 +814,6 @@ fn sign_request(f: &Fixture) -> pb::SignRequest {
         signing_algorithm: SIGNING_ALGORITHM.into(),
         grant_tokens: vec![],
     }
-}
-
-/// Creates the ECC_NIST_P256 SIGN_VERIFY key of the sign and verify cases.
-async fn create_signing_key(conn: &Conn, c: &mut Client) -> Result<String, tonic::Status> {
-    let r = c
-        .create_key(conn.req(
-            pb::CreateKeyRequest {
-                description: "p11kms-bench signing".into(),
-                key_spec: "ECC_NIST_P256".into(),
-                key_usage: "SIGN_VERIFY".into(),
-                ..Default::default()
-            },
-            "CreateKey",
-        ))
-        .await?;
-    r.into_inner()
-        .key_metadata
-        .map(|m| m.key_id)
-        .ok_or_else(|| tonic::Status::internal("CreateKey answered no metadata"))
 }
 
 /// Inputs the requests of one case reuse.
@@ -1100,7 +1093,8 @@ impl Bench<'_> {
             let pt = plaintext.clone();
             self.rt
                 .block_on(async move {
-                    let key_id = create_signing_key(&conn, &mut c).await?;
+                    let key_id =
+                        create_key_of(&conn, &mut c, "ECC_NIST_P256", "SIGN_VERIFY").await?;
                     let mut f = Fixture {
                         op,
                         key_id,

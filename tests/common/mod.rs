@@ -289,3 +289,42 @@ pub fn ctx(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String>
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// `openssl pkeyutl -encrypt -pubin` with OAEP (`md` for OAEP and MGF1) under a DER
+/// SubjectPublicKeyInfo, converted to PEM first, exactly as AWS documents for import wrapping:
+/// an independent RSA-OAEP implementation.
+pub fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, data: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let der = dir.path().join("wrapping.der");
+    let pem = dir.path().join("wrapping.pem");
+    std::fs::write(&der, spki_der).unwrap();
+    // The PublicKey is DER SPKI; openssl converts it to the PEM AWS's examples use.
+    let st = Command::new("openssl")
+        .args(["pkey", "-pubin", "-inform", "DER", "-in"])
+        .arg(&der)
+        .arg("-out")
+        .arg(&pem)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "openssl cannot parse the PublicKey as DER SPKI"
+    );
+    let input = dir.path().join("in.bin");
+    let out = dir.path().join("out.bin");
+    std::fs::write(&input, data).unwrap();
+    let st = Command::new("openssl")
+        .args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
+        .arg(&pem)
+        .args(["-pkeyopt", "rsa_padding_mode:oaep"])
+        .args(["-pkeyopt", &format!("rsa_oaep_md:{md}")])
+        .args(["-pkeyopt", &format!("rsa_mgf1_md:{md}")])
+        .arg("-in")
+        .arg(&input)
+        .arg("-out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::read(out).unwrap()
+}
