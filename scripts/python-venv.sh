@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Creates ./.venv with the real AWS clients the AWS-door tests drive: the AWS CLI (v1, from
-# PyPI), boto3 and the AWS Encryption SDK for Python. Idempotent: when the venv already has
+# PyPI), boto3 and the AWS Encryption SDK for Python; and pyca/cryptography, the independent
+# implementation the key-catalogue tests check signatures, public keys and PKCS#8 with. Idempotent: when the venv already has
 # them, it only checks and exits (about a second).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 venv=.venv
-packages=(awscli boto3 aws-encryption-sdk)
+packages=(awscli boto3 aws-encryption-sdk cryptography)
 
 if [ -x "$venv/bin/python" ] && [ -x "$venv/bin/aws" ] \
-    && "$venv/bin/python" -c 'import boto3, botocore, aws_encryption_sdk' >/dev/null 2>&1; then
+    && "$venv/bin/python" -c 'import boto3, botocore, aws_encryption_sdk, cryptography' >/dev/null 2>&1; then
     exit 0
 fi
 
@@ -26,5 +27,5 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "python-venv: installing ${packages[*]} into $venv" >&2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "${packages[@]}"
-"$venv/bin/python" -c 'import boto3, botocore, aws_encryption_sdk' >/dev/null
+"$venv/bin/python" -c 'import boto3, botocore, aws_encryption_sdk, cryptography' >/dev/null
 "$venv/bin/aws" --version >&2
