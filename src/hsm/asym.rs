@@ -155,10 +155,6 @@ pub enum SignScheme {
     Ecdsa(Curve),
 }
 
-fn count(ctx: &WorkerCtx, f: &'static str) {
-    ctx.count(f);
-}
-
 // ---------------------------------------------------------------- handles
 
 /// Find the object of `part` with `CKA_ID` = `id`.
@@ -167,9 +163,9 @@ pub(crate) fn find_part(
     id: &ObjectId,
     part: Part,
 ) -> Result<Option<ObjectHandle>, HsmError> {
-    count(ctx, "C_FindObjectsInit");
-    count(ctx, "C_FindObjects");
-    count(ctx, "C_FindObjectsFinal");
+    ctx.count("C_FindObjectsInit");
+    ctx.count("C_FindObjects");
+    ctx.count("C_FindObjectsFinal");
     let found = ctx
         .session
         .find_objects(&[Attribute::Class(part.class()), Attribute::Id(id.0.to_vec())])
@@ -350,7 +346,7 @@ pub(crate) fn copy_to_token(
     id: Vec<u8>,
     label: Vec<u8>,
 ) -> Result<ObjectHandle, HsmError> {
-    count(ctx, "C_CopyObject");
+    ctx.count("C_CopyObject");
     let t = Instant::now();
     let r = ctx.session.copy_object(
         h,
@@ -367,7 +363,7 @@ pub(crate) fn copy_to_token(
 /// Destroy objects, logging (not returning) failures.
 pub(crate) fn destroy_quietly(ctx: &mut WorkerCtx, handles: &[ObjectHandle], what: &str) {
     for h in handles {
-        count(ctx, "C_DestroyObject");
+        ctx.count("C_DestroyObject");
         if let Err(e) = ctx.session.destroy_object(*h) {
             let err = ctx.fail("C_DestroyObject", &e);
             tracing::warn!(error = %err, what, "could not destroy an HSM object");
@@ -392,7 +388,7 @@ pub(crate) fn generate_session_pair(
         ));
     }
     let (mech, public_t, private_t) = cmk_pair_generation(&id, spec, usage);
-    count(ctx, "C_GenerateKeyPair");
+    ctx.count("C_GenerateKeyPair");
     let t = Instant::now();
     let r = ctx.session.generate_key_pair(
         &mech,
@@ -436,7 +432,7 @@ pub(crate) fn destroy_key_pair(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), 
     let mut destroyed = 0;
     for part in [Part::Private, Part::Public] {
         let r = with_part(ctx, &id, part, |ctx, h| {
-            count(ctx, "C_DestroyObject");
+            ctx.count("C_DestroyObject");
             ctx.session
                 .destroy_object(h)
                 .map_err(|e| ctx.fail("C_DestroyObject", &e))
@@ -467,7 +463,7 @@ pub(crate) fn part_attributes(
     part: Part,
 ) -> Result<KeyAttributes, HsmError> {
     let attrs = with_part(ctx, &id, part, |ctx, h| {
-        count(ctx, "C_GetAttributeValue");
+        ctx.count("C_GetAttributeValue");
         ctx.session
             .get_attributes(h, super::ops::CUSTODY_ATTRIBUTES)
             .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
@@ -489,7 +485,7 @@ fn spki_of(ctx: &mut WorkerCtx, h: ObjectHandle, spec: PairSpec) -> Result<Vec<u
         PairSpec::Rsa(_) => &[AttributeType::Modulus, AttributeType::PublicExponent],
         PairSpec::Ec(_) => &[AttributeType::EcPoint],
     };
-    count(ctx, "C_GetAttributeValue");
+    ctx.count("C_GetAttributeValue");
     let attrs = ctx
         .session
         .get_attributes(h, wanted)
@@ -569,8 +565,8 @@ pub(crate) fn sign(
         .ok_or_else(|| bad_input(ctx, "C_Sign", "unsupported digest length"))?;
     let mech = sign_mechanism(scheme, digest.len());
     let raw = with_part(ctx, &id, Part::Private, |ctx, h| {
-        count(ctx, "C_SignInit");
-        count(ctx, "C_Sign");
+        ctx.count("C_SignInit");
+        ctx.count("C_Sign");
         let t = Instant::now();
         let r = ctx.session.sign(&mech, h, &input);
         ctx.observe("C_Sign", t);
@@ -608,8 +604,8 @@ pub(crate) fn verify(
     };
     let mech = sign_mechanism(scheme, digest.len());
     with_part(ctx, &id, Part::Public, |ctx, h| {
-        count(ctx, "C_VerifyInit");
-        count(ctx, "C_Verify");
+        ctx.count("C_VerifyInit");
+        ctx.count("C_Verify");
         let t = Instant::now();
         let r = ctx.session.verify(&mech, h, &input, &signature);
         ctx.observe("C_Verify", t);
@@ -641,7 +637,7 @@ fn oaep(h: ShaAlg) -> Mechanism<'static> {
 /// The modulus length in bytes of key pair `id` (from the public object).
 fn modulus_len(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<usize, HsmError> {
     with_part(ctx, id, Part::Public, |ctx, h| {
-        count(ctx, "C_GetAttributeValue");
+        ctx.count("C_GetAttributeValue");
         let attrs = ctx
             .session
             .get_attributes(h, &[AttributeType::Modulus])
@@ -663,7 +659,7 @@ pub(crate) fn rsa_encrypt(
     let (mech, input) = if hash == ShaAlg::Sha256 {
         let k = modulus_len(ctx, &id)?;
         let mut seed = [0u8; 32];
-        count(ctx, "C_GenerateRandom");
+        ctx.count("C_GenerateRandom");
         ctx.session
             .generate_random_slice(&mut seed)
             .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
@@ -674,8 +670,8 @@ pub(crate) fn rsa_encrypt(
         (oaep(hash), Zeroizing::new(plaintext.to_vec()))
     };
     with_part(ctx, &id, Part::Public, |ctx, h| {
-        count(ctx, "C_EncryptInit");
-        count(ctx, "C_Encrypt");
+        ctx.count("C_EncryptInit");
+        ctx.count("C_Encrypt");
         let t = Instant::now();
         let r = ctx.session.encrypt(&mech, h, &input);
         ctx.observe("C_Encrypt", t);
@@ -707,8 +703,8 @@ pub(crate) fn rsa_decrypt(
         return Err(failed(ctx, None));
     }
     let out = with_part(ctx, &id, Part::Private, |ctx, h| {
-        count(ctx, "C_DecryptInit");
-        count(ctx, "C_Decrypt");
+        ctx.count("C_DecryptInit");
+        ctx.count("C_Decrypt");
         let t = Instant::now();
         let r = ctx.session.decrypt(&mech, h, ciphertext);
         ctx.observe("C_Decrypt", t);
@@ -742,7 +738,7 @@ fn device_healthy(ctx: &mut WorkerCtx, key: ObjectHandle) -> bool {
     if !super::ops::session_logged_in(ctx) {
         return false;
     }
-    count(ctx, "C_GetAttributeValue");
+    ctx.count("C_GetAttributeValue");
     match ctx.session.get_attributes(key, &[AttributeType::Class]) {
         Ok(attrs) => attrs.iter().any(|a| matches!(a, Attribute::Class(_))),
         Err(e) => {
@@ -774,7 +770,7 @@ fn read_private(
         ],
         PairSpec::Ec(_) => &[AttributeType::Value],
     };
-    count(ctx, "C_GetAttributeValue");
+    ctx.count("C_GetAttributeValue");
     let attrs = ctx
         .session
         .get_attributes(private, wanted)
@@ -864,7 +860,7 @@ pub(crate) fn generate_data_key_pair(
         PairSpec::Rsa(_) => Mechanism::RsaPkcsKeyPairGen,
         PairSpec::Ec(_) => Mechanism::EccKeyPairGen,
     };
-    count(ctx, "C_GenerateKeyPair");
+    ctx.count("C_GenerateKeyPair");
     let t = Instant::now();
     let r = ctx.session.generate_key_pair(&mech, &public_t, &private_t);
     ctx.observe("C_GenerateKeyPair", t);

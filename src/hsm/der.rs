@@ -236,6 +236,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn spki_of_a_small_key_is_well_formed() {
+        let der = rsa_spki(&[0x00, 0xc1, 0x02], &[1, 0, 1]);
+        assert_eq!(der[0], 0x30);
+        assert_eq!(der[1] as usize, der.len() - 2);
+        // modulus gets a leading zero (high bit set), exponent stays 3 bytes
+        assert!(der.windows(5).any(|w| w == [0x02, 0x03, 0x00, 0xc1, 0x02]));
+        assert!(der.ends_with(&[0x02, 0x03, 0x01, 0x00, 0x01]));
+    }
+
+    #[test]
     fn lengths_and_integers() {
         assert_eq!(&*tlv(0x04, &[1, 2]), &[0x04, 2, 1, 2]);
         let long = tlv(0x04, &[0u8; 200]);

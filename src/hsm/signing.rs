@@ -30,9 +30,6 @@ pub const AUDIT_KEY_LABEL: &str = "p11kms/audit/v1";
 /// Every audit signing key's label starts with this; reconciliation skips such objects.
 pub const AUDIT_KEY_LABEL_PREFIX: &str = "p11kms/audit/";
 
-/// DER of the prime256v1 (secp256r1) OID: `CKA_EC_PARAMS` of a P-256 key.
-const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
 /// DER prefix of a P-256 `SubjectPublicKeyInfo`: SEQUENCE { SEQUENCE { id-ecPublicKey,
 /// prime256v1 }, BIT STRING (0 unused bits) }, followed by the 65-byte uncompressed point.
 pub const P256_SPKI_PREFIX: &[u8] = &[
@@ -139,14 +136,6 @@ fn check_label(label: &str, token: &str) -> Result<(), HsmError> {
     Ok(())
 }
 
-/// Count a call if the layer's counter table knows the function (the table is owned by
-/// `pool.rs`; functions missing from it are not counted rather than tripping its debug check).
-fn count(ctx: &WorkerCtx, f: &'static str) {
-    if ctx.shared.counters.snapshot().contains_key(f) {
-        ctx.count(f);
-    }
-}
-
 fn public_template(label: &str) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -157,7 +146,7 @@ fn public_template(label: &str) -> Vec<Attribute> {
         Attribute::Encrypt(false),
         Attribute::Wrap(false),
         Attribute::Derive(false),
-        Attribute::EcParams(P256_OID_DER.to_vec()),
+        Attribute::EcParams(super::asym::Curve::P256.oid_der().to_vec()),
         Attribute::Id(label.as_bytes().to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
     ]
@@ -255,7 +244,7 @@ fn ensure(ctx: &mut WorkerCtx, label: &str) -> Result<AuditKeyInfo, HsmError> {
     let (private, public, created) = match (private, public) {
         (Some(private), Some(public)) => (private, public, false),
         (None, None) => {
-            count(ctx, "C_GenerateKeyPair");
+            ctx.count("C_GenerateKeyPair");
             let (public, private) = ctx
                 .session
                 .generate_key_pair(
@@ -315,8 +304,8 @@ fn private_handle(ctx: &mut WorkerCtx, label: &str) -> Result<(ObjectHandle, boo
 
 fn sign(ctx: &mut WorkerCtx, label: &str, digest: &[u8; 32]) -> Result<Vec<u8>, HsmError> {
     let attempt = |ctx: &mut WorkerCtx, h: ObjectHandle| {
-        count(ctx, "C_SignInit");
-        count(ctx, "C_Sign");
+        ctx.count("C_SignInit");
+        ctx.count("C_Sign");
         ctx.session.sign(&Mechanism::Ecdsa, h, digest)
     };
     let (h, cached) = private_handle(ctx, label)?;

@@ -391,54 +391,6 @@ fn ephemeral_aes_template() -> Vec<Attribute> {
     ]
 }
 
-// ------------------------------------------------------------------------------- DER
-
-fn der_len(len: usize, out: &mut Vec<u8>) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-}
-
-fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    der_len(content.len(), &mut out);
-    out.extend_from_slice(content);
-    out
-}
-
-fn der_uint(bytes: &[u8]) -> Vec<u8> {
-    let trimmed: &[u8] = {
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        &bytes[skip.min(bytes.len().saturating_sub(1))..]
-    };
-    let mut content = Vec::with_capacity(trimmed.len() + 1);
-    if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
-        content.push(0);
-    }
-    content.extend_from_slice(trimmed);
-    der_tlv(0x02, &content)
-}
-
-/// DER SubjectPublicKeyInfo of an RSA public key (rsaEncryption, NULL parameters).
-pub fn rsa_spki_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
-    const RSA_ALGORITHM_ID: &[u8] = &[
-        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-    ];
-    let mut rsa_key = der_uint(modulus);
-    rsa_key.extend(der_uint(exponent));
-    let rsa_key = der_tlv(0x30, &rsa_key);
-    let mut bits = vec![0u8];
-    bits.extend(rsa_key);
-    let mut spki = RSA_ALGORITHM_ID.to_vec();
-    spki.extend(der_tlv(0x03, &bits));
-    der_tlv(0x30, &spki)
-}
-
 // ------------------------------------------------------------------------------- helpers
 
 fn destroy_quietly(ctx: &mut WorkerCtx, h: ObjectHandle, what: &str) {
@@ -726,7 +678,7 @@ pub(crate) fn generate_wrapping_key(
         ));
     };
     Ok((
-        WrappingKeyOutcome::Created(rsa_spki_der(&modulus, &exponent)),
+        WrappingKeyOutcome::Created(super::der::rsa_spki(&modulus, &exponent)),
         Some(private),
     ))
 }
@@ -862,16 +814,6 @@ pub(crate) fn import_material(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spki_of_a_small_key_is_well_formed() {
-        let der = rsa_spki_der(&[0x00, 0xc1, 0x02], &[1, 0, 1]);
-        assert_eq!(der[0], 0x30);
-        assert_eq!(der[1] as usize, der.len() - 2);
-        // modulus gets a leading zero (high bit set), exponent stays 3 bytes
-        assert!(der.windows(5).any(|w| w == [0x02, 0x03, 0x00, 0xc1, 0x02]));
-        assert!(der.ends_with(&[0x02, 0x03, 0x01, 0x00, 0x01]));
-    }
 
     #[test]
     fn wrapping_ids_never_look_like_key_versions() {
