@@ -493,14 +493,10 @@ impl Kms {
     /// expired.
     pub async fn sweep_imports(&self) -> Result<Vec<String>, KmsError> {
         let now = self.now_ms();
-        let due: Vec<String> = self
-            .lifecycles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|l| l.material_present && l.valid_to_ms.is_some_and(|v| v <= now))
-            .map(|l| l.key_id.clone())
-            .collect();
+        let expires = |l: &crate::store::KeyLifecycle| {
+            l.material_present && l.valid_to_ms.is_some_and(|v| v <= now)
+        };
+        let due = self.lifecycle_keys_where(expires);
         let mut expired = Vec::new();
         for key_id in due {
             let _guard = self.mutate.lock().await;
@@ -508,7 +504,8 @@ impl Kms {
             let Some(key) = parse_uuid(&key_id).and_then(|u| self.key_by_uuid(&u)) else {
                 continue;
             };
-            if !l.material_present || l.valid_to_ms.is_none_or(|v| v > now) {
+            // Re-check under the lock: a re-import or deletion may have won the race.
+            if !expires(&l) {
                 continue;
             }
             match self.drop_material(&key).await {

@@ -130,6 +130,17 @@ impl Kms {
             .insert(l.key_id.clone(), l);
     }
 
+    /// The ids of keys whose cached lifecycle satisfies `due` (the sweeps' work lists).
+    pub(crate) fn lifecycle_keys_where(&self, due: impl Fn(&KeyLifecycle) -> bool) -> Vec<String> {
+        self.lifecycles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| due(l))
+            .map(|l| l.key_id.clone())
+            .collect()
+    }
+
     /// Forgets a destroyed key's lifecycle.
     pub(crate) fn lifecycle_cache_remove(&self, key_id: &str) {
         self.lifecycles
@@ -421,14 +432,9 @@ impl Kms {
     /// Disabled keys wait until they are enabled again. Returns the ids rotated.
     pub async fn sweep_rotations(&self) -> Result<Vec<String>, KmsError> {
         let now = self.now_ms();
-        let due: Vec<String> = self
-            .lifecycles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|l| l.rotation_enabled && l.next_rotation_ms.is_some_and(|n| n <= now))
-            .map(|l| l.key_id.clone())
-            .collect();
+        let is_due =
+            |l: &KeyLifecycle| l.rotation_enabled && l.next_rotation_ms.is_some_and(|n| n <= now);
+        let due = self.lifecycle_keys_where(is_due);
         let mut rotated = Vec::new();
         for key_id in due {
             let Some(_slot) = self.claim_rotation(&key_id) else {
@@ -444,8 +450,7 @@ impl Kms {
             let l = self.lifecycle_of(&key_id);
             if key.record.state != KeyState::Enabled
                 || check_rotatable(&key).is_err()
-                || !l.rotation_enabled
-                || l.next_rotation_ms.is_none_or(|n| n > now)
+                || !is_due(&l)
             {
                 continue;
             }
