@@ -116,6 +116,10 @@ pub struct HsmSection {
     /// How long a request may wait for a worker before DependencyTimeoutException.
     #[serde(default = "default_acquire_timeout_ms")]
     pub acquire_timeout_ms: u64,
+    /// Serve symmetric CMK versions from session-object copies of their token keys (faster on
+    /// SoftHSM2; set false for devices whose policy forbids `C_CopyObject`).
+    #[serde(default = "default_true")]
+    pub session_key_copies: bool,
 }
 
 fn default_workers() -> usize {
@@ -126,6 +130,9 @@ fn default_queue_depth() -> usize {
 }
 fn default_acquire_timeout_ms() -> u64 {
     2000
+}
+fn default_true() -> bool {
+    true
 }
 
 /// `[store]`: metadata persistence.
@@ -535,6 +542,7 @@ impl Config {
         cfg.workers = self.hsm.workers;
         cfg.queue_depth = self.hsm.queue_depth;
         cfg.acquire_timeout = Duration::from_millis(self.hsm.acquire_timeout_ms);
+        cfg.session_key_copies = self.hsm.session_key_copies;
         Ok(cfg)
     }
 }

@@ -229,6 +229,7 @@ async fn material_objects(server: &p11kms::server::RunningServer, key: &str) -> 
         .await
         .unwrap()
         .iter()
+        .filter(|o| o.token)
         .filter_map(|o| ObjectId::from_bytes(&o.id))
         .filter(|id| id.key_id() == uuid)
         .count()

@@ -137,10 +137,30 @@ async fn key_lifecycle_happy_path() {
     assert_eq!(tags.len(), 1);
     assert_eq!(tags[0].tag_value, "prod");
 
+    // Using the key copies it into a session object on the HSM; disabling it destroys the copy
+    // (the material is then only in the token object).
+    let copies = || async {
+        server
+            .kms
+            .hsm()
+            .list_objects()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|o| !o.token)
+            .filter_map(|o| ObjectId::from_bytes(&o.id))
+            .filter(|o| o.key_id() == uuid_bytes(&id))
+            .count()
+    };
+    assert_eq!(copies().await, 0);
+    encrypt(&mut c, &id, b"copy me", &[]).await;
+    assert_eq!(copies().await, 1);
+
     // Disable / enable.
     c.disable_key(pb::DisableKeyRequest { key_id: id.clone() })
         .await
         .unwrap();
+    assert_eq!(copies().await, 0, "DisableKey destroys the session copy");
     let m = c
         .describe_key(pb::DescribeKeyRequest {
             key_id: id.clone(),
@@ -156,6 +176,8 @@ async fn key_lifecycle_happy_path() {
     c.enable_key(pb::EnableKeyRequest { key_id: id.clone() })
         .await
         .unwrap();
+    encrypt(&mut c, &id, b"copy me again", &[]).await;
+    assert_eq!(copies().await, 1);
 
     // Schedule and cancel deletion: default window 30, cancel leaves Disabled.
     let s = c
@@ -169,6 +191,11 @@ async fn key_lifecycle_happy_path() {
     assert_eq!(s.pending_window_in_days, 30);
     assert_eq!(s.key_state, "PendingDeletion");
     assert_eq!(s.key_id, created.arn);
+    assert_eq!(
+        copies().await,
+        0,
+        "ScheduleKeyDeletion destroys the session copy"
+    );
     let cancelled = c
         .cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: id.clone() })
         .await

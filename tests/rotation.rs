@@ -69,7 +69,8 @@ async fn rotations(c: &mut Client, key: &str) -> Vec<pb::RotationsListEntry> {
     .rotations
 }
 
-/// Objects on the token whose CKA_ID belongs to `key`.
+/// Token objects whose CKA_ID belongs to `key` (not the session copies that using a version
+/// makes).
 async fn objects_of(server: &p11kms::server::RunningServer, key: &str) -> Vec<u32> {
     let uuid = key_uuid(key);
     let mut v: Vec<u32> = server
@@ -79,6 +80,7 @@ async fn objects_of(server: &p11kms::server::RunningServer, key: &str) -> Vec<u3
         .await
         .unwrap()
         .iter()
+        .filter(|o| o.token)
         .filter_map(|o| ObjectId::from_bytes(&o.id))
         .filter(|id| id.key_id() == uuid)
         .map(|id| id.version())

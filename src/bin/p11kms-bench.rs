@@ -18,6 +18,9 @@
 //! through their environment (never argv, logs or JSON). The SigV4 secret is read from the
 //! identity fixtures (own daemon) or from a file / environment variable (`--endpoint`).
 
+// The per-case JSON object has more fields than serde_json's macro expands by default.
+#![recursion_limit = "256"]
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,7 +37,7 @@ use zeroize::Zeroizing;
 
 use p11kms::api::grpc::status::aws_reason;
 use p11kms::client::{AccessKeyCredentials, ClientConfig, Signer};
-use p11kms::hsm::raw::{RawBench, RawOp, RawResult};
+use p11kms::hsm::raw::{RawBench, RawKey, RawOp, RawResult};
 use p11kms::hsm::Pin;
 use p11kms::pb;
 use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
@@ -90,6 +93,18 @@ impl Op {
             Op::Sign => RawOp::Sign,
             Op::Verify => RawOp::Verify,
         }
+    }
+
+    /// Whether the case is AES-GCM work on a CMK (token key or session copy).
+    fn symmetric(self) -> bool {
+        matches!(
+            self,
+            Op::Encrypt
+                | Op::Decrypt
+                | Op::GenerateDataKey
+                | Op::GenerateDataKeyWithoutPlaintext
+                | Op::ReEncrypt
+        )
     }
 
     /// What the HSM does per request, for the JSON.
@@ -206,6 +221,10 @@ struct Cli {
     /// daemon's default, group commit).
     #[arg(long)]
     audit_durability: Option<String>,
+    /// Run the own daemon with `hsm.session_key_copies = false` (CMK versions used through
+    /// their token objects), for A/B runs.
+    #[arg(long)]
+    no_session_key_copies: bool,
     /// Keys in the store for the startup suite.
     #[arg(long, default_value_t = 10_000)]
     startup_keys: usize,
@@ -591,7 +610,12 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         workers = cli
             .hsm_workers
             .map(|w| format!("workers = {w}\n"))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + if cli.no_session_key_copies {
+                "session_key_copies = false\n"
+            } else {
+                ""
+            },
         data = q(&world.dir.join("data")),
         level = toml_str(&cli.daemon_log_level),
         creds = q(&id.join("credentials.json")),
@@ -1121,11 +1145,17 @@ impl Bench<'_> {
         })
     }
 
-    fn raw_phase(&self, op: Op, dur: Duration, aad: &[u8]) -> Result<(RawResult, u64), String> {
+    fn raw_phase(
+        &self,
+        kind: RawKey,
+        op: Op,
+        dur: Duration,
+        aad: &[u8],
+    ) -> Result<(RawResult, u64), String> {
         let raw = self.raw.as_ref().ok_or("no raw bench")?;
         let t0 = thread_cpu();
         let r = raw
-            .run(op.raw(), self.cli.payload, aad, dur)
+            .run_on(kind, op.raw(), self.cli.payload, aad, dur)
             .map_err(|e| format!("raw {}: {e}", op.name()))?;
         Ok((r, thread_cpu().saturating_sub(t0)))
     }
@@ -1169,13 +1199,20 @@ impl Bench<'_> {
         let mut raw_ops = 0u64;
         let mut raw_secs = 0.0;
         let mut raw_cpu_ticks = 0u64;
+        // Symmetric cases also measure the session-object copy of the key (what the daemon
+        // uses with hsm.session_key_copies on), in the same raw phases.
+        let mut copy_rates = Vec::new();
         let mut do_raw = |this: &Self| -> Result<(), String> {
             if this.raw.is_some() {
-                let (r, cpu) = this.raw_phase(op, raw_dur, &aad)?;
+                let (r, cpu) = this.raw_phase(RawKey::Token, op, raw_dur, &aad)?;
                 raw_rates.push(r.ops_per_sec());
                 raw_ops += r.ops;
                 raw_secs += r.elapsed.as_secs_f64();
                 raw_cpu_ticks += cpu;
+                if op.symmetric() {
+                    let (r, _) = this.raw_phase(RawKey::SessionCopy, op, raw_dur, &aad)?;
+                    copy_rates.push(r.ops_per_sec());
+                }
             }
             Ok(())
         };
@@ -1243,8 +1280,9 @@ impl Bench<'_> {
         let per_op = |ticks: u64| -> Option<f64> {
             (all.ops > 0).then(|| round1(ticks as f64 * us_per_tick / all.ops as f64))
         };
-        let raw_mean =
-            (!raw_rates.is_empty()).then(|| raw_rates.iter().sum::<f64>() / raw_rates.len() as f64);
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let raw_mean = mean(&raw_rates);
+        let copy_mean = mean(&copy_rates);
         let error_count: u64 = all.errors.values().sum();
         let server_cpu = have_server.then(|| per_op(server_total)).flatten();
         let server_hsm_cpu = have_server.then(|| per_op(server_hsm)).flatten();
@@ -1329,6 +1367,10 @@ impl Bench<'_> {
             "raw_phases_ops_per_sec": raw_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
             "raw_cpu_us_per_op": raw_cpu,
             "ratio_to_raw": ratio,
+            "raw_session_copy_ops_per_sec": copy_mean.map(round1),
+            "raw_session_copy_phases_ops_per_sec": copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+            "ratio_to_raw_session_copy": copy_mean.map(|r| round3(ops_per_sec / r)),
+            "daemon_session_key_copies": !cli.no_session_key_copies,
             "hsm_calls_per_op": op.hsm_calls(),
             "server_rss_kb_peak": mem.map(|m| m.0),
             "server_rss_kb_mean": mem.map(|m| m.1),

@@ -472,9 +472,26 @@ impl Kms {
         if resolved.key.record.state == target {
             return Ok(());
         }
-        self.update_record(&resolved.key, |r| r.state = target)
+        let updated = self
+            .update_record(&resolved.key, |r| r.state = target)
             .await?;
+        if !enable {
+            self.drop_session_copies(&updated.record.key_id).await;
+        }
         Ok(())
+    }
+
+    /// Destroy the HSM's session-object copies of a key that may no longer be used (disabled,
+    /// or pending deletion), so its material is left only in the token objects. Best effort:
+    /// the state change is already stored, and the state check refuses the key before any HSM
+    /// call whether a copy exists or not.
+    async fn drop_session_copies(&self, key_id: &str) {
+        let Ok(uuid) = Uuid::parse_str(key_id) else {
+            return;
+        };
+        if let Err(e) = self.hsm.drop_session_copies(*uuid.as_bytes()).await {
+            tracing::warn!(key_id, error = %e, "could not destroy the session copies of a key");
+        }
     }
 
     /// ScheduleKeyDeletion: PendingDeletion for 7-30 days (default 30).
@@ -504,6 +521,7 @@ impl Kms {
                 r.pending_window_days = Some(days);
             })
             .await?;
+        self.drop_session_copies(&updated.record.key_id).await;
         tracing::info!(key_id = %updated.record.key_id, days, "key scheduled for deletion");
         Ok(ScheduleKeyDeletionResponse {
             key_id: updated.arn.clone(),

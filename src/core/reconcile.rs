@@ -59,7 +59,10 @@ fn split_id(id: &[u8]) -> Option<([u8; 16], u32)> {
 impl Kms {
     /// Compares every stored key version with the token's objects.
     pub async fn reconcile(&self) -> Result<DriftReport, KmsError> {
-        let objects = self.hsm.list_objects().await?;
+        // Token objects only: session objects (key copies, key pairs being generated) are
+        // working state of this process, not custody.
+        let mut objects = self.hsm.list_objects().await?;
+        objects.retain(|o| o.token);
         let bundles = self.store.load_all().await?;
         let on_token: BTreeSet<([u8; 16], u32)> =
             objects.iter().filter_map(|o| split_id(&o.id)).collect();

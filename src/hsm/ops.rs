@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::error::{is_handle_invalid, rv_string, HsmError, HsmErrorKind};
 use super::objects::{
     class_name, cmk_aes_template, mechanism_name, secret_key_search, session_wrapping_key_template,
-    ObjectId,
+    CopyState, ObjectId,
 };
 use super::pool::WorkerCtx;
 use super::{AadBuilder, GcmSealed, KeyAttributes, ObjectInfo, GCM_IV_LEN, GCM_TAG_LEN};
@@ -89,6 +89,108 @@ fn with_key<T>(
     }
 }
 
+/// Run `f` with the fastest handle of CMK version `id`: its session-object copy (made on
+/// first use, see [`super::objects::SessionCopies`]), else the token object. A copy the device
+/// no longer knows (its session was reset) is forgotten and `f` runs on the token object, so a
+/// lost copy never fails a request.
+fn with_copy<T>(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    mut f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    if ctx.shared.copies.enabled() {
+        let copy = match ctx.shared.copies.get(id, ctx.current_epoch()) {
+            Some(CopyState::Live { handle, .. }) => Some(handle),
+            Some(CopyState::Refused) => None,
+            None => make_copy(ctx, id)?,
+        };
+        if let Some(h) = copy {
+            match f(ctx, h) {
+                Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {
+                    ctx.shared.copies.evict(id);
+                }
+                other => return other,
+            }
+        }
+    }
+    with_key(ctx, id, f)
+}
+
+/// Copy the token object of `id` into a session object of this worker's session and cache
+/// it. `Ok(None)` when no copy is to be used: the session is about to be reopened, the cache
+/// is full, or the device refuses the copy (remembered; logged once per key).
+fn make_copy(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<Option<ObjectHandle>, HsmError> {
+    let epoch = ctx.session_epoch();
+    if epoch != ctx.current_epoch() || !ctx.shared.copies.has_room() {
+        return Ok(None);
+    }
+    let copied = with_key(ctx, id, |ctx, h| {
+        ctx.count("C_CopyObject");
+        let t = Instant::now();
+        let r = ctx.session.copy_object(h, &[Attribute::Token(false)]);
+        ctx.observe("C_CopyObject", t);
+        r.map_err(|e| ctx.fail("C_CopyObject", &e))
+    });
+    let copy = match copied {
+        Ok(copy) => copy,
+        Err(e)
+            if matches!(
+                e.kind,
+                HsmErrorKind::ObjectNotFound | HsmErrorKind::Unavailable
+            ) =>
+        {
+            return Err(e)
+        }
+        Err(e) => {
+            tracing::warn!(token = %ctx.token(), object = %id, error = %e,
+                "the token would not copy this key into a session object; using the token object");
+            ctx.shared.copies.refuse(*id);
+            return Ok(None);
+        }
+    };
+    match ctx.shared.copies.insert(*id, copy, epoch) {
+        Ok(()) => Ok(Some(copy)),
+        Err(ours) => {
+            // Another worker cached a copy first (or the cache filled up): ours goes.
+            destroy_copy(ctx, ours);
+            Ok(ctx.shared.copies.get(id, epoch).and_then(|s| match s {
+                CopyState::Live { handle, .. } => Some(handle),
+                CopyState::Refused => None,
+            }))
+        }
+    }
+}
+
+/// Destroy a session-object copy; a handle already gone is fine, other failures are logged.
+fn destroy_copy(ctx: &mut WorkerCtx, h: ObjectHandle) {
+    ctx.count("C_DestroyObject");
+    if let Err(e) = ctx.session.destroy_object(h) {
+        if !is_handle_invalid(&e) {
+            let err = ctx.fail("C_DestroyObject", &e);
+            tracing::warn!(token = %ctx.token(), error = %err, "could not destroy a session copy of a key");
+        }
+    }
+}
+
+/// Forget a state the copy cache held, destroying the copy if it is still alive.
+fn discard(ctx: &mut WorkerCtx, state: CopyState) {
+    if let CopyState::Live { handle, epoch } = state {
+        if epoch == ctx.current_epoch() {
+            destroy_copy(ctx, handle);
+        }
+    }
+}
+
+/// Destroy the session copies of every version of `key_id`; returns how many were known.
+pub(crate) fn drop_session_copies(ctx: &mut WorkerCtx, key_id: &[u8; 16]) -> usize {
+    let gone = ctx.shared.copies.evict_key(key_id);
+    let n = gone.len();
+    for (_, state) in gone {
+        discard(ctx, state);
+    }
+    n
+}
+
 // ---------------------------------------------------------------- primitives
 
 fn random_iv(ctx: &mut WorkerCtx) -> Result<[u8; GCM_IV_LEN], HsmError> {
@@ -126,7 +228,7 @@ fn seal(
 ) -> Result<GcmSealed, HsmError> {
     let iv = random_iv(ctx)?;
     let aad = aad(&iv);
-    let ciphertext_and_tag = with_key(ctx, id, |ctx, h| {
+    let ciphertext_and_tag = with_copy(ctx, id, |ctx, h| {
         let mut iv_buf = iv;
         let params = gcm_params(ctx, &mut iv_buf, &aad, "C_EncryptInit")?;
         ctx.count("C_EncryptInit");
@@ -160,7 +262,7 @@ fn open(
             "ciphertext shorter than the GCM tag",
         ));
     }
-    with_key(ctx, id, |ctx, h| {
+    with_copy(ctx, id, |ctx, h| {
         let mut iv_buf = *iv;
         let params = gcm_params(ctx, &mut iv_buf, aad, "C_DecryptInit")?;
         ctx.count("C_DecryptInit");
@@ -319,8 +421,11 @@ pub(crate) fn random(ctx: &mut WorkerCtx, n: usize) -> Result<Zeroizing<Vec<u8>>
     Ok(out)
 }
 
-/// Destroy the key object `id` and evict its handle.
+/// Destroy the key object `id` (and its session copy) and evict its handle.
 pub(crate) fn destroy(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
+    if let Some(state) = ctx.shared.copies.evict(&id) {
+        discard(ctx, state);
+    }
     let r = with_key(ctx, &id, |ctx, h| {
         ctx.count("C_DestroyObject");
         ctx.session
@@ -506,6 +611,7 @@ pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmEr
                 AttributeType::Id,
                 AttributeType::Label,
                 AttributeType::Class,
+                AttributeType::Token,
             ],
         ) {
             Ok(a) => a,
@@ -517,12 +623,14 @@ pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmEr
             id: Vec::new(),
             label: String::new(),
             class: String::new(),
+            token: false,
         };
         for a in attrs {
             match a {
                 Attribute::Id(v) => info.id = v,
                 Attribute::Label(v) => info.label = String::from_utf8_lossy(&v).into_owned(),
                 Attribute::Class(c) => info.class = class_name(c),
+                Attribute::Token(t) => info.token = t,
                 _ => {}
             }
         }

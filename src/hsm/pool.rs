@@ -65,10 +65,7 @@ pub(crate) struct WorkerCtx {
     /// Set when a call reported that the session is gone; the worker reopens
     /// it before the next job.
     broken: bool,
-    /// Bumped by any worker that finds its session gone (a device reset closes every
-    /// session at once), so idle workers reopen before their next job instead of failing it.
-    reset_epoch: Arc<AtomicU64>,
-    /// The epoch this worker's session was opened in.
+    /// The reset epoch (`Shared::reset_epoch`) this worker's session was opened in.
     opened_in: u64,
 }
 
@@ -87,7 +84,7 @@ impl WorkerCtx {
     pub(crate) fn fail(&mut self, function: &'static str, e: &CkError) -> HsmError {
         if is_session_broken(e) {
             self.broken = true;
-            self.reset_epoch.fetch_add(1, Ordering::SeqCst);
+            self.shared.reset_epoch.fetch_add(1, Ordering::SeqCst);
         }
         from_cryptoki(function, &self.shared.token, e)
     }
@@ -97,14 +94,25 @@ impl WorkerCtx {
         &self.shared.token
     }
 
+    /// The reset epoch this worker's session was opened in: session objects it creates live
+    /// while the pool's epoch still equals it.
+    pub(crate) fn session_epoch(&self) -> u64 {
+        self.opened_in
+    }
+
+    /// The pool's current reset epoch.
+    pub(crate) fn current_epoch(&self) -> u64 {
+        self.shared.reset_epoch.load(Ordering::SeqCst)
+    }
+
     /// Whether the session must be replaced before the next job.
     fn needs_reopen(&self) -> bool {
-        self.broken || self.reset_epoch.load(Ordering::SeqCst) != self.opened_in
+        self.broken || self.current_epoch() != self.opened_in
     }
 
     /// Replace a broken session with a fresh, logged-in one.
     fn reopen(&mut self) {
-        let epoch = self.reset_epoch.load(Ordering::SeqCst);
+        let epoch = self.current_epoch();
         self.count("C_OpenSession");
         match self.shared.pkcs11.open_rw_session(self.shared.slot) {
             Ok(session) => {
@@ -161,14 +169,12 @@ impl Pool {
         let rx = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::with_capacity(workers);
-        let reset_epoch = Arc::new(AtomicU64::new(0));
         for (n, session) in sessions.into_iter().enumerate() {
             let ctx = WorkerCtx {
                 session,
                 shared: Arc::clone(shared),
                 broken: false,
-                reset_epoch: Arc::clone(&reset_epoch),
-                opened_in: 0,
+                opened_in: shared.reset_epoch.load(Ordering::SeqCst),
             };
             let rx = Arc::clone(&rx);
             let queued = Arc::clone(&queued);

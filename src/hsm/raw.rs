@@ -18,6 +18,10 @@
 //!   signature, as the daemon's Sign with ECDSA_SHA_256 and MessageType RAW;
 //! - verify: SHA-256 + DER decoding + `C_VerifyInit` + `C_Verify` with the public half.
 //!
+//! The symmetric operations run either on the token key or on a session-object copy of it
+//! ([`RawKey`]): the daemon uses such copies by default (`hsm.session_key_copies`), and
+//! SoftHSM2 serves them faster, so the benchmark reports both ceilings.
+//!
 //! cryptoki's `encrypt`/`decrypt` make the same two-pass (size, then data) calls in both the
 //! daemon and here, so the comparison is like for like.
 
@@ -80,10 +84,22 @@ impl RawResult {
     }
 }
 
-/// An open session and a token key of the CMK kind, ready for timed runs.
+/// Which object of the benchmark's key the symmetric operations use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawKey {
+    /// The AES-256 token key (the object kind a CMK version is stored as).
+    Token,
+    /// A session-object copy of it (`C_CopyObject`, `CKA_TOKEN = false`): the object kind the
+    /// daemon's workers use when `hsm.session_key_copies` is on.
+    SessionCopy,
+}
+
+/// An open session and a token key of the CMK kind (plus its session copy), ready for timed
+/// runs.
 pub struct RawBench {
     session: Session,
     key: ObjectHandle,
+    copy: ObjectHandle,
     token: String,
 }
 
@@ -131,9 +147,17 @@ impl RawBench {
         let key = session
             .generate_key(&Mechanism::AesKeyGen, &bench_template(&fresh_id()))
             .map_err(fail(token_label, "C_GenerateKey"))?;
+        let copy = match session.copy_object(key, &[Attribute::Token(false)]) {
+            Ok(copy) => copy,
+            Err(e) => {
+                let _ = session.destroy_object(key);
+                return Err(from_cryptoki("C_CopyObject", token_label, &e));
+            }
+        };
         Ok(RawBench {
             session,
             key,
+            copy,
             token: token_label.to_owned(),
         })
     }
@@ -145,24 +169,35 @@ impl RawBench {
     }
 
     /// `C_GenerateRandom(12)` + `C_EncryptInit` + `C_Encrypt`, as the daemon's `seal`.
-    fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<([u8; GCM_IV_LEN], Vec<u8>), HsmError> {
+    fn seal(
+        &self,
+        key: ObjectHandle,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<([u8; GCM_IV_LEN], Vec<u8>), HsmError> {
         let mut iv = [0u8; GCM_IV_LEN];
         self.random(&mut iv)?;
         let mut iv_buf = iv;
         let params = gcm(&self.token, &mut iv_buf, aad)?;
         let ct = self
             .session
-            .encrypt(&Mechanism::AesGcm(params), self.key, plaintext)
+            .encrypt(&Mechanism::AesGcm(params), key, plaintext)
             .map_err(fail(&self.token, "C_Encrypt"))?;
         Ok((iv, ct))
     }
 
     /// `C_DecryptInit` + `C_Decrypt`, as the daemon's `open`.
-    fn open_ct(&self, iv: &[u8; GCM_IV_LEN], ct: &[u8], aad: &[u8]) -> Result<Vec<u8>, HsmError> {
+    fn open_ct(
+        &self,
+        key: ObjectHandle,
+        iv: &[u8; GCM_IV_LEN],
+        ct: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
         let mut iv_buf = *iv;
         let params = gcm(&self.token, &mut iv_buf, aad)?;
         self.session
-            .decrypt(&Mechanism::AesGcm(params), self.key, ct)
+            .decrypt(&Mechanism::AesGcm(params), key, ct)
             .map_err(fail(&self.token, "C_Decrypt"))
     }
 
@@ -225,6 +260,7 @@ impl RawBench {
     /// Repeat `op` back to back for `duration` (at most [`MAX_OPS_PER_RUN`] operations, and
     /// [`MAX_KEYS_PER_RUN`] for create-key). `payload` is the plaintext or data-key size
     /// (1..=4096 bytes); `aad` is the GCM AAD (the daemon's is the ciphertext header).
+    /// Symmetric operations use the token key.
     pub fn run(
         &self,
         op: RawOp,
@@ -232,6 +268,22 @@ impl RawBench {
         aad: &[u8],
         duration: Duration,
     ) -> Result<RawResult, HsmError> {
+        self.run_on(RawKey::Token, op, payload, aad, duration)
+    }
+
+    /// [`RawBench::run`] with the symmetric operations on the object `kind` names.
+    pub fn run_on(
+        &self,
+        kind: RawKey,
+        op: RawOp,
+        payload: usize,
+        aad: &[u8],
+        duration: Duration,
+    ) -> Result<RawResult, HsmError> {
+        let key = match kind {
+            RawKey::Token => self.key,
+            RawKey::SessionCopy => self.copy,
+        };
         if payload == 0 || payload > MAX_RANDOM_LEN {
             return Err(HsmError::new(
                 HsmErrorKind::Other,
@@ -242,7 +294,7 @@ impl RawBench {
         }
         let plaintext = vec![0x5au8; payload];
         // A ciphertext for the decrypt-based operations (made before the clock starts).
-        let (iv, ct) = self.seal(&plaintext, aad)?;
+        let (iv, ct) = self.seal(key, &plaintext, aad)?;
         debug_assert_eq!(ct.len(), payload + GCM_TAG_LEN);
         let mut scratch = vec![0u8; payload];
         let mut created: Vec<ObjectHandle> = Vec::new();
@@ -265,14 +317,14 @@ impl RawBench {
         let mut result = Ok(());
         while ops < limit && start.elapsed() < duration {
             let r = match op {
-                RawOp::Encrypt => self.seal(&plaintext, aad).map(drop),
-                RawOp::Decrypt => self.open_ct(&iv, &ct, aad).map(drop),
+                RawOp::Encrypt => self.seal(key, &plaintext, aad).map(drop),
+                RawOp::Decrypt => self.open_ct(key, &iv, &ct, aad).map(drop),
                 RawOp::GenerateDataKey => self
                     .random(&mut scratch)
-                    .and_then(|()| self.seal(&scratch, aad).map(drop)),
+                    .and_then(|()| self.seal(key, &scratch, aad).map(drop)),
                 RawOp::ReEncrypt => self
-                    .open_ct(&iv, &ct, aad)
-                    .and_then(|pt| self.seal(&pt, aad).map(drop)),
+                    .open_ct(key, &iv, &ct, aad)
+                    .and_then(|pt| self.seal(key, &pt, aad).map(drop)),
                 RawOp::CreateKey => self
                     .session
                     .generate_key(&Mechanism::AesKeyGen, &bench_template(&fresh_id()))
@@ -320,8 +372,10 @@ fn gcm<'a>(
 
 impl Drop for RawBench {
     fn drop(&mut self) {
-        if let Err(e) = self.session.destroy_object(self.key) {
-            tracing::warn!(error = %from_cryptoki("C_DestroyObject", &self.token, &e), "raw bench: could not destroy its key");
+        for h in [self.copy, self.key] {
+            if let Err(e) = self.session.destroy_object(h) {
+                tracing::warn!(error = %from_cryptoki("C_DestroyObject", &self.token, &e), "raw bench: could not destroy its key");
+            }
         }
     }
 }

@@ -353,9 +353,16 @@ async fn destroy_then_use_is_not_found() {
 
 #[tokio::test]
 async fn stale_cached_handle_is_evicted_and_found_again() {
-    // Two Hsm instances on one token: each has its own handle cache.
-    let h1 = open(&env().a);
-    let h2 = open(&env().a);
+    // Two Hsm instances on one token: each has its own handle cache. Session copies are off:
+    // a copy would outlive a token object destroyed behind its instance's back (see
+    // `session_copies_serve_the_same_key_and_go_with_it`).
+    let no_copies = || {
+        let mut c = cfg(&env().a);
+        c.session_key_copies = false;
+        Hsm::open(&c).expect("open Hsm")
+    };
+    let h1 = no_copies();
+    let h2 = no_copies();
     let id = new_id();
     h1.generate_aes_key(id).await.unwrap();
 
@@ -374,6 +381,180 @@ async fn stale_cached_handle_is_evicted_and_found_again() {
         .unwrap_err();
     assert_eq!(e.kind, HsmErrorKind::ObjectNotFound, "{e}");
     assert!(!h2.exists(id).await.unwrap());
+}
+
+/// The custody attributes of `id`'s session copy, read from the device.
+async fn copy_attributes(hsm: &Hsm, id: ObjectId) -> KeyAttributes {
+    hsm.submit("test_copy_attributes", move |ctx| {
+        let Some(objects::CopyState::Live { handle, .. }) =
+            ctx.shared.copies.get(&id, ctx.current_epoch())
+        else {
+            panic!("no live copy of {id}");
+        };
+        let attrs = ctx
+            .session
+            .get_attributes(handle, ops::CUSTODY_ATTRIBUTES)
+            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        Ok(ops::key_attributes_from(attrs))
+    })
+    .await
+    .unwrap()
+}
+
+/// (token objects, session objects) carrying `id`.
+async fn objects_of(hsm: &Hsm, id: ObjectId) -> (usize, usize) {
+    let objects = hsm.list_objects().await.unwrap();
+    let mine = objects.iter().filter(|o| o.id == id.0);
+    let token = mine.clone().filter(|o| o.token).count();
+    (token, mine.count() - token)
+}
+
+#[tokio::test]
+async fn session_copies_serve_the_same_key_and_go_with_it() {
+    let hsm = open(&env().a);
+    let mut plain_cfg = cfg(&env().a);
+    plain_cfg.session_key_copies = false;
+    let plain = Hsm::open(&plain_cfg).unwrap();
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    assert_eq!(objects_of(&hsm, id).await, (1, 0));
+
+    // The first use copies the token key into a session object, once.
+    let copies0 = hsm.counters()["C_CopyObject"];
+    let mut sealed = Vec::new();
+    for _ in 0..3 {
+        sealed.push(
+            hsm.encrypt_gcm(id, pt(b"copy"), aad_with(b"c"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(hsm.counters()["C_CopyObject"], copies0 + 1);
+    assert_eq!(hsm.session_copies(), 1);
+    assert_eq!(objects_of(&hsm, id).await, (1, 1));
+
+    // The copy is as guarded as the token key, and not a token object.
+    let a = copy_attributes(&hsm, id).await;
+    assert!(!a.token && a.private, "{a:?}");
+    assert!(a.sensitive && a.always_sensitive, "{a:?}");
+    assert!(!a.extractable && a.never_extractable, "{a:?}");
+    assert!(a.encrypt && a.decrypt, "{a:?}");
+    assert!(!a.wrap && !a.unwrap && !a.sign && !a.verify && !a.derive);
+    assert_eq!(a.allowed_mechanisms, vec!["AES_GCM".to_string()]);
+
+    // Same key: what the copy sealed opens with the token object (an instance without
+    // copies), and the other way round.
+    for s in &sealed {
+        let out = plain
+            .decrypt_gcm(
+                id,
+                s.iv,
+                s.ciphertext_and_tag.clone(),
+                aad_bytes(b"c", &s.iv),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&out[..], b"copy");
+    }
+    assert_eq!(plain.counters()["C_CopyObject"], 0);
+    let t = plain
+        .encrypt_gcm(id, pt(b"token"), aad_with(b"t"))
+        .await
+        .unwrap();
+    let out = hsm
+        .decrypt_gcm(id, t.iv, t.ciphertext_and_tag, aad_bytes(b"t", &t.iv))
+        .await
+        .unwrap();
+    assert_eq!(&out[..], b"token");
+    // A forged tag is still an authentication failure on the copy.
+    let mut bad = sealed[0].ciphertext_and_tag.clone();
+    bad[0] ^= 1;
+    let e = hsm
+        .decrypt_gcm(id, sealed[0].iv, bad, aad_bytes(b"c", &sealed[0].iv))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::AuthFailed, "{e}");
+    assert_eq!(hsm.counters()["C_CopyObject"], copies0 + 1);
+
+    // Dropping the key's copies (DisableKey) destroys the session object; the next use
+    // makes a new one.
+    assert_eq!(hsm.drop_session_copies(id.key_id()).await.unwrap(), 1);
+    assert_eq!(hsm.session_copies(), 0);
+    assert_eq!(objects_of(&hsm, id).await, (1, 0));
+    hsm.encrypt_gcm(id, pt(b"again"), aad_with(b""))
+        .await
+        .unwrap();
+    assert_eq!(hsm.counters()["C_CopyObject"], copies0 + 2);
+    assert_eq!(objects_of(&hsm, id).await, (1, 1));
+
+    // A copy lost behind the cache's back (as after a session reset) costs no request: the
+    // token object serves it, and the following use copies again.
+    hsm.submit("test_lose_copy", move |ctx| {
+        if let Some(objects::CopyState::Live { handle, .. }) =
+            ctx.shared.copies.get(&id, ctx.current_epoch())
+        {
+            ctx.session.destroy_object(handle).unwrap();
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(objects_of(&hsm, id).await, (1, 0));
+    let s = hsm
+        .encrypt_gcm(id, pt(b"lost"), aad_with(b""))
+        .await
+        .unwrap();
+    assert_eq!(hsm.session_copies(), 0, "the dead copy was forgotten");
+    hsm.encrypt_gcm(id, pt(b"lost"), aad_with(b""))
+        .await
+        .unwrap();
+    assert_eq!(hsm.session_copies(), 1);
+    assert_eq!(hsm.counters()["C_CopyObject"], copies0 + 3);
+
+    // Destroying the key destroys its copy too: nothing of it is left, and nothing opens.
+    hsm.destroy(id).await.unwrap();
+    assert_eq!(objects_of(&hsm, id).await, (0, 0));
+    assert_eq!(hsm.session_copies(), 0);
+    let e = hsm
+        .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, s.iv.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::ObjectNotFound, "{e}");
+}
+
+#[tokio::test]
+async fn a_key_the_device_will_not_copy_is_used_from_the_token() {
+    let hsm = open(&env().a);
+    let id = new_id();
+    // A CMK-kind token key with CKA_COPYABLE = false (as a device policy may impose).
+    hsm.submit("generate_aes_key", move |ctx| {
+        let mut template = objects::cmk_aes_template(&id);
+        template.push(cryptoki::object::Attribute::Copyable(false));
+        let h = ctx
+            .session
+            .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
+            .map_err(|e| ctx.fail("C_GenerateKey", &e))?;
+        ctx.shared.handles.insert(id, h);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let copies0 = hsm.counters()["C_CopyObject"];
+    for _ in 0..3 {
+        let s = hsm
+            .encrypt_gcm(id, pt(b"stay"), aad_with(b""))
+            .await
+            .unwrap();
+        let out = hsm
+            .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, s.iv.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(&out[..], b"stay");
+    }
+    // Tried once, refused, remembered.
+    assert_eq!(hsm.counters()["C_CopyObject"], copies0 + 1);
+    assert_eq!(objects_of(&hsm, id).await, (1, 0));
+    hsm.destroy(id).await.unwrap();
 }
 
 #[tokio::test]
@@ -735,5 +916,22 @@ fn raw_baseline_runs_every_operation() {
             .run(op, 32, b"aad", Duration::from_millis(30))
             .unwrap_or_else(|e| panic!("{op:?}: {e}"));
         assert!(r.ops > 0, "{op:?} did no work");
+    }
+    for op in [
+        RawOp::Encrypt,
+        RawOp::Decrypt,
+        RawOp::GenerateDataKey,
+        RawOp::ReEncrypt,
+    ] {
+        let r = bench
+            .run_on(
+                super::raw::RawKey::SessionCopy,
+                op,
+                32,
+                b"aad",
+                Duration::from_millis(30),
+            )
+            .unwrap_or_else(|e| panic!("{op:?} on the session copy: {e}"));
+        assert!(r.ops > 0, "{op:?} on the session copy did no work");
     }
 }

@@ -11,7 +11,7 @@ use super::*;
 pub(super) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Objects on the token that belong to imports (wrapping keys, check copies, ephemeral keys)
-/// or to the given targets.
+/// or to the given targets (their token objects: using a key makes a session copy of it).
 async fn import_objects(h: &Hsm, targets: &[ObjectId]) -> usize {
     h.list_objects()
         .await
@@ -19,7 +19,7 @@ async fn import_objects(h: &Hsm, targets: &[ObjectId]) -> usize {
         .iter()
         .filter(|o| {
             o.label.starts_with("p11kms/import")
-                || targets.iter().any(|t| t.as_bytes().as_slice() == o.id)
+                || (o.token && targets.iter().any(|t| t.as_bytes().as_slice() == o.id))
         })
         .count()
 }
