@@ -95,16 +95,10 @@ impl Op {
         }
     }
 
-    /// Whether the case is AES-GCM work on a CMK (token key or session copy).
-    fn symmetric(self) -> bool {
-        matches!(
-            self,
-            Op::Encrypt
-                | Op::Decrypt
-                | Op::GenerateDataKey
-                | Op::GenerateDataKeyWithoutPlaintext
-                | Op::ReEncrypt
-        )
+    /// Whether the case uses an existing key object (token key or session copy; not
+    /// create-key), so that a raw baseline on a session copy means something.
+    fn uses_key_object(self) -> bool {
+        self != Op::CreateKey
     }
 
     /// What the HSM does per request, for the JSON.
@@ -1199,7 +1193,7 @@ impl Bench<'_> {
         let mut raw_ops = 0u64;
         let mut raw_secs = 0.0;
         let mut raw_cpu_ticks = 0u64;
-        // Symmetric cases also measure the session-object copy of the key (what the daemon
+        // Cases on an existing key also measure a session-object copy of it (what the daemon
         // uses with hsm.session_key_copies on), in the same raw phases.
         let mut copy_rates = Vec::new();
         let mut do_raw = |this: &Self| -> Result<(), String> {
@@ -1209,7 +1203,7 @@ impl Bench<'_> {
                 raw_ops += r.ops;
                 raw_secs += r.elapsed.as_secs_f64();
                 raw_cpu_ticks += cpu;
-                if op.symmetric() {
+                if op.uses_key_object() {
                     let (r, _) = this.raw_phase(RawKey::SessionCopy, op, raw_dur, &aad)?;
                     copy_rates.push(r.ops_per_sec());
                 }

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use super::der;
 use super::error::{HsmError, HsmErrorKind};
 use super::objects::{ObjectId, Part};
-use super::ops;
+use super::ops::{self, with_copy};
 use super::pool::WorkerCtx;
 use super::{GcmSealed, KeyAttributes};
 
@@ -168,7 +168,11 @@ pub(crate) fn find_part(
     ctx.count("C_FindObjectsFinal");
     let found = ctx
         .session
-        .find_objects(&[Attribute::Class(part.class()), Attribute::Id(id.0.to_vec())])
+        .find_objects(&[
+            Attribute::Class(part.class()),
+            Attribute::Token(true),
+            Attribute::Id(id.0.to_vec()),
+        ])
         .map_err(|e| ctx.fail("C_FindObjects", &e))?;
     match found.as_slice() {
         [] => Ok(None),
@@ -431,6 +435,7 @@ pub(crate) fn persist_key_pair(
 pub(crate) fn destroy_key_pair(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
     let mut destroyed = 0;
     for part in [Part::Private, Part::Public] {
+        super::ops::discard_copy(ctx, &id, part);
         let r = with_part(ctx, &id, part, |ctx, h| {
             ctx.count("C_DestroyObject");
             ctx.session
@@ -564,7 +569,7 @@ pub(crate) fn sign(
     let input = sign_input(scheme, digest)
         .ok_or_else(|| bad_input(ctx, "C_Sign", "unsupported digest length"))?;
     let mech = sign_mechanism(scheme, digest.len());
-    let raw = with_part(ctx, &id, Part::Private, |ctx, h| {
+    let raw = with_copy(ctx, &id, Part::Private, |ctx, h| {
         ctx.count("C_SignInit");
         ctx.count("C_Sign");
         let t = Instant::now();
@@ -603,7 +608,7 @@ pub(crate) fn verify(
         _ => signature.to_vec(),
     };
     let mech = sign_mechanism(scheme, digest.len());
-    with_part(ctx, &id, Part::Public, |ctx, h| {
+    with_copy(ctx, &id, Part::Public, |ctx, h| {
         ctx.count("C_VerifyInit");
         ctx.count("C_Verify");
         let t = Instant::now();
@@ -669,7 +674,7 @@ pub(crate) fn rsa_encrypt(
     } else {
         (oaep(hash), Zeroizing::new(plaintext.to_vec()))
     };
-    with_part(ctx, &id, Part::Public, |ctx, h| {
+    with_copy(ctx, &id, Part::Public, |ctx, h| {
         ctx.count("C_EncryptInit");
         ctx.count("C_Encrypt");
         let t = Instant::now();
@@ -702,7 +707,7 @@ pub(crate) fn rsa_decrypt(
     if raw && ciphertext.len() != k {
         return Err(failed(ctx, None));
     }
-    let out = with_part(ctx, &id, Part::Private, |ctx, h| {
+    let out = with_copy(ctx, &id, Part::Private, |ctx, h| {
         ctx.count("C_DecryptInit");
         ctx.count("C_Decrypt");
         let t = Instant::now();

@@ -12,9 +12,10 @@ use std::time::Instant;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
 
-use super::asym::{verdict, with_part};
+use super::asym::verdict;
 use super::error::{HsmError, HsmErrorKind};
 use super::objects::{ObjectId, Part};
+use super::ops::with_copy;
 use super::pool::WorkerCtx;
 
 /// An HMAC algorithm (and key spec).
@@ -117,7 +118,7 @@ pub(crate) fn generate_mac(
     message: &[u8],
 ) -> Result<Vec<u8>, HsmError> {
     let mech = alg.mechanism();
-    with_part(ctx, &id, Part::Secret, |ctx, h| {
+    with_copy(ctx, &id, Part::Secret, |ctx, h| {
         ctx.count("C_SignInit");
         ctx.count("C_Sign");
         let t = Instant::now();
@@ -139,7 +140,7 @@ pub(crate) fn verify_mac(
         return Ok(false);
     }
     let mech = alg.mechanism();
-    with_part(ctx, &id, Part::Secret, |ctx, h| {
+    with_copy(ctx, &id, Part::Secret, |ctx, h| {
         ctx.count("C_VerifyInit");
         ctx.count("C_Verify");
         let t = Instant::now();

@@ -319,6 +319,9 @@ pub(crate) struct Shared {
     /// session at once), so idle workers reopen before their next job instead of failing it,
     /// and session objects made in an older epoch are known to be gone.
     pub(crate) reset_epoch: std::sync::atomic::AtomicU64,
+    /// Held shared by every running job and exclusively while a worker replaces its session
+    /// after a reset (see `pool::worker_loop`).
+    pub(crate) session_gate: std::sync::RwLock<()>,
 }
 
 /// A connection to one token: keeper session, worker pool, handle cache.
@@ -421,6 +424,7 @@ impl Hsm {
             handles: HandleCache::default(),
             copies: SessionCopies::new(cfg.session_key_copies),
             reset_epoch: std::sync::atomic::AtomicU64::new(0),
+            session_gate: std::sync::RwLock::new(()),
         });
         let pool = Pool::start(&shared, cfg.workers, cfg.queue_depth, cfg.acquire_timeout)?;
         tracing::info!(

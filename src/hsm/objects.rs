@@ -225,6 +225,11 @@ impl HandleCache {
     pub(crate) fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// Forget every handle (after a device reset).
+    pub(crate) fn clear(&self) {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 /// Most session-object copies one token keeps. Past it, keys are used through their token
@@ -246,7 +251,8 @@ pub(crate) enum CopyState<H = ObjectHandle> {
     Refused,
 }
 
-/// Session-object copies of token secret keys (CMK versions), keyed by [`ObjectId`].
+/// Session-object copies of token key objects, keyed by ([`ObjectId`], [`Part`]): CMK
+/// versions, HMAC keys and both halves of key pairs.
 ///
 /// SoftHSM2 re-reads a token object's files on every use; a session-object copy of the same
 /// key (`C_CopyObject` with `CKA_TOKEN = false`, which keeps `CKA_SENSITIVE` and
@@ -256,7 +262,7 @@ pub(crate) enum CopyState<H = ObjectHandle> {
 /// Generic over the handle type only so that its unit test needs no device handles.
 pub(crate) struct SessionCopies<H = ObjectHandle> {
     enabled: bool,
-    map: RwLock<HashMap<ObjectId, CopyState<H>>>,
+    map: RwLock<HashMap<(ObjectId, Part), CopyState<H>>>,
 }
 
 impl<H: Copy + PartialEq> SessionCopies<H> {
@@ -273,10 +279,10 @@ impl<H: Copy + PartialEq> SessionCopies<H> {
         self.enabled
     }
 
-    /// What is known about `id` in reset epoch `epoch`: a copy made in an older epoch is stale
-    /// and reads as unknown.
-    pub(crate) fn get(&self, id: &ObjectId, epoch: u64) -> Option<CopyState<H>> {
-        match self.read().get(id).copied()? {
+    /// What is known about (`id`, `part`) in reset epoch `epoch`: a copy made in an older
+    /// epoch is stale and reads as unknown.
+    pub(crate) fn get(&self, id: &ObjectId, part: Part, epoch: u64) -> Option<CopyState<H>> {
+        match self.read().get(&(*id, part)).copied()? {
             CopyState::Live { epoch: e, .. } if e != epoch => None,
             state => Some(state),
         }
@@ -284,13 +290,14 @@ impl<H: Copy + PartialEq> SessionCopies<H> {
 
     /// Record a new copy unless another worker recorded a live one first (or the cache is
     /// full). `Err` hands the caller's handle back: the caller destroys it.
-    pub(crate) fn insert(&self, id: ObjectId, handle: H, epoch: u64) -> Result<(), H> {
+    pub(crate) fn insert(&self, id: ObjectId, part: Part, handle: H, epoch: u64) -> Result<(), H> {
+        let key = (id, part);
         let mut map = self.write();
-        let taken = matches!(map.get(&id), Some(CopyState::Live { epoch: e, .. }) if *e == epoch);
-        if taken || (map.len() >= MAX_SESSION_COPIES && !map.contains_key(&id)) {
+        let taken = matches!(map.get(&key), Some(CopyState::Live { epoch: e, .. }) if *e == epoch);
+        if taken || (map.len() >= MAX_SESSION_COPIES && !map.contains_key(&key)) {
             return Err(handle);
         }
-        map.insert(id, CopyState::Live { handle, epoch });
+        map.insert(key, CopyState::Live { handle, epoch });
         Ok(())
     }
 
@@ -299,27 +306,32 @@ impl<H: Copy + PartialEq> SessionCopies<H> {
         self.read().len() < MAX_SESSION_COPIES
     }
 
-    /// Remember that the device would not copy `id`.
-    pub(crate) fn refuse(&self, id: ObjectId) {
-        self.write().insert(id, CopyState::Refused);
+    /// Remember that the device would not copy (`id`, `part`).
+    pub(crate) fn refuse(&self, id: ObjectId, part: Part) {
+        self.write().insert((id, part), CopyState::Refused);
     }
 
-    /// Forget `id`; returns what was known (the caller destroys a live copy).
-    pub(crate) fn evict(&self, id: &ObjectId) -> Option<CopyState<H>> {
-        self.write().remove(id)
+    /// Forget (`id`, `part`); returns what was known (the caller destroys a live copy).
+    pub(crate) fn evict(&self, id: &ObjectId, part: Part) -> Option<CopyState<H>> {
+        self.write().remove(&(*id, part))
     }
 
-    /// Forget every version of key `key_id`; returns the ids and states removed.
-    pub(crate) fn evict_key(&self, key_id: &[u8; 16]) -> Vec<(ObjectId, CopyState<H>)> {
+    /// Forget every part of every version of key `key_id`; returns the states removed.
+    pub(crate) fn evict_key(&self, key_id: &[u8; 16]) -> Vec<((ObjectId, Part), CopyState<H>)> {
         let mut map = self.write();
-        let ids: Vec<ObjectId> = map
+        let keys: Vec<(ObjectId, Part)> = map
             .keys()
-            .filter(|id| &id.key_id() == key_id)
+            .filter(|(id, _)| &id.key_id() == key_id)
             .copied()
             .collect();
-        ids.into_iter()
-            .filter_map(|id| map.remove(&id).map(|s| (id, s)))
+        keys.into_iter()
+            .filter_map(|k| map.remove(&k).map(|s| (k, s)))
             .collect()
+    }
+
+    /// Forget everything (after a device reset, when every copy is gone with its session).
+    pub(crate) fn clear(&self) {
+        self.write().clear();
     }
 
     /// Number of live copies made in reset epoch `epoch`.
@@ -330,11 +342,11 @@ impl<H: Copy + PartialEq> SessionCopies<H> {
             .count()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ObjectId, CopyState<H>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(ObjectId, Part), CopyState<H>>> {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ObjectId, CopyState<H>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(ObjectId, Part), CopyState<H>>> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -366,40 +378,41 @@ mod tests {
         let a2 = ObjectId::new([1; 16], 2);
         let b = ObjectId::new([2; 16], 1);
         let h = |n: u64| n;
-        assert_eq!(copies.get(&a, 0), None);
-        copies.insert(a, h(10), 0).unwrap();
+        const S: Part = Part::Secret;
+        assert_eq!(copies.get(&a, S, 0), None);
+        copies.insert(a, S, h(10), 0).unwrap();
         assert_eq!(
-            copies.get(&a, 0),
+            copies.get(&a, S, 0),
             Some(CopyState::Live {
                 handle: h(10),
                 epoch: 0
             })
         );
         // A second worker that lost the race gets its handle back to destroy.
-        assert_eq!(copies.insert(a, h(11), 0), Err(h(11)));
+        assert_eq!(copies.insert(a, S, h(11), 0), Err(h(11)));
         // After a session reset the copy is stale: unknown, and replaceable.
-        assert_eq!(copies.get(&a, 1), None);
+        assert_eq!(copies.get(&a, S, 1), None);
         assert_eq!(copies.live(1), 0);
-        copies.insert(a, h(12), 1).unwrap();
+        copies.insert(a, S, h(12), 1).unwrap();
         assert_eq!(copies.live(1), 1);
-        copies.insert(a2, h(13), 1).unwrap();
-        copies.refuse(b);
-        assert_eq!(copies.get(&b, 7), Some(CopyState::Refused));
+        copies.insert(a2, Part::Private, h(13), 1).unwrap();
+        copies.refuse(b, S);
+        assert_eq!(copies.get(&b, S, 7), Some(CopyState::Refused));
         // Dropping a key forgets every version of it and nothing else.
         let mut gone = copies.evict_key(&[1; 16]);
-        gone.sort_by_key(|(id, _)| *id);
+        gone.sort_by_key(|((id, _), _)| *id);
         assert_eq!(
             gone,
             vec![
                 (
-                    a,
+                    (a, S),
                     CopyState::Live {
                         handle: h(12),
                         epoch: 1
                     }
                 ),
                 (
-                    a2,
+                    (a2, Part::Private),
                     CopyState::Live {
                         handle: h(13),
                         epoch: 1
@@ -407,9 +420,9 @@ mod tests {
                 )
             ]
         );
-        assert_eq!(copies.get(&a, 1), None);
-        assert_eq!(copies.get(&b, 1), Some(CopyState::Refused));
-        assert_eq!(copies.evict(&b), Some(CopyState::Refused));
+        assert_eq!(copies.get(&a, S, 1), None);
+        assert_eq!(copies.get(&b, S, 1), Some(CopyState::Refused));
+        assert_eq!(copies.evict(&b, S), Some(CopyState::Refused));
         assert!(copies.has_room());
     }
 }

@@ -11,10 +11,11 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectHandle};
 use cryptoki::session::SessionState;
 use zeroize::Zeroizing;
 
+use super::asym::with_part;
 use super::error::{is_handle_invalid, rv_string, HsmError, HsmErrorKind};
 use super::objects::{
     class_name, cmk_aes_template, mechanism_name, secret_key_search, session_wrapping_key_template,
-    CopyState, ObjectId,
+    CopyState, ObjectId, Part,
 };
 use super::pool::WorkerCtx;
 use super::{AadBuilder, GcmSealed, KeyAttributes, ObjectInfo, GCM_IV_LEN, GCM_TAG_LEN};
@@ -89,42 +90,55 @@ fn with_key<T>(
     }
 }
 
-/// Run `f` with the fastest handle of CMK version `id`: its session-object copy (made on
-/// first use, see [`super::objects::SessionCopies`]), else the token object. A copy the device
-/// no longer knows (its session was reset) is forgotten and `f` runs on the token object, so a
+/// Run `f` with the fastest handle of (`id`, `part`): its session-object copy (made on first
+/// use, see [`super::objects::SessionCopies`]), else the token object. A copy the device no
+/// longer knows (its session was reset) is forgotten and `f` runs on the token object, so a
 /// lost copy never fails a request.
-fn with_copy<T>(
+pub(crate) fn with_copy<T>(
     ctx: &mut WorkerCtx,
     id: &ObjectId,
+    part: Part,
     mut f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
 ) -> Result<T, HsmError> {
     if ctx.shared.copies.enabled() {
-        let copy = match ctx.shared.copies.get(id, ctx.current_epoch()) {
+        let copy = match ctx.shared.copies.get(id, part, ctx.current_epoch()) {
             Some(CopyState::Live { handle, .. }) => Some(handle),
             Some(CopyState::Refused) => None,
-            None => make_copy(ctx, id)?,
+            None => make_copy(ctx, id, part)?,
         };
         if let Some(h) = copy {
             match f(ctx, h) {
                 Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {
-                    ctx.shared.copies.evict(id);
+                    ctx.shared.copies.evict(id, part);
+                }
+                // A device reset in the middle of a call can surface as any error (SoftHSM2
+                // has answered CKR_KEY_TYPE_INCONSISTENT): an unexpected failure on a session
+                // that is no longer logged in is the device's, not the request's.
+                Err(mut e) if e.kind == HsmErrorKind::Other && !session_logged_in(ctx) => {
+                    ctx.shared.copies.evict(id, part);
+                    e.kind = HsmErrorKind::Unavailable;
+                    return Err(e);
                 }
                 other => return other,
             }
         }
     }
-    with_key(ctx, id, f)
+    with_part(ctx, id, part, f)
 }
 
-/// Copy the token object of `id` into a session object of this worker's session and cache
-/// it. `Ok(None)` when no copy is to be used: the session is about to be reopened, the cache
-/// is full, or the device refuses the copy (remembered; logged once per key).
-fn make_copy(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<Option<ObjectHandle>, HsmError> {
+/// Copy the token object (`id`, `part`) into a session object of this worker's session and
+/// cache it. `Ok(None)` when no copy is to be used: the session is about to be reopened, the
+/// cache is full, or the device refuses the copy (remembered; logged once per object).
+fn make_copy(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    part: Part,
+) -> Result<Option<ObjectHandle>, HsmError> {
     let epoch = ctx.session_epoch();
     if epoch != ctx.current_epoch() || !ctx.shared.copies.has_room() {
         return Ok(None);
     }
-    let copied = with_key(ctx, id, |ctx, h| {
+    let copied = with_part(ctx, id, part, |ctx, h| {
         ctx.count("C_CopyObject");
         let t = Instant::now();
         let r = ctx.session.copy_object(h, &[Attribute::Token(false)]);
@@ -142,21 +156,25 @@ fn make_copy(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<Option<ObjectHandle>,
             return Err(e)
         }
         Err(e) => {
-            tracing::warn!(token = %ctx.token(), object = %id, error = %e,
-                "the token would not copy this key into a session object; using the token object");
-            ctx.shared.copies.refuse(*id);
+            tracing::warn!(token = %ctx.token(), object = %id, ?part, error = %e,
+                "the token would not copy this key object into a session object; using the token object");
+            ctx.shared.copies.refuse(*id, part);
             return Ok(None);
         }
     };
-    match ctx.shared.copies.insert(*id, copy, epoch) {
+    match ctx.shared.copies.insert(*id, part, copy, epoch) {
         Ok(()) => Ok(Some(copy)),
         Err(ours) => {
             // Another worker cached a copy first (or the cache filled up): ours goes.
             destroy_copy(ctx, ours);
-            Ok(ctx.shared.copies.get(id, epoch).and_then(|s| match s {
-                CopyState::Live { handle, .. } => Some(handle),
-                CopyState::Refused => None,
-            }))
+            Ok(ctx
+                .shared
+                .copies
+                .get(id, part, epoch)
+                .and_then(|s| match s {
+                    CopyState::Live { handle, .. } => Some(handle),
+                    CopyState::Refused => None,
+                }))
         }
     }
 }
@@ -172,7 +190,14 @@ fn destroy_copy(ctx: &mut WorkerCtx, h: ObjectHandle) {
     }
 }
 
-/// Forget a state the copy cache held, destroying the copy if it is still alive.
+/// Forget the copy of (`id`, `part`), destroying it if it is still alive. Called before the
+/// token object is destroyed.
+pub(crate) fn discard_copy(ctx: &mut WorkerCtx, id: &ObjectId, part: Part) {
+    if let Some(state) = ctx.shared.copies.evict(id, part) {
+        discard(ctx, state);
+    }
+}
+
 fn discard(ctx: &mut WorkerCtx, state: CopyState) {
     if let CopyState::Live { handle, epoch } = state {
         if epoch == ctx.current_epoch() {
@@ -181,7 +206,8 @@ fn discard(ctx: &mut WorkerCtx, state: CopyState) {
     }
 }
 
-/// Destroy the session copies of every version of `key_id`; returns how many were known.
+/// Destroy the session copies of every object of every version of `key_id`; returns how many
+/// were known.
 pub(crate) fn drop_session_copies(ctx: &mut WorkerCtx, key_id: &[u8; 16]) -> usize {
     let gone = ctx.shared.copies.evict_key(key_id);
     let n = gone.len();
@@ -228,7 +254,7 @@ fn seal(
 ) -> Result<GcmSealed, HsmError> {
     let iv = random_iv(ctx)?;
     let aad = aad(&iv);
-    let ciphertext_and_tag = with_copy(ctx, id, |ctx, h| {
+    let ciphertext_and_tag = with_copy(ctx, id, Part::Secret, |ctx, h| {
         let mut iv_buf = iv;
         let params = gcm_params(ctx, &mut iv_buf, &aad, "C_EncryptInit")?;
         ctx.count("C_EncryptInit");
@@ -262,7 +288,7 @@ fn open(
             "ciphertext shorter than the GCM tag",
         ));
     }
-    with_copy(ctx, id, |ctx, h| {
+    with_copy(ctx, id, Part::Secret, |ctx, h| {
         let mut iv_buf = *iv;
         let params = gcm_params(ctx, &mut iv_buf, aad, "C_DecryptInit")?;
         ctx.count("C_DecryptInit");
@@ -423,9 +449,7 @@ pub(crate) fn random(ctx: &mut WorkerCtx, n: usize) -> Result<Zeroizing<Vec<u8>>
 
 /// Destroy the key object `id` (and its session copy) and evict its handle.
 pub(crate) fn destroy(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
-    if let Some(state) = ctx.shared.copies.evict(&id) {
-        discard(ctx, state);
-    }
+    discard_copy(ctx, &id, Part::Secret);
     let r = with_key(ctx, &id, |ctx, h| {
         ctx.count("C_DestroyObject");
         ctx.session

@@ -126,6 +126,11 @@ impl WorkerCtx {
                 self.count("C_CloseSession");
                 let old = std::mem::replace(&mut self.session, session);
                 drop(old);
+                // Handles resolved before the reset may name other objects now (devices
+                // reuse handles): every worker is between jobs (the session gate), so the
+                // caches can be emptied safely; keys are looked up again on next use.
+                self.shared.handles.clear();
+                self.shared.copies.clear();
                 self.broken = false;
                 self.opened_in = epoch;
                 tracing::info!(token = %self.shared.token, "HSM worker session reopened");
@@ -270,6 +275,7 @@ impl Pool {
 static TOKEN_OBJECTS: RwLock<()> = RwLock::new(());
 
 fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize) {
+    let shared = Arc::clone(&ctx.shared);
     loop {
         // Only one worker waits in recv at a time; the others wait for the
         // lock. Either way the lock is released before the job runs.
@@ -287,8 +293,19 @@ fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsi
             continue;
         }
         if ctx.needs_reopen() {
+            // No job of this pool runs while a session is replaced: the device reuses session
+            // handles, so a job still on a dead session could otherwise reach the new one with
+            // handles of the old epoch.
+            let _quiet = shared
+                .session_gate
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             ctx.reopen();
         }
+        let _in_epoch = shared
+            .session_gate
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let run = job.run;
         let (_shared, _alone) = if job.unlocked {
             (None, None)

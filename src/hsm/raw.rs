@@ -90,7 +90,8 @@ pub enum RawKey {
     /// The AES-256 token key (the object kind a CMK version is stored as).
     Token,
     /// A session-object copy of it (`C_CopyObject`, `CKA_TOKEN = false`): the object kind the
-    /// daemon's workers use when `hsm.session_key_copies` is on.
+    /// daemon's workers use when `hsm.session_key_copies` is on. For sign and verify, session
+    /// copies of both halves of the P-256 pair.
     SessionCopy,
 }
 
@@ -301,8 +302,17 @@ impl RawBench {
         // The signing pair for sign/verify (made before the clock starts, destroyed after).
         let pair = match op {
             RawOp::Sign | RawOp::Verify => {
-                let (public, private) = self.ec_pair()?;
+                let (mut public, mut private) = self.ec_pair()?;
                 created.extend([public, private]);
+                if kind == RawKey::SessionCopy {
+                    for h in [&mut public, &mut private] {
+                        *h = self
+                            .session
+                            .copy_object(*h, &[Attribute::Token(false)])
+                            .map_err(fail(&self.token, "C_CopyObject"))?;
+                        created.push(*h);
+                    }
+                }
                 Some((public, private, self.ecdsa_sign(private, &plaintext)?))
             }
             _ => None,

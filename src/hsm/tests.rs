@@ -387,7 +387,9 @@ async fn stale_cached_handle_is_evicted_and_found_again() {
 async fn copy_attributes(hsm: &Hsm, id: ObjectId) -> KeyAttributes {
     hsm.submit("test_copy_attributes", move |ctx| {
         let Some(objects::CopyState::Live { handle, .. }) =
-            ctx.shared.copies.get(&id, ctx.current_epoch())
+            ctx.shared
+                .copies
+                .get(&id, objects::Part::Secret, ctx.current_epoch())
         else {
             panic!("no live copy of {id}");
         };
@@ -491,7 +493,9 @@ async fn session_copies_serve_the_same_key_and_go_with_it() {
     // token object serves it, and the following use copies again.
     hsm.submit("test_lose_copy", move |ctx| {
         if let Some(objects::CopyState::Live { handle, .. }) =
-            ctx.shared.copies.get(&id, ctx.current_epoch())
+            ctx.shared
+                .copies
+                .get(&id, objects::Part::Secret, ctx.current_epoch())
         {
             ctx.session.destroy_object(handle).unwrap();
         }
@@ -922,6 +926,8 @@ fn raw_baseline_runs_every_operation() {
         RawOp::Decrypt,
         RawOp::GenerateDataKey,
         RawOp::ReEncrypt,
+        RawOp::Sign,
+        RawOp::Verify,
     ] {
         let r = bench
             .run_on(

@@ -50,7 +50,43 @@ async fn ec_key_pairs_sign_and_verify_on_every_curve() {
         assert_eq!(private.allowed_mechanisms, vec!["ECDSA".to_string()]);
         let public = hsm.key_pair_attributes(id, false).await.unwrap();
         assert!(public.verify && !public.encrypt && public.token);
+        // Signing and verifying ran on session copies of the halves, as guarded as the token
+        // objects.
+        let copy = hsm
+            .submit("test_copy_attributes", move |ctx| {
+                let Some(objects::CopyState::Live { handle, .. }) =
+                    ctx.shared
+                        .copies
+                        .get(&id, objects::Part::Private, ctx.current_epoch())
+                else {
+                    panic!("no session copy of the private key");
+                };
+                let attrs = ctx
+                    .session
+                    .get_attributes(handle, ops::CUSTODY_ATTRIBUTES)
+                    .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+                Ok(ops::key_attributes_from(attrs))
+            })
+            .await
+            .unwrap();
+        assert!(
+            !copy.token && copy.private && copy.sign && !copy.decrypt,
+            "{copy:?}"
+        );
+        assert!(copy.sensitive && copy.always_sensitive, "{copy:?}");
+        assert!(!copy.extractable && copy.never_extractable, "{copy:?}");
+        assert_eq!(copy.allowed_mechanisms, vec!["ECDSA".to_string()]);
+        let session_objects = || async {
+            hsm.list_objects()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|o| o.id == id.0 && !o.token)
+                .count()
+        };
+        assert_eq!(session_objects().await, 2, "one copy per half");
         hsm.destroy_key_pair(id).await.unwrap();
+        assert_eq!(session_objects().await, 0, "the copies went with the pair");
         assert_eq!(
             hsm.destroy_key_pair(id).await.unwrap_err().kind,
             HsmErrorKind::ObjectNotFound
@@ -281,9 +317,11 @@ async fn key_pair_generation_runs_alongside_reads_without_errors() {
         hsm.destroy_wrapping_key(wrapping).await.unwrap();
         generated += 4;
     }
-    // Each round copied two key pairs (two halves each) and one wrapping private key; the
-    // CMK the readers and data key pairs use was copied into a session object once.
-    assert_eq!(hsm.counters()["C_CopyObject"], 25 + 1);
+    // Each round copied two key pairs (two halves each) and one wrapping private key to the
+    // token, and each pair's halves into session objects when it signed and verified (4 per
+    // round); the CMK the readers and data key pairs use was copied into a session object
+    // once. Destroying the pairs destroyed their session copies: the CMK's is left.
+    assert_eq!(hsm.counters()["C_CopyObject"], 25 + 4 * 5 + 1);
     assert_eq!(hsm.session_copies(), 1);
     writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let created = writer.await.unwrap();
