@@ -181,6 +181,12 @@ impl Collector for EngineCollector {
             "HSM worker sessions",
             stats.workers as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "p11kms_hsm_session_key_copies",
+            "Key objects served from session-object copies of their token objects now",
+            stats.session_key_copies as i64,
+        )?;
         {
             let mut m = encoder.encode_descriptor(
                 "p11kms_hsm_rejections",

@@ -87,6 +87,11 @@ async fn metrics_move_with_requests() {
             "p11kms_hsm_call_duration_seconds_count{function=\"C_Encrypt\"}"
         ) >= 3.0
     );
+    // The key was used: it is served from a session copy now.
+    assert!(
+        sample(&after, "p11kms_hsm_session_key_copies") >= 1.0,
+        "{after}"
+    );
     let deny = "p11kms_policy_decisions_total{effect=\"Deny\",reason=\"ImplicitDeny\"}";
     assert!(sample(&after, deny) - sample(&before, deny) >= 1.0);
     let allow = "p11kms_policy_decisions_total{effect=\"Allow\",reason=\"Allowed\"}";

@@ -611,6 +611,7 @@ impl Hsm {
             rejected_busy: c.busy.load(Ordering::Relaxed),
             rejected_timeout: c.timeouts.load(Ordering::Relaxed),
             health_probes: c.probes.load(Ordering::Relaxed),
+            session_key_copies: self.session_copies(),
         }
     }
 

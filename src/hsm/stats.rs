@@ -91,6 +91,8 @@ pub struct HsmStats {
     pub rejected_timeout: u64,
     /// Health probes sent to the device (not in `calls`).
     pub health_probes: u64,
+    /// Live session-object copies of key objects (see `HsmConfig::session_key_copies`).
+    pub session_key_copies: usize,
 }
 
 #[cfg(test)]
