@@ -221,17 +221,10 @@ fn open_locally(material: &[u8], blob: &[u8], ec: &[(&str, &str)]) -> Option<Vec
 
 /// Token objects of `key` (its material versions).
 async fn material_objects(server: &p11kms::server::RunningServer, key: &str) -> usize {
-    let uuid = key_uuid(key);
-    server
-        .kms
-        .hsm()
-        .list_objects()
+    key_objects(server, key)
         .await
-        .unwrap()
         .iter()
-        .filter(|o| o.token)
-        .filter_map(|o| ObjectId::from_bytes(&o.id))
-        .filter(|id| id.key_id() == uuid)
+        .filter(|(_, token)| *token)
         .count()
 }
 

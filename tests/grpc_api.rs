@@ -140,16 +140,10 @@ async fn key_lifecycle_happy_path() {
     // Using the key copies it into a session object on the HSM; disabling it destroys the copy
     // (the material is then only in the token object).
     let copies = || async {
-        server
-            .kms
-            .hsm()
-            .list_objects()
+        key_objects(&server, &id)
             .await
-            .unwrap()
             .iter()
-            .filter(|o| !o.token)
-            .filter_map(|o| ObjectId::from_bytes(&o.id))
-            .filter(|o| o.key_id() == uuid_bytes(&id))
+            .filter(|(_, token)| !*token)
             .count()
     };
     assert_eq!(copies().await, 0);

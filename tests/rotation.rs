@@ -69,21 +69,13 @@ async fn rotations(c: &mut Client, key: &str) -> Vec<pb::RotationsListEntry> {
     .rotations
 }
 
-/// Token objects whose CKA_ID belongs to `key` (not the session copies that using a version
-/// makes).
+/// Versions of `key` that have a token object (not the session copies using a version makes).
 async fn objects_of(server: &p11kms::server::RunningServer, key: &str) -> Vec<u32> {
-    let uuid = key_uuid(key);
-    let mut v: Vec<u32> = server
-        .kms
-        .hsm()
-        .list_objects()
+    let mut v: Vec<u32> = key_objects(server, key)
         .await
-        .unwrap()
-        .iter()
-        .filter(|o| o.token)
-        .filter_map(|o| ObjectId::from_bytes(&o.id))
-        .filter(|id| id.key_id() == uuid)
-        .map(|id| id.version())
+        .into_iter()
+        .filter(|(_, token)| *token)
+        .map(|(version, _)| version)
         .collect();
     v.sort_unstable();
     v

@@ -383,15 +383,13 @@ async fn stale_cached_handle_is_evicted_and_found_again() {
     assert!(!h2.exists(id).await.unwrap());
 }
 
-/// The custody attributes of `id`'s session copy, read from the device.
-async fn copy_attributes(hsm: &Hsm, id: ObjectId) -> KeyAttributes {
+/// The custody attributes of the session copy of (`id`, `part`), read from the device.
+pub(super) async fn copy_attributes(hsm: &Hsm, id: ObjectId, part: objects::Part) -> KeyAttributes {
     hsm.submit("test_copy_attributes", move |ctx| {
         let Some(objects::CopyState::Live { handle, .. }) =
-            ctx.shared
-                .copies
-                .get(&id, objects::Part::Secret, ctx.current_epoch())
+            ctx.shared.copies.get(&id, part, ctx.current_epoch())
         else {
-            panic!("no live copy of {id}");
+            panic!("no live copy of {id} {part:?}");
         };
         let attrs = ctx
             .session
@@ -436,7 +434,7 @@ async fn session_copies_serve_the_same_key_and_go_with_it() {
     assert_eq!(objects_of(&hsm, id).await, (1, 1));
 
     // The copy is as guarded as the token key, and not a token object.
-    let a = copy_attributes(&hsm, id).await;
+    let a = copy_attributes(&hsm, id, objects::Part::Secret).await;
     assert!(!a.token && a.private, "{a:?}");
     assert!(a.sensitive && a.always_sensitive, "{a:?}");
     assert!(!a.extractable && a.never_extractable, "{a:?}");

@@ -52,23 +52,7 @@ async fn ec_key_pairs_sign_and_verify_on_every_curve() {
         assert!(public.verify && !public.encrypt && public.token);
         // Signing and verifying ran on session copies of the halves, as guarded as the token
         // objects.
-        let copy = hsm
-            .submit("test_copy_attributes", move |ctx| {
-                let Some(objects::CopyState::Live { handle, .. }) =
-                    ctx.shared
-                        .copies
-                        .get(&id, objects::Part::Private, ctx.current_epoch())
-                else {
-                    panic!("no session copy of the private key");
-                };
-                let attrs = ctx
-                    .session
-                    .get_attributes(handle, ops::CUSTODY_ATTRIBUTES)
-                    .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
-                Ok(ops::key_attributes_from(attrs))
-            })
-            .await
-            .unwrap();
+        let copy = tests::copy_attributes(&hsm, id, objects::Part::Private).await;
         assert!(
             !copy.token && copy.private && copy.sign && !copy.decrypt,
             "{copy:?}"

@@ -328,3 +328,21 @@ pub fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, data: &[u8]) -> Vec<u8> {
     assert!(st.success());
     std::fs::read(out).unwrap()
 }
+
+/// The objects on the daemon's token whose `CKA_ID` belongs to key `key_id` (a UUID), as
+/// (version, whether it is a token object): token objects and the session copies that using a
+/// key makes alike.
+pub async fn key_objects(server: &RunningServer, key_id: &str) -> Vec<(u32, bool)> {
+    let uuid = *uuid::Uuid::parse_str(key_id).unwrap().as_bytes();
+    server
+        .kms
+        .hsm()
+        .list_objects()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| Some((p11kms::hsm::ObjectId::from_bytes(&o.id)?, o.token)))
+        .filter(|(id, _)| id.key_id() == uuid)
+        .map(|(id, token)| (id.version(), token))
+        .collect()
+}
