@@ -1281,3 +1281,285 @@ async fn reconciliation_of_key_pairs() {
     drop((c, hsm));
     server.shutdown().await.unwrap();
 }
+
+/// ReEncrypt from and to RSA encryption keys (SourceEncryptionAlgorithm /
+/// DestinationEncryptionAlgorithm), every direction, with the bad inputs and authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_encrypt_with_rsa_keys() {
+    let server = start(&data_dir("catalogue-reencrypt")).await;
+    let mut c = admin(server.addr).await;
+    let a = create(&mut c, "RSA_2048", "ENCRYPT_DECRYPT").await;
+    let b = create(&mut c, "RSA_3072", "ENCRYPT_DECRYPT").await;
+    let sym = create(&mut c, "", "").await;
+    let signer = create(&mut c, "RSA_2048", "SIGN_VERIFY").await;
+    let ec = ctx(&[("purpose", "re-encrypt")]);
+    let rsa_encrypt = |key: &str, alg: &str, pt: &[u8]| pb::EncryptRequest {
+        key_id: key.into(),
+        plaintext: pt.to_vec(),
+        encryption_algorithm: alg.into(),
+        ..Default::default()
+    };
+    let re =
+        |blob: &[u8], src: Option<(&str, &str)>, dst: &str, dst_alg: &str| pb::ReEncryptRequest {
+            ciphertext_blob: blob.to_vec(),
+            source_key_id: src.map(|(k, _)| k.to_string()).unwrap_or_default(),
+            source_encryption_algorithm: src.map(|(_, a)| a.to_string()).unwrap_or_default(),
+            destination_key_id: dst.into(),
+            destination_encryption_algorithm: dst_alg.into(),
+            ..Default::default()
+        };
+    let rsa_decrypt = |key: &str, alg: &str, blob: &[u8]| pb::DecryptRequest {
+        ciphertext_blob: blob.to_vec(),
+        key_id: key.into(),
+        encryption_algorithm: alg.into(),
+        ..Default::default()
+    };
+
+    // RSA (SHA-256) -> symmetric, with a destination context.
+    let from_a = c
+        .encrypt(rsa_encrypt(&a.key_id, "RSAES_OAEP_SHA_256", b"rsa to aes"))
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let mut req = re(
+        &from_a,
+        Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+        &sym.key_id,
+        "",
+    );
+    req.destination_encryption_context = ec.clone();
+    let out = c.re_encrypt(req).await.unwrap().into_inner();
+    assert_eq!(out.source_key_id, a.arn);
+    assert_eq!(out.key_id, sym.arn);
+    assert_eq!(out.source_encryption_algorithm, "RSAES_OAEP_SHA_256");
+    assert_eq!(out.destination_encryption_algorithm, "SYMMETRIC_DEFAULT");
+    let d = c
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: out.ciphertext_blob.clone(),
+            encryption_context: ec.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.plaintext, b"rsa to aes");
+    assert_eq!(d.key_id, sym.arn);
+
+    // Symmetric (with its source context) -> RSA (SHA-1).
+    let from_sym = c
+        .encrypt(pb::EncryptRequest {
+            key_id: sym.key_id.clone(),
+            plaintext: b"aes to rsa".to_vec(),
+            encryption_context: ec.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let mut req = re(&from_sym, None, &b.key_id, "RSAES_OAEP_SHA_1");
+    req.source_encryption_context = ec.clone();
+    let out = c.re_encrypt(req).await.unwrap().into_inner();
+    assert_eq!(out.source_key_id, sym.arn);
+    assert_eq!(out.key_id, b.arn);
+    assert_eq!(out.ciphertext_blob.len(), 384, "an RSA-3072 ciphertext");
+    assert_eq!(out.destination_encryption_algorithm, "RSAES_OAEP_SHA_1");
+    let d = c
+        .decrypt(rsa_decrypt(
+            &b.key_id,
+            "RSAES_OAEP_SHA_1",
+            &out.ciphertext_blob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.plaintext, b"aes to rsa");
+    // Without the source context it does not open.
+    assert_eq!(
+        reason(
+            c.re_encrypt(re(&from_sym, None, &b.key_id, "RSAES_OAEP_SHA_1"))
+                .await
+        ),
+        "InvalidCiphertextException"
+    );
+
+    // RSA -> RSA (SHA-256 -> SHA-1), and onto the same key.
+    for (dst, dst_alg) in [(&b, "RSAES_OAEP_SHA_1"), (&a, "RSAES_OAEP_SHA_256")] {
+        let out = c
+            .re_encrypt(re(
+                &from_a,
+                Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+                &dst.key_id,
+                dst_alg,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("to {}: {e}", dst.key_spec))
+            .into_inner();
+        assert_ne!(out.ciphertext_blob, from_a);
+        let d = c
+            .decrypt(rsa_decrypt(&dst.key_id, dst_alg, &out.ciphertext_blob))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.plaintext, b"rsa to aes");
+    }
+
+    // Bad inputs, each refused with AWS's exception name.
+    let mut with_src_ctx = re(
+        &from_a,
+        Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+        &sym.key_id,
+        "",
+    );
+    with_src_ctx.source_encryption_context = ec.clone();
+    let mut with_dst_ctx = re(&from_sym, None, &b.key_id, "RSAES_OAEP_SHA_1");
+    with_dst_ctx.source_encryption_context = ec.clone();
+    with_dst_ctx.destination_encryption_context = ec.clone();
+    let mut tampered = from_a.clone();
+    tampered[10] ^= 1;
+    let long = c
+        .encrypt(pb::EncryptRequest {
+            key_id: sym.key_id.clone(),
+            plaintext: vec![7; 300],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    for (what, req, want) in [
+        (
+            "asymmetric source without SourceKeyId",
+            re(&from_a, Some(("", "RSAES_OAEP_SHA_256")), &sym.key_id, ""),
+            "ValidationException",
+        ),
+        (
+            "source context with an asymmetric source",
+            with_src_ctx,
+            "ValidationException",
+        ),
+        (
+            "destination context with an asymmetric destination",
+            with_dst_ctx,
+            "ValidationException",
+        ),
+        (
+            "unknown destination algorithm",
+            re(&from_sym, None, &b.key_id, "RSAES_PKCS1_V1_5"),
+            "ValidationException",
+        ),
+        (
+            "RSA algorithm on a symmetric source key",
+            re(
+                &from_a,
+                Some((&sym.key_id, "RSAES_OAEP_SHA_256")),
+                &b.key_id,
+                "RSAES_OAEP_SHA_1",
+            ),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "RSA algorithm on a symmetric destination key",
+            re(
+                &from_a,
+                Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+                &sym.key_id,
+                "RSAES_OAEP_SHA_1",
+            ),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "RSA signing key as destination",
+            re(
+                &from_a,
+                Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+                &signer.key_id,
+                "RSAES_OAEP_SHA_1",
+            ),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "RSA destination without its algorithm",
+            re(
+                &from_a,
+                Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+                &b.key_id,
+                "",
+            ),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "tampered RSA ciphertext",
+            re(
+                &tampered,
+                Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+                &sym.key_id,
+                "",
+            ),
+            "InvalidCiphertextException",
+        ),
+        (
+            "truncated RSA ciphertext",
+            re(
+                &from_a[..100],
+                Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+                &sym.key_id,
+                "",
+            ),
+            "InvalidCiphertextException",
+        ),
+        (
+            "the other OAEP hash",
+            re(
+                &from_a,
+                Some((&a.key_id, "RSAES_OAEP_SHA_1")),
+                &sym.key_id,
+                "",
+            ),
+            "InvalidCiphertextException",
+        ),
+        (
+            "300 bytes into RSA-2048 OAEP SHA-256 (at most 190)",
+            re(&long, None, &a.key_id, "RSAES_OAEP_SHA_256"),
+            "ValidationException",
+        ),
+    ] {
+        assert_eq!(reason(c.re_encrypt(req).await), want, "{what}");
+    }
+
+    // Authorization of both sides comes before any HSM call: user1 may re-encrypt from `a`
+    // (a grant) but not to `sym`; user2 may do neither.
+    c.create_grant(pb::CreateGrantRequest {
+        key_id: a.key_id.clone(),
+        grantee_principal: "arn:aws:iam::111122223333:user/user1".into(),
+        operations: vec!["ReEncryptFrom".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut user1 = client_as(server.addr, Some("user1")).await;
+    let mut user2 = client_as(server.addr, Some("user2")).await;
+    let ops = server.kms.hsm().total_ops();
+    for who in [&mut user1, &mut user2] {
+        assert_eq!(
+            reason(
+                who.re_encrypt(re(
+                    &from_a,
+                    Some((&a.key_id, "RSAES_OAEP_SHA_256")),
+                    &sym.key_id,
+                    ""
+                ))
+                .await
+            ),
+            "AccessDeniedException"
+        );
+    }
+    assert_eq!(
+        server.kms.hsm().total_ops(),
+        ops,
+        "a denied ReEncrypt reached the HSM"
+    );
+    drop((c, user1, user2));
+    server.shutdown().await.unwrap();
+}

@@ -11,13 +11,17 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
-use super::crypto::{DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse};
-use super::keys::key_material_id;
+use super::crypto::{
+    aad_builder, blob_from, canonical, check_symmetric_usage, DecryptRequest, DecryptResponse,
+    EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse, SourceBlob,
+    MAX_CIPHERTEXT,
+};
+use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KNOWN_MESSAGE_TYPES};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext;
-use crate::hsm::{GcmSealed, ObjectId, PairSpec, ShaAlg};
+use crate::hsm::{ObjectId, PairSpec, ShaAlg};
 use crate::identity::Caller;
 
 /// Largest Sign/Verify/GenerateMac message.
@@ -213,20 +217,6 @@ fn no_context(member: &str, ctx: &BTreeMap<String, String>) -> Result<(), KmsErr
             "{member} is not supported for asymmetric keys."
         )))
     }
-}
-
-type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
-
-fn aad_builder(object: ObjectId, canonical_ctx: Vec<u8>) -> AadBuilder {
-    Box::new(move |iv: &[u8; 12]| {
-        let header = ciphertext::header(&object.key_id(), object.version(), iv);
-        ciphertext::aad(&header, &canonical_ctx)
-    })
-}
-
-fn blob_from(object: ObjectId, sealed: &GcmSealed) -> Vec<u8> {
-    let header = ciphertext::header(&object.key_id(), object.version(), &sealed.iv);
-    ciphertext::assemble(&header, &sealed.ciphertext_and_tag)
 }
 
 impl Kms {
@@ -461,6 +451,187 @@ impl Kms {
             plaintext,
             encryption_algorithm: algorithm,
             key_material_id: key_material_id(object),
+        })
+    }
+
+    /// ReEncrypt where the source or the destination (or both) is an RSA encryption key
+    /// (`SourceEncryptionAlgorithm` / `DestinationEncryptionAlgorithm` RSAES_OAEP_SHA_1/256).
+    /// Both sides are authorized (kms:ReEncryptFrom, kms:ReEncryptTo, with
+    /// kms:EncryptionAlgorithm and kms:ReEncryptOnSameKey) before any HSM call. The plaintext
+    /// is decrypted on the device into a zeroizing buffer and encrypted again on the device;
+    /// it never leaves the daemon.
+    pub(crate) async fn re_encrypt_asymmetric(
+        &self,
+        caller: &Caller,
+        req: ReEncryptRequest,
+        src_hash: Option<ShaAlg>,
+        dst_hash: Option<ShaAlg>,
+    ) -> Result<ReEncryptResponse, KmsError> {
+        self.check_grant_tokens(&req.grant_tokens)?;
+        let src_alg = req
+            .source_encryption_algorithm
+            .clone()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| SYMMETRIC_DEFAULT.into());
+        let dst_alg = req
+            .destination_encryption_algorithm
+            .clone()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| SYMMETRIC_DEFAULT.into());
+        for (member, alg, hash) in [
+            ("sourceEncryptionAlgorithm", &src_alg, src_hash),
+            ("destinationEncryptionAlgorithm", &dst_alg, dst_hash),
+        ] {
+            if hash.is_none() && alg != SYMMETRIC_DEFAULT {
+                return Err(KmsError::validation(
+                    member,
+                    "Member must satisfy enum value set: [SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256, SM2PKE]",
+                ));
+            }
+        }
+        validate::blob_len(
+            "ciphertextBlob",
+            req.ciphertext_blob.len(),
+            1,
+            MAX_CIPHERTEXT,
+        )?;
+        let dest_ctx = match dst_hash {
+            Some(_) => {
+                no_context(
+                    "DestinationEncryptionContext",
+                    &req.destination_encryption_context,
+                )?;
+                None
+            }
+            None => Some(canonical(
+                "destinationEncryptionContext",
+                &req.destination_encryption_context,
+            )?),
+        };
+        let dest = self.resolve(caller, &req.destination_key_id, true)?;
+        let on_same_key = |same: bool| {
+            (
+                "kms:ReEncryptOnSameKey",
+                CtxValue::one(if same { "true" } else { "false" }),
+            )
+        };
+
+        // The source side: located and authorized, not yet decrypted.
+        enum Source {
+            Rsa(Resolved, ObjectId, ShaAlg),
+            Gcm(super::crypto::OpenedBlob),
+        }
+        let source = match src_hash {
+            Some(hash) => {
+                let key_id = match req.source_key_id.as_deref() {
+                    Some(k) if !k.is_empty() => k,
+                    _ => {
+                        return Err(KmsError::Validation(
+                            "SourceKeyId is required to re-encrypt from an asymmetric key.".into(),
+                        ))
+                    }
+                };
+                no_context("SourceEncryptionContext", &req.source_encryption_context)?;
+                let resolved = self.resolve(caller, key_id, true)?;
+                let (k, v) = on_same_key(resolved.key.uuid == dest.key.uuid);
+                self.authorize(
+                    caller,
+                    AuthzRequest::on_key("kms:ReEncryptFrom", &resolved)
+                        .with("kms:EncryptionAlgorithm", CtxValue::one(src_alg.as_str()))
+                        .with(k, v),
+                )?;
+                check_state(&resolved.key, StateClass::Use)?;
+                let bits = Self::rsa_encryption_key(&resolved, &src_alg)?;
+                if req.ciphertext_blob.len() != (bits / 8) as usize {
+                    return Err(KmsError::InvalidCiphertext(
+                        "The ciphertext is invalid.".into(),
+                    ));
+                }
+                let object = resolved.key.current_object();
+                Source::Rsa(resolved, object, hash)
+            }
+            None => {
+                let same_key = ciphertext::parse(&req.ciphertext_blob)
+                    .map(|p| p.key_id == dest.key.uuid)
+                    .unwrap_or(false);
+                Source::Gcm(self.open_blob(
+                    caller,
+                    SourceBlob {
+                        blob: &req.ciphertext_blob,
+                        ctx_member: "sourceEncryptionContext",
+                        ctx: &req.source_encryption_context,
+                        expected_key: req.source_key_id.as_deref(),
+                    },
+                    "kms:ReEncryptFrom",
+                    Some(on_same_key(same_key)),
+                )?)
+            }
+        };
+        let (source_key, source_object) = match &source {
+            Source::Rsa(r, o, _) => (r.key.arn.clone(), *o),
+            Source::Gcm(b) => (b.resolved.key.arn.clone(), b.object),
+        };
+
+        // The destination side, authorized before any HSM call.
+        let (k, v) = on_same_key(source_object.key_id() == dest.key.uuid);
+        let mut to = AuthzRequest::on_key("kms:ReEncryptTo", &dest).with(k, v);
+        to = match dst_hash {
+            Some(_) => to.with("kms:EncryptionAlgorithm", CtxValue::one(dst_alg.as_str())),
+            None => to.context(&req.destination_encryption_context),
+        };
+        self.authorize(caller, to)?;
+        check_state(&dest.key, StateClass::Use)?;
+        let dest_bits = match dst_hash {
+            Some(_) => Some(Self::rsa_encryption_key(&dest, &dst_alg)?),
+            None => {
+                check_symmetric_usage(&dest)?;
+                None
+            }
+        };
+        let dest_object = dest.key.current_object();
+
+        let plaintext = match source {
+            Source::Rsa(_, object, hash) => {
+                self.hsm
+                    .rsa_decrypt(object, hash, req.ciphertext_blob)
+                    .await?
+            }
+            Source::Gcm(b) => {
+                self.hsm
+                    .decrypt_gcm(b.object, b.iv, b.ciphertext_and_tag, b.aad)
+                    .await?
+            }
+        };
+        let ciphertext_blob = match (dst_hash, dest_bits, dest_ctx) {
+            (Some(hash), Some(bits), _) => {
+                let max = specs::oaep_max_plaintext(bits, hash);
+                if plaintext.len() > max {
+                    return Err(KmsError::Validation(format!(
+                        "The plaintext of the source ciphertext ({} bytes) is too long for {dst_alg} with a {bits}-bit key: at most {max} bytes.",
+                        plaintext.len()
+                    )));
+                }
+                self.hsm.rsa_encrypt(dest_object, hash, plaintext).await?
+            }
+            (_, _, Some(ctx)) => {
+                let sealed = self
+                    .hsm
+                    .encrypt_gcm(dest_object, plaintext, aad_builder(dest_object, ctx))
+                    .await?;
+                blob_from(dest_object, &sealed)
+            }
+            _ => unreachable!(
+                "a destination is either RSA (with its size) or symmetric (with its context)"
+            ),
+        };
+        Ok(ReEncryptResponse {
+            ciphertext_blob,
+            source_key_id: source_key,
+            key_id: dest.key.arn.clone(),
+            source_encryption_algorithm: src_alg,
+            destination_encryption_algorithm: dst_alg,
+            source_key_material_id: key_material_id(source_object),
+            destination_key_material_id: key_material_id(dest_object),
         })
     }
 

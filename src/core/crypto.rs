@@ -144,7 +144,7 @@ fn check_algorithm(member: &str, alg: Option<&str>) -> Result<(), KmsError> {
     }
 }
 
-fn check_symmetric_usage(resolved: &Resolved) -> Result<(), KmsError> {
+pub(super) fn check_symmetric_usage(resolved: &Resolved) -> Result<(), KmsError> {
     let r = &resolved.key.record;
     if r.key_usage != ENCRYPT_DECRYPT || r.key_spec != SYMMETRIC_DEFAULT {
         return Err(KmsError::InvalidKeyUsage(format!(
@@ -155,23 +155,26 @@ fn check_symmetric_usage(resolved: &Resolved) -> Result<(), KmsError> {
     Ok(())
 }
 
-fn canonical(member: &str, ctx: &BTreeMap<String, String>) -> Result<Vec<u8>, KmsError> {
+/// A validated encryption context in its canonical (AAD) form.
+pub(super) fn canonical(member: &str, ctx: &BTreeMap<String, String>) -> Result<Vec<u8>, KmsError> {
     validate::encryption_context(member, ctx)?;
     ciphertext::canonical_context(ctx)
         .ok_or_else(|| KmsError::validation(member, "Member values must be shorter than 64 KiB"))
 }
 
 /// A closure that builds the AAD once the HSM has chosen the IV.
-type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
+pub(super) type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
 
-fn aad_builder(object: ObjectId, canonical_ctx: Vec<u8>) -> AadBuilder {
+/// The GCM AAD builder of a new ciphertext under `object` with `canonical_ctx`.
+pub(super) fn aad_builder(object: ObjectId, canonical_ctx: Vec<u8>) -> AadBuilder {
     Box::new(move |iv: &[u8; 12]| {
         let header = ciphertext::header(&object.key_id(), object.version(), iv);
         ciphertext::aad(&header, &canonical_ctx)
     })
 }
 
-fn blob_from(object: ObjectId, sealed: &GcmSealed) -> Vec<u8> {
+/// The ciphertext blob of `sealed` under `object`.
+pub(super) fn blob_from(object: ObjectId, sealed: &GcmSealed) -> Vec<u8> {
     let header = ciphertext::header(&object.key_id(), object.version(), &sealed.iv);
     ciphertext::assemble(&header, &sealed.ciphertext_and_tag)
 }
@@ -181,22 +184,22 @@ fn invalid_ciphertext() -> KmsError {
 }
 
 /// A ciphertext as a request presents it.
-struct SourceBlob<'a> {
-    blob: &'a [u8],
+pub(super) struct SourceBlob<'a> {
+    pub(super) blob: &'a [u8],
     /// The request member holding the context (for validation messages).
-    ctx_member: &'static str,
-    ctx: &'a BTreeMap<String, String>,
+    pub(super) ctx_member: &'static str,
+    pub(super) ctx: &'a BTreeMap<String, String>,
     /// The KeyId the caller says the blob is under, if any.
-    expected_key: Option<&'a str>,
+    pub(super) expected_key: Option<&'a str>,
 }
 
 /// A parsed, located source ciphertext, ready for the HSM.
-struct OpenedBlob {
-    resolved: Resolved,
-    object: ObjectId,
-    iv: [u8; 12],
-    ciphertext_and_tag: Vec<u8>,
-    aad: Vec<u8>,
+pub(super) struct OpenedBlob {
+    pub(super) resolved: Resolved,
+    pub(super) object: ObjectId,
+    pub(super) iv: [u8; 12],
+    pub(super) ciphertext_and_tag: Vec<u8>,
+    pub(super) aad: Vec<u8>,
 }
 
 impl Kms {
@@ -237,7 +240,7 @@ impl Kms {
 
     /// Parses a blob, finds its key, checks an optional expected key, authorizes `action`
     /// and checks state. The order is AWS's: parse, look up, KeyId match, authorize, state.
-    fn open_blob(
+    pub(super) fn open_blob(
         &self,
         caller: &Caller,
         src: SourceBlob<'_>,
@@ -337,6 +340,19 @@ impl Kms {
         caller: &Caller,
         req: ReEncryptRequest,
     ) -> Result<ReEncryptResponse, KmsError> {
+        let src_hash = req
+            .source_encryption_algorithm
+            .as_deref()
+            .and_then(oaep_hash);
+        let dst_hash = req
+            .destination_encryption_algorithm
+            .as_deref()
+            .and_then(oaep_hash);
+        if src_hash.is_some() || dst_hash.is_some() {
+            return self
+                .re_encrypt_asymmetric(caller, req, src_hash, dst_hash)
+                .await;
+        }
         self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm(
             "sourceEncryptionAlgorithm",
