@@ -1563,3 +1563,260 @@ async fn re_encrypt_with_rsa_keys() {
     drop((c, user1, user2));
     server.shutdown().await.unwrap();
 }
+
+/// A fresh EC key pair made by the OpenSSL CLI on `curve` (`P-256`, ...): (its DER SPKI, and
+/// the ECDH secret OpenSSL derives between it and `peer_spki`).
+fn openssl_ecdh(curve: &str, peer_spki: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("mine.pem");
+    let public = dir.path().join("mine.der");
+    let peer = dir.path().join("peer.der");
+    let secret = dir.path().join("secret.bin");
+    std::fs::write(&peer, peer_spki).unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |x: &'static str| std::ffi::OsStr::new(x);
+    let curve_opt = format!("ec_paramgen_curve:{curve}");
+    run(&[
+        s("genpkey"),
+        s("-algorithm"),
+        s("EC"),
+        s("-pkeyopt"),
+        curve_opt.as_ref(),
+        s("-out"),
+        key.as_os_str(),
+    ]);
+    run(&[
+        s("pkey"),
+        s("-in"),
+        key.as_os_str(),
+        s("-pubout"),
+        s("-outform"),
+        s("DER"),
+        s("-out"),
+        public.as_os_str(),
+    ]);
+    run(&[
+        s("pkeyutl"),
+        s("-derive"),
+        s("-inkey"),
+        key.as_os_str(),
+        s("-peerkey"),
+        peer.as_os_str(),
+        s("-peerform"),
+        s("DER"),
+        s("-out"),
+        secret.as_os_str(),
+    ]);
+    (
+        std::fs::read(&public).unwrap(),
+        std::fs::read(&secret).unwrap(),
+    )
+}
+
+/// DeriveSharedSecret (KEY_AGREEMENT keys, ECDH on the device) agrees with OpenSSL on every
+/// NIST curve; bad inputs and unauthorized callers are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derive_shared_secret_agrees_with_openssl() {
+    let server = start(&data_dir("catalogue-ecdh")).await;
+    let mut c = admin(server.addr).await;
+    let derive = |key: &str, alg: &str, spki: &[u8]| pb::DeriveSharedSecretRequest {
+        key_id: key.into(),
+        key_agreement_algorithm: alg.into(),
+        public_key: spki.to_vec(),
+        grant_tokens: vec![],
+    };
+    let mut keys = Vec::new();
+    for (spec, curve, len) in [
+        ("ECC_NIST_P256", "P-256", 32),
+        ("ECC_NIST_P384", "P-384", 48),
+        ("ECC_NIST_P521", "P-521", 66),
+    ] {
+        let m = create(&mut c, spec, "KEY_AGREEMENT").await;
+        assert_eq!(m.key_usage, "KEY_AGREEMENT");
+        assert_eq!(m.key_agreement_algorithms, vec!["ECDH"]);
+        assert!(m.signing_algorithms.is_empty() && m.encryption_algorithms.is_empty());
+        let pk = c
+            .get_public_key(pb::GetPublicKeyRequest {
+                key_id: m.key_id.clone(),
+                grant_tokens: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(pk.key_agreement_algorithms, vec!["ECDH"]);
+        for _ in 0..2 {
+            let (peer_spki, expected) = openssl_ecdh(curve, &pk.public_key);
+            assert_eq!(expected.len(), len);
+            let out = c
+                .derive_shared_secret(derive(&m.key_id, "ECDH", &peer_spki))
+                .await
+                .unwrap_or_else(|e| panic!("DeriveSharedSecret {spec}: {e}"))
+                .into_inner();
+            assert_eq!(
+                out.shared_secret, expected,
+                "{spec}: p11kms and OpenSSL agree"
+            );
+            assert_eq!(out.key_id, m.arn);
+            assert_eq!(out.key_agreement_algorithm, "ECDH");
+            assert_eq!(out.key_origin, "AWS_KMS");
+        }
+        // The private half may derive and nothing else.
+        let a = server
+            .kms
+            .hsm()
+            .key_pair_attributes(object(&m.key_id), true)
+            .await
+            .unwrap();
+        assert!(a.derive && !a.sign && !a.decrypt && !a.unwrap, "{a:?}");
+        assert!(
+            a.sensitive && !a.extractable && a.never_extractable,
+            "{a:?}"
+        );
+        assert_eq!(a.allowed_mechanisms, vec!["ECDH1_DERIVE".to_string()]);
+        keys.push((m, pk.public_key));
+    }
+    let (p256, p256_spki) = &keys[0];
+    let (p384, _) = &keys[1];
+
+    // Usages and specs.
+    for (spec, usage) in [
+        ("ECC_SECG_P256K1", "KEY_AGREEMENT"),
+        ("RSA_2048", "KEY_AGREEMENT"),
+    ] {
+        let r = c
+            .create_key(pb::CreateKeyRequest {
+                key_spec: spec.into(),
+                key_usage: usage.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(reason(r), "ValidationException", "{spec} {usage}");
+    }
+    let signer = create(&mut c, "ECC_NIST_P256", "SIGN_VERIFY").await;
+    let sym = create(&mut c, "", "").await;
+    assert_eq!(
+        reason(
+            c.sign(sign_req(&p256.key_id, b"m", "RAW", "ECDSA_SHA_256"))
+                .await
+        ),
+        "InvalidKeyUsageException"
+    );
+
+    // Bad inputs.
+    let (peer_spki, _) = openssl_ecdh("P-256", p256_spki);
+    let (p384_peer, _) = openssl_ecdh("P-384", &keys[1].1);
+    let mut off_curve = peer_spki.clone();
+    *off_curve.last_mut().unwrap() ^= 1;
+    for (what, req, want) in [
+        (
+            "unknown algorithm",
+            derive(&p256.key_id, "ECDHE", &peer_spki),
+            "ValidationException",
+        ),
+        (
+            "no algorithm",
+            derive(&p256.key_id, "", &peer_spki),
+            "ValidationException",
+        ),
+        (
+            "no public key",
+            derive(&p256.key_id, "ECDH", &[]),
+            "ValidationException",
+        ),
+        (
+            "public key on another curve",
+            derive(&p256.key_id, "ECDH", &p384_peer),
+            "ValidationException",
+        ),
+        (
+            "not DER",
+            derive(&p256.key_id, "ECDH", b"not a public key"),
+            "ValidationException",
+        ),
+        (
+            "point not on the curve",
+            derive(&p256.key_id, "ECDH", &off_curve),
+            "ValidationException",
+        ),
+        (
+            "a signing key",
+            derive(&signer.key_id, "ECDH", &peer_spki),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "a symmetric key",
+            derive(&sym.key_id, "ECDH", &peer_spki),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "an unknown key",
+            derive("alias/nothing-here", "ECDH", &peer_spki),
+            "NotFoundException",
+        ),
+    ] {
+        assert_eq!(reason(c.derive_shared_secret(req).await), want, "{what}");
+    }
+    // After those refusals the key still works.
+    c.derive_shared_secret(derive(
+        &p384.key_id,
+        "ECDH",
+        &openssl_ecdh("P-384", &keys[1].1).0,
+    ))
+    .await
+    .unwrap();
+
+    // Disabled; and callers without permission never reach the device.
+    c.disable_key(pb::DisableKeyRequest {
+        key_id: p384.key_id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reason(
+            c.derive_shared_secret(derive(&p384.key_id, "ECDH", &p384_peer))
+                .await
+        ),
+        "DisabledException"
+    );
+    let mut user2 = client_as(server.addr, Some("user2")).await;
+    let ops = server.kms.hsm().total_ops();
+    assert_eq!(
+        reason(
+            user2
+                .derive_shared_secret(derive(&p256.key_id, "ECDH", &peer_spki))
+                .await
+        ),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        server.kms.hsm().total_ops(),
+        ops,
+        "a denied request reached the HSM"
+    );
+    // A grant for DeriveSharedSecret lets user1 derive.
+    c.create_grant(pb::CreateGrantRequest {
+        key_id: p256.key_id.clone(),
+        grantee_principal: "arn:aws:iam::111122223333:user/user1".into(),
+        operations: vec!["DeriveSharedSecret".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut user1 = client_as(server.addr, Some("user1")).await;
+    let (peer, expected) = openssl_ecdh("P-256", p256_spki);
+    let out = user1
+        .derive_shared_secret(derive(&p256.key_id, "ECDH", &peer))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.shared_secret, expected);
+    drop((c, user1, user2));
+    server.shutdown().await.unwrap();
+}

@@ -561,6 +561,7 @@ pub fn is_read_only(name: &str) -> bool {
         "VerifyMac",
         "Sign",
         "Verify",
+        "DeriveSharedSecret",
     ];
     name.starts_with("Describe")
         || name.starts_with("List")

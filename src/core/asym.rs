@@ -17,11 +17,11 @@ use super::crypto::{
     MAX_CIPHERTEXT,
 };
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KNOWN_MESSAGE_TYPES};
+use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KEY_AGREEMENT, KNOWN_MESSAGE_TYPES};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext;
-use crate::hsm::{ObjectId, PairSpec, ShaAlg};
+use crate::hsm::{HsmErrorKind, ObjectId, PairSpec, ShaAlg};
 use crate::identity::Caller;
 
 /// Largest Sign/Verify/GenerateMac message.
@@ -79,6 +79,37 @@ pub struct GetPublicKeyResponse {
     pub key_usage: String,
     pub encryption_algorithms: Vec<String>,
     pub signing_algorithms: Vec<String>,
+    pub key_agreement_algorithms: Vec<String>,
+}
+
+/// DeriveSharedSecret input.
+#[derive(Debug, Default)]
+pub struct DeriveSharedSecretRequest {
+    pub key_id: String,
+    pub key_agreement_algorithm: Option<String>,
+    /// The peer's DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    pub grant_tokens: Vec<String>,
+}
+
+/// DeriveSharedSecret output.
+pub struct DeriveSharedSecretResponse {
+    /// The key ARN.
+    pub key_id: String,
+    /// The raw ECDH shared secret.
+    pub shared_secret: Zeroizing<Vec<u8>>,
+    pub key_agreement_algorithm: String,
+    pub key_origin: String,
+}
+
+impl std::fmt::Debug for DeriveSharedSecretResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeriveSharedSecretResponse")
+            .field("key_id", &self.key_id)
+            .field("shared_secret", &"<redacted>")
+            .field("key_agreement_algorithm", &self.key_agreement_algorithm)
+            .finish()
+    }
 }
 
 /// GenerateMac / VerifyMac input (`mac` only for VerifyMac).
@@ -347,6 +378,72 @@ impl Kms {
             key_usage: r.key_usage.clone(),
             encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
             signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
+            key_agreement_algorithms: specs::key_agreement_algorithms(&r.key_spec, &r.key_usage),
+        })
+    }
+
+    /// DeriveSharedSecret: ECDH on the device between the key's private half and the peer's
+    /// public key (a DER SubjectPublicKeyInfo on the same curve). The raw shared secret is
+    /// returned (AWS's answer without a Recipient); the private key never leaves the device.
+    pub async fn derive_shared_secret(
+        &self,
+        caller: &Caller,
+        req: DeriveSharedSecretRequest,
+    ) -> Result<DeriveSharedSecretResponse, KmsError> {
+        let algorithm = req.key_agreement_algorithm.clone().unwrap_or_default();
+        if algorithm != "ECDH" {
+            return Err(KmsError::validation(
+                "keyAgreementAlgorithm",
+                "Member must satisfy enum value set: [ECDH]",
+            ));
+        }
+        validate::blob_len("publicKey", req.public_key.len(), 1, 8192)?;
+        self.check_grant_tokens(&req.grant_tokens)?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:DeriveSharedSecret", &resolved).with(
+                "kms:KeyAgreementAlgorithm",
+                CtxValue::one(algorithm.as_str()),
+            ),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let r = &resolved.key.record;
+        let curve = match pair_of(&resolved) {
+            Some(PairSpec::Ec(curve)) if r.key_usage == KEY_AGREEMENT => curve,
+            _ => {
+                return Err(KmsError::InvalidKeyUsage(format!(
+                    "{} ({} {}) is not a KEY_AGREEMENT key; DeriveSharedSecret needs one.",
+                    resolved.key.arn, r.key_spec, r.key_usage
+                )))
+            }
+        };
+        let Some(point) = crate::hsm::Hsm::ec_point_from_spki(&req.public_key, curve) else {
+            return Err(KmsError::Validation(format!(
+                "PublicKey must be a DER-encoded X.509 SubjectPublicKeyInfo of an elliptic-curve \
+                 key on the curve of {} ({}), with an uncompressed point.",
+                resolved.key.arn, r.key_spec
+            )));
+        };
+        let object = resolved.key.current_object();
+        super::record::key_version(object.version());
+        let shared_secret = match self.hsm.derive_shared_secret(object, curve, point).await {
+            Ok(s) => s,
+            // A well-formed SPKI whose point the device refuses (not on the curve): the
+            // caller's input, not the device, when the device is otherwise well.
+            Err(e) if e.function == "C_DeriveKey" && e.kind == HsmErrorKind::Other => {
+                tracing::info!(error = %e, "DeriveSharedSecret: the device refused the public key");
+                return Err(KmsError::Validation(
+                    "PublicKey is not a valid point on the key's curve.".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(DeriveSharedSecretResponse {
+            key_id: resolved.key.arn.clone(),
+            shared_secret,
+            key_agreement_algorithm: algorithm,
+            key_origin: r.origin.clone(),
         })
     }
 

@@ -71,6 +71,7 @@ const KEY_ACTIONS: &[&str] = &[
     "kms:GetPublicKey",
     "kms:GenerateMac",
     "kms:VerifyMac",
+    "kms:DeriveSharedSecret",
     "kms:GenerateDataKeyPair",
     "kms:GenerateDataKeyPairWithoutPlaintext",
     "kms:EnableKeyRotation",

@@ -81,6 +81,8 @@ pub struct KeyMetadata {
     pub encryption_algorithms: Vec<String>,
     pub signing_algorithms: Vec<String>,
     pub mac_algorithms: Vec<String>,
+    /// KEY_AGREEMENT keys: `ECDH`.
+    pub key_agreement_algorithms: Vec<String>,
     pub multi_region: bool,
     pub pending_deletion_window_in_days: Option<i32>,
     pub current_key_material_id: String,
@@ -167,6 +169,7 @@ impl Kms {
             encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
             signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
             mac_algorithms: specs::mac_algorithms(&r.key_spec),
+            key_agreement_algorithms: specs::key_agreement_algorithms(&r.key_spec, &r.key_usage),
             multi_region: false,
             pending_deletion_window_in_days: r.pending_window_days,
             current_key_material_id: if key.versions.is_empty() {
@@ -228,11 +231,6 @@ impl Kms {
             )));
         };
         if !specs::usages(spec).contains(&usage) {
-            if usage == "KEY_AGREEMENT" && spec.starts_with("ECC_NIST_P") {
-                return Err(KmsError::UnsupportedOperation(format!(
-                    "KeyUsage {usage} is not supported by this p11kms build."
-                )));
-            }
             return Err(KmsError::Validation(format!(
                 "KeyUsage {usage} is not compatible with KeySpec {spec}."
             )));

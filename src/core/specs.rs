@@ -12,6 +12,8 @@ pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
 pub const SIGN_VERIFY: &str = "SIGN_VERIFY";
 /// The usage of HMAC keys.
 pub const GENERATE_VERIFY_MAC: &str = "GENERATE_VERIFY_MAC";
+/// KeyUsage of ECC keys that derive shared secrets (DeriveSharedSecret, ECDH).
+pub const KEY_AGREEMENT: &str = "KEY_AGREEMENT";
 
 /// Every SigningAlgorithm value of the API (for enum validation).
 pub const KNOWN_SIGNING_ALGORITHMS: &[&str] = &[
@@ -81,7 +83,8 @@ pub fn usages(spec: &str) -> &'static [&'static str] {
     match kind(spec) {
         Some(SpecKind::Symmetric) => &[ENCRYPT_DECRYPT],
         Some(SpecKind::Pair(PairSpec::Rsa(_))) => &[ENCRYPT_DECRYPT, SIGN_VERIFY],
-        Some(SpecKind::Pair(PairSpec::Ec(_))) => &[SIGN_VERIFY],
+        Some(SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1))) => &[SIGN_VERIFY],
+        Some(SpecKind::Pair(PairSpec::Ec(_))) => &[SIGN_VERIFY, KEY_AGREEMENT],
         Some(SpecKind::Hmac(_)) => &[GENERATE_VERIFY_MAC],
         None => &[],
     }
@@ -89,10 +92,18 @@ pub fn usages(spec: &str) -> &'static [&'static str] {
 
 /// The HSM usage of a key pair's private half.
 pub fn pair_usage(usage: &str) -> PairUsage {
-    if usage == SIGN_VERIFY {
-        PairUsage::Sign
-    } else {
-        PairUsage::Decrypt
+    match usage {
+        SIGN_VERIFY => PairUsage::Sign,
+        KEY_AGREEMENT => PairUsage::KeyAgreement,
+        _ => PairUsage::Decrypt,
+    }
+}
+
+/// KeyMetadata's KeyAgreementAlgorithms.
+pub fn key_agreement_algorithms(spec: &str, usage: &str) -> Vec<String> {
+    match kind(spec) {
+        Some(SpecKind::Pair(PairSpec::Ec(_))) if usage == KEY_AGREEMENT => vec!["ECDH".into()],
+        _ => Vec::new(),
     }
 }
 
@@ -281,6 +292,13 @@ pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
 /// Grant operations that make sense for a key of `spec`/`usage` (kms-spec 1.5 CreateGrant).
 pub fn grant_operations(spec: &str, usage: &str) -> &'static [&'static str] {
     match kind(spec) {
+        Some(SpecKind::Pair(_)) if usage == KEY_AGREEMENT => &[
+            "DeriveSharedSecret",
+            "GetPublicKey",
+            "CreateGrant",
+            "RetireGrant",
+            "DescribeKey",
+        ],
         Some(SpecKind::Pair(_)) if usage == SIGN_VERIFY => &[
             "Sign",
             "Verify",

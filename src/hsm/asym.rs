@@ -17,6 +17,7 @@
 use std::time::Instant;
 
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -109,6 +110,8 @@ pub enum PairUsage {
     Sign,
     /// Decrypt with RSA-OAEP (public half: encrypt).
     Decrypt,
+    /// ECDH key agreement (`CKM_ECDH1_DERIVE` with the private half; public half: nothing).
+    KeyAgreement,
 }
 
 /// A SHA hash used by a signature or OAEP scheme.
@@ -237,6 +240,9 @@ fn allowed(spec: PairSpec, usage: PairUsage) -> Vec<MechanismType> {
         (PairSpec::Rsa(_), PairUsage::Decrypt) => {
             vec![MechanismType::RSA_PKCS_OAEP, MechanismType::RSA_X_509]
         }
+        // Never created: RSA keys do not agree keys (specs::usages).
+        (PairSpec::Rsa(_), PairUsage::KeyAgreement) => Vec::new(),
+        (PairSpec::Ec(_), PairUsage::KeyAgreement) => vec![MechanismType::ECDH1_DERIVE],
         (PairSpec::Ec(_), _) => vec![MechanismType::ECDSA],
     }
 }
@@ -305,7 +311,7 @@ fn cmk_private_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<
         Attribute::Sign(usage == PairUsage::Sign),
         Attribute::Decrypt(usage == PairUsage::Decrypt),
         Attribute::Unwrap(false),
-        Attribute::Derive(false),
+        Attribute::Derive(usage == PairUsage::KeyAgreement),
         Attribute::AllowedMechanisms(allowed(spec, usage)),
         Attribute::Id(id.0.to_vec()),
         Attribute::Label(id.label().into_bytes()),
@@ -557,6 +563,80 @@ fn sign_mechanism(scheme: SignScheme, digest_len: usize) -> Mechanism<'static> {
 
 fn bad_input(ctx: &WorkerCtx, function: &'static str, what: &str) -> HsmError {
     HsmError::new(HsmErrorKind::Other, function, ctx.token(), what.to_string())
+}
+
+/// ECDH (`CKM_ECDH1_DERIVE`, null KDF) between the private key `id` on `curve` and the peer's
+/// uncompressed `point`: the raw shared secret (the x coordinate, `field_len` bytes). The
+/// secret is derived into a short-lived extractable session object, read and destroyed in
+/// the same job; the private key never leaves the device.
+pub(crate) fn derive_shared_secret(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    curve: Curve,
+    point: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::ValueLen((curve.field_len() as u64).into()),
+        Attribute::Label(b"p11kms/shared-secret".to_vec()),
+    ];
+    let derived = with_copy(ctx, &id, Part::Private, |ctx, h| {
+        let params = Ecdh1DeriveParams::new(EcKdf::null(), point);
+        ctx.count("C_DeriveKey");
+        let t = Instant::now();
+        let r = ctx
+            .session
+            .derive_key(&Mechanism::Ecdh1Derive(params), h, &template);
+        ctx.observe("C_DeriveKey", t);
+        r.map_err(|e| {
+            let mut err = ctx.fail("C_DeriveKey", &e);
+            // SoftHSM2 answers CKR_GENERAL_ERROR for a point that is not on the curve: on a
+            // session that is still well, that is the caller's input, not a sick device.
+            if err.kind == HsmErrorKind::Unavailable
+                && matches!(
+                    e,
+                    CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _)
+                )
+                && ops::session_logged_in(ctx)
+            {
+                err.kind = HsmErrorKind::Other;
+                err.detail = Some("the device refused the peer's public key".into());
+            }
+            err
+        })
+    })?;
+    ctx.count("C_GetAttributeValue");
+    let value = ctx
+        .session
+        .get_attributes(derived, &[AttributeType::Value])
+        .map_err(|e| ctx.fail("C_GetAttributeValue", &e));
+    destroy_quietly(ctx, &[derived], "derived shared secret");
+    let secret = value?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(Zeroizing::new(v)),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            bad_input(
+                ctx,
+                "C_GetAttributeValue",
+                "the derived secret has no value",
+            )
+        })?;
+    if secret.len() != curve.field_len() {
+        return Err(bad_input(
+            ctx,
+            "C_DeriveKey",
+            "the derived secret has the wrong length",
+        ));
+    }
+    Ok(secret)
 }
 
 /// Sign `digest` with the private key `id`. ECDSA answers are DER-encoded.

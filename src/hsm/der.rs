@@ -19,6 +19,7 @@ const SEQUENCE: u8 = 0x30;
 const INTEGER: u8 = 0x02;
 const BIT_STRING: u8 = 0x03;
 const OCTET_STRING: u8 = 0x04;
+const OID: u8 = 0x06;
 
 /// One TLV with a definite length.
 pub(crate) fn tlv(tag: u8, content: &[u8]) -> Zeroizing<Vec<u8>> {
@@ -86,6 +87,34 @@ pub(crate) fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
 pub(crate) fn ec_spki(curve_oid: &[u8], point: &[u8]) -> Vec<u8> {
     let alg = seq(&[OID_EC_PUBLIC_KEY, curve_oid]);
     seq(&[&alg, &bits(point)]).to_vec()
+}
+
+/// The uncompressed point of an EC `SubjectPublicKeyInfo` on the curve `curve_oid` (DER
+/// OID): `None` unless `spki` is exactly one SEQUENCE of the id-ecPublicKey algorithm with that
+/// named curve and a BIT STRING holding an uncompressed point of `field_len`-byte coordinates.
+/// Whether the point is on the curve is left to the device.
+pub(crate) fn ec_point_from_spki(
+    spki: &[u8],
+    curve_oid: &[u8],
+    field_len: usize,
+) -> Option<Vec<u8>> {
+    let (SEQUENCE, body, []) = read_tlv(spki)? else {
+        return None;
+    };
+    let (SEQUENCE, alg, rest) = read_tlv(body)? else {
+        return None;
+    };
+    let (BIT_STRING, key, []) = read_tlv(rest)? else {
+        return None;
+    };
+    let (OID, oid, params) = read_tlv(alg)? else {
+        return None;
+    };
+    if oid != &OID_EC_PUBLIC_KEY[2..] || params != curve_oid {
+        return None;
+    }
+    let (&unused, point) = key.split_first()?;
+    (unused == 0 && point.len() == 1 + 2 * field_len && point[0] == 0x04).then(|| point.to_vec())
 }
 
 /// The parts of an RSA private key, big-endian magnitudes.
@@ -278,5 +307,39 @@ mod tests {
             assert!(ecdsa_der_to_raw(&bad, field).is_none());
         }
         assert!(ecdsa_der_to_raw(&[0x30, 0x00], 32).is_none());
+    }
+
+    #[test]
+    fn ec_spki_round_trip_and_refusals() {
+        use crate::hsm::asym::Curve;
+        for curve in [Curve::P256, Curve::P384, Curve::P521] {
+            let n = curve.field_len();
+            let mut point = vec![0x04];
+            point.extend((0..2 * n).map(|i| i as u8));
+            let spki = ec_spki(curve.oid_der(), &point);
+            assert_eq!(
+                ec_point_from_spki(&spki, curve.oid_der(), n).as_deref(),
+                Some(&point[..])
+            );
+            // Another curve's OID, a compressed point, trailing bytes: refused.
+            let other = if curve == Curve::P256 {
+                Curve::P384
+            } else {
+                Curve::P256
+            };
+            assert!(ec_point_from_spki(&spki, other.oid_der(), n).is_none());
+            let mut compressed = vec![0x02];
+            compressed.extend(&point[1..=n]);
+            assert!(
+                ec_point_from_spki(&ec_spki(curve.oid_der(), &compressed), curve.oid_der(), n)
+                    .is_none()
+            );
+            let mut trailing = spki.clone();
+            trailing.push(0);
+            assert!(ec_point_from_spki(&trailing, curve.oid_der(), n).is_none());
+        }
+        let rsa = rsa_spki(&[0x00, 0xc1, 0x02], &[1, 0, 1]);
+        assert!(ec_point_from_spki(&rsa, Curve::P256.oid_der(), 32).is_none());
+        assert!(ec_point_from_spki(&[], Curve::P256.oid_der(), 32).is_none());
     }
 }

@@ -292,6 +292,7 @@ const MECHANISMS: &[(&str, MechanismType, bool)] = &[
     ("RSA_PKCS", MechanismType::RSA_PKCS, false),
     ("RSA_X_509", MechanismType::RSA_X_509, false),
     ("EC_KEY_PAIR_GEN", MechanismType::ECC_KEY_PAIR_GEN, false),
+    ("ECDH1_DERIVE", MechanismType::ECDH1_DERIVE, false),
     ("ECDSA", MechanismType::ECDSA, false),
     (
         "GENERIC_SECRET_KEY_GEN",
@@ -632,6 +633,26 @@ impl Hsm {
             .reset_epoch
             .load(std::sync::atomic::Ordering::SeqCst);
         self.shared.copies.live(epoch)
+    }
+
+    /// ECDH between key pair `id` (on `curve`, a KEY_AGREEMENT key) and the peer's uncompressed
+    /// `point`: the raw shared secret, derived on the device.
+    pub async fn derive_shared_secret(
+        &self,
+        id: ObjectId,
+        curve: Curve,
+        point: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.submit("derive_shared_secret", move |ctx| {
+            asym::derive_shared_secret(ctx, id, curve, &point)
+        })
+        .await
+    }
+
+    /// The uncompressed point of an EC `SubjectPublicKeyInfo` on `curve`; `None` if `spki` is
+    /// not one (another algorithm or curve, a compressed point, malformed DER).
+    pub fn ec_point_from_spki(spki: &[u8], curve: Curve) -> Option<Vec<u8>> {
+        der::ec_point_from_spki(spki, curve.oid_der(), curve.field_len())
     }
 
     /// Destroy the session-object copies of every version of key `key_id` (UUID bytes). Called

@@ -362,6 +362,8 @@ const FUNCTIONS: &[&str] = &[
     "C_VerifyInit",
     // Rotation and import of key material.
     "C_UnwrapKey",
+    // Key agreement (DeriveSharedSecret).
+    "C_DeriveKey",
 ];
 
 /// Per-function PKCS#11 call counters and latencies, queue waits and rejections.

@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use crate::core::aliases::AliasListEntry;
-use crate::core::asym::{DataKeyPairRequest, MacRequest, SignRequest, VerifyRequest};
+use crate::core::asym::{
+    DataKeyPairRequest, DeriveSharedSecretRequest, MacRequest, SignRequest, VerifyRequest,
+};
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
@@ -109,6 +111,7 @@ ops!(
     "Sign" => sign,
     "Verify" => verify,
     "GetPublicKey" => get_public_key,
+    "DeriveSharedSecret" => derive_shared_secret,
     "GenerateMac" => generate_mac,
     "VerifyMac" => verify_mac,
     "GenerateDataKeyPair" => generate_data_key_pair,
@@ -244,6 +247,7 @@ fn metadata(m: &KeyMetadata) -> Value {
         "EncryptionAlgorithms": non_empty_list(&m.encryption_algorithms),
         "SigningAlgorithms": non_empty_list(&m.signing_algorithms),
         "MacAlgorithms": non_empty_list(&m.mac_algorithms),
+        "KeyAgreementAlgorithms": non_empty_list(&m.key_agreement_algorithms),
         "MultiRegion": m.multi_region,
         "PendingDeletionWindowInDays": m.pending_deletion_window_in_days,
         "CurrentKeyMaterialId": non_empty(m.current_key_material_id.clone()),
@@ -842,6 +846,41 @@ fn get_public_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde
             "KeyUsage": out.key_usage,
             "EncryptionAlgorithms": non_empty_list(&out.encryption_algorithms),
             "SigningAlgorithms": non_empty_list(&out.signing_algorithms),
+            "KeyAgreementAlgorithms": non_empty_list(&out.key_agreement_algorithms),
+        })))
+    }))
+}
+
+input!(DeriveIn {
+    key_id: Option<String>,
+    key_agreement_algorithm: Option<String>,
+    public_key: Option<Blob>,
+    grant_tokens: Option<Vec<String>>,
+});
+
+fn derive_shared_secret(
+    kms: Arc<Kms>,
+    caller: Caller,
+    v: Value,
+) -> Result<Call, serde_json::Error> {
+    let r: DeriveIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .derive_shared_secret(
+                &caller,
+                DeriveSharedSecretRequest {
+                    key_id: r.key_id.unwrap_or_default(),
+                    key_agreement_algorithm: r.key_agreement_algorithm,
+                    public_key: blob(r.public_key),
+                    grant_tokens: r.grant_tokens.unwrap_or_default(),
+                },
+            )
+            .await?;
+        Ok(Reply::body(json!({
+            "KeyId": out.key_id,
+            "SharedSecret": b64(&out.shared_secret),
+            "KeyAgreementAlgorithm": out.key_agreement_algorithm,
+            "KeyOrigin": out.key_origin,
         })))
     }))
 }

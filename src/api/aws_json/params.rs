@@ -66,6 +66,8 @@ fn loggable(operation: &str) -> &'static [&'static str] {
         // Asymmetric keys, signatures and MACs: never Message, Signature or Mac.
         "Sign" | "Verify" => &["KeyId", "MessageType", "SigningAlgorithm", "GrantTokens"],
         "GetPublicKey" => &["KeyId", "GrantTokens"],
+        // Never the PublicKey of the peer (not secret, but large) nor the SharedSecret.
+        "DeriveSharedSecret" => &["KeyId", "KeyAgreementAlgorithm", "GrantTokens"],
         "GenerateMac" | "VerifyMac" => &["KeyId", "MacAlgorithm", "GrantTokens"],
         "GenerateDataKeyPair" | "GenerateDataKeyPairWithoutPlaintext" => {
             &["KeyId", "EncryptionContext", "KeyPairSpec", "GrantTokens"]

@@ -4,7 +4,9 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::{alias_entry, expose, grant_entry, metadata, opt, tags_in, ts, Door};
-use crate::core::asym::{DataKeyPairRequest, MacRequest, SignRequest, VerifyRequest};
+use crate::core::asym::{
+    DataKeyPairRequest, DeriveSharedSecretRequest, MacRequest, SignRequest, VerifyRequest,
+};
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
@@ -545,6 +547,38 @@ impl KeyManagementService for Door {
                     key_usage: out.key_usage,
                     encryption_algorithms: out.encryption_algorithms,
                     signing_algorithms: out.signing_algorithms,
+                    key_agreement_algorithms: out.key_agreement_algorithms,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn derive_shared_secret(
+        &self,
+        request: Request<pb::DeriveSharedSecretRequest>,
+    ) -> Reply<pb::DeriveSharedSecretResponse> {
+        self.serve(
+            "DeriveSharedSecret",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms
+                    .derive_shared_secret(
+                        &caller,
+                        DeriveSharedSecretRequest {
+                            key_id: r.key_id,
+                            key_agreement_algorithm: opt(r.key_agreement_algorithm),
+                            public_key: r.public_key,
+                            grant_tokens: r.grant_tokens,
+                        },
+                    )
+                    .await?;
+                Ok(pb::DeriveSharedSecretResponse {
+                    key_id: out.key_id,
+                    shared_secret: expose(out.shared_secret),
+                    key_agreement_algorithm: out.key_agreement_algorithm,
+                    key_origin: out.key_origin,
                 })
             },
         )

@@ -212,6 +212,7 @@ fn metadata(m: KeyMetadata) -> pb::KeyMetadata {
         encryption_algorithms: m.encryption_algorithms,
         signing_algorithms: m.signing_algorithms,
         mac_algorithms: m.mac_algorithms,
+        key_agreement_algorithms: m.key_agreement_algorithms,
         multi_region: m.multi_region,
         pending_deletion_window_in_days: m.pending_deletion_window_in_days,
         current_key_material_id: m.current_key_material_id,

@@ -173,6 +173,11 @@ params!(pb::GetPublicKeyRequest, |r| json!({
     "keyId": r.key_id,
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
 }));
+params!(pb::DeriveSharedSecretRequest, |r| json!({
+    "keyId": r.key_id,
+    "keyAgreementAlgorithm": opt(&r.key_agreement_algorithm),
+    "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+}));
 params!(pb::GenerateMacRequest, |r| json!({
     "keyId": r.key_id,
     "macAlgorithm": opt(&r.mac_algorithm),
@@ -406,6 +411,7 @@ null_response!(
     pb::GetPublicKeyResponse,
     pb::GenerateMacResponse,
     pb::VerifyMacResponse,
+    pb::DeriveSharedSecretResponse,
     pb::GenerateDataKeyPairResponse,
     pb::GenerateDataKeyPairWithoutPlaintextResponse,
     pb::EnableKeyRotationResponse,
