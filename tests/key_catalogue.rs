@@ -1624,7 +1624,8 @@ fn openssl_ecdh(curve: &str, peer_spki: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// NIST curve; bad inputs and unauthorized callers are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn derive_shared_secret_agrees_with_openssl() {
-    let server = start(&data_dir("catalogue-ecdh")).await;
+    let (server, dir, endpoint) =
+        start_both("catalogue-ecdh", Arc::new(ManualClock::default())).await;
     let mut c = admin(server.addr).await;
     let derive = |key: &str, alg: &str, spki: &[u8]| pb::DeriveSharedSecretRequest {
         key_id: key.into(),
@@ -1817,6 +1818,21 @@ async fn derive_shared_secret_agrees_with_openssl() {
         .unwrap()
         .into_inner();
     assert_eq!(out.shared_secret, expected);
+
+    // The AWS JSON door, with boto3 and pyca/cryptography: ECDH, and ReEncrypt between an
+    // RSA key and a symmetric key.
+    let rsa = create(&mut c, "RSA_2048", "ENCRYPT_DECRYPT").await;
+    python(
+        &dir,
+        &endpoint,
+        vec![
+            "boto3-ecdh".into(),
+            p256.key_id.clone(),
+            rsa.key_id.clone(),
+            sym.key_id.clone(),
+        ],
+    )
+    .await;
     drop((c, user1, user2));
     server.shutdown().await.unwrap();
 }

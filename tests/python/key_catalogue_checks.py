@@ -13,6 +13,13 @@ driven by tests/key_catalogue.rs.
       Signs and verifies through the AWS JSON door with boto3, checks the signature locally
       with the public key from GetPublicKey, and expects KMSInvalidSignatureException for a
       modified message.
+
+  key_catalogue_checks.py boto3-ecdh KEY_AGREEMENT_KEY_ID RSA_ENCRYPTION_KEY_ID SYMMETRIC_KEY_ID
+      Through the AWS JSON door with boto3: DescribeKey lists KeyAgreementAlgorithms [ECDH];
+      DeriveSharedSecret with a peer key made here equals the ECDH secret computed here with
+      the public key from GetPublicKey; a peer key on another curve is ValidationException.
+      Then ReEncrypt from a ciphertext made here with RSA-OAEP (SHA-256) under the RSA key's
+      public key to the symmetric key, and back to the RSA key.
 """
 
 import base64
@@ -202,10 +209,72 @@ def boto3_checks(ecc_key, rsa_key):
         print(f"boto3 {alg}: sign, GetPublicKey, verify, bad signature OK")
 
 
+def boto3_ecdh(agreement_key, rsa_key, sym_key):
+    import botocore.exceptions
+
+    from common import AK_ADMIN, session
+
+    kms = session(AK_ADMIN).client("kms")
+    meta = kms.describe_key(KeyId=agreement_key)["KeyMetadata"]
+    check(meta["KeyUsage"] == "KEY_AGREEMENT", f"DescribeKey: {meta}")
+    check(meta.get("KeyAgreementAlgorithms") == ["ECDH"], f"DescribeKey: {meta}")
+    pub = kms.get_public_key(KeyId=agreement_key)
+    check(pub.get("KeyAgreementAlgorithms") == ["ECDH"], f"GetPublicKey: {pub}")
+    ours = serialization.load_der_public_key(pub["PublicKey"])
+    for _ in range(2):
+        peer = ec.generate_private_key(CURVES[pub["KeySpec"]]())
+        peer_spki = peer.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        out = kms.derive_shared_secret(
+            KeyId=agreement_key, KeyAgreementAlgorithm="ECDH", PublicKey=peer_spki
+        )
+        expected = peer.exchange(ec.ECDH(), ours)
+        check(out["SharedSecret"] == expected, "DeriveSharedSecret differs from local ECDH")
+        check(out["KeyAgreementAlgorithm"] == "ECDH", f"DeriveSharedSecret: {out}")
+    other = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        kms.derive_shared_secret(KeyId=agreement_key, KeyAgreementAlgorithm="ECDH", PublicKey=other)
+        fail("a P-384 peer key was accepted for a P-256 key")
+    except botocore.exceptions.ClientError as e:
+        code = e.response["Error"]["Code"]
+        check(code == "ValidationException", f"other curve gave {code}")
+    print("boto3 DeriveSharedSecret: agrees with local ECDH; other curve refused")
+
+    # ReEncrypt between an RSA key and a symmetric key.
+    rsa_pub = serialization.load_der_public_key(kms.get_public_key(KeyId=rsa_key)["PublicKey"])
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    blob = rsa_pub.encrypt(b"re-encrypted by boto3", oaep)
+    to_sym = kms.re_encrypt(
+        CiphertextBlob=blob,
+        SourceKeyId=rsa_key,
+        SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+        DestinationKeyId=sym_key,
+        DestinationEncryptionContext={"via": "boto3"},
+    )
+    check(to_sym["SourceEncryptionAlgorithm"] == "RSAES_OAEP_SHA_256", f"ReEncrypt: {to_sym}")
+    back = kms.re_encrypt(
+        CiphertextBlob=to_sym["CiphertextBlob"],
+        SourceEncryptionContext={"via": "boto3"},
+        DestinationKeyId=rsa_key,
+        DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_1",
+    )
+    check(back["DestinationEncryptionAlgorithm"] == "RSAES_OAEP_SHA_1", f"ReEncrypt: {back}")
+    pt = kms.decrypt(
+        CiphertextBlob=back["CiphertextBlob"], KeyId=rsa_key, EncryptionAlgorithm="RSAES_OAEP_SHA_1"
+    )["Plaintext"]
+    check(pt == b"re-encrypted by boto3", "RSA -> symmetric -> RSA lost the plaintext")
+    print("boto3 ReEncrypt: RSA (local OAEP) -> symmetric -> RSA OK")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "local":
         local(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "boto3":
         boto3_checks(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "boto3-ecdh":
+        boto3_ecdh(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         fail("usage: key_catalogue_checks.py local IN OUT | boto3 ECC_KEY RSA_KEY")
