@@ -1818,6 +1818,18 @@ async fn derive_shared_secret_agrees_with_openssl() {
         .unwrap()
         .into_inner();
     assert_eq!(out.shared_secret, expected);
+    // The audit trail records the calls (the caller, key and algorithm), never the secret.
+    let events = audit_events(&dir);
+    let derives: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["eventName"] == "DeriveSharedSecret")
+        .collect();
+    assert!(derives.len() >= 8, "{} DeriveSharedSecret events", derives.len());
+    assert!(derives
+        .iter()
+        .any(|e| e["requestParameters"]["keyAgreementAlgorithm"] == "ECDH"));
+    let trail = serde_json::to_string(&events).unwrap();
+    assert!(!trail.contains(&b64(&expected)), "the shared secret is in the audit trail");
 
     // The AWS JSON door, with boto3 and pyca/cryptography: ECDH, and ReEncrypt between an
     // RSA key and a symmetric key.
