@@ -148,6 +148,20 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// ECDH on the device with a KEY_AGREEMENT key and a peer's public key (DER or PEM
+    /// SubjectPublicKeyInfo file); the raw shared secret goes to --out (mode 0600) or, as
+    /// base64, to standard output.
+    DeriveSharedSecret {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+        /// The peer's public key: DER SubjectPublicKeyInfo, or PEM (`-----BEGIN PUBLIC KEY-----`).
+        #[arg(long)]
+        peer_public_key: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Compute an HMAC on the device with a GENERATE_VERIFY_MAC key.
     GenerateMac {
         #[command(flatten)]
@@ -589,6 +603,22 @@ fn metadata_json(m: &pb::KeyMetadata) -> serde_json::Value {
 }
 
 /// A DER SubjectPublicKeyInfo as a PEM `PUBLIC KEY` block (64 base64 characters a line).
+/// A public key file's DER: the bytes themselves, or the body of a PEM `PUBLIC KEY` block.
+fn spki_from_der_or_pem(raw: &[u8]) -> Option<Vec<u8>> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return Some(raw.to_vec());
+    };
+    let Some(start) = text.find(BEGIN) else {
+        return (!text.trim_start().starts_with("-----")).then(|| raw.to_vec());
+    };
+    let body = &text[start + BEGIN.len()..];
+    let body = &body[..body.find(END)?];
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    B64.decode(b64).ok()
+}
+
 fn public_key_pem(der: &[u8]) -> String {
     let b64 = B64.encode(der);
     let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
@@ -1045,6 +1075,37 @@ async fn client_command(command: Command) -> Result<(), String> {
             match out {
                 Some(p) => write_output(&p, &r.public_key, false)?,
                 None => print!("{}", public_key_pem(&r.public_key)),
+            }
+        }
+        Command::DeriveSharedSecret {
+            conn,
+            key,
+            peer_public_key,
+            out,
+        } => {
+            let raw = std::fs::read(&peer_public_key)
+                .map_err(|e| format!("reading {}: {e}", peer_public_key.display()))?;
+            let der = spki_from_der_or_pem(&raw)
+                .ok_or_else(|| format!("{}: not a PEM PUBLIC KEY", peer_public_key.display()))?;
+            let sess = Session::open(&conn).await?;
+            let r = sess
+                .kms()
+                .derive_shared_secret(sess.k(
+                    "DeriveSharedSecret",
+                    pb::DeriveSharedSecretRequest {
+                        key_id: key,
+                        key_agreement_algorithm: "ECDH".into(),
+                        public_key: der,
+                        grant_tokens: vec![],
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let secret = Zeroizing::new(r.shared_secret);
+            match out {
+                Some(p) => write_output(&p, &secret, true)?,
+                None => println!("{}", Zeroizing::new(B64.encode(&*secret)).as_str()),
             }
         }
         Command::GenerateMac {

@@ -176,6 +176,99 @@ async fn cli_signs_verifies_macs_and_rotates() {
     assert!(!ok);
     assert!(stderr.contains("InvalidKeyUsageException"), "{stderr}");
 
+    // ---- ECDH: the CLI's shared secret equals OpenSSL's, from a PEM or a DER peer key.
+    let agree = cli.create("ECC_NIST_P256", "KEY_AGREEMENT");
+    let ours = scratch.path().join("ours.pem");
+    std::fs::write(&ours, cli.ok(&["get-public-key", "--key", &agree])).unwrap();
+    let peer = scratch.path().join("peer.pem");
+    let peer_pub = scratch.path().join("peer-pub.pem");
+    let peer_der = scratch.path().join("peer-pub.der");
+    let expected = scratch.path().join("expected.bin");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            path_str(&peer),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            path_str(&peer),
+            "-pubout",
+            "-out",
+            path_str(&peer_pub),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            path_str(&peer),
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            path_str(&peer_der),
+        ],
+        vec![
+            "pkeyutl",
+            "-derive",
+            "-inkey",
+            path_str(&peer),
+            "-peerkey",
+            path_str(&ours),
+            "-out",
+            path_str(&expected),
+        ],
+    ] {
+        let st = std::process::Command::new("openssl")
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "openssl {args:?}");
+    }
+    let secret = scratch.path().join("secret.bin");
+    cli.ok(&[
+        "derive-shared-secret",
+        "--key",
+        &agree,
+        "--peer-public-key",
+        path_str(&peer_pub),
+        "--out",
+        path_str(&secret),
+    ]);
+    let expected = std::fs::read(&expected).unwrap();
+    assert_eq!(std::fs::read(&secret).unwrap(), expected);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let b64 = cli.ok(&[
+        "derive-shared-secret",
+        "--key",
+        &agree,
+        "--peer-public-key",
+        path_str(&peer_der),
+    ]);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap(),
+        expected
+    );
+    let (ok, _, stderr) = cli.run(&[
+        "derive-shared-secret",
+        "--key",
+        &key,
+        "--peer-public-key",
+        path_str(&peer_pub),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("InvalidKeyUsageException"), "{stderr}");
+
     // ---- Rotation of a symmetric key.
     let sym = cli.create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT");
     cli.ok(&["key", "enable-rotation", &sym, "--period-days", "90"]);

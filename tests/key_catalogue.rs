@@ -1824,12 +1824,19 @@ async fn derive_shared_secret_agrees_with_openssl() {
         .iter()
         .filter(|e| e["eventName"] == "DeriveSharedSecret")
         .collect();
-    assert!(derives.len() >= 8, "{} DeriveSharedSecret events", derives.len());
+    assert!(
+        derives.len() >= 8,
+        "{} DeriveSharedSecret events",
+        derives.len()
+    );
     assert!(derives
         .iter()
         .any(|e| e["requestParameters"]["keyAgreementAlgorithm"] == "ECDH"));
     let trail = serde_json::to_string(&events).unwrap();
-    assert!(!trail.contains(&b64(&expected)), "the shared secret is in the audit trail");
+    assert!(
+        !trail.contains(&b64(&expected)),
+        "the shared secret is in the audit trail"
+    );
 
     // The AWS JSON door, with boto3 and pyca/cryptography: ECDH, and ReEncrypt between an
     // RSA key and a symmetric key.
