@@ -575,6 +575,33 @@ async fn expiry_delete_and_reimport() {
     assert_eq!(m.expiration_model, "KEY_MATERIAL_EXPIRES");
     assert_eq!(m.valid_to.unwrap().seconds, valid_to.div_euclid(1000));
     let blob = encrypt(&mut c, &key, b"expiring").await.unwrap();
+    // ListKeyRotations with ALL_KEY_MATERIAL shows the imported material and its expiry.
+    let material_entry = |c: &mut Client| {
+        let key = key.clone();
+        let mut c = c.clone();
+        async move {
+            let list = c
+                .list_key_rotations(pb::ListKeyRotationsRequest {
+                    key_id: key,
+                    include_key_material: "ALL_KEY_MATERIAL".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .rotations;
+            assert_eq!(list.len(), 1, "{list:?}");
+            list.into_iter().next().unwrap()
+        }
+    };
+    let e = material_entry(&mut c).await;
+    assert_eq!(
+        (e.key_material_state.as_str(), e.import_state.as_str()),
+        ("CURRENT", "IMPORTED")
+    );
+    assert_eq!(e.expiration_model, "KEY_MATERIAL_EXPIRES");
+    assert_eq!(e.valid_to.unwrap().seconds, valid_to.div_euclid(1000));
+    assert!(e.rotation_date.is_none() && e.rotation_type.is_empty());
 
     // One day on: still there.
     clock.advance_days(1);
@@ -588,6 +615,7 @@ async fn expiry_delete_and_reimport() {
         "material did not expire"
     );
     assert_eq!(material_objects(&server, &key).await, 0);
+    assert_eq!(material_entry(&mut c).await.import_state, "PENDING_IMPORT");
     assert_eq!(
         reason(encrypt(&mut c, &key, b"x").await),
         "KMSInvalidStateException"

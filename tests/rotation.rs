@@ -238,6 +238,55 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     assert_eq!(page2.rotations.len(), 1);
     assert!(!page2.truncated);
     assert_eq!(page2.rotations[0].key_material_id, list[3].key_material_id);
+    // Only the newest material is CURRENT; nothing is imported.
+    let states: Vec<&str> = list.iter().map(|r| r.key_material_state.as_str()).collect();
+    assert_eq!(
+        states,
+        ["NON_CURRENT", "NON_CURRENT", "NON_CURRENT", "CURRENT"]
+    );
+    assert!(list
+        .iter()
+        .all(|r| r.import_state.is_empty() && r.rotation_date.is_some()));
+    // ALL_KEY_MATERIAL adds the original material first (no rotation date or type), and pages
+    // by version.
+    let all = |limit: Option<i32>, marker: String| pb::ListKeyRotationsRequest {
+        key_id: key.clone(),
+        limit,
+        marker,
+        include_key_material: "ALL_KEY_MATERIAL".into(),
+    };
+    let every = c
+        .list_key_rotations(all(None, String::new()))
+        .await
+        .unwrap()
+        .into_inner()
+        .rotations;
+    assert_eq!(every.len(), 5);
+    assert!(every[0].rotation_date.is_none() && every[0].rotation_type.is_empty());
+    assert_eq!(every[0].key_material_state, "NON_CURRENT");
+    assert_eq!(every[1..], list[..]);
+    let first = c
+        .list_key_rotations(all(Some(2), String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let rest = c
+        .list_key_rotations(all(Some(10), first.next_marker.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!([first.rotations, rest.rotations].concat(), every);
+    assert_eq!(
+        reason(
+            c.list_key_rotations(pb::ListKeyRotationsRequest {
+                key_id: key.clone(),
+                include_key_material: "EVERYTHING".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "ValidationException"
+    );
 
     // ReEncrypt moves a version-1 blob to the newest version.
     let moved = c

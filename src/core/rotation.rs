@@ -46,9 +46,19 @@ pub struct RotationsListEntry {
     /// The key ARN.
     pub key_id: String,
     pub key_material_id: String,
-    pub rotation_date_ms: i64,
-    /// `AUTOMATIC` or `ON_DEMAND`.
-    pub rotation_type: String,
+    /// When this material came by rotation; `None` for the key's original material (listed
+    /// with `IncludeKeyMaterial` = `ALL_KEY_MATERIAL`).
+    pub rotation_date_ms: Option<i64>,
+    /// `AUTOMATIC` or `ON_DEMAND`; `None` for the original material.
+    pub rotation_type: Option<String>,
+    /// `CURRENT` (encrypts now) or `NON_CURRENT` (decrypts only).
+    pub key_material_state: String,
+    /// Imported keys: `IMPORTED` or `PENDING_IMPORT`.
+    pub import_state: Option<String>,
+    /// Imported keys: `KEY_MATERIAL_EXPIRES` or `KEY_MATERIAL_DOES_NOT_EXPIRE`.
+    pub expiration_model: Option<String>,
+    /// Imported keys whose material expires: when (Unix milliseconds).
+    pub valid_to_ms: Option<i64>,
 }
 
 /// One page of ListKeyRotations.
@@ -301,28 +311,64 @@ impl Kms {
         key_id: &str,
         limit: Option<i32>,
         marker: &str,
+        include_key_material: Option<&str>,
     ) -> Result<ListKeyRotationsResponse, KmsError> {
         let limit = validate::limit(limit)?;
         let after = validate::decode_marker(marker)?;
+        let all_material = match include_key_material.filter(|v| !v.is_empty()) {
+            None | Some("ROTATIONS_ONLY") => false,
+            Some("ALL_KEY_MATERIAL") => true,
+            Some(_) => {
+                return Err(KmsError::validation(
+                    "includeKeyMaterial",
+                    "Member must satisfy enum value set: [ALL_KEY_MATERIAL, ROTATIONS_ONLY]",
+                ))
+            }
+        };
         let resolved = self.resolve(caller, key_id, false)?;
         self.authorize_key(caller, "kms:ListKeyRotations", &resolved, None)?;
         if resolved.key.record.key_spec != SYMMETRIC_DEFAULT {
             check_rotatable(&resolved.key)?;
         }
         let key = &resolved.key;
+        let imported = key.record.origin == "EXTERNAL";
+        let lifecycle = imported.then(|| self.lifecycle_of(&key.record.key_id));
+        let entry = |version: u32, rotation: Option<(i64, String)>| {
+            let (rotation_date_ms, rotation_type) = rotation.unzip();
+            RotationsListEntry {
+                key_id: key.arn.clone(),
+                key_material_id: key_material_id(ObjectId::new(key.uuid, version)),
+                rotation_date_ms,
+                rotation_type,
+                key_material_state: if version == key.record.current_version {
+                    "CURRENT".into()
+                } else {
+                    "NON_CURRENT".into()
+                },
+                import_state: imported.then(|| {
+                    if key.record.state == KeyState::PendingImport {
+                        "PENDING_IMPORT".into()
+                    } else {
+                        "IMPORTED".into()
+                    }
+                }),
+                expiration_model: lifecycle.as_ref().and_then(|l| l.expiration_model.clone()),
+                valid_to_ms: lifecycle.as_ref().and_then(|l| l.valid_to_ms),
+            }
+        };
         let entries = self.store.list_rotations(&key.record.key_id).await?;
+        // The original material (version 1) has no rotation entry; ALL_KEY_MATERIAL lists it
+        // first.
+        // Pages are keyed by version, so a marker stays valid while rotations are added.
+        let original = (all_material && !key.versions.is_empty()).then(|| (1, entry(1, None)));
         let (rotations, next_marker) = validate::page(
-            entries.into_iter().map(|e| {
-                (
-                    format!("{:010}", e.version),
-                    RotationsListEntry {
-                        key_id: key.arn.clone(),
-                        key_material_id: key_material_id(ObjectId::new(key.uuid, e.version)),
-                        rotation_date_ms: e.rotated_at_ms,
-                        rotation_type: e.rotation_type,
-                    },
-                )
-            }),
+            original
+                .into_iter()
+                .chain(entries.into_iter().map(|e| {
+                    let rotation = Some((e.rotated_at_ms, e.rotation_type));
+                    (e.version, entry(e.version, rotation))
+                }))
+                .map(|(version, e)| (format!("{version:010}"), e)),
             after.as_deref(),
             limit,
         );

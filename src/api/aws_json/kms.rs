@@ -1342,8 +1342,15 @@ fn rotate_key_on_demand(
     }))
 }
 
+input!(RotationsIn {
+    key_id: Option<String>,
+    limit: Option<i32>,
+    marker: Option<String>,
+    include_key_material: Option<String>,
+});
+
 fn list_key_rotations(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: PageIn = parse(v)?;
+    let r: RotationsIn = parse(v)?;
     Ok(Box::pin(async move {
         let page = kms
             .list_key_rotations(
@@ -1351,14 +1358,19 @@ fn list_key_rotations(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, s
                 &r.key_id.unwrap_or_default(),
                 r.limit,
                 &r.marker.unwrap_or_default(),
+                r.include_key_material.as_deref(),
             )
             .await?;
         Ok(Reply::body(json!({
             "Rotations": page.rotations.into_iter().map(|e| json!({
                 "KeyId": e.key_id,
                 "KeyMaterialId": e.key_material_id,
-                "RotationDate": ts(e.rotation_date_ms),
+                "RotationDate": e.rotation_date_ms.map(ts),
                 "RotationType": e.rotation_type,
+                "KeyMaterialState": e.key_material_state,
+                "ImportState": e.import_state,
+                "ExpirationModel": e.expiration_model,
+                "ValidTo": e.valid_to_ms.map(ts),
             })).collect::<Vec<_>>(),
             "Truncated": page.next_marker.is_some(),
             "NextMarker": page.next_marker,

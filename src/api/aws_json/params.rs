@@ -95,7 +95,7 @@ fn loggable(operation: &str) -> &'static [&'static str] {
         // Rotation and import: never the ImportToken, EncryptedKeyMaterial or public key.
         "EnableKeyRotation" => &["KeyId", "RotationPeriodInDays"],
         "DisableKeyRotation" | "GetKeyRotationStatus" | "RotateKeyOnDemand" => &["KeyId"],
-        "ListKeyRotations" => &["KeyId", "Limit", "Marker"],
+        "ListKeyRotations" => &["KeyId", "Limit", "Marker", "IncludeKeyMaterial"],
         "GetParametersForImport" => &["KeyId", "WrappingAlgorithm", "WrappingKeySpec"],
         "ImportKeyMaterial" => &[
             "KeyId",

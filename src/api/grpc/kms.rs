@@ -978,7 +978,13 @@ impl KeyManagementService for Door {
             request,
             |kms, caller, r| async move {
                 let page = kms
-                    .list_key_rotations(&caller, &r.key_id, r.limit, &r.marker)
+                    .list_key_rotations(
+                        &caller,
+                        &r.key_id,
+                        r.limit,
+                        &r.marker,
+                        Some(r.include_key_material.as_str()),
+                    )
                     .await?;
                 Ok(pb::ListKeyRotationsResponse {
                     rotations: page
@@ -987,8 +993,12 @@ impl KeyManagementService for Door {
                         .map(|e| pb::RotationsListEntry {
                             key_id: e.key_id,
                             key_material_id: e.key_material_id,
-                            rotation_date: Some(ts(e.rotation_date_ms)),
-                            rotation_type: e.rotation_type,
+                            rotation_date: e.rotation_date_ms.map(ts),
+                            rotation_type: e.rotation_type.unwrap_or_default(),
+                            key_material_state: e.key_material_state,
+                            import_state: e.import_state.unwrap_or_default(),
+                            expiration_model: e.expiration_model.unwrap_or_default(),
+                            valid_to: e.valid_to_ms.map(ts),
                         })
                         .collect(),
                     truncated: page.next_marker.is_some(),

@@ -332,6 +332,7 @@ params!(pb::ListKeyRotationsRequest, |r| json!({
     "keyId": r.key_id,
     "limit": r.limit,
     "marker": opt(&r.marker),
+    "includeKeyMaterial": opt(&r.include_key_material),
 }));
 params!(pb::GetParametersForImportRequest, |r| json!({
     "keyId": r.key_id,
