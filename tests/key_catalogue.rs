@@ -893,10 +893,11 @@ async fn bad_input_and_authorization() {
         ("RSA_2048", "GENERATE_VERIFY_MAC", "ValidationException"),
         ("SYMMETRIC_DEFAULT", "SIGN_VERIFY", "ValidationException"),
         ("RSA_1024", "SIGN_VERIFY", "ValidationException"),
+        ("ML_DSA_44", "SIGN_VERIFY", "UnsupportedOperationException"),
         (
             "ECC_NIST_EDWARDS25519",
-            "SIGN_VERIFY",
-            "UnsupportedOperationException",
+            "ENCRYPT_DECRYPT",
+            "ValidationException",
         ),
     ] {
         let r = c
@@ -1853,5 +1854,138 @@ async fn derive_shared_secret_agrees_with_openssl() {
     )
     .await;
     drop((c, user1, user2));
+    server.shutdown().await.unwrap();
+}
+
+/// Ed25519 keys (ECC_NIST_EDWARDS25519, pure EdDSA on the device): OpenSSL verifies the
+/// signatures with the key from GetPublicKey; the refusals AWS gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_signatures_verify_with_openssl() {
+    let server = start(&data_dir("catalogue-ed25519")).await;
+    let mut c = admin(server.addr).await;
+    let m = create(&mut c, "ECC_NIST_EDWARDS25519", "SIGN_VERIFY").await;
+    assert_eq!(m.signing_algorithms, vec!["ED25519_SHA_512"]);
+    let pk = c
+        .get_public_key(pb::GetPublicKeyRequest {
+            key_id: m.key_id.clone(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // RFC 8410 SPKI: the Ed25519 OID, no parameters, a 32-byte key.
+    assert_eq!(pk.public_key.len(), 44);
+    assert_eq!(
+        &pk.public_key[..12],
+        &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00]
+    );
+    let a = server
+        .kms
+        .hsm()
+        .key_pair_attributes(object(&m.key_id), true)
+        .await
+        .unwrap();
+    assert!(
+        a.sign && !a.decrypt && !a.derive && a.sensitive && !a.extractable,
+        "{a:?}"
+    );
+    assert_eq!(a.allowed_mechanisms, vec!["EDDSA".to_string()]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("pub.der");
+    std::fs::write(&public, &pk.public_key).unwrap();
+    for message in [b"hello ed25519".to_vec(), vec![0x5a; 4096]] {
+        let sig = c
+            .sign(sign_req(&m.key_id, &message, "RAW", "ED25519_SHA_512"))
+            .await
+            .unwrap()
+            .into_inner()
+            .signature;
+        assert_eq!(sig.len(), 64, "raw Ed25519 signature");
+        let (msg_file, sig_file) = (dir.path().join("m"), dir.path().join("s"));
+        std::fs::write(&msg_file, &message).unwrap();
+        std::fs::write(&sig_file, &sig).unwrap();
+        let out = Command::new("openssl")
+            .args([
+                "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-rawin", "-inkey",
+            ])
+            .arg(&public)
+            .arg("-in")
+            .arg(&msg_file)
+            .arg("-sigfile")
+            .arg(&sig_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl did not verify the Ed25519 signature: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = c
+            .verify(verify_req(
+                &m.key_id,
+                &message,
+                "RAW",
+                &sig,
+                "ED25519_SHA_512",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.signature_valid);
+        let mut other = message.clone();
+        other[0] ^= 1;
+        assert_eq!(
+            reason(
+                c.verify(verify_req(
+                    &m.key_id,
+                    &other,
+                    "RAW",
+                    &sig,
+                    "ED25519_SHA_512"
+                ))
+                .await
+            ),
+            "KMSInvalidSignatureException"
+        );
+        assert_eq!(
+            reason(
+                c.verify(verify_req(
+                    &m.key_id,
+                    &message,
+                    "RAW",
+                    &sig[..63],
+                    "ED25519_SHA_512"
+                ))
+                .await
+            ),
+            "KMSInvalidSignatureException"
+        );
+    }
+    for (what, req, want) in [
+        (
+            "DIGEST with pure Ed25519",
+            sign_req(&m.key_id, &[0; 64], "DIGEST", "ED25519_SHA_512"),
+            "ValidationException",
+        ),
+        (
+            "Ed25519ph",
+            sign_req(&m.key_id, b"m", "RAW", "ED25519_PH_SHA_512"),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "ECDSA on an Ed25519 key",
+            sign_req(&m.key_id, b"m", "RAW", "ECDSA_SHA_256"),
+            "InvalidKeyUsageException",
+        ),
+        (
+            "a message over 4096 bytes",
+            sign_req(&m.key_id, &[0; 4097], "RAW", "ED25519_SHA_512"),
+            "ValidationException",
+        ),
+    ] {
+        assert_eq!(reason(c.sign(req).await), want, "{what}");
+    }
+    drop(c);
     server.shutdown().await.unwrap();
 }

@@ -278,7 +278,15 @@ impl Kms {
         check_state(&resolved.key, StateClass::Use)?;
         let r = &resolved.key.record;
         let (scheme, hash) = specs::signing_scheme(&r.key_spec, &r.key_usage, &algorithm)?;
-        let digest = if is_digest {
+        let digest = if scheme == crate::hsm::SignScheme::Ed25519 {
+            // Pure Ed25519 signs the message itself (it hashes internally with SHA-512).
+            if is_digest {
+                return Err(KmsError::Validation(format!(
+                    "{algorithm} signs RAW messages only; use MessageType RAW."
+                )));
+            }
+            message.to_vec()
+        } else if is_digest {
             if message.len() != hash.digest_len() {
                 return Err(KmsError::Validation(format!(
                     "Digest is invalid length for algorithm {algorithm}: {} bytes, expected {}.",

@@ -141,6 +141,7 @@ fn creation_error(spec: &str, kind: SpecKind, e: HsmError) -> KmsError {
     let what = match pair {
         PairSpec::Rsa(bits) => format!("CKM_RSA_PKCS_KEY_PAIR_GEN with a {bits}-bit modulus"),
         PairSpec::Ec(c) => format!("CKM_EC_KEY_PAIR_GEN on curve {}", c.name()),
+        PairSpec::Ed25519 => "CKM_EC_EDWARDS_KEY_PAIR_GEN on edwards25519".to_string(),
     };
     tracing::warn!(spec, error = %e, "the HSM refused to generate a key pair");
     KmsError::UnsupportedOperation(format!(

@@ -65,6 +65,7 @@ pub fn kind(spec: &str) -> Option<SpecKind> {
         "ECC_NIST_P384" => SpecKind::Pair(PairSpec::Ec(Curve::P384)),
         "ECC_NIST_P521" => SpecKind::Pair(PairSpec::Ec(Curve::P521)),
         "ECC_SECG_P256K1" => SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1)),
+        "ECC_NIST_EDWARDS25519" => SpecKind::Pair(PairSpec::Ed25519),
         "HMAC_224" => SpecKind::Hmac(MacAlg::Sha224),
         "HMAC_256" => SpecKind::Hmac(MacAlg::Sha256),
         "HMAC_384" => SpecKind::Hmac(MacAlg::Sha384),
@@ -83,7 +84,7 @@ pub fn usages(spec: &str) -> &'static [&'static str] {
     match kind(spec) {
         Some(SpecKind::Symmetric) => &[ENCRYPT_DECRYPT],
         Some(SpecKind::Pair(PairSpec::Rsa(_))) => &[ENCRYPT_DECRYPT, SIGN_VERIFY],
-        Some(SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1))) => &[SIGN_VERIFY],
+        Some(SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1) | PairSpec::Ed25519)) => &[SIGN_VERIFY],
         Some(SpecKind::Pair(PairSpec::Ec(_))) => &[SIGN_VERIFY, KEY_AGREEMENT],
         Some(SpecKind::Hmac(_)) => &[GENERATE_VERIFY_MAC],
         None => &[],
@@ -128,6 +129,8 @@ pub fn signing_algorithms(spec: &str, usage: &str) -> Vec<String> {
         Some(SpecKind::Pair(PairSpec::Ec(Curve::P256 | Curve::Secp256k1))) => &["ECDSA_SHA_256"],
         Some(SpecKind::Pair(PairSpec::Ec(Curve::P384))) => &["ECDSA_SHA_384"],
         Some(SpecKind::Pair(PairSpec::Ec(Curve::P521))) => &["ECDSA_SHA_512"],
+        // Pure Ed25519 only: SoftHSM2 2.6.1's CKM_EDDSA takes no Ed25519ph parameters.
+        Some(SpecKind::Pair(PairSpec::Ed25519)) => &["ED25519_SHA_512"],
         _ => &[],
     };
     list.iter().map(|s| s.to_string()).collect()
@@ -219,6 +222,7 @@ pub fn signing_scheme(
     };
     let scheme = match kind(spec) {
         Some(SpecKind::Pair(PairSpec::Ec(c))) => SignScheme::Ecdsa(c),
+        Some(SpecKind::Pair(PairSpec::Ed25519)) => SignScheme::Ed25519,
         _ if algorithm.starts_with("RSASSA_PSS") => SignScheme::RsaPss(hash.sha()),
         _ => SignScheme::RsaPkcs1,
     };
@@ -278,6 +282,9 @@ pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
         "ML_KEM_1024",
     ];
     match kind(spec) {
+        Some(SpecKind::Pair(PairSpec::Ed25519)) => Err(KmsError::UnsupportedOperation(format!(
+            "KeyPairSpec {spec} is not supported by this p11kms build."
+        ))),
         Some(SpecKind::Pair(p)) => Ok(p),
         _ if KNOWN.contains(&spec) => Err(KmsError::UnsupportedOperation(format!(
             "KeyPairSpec {spec} is not supported by this p11kms build."

@@ -17,6 +17,7 @@
 use std::time::Instant;
 
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -101,6 +102,8 @@ pub enum PairSpec {
     Rsa(u32),
     /// EC on this curve.
     Ec(Curve),
+    /// Ed25519 (`CKK_EC_EDWARDS` on edwards25519; pure EdDSA signatures).
+    Ed25519,
 }
 
 /// What the private half of a CMK key pair may do.
@@ -156,6 +159,9 @@ pub enum SignScheme {
     RsaPkcs1,
     /// ECDSA on this curve; signatures are DER `Ecdsa-Sig-Value`.
     Ecdsa(Curve),
+    /// Pure Ed25519 (`CKM_EDDSA` without parameters) over the message itself; signatures are
+    /// the raw 64 bytes.
+    Ed25519,
 }
 
 // ---------------------------------------------------------------- handles
@@ -244,6 +250,9 @@ fn allowed(spec: PairSpec, usage: PairUsage) -> Vec<MechanismType> {
         (PairSpec::Rsa(_), PairUsage::KeyAgreement) => Vec::new(),
         (PairSpec::Ec(_), PairUsage::KeyAgreement) => vec![MechanismType::ECDH1_DERIVE],
         (PairSpec::Ec(_), _) => vec![MechanismType::ECDSA],
+        (PairSpec::Ed25519, PairUsage::Sign) => vec![MechanismType::EDDSA],
+        // Never created: Ed25519 keys only sign (specs::usages).
+        (PairSpec::Ed25519, _) => Vec::new(),
     }
 }
 
@@ -251,6 +260,7 @@ fn key_type(spec: PairSpec) -> KeyType {
     match spec {
         PairSpec::Rsa(_) => KeyType::RSA,
         PairSpec::Ec(_) => KeyType::EC,
+        PairSpec::Ed25519 => KeyType::EC_EDWARDS,
     }
 }
 
@@ -261,6 +271,7 @@ fn shape(spec: PairSpec) -> Vec<Attribute> {
             Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
         ],
         PairSpec::Ec(c) => vec![Attribute::EcParams(c.oid_der().to_vec())],
+        PairSpec::Ed25519 => vec![Attribute::EcParams(der::OID_ED25519.to_vec())],
     }
 }
 
@@ -274,6 +285,7 @@ pub(crate) fn cmk_pair_generation(
     let mech = match spec {
         PairSpec::Rsa(_) => Mechanism::RsaPkcsKeyPairGen,
         PairSpec::Ec(_) => Mechanism::EccKeyPairGen,
+        PairSpec::Ed25519 => Mechanism::EccEdwardsKeyPairGen,
     };
     (
         mech,
@@ -494,7 +506,7 @@ fn bytes_of(attrs: &[Attribute], want: AttributeType) -> Option<Vec<u8>> {
 fn spki_of(ctx: &mut WorkerCtx, h: ObjectHandle, spec: PairSpec) -> Result<Vec<u8>, HsmError> {
     let wanted: &[AttributeType] = match spec {
         PairSpec::Rsa(_) => &[AttributeType::Modulus, AttributeType::PublicExponent],
-        PairSpec::Ec(_) => &[AttributeType::EcPoint],
+        PairSpec::Ec(_) | PairSpec::Ed25519 => &[AttributeType::EcPoint],
     };
     ctx.count("C_GetAttributeValue");
     let attrs = ctx
@@ -523,6 +535,13 @@ fn spki_of(ctx: &mut WorkerCtx, h: ObjectHandle, spec: PairSpec) -> Result<Vec<u
             let point = der::ec_point_from_attr(&raw, c.field_len())
                 .ok_or_else(|| bad(ctx, "CKA_EC_POINT"))?;
             Ok(der::ec_spki(c.oid_der(), &point))
+        }
+        PairSpec::Ed25519 => {
+            let raw =
+                bytes_of(&attrs, AttributeType::EcPoint).ok_or_else(|| bad(ctx, "CKA_EC_POINT"))?;
+            let point =
+                der::ed25519_point_from_attr(&raw).ok_or_else(|| bad(ctx, "CKA_EC_POINT"))?;
+            Ok(der::ed25519_spki(&point))
         }
     }
 }
@@ -558,6 +577,7 @@ fn sign_mechanism(scheme: SignScheme, digest_len: usize) -> Mechanism<'static> {
         }),
         SignScheme::RsaPkcs1 => Mechanism::RsaPkcs,
         SignScheme::Ecdsa(_) => Mechanism::Ecdsa,
+        SignScheme::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
     }
 }
 
@@ -685,6 +705,7 @@ pub(crate) fn verify(
             Some(raw) => raw,
             None => return Ok(false),
         },
+        SignScheme::Ed25519 if signature.len() != 64 => return Ok(false),
         _ => signature.to_vec(),
     };
     let mech = sign_mechanism(scheme, digest.len());
@@ -854,6 +875,13 @@ fn read_private(
             AttributeType::Coefficient,
         ],
         PairSpec::Ec(_) => &[AttributeType::Value],
+        PairSpec::Ed25519 => {
+            return Err(bad_input(
+                ctx,
+                "C_GenerateKeyPair",
+                "data key pairs are not made on Ed25519",
+            ))
+        }
     };
     ctx.count("C_GetAttributeValue");
     let attrs = ctx
@@ -911,6 +939,7 @@ fn read_private(
             let point = &spki[spki.len() - (1 + 2 * c.field_len())..];
             der::ec_pkcs8(c.oid_der(), c.field_len(), &d, point).ok_or_else(|| missing(ctx))?
         }
+        PairSpec::Ed25519 => return Err(missing(ctx)),
     };
     Ok((pkcs8, spki))
 }
@@ -944,6 +973,7 @@ pub(crate) fn generate_data_key_pair(
     let mech = match spec {
         PairSpec::Rsa(_) => Mechanism::RsaPkcsKeyPairGen,
         PairSpec::Ec(_) => Mechanism::EccKeyPairGen,
+        PairSpec::Ed25519 => Mechanism::EccEdwardsKeyPairGen,
     };
     ctx.count("C_GenerateKeyPair");
     let t = Instant::now();

@@ -117,6 +117,26 @@ pub(crate) fn ec_point_from_spki(
     (unused == 0 && point.len() == 1 + 2 * field_len && point[0] == 0x04).then(|| point.to_vec())
 }
 
+/// DER OID of Ed25519 (1.3.101.112): the algorithm of its SPKI, and its `CKA_EC_PARAMS`.
+pub(crate) const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// `SubjectPublicKeyInfo` of an Ed25519 key (RFC 8410): the algorithm has no parameters.
+pub(crate) fn ed25519_spki(point: &[u8]) -> Vec<u8> {
+    let alg = seq(&[OID_ED25519]);
+    seq(&[&alg, &bits(point)]).to_vec()
+}
+
+/// An Ed25519 `CKA_EC_POINT`: a DER OCTET STRING of the 32-byte public key (PKCS#11 3.0), or
+/// the bare 32 bytes.
+pub(crate) fn ed25519_point_from_attr(v: &[u8]) -> Option<Vec<u8>> {
+    if let Some((OCTET_STRING, point, [])) = read_tlv(v) {
+        if point.len() == 32 {
+            return Some(point.to_vec());
+        }
+    }
+    (v.len() == 32).then(|| v.to_vec())
+}
+
 /// The parts of an RSA private key, big-endian magnitudes.
 pub(crate) struct RsaPrivateParts {
     pub(crate) n: Zeroizing<Vec<u8>>,
@@ -341,5 +361,22 @@ mod tests {
         let rsa = rsa_spki(&[0x00, 0xc1, 0x02], &[1, 0, 1]);
         assert!(ec_point_from_spki(&rsa, Curve::P256.oid_der(), 32).is_none());
         assert!(ec_point_from_spki(&[], Curve::P256.oid_der(), 32).is_none());
+    }
+
+    #[test]
+    fn ed25519_points_and_spki() {
+        let key: Vec<u8> = (1..=32).collect();
+        let wrapped = octets(&key);
+        assert_eq!(ed25519_point_from_attr(&wrapped).as_deref(), Some(&key[..]));
+        assert_eq!(ed25519_point_from_attr(&key).as_deref(), Some(&key[..]));
+        assert!(ed25519_point_from_attr(&key[..31]).is_none());
+        assert!(ed25519_point_from_attr(&octets(&key[..31])).is_none());
+        let spki = ed25519_spki(&key);
+        assert_eq!(spki.len(), 44);
+        assert_eq!(
+            &spki[..12],
+            &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00]
+        );
+        assert_eq!(&spki[12..], &key[..]);
     }
 }

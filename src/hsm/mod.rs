@@ -293,6 +293,12 @@ const MECHANISMS: &[(&str, MechanismType, bool)] = &[
     ("RSA_X_509", MechanismType::RSA_X_509, false),
     ("EC_KEY_PAIR_GEN", MechanismType::ECC_KEY_PAIR_GEN, false),
     ("ECDH1_DERIVE", MechanismType::ECDH1_DERIVE, false),
+    (
+        "EC_EDWARDS_KEY_PAIR_GEN",
+        MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+        false,
+    ),
+    ("EDDSA", MechanismType::EDDSA, false),
     ("ECDSA", MechanismType::ECDSA, false),
     (
         "GENERIC_SECRET_KEY_GEN",

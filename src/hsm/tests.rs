@@ -831,7 +831,7 @@ fn mechanisms_report() {
     for r in &m {
         assert!(r.present, "{r:?}");
     }
-    assert_eq!(m.len(), 16);
+    assert_eq!(m.len(), 18);
     assert!(m.iter().any(|r| r.name == "ECDH1_DERIVE" && !r.required));
 }
 
