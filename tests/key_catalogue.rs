@@ -1861,7 +1861,8 @@ async fn derive_shared_secret_agrees_with_openssl() {
 /// signatures with the key from GetPublicKey; the refusals AWS gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_signatures_verify_with_openssl() {
-    let server = start(&data_dir("catalogue-ed25519")).await;
+    let (server, workdir, endpoint) =
+        start_both("catalogue-ed25519", Arc::new(ManualClock::default())).await;
     let mut c = admin(server.addr).await;
     let m = create(&mut c, "ECC_NIST_EDWARDS25519", "SIGN_VERIFY").await;
     assert_eq!(m.signing_algorithms, vec!["ED25519_SHA_512"]);
@@ -1986,6 +1987,13 @@ async fn ed25519_signatures_verify_with_openssl() {
     ] {
         assert_eq!(reason(c.sign(req).await), want, "{what}");
     }
+    // Through the AWS JSON door: boto3 signs, pyca/cryptography verifies.
+    python(
+        &workdir,
+        &endpoint,
+        vec!["boto3-ed25519".into(), m.key_id.clone()],
+    )
+    .await;
     drop(c);
     server.shutdown().await.unwrap();
 }

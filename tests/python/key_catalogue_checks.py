@@ -20,6 +20,10 @@ driven by tests/key_catalogue.rs.
       the public key from GetPublicKey; a peer key on another curve is ValidationException.
       Then ReEncrypt from a ciphertext made here with RSA-OAEP (SHA-256) under the RSA key's
       public key to the symmetric key, and back to the RSA key.
+
+  key_catalogue_checks.py boto3-ed25519 ED25519_KEY_ID
+      Signs through the AWS JSON door with boto3 (ED25519_SHA_512, RAW) and verifies the raw
+      signature locally with pyca/cryptography and the key from GetPublicKey.
 """
 
 import base64
@@ -269,11 +273,38 @@ def boto3_ecdh(agreement_key, rsa_key, sym_key):
     print("boto3 ReEncrypt: RSA (local OAEP) -> symmetric -> RSA OK")
 
 
+def boto3_ed25519(key_id):
+    from common import AK_ADMIN, session
+
+    kms = session(AK_ADMIN).client("kms")
+    pub = kms.get_public_key(KeyId=key_id)
+    check(pub["KeySpec"] == "ECC_NIST_EDWARDS25519", f"GetPublicKey: {pub}")
+    check(pub["SigningAlgorithms"] == ["ED25519_SHA_512"], f"GetPublicKey: {pub}")
+    key = serialization.load_der_public_key(pub["PublicKey"])
+    msg = b"signed with Ed25519 through the AWS JSON door"
+    sig = kms.sign(KeyId=key_id, Message=msg, MessageType="RAW", SigningAlgorithm="ED25519_SHA_512")[
+        "Signature"
+    ]
+    check(len(sig) == 64, f"Ed25519 signature of {len(sig)} bytes")
+    try:
+        key.verify(sig, msg)
+    except InvalidSignature:
+        fail("the Ed25519 signature does not verify locally")
+    try:
+        key.verify(sig, msg + b"!")
+        fail("the Ed25519 signature verified another message")
+    except InvalidSignature:
+        pass
+    print("boto3 Ed25519: sign, local verify, other message refused OK")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "local":
         local(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "boto3":
         boto3_checks(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 3 and sys.argv[1] == "boto3-ed25519":
+        boto3_ed25519(sys.argv[2])
     elif len(sys.argv) == 5 and sys.argv[1] == "boto3-ecdh":
         boto3_ecdh(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
