@@ -582,6 +582,7 @@ async fn catalogue_end_to_end() {
         "ECC_NIST_P384",
         "ECC_NIST_P521",
         "ECC_SECG_P256K1",
+        "ECC_NIST_EDWARDS25519",
     ] {
         let t = Instant::now();
         let out = c
@@ -1122,7 +1123,7 @@ async fn bad_input_and_authorization() {
     for (spec, want) in [
         ("RSA_1024", "ValidationException"),
         ("", "ValidationException"),
-        ("ECC_NIST_EDWARDS25519", "UnsupportedOperationException"),
+        ("ML_KEM_768", "UnsupportedOperationException"),
     ] {
         assert_eq!(
             reason(

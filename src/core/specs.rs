@@ -283,9 +283,6 @@ pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
         "ML_KEM_1024",
     ];
     match kind(spec) {
-        Some(SpecKind::Pair(PairSpec::Ed25519)) => Err(KmsError::UnsupportedOperation(format!(
-            "KeyPairSpec {spec} is not supported by this p11kms build."
-        ))),
         Some(SpecKind::Pair(p)) => Ok(p),
         _ if KNOWN.contains(&spec) => Err(KmsError::UnsupportedOperation(format!(
             "KeyPairSpec {spec} is not supported by this p11kms build."

@@ -874,14 +874,7 @@ fn read_private(
             AttributeType::Exponent2,
             AttributeType::Coefficient,
         ],
-        PairSpec::Ec(_) => &[AttributeType::Value],
-        PairSpec::Ed25519 => {
-            return Err(bad_input(
-                ctx,
-                "C_GenerateKeyPair",
-                "data key pairs are not made on Ed25519",
-            ))
-        }
+        PairSpec::Ec(_) | PairSpec::Ed25519 => &[AttributeType::Value],
     };
     ctx.count("C_GetAttributeValue");
     let attrs = ctx
@@ -939,7 +932,10 @@ fn read_private(
             let point = &spki[spki.len() - (1 + 2 * c.field_len())..];
             der::ec_pkcs8(c.oid_der(), c.field_len(), &d, point).ok_or_else(|| missing(ctx))?
         }
-        PairSpec::Ed25519 => return Err(missing(ctx)),
+        PairSpec::Ed25519 => {
+            let seed = take(AttributeType::Value).ok_or_else(|| missing(ctx))?;
+            der::ed25519_pkcs8(&seed).ok_or_else(|| missing(ctx))?
+        }
     };
     Ok((pkcs8, spki))
 }

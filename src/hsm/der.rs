@@ -137,6 +137,16 @@ pub(crate) fn ed25519_point_from_attr(v: &[u8]) -> Option<Vec<u8>> {
     (v.len() == 32).then(|| v.to_vec())
 }
 
+/// PKCS#8 `PrivateKeyInfo` of an Ed25519 key (RFC 8410): the 32-byte private key (seed) in
+/// an OCTET STRING inside the privateKey OCTET STRING. `None` unless `seed` is 32 bytes.
+pub(crate) fn ed25519_pkcs8(seed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if seed.len() != 32 {
+        return None;
+    }
+    let alg = seq(&[OID_ED25519]);
+    Some(seq(&[&uint(&[0]), &alg, &octets(&octets(seed))]))
+}
+
 /// The parts of an RSA private key, big-endian magnitudes.
 pub(crate) struct RsaPrivateParts {
     pub(crate) n: Zeroizing<Vec<u8>>,
@@ -378,5 +388,16 @@ mod tests {
             &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00]
         );
         assert_eq!(&spki[12..], &key[..]);
+        let pkcs8 = ed25519_pkcs8(&key).unwrap();
+        assert_eq!(pkcs8.len(), 48);
+        assert_eq!(
+            &pkcs8[..16],
+            &[
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20
+            ]
+        );
+        assert_eq!(&pkcs8[16..], &key[..]);
+        assert!(ed25519_pkcs8(&key[..31]).is_none());
     }
 }
