@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 use p11kms::api::grpc::status::aws_reason;
 use p11kms::client::{AccessKeyCredentials, ClientConfig, Signer};
-use p11kms::hsm::raw::{RawBench, RawKey, RawOp, RawResult};
+use p11kms::hsm::raw::{RawBench, RawKey, RawOp, RawResult, RawSigning};
 use p11kms::hsm::Pin;
 use p11kms::pb;
 use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
@@ -113,6 +113,55 @@ impl Op {
             Op::CreateKey => "C_GenerateKey(AES-256 token key)",
             Op::Sign => "SHA-256+C_SignInit+C_Sign(CKM_ECDSA, P-256 token key)",
             Op::Verify => "SHA-256+C_VerifyInit+C_Verify(CKM_ECDSA, P-256 token key)",
+        }
+    }
+}
+
+/// The key kind of the sign and verify cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Signing {
+    /// ECC_NIST_P256, ECDSA_SHA_256.
+    Ecdsa,
+    /// RSA_2048, RSASSA_PSS_SHA_256.
+    RsaPss,
+    /// ECC_NIST_EDWARDS25519, ED25519_SHA_512.
+    Ed25519,
+}
+
+impl Signing {
+    fn key_spec(self) -> &'static str {
+        match self {
+            Signing::Ecdsa => "ECC_NIST_P256",
+            Signing::RsaPss => "RSA_2048",
+            Signing::Ed25519 => "ECC_NIST_EDWARDS25519",
+        }
+    }
+
+    fn algorithm(self) -> &'static str {
+        match self {
+            Signing::Ecdsa => "ECDSA_SHA_256",
+            Signing::RsaPss => "RSASSA_PSS_SHA_256",
+            Signing::Ed25519 => "ED25519_SHA_512",
+        }
+    }
+
+    fn raw(self) -> RawSigning {
+        match self {
+            Signing::Ecdsa => RawSigning::EcdsaP256,
+            Signing::RsaPss => RawSigning::RsaPss2048,
+            Signing::Ed25519 => RawSigning::Ed25519,
+        }
+    }
+
+    /// What the HSM does per Sign and Verify, for the JSON.
+    fn hsm_calls(self, op: Op) -> &'static str {
+        match (self, op) {
+            (Signing::Ecdsa, Op::Sign) => "SHA-256+C_SignInit+C_Sign(CKM_ECDSA, P-256)",
+            (Signing::Ecdsa, _) => "SHA-256+C_VerifyInit+C_Verify(CKM_ECDSA, P-256)",
+            (Signing::RsaPss, Op::Sign) => "SHA-256+C_SignInit+C_Sign(CKM_RSA_PKCS_PSS, RSA-2048)",
+            (Signing::RsaPss, _) => "SHA-256+C_VerifyInit+C_Verify(CKM_RSA_PKCS_PSS, RSA-2048)",
+            (Signing::Ed25519, Op::Sign) => "C_SignInit+C_Sign(CKM_EDDSA, Ed25519)",
+            (Signing::Ed25519, _) => "C_VerifyInit+C_Verify(CKM_EDDSA, Ed25519)",
         }
     }
 }
@@ -219,6 +268,10 @@ struct Cli {
     /// their token objects), for A/B runs.
     #[arg(long)]
     no_session_key_copies: bool,
+    /// Key kind of the sign and verify cases (MessageType RAW): ECDSA_SHA_256 on ECC_NIST_P256,
+    /// RSASSA_PSS_SHA_256 on RSA_2048, or ED25519_SHA_512 on ECC_NIST_EDWARDS25519.
+    #[arg(long, value_enum, default_value_t = Signing::Ecdsa)]
+    signing: Signing,
     /// Keys in the store for the startup suite.
     #[arg(long, default_value_t = 10_000)]
     startup_keys: usize,
@@ -821,15 +874,12 @@ async fn create_key_of(
         .ok_or_else(|| tonic::Status::internal("CreateKey answered no metadata"))
 }
 
-/// The signing algorithm of the sign and verify cases (key spec ECC_NIST_P256).
-const SIGNING_ALGORITHM: &str = "ECDSA_SHA_256";
-
 fn sign_request(f: &Fixture) -> pb::SignRequest {
     pb::SignRequest {
         key_id: f.key_id.clone(),
         message: f.plaintext.clone(),
         message_type: "RAW".into(),
-        signing_algorithm: SIGNING_ALGORITHM.into(),
+        signing_algorithm: f.signing.algorithm().into(),
         grant_tokens: vec![],
     }
 }
@@ -837,6 +887,8 @@ fn sign_request(f: &Fixture) -> pb::SignRequest {
 /// Inputs the requests of one case reuse.
 struct Fixture {
     op: Op,
+    /// The key kind and algorithm of sign and verify.
+    signing: Signing,
     key_id: String,
     plaintext: Vec<u8>,
     ciphertext: Vec<u8>,
@@ -914,7 +966,7 @@ async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), ton
                     message: f.plaintext.clone(),
                     message_type: "RAW".into(),
                     signature: f.signature.clone(),
-                    signing_algorithm: SIGNING_ALGORITHM.into(),
+                    signing_algorithm: f.signing.algorithm().into(),
                     grant_tokens: vec![],
                 },
                 "Verify",
@@ -1104,7 +1156,8 @@ impl Bench<'_> {
         } else {
             Vec::new()
         };
-        // Sign and verify use their own ECC_NIST_P256 key, and verify a signature made first.
+        // Sign and verify use their own key (--signing), and verify a signature made first.
+        let signing = self.cli.signing;
         let (key_id, signature) = if matches!(op, Op::Sign | Op::Verify) {
             let mut c = self.conn.client(0);
             let conn = self.conn.clone();
@@ -1112,9 +1165,10 @@ impl Bench<'_> {
             self.rt
                 .block_on(async move {
                     let key_id =
-                        create_key_of(&conn, &mut c, "ECC_NIST_P256", "SIGN_VERIFY").await?;
+                        create_key_of(&conn, &mut c, signing.key_spec(), "SIGN_VERIFY").await?;
                     let mut f = Fixture {
                         op,
+                        signing,
                         key_id,
                         plaintext: pt,
                         ciphertext: Vec::new(),
@@ -1131,6 +1185,7 @@ impl Bench<'_> {
         };
         Ok(Fixture {
             op,
+            signing,
             key_id,
             plaintext,
             ciphertext,
@@ -1365,7 +1420,12 @@ impl Bench<'_> {
             "raw_session_copy_phases_ops_per_sec": copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
             "ratio_to_raw_session_copy": copy_mean.map(|r| round3(ops_per_sec / r)),
             "daemon_session_key_copies": !cli.no_session_key_copies,
-            "hsm_calls_per_op": op.hsm_calls(),
+            "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
+                cli.signing.hsm_calls(op)
+            } else {
+                op.hsm_calls()
+            },
+            "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
             "server_rss_kb_peak": mem.map(|m| m.0),
             "server_rss_kb_mean": mem.map(|m| m.1),
             "server_vmhwm_kb": hwm,
@@ -1640,9 +1700,11 @@ fn run(cli: Cli) -> Result<bool, String> {
         }
     }
     let raw = match (&raw_cfg, cli.no_raw) {
-        (Some((m, l, pin)), false) => {
-            Some(RawBench::open(m, l, pin).map_err(|e| format!("raw bench: {e}"))?)
-        }
+        (Some((m, l, pin)), false) => Some(
+            RawBench::open(m, l, pin)
+                .map_err(|e| format!("raw bench: {e}"))?
+                .with_signing(cli.signing.raw()),
+        ),
         _ => None,
     };
 

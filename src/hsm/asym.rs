@@ -557,7 +557,7 @@ pub(crate) fn public_key(
 
 // ---------------------------------------------------------------- signatures
 
-fn sign_input(scheme: SignScheme, digest: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn sign_input(scheme: SignScheme, digest: &[u8]) -> Option<Vec<u8>> {
     match scheme {
         SignScheme::RsaPkcs1 => {
             let mut v = der::digest_info_prefix(digest.len())?.to_vec();
@@ -568,7 +568,7 @@ fn sign_input(scheme: SignScheme, digest: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn sign_mechanism(scheme: SignScheme, digest_len: usize) -> Mechanism<'static> {
+pub(super) fn sign_mechanism(scheme: SignScheme, digest_len: usize) -> Mechanism<'static> {
     match scheme {
         SignScheme::RsaPss(h) => Mechanism::RsaPkcsPss(PkcsPssParams {
             hash_alg: h.mechanism(),

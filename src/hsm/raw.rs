@@ -13,10 +13,12 @@
 //! - re-encrypt: the decrypt above + the encrypt above;
 //! - create-key: `C_GenerateKey` of an AES-256 token key (the keys made are destroyed after the
 //!   timed loop, outside the measurement);
-//! - sign: SHA-256 of the message in-process + `C_SignInit` + `C_Sign` (`CKM_ECDSA`) with an
-//!   ECC_NIST_P256 token key pair made with the CMK pair templates, and the DER encoding of the
-//!   signature, as the daemon's Sign with ECDSA_SHA_256 and MessageType RAW;
-//! - verify: SHA-256 + DER decoding + `C_VerifyInit` + `C_Verify` with the public half.
+//! - sign: the daemon's Sign with MessageType RAW on a token key pair made with the CMK pair
+//!   templates ([`RawSigning`]): SHA-256 of the message in-process + `C_SignInit` + `C_Sign`
+//!   with `CKM_ECDSA` (P-256, DER-encoded result) or `CKM_RSA_PKCS_PSS` (RSA-2048), or
+//!   `C_Sign` with `CKM_EDDSA` over the message itself (Ed25519);
+//! - verify: the same input (and DER decoding for ECDSA) + `C_VerifyInit` + `C_Verify` with the
+//!   public half.
 //!
 //! The symmetric operations run either on the token key or on a session-object copy of it
 //! ([`RawKey`]): the daemon uses such copies by default (`hsm.session_key_copies`), and
@@ -33,7 +35,9 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::asym::{cmk_pair_generation, Curve, PairSpec, PairUsage};
+use super::asym::{
+    cmk_pair_generation, sign_input, sign_mechanism, Curve, PairSpec, PairUsage, ShaAlg, SignScheme,
+};
 use super::error::{from_cryptoki, HsmError, HsmErrorKind};
 use super::objects::{cmk_aes_template, ObjectId};
 use super::{module, Pin, GCM_IV_LEN, GCM_TAG_LEN, MAX_RANDOM_LEN};
@@ -95,6 +99,46 @@ pub enum RawKey {
     SessionCopy,
 }
 
+/// The key kind and scheme of the sign and verify runs, as the daemon's Sign with MessageType
+/// RAW does them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RawSigning {
+    /// ECC_NIST_P256, ECDSA_SHA_256: SHA-256 in-process, `CKM_ECDSA`, DER signature.
+    #[default]
+    EcdsaP256,
+    /// RSA_2048, RSASSA_PSS_SHA_256: SHA-256 in-process, `CKM_RSA_PKCS_PSS`.
+    RsaPss2048,
+    /// ECC_NIST_EDWARDS25519, ED25519_SHA_512: `CKM_EDDSA` over the message.
+    Ed25519,
+}
+
+impl RawSigning {
+    fn spec(self) -> PairSpec {
+        match self {
+            RawSigning::EcdsaP256 => PairSpec::Ec(Curve::P256),
+            RawSigning::RsaPss2048 => PairSpec::Rsa(2048),
+            RawSigning::Ed25519 => PairSpec::Ed25519,
+        }
+    }
+
+    fn scheme(self) -> SignScheme {
+        match self {
+            RawSigning::EcdsaP256 => SignScheme::Ecdsa(Curve::P256),
+            RawSigning::RsaPss2048 => SignScheme::RsaPss(ShaAlg::Sha256),
+            RawSigning::Ed25519 => SignScheme::Ed25519,
+        }
+    }
+
+    /// What the daemon's device call signs: the SHA-256 digest, or the message (Ed25519).
+    fn signed_input(self, message: &[u8]) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        match self {
+            RawSigning::Ed25519 => message.to_vec(),
+            _ => Sha256::digest(message).to_vec(),
+        }
+    }
+}
+
 /// An open session and a token key of the CMK kind (plus its session copy), ready for timed
 /// runs.
 pub struct RawBench {
@@ -102,6 +146,7 @@ pub struct RawBench {
     key: ObjectHandle,
     copy: ObjectHandle,
     token: String,
+    signing: RawSigning,
 }
 
 impl std::fmt::Debug for RawBench {
@@ -160,6 +205,7 @@ impl RawBench {
             key,
             copy,
             token: token_label.to_owned(),
+            signing: RawSigning::default(),
         })
     }
 
@@ -202,14 +248,20 @@ impl RawBench {
             .map_err(fail(&self.token, "C_Decrypt"))
     }
 
-    /// A P-256 signing key pair of the CMK pair kind (token objects), for sign and verify.
-    fn ec_pair(&self) -> Result<(ObjectHandle, ObjectHandle), HsmError> {
+    /// The key kind and scheme of later sign and verify runs.
+    pub fn with_signing(mut self, signing: RawSigning) -> Self {
+        self.signing = signing;
+        self
+    }
+
+    /// A signing key pair of the CMK pair kind (token objects) for sign and verify.
+    fn signing_pair(&self) -> Result<(ObjectHandle, ObjectHandle), HsmError> {
         let (mech, mut public, mut private) =
-            cmk_pair_generation(&fresh_id(), PairSpec::Ec(Curve::P256), PairUsage::Sign);
+            cmk_pair_generation(&fresh_id(), self.signing.spec(), PairUsage::Sign);
         for t in [&mut public, &mut private] {
             for a in t.iter_mut() {
                 if let Attribute::Label(l) = a {
-                    *l = b"p11kms-bench/raw/ecdsa".to_vec();
+                    *l = b"p11kms-bench/raw/signing".to_vec();
                 }
             }
         }
@@ -218,43 +270,47 @@ impl RawBench {
             .map_err(fail(&self.token, "C_GenerateKeyPair"))
     }
 
-    /// SHA-256 + `C_Sign(CKM_ECDSA)` + DER, as the daemon's Sign (ECDSA_SHA_256, RAW).
-    fn ecdsa_sign(&self, private: ObjectHandle, message: &[u8]) -> Result<Vec<u8>, HsmError> {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(message);
+    /// The daemon's Sign (MessageType RAW) with [`RawSigning`]: the digest or message, the
+    /// same mechanism and input, and DER for ECDSA.
+    fn sign_message(&self, private: ObjectHandle, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let scheme = self.signing.scheme();
+        let digest = self.signing.signed_input(message);
+        let bad = |what: &str| HsmError::new(HsmErrorKind::Other, "C_Sign", &self.token, what);
+        let input = sign_input(scheme, &digest).ok_or_else(|| bad("unsupported digest"))?;
         let raw = self
             .session
-            .sign(&Mechanism::Ecdsa, private, &digest)
+            .sign(&sign_mechanism(scheme, digest.len()), private, &input)
             .map_err(fail(&self.token, "C_Sign"))?;
-        super::signing::ecdsa_raw_to_der(&raw).ok_or_else(|| {
-            HsmError::new(
-                HsmErrorKind::Other,
-                "C_Sign",
-                &self.token,
-                "malformed ECDSA signature",
-            )
-        })
+        match scheme {
+            SignScheme::Ecdsa(_) => super::signing::ecdsa_raw_to_der(&raw)
+                .ok_or_else(|| bad("malformed ECDSA signature")),
+            _ => Ok(raw),
+        }
     }
 
-    /// SHA-256 + DER decoding + `C_Verify(CKM_ECDSA)`, as the daemon's Verify.
-    fn ecdsa_verify(
+    /// The daemon's Verify (MessageType RAW) with [`RawSigning`].
+    fn verify_message(
         &self,
         public: ObjectHandle,
         message: &[u8],
-        der: &[u8],
+        signature: &[u8],
     ) -> Result<(), HsmError> {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(message);
-        let raw = super::der::ecdsa_der_to_raw(der, Curve::P256.field_len()).ok_or_else(|| {
-            HsmError::new(
-                HsmErrorKind::Other,
-                "C_Verify",
-                &self.token,
-                "malformed ECDSA signature",
-            )
-        })?;
+        let scheme = self.signing.scheme();
+        let digest = self.signing.signed_input(message);
+        let bad = |what: &str| HsmError::new(HsmErrorKind::Other, "C_Verify", &self.token, what);
+        let input = sign_input(scheme, &digest).ok_or_else(|| bad("unsupported digest"))?;
+        let signature = match scheme {
+            SignScheme::Ecdsa(c) => super::der::ecdsa_der_to_raw(signature, c.field_len())
+                .ok_or_else(|| bad("malformed ECDSA signature"))?,
+            _ => signature.to_vec(),
+        };
         self.session
-            .verify(&Mechanism::Ecdsa, public, &digest, &raw)
+            .verify(
+                &sign_mechanism(scheme, digest.len()),
+                public,
+                &input,
+                &signature,
+            )
             .map_err(fail(&self.token, "C_Verify"))
     }
 
@@ -302,7 +358,7 @@ impl RawBench {
         // The signing pair for sign/verify (made before the clock starts, destroyed after).
         let pair = match op {
             RawOp::Sign | RawOp::Verify => {
-                let (mut public, mut private) = self.ec_pair()?;
+                let (mut public, mut private) = self.signing_pair()?;
                 created.extend([public, private]);
                 if kind == RawKey::SessionCopy {
                     for h in [&mut public, &mut private] {
@@ -313,7 +369,7 @@ impl RawBench {
                         created.push(*h);
                     }
                 }
-                Some((public, private, self.ecdsa_sign(private, &plaintext)?))
+                Some((public, private, self.sign_message(private, &plaintext)?))
             }
             _ => None,
         };
@@ -343,9 +399,9 @@ impl RawBench {
                 RawOp::Sign | RawOp::Verify => {
                     let (public, private, sig) = pair.as_ref().expect("made above");
                     if op == RawOp::Sign {
-                        self.ecdsa_sign(*private, &plaintext).map(drop)
+                        self.sign_message(*private, &plaintext).map(drop)
                     } else {
-                        self.ecdsa_verify(*public, &plaintext, sig)
+                        self.verify_message(*public, &plaintext, sig)
                     }
                 }
             };

@@ -900,7 +900,7 @@ fn worker_threads_are_named() {
 fn raw_baseline_runs_every_operation() {
     use super::raw::{RawBench, RawOp};
     let _alone = super::pool::token_objects_exclusive();
-    let bench = RawBench::open(
+    let mut bench = RawBench::open(
         std::path::Path::new(MODULE),
         &env().c,
         &Pin::new(env().pin.clone()),
@@ -938,5 +938,19 @@ fn raw_baseline_runs_every_operation() {
             )
             .unwrap_or_else(|e| panic!("{op:?} on the session copy: {e}"));
         assert!(r.ops > 0, "{op:?} on the session copy did no work");
+    }
+    // Sign and verify with every signing kind the benchmark offers.
+    for signing in [
+        super::raw::RawSigning::EcdsaP256,
+        super::raw::RawSigning::RsaPss2048,
+        super::raw::RawSigning::Ed25519,
+    ] {
+        bench = bench.with_signing(signing);
+        for op in [RawOp::Sign, RawOp::Verify] {
+            let r = bench
+                .run(op, 32, b"aad", Duration::from_millis(30))
+                .unwrap_or_else(|e| panic!("{signing:?} {op:?}: {e}"));
+            assert!(r.ops > 0, "{signing:?} {op:?} did no work");
+        }
     }
 }
