@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use super::der;
 use super::error::{HsmError, HsmErrorKind};
 use super::objects::{ObjectId, Part};
-use super::ops::{self, with_copy};
+use super::ops::{self, with_copy, with_part};
 use super::pool::WorkerCtx;
 use super::{GcmSealed, KeyAttributes};
 
@@ -162,78 +162,6 @@ pub enum SignScheme {
     /// Pure Ed25519 (`CKM_EDDSA` without parameters) over the message itself; signatures are
     /// the raw 64 bytes.
     Ed25519,
-}
-
-// ---------------------------------------------------------------- handles
-
-/// Find the object of `part` with `CKA_ID` = `id`.
-pub(crate) fn find_part(
-    ctx: &mut WorkerCtx,
-    id: &ObjectId,
-    part: Part,
-) -> Result<Option<ObjectHandle>, HsmError> {
-    ctx.count("C_FindObjectsInit");
-    ctx.count("C_FindObjects");
-    ctx.count("C_FindObjectsFinal");
-    let found = ctx
-        .session
-        .find_objects(&[
-            Attribute::Class(part.class()),
-            Attribute::Token(true),
-            Attribute::Id(id.0.to_vec()),
-        ])
-        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
-    match found.as_slice() {
-        [] => Ok(None),
-        [h] => Ok(Some(*h)),
-        many => Err(HsmError::new(
-            HsmErrorKind::Other,
-            "C_FindObjects",
-            ctx.token(),
-            format!("{} {part:?} objects share the CKA_ID of {id}", many.len()),
-        )),
-    }
-}
-
-fn resolve_part(
-    ctx: &mut WorkerCtx,
-    id: &ObjectId,
-    part: Part,
-) -> Result<(ObjectHandle, bool), HsmError> {
-    if let Some(h) = ctx.shared.handles.get_part(id, part) {
-        return Ok((h, true));
-    }
-    match find_part(ctx, id, part)? {
-        Some(h) => {
-            ctx.shared.handles.insert_part(*id, part, h);
-            Ok((h, false))
-        }
-        None => Err(HsmError::new(
-            HsmErrorKind::ObjectNotFound,
-            "C_FindObjects",
-            ctx.token(),
-            format!("no {part:?} key object with the CKA_ID of {id}"),
-        )),
-    }
-}
-
-/// Run `f` with the handle of (`id`, `part`); a stale cached handle is evicted, looked up
-/// again and `f` retried once.
-pub(crate) fn with_part<T>(
-    ctx: &mut WorkerCtx,
-    id: &ObjectId,
-    part: Part,
-    mut f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
-) -> Result<T, HsmError> {
-    let (h, cached) = resolve_part(ctx, id, part)?;
-    match f(ctx, h) {
-        Err(e) if cached && e.kind == HsmErrorKind::ObjectNotFound => {
-            ctx.shared.handles.evict_part(id, part);
-            let (h, _) = resolve_part(ctx, id, part)?;
-            f(ctx, h)
-        }
-        other => other,
-    }
 }
 
 // ---------------------------------------------------------------- templates

@@ -126,15 +126,6 @@ pub(crate) fn session_wrapping_key_template() -> Vec<Attribute> {
     ]
 }
 
-/// Search template that finds the secret-key token object of `id` (not its session copy).
-pub(crate) fn secret_key_search(id: &ObjectId) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::Token(true),
-        Attribute::Id(id.0.to_vec()),
-    ]
-}
-
 /// `CKO_SECRET_KEY` -> `SECRET_KEY`.
 pub(crate) fn class_name(class: ObjectClass) -> String {
     let s = class.to_string();

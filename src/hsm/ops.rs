@@ -11,11 +11,10 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectHandle};
 use cryptoki::session::SessionState;
 use zeroize::Zeroizing;
 
-use super::asym::with_part;
 use super::error::{is_handle_invalid, rv_string, HsmError, HsmErrorKind};
 use super::objects::{
-    class_name, cmk_aes_template, mechanism_name, secret_key_search, session_wrapping_key_template,
-    CopyState, ObjectId, Part,
+    class_name, cmk_aes_template, mechanism_name, session_wrapping_key_template, CopyState,
+    ObjectId, Part,
 };
 use super::pool::WorkerCtx;
 use super::{AadBuilder, GcmSealed, KeyAttributes, ObjectInfo, GCM_IV_LEN, GCM_TAG_LEN};
@@ -25,15 +24,23 @@ const TAG_BITS: u64 = (GCM_TAG_LEN * 8) as u64;
 
 // ---------------------------------------------------------------- handles
 
-/// Find the secret-key object with `CKA_ID` = `id` on the device (linear
-/// scan in SoftHSM2). `Ok(None)` if absent; an error if not unique.
-fn find(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<Option<ObjectHandle>, HsmError> {
+/// Find the token object of `part` with `CKA_ID` = `id` (a linear scan in SoftHSM2).
+/// `Ok(None)` if absent; an error if not unique.
+pub(crate) fn find_part(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    part: Part,
+) -> Result<Option<ObjectHandle>, HsmError> {
     ctx.count("C_FindObjectsInit");
     ctx.count("C_FindObjects");
     ctx.count("C_FindObjectsFinal");
     let found = ctx
         .session
-        .find_objects(&secret_key_search(id))
+        .find_objects(&[
+            Attribute::Class(part.class()),
+            Attribute::Token(true),
+            Attribute::Id(id.0.to_vec()),
+        ])
         .map_err(|e| ctx.fail("C_FindObjects", &e))?;
     match found.as_slice() {
         [] => Ok(None),
@@ -42,52 +49,59 @@ fn find(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<Option<ObjectHandle>, HsmE
             HsmErrorKind::Other,
             "C_FindObjects",
             ctx.token(),
-            format!("{} objects share the CKA_ID of {id}", many.len()),
+            format!("{} {part:?} objects share the CKA_ID of {id}", many.len()),
         )),
     }
 }
 
-/// The handle of `id`: from the cache, else found once and cached.
-/// The flag says whether it came from the cache.
-fn resolve(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<(ObjectHandle, bool), HsmError> {
-    if let Some(h) = ctx.shared.handles.get(id) {
-        return Ok((h, true));
-    }
-    match find(ctx, id)? {
-        Some(h) => {
-            ctx.shared.handles.insert(*id, h);
-            Ok((h, false))
-        }
-        None => Err(not_found(ctx, id)),
-    }
-}
-
-fn not_found(ctx: &WorkerCtx, id: &ObjectId) -> HsmError {
-    HsmError::new(
-        HsmErrorKind::ObjectNotFound,
-        "C_FindObjects",
-        ctx.token(),
-        format!("no key object with the CKA_ID of {id}"),
-    )
-}
-
-/// Run `f` with the handle of `id`. If a cached handle turns out invalid
-/// (destroyed elsewhere, device lost our handles) it is evicted, looked up
-/// again, and `f` retried once.
-fn with_key<T>(
+fn resolve_part(
     ctx: &mut WorkerCtx,
     id: &ObjectId,
+    part: Part,
+) -> Result<(ObjectHandle, bool), HsmError> {
+    if let Some(h) = ctx.shared.handles.get_part(id, part) {
+        return Ok((h, true));
+    }
+    match find_part(ctx, id, part)? {
+        Some(h) => {
+            ctx.shared.handles.insert_part(*id, part, h);
+            Ok((h, false))
+        }
+        None => Err(HsmError::new(
+            HsmErrorKind::ObjectNotFound,
+            "C_FindObjects",
+            ctx.token(),
+            format!("no {part:?} key object with the CKA_ID of {id}"),
+        )),
+    }
+}
+
+/// Run `f` with the handle of (`id`, `part`). If a cached handle turns out invalid (destroyed
+/// elsewhere, device lost our handles) it is evicted, looked up again, and `f` retried once.
+pub(crate) fn with_part<T>(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    part: Part,
     mut f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
 ) -> Result<T, HsmError> {
-    let (h, cached) = resolve(ctx, id)?;
+    let (h, cached) = resolve_part(ctx, id, part)?;
     match f(ctx, h) {
         Err(e) if cached && e.kind == HsmErrorKind::ObjectNotFound => {
-            ctx.shared.handles.evict(id);
-            let (h, _) = resolve(ctx, id)?;
+            ctx.shared.handles.evict_part(id, part);
+            let (h, _) = resolve_part(ctx, id, part)?;
             f(ctx, h)
         }
         other => other,
     }
+}
+
+/// [`with_part`] for the secret-key object of a symmetric or HMAC key version.
+fn with_key<T>(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    with_part(ctx, id, Part::Secret, f)
 }
 
 /// Run `f` with the fastest handle of (`id`, `part`): its session-object copy (made on first
@@ -474,7 +488,7 @@ pub(crate) fn exists(ctx: &mut WorkerCtx, id: ObjectId) -> Result<bool, HsmError
             Err(e) => return Err(ctx.fail("C_GetAttributeValue", &e)),
         }
     }
-    match find(ctx, &id)? {
+    match find_part(ctx, &id, Part::Secret)? {
         Some(h) => {
             ctx.shared.handles.insert(id, h);
             Ok(true)
@@ -598,7 +612,7 @@ pub(crate) fn try_wrap_with_new_key(
     ctx: &mut WorkerCtx,
     id: ObjectId,
 ) -> Result<Vec<u8>, HsmError> {
-    let (target, _) = resolve(ctx, &id)?;
+    let (target, _) = resolve_part(ctx, &id, Part::Secret)?;
     ctx.count("C_GenerateKey");
     let wrapping = ctx
         .session

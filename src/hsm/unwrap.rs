@@ -26,7 +26,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use subtle::ConstantTimeEq;
 
-use super::asym;
+use super::asym::{self, destroy_quietly};
 use super::error::{HsmError, HsmErrorKind};
 use super::objects::ObjectId;
 use super::pool::WorkerCtx;
@@ -393,14 +393,6 @@ fn ephemeral_aes_template() -> Vec<Attribute> {
 
 // ------------------------------------------------------------------------------- helpers
 
-fn destroy_quietly(ctx: &mut WorkerCtx, h: ObjectHandle, what: &str) {
-    ctx.count("C_DestroyObject");
-    if let Err(e) = ctx.session.destroy_object(h) {
-        let err = ctx.fail("C_DestroyObject", &e);
-        tracing::warn!(error = %err, what, "could not destroy a temporary import object");
-    }
-}
-
 fn find_wrapping_key(ctx: &mut WorkerCtx, id: &WrappingKeyId) -> Result<ObjectHandle, HsmError> {
     ctx.count("C_FindObjectsInit");
     ctx.count("C_FindObjects");
@@ -505,7 +497,7 @@ fn unwrap_material(
         aes_part,
         template,
     );
-    destroy_quietly(ctx, ephemeral, "ephemeral AES key");
+    destroy_quietly(ctx, &[ephemeral], "ephemeral AES key");
     r
 }
 
@@ -631,16 +623,16 @@ pub(crate) fn generate_wrapping_key(
             )) => false,
             Err(e) => {
                 let err = ctx.fail("C_Encrypt", &e);
-                destroy_quietly(ctx, public, "wrapping public key");
-                destroy_quietly(ctx, private, "wrapping private key");
+                destroy_quietly(ctx, &[public], "wrapping public key");
+                destroy_quietly(ctx, &[private], "wrapping private key");
                 return Err(err);
             }
         };
         OAEP_SHA256.store(if ok { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
     }
     if sha256 && oaep_sha256_known() == Some(false) {
-        destroy_quietly(ctx, public, "wrapping public key");
-        destroy_quietly(ctx, private, "wrapping private key");
+        destroy_quietly(ctx, &[public], "wrapping public key");
+        destroy_quietly(ctx, &[private], "wrapping private key");
         return Ok((WrappingKeyOutcome::OaepSha256Unsupported, None));
     }
     ctx.count("C_GetAttributeValue");
@@ -651,11 +643,11 @@ pub(crate) fn generate_wrapping_key(
             &[AttributeType::Modulus, AttributeType::PublicExponent],
         )
         .map_err(|e| ctx.fail("C_GetAttributeValue", &e));
-    destroy_quietly(ctx, public, "wrapping public key");
+    destroy_quietly(ctx, &[public], "wrapping public key");
     let attrs = match attrs {
         Ok(a) => a,
         Err(e) => {
-            destroy_quietly(ctx, private, "wrapping private key");
+            destroy_quietly(ctx, &[private], "wrapping private key");
             return Err(e);
         }
     };
@@ -669,7 +661,7 @@ pub(crate) fn generate_wrapping_key(
         }
     }
     let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
-        destroy_quietly(ctx, private, "wrapping private key");
+        destroy_quietly(ctx, &[private], "wrapping private key");
         return Err(HsmError::new(
             HsmErrorKind::Other,
             "C_GetAttributeValue",
@@ -691,7 +683,7 @@ pub(crate) fn persist_wrapping_key(
     private: ObjectHandle,
 ) -> Result<(), HsmError> {
     let r = asym::copy_to_token(ctx, private, id.cka_id(), id.label().into_bytes());
-    destroy_quietly(ctx, private, "session wrapping private key");
+    destroy_quietly(ctx, &[private], "session wrapping private key");
     r?;
     tracing::debug!(token = %ctx.token(), object = %id.label(), "import wrapping key generated");
     Ok(())
@@ -788,7 +780,7 @@ pub(crate) fn import_material(
         }
         Ok(ImportOutcome::Imported(check))
     })();
-    destroy_quietly(ctx, copy, "import check copy");
+    destroy_quietly(ctx, &[copy], "import check copy");
     let outcome = outcome?;
     if !(job.create_object && matches!(outcome, ImportOutcome::Imported(_))) {
         return Ok(outcome);
