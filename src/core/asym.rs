@@ -12,9 +12,9 @@ use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::crypto::{
-    aad_builder, blob_from, canonical, check_symmetric_usage, DecryptRequest, DecryptResponse,
-    EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse, SourceBlob,
-    MAX_CIPHERTEXT,
+    aad_builder, blob_from, canonical, check_algorithm, check_symmetric_usage, DecryptRequest,
+    DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse,
+    SourceBlob, MAX_CIPHERTEXT,
 };
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KEY_AGREEMENT, KNOWN_MESSAGE_TYPES};
@@ -587,11 +587,8 @@ impl Kms {
             ("sourceEncryptionAlgorithm", &src_alg, src_hash),
             ("destinationEncryptionAlgorithm", &dst_alg, dst_hash),
         ] {
-            if hash.is_none() && alg != SYMMETRIC_DEFAULT {
-                return Err(KmsError::validation(
-                    member,
-                    "Member must satisfy enum value set: [SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256, SM2PKE]",
-                ));
+            if hash.is_none() {
+                check_algorithm(member, Some(alg))?;
             }
         }
         validate::blob_len(

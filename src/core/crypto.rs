@@ -131,7 +131,9 @@ impl std::fmt::Debug for GenerateDataKeyResponse {
     }
 }
 
-fn check_algorithm(member: &str, alg: Option<&str>) -> Result<(), KmsError> {
+/// A symmetric request's algorithm: absent or SYMMETRIC_DEFAULT; another known one is
+/// InvalidKeyUsageException, an unknown one ValidationException.
+pub(super) fn check_algorithm(member: &str, alg: Option<&str>) -> Result<(), KmsError> {
     match alg {
         None | Some("") | Some(SYMMETRIC_DEFAULT) => Ok(()),
         Some(a) if KNOWN_ENCRYPTION_ALGORITHMS.contains(&a) => Err(KmsError::InvalidKeyUsage(
