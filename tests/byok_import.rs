@@ -241,16 +241,6 @@ async fn import_objects(server: &p11kms::server::RunningServer) -> usize {
         .count()
 }
 
-async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// The tests of this binary count import objects on one shared token: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

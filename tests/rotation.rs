@@ -89,16 +89,6 @@ async fn assert_settled(server: &p11kms::server::RunningServer) {
     assert!(drift.missing_objects.is_empty(), "{drift:?}");
 }
 
-async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     let dir = data_dir("rotation");

@@ -346,3 +346,14 @@ pub async fn key_objects(server: &RunningServer, key_id: &str) -> Vec<(u32, bool
         .map(|(id, token)| (id.version(), token))
         .collect()
 }
+
+/// Polls `f` every 50 ms for up to 5 s (sweeper-driven changes); whether it became true.
+pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
