@@ -80,6 +80,9 @@ pub struct KmsConfig {
     pub region: String,
     /// How often the deletion sweeper runs, in seconds.
     pub deletion_sweep_interval_secs: u64,
+    /// How often key last usage (GetKeyLastUsage) is written to the store, in seconds. It is
+    /// kept in memory in between and written at shutdown.
+    pub key_usage_flush_interval_secs: u64,
 }
 
 impl Default for KmsConfig {
@@ -88,6 +91,7 @@ impl Default for KmsConfig {
             partition: "aws".into(),
             region: "us-east-1".into(),
             deletion_sweep_interval_secs: 60,
+            key_usage_flush_interval_secs: 60,
         }
     }
 }
@@ -357,6 +361,9 @@ impl Config {
         }
         if self.kms.deletion_sweep_interval_secs == 0 {
             return invalid("kms.deletion_sweep_interval_secs must be at least 1".into());
+        }
+        if self.kms.key_usage_flush_interval_secs == 0 {
+            return invalid("kms.key_usage_flush_interval_secs must be at least 1".into());
         }
         if self.hsm.token_label.is_empty() || self.hsm.token_label.len() > 32 {
             return invalid("hsm.token_label must be 1-32 characters".into());

@@ -148,6 +148,14 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The last successful cryptographic operation on a key (key id or key ARN), printed as
+    /// the AWS door answers GetKeyLastUsage.
+    GetKeyLastUsage {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        key: String,
+    },
     /// ECDH on the device with a KEY_AGREEMENT key and a peer's public key (DER or PEM
     /// SubjectPublicKeyInfo file); the raw shared secret goes to --out (mode 0600) or, as
     /// base64, to standard output.
@@ -577,6 +585,33 @@ fn ts(t: &Option<prost_types::Timestamp>) -> serde_json::Value {
     t.as_ref()
         .map(|t| json!(t.seconds as f64 + f64::from(t.nanos) / 1e9))
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// A timestamp in Unix milliseconds (0 when absent).
+fn ts_ms(t: &Option<prost_types::Timestamp>) -> i64 {
+    t.as_ref()
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+        .unwrap_or(0)
+}
+
+/// The gRPC answer of GetKeyLastUsage as the engine's output, so the CLI prints exactly what
+/// the AWS door answers.
+fn last_usage_output(r: pb::GetKeyLastUsageResponse) -> p11kms::core::usage::KeyLastUsageOutput {
+    let last = r.key_last_usage.and_then(|u| {
+        Some(p11kms::store::KeyUsageRecord {
+            key_id: String::new(),
+            operation: p11kms::store::UsageOperation::parse(&u.operation)?,
+            used_at_ms: ts_ms(&u.timestamp),
+            event_id: u.cloud_trail_event_id,
+            request_id: u.kms_request_id,
+        })
+    });
+    p11kms::core::usage::KeyLastUsageOutput {
+        key_id: r.key_id,
+        last_usage: last,
+        tracking_start_date_ms: ts_ms(&r.tracking_start_date),
+        key_creation_date_ms: ts_ms(&r.key_creation_date),
+    }
 }
 
 fn metadata_json(m: &pb::KeyMetadata) -> serde_json::Value {
@@ -1076,6 +1111,21 @@ async fn client_command(command: Command) -> Result<(), String> {
                 Some(p) => write_output(&p, &r.public_key, false)?,
                 None => print!("{}", public_key_pem(&r.public_key)),
             }
+        }
+        Command::GetKeyLastUsage { conn, key } => {
+            let sess = Session::open(&conn).await?;
+            let r = sess
+                .kms()
+                .get_key_last_usage(sess.k(
+                    "GetKeyLastUsage",
+                    pb::GetKeyLastUsageRequest { key_id: key },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_json(&p11kms::api::aws_json::kms::key_last_usage_body(
+                &last_usage_output(r),
+            ));
         }
         Command::DeriveSharedSecret {
             conn,

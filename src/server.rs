@@ -81,6 +81,7 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: tokio::task::JoinHandle<()>,
+    usage_flusher: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
     health_task: tokio::task::JoinHandle<()>,
     /// Where the metrics endpoint listens, when enabled.
@@ -135,6 +136,11 @@ impl RunningServer {
             aws.shutdown().await;
         }
         self.sweeper.abort();
+        self.usage_flusher.abort();
+        // Key last usage is kept in memory between flushes: store it before stopping.
+        if let Err(e) = self.kms.flush_key_usage().await {
+            tracing::error!(error = %e, "could not store key last usage at shutdown");
+        }
         self.reloader.abort();
         self.health_task.abort();
         if let Some((tx, task)) = self.metrics_task.take() {
@@ -373,6 +379,10 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .sweep_interval
         .unwrap_or(Duration::from_secs(config.kms.deletion_sweep_interval_secs));
     let sweeper = spawn_sweeper(kms.clone(), interval);
+    let usage_flusher = crate::core::usage::spawn_usage_flusher(
+        kms.clone(),
+        Duration::from_secs(config.kms.key_usage_flush_interval_secs),
+    );
     let health_task = spawn_health(kms.clone(), audit.clone(), health);
     let (metrics_addr, metrics_task) = if config.metrics.enabled {
         let listener = tokio::net::TcpListener::bind(config.metrics.listen).await?;
@@ -395,6 +405,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         shutdown: Some(tx),
         serve,
         sweeper,
+        usage_flusher,
         reloader,
         health_task,
         metrics_addr,

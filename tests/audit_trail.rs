@@ -14,36 +14,6 @@ use common::*;
 use p11kms::pb;
 use serde_json::Value;
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let audit = dir.join("audit");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&audit)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
-    v.sort();
-    v
-}
-
-fn records(dir: &Path) -> Vec<Value> {
-    segments(dir)
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn events(dir: &Path) -> Vec<Value> {
-    records(dir)
-        .into_iter()
-        .filter(|r| r["recordType"] == "event")
-        .collect()
-}
-
 fn verify(dir: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
         .args(["audit", "verify", "--public-key"])

@@ -181,7 +181,14 @@ impl Gate {
             (Err(audit_unavailable()), RequestRecord::default())
         };
         let params = std::mem::take(&mut info.params);
+        // GetKeyLastUsage: the keys a successful request used, at the event's time.
+        let used = match &result {
+            Ok(_) => rec.keys_used(),
+            Err(_) => Vec::new(),
+        };
+        let used_at = self.kms.now_ms();
         let mut ev = self.event(&info, params).with_caller(&caller);
+        let event_id = ev.event_id.clone();
         ev.decision = deciding(&mut rec);
         if let (Some(arn), Some(account)) = (rec.key_arn, rec.key_account) {
             ev.add_key_resource(arn, account);
@@ -203,6 +210,11 @@ impl Gate {
                 Err(audit_unavailable())
             }
         };
+        if result.is_ok() && !used.is_empty() {
+            // Memory only; stored in batches (no store write per request).
+            self.kms
+                .note_key_use(info.operation, &used, &event_id, &info.request_id, used_at);
+        }
         let outcome = match &result {
             Ok(_) => "Success",
             Err(e) => e.aws_name(),

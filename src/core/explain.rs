@@ -52,6 +52,7 @@ const KEY_ACTIONS: &[&str] = &[
     "kms:ScheduleKeyDeletion",
     "kms:CancelKeyDeletion",
     "kms:UpdateKeyDescription",
+    "kms:GetKeyLastUsage",
     "kms:TagResource",
     "kms:UntagResource",
     "kms:ListResourceTags",

@@ -24,6 +24,7 @@ pub mod specs;
 pub mod sts;
 pub mod sweeper;
 pub mod tags;
+pub mod usage;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -225,6 +226,8 @@ pub struct Kms {
     rotating: std::sync::Mutex<BTreeMap<String, i64>>,
     /// Expired import tokens (by SHA-256) whose wrapping key the sweeper has destroyed.
     swept_wrapping_keys: std::sync::Mutex<BTreeSet<String>>,
+    /// The last cryptographic use of each key (GetKeyLastUsage), stored in batches.
+    usage: usage::UsageTracker,
 }
 
 impl std::fmt::Debug for Kms {
@@ -260,11 +263,13 @@ impl Kms {
             lifecycles: RwLock::new(BTreeMap::new()),
             rotating: std::sync::Mutex::new(BTreeMap::new()),
             swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
+            usage: usage::UsageTracker::default(),
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;
         let deleted = kms.store.deleted_key_ids().await?;
         let lifecycles = kms.store.load_lifecycles().await?;
+        kms.load_key_usage().await?;
         *kms.lifecycles.write().unwrap_or_else(|p| p.into_inner()) = lifecycles
             .into_iter()
             .map(|l| (l.key_id.clone(), l))

@@ -39,6 +39,23 @@ pub struct RequestRecord {
     pub key_version: Option<u32>,
 }
 
+impl RequestRecord {
+    /// The keys (ARNs, each once) that the request used cryptographically, if it succeeded:
+    /// every key an allow decision let it encrypt, decrypt, sign, ... with (ReEncrypt: both).
+    pub fn keys_used(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for d in &self.decisions {
+            if d.effect == "Allow"
+                && super::usage::is_use_action(&d.action)
+                && !keys.contains(&d.resource)
+            {
+                keys.push(d.resource.clone());
+            }
+        }
+        keys
+    }
+}
+
 tokio::task_local! {
     static CURRENT: Arc<Mutex<RequestRecord>>;
 }
@@ -126,5 +143,28 @@ mod tests {
         assert_eq!(rec.key_version, Some(3));
         let ((), empty) = scope(async {}).await;
         assert_eq!(empty, RequestRecord::default());
+    }
+
+    #[test]
+    fn keys_used_are_the_allowed_cryptographic_uses() {
+        let d = |action: &str, resource: &str, effect| DecisionRecord {
+            action: action.into(),
+            resource: resource.into(),
+            effect,
+            reason: "Allowed",
+            summary: String::new(),
+            deciding: Vec::new(),
+        };
+        let rec = RequestRecord {
+            decisions: vec![
+                d("kms:ReEncryptFrom", "arn:src", "Allow"),
+                d("kms:ReEncryptTo", "arn:dst", "Allow"),
+                d("kms:ReEncryptTo", "arn:src", "Allow"),
+                d("kms:DescribeKey", "arn:other", "Allow"),
+                d("kms:Decrypt", "arn:denied", "Deny"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(rec.keys_used(), vec!["arn:src", "arn:dst"]);
     }
 }

@@ -172,6 +172,86 @@ pub struct RotationEntry {
     pub rotation_type: String,
 }
 
+/// The cryptographic operations GetKeyLastUsage reports (the model's
+/// `KeyLastUsageTrackingOperation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UsageOperation {
+    Decrypt,
+    DeriveSharedSecret,
+    Encrypt,
+    GenerateDataKey,
+    GenerateDataKeyPair,
+    GenerateDataKeyPairWithoutPlaintext,
+    GenerateDataKeyWithoutPlaintext,
+    GenerateMac,
+    ReEncrypt,
+    Sign,
+    Verify,
+    VerifyMac,
+    Encapsulate,
+    Decapsulate,
+}
+
+impl UsageOperation {
+    /// Every tracked operation.
+    pub const ALL: [UsageOperation; 14] = [
+        UsageOperation::Decrypt,
+        UsageOperation::DeriveSharedSecret,
+        UsageOperation::Encrypt,
+        UsageOperation::GenerateDataKey,
+        UsageOperation::GenerateDataKeyPair,
+        UsageOperation::GenerateDataKeyPairWithoutPlaintext,
+        UsageOperation::GenerateDataKeyWithoutPlaintext,
+        UsageOperation::GenerateMac,
+        UsageOperation::ReEncrypt,
+        UsageOperation::Sign,
+        UsageOperation::Verify,
+        UsageOperation::VerifyMac,
+        UsageOperation::Encapsulate,
+        UsageOperation::Decapsulate,
+    ];
+
+    /// The AWS operation name (`Encrypt`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageOperation::Decrypt => "Decrypt",
+            UsageOperation::DeriveSharedSecret => "DeriveSharedSecret",
+            UsageOperation::Encrypt => "Encrypt",
+            UsageOperation::GenerateDataKey => "GenerateDataKey",
+            UsageOperation::GenerateDataKeyPair => "GenerateDataKeyPair",
+            UsageOperation::GenerateDataKeyPairWithoutPlaintext => {
+                "GenerateDataKeyPairWithoutPlaintext"
+            }
+            UsageOperation::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            UsageOperation::GenerateMac => "GenerateMac",
+            UsageOperation::ReEncrypt => "ReEncrypt",
+            UsageOperation::Sign => "Sign",
+            UsageOperation::Verify => "Verify",
+            UsageOperation::VerifyMac => "VerifyMac",
+            UsageOperation::Encapsulate => "Encapsulate",
+            UsageOperation::Decapsulate => "Decapsulate",
+        }
+    }
+
+    /// Parses an AWS operation name; `None` for an operation that is not tracked.
+    pub fn parse(s: &str) -> Option<UsageOperation> {
+        UsageOperation::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// The last successful cryptographic operation on a key, as GetKeyLastUsage reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsageRecord {
+    pub key_id: String,
+    pub operation: UsageOperation,
+    /// Unix milliseconds (the audit event's time).
+    pub used_at_ms: i64,
+    /// The audit event's `eventID`.
+    pub event_id: String,
+    /// The request id (the audit event's `requestID`).
+    pub request_id: String,
+}
+
 /// An outstanding GetParametersForImport answer. Only the SHA-256 of the token is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportTokenRecord {
@@ -305,4 +385,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         key: &KeyRecord,
         l: &KeyLifecycle,
     ) -> Result<(), StoreError>;
+
+    // Key last usage (migration 0005).
+
+    /// When usage tracking began on this database: the stored time, or `now_ms`, stored now,
+    /// on the first call ever.
+    async fn usage_tracking_start(&self, now_ms: i64) -> Result<i64, StoreError>;
+    /// Every key's last recorded use.
+    async fn load_key_usage(&self) -> Result<Vec<KeyUsageRecord>, StoreError>;
+    /// Stores a batch of last uses in one transaction (each replaces the key's previous one);
+    /// rows of keys that no longer exist are skipped. Returns the number of rows written.
+    async fn put_key_usage(&self, rows: &[KeyUsageRecord]) -> Result<u64, StoreError>;
 }

@@ -11,7 +11,7 @@
 
 use super::{
     AliasRecord, GrantRecord, ImportTokenRecord, KeyBundle, KeyLifecycle, KeyRecord, KeyState,
-    KeyVersion, MetadataStore, RotationEntry, StoreError, Tag,
+    KeyUsageRecord, KeyVersion, MetadataStore, RotationEntry, StoreError, Tag, UsageOperation,
 };
 use async_trait::async_trait;
 use sqlx::error::BoxDynError;
@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "rotation import",
         include_str!("../../migrations/0004_rotation_import.sql"),
+    ),
+    (
+        5,
+        "key last usage",
+        include_str!("../../migrations/0005_key_last_usage.sql"),
     ),
 ];
 
@@ -883,6 +888,71 @@ impl MetadataStore for SqliteStore {
         put_lifecycle_on(&mut tx, l).await?;
         tx.commit().await.map_err(db_err)
     }
+
+    async fn usage_tracking_start(&self, now_ms: i64) -> Result<i64, StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO key_usage_tracking (id, started_at_ms) VALUES (1, ?)")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        sqlx::query_scalar("SELECT started_at_ms FROM key_usage_tracking WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn load_key_usage(&self) -> Result<Vec<KeyUsageRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, operation, used_at_ms, event_id, request_id FROM key_last_usage",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(usage_from_row).collect()
+    }
+
+    async fn put_key_usage(&self, rows: &[KeyUsageRecord]) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut written = 0;
+        for u in rows {
+            // Keys destroyed since the use was recorded are skipped, not an error.
+            written += sqlx::query(
+                "INSERT INTO key_last_usage (key_id, operation, used_at_ms, event_id, request_id) \
+                 SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM keys WHERE key_id = ?) \
+                 ON CONFLICT (key_id) DO UPDATE SET operation = excluded.operation, \
+                 used_at_ms = excluded.used_at_ms, event_id = excluded.event_id, \
+                 request_id = excluded.request_id",
+            )
+            .bind(&u.key_id)
+            .bind(u.operation.as_str())
+            .bind(u.used_at_ms)
+            .bind(&u.event_id)
+            .bind(&u.request_id)
+            .bind(&u.key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(written)
+    }
+}
+
+/// Decodes one `key_last_usage` row.
+fn usage_from_row(row: &SqliteRow) -> Result<KeyUsageRecord, StoreError> {
+    let key_id: String = row.try_get("key_id").map_err(db_err)?;
+    let op: String = row.try_get("operation").map_err(db_err)?;
+    let operation = UsageOperation::parse(&op).ok_or_else(|| {
+        StoreError::Corrupt(format!("key {key_id}: unknown last-usage operation {op:?}"))
+    })?;
+    Ok(KeyUsageRecord {
+        operation,
+        used_at_ms: row.try_get("used_at_ms").map_err(db_err)?,
+        event_id: row.try_get("event_id").map_err(db_err)?,
+        request_id: row.try_get("request_id").map_err(db_err)?,
+        key_id,
+    })
 }
 
 /// Decodes one `grants` row.
@@ -1659,5 +1729,33 @@ mod tests {
             let one = store.get_key(&key_id(n)).await.unwrap().unwrap();
             assert!(loaded.contains(&one));
         }
+    }
+
+    #[tokio::test]
+    async fn key_usage_is_replaced_in_batches_and_skips_deleted_keys() {
+        let (_dir, store) = open_temp().await;
+        let a = "11111111-1111-4111-8111-111111111111";
+        let gone = "22222222-2222-4222-8222-222222222222";
+        create_enabled(&store, a, &[]).await;
+        let use_of = |key_id: &str, op, at| KeyUsageRecord {
+            key_id: key_id.to_owned(),
+            operation: op,
+            used_at_ms: at,
+            event_id: format!("event-{at}"),
+            request_id: format!("request-{at}"),
+        };
+        let batch = [
+            use_of(a, UsageOperation::Encrypt, 1),
+            use_of(gone, UsageOperation::Sign, 2),
+        ];
+        assert_eq!(store.put_key_usage(&batch).await.unwrap(), 1);
+        let later = [use_of(a, UsageOperation::Decrypt, 3)];
+        assert_eq!(store.put_key_usage(&later).await.unwrap(), 1);
+        assert_eq!(store.load_key_usage().await.unwrap(), later.to_vec());
+        store.delete_key(a).await.unwrap();
+        assert!(store.load_key_usage().await.unwrap().is_empty());
+        // Tracking starts once; later calls return the first time.
+        assert_eq!(store.usage_tracking_start(100).await.unwrap(), 100);
+        assert_eq!(store.usage_tracking_start(200).await.unwrap(), 100);
     }
 }

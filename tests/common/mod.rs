@@ -357,3 +357,36 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The audit segment files (`audit/*.jsonl`) of a data directory, in order.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let audit = dir.join("audit");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&audit)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    v.sort();
+    v
+}
+
+/// Every record of the audit trail of a data directory.
+pub fn records(dir: &Path) -> Vec<serde_json::Value> {
+    segments(dir)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The audit events (records of type `event`) of a data directory, in order.
+pub fn events(dir: &Path) -> Vec<serde_json::Value> {
+    records(dir)
+        .into_iter()
+        .filter(|r| r["recordType"] == "event")
+        .collect()
+}

@@ -30,6 +30,7 @@ use crate::core::explain::{policy_type_name, ExplainRequest};
 use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
 use crate::core::import::ImportKeyMaterialRequest;
 use crate::core::keys::{CreateKeyRequest, KeyMetadata};
+use crate::core::usage::KeyLastUsageOutput;
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
 use crate::store::{GrantRecord, Tag};
@@ -95,6 +96,7 @@ ops!(
     "ScheduleKeyDeletion" => schedule_key_deletion,
     "CancelKeyDeletion" => cancel_key_deletion,
     "UpdateKeyDescription" => update_key_description,
+    "GetKeyLastUsage" => get_key_last_usage,
     "TagResource" => tag_resource,
     "UntagResource" => untag_resource,
     "ListResourceTags" => list_resource_tags,
@@ -375,6 +377,35 @@ fn describe_key(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_j
             )
             .await?;
         Ok(Reply::body(json!({"KeyMetadata": metadata(&m)})))
+    }))
+}
+
+/// GetKeyLastUsage's response body (`KeyLastUsage` is `{}` when the key has not been used
+/// since tracking began). The CLI prints the same.
+pub fn key_last_usage_body(out: &KeyLastUsageOutput) -> Value {
+    let last = out.last_usage.as_ref().map(|u| {
+        json!({
+            "Operation": u.operation.as_str(),
+            "Timestamp": ts(u.used_at_ms),
+            "CloudTrailEventId": u.event_id,
+            "KmsRequestId": u.request_id,
+        })
+    });
+    json!({
+        "KeyId": out.key_id,
+        "KeyLastUsage": last.unwrap_or_else(|| json!({})),
+        "TrackingStartDate": ts(out.tracking_start_date_ms),
+        "KeyCreationDate": ts(out.key_creation_date_ms),
+    })
+}
+
+fn get_key_last_usage(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
+    let r: KeyIdIn = parse(v)?;
+    Ok(Box::pin(async move {
+        let out = kms
+            .get_key_last_usage(&caller, &r.key_id.unwrap_or_default())
+            .await?;
+        Ok(Reply::body(key_last_usage_body(&out)))
     }))
 }
 

@@ -28,6 +28,7 @@ fn loggable(operation: &str) -> &'static [&'static str] {
         "ListKeys" => &["Limit", "Marker"],
         "ScheduleKeyDeletion" => &["KeyId", "PendingWindowInDays"],
         "UpdateKeyDescription" => &["KeyId", "Description"],
+        "GetKeyLastUsage" => &["KeyId"],
         "TagResource" => &["KeyId", "Tags"],
         "UntagResource" => &["KeyId", "TagKeys"],
         "ListResourceTags" => &["KeyId", "Limit", "Marker"],

@@ -175,6 +175,33 @@ impl KeyManagementService for Door {
         .await
     }
 
+    async fn get_key_last_usage(
+        &self,
+        request: Request<pb::GetKeyLastUsageRequest>,
+    ) -> Reply<pb::GetKeyLastUsageResponse> {
+        self.serve(
+            "GetKeyLastUsage",
+            SERVICE,
+            request,
+            |kms, caller, r| async move {
+                let out = kms.get_key_last_usage(&caller, &r.key_id).await?;
+                let last = out.last_usage.map(|u| pb::KeyLastUsage {
+                    operation: u.operation.as_str().to_string(),
+                    timestamp: Some(ts(u.used_at_ms)),
+                    cloud_trail_event_id: u.event_id,
+                    kms_request_id: u.request_id,
+                });
+                Ok(pb::GetKeyLastUsageResponse {
+                    key_id: out.key_id,
+                    key_last_usage: Some(last.unwrap_or_default()),
+                    tracking_start_date: Some(ts(out.tracking_start_date_ms)),
+                    key_creation_date: Some(ts(out.key_creation_date_ms)),
+                })
+            },
+        )
+        .await
+    }
+
     async fn tag_resource(
         &self,
         request: Request<pb::TagResourceRequest>,

@@ -77,6 +77,7 @@ params!(pb::CreateKeyRequest, |r| json!({
     "multiRegion": r.multi_region,
 }));
 params!(pb::DescribeKeyRequest, |r| json!({"keyId": r.key_id}));
+params!(pb::GetKeyLastUsageRequest, |r| json!({"keyId": r.key_id}));
 params!(
     pb::ListKeysRequest,
     |r| json!({"limit": r.limit, "marker": opt(&r.marker)})
@@ -383,6 +384,7 @@ macro_rules! null_response {
 
 null_response!(
     pb::DescribeKeyResponse,
+    pb::GetKeyLastUsageResponse,
     pb::ListKeysResponse,
     pb::EnableKeyResponse,
     pb::DisableKeyResponse,
