@@ -466,6 +466,75 @@ async fn boto3_key_users_cross_account_and_modelled_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_get_key_last_usage() {
+    let door = start_door("boto3-last-usage").await;
+    python(&door, AK_ADMIN, "key_last_usage_checks.py").await;
+    door.server.shutdown().await.unwrap();
+}
+
+/// `aws kms get-key-last-usage` names the Encrypt's audit event, and `p11kms
+/// get-key-last-usage` (over gRPC) prints exactly what the AWS door answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_and_p11kms_cli_get_key_last_usage() {
+    let door = start_door("aws-cli-last-usage").await;
+    let a = AK_ADMIN;
+    let created = aws_ok(&door, a, &["kms", "create-key"]).await;
+    let key_id = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let fresh = aws_ok(&door, a, &["kms", "get-key-last-usage", "--key-id", &key_id]).await;
+    assert_eq!(fresh["KeyLastUsage"], json!({}), "{fresh}");
+    assert_eq!(fresh["TrackingStartDate"], fresh["KeyCreationDate"], "{fresh}");
+    assert_eq!(fresh["KeyCreationDate"], created["KeyMetadata"]["CreationDate"]);
+
+    let plaintext = door.scratch.join("last-usage.txt");
+    std::fs::write(&plaintext, b"aws cli last usage").unwrap();
+    aws_ok(
+        &door,
+        a,
+        &[
+            "kms",
+            "encrypt",
+            "--key-id",
+            &key_id,
+            "--plaintext",
+            &format!("fileb://{}", plaintext.display()),
+        ],
+    )
+    .await;
+    let used = aws_ok(&door, a, &["kms", "get-key-last-usage", "--key-id", &key_id]).await;
+    let u = &used["KeyLastUsage"];
+    assert_eq!(u["Operation"], "Encrypt", "{used}");
+    let evs = events(&door.dir);
+    let ev = evs
+        .iter()
+        .find(|e| e["requestID"] == u["KmsRequestId"])
+        .unwrap_or_else(|| panic!("no audit event for {used}"));
+    assert_eq!(ev["eventName"], "Encrypt");
+    assert_eq!(ev["eventID"], u["CloudTrailEventId"]);
+
+    let pki = env().pki.clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &door.scratch)
+        .current_dir(&door.scratch)
+        .args(["get-key-last-usage", "--key", &key_id])
+        .arg(format!("--endpoint=https://127.0.0.1:{}", door.server.addr.port()))
+        .arg(format!("--ca-cert={}", pki.join("ca.pem").display()))
+        .arg(format!("--client-cert={}", pki.join("admin.pem").display()))
+        .arg(format!("--client-key={}", pki.join("admin-key.pem").display()))
+        .output()
+        .expect("run p11kms");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(printed, used, "the CLI prints what the AWS door answers");
+    door.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_encryption_sdk_round_trips_a_mebibyte() {
     let door = start_door("esdk").await;
     python(&door, AK_ADMIN, "encryption_sdk_checks.py").await;

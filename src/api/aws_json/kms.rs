@@ -1277,6 +1277,24 @@ mod tests {
         );
     }
 
+    /// GetKeyLastUsage is served by both doors, and its audit parameters name the key only.
+    #[test]
+    fn get_key_last_usage_is_on_both_doors() {
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        assert!(set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter())
+            .filter(|s| s.name() == "KeyManagementService")
+            .any(|s| s.method.iter().any(|m| m.name() == "GetKeyLastUsage")));
+        assert!(operation("TrentService.GetKeyLastUsage").is_some());
+        let p = super::super::params::request_parameters(
+            "GetKeyLastUsage",
+            &json!({"KeyId": "k", "Other": "x"}),
+        );
+        assert_eq!(p, json!({"keyId": "k"}));
+    }
+
     #[test]
     fn inputs_follow_aws_json() {
         // Unknown members are ignored, null is absent, blobs are base64.
