@@ -479,11 +479,25 @@ async fn aws_cli_and_p11kms_cli_get_key_last_usage() {
     let door = start_door("aws-cli-last-usage").await;
     let a = AK_ADMIN;
     let created = aws_ok(&door, a, &["kms", "create-key"]).await;
-    let key_id = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
-    let fresh = aws_ok(&door, a, &["kms", "get-key-last-usage", "--key-id", &key_id]).await;
+    let key_id = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fresh = aws_ok(
+        &door,
+        a,
+        &["kms", "get-key-last-usage", "--key-id", &key_id],
+    )
+    .await;
     assert_eq!(fresh["KeyLastUsage"], json!({}), "{fresh}");
-    assert_eq!(fresh["TrackingStartDate"], fresh["KeyCreationDate"], "{fresh}");
-    assert_eq!(fresh["KeyCreationDate"], created["KeyMetadata"]["CreationDate"]);
+    assert_eq!(
+        fresh["TrackingStartDate"], fresh["KeyCreationDate"],
+        "{fresh}"
+    );
+    assert_eq!(
+        fresh["KeyCreationDate"],
+        created["KeyMetadata"]["CreationDate"]
+    );
 
     let plaintext = door.scratch.join("last-usage.txt");
     std::fs::write(&plaintext, b"aws cli last usage").unwrap();
@@ -500,7 +514,12 @@ async fn aws_cli_and_p11kms_cli_get_key_last_usage() {
         ],
     )
     .await;
-    let used = aws_ok(&door, a, &["kms", "get-key-last-usage", "--key-id", &key_id]).await;
+    let used = aws_ok(
+        &door,
+        a,
+        &["kms", "get-key-last-usage", "--key-id", &key_id],
+    )
+    .await;
     let u = &used["KeyLastUsage"];
     assert_eq!(u["Operation"], "Encrypt", "{used}");
     let evs = events(&door.dir);
@@ -518,10 +537,16 @@ async fn aws_cli_and_p11kms_cli_get_key_last_usage() {
         .env("HOME", &door.scratch)
         .current_dir(&door.scratch)
         .args(["get-key-last-usage", "--key", &key_id])
-        .arg(format!("--endpoint=https://127.0.0.1:{}", door.server.addr.port()))
+        .arg(format!(
+            "--endpoint=https://127.0.0.1:{}",
+            door.server.addr.port()
+        ))
         .arg(format!("--ca-cert={}", pki.join("ca.pem").display()))
         .arg(format!("--client-cert={}", pki.join("admin.pem").display()))
-        .arg(format!("--client-key={}", pki.join("admin-key.pem").display()))
+        .arg(format!(
+            "--client-key={}",
+            pki.join("admin-key.pem").display()
+        ))
         .output()
         .expect("run p11kms");
     assert!(

@@ -366,3 +366,106 @@ async fn the_periodic_flush_writes_one_row_per_key() {
     drop(c);
     server.shutdown().await.unwrap();
 }
+
+/// Signatures and MACs count; a signature or MAC that does not verify, and GetPublicKey, do
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_and_macs_count_but_failed_verifications_do_not() {
+    let dir = data_dir("last-usage-sign");
+    let server = start_flushing_every(&dir, Arc::new(ManualClock::default()), 3600).await;
+    let mut c = admin(server.addr).await;
+    let create = |spec: &str, usage: &str| pb::CreateKeyRequest {
+        key_spec: spec.into(),
+        key_usage: usage.into(),
+        ..Default::default()
+    };
+    let ecc = c
+        .create_key(create("ECC_NIST_P256", "SIGN_VERIFY"))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let signed = c
+        .sign(pb::SignRequest {
+            key_id: ecc.clone(),
+            message: b"card".to_vec(),
+            signing_algorithm: "ECDSA_SHA_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sign_id = request_id(&signed);
+    let signature = signed.into_inner().signature;
+    assert_names_event(&dir, &last_usage(&mut c, &ecc).await, "Sign", &sign_id);
+    let verify = |signature: Vec<u8>| pb::VerifyRequest {
+        key_id: ecc.clone(),
+        message: b"card".to_vec(),
+        signature,
+        signing_algorithm: "ECDSA_SHA_256".into(),
+        ..Default::default()
+    };
+    let verified = c.verify(verify(signature.clone())).await.unwrap();
+    let verify_id = request_id(&verified);
+    let after_verify = last_usage(&mut c, &ecc).await;
+    assert_names_event(&dir, &after_verify, "Verify", &verify_id);
+    let mut bad = signature;
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let invalid = c.verify(verify(bad)).await;
+    assert_eq!(reason(invalid), "KMSInvalidSignatureException");
+    c.get_public_key(pb::GetPublicKeyRequest {
+        key_id: ecc.clone(),
+        grant_tokens: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(last_usage(&mut c, &ecc).await, after_verify);
+
+    let hmac = c
+        .create_key(create("HMAC_256", "GENERATE_VERIFY_MAC"))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let mac = |mac: Vec<u8>| pb::VerifyMacRequest {
+        message: b"m".to_vec(),
+        key_id: hmac.clone(),
+        mac_algorithm: "HMAC_SHA_256".into(),
+        mac,
+        grant_tokens: vec![],
+    };
+    let generated = c
+        .generate_mac(pb::GenerateMacRequest {
+            message: b"m".to_vec(),
+            key_id: hmac.clone(),
+            mac_algorithm: "HMAC_SHA_256".into(),
+            grant_tokens: vec![],
+        })
+        .await
+        .unwrap();
+    let gen_id = request_id(&generated);
+    let tag = generated.into_inner().mac;
+    assert_names_event(
+        &dir,
+        &last_usage(&mut c, &hmac).await,
+        "GenerateMac",
+        &gen_id,
+    );
+    let ok = c.verify_mac(mac(tag.clone())).await.unwrap();
+    let ok_id = request_id(&ok);
+    let after = last_usage(&mut c, &hmac).await;
+    assert_names_event(&dir, &after, "VerifyMac", &ok_id);
+    let mut wrong = tag;
+    wrong[0] ^= 1;
+    assert_eq!(
+        reason(c.verify_mac(mac(wrong)).await),
+        "KMSInvalidMacException"
+    );
+    assert_eq!(last_usage(&mut c, &hmac).await, after);
+    drop(c);
+    server.shutdown().await.unwrap();
+}
