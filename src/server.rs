@@ -315,6 +315,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         bindings,
         &config.kms.region,
     ));
+    kms.start_usage_tracking().await?;
     match kms.reconcile().await {
         Ok(report) if !report.is_clean() => tracing::warn!(
             interrupted = report.interrupted.len(),

@@ -130,13 +130,19 @@ fn key_of_arn(arn: &str) -> Option<Uuid> {
 }
 
 impl Kms {
-    /// Loads the stored last uses and the tracking start (stored now on the first start).
+    /// Loads the stored last uses (reads only: `check` opens the engine too).
     pub(crate) async fn load_key_usage(&self) -> Result<(), KmsError> {
-        let start = self.store.usage_tracking_start(self.now_ms()).await?;
-        self.usage.tracking_start_ms.store(start, Ordering::SeqCst);
         for u in self.store.load_key_usage().await? {
             self.usage.record(u, false);
         }
+        Ok(())
+    }
+
+    /// Starts tracking for the daemon: reads when tracking began on this database, storing
+    /// now on the first start of a daemon with this feature.
+    pub async fn start_usage_tracking(&self) -> Result<(), KmsError> {
+        let start = self.store.usage_tracking_start(self.now_ms()).await?;
+        self.usage.tracking_start_ms.store(start, Ordering::SeqCst);
         Ok(())
     }
 
