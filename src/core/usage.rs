@@ -69,11 +69,20 @@ impl UsageTracker {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records a use, unless the key already has a later one (concurrent requests may
+    /// finish out of order).
     fn record(&self, usage: KeyUsageRecord, dirty: bool) {
         let Ok(key) = Uuid::parse_str(&usage.key_id) else {
             return;
         };
-        self.shard(&key).insert(key, Slot { usage, dirty });
+        let mut shard = self.shard(&key);
+        if shard
+            .get(&key)
+            .is_some_and(|s| s.usage.used_at_ms > usage.used_at_ms)
+        {
+            return;
+        }
+        shard.insert(key, Slot { usage, dirty });
     }
 
     fn get(&self, key: &Uuid) -> Option<KeyUsageRecord> {
@@ -299,6 +308,9 @@ mod tests {
         assert_eq!(t.take_dirty(|_| true), vec![usage(a, 2)]);
         t.restore_dirty(&[usage(a, 2)]);
         assert_eq!(t.take_dirty(|_| true), vec![usage(a, 2)]);
+        // An older use that finishes last does not replace a newer one.
+        t.record(usage(a, 1), true);
+        assert!(t.take_dirty(|_| true).is_empty());
         // Entries of keys that are gone are dropped.
         t.take_dirty(|k| k.hyphenated().to_string() != b);
         assert_eq!(t.get(&Uuid::parse_str(b).unwrap()), None);
