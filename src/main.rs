@@ -86,6 +86,10 @@ enum Command {
         /// Write the raw ciphertext here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Decrypt a ciphertext blob.
     Decrypt {
@@ -101,6 +105,10 @@ enum Command {
         /// Write the raw plaintext here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Sign a message (or, with --message-type DIGEST, its digest) with a SIGN_VERIFY key.
     Sign {
@@ -120,6 +128,10 @@ enum Command {
         /// Write the raw signature (ECDSA: DER) here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Verify a signature on the device; exits non-zero with KMSInvalidSignatureException when
     /// it does not match.
@@ -137,6 +149,10 @@ enum Command {
         /// File holding the raw signature.
         #[arg(long)]
         signature_file: PathBuf,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// An asymmetric key's public key: PEM on standard output, or DER SubjectPublicKeyInfo
     /// into --out.
@@ -161,6 +177,10 @@ enum Command {
         peer_public_key: PathBuf,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Compute an HMAC on the device with a GENERATE_VERIFY_MAC key.
     GenerateMac {
@@ -176,6 +196,10 @@ enum Command {
         /// Write the raw MAC here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Audit trail tools.
     Audit {
@@ -221,6 +245,10 @@ enum Command {
         /// Write the raw ciphertext blob here instead of printing it.
         #[arg(long)]
         ciphertext_out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -382,6 +410,10 @@ enum GrantCommand {
         equals: Vec<(String, String)>,
         #[arg(long)]
         name: Option<String>,
+        /// Check the request without running it (DryRunOperationException when it would
+        /// have succeeded).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List a key's grants.
     List {
@@ -396,6 +428,10 @@ enum GrantCommand {
         key: Option<String>,
         #[arg(long)]
         grant_id: Option<String>,
+        /// Check the request without running it (DryRunOperationException when it would
+        /// have succeeded).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Revoke a grant.
     Revoke {
@@ -403,6 +439,10 @@ enum GrantCommand {
         key: String,
         #[arg(long)]
         grant_id: String,
+        /// Check the request without running it (DryRunOperationException when it would
+        /// have succeeded).
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -972,6 +1012,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             input,
             context,
             out,
+            dry_run,
         } => {
             let plaintext = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -983,6 +1024,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         key_id: key,
                         plaintext: plaintext.to_vec(),
                         encryption_context: ctx(context),
+                        dry_run,
                         ..Default::default()
                     },
                 ))
@@ -1001,6 +1043,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             algorithm,
             message_type,
             out,
+            dry_run,
         } => {
             let message = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -1014,6 +1057,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         message_type,
                         signing_algorithm: algorithm,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1031,6 +1075,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             algorithm,
             message_type,
             signature_file,
+            dry_run,
         } => {
             let message = read_input(&input)?;
             let signature = std::fs::read(&signature_file)
@@ -1047,6 +1092,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         signature,
                         signing_algorithm: algorithm,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1082,6 +1128,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             key,
             peer_public_key,
             out,
+            dry_run,
         } => {
             let raw = std::fs::read(&peer_public_key)
                 .map_err(|e| format!("reading {}: {e}", peer_public_key.display()))?;
@@ -1097,6 +1144,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         key_agreement_algorithm: "ECDH".into(),
                         public_key: der,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1114,6 +1162,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             input,
             algorithm,
             out,
+            dry_run,
         } => {
             let message = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -1126,6 +1175,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         key_id: key,
                         mac_algorithm: algorithm,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1142,6 +1192,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             context,
             key,
             out,
+            dry_run,
         } => {
             let blob = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -1153,6 +1204,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         ciphertext_blob: blob.to_vec(),
                         encryption_context: ctx(context),
                         key_id: key.unwrap_or_default(),
+                        dry_run,
                         ..Default::default()
                     },
                 ))
@@ -1173,6 +1225,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             context,
             plaintext_out,
             ciphertext_out,
+            dry_run,
         } => {
             let key_spec = match (&key_spec, bytes) {
                 (None, None) => "AES_256".to_string(),
@@ -1190,6 +1243,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         number_of_bytes: bytes,
                         key_spec,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1319,6 +1373,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                     subset,
                     equals,
                     name,
+                    dry_run,
                 } => {
                     let constraint = |pairs: Vec<(String, String)>| {
                         (!pairs.is_empty())
@@ -1342,6 +1397,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                                 constraints,
                                 grant_tokens: vec![],
                                 name: name.unwrap_or_default(),
+                                dry_run,
                             },
                         ))
                         .await
@@ -1383,6 +1439,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                     token,
                     key,
                     grant_id,
+                    dry_run,
                 } => {
                     c.retire_grant(sess.k(
                         "RetireGrant",
@@ -1390,17 +1447,23 @@ async fn client_command(command: Command) -> Result<(), String> {
                             grant_token: token.unwrap_or_default(),
                             key_id: key.unwrap_or_default(),
                             grant_id: grant_id.unwrap_or_default(),
+                            dry_run,
                         },
                     ))
                     .await
                     .map_err(status_error)?;
                 }
-                GrantCommand::Revoke { key, grant_id } => {
+                GrantCommand::Revoke {
+                    key,
+                    grant_id,
+                    dry_run,
+                } => {
                     c.revoke_grant(sess.k(
                         "RevokeGrant",
                         pb::RevokeGrantRequest {
                             key_id: key,
                             grant_id,
+                            dry_run,
                         },
                     ))
                     .await

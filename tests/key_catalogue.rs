@@ -122,6 +122,7 @@ fn sign_req(key: &str, msg: &[u8], mtype: &str, alg: &str) -> pb::SignRequest {
         message_type: mtype.into(),
         signing_algorithm: alg.into(),
         grant_tokens: vec![],
+        dry_run: false,
     }
 }
 
@@ -133,6 +134,7 @@ fn verify_req(key: &str, msg: &[u8], mtype: &str, sig: &[u8], alg: &str) -> pb::
         signature: sig.to_vec(),
         signing_algorithm: alg.into(),
         grant_tokens: vec![],
+        dry_run: false,
     }
 }
 
@@ -503,6 +505,7 @@ async fn catalogue_end_to_end() {
                 key_id: m.key_id.clone(),
                 mac_algorithm: alg.to_string(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
             .unwrap()
@@ -515,6 +518,7 @@ async fn catalogue_end_to_end() {
                 key_id: m.key_id.clone(),
                 mac_algorithm: alg.to_string(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
             .unwrap()
@@ -526,6 +530,7 @@ async fn catalogue_end_to_end() {
             mac_algorithm: alg.to_string(),
             mac: mac.to_vec(),
             grant_tokens: vec![],
+            dry_run: false,
         };
         assert!(
             c.verify_mac(vm(b"mac me", &g.mac))
@@ -555,6 +560,7 @@ async fn catalogue_end_to_end() {
         key_id: k.into(),
         mac_algorithm: "HMAC_SHA_256".into(),
         grant_tokens: vec![],
+        dry_run: false,
     };
     let other256 = create(&mut c, "HMAC_256", "GENERATE_VERIFY_MAC").await;
     let a = c
@@ -591,6 +597,7 @@ async fn catalogue_end_to_end() {
                 key_id: symmetric.key_id.clone(),
                 key_pair_spec: spec.into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
             .unwrap_or_else(|e| panic!("GenerateDataKeyPair {spec}: {e}"))
@@ -629,6 +636,7 @@ async fn catalogue_end_to_end() {
             key_id: symmetric.key_id.clone(),
             key_pair_spec: "ECC_NIST_P384".into(),
             grant_tokens: vec![],
+            dry_run: false,
         })
         .await
         .unwrap()
@@ -974,6 +982,7 @@ async fn bad_input_and_authorization() {
                 key_id: hmac.key_id.clone(),
                 mac_algorithm: "HMAC_SHA_512".into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
         ),
@@ -986,6 +995,7 @@ async fn bad_input_and_authorization() {
                 key_id: sym.key_id.clone(),
                 mac_algorithm: "HMAC_SHA_256".into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
         ),
@@ -1044,6 +1054,7 @@ async fn bad_input_and_authorization() {
                 key_id: hmac.key_id.clone(),
                 mac_algorithm: "HMAC_SHA_256".into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
         ),
@@ -1197,6 +1208,7 @@ async fn bad_input_and_authorization() {
                     key_id: hmac.key_id.clone(),
                     mac_algorithm: "HMAC_SHA_256".into(),
                     grant_tokens: vec![],
+                    dry_run: false,
                 })
                 .await,
         ),
@@ -1634,6 +1646,7 @@ async fn derive_shared_secret_agrees_with_openssl() {
         key_agreement_algorithm: alg.into(),
         public_key: spki.to_vec(),
         grant_tokens: vec![],
+        dry_run: false,
     };
     let mut keys = Vec::new();
     for (spec, curve, len) in [

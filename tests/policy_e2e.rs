@@ -829,6 +829,7 @@ async fn e_grant_with_encryption_context_subset() {
         constraints: subset(&alpha),
         grant_tokens: vec![],
         name: "user1-alpha".into(),
+        dry_run: false,
     };
     let g = kms!(admin.create_grant("CreateGrant", grant_req.clone())).expect("create grant");
     assert_eq!(g.grant_id.len(), 64);
@@ -983,6 +984,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: other.grant_id.clone(),
+            dry_run: false,
         }
     )));
     kms!(admin.revoke_grant(
@@ -990,6 +992,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: other.grant_id.clone(),
+            dry_run: false,
         }
     ))
     .expect("admin revokes");
@@ -998,6 +1001,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: "not-a-grant-id".into(),
+            dry_run: false,
         }
     ));
     assert_eq!(reason(r), "InvalidGrantIdException");
@@ -1006,6 +1010,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: "0".repeat(64),
+            dry_run: false,
         }
     ));
     assert_eq!(reason(r), "NotFoundException");
@@ -1025,6 +1030,7 @@ async fn e_grant_with_encryption_context_subset() {
             grant_token: String::new(),
             key_id: arn.clone(),
             grant_id: g.grant_id.clone(),
+            dry_run: false,
         }
     )));
     assert_eq!(list_grants(&mut admin, &key).await.len(), 1);
@@ -1140,6 +1146,7 @@ async fn e_grant_across_accounts_and_retired_by_its_grantee() {
             grant_token: String::new(),
             key_id: arn.clone(),
             grant_id: g.grant_id.clone(),
+            dry_run: false,
         }
     ))
     .expect("grantee retires");
@@ -1620,6 +1627,7 @@ async fn attempt_everything(
             pb::RevokeGrantRequest {
                 key_id: key.into(),
                 grant_id: grant_id.into(),
+                dry_run: false,
             }
         ))
         .map(drop),
@@ -1632,6 +1640,7 @@ async fn attempt_everything(
                 grant_token: String::new(),
                 key_id: key.into(),
                 grant_id: grant_id.into(),
+                dry_run: false,
             }
         ))
         .map(drop),

@@ -599,6 +599,7 @@ input!(EncryptIn {
     encryption_context: Context,
     grant_tokens: Option<Vec<String>>,
     encryption_algorithm: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -613,6 +614,7 @@ fn encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::
                     encryption_context: r.encryption_context.unwrap_or_default(),
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
                     encryption_algorithm: r.encryption_algorithm,
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -630,6 +632,7 @@ input!(DecryptIn {
     grant_tokens: Option<Vec<String>>,
     key_id: Option<String>,
     encryption_algorithm: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn decrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -644,6 +647,7 @@ fn decrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
                     key_id: r.key_id,
                     encryption_algorithm: r.encryption_algorithm,
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -665,6 +669,7 @@ input!(ReEncryptIn {
     source_encryption_algorithm: Option<String>,
     destination_encryption_algorithm: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn re_encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -684,6 +689,7 @@ fn re_encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_jso
                     source_encryption_algorithm: r.source_encryption_algorithm,
                     destination_encryption_algorithm: r.destination_encryption_algorithm,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -705,6 +711,7 @@ input!(DataKeyIn {
     number_of_bytes: Option<i32>,
     key_spec: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn data_key(
@@ -724,6 +731,7 @@ fn data_key(
                     number_of_bytes: r.number_of_bytes,
                     key_spec: r.key_spec,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
                 with_plaintext,
             )
@@ -774,6 +782,7 @@ input!(SignIn {
     signature: Option<Blob>,
     signing_algorithm: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn sign(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -788,6 +797,7 @@ fn sign(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Err
                     message_type: r.message_type,
                     signing_algorithm: r.signing_algorithm,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -812,6 +822,7 @@ fn verify(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::E
                     signature: blob(r.signature),
                     signing_algorithm: r.signing_algorithm,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -856,6 +867,7 @@ input!(DeriveIn {
     key_agreement_algorithm: Option<String>,
     public_key: Option<Blob>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn derive_shared_secret(
@@ -873,6 +885,7 @@ fn derive_shared_secret(
                     key_agreement_algorithm: r.key_agreement_algorithm,
                     public_key: blob(r.public_key),
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -891,6 +904,7 @@ input!(MacIn {
     mac_algorithm: Option<String>,
     mac: Option<Blob>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn mac_op(
@@ -910,6 +924,7 @@ fn mac_op(
                     mac_algorithm: r.mac_algorithm,
                     mac: blob(r.mac),
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
                 verify,
             )
@@ -942,6 +957,7 @@ input!(DataKeyPairIn {
     encryption_context: Context,
     key_pair_spec: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn data_key_pair(
@@ -960,6 +976,7 @@ fn data_key_pair(
                     encryption_context: r.encryption_context.unwrap_or_default(),
                     key_pair_spec: r.key_pair_spec,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
                 with_plaintext,
             )
@@ -1065,6 +1082,7 @@ input!(CreateGrantIn {
     constraints: Option<ConstraintsIn>,
     grant_tokens: Option<Vec<String>>,
     name: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn create_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -1083,6 +1101,7 @@ fn create_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_j
                     constraint_subset: c.encryption_context_subset,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
                     name: r.name,
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -1101,6 +1120,7 @@ input!(GrantsIn {
     grant_token: Option<String>,
     limit: Option<i32>,
     marker: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn list_grants(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -1147,6 +1167,7 @@ fn retire_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_j
             r.grant_token.as_deref(),
             r.key_id.as_deref(),
             r.grant_id.as_deref(),
+            r.dry_run.unwrap_or(false),
         )
         .await?;
         Ok(Reply::empty())
@@ -1160,6 +1181,7 @@ fn revoke_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_j
             &caller,
             &r.key_id.unwrap_or_default(),
             &r.grant_id.unwrap_or_default(),
+            r.dry_run.unwrap_or(false),
         )
         .await?;
         Ok(Reply::empty())

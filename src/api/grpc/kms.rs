@@ -320,6 +320,7 @@ impl KeyManagementService for Door {
                         encryption_context: r.encryption_context,
                         grant_tokens: r.grant_tokens,
                         encryption_algorithm: opt(r.encryption_algorithm),
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -343,6 +344,7 @@ impl KeyManagementService for Door {
                         grant_tokens: r.grant_tokens,
                         key_id: opt(r.key_id),
                         encryption_algorithm: opt(r.encryption_algorithm),
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -373,6 +375,7 @@ impl KeyManagementService for Door {
                         source_encryption_algorithm: opt(r.source_encryption_algorithm),
                         destination_encryption_algorithm: opt(r.destination_encryption_algorithm),
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -407,6 +410,7 @@ impl KeyManagementService for Door {
                             number_of_bytes: r.number_of_bytes,
                             key_spec: opt(r.key_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         true,
                     )
@@ -440,6 +444,7 @@ impl KeyManagementService for Door {
                             number_of_bytes: r.number_of_bytes,
                             key_spec: opt(r.key_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         false,
                     )
@@ -491,6 +496,7 @@ impl KeyManagementService for Door {
                         message_type: opt(r.message_type),
                         signing_algorithm: opt(r.signing_algorithm),
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -515,6 +521,7 @@ impl KeyManagementService for Door {
                         signature: r.signature,
                         signing_algorithm: opt(r.signing_algorithm),
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -571,6 +578,7 @@ impl KeyManagementService for Door {
                             key_agreement_algorithm: opt(r.key_agreement_algorithm),
                             public_key: r.public_key,
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                     )
                     .await?;
@@ -603,6 +611,7 @@ impl KeyManagementService for Door {
                             mac_algorithm: opt(r.mac_algorithm),
                             mac: Vec::new(),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         false,
                     )
@@ -631,6 +640,7 @@ impl KeyManagementService for Door {
                         mac_algorithm: opt(r.mac_algorithm),
                         mac: r.mac,
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                     true,
                 )
@@ -661,6 +671,7 @@ impl KeyManagementService for Door {
                             encryption_context: r.encryption_context,
                             key_pair_spec: opt(r.key_pair_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         true,
                     )
@@ -698,6 +709,7 @@ impl KeyManagementService for Door {
                             encryption_context: r.encryption_context,
                             key_pair_spec: opt(r.key_pair_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         false,
                     )
@@ -802,6 +814,7 @@ impl KeyManagementService for Door {
                             constraint_subset: c.encryption_context_subset.map(|m| m.pairs),
                             grant_tokens: r.grant_tokens,
                             name: opt(r.name),
+                            dry_run: r.dry_run,
                         },
                     )
                     .await?;
@@ -871,6 +884,7 @@ impl KeyManagementService for Door {
                     opt(r.grant_token).as_deref(),
                     opt(r.key_id).as_deref(),
                     opt(r.grant_id).as_deref(),
+                    r.dry_run,
                 )
                 .await?;
                 Ok(pb::RetireGrantResponse {})
@@ -888,7 +902,8 @@ impl KeyManagementService for Door {
             SERVICE,
             request,
             |kms, caller, r| async move {
-                kms.revoke_grant(&caller, &r.key_id, &r.grant_id).await?;
+                kms.revoke_grant(&caller, &r.key_id, &r.grant_id, r.dry_run)
+                    .await?;
                 Ok(pb::RevokeGrantResponse {})
             },
         )
