@@ -17,7 +17,6 @@ use p11kms::core::{Clock, ManualClock};
 use p11kms::pb;
 use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::server::{RunningServer, ServerOptions};
-use p11kms::store::{AliasRecord, GrantRecord, KeyBundle};
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -1363,11 +1362,7 @@ async fn f_expired_tampered_unknown_and_skewed_credentials_are_refused() {
 
 #[derive(Debug, PartialEq)]
 struct Snapshot {
-    store_keys: Vec<KeyBundle>,
-    store_aliases: Vec<AliasRecord>,
-    store_grants: Vec<GrantRecord>,
-    store_deleted: Vec<String>,
-    key_count: usize,
+    store: StoreSnapshot,
     list_keys: Vec<pb::KeyListEntry>,
     aliases: Vec<pb::AliasListEntry>,
     described: Vec<pb::KeyMetadata>,
@@ -1377,11 +1372,6 @@ struct Snapshot {
 }
 
 async fn snapshot(server: &RunningServer, admin: &mut Who, keys: &[&str]) -> Snapshot {
-    let store = server.kms.store();
-    let mut store_aliases = store.list_aliases().await.unwrap();
-    store_aliases.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut store_grants = store.list_grants().await.unwrap();
-    store_grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
     let mut described = Vec::new();
     let mut tags = Vec::new();
     let mut policies = Vec::new();
@@ -1403,11 +1393,7 @@ async fn snapshot(server: &RunningServer, admin: &mut Who, keys: &[&str]) -> Sna
         grants.push(list_grants(admin, k).await);
     }
     Snapshot {
-        store_keys: store.load_all().await.unwrap(),
-        store_aliases,
-        store_grants,
-        store_deleted: store.deleted_key_ids().await.unwrap(),
-        key_count: server.kms.key_count(),
+        store: store_snapshot(server).await,
         list_keys: kms!(admin.list_keys("ListKeys", pb::ListKeysRequest::default()))
             .unwrap()
             .keys,
@@ -1698,9 +1684,9 @@ async fn denied_requests_make_no_hsm_call_and_change_no_state() {
         .ciphertext_blob;
 
     let before = snapshot(&server, &mut admin, &[&key, &other]).await;
-    assert_eq!(before.store_keys.len(), 2);
-    assert_eq!(before.store_grants.len(), 1);
-    assert_eq!(before.store_aliases.len(), 1);
+    assert_eq!(before.store.keys.len(), 2);
+    assert_eq!(before.store.grants.len(), 1);
+    assert_eq!(before.store.aliases.len(), 1);
     let counters = server.kms.hsm().counters();
     let total = server.kms.hsm().total_ops();
 

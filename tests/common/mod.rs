@@ -357,3 +357,50 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The audit trail's events (JSON lines under `<data dir>/audit`), oldest first.
+pub fn audit_events(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("audit"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|r| r["recordType"] == "event")
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Everything the metadata store holds (and the engine's key count), to prove that a request
+/// changed nothing.
+#[derive(Debug, PartialEq)]
+pub struct StoreSnapshot {
+    pub keys: Vec<p11kms::store::KeyBundle>,
+    pub aliases: Vec<p11kms::store::AliasRecord>,
+    pub grants: Vec<p11kms::store::GrantRecord>,
+    pub deleted: Vec<String>,
+    pub key_count: usize,
+}
+
+/// The store's contents now, in a stable order.
+pub async fn store_snapshot(server: &RunningServer) -> StoreSnapshot {
+    let store = server.kms.store();
+    let mut aliases = store.list_aliases().await.unwrap();
+    aliases.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut grants = store.list_grants().await.unwrap();
+    grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
+    StoreSnapshot {
+        keys: store.load_all().await.unwrap(),
+        aliases,
+        grants,
+        deleted: store.deleted_key_ids().await.unwrap(),
+        key_count: server.kms.key_count(),
+    }
+}
