@@ -110,6 +110,18 @@ async fn fixture(c: &mut Client) -> Fixture {
         .await
         .unwrap()
         .into_inner();
+    // user1 may encrypt under other_sym only with the context {"purpose": "x"}.
+    c.create_grant(pb::CreateGrantRequest {
+        constraints: Some(pb::GrantConstraints {
+            encryption_context_equals: Some(pb::EncryptionContextConstraint {
+                pairs: ctx(&[("purpose", "x")]),
+            }),
+            encryption_context_subset: None,
+        }),
+        ..grant_req(&other_sym, &["Encrypt"], false)
+    })
+    .await
+    .unwrap();
     Fixture {
         sym,
         other_sym,
@@ -338,8 +350,21 @@ async fn err_of<T: std::fmt::Debug>(
     reason(r.await)
 }
 
+/// An Encrypt under other_sym by its grantee, with or without the grant's context.
+fn granted_encrypt(f: &Fixture, with_context: bool, dry_run: bool) -> pb::EncryptRequest {
+    let pairs: &[(&str, &str)] = if with_context {
+        &[("purpose", "x")]
+    } else {
+        &[("purpose", "y")]
+    };
+    pb::EncryptRequest {
+        encryption_context: ctx(pairs),
+        ..encrypt_req(&f.other_sym, dry_run)
+    }
+}
+
 /// Dry runs that would fail get the real call's error, whatever it is.
-async fn failing_dry_runs(c: &mut Client, user2: &mut Client, f: &Fixture) {
+async fn failing_dry_runs(c: &mut Client, user1: &mut Client, user2: &mut Client, f: &Fixture) {
     // (what, dry run's error, real call's error)
     let cases = [
         (
@@ -351,6 +376,11 @@ async fn failing_dry_runs(c: &mut Client, user2: &mut Client, f: &Fixture) {
             "Decrypt by a user without permission",
             err_of(user2.decrypt(decrypt_req(&f.blob, "", true))).await,
             err_of(user2.decrypt(decrypt_req(&f.blob, "", false))).await,
+        ),
+        (
+            "Encrypt by a grantee outside the grant's constraint",
+            err_of(user1.encrypt(granted_encrypt(f, false, true))).await,
+            err_of(user1.encrypt(granted_encrypt(f, false, false))).await,
         ),
         (
             "Encrypt under a disabled key",
@@ -401,6 +431,7 @@ async fn failing_dry_runs(c: &mut Client, user2: &mut Client, f: &Fixture) {
     let expected = [
         "AccessDeniedException",
         "AccessDeniedException",
+        "AccessDeniedException",
         "DisabledException",
         "DisabledException",
         "IncorrectKeyException",
@@ -434,6 +465,7 @@ async fn grpc_dry_runs_check_everything_and_change_nothing() {
     let dir = data_dir("dry-run-grpc");
     let server = start(&dir).await;
     let mut c = admin(server.addr).await;
+    let mut user1 = client_as(server.addr, Some("user1")).await;
     let mut user2 = client_as(server.addr, Some("user2")).await;
     let f = fixture(&mut c).await;
     assert_eq!(grants_of(&mut c, &f.sym).await, vec![f.grant_id.clone()]);
@@ -443,7 +475,12 @@ async fn grpc_dry_runs_check_everything_and_change_nothing() {
     let total = server.kms.hsm().total_ops();
 
     let ops = dry_run_all(&mut c, &f).await;
-    failing_dry_runs(&mut c, &mut user2, &f).await;
+    // Within the grant's constraint, the grantee's dry run would succeed.
+    dry(
+        "Encrypt by a grantee",
+        user1.encrypt(granted_encrypt(&f, true, true)).await,
+    );
+    failing_dry_runs(&mut c, &mut user1, &mut user2, &f).await;
 
     assert_eq!(
         server.kms.hsm().total_ops(),
@@ -470,7 +507,7 @@ async fn grpc_dry_runs_check_everything_and_change_nothing() {
     .unwrap();
     assert!(grants_of(&mut c, &f.sym).await.is_empty());
     assert_ne!(store_snapshot(&server).await, before);
-    drop((c, user2));
+    drop((c, user1, user2));
     server.shutdown().await.unwrap();
 
     // The audit trail: each dry run's event says so, with its error code.
@@ -492,10 +529,10 @@ async fn grpc_dry_runs_check_everything_and_change_nothing() {
             .or_default() += 1;
         m
     });
-    assert_eq!(by_code.get(DRY), Some(&18), "{by_code:?}");
+    assert_eq!(by_code.get(DRY), Some(&19), "{by_code:?}");
     assert_eq!(
         by_code.get("AccessDeniedException"),
-        Some(&3),
+        Some(&4),
         "{by_code:?}"
     );
     assert_eq!(
