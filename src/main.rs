@@ -86,6 +86,10 @@ enum Command {
         /// Write the raw ciphertext here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Decrypt a ciphertext blob.
     Decrypt {
@@ -101,6 +105,10 @@ enum Command {
         /// Write the raw plaintext here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Sign a message (or, with --message-type DIGEST, its digest) with a SIGN_VERIFY key.
     Sign {
@@ -120,6 +128,10 @@ enum Command {
         /// Write the raw signature (ECDSA: DER) here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Verify a signature on the device; exits non-zero with KMSInvalidSignatureException when
     /// it does not match.
@@ -137,6 +149,10 @@ enum Command {
         /// File holding the raw signature.
         #[arg(long)]
         signature_file: PathBuf,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// An asymmetric key's public key: PEM on standard output, or DER SubjectPublicKeyInfo
     /// into --out.
@@ -169,6 +185,10 @@ enum Command {
         peer_public_key: PathBuf,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Compute an HMAC on the device with a GENERATE_VERIFY_MAC key.
     GenerateMac {
@@ -184,6 +204,10 @@ enum Command {
         /// Write the raw MAC here instead of printing base64.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Audit trail tools.
     Audit {
@@ -229,6 +253,10 @@ enum Command {
         /// Write the raw ciphertext blob here instead of printing it.
         #[arg(long)]
         ciphertext_out: Option<PathBuf>,
+        /// Check the request (authorization, key state, usage) without running it; the
+        /// daemon answers DryRunOperationException when it would have succeeded.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -390,6 +418,10 @@ enum GrantCommand {
         equals: Vec<(String, String)>,
         #[arg(long)]
         name: Option<String>,
+        /// Check the request without running it (DryRunOperationException when it would
+        /// have succeeded).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List a key's grants.
     List {
@@ -404,6 +436,10 @@ enum GrantCommand {
         key: Option<String>,
         #[arg(long)]
         grant_id: Option<String>,
+        /// Check the request without running it (DryRunOperationException when it would
+        /// have succeeded).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Revoke a grant.
     Revoke {
@@ -411,6 +447,10 @@ enum GrantCommand {
         key: String,
         #[arg(long)]
         grant_id: String,
+        /// Check the request without running it (DryRunOperationException when it would
+        /// have succeeded).
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -1007,6 +1047,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             input,
             context,
             out,
+            dry_run,
         } => {
             let plaintext = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -1018,6 +1059,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         key_id: key,
                         plaintext: plaintext.to_vec(),
                         encryption_context: ctx(context),
+                        dry_run,
                         ..Default::default()
                     },
                 ))
@@ -1036,6 +1078,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             algorithm,
             message_type,
             out,
+            dry_run,
         } => {
             let message = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -1049,6 +1092,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         message_type,
                         signing_algorithm: algorithm,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1066,6 +1110,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             algorithm,
             message_type,
             signature_file,
+            dry_run,
         } => {
             let message = read_input(&input)?;
             let signature = std::fs::read(&signature_file)
@@ -1082,6 +1127,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         signature,
                         signing_algorithm: algorithm,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1132,6 +1178,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             key,
             peer_public_key,
             out,
+            dry_run,
         } => {
             let raw = std::fs::read(&peer_public_key)
                 .map_err(|e| format!("reading {}: {e}", peer_public_key.display()))?;
@@ -1147,6 +1194,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         key_agreement_algorithm: "ECDH".into(),
                         public_key: der,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1164,6 +1212,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             input,
             algorithm,
             out,
+            dry_run,
         } => {
             let message = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -1176,6 +1225,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         key_id: key,
                         mac_algorithm: algorithm,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1192,6 +1242,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             context,
             key,
             out,
+            dry_run,
         } => {
             let blob = read_input(&input)?;
             let sess = Session::open(&conn).await?;
@@ -1203,6 +1254,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         ciphertext_blob: blob.to_vec(),
                         encryption_context: ctx(context),
                         key_id: key.unwrap_or_default(),
+                        dry_run,
                         ..Default::default()
                     },
                 ))
@@ -1223,6 +1275,7 @@ async fn client_command(command: Command) -> Result<(), String> {
             context,
             plaintext_out,
             ciphertext_out,
+            dry_run,
         } => {
             let key_spec = match (&key_spec, bytes) {
                 (None, None) => "AES_256".to_string(),
@@ -1240,6 +1293,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         number_of_bytes: bytes,
                         key_spec,
                         grant_tokens: vec![],
+                        dry_run,
                     },
                 ))
                 .await
@@ -1369,6 +1423,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                     subset,
                     equals,
                     name,
+                    dry_run,
                 } => {
                     let constraint = |pairs: Vec<(String, String)>| {
                         (!pairs.is_empty())
@@ -1392,6 +1447,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                                 constraints,
                                 grant_tokens: vec![],
                                 name: name.unwrap_or_default(),
+                                dry_run,
                             },
                         ))
                         .await
@@ -1433,6 +1489,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                     token,
                     key,
                     grant_id,
+                    dry_run,
                 } => {
                     c.retire_grant(sess.k(
                         "RetireGrant",
@@ -1440,17 +1497,23 @@ async fn client_command(command: Command) -> Result<(), String> {
                             grant_token: token.unwrap_or_default(),
                             key_id: key.unwrap_or_default(),
                             grant_id: grant_id.unwrap_or_default(),
+                            dry_run,
                         },
                     ))
                     .await
                     .map_err(status_error)?;
                 }
-                GrantCommand::Revoke { key, grant_id } => {
+                GrantCommand::Revoke {
+                    key,
+                    grant_id,
+                    dry_run,
+                } => {
                     c.revoke_grant(sess.k(
                         "RevokeGrant",
                         pb::RevokeGrantRequest {
                             key_id: key,
                             grant_id,
+                            dry_run,
                         },
                     ))
                     .await

@@ -137,8 +137,14 @@ async fn aws_ok(door: &Door, access_key_id: &str, args: &[&str]) -> Value {
 
 /// Runs `tests/python/<script>` with the venv's Python as `access_key_id`.
 async fn python(door: &Door, access_key_id: &str, script: &str) {
+    python_with(door, access_key_id, script, &[]).await
+}
+
+/// Runs `tests/python/<script> <args>...` with the venv's Python as `access_key_id`.
+async fn python_with(door: &Door, access_key_id: &str, script: &str, args: &[&str]) {
     let mut c = client_command(door, &venv().join("bin/python"), access_key_id);
-    c.arg(manifest_dir().join("tests/python").join(script));
+    c.arg(manifest_dir().join("tests/python").join(script))
+        .args(args);
     let out = output(c).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -463,6 +469,47 @@ async fn boto3_key_users_cross_account_and_modelled_errors() {
     let door = start_door("boto3").await;
     python(&door, AK_ADMIN, "boto3_checks.py").await;
     door.server.shutdown().await.unwrap();
+}
+
+/// DryRun through boto3 on each of the 15 operations that take it: DryRunOperationException
+/// (HTTP 412), no HSM call and no stored change; failing dry runs get the real error; the
+/// audit events say they were dry runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_dry_run_checks_and_changes_nothing() {
+    let door = start_door("boto3-dry-run").await;
+    python_with(&door, AK_ADMIN, "dry_run_checks.py", &["setup"]).await;
+    let before = store_snapshot(&door.server).await;
+    let counters = door.server.kms.hsm().counters();
+    let total = door.server.kms.hsm().total_ops();
+    python_with(&door, AK_ADMIN, "dry_run_checks.py", &["dry-run"]).await;
+    assert_eq!(
+        door.server.kms.hsm().total_ops(),
+        total,
+        "a dry run reached the HSM"
+    );
+    assert_eq!(door.server.kms.hsm().counters(), counters);
+    assert_eq!(
+        store_snapshot(&door.server).await,
+        before,
+        "a dry run changed stored state"
+    );
+    door.server.shutdown().await.unwrap();
+    let events = events(&door.dir);
+    for op in p11kms::core::DRY_RUN_OPERATIONS {
+        assert!(
+            events.iter().any(|e| e["eventName"] == *op
+                && e["requestParameters"]["dryRun"] == true
+                && e["errorCode"] == "DryRunOperationException"),
+            "no dry-run audit event for {op}"
+        );
+    }
+    let failed_dry: Vec<&str> = events
+        .iter()
+        .filter(|e| e["requestParameters"]["dryRun"] == true)
+        .filter_map(|e| e["errorCode"].as_str())
+        .filter(|c| *c != "DryRunOperationException")
+        .collect();
+    assert_eq!(failed_dry.len(), 8, "{failed_dry:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -985,6 +985,7 @@ async fn imported_hmac_keys_compute_the_same_macs_as_python_hmac() {
                     key_id: key.clone(),
                     mac_algorithm: alg.into(),
                     grant_tokens: vec![],
+                    dry_run: false,
                 })
                 .await
                 .unwrap()
@@ -1004,6 +1005,7 @@ async fn imported_hmac_keys_compute_the_same_macs_as_python_hmac() {
                     mac_algorithm: alg.into(),
                     mac: python.clone(),
                     grant_tokens: vec![],
+                    dry_run: false,
                 })
                 .await
                 .unwrap()
@@ -1018,6 +1020,7 @@ async fn imported_hmac_keys_compute_the_same_macs_as_python_hmac() {
                     mac_algorithm: alg.into(),
                     mac: bad,
                     grant_tokens: vec![],
+                    dry_run: false,
                 })
                 .await;
             assert_eq!(reason(r), "KMSInvalidMacException");
@@ -1034,6 +1037,7 @@ async fn imported_hmac_keys_compute_the_same_macs_as_python_hmac() {
                 key_id: key.clone(),
                 mac_algorithm: other.into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await;
         assert_eq!(reason(r), "InvalidKeyUsageException");

@@ -394,6 +394,7 @@ async fn cryptographic_operations_happy_path() {
                 number_of_bytes: n,
                 key_spec: spec.into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
             .unwrap()

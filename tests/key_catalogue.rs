@@ -122,6 +122,7 @@ fn sign_req(key: &str, msg: &[u8], mtype: &str, alg: &str) -> pb::SignRequest {
         message_type: mtype.into(),
         signing_algorithm: alg.into(),
         grant_tokens: vec![],
+        dry_run: false,
     }
 }
 
@@ -133,6 +134,7 @@ fn verify_req(key: &str, msg: &[u8], mtype: &str, sig: &[u8], alg: &str) -> pb::
         signature: sig.to_vec(),
         signing_algorithm: alg.into(),
         grant_tokens: vec![],
+        dry_run: false,
     }
 }
 
@@ -503,6 +505,7 @@ async fn catalogue_end_to_end() {
                 key_id: m.key_id.clone(),
                 mac_algorithm: alg.to_string(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
             .unwrap()
@@ -515,6 +518,7 @@ async fn catalogue_end_to_end() {
                 key_id: m.key_id.clone(),
                 mac_algorithm: alg.to_string(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
             .unwrap()
@@ -526,6 +530,7 @@ async fn catalogue_end_to_end() {
             mac_algorithm: alg.to_string(),
             mac: mac.to_vec(),
             grant_tokens: vec![],
+            dry_run: false,
         };
         assert!(
             c.verify_mac(vm(b"mac me", &g.mac))
@@ -555,6 +560,7 @@ async fn catalogue_end_to_end() {
         key_id: k.into(),
         mac_algorithm: "HMAC_SHA_256".into(),
         grant_tokens: vec![],
+        dry_run: false,
     };
     let other256 = create(&mut c, "HMAC_256", "GENERATE_VERIFY_MAC").await;
     let a = c
@@ -591,6 +597,7 @@ async fn catalogue_end_to_end() {
                 key_id: symmetric.key_id.clone(),
                 key_pair_spec: spec.into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
             .unwrap_or_else(|e| panic!("GenerateDataKeyPair {spec}: {e}"))
@@ -629,6 +636,7 @@ async fn catalogue_end_to_end() {
             key_id: symmetric.key_id.clone(),
             key_pair_spec: "ECC_NIST_P384".into(),
             grant_tokens: vec![],
+            dry_run: false,
         })
         .await
         .unwrap()
@@ -797,7 +805,7 @@ async fn catalogue_end_to_end() {
     ];
     let deadline = Instant::now() + Duration::from_secs(10);
     let events = loop {
-        let evs = audit_events(&dir);
+        let evs = events(&dir);
         let all = wanted
             .iter()
             .all(|w| evs.iter().any(|e| e["eventName"] == *w));
@@ -852,26 +860,6 @@ async fn catalogue_end_to_end() {
     assert!(dkp["requestParameters"]["keyPairSpec"].is_string(), "{dkp}");
     drop((c, hsm));
     server.shutdown().await.unwrap();
-}
-
-/// The audit trail's events (JSON lines under `<data dir>/audit`).
-fn audit_events(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("audit"))
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
-    files.sort();
-    files
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|r| r["recordType"] == "event")
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -974,6 +962,7 @@ async fn bad_input_and_authorization() {
                 key_id: hmac.key_id.clone(),
                 mac_algorithm: "HMAC_SHA_512".into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
         ),
@@ -986,6 +975,7 @@ async fn bad_input_and_authorization() {
                 key_id: sym.key_id.clone(),
                 mac_algorithm: "HMAC_SHA_256".into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
         ),
@@ -1044,6 +1034,7 @@ async fn bad_input_and_authorization() {
                 key_id: hmac.key_id.clone(),
                 mac_algorithm: "HMAC_SHA_256".into(),
                 grant_tokens: vec![],
+                dry_run: false,
             })
             .await
         ),
@@ -1197,6 +1188,7 @@ async fn bad_input_and_authorization() {
                     key_id: hmac.key_id.clone(),
                     mac_algorithm: "HMAC_SHA_256".into(),
                     grant_tokens: vec![],
+                    dry_run: false,
                 })
                 .await,
         ),
@@ -1634,6 +1626,7 @@ async fn derive_shared_secret_agrees_with_openssl() {
         key_agreement_algorithm: alg.into(),
         public_key: spki.to_vec(),
         grant_tokens: vec![],
+        dry_run: false,
     };
     let mut keys = Vec::new();
     for (spec, curve, len) in [
@@ -1821,7 +1814,7 @@ async fn derive_shared_secret_agrees_with_openssl() {
         .into_inner();
     assert_eq!(out.shared_secret, expected);
     // The audit trail records the calls (the caller, key and algorithm), never the secret.
-    let events = audit_events(&dir);
+    let events = events(&dir);
     let derives: Vec<&Value> = events
         .iter()
         .filter(|e| e["eventName"] == "DeriveSharedSecret")

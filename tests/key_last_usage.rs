@@ -437,6 +437,7 @@ async fn signatures_and_macs_count_but_failed_verifications_do_not() {
         mac_algorithm: "HMAC_SHA_256".into(),
         mac,
         grant_tokens: vec![],
+        dry_run: false,
     };
     let generated = c
         .generate_mac(pb::GenerateMacRequest {
@@ -444,6 +445,7 @@ async fn signatures_and_macs_count_but_failed_verifications_do_not() {
             key_id: hmac.clone(),
             mac_algorithm: "HMAC_SHA_256".into(),
             grant_tokens: vec![],
+            dry_run: false,
         })
         .await
         .unwrap();

@@ -151,6 +151,7 @@ async fn rsa_4096_key_generation_does_not_stall_other_traffic() {
             key_pair_spec: "RSA_4096".into(),
             encryption_context: ctx(&[("tenant", "slow")]),
             grant_tokens: vec![],
+            dry_run: false,
         })
         .await
         .expect("GenerateDataKeyPair RSA_4096")

@@ -17,7 +17,6 @@ use p11kms::core::{Clock, ManualClock};
 use p11kms::pb;
 use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::server::{RunningServer, ServerOptions};
-use p11kms::store::{AliasRecord, GrantRecord, KeyBundle};
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -829,6 +828,7 @@ async fn e_grant_with_encryption_context_subset() {
         constraints: subset(&alpha),
         grant_tokens: vec![],
         name: "user1-alpha".into(),
+        dry_run: false,
     };
     let g = kms!(admin.create_grant("CreateGrant", grant_req.clone())).expect("create grant");
     assert_eq!(g.grant_id.len(), 64);
@@ -983,6 +983,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: other.grant_id.clone(),
+            dry_run: false,
         }
     )));
     kms!(admin.revoke_grant(
@@ -990,6 +991,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: other.grant_id.clone(),
+            dry_run: false,
         }
     ))
     .expect("admin revokes");
@@ -998,6 +1000,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: "not-a-grant-id".into(),
+            dry_run: false,
         }
     ));
     assert_eq!(reason(r), "InvalidGrantIdException");
@@ -1006,6 +1009,7 @@ async fn e_grant_with_encryption_context_subset() {
         pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: "0".repeat(64),
+            dry_run: false,
         }
     ));
     assert_eq!(reason(r), "NotFoundException");
@@ -1025,6 +1029,7 @@ async fn e_grant_with_encryption_context_subset() {
             grant_token: String::new(),
             key_id: arn.clone(),
             grant_id: g.grant_id.clone(),
+            dry_run: false,
         }
     )));
     assert_eq!(list_grants(&mut admin, &key).await.len(), 1);
@@ -1140,6 +1145,7 @@ async fn e_grant_across_accounts_and_retired_by_its_grantee() {
             grant_token: String::new(),
             key_id: arn.clone(),
             grant_id: g.grant_id.clone(),
+            dry_run: false,
         }
     ))
     .expect("grantee retires");
@@ -1356,11 +1362,7 @@ async fn f_expired_tampered_unknown_and_skewed_credentials_are_refused() {
 
 #[derive(Debug, PartialEq)]
 struct Snapshot {
-    store_keys: Vec<KeyBundle>,
-    store_aliases: Vec<AliasRecord>,
-    store_grants: Vec<GrantRecord>,
-    store_deleted: Vec<String>,
-    key_count: usize,
+    store: StoreSnapshot,
     list_keys: Vec<pb::KeyListEntry>,
     aliases: Vec<pb::AliasListEntry>,
     described: Vec<pb::KeyMetadata>,
@@ -1370,11 +1372,6 @@ struct Snapshot {
 }
 
 async fn snapshot(server: &RunningServer, admin: &mut Who, keys: &[&str]) -> Snapshot {
-    let store = server.kms.store();
-    let mut store_aliases = store.list_aliases().await.unwrap();
-    store_aliases.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut store_grants = store.list_grants().await.unwrap();
-    store_grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
     let mut described = Vec::new();
     let mut tags = Vec::new();
     let mut policies = Vec::new();
@@ -1396,11 +1393,7 @@ async fn snapshot(server: &RunningServer, admin: &mut Who, keys: &[&str]) -> Sna
         grants.push(list_grants(admin, k).await);
     }
     Snapshot {
-        store_keys: store.load_all().await.unwrap(),
-        store_aliases,
-        store_grants,
-        store_deleted: store.deleted_key_ids().await.unwrap(),
-        key_count: server.kms.key_count(),
+        store: store_snapshot(server).await,
         list_keys: kms!(admin.list_keys("ListKeys", pb::ListKeysRequest::default()))
             .unwrap()
             .keys,
@@ -1620,6 +1613,7 @@ async fn attempt_everything(
             pb::RevokeGrantRequest {
                 key_id: key.into(),
                 grant_id: grant_id.into(),
+                dry_run: false,
             }
         ))
         .map(drop),
@@ -1632,6 +1626,7 @@ async fn attempt_everything(
                 grant_token: String::new(),
                 key_id: key.into(),
                 grant_id: grant_id.into(),
+                dry_run: false,
             }
         ))
         .map(drop),
@@ -1689,9 +1684,9 @@ async fn denied_requests_make_no_hsm_call_and_change_no_state() {
         .ciphertext_blob;
 
     let before = snapshot(&server, &mut admin, &[&key, &other]).await;
-    assert_eq!(before.store_keys.len(), 2);
-    assert_eq!(before.store_grants.len(), 1);
-    assert_eq!(before.store_aliases.len(), 1);
+    assert_eq!(before.store.keys.len(), 2);
+    assert_eq!(before.store.grants.len(), 1);
+    assert_eq!(before.store.aliases.len(), 1);
     let counters = server.kms.hsm().counters();
     let total = server.kms.hsm().total_ops();
 

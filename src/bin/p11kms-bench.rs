@@ -881,6 +881,7 @@ fn sign_request(f: &Fixture) -> pb::SignRequest {
         message_type: "RAW".into(),
         signing_algorithm: f.signing.algorithm().into(),
         grant_tokens: vec![],
+        dry_run: false,
     }
 }
 
@@ -968,6 +969,7 @@ async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), ton
                     signature: f.signature.clone(),
                     signing_algorithm: f.signing.algorithm().into(),
                     grant_tokens: vec![],
+                    dry_run: false,
                 },
                 "Verify",
             ))

@@ -37,6 +37,8 @@ pub struct SignRequest {
     pub message_type: Option<String>,
     pub signing_algorithm: Option<String>,
     pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// Sign output.
@@ -57,6 +59,8 @@ pub struct VerifyRequest {
     pub signature: Vec<u8>,
     pub signing_algorithm: Option<String>,
     pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// Verify output (an invalid signature is KMSInvalidSignatureException, never `false`).
@@ -90,6 +94,8 @@ pub struct DeriveSharedSecretRequest {
     /// The peer's DER SubjectPublicKeyInfo.
     pub public_key: Vec<u8>,
     pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// DeriveSharedSecret output.
@@ -120,6 +126,8 @@ pub struct MacRequest {
     pub mac_algorithm: Option<String>,
     pub mac: Vec<u8>,
     pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// GenerateMac / VerifyMac output (`mac` empty and `mac_valid` true for VerifyMac).
@@ -154,6 +162,8 @@ pub struct DataKeyPairRequest {
     pub encryption_context: BTreeMap<String, String>,
     pub key_pair_spec: Option<String>,
     pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// GenerateDataKeyPair output; `private_key_plaintext` is `None` for WithoutPlaintext.
@@ -313,6 +323,7 @@ impl Kms {
             req.signing_algorithm.as_deref(),
             &req.grant_tokens,
         )?;
+        super::end_dry_run(req.dry_run)?;
         let signature = self
             .hsm
             .sign(resolved.key.current_object(), scheme, digest)
@@ -341,6 +352,8 @@ impl Kms {
             req.signing_algorithm.as_deref(),
             &req.grant_tokens,
         )?;
+        // A dry run never verifies: the device is not asked.
+        super::end_dry_run(req.dry_run)?;
         let valid = self
             .hsm
             .verify(resolved.key.current_object(), scheme, digest, req.signature)
@@ -433,6 +446,7 @@ impl Kms {
                 resolved.key.arn, r.key_spec
             )));
         };
+        super::end_dry_run(req.dry_run)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
         let shared_secret = match self.hsm.derive_shared_secret(object, curve, point).await {
@@ -497,6 +511,7 @@ impl Kms {
                 "Plaintext is too long for {algorithm} with a {bits}-bit key: at most {max} bytes."
             )));
         }
+        super::end_dry_run(req.dry_run)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
         let ciphertext_blob = self.hsm.rsa_encrypt(object, hash, req.plaintext).await?;
@@ -545,6 +560,7 @@ impl Kms {
                 "The ciphertext is invalid.".into(),
             ));
         }
+        super::end_dry_run(req.dry_run)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
         let plaintext = self
@@ -690,6 +706,7 @@ impl Kms {
                 None
             }
         };
+        super::end_dry_run(req.dry_run)?;
         let dest_object = dest.key.current_object();
 
         let plaintext = match source {
@@ -773,6 +790,8 @@ impl Kms {
         check_state(&resolved.key, StateClass::Use)?;
         let r = &resolved.key.record;
         let alg = specs::mac_algorithm(&r.key_spec, &r.key_usage, &algorithm)?;
+        // A dry run of VerifyMac never compares: the device is not asked.
+        super::end_dry_run(req.dry_run)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
         let message = req.message;
@@ -842,6 +861,7 @@ impl Kms {
                 resolved.key.arn, r.key_usage, r.key_spec
             )));
         }
+        super::end_dry_run(req.dry_run)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
         let crate::hsm::DataKeyPair {

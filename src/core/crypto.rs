@@ -40,6 +40,8 @@ pub struct EncryptRequest {
     pub encryption_context: BTreeMap<String, String>,
     pub grant_tokens: Vec<String>,
     pub encryption_algorithm: Option<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// Encrypt output.
@@ -59,6 +61,8 @@ pub struct DecryptRequest {
     pub grant_tokens: Vec<String>,
     pub key_id: Option<String>,
     pub encryption_algorithm: Option<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// Decrypt output. `Debug` never prints the plaintext.
@@ -90,6 +94,8 @@ pub struct ReEncryptRequest {
     pub source_encryption_algorithm: Option<String>,
     pub destination_encryption_algorithm: Option<String>,
     pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// ReEncrypt output.
@@ -112,6 +118,8 @@ pub struct GenerateDataKeyRequest {
     pub number_of_bytes: Option<i32>,
     pub key_spec: Option<String>,
     pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// GenerateDataKey output; `plaintext` is `None` for the WithoutPlaintext variant.
@@ -227,6 +235,7 @@ impl Kms {
         )?;
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
+        super::end_dry_run(req.dry_run)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
         let sealed = self
@@ -319,6 +328,7 @@ impl Kms {
             "kms:Decrypt",
             None,
         )?;
+        super::end_dry_run(req.dry_run)?;
         let plaintext = self
             .hsm
             .decrypt_gcm(
@@ -398,6 +408,7 @@ impl Kms {
         )?;
         check_state(&dest.key, StateClass::Use)?;
         check_symmetric_usage(&dest)?;
+        super::end_dry_run(req.dry_run)?;
         let dest_object = dest.key.current_object();
         let sealed = self
             .hsm
@@ -463,6 +474,7 @@ impl Kms {
         self.authorize_key(caller, action, &resolved, Some(&req.encryption_context))?;
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
+        super::end_dry_run(req.dry_run)?;
         let object = resolved.key.current_object();
         super::record::key_version(object.version());
         let (plaintext, sealed) = self

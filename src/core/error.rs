@@ -64,6 +64,9 @@ pub enum KmsError {
     IncorrectKeyMaterial(String),
     #[error("{0}")]
     Conflict(String),
+    /// A dry run that passed every check a real call makes (see [`KmsError::dry_run`]).
+    #[error("{0}")]
+    DryRunOperation(String),
 }
 
 impl KmsError {
@@ -98,12 +101,20 @@ impl KmsError {
             KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
             KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             KmsError::Conflict(_) => "ConflictException",
+            KmsError::DryRunOperation(_) => "DryRunOperationException",
         }
     }
 
     /// The caller-safe message.
     pub fn message(&self) -> String {
         self.to_string()
+    }
+
+    /// The answer to a dry run that would have succeeded (AWS's wording).
+    pub fn dry_run() -> KmsError {
+        KmsError::DryRunOperation(
+            "The request would have succeeded, but the DryRun option is set.".into(),
+        )
     }
 
     /// A ValidationException in AWS's phrasing for one member.

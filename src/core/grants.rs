@@ -75,6 +75,8 @@ pub struct CreateGrantRequest {
     pub constraint_subset: Option<BTreeMap<String, String>>,
     pub grant_tokens: Vec<String>,
     pub name: Option<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
 }
 
 /// CreateGrant output.
@@ -387,6 +389,7 @@ impl Kms {
                 && g.constraint_equals == record.constraint_equals
                 && g.constraint_subset == record.constraint_subset
         }) {
+            super::end_dry_run(req.dry_run)?;
             return Ok(CreateGrantResponse {
                 grant_token: new_token(&existing.grant_id),
                 grant_id: existing.grant_id.clone(),
@@ -397,6 +400,7 @@ impl Kms {
                 "A key can have at most {MAX_GRANTS_PER_KEY} grants."
             )));
         }
+        super::end_dry_run(req.dry_run)?;
         self.store.insert_grant(&record).await?;
         let mut updated = (*resolved.key).clone();
         updated.grants.push(record.clone());
@@ -534,13 +538,15 @@ impl Kms {
 
     /// RetireGrant, by token or by key and grant id. Allowed for the retiring principal, the
     /// grantee when the grant includes RetireGrant, and the key's account (its root, or IAM
-    /// principals it delegates kms:RetireGrant to). An explicit deny always wins.
+    /// principals it delegates kms:RetireGrant to). An explicit deny always wins. A
+    /// `dry_run` checks all of that and answers DryRunOperationException.
     pub async fn retire_grant(
         &self,
         caller: &Caller,
         grant_token: Option<&str>,
         key_id: Option<&str>,
         grant_id: Option<&str>,
+        dry_run: bool,
     ) -> Result<(), KmsError> {
         let _guard = self.mutate.lock().await;
         let (resolved, grant) = match (grant_token, key_id, grant_id) {
@@ -574,15 +580,18 @@ impl Kms {
             }
         };
         self.authorize_retire(caller, &resolved, &grant)?;
+        super::end_dry_run(dry_run)?;
         self.drop_grant(&resolved, &grant.grant_id).await
     }
 
-    /// RevokeGrant: key administrators, through policy.
+    /// RevokeGrant: key administrators, through policy. A `dry_run` checks that and answers
+    /// DryRunOperationException.
     pub async fn revoke_grant(
         &self,
         caller: &Caller,
         key_id: &str,
         grant_id: &str,
+        dry_run: bool,
     ) -> Result<(), KmsError> {
         let _guard = self.mutate.lock().await;
         let (resolved, grant) = self.find_grant(caller, key_id, grant_id)?;
@@ -591,6 +600,7 @@ impl Kms {
             AuthzRequest::on_key("kms:RevokeGrant", &resolved)
                 .with("kms:GrantIsForAWSResource", CtxValue::one("false")),
         )?;
+        super::end_dry_run(dry_run)?;
         self.drop_grant(&resolved, &grant.grant_id).await
     }
 }

@@ -551,6 +551,36 @@ fn compile_stored_policy(key_id: &str, text: &str) -> Option<Arc<Policy>> {
     }
 }
 
+/// The operations whose AWS input has a `DryRun` member: each checks everything a real call
+/// checks, then answers DryRunOperationException without an HSM call or a stored change.
+pub const DRY_RUN_OPERATIONS: &[&str] = &[
+    "CreateGrant",
+    "Decrypt",
+    "DeriveSharedSecret",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac",
+    "ReEncrypt",
+    "RetireGrant",
+    "RevokeGrant",
+    "Sign",
+    "Verify",
+    "VerifyMac",
+];
+
+/// Ends a dry run once every check of the real call has passed: the point just before the
+/// HSM call or the stored change.
+pub(crate) fn end_dry_run(dry_run: bool) -> Result<(), KmsError> {
+    if dry_run {
+        Err(KmsError::dry_run())
+    } else {
+        Ok(())
+    }
+}
+
 /// Key-state classes of kms-spec section 1.4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StateClass {

@@ -390,3 +390,30 @@ pub fn events(dir: &Path) -> Vec<serde_json::Value> {
         .filter(|r| r["recordType"] == "event")
         .collect()
 }
+
+/// Everything the metadata store holds (and the engine's key count), to prove that a request
+/// changed nothing.
+#[derive(Debug, PartialEq)]
+pub struct StoreSnapshot {
+    pub keys: Vec<p11kms::store::KeyBundle>,
+    pub aliases: Vec<p11kms::store::AliasRecord>,
+    pub grants: Vec<p11kms::store::GrantRecord>,
+    pub deleted: Vec<String>,
+    pub key_count: usize,
+}
+
+/// The store's contents now, in a stable order.
+pub async fn store_snapshot(server: &RunningServer) -> StoreSnapshot {
+    let store = server.kms.store();
+    let mut aliases = store.list_aliases().await.unwrap();
+    aliases.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut grants = store.list_grants().await.unwrap();
+    grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
+    StoreSnapshot {
+        keys: store.load_all().await.unwrap(),
+        aliases,
+        grants,
+        deleted: store.deleted_key_ids().await.unwrap(),
+        key_count: server.kms.key_count(),
+    }
+}

@@ -630,6 +630,7 @@ input!(EncryptIn {
     encryption_context: Context,
     grant_tokens: Option<Vec<String>>,
     encryption_algorithm: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -644,6 +645,7 @@ fn encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::
                     encryption_context: r.encryption_context.unwrap_or_default(),
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
                     encryption_algorithm: r.encryption_algorithm,
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -661,6 +663,7 @@ input!(DecryptIn {
     grant_tokens: Option<Vec<String>>,
     key_id: Option<String>,
     encryption_algorithm: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn decrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -675,6 +678,7 @@ fn decrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
                     key_id: r.key_id,
                     encryption_algorithm: r.encryption_algorithm,
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -696,6 +700,7 @@ input!(ReEncryptIn {
     source_encryption_algorithm: Option<String>,
     destination_encryption_algorithm: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn re_encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -715,6 +720,7 @@ fn re_encrypt(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_jso
                     source_encryption_algorithm: r.source_encryption_algorithm,
                     destination_encryption_algorithm: r.destination_encryption_algorithm,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -736,6 +742,7 @@ input!(DataKeyIn {
     number_of_bytes: Option<i32>,
     key_spec: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn data_key(
@@ -755,6 +762,7 @@ fn data_key(
                     number_of_bytes: r.number_of_bytes,
                     key_spec: r.key_spec,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
                 with_plaintext,
             )
@@ -805,6 +813,7 @@ input!(SignIn {
     signature: Option<Blob>,
     signing_algorithm: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn sign(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -819,6 +828,7 @@ fn sign(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Err
                     message_type: r.message_type,
                     signing_algorithm: r.signing_algorithm,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -843,6 +853,7 @@ fn verify(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::E
                     signature: blob(r.signature),
                     signing_algorithm: r.signing_algorithm,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -887,6 +898,7 @@ input!(DeriveIn {
     key_agreement_algorithm: Option<String>,
     public_key: Option<Blob>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn derive_shared_secret(
@@ -904,6 +916,7 @@ fn derive_shared_secret(
                     key_agreement_algorithm: r.key_agreement_algorithm,
                     public_key: blob(r.public_key),
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -922,6 +935,7 @@ input!(MacIn {
     mac_algorithm: Option<String>,
     mac: Option<Blob>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn mac_op(
@@ -941,6 +955,7 @@ fn mac_op(
                     mac_algorithm: r.mac_algorithm,
                     mac: blob(r.mac),
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
                 verify,
             )
@@ -973,6 +988,7 @@ input!(DataKeyPairIn {
     encryption_context: Context,
     key_pair_spec: Option<String>,
     grant_tokens: Option<Vec<String>>,
+    dry_run: Option<bool>,
 });
 
 fn data_key_pair(
@@ -991,6 +1007,7 @@ fn data_key_pair(
                     encryption_context: r.encryption_context.unwrap_or_default(),
                     key_pair_spec: r.key_pair_spec,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
                 with_plaintext,
             )
@@ -1096,6 +1113,7 @@ input!(CreateGrantIn {
     constraints: Option<ConstraintsIn>,
     grant_tokens: Option<Vec<String>>,
     name: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn create_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -1114,6 +1132,7 @@ fn create_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_j
                     constraint_subset: c.encryption_context_subset,
                     grant_tokens: r.grant_tokens.unwrap_or_default(),
                     name: r.name,
+                    dry_run: r.dry_run.unwrap_or(false),
                 },
             )
             .await?;
@@ -1132,6 +1151,7 @@ input!(GrantsIn {
     grant_token: Option<String>,
     limit: Option<i32>,
     marker: Option<String>,
+    dry_run: Option<bool>,
 });
 
 fn list_grants(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
@@ -1178,6 +1198,7 @@ fn retire_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_j
             r.grant_token.as_deref(),
             r.key_id.as_deref(),
             r.grant_id.as_deref(),
+            r.dry_run.unwrap_or(false),
         )
         .await?;
         Ok(Reply::empty())
@@ -1191,6 +1212,7 @@ fn revoke_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_j
             &caller,
             &r.key_id.unwrap_or_default(),
             &r.grant_id.unwrap_or_default(),
+            r.dry_run.unwrap_or(false),
         )
         .await?;
         Ok(Reply::empty())

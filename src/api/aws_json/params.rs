@@ -171,6 +171,12 @@ pub fn request_parameters(operation: &str, body: &Value) -> Value {
         };
         out.insert(camel(member), logged);
     }
+    // CloudTrail logs DryRun as a request parameter of the operations that take it.
+    if crate::core::DRY_RUN_OPERATIONS.contains(&operation) {
+        if let Some(v @ Value::Bool(_)) = m.get("DryRun") {
+            out.insert("dryRun".into(), v.clone());
+        }
+    }
     Value::Object(out)
 }
 
@@ -248,6 +254,17 @@ mod tests {
             p,
             json!({"keyId": "k", "constraints": {"encryptionContextSubset": {"Dept": "IT"}}})
         );
+    }
+
+    #[test]
+    fn dry_run_is_logged_where_the_operation_takes_it() {
+        let p = request_parameters("Decrypt", &json!({"KeyId": "k", "DryRun": true}));
+        assert_eq!(p, json!({"keyId": "k", "dryRun": true}));
+        let p = request_parameters("RevokeGrant", &json!({"GrantId": "g", "DryRun": false}));
+        assert_eq!(p, json!({"grantId": "g", "dryRun": false}));
+        // Not a member of DescribeKey: not logged.
+        let p = request_parameters("DescribeKey", &json!({"KeyId": "k", "DryRun": true}));
+        assert_eq!(p, json!({"keyId": "k"}));
     }
 
     #[test]

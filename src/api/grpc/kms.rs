@@ -347,6 +347,7 @@ impl KeyManagementService for Door {
                         encryption_context: r.encryption_context,
                         grant_tokens: r.grant_tokens,
                         encryption_algorithm: opt(r.encryption_algorithm),
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -370,6 +371,7 @@ impl KeyManagementService for Door {
                         grant_tokens: r.grant_tokens,
                         key_id: opt(r.key_id),
                         encryption_algorithm: opt(r.encryption_algorithm),
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -400,6 +402,7 @@ impl KeyManagementService for Door {
                         source_encryption_algorithm: opt(r.source_encryption_algorithm),
                         destination_encryption_algorithm: opt(r.destination_encryption_algorithm),
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -434,6 +437,7 @@ impl KeyManagementService for Door {
                             number_of_bytes: r.number_of_bytes,
                             key_spec: opt(r.key_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         true,
                     )
@@ -467,6 +471,7 @@ impl KeyManagementService for Door {
                             number_of_bytes: r.number_of_bytes,
                             key_spec: opt(r.key_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         false,
                     )
@@ -518,6 +523,7 @@ impl KeyManagementService for Door {
                         message_type: opt(r.message_type),
                         signing_algorithm: opt(r.signing_algorithm),
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -542,6 +548,7 @@ impl KeyManagementService for Door {
                         signature: r.signature,
                         signing_algorithm: opt(r.signing_algorithm),
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                 )
                 .await?;
@@ -598,6 +605,7 @@ impl KeyManagementService for Door {
                             key_agreement_algorithm: opt(r.key_agreement_algorithm),
                             public_key: r.public_key,
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                     )
                     .await?;
@@ -630,6 +638,7 @@ impl KeyManagementService for Door {
                             mac_algorithm: opt(r.mac_algorithm),
                             mac: Vec::new(),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         false,
                     )
@@ -658,6 +667,7 @@ impl KeyManagementService for Door {
                         mac_algorithm: opt(r.mac_algorithm),
                         mac: r.mac,
                         grant_tokens: r.grant_tokens,
+                        dry_run: r.dry_run,
                     },
                     true,
                 )
@@ -688,6 +698,7 @@ impl KeyManagementService for Door {
                             encryption_context: r.encryption_context,
                             key_pair_spec: opt(r.key_pair_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         true,
                     )
@@ -725,6 +736,7 @@ impl KeyManagementService for Door {
                             encryption_context: r.encryption_context,
                             key_pair_spec: opt(r.key_pair_spec),
                             grant_tokens: r.grant_tokens,
+                            dry_run: r.dry_run,
                         },
                         false,
                     )
@@ -829,6 +841,7 @@ impl KeyManagementService for Door {
                             constraint_subset: c.encryption_context_subset.map(|m| m.pairs),
                             grant_tokens: r.grant_tokens,
                             name: opt(r.name),
+                            dry_run: r.dry_run,
                         },
                     )
                     .await?;
@@ -898,6 +911,7 @@ impl KeyManagementService for Door {
                     opt(r.grant_token).as_deref(),
                     opt(r.key_id).as_deref(),
                     opt(r.grant_id).as_deref(),
+                    r.dry_run,
                 )
                 .await?;
                 Ok(pb::RetireGrantResponse {})
@@ -915,7 +929,8 @@ impl KeyManagementService for Door {
             SERVICE,
             request,
             |kms, caller, r| async move {
-                kms.revoke_grant(&caller, &r.key_id, &r.grant_id).await?;
+                kms.revoke_grant(&caller, &r.key_id, &r.grant_id, r.dry_run)
+                    .await?;
                 Ok(pb::RevokeGrantResponse {})
             },
         )

@@ -128,29 +128,34 @@ params!(pb::EncryptRequest, |r| json!({
     "encryptionContext": r.encryption_context,
     "encryptionAlgorithm": opt(&r.encryption_algorithm).as_str().map(str::to_string).unwrap_or_else(|| "SYMMETRIC_DEFAULT".into()),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::DecryptRequest, |r| json!({
     "keyId": opt(&r.key_id),
     "encryptionContext": r.encryption_context,
     "encryptionAlgorithm": opt(&r.encryption_algorithm).as_str().map(str::to_string).unwrap_or_else(|| "SYMMETRIC_DEFAULT".into()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::ReEncryptRequest, |r| json!({
     "sourceKeyId": opt(&r.source_key_id),
     "destinationKeyId": r.destination_key_id,
     "sourceEncryptionContext": r.source_encryption_context,
     "destinationEncryptionContext": r.destination_encryption_context,
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::GenerateDataKeyRequest, |r| json!({
     "keyId": r.key_id,
     "encryptionContext": r.encryption_context,
     "keySpec": opt(&r.key_spec),
     "numberOfBytes": r.number_of_bytes,
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::GenerateDataKeyWithoutPlaintextRequest, |r| json!({
     "keyId": r.key_id,
     "encryptionContext": r.encryption_context,
     "keySpec": opt(&r.key_spec),
     "numberOfBytes": r.number_of_bytes,
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(
     pb::GenerateRandomRequest,
@@ -163,12 +168,14 @@ params!(pb::SignRequest, |r| json!({
     "messageType": if r.message_type.is_empty() { "RAW" } else { r.message_type.as_str() },
     "signingAlgorithm": opt(&r.signing_algorithm),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::VerifyRequest, |r| json!({
     "keyId": r.key_id,
     "messageType": if r.message_type.is_empty() { "RAW" } else { r.message_type.as_str() },
     "signingAlgorithm": opt(&r.signing_algorithm),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::GetPublicKeyRequest, |r| json!({
     "keyId": r.key_id,
@@ -178,28 +185,33 @@ params!(pb::DeriveSharedSecretRequest, |r| json!({
     "keyId": r.key_id,
     "keyAgreementAlgorithm": opt(&r.key_agreement_algorithm),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::GenerateMacRequest, |r| json!({
     "keyId": r.key_id,
     "macAlgorithm": opt(&r.mac_algorithm),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::VerifyMacRequest, |r| json!({
     "keyId": r.key_id,
     "macAlgorithm": opt(&r.mac_algorithm),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::GenerateDataKeyPairRequest, |r| json!({
     "keyId": r.key_id,
     "encryptionContext": r.encryption_context,
     "keyPairSpec": opt(&r.key_pair_spec),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::GenerateDataKeyPairWithoutPlaintextRequest, |r| json!({
     "keyId": r.key_id,
     "encryptionContext": r.encryption_context,
     "keyPairSpec": opt(&r.key_pair_spec),
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::GetKeyPolicyRequest, |r| json!({
     "keyId": r.key_id,
@@ -222,6 +234,7 @@ params!(pb::CreateGrantRequest, |r| json!({
         "encryptionContextEquals": c.encryption_context_equals.as_ref().map(|m| &m.pairs),
     })),
     "name": opt(&r.name),
+    "dryRun": r.dry_run.then_some(true),
 }));
 params!(pb::ListGrantsRequest, |r| json!({
     "keyId": r.key_id,
@@ -238,11 +251,13 @@ params!(pb::RetireGrantRequest, |r| json!({
     "keyId": opt(&r.key_id),
     "grantId": opt(&r.grant_id),
     "grantToken": (!r.grant_token.is_empty()).then_some("(given)"),
+    "dryRun": r.dry_run.then_some(true),
 }));
-params!(
-    pb::RevokeGrantRequest,
-    |r| json!({"keyId": r.key_id, "grantId": r.grant_id})
-);
+params!(pb::RevokeGrantRequest, |r| json!({
+    "keyId": r.key_id,
+    "grantId": r.grant_id,
+    "dryRun": r.dry_run.then_some(true),
+}));
 params!(pb::AssumeRoleRequest, |r| json!({
     "roleArn": r.role_arn,
     "roleSessionName": r.role_session_name,
@@ -447,6 +462,17 @@ mod tests {
         };
         let e = out.audit_response().to_string();
         assert!(!e.contains("IMPORT") && !e.contains("PUBLIC"), "{e}");
+    }
+
+    #[test]
+    fn dry_run_is_logged_when_set() {
+        let d = pb::DecryptRequest {
+            dry_run: true,
+            ..Default::default()
+        };
+        assert_eq!(d.audit_params()["dryRun"], json!(true));
+        let r = pb::RevokeGrantRequest::default();
+        assert!(r.audit_params().get("dryRun").is_none());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn code_for(e: &KmsError) -> Code {
         | KmsError::InvalidImportToken(_)
         | KmsError::IncorrectKeyMaterial(_) => Code::InvalidArgument,
         KmsError::Conflict(_) => Code::Aborted,
+        KmsError::DryRunOperation(_) => Code::FailedPrecondition,
     }
 }
 
@@ -90,5 +91,8 @@ mod tests {
             code_for(&KmsError::Throttling(String::new())),
             Code::ResourceExhausted
         );
+        let s = to_status(KmsError::dry_run());
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(aws_reason(&s).as_deref(), Some("DryRunOperationException"));
     }
 }
