@@ -346,7 +346,7 @@ enum AuditCommand {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
-    /// Evaluate a JSON array of cases (the format of shared/policy-cases/cases.json) offline
+    /// Evaluate a JSON array of cases (the format of tests/fixtures/policy-cases/cases.json) offline
     /// and print `<name> Allow|Deny` per case.
     Eval {
         file: PathBuf,

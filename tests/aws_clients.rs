@@ -756,6 +756,87 @@ fn head(
     h
 }
 
+/// The `(now - 5 min., now)` or `(now + 5 min., now)` pair of a SigV4 expiry message such as
+/// `Signature expired: A is now earlier than B (C - 5 min.)`, after checking its shape.
+fn skew_message_times(message: &str, amz_date: &str, expired: bool) -> (i64, i64) {
+    let (lead, sign) = if expired {
+        ("Signature expired: ", " - 5 min.)")
+    } else {
+        ("Signature not yet current: ", " + 5 min.)")
+    };
+    let relation = if expired {
+        " is now earlier than "
+    } else {
+        " is still later than "
+    };
+    let rest = message
+        .strip_prefix(&format!("{lead}{amz_date}{relation}"))
+        .and_then(|r| r.strip_suffix(sign))
+        .unwrap_or_else(|| panic!("not AWS's message: {message:?}"));
+    let (edge, now) = rest
+        .split_once(" (")
+        .unwrap_or_else(|| panic!("not AWS's message: {message:?}"));
+    let parse = |s: &str| {
+        sigv4::parse_amz_date(s).unwrap_or_else(|| panic!("not an amz date {s:?} in {message:?}"))
+    };
+    (parse(edge), parse(now))
+}
+
+/// SigV4 allows 5 minutes of clock skew, as AWS KMS does: 4 minutes off either way is
+/// accepted, 6 minutes off either way is refused with InvalidSignatureException and AWS's
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigv4_allows_five_minutes_of_clock_skew_both_ways() {
+    let door = start_door("aws-skew").await;
+    let admin = fixture_credentials(AK_ADMIN);
+    let headers = [
+        ("content-type", "application/x-amz-json-1.1"),
+        ("x-amz-target", "TrentService.ListKeys"),
+    ];
+    let body = b"{}";
+    let send = |skew_secs: i64| {
+        let h = head(
+            &door,
+            "POST",
+            &headers,
+            body,
+            Some(Sign {
+                access_key_id: AK_ADMIN,
+                secret: admin.secret_access_key.as_str(),
+                service: "kms",
+                skew_secs,
+            }),
+        );
+        let amz_date = h
+            .lines()
+            .find_map(|l| l.strip_prefix("x-amz-date: "))
+            .expect("signed head has x-amz-date")
+            .to_string();
+        let door = &door;
+        async move { (raw(door, &h, body).await, amz_date) }
+    };
+    for skew in [-240, 240] {
+        let (r, _) = send(skew).await;
+        assert_eq!(r.status, 200, "{skew} s off: {} {}", r.headers, r.body);
+    }
+    for (skew, expired) in [(-360, true), (360, false)] {
+        let (r, amz_date) = send(skew).await;
+        assert_eq!(r.status, 400, "{skew} s off: {} {}", r.headers, r.body);
+        assert_eq!(r.error_type(), "InvalidSignatureException", "{}", r.body);
+        let message: Value = serde_json::from_str(&r.body).unwrap();
+        let message = message["message"].as_str().expect("message").to_string();
+        let (edge, now) = skew_message_times(&message, &amz_date, expired);
+        let want_edge = if expired { now - 300 } else { now + 300 };
+        assert_eq!(edge, want_edge, "{message}");
+        let signed_at = sigv4::parse_amz_date(&amz_date).unwrap();
+        assert!(
+            (now - signed_at + skew).abs() <= 5,
+            "the message's now is the door's clock: {message}"
+        );
+    }
+    door.server.shutdown().await.unwrap();
+}
+
 async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -815,13 +896,13 @@ async fn bad_requests_get_aws_errors_and_are_accounted() {
         .headers
         .to_ascii_lowercase()
         .contains("content-type: application/x-amz-json-1.1"));
-    // ... and so does one 10 minutes off (AWS allows 15).
+    // ... and so does one 4 minutes off (AWS allows 5).
     let h = head(
         &door,
         "POST",
         &json_headers("TrentService.ListKeys"),
         body,
-        Some(signed(-600)),
+        Some(signed(-240)),
     );
     assert_eq!(raw(&door, &h, body).await.status, 200);
 

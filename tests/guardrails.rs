@@ -183,3 +183,60 @@ async fn a_permission_boundary_caps_identity_policies() {
     assert_eq!(pt, b"bounded");
     server.shutdown().await.unwrap();
 }
+
+/// A `NotPrincipal` Deny in a key policy denies every caller that has a permissions boundary,
+/// whatever the element lists (IAM User Guide): `admin` (boundary from the directory) is
+/// denied although listed; `user1`, listed and without a boundary, is exempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_principal_deny_always_applies_to_a_caller_with_a_boundary() {
+    let dir = data_dir("boundary-notprincipal");
+    let server = start_guarded(&dir).await;
+    let mut admin_c = admin(server.addr).await;
+    let mut user1 = client_as(server.addr, Some("user1")).await;
+    let root = format!("arn:aws:iam::{ACCOUNT}:root");
+    let admin_arn = format!("arn:aws:iam::{ACCOUNT}:user/admin");
+    let user1_arn = format!("arn:aws:iam::{ACCOUNT}:user/user1");
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Root", "Effect": "Allow", "Principal": {"AWS": root}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Users", "Effect": "Allow", "Principal": {"AWS": [admin_arn, user1_arn]},
+         "Action": "kms:Encrypt", "Resource": "*"},
+        {"Sid": "OnlyListed", "Effect": "Deny", "NotPrincipal": {"AWS": [admin_arn, user1_arn, root]},
+         "Action": "kms:Encrypt", "Resource": "*"}
+    ]});
+    let key = admin_c
+        .create_key(pb::CreateKeyRequest {
+            policy: policy.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("create key")
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let encrypt = |key: &str| pb::EncryptRequest {
+        key_id: key.to_string(),
+        plaintext: b"listed".to_vec(),
+        ..Default::default()
+    };
+    user1
+        .encrypt(encrypt(&key))
+        .await
+        .expect("user1 is listed and has no boundary");
+    let before = server.kms.hsm().total_ops();
+    let status = admin_c
+        .encrypt(encrypt(&key))
+        .await
+        .expect_err("admin has a boundary: the NotPrincipal Deny applies");
+    assert_eq!(
+        p11kms::api::grpc::status::aws_reason(&status).as_deref(),
+        Some("AccessDeniedException")
+    );
+    assert!(
+        status.message().contains("explicit deny"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(server.kms.hsm().total_ops(), before, "no HSM call");
+    server.shutdown().await.unwrap();
+}

@@ -15,7 +15,7 @@ const USER2: &str = "arn:aws:iam::111122223333:user/user2";
 const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
 
 fn cases_path() -> PathBuf {
-    manifest_dir().join("../shared/policy-cases/cases.json")
+    manifest_dir().join("tests/fixtures/policy-cases/cases.json")
 }
 
 fn p11kms(args: &[&str]) -> (Option<i32>, String, String) {
@@ -67,7 +67,7 @@ fn printed(stdout: &str) -> Vec<(String, String)> {
 fn policy_eval_check_passes_every_shared_case() {
     let path = cases_path();
     let want = expectations(&path);
-    assert_eq!(want.len(), 40, "the shared vectors hold 40 cases");
+    assert_eq!(want.len(), 43, "the policy vectors hold 43 cases");
     let (code, stdout, stderr) = p11kms(&["policy", "eval", path.to_str().unwrap(), "--check"]);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(printed(&stdout), want);
@@ -94,14 +94,14 @@ fn policy_eval_check_fails_on_a_flipped_expectation() {
     );
     // It still prints every decision, and the flipped case shows what the evaluator decided.
     let lines = printed(&stdout);
-    assert_eq!(lines.len(), 40);
+    assert_eq!(lines.len(), cases.len());
     assert!(lines.contains(&(flipped.clone(), actual)), "{stdout}");
     assert!(stderr.contains(&flipped), "the mismatch is named: {stderr}");
 
     // Without --check nothing is compared.
     let (code, stdout, _) = p11kms(&["policy", "eval", path.to_str().unwrap()]);
     assert_eq!(code, Some(0));
-    assert_eq!(printed(&stdout).len(), 40);
+    assert_eq!(printed(&stdout).len(), cases.len());
 }
 
 #[test]

@@ -805,6 +805,49 @@ async fn list_grants(who: &mut Who, key: &str) -> Vec<pb::GrantListEntry> {
     .grants
 }
 
+/// A grant stored with the bare account id as its issuing account (before IssuingAccount was
+/// the root ARN) is listed with the root ARN, by ListGrants and ListRetirableGrants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_bare_issuing_account_is_listed_as_the_root_arn() {
+    let dir = data_dir("authz-issuing-account");
+    let server = start(&dir).await;
+    let mut admin = Who::cert(server.addr, "admin").await;
+    let created = create_key_with(&mut admin, None, false).await.unwrap();
+    let legacy = GrantRecord {
+        grant_id: "0".repeat(64),
+        key_id: created.key_id.clone(),
+        name: None,
+        grantee_principal: USER1.into(),
+        retiring_principal: Some(ADMIN.into()),
+        operations: vec!["Decrypt".into()],
+        constraint_equals: None,
+        constraint_subset: None,
+        issuing_account: ACCOUNT.into(),
+        created_at_ms: 1,
+    };
+    server.kms.store().insert_grant(&legacy).await.unwrap();
+    server.shutdown().await.unwrap();
+
+    let server = start(&dir).await;
+    let mut admin = Who::cert(server.addr, "admin").await;
+    let root = format!("arn:aws:iam::{ACCOUNT}:root");
+    let grants = list_grants(&mut admin, &created.key_id).await;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0].issuing_account, root);
+    let retirable = kms!(admin.list_retirable_grants(
+        "ListRetirableGrants",
+        pb::ListRetirableGrantsRequest {
+            retiring_principal: ADMIN.into(),
+            ..Default::default()
+        }
+    ))
+    .unwrap()
+    .grants;
+    assert_eq!(retirable.len(), 1, "{retirable:?}");
+    assert_eq!(retirable[0].issuing_account, root);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_grant_with_encryption_context_subset() {
     let dir = data_dir("authz-e");
@@ -919,7 +962,7 @@ async fn e_grant_with_encryption_context_subset() {
     assert_eq!(mine.name, "user1-alpha");
     assert_eq!(mine.grantee_principal, USER1);
     assert_eq!(mine.retiring_principal, CAROL);
-    assert_eq!(mine.issuing_account, ACCOUNT);
+    assert_eq!(mine.issuing_account, format!("arn:aws:iam::{ACCOUNT}:root"));
     assert_eq!(mine.operations, vec!["Decrypt", "Encrypt"]);
     let c = mine.constraints.clone().unwrap();
     assert_eq!(c.encryption_context_subset.unwrap().pairs, ctx(&alpha));

@@ -13,6 +13,7 @@ use base64::Engine;
 use super::authz::{AuthzRequest, CtxValue};
 use super::validate;
 use super::{Kms, KmsError, Resolved};
+use crate::identity::arn::account_root_arn;
 use crate::identity::Caller;
 use crate::policy::PolicyType;
 use crate::store::{GrantRecord, KeyState};
@@ -92,6 +93,16 @@ pub struct ListGrantsResponse {
     /// Grants with `key_id` as the key ARN.
     pub grants: Vec<GrantRecord>,
     pub next_marker: Option<String>,
+}
+
+/// `IssuingAccount` as AWS shows it: the account's root ARN. Grants stored before that rule
+/// hold the bare account id, which is rendered as the ARN too.
+fn issuing_account_arn(stored: &str, partition: &str) -> String {
+    if stored.starts_with("arn:") {
+        stored.to_string()
+    } else {
+        account_root_arn(partition, stored)
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -356,7 +367,10 @@ impl Kms {
             operations: ops,
             constraint_equals: req.constraint_equals.clone(),
             constraint_subset: req.constraint_subset.clone(),
-            issuing_account: resolved.key.record.account.clone(),
+            issuing_account: account_root_arn(
+                &self.settings.partition,
+                &resolved.key.record.account,
+            ),
             created_at_ms: self.now_ms(),
         };
         // A grant that allowed this CreateGrant may only pass on what it has.
@@ -421,6 +435,7 @@ impl Kms {
         let after = validate::decode_marker(marker)?;
         let items = grants.into_iter().map(|mut g| {
             let pos = format!("{}/{:020}/{}", g.key_id, g.created_at_ms, g.grant_id);
+            g.issuing_account = issuing_account_arn(&g.issuing_account, &self.settings.partition);
             if let Some(k) = uuid::Uuid::parse_str(&g.key_id)
                 .ok()
                 .and_then(|u| self.cache_read().keys.get(&u).map(|k| k.arn.clone()))
@@ -646,6 +661,22 @@ mod tests {
             issuing_account: "111122223333".into(),
             created_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn issuing_account_renders_as_the_root_arn() {
+        assert_eq!(
+            issuing_account_arn("111122223333", "aws"),
+            "arn:aws:iam::111122223333:root"
+        );
+        assert_eq!(
+            issuing_account_arn("111122223333", "aws-cn"),
+            "arn:aws-cn:iam::111122223333:root"
+        );
+        assert_eq!(
+            issuing_account_arn("arn:aws:iam::111122223333:root", "aws"),
+            "arn:aws:iam::111122223333:root"
+        );
     }
 
     #[test]

@@ -268,6 +268,7 @@ impl Kms {
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;
         let deleted = kms.store.deleted_key_ids().await?;
+        let grants = kms.store.list_grants().await?;
         let lifecycles = kms.store.load_lifecycles().await?;
         kms.load_key_usage().await?;
         *kms.lifecycles.write().unwrap_or_else(|p| p.into_inner()) = lifecycles
@@ -276,8 +277,15 @@ impl Kms {
             .collect();
         {
             let mut cache = kms.cache_write();
+            let mut grants_by_key: BTreeMap<String, Vec<GrantRecord>> = BTreeMap::new();
+            for g in grants {
+                grants_by_key.entry(g.key_id.clone()).or_default().push(g);
+            }
             for b in bundles {
-                let cached = kms.cached_from_bundle(b)?;
+                let mut cached = kms.cached_from_bundle(b)?;
+                cached.grants = grants_by_key
+                    .remove(&cached.record.key_id)
+                    .unwrap_or_default();
                 cache
                     .keys
                     .insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));

@@ -510,6 +510,10 @@ pub fn authorization_header(
     )
 }
 
+/// Allowed SigV4 clock skew, seconds, on every door (gRPC, AWS JSON, STS): 5 minutes, as AWS
+/// KMS allows (`Signature expired: ... (... - 5 min.)` beyond it).
+pub const MAX_SKEW_SECS: i64 = 5 * 60;
+
 /// Verifies a SigV4-signed request.
 ///
 /// Checks, in order: an `Authorization` header exists (presigned query auth is refused); it
@@ -1063,7 +1067,7 @@ mod tests {
             headers,
             payload_sha256_hex: &payload,
         };
-        verify(&req, "kms", &regions(), now, 300, secret_for)
+        verify(&req, "kms", &regions(), now, MAX_SKEW_SECS, secret_for)
     }
 
     fn set_auth(headers: &mut [(String, String)], value: String) {

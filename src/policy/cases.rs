@@ -1,4 +1,5 @@
-//! Loader and runner for the policy test-vector format of `shared/policy-cases/cases.json`
+//! Loader and runner for the policy test-vector format of `tests/fixtures/policy-cases/cases.json`
+//! (a copy of `shared/policy-cases/`)
 //! (also what `p11kms policy eval FILE` reads): one case object or an array of them.
 //!
 //! ```text

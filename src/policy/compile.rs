@@ -449,6 +449,40 @@ pub(crate) struct CCondition {
     pub kind: OperatorKind,
     pub if_exists: bool,
     pub values: CValues,
+    /// Some value holds a policy variable (checked for resolvability at evaluation time).
+    pub has_vars: bool,
+}
+
+impl CValues {
+    /// Does some value hold a variable that the request cannot resolve (no value, no default)?
+    pub(crate) fn has_unresolved_var(&self, ctx: &RequestContext) -> bool {
+        let unresolved = |p: &[Tok]| {
+            p.iter().any(|t| match t {
+                Tok::Var { key_lc, default } => resolve_var(key_lc, default, ctx).is_none(),
+                _ => false,
+            })
+        };
+        match self {
+            CValues::Str(pats) | CValues::Bool(pats) => pats.iter().any(|p| unresolved(p)),
+            CValues::Arn(pats) => pats.iter().any(|p| match p {
+                ArnPattern::Whole(t) => unresolved(t),
+                ArnPattern::Segments(segs) => segs.iter().any(|t| unresolved(t)),
+            }),
+            _ => false,
+        }
+    }
+
+    /// Does some value hold a policy variable?
+    fn has_vars(&self) -> bool {
+        match self {
+            CValues::Str(pats) | CValues::Bool(pats) => pats.iter().any(|p| has_vars(p)),
+            CValues::Arn(pats) => pats.iter().any(|p| match p {
+                ArnPattern::Whole(t) => has_vars(t),
+                ArnPattern::Segments(segs) => segs.iter().any(|t| has_vars(t)),
+            }),
+            _ => false,
+        }
+    }
 }
 
 fn compile_condition(c: &Condition, vars: bool, at: &str) -> Result<CCondition, PolicyError> {
@@ -558,6 +592,7 @@ fn compile_condition(c: &Condition, vars: bool, at: &str) -> Result<CCondition, 
         qualifier: c.operator.qualifier,
         kind,
         if_exists: c.operator.if_exists,
+        has_vars: values.has_vars(),
         values,
     })
 }

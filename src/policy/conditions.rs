@@ -3,7 +3,8 @@
 //!
 //! Semantics (spec 3.4): values of one key OR together; for negated operators the list is a NOR.
 //! A missing key makes positive operators false, negated operators true, and `...IfExists`
-//! true. `ForAnyValue` over an absent/empty key is false, `ForAllValues` true.
+//! true. `ForAnyValue` over an absent/empty key is false, `ForAllValues` true. A policy
+//! variable the request cannot resolve (without a default) makes the clause false.
 
 use std::cmp::Ordering;
 use std::net::IpAddr;
@@ -382,7 +383,14 @@ fn value_matches(kind: OperatorKind, values: &CValues, v: &str, ctx: &RequestCon
 }
 
 /// Evaluates one compiled condition clause against the request.
+///
+/// A value with a policy variable that the request cannot resolve (no value, no default) makes
+/// the clause fail to match, whatever the operator (negated and `...IfExists` included): IAM
+/// says any attempt to match it fails and the statement does not apply.
 pub(crate) fn eval_condition(c: &CCondition, ctx: &RequestContext) -> bool {
+    if c.has_vars && c.values.has_unresolved_var(ctx) {
+        return false;
+    }
     let present = ctx.get_lc(&c.key_lc);
     if let CValues::Null(expect_absent) = &c.values {
         let absent = present.is_none_or(|v| v.is_empty());
@@ -847,13 +855,54 @@ mod tests {
             json!({"StringLike": {"kms:EncryptionContext:user": "${aws:username}*"}}),
             &c
         ));
-        // Unresolvable without default: that value does not match
+        // Unresolvable without default: the clause does not match, negated operators,
+        // IfExists forms and set qualifiers included, even when another value would match.
+        for op in [
+            "StringEquals",
+            "StringNotEquals",
+            "StringNotEqualsIgnoreCase",
+            "StringNotLike",
+            "StringNotEqualsIfExists",
+        ] {
+            assert!(
+                !cond(
+                    json!({op: {"kms:EncryptionContext:user": "${aws:userid}"}}),
+                    &c
+                ),
+                "{op}"
+            );
+            assert!(
+                !cond(
+                    json!({op: {"kms:EncryptionContext:missing": "${aws:userid}"}}),
+                    &c
+                ),
+                "{op} on an absent key"
+            );
+        }
+        for op in ["ForAllValues:StringNotEquals", "ForAnyValue:StringNotLike"] {
+            assert!(
+                !cond(
+                    json!({op: {"kms:EncryptionContextKeys": "${aws:userid}"}}),
+                    &c
+                ),
+                "{op}"
+            );
+        }
         assert!(!cond(
-            json!({"StringEquals": {"kms:EncryptionContext:user": "${aws:userid}"}}),
+            json!({"StringEquals": {"kms:EncryptionContext:user": ["bob", "${aws:userid}"]}}),
             &c
         ));
+        assert!(!cond(
+            json!({"Bool": {"aws:SecureTransport": "${aws:nope}"}}),
+            &c
+        ));
+        assert!(!cond(
+            json!({"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::1:user/${aws:userid}"}}),
+            &c
+        ));
+        // Resolved (here by a default), the negated operator works as usual.
         assert!(cond(
-            json!({"StringNotEquals": {"kms:EncryptionContext:user": "${aws:userid}"}}),
+            json!({"StringNotEquals": {"kms:EncryptionContext:user": "${aws:userid, 'x'}"}}),
             &c
         ));
         // Default

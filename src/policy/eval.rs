@@ -289,10 +289,12 @@ struct Caller<'a> {
     /// Role name taken from an `assumed-role/ROLE/SESSION` ARN.
     session_role: Option<&'a str>,
     is_root: bool,
+    /// The caller has a permissions boundary attached (a `NotPrincipal` Deny always applies).
+    has_boundary: bool,
 }
 
 impl<'a> Caller<'a> {
-    fn new(req: &'a RequestContext, role_arn: Option<&'a str>) -> Caller<'a> {
+    fn new(req: &'a RequestContext, role_arn: Option<&'a str>, has_boundary: bool) -> Caller<'a> {
         let arn = req.principal_arn.as_str();
         let mut it = arn.splitn(6, ':');
         let (svc, acct, res) = match (
@@ -312,12 +314,14 @@ impl<'a> Caller<'a> {
         } else {
             None
         };
+        let is_root = svc == "iam" && res == "root" && acct == req.principal_account;
         Caller {
             arn,
             account: req.principal_account.as_str(),
             role_arn: role_arn.filter(|r| !r.is_empty()),
             session_role,
-            is_root: svc == "iam" && res == "root" && acct == req.principal_account,
+            is_root,
+            has_boundary: has_boundary && !is_root,
         }
     }
 
@@ -359,9 +363,13 @@ enum PMatch {
     DirectUncapped,
 }
 
-fn principal_match(p: &CPrincipal, c: &Caller<'_>) -> PMatch {
+fn principal_match(p: &CPrincipal, effect: Effect, c: &Caller<'_>) -> PMatch {
     if p.negated {
-        return if not_principal_exempt(p, c) {
+        let excluded = match effect {
+            Effect::Allow => not_principal_names(p, c),
+            Effect::Deny => !c.has_boundary && not_principal_exempt(p, c),
+        };
+        return if excluded {
             PMatch::None
         } else {
             PMatch::DirectCapped
@@ -391,8 +399,23 @@ fn principal_match(p: &CPrincipal, c: &Caller<'_>) -> PMatch {
     best
 }
 
-/// NotPrincipal: the caller is exempt only if every entity of its chain is listed (the caller
-/// ARN, the role ARN for a session, and the account).
+/// NotPrincipal in an Allow: the statement applies to every principal except the ones named, so
+/// the caller is left out when any entity of its chain is listed (its own ARN, its role for a
+/// session, or its account).
+fn not_principal_names(p: &CPrincipal, c: &Caller<'_>) -> bool {
+    p.any
+        || p.others.iter().any(|o| **o == *c.arn)
+        || p.aws.iter().any(|a| match a.as_ref() {
+            PrinRef::Any => true,
+            PrinRef::Exact(s) => s == c.arn || c.role_arn == Some(s),
+            PrinRef::Account(acct) => acct == c.account,
+            PrinRef::Role { arn, account, name } => c.is_role(arn, account, name),
+        })
+}
+
+/// NotPrincipal in a Deny: the caller is exempt only if every entity of its chain is listed
+/// (the caller ARN, the role ARN for a session, and the account). A caller with a permissions
+/// boundary is never exempt (checked by the caller of this function).
 fn not_principal_exempt(p: &CPrincipal, c: &Caller<'_>) -> bool {
     if p.any {
         return true;
@@ -446,7 +469,7 @@ fn statement_match(st: &CStatement, req: &RequestContext, c: &Caller<'_>) -> PMa
     }
     let pm = match &st.principal {
         None => PMatch::DirectUncapped,
-        Some(p) => principal_match(p, c),
+        Some(p) => principal_match(p, st.effect, c),
     };
     if pm == PMatch::None {
         return PMatch::None;
@@ -540,7 +563,7 @@ fn deny(
 /// Decides a request (spec 3.2).
 pub fn evaluate(input: &EvalInput<'_>) -> Decision {
     let req = input.request;
-    let c = Caller::new(req, input.role_arn);
+    let c = Caller::new(req, input.role_arn, !input.permission_boundaries.is_empty());
     let iam_only = input.key_policy.is_none() || is_iam_only_op(&req.action);
     let key_policy: &[NamedPolicy<'_>] = match (&input.key_policy, iam_only) {
         (Some(kp), false) => std::slice::from_ref(kp),

@@ -8,17 +8,57 @@ use serde_json::{json, Value};
 use super::cases::{load_cases, run_case};
 use super::*;
 
+/// The repository's copy of the shared test vectors (`tests/fixtures/policy-cases/`).
 const CASES: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/policy-cases/cases.json"
+    "/tests/fixtures/policy-cases/cases.json"
 ));
+
+/// The repository's copy of the test vectors must equal `../shared/policy-cases/` byte for
+/// byte when that folder exists (a checkout without it has only the copy, and passes).
+#[test]
+fn policy_cases_fixture_matches_shared_copy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/policy-cases");
+    if !shared.is_dir() {
+        eprintln!(
+            "{} does not exist: nothing to compare with",
+            shared.display()
+        );
+        return;
+    }
+    let fixture = root.join("tests/fixtures/policy-cases");
+    let names = |dir: &std::path::Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("directory entry").file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&shared),
+        names(&fixture),
+        "tests/fixtures/policy-cases/ and ../shared/policy-cases/ hold different files"
+    );
+    for name in names(&shared) {
+        let a = std::fs::read(shared.join(&name)).expect("read shared file");
+        let b = std::fs::read(fixture.join(&name)).expect("read fixture file");
+        assert!(
+            a == b,
+            "tests/fixtures/policy-cases/{} differs from ../shared/policy-cases/: copy it again",
+            name.to_string_lossy()
+        );
+    }
+}
 
 #[test]
 fn shared_policy_cases_all_pass() {
     let cases = load_cases(CASES).expect("cases.json loads");
-    assert!(
-        cases.len() >= 40,
-        "expected at least 40 cases, got {}",
+    assert_eq!(
+        cases.len(),
+        43,
+        "expected the 43 cases, got {}",
         cases.len()
     );
     let mut failures = Vec::new();
@@ -351,6 +391,57 @@ fn not_principal_deny() {
     assert!(s
         .run(&req("arn:aws:iam::111122223333:root", ACCT, "kms:Decrypt"))
         .is_allow());
+}
+
+#[test]
+fn not_principal_deny_always_applies_to_a_caller_with_a_boundary() {
+    let kp = key_policy(
+        json!([root_delegation(ACCT), {"Effect": "Deny", "NotPrincipal": {"AWS": [ALICE, SESSION, ROLE, ACCT]}, "Action": "kms:*", "Resource": "*"}]),
+    );
+    let mut s = Setup::new(Some(kp));
+    s.ids = vec![iam(
+        json!({"Effect": "Allow", "Action": "kms:*", "Resource": "*"}),
+    )];
+    assert!(s.run(&req(ALICE, ACCT, "kms:Decrypt")).is_allow());
+    // The same caller with a boundary that allows everything: denied by the NotPrincipal Deny.
+    s.pbs = vec![Policy::from_value(&json!({"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "kms:*", "Resource": "*"}}), PolicyKind::PermissionBoundary).unwrap()];
+    let d = s.run(&req(ALICE, ACCT, "kms:Decrypt"));
+    assert_eq!(d.reason, DecisionReason::ExplicitDeny);
+    assert_eq!(d.denying_policy_type, Some(PolicyType::KeyPolicy));
+    let mut r = req(SESSION, ACCT, "kms:Decrypt");
+    r.set("aws:PrincipalArn", ROLE);
+    s.role_arn = Some(ROLE);
+    assert_eq!(s.run(&r).reason, DecisionReason::ExplicitDeny);
+    // The account root has no boundary: still exempt.
+    assert!(s
+        .run(&req("arn:aws:iam::111122223333:root", ACCT, "kms:Decrypt"))
+        .is_allow());
+}
+
+#[test]
+fn not_principal_allow_excludes_the_named_principals() {
+    let kp = |listed: Value| {
+        key_policy(
+            json!([{"Effect": "Allow", "NotPrincipal": {"AWS": listed}, "Action": "kms:Decrypt", "Resource": "*"}]),
+        )
+    };
+    let mallory = "arn:aws:iam::111122223333:user/Mallory";
+    let mut s = Setup::new(Some(kp(json!(ALICE))));
+    assert!(!s.run(&req(ALICE, ACCT, "kms:Decrypt")).is_allow());
+    assert!(s.run(&req(mallory, ACCT, "kms:Decrypt")).is_allow());
+    // Naming the account leaves out every principal of the account.
+    s.kp = Some(kp(json!([ACCT])));
+    assert!(!s.run(&req(mallory, ACCT, "kms:Decrypt")).is_allow());
+    // Naming the role leaves out its sessions; naming a session leaves out that session.
+    let mut r = req(SESSION, ACCT, "kms:Decrypt");
+    r.set("aws:PrincipalArn", ROLE);
+    s.role_arn = Some(ROLE);
+    s.kp = Some(kp(json!([ROLE])));
+    assert!(!s.run(&r).is_allow());
+    s.kp = Some(kp(json!([SESSION])));
+    assert!(!s.run(&r).is_allow());
+    s.kp = Some(kp(json!([mallory])));
+    assert!(s.run(&r).is_allow());
 }
 
 #[test]

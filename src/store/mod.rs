@@ -127,7 +127,8 @@ pub struct GrantRecord {
     pub constraint_equals: Option<BTreeMap<String, String>>,
     /// `EncryptionContextSubset` constraint.
     pub constraint_subset: Option<BTreeMap<String, String>>,
-    /// The account that created the grant (the key's account).
+    /// The account that created the grant (the key's account), as its root ARN
+    /// (`arn:aws:iam::111122223333:root`); grants stored earlier hold the bare account id.
     pub issuing_account: String,
     pub created_at_ms: i64,
 }

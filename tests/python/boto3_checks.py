@@ -170,8 +170,12 @@ def modelled_errors_and_sweep():
     check(len(grants) == 1 and grants[0]["GrantId"] == grant["GrantId"], f"ListGrants {grants}")
     check(grants[0]["Constraints"] == {"EncryptionContextSubset": {"dept": "it"}},
           f"grant constraints {grants[0]}")
+    root = f"arn:aws:iam::{ACCOUNT}:root"
+    check(grants[0]["IssuingAccount"] == root, f"ListGrants IssuingAccount {grants[0]}")
     retirable = admin.list_retirable_grants(RetiringPrincipal=ADMIN)["Grants"]
     check(any(g["GrantId"] == grant["GrantId"] for g in retirable), "ListRetirableGrants")
+    check(all(g["IssuingAccount"] == root for g in retirable),
+          f"ListRetirableGrants IssuingAccount {retirable}")
     admin.retire_grant(GrantToken=grant["GrantToken"])
     g2 = admin.create_grant(KeyId=key, GranteePrincipal=USER1, Operations=["Encrypt"])
     admin.revoke_grant(KeyId=key, GrantId=g2["GrantId"])

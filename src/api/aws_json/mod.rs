@@ -6,7 +6,7 @@
 //!   `KeyManagementService` is served, plus `P11kmsAdmin.ExplainAccess` (the AdminService).
 //! - STS over the Query protocol on the same listener: a form-encoded body with `Action=...`
 //!   ([`sts`]).
-//! - SigV4 (`kms` or `sts`, the configured region, up to 15 minutes of clock skew, session tokens
+//! - SigV4 (`kms` or `sts`, the configured region, up to 5 minutes of clock skew, session tokens
 //!   from AssumeRole) is verified by the same verifier as the gRPC door
 //!   ([`crate::identity::sigv4`], tested against AWS's published vectors).
 //! - Errors are mapped in one place ([`error`]).
@@ -49,8 +49,9 @@ use error::{json_error, json_ok, xml_error, xml_ok, WireError};
 /// The door's name in metrics and audit events.
 pub const DOOR: &str = "aws-json";
 
-/// Allowed clock skew for SigV4 on this door, seconds (AWS allows 15 minutes).
-pub const MAX_SKEW_SECS: i64 = 15 * 60;
+/// Allowed clock skew for SigV4 on this door, seconds: the one constant of every door
+/// (5 minutes, as AWS KMS allows).
+pub use crate::identity::sigv4::MAX_SKEW_SECS;
 
 /// The operation name recorded for requests whose operation is unknown.
 pub const UNKNOWN_OPERATION: &str = "Unknown";

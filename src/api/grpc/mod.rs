@@ -39,8 +39,8 @@ pub const DOOR: &str = "grpc";
 /// Response metadata carrying the request id of the audit event.
 pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
 
-/// Allowed clock skew for SigV4 on the gRPC door, seconds.
-pub const MAX_SKEW_SECS: i64 = 300;
+/// Allowed clock skew for SigV4 on the gRPC door, seconds: the one constant of every door.
+pub use crate::identity::sigv4::MAX_SKEW_SECS;
 
 /// What every gRPC service of the door shares: the engine, the authenticator and the gate.
 #[derive(Debug, Clone)]
