@@ -15,7 +15,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -56,7 +55,7 @@ fn build_shim() -> Result<Shim, String> {
     let lib = out.join("libp11kms-shim.so");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
 
-    let built = Command::new(&cc)
+    let built = hermetic_command(&cc, &out)
         .args(["-shared", "-fPIC", "-O1", "-o"])
         .arg(&lib)
         .arg(&src)
@@ -79,7 +78,7 @@ fn build_shim() -> Result<Shim, String> {
     // The function-list layout must match the standard exactly; check it when a standard
     // header is at hand (compile-time asserts only, nothing is produced).
     if Path::new(P11KIT_INCLUDE).join("p11-kit/pkcs11.h").exists() {
-        let o = Command::new(&cc)
+        let o = hermetic_command(&cc, &out)
             .args(["-fsyntax-only", "-DP11KMS_SHIM_CHECK_LAYOUT"])
             .arg(format!("-I{P11KIT_INCLUDE}"))
             .arg(&src)
