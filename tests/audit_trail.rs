@@ -15,7 +15,7 @@ use p11kms::pb;
 use serde_json::Value;
 
 fn verify(dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+    let out = p11kms_command()
         .args(["audit", "verify", "--public-key"])
         .arg(dir.join("audit-public-key.pem"))
         .args(segments(dir))
@@ -380,7 +380,7 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
     let config = write_config(&dir);
     let log_path = dir.join("daemon.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+    let mut child = p11kms_command()
         .args(["serve", "--config"])
         .arg(&config)
         .env(

@@ -79,29 +79,21 @@ fn venv() -> PathBuf {
 /// credentials of `access_key_id` in environment variables (never in argv).
 fn client_command(door: &Door, program: &Path, access_key_id: &str) -> Command {
     let creds = fixture_credentials(access_key_id);
-    let mut c = Command::new(program);
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &door.scratch)
-        .env("LANG", "C.UTF-8")
-        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+    let mut c = hermetic_command(program, &door.scratch);
+    c.env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_KMS", &door.endpoint)
         .env("AWS_ENDPOINT_URL_STS", &door.endpoint)
         .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
         .env("AWS_PAGER", "")
         .env(
             "P11KMS_FIXTURE_CREDENTIALS",
             fixtures_dir().join("credentials.json"),
         )
-        .env("P11KMS_SCRATCH", &door.scratch)
-        .current_dir(&door.scratch);
+        .env("P11KMS_SCRATCH", &door.scratch);
     c
 }
 

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ fn ts_ms(ms: i64) -> prost_types::Timestamp {
 /// RFC 5649 (AES key wrap with padding) with `openssl enc -id-aes256-wrap-pad`.
 fn kwp(kek: &[u8], data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = Command::new("openssl")
+    let mut child = hermetic_command("openssl", scratch_dir())
         .args(["enc", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K"])
         .arg(hex::encode(kek))
         .stdin(std::process::Stdio::piped())
@@ -52,7 +51,7 @@ fn modulus_bits(spki_der: &[u8]) -> u32 {
     let dir = tempfile::tempdir().unwrap();
     let der = dir.path().join("k.der");
     std::fs::write(&der, spki_der).unwrap();
-    let out = Command::new("openssl")
+    let out = hermetic_command("openssl", scratch_dir())
         .args(["pkey", "-pubin", "-inform", "DER", "-noout", "-text", "-in"])
         .arg(&der)
         .output()
@@ -774,21 +773,14 @@ fn venv() -> std::path::PathBuf {
 
 fn aws(endpoint: &str, scratch: &Path, args: &[&str]) -> serde_json::Value {
     let creds = fixture_credentials("AKIAADMIN00000000001");
-    let out = Command::new(venv().join("bin/aws"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", scratch)
+    let out = hermetic_command(venv().join("bin/aws"), scratch)
         .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_KMS", endpoint)
         .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
         .env("AWS_PAGER", "")
-        .current_dir(scratch)
         .args(args)
         .args(["--output", "json"])
         .output()
@@ -939,7 +931,7 @@ async fn aws_cli_imports_and_rotates() {
 /// HMAC of `message` under `key` computed by Python's standard `hmac` module (an independent
 /// implementation), hex-decoded.
 fn python_hmac(digest: &str, key: &[u8], message: &[u8]) -> Vec<u8> {
-    let out = Command::new(venv().join("bin/python"))
+    let out = hermetic_command(venv().join("bin/python"), scratch_dir())
         .args([
             "-c",
             "import hmac,sys; print(hmac.new(bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3]).hexdigest())",

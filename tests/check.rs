@@ -4,15 +4,13 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use p11kms::core::InterruptCreate;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
 
 fn run_check(config: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+    let out = p11kms_command()
         .args(["check", "--config"])
         .arg(config)
         .output()

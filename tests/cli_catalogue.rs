@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -29,7 +28,7 @@ impl Cli {
 
     /// Runs `p11kms ARGS... CONN...`: (success, stdout, stderr).
     fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+        let out = p11kms_command()
             .args(args)
             .args(&self.conn)
             .output()
@@ -92,7 +91,7 @@ async fn cli_signs_verifies_macs_and_rotates() {
     let pub_pem = scratch.path().join("pub.pem");
     std::fs::write(&pub_pem, &pem).unwrap();
     let openssl = |m: &Path| {
-        Command::new("openssl")
+        hermetic_command("openssl", scratch_dir())
             .args([
                 "dgst",
                 "-sha256",
@@ -223,7 +222,7 @@ async fn cli_signs_verifies_macs_and_rotates() {
             path_str(&expected),
         ],
     ] {
-        let st = std::process::Command::new("openssl")
+        let st = hermetic_command("openssl", scratch_dir())
             .args(&args)
             .status()
             .unwrap();

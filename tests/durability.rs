@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,7 +219,7 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
 }
 
 fn cli(args: &[&str], conn: &[String], stdin: Option<&Path>) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p11kms"));
+    let mut cmd = p11kms_command();
     cmd.args(args).args(conn);
     if let Some(p) = stdin {
         cmd.stdin(std::fs::File::open(p).unwrap());
@@ -409,7 +408,7 @@ async fn cli_sigv4_profiles_and_sts() {
             v["AssumedRoleUser"]["Arn"],
             format!("arn:aws:sts::{ACCOUNT}:assumed-role/Engineering/cli-test")
         );
-        let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
+        let out = p11kms_command()
             .args(["sts", "get-caller-identity"])
             .args(&conn)
             .env("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap())

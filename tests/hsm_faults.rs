@@ -15,7 +15,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use common::*;
 use p11kms::api::grpc::status::aws_reason;
 use p11kms::config::Config;
 use p11kms::core::ManualClock;
+use p11kms::hsm::{OaepSha256, ObjectId};
 use p11kms::pb;
 use p11kms::server::{self, RunningServer, ServerError, ServerOptions};
 use tonic::Code;
@@ -56,7 +56,7 @@ fn build_shim() -> Result<Shim, String> {
     let lib = out.join("libp11kms-shim.so");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
 
-    let built = Command::new(&cc)
+    let built = hermetic_command(&cc, &out)
         .args(["-shared", "-fPIC", "-O1", "-o"])
         .arg(&lib)
         .arg(&src)
@@ -79,7 +79,7 @@ fn build_shim() -> Result<Shim, String> {
     // The function-list layout must match the standard exactly; check it when a standard
     // header is at hand (compile-time asserts only, nothing is produced).
     if Path::new(P11KIT_INCLUDE).join("p11-kit/pkcs11.h").exists() {
-        let o = Command::new(&cc)
+        let o = hermetic_command(&cc, &out)
             .args(["-fsyntax-only", "-DP11KMS_SHIM_CHECK_LAYOUT"])
             .arg(format!("-I{P11KIT_INCLUDE}"))
             .arg(&src)
@@ -777,4 +777,135 @@ async fn health_follows_the_device() {
         "recovered HSM must be SERVING"
     );
     server.shutdown().await.expect("shutdown");
+}
+
+// ------------------------------------------------------------- RSA-OAEP with SHA-256
+
+/// (C_EncryptInit, C_DecryptInit) calls the shim passed on as OAEP with SHA-256.
+fn oaep_sha256_calls(shim: &Shim) -> (usize, usize) {
+    let log = std::fs::read_to_string(shim.control.join("oaep_sha256.log")).unwrap_or_default();
+    let count = |f: &str| log.lines().filter(|l| *l == f).count();
+    (count("C_EncryptInit"), count("C_DecryptInit"))
+}
+
+/// Raw RSA only where the device lacks RSA-OAEP with SHA-256 (issue 12, item 10). SoftHSM2
+/// 2.6 does OAEP with SHA-1 only: the daemon's probe finds that, RSA decryption keys carry
+/// `CKM_RSA_X_509` on the device, and an OpenSSL OAEP-SHA-256 ciphertext opens. With the shim
+/// standing in for a device that does OAEP-SHA-256 (`oaep_sha256_as_sha1`), the probe finds
+/// that, the keys carry `CKM_RSA_PKCS_OAEP` only (so the device refuses raw RSA with them),
+/// and Encrypt and Decrypt with RSAES_OAEP_SHA_256 each ask the device for OAEP with SHA-256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
+    let Some(f) = faults().await else { return };
+    for device_has_it in [false, true] {
+        if device_has_it {
+            f.set("oaep_sha256_as_sha1");
+        }
+        let server = start_shimmed(&f, "oaep-sha256")
+            .await
+            .expect("daemon starts");
+        let mut c = admin(server.addr).await;
+        let key = c
+            .create_key(pb::CreateKeyRequest {
+                key_spec: "RSA_2048".into(),
+                key_usage: "ENCRYPT_DECRYPT".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .key_metadata
+            .unwrap()
+            .key_id;
+        let hsm = server.kms.hsm();
+        let (found, want) = if device_has_it {
+            (OaepSha256::Device, vec!["RSA_PKCS_OAEP"])
+        } else {
+            (OaepSha256::RawRsa, vec!["RSA_PKCS_OAEP", "RSA_X_509"])
+        };
+        assert_eq!(hsm.oaep_sha256().await.unwrap(), found);
+        let id = ObjectId::new(*uuid::Uuid::parse_str(&key).unwrap().as_bytes(), 1);
+        for private in [true, false] {
+            let mut got = hsm
+                .key_pair_attributes(id, private)
+                .await
+                .unwrap()
+                .allowed_mechanisms;
+            got.sort();
+            assert_eq!(got, want, "private half: {private}");
+        }
+
+        let before = oaep_sha256_calls(&f);
+        for alg in ["RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1"] {
+            let pt = format!("{alg} round trip").into_bytes();
+            let sealed = c
+                .encrypt(pb::EncryptRequest {
+                    key_id: key.clone(),
+                    plaintext: pt.clone(),
+                    encryption_algorithm: alg.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("Encrypt {alg}: {e}"))
+                .into_inner()
+                .ciphertext_blob;
+            let opened = c
+                .decrypt(pb::DecryptRequest {
+                    ciphertext_blob: sealed,
+                    key_id: key.clone(),
+                    encryption_algorithm: alg.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("Decrypt {alg}: {e}"))
+                .into_inner()
+                .plaintext;
+            assert_eq!(opened, pt, "{alg}");
+        }
+        let (enc, dec) = oaep_sha256_calls(&f);
+        if device_has_it {
+            assert_eq!(
+                (enc - before.0, dec - before.1),
+                (1, 1),
+                "OAEP-SHA-256 on the device"
+            );
+        } else {
+            assert_eq!((enc, dec), (0, 0), "the shim was pass-through");
+            // Raw RSA with the daemon's padding is real OAEP-SHA-256: OpenSSL's opens.
+            let spki = c
+                .get_public_key(pb::GetPublicKeyRequest {
+                    key_id: key.clone(),
+                    grant_tokens: vec![],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .public_key;
+            let pt = b"sealed by openssl".to_vec();
+            let opened = c
+                .decrypt(pb::DecryptRequest {
+                    ciphertext_blob: openssl_oaep_encrypt(&spki, "sha256", &pt),
+                    key_id: key.clone(),
+                    encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .plaintext;
+            assert_eq!(opened, pt);
+        }
+        // The probe's throwaway key pair is gone.
+        let probe_objects = hsm
+            .list_objects()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.label.contains("oaep-sha256-probe"))
+            .count();
+        assert_eq!(probe_objects, 0);
+        drop(c);
+        server.shutdown().await.unwrap();
+        f.clear();
+    }
 }

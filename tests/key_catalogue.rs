@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,27 +60,19 @@ fn venv_python() -> PathBuf {
 /// Runs the checks script with the venv's Python and fixture admin credentials (for boto3).
 async fn python(dir: &Path, endpoint: &str, args: Vec<String>) {
     let creds = fixture_credentials(AK_ADMIN);
-    let mut c = Command::new(venv_python());
+    let mut c = hermetic_command(venv_python(), dir);
     c.arg(manifest_dir().join("tests/python/key_catalogue_checks.py"))
         .args(&args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("LANG", "C.UTF-8")
         .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_KMS", endpoint)
         .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
         .env(
             "P11KMS_FIXTURE_CREDENTIALS",
             fixtures_dir().join("credentials.json"),
-        )
-        .current_dir(manifest_dir().join("tests/python"));
+        );
     let out = tokio::task::spawn_blocking(move || c.output().expect("run python"))
         .await
         .unwrap();
@@ -1568,7 +1559,10 @@ fn openssl_ecdh(curve: &str, peer_spki: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let secret = dir.path().join("secret.bin");
     std::fs::write(&peer, peer_spki).unwrap();
     let run = |args: &[&std::ffi::OsStr]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
+        let out = hermetic_command("openssl", scratch_dir())
+            .args(args)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "openssl {args:?}: {}",
@@ -1900,7 +1894,7 @@ async fn ed25519_signatures_verify_with_openssl() {
         let (msg_file, sig_file) = (dir.path().join("m"), dir.path().join("s"));
         std::fs::write(&msg_file, &message).unwrap();
         std::fs::write(&sig_file, &sig).unwrap();
-        let out = Command::new("openssl")
+        let out = hermetic_command("openssl", scratch_dir())
             .args([
                 "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-rawin", "-inkey",
             ])

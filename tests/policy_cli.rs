@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use p11kms::pb;
@@ -19,10 +18,7 @@ fn cases_path() -> PathBuf {
 }
 
 fn p11kms(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
-        .args(args)
-        .output()
-        .expect("run p11kms");
+    let out = p11kms_command().args(args).output().expect("run p11kms");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 
 use super::der;
 use super::error::{HsmError, HsmErrorKind};
+use super::oaep::OaepSha256;
 use super::objects::{ObjectId, Part};
 use super::ops::{self, with_copy, with_part};
 use super::pool::WorkerCtx;
@@ -166,14 +167,17 @@ pub enum SignScheme {
 
 // ---------------------------------------------------------------- templates
 
-fn allowed(spec: PairSpec, usage: PairUsage) -> Vec<MechanismType> {
+/// `CKA_ALLOWED_MECHANISMS` of a CMK pair. RSA decryption keys get the raw RSA mechanism
+/// only on a device without OAEP-SHA-256 (`oaep`; see `oaep.rs`).
+fn allowed(spec: PairSpec, usage: PairUsage, oaep: OaepSha256) -> Vec<MechanismType> {
     match (spec, usage) {
         (PairSpec::Rsa(_), PairUsage::Sign) => {
             vec![MechanismType::RSA_PKCS_PSS, MechanismType::RSA_PKCS]
         }
-        (PairSpec::Rsa(_), PairUsage::Decrypt) => {
-            vec![MechanismType::RSA_PKCS_OAEP, MechanismType::RSA_X_509]
-        }
+        (PairSpec::Rsa(_), PairUsage::Decrypt) => match oaep {
+            OaepSha256::Device => vec![MechanismType::RSA_PKCS_OAEP],
+            OaepSha256::RawRsa => vec![MechanismType::RSA_PKCS_OAEP, MechanismType::RSA_X_509],
+        },
         // Never created: RSA keys do not agree keys (specs::usages).
         (PairSpec::Rsa(_), PairUsage::KeyAgreement) => Vec::new(),
         (PairSpec::Ec(_), PairUsage::KeyAgreement) => vec![MechanismType::ECDH1_DERIVE],
@@ -205,10 +209,12 @@ fn shape(spec: PairSpec) -> Vec<Attribute> {
 
 /// The mechanism and the (public, private) token templates of a CMK key pair `id`: what
 /// CreateKey's generation and copy produce. The raw benchmark makes the same object kind.
+/// `oaep` matters for RSA decryption pairs only.
 pub(crate) fn cmk_pair_generation(
     id: &ObjectId,
     spec: PairSpec,
     usage: PairUsage,
+    oaep: OaepSha256,
 ) -> (Mechanism<'static>, Vec<Attribute>, Vec<Attribute>) {
     let mech = match spec {
         PairSpec::Rsa(_) => Mechanism::RsaPkcsKeyPairGen,
@@ -217,12 +223,17 @@ pub(crate) fn cmk_pair_generation(
     };
     (
         mech,
-        cmk_public_template(id, spec, usage),
-        cmk_private_template(id, spec, usage),
+        cmk_public_template(id, spec, usage, oaep),
+        cmk_private_template(id, spec, usage, oaep),
     )
 }
 
-fn cmk_public_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<Attribute> {
+fn cmk_public_template(
+    id: &ObjectId,
+    spec: PairSpec,
+    usage: PairUsage,
+    oaep: OaepSha256,
+) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::KeyType(key_type(spec)),
@@ -232,7 +243,7 @@ fn cmk_public_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<A
         Attribute::Encrypt(usage == PairUsage::Decrypt),
         Attribute::Wrap(false),
         Attribute::Derive(false),
-        Attribute::AllowedMechanisms(allowed(spec, usage)),
+        Attribute::AllowedMechanisms(allowed(spec, usage, oaep)),
         Attribute::Id(id.0.to_vec()),
         Attribute::Label(id.label().into_bytes()),
     ];
@@ -240,7 +251,12 @@ fn cmk_public_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<A
     t
 }
 
-fn cmk_private_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<Attribute> {
+fn cmk_private_template(
+    id: &ObjectId,
+    spec: PairSpec,
+    usage: PairUsage,
+    oaep: OaepSha256,
+) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(key_type(spec)),
@@ -252,7 +268,7 @@ fn cmk_private_template(id: &ObjectId, spec: PairSpec, usage: PairUsage) -> Vec<
         Attribute::Decrypt(usage == PairUsage::Decrypt),
         Attribute::Unwrap(false),
         Attribute::Derive(usage == PairUsage::KeyAgreement),
-        Attribute::AllowedMechanisms(allowed(spec, usage)),
+        Attribute::AllowedMechanisms(allowed(spec, usage, oaep)),
         Attribute::Id(id.0.to_vec()),
         Attribute::Label(id.label().into_bytes()),
     ]
@@ -337,7 +353,11 @@ pub(crate) fn generate_session_pair(
             format!("a key pair with the CKA_ID of {id} already exists"),
         ));
     }
-    let (mech, public_t, private_t) = cmk_pair_generation(&id, spec, usage);
+    let oaep = match (spec, usage) {
+        (PairSpec::Rsa(_), PairUsage::Decrypt) => super::oaep::sha256_support(ctx)?,
+        _ => OaepSha256::Device,
+    };
+    let (mech, public_t, private_t) = cmk_pair_generation(&id, spec, usage, oaep);
     ctx.count("C_GenerateKeyPair");
     let t = Instant::now();
     let r = ctx.session.generate_key_pair(
@@ -660,7 +680,8 @@ pub(crate) fn verdict(ctx: &mut WorkerCtx, r: Result<(), CkError>) -> Result<boo
 
 // ---------------------------------------------------------------- RSA-OAEP
 
-fn oaep(h: ShaAlg) -> Mechanism<'static> {
+/// `CKM_RSA_PKCS_OAEP` with hash `h`, MGF1 with the same hash, and no label.
+pub(crate) fn oaep(h: ShaAlg) -> Mechanism<'static> {
     Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
         h.mechanism(),
         h.mgf(),
@@ -682,15 +703,22 @@ fn modulus_len(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<usize, HsmError> {
     })
 }
 
-/// RSA-OAEP encrypt with the public key `id`. SHA-1 uses `CKM_RSA_PKCS_OAEP`; SHA-256 pads
-/// here (seed from the device's RNG) and encrypts with `CKM_RSA_X_509` on the device.
+/// Whether RSA-OAEP with `hash` runs as raw RSA on the device with the padding done here:
+/// SHA-256 on a device that lacks it.
+fn padded_here(ctx: &mut WorkerCtx, hash: ShaAlg) -> Result<bool, HsmError> {
+    Ok(hash == ShaAlg::Sha256 && super::oaep::sha256_support(ctx)? == OaepSha256::RawRsa)
+}
+
+/// RSA-OAEP encrypt with the public key `id`: `CKM_RSA_PKCS_OAEP` on the device, except
+/// SHA-256 on a device without it, which pads here (seed from the device's RNG) and encrypts
+/// with `CKM_RSA_X_509` on the device.
 pub(crate) fn rsa_encrypt(
     ctx: &mut WorkerCtx,
     id: ObjectId,
     hash: ShaAlg,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, HsmError> {
-    let (mech, input) = if hash == ShaAlg::Sha256 {
+    let (mech, input) = if padded_here(ctx, hash)? {
         let k = modulus_len(ctx, &id)?;
         let mut seed = [0u8; 32];
         ctx.count("C_GenerateRandom");
@@ -714,14 +742,15 @@ pub(crate) fn rsa_encrypt(
 }
 
 /// RSA-OAEP decrypt with the private key `id` (the RSA operation on the device; for SHA-256
-/// the padding is removed here). A rejected ciphertext is [`HsmErrorKind::AuthFailed`].
+/// on a device without it, the padding is removed here). A rejected ciphertext is
+/// [`HsmErrorKind::AuthFailed`].
 pub(crate) fn rsa_decrypt(
     ctx: &mut WorkerCtx,
     id: ObjectId,
     hash: ShaAlg,
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-    let raw = hash == ShaAlg::Sha256;
+    let raw = padded_here(ctx, hash)?;
     let k = if raw { modulus_len(ctx, &id)? } else { 0 };
     let mech = if raw { Mechanism::RsaX509 } else { oaep(hash) };
     let failed = |ctx: &mut WorkerCtx, e: Option<&CkError>| {

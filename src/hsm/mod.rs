@@ -99,6 +99,7 @@ use zeroize::Zeroizing;
 pub use asym::{Curve, DataKeyPair, PairSpec, PairUsage, ShaAlg, SignScheme};
 pub use error::{HsmError, HsmErrorKind};
 pub use mac::MacAlg;
+pub use oaep::OaepSha256;
 pub use objects::ObjectId;
 
 use objects::{HandleCache, SessionCopies};
@@ -329,6 +330,9 @@ pub(crate) struct Shared {
     /// Held shared by every running job and exclusively while a worker replaces its session
     /// after a reset (see `pool::worker_loop`).
     pub(crate) session_gate: std::sync::RwLock<()>,
+    /// Whether the device does RSA-OAEP with SHA-256: probed on first need
+    /// (`oaep::sha256_support`), then fixed for this instance.
+    pub(crate) oaep_sha256: std::sync::OnceLock<OaepSha256>,
 }
 
 /// A connection to one token: keeper session, worker pool, handle cache.
@@ -432,6 +436,7 @@ impl Hsm {
             copies: SessionCopies::new(cfg.session_key_copies),
             reset_epoch: std::sync::atomic::AtomicU64::new(0),
             session_gate: std::sync::RwLock::new(()),
+            oaep_sha256: std::sync::OnceLock::new(),
         });
         let pool = Pool::start(&shared, cfg.workers, cfg.queue_depth, cfg.acquire_timeout)?;
         tracing::info!(
@@ -705,7 +710,7 @@ impl Hsm {
         bits: u32,
         sha256: bool,
     ) -> Result<unwrap::WrappingKeyOutcome, HsmError> {
-        if sha256 && unwrap::oaep_sha256_known() == Some(false) {
+        if sha256 && self.shared.oaep_sha256.get() == Some(&OaepSha256::RawRsa) {
             return Ok(unwrap::WrappingKeyOutcome::OaepSha256Unsupported);
         }
         let pending = Pending::default();
@@ -900,6 +905,12 @@ impl Hsm {
             asym::part_attributes(ctx, id, part)
         })
         .await
+    }
+
+    /// Whether the device does RSA-OAEP with SHA-256 (probed on the first call or the first
+    /// RSA decryption key, then fixed): it decides whether RSA decryption keys may use raw RSA.
+    pub async fn oaep_sha256(&self) -> Result<OaepSha256, HsmError> {
+        self.submit("oaep_sha256", oaep::sha256_support).await
     }
 
     /// DER `SubjectPublicKeyInfo` of key pair `id`, built from the public object.

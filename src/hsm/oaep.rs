@@ -1,14 +1,146 @@
-//! EME-OAEP encoding and decoding (RFC 8017 section 7.1) with SHA-256 and MGF1-SHA-256.
+//! RSA-OAEP with SHA-256: whether the device does it ([`sha256_support`], probed once per
+//! [`super::Hsm`]), and EME-OAEP encoding and decoding (RFC 8017 section 7.1) with SHA-256 and
+//! MGF1-SHA-256 for devices that do not.
 //!
 //! SoftHSM2 2.6.1 accepts `CKM_RSA_PKCS_OAEP` only with SHA-1 (`CKR_ARGUMENTS_BAD` otherwise),
-//! so for RSAES_OAEP_SHA_256 the RSA operation itself runs on the device with `CKM_RSA_X_509`
-//! (the private key never leaves it) and the padding is applied or removed here, in the same
-//! worker job. Decoding checks every condition without early exits on secret data and
-//! reports one undifferentiated failure.
+//! and its `C_GetMechanismInfo` cannot tell (it lists `CKM_RSA_PKCS_OAEP` without naming the
+//! hashes), so the probe makes a throwaway session key pair and runs one OAEP-SHA-256 round
+//! trip. Where it fails, RSA decryption keys are also allowed `CKM_RSA_X_509`: the RSA
+//! operation itself runs on the device (the private key never leaves it) and the padding is
+//! applied or removed here, in the same worker job. Where it succeeds, keys carry
+//! `CKM_RSA_PKCS_OAEP` only and the device does all of it. Decoding checks every condition
+//! without early exits on secret data and reports one undifferentiated failure.
 
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, ObjectHandle};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
+
+use super::asym::{self, ShaAlg};
+use super::error::HsmError;
+use super::pool::WorkerCtx;
+
+/// How RSA-OAEP with SHA-256 (and MGF1-SHA-256) runs on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OaepSha256 {
+    /// The device does it: `CKM_RSA_PKCS_OAEP` with SHA-256 parameters, and RSA decryption
+    /// keys are allowed that mechanism only.
+    Device,
+    /// The device does OAEP with SHA-1 only (SoftHSM2 2.6): RSA decryption keys are also
+    /// allowed `CKM_RSA_X_509`, which runs the RSA operation on the device while the daemon
+    /// pads.
+    RawRsa,
+}
+
+/// The label of the probe's throwaway session key pair.
+const PROBE_LABEL: &str = "p11kms/oaep-sha256-probe";
+const PROBE_MESSAGE: &[u8] = b"p11kms oaep-sha256 probe";
+
+/// Whether the device does RSA-OAEP with SHA-256, probed on the first call for this
+/// [`super::Hsm`] (one RSA-2048 session key pair, generated, used and destroyed) and
+/// remembered. A device error is returned, not remembered.
+pub(crate) fn sha256_support(ctx: &mut WorkerCtx) -> Result<OaepSha256, HsmError> {
+    if let Some(known) = ctx.shared.oaep_sha256.get() {
+        return Ok(*known);
+    }
+    let found = probe(ctx)?;
+    let known = *ctx.shared.oaep_sha256.get_or_init(|| found);
+    match known {
+        OaepSha256::Device => tracing::info!(
+            token = %ctx.token(),
+            "the device does RSA-OAEP with SHA-256: RSA decryption keys allow CKM_RSA_PKCS_OAEP only"
+        ),
+        OaepSha256::RawRsa => tracing::info!(
+            token = %ctx.token(),
+            "the device does RSA-OAEP with SHA-1 only: RSA decryption keys also allow \
+             CKM_RSA_X_509 and the daemon applies the SHA-256 padding"
+        ),
+    }
+    Ok(known)
+}
+
+fn probe(ctx: &mut WorkerCtx) -> Result<OaepSha256, HsmError> {
+    ctx.count("C_GenerateKeyPair");
+    let (public, private) = ctx
+        .session
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &probe_template(true),
+            &probe_template(false),
+        )
+        .map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    let r = round_trip(ctx, public, private);
+    asym::destroy_quietly(ctx, &[public, private], "OAEP probe key pair");
+    r
+}
+
+/// A session RSA-2048 half allowed `CKM_RSA_PKCS_OAEP` only: encrypt for the public half,
+/// decrypt for the sensitive private half.
+fn probe_template(public: bool) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Token(false),
+        Attribute::Label(PROBE_LABEL.as_bytes().to_vec()),
+        Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
+    ];
+    if public {
+        t.extend([
+            Attribute::Encrypt(true),
+            Attribute::Verify(false),
+            Attribute::Wrap(false),
+            Attribute::ModulusBits(2048u64.into()),
+            Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        ]);
+    } else {
+        t.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Decrypt(true),
+            Attribute::Sign(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+        ]);
+    }
+    t
+}
+
+/// An OAEP-SHA-256 encryption and decryption of a known message: `Device` only if the
+/// message comes back.
+fn round_trip(
+    ctx: &mut WorkerCtx,
+    public: ObjectHandle,
+    private: ObjectHandle,
+) -> Result<OaepSha256, HsmError> {
+    let mech = asym::oaep(ShaAlg::Sha256);
+    ctx.count("C_EncryptInit");
+    ctx.count("C_Encrypt");
+    let sealed = match ctx.session.encrypt(&mech, public, PROBE_MESSAGE) {
+        Ok(c) => c,
+        Err(e) if refused(&e) => return Ok(OaepSha256::RawRsa),
+        Err(e) => return Err(ctx.fail("C_Encrypt", &e)),
+    };
+    ctx.count("C_DecryptInit");
+    ctx.count("C_Decrypt");
+    match ctx.session.decrypt(&mech, private, &sealed) {
+        Ok(p) if p == PROBE_MESSAGE && sealed.len() == 256 => Ok(OaepSha256::Device),
+        Ok(_) => Ok(OaepSha256::RawRsa),
+        Err(e) if refused(&e) => Ok(OaepSha256::RawRsa),
+        Err(e) => Err(ctx.fail("C_Decrypt", &e)),
+    }
+}
+
+/// How a device says it does not take these OAEP parameters.
+fn refused(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+            _
+        )
+    )
+}
 
 const H_LEN: usize = 32;
 

@@ -39,6 +39,7 @@ use super::asym::{
     cmk_pair_generation, sign_input, sign_mechanism, Curve, PairSpec, PairUsage, ShaAlg, SignScheme,
 };
 use super::error::{from_cryptoki, HsmError, HsmErrorKind};
+use super::oaep::OaepSha256;
 use super::objects::{cmk_aes_template, ObjectId};
 use super::{module, Pin, GCM_IV_LEN, GCM_TAG_LEN, MAX_RANDOM_LEN};
 
@@ -256,8 +257,13 @@ impl RawBench {
 
     /// A signing key pair of the CMK pair kind (token objects) for sign and verify.
     fn signing_pair(&self) -> Result<(ObjectHandle, ObjectHandle), HsmError> {
-        let (mech, mut public, mut private) =
-            cmk_pair_generation(&fresh_id(), self.signing.spec(), PairUsage::Sign);
+        let (mech, mut public, mut private) = cmk_pair_generation(
+            &fresh_id(),
+            self.signing.spec(),
+            PairUsage::Sign,
+            // A signing pair: no OAEP.
+            OaepSha256::Device,
+        );
         for t in [&mut public, &mut private] {
             for a in t.iter_mut() {
                 if let Attribute::Label(l) = a {

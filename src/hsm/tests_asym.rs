@@ -124,6 +124,38 @@ async fn rsa_oaep_and_pss() {
     hsm.destroy_key_pair(sign).await.unwrap();
 }
 
+/// SoftHSM2 2.6 does RSA-OAEP with SHA-1 only: the probe says so, RSA decryption keys carry
+/// `CKM_RSA_X_509` for it, and RSA signing keys never do.
+#[tokio::test]
+async fn softhsm_lacks_oaep_sha256_so_rsa_decryption_keys_allow_raw_rsa() {
+    let hsm = open();
+    assert_eq!(hsm.oaep_sha256().await.unwrap(), OaepSha256::RawRsa);
+    let (enc, sign) = (new_id(), new_id());
+    hsm.generate_key_pair(enc, PairSpec::Rsa(2048), PairUsage::Decrypt)
+        .await
+        .unwrap();
+    hsm.generate_key_pair(sign, PairSpec::Rsa(2048), PairUsage::Sign)
+        .await
+        .unwrap();
+    for private in [true, false] {
+        let mut got = hsm
+            .key_pair_attributes(enc, private)
+            .await
+            .unwrap()
+            .allowed_mechanisms;
+        got.sort();
+        assert_eq!(got, ["RSA_PKCS_OAEP", "RSA_X_509"]);
+        let got = hsm
+            .key_pair_attributes(sign, private)
+            .await
+            .unwrap()
+            .allowed_mechanisms;
+        assert!(!got.contains(&"RSA_X_509".to_string()), "{got:?}");
+    }
+    hsm.destroy_key_pair(enc).await.unwrap();
+    hsm.destroy_key_pair(sign).await.unwrap();
+}
+
 #[tokio::test]
 async fn hmac_keys_and_data_key_pairs() {
     let hsm = open();

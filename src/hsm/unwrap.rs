@@ -277,19 +277,6 @@ pub enum WrappingKeyOutcome {
     OaepSha256Unsupported,
 }
 
-/// Whether the module accepts CKM_RSA_PKCS_OAEP with SHA-256 (0 unknown, 1 yes, 2 no). One
-/// PKCS#11 module per process, so one answer per process.
-static OAEP_SHA256: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// `Some(false)` once a probe showed the token refuses RSA-OAEP with SHA-256.
-pub fn oaep_sha256_known() -> Option<bool> {
-    match OAEP_SHA256.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => Some(true),
-        2 => Some(false),
-        _ => None,
-    }
-}
-
 /// The result of an import job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportOutcome {
@@ -596,6 +583,9 @@ pub(crate) fn generate_wrapping_key(
     bits: u32,
     sha256: bool,
 ) -> Result<(WrappingKeyOutcome, Option<ObjectHandle>), HsmError> {
+    if sha256 && super::oaep::sha256_support(ctx)? == super::OaepSha256::RawRsa {
+        return Ok((WrappingKeyOutcome::OaepSha256Unsupported, None));
+    }
     ctx.count("C_GenerateKeyPair");
     let t = Instant::now();
     let r = ctx.session.generate_key_pair(
@@ -605,36 +595,6 @@ pub(crate) fn generate_wrapping_key(
     );
     ctx.observe("C_GenerateKeyPair", t);
     let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
-    if sha256 && oaep_sha256_known().is_none() {
-        // Probe once with the public key: SoftHSM2 2.6 refuses any OAEP hash but SHA-1 with
-        // CKR_ARGUMENTS_BAD (wrap, unwrap, encrypt and decrypt alike).
-        ctx.count("C_EncryptInit");
-        ctx.count("C_Encrypt");
-        let probe = ctx.session.encrypt(
-            &WrappingAlgorithm::RsaesOaepSha256.oaep(),
-            public,
-            b"p11kms oaep-sha256 probe",
-        );
-        let ok = match probe {
-            Ok(_) => true,
-            Err(CkError::Pkcs11(
-                RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
-                _,
-            )) => false,
-            Err(e) => {
-                let err = ctx.fail("C_Encrypt", &e);
-                destroy_quietly(ctx, &[public], "wrapping public key");
-                destroy_quietly(ctx, &[private], "wrapping private key");
-                return Err(err);
-            }
-        };
-        OAEP_SHA256.store(if ok { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
-    }
-    if sha256 && oaep_sha256_known() == Some(false) {
-        destroy_quietly(ctx, &[public], "wrapping public key");
-        destroy_quietly(ctx, &[private], "wrapping private key");
-        return Ok((WrappingKeyOutcome::OaepSha256Unsupported, None));
-    }
     ctx.count("C_GetAttributeValue");
     let attrs = ctx
         .session

@@ -53,7 +53,7 @@ pub fn env() -> &'static Env {
             .expect("tempdir")
             .keep();
         let softhsm_dir = dir.join("softhsm");
-        let out = Command::new("bash")
+        let out = hermetic_command("bash", &dir)
             .arg(manifest_dir().join("softhsm-config/init-token.sh"))
             .arg(&softhsm_dir)
             .arg(TOKEN_LABEL)
@@ -299,7 +299,7 @@ pub fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, data: &[u8]) -> Vec<u8> {
     let pem = dir.path().join("wrapping.pem");
     std::fs::write(&der, spki_der).unwrap();
     // The PublicKey is DER SPKI; openssl converts it to the PEM AWS's examples use.
-    let st = Command::new("openssl")
+    let st = hermetic_command("openssl", scratch_dir())
         .args(["pkey", "-pubin", "-inform", "DER", "-in"])
         .arg(&der)
         .arg("-out")
@@ -313,7 +313,7 @@ pub fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, data: &[u8]) -> Vec<u8> {
     let input = dir.path().join("in.bin");
     let out = dir.path().join("out.bin");
     std::fs::write(&input, data).unwrap();
-    let st = Command::new("openssl")
+    let st = hermetic_command("openssl", scratch_dir())
         .args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
         .arg(&pem)
         .args(["-pkeyopt", "rsa_padding_mode:oaep"])
@@ -345,6 +345,42 @@ pub async fn key_objects(server: &RunningServer, key_id: &str) -> Vec<(u32, bool
         .filter(|(id, _)| id.key_id() == uuid)
         .map(|(id, token)| (id.version(), token))
         .collect()
+}
+
+/// A command that sees nothing of the caller's environment: no `AWS_*`, `P11KMS_*` or
+/// `SOFTHSM2_CONF` variable, no `~/.aws` (HOME is `scratch`, the AWS config files are
+/// `/dev/null`) and no client config in the working directory (`scratch`, which the test
+/// made). Only `PATH` comes from outside. Whatever else the child needs, the test sets.
+pub fn hermetic_command(program: impl AsRef<std::ffi::OsStr>, scratch: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", scratch)
+        .env("LANG", "C.UTF-8")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .current_dir(scratch);
+    c
+}
+
+/// An empty directory of this test process, for children's HOME and working directory.
+pub fn scratch_dir() -> &'static Path {
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    SCRATCH.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("p11kms-cwd-")
+            .tempdir()
+            .expect("tempdir")
+            .keep()
+    })
+}
+
+/// The `p11kms` binary under test as a [`hermetic_command`] in [`scratch_dir`]: it finds no
+/// `p11kms-data/client.toml` and no `P11KMS_*` variable, so every connection setting is one
+/// the test passes.
+pub fn p11kms_command() -> Command {
+    hermetic_command(env!("CARGO_BIN_EXE_p11kms"), scratch_dir())
 }
 
 /// Polls `f` every 50 ms for up to 5 s (sweeper-driven changes); whether it became true.

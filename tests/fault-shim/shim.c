@@ -36,6 +36,15 @@
  *                         slot a session was opened on and then proceeds: a
  *                         device reset (every session closed, the user logged
  *                         out, every object handle invalidated).
+ *   oaep_sha256_as_sha1   C_EncryptInit / C_DecryptInit with CKM_RSA_PKCS_OAEP,
+ *                         SHA-256 and MGF1-SHA-256 go to the real module as
+ *                         OAEP with SHA-1 and MGF1-SHA-1 (which SoftHSM2 2.6
+ *                         does), and each such call appends its function name
+ *                         to the file oaep_sha256.log in the control directory.
+ *                         It stands in for a device that does OAEP-SHA-256:
+ *                         the daemon's own round trips work and its mechanism
+ *                         choice is visible, but the ciphertexts are OAEP-SHA-1
+ *                         (no other OAEP-SHA-256 implementation can open them).
  * Precedence: reset, then dead, then fail_<C_Function>, then
  * decrypt_general_error.
  *
@@ -203,11 +212,9 @@ SHIM(C_GetAttributeValue, (ck_ulong s, ck_ulong obj, void *tmpl, ck_ulong n), (s
 SHIM(C_FindObjectsInit, (ck_ulong s, void *tmpl, ck_ulong n), (s, tmpl, n))
 SHIM(C_FindObjects, (ck_ulong s, ck_ulong *objs, ck_ulong max, ck_ulong *n), (s, objs, max, n))
 SHIM(C_FindObjectsFinal, (ck_ulong s), (s))
-SHIM(C_EncryptInit, (ck_ulong s, void *mech, ck_ulong key), (s, mech, key))
 SHIM(C_EncryptUpdate, (ck_ulong s, uchar *in, ck_ulong inl, uchar *out, ck_ulong *outl),
      (s, in, inl, out, outl))
 SHIM(C_EncryptFinal, (ck_ulong s, uchar *out, ck_ulong *outl), (s, out, outl))
-SHIM(C_DecryptInit, (ck_ulong s, void *mech, ck_ulong key), (s, mech, key))
 SHIM(C_DecryptUpdate, (ck_ulong s, uchar *in, ck_ulong inl, uchar *out, ck_ulong *outl),
      (s, in, inl, out, outl))
 SHIM(C_DecryptFinal, (ck_ulong s, uchar *out, ck_ulong *outl), (s, out, outl))
@@ -215,6 +222,79 @@ SHIM(C_GenerateKey, (ck_ulong s, void *mech, void *tmpl, ck_ulong n, ck_ulong *k
      (s, mech, tmpl, n, key))
 SHIM(C_DestroyObject, (ck_ulong s, ck_ulong obj), (s, obj))
 SHIM(C_GenerateRandom, (ck_ulong s, uchar *out, ck_ulong len), (s, out, len))
+
+#define CKM_RSA_PKCS_OAEP 0x9UL
+#define CKM_SHA_1 0x220UL
+#define CKM_SHA256 0x250UL
+#define CKG_MGF1_SHA1 0x1UL
+#define CKG_MGF1_SHA256 0x2UL
+
+struct shim_mechanism {
+    ck_ulong mechanism;
+    void *parameter;
+    ck_ulong parameter_len;
+};
+
+struct shim_oaep_params {
+    ck_ulong hash_alg;
+    ck_ulong mgf;
+    ck_ulong source;
+    void *source_data;
+    ck_ulong source_data_len;
+};
+
+/* Under oaep_sha256_as_sha1: an OAEP-SHA-256 mechanism rewritten into *m / *p
+ * as OAEP-SHA-1, with the call logged; otherwise `mech` itself. */
+static void *oaep_as_sha1(const char *name, void *mech, struct shim_mechanism *m,
+                          struct shim_oaep_params *p) {
+    char path[PATH_MAX];
+    const struct shim_mechanism *in = mech;
+    if (!in || in->mechanism != CKM_RSA_PKCS_OAEP || !in->parameter ||
+        in->parameter_len != sizeof *p)
+        return mech;
+    const struct shim_oaep_params *ip = in->parameter;
+    if (ip->hash_alg != CKM_SHA256 || ip->mgf != CKG_MGF1_SHA256 ||
+        !control_file("oaep_sha256_as_sha1", path, sizeof path))
+        return mech;
+    *p = *ip;
+    p->hash_alg = CKM_SHA_1;
+    p->mgf = CKG_MGF1_SHA1;
+    *m = *in;
+    m->parameter = p;
+    int n = snprintf(path, sizeof path, "%s/oaep_sha256.log", control);
+    if (n > 0 && (size_t)n < sizeof path) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            char line[64];
+            int len = snprintf(line, sizeof line, "%s\n", name);
+            if (write(fd, line, (size_t)len) < 0) {
+                /* the log is best effort */
+            }
+            close(fd);
+        }
+    }
+    return m;
+}
+
+static ck_rv shim_C_EncryptInit(ck_ulong s, void *mech, ck_ulong key) {
+    struct shim_mechanism m;
+    struct shim_oaep_params p;
+    ck_rv rv = fault("C_EncryptInit");
+    if (rv != CKR_OK)
+        return rv;
+    return ((ck_rv(*)(ck_ulong, void *, ck_ulong))REAL(C_EncryptInit))(
+        s, oaep_as_sha1("C_EncryptInit", mech, &m, &p), key);
+}
+
+static ck_rv shim_C_DecryptInit(ck_ulong s, void *mech, ck_ulong key) {
+    struct shim_mechanism m;
+    struct shim_oaep_params p;
+    ck_rv rv = fault("C_DecryptInit");
+    if (rv != CKR_OK)
+        return rv;
+    return ((ck_rv(*)(ck_ulong, void *, ck_ulong))REAL(C_DecryptInit))(
+        s, oaep_as_sha1("C_DecryptInit", mech, &m, &p), key);
+}
 
 static ck_rv shim_C_OpenSession(ck_ulong slot, ck_ulong flags, void *app, void *notify,
                                 ck_ulong *session) {
