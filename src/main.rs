@@ -50,12 +50,20 @@ enum Command {
         #[arg(long, env = "P11KMS_CONFIG")]
         config: PathBuf,
     },
-    /// Create the dev CA, server and admin certificates, PIN files and configs (idempotent).
+    /// Create the dev CA, server and admin certificates, PIN files, configs and the SoftHSM2
+    /// token (idempotent). A second instance needs its own data directory and addresses.
     DevSetup {
         #[arg(long, default_value = "p11kms-data")]
         data_dir: PathBuf,
+        /// The gRPC door's address.
         #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: String,
+        listen: std::net::SocketAddr,
+        /// The AWS door's address.
+        #[arg(long, default_value = "127.0.0.1:4443")]
+        aws_listen: std::net::SocketAddr,
+        /// The metrics endpoint's address.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: std::net::SocketAddr,
     },
     /// Manage keys.
     Key {
@@ -658,6 +666,32 @@ fn load_config(path: &Path) -> Result<Config, String> {
         }
     }
     Ok(config)
+}
+
+/// `p11kms dev-setup`: the files, then the token in the set-up's own SoftHSM2 directory.
+fn dev_setup_command(data_dir: &Path, addrs: &p11kms::devsetup::DevListen) -> Result<(), String> {
+    let out = p11kms::devsetup::dev_setup(data_dir, addrs).map_err(|e| e.to_string())?;
+    let conf = &out.softhsm2_conf;
+    if std::env::var_os("SOFTHSM2_CONF").is_some_and(|v| Path::new(&v) != conf) {
+        eprintln!("note: SOFTHSM2_CONF is set in this shell; `serve` would use it instead of {} (unset it)", conf.display());
+    }
+    // Single-threaded here: no runtime has started and no module is loaded yet.
+    std::env::set_var("SOFTHSM2_CONF", conf);
+    let created = p11kms::devsetup::init_dev_token(&out).map_err(|e| e.to_string())?;
+    let kept = if out.config_written {
+        ""
+    } else {
+        " (existing, kept: its addresses win over the options)"
+    };
+    println!("config: {}{kept}", out.config.display());
+    println!("client config: {}", out.client_config.display());
+    println!(
+        "token '{}' in {}: {}",
+        p11kms::devsetup::DEV_TOKEN_LABEL,
+        conf.display(),
+        if created { "initialised" } else { "exists" }
+    );
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -1482,10 +1516,18 @@ fn main() -> ExitCode {
             let code = p11kms::audit::run_verify_cli(public_key.as_deref(), &files);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
-        Command::DevSetup { data_dir, listen } => {
-            let out = p11kms::devsetup::dev_setup(&data_dir, &listen).map_err(|e| e.to_string())?;
-            println!("config: {}", out.config.display());
-            println!("client config: {}", out.client_config.display());
+        Command::DevSetup {
+            data_dir,
+            listen,
+            aws_listen,
+            metrics_listen,
+        } => {
+            let addrs = p11kms::devsetup::DevListen {
+                grpc: listen.to_string(),
+                aws: aws_listen.to_string(),
+                metrics: metrics_listen.to_string(),
+            };
+            dev_setup_command(&data_dir, &addrs)?;
             Ok(ExitCode::SUCCESS)
         }
         other => {
