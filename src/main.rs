@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use p11kms::api::aws_json::kms as door_render;
+use p11kms::api::grpc::decode;
 use p11kms::api::grpc::status::aws_reason;
 use p11kms::client::{ClientConfig, Signer};
 use p11kms::config::Config;
@@ -587,27 +589,9 @@ fn ts(t: &Option<prost_types::Timestamp>) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-fn metadata_json(m: &pb::KeyMetadata) -> serde_json::Value {
-    json!({
-        "AWSAccountId": m.aws_account_id,
-        "KeyId": m.key_id,
-        "Arn": m.arn,
-        "CreationDate": ts(&m.creation_date),
-        "Enabled": m.enabled,
-        "Description": m.description,
-        "KeyUsage": m.key_usage,
-        "KeyState": m.key_state,
-        "DeletionDate": ts(&m.deletion_date),
-        "Origin": m.origin,
-        "KeyManager": m.key_manager,
-        "KeySpec": m.key_spec,
-        "EncryptionAlgorithms": m.encryption_algorithms,
-        "SigningAlgorithms": m.signing_algorithms,
-        "MacAlgorithms": m.mac_algorithms,
-        "ValidTo": ts(&m.valid_to),
-        "PendingDeletionWindowInDays": m.pending_deletion_window_in_days,
-        "CurrentKeyMaterialId": m.current_key_material_id,
-    })
+/// Key metadata as the AWS door renders it (one renderer for both).
+fn metadata_json(m: pb::KeyMetadata) -> serde_json::Value {
+    door_render::metadata(&decode::key_metadata(m))
 }
 
 /// A DER SubjectPublicKeyInfo as a PEM `PUBLIC KEY` block (64 base64 characters a line).
@@ -638,8 +622,10 @@ fn public_key_pem(der: &[u8]) -> String {
     pem
 }
 
+/// Prints as AWS does: null members are left out (the AWS door's `compact`).
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let v = door_render::compact(v.clone());
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
 fn init_logging(config: &Config) {
@@ -754,7 +740,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .map_err(status_error)?
                         .into_inner();
                     if let Some(m) = r.key_metadata {
-                        print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
+                        print_json(&json!({ "KeyMetadata": metadata_json(m) }));
                     }
                 }
                 KeyCommand::List { limit } => {
@@ -797,7 +783,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .map_err(status_error)?
                         .into_inner();
                     if let Some(m) = r.key_metadata {
-                        print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
+                        print_json(&json!({ "KeyMetadata": metadata_json(m) }));
                     }
                 }
                 KeyCommand::Enable { key } => {
@@ -822,12 +808,9 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .await
                         .map_err(status_error)?
                         .into_inner();
-                    print_json(&json!({
-                        "KeyId": r.key_id,
-                        "DeletionDate": ts(&r.deletion_date),
-                        "KeyState": r.key_state,
-                        "PendingWindowInDays": r.pending_window_in_days,
-                    }));
+                    print_json(&door_render::scheduled_deletion(
+                        &decode::scheduled_deletion(r),
+                    ));
                 }
                 KeyCommand::GetPolicy { key } => {
                     let r = c
@@ -901,13 +884,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .await
                         .map_err(status_error)?
                         .into_inner();
-                    print_json(&json!({
-                        "KeyId": r.key_id,
-                        "KeyRotationEnabled": r.key_rotation_enabled,
-                        "RotationPeriodInDays": r.rotation_period_in_days,
-                        "NextRotationDate": ts(&r.next_rotation_date),
-                        "OnDemandRotationStartDate": ts(&r.on_demand_rotation_start_date),
-                    }));
+                    print_json(&door_render::rotation_status(&decode::rotation_status(r)));
                 }
                 KeyCommand::Rotate { key } => {
                     let r = c
@@ -937,14 +914,12 @@ async fn client_command(command: Command) -> Result<(), String> {
                             .await
                             .map_err(status_error)?
                             .into_inner();
-                        rotations.extend(r.rotations.iter().map(|e| {
-                            json!({
-                                "KeyId": e.key_id,
-                                "KeyMaterialId": e.key_material_id,
-                                "RotationDate": ts(&e.rotation_date),
-                                "RotationType": e.rotation_type,
-                            })
-                        }));
+                        rotations.extend(
+                            r.rotations
+                                .iter()
+                                .cloned()
+                                .map(|e| door_render::rotation_entry(decode::rotation_entry(e))),
+                        );
                         if !r.truncated {
                             break;
                         }
@@ -984,10 +959,8 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .into_inner();
                     let aliases: Vec<_> = r
                         .aliases
-                        .iter()
-                        .map(|a| {
-                            json!({"AliasName": a.alias_name, "AliasArn": a.alias_arn, "TargetKeyId": a.target_key_id})
-                        })
+                        .into_iter()
+                        .map(|a| door_render::alias_entry(decode::alias_entry(a)))
                         .collect();
                     print_json(&json!({ "Aliases": aliases }));
                 }
@@ -1398,18 +1371,8 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .into_inner();
                     let grants: Vec<_> = r
                         .grants
-                        .iter()
-                        .map(|g| {
-                            json!({
-                                "GrantId": g.grant_id,
-                                "KeyId": g.key_id,
-                                "Name": g.name,
-                                "GranteePrincipal": g.grantee_principal,
-                                "RetiringPrincipal": g.retiring_principal,
-                                "Operations": g.operations,
-                                "CreationDate": ts(&g.creation_date),
-                            })
-                        })
+                        .into_iter()
+                        .map(|g| door_render::grant_entry(decode::grant_entry(g)))
                         .collect();
                     print_json(&json!({ "Grants": grants }));
                 }
