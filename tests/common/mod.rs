@@ -54,7 +54,7 @@ pub fn fixtures_dir() -> PathBuf {
             let entry = entry.unwrap();
             write_secret(
                 &dir.join(entry.file_name()),
-                &std::fs::read(entry.path()).unwrap(),
+                std::fs::read(entry.path()).unwrap(),
             );
         }
         dir
