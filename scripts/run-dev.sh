@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs the p11kms daemon with the embedded defaults on a fresh Debian/Ubuntu machine:
-# installs SoftHSM2 if missing, builds, creates the dev token, the dev PKI (CA, server and
-# admin client certificates) and the SQLite store under ./p11kms-data, then serves gRPC over
-# mutual TLS on 127.0.0.1:8443. Safe to run again: existing data is kept.
+# installs SoftHSM2 if missing, builds, and lets `p11kms dev-setup` create the dev PKI (CA,
+# server and admin client certificates), the PIN files, the configs and the SoftHSM2 token under
+# ./p11kms-data, then serves gRPC over mutual TLS on 127.0.0.1:8443, the AWS door on
+# 127.0.0.1:4443 and metrics on 127.0.0.1:9464. Safe to run again: existing data is kept.
 #
-# Environment: P11KMS_DATA_DIR (default ./p11kms-data), P11KMS_LISTEN (default 127.0.0.1:8443).
+# Environment: P11KMS_DATA_DIR (default ./p11kms-data), P11KMS_LISTEN (gRPC, default
+# 127.0.0.1:8443), P11KMS_AWS_LISTEN (default 127.0.0.1:4443), P11KMS_METRICS_LISTEN (default
+# 127.0.0.1:9464). A second instance needs all four of its own; the addresses are written into
+# the data directory's config the first time only.
 # Options: --setup-only (create everything, then exit instead of serving), --debug (use the
 # debug build; CI uses both to leave a dev setup behind cheaply before running the tests).
 set -euo pipefail
@@ -30,9 +34,12 @@ bin="${CARGO_TARGET_DIR:-target}/$profile/p11kms"
 
 data="${P11KMS_DATA_DIR:-$PWD/p11kms-data}"
 listen="${P11KMS_LISTEN:-127.0.0.1:8443}"
-"$bin" dev-setup --data-dir "$data" --listen "$listen"
-P11KMS_SO_PIN="$(cat "$data/so-pin")" P11KMS_USER_PIN="$(cat "$data/user-pin")" \
-    softhsm-config/init-token.sh "$data/softhsm" p11kms-dev >/dev/null
+aws_listen="${P11KMS_AWS_LISTEN:-127.0.0.1:4443}"
+metrics_listen="${P11KMS_METRICS_LISTEN:-127.0.0.1:9464}"
+"$bin" dev-setup --data-dir "$data" --listen "$listen" \
+    --aws-listen "$aws_listen" --metrics-listen "$metrics_listen"
 echo "p11kms: data in $data; the CLI finds p11kms-data/client.toml when run from $(pwd)" >&2
 $setup_only && exit 0
-exec "$bin" serve --config "$data/p11kms.toml"
+# dev-setup made the token in the data directory's SoftHSM2 config; an exported
+# SOFTHSM2_CONF would point serve at another one.
+exec env -u SOFTHSM2_CONF "$bin" serve --config "$data/p11kms.toml"

@@ -32,6 +32,52 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// A secret file (PIN, private key, credentials) may be read by other users.
+    #[error(
+        "{what} {path} is readable by {whom} (mode {mode:04o}): refused, as ssh does. Fix: `chmod 600 {path}`{relax}",
+        path = path.display(),
+        relax = if *allow_group_readable { "" } else { " (containers whose secret mounts are group-readable: set [server] allow_group_readable_secrets = true)" }
+    )]
+    SecretPermissions {
+        /// The config key that names the file.
+        what: &'static str,
+        path: PathBuf,
+        /// Who besides the owner may read it: `group` or `others`.
+        whom: &'static str,
+        mode: u32,
+        /// Whether the relaxation was already on.
+        allow_group_readable: bool,
+    },
+}
+
+/// Refuses a secret file that users other than its owner may read or write (any group or
+/// other permission bit, as ssh checks private keys), or, when `allow_group_readable` is set
+/// (containers mount secrets group-readable), any permission for others.
+pub fn check_secret_file(
+    what: &'static str,
+    path: &Path,
+    allow_group_readable: bool,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let whom = if mode & 0o007 != 0 {
+        "others"
+    } else if mode & 0o070 != 0 && !allow_group_readable {
+        "group"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::SecretPermissions {
+        what,
+        path: path.to_path_buf(),
+        whom,
+        mode,
+        allow_group_readable,
+    })
 }
 
 /// The whole configuration file.
@@ -68,6 +114,11 @@ pub struct ServerConfig {
     pub tls_key: PathBuf,
     /// PEM CA bundle that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Accept group-readable secret files (PIN file, TLS key, credentials file), for
+    /// containers that mount secrets with a group; files readable by others are refused
+    /// regardless.
+    #[serde(default)]
+    pub allow_group_readable_secrets: bool,
 }
 
 /// `[kms]`: how the daemon presents itself.
@@ -446,6 +497,27 @@ impl Config {
         Ok(())
     }
 
+    /// The secret files the config names, each with its config key.
+    pub fn secret_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut files = vec![("server.tls_key", self.server.tls_key.clone())];
+        if let Some(p) = &self.hsm.pin_file {
+            files.push(("hsm.pin_file", p.clone()));
+        }
+        if let Some(p) = &self.identity.credentials {
+            files.push(("identity.credentials", p.clone()));
+        }
+        files
+    }
+
+    /// Refuses to go on when a secret file is readable by others (see [`check_secret_file`]).
+    /// Runs at start-up (`serve` and `check`); SIGHUP re-checks the credentials file.
+    pub fn check_secret_files(&self) -> Result<(), ConfigError> {
+        for (what, path) in self.secret_files() {
+            check_secret_file(what, &path, self.server.allow_group_readable_secrets)?;
+        }
+        Ok(())
+    }
+
     /// The audit directory.
     pub fn audit_dir(&self) -> PathBuf {
         self.audit
@@ -648,6 +720,57 @@ data_dir = "data"
         assert_eq!(c.hsm.acquire_timeout_ms, 2000);
         assert_eq!(c.directory_files().accounts.len(), 1);
         assert!(c.metrics.enabled);
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn readable_secret_files_are_refused_with_the_fix() {
+        let d = dir_with_files();
+        for f in ["server.pem", "server-key.pem", "ca.pem", "pin"] {
+            chmod(&d.path().join(f), 0o600);
+        }
+        chmod(&d.path().join("server.pem"), 0o644);
+        let c = Config::from_toml(BASE, d.path()).unwrap();
+        c.check_secret_files()
+            .expect("0600 secrets and a 0644 certificate pass");
+        for (file, mode, whom) in [("pin", 0o640, "group"), ("server-key.pem", 0o604, "others")] {
+            let path = d.path().join(file);
+            chmod(&path, mode);
+            let e = c.check_secret_files().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("chmod 600 {}", path.display()))
+                    && e.contains(whom)
+                    && e.contains(&format!("{mode:04o}")),
+                "{e}"
+            );
+            chmod(&path, 0o600);
+        }
+        c.check_secret_files().expect("chmod 600 fixes it");
+    }
+
+    #[test]
+    fn the_container_switch_accepts_group_but_not_world_readable_secrets() {
+        let d = dir_with_files();
+        for f in ["server-key.pem", "pin"] {
+            chmod(&d.path().join(f), 0o640);
+        }
+        let strict = Config::from_toml(BASE, d.path()).unwrap();
+        assert!(strict.check_secret_files().is_err());
+        let text = BASE.replace(
+            "client_ca = \"ca.pem\"",
+            "client_ca = \"ca.pem\"\nallow_group_readable_secrets = true",
+        );
+        let relaxed = Config::from_toml(&text, d.path()).unwrap();
+        relaxed
+            .check_secret_files()
+            .expect("group-readable accepted");
+        chmod(&d.path().join("pin"), 0o644);
+        let e = relaxed.check_secret_files().unwrap_err().to_string();
+        assert!(e.contains("others") && e.contains("chmod 600"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The dev set-up: a dev CA, a server certificate, an admin client certificate for the dev
 //! account, random PINs, a daemon config and a client config, all under one data directory.
-//! Idempotent: what exists is kept. The SoftHSM2 token itself is made by
-//! `softhsm-config/init-token.sh` (the run script calls both).
+//! Idempotent: what exists is kept. [`init_dev_token`] then initialises the SoftHSM2 token in
+//! the data directory's own token directory (`p11kms dev-setup` does both).
 
 use std::fs;
 use std::io::Write;
@@ -32,6 +32,12 @@ pub enum DevSetupError {
     },
     #[error("certificate generation: {0}")]
     Cert(#[from] rcgen::Error),
+    #[error(
+        "initialising the SoftHSM2 token: {0} (is SoftHSM2 installed? `apt-get install softhsm2`)"
+    )]
+    Token(#[from] crate::hsm::HsmError),
+    #[error("reading the PIN file {0}: it is empty")]
+    EmptyPin(PathBuf),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevSetupError + '_ {
@@ -215,17 +221,88 @@ fn dev_authorization_details() -> String {
     .unwrap_or_default()
 }
 
+/// The addresses a dev daemon listens on. A second dev instance on one machine needs three
+/// addresses of its own (and a data directory of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevListen {
+    /// The gRPC door (`[server] listen`).
+    pub grpc: String,
+    /// The AWS door (`[aws_json] listen`).
+    pub aws: String,
+    /// The Prometheus endpoint (`[metrics] listen`).
+    pub metrics: String,
+}
+
+impl Default for DevListen {
+    fn default() -> Self {
+        DevListen {
+            grpc: "127.0.0.1:8443".into(),
+            aws: "127.0.0.1:4443".into(),
+            metrics: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
 /// What the dev set-up produced.
 #[derive(Debug, Clone)]
 pub struct DevSetup {
     /// The daemon config.
     pub config: PathBuf,
+    /// False when an existing daemon config was kept (its addresses win over the options).
+    pub config_written: bool,
     /// The client config the CLI picks up by default.
     pub client_config: PathBuf,
+    /// The SoftHSM2 config of the dev token (its token directory is next to it).
+    pub softhsm2_conf: PathBuf,
+    /// The PKCS#11 module the daemon config names.
+    pub module: PathBuf,
+    data_dir: PathBuf,
 }
 
-/// Creates (or keeps) everything the dev daemon needs under `data_dir`.
-pub fn dev_setup(data_dir: &Path, listen: &str) -> Result<DevSetup, DevSetupError> {
+/// The SoftHSM2 config template (`softhsm-config/softhsm2.conf.template`).
+const SOFTHSM2_CONF_TEMPLATE: &str = include_str!("../softhsm-config/softhsm2.conf.template");
+
+/// Writes `<data_dir>/softhsm/softhsm2.conf` with its own token directory, unless it exists.
+fn ensure_softhsm_conf(data_dir: &Path) -> Result<PathBuf, DevSetupError> {
+    let dir = data_dir.join("softhsm");
+    let tokens = dir.join("tokens");
+    fs::create_dir_all(&tokens).map_err(io(&tokens))?;
+    let conf = dir.join("softhsm2.conf");
+    if !conf.exists() {
+        let tokens = fs::canonicalize(&tokens).map_err(io(&tokens))?;
+        let text = SOFTHSM2_CONF_TEMPLATE.replace("@TOKENDIR@", &tokens.display().to_string());
+        write_public(&conf, text.as_bytes())?;
+    }
+    Ok(conf)
+}
+
+fn read_pin(path: &Path) -> Result<crate::hsm::Pin, DevSetupError> {
+    let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(io(path))?);
+    let pin = text.trim_end_matches(['\n', '\r']);
+    if pin.is_empty() {
+        return Err(DevSetupError::EmptyPin(path.to_path_buf()));
+    }
+    Ok(crate::hsm::Pin::new(pin))
+}
+
+/// Initialises the dev token (label [`DEV_TOKEN_LABEL`], the data directory's SO and user
+/// PINs) in the set-up's SoftHSM2 token directory, unless it exists. Returns whether it
+/// created it. Blocking. The caller must have exported `SOFTHSM2_CONF` as
+/// [`DevSetup::softhsm2_conf`] before any PKCS#11 module was loaded in this process.
+pub fn init_dev_token(setup: &DevSetup) -> Result<bool, DevSetupError> {
+    let so = read_pin(&setup.data_dir.join("so-pin"))?;
+    let user = read_pin(&setup.data_dir.join("user-pin"))?;
+    Ok(crate::hsm::init_token(
+        &setup.module,
+        DEV_TOKEN_LABEL,
+        &so,
+        &user,
+    )?)
+}
+
+/// Creates (or keeps) everything the dev daemon needs under `data_dir`, except the token
+/// itself (see [`init_dev_token`]).
+pub fn dev_setup(data_dir: &Path, listen: &DevListen) -> Result<DevSetup, DevSetupError> {
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     let pki = data_dir.join("pki");
     ensure_ca_and_server(&pki)?;
@@ -265,14 +342,16 @@ pub fn dev_setup(data_dir: &Path, listen: &str) -> Result<DevSetup, DevSetupErro
     }
     let module =
         find_softhsm_module().unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    let softhsm2_conf = ensure_softhsm_conf(data_dir)?;
     let config = data_dir.join("p11kms.toml");
-    if !config.exists() {
+    let config_written = !config.exists();
+    if config_written {
         let text = format!(
             r#"# p11kms dev configuration, written by `p11kms dev-setup`. See p11kms.example.toml
 # in the source tree for every option with its meaning.
 
 [server]
-listen = "{listen}"
+listen = "{grpc}"
 tls_cert = "pki/server.pem"
 tls_key = "pki/server-key.pem"
 client_ca = "pki/ca.pem"
@@ -290,12 +369,16 @@ softhsm2_conf = "softhsm/softhsm2.conf"
 [store]
 data_dir = "db"
 
-# The AWS door: the AWS CLI, boto3 and the AWS SDKs (AWS_ENDPOINT_URL_KMS=https://localhost:4443,
+# The AWS door: the AWS CLI, boto3 and the AWS SDKs (AWS_ENDPOINT_URL_KMS=https://localhost:{aws_port},
 # AWS_CA_BUNDLE=pki/ca.pem). HTTPS with the [server] certificate.
 [aws_json]
 enabled = true
-listen = "127.0.0.1:4443"
+listen = "{aws}"
 tls = true
+
+# Prometheus metrics at http://{metrics}/metrics.
+[metrics]
+listen = "{metrics}"
 
 # Who is who: the dev account's users and policies (aws iam get-account-authorization-details
 # format), and credentials (access keys, certificate bindings). Reloaded on SIGHUP.
@@ -306,7 +389,11 @@ credentials = "identity/credentials.json"
 account_id = "{DEV_ACCOUNT}"
 authorization_details = "identity/{DEV_ACCOUNT}.json"
 "#,
-            module = module.display()
+            module = module.display(),
+            grpc = listen.grpc,
+            aws = listen.aws,
+            metrics = listen.metrics,
+            aws_port = listen.aws.rsplit(':').next().unwrap_or("4443"),
         );
         write_public(&config, text.as_bytes())?;
     }
@@ -314,13 +401,17 @@ authorization_details = "identity/{DEV_ACCOUNT}.json"
     if !client_config.exists() {
         let text = format!(
             "# Written by `p11kms dev-setup`: how the CLI reaches the dev daemon.\n# Default: the admin client certificate. `--profile admin-sigv4` signs with the admin\n# access key instead.\nendpoint = \"https://{}\"\nca_cert = \"pki/ca.pem\"\nclient_cert = \"pki/admin.pem\"\nclient_key = \"pki/admin-key.pem\"\ntls_domain = \"localhost\"\n\n[profiles.admin-sigv4]\naccess_key_id = \"{DEV_ADMIN_ACCESS_KEY_ID}\"\nsecret_access_key_file = \"admin-secret-access-key\"\nregion = \"us-east-1\"\n",
-            listen.replace("0.0.0.0", "127.0.0.1")
+            listen.grpc.replace("0.0.0.0", "127.0.0.1")
         );
         write_public(&client_config, text.as_bytes())?;
     }
     Ok(DevSetup {
         config,
+        config_written,
         client_config,
+        softhsm2_conf,
+        module,
+        data_dir: data_dir.to_path_buf(),
     })
 }
 
@@ -341,7 +432,7 @@ mod tests {
     #[test]
     fn leaves_are_not_cas_and_server_has_sans() {
         let d = tempfile::tempdir().unwrap();
-        let out = dev_setup(d.path(), "127.0.0.1:8443").unwrap();
+        let out = dev_setup(d.path(), &DevListen::default()).unwrap();
         assert!(out.config.exists() && out.client_config.exists());
         let pki = d.path().join("pki");
         let ca_der = der_of(&pki.join("ca.pem"));
@@ -369,7 +460,7 @@ mod tests {
         assert_eq!(mode & 0o077, 0);
         // Idempotent: a second run keeps the CA.
         let before = fs::read(pki.join("ca.pem")).unwrap();
-        dev_setup(d.path(), "127.0.0.1:8443").unwrap();
+        dev_setup(d.path(), &DevListen::default()).unwrap();
         assert_eq!(before, fs::read(pki.join("ca.pem")).unwrap());
     }
 }

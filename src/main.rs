@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use p11kms::api::aws_json::kms as door_render;
+use p11kms::api::grpc::decode;
 use p11kms::api::grpc::status::aws_reason;
 use p11kms::client::{ClientConfig, Signer};
 use p11kms::config::Config;
@@ -50,12 +52,20 @@ enum Command {
         #[arg(long, env = "P11KMS_CONFIG")]
         config: PathBuf,
     },
-    /// Create the dev CA, server and admin certificates, PIN files and configs (idempotent).
+    /// Create the dev CA, server and admin certificates, PIN files, configs and the SoftHSM2
+    /// token (idempotent). A second instance needs its own data directory and addresses.
     DevSetup {
         #[arg(long, default_value = "p11kms-data")]
         data_dir: PathBuf,
+        /// The gRPC door's address.
         #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: String,
+        listen: std::net::SocketAddr,
+        /// The AWS door's address.
+        #[arg(long, default_value = "127.0.0.1:4443")]
+        aws_listen: std::net::SocketAddr,
+        /// The metrics endpoint's address.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: std::net::SocketAddr,
     },
     /// Manage keys.
     Key {
@@ -654,27 +664,9 @@ fn last_usage_output(r: pb::GetKeyLastUsageResponse) -> p11kms::core::usage::Key
     }
 }
 
-fn metadata_json(m: &pb::KeyMetadata) -> serde_json::Value {
-    json!({
-        "AWSAccountId": m.aws_account_id,
-        "KeyId": m.key_id,
-        "Arn": m.arn,
-        "CreationDate": ts(&m.creation_date),
-        "Enabled": m.enabled,
-        "Description": m.description,
-        "KeyUsage": m.key_usage,
-        "KeyState": m.key_state,
-        "DeletionDate": ts(&m.deletion_date),
-        "Origin": m.origin,
-        "KeyManager": m.key_manager,
-        "KeySpec": m.key_spec,
-        "EncryptionAlgorithms": m.encryption_algorithms,
-        "SigningAlgorithms": m.signing_algorithms,
-        "MacAlgorithms": m.mac_algorithms,
-        "ValidTo": ts(&m.valid_to),
-        "PendingDeletionWindowInDays": m.pending_deletion_window_in_days,
-        "CurrentKeyMaterialId": m.current_key_material_id,
-    })
+/// Key metadata as the AWS door renders it (one renderer for both).
+fn metadata_json(m: pb::KeyMetadata) -> serde_json::Value {
+    door_render::metadata(&decode::key_metadata(m))
 }
 
 /// A DER SubjectPublicKeyInfo as a PEM `PUBLIC KEY` block (64 base64 characters a line).
@@ -705,8 +697,10 @@ fn public_key_pem(der: &[u8]) -> String {
     pem
 }
 
+/// Prints as AWS does: null members are left out (the AWS door's `compact`).
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let v = door_render::compact(v.clone());
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
 fn init_logging(config: &Config) {
@@ -733,6 +727,32 @@ fn load_config(path: &Path) -> Result<Config, String> {
         }
     }
     Ok(config)
+}
+
+/// `p11kms dev-setup`: the files, then the token in the set-up's own SoftHSM2 directory.
+fn dev_setup_command(data_dir: &Path, addrs: &p11kms::devsetup::DevListen) -> Result<(), String> {
+    let out = p11kms::devsetup::dev_setup(data_dir, addrs).map_err(|e| e.to_string())?;
+    let conf = &out.softhsm2_conf;
+    if std::env::var_os("SOFTHSM2_CONF").is_some_and(|v| Path::new(&v) != conf) {
+        eprintln!("note: SOFTHSM2_CONF is set in this shell; `serve` would use it instead of {} (unset it)", conf.display());
+    }
+    // Single-threaded here: no runtime has started and no module is loaded yet.
+    std::env::set_var("SOFTHSM2_CONF", conf);
+    let created = p11kms::devsetup::init_dev_token(&out).map_err(|e| e.to_string())?;
+    let kept = if out.config_written {
+        ""
+    } else {
+        " (existing, kept: its addresses win over the options)"
+    };
+    println!("config: {}{kept}", out.config.display());
+    println!("client config: {}", out.client_config.display());
+    println!(
+        "token '{}' in {}: {}",
+        p11kms::devsetup::DEV_TOKEN_LABEL,
+        conf.display(),
+        if created { "initialised" } else { "exists" }
+    );
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -795,7 +815,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .map_err(status_error)?
                         .into_inner();
                     if let Some(m) = r.key_metadata {
-                        print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
+                        print_json(&json!({ "KeyMetadata": metadata_json(m) }));
                     }
                 }
                 KeyCommand::List { limit } => {
@@ -838,7 +858,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .map_err(status_error)?
                         .into_inner();
                     if let Some(m) = r.key_metadata {
-                        print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
+                        print_json(&json!({ "KeyMetadata": metadata_json(m) }));
                     }
                 }
                 KeyCommand::Enable { key } => {
@@ -863,12 +883,9 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .await
                         .map_err(status_error)?
                         .into_inner();
-                    print_json(&json!({
-                        "KeyId": r.key_id,
-                        "DeletionDate": ts(&r.deletion_date),
-                        "KeyState": r.key_state,
-                        "PendingWindowInDays": r.pending_window_in_days,
-                    }));
+                    print_json(&door_render::scheduled_deletion(
+                        &decode::scheduled_deletion(r),
+                    ));
                 }
                 KeyCommand::GetPolicy { key } => {
                     let r = c
@@ -942,13 +959,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .await
                         .map_err(status_error)?
                         .into_inner();
-                    print_json(&json!({
-                        "KeyId": r.key_id,
-                        "KeyRotationEnabled": r.key_rotation_enabled,
-                        "RotationPeriodInDays": r.rotation_period_in_days,
-                        "NextRotationDate": ts(&r.next_rotation_date),
-                        "OnDemandRotationStartDate": ts(&r.on_demand_rotation_start_date),
-                    }));
+                    print_json(&door_render::rotation_status(&decode::rotation_status(r)));
                 }
                 KeyCommand::Rotate { key } => {
                     let r = c
@@ -978,14 +989,12 @@ async fn client_command(command: Command) -> Result<(), String> {
                             .await
                             .map_err(status_error)?
                             .into_inner();
-                        rotations.extend(r.rotations.iter().map(|e| {
-                            json!({
-                                "KeyId": e.key_id,
-                                "KeyMaterialId": e.key_material_id,
-                                "RotationDate": ts(&e.rotation_date),
-                                "RotationType": e.rotation_type,
-                            })
-                        }));
+                        rotations.extend(
+                            r.rotations
+                                .iter()
+                                .cloned()
+                                .map(|e| door_render::rotation_entry(decode::rotation_entry(e))),
+                        );
                         if !r.truncated {
                             break;
                         }
@@ -1025,10 +1034,8 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .into_inner();
                     let aliases: Vec<_> = r
                         .aliases
-                        .iter()
-                        .map(|a| {
-                            json!({"AliasName": a.alias_name, "AliasArn": a.alias_arn, "TargetKeyId": a.target_key_id})
-                        })
+                        .into_iter()
+                        .map(|a| door_render::alias_entry(decode::alias_entry(a)))
                         .collect();
                     print_json(&json!({ "Aliases": aliases }));
                 }
@@ -1470,18 +1477,8 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .into_inner();
                     let grants: Vec<_> = r
                         .grants
-                        .iter()
-                        .map(|g| {
-                            json!({
-                                "GrantId": g.grant_id,
-                                "KeyId": g.key_id,
-                                "Name": g.name,
-                                "GranteePrincipal": g.grantee_principal,
-                                "RetiringPrincipal": g.retiring_principal,
-                                "Operations": g.operations,
-                                "CreationDate": ts(&g.creation_date),
-                            })
-                        })
+                        .into_iter()
+                        .map(|g| door_render::grant_entry(decode::grant_entry(g)))
                         .collect();
                     print_json(&json!({ "Grants": grants }));
                 }
@@ -1595,10 +1592,18 @@ fn main() -> ExitCode {
             let code = p11kms::audit::run_verify_cli(public_key.as_deref(), &files);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
-        Command::DevSetup { data_dir, listen } => {
-            let out = p11kms::devsetup::dev_setup(&data_dir, &listen).map_err(|e| e.to_string())?;
-            println!("config: {}", out.config.display());
-            println!("client config: {}", out.client_config.display());
+        Command::DevSetup {
+            data_dir,
+            listen,
+            aws_listen,
+            metrics_listen,
+        } => {
+            let addrs = p11kms::devsetup::DevListen {
+                grpc: listen.to_string(),
+                aws: aws_listen.to_string(),
+                metrics: metrics_listen.to_string(),
+            };
+            dev_setup_command(&data_dir, &addrs)?;
             Ok(ExitCode::SUCCESS)
         }
         other => {

@@ -38,6 +38,17 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("HSM: {0}")]
     Hsm(#[from] HsmError),
+    /// The module could not be initialised or the token was not found: the message names the
+    /// module, the token label, the SoftHSM2 config in effect and the command that fixes it.
+    #[error("HSM: {source}\n{hint}")]
+    HsmOpen { source: HsmError, hint: String },
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr} for the {listener}: {source}")]
+    Bind {
+        listener: Listener,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("identity directory: {0}")]
     Identity(#[from] IdentityError),
     #[error("audit trail: {0}")]
@@ -52,6 +63,41 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// The daemon's listeners, named in bind errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `[server] listen`.
+    Grpc,
+    /// `[aws_json] listen`.
+    AwsDoor,
+    /// `[metrics] listen`.
+    Metrics,
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Listener::Grpc => "gRPC door ([server] listen)",
+            Listener::AwsDoor => "AWS door ([aws_json] listen)",
+            Listener::Metrics => "metrics endpoint ([metrics] listen)",
+        })
+    }
+}
+
+/// Binds `addr` for `listener`; the error names both.
+pub async fn bind(
+    listener: Listener,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            listener,
+            addr,
+            source,
+        })
 }
 
 /// Options that tests (and embedders) may set; production uses the defaults.
@@ -92,6 +138,7 @@ pub struct RunningServer {
     )>,
     auth: Arc<Authenticator>,
     directory_files: crate::identity::DirectoryFiles,
+    allow_group_readable_secrets: bool,
     /// Where the AWS door (`[aws_json]`) listens, when enabled.
     pub aws_json_addr: Option<SocketAddr>,
     aws_json: Option<crate::api::aws_json::AwsJsonServer>,
@@ -116,7 +163,12 @@ impl RunningServer {
     /// Reloads the identity directory from its files, as SIGHUP does. On error the old
     /// directory stays in force.
     pub fn reload_identity(&self) -> Result<(), IdentityError> {
-        reload(&self.kms, &self.auth, &self.directory_files)
+        reload(
+            &self.kms,
+            &self.auth,
+            &self.directory_files,
+            self.allow_group_readable_secrets,
+        )
     }
 
     /// Waits until the server stops by itself (it does so only on error).
@@ -217,7 +269,19 @@ fn reload(
     kms: &Kms,
     auth: &Authenticator,
     files: &crate::identity::DirectoryFiles,
+    allow_group_readable_secrets: bool,
 ) -> Result<(), IdentityError> {
+    if let Some(path) = &files.credentials {
+        let checked = crate::config::check_secret_file(
+            "identity.credentials",
+            path,
+            allow_group_readable_secrets,
+        );
+        if let Err(e) = checked {
+            tracing::error!(error = %e, "identity directory reload refused; keeping the previous directory");
+            return Err(IdentityError::Invalid(e.to_string()));
+        }
+    }
     kms.directory().reload(files)?;
     auth.refresh_certificates();
     tracing::info!("identity directory reloaded");
@@ -229,6 +293,7 @@ fn spawn_reloader(
     kms: Arc<Kms>,
     auth: Arc<Authenticator>,
     files: crate::identity::DirectoryFiles,
+    allow_group_readable_secrets: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -238,7 +303,7 @@ fn spawn_reloader(
         };
         while hup.recv().await.is_some() {
             // Errors are logged by the directory, which keeps the old one in force.
-            let _ = reload(&kms, &auth, &files);
+            let _ = reload(&kms, &auth, &files, allow_group_readable_secrets);
         }
     })
 }
@@ -250,11 +315,79 @@ pub async fn open_hsm(config: &Config) -> Result<Arc<Hsm>, ServerError> {
     tokio::task::spawn_blocking(move || Hsm::open(&hsm_cfg))
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?
-        .map_err(ServerError::from)
+        .map_err(|e| hsm_open_error(config, e))
+}
+
+/// Turns a failure to load the module or find the token into an error that says what is
+/// missing and how to fix it; other HSM errors pass through.
+fn hsm_open_error(config: &Config, e: HsmError) -> ServerError {
+    let opening = matches!(
+        e.function,
+        "C_Initialize" | "C_GetFunctionList" | "C_GetSlotList" | "C_GetTokenInfo"
+    );
+    if !opening {
+        return ServerError::Hsm(e);
+    }
+    let h = &config.hsm;
+    let mut hint = format!(
+        "  module: {}\n  token label: '{}'\n",
+        h.module.display(),
+        h.token_label
+    );
+    let softhsm = h.softhsm2_conf.is_some()
+        || h.module
+            .to_string_lossy()
+            .to_lowercase()
+            .contains("softhsm");
+    if !softhsm {
+        hint.push_str("  fix: check the module path, and that the device has an initialised token with this label (the vendor's tool lists them)");
+        return ServerError::HsmOpen { source: e, hint };
+    }
+    let env = std::env::var_os("SOFTHSM2_CONF").map(std::path::PathBuf::from);
+    let conf = env.clone().or_else(|| h.softhsm2_conf.clone());
+    let origin = match (&env, &h.softhsm2_conf) {
+        (Some(v), Some(c)) if v != c => "from the environment, which overrides [hsm] softhsm2_conf",
+        (Some(_), None) => "from the environment",
+        (None, None) => "not set: SoftHSM2 uses its system default",
+        _ => "[hsm] softhsm2_conf",
+    };
+    let conf_text = conf
+        .as_deref()
+        .map_or("(none)".into(), |c| c.display().to_string());
+    let tokendir = conf
+        .as_deref()
+        .and_then(softhsm_tokendir)
+        .unwrap_or_else(|| {
+            "(unknown: the SoftHSM2 config is missing, unreadable or names none)".into()
+        });
+    let data_dir = conf
+        .as_deref()
+        .filter(|c| c.ends_with("softhsm/softhsm2.conf"))
+        .and_then(|c| c.parent()?.parent())
+        .map_or("<data dir>".into(), |d| d.display().to_string());
+    hint.push_str(&format!(
+        "  SOFTHSM2_CONF: {conf_text} ({origin})\n  token directory: {tokendir}\n  \
+         fix: the SoftHSM2 config or the token is missing. For a dev set-up run \
+         `p11kms dev-setup --data-dir {data_dir}` (it writes the SoftHSM2 config and initialises \
+         the token); otherwise create the token with \
+         `SOFTHSM2_CONF={conf_text} softhsm2-util --init-token --free --label {} --so-pin <SO PIN> --pin <the PIN of [hsm] pin_file>`",
+        h.token_label
+    ));
+    ServerError::HsmOpen { source: e, hint }
+}
+
+/// The `directories.tokendir` a SoftHSM2 config names, if it can be read.
+fn softhsm_tokendir(conf: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(conf).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "directories.tokendir").then(|| v.trim().to_string())
+    })
 }
 
 /// Opens the identity directory, the HSM and the store, and builds the engine.
 pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Kms>, ServerError> {
+    config.check_secret_files()?;
     let files = config.directory_files();
     let directory = tokio::task::spawn_blocking(move || DirectoryHandle::load(&files))
         .await
@@ -326,7 +459,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not reconcile store and token at start-up"),
     }
-    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    let listener = bind(Listener::Grpc, config.server.listen).await?;
     let addr = listener.local_addr()?;
     let audit = open_audit(config, &kms).await?;
     let metrics = Arc::new(Metrics::new(
@@ -386,7 +519,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     );
     let health_task = spawn_health(kms.clone(), audit.clone(), health);
     let (metrics_addr, metrics_task) = if config.metrics.enabled {
-        let listener = tokio::net::TcpListener::bind(config.metrics.listen).await?;
+        let listener = bind(Listener::Metrics, config.metrics.listen).await?;
         let addr = listener.local_addr()?;
         let (mtx, mrx) = oneshot::channel::<()>();
         let task = tokio::spawn(crate::metrics::serve(metrics.clone(), listener, async {
@@ -398,7 +531,13 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         (None, None)
     };
     let directory_files = config.directory_files();
-    let reloader = spawn_reloader(kms.clone(), auth.clone(), directory_files.clone());
+    let allow_group_readable_secrets = config.server.allow_group_readable_secrets;
+    let reloader = spawn_reloader(
+        kms.clone(),
+        auth.clone(),
+        directory_files.clone(),
+        allow_group_readable_secrets,
+    );
     tracing::info!(%addr, token = kms.hsm().token_label(), keys = kms.key_count(), "p11kms serving gRPC over TLS");
     Ok(RunningServer {
         addr,
@@ -413,6 +552,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         metrics_task,
         auth,
         directory_files,
+        allow_group_readable_secrets,
         aws_json_addr: aws_json.as_ref().map(|s| s.addr),
         aws_json,
         audit,

@@ -17,6 +17,7 @@ use p11kms::core::{Clock, ManualClock};
 use p11kms::pb;
 use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::server::{RunningServer, ServerOptions};
+use p11kms::store::GrantRecord;
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Status;

@@ -29,10 +29,21 @@ fn copy_fixtures(dest: &Path) -> PathBuf {
 }
 
 async fn start_with_fixtures(data: &Path, fixtures: &Path) -> RunningServer {
-    let text = config_text(data).replace(
-        &fixtures_dir().display().to_string(),
-        &fixtures.display().to_string(),
-    );
+    try_start(data, fixtures, "").await.expect("daemon starts")
+}
+
+/// Starts the daemon on the fixtures copy, with `server_extra` added to `[server]`.
+async fn try_start(
+    data: &Path,
+    fixtures: &Path,
+    server_extra: &str,
+) -> Result<RunningServer, p11kms::server::ServerError> {
+    let text = config_text(data)
+        .replace(
+            &fixtures_dir().display().to_string(),
+            &fixtures.display().to_string(),
+        )
+        .replace("[server]\n", &format!("[server]\n{server_extra}\n"));
     assert!(text.contains(&fixtures.display().to_string()));
     let path = data.join("p11kms-copy.toml");
     std::fs::write(&path, text).unwrap();
@@ -45,7 +56,90 @@ async fn start_with_fixtures(data: &Path, fixtures: &Path) -> RunningServer {
         },
     )
     .await
-    .expect("daemon starts")
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The message names the file and the fix.
+fn assert_refused(message: &str, file: &Path) {
+    assert!(
+        message.contains(&format!("chmod 600 {}", file.display())),
+        "{message}"
+    );
+}
+
+const NOPOLICY_MAY_ENCRYPT: &str = "ViaSighup";
+
+fn grant_nopolicy_encrypt(account_file: &Path) {
+    write_nopolicy_policy(
+        account_file,
+        json!([{
+            "PolicyName": NOPOLICY_MAY_ENCRYPT,
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*"}]}
+        }]),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readable_credentials_are_refused_at_start_and_on_reload() {
+    let dir = data_dir("secret-perms");
+    let fixtures = copy_fixtures(&dir);
+    let creds = fixtures.join("credentials.json");
+    let account_file = fixtures.join(format!("{ACCOUNT}.json"));
+
+    chmod(&creds, 0o644);
+    let refused = try_start(&dir, &fixtures, "").await.err().expect("refused");
+    assert_refused(&refused.to_string(), &creds);
+    assert!(refused.to_string().contains("others"), "{refused}");
+
+    chmod(&creds, 0o600);
+    let server = try_start(&dir, &fixtures, "").await.expect("0600 starts");
+    let mut admin = admin(server.addr).await;
+    let key = create_key(&mut admin).await;
+    let mut nopolicy = signed_as(server.addr, AK_NOPOLICY).await;
+    let denied = Err("AccessDeniedException".to_string());
+    assert_eq!(nopolicy_encrypt(&mut nopolicy, &key).await, denied);
+
+    // The reload (SIGHUP's code path) refuses a group-readable credentials file and keeps
+    // the previous directory: the new grant is not in force.
+    // (Group-readable first: a SIGHUP from the other test in this binary then changes nothing.)
+    chmod(&creds, 0o640);
+    grant_nopolicy_encrypt(&account_file);
+    let e = server.reload_identity().expect_err("reload refused");
+    assert_refused(&e.to_string(), &creds);
+    assert_eq!(nopolicy_encrypt(&mut nopolicy, &key).await, denied);
+    chmod(&creds, 0o600);
+    server.reload_identity().expect("0600 reloads");
+    assert_eq!(nopolicy_encrypt(&mut nopolicy, &key).await, Ok(()));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_switch_accepts_group_readable_secrets_only() {
+    let dir = data_dir("secret-relaxed");
+    let fixtures = copy_fixtures(&dir);
+    let creds = fixtures.join("credentials.json");
+    let relax = "allow_group_readable_secrets = true";
+    chmod(&creds, 0o640);
+    let server = try_start(&dir, &fixtures, relax)
+        .await
+        .expect("group-readable credentials accepted with the switch");
+    server.reload_identity().expect("and on reload");
+    chmod(&creds, 0o644);
+    let e = server
+        .reload_identity()
+        .expect_err("world-readable refused");
+    assert_refused(&e.to_string(), &creds);
+    server.shutdown().await.unwrap();
+    let e = try_start(&dir, &fixtures, relax)
+        .await
+        .err()
+        .expect("refused");
+    assert_refused(&e.to_string(), &creds);
 }
 
 fn send_sighup() {

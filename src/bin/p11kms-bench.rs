@@ -643,6 +643,14 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         }
     }
     accounts.sort();
+    // The daemon refuses a credentials file others may read: use a private copy.
+    let creds = world.dir.join("credentials.json");
+    std::fs::copy(id.join("credentials.json"), &creds).map_err(|e| e.to_string())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+    }
     let q = |p: &Path| toml_str(&p.display().to_string());
     let mut text = format!(
         "[server]\nlisten = \"{addr}\"\ntls_cert = {cert}\ntls_key = {key}\nclient_ca = {ca}\n\n\
@@ -665,7 +673,7 @@ fn build_world(cli: &Cli) -> Result<World, String> {
             },
         data = q(&world.dir.join("data")),
         level = toml_str(&cli.daemon_log_level),
-        creds = q(&id.join("credentials.json")),
+        creds = q(&creds),
     );
     text.push_str(&format!(
         "\n[metrics]\nlisten = \"{}\"\n",

@@ -120,3 +120,53 @@ pub(crate) fn login(session: &Session, pin: &Pin, token: &str) -> Result<(), Hsm
         }
     }
 }
+
+/// Initialises a token labelled `label` (security officer PIN `so_pin`, user PIN `user_pin`)
+/// in the module's first uninitialised slot, unless a token with that label exists already.
+/// Returns whether it created one. For development tokens (SoftHSM2 always offers a free
+/// slot); production tokens are initialised with the vendor's tools.
+pub fn init_token(
+    module_path: &Path,
+    label: &str,
+    so_pin: &Pin,
+    user_pin: &Pin,
+) -> Result<bool, HsmError> {
+    let pkcs11 = module(module_path, label)?;
+    let nothing = |_: &'static str| {};
+    if find_token(&pkcs11, label, &nothing).is_ok() {
+        return Ok(false);
+    }
+    let free = pkcs11
+        .get_slots_with_token()
+        .map_err(|e| from_cryptoki("C_GetSlotList", label, &e))?
+        .into_iter()
+        .find(|s| {
+            pkcs11
+                .get_token_info(*s)
+                .is_ok_and(|i| !i.token_initialized())
+        })
+        .ok_or_else(|| {
+            HsmError::new(
+                HsmErrorKind::Config,
+                "C_InitToken",
+                label,
+                "the module offers no uninitialised token slot",
+            )
+        })?;
+    pkcs11
+        .init_token(free, &AuthPin::from(so_pin.expose()), label)
+        .map_err(|e| from_cryptoki("C_InitToken", label, &e))?;
+    // SoftHSM2 moves an initialised token to a new slot number: find it again by label.
+    let slot = find_token(&pkcs11, label, &nothing)?;
+    let session = pkcs11
+        .open_rw_session(slot)
+        .map_err(|e| from_cryptoki("C_OpenSession", label, &e))?;
+    session
+        .login(UserType::So, Some(&AuthPin::from(so_pin.expose())))
+        .map_err(|e| from_cryptoki("C_Login", label, &e))?;
+    session
+        .init_pin(&AuthPin::from(user_pin.expose()))
+        .map_err(|e| from_cryptoki("C_InitPIN", label, &e))?;
+    let _ = session.logout();
+    Ok(true)
+}

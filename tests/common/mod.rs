@@ -39,9 +39,34 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The identity fixtures: two accounts and a credentials file.
+/// The identity fixtures: two accounts and a credentials file. A private copy (files 0600,
+/// made once per test binary), because the daemon refuses a credentials file others may read
+/// and git keeps files 0644.
 pub fn fixtures_dir() -> PathBuf {
-    manifest_dir().join("tests/fixtures/identity")
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("p11kms-fixtures-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        for entry in std::fs::read_dir(manifest_dir().join("tests/fixtures/identity")).unwrap() {
+            let entry = entry.unwrap();
+            write_secret(
+                &dir.join(entry.file_name()),
+                std::fs::read(entry.path()).unwrap(),
+            );
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Writes a file readable by its owner only (the daemon refuses secret files others may read).
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Creates the token and PKI once per test binary.
@@ -69,7 +94,7 @@ pub fn env() -> &'static Env {
         let softhsm_conf = softhsm_dir.join("softhsm2.conf");
         // Set before any PKCS#11 module is loaded in this process.
         std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
-        std::fs::write(dir.join("user-pin"), USER_PIN).unwrap();
+        write_secret(&dir.join("user-pin"), USER_PIN);
         let pki = dir.join("pki");
         p11kms::devsetup::ensure_ca_and_server(&pki).unwrap();
         for name in ["admin", "bob", "keyadmin", "user1", "user2", "unbound"] {

@@ -29,7 +29,8 @@ use crate::core::crypto::{
 use crate::core::explain::{policy_type_name, ExplainRequest};
 use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
 use crate::core::import::ImportKeyMaterialRequest;
-use crate::core::keys::{CreateKeyRequest, KeyMetadata};
+use crate::core::keys::{CreateKeyRequest, KeyMetadata, ScheduleKeyDeletionResponse};
+use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
 use crate::core::usage::KeyLastUsageOutput;
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
@@ -209,8 +210,8 @@ fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
-/// Drops null members, recursively (AWS omits absent members).
-fn compact(v: Value) -> Value {
+/// Drops null members, recursively (AWS omits absent members). The CLI prints through it too.
+pub fn compact(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.into_iter()
@@ -231,7 +232,9 @@ fn non_empty_list(v: &[String]) -> Option<&[String]> {
     (!v.is_empty()).then_some(v)
 }
 
-fn metadata(m: &KeyMetadata) -> Value {
+/// A `KeyMetadata` as AWS renders it (run the result through [`compact`]). Shared with the
+/// CLI, so that both print one shape.
+pub fn metadata(m: &KeyMetadata) -> Value {
     json!({
         "AWSAccountId": m.aws_account_id,
         "KeyId": m.key_id,
@@ -270,7 +273,8 @@ fn metadata_elements(m: &KeyMetadata) -> Value {
     }})
 }
 
-fn alias_entry(a: AliasListEntry) -> Value {
+/// One `AliasListEntry` as AWS renders it (shared with the CLI).
+pub fn alias_entry(a: AliasListEntry) -> Value {
     json!({
         "AliasName": a.alias_name,
         "AliasArn": a.alias_arn,
@@ -280,7 +284,8 @@ fn alias_entry(a: AliasListEntry) -> Value {
     })
 }
 
-fn grant_entry(g: GrantRecord) -> Value {
+/// One `GrantListEntry` as AWS renders it (shared with the CLI).
+pub fn grant_entry(g: GrantRecord) -> Value {
     let constraints = (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then(|| {
         json!({
             "EncryptionContextSubset": g.constraint_subset,
@@ -297,6 +302,41 @@ fn grant_entry(g: GrantRecord) -> Value {
         "IssuingAccount": g.issuing_account,
         "Operations": g.operations,
         "Constraints": constraints,
+    })
+}
+
+/// One `RotationsListEntry` as AWS renders it (shared with the CLI).
+pub fn rotation_entry(e: RotationsListEntry) -> Value {
+    json!({
+        "KeyId": e.key_id,
+        "KeyMaterialId": e.key_material_id,
+        "RotationDate": e.rotation_date_ms.map(ts),
+        "RotationType": e.rotation_type,
+        "KeyMaterialState": e.key_material_state,
+        "ImportState": e.import_state,
+        "ExpirationModel": e.expiration_model,
+        "ValidTo": e.valid_to_ms.map(ts),
+    })
+}
+
+/// The GetKeyRotationStatus output as AWS renders it (shared with the CLI).
+pub fn rotation_status(s: &KeyRotationStatus) -> Value {
+    json!({
+        "KeyRotationEnabled": s.key_rotation_enabled,
+        "KeyId": s.key_id,
+        "RotationPeriodInDays": s.rotation_period_in_days,
+        "NextRotationDate": s.next_rotation_date_ms.map(ts),
+        "OnDemandRotationStartDate": s.on_demand_rotation_start_date_ms.map(ts),
+    })
+}
+
+/// The ScheduleKeyDeletion output as AWS renders it (shared with the CLI).
+pub fn scheduled_deletion(out: &ScheduleKeyDeletionResponse) -> Value {
+    json!({
+        "KeyId": out.key_id,
+        "DeletionDate": ts(out.deletion_date_ms),
+        "KeyState": out.key_state,
+        "PendingWindowInDays": out.pending_window_in_days,
     })
 }
 
@@ -473,12 +513,7 @@ fn schedule_key_deletion(
                 "keyState": out.key_state,
                 "pendingWindowInDays": out.pending_window_in_days,
             }),
-            ..Reply::body(json!({
-                "KeyId": out.key_id,
-                "DeletionDate": ts(out.deletion_date_ms),
-                "KeyState": out.key_state,
-                "PendingWindowInDays": out.pending_window_in_days,
-            }))
+            ..Reply::body(scheduled_deletion(&out))
         })
     }))
 }
@@ -1386,13 +1421,7 @@ fn get_key_rotation_status(
         let s = kms
             .get_key_rotation_status(&caller, &r.key_id.unwrap_or_default())
             .await?;
-        Ok(Reply::body(json!({
-            "KeyRotationEnabled": s.key_rotation_enabled,
-            "KeyId": s.key_id,
-            "RotationPeriodInDays": s.rotation_period_in_days,
-            "NextRotationDate": s.next_rotation_date_ms.map(ts),
-            "OnDemandRotationStartDate": s.on_demand_rotation_start_date_ms.map(ts),
-        })))
+        Ok(Reply::body(rotation_status(&s)))
     }))
 }
 
@@ -1433,16 +1462,7 @@ fn list_key_rotations(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, s
             )
             .await?;
         Ok(Reply::body(json!({
-            "Rotations": page.rotations.into_iter().map(|e| json!({
-                "KeyId": e.key_id,
-                "KeyMaterialId": e.key_material_id,
-                "RotationDate": e.rotation_date_ms.map(ts),
-                "RotationType": e.rotation_type,
-                "KeyMaterialState": e.key_material_state,
-                "ImportState": e.import_state,
-                "ExpirationModel": e.expiration_model,
-                "ValidTo": e.valid_to_ms.map(ts),
-            })).collect::<Vec<_>>(),
+            "Rotations": page.rotations.into_iter().map(rotation_entry).collect::<Vec<_>>(),
             "Truncated": page.next_marker.is_some(),
             "NextMarker": page.next_marker,
         })))

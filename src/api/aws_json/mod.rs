@@ -490,7 +490,16 @@ pub async fn start(
             c.listen
         )));
     };
-    let listener = TcpListener::bind(c.listen).await?;
+    let listener = TcpListener::bind(c.listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on {} for the {}: {e}",
+                c.listen,
+                crate::server::Listener::AwsDoor
+            ),
+        )
+    })?;
     let door = Arc::new(AwsJsonDoor::new(auth, gate, c.max_body_bytes));
     let server = AwsJsonServer::spawn(door, listener, tls)?;
     let scheme = if c.tls { "https" } else { "http" };

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod decode;
 pub mod kms;
 pub mod params;
 pub mod status;
