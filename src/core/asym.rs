@@ -818,12 +818,14 @@ impl Kms {
                     "Member values must be shorter than 64 KiB",
                 )
             })?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
         let action = if with_plaintext {
             "kms:GenerateDataKeyPair"
         } else {
             "kms:GenerateDataKeyPairWithoutPlaintext"
         };
+        self.ensure_managed_key(caller, &req.key_id, action, Some(&req.encryption_context))
+            .await?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
         self.authorize(
             caller,
             AuthzRequest::on_key(action, &resolved)
