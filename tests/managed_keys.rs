@@ -436,6 +436,50 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
         .await;
     assert_eq!(reason(r), "AccessDeniedException");
     assert_eq!(key_ids(&mut c).await.len(), keys_before + 1);
+
+    // A session tag cannot claim a service: only the directory's tags set kms:ViaService.
+    let mut bob = signed_as(server.addr, "AKIABOB0000000000001").await;
+    let creds = bob
+        .sts
+        .assume_role(bob.sts_req(
+            pb::AssumeRoleRequest {
+                role_arn: format!("arn:aws:iam::{ACCOUNT}:role/Engineering"),
+                role_session_name: "claims-s3".into(),
+                tags: vec![pb::Tag {
+                    tag_key: "p11kms:ViaService".into(),
+                    tag_value: "s3".into(),
+                }],
+                ..Default::default()
+            },
+            "AssumeRole",
+        ))
+        .await
+        .expect("bob assumes Engineering with a session tag")
+        .into_inner()
+        .credentials
+        .expect("credentials");
+    let session = signed_with(
+        server.addr,
+        p11kms::client::AccessKeyCredentials {
+            access_key_id: creds.access_key_id,
+            secret_access_key: zeroize::Zeroizing::new(creds.secret_access_key),
+            session_token: Some(zeroize::Zeroizing::new(creds.session_token)),
+        },
+    )
+    .await;
+    let r = session
+        .kms
+        .clone()
+        .encrypt(session.kms_req(
+            pb::EncryptRequest {
+                key_id: "alias/aws/s3".into(),
+                plaintext: b"object".to_vec(),
+                ..Default::default()
+            },
+            "Encrypt",
+        ))
+        .await;
+    assert_eq!(reason(r), "AccessDeniedException");
     server.shutdown().await.unwrap();
 }
 
