@@ -610,6 +610,13 @@ impl Kms {
                 &req.destination_encryption_context,
             )?),
         };
+        self.ensure_managed_key(
+            caller,
+            &req.destination_key_id,
+            "kms:ReEncryptTo",
+            Some(&req.destination_encryption_context),
+        )
+        .await?;
         let dest = self.resolve(caller, &req.destination_key_id, true)?;
         let on_same_key = |same: bool| {
             (
