@@ -598,6 +598,33 @@ async fn aws_cli_and_p11kms_cli_get_key_last_usage() {
     door.server.shutdown().await.unwrap();
 }
 
+/// AWS managed keys with the AWS CLI and boto3 (issue 12, item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_managed_keys_with_the_aws_cli_and_boto3() {
+    let door = start_door("managed-keys").await;
+    let m = aws_ok(
+        &door,
+        AK_ADMIN,
+        &[
+            "kms",
+            "describe-key",
+            "--key-id",
+            "alias/aws/secretsmanager",
+        ],
+    )
+    .await;
+    assert_eq!(m["KeyMetadata"]["KeyManager"], "AWS", "{m}");
+    let key = m["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let out = aws(&door, AK_ADMIN, &["kms", "disable-key", "--key-id", &key]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("AccessDeniedException"),
+        "{err}"
+    );
+    python(&door, AK_ADMIN, "managed_keys_checks.py").await;
+    door.server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_encryption_sdk_round_trips_a_mebibyte() {
     let door = start_door("esdk").await;

@@ -154,6 +154,40 @@ impl Gate {
         self.audit.healthy()
     }
 
+    /// Writes one `CreateKey` event per AWS managed key the request created on first use: by
+    /// the caller whose request triggered it, with the request's id, the key ARN and
+    /// `keyManager` `AWS`. False if one could not be written.
+    async fn audit_managed_keys_created(
+        &self,
+        info: &RequestInfo,
+        caller: &Caller,
+        rec: &mut RequestRecord,
+    ) -> bool {
+        let mut ok = true;
+        for m in std::mem::take(&mut rec.managed_keys_created) {
+            let params = serde_json::json!({
+                "aliasName": m.alias_name,
+                "keyManager": "AWS",
+                "keySpec": "SYMMETRIC_DEFAULT",
+                "keyUsage": "ENCRYPT_DECRYPT",
+                "origin": "AWS_KMS",
+                "createdOnFirstUseBy": info.operation,
+            });
+            let mut ev = self.event(info, params).with_caller(caller);
+            ev.event_name = "CreateKey".into();
+            ev.read_only = false;
+            ev.response_elements = Some(serde_json::json!({
+                "keyMetadata": {"arn": m.key_arn, "keyManager": "AWS"}
+            }));
+            ev.add_key_resource(m.key_arn, m.account);
+            if let Err(e) = self.audit.append(ev).await {
+                tracing::error!(request_id = %info.request_id, error = %e, "could not audit the creation of an AWS managed key");
+                ok = false;
+            }
+        }
+        ok
+    }
+
     /// Runs an authenticated request and accounts for it. `response_elements` extracts what
     /// CloudTrail logs of a successful response (never plaintext or keys).
     pub async fn run<R, Fut>(
@@ -180,6 +214,9 @@ impl Gate {
         } else {
             (Err(audit_unavailable()), RequestRecord::default())
         };
+        let created_ok = self
+            .audit_managed_keys_created(&info, &caller, &mut rec)
+            .await;
         let params = std::mem::take(&mut info.params);
         // GetKeyLastUsage: the keys a successful request used, at the event's time.
         let used = match &result {
@@ -204,6 +241,7 @@ impl Gate {
             Err(e) => ev.set_error(e.aws_name(), e.message()),
         }
         let result = match self.audit.append(ev).await {
+            Ok(_) if !created_ok => Err(audit_unavailable()),
             Ok(_) => result,
             Err(e) => {
                 tracing::error!(request_id = %info.request_id, error = %e, "audit trail unavailable; request refused");

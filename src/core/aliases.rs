@@ -17,9 +17,11 @@ pub const MAX_ALIASES_PER_KEY: usize = 50;
 pub struct AliasListEntry {
     pub alias_name: String,
     pub alias_arn: String,
+    /// Empty for a predefined `alias/aws/<service>` whose AWS managed key does not exist yet.
     pub target_key_id: String,
-    pub creation_date_ms: i64,
-    pub last_updated_date_ms: i64,
+    /// `None` for a predefined alias without a key.
+    pub creation_date_ms: Option<i64>,
+    pub last_updated_date_ms: Option<i64>,
 }
 
 /// One page of ListAliases.
@@ -135,7 +137,7 @@ impl Kms {
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
-        validate::alias_name(alias_name)?;
+        validate::alias_name_syntax(alias_name)?;
         let _guard = self.mutate.lock().await;
         let current = self.existing_alias(caller, alias_name)?;
         let old = self.resolve(caller, &current.key_id, false)?;
@@ -170,7 +172,7 @@ impl Kms {
 
     /// DeleteAlias.
     pub async fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
-        validate::alias_name(alias_name)?;
+        validate::alias_name_syntax(alias_name)?;
         let _guard = self.mutate.lock().await;
         let key_ref = (caller.account.clone(), alias_name.to_string());
         let current = self.existing_alias(caller, alias_name)?;
@@ -197,8 +199,13 @@ impl Kms {
             None => None,
         };
         self.authorize(caller, AuthzRequest::new("kms:ListAliases", "*"))?;
+        let predefined = if only_key.is_none() {
+            self.unused_predefined_aliases(&caller.account)
+        } else {
+            Vec::new()
+        };
         let cache = self.cache_read();
-        let items = cache
+        let mut items: Vec<(String, AliasListEntry)> = cache
             .aliases
             .values()
             .filter(|a| a.account == caller.account)
@@ -210,11 +217,26 @@ impl Kms {
                         alias_name: a.name.clone(),
                         alias_arn: self.alias_arn(&a.account, &a.name),
                         target_key_id: a.key_id.clone(),
-                        creation_date_ms: a.created_at_ms,
-                        last_updated_date_ms: a.updated_at_ms,
+                        creation_date_ms: Some(a.created_at_ms),
+                        last_updated_date_ms: Some(a.updated_at_ms),
                     },
                 )
-            });
+            })
+            .collect();
+        drop(cache);
+        // Predefined aliases without a key yet, as AWS lists them: name and ARN only.
+        items.extend(predefined.into_iter().map(|name| {
+            let entry = AliasListEntry {
+                alias_arn: self.alias_arn(&caller.account, &name),
+                alias_name: name.clone(),
+                target_key_id: String::new(),
+                creation_date_ms: None,
+                last_updated_date_ms: None,
+            };
+            (name, entry)
+        }));
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let items = items.into_iter();
         let (aliases, next_marker) = validate::page(items, after.as_deref(), limit);
         Ok(ListAliasesResponse {
             aliases,

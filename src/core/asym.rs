@@ -626,6 +626,14 @@ impl Kms {
                 &req.destination_encryption_context,
             )?),
         };
+        self.ensure_managed_key(
+            caller,
+            &req.destination_key_id,
+            "kms:ReEncryptTo",
+            Some(&req.destination_encryption_context),
+            req.dry_run,
+        )
+        .await?;
         let dest = self.resolve(caller, &req.destination_key_id, true)?;
         let on_same_key = |same: bool| {
             (
@@ -837,12 +845,20 @@ impl Kms {
                     "Member values must be shorter than 64 KiB",
                 )
             })?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
         let action = if with_plaintext {
             "kms:GenerateDataKeyPair"
         } else {
             "kms:GenerateDataKeyPairWithoutPlaintext"
         };
+        self.ensure_managed_key(
+            caller,
+            &req.key_id,
+            action,
+            Some(&req.encryption_context),
+            req.dry_run,
+        )
+        .await?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
         self.authorize(
             caller,
             AuthzRequest::on_key(action, &resolved)

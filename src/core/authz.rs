@@ -112,6 +112,25 @@ pub fn op_extras(action: &str) -> Vec<(Cow<'static, str>, CtxValue)> {
     }
 }
 
+/// The service a caller acts for (`kms:ViaService`): the `p11kms:ViaService` tag of the
+/// user or role in the identity directory, an endpoint prefix such as `s3` or `ec2`. Only the
+/// directory's tags count, never session tags, so a caller cannot claim a service by passing a
+/// tag to AssumeRole; a value that is not a lowercase endpoint prefix is ignored.
+fn via_service_prefix(caller: &Caller) -> Option<&str> {
+    caller
+        .principal
+        .tags()
+        .iter()
+        .find(|(k, _)| k == super::managed::VIA_SERVICE_TAG)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -209,6 +228,12 @@ impl Kms {
         caller
             .principal
             .add_context_keys(&mut ctx, caller.session_tags());
+        if let Some(prefix) = via_service_prefix(caller) {
+            ctx.set(
+                "kms:viaservice",
+                super::managed::via_service(prefix, &self.settings.region),
+            );
+        }
         // Literal keys are written lowercase, as the context stores them, so that `set` does
         // not lowercase them again for every request.
         let now = self.now_ms();

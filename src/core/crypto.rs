@@ -226,6 +226,14 @@ impl Kms {
         self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
+        self.ensure_managed_key(
+            caller,
+            &req.key_id,
+            "kms:Encrypt",
+            Some(&req.encryption_context),
+            req.dry_run,
+        )
+        .await?;
         let resolved = self.resolve(caller, &req.key_id, true)?;
         self.authorize_key(
             caller,
@@ -378,6 +386,14 @@ impl Kms {
             "destinationEncryptionContext",
             &req.destination_encryption_context,
         )?;
+        self.ensure_managed_key(
+            caller,
+            &req.destination_key_id,
+            "kms:ReEncryptTo",
+            Some(&req.destination_encryption_context),
+            req.dry_run,
+        )
+        .await?;
         let dest = self.resolve(caller, &req.destination_key_id, true)?;
         let same_key = ciphertext::parse(&req.ciphertext_blob)
             .map(|p| p.key_id == dest.key.uuid)
@@ -465,12 +481,20 @@ impl Kms {
             }
         };
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
         let action = if with_plaintext {
             "kms:GenerateDataKey"
         } else {
             "kms:GenerateDataKeyWithoutPlaintext"
         };
+        self.ensure_managed_key(
+            caller,
+            &req.key_id,
+            action,
+            Some(&req.encryption_context),
+            req.dry_run,
+        )
+        .await?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
         self.authorize_key(caller, action, &resolved, Some(&req.encryption_context))?;
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;

@@ -165,7 +165,7 @@ impl Kms {
             key_state: r.state.as_str().to_string(),
             deletion_date_ms: r.deletion_date_ms,
             origin: r.origin.clone(),
-            key_manager: "CUSTOMER".into(),
+            key_manager: self.key_manager(&r.key_id).into(),
             key_spec: r.key_spec.clone(),
             encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
             signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
@@ -346,19 +346,48 @@ impl Kms {
             );
             return Ok(self.key_metadata(&cached));
         }
-        // Phase one: the row, in Creating.
-        self.store.insert_key(&record, &req.tags).await?;
+        self.insert_creating(&record, &req.tags).await?;
+        let cached = self
+            .generate_and_enable(record, kind, req.tags, compiled)
+            .await?;
+        tracing::info!(key_id, "key created");
+        Ok(self.key_metadata(&cached))
+    }
+
+    /// Phase one of creating a key on the device: its row, in `Creating`.
+    pub(crate) async fn insert_creating(
+        &self,
+        record: &KeyRecord,
+        tags: &[Tag],
+    ) -> Result<(), KmsError> {
+        self.store.insert_key(record, tags).await?;
         if self.hooks.interrupt_create() == InterruptCreate::AfterMetadataRow {
             return Err(KmsError::Internal(
                 "CreateKey interrupted by a test hook after the metadata row".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// The HSM object and phase two (version 1 and `Enabled` in one transaction) of a key
+    /// whose `Creating` row exists; on a device failure the row is removed. The one creation
+    /// path on the device, for CreateKey and AWS managed keys alike.
+    pub(crate) async fn generate_and_enable(
+        &self,
+        mut record: KeyRecord,
+        kind: SpecKind,
+        tags: Vec<Tag>,
+        compiled: Arc<crate::policy::Policy>,
+    ) -> Result<Arc<CachedKey>, KmsError> {
+        let key_id = record.key_id.clone();
+        let uuid = Uuid::parse_str(&key_id)
+            .map_err(|_| KmsError::Internal(format!("key id '{key_id}' is not a UUID")))?;
         let object = ObjectId::new(*uuid.as_bytes(), 1);
         let generated = match kind {
             SpecKind::Symmetric => self.hsm.generate_aes_key(object).await,
             SpecKind::Pair(p) => {
                 self.hsm
-                    .generate_key_pair(object, p, specs::pair_usage(usage))
+                    .generate_key_pair(object, p, specs::pair_usage(&record.key_usage))
                     .await
             }
             SpecKind::Hmac(a) => self.hsm.generate_hmac_key(object, a).await,
@@ -369,32 +398,29 @@ impl Kms {
             if let Err(se) = self.store.delete_key(&key_id).await {
                 tracing::error!(key_id, error = %se, "could not roll back a failed CreateKey row");
             }
-            return Err(creation_error(spec, kind, e));
+            return Err(creation_error(&record.key_spec, kind, e));
         }
         if self.hooks.interrupt_create() == InterruptCreate::AfterHsmObject {
             return Err(KmsError::Internal(
                 "CreateKey interrupted by a test hook after the HSM object".into(),
             ));
         }
-        // Phase two: version 1 and Enabled, in one transaction.
         record.state = KeyState::Enabled;
         let version = KeyVersion {
             key_id: key_id.clone(),
             version: 1,
-            created_at_ms: now,
+            created_at_ms: record.created_at_ms,
         };
         self.store.add_version_and_update(&version, &record).await?;
-        let cached = self.cache_put(CachedKey {
+        Ok(self.cache_put(CachedKey {
             arn: self.key_arn(&record.account, &key_id),
             uuid: *uuid.as_bytes(),
             versions: vec![1],
-            tags: req.tags,
+            tags,
             policy: Some(compiled),
             grants: Vec::new(),
             record,
-        });
-        tracing::info!(key_id, "key created");
-        Ok(self.key_metadata(&cached))
+        }))
     }
 
     /// DescribeKey: metadata of a key named by id, ARN, alias name or alias ARN.
@@ -405,6 +431,8 @@ impl Kms {
         grant_tokens: &[String],
     ) -> Result<KeyMetadata, KmsError> {
         self.check_grant_tokens(grant_tokens)?;
+        self.ensure_managed_key(caller, key_id, "kms:DescribeKey", None, false)
+            .await?;
         let resolved = self.resolve(caller, key_id, true)?;
         self.authorize_key(caller, "kms:DescribeKey", &resolved, None)?;
         Ok(self.key_metadata(&resolved.key))

@@ -16,6 +16,7 @@ pub mod explain;
 pub mod grants;
 pub mod import;
 pub mod keys;
+pub mod managed;
 pub mod policies;
 pub mod reconcile;
 pub mod record;
@@ -291,7 +292,9 @@ impl Kms {
                     .insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
             }
             for a in aliases {
-                cache.aliases.insert((a.account.clone(), a.name.clone()), a);
+                // Through put_alias, so the per-key index (kms:ResourceAliases, KeyManager)
+                // is right after a restart too.
+                cache.put_alias(a);
             }
             cache
                 .deleted

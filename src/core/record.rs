@@ -37,6 +37,19 @@ pub struct RequestRecord {
     pub key_account: Option<String>,
     /// The backing-key version used by a cryptographic operation.
     pub key_version: Option<u32>,
+    /// AWS managed keys this request created on first use (each gets its own audit event).
+    pub managed_keys_created: Vec<ManagedKeyCreated>,
+}
+
+/// An AWS managed key created on first use while serving a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedKeyCreated {
+    /// The key ARN.
+    pub key_arn: String,
+    /// The key's account.
+    pub account: String,
+    /// Its predefined alias (`alias/aws/s3`).
+    pub alias_name: String,
 }
 
 impl RequestRecord {
@@ -118,6 +131,17 @@ pub(crate) fn key(arn: &str, account: &str) {
             r.key_arn = Some(arn.to_string());
             r.key_account = Some(account.to_string());
         }
+    });
+}
+
+/// Records the creation of an AWS managed key on first use.
+pub(crate) fn managed_key_created(arn: &str, account: &str, alias_name: &str) {
+    with(|r| {
+        r.managed_keys_created.push(ManagedKeyCreated {
+            key_arn: arn.to_string(),
+            account: account.to_string(),
+            alias_name: alias_name.to_string(),
+        })
     });
 }
 

@@ -209,8 +209,21 @@ pub fn page<T>(
     (out, marker)
 }
 
-/// Alias name rules: `alias/` prefix, 1-256 chars of `[a-zA-Z0-9:/_-]`, `alias/aws/` reserved.
+/// Alias name rules: `alias/` prefix, 1-256 chars of `[a-zA-Z0-9:/_-]`, `alias/aws/` reserved
+/// (CreateAlias).
 pub fn alias_name(name: &str) -> Result<(), KmsError> {
+    alias_name_syntax(name)?;
+    if name.starts_with(super::managed::AWS_ALIAS_PREFIX) {
+        return Err(KmsError::InvalidAliasName(
+            "Alias names beginning with \"alias/aws/\" are reserved for AWS managed keys.".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Alias name syntax: `alias/` prefix, 1-256 chars of `[a-zA-Z0-9:/_-]` (UpdateAlias and
+/// DeleteAlias, which may name an AWS managed key's alias and are then refused by its policy).
+pub fn alias_name_syntax(name: &str) -> Result<(), KmsError> {
     let Some(rest) = name.strip_prefix("alias/") else {
         return Err(KmsError::InvalidAliasName(format!(
             "Alias must start with the prefix \"alias/\": {}",
@@ -227,11 +240,6 @@ pub fn alias_name(name: &str) -> Result<(), KmsError> {
             "Alias name {} must be 1-256 characters of [a-zA-Z0-9:/_-] after \"alias/\"",
             printable(name)
         )));
-    }
-    if name.starts_with("alias/aws/") {
-        return Err(KmsError::InvalidAliasName(
-            "Alias names beginning with \"alias/aws/\" are reserved for AWS managed keys.".into(),
-        ));
     }
     Ok(())
 }

@@ -279,8 +279,8 @@ pub fn alias_entry(a: AliasListEntry) -> Value {
         "AliasName": a.alias_name,
         "AliasArn": a.alias_arn,
         "TargetKeyId": non_empty(a.target_key_id),
-        "CreationDate": ts(a.creation_date_ms),
-        "LastUpdatedDate": ts(a.last_updated_date_ms),
+        "CreationDate": a.creation_date_ms.map(ts),
+        "LastUpdatedDate": a.last_updated_date_ms.map(ts),
     })
 }
 

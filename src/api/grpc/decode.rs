@@ -56,8 +56,8 @@ pub fn alias_entry(a: pb::AliasListEntry) -> AliasListEntry {
         alias_name: a.alias_name,
         alias_arn: a.alias_arn,
         target_key_id: a.target_key_id,
-        creation_date_ms: opt_ms(&a.creation_date).unwrap_or_default(),
-        last_updated_date_ms: opt_ms(&a.last_updated_date).unwrap_or_default(),
+        creation_date_ms: opt_ms(&a.creation_date),
+        last_updated_date_ms: opt_ms(&a.last_updated_date),
     }
 }
 

@@ -225,8 +225,8 @@ fn alias_entry(a: AliasListEntry) -> pb::AliasListEntry {
         alias_name: a.alias_name,
         alias_arn: a.alias_arn,
         target_key_id: a.target_key_id,
-        creation_date: Some(ts(a.creation_date_ms)),
-        last_updated_date: Some(ts(a.last_updated_date_ms)),
+        creation_date: a.creation_date_ms.map(ts),
+        last_updated_date: a.last_updated_date_ms.map(ts),
     }
 }
 
