@@ -64,6 +64,9 @@ pub enum KmsError {
     IncorrectKeyMaterial(String),
     #[error("{0}")]
     Conflict(String),
+    /// A `CustomKeyStoreId` that names no custom key store (none exist yet).
+    #[error("{0}")]
+    CustomKeyStoreNotFound(String),
 }
 
 impl KmsError {
@@ -98,6 +101,7 @@ impl KmsError {
             KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
             KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             KmsError::Conflict(_) => "ConflictException",
+            KmsError::CustomKeyStoreNotFound(_) => "CustomKeyStoreNotFoundException",
         }
     }
 
