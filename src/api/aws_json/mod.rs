@@ -19,6 +19,7 @@
 
 pub mod error;
 pub mod kms;
+pub mod model;
 pub mod params;
 pub mod sts;
 
@@ -262,19 +263,32 @@ impl AwsJsonDoor {
                             return self.refuse_as(&info, &e, false, akid).await;
                         }
                         Err(err) => {
+                            // Where, never what: serde's text can quote the body.
                             let e = WireError::serialization(format!(
-                                "The request body is not valid JSON: {err}"
+                                "The request body is not valid JSON (line {}, column {}).",
+                                err.line(),
+                                err.column()
                             ));
                             return self.refuse_as(&info, &e, false, akid).await;
                         }
                     }
                 };
-                info.params = params::request_parameters(op.name, &value);
+                // Wrong-typed members are not logged: their value may be anything.
+                let mut logged = value.clone();
+                if let serde_json::Value::Object(m) = &mut logged {
+                    for name in model::mistyped_members(op.name, &value) {
+                        m.remove(&name);
+                    }
+                }
+                info.params = params::request_parameters(op.name, &logged);
+                if let Err(e) = model_check(op.name, &value) {
+                    return self.refuse_as(&info, &e, false, akid).await;
+                }
                 match (op.prepare)(kms_engine, caller.clone(), value) {
                     Ok(call) => call,
-                    Err(err) => {
+                    Err(_) => {
                         let e = WireError::serialization(format!(
-                            "The request body does not match {}: {err}",
+                            "The request body does not match the input of {}.",
                             op.name
                         ));
                         return self.refuse_as(&info, &e, false, akid).await;
@@ -320,6 +334,17 @@ impl AwsJsonDoor {
             json_error(&info.request_id, e)
         }
     }
+}
+
+/// The model check of a KMS body ([`model`]): types, constraints, then members the door
+/// does not read.
+fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
+    match model::check(operation, body) {
+        Err(model::Refusal::Serialization(m)) => return Err(WireError::serialization(m)),
+        Err(model::Refusal::Kms(e)) => return Err(WireError::from_kms(&e)),
+        Ok(()) => {}
+    }
+    model::check_unread(operation, body).map_err(|e| WireError::from_kms(&e))
 }
 
 async fn handle(
