@@ -14,7 +14,8 @@
 //! | no `X-Amz-Target` (and not an STS form) | 400 | UnknownOperationException |
 //! | a method other than POST | 405 (`Allow: POST`) | UnknownOperationException |
 //! | body over `max_body_bytes`, refused before it is read in full or parsed | 413 | RequestEntityTooLargeException |
-//! | body not JSON, not an object, or a member of the wrong type | 400 | SerializationException |
+//! | body not JSON, not an object, or a member of the wrong type (named, never its value) | 400 | SerializationException |
+//! | a body outside the AWS model's constraints (`model`) | 400 | ValidationException |
 
 use axum::body::Body;
 use axum::response::Response;

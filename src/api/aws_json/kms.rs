@@ -1,8 +1,9 @@
 //! The KMS operations of the AWS door (`X-Amz-Target: TrentService.<Operation>`), and the
 //! door's one custom operation `P11kmsAdmin.ExplainAccess`.
 //!
-//! Each operation parses its JSON input (PascalCase AWS member names, base64 blobs, unknown
-//! members ignored, `null` the same as absent) into the engine's request, calls the engine, and
+//! Each operation parses its JSON input (PascalCase AWS member names, base64 blobs, members
+//! outside the AWS model ignored, `null` the same as absent; [`super::model`] has validated
+//! the body and refused the model's members this door does not read) into the engine's request, calls the engine, and
 //! renders the output (epoch-second timestamps, base64 blobs, null members omitted). Parsing
 //! happens before the engine runs, so a body of the wrong shape is a SerializationException
 //! and never reaches the engine.

@@ -9,6 +9,8 @@
 //! - SigV4 (`kms` or `sts`, the configured region, up to 15 minutes of clock skew, session tokens
 //!   from AssumeRole) is verified by the same verifier as the gRPC door
 //!   ([`crate::identity::sigv4`], tested against AWS's published vectors).
+//! - Every KMS body is checked against AWS's KMS service model before the operation parses it
+//!   ([`model`]): types, constraints, and members the door does not read.
 //! - Errors are mapped in one place ([`error`]).
 //!
 //! Every request, refused or run, goes through the [`Gate`]: refusals with
@@ -274,13 +276,18 @@ impl AwsJsonDoor {
                     }
                 };
                 // Wrong-typed members are not logged: their value may be anything.
-                let mut logged = value.clone();
-                if let serde_json::Value::Object(m) = &mut logged {
-                    for name in model::mistyped_members(op.name, &value) {
-                        m.remove(&name);
+                let mistyped = model::mistyped_members(op.name, &value);
+                info.params = if mistyped.is_empty() {
+                    params::request_parameters(op.name, &value)
+                } else {
+                    let mut logged = value.clone();
+                    if let serde_json::Value::Object(m) = &mut logged {
+                        for name in &mistyped {
+                            m.remove(name);
+                        }
                     }
-                }
-                info.params = params::request_parameters(op.name, &logged);
+                    params::request_parameters(op.name, &logged)
+                };
                 if let Err(e) = model_check(op.name, &value) {
                     return self.refuse_as(&info, &e, false, akid).await;
                 }

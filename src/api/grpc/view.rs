@@ -3,7 +3,7 @@
 //!
 //! A request message is encoded and read back field by field with the contract's own
 //! descriptors (`pb::FILE_DESCRIPTOR_SET`): `key_id` becomes `KeyId`, bytes become base64
-//! blobs, maps become objects, a `google.protobuf.Timestamp` becomes epoch seconds, and a
+//! blobs of zeros of the same length (only lengths are checked; no plaintext is copied), maps become objects, a `google.protobuf.Timestamp` becomes epoch seconds, and a
 //! message whose only field is a map (the grant constraints' `EncryptionContextConstraint`)
 //! stands for that map. proto3 scalars have no presence: an empty string, zero or false is
 //! not on the wire, so it reads as absent (AWS's "not set"); `optional` fields are present
@@ -18,6 +18,7 @@ use prost::Message as _;
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
 use serde_json::{Map, Value};
+use zeroize::Zeroizing;
 
 use crate::api::aws_json::model::{self, Refusal};
 use crate::core::KmsError;
@@ -121,7 +122,8 @@ impl Reader<'_> {
 fn scalar(field: &FieldDescriptorProto, r: &mut Reader<'_>, wire_type: u64) -> Option<Value> {
     Some(match (field.r#type(), wire_type) {
         (Type::String, 2) => Value::String(String::from_utf8_lossy(r.bytes()?).into_owned()),
-        (Type::Bytes, 2) => Value::String(B64.encode(r.bytes()?)),
+        // Only a blob's length is checked: zeros of that length, never the bytes (plaintext).
+        (Type::Bytes, 2) => Value::String(B64.encode(vec![0u8; r.bytes()?.len()])),
         (Type::Bool, 0) => Value::Bool(r.varint()? != 0),
         (Type::Int32 | Type::Enum, 0) => Value::from(r.varint()? as i64 as i32),
         (Type::Int64, 0) => Value::from(r.varint()? as i64),
@@ -232,7 +234,7 @@ fn append(
 /// the contract does not have).
 pub fn aws_view<T: prost::Message>(operation: &str, msg: &T) -> Option<Value> {
     let input = CONTRACT.inputs.get(operation)?;
-    message(input, &msg.encode_to_vec(), true)
+    message(input, &Zeroizing::new(msg.encode_to_vec()), true)
 }
 
 /// Checks a gRPC request against the AWS model's constraints, as the AWS door does.
@@ -284,7 +286,7 @@ mod tests {
         };
         assert_eq!(
             aws_view("Encrypt", &r).unwrap(),
-            json!({"KeyId": "k", "Plaintext": "aGk="})
+            json!({"KeyId": "k", "Plaintext": "AAA="})
         );
         let r = pb::ListKeysRequest {
             limit: Some(0),
