@@ -129,14 +129,24 @@ async fn aws_ok(door: &Door, access_key_id: &str, args: &[&str]) -> Value {
 
 /// Runs `tests/python/<script>` with the venv's Python as `access_key_id`.
 async fn python(door: &Door, access_key_id: &str, script: &str) {
-    python_with(door, access_key_id, script, &[]).await
+    python_with(door, access_key_id, script, &[], &[]).await
 }
 
-/// Runs `tests/python/<script> <args>...` with the venv's Python as `access_key_id`.
-async fn python_with(door: &Door, access_key_id: &str, script: &str, args: &[&str]) {
+/// Runs `tests/python/<script> <args>...` with the venv's Python as `access_key_id`, with extra
+/// environment variables for the script.
+async fn python_with(
+    door: &Door,
+    access_key_id: &str,
+    script: &str,
+    args: &[&str],
+    vars: &[(&str, &Path)],
+) {
     let mut c = client_command(door, &venv().join("bin/python"), access_key_id);
     c.arg(manifest_dir().join("tests/python").join(script))
         .args(args);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
     let out = output(c).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -469,11 +479,11 @@ async fn boto3_key_users_cross_account_and_modelled_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_dry_run_checks_and_changes_nothing() {
     let door = start_door("boto3-dry-run").await;
-    python_with(&door, AK_ADMIN, "dry_run_checks.py", &["setup"]).await;
+    python_with(&door, AK_ADMIN, "dry_run_checks.py", &["setup"], &[]).await;
     let before = store_snapshot(&door.server).await;
     let counters = door.server.kms.hsm().counters();
     let total = door.server.kms.hsm().total_ops();
-    python_with(&door, AK_ADMIN, "dry_run_checks.py", &["dry-run"]).await;
+    python_with(&door, AK_ADMIN, "dry_run_checks.py", &["dry-run"], &[]).await;
     assert_eq!(
         door.server.kms.hsm().total_ops(),
         total,
@@ -1194,13 +1204,7 @@ async fn bad_requests_get_aws_errors_and_are_accounted() {
     door.server.shutdown().await.unwrap();
 
     // ... and is in the audit trail, by the request id the caller was given; no secret is.
-    let mut trail = String::new();
-    for entry in std::fs::read_dir(door.dir.join("audit")).expect("the audit directory") {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            trail.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
-        }
-    }
+    let trail = audit_trail(&door.dir);
     for (what, id) in &refused_ids {
         assert!(
             trail.contains(id.as_str()),
@@ -1215,6 +1219,167 @@ async fn bad_requests_get_aws_errors_and_are_accounted() {
         !trail.contains("AAAAAAAAAAAAAAAA"),
         "the oversized body is in the audit trail"
     );
+}
+
+/// The whole audit trail under a data directory, as text.
+fn audit_trail(dir: &Path) -> String {
+    let mut trail = String::new();
+    for entry in std::fs::read_dir(dir.join("audit")).expect("the audit directory") {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            trail.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+        }
+    }
+    trail
+}
+
+/// A KMS request with a raw JSON body, signed as admin.
+async fn kms_raw(door: &Door, operation: &str, body: &str) -> RawResponse {
+    let admin = fixture_credentials(AK_ADMIN);
+    let target = format!("TrentService.{operation}");
+    let h = head(
+        door,
+        "POST",
+        &[
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", &target),
+        ],
+        body.as_bytes(),
+        Some(Sign {
+            access_key_id: AK_ADMIN,
+            secret: admin.secret_access_key.as_str(),
+            service: "kms",
+            skew_secs: 0,
+        }),
+    );
+    raw(door, &h, body.as_bytes()).await
+}
+
+/// Item 4 of issue 12: a wrong-typed member (a grant token sent as a string instead of a
+/// list, a number of bytes as a string) is a SerializationException naming the member and
+/// the type; neither the response nor the audit trail carries the value. Nor do a
+/// ValidationException or a malformed body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_types_never_echo_the_value() {
+    let door = start_door("aws-echo").await;
+    let created = kms_raw(&door, "CreateKey", "{}").await;
+    let key: Value = serde_json::from_str(&created.body).unwrap();
+    let key = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let grant = json!({"KeyId": key, "GranteePrincipal": USER1, "Operations": ["Encrypt"]});
+    let grant = kms_raw(&door, "CreateGrant", &grant.to_string()).await;
+    assert_eq!(grant.status, 200, "{}", grant.body);
+    let token: Value = serde_json::from_str(&grant.body).unwrap();
+    let token = token["GrantToken"].as_str().unwrap().to_string();
+    let number = "918273645";
+    let cases = [
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": "eA==", "GrantTokens": token}).to_string(),
+            "SerializationException",
+            "'grantTokens' must be a list",
+            token.as_str(),
+        ),
+        (
+            "GenerateRandom",
+            json!({"NumberOfBytes": number}).to_string(),
+            "SerializationException",
+            "'numberOfBytes' must be an integer",
+            number,
+        ),
+        (
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": "eA==", "GrantTokens": [format!("{token}{}", "x".repeat(8192))]})
+                .to_string(),
+            "ValidationException",
+            "Value at 'grantTokens' failed to satisfy constraint",
+            token.as_str(),
+        ),
+        (
+            "Encrypt",
+            format!("{{\"KeyId\": \"{key}\", \"GrantTokens\": [\"{token}\"] x}}"),
+            "SerializationException",
+            "not valid JSON",
+            token.as_str(),
+        ),
+    ];
+    for (op, body, name, says, secret) in &cases {
+        let r = kms_raw(&door, op, body).await;
+        assert_eq!(r.status, 400, "{op}: {}", r.body);
+        assert_eq!(r.error_type(), *name, "{op}: {}", r.body);
+        assert!(r.body.contains(says), "{op}: {}", r.body);
+        assert!(
+            !r.body.contains(secret),
+            "{op} echoes the value: {}",
+            r.body
+        );
+    }
+    door.server.shutdown().await.unwrap();
+    let trail = audit_trail(&door.dir);
+    assert!(
+        trail.contains("SerializationException"),
+        "the refusals are audited"
+    );
+    assert!(
+        !trail.contains(&token),
+        "a grant token is in the audit trail"
+    );
+    assert!(
+        !trail.contains(number),
+        "the wrong-typed value is in the audit trail"
+    );
+}
+
+/// Item 3 of issue 12: the checked-in extract of botocore's KMS model is exactly what
+/// `scripts/kms-input-constraints.py` prints from the venv's botocore, so the rules the
+/// doors enforce cannot drift from the model.
+#[test]
+fn input_constraints_are_botocores_model() {
+    let scratch = data_dir("aws-model-extract");
+    let out = Command::new(venv().join("bin/python"))
+        .arg(manifest_dir().join("scripts/kms-input-constraints.py"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &scratch)
+        .current_dir(&scratch)
+        .output()
+        .expect("run the extractor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == p11kms::api::aws_json::model::CONSTRAINTS_JSON,
+        "src/api/aws_json/model/kms-input-constraints.json is not what the model gives: run \
+         .venv/bin/python scripts/kms-input-constraints.py --write"
+    );
+}
+
+/// Item 3 of issue 12, on the wire, from the model (tests/python/model_checks.py): every
+/// member of every served operation is read or refused by name; every constraint of every
+/// member is a ValidationException; the issue's examples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_validated_against_the_aws_model() {
+    use p11kms::api::aws_json::{kms::OPERATIONS, model};
+    let door = start_door("aws-model").await;
+    let reads: serde_json::Map<String, Value> = OPERATIONS
+        .iter()
+        .map(|o| {
+            let r = model::reads(o.name).unwrap_or_else(|| panic!("{} has no reads list", o.name));
+            (o.name.to_string(), json!(r))
+        })
+        .collect();
+    let path = door.scratch.join("door-reads.json");
+    std::fs::write(&path, Value::Object(reads).to_string()).unwrap();
+    python_with(
+        &door,
+        AK_ADMIN,
+        "model_checks.py",
+        &[],
+        &[("P11KMS_DOOR_READS", &path)],
+    )
+    .await;
+    door.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

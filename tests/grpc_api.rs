@@ -636,13 +636,14 @@ async fn bad_input_gets_aws_errors() {
         assert_eq!(reason(r), "ValidationException");
     }
 
-    // Aliases: reserved prefix, malformed names, duplicates, management ops by alias.
-    for bad in [
-        "alias/aws/s3",
-        "payments",
-        "alias/",
-        "alias/bad name",
-        "alias/ünï",
+    // Aliases: reserved prefix, malformed names, duplicates, management ops by alias. A name
+    // outside the model's pattern is a ValidationException, checked first (as on AWS).
+    for (bad, name) in [
+        ("alias/aws/s3", "InvalidAliasNameException"),
+        ("payments", "ValidationException"),
+        ("alias/", "ValidationException"),
+        ("alias/bad name", "ValidationException"),
+        ("alias/ünï", "ValidationException"),
     ] {
         let r = c
             .create_alias(pb::CreateAliasRequest {
@@ -650,7 +651,7 @@ async fn bad_input_gets_aws_errors() {
                 target_key_id: key.clone(),
             })
             .await;
-        assert_eq!(reason(r), "InvalidAliasNameException", "{bad}");
+        assert_eq!(reason(r), name, "{bad}");
     }
     c.create_alias(pb::CreateAliasRequest {
         alias_name: "alias/dup".into(),
@@ -695,6 +696,27 @@ async fn bad_input_gets_aws_errors() {
         })
         .await;
     assert_eq!(reason(r), "TagException");
+    let r = c
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.clone(),
+            tags: vec![pb::Tag {
+                tag_key: "k".repeat(129),
+                tag_value: String::new(),
+            }],
+        })
+        .await;
+    let status = r.expect_err("a 129-character tag key");
+    assert_eq!(
+        p11kms::api::grpc::status::aws_reason(&status).as_deref(),
+        Some("ValidationException")
+    );
+    assert!(
+        status
+            .message()
+            .contains("Value at 'tags.1.member.tagKey' failed to satisfy constraint"),
+        "{}",
+        status.message()
+    );
     let r = c
         .update_key_description(pb::UpdateKeyDescriptionRequest {
             key_id: key.clone(),

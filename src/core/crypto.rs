@@ -528,8 +528,9 @@ impl Kms {
         };
         validate::int_range("numberOfBytes", n, 1, MAX_DATA_KEY_BYTES)?;
         if custom_key_store_id.is_some_and(|s| !s.is_empty()) {
-            return Err(KmsError::UnsupportedOperation(
-                "Custom key stores are not supported; the daemon's HSM is the key store.".into(),
+            // No custom key store exists (yet), so none can be named.
+            return Err(KmsError::CustomKeyStoreNotFound(
+                "The custom key store does not exist: p11kms has no custom key stores.".into(),
             ));
         }
         self.authorize(caller, AuthzRequest::new("kms:GenerateRandom", "*"))?;

@@ -67,6 +67,9 @@ pub enum KmsError {
     /// A dry run that passed every check a real call makes (see [`KmsError::dry_run`]).
     #[error("{0}")]
     DryRunOperation(String),
+    /// A `CustomKeyStoreId` that names no custom key store (none exist yet).
+    #[error("{0}")]
+    CustomKeyStoreNotFound(String),
 }
 
 impl KmsError {
@@ -102,6 +105,7 @@ impl KmsError {
             KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             KmsError::Conflict(_) => "ConflictException",
             KmsError::DryRunOperation(_) => "DryRunOperationException",
+            KmsError::CustomKeyStoreNotFound(_) => "CustomKeyStoreNotFoundException",
         }
     }
 

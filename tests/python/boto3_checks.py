@@ -97,7 +97,7 @@ def cross_account():
     check(enc["KeyId"] == arn, "cross-account Encrypt KeyId")
     # A bare key id names a key in the caller's own account, where there is none.
     expect_error(role_kms, "NotFoundException", role_kms.describe_key, KeyId=meta["KeyId"],
-                 status=404)
+                 status=400)
 
     # user1 may not assume Engineering (its trust policy names bob): STS's AccessDenied.
     user1_sts = sts(AK_USER1)
@@ -113,9 +113,9 @@ def cross_account():
 def modelled_errors_and_sweep():
     admin = kms(AK_ADMIN)
     ghost = str(uuid.uuid4())
-    expect_error(admin, "NotFoundException", admin.describe_key, KeyId=ghost, status=404)
+    expect_error(admin, "NotFoundException", admin.describe_key, KeyId=ghost, status=400)
     expect_error(admin, "NotFoundException", admin.encrypt, KeyId="alias/no-such-alias",
-                 Plaintext=b"x", status=404)
+                 Plaintext=b"x", status=400)
     meta = admin.create_key(Description="sweep")["KeyMetadata"]
     key, arn = meta["KeyId"], meta["Arn"]
     blob = admin.encrypt(KeyId=key, Plaintext=b"sweep")["CiphertextBlob"]
@@ -130,13 +130,13 @@ def modelled_errors_and_sweep():
 
     admin.disable_key(KeyId=key)
     expect_error(admin, "DisabledException", admin.encrypt, KeyId=key, Plaintext=b"x",
-                 status=409)
+                 status=400)
     admin.enable_key(KeyId=key)
 
     alias = f"alias/boto3-{key[:8]}"
     admin.create_alias(AliasName=alias, TargetKeyId=key)
     expect_error(admin, "AlreadyExistsException", admin.create_alias, AliasName=alias,
-                 TargetKeyId=key, status=409)
+                 TargetKeyId=key, status=400)
     aliases = admin.list_aliases(KeyId=key)["Aliases"]
     check([a["AliasName"] for a in aliases] == [alias], f"ListAliases {aliases}")
     check(hasattr(aliases[0]["CreationDate"], "year"), "alias dates are datetimes")
@@ -189,7 +189,7 @@ def modelled_errors_and_sweep():
     sched = admin.schedule_key_deletion(KeyId=other, PendingWindowInDays=7)
     check(sched["KeyState"] == "PendingDeletion", "ScheduleKeyDeletion")
     expect_error(admin, "KMSInvalidStateException", admin.encrypt, KeyId=other, Plaintext=b"x",
-                 status=409)
+                 status=400)
     admin.cancel_key_deletion(KeyId=other)
     print("modelled exceptions and the operation sweep")
 

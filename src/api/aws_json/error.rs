@@ -14,7 +14,8 @@
 //! | no `X-Amz-Target` (and not an STS form) | 400 | UnknownOperationException |
 //! | a method other than POST | 405 (`Allow: POST`) | UnknownOperationException |
 //! | body over `max_body_bytes`, refused before it is read in full or parsed | 413 | RequestEntityTooLargeException |
-//! | body not JSON, not an object, or a member of the wrong type | 400 | SerializationException |
+//! | body not JSON, not an object, or a member of the wrong type (named, never its value) | 400 | SerializationException |
+//! | a body outside the AWS model's constraints (`model`) | 400 | ValidationException |
 
 use axum::body::Body;
 use axum::response::Response;
@@ -145,19 +146,17 @@ impl WireError {
     }
 }
 
-/// The HTTP status of an AWS JSON error name (kms-spec 1.6 and 2.4).
+/// The HTTP status of an AWS JSON error name (kms-spec 1.6 and 2.4): 400 for every client-side
+/// KMS exception, 412 for DryRunOperationException, 500 for the three retryable server-side
+/// ones; the protocol refusals keep their own statuses.
 pub fn json_status(name: &str) -> StatusCode {
     match name {
-        "NotFoundException" => StatusCode::NOT_FOUND,
-        "DisabledException"
-        | "KMSInvalidStateException"
-        | "AlreadyExistsException"
-        | "ConflictException" => StatusCode::CONFLICT,
         "DryRunOperationException" => StatusCode::PRECONDITION_FAILED,
-        "KeyUnavailableException" | "KMSInternalException" | "InternalFailure" => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        "DependencyTimeoutException" | "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "KeyUnavailableException"
+        | "KMSInternalException"
+        | "DependencyTimeoutException"
+        | "InternalFailure" => StatusCode::INTERNAL_SERVER_ERROR,
+        "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "MissingAuthenticationTokenException" => StatusCode::FORBIDDEN,
         "RequestEntityTooLargeException" => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::BAD_REQUEST,
@@ -248,22 +247,78 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_spec() {
-        let cases = [
-            (KmsError::NotFound(String::new()), 404),
-            (KmsError::Disabled(String::new()), 409),
-            (KmsError::InvalidState(String::new()), 409),
-            (KmsError::AlreadyExists(String::new()), 409),
-            (KmsError::AccessDenied(String::new()), 400),
-            (KmsError::Validation(String::new()), 400),
-            (KmsError::InvalidCiphertext(String::new()), 400),
-            (KmsError::Throttling(String::new()), 400),
-            (KmsError::KeyUnavailable(String::new()), 500),
-            (KmsError::Internal(String::new()), 500),
-            (KmsError::DependencyTimeout(String::new()), 503),
+        // Every variant (the match below stops compiling when one is added unlisted).
+        let all = [
+            KmsError::NotFound(String::new()),
+            KmsError::AccessDenied(String::new()),
+            KmsError::Disabled(String::new()),
+            KmsError::InvalidState(String::new()),
+            KmsError::KeyUnavailable(String::new()),
+            KmsError::AlreadyExists(String::new()),
+            KmsError::Validation(String::new()),
+            KmsError::InvalidCiphertext(String::new()),
+            KmsError::IncorrectKey(String::new()),
+            KmsError::InvalidKeyUsage(String::new()),
+            KmsError::MalformedPolicyDocument(String::new()),
+            KmsError::InvalidGrantToken(String::new()),
+            KmsError::InvalidGrantId(String::new()),
+            KmsError::InvalidAliasName(String::new()),
+            KmsError::InvalidArn(String::new()),
+            KmsError::InvalidMarker(String::new()),
+            KmsError::LimitExceeded(String::new()),
+            KmsError::Tag(String::new()),
+            KmsError::UnsupportedOperation(String::new()),
+            KmsError::Throttling(String::new()),
+            KmsError::DependencyTimeout(String::new()),
+            KmsError::Internal(String::new()),
+            KmsError::InvalidSignature(String::new()),
+            KmsError::InvalidMac(String::new()),
+            KmsError::ExpiredImportToken(String::new()),
+            KmsError::InvalidImportToken(String::new()),
+            KmsError::IncorrectKeyMaterial(String::new()),
+            KmsError::Conflict(String::new()),
+            KmsError::CustomKeyStoreNotFound(String::new()),
+            KmsError::DryRunOperation(String::new()),
         ];
-        for (e, status) in cases {
-            assert_eq!(WireError::from_kms(&e).status.as_u16(), status, "{e:?}");
+        for e in &all {
+            // kms-spec 1.6, written out per variant rather than recomputed.
+            let spec = match e {
+                KmsError::KeyUnavailable(_)
+                | KmsError::Internal(_)
+                | KmsError::DependencyTimeout(_) => 500,
+                KmsError::NotFound(_)
+                | KmsError::AccessDenied(_)
+                | KmsError::Disabled(_)
+                | KmsError::InvalidState(_)
+                | KmsError::AlreadyExists(_)
+                | KmsError::Validation(_)
+                | KmsError::InvalidCiphertext(_)
+                | KmsError::IncorrectKey(_)
+                | KmsError::InvalidKeyUsage(_)
+                | KmsError::MalformedPolicyDocument(_)
+                | KmsError::InvalidGrantToken(_)
+                | KmsError::InvalidGrantId(_)
+                | KmsError::InvalidAliasName(_)
+                | KmsError::InvalidArn(_)
+                | KmsError::InvalidMarker(_)
+                | KmsError::LimitExceeded(_)
+                | KmsError::Tag(_)
+                | KmsError::UnsupportedOperation(_)
+                | KmsError::Throttling(_)
+                | KmsError::InvalidSignature(_)
+                | KmsError::InvalidMac(_)
+                | KmsError::ExpiredImportToken(_)
+                | KmsError::InvalidImportToken(_)
+                | KmsError::IncorrectKeyMaterial(_)
+                | KmsError::Conflict(_)
+                | KmsError::CustomKeyStoreNotFound(_) => 400,
+                KmsError::DryRunOperation(_) => 412,
+            };
+            let w = WireError::from_kms(e);
+            assert_eq!(w.status.as_u16(), spec, "{e:?}");
+            assert_eq!(w.name, e.aws_name());
         }
+        assert_eq!(json_status("DryRunOperationException").as_u16(), 412);
         let auth = [
             (AuthError::MissingAuthenticationToken, 403),
             (AuthError::UnrecognizedClient(String::new()), 400),

@@ -9,6 +9,8 @@
 //! - SigV4 (`kms` or `sts`, the configured region, up to 5 minutes of clock skew, session tokens
 //!   from AssumeRole) is verified by the same verifier as the gRPC door
 //!   ([`crate::identity::sigv4`], tested against AWS's published vectors).
+//! - Every KMS body is checked against AWS's KMS service model before the operation parses it
+//!   ([`model`]): types, constraints, and members the door does not read.
 //! - Errors are mapped in one place ([`error`]).
 //!
 //! Every request, refused or run, goes through the [`Gate`]: refusals with
@@ -19,6 +21,7 @@
 
 pub mod error;
 pub mod kms;
+pub mod model;
 pub mod params;
 pub mod sts;
 
@@ -263,19 +266,37 @@ impl AwsJsonDoor {
                             return self.refuse_as(&info, &e, false, akid).await;
                         }
                         Err(err) => {
+                            // Where, never what: serde's text can quote the body.
                             let e = WireError::serialization(format!(
-                                "The request body is not valid JSON: {err}"
+                                "The request body is not valid JSON (line {}, column {}).",
+                                err.line(),
+                                err.column()
                             ));
                             return self.refuse_as(&info, &e, false, akid).await;
                         }
                     }
                 };
-                info.params = params::request_parameters(op.name, &value);
+                // Wrong-typed members are not logged: their value may be anything.
+                let mistyped = model::mistyped_members(op.name, &value);
+                info.params = if mistyped.is_empty() {
+                    params::request_parameters(op.name, &value)
+                } else {
+                    let mut logged = value.clone();
+                    if let serde_json::Value::Object(m) = &mut logged {
+                        for name in &mistyped {
+                            m.remove(name);
+                        }
+                    }
+                    params::request_parameters(op.name, &logged)
+                };
+                if let Err(e) = model_check(op.name, &value) {
+                    return self.refuse_as(&info, &e, false, akid).await;
+                }
                 match (op.prepare)(kms_engine, caller.clone(), value) {
                     Ok(call) => call,
-                    Err(err) => {
+                    Err(_) => {
                         let e = WireError::serialization(format!(
-                            "The request body does not match {}: {err}",
+                            "The request body does not match the input of {}.",
                             op.name
                         ));
                         return self.refuse_as(&info, &e, false, akid).await;
@@ -321,6 +342,17 @@ impl AwsJsonDoor {
             json_error(&info.request_id, e)
         }
     }
+}
+
+/// The model check of a KMS body ([`model`]): types, constraints, then members the door
+/// does not read.
+fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
+    match model::check(operation, body) {
+        Err(model::Refusal::Serialization(m)) => return Err(WireError::serialization(m)),
+        Err(model::Refusal::Kms(e)) => return Err(WireError::from_kms(&e)),
+        Ok(()) => {}
+    }
+    model::check_unread(operation, body).map_err(|e| WireError::from_kms(&e))
 }
 
 async fn handle(

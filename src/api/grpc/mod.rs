@@ -14,6 +14,7 @@ pub mod kms;
 pub mod params;
 pub mod status;
 pub mod sts;
+pub mod view;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ impl Door {
         f: F,
     ) -> Result<Response<R>, Status>
     where
-        T: params::AuditParams,
+        T: params::AuditParams + prost::Message,
         F: FnOnce(Arc<Kms>, Caller, T) -> Fut,
         Fut: Future<Output = Result<R, KmsError>>,
         R: params::AuditResponse,
@@ -102,7 +103,13 @@ impl Door {
             }
         };
         let msg = request.into_inner();
-        let fut = f(self.kms.clone(), caller.clone(), msg);
+        // The AWS model's constraints first, as on the AWS door; the engine runs only after.
+        let checked = view::check(op, &msg);
+        let call = f(self.kms.clone(), caller.clone(), msg);
+        let fut = async move {
+            checked?;
+            call.await
+        };
         let request_id = info.request_id.clone();
         let result = self
             .gate

@@ -14,7 +14,7 @@ pub const ERROR_DOMAIN: &str = "p11kms.v1";
 /// The gRPC code for an AWS exception.
 pub fn code_for(e: &KmsError) -> Code {
     match e {
-        KmsError::NotFound(_) => Code::NotFound,
+        KmsError::NotFound(_) | KmsError::CustomKeyStoreNotFound(_) => Code::NotFound,
         KmsError::AccessDenied(_) => Code::PermissionDenied,
         KmsError::Disabled(_) | KmsError::InvalidState(_) => Code::FailedPrecondition,
         KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_) => Code::Unavailable,
@@ -86,6 +86,10 @@ mod tests {
         assert_eq!(
             code_for(&KmsError::Disabled(String::new())),
             Code::FailedPrecondition
+        );
+        assert_eq!(
+            code_for(&KmsError::CustomKeyStoreNotFound(String::new())),
+            Code::NotFound
         );
         assert_eq!(
             code_for(&KmsError::Throttling(String::new())),
