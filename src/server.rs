@@ -326,6 +326,10 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         kms.clone(),
         vec![Box::new(crate::metrics::AuditSource(audit.clone()))],
     ));
+    kms.set_service_sink(Arc::new(crate::audit::ServiceAuditSink::new(
+        audit.clone(),
+        config.kms.region.clone(),
+    )));
     let gate = crate::api::gate::Gate::new(kms.clone(), metrics.clone(), audit.clone());
     let aws_json = crate::api::aws_json::start(config, auth.clone(), gate.clone()).await?;
     let door = Door::new(auth.clone(), gate);

@@ -25,23 +25,11 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn records(dir: &Path) -> Vec<Value> {
-    segments(dir)
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    audit_records(dir)
 }
 
 fn events(dir: &Path) -> Vec<Value> {
-    records(dir)
-        .into_iter()
-        .filter(|r| r["recordType"] == "event")
-        .collect()
+    audit_events(dir)
 }
 
 fn verify(dir: &Path) -> (i32, String) {

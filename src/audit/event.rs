@@ -170,6 +170,10 @@ pub struct UserIdentity {
     /// For role sessions: the role and the session's attributes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_context: Option<SessionContext>,
+    /// For actions the daemon takes by itself (`type` `AWSService`): who acted, `p11kms`
+    /// (CloudTrail names the AWS service here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
 }
 
 /// CloudTrail's `userIdentity.sessionContext`.
@@ -251,6 +255,18 @@ impl UserIdentity {
             account_id: Some(caller.account.clone()),
             access_key_id: caller.access_key_id.clone(),
             session_context,
+            invoked_by: None,
+        }
+    }
+
+    /// The identity of an action the daemon took by itself in `account` (CloudTrail's
+    /// service identity: `type` `AWSService`, `invokedBy` [`EVENT_SOURCE`]).
+    pub fn service(account: impl Into<String>) -> UserIdentity {
+        UserIdentity {
+            identity_type: "AWSService".into(),
+            account_id: Some(account.into()),
+            invoked_by: Some(EVENT_SOURCE.into()),
+            ..UserIdentity::default()
         }
     }
 }

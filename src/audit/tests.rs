@@ -778,6 +778,7 @@ async fn example_event_has_cloudtrail_names() {
                 mfa_authenticated: "false".into(),
             },
         }),
+        invoked_by: None,
     };
     e.aws_region = "eu-central-1".into();
     e.source_ip_address = Some("10.20.30.40".into());

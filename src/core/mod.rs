@@ -20,6 +20,7 @@ pub mod policies;
 pub mod reconcile;
 pub mod record;
 pub mod rotation;
+pub mod service;
 pub mod specs;
 pub mod sts;
 pub mod sweeper;
@@ -225,6 +226,8 @@ pub struct Kms {
     rotating: std::sync::Mutex<BTreeMap<String, i64>>,
     /// Expired import tokens (by SHA-256) whose wrapping key the sweeper has destroyed.
     swept_wrapping_keys: std::sync::Mutex<BTreeSet<String>>,
+    /// Where the engine's own actions (sweeps) are reported; see [`service`].
+    service_sink: std::sync::OnceLock<Arc<dyn service::ServiceEventSink>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -260,6 +263,7 @@ impl Kms {
             lifecycles: RwLock::new(BTreeMap::new()),
             rotating: std::sync::Mutex::new(BTreeMap::new()),
             swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
+            service_sink: std::sync::OnceLock::new(),
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;

@@ -357,3 +357,69 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Starts the real daemon with the given clock and its background sweeper held back (it runs
+/// once at start, then not for a year), so that a test drives the sweeps itself
+/// (`server.kms.sweep_deletions()`, ...) and asserts on what they did.
+pub async fn start_swept_by_hand(data_dir: &Path, clock: Arc<ManualClock>) -> RunningServer {
+    server::start(
+        &config(data_dir),
+        ServerOptions {
+            clock,
+            sweep_interval: Some(std::time::Duration::from_secs(365 * 86_400)),
+        },
+    )
+    .await
+    .expect("daemon starts")
+}
+
+/// Every record of the audit trail in `data_dir/audit`, segment by segment.
+pub fn audit_records(data_dir: &Path) -> Vec<serde_json::Value> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(data_dir.join("audit"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    segments.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The `event` records of the audit trail in `data_dir/audit`.
+pub fn audit_events(data_dir: &Path) -> Vec<serde_json::Value> {
+    audit_records(data_dir)
+        .into_iter()
+        .filter(|r| r["recordType"] == "event")
+        .collect()
+}
+
+/// The service events (what the daemon did by itself) named `name` about key `key_id`.
+pub fn service_events(data_dir: &Path, name: &str, key_id: &str) -> Vec<serde_json::Value> {
+    audit_events(data_dir)
+        .into_iter()
+        .filter(|e| {
+            e["eventType"] == "AwsServiceEvent"
+                && e["eventName"] == name
+                && e["resources"][0]["ARN"]
+                    .as_str()
+                    .is_some_and(|a| a.ends_with(&format!(":key/{key_id}")))
+        })
+        .collect()
+}
+
+/// Checks the shape of a successful service event: CloudTrail's service identity
+/// (`AWSService`, invoked by `p11kms`), the key in `resources`, no error.
+pub fn assert_service_success(e: &serde_json::Value) {
+    assert_eq!(e["userIdentity"]["type"], "AWSService", "{e}");
+    assert_eq!(e["userIdentity"]["invokedBy"], "p11kms", "{e}");
+    assert_eq!(e["userIdentity"]["accountId"], ACCOUNT, "{e}");
+    assert_eq!(e["resources"][0]["type"], "AWS::KMS::Key", "{e}");
+    assert!(e.get("errorCode").is_none(), "{e}");
+}
