@@ -411,7 +411,7 @@ impl AuditLog {
     /// Fsync whatever is written (relaxed mode); a no-op with group commit.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Cmd::Flush(ack)).map_err(|_| stopped())?;
+        self.send_cmd(Cmd::Flush(ack)).await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -419,7 +419,7 @@ impl AuditLog {
     /// sequence of the latest checkpoint (`None` without a signer or before any).
     pub async fn checkpoint_now(&self) -> Result<Option<u64>, AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Cmd::Checkpoint(ack)).map_err(|_| stopped())?;
+        self.send_cmd(Cmd::Checkpoint(ack)).await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -427,7 +427,7 @@ impl AuditLog {
     /// answer [`AuditError::Unavailable`]. Idempotent.
     pub async fn shutdown(&self) -> Result<(), AuditError> {
         let (ack, rx) = oneshot::channel();
-        let answer = match self.tx.send(Cmd::Shutdown(ack)) {
+        let answer = match self.send_cmd(Cmd::Shutdown(ack)).await {
             Ok(()) => rx.await.unwrap_or(Ok(())),
             Err(_) => Ok(()),
         };
@@ -439,6 +439,23 @@ impl AuditLog {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         answer
+    }
+
+    /// Queues a control command without blocking the async thread: at once when the queue
+    /// has room, else from a blocking thread that waits for room (a full queue drains as
+    /// fast as the writer writes).
+    async fn send_cmd(&self, cmd: Cmd) -> Result<(), AuditError> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+            Err(TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(cmd))
+                    .await
+                    .map_err(|_| stopped())?
+                    .map_err(|_| stopped())
+            }
+        }
     }
 
     /// Hold the writer before it drains its queue (tests: make a batch deterministic).
