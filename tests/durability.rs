@@ -138,7 +138,10 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     // Six days on: a sweep leaves it alone.
     clock.advance_days(6);
     let done = server.kms.sweep_deletions().await.unwrap();
-    assert!(done.is_empty(), "destroyed before the window ended: {done:?}");
+    assert!(
+        done.is_empty(),
+        "destroyed before the window ended: {done:?}"
+    );
     assert!(
         hsm.exists(object).await.unwrap(),
         "destroyed before the window ended"

@@ -19,7 +19,8 @@
 //!
 //! At start: `HsmCheckpointSigner::new(hsm, AUDIT_KEY_LABEL)`, then
 //! [`export_public_key`]`(data_dir, signer.public_key_spki_der())`, then
-//! [`AuditLog::open`]`(config, Some(Arc::new(signer)))`. Per request: build an
+//! [`AuditLog::open`]`(config, Some(Arc::new(signer)))`. A changing request first appends an
+//! intent record (`phase: intent`, see `api::gate`) before its change is stored. Per request: build an
 //! [`AuditEvent`] and `append(event).await` before the response is released; an error fails
 //! the request. Health: [`AuditLog::healthy`]. Metrics: [`AuditLog::stats`].
 

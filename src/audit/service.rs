@@ -70,8 +70,9 @@ mod tests {
         ServiceAction {
             event_name: ServiceEventName::DeleteKey,
             key_id: "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
-            key_arn: "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-                .into(),
+            key_arn:
+                "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                    .into(),
             account: "111122223333".into(),
             key_version: None,
             error,

@@ -114,6 +114,7 @@ impl Kms {
             created_at_ms: now,
             updated_at_ms: now,
         };
+        super::record::before_change().await?;
         self.store
             .create_alias(&record)
             .await
@@ -158,6 +159,7 @@ impl Kms {
             )));
         }
         let now = self.now_ms();
+        super::record::before_change().await?;
         self.store
             .update_alias(&caller.account, alias_name, &new.key.record.key_id, now)
             .await?;
@@ -177,6 +179,7 @@ impl Kms {
         let target = self.resolve(caller, &current.key_id, false)?;
         self.authorize_alias(caller, "kms:DeleteAlias", alias_name)?;
         self.authorize_key(caller, "kms:DeleteAlias", &target, None)?;
+        super::record::before_change().await?;
         self.store.delete_alias(&caller.account, alias_name).await?;
         self.cache_write().remove_alias(&key_ref);
         Ok(())

@@ -397,6 +397,7 @@ impl Kms {
                 "A key can have at most {MAX_GRANTS_PER_KEY} grants."
             )));
         }
+        super::record::before_change().await?;
         self.store.insert_grant(&record).await?;
         let mut updated = (*resolved.key).clone();
         updated.grants.push(record.clone());
@@ -525,6 +526,7 @@ impl Kms {
     }
 
     async fn drop_grant(&self, resolved: &Resolved, grant_id: &str) -> Result<(), KmsError> {
+        super::record::before_change().await?;
         self.store.delete_grant(grant_id).await?;
         let mut updated = (*resolved.key).clone();
         updated.grants.retain(|g| g.grant_id != grant_id);

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::{validate, CachedKey, Kms, KmsError};
 use super::service::{ServiceAction, ServiceEventName};
+use super::{validate, CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::{
     HmacSpec, ImportJob, ImportOutcome, MaterialCheck, MaterialKind, WrappingAlgorithm,
     WrappingKeyId, WrappingKeyOutcome,
@@ -194,6 +194,7 @@ impl Kms {
         let wrapping = WrappingKeyId(*Uuid::new_v4().as_bytes());
         let mut token = vec![TOKEN_VERSION];
         token.extend_from_slice(&wrapping.0);
+        super::record::before_change().await?;
         token.extend_from_slice(&self.hsm.random(32).await?);
         let public_key = match self
             .hsm
@@ -342,6 +343,7 @@ impl Kms {
                     .into(),
             ));
         }
+        super::record::before_change().await?;
         let target = ObjectId::new(key.uuid, 1);
         let create_object = !l.material_present;
         let outcome = self
@@ -467,6 +469,7 @@ impl Kms {
     /// Destroys a key's imported material on the token, then records PendingImport (callers
     /// hold the mutation lock). The check value stays: a re-import must bring the same material.
     async fn drop_material(&self, key: &CachedKey) -> Result<(), KmsError> {
+        super::record::before_change().await?;
         for &v in &key.versions {
             match self.hsm.destroy(ObjectId::new(key.uuid, v)).await {
                 Ok(()) => {}
@@ -524,8 +527,12 @@ impl Kms {
                     tracing::error!(key_id, error = %e, "expiring imported key material failed; will retry")
                 }
             }
-            let action =
-                ServiceAction::on(ServiceEventName::DeleteExpiredKeyMaterial, &key, &result, self.now_ms());
+            let action = ServiceAction::on(
+                ServiceEventName::DeleteExpiredKeyMaterial,
+                &key,
+                &result,
+                self.now_ms(),
+            );
             self.report_service(&action).await;
             done.push(action);
         }

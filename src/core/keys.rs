@@ -330,6 +330,7 @@ impl Kms {
         if external {
             // No HSM object: the key waits for ImportKeyMaterial.
             record.state = KeyState::PendingImport;
+            super::record::before_change().await?;
             self.store.insert_key(&record, &req.tags).await?;
             let cached = self.cache_put(CachedKey {
                 arn: self.key_arn(&record.account, &key_id),
@@ -346,6 +347,7 @@ impl Kms {
             );
             return Ok(self.key_metadata(&cached));
         }
+        super::record::before_change().await?;
         // Phase one: the row, in Creating.
         self.store.insert_key(&record, &req.tags).await?;
         if self.hooks.interrupt_create() == InterruptCreate::AfterMetadataRow {
@@ -579,6 +581,7 @@ impl Kms {
         if cached.record.policy != key.record.policy {
             cached.policy = Some(compile_key_policy(&cached.record.policy)?);
         }
+        super::record::before_change().await?;
         self.store.update_key(&cached.record).await?;
         Ok(self.cache_put(cached))
     }

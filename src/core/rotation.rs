@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::{validate, CachedKey, InterruptCreate, Kms, KmsError};
 use super::service::{ServiceAction, ServiceEventName};
+use super::{validate, CachedKey, InterruptCreate, Kms, KmsError};
 use crate::hsm::ObjectId;
 use crate::identity::Caller;
 use crate::store::{KeyLifecycle, KeyState, KeyVersion, RotationEntry};
@@ -206,6 +206,7 @@ impl Kms {
         l.rotation_enabled = true;
         l.rotation_period_days = Some(days);
         l.next_rotation_ms = Some(next);
+        super::record::before_change().await?;
         self.store.put_lifecycle(&l).await?;
         self.lifecycle_cache_put(l);
         tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
@@ -229,6 +230,7 @@ impl Kms {
         }
         l.rotation_enabled = false;
         l.next_rotation_ms = None;
+        super::record::before_change().await?;
         self.store.put_lifecycle(&l).await?;
         self.lifecycle_cache_put(l);
         Ok(())
@@ -386,6 +388,7 @@ impl Kms {
         key: &CachedKey,
         rotation_type: &str,
     ) -> Result<Arc<CachedKey>, KmsError> {
+        super::record::before_change().await?;
         let key_id = key.record.key_id.clone();
         let current = key.record.current_version;
         let highest = key.versions.iter().copied().max().unwrap_or(current);
@@ -513,7 +516,8 @@ impl Kms {
             };
             // One key's failure (device hiccup) must not hold back the others: log, retry on
             // the next sweep.
-            let mut action = ServiceAction::on(ServiceEventName::RotateKey, &key, &result, self.now_ms());
+            let mut action =
+                ServiceAction::on(ServiceEventName::RotateKey, &key, &result, self.now_ms());
             match &result {
                 Ok(rotated) => action.key_version = Some(rotated.record.current_version),
                 Err(e) => {

@@ -71,10 +71,7 @@ impl ServiceAction {
             key_arn: key.arn.clone(),
             account: key.record.account.clone(),
             key_version: None,
-            error: result
-                .as_ref()
-                .err()
-                .map(|e| (e.aws_name(), e.message())),
+            error: result.as_ref().err().map(|e| (e.aws_name(), e.message())),
             at_ms,
         }
     }

@@ -39,7 +39,8 @@ impl Kms {
             let Some((key, result)) = self.delete_due_key(&key_id, now).await else {
                 continue;
             };
-            let action = ServiceAction::on(ServiceEventName::DeleteKey, &key, &result, self.now_ms());
+            let action =
+                ServiceAction::on(ServiceEventName::DeleteKey, &key, &result, self.now_ms());
             if let Err(e) = &result {
                 tracing::error!(key_id, error = %e, "destroying a key failed; will retry");
             }
