@@ -703,6 +703,8 @@ fn intents(dir: &Path, op: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// `..Default::default()` on requests whose members are all set: DryRun members are being added.
+#[allow(clippy::needless_update)]
 async fn no_change_is_stored_without_a_durable_audit_record() {
     let dir = data_dir("audit-intent");
     let server = start(&dir).await;
