@@ -437,3 +437,62 @@ async fn cli_sigv4_profiles_and_sts() {
     server.shutdown().await.unwrap();
     result.unwrap();
 }
+
+/// Closing the HSM waits for the device work in flight (the workers are joined). That wait
+/// runs on a blocking thread: on a current-thread runtime, other tasks keep running meanwhile.
+#[test]
+fn closing_the_hsm_does_not_stall_the_runtime() {
+    use p11kms::hsm::{PairSpec, PairUsage};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = data_dir("close-hsm");
+        let server = start(&dir).await;
+        let hsm = server.kms.hsm().clone();
+        // Slow device work in flight: RSA-4096 key pairs (seconds on SoftHSM2).
+        let mut jobs = Vec::new();
+        for i in 0..3u8 {
+            let hsm = hsm.clone();
+            let id = ObjectId::new([0xc0 + i; 16], 1);
+            jobs.push(tokio::spawn(async move {
+                hsm.generate_key_pair(id, PairSpec::Rsa(4096), PairUsage::Decrypt)
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A task that ticks every 10 ms.
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = ticks.load(Ordering::SeqCst);
+        let started = Instant::now();
+        p11kms::server::close_hsm(&hsm).await;
+        let took = started.elapsed();
+        let during = ticks.load(Ordering::SeqCst) - before;
+        ticker.abort();
+        for j in jobs {
+            let _ = j.await;
+        }
+        assert!(
+            took >= Duration::from_millis(100),
+            "the device work ended before the HSM was closed ({took:?}): nothing was shown"
+        );
+        assert!(
+            during > 0,
+            "no other task ran during the {took:?} the HSM took to close"
+        );
+        server.shutdown().await.ok();
+    });
+}
