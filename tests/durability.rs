@@ -161,6 +161,18 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
 
     // Past the window: HSM object destroyed, metadata and aliases gone.
     clock.advance_days(2);
+    // The trail breaks before the destruction is recorded: nothing is destroyed.
+    server.audit.fail_after_authorization();
+    let done = server.kms.sweep_deletions().await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        done[0].error.as_ref().map(|e| e.0),
+        Some("DependencyTimeoutException"),
+        "{done:?}"
+    );
+    assert!(hsm.exists(object).await.unwrap(), "destroyed unaudited");
+    assert!(wait_for(async || server.audit.healthy()).await);
+    // Then the next sweep does it, after a durable intent record.
     let done = server.kms.sweep_deletions().await.unwrap();
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(done[0].key_id, key);
@@ -169,6 +181,11 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     let events = service_events(&dir, "DeleteKey", &key);
     assert_eq!(events.len(), 1, "one DeleteKey service event: {events:?}");
     assert_service_success(&events[0]);
+    let intent = audit_events(&dir)
+        .into_iter()
+        .find(|e| e["eventName"] == "DeleteKey" && e["phase"] == "intent")
+        .expect("an intent record before the destruction");
+    assert!(intent["sequence"].as_u64() < events[0]["sequence"].as_u64());
     let r = c
         .describe_key(pb::DescribeKeyRequest {
             key_id: key.clone(),

@@ -52,6 +52,16 @@ impl ServiceEventSink for ServiceAuditSink {
         self.log.healthy()
     }
 
+    async fn intent(&self, action: &ServiceAction) -> Result<(), String> {
+        let mut ev = service_event(action, &self.region);
+        ev.phase = Some(std::borrow::Cow::Borrowed(super::event::PHASE_INTENT));
+        self.log
+            .append(ev)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     async fn record(&self, action: &ServiceAction) -> Result<(), String> {
         self.log
             .append(service_event(action, &self.region))

@@ -518,7 +518,13 @@ impl Kms {
                 if !expires(&l) {
                     continue;
                 }
-                let result = self.drop_material(&key).await;
+                let result = match self
+                    .service_intent(ServiceEventName::DeleteExpiredKeyMaterial, &key)
+                    .await
+                {
+                    Ok(()) => self.drop_material(&key).await,
+                    Err(e) => Err(e),
+                };
                 (key, result)
             };
             match &result {

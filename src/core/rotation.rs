@@ -511,7 +511,10 @@ impl Kms {
                 {
                     continue;
                 }
-                let result = self.rotate(&key, AUTOMATIC).await;
+                let result = match self.service_intent(ServiceEventName::RotateKey, &key).await {
+                    Ok(()) => self.rotate(&key, AUTOMATIC).await,
+                    Err(e) => Err(e),
+                };
                 (key, result)
             };
             // One key's failure (device hiccup) must not hold back the others: log, retry on

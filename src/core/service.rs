@@ -9,7 +9,9 @@
 //! (unit tests, `p11kms check`) actions are only logged.
 //!
 //! Fail closed, as requests do: a sweep does not start an action while the sink says it cannot
-//! record ([`ServiceEventSink::ready`]); the action is retried by the next sweep.
+//! record ([`ServiceEventSink::ready`]), and each action first makes an intent record durable
+//! ([`ServiceEventSink::intent`]); if that fails, the action does not start and is retried by
+//! the next sweep. So no change of the daemon's own is stored without a durable record.
 
 use std::sync::Arc;
 
@@ -87,7 +89,10 @@ impl ServiceAction {
 pub trait ServiceEventSink: Send + Sync {
     /// Whether an event can be recorded now; a sweep starts no action while it cannot.
     fn ready(&self) -> bool;
-    /// Records one action durably.
+    /// Records durably that `action` is about to change something (its intent); an error
+    /// means the action must not start.
+    async fn intent(&self, action: &ServiceAction) -> Result<(), String>;
+    /// Records one action and its outcome durably.
     async fn record(&self, action: &ServiceAction) -> Result<(), String>;
 }
 
@@ -100,6 +105,24 @@ impl Kms {
     /// Whether a sweep may act now: no sink, or a sink that can record.
     pub(crate) fn service_ready(&self) -> bool {
         self.service_sink.get().is_none_or(|s| s.ready())
+    }
+
+    /// Makes the intent record of `event_name` on `key` durable before the action changes
+    /// anything (as requests do, see [`super::record`]); an error means it must not start.
+    pub(crate) async fn service_intent(
+        &self,
+        event_name: ServiceEventName,
+        key: &CachedKey,
+    ) -> Result<(), KmsError> {
+        let Some(sink) = self.service_sink.get() else {
+            return Ok(());
+        };
+        let action = ServiceAction::on(event_name, key, &Ok::<(), KmsError>(()), self.now_ms());
+        sink.intent(&action).await.map_err(|e| {
+            KmsError::DependencyTimeout(format!(
+                "The audit trail cannot be written, so the action was not started: {e}"
+            ))
+        })
     }
 
     /// Hands `action` to the sink (a failure to record is logged: the action is done).

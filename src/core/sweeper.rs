@@ -68,7 +68,10 @@ impl Kms {
         {
             return None;
         }
-        let result = self.destroy_key_now(&key, now).await;
+        let result = match self.service_intent(ServiceEventName::DeleteKey, &key).await {
+            Ok(()) => self.destroy_key_now(&key, now).await,
+            Err(e) => Err(e),
+        };
         Some((key, result))
     }
 

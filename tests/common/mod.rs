@@ -400,12 +400,14 @@ pub fn audit_events(data_dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The service events (what the daemon did by itself) named `name` about key `key_id`.
+/// The service events (what the daemon did by itself) named `name` about key `key_id`: their
+/// outcome events, without the intent records written before each action.
 pub fn service_events(data_dir: &Path, name: &str, key_id: &str) -> Vec<serde_json::Value> {
     audit_events(data_dir)
         .into_iter()
         .filter(|e| {
             e["eventType"] == "AwsServiceEvent"
+                && e.get("phase").is_none()
                 && e["eventName"] == name
                 && e["resources"][0]["ARN"]
                     .as_str()
