@@ -660,11 +660,11 @@ async fn store_snapshot(server: &p11kms::server::RunningServer) -> String {
 /// The policy every key of this test gets: the account may do anything.
 const ACCOUNT_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Enable IAM","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}"#;
 
-/// Runs one changing request `n` twice: first with the trail broken between authorization
+/// Runs one changing request (`$call`, operation `$op`) twice: first with the trail broken between authorization
 /// and commit (it must fail with DependencyTimeoutException and change nothing), then with
 /// the trail working (it must succeed, with a durable intent record before its event).
 macro_rules! broken_then_working {
-    ($server:expr, $dir:expr, $c:expr, $op:literal, $call:expr) => {{
+    ($server:expr, $dir:expr, $op:literal, $call:expr) => {{
         let before = store_snapshot(&$server).await;
         let intents_before = intents(&$dir, $op);
         $server.audit.fail_after_authorization();
@@ -712,7 +712,6 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     let created = broken_then_working!(
         server,
         dir,
-        c,
         "CreateKey",
         c.create_key(pb::CreateKeyRequest {
             description: "intent".into(),
@@ -724,7 +723,6 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     broken_then_working!(
         server,
         dir,
-        c,
         "PutKeyPolicy",
         c.put_key_policy(pb::PutKeyPolicyRequest {
             key_id: key.clone(),
@@ -736,7 +734,6 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     let grant = broken_then_working!(
         server,
         dir,
-        c,
         "CreateGrant",
         c.create_grant(pb::CreateGrantRequest {
             key_id: key.clone(),
@@ -750,7 +747,6 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     broken_then_working!(
         server,
         dir,
-        c,
         "RevokeGrant",
         c.revoke_grant(pb::RevokeGrantRequest {
             key_id: key.clone(),
@@ -762,7 +758,6 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     broken_then_working!(
         server,
         dir,
-        c,
         "CreateAlias",
         c.create_alias(pb::CreateAliasRequest {
             alias_name: "alias/intent".into(),
@@ -773,7 +768,6 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     broken_then_working!(
         server,
         dir,
-        c,
         "TagResource",
         c.tag_resource(pb::TagResourceRequest {
             key_id: key.clone(),
@@ -787,7 +781,6 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     broken_then_working!(
         server,
         dir,
-        c,
         "ScheduleKeyDeletion",
         c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
             key_id: key.clone(),

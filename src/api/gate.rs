@@ -1,7 +1,7 @@
 //! The gate every request passes through, whatever the door: it runs the engine call in a
 //! record scope, then records metrics and the audit event. Doors authenticate and translate;
 //! the gate is the one place that accounts for a request. For a request that may change
-//! something, the scope carries a pre-commit barrier ([`IntentBarrier`]): the engine's first
+//! something, the scope carries a pre-commit barrier (`IntentBarrier`): the engine's first
 //! change waits until an intent record is durable, so no change is stored without a record
 //! (`docs/audit.md`, "No change without a record").
 
