@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::core::reconcile::DriftReport;
 use crate::core::SystemClock;
 use crate::hsm::MechanismReport;
-use crate::server::{open_engine, ServerError};
+use crate::server::{close_hsm, open_engine, ServerError};
 
 /// Everything `check` found.
 #[derive(Debug)]
@@ -91,13 +91,17 @@ impl CheckReport {
 /// Runs every check for a loaded config.
 pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
     let kms = open_engine(config, Arc::new(SystemClock)).await?;
-    let mechanisms = kms.hsm().mechanisms()?;
+    // C_GetMechanismList is a blocking PKCS#11 call: off the async threads.
+    let hsm = kms.hsm().clone();
+    let mechanisms = tokio::task::spawn_blocking(move || hsm.mechanisms())
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
     let drift = kms.reconcile().await?;
     let report = CheckReport {
         token: kms.hsm().token_label().to_string(),
         mechanisms,
         drift,
     };
-    kms.hsm().shutdown();
+    close_hsm(kms.hsm()).await;
     Ok(report)
 }

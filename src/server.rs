@@ -203,7 +203,16 @@ impl RunningServer {
         if let Err(e) = self.audit.shutdown().await {
             tracing::error!(error = %e, "closing the audit trail failed");
         }
-        self.kms.hsm().shutdown();
+        close_hsm(self.kms.hsm()).await;
+    }
+}
+
+/// Stops the HSM workers and closes the keeper session on a blocking thread: joining the
+/// workers waits for the PKCS#11 calls in flight, which must not stall an async thread.
+pub async fn close_hsm(hsm: &Arc<Hsm>) {
+    let hsm = hsm.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || hsm.shutdown()).await {
+        tracing::error!(error = %e, "closing the HSM failed");
     }
 }
 
@@ -435,7 +444,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
             .iter()
             .find(|b| dir.principal(&b.principal_arn).is_none())
         {
-            kms.hsm().shutdown();
+            close_hsm(kms.hsm()).await;
             return Err(ServerError::Config(ConfigError::Invalid(format!(
                 "identity.certificate binds to {}, which is not in the identity directory",
                 b.principal_arn
@@ -466,6 +475,10 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         kms.clone(),
         vec![Box::new(crate::metrics::AuditSource(audit.clone()))],
     ));
+    kms.set_service_sink(Arc::new(crate::audit::ServiceAuditSink::new(
+        audit.clone(),
+        config.kms.region.clone(),
+    )));
     let gate = crate::api::gate::Gate::new(kms.clone(), metrics.clone(), audit.clone());
     let aws_json = crate::api::aws_json::start(config, auth.clone(), gate.clone()).await?;
     let door = Door::new(auth.clone(), gate);

@@ -97,8 +97,14 @@ async fn every_request_is_audited_once_and_the_trail_verifies() {
     drop((admin_c, user2, anon, kms));
     server.shutdown().await.unwrap();
 
-    let evs = events(&dir);
+    // One outcome event per request; the one changing request (CreateKey) also wrote its
+    // intent record first (same request id).
+    let (intents, evs): (Vec<Value>, Vec<Value>) = events(&dir)
+        .into_iter()
+        .partition(|e| e["phase"] == "intent");
     assert_eq!(evs.len(), sent, "one event per request: {evs:#?}");
+    assert_eq!(intents.len(), 1, "{intents:#?}");
+    assert_eq!(intents[0]["eventName"], "CreateKey");
     let mut ids: Vec<&str> = evs.iter().filter_map(|e| e["requestID"].as_str()).collect();
     ids.sort();
     ids.dedup();
@@ -242,7 +248,7 @@ async fn a_crash_mid_write_is_reported_and_the_trail_continues() {
     assert_eq!(
         events(&dir)
             .iter()
-            .filter(|e| e["eventName"] == "CreateKey")
+            .filter(|e| e["eventName"] == "CreateKey" && e.get("phase").is_none())
             .count(),
         3
     );
@@ -615,4 +621,199 @@ async fn the_returned_request_id_names_the_audit_event() {
         .expect("event for the id");
     assert_eq!(err_ev["eventName"], "DisableKey");
     assert_eq!(err_ev["errorCode"], "NotFoundException");
+}
+
+/// Everything the metadata store holds, for "nothing changed" comparisons.
+async fn store_snapshot(server: &p11kms::server::RunningServer) -> String {
+    let s = server.kms.store();
+    let mut aliases = s.list_aliases().await.unwrap();
+    aliases.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut grants = s.list_grants().await.unwrap();
+    grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
+    format!(
+        "{:?}\n{aliases:?}\n{grants:?}\n{:?}\n{:?}\n{:?}",
+        s.load_all().await.unwrap(),
+        s.deleted_key_ids().await.unwrap(),
+        s.load_lifecycles().await.unwrap(),
+        s.list_import_tokens().await.unwrap(),
+    )
+}
+
+/// The policy every key of this test gets: the account may do anything.
+const ACCOUNT_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Enable IAM","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}"#;
+
+/// Runs one changing request (`$call`, operation `$op`) twice: first with the trail broken between authorization
+/// and commit (it must fail with DependencyTimeoutException and change nothing), then with
+/// the trail working (it must succeed, with a durable intent record before its event).
+macro_rules! broken_then_working {
+    ($server:expr, $dir:expr, $op:literal, $call:expr) => {{
+        let before = store_snapshot(&$server).await;
+        let intents_before = intents(&$dir, $op);
+        $server.audit.fail_after_authorization();
+        let r = $call;
+        assert_eq!(reason(r), "DependencyTimeoutException", "{}", $op);
+        assert_eq!(
+            store_snapshot(&$server).await,
+            before,
+            "{} changed the store although its intent record failed",
+            $op
+        );
+        assert_eq!(intents(&$dir, $op), intents_before, "{}", $op);
+        // The writer recovers in a new segment; then the same request goes through.
+        assert!(
+            wait_for(async || $server.audit.healthy()).await,
+            "the trail did not recover"
+        );
+        let out = $call.unwrap_or_else(|e| panic!("{}: {e:?}", $op));
+        assert_ne!(
+            store_snapshot(&$server).await,
+            before,
+            "{} changed nothing",
+            $op
+        );
+        assert_eq!(intents(&$dir, $op), intents_before + 1, "{}", $op);
+        out
+    }};
+}
+
+/// Number of intent records of operation `op`.
+fn intents(dir: &Path, op: &str) -> usize {
+    events(dir)
+        .iter()
+        .filter(|e| e["eventName"] == op && e["phase"] == "intent")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// `..Default::default()` on requests whose members are all set: DryRun members are being added.
+#[allow(clippy::needless_update)]
+async fn no_change_is_stored_without_a_durable_audit_record() {
+    let dir = data_dir("audit-intent");
+    let server = start(&dir).await;
+    let mut c = admin(server.addr).await;
+    let created = broken_then_working!(
+        server,
+        dir,
+        "CreateKey",
+        c.create_key(pb::CreateKeyRequest {
+            description: "intent".into(),
+            ..Default::default()
+        })
+        .await
+    );
+    let key = created.into_inner().key_metadata.unwrap().key_id;
+    broken_then_working!(
+        server,
+        dir,
+        "PutKeyPolicy",
+        c.put_key_policy(pb::PutKeyPolicyRequest {
+            key_id: key.clone(),
+            policy: ACCOUNT_POLICY.into(),
+            ..Default::default()
+        })
+        .await
+    );
+    let grant = broken_then_working!(
+        server,
+        dir,
+        "CreateGrant",
+        c.create_grant(pb::CreateGrantRequest {
+            key_id: key.clone(),
+            grantee_principal: "arn:aws:iam::111122223333:user/user1".into(),
+            operations: vec!["Decrypt".into()],
+            ..Default::default()
+        })
+        .await
+    );
+    let grant_id = grant.into_inner().grant_id;
+    broken_then_working!(
+        server,
+        dir,
+        "RevokeGrant",
+        c.revoke_grant(pb::RevokeGrantRequest {
+            key_id: key.clone(),
+            grant_id: grant_id.clone(),
+            ..Default::default()
+        })
+        .await
+    );
+    broken_then_working!(
+        server,
+        dir,
+        "CreateAlias",
+        c.create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/intent".into(),
+            target_key_id: key.clone(),
+        })
+        .await
+    );
+    broken_then_working!(
+        server,
+        dir,
+        "TagResource",
+        c.tag_resource(pb::TagResourceRequest {
+            key_id: key.clone(),
+            tags: vec![pb::Tag {
+                tag_key: "team".into(),
+                tag_value: "audit".into(),
+            }],
+        })
+        .await
+    );
+    broken_then_working!(
+        server,
+        dir,
+        "ScheduleKeyDeletion",
+        c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: key.clone(),
+            pending_window_in_days: Some(7),
+        })
+        .await
+    );
+
+    // For every stored change there is a durable record: each successful changing request
+    // has its intent record before its outcome event, with the same request id, caller and
+    // key.
+    let evs = events(&dir);
+    for op in [
+        "CreateKey",
+        "PutKeyPolicy",
+        "CreateGrant",
+        "RevokeGrant",
+        "CreateAlias",
+        "TagResource",
+        "ScheduleKeyDeletion",
+    ] {
+        let done: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e["eventName"] == op && e.get("phase").is_none())
+            .filter(|e| e.get("errorCode").is_none())
+            .collect();
+        assert_eq!(done.len(), 1, "{op}: {done:?}");
+        let outcome = done[0];
+        let intent = evs
+            .iter()
+            .find(|e| e["phase"] == "intent" && e["requestID"] == outcome["requestID"])
+            .unwrap_or_else(|| panic!("{op}: no intent record for {outcome}"));
+        assert!(intent["sequence"].as_u64() < outcome["sequence"].as_u64());
+        assert_eq!(intent["userIdentity"], outcome["userIdentity"], "{op}");
+        assert_eq!(intent["decision"]["effect"], "Allow", "{op}: {intent}");
+        if op != "CreateKey" {
+            assert_eq!(intent["resources"], outcome["resources"], "{op}");
+        }
+    }
+    // Reads and cryptographic operations write no intent record.
+    let n = evs.len();
+    c.describe_key(pb::DescribeKeyRequest {
+        key_id: key.clone(),
+        grant_tokens: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(events(&dir).len(), n + 1);
+    drop(c);
+    server.shutdown().await.unwrap();
+    // The trail, intent records and recovery segments included, verifies.
+    let (code, out) = verify(&dir);
+    assert_eq!(code, 0, "{out}");
 }

@@ -7,7 +7,6 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use p11kms::core::{Clock, ManualClock};
@@ -552,7 +551,7 @@ async fn expiry_delete_and_reimport() {
     let _one = SERIAL.lock().await;
     let dir = data_dir("byok-expiry");
     let clock = Arc::new(ManualClock::default());
-    let server = start_with(&dir, clock.clone()).await;
+    let server = start_swept_by_hand(&dir, clock.clone()).await;
     let mut c = admin(server.addr).await;
     let material: Vec<u8> = (100..132u8).collect();
     let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
@@ -594,15 +593,21 @@ async fn expiry_delete_and_reimport() {
 
     // One day on: still there.
     clock.advance_days(1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = server.kms.sweep_imports().await.unwrap();
+    assert!(done.is_empty(), "expired before ValidTo: {done:?}");
     assert_eq!(describe(&mut c, &key).await.key_state, "Enabled");
+    assert_eq!(material_objects(&server, &key).await, 1);
+    assert!(service_events(&dir, "DeleteExpiredKeyMaterial", &key).is_empty());
 
     // ValidTo passes: material destroyed, PendingImport, Encrypt/Decrypt refused.
     clock.advance_days(2);
-    assert!(
-        wait_for(async || describe(&mut c, &key).await.key_state == "PendingImport").await,
-        "material did not expire"
-    );
+    let done = server.kms.sweep_imports().await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].succeeded() && done[0].key_id == key, "{done:?}");
+    assert_eq!(describe(&mut c, &key).await.key_state, "PendingImport");
+    let events = service_events(&dir, "DeleteExpiredKeyMaterial", &key);
+    assert_eq!(events.len(), 1, "one expiry service event: {events:?}");
+    assert_service_success(&events[0]);
     assert_eq!(material_objects(&server, &key).await, 0);
     assert_eq!(material_entry(&mut c).await.import_state, "PENDING_IMPORT");
     assert_eq!(
@@ -667,7 +672,7 @@ async fn expiry_delete_and_reimport() {
     // wrapping key of an outstanding import token.
     drop(c);
     server.shutdown().await.unwrap();
-    let server = start_with(&dir, clock.clone()).await;
+    let server = start_swept_by_hand(&dir, clock.clone()).await;
     let mut c = admin(server.addr).await;
     let m = describe(&mut c, &key).await;
     assert_eq!(
@@ -686,10 +691,10 @@ async fn expiry_delete_and_reimport() {
     .await
     .unwrap();
     clock.advance_days(8);
+    let done = server.kms.sweep_deletions().await.unwrap();
+    assert!(done.len() == 1 && done[0].succeeded(), "{done:?}");
     assert!(
-        wait_for(async || material_objects(&server, &key).await == 0
-            && import_objects(&server).await == 0)
-        .await,
+        material_objects(&server, &key).await == 0 && import_objects(&server).await == 0,
         "the deleted key left objects on the token"
     );
     server.shutdown().await.unwrap();

@@ -5,7 +5,6 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use p11kms::core::ManualClock;
@@ -102,27 +101,11 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
     server.shutdown().await.unwrap();
 }
 
-async fn wait_until_gone(c: &mut Client, key: &str) -> bool {
-    for _ in 0..100 {
-        let r = c
-            .describe_key(pb::DescribeKeyRequest {
-                key_id: key.into(),
-                grant_tokens: vec![],
-            })
-            .await;
-        if r.is_err() {
-            return reason(r) == "NotFoundException";
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeper_destroys_the_hsm_object_after_the_window() {
     let dir = data_dir("sweeper");
     let clock = Arc::new(ManualClock::default());
-    let server = start_with(&dir, clock.clone()).await;
+    let server = start_swept_by_hand(&dir, clock.clone()).await;
     let mut c = admin(server.addr).await;
     let key = create_key(&mut c).await;
     let survivor = create_key(&mut c).await;
@@ -151,13 +134,18 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     .await
     .unwrap();
 
-    // Six days on: the sweeper (every 50 ms) must leave it alone.
+    // Six days on: a sweep leaves it alone.
     clock.advance_days(6);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = server.kms.sweep_deletions().await.unwrap();
+    assert!(
+        done.is_empty(),
+        "destroyed before the window ended: {done:?}"
+    );
     assert!(
         hsm.exists(object).await.unwrap(),
         "destroyed before the window ended"
     );
+    assert!(service_events(&dir, "DeleteKey", &key).is_empty());
     let m = c
         .describe_key(pb::DescribeKeyRequest {
             key_id: key.clone(),
@@ -172,10 +160,38 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
 
     // Past the window: HSM object destroyed, metadata and aliases gone.
     clock.advance_days(2);
-    assert!(
-        wait_until_gone(&mut c, &key).await,
-        "sweeper did not delete the key"
+    // The trail breaks before the destruction is recorded: nothing is destroyed.
+    server.audit.fail_after_authorization();
+    let done = server.kms.sweep_deletions().await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        done[0].error.as_ref().map(|e| e.0),
+        Some("DependencyTimeoutException"),
+        "{done:?}"
     );
+    assert!(hsm.exists(object).await.unwrap(), "destroyed unaudited");
+    assert!(wait_for(async || server.audit.healthy()).await);
+    // Then the next sweep does it, after a durable intent record.
+    let done = server.kms.sweep_deletions().await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].key_id, key);
+    assert!(done[0].succeeded(), "{done:?}");
+    // The destruction is in the audit trail, as CloudTrail logs it: a service event.
+    let events = service_events(&dir, "DeleteKey", &key);
+    assert_eq!(events.len(), 1, "one DeleteKey service event: {events:?}");
+    assert_service_success(&events[0]);
+    let intent = common::events(&dir)
+        .into_iter()
+        .find(|e| e["eventName"] == "DeleteKey" && e["phase"] == "intent")
+        .expect("an intent record before the destruction");
+    assert!(intent["sequence"].as_u64() < events[0]["sequence"].as_u64());
+    let r = c
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            grant_tokens: vec![],
+        })
+        .await;
+    assert_eq!(reason(r), "NotFoundException");
     assert!(
         !hsm.exists(object).await.unwrap(),
         "HSM object still on the token"
@@ -440,4 +456,63 @@ async fn cli_sigv4_profiles_and_sts() {
     .await;
     server.shutdown().await.unwrap();
     result.unwrap();
+}
+
+/// Closing the HSM waits for the device work in flight (the workers are joined). That wait
+/// runs on a blocking thread: on a current-thread runtime, other tasks keep running meanwhile.
+#[test]
+fn closing_the_hsm_does_not_stall_the_runtime() {
+    use p11kms::hsm::{PairSpec, PairUsage};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = data_dir("close-hsm");
+        let server = start(&dir).await;
+        let hsm = server.kms.hsm().clone();
+        // Slow device work in flight: RSA-4096 key pairs (seconds on SoftHSM2).
+        let mut jobs = Vec::new();
+        for i in 0..3u8 {
+            let hsm = hsm.clone();
+            let id = ObjectId::new([0xc0 + i; 16], 1);
+            jobs.push(tokio::spawn(async move {
+                hsm.generate_key_pair(id, PairSpec::Rsa(4096), PairUsage::Decrypt)
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A task that ticks every 10 ms.
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = ticks.load(Ordering::SeqCst);
+        let started = Instant::now();
+        p11kms::server::close_hsm(&hsm).await;
+        let took = started.elapsed();
+        let during = ticks.load(Ordering::SeqCst) - before;
+        ticker.abort();
+        for j in jobs {
+            let _ = j.await;
+        }
+        assert!(
+            took >= Duration::from_millis(100),
+            "the device work ended before the HSM was closed ({took:?}): nothing was shown"
+        );
+        assert!(
+            during > 0,
+            "no other task ran during the {took:?} the HSM took to close"
+        );
+        server.shutdown().await.ok();
+    });
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use p11kms::pb;
 use serde_json::Value;
@@ -66,27 +64,6 @@ fn generate_key_calls(server: &p11kms::server::RunningServer) -> u64 {
         .iter()
         .find(|(f, _)| *f == "C_GenerateKey")
         .map_or(0, |(_, n)| *n)
-}
-
-/// The audit events written so far (the writer flushes them on shutdown).
-fn audit_events(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("audit"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|r| r["recordType"] == "event")
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +152,7 @@ async fn first_use_creates_an_aws_managed_key() {
 
     // Still AWS managed after a restart.
     server.shutdown().await.unwrap();
-    let events = audit_events(&dir);
+    let events = common::events(&dir);
     let created_ev: Vec<_> = events
         .iter()
         .filter(|e| e["eventName"] == "CreateKey")

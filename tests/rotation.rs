@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use p11kms::core::{Clock, InterruptCreate, ManualClock};
@@ -93,7 +92,7 @@ async fn assert_settled(server: &p11kms::server::RunningServer) {
 async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     let dir = data_dir("rotation");
     let clock = Arc::new(ManualClock::default());
-    let server = start_with(&dir, clock.clone()).await;
+    let server = start_swept_by_hand(&dir, clock.clone()).await;
     let mut c = admin(server.addr).await;
     let key = create_key(&mut c).await;
     let hsm = server.kms.hsm().clone();
@@ -133,22 +132,27 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
         (clock.now_ms() + 90 * 86_400_000).div_euclid(1000)
     );
     clock.advance_days(89);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = server.kms.sweep_rotations().await.unwrap();
+    assert!(done.is_empty(), "rotated before the date: {done:?}");
     assert_eq!(objects_of(&server, &key).await, vec![1, 2, 3]);
+    assert!(service_events(&dir, "RotateKey", &key).is_empty());
 
-    // Past the date: the sweeper (every 50 ms) rotates to version 4, and the schedule moves on.
+    // Past the date: the sweep rotates to version 4, and the schedule moves on.
     clock.advance_days(2);
-    assert!(
-        wait_for(async || objects_of(&server, &key).await == vec![1, 2, 3, 4]).await,
-        "automatic rotation did not happen"
+    let done = server.kms.sweep_rotations().await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].succeeded() && done[0].key_id == key, "{done:?}");
+    assert_eq!(done[0].key_version, Some(4));
+    assert_eq!(objects_of(&server, &key).await, vec![1, 2, 3, 4]);
+    assert_eq!(
+        blob_version(&encrypt(&mut c, &key, b"after automatic").await),
+        4
     );
-    assert!(
-        wait_for(async || {
-            let b = encrypt(&mut c, &key, b"after automatic").await;
-            blob_version(&b) == 4
-        })
-        .await
-    );
+    // The automatic rotation is in the audit trail as a service event.
+    let events = service_events(&dir, "RotateKey", &key);
+    assert_eq!(events.len(), 1, "one RotateKey service event: {events:?}");
+    assert_service_success(&events[0]);
+    assert_eq!(events[0]["keyVersion"], 4);
     blobs.push(encrypt(&mut c, &key, b"version 4").await);
     let st = status(&mut c, &key).await;
     assert_eq!(
@@ -297,7 +301,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     // The versions survive a restart (the store knows them, the token holds them).
     drop(c);
     server.shutdown().await.unwrap();
-    let server = start_with(&dir, clock.clone()).await;
+    let server = start_swept_by_hand(&dir, clock.clone()).await;
     let mut c = admin(server.addr).await;
     for b in &blobs {
         decrypt(&mut c, b).await.unwrap();
@@ -313,8 +317,10 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     let st = status(&mut c, &key).await;
     assert!(!st.key_rotation_enabled && st.next_rotation_date.is_none());
     clock.advance_days(400);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = server.kms.sweep_rotations().await.unwrap();
+    assert!(done.is_empty(), "rotated with rotation disabled: {done:?}");
     assert_eq!(objects_of(&server, &key).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(service_events(&dir, "RotateKey", &key).len(), 1);
 
     // Deleting the key destroys every version on the token.
     c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
@@ -326,8 +332,10 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     // GetKeyRotationStatus still answers in PendingDeletion.
     assert!(!status(&mut c, &key).await.key_rotation_enabled);
     clock.advance_days(8);
+    let done = server.kms.sweep_deletions().await.unwrap();
+    assert!(done.len() == 1 && done[0].succeeded(), "{done:?}");
     assert!(
-        wait_for(async || objects_of(&server, &key).await.is_empty()).await,
+        objects_of(&server, &key).await.is_empty(),
         "the sweeper left versions of a deleted key on the token"
     );
     server.shutdown().await.unwrap();

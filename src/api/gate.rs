@@ -1,14 +1,18 @@
 //! The gate every request passes through, whatever the door: it runs the engine call in a
 //! record scope, then records metrics and the audit event. Doors authenticate and translate;
-//! the gate is the one place that accounts for a request.
+//! the gate is the one place that accounts for a request. For a request that may change
+//! something, the scope carries a pre-commit barrier (`IntentBarrier`): the engine's first
+//! change waits until an intent record is durable, so no change is stored without a record
+//! (`docs/audit.md`, "No change without a record").
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::audit::event::{is_read_only, PHASE_INTENT};
 use crate::audit::{AuditDecidingStatement, AuditDecision, AuditEvent, AuditLog, UserIdentity};
-use crate::core::record::{self, RequestRecord};
+use crate::core::record::{self, CommitBarrier, RequestRecord};
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
 use crate::metrics::Metrics;
@@ -46,6 +50,17 @@ impl RequestInfo {
             params: serde_json::Value::Null,
         }
     }
+}
+
+/// Whether the request parameters name an `alias/aws/...` key (by name or alias ARN), whose
+/// AWS managed key the engine creates on first use.
+fn names_predefined_alias(params: &serde_json::Value) -> bool {
+    ["keyId", "destinationKeyId"].iter().any(|m| {
+        params
+            .get(m)
+            .and_then(|v| v.as_str())
+            .is_some_and(|k| k.contains("alias/aws/"))
+    })
 }
 
 /// The accounting shared by the doors.
@@ -93,6 +108,47 @@ fn deciding(rec: &mut RequestRecord) -> Option<AuditDecision> {
     })
 }
 
+/// The pre-commit barrier of a changing request: before its first change is stored, append
+/// an intent record (the request's event so far: caller, parameters, decision, key, with
+/// `phase: intent`) and wait until it is durable. If that fails the change is refused: the
+/// trail is what says a change was made, so nothing is changed that it could not say.
+struct IntentBarrier {
+    audit: Arc<AuditLog>,
+    kms: Arc<Kms>,
+    /// The request's event, filled but for the outcome; taken by the first (only) call.
+    template: std::sync::Mutex<Option<AuditEvent>>,
+    started: Instant,
+}
+
+#[async_trait::async_trait]
+impl CommitBarrier for IntentBarrier {
+    async fn before_change(&self, so_far: &RequestRecord) -> Result<(), KmsError> {
+        let Some(mut ev) = self
+            .template
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let mut so_far = so_far.clone();
+        ev.event_time = crate::audit::iso8601_ms(self.kms.now_ms());
+        ev.decision = deciding(&mut so_far);
+        if let (Some(arn), Some(account)) = (so_far.key_arn, so_far.key_account) {
+            ev.add_key_resource(arn, account);
+        }
+        ev.phase = Some(std::borrow::Cow::Borrowed(PHASE_INTENT));
+        ev.latency_micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match self.audit.append(ev).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "intent record not written; the change is refused");
+                Err(audit_unavailable())
+            }
+        }
+    }
+}
+
 impl Gate {
     /// A gate over the engine, the metrics and the audit trail.
     pub fn new(kms: Arc<Kms>, metrics: Arc<Metrics>, audit: Arc<AuditLog>) -> Gate {
@@ -115,6 +171,30 @@ impl Gate {
         }
         ev.latency_micros = u64::try_from(info.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         ev
+    }
+
+    /// The pre-commit barrier for a request that may change something; none for the
+    /// read-only operations (reads and cryptographic operations pay nothing).
+    fn intent_barrier(
+        &self,
+        info: &RequestInfo,
+        caller: &Caller,
+    ) -> Option<Arc<dyn CommitBarrier>> {
+        // CloudTrail calls GetParametersForImport read-only, but it stores an import token;
+        // a read-only operation that names a predefined alias may create its AWS managed key.
+        if is_read_only(info.operation)
+            && info.operation != "GetParametersForImport"
+            && !names_predefined_alias(&info.params)
+        {
+            return None;
+        }
+        let template = self.event(info, info.params.clone()).with_caller(caller);
+        Some(Arc::new(IntentBarrier {
+            audit: self.audit.clone(),
+            kms: self.kms.clone(),
+            template: std::sync::Mutex::new(Some(template)),
+            started: info.started,
+        }))
     }
 
     /// The engine.
@@ -210,7 +290,8 @@ impl Gate {
         );
         // Fail closed: nothing runs that could not be recorded.
         let (result, mut rec): (Result<R, KmsError>, RequestRecord) = if self.audit.healthy() {
-            record::scope(tracing::Instrument::instrument(fut, span)).await
+            let barrier = self.intent_barrier(&info, &caller);
+            record::scope_with_barrier(barrier, tracing::Instrument::instrument(fut, span)).await
         } else {
             (Err(audit_unavailable()), RequestRecord::default())
         };

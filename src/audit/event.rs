@@ -170,6 +170,10 @@ pub struct UserIdentity {
     /// For role sessions: the role and the session's attributes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_context: Option<SessionContext>,
+    /// For actions the daemon takes by itself (`type` `AWSService`): who acted, `p11kms`
+    /// (CloudTrail names the AWS service here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
 }
 
 /// CloudTrail's `userIdentity.sessionContext`.
@@ -251,6 +255,18 @@ impl UserIdentity {
             account_id: Some(caller.account.clone()),
             access_key_id: caller.access_key_id.clone(),
             session_context,
+            invoked_by: None,
+        }
+    }
+
+    /// The identity of an action the daemon took by itself in `account` (CloudTrail's
+    /// service identity: `type` `AWSService`, `invokedBy` [`EVENT_SOURCE`]).
+    pub fn service(account: impl Into<String>) -> UserIdentity {
+        UserIdentity {
+            identity_type: "AWSService".into(),
+            account_id: Some(account.into()),
+            invoked_by: Some(EVENT_SOURCE.into()),
+            ..UserIdentity::default()
         }
     }
 }
@@ -422,7 +438,15 @@ pub struct AuditEvent {
     /// p11kms: how the caller authenticated (`mtls`, `sigv4`, `session`, `internal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_method: Option<String>,
+    /// p11kms: [`PHASE_INTENT`] for the record a changing request makes durable before its
+    /// change is stored (the request's outcome follows in a second event with the same
+    /// `requestID`); absent on every other event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Cow<'static, str>>,
 }
+
+/// `phase` of an intent record (see `docs/audit.md`, "No change without a record").
+pub const PHASE_INTENT: &str = "intent";
 
 impl AuditEvent {
     /// An event for operation `event_name` with request id `request_id` at `now_unix_ms`;
@@ -459,7 +483,13 @@ impl AuditEvent {
             latency_micros: 0,
             door: Cow::Borrowed("grpc"),
             auth_method: None,
+            phase: None,
         }
+    }
+
+    /// Whether this is an intent record (written before a change is stored).
+    pub fn is_intent(&self) -> bool {
+        self.phase.as_deref() == Some(PHASE_INTENT)
     }
 
     /// Set the caller: `userIdentity`, `sourceIPAddress` and `authMethod`.

@@ -19,13 +19,15 @@
 //!
 //! At start: `HsmCheckpointSigner::new(hsm, AUDIT_KEY_LABEL)`, then
 //! [`export_public_key`]`(data_dir, signer.public_key_spki_der())`, then
-//! [`AuditLog::open`]`(config, Some(Arc::new(signer)))`. Per request: build an
+//! [`AuditLog::open`]`(config, Some(Arc::new(signer)))`. A changing request first appends an
+//! intent record (`phase: intent`, see `api::gate`) before its change is stored. Per request: build an
 //! [`AuditEvent`] and `append(event).await` before the response is released; an error fails
 //! the request. Health: [`AuditLog::healthy`]. Metrics: [`AuditLog::stats`].
 
 pub mod checkpoint;
 pub mod event;
 pub mod ids;
+pub mod service;
 pub mod verify;
 pub mod writer;
 
@@ -40,6 +42,7 @@ pub use event::{
     iso8601_ms, scrub_secrets, AuditDecidingStatement, AuditDecision, AuditEvent, Checkpoint,
     Resource, SegmentStart, SessionAttributes, SessionContext, SessionIssuer, UserIdentity,
 };
+pub use service::{ServiceAuditSink, SERVICE_EVENT_TYPE};
 pub use verify::{run_verify_cli, verify_files, Problem, ProblemKind, VerifyReport};
 pub use writer::{
     AppendReceipt, AuditConfig, AuditLog, AuditStats, Durability, FSYNC_BUCKETS_SECONDS,

@@ -611,6 +611,57 @@ async fn full_queue_answers_busy() {
     log.shutdown().await.unwrap();
 }
 
+/// A flush (or checkpoint, or shutdown) that finds the queue full waits for room off the
+/// runtime: on a current-thread runtime, other tasks keep running meanwhile.
+#[test]
+fn a_control_command_on_a_full_queue_does_not_block_the_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = trail();
+        let mut cfg = test_config(&t.dir);
+        cfg.queue_capacity = 1;
+        let log = Arc::new(t.open_with(cfg).await);
+        // Hold the writer for 1.5 s from another thread.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let _gate = log.test_gate();
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(1500));
+            })
+        };
+        held_rx.recv().unwrap();
+        // The writer takes the first append and waits at the gate; the second fills the queue.
+        let mut appends = Vec::new();
+        for i in 0..2 {
+            let log = Arc::clone(&log);
+            appends.push(tokio::spawn(async move { log.append(event(i)).await }));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let flush = tokio::spawn({
+            let log = Arc::clone(&log);
+            async move { log.flush().await }
+        });
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "the runtime stalled for {took:?} while a flush waited for room in the queue"
+        );
+        for a in appends {
+            a.await.unwrap().unwrap();
+        }
+        flush.await.unwrap().unwrap();
+        holder.join().unwrap();
+        log.shutdown().await.unwrap();
+    });
+}
+
 // ---------------------------------------------------------------- fail closed
 
 #[tokio::test]
@@ -778,6 +829,7 @@ async fn example_event_has_cloudtrail_names() {
                 mfa_authenticated: "false".into(),
             },
         }),
+        invoked_by: None,
     };
     e.aws_region = "eu-central-1".into();
     e.source_ip_address = Some("10.20.30.40".into());

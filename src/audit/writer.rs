@@ -212,6 +212,9 @@ struct Shared {
     head_sequence: AtomicU64,
     segment: Mutex<String>,
     last_error: Mutex<Option<String>>,
+    /// Fault injection ([`AuditLog::fail_after_authorization`]): the next batch of events
+    /// fails as a write error would.
+    fail_next: AtomicBool,
     /// Tests hold it to stop the writer between taking the first command of a batch and
     /// draining the queue.
     #[cfg(test)]
@@ -221,6 +224,7 @@ struct Shared {
 impl Default for Shared {
     fn default() -> Self {
         Shared {
+            fail_next: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
             queued: AtomicU64::new(0),
             events_written: AtomicU64::new(0),
@@ -411,7 +415,7 @@ impl AuditLog {
     /// Fsync whatever is written (relaxed mode); a no-op with group commit.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Cmd::Flush(ack)).map_err(|_| stopped())?;
+        self.send_cmd(Cmd::Flush(ack)).await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -419,7 +423,7 @@ impl AuditLog {
     /// sequence of the latest checkpoint (`None` without a signer or before any).
     pub async fn checkpoint_now(&self) -> Result<Option<u64>, AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Cmd::Checkpoint(ack)).map_err(|_| stopped())?;
+        self.send_cmd(Cmd::Checkpoint(ack)).await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -427,7 +431,7 @@ impl AuditLog {
     /// answer [`AuditError::Unavailable`]. Idempotent.
     pub async fn shutdown(&self) -> Result<(), AuditError> {
         let (ack, rx) = oneshot::channel();
-        let answer = match self.tx.send(Cmd::Shutdown(ack)) {
+        let answer = match self.send_cmd(Cmd::Shutdown(ack)).await {
             Ok(()) => rx.await.unwrap_or(Ok(())),
             Err(_) => Ok(()),
         };
@@ -439,6 +443,32 @@ impl AuditLog {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         answer
+    }
+
+    /// Test hook (fault injection; inert unless called): breaks the trail between a
+    /// request's authorization and its commit. The next batch of events fails as a write
+    /// error would (the trail is unhealthy, then recovers in a new segment). Armed before a
+    /// changing request, the first record that request writes fails: its intent record, so
+    /// the request must fail with nothing changed.
+    pub fn fail_after_authorization(&self) {
+        self.shared.fail_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Queues a control command without blocking the async thread: at once when the queue
+    /// has room, else from a blocking thread that waits for room (a full queue drains as
+    /// fast as the writer writes).
+    async fn send_cmd(&self, cmd: Cmd) -> Result<(), AuditError> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+            Err(TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(cmd))
+                    .await
+                    .map_err(|_| stopped())?
+                    .map_err(|_| stopped())
+            }
+        }
     }
 
     /// Hold the writer before it drains its queue (tests: make a batch deterministic).
@@ -873,6 +903,11 @@ impl Writer {
         let acks_of = |batch: Vec<(Box<AuditEvent>, Ack<AppendReceipt>)>| {
             batch.into_iter().map(|(_, ack)| ack).collect::<Vec<_>>()
         };
+        if self.shared.fail_next.swap(false, Ordering::SeqCst) {
+            let e = "injected fault: the trail broke between authorization and commit".to_owned();
+            self.fail(e.clone(), None);
+            return fail_all(acks_of(batch), &e);
+        }
         if self.broken.is_some() || self.seg.is_none() {
             self.shared
                 .rejected

@@ -116,6 +116,7 @@ impl Kms {
             created_at_ms: now,
             updated_at_ms: now,
         };
+        super::record::before_change().await?;
         self.store
             .create_alias(&record)
             .await
@@ -160,6 +161,7 @@ impl Kms {
             )));
         }
         let now = self.now_ms();
+        super::record::before_change().await?;
         self.store
             .update_alias(&caller.account, alias_name, &new.key.record.key_id, now)
             .await?;
@@ -179,6 +181,7 @@ impl Kms {
         let target = self.resolve(caller, &current.key_id, false)?;
         self.authorize_alias(caller, "kms:DeleteAlias", alias_name)?;
         self.authorize_key(caller, "kms:DeleteAlias", &target, None)?;
+        super::record::before_change().await?;
         self.store.delete_alias(&caller.account, alias_name).await?;
         self.cache_write().remove_alias(&key_ref);
         Ok(())

@@ -415,6 +415,7 @@ impl Kms {
             )));
         }
         super::end_dry_run(req.dry_run)?;
+        super::record::before_change().await?;
         self.store.insert_grant(&record).await?;
         let mut updated = (*resolved.key).clone();
         updated.grants.push(record.clone());
@@ -544,6 +545,7 @@ impl Kms {
     }
 
     async fn drop_grant(&self, resolved: &Resolved, grant_id: &str) -> Result<(), KmsError> {
+        super::record::before_change().await?;
         self.store.delete_grant(grant_id).await?;
         let mut updated = (*resolved.key).clone();
         updated.grants.retain(|g| g.grant_id != grant_id);

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
+use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::{
     HmacSpec, ImportJob, ImportOutcome, MaterialCheck, MaterialKind, WrappingAlgorithm,
@@ -193,6 +194,7 @@ impl Kms {
         let wrapping = WrappingKeyId(*Uuid::new_v4().as_bytes());
         let mut token = vec![TOKEN_VERSION];
         token.extend_from_slice(&wrapping.0);
+        super::record::before_change().await?;
         token.extend_from_slice(&self.hsm.random(32).await?);
         let public_key = match self
             .hsm
@@ -341,6 +343,7 @@ impl Kms {
                     .into(),
             ));
         }
+        super::record::before_change().await?;
         let target = ObjectId::new(key.uuid, 1);
         let create_object = !l.material_present;
         let outcome = self
@@ -466,6 +469,7 @@ impl Kms {
     /// Destroys a key's imported material on the token, then records PendingImport (callers
     /// hold the mutation lock). The check value stays: a re-import must bring the same material.
     async fn drop_material(&self, key: &CachedKey) -> Result<(), KmsError> {
+        super::record::before_change().await?;
         for &v in &key.versions {
             match self.hsm.destroy(ObjectId::new(key.uuid, v)).await {
                 Ok(()) => {}
@@ -489,34 +493,54 @@ impl Kms {
     }
 
     /// Destroys imported material whose ValidTo has passed (key -> PendingImport), and
-    /// expired import tokens with their wrapping keys. Returns the ids of keys whose material
-    /// expired.
-    pub async fn sweep_imports(&self) -> Result<Vec<String>, KmsError> {
+    /// expired import tokens with their wrapping keys. Reports each expiry
+    /// (`DeleteExpiredKeyMaterial`, with its outcome) to the service sink and returns what it
+    /// did; a key that failed is retried by the next sweep.
+    pub async fn sweep_imports(&self) -> Result<Vec<ServiceAction>, KmsError> {
         let now = self.now_ms();
         let expires = |l: &crate::store::KeyLifecycle| {
             l.material_present && l.valid_to_ms.is_some_and(|v| v <= now)
         };
         let due = self.lifecycle_keys_where(expires);
-        let mut expired = Vec::new();
+        let mut done = Vec::new();
         for key_id in due {
-            let _guard = self.mutate.lock().await;
-            let l = self.lifecycle_of(&key_id);
-            let Some(key) = parse_uuid(&key_id).and_then(|u| self.key_by_uuid(&u)) else {
-                continue;
-            };
-            // Re-check under the lock: a re-import or deletion may have won the race.
-            if !expires(&l) {
-                continue;
+            if !self.service_ready() {
+                tracing::warn!("import expiry sweep paused: the audit trail cannot be written");
+                break;
             }
-            match self.drop_material(&key).await {
-                Ok(()) => {
-                    tracing::info!(key_id, "imported key material expired");
-                    expired.push(key_id);
+            let (key, result) = {
+                let _guard = self.mutate.lock().await;
+                let l = self.lifecycle_of(&key_id);
+                let Some(key) = parse_uuid(&key_id).and_then(|u| self.key_by_uuid(&u)) else {
+                    continue;
+                };
+                // Re-check under the lock: a re-import or deletion may have won the race.
+                if !expires(&l) {
+                    continue;
                 }
+                let result = match self
+                    .service_intent(ServiceEventName::DeleteExpiredKeyMaterial, &key)
+                    .await
+                {
+                    Ok(()) => self.drop_material(&key).await,
+                    Err(e) => Err(e),
+                };
+                (key, result)
+            };
+            match &result {
+                Ok(()) => tracing::info!(key_id, "imported key material expired"),
                 Err(e) => {
                     tracing::error!(key_id, error = %e, "expiring imported key material failed; will retry")
                 }
             }
+            let action = ServiceAction::on(
+                ServiceEventName::DeleteExpiredKeyMaterial,
+                &key,
+                &result,
+                self.now_ms(),
+            );
+            self.report_service(&action).await;
+            done.push(action);
         }
         // Expired tokens: the wrapping key goes at once; the row stays for a while so that a
         // late ImportKeyMaterial hears ExpiredImportTokenException, not InvalidImportToken.
@@ -552,7 +576,7 @@ impl Kms {
                     .remove(&t.token_sha256);
             }
         }
-        Ok(expired)
+        Ok(done)
     }
 
     /// Destroys the wrapping keys of a key's outstanding import tokens (before the key itself

@@ -330,6 +330,7 @@ impl Kms {
         if external {
             // No HSM object: the key waits for ImportKeyMaterial.
             record.state = KeyState::PendingImport;
+            super::record::before_change().await?;
             self.store.insert_key(&record, &req.tags).await?;
             let cached = self.cache_put(CachedKey {
                 arn: self.key_arn(&record.account, &key_id),
@@ -360,6 +361,7 @@ impl Kms {
         record: &KeyRecord,
         tags: &[Tag],
     ) -> Result<(), KmsError> {
+        super::record::before_change().await?;
         self.store.insert_key(record, tags).await?;
         if self.hooks.interrupt_create() == InterruptCreate::AfterMetadataRow {
             return Err(KmsError::Internal(
@@ -607,6 +609,7 @@ impl Kms {
         if cached.record.policy != key.record.policy {
             cached.policy = Some(compile_key_policy(&cached.record.policy)?);
         }
+        super::record::before_change().await?;
         self.store.update_key(&cached.record).await?;
         Ok(self.cache_put(cached))
     }

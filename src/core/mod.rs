@@ -21,6 +21,7 @@ pub mod policies;
 pub mod reconcile;
 pub mod record;
 pub mod rotation;
+pub mod service;
 pub mod specs;
 pub mod sts;
 pub mod sweeper;
@@ -229,6 +230,8 @@ pub struct Kms {
     swept_wrapping_keys: std::sync::Mutex<BTreeSet<String>>,
     /// The last cryptographic use of each key (GetKeyLastUsage), stored in batches.
     usage: usage::UsageTracker,
+    /// Where the engine's own actions (sweeps) are reported; see [`service`].
+    service_sink: std::sync::OnceLock<Arc<dyn service::ServiceEventSink>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -265,6 +268,7 @@ impl Kms {
             rotating: std::sync::Mutex::new(BTreeMap::new()),
             swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
             usage: usage::UsageTracker::default(),
+            service_sink: std::sync::OnceLock::new(),
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;

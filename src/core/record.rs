@@ -3,11 +3,36 @@
 //!
 //! The door opens a scope per request ([`scope`]); the engine records into it as it goes, so
 //! no operation signature has to carry audit plumbing. Outside a scope, recording is a no-op.
+//!
+//! # The pre-commit barrier
+//!
+//! No stored change may exist without a durable audit record. The gate writes a request's
+//! event after the engine call returns, which is too late for a change: if that write fails,
+//! the change is stored and unaudited. So a scope may carry a [`CommitBarrier`]
+//! ([`scope_with_barrier`]), and every engine operation that changes the store (or creates or
+//! destroys key material on the device) calls [`before_change`] after it has authorized the
+//! request and just before its first change. The first call of a request runs the barrier
+//! (the gate appends an *intent* record and waits until it is durable); later calls of the same
+//! request pass at once. If the barrier fails, `before_change` returns its error and the
+//! operation returns it without changing anything: the request fails closed. Operations that
+//! change nothing (the cryptographic ones, reads) never call it, so they pay nothing. Outside
+//! a scope, or in a scope without a barrier (sweeps, unit tests), it is a no-op.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::KmsError;
 use crate::policy::{Decision, DecisionReason, Effect};
+
+/// What must happen before a request's first change is stored (the gate: a durable intent
+/// record). See the module docs.
+#[async_trait::async_trait]
+pub trait CommitBarrier: Send + Sync {
+    /// Makes a record of the change about to be stored durable; `so_far` is what the
+    /// request has recorded (its decisions and key). An error refuses the change.
+    async fn before_change(&self, so_far: &RequestRecord) -> Result<(), KmsError>;
+}
 
 /// One authorization decision taken while serving a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,24 +94,68 @@ impl RequestRecord {
     }
 }
 
+/// One request's scope: its record and, for requests that may change something, the
+/// barrier to pass before the first change.
+struct Scope {
+    record: Mutex<RequestRecord>,
+    barrier: Option<Arc<dyn CommitBarrier>>,
+    /// Whether the barrier has been passed (once per request).
+    passed: AtomicBool,
+}
+
 tokio::task_local! {
-    static CURRENT: Arc<Mutex<RequestRecord>>;
+    static CURRENT: Arc<Scope>;
 }
 
 /// Runs `fut` with a fresh record and returns its output with what was recorded.
 pub async fn scope<F: Future>(fut: F) -> (F::Output, RequestRecord) {
-    let cell = Arc::new(Mutex::new(RequestRecord::default()));
+    scope_with_barrier(None, fut).await
+}
+
+/// Like [`scope`], with `barrier` to pass before the request's first change.
+pub async fn scope_with_barrier<F: Future>(
+    barrier: Option<Arc<dyn CommitBarrier>>,
+    fut: F,
+) -> (F::Output, RequestRecord) {
+    let cell = Arc::new(Scope {
+        record: Mutex::new(RequestRecord::default()),
+        barrier,
+        passed: AtomicBool::new(false),
+    });
     let out = CURRENT.scope(cell.clone(), fut).await;
     let record = cell
+        .record
         .lock()
         .map(|mut r| std::mem::take(&mut *r))
         .unwrap_or_default();
     (out, record)
 }
 
+/// Called by engine operations after authorization, right before their first change (store
+/// write, key material created or destroyed): passes the scope's barrier once per request.
+/// An error means nothing may be changed; return it.
+pub(crate) async fn before_change() -> Result<(), KmsError> {
+    let pending = CURRENT
+        .try_with(|s| {
+            if s.passed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let barrier = s.barrier.clone()?;
+            let so_far = s.record.lock().map(|r| r.clone()).unwrap_or_default();
+            Some((s.clone(), barrier, so_far))
+        })
+        .ok()
+        .flatten();
+    if let Some((scope, barrier, so_far)) = pending {
+        barrier.before_change(&so_far).await?;
+        scope.passed.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
 fn with(f: impl FnOnce(&mut RequestRecord)) {
     let _ = CURRENT.try_with(|cell| {
-        if let Ok(mut r) = cell.lock() {
+        if let Ok(mut r) = cell.record.lock() {
             f(&mut r);
         }
     });
@@ -190,5 +259,45 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(rec.keys_used(), vec!["arn:src", "arn:dst"]);
+    }
+
+    struct Counting {
+        calls: std::sync::atomic::AtomicUsize,
+        fail: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl CommitBarrier for Counting {
+        async fn before_change(&self, so_far: &RequestRecord) -> Result<(), KmsError> {
+            assert_eq!(so_far.key_arn.as_deref(), Some("arn:a"));
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.fail {
+                Err(KmsError::DependencyTimeout("trail down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_barrier_runs_once_per_request_and_its_error_refuses_the_change() {
+        // Outside a scope, and in a scope without a barrier: nothing to pass.
+        before_change().await.unwrap();
+        let (r, _) = scope(before_change()).await;
+        r.unwrap();
+        for fail in [false, true] {
+            let b = Arc::new(Counting {
+                calls: Default::default(),
+                fail,
+            });
+            let (r, _) = scope_with_barrier(Some(b.clone()), async {
+                key("arn:a", "111122223333");
+                before_change().await?;
+                before_change().await
+            })
+            .await;
+            assert_eq!(r.is_err(), fail);
+            assert_eq!(b.calls.load(Ordering::SeqCst), 1);
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
+use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, InterruptCreate, Kms, KmsError};
 use crate::hsm::ObjectId;
 use crate::identity::Caller;
@@ -205,6 +206,7 @@ impl Kms {
         l.rotation_enabled = true;
         l.rotation_period_days = Some(days);
         l.next_rotation_ms = Some(next);
+        super::record::before_change().await?;
         self.store.put_lifecycle(&l).await?;
         self.lifecycle_cache_put(l);
         tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
@@ -228,6 +230,7 @@ impl Kms {
         }
         l.rotation_enabled = false;
         l.next_rotation_ms = None;
+        super::record::before_change().await?;
         self.store.put_lifecycle(&l).await?;
         self.lifecycle_cache_put(l);
         Ok(())
@@ -385,6 +388,7 @@ impl Kms {
         key: &CachedKey,
         rotation_type: &str,
     ) -> Result<Arc<CachedKey>, KmsError> {
+        super::record::before_change().await?;
         let key_id = key.record.key_id.clone();
         let current = key.record.current_version;
         let highest = key.versions.iter().copied().max().unwrap_or(current);
@@ -475,40 +479,57 @@ impl Kms {
     }
 
     /// Rotates every key whose automatic rotation date has passed by the engine's clock.
-    /// Disabled keys wait until they are enabled again. Returns the ids rotated.
-    pub async fn sweep_rotations(&self) -> Result<Vec<String>, KmsError> {
+    /// Disabled keys wait until they are enabled again. Reports each rotation (`RotateKey`,
+    /// with its outcome) to the service sink and returns what it did; a key that failed is
+    /// retried by the next sweep.
+    pub async fn sweep_rotations(&self) -> Result<Vec<ServiceAction>, KmsError> {
         let now = self.now_ms();
         let is_due =
             |l: &KeyLifecycle| l.rotation_enabled && l.next_rotation_ms.is_some_and(|n| n <= now);
         let due = self.lifecycle_keys_where(is_due);
-        let mut rotated = Vec::new();
+        let mut done = Vec::new();
         for key_id in due {
+            if !self.service_ready() {
+                tracing::warn!("rotation sweep paused: the audit trail cannot be written");
+                break;
+            }
             let Some(_slot) = self.claim_rotation(&key_id) else {
                 continue;
             };
-            let _guard = self.mutate.lock().await;
-            let Some(key) = uuid::Uuid::parse_str(&key_id)
-                .ok()
-                .and_then(|u| self.key_by_uuid(u.as_bytes()))
-            else {
-                continue;
+            let (key, result) = {
+                let _guard = self.mutate.lock().await;
+                let Some(key) = uuid::Uuid::parse_str(&key_id)
+                    .ok()
+                    .and_then(|u| self.key_by_uuid(u.as_bytes()))
+                else {
+                    continue;
+                };
+                let l = self.lifecycle_of(&key_id);
+                if key.record.state != KeyState::Enabled
+                    || check_rotatable(&key).is_err()
+                    || !is_due(&l)
+                {
+                    continue;
+                }
+                let result = match self.service_intent(ServiceEventName::RotateKey, &key).await {
+                    Ok(()) => self.rotate(&key, AUTOMATIC).await,
+                    Err(e) => Err(e),
+                };
+                (key, result)
             };
-            let l = self.lifecycle_of(&key_id);
-            if key.record.state != KeyState::Enabled
-                || check_rotatable(&key).is_err()
-                || !is_due(&l)
-            {
-                continue;
-            }
             // One key's failure (device hiccup) must not hold back the others: log, retry on
             // the next sweep.
-            match self.rotate(&key, AUTOMATIC).await {
-                Ok(_) => rotated.push(key_id),
+            let mut action =
+                ServiceAction::on(ServiceEventName::RotateKey, &key, &result, self.now_ms());
+            match &result {
+                Ok(rotated) => action.key_version = Some(rotated.record.current_version),
                 Err(e) => {
                     tracing::error!(key_id, error = %e, "automatic rotation failed; will retry")
                 }
             }
+            self.report_service(&action).await;
+            done.push(action);
         }
-        Ok(rotated)
+        Ok(done)
     }
 }

@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Kms, KmsError};
+use super::service::{ServiceAction, ServiceEventName};
+use super::{CachedKey, Kms, KmsError};
 use crate::hsm::{HsmErrorKind, ObjectId};
 use crate::store::KeyState;
 
 impl Kms {
-    /// Destroys every key whose deletion date has passed by the engine's clock. Returns the
-    /// ids of the keys destroyed.
-    pub async fn sweep_deletions(&self) -> Result<Vec<String>, KmsError> {
+    /// Destroys every key whose deletion date has passed by the engine's clock, and reports
+    /// each destruction (`DeleteKey`, with its outcome) to the service sink. Returns what it
+    /// did, one action per key it tried; a key that failed is retried by the next sweep.
+    pub async fn sweep_deletions(&self) -> Result<Vec<ServiceAction>, KmsError> {
         let now = self.now_ms();
         let due: Vec<String> = self
             .cache_read()
@@ -28,73 +30,114 @@ impl Kms {
             })
             .map(|k| k.record.key_id.clone())
             .collect();
-        let mut destroyed = Vec::new();
+        let mut done = Vec::new();
         for key_id in due {
-            let _guard = self.mutate.lock().await;
-            let Some(key) = Uuid::parse_str(&key_id)
-                .ok()
-                .and_then(|u| self.cache_read().keys.get(&u).cloned())
-            else {
+            if !self.service_ready() {
+                tracing::warn!("deletion sweep paused: the audit trail cannot be written");
+                break;
+            }
+            let Some((key, result)) = self.delete_due_key(&key_id, now).await else {
                 continue;
             };
-            // Re-check under the lock: CancelKeyDeletion may have won the race.
-            if key.record.state != KeyState::PendingDeletion
-                || key.record.deletion_date_ms.is_none_or(|d| d > now)
-            {
-                continue;
+            let action =
+                ServiceAction::on(ServiceEventName::DeleteKey, &key, &result, self.now_ms());
+            if let Err(e) = &result {
+                tracing::error!(key_id, error = %e, "destroying a key failed; will retry");
             }
-            let pair = super::specs::is_pair(&key.record.key_spec);
-            // Import wrapping keys first (their token rows go with the key), then every
-            // version of the key material.
-            self.destroy_wrapping_keys_of(&key_id).await?;
-            for &version in &key.versions {
-                let object = ObjectId::new(key.uuid, version);
-                let destroyed = if pair {
-                    self.hsm.destroy_key_pair(object).await
-                } else {
-                    self.hsm.destroy(object).await
-                };
-                match destroyed {
-                    Ok(()) => {}
-                    Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            self.store.destroy_key(&key_id, now).await?;
-            {
-                let mut cache = self.cache_write();
-                let uuid = Uuid::from_bytes(key.uuid);
-                cache.keys.remove(&uuid);
-                cache.remove_aliases_of(&key_id);
-                cache.deleted.insert(uuid);
-            }
-            self.lifecycle_cache_remove(&key_id);
-            tracing::info!(
-                key_id,
-                "key deleted: HSM objects destroyed and metadata removed"
-            );
-            destroyed.push(key_id);
+            self.report_service(&action).await;
+            done.push(action);
         }
-        Ok(destroyed)
+        Ok(done)
+    }
+
+    /// Destroys one key if it is still due (under the mutation lock): its import wrapping
+    /// keys, every version of its material, then its metadata. `None` when it is no longer
+    /// due (CancelKeyDeletion won the race) or gone.
+    async fn delete_due_key(
+        &self,
+        key_id: &str,
+        now: i64,
+    ) -> Option<(Arc<CachedKey>, Result<(), KmsError>)> {
+        let _guard = self.mutate.lock().await;
+        let key = Uuid::parse_str(key_id)
+            .ok()
+            .and_then(|u| self.cache_read().keys.get(&u).cloned())?;
+        // Re-check under the lock: CancelKeyDeletion may have won the race.
+        if key.record.state != KeyState::PendingDeletion
+            || key.record.deletion_date_ms.is_none_or(|d| d > now)
+        {
+            return None;
+        }
+        let result = match self.service_intent(ServiceEventName::DeleteKey, &key).await {
+            Ok(()) => self.destroy_key_now(&key, now).await,
+            Err(e) => Err(e),
+        };
+        Some((key, result))
+    }
+
+    async fn destroy_key_now(&self, key: &CachedKey, now: i64) -> Result<(), KmsError> {
+        let key_id = &key.record.key_id;
+        let pair = super::specs::is_pair(&key.record.key_spec);
+        // Import wrapping keys first (their token rows go with the key), then every
+        // version of the key material.
+        self.destroy_wrapping_keys_of(key_id).await?;
+        for &version in &key.versions {
+            let object = ObjectId::new(key.uuid, version);
+            let destroyed = if pair {
+                self.hsm.destroy_key_pair(object).await
+            } else {
+                self.hsm.destroy(object).await
+            };
+            match destroyed {
+                Ok(()) => {}
+                Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store.destroy_key(key_id, now).await?;
+        {
+            let mut cache = self.cache_write();
+            let uuid = Uuid::from_bytes(key.uuid);
+            cache.keys.remove(&uuid);
+            cache.remove_aliases_of(key_id);
+            cache.deleted.insert(uuid);
+        }
+        self.lifecycle_cache_remove(key_id);
+        tracing::info!(
+            key_id,
+            "key deleted: HSM objects destroyed and metadata removed"
+        );
+        Ok(())
+    }
+
+    /// Runs every sweep once (deletions, automatic rotations, import expiry) and returns
+    /// what they did. A sweep that fails as a whole is logged and retried next time.
+    pub async fn sweep_once(&self) -> Vec<ServiceAction> {
+        let mut done = Vec::new();
+        match self.sweep_deletions().await {
+            Ok(a) => done.extend(a),
+            Err(e) => tracing::error!(error = %e, "deletion sweep failed; will retry"),
+        }
+        match self.sweep_rotations().await {
+            Ok(a) => done.extend(a),
+            Err(e) => tracing::error!(error = %e, "automatic rotation sweep failed; will retry"),
+        }
+        match self.sweep_imports().await {
+            Ok(a) => done.extend(a),
+            Err(e) => tracing::error!(error = %e, "import expiry sweep failed; will retry"),
+        }
+        done
     }
 }
 
-/// Runs [`Kms::sweep_deletions`] every `interval` until the task is aborted.
+/// Runs [`Kms::sweep_once`] every `interval` until the task is aborted.
 pub fn spawn_sweeper(kms: Arc<Kms>, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = kms.sweep_deletions().await {
-                tracing::error!(error = %e, "deletion sweep failed; will retry");
-            }
-            if let Err(e) = kms.sweep_rotations().await {
-                tracing::error!(error = %e, "automatic rotation sweep failed; will retry");
-            }
-            if let Err(e) = kms.sweep_imports().await {
-                tracing::error!(error = %e, "import expiry sweep failed; will retry");
-            }
+            kms.sweep_once().await;
         }
     })
 }

@@ -50,6 +50,7 @@ impl Kms {
                 validate::MAX_TAGS
             )));
         }
+        super::record::before_change().await?;
         self.store
             .put_tags(&resolved.key.record.key_id, &tags)
             .await?;
@@ -78,6 +79,7 @@ impl Kms {
                 .with("aws:TagKeys", CtxValue::Many(tag_keys.clone())),
         )?;
         check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+        super::record::before_change().await?;
         self.store
             .remove_tags(&resolved.key.record.key_id, &tag_keys)
             .await?;

@@ -419,6 +419,21 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
     false
 }
 
+/// Starts the real daemon with the given clock and its background sweeper held back (it runs
+/// once at start, then not for a year), so that a test drives the sweeps itself
+/// (`server.kms.sweep_deletions()`, ...) and asserts on what they did.
+pub async fn start_swept_by_hand(data_dir: &Path, clock: Arc<ManualClock>) -> RunningServer {
+    server::start(
+        &config(data_dir),
+        ServerOptions {
+            clock,
+            sweep_interval: Some(std::time::Duration::from_secs(365 * 86_400)),
+        },
+    )
+    .await
+    .expect("daemon starts")
+}
+
 /// The audit segment files (`audit/*.jsonl`) of a data directory, in order.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let audit = dir.join("audit");
@@ -477,4 +492,30 @@ pub async fn store_snapshot(server: &RunningServer) -> StoreSnapshot {
         deleted: store.deleted_key_ids().await.unwrap(),
         key_count: server.kms.key_count(),
     }
+}
+
+/// The service events (what the daemon did by itself) named `name` about key `key_id`: their
+/// outcome events, without the intent records written before each action.
+pub fn service_events(data_dir: &Path, name: &str, key_id: &str) -> Vec<serde_json::Value> {
+    events(data_dir)
+        .into_iter()
+        .filter(|e| {
+            e["eventType"] == "AwsServiceEvent"
+                && e.get("phase").is_none()
+                && e["eventName"] == name
+                && e["resources"][0]["ARN"]
+                    .as_str()
+                    .is_some_and(|a| a.ends_with(&format!(":key/{key_id}")))
+        })
+        .collect()
+}
+
+/// Checks the shape of a successful service event: CloudTrail's service identity
+/// (`AWSService`, invoked by `p11kms`), the key in `resources`, no error.
+pub fn assert_service_success(e: &serde_json::Value) {
+    assert_eq!(e["userIdentity"]["type"], "AWSService", "{e}");
+    assert_eq!(e["userIdentity"]["invokedBy"], "p11kms", "{e}");
+    assert_eq!(e["userIdentity"]["accountId"], ACCOUNT, "{e}");
+    assert_eq!(e["resources"][0]["type"], "AWS::KMS::Key", "{e}");
+    assert!(e.get("errorCode").is_none(), "{e}");
 }
