@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
+use crate::core::DRY_RUN_OPERATIONS;
 use crate::core::KmsError;
 
 /// The checked-in extract of botocore's KMS model.
@@ -467,24 +468,6 @@ pub fn input_members(operation: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// The operations with `DryRun` in their input that the door reads it for.
-const DRY_RUN_OPERATIONS: &[&str] = &[
-    "CreateGrant",
-    "Decrypt",
-    "DeriveSharedSecret",
-    "Encrypt",
-    "GenerateDataKey",
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
-    "GenerateDataKeyWithoutPlaintext",
-    "GenerateMac",
-    "ReEncrypt",
-    "RetireGrant",
-    "RevokeGrant",
-    "Sign",
-    "Verify",
-    "VerifyMac",
-];
 
 /// The input members the AWS door reads, per operation (nested structure members as
 /// `Outer.Inner`; a structure member is read when listed, its members only as listed).
