@@ -26,8 +26,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::core::DRY_RUN_OPERATIONS;
 use crate::core::KmsError;
+use crate::core::DRY_RUN_OPERATIONS;
 
 /// The checked-in extract of botocore's KMS model.
 pub const CONSTRAINTS_JSON: &str = include_str!("model/kms-input-constraints.json");
@@ -467,7 +467,6 @@ pub fn input_members(operation: &str) -> Option<Vec<String>> {
     }
     Some(out)
 }
-
 
 /// The input members the AWS door reads, per operation (nested structure members as
 /// `Outer.Inner`; a structure member is read when listed, its members only as listed).
