@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::api::grpc::capture::CaptureSigned;
 use crate::api::grpc::Door;
@@ -409,25 +408,51 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
     Ok(kms)
 }
 
-fn tls_config(config: &Config) -> Result<ServerTlsConfig, ServerError> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| ServerError::Tls(format!("{}: {e}", p.display())))
+/// The gRPC door's TLS: HTTP/2 by ALPN, and client certificates verified against the CA when
+/// presented; a request without one is answered UNAUTHENTICATED by the door (other
+/// authentication methods share the port).
+fn grpc_tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let tls_err = |p: &std::path::Path, e: &dyn std::fmt::Display| {
+        ServerError::Tls(format!("{}: {e}", p.display()))
     };
-    let cert = read(&config.server.tls_cert)?;
-    let key = read(&config.server.tls_key)?;
-    let ca = read(&config.server.client_ca)?;
-    // Client certificates are verified against the CA when presented; a request without one
-    // is answered UNAUTHENTICATED by the door (other authentication methods share the port).
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(true))
+    let (cert, key, ca) = (
+        &config.server.tls_cert,
+        &config.server.tls_key,
+        &config.server.client_ca,
+    );
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_err(cert, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, &e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| tls_err(ca, &e))? {
+        roots
+            .add(c.map_err(|e| tls_err(ca, &e))?)
+            .map_err(|e| tls_err(ca, &e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| tls_err(ca, &e))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
 /// Starts the daemon and returns once it is listening.
 pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningServer, ServerError> {
     let bindings = config.certificate_bindings()?;
-    let tls = tls_config(config)?;
+    let tls = grpc_tls_acceptor(config)?;
     let kms = open_engine(config, options.clock.clone()).await?;
     {
         let dir = kms.directory().current();
@@ -489,9 +514,12 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         body_limit,
     );
     let (tx, rx) = oneshot::channel::<()>();
+    let limits = crate::api::listener::Limits::from_config(&config.server);
+    let registry = crate::api::listener::Registry::new(crate::api::grpc::DOOR, limits);
     let router = Server::builder()
-        .tls_config(tls)?
-        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .layer(crate::api::listener::TrackedLayer::new(registry.clone()))
         .add_service(kms_service)
         .add_service(sts_service)
         .add_service(admin_service)
@@ -499,10 +527,11 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .add_service(reflection);
     let serve = tokio::spawn(async move {
         router
-            // tonic ignores Server::tcp_nodelay for serve_with_incoming; without NODELAY,
-            // Nagle holds small responses for ~40 ms (docs/benchmarks.md).
+            // TLS, the connection caps and deadlines are the shared listener's (which also
+            // sets NODELAY: without it, Nagle holds small responses for ~40 ms,
+            // docs/benchmarks.md).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                crate::api::listener::tls_incoming(listener, tls, registry),
                 async {
                     let _ = rx.await;
                 },
