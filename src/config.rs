@@ -465,10 +465,19 @@ impl Config {
             ("server.request_head_timeout_ms", s.request_head_timeout_ms),
             ("server.request_body_timeout_ms", s.request_body_timeout_ms),
             ("server.idle_timeout_ms", s.idle_timeout_ms),
-            ("server.http2_keepalive_interval_ms", s.http2_keepalive_interval_ms),
-            ("server.http2_keepalive_timeout_ms", s.http2_keepalive_timeout_ms),
+            (
+                "server.http2_keepalive_interval_ms",
+                s.http2_keepalive_interval_ms,
+            ),
+            (
+                "server.http2_keepalive_timeout_ms",
+                s.http2_keepalive_timeout_ms,
+            ),
             ("server.max_connections", s.max_connections as u64),
-            ("server.max_connections_per_source", s.max_connections_per_source as u64),
+            (
+                "server.max_connections_per_source",
+                s.max_connections_per_source as u64,
+            ),
             ("server.accept_backoff_max_ms", s.accept_backoff_max_ms),
         ] {
             if v == 0 {

@@ -343,3 +343,105 @@ async fn a_request_body_that_stalls_is_cut_off_at_its_deadline() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// The real daemon binary with its file limit at 128 (set by the shell, for the child only):
+/// 200 quiet connections run it out of descriptors. The accept loop backs off and logs the
+/// failures at a bounded rate, and once the quiet connections are closed at their handshake
+/// deadline a normal client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate() {
+    use std::io::BufRead;
+    let dir = data_dir("conn-emfile");
+    let ms = DEADLINE.as_millis();
+    let limits = format!(
+        "handshake_timeout_ms = {ms}\nidle_timeout_ms = {ms}\nmax_connections = 4000\n\
+         max_connections_per_source = 4000\n\n[hsm]"
+    );
+    let mut text = config_text(&dir).replacen("[hsm]", &limits, 1);
+    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
+    let config = dir.join("p11kms.toml");
+    std::fs::write(&config, text).unwrap();
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = hermetic_command("sh", scratch_dir())
+        .args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_p11kms"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("start p11kms serve");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let lines = || -> Vec<String> {
+        std::fs::File::open(&log_path)
+            .map(|f| {
+                std::io::BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The daemon logs the address of the AWS door (port 0).
+    let mut door = None;
+    for _ in 0..200 {
+        door = lines().iter().find_map(|l| {
+            let port = l.split("https://127.0.0.1:").nth(1)?;
+            let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+            Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                port.parse::<u16>().ok()?,
+            )))
+        });
+        if door.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let door = door.unwrap_or_else(|| panic!("the daemon did not start: {:?}", lines()));
+
+    let started = Instant::now();
+    let held = hold(door, "127.0.0.2", 200, Quiet::Nothing).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    let failures: Vec<String> = lines()
+        .into_iter()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    println!(
+        "accept-failure log lines in the first 3 s: {}; first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        !failures.is_empty(),
+        "the daemon never ran out of descriptors: the test proves nothing"
+    );
+    assert!(
+        failures.len() <= 2,
+        "{} accept-failure lines in 3 s: {failures:#?}",
+        failures.len()
+    );
+    let t = Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(15),
+        aws_request(door, "TrentService.ListKeys", b"{}"),
+    )
+    .await
+    .expect("a normal client is served once the quiet connections are closed");
+    println!(
+        "normal client served {} ms after the flood's first 3 s",
+        t.elapsed().as_millis()
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "ListKeys: {reply}");
+    drop(held);
+}

@@ -106,7 +106,8 @@ impl Conn {
     }
 
     fn touch(&self) {
-        self.last_activity_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.last_activity_ms
+            .store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// The peer's address.
@@ -251,7 +252,11 @@ impl Registry {
             .count();
         if from_source >= self.limits.max_connections_per_source {
             let victim = oldest_idle(&inner, |c| c.peer.ip() == peer.ip());
-            self.shed(&mut inner, victim.ok_or(Refusal::PerSource)?, "per-source cap");
+            self.shed(
+                &mut inner,
+                victim.ok_or(Refusal::PerSource)?,
+                "per-source cap",
+            );
         }
         if inner.conns.len() >= self.limits.max_connections {
             let victim = oldest_idle(&inner, |_| true);
