@@ -843,6 +843,69 @@ mod tests {
         )));
     }
 
+    /// A body that never sends anything.
+    struct Stalled;
+
+    impl Body for Stalled {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_at_its_deadline() {
+        use http_body_util::BodyExt;
+        let t = Instant::now();
+        let r = TimedBody::new(Stalled, Duration::from_millis(100))
+            .collect()
+            .await;
+        let e = r.expect_err("a stalled body fails");
+        assert!(e.is::<BodyTimeout>(), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// An inner service that reports whether its connection counts a request in flight.
+    #[derive(Clone)]
+    struct Probe(Arc<Conn>);
+
+    impl<B> tower_service::Service<Request<B>> for Probe {
+        type Response = bool;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<bool, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<B>) -> Self::Future {
+            std::future::ready(Ok(!self.0.is_idle()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_found_by_its_peer_address_keeps_its_connection_busy() {
+        use tower_layer::Layer;
+        use tower_service::Service;
+        let r = Registry::new("test", limits());
+        let peer = addr("10.0.0.9:7");
+        let g = r.admit(peer).unwrap();
+        let mut svc = TrackedLayer::new(r.clone()).layer(Probe(g.conn().clone()));
+        let mut req = Request::new(Stalled);
+        req.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(peer),
+        });
+        assert!(svc.call(req).await.unwrap(), "busy while the request runs");
+        assert!(g.conn().is_idle(), "idle again once it has ended");
+    }
+
     #[tokio::test]
     async fn caps_shed_the_oldest_idle_connection_and_never_a_busy_one() {
         let r = Registry::new("test", limits());
