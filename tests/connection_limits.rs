@@ -33,12 +33,18 @@ const SHED_WINDOW: Duration = Duration::from_millis(800);
 const MARGIN: Duration = Duration::from_millis(1500);
 
 async fn start_daemon(name: &str) -> RunningServer {
+    start_daemon_with(name, "").await
+}
+
+/// [`start_daemon`] with more `[server]` settings.
+async fn start_daemon_with(name: &str, more: &str) -> RunningServer {
     let dir = data_dir(name);
     let ms = DEADLINE.as_millis();
     let limits = format!(
         "handshake_timeout_ms = {ms}\nrequest_head_timeout_ms = {ms}\n\
          request_body_timeout_ms = {ms}\nidle_timeout_ms = {ms}\n\
-         max_connections = {MAX_CONNECTIONS}\nmax_connections_per_source = {MAX_PER_SOURCE}\n\n[hsm]"
+         max_connections = {MAX_CONNECTIONS}\nmax_connections_per_source = {MAX_PER_SOURCE}\n\
+         {more}\n\n[hsm]"
     );
     let mut text = config_text(&dir).replacen("[hsm]", &limits, 1);
     text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
@@ -448,4 +454,73 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate
     );
     assert!(reply.starts_with("HTTP/1.1 200"), "ListKeys: {reply}");
     drop(held);
+}
+
+/// Reads HTTP/2 frames until a PING from the server (`Ok(())`), or the end of the connection
+/// (`Err` with what came before).
+async fn await_ping<S: AsyncRead + Unpin>(s: &mut S) -> Result<(), String> {
+    let mut seen = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if let Err(e) = s.read_exact(&mut head).await {
+            return Err(format!("connection ended ({e}) after frames {seen:?}"));
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let mut payload = vec![0u8; len];
+        if let Err(e) = s.read_exact(&mut payload).await {
+            return Err(format!("connection ended ({e}) after frames {seen:?}"));
+        }
+        seen.push(kind);
+        // PING (type 6) without the ACK flag.
+        if kind == 6 && flags & 1 == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// HTTP/2 keep-alive: on both ports the daemon PINGs an HTTP/2 peer, and closes the
+/// connection when the peer does not answer, well before the idle deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_peers_are_pinged_and_dropped_when_they_do_not_answer() {
+    let server = start_daemon_with(
+        "conn-ping",
+        "http2_keepalive_interval_ms = 500\nhttp2_keepalive_timeout_ms = 500",
+    )
+    .await;
+    let ports = [
+        ("gRPC", server.addr),
+        ("AWS door", server.aws_json_addr.expect("AWS door enabled")),
+    ];
+    for (port, addr) in ports {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector(b"h2").connect(name, tcp).await.unwrap();
+        // The connection preface and an empty SETTINGS frame; then silence.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        let t = Instant::now();
+        let pinged = tokio::time::timeout(Duration::from_secs(3), await_ping(&mut tls)).await;
+        assert!(
+            matches!(pinged, Ok(Ok(()))),
+            "{port}: no HTTP/2 PING within 3 s: {pinged:?}"
+        );
+        let mut held: Held = Box::new(tls);
+        assert!(
+            closed_within(&mut held, Duration::from_millis(500) + MARGIN).await,
+            "{port}: an unanswered PING did not close the connection"
+        );
+        println!(
+            "{port}: pinged, and closed {} ms after the connection was set up (idle deadline {} ms)",
+            t.elapsed().as_millis(),
+            DEADLINE.as_millis()
+        );
+        assert!(
+            t.elapsed() < DEADLINE,
+            "{port}: closed by the idle deadline, not the PING"
+        );
+    }
+    server.shutdown().await.unwrap();
 }
