@@ -412,41 +412,9 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
 /// presented; a request without one is answered UNAUTHENTICATED by the door (other
 /// authentication methods share the port).
 fn grpc_tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls;
-    let tls_err = |p: &std::path::Path, e: &dyn std::fmt::Display| {
-        ServerError::Tls(format!("{}: {e}", p.display()))
-    };
-    let (cert, key, ca) = (
-        &config.server.tls_cert,
-        &config.server.tls_key,
-        &config.server.client_ca,
-    );
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| tls_err(cert, &e))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, &e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| tls_err(ca, &e))? {
-        roots
-            .add(c.map_err(|e| tls_err(ca, &e))?)
-            .map_err(|e| tls_err(ca, &e))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| tls_err(ca, &e))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+    let s = &config.server;
+    crate::api::listener::tls_acceptor(&s.tls_cert, &s.tls_key, Some(&s.client_ca), &[b"h2"])
+        .map_err(ServerError::Tls)
 }
 
 /// Starts the daemon and returns once it is listening.
