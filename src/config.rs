@@ -119,6 +119,61 @@ pub struct ServerConfig {
     /// regardless.
     #[serde(default)]
     pub allow_group_readable_secrets: bool,
+    /// How long a TLS handshake may take, ms (both ports).
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// How long an HTTP/1.1 request head may take once it has begun, ms.
+    #[serde(default = "default_request_head_timeout_ms")]
+    pub request_head_timeout_ms: u64,
+    /// How long a request body may take after its head, ms.
+    #[serde(default = "default_request_body_timeout_ms")]
+    pub request_body_timeout_ms: u64,
+    /// How long a connection may stay open with no request in flight, ms.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Interval of the HTTP/2 keep-alive PINGs, ms.
+    #[serde(default = "default_http2_keepalive_interval_ms")]
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed, ms.
+    #[serde(default = "default_http2_keepalive_timeout_ms")]
+    pub http2_keepalive_timeout_ms: u64,
+    /// Open connections per listener, at most; the oldest idle one is shed for a new one.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections per listener from one source address, at most.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Longest pause of the accept loop's back-off after a failed accept (EMFILE), ms.
+    #[serde(default = "default_accept_backoff_max_ms")]
+    pub accept_backoff_max_ms: u64,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_request_head_timeout_ms() -> u64 {
+    10_000
+}
+fn default_request_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_http2_keepalive_interval_ms() -> u64 {
+    30_000
+}
+fn default_http2_keepalive_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    400
+}
+fn default_max_connections_per_source() -> usize {
+    100
+}
+fn default_accept_backoff_max_ms() -> u64 {
+    1_000
 }
 
 /// `[kms]`: how the daemon presents itself.
@@ -402,6 +457,31 @@ impl Config {
         ] {
             if !p.is_file() {
                 return invalid(format!("{name}: {} is not a readable file", p.display()));
+            }
+        }
+        let s = &self.server;
+        for (name, v) in [
+            ("server.handshake_timeout_ms", s.handshake_timeout_ms),
+            ("server.request_head_timeout_ms", s.request_head_timeout_ms),
+            ("server.request_body_timeout_ms", s.request_body_timeout_ms),
+            ("server.idle_timeout_ms", s.idle_timeout_ms),
+            (
+                "server.http2_keepalive_interval_ms",
+                s.http2_keepalive_interval_ms,
+            ),
+            (
+                "server.http2_keepalive_timeout_ms",
+                s.http2_keepalive_timeout_ms,
+            ),
+            ("server.max_connections", s.max_connections as u64),
+            (
+                "server.max_connections_per_source",
+                s.max_connections_per_source as u64,
+            ),
+            ("server.accept_backoff_max_ms", s.accept_backoff_max_ms),
+        ] {
+            if v == 0 {
+                return invalid(format!("{name} must be at least 1"));
             }
         }
         if self.kms.partition.is_empty() || self.kms.partition.contains(':') {

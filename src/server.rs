@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::api::grpc::capture::CaptureSigned;
 use crate::api::grpc::Door;
@@ -418,25 +417,19 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
     Ok(kms)
 }
 
-fn tls_config(config: &Config) -> Result<ServerTlsConfig, ServerError> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| ServerError::Tls(format!("{}: {e}", p.display())))
-    };
-    let cert = read(&config.server.tls_cert)?;
-    let key = read(&config.server.tls_key)?;
-    let ca = read(&config.server.client_ca)?;
-    // Client certificates are verified against the CA when presented; a request without one
-    // is answered UNAUTHENTICATED by the door (other authentication methods share the port).
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(true))
+/// The gRPC door's TLS: HTTP/2 by ALPN, and client certificates verified against the CA when
+/// presented; a request without one is answered UNAUTHENTICATED by the door (other
+/// authentication methods share the port).
+fn grpc_tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    let s = &config.server;
+    crate::api::listener::tls_acceptor(&s.tls_cert, &s.tls_key, Some(&s.client_ca), &[b"h2"])
+        .map_err(ServerError::Tls)
 }
 
 /// Starts the daemon and returns once it is listening.
 pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningServer, ServerError> {
     let bindings = config.certificate_bindings()?;
-    let tls = tls_config(config)?;
+    let tls = grpc_tls_acceptor(config)?;
     let kms = open_engine(config, options.clock.clone()).await?;
     {
         let dir = kms.directory().current();
@@ -502,9 +495,12 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         body_limit,
     );
     let (tx, rx) = oneshot::channel::<()>();
+    let limits = crate::api::listener::Limits::from_config(&config.server);
+    let registry = crate::api::listener::Registry::new(crate::api::grpc::DOOR, limits);
     let router = Server::builder()
-        .tls_config(tls)?
-        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .layer(crate::api::listener::TrackedLayer::new(registry.clone()))
         .add_service(kms_service)
         .add_service(sts_service)
         .add_service(admin_service)
@@ -512,10 +508,11 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         .add_service(reflection);
     let serve = tokio::spawn(async move {
         router
-            // tonic ignores Server::tcp_nodelay for serve_with_incoming; without NODELAY,
-            // Nagle holds small responses for ~40 ms (docs/benchmarks.md).
+            // TLS, the connection caps and deadlines are the shared listener's (which also
+            // sets NODELAY: without it, Nagle holds small responses for ~40 ms,
+            // docs/benchmarks.md).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                crate::api::listener::tls_incoming(listener, tls, registry),
                 async {
                     let _ = rx.await;
                 },

@@ -4,3 +4,4 @@
 pub mod aws_json;
 pub mod gate;
 pub mod grpc;
+pub mod listener;

@@ -35,16 +35,16 @@ use axum::extract::{Extension, State};
 use axum::response::Response;
 use http::{header, Method, Request};
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::gate::{Gate, RequestInfo};
+use crate::api::listener::{self, ConnLookup, Limits, Registry, Tracked, TrackedIo};
 use crate::identity::auth::{Authenticator, SigV4Input};
 use crate::identity::sigv4::{self, SignableRequest};
 use error::{json_error, json_ok, xml_error, xml_ok, WireError};
@@ -58,9 +58,6 @@ pub use crate::identity::sigv4::MAX_SKEW_SECS;
 
 /// The operation name recorded for requests whose operation is unknown.
 pub const UNKNOWN_OPERATION: &str = "Unknown";
-
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long open connections may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -365,24 +362,7 @@ async fn handle(
 
 /// A TLS acceptor for the door from PEM files (ALPN `h2` and `http/1.1`).
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    listener::tls_acceptor(cert, key, None, &[b"h2", b"http/1.1"])
 }
 
 /// The running AWS door.
@@ -396,16 +376,18 @@ pub struct AwsJsonServer {
 
 impl AwsJsonServer {
     /// Starts serving on a bound listener (`tls: None` is plain HTTP; the caller checks that
-    /// this is allowed).
+    /// this is allowed), with the connection limits and deadlines of `limits`.
     pub fn spawn(
         door: Arc<AwsJsonDoor>,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
+        limits: Limits,
     ) -> std::io::Result<AwsJsonServer> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let router = door.router();
-        let task = tokio::spawn(accept_loop(router, listener, tls, stopped));
+        let registry = Registry::new(DOOR, limits);
+        let task = tokio::spawn(accept_loop(router, listener, tls, registry, stopped));
         Ok(AwsJsonServer { addr, stop, task })
     }
 
@@ -420,46 +402,39 @@ async fn accept_loop(
     router: axum::Router,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    registry: Arc<Registry>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
-    loop {
+    let stop = stopped.clone();
+    listener::accept_loop(&listener, &registry, &mut stopped, |stream, guard| {
         while conns.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            _ = stopped.changed() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "aws-json: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
         let conn = ConnInfo {
-            peer,
+            peer: guard.conn().peer(),
             secure: tls.is_some(),
         };
-        let svc = TowerToHyperService::new(router.clone().layer(Extension(conn)));
+        let body_timeout = registry.limits().request_body_timeout;
+        let svc = Tracked::new(
+            router.clone().layer(Extension(conn)),
+            ConnLookup::Fixed(guard.conn().clone()),
+            body_timeout,
+        );
+        let svc = TowerToHyperService::new(svc);
         let tls = tls.clone();
-        let stop = stopped.clone();
+        let stop = stop.clone();
+        let limits = *registry.limits();
         conns.spawn(async move {
             match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_connection(s, svc, stop).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "aws-json: TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "aws-json: TLS handshake timed out"),
+                    if let Some(s) = listener::handshake(&acceptor, stream, &guard).await {
+                        serve_connection(TrackedIo::new(s, guard), svc, &limits, stop).await
                     }
                 }
-                None => serve_connection(stream, svc, stop).await,
+                None => serve_connection(TrackedIo::new(stream, guard), svc, &limits, stop).await,
             }
         });
-    }
+    })
+    .await;
     drop(listener);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while conns.join_next().await.is_some() {}
@@ -470,7 +445,23 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection<I, S>(io: I, svc: S, mut stop: watch::Receiver<bool>)
+/// The hyper connection builder for `limits`: the HTTP/1.1 request head deadline and the
+/// HTTP/2 keep-alive PINGs.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_head_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.http2_keepalive_interval))
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
+    builder
+}
+
+async fn serve_connection<I, S>(io: I, svc: S, limits: &Limits, mut stop: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -482,7 +473,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = http_builder(limits);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -533,7 +524,8 @@ pub async fn start(
         )
     })?;
     let door = Arc::new(AwsJsonDoor::new(auth, gate, c.max_body_bytes));
-    let server = AwsJsonServer::spawn(door, listener, tls)?;
+    let limits = Limits::from_config(&config.server);
+    let server = AwsJsonServer::spawn(door, listener, tls, limits)?;
     let scheme = if c.tls { "https" } else { "http" };
     tracing::info!(addr = %server.addr, "AWS door (KMS JSON 1.1, STS Query) on {scheme}://{}", server.addr);
     Ok(Some(server))

@@ -1,0 +1,526 @@
+//! Idle and slow connections are closed (issue 14, item 1): on both ports (the gRPC door and
+//! the AWS door) connections that send nothing, half a TLS ClientHello or half a request are
+//! shed when the caps (total and per source address) are reached, and closed at their
+//! deadlines, while a normal client is still served. Runs the real daemon with small caps
+//! and short deadlines.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use p11kms::config::Config;
+use p11kms::core::{Clock, SystemClock};
+use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
+use p11kms::pb;
+use p11kms::server::{self, RunningServer, ServerOptions};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::rustls;
+
+const AK_ADMIN: &str = "AKIAADMIN00000000001";
+
+/// The caps and deadlines of the test daemon.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_PER_SOURCE: usize = 48;
+const DEADLINE: Duration = Duration::from_millis(4000);
+/// How long the test waits for the daemon to shed over-cap connections (well before
+/// [`DEADLINE`], so that no deadline has closed them yet).
+const SHED_WINDOW: Duration = Duration::from_millis(800);
+/// Slack for a loaded machine, on top of a deadline.
+const MARGIN: Duration = Duration::from_millis(1500);
+
+async fn start_daemon(name: &str) -> RunningServer {
+    start_daemon_with(name, "").await
+}
+
+/// [`start_daemon`] with more `[server]` settings.
+async fn start_daemon_with(name: &str, more: &str) -> RunningServer {
+    let dir = data_dir(name);
+    let ms = DEADLINE.as_millis();
+    let limits = format!(
+        "handshake_timeout_ms = {ms}\nrequest_head_timeout_ms = {ms}\n\
+         request_body_timeout_ms = {ms}\nidle_timeout_ms = {ms}\n\
+         max_connections = {MAX_CONNECTIONS}\nmax_connections_per_source = {MAX_PER_SOURCE}\n\
+         {more}\n\n[hsm]"
+    );
+    let mut text = config_text(&dir).replacen("[hsm]", &limits, 1);
+    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).expect("config");
+    server::start(
+        &config,
+        ServerOptions {
+            clock: Arc::new(SystemClock),
+            sweep_interval: None,
+        },
+    )
+    .await
+    .expect("daemon starts")
+}
+
+/// A TLS client trusting the test CA, offering `alpn`.
+fn connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(env().pki.join("ca.pem")).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A TCP connection to `to` from the loopback address `from` (each 127.0.0.x is a source of
+/// its own).
+async fn tcp_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.expect("connect")
+}
+
+/// What a held connection sends before going quiet.
+#[derive(Clone, Copy)]
+enum Quiet {
+    /// Nothing at all.
+    Nothing,
+    /// The first bytes of a TLS ClientHello.
+    HalfClientHello,
+    /// A full TLS handshake (with this ALPN), then these first bytes of a request.
+    HalfRequest(&'static [u8], &'static [u8]),
+}
+
+type Held = Box<dyn AsyncRead + Unpin + Send>;
+
+async fn hold(to: SocketAddr, from: &str, n: usize, how: Quiet) -> Vec<Held> {
+    let mut held: Vec<Held> = Vec::new();
+    for _ in 0..n {
+        let mut tcp = tcp_from(from, to).await;
+        match how {
+            Quiet::Nothing => held.push(Box::new(tcp)),
+            Quiet::HalfClientHello => {
+                // Handshake record header (length 512) and the start of a ClientHello.
+                tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+                    .await
+                    .unwrap();
+                held.push(Box::new(tcp));
+            }
+            Quiet::HalfRequest(alpn, bytes) => {
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let mut tls = connector(alpn)
+                    .connect(name, tcp)
+                    .await
+                    .expect("TLS handshake");
+                tls.write_all(bytes).await.unwrap();
+                tls.flush().await.unwrap();
+                held.push(Box::new(tls));
+            }
+        }
+    }
+    held
+}
+
+/// Whether the server closed the connection (EOF or error) within `wait`; whatever else it
+/// sends meanwhile is read and ignored.
+async fn closed_within(s: &mut Held, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Probes every connection at once: how many of each group were closed within `wait`.
+async fn probe(groups: &mut [&mut Vec<Held>], wait: Duration) -> Vec<usize> {
+    let mut set = tokio::task::JoinSet::new();
+    for (g, group) in groups.iter_mut().enumerate() {
+        for (i, mut s) in std::mem::take(*group).into_iter().enumerate() {
+            set.spawn(async move {
+                let closed = closed_within(&mut s, wait).await;
+                (g, i, closed, s)
+            });
+        }
+    }
+    let mut back: Vec<Vec<(usize, Held)>> = groups.iter().map(|_| Vec::new()).collect();
+    let mut closed = vec![0; groups.len()];
+    while let Some(r) = set.join_next().await {
+        let (g, i, c, s) = r.unwrap();
+        closed[g] += usize::from(c);
+        back[g].push((i, s));
+    }
+    for (g, mut v) in back.into_iter().enumerate() {
+        v.sort_by_key(|(i, _)| *i);
+        *groups[g] = v.into_iter().map(|(_, s)| s).collect();
+    }
+    closed
+}
+
+/// Fills a port with quiet connections from three sources and checks the caps, then that
+/// `served` succeeds, then that every quiet connection is closed by its deadline.
+async fn flood_then_serve<F: std::future::Future<Output = ()>>(
+    port: &str,
+    addr: SocketAddr,
+    half_request: Quiet,
+    served: impl FnOnce() -> F,
+) {
+    let short = SHED_WINDOW;
+    // One source over its cap: the oldest idle ones of that source are shed.
+    let mut silent = hold(addr, "127.0.0.2", 60, Quiet::Nothing).await;
+    let closed = probe(&mut [&mut silent], short).await;
+    assert_eq!(
+        closed[0],
+        60 - MAX_PER_SOURCE,
+        "{port}: per-source cap: {} of 60 connections from one source closed at once",
+        closed[0]
+    );
+    // Two more sources take the total over its cap.
+    let mut hello = hold(addr, "127.0.0.3", 30, Quiet::HalfClientHello).await;
+    let mut half = hold(addr, "127.0.0.4", 20, half_request).await;
+    let opened = Instant::now();
+    let closed = probe(&mut [&mut silent, &mut hello, &mut half], short).await;
+    let open: Vec<usize> = [silent.len(), hello.len(), half.len()]
+        .iter()
+        .zip(&closed)
+        .map(|(n, c)| n - c)
+        .collect();
+    let total: usize = open.iter().sum();
+    println!("{port}: open after the flood: {open:?} (total {total})");
+    assert!(
+        total <= MAX_CONNECTIONS,
+        "{port}: {total} connections open, over the cap of {MAX_CONNECTIONS}"
+    );
+    assert!(open[0] <= MAX_PER_SOURCE);
+
+    // A normal client is served meanwhile.
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), served())
+        .await
+        .unwrap_or_else(|_| panic!("{port}: a normal client was not served"));
+    println!(
+        "{port}: normal client served in {} ms with the port full of idle connections",
+        t.elapsed().as_millis()
+    );
+
+    // Every quiet connection is closed by its deadline.
+    let wait = (DEADLINE + MARGIN).saturating_sub(opened.elapsed());
+    let closed = probe(&mut [&mut silent, &mut hello, &mut half], wait).await;
+    let left: Vec<usize> = [silent.len(), hello.len(), half.len()]
+        .iter()
+        .zip(&closed)
+        .map(|(n, c)| n - c)
+        .collect();
+    assert_eq!(
+        left,
+        [0, 0, 0],
+        "{port}: connections (silent, half ClientHello, half request) still open {} ms after \
+         they were opened (deadline {} ms)",
+        opened.elapsed().as_millis(),
+        DEADLINE.as_millis()
+    );
+}
+
+/// A signed request to the AWS door over HTTP/1.1 and TLS; the status line and body.
+async fn aws_request(addr: SocketAddr, target: &str, body: &[u8]) -> String {
+    let host = format!("127.0.0.1:{}", addr.port());
+    let amz_date = sigv4::format_amz_date(SystemClock.now_ms() / 1000);
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".into(), host),
+        ("content-type".into(), "application/x-amz-json-1.1".into()),
+        ("x-amz-target".into(), target.into()),
+        ("x-amz-date".into(), amz_date.clone()),
+    ];
+    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+    let hash = sigv4::sha256_hex(body);
+    let secret = fixture_credentials(AK_ADMIN).secret_access_key;
+    let auth = sigv4::authorization_header(
+        &SignableRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            payload_sha256_hex: &hash,
+        },
+        &names,
+        &SigningParams {
+            access_key_id: AK_ADMIN,
+            secret_access_key: &secret,
+            region: "us-east-1",
+            service: "kms",
+            amz_date: &amz_date,
+        },
+    );
+    headers.push(("authorization".into(), auth));
+    let mut req = String::from("POST / HTTP/1.1\r\n");
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector(b"http/1.1").connect(name, tcp).await.unwrap();
+    tls.write_all(&bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_shed_and_closed_while_clients_are_served() {
+    let server = start_daemon("conn-limits").await;
+    let grpc = server.addr;
+    let door = server.aws_json_addr.expect("AWS door enabled");
+
+    // The gRPC port: half of the HTTP/2 connection preface after TLS.
+    flood_then_serve(
+        "gRPC",
+        grpc,
+        Quiet::HalfRequest(b"h2", b"PRI * HTTP/2.0\r\n"),
+        || async move {
+            let mut client = admin(grpc).await;
+            client
+                .list_keys(pb::ListKeysRequest::default())
+                .await
+                .expect("ListKeys over gRPC");
+        },
+    )
+    .await;
+
+    // The AWS door: half a request line after TLS.
+    flood_then_serve(
+        "AWS door",
+        door,
+        Quiet::HalfRequest(b"http/1.1", b"POST / HT"),
+        || async move {
+            let reply = aws_request(door, "TrentService.ListKeys", b"{}").await;
+            assert!(
+                reply.starts_with("HTTP/1.1 200"),
+                "signed ListKeys on the AWS door: {reply}"
+            );
+        },
+    )
+    .await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_is_cut_off_at_its_deadline() {
+    let server = start_daemon("conn-body").await;
+    let door = server.aws_json_addr.expect("AWS door enabled");
+    let tcp = TcpStream::connect(door).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector(b"http/1.1").connect(name, tcp).await.unwrap();
+    // The head announces 100 bytes; one arrives.
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nx-amz-target: TrentService.ListKeys\r\n\
+         content-type: application/x-amz-json-1.1\r\ncontent-length: 100\r\n\r\n{{",
+        door.port()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(DEADLINE + MARGIN, tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        read.is_ok(),
+        "the connection with a stalled body is still open after {} ms (got {text:?})",
+        t.elapsed().as_millis()
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 4"),
+        "a stalled body gets a client error: {text:?}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// The real daemon binary with its file limit at 128 (set by the shell, for the child only):
+/// 200 quiet connections run it out of descriptors. The accept loop backs off and logs the
+/// failures at a bounded rate, and once the quiet connections are closed at their handshake
+/// deadline a normal client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate() {
+    use std::io::BufRead;
+    let dir = data_dir("conn-emfile");
+    // Short: the quiet connections are closed in waves of about 70 (the file limit).
+    let ms = 2000;
+    let limits = format!(
+        "handshake_timeout_ms = {ms}\nidle_timeout_ms = {ms}\nmax_connections = 4000\n\
+         max_connections_per_source = 4000\n\n[hsm]"
+    );
+    let mut text = config_text(&dir).replacen("[hsm]", &limits, 1);
+    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
+    let config = dir.join("p11kms.toml");
+    std::fs::write(&config, text).unwrap();
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = hermetic_command("sh", scratch_dir())
+        .args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_p11kms"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("start p11kms serve");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let lines = || -> Vec<String> {
+        std::fs::File::open(&log_path)
+            .map(|f| {
+                std::io::BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The daemon logs the address of the AWS door (port 0).
+    let mut door = None;
+    for _ in 0..200 {
+        door = lines().iter().find_map(|l| {
+            let port = l.split("https://127.0.0.1:").nth(1)?;
+            let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+            Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                port.parse::<u16>().ok()?,
+            )))
+        });
+        if door.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let door = door.unwrap_or_else(|| panic!("the daemon did not start: {:?}", lines()));
+
+    let started = Instant::now();
+    let held = hold(door, "127.0.0.2", 200, Quiet::Nothing).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    let failures: Vec<String> = lines()
+        .into_iter()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    println!(
+        "accept-failure log lines in the first 3 s: {}; first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        !failures.is_empty(),
+        "the daemon never ran out of descriptors: the test proves nothing"
+    );
+    assert!(
+        failures.len() <= 2,
+        "{} accept-failure lines in 3 s: {failures:#?}",
+        failures.len()
+    );
+    let t = Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(15),
+        aws_request(door, "TrentService.ListKeys", b"{}"),
+    )
+    .await
+    .expect("a normal client is served once the quiet connections are closed");
+    println!(
+        "normal client served {} ms after the flood's first 3 s",
+        t.elapsed().as_millis()
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "ListKeys: {reply}");
+    drop(held);
+}
+
+/// Reads HTTP/2 frames until a PING from the server (`Ok(())`), or the end of the connection
+/// (`Err` with what came before).
+async fn await_ping<S: AsyncRead + Unpin>(s: &mut S) -> Result<(), String> {
+    let mut seen = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if let Err(e) = s.read_exact(&mut head).await {
+            return Err(format!("connection ended ({e}) after frames {seen:?}"));
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let mut payload = vec![0u8; len];
+        if let Err(e) = s.read_exact(&mut payload).await {
+            return Err(format!("connection ended ({e}) after frames {seen:?}"));
+        }
+        seen.push(kind);
+        // PING (type 6) without the ACK flag.
+        if kind == 6 && flags & 1 == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// HTTP/2 keep-alive: on both ports the daemon PINGs an HTTP/2 peer, and closes the
+/// connection when the peer does not answer, well before the idle deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_peers_are_pinged_and_dropped_when_they_do_not_answer() {
+    let server = start_daemon_with(
+        "conn-ping",
+        "http2_keepalive_interval_ms = 500\nhttp2_keepalive_timeout_ms = 500",
+    )
+    .await;
+    let ports = [
+        ("gRPC", server.addr),
+        ("AWS door", server.aws_json_addr.expect("AWS door enabled")),
+    ];
+    for (port, addr) in ports {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector(b"h2").connect(name, tcp).await.unwrap();
+        // The connection preface and an empty SETTINGS frame; then silence.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        let t = Instant::now();
+        let pinged = tokio::time::timeout(Duration::from_secs(3), await_ping(&mut tls)).await;
+        assert!(
+            matches!(pinged, Ok(Ok(()))),
+            "{port}: no HTTP/2 PING within 3 s: {pinged:?}"
+        );
+        let mut held: Held = Box::new(tls);
+        assert!(
+            closed_within(&mut held, Duration::from_millis(500) + MARGIN).await,
+            "{port}: an unanswered PING did not close the connection"
+        );
+        println!(
+            "{port}: pinged, and closed {} ms after the connection was set up (idle deadline {} ms)",
+            t.elapsed().as_millis(),
+            DEADLINE.as_millis()
+        );
+        assert!(
+            t.elapsed() < DEADLINE,
+            "{port}: closed by the idle deadline, not the PING"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
