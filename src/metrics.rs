@@ -175,6 +175,16 @@ impl Collector for EngineCollector {
             )?;
             c.encode(m)?;
         }
+        {
+            let c = ConstCounter::new(stats.retried_lost_session);
+            let m = encoder.encode_descriptor(
+                "p11kms_hsm_session_retries",
+                "HSM jobs run once more on a fresh session because their session died under them",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(m)?;
+        }
         gauge(
             &mut encoder,
             "p11kms_hsm_sessions",

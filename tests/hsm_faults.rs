@@ -118,6 +118,23 @@ impl Shim {
         .unwrap();
     }
 
+    /// A burst of `n` faults: the next `n` calls of `function` fail with `rv`.
+    fn burst(&self, function: &str, rv: u64, n: u32) {
+        std::fs::write(
+            self.control.join(format!("burst_{function}")),
+            format!("{rv:#x} {n}"),
+        )
+        .unwrap();
+    }
+
+    /// Faults the shim has injected by bursts so far (since the last `clear`).
+    fn injected(&self) -> usize {
+        std::fs::read_to_string(self.control.join("injected.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
     fn unset(&self, name: &str) {
         let _ = std::fs::remove_file(self.control.join(name));
     }
@@ -908,4 +925,138 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
         server.shutdown().await.unwrap();
         f.clear();
     }
+}
+
+// ------------------------------------------------------------- lost sessions (issue 14 item 5)
+
+/// CKR_SESSION_HANDLE_INVALID.
+const SESSION_HANDLE_INVALID: u64 = 0xb3;
+
+async fn generate_random(c: &mut Client) -> Result<Vec<u8>, tonic::Status> {
+    c.generate_random(pb::GenerateRandomRequest {
+        number_of_bytes: Some(32),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+async fn generate_data_key(c: &mut Client, key: &str) -> Result<Vec<u8>, tonic::Status> {
+    c.generate_data_key(pb::GenerateDataKeyRequest {
+        key_id: key.into(),
+        key_spec: "AES_256".into(),
+        encryption_context: ctx(EC),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().ciphertext_blob)
+}
+
+/// A job whose session dies before it could have changed anything runs once more on a fresh
+/// session: isolated CKR_SESSION_HANDLE_INVALID faults on every step of Encrypt, Decrypt,
+/// GenerateRandom and GenerateDataKey never reach the client. Two failures in a row do, as
+/// KeyUnavailableException; a job that creates a token object (CreateKey) is never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_is_retried_once_invisibly() {
+    let Some(f) = faults().await else { return };
+    let server = start_shimmed(&f, "retry")
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let retries = |s: &RunningServer| s.kms.hsm().stats().retried_lost_session;
+
+    // Isolated faults, one at a time, on every PKCS#11 step of the hot operations.
+    let retries_before = retries(&server);
+    let steps = [
+        "C_EncryptInit",
+        "C_Encrypt",
+        "C_DecryptInit",
+        "C_Decrypt",
+        "C_GenerateRandom",
+    ];
+    let mut expected = 0;
+    for round in 0..2 {
+        for step in steps {
+            f.burst(step, SESSION_HANDLE_INVALID, 1);
+            let what = format!("round {round}, fault on {step}");
+            let fresh = encrypt(&mut c, &key, PLAINTEXT)
+                .await
+                .unwrap_or_else(|e| panic!("Encrypt, {what}: {e:?}"));
+            assert_eq!(
+                decrypt(&mut c, &fresh)
+                    .await
+                    .unwrap_or_else(|e| panic!("Decrypt, {what}: {e:?}")),
+                PLAINTEXT
+            );
+            assert_eq!(
+                decrypt(&mut c, &blob)
+                    .await
+                    .unwrap_or_else(|e| panic!("Decrypt old, {what}: {e:?}")),
+                PLAINTEXT
+            );
+            let dk = generate_data_key(&mut c, &key)
+                .await
+                .unwrap_or_else(|e| panic!("GenerateDataKey, {what}: {e:?}"));
+            assert!(decrypt(&mut c, &dk).await.is_ok(), "{what}");
+            generate_random(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("GenerateRandom, {what}: {e:?}"));
+            assert!(!f.is_set(&format!("burst_{step}")), "{what}: never fired");
+            expected += 1;
+        }
+    }
+    assert_eq!(f.injected(), expected, "every fault fired exactly once");
+    assert_eq!(
+        retries(&server) - retries_before,
+        expected as u64,
+        "one retry per lost session"
+    );
+
+    // Isolated faults under concurrent load: still no client-visible failure.
+    for _ in 0..4 {
+        f.burst("C_Decrypt", SESSION_HANDLE_INVALID, 1);
+        f.burst("C_Encrypt", SESSION_HANDLE_INVALID, 1);
+        concurrent_round_trips(&c, &key, &blob, 6).await;
+    }
+    assert_eq!(f.injected(), expected + 8);
+
+    // Two failures in a row: the retry fails too, and the client sees it.
+    let before = counters(&server);
+    f.burst("C_Decrypt", SESSION_HANDLE_INVALID, 2);
+    assert_unavailable("two lost sessions in a row", decrypt(&mut c, &blob).await);
+    let after = counters(&server);
+    assert_eq!(
+        delta(&before, &after, "C_Decrypt"),
+        2,
+        "one attempt and one retry"
+    );
+    assert_eq!(decrypt(&mut c, &blob).await.expect("after"), PLAINTEXT);
+
+    // CreateKey creates a token object: never retried, whatever the failure.
+    let keys_before = key_count(&mut c).await;
+    let before = counters(&server);
+    let retries_before = retries(&server);
+    f.burst("C_GenerateKey", SESSION_HANDLE_INVALID, 1);
+    let (code, reason, msg) = failure(
+        "CreateKey on a lost session",
+        c.create_key(pb::CreateKeyRequest::default()).await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "KeyUnavailableException"),
+        "{msg}"
+    );
+    let after = counters(&server);
+    assert_eq!(
+        delta(&before, &after, "C_GenerateKey"),
+        1,
+        "CreateKey was retried"
+    );
+    assert_eq!(retries(&server), retries_before);
+    assert_eq!(key_count(&mut c).await, keys_before);
+    create_key(&mut c).await;
+
+    server.shutdown().await.expect("shutdown");
 }

@@ -28,10 +28,34 @@ use super::Shared;
 
 /// What a worker hands a job.
 pub(crate) enum Dispatch<'a> {
-    /// Do the work with this worker's session.
-    Run(&'a mut WorkerCtx),
+    /// Do the work with this worker's session. With `may_retry`, a failure on a session that
+    /// died under the job is not answered: the job returns [`Outcome::SessionLost`] and runs
+    /// once more on a fresh session.
+    Run(&'a mut WorkerCtx, bool),
     /// The job's deadline passed while it was queued: answer `Timeout`.
     Expired(&'a Shared),
+}
+
+/// Whether a job may run a second time after its session died under it. A typed property of
+/// each job, chosen where the job is made ([`super::Hsm`]'s `submit` / `submit_retry_safe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// The job may have created a token object or committed something: a failure goes to
+    /// the caller as it is.
+    Never,
+    /// The job creates no token object and commits nothing (encrypt, decrypt, sign, verify,
+    /// MAC, random, data keys into session objects): after a failure on a lost session it
+    /// runs once more on a fresh session, and only a second failure reaches the caller.
+    OnLostSession,
+}
+
+/// How one run of a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Answered (or skipped): the job is done.
+    Done,
+    /// It failed because its session died and was allowed to retry: run it again.
+    SessionLost,
 }
 
 /// One unit of work: runs once on a worker thread.
@@ -45,8 +69,11 @@ pub(crate) struct Job {
     /// Whether the job touches session objects only (slow key-pair generation): it takes
     /// no lock, so it neither waits for nor holds up exclusive jobs.
     pub(crate) unlocked: bool,
-    /// The work; it sends its own answer.
-    pub(crate) run: Box<dyn FnOnce(Dispatch<'_>) + Send>,
+    /// Whether a failure on a lost session is retried once on a fresh session.
+    pub(crate) retry: Retry,
+    /// The work; it sends its own answer. Runs once, or twice when it returns
+    /// [`Outcome::SessionLost`].
+    pub(crate) run: Box<dyn FnMut(Dispatch<'_>) -> Outcome + Send>,
 }
 
 /// Why a job was not enqueued.
@@ -105,8 +132,9 @@ impl WorkerCtx {
         self.shared.reset_epoch.load(Ordering::SeqCst)
     }
 
-    /// Whether the session must be replaced before the next job.
-    fn needs_reopen(&self) -> bool {
+    /// Whether this worker's session is gone (a call reported it, or another worker saw the
+    /// device reset): the session must be replaced before the next job.
+    pub(crate) fn needs_reopen(&self) -> bool {
         self.broken || self.current_epoch() != self.opened_in
     }
 
@@ -275,60 +303,90 @@ impl Pool {
 static TOKEN_OBJECTS: RwLock<()> = RwLock::new(());
 
 fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize) {
-    let shared = Arc::clone(&ctx.shared);
     loop {
         // Only one worker waits in recv at a time; the others wait for the
         // lock. Either way the lock is released before the job runs.
         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok(job) = next else { break };
         queued.fetch_sub(1, Ordering::Relaxed);
-        let now = Instant::now();
-        ctx.shared
-            .counters
-            .queue_wait
-            .observe(now.saturating_duration_since(job.enqueued));
-        if now > job.deadline {
-            ctx.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-            (job.run)(Dispatch::Expired(&ctx.shared));
-            continue;
-        }
-        if ctx.needs_reopen() {
-            // No job of this pool runs while a session is replaced: the device reuses session
-            // handles, so a job still on a dead session could otherwise reach the new one with
-            // handles of the old epoch.
-            let _quiet = shared
-                .session_gate
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            ctx.reopen();
-        }
-        let _in_epoch = shared
-            .session_gate
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let run = job.run;
-        let (_shared, _alone) = if job.unlocked {
-            (None, None)
-        } else if job.exclusive {
-            (
-                None,
-                Some(TOKEN_OBJECTS.write().unwrap_or_else(|p| p.into_inner())),
-            )
-        } else {
-            (
-                Some(TOKEN_OBJECTS.read().unwrap_or_else(|p| p.into_inner())),
-                None,
-            )
-        };
-        if catch_unwind(AssertUnwindSafe(|| run(Dispatch::Run(&mut ctx)))).is_err() {
-            tracing::error!(token = %ctx.shared.token, "an HSM job panicked");
-        }
+        run_job(&mut ctx, job);
     }
     ctx.count("C_CloseSession");
     let token = ctx.shared.token.clone();
     if let Err(e) = ctx.session.close() {
         let err = from_cryptoki("C_CloseSession", &token, &e);
         tracing::warn!(token = %token, error = %err, "closing an HSM worker session failed");
+    }
+}
+
+/// Run one job taken from the queue: answer `Timeout` if it waited past its deadline,
+/// otherwise run it, and run it once more on a fresh session if it failed on a lost one and
+/// may be retried.
+fn run_job(ctx: &mut WorkerCtx, mut job: Job) {
+    let now = Instant::now();
+    ctx.shared
+        .counters
+        .queue_wait
+        .observe(now.saturating_duration_since(job.enqueued));
+    if now > job.deadline {
+        ctx.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        (job.run)(Dispatch::Expired(&ctx.shared));
+        return;
+    }
+    let mut may_retry = job.retry == Retry::OnLostSession;
+    loop {
+        ensure_session(ctx);
+        if run_once(ctx, &mut job, may_retry) == Outcome::Done || !may_retry {
+            return;
+        }
+        ctx.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(token = %ctx.shared.token, "HSM job failed on a lost session; retrying once on a fresh session");
+        may_retry = false;
+    }
+}
+
+/// Replace this worker's session if it is gone. No job of this pool runs while a session is
+/// replaced: the device reuses session handles, so a job still on a dead session could
+/// otherwise reach the new one with handles of the old epoch.
+fn ensure_session(ctx: &mut WorkerCtx) {
+    if ctx.needs_reopen() {
+        let shared = Arc::clone(&ctx.shared);
+        let _quiet = shared
+            .session_gate
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        ctx.reopen();
+    }
+}
+
+/// One run of `job` under the session gate and the token-object lock it needs.
+fn run_once(ctx: &mut WorkerCtx, job: &mut Job, may_retry: bool) -> Outcome {
+    let shared = Arc::clone(&ctx.shared);
+    let _in_epoch = shared
+        .session_gate
+        .read()
+        .unwrap_or_else(|p| p.into_inner());
+    let (_shared, _alone) = if job.unlocked {
+        (None, None)
+    } else if job.exclusive {
+        (
+            None,
+            Some(TOKEN_OBJECTS.write().unwrap_or_else(|p| p.into_inner())),
+        )
+    } else {
+        (
+            Some(TOKEN_OBJECTS.read().unwrap_or_else(|p| p.into_inner())),
+            None,
+        )
+    };
+    match catch_unwind(AssertUnwindSafe(|| {
+        (job.run)(Dispatch::Run(ctx, may_retry))
+    })) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!(token = %shared.token, "an HSM job panicked");
+            Outcome::Done
+        }
     }
 }
 
@@ -374,6 +432,8 @@ pub(crate) struct Counters {
     pub(crate) queue_wait: LatencyHistogram,
     pub(crate) busy: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    /// Jobs run a second time because their session died under them ([`Retry`]).
+    pub(crate) retries: AtomicU64,
     /// Health probes (`C_GetSessionInfo` from [`super::Hsm::ping`]), kept out of `map`.
     pub(crate) probes: AtomicU64,
 }
@@ -390,6 +450,7 @@ impl Default for Counters {
             queue_wait: LatencyHistogram::default(),
             busy: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
             probes: AtomicU64::new(0),
         }
     }
