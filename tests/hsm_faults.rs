@@ -127,6 +127,15 @@ impl Shim {
         .unwrap();
     }
 
+    /// Makes every call of `function` sleep `ms` milliseconds first (a stalled device).
+    fn delay(&self, function: &str, ms: u64) {
+        std::fs::write(
+            self.control.join(format!("delay_{function}")),
+            ms.to_string(),
+        )
+        .unwrap();
+    }
+
     /// Faults the shim has injected by bursts so far (since the last `clear`).
     fn injected(&self) -> usize {
         std::fs::read_to_string(self.control.join("injected.log"))
@@ -189,6 +198,11 @@ async fn faults() -> Option<Faults> {
 
 /// A daemon config with `hsm.module` = the shim (everything else as the harness makes it).
 fn shim_config(shim: &Shim, name: &str) -> Config {
+    shim_config_with(shim, name, "")
+}
+
+/// [`shim_config`] with `hsm_lines` added to the `[hsm]` section.
+fn shim_config_with(shim: &Shim, name: &str, hsm_lines: &str) -> Config {
     let dir = data_dir(name);
     let softhsm = p11kms::devsetup::find_softhsm_module().unwrap();
     let text = config_text(&dir);
@@ -197,7 +211,10 @@ fn shim_config(shim: &Shim, name: &str) -> Config {
         text.contains(&from),
         "harness config has no `{from}` line:\n{text}"
     );
-    let text = text.replace(&from, &format!("module = \"{}\"", shim.lib.display()));
+    let text = text.replace(
+        &from,
+        &format!("module = \"{}\"\n{hsm_lines}", shim.lib.display()),
+    );
     let path = dir.join("p11kms.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).expect("config");
@@ -743,6 +760,19 @@ async fn after_a_device_reset_only_one_request_fails() {
 
 /// The health status of the KMS service, polled until it equals `want` (bounded).
 async fn wait_health(addr: std::net::SocketAddr, want: i32) -> i32 {
+    let mut status = -1;
+    for _ in 0..60 {
+        status = health_now(addr).await;
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    status
+}
+
+/// The health status of the KMS service now (-1 if the check fails).
+async fn health_now(addr: std::net::SocketAddr) -> i32 {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
     let channel = p11kms::client::ClientConfig {
@@ -754,22 +784,13 @@ async fn wait_health(addr: std::net::SocketAddr, want: i32) -> i32 {
     .channel()
     .await
     .expect("connect");
-    let mut health = HealthClient::new(channel);
-    let mut status = -1;
-    for _ in 0..60 {
-        status = health
-            .check(HealthCheckRequest {
-                service: "p11kms.v1.KeyManagementService".into(),
-            })
-            .await
-            .map(|r| r.into_inner().status)
-            .unwrap_or(-1);
-        if status == want {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    status
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "p11kms.v1.KeyManagementService".into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1058,5 +1079,134 @@ async fn a_lost_session_is_retried_once_invisibly() {
     assert_eq!(key_count(&mut c).await, keys_before);
     create_key(&mut c).await;
 
+    server.shutdown().await.expect("shutdown");
+}
+
+// ------------------------------------------------------------- stalled calls (issue 14 item 4)
+
+/// Every C_Decrypt stalls (2 s per call; cryptoki calls it twice per decrypt) while as many
+/// Decrypt streams as there are workers run beside an Encrypt load. Each stalled worker is
+/// abandoned after `stall_limit_ms` and replaced by a new worker with a new session, so the
+/// Encrypts keep succeeding (none times out), health stays SERVING, the degraded metric
+/// shows, and the Decrypts themselves still complete. Once the device is well, the stuck
+/// threads close their sessions and the degraded state clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_call_holds_up_its_own_request_only() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(f) = faults().await else { return };
+    let config = shim_config_with(&f, "stall", "stall_limit_ms = 1000");
+    let workers = config.hsm.workers;
+    let server = start_config(&config)
+        .await
+        .expect("daemon starts on the shim");
+    let maddr = server.metrics_addr.expect("metrics enabled");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    assert_eq!(sample(&scrape(maddr).await, "p11kms_hsm_degraded "), 0.0);
+    let before = counters(&server);
+
+    f.delay("C_Decrypt", 2000);
+    let decrypts: Vec<_> = (0..workers)
+        .map(|i| {
+            let mut c = c.clone();
+            let blob = blob.clone();
+            tokio::spawn(async move {
+                for round in 0..2 {
+                    let pt = decrypt(&mut c, &blob)
+                        .await
+                        .unwrap_or_else(|e| panic!("stalled decrypt {i}/{round}: {e:?}"));
+                    assert_eq!(pt, PLAINTEXT);
+                }
+            })
+        })
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let succeeded = Arc::new(AtomicUsize::new(0));
+    let encrypts: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = c.clone();
+            let key = key.clone();
+            let (done, succeeded) = (Arc::clone(&done), Arc::clone(&succeeded));
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    match encrypt(&mut c, &key, PLAINTEXT).await {
+                        Ok(_) => {
+                            succeeded.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(s) => failures.push(format!("{:?} {}", s.code(), s.message())),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+
+    // A stuck worker is replaced; meanwhile the device is degraded but serving.
+    let mut polls = 0;
+    while server.kms.hsm().stats().workers_replaced == 0 {
+        polls += 1;
+        assert!(polls < 200, "no stalled worker was replaced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_degraded = succeeded.load(Ordering::SeqCst);
+    let metrics = scrape(maddr).await;
+    assert_eq!(sample(&metrics, "p11kms_hsm_degraded "), 1.0, "{metrics}");
+    assert!(sample(&metrics, "p11kms_hsm_stuck_workers ") >= 1.0);
+    assert!(sample(&metrics, "p11kms_hsm_workers_replaced_total ") >= 1.0);
+    // Health stays SERVING (1) while other sessions answer: checked repeatedly, not polled
+    // until it happens to be.
+    for i in 0..10 {
+        assert_eq!(
+            health_now(server.addr).await,
+            1,
+            "health check {i} while degraded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for d in decrypts {
+        d.await.expect("decrypt stream");
+    }
+    let at_decrypts_done = succeeded.load(Ordering::SeqCst);
+    done.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for e in encrypts {
+        failures.extend(e.await.expect("encrypt stream"));
+    }
+    let total = succeeded.load(Ordering::SeqCst);
+    eprintln!(
+        "stalled C_Decrypt: {total} Encrypts succeeded ({at_degraded} before the first \
+         replacement, {at_decrypts_done} by the end of the stalled Decrypts), {} failed; \
+         workers replaced: {}",
+        failures.len(),
+        server.kms.hsm().stats().workers_replaced
+    );
+    assert!(failures.is_empty(), "Encrypts failed: {failures:?}");
+    assert!(
+        at_decrypts_done > at_degraded,
+        "no Encrypt succeeded while a worker was stuck"
+    );
+
+    // The device is well again: the stuck threads return, close their sessions, and the
+    // degraded state clears.
+    f.unset("delay_C_Decrypt");
+    let mut polls = 0;
+    while server.kms.hsm().stats().stuck_workers > 0 {
+        polls += 1;
+        assert!(polls < 200, "abandoned workers never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replaced = server.kms.hsm().stats().workers_replaced;
+    assert!(
+        replaced >= workers as u64,
+        "every stalled stream should have cost one worker: {replaced}"
+    );
+    let after = counters(&server);
+    assert!(delta(&before, &after, "C_CloseSession") >= replaced);
+    assert!(delta(&before, &after, "C_OpenSession") >= replaced);
+    assert_eq!(sample(&scrape(maddr).await, "p11kms_hsm_degraded "), 0.0);
+    concurrent_round_trips(&c, &key, &blob, 8).await;
     server.shutdown().await.expect("shutdown");
 }

@@ -20,6 +20,13 @@
 //!   (enqueue time + `acquire_timeout`) answers [`HsmErrorKind::Timeout`]
 //!   without touching the device. A job whose caller has gone away (its
 //!   future was dropped) is skipped. A job that has started always completes.
+//! - **Stalled calls.** A worker inside one job's device work for longer than
+//!   `stall_limit` is abandoned by the pool's watchdog: its lock shares are released, a
+//!   new worker with a new session replaces it, and the stuck thread closes its session
+//!   when the call returns (`stats().stuck_workers`: the device is degraded meanwhile).
+//! - **Lost sessions.** A job that creates no token object and commits nothing is submitted
+//!   with `submit_retry_safe` ([`pool::Retry::OnLostSession`]): if it fails because its
+//!   session died under it, it runs once more on a fresh session.
 //! - **Locking.** Jobs that create or destroy token objects (`EXCLUSIVE_OPS`)
 //!   run alone; other jobs share. Key-pair generation (`UNLOCKED_OPS`, seconds
 //!   for RSA-4096) makes session objects only and takes no lock, so it never
@@ -64,6 +71,7 @@
 pub mod asym;
 mod der;
 mod error;
+mod gate;
 pub mod mac;
 mod module;
 mod oaep;
@@ -112,6 +120,9 @@ pub const DEFAULT_WORKERS: usize = 2;
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 /// Default time a job may wait in the queue before it is answered `Timeout`.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time a worker may spend in one job's device work before it is abandoned and
+/// replaced (well above the slowest normal job, RSA-4096 key-pair generation).
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// GCM IV length in bytes.
 pub const GCM_IV_LEN: usize = 12;
 /// GCM tag length in bytes.
@@ -195,6 +206,9 @@ pub struct HsmConfig {
     pub queue_depth: usize,
     /// How long a job may wait in the queue (default 2 s).
     pub acquire_timeout: Duration,
+    /// How long a worker may be inside one job's device work before the watchdog abandons it
+    /// and starts a new worker with a new session (default 30 s).
+    pub stall_limit: Duration,
     /// Serve CMK versions from session-object copies of their token keys (default true; see
     /// [`Hsm::drop_session_copies`]).
     pub session_key_copies: bool,
@@ -210,6 +224,7 @@ impl HsmConfig {
             workers: DEFAULT_WORKERS,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            stall_limit: DEFAULT_STALL_LIMIT,
             session_key_copies: true,
         }
     }
@@ -331,7 +346,7 @@ pub(crate) struct Shared {
     pub(crate) reset_epoch: std::sync::atomic::AtomicU64,
     /// Held shared by every running job and exclusively while a worker replaces its session
     /// after a reset (see `pool::worker_loop`).
-    pub(crate) session_gate: std::sync::RwLock<()>,
+    pub(crate) session_gate: gate::Gate,
     /// Whether the device does RSA-OAEP with SHA-256: probed on first need
     /// (`oaep::sha256_support`), then fixed for this instance.
     pub(crate) oaep_sha256: std::sync::OnceLock<OaepSha256>,
@@ -437,10 +452,16 @@ impl Hsm {
             handles: HandleCache::default(),
             copies: SessionCopies::new(cfg.session_key_copies),
             reset_epoch: std::sync::atomic::AtomicU64::new(0),
-            session_gate: std::sync::RwLock::new(()),
+            session_gate: gate::Gate::new(),
             oaep_sha256: std::sync::OnceLock::new(),
         });
-        let pool = Pool::start(&shared, cfg.workers, cfg.queue_depth, cfg.acquire_timeout)?;
+        let pool = Pool::start(
+            &shared,
+            cfg.workers,
+            cfg.queue_depth,
+            cfg.acquire_timeout,
+            cfg.stall_limit,
+        )?;
         tracing::info!(
             token = %shared.token,
             workers = cfg.workers,
@@ -627,6 +648,8 @@ impl Hsm {
             rejected_busy: c.busy.load(Ordering::Relaxed),
             rejected_timeout: c.timeouts.load(Ordering::Relaxed),
             retried_lost_session: c.retries.load(Ordering::Relaxed),
+            stuck_workers: c.stuck.load(Ordering::SeqCst),
+            workers_replaced: c.replaced.load(Ordering::Relaxed),
             health_probes: c.probes.load(Ordering::Relaxed),
             session_key_copies: self.session_copies(),
         }
