@@ -1210,3 +1210,65 @@ async fn a_stalled_call_holds_up_its_own_request_only() {
     concurrent_round_trips(&c, &key, &blob, 8).await;
     server.shutdown().await.expect("shutdown");
 }
+
+/// Each queued job keeps its own deadline: with the only worker inside a stalled C_Decrypt
+/// (below the stall limit), an Encrypt that waits in the queue past `acquire_timeout_ms` fails
+/// with DependencyTimeoutException and never reaches the device; the stalled Decrypt itself
+/// still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_waits_past_its_deadline_never_runs() {
+    let Some(f) = faults().await else { return };
+    let config = shim_config_with(&f, "deadline", "workers = 1\nacquire_timeout_ms = 300");
+    let server = start_config(&config)
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+
+    f.delay("C_Decrypt", 1000);
+    let before = counters(&server);
+    let stalled = {
+        let mut c = c.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move { decrypt(&mut c, &blob).await })
+    };
+    // Counted just before the call: the worker is now inside the stalled C_Decrypt.
+    let mut polls = 0;
+    while delta(&before, &counters(&server), "C_Decrypt") == 0 {
+        polls += 1;
+        assert!(polls < 500, "the Decrypt never reached the device");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, reason, msg) = failure(
+        "Encrypt queued behind a stalled call",
+        encrypt(&mut c, &key, PLAINTEXT).await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "DependencyTimeoutException"),
+        "{msg}"
+    );
+    assert_eq!(
+        stalled
+            .await
+            .unwrap()
+            .expect("the stalled Decrypt completes"),
+        PLAINTEXT
+    );
+    let after = counters(&server);
+    assert_eq!(
+        delta(&before, &after, "C_Encrypt"),
+        0,
+        "the expired job ran"
+    );
+    assert_eq!(delta(&before, &after, "C_GenerateRandom"), 0);
+    assert!(server.kms.hsm().stats().rejected_timeout >= 1);
+    assert_eq!(server.kms.hsm().stats().workers_replaced, 0);
+    f.unset("delay_C_Decrypt");
+    let fresh = encrypt(&mut c, &key, PLAINTEXT)
+        .await
+        .expect("encrypt after");
+    assert_eq!(decrypt(&mut c, &fresh).await.unwrap(), PLAINTEXT);
+    server.shutdown().await.expect("shutdown");
+}
