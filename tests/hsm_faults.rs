@@ -1094,7 +1094,7 @@ async fn a_lost_session_is_retried_once_invisibly() {
 async fn a_stalled_call_holds_up_its_own_request_only() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let Some(f) = faults().await else { return };
-    let config = shim_config_with(&f, "stall", "stall_limit_ms = 1000");
+    let config = shim_config_with(&f, "stall", "stall_limit_ms = 500");
     let workers = config.hsm.workers;
     let server = start_config(&config)
         .await
