@@ -226,6 +226,10 @@ pub struct HsmSection {
     /// How long a request may wait for a worker before DependencyTimeoutException.
     #[serde(default = "default_acquire_timeout_ms")]
     pub acquire_timeout_ms: u64,
+    /// How long one request's HSM call may run before its worker is abandoned and replaced
+    /// by a new worker with a new session (the device is then reported degraded).
+    #[serde(default = "default_stall_limit_ms")]
+    pub stall_limit_ms: u64,
     /// Serve symmetric CMK versions from session-object copies of their token keys (faster on
     /// SoftHSM2; set false for devices whose policy forbids `C_CopyObject`).
     #[serde(default = "default_true")]
@@ -240,6 +244,9 @@ fn default_queue_depth() -> usize {
 }
 fn default_acquire_timeout_ms() -> u64 {
     2000
+}
+fn default_stall_limit_ms() -> u64 {
+    30_000
 }
 fn default_true() -> bool {
     true
@@ -515,6 +522,9 @@ impl Config {
         if self.hsm.acquire_timeout_ms == 0 {
             return invalid("hsm.acquire_timeout_ms must be at least 1".into());
         }
+        if self.hsm.stall_limit_ms < 100 {
+            return invalid("hsm.stall_limit_ms must be at least 100".into());
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid(format!(
                 "log.format must be \"text\" or \"json\", not {:?}",
@@ -701,6 +711,7 @@ impl Config {
         cfg.workers = self.hsm.workers;
         cfg.queue_depth = self.hsm.queue_depth;
         cfg.acquire_timeout = Duration::from_millis(self.hsm.acquire_timeout_ms);
+        cfg.stall_limit = Duration::from_millis(self.hsm.stall_limit_ms);
         cfg.session_key_copies = self.hsm.session_key_copies;
         Ok(cfg)
     }
@@ -775,6 +786,11 @@ data_dir = "data"
         assert!(Config::from_toml(&t, d.path()).is_err());
         let t = BASE.replace("pin_file = \"pin\"", "pin_file = \"pin\"\nworkers = 0");
         assert!(Config::from_toml(&t, d.path()).is_err());
+        let t = BASE.replace(
+            "pin_file = \"pin\"",
+            "pin_file = \"pin\"\nstall_limit_ms = 5",
+        );
+        assert!(Config::from_toml(&t, d.path()).is_err());
         let t = format!("{BASE}\n[log]\nformat = \"xml\"\n");
         assert!(Config::from_toml(&t, d.path()).is_err());
     }
@@ -798,6 +814,7 @@ data_dir = "data"
         let c = Config::from_toml(text, d.path()).expect("p11kms.example.toml must stay valid");
         assert_eq!(c.certificate_bindings().unwrap().len(), 1);
         assert_eq!(c.hsm.acquire_timeout_ms, 2000);
+        assert_eq!(c.hsm.stall_limit_ms, 30_000);
         assert_eq!(c.directory_files().accounts.len(), 1);
         assert!(c.metrics.enabled);
     }

@@ -175,6 +175,38 @@ impl Collector for EngineCollector {
             )?;
             c.encode(m)?;
         }
+        {
+            let c = ConstCounter::new(stats.retried_lost_session);
+            let m = encoder.encode_descriptor(
+                "p11kms_hsm_session_retries",
+                "HSM jobs run once more on a fresh session because their session died under them",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(m)?;
+        }
+        gauge(
+            &mut encoder,
+            "p11kms_hsm_degraded",
+            "1 while a worker abandoned in a stuck PKCS#11 call has not returned (the device is degraded), else 0",
+            i64::from(stats.stuck_workers > 0),
+        )?;
+        gauge(
+            &mut encoder,
+            "p11kms_hsm_stuck_workers",
+            "HSM workers abandoned in a stuck PKCS#11 call whose call has not returned yet",
+            stats.stuck_workers as i64,
+        )?;
+        {
+            let c = ConstCounter::new(stats.workers_replaced);
+            let m = encoder.encode_descriptor(
+                "p11kms_hsm_workers_replaced",
+                "HSM workers abandoned past hsm.stall_limit_ms and replaced by a new worker with a new session",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(m)?;
+        }
         gauge(
             &mut encoder,
             "p11kms_hsm_sessions",

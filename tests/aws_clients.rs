@@ -866,27 +866,13 @@ async fn sigv4_allows_five_minutes_of_clock_skew_both_ways() {
     door.server.shutdown().await.unwrap();
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 fn requests(metrics: &str, operation: &str, outcome: &str) -> f64 {
-    let prefix = format!(
-        "p11kms_requests_total{{door=\"aws-json\",operation=\"{operation}\",outcome=\"{outcome}\"}}"
-    );
-    metrics
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    sample(
+        metrics,
+        &format!(
+            "p11kms_requests_total{{door=\"aws-json\",operation=\"{operation}\",outcome=\"{outcome}\"}}"
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

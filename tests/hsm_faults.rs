@@ -118,6 +118,32 @@ impl Shim {
         .unwrap();
     }
 
+    /// A burst of `n` faults: the next `n` calls of `function` fail with `rv`.
+    fn burst(&self, function: &str, rv: u64, n: u32) {
+        std::fs::write(
+            self.control.join(format!("burst_{function}")),
+            format!("{rv:#x} {n}"),
+        )
+        .unwrap();
+    }
+
+    /// Makes every call of `function` sleep `ms` milliseconds first (a stalled device).
+    fn delay(&self, function: &str, ms: u64) {
+        std::fs::write(
+            self.control.join(format!("delay_{function}")),
+            ms.to_string(),
+        )
+        .unwrap();
+    }
+
+    /// Faults the shim has injected by bursts so far (since the last `clear`).
+    fn injected(&self) -> usize {
+        std::fs::read_to_string(self.control.join("injected.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
     fn unset(&self, name: &str) {
         let _ = std::fs::remove_file(self.control.join(name));
     }
@@ -172,6 +198,11 @@ async fn faults() -> Option<Faults> {
 
 /// A daemon config with `hsm.module` = the shim (everything else as the harness makes it).
 fn shim_config(shim: &Shim, name: &str) -> Config {
+    shim_config_with(shim, name, "")
+}
+
+/// [`shim_config`] with `hsm_lines` added to the `[hsm]` section.
+fn shim_config_with(shim: &Shim, name: &str, hsm_lines: &str) -> Config {
     let dir = data_dir(name);
     let softhsm = p11kms::devsetup::find_softhsm_module().unwrap();
     let text = config_text(&dir);
@@ -180,7 +211,10 @@ fn shim_config(shim: &Shim, name: &str) -> Config {
         text.contains(&from),
         "harness config has no `{from}` line:\n{text}"
     );
-    let text = text.replace(&from, &format!("module = \"{}\"", shim.lib.display()));
+    let text = text.replace(
+        &from,
+        &format!("module = \"{}\"\n{hsm_lines}", shim.lib.display()),
+    );
     let path = dir.join("p11kms.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).expect("config");
@@ -726,6 +760,19 @@ async fn after_a_device_reset_only_one_request_fails() {
 
 /// The health status of the KMS service, polled until it equals `want` (bounded).
 async fn wait_health(addr: std::net::SocketAddr, want: i32) -> i32 {
+    let mut status = -1;
+    for _ in 0..60 {
+        status = health_now(addr).await;
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    status
+}
+
+/// The health status of the KMS service now (-1 if the check fails).
+async fn health_now(addr: std::net::SocketAddr) -> i32 {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
     let channel = p11kms::client::ClientConfig {
@@ -737,22 +784,13 @@ async fn wait_health(addr: std::net::SocketAddr, want: i32) -> i32 {
     .channel()
     .await
     .expect("connect");
-    let mut health = HealthClient::new(channel);
-    let mut status = -1;
-    for _ in 0..60 {
-        status = health
-            .check(HealthCheckRequest {
-                service: "p11kms.v1.KeyManagementService".into(),
-            })
-            .await
-            .map(|r| r.into_inner().status)
-            .unwrap_or(-1);
-        if status == want {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    status
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "p11kms.v1.KeyManagementService".into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -908,4 +946,329 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
         server.shutdown().await.unwrap();
         f.clear();
     }
+}
+
+// ------------------------------------------------------------- lost sessions (issue 14 item 5)
+
+/// CKR_SESSION_HANDLE_INVALID.
+const SESSION_HANDLE_INVALID: u64 = 0xb3;
+
+async fn generate_random(c: &mut Client) -> Result<Vec<u8>, tonic::Status> {
+    c.generate_random(pb::GenerateRandomRequest {
+        number_of_bytes: Some(32),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+async fn generate_data_key(c: &mut Client, key: &str) -> Result<Vec<u8>, tonic::Status> {
+    c.generate_data_key(pb::GenerateDataKeyRequest {
+        key_id: key.into(),
+        key_spec: "AES_256".into(),
+        encryption_context: ctx(EC),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().ciphertext_blob)
+}
+
+/// A job whose session dies before it could have changed anything runs once more on a fresh
+/// session: isolated CKR_SESSION_HANDLE_INVALID faults on every step of Encrypt, Decrypt,
+/// GenerateRandom and GenerateDataKey never reach the client. Two failures in a row do, as
+/// KeyUnavailableException; a job that creates a token object (CreateKey) is never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_is_retried_once_invisibly() {
+    let Some(f) = faults().await else { return };
+    let server = start_shimmed(&f, "retry")
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let retries = |s: &RunningServer| s.kms.hsm().stats().retried_lost_session;
+
+    // Isolated faults, one at a time, on every PKCS#11 step of the hot operations.
+    let retries_before = retries(&server);
+    let steps = [
+        "C_EncryptInit",
+        "C_Encrypt",
+        "C_DecryptInit",
+        "C_Decrypt",
+        "C_GenerateRandom",
+    ];
+    let mut expected = 0;
+    for round in 0..2 {
+        for step in steps {
+            f.burst(step, SESSION_HANDLE_INVALID, 1);
+            let what = format!("round {round}, fault on {step}");
+            let fresh = encrypt(&mut c, &key, PLAINTEXT)
+                .await
+                .unwrap_or_else(|e| panic!("Encrypt, {what}: {e:?}"));
+            assert_eq!(
+                decrypt(&mut c, &fresh)
+                    .await
+                    .unwrap_or_else(|e| panic!("Decrypt, {what}: {e:?}")),
+                PLAINTEXT
+            );
+            assert_eq!(
+                decrypt(&mut c, &blob)
+                    .await
+                    .unwrap_or_else(|e| panic!("Decrypt old, {what}: {e:?}")),
+                PLAINTEXT
+            );
+            let dk = generate_data_key(&mut c, &key)
+                .await
+                .unwrap_or_else(|e| panic!("GenerateDataKey, {what}: {e:?}"));
+            assert!(decrypt(&mut c, &dk).await.is_ok(), "{what}");
+            generate_random(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("GenerateRandom, {what}: {e:?}"));
+            assert!(!f.is_set(&format!("burst_{step}")), "{what}: never fired");
+            expected += 1;
+        }
+    }
+    assert_eq!(f.injected(), expected, "every fault fired exactly once");
+    assert_eq!(
+        retries(&server) - retries_before,
+        expected as u64,
+        "one retry per lost session"
+    );
+
+    // Isolated faults under concurrent load: still no client-visible failure.
+    for _ in 0..4 {
+        f.burst("C_Decrypt", SESSION_HANDLE_INVALID, 1);
+        f.burst("C_Encrypt", SESSION_HANDLE_INVALID, 1);
+        concurrent_round_trips(&c, &key, &blob, 6).await;
+    }
+    assert_eq!(f.injected(), expected + 8);
+
+    // Two failures in a row: the retry fails too, and the client sees it.
+    let before = counters(&server);
+    f.burst("C_Decrypt", SESSION_HANDLE_INVALID, 2);
+    assert_unavailable("two lost sessions in a row", decrypt(&mut c, &blob).await);
+    let after = counters(&server);
+    assert_eq!(
+        delta(&before, &after, "C_Decrypt"),
+        2,
+        "one attempt and one retry"
+    );
+    assert_eq!(decrypt(&mut c, &blob).await.expect("after"), PLAINTEXT);
+
+    // CreateKey creates a token object: never retried, whatever the failure.
+    let keys_before = key_count(&mut c).await;
+    let before = counters(&server);
+    let retries_before = retries(&server);
+    f.burst("C_GenerateKey", SESSION_HANDLE_INVALID, 1);
+    let (code, reason, msg) = failure(
+        "CreateKey on a lost session",
+        c.create_key(pb::CreateKeyRequest::default()).await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "KeyUnavailableException"),
+        "{msg}"
+    );
+    let after = counters(&server);
+    assert_eq!(
+        delta(&before, &after, "C_GenerateKey"),
+        1,
+        "CreateKey was retried"
+    );
+    assert_eq!(retries(&server), retries_before);
+    assert_eq!(key_count(&mut c).await, keys_before);
+    create_key(&mut c).await;
+
+    server.shutdown().await.expect("shutdown");
+}
+
+// ------------------------------------------------------------- stalled calls (issue 14 item 4)
+
+/// Every C_Decrypt stalls (2 s per call; cryptoki calls it twice per decrypt) while as many
+/// Decrypt streams as there are workers run beside an Encrypt load. Each stalled worker is
+/// abandoned after `stall_limit_ms` and replaced by a new worker with a new session, so the
+/// Encrypts keep succeeding (none times out), health stays SERVING, the degraded metric
+/// shows, and the Decrypts themselves still complete. Once the device is well, the stuck
+/// threads close their sessions and the degraded state clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_call_holds_up_its_own_request_only() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let Some(f) = faults().await else { return };
+    let config = shim_config_with(&f, "stall", "stall_limit_ms = 500");
+    let workers = config.hsm.workers;
+    let server = start_config(&config)
+        .await
+        .expect("daemon starts on the shim");
+    let maddr = server.metrics_addr.expect("metrics enabled");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    assert_eq!(sample(&scrape(maddr).await, "p11kms_hsm_degraded "), 0.0);
+    let before = counters(&server);
+
+    f.delay("C_Decrypt", 2000);
+    let decrypts: Vec<_> = (0..workers)
+        .map(|i| {
+            let mut c = c.clone();
+            let blob = blob.clone();
+            tokio::spawn(async move {
+                for round in 0..2 {
+                    let pt = decrypt(&mut c, &blob)
+                        .await
+                        .unwrap_or_else(|e| panic!("stalled decrypt {i}/{round}: {e:?}"));
+                    assert_eq!(pt, PLAINTEXT);
+                }
+            })
+        })
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let succeeded = Arc::new(AtomicUsize::new(0));
+    let encrypts: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = c.clone();
+            let key = key.clone();
+            let (done, succeeded) = (Arc::clone(&done), Arc::clone(&succeeded));
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    match encrypt(&mut c, &key, PLAINTEXT).await {
+                        Ok(_) => {
+                            succeeded.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(s) => failures.push(format!("{:?} {}", s.code(), s.message())),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+
+    // A stuck worker is replaced; meanwhile the device is degraded but serving.
+    let mut polls = 0;
+    while server.kms.hsm().stats().workers_replaced == 0 {
+        polls += 1;
+        assert!(polls < 200, "no stalled worker was replaced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_degraded = succeeded.load(Ordering::SeqCst);
+    let metrics = scrape(maddr).await;
+    assert_eq!(sample(&metrics, "p11kms_hsm_degraded "), 1.0, "{metrics}");
+    assert!(sample(&metrics, "p11kms_hsm_stuck_workers ") >= 1.0);
+    assert!(sample(&metrics, "p11kms_hsm_workers_replaced_total ") >= 1.0);
+    // Health stays SERVING (1) while other sessions answer: checked repeatedly, not polled
+    // until it happens to be.
+    for i in 0..10 {
+        assert_eq!(
+            health_now(server.addr).await,
+            1,
+            "health check {i} while degraded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for d in decrypts {
+        d.await.expect("decrypt stream");
+    }
+    let at_decrypts_done = succeeded.load(Ordering::SeqCst);
+    done.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for e in encrypts {
+        failures.extend(e.await.expect("encrypt stream"));
+    }
+    let total = succeeded.load(Ordering::SeqCst);
+    eprintln!(
+        "stalled C_Decrypt: {total} Encrypts succeeded ({at_degraded} before the first \
+         replacement, {at_decrypts_done} by the end of the stalled Decrypts), {} failed; \
+         workers replaced: {}",
+        failures.len(),
+        server.kms.hsm().stats().workers_replaced
+    );
+    assert!(failures.is_empty(), "Encrypts failed: {failures:?}");
+    assert!(
+        at_decrypts_done > at_degraded,
+        "no Encrypt succeeded while a worker was stuck"
+    );
+
+    // The device is well again: the stuck threads return, close their sessions, and the
+    // degraded state clears.
+    f.unset("delay_C_Decrypt");
+    let mut polls = 0;
+    while server.kms.hsm().stats().stuck_workers > 0 {
+        polls += 1;
+        assert!(polls < 200, "abandoned workers never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replaced = server.kms.hsm().stats().workers_replaced;
+    assert!(
+        replaced >= workers as u64,
+        "every stalled stream should have cost one worker: {replaced}"
+    );
+    let after = counters(&server);
+    assert!(delta(&before, &after, "C_CloseSession") >= replaced);
+    assert!(delta(&before, &after, "C_OpenSession") >= replaced);
+    assert_eq!(sample(&scrape(maddr).await, "p11kms_hsm_degraded "), 0.0);
+    concurrent_round_trips(&c, &key, &blob, 8).await;
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Each queued job keeps its own deadline: with the only worker inside a stalled C_Decrypt
+/// (below the stall limit), an Encrypt that waits in the queue past `acquire_timeout_ms` fails
+/// with DependencyTimeoutException and never reaches the device; the stalled Decrypt itself
+/// still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_waits_past_its_deadline_never_runs() {
+    let Some(f) = faults().await else { return };
+    let config = shim_config_with(&f, "deadline", "workers = 1\nacquire_timeout_ms = 300");
+    let server = start_config(&config)
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+
+    f.delay("C_Decrypt", 1000);
+    let before = counters(&server);
+    let stalled = {
+        let mut c = c.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move { decrypt(&mut c, &blob).await })
+    };
+    // Counted just before the call: the worker is now inside the stalled C_Decrypt.
+    let mut polls = 0;
+    while delta(&before, &counters(&server), "C_Decrypt") == 0 {
+        polls += 1;
+        assert!(polls < 500, "the Decrypt never reached the device");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, reason, msg) = failure(
+        "Encrypt queued behind a stalled call",
+        encrypt(&mut c, &key, PLAINTEXT).await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::Unavailable, "DependencyTimeoutException"),
+        "{msg}"
+    );
+    assert_eq!(
+        stalled
+            .await
+            .unwrap()
+            .expect("the stalled Decrypt completes"),
+        PLAINTEXT
+    );
+    let after = counters(&server);
+    assert_eq!(
+        delta(&before, &after, "C_Encrypt"),
+        0,
+        "the expired job ran"
+    );
+    assert_eq!(delta(&before, &after, "C_GenerateRandom"), 0);
+    assert!(server.kms.hsm().stats().rejected_timeout >= 1);
+    assert_eq!(server.kms.hsm().stats().workers_replaced, 0);
+    f.unset("delay_C_Decrypt");
+    let fresh = encrypt(&mut c, &key, PLAINTEXT)
+        .await
+        .expect("encrypt after");
+    assert_eq!(decrypt(&mut c, &fresh).await.unwrap(), PLAINTEXT);
+    server.shutdown().await.expect("shutdown");
 }

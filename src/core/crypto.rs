@@ -172,8 +172,9 @@ pub(super) fn canonical(member: &str, ctx: &BTreeMap<String, String>) -> Result<
         .ok_or_else(|| KmsError::validation(member, "Member values must be shorter than 64 KiB"))
 }
 
-/// A closure that builds the AAD once the HSM has chosen the IV.
-pub(super) type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
+/// A closure that builds the AAD once the HSM has chosen the IV (callable again when the HSM
+/// layer retries the job on a fresh session).
+pub(super) type AadBuilder = Box<dyn Fn(&[u8; 12]) -> Vec<u8> + Send>;
 
 /// The GCM AAD builder of a new ciphertext under `object` with `canonical_ctx`.
 pub(super) fn aad_builder(object: ObjectId, canonical_ctx: Vec<u8>) -> AadBuilder {

@@ -20,6 +20,13 @@
 //!   (enqueue time + `acquire_timeout`) answers [`HsmErrorKind::Timeout`]
 //!   without touching the device. A job whose caller has gone away (its
 //!   future was dropped) is skipped. A job that has started always completes.
+//! - **Stalled calls.** A worker inside one job's device work for longer than
+//!   `stall_limit` is abandoned by the pool's watchdog: its lock shares are released, a
+//!   new worker with a new session replaces it, and the stuck thread closes its session
+//!   when the call returns (`stats().stuck_workers`: the device is degraded meanwhile).
+//! - **Lost sessions.** A job that creates no token object and commits nothing is submitted
+//!   with `submit_retry_safe` ([`pool::Retry::OnLostSession`]): if it fails because its
+//!   session died under it, it runs once more on a fresh session.
 //! - **Locking.** Jobs that create or destroy token objects (`EXCLUSIVE_OPS`)
 //!   run alone; other jobs share. Key-pair generation (`UNLOCKED_OPS`, seconds
 //!   for RSA-4096) makes session objects only and takes no lock, so it never
@@ -64,6 +71,7 @@
 pub mod asym;
 mod der;
 mod error;
+mod gate;
 pub mod mac;
 mod module;
 mod oaep;
@@ -104,7 +112,7 @@ pub use oaep::OaepSha256;
 pub use objects::ObjectId;
 
 use objects::{HandleCache, SessionCopies};
-use pool::{Counters, Dispatch, Job, Pool, SubmitError, WorkerCtx};
+use pool::{Counters, Dispatch, Job, Outcome, Pool, Retry, SubmitError, WorkerCtx};
 
 /// Default number of HSM worker threads.
 pub const DEFAULT_WORKERS: usize = 2;
@@ -112,6 +120,9 @@ pub const DEFAULT_WORKERS: usize = 2;
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 /// Default time a job may wait in the queue before it is answered `Timeout`.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time a worker may spend in one job's device work before it is abandoned and
+/// replaced (well above the slowest normal job, RSA-4096 key-pair generation).
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// GCM IV length in bytes.
 pub const GCM_IV_LEN: usize = 12;
 /// GCM tag length in bytes.
@@ -148,8 +159,9 @@ const UNLOCKED_OPS: &[&str] = &[
 pub const MAX_RANDOM_LEN: usize = 4096;
 
 /// Builds the GCM AAD from the IV the HSM generated (the caller's AAD
-/// includes the IV, which is only known inside the job).
-pub type AadBuilder = Box<dyn FnOnce(&[u8; 12]) -> Vec<u8> + Send>;
+/// includes the IV, which is only known inside the job). Callable more than once: a job
+/// retried on a fresh session draws a new IV.
+pub type AadBuilder = Box<dyn Fn(&[u8; 12]) -> Vec<u8> + Send>;
 
 /// The user PIN, zeroized on drop and redacted in `Debug`.
 #[derive(Clone)]
@@ -194,6 +206,9 @@ pub struct HsmConfig {
     pub queue_depth: usize,
     /// How long a job may wait in the queue (default 2 s).
     pub acquire_timeout: Duration,
+    /// How long a worker may be inside one job's device work before the watchdog abandons it
+    /// and starts a new worker with a new session (default 30 s).
+    pub stall_limit: Duration,
     /// Serve CMK versions from session-object copies of their token keys (default true; see
     /// [`Hsm::drop_session_copies`]).
     pub session_key_copies: bool,
@@ -209,6 +224,7 @@ impl HsmConfig {
             workers: DEFAULT_WORKERS,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            stall_limit: DEFAULT_STALL_LIMIT,
             session_key_copies: true,
         }
     }
@@ -330,7 +346,7 @@ pub(crate) struct Shared {
     pub(crate) reset_epoch: std::sync::atomic::AtomicU64,
     /// Held shared by every running job and exclusively while a worker replaces its session
     /// after a reset (see `pool::worker_loop`).
-    pub(crate) session_gate: std::sync::RwLock<()>,
+    pub(crate) session_gate: gate::Gate,
     /// Whether the device does RSA-OAEP with SHA-256: probed on first need
     /// (`oaep::sha256_support`), then fixed for this instance.
     pub(crate) oaep_sha256: std::sync::OnceLock<OaepSha256>,
@@ -436,10 +452,16 @@ impl Hsm {
             handles: HandleCache::default(),
             copies: SessionCopies::new(cfg.session_key_copies),
             reset_epoch: std::sync::atomic::AtomicU64::new(0),
-            session_gate: std::sync::RwLock::new(()),
+            session_gate: gate::Gate::new(),
             oaep_sha256: std::sync::OnceLock::new(),
         });
-        let pool = Pool::start(&shared, cfg.workers, cfg.queue_depth, cfg.acquire_timeout)?;
+        let pool = Pool::start(
+            &shared,
+            cfg.workers,
+            cfg.queue_depth,
+            cfg.acquire_timeout,
+            cfg.stall_limit,
+        )?;
         tracing::info!(
             token = %shared.token,
             workers = cfg.workers,
@@ -476,8 +498,8 @@ impl Hsm {
         plaintext: Zeroizing<Vec<u8>>,
         aad: AadBuilder,
     ) -> Result<GcmSealed, HsmError> {
-        self.submit("encrypt_gcm", move |ctx| {
-            ops::encrypt_gcm(ctx, id, &plaintext, aad)
+        self.submit_retry_safe("encrypt_gcm", move |ctx| {
+            ops::encrypt_gcm(ctx, id, &plaintext, &aad)
         })
         .await
     }
@@ -491,7 +513,7 @@ impl Hsm {
         ciphertext_and_tag: Vec<u8>,
         aad: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit("decrypt_gcm", move |ctx| {
+        self.submit_retry_safe("decrypt_gcm", move |ctx| {
             ops::decrypt_gcm(ctx, id, &iv, &ciphertext_and_tag, &aad)
         })
         .await
@@ -506,8 +528,8 @@ impl Hsm {
         aad: AadBuilder,
     ) -> Result<(Zeroizing<Vec<u8>>, GcmSealed), HsmError> {
         self.check_len("generate_data_key", n)?;
-        self.submit("generate_data_key", move |ctx| {
-            ops::generate_data_key(ctx, id, n, aad)
+        self.submit_retry_safe("generate_data_key", move |ctx| {
+            ops::generate_data_key(ctx, id, n, &aad)
         })
         .await
     }
@@ -524,8 +546,8 @@ impl Hsm {
         dst: ObjectId,
         dst_aad: AadBuilder,
     ) -> Result<GcmSealed, HsmError> {
-        self.submit("reencrypt_gcm", move |ctx| {
-            ops::reencrypt_gcm(ctx, src, &iv, &ciphertext_and_tag, &src_aad, dst, dst_aad)
+        self.submit_retry_safe("reencrypt_gcm", move |ctx| {
+            ops::reencrypt_gcm(ctx, src, &iv, &ciphertext_and_tag, &src_aad, dst, &dst_aad)
         })
         .await
     }
@@ -533,7 +555,8 @@ impl Hsm {
     /// `n` bytes (1..=[`MAX_RANDOM_LEN`]) from the HSM's RNG.
     pub async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         self.check_len("random", n)?;
-        self.submit("random", move |ctx| ops::random(ctx, n)).await
+        self.submit_retry_safe("random", move |ctx| ops::random(ctx, n))
+            .await
     }
 
     /// Destroy the key object `id`; [`HsmErrorKind::ObjectNotFound`] if absent.
@@ -544,12 +567,13 @@ impl Hsm {
 
     /// Whether the key object `id` exists on the token.
     pub async fn exists(&self, id: ObjectId) -> Result<bool, HsmError> {
-        self.submit("exists", move |ctx| ops::exists(ctx, id)).await
+        self.submit_retry_safe("exists", move |ctx| ops::exists(ctx, id))
+            .await
     }
 
     /// The custody attributes of key object `id`, read from the device.
     pub async fn key_attributes(&self, id: ObjectId) -> Result<KeyAttributes, HsmError> {
-        self.submit("key_attributes", move |ctx| ops::key_attributes(ctx, id))
+        self.submit_retry_safe("key_attributes", move |ctx| ops::key_attributes(ctx, id))
             .await
     }
 
@@ -623,6 +647,9 @@ impl Hsm {
             workers: self.pool.workers(),
             rejected_busy: c.busy.load(Ordering::Relaxed),
             rejected_timeout: c.timeouts.load(Ordering::Relaxed),
+            retried_lost_session: c.retries.load(Ordering::Relaxed),
+            stuck_workers: c.stuck.load(Ordering::SeqCst),
+            workers_replaced: c.replaced.load(Ordering::Relaxed),
             health_probes: c.probes.load(Ordering::Relaxed),
             session_key_copies: self.session_copies(),
         }
@@ -655,7 +682,7 @@ impl Hsm {
         curve: Curve,
         point: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit("derive_shared_secret", move |ctx| {
+        self.submit_retry_safe("derive_shared_secret", move |ctx| {
             asym::derive_shared_secret(ctx, id, curve, &point)
         })
         .await
@@ -857,14 +884,18 @@ impl Hsm {
             deadline: enqueued + Duration::from_secs(3600),
             exclusive: false,
             unlocked: true,
-            run: Box::new(move |dispatch: Dispatch<'_>| match dispatch {
-                Dispatch::Run(ctx) => {
-                    asym::destroy_quietly(ctx, &handles, "session objects of an ended request")
+            retry: Retry::Never,
+            run: Box::new(move |dispatch: Dispatch<'_>| {
+                match dispatch {
+                    Dispatch::Run(ctx, _) => {
+                        asym::destroy_quietly(ctx, &handles, "session objects of an ended request")
+                    }
+                    Dispatch::Expired(shared) => tracing::warn!(
+                        token = %shared.token,
+                        "session objects of an ended request left until the session closes"
+                    ),
                 }
-                Dispatch::Expired(shared) => tracing::warn!(
-                    token = %shared.token,
-                    "session objects of an ended request left until the session closes"
-                ),
+                Outcome::Done
             }),
         };
         if self.pool.try_submit(job).is_err() {
@@ -916,7 +947,7 @@ impl Hsm {
 
     /// DER `SubjectPublicKeyInfo` of key pair `id`, built from the public object.
     pub async fn public_key(&self, id: ObjectId, spec: PairSpec) -> Result<Vec<u8>, HsmError> {
-        self.submit("public_key", move |ctx| asym::public_key(ctx, id, spec))
+        self.submit_retry_safe("public_key", move |ctx| asym::public_key(ctx, id, spec))
             .await
     }
 
@@ -927,7 +958,7 @@ impl Hsm {
         scheme: SignScheme,
         digest: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
-        self.submit("sign", move |ctx| asym::sign(ctx, id, scheme, &digest))
+        self.submit_retry_safe("sign", move |ctx| asym::sign(ctx, id, scheme, &digest))
             .await
     }
 
@@ -939,7 +970,7 @@ impl Hsm {
         digest: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<bool, HsmError> {
-        self.submit("verify", move |ctx| {
+        self.submit_retry_safe("verify", move |ctx| {
             asym::verify(ctx, id, scheme, &digest, &signature)
         })
         .await
@@ -952,7 +983,7 @@ impl Hsm {
         hash: ShaAlg,
         plaintext: Zeroizing<Vec<u8>>,
     ) -> Result<Vec<u8>, HsmError> {
-        self.submit("rsa_encrypt", move |ctx| {
+        self.submit_retry_safe("rsa_encrypt", move |ctx| {
             asym::rsa_encrypt(ctx, id, hash, &plaintext)
         })
         .await
@@ -966,7 +997,7 @@ impl Hsm {
         hash: ShaAlg,
         ciphertext: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit("rsa_decrypt", move |ctx| {
+        self.submit_retry_safe("rsa_decrypt", move |ctx| {
             asym::rsa_decrypt(ctx, id, hash, &ciphertext)
         })
         .await
@@ -979,7 +1010,7 @@ impl Hsm {
         alg: MacAlg,
         message: Zeroizing<Vec<u8>>,
     ) -> Result<Vec<u8>, HsmError> {
-        self.submit("generate_mac", move |ctx| {
+        self.submit_retry_safe("generate_mac", move |ctx| {
             mac::generate_mac(ctx, id, alg, &message)
         })
         .await
@@ -993,7 +1024,7 @@ impl Hsm {
         message: Zeroizing<Vec<u8>>,
         tag: Vec<u8>,
     ) -> Result<bool, HsmError> {
-        self.submit("verify_mac", move |ctx| {
+        self.submit_retry_safe("verify_mac", move |ctx| {
             mac::verify_mac(ctx, id, alg, &message, &tag)
         })
         .await
@@ -1010,16 +1041,16 @@ impl Hsm {
     ) -> Result<DataKeyPair, HsmError> {
         let permit = self.keygen_permit("generate_data_key_pair").await?;
         let (pkcs8, spki) = self
-            .submit("generate_data_key_pair", move |ctx| {
+            .submit_retry_safe("generate_data_key_pair", move |ctx| {
                 asym::generate_data_key_pair(ctx, spec)
             })
             .await?;
         drop(permit);
         // Sealing reads the token CMK: a separate job under the shared lock.
         let (pkcs8, sealed) = self
-            .submit("seal_data_key_pair", move |ctx| {
-                let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, aad)?;
-                Ok((pkcs8, sealed))
+            .submit_retry_safe("seal_data_key_pair", move |ctx| {
+                let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, &aad)?;
+                Ok((pkcs8.clone(), sealed))
             })
             .await?;
         Ok(DataKeyPair {
@@ -1041,26 +1072,69 @@ impl Hsm {
         Ok(())
     }
 
-    /// Enqueue `f` for a worker and await its answer.
+    /// Enqueue `f` for a worker and await its answer. Never retried (see [`Retry::Never`]):
+    /// for jobs that may create token objects or commit anything.
     async fn submit<T, F>(&self, op: &'static str, f: F) -> Result<T, HsmError>
     where
         T: Send + 'static,
         F: FnOnce(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
     {
+        let mut f = Some(f);
+        self.enqueue(op, Retry::Never, move |ctx| match f.take() {
+            Some(f) => f(ctx),
+            None => Err(HsmError::new(
+                HsmErrorKind::Other,
+                op,
+                ctx.token(),
+                "a job that may not be retried was run twice",
+            )),
+        })
+        .await
+    }
+
+    /// Enqueue `f`, a job that creates no token object and commits nothing, and await its
+    /// answer. If it fails because its session died under it, it runs once more on a fresh
+    /// session ([`Retry::OnLostSession`]); only a second failure reaches the caller.
+    async fn submit_retry_safe<T, F>(&self, op: &'static str, f: F) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
+    {
+        self.enqueue(op, Retry::OnLostSession, f).await
+    }
+
+    /// Enqueue a job and await its answer.
+    async fn enqueue<T, F>(&self, op: &'static str, retry: Retry, mut f: F) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, HsmError>>();
+        let mut tx = Some(tx);
         let enqueued = Instant::now();
         let job = Job {
             enqueued,
             deadline: enqueued + self.pool.acquire_timeout(),
             exclusive: EXCLUSIVE_OPS.contains(&op),
             unlocked: UNLOCKED_OPS.contains(&op),
+            retry,
             run: Box::new(move |dispatch: Dispatch<'_>| {
+                let Some(sender) = tx.take() else {
+                    return Outcome::Done;
+                };
                 // The caller gave up (its future was dropped): skip the work.
-                if tx.is_closed() {
-                    return;
+                if sender.is_closed() {
+                    return Outcome::Done;
                 }
                 let answer = match dispatch {
-                    Dispatch::Run(ctx) => f(ctx),
+                    Dispatch::Run(ctx, may_retry) => {
+                        let answer = f(ctx);
+                        if answer.is_err() && may_retry && ctx.needs_reopen() {
+                            tx = Some(sender);
+                            return Outcome::SessionLost;
+                        }
+                        answer
+                    }
                     Dispatch::Expired(shared) => Err(HsmError::new(
                         HsmErrorKind::Timeout,
                         op,
@@ -1068,7 +1142,8 @@ impl Hsm {
                         "waited in the HSM queue past its deadline",
                     )),
                 };
-                let _ = tx.send(answer);
+                let _ = sender.send(answer);
+                Outcome::Done
             }),
         };
         let token = &self.shared.token;

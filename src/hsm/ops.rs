@@ -264,7 +264,7 @@ fn seal(
     ctx: &mut WorkerCtx,
     id: &ObjectId,
     plaintext: &[u8],
-    aad: AadBuilder,
+    aad: &AadBuilder,
 ) -> Result<GcmSealed, HsmError> {
     let iv = random_iv(ctx)?;
     let aad = aad(&iv);
@@ -409,7 +409,7 @@ pub(crate) fn encrypt_gcm(
     ctx: &mut WorkerCtx,
     id: ObjectId,
     plaintext: &[u8],
-    aad: AadBuilder,
+    aad: &AadBuilder,
 ) -> Result<GcmSealed, HsmError> {
     seal(ctx, &id, plaintext, aad)
 }
@@ -430,7 +430,7 @@ pub(crate) fn generate_data_key(
     ctx: &mut WorkerCtx,
     id: ObjectId,
     n: usize,
-    aad: AadBuilder,
+    aad: &AadBuilder,
 ) -> Result<(Zeroizing<Vec<u8>>, GcmSealed), HsmError> {
     let key = random(ctx, n)?;
     let sealed = seal(ctx, &id, &key, aad)?;
@@ -445,7 +445,7 @@ pub(crate) fn reencrypt_gcm(
     ciphertext_and_tag: &[u8],
     src_aad: &[u8],
     dst: ObjectId,
-    dst_aad: AadBuilder,
+    dst_aad: &AadBuilder,
 ) -> Result<GcmSealed, HsmError> {
     let plaintext = open(ctx, &src, iv, ciphertext_and_tag, src_aad)?;
     seal(ctx, &dst, &plaintext, dst_aad)

@@ -7,14 +7,19 @@
 //! - Each job carries a deadline (enqueue time + `acquire_timeout`). A worker
 //!   that picks a job up after its deadline answers `Timeout` without doing
 //!   it; a job that has started runs to completion.
+//! - A watchdog thread (`hsm-watchdog`) abandons a worker that has been inside one job's
+//!   device work for longer than `stall_limit`: its gate shares are released (see
+//!   [`super::gate`]), a new worker with a new session takes its place, and the stuck thread
+//!   finishes its job, closes its session and exits when the call returns. At most `workers`
+//!   abandoned threads exist at once. While any exists the device is *degraded*.
 //! - Shutdown drops the sending side: workers drain what is queued, close
-//!   their sessions and exit; `shutdown` joins them.
+//!   their sessions and exit; `shutdown` joins them (abandoned ones are left to finish).
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -22,16 +27,41 @@ use cryptoki::error::Error as CkError;
 use cryptoki::session::Session;
 
 use super::error::{from_cryptoki, is_session_broken, HsmError};
+use super::gate::{Gate, GateId, WorkerSlot};
 use super::module;
 use super::stats::{HistogramSnapshot, LatencyHistogram};
 use super::Shared;
 
 /// What a worker hands a job.
 pub(crate) enum Dispatch<'a> {
-    /// Do the work with this worker's session.
-    Run(&'a mut WorkerCtx),
+    /// Do the work with this worker's session. With `may_retry`, a failure on a session that
+    /// died under the job is not answered: the job returns [`Outcome::SessionLost`] and runs
+    /// once more on a fresh session.
+    Run(&'a mut WorkerCtx, bool),
     /// The job's deadline passed while it was queued: answer `Timeout`.
     Expired(&'a Shared),
+}
+
+/// Whether a job may run a second time after its session died under it. A typed property of
+/// each job, chosen where the job is made ([`super::Hsm`]'s `submit` / `submit_retry_safe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// The job may have created a token object or committed something: a failure goes to
+    /// the caller as it is.
+    Never,
+    /// The job creates no token object and commits nothing (encrypt, decrypt, sign, verify,
+    /// MAC, random, data keys into session objects): after a failure on a lost session it
+    /// runs once more on a fresh session, and only a second failure reaches the caller.
+    OnLostSession,
+}
+
+/// How one run of a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Answered (or skipped): the job is done.
+    Done,
+    /// It failed because its session died and was allowed to retry: run it again.
+    SessionLost,
 }
 
 /// One unit of work: runs once on a worker thread.
@@ -45,8 +75,11 @@ pub(crate) struct Job {
     /// Whether the job touches session objects only (slow key-pair generation): it takes
     /// no lock, so it neither waits for nor holds up exclusive jobs.
     pub(crate) unlocked: bool,
-    /// The work; it sends its own answer.
-    pub(crate) run: Box<dyn FnOnce(Dispatch<'_>) + Send>,
+    /// Whether a failure on a lost session is retried once on a fresh session.
+    pub(crate) retry: Retry,
+    /// The work; it sends its own answer. Runs once, or twice when it returns
+    /// [`Outcome::SessionLost`].
+    pub(crate) run: Box<dyn FnMut(Dispatch<'_>) -> Outcome + Send>,
 }
 
 /// Why a job was not enqueued.
@@ -105,8 +138,9 @@ impl WorkerCtx {
         self.shared.reset_epoch.load(Ordering::SeqCst)
     }
 
-    /// Whether the session must be replaced before the next job.
-    fn needs_reopen(&self) -> bool {
+    /// Whether this worker's session is gone (a call reported it, or another worker saw the
+    /// device reset): the session must be replaced before the next job.
+    pub(crate) fn needs_reopen(&self) -> bool {
         self.broken || self.current_epoch() != self.opened_in
     }
 
@@ -143,76 +177,204 @@ impl WorkerCtx {
     }
 }
 
+/// A worker thread and its slot.
+type Worker = (Arc<WorkerSlot>, JoinHandle<()>);
+
+/// State the pool shares with its watchdog: what it takes to start a worker, and the workers.
+struct Supervisor {
+    shared: Arc<Shared>,
+    rx: Arc<Mutex<Receiver<Job>>>,
+    queued: Arc<AtomicUsize>,
+    /// Time origin of [`WorkerSlot`] timestamps.
+    started: Instant,
+    /// Device work longer than this abandons the worker.
+    stall_limit: Duration,
+    /// Workers to keep serving.
+    workers: usize,
+    slots: Mutex<Vec<Worker>>,
+    next_worker: AtomicUsize,
+    stop: Mutex<bool>,
+    stopping: Condvar,
+    /// Whether "too many stuck workers" was logged (once per episode).
+    cap_logged: AtomicBool,
+}
+
+impl Supervisor {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open a new R/W session for a worker (counted).
+    fn open_session(&self) -> Result<Session, HsmError> {
+        let s = &self.shared;
+        s.counters.inc("C_OpenSession");
+        s.pkcs11
+            .open_rw_session(s.slot)
+            .map_err(|e| from_cryptoki("C_OpenSession", &s.token, &e))
+    }
+
+    /// Start a worker thread on `session`.
+    fn spawn(self: &Arc<Self>, session: Session) -> Result<(), HsmError> {
+        let n = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(WorkerSlot::new(n));
+        let ctx = WorkerCtx {
+            session,
+            shared: Arc::clone(&self.shared),
+            broken: false,
+            opened_in: self.shared.reset_epoch.load(Ordering::SeqCst),
+        };
+        let sup = Arc::clone(self);
+        let mine = Arc::clone(&slot);
+        let handle = thread::Builder::new()
+            .name(format!("hsm-worker-{n}"))
+            .spawn(move || worker_loop(ctx, &mine, &sup))
+            .map_err(|e| {
+                HsmError::new(
+                    super::HsmErrorKind::Unavailable,
+                    "open",
+                    &self.shared.token,
+                    format!("cannot start HSM worker thread: {e}"),
+                )
+            })?;
+        self.slots().push((slot, handle));
+        Ok(())
+    }
+
+    /// Abandon every worker whose device work has lasted longer than the stall limit (while
+    /// fewer than `workers` abandoned threads exist).
+    fn abandon_stuck(&self) {
+        let now = self.now_ms();
+        let limit = u64::try_from(self.stall_limit.as_millis()).unwrap_or(u64::MAX);
+        let counters = &self.shared.counters;
+        for (slot, _) in self.slots().iter() {
+            let Some(busy) = slot.busy_for(now) else {
+                continue;
+            };
+            if busy <= limit || slot.is_abandoned() {
+                continue;
+            }
+            if counters.stuck.load(Ordering::SeqCst) >= self.workers {
+                if !self.cap_logged.swap(true, Ordering::Relaxed) {
+                    tracing::error!(token = %self.shared.token, stuck = self.workers,
+                        "HSM degraded: too many workers stuck in PKCS#11 calls; not replacing more until one returns");
+                }
+                return;
+            }
+            slot.forgive(&self.shared);
+            counters.stuck.fetch_add(1, Ordering::SeqCst);
+            counters.replaced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(token = %self.shared.token, worker = slot.n, stuck_ms = busy,
+                "HSM degraded: a worker is stuck in a PKCS#11 call past hsm.stall_limit_ms; a new worker with a new session replaces it");
+        }
+    }
+
+    /// Start workers until `workers` non-abandoned ones exist; forget finished threads.
+    fn replace_missing(self: &Arc<Self>) {
+        let live = {
+            let mut slots = self.slots();
+            slots.retain(|(slot, h)| !(slot.is_abandoned() && h.is_finished()));
+            slots.iter().filter(|(s, _)| !s.is_abandoned()).count()
+        };
+        for _ in live..self.workers {
+            let started = self.open_session().and_then(|s| self.spawn(s));
+            if let Err(e) = started {
+                tracing::warn!(token = %self.shared.token, error = %e, "could not start a replacement HSM worker; will try again");
+                return;
+            }
+        }
+    }
+
+    /// Sleep `tick` unless stopped; true once the pool is stopping.
+    fn wait_stop(&self, tick: Duration) -> bool {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
+        if *stop {
+            return true;
+        }
+        let (stop, _) = self
+            .stopping
+            .wait_timeout(stop, tick)
+            .unwrap_or_else(|p| p.into_inner());
+        *stop
+    }
+}
+
+fn watchdog(sup: &Arc<Supervisor>) {
+    let tick = (sup.stall_limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    while !sup.wait_stop(tick) {
+        sup.abandon_stuck();
+        sup.replace_missing();
+        if sup.shared.counters.stuck.load(Ordering::SeqCst) == 0 {
+            sup.cap_logged.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The worker pool of one `Hsm`.
 pub(crate) struct Pool {
     tx: RwLock<Option<SyncSender<Job>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    queued: Arc<AtomicUsize>,
+    sup: Arc<Supervisor>,
+    watchdog: Mutex<Option<JoinHandle<()>>>,
     workers: usize,
     acquire_timeout: Duration,
 }
 
 impl Pool {
     /// Open one R/W session per worker (on the calling thread, so failures
-    /// surface from `Hsm::open`) and start the workers.
+    /// surface from `Hsm::open`) and start the workers and the watchdog.
     pub(crate) fn start(
         shared: &Arc<Shared>,
         workers: usize,
         queue_depth: usize,
         acquire_timeout: Duration,
+        stall_limit: Duration,
     ) -> Result<Pool, HsmError> {
+        let (tx, rx) = sync_channel::<Job>(queue_depth);
+        let sup = Arc::new(Supervisor {
+            shared: Arc::clone(shared),
+            rx: Arc::new(Mutex::new(rx)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            started: Instant::now(),
+            stall_limit,
+            workers,
+            slots: Mutex::new(Vec::new()),
+            next_worker: AtomicUsize::new(0),
+            stop: Mutex::new(false),
+            stopping: Condvar::new(),
+            cap_logged: AtomicBool::new(false),
+        });
         let mut sessions = Vec::with_capacity(workers);
         for _ in 0..workers {
-            shared.counters.inc("C_OpenSession");
-            let s = shared
-                .pkcs11
-                .open_rw_session(shared.slot)
-                .map_err(|e| from_cryptoki("C_OpenSession", &shared.token, &e))?;
-            sessions.push(s);
+            sessions.push(sup.open_session()?);
         }
-        let (tx, rx) = sync_channel::<Job>(queue_depth);
-        let rx = Arc::new(Mutex::new(rx));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let mut threads = Vec::with_capacity(workers);
-        for (n, session) in sessions.into_iter().enumerate() {
-            let ctx = WorkerCtx {
-                session,
-                shared: Arc::clone(shared),
-                broken: false,
-                opened_in: shared.reset_epoch.load(Ordering::SeqCst),
-            };
-            let rx = Arc::clone(&rx);
-            let queued = Arc::clone(&queued);
-            let handle = thread::Builder::new()
-                .name(format!("hsm-worker-{n}"))
-                .spawn(move || worker_loop(ctx, &rx, &queued))
-                .map_err(|e| {
-                    HsmError::new(
-                        super::HsmErrorKind::Unavailable,
-                        "open",
-                        &shared.token,
-                        format!("cannot start HSM worker thread: {e}"),
-                    )
-                });
-            match handle {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    // Stop the workers already started before failing.
-                    drop(tx);
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(Pool {
+        let pool = Pool {
             tx: RwLock::new(Some(tx)),
-            threads: Mutex::new(threads),
-            queued,
+            sup: Arc::clone(&sup),
+            watchdog: Mutex::new(None),
             workers,
             acquire_timeout,
-        })
+        };
+        for session in sessions {
+            // On failure, dropping `pool` stops the workers already started.
+            sup.spawn(session)?;
+        }
+        let dog = Arc::clone(&sup);
+        let handle = thread::Builder::new()
+            .name("hsm-watchdog".into())
+            .spawn(move || watchdog(&dog))
+            .map_err(|e| {
+                HsmError::new(
+                    super::HsmErrorKind::Unavailable,
+                    "open",
+                    &shared.token,
+                    format!("cannot start the HSM watchdog thread: {e}"),
+                )
+            })?;
+        *pool.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(pool)
     }
 
     /// Enqueue a job without blocking.
@@ -220,11 +382,11 @@ impl Pool {
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(SubmitError::Closed)?;
         // Count before sending so that a worker never decrements first.
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.sup.queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.sup.queued.fetch_sub(1, Ordering::Relaxed);
                 match e {
                     TrySendError::Full(_) => Err(SubmitError::Full),
                     TrySendError::Disconnected(_) => Err(SubmitError::Closed),
@@ -245,19 +407,31 @@ impl Pool {
 
     /// Jobs waiting in the queue.
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.sup.queued.load(Ordering::Relaxed)
     }
 
-    /// Close the queue, let the workers drain it and join them. Idempotent.
+    /// Stop the watchdog, close the queue, let the workers drain it and join them (abandoned
+    /// workers are left to finish their stuck call). Idempotent.
     pub(crate) fn shutdown(&self) {
+        *self.sup.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.sup.stopping.notify_all();
+        let dog = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(dog) = dog {
+            if dog.join().is_err() {
+                tracing::error!("the HSM watchdog thread panicked");
+            }
+        }
         let tx = self.tx.write().unwrap_or_else(|p| p.into_inner()).take();
         drop(tx);
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let slots = std::mem::take(&mut *self.sup.slots());
         let me = thread::current().id();
-        for t in threads {
-            if t.thread().id() == me {
-                // Dropped from inside a job (cannot happen with this crate's
-                // jobs): the thread exits on its own once the queue is empty.
+        for (slot, t) in slots {
+            if slot.is_abandoned() || t.thread().id() == me {
+                // Left to finish on its own (a stuck call, or dropped from inside a job).
                 continue;
             }
             if t.join().is_err() {
@@ -267,68 +441,113 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 /// Object creation and destruction run alone; every other job shares. SoftHSM2 answers
 /// CKR_GENERAL_ERROR or garbled attributes now and then when one session creates token
 /// objects while another reads or creates (seen in this crate's tests, about one run in
 /// three). Creation is bound by token file writes and rare, so readers barely ever wait.
 /// Process-global: several `Hsm`s may share one token.
-static TOKEN_OBJECTS: RwLock<()> = RwLock::new(());
+pub(crate) static TOKEN_OBJECTS: Gate = Gate::new();
 
-fn worker_loop(mut ctx: WorkerCtx, rx: &Mutex<Receiver<Job>>, queued: &AtomicUsize) {
-    let shared = Arc::clone(&ctx.shared);
-    loop {
+fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
+    while !slot.is_abandoned() {
         // Only one worker waits in recv at a time; the others wait for the
         // lock. Either way the lock is released before the job runs.
-        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let next = sup.rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok(job) = next else { break };
-        queued.fetch_sub(1, Ordering::Relaxed);
-        let now = Instant::now();
-        ctx.shared
-            .counters
-            .queue_wait
-            .observe(now.saturating_duration_since(job.enqueued));
-        if now > job.deadline {
-            ctx.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-            (job.run)(Dispatch::Expired(&ctx.shared));
-            continue;
-        }
-        if ctx.needs_reopen() {
-            // No job of this pool runs while a session is replaced: the device reuses session
-            // handles, so a job still on a dead session could otherwise reach the new one with
-            // handles of the old epoch.
-            let _quiet = shared
-                .session_gate
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            ctx.reopen();
-        }
-        let _in_epoch = shared
-            .session_gate
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let run = job.run;
-        let (_shared, _alone) = if job.unlocked {
-            (None, None)
-        } else if job.exclusive {
-            (
-                None,
-                Some(TOKEN_OBJECTS.write().unwrap_or_else(|p| p.into_inner())),
-            )
-        } else {
-            (
-                Some(TOKEN_OBJECTS.read().unwrap_or_else(|p| p.into_inner())),
-                None,
-            )
-        };
-        if catch_unwind(AssertUnwindSafe(|| run(Dispatch::Run(&mut ctx)))).is_err() {
-            tracing::error!(token = %ctx.shared.token, "an HSM job panicked");
-        }
+        sup.queued.fetch_sub(1, Ordering::Relaxed);
+        run_job(&mut ctx, slot, sup, job);
+    }
+    if slot.is_abandoned() {
+        // Its session copies die with the session: forget every copy (they are made again
+        // on next use) rather than hand out handles of a closed session.
+        ctx.shared.copies.clear();
+        ctx.shared.counters.stuck.fetch_sub(1, Ordering::SeqCst);
+        tracing::info!(token = %ctx.shared.token, worker = slot.n,
+            "an abandoned HSM worker's call returned; its session is closed");
     }
     ctx.count("C_CloseSession");
     let token = ctx.shared.token.clone();
     if let Err(e) = ctx.session.close() {
         let err = from_cryptoki("C_CloseSession", &token, &e);
         tracing::warn!(token = %token, error = %err, "closing an HSM worker session failed");
+    }
+}
+
+/// Run one job taken from the queue: answer `Timeout` if it waited past its deadline,
+/// otherwise run it, and run it once more on a fresh session if it failed on a lost one and
+/// may be retried.
+fn run_job(ctx: &mut WorkerCtx, slot: &WorkerSlot, sup: &Supervisor, mut job: Job) {
+    let now = Instant::now();
+    ctx.shared
+        .counters
+        .queue_wait
+        .observe(now.saturating_duration_since(job.enqueued));
+    if now > job.deadline {
+        ctx.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        (job.run)(Dispatch::Expired(&ctx.shared));
+        return;
+    }
+    let mut may_retry = job.retry == Retry::OnLostSession;
+    loop {
+        ensure_session(ctx, slot, sup);
+        if run_once(ctx, slot, sup, &mut job, may_retry) == Outcome::Done
+            || !may_retry
+            || slot.is_abandoned()
+        {
+            return;
+        }
+        ctx.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(token = %ctx.shared.token, "HSM job failed on a lost session; retrying once on a fresh session");
+        may_retry = false;
+    }
+}
+
+/// Replace this worker's session if it is gone. No job of this pool runs while a session is
+/// replaced: the device reuses session handles, so a job still on a dead session could
+/// otherwise reach the new one with handles of the old epoch.
+fn ensure_session(ctx: &mut WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
+    if ctx.needs_reopen() {
+        let shared = Arc::clone(&ctx.shared);
+        let _quiet = slot.share(&shared, GateId::Session, true);
+        slot.set_busy(Some(sup.now_ms()));
+        ctx.reopen();
+        slot.set_busy(None);
+    }
+}
+
+/// One run of `job` under the session gate and the token-object gate it needs, marked busy
+/// for the watchdog while it runs.
+fn run_once(
+    ctx: &mut WorkerCtx,
+    slot: &WorkerSlot,
+    sup: &Supervisor,
+    job: &mut Job,
+    may_retry: bool,
+) -> Outcome {
+    let shared = Arc::clone(&ctx.shared);
+    let _in_epoch = slot.share(&shared, GateId::Session, false);
+    let _objects = if job.unlocked {
+        None
+    } else {
+        Some(slot.share(&shared, GateId::TokenObjects, job.exclusive))
+    };
+    slot.set_busy(Some(sup.now_ms()));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        (job.run)(Dispatch::Run(ctx, may_retry))
+    }));
+    slot.set_busy(None);
+    match outcome {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!(token = %shared.token, "an HSM job panicked");
+            Outcome::Done
+        }
     }
 }
 
@@ -374,6 +593,12 @@ pub(crate) struct Counters {
     pub(crate) queue_wait: LatencyHistogram,
     pub(crate) busy: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    /// Jobs run a second time because their session died under them ([`Retry`]).
+    pub(crate) retries: AtomicU64,
+    /// Abandoned workers whose stuck call has not returned yet (the device is degraded).
+    pub(crate) stuck: AtomicUsize,
+    /// Workers abandoned (and replaced) so far.
+    pub(crate) replaced: AtomicU64,
     /// Health probes (`C_GetSessionInfo` from [`super::Hsm::ping`]), kept out of `map`.
     pub(crate) probes: AtomicU64,
 }
@@ -390,6 +615,9 @@ impl Default for Counters {
             queue_wait: LatencyHistogram::default(),
             busy: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            stuck: AtomicUsize::new(0),
+            replaced: AtomicU64::new(0),
             probes: AtomicU64::new(0),
         }
     }
@@ -450,6 +678,6 @@ impl Counters {
 /// Holds the token-object lock exclusively, for tests that create objects outside a worker
 /// (the raw benchmark's own session).
 #[cfg(test)]
-pub(crate) fn token_objects_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
-    TOKEN_OBJECTS.write().unwrap_or_else(|p| p.into_inner())
+pub(crate) fn token_objects_exclusive() -> super::gate::Share<'static> {
+    super::gate::token_objects_exclusive()
 }

@@ -359,7 +359,7 @@ impl Hsm {
     ) -> Result<Vec<u8>, HsmError> {
         check_label(label, self.token_label())?;
         let label = label.to_owned();
-        self.submit("sign_ecdsa_p256", move |ctx| sign(ctx, &label, &digest))
+        self.submit_retry_safe("sign_ecdsa_p256", move |ctx| sign(ctx, &label, &digest))
             .await
     }
 

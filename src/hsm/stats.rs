@@ -89,6 +89,13 @@ pub struct HsmStats {
     pub rejected_busy: u64,
     /// Requests that waited past their deadline (DependencyTimeoutException).
     pub rejected_timeout: u64,
+    /// Jobs run a second time, on a fresh session, because their session died under them.
+    pub retried_lost_session: u64,
+    /// Workers abandoned while stuck in a PKCS#11 call whose call has not returned yet; the
+    /// device is degraded while this is above zero.
+    pub stuck_workers: usize,
+    /// Workers abandoned and replaced since start.
+    pub workers_replaced: u64,
     /// Health probes sent to the device (not in `calls`).
     pub health_probes: u64,
     /// Live session-object copies of key objects (see `HsmConfig::session_key_copies`).

@@ -703,6 +703,76 @@ async fn queue_full_is_busy_and_late_job_is_timeout() {
     assert_eq!(hsm.counters()["C_GenerateRandom"], randoms_before + 1);
 }
 
+/// A worker stuck in one job past `stall_limit` is abandoned and replaced by a new worker
+/// with a new session: other jobs keep flowing, a token-object creation does not wait for
+/// the stuck job's lock, the stuck job still gets its answer, and its thread closes its
+/// session when it returns (issue 14 item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_worker_is_replaced_and_holds_up_nothing_else() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut c = cfg(&env().a);
+    c.workers = 1;
+    c.acquire_timeout = Duration::from_millis(1000);
+    c.stall_limit = Duration::from_millis(200);
+    let hsm = Hsm::open(&c).unwrap();
+    let before = hsm.counters();
+
+    let released = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = mpsc::channel();
+    let blocker = {
+        let (hsm, released) = (Arc::clone(&hsm), Arc::clone(&released));
+        tokio::spawn(async move {
+            hsm.run_on_worker(move || {
+                started_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_secs(3));
+                released.store(true, Ordering::SeqCst);
+            })
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+
+    // The only worker is stuck: these are served by its replacement, within their deadline.
+    for _ in 0..5 {
+        assert_eq!(hsm.random(16).await.expect("random").len(), 16);
+    }
+    // Token-object creation runs alone; it does not wait for the stuck job's shared lock.
+    let id = new_id();
+    hsm.generate_aes_key(id)
+        .await
+        .expect("generate beside a stuck job");
+    hsm.destroy(id).await.unwrap();
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "the other jobs waited for the stuck one"
+    );
+    let s = hsm.stats();
+    assert_eq!((s.workers_replaced, s.stuck_workers), (1, 1));
+    assert_eq!(
+        hsm.counters()["C_OpenSession"],
+        before["C_OpenSession"] + 1,
+        "the replacement has a new session"
+    );
+
+    blocker
+        .await
+        .unwrap()
+        .expect("the stuck job still gets its answer");
+    let t0 = Instant::now();
+    while hsm.stats().stuck_workers > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the stuck thread never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hsm.counters()["C_CloseSession"] > before["C_CloseSession"]);
+    assert_eq!(hsm.random(16).await.unwrap().len(), 16);
+    assert_eq!(hsm.stats().workers_replaced, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_parallel_requests() {
     let mut c = cfg(&env().a);

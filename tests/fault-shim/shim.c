@@ -29,6 +29,15 @@
  *   fail_<C_Function>     that function (e.g. fail_C_GetSessionInfo) fails; it
  *                         returns the CK_RV written in the file (strtoul base 0,
  *                         e.g. "0xb3"), or CKR_DEVICE_ERROR if the file is empty.
+ *   burst_<C_Function>    a burst of faults: the file holds "<CK_RV> [<n>]" (n
+ *                         defaults to 1). The next call of that function consumes
+ *                         (unlinks) the file and fails with CK_RV, and so do the
+ *                         n - 1 calls of it after that; then it works again. Each
+ *                         injected fault appends the function name to the file
+ *                         injected.log in the control directory.
+ *   delay_<C_Function>    every call of that function first sleeps for the number
+ *                         of milliseconds written in the file (a stalled device),
+ *                         then proceeds (faults included).
  *   decrypt_general_error C_Decrypt returns CKR_GENERAL_ERROR, which is what
  *                         SoftHSM2 answers for a GCM tag failure.
  *   reset                 consumed (unlinked) by the next overridden call, which
@@ -45,8 +54,8 @@
  *                         the daemon's own round trips work and its mechanism
  *                         choice is visible, but the ciphertexts are OAEP-SHA-1
  *                         (no other OAEP-SHA-256 implementation can open them).
- * Precedence: reset, then dead, then fail_<C_Function>, then
- * decrypt_general_error.
+ * Precedence: delay (then the rest), reset, dead, burst_<C_Function>,
+ * fail_<C_Function>, decrypt_general_error.
  *
  * Overridden functions: C_OpenSession, C_Login, C_GetSessionInfo,
  * C_GetAttributeValue, C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal,
@@ -132,6 +141,7 @@ _Static_assert(offsetof(CK_FUNCTION_LIST, version) == 0, "version first");
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CKR_OK 0x0UL
@@ -169,12 +179,96 @@ static void maybe_reset(void) {
     }
 }
 
-/* The fault to inject into `name`, or CKR_OK to forward the call. */
+/* Reads the control file at `path` into `buf` (NUL-terminated); bytes read, or -1. */
+static ssize_t read_control(const char *path, char *buf, size_t len) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, len - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = 0;
+    return n;
+}
+
+/* Sleeps as delay_<name> says, if it exists. */
+static void maybe_delay(const char *name) {
+    char path[PATH_MAX], file[128], buf[64];
+    snprintf(file, sizeof file, "delay_%s", name);
+    if (!control_file(file, path, sizeof path) || read_control(path, buf, sizeof buf) <= 0)
+        return;
+    unsigned long ms = strtoul(buf, NULL, 0);
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* Bursts in progress: function name, fault, calls still to fail. */
+#define MAX_BURSTS 16
+static struct {
+    const char *name;
+    ck_rv rv;
+    unsigned long left;
+} bursts[MAX_BURSTS];
+static pthread_mutex_t bursts_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void log_injected(const char *name) {
+    char path[PATH_MAX], line[64];
+    int n = snprintf(path, sizeof path, "%s/injected.log", control);
+    if (n <= 0 || (size_t)n >= sizeof path)
+        return;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd < 0)
+        return;
+    int len = snprintf(line, sizeof line, "%s\n", name);
+    if (write(fd, line, (size_t)len) < 0) {
+        /* best effort */
+    }
+    close(fd);
+}
+
+/* The burst fault for this call of `name` (a static string), or CKR_OK. */
+static ck_rv burst(const char *name) {
+    char path[PATH_MAX], file[128], buf[64];
+    ck_rv rv = CKR_OK;
+    snprintf(file, sizeof file, "burst_%s", name);
+    int fresh = control_file(file, path, sizeof path) && read_control(path, buf, sizeof buf) > 0 &&
+                unlink(path) == 0; /* only one call consumes it */
+    pthread_mutex_lock(&bursts_lock);
+    int slot = -1;
+    for (int i = 0; i < MAX_BURSTS; i++) {
+        if (bursts[i].name == name || (slot < 0 && bursts[i].left == 0))
+            slot = i;
+        if (bursts[i].name == name)
+            break;
+    }
+    if (fresh && slot >= 0) {
+        char *end;
+        ck_rv v = strtoul(buf, &end, 0);
+        unsigned long n = strtoul(end, NULL, 0);
+        bursts[slot].name = name;
+        bursts[slot].rv = v != CKR_OK ? v : CKR_DEVICE_ERROR;
+        bursts[slot].left = n > 0 ? n : 1;
+    }
+    if (slot >= 0 && bursts[slot].name == name && bursts[slot].left > 0) {
+        bursts[slot].left--;
+        rv = bursts[slot].rv;
+    }
+    pthread_mutex_unlock(&bursts_lock);
+    if (rv != CKR_OK)
+        log_injected(name);
+    return rv;
+}
+
+/* The fault to inject into `name` (a string literal), or CKR_OK to forward the call. */
 static ck_rv fault(const char *name) {
     char path[PATH_MAX], file[128], buf[64];
+    ck_rv injected;
+    maybe_delay(name);
     maybe_reset();
     if (control_file("dead", path, sizeof path))
         return CKR_DEVICE_ERROR;
+    if ((injected = burst(name)) != CKR_OK)
+        return injected;
     snprintf(file, sizeof file, "fail_%s", name);
     if (control_file(file, path, sizeof path)) {
         ck_rv rv = CKR_DEVICE_ERROR;

@@ -1,0 +1,205 @@
+//! The locks HSM jobs take around device work, and the workers' record of what they hold.
+//!
+//! A [`Gate`] is a readers-writer lock (writers first, so an exclusive job is not starved by
+//! a stream of shared ones) whose shares are recorded per worker ([`WorkerSlot`]). When the
+//! watchdog abandons a worker stuck in a PKCS#11 call it gives that worker's shares back
+//! ([`WorkerSlot::forgive`]): a stuck call then holds up its own request only, never a token
+//! object creation or a session reopen (and, behind those, every other job).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use super::Shared;
+
+/// A readers-writer lock whose shares can be released on behalf of an abandoned holder.
+pub(crate) struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+struct GateState {
+    readers: usize,
+    writer: bool,
+    writers_waiting: usize,
+}
+
+impl Gate {
+    /// An unlocked gate.
+    pub(crate) const fn new() -> Gate {
+        Gate {
+            state: Mutex::new(GateState {
+                readers: 0,
+                writer: false,
+                writers_waiting: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, GateState>) -> MutexGuard<'a, GateState> {
+        self.changed.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Block until a share (`write`: the only one) is granted.
+    fn acquire(&self, write: bool) {
+        let mut s = self.lock();
+        if write {
+            s.writers_waiting += 1;
+            while s.writer || s.readers > 0 {
+                s = self.wait(s);
+            }
+            s.writers_waiting -= 1;
+            s.writer = true;
+        } else {
+            while s.writer || s.writers_waiting > 0 {
+                s = self.wait(s);
+            }
+            s.readers += 1;
+        }
+    }
+
+    fn release(&self, write: bool) {
+        let mut s = self.lock();
+        if write {
+            s.writer = false;
+        } else {
+            s.readers = s.readers.saturating_sub(1);
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+}
+
+/// Which gate a share is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GateId {
+    /// The process-wide token-object lock (see `pool::TOKEN_OBJECTS`).
+    TokenObjects,
+    /// The pool's session gate (see `Shared::session_gate`).
+    Session,
+}
+
+fn gate(id: GateId, shared: &Shared) -> &Gate {
+    match id {
+        GateId::TokenObjects => &super::pool::TOKEN_OBJECTS,
+        GateId::Session => &shared.session_gate,
+    }
+}
+
+/// One worker thread as the watchdog sees it.
+pub(crate) struct WorkerSlot {
+    /// The worker's number (its thread is `hsm-worker-<n>`).
+    pub(crate) n: usize,
+    /// When the current device work began (milliseconds since the pool started, plus one);
+    /// 0 while the worker is idle or waiting for a lock.
+    busy_since: AtomicU64,
+    /// Set by the watchdog: the thread finishes its job, closes its session and exits.
+    abandoned: AtomicBool,
+    /// Gate shares the worker holds now.
+    held: Mutex<Vec<(GateId, bool)>>,
+}
+
+impl WorkerSlot {
+    /// A slot for worker `n`.
+    pub(crate) fn new(n: usize) -> WorkerSlot {
+        WorkerSlot {
+            n,
+            busy_since: AtomicU64::new(0),
+            abandoned: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, Vec<(GateId, bool)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take a share of gate `id` (blocking) and record it.
+    pub(crate) fn share<'a>(&'a self, shared: &'a Shared, id: GateId, write: bool) -> Share<'a> {
+        let gate = gate(id, shared);
+        gate.acquire(write);
+        self.held().push((id, write));
+        Share {
+            slot: Some(self),
+            gate,
+            id,
+            write,
+        }
+    }
+
+    /// Mark the start (`Some(now_ms)`) or end (`None`) of device work.
+    pub(crate) fn set_busy(&self, since_ms: Option<u64>) {
+        let v = since_ms.map_or(0, |ms| ms.saturating_add(1));
+        self.busy_since.store(v, Ordering::SeqCst);
+    }
+
+    /// For how long (ms) the worker has been in device work at `now_ms`, if it is.
+    pub(crate) fn busy_for(&self, now_ms: u64) -> Option<u64> {
+        match self.busy_since.load(Ordering::SeqCst) {
+            0 => None,
+            v => Some(now_ms.saturating_sub(v - 1)),
+        }
+    }
+
+    /// Whether the watchdog has given up on this worker.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Give up on this worker: mark it abandoned and release every gate share it holds, so
+    /// other workers' jobs and session reopens no longer wait for its stuck call.
+    pub(crate) fn forgive(&self, shared: &Shared) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        let shares = std::mem::take(&mut *self.held());
+        for (id, write) in shares {
+            gate(id, shared).release(write);
+        }
+    }
+}
+
+/// A held share of a gate; released on drop unless the watchdog has released it already.
+pub(crate) struct Share<'a> {
+    slot: Option<&'a WorkerSlot>,
+    gate: &'a Gate,
+    id: GateId,
+    write: bool,
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        let mine = match self.slot {
+            None => true,
+            Some(slot) => {
+                let mut held = slot.held();
+                match held.iter().position(|h| *h == (self.id, self.write)) {
+                    Some(i) => {
+                        held.remove(i);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        if mine {
+            self.gate.release(self.write);
+        }
+    }
+}
+
+/// An exclusive share of the token-object gate held outside any worker (tests that create
+/// objects on their own session).
+#[cfg(test)]
+pub(crate) fn token_objects_exclusive() -> Share<'static> {
+    let gate = &super::pool::TOKEN_OBJECTS;
+    gate.acquire(true);
+    Share {
+        slot: None,
+        gate,
+        id: GateId::TokenObjects,
+        write: true,
+    }
+}
