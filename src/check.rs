@@ -1,12 +1,14 @@
 //! `p11kms check`: proves a configuration end to end without serving. It validates the
 //! config, opens the token by label and logs in, reports the mechanisms the daemon needs, and
-//! reconciles the store with the token. Drift is reported, never repaired.
+//! reconciles the store with the token. Drift is reported, never repaired here: a key left in
+//! `Creating` past `[kms] creating_grace_secs` is reported with what the daemon's own
+//! reconciliation will do to it, and one within the grace period does not fail the check.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::core::reconcile::DriftReport;
+use crate::core::reconcile::{DriftReport, InterruptedCreate};
 use crate::core::SystemClock;
 use crate::hsm::MechanismReport;
 use crate::server::{close_hsm, open_engine, ServerError};
@@ -47,16 +49,7 @@ impl CheckReport {
             d.keys_checked, d.objects_on_token
         );
         for i in &d.interrupted {
-            let _ = writeln!(
-                out,
-                "DRIFT interrupted creation: key {} is still Creating; HSM object {}",
-                i.key_id,
-                if i.hsm_object_present {
-                    "present"
-                } else {
-                    "absent"
-                }
-            );
+            render_interrupted(&mut out, i);
         }
         for (k, v, present) in &d.interrupted_rotations {
             let _ = writeln!(
@@ -86,6 +79,30 @@ impl CheckReport {
         );
         out
     }
+}
+
+/// One key in `Creating`: past the grace period, what the daemon's reconciliation will do
+/// (check itself changes nothing); within it, a note (it may be a creation in flight).
+fn render_interrupted(out: &mut String, i: &InterruptedCreate) {
+    let age = i.age_ms / 1000;
+    let _ = match (i.overdue, i.hsm_object_present) {
+        (true, true) => writeln!(
+            out,
+            "DRIFT interrupted creation: key {} is still Creating ({age} s old); HSM object present: the daemon's reconciliation will finish it (Enabled, audited as CompleteCreateKey)",
+            i.key_id
+        ),
+        (true, false) => writeln!(
+            out,
+            "DRIFT interrupted creation: key {} is still Creating ({age} s old); HSM object absent: the daemon's reconciliation will remove it (audited as DeleteIncompleteKey)",
+            i.key_id
+        ),
+        (false, present) => writeln!(
+            out,
+            "creating: key {} is Creating ({age} s old, within [kms] creating_grace_secs); HSM object {}; left alone for now",
+            i.key_id,
+            if present { "present" } else { "absent" }
+        ),
+    };
 }
 
 /// Runs every check for a loaded config.

@@ -176,6 +176,10 @@ fn default_accept_backoff_max_ms() -> u64 {
     1_000
 }
 
+/// The longest `[kms] creating_grace_secs` accepted (one day): a longer wait only keeps
+/// half-created keys around.
+pub const MAX_CREATING_GRACE_SECS: u64 = 86_400;
+
 /// `[kms]`: how the daemon presents itself.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -189,6 +193,9 @@ pub struct KmsConfig {
     /// How often key last usage (GetKeyLastUsage) is written to the store, in seconds. It is
     /// kept in memory in between and written at shutdown.
     pub key_usage_flush_interval_secs: u64,
+    /// How long a key may stay in `Creating` (its CreateKey was interrupted by a crash)
+    /// before reconciliation finishes it (HSM object present) or removes it, in seconds.
+    pub creating_grace_secs: u64,
 }
 
 impl Default for KmsConfig {
@@ -198,6 +205,7 @@ impl Default for KmsConfig {
             region: "us-east-1".into(),
             deletion_sweep_interval_secs: 60,
             key_usage_flush_interval_secs: 60,
+            creating_grace_secs: 300,
         }
     }
 }
@@ -502,6 +510,11 @@ impl Config {
         }
         if self.kms.key_usage_flush_interval_secs == 0 {
             return invalid("kms.key_usage_flush_interval_secs must be at least 1".into());
+        }
+        if !(1..=MAX_CREATING_GRACE_SECS).contains(&self.kms.creating_grace_secs) {
+            return invalid(format!(
+                "kms.creating_grace_secs must be 1-{MAX_CREATING_GRACE_SECS}"
+            ));
         }
         if self.hsm.token_label.is_empty() || self.hsm.token_label.len() > 32 {
             return invalid("hsm.token_label must be 1-32 characters".into());

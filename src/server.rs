@@ -406,6 +406,9 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
         KmsSettings {
             partition: config.kms.partition.clone(),
             region: config.kms.region.clone(),
+            creating_grace_ms: i64::try_from(config.kms.creating_grace_secs)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
         },
         Arc::new(store),
         hsm,

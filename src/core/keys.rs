@@ -150,6 +150,28 @@ fn creation_error(spec: &str, kind: SpecKind, e: HsmError) -> KmsError {
     ))
 }
 
+/// A creation in flight whose row is in `Creating` (see [`Kms::insert_creating`]).
+#[must_use = "dropping it hands the key to reconciliation"]
+pub(crate) struct Creation<'a> {
+    kms: &'a Kms,
+    record: Option<KeyRecord>,
+}
+
+impl Creation<'_> {
+    /// The key is `Enabled` (or its row removed): nothing is left to reconcile.
+    pub(crate) fn finished(mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for Creation<'_> {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.kms.strand(record);
+        }
+    }
+}
+
 impl Kms {
     /// KeyMetadata for a cached key.
     pub fn key_metadata(&self, key: &CachedKey) -> KeyMetadata {
@@ -347,28 +369,35 @@ impl Kms {
             );
             return Ok(self.key_metadata(&cached));
         }
-        self.insert_creating(&record, &req.tags).await?;
+        let creation = self.insert_creating(&record, &req.tags).await?;
         let cached = self
             .generate_and_enable(record, kind, req.tags, compiled)
             .await?;
+        creation.finished();
         tracing::info!(key_id, "key created");
         Ok(self.key_metadata(&cached))
     }
 
-    /// Phase one of creating a key on the device: its row, in `Creating`.
+    /// Phase one of creating a key on the device: its row, in `Creating`. The returned guard
+    /// hands the row to reconciliation unless [`Creation::finished`] is called (the creation
+    /// failed, or its request was dropped), so no row stays in `Creating` for good.
     pub(crate) async fn insert_creating(
         &self,
         record: &KeyRecord,
         tags: &[Tag],
-    ) -> Result<(), KmsError> {
+    ) -> Result<Creation<'_>, KmsError> {
         super::record::before_change().await?;
         self.store.insert_key(record, tags).await?;
+        let creation = Creation {
+            kms: self,
+            record: Some(record.clone()),
+        };
         if self.hooks.interrupt_create() == InterruptCreate::AfterMetadataRow {
             return Err(KmsError::Internal(
                 "CreateKey interrupted by a test hook after the metadata row".into(),
             ));
         }
-        Ok(())
+        Ok(creation)
     }
 
     /// The HSM object and phase two (version 1 and `Enabled` in one transaction) of a key

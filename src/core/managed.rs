@@ -306,7 +306,7 @@ impl Kms {
         record.state = KeyState::Creating;
         let now = record.created_at_ms;
         let key_id = record.key_id.clone();
-        self.insert_creating(&record, &[]).await?;
+        let creation = self.insert_creating(&record, &[]).await?;
         let alias = AliasRecord {
             account: record.account.clone(),
             name: alias_name.to_string(),
@@ -338,6 +338,7 @@ impl Kms {
         let cached = self
             .generate_and_enable(record, SpecKind::Symmetric, Vec::new(), compiled)
             .await?;
+        creation.finished();
         self.cache_write().put_alias(alias);
         self.lifecycle_cache_put(lifecycle);
         super::record::managed_key_created(&cached.arn, &cached.record.account, alias_name);

@@ -54,6 +54,9 @@ pub struct KmsSettings {
     pub partition: String,
     /// The region this daemon presents itself as.
     pub region: String,
+    /// How long a key may stay in `Creating` before reconciliation resolves it (milliseconds;
+    /// `[kms] creating_grace_secs`). See [`reconcile`].
+    pub creating_grace_ms: i64,
 }
 
 /// Where a test may interrupt CreateKey between its two phases.
@@ -232,6 +235,10 @@ pub struct Kms {
     usage: usage::UsageTracker,
     /// Where the engine's own actions (sweeps) are reported; see [`service`].
     service_sink: std::sync::OnceLock<Arc<dyn service::ServiceEventSink>>,
+    /// Keys whose creation ended without an answer (found in `Creating` at start-up, or left
+    /// so by a CreateKey that failed or was dropped), by key id: never in the request cache,
+    /// resolved by [`Kms::reconcile_creates`] once the grace period has passed.
+    stranded: std::sync::Mutex<BTreeMap<String, KeyRecord>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -269,6 +276,7 @@ impl Kms {
             swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
             usage: usage::UsageTracker::default(),
             service_sink: std::sync::OnceLock::new(),
+            stranded: std::sync::Mutex::new(BTreeMap::new()),
         };
         let bundles = kms.store.load_all().await?;
         let aliases = kms.store.list_aliases().await?;
@@ -287,6 +295,12 @@ impl Kms {
                 grants_by_key.entry(g.key_id.clone()).or_default().push(g);
             }
             for b in bundles {
+                // A key still in Creating was never answered to anyone: it stays out of the
+                // request cache (no ListKeys, no use) until reconciliation resolves it.
+                if b.key.state == KeyState::Creating {
+                    kms.strand(b.key);
+                    continue;
+                }
                 let mut cached = kms.cached_from_bundle(b)?;
                 cached.grants = grants_by_key
                     .remove(&cached.record.key_id)

@@ -1,21 +1,33 @@
-//! Reconciliation of the metadata store with the token. It reports drift and never deletes:
-//! an object it cannot match may be the only copy of someone's key.
+//! Reconciliation of the metadata store with the token. [`Kms::reconcile`] reports drift and
+//! never deletes: an object it cannot match may be the only copy of someone's key.
+//!
+//! One kind of drift is repaired, by [`Kms::reconcile_creates`]: a key left in `Creating` (its
+//! CreateKey stopped between the two phases, and no client ever got an answer for it). Once it
+//! is older than `[kms] creating_grace_secs` it is finished (`Enabled`) when its HSM material
+//! is complete, and removed otherwise, with an audit event either way. Until then it is not in
+//! the request cache: ListKeys does not show it and every request naming it gets NotFound.
 
 use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
-use super::{Kms, KmsError};
+use super::service::{ServiceAction, ServiceEventName};
+use super::{CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::WrappingKeyId;
-use crate::hsm::ObjectInfo;
-use crate::store::KeyState;
+use crate::hsm::{HsmErrorKind, ObjectId, ObjectInfo};
+use crate::store::{KeyRecord, KeyState, KeyVersion};
 
 /// A key whose creation stopped between its two phases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterruptedCreate {
     pub key_id: String,
-    /// Whether the HSM object of version 1 exists.
+    /// Whether the HSM material of version 1 is complete (both halves of a key pair).
     pub hsm_object_present: bool,
+    /// How long ago its creation started (by the engine's clock), in milliseconds.
+    pub age_ms: i64,
+    /// Older than the grace period: reconciliation finishes it (material present) or removes
+    /// it. A younger one may still be in flight and is left alone.
+    pub overdue: bool,
 }
 
 /// What differs between the store and the token.
@@ -37,9 +49,10 @@ pub struct DriftReport {
 }
 
 impl DriftReport {
-    /// True when store and token agree.
+    /// True when nothing needs attention: store and token agree, except for creations still
+    /// within their grace period (they may be in flight).
     pub fn is_clean(&self) -> bool {
-        self.interrupted.is_empty()
+        self.interrupted.iter().all(|i| !i.overdue)
             && self.interrupted_rotations.is_empty()
             && self.missing_objects.is_empty()
             && self.orphan_objects.is_empty()
@@ -56,6 +69,34 @@ fn split_id(id: &[u8]) -> Option<([u8; 16], u32)> {
     Some((key, u32::from_be_bytes(v)))
 }
 
+/// The token objects by (key uuid, version, class).
+type ObjectsByClass<'a> = BTreeSet<([u8; 16], u32, &'a str)>;
+
+fn by_class(objects: &[ObjectInfo]) -> ObjectsByClass<'_> {
+    objects
+        .iter()
+        .filter_map(|o| split_id(&o.id).map(|(k, v)| (k, v, o.class.as_str())))
+        .collect()
+}
+
+/// Whether every object a version of a `spec` key needs is on the token: a key pair needs
+/// both halves, a secret key one object.
+fn material_complete(
+    objects: &ObjectsByClass<'_>,
+    uuid: [u8; 16],
+    version: u32,
+    spec: &str,
+) -> bool {
+    let classes: &[&str] = if super::specs::is_pair(spec) {
+        &["PRIVATE_KEY", "PUBLIC_KEY"]
+    } else {
+        &["SECRET_KEY"]
+    };
+    classes
+        .iter()
+        .all(|c| objects.contains(&(uuid, version, *c)))
+}
+
 impl Kms {
     /// Compares every stored key version with the token's objects.
     pub async fn reconcile(&self) -> Result<DriftReport, KmsError> {
@@ -66,11 +107,8 @@ impl Kms {
         let bundles = self.store.load_all().await?;
         let on_token: BTreeSet<([u8; 16], u32)> =
             objects.iter().filter_map(|o| split_id(&o.id)).collect();
-        // (key, version, class): a key pair version needs both halves, a secret key one object.
-        let by_class: BTreeSet<([u8; 16], u32, &str)> = objects
-            .iter()
-            .filter_map(|o| split_id(&o.id).map(|(k, v)| (k, v, o.class.as_str())))
-            .collect();
+        let by_class = by_class(&objects);
+        let now = self.now_ms();
         let mut accounted: BTreeSet<([u8; 16], u32)> = BTreeSet::new();
         let mut report = DriftReport {
             keys_checked: bundles.len(),
@@ -83,19 +121,15 @@ impl Kms {
             };
             let uuid = *uuid.as_bytes();
             if b.key.state == KeyState::Creating {
-                let present = on_token.contains(&(uuid, 1));
                 accounted.insert((uuid, 1));
                 report.interrupted.push(InterruptedCreate {
                     key_id: b.key.key_id.clone(),
-                    hsm_object_present: present,
+                    hsm_object_present: material_complete(&by_class, uuid, 1, &b.key.key_spec),
+                    age_ms: now.saturating_sub(b.key.created_at_ms),
+                    overdue: self.creation_overdue(&b.key, now),
                 });
                 continue;
             }
-            let classes: &[&str] = if super::specs::is_pair(&b.key.key_spec) {
-                &["PRIVATE_KEY", "PUBLIC_KEY"]
-            } else {
-                &["SECRET_KEY"]
-            };
             for v in &b.versions {
                 accounted.insert((uuid, v.version));
                 if v.version > b.key.current_version {
@@ -110,10 +144,7 @@ impl Kms {
                 if b.key.state == KeyState::PendingImport {
                     continue;
                 }
-                if !classes
-                    .iter()
-                    .all(|c| by_class.contains(&(uuid, v.version, *c)))
-                {
+                if !material_complete(&by_class, uuid, v.version, &b.key.key_spec) {
                     report
                         .missing_objects
                         .push((b.key.key_id.clone(), v.version));
@@ -141,5 +172,157 @@ impl Kms {
             .filter(|o| split_id(&o.id).is_none_or(|k| !accounted.contains(&k)))
             .collect();
         Ok(report)
+    }
+}
+
+/// What reconciliation does with one interrupted creation.
+enum Resolution {
+    /// Still within the grace period, or already resolved: nothing.
+    Skip,
+    /// Finished (`Enabled`) or removed, with the outcome.
+    Done(ServiceAction),
+}
+
+impl Kms {
+    /// Hands a key whose creation ended without an answer to reconciliation.
+    pub(crate) fn strand(&self, record: KeyRecord) {
+        self.stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.key_id.clone(), record);
+    }
+
+    /// Whether a `Creating` key is older than the grace period at `now`.
+    fn creation_overdue(&self, record: &KeyRecord, now: i64) -> bool {
+        now.saturating_sub(record.created_at_ms) >= self.settings.creating_grace_ms
+    }
+
+    /// Resolves every stranded `Creating` key older than the grace period: with its HSM
+    /// material complete it becomes `Enabled` (`CompleteCreateKey`); otherwise whatever part of
+    /// its material exists is destroyed and its row, tags and aliases are removed
+    /// (`DeleteIncompleteKey`). Each action is audited as the sweeps are (intent first, then
+    /// the outcome); one that fails stays stranded and is retried by the next sweep. Creations
+    /// in flight are never stranded, so they are never touched.
+    pub async fn reconcile_creates(&self) -> Result<Vec<ServiceAction>, KmsError> {
+        let now = self.now_ms();
+        let due: Vec<KeyRecord> = self
+            .stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| self.creation_overdue(r, now))
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut objects = self.hsm.list_objects().await?;
+        objects.retain(|o| o.token);
+        let objects = by_class(&objects);
+        let mut done = Vec::new();
+        for record in due {
+            if !self.service_ready() {
+                tracing::warn!("reconciliation paused: the audit trail cannot be written");
+                break;
+            }
+            if let Resolution::Done(action) =
+                self.resolve_creating(&record.key_id, &objects).await?
+            {
+                self.report_service(&action).await;
+                done.push(action);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Resolves one stranded key under the mutation lock, re-read from the store (it may
+    /// have been resolved or rolled back meanwhile).
+    async fn resolve_creating(
+        &self,
+        key_id: &str,
+        objects: &ObjectsByClass<'_>,
+    ) -> Result<Resolution, KmsError> {
+        let _guard = self.mutate.lock().await;
+        let bundle = match self.store.get_key(key_id).await? {
+            Some(b) if b.key.state == KeyState::Creating => b,
+            _ => {
+                self.unstrand(key_id);
+                return Ok(Resolution::Skip);
+            }
+        };
+        let key = self.cached_from_bundle(bundle)?;
+        let complete = material_complete(objects, key.uuid, 1, &key.record.key_spec);
+        let event = if complete {
+            ServiceEventName::CompleteCreateKey
+        } else {
+            ServiceEventName::DeleteIncompleteKey
+        };
+        let result = match self.service_intent(event, &key).await {
+            Ok(()) if complete => self.complete_creation(&key).await,
+            Ok(()) => self.remove_incomplete(&key).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(()) => self.unstrand(key_id),
+            Err(e) => {
+                tracing::error!(key_id, error = %e, "reconciling an interrupted CreateKey failed; will retry")
+            }
+        }
+        let mut action = ServiceAction::on(event, &key, &result, self.now_ms());
+        if complete {
+            action.key_version = Some(1);
+        }
+        Ok(Resolution::Done(action))
+    }
+
+    fn unstrand(&self, key_id: &str) {
+        self.stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
+    }
+
+    /// Phase two of an interrupted creation: version 1 and `Enabled`, then into the cache.
+    async fn complete_creation(&self, key: &CachedKey) -> Result<(), KmsError> {
+        let mut record = key.record.clone();
+        record.state = KeyState::Enabled;
+        let version = KeyVersion {
+            key_id: record.key_id.clone(),
+            version: 1,
+            created_at_ms: record.created_at_ms,
+        };
+        self.store.add_version_and_update(&version, &record).await?;
+        self.refresh_key(&record.key_id).await?;
+        tracing::info!(key_id = %record.key_id, "interrupted CreateKey completed: key Enabled");
+        Ok(())
+    }
+
+    /// Destroys whatever part of version 1's material exists, then removes the key's row,
+    /// tags and aliases (and its lifecycle row, by cascade).
+    async fn remove_incomplete(&self, key: &CachedKey) -> Result<(), KmsError> {
+        let key_id = &key.record.key_id;
+        let object = ObjectId::new(key.uuid, 1);
+        let destroyed = if super::specs::is_pair(&key.record.key_spec) {
+            self.hsm.destroy_key_pair(object).await
+        } else {
+            self.hsm.destroy(object).await
+        };
+        match destroyed {
+            Ok(()) => {}
+            Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.store.delete_key(key_id).await?;
+        {
+            let mut cache = self.cache_write();
+            cache.keys.remove(&Uuid::from_bytes(key.uuid));
+            cache.remove_aliases_of(key_id);
+        }
+        self.lifecycle_cache_remove(key_id);
+        tracing::info!(
+            key_id,
+            "interrupted CreateKey removed: no complete HSM material"
+        );
+        Ok(())
     }
 }

@@ -27,6 +27,12 @@ pub enum ServiceEventName {
     RotateKey,
     /// Imported key material reached its `ValidTo` and was deleted.
     DeleteExpiredKeyMaterial,
+    /// Reconciliation finished a CreateKey interrupted after its HSM object existed: the key
+    /// is now `Enabled` (no CloudTrail counterpart: AWS has no interrupted creations).
+    CompleteCreateKey,
+    /// Reconciliation removed a key whose CreateKey was interrupted before its HSM object
+    /// existed: its row, tags and aliases (no tombstone: no client ever had the key).
+    DeleteIncompleteKey,
 }
 
 impl ServiceEventName {
@@ -36,6 +42,8 @@ impl ServiceEventName {
             ServiceEventName::DeleteKey => "DeleteKey",
             ServiceEventName::RotateKey => "RotateKey",
             ServiceEventName::DeleteExpiredKeyMaterial => "DeleteExpiredKeyMaterial",
+            ServiceEventName::CompleteCreateKey => "CompleteCreateKey",
+            ServiceEventName::DeleteIncompleteKey => "DeleteIncompleteKey",
         }
     }
 }

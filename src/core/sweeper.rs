@@ -1,8 +1,9 @@
 //! The deletion sweeper: when a key's pending window ends, destroy its HSM objects (every
 //! version, and the wrapping keys of outstanding imports), then its metadata. Each step is
 //! idempotent, so a sweep interrupted halfway finishes on the next run. The same loop runs the
-//! automatic rotation sweep ([`Kms::sweep_rotations`]) and the import expiry sweep
-//! ([`Kms::sweep_imports`]), all on the engine's clock.
+//! automatic rotation sweep ([`Kms::sweep_rotations`]), the import expiry sweep
+//! ([`Kms::sweep_imports`]) and the reconciliation of interrupted creations
+//! ([`Kms::reconcile_creates`]), all on the engine's clock, at start-up and then periodically.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +111,8 @@ impl Kms {
         Ok(())
     }
 
-    /// Runs every sweep once (deletions, automatic rotations, import expiry) and returns
+    /// Runs every sweep once (deletions, automatic rotations, import expiry, interrupted
+    /// creations) and returns
     /// what they did. A sweep that fails as a whole is logged and retried next time.
     pub async fn sweep_once(&self) -> Vec<ServiceAction> {
         let mut done = Vec::new();
@@ -125,6 +127,12 @@ impl Kms {
         match self.sweep_imports().await {
             Ok(a) => done.extend(a),
             Err(e) => tracing::error!(error = %e, "import expiry sweep failed; will retry"),
+        }
+        match self.reconcile_creates().await {
+            Ok(a) => done.extend(a),
+            Err(e) => {
+                tracing::error!(error = %e, "interrupted CreateKey reconciliation failed; will retry")
+            }
         }
         done
     }

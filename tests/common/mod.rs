@@ -408,6 +408,24 @@ pub fn p11kms_command() -> Command {
     hermetic_command(env!("CARGO_BIN_EXE_p11kms"), scratch_dir())
 }
 
+/// Runs the real `p11kms check --config <config>` (blocking): its exit code and its output
+/// (stdout then stderr).
+pub fn run_check(config: &Path) -> (i32, String) {
+    let out = p11kms_command()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run p11kms check");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Polls `f` every 50 ms for up to 5 s (sweeper-driven changes); whether it became true.
 pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
     for _ in 0..100 {
