@@ -769,6 +769,30 @@ data_dir = "data"
     }
 
     #[test]
+    fn creating_grace_has_a_safe_default_and_bounds() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap();
+        assert_eq!(c.kms.creating_grace_secs, 300);
+        let with = |v: u64| {
+            BASE.replace(
+                "[store]",
+                &format!("[kms]\ncreating_grace_secs = {v}\n[store]"),
+            )
+        };
+        assert_eq!(
+            Config::from_toml(&with(1), d.path())
+                .unwrap()
+                .kms
+                .creating_grace_secs,
+            1
+        );
+        for bad in [0, MAX_CREATING_GRACE_SECS + 1] {
+            let e = Config::from_toml(&with(bad), d.path()).unwrap_err();
+            assert!(e.to_string().contains("creating_grace_secs"), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let d = dir_with_files();
         let text = BASE.replace("[store]", "[store]\nbogus = 1");
