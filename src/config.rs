@@ -569,8 +569,11 @@ impl Config {
                 "audit.refused_aggregate_interval_secs and audit.refused_aggregate_max_keys must be at least 1".into(),
             );
         }
-        if self.audit.warn_free_bytes != 0 && self.audit.warn_free_bytes < self.audit.min_free_bytes {
-            return invalid("audit.warn_free_bytes must be 0 or at least audit.min_free_bytes".into());
+        if self.audit.warn_free_bytes != 0 && self.audit.warn_free_bytes < self.audit.min_free_bytes
+        {
+            return invalid(
+                "audit.warn_free_bytes must be 0 or at least audit.min_free_bytes".into(),
+            );
         }
         if self.audit.checkpoint_every_events == 0 || self.audit.max_segment_bytes < 4096 {
             return invalid(
@@ -829,6 +832,32 @@ data_dir = "data"
         assert!(Config::from_toml(&t, d.path()).is_err());
         let t = format!("{BASE}\n[log]\nformat = \"xml\"\n");
         assert!(Config::from_toml(&t, d.path()).is_err());
+    }
+
+    #[test]
+    fn refused_request_auditing_and_the_free_space_floor_are_configured_and_checked() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap().refusal_config();
+        assert_eq!(c, crate::audit::RefusalConfig::default());
+        assert_eq!((c.min_free_bytes, c.warn_free_bytes), (1 << 30, 2 << 30));
+        let t = format!(
+            "{BASE}\n[audit]\nrefused_aggregate_interval_secs = 5\nrefused_aggregate_max_keys = 7\n\
+             min_free_bytes = 10\nwarn_free_bytes = 0\n"
+        );
+        let c = Config::from_toml(&t, d.path()).unwrap().refusal_config();
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(
+            (c.max_keys, c.min_free_bytes, c.warn_free_bytes),
+            (7, 10, 0)
+        );
+        for bad in [
+            "refused_aggregate_interval_secs = 0",
+            "refused_aggregate_max_keys = 0",
+            "min_free_bytes = 10\nwarn_free_bytes = 5",
+        ] {
+            let t = format!("{BASE}\n[audit]\n{bad}\n");
+            assert!(Config::from_toml(&t, d.path()).is_err(), "{bad}");
+        }
     }
 
     #[test]

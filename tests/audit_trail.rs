@@ -961,7 +961,11 @@ fn refusals_accounted(evs: &[Value], door: &str, error: &str) -> (u64, usize) {
         .collect();
     let n = of
         .iter()
-        .map(|e| e["additionalEventData"]["aggregatedCount"].as_u64().unwrap_or(1))
+        .map(|e| {
+            e["additionalEventData"]["aggregatedCount"]
+                .as_u64()
+                .unwrap_or(1)
+        })
         .sum();
     (n, of.len())
 }
@@ -976,7 +980,10 @@ async fn a_flood_of_refused_requests_costs_the_trail_a_handful_of_records() {
     let addr = server.aws_json_addr.expect("AWS door enabled");
     let secret = fixture_credentials(ADMIN_AK).secret_access_key;
     let mut door = AwsDoor::new(addr);
-    assert_eq!(door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0, 200);
+    assert_eq!(
+        door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0,
+        200
+    );
     let before = trail_bytes(&dir);
 
     const UNSIGNED: usize = 2000;
@@ -999,7 +1006,10 @@ async fn a_flood_of_refused_requests_costs_the_trail_a_handful_of_records() {
         }
         if i % 500 == 250 {
             // Authenticated requests in between keep a record each.
-            assert_eq!(door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0, 200);
+            assert_eq!(
+                door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0,
+                200
+            );
             authenticated += 1;
         }
     }
@@ -1030,7 +1040,10 @@ async fn a_flood_of_refused_requests_costs_the_trail_a_handful_of_records() {
     for ((door, error), sent) in &errors {
         let (accounted, records) = refusals_accounted(&evs, door, error);
         assert_eq!(accounted, *sent, "{door} {error}: {evs:#?}");
-        assert_eq!(records, 2, "{door} {error}: first in full, then one aggregate");
+        assert_eq!(
+            records, 2,
+            "{door} {error}: first in full, then one aggregate"
+        );
     }
     let unsigned = evs
         .iter()
@@ -1041,7 +1054,9 @@ async fn a_flood_of_refused_requests_costs_the_trail_a_handful_of_records() {
         .expect("the aggregate of the unsigned requests");
     assert_eq!(unsigned["eventName"], "ListKeys");
     assert_eq!(unsigned["sourceIPAddress"], "127.0.0.1");
-    assert!(unsigned["requestID"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(unsigned["requestID"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
     let data = &unsigned["additionalEventData"];
     assert!(data["firstEventTime"].as_str() <= data["lastEventTime"].as_str());
     let ok = evs
@@ -1072,9 +1087,15 @@ async fn below_the_free_space_floor_refusals_are_shed_and_real_requests_still_re
             (403, "MissingAuthenticationTokenException")
         );
     }
-    assert_eq!(door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0, 200);
+    assert_eq!(
+        door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0,
+        200
+    );
     let mut anon = client_as(server.addr, None).await;
-    assert!(anon.list_keys(pb::ListKeysRequest::default()).await.is_err());
+    assert!(anon
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .is_err());
     let text = scrape(server.metrics_addr.expect("metrics")).await;
     assert_eq!(sample(&text, "p11kms_audit_refused_shed_total"), 51.0);
     assert_eq!(sample(&text, "p11kms_audit_space_state"), 2.0);
@@ -1087,9 +1108,7 @@ async fn below_the_free_space_floor_refusals_are_shed_and_real_requests_still_re
         "no refusal written: {evs:#?}"
     );
     assert_eq!(
-        evs.iter()
-            .filter(|e| e["eventName"] == "ListKeys")
-            .count(),
+        evs.iter().filter(|e| e["eventName"] == "ListKeys").count(),
         1,
         "the authenticated request has its record"
     );

@@ -229,13 +229,14 @@ impl RefusalAuditor {
         let out: Vec<AuditEvent> = {
             let mut g = self.groups.lock().unwrap_or_else(|p| p.into_inner());
             let mut out = Vec::new();
-            g.keys.retain(|_, p| match p.take_aggregate(interval, false) {
-                Some(ev) => {
-                    out.push(ev);
-                    true
-                }
-                None => false,
-            });
+            g.keys
+                .retain(|_, p| match p.take_aggregate(interval, false) {
+                    Some(ev) => {
+                        out.push(ev);
+                        true
+                    }
+                    None => false,
+                });
             out.extend(g.overflow.take_aggregate(interval, true));
             out
         };
@@ -383,13 +384,28 @@ mod tests {
         };
         let (log, a) = auditor(tmp.path(), config).await;
         for i in 0..100 {
-            a.refused("aws-json", "ListKeys", refusal("10.0.0.1", "A", &format!("a{i}")), 0)
-                .await;
-            a.refused("aws-json", "ListKeys", refusal("10.0.0.2", "B", &format!("b{i}")), 0)
-                .await;
+            a.refused(
+                "aws-json",
+                "ListKeys",
+                refusal("10.0.0.1", "A", &format!("a{i}")),
+                0,
+            )
+            .await;
+            a.refused(
+                "aws-json",
+                "ListKeys",
+                refusal("10.0.0.2", "B", &format!("b{i}")),
+                0,
+            )
+            .await;
             // Over the key cap: folded into the overflow aggregate, never written in full.
-            a.refused("aws-json", "ListKeys", refusal(&format!("10.1.0.{i}"), "C", &format!("c{i}")), 0)
-                .await;
+            a.refused(
+                "aws-json",
+                "ListKeys",
+                refusal(&format!("10.1.0.{i}"), "C", &format!("c{i}")),
+                0,
+            )
+            .await;
         }
         assert_eq!(events(tmp.path()).len(), 2, "only the first of each key");
         assert_eq!(a.stats().keys, 2);
@@ -426,7 +442,8 @@ mod tests {
         )
         .await;
         assert_eq!(a.space_state(), SpaceState::Shedding);
-        a.refused("grpc", "Encrypt", refusal("10.0.0.1", "A", "x"), 0).await;
+        a.refused("grpc", "Encrypt", refusal("10.0.0.1", "A", "x"), 0)
+            .await;
         assert!(events(tmp.path()).is_empty());
         assert_eq!(a.stats().shed, 1);
         assert!(a.stats().free_bytes < huge);
@@ -443,7 +460,8 @@ mod tests {
         )
         .await;
         assert_eq!(a.space_state(), SpaceState::Low);
-        a.refused("grpc", "Encrypt", refusal("10.0.0.1", "A", "x"), 0).await;
+        a.refused("grpc", "Encrypt", refusal("10.0.0.1", "A", "x"), 0)
+            .await;
         assert_eq!(events(tmp.path()).len(), 1);
         log.shutdown().await.unwrap();
     }
