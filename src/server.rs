@@ -198,7 +198,8 @@ impl RunningServer {
         self.reloader.abort();
         self.health_task.abort();
         // No request arrives any more: write the pending aggregates of refused requests.
-        self.refusals_task.abort();
+        self.refusals.stop();
+        let _ = (&mut self.refusals_task).await;
         self.refusals.flush().await;
         if let Some((tx, task)) = self.metrics_task.take() {
             let _ = tx.send(());

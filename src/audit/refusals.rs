@@ -128,6 +128,8 @@ pub struct RefusalAuditor {
     aggregated: AtomicU64,
     shed: AtomicU64,
     last_warn: Mutex<Option<Instant>>,
+    /// Stops the background task between two ticks (never in the middle of a flush).
+    stop: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for RefusalAuditor {
@@ -167,6 +169,7 @@ impl RefusalAuditor {
             aggregated: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             last_warn: Mutex::new(None),
+            stop: tokio::sync::Notify::new(),
         };
         a.check_space();
         a
@@ -298,6 +301,11 @@ impl RefusalAuditor {
         }
     }
 
+    /// Asks the background task to stop at its next tick (a flush in progress completes).
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+
     /// Figures for the metrics endpoint.
     pub fn stats(&self) -> RefusalStats {
         let keys = self
@@ -316,7 +324,7 @@ impl RefusalAuditor {
     }
 
     /// The background task: checks the free space every second and flushes the aggregates
-    /// every interval. Abort it, then call [`Self::flush`], at shutdown.
+    /// every interval. At shutdown: [`Self::stop`], await the task, then [`Self::flush`].
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
@@ -324,7 +332,10 @@ impl RefusalAuditor {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_flush = Instant::now();
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = me.stop.notified() => break,
+                }
                 let me2 = Arc::clone(&me);
                 let _ = tokio::task::spawn_blocking(move || me2.check_space()).await;
                 if last_flush.elapsed() >= me.config.interval {
@@ -425,6 +436,48 @@ mod tests {
         assert_eq!(events(tmp.path()).len(), 5);
         assert_eq!(a.stats().keys, 0);
         assert_eq!(a.stats().aggregated, 298);
+        log.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_background_task_writes_aggregates_every_interval_and_stops_cleanly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = RefusalConfig {
+            interval: Duration::from_secs(1),
+            min_free_bytes: 0,
+            warn_free_bytes: 0,
+            ..RefusalConfig::default()
+        };
+        let (log, a) = auditor(tmp.path(), config).await;
+        let a = Arc::new(a);
+        let task = a.spawn();
+        for i in 0..3 {
+            a.refused(
+                "grpc",
+                "Encrypt",
+                refusal("10.0.0.1", "A", &format!("r{i}")),
+                0,
+            )
+            .await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let count = |evs: &[serde_json::Value]| {
+            evs.iter()
+                .find_map(|e| e["additionalEventData"]["aggregatedCount"].as_u64())
+        };
+        while count(&events(tmp.path())).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            count(&events(tmp.path())),
+            Some(2),
+            "no aggregate within 10 s"
+        );
+        a.stop();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task stops")
+            .unwrap();
         log.shutdown().await.unwrap();
     }
 
