@@ -287,6 +287,17 @@ pub struct AuditSection {
     pub checkpoint_every_events: u64,
     /// ... and at least every T seconds (0 = count only).
     pub checkpoint_interval_secs: u64,
+    /// Refused requests (no or failed authentication) are written in full only for the
+    /// first of each (door, source address, operation, error); the rest are counted in one
+    /// aggregate record per key per this many seconds.
+    pub refused_aggregate_interval_secs: u64,
+    /// Most such keys tracked at once; refusals beyond share one overflow aggregate.
+    pub refused_aggregate_max_keys: usize,
+    /// Free-space floor of the trail's file system: below it refused requests are not
+    /// audited at all (counted in a metric). 0 = no floor.
+    pub min_free_bytes: u64,
+    /// Below this many free bytes the daemon warns (log and metric). 0 = never.
+    pub warn_free_bytes: u64,
 }
 
 impl Default for AuditSection {
@@ -299,6 +310,10 @@ impl Default for AuditSection {
             max_segment_age_secs: 86_400,
             checkpoint_every_events: 1000,
             checkpoint_interval_secs: 60,
+            refused_aggregate_interval_secs: 60,
+            refused_aggregate_max_keys: 1024,
+            min_free_bytes: 1 << 30,
+            warn_free_bytes: 2 << 30,
         }
     }
 }
@@ -560,6 +575,19 @@ impl Config {
                 self.audit.durability
             ));
         }
+        if self.audit.refused_aggregate_interval_secs == 0
+            || self.audit.refused_aggregate_max_keys == 0
+        {
+            return invalid(
+                "audit.refused_aggregate_interval_secs and audit.refused_aggregate_max_keys must be at least 1".into(),
+            );
+        }
+        if self.audit.warn_free_bytes != 0 && self.audit.warn_free_bytes < self.audit.min_free_bytes
+        {
+            return invalid(
+                "audit.warn_free_bytes must be 0 or at least audit.min_free_bytes".into(),
+            );
+        }
         if self.audit.checkpoint_every_events == 0 || self.audit.max_segment_bytes < 4096 {
             return invalid(
                 "audit.checkpoint_every_events must be at least 1 and audit.max_segment_bytes at least 4096"
@@ -647,6 +675,17 @@ impl Config {
         c.checkpoint_interval = (a.checkpoint_interval_secs > 0)
             .then(|| Duration::from_secs(a.checkpoint_interval_secs));
         c
+    }
+
+    /// How refused requests are audited and the trail's free-space floor.
+    pub fn refusal_config(&self) -> crate::audit::RefusalConfig {
+        let a = &self.audit;
+        crate::audit::RefusalConfig {
+            interval: Duration::from_secs(a.refused_aggregate_interval_secs),
+            max_keys: a.refused_aggregate_max_keys,
+            min_free_bytes: a.min_free_bytes,
+            warn_free_bytes: a.warn_free_bytes,
+        }
     }
 
     /// The identity directory's files.
@@ -830,6 +869,32 @@ data_dir = "data"
         assert!(Config::from_toml(&t, d.path()).is_err());
         let t = format!("{BASE}\n[log]\nformat = \"xml\"\n");
         assert!(Config::from_toml(&t, d.path()).is_err());
+    }
+
+    #[test]
+    fn refused_request_auditing_and_the_free_space_floor_are_configured_and_checked() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap().refusal_config();
+        assert_eq!(c, crate::audit::RefusalConfig::default());
+        assert_eq!((c.min_free_bytes, c.warn_free_bytes), (1 << 30, 2 << 30));
+        let t = format!(
+            "{BASE}\n[audit]\nrefused_aggregate_interval_secs = 5\nrefused_aggregate_max_keys = 7\n\
+             min_free_bytes = 10\nwarn_free_bytes = 0\n"
+        );
+        let c = Config::from_toml(&t, d.path()).unwrap().refusal_config();
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(
+            (c.max_keys, c.min_free_bytes, c.warn_free_bytes),
+            (7, 10, 0)
+        );
+        for bad in [
+            "refused_aggregate_interval_secs = 0",
+            "refused_aggregate_max_keys = 0",
+            "min_free_bytes = 10\nwarn_free_bytes = 5",
+        ] {
+            let t = format!("{BASE}\n[audit]\n{bad}\n");
+            assert!(Config::from_toml(&t, d.path()).is_err(), "{bad}");
+        }
     }
 
     #[test]

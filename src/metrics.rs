@@ -371,6 +371,54 @@ pub async fn serve(
         .await
 }
 
+/// How refused requests are audited and the trail's free space (`docs/audit.md`, "Refused
+/// requests").
+pub struct RefusalSource(pub Arc<crate::audit::RefusalAuditor>);
+
+impl ScrapeSource for RefusalSource {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats();
+        let gauges = [
+            (
+                "p11kms_audit_free_bytes",
+                "Free bytes on the audit trail's file system (last check)",
+                i64::try_from(s.free_bytes).unwrap_or(i64::MAX),
+            ),
+            (
+                "p11kms_audit_space_state",
+                "Audit trail free space: 0 ok, 1 below warn_free_bytes, 2 below min_free_bytes (refused requests shed)",
+                i64::from(s.space_state),
+            ),
+            (
+                "p11kms_audit_refused_keys",
+                "Refused-request groups (door, source, operation, error) being aggregated",
+                i64::try_from(s.keys).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "p11kms_audit_refused_aggregated",
+                "Refused requests counted in aggregate records instead of one record each",
+                s.aggregated,
+            ),
+            (
+                "p11kms_audit_refused_shed",
+                "Refused requests not audited because the trail's free space was below min_free_bytes",
+                s.shed,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The audit writer's figures: queue depth, fsync latency, records, errors, health.
 pub struct AuditSource(pub Arc<crate::audit::AuditLog>);
 

@@ -129,6 +129,9 @@ pub struct RunningServer {
     usage_flusher: tokio::task::JoinHandle<()>,
     reloader: tokio::task::JoinHandle<()>,
     health_task: tokio::task::JoinHandle<()>,
+    /// Aggregates refused requests and watches the trail's free space.
+    refusals: Arc<crate::audit::RefusalAuditor>,
+    refusals_task: tokio::task::JoinHandle<()>,
     /// Where the metrics endpoint listens, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     metrics_task: Option<(
@@ -194,6 +197,10 @@ impl RunningServer {
         }
         self.reloader.abort();
         self.health_task.abort();
+        // No request arrives any more: write the pending aggregates of refused requests.
+        self.refusals.stop();
+        let _ = (&mut self.refusals_task).await;
+        self.refusals.flush().await;
         if let Some((tx, task)) = self.metrics_task.take() {
             let _ = tx.send(());
             let _ = task.await;
@@ -467,15 +474,28 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     let listener = bind(Listener::Grpc, config.server.listen).await?;
     let addr = listener.local_addr()?;
     let audit = open_audit(config, &kms).await?;
+    let refusals = Arc::new(crate::audit::RefusalAuditor::new(
+        audit.clone(),
+        config.refusal_config(),
+    ));
     let metrics = Arc::new(Metrics::new(
         kms.clone(),
-        vec![Box::new(crate::metrics::AuditSource(audit.clone()))],
+        vec![
+            Box::new(crate::metrics::AuditSource(audit.clone())),
+            Box::new(crate::metrics::RefusalSource(refusals.clone())),
+        ],
     ));
     kms.set_service_sink(Arc::new(crate::audit::ServiceAuditSink::new(
         audit.clone(),
         config.kms.region.clone(),
     )));
-    let gate = crate::api::gate::Gate::new(kms.clone(), metrics.clone(), audit.clone());
+    let refusals_task = refusals.spawn();
+    let gate = crate::api::gate::Gate::new(
+        kms.clone(),
+        metrics.clone(),
+        audit.clone(),
+        refusals.clone(),
+    );
     let aws_json = crate::api::aws_json::start(config, auth.clone(), gate.clone()).await?;
     let door = Door::new(auth.clone(), gate);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -561,6 +581,8 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         usage_flusher,
         reloader,
         health_task,
+        refusals,
+        refusals_task,
         metrics_addr,
         metrics_task,
         auth,

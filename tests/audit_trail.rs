@@ -817,3 +817,301 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
     let (code, out) = verify(&dir);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Starts the daemon with the AWS door on plain HTTP (loopback) and more `[audit]` settings.
+async fn start_with_audit(
+    name: &str,
+    audit: &str,
+) -> (std::path::PathBuf, p11kms::server::RunningServer) {
+    let dir = data_dir(name);
+    let mut text = config_text(&dir);
+    text.push_str(&format!(
+        "\n[audit]\n{audit}\n\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = false\n"
+    ));
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = p11kms::config::Config::load(&path).expect("config");
+    let options = p11kms::server::ServerOptions {
+        clock: std::sync::Arc::new(p11kms::core::SystemClock),
+        sweep_interval: None,
+    };
+    let server = p11kms::server::start(&config, options)
+        .await
+        .expect("daemon starts");
+    (dir, server)
+}
+
+/// How an AWS-door request of the flood is signed.
+#[derive(Clone, Copy)]
+enum Signing<'a> {
+    Unsigned,
+    /// SigV4 with this access key id and secret.
+    With(&'a str, &'a str),
+}
+
+/// A kept-alive HTTP/1.1 connection to the AWS door.
+struct AwsDoor {
+    addr: std::net::SocketAddr,
+    conn: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
+}
+
+impl AwsDoor {
+    fn new(addr: std::net::SocketAddr) -> AwsDoor {
+        AwsDoor { addr, conn: None }
+    }
+
+    /// `TrentService.ListKeys` with an empty body: the status and the `__type` of an error.
+    async fn list_keys(&mut self, signing: Signing<'_>) -> (u16, String) {
+        use p11kms::core::Clock;
+        use p11kms::identity::sigv4;
+        let body = b"{}";
+        let amz_date = sigv4::format_amz_date(p11kms::core::SystemClock.now_ms() / 1000);
+        let mut headers: Vec<(String, String)> = vec![
+            ("host".into(), format!("127.0.0.1:{}", self.addr.port())),
+            ("content-type".into(), "application/x-amz-json-1.1".into()),
+            ("x-amz-target".into(), "TrentService.ListKeys".into()),
+            ("x-amz-date".into(), amz_date.clone()),
+        ];
+        if let Signing::With(akid, secret) = signing {
+            let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+            let auth = sigv4::authorization_header(
+                &sigv4::SignableRequest {
+                    method: "POST",
+                    path: "/",
+                    query: "",
+                    headers: &headers,
+                    payload_sha256_hex: &sigv4::sha256_hex(body),
+                },
+                &names,
+                &sigv4::SigningParams {
+                    access_key_id: akid,
+                    secret_access_key: secret,
+                    region: "us-east-1",
+                    service: "kms",
+                    amz_date: &amz_date,
+                },
+            );
+            headers.push(("authorization".into(), auth));
+        }
+        let mut req = String::from("POST / HTTP/1.1\r\n");
+        for (k, v) in &headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        for _ in 0..2 {
+            if let Some(answer) = self.exchange(&bytes).await {
+                return answer;
+            }
+            self.conn = None;
+        }
+        panic!("the AWS door did not answer");
+    }
+
+    /// One request and its answer on the kept-alive connection; `None` if it was closed.
+    async fn exchange(&mut self, bytes: &[u8]) -> Option<(u16, String)> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        if self.conn.is_none() {
+            let tcp = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+            self.conn = Some(tokio::io::BufReader::new(tcp));
+        }
+        let conn = self.conn.as_mut()?;
+        conn.get_mut().write_all(bytes).await.ok()?;
+        let mut status = String::new();
+        if conn.read_line(&mut status).await.ok()? == 0 {
+            return None;
+        }
+        let code: u16 = status.split(' ').nth(1)?.parse().ok()?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            conn.read_line(&mut line).await.ok()?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().ok()?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).await.ok()?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Some((code, v["__type"].as_str().unwrap_or("").to_string()))
+    }
+}
+
+/// Bytes in the trail's segment files.
+fn trail_bytes(dir: &Path) -> u64 {
+    segments(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// The refusals of `error` through `door` the trail accounts for (written in full plus
+/// aggregated counts), and in how many records.
+fn refusals_accounted(evs: &[Value], door: &str, error: &str) -> (u64, usize) {
+    let of: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["door"] == door && e["errorCode"] == error)
+        .collect();
+    let n = of
+        .iter()
+        .map(|e| {
+            e["additionalEventData"]["aggregatedCount"]
+                .as_u64()
+                .unwrap_or(1)
+        })
+        .sum();
+    (n, of.len())
+}
+
+const ADMIN_AK: &str = "AKIAADMIN00000000001";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_requests_costs_the_trail_a_handful_of_records() {
+    // No aggregate falls due during the flood: shutdown writes them.
+    let (dir, server) =
+        start_with_audit("audit-flood", "refused_aggregate_interval_secs = 3600").await;
+    let addr = server.aws_json_addr.expect("AWS door enabled");
+    let secret = fixture_credentials(ADMIN_AK).secret_access_key;
+    let mut door = AwsDoor::new(addr);
+    assert_eq!(
+        door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0,
+        200
+    );
+    let before = trail_bytes(&dir);
+
+    const UNSIGNED: usize = 2000;
+    const BAD: usize = 200;
+    let mut authenticated = 1;
+    let mut errors = std::collections::BTreeMap::<(&str, String), u64>::new();
+    for i in 0..UNSIGNED {
+        let (code, error) = door.list_keys(Signing::Unsigned).await;
+        assert_eq!(code, 403, "{error}");
+        *errors.entry(("aws-json", error)).or_default() += 1;
+        if i < BAD {
+            for signing in [
+                Signing::With(ADMIN_AK, "not-the-secret-access-key-of-admin0000"),
+                Signing::With("AKIAUNKNOWN000000000", "whatever"),
+            ] {
+                let (code, error) = door.list_keys(signing).await;
+                assert!(code == 400 || code == 403, "{code} {error}");
+                *errors.entry(("aws-json", error)).or_default() += 1;
+            }
+        }
+        if i % 500 == 250 {
+            // Authenticated requests in between keep a record each.
+            assert_eq!(
+                door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0,
+                200
+            );
+            authenticated += 1;
+        }
+    }
+    assert_eq!(errors.len(), 3, "three kinds of refusal: {errors:?}");
+    // The gRPC door: no client certificate, and a bad signature.
+    let mut anon = client_as(server.addr, None).await;
+    let s = signed_as(server.addr, ADMIN_AK).await;
+    let mut kms = s.kms.clone();
+    for _ in 0..BAD {
+        let r = anon.list_keys(pb::ListKeysRequest::default()).await;
+        *errors.entry(("grpc", reason(r))).or_default() += 1;
+        let req = s.kms_req(pb::ListKeysRequest::default(), "DescribeKey");
+        let r = kms.list_keys(req).await;
+        *errors.entry(("grpc", reason(r))).or_default() += 1;
+    }
+    let grown = trail_bytes(&dir) - before;
+    let refused: u64 = errors.values().sum();
+    // A full record is about a kilobyte: one per kind of refusal and per authenticated
+    // request, not one per refusal.
+    assert!(
+        grown < 24 * 1024,
+        "the trail grew by {grown} bytes for {refused} refused requests: {errors:?}"
+    );
+    drop((anon, kms, s));
+    server.shutdown().await.unwrap();
+
+    let evs: Vec<Value> = events(&dir);
+    for ((door, error), sent) in &errors {
+        let (accounted, records) = refusals_accounted(&evs, door, error);
+        assert_eq!(accounted, *sent, "{door} {error}: {evs:#?}");
+        assert_eq!(
+            records, 2,
+            "{door} {error}: first in full, then one aggregate"
+        );
+    }
+    let unsigned = evs
+        .iter()
+        .find(|e| {
+            e["door"] == "aws-json"
+                && e["additionalEventData"]["aggregatedCount"].as_u64() == Some(UNSIGNED as u64 - 1)
+        })
+        .expect("the aggregate of the unsigned requests");
+    assert_eq!(unsigned["eventName"], "ListKeys");
+    assert_eq!(unsigned["sourceIPAddress"], "127.0.0.1");
+    assert!(unsigned["requestID"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    let data = &unsigned["additionalEventData"];
+    assert!(data["firstEventTime"].as_str() <= data["lastEventTime"].as_str());
+    let ok = evs
+        .iter()
+        .filter(|e| e["eventName"] == "ListKeys" && e["errorCode"].is_null())
+        .count();
+    assert_eq!(ok, authenticated, "one record per authenticated request");
+    let (code, out) = verify(&dir);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_floor_refusals_are_shed_and_real_requests_still_recorded() {
+    // A floor above any disk's free space: the daemon is below it from the start.
+    let floor = 1u64 << 62;
+    let (dir, server) = start_with_audit(
+        "audit-floor",
+        &format!("min_free_bytes = {floor}\nwarn_free_bytes = {floor}"),
+    )
+    .await;
+    let addr = server.aws_json_addr.expect("AWS door enabled");
+    let secret = fixture_credentials(ADMIN_AK).secret_access_key;
+    let mut door = AwsDoor::new(addr);
+    for _ in 0..50 {
+        let (code, error) = door.list_keys(Signing::Unsigned).await;
+        assert_eq!(
+            (code, error.as_str()),
+            (403, "MissingAuthenticationTokenException")
+        );
+    }
+    assert_eq!(
+        door.list_keys(Signing::With(ADMIN_AK, &secret)).await.0,
+        200
+    );
+    let mut anon = client_as(server.addr, None).await;
+    assert!(anon
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .is_err());
+    let text = scrape(server.metrics_addr.expect("metrics")).await;
+    assert_eq!(sample(&text, "p11kms_audit_refused_shed_total"), 51.0);
+    assert_eq!(sample(&text, "p11kms_audit_space_state"), 2.0);
+    assert!(sample(&text, "p11kms_audit_free_bytes") < floor as f64);
+    drop(anon);
+    server.shutdown().await.unwrap();
+    let evs = events(&dir);
+    assert!(
+        evs.iter().all(|e| e["errorCode"].is_null()),
+        "no refusal written: {evs:#?}"
+    );
+    assert_eq!(
+        evs.iter().filter(|e| e["eventName"] == "ListKeys").count(),
+        1,
+        "the authenticated request has its record"
+    );
+    let (code, out) = verify(&dir);
+    assert_eq!(code, 0, "{out}");
+}

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::audit::event::{is_read_only, PHASE_INTENT};
-use crate::audit::{AuditDecidingStatement, AuditDecision, AuditEvent, AuditLog, UserIdentity};
+use crate::audit::{
+    AuditDecidingStatement, AuditDecision, AuditEvent, AuditLog, RefusalAuditor, UserIdentity,
+};
 use crate::core::record::{self, CommitBarrier, RequestRecord};
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
@@ -69,6 +71,7 @@ pub struct Gate {
     kms: Arc<Kms>,
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
+    refusals: Arc<RefusalAuditor>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -150,12 +153,19 @@ impl CommitBarrier for IntentBarrier {
 }
 
 impl Gate {
-    /// A gate over the engine, the metrics and the audit trail.
-    pub fn new(kms: Arc<Kms>, metrics: Arc<Metrics>, audit: Arc<AuditLog>) -> Gate {
+    /// A gate over the engine, the metrics and the audit trail; refused requests are
+    /// audited through `refusals` (aggregated, see [`RefusalAuditor`]).
+    pub fn new(
+        kms: Arc<Kms>,
+        metrics: Arc<Metrics>,
+        audit: Arc<AuditLog>,
+        refusals: Arc<RefusalAuditor>,
+    ) -> Gate {
         Gate {
             kms,
             metrics,
             audit,
+            refusals,
         }
     }
 
@@ -202,8 +212,10 @@ impl Gate {
         &self.kms
     }
 
-    /// Accounts for a request whose authentication failed (`error_name` is the AWS name).
-    /// The caller's answer is the authentication error whether or not the event could be
+    /// Accounts for a request refused before (or at) authentication (`error_name` is the AWS
+    /// name): audited by aggregation, so that strangers cannot fill the trail (the first of
+    /// its source address, operation and error in full, the rest counted; nothing below the
+    /// free-space floor). The caller's answer is the error whether or not anything was
     /// written.
     pub async fn refused(
         &self,
@@ -212,15 +224,47 @@ impl Gate {
         message: &str,
         access_key_id: Option<String>,
     ) {
+        let ev = self.refusal_event(info, error_name, message, access_key_id);
+        self.refusals
+            .refused(info.door, info.operation, ev, self.kms.now_ms())
+            .await;
+        self.count_refusal(info, error_name);
+    }
+
+    /// [`Self::refused`] for a request whose signature was verified but whose input was
+    /// refused before the engine ran: an authenticated request, so it keeps a record of its
+    /// own.
+    pub async fn refused_authenticated(
+        &self,
+        info: &RequestInfo,
+        error_name: &str,
+        message: &str,
+        access_key_id: Option<String>,
+    ) {
+        let ev = self.refusal_event(info, error_name, message, access_key_id);
+        if let Err(e) = self.audit.append(ev).await {
+            tracing::error!(request_id = %info.request_id, error = %e, "could not audit a refused request");
+        }
+        self.count_refusal(info, error_name);
+    }
+
+    fn refusal_event(
+        &self,
+        info: &RequestInfo,
+        error_name: &str,
+        message: &str,
+        access_key_id: Option<String>,
+    ) -> AuditEvent {
         let mut ev = self.event(info, info.params.clone());
         ev.user_identity = UserIdentity::unknown(access_key_id);
         ev.set_error(error_name, message);
         ev.decision = Some(AuditDecision::deny(format!(
             "authentication failed: {error_name}"
         )));
-        if let Err(e) = self.audit.append(ev).await {
-            tracing::error!(request_id = %info.request_id, error = %e, "could not audit a refused request");
-        }
+        ev
+    }
+
+    fn count_refusal(&self, info: &RequestInfo, error_name: &str) {
         self.metrics.request(
             info.door,
             info.operation,

@@ -443,6 +443,11 @@ pub struct AuditEvent {
     /// `requestID`); absent on every other event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Cow<'static, str>>,
+    /// CloudTrail's `additionalEventData`: for an aggregate of refused requests, the count
+    /// and the first and last times (see `docs/audit.md`, "Refused requests"); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_event_data: Option<Value>,
 }
 
 /// `phase` of an intent record (see `docs/audit.md`, "No change without a record").
@@ -484,6 +489,7 @@ impl AuditEvent {
             door: Cow::Borrowed("grpc"),
             auth_method: None,
             phase: None,
+            additional_event_data: None,
         }
     }
 

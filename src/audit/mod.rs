@@ -27,6 +27,7 @@
 pub mod checkpoint;
 pub mod event;
 pub mod ids;
+pub mod refusals;
 pub mod service;
 pub mod verify;
 pub mod writer;
@@ -42,6 +43,7 @@ pub use event::{
     iso8601_ms, scrub_secrets, AuditDecidingStatement, AuditDecision, AuditEvent, Checkpoint,
     Resource, SegmentStart, SessionAttributes, SessionContext, SessionIssuer, UserIdentity,
 };
+pub use refusals::{RefusalAuditor, RefusalConfig, RefusalStats, SpaceState};
 pub use service::{ServiceAuditSink, SERVICE_EVENT_TYPE};
 pub use verify::{run_verify_cli, verify_files, Problem, ProblemKind, VerifyReport};
 pub use writer::{

@@ -260,7 +260,7 @@ impl AwsJsonDoor {
                         Ok(_) => {
                             let e =
                                 WireError::serialization("The request body must be a JSON object.");
-                            return self.refuse_as(&info, &e, false, akid).await;
+                            return self.refuse_authenticated(&info, &e, akid).await;
                         }
                         Err(err) => {
                             // Where, never what: serde's text can quote the body.
@@ -269,7 +269,7 @@ impl AwsJsonDoor {
                                 err.line(),
                                 err.column()
                             ));
-                            return self.refuse_as(&info, &e, false, akid).await;
+                            return self.refuse_authenticated(&info, &e, akid).await;
                         }
                     }
                 };
@@ -287,7 +287,7 @@ impl AwsJsonDoor {
                     params::request_parameters(op.name, &logged)
                 };
                 if let Err(e) = model_check(op.name, &value) {
-                    return self.refuse_as(&info, &e, false, akid).await;
+                    return self.refuse_authenticated(&info, &e, akid).await;
                 }
                 match (op.prepare)(kms_engine, caller.clone(), value) {
                     Ok(call) => call,
@@ -296,7 +296,7 @@ impl AwsJsonDoor {
                             "The request body does not match the input of {}.",
                             op.name
                         ));
-                        return self.refuse_as(&info, &e, false, akid).await;
+                        return self.refuse_authenticated(&info, &e, akid).await;
                     }
                 }
             }
@@ -320,6 +320,20 @@ impl AwsJsonDoor {
     /// Accounts for a refused request through the gate and renders the error.
     async fn refuse(&self, info: &RequestInfo, e: &WireError, xml: bool) -> Response {
         self.refuse_as(info, e, xml, None).await
+    }
+
+    /// Accounts for a signed request whose input was refused (an authenticated request: it
+    /// keeps a record of its own) and renders the error (KMS, JSON).
+    async fn refuse_authenticated(
+        &self,
+        info: &RequestInfo,
+        e: &WireError,
+        access_key_id: Option<String>,
+    ) -> Response {
+        self.gate
+            .refused_authenticated(info, e.name, &e.message, access_key_id)
+            .await;
+        json_error(&info.request_id, e)
     }
 
     /// [`Self::refuse`], naming the access key the request was signed with, if known.
