@@ -255,11 +255,11 @@ async fn kill_9_under_load_loses_nothing_a_client_received() {
     .unwrap();
 
     let got = Arc::new(Mutex::new(Received::default()));
-    let mut key = None;
+    let mut key: Option<String> = None;
     for cycle in 0..CYCLES {
         let daemon = Daemon::start(&config, addr, dir.join(format!("serve-{cycle}.log"))).await;
         let key = match &key {
-            Some(k) => String::clone(k),
+            Some(k) => k.clone(),
             None => {
                 let k = create_key(&mut admin(addr).await).await;
                 key = Some(k.clone());

@@ -624,8 +624,7 @@ pub fn verify_files(paths: &[PathBuf], public_key_der: Option<&[u8]>) -> VerifyR
         ) {
             report.notes.push(format!(
                 "{}:{line} is a record torn by a crash during a write ({bytes} bytes after \
-                 sequence {}); it was never acknowledged, and the crash-recovery start of {} \
-                 records it",
+                 sequence {}); the crash-recovery start of {} records it",
                 files[fi].name,
                 last_in_file.get(&fi).copied().unwrap_or_default(),
                 files[recs[sealed_by].file].name,
