@@ -483,6 +483,20 @@ async fn crash_mid_write_is_reported_and_the_trail_continues() {
     assert_eq!(start["truncatedAfterSequence"], last_seq - 1);
     assert!(start["note"].as_str().unwrap().contains("torn"));
 
+    // The daemon sealed the torn record into the chain: a note, not a problem.
+    let r = t.verify();
+    assert!(r.is_ok(), "{}", verify::render(&r, None));
+    assert!(
+        r.notes.iter().any(|n| n.contains("torn by a crash")),
+        "{:?}",
+        r.notes
+    );
+    assert!(r.checkpoints_verified >= 3);
+
+    // Torn bytes that differ from what recovery recorded are a problem again.
+    let mut longer = torn.clone();
+    longer.extend_from_slice(b"x");
+    std::fs::write(&path, &longer).unwrap();
     let r = t.verify();
     assert_eq!(problems(&r), vec![(ProblemKind::Truncated, Some(last_seq))]);
     assert!(
@@ -490,7 +504,20 @@ async fn crash_mid_write_is_reported_and_the_trail_continues() {
         "{:?}",
         r.problems
     );
-    assert!(r.checkpoints_verified >= 3);
+    std::fs::write(&path, &torn).unwrap();
+
+    // So is a torn line in the newest segment: no recovery recorded it.
+    let newest = files[1].clone();
+    let mut data = std::fs::read(&newest).unwrap();
+    data.truncate(data.len() - 10);
+    std::fs::write(&newest, &data).unwrap();
+    let r = t.verify();
+    assert_eq!(
+        problems(&r).first().map(|p| p.0),
+        Some(ProblemKind::Truncated),
+        "{}",
+        verify::render(&r, None)
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 //! | `deleted` | a sequence number is missing inside a file, or at the top of the first file |
 //! | `inserted` | a record that does not belong in the chain (a second record with one sequence number that nothing chains to, or a stray record with no links) |
 //! | `reordered` | a record appears after a record with a higher sequence number |
-//! | `truncated` | a file ends with an incomplete line (torn by a crash, or cut), records are missing at the end of a file before the next segment, or records were abandoned at a crash/write-error recovery |
+//! | `truncated` | a file ends with an incomplete line (torn by a crash, or cut) that no crash-recovery segment start records (one that does is a note), records are missing at the end of a file before the next segment, or records were abandoned at a crash/write-error recovery |
 //! | `forged-signature` | a checkpoint's signature does not verify with the public key |
 //! | `malformed` | a line that is not an audit record at all (no sequence number) |
 //! | `segment-link` | a file does not begin with a `segment-start` record |
@@ -157,6 +157,9 @@ struct StartInfo {
     segment: Option<String>,
     previous_segment: Option<String>,
     reason: String,
+    /// Crash recovery: the last good sequence before a torn line, and the writer's note.
+    truncated_after: Option<u64>,
+    note: Option<String>,
 }
 
 struct FileData {
@@ -247,6 +250,8 @@ fn parse_line(file: usize, line_no: usize, line: &[u8]) -> Result<Rec, String> {
         segment: str_of("segment"),
         previous_segment: str_of("previousSegment"),
         reason: str_of("reason").unwrap_or_default(),
+        truncated_after: v.get("truncatedAfterSequence").and_then(Value::as_u64),
+        note: str_of("note"),
     });
     Ok(Rec {
         file,
@@ -610,6 +615,22 @@ pub fn verify_files(paths: &[PathBuf], public_key_der: Option<&[u8]>) -> VerifyR
     // ------------------------------------------------------------ torn lines
     for &(fi, line, seq, bytes) in &torn {
         let guess = seq.or_else(|| last_in_file.get(&fi).map(|s| s + 1));
+        if let Some(sealed_by) = sealing_start(
+            &recs,
+            &genuine,
+            &files[fi].name,
+            last_in_file.get(&fi),
+            bytes,
+        ) {
+            report.notes.push(format!(
+                "{}:{line} is a record torn by a crash during a write ({bytes} bytes after \
+                 sequence {}); the crash-recovery start of {} records it",
+                files[fi].name,
+                last_in_file.get(&fi).copied().unwrap_or_default(),
+                files[recs[sealed_by].file].name,
+            ));
+            continue;
+        }
         problems.push(Problem {
             sequence: guess,
             kind: ProblemKind::Truncated,
@@ -745,6 +766,33 @@ pub fn verify_files(paths: &[PathBuf], public_key_der: Option<&[u8]>) -> VerifyR
     problems.dedup_by(|a, b| a.sequence.is_some() && a.sequence == b.sequence && a.kind == b.kind);
     report.problems = problems;
     report
+}
+
+/// The genuine `crash-recovery` segment start that records the torn tail of `file`: it names
+/// `file` as its previous segment, its `truncatedAfterSequence` is the file's last good
+/// sequence, and its note gives the same torn byte count. Such a tail is what a crash mid-write
+/// leaves (the daemon found it at start and sealed it into the signed chain), not tampering;
+/// a tail torn or cut later, or in the newest file, has no such record and stays a problem.
+fn sealing_start(
+    recs: &[Rec],
+    genuine: &[usize],
+    file: &str,
+    last_good: Option<&u64>,
+    torn_bytes: usize,
+) -> Option<usize> {
+    let want_note = format!("{file} ends with a torn record of {torn_bytes} bytes after sequence ");
+    genuine.iter().copied().find(|&i| {
+        let r = &recs[i];
+        r.hash_ok
+            && r.malformed.is_none()
+            && r.start.as_ref().is_some_and(|s| {
+                s.reason == "crash-recovery"
+                    && s.previous_segment.as_deref() == Some(file)
+                    && s.truncated_after.is_some()
+                    && s.truncated_after == last_good.copied()
+                    && s.note.as_deref().is_some_and(|n| n.starts_with(&want_note))
+            })
+    })
 }
 
 fn short(s: &str) -> &str {
