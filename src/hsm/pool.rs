@@ -463,9 +463,14 @@ fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
         sup.queued.fetch_sub(1, Ordering::Relaxed);
         run_job(&mut ctx, slot, sup, job);
     }
-    if slot.is_abandoned() {
-        // Its session copies die with the session: forget every copy (they are made again
-        // on next use) rather than hand out handles of a closed session.
+    let shared = Arc::clone(&ctx.shared);
+    // An abandoned worker's session copies die with its session, and other workers may be
+    // using them (the copy cache is shared): close it with no job running (the session gate,
+    // as a session reset does), and forget every copy (they are made again on next use).
+    let _quiet = slot
+        .is_abandoned()
+        .then(|| slot.share(&shared, GateId::Session, true));
+    if _quiet.is_some() {
         ctx.shared.copies.clear();
         ctx.shared.counters.stuck.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(token = %ctx.shared.token, worker = slot.n,
