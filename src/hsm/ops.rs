@@ -11,7 +11,7 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectHandle};
 use cryptoki::session::SessionState;
 use zeroize::Zeroizing;
 
-use super::error::{is_handle_invalid, rv_string, HsmError, HsmErrorKind};
+use super::error::{is_handle_invalid, is_session_broken, rv_string, HsmError, HsmErrorKind};
 use super::objects::{
     class_name, cmk_aes_template, mechanism_name, session_wrapping_key_template, CopyState,
     ObjectId, Part,
@@ -655,7 +655,22 @@ pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmEr
             Ok(a) => a,
             // Destroyed between the search and now.
             Err(e) if is_handle_invalid(&e) => continue,
-            Err(e) => return Err(ctx.fail("C_GetAttributeValue", &e)),
+            Err(e) if is_session_broken(&e) => return Err(ctx.fail("C_GetAttributeValue", &e)),
+            // An object the device cannot describe (SoftHSM2 answers
+            // CKR_ATTRIBUTE_VALUE_INVALID for an object file torn by a kill -9 mid-write)
+            // is listed as unreadable, with no id, rather than failing the whole scan: it
+            // then matches no key version, and a version whose object it was shows as missing.
+            Err(e) => {
+                let err = ctx.fail("C_GetAttributeValue", &e);
+                tracing::warn!(error = %err, "a token object cannot be read; listed as unreadable");
+                out.push(ObjectInfo {
+                    id: Vec::new(),
+                    label: String::new(),
+                    class: "UNREADABLE".into(),
+                    token: true,
+                });
+                continue;
+            }
         };
         let mut info = ObjectInfo {
             id: Vec::new(),
