@@ -77,6 +77,18 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Encodes one unlabelled gauge.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// Encodes one unlabelled counter.
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
 fn request_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
@@ -154,37 +166,24 @@ impl Collector for EngineCollector {
             "Time requests waited for an HSM session (worker)",
             &[(None, stats.queue_wait.clone())],
         )?;
-        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
-            let g = ConstGauge::new(v);
-            let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
-            g.encode(m)
-        };
         gauge(
             &mut encoder,
             "p11kms_hsm_queue_depth",
             "Requests waiting for an HSM session now",
             stats.queue_depth as i64,
         )?;
-        {
-            let c = ConstCounter::new(stats.health_probes);
-            let m = encoder.encode_descriptor(
-                "p11kms_hsm_health_probes",
-                "Health probes sent to the HSM (C_GetSessionInfo), not in p11kms_hsm_calls",
-                None,
-                c.metric_type(),
-            )?;
-            c.encode(m)?;
-        }
-        {
-            let c = ConstCounter::new(stats.retried_lost_session);
-            let m = encoder.encode_descriptor(
-                "p11kms_hsm_session_retries",
-                "HSM jobs run once more on a fresh session because their session died under them",
-                None,
-                c.metric_type(),
-            )?;
-            c.encode(m)?;
-        }
+        counter(
+            &mut encoder,
+            "p11kms_hsm_health_probes",
+            "Health probes sent to the HSM (C_GetSessionInfo), not in p11kms_hsm_calls",
+            stats.health_probes,
+        )?;
+        counter(
+            &mut encoder,
+            "p11kms_hsm_session_retries",
+            "HSM jobs run once more on a fresh session because their session died under them",
+            stats.retried_lost_session,
+        )?;
         gauge(
             &mut encoder,
             "p11kms_hsm_degraded",
@@ -197,16 +196,12 @@ impl Collector for EngineCollector {
             "HSM workers abandoned in a stuck PKCS#11 call whose call has not returned yet",
             stats.stuck_workers as i64,
         )?;
-        {
-            let c = ConstCounter::new(stats.workers_replaced);
-            let m = encoder.encode_descriptor(
-                "p11kms_hsm_workers_replaced",
-                "HSM workers abandoned past hsm.stall_limit_ms and replaced by a new worker with a new session",
-                None,
-                c.metric_type(),
-            )?;
-            c.encode(m)?;
-        }
+        counter(
+            &mut encoder,
+            "p11kms_hsm_workers_replaced",
+            "HSM workers abandoned past hsm.stall_limit_ms and replaced by a new worker with a new session",
+            stats.workers_replaced,
+        )?;
         gauge(
             &mut encoder,
             "p11kms_hsm_sessions",
@@ -396,8 +391,7 @@ impl ScrapeSource for RefusalSource {
             ),
         ];
         for (name, help, v) in gauges {
-            let g = ConstGauge::new(v);
-            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            gauge(encoder, name, help, v)?;
         }
         let counters = [
             (
@@ -412,8 +406,7 @@ impl ScrapeSource for RefusalSource {
             ),
         ];
         for (name, help, v) in counters {
-            let c = ConstCounter::new(v);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            counter(encoder, name, help, v)?;
         }
         Ok(())
     }
@@ -426,16 +419,6 @@ impl ScrapeSource for AuditSource {
     fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use crate::audit::FSYNC_BUCKETS_SECONDS;
         let s = self.0.stats();
-        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
-            let g = ConstGauge::new(v);
-            let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
-            g.encode(m)
-        };
-        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| {
-            let c = ConstCounter::new(v);
-            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
-            c.encode(m)
-        };
         gauge(
             encoder,
             "p11kms_audit_queue_depth",

@@ -580,11 +580,7 @@ async fn aws_cli_and_p11kms_cli_get_key_last_usage() {
     assert_eq!(ev["eventID"], u["CloudTrailEventId"]);
 
     let pki = env().pki.clone();
-    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &door.scratch)
-        .current_dir(&door.scratch)
+    let out = hermetic_command(env!("CARGO_BIN_EXE_p11kms"), &door.scratch)
         .args(["get-key-last-usage", "--key", &key_id])
         .arg(format!(
             "--endpoint=https://127.0.0.1:{}",
@@ -1332,12 +1328,8 @@ async fn wrong_types_never_echo_the_value() {
 #[test]
 fn input_constraints_are_botocores_model() {
     let scratch = data_dir("aws-model-extract");
-    let out = Command::new(venv().join("bin/python"))
+    let out = hermetic_command(venv().join("bin/python"), &scratch)
         .arg(manifest_dir().join("scripts/kms-input-constraints.py"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &scratch)
-        .current_dir(&scratch)
         .output()
         .expect("run the extractor");
     assert!(

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use p11kms::api::aws_json::kms::operation;
 use p11kms::identity::{AuthMethod, Caller};
@@ -19,10 +17,7 @@ const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
 fn run(server: &RunningServer, args: &[&str]) -> String {
     let pki = &env().pki;
     let scratch = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(scratch.path())
+    let out = hermetic_command(env!("CARGO_BIN_EXE_p11kms"), scratch.path())
         .args(args)
         .arg(format!(
             "--endpoint=https://127.0.0.1:{}",

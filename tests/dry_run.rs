@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use common::*;
 use p11kms::pb;
@@ -551,11 +550,7 @@ async fn grpc_dry_runs_check_everything_and_change_nothing() {
 /// clean environment (no ambient client config or P11KMS_* variables).
 fn cli(port: u16, cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let pki = &env().pki;
-    let out = Command::new(env!("CARGO_BIN_EXE_p11kms"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", cwd)
-        .current_dir(cwd)
+    let out = hermetic_command(env!("CARGO_BIN_EXE_p11kms"), cwd)
         .args(args)
         .arg(format!("--endpoint=https://127.0.0.1:{port}"))
         .arg(format!("--ca-cert={}", pki.join("ca.pem").display()))

@@ -626,15 +626,15 @@ impl Kms {
                 &req.destination_encryption_context,
             )?),
         };
-        self.ensure_managed_key(
-            caller,
-            &req.destination_key_id,
-            "kms:ReEncryptTo",
-            Some(&req.destination_encryption_context),
-            req.dry_run,
-        )
-        .await?;
-        let dest = self.resolve(caller, &req.destination_key_id, true)?;
+        let dest = self
+            .resolve_or_create_managed(
+                caller,
+                &req.destination_key_id,
+                "kms:ReEncryptTo",
+                Some(&req.destination_encryption_context),
+                req.dry_run,
+            )
+            .await?;
         let on_same_key = |same: bool| {
             (
                 "kms:ReEncryptOnSameKey",
@@ -850,15 +850,15 @@ impl Kms {
         } else {
             "kms:GenerateDataKeyPairWithoutPlaintext"
         };
-        self.ensure_managed_key(
-            caller,
-            &req.key_id,
-            action,
-            Some(&req.encryption_context),
-            req.dry_run,
-        )
-        .await?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
+        let resolved = self
+            .resolve_or_create_managed(
+                caller,
+                &req.key_id,
+                action,
+                Some(&req.encryption_context),
+                req.dry_run,
+            )
+            .await?;
         self.authorize(
             caller,
             AuthzRequest::on_key(action, &resolved)

@@ -227,15 +227,15 @@ impl Kms {
         self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
-        self.ensure_managed_key(
-            caller,
-            &req.key_id,
-            "kms:Encrypt",
-            Some(&req.encryption_context),
-            req.dry_run,
-        )
-        .await?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
+        let resolved = self
+            .resolve_or_create_managed(
+                caller,
+                &req.key_id,
+                "kms:Encrypt",
+                Some(&req.encryption_context),
+                req.dry_run,
+            )
+            .await?;
         self.authorize_key(
             caller,
             "kms:Encrypt",
@@ -387,15 +387,15 @@ impl Kms {
             "destinationEncryptionContext",
             &req.destination_encryption_context,
         )?;
-        self.ensure_managed_key(
-            caller,
-            &req.destination_key_id,
-            "kms:ReEncryptTo",
-            Some(&req.destination_encryption_context),
-            req.dry_run,
-        )
-        .await?;
-        let dest = self.resolve(caller, &req.destination_key_id, true)?;
+        let dest = self
+            .resolve_or_create_managed(
+                caller,
+                &req.destination_key_id,
+                "kms:ReEncryptTo",
+                Some(&req.destination_encryption_context),
+                req.dry_run,
+            )
+            .await?;
         let same_key = ciphertext::parse(&req.ciphertext_blob)
             .map(|p| p.key_id == dest.key.uuid)
             .unwrap_or(false);
@@ -487,15 +487,15 @@ impl Kms {
         } else {
             "kms:GenerateDataKeyWithoutPlaintext"
         };
-        self.ensure_managed_key(
-            caller,
-            &req.key_id,
-            action,
-            Some(&req.encryption_context),
-            req.dry_run,
-        )
-        .await?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
+        let resolved = self
+            .resolve_or_create_managed(
+                caller,
+                &req.key_id,
+                action,
+                Some(&req.encryption_context),
+                req.dry_run,
+            )
+            .await?;
         self.authorize_key(caller, action, &resolved, Some(&req.encryption_context))?;
         check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;

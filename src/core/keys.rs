@@ -462,9 +462,9 @@ impl Kms {
         grant_tokens: &[String],
     ) -> Result<KeyMetadata, KmsError> {
         self.check_grant_tokens(grant_tokens)?;
-        self.ensure_managed_key(caller, key_id, "kms:DescribeKey", None, false)
+        let resolved = self
+            .resolve_or_create_managed(caller, key_id, "kms:DescribeKey", None, false)
             .await?;
-        let resolved = self.resolve(caller, key_id, true)?;
         self.authorize_key(caller, "kms:DescribeKey", &resolved, None)?;
         Ok(self.key_metadata(&resolved.key))
     }

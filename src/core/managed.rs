@@ -213,6 +213,22 @@ impl Kms {
         service_of(name).map(|s| (name.to_string(), s))
     }
 
+    /// Resolves a key reference for an operation that may name a predefined alias: when it
+    /// names an AWS managed key that does not exist yet, the key is created first (see
+    /// [`Kms::ensure_managed_key`]), so every such operation goes through this one step.
+    pub(crate) async fn resolve_or_create_managed(
+        &self,
+        caller: &Caller,
+        key_ref: &str,
+        action: &'static str,
+        ctx: Option<&BTreeMap<String, String>>,
+        dry_run: bool,
+    ) -> Result<Resolved, KmsError> {
+        self.ensure_managed_key(caller, key_ref, action, ctx, dry_run)
+            .await?;
+        self.resolve(caller, key_ref, true)
+    }
+
     /// Before an operation that may name a predefined alias (a cryptographic operation or
     /// DescribeKey): when `key_ref` is `alias/aws/<service>` of the caller's account and the key
     /// does not exist yet, creates it, provided the caller would be allowed `action` on it
@@ -221,7 +237,7 @@ impl Kms {
     /// A dry run that would create the key creates nothing: once the caller is authorized it
     /// answers DryRunOperationException (the key would be new, enabled and symmetric, so no
     /// later state or usage check could fail).
-    pub(crate) async fn ensure_managed_key(
+    async fn ensure_managed_key(
         &self,
         caller: &Caller,
         key_ref: &str,

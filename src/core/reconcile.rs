@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::service::{ServiceAction, ServiceEventName};
 use super::{CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::WrappingKeyId;
-use crate::hsm::{HsmErrorKind, ObjectId, ObjectInfo};
+use crate::hsm::{ObjectId, ObjectInfo};
 use crate::store::{KeyRecord, KeyState, KeyVersion};
 
 /// A key whose creation stopped between its two phases.
@@ -301,17 +301,9 @@ impl Kms {
     /// tags and aliases (and its lifecycle row, by cascade).
     async fn remove_incomplete(&self, key: &CachedKey) -> Result<(), KmsError> {
         let key_id = &key.record.key_id;
-        let object = ObjectId::new(key.uuid, 1);
-        let destroyed = if super::specs::is_pair(&key.record.key_spec) {
-            self.hsm.destroy_key_pair(object).await
-        } else {
-            self.hsm.destroy(object).await
-        };
-        match destroyed {
-            Ok(()) => {}
-            Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        let pair = super::specs::is_pair(&key.record.key_spec);
+        self.destroy_version_objects(ObjectId::new(key.uuid, 1), pair)
+            .await?;
         self.store.delete_key(key_id).await?;
         {
             let mut cache = self.cache_write();

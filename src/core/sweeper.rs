@@ -83,17 +83,8 @@ impl Kms {
         // version of the key material.
         self.destroy_wrapping_keys_of(key_id).await?;
         for &version in &key.versions {
-            let object = ObjectId::new(key.uuid, version);
-            let destroyed = if pair {
-                self.hsm.destroy_key_pair(object).await
-            } else {
-                self.hsm.destroy(object).await
-            };
-            match destroyed {
-                Ok(()) => {}
-                Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.destroy_version_objects(ObjectId::new(key.uuid, version), pair)
+                .await?;
         }
         self.store.destroy_key(key_id, now).await?;
         {
@@ -135,6 +126,24 @@ impl Kms {
             }
         }
         done
+    }
+
+    /// Destroys the HSM object(s) of one key version (both halves of a key pair); an object
+    /// already gone is not an error.
+    pub(crate) async fn destroy_version_objects(
+        &self,
+        object: ObjectId,
+        pair: bool,
+    ) -> Result<(), KmsError> {
+        let destroyed = if pair {
+            self.hsm.destroy_key_pair(object).await
+        } else {
+            self.hsm.destroy(object).await
+        };
+        match destroyed {
+            Err(e) if e.kind != HsmErrorKind::ObjectNotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 }
 
