@@ -77,7 +77,17 @@ use super::aliases::{
     UpdateAliasRequest,
 };
 
+// Each family imports its types just above its block; keep the blocks in this order.
+
 operations! {
+    // Keys (keys.rs, usage.rs), tags (tags.rs), key policies (policies.rs).
+
+    // Symmetric cryptography (crypto.rs), asymmetric keys, signatures and MACs (asym.rs).
+
+    // Grants (grants.rs), rotation (rotation.rs), imported key material (import.rs),
+    // ExplainAccess (explain.rs), STS (sts.rs).
+
+    // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;
     UpdateAlias: UpdateAliasRequest => Empty = update_alias;
     DeleteAlias: DeleteAliasRequest => Empty = delete_alias;
