@@ -79,6 +79,11 @@ use super::aliases::{
 
 // Each family imports its types just above its block; keep the blocks in this order.
 
+use super::grants::{
+    CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
+    ListRetirableGrantsRequest, RetireGrantRequest, RevokeGrantRequest,
+};
+
 operations! {
     // Keys (keys.rs, usage.rs), tags (tags.rs), key policies (policies.rs).
 
@@ -86,6 +91,11 @@ operations! {
 
     // Grants (grants.rs), rotation (rotation.rs), imported key material (import.rs),
     // ExplainAccess (explain.rs), STS (sts.rs).
+    CreateGrant: CreateGrantRequest => CreateGrantResponse = create_grant;
+    ListGrants: ListGrantsRequest => ListGrantsResponse = list_grants;
+    ListRetirableGrants: ListRetirableGrantsRequest => ListGrantsResponse = list_retirable_grants;
+    RetireGrant: RetireGrantRequest => Empty = retire_grant;
+    RevokeGrant: RevokeGrantRequest => Empty = revoke_grant;
 
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;

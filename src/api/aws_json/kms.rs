@@ -30,7 +30,10 @@ use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
 use crate::core::explain::{policy_type_name, ExplainRequest};
-use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
+use crate::core::grants::{
+    CreateGrantRequest, ListGrantsRequest, ListRetirableGrantsRequest, RetireGrantRequest,
+    RevokeGrantRequest,
+};
 use crate::core::import::ImportKeyMaterialRequest;
 use crate::core::keys::{CreateKeyRequest, KeyMetadata, ScheduleKeyDeletionResponse};
 use crate::core::operation::{self, Empty, ResponseElements};
@@ -162,11 +165,11 @@ pub const OPERATIONS: &[Operation] = &[
     legacy("GetKeyPolicy", get_key_policy),
     legacy("PutKeyPolicy", put_key_policy),
     legacy("ListKeyPolicies", list_key_policies),
-    legacy("CreateGrant", create_grant),
-    legacy("ListGrants", list_grants),
-    legacy("ListRetirableGrants", list_retirable_grants),
-    legacy("RetireGrant", retire_grant),
-    legacy("RevokeGrant", revoke_grant),
+    op::<CreateGrantRequest>(),
+    op::<ListGrantsRequest>(),
+    op::<ListRetirableGrantsRequest>(),
+    op::<RetireGrantRequest>(),
+    op::<RevokeGrantRequest>(),
     legacy("EnableKeyRotation", enable_key_rotation),
     legacy("DisableKeyRotation", disable_key_rotation),
     legacy("GetKeyRotationStatus", get_key_rotation_status),
@@ -402,14 +405,6 @@ pub fn scheduled_deletion(out: &ScheduleKeyDeletionResponse) -> Value {
     })
 }
 
-fn grants_page(page: ListGrantsResponse) -> Reply {
-    Reply::body(json!({
-        "Grants": page.grants.into_iter().map(grant_entry).collect::<Vec<_>>(),
-        "Truncated": page.next_marker.is_some(),
-        "NextMarker": page.next_marker,
-    }))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Operations
 
@@ -425,6 +420,7 @@ macro_rules! input {
 
 // One file per operation family: each reads its requests and renders its responses.
 mod aliases;
+mod grants;
 
 input!(CreateKeyIn {
     policy: Option<String>,
@@ -1137,129 +1133,6 @@ fn list_key_policies(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, se
     }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ConstraintsIn {
-    #[serde(default)]
-    encryption_context_subset: Context,
-    #[serde(default)]
-    encryption_context_equals: Context,
-}
-
-input!(CreateGrantIn {
-    key_id: Option<String>,
-    grantee_principal: Option<String>,
-    retiring_principal: Option<String>,
-    operations: Option<Vec<String>>,
-    constraints: Option<ConstraintsIn>,
-    grant_tokens: Option<Vec<String>>,
-    name: Option<String>,
-    dry_run: Option<bool>,
-});
-
-fn create_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: CreateGrantIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let c = r.constraints.unwrap_or_default();
-        let out = kms
-            .create_grant(
-                &caller,
-                CreateGrantRequest {
-                    key_id: r.key_id.unwrap_or_default(),
-                    grantee_principal: r.grantee_principal.unwrap_or_default(),
-                    retiring_principal: r.retiring_principal,
-                    operations: r.operations.unwrap_or_default(),
-                    constraint_equals: c.encryption_context_equals,
-                    constraint_subset: c.encryption_context_subset,
-                    grant_tokens: r.grant_tokens.unwrap_or_default(),
-                    name: r.name,
-                    dry_run: r.dry_run.unwrap_or(false),
-                },
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({"grantId": out.grant_id}),
-            ..Reply::body(json!({"GrantToken": out.grant_token, "GrantId": out.grant_id}))
-        })
-    }))
-}
-
-input!(GrantsIn {
-    key_id: Option<String>,
-    grant_id: Option<String>,
-    grantee_principal: Option<String>,
-    retiring_principal: Option<String>,
-    grant_token: Option<String>,
-    limit: Option<i32>,
-    marker: Option<String>,
-    dry_run: Option<bool>,
-});
-
-fn list_grants(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let page = kms
-            .list_grants(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                r.grant_id.as_deref(),
-                r.grantee_principal.as_deref(),
-                r.limit,
-                &r.marker.unwrap_or_default(),
-            )
-            .await?;
-        Ok(grants_page(page))
-    }))
-}
-
-fn list_retirable_grants(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let page = kms
-            .list_retirable_grants(
-                &caller,
-                &r.retiring_principal.unwrap_or_default(),
-                r.limit,
-                &r.marker.unwrap_or_default(),
-            )
-            .await?;
-        Ok(grants_page(page))
-    }))
-}
-
-fn retire_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.retire_grant(
-            &caller,
-            r.grant_token.as_deref(),
-            r.key_id.as_deref(),
-            r.grant_id.as_deref(),
-            r.dry_run.unwrap_or(false),
-        )
-        .await?;
-        Ok(Reply::empty())
-    }))
-}
-
-fn revoke_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.revoke_grant(
-            &caller,
-            &r.key_id.unwrap_or_default(),
-            &r.grant_id.unwrap_or_default(),
-            r.dry_run.unwrap_or(false),
-        )
-        .await?;
-        Ok(Reply::empty())
-    }))
-}
-
 input!(ExplainIn {
     principal: Option<String>,
     action: Option<String>,
@@ -1490,11 +1363,11 @@ mod tests {
             ("GetKeyPolicy", fields::<PolicyIn>()),
             ("PutKeyPolicy", fields::<PolicyIn>()),
             ("ListKeyPolicies", fields::<PolicyIn>()),
-            ("CreateGrant", fields::<CreateGrantIn>()),
-            ("ListGrants", fields::<GrantsIn>()),
-            ("ListRetirableGrants", fields::<GrantsIn>()),
-            ("RetireGrant", fields::<GrantsIn>()),
-            ("RevokeGrant", fields::<GrantsIn>()),
+            ("CreateGrant", fields::<grants::CreateGrantIn>()),
+            ("ListGrants", fields::<grants::GrantsIn>()),
+            ("ListRetirableGrants", fields::<grants::GrantsIn>()),
+            ("RetireGrant", fields::<grants::GrantsIn>()),
+            ("RevokeGrant", fields::<grants::GrantsIn>()),
             ("EnableKeyRotation", fields::<RotationIn>()),
             ("DisableKeyRotation", fields::<KeyIdIn>()),
             ("GetKeyRotationStatus", fields::<KeyIdIn>()),
@@ -1504,7 +1377,7 @@ mod tests {
             ("ImportKeyMaterial", fields::<ImportIn>()),
             ("DeleteImportedKeyMaterial", fields::<DeleteMaterialIn>()),
         ];
-        let constraints = fields::<ConstraintsIn>();
+        let constraints = fields::<grants::ConstraintsIn>();
         assert!(
             fields::<EncryptIn>().contains(&"KeyId"),
             "the probe reads names"

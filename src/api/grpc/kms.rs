@@ -3,14 +3,13 @@
 use tonic::Request;
 use zeroize::Zeroizing;
 
-use super::{expose, grant_entry, metadata, opt, tags_in, ts, Door, Reply};
+use super::{expose, metadata, opt, tags_in, ts, Door, Reply};
 use crate::core::asym::{
     DataKeyPairRequest, DeriveSharedSecretRequest, MacRequest, SignRequest, VerifyRequest,
 };
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
-use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
 use crate::core::import::ImportKeyMaterialRequest;
 use crate::core::keys::CreateKeyRequest;
 use crate::core::operation::Operation;
@@ -19,6 +18,7 @@ use crate::pb::key_management_service_server::KeyManagementService;
 
 // One file per operation family: each reads its requests and builds its responses.
 mod aliases;
+mod grants;
 
 const SERVICE: &str = "kms";
 
@@ -50,6 +50,11 @@ operations {
     update_alias(UpdateAliasRequest) -> UpdateAliasResponse = crate::core::aliases::UpdateAliasRequest;
     delete_alias(DeleteAliasRequest) -> DeleteAliasResponse = crate::core::aliases::DeleteAliasRequest;
     list_aliases(ListAliasesRequest) -> ListAliasesResponse = crate::core::aliases::ListAliasesRequest;
+    create_grant(CreateGrantRequest) -> CreateGrantResponse = crate::core::grants::CreateGrantRequest;
+    list_grants(ListGrantsRequest) -> ListGrantsResponse = crate::core::grants::ListGrantsRequest;
+    list_retirable_grants(ListRetirableGrantsRequest) -> ListGrantsResponse = crate::core::grants::ListRetirableGrantsRequest;
+    retire_grant(RetireGrantRequest) -> RetireGrantResponse = crate::core::grants::RetireGrantRequest;
+    revoke_grant(RevokeGrantRequest) -> RevokeGrantResponse = crate::core::grants::RevokeGrantRequest;
 }
 legacy {
     async fn create_key(
@@ -777,124 +782,6 @@ legacy {
         .await
     }
 
-    async fn create_grant(
-        &self,
-        request: Request<pb::CreateGrantRequest>,
-    ) -> Reply<pb::CreateGrantResponse> {
-        self.serve(
-            "CreateGrant",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let c = r.constraints.unwrap_or_default();
-                let out = kms
-                    .create_grant(
-                        &caller,
-                        CreateGrantRequest {
-                            key_id: r.key_id,
-                            grantee_principal: r.grantee_principal,
-                            retiring_principal: opt(r.retiring_principal),
-                            operations: r.operations,
-                            constraint_equals: c.encryption_context_equals.map(|m| m.pairs),
-                            constraint_subset: c.encryption_context_subset.map(|m| m.pairs),
-                            grant_tokens: r.grant_tokens,
-                            name: opt(r.name),
-                            dry_run: r.dry_run,
-                        },
-                    )
-                    .await?;
-                Ok(pb::CreateGrantResponse {
-                    grant_token: out.grant_token,
-                    grant_id: out.grant_id,
-                })
-            },
-        )
-        .await
-    }
-
-    async fn list_grants(
-        &self,
-        request: Request<pb::ListGrantsRequest>,
-    ) -> Reply<pb::ListGrantsResponse> {
-        self.serve(
-            "ListGrants",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let page = kms
-                    .list_grants(
-                        &caller,
-                        &r.key_id,
-                        opt(r.grant_id).as_deref(),
-                        opt(r.grantee_principal).as_deref(),
-                        r.limit,
-                        &r.marker,
-                    )
-                    .await?;
-                Ok(grants_page(page))
-            },
-        )
-        .await
-    }
-
-    async fn list_retirable_grants(
-        &self,
-        request: Request<pb::ListRetirableGrantsRequest>,
-    ) -> Reply<pb::ListGrantsResponse> {
-        self.serve(
-            "ListRetirableGrants",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let page = kms
-                    .list_retirable_grants(&caller, &r.retiring_principal, r.limit, &r.marker)
-                    .await?;
-                Ok(grants_page(page))
-            },
-        )
-        .await
-    }
-
-    async fn retire_grant(
-        &self,
-        request: Request<pb::RetireGrantRequest>,
-    ) -> Reply<pb::RetireGrantResponse> {
-        self.serve(
-            "RetireGrant",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.retire_grant(
-                    &caller,
-                    opt(r.grant_token).as_deref(),
-                    opt(r.key_id).as_deref(),
-                    opt(r.grant_id).as_deref(),
-                    r.dry_run,
-                )
-                .await?;
-                Ok(pb::RetireGrantResponse {})
-            },
-        )
-        .await
-    }
-
-    async fn revoke_grant(
-        &self,
-        request: Request<pb::RevokeGrantRequest>,
-    ) -> Reply<pb::RevokeGrantResponse> {
-        self.serve(
-            "RevokeGrant",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.revoke_grant(&caller, &r.key_id, &r.grant_id, r.dry_run)
-                    .await?;
-                Ok(pb::RevokeGrantResponse {})
-            },
-        )
-        .await
-    }
-
     // Rotation.
 
     async fn enable_key_rotation(
@@ -1097,12 +984,4 @@ legacy {
     }
 }
 
-}
-
-fn grants_page(page: ListGrantsResponse) -> pb::ListGrantsResponse {
-    pb::ListGrantsResponse {
-        grants: page.grants.into_iter().map(grant_entry).collect(),
-        truncated: page.next_marker.is_some(),
-        next_marker: page.next_marker.unwrap_or_default(),
-    }
 }

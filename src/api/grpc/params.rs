@@ -224,40 +224,6 @@ params!(pb::PutKeyPolicyRequest, |r| json!({
     "bypassPolicyLockoutSafetyCheck": r.bypass_policy_lockout_safety_check,
 }));
 params!(pb::ListKeyPoliciesRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::CreateGrantRequest, |r| json!({
-    "keyId": r.key_id,
-    "granteePrincipal": r.grantee_principal,
-    "retiringPrincipal": opt(&r.retiring_principal),
-    "operations": r.operations,
-    "constraints": r.constraints.as_ref().map(|c| json!({
-        "encryptionContextSubset": c.encryption_context_subset.as_ref().map(|m| &m.pairs),
-        "encryptionContextEquals": c.encryption_context_equals.as_ref().map(|m| &m.pairs),
-    })),
-    "name": opt(&r.name),
-    "dryRun": r.dry_run.then_some(true),
-}));
-params!(pb::ListGrantsRequest, |r| json!({
-    "keyId": r.key_id,
-    "grantId": opt(&r.grant_id),
-    "granteePrincipal": opt(&r.grantee_principal),
-    "limit": r.limit,
-}));
-params!(pb::ListRetirableGrantsRequest, |r| json!({
-    "retiringPrincipal": r.retiring_principal,
-    "limit": r.limit,
-}));
-// The grant token is a capability: log that one was used, never its value.
-params!(pb::RetireGrantRequest, |r| json!({
-    "keyId": opt(&r.key_id),
-    "grantId": opt(&r.grant_id),
-    "grantToken": (!r.grant_token.is_empty()).then_some("(given)"),
-    "dryRun": r.dry_run.then_some(true),
-}));
-params!(pb::RevokeGrantRequest, |r| json!({
-    "keyId": r.key_id,
-    "grantId": r.grant_id,
-    "dryRun": r.dry_run.then_some(true),
-}));
 params!(pb::AssumeRoleRequest, |r| json!({
     "roleArn": r.role_arn,
     "roleSessionName": r.role_session_name,
@@ -307,11 +273,6 @@ impl AuditResponse for pb::ScheduleKeyDeletionResponse {
 impl AuditResponse for pb::CancelKeyDeletionResponse {
     fn audit_response(&self) -> Value {
         json!({"keyId": self.key_id})
-    }
-}
-impl AuditResponse for pb::CreateGrantResponse {
-    fn audit_response(&self) -> Value {
-        json!({"grantId": self.grant_id})
     }
 }
 // Credentials: the access key id and expiry only; never the secret or the session token.
@@ -420,9 +381,6 @@ null_response!(
     pb::GetKeyPolicyResponse,
     pb::PutKeyPolicyResponse,
     pb::ListKeyPoliciesResponse,
-    pb::ListGrantsResponse,
-    pb::RetireGrantResponse,
-    pb::RevokeGrantResponse,
     pb::GetCallerIdentityResponse,
     pb::SignResponse,
     pb::VerifyResponse,
@@ -471,8 +429,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(d.audit_params()["dryRun"], json!(true));
-        let r = pb::RevokeGrantRequest::default();
-        assert!(r.audit_params().get("dryRun").is_none());
     }
 
     #[test]
@@ -486,11 +442,6 @@ mod tests {
         let p = e.audit_params().to_string();
         assert!(!p.contains("TOP-SECRET"));
         assert!(p.contains("\"encryptionContext\":{\"dept\":\"hr\"}"), "{p}");
-        let r = pb::RetireGrantRequest {
-            grant_token: "CAPABILITY-TOKEN".into(),
-            ..Default::default()
-        };
-        assert!(!r.audit_params().to_string().contains("CAPABILITY"));
         let a = pb::AssumeRoleResponse {
             credentials: Some(pb::Credentials {
                 access_key_id: "ASIAX".into(),
