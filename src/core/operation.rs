@@ -83,6 +83,11 @@ use super::grants::{
     CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
     ListRetirableGrantsRequest, RetireGrantRequest, RevokeGrantRequest,
 };
+use super::rotation::{
+    DisableKeyRotationRequest, EnableKeyRotationRequest, GetKeyRotationStatusRequest,
+    KeyRotationStatus, ListKeyRotationsRequest, ListKeyRotationsResponse, RotateKeyOnDemandRequest,
+    RotateKeyOnDemandResponse,
+};
 
 operations! {
     // Keys (keys.rs, usage.rs), tags (tags.rs), key policies (policies.rs).
@@ -96,6 +101,11 @@ operations! {
     ListRetirableGrants: ListRetirableGrantsRequest => ListGrantsResponse = list_retirable_grants;
     RetireGrant: RetireGrantRequest => Empty = retire_grant;
     RevokeGrant: RevokeGrantRequest => Empty = revoke_grant;
+    EnableKeyRotation: EnableKeyRotationRequest => Empty = enable_key_rotation;
+    DisableKeyRotation: DisableKeyRotationRequest => Empty = disable_key_rotation;
+    GetKeyRotationStatus: GetKeyRotationStatusRequest => KeyRotationStatus = get_key_rotation_status;
+    RotateKeyOnDemand: RotateKeyOnDemandRequest => RotateKeyOnDemandResponse = rotate_key_on_demand;
+    ListKeyRotations: ListKeyRotationsRequest => ListKeyRotationsResponse = list_key_rotations;
 
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;

@@ -37,7 +37,10 @@ use crate::core::grants::{
 use crate::core::import::ImportKeyMaterialRequest;
 use crate::core::keys::{CreateKeyRequest, KeyMetadata, ScheduleKeyDeletionResponse};
 use crate::core::operation::{self, Empty, ResponseElements};
-use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
+use crate::core::rotation::{
+    DisableKeyRotationRequest, EnableKeyRotationRequest, GetKeyRotationStatusRequest,
+    KeyRotationStatus, ListKeyRotationsRequest, RotateKeyOnDemandRequest, RotationsListEntry,
+};
 use crate::core::usage::KeyLastUsageOutput;
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
@@ -170,11 +173,11 @@ pub const OPERATIONS: &[Operation] = &[
     op::<ListRetirableGrantsRequest>(),
     op::<RetireGrantRequest>(),
     op::<RevokeGrantRequest>(),
-    legacy("EnableKeyRotation", enable_key_rotation),
-    legacy("DisableKeyRotation", disable_key_rotation),
-    legacy("GetKeyRotationStatus", get_key_rotation_status),
-    legacy("RotateKeyOnDemand", rotate_key_on_demand),
-    legacy("ListKeyRotations", list_key_rotations),
+    op::<EnableKeyRotationRequest>(),
+    op::<DisableKeyRotationRequest>(),
+    op::<GetKeyRotationStatusRequest>(),
+    op::<RotateKeyOnDemandRequest>(),
+    op::<ListKeyRotationsRequest>(),
     legacy("GetParametersForImport", get_parameters_for_import),
     legacy("ImportKeyMaterial", import_key_material),
     legacy("DeleteImportedKeyMaterial", delete_imported_key_material),
@@ -421,6 +424,7 @@ macro_rules! input {
 // One file per operation family: each reads its requests and renders its responses.
 mod aliases;
 mod grants;
+mod rotation;
 
 input!(CreateKeyIn {
     policy: Option<String>,
@@ -1368,11 +1372,11 @@ mod tests {
             ("ListRetirableGrants", fields::<grants::GrantsIn>()),
             ("RetireGrant", fields::<grants::GrantsIn>()),
             ("RevokeGrant", fields::<grants::GrantsIn>()),
-            ("EnableKeyRotation", fields::<RotationIn>()),
-            ("DisableKeyRotation", fields::<KeyIdIn>()),
-            ("GetKeyRotationStatus", fields::<KeyIdIn>()),
-            ("RotateKeyOnDemand", fields::<KeyIdIn>()),
-            ("ListKeyRotations", fields::<RotationsIn>()),
+            ("EnableKeyRotation", fields::<rotation::RotationIn>()),
+            ("DisableKeyRotation", fields::<rotation::RotationKeyIn>()),
+            ("GetKeyRotationStatus", fields::<rotation::RotationKeyIn>()),
+            ("RotateKeyOnDemand", fields::<rotation::RotationKeyIn>()),
+            ("ListKeyRotations", fields::<rotation::RotationsIn>()),
             ("GetParametersForImport", fields::<ParametersIn>()),
             ("ImportKeyMaterial", fields::<ImportIn>()),
             ("DeleteImportedKeyMaterial", fields::<DeleteMaterialIn>()),
@@ -1402,95 +1406,6 @@ mod tests {
 
 // ---------------------------------------------------------------------------------------------
 // Rotation
-
-input!(RotationIn {
-    key_id: Option<String>,
-    rotation_period_in_days: Option<i32>,
-});
-
-fn enable_key_rotation(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: RotationIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.enable_key_rotation(
-            &caller,
-            &r.key_id.unwrap_or_default(),
-            r.rotation_period_in_days,
-        )
-        .await?;
-        Ok(Reply::empty())
-    }))
-}
-
-fn disable_key_rotation(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: KeyIdIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.disable_key_rotation(&caller, &r.key_id.unwrap_or_default())
-            .await?;
-        Ok(Reply::empty())
-    }))
-}
-
-fn get_key_rotation_status(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: KeyIdIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let s = kms
-            .get_key_rotation_status(&caller, &r.key_id.unwrap_or_default())
-            .await?;
-        Ok(Reply::body(rotation_status(&s)))
-    }))
-}
-
-fn rotate_key_on_demand(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: KeyIdIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let key_id = kms
-            .rotate_key_on_demand(&caller, &r.key_id.unwrap_or_default())
-            .await?;
-        Ok(Reply {
-            elements: json!({"keyId": key_id}),
-            ..Reply::body(json!({"KeyId": key_id}))
-        })
-    }))
-}
-
-input!(RotationsIn {
-    key_id: Option<String>,
-    limit: Option<i32>,
-    marker: Option<String>,
-    include_key_material: Option<String>,
-});
-
-fn list_key_rotations(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: RotationsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let page = kms
-            .list_key_rotations(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                r.limit,
-                &r.marker.unwrap_or_default(),
-                r.include_key_material.as_deref(),
-            )
-            .await?;
-        Ok(Reply::body(json!({
-            "Rotations": page.rotations.into_iter().map(rotation_entry).collect::<Vec<_>>(),
-            "Truncated": page.next_marker.is_some(),
-            "NextMarker": page.next_marker,
-        })))
-    }))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Import of key material

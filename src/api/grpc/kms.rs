@@ -19,6 +19,7 @@ use crate::pb::key_management_service_server::KeyManagementService;
 // One file per operation family: each reads its requests and builds its responses.
 mod aliases;
 mod grants;
+mod rotation;
 
 const SERVICE: &str = "kms";
 
@@ -55,6 +56,11 @@ operations {
     list_retirable_grants(ListRetirableGrantsRequest) -> ListGrantsResponse = crate::core::grants::ListRetirableGrantsRequest;
     retire_grant(RetireGrantRequest) -> RetireGrantResponse = crate::core::grants::RetireGrantRequest;
     revoke_grant(RevokeGrantRequest) -> RevokeGrantResponse = crate::core::grants::RevokeGrantRequest;
+    enable_key_rotation(EnableKeyRotationRequest) -> EnableKeyRotationResponse = crate::core::rotation::EnableKeyRotationRequest;
+    disable_key_rotation(DisableKeyRotationRequest) -> DisableKeyRotationResponse = crate::core::rotation::DisableKeyRotationRequest;
+    get_key_rotation_status(GetKeyRotationStatusRequest) -> GetKeyRotationStatusResponse = crate::core::rotation::GetKeyRotationStatusRequest;
+    rotate_key_on_demand(RotateKeyOnDemandRequest) -> RotateKeyOnDemandResponse = crate::core::rotation::RotateKeyOnDemandRequest;
+    list_key_rotations(ListKeyRotationsRequest) -> ListKeyRotationsResponse = crate::core::rotation::ListKeyRotationsRequest;
 }
 legacy {
     async fn create_key(
@@ -783,118 +789,6 @@ legacy {
     }
 
     // Rotation.
-
-    async fn enable_key_rotation(
-        &self,
-        request: Request<pb::EnableKeyRotationRequest>,
-    ) -> Reply<pb::EnableKeyRotationResponse> {
-        self.serve(
-            "EnableKeyRotation",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.enable_key_rotation(&caller, &r.key_id, r.rotation_period_in_days)
-                    .await?;
-                Ok(pb::EnableKeyRotationResponse {})
-            },
-        )
-        .await
-    }
-
-    async fn disable_key_rotation(
-        &self,
-        request: Request<pb::DisableKeyRotationRequest>,
-    ) -> Reply<pb::DisableKeyRotationResponse> {
-        self.serve(
-            "DisableKeyRotation",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.disable_key_rotation(&caller, &r.key_id).await?;
-                Ok(pb::DisableKeyRotationResponse {})
-            },
-        )
-        .await
-    }
-
-    async fn get_key_rotation_status(
-        &self,
-        request: Request<pb::GetKeyRotationStatusRequest>,
-    ) -> Reply<pb::GetKeyRotationStatusResponse> {
-        self.serve(
-            "GetKeyRotationStatus",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let s = kms.get_key_rotation_status(&caller, &r.key_id).await?;
-                Ok(pb::GetKeyRotationStatusResponse {
-                    key_rotation_enabled: s.key_rotation_enabled,
-                    key_id: s.key_id,
-                    rotation_period_in_days: s.rotation_period_in_days,
-                    next_rotation_date: s.next_rotation_date_ms.map(ts),
-                    on_demand_rotation_start_date: s.on_demand_rotation_start_date_ms.map(ts),
-                })
-            },
-        )
-        .await
-    }
-
-    async fn rotate_key_on_demand(
-        &self,
-        request: Request<pb::RotateKeyOnDemandRequest>,
-    ) -> Reply<pb::RotateKeyOnDemandResponse> {
-        self.serve(
-            "RotateKeyOnDemand",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let key_id = kms.rotate_key_on_demand(&caller, &r.key_id).await?;
-                Ok(pb::RotateKeyOnDemandResponse { key_id })
-            },
-        )
-        .await
-    }
-
-    async fn list_key_rotations(
-        &self,
-        request: Request<pb::ListKeyRotationsRequest>,
-    ) -> Reply<pb::ListKeyRotationsResponse> {
-        self.serve(
-            "ListKeyRotations",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let page = kms
-                    .list_key_rotations(
-                        &caller,
-                        &r.key_id,
-                        r.limit,
-                        &r.marker,
-                        Some(r.include_key_material.as_str()),
-                    )
-                    .await?;
-                Ok(pb::ListKeyRotationsResponse {
-                    rotations: page
-                        .rotations
-                        .into_iter()
-                        .map(|e| pb::RotationsListEntry {
-                            key_id: e.key_id,
-                            key_material_id: e.key_material_id,
-                            rotation_date: e.rotation_date_ms.map(ts),
-                            rotation_type: e.rotation_type.unwrap_or_default(),
-                            key_material_state: e.key_material_state,
-                            import_state: e.import_state.unwrap_or_default(),
-                            expiration_model: e.expiration_model.unwrap_or_default(),
-                            valid_to: e.valid_to_ms.map(ts),
-                        })
-                        .collect(),
-                    truncated: page.next_marker.is_some(),
-                    next_marker: page.next_marker.unwrap_or_default(),
-                })
-            },
-        )
-        .await
-    }
 
     // Import of key material.
 

@@ -292,25 +292,6 @@ impl AuditResponse for pb::AssumeRoleResponse {
 }
 // Rotation and import of key material. Never the import token, the wrapped key material or
 // the public key.
-params!(pb::EnableKeyRotationRequest, |r| json!({
-    "keyId": r.key_id,
-    "rotationPeriodInDays": r.rotation_period_in_days,
-}));
-params!(
-    pb::DisableKeyRotationRequest,
-    |r| json!({"keyId": r.key_id})
-);
-params!(
-    pb::GetKeyRotationStatusRequest,
-    |r| json!({"keyId": r.key_id})
-);
-params!(pb::RotateKeyOnDemandRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::ListKeyRotationsRequest, |r| json!({
-    "keyId": r.key_id,
-    "limit": r.limit,
-    "marker": opt(&r.marker),
-    "includeKeyMaterial": opt(&r.include_key_material),
-}));
 params!(pb::GetParametersForImportRequest, |r| json!({
     "keyId": r.key_id,
     "wrappingAlgorithm": r.wrapping_algorithm,
@@ -327,11 +308,6 @@ params!(pb::DeleteImportedKeyMaterialRequest, |r| json!({
     "keyId": r.key_id,
     "keyMaterialId": opt(&r.key_material_id),
 }));
-impl AuditResponse for pb::RotateKeyOnDemandResponse {
-    fn audit_response(&self) -> Value {
-        json!({"keyId": self.key_id})
-    }
-}
 impl AuditResponse for pb::ImportKeyMaterialResponse {
     fn audit_response(&self) -> Value {
         json!({"keyId": self.key_id, "keyMaterialId": self.key_material_id})
@@ -390,10 +366,6 @@ null_response!(
     pb::DeriveSharedSecretResponse,
     pb::GenerateDataKeyPairResponse,
     pb::GenerateDataKeyPairWithoutPlaintextResponse,
-    pb::EnableKeyRotationResponse,
-    pb::DisableKeyRotationResponse,
-    pb::GetKeyRotationStatusResponse,
-    pb::ListKeyRotationsResponse,
 );
 
 #[cfg(test)]
