@@ -83,6 +83,10 @@ use super::grants::{
     CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
     ListRetirableGrantsRequest, RetireGrantRequest, RevokeGrantRequest,
 };
+use super::import::{
+    DeleteImportedKeyMaterialRequest, GetParametersForImportRequest,
+    GetParametersForImportResponse, ImportKeyMaterialRequest, KeyMaterialResponse,
+};
 use super::rotation::{
     DisableKeyRotationRequest, EnableKeyRotationRequest, GetKeyRotationStatusRequest,
     KeyRotationStatus, ListKeyRotationsRequest, ListKeyRotationsResponse, RotateKeyOnDemandRequest,
@@ -106,6 +110,9 @@ operations! {
     GetKeyRotationStatus: GetKeyRotationStatusRequest => KeyRotationStatus = get_key_rotation_status;
     RotateKeyOnDemand: RotateKeyOnDemandRequest => RotateKeyOnDemandResponse = rotate_key_on_demand;
     ListKeyRotations: ListKeyRotationsRequest => ListKeyRotationsResponse = list_key_rotations;
+    GetParametersForImport: GetParametersForImportRequest => GetParametersForImportResponse = get_parameters_for_import;
+    ImportKeyMaterial: ImportKeyMaterialRequest => KeyMaterialResponse = import_key_material;
+    DeleteImportedKeyMaterial: DeleteImportedKeyMaterialRequest => KeyMaterialResponse = delete_imported_key_material;
 
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;

@@ -34,7 +34,9 @@ use crate::core::grants::{
     CreateGrantRequest, ListGrantsRequest, ListRetirableGrantsRequest, RetireGrantRequest,
     RevokeGrantRequest,
 };
-use crate::core::import::ImportKeyMaterialRequest;
+use crate::core::import::{
+    DeleteImportedKeyMaterialRequest, GetParametersForImportRequest, ImportKeyMaterialRequest,
+};
 use crate::core::keys::{CreateKeyRequest, KeyMetadata, ScheduleKeyDeletionResponse};
 use crate::core::operation::{self, Empty, ResponseElements};
 use crate::core::rotation::{
@@ -178,9 +180,9 @@ pub const OPERATIONS: &[Operation] = &[
     op::<GetKeyRotationStatusRequest>(),
     op::<RotateKeyOnDemandRequest>(),
     op::<ListKeyRotationsRequest>(),
-    legacy("GetParametersForImport", get_parameters_for_import),
-    legacy("ImportKeyMaterial", import_key_material),
-    legacy("DeleteImportedKeyMaterial", delete_imported_key_material),
+    op::<GetParametersForImportRequest>(),
+    op::<ImportKeyMaterialRequest>(),
+    op::<DeleteImportedKeyMaterialRequest>(),
 ];
 
 /// A table entry for a core operation: its AWS name and its one engine call.
@@ -424,6 +426,7 @@ macro_rules! input {
 // One file per operation family: each reads its requests and renders its responses.
 mod aliases;
 mod grants;
+mod import;
 mod rotation;
 
 input!(CreateKeyIn {
@@ -1377,9 +1380,12 @@ mod tests {
             ("GetKeyRotationStatus", fields::<rotation::RotationKeyIn>()),
             ("RotateKeyOnDemand", fields::<rotation::RotationKeyIn>()),
             ("ListKeyRotations", fields::<rotation::RotationsIn>()),
-            ("GetParametersForImport", fields::<ParametersIn>()),
-            ("ImportKeyMaterial", fields::<ImportIn>()),
-            ("DeleteImportedKeyMaterial", fields::<DeleteMaterialIn>()),
+            ("GetParametersForImport", fields::<import::ParametersIn>()),
+            ("ImportKeyMaterial", fields::<import::ImportIn>()),
+            (
+                "DeleteImportedKeyMaterial",
+                fields::<import::DeleteMaterialIn>(),
+            ),
         ];
         let constraints = fields::<grants::ConstraintsIn>();
         assert!(
@@ -1409,101 +1415,3 @@ mod tests {
 
 // ---------------------------------------------------------------------------------------------
 // Import of key material
-
-input!(ParametersIn {
-    key_id: Option<String>,
-    wrapping_algorithm: Option<String>,
-    wrapping_key_spec: Option<String>,
-});
-
-fn get_parameters_for_import(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: ParametersIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let p = kms
-            .get_parameters_for_import(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                &r.wrapping_algorithm.unwrap_or_default(),
-                &r.wrapping_key_spec.unwrap_or_default(),
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({
-                "keyId": p.key_id,
-                "parametersValidTo": crate::core::authz::iso8601(p.parameters_valid_to_ms),
-            }),
-            ..Reply::body(json!({
-                "KeyId": p.key_id,
-                "ImportToken": b64(&p.import_token),
-                "PublicKey": b64(&p.public_key),
-                "ParametersValidTo": ts(p.parameters_valid_to_ms),
-            }))
-        })
-    }))
-}
-
-input!(ImportIn {
-    key_id: Option<String>,
-    import_token: Option<Blob>,
-    encrypted_key_material: Option<Blob>,
-    valid_to: Option<f64>,
-    expiration_model: Option<String>,
-    import_type: Option<String>,
-    key_material_description: Option<String>,
-    key_material_id: Option<String>,
-});
-
-fn import_key_material(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: ImportIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let out = kms
-            .import_key_material(
-                &caller,
-                ImportKeyMaterialRequest {
-                    key_id: r.key_id.unwrap_or_default(),
-                    import_token: blob(r.import_token),
-                    encrypted_key_material: blob(r.encrypted_key_material),
-                    valid_to_ms: r.valid_to.map(|s| (s * 1000.0).round() as i64),
-                    expiration_model: r.expiration_model,
-                    import_type: r.import_type,
-                    key_material_description: r.key_material_description,
-                    key_material_id: r.key_material_id,
-                },
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({"keyId": out.key_id, "keyMaterialId": out.key_material_id}),
-            ..Reply::body(json!({"KeyId": out.key_id, "KeyMaterialId": out.key_material_id}))
-        })
-    }))
-}
-
-input!(DeleteMaterialIn {
-    key_id: Option<String>,
-    key_material_id: Option<String>,
-});
-
-fn delete_imported_key_material(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: DeleteMaterialIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let out = kms
-            .delete_imported_key_material(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                r.key_material_id.as_deref(),
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({"keyId": out.key_id, "keyMaterialId": out.key_material_id}),
-            ..Reply::body(json!({"KeyId": out.key_id, "KeyMaterialId": out.key_material_id}))
-        })
-    }))
-}

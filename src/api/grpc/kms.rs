@@ -10,7 +10,6 @@ use crate::core::asym::{
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
-use crate::core::import::ImportKeyMaterialRequest;
 use crate::core::keys::CreateKeyRequest;
 use crate::core::operation::Operation;
 use crate::pb;
@@ -19,6 +18,7 @@ use crate::pb::key_management_service_server::KeyManagementService;
 // One file per operation family: each reads its requests and builds its responses.
 mod aliases;
 mod grants;
+mod import;
 mod rotation;
 
 const SERVICE: &str = "kms";
@@ -61,6 +61,9 @@ operations {
     get_key_rotation_status(GetKeyRotationStatusRequest) -> GetKeyRotationStatusResponse = crate::core::rotation::GetKeyRotationStatusRequest;
     rotate_key_on_demand(RotateKeyOnDemandRequest) -> RotateKeyOnDemandResponse = crate::core::rotation::RotateKeyOnDemandRequest;
     list_key_rotations(ListKeyRotationsRequest) -> ListKeyRotationsResponse = crate::core::rotation::ListKeyRotationsRequest;
+    get_parameters_for_import(GetParametersForImportRequest) -> GetParametersForImportResponse = crate::core::import::GetParametersForImportRequest;
+    import_key_material(ImportKeyMaterialRequest) -> ImportKeyMaterialResponse = crate::core::import::ImportKeyMaterialRequest;
+    delete_imported_key_material(DeleteImportedKeyMaterialRequest) -> DeleteImportedKeyMaterialResponse = crate::core::import::DeleteImportedKeyMaterialRequest;
 }
 legacy {
     async fn create_key(
@@ -790,92 +793,7 @@ legacy {
 
     // Rotation.
 
-    // Import of key material.
 
-    async fn get_parameters_for_import(
-        &self,
-        request: Request<pb::GetParametersForImportRequest>,
-    ) -> Reply<pb::GetParametersForImportResponse> {
-        self.serve(
-            "GetParametersForImport",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let p = kms
-                    .get_parameters_for_import(
-                        &caller,
-                        &r.key_id,
-                        &r.wrapping_algorithm,
-                        &r.wrapping_key_spec,
-                    )
-                    .await?;
-                Ok(pb::GetParametersForImportResponse {
-                    key_id: p.key_id,
-                    import_token: p.import_token,
-                    public_key: p.public_key,
-                    parameters_valid_to: Some(ts(p.parameters_valid_to_ms)),
-                })
-            },
-        )
-        .await
-    }
-
-    async fn import_key_material(
-        &self,
-        request: Request<pb::ImportKeyMaterialRequest>,
-    ) -> Reply<pb::ImportKeyMaterialResponse> {
-        self.serve(
-            "ImportKeyMaterial",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let out = kms
-                    .import_key_material(
-                        &caller,
-                        ImportKeyMaterialRequest {
-                            key_id: r.key_id,
-                            import_token: r.import_token,
-                            encrypted_key_material: r.encrypted_key_material,
-                            valid_to_ms: r
-                                .valid_to
-                                .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
-                            expiration_model: opt(r.expiration_model),
-                            import_type: opt(r.import_type),
-                            key_material_description: opt(r.key_material_description),
-                            key_material_id: opt(r.key_material_id),
-                        },
-                    )
-                    .await?;
-                Ok(pb::ImportKeyMaterialResponse {
-                    key_id: out.key_id,
-                    key_material_id: out.key_material_id,
-                })
-            },
-        )
-        .await
-    }
-
-    async fn delete_imported_key_material(
-        &self,
-        request: Request<pb::DeleteImportedKeyMaterialRequest>,
-    ) -> Reply<pb::DeleteImportedKeyMaterialResponse> {
-        self.serve(
-            "DeleteImportedKeyMaterial",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let material = opt(r.key_material_id);
-                let out = kms
-                    .delete_imported_key_material(&caller, &r.key_id, material.as_deref())
-                    .await?;
-                Ok(pb::DeleteImportedKeyMaterialResponse {
-                    key_id: out.key_id,
-                    key_material_id: out.key_material_id,
-                })
-            },
-        )
-        .await
-    }
 }
 
 }

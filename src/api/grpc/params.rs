@@ -292,37 +292,6 @@ impl AuditResponse for pb::AssumeRoleResponse {
 }
 // Rotation and import of key material. Never the import token, the wrapped key material or
 // the public key.
-params!(pb::GetParametersForImportRequest, |r| json!({
-    "keyId": r.key_id,
-    "wrappingAlgorithm": r.wrapping_algorithm,
-    "wrappingKeySpec": r.wrapping_key_spec,
-}));
-params!(pb::ImportKeyMaterialRequest, |r| json!({
-    "keyId": r.key_id,
-    "validTo": ts(&r.valid_to),
-    "expirationModel": opt(&r.expiration_model),
-    "importType": opt(&r.import_type),
-    "keyMaterialId": opt(&r.key_material_id),
-}));
-params!(pb::DeleteImportedKeyMaterialRequest, |r| json!({
-    "keyId": r.key_id,
-    "keyMaterialId": opt(&r.key_material_id),
-}));
-impl AuditResponse for pb::ImportKeyMaterialResponse {
-    fn audit_response(&self) -> Value {
-        json!({"keyId": self.key_id, "keyMaterialId": self.key_material_id})
-    }
-}
-impl AuditResponse for pb::DeleteImportedKeyMaterialResponse {
-    fn audit_response(&self) -> Value {
-        json!({"keyId": self.key_id, "keyMaterialId": self.key_material_id})
-    }
-}
-impl AuditResponse for pb::GetParametersForImportResponse {
-    fn audit_response(&self) -> Value {
-        json!({"keyId": self.key_id, "parametersValidTo": ts(&self.parameters_valid_to)})
-    }
-}
 
 impl AuditResponse for pb::ExplainAccessResponse {
     fn audit_response(&self) -> Value {
@@ -371,28 +340,6 @@ null_response!(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn import_secrets_are_never_in_params() {
-        let r = pb::ImportKeyMaterialRequest {
-            key_id: "k".into(),
-            import_token: b"IMPORT-TOKEN-BYTES".to_vec(),
-            encrypted_key_material: b"WRAPPED-MATERIAL".to_vec(),
-            expiration_model: "KEY_MATERIAL_DOES_NOT_EXPIRE".into(),
-            ..Default::default()
-        };
-        let p = r.audit_params().to_string();
-        assert!(!p.contains("IMPORT-TOKEN") && !p.contains("WRAPPED"), "{p}");
-        assert!(!p.contains("SU1QT1JU") && !p.contains("V1JBUFBF"), "{p}");
-        let out = pb::GetParametersForImportResponse {
-            key_id: "k".into(),
-            import_token: b"IMPORT-TOKEN-BYTES".to_vec(),
-            public_key: b"PUBLIC".to_vec(),
-            parameters_valid_to: None,
-        };
-        let e = out.audit_response().to_string();
-        assert!(!e.contains("IMPORT") && !e.contains("PUBLIC"), "{e}");
-    }
 
     #[test]
     fn dry_run_is_logged_when_set() {
