@@ -79,6 +79,7 @@ use super::aliases::{
 
 // Each family imports its types just above its block; keep the blocks in this order.
 
+use super::explain::{ExplainRequest, ExplainResponse};
 use super::grants::{
     CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
     ListRetirableGrantsRequest, RetireGrantRequest, RevokeGrantRequest,
@@ -113,6 +114,7 @@ operations! {
     GetParametersForImport: GetParametersForImportRequest => GetParametersForImportResponse = get_parameters_for_import;
     ImportKeyMaterial: ImportKeyMaterialRequest => KeyMaterialResponse = import_key_material;
     DeleteImportedKeyMaterial: DeleteImportedKeyMaterialRequest => KeyMaterialResponse = delete_imported_key_material;
+    ExplainAccess: ExplainRequest => ExplainResponse = explain_access;
 
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;

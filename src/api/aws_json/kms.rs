@@ -29,7 +29,7 @@ use crate::core::asym::{
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
-use crate::core::explain::{policy_type_name, ExplainRequest};
+use crate::core::explain::ExplainRequest;
 use crate::core::grants::{
     CreateGrantRequest, ListGrantsRequest, ListRetirableGrantsRequest, RetireGrantRequest,
     RevokeGrantRequest,
@@ -208,11 +208,7 @@ const fn legacy(name: &'static str, prepare: Prepare) -> Operation {
 }
 
 /// `P11kmsAdmin.ExplainAccess`: the gRPC AdminService's ExplainAccess on this door.
-pub const EXPLAIN_ACCESS: Operation = Operation {
-    name: "ExplainAccess",
-    service: KMS,
-    prepare: explain_access,
-};
+pub const EXPLAIN_ACCESS: Operation = op::<ExplainRequest>();
 
 /// The operation an `X-Amz-Target` names, if this door serves it.
 pub fn operation(target: &str) -> Option<&'static Operation> {
@@ -425,6 +421,7 @@ macro_rules! input {
 
 // One file per operation family: each reads its requests and renders its responses.
 mod aliases;
+mod explain;
 mod grants;
 mod import;
 mod rotation;
@@ -1137,56 +1134,6 @@ fn list_key_policies(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, se
         Ok(Reply::body(
             json!({"PolicyNames": names, "Truncated": false}),
         ))
-    }))
-}
-
-input!(ExplainIn {
-    principal: Option<String>,
-    action: Option<String>,
-    key_id: Option<String>,
-    encryption_context: Context,
-    source_ip: Option<String>,
-});
-
-fn explain_access(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: ExplainIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let source_ip =
-            match r.source_ip.as_deref() {
-                None | Some("") => None,
-                Some(ip) => Some(ip.parse().map_err(|_| {
-                    KmsError::validation("sourceIp", "Member must be an IP address")
-                })?),
-            };
-        let out = kms
-            .explain(
-                &caller,
-                ExplainRequest {
-                    principal: r.principal.unwrap_or_default(),
-                    action: r.action.unwrap_or_default(),
-                    key_id: r.key_id.unwrap_or_default(),
-                    encryption_context: r.encryption_context.unwrap_or_default(),
-                    source_ip,
-                },
-            )
-            .await?;
-        let d = &out.decision;
-        let decision = if d.is_allow() { "Allow" } else { "Deny" };
-        let reason = format!("{:?}", d.reason);
-        Ok(Reply {
-            elements: json!({"decision": decision, "reason": reason}),
-            ..Reply::body(json!({
-                "Decision": decision,
-                "Reason": reason,
-                "DecidingStatements": d.deciding.iter().map(|s| json!({
-                    "PolicyType": policy_type_name(s),
-                    "PolicyName": s.policy_name,
-                    "Statement": s.statement,
-                })).collect::<Vec<_>>(),
-                "Message": out.message,
-                "Resource": out.resource,
-            }))
-        })
     }))
 }
 

@@ -3,7 +3,7 @@
 use tonic::Request;
 use zeroize::Zeroizing;
 
-use super::{expose, metadata, opt, tags_in, ts, Door, Reply};
+use super::{expose, metadata, opt, tags_in, ts, Reply};
 use crate::core::asym::{
     DataKeyPairRequest, DeriveSharedSecretRequest, MacRequest, SignRequest, VerifyRequest,
 };
@@ -11,7 +11,6 @@ use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
 use crate::core::keys::CreateKeyRequest;
-use crate::core::operation::Operation;
 use crate::pb;
 use crate::pb::key_management_service_server::KeyManagementService;
 
@@ -21,31 +20,11 @@ mod grants;
 mod import;
 mod rotation;
 
+/// The SigV4 service name of the legacy methods.
 const SERVICE: &str = "kms";
 
-/// The door's table: each `KeyManagementService` method and the core operation it serves.
-/// Methods not yet in the table are written out under `legacy`.
-macro_rules! table {
-    (
-        operations { $($method:ident($req:ident) -> $resp:ident = $op:ty;)* }
-        legacy { $($legacy:tt)* }
-    ) => {
-        #[tonic::async_trait]
-        impl KeyManagementService for Door {
-            $(
-                async fn $method(&self, request: Request<pb::$req>) -> Reply<pb::$resp> {
-                    self.call::<$op, _, _>(SERVICE, request).await
-                }
-            )*
-            $($legacy)*
-        }
-
-        /// The core operations the table serves, by AWS name.
-        pub const TABLE: &[&str] = &[$(<$op as Operation>::NAME),*];
-    };
-}
-
-table! {
+service_table! {
+impl KeyManagementService as TABLE, signed as "kms";
 operations {
     create_alias(CreateAliasRequest) -> CreateAliasResponse = crate::core::aliases::CreateAliasRequest;
     update_alias(UpdateAliasRequest) -> UpdateAliasResponse = crate::core::aliases::UpdateAliasRequest;

@@ -232,13 +232,6 @@ params!(pb::AssumeRoleRequest, |r| json!({
     "tags": r.tags.iter().map(|t| json!({"key": t.tag_key, "value": t.tag_value})).collect::<Vec<_>>(),
 }));
 params!(pb::GetCallerIdentityRequest, |_r| json!({}));
-params!(pb::ExplainAccessRequest, |r| json!({
-    "principal": r.principal,
-    "action": r.action,
-    "keyId": r.key_id,
-    "encryptionContext": r.encryption_context,
-    "sourceIp": opt(&r.source_ip),
-}));
 
 fn metadata(m: &Option<pb::KeyMetadata>) -> Value {
     m.as_ref()
@@ -292,12 +285,6 @@ impl AuditResponse for pb::AssumeRoleResponse {
 }
 // Rotation and import of key material. Never the import token, the wrapped key material or
 // the public key.
-
-impl AuditResponse for pb::ExplainAccessResponse {
-    fn audit_response(&self) -> Value {
-        json!({"decision": self.decision, "reason": self.reason})
-    }
-}
 
 macro_rules! null_response {
     ($($t:ty),* $(,)?) => { $(impl AuditResponse for $t {})* };
