@@ -93,6 +93,7 @@ use super::rotation::{
     KeyRotationStatus, ListKeyRotationsRequest, ListKeyRotationsResponse, RotateKeyOnDemandRequest,
     RotateKeyOnDemandResponse,
 };
+use super::sts::{AssumeRoleRequest, AssumeRoleResponse, CallerIdentity, GetCallerIdentityRequest};
 
 operations! {
     // Keys (keys.rs, usage.rs), tags (tags.rs), key policies (policies.rs).
@@ -115,6 +116,8 @@ operations! {
     ImportKeyMaterial: ImportKeyMaterialRequest => KeyMaterialResponse = import_key_material;
     DeleteImportedKeyMaterial: DeleteImportedKeyMaterialRequest => KeyMaterialResponse = delete_imported_key_material;
     ExplainAccess: ExplainRequest => ExplainResponse = explain_access;
+    AssumeRole: AssumeRoleRequest => AssumeRoleResponse = assume_role;
+    GetCallerIdentity: GetCallerIdentityRequest => CallerIdentity = get_caller_identity;
 
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;

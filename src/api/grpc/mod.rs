@@ -66,7 +66,7 @@ use capture::SignedRequestInfo;
 use status::with_reason;
 
 /// The door's tables: the core operations each gRPC service serves, by AWS name.
-pub const TABLES: &[&[&str]] = &[kms::TABLE, admin::TABLE];
+pub const TABLES: &[&[&str]] = &[kms::TABLE, admin::TABLE, sts::TABLE];
 
 /// The door's name in metrics and audit events.
 pub const DOOR: &str = "grpc";

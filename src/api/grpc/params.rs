@@ -224,14 +224,6 @@ params!(pb::PutKeyPolicyRequest, |r| json!({
     "bypassPolicyLockoutSafetyCheck": r.bypass_policy_lockout_safety_check,
 }));
 params!(pb::ListKeyPoliciesRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::AssumeRoleRequest, |r| json!({
-    "roleArn": r.role_arn,
-    "roleSessionName": r.role_session_name,
-    "durationSeconds": r.duration_seconds,
-    "policy": opt(&r.policy),
-    "tags": r.tags.iter().map(|t| json!({"key": t.tag_key, "value": t.tag_value})).collect::<Vec<_>>(),
-}));
-params!(pb::GetCallerIdentityRequest, |_r| json!({}));
 
 fn metadata(m: &Option<pb::KeyMetadata>) -> Value {
     m.as_ref()
@@ -268,21 +260,6 @@ impl AuditResponse for pb::CancelKeyDeletionResponse {
         json!({"keyId": self.key_id})
     }
 }
-// Credentials: the access key id and expiry only; never the secret or the session token.
-impl AuditResponse for pb::AssumeRoleResponse {
-    fn audit_response(&self) -> Value {
-        json!({
-            "credentials": self.credentials.as_ref().map(|c| json!({
-                "accessKeyId": c.access_key_id,
-                "expiration": ts(&c.expiration),
-            })),
-            "assumedRoleUser": self.assumed_role_user.as_ref().map(|u| json!({
-                "assumedRoleId": u.assumed_role_id,
-                "arn": u.arn,
-            })),
-        })
-    }
-}
 // Rotation and import of key material. Never the import token, the wrapped key material or
 // the public key.
 
@@ -313,7 +290,6 @@ null_response!(
     pb::GetKeyPolicyResponse,
     pb::PutKeyPolicyResponse,
     pb::ListKeyPoliciesResponse,
-    pb::GetCallerIdentityResponse,
     pb::SignResponse,
     pb::VerifyResponse,
     pb::GetPublicKeyResponse,
@@ -348,17 +324,6 @@ mod tests {
         let p = e.audit_params().to_string();
         assert!(!p.contains("TOP-SECRET"));
         assert!(p.contains("\"encryptionContext\":{\"dept\":\"hr\"}"), "{p}");
-        let a = pb::AssumeRoleResponse {
-            credentials: Some(pb::Credentials {
-                access_key_id: "ASIAX".into(),
-                secret_access_key: "SECRET-KEY-VALUE".into(),
-                session_token: "SESSION-TOKEN-VALUE".into(),
-                expiration: None,
-            }),
-            assumed_role_user: None,
-        };
-        let s = a.audit_response().to_string();
-        assert!(s.contains("ASIAX") && !s.contains("SECRET-KEY") && !s.contains("SESSION-TOKEN"));
         let sign = pb::SignRequest {
             key_id: "k".into(),
             message: b"SECRET-MESSAGE".to_vec(),
