@@ -3,7 +3,10 @@
 //! Alias operations need the action on the alias ARN and on the key (kms-spec 3.2); an alias
 //! always lives in the account of the key it points at.
 
+use serde_json::Value;
+
 use super::authz::AuthzRequest;
+use super::operation::{Empty, Params, RequestParameters, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
@@ -29,6 +32,72 @@ pub struct AliasListEntry {
 pub struct ListAliasesResponse {
     pub aliases: Vec<AliasListEntry>,
     pub next_marker: Option<String>,
+}
+
+impl ResponseElements for ListAliasesResponse {}
+
+/// CreateAlias input.
+#[derive(Debug, Clone, Default)]
+pub struct CreateAliasRequest {
+    pub alias_name: String,
+    pub target_key_id: String,
+}
+
+/// UpdateAlias input.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateAliasRequest {
+    pub alias_name: String,
+    pub target_key_id: String,
+}
+
+/// DeleteAlias input.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteAliasRequest {
+    pub alias_name: String,
+}
+
+/// ListAliases input.
+#[derive(Debug, Clone, Default)]
+pub struct ListAliasesRequest {
+    /// Only the aliases of this key.
+    pub key_id: Option<String>,
+    pub limit: Option<i32>,
+    pub marker: Option<String>,
+}
+
+fn alias_params(alias_name: &str, target_key_id: &str) -> Value {
+    Params::new()
+        .str("aliasName", alias_name)
+        .str("targetKeyId", target_key_id)
+        .build()
+}
+
+impl RequestParameters for CreateAliasRequest {
+    fn request_parameters(&self) -> Value {
+        alias_params(&self.alias_name, &self.target_key_id)
+    }
+}
+
+impl RequestParameters for UpdateAliasRequest {
+    fn request_parameters(&self) -> Value {
+        alias_params(&self.alias_name, &self.target_key_id)
+    }
+}
+
+impl RequestParameters for DeleteAliasRequest {
+    fn request_parameters(&self) -> Value {
+        alias_params(&self.alias_name, "")
+    }
+}
+
+impl RequestParameters for ListAliasesRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .opt("keyId", self.key_id.clone())
+            .opt("limit", self.limit)
+            .opt("marker", self.marker.clone())
+            .build()
+    }
 }
 
 impl Kms {
@@ -84,9 +153,9 @@ impl Kms {
     pub async fn create_alias(
         &self,
         caller: &Caller,
-        alias_name: &str,
-        target_key_id: &str,
-    ) -> Result<(), KmsError> {
+        req: CreateAliasRequest,
+    ) -> Result<Empty, KmsError> {
+        let (alias_name, target_key_id) = (req.alias_name.as_str(), req.target_key_id.as_str());
         validate::alias_name(alias_name)?;
         let _guard = self.mutate.lock().await;
         let target = self.alias_target_in_own_account(caller, target_key_id)?;
@@ -128,16 +197,16 @@ impl Kms {
                 other => other.into(),
             })?;
         self.cache_write().put_alias(record);
-        Ok(())
+        Ok(Empty)
     }
 
     /// UpdateAlias: points an alias at another key of the same account.
     pub async fn update_alias(
         &self,
         caller: &Caller,
-        alias_name: &str,
-        target_key_id: &str,
-    ) -> Result<(), KmsError> {
+        req: UpdateAliasRequest,
+    ) -> Result<Empty, KmsError> {
+        let (alias_name, target_key_id) = (req.alias_name.as_str(), req.target_key_id.as_str());
         validate::alias_name_syntax(alias_name)?;
         let _guard = self.mutate.lock().await;
         let current = self.existing_alias(caller, alias_name)?;
@@ -169,11 +238,16 @@ impl Kms {
         updated.key_id = new.key.record.key_id.clone();
         updated.updated_at_ms = now;
         self.cache_write().put_alias(updated);
-        Ok(())
+        Ok(Empty)
     }
 
     /// DeleteAlias.
-    pub async fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
+    pub async fn delete_alias(
+        &self,
+        caller: &Caller,
+        req: DeleteAliasRequest,
+    ) -> Result<Empty, KmsError> {
+        let alias_name = req.alias_name.as_str();
         validate::alias_name_syntax(alias_name)?;
         let _guard = self.mutate.lock().await;
         let key_ref = (caller.account.clone(), alias_name.to_string());
@@ -184,20 +258,18 @@ impl Kms {
         super::record::before_change().await?;
         self.store.delete_alias(&caller.account, alias_name).await?;
         self.cache_write().remove_alias(&key_ref);
-        Ok(())
+        Ok(Empty)
     }
 
     /// ListAliases: the caller's account's aliases, optionally only those of one key.
     pub async fn list_aliases(
         &self,
         caller: &Caller,
-        key_id: Option<&str>,
-        limit: Option<i32>,
-        marker: &str,
+        req: ListAliasesRequest,
     ) -> Result<ListAliasesResponse, KmsError> {
-        let limit = validate::limit(limit)?;
-        let after = validate::decode_marker(marker)?;
-        let only_key = match key_id.filter(|k| !k.is_empty()) {
+        let limit = validate::limit(req.limit)?;
+        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let only_key = match req.key_id.as_deref().filter(|k| !k.is_empty()) {
             Some(k) => Some(self.resolve(caller, k, false)?.key.record.key_id.clone()),
             None => None,
         };

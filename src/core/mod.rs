@@ -17,6 +17,7 @@ pub mod grants;
 pub mod import;
 pub mod keys;
 pub mod managed;
+pub mod operation;
 pub mod policies;
 pub mod reconcile;
 pub mod record;

@@ -7,6 +7,35 @@
 //! method converts the message to the engine's types, calls the engine, and converts back.
 //! Errors go through [`status::to_status`], the door's one mapping.
 
+/// A gRPC service of the door generated from its table: each method and the core operation
+/// it serves (`Door::call` reads, runs and converts), and `$table`, the core operations by AWS
+/// name (a test checks every core operation is in some table). Methods not yet in the table
+/// are written out under `legacy`.
+macro_rules! service_table {
+    (
+        impl $service:ident as $table:ident, signed as $signing:literal;
+        operations { $($method:ident($req:ident) -> $resp:ident = $op:ty;)* }
+        legacy { $($legacy:tt)* }
+    ) => {
+        #[tonic::async_trait]
+        impl $service for $crate::api::grpc::Door {
+            $(
+                async fn $method(
+                    &self,
+                    request: tonic::Request<$crate::pb::$req>,
+                ) -> $crate::api::grpc::Reply<$crate::pb::$resp> {
+                    self.call::<$op, _, _>($signing, request).await
+                }
+            )*
+            $($legacy)*
+        }
+
+        /// The core operations this service serves, by AWS name.
+        pub const $table: &[&str] =
+            &[$(<$op as $crate::core::operation::Operation>::NAME),*];
+    };
+}
+
 pub mod admin;
 pub mod capture;
 pub mod decode;
@@ -26,6 +55,7 @@ use zeroize::Zeroizing;
 use crate::api::gate::{Gate, RequestInfo};
 use crate::core::aliases::AliasListEntry;
 use crate::core::keys::KeyMetadata;
+use crate::core::operation::{Operation, RequestParameters, ResponseElements};
 use crate::core::{Kms, KmsError};
 use crate::identity::auth::{AuthError, Authenticator, SigV4Input};
 use crate::identity::sigv4::SignableRequest;
@@ -34,6 +64,9 @@ use crate::pb;
 use crate::store::{GrantRecord, Tag};
 use capture::SignedRequestInfo;
 use status::with_reason;
+
+/// The door's tables: the core operations each gRPC service serves, by AWS name.
+pub const TABLES: &[&[&str]] = &[kms::TABLE, admin::TABLE, sts::TABLE];
 
 /// The door's name in metrics and audit events.
 pub const DOOR: &str = "grpc";
@@ -62,8 +95,7 @@ impl Door {
         }
     }
 
-    /// Serves one request: authenticates the caller, runs `f` with the engine in a record
-    /// scope, records metrics, and maps the engine's error to the wire in one place.
+    /// Serves one request the old way: audit parameters from the message.
     async fn serve<T, R, F, Fut>(
         &self,
         op: &'static str,
@@ -77,49 +109,93 @@ impl Door {
         Fut: Future<Output = Result<R, KmsError>>,
         R: params::AuditResponse,
     {
+        let read = |msg: T| Read {
+            params: msg.audit_params(),
+            checked: view::check(op, &msg),
+            input: msg,
+        };
+        self.serve_with(op, service, request, read, f, |r: &R| r.audit_response())
+            .await
+    }
+
+    /// Serves one core operation: reads the message into its request (after the AWS model's
+    /// checks), runs it, and converts the answer to the response message.
+    async fn call<O, T, R>(&self, service: &'static str, request: Request<T>) -> Reply<R>
+    where
+        T: prost::Message,
+        O: Operation + FromMessage<T>,
+        R: From<O::Response>,
+    {
+        let read = |msg: T| {
+            let checked = view::check(O::NAME, &msg);
+            let input = O::from_message(msg);
+            let params = input
+                .as_ref()
+                .map(RequestParameters::request_parameters)
+                .unwrap_or_default();
+            Read {
+                params,
+                checked,
+                input,
+            }
+        };
+        let run =
+            |kms, caller, input: Result<O, KmsError>| async move { input?.run(kms, caller).await };
+        self.serve_with(O::NAME, service, request, read, run, |r: &O::Response| {
+            r.response_elements()
+        })
+        .await
+    }
+
+    /// Serves one request: reads the message, authenticates the caller, runs `f` with the
+    /// engine in a record scope, records metrics, and maps the engine's error to the wire in
+    /// one place.
+    async fn serve_with<T, X, C, R, F, Fut>(
+        &self,
+        op: &'static str,
+        service: &'static str,
+        request: Request<T>,
+        read: impl FnOnce(T) -> Read<X>,
+        f: F,
+        elements: impl FnOnce(&C) -> serde_json::Value,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(Arc<Kms>, Caller, X) -> Fut,
+        Fut: Future<Output = Result<C, KmsError>>,
+        R: From<C>,
+    {
+        let (metadata, extensions, msg) = request.into_parts();
+        let head = Request::from_parts(metadata, extensions, ());
         let mut info = RequestInfo::new(DOOR, op);
-        info.source_ip = request.remote_addr().map(|a| a.ip());
-        info.user_agent = request
+        info.source_ip = head.remote_addr().map(|a| a.ip());
+        info.user_agent = head
             .metadata()
             .get("user-agent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        info.params = request.get_ref().audit_params();
-        let caller = match self.caller(&request, service) {
-            Ok(c) => c,
-            Err(status) => {
-                let outcome =
-                    status::aws_reason(&status).unwrap_or_else(|| "Unauthenticated".into());
-                let akid = request
-                    .extensions()
-                    .get::<SignedRequestInfo>()
-                    .and_then(|i| crate::identity::sigv4::header_value(&i.headers, "authorization"))
-                    .and_then(|a| crate::identity::sigv4::parse_authorization(a).ok())
-                    .map(|a| a.access_key_id);
-                self.gate
-                    .refused(&info, &outcome, status.message(), akid)
-                    .await;
-                return Err(status);
-            }
-        };
-        let msg = request.into_inner();
         // The AWS model's constraints first, as on the AWS door; the engine runs only after.
-        let checked = view::check(op, &msg);
-        let call = f(self.kms.clone(), caller.clone(), msg);
+        let Read {
+            params,
+            checked,
+            input,
+        } = read(msg);
+        info.params = params;
+        let caller = match self.caller(&head, service) {
+            Ok(c) => c,
+            Err(status) => return Err(self.refused(&info, &head, status).await),
+        };
+        let call = f(self.kms.clone(), caller.clone(), input);
         let fut = async move {
             checked?;
             call.await
         };
         let request_id = info.request_id.clone();
-        let result = self
-            .gate
-            .run(info, caller, fut, |r: &R| r.audit_response())
-            .await;
+        let result = self.gate.run(info, caller, fut, elements).await;
         // The request id of the audit event, as AWS returns x-amzn-RequestId.
         let id = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
         match result {
             Ok(r) => {
-                let mut resp = Response::new(r);
+                let mut resp = Response::new(R::from(r));
                 if let Some(id) = id {
                     resp.metadata_mut().insert(REQUEST_ID_HEADER, id);
                 }
@@ -133,6 +209,21 @@ impl Door {
                 Err(status)
             }
         }
+    }
+
+    /// Accounts for a request refused before authentication and returns its status.
+    async fn refused(&self, info: &RequestInfo, head: &Request<()>, status: Status) -> Status {
+        let outcome = status::aws_reason(&status).unwrap_or_else(|| "Unauthenticated".into());
+        let akid = head
+            .extensions()
+            .get::<SignedRequestInfo>()
+            .and_then(|i| crate::identity::sigv4::header_value(&i.headers, "authorization"))
+            .and_then(|a| crate::identity::sigv4::parse_authorization(a).ok())
+            .map(|a| a.access_key_id);
+        self.gate
+            .refused(info, &outcome, status.message(), akid)
+            .await;
+        status
     }
 
     /// The caller behind a request: a SigV4 signature when the request has an
@@ -174,6 +265,24 @@ impl Door {
             .map_err(auth_status)
     }
 }
+
+/// A request message read for the engine: what the trail records of it, the AWS model's
+/// verdict on it, and the engine's input.
+struct Read<X> {
+    params: serde_json::Value,
+    checked: Result<(), KmsError>,
+    input: X,
+}
+
+/// A core request read from its gRPC message (proto3: an empty string or zero is "not set").
+/// One impl per operation, in the operation family's file under `kms/`.
+pub trait FromMessage<T>: Sized {
+    /// Reads the request.
+    fn from_message(message: T) -> Result<Self, KmsError>;
+}
+
+/// The result of a gRPC method.
+pub type Reply<T> = Result<Response<T>, Status>;
 
 /// UNAUTHENTICATED with the AWS exception name of an authentication failure.
 pub fn auth_status(e: AuthError) -> Status {
