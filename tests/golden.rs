@@ -23,9 +23,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::*;
-use p11kms::config::Config;
 use p11kms::core::ManualClock;
 use p11kms::server::{self, RunningServer, ServerOptions};
+
+/// A key id no key has.
+pub const MISSING_KEY: &str = "0b0b0b0b-1111-4222-8333-444455556666";
+/// A grant id no grant has.
+pub const MISSING_GRANT: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The transcript of one script: one block per request, normalised.
 pub struct Transcript {
@@ -71,12 +75,7 @@ impl Transcript {
 /// A daemon with both doors (the AWS door over TLS on 127.0.0.1:0), its clock held still (so
 /// that one run's timestamps relate the same way every run) and its sweeper held back.
 async fn start_daemon(name: &str) -> (RunningServer, Arc<ManualClock>) {
-    let dir = data_dir(name);
-    let mut text = config_text(&dir);
-    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).expect("config");
+    let config = config_with(&data_dir(name), AWS_DOOR_SECTION);
     let clock = Arc::new(ManualClock::default());
     let server = server::start(
         &config,

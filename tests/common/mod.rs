@@ -165,6 +165,18 @@ pub fn config(data_dir: &Path) -> Config {
     Config::load(&write_config(data_dir)).expect("config")
 }
 
+/// The `[aws_json]` section that enables the AWS door over TLS on an ephemeral port.
+pub const AWS_DOOR_SECTION: &str =
+    "\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n";
+
+/// [`config`] with more sections appended to [`config_text`] (e.g. [`AWS_DOOR_SECTION`]).
+pub fn config_with(data_dir: &Path, extra: &str) -> Config {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let path = data_dir.join("p11kms.toml");
+    std::fs::write(&path, config_text(data_dir) + extra).unwrap();
+    Config::load(&path).expect("config")
+}
+
 /// A fresh data directory under the test environment.
 pub fn data_dir(name: &str) -> PathBuf {
     let d = env()

@@ -13,12 +13,10 @@ use serde_json::{json, Value};
 
 use crate::common::{self, aws_door_post, fixture_credentials, ACCOUNT};
 use crate::normalise::Normaliser;
-use crate::Transcript;
+use crate::{Transcript, MISSING_GRANT, MISSING_KEY};
 
 const JSON: &str = "application/x-amz-json-1.1";
 const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
-const MISSING_KEY: &str = "0b0b0b0b-1111-4222-8333-444455556666";
-const MISSING_GRANT: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The AWS door of one daemon and the transcript of the script run against it.
 struct Door {

@@ -11,12 +11,9 @@ use p11kms::pb;
 use tonic::metadata::KeyAndValueRef;
 use tonic_types::StatusExt;
 
-use crate::common::{self, fixture_credentials, signed_as, signed_with, Signed, ACCOUNT};
+use crate::common::{self, ctx, fixture_credentials, signed_as, signed_with, Signed, ACCOUNT};
 use crate::normalise::Normaliser;
-use crate::Transcript;
-
-const MISSING_KEY: &str = "0b0b0b0b-1111-4222-8333-444455556666";
-const MISSING_GRANT: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+use crate::{Transcript, MISSING_GRANT, MISSING_KEY};
 
 /// The door's clients (as the fixture admin) and the transcript.
 struct G {
@@ -27,24 +24,49 @@ struct G {
     t: Transcript,
 }
 
-/// Calls `$client.$method` of `$service` (`kms`, `sts` or `admin`) with `$req` signed by
-/// `$who`, records the exchange and returns the response message, if any.
+/// Calls `$method` of `$service` (`kms`, `sts` or `admin`) with `$req` signed by `$who`,
+/// records the exchange and returns the response message, if any.
 macro_rules! call {
-    ($g:ident . $who:ident, $service:ident, $method:ident, $name:literal, $what:expr, $req:expr) => {{
+    ($g:ident . $who:ident . $service:ident, $method:ident, $what:expr, $req:expr) => {{
         let req = $req;
         let summary = format!("{req:?}");
-        let signed = call!(@sign $g.$who, $service, req, $name);
+        let service = service_name(stringify!($service));
+        let name = camel(stringify!($method));
+        let signed = $g
+            .$who
+            .signer
+            .sign(req, &format!("/p11kms.v1.{service}/{name}"));
         let r = $g.$who.$service.clone().$method(signed).await;
-        let prefix = call!(@service $service);
-        $g.t.record(&format!("{prefix}/{}: {}", $name, $what), &summary, &render(&r));
+        $g.t.record(
+            &format!("{service}/{name}: {}", $what),
+            &summary,
+            &render(&r),
+        );
         r.ok().map(|r| r.into_inner())
     }};
-    (@sign $s:expr, kms, $req:ident, $name:literal) => { $s.kms_req($req, $name) };
-    (@sign $s:expr, sts, $req:ident, $name:literal) => { $s.sts_req($req, $name) };
-    (@sign $s:expr, admin, $req:ident, $name:literal) => { $s.admin_req($req, $name) };
-    (@service kms) => { "KeyManagementService" };
-    (@service sts) => { "SecurityTokenService" };
-    (@service admin) => { "AdminService" };
+}
+
+/// The gRPC service behind a client field of [`Signed`].
+fn service_name(field: &str) -> &'static str {
+    match field {
+        "kms" => "KeyManagementService",
+        "sts" => "SecurityTokenService",
+        "admin" => "AdminService",
+        other => panic!("no service {other}"),
+    }
+}
+
+/// `describe_key` → `DescribeKey`: a client method's gRPC method name.
+fn camel(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// The metadata of an answer, but `date` (and the binary status details, shown decoded).
@@ -88,10 +110,6 @@ fn key_id(r: Option<pb::CreateKeyResponse>) -> String {
         .key_id
 }
 
-fn ctx(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
-    common::ctx(pairs)
-}
-
 /// Runs the gRPC door's script against the daemon at `addr`.
 pub async fn run(addr: SocketAddr) -> String {
     let mut g = G {
@@ -124,10 +142,8 @@ struct Keys {
 
 async fn create(g: &mut G, what: &str, spec: &str, usage: &str, origin: &str) -> String {
     key_id(call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_key,
-        "CreateKey",
         what,
         pb::CreateKeyRequest {
             key_spec: spec.into(),
@@ -140,10 +156,8 @@ async fn create(g: &mut G, what: &str, spec: &str, usage: &str, origin: &str) ->
 
 async fn keys(g: &mut G) -> Keys {
     let sym = key_id(call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_key,
-        "CreateKey",
         "symmetric, with a description and tags",
         pb::CreateKeyRequest {
             description: "golden symmetric".into(),
@@ -155,18 +169,14 @@ async fn keys(g: &mut G) -> Keys {
         }
     ));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_keys,
-        "ListKeys",
         "the one key of the account",
         pb::ListKeysRequest::default()
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_keys,
-        "ListKeys",
         "Limit 0",
         pb::ListKeysRequest {
             limit: Some(0),
@@ -174,10 +184,8 @@ async fn keys(g: &mut G) -> Keys {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_key,
-        "CreateKey",
         "unknown KeySpec",
         pb::CreateKeyRequest {
             key_spec: "AES_512".into(),
@@ -220,46 +228,26 @@ async fn lifecycle(g: &mut G, k: &Keys) {
         key_id: key.into(),
         ..Default::default()
     };
+    call!(g.admin.kms, describe_key, "by id", describe(&k.sym));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         describe_key,
-        "DescribeKey",
-        "by id",
-        describe(&k.sym)
-    );
-    call!(
-        g.admin,
-        kms,
-        describe_key,
-        "DescribeKey",
         "no such key",
         describe(MISSING_KEY)
     );
-    call!(
-        g.admin,
-        kms,
-        describe_key,
-        "DescribeKey",
-        "KeyId empty",
-        describe("")
-    );
+    call!(g.admin.kms, describe_key, "KeyId empty", describe(""));
     let id = |key: &str| key.to_string();
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         disable_key,
-        "DisableKey",
         "symmetric",
         pb::DisableKeyRequest {
             key_id: id(&k.sym2)
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         encrypt,
-        "Encrypt",
         "under a disabled key",
         pb::EncryptRequest {
             key_id: id(&k.sym2),
@@ -268,40 +256,32 @@ async fn lifecycle(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         disable_key,
-        "DisableKey",
         "no such key",
         pb::DisableKeyRequest {
             key_id: id(MISSING_KEY)
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         enable_key,
-        "EnableKey",
         "symmetric",
         pb::EnableKeyRequest {
             key_id: id(&k.sym2)
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         enable_key,
-        "EnableKey",
         "no such key",
         pb::EnableKeyRequest {
             key_id: id(MISSING_KEY)
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         schedule_key_deletion,
-        "ScheduleKeyDeletion",
         "7 days",
         pb::ScheduleKeyDeletionRequest {
             key_id: id(&k.sym2),
@@ -309,18 +289,14 @@ async fn lifecycle(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         describe_key,
-        "DescribeKey",
         "pending deletion",
         describe(&k.sym2)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         schedule_key_deletion,
-        "ScheduleKeyDeletion",
         "3 days",
         pb::ScheduleKeyDeletionRequest {
             key_id: id(&k.sym2),
@@ -328,40 +304,32 @@ async fn lifecycle(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         cancel_key_deletion,
-        "CancelKeyDeletion",
         "pending deletion",
         pb::CancelKeyDeletionRequest {
             key_id: id(&k.sym2)
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         cancel_key_deletion,
-        "CancelKeyDeletion",
         "not pending deletion",
         pb::CancelKeyDeletionRequest {
             key_id: id(&k.sym2)
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         enable_key,
-        "EnableKey",
         "after cancelling",
         pb::EnableKeyRequest {
             key_id: id(&k.sym2)
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         update_key_description,
-        "UpdateKeyDescription",
         "symmetric",
         pb::UpdateKeyDescriptionRequest {
             key_id: id(&k.sym),
@@ -369,10 +337,8 @@ async fn lifecycle(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         update_key_description,
-        "UpdateKeyDescription",
         "no such key",
         pb::UpdateKeyDescriptionRequest {
             key_id: id(MISSING_KEY),
@@ -387,42 +353,32 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         target_key_id: key.into(),
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_alias,
-        "CreateAlias",
         "alias/golden",
         alias("alias/golden", &k.sym)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_alias,
-        "CreateAlias",
         "the same name again",
         alias("alias/golden", &k.sym)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_alias,
-        "CreateAlias",
         "reserved aws/ prefix",
         alias("alias/aws/golden", &k.sym)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_alias,
-        "CreateAlias",
         "alias/golden-2",
         alias("alias/golden-2", &k.sym2)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         update_alias,
-        "UpdateAlias",
         "alias/golden-2 to the first key",
         pb::UpdateAliasRequest {
             alias_name: "alias/golden-2".into(),
@@ -430,10 +386,8 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         update_alias,
-        "UpdateAlias",
         "no such alias",
         pb::UpdateAliasRequest {
             alias_name: "alias/missing".into(),
@@ -441,10 +395,8 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         describe_key,
-        "DescribeKey",
         "by alias",
         pb::DescribeKeyRequest {
             key_id: "alias/golden".into(),
@@ -455,39 +407,21 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         key_id: key.into(),
         ..Default::default()
     };
-    call!(g.admin, kms, list_aliases, "ListAliases", "all", list(""));
-    call!(
-        g.admin,
-        kms,
-        list_aliases,
-        "ListAliases",
-        "of one key",
-        list(&k.sym)
-    );
-    call!(
-        g.admin,
-        kms,
-        list_aliases,
-        "ListAliases",
-        "no such key",
-        list(MISSING_KEY)
-    );
+    call!(g.admin.kms, list_aliases, "all", list(""));
+    call!(g.admin.kms, list_aliases, "of one key", list(&k.sym));
+    call!(g.admin.kms, list_aliases, "no such key", list(MISSING_KEY));
     let delete = |name: &str| pb::DeleteAliasRequest {
         alias_name: name.into(),
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         delete_alias,
-        "DeleteAlias",
         "alias/golden-2",
         delete("alias/golden-2")
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         delete_alias,
-        "DeleteAlias",
         "no such alias",
         delete("alias/golden-2")
     );
@@ -496,10 +430,8 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         tag_value: v.into(),
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         tag_resource,
-        "TagResource",
         "two tags",
         pb::TagResourceRequest {
             key_id: k.sym.clone(),
@@ -507,10 +439,8 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         tag_resource,
-        "TagResource",
         "reserved aws: tag key",
         pb::TagResourceRequest {
             key_id: k.sym.clone(),
@@ -521,19 +451,10 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         key_id: key.into(),
         tag_keys: vec!["cost".into()],
     };
+    call!(g.admin.kms, untag_resource, "one tag", untag(&k.sym));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         untag_resource,
-        "UntagResource",
-        "one tag",
-        untag(&k.sym)
-    );
-    call!(
-        g.admin,
-        kms,
-        untag_resource,
-        "UntagResource",
         "no such key",
         untag(MISSING_KEY)
     );
@@ -542,27 +463,16 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         limit,
         marker: marker.into(),
     };
+    call!(g.admin.kms, list_resource_tags, "symmetric", tags(None, ""));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_resource_tags,
-        "ListResourceTags",
-        "symmetric",
-        tags(None, "")
-    );
-    call!(
-        g.admin,
-        kms,
-        list_resource_tags,
-        "ListResourceTags",
         "first page",
         tags(Some(1), "")
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_resource_tags,
-        "ListResourceTags",
         "bad marker",
         tags(None, "%%%")
     );
@@ -571,10 +481,8 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
 async fn symmetric(g: &mut G, k: &Keys) {
     let c = ctx(&[("purpose", "golden")]);
     let blob = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         encrypt,
-        "Encrypt",
         "with an encryption context",
         pb::EncryptRequest {
             key_id: k.sym.clone(),
@@ -586,10 +494,8 @@ async fn symmetric(g: &mut G, k: &Keys) {
     .expect("Encrypt succeeds")
     .ciphertext_blob;
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         encrypt,
-        "Encrypt",
         "dry run",
         pb::EncryptRequest {
             key_id: k.sym.clone(),
@@ -599,10 +505,8 @@ async fn symmetric(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         encrypt,
-        "Encrypt",
         "empty plaintext",
         pb::EncryptRequest {
             key_id: k.sym.clone(),
@@ -615,27 +519,16 @@ async fn symmetric(g: &mut G, k: &Keys) {
             encryption_context: c.clone(),
             ..Default::default()
         };
+    call!(g.admin.kms, decrypt, "with the context", decrypt(&blob, &c));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         decrypt,
-        "Decrypt",
-        "with the context",
-        decrypt(&blob, &c)
-    );
-    call!(
-        g.admin,
-        kms,
-        decrypt,
-        "Decrypt",
         "without the context",
         decrypt(&blob, &ctx(&[]))
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         decrypt,
-        "Decrypt",
         "not a ciphertext",
         decrypt(&[1u8; 64], &ctx(&[]))
     );
@@ -645,27 +538,11 @@ async fn symmetric(g: &mut G, k: &Keys) {
         destination_key_id: dest.into(),
         ..Default::default()
     };
-    call!(
-        g.admin,
-        kms,
-        re_encrypt,
-        "ReEncrypt",
-        "to the second key",
-        re(&k.sym2)
-    );
-    call!(
-        g.admin,
-        kms,
-        re_encrypt,
-        "ReEncrypt",
-        "to a signing key",
-        re(&k.rsa)
-    );
+    call!(g.admin.kms, re_encrypt, "to the second key", re(&k.sym2));
+    call!(g.admin.kms, re_encrypt, "to a signing key", re(&k.rsa));
     let dk = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key,
-        "GenerateDataKey",
         "AES_256",
         pb::GenerateDataKeyRequest {
             key_id: k.sym.clone(),
@@ -675,18 +552,14 @@ async fn symmetric(g: &mut G, k: &Keys) {
     )
     .expect("GenerateDataKey succeeds");
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         decrypt,
-        "Decrypt",
         "the data key",
         decrypt(&dk.ciphertext_blob, &ctx(&[]))
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key,
-        "GenerateDataKey",
         "both KeySpec and NumberOfBytes",
         pb::GenerateDataKeyRequest {
             key_id: k.sym.clone(),
@@ -696,10 +569,8 @@ async fn symmetric(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key_without_plaintext,
-        "GenerateDataKeyWithoutPlaintext",
         "16 bytes",
         pb::GenerateDataKeyWithoutPlaintextRequest {
             key_id: "alias/golden".into(),
@@ -708,10 +579,8 @@ async fn symmetric(g: &mut G, k: &Keys) {
         }
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key_without_plaintext,
-        "GenerateDataKeyWithoutPlaintext",
         "under an HMAC key",
         pb::GenerateDataKeyWithoutPlaintextRequest {
             key_id: k.hmac.clone(),
@@ -723,44 +592,19 @@ async fn symmetric(g: &mut G, k: &Keys) {
         number_of_bytes: Some(n),
         ..Default::default()
     };
-    call!(
-        g.admin,
-        kms,
-        generate_random,
-        "GenerateRandom",
-        "32 bytes",
-        random(32)
-    );
-    call!(
-        g.admin,
-        kms,
-        generate_random,
-        "GenerateRandom",
-        "2000 bytes",
-        random(2000)
-    );
+    call!(g.admin.kms, generate_random, "32 bytes", random(32));
+    call!(g.admin.kms, generate_random, "2000 bytes", random(2000));
     let usage = |key: &str| pb::GetKeyLastUsageRequest { key_id: key.into() };
+    call!(g.admin.kms, get_key_last_usage, "after use", usage(&k.sym));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_key_last_usage,
-        "GetKeyLastUsage",
-        "after use",
-        usage(&k.sym)
-    );
-    call!(
-        g.admin,
-        kms,
-        get_key_last_usage,
-        "GetKeyLastUsage",
         "never used",
         usage(&k.ecc_ka)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_key_last_usage,
-        "GetKeyLastUsage",
         "no such key",
         usage(MISSING_KEY)
     );
@@ -775,28 +619,22 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     let sig = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         sign,
-        "Sign",
         "RSASSA_PSS_SHA_256",
         sign(&k.rsa, "RSASSA_PSS_SHA_256")
     )
     .expect("Sign succeeds")
     .signature;
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         sign,
-        "Sign",
         "ECDSA_SHA_256",
         sign(&k.ecc, "ECDSA_SHA_256")
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         sign,
-        "Sign",
         "with a symmetric key",
         sign(&k.sym, "RSASSA_PSS_SHA_256")
     );
@@ -807,19 +645,10 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         signing_algorithm: "RSASSA_PSS_SHA_256".into(),
         ..Default::default()
     };
+    call!(g.admin.kms, verify, "RSASSA_PSS_SHA_256", verify(sig));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         verify,
-        "Verify",
-        "RSASSA_PSS_SHA_256",
-        verify(sig)
-    );
-    call!(
-        g.admin,
-        kms,
-        verify,
-        "Verify",
         "a wrong signature",
         verify(vec![7u8; 256])
     );
@@ -828,39 +657,26 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_public_key,
-        "GetPublicKey",
         "RSA signing key",
         public(&k.rsa)
     );
     let peer = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_public_key,
-        "GetPublicKey",
         "ECC signing key",
         public(&k.ecc)
     )
     .expect("GetPublicKey succeeds")
     .public_key;
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_public_key,
-        "GetPublicKey",
         "ECC key agreement key",
         public(&k.ecc_ka)
     );
-    call!(
-        g.admin,
-        kms,
-        get_public_key,
-        "GetPublicKey",
-        "symmetric key",
-        public(&k.sym)
-    );
+    call!(g.admin.kms, get_public_key, "symmetric key", public(&k.sym));
     let derive = |key: &str| pb::DeriveSharedSecretRequest {
         key_id: key.into(),
         key_agreement_algorithm: "ECDH".into(),
@@ -868,18 +684,14 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         derive_shared_secret,
-        "DeriveSharedSecret",
         "ECDH with a P-256 peer",
         derive(&k.ecc_ka)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         derive_shared_secret,
-        "DeriveSharedSecret",
         "with a signing key",
         derive(&k.ecc)
     );
@@ -890,20 +702,16 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     let mac = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_mac,
-        "GenerateMac",
         "HMAC_SHA_256",
         gen_mac("HMAC_SHA_256")
     )
     .expect("GenerateMac succeeds")
     .mac;
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_mac,
-        "GenerateMac",
         "HMAC_SHA_512 with an HMAC_256 key",
         gen_mac("HMAC_SHA_512")
     );
@@ -914,19 +722,10 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         mac,
         ..Default::default()
     };
+    call!(g.admin.kms, verify_mac, "HMAC_SHA_256", verify_mac(mac));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         verify_mac,
-        "VerifyMac",
-        "HMAC_SHA_256",
-        verify_mac(mac)
-    );
-    call!(
-        g.admin,
-        kms,
-        verify_mac,
-        "VerifyMac",
         "a wrong MAC",
         verify_mac(vec![9u8; 32])
     );
@@ -937,18 +736,14 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key_pair,
-        "GenerateDataKeyPair",
         "ECC_NIST_P256",
         pair(&k.sym, "ECC_NIST_P256")
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key_pair,
-        "GenerateDataKeyPair",
         "unknown KeyPairSpec",
         pair(&k.sym, "RSA_1024")
     );
@@ -958,18 +753,14 @@ async fn asymmetric(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key_pair_without_plaintext,
-        "GenerateDataKeyPairWithoutPlaintext",
         "ECC_SECG_P256K1",
         pair_np(&k.sym)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         generate_data_key_pair_without_plaintext,
-        "GenerateDataKeyPairWithoutPlaintext",
         "under an RSA key",
         pair_np(&k.rsa)
     );
@@ -980,21 +771,12 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
         key_id: k.sym.clone(),
         policy_name: name.into(),
     };
-    let policy = call!(
-        g.admin,
-        kms,
-        get_key_policy,
-        "GetKeyPolicy",
-        "default",
-        get("default")
-    )
-    .expect("GetKeyPolicy succeeds")
-    .policy;
+    let policy = call!(g.admin.kms, get_key_policy, "default", get("default"))
+        .expect("GetKeyPolicy succeeds")
+        .policy;
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_key_policy,
-        "GetKeyPolicy",
         "unknown policy name",
         get("other")
     );
@@ -1005,48 +787,28 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         put_key_policy,
-        "PutKeyPolicy",
         "the same policy back",
         put(&policy)
     );
-    call!(
-        g.admin,
-        kms,
-        put_key_policy,
-        "PutKeyPolicy",
-        "not JSON",
-        put("{not json")
-    );
+    call!(g.admin.kms, put_key_policy, "not JSON", put("{not json"));
     let list = |key: &str| pb::ListKeyPoliciesRequest {
         key_id: key.into(),
         ..Default::default()
     };
+    call!(g.admin.kms, list_key_policies, "symmetric", list(&k.sym));
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_key_policies,
-        "ListKeyPolicies",
-        "symmetric",
-        list(&k.sym)
-    );
-    call!(
-        g.admin,
-        kms,
-        list_key_policies,
-        "ListKeyPolicies",
         "no such key",
         list(MISSING_KEY)
     );
     let user1 = format!("arn:aws:iam::{ACCOUNT}:user/user1");
     let user2 = format!("arn:aws:iam::{ACCOUNT}:user/user2");
     let grant = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_grant,
-        "CreateGrant",
         "Encrypt and Decrypt for user1, retirable by user2",
         pb::CreateGrantRequest {
             key_id: k.sym.clone(),
@@ -1065,10 +827,8 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
     )
     .expect("CreateGrant succeeds");
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_grant,
-        "CreateGrant",
         "unknown operation",
         pb::CreateGrantRequest {
             key_id: k.sym.clone(),
@@ -1078,10 +838,8 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
         }
     );
     let sign_grant = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         create_grant,
-        "CreateGrant",
         "Sign for user1 on the RSA key",
         pb::CreateGrantRequest {
             key_id: k.rsa.clone(),
@@ -1092,10 +850,8 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
     )
     .expect("CreateGrant succeeds");
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         encrypt,
-        "Encrypt",
         "with the grant token",
         pb::EncryptRequest {
             key_id: k.sym.clone(),
@@ -1110,38 +866,25 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_grants,
-        "ListGrants",
         "of the symmetric key",
         grants(&k.sym)
     );
-    call!(
-        g.admin,
-        kms,
-        list_grants,
-        "ListGrants",
-        "no such key",
-        grants(MISSING_KEY)
-    );
+    call!(g.admin.kms, list_grants, "no such key", grants(MISSING_KEY));
     let retirable = |p: &str| pb::ListRetirableGrantsRequest {
         retiring_principal: p.into(),
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_retirable_grants,
-        "ListRetirableGrants",
         "retirable by user2",
         retirable(&user2)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_retirable_grants,
-        "ListRetirableGrants",
         "RetiringPrincipal empty",
         retirable("")
     );
@@ -1151,18 +894,14 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         retire_grant,
-        "RetireGrant",
         "by key and grant id",
         retire(&grant.grant_id)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         retire_grant,
-        "RetireGrant",
         "no such grant",
         retire(MISSING_GRANT)
     );
@@ -1172,18 +911,14 @@ async fn policies_and_grants(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         revoke_grant,
-        "RevokeGrant",
         "the Sign grant",
         revoke(&sign_grant.grant_id)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         revoke_grant,
-        "RevokeGrant",
         "a malformed grant id",
         revoke("not-a-grant")
     );
@@ -1195,98 +930,71 @@ async fn rotation_and_import(g: &mut G, k: &Keys) {
         rotation_period_in_days: Some(days),
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         enable_key_rotation,
-        "EnableKeyRotation",
         "every 90 days",
         enable(90)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         enable_key_rotation,
-        "EnableKeyRotation",
         "every 10 days",
         enable(10)
     );
     let status = |key: &str| pb::GetKeyRotationStatusRequest { key_id: key.into() };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_key_rotation_status,
-        "GetKeyRotationStatus",
         "enabled",
         status(&k.sym)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_key_rotation_status,
-        "GetKeyRotationStatus",
         "no such key",
         status(MISSING_KEY)
     );
     let rotate = |key: &str| pb::RotateKeyOnDemandRequest { key_id: key.into() };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         rotate_key_on_demand,
-        "RotateKeyOnDemand",
         "symmetric",
         rotate(&k.sym)
     );
-    call!(
-        g.admin,
-        kms,
-        rotate_key_on_demand,
-        "RotateKeyOnDemand",
-        "RSA key",
-        rotate(&k.rsa)
-    );
+    call!(g.admin.kms, rotate_key_on_demand, "RSA key", rotate(&k.rsa));
     let rotations = |key: &str, include: &str| pb::ListKeyRotationsRequest {
         key_id: key.into(),
         include_key_material: include.into(),
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_key_rotations,
-        "ListKeyRotations",
         "after one rotation",
         rotations(&k.sym, "")
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_key_rotations,
-        "ListKeyRotations",
         "with the original material",
         rotations(&k.sym, "ALL_KEY_MATERIAL")
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         list_key_rotations,
-        "ListKeyRotations",
         "RSA key",
         rotations(&k.rsa, "")
     );
     let disable = |key: &str| pb::DisableKeyRotationRequest { key_id: key.into() };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         disable_key_rotation,
-        "DisableKeyRotation",
         "symmetric",
         disable(&k.sym)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         disable_key_rotation,
-        "DisableKeyRotation",
         "HMAC key",
         disable(&k.hmac)
     );
@@ -1296,19 +1004,15 @@ async fn rotation_and_import(g: &mut G, k: &Keys) {
         wrapping_key_spec: "RSA_2048".into(),
     };
     let p = call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_parameters_for_import,
-        "GetParametersForImport",
         "RSAES_OAEP_SHA_1, RSA_2048",
         params(&k.ext)
     )
     .expect("GetParametersForImport succeeds");
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         get_parameters_for_import,
-        "GetParametersForImport",
         "a key of origin AWS_KMS",
         params(&k.sym)
     );
@@ -1322,26 +1026,20 @@ async fn rotation_and_import(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         import_key_material,
-        "ImportKeyMaterial",
         "a bad import token",
         import(vec![3u8; 40])
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         import_key_material,
-        "ImportKeyMaterial",
         "32 bytes wrapped with openssl",
         import(p.import_token.clone())
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         encrypt,
-        "Encrypt",
         "under the imported material",
         pb::EncryptRequest {
             key_id: k.ext.clone(),
@@ -1354,26 +1052,20 @@ async fn rotation_and_import(g: &mut G, k: &Keys) {
         ..Default::default()
     };
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         delete_imported_key_material,
-        "DeleteImportedKeyMaterial",
         "imported",
         delete(&k.ext)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         delete_imported_key_material,
-        "DeleteImportedKeyMaterial",
         "symmetric",
         delete(&k.sym)
     );
     call!(
-        g.admin,
-        kms,
+        g.admin.kms,
         describe_key,
-        "DescribeKey",
         "pending import",
         pb::DescribeKeyRequest {
             key_id: k.ext.clone(),
@@ -1391,34 +1083,26 @@ async fn admin_and_sts(g: &mut G, k: &Keys, addr: SocketAddr) {
         source_ip: ip.into(),
     };
     call!(
-        g.admin,
-        admin,
+        g.admin.admin,
         explain_access,
-        "ExplainAccess",
         "user1 may Decrypt?",
         explain("")
     );
     call!(
-        g.admin,
-        admin,
+        g.admin.admin,
         explain_access,
-        "ExplainAccess",
         "a bad SourceIp",
         explain("not-an-ip")
     );
     call!(
-        g.admin,
-        sts,
+        g.admin.sts,
         get_caller_identity,
-        "GetCallerIdentity",
         "as admin",
         pb::GetCallerIdentityRequest {}
     );
     call!(
-        g.wrong,
-        sts,
+        g.wrong.sts,
         get_caller_identity,
-        "GetCallerIdentity",
         "a wrong secret",
         pb::GetCallerIdentityRequest {}
     );
@@ -1429,24 +1113,15 @@ async fn admin_and_sts(g: &mut G, k: &Keys, addr: SocketAddr) {
         ..Default::default()
     };
     let creds = call!(
-        g.bob,
-        sts,
+        g.bob.sts,
         assume_role,
-        "AssumeRole",
         "bob assumes Engineering",
         assume("Engineering")
     )
     .expect("AssumeRole succeeds")
     .credentials
     .expect("credentials");
-    call!(
-        g.bob,
-        sts,
-        assume_role,
-        "AssumeRole",
-        "no such role",
-        assume("NoSuchRole")
-    );
+    call!(g.bob.sts, assume_role, "no such role", assume("NoSuchRole"));
     let session = AccessKeyCredentials {
         access_key_id: creds.access_key_id,
         secret_access_key: zeroize::Zeroizing::new(creds.secret_access_key),
@@ -1454,18 +1129,14 @@ async fn admin_and_sts(g: &mut G, k: &Keys, addr: SocketAddr) {
     };
     g.bob = signed_with(addr, session).await;
     call!(
-        g.bob,
-        sts,
+        g.bob.sts,
         get_caller_identity,
-        "GetCallerIdentity",
         "as the assumed role",
         pb::GetCallerIdentityRequest {}
     );
     call!(
-        g.bob,
-        kms,
+        g.bob.kms,
         describe_key,
-        "DescribeKey",
         "as the assumed role",
         pb::DescribeKeyRequest {
             key_id: k.sym.clone(),

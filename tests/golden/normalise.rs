@@ -144,11 +144,9 @@ impl Normaliser {
     /// plaintext, message...) and its echo stay as they are; every other blob is random.
     fn blob(&mut self, bytes: &[u8], request: bool) -> Option<String> {
         let key = format!("b:{}", hex::encode(bytes));
-        if !self.seen.contains_key(&key) {
-            if request || self.literals.contains(bytes) {
-                self.literals.insert(bytes.to_vec());
-                return None;
-            }
+        if !self.seen.contains_key(&key) && (request || self.literals.contains(bytes)) {
+            self.literals.insert(bytes.to_vec());
+            return None;
         }
         // An ECDSA signature (DER) varies in length; every other blob's length is fixed.
         let ecdsa = bytes.len() > 8
