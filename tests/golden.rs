@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::*;
-use p11kms::core::ManualClock;
+use p11kms::core::{Clock, ManualClock};
 use p11kms::server::{self, RunningServer, ServerOptions};
 
 /// A key id no key has.
@@ -73,10 +73,13 @@ impl Transcript {
 }
 
 /// A daemon with both doors (the AWS door over TLS on 127.0.0.1:0), its clock held still (so
-/// that one run's timestamps relate the same way every run) and its sweeper held back.
+/// that one run's times relate the same way every run) and its sweeper held back.
 async fn start_daemon(name: &str) -> (RunningServer, Arc<ManualClock>) {
     let config = config_with(&data_dir(name), AWS_DOOR_SECTION);
+    // Still on millisecond 123 of a second: fractions of seconds are the same every run,
+    // so that the transcripts keep them (and the shape of every time) exact.
     let clock = Arc::new(ManualClock::default());
+    clock.advance_ms((123 - clock.now_ms()).rem_euclid(1000));
     let server = server::start(
         &config,
         ServerOptions {

@@ -835,6 +835,14 @@ async fn admin_and_sts(d: &mut Door, k: &Keys) {
     d.kms_as(
         &admin,
         "P11kmsAdmin.ExplainAccess",
+        "admin may Encrypt?",
+        json!({"Principal": format!("arn:aws:iam::{ACCOUNT}:user/admin"), "Action": "kms:Encrypt",
+               "KeyId": "alias/golden"}),
+    )
+    .await;
+    d.kms_as(
+        &admin,
+        "P11kmsAdmin.ExplainAccess",
         "a bad SourceIp",
         json!({"Principal": format!("arn:aws:iam::{ACCOUNT}:user/user1"), "Action": "kms:Decrypt",
                "KeyId": k.sym, "SourceIp": "not-an-ip"}),

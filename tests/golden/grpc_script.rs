@@ -1075,24 +1075,23 @@ async fn rotation_and_import(g: &mut G, k: &Keys) {
 }
 
 async fn admin_and_sts(g: &mut G, k: &Keys, addr: SocketAddr) {
-    let explain = |ip: &str| pb::ExplainAccessRequest {
-        principal: format!("arn:aws:iam::{ACCOUNT}:user/user1"),
-        action: "kms:Decrypt".into(),
+    let explain = |who: &str, action: &str, ip: &str| pb::ExplainAccessRequest {
+        principal: format!("arn:aws:iam::{ACCOUNT}:user/{who}"),
+        action: action.into(),
         key_id: k.sym.clone(),
         encryption_context: ctx(&[("purpose", "golden")]),
         source_ip: ip.into(),
     };
-    call!(
-        g.admin.admin,
-        explain_access,
-        "user1 may Decrypt?",
-        explain("")
-    );
+    let (user1, admin) = ("user1 may Decrypt?", "admin may Encrypt?");
+    let r = explain("user1", "kms:Decrypt", "");
+    call!(g.admin.admin, explain_access, user1, r);
+    let r = explain("admin", "kms:Encrypt", "");
+    call!(g.admin.admin, explain_access, admin, r);
     call!(
         g.admin.admin,
         explain_access,
         "a bad SourceIp",
-        explain("not-an-ip")
+        explain("user1", "kms:Decrypt", "not-an-ip")
     );
     call!(
         g.admin.sts,
