@@ -618,7 +618,7 @@ pub async fn aws_door_post(
             path: "/",
             query: "",
             headers: &headers,
-            payload_sha256_hex: &sigv4::sha256_hex(body),
+            payload_sha256_hex: &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
         },
         &names,
         &SigningParams {
