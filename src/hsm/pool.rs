@@ -1,4 +1,4 @@
-//! HSM worker threads, the bounded job queue, deadlines and call counters.
+//! HSM worker threads, the bounded job queue, deadlines and lock classes (call counters: `call`).
 //!
 //! `workers` threads named `hsm-worker-N` each own one R/W session and take
 //! jobs from one shared bounded queue (`std::sync::mpsc::sync_channel`).

@@ -180,25 +180,23 @@ async fn every_kind_of_token_object_reads_back_its_flags() {
     let secret = "token private sensitive always_sensitive never_extractable";
     let public = "token";
 
-    let id = new_id();
-    hsm.generate_aes_key(id).await.unwrap();
-    let got = flags(&hsm.key_attributes(id).await.unwrap());
-    assert_eq!(
-        got,
-        format!("{secret} encrypt decrypt mechs=AES_GCM"),
-        "CMK AES"
-    );
-    hsm.destroy(id).await.unwrap();
-
-    let id = new_id();
-    hsm.generate_hmac_key(id, MacAlg::Sha256).await.unwrap();
-    let got = flags(&hsm.key_attributes(id).await.unwrap());
-    assert_eq!(
-        got,
-        format!("{secret} sign verify mechs=SHA256_HMAC"),
-        "CMK HMAC"
-    );
-    hsm.destroy(id).await.unwrap();
+    for (what, hmac, want) in [
+        ("CMK AES", None, "encrypt decrypt mechs=AES_GCM"),
+        (
+            "CMK HMAC",
+            Some(MacAlg::Sha256),
+            "sign verify mechs=SHA256_HMAC",
+        ),
+    ] {
+        let id = new_id();
+        match hmac {
+            None => hsm.generate_aes_key(id).await.unwrap(),
+            Some(alg) => hsm.generate_hmac_key(id, alg).await.unwrap(),
+        }
+        let got = flags(&hsm.key_attributes(id).await.unwrap());
+        assert_eq!(got, format!("{secret} {want}"), "{what}");
+        hsm.destroy(id).await.unwrap();
+    }
 
     let oaep = hsm.oaep_sha256().await.unwrap();
     let rsa_decrypt = match oaep {
