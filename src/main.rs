@@ -686,17 +686,6 @@ fn spki_from_der_or_pem(raw: &[u8]) -> Option<Vec<u8>> {
     B64.decode(b64).ok()
 }
 
-fn public_key_pem(der: &[u8]) -> String {
-    let b64 = B64.encode(der);
-    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END PUBLIC KEY-----\n");
-    pem
-}
-
 /// Prints as AWS does: null members are left out (the AWS door's `compact`).
 fn print_json(v: &serde_json::Value) {
     let v = door_render::compact(v.clone());
@@ -1162,7 +1151,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                 .into_inner();
             match out {
                 Some(p) => write_output(&p, &r.public_key, false)?,
-                None => print!("{}", public_key_pem(&r.public_key)),
+                None => print!("{}", p11kms::encoding::public_key_pem(&r.public_key)),
             }
         }
         Command::GetKeyLastUsage { conn, key } => {

@@ -27,10 +27,10 @@ use serde_json::Value;
 
 use super::checkpoint::{parse_public_key, split_signature, verify_signature};
 use super::event::{
-    key_id_of, sha256_hex, split_line, GENESIS_HASH, RECORD_CHECKPOINT, RECORD_EVENT,
-    RECORD_SEGMENT_START,
+    key_id_of, split_line, GENESIS_HASH, RECORD_CHECKPOINT, RECORD_EVENT, RECORD_SEGMENT_START,
 };
 use super::writer::segment_index;
+use crate::encoding::sha256_hex;
 
 /// Most individual `deleted`/`truncated` problems listed for one gap; the rest is summarised.
 const MAX_LISTED_PER_GAP: u64 = 100;

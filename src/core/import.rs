@@ -13,7 +13,6 @@
 //!   engine's clock), and the key returns to PendingImport; DeleteImportedKeyMaterial does
 //!   the same at once. Expired import tokens are swept with their wrapping keys.
 
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
@@ -130,7 +129,7 @@ fn check_import_state(key: &CachedKey) -> Result<(), KmsError> {
 }
 
 fn token_hash(token: &[u8]) -> String {
-    hex::encode(Sha256::digest(token))
+    crate::encoding::sha256_hex(token)
 }
 
 fn invalid_token() -> KmsError {

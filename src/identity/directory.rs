@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 
 use super::arn::{is_account_id, Arn};
 use super::certs::{CertBinding, CertMatcher, CertificateDirectory};
+use crate::encoding::percent_decode_strict;
 use crate::policy::{NamedPolicy, Policy, PolicyKind, RequestContext};
 
 /// Default `MaxSessionDuration` of a role, in seconds.
@@ -830,30 +831,6 @@ fn read_file(path: &Path) -> Result<String, IdentityError> {
     })
 }
 
-/// Percent-decodes a URL-encoded policy document (`%XX` only; `+` stays literal).
-fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c == b'%' {
-            let hi = b.get(i + 1).and_then(|x| char::from(*x).to_digit(16));
-            let lo = b.get(i + 2).and_then(|x| char::from(*x).to_digit(16));
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 3;
-                }
-                _ => return Err(format!("invalid percent-escape at offset {i}")),
-            }
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "URL-decoded document is not UTF-8".to_string())
-}
-
 /// A policy document as found in the file: a JSON object, or a (URL-encoded) JSON string.
 fn decode_document(v: &Value) -> Result<Cow<'_, Value>, String> {
     match v {
@@ -862,7 +839,7 @@ fn decode_document(v: &Value) -> Result<Cow<'_, Value>, String> {
             let text = if s.trim_start().starts_with('{') {
                 s.clone()
             } else {
-                percent_decode(s)?
+                percent_decode_strict(s)?
             };
             let parsed: Value = serde_json::from_str(&text)
                 .map_err(|e| format!("policy document is not valid JSON: {e}"))?;
@@ -1866,9 +1843,12 @@ mod tests {
             assert_eq!(names(alice.identity_policies()), vec!["AliceInline"]);
             assert_eq!(alice.identity_policies()[0].1.statement_count(), 1);
         }
-        assert_eq!(percent_decode("%7B%22a%22%3A1%7D").unwrap(), r#"{"a":1}"#);
-        assert!(percent_decode("%7").is_err());
-        assert!(percent_decode("%FF").is_err());
+        assert_eq!(
+            percent_decode_strict("%7B%22a%22%3A1%7D").unwrap(),
+            r#"{"a":1}"#
+        );
+        assert!(percent_decode_strict("%7").is_err());
+        assert!(percent_decode_strict("%FF").is_err());
     }
 
     #[test]
