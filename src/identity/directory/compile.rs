@@ -10,7 +10,8 @@ use super::super::arn::Arn;
 use super::load::{compile, invalid, IdentityError};
 use super::model::{AccountData, Directory, EntryKind, PrincipalEntry, RoleEntry};
 use super::raw::{
-    RawAuthDetails, RawBoundary, RawGroup, RawManagedPolicy, RawRole, RawTag, RawUser,
+    RawAttached, RawAuthDetails, RawBoundary, RawGroup, RawInline, RawManagedPolicy, RawRole,
+    RawTag, RawUser,
 };
 use super::{NamedArcPolicy, DEFAULT_MAX_SESSION_DURATION, MAX_MAX_SESSION_DURATION};
 use crate::policy::{Policy, PolicyKind};
@@ -151,22 +152,13 @@ fn load_user(
     u: &RawUser,
 ) -> Result<Arc<PrincipalEntry>, IdentityError> {
     let (account, who) = (ctx.account, &u.arn);
-    let mut policies = Vec::new();
-    let mut seen = HashSet::new();
-    for p in &u.user_policy_list {
-        let policy = compile(
-            account,
-            who,
-            &p.policy_name,
-            &p.policy_document,
-            PolicyKind::Identity,
-        )?;
-        policies.push((p.policy_name.clone(), policy));
-    }
-    for a in &u.attached_managed_policies {
-        let p = managed.get(&a.policy_arn, PolicyKind::Identity, who)?;
-        push_unique(&mut policies, &mut seen, &a.policy_arn, p);
-    }
+    let (mut policies, mut seen) = own_policies(
+        ctx,
+        managed,
+        who,
+        &u.user_policy_list,
+        &u.attached_managed_policies,
+    )?;
     for gname in &u.group_list {
         let Some((inline, attached)) = groups.get(gname.as_str()) else {
             return Err(invalid(format!(
@@ -194,6 +186,34 @@ fn load_user(
     }))
 }
 
+/// A user's or role's own identity policies: inline, then attached managed ones (each ARN
+/// once); also the managed ARNs taken, so a user's groups do not add them again.
+fn own_policies(
+    ctx: &AccountCtx<'_>,
+    managed: &mut ManagedPolicies<'_>,
+    who: &str,
+    inline: &[RawInline],
+    attached: &[RawAttached],
+) -> Result<(Vec<NamedArcPolicy>, HashSet<String>), IdentityError> {
+    let mut policies = Vec::new();
+    let mut seen = HashSet::new();
+    for p in inline {
+        let policy = compile(
+            ctx.account,
+            who,
+            &p.policy_name,
+            &p.policy_document,
+            PolicyKind::Identity,
+        )?;
+        policies.push((p.policy_name.clone(), policy));
+    }
+    for a in attached {
+        let p = managed.get(&a.policy_arn, PolicyKind::Identity, who)?;
+        push_unique(&mut policies, &mut seen, &a.policy_arn, p);
+    }
+    Ok((policies, seen))
+}
+
 /// A role: its trust policy (key-policy semantics), inline then managed policies, boundary
 /// and session duration limit.
 fn load_role(
@@ -209,22 +229,13 @@ fn load_role(
         &r.assume_role_policy_document,
         PolicyKind::Key,
     )?;
-    let mut policies = Vec::new();
-    let mut seen = HashSet::new();
-    for p in &r.role_policy_list {
-        let policy = compile(
-            account,
-            who,
-            &p.policy_name,
-            &p.policy_document,
-            PolicyKind::Identity,
-        )?;
-        policies.push((p.policy_name.clone(), policy));
-    }
-    for a in &r.attached_managed_policies {
-        let p = managed.get(&a.policy_arn, PolicyKind::Identity, who)?;
-        push_unique(&mut policies, &mut seen, &a.policy_arn, p);
-    }
+    let (policies, _) = own_policies(
+        ctx,
+        managed,
+        who,
+        &r.role_policy_list,
+        &r.attached_managed_policies,
+    )?;
     let permission_boundary = boundary(managed, r.permissions_boundary.as_ref(), who)?;
     let max_session_duration = r
         .max_session_duration
