@@ -86,7 +86,7 @@ pub struct DecidingStatement {
     pub statement: String,
 }
 
-/// Outcome of [`evaluate`].
+/// Outcome of [`evaluate`](super::evaluate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// Allow or Deny.
