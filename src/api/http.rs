@@ -395,3 +395,154 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Notify;
+
+    /// A door that echoes its request id (`/`), keeps its own (`/own-id`), answers once
+    /// released (`/wait`), or never (`/hang`).
+    #[derive(Default)]
+    struct Toy {
+        release: Notify,
+    }
+
+    impl HttpDoor for Toy {
+        const NAME: &'static str = "toy";
+
+        fn binding(_: &Config) -> Option<HttpBinding> {
+            None
+        }
+
+        fn build(_: &Config, _: &DoorDeps) -> Toy {
+            Toy::default()
+        }
+
+        async fn handle(&self, ctx: RequestCtx, req: Request<Body>) -> Response {
+            match req.uri().path() {
+                "/own-id" => {
+                    let mut r = Response::new(Body::from("own"));
+                    let id = HeaderValue::from_static("mine");
+                    r.headers_mut().insert(REQUEST_ID_HEADER, id);
+                    return r;
+                }
+                "/wait" => self.release.notified().await,
+                "/hang" => std::future::pending::<()>().await,
+                _ => {}
+            }
+            Response::new(Body::from(ctx.request_id))
+        }
+    }
+
+    fn limits() -> Limits {
+        let s = Duration::from_secs;
+        Limits {
+            handshake_timeout: s(10),
+            request_head_timeout: s(10),
+            request_body_timeout: s(10),
+            idle_timeout: s(60),
+            http2_keepalive_interval: s(30),
+            http2_keepalive_timeout: s(10),
+            max_connections: 10,
+            max_connections_per_source: 10,
+            accept_backoff_max: s(1),
+        }
+    }
+
+    /// A toy door on plain HTTP: its address, the door, its signal and its task.
+    async fn toy() -> (
+        SocketAddr,
+        Arc<Toy>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let door = Arc::new(Toy::default());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve(door.clone(), tcp, None, limits(), cancel.clone()));
+        (addr, door, cancel, task)
+    }
+
+    /// Sends `GET path` on a new connection (with `Connection: close`).
+    async fn send(addr: SocketAddr, path: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        s
+    }
+
+    async fn response(mut s: TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The value of `name` in an HTTP/1.1 response head.
+    fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+        resp.lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_the_request_id_the_door_was_given() {
+        let (addr, _door, cancel, task) = toy().await;
+        let a = response(send(addr, "/").await).await;
+        let b = response(send(addr, "/").await).await;
+        let id = header(&a, REQUEST_ID_HEADER).expect("request id header");
+        assert_eq!(id.len(), 36, "a UUID: {a}");
+        assert!(a.ends_with(id), "the door saw the same id: {a}");
+        assert_ne!(
+            header(&b, REQUEST_ID_HEADER),
+            Some(id),
+            "one id per request"
+        );
+        let own = response(send(addr, "/own-id").await).await;
+        assert_eq!(header(&own, REQUEST_ID_HEADER), Some("mine"), "{own}");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_signal_accepting_stops_and_requests_in_flight_finish() {
+        let (addr, door, cancel, task) = toy().await;
+        let in_flight = send(addr, "/wait").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !task.is_finished(),
+            "the listener waits for the request in flight"
+        );
+        let refused = TcpStream::connect(addr).await;
+        assert!(refused.is_err(), "no longer accepting");
+        door.release.notify_waiters();
+        let r = response(in_flight).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("drained once the request ended")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_that_never_ends_is_closed_at_the_drain_deadline() {
+        let (addr, _door, cancel, task) = toy().await;
+        let hung = send(addr, "/hang").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = std::time::Instant::now();
+        cancel.cancel();
+        tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(3), task)
+            .await
+            .expect("drain is bounded")
+            .unwrap();
+        assert!(t.elapsed() >= DRAIN_TIMEOUT - Duration::from_millis(100));
+        let r = tokio::time::timeout(Duration::from_secs(2), response(hung))
+            .await
+            .expect("the connection is closed");
+        assert_eq!(r, "", "closed without a response");
+    }
+}

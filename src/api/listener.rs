@@ -969,6 +969,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn close_all_closes_every_connection_busy_or_not() {
+        let r = Registry::new("test", limits());
+        let idle = r.admit(addr("10.0.0.1:1")).unwrap();
+        let busy = r.admit(addr("10.0.0.2:1")).unwrap();
+        let _request = busy.conn().begin_request();
+        r.close_all();
+        assert!(idle.conn().is_closed() && busy.conn().is_closed());
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test]
     async fn caps_shed_the_oldest_idle_connection_and_never_a_busy_one() {
         let r = Registry::new("test", limits());
         let a1 = r.admit(addr("10.0.0.1:1")).unwrap();

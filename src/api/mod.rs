@@ -15,3 +15,19 @@ pub mod listener;
 /// The door registry: every HTTP door the daemon can serve, one line per door.
 pub const HTTP_DOORS: &[http::HttpDoorEntry] =
     &[http::HttpDoorEntry::of::<aws_json::AwsJsonDoor>()];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_lists_each_http_door_once() {
+        let names: Vec<&str> = HTTP_DOORS.iter().map(|d| d.name).collect();
+        assert!(names.contains(&aws_json::DOOR), "{names:?}");
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(!names.contains(&grpc::DOOR), "the gRPC door is tonic's");
+    }
+}

@@ -269,7 +269,7 @@ impl AwsJsonDoor {
     ) -> Result<kms::Call, Refused> {
         let akid = caller.access_key_id.clone();
         let refused = |e| Refused::authenticated(e, akid.clone());
-        let value = parse_json(bytes).map_err(refused)?;
+        let value = decode_kms_body(bytes).map_err(refused)?;
         info.params = audit_parameters(op.name, &value);
         model_check(op.name, &value).map_err(refused)?;
         (op.prepare)(self.gate.kms().clone(), caller, value).map_err(|_| {
@@ -381,9 +381,9 @@ fn signed_headers(parts: &Parts) -> Vec<(String, String)> {
     signed
 }
 
-/// A KMS body as a JSON object (an empty body is `{}`). The error says where, never what:
-/// serde's text can quote the body.
-fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, WireError> {
+/// Decodes a KMS request body as the door does before the model check: empty (or blank) is
+/// `{}`, anything else must be one JSON object.
+pub fn decode_kms_body(bytes: &[u8]) -> Result<serde_json::Value, WireError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Value::Object(Default::default()));
     }
@@ -392,6 +392,7 @@ fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, WireError> {
         Ok(_) => Err(WireError::serialization(
             "The request body must be a JSON object.",
         )),
+        // Where, never what: serde's text can quote the body.
         Err(err) => Err(WireError::serialization(format!(
             "The request body is not valid JSON (line {}, column {}).",
             err.line(),
@@ -432,7 +433,7 @@ fn render(request_id: &str, result: Result<kms::Reply, KmsError>, xml: bool) -> 
 
 /// The model check of a KMS body ([`model`]): types, constraints, then members the door
 /// does not read.
-fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
+pub fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
     match model::check(operation, body) {
         Err(model::Refusal::Serialization(m)) => return Err(WireError::serialization(m)),
         Err(model::Refusal::Kms(e)) => return Err(WireError::from_kms(&e)),
