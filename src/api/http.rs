@@ -167,20 +167,12 @@ type StartFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<RunningDoor>, DoorStartError>> + Send + 'a>>;
 
 /// One line of the door registry: a door type, type-erased into its start function.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct HttpDoorEntry {
     /// The door's name ([`HttpDoor::NAME`]).
     pub name: &'static str,
     /// Starts the door if the config enables it; it stops when the token is cancelled.
     pub start: for<'a> fn(&'a Config, &'a DoorDeps, CancellationToken) -> StartFuture<'a>,
-}
-
-impl std::fmt::Debug for HttpDoorEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpDoorEntry")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
 }
 
 impl HttpDoorEntry {
@@ -247,6 +239,27 @@ fn tls_for(binding: &HttpBinding) -> Result<Option<TlsAcceptor>, DoorStartError>
             addr: binding.listen,
         }),
     }
+}
+
+/// A request's headers as SigV4 signs them: as received (names lowercase), plus `host` from
+/// HTTP/2's `:authority` when there is no `host` header. Both doors authenticate over these.
+pub fn headers_as_signed(parts: &http::request::Parts) -> Vec<(String, String)> {
+    let mut signed: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if !parts.headers.contains_key(http::header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            signed.push(("host".into(), a.as_str().to_string()));
+        }
+    }
+    signed
 }
 
 /// Stamps the request id on every request's response, then hands the request to the door.
@@ -437,17 +450,10 @@ mod tests {
     }
 
     fn limits() -> Limits {
-        let s = Duration::from_secs;
         Limits {
-            handshake_timeout: s(10),
-            request_head_timeout: s(10),
-            request_body_timeout: s(10),
-            idle_timeout: s(60),
-            http2_keepalive_interval: s(30),
-            http2_keepalive_timeout: s(10),
             max_connections: 10,
             max_connections_per_source: 10,
-            accept_backoff_max: s(1),
+            ..crate::api::listener::tests::limits()
         }
     }
 

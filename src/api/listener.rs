@@ -847,10 +847,11 @@ pub async fn accept_loop<F>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn limits() -> Limits {
+    /// Limits for tests: generous deadlines, small caps.
+    pub(crate) fn limits() -> Limits {
         let s = Duration::from_secs;
         Limits {
             handshake_timeout: s(10),

@@ -40,7 +40,9 @@ use http::{header, HeaderMap, Method, Request};
 use http_body_util::BodyExt;
 
 use crate::api::gate::{Gate, RequestInfo};
-use crate::api::http::{ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles};
+use crate::api::http::{
+    headers_as_signed, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
+};
 use crate::config::Config;
 use crate::core::KmsError;
 use crate::identity::auth::{claimed_access_key_id, Authenticator, SigV4Input};
@@ -230,7 +232,7 @@ impl AwsJsonDoor {
         service: &'static str,
         xml: bool,
     ) -> Result<Caller, Refused> {
-        let headers = signed_headers(parts);
+        let headers = headers_as_signed(parts);
         let payload_hash = sigv4::sha256_hex(bytes);
         let input = SigV4Input {
             request: SignableRequest {
@@ -359,26 +361,6 @@ fn sts_action(form: &[(String, String)]) -> Result<&'static str, WireError> {
         .find(|a| **a == action)
         .copied()
         .ok_or_else(|| WireError::sts_invalid_action(action))
-}
-
-/// The headers as signed: as received, plus `host` from HTTP/2's `:authority`.
-fn signed_headers(parts: &Parts) -> Vec<(String, String)> {
-    let mut signed: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            signed.push(("host".into(), a.as_str().to_string()));
-        }
-    }
-    signed
 }
 
 /// Decodes a KMS request body as the door does before the model check: empty (or blank) is
