@@ -17,7 +17,7 @@
 //! | [`store`] | metadata persistence behind [`store::MetadataStore`]; SQLite embedded by default |
 //! | [`ciphertext`] | ciphertext format v1 and its AAD |
 //! | [`audit`] | the tamper-evident audit trail: events, the hash-chained group-committed writer, HSM-signed checkpoints, the offline verifier |
-//! | [`api`] | the doors: gRPC today, and the one mapping from `KmsError` to each wire's error |
+//! | [`api`] | the doors (gRPC on tonic; the HTTP doors, today the AWS door, on one listener and listed in [`api::HTTP_DOORS`]), and the one mapping from `KmsError` to each wire's error |
 //! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
 //! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
 //! | [`client`] | the gRPC client used by the CLI's client commands |
