@@ -193,7 +193,7 @@ impl AwsJsonDoor {
                     form_urlencoded::parse(&bytes).into_owned().collect();
                 let action = sts_action(&form).map_err(|e| Refused::anonymous(e, xml))?;
                 info.operation = action;
-                info.params = params::sts_parameters(action, &form);
+                info.params = sts::request_parameters(action, &form);
                 let caller = self.authenticate(conn, parts, &bytes, sts::SERVICE, xml)?;
                 let kms = self.gate.kms().clone();
                 let id = info.request_id.clone();

@@ -180,48 +180,6 @@ pub fn request_parameters(operation: &str, body: &Value) -> Value {
     Value::Object(out)
 }
 
-/// The CloudTrail `requestParameters` of an STS Query request (its form pairs).
-pub fn sts_parameters(action: &str, form: &[(String, String)]) -> Value {
-    let mut body = Map::new();
-    let mut tags: Vec<(usize, String, String)> = Vec::new();
-    for (k, v) in form {
-        if let Some(rest) = k.strip_prefix("Tags.member.") {
-            let mut it = rest.splitn(2, '.');
-            if let (Some(Ok(n)), Some(part)) = (it.next().map(str::parse::<usize>), it.next()) {
-                match tags.iter_mut().find(|t| t.0 == n) {
-                    Some(t) if part == "Key" => t.1 = v.clone(),
-                    Some(t) if part == "Value" => t.2 = v.clone(),
-                    Some(_) => {}
-                    None if part == "Key" => tags.push((n, v.clone(), String::new())),
-                    None if part == "Value" => tags.push((n, String::new(), v.clone())),
-                    None => {}
-                }
-            }
-            continue;
-        }
-        let value = match k.as_str() {
-            "DurationSeconds" => v
-                .parse::<i64>()
-                .map(Value::from)
-                .unwrap_or_else(|_| Value::from(v.as_str())),
-            _ => Value::from(v.as_str()),
-        };
-        body.insert(k.clone(), value);
-    }
-    if !tags.is_empty() {
-        tags.sort_by_key(|t| t.0);
-        body.insert(
-            "Tags".into(),
-            Value::Array(
-                tags.into_iter()
-                    .map(|(_, k, v)| serde_json::json!({"Key": k, "Value": v}))
-                    .collect(),
-            ),
-        );
-    }
-    request_parameters(action, &Value::Object(body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,29 +223,5 @@ mod tests {
         // Not a member of DescribeKey: not logged.
         let p = request_parameters("DescribeKey", &json!({"KeyId": "k", "DryRun": true}));
         assert_eq!(p, json!({"keyId": "k"}));
-    }
-
-    #[test]
-    fn sts_form_is_logged_without_tokens() {
-        let form = [
-            ("Action", "AssumeRole"),
-            ("RoleArn", "arn:aws:iam::111122223333:role/R"),
-            ("RoleSessionName", "s"),
-            ("DurationSeconds", "900"),
-            ("Tags.member.1.Key", "team"),
-            ("Tags.member.1.Value", "blue"),
-            ("SecretAccessKey", "never"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
-        let p = sts_parameters("AssumeRole", &form);
-        assert_eq!(
-            p,
-            json!({
-                "roleArn": "arn:aws:iam::111122223333:role/R",
-                "roleSessionName": "s",
-                "durationSeconds": 900,
-                "tags": [{"key": "team", "value": "blue"}],
-            })
-        );
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::error::{xml_escape, STS_XMLNS};
 use super::kms::{Call, Reply};
-use crate::core::operation::{Operation, ResponseElements};
+use crate::core::operation::{Operation, RequestParameters, ResponseElements};
 use crate::core::sts::{
     AssumeRoleRequest, AssumeRoleResponse, CallerIdentity, GetCallerIdentityRequest,
 };
@@ -84,14 +84,40 @@ trait ToXml {
 
 type Prepare = fn(Arc<Kms>, Caller, &[(String, String)], String) -> Call;
 
+/// One STS action of the table: its core operation's name, engine call and audit parameters.
+struct Action {
+    name: &'static str,
+    prepare: Prepare,
+    parameters: fn(&[(String, String)]) -> Value,
+}
+
+/// The table entry of a core operation.
+const fn action<O>() -> Action
+where
+    O: Operation + FromForm,
+    O::Response: ToXml,
+{
+    Action {
+        name: O::NAME,
+        prepare: run::<O>,
+        parameters: parameters::<O>,
+    }
+}
+
 /// The door's STS table: each action and its core operation.
-const TABLE: &[(&str, Prepare)] = &[
-    (AssumeRoleRequest::NAME, run::<AssumeRoleRequest>),
-    (
-        GetCallerIdentityRequest::NAME,
-        run::<GetCallerIdentityRequest>,
-    ),
+const TABLE: &[Action] = &[
+    action::<AssumeRoleRequest>(),
+    action::<GetCallerIdentityRequest>(),
 ];
+
+/// The table entry of an action (one of [`ACTIONS`]; anything else reads as
+/// GetCallerIdentity, which takes no input).
+fn entry(name: &str) -> &'static Action {
+    TABLE
+        .iter()
+        .find(|a| a.name == name)
+        .unwrap_or(&TABLE[TABLE.len() - 1])
+}
 
 /// The one engine call of every STS action: reads the form, runs the operation, renders
 /// the XML document (as a JSON string) and its audit elements.
@@ -110,6 +136,19 @@ where
     })
 }
 
+/// What the audit trail records of a request: the form read as the core request (nothing
+/// when the form does not read).
+fn parameters<O: Operation + FromForm>(form: &[(String, String)]) -> Value {
+    O::from_form(form)
+        .map(|r| r.request_parameters())
+        .unwrap_or_default()
+}
+
+/// The audit parameters of an STS action's form.
+pub fn request_parameters(action: &str, form: &[(String, String)]) -> Value {
+    (entry(action).parameters)(form)
+}
+
 /// Builds the engine call of an STS action (one of [`ACTIONS`]).
 pub fn prepare(
     kms: Arc<Kms>,
@@ -118,11 +157,7 @@ pub fn prepare(
     form: Vec<(String, String)>,
     request_id: String,
 ) -> Call {
-    let prepare = TABLE
-        .iter()
-        .find(|(name, _)| *name == action)
-        .map_or(run::<GetCallerIdentityRequest> as Prepare, |(_, p)| *p);
-    prepare(kms, caller, &form, request_id)
+    (entry(action).prepare)(kms, caller, &form, request_id)
 }
 
 impl FromForm for AssumeRoleRequest {
@@ -185,8 +220,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sts_form_is_logged_without_secrets() {
+        let form = [
+            ("Action", "AssumeRole"),
+            ("RoleArn", "arn:aws:iam::111122223333:role/R"),
+            ("RoleSessionName", "s"),
+            ("DurationSeconds", "900"),
+            ("Tags.member.1.Key", "team"),
+            ("Tags.member.1.Value", "blue"),
+            ("SecretAccessKey", "never"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let p = request_parameters("AssumeRole", &form);
+        assert_eq!(
+            p,
+            serde_json::json!({
+                "roleArn": "arn:aws:iam::111122223333:role/R",
+                "roleSessionName": "s",
+                "durationSeconds": 900,
+                "tags": [{"key": "team", "value": "blue"}],
+            })
+        );
+        assert_eq!(request_parameters("GetCallerIdentity", &form), serde_json::json!({}));
+    }
+
+    #[test]
     fn the_table_serves_every_action() {
-        let names: Vec<&str> = TABLE.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = TABLE.iter().map(|a| a.name).collect();
         assert_eq!(names, ACTIONS);
     }
 
