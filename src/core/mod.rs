@@ -6,6 +6,7 @@
 //! from the in-memory cache, authorize, check the key state, then touch the HSM or the store.
 //! No operation reaches the device or the store without an allow.
 
+pub mod algorithms;
 pub mod aliases;
 pub mod asym;
 pub mod authz;
