@@ -246,16 +246,6 @@ pub struct GenerateDataKeyPairWithoutPlaintextResponse {
     pub key_material_id: String,
 }
 
-/// A data key pair generated and sealed in one HSM job: what both operations return.
-struct DataKeyPair {
-    private_key_ciphertext_blob: Vec<u8>,
-    private_key_plaintext: Zeroizing<Vec<u8>>,
-    public_key: Vec<u8>,
-    key_id: String,
-    key_pair_spec: String,
-    key_material_id: String,
-}
-
 /// Sign and Verify log the same members; never the message or the signature.
 fn signature_params(
     key_id: &str,
@@ -1056,17 +1046,8 @@ impl Kms {
         caller: &Caller,
         req: GenerateDataKeyPairRequest,
     ) -> Result<GenerateDataKeyPairResponse, KmsError> {
-        let p = self
-            .data_key_pair(caller, req.0, "kms:GenerateDataKeyPair")
-            .await?;
-        Ok(GenerateDataKeyPairResponse {
-            private_key_ciphertext_blob: p.private_key_ciphertext_blob,
-            private_key_plaintext: p.private_key_plaintext,
-            public_key: p.public_key,
-            key_id: p.key_id,
-            key_pair_spec: p.key_pair_spec,
-            key_material_id: p.key_material_id,
-        })
+        self.data_key_pair(caller, req.0, "kms:GenerateDataKeyPair")
+            .await
     }
 
     /// GenerateDataKeyPairWithoutPlaintext: the private key sealed only; its plaintext is
@@ -1095,7 +1076,7 @@ impl Kms {
         caller: &Caller,
         req: DataKeyPairRequest,
         action: &'static str,
-    ) -> Result<DataKeyPair, KmsError> {
+    ) -> Result<GenerateDataKeyPairResponse, KmsError> {
         let spec_name = required("keyPairSpec", req.key_pair_spec.as_deref())?.to_string();
         let pair = specs::data_key_pair_spec(&spec_name)?;
         self.check_grant_tokens(&req.grant_tokens)?;
@@ -1145,7 +1126,7 @@ impl Kms {
             .hsm
             .generate_data_key_pair(pair, object, aad_builder(object, canonical_ctx))
             .await?;
-        Ok(DataKeyPair {
+        Ok(GenerateDataKeyPairResponse {
             private_key_ciphertext_blob: blob_from(object, &sealed),
             private_key_plaintext: pkcs8,
             public_key,

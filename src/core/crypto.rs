@@ -267,13 +267,6 @@ impl ResponseElements for GenerateDataKeyResponse {}
 impl ResponseElements for GenerateDataKeyWithoutPlaintextResponse {}
 impl ResponseElements for GenerateRandomResponse {}
 
-/// A data key generated and sealed in one HSM job: what both GenerateDataKey operations return.
-struct DataKey {
-    ciphertext_blob: Vec<u8>,
-    plaintext: Zeroizing<Vec<u8>>,
-    key_id: String,
-    key_material_id: String,
-}
 
 /// A symmetric request's algorithm: absent or SYMMETRIC_DEFAULT; another one is
 /// InvalidKeyUsageException (the doors have refused names outside the enum).
@@ -585,13 +578,7 @@ impl Kms {
         caller: &Caller,
         req: GenerateDataKeyRequest,
     ) -> Result<GenerateDataKeyResponse, KmsError> {
-        let k = self.data_key(caller, req.0, "kms:GenerateDataKey").await?;
-        Ok(GenerateDataKeyResponse {
-            ciphertext_blob: k.ciphertext_blob,
-            plaintext: k.plaintext,
-            key_id: k.key_id,
-            key_material_id: k.key_material_id,
-        })
+        self.data_key(caller, req.0, "kms:GenerateDataKey").await
     }
 
     /// GenerateDataKeyWithoutPlaintext: a data key sealed under the KMS key only; the
@@ -617,7 +604,7 @@ impl Kms {
         caller: &Caller,
         req: DataKeyRequest,
         action: &'static str,
-    ) -> Result<DataKey, KmsError> {
+    ) -> Result<GenerateDataKeyResponse, KmsError> {
         self.check_grant_tokens(&req.grant_tokens)?;
         let n = data_key_len(req.number_of_bytes, req.key_spec)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
@@ -640,7 +627,7 @@ impl Kms {
             .hsm
             .generate_data_key(object, n, aad_builder(object, canonical_ctx))
             .await?;
-        Ok(DataKey {
+        Ok(GenerateDataKeyResponse {
             ciphertext_blob: blob_from(object, &sealed),
             plaintext,
             key_id: resolved.key.arn.clone(),
