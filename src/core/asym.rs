@@ -12,7 +12,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::algorithms::{
-    EncryptionAlgorithm, KeyAgreementAlgorithm, MacAlgorithm, MessageType, SigningAlgorithm,
+    EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, MessageType, SigningAlgorithm,
 };
 use super::authz::{AuthzRequest, CtxValue};
 use super::crypto::{
@@ -397,7 +397,7 @@ fn check_sign_input(
 /// (checked against the algorithm's digest length), else the daemon-computed digest.
 fn to_be_signed(
     scheme: crate::hsm::SignScheme,
-    hash: specs::Hash,
+    hash: Hash,
     algorithm: SigningAlgorithm,
     message: &[u8],
     message_type: MessageType,
@@ -455,6 +455,37 @@ fn check_mac_input(
         validate::blob_len("mac", mac.len(), 1, MAX_SIGNATURE)?;
     }
     algorithm.ok_or_else(|| KmsError::validation("macAlgorithm", "Member must not be null"))
+}
+
+/// The source of an asymmetric ReEncrypt: located and authorized, not yet decrypted.
+enum ReSource {
+    Rsa(Resolved, ObjectId, ShaAlg),
+    Gcm(super::crypto::OpenedBlob),
+}
+
+impl ReSource {
+    /// The source key's ARN and object.
+    fn key(&self) -> (String, ObjectId) {
+        match self {
+            ReSource::Rsa(r, o, _) => (r.key.arn.clone(), *o),
+            ReSource::Gcm(b) => (b.resolved.key.arn.clone(), b.object),
+        }
+    }
+}
+
+/// The destination of an asymmetric ReEncrypt: an RSA key (its OAEP hash and size) or a
+/// symmetric key (the canonical context of the new ciphertext).
+enum ReTarget {
+    Rsa { hash: ShaAlg, bits: u32 },
+    Gcm(Vec<u8>),
+}
+
+/// The `kms:ReEncryptOnSameKey` condition key.
+pub(super) fn on_same_key(same: bool) -> (&'static str, CtxValue) {
+    (
+        "kms:ReEncryptOnSameKey",
+        CtxValue::one(if same { "true" } else { "false" }),
+    )
 }
 
 fn pair_of(resolved: &Resolved) -> Option<PairSpec> {
@@ -830,122 +861,16 @@ impl Kms {
                 req.dry_run,
             )
             .await?;
-        let on_same_key = |same: bool| {
-            (
-                "kms:ReEncryptOnSameKey",
-                CtxValue::one(if same { "true" } else { "false" }),
-            )
-        };
-
-        // The source side: located and authorized, not yet decrypted.
-        enum Source {
-            Rsa(Resolved, ObjectId, ShaAlg),
-            Gcm(super::crypto::OpenedBlob),
-        }
-        let source = match src_hash {
-            Some(hash) => {
-                let key_id = match req.source_key_id.as_deref() {
-                    Some(k) if !k.is_empty() => k,
-                    _ => {
-                        return Err(KmsError::Validation(
-                            "SourceKeyId is required to re-encrypt from an asymmetric key.".into(),
-                        ))
-                    }
-                };
-                no_context("SourceEncryptionContext", &req.source_encryption_context)?;
-                let resolved = self.resolve(caller, key_id, true)?;
-                let (k, v) = on_same_key(resolved.key.uuid == dest.key.uuid);
-                self.authorize(
-                    caller,
-                    AuthzRequest::on_key("kms:ReEncryptFrom", &resolved)
-                        .with("kms:EncryptionAlgorithm", CtxValue::one(src_alg.as_str()))
-                        .with(k, v),
-                )?;
-                check_state(&resolved.key, StateClass::Use)?;
-                let bits = Self::rsa_encryption_key(&resolved, src_alg)?;
-                if req.ciphertext_blob.len() != (bits / 8) as usize {
-                    return Err(KmsError::InvalidCiphertext(
-                        "The ciphertext is invalid.".into(),
-                    ));
-                }
-                let object = resolved.key.current_object();
-                Source::Rsa(resolved, object, hash)
-            }
-            None => {
-                let same_key = ciphertext::parse(&req.ciphertext_blob)
-                    .map(|p| p.key_id == dest.key.uuid)
-                    .unwrap_or(false);
-                Source::Gcm(self.open_blob(
-                    caller,
-                    SourceBlob {
-                        blob: &req.ciphertext_blob,
-                        ctx_member: "sourceEncryptionContext",
-                        ctx: &req.source_encryption_context,
-                        expected_key: req.source_key_id.as_deref(),
-                    },
-                    "kms:ReEncryptFrom",
-                    Some(on_same_key(same_key)),
-                )?)
-            }
-        };
-        let (source_key, source_object) = match &source {
-            Source::Rsa(r, o, _) => (r.key.arn.clone(), *o),
-            Source::Gcm(b) => (b.resolved.key.arn.clone(), b.object),
-        };
-
-        // The destination side, authorized before any HSM call.
-        let (k, v) = on_same_key(source_object.key_id() == dest.key.uuid);
-        let mut to = AuthzRequest::on_key("kms:ReEncryptTo", &dest).with(k, v);
-        to = match dst_hash {
-            Some(_) => to.with("kms:EncryptionAlgorithm", CtxValue::one(dst_alg.as_str())),
-            None => to.context(&req.destination_encryption_context),
-        };
-        self.authorize(caller, to)?;
-        check_state(&dest.key, StateClass::Use)?;
-        let dest_bits = match dst_hash {
-            Some(_) => Some(Self::rsa_encryption_key(&dest, dst_alg)?),
-            None => {
-                check_symmetric_usage(&dest)?;
-                None
-            }
-        };
+        let source = self.re_encrypt_source(caller, &req, &dest, src_alg, src_hash)?;
+        let (source_key, source_object) = source.key();
+        let same_key = source_object.key_id() == dest.key.uuid;
+        let target = self.re_encrypt_target(caller, &req, &dest, same_key, dst_alg, dest_ctx)?;
         super::end_dry_run(req.dry_run)?;
         let dest_object = dest.key.current_object();
-
-        let plaintext = match source {
-            Source::Rsa(_, object, hash) => {
-                self.hsm
-                    .rsa_decrypt(object, hash, req.ciphertext_blob)
-                    .await?
-            }
-            Source::Gcm(b) => {
-                self.hsm
-                    .decrypt_gcm(b.object, b.iv, b.ciphertext_and_tag, b.aad)
-                    .await?
-            }
-        };
-        let ciphertext_blob = match (dst_hash, dest_bits, dest_ctx) {
-            (Some(hash), Some(bits), _) => {
-                let max = specs::oaep_max_plaintext(bits, hash);
-                if plaintext.len() > max {
-                    return Err(KmsError::Validation(format!(
-                        "The plaintext of the source ciphertext ({} bytes) is too long for {dst_alg} with a {bits}-bit key: at most {max} bytes.",
-                        plaintext.len()
-                    )));
-                }
-                self.hsm.rsa_encrypt(dest_object, hash, plaintext).await?
-            }
-            (_, _, Some(ctx)) => {
-                let sealed = self
-                    .hsm
-                    .encrypt_gcm(dest_object, plaintext, aad_builder(dest_object, ctx))
-                    .await?;
-                blob_from(dest_object, &sealed)
-            }
-            _ => unreachable!(
-                "a destination is either RSA (with its size) or symmetric (with its context)"
-            ),
-        };
+        let plaintext = self.decrypt_source(source, req.ciphertext_blob).await?;
+        let ciphertext_blob = self
+            .encrypt_to_target(dest_object, dst_alg, target, plaintext)
+            .await?;
         Ok(ReEncryptResponse {
             ciphertext_blob,
             source_key_id: source_key,
@@ -955,6 +880,138 @@ impl Kms {
             source_key_material_id: key_material_id(source_object),
             destination_key_material_id: key_material_id(dest_object),
         })
+    }
+
+    /// The source side of an asymmetric ReEncrypt: located and authorized, not yet decrypted.
+    fn re_encrypt_source(
+        &self,
+        caller: &Caller,
+        req: &ReEncryptRequest,
+        dest: &Resolved,
+        src_alg: EncryptionAlgorithm,
+        src_hash: Option<ShaAlg>,
+    ) -> Result<ReSource, KmsError> {
+        let Some(hash) = src_hash else {
+            let same_key = ciphertext::parse(&req.ciphertext_blob)
+                .map(|p| p.key_id == dest.key.uuid)
+                .unwrap_or(false);
+            return Ok(ReSource::Gcm(self.open_blob(
+                caller,
+                SourceBlob {
+                    blob: &req.ciphertext_blob,
+                    ctx_member: "sourceEncryptionContext",
+                    ctx: &req.source_encryption_context,
+                    expected_key: req.source_key_id.as_deref(),
+                },
+                "kms:ReEncryptFrom",
+                Some(on_same_key(same_key)),
+            )?));
+        };
+        let key_id = match req.source_key_id.as_deref() {
+            Some(k) if !k.is_empty() => k,
+            _ => {
+                return Err(KmsError::Validation(
+                    "SourceKeyId is required to re-encrypt from an asymmetric key.".into(),
+                ))
+            }
+        };
+        no_context("SourceEncryptionContext", &req.source_encryption_context)?;
+        let resolved = self.resolve(caller, key_id, true)?;
+        let (k, v) = on_same_key(resolved.key.uuid == dest.key.uuid);
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:ReEncryptFrom", &resolved)
+                .with("kms:EncryptionAlgorithm", CtxValue::one(src_alg.as_str()))
+                .with(k, v),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let bits = Self::rsa_encryption_key(&resolved, src_alg)?;
+        if req.ciphertext_blob.len() != (bits / 8) as usize {
+            return Err(KmsError::InvalidCiphertext(
+                "The ciphertext is invalid.".into(),
+            ));
+        }
+        let object = resolved.key.current_object();
+        Ok(ReSource::Rsa(resolved, object, hash))
+    }
+
+    /// The destination side of an asymmetric ReEncrypt, authorized before any HSM call.
+    /// `dest_ctx` is the canonical context of a symmetric destination (`None` for RSA).
+    fn re_encrypt_target(
+        &self,
+        caller: &Caller,
+        req: &ReEncryptRequest,
+        dest: &Resolved,
+        same_key: bool,
+        dst_alg: EncryptionAlgorithm,
+        dest_ctx: Option<Vec<u8>>,
+    ) -> Result<ReTarget, KmsError> {
+        let (k, v) = on_same_key(same_key);
+        let to = AuthzRequest::on_key("kms:ReEncryptTo", dest).with(k, v);
+        let to = match dest_ctx {
+            None => to.with("kms:EncryptionAlgorithm", CtxValue::one(dst_alg.as_str())),
+            Some(_) => to.context(&req.destination_encryption_context),
+        };
+        self.authorize(caller, to)?;
+        check_state(&dest.key, StateClass::Use)?;
+        match (dest_ctx, dst_alg.oaep_hash()) {
+            (Some(ctx), _) => {
+                check_symmetric_usage(dest)?;
+                Ok(ReTarget::Gcm(ctx))
+            }
+            (None, Some(hash)) => Ok(ReTarget::Rsa {
+                hash,
+                bits: Self::rsa_encryption_key(dest, dst_alg)?,
+            }),
+            (None, None) => unreachable!("a destination without a context is an RSAES one"),
+        }
+    }
+
+    /// Decrypts the source of a ReEncrypt on the device, into a zeroizing buffer.
+    async fn decrypt_source(
+        &self,
+        source: ReSource,
+        ciphertext_blob: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        Ok(match source {
+            ReSource::Rsa(_, object, hash) => {
+                self.hsm.rsa_decrypt(object, hash, ciphertext_blob).await?
+            }
+            ReSource::Gcm(b) => {
+                self.hsm
+                    .decrypt_gcm(b.object, b.iv, b.ciphertext_and_tag, b.aad)
+                    .await?
+            }
+        })
+    }
+
+    /// Encrypts a ReEncrypt's plaintext on the device under the destination.
+    async fn encrypt_to_target(
+        &self,
+        dest_object: ObjectId,
+        dst_alg: EncryptionAlgorithm,
+        target: ReTarget,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<Vec<u8>, KmsError> {
+        match target {
+            ReTarget::Rsa { hash, bits } => {
+                let max = specs::oaep_max_plaintext(bits, hash);
+                if plaintext.len() > max {
+                    return Err(KmsError::Validation(format!(
+                        "The plaintext of the source ciphertext ({} bytes) is too long for {dst_alg} with a {bits}-bit key: at most {max} bytes.",
+                        plaintext.len()
+                    )));
+                }
+                Ok(self.hsm.rsa_encrypt(dest_object, hash, plaintext).await?)
+            }
+            ReTarget::Gcm(ctx) => {
+                let sealed = self
+                    .hsm
+                    .encrypt_gcm(dest_object, plaintext, aad_builder(dest_object, ctx))
+                    .await?;
+                Ok(blob_from(dest_object, &sealed))
+            }
+        }
     }
 
     /// GenerateMac: the device computes the MAC.
@@ -1250,7 +1307,7 @@ mod tests {
         );
         let digest = to_be_signed(
             crate::hsm::SignScheme::Ecdsa(crate::hsm::Curve::P256),
-            specs::Hash::Sha256,
+            Hash::Sha256,
             SigningAlgorithm::EcdsaSha256,
             &[0u8; 31],
             MessageType::Digest,

@@ -267,7 +267,6 @@ impl ResponseElements for GenerateDataKeyResponse {}
 impl ResponseElements for GenerateDataKeyWithoutPlaintextResponse {}
 impl ResponseElements for GenerateRandomResponse {}
 
-
 /// A symmetric request's algorithm: absent or SYMMETRIC_DEFAULT; another one is
 /// InvalidKeyUsageException (the doors have refused names outside the enum).
 pub(super) fn check_algorithm(alg: Option<EncryptionAlgorithm>) -> Result<(), KmsError> {
@@ -522,12 +521,7 @@ impl Kms {
         let same_key = ciphertext::parse(&req.ciphertext_blob)
             .map(|p| p.key_id == dest.key.uuid)
             .unwrap_or(false);
-        let same = || {
-            (
-                "kms:ReEncryptOnSameKey",
-                CtxValue::one(if same_key { "true" } else { "false" }),
-            )
-        };
+        let same = || super::asym::on_same_key(same_key);
         let source = self.open_blob(
             caller,
             SourceBlob {

@@ -2,12 +2,10 @@
 //! allows, the algorithms KeyMetadata lists, and how an algorithm maps onto the HSM layer.
 
 use super::algorithms::{
-    EncryptionAlgorithm, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
+    EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
 use super::KmsError;
 use crate::hsm::{Curve, MacAlg, PairSpec, PairUsage, ShaAlg, SignScheme};
-
-pub use super::algorithms::Hash;
 
 /// The usage of symmetric keys (and RSA encryption keys).
 pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
