@@ -15,6 +15,7 @@ use super::algorithms::{
     EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, MessageType, SigningAlgorithm,
 };
 use super::authz::{AuthzRequest, CtxValue};
+use super::crypto::wrapped_params;
 use super::crypto::{
     aad_builder, alg_name, blob_from, canonical, check_algorithm, check_symmetric_usage,
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest,
@@ -342,17 +343,10 @@ impl RequestParameters for DataKeyPairRequest {
     }
 }
 
-impl RequestParameters for GenerateDataKeyPairRequest {
-    fn request_parameters(&self) -> Value {
-        self.0.request_parameters()
-    }
-}
-
-impl RequestParameters for GenerateDataKeyPairWithoutPlaintextRequest {
-    fn request_parameters(&self) -> Value {
-        self.0.request_parameters()
-    }
-}
+wrapped_params!(
+    GenerateDataKeyPairRequest,
+    GenerateDataKeyPairWithoutPlaintextRequest
+);
 
 impl ResponseElements for SignResponse {}
 impl ResponseElements for VerifyResponse {}
@@ -362,6 +356,12 @@ impl ResponseElements for GenerateMacResponse {}
 impl ResponseElements for VerifyMacResponse {}
 impl ResponseElements for GenerateDataKeyPairResponse {}
 impl ResponseElements for GenerateDataKeyPairWithoutPlaintextResponse {}
+
+/// A KeyId an asymmetric operation needs, or ValidationException with `message`.
+fn required_key<'a>(v: Option<&'a str>, message: &str) -> Result<&'a str, KmsError> {
+    v.filter(|k| !k.is_empty())
+        .ok_or_else(|| KmsError::Validation(message.into()))
+}
 
 fn required<'a>(member: &str, v: Option<&'a str>) -> Result<&'a str, KmsError> {
     match v {
@@ -771,14 +771,10 @@ impl Kms {
             super::crypto::MAX_CIPHERTEXT,
         )?;
         self.check_grant_tokens(&req.grant_tokens)?;
-        let key_id = match req.key_id.as_deref() {
-            Some(k) if !k.is_empty() => k,
-            _ => {
-                return Err(KmsError::Validation(
-                    "KeyId is required to decrypt with an asymmetric encryption algorithm.".into(),
-                ))
-            }
-        };
+        let key_id = required_key(
+            req.key_id.as_deref(),
+            "KeyId is required to decrypt with an asymmetric encryption algorithm.",
+        )?;
         no_context("EncryptionContext", &req.encryption_context)?;
         let resolved = self.resolve(caller, key_id, true)?;
         self.authorize(
@@ -907,14 +903,10 @@ impl Kms {
                 Some(on_same_key(same_key)),
             )?));
         };
-        let key_id = match req.source_key_id.as_deref() {
-            Some(k) if !k.is_empty() => k,
-            _ => {
-                return Err(KmsError::Validation(
-                    "SourceKeyId is required to re-encrypt from an asymmetric key.".into(),
-                ))
-            }
-        };
+        let key_id = required_key(
+            req.source_key_id.as_deref(),
+            "SourceKeyId is required to re-encrypt from an asymmetric key.",
+        )?;
         no_context("SourceEncryptionContext", &req.source_encryption_context)?;
         let resolved = self.resolve(caller, key_id, true)?;
         let (k, v) = on_same_key(resolved.key.uuid == dest.key.uuid);

@@ -239,17 +239,23 @@ impl RequestParameters for DataKeyRequest {
     }
 }
 
-impl RequestParameters for GenerateDataKeyRequest {
-    fn request_parameters(&self) -> Value {
-        self.0.request_parameters()
-    }
+/// `RequestParameters` of requests that wrap the request they share with another operation
+/// (`struct Op(pub Shared)`): the shared request's.
+macro_rules! wrapped_params {
+    ($($t:ty),*) => {$(
+        impl RequestParameters for $t {
+            fn request_parameters(&self) -> Value {
+                self.0.request_parameters()
+            }
+        }
+    )*};
 }
+pub(super) use wrapped_params;
 
-impl RequestParameters for GenerateDataKeyWithoutPlaintextRequest {
-    fn request_parameters(&self) -> Value {
-        self.0.request_parameters()
-    }
-}
+wrapped_params!(
+    GenerateDataKeyRequest,
+    GenerateDataKeyWithoutPlaintextRequest
+);
 
 impl RequestParameters for GenerateRandomRequest {
     fn request_parameters(&self) -> Value {
