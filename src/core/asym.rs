@@ -8,16 +8,22 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::authz::{AuthzRequest, CtxValue};
-use super::crypto::{
-    aad_builder, blob_from, canonical, check_algorithm, check_symmetric_usage, DecryptRequest,
-    DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse,
-    SourceBlob, MAX_CIPHERTEXT,
+use super::algorithms::{
+    EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, MessageType, SigningAlgorithm,
 };
-use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KEY_AGREEMENT, KNOWN_MESSAGE_TYPES};
+use super::authz::{AuthzRequest, CtxValue};
+use super::crypto::wrapped_params;
+use super::crypto::{
+    aad_builder, alg_name, blob_from, canonical, check_algorithm, check_symmetric_usage,
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest,
+    ReEncryptResponse, SourceBlob, MAX_CIPHERTEXT,
+};
+use super::keys::key_material_id;
+use super::operation::{Params, RequestParameters, ResponseElements};
+use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KEY_AGREEMENT};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext;
@@ -34,8 +40,8 @@ pub const MAX_SIGNATURE: usize = 6144;
 pub struct SignRequest {
     pub key_id: String,
     pub message: Zeroizing<Vec<u8>>,
-    pub message_type: Option<String>,
-    pub signing_algorithm: Option<String>,
+    pub message_type: Option<MessageType>,
+    pub signing_algorithm: Option<SigningAlgorithm>,
     pub grant_tokens: Vec<String>,
     /// Check everything a real call checks, then answer DryRunOperationException.
     pub dry_run: bool,
@@ -47,7 +53,7 @@ pub struct SignResponse {
     /// The key ARN.
     pub key_id: String,
     pub signature: Vec<u8>,
-    pub signing_algorithm: String,
+    pub signing_algorithm: SigningAlgorithm,
 }
 
 /// Verify input.
@@ -55,9 +61,9 @@ pub struct SignResponse {
 pub struct VerifyRequest {
     pub key_id: String,
     pub message: Zeroizing<Vec<u8>>,
-    pub message_type: Option<String>,
+    pub message_type: Option<MessageType>,
     pub signature: Vec<u8>,
-    pub signing_algorithm: Option<String>,
+    pub signing_algorithm: Option<SigningAlgorithm>,
     pub grant_tokens: Vec<String>,
     /// Check everything a real call checks, then answer DryRunOperationException.
     pub dry_run: bool,
@@ -69,7 +75,14 @@ pub struct VerifyResponse {
     /// The key ARN.
     pub key_id: String,
     pub signature_valid: bool,
-    pub signing_algorithm: String,
+    pub signing_algorithm: SigningAlgorithm,
+}
+
+/// GetPublicKey input.
+#[derive(Debug, Default, Clone)]
+pub struct GetPublicKeyRequest {
+    pub key_id: String,
+    pub grant_tokens: Vec<String>,
 }
 
 /// GetPublicKey output.
@@ -81,16 +94,16 @@ pub struct GetPublicKeyResponse {
     pub public_key: Vec<u8>,
     pub key_spec: String,
     pub key_usage: String,
-    pub encryption_algorithms: Vec<String>,
-    pub signing_algorithms: Vec<String>,
-    pub key_agreement_algorithms: Vec<String>,
+    pub encryption_algorithms: &'static [EncryptionAlgorithm],
+    pub signing_algorithms: &'static [SigningAlgorithm],
+    pub key_agreement_algorithms: &'static [KeyAgreementAlgorithm],
 }
 
 /// DeriveSharedSecret input.
 #[derive(Debug, Default)]
 pub struct DeriveSharedSecretRequest {
     pub key_id: String,
-    pub key_agreement_algorithm: Option<String>,
+    pub key_agreement_algorithm: Option<KeyAgreementAlgorithm>,
     /// The peer's DER SubjectPublicKeyInfo.
     pub public_key: Vec<u8>,
     pub grant_tokens: Vec<String>,
@@ -104,7 +117,7 @@ pub struct DeriveSharedSecretResponse {
     pub key_id: String,
     /// The raw ECDH shared secret.
     pub shared_secret: Zeroizing<Vec<u8>>,
-    pub key_agreement_algorithm: String,
+    pub key_agreement_algorithm: KeyAgreementAlgorithm,
     pub key_origin: String,
 }
 
@@ -118,26 +131,46 @@ impl std::fmt::Debug for DeriveSharedSecretResponse {
     }
 }
 
-/// GenerateMac / VerifyMac input (`mac` only for VerifyMac).
+/// GenerateMac input.
 #[derive(Default)]
-pub struct MacRequest {
+pub struct GenerateMacRequest {
     pub key_id: String,
     pub message: Zeroizing<Vec<u8>>,
-    pub mac_algorithm: Option<String>,
+    pub mac_algorithm: Option<MacAlgorithm>,
+    pub grant_tokens: Vec<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
+}
+
+/// GenerateMac output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateMacResponse {
+    pub mac: Vec<u8>,
+    pub mac_algorithm: MacAlgorithm,
+    /// The key ARN.
+    pub key_id: String,
+}
+
+/// VerifyMac input.
+#[derive(Default)]
+pub struct VerifyMacRequest {
+    pub key_id: String,
+    pub message: Zeroizing<Vec<u8>>,
+    pub mac_algorithm: Option<MacAlgorithm>,
+    /// The MAC to check.
     pub mac: Vec<u8>,
     pub grant_tokens: Vec<String>,
     /// Check everything a real call checks, then answer DryRunOperationException.
     pub dry_run: bool,
 }
 
-/// GenerateMac / VerifyMac output (`mac` empty and `mac_valid` true for VerifyMac).
+/// VerifyMac output (an invalid MAC is KMSInvalidMacException, never `false`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MacResponse {
+pub struct VerifyMacResponse {
     /// The key ARN.
     pub key_id: String,
-    pub mac: Vec<u8>,
     pub mac_valid: bool,
-    pub mac_algorithm: String,
+    pub mac_algorithm: MacAlgorithm,
 }
 
 macro_rules! redacted_debug {
@@ -153,9 +186,14 @@ macro_rules! redacted_debug {
     )*};
 }
 
-redacted_debug!(SignRequest, VerifyRequest, MacRequest);
+redacted_debug!(
+    SignRequest,
+    VerifyRequest,
+    GenerateMacRequest,
+    VerifyMacRequest
+);
 
-/// GenerateDataKeyPair(WithoutPlaintext) input.
+/// What GenerateDataKeyPair and GenerateDataKeyPairWithoutPlaintext both ask.
 #[derive(Debug, Default, Clone)]
 pub struct DataKeyPairRequest {
     pub key_id: String,
@@ -166,11 +204,19 @@ pub struct DataKeyPairRequest {
     pub dry_run: bool,
 }
 
-/// GenerateDataKeyPair output; `private_key_plaintext` is `None` for WithoutPlaintext.
-pub struct DataKeyPairResponse {
+/// GenerateDataKeyPair input.
+#[derive(Debug, Default, Clone)]
+pub struct GenerateDataKeyPairRequest(pub DataKeyPairRequest);
+
+/// GenerateDataKeyPairWithoutPlaintext input.
+#[derive(Debug, Default, Clone)]
+pub struct GenerateDataKeyPairWithoutPlaintextRequest(pub DataKeyPairRequest);
+
+/// GenerateDataKeyPair output. `Debug` never prints the private key.
+pub struct GenerateDataKeyPairResponse {
     pub private_key_ciphertext_blob: Vec<u8>,
     /// PKCS#8 DER.
-    pub private_key_plaintext: Option<Zeroizing<Vec<u8>>>,
+    pub private_key_plaintext: Zeroizing<Vec<u8>>,
     /// DER SubjectPublicKeyInfo.
     pub public_key: Vec<u8>,
     /// The key ARN.
@@ -179,17 +225,142 @@ pub struct DataKeyPairResponse {
     pub key_material_id: String,
 }
 
-impl std::fmt::Debug for DataKeyPairResponse {
+impl std::fmt::Debug for GenerateDataKeyPairResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataKeyPairResponse")
+        f.debug_struct("GenerateDataKeyPairResponse")
             .field("key_id", &self.key_id)
             .field("key_pair_spec", &self.key_pair_spec)
-            .field(
-                "private_key_plaintext",
-                &self.private_key_plaintext.as_ref().map(|_| "<redacted>"),
-            )
+            .field("private_key_plaintext", &"<redacted>")
             .finish_non_exhaustive()
     }
+}
+
+/// GenerateDataKeyPairWithoutPlaintext output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateDataKeyPairWithoutPlaintextResponse {
+    pub private_key_ciphertext_blob: Vec<u8>,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    /// The key ARN.
+    pub key_id: String,
+    pub key_pair_spec: String,
+    pub key_material_id: String,
+}
+
+/// Sign and Verify log the same members; never the message or the signature.
+fn signature_params(
+    key_id: &str,
+    message_type: Option<MessageType>,
+    algorithm: Option<SigningAlgorithm>,
+    grant_tokens: &[String],
+    dry_run: bool,
+) -> Value {
+    Params::new()
+        .str("keyId", key_id)
+        .opt("messageType", alg_name(message_type))
+        .opt("signingAlgorithm", alg_name(algorithm))
+        .grant_tokens(grant_tokens)
+        .dry_run(dry_run)
+        .build()
+}
+
+impl RequestParameters for SignRequest {
+    fn request_parameters(&self) -> Value {
+        let (t, a) = (self.message_type, self.signing_algorithm);
+        signature_params(&self.key_id, t, a, &self.grant_tokens, self.dry_run)
+    }
+}
+
+impl RequestParameters for VerifyRequest {
+    fn request_parameters(&self) -> Value {
+        let (t, a) = (self.message_type, self.signing_algorithm);
+        signature_params(&self.key_id, t, a, &self.grant_tokens, self.dry_run)
+    }
+}
+
+impl RequestParameters for GetPublicKeyRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .grant_tokens(&self.grant_tokens)
+            .build()
+    }
+}
+
+/// Never the peer's public key (not secret, but large) nor the shared secret.
+impl RequestParameters for DeriveSharedSecretRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt(
+                "keyAgreementAlgorithm",
+                alg_name(self.key_agreement_algorithm),
+            )
+            .grant_tokens(&self.grant_tokens)
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+/// GenerateMac and VerifyMac log the same members; never the message or the MAC.
+fn mac_params(
+    key_id: &str,
+    algorithm: Option<MacAlgorithm>,
+    grant_tokens: &[String],
+    dry_run: bool,
+) -> Value {
+    Params::new()
+        .str("keyId", key_id)
+        .opt("macAlgorithm", alg_name(algorithm))
+        .grant_tokens(grant_tokens)
+        .dry_run(dry_run)
+        .build()
+}
+
+impl RequestParameters for GenerateMacRequest {
+    fn request_parameters(&self) -> Value {
+        let a = self.mac_algorithm;
+        mac_params(&self.key_id, a, &self.grant_tokens, self.dry_run)
+    }
+}
+
+impl RequestParameters for VerifyMacRequest {
+    fn request_parameters(&self) -> Value {
+        let a = self.mac_algorithm;
+        mac_params(&self.key_id, a, &self.grant_tokens, self.dry_run)
+    }
+}
+
+impl RequestParameters for DataKeyPairRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .map("encryptionContext", &self.encryption_context)
+            .opt("keyPairSpec", self.key_pair_spec.as_deref())
+            .grant_tokens(&self.grant_tokens)
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+wrapped_params!(
+    GenerateDataKeyPairRequest,
+    GenerateDataKeyPairWithoutPlaintextRequest
+);
+
+impl ResponseElements for SignResponse {}
+impl ResponseElements for VerifyResponse {}
+impl ResponseElements for GetPublicKeyResponse {}
+impl ResponseElements for DeriveSharedSecretResponse {}
+impl ResponseElements for GenerateMacResponse {}
+impl ResponseElements for VerifyMacResponse {}
+impl ResponseElements for GenerateDataKeyPairResponse {}
+impl ResponseElements for GenerateDataKeyPairWithoutPlaintextResponse {}
+
+/// A KeyId an asymmetric operation needs, or ValidationException with `message`.
+fn required_key<'a>(v: Option<&'a str>, message: &str) -> Result<&'a str, KmsError> {
+    v.filter(|k| !k.is_empty())
+        .ok_or_else(|| KmsError::Validation(message.into()))
 }
 
 fn required<'a>(member: &str, v: Option<&'a str>) -> Result<&'a str, KmsError> {
@@ -199,48 +370,122 @@ fn required<'a>(member: &str, v: Option<&'a str>) -> Result<&'a str, KmsError> {
     }
 }
 
-/// Input checks of Sign and Verify that need no key: message length, message type and
-/// algorithm names, and a DIGEST's length.
+/// Input checks of Sign and Verify that need no key: message length, algorithm and message
+/// type.
 fn check_sign_input(
     message: &[u8],
-    message_type: Option<&str>,
-    algorithm: Option<&str>,
-) -> Result<(String, bool), KmsError> {
+    message_type: Option<MessageType>,
+    algorithm: Option<SigningAlgorithm>,
+) -> Result<(SigningAlgorithm, MessageType), KmsError> {
     validate::blob_len("message", message.len(), 1, MAX_MESSAGE)?;
-    let algorithm = required("signingAlgorithm", algorithm)?;
-    if !specs::KNOWN_SIGNING_ALGORITHMS.contains(&algorithm) {
+    let Some(algorithm) = algorithm else {
         return Err(KmsError::validation(
             "signingAlgorithm",
-            &format!(
-                "Member must satisfy enum value set: {:?}",
-                specs::KNOWN_SIGNING_ALGORITHMS
-            ),
+            "Member must not be null",
+        ));
+    };
+    let message_type = message_type.unwrap_or(MessageType::Raw);
+    if message_type == MessageType::ExternalMu {
+        return Err(KmsError::Validation(
+            "MessageType EXTERNAL_MU is only valid for ML-DSA keys.".into(),
         ));
     }
-    let digest = match message_type.unwrap_or("RAW") {
-        "" | "RAW" => false,
-        "DIGEST" => true,
-        "EXTERNAL_MU" => {
-            return Err(KmsError::Validation(
-                "MessageType EXTERNAL_MU is only valid for ML-DSA keys.".into(),
-            ))
-        }
-        _ => {
-            return Err(KmsError::validation(
-                "messageType",
-                &format!("Member must satisfy enum value set: {KNOWN_MESSAGE_TYPES:?}"),
-            ))
-        }
-    };
-    Ok((algorithm.to_string(), digest))
+    Ok((algorithm, message_type))
 }
 
-fn message_type_name(digest: bool) -> &'static str {
-    if digest {
-        "DIGEST"
-    } else {
-        "RAW"
+/// The bytes the device signs: the message itself for pure Ed25519, a DIGEST as given
+/// (checked against the algorithm's digest length), else the daemon-computed digest.
+fn to_be_signed(
+    scheme: crate::hsm::SignScheme,
+    hash: Hash,
+    algorithm: SigningAlgorithm,
+    message: &[u8],
+    message_type: MessageType,
+) -> Result<Vec<u8>, KmsError> {
+    let is_digest = message_type == MessageType::Digest;
+    if scheme == crate::hsm::SignScheme::Ed25519 {
+        // Pure Ed25519 signs the message itself (it hashes internally with SHA-512).
+        if is_digest {
+            return Err(KmsError::Validation(format!(
+                "{algorithm} signs RAW messages only; use MessageType RAW."
+            )));
+        }
+        return Ok(message.to_vec());
     }
+    if !is_digest {
+        return Ok(hash.digest(message));
+    }
+    if message.len() != hash.digest_len() {
+        return Err(KmsError::Validation(format!(
+            "Digest is invalid length for algorithm {algorithm}: {} bytes, expected {}.",
+            message.len(),
+            hash.digest_len()
+        )));
+    }
+    Ok(message.to_vec())
+}
+
+/// A Sign or Verify request's members that the shared preparation reads.
+struct SignatureInput<'a> {
+    action: &'static str,
+    key_id: &'a str,
+    message: &'a [u8],
+    message_type: Option<MessageType>,
+    algorithm: Option<SigningAlgorithm>,
+    grant_tokens: &'a [String],
+}
+
+/// What Sign and Verify hand to the device.
+struct PreparedSignature {
+    resolved: Resolved,
+    scheme: crate::hsm::SignScheme,
+    digest: Vec<u8>,
+    algorithm: SigningAlgorithm,
+}
+
+/// Input checks of GenerateMac and VerifyMac that need no key: the message, the MAC to
+/// check (VerifyMac) and the algorithm.
+fn check_mac_input(
+    message: &[u8],
+    mac: Option<&[u8]>,
+    algorithm: Option<MacAlgorithm>,
+) -> Result<MacAlgorithm, KmsError> {
+    validate::blob_len("message", message.len(), 1, MAX_MESSAGE)?;
+    if let Some(mac) = mac {
+        validate::blob_len("mac", mac.len(), 1, MAX_SIGNATURE)?;
+    }
+    algorithm.ok_or_else(|| KmsError::validation("macAlgorithm", "Member must not be null"))
+}
+
+/// The source of an asymmetric ReEncrypt: located and authorized, not yet decrypted.
+enum ReSource {
+    Rsa(Resolved, ObjectId, ShaAlg),
+    Gcm(super::crypto::OpenedBlob),
+}
+
+impl ReSource {
+    /// The source key's ARN and object.
+    fn key(&self) -> (String, ObjectId) {
+        match self {
+            ReSource::Rsa(r, o, _) => (r.key.arn.clone(), *o),
+            ReSource::Gcm(b) => (b.resolved.key.arn.clone(), b.object),
+        }
+    }
+}
+
+/// The destination of an asymmetric ReEncrypt: an RSA key (its OAEP hash and size) or a
+/// symmetric key (the canonical context of the new ciphertext).
+enum ReTarget {
+    Rsa { hash: ShaAlg, bits: u32 },
+    Gcm(Vec<u8>),
+}
+
+/// The `kms:ReEncryptOnSameKey` condition key.
+pub(super) fn on_same_key(same: bool) -> (&'static str, CtxValue) {
+    (
+        "kms:ReEncryptOnSameKey",
+        CtxValue::one(if same { "true" } else { "false" }),
+    )
 }
 
 fn pair_of(resolved: &Resolved) -> Option<PairSpec> {
@@ -261,77 +506,57 @@ fn no_context(member: &str, ctx: &BTreeMap<String, String>) -> Result<(), KmsErr
 }
 
 impl Kms {
-    /// Resolves and authorizes a Sign or Verify, returns the key, the scheme and the digest.
-    #[allow(clippy::too_many_arguments)]
+    /// Resolves and authorizes a Sign or Verify; returns the key, the scheme and the digest.
     fn prepare_signature(
         &self,
         caller: &Caller,
-        action: &'static str,
-        key_id: &str,
-        message: &[u8],
-        message_type: Option<&str>,
-        algorithm: Option<&str>,
-        grant_tokens: &[String],
-    ) -> Result<(Resolved, crate::hsm::SignScheme, Vec<u8>, String), KmsError> {
-        let (algorithm, is_digest) = check_sign_input(message, message_type, algorithm)?;
-        self.check_grant_tokens(grant_tokens)?;
-        let resolved = self.resolve(caller, key_id, true)?;
+        input: SignatureInput<'_>,
+    ) -> Result<PreparedSignature, KmsError> {
+        let (algorithm, message_type) =
+            check_sign_input(input.message, input.message_type, input.algorithm)?;
+        self.check_grant_tokens(input.grant_tokens)?;
+        let resolved = self.resolve(caller, input.key_id, true)?;
         self.authorize(
             caller,
-            AuthzRequest::on_key(action, &resolved)
+            AuthzRequest::on_key(input.action, &resolved)
                 .with("kms:SigningAlgorithm", CtxValue::one(algorithm.as_str()))
-                .with(
-                    "kms:MessageType",
-                    CtxValue::one(message_type_name(is_digest)),
-                ),
+                .with("kms:MessageType", CtxValue::one(message_type.as_str())),
         )?;
         check_state(&resolved.key, StateClass::Use)?;
         let r = &resolved.key.record;
-        let (scheme, hash) = specs::signing_scheme(&r.key_spec, &r.key_usage, &algorithm)?;
-        let digest = if scheme == crate::hsm::SignScheme::Ed25519 {
-            // Pure Ed25519 signs the message itself (it hashes internally with SHA-512).
-            if is_digest {
-                return Err(KmsError::Validation(format!(
-                    "{algorithm} signs RAW messages only; use MessageType RAW."
-                )));
-            }
-            message.to_vec()
-        } else if is_digest {
-            if message.len() != hash.digest_len() {
-                return Err(KmsError::Validation(format!(
-                    "Digest is invalid length for algorithm {algorithm}: {} bytes, expected {}.",
-                    message.len(),
-                    hash.digest_len()
-                )));
-            }
-            message.to_vec()
-        } else {
-            hash.digest(message)
-        };
+        let (scheme, hash) = specs::signing_scheme(&r.key_spec, &r.key_usage, algorithm)?;
+        let digest = to_be_signed(scheme, hash, algorithm, input.message, message_type)?;
         super::record::key_version(resolved.key.record.current_version);
-        Ok((resolved, scheme, digest, algorithm))
+        Ok(PreparedSignature {
+            resolved,
+            scheme,
+            digest,
+            algorithm,
+        })
     }
 
     /// Sign: the device signs the daemon-computed digest with the private key.
     pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, KmsError> {
-        let (resolved, scheme, digest, algorithm) = self.prepare_signature(
+        let p = self.prepare_signature(
             caller,
-            "kms:Sign",
-            &req.key_id,
-            &req.message,
-            req.message_type.as_deref(),
-            req.signing_algorithm.as_deref(),
-            &req.grant_tokens,
+            SignatureInput {
+                action: "kms:Sign",
+                key_id: &req.key_id,
+                message: &req.message,
+                message_type: req.message_type,
+                algorithm: req.signing_algorithm,
+                grant_tokens: &req.grant_tokens,
+            },
         )?;
         super::end_dry_run(req.dry_run)?;
         let signature = self
             .hsm
-            .sign(resolved.key.current_object(), scheme, digest)
+            .sign(p.resolved.key.current_object(), p.scheme, p.digest)
             .await?;
         Ok(SignResponse {
-            key_id: resolved.key.arn.clone(),
+            key_id: p.resolved.key.arn.clone(),
             signature,
-            signing_algorithm: algorithm,
+            signing_algorithm: p.algorithm,
         })
     }
 
@@ -343,20 +568,23 @@ impl Kms {
         req: VerifyRequest,
     ) -> Result<VerifyResponse, KmsError> {
         validate::blob_len("signature", req.signature.len(), 1, MAX_SIGNATURE)?;
-        let (resolved, scheme, digest, algorithm) = self.prepare_signature(
+        let p = self.prepare_signature(
             caller,
-            "kms:Verify",
-            &req.key_id,
-            &req.message,
-            req.message_type.as_deref(),
-            req.signing_algorithm.as_deref(),
-            &req.grant_tokens,
+            SignatureInput {
+                action: "kms:Verify",
+                key_id: &req.key_id,
+                message: &req.message,
+                message_type: req.message_type,
+                algorithm: req.signing_algorithm,
+                grant_tokens: &req.grant_tokens,
+            },
         )?;
         // A dry run never verifies: the device is not asked.
         super::end_dry_run(req.dry_run)?;
+        let object = p.resolved.key.current_object();
         let valid = self
             .hsm
-            .verify(resolved.key.current_object(), scheme, digest, req.signature)
+            .verify(object, p.scheme, p.digest, req.signature)
             .await?;
         if !valid {
             return Err(KmsError::InvalidSignature(
@@ -364,9 +592,9 @@ impl Kms {
             ));
         }
         Ok(VerifyResponse {
-            key_id: resolved.key.arn.clone(),
+            key_id: p.resolved.key.arn.clone(),
             signature_valid: true,
-            signing_algorithm: algorithm,
+            signing_algorithm: p.algorithm,
         })
     }
 
@@ -374,11 +602,10 @@ impl Kms {
     pub async fn get_public_key(
         &self,
         caller: &Caller,
-        key_id: &str,
-        grant_tokens: &[String],
+        req: GetPublicKeyRequest,
     ) -> Result<GetPublicKeyResponse, KmsError> {
-        self.check_grant_tokens(grant_tokens)?;
-        let resolved = self.resolve(caller, key_id, true)?;
+        self.check_grant_tokens(&req.grant_tokens)?;
+        let resolved = self.resolve(caller, &req.key_id, true)?;
         self.authorize_key(caller, "kms:GetPublicKey", &resolved, None)?;
         check_state(&resolved.key, StateClass::Use)?;
         let Some(pair) = pair_of(&resolved) else {
@@ -397,9 +624,9 @@ impl Kms {
             public_key,
             key_spec: r.key_spec.clone(),
             key_usage: r.key_usage.clone(),
-            encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
-            signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
-            key_agreement_algorithms: specs::key_agreement_algorithms(&r.key_spec, &r.key_usage),
+            encryption_algorithms: specs::encryption_algorithms_of(&r.key_spec, &r.key_usage),
+            signing_algorithms: specs::signing_algorithms_of(&r.key_spec, &r.key_usage),
+            key_agreement_algorithms: specs::key_agreement_algorithms_of(&r.key_spec, &r.key_usage),
         })
     }
 
@@ -411,13 +638,12 @@ impl Kms {
         caller: &Caller,
         req: DeriveSharedSecretRequest,
     ) -> Result<DeriveSharedSecretResponse, KmsError> {
-        let algorithm = req.key_agreement_algorithm.clone().unwrap_or_default();
-        if algorithm != "ECDH" {
+        let Some(algorithm) = req.key_agreement_algorithm else {
             return Err(KmsError::validation(
                 "keyAgreementAlgorithm",
                 "Member must satisfy enum value set: [ECDH]",
             ));
-        }
+        };
         validate::blob_len("publicKey", req.public_key.len(), 1, 8192)?;
         self.check_grant_tokens(&req.grant_tokens)?;
         let resolved = self.resolve(caller, &req.key_id, true)?;
@@ -470,7 +696,10 @@ impl Kms {
     }
 
     /// The RSA key and OAEP bits of an asymmetric Encrypt/Decrypt, after authorization.
-    fn rsa_encryption_key(resolved: &Resolved, algorithm: &str) -> Result<u32, KmsError> {
+    fn rsa_encryption_key(
+        resolved: &Resolved,
+        algorithm: EncryptionAlgorithm,
+    ) -> Result<u32, KmsError> {
         let r = &resolved.key.record;
         match pair_of(resolved) {
             Some(PairSpec::Rsa(bits)) if r.key_usage == ENCRYPT_DECRYPT => Ok(bits),
@@ -488,7 +717,9 @@ impl Kms {
         req: EncryptRequest,
         hash: ShaAlg,
     ) -> Result<EncryptResponse, KmsError> {
-        let algorithm = req.encryption_algorithm.clone().unwrap_or_default();
+        let algorithm = req
+            .encryption_algorithm
+            .unwrap_or(EncryptionAlgorithm::SymmetricDefault);
         validate::blob_len(
             "plaintext",
             req.plaintext.len(),
@@ -504,7 +735,7 @@ impl Kms {
                 .with("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str())),
         )?;
         check_state(&resolved.key, StateClass::Use)?;
-        let bits = Self::rsa_encryption_key(&resolved, &algorithm)?;
+        let bits = Self::rsa_encryption_key(&resolved, algorithm)?;
         let max = specs::oaep_max_plaintext(bits, hash);
         if req.plaintext.len() > max {
             return Err(KmsError::Validation(format!(
@@ -530,7 +761,9 @@ impl Kms {
         req: DecryptRequest,
         hash: ShaAlg,
     ) -> Result<DecryptResponse, KmsError> {
-        let algorithm = req.encryption_algorithm.clone().unwrap_or_default();
+        let algorithm = req
+            .encryption_algorithm
+            .unwrap_or(EncryptionAlgorithm::SymmetricDefault);
         validate::blob_len(
             "ciphertextBlob",
             req.ciphertext_blob.len(),
@@ -538,14 +771,10 @@ impl Kms {
             super::crypto::MAX_CIPHERTEXT,
         )?;
         self.check_grant_tokens(&req.grant_tokens)?;
-        let key_id = match req.key_id.as_deref() {
-            Some(k) if !k.is_empty() => k,
-            _ => {
-                return Err(KmsError::Validation(
-                    "KeyId is required to decrypt with an asymmetric encryption algorithm.".into(),
-                ))
-            }
-        };
+        let key_id = required_key(
+            req.key_id.as_deref(),
+            "KeyId is required to decrypt with an asymmetric encryption algorithm.",
+        )?;
         no_context("EncryptionContext", &req.encryption_context)?;
         let resolved = self.resolve(caller, key_id, true)?;
         self.authorize(
@@ -554,7 +783,7 @@ impl Kms {
                 .with("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str())),
         )?;
         check_state(&resolved.key, StateClass::Use)?;
-        let bits = Self::rsa_encryption_key(&resolved, &algorithm)?;
+        let bits = Self::rsa_encryption_key(&resolved, algorithm)?;
         if req.ciphertext_blob.len() != (bits / 8) as usize {
             return Err(KmsError::InvalidCiphertext(
                 "The ciphertext is invalid.".into(),
@@ -591,20 +820,13 @@ impl Kms {
         self.check_grant_tokens(&req.grant_tokens)?;
         let src_alg = req
             .source_encryption_algorithm
-            .clone()
-            .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| SYMMETRIC_DEFAULT.into());
+            .unwrap_or(EncryptionAlgorithm::SymmetricDefault);
         let dst_alg = req
             .destination_encryption_algorithm
-            .clone()
-            .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| SYMMETRIC_DEFAULT.into());
-        for (member, alg, hash) in [
-            ("sourceEncryptionAlgorithm", &src_alg, src_hash),
-            ("destinationEncryptionAlgorithm", &dst_alg, dst_hash),
-        ] {
+            .unwrap_or(EncryptionAlgorithm::SymmetricDefault);
+        for (alg, hash) in [(src_alg, src_hash), (dst_alg, dst_hash)] {
             if hash.is_none() {
-                check_algorithm(member, Some(alg))?;
+                check_algorithm(Some(alg))?;
             }
         }
         validate::blob_len(
@@ -635,122 +857,16 @@ impl Kms {
                 req.dry_run,
             )
             .await?;
-        let on_same_key = |same: bool| {
-            (
-                "kms:ReEncryptOnSameKey",
-                CtxValue::one(if same { "true" } else { "false" }),
-            )
-        };
-
-        // The source side: located and authorized, not yet decrypted.
-        enum Source {
-            Rsa(Resolved, ObjectId, ShaAlg),
-            Gcm(super::crypto::OpenedBlob),
-        }
-        let source = match src_hash {
-            Some(hash) => {
-                let key_id = match req.source_key_id.as_deref() {
-                    Some(k) if !k.is_empty() => k,
-                    _ => {
-                        return Err(KmsError::Validation(
-                            "SourceKeyId is required to re-encrypt from an asymmetric key.".into(),
-                        ))
-                    }
-                };
-                no_context("SourceEncryptionContext", &req.source_encryption_context)?;
-                let resolved = self.resolve(caller, key_id, true)?;
-                let (k, v) = on_same_key(resolved.key.uuid == dest.key.uuid);
-                self.authorize(
-                    caller,
-                    AuthzRequest::on_key("kms:ReEncryptFrom", &resolved)
-                        .with("kms:EncryptionAlgorithm", CtxValue::one(src_alg.as_str()))
-                        .with(k, v),
-                )?;
-                check_state(&resolved.key, StateClass::Use)?;
-                let bits = Self::rsa_encryption_key(&resolved, &src_alg)?;
-                if req.ciphertext_blob.len() != (bits / 8) as usize {
-                    return Err(KmsError::InvalidCiphertext(
-                        "The ciphertext is invalid.".into(),
-                    ));
-                }
-                let object = resolved.key.current_object();
-                Source::Rsa(resolved, object, hash)
-            }
-            None => {
-                let same_key = ciphertext::parse(&req.ciphertext_blob)
-                    .map(|p| p.key_id == dest.key.uuid)
-                    .unwrap_or(false);
-                Source::Gcm(self.open_blob(
-                    caller,
-                    SourceBlob {
-                        blob: &req.ciphertext_blob,
-                        ctx_member: "sourceEncryptionContext",
-                        ctx: &req.source_encryption_context,
-                        expected_key: req.source_key_id.as_deref(),
-                    },
-                    "kms:ReEncryptFrom",
-                    Some(on_same_key(same_key)),
-                )?)
-            }
-        };
-        let (source_key, source_object) = match &source {
-            Source::Rsa(r, o, _) => (r.key.arn.clone(), *o),
-            Source::Gcm(b) => (b.resolved.key.arn.clone(), b.object),
-        };
-
-        // The destination side, authorized before any HSM call.
-        let (k, v) = on_same_key(source_object.key_id() == dest.key.uuid);
-        let mut to = AuthzRequest::on_key("kms:ReEncryptTo", &dest).with(k, v);
-        to = match dst_hash {
-            Some(_) => to.with("kms:EncryptionAlgorithm", CtxValue::one(dst_alg.as_str())),
-            None => to.context(&req.destination_encryption_context),
-        };
-        self.authorize(caller, to)?;
-        check_state(&dest.key, StateClass::Use)?;
-        let dest_bits = match dst_hash {
-            Some(_) => Some(Self::rsa_encryption_key(&dest, &dst_alg)?),
-            None => {
-                check_symmetric_usage(&dest)?;
-                None
-            }
-        };
+        let source = self.re_encrypt_source(caller, &req, &dest, src_alg, src_hash)?;
+        let (source_key, source_object) = source.key();
+        let same_key = source_object.key_id() == dest.key.uuid;
+        let target = self.re_encrypt_target(caller, &req, &dest, same_key, dst_alg, dest_ctx)?;
         super::end_dry_run(req.dry_run)?;
         let dest_object = dest.key.current_object();
-
-        let plaintext = match source {
-            Source::Rsa(_, object, hash) => {
-                self.hsm
-                    .rsa_decrypt(object, hash, req.ciphertext_blob)
-                    .await?
-            }
-            Source::Gcm(b) => {
-                self.hsm
-                    .decrypt_gcm(b.object, b.iv, b.ciphertext_and_tag, b.aad)
-                    .await?
-            }
-        };
-        let ciphertext_blob = match (dst_hash, dest_bits, dest_ctx) {
-            (Some(hash), Some(bits), _) => {
-                let max = specs::oaep_max_plaintext(bits, hash);
-                if plaintext.len() > max {
-                    return Err(KmsError::Validation(format!(
-                        "The plaintext of the source ciphertext ({} bytes) is too long for {dst_alg} with a {bits}-bit key: at most {max} bytes.",
-                        plaintext.len()
-                    )));
-                }
-                self.hsm.rsa_encrypt(dest_object, hash, plaintext).await?
-            }
-            (_, _, Some(ctx)) => {
-                let sealed = self
-                    .hsm
-                    .encrypt_gcm(dest_object, plaintext, aad_builder(dest_object, ctx))
-                    .await?;
-                blob_from(dest_object, &sealed)
-            }
-            _ => unreachable!(
-                "a destination is either RSA (with its size) or symmetric (with its context)"
-            ),
-        };
+        let plaintext = self.decrypt_source(source, req.ciphertext_blob).await?;
+        let ciphertext_blob = self
+            .encrypt_to_target(dest_object, dst_alg, target, plaintext)
+            .await?;
         Ok(ReEncryptResponse {
             ciphertext_blob,
             source_key_id: source_key,
@@ -762,34 +878,206 @@ impl Kms {
         })
     }
 
-    /// GenerateMac (`verify` false) or VerifyMac, on the device.
-    pub async fn mac(
+    /// The source side of an asymmetric ReEncrypt: located and authorized, not yet decrypted.
+    fn re_encrypt_source(
         &self,
         caller: &Caller,
-        req: MacRequest,
-        verify: bool,
-    ) -> Result<MacResponse, KmsError> {
-        validate::blob_len("message", req.message.len(), 1, MAX_MESSAGE)?;
-        if verify {
-            validate::blob_len("mac", req.mac.len(), 1, MAX_SIGNATURE)?;
-        }
-        let algorithm = required("macAlgorithm", req.mac_algorithm.as_deref())?.to_string();
-        if !specs::KNOWN_MAC_ALGORITHMS.contains(&algorithm.as_str()) {
-            return Err(KmsError::validation(
-                "macAlgorithm",
-                &format!(
-                    "Member must satisfy enum value set: {:?}",
-                    specs::KNOWN_MAC_ALGORITHMS
-                ),
+        req: &ReEncryptRequest,
+        dest: &Resolved,
+        src_alg: EncryptionAlgorithm,
+        src_hash: Option<ShaAlg>,
+    ) -> Result<ReSource, KmsError> {
+        let Some(hash) = src_hash else {
+            let same_key = ciphertext::parse(&req.ciphertext_blob)
+                .map(|p| p.key_id == dest.key.uuid)
+                .unwrap_or(false);
+            return Ok(ReSource::Gcm(self.open_blob(
+                caller,
+                SourceBlob {
+                    blob: &req.ciphertext_blob,
+                    ctx_member: "sourceEncryptionContext",
+                    ctx: &req.source_encryption_context,
+                    expected_key: req.source_key_id.as_deref(),
+                },
+                "kms:ReEncryptFrom",
+                Some(on_same_key(same_key)),
+            )?));
+        };
+        let key_id = required_key(
+            req.source_key_id.as_deref(),
+            "SourceKeyId is required to re-encrypt from an asymmetric key.",
+        )?;
+        no_context("SourceEncryptionContext", &req.source_encryption_context)?;
+        let resolved = self.resolve(caller, key_id, true)?;
+        let (k, v) = on_same_key(resolved.key.uuid == dest.key.uuid);
+        self.authorize(
+            caller,
+            AuthzRequest::on_key("kms:ReEncryptFrom", &resolved)
+                .with("kms:EncryptionAlgorithm", CtxValue::one(src_alg.as_str()))
+                .with(k, v),
+        )?;
+        check_state(&resolved.key, StateClass::Use)?;
+        let bits = Self::rsa_encryption_key(&resolved, src_alg)?;
+        if req.ciphertext_blob.len() != (bits / 8) as usize {
+            return Err(KmsError::InvalidCiphertext(
+                "The ciphertext is invalid.".into(),
             ));
         }
-        self.check_grant_tokens(&req.grant_tokens)?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
-        let action = if verify {
-            "kms:VerifyMac"
-        } else {
-            "kms:GenerateMac"
+        let object = resolved.key.current_object();
+        Ok(ReSource::Rsa(resolved, object, hash))
+    }
+
+    /// The destination side of an asymmetric ReEncrypt, authorized before any HSM call.
+    /// `dest_ctx` is the canonical context of a symmetric destination (`None` for RSA).
+    fn re_encrypt_target(
+        &self,
+        caller: &Caller,
+        req: &ReEncryptRequest,
+        dest: &Resolved,
+        same_key: bool,
+        dst_alg: EncryptionAlgorithm,
+        dest_ctx: Option<Vec<u8>>,
+    ) -> Result<ReTarget, KmsError> {
+        let (k, v) = on_same_key(same_key);
+        let to = AuthzRequest::on_key("kms:ReEncryptTo", dest).with(k, v);
+        let to = match dest_ctx {
+            None => to.with("kms:EncryptionAlgorithm", CtxValue::one(dst_alg.as_str())),
+            Some(_) => to.context(&req.destination_encryption_context),
         };
+        self.authorize(caller, to)?;
+        check_state(&dest.key, StateClass::Use)?;
+        match (dest_ctx, dst_alg.oaep_hash()) {
+            (Some(ctx), _) => {
+                check_symmetric_usage(dest)?;
+                Ok(ReTarget::Gcm(ctx))
+            }
+            (None, Some(hash)) => Ok(ReTarget::Rsa {
+                hash,
+                bits: Self::rsa_encryption_key(dest, dst_alg)?,
+            }),
+            (None, None) => unreachable!("a destination without a context is an RSAES one"),
+        }
+    }
+
+    /// Decrypts the source of a ReEncrypt on the device, into a zeroizing buffer.
+    async fn decrypt_source(
+        &self,
+        source: ReSource,
+        ciphertext_blob: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        Ok(match source {
+            ReSource::Rsa(_, object, hash) => {
+                self.hsm.rsa_decrypt(object, hash, ciphertext_blob).await?
+            }
+            ReSource::Gcm(b) => {
+                self.hsm
+                    .decrypt_gcm(b.object, b.iv, b.ciphertext_and_tag, b.aad)
+                    .await?
+            }
+        })
+    }
+
+    /// Encrypts a ReEncrypt's plaintext on the device under the destination.
+    async fn encrypt_to_target(
+        &self,
+        dest_object: ObjectId,
+        dst_alg: EncryptionAlgorithm,
+        target: ReTarget,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<Vec<u8>, KmsError> {
+        match target {
+            ReTarget::Rsa { hash, bits } => {
+                let max = specs::oaep_max_plaintext(bits, hash);
+                if plaintext.len() > max {
+                    return Err(KmsError::Validation(format!(
+                        "The plaintext of the source ciphertext ({} bytes) is too long for {dst_alg} with a {bits}-bit key: at most {max} bytes.",
+                        plaintext.len()
+                    )));
+                }
+                Ok(self.hsm.rsa_encrypt(dest_object, hash, plaintext).await?)
+            }
+            ReTarget::Gcm(ctx) => {
+                let sealed = self
+                    .hsm
+                    .encrypt_gcm(dest_object, plaintext, aad_builder(dest_object, ctx))
+                    .await?;
+                Ok(blob_from(dest_object, &sealed))
+            }
+        }
+    }
+
+    /// GenerateMac: the device computes the MAC.
+    pub async fn generate_mac(
+        &self,
+        caller: &Caller,
+        req: GenerateMacRequest,
+    ) -> Result<GenerateMacResponse, KmsError> {
+        let algorithm = check_mac_input(&req.message, None, req.mac_algorithm)?;
+        let (resolved, alg) = self.prepare_mac(
+            caller,
+            "kms:GenerateMac",
+            &req.key_id,
+            algorithm,
+            &req.grant_tokens,
+        )?;
+        super::end_dry_run(req.dry_run)?;
+        let object = resolved.key.current_object();
+        super::record::key_version(object.version());
+        let mac = self.hsm.generate_mac(object, alg, req.message).await?;
+        Ok(GenerateMacResponse {
+            mac,
+            mac_algorithm: algorithm,
+            key_id: resolved.key.arn.clone(),
+        })
+    }
+
+    /// VerifyMac: the device computes and compares the MAC; a bad one is
+    /// KMSInvalidMacException.
+    pub async fn verify_mac(
+        &self,
+        caller: &Caller,
+        req: VerifyMacRequest,
+    ) -> Result<VerifyMacResponse, KmsError> {
+        let algorithm = check_mac_input(&req.message, Some(&req.mac), req.mac_algorithm)?;
+        let (resolved, alg) = self.prepare_mac(
+            caller,
+            "kms:VerifyMac",
+            &req.key_id,
+            algorithm,
+            &req.grant_tokens,
+        )?;
+        // A dry run of VerifyMac never compares: the device is not asked.
+        super::end_dry_run(req.dry_run)?;
+        let object = resolved.key.current_object();
+        super::record::key_version(object.version());
+        let ok = self
+            .hsm
+            .verify_mac(object, alg, req.message, req.mac)
+            .await?;
+        if !ok {
+            return Err(KmsError::InvalidMac(
+                "The MAC is not valid for this message, key and algorithm.".into(),
+            ));
+        }
+        Ok(VerifyMacResponse {
+            key_id: resolved.key.arn.clone(),
+            mac_valid: true,
+            mac_algorithm: algorithm,
+        })
+    }
+
+    /// Resolves and authorizes a GenerateMac or VerifyMac (`action`), checks the state and
+    /// that the key computes `algorithm`.
+    fn prepare_mac(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        key_id: &str,
+        algorithm: MacAlgorithm,
+        grant_tokens: &[String],
+    ) -> Result<(Resolved, crate::hsm::MacAlg), KmsError> {
+        self.check_grant_tokens(grant_tokens)?;
+        let resolved = self.resolve(caller, key_id, true)?;
         self.authorize(
             caller,
             AuthzRequest::on_key(action, &resolved)
@@ -797,43 +1085,47 @@ impl Kms {
         )?;
         check_state(&resolved.key, StateClass::Use)?;
         let r = &resolved.key.record;
-        let alg = specs::mac_algorithm(&r.key_spec, &r.key_usage, &algorithm)?;
-        // A dry run of VerifyMac never compares: the device is not asked.
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
-        let message = req.message;
-        if verify {
-            let ok = self.hsm.verify_mac(object, alg, message, req.mac).await?;
-            if !ok {
-                return Err(KmsError::InvalidMac(
-                    "The MAC is not valid for this message, key and algorithm.".into(),
-                ));
-            }
-            return Ok(MacResponse {
-                key_id: resolved.key.arn.clone(),
-                mac: Vec::new(),
-                mac_valid: true,
-                mac_algorithm: algorithm,
-            });
-        }
-        let mac = self.hsm.generate_mac(object, alg, message).await?;
-        Ok(MacResponse {
-            key_id: resolved.key.arn.clone(),
-            mac,
-            mac_valid: false,
-            mac_algorithm: algorithm,
-        })
+        let alg = specs::mac_algorithm(&r.key_spec, &r.key_usage, algorithm)?;
+        Ok((resolved, alg))
     }
 
-    /// GenerateDataKeyPair (`with_plaintext`) or GenerateDataKeyPairWithoutPlaintext: the pair
-    /// is generated on the device and its PKCS#8 sealed under the symmetric CMK in one job.
+    /// GenerateDataKeyPair: a key pair, its private key in plaintext and sealed.
     pub async fn generate_data_key_pair(
         &self,
         caller: &Caller,
+        req: GenerateDataKeyPairRequest,
+    ) -> Result<GenerateDataKeyPairResponse, KmsError> {
+        self.data_key_pair(caller, req.0, "kms:GenerateDataKeyPair")
+            .await
+    }
+
+    /// GenerateDataKeyPairWithoutPlaintext: the private key sealed only; its plaintext is
+    /// zeroized here.
+    pub async fn generate_data_key_pair_without_plaintext(
+        &self,
+        caller: &Caller,
+        req: GenerateDataKeyPairWithoutPlaintextRequest,
+    ) -> Result<GenerateDataKeyPairWithoutPlaintextResponse, KmsError> {
+        let p = self
+            .data_key_pair(caller, req.0, "kms:GenerateDataKeyPairWithoutPlaintext")
+            .await?;
+        Ok(GenerateDataKeyPairWithoutPlaintextResponse {
+            private_key_ciphertext_blob: p.private_key_ciphertext_blob,
+            public_key: p.public_key,
+            key_id: p.key_id,
+            key_pair_spec: p.key_pair_spec,
+            key_material_id: p.key_material_id,
+        })
+    }
+
+    /// Both GenerateDataKeyPair operations (`action` is the IAM action checked): the pair is
+    /// generated on the device and its PKCS#8 sealed under the symmetric CMK in one job.
+    async fn data_key_pair(
+        &self,
+        caller: &Caller,
         req: DataKeyPairRequest,
-        with_plaintext: bool,
-    ) -> Result<DataKeyPairResponse, KmsError> {
+        action: &'static str,
+    ) -> Result<GenerateDataKeyPairResponse, KmsError> {
         let spec_name = required("keyPairSpec", req.key_pair_spec.as_deref())?.to_string();
         let pair = specs::data_key_pair_spec(&spec_name)?;
         self.check_grant_tokens(&req.grant_tokens)?;
@@ -845,11 +1137,6 @@ impl Kms {
                     "Member values must be shorter than 64 KiB",
                 )
             })?;
-        let action = if with_plaintext {
-            "kms:GenerateDataKeyPair"
-        } else {
-            "kms:GenerateDataKeyPairWithoutPlaintext"
-        };
         let resolved = self
             .resolve_or_create_managed(
                 caller,
@@ -866,7 +1153,7 @@ impl Kms {
                 .with("kms:DataKeyPairSpec", CtxValue::one(spec_name.as_str()))
                 .with(
                     "kms:EncryptionAlgorithm",
-                    CtxValue::one("SYMMETRIC_DEFAULT"),
+                    CtxValue::one(EncryptionAlgorithm::SymmetricDefault.as_str()),
                 ),
         )?;
         check_state(&resolved.key, StateClass::Use)?;
@@ -888,13 +1175,135 @@ impl Kms {
             .hsm
             .generate_data_key_pair(pair, object, aad_builder(object, canonical_ctx))
             .await?;
-        Ok(DataKeyPairResponse {
+        Ok(GenerateDataKeyPairResponse {
             private_key_ciphertext_blob: blob_from(object, &sealed),
-            private_key_plaintext: with_plaintext.then_some(pkcs8),
+            private_key_plaintext: pkcs8,
             public_key,
             key_id: resolved.key.arn.clone(),
             key_pair_spec: spec_name,
             key_material_id: key_material_id(object),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_never_in_params() {
+        let sign = SignRequest {
+            key_id: "k".into(),
+            message: Zeroizing::new(b"SECRET-MESSAGE".to_vec()),
+            signing_algorithm: Some(SigningAlgorithm::EcdsaSha256),
+            message_type: Some(MessageType::Raw),
+            ..Default::default()
+        };
+        assert_eq!(
+            sign.request_parameters(),
+            json!({"keyId": "k", "messageType": "RAW", "signingAlgorithm": "ECDSA_SHA_256"})
+        );
+        let verify = VerifyRequest {
+            key_id: "k".into(),
+            message: Zeroizing::new(b"SECRET-MESSAGE".to_vec()),
+            signature: b"SECRET-SIGNATURE".to_vec(),
+            grant_tokens: vec!["SECRET-TOKEN".into(), "SECRET-TOKEN-2".into()],
+            dry_run: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            verify.request_parameters(),
+            json!({"keyId": "k", "grantTokens": 2, "dryRun": true})
+        );
+        let mac = VerifyMacRequest {
+            key_id: "k".into(),
+            message: Zeroizing::new(b"SECRET-MESSAGE".to_vec()),
+            mac: b"SECRET-MAC".to_vec(),
+            mac_algorithm: Some(MacAlgorithm::HmacSha256),
+            ..Default::default()
+        };
+        assert_eq!(
+            mac.request_parameters(),
+            json!({"keyId": "k", "macAlgorithm": "HMAC_SHA_256"})
+        );
+        let derive = DeriveSharedSecretRequest {
+            key_id: "k".into(),
+            key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+            public_key: b"PEER-PUBLIC-KEY".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            derive.request_parameters(),
+            json!({"keyId": "k", "keyAgreementAlgorithm": "ECDH"})
+        );
+        let pair = GenerateDataKeyPairRequest(DataKeyPairRequest {
+            key_id: "k".into(),
+            key_pair_spec: Some("RSA_2048".into()),
+            encryption_context: [("a".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            pair.request_parameters(),
+            json!({"keyId": "k", "encryptionContext": {"a": "b"}, "keyPairSpec": "RSA_2048"})
+        );
+        let pk = GetPublicKeyRequest {
+            key_id: "k".into(),
+            grant_tokens: vec!["SECRET-TOKEN".into()],
+        };
+        assert_eq!(
+            pk.request_parameters(),
+            json!({"keyId": "k", "grantTokens": 1})
+        );
+    }
+
+    #[test]
+    fn responses_with_secrets_never_print_them() {
+        let out = GenerateDataKeyPairResponse {
+            private_key_ciphertext_blob: Vec::new(),
+            private_key_plaintext: Zeroizing::new(b"PRIVATE-KEY".to_vec()),
+            public_key: Vec::new(),
+            key_id: "k".into(),
+            key_pair_spec: "RSA_2048".into(),
+            key_material_id: String::new(),
+        };
+        assert!(!format!("{out:?}").contains("PRIVATE-KEY"));
+        assert_eq!(out.response_elements(), Value::Null);
+        let req = GenerateMacRequest {
+            message: Zeroizing::new(b"SECRET-MESSAGE".to_vec()),
+            ..Default::default()
+        };
+        assert!(!format!("{req:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn input_checks_keep_their_messages() {
+        let e = check_sign_input(
+            b"m",
+            Some(MessageType::ExternalMu),
+            Some(SigningAlgorithm::EcdsaSha256),
+        );
+        assert!(
+            matches!(e, Err(KmsError::Validation(m)) if m == "MessageType EXTERNAL_MU is only valid for ML-DSA keys.")
+        );
+        assert!(check_sign_input(b"m", None, None).is_err());
+        assert_eq!(
+            check_sign_input(b"m", None, Some(SigningAlgorithm::EcdsaSha256)).unwrap(),
+            (SigningAlgorithm::EcdsaSha256, MessageType::Raw)
+        );
+        assert!(check_mac_input(b"m", Some(b""), Some(MacAlgorithm::HmacSha256)).is_err());
+        assert!(check_mac_input(b"m", None, None).is_err());
+        assert_eq!(
+            check_mac_input(b"m", Some(b"x"), Some(MacAlgorithm::HmacSha384)).unwrap(),
+            MacAlgorithm::HmacSha384
+        );
+        let digest = to_be_signed(
+            crate::hsm::SignScheme::Ecdsa(crate::hsm::Curve::P256),
+            Hash::Sha256,
+            SigningAlgorithm::EcdsaSha256,
+            &[0u8; 31],
+            MessageType::Digest,
+        );
+        assert!(matches!(digest, Err(KmsError::Validation(m)) if m.contains("expected 32")));
     }
 }

@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
 use zeroize::Zeroizing;
 
+use super::algorithms::{DataKeySpec, EncryptionAlgorithm};
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
-use super::specs::oaep_hash;
+use super::operation::{Params, RequestParameters, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext::{self, HEADER_LEN};
@@ -25,13 +27,6 @@ pub const MAX_CIPHERTEXT: usize = 6144;
 /// Largest data key / random request.
 pub const MAX_DATA_KEY_BYTES: i32 = 1024;
 
-const KNOWN_ENCRYPTION_ALGORITHMS: &[&str] = &[
-    "SYMMETRIC_DEFAULT",
-    "RSAES_OAEP_SHA_1",
-    "RSAES_OAEP_SHA_256",
-    "SM2PKE",
-];
-
 /// Encrypt input.
 #[derive(Debug, Default)]
 pub struct EncryptRequest {
@@ -39,7 +34,7 @@ pub struct EncryptRequest {
     pub plaintext: Zeroizing<Vec<u8>>,
     pub encryption_context: BTreeMap<String, String>,
     pub grant_tokens: Vec<String>,
-    pub encryption_algorithm: Option<String>,
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
     /// Check everything a real call checks, then answer DryRunOperationException.
     pub dry_run: bool,
 }
@@ -50,7 +45,7 @@ pub struct EncryptResponse {
     pub ciphertext_blob: Vec<u8>,
     /// The key ARN.
     pub key_id: String,
-    pub encryption_algorithm: String,
+    pub encryption_algorithm: EncryptionAlgorithm,
 }
 
 /// Decrypt input.
@@ -60,7 +55,7 @@ pub struct DecryptRequest {
     pub encryption_context: BTreeMap<String, String>,
     pub grant_tokens: Vec<String>,
     pub key_id: Option<String>,
-    pub encryption_algorithm: Option<String>,
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
     /// Check everything a real call checks, then answer DryRunOperationException.
     pub dry_run: bool,
 }
@@ -70,7 +65,7 @@ pub struct DecryptResponse {
     /// The key ARN.
     pub key_id: String,
     pub plaintext: Zeroizing<Vec<u8>>,
-    pub encryption_algorithm: String,
+    pub encryption_algorithm: EncryptionAlgorithm,
     pub key_material_id: String,
 }
 
@@ -91,8 +86,8 @@ pub struct ReEncryptRequest {
     pub source_key_id: Option<String>,
     pub destination_key_id: String,
     pub destination_encryption_context: BTreeMap<String, String>,
-    pub source_encryption_algorithm: Option<String>,
-    pub destination_encryption_algorithm: Option<String>,
+    pub source_encryption_algorithm: Option<EncryptionAlgorithm>,
+    pub destination_encryption_algorithm: Option<EncryptionAlgorithm>,
     pub grant_tokens: Vec<String>,
     /// Check everything a real call checks, then answer DryRunOperationException.
     pub dry_run: bool,
@@ -104,28 +99,38 @@ pub struct ReEncryptResponse {
     pub ciphertext_blob: Vec<u8>,
     pub source_key_id: String,
     pub key_id: String,
-    pub source_encryption_algorithm: String,
-    pub destination_encryption_algorithm: String,
+    pub source_encryption_algorithm: EncryptionAlgorithm,
+    pub destination_encryption_algorithm: EncryptionAlgorithm,
     pub source_key_material_id: String,
     pub destination_key_material_id: String,
 }
 
-/// GenerateDataKey / GenerateDataKeyWithoutPlaintext input.
+/// What GenerateDataKey and GenerateDataKeyWithoutPlaintext both ask: the key, the context
+/// and the data key's size.
 #[derive(Debug, Default, Clone)]
-pub struct GenerateDataKeyRequest {
+pub struct DataKeyRequest {
     pub key_id: String,
     pub encryption_context: BTreeMap<String, String>,
     pub number_of_bytes: Option<i32>,
-    pub key_spec: Option<String>,
+    pub key_spec: Option<DataKeySpec>,
     pub grant_tokens: Vec<String>,
     /// Check everything a real call checks, then answer DryRunOperationException.
     pub dry_run: bool,
 }
 
-/// GenerateDataKey output; `plaintext` is `None` for the WithoutPlaintext variant.
+/// GenerateDataKey input.
+#[derive(Debug, Default, Clone)]
+pub struct GenerateDataKeyRequest(pub DataKeyRequest);
+
+/// GenerateDataKeyWithoutPlaintext input.
+#[derive(Debug, Default, Clone)]
+pub struct GenerateDataKeyWithoutPlaintextRequest(pub DataKeyRequest);
+
+/// GenerateDataKey output. `Debug` never prints the plaintext.
 pub struct GenerateDataKeyResponse {
     pub ciphertext_blob: Vec<u8>,
-    pub plaintext: Option<Zeroizing<Vec<u8>>>,
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The key ARN.
     pub key_id: String,
     pub key_material_id: String,
 }
@@ -134,23 +139,148 @@ impl std::fmt::Debug for GenerateDataKeyResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GenerateDataKeyResponse")
             .field("key_id", &self.key_id)
-            .field("plaintext", &self.plaintext.as_ref().map(|_| "<redacted>"))
+            .field("plaintext", &"<redacted>")
             .finish_non_exhaustive()
     }
 }
 
-/// A symmetric request's algorithm: absent or SYMMETRIC_DEFAULT; another known one is
-/// InvalidKeyUsageException, an unknown one ValidationException.
-pub(super) fn check_algorithm(member: &str, alg: Option<&str>) -> Result<(), KmsError> {
+/// GenerateDataKeyWithoutPlaintext output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateDataKeyWithoutPlaintextResponse {
+    pub ciphertext_blob: Vec<u8>,
+    /// The key ARN.
+    pub key_id: String,
+    pub key_material_id: String,
+}
+
+/// GenerateRandom input.
+#[derive(Debug, Default, Clone)]
+pub struct GenerateRandomRequest {
+    pub number_of_bytes: Option<i32>,
+    pub custom_key_store_id: Option<String>,
+}
+
+/// GenerateRandom output. `Debug` never prints the bytes.
+pub struct GenerateRandomResponse {
+    pub plaintext: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GenerateRandomResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerateRandomResponse")
+            .field("plaintext", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An optional algorithm name for the audit trail.
+pub(super) fn alg_name<T: Copy + Into<&'static str>>(a: Option<T>) -> Option<&'static str> {
+    a.map(Into::into)
+}
+
+impl RequestParameters for EncryptRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .map("encryptionContext", &self.encryption_context)
+            .opt("encryptionAlgorithm", alg_name(self.encryption_algorithm))
+            .grant_tokens(&self.grant_tokens)
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+impl RequestParameters for DecryptRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .opt("keyId", self.key_id.as_deref())
+            .map("encryptionContext", &self.encryption_context)
+            .opt("encryptionAlgorithm", alg_name(self.encryption_algorithm))
+            .grant_tokens(&self.grant_tokens)
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+impl RequestParameters for ReEncryptRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .opt("sourceKeyId", self.source_key_id.as_deref())
+            .str("destinationKeyId", &self.destination_key_id)
+            .map("sourceEncryptionContext", &self.source_encryption_context)
+            .map(
+                "destinationEncryptionContext",
+                &self.destination_encryption_context,
+            )
+            .opt(
+                "sourceEncryptionAlgorithm",
+                alg_name(self.source_encryption_algorithm),
+            )
+            .opt(
+                "destinationEncryptionAlgorithm",
+                alg_name(self.destination_encryption_algorithm),
+            )
+            .grant_tokens(&self.grant_tokens)
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+impl RequestParameters for DataKeyRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .map("encryptionContext", &self.encryption_context)
+            .opt("keySpec", alg_name(self.key_spec))
+            .opt("numberOfBytes", self.number_of_bytes)
+            .grant_tokens(&self.grant_tokens)
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+/// `RequestParameters` of requests that wrap the request they share with another operation
+/// (`struct Op(pub Shared)`): the shared request's.
+macro_rules! wrapped_params {
+    ($($t:ty),*) => {$(
+        impl RequestParameters for $t {
+            fn request_parameters(&self) -> Value {
+                self.0.request_parameters()
+            }
+        }
+    )*};
+}
+pub(super) use wrapped_params;
+
+wrapped_params!(
+    GenerateDataKeyRequest,
+    GenerateDataKeyWithoutPlaintextRequest
+);
+
+impl RequestParameters for GenerateRandomRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .opt("numberOfBytes", self.number_of_bytes)
+            .opt("customKeyStoreId", self.custom_key_store_id.as_deref())
+            .build()
+    }
+}
+
+impl ResponseElements for EncryptResponse {}
+impl ResponseElements for DecryptResponse {}
+impl ResponseElements for ReEncryptResponse {}
+impl ResponseElements for GenerateDataKeyResponse {}
+impl ResponseElements for GenerateDataKeyWithoutPlaintextResponse {}
+impl ResponseElements for GenerateRandomResponse {}
+
+/// A symmetric request's algorithm: absent or SYMMETRIC_DEFAULT; another one is
+/// InvalidKeyUsageException (the doors have refused names outside the enum).
+pub(super) fn check_algorithm(alg: Option<EncryptionAlgorithm>) -> Result<(), KmsError> {
     match alg {
-        None | Some("") | Some(SYMMETRIC_DEFAULT) => Ok(()),
-        Some(a) if KNOWN_ENCRYPTION_ALGORITHMS.contains(&a) => Err(KmsError::InvalidKeyUsage(
-            format!("The encryption algorithm {a} is not valid for a symmetric key."),
-        )),
-        Some(_) => Err(KmsError::validation(
-            member,
-            &format!("Member must satisfy enum value set: {KNOWN_ENCRYPTION_ALGORITHMS:?}"),
-        )),
+        None | Some(EncryptionAlgorithm::SymmetricDefault) => Ok(()),
+        Some(a) => Err(KmsError::InvalidKeyUsage(format!(
+            "The encryption algorithm {a} is not valid for a symmetric key."
+        ))),
     }
 }
 
@@ -220,12 +350,15 @@ impl Kms {
         caller: &Caller,
         req: EncryptRequest,
     ) -> Result<EncryptResponse, KmsError> {
-        if let Some(h) = req.encryption_algorithm.as_deref().and_then(oaep_hash) {
+        if let Some(h) = req
+            .encryption_algorithm
+            .and_then(EncryptionAlgorithm::oaep_hash)
+        {
             return self.encrypt_asymmetric(caller, req, h).await;
         }
         validate::blob_len("plaintext", req.plaintext.len(), 1, MAX_PLAINTEXT)?;
         self.check_grant_tokens(&req.grant_tokens)?;
-        check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
+        check_algorithm(req.encryption_algorithm)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self
             .resolve_or_create_managed(
@@ -254,7 +387,7 @@ impl Kms {
         Ok(EncryptResponse {
             ciphertext_blob: blob_from(object, &sealed),
             key_id: resolved.key.arn.clone(),
-            encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+            encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
         })
     }
 
@@ -321,11 +454,14 @@ impl Kms {
         caller: &Caller,
         req: DecryptRequest,
     ) -> Result<DecryptResponse, KmsError> {
-        if let Some(h) = req.encryption_algorithm.as_deref().and_then(oaep_hash) {
+        if let Some(h) = req
+            .encryption_algorithm
+            .and_then(EncryptionAlgorithm::oaep_hash)
+        {
             return self.decrypt_asymmetric(caller, req, h).await;
         }
         self.check_grant_tokens(&req.grant_tokens)?;
-        check_algorithm("encryptionAlgorithm", req.encryption_algorithm.as_deref())?;
+        check_algorithm(req.encryption_algorithm)?;
         let opened = self.open_blob(
             caller,
             SourceBlob {
@@ -350,7 +486,7 @@ impl Kms {
         Ok(DecryptResponse {
             key_id: opened.resolved.key.arn.clone(),
             plaintext,
-            encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+            encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
             key_material_id: key_material_id(opened.object),
         })
     }
@@ -363,26 +499,18 @@ impl Kms {
     ) -> Result<ReEncryptResponse, KmsError> {
         let src_hash = req
             .source_encryption_algorithm
-            .as_deref()
-            .and_then(oaep_hash);
+            .and_then(EncryptionAlgorithm::oaep_hash);
         let dst_hash = req
             .destination_encryption_algorithm
-            .as_deref()
-            .and_then(oaep_hash);
+            .and_then(EncryptionAlgorithm::oaep_hash);
         if src_hash.is_some() || dst_hash.is_some() {
             return self
                 .re_encrypt_asymmetric(caller, req, src_hash, dst_hash)
                 .await;
         }
         self.check_grant_tokens(&req.grant_tokens)?;
-        check_algorithm(
-            "sourceEncryptionAlgorithm",
-            req.source_encryption_algorithm.as_deref(),
-        )?;
-        check_algorithm(
-            "destinationEncryptionAlgorithm",
-            req.destination_encryption_algorithm.as_deref(),
-        )?;
+        check_algorithm(req.source_encryption_algorithm)?;
+        check_algorithm(req.destination_encryption_algorithm)?;
         let dest_ctx = canonical(
             "destinationEncryptionContext",
             &req.destination_encryption_context,
@@ -399,12 +527,7 @@ impl Kms {
         let same_key = ciphertext::parse(&req.ciphertext_blob)
             .map(|p| p.key_id == dest.key.uuid)
             .unwrap_or(false);
-        let same = || {
-            (
-                "kms:ReEncryptOnSameKey",
-                CtxValue::one(if same_key { "true" } else { "false" }),
-            )
-        };
+        let same = || super::asym::on_same_key(same_key);
         let source = self.open_blob(
             caller,
             SourceBlob {
@@ -442,51 +565,49 @@ impl Kms {
             ciphertext_blob: blob_from(dest_object, &sealed),
             source_key_id: source.resolved.key.arn.clone(),
             key_id: dest.key.arn.clone(),
-            source_encryption_algorithm: SYMMETRIC_DEFAULT.into(),
-            destination_encryption_algorithm: SYMMETRIC_DEFAULT.into(),
+            source_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
+            destination_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
             source_key_material_id: key_material_id(source.object),
             destination_key_material_id: key_material_id(dest_object),
         })
     }
 
-    /// GenerateDataKey (`with_plaintext`) or GenerateDataKeyWithoutPlaintext.
+    /// GenerateDataKey: a data key, in plaintext and sealed under the KMS key.
     pub async fn generate_data_key(
         &self,
         caller: &Caller,
         req: GenerateDataKeyRequest,
-        with_plaintext: bool,
+    ) -> Result<GenerateDataKeyResponse, KmsError> {
+        self.data_key(caller, req.0, "kms:GenerateDataKey").await
+    }
+
+    /// GenerateDataKeyWithoutPlaintext: a data key sealed under the KMS key only; the
+    /// plaintext is zeroized here.
+    pub async fn generate_data_key_without_plaintext(
+        &self,
+        caller: &Caller,
+        req: GenerateDataKeyWithoutPlaintextRequest,
+    ) -> Result<GenerateDataKeyWithoutPlaintextResponse, KmsError> {
+        let k = self
+            .data_key(caller, req.0, "kms:GenerateDataKeyWithoutPlaintext")
+            .await?;
+        Ok(GenerateDataKeyWithoutPlaintextResponse {
+            ciphertext_blob: k.ciphertext_blob,
+            key_id: k.key_id,
+            key_material_id: k.key_material_id,
+        })
+    }
+
+    /// Both GenerateDataKey operations: `action` is the IAM action checked.
+    async fn data_key(
+        &self,
+        caller: &Caller,
+        req: DataKeyRequest,
+        action: &'static str,
     ) -> Result<GenerateDataKeyResponse, KmsError> {
         self.check_grant_tokens(&req.grant_tokens)?;
-        let n = match (req.number_of_bytes, req.key_spec.as_deref()) {
-            (Some(_), Some(_)) => {
-                return Err(KmsError::Validation(
-                    "Specify either KeySpec or NumberOfBytes, not both.".into(),
-                ))
-            }
-            (None, None) => {
-                return Err(KmsError::Validation(
-                    "Specify either KeySpec or NumberOfBytes.".into(),
-                ))
-            }
-            (Some(n), None) => {
-                validate::int_range("numberOfBytes", n, 1, MAX_DATA_KEY_BYTES)?;
-                n as usize
-            }
-            (None, Some("AES_256")) => 32,
-            (None, Some("AES_128")) => 16,
-            (None, Some(_)) => {
-                return Err(KmsError::validation(
-                    "keySpec",
-                    "Member must satisfy enum value set: [AES_256, AES_128]",
-                ))
-            }
-        };
+        let n = data_key_len(req.number_of_bytes, req.key_spec)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
-        let action = if with_plaintext {
-            "kms:GenerateDataKey"
-        } else {
-            "kms:GenerateDataKeyWithoutPlaintext"
-        };
         let resolved = self
             .resolve_or_create_managed(
                 caller,
@@ -508,7 +629,7 @@ impl Kms {
             .await?;
         Ok(GenerateDataKeyResponse {
             ciphertext_blob: blob_from(object, &sealed),
-            plaintext: with_plaintext.then_some(plaintext),
+            plaintext,
             key_id: resolved.key.arn.clone(),
             key_material_id: key_material_id(object),
         })
@@ -518,23 +639,153 @@ impl Kms {
     pub async fn generate_random(
         &self,
         caller: &Caller,
-        number_of_bytes: Option<i32>,
-        custom_key_store_id: Option<&str>,
-    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        let Some(n) = number_of_bytes else {
+        req: GenerateRandomRequest,
+    ) -> Result<GenerateRandomResponse, KmsError> {
+        let Some(n) = req.number_of_bytes else {
             return Err(KmsError::validation(
                 "numberOfBytes",
                 "Member must not be null",
             ));
         };
         validate::int_range("numberOfBytes", n, 1, MAX_DATA_KEY_BYTES)?;
-        if custom_key_store_id.is_some_and(|s| !s.is_empty()) {
+        if req.custom_key_store_id.is_some_and(|s| !s.is_empty()) {
             // No custom key store exists (yet), so none can be named.
             return Err(KmsError::CustomKeyStoreNotFound(
                 "The custom key store does not exist: p11kms has no custom key stores.".into(),
             ));
         }
         self.authorize(caller, AuthzRequest::new("kms:GenerateRandom", "*"))?;
-        Ok(self.hsm.random(n as usize).await?)
+        let plaintext = self.hsm.random(n as usize).await?;
+        Ok(GenerateRandomResponse { plaintext })
+    }
+}
+
+/// The length of a data key: NumberOfBytes or KeySpec, exactly one of them.
+fn data_key_len(
+    number_of_bytes: Option<i32>,
+    key_spec: Option<DataKeySpec>,
+) -> Result<usize, KmsError> {
+    match (number_of_bytes, key_spec) {
+        (Some(_), Some(_)) => Err(KmsError::Validation(
+            "Specify either KeySpec or NumberOfBytes, not both.".into(),
+        )),
+        (None, None) => Err(KmsError::Validation(
+            "Specify either KeySpec or NumberOfBytes.".into(),
+        )),
+        (Some(n), None) => {
+            validate::int_range("numberOfBytes", n, 1, MAX_DATA_KEY_BYTES)?;
+            Ok(n as usize)
+        }
+        (None, Some(spec)) => Ok(spec.bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_never_in_params() {
+        let e = EncryptRequest {
+            key_id: "alias/a".into(),
+            plaintext: Zeroizing::new(b"TOP-SECRET-PLAINTEXT".to_vec()),
+            encryption_context: [("Dept".to_string(), "hr".to_string())].into(),
+            grant_tokens: vec!["CAPABILITY-TOKEN".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            e.request_parameters(),
+            json!({"keyId": "alias/a", "encryptionContext": {"Dept": "hr"}, "grantTokens": 1})
+        );
+        let d = DecryptRequest {
+            ciphertext_blob: b"SECRET-BLOB".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(d.request_parameters(), json!({}));
+        let r = ReEncryptRequest {
+            ciphertext_blob: b"SECRET-BLOB".to_vec(),
+            destination_key_id: "k2".into(),
+            source_encryption_algorithm: Some(EncryptionAlgorithm::RsaesOaepSha1),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.request_parameters(),
+            json!({"destinationKeyId": "k2", "sourceEncryptionAlgorithm": "RSAES_OAEP_SHA_1"})
+        );
+        let g = GenerateDataKeyWithoutPlaintextRequest(DataKeyRequest {
+            key_id: "k".into(),
+            key_spec: Some(DataKeySpec::Aes256),
+            ..Default::default()
+        });
+        assert_eq!(
+            g.request_parameters(),
+            json!({"keyId": "k", "keySpec": "AES_256"})
+        );
+        let n = GenerateRandomRequest {
+            number_of_bytes: Some(16),
+            custom_key_store_id: None,
+        };
+        assert_eq!(n.request_parameters(), json!({"numberOfBytes": 16}));
+    }
+
+    #[test]
+    fn dry_run_is_logged_when_set() {
+        let d = DecryptRequest {
+            dry_run: true,
+            ..Default::default()
+        };
+        assert_eq!(d.request_parameters()["dryRun"], json!(true));
+        let g = GenerateDataKeyRequest(DataKeyRequest {
+            number_of_bytes: Some(32),
+            ..Default::default()
+        });
+        assert_eq!(g.request_parameters(), json!({"numberOfBytes": 32}));
+    }
+
+    #[test]
+    fn responses_with_plaintext_never_print_it() {
+        let out = GenerateDataKeyResponse {
+            ciphertext_blob: Vec::new(),
+            plaintext: Zeroizing::new(b"DATA-KEY".to_vec()),
+            key_id: "k".into(),
+            key_material_id: String::new(),
+        };
+        assert!(!format!("{out:?}").contains("DATA-KEY"));
+        assert_eq!(out.response_elements(), Value::Null);
+        let r = GenerateRandomResponse {
+            plaintext: Zeroizing::new(b"RANDOM".to_vec()),
+        };
+        assert!(!format!("{r:?}").contains("RANDOM"));
+    }
+
+    #[test]
+    fn a_data_key_is_sized_by_exactly_one_member() {
+        assert_eq!(data_key_len(None, Some(DataKeySpec::Aes128)).unwrap(), 16);
+        assert_eq!(data_key_len(Some(7), None).unwrap(), 7);
+        assert!(matches!(
+            data_key_len(Some(7), Some(DataKeySpec::Aes256)),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            data_key_len(None, None),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(data_key_len(Some(MAX_DATA_KEY_BYTES + 1), None).is_err());
+    }
+
+    #[test]
+    fn only_symmetric_default_is_symmetric() {
+        assert!(check_algorithm(None).is_ok());
+        assert!(check_algorithm(Some(EncryptionAlgorithm::SymmetricDefault)).is_ok());
+        let Err(KmsError::InvalidKeyUsage(m)) =
+            check_algorithm(Some(EncryptionAlgorithm::RsaesOaepSha256))
+        else {
+            panic!("RSAES on a symmetric key must be InvalidKeyUsage");
+        };
+        assert_eq!(
+            m,
+            "The encryption algorithm RSAES_OAEP_SHA_256 is not valid for a symmetric key."
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! The engine: transport-independent KMS operations.
 //!
 //! One file per operation family: [`keys`] (lifecycle), [`aliases`], [`tags`], [`crypto`]
-//! (encrypt, decrypt, re-encrypt, data keys, random), [`sweeper`] (deletion), [`reconcile`]
-//! (store/token drift). Each operation follows the same path: validate input, resolve the key
+//! (encrypt, decrypt, re-encrypt, data keys, random), [`asym`] (signatures, public keys, key
+//! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift).
+//! [`algorithms`] holds the API's algorithm names as enums, [`specs`] the key catalogue. Each operation follows the same path: validate input, resolve the key
 //! from the in-memory cache, authorize, check the key state, then touch the HSM or the store.
 //! No operation reaches the device or the store without an allow.
 
+pub mod algorithms;
 pub mod aliases;
 pub mod asym;
 pub mod authz;

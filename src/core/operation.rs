@@ -76,6 +76,19 @@ use super::aliases::{
     CreateAliasRequest, DeleteAliasRequest, ListAliasesRequest, ListAliasesResponse,
     UpdateAliasRequest,
 };
+use super::asym::{
+    DeriveSharedSecretRequest, DeriveSharedSecretResponse, GenerateDataKeyPairRequest,
+    GenerateDataKeyPairResponse, GenerateDataKeyPairWithoutPlaintextRequest,
+    GenerateDataKeyPairWithoutPlaintextResponse, GenerateMacRequest, GenerateMacResponse,
+    GetPublicKeyRequest, GetPublicKeyResponse, SignRequest, SignResponse, VerifyMacRequest,
+    VerifyMacResponse, VerifyRequest, VerifyResponse,
+};
+use super::crypto::{
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, GenerateDataKeyRequest,
+    GenerateDataKeyResponse, GenerateDataKeyWithoutPlaintextRequest,
+    GenerateDataKeyWithoutPlaintextResponse, GenerateRandomRequest, GenerateRandomResponse,
+    ReEncryptRequest, ReEncryptResponse,
+};
 
 // Each family imports its types just above its block; keep the blocks in this order.
 
@@ -99,6 +112,24 @@ operations! {
     // Keys (keys.rs, usage.rs), tags (tags.rs), key policies (policies.rs).
 
     // Symmetric cryptography (crypto.rs), asymmetric keys, signatures and MACs (asym.rs).
+    Encrypt: EncryptRequest => EncryptResponse = encrypt;
+    Decrypt: DecryptRequest => DecryptResponse = decrypt;
+    ReEncrypt: ReEncryptRequest => ReEncryptResponse = re_encrypt;
+    GenerateDataKey: GenerateDataKeyRequest => GenerateDataKeyResponse = generate_data_key;
+    GenerateDataKeyWithoutPlaintext: GenerateDataKeyWithoutPlaintextRequest
+        => GenerateDataKeyWithoutPlaintextResponse = generate_data_key_without_plaintext;
+    GenerateRandom: GenerateRandomRequest => GenerateRandomResponse = generate_random;
+    Sign: SignRequest => SignResponse = sign;
+    Verify: VerifyRequest => VerifyResponse = verify;
+    GetPublicKey: GetPublicKeyRequest => GetPublicKeyResponse = get_public_key;
+    DeriveSharedSecret: DeriveSharedSecretRequest => DeriveSharedSecretResponse
+        = derive_shared_secret;
+    GenerateMac: GenerateMacRequest => GenerateMacResponse = generate_mac;
+    VerifyMac: VerifyMacRequest => VerifyMacResponse = verify_mac;
+    GenerateDataKeyPair: GenerateDataKeyPairRequest => GenerateDataKeyPairResponse
+        = generate_data_key_pair;
+    GenerateDataKeyPairWithoutPlaintext: GenerateDataKeyPairWithoutPlaintextRequest
+        => GenerateDataKeyPairWithoutPlaintextResponse = generate_data_key_pair_without_plaintext;
 
     // Grants (grants.rs), rotation (rotation.rs), imported key material (import.rs),
     // ExplainAccess (explain.rs), STS (sts.rs).

@@ -1,8 +1,9 @@
 //! The key catalogue (kms-spec 1.2): which key specs this build creates, the usages each
 //! allows, the algorithms KeyMetadata lists, and how an algorithm maps onto the HSM layer.
 
-use sha2::{Digest, Sha256, Sha384, Sha512};
-
+use super::algorithms::{
+    EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
+};
 use super::KmsError;
 use crate::hsm::{Curve, MacAlg, PairSpec, PairUsage, ShaAlg, SignScheme};
 
@@ -14,34 +15,6 @@ pub const SIGN_VERIFY: &str = "SIGN_VERIFY";
 pub const GENERATE_VERIFY_MAC: &str = "GENERATE_VERIFY_MAC";
 /// KeyUsage of ECC keys that derive shared secrets (DeriveSharedSecret, ECDH).
 pub const KEY_AGREEMENT: &str = "KEY_AGREEMENT";
-
-/// Every SigningAlgorithm value of the API (for enum validation).
-pub const KNOWN_SIGNING_ALGORITHMS: &[&str] = &[
-    "RSASSA_PSS_SHA_256",
-    "RSASSA_PSS_SHA_384",
-    "RSASSA_PSS_SHA_512",
-    "RSASSA_PKCS1_V1_5_SHA_256",
-    "RSASSA_PKCS1_V1_5_SHA_384",
-    "RSASSA_PKCS1_V1_5_SHA_512",
-    "ECDSA_SHA_256",
-    "ECDSA_SHA_384",
-    "ECDSA_SHA_512",
-    "SM2DSA",
-    "ED25519_SHA_512",
-    "ED25519_PH_SHA_512",
-    "ML_DSA_SHAKE_256",
-];
-
-/// Every MacAlgorithm value of the API.
-pub const KNOWN_MAC_ALGORITHMS: &[&str] = &[
-    "HMAC_SHA_224",
-    "HMAC_SHA_256",
-    "HMAC_SHA_384",
-    "HMAC_SHA_512",
-];
-
-/// Every MessageType value of the API.
-pub const KNOWN_MESSAGE_TYPES: &[&str] = &["RAW", "DIGEST", "EXTERNAL_MU"];
 
 /// What kind of HSM object(s) back a key spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,143 +73,106 @@ pub fn pair_usage(usage: &str) -> PairUsage {
     }
 }
 
+/// The key agreement algorithms of a key of `spec`/`usage`.
+pub fn key_agreement_algorithms_of(spec: &str, usage: &str) -> &'static [KeyAgreementAlgorithm] {
+    match kind(spec) {
+        Some(SpecKind::Pair(PairSpec::Ec(_))) if usage == KEY_AGREEMENT => {
+            &[KeyAgreementAlgorithm::Ecdh]
+        }
+        _ => &[],
+    }
+}
+
+/// The encryption algorithms of a key of `spec`/`usage`.
+pub fn encryption_algorithms_of(spec: &str, usage: &str) -> &'static [EncryptionAlgorithm] {
+    match kind(spec) {
+        Some(SpecKind::Symmetric) => &[EncryptionAlgorithm::SymmetricDefault],
+        Some(SpecKind::Pair(PairSpec::Rsa(_))) if usage == ENCRYPT_DECRYPT => &[
+            EncryptionAlgorithm::RsaesOaepSha1,
+            EncryptionAlgorithm::RsaesOaepSha256,
+        ],
+        _ => &[],
+    }
+}
+
+/// The signing algorithms of a key of `spec`/`usage`.
+pub fn signing_algorithms_of(spec: &str, usage: &str) -> &'static [SigningAlgorithm] {
+    use SigningAlgorithm::*;
+    if usage != SIGN_VERIFY {
+        return &[];
+    }
+    match kind(spec) {
+        Some(SpecKind::Pair(PairSpec::Rsa(_))) => &[
+            RsassaPssSha256,
+            RsassaPssSha384,
+            RsassaPssSha512,
+            RsassaPkcs1V15Sha256,
+            RsassaPkcs1V15Sha384,
+            RsassaPkcs1V15Sha512,
+        ],
+        Some(SpecKind::Pair(PairSpec::Ec(Curve::P256 | Curve::Secp256k1))) => &[EcdsaSha256],
+        Some(SpecKind::Pair(PairSpec::Ec(Curve::P384))) => &[EcdsaSha384],
+        Some(SpecKind::Pair(PairSpec::Ec(Curve::P521))) => &[EcdsaSha512],
+        // Pure Ed25519 only: SoftHSM2 2.6.1's CKM_EDDSA accepts Ed25519ph parameters but
+        // ignores them (measured: same signature as pure), so Ed25519ph is not offered.
+        Some(SpecKind::Pair(PairSpec::Ed25519)) => &[Ed25519Sha512],
+        _ => &[],
+    }
+}
+
+fn names<T: Copy>(list: &[T], name: fn(T) -> &'static str) -> Vec<String> {
+    list.iter().map(|a| name(*a).to_string()).collect()
+}
+
 /// KeyMetadata's KeyAgreementAlgorithms.
 pub fn key_agreement_algorithms(spec: &str, usage: &str) -> Vec<String> {
-    match kind(spec) {
-        Some(SpecKind::Pair(PairSpec::Ec(_))) if usage == KEY_AGREEMENT => vec!["ECDH".into()],
-        _ => Vec::new(),
-    }
+    names(
+        key_agreement_algorithms_of(spec, usage),
+        KeyAgreementAlgorithm::as_str,
+    )
 }
 
 /// KeyMetadata's EncryptionAlgorithms.
 pub fn encryption_algorithms(spec: &str, usage: &str) -> Vec<String> {
-    match kind(spec) {
-        Some(SpecKind::Symmetric) => vec!["SYMMETRIC_DEFAULT".into()],
-        Some(SpecKind::Pair(PairSpec::Rsa(_))) if usage == ENCRYPT_DECRYPT => {
-            vec!["RSAES_OAEP_SHA_1".into(), "RSAES_OAEP_SHA_256".into()]
-        }
-        _ => Vec::new(),
-    }
+    names(
+        encryption_algorithms_of(spec, usage),
+        EncryptionAlgorithm::as_str,
+    )
 }
 
 /// KeyMetadata's SigningAlgorithms.
 pub fn signing_algorithms(spec: &str, usage: &str) -> Vec<String> {
-    if usage != SIGN_VERIFY {
-        return Vec::new();
-    }
-    let list: &[&str] = match kind(spec) {
-        Some(SpecKind::Pair(PairSpec::Rsa(_))) => &KNOWN_SIGNING_ALGORITHMS[..6],
-        Some(SpecKind::Pair(PairSpec::Ec(Curve::P256 | Curve::Secp256k1))) => &["ECDSA_SHA_256"],
-        Some(SpecKind::Pair(PairSpec::Ec(Curve::P384))) => &["ECDSA_SHA_384"],
-        Some(SpecKind::Pair(PairSpec::Ec(Curve::P521))) => &["ECDSA_SHA_512"],
-        // Pure Ed25519 only: SoftHSM2 2.6.1's CKM_EDDSA accepts Ed25519ph parameters but
-        // ignores them (measured: same signature as pure), so Ed25519ph is not offered.
-        Some(SpecKind::Pair(PairSpec::Ed25519)) => &["ED25519_SHA_512"],
-        _ => &[],
-    };
-    list.iter().map(|s| s.to_string()).collect()
+    names(signing_algorithms_of(spec, usage), SigningAlgorithm::as_str)
 }
 
 /// KeyMetadata's MacAlgorithms.
 pub fn mac_algorithms(spec: &str) -> Vec<String> {
     match kind(spec) {
-        Some(SpecKind::Hmac(a)) => vec![mac_algorithm_name(a).into()],
+        Some(SpecKind::Hmac(a)) => vec![MacAlgorithm::from(a).as_str().into()],
         _ => Vec::new(),
     }
 }
 
-/// The MacAlgorithm name of an HMAC algorithm.
-pub fn mac_algorithm_name(a: MacAlg) -> &'static str {
-    match a {
-        MacAlg::Sha224 => "HMAC_SHA_224",
-        MacAlg::Sha256 => "HMAC_SHA_256",
-        MacAlg::Sha384 => "HMAC_SHA_384",
-        MacAlg::Sha512 => "HMAC_SHA_512",
-    }
-}
-
-/// The hash of a signing algorithm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hash {
-    /// SHA-256
-    Sha256,
-    /// SHA-384
-    Sha384,
-    /// SHA-512
-    Sha512,
-}
-
-impl Hash {
-    /// Digest length in bytes.
-    pub fn digest_len(self) -> usize {
-        match self {
-            Hash::Sha256 => 32,
-            Hash::Sha384 => 48,
-            Hash::Sha512 => 64,
-        }
-    }
-
-    /// The digest of `m`.
-    pub fn digest(self, m: &[u8]) -> Vec<u8> {
-        match self {
-            Hash::Sha256 => Sha256::digest(m).to_vec(),
-            Hash::Sha384 => Sha384::digest(m).to_vec(),
-            Hash::Sha512 => Sha512::digest(m).to_vec(),
-        }
-    }
-
-    fn sha(self) -> ShaAlg {
-        match self {
-            Hash::Sha256 => ShaAlg::Sha256,
-            Hash::Sha384 => ShaAlg::Sha384,
-            Hash::Sha512 => ShaAlg::Sha512,
-        }
-    }
-}
-
 /// The signature scheme and hash of `algorithm` on a key of `spec`/`usage`:
-/// ValidationException for an unknown algorithm name, InvalidKeyUsageException for one the
-/// key cannot use.
+/// InvalidKeyUsageException for an algorithm the key cannot use.
 pub fn signing_scheme(
     spec: &str,
     usage: &str,
-    algorithm: &str,
+    algorithm: SigningAlgorithm,
 ) -> Result<(SignScheme, Hash), KmsError> {
-    if !KNOWN_SIGNING_ALGORITHMS.contains(&algorithm) {
-        return Err(KmsError::validation(
-            "signingAlgorithm",
-            &format!("Member must satisfy enum value set: {KNOWN_SIGNING_ALGORITHMS:?}"),
-        ));
-    }
-    if !signing_algorithms(spec, usage)
-        .iter()
-        .any(|a| a == algorithm)
-    {
+    if !signing_algorithms_of(spec, usage).contains(&algorithm) {
         return Err(KmsError::InvalidKeyUsage(format!(
             "The signing algorithm {algorithm} is not valid for a {spec} key with usage {usage}."
         )));
     }
-    let hash = match &algorithm[algorithm.len() - 3..] {
-        "384" => Hash::Sha384,
-        "512" => Hash::Sha512,
-        _ => Hash::Sha256,
-    };
+    let hash = algorithm.hash();
     let scheme = match kind(spec) {
         Some(SpecKind::Pair(PairSpec::Ec(c))) => SignScheme::Ecdsa(c),
         Some(SpecKind::Pair(PairSpec::Ed25519)) => SignScheme::Ed25519,
-        _ if algorithm.starts_with("RSASSA_PSS") => SignScheme::RsaPss(hash.sha()),
+        _ if algorithm.is_pss() => SignScheme::RsaPss(hash.sha()),
         _ => SignScheme::RsaPkcs1,
     };
     Ok((scheme, hash))
-}
-
-/// The OAEP hash of an RSAES algorithm, if it is one.
-pub fn oaep_hash(algorithm: &str) -> Option<ShaAlg> {
-    match algorithm {
-        "RSAES_OAEP_SHA_1" => Some(ShaAlg::Sha1),
-        "RSAES_OAEP_SHA_256" => Some(ShaAlg::Sha256),
-        _ => None,
-    }
 }
 
 /// The largest RSA-OAEP plaintext (kms-spec 1.3).
@@ -247,16 +183,10 @@ pub fn oaep_max_plaintext(bits: u32, hash: ShaAlg) -> usize {
 }
 
 /// The MAC algorithm of an HMAC key, checking the requested one.
-pub fn mac_algorithm(spec: &str, usage: &str, algorithm: &str) -> Result<MacAlg, KmsError> {
-    if !KNOWN_MAC_ALGORITHMS.contains(&algorithm) {
-        return Err(KmsError::validation(
-            "macAlgorithm",
-            &format!("Member must satisfy enum value set: {KNOWN_MAC_ALGORITHMS:?}"),
-        ));
-    }
+pub fn mac_algorithm(spec: &str, usage: &str, algorithm: MacAlgorithm) -> Result<MacAlg, KmsError> {
     match kind(spec) {
         Some(SpecKind::Hmac(a))
-            if usage == GENERATE_VERIFY_MAC && mac_algorithm_name(a) == algorithm =>
+            if usage == GENERATE_VERIFY_MAC && MacAlgorithm::from(a) == algorithm =>
         {
             Ok(a)
         }
@@ -352,24 +282,42 @@ mod tests {
         assert_eq!(oaep_max_plaintext(3072, ShaAlg::Sha1), 342);
         assert_eq!(oaep_max_plaintext(4096, ShaAlg::Sha256), 446);
         assert!(matches!(
-            signing_scheme("ECC_NIST_P256", SIGN_VERIFY, "ECDSA_SHA_384"),
+            signing_scheme("ECC_NIST_P256", SIGN_VERIFY, SigningAlgorithm::EcdsaSha384),
             Err(KmsError::InvalidKeyUsage(_))
         ));
-        assert!(matches!(
-            signing_scheme("ECC_NIST_P256", SIGN_VERIFY, "NOPE"),
-            Err(KmsError::Validation(_))
-        ));
         assert_eq!(
-            signing_scheme("RSA_3072", SIGN_VERIFY, "RSASSA_PSS_SHA_384").unwrap(),
+            signing_scheme("RSA_3072", SIGN_VERIFY, SigningAlgorithm::RsassaPssSha384).unwrap(),
             (SignScheme::RsaPss(ShaAlg::Sha384), Hash::Sha384)
         );
         assert_eq!(
-            signing_scheme("ECC_NIST_P521", SIGN_VERIFY, "ECDSA_SHA_512").unwrap(),
+            signing_scheme(
+                "RSA_2048",
+                SIGN_VERIFY,
+                SigningAlgorithm::RsassaPkcs1V15Sha512
+            )
+            .unwrap(),
+            (SignScheme::RsaPkcs1, Hash::Sha512)
+        );
+        assert_eq!(
+            signing_scheme("ECC_NIST_P521", SIGN_VERIFY, SigningAlgorithm::EcdsaSha512).unwrap(),
             (SignScheme::Ecdsa(Curve::P521), Hash::Sha512)
         );
+        assert_eq!(
+            signing_scheme(
+                "ECC_NIST_EDWARDS25519",
+                SIGN_VERIFY,
+                SigningAlgorithm::Ed25519Sha512
+            )
+            .unwrap(),
+            (SignScheme::Ed25519, Hash::Sha512)
+        );
         assert!(matches!(
-            mac_algorithm("HMAC_256", GENERATE_VERIFY_MAC, "HMAC_SHA_512"),
+            mac_algorithm("HMAC_256", GENERATE_VERIFY_MAC, MacAlgorithm::HmacSha512),
             Err(KmsError::InvalidKeyUsage(_))
         ));
+        assert_eq!(
+            mac_algorithm("HMAC_256", GENERATE_VERIFY_MAC, MacAlgorithm::HmacSha256).unwrap(),
+            MacAlg::Sha256
+        );
     }
 }

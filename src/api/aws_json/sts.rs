@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::error::{xml_escape, STS_XMLNS};
 use super::kms::{Call, Reply};
-use crate::core::operation::{Operation, RequestParameters, ResponseElements};
+use crate::core::operation::{Operation, ResponseElements};
 use crate::core::sts::{
     AssumeRoleRequest, AssumeRoleResponse, CallerIdentity, GetCallerIdentityRequest,
 };
