@@ -195,21 +195,3 @@ null_response!(
     pb::PutKeyPolicyResponse,
     pb::ListKeyPoliciesResponse,
 );
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dry_run_is_logged_when_set() {
-        let d = pb::RevokeGrantRequest {
-            dry_run: true,
-            ..Default::default()
-        };
-        assert_eq!(d.audit_params()["dryRun"], json!(true));
-    }
-
-    #[test]
-    fn secrets_are_never_in_params() {
-    }
-}
