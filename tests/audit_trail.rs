@@ -522,13 +522,7 @@ async fn the_returned_request_id_names_the_audit_event() {
         })
         .await
         .unwrap();
-    let ok_id = ok
-        .metadata()
-        .get("x-amzn-requestid")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let ok_id = request_id(&ok);
     let err = c
         .disable_key(pb::DisableKeyRequest {
             key_id: uuid::Uuid::new_v4().to_string(),
