@@ -96,9 +96,9 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
         [healthy.as_str()]
     );
     for k in &creating {
-        let r = try_describe(&mut c, &k).await;
+        let r = try_describe(&mut c, k).await;
         assert_eq!(reason(r), "NotFoundException");
-        let r = c.encrypt(encrypt_request(&k, b"x")).await;
+        let r = c.encrypt(encrypt_request(k, b"x")).await;
         assert_eq!(reason(r), "NotFoundException");
     }
     let healthy_obj = ObjectId::new(*uuid::Uuid::parse_str(&healthy).unwrap().as_bytes(), 1);
