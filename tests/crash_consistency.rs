@@ -145,7 +145,7 @@ async fn check_received(addr: SocketAddr, got: &Received) {
     }
     for key in &got.keys {
         let blob = c
-            .encrypt(encrypt_request(&key, b"after the crash"))
+            .encrypt(encrypt_request(key, b"after the crash"))
             .await
             .unwrap_or_else(|e| panic!("received key {key} is not usable: {e}"))
             .into_inner()
