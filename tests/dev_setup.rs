@@ -163,6 +163,16 @@ fn at_of(a: &Addrs, i: usize) -> SocketAddr {
     [a.grpc, a.aws, a.metrics][i]
 }
 
+/// `p11kms check --config <config>` run in `dir`.
+fn check(dir: &Path, config: &Path) -> Output {
+    p11kms(dir)
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_missing_token_is_reported_with_the_command_that_fixes_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -170,12 +180,7 @@ fn a_missing_token_is_reported_with_the_command_that_fixes_it() {
     let tokens = tmp.path().join("lost/softhsm/tokens");
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::create_dir_all(&tokens).unwrap();
-    let out = p11kms(tmp.path())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(tmp.path(), &config);
     let msg = text(&out);
     assert!(!out.status.success(), "{msg}");
     for want in [
@@ -194,11 +199,6 @@ fn a_missing_token_is_reported_with_the_command_that_fixes_it() {
     }
     // The fix works: dev-setup again initialises the token, and check passes.
     dev_setup(tmp.path(), "lost", &Addrs::free());
-    let out = p11kms(tmp.path())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(tmp.path(), &config);
     assert!(out.status.success(), "{}", text(&out));
 }
