@@ -56,16 +56,9 @@ async fn key_lifecycle_happy_path() {
         "alias/payments".to_string(),
         format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments"),
     ] {
-        let m = c
-            .describe_key(pb::DescribeKeyRequest {
-                key_id: r.clone(),
-                grant_tokens: vec![],
-            })
+        let m = try_describe(&mut c, &r)
             .await
-            .unwrap_or_else(|e| panic!("describe {r}: {e}"))
-            .into_inner()
-            .key_metadata
-            .unwrap();
+            .unwrap_or_else(|e| panic!("describe {r}: {e}"));
         assert_eq!(m.key_id, id);
         assert_eq!(m.description, "payments");
     }
