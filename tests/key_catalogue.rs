@@ -70,16 +70,12 @@ async fn python(dir: &Path, endpoint: &str, args: Vec<String>) {
 }
 
 async fn create(c: &mut Client, spec: &str, usage: &str) -> pb::KeyMetadata {
-    c.create_key(pb::CreateKeyRequest {
-        key_spec: spec.into(),
-        key_usage: usage.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("CreateKey {spec} {usage}: {e}"))
-    .into_inner()
-    .key_metadata
-    .unwrap()
+    c.create_key(key_request(spec, usage))
+        .await
+        .unwrap_or_else(|e| panic!("CreateKey {spec} {usage}: {e}"))
+        .into_inner()
+        .key_metadata
+        .unwrap()
 }
 
 fn digest(algorithm: &str, m: &[u8]) -> Vec<u8> {
