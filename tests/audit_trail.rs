@@ -21,44 +21,29 @@ fn verify(dir: &Path) -> (i32, String) {
         .args(segments(dir))
         .output()
         .expect("run p11kms audit verify");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_output(&out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_audited_once_and_the_trail_verifies() {
-    let dir = data_dir("audit-coverage");
-    let server = start(&dir).await;
-    let mut admin_c = admin(server.addr).await;
+    let (dir, server, mut admin_c) = start_admin("audit-coverage").await;
     let mut sent = 0usize;
     let key = create_key(&mut admin_c).await;
     sent += 1;
     let blob = admin_c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"payload".to_vec(),
-            encryption_context: ctx(&[("dept", "finance")]),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request_ctx(
+            &key,
+            b"payload",
+            &[("dept", "finance")],
+        ))
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
     sent += 1;
     // Denied (user2 has no KMS permissions).
     let mut user2 = client_as(server.addr, Some("user2")).await;
     let r = user2
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob.clone(),
-            encryption_context: ctx(&[("dept", "finance")]),
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&blob, &[("dept", "finance")]))
         .await;
     assert_eq!(reason(r), "AccessDeniedException");
     sent += 1;
@@ -73,11 +58,7 @@ async fn every_request_is_audited_once_and_the_trail_verifies() {
     assert_eq!(reason(r), "ValidationException");
     sent += 1;
     let r = admin_c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob.clone(),
-            encryption_context: ctx(&[("dept", "hr")]),
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&blob, &[("dept", "hr")]))
         .await;
     assert_eq!(reason(r), "InvalidCiphertextException");
     sent += 1;
@@ -208,9 +189,7 @@ async fn every_request_is_audited_once_and_the_trail_verifies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_write_is_reported_and_the_trail_continues() {
-    let dir = data_dir("audit-crash");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (dir, server, mut c) = start_admin("audit-crash").await;
     create_key(&mut c).await;
     create_key(&mut c).await;
     drop(c);
@@ -263,19 +242,11 @@ async fn a_crash_mid_write_is_reported_and_the_trail_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_fail_closed_when_the_trail_cannot_be_written() {
-    let dir = data_dir("audit-closed");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (dir, server, mut c) = start_admin("audit-closed").await;
     let key = create_key(&mut c).await;
     // Used once while the trail works, so the HSM work counted below is that of an Encrypt
     // alone (the first use also copies the key into a session object).
-    c.encrypt(pb::EncryptRequest {
-        key_id: key.clone(),
-        plaintext: b"x".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.encrypt(encrypt_request(&key, b"x")).await.unwrap();
     let audit = dir.join("audit");
     let aside = dir.join("audit-aside");
     // Take the directory away and put a file in its place: works even as root.
@@ -284,13 +255,7 @@ async fn requests_fail_closed_when_the_trail_cannot_be_written() {
     let before = server.kms.hsm().total_ops();
     let mut failures = 0;
     for _ in 0..3 {
-        let r = c
-            .encrypt(pb::EncryptRequest {
-                key_id: key.clone(),
-                plaintext: b"x".to_vec(),
-                ..Default::default()
-            })
-            .await;
+        let r = c.encrypt(encrypt_request(&key, b"x")).await;
         match r {
             Ok(_) => {}
             Err(s) => {
@@ -321,14 +286,7 @@ async fn requests_fail_closed_when_the_trail_cannot_be_written() {
     std::fs::rename(&aside, &audit).unwrap();
     let mut ok = false;
     for _ in 0..100 {
-        if c.encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .is_ok()
-        {
+        if c.encrypt(encrypt_request(&key, b"x")).await.is_ok() {
             ok = true;
             break;
         }
@@ -347,18 +305,8 @@ async fn requests_fail_closed_when_the_trail_cannot_be_written() {
 }
 
 async fn health_status(addr: std::net::SocketAddr) -> i32 {
-    use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let channel = p11kms::client::ClientConfig {
-        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
-        ca_cert: Some(env().pki.join("ca.pem")),
-        tls_domain: Some("localhost".into()),
-        ..Default::default()
-    }
-    .channel()
-    .await
-    .unwrap();
-    let mut h = HealthClient::new(channel);
+    let mut h = health_client(addr).await;
     let mut last = -1;
     for _ in 0..30 {
         last = h
@@ -455,36 +403,21 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
         let pt = format!("SECRET-PLAINTEXT-{i}-{}", uuid::Uuid::new_v4().simple());
         secrets.push(pt.as_bytes().to_vec());
         let blob = c
-            .encrypt(pb::EncryptRequest {
-                key_id: key.clone(),
-                plaintext: pt.as_bytes().to_vec(),
-                encryption_context: ctx(&[("case", "secrets")]),
-                ..Default::default()
-            })
+            .encrypt(encrypt_request_ctx(
+                &key,
+                pt.as_bytes(),
+                &[("case", "secrets")],
+            ))
             .await
-            .unwrap()
-            .into_inner()
+            .reply()
             .ciphertext_blob;
         let back = c
-            .decrypt(pb::DecryptRequest {
-                ciphertext_blob: blob,
-                encryption_context: ctx(&[("case", "secrets")]),
-                ..Default::default()
-            })
+            .decrypt(decrypt_request(&blob, &[("case", "secrets")]))
             .await
-            .unwrap()
-            .into_inner()
+            .reply()
             .plaintext;
         assert_eq!(back, pt.as_bytes());
-        let dk = c
-            .generate_data_key(pb::GenerateDataKeyRequest {
-                key_id: key.clone(),
-                key_spec: "AES_256".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let dk = c.generate_data_key(data_key_request(&key)).await.reply();
         secrets.push(dk.plaintext.clone());
         let r = c
             .generate_random(pb::GenerateRandomRequest {
@@ -492,8 +425,7 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
                 custom_key_store_id: String::new(),
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         secrets.push(r.plaintext);
     }
     // Access-key secrets and a session token.
@@ -511,8 +443,7 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
             "AssumeRole",
         ))
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .credentials
         .unwrap();
     secrets.push(creds.secret_access_key.as_bytes().to_vec());
@@ -582,9 +513,7 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_returned_request_id_names_the_audit_event() {
-    let dir = data_dir("audit-request-id");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (dir, server, mut c) = start_admin("audit-request-id").await;
     let key = create_key(&mut c).await;
     let ok = c
         .describe_key(pb::DescribeKeyRequest {
@@ -593,13 +522,7 @@ async fn the_returned_request_id_names_the_audit_event() {
         })
         .await
         .unwrap();
-    let ok_id = ok
-        .metadata()
-        .get("x-amzn-requestid")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let ok_id = request_id(&ok);
     let err = c
         .disable_key(pb::DisableKeyRequest {
             key_id: uuid::Uuid::new_v4().to_string(),
@@ -695,9 +618,7 @@ fn intents(dir: &Path, op: &str) -> usize {
 // `..Default::default()` on requests whose members are all set: DryRun members are being added.
 #[allow(clippy::needless_update)]
 async fn no_change_is_stored_without_a_durable_audit_record() {
-    let dir = data_dir("audit-intent");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (dir, server, mut c) = start_admin("audit-intent").await;
     let created = broken_then_working!(
         server,
         dir,

@@ -37,26 +37,18 @@ struct Door {
 
 async fn start_door(name: &str) -> Door {
     let dir = data_dir(name);
-    let mut text = config_text(&dir);
-    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).expect("config");
-    let server = server::start(
-        &config,
+    let (server, endpoint) = start_aws_door(
+        &dir,
         ServerOptions {
             clock: Arc::new(SystemClock),
             sweep_interval: None,
         },
     )
-    .await
-    .expect("daemon starts");
-    let addr = server.aws_json_addr.expect("the AWS door is enabled");
-    assert!(addr.ip().is_loopback());
+    .await;
     let scratch = dir.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     Door {
-        endpoint: format!("https://127.0.0.1:{}", addr.port()),
+        endpoint,
         dir: dir.clone(),
         server,
         scratch,
@@ -78,16 +70,9 @@ fn venv() -> PathBuf {
 /// A client command with a clean environment: endpoint, CA bundle, region, and the
 /// credentials of `access_key_id` in environment variables (never in argv).
 fn client_command(door: &Door, program: &Path, access_key_id: &str) -> Command {
-    let creds = fixture_credentials(access_key_id);
-    let mut c = hermetic_command(program, &door.scratch);
-    c.env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL_KMS", &door.endpoint)
+    let mut c = aws_client_command(program, &door.scratch, access_key_id, &door.endpoint);
+    c.env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_STS", &door.endpoint)
-        .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
-        .env("AWS_MAX_ATTEMPTS", "1")
         .env("AWS_PAGER", "")
         .env(
             "P11KMS_FIXTURE_CREDENTIALS",
@@ -579,26 +564,12 @@ async fn aws_cli_and_p11kms_cli_get_key_last_usage() {
     assert_eq!(ev["eventName"], "Encrypt");
     assert_eq!(ev["eventID"], u["CloudTrailEventId"]);
 
-    let pki = env().pki.clone();
     let out = hermetic_command(env!("CARGO_BIN_EXE_p11kms"), &door.scratch)
         .args(["get-key-last-usage", "--key", &key_id])
-        .arg(format!(
-            "--endpoint=https://127.0.0.1:{}",
-            door.server.addr.port()
-        ))
-        .arg(format!("--ca-cert={}", pki.join("ca.pem").display()))
-        .arg(format!("--client-cert={}", pki.join("admin.pem").display()))
-        .arg(format!(
-            "--client-key={}",
-            pki.join("admin-key.pem").display()
-        ))
+        .args(cli_connection(door.server.addr.port(), "admin"))
         .output()
         .expect("run p11kms");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "p11kms get-key-last-usage");
     let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(printed, used, "the CLI prints what the AWS door answers");
     door.server.shutdown().await.unwrap();
@@ -1332,11 +1303,7 @@ fn input_constraints_are_botocores_model() {
         .arg(manifest_dir().join("scripts/kms-input-constraints.py"))
         .output()
         .expect("run the extractor");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "the extractor");
     assert!(
         String::from_utf8_lossy(&out.stdout) == p11kms::api::aws_json::model::CONSTRAINTS_JSON,
         "src/api/aws_json/model/kms-input-constraints.json is not what the model gives: run \

@@ -84,18 +84,16 @@ fn wrap(alg: &str, spki: &[u8], material: &[u8]) -> Vec<u8> {
 // ------------------------------------------------------------------------------ p11kms
 
 async fn create_external(c: &mut Client, spec: &str, usage: &str) -> String {
-    c.create_key(pb::CreateKeyRequest {
-        origin: "EXTERNAL".into(),
-        key_spec: spec.into(),
-        key_usage: usage.into(),
-        ..Default::default()
-    })
+    create_key_from(
+        c,
+        pb::CreateKeyRequest {
+            origin: "EXTERNAL".into(),
+            key_spec: spec.into(),
+            key_usage: usage.into(),
+            ..Default::default()
+        },
+    )
     .await
-    .unwrap()
-    .into_inner()
-    .key_metadata
-    .unwrap()
-    .key_id
 }
 
 async fn params(
@@ -162,37 +160,15 @@ pub async fn import_known_hmac_material(c: &mut Client, spec: &str, material: &[
     key
 }
 
-async fn describe(c: &mut Client, key: &str) -> pb::KeyMetadata {
-    c.describe_key(pb::DescribeKeyRequest {
-        key_id: key.into(),
-        grant_tokens: vec![],
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .key_metadata
-    .unwrap()
-}
+/// The encryption context of every Encrypt and Decrypt here.
+const BYOK_EC: &[(&str, &str)] = &[("tenant", "byok"), ("purpose", "proof")];
 
 async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.encrypt(pb::EncryptRequest {
-        key_id: key.into(),
-        plaintext: pt.to_vec(),
-        encryption_context: ctx(&[("tenant", "byok"), ("purpose", "proof")]),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().ciphertext_blob)
+    encrypt_with(c, key, pt, BYOK_EC).await
 }
 
 async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.decrypt(pb::DecryptRequest {
-        ciphertext_blob: blob.to_vec(),
-        encryption_context: ctx(&[("tenant", "byok"), ("purpose", "proof")]),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
+    decrypt_with(c, blob, BYOK_EC).await
 }
 
 /// Opens a p11kms v1 blob locally with the known key material: AES-256-GCM, IV at offset 21,
@@ -247,9 +223,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wrapping_algorithm_imports_the_right_key() {
     let _one = SERIAL.lock().await;
-    let dir = data_dir("byok");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("byok").await;
     let ec = [("tenant", "byok"), ("purpose", "proof")];
 
     for (i, (alg, spec, bits)) in [
@@ -262,7 +236,7 @@ async fn every_wrapping_algorithm_imports_the_right_key() {
     .enumerate()
     {
         let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
-        let m = describe(&mut c, &key).await;
+        let m = describe_key(&mut c, &key).await;
         assert_eq!(
             (m.key_state.as_str(), m.origin.as_str()),
             ("PendingImport", "EXTERNAL")
@@ -289,7 +263,7 @@ async fn every_wrapping_algorithm_imports_the_right_key() {
                 );
                 assert!(s.message().contains("SHA-256"), "{}", s.message());
                 assert_eq!(import_objects(&server).await, before);
-                assert_eq!(describe(&mut c, &key).await.key_state, "PendingImport");
+                assert_eq!(describe_key(&mut c, &key).await.key_state, "PendingImport");
                 continue;
             }
         };
@@ -310,7 +284,7 @@ async fn every_wrapping_algorithm_imports_the_right_key() {
             .await
             .unwrap_or_else(|e| panic!("{alg}: {e:?}"));
         assert_eq!(out.key_material_id.len(), 64);
-        let m = describe(&mut c, &key).await;
+        let m = describe_key(&mut c, &key).await;
         assert_eq!(m.key_state, "Enabled");
         assert_eq!(m.expiration_model, "KEY_MATERIAL_DOES_NOT_EXPIRE");
         assert!(m.valid_to.is_none());
@@ -375,7 +349,7 @@ async fn bad_inputs_change_nothing() {
     let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
     let other = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
     let unchanged = async |c: &mut Client, server: &p11kms::server::RunningServer, state: &str| {
-        assert_eq!(describe(c, &key).await.key_state, state);
+        assert_eq!(describe_key(c, &key).await.key_state, state);
         assert_eq!(
             material_objects(server, &key).await,
             usize::from(state != "PendingImport")
@@ -558,7 +532,7 @@ async fn expiry_delete_and_reimport() {
 
     let valid_to = clock.now_ms() + 2 * DAY_MS;
     import_material(&mut c, &key, &material, Some(valid_to)).await;
-    let m = describe(&mut c, &key).await;
+    let m = describe_key(&mut c, &key).await;
     assert_eq!(m.key_state, "Enabled");
     assert_eq!(m.expiration_model, "KEY_MATERIAL_EXPIRES");
     assert_eq!(m.valid_to.unwrap().seconds, valid_to.div_euclid(1000));
@@ -575,8 +549,7 @@ async fn expiry_delete_and_reimport() {
                     ..Default::default()
                 })
                 .await
-                .unwrap()
-                .into_inner()
+                .reply()
                 .rotations;
             assert_eq!(list.len(), 1, "{list:?}");
             list.into_iter().next().unwrap()
@@ -595,7 +568,7 @@ async fn expiry_delete_and_reimport() {
     clock.advance_days(1);
     let done = server.kms.sweep_imports().await.unwrap();
     assert!(done.is_empty(), "expired before ValidTo: {done:?}");
-    assert_eq!(describe(&mut c, &key).await.key_state, "Enabled");
+    assert_eq!(describe_key(&mut c, &key).await.key_state, "Enabled");
     assert_eq!(material_objects(&server, &key).await, 1);
     assert!(service_events(&dir, "DeleteExpiredKeyMaterial", &key).is_empty());
 
@@ -604,7 +577,7 @@ async fn expiry_delete_and_reimport() {
     let done = server.kms.sweep_imports().await.unwrap();
     assert_eq!(done.len(), 1, "{done:?}");
     assert!(done[0].succeeded() && done[0].key_id == key, "{done:?}");
-    assert_eq!(describe(&mut c, &key).await.key_state, "PendingImport");
+    assert_eq!(describe_key(&mut c, &key).await.key_state, "PendingImport");
     let events = service_events(&dir, "DeleteExpiredKeyMaterial", &key);
     assert_eq!(events.len(), 1, "one expiry service event: {events:?}");
     assert_service_success(&events[0]);
@@ -640,7 +613,7 @@ async fn expiry_delete_and_reimport() {
     import(&mut c, &key, &p.import_token, &same, None)
         .await
         .unwrap();
-    assert_eq!(describe(&mut c, &key).await.key_state, "Enabled");
+    assert_eq!(describe_key(&mut c, &key).await.key_state, "Enabled");
     assert_eq!(decrypt(&mut c, &blob).await.unwrap(), b"expiring");
 
     // DeleteImportedKeyMaterial: PendingImport, object gone; again: no effect.
@@ -651,22 +624,17 @@ async fn expiry_delete_and_reimport() {
                 ..Default::default()
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(out.key_material_id.len(), 64);
-        assert_eq!(describe(&mut c, &key).await.key_state, "PendingImport");
+        assert_eq!(describe_key(&mut c, &key).await.key_state, "PendingImport");
         assert_eq!(material_objects(&server, &key).await, 0);
     }
 
     // Re-import into a Disabled key keeps it Disabled.
     import_material(&mut c, &key, &material, None).await;
-    c.disable_key(pb::DisableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    disable_key(&mut c, &key).await;
     import_material(&mut c, &key, &material, None).await;
-    assert_eq!(describe(&mut c, &key).await.key_state, "Disabled");
+    assert_eq!(describe_key(&mut c, &key).await.key_state, "Disabled");
 
     // State survives a restart (store), and deleting the key destroys the material and the
     // wrapping key of an outstanding import token.
@@ -674,7 +642,7 @@ async fn expiry_delete_and_reimport() {
     server.shutdown().await.unwrap();
     let server = start_swept_by_hand(&dir, clock.clone()).await;
     let mut c = admin(server.addr).await;
-    let m = describe(&mut c, &key).await;
+    let m = describe_key(&mut c, &key).await;
     assert_eq!(
         (m.key_state.as_str(), m.expiration_model.as_str()),
         ("Disabled", "KEY_MATERIAL_DOES_NOT_EXPIRE")
@@ -684,12 +652,7 @@ async fn expiry_delete_and_reimport() {
         .unwrap();
     assert!(!outstanding.import_token.is_empty());
     assert_eq!(import_objects(&server).await, 1);
-    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-        key_id: key.clone(),
-        pending_window_in_days: Some(7),
-    })
-    .await
-    .unwrap();
+    schedule_deletion(&mut c, &key, 7).await;
     clock.advance_days(8);
     let done = server.kms.sweep_deletions().await.unwrap();
     assert!(done.len() == 1 && done[0].succeeded(), "{done:?}");
@@ -703,16 +666,14 @@ async fn expiry_delete_and_reimport() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hmac_material_gets_the_contract_template() {
     let _one = SERIAL.lock().await;
-    let dir = data_dir("byok-hmac");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("byok-hmac").await;
     for (spec, mech, len) in [
         ("HMAC_256", "SHA256_HMAC", 32usize),
         ("HMAC_512", "SHA512_HMAC", 64),
     ] {
         let material: Vec<u8> = (0..len as u8).collect();
         let key = import_known_hmac_material(&mut c, spec, &material).await;
-        let m = describe(&mut c, &key).await;
+        let m = describe_key(&mut c, &key).await;
         assert_eq!(m.key_state, "Enabled");
         assert_eq!(m.key_spec, spec);
         assert_eq!(m.key_usage, "GENERATE_VERIFY_MAC");
@@ -777,24 +738,18 @@ fn venv() -> std::path::PathBuf {
 }
 
 fn aws(endpoint: &str, scratch: &Path, args: &[&str]) -> serde_json::Value {
-    let creds = fixture_credentials("AKIAADMIN00000000001");
-    let out = hermetic_command(venv().join("bin/aws"), scratch)
-        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL_KMS", endpoint)
-        .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .env("AWS_PAGER", "")
-        .args(args)
-        .args(["--output", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = aws_client_command(
+        venv().join("bin/aws"),
+        scratch,
+        "AKIAADMIN00000000001",
+        endpoint,
+    )
+    .env("AWS_PAGER", "")
+    .args(args)
+    .args(["--output", "json"])
+    .output()
+    .unwrap();
+    assert_succeeded(&out, format_args!("aws {args:?}"));
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         return serde_json::Value::Null;
     }
@@ -805,21 +760,14 @@ fn aws(endpoint: &str, scratch: &Path, args: &[&str]) -> serde_json::Value {
 async fn aws_cli_imports_and_rotates() {
     let _one = SERIAL.lock().await;
     let dir = data_dir("byok-aws");
-    let mut text = config_text(&dir);
-    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = p11kms::config::Config::load(&path).unwrap();
-    let server = p11kms::server::start(
-        &config,
+    let (server, endpoint) = start_aws_door(
+        &dir,
         p11kms::server::ServerOptions {
             clock: Arc::new(ManualClock::default()),
             sweep_interval: None,
         },
     )
-    .await
-    .unwrap();
-    let endpoint = format!("https://127.0.0.1:{}", server.aws_json_addr.unwrap().port());
+    .await;
     let scratch = dir.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
 
@@ -946,20 +894,14 @@ fn python_hmac(digest: &str, key: &[u8], message: &[u8]) -> Vec<u8> {
         .arg(digest)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "python hmac failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "python hmac failed");
     hex::decode(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_hmac_keys_compute_the_same_macs_as_python_hmac() {
     let _one = SERIAL.lock().await;
-    let dir = data_dir("byok-hmac-python");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("byok-hmac-python").await;
     for (spec, alg, digest, len) in [
         ("HMAC_224", "HMAC_SHA_224", "sha224", 28usize),
         ("HMAC_256", "HMAC_SHA_256", "sha256", 32),
@@ -985,8 +927,7 @@ async fn imported_hmac_keys_compute_the_same_macs_as_python_hmac() {
                     dry_run: false,
                 })
                 .await
-                .unwrap()
-                .into_inner()
+                .reply()
                 .mac;
             assert_eq!(
                 mac,
@@ -1005,8 +946,7 @@ async fn imported_hmac_keys_compute_the_same_macs_as_python_hmac() {
                     dry_run: false,
                 })
                 .await
-                .unwrap()
-                .into_inner();
+                .reply();
             assert!(ok.mac_valid);
             let mut bad = python;
             bad[0] ^= 1;

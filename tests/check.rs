@@ -33,18 +33,14 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     // Interrupt two creations, one at each point between the phases.
     let server = start(&dir).await;
     let mut c = admin(server.addr).await;
-    server
-        .kms
-        .hooks()
-        .set_interrupt_create(InterruptCreate::AfterHsmObject);
-    let r = c.create_key(pb::CreateKeyRequest::default()).await;
-    assert_eq!(reason(r), "KMSInternalException");
-    server
-        .kms
-        .hooks()
-        .set_interrupt_create(InterruptCreate::AfterMetadataRow);
-    let r = c.create_key(pb::CreateKeyRequest::default()).await;
-    assert_eq!(reason(r), "KMSInternalException");
+    for at in [
+        InterruptCreate::AfterHsmObject,
+        InterruptCreate::AfterMetadataRow,
+    ] {
+        server.kms.hooks().set_interrupt_create(at);
+        let r = c.create_key(pb::CreateKeyRequest::default()).await;
+        assert_eq!(reason(r), "KMSInternalException");
+    }
     server
         .kms
         .hooks()
@@ -93,28 +89,16 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     let keys = c
         .list_keys(pb::ListKeysRequest::default())
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .keys;
     assert_eq!(
         keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(),
         [healthy.as_str()]
     );
     for k in &creating {
-        let r = c
-            .describe_key(pb::DescribeKeyRequest {
-                key_id: k.clone(),
-                grant_tokens: vec![],
-            })
-            .await;
+        let r = try_describe(&mut c, k).await;
         assert_eq!(reason(r), "NotFoundException");
-        let r = c
-            .encrypt(pb::EncryptRequest {
-                key_id: k.clone(),
-                plaintext: b"x".to_vec(),
-                ..Default::default()
-            })
-            .await;
+        let r = c.encrypt(encrypt_request(k, b"x")).await;
         assert_eq!(reason(r), "NotFoundException");
     }
     let healthy_obj = ObjectId::new(*uuid::Uuid::parse_str(&healthy).unwrap().as_bytes(), 1);

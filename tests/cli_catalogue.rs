@@ -15,14 +15,8 @@ struct Cli {
 
 impl Cli {
     fn new(port: u16) -> Cli {
-        let pki = env().pki.clone();
         Cli {
-            conn: vec![
-                format!("--endpoint=https://127.0.0.1:{port}"),
-                format!("--ca-cert={}", pki.join("ca.pem").display()),
-                format!("--client-cert={}", pki.join("admin.pem").display()),
-                format!("--client-key={}", pki.join("admin-key.pem").display()),
-            ],
+            conn: cli_connection(port, "admin"),
         }
     }
 

@@ -15,27 +15,13 @@ const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
 
 /// `p11kms ARGS` as the admin certificate, without the ambient environment: its stdout.
 fn run(server: &RunningServer, args: &[&str]) -> String {
-    let pki = &env().pki;
     let scratch = tempfile::tempdir().unwrap();
     let out = hermetic_command(env!("CARGO_BIN_EXE_p11kms"), scratch.path())
         .args(args)
-        .arg(format!(
-            "--endpoint=https://127.0.0.1:{}",
-            server.addr.port()
-        ))
-        .arg(format!("--ca-cert={}", pki.join("ca.pem").display()))
-        .arg(format!("--client-cert={}", pki.join("admin.pem").display()))
-        .arg(format!(
-            "--client-key={}",
-            pki.join("admin-key.pem").display()
-        ))
+        .args(cli_connection(server.addr.port(), "admin"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "p11kms {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, format_args!("p11kms {args:?}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

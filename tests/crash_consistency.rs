@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,81 +28,51 @@ const LOAD_BEFORE_KILL: Duration = Duration::from_millis(1200);
 const LOAD_LIMIT: Duration = Duration::from_secs(20);
 
 /// A `serve` child on a fixed loopback port; killed (SIGKILL) when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
+struct Daemon(ServeChild);
 
 impl Daemon {
     /// Starts `p11kms serve` and waits (bounded) until it answers on `addr`.
     async fn start(config: &Path, addr: SocketAddr, log: PathBuf) -> Daemon {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = p11kms_command()
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn p11kms serve");
-        let mut d = Daemon { child, log };
+        let mut d = Daemon(ServeChild::spawn(p11kms_command(), config, log));
         let start = Instant::now();
         while TcpStream::connect(addr).is_err() {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                panic!("serve exited with {status}: {}", d.log());
+            if let Some(status) = d.0.child.try_wait().unwrap() {
+                panic!("serve exited with {status}: {}", d.0.log());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "not listening on {addr} after 30 s: {}",
-                d.log()
+                d.0.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         d
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// SIGKILL to this child (by its PID, through `Child::kill`), then reaps it.
     fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL the daemon");
-        self.child.wait().unwrap();
+        self.0.child.kill().expect("SIGKILL the daemon");
+        self.0.child.wait().unwrap();
     }
 
     /// SIGTERM (a graceful stop), then waits (bounded) for a clean exit.
     fn stop(mut self) {
         let st = std::process::Command::new("kill")
             .arg("-TERM")
-            .arg(self.child.id().to_string())
+            .arg(self.0.child.id().to_string())
             .status()
             .unwrap();
         assert!(st.success());
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "serve exited with {status}: {}",
-                    self.log()
-                );
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "serve did not stop: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.0.wait_exit(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            "serve did not stop",
+        );
+        assert!(
+            status.success(),
+            "serve exited with {status}: {}",
+            self.0.log()
+        );
     }
 }
 
@@ -115,15 +85,6 @@ struct Received {
     keys: Vec<String>,
     /// The request id of every answered request.
     request_ids: Vec<String>,
-}
-
-fn request_id<T>(r: &tonic::Response<T>) -> String {
-    r.metadata()
-        .get("x-amzn-requestid")
-        .expect("request id")
-        .to_str()
-        .unwrap()
-        .to_string()
 }
 
 /// One client task: alternates Encrypt (under `key`) and CreateKey until the daemon stops
@@ -165,14 +126,7 @@ async fn load(addr: SocketAddr, key: String, deadline: Instant, got: Arc<Mutex<R
 
 fn run(args: &[&std::ffi::OsStr]) -> (i32, String) {
     let out: Output = p11kms_command().args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_output(&out)
 }
 
 /// Checks, on a restarted daemon, that everything clients received still works.
@@ -191,11 +145,7 @@ async fn check_received(addr: SocketAddr, got: &Received) {
     }
     for key in &got.keys {
         let blob = c
-            .encrypt(pb::EncryptRequest {
-                key_id: key.clone(),
-                plaintext: b"after the crash".to_vec(),
-                ..Default::default()
-            })
+            .encrypt(encrypt_request(key, b"after the crash"))
             .await
             .unwrap_or_else(|e| panic!("received key {key} is not usable: {e}"))
             .into_inner()

@@ -62,33 +62,13 @@ async fn interrupted_create(server: &RunningServer, c: &mut Client, at: Interrup
 }
 
 async fn listed(c: &mut Client) -> BTreeSet<String> {
-    c.list_keys(pb::ListKeysRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
-        .into_iter()
-        .map(|k| k.key_id)
-        .collect()
-}
-
-async fn describe(c: &mut Client, key_id: &str) -> Result<pb::KeyMetadata, tonic::Status> {
-    c.describe_key(pb::DescribeKeyRequest {
-        key_id: key_id.into(),
-        grant_tokens: vec![],
-    })
-    .await
-    .map(|r| r.into_inner().key_metadata.unwrap())
+    list_key_ids(c, None).await.into_iter().collect()
 }
 
 async fn encrypt(c: &mut Client, key_id: &str) -> Result<Vec<u8>, tonic::Status> {
-    c.encrypt(pb::EncryptRequest {
-        key_id: key_id.into(),
-        plaintext: b"after the crash".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().ciphertext_blob)
+    c.encrypt(encrypt_request(key_id, b"after the crash"))
+        .await
+        .map(|r| r.into_inner().ciphertext_blob)
 }
 
 async fn check(config: &std::path::Path) -> (i32, String) {
@@ -159,7 +139,7 @@ async fn interrupted_creations_are_finished_or_removed_after_the_grace_period() 
     let mut c = admin(server.addr).await;
     assert_eq!(listed(&mut c).await, BTreeSet::from([healthy.clone()]));
     for k in [&with_object, &without] {
-        assert_eq!(reason(describe(&mut c, k).await), "NotFoundException");
+        assert_eq!(reason(try_describe(&mut c, k).await), "NotFoundException");
         assert_eq!(reason(encrypt(&mut c, k).await), "NotFoundException");
     }
     assert_eq!(creating_ids(&server).await.len(), 2, "resolved too early");
@@ -182,32 +162,20 @@ async fn interrupted_creations_are_finished_or_removed_after_the_grace_period() 
     );
     assert!(creating_ids(&server).await.is_empty());
     // The key with an HSM object is Enabled, listed, tagged and usable.
-    let m = describe(&mut c, &with_object).await.unwrap();
+    let m = try_describe(&mut c, &with_object).await.unwrap();
     assert_eq!(m.key_state, "Enabled");
     let blob = encrypt(&mut c, &with_object).await.unwrap();
     let plain = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob,
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&blob, &[]))
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .plaintext;
     assert_eq!(plain, b"after the crash");
-    let tags = c
-        .list_resource_tags(pb::ListResourceTagsRequest {
-            key_id: with_object.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tags;
+    let tags = list_tags(&mut c, &with_object).await;
     assert_eq!(tags.len(), 1, "{tags:?}");
     // The key without one is gone: row, tags and all.
     assert_eq!(
-        reason(describe(&mut c, &without).await),
+        reason(try_describe(&mut c, &without).await),
         "NotFoundException"
     );
     assert!(server
@@ -255,7 +223,7 @@ async fn interrupted_creations_are_finished_or_removed_after_the_grace_period() 
     let server = start_swept_by_hand(&dir, clock.clone()).await;
     let mut c = admin(server.addr).await;
     assert!(
-        wait_for(async || describe(&mut c, &late)
+        wait_for(async || try_describe(&mut c, &late)
             .await
             .is_ok_and(|m| m.key_state == "Enabled"))
         .await,

@@ -4,10 +4,14 @@
 //! serve side by side; a listener that cannot bind is named with its address; a missing token
 //! is reported with the command that fixes it.
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use common::ServeChild;
 
 fn p11kms(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_p11kms"));
@@ -63,36 +67,19 @@ fn dev_setup(dir: &Path, name: &str, a: &Addrs) -> PathBuf {
 }
 
 /// A `serve` child, killed when dropped; its output goes to a file.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
+struct Daemon(ServeChild);
 
 impl Daemon {
     fn spawn(dir: &Path, config: &Path, log_name: &str) -> Daemon {
-        let log = dir.join(log_name);
-        let file = std::fs::File::create(&log).unwrap();
-        let child = p11kms(dir)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        Daemon(ServeChild::spawn(p11kms(dir), config, dir.join(log_name)))
     }
 
     /// Waits (bounded) until every address accepts connections, failing if the daemon exits.
     fn wait_listening(&mut self, addrs: &[SocketAddr]) {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("serve exited with {status}: {}", self.log());
+            if let Some(status) = self.0.child.try_wait().unwrap() {
+                panic!("serve exited with {status}: {}", self.0.log());
             }
             if addrs.iter().all(|a| TcpStream::connect(a).is_ok()) {
                 return;
@@ -100,7 +87,7 @@ impl Daemon {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "not listening on {addrs:?} after 60 s: {}",
-                self.log()
+                self.0.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -108,25 +95,12 @@ impl Daemon {
 
     /// Waits (bounded) for the daemon to exit by itself; returns its exit status and log.
     fn wait_exit(mut self) -> (bool, String) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.success(), self.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "serve still running after 60 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.0.wait_exit(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            "serve still running after 60 s",
+        );
+        (status.success(), self.0.log())
     }
 }
 
@@ -147,8 +121,8 @@ fn dev_setup_does_the_whole_job_and_a_second_instance_serves_beside_the_first() 
     one.wait_listening(&[a.grpc, a.aws, a.metrics]);
     two.wait_listening(&[b.grpc, b.aws, b.metrics]);
     // Both still up: neither lost a listener to the other.
-    assert!(one.child.try_wait().unwrap().is_none(), "{}", one.log());
-    assert!(two.child.try_wait().unwrap().is_none(), "{}", two.log());
+    assert!(one.0.child.try_wait().unwrap().is_none(), "{}", one.0.log());
+    assert!(two.0.child.try_wait().unwrap().is_none(), "{}", two.0.log());
 }
 
 #[test]
@@ -189,6 +163,16 @@ fn at_of(a: &Addrs, i: usize) -> SocketAddr {
     [a.grpc, a.aws, a.metrics][i]
 }
 
+/// `p11kms check --config <config>` run in `dir`.
+fn check(dir: &Path, config: &Path) -> Output {
+    p11kms(dir)
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_missing_token_is_reported_with_the_command_that_fixes_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -196,12 +180,7 @@ fn a_missing_token_is_reported_with_the_command_that_fixes_it() {
     let tokens = tmp.path().join("lost/softhsm/tokens");
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::create_dir_all(&tokens).unwrap();
-    let out = p11kms(tmp.path())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(tmp.path(), &config);
     let msg = text(&out);
     assert!(!out.status.success(), "{msg}");
     for want in [
@@ -220,11 +199,6 @@ fn a_missing_token_is_reported_with_the_command_that_fixes_it() {
     }
     // The fix works: dev-setup again initialises the token, and check passes.
     dev_setup(tmp.path(), "lost", &Addrs::free());
-    let out = p11kms(tmp.path())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(tmp.path(), &config);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -36,17 +36,15 @@ struct Fixture {
 }
 
 async fn create(c: &mut Client, spec: &str, usage: &str) -> String {
-    c.create_key(pb::CreateKeyRequest {
-        key_spec: spec.into(),
-        key_usage: usage.into(),
-        ..Default::default()
-    })
+    create_key_from(
+        c,
+        pb::CreateKeyRequest {
+            key_spec: spec.into(),
+            key_usage: usage.into(),
+            ..Default::default()
+        },
+    )
     .await
-    .expect("create key")
-    .into_inner()
-    .key_metadata
-    .unwrap()
-    .key_id
 }
 
 async fn encrypt_under(c: &mut Client, key: &str, alg: &str) -> Vec<u8> {
@@ -72,18 +70,9 @@ async fn fixture(c: &mut Client) -> Fixture {
     let agree = create(c, "ECC_NIST_P256", "KEY_AGREEMENT").await;
     let blob = encrypt_under(c, &sym, "").await;
     let disabled_blob = encrypt_under(c, &disabled, "").await;
-    c.disable_key(pb::DisableKeyRequest {
-        key_id: disabled.clone(),
-    })
-    .await
-    .unwrap();
+    disable_key(c, &disabled).await;
     let rsa_blob = encrypt_under(c, &rsa, "RSAES_OAEP_SHA_256").await;
-    let signature = c
-        .sign(sign_req(&ecc, false))
-        .await
-        .unwrap()
-        .into_inner()
-        .signature;
+    let signature = c.sign(sign_req(&ecc, false)).await.reply().signature;
     let mac = c
         .generate_mac(pb::GenerateMacRequest {
             message: b"m".to_vec(),
@@ -92,23 +81,13 @@ async fn fixture(c: &mut Client) -> Fixture {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .mac;
-    let peer = c
-        .get_public_key(pb::GetPublicKeyRequest {
-            key_id: agree.clone(),
-            grant_tokens: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .public_key;
+    let peer = public_key(c, &agree).await;
     let grant = c
         .create_grant(grant_req(&sym, &["Decrypt"], false))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     // user1 may encrypt under other_sym only with the context {"purpose": "x"}.
     c.create_grant(pb::CreateGrantRequest {
         constraints: Some(pb::GrantConstraints {
@@ -451,8 +430,7 @@ async fn grants_of(c: &mut Client, key: &str) -> Vec<String> {
         ..Default::default()
     })
     .await
-    .unwrap()
-    .into_inner()
+    .reply()
     .grants
     .into_iter()
     .map(|g| g.grant_id)
@@ -461,9 +439,7 @@ async fn grants_of(c: &mut Client, key: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_dry_runs_check_everything_and_change_nothing() {
-    let dir = data_dir("dry-run-grpc");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (dir, server, mut c) = start_admin("dry-run-grpc").await;
     let mut user1 = client_as(server.addr, Some("user1")).await;
     let mut user2 = client_as(server.addr, Some("user2")).await;
     let f = fixture(&mut c).await;
@@ -549,16 +525,9 @@ async fn grpc_dry_runs_check_everything_and_change_nothing() {
 /// Runs the real CLI binary with explicit connection flags, in an empty directory, with a
 /// clean environment (no ambient client config or P11KMS_* variables).
 fn cli(port: u16, cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let pki = &env().pki;
     let out = hermetic_command(env!("CARGO_BIN_EXE_p11kms"), cwd)
         .args(args)
-        .arg(format!("--endpoint=https://127.0.0.1:{port}"))
-        .arg(format!("--ca-cert={}", pki.join("ca.pem").display()))
-        .arg(format!("--client-cert={}", pki.join("admin.pem").display()))
-        .arg(format!(
-            "--client-key={}",
-            pki.join("admin-key.pem").display()
-        ))
+        .args(cli_connection(port, "admin"))
         .output()
         .expect("run p11kms");
     (
@@ -570,9 +539,7 @@ fn cli(port: u16, cwd: &std::path::Path, args: &[&str]) -> (bool, String, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_dry_run_encrypt_and_decrypt() {
-    let dir = data_dir("dry-run-cli");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("dry-run-cli").await;
     let key = create_key(&mut c).await;
     let port = server.addr.port();
     let scratch = tempfile::tempdir().unwrap();

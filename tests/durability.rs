@@ -13,9 +13,7 @@ use p11kms::pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_aliases_and_ciphertexts_survive_a_restart() {
-    let dir = data_dir("restart");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (dir, server, mut c) = start_admin("restart").await;
     let key = create_key(&mut c).await;
     c.create_alias(pb::CreateAliasRequest {
         alias_name: "alias/durable".into(),
@@ -23,15 +21,7 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
     })
     .await
     .unwrap();
-    c.tag_resource(pb::TagResourceRequest {
-        key_id: key.clone(),
-        tags: vec![pb::Tag {
-            tag_key: "k".into(),
-            tag_value: "v".into(),
-        }],
-    })
-    .await
-    .unwrap();
+    tag_key(&mut c, &key, "k", "v").await;
     let blob = c
         .encrypt(pb::EncryptRequest {
             key_id: "alias/durable".into(),
@@ -40,18 +30,9 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
-    let dk = c
-        .generate_data_key(pb::GenerateDataKeyRequest {
-            key_id: key.clone(),
-            key_spec: "AES_256".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let dk = c.generate_data_key(data_key_request(&key)).await.reply();
     drop(c);
     server.shutdown().await.unwrap();
 
@@ -63,21 +44,15 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
             grant_tokens: vec![],
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .key_metadata
         .unwrap();
     assert_eq!(m.key_id, key);
     assert_eq!(m.key_state, "Enabled");
     let d = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob,
-            encryption_context: ctx(&[("app", "x")]),
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&blob, &[("app", "x")]))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(d.plaintext, b"kept across restarts");
     let d = c
         .decrypt(pb::DecryptRequest {
@@ -85,18 +60,9 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(d.plaintext, dk.plaintext);
-    let tags = c
-        .list_resource_tags(pb::ListResourceTagsRequest {
-            key_id: key.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tags;
+    let tags = list_tags(&mut c, &key).await;
     assert_eq!(tags.len(), 1);
     server.shutdown().await.unwrap();
 }
@@ -116,23 +82,13 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     .await
     .unwrap();
     let blob = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"soon unreadable".to_vec(),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request(&key, b"soon unreadable"))
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
     let object = ObjectId::new(*uuid::Uuid::parse_str(&key).unwrap().as_bytes(), 1);
     let hsm = server.kms.hsm().clone();
-    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-        key_id: key.clone(),
-        pending_window_in_days: Some(7),
-    })
-    .await
-    .unwrap();
+    schedule_deletion(&mut c, &key, 7).await;
 
     // Six days on: a sweep leaves it alone.
     clock.advance_days(6);
@@ -146,16 +102,7 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
         "destroyed before the window ended"
     );
     assert!(service_events(&dir, "DeleteKey", &key).is_empty());
-    let m = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: key.clone(),
-            grant_tokens: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap();
+    let m = describe_key(&mut c, &key).await;
     assert_eq!(m.key_state, "PendingDeletion");
 
     // Past the window: HSM object destroyed, metadata and aliases gone.
@@ -185,29 +132,18 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
         .find(|e| e["eventName"] == "DeleteKey" && e["phase"] == "intent")
         .expect("an intent record before the destruction");
     assert!(intent["sequence"].as_u64() < events[0]["sequence"].as_u64());
-    let r = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: key.clone(),
-            grant_tokens: vec![],
-        })
-        .await;
+    let r = try_describe(&mut c, &key).await;
     assert_eq!(reason(r), "NotFoundException");
     assert!(
         !hsm.exists(object).await.unwrap(),
         "HSM object still on the token"
     );
-    let r = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob.clone(),
-            ..Default::default()
-        })
-        .await;
+    let r = c.decrypt(decrypt_request(&blob, &[])).await;
     assert_eq!(reason(r), "NotFoundException");
     let aliases = c
         .list_aliases(pb::ListAliasesRequest::default())
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .aliases;
     // Only the predefined alias/aws/<service> names remain, with no key (AWS lists them).
     assert!(
@@ -215,25 +151,14 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
         "{aliases:?}"
     );
     // The other key is untouched.
-    c.encrypt(pb::EncryptRequest {
-        key_id: survivor.clone(),
-        plaintext: b"x".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.encrypt(encrypt_request(&survivor, b"x")).await.unwrap();
     drop(c);
     server.shutdown().await.unwrap();
 
     // The answer is the same after a restart (tombstones are persisted).
     let server = start_with(&dir, clock).await;
     let mut c = admin(server.addr).await;
-    let r = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob,
-            ..Default::default()
-        })
-        .await;
+    let r = c.decrypt(decrypt_request(&blob, &[])).await;
     assert_eq!(reason(r), "NotFoundException");
     server.shutdown().await.unwrap();
 }
@@ -256,13 +181,7 @@ fn cli(args: &[&str], conn: &[String], stdin: Option<&Path>) -> (bool, String, S
 async fn cli_tour_create_encrypt_decrypt_data_key() {
     let dir = data_dir("cli");
     let server = start(&dir).await;
-    let pki = env().pki.clone();
-    let conn = vec![
-        format!("--endpoint=https://127.0.0.1:{}", server.addr.port()),
-        format!("--ca-cert={}", pki.join("ca.pem").display()),
-        format!("--client-cert={}", pki.join("admin.pem").display()),
-        format!("--client-key={}", pki.join("admin-key.pem").display()),
-    ];
+    let conn = cli_connection(server.addr.port(), "admin");
     let work = dir.clone();
     let result = tokio::task::spawn_blocking(move || {
         let (ok, out, err) = cli(&["key", "create", "--description", "cli key"], &conn, None);
@@ -439,11 +358,7 @@ async fn cli_sigv4_profiles_and_sts() {
             .env("AWS_SESSION_TOKEN", c["SessionToken"].as_str().unwrap())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, "p11kms sts get-caller-identity");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             v["Arn"],

@@ -12,46 +12,25 @@ fn uuid_bytes(key_id: &str) -> [u8; 16] {
 }
 
 async fn encrypt(c: &mut Client, key: &str, pt: &[u8], ec: &[(&str, &str)]) -> Vec<u8> {
-    c.encrypt(pb::EncryptRequest {
-        key_id: key.into(),
-        plaintext: pt.to_vec(),
-        encryption_context: ctx(ec),
-        ..Default::default()
-    })
-    .await
-    .expect("encrypt")
-    .into_inner()
-    .ciphertext_blob
-}
-
-fn decrypt_req(blob: &[u8], ec: &[(&str, &str)]) -> pb::DecryptRequest {
-    pb::DecryptRequest {
-        ciphertext_blob: blob.to_vec(),
-        encryption_context: ctx(ec),
-        ..Default::default()
-    }
+    encrypt_with(c, key, pt, ec).await.expect("encrypt")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_lifecycle_happy_path() {
-    let dir = data_dir("lifecycle");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("lifecycle").await;
 
-    let created = c
-        .create_key(pb::CreateKeyRequest {
+    let created = create_key_meta(
+        &mut c,
+        pb::CreateKeyRequest {
             description: "payments".into(),
             tags: vec![pb::Tag {
                 tag_key: "team".into(),
                 tag_value: "pay".into(),
             }],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(created.key_state, "Enabled");
     assert!(created.enabled);
     assert_eq!(created.key_spec, "SYMMETRIC_DEFAULT");
@@ -77,16 +56,9 @@ async fn key_lifecycle_happy_path() {
         "alias/payments".to_string(),
         format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments"),
     ] {
-        let m = c
-            .describe_key(pb::DescribeKeyRequest {
-                key_id: r.clone(),
-                grant_tokens: vec![],
-            })
+        let m = try_describe(&mut c, &r)
             .await
-            .unwrap_or_else(|e| panic!("describe {r}: {e}"))
-            .into_inner()
-            .key_metadata
-            .unwrap();
+            .unwrap_or_else(|e| panic!("describe {r}: {e}"));
         assert_eq!(m.key_id, id);
         assert_eq!(m.description, "payments");
     }
@@ -99,24 +71,8 @@ async fn key_lifecycle_happy_path() {
     .unwrap();
 
     // Tags.
-    c.tag_resource(pb::TagResourceRequest {
-        key_id: id.clone(),
-        tags: vec![pb::Tag {
-            tag_key: "env".into(),
-            tag_value: "prod".into(),
-        }],
-    })
-    .await
-    .unwrap();
-    let tags = c
-        .list_resource_tags(pb::ListResourceTagsRequest {
-            key_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tags;
+    tag_key(&mut c, &id, "env", "prod").await;
+    let tags = list_tags(&mut c, &id).await;
     let keys: Vec<_> = tags.iter().map(|t| t.tag_key.as_str()).collect();
     assert_eq!(keys, vec!["env", "team"]);
     c.untag_resource(pb::UntagResourceRequest {
@@ -125,15 +81,7 @@ async fn key_lifecycle_happy_path() {
     })
     .await
     .unwrap();
-    let tags = c
-        .list_resource_tags(pb::ListResourceTagsRequest {
-            key_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tags;
+    let tags = list_tags(&mut c, &id).await;
     assert_eq!(tags.len(), 1);
     assert_eq!(tags[0].tag_value, "prod");
 
@@ -151,20 +99,9 @@ async fn key_lifecycle_happy_path() {
     assert_eq!(copies().await, 1);
 
     // Disable / enable.
-    c.disable_key(pb::DisableKeyRequest { key_id: id.clone() })
-        .await
-        .unwrap();
+    disable_key(&mut c, &id).await;
     assert_eq!(copies().await, 0, "DisableKey destroys the session copy");
-    let m = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: id.clone(),
-            grant_tokens: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap();
+    let m = describe_key(&mut c, &id).await;
     assert_eq!(m.key_state, "Disabled");
     assert!(!m.enabled);
     c.enable_key(pb::EnableKeyRequest { key_id: id.clone() })
@@ -180,8 +117,7 @@ async fn key_lifecycle_happy_path() {
             pending_window_in_days: None,
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(s.pending_window_in_days, 30);
     assert_eq!(s.key_state, "PendingDeletion");
     assert_eq!(s.key_id, created.arn);
@@ -193,19 +129,9 @@ async fn key_lifecycle_happy_path() {
     let cancelled = c
         .cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: id.clone() })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(cancelled.key_id, created.arn);
-    let m = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: id.clone(),
-            grant_tokens: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap();
+    let m = describe_key(&mut c, &id).await;
     assert_eq!(m.key_state, "Disabled");
     assert!(m.deletion_date.is_none());
 
@@ -221,8 +147,7 @@ async fn key_lifecycle_happy_path() {
                 marker: marker.clone(),
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert!(page.keys.len() <= 2);
         seen.extend(page.keys.into_iter().map(|k| k.key_id));
         if !page.truncated {
@@ -248,8 +173,7 @@ async fn key_lifecycle_happy_path() {
     let aliases: Vec<_> = c
         .list_aliases(pb::ListAliasesRequest::default())
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .aliases
         .into_iter()
         .filter(|a| !a.target_key_id.is_empty())
@@ -260,15 +184,7 @@ async fn key_lifecycle_happy_path() {
         aliases[0].alias_arn,
         format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments")
     );
-    let only = c
-        .list_aliases(pb::ListAliasesRequest {
-            key_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .aliases;
+    let only = list_aliases_of(&mut c, &id).await;
     assert!(only.is_empty());
     c.delete_alias(pb::DeleteAliasRequest {
         alias_name: "alias/payments".into(),
@@ -290,9 +206,7 @@ async fn key_lifecycle_happy_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cryptographic_operations_happy_path() {
-    let dir = data_dir("crypto");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("crypto").await;
     let key = create_key(&mut c).await;
     let key2 = create_key(&mut c).await;
     c.create_alias(pb::CreateAliasRequest {
@@ -314,8 +228,7 @@ async fn cryptographic_operations_happy_path() {
                 ..Default::default()
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(r.ciphertext_blob.len(), size + 49);
         assert!(r.ciphertext_blob.len() <= 6144);
         assert!(r.key_id.ends_with(&key) && r.key_id.starts_with("arn:aws:kms:"));
@@ -323,19 +236,15 @@ async fn cryptographic_operations_happy_path() {
         // Context order does not matter.
         let reversed = [("purpose", "test"), ("tenant", "acme")];
         let d = c
-            .decrypt(decrypt_req(&r.ciphertext_blob, &reversed))
+            .decrypt(decrypt_request(&r.ciphertext_blob, &reversed))
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(d.plaintext, pt);
         assert_eq!(d.key_id, r.key_id);
         assert_eq!(d.key_material_id.len(), 64);
-        let mut with_key = decrypt_req(&r.ciphertext_blob, &ec);
+        let mut with_key = decrypt_request(&r.ciphertext_blob, &ec);
         with_key.key_id = key.clone();
-        assert_eq!(
-            c.decrypt(with_key).await.unwrap().into_inner().plaintext,
-            pt
-        );
+        assert_eq!(c.decrypt(with_key).await.reply().plaintext, pt);
     }
 
     // Two encryptions of the same plaintext differ (fresh IV from the HSM).
@@ -354,15 +263,13 @@ async fn cryptographic_operations_happy_path() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert!(re.key_id.ends_with(&key2));
     assert!(re.source_key_id.ends_with(&key));
     let d = c
-        .decrypt(decrypt_req(&re.ciphertext_blob, &[("b", "2")]))
+        .decrypt(decrypt_request(&re.ciphertext_blob, &[("b", "2")]))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(d.plaintext, b"move me");
     assert!(d.key_id.ends_with(&key2));
     // ReEncrypt on the same key changes only the context.
@@ -375,13 +282,11 @@ async fn cryptographic_operations_happy_path() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     let d = c
-        .decrypt(decrypt_req(&same.ciphertext_blob, &[("a", "2")]))
+        .decrypt(decrypt_request(&same.ciphertext_blob, &[("a", "2")]))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(d.plaintext, b"move me");
 
     // Data keys: KeySpec and NumberOfBytes; the blob opens with Decrypt.
@@ -401,14 +306,12 @@ async fn cryptographic_operations_happy_path() {
                 dry_run: false,
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(dk.plaintext.len(), len);
         let d = c
-            .decrypt(decrypt_req(&dk.ciphertext_blob, &[("file", "x")]))
+            .decrypt(decrypt_request(&dk.ciphertext_blob, &[("file", "x")]))
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(d.plaintext, dk.plaintext);
     }
     let wp = c
@@ -418,13 +321,11 @@ async fn cryptographic_operations_happy_path() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     let d = c
-        .decrypt(decrypt_req(&wp.ciphertext_blob, &[]))
+        .decrypt(decrypt_request(&wp.ciphertext_blob, &[]))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(d.plaintext.len(), 32);
 
     // GenerateRandom.
@@ -434,8 +335,7 @@ async fn cryptographic_operations_happy_path() {
             custom_key_store_id: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .plaintext;
     let r2 = c
         .generate_random(pb::GenerateRandomRequest {
@@ -443,8 +343,7 @@ async fn cryptographic_operations_happy_path() {
             custom_key_store_id: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .plaintext;
     assert_eq!(r1.len(), 1024);
     assert_ne!(r1, r2);
@@ -453,9 +352,7 @@ async fn cryptographic_operations_happy_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_aws_errors() {
-    let dir = data_dir("bad-input");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("bad-input").await;
     let key = create_key(&mut c).await;
 
     // Plaintext of 0 and 4097 bytes.
@@ -514,13 +411,7 @@ async fn bad_input_gets_aws_errors() {
         "alias/nope".into(),
         "not-a-key".into(),
     ] {
-        let r = c
-            .encrypt(pb::EncryptRequest {
-                key_id: k.clone(),
-                plaintext: b"x".to_vec(),
-                ..Default::default()
-            })
-            .await;
+        let r = c.encrypt(encrypt_request(&k, b"x")).await;
         assert_eq!(reason(r), "NotFoundException", "{k}");
     }
     assert_eq!(
@@ -546,21 +437,11 @@ async fn bad_input_gets_aws_errors() {
 
     // Disabled key.
     let blob = encrypt(&mut c, &key, b"secret", &[]).await;
-    c.disable_key(pb::DisableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
-    let r = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    disable_key(&mut c, &key).await;
+    let r = c.encrypt(encrypt_request(&key, b"x")).await;
     assert_eq!(reason(r), "DisabledException");
     assert_eq!(
-        reason(c.decrypt(decrypt_req(&blob, &[])).await),
+        reason(c.decrypt(decrypt_request(&blob, &[])).await),
         "DisabledException"
     );
     c.enable_key(pb::EnableKeyRequest {
@@ -570,22 +451,11 @@ async fn bad_input_gets_aws_errors() {
     .unwrap();
 
     // Pending deletion.
-    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-        key_id: key.clone(),
-        pending_window_in_days: Some(7),
-    })
-    .await
-    .unwrap();
-    let r = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    schedule_deletion(&mut c, &key, 7).await;
+    let r = c.encrypt(encrypt_request(&key, b"x")).await;
     assert_eq!(reason(r), "KMSInvalidStateException");
     assert_eq!(
-        reason(c.decrypt(decrypt_req(&blob, &[])).await),
+        reason(c.decrypt(decrypt_request(&blob, &[])).await),
         "KMSInvalidStateException"
     );
     assert_eq!(
@@ -754,24 +624,14 @@ async fn bad_input_gets_aws_errors() {
     assert_eq!(reason(r), "ValidationException");
 
     // A failed request changes nothing: the key still has exactly one alias and its tags.
-    let aliases = c
-        .list_aliases(pb::ListAliasesRequest {
-            key_id: key.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .aliases;
+    let aliases = list_aliases_of(&mut c, &key).await;
     assert_eq!(aliases.len(), 1);
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
-    let dir = data_dir("tamper");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("tamper").await;
     let key = create_key(&mut c).await;
     let other = create_key(&mut c).await;
     let ec = [("dept", "finance")];
@@ -782,7 +642,7 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
         for flip in [0x01u8, 0x80] {
             let mut m = blob.clone();
             m[i] ^= flip;
-            let r = c.decrypt(decrypt_req(&m, &ec)).await;
+            let r = c.decrypt(decrypt_request(&m, &ec)).await;
             assert_eq!(
                 reason(r),
                 "InvalidCiphertextException",
@@ -797,7 +657,7 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
         blob[..10].to_vec(),
     ] {
         assert_eq!(
-            reason(c.decrypt(decrypt_req(&m, &ec)).await),
+            reason(c.decrypt(decrypt_request(&m, &ec)).await),
             "InvalidCiphertextException"
         );
     }
@@ -808,19 +668,15 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
         vec![("dept", "finance"), ("x", "y")],
         vec![("Dept", "finance")],
     ] {
-        let r = c.decrypt(decrypt_req(&blob, &bad)).await;
+        let r = c.decrypt(decrypt_request(&blob, &bad)).await;
         assert_eq!(reason(r), "InvalidCiphertextException", "{bad:?}");
     }
     // The device still answers after all those failures.
-    let d = c
-        .decrypt(decrypt_req(&blob, &ec))
-        .await
-        .unwrap()
-        .into_inner();
+    let d = c.decrypt(decrypt_request(&blob, &ec)).await.reply();
     assert_eq!(d.plaintext, b"the quarterly numbers");
 
     // Decrypt naming another key: IncorrectKeyException.
-    let mut r = decrypt_req(&blob, &ec);
+    let mut r = decrypt_request(&blob, &ec);
     r.key_id = other.clone();
     assert_eq!(reason(c.decrypt(r).await), "IncorrectKeyException");
     let r = c
@@ -835,11 +691,11 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
     assert_eq!(reason(r), "IncorrectKeyException");
     // Oversized blob.
     assert_eq!(
-        reason(c.decrypt(decrypt_req(&vec![1u8; 6145], &ec)).await),
+        reason(c.decrypt(decrypt_request(&vec![1u8; 6145], &ec)).await),
         "ValidationException"
     );
     assert_eq!(
-        reason(c.decrypt(decrypt_req(&[], &ec)).await),
+        reason(c.decrypt(decrypt_request(&[], &ec)).await),
         "ValidationException"
     );
     server.shutdown().await.unwrap();
@@ -847,9 +703,7 @@ async fn tampered_ciphertext_and_wrong_context_are_invalid_ciphertext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cmk_custody_on_the_token() {
-    let dir = data_dir("custody");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("custody").await;
     let key = create_key(&mut c).await;
     let hsm = server.kms.hsm().clone();
     let object = ObjectId::new(uuid_bytes(&key), 1);
@@ -881,9 +735,7 @@ async fn cmk_custody_on_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_is_required_and_accounts_are_isolated() {
-    let dir = data_dir("auth");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("auth").await;
     let key = create_key(&mut c).await;
     let blob = encrypt(&mut c, &key, b"mine", &[]).await;
 
@@ -905,16 +757,10 @@ async fn authentication_is_required_and_accounts_are_isolated() {
     let mut bob = client_as(server.addr, Some("keyadmin")).await;
     let before = server.kms.hsm().total_ops();
     let arn = format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{key}");
-    let r = bob
-        .encrypt(pb::EncryptRequest {
-            key_id: arn.clone(),
-            plaintext: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = bob.encrypt(encrypt_request(&arn, b"x")).await;
     assert_eq!(reason(r), "AccessDeniedException");
     assert_eq!(
-        reason(bob.decrypt(decrypt_req(&blob, &[])).await),
+        reason(bob.decrypt(decrypt_request(&blob, &[])).await),
         "AccessDeniedException"
     );
     assert_eq!(
@@ -945,21 +791,11 @@ async fn authentication_is_required_and_accounts_are_isolated() {
     let bobs_keys = bob
         .list_keys(pb::ListKeysRequest::default())
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .keys;
     assert!(bobs_keys.is_empty());
     // The admin's key is untouched.
-    let m = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: key,
-            grant_tokens: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap();
+    let m = describe_key(&mut c, &key).await;
     assert_eq!(m.key_state, "Enabled");
     server.shutdown().await.unwrap();
 }
@@ -981,8 +817,7 @@ async fn sigv4_signed_requests_are_authenticated() {
         .sts
         .get_caller_identity(s.sts_req(pb::GetCallerIdentityRequest {}, "GetCallerIdentity"))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(who.arn, format!("arn:aws:iam::{ACCOUNT}:user/admin"));
     assert_eq!(who.account, ACCOUNT);
     // A request signed for another method does not verify.
@@ -1002,9 +837,7 @@ async fn sigv4_signed_requests_are_authenticated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_aliases_condition_follows_alias_changes() {
-    let dir = data_dir("resource-aliases");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("resource-aliases").await;
     let admin_arn = format!("arn:aws:iam::{ACCOUNT}:user/admin");
     let policy = serde_json::json!({
         "Version": "2012-10-17",
@@ -1017,29 +850,19 @@ async fn resource_aliases_condition_follows_alias_changes() {
         ]
     })
     .to_string();
-    let key = c
-        .create_key(pb::CreateKeyRequest {
+    let key = create_key_from(
+        &mut c,
+        pb::CreateKeyRequest {
             policy,
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+        },
+    )
+    .await;
     let other = create_key(&mut c).await;
     let encrypt = |c: &mut Client| {
         let mut c = c.clone();
         let key = key.clone();
-        async move {
-            c.encrypt(pb::EncryptRequest {
-                key_id: key,
-                plaintext: b"x".to_vec(),
-                ..Default::default()
-            })
-            .await
-        }
+        async move { c.encrypt(encrypt_request(&key, b"x")).await }
     };
     assert_eq!(reason(encrypt(&mut c).await), "AccessDeniedException");
     c.create_alias(pb::CreateAliasRequest {

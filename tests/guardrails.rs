@@ -9,17 +9,6 @@ use common::*;
 use p11kms::pb;
 use serde_json::{json, Value};
 
-/// Copies the identity fixtures to `dir/identity` and returns the copy's path.
-fn copy_fixtures(dir: &Path) -> std::path::PathBuf {
-    let to = dir.join("identity");
-    std::fs::create_dir_all(&to).unwrap();
-    for f in std::fs::read_dir(fixtures_dir()).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
-    }
-    to
-}
-
 /// Starts a daemon whose account 111122223333 has a guardrail and whose user `admin` has a
 /// permission boundary.
 async fn start_guarded(dir: &Path) -> p11kms::server::RunningServer {
@@ -108,23 +97,10 @@ async fn a_guardrail_deny_beats_every_allow() {
         status.message()
     );
     assert_eq!(server.kms.hsm().total_ops(), before);
-    let m = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: key.clone(),
-            grant_tokens: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap();
+    let m = describe_key(&mut c, &key).await;
     assert_eq!(m.key_state, "Enabled", "nothing changed");
     // Everything else the guardrail allows still works.
-    c.disable_key(pb::DisableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    disable_key(&mut c, &key).await;
     server.shutdown().await.unwrap();
 }
 
@@ -135,22 +111,13 @@ async fn a_permission_boundary_caps_identity_policies() {
     let mut c = admin(server.addr).await;
     let key = create_key(&mut c).await;
     let blob = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"bounded".to_vec(),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request(&key, b"bounded"))
         .await
         .expect("the boundary allows Encrypt")
         .into_inner()
         .ciphertext_blob;
     // admin's identity policy allows kms:Decrypt, but the boundary does not.
-    let r = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob.clone(),
-            ..Default::default()
-        })
-        .await;
+    let r = c.decrypt(decrypt_request(&blob, &[])).await;
     let status = r.expect_err("the boundary must cap Decrypt");
     assert!(
         status.message().contains("permissions boundary"),
@@ -172,10 +139,7 @@ async fn a_permission_boundary_caps_identity_policies() {
     .await
     .unwrap();
     let pt = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob,
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&blob, &[]))
         .await
         .expect("a key policy naming the user directly is not capped")
         .into_inner()
@@ -203,17 +167,14 @@ async fn a_not_principal_deny_always_applies_to_a_caller_with_a_boundary() {
         {"Sid": "OnlyListed", "Effect": "Deny", "NotPrincipal": {"AWS": [admin_arn, user1_arn, root]},
          "Action": "kms:Encrypt", "Resource": "*"}
     ]});
-    let key = admin_c
-        .create_key(pb::CreateKeyRequest {
+    let key = create_key_from(
+        &mut admin_c,
+        pb::CreateKeyRequest {
             policy: policy.to_string(),
             ..Default::default()
-        })
-        .await
-        .expect("create key")
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+        },
+    )
+    .await;
     let encrypt = |key: &str| pb::EncryptRequest {
         key_id: key.to_string(),
         plaintext: b"listed".to_vec(),

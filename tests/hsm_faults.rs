@@ -241,24 +241,11 @@ async fn start_shimmed(shim: &Shim, name: &str) -> Result<RunningServer, ServerE
 // ------------------------------------------------------------------------- helpers
 
 async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.encrypt(pb::EncryptRequest {
-        key_id: key.into(),
-        plaintext: pt.to_vec(),
-        encryption_context: ctx(EC),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().ciphertext_blob)
+    encrypt_with(c, key, pt, EC).await
 }
 
 async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.decrypt(pb::DecryptRequest {
-        ciphertext_blob: blob.to_vec(),
-        encryption_context: ctx(EC),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
+    decrypt_with(c, blob, EC).await
 }
 
 /// (gRPC code, AWS reason, message) of a call that must have failed.
@@ -307,15 +294,7 @@ fn delta(before: &Counters, after: &Counters, f: &str) -> u64 {
 }
 
 async fn key_count(c: &mut Client) -> usize {
-    c.list_keys(pb::ListKeysRequest {
-        limit: Some(1000),
-        marker: String::new(),
-    })
-    .await
-    .expect("list keys")
-    .into_inner()
-    .keys
-    .len()
+    list_key_ids(c, Some(1000)).await.len()
 }
 
 /// `n` concurrent decrypts of `blob` and encrypts under `key`; every one must succeed (so
@@ -504,12 +483,7 @@ async fn dead_device_fails_every_hsm_operation_as_unavailable_and_recovers() {
     );
     assert_unavailable(
         "GenerateDataKey while dead",
-        c.generate_data_key(pb::GenerateDataKeyRequest {
-            key_id: key.clone(),
-            key_spec: "AES_256".into(),
-            ..Default::default()
-        })
-        .await,
+        c.generate_data_key(data_key_request(&key)).await,
     );
     assert_unavailable(
         "GenerateDataKeyWithoutPlaintext while dead",
@@ -544,16 +518,7 @@ async fn dead_device_fails_every_hsm_operation_as_unavailable_and_recovers() {
         "CreateKey while dead: {code:?} {reason}: {msg}"
     );
     // Metadata-only operations do not need the device.
-    let described = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: key.clone(),
-            grant_tokens: vec![],
-        })
-        .await
-        .expect("DescribeKey while the HSM is dead")
-        .into_inner()
-        .key_metadata
-        .unwrap();
+    let described = describe_key(&mut c, &key).await;
     assert_eq!(described.key_state, "Enabled");
     assert_eq!(
         key_count(&mut c).await,
@@ -773,18 +738,9 @@ async fn wait_health(addr: std::net::SocketAddr, want: i32) -> i32 {
 
 /// The health status of the KMS service now (-1 if the check fails).
 async fn health_now(addr: std::net::SocketAddr) -> i32 {
-    use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let channel = p11kms::client::ClientConfig {
-        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
-        ca_cert: Some(env().pki.join("ca.pem")),
-        tls_domain: Some("localhost".into()),
-        ..Default::default()
-    }
-    .channel()
-    .await
-    .expect("connect");
-    HealthClient::new(channel)
+    health_client(addr)
+        .await
         .check(HealthCheckRequest {
             service: "p11kms.v1.KeyManagementService".into(),
         })
@@ -843,18 +799,7 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
             .await
             .expect("daemon starts");
         let mut c = admin(server.addr).await;
-        let key = c
-            .create_key(pb::CreateKeyRequest {
-                key_spec: "RSA_2048".into(),
-                key_usage: "ENCRYPT_DECRYPT".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .key_metadata
-            .unwrap()
-            .key_id;
+        let key = create_key_from(&mut c, key_request("RSA_2048", "ENCRYPT_DECRYPT")).await;
         let hsm = server.kms.hsm();
         let (found, want) = if device_has_it {
             (OaepSha256::Device, vec!["RSA_PKCS_OAEP"])
@@ -910,15 +855,7 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
         } else {
             assert_eq!((enc, dec), (0, 0), "the shim was pass-through");
             // Raw RSA with the daemon's padding is real OAEP-SHA-256: OpenSSL's opens.
-            let spki = c
-                .get_public_key(pb::GetPublicKeyRequest {
-                    key_id: key.clone(),
-                    grant_tokens: vec![],
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .public_key;
+            let spki = public_key(&mut c, &key).await;
             let pt = b"sealed by openssl".to_vec();
             let opened = c
                 .decrypt(pb::DecryptRequest {
@@ -928,8 +865,7 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
                     ..Default::default()
                 })
                 .await
-                .unwrap()
-                .into_inner()
+                .reply()
                 .plaintext;
             assert_eq!(opened, pt);
         }

@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::*;
-use p11kms::config::Config;
 use p11kms::core::ManualClock;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
-use p11kms::server::{self, RunningServer, ServerOptions};
+use p11kms::server::{RunningServer, ServerOptions};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
@@ -28,22 +27,14 @@ const AK_ADMIN: &str = "AKIAADMIN00000000001";
 /// A daemon with both doors, on a manual clock with a fast sweeper.
 async fn start_both(name: &str, clock: Arc<ManualClock>) -> (RunningServer, PathBuf, String) {
     let dir = data_dir(name);
-    let mut text = config_text(&dir);
-    text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).expect("config");
-    let server = server::start(
-        &config,
+    let (server, endpoint) = start_aws_door(
+        &dir,
         ServerOptions {
             clock,
             sweep_interval: Some(Duration::from_millis(50)),
         },
     )
-    .await
-    .expect("daemon starts");
-    let addr = server.aws_json_addr.expect("AWS door enabled");
-    let endpoint = format!("https://127.0.0.1:{}", addr.port());
+    .await;
     (server, dir, endpoint)
 }
 
@@ -59,16 +50,9 @@ fn venv_python() -> PathBuf {
 
 /// Runs the checks script with the venv's Python and fixture admin credentials (for boto3).
 async fn python(dir: &Path, endpoint: &str, args: Vec<String>) {
-    let creds = fixture_credentials(AK_ADMIN);
-    let mut c = hermetic_command(venv_python(), dir);
+    let mut c = aws_client_command(venv_python(), dir, AK_ADMIN, endpoint);
     c.arg(manifest_dir().join("tests/python/key_catalogue_checks.py"))
         .args(&args)
-        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL_KMS", endpoint)
-        .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
-        .env("AWS_MAX_ATTEMPTS", "1")
         .env(
             "P11KMS_FIXTURE_CREDENTIALS",
             fixtures_dir().join("credentials.json"),
@@ -86,16 +70,12 @@ async fn python(dir: &Path, endpoint: &str, args: Vec<String>) {
 }
 
 async fn create(c: &mut Client, spec: &str, usage: &str) -> pb::KeyMetadata {
-    c.create_key(pb::CreateKeyRequest {
-        key_spec: spec.into(),
-        key_usage: usage.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("CreateKey {spec} {usage}: {e}"))
-    .into_inner()
-    .key_metadata
-    .unwrap()
+    c.create_key(key_request(spec, usage))
+        .await
+        .unwrap_or_else(|e| panic!("CreateKey {spec} {usage}: {e}"))
+        .into_inner()
+        .key_metadata
+        .unwrap()
 }
 
 fn digest(algorithm: &str, m: &[u8]) -> Vec<u8> {
@@ -213,8 +193,7 @@ async fn catalogue_end_to_end() {
             grant_tokens: vec![],
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .key_metadata
         .unwrap();
     assert_eq!(d.signing_algorithms, signing[0].signing_algorithms);
@@ -278,8 +257,7 @@ async fn catalogue_end_to_end() {
                 grant_tokens: vec![],
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(pk.key_spec, m.key_spec);
         assert_eq!(pk.key_usage, "SIGN_VERIFY");
         assert_eq!(pk.signing_algorithms, m.signing_algorithms);
@@ -349,8 +327,7 @@ async fn catalogue_end_to_end() {
     let s = c
         .sign(sign_req(&ec_key.key_id, b"x", "RAW", "ECDSA_SHA_256"))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     let mut bad = s.signature.clone();
     bad[5] ^= 0x40;
     assert_eq!(
@@ -390,8 +367,7 @@ async fn catalogue_end_to_end() {
                 grant_tokens: vec![],
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(
             pk.encryption_algorithms,
             vec!["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
@@ -442,8 +418,7 @@ async fn catalogue_end_to_end() {
                         ..Default::default()
                     })
                     .await
-                    .unwrap()
-                    .into_inner();
+                    .reply();
                 assert_eq!(d.plaintext, pt);
                 assert_eq!(d.encryption_algorithm, alg);
                 assert_eq!(d.key_id, m.arn);
@@ -499,8 +474,7 @@ async fn catalogue_end_to_end() {
                 dry_run: false,
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(g.mac.len(), *len);
         assert_eq!(g.mac_algorithm, *alg);
         let again = c
@@ -512,8 +486,7 @@ async fn catalogue_end_to_end() {
                 dry_run: false,
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(again.mac, g.mac, "HMAC is deterministic");
         let vm = |msg: &[u8], mac: &[u8]| pb::VerifyMacRequest {
             message: msg.to_vec(),
@@ -523,13 +496,7 @@ async fn catalogue_end_to_end() {
             grant_tokens: vec![],
             dry_run: false,
         };
-        assert!(
-            c.verify_mac(vm(b"mac me", &g.mac))
-                .await
-                .unwrap()
-                .into_inner()
-                .mac_valid
-        );
+        assert!(c.verify_mac(vm(b"mac me", &g.mac)).await.reply().mac_valid);
         let mut bad = g.mac.clone();
         bad[len - 1] ^= 1;
         assert_eq!(
@@ -554,18 +521,8 @@ async fn catalogue_end_to_end() {
         dry_run: false,
     };
     let other256 = create(&mut c, "HMAC_256", "GENERATE_VERIFY_MAC").await;
-    let a = c
-        .generate_mac(mac_of(&macs[1].0.key_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .mac;
-    let b = c
-        .generate_mac(mac_of(&other256.key_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .mac;
+    let a = c.generate_mac(mac_of(&macs[1].0.key_id)).await.reply().mac;
+    let b = c.generate_mac(mac_of(&other256.key_id)).await.reply().mac;
     assert_ne!(a, b);
 
     // ---- Data key pairs under the symmetric key.
@@ -603,16 +560,14 @@ async fn catalogue_end_to_end() {
                 ..Default::default()
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(d.plaintext, out.private_key_plaintext, "{spec}");
         assert_eq!(
             reason(
-                c.decrypt(pb::DecryptRequest {
-                    ciphertext_blob: out.private_key_ciphertext_blob.clone(),
-                    encryption_context: ctx(&[("purpose", "other")]),
-                    ..Default::default()
-                })
+                c.decrypt(decrypt_request(
+                    &out.private_key_ciphertext_blob,
+                    &[("purpose", "other")]
+                ))
                 .await
             ),
             "InvalidCiphertextException"
@@ -630,8 +585,7 @@ async fn catalogue_end_to_end() {
             dry_run: false,
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     let opened = c
         .decrypt(pb::DecryptRequest {
             ciphertext_blob: wp.private_key_ciphertext_blob.clone(),
@@ -639,8 +593,7 @@ async fn catalogue_end_to_end() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     data_key_pairs.push(json!({
         "spec": "ECC_NIST_P384", "pkcs8": b64(&opened.plaintext), "spki": b64(&wp.public_key),
     }));
@@ -738,12 +691,7 @@ async fn catalogue_end_to_end() {
     // ---- Deletion destroys both halves of a key pair and the HMAC object.
     let doomed = [&signing[3], &macs[0].0];
     for m in doomed {
-        c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-            key_id: m.key_id.clone(),
-            pending_window_in_days: Some(7),
-        })
-        .await
-        .unwrap();
+        schedule_deletion(&mut c, &m.key_id, 7).await;
     }
     clock.advance_days(8);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -935,14 +883,7 @@ async fn bad_input_and_authorization() {
         "InvalidKeyUsageException"
     );
     assert_eq!(
-        reason(
-            c.encrypt(pb::EncryptRequest {
-                key_id: rsa_enc.key_id.clone(),
-                plaintext: b"x".to_vec(),
-                ..Default::default()
-            })
-            .await
-        ),
+        reason(c.encrypt(encrypt_request(&rsa_enc.key_id, b"x")).await),
         "InvalidKeyUsageException",
         "SYMMETRIC_DEFAULT on an RSA key"
     );
@@ -1054,8 +995,7 @@ async fn bad_input_and_authorization() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
     for (key, ec) in [
         ("", ctx(&[])),
@@ -1219,11 +1159,7 @@ async fn reconciliation_of_key_pairs() {
         .hooks()
         .set_interrupt_create(InterruptCreate::AfterHsmObject);
     let r = c
-        .create_key(pb::CreateKeyRequest {
-            key_spec: "ECC_NIST_P384".into(),
-            key_usage: "SIGN_VERIFY".into(),
-            ..Default::default()
-        })
+        .create_key(key_request("ECC_NIST_P384", "SIGN_VERIFY"))
         .await;
     assert_eq!(reason(r), "KMSInternalException");
     server
@@ -1304,8 +1240,7 @@ async fn re_encrypt_with_rsa_keys() {
     let from_a = c
         .encrypt(rsa_encrypt(&a.key_id, "RSAES_OAEP_SHA_256", b"rsa to aes"))
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
     let mut req = re(
         &from_a,
@@ -1314,7 +1249,7 @@ async fn re_encrypt_with_rsa_keys() {
         "",
     );
     req.destination_encryption_context = ec.clone();
-    let out = c.re_encrypt(req).await.unwrap().into_inner();
+    let out = c.re_encrypt(req).await.reply();
     assert_eq!(out.source_key_id, a.arn);
     assert_eq!(out.key_id, sym.arn);
     assert_eq!(out.source_encryption_algorithm, "RSAES_OAEP_SHA_256");
@@ -1326,8 +1261,7 @@ async fn re_encrypt_with_rsa_keys() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(d.plaintext, b"rsa to aes");
     assert_eq!(d.key_id, sym.arn);
 
@@ -1340,12 +1274,11 @@ async fn re_encrypt_with_rsa_keys() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
     let mut req = re(&from_sym, None, &b.key_id, "RSAES_OAEP_SHA_1");
     req.source_encryption_context = ec.clone();
-    let out = c.re_encrypt(req).await.unwrap().into_inner();
+    let out = c.re_encrypt(req).await.reply();
     assert_eq!(out.source_key_id, sym.arn);
     assert_eq!(out.key_id, b.arn);
     assert_eq!(out.ciphertext_blob.len(), 384, "an RSA-3072 ciphertext");
@@ -1357,8 +1290,7 @@ async fn re_encrypt_with_rsa_keys() {
             &out.ciphertext_blob,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(d.plaintext, b"aes to rsa");
     // Without the source context it does not open.
     assert_eq!(
@@ -1385,8 +1317,7 @@ async fn re_encrypt_with_rsa_keys() {
         let d = c
             .decrypt(rsa_decrypt(&dst.key_id, dst_alg, &out.ciphertext_blob))
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(d.plaintext, b"rsa to aes");
     }
 
@@ -1410,8 +1341,7 @@ async fn re_encrypt_with_rsa_keys() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
     for (what, req, want) in [
         (
@@ -1563,11 +1493,7 @@ fn openssl_ecdh(curve: &str, peer_spki: &[u8]) -> (Vec<u8>, Vec<u8>) {
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, format_args!("openssl {args:?}"));
     };
     let s = |x: &'static str| std::ffi::OsStr::new(x);
     let curve_opt = format!("ec_paramgen_curve:{curve}");
@@ -1638,8 +1564,7 @@ async fn derive_shared_secret_agrees_with_openssl() {
                 grant_tokens: vec![],
             })
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(pk.key_agreement_algorithms, vec!["ECDH"]);
         for _ in 0..2 {
             let (peer_spki, expected) = openssl_ecdh(curve, &pk.public_key);
@@ -1763,11 +1688,7 @@ async fn derive_shared_secret_agrees_with_openssl() {
     .unwrap();
 
     // Disabled; and callers without permission never reach the device.
-    c.disable_key(pb::DisableKeyRequest {
-        key_id: p384.key_id.clone(),
-    })
-    .await
-    .unwrap();
+    disable_key(&mut c, &p384.key_id).await;
     assert_eq!(
         reason(
             c.derive_shared_secret(derive(&p384.key_id, "ECDH", &p384_peer))
@@ -1804,8 +1725,7 @@ async fn derive_shared_secret_agrees_with_openssl() {
     let out = user1
         .derive_shared_secret(derive(&p256.key_id, "ECDH", &peer))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(out.shared_secret, expected);
     // The audit trail records the calls (the caller, key and algorithm), never the secret.
     let events = events(&dir);
@@ -1860,8 +1780,7 @@ async fn ed25519_signatures_verify_with_openssl() {
             grant_tokens: vec![],
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     // RFC 8410 SPKI: the Ed25519 OID, no parameters, a 32-byte key.
     assert_eq!(pk.public_key.len(), 44);
     assert_eq!(
@@ -1887,8 +1806,7 @@ async fn ed25519_signatures_verify_with_openssl() {
         let sig = c
             .sign(sign_req(&m.key_id, &message, "RAW", "ED25519_SHA_512"))
             .await
-            .unwrap()
-            .into_inner()
+            .reply()
             .signature;
         assert_eq!(sig.len(), 64, "raw Ed25519 signature");
         let (msg_file, sig_file) = (dir.path().join("m"), dir.path().join("s"));
@@ -1905,11 +1823,7 @@ async fn ed25519_signatures_verify_with_openssl() {
             .arg(&sig_file)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl did not verify the Ed25519 signature: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, "openssl did not verify the Ed25519 signature");
         let v = c
             .verify(verify_req(
                 &m.key_id,
@@ -1919,8 +1833,7 @@ async fn ed25519_signatures_verify_with_openssl() {
                 "ED25519_SHA_512",
             ))
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert!(v.signature_valid);
         let mut other = message.clone();
         other[0] ^= 1;

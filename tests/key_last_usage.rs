@@ -52,16 +52,6 @@ fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
 }
 
-/// The request id the door returned with a response.
-fn request_id<T>(r: &tonic::Response<T>) -> String {
-    r.metadata()
-        .get("x-amzn-requestid")
-        .expect("request id")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 /// Checks that the key's last usage is `operation`, naming the audit event of `request`.
 fn assert_names_event(
     dir: &Path,
@@ -88,12 +78,11 @@ fn assert_names_event(
 
 async fn encrypt(c: &mut Client, key: &str) -> (Vec<u8>, String) {
     let r = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.to_string(),
-            plaintext: b"last usage".to_vec(),
-            encryption_context: ctx(&[("purpose", "last-usage")]),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request_ctx(
+            key,
+            b"last usage",
+            &[("purpose", "last-usage")],
+        ))
         .await
         .expect("encrypt");
     let id = request_id(&r);
@@ -106,13 +95,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     let clock = Arc::new(ManualClock::default());
     let server = start_flushing_every(&dir, clock.clone(), 3600).await;
     let mut c = admin(server.addr).await;
-    let created = c
-        .create_key(pb::CreateKeyRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap();
+    let created = create_key_meta(&mut c, pb::CreateKeyRequest::default()).await;
     let key = created.key_id.clone();
 
     // A new key: empty KeyLastUsage, tracking from its creation.
@@ -130,11 +113,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     assert_names_event(&dir, &after_encrypt, "Encrypt", &enc_id);
     clock.advance_ms(1_000);
     let dec = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob.clone(),
-            encryption_context: ctx(&[("purpose", "last-usage")]),
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&blob, &[("purpose", "last-usage")]))
         .await
         .unwrap();
     let dec_id = request_id(&dec);
@@ -148,21 +127,11 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     // Failures and non-cryptographic operations do not count.
     clock.advance_ms(1_000);
     let wrong_context = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob,
-            encryption_context: ctx(&[("purpose", "other")]),
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&blob, &[("purpose", "other")]))
         .await;
     assert_eq!(reason(wrong_context), "InvalidCiphertextException");
     let mut user1 = client_as(server.addr, Some("user1")).await;
-    let denied = user1
-        .encrypt(pb::EncryptRequest {
-            key_id: created.arn.clone(),
-            plaintext: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let denied = user1.encrypt(encrypt_request(&created.arn, b"x")).await;
     assert_eq!(reason(denied), "AccessDeniedException");
     c.describe_key(pb::DescribeKeyRequest {
         key_id: key.clone(),
@@ -170,18 +139,8 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     })
     .await
     .unwrap();
-    c.disable_key(pb::DisableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
-    let disabled = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    disable_key(&mut c, &key).await;
+    let disabled = c.encrypt(encrypt_request(&key, b"x")).await;
     assert_eq!(reason(disabled), "DisabledException");
     // Any key state: a disabled key still answers, unchanged.
     assert_eq!(last_usage(&mut c, &key).await, after_decrypt);
@@ -210,14 +169,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     assert_names_event(&dir, &destination, "ReEncrypt", &re_id);
 
     // Data keys count too.
-    let gdk = c
-        .generate_data_key(pb::GenerateDataKeyRequest {
-            key_id: other.clone(),
-            key_spec: "AES_256".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let gdk = c.generate_data_key(data_key_request(&other)).await.unwrap();
     let gdk_id = request_id(&gdk);
     assert_names_event(
         &dir,
@@ -379,14 +331,7 @@ async fn signatures_and_macs_count_but_failed_verifications_do_not() {
         key_usage: usage.into(),
         ..Default::default()
     };
-    let ecc = c
-        .create_key(create("ECC_NIST_P256", "SIGN_VERIFY"))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let ecc = create_key_from(&mut c, create("ECC_NIST_P256", "SIGN_VERIFY")).await;
     let signed = c
         .sign(pb::SignRequest {
             key_id: ecc.clone(),
@@ -423,14 +368,7 @@ async fn signatures_and_macs_count_but_failed_verifications_do_not() {
     .unwrap();
     assert_eq!(last_usage(&mut c, &ecc).await, after_verify);
 
-    let hmac = c
-        .create_key(create("HMAC_256", "GENERATE_VERIFY_MAC"))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let hmac = create_key_from(&mut c, create("HMAC_256", "GENERATE_VERIFY_MAC")).await;
     let mac = |mac: Vec<u8>| pb::VerifyMacRequest {
         message: b"m".to_vec(),
         key_id: hmac.clone(),

@@ -58,9 +58,7 @@ async fn traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rsa_4096_key_generation_does_not_stall_other_traffic() {
-    let dir = data_dir("keygen_concurrency");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("keygen_concurrency").await;
     let symmetric = create_key(&mut c).await;
     let external = c
         .create_key(pb::CreateKeyRequest {

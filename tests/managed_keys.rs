@@ -11,41 +11,18 @@ use serde_json::Value;
 
 const AK_S3GATEWAY: &str = "AKIAS3GATEWAY0000001";
 
-async fn describe(c: &mut Client, key_id: &str) -> pb::KeyMetadata {
-    c.describe_key(pb::DescribeKeyRequest {
-        key_id: key_id.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("describe key")
-    .into_inner()
-    .key_metadata
-    .expect("metadata")
-}
-
 async fn aliases(c: &mut Client) -> Vec<pb::AliasListEntry> {
     c.list_aliases(pb::ListAliasesRequest {
         limit: Some(1000),
         ..Default::default()
     })
     .await
-    .unwrap()
-    .into_inner()
+    .reply()
     .aliases
 }
 
 async fn key_ids(c: &mut Client) -> Vec<String> {
-    c.list_keys(pb::ListKeysRequest {
-        limit: Some(1000),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .keys
-    .into_iter()
-    .map(|k| k.key_id)
-    .collect()
+    list_key_ids(c, Some(1000)).await
 }
 
 fn alias<'a>(list: &'a [pb::AliasListEntry], name: &str) -> &'a pb::AliasListEntry {
@@ -68,16 +45,14 @@ fn generate_key_calls(server: &p11kms::server::RunningServer) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_use_creates_an_aws_managed_key() {
-    let dir = data_dir("managed-first-use");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (dir, server, mut c) = start_admin("managed-first-use").await;
     let before = key_ids(&mut c).await;
     let listed = aliases(&mut c).await;
     // Predefined, not yet created: listed without a target, as AWS lists them.
     assert!(alias(&listed, "alias/aws/ebs").target_key_id.is_empty());
     assert!(alias(&listed, "alias/aws/ebs").creation_date.is_none());
 
-    let m = describe(&mut c, "alias/aws/ebs").await;
+    let m = describe_key(&mut c, "alias/aws/ebs").await;
     assert_eq!(m.key_manager, "AWS");
     assert_eq!(m.key_state, "Enabled");
     assert_eq!(m.key_spec, "SYMMETRIC_DEFAULT");
@@ -87,9 +62,9 @@ async fn first_use_creates_an_aws_managed_key() {
         "Default key that protects my EBS volumes when no other key is defined"
     );
     // The same key every time after that, by alias or alias ARN.
-    assert_eq!(describe(&mut c, "alias/aws/ebs").await.key_id, m.key_id);
+    assert_eq!(describe_key(&mut c, "alias/aws/ebs").await.key_id, m.key_id);
     let alias_arn = format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/aws/ebs");
-    assert_eq!(describe(&mut c, &alias_arn).await.key_id, m.key_id);
+    assert_eq!(describe_key(&mut c, &alias_arn).await.key_id, m.key_id);
 
     let policy: Value = serde_json::from_str(
         &c.get_key_policy(pb::GetKeyPolicyRequest {
@@ -97,8 +72,7 @@ async fn first_use_creates_an_aws_managed_key() {
             policy_name: "default".into(),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .policy,
     )
     .unwrap();
@@ -130,8 +104,7 @@ async fn first_use_creates_an_aws_managed_key() {
             key_id: m.key_id.clone(),
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert!(rot.key_rotation_enabled);
     assert_eq!(rot.rotation_period_in_days, Some(365));
     let next = rot.next_rotation_date.expect("next rotation date").seconds;
@@ -169,26 +142,19 @@ async fn first_use_creates_an_aws_managed_key() {
     assert_eq!(created_ev[0]["resources"][0]["ARN"], m.arn);
     let server = start(&dir).await;
     let mut c = admin(server.addr).await;
-    let again = describe(&mut c, &m.key_id).await;
+    let again = describe_key(&mut c, &m.key_id).await;
     assert_eq!(again.key_manager, "AWS");
-    assert_eq!(describe(&mut c, "alias/aws/ebs").await.key_id, m.key_id);
+    assert_eq!(describe_key(&mut c, "alias/aws/ebs").await.key_id, m.key_id);
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_keys_stay_customer_managed_and_unknown_services_are_not_found() {
-    let dir = data_dir("managed-unknown");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("managed-unknown").await;
     let key = create_key(&mut c).await;
-    assert_eq!(describe(&mut c, &key).await.key_manager, "CUSTOMER");
+    assert_eq!(describe_key(&mut c, &key).await.key_manager, "CUSTOMER");
     let before = key_ids(&mut c).await.len();
-    let r = c
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: "alias/aws/made-up-service".into(),
-            ..Default::default()
-        })
-        .await;
+    let r = try_describe(&mut c, "alias/aws/made-up-service").await;
     assert_eq!(reason(r), "NotFoundException");
     assert_eq!(key_ids(&mut c).await.len(), before);
     server.shutdown().await.unwrap();
@@ -196,10 +162,8 @@ async fn customer_keys_stay_customer_managed_and_unknown_services_are_not_found(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_managed_keys_refuse_every_change() {
-    let dir = data_dir("managed-refusals");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
-    let m = describe(&mut c, "alias/aws/s3").await;
+    let (_dir, server, mut c) = start_admin("managed-refusals").await;
+    let m = describe_key(&mut c, "alias/aws/s3").await;
     let id = m.key_id.clone();
     let mine = create_key(&mut c).await;
     let policy_before = c
@@ -208,8 +172,7 @@ async fn aws_managed_keys_refuse_every_change() {
             policy_name: "default".into(),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .policy;
 
     // The admin may do anything (kms:*) to customer keys; the managed key's policy refuses
@@ -298,7 +261,7 @@ async fn aws_managed_keys_refuse_every_change() {
     }
 
     // Nothing changed.
-    let after = describe(&mut c, "alias/aws/s3").await;
+    let after = describe_key(&mut c, "alias/aws/s3").await;
     assert_eq!(after, m);
     let policy_after = c
         .get_key_policy(pb::GetKeyPolicyRequest {
@@ -306,15 +269,13 @@ async fn aws_managed_keys_refuse_every_change() {
             policy_name: "default".into(),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .policy;
     assert_eq!(policy_after, policy_before);
     let rot = c
         .get_key_rotation_status(pb::GetKeyRotationStatusRequest { key_id: id.clone() })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert!(rot.key_rotation_enabled);
     assert_eq!(rot.rotation_period_in_days, Some(365));
     let listed = aliases(&mut c).await;
@@ -367,11 +328,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
         .into_inner();
     let dec = gw_kms
         .decrypt(gw.kms_req(
-            pb::DecryptRequest {
-                ciphertext_blob: enc.ciphertext_blob.clone(),
-                encryption_context: ctx(&[("bucket", "b1")]),
-                ..Default::default()
-            },
+            decrypt_request(&enc.ciphertext_blob, &[("bucket", "b1")]),
             "Decrypt",
         ))
         .await
@@ -379,7 +336,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
         .into_inner();
     assert_eq!(dec.plaintext, b"object");
     assert_eq!(key_ids(&mut c).await.len(), keys_before + 1);
-    let m = describe(&mut c, "alias/aws/s3").await;
+    let m = describe_key(&mut c, "alias/aws/s3").await;
     assert_eq!(enc.key_id, m.arn);
 
     // A caller without the S3 ViaService: denied, the admin's kms:* notwithstanding.
@@ -392,24 +349,13 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
         .await;
     assert_eq!(reason(r), "AccessDeniedException");
     let r = c
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: enc.ciphertext_blob.clone(),
-            encryption_context: ctx(&[("bucket", "b1")]),
-            ..Default::default()
-        })
+        .decrypt(decrypt_request(&enc.ciphertext_blob, &[("bucket", "b1")]))
         .await;
     assert_eq!(reason(r), "AccessDeniedException");
     // The S3 principal is not EBS's: another service's managed key refuses it, and its first
     // use creates nothing.
     let r = gw_kms
-        .generate_data_key(gw.kms_req(
-            pb::GenerateDataKeyRequest {
-                key_id: "alias/aws/ebs".into(),
-                key_spec: "AES_256".into(),
-                ..Default::default()
-            },
-            "GenerateDataKey",
-        ))
+        .generate_data_key(gw.kms_req(data_key_request("alias/aws/ebs"), "GenerateDataKey"))
         .await;
     assert_eq!(reason(r), "AccessDeniedException");
     assert_eq!(key_ids(&mut c).await.len(), keys_before + 1);
@@ -462,16 +408,14 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_uses_create_exactly_one_key() {
-    let dir = data_dir("managed-race");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("managed-race").await;
     let keys_before = key_ids(&mut c).await.len();
     let generated_before = generate_key_calls(&server);
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let mut cc = c.clone();
         tasks.push(tokio::spawn(async move {
-            describe(&mut cc, "alias/aws/dynamodb").await.key_id
+            describe_key(&mut cc, "alias/aws/dynamodb").await.key_id
         }));
     }
     let mut ids = Vec::new();

@@ -25,22 +25,10 @@ async fn metrics_move_with_requests() {
     let denied =
         "p11kms_requests_total{door=\"grpc\",operation=\"Encrypt\",outcome=\"AccessDeniedException\"}";
     for _ in 0..3 {
-        c.encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"m".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        c.encrypt(encrypt_request(&key, b"m")).await.unwrap();
     }
     let mut user2 = client_as(server.addr, Some("user2")).await;
-    let r = user2
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"m".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = user2.encrypt(encrypt_request(&key, b"m")).await;
     assert_eq!(reason(r), "AccessDeniedException");
     let mut anon = client_as(server.addr, None).await;
     let _ = anon.list_keys(pb::ListKeysRequest::default()).await;
@@ -118,8 +106,7 @@ async fn health_is_serving_and_reflection_lists_the_api() {
     let mut stream = refl
         .server_reflection_info(tokio_stream::iter(vec![req]))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     let resp = stream
         .message()
         .await

@@ -111,9 +111,7 @@ fn policy_eval_rejects_a_file_that_is_not_cases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_explain_reports_the_live_decision() {
-    let dir = data_dir("cli-explain");
-    let server = start(&dir).await;
-    let mut admin = admin(server.addr).await;
+    let (_dir, server, mut admin) = start_admin("cli-explain").await;
     let policy = json!({
         "Version": "2012-10-17",
         "Statement": [
@@ -127,31 +125,16 @@ async fn policy_explain_reports_the_live_decision() {
         ]
     })
     .to_string();
-    let key = admin
-        .create_key(pb::CreateKeyRequest {
+    let key = create_key_from(
+        &mut admin,
+        pb::CreateKeyRequest {
             policy,
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let pki = env().pki.clone();
-    let conn = |cn: &str| {
-        vec![
-            format!("--endpoint=https://127.0.0.1:{}", server.addr.port()),
-            format!("--ca-cert={}", pki.join("ca.pem").display()),
-            format!("--client-cert={}", pki.join(format!("{cn}.pem")).display()),
-            format!(
-                "--client-key={}",
-                pki.join(format!("{cn}-key.pem")).display()
-            ),
-        ]
-    };
-    let as_admin = conn("admin");
-    let as_user2 = conn("user2");
+        },
+    )
+    .await;
+    let as_admin = cli_connection(server.addr.port(), "admin");
+    let as_user2 = cli_connection(server.addr.port(), "user2");
     let result = tokio::task::spawn_blocking(move || {
         let run = |conn: &[String], principal: &str, ctx: &[&str]| {
             let mut args = vec![

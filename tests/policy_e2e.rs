@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
@@ -16,7 +16,7 @@ use p11kms::client::{AccessKeyCredentials, ClientConfig};
 use p11kms::core::{Clock, ManualClock};
 use p11kms::pb;
 use p11kms::pb::admin_service_client::AdminServiceClient;
-use p11kms::server::{RunningServer, ServerOptions};
+use p11kms::server::RunningServer;
 use p11kms::store::GrantRecord;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -382,38 +382,6 @@ fn triple(t: &str, n: &str, s: &str) -> (String, String, String) {
     (t.to_string(), n.to_string(), s.to_string())
 }
 
-/// Copies the identity fixtures to a fresh directory (so a test may rewrite them).
-fn copy_fixtures(dest: &Path) -> PathBuf {
-    let copy = dest.join("identity");
-    std::fs::create_dir_all(&copy).unwrap();
-    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
-    }
-    copy
-}
-
-/// Starts a daemon whose identity files are the copy in `fixtures`.
-async fn start_with_fixtures(data: &Path, fixtures: &Path) -> RunningServer {
-    let text = config_text(data).replace(
-        &fixtures_dir().display().to_string(),
-        &fixtures.display().to_string(),
-    );
-    assert!(text.contains(&fixtures.display().to_string()));
-    let path = data.join("p11kms-copy.toml");
-    std::fs::write(&path, text).unwrap();
-    let cfg = p11kms::config::Config::load(&path).expect("config");
-    p11kms::server::start(
-        &cfg,
-        ServerOptions {
-            clock: Arc::new(ManualClock::default()),
-            sweep_interval: Some(std::time::Duration::from_millis(50)),
-        },
-    )
-    .await
-    .expect("daemon starts")
-}
-
 // ---------------------------------------------------------------------------------------------
 // (a) A key policy that names key users
 
@@ -554,8 +522,7 @@ async fn b_default_policy_delegates_to_iam_and_no_identity_policy_is_denied() {
             .sts
             .get_caller_identity(s.sts_req(pb::GetCallerIdentityRequest {}, "GetCallerIdentity"))
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(who.arn, NOPOLICY);
     }
     let ops = server.kms.hsm().total_ops();
@@ -652,8 +619,7 @@ async fn c_cross_account_key_used_through_assumed_role() {
             .sts
             .get_caller_identity(s.sts_req(pb::GetCallerIdentityRequest {}, "GetCallerIdentity"))
             .await
-            .unwrap()
-            .into_inner();
+            .reply();
         assert_eq!(who.arn, session_arn("bob-session"));
         assert_eq!(who.account, ACCOUNT);
     }

@@ -22,26 +22,13 @@ fn key_uuid(key: &str) -> [u8; 16] {
 }
 
 async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Vec<u8> {
-    c.encrypt(pb::EncryptRequest {
-        key_id: key.into(),
-        plaintext: pt.to_vec(),
-        encryption_context: ctx(&[("app", "rotation")]),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .ciphertext_blob
+    encrypt_with(c, key, pt, &[("app", "rotation")])
+        .await
+        .expect("encrypt")
 }
 
 async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.decrypt(pb::DecryptRequest {
-        ciphertext_blob: blob.to_vec(),
-        encryption_context: ctx(&[("app", "rotation")]),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
+    decrypt_with(c, blob, &[("app", "rotation")]).await
 }
 
 async fn rotate(c: &mut Client, key: &str) -> Result<String, tonic::Status> {
@@ -53,8 +40,7 @@ async fn rotate(c: &mut Client, key: &str) -> Result<String, tonic::Status> {
 async fn status(c: &mut Client, key: &str) -> pb::GetKeyRotationStatusResponse {
     c.get_key_rotation_status(pb::GetKeyRotationStatusRequest { key_id: key.into() })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
 }
 
 async fn rotations(c: &mut Client, key: &str) -> Vec<pb::RotationsListEntry> {
@@ -63,8 +49,7 @@ async fn rotations(c: &mut Client, key: &str) -> Vec<pb::RotationsListEntry> {
         ..Default::default()
     })
     .await
-    .unwrap()
-    .into_inner()
+    .reply()
     .rotations
 }
 
@@ -215,8 +200,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(page1.rotations.len(), 3);
     assert!(page1.truncated);
     let page2 = c
@@ -227,8 +211,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!(page2.rotations.len(), 1);
     assert!(!page2.truncated);
     assert_eq!(page2.rotations[0].key_material_id, list[3].key_material_id);
@@ -252,8 +235,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     let every = c
         .list_key_rotations(all(None, String::new()))
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .rotations;
     assert_eq!(every.len(), 5);
     assert!(every[0].rotation_date.is_none() && every[0].rotation_type.is_empty());
@@ -262,13 +244,11 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     let first = c
         .list_key_rotations(all(Some(2), String::new()))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     let rest = c
         .list_key_rotations(all(Some(10), first.next_marker.clone()))
         .await
-        .unwrap()
-        .into_inner();
+        .reply();
     assert_eq!([first.rotations, rest.rotations].concat(), every);
     assert_eq!(
         reason(
@@ -292,8 +272,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner()
+        .reply()
         .ciphertext_blob;
     assert_eq!(blob_version(&moved), 5);
     assert_eq!(decrypt(&mut c, &moved).await.unwrap(), b"version one");
@@ -323,12 +302,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     assert_eq!(service_events(&dir, "RotateKey", &key).len(), 1);
 
     // Deleting the key destroys every version on the token.
-    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-        key_id: key.clone(),
-        pending_window_in_days: Some(7),
-    })
-    .await
-    .unwrap();
+    schedule_deletion(&mut c, &key, 7).await;
     // GetKeyRotationStatus still answers in PendingDeletion.
     assert!(!status(&mut c, &key).await.key_rotation_enabled);
     clock.advance_days(8);
@@ -407,11 +381,7 @@ async fn limits_and_bad_inputs() {
 
     // Disabled key: DisabledException (GetKeyRotationStatus still answers).
     let other = create_key(&mut c).await;
-    c.disable_key(pb::DisableKeyRequest {
-        key_id: other.clone(),
-    })
-    .await
-    .unwrap();
+    disable_key(&mut c, &other).await;
     assert_eq!(reason(rotate(&mut c, &other).await), "DisabledException");
     let r = c
         .enable_key_rotation(pb::EnableKeyRotationRequest {
@@ -423,17 +393,14 @@ async fn limits_and_bad_inputs() {
     assert!(!status(&mut c, &other).await.key_rotation_enabled);
 
     // A key with imported material: UnsupportedOperationException.
-    let external = c
-        .create_key(pb::CreateKeyRequest {
+    let external = create_key_from(
+        &mut c,
+        pb::CreateKeyRequest {
             origin: "EXTERNAL".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+        },
+    )
+    .await;
     let r = c
         .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
             key_id: external.clone(),
@@ -462,9 +429,7 @@ async fn limits_and_bad_inputs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_rotation_is_reported_and_completed_by_the_next_one() {
-    let dir = data_dir("rotation-crash");
-    let server = start(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, server, mut c) = start_admin("rotation-crash").await;
     let key = create_key(&mut c).await;
     let old = encrypt(&mut c, &key, b"before the crash").await;
 

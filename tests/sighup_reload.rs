@@ -5,58 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use p11kms::core::ManualClock;
-use p11kms::pb;
-use p11kms::server::{RunningServer, ServerOptions};
 use serde_json::json;
 
 const AK_NOPOLICY: &str = "AKIANOPOLICY00000001";
 const DEADLINE: Duration = Duration::from_secs(5);
-
-fn copy_fixtures(dest: &Path) -> PathBuf {
-    let copy = dest.join("identity");
-    std::fs::create_dir_all(&copy).unwrap();
-    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
-    }
-    copy
-}
-
-async fn start_with_fixtures(data: &Path, fixtures: &Path) -> RunningServer {
-    try_start(data, fixtures, "").await.expect("daemon starts")
-}
-
-/// Starts the daemon on the fixtures copy, with `server_extra` added to `[server]`.
-async fn try_start(
-    data: &Path,
-    fixtures: &Path,
-    server_extra: &str,
-) -> Result<RunningServer, p11kms::server::ServerError> {
-    let text = config_text(data)
-        .replace(
-            &fixtures_dir().display().to_string(),
-            &fixtures.display().to_string(),
-        )
-        .replace("[server]\n", &format!("[server]\n{server_extra}\n"));
-    assert!(text.contains(&fixtures.display().to_string()));
-    let path = data.join("p11kms-copy.toml");
-    std::fs::write(&path, text).unwrap();
-    let cfg = p11kms::config::Config::load(&path).expect("config");
-    p11kms::server::start(
-        &cfg,
-        ServerOptions {
-            clock: Arc::new(ManualClock::default()),
-            sweep_interval: Some(Duration::from_millis(50)),
-        },
-    )
-    .await
-}
 
 fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
@@ -92,12 +48,17 @@ async fn readable_credentials_are_refused_at_start_and_on_reload() {
     let account_file = fixtures.join(format!("{ACCOUNT}.json"));
 
     chmod(&creds, 0o644);
-    let refused = try_start(&dir, &fixtures, "").await.err().expect("refused");
+    let refused = try_start_with_fixtures(&dir, &fixtures, "")
+        .await
+        .err()
+        .expect("refused");
     assert_refused(&refused.to_string(), &creds);
     assert!(refused.to_string().contains("others"), "{refused}");
 
     chmod(&creds, 0o600);
-    let server = try_start(&dir, &fixtures, "").await.expect("0600 starts");
+    let server = try_start_with_fixtures(&dir, &fixtures, "")
+        .await
+        .expect("0600 starts");
     let mut admin = admin(server.addr).await;
     let key = create_key(&mut admin).await;
     let mut nopolicy = signed_as(server.addr, AK_NOPOLICY).await;
@@ -125,7 +86,7 @@ async fn the_container_switch_accepts_group_readable_secrets_only() {
     let creds = fixtures.join("credentials.json");
     let relax = "allow_group_readable_secrets = true";
     chmod(&creds, 0o640);
-    let server = try_start(&dir, &fixtures, relax)
+    let server = try_start_with_fixtures(&dir, &fixtures, relax)
         .await
         .expect("group-readable credentials accepted with the switch");
     server.reload_identity().expect("and on reload");
@@ -135,7 +96,7 @@ async fn the_container_switch_accepts_group_readable_secrets_only() {
         .expect_err("world-readable refused");
     assert_refused(&e.to_string(), &creds);
     server.shutdown().await.unwrap();
-    let e = try_start(&dir, &fixtures, relax)
+    let e = try_start_with_fixtures(&dir, &fixtures, relax)
         .await
         .err()
         .expect("refused");
@@ -152,14 +113,7 @@ fn send_sighup() {
 
 /// Whether nopolicy may encrypt under `key` (Ok), or why not (the AWS exception name).
 async fn nopolicy_encrypt(s: &mut Signed, key: &str) -> Result<(), String> {
-    let req = s.kms_req(
-        pb::EncryptRequest {
-            key_id: key.into(),
-            plaintext: b"hup".to_vec(),
-            ..Default::default()
-        },
-        "Encrypt",
-    );
+    let req = s.kms_req(encrypt_request(key, b"hup"), "Encrypt");
     match s.kms.encrypt(req).await {
         Ok(_) => Ok(()),
         Err(e) => Err(reason::<()>(Err(e))),

@@ -18,6 +18,13 @@ use p11kms::pb::security_token_service_client::SecurityTokenServiceClient;
 use p11kms::server::{self, RunningServer, ServerOptions};
 use tonic::transport::Channel;
 
+mod grpc;
+mod serve;
+#[allow(unused_imports)]
+pub use grpc::*;
+#[allow(unused_imports)]
+pub use serve::ServeChild;
+
 pub type Client = KeyManagementServiceClient<Channel>;
 
 pub const ACCOUNT: &str = "111122223333";
@@ -86,11 +93,7 @@ pub fn env() -> &'static Env {
             .env("P11KMS_USER_PIN", USER_PIN)
             .output()
             .expect("run init-token.sh (is softhsm2 installed?)");
-        assert!(
-            out.status.success(),
-            "init-token.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, "init-token.sh failed");
         let softhsm_conf = softhsm_dir.join("softhsm2.conf");
         // Set before any PKCS#11 module is loaded in this process.
         std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
@@ -175,6 +178,65 @@ pub fn config_with(data_dir: &Path, extra: &str) -> Config {
     let path = data_dir.join("p11kms.toml");
     std::fs::write(&path, config_text(data_dir) + extra).unwrap();
     Config::load(&path).expect("config")
+}
+
+/// Starts the daemon with the AWS door enabled ([`AWS_DOOR_SECTION`]); returns it and the
+/// door's `https://127.0.0.1:<port>` endpoint.
+pub async fn start_aws_door(data_dir: &Path, options: ServerOptions) -> (RunningServer, String) {
+    let config = config_with(data_dir, AWS_DOOR_SECTION);
+    let server = server::start(&config, options)
+        .await
+        .expect("daemon starts");
+    let addr = server.aws_json_addr.expect("the AWS door is enabled");
+    assert!(addr.ip().is_loopback());
+    let endpoint = format!("https://127.0.0.1:{}", addr.port());
+    (server, endpoint)
+}
+
+/// Copies the identity fixtures to `dest/identity` and returns the copy's path, for tests that
+/// change identity files under a running daemon.
+pub fn copy_fixtures(dest: &Path) -> PathBuf {
+    let copy = dest.join("identity");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    copy
+}
+
+/// Starts the daemon on the identity files in `fixtures` (a copy from [`copy_fixtures`]), with
+/// `server_extra` added to `[server]`.
+pub async fn try_start_with_fixtures(
+    data: &Path,
+    fixtures: &Path,
+    server_extra: &str,
+) -> Result<RunningServer, server::ServerError> {
+    let text = config_text(data)
+        .replace(
+            &fixtures_dir().display().to_string(),
+            &fixtures.display().to_string(),
+        )
+        .replace("[server]\n", &format!("[server]\n{server_extra}\n"));
+    assert!(text.contains(&fixtures.display().to_string()));
+    let path = data.join("p11kms-copy.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = Config::load(&path).expect("config");
+    server::start(
+        &cfg,
+        ServerOptions {
+            clock: Arc::new(ManualClock::default()),
+            sweep_interval: Some(std::time::Duration::from_millis(50)),
+        },
+    )
+    .await
+}
+
+/// Starts the daemon on the identity files in `fixtures` (a copy from [`copy_fixtures`]).
+pub async fn start_with_fixtures(data: &Path, fixtures: &Path) -> RunningServer {
+    try_start_with_fixtures(data, fixtures, "")
+        .await
+        .expect("daemon starts")
 }
 
 /// A fresh data directory under the test environment.
@@ -298,6 +360,57 @@ pub async fn admin(addr: std::net::SocketAddr) -> Client {
     client_as(addr, Some("admin")).await
 }
 
+/// A gRPC health client to the daemon at `addr`, over TLS without a client certificate.
+pub async fn health_client(
+    addr: std::net::SocketAddr,
+) -> tonic_health::pb::health_client::HealthClient<Channel> {
+    let channel = ClientConfig {
+        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
+        ca_cert: Some(env().pki.join("ca.pem")),
+        tls_domain: Some("localhost".into()),
+        ..Default::default()
+    }
+    .channel()
+    .await
+    .expect("connect");
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+/// The flags that connect a `p11kms` client command to the daemon's gRPC door on `port` as
+/// the dev PKI's client certificate `cn` (e.g. "admin").
+pub fn cli_connection(port: u16, cn: &str) -> Vec<String> {
+    let pki = &env().pki;
+    vec![
+        format!("--endpoint=https://127.0.0.1:{port}"),
+        format!("--ca-cert={}", pki.join("ca.pem").display()),
+        format!("--client-cert={}", pki.join(format!("{cn}.pem")).display()),
+        format!(
+            "--client-key={}",
+            pki.join(format!("{cn}-key.pem")).display()
+        ),
+    ]
+}
+
+/// An AWS client (the AWS CLI, or Python with boto3) with a clean environment ([`hermetic_command`])
+/// pointed at the AWS door `endpoint`: region, CA bundle, one attempt, and the fixture
+/// credentials of `access_key_id` in environment variables (never in argv).
+pub fn aws_client_command(
+    program: impl AsRef<std::ffi::OsStr>,
+    scratch: &Path,
+    access_key_id: &str,
+    endpoint: &str,
+) -> Command {
+    let creds = fixture_credentials(access_key_id);
+    let mut c = hermetic_command(program, scratch);
+    c.env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_KMS", endpoint)
+        .env("AWS_CA_BUNDLE", env().pki.join("ca.pem"))
+        .env("AWS_MAX_ATTEMPTS", "1");
+    c
+}
+
 /// The AWS exception name of a failed call.
 pub fn reason<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> String {
     match r {
@@ -306,6 +419,15 @@ pub fn reason<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> String {
             aws_reason(&s).unwrap_or_else(|| format!("no reason; {:?}: {}", s.code(), s.message()))
         }
     }
+}
+
+/// Starts the daemon on a fresh data directory `name` ([`data_dir`], [`start`]) and connects
+/// an admin client: the directory, the daemon and the client.
+pub async fn start_admin(name: &str) -> (PathBuf, RunningServer, Client) {
+    let dir = data_dir(name);
+    let server = start(&dir).await;
+    let c = admin(server.addr).await;
+    (dir, server, c)
 }
 
 /// Creates a key and returns its id.
@@ -420,14 +542,9 @@ pub fn p11kms_command() -> Command {
     hermetic_command(env!("CARGO_BIN_EXE_p11kms"), scratch_dir())
 }
 
-/// Runs the real `p11kms check --config <config>` (blocking): its exit code and its output
-/// (stdout then stderr).
-pub fn run_check(config: &Path) -> (i32, String) {
-    let out = p11kms_command()
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .expect("run p11kms check");
+/// A finished command's exit code (-1 when killed by a signal) and its output, stdout then
+/// stderr.
+pub fn code_and_output(out: &std::process::Output) -> (i32, String) {
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -436,6 +553,27 @@ pub fn run_check(config: &Path) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Asserts that a finished command succeeded; the failure message is `what` and its stderr.
+#[track_caller]
+pub fn assert_succeeded(out: &std::process::Output, what: impl std::fmt::Display) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs the real `p11kms check --config <config>` (blocking): its exit code and its output
+/// (stdout then stderr).
+pub fn run_check(config: &Path) -> (i32, String) {
+    let out = p11kms_command()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run p11kms check");
+    code_and_output(&out)
 }
 
 /// Polls `f` every 50 ms for up to 5 s (sweeper-driven changes); whether it became true.

@@ -1,0 +1,219 @@
+//! Shorthands for the gRPC steps the integration tests repeat. Each one is a single step that
+//! fails loudly, with the daemon's status, when the daemon answers with an error.
+
+use p11kms::pb;
+
+use super::Client;
+
+/// Unwraps a gRPC answer into its message: `c.encrypt(req).await.reply()`.
+pub trait Reply<T> {
+    /// The answer's message; panics at the caller's line with the status on an error.
+    fn reply(self) -> T;
+}
+
+impl<T> Reply<T> for Result<tonic::Response<T>, tonic::Status> {
+    #[track_caller]
+    fn reply(self) -> T {
+        self.unwrap().into_inner()
+    }
+}
+
+/// A CreateKey request for `spec` and `usage`, everything else default.
+pub fn key_request(spec: &str, usage: &str) -> pb::CreateKeyRequest {
+    pb::CreateKeyRequest {
+        key_spec: spec.into(),
+        key_usage: usage.into(),
+        ..Default::default()
+    }
+}
+
+/// Creates a key from `req` and returns its metadata.
+pub async fn create_key_meta(c: &mut Client, req: pb::CreateKeyRequest) -> pb::KeyMetadata {
+    c.create_key(req)
+        .await
+        .expect("create key")
+        .into_inner()
+        .key_metadata
+        .expect("metadata")
+}
+
+/// Creates a key from `req` and returns its id.
+pub async fn create_key_from(c: &mut Client, req: pb::CreateKeyRequest) -> String {
+    create_key_meta(c, req).await.key_id
+}
+
+/// DescribeKey of `key`: its metadata, or the daemon's error.
+pub async fn try_describe(c: &mut Client, key: &str) -> Result<pb::KeyMetadata, tonic::Status> {
+    c.describe_key(pb::DescribeKeyRequest {
+        key_id: key.into(),
+        grant_tokens: vec![],
+    })
+    .await
+    .map(|r| r.into_inner().key_metadata.expect("metadata"))
+}
+
+/// DescribeKey of `key`, which must succeed.
+pub async fn describe_key(c: &mut Client, key: &str) -> pb::KeyMetadata {
+    try_describe(c, key)
+        .await
+        .unwrap_or_else(|s| panic!("describe key {key}: {s:?}"))
+}
+
+/// Disables `key`, which must succeed.
+pub async fn disable_key(c: &mut Client, key: &str) {
+    c.disable_key(pb::DisableKeyRequest { key_id: key.into() })
+        .await
+        .unwrap_or_else(|s| panic!("disable key {key}: {s:?}"));
+}
+
+/// An Encrypt request of `plaintext` under `key`, everything else default.
+pub fn encrypt_request(key: &str, plaintext: &[u8]) -> pb::EncryptRequest {
+    pb::EncryptRequest {
+        key_id: key.into(),
+        plaintext: plaintext.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Encrypt of `pt` under `key` with the encryption context `ec`: the ciphertext blob, or the
+/// daemon's error.
+pub async fn encrypt_with(
+    c: &mut Client,
+    key: &str,
+    pt: &[u8],
+    ec: &[(&str, &str)],
+) -> Result<Vec<u8>, tonic::Status> {
+    c.encrypt(pb::EncryptRequest {
+        encryption_context: super::ctx(ec),
+        ..encrypt_request(key, pt)
+    })
+    .await
+    .map(|r| r.into_inner().ciphertext_blob)
+}
+
+/// Decrypt of `blob` with the encryption context `ec`: the plaintext, or the daemon's error.
+pub async fn decrypt_with(
+    c: &mut Client,
+    blob: &[u8],
+    ec: &[(&str, &str)],
+) -> Result<Vec<u8>, tonic::Status> {
+    c.decrypt(pb::DecryptRequest {
+        ciphertext_blob: blob.to_vec(),
+        encryption_context: super::ctx(ec),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
+}
+
+/// The `x-amzn-RequestId` a gRPC answer carries.
+pub fn request_id<T>(r: &tonic::Response<T>) -> String {
+    r.metadata()
+        .get("x-amzn-requestid")
+        .expect("request id")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The key ids on ListKeys' first page, `limit` of them at most (the daemon's default page
+/// size when `None`).
+pub async fn list_key_ids(c: &mut Client, limit: Option<i32>) -> Vec<String> {
+    c.list_keys(pb::ListKeysRequest {
+        limit,
+        ..Default::default()
+    })
+    .await
+    .expect("list keys")
+    .into_inner()
+    .keys
+    .into_iter()
+    .map(|k| k.key_id)
+    .collect()
+}
+
+/// A Decrypt request of `blob` with the encryption context `ec`, everything else default.
+pub fn decrypt_request(blob: &[u8], ec: &[(&str, &str)]) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        ciphertext_blob: blob.to_vec(),
+        encryption_context: super::ctx(ec),
+        ..Default::default()
+    }
+}
+
+/// An Encrypt request of `plaintext` under `key` with the encryption context `ec`, everything
+/// else default.
+pub fn encrypt_request_ctx(key: &str, plaintext: &[u8], ec: &[(&str, &str)]) -> pb::EncryptRequest {
+    pb::EncryptRequest {
+        encryption_context: super::ctx(ec),
+        ..encrypt_request(key, plaintext)
+    }
+}
+
+/// A GenerateDataKey request for an AES-256 data key under `key`, everything else default.
+pub fn data_key_request(key: &str) -> pb::GenerateDataKeyRequest {
+    pb::GenerateDataKeyRequest {
+        key_id: key.into(),
+        key_spec: "AES_256".into(),
+        ..Default::default()
+    }
+}
+
+/// The tags on `key` (ListResourceTags' first page), which must succeed.
+pub async fn list_tags(c: &mut Client, key: &str) -> Vec<pb::Tag> {
+    c.list_resource_tags(pb::ListResourceTagsRequest {
+        key_id: key.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|s| panic!("list resource tags of {key}: {s:?}"))
+    .into_inner()
+    .tags
+}
+
+/// The aliases of `key` (ListAliases' first page), which must succeed.
+pub async fn list_aliases_of(c: &mut Client, key: &str) -> Vec<pb::AliasListEntry> {
+    c.list_aliases(pb::ListAliasesRequest {
+        key_id: key.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|s| panic!("list aliases of {key}: {s:?}"))
+    .into_inner()
+    .aliases
+}
+
+/// Tags `key` with one tag, which must succeed.
+pub async fn tag_key(c: &mut Client, key: &str, tag_key: &str, tag_value: &str) {
+    c.tag_resource(pb::TagResourceRequest {
+        key_id: key.into(),
+        tags: vec![pb::Tag {
+            tag_key: tag_key.into(),
+            tag_value: tag_value.into(),
+        }],
+    })
+    .await
+    .unwrap_or_else(|s| panic!("tag {key}: {s:?}"));
+}
+
+/// Schedules the deletion of `key` in `days` days, which must succeed.
+pub async fn schedule_deletion(c: &mut Client, key: &str, days: i32) {
+    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+        key_id: key.into(),
+        pending_window_in_days: Some(days),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("schedule the deletion of {key}: {s:?}"));
+}
+
+/// The DER public key of the asymmetric `key`, which must succeed.
+pub async fn public_key(c: &mut Client, key: &str) -> Vec<u8> {
+    c.get_public_key(pb::GetPublicKeyRequest {
+        key_id: key.into(),
+        grant_tokens: vec![],
+    })
+    .await
+    .unwrap_or_else(|s| panic!("get the public key of {key}: {s:?}"))
+    .into_inner()
+    .public_key
+}
