@@ -665,8 +665,8 @@ fn last_usage_output(r: pb::GetKeyLastUsageResponse) -> p11kms::core::usage::Key
 }
 
 /// Key metadata as the AWS door renders it (one renderer for both).
-fn metadata_json(m: pb::KeyMetadata) -> serde_json::Value {
-    door_render::metadata(&decode::key_metadata(m))
+fn metadata_json(m: pb::KeyMetadata) -> Result<serde_json::Value, String> {
+    Ok(door_render::metadata(&decode::key_metadata(m)?))
 }
 
 /// A DER SubjectPublicKeyInfo as a PEM `PUBLIC KEY` block (64 base64 characters a line).
@@ -815,7 +815,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .map_err(status_error)?
                         .into_inner();
                     if let Some(m) = r.key_metadata {
-                        print_json(&json!({ "KeyMetadata": metadata_json(m) }));
+                        print_json(&json!({ "KeyMetadata": metadata_json(m)? }));
                     }
                 }
                 KeyCommand::List { limit } => {
@@ -858,7 +858,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .map_err(status_error)?
                         .into_inner();
                     if let Some(m) = r.key_metadata {
-                        print_json(&json!({ "KeyMetadata": metadata_json(m) }));
+                        print_json(&json!({ "KeyMetadata": metadata_json(m)? }));
                     }
                 }
                 KeyCommand::Enable { key } => {
@@ -884,7 +884,7 @@ async fn client_command(command: Command) -> Result<(), String> {
                         .map_err(status_error)?
                         .into_inner();
                     print_json(&door_render::scheduled_deletion(
-                        &decode::scheduled_deletion(r),
+                        &decode::scheduled_deletion(r)?,
                     ));
                 }
                 KeyCommand::GetPolicy { key } => {

@@ -11,6 +11,7 @@ pub mod asym;
 pub mod authz;
 pub mod clock;
 pub mod crypto;
+pub mod domain;
 pub mod error;
 pub mod explain;
 pub mod grants;

@@ -28,14 +28,6 @@ fn opt(s: &str) -> Value {
     }
 }
 
-fn tags(t: &[pb::Tag]) -> Value {
-    Value::Array(
-        t.iter()
-            .map(|t| json!({"tagKey": t.tag_key, "tagValue": t.tag_value}))
-            .collect(),
-    )
-}
-
 fn ts(t: &Option<prost_types::Timestamp>) -> Value {
     t.as_ref()
         .map(|t| {
@@ -65,47 +57,6 @@ macro_rules! params {
     };
 }
 
-params!(pb::CreateKeyRequest, |r| json!({
-    "description": r.description,
-    "keyUsage": opt(&r.key_usage),
-    "keySpec": opt(&r.key_spec),
-    "customerMasterKeySpec": opt(&r.customer_master_key_spec),
-    "origin": opt(&r.origin),
-    "bypassPolicyLockoutSafetyCheck": r.bypass_policy_lockout_safety_check,
-    "policy": opt(&r.policy),
-    "tags": tags(&r.tags),
-    "multiRegion": r.multi_region,
-}));
-params!(pb::DescribeKeyRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::GetKeyLastUsageRequest, |r| json!({"keyId": r.key_id}));
-params!(
-    pb::ListKeysRequest,
-    |r| json!({"limit": r.limit, "marker": opt(&r.marker)})
-);
-params!(pb::EnableKeyRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::DisableKeyRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::ScheduleKeyDeletionRequest, |r| json!({
-    "keyId": r.key_id,
-    "pendingWindowInDays": r.pending_window_in_days,
-}));
-params!(pb::CancelKeyDeletionRequest, |r| json!({"keyId": r.key_id}));
-params!(pb::UpdateKeyDescriptionRequest, |r| json!({
-    "keyId": r.key_id,
-    "description": r.description,
-}));
-params!(
-    pb::TagResourceRequest,
-    |r| json!({"keyId": r.key_id, "tags": tags(&r.tags)})
-);
-params!(
-    pb::UntagResourceRequest,
-    |r| json!({"keyId": r.key_id, "tagKeys": r.tag_keys})
-);
-params!(pb::ListResourceTagsRequest, |r| json!({
-    "keyId": r.key_id,
-    "limit": r.limit,
-    "marker": opt(&r.marker),
-}));
 params!(pb::CreateAliasRequest, |r| json!({
     "aliasName": r.alias_name,
     "targetKeyId": r.target_key_id,
@@ -213,17 +164,6 @@ params!(pb::GenerateDataKeyPairWithoutPlaintextRequest, |r| json!({
     "grantTokens": (!r.grant_tokens.is_empty()).then_some(r.grant_tokens.len()),
     "dryRun": r.dry_run.then_some(true),
 }));
-params!(pb::GetKeyPolicyRequest, |r| json!({
-    "keyId": r.key_id,
-    "policyName": if r.policy_name.is_empty() { "default" } else { r.policy_name.as_str() },
-}));
-params!(pb::PutKeyPolicyRequest, |r| json!({
-    "keyId": r.key_id,
-    "policyName": if r.policy_name.is_empty() { "default" } else { r.policy_name.as_str() },
-    "policy": r.policy,
-    "bypassPolicyLockoutSafetyCheck": r.bypass_policy_lockout_safety_check,
-}));
-params!(pb::ListKeyPoliciesRequest, |r| json!({"keyId": r.key_id}));
 params!(pb::CreateGrantRequest, |r| json!({
     "keyId": r.key_id,
     "granteePrincipal": r.grantee_principal,
@@ -274,41 +214,6 @@ params!(pb::ExplainAccessRequest, |r| json!({
     "sourceIp": opt(&r.source_ip),
 }));
 
-fn metadata(m: &Option<pb::KeyMetadata>) -> Value {
-    m.as_ref()
-        .map(|m| {
-            json!({"keyMetadata": {
-                "keyId": m.key_id,
-                "arn": m.arn,
-                "keyState": m.key_state,
-                "keySpec": m.key_spec,
-                "keyUsage": m.key_usage,
-                "origin": m.origin,
-            }})
-        })
-        .unwrap_or(Value::Null)
-}
-
-impl AuditResponse for pb::CreateKeyResponse {
-    fn audit_response(&self) -> Value {
-        metadata(&self.key_metadata)
-    }
-}
-impl AuditResponse for pb::ScheduleKeyDeletionResponse {
-    fn audit_response(&self) -> Value {
-        json!({
-            "keyId": self.key_id,
-            "deletionDate": ts(&self.deletion_date),
-            "keyState": self.key_state,
-            "pendingWindowInDays": self.pending_window_in_days,
-        })
-    }
-}
-impl AuditResponse for pb::CancelKeyDeletionResponse {
-    fn audit_response(&self) -> Value {
-        json!({"keyId": self.key_id})
-    }
-}
 impl AuditResponse for pb::CreateGrantResponse {
     fn audit_response(&self) -> Value {
         json!({"grantId": self.grant_id})
@@ -398,15 +303,6 @@ macro_rules! null_response {
 }
 
 null_response!(
-    pb::DescribeKeyResponse,
-    pb::GetKeyLastUsageResponse,
-    pb::ListKeysResponse,
-    pb::EnableKeyResponse,
-    pb::DisableKeyResponse,
-    pb::UpdateKeyDescriptionResponse,
-    pb::TagResourceResponse,
-    pb::UntagResourceResponse,
-    pb::ListResourceTagsResponse,
     pb::CreateAliasResponse,
     pb::UpdateAliasResponse,
     pb::DeleteAliasResponse,
@@ -417,9 +313,6 @@ null_response!(
     pb::GenerateDataKeyResponse,
     pb::GenerateDataKeyWithoutPlaintextResponse,
     pb::GenerateRandomResponse,
-    pb::GetKeyPolicyResponse,
-    pb::PutKeyPolicyResponse,
-    pb::ListKeyPoliciesResponse,
     pb::ListGrantsResponse,
     pb::RetireGrantResponse,
     pb::RevokeGrantResponse,
