@@ -9,7 +9,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the TOML config file: typed, validated before any port is bound, secrets from file or env |
-//! | [`core`] | the operations, one file per family (`keys`, `aliases`, `tags`, `crypto`), key resolution, the authorizer seam, `KmsError` |
+//! | [`core`] | the operations, one file per family (`keys`, `aliases`, `tags`, `crypto`), the typed key domain (`domain`: key spec, usage, origin, state), key resolution, the authorizer seam, `KmsError` |
 //! | [`policy`] | the pure policy language: parsing, compilation, conditions, evaluation with a trace |
 //! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
 //! | [`metrics`] | Prometheus metrics: requests, latencies, HSM calls and queue, decisions, audit |

@@ -887,6 +887,215 @@ impl Kms {
 mod tests {
     use super::*;
 
+    fn sample_metadata() -> KeyMetadata {
+        KeyMetadata {
+            aws_account_id: "111122223333".into(),
+            key_id: "k".into(),
+            arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+            creation_date_ms: 1_700_000_000_000,
+            enabled: true,
+            description: "secret-free".into(),
+            key_usage: KeyUsage::SignVerify,
+            key_state: KeyState::Enabled,
+            deletion_date_ms: None,
+            origin: Origin::AwsKms,
+            key_manager: "CUSTOMER".into(),
+            key_spec: KeySpec::EccNistP256,
+            encryption_algorithms: vec![],
+            signing_algorithms: vec!["ECDSA_SHA_256".into()],
+            mac_algorithms: vec![],
+            key_agreement_algorithms: vec![],
+            multi_region: false,
+            pending_deletion_window_in_days: None,
+            current_key_material_id: "ab".repeat(32),
+            valid_to_ms: None,
+            expiration_model: None,
+        }
+    }
+
+    /// CreateKey's parameters are the members sent, in CloudTrail's names, with the AWS
+    /// spelling of the enums and tags as `[{tagKey, tagValue}]`.
+    #[test]
+    fn create_key_parameters_are_the_members_sent() {
+        let req = CreateKeyRequest {
+            policy: Some("{\"Statement\":[]}".into()),
+            description: "payments".into(),
+            key_usage: Some(KeyUsage::SignVerify),
+            key_spec: Some(KeySpec::EccNistP256),
+            origin: Some(Origin::AwsKms),
+            bypass_policy_lockout_safety_check: true,
+            tags: vec![Tag {
+                key: "team".into(),
+                value: "blue".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            req.request_parameters(),
+            json!({
+                "description": "payments",
+                "keyUsage": "SIGN_VERIFY",
+                "keySpec": "ECC_NIST_P256",
+                "origin": "AWS_KMS",
+                "bypassPolicyLockoutSafetyCheck": true,
+                "policy": "{\"Statement\":[]}",
+                "tags": [{"tagKey": "team", "tagValue": "blue"}],
+            })
+        );
+        assert_eq!(CreateKeyRequest::default().request_parameters(), json!({}));
+    }
+
+    /// Grant tokens are capabilities: counted, never recorded.
+    #[test]
+    fn grant_tokens_are_counted_never_recorded() {
+        let req = DescribeKeyRequest {
+            key_id: "alias/a".into(),
+            grant_tokens: vec!["CAPABILITY-TOKEN".into(), "OTHER-TOKEN".into()],
+        };
+        let p = req.request_parameters();
+        assert_eq!(p, json!({"keyId": "alias/a", "grantTokens": 2}));
+        assert!(!p.to_string().contains("TOKEN"), "{p}");
+        let s = ScheduleKeyDeletionRequest {
+            key_id: "k".into(),
+            pending_window_in_days: Some(7),
+        };
+        assert_eq!(
+            s.request_parameters(),
+            json!({"keyId": "k", "pendingWindowInDays": 7})
+        );
+        assert_eq!(
+            ListKeysRequest::default().request_parameters(),
+            json!({})
+        );
+    }
+
+    /// The elements the trail records of CreateKey, ScheduleKeyDeletion and
+    /// CancelKeyDeletion; DescribeKey records none (its answer is the same body as CreateKey's).
+    #[test]
+    fn response_elements_name_the_key_only() {
+        let created = CreateKeyResponse {
+            key_metadata: sample_metadata(),
+        };
+        let e = created.response_elements();
+        assert_eq!(
+            e,
+            json!({"keyMetadata": {
+                "keyId": "k",
+                "arn": "arn:aws:kms:us-east-1:111122223333:key/k",
+                "keyState": "Enabled",
+                "keySpec": "ECC_NIST_P256",
+                "keyUsage": "SIGN_VERIFY",
+                "origin": "AWS_KMS",
+            }})
+        );
+        let described = DescribeKeyResponse {
+            key_metadata: sample_metadata(),
+        };
+        assert_eq!(described.response_elements(), Value::Null);
+        let scheduled = ScheduleKeyDeletionResponse {
+            key_id: "arn".into(),
+            deletion_date_ms: 1_700_000_000_000,
+            key_state: KeyState::PendingDeletion,
+            pending_window_in_days: 7,
+        };
+        assert_eq!(
+            scheduled.response_elements(),
+            json!({
+                "keyId": "arn",
+                "deletionDate": super::super::authz::iso8601(1_700_000_000_000),
+                "keyState": "PendingDeletion",
+                "pendingWindowInDays": 7,
+            })
+        );
+        let cancelled = CancelKeyDeletionResponse {
+            key_id: "arn".into(),
+        };
+        assert_eq!(cancelled.response_elements(), json!({"keyId": "arn"}));
+    }
+
+    /// Values the AWS model admits but the engine does not create keep the messages they had
+    /// before the values were typed.
+    #[test]
+    fn refused_choices_keep_their_messages() {
+        let refused = |req: CreateKeyRequest| KeyChoice::of(&req).unwrap_err();
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::MlKem512),
+            ..Default::default()
+        });
+        assert_eq!(e.aws_name(), "ValidationException");
+        let old_list = "[\"SYMMETRIC_DEFAULT\", \"RSA_2048\", \"RSA_3072\", \"RSA_4096\", \"ECC_NIST_P256\", \"ECC_NIST_P384\", \"ECC_NIST_P521\", \"ECC_SECG_P256K1\", \"ECC_NIST_EDWARDS25519\", \"HMAC_224\", \"HMAC_256\", \"HMAC_384\", \"HMAC_512\", \"SM2\", \"ML_DSA_44\", \"ML_DSA_65\", \"ML_DSA_87\"]";
+        assert_eq!(
+            e.message(),
+            KmsError::validation(
+                "keySpec",
+                &format!("Member must satisfy enum value set: {old_list}")
+            )
+            .message()
+        );
+        let e = refused(CreateKeyRequest {
+            key_usage: Some(KeyUsage::EncapsulateDecapsulate),
+            ..Default::default()
+        });
+        assert!(
+            e.message().contains("keyUsage")
+                && e.message().contains("[\"ENCRYPT_DECRYPT\", \"SIGN_VERIFY\", \"GENERATE_VERIFY_MAC\", \"KEY_AGREEMENT\"]"),
+            "{}",
+            e.message()
+        );
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Sm2),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "KeySpec SM2 is not supported by this p11kms build."
+        );
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Hmac256),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec HMAC_256."
+        );
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Rsa2048),
+            customer_master_key_spec: Some(KeySpec::Rsa3072),
+            ..Default::default()
+        });
+        assert_eq!(e.aws_name(), "ValidationException");
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Rsa2048),
+            origin: Some(Origin::External),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "Origin EXTERNAL is not supported for KeySpec RSA_2048 by this p11kms build."
+        );
+        let e = refused(CreateKeyRequest {
+            origin: Some(Origin::AwsCloudhsm),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "Origin AWS_CLOUDHSM is not supported by this p11kms build yet."
+        );
+        let chosen = KeyChoice::of(&CreateKeyRequest {
+            key_spec: Some(KeySpec::Hmac256),
+            key_usage: Some(KeyUsage::GenerateVerifyMac),
+            origin: Some(Origin::External),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(chosen.spec, KeySpec::Hmac256);
+        let default = KeyChoice::of(&CreateKeyRequest::default()).unwrap();
+        assert_eq!(
+            (default.spec, default.usage, default.origin),
+            (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt, Origin::AwsKms)
+        );
+    }
+
     #[test]
     fn default_policy_is_the_documented_one() {
         let p = default_key_policy("aws", "111122223333");

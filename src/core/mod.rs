@@ -2,8 +2,10 @@
 //!
 //! One file per operation family: [`keys`] (lifecycle), [`aliases`], [`tags`], [`crypto`]
 //! (encrypt, decrypt, re-encrypt, data keys, random), [`sweeper`] (deletion), [`reconcile`]
-//! (store/token drift). Each operation follows the same path: validate input, resolve the key
-//! from the in-memory cache, authorize, check the key state, then touch the HSM or the store.
+//! (store/token drift). [`domain`] holds the typed key spec, key usage, origin and key state
+//! that the doors parse requests into. Each operation follows the same path: validate input,
+//! resolve the key from the in-memory cache, authorize, check the key state, then touch the
+//! HSM or the store.
 //! No operation reaches the device or the store without an allow.
 
 pub mod aliases;

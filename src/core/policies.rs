@@ -216,3 +216,37 @@ impl Kms {
         Ok(Empty)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn policy_parameters_are_the_members_sent() {
+        let put = PutKeyPolicyRequest {
+            key_id: "k".into(),
+            policy_name: String::new(),
+            policy: "{}".into(),
+            bypass_policy_lockout_safety_check: false,
+        };
+        assert_eq!(
+            put.request_parameters(),
+            json!({"keyId": "k", "policy": "{}"})
+        );
+        let get = GetKeyPolicyRequest {
+            key_id: "k".into(),
+            policy_name: "default".into(),
+        };
+        assert_eq!(
+            get.request_parameters(),
+            json!({"keyId": "k", "policyName": "default"})
+        );
+        let list = ListKeyPoliciesRequest {
+            key_id: "k".into(),
+            limit: Some(1),
+            marker: Some("m".into()),
+        };
+        assert_eq!(list.request_parameters(), json!({"keyId": "k"}));
+    }
+}

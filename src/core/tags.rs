@@ -182,3 +182,38 @@ impl Kms {
         Ok(ListResourceTagsResponse { tags, next_marker })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_parameters_are_camel_cased_and_empty_lists_left_out() {
+        let req = TagResourceRequest {
+            key_id: "k".into(),
+            tags: vec![Tag {
+                key: "team".into(),
+                value: "blue".into(),
+            }],
+        };
+        assert_eq!(
+            req.request_parameters(),
+            json!({"keyId": "k", "tags": [{"tagKey": "team", "tagValue": "blue"}]})
+        );
+        let untag = UntagResourceRequest {
+            key_id: "k".into(),
+            tag_keys: vec!["team".into()],
+        };
+        assert_eq!(
+            untag.request_parameters(),
+            json!({"keyId": "k", "tagKeys": ["team"]})
+        );
+        let list = ListResourceTagsRequest {
+            key_id: "k".into(),
+            limit: Some(5),
+            marker: None,
+        };
+        assert_eq!(list.request_parameters(), json!({"keyId": "k", "limit": 5}));
+        assert_eq!(tags_value(&[]), None);
+    }
+}
