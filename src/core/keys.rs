@@ -445,9 +445,13 @@ impl Kms {
     pub fn key_metadata(&self, key: &CachedKey) -> Result<KeyMetadata, KmsError> {
         let r = &key.record;
         let stored = |what: &str, v: &str| {
-            KmsError::Internal(format!("key {} has an unknown stored {what} '{v}'", r.key_id))
+            KmsError::Internal(format!(
+                "key {} has an unknown stored {what} '{v}'",
+                r.key_id
+            ))
         };
-        let key_spec = KeySpec::parse(&r.key_spec).ok_or_else(|| stored("key spec", &r.key_spec))?;
+        let key_spec =
+            KeySpec::parse(&r.key_spec).ok_or_else(|| stored("key spec", &r.key_spec))?;
         let key_usage =
             KeyUsage::parse(&r.key_usage).ok_or_else(|| stored("key usage", &r.key_usage))?;
         let origin = Origin::parse(&r.origin).ok_or_else(|| stored("origin", &r.origin))?;
@@ -577,7 +581,8 @@ impl Kms {
         record: &KeyRecord,
         compiled: &Arc<Policy>,
     ) -> Result<(), KmsError> {
-        let prospective = self.new_cached(record.clone(), Vec::new(), Vec::new(), compiled.clone())?;
+        let prospective =
+            self.new_cached(record.clone(), Vec::new(), Vec::new(), compiled.clone())?;
         self.lockout_check(caller, &prospective, compiled)
     }
 
@@ -963,10 +968,7 @@ mod tests {
             s.request_parameters(),
             json!({"keyId": "k", "pendingWindowInDays": 7})
         );
-        assert_eq!(
-            ListKeysRequest::default().request_parameters(),
-            json!({})
-        );
+        assert_eq!(ListKeysRequest::default().request_parameters(), json!({}));
     }
 
     /// The elements the trail records of CreateKey, ScheduleKeyDeletion and
@@ -1092,7 +1094,11 @@ mod tests {
         let default = KeyChoice::of(&CreateKeyRequest::default()).unwrap();
         assert_eq!(
             (default.spec, default.usage, default.origin),
-            (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt, Origin::AwsKms)
+            (
+                KeySpec::SymmetricDefault,
+                KeyUsage::EncryptDecrypt,
+                Origin::AwsKms
+            )
         );
     }
 

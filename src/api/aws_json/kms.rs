@@ -38,8 +38,8 @@ use crate::core::keys::{
     ScheduleKeyDeletionResponse, UpdateKeyDescriptionRequest,
 };
 use crate::core::operation::{self, Empty, ResponseElements};
-use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
 use crate::core::policies::{GetKeyPolicyRequest, ListKeyPoliciesRequest, PutKeyPolicyRequest};
+use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
 use crate::core::tags::{ListResourceTagsRequest, TagResourceRequest, UntagResourceRequest};
 use crate::core::usage::{GetKeyLastUsageRequest, KeyLastUsageOutput};
 use crate::core::{Kms, KmsError};

@@ -7,9 +7,7 @@
 use serde_json::{json, Value};
 
 use super::tags::{tags_in, TagIn};
-use super::{
-    key_last_usage_body, metadata, parse, scheduled_deletion, FromJson, KeyIdIn, ToJson,
-};
+use super::{key_last_usage_body, metadata, parse, scheduled_deletion, FromJson, KeyIdIn, ToJson};
 use crate::core::keys::{
     CancelKeyDeletionRequest, CancelKeyDeletionResponse, CreateKeyRequest, CreateKeyResponse,
     DescribeKeyRequest, DescribeKeyResponse, DisableKeyRequest, EnableKeyRequest, ListKeysRequest,

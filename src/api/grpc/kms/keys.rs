@@ -21,10 +21,7 @@ use crate::pb;
 
 /// An enum field: empty is `None`; a spelling that is not a value is refused as the model
 /// check refuses it (which runs first, so this is a second line only).
-fn member<T: FromStr<Err = UnknownValue>>(
-    field: &str,
-    v: String,
-) -> Result<Option<T>, KmsError> {
+fn member<T: FromStr<Err = UnknownValue>>(field: &str, v: String) -> Result<Option<T>, KmsError> {
     opt(v)
         .map(|s| {
             s.parse::<T>()
@@ -40,10 +37,7 @@ impl FromMessage<pb::CreateKeyRequest> for CreateKeyRequest {
             description: m.description,
             key_usage: member("keyUsage", m.key_usage)?,
             key_spec: member("keySpec", m.key_spec)?,
-            customer_master_key_spec: member(
-                "customerMasterKeySpec",
-                m.customer_master_key_spec,
-            )?,
+            customer_master_key_spec: member("customerMasterKeySpec", m.customer_master_key_spec)?,
             origin: member("origin", m.origin)?,
             bypass_policy_lockout_safety_check: m.bypass_policy_lockout_safety_check,
             tags: tags_in(m.tags),
