@@ -888,35 +888,37 @@ impl Kms {
     }
 }
 
+/// A KeyMetadata for unit tests: an enabled symmetric key.
+#[cfg(test)]
+pub(crate) fn sample_metadata() -> KeyMetadata {
+    KeyMetadata {
+        aws_account_id: "111122223333".into(),
+        key_id: "k".into(),
+        arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+        creation_date_ms: 1_700_000_000_123,
+        enabled: true,
+        description: String::new(),
+        key_usage: KeyUsage::EncryptDecrypt,
+        key_state: KeyState::Enabled,
+        deletion_date_ms: None,
+        origin: Origin::AwsKms,
+        key_manager: "CUSTOMER".into(),
+        key_spec: KeySpec::SymmetricDefault,
+        encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
+        signing_algorithms: vec![],
+        mac_algorithms: vec![],
+        key_agreement_algorithms: vec![],
+        multi_region: false,
+        pending_deletion_window_in_days: None,
+        current_key_material_id: "ab".repeat(32),
+        valid_to_ms: None,
+        expiration_model: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample_metadata() -> KeyMetadata {
-        KeyMetadata {
-            aws_account_id: "111122223333".into(),
-            key_id: "k".into(),
-            arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
-            creation_date_ms: 1_700_000_000_000,
-            enabled: true,
-            description: "secret-free".into(),
-            key_usage: KeyUsage::SignVerify,
-            key_state: KeyState::Enabled,
-            deletion_date_ms: None,
-            origin: Origin::AwsKms,
-            key_manager: "CUSTOMER".into(),
-            key_spec: KeySpec::EccNistP256,
-            encryption_algorithms: vec![],
-            signing_algorithms: vec!["ECDSA_SHA_256".into()],
-            mac_algorithms: vec![],
-            key_agreement_algorithms: vec![],
-            multi_region: false,
-            pending_deletion_window_in_days: None,
-            current_key_material_id: "ab".repeat(32),
-            valid_to_ms: None,
-            expiration_model: None,
-        }
-    }
 
     /// CreateKey's parameters are the members sent, in CloudTrail's names, with the AWS
     /// spelling of the enums and tags as `[{tagKey, tagValue}]`.
@@ -985,8 +987,8 @@ mod tests {
                 "keyId": "k",
                 "arn": "arn:aws:kms:us-east-1:111122223333:key/k",
                 "keyState": "Enabled",
-                "keySpec": "ECC_NIST_P256",
-                "keyUsage": "SIGN_VERIFY",
+                "keySpec": "SYMMETRIC_DEFAULT",
+                "keyUsage": "ENCRYPT_DECRYPT",
                 "origin": "AWS_KMS",
             }})
         );

@@ -137,32 +137,10 @@ pub fn scheduled_deletion(
 mod tests {
     use super::*;
     use crate::api::aws_json::kms as door;
-    use crate::core::domain::{KeySpec, KeyState, KeyUsage, Origin};
+    use crate::core::domain::KeyState;
 
     fn sample() -> KeyMetadata {
-        KeyMetadata {
-            aws_account_id: "111122223333".into(),
-            key_id: "k".into(),
-            arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
-            creation_date_ms: 1_700_000_000_123,
-            enabled: true,
-            description: String::new(),
-            key_usage: KeyUsage::EncryptDecrypt,
-            key_state: KeyState::Enabled,
-            deletion_date_ms: None,
-            origin: Origin::AwsKms,
-            key_manager: "CUSTOMER".into(),
-            key_spec: KeySpec::SymmetricDefault,
-            encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
-            signing_algorithms: vec![],
-            mac_algorithms: vec![],
-            key_agreement_algorithms: vec![],
-            multi_region: false,
-            pending_deletion_window_in_days: None,
-            current_key_material_id: "ab".repeat(32),
-            valid_to_ms: None,
-            expiration_model: None,
-        }
+        crate::core::keys::sample_metadata()
     }
 
     #[test]
