@@ -53,9 +53,9 @@ per_client=$(( (concurrency + clients - 1) / clients ))
 
 if $build; then
     if [ "$profile" = release ]; then
-        cargo build --release --locked --bin p11kms --bin p11kms-bench
+        cargo build --release --locked --features bench --bin p11kms --bin p11kms-bench
     else
-        cargo build --locked --bin p11kms --bin p11kms-bench
+        cargo build --locked --features bench --bin p11kms --bin p11kms-bench
     fi
 fi
 bin="${CARGO_TARGET_DIR:-target}/$profile"

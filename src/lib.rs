@@ -24,6 +24,10 @@
 //! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |
 //! | [`pb`] | generated protobuf/gRPC types for `p11kms.v1` |
 //!
+//! The `p11kms` command line is not part of this library: it is the binary's own `src/main.rs`
+//! (parse, dispatch) and `src/cli/` (one module per command family), and reaches the daemon
+//! through [`client`].
+//!
 //! The request path: door -> authenticate ([`identity::Caller`]) -> core operation -> resolve
 //! key (cache) -> authorize -> key state -> HSM -> reply.
 

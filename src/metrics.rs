@@ -162,6 +162,12 @@ impl Collector for EngineCollector {
         )?;
         encode_histogram(
             &mut encoder,
+            "p11kms_hsm_health_probe_duration_seconds",
+            "Latency of the HSM health probes (C_GetSessionInfo), not in p11kms_hsm_call_duration_seconds",
+            &[(None, stats.health_probe_latency.clone())],
+        )?;
+        encode_histogram(
+            &mut encoder,
             "p11kms_hsm_queue_wait_seconds",
             "Time requests waited for an HSM session (worker)",
             &[(None, stats.queue_wait.clone())],

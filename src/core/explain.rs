@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use serde_json::Value;
+
 use super::authz::AuthzRequest;
+use super::operation::{Params, RequestParameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::{AuthMethod, Caller};
 use crate::policy::{DecidingStatement, Decision};
@@ -23,8 +26,20 @@ pub struct ExplainRequest {
     pub key_id: String,
     /// The encryption context to evaluate with.
     pub encryption_context: BTreeMap<String, String>,
-    /// The source address to evaluate with (`aws:SourceIp`), if any.
-    pub source_ip: Option<IpAddr>,
+    /// The source address to evaluate with (`aws:SourceIp`), if any: an IP address.
+    pub source_ip: Option<String>,
+}
+
+impl RequestParameters for ExplainRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("principal", &self.principal)
+            .str("action", &self.action)
+            .str("keyId", &self.key_id)
+            .map("encryptionContext", &self.encryption_context)
+            .opt("sourceIp", self.source_ip.clone())
+            .build()
+    }
 }
 
 /// ExplainAccess output.
@@ -36,6 +51,31 @@ pub struct ExplainResponse {
     pub resource: String,
     /// What a live request would be told (the AccessDenied message), or a summary.
     pub message: String,
+}
+
+impl ExplainResponse {
+    /// `Allow` or `Deny`.
+    pub fn decision_name(&self) -> &'static str {
+        if self.decision.is_allow() {
+            "Allow"
+        } else {
+            "Deny"
+        }
+    }
+
+    /// Why, as a name (`ExplicitDeny`, `ImplicitDeny`, ...).
+    pub fn reason_name(&self) -> String {
+        format!("{:?}", self.decision.reason)
+    }
+}
+
+impl ResponseElements for ExplainResponse {
+    fn response_elements(&self) -> Value {
+        Params::new()
+            .value("decision", self.decision_name())
+            .value("reason", self.reason_name())
+            .build()
+    }
 }
 
 /// The actions ExplainAccess knows how to evaluate on a key.
@@ -88,11 +128,18 @@ const KEY_ACTIONS: &[&str] = &[
 impl Kms {
     /// Explains whether `req.principal` may perform `req.action` on `req.key_id`. The caller
     /// needs `p11kms:ExplainAccess`.
-    pub async fn explain(
+    pub async fn explain_access(
         &self,
         caller: &Caller,
         req: ExplainRequest,
     ) -> Result<ExplainResponse, KmsError> {
+        let source_ip: Option<IpAddr> =
+            match req.source_ip.as_deref() {
+                None | Some("") => None,
+                Some(ip) => Some(ip.parse().map_err(|_| {
+                    KmsError::validation("sourceIp", "Member must be an IP address")
+                })?),
+            };
         let Some(action) = KEY_ACTIONS
             .iter()
             .find(|a| a.eq_ignore_ascii_case(&req.action))
@@ -113,7 +160,7 @@ impl Kms {
                     req.principal.chars().take(256).collect::<String>()
                 ))
             })?;
-        let target = Caller::new(principal, AuthMethod::Internal, req.source_ip, true);
+        let target = Caller::new(principal, AuthMethod::Internal, source_ip, true);
         let resolved = self.resolve(&target, &req.key_id, true)?;
         let authz = AuthzRequest::on_key(action, &resolved).context(&req.encryption_context);
         let decision = self.decide(&target, &authz);

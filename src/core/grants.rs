@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use serde_json::Value;
+use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
+use super::operation::{Empty, Params, RequestParameters, ResponseElements};
 use super::validate;
 use super::{Kms, KmsError, Resolved};
 use crate::identity::arn::account_root_arn;
@@ -65,6 +68,8 @@ const SYMMETRIC_GRANT_OPERATIONS: &[&str] = &[
 
 const TOKEN_PREFIX: &str = "p11kms-gt1.";
 
+type Ctx = BTreeMap<String, String>;
+
 /// CreateGrant input.
 #[derive(Debug, Clone, Default)]
 pub struct CreateGrantRequest {
@@ -87,12 +92,144 @@ pub struct CreateGrantResponse {
     pub grant_id: String,
 }
 
-/// A page of grants.
+/// A page of grants: the answer of ListGrants and ListRetirableGrants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListGrantsResponse {
     /// Grants with `key_id` as the key ARN.
     pub grants: Vec<GrantRecord>,
     pub next_marker: Option<String>,
+}
+
+/// ListGrants input.
+#[derive(Debug, Clone, Default)]
+pub struct ListGrantsRequest {
+    pub key_id: String,
+    /// Only this grant.
+    pub grant_id: Option<String>,
+    /// Only grants for this grantee.
+    pub grantee_principal: Option<String>,
+    pub limit: Option<i32>,
+    pub marker: Option<String>,
+}
+
+/// ListRetirableGrants input.
+#[derive(Debug, Clone, Default)]
+pub struct ListRetirableGrantsRequest {
+    pub retiring_principal: String,
+    pub limit: Option<i32>,
+    pub marker: Option<String>,
+}
+
+/// RetireGrant input: a grant token, or a key and a grant id.
+#[derive(Clone, Default)]
+pub struct RetireGrantRequest {
+    /// A capability: never logged, never in `Debug`.
+    pub grant_token: Option<Zeroizing<String>>,
+    pub key_id: Option<String>,
+    pub grant_id: Option<String>,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
+}
+
+impl std::fmt::Debug for RetireGrantRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetireGrantRequest")
+            .field("grant_token", &self.grant_token.as_ref().map(|_| "(given)"))
+            .field("key_id", &self.key_id)
+            .field("grant_id", &self.grant_id)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
+}
+
+/// RevokeGrant input.
+#[derive(Debug, Clone, Default)]
+pub struct RevokeGrantRequest {
+    pub key_id: String,
+    pub grant_id: String,
+    /// Check everything a real call checks, then answer DryRunOperationException.
+    pub dry_run: bool,
+}
+
+/// `{encryptionContextEquals, encryptionContextSubset}` as CloudTrail logs the constraints.
+fn constraint_params(equals: &Option<Ctx>, subset: &Option<Ctx>) -> Option<Value> {
+    let map = |m: &Ctx| serde_json::json!(m);
+    let p = Params::new()
+        .opt("encryptionContextEquals", equals.as_ref().map(map))
+        .opt("encryptionContextSubset", subset.as_ref().map(map))
+        .build();
+    (p != Value::Object(Default::default())).then_some(p)
+}
+
+impl RequestParameters for CreateGrantRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .str("granteePrincipal", &self.grantee_principal)
+            .opt("retiringPrincipal", self.retiring_principal.clone())
+            .list("operations", &self.operations)
+            .opt(
+                "constraints",
+                constraint_params(&self.constraint_equals, &self.constraint_subset),
+            )
+            .opt("name", self.name.clone())
+            .grant_tokens(&self.grant_tokens)
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+impl ResponseElements for CreateGrantResponse {
+    fn response_elements(&self) -> Value {
+        Params::new()
+            .value("grantId", self.grant_id.as_str())
+            .build()
+    }
+}
+
+impl RequestParameters for ListGrantsRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("grantId", self.grant_id.clone())
+            .opt("granteePrincipal", self.grantee_principal.clone())
+            .opt("limit", self.limit)
+            .opt("marker", self.marker.clone())
+            .build()
+    }
+}
+
+impl RequestParameters for ListRetirableGrantsRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("retiringPrincipal", &self.retiring_principal)
+            .opt("limit", self.limit)
+            .opt("marker", self.marker.clone())
+            .build()
+    }
+}
+
+impl ResponseElements for ListGrantsResponse {}
+
+impl RequestParameters for RetireGrantRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .opt("keyId", self.key_id.clone())
+            .opt("grantId", self.grant_id.clone())
+            .opt("grantToken", self.grant_token.as_ref().map(|_| "(given)"))
+            .dry_run(self.dry_run)
+            .build()
+    }
+}
+
+impl RequestParameters for RevokeGrantRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .str("grantId", &self.grant_id)
+            .dry_run(self.dry_run)
+            .build()
+    }
 }
 
 /// `IssuingAccount` as AWS shows it: the account's root ARN. Grants stored before that rule
@@ -235,174 +372,31 @@ impl Kms {
             .find_map(|k| k.grants.iter().find(|g| g.grant_id == grant_id).cloned())
     }
 
-    /// CreateGrant.
+    /// CreateGrant: checks the input, authorizes (with the grant's operations, grantee and
+    /// constraints as conditions), checks the key, then stores the grant, or returns the
+    /// existing grant of the same name and properties.
     pub async fn create_grant(
         &self,
         caller: &Caller,
         req: CreateGrantRequest,
     ) -> Result<CreateGrantResponse, KmsError> {
         self.check_grant_tokens(&req.grant_tokens)?;
-        if req.grantee_principal.is_empty() {
-            return Err(KmsError::validation(
-                "granteePrincipal",
-                "Member must not be null",
-            ));
-        }
-        check_principal("GranteePrincipal", &req.grantee_principal)?;
-        if let Some(r) = &req.retiring_principal {
-            check_principal("RetiringPrincipal", r)?;
-        }
-        if req.operations.is_empty() {
-            return Err(KmsError::validation(
-                "operations",
-                "Member must not be empty",
-            ));
-        }
-        for op in &req.operations {
-            if !ALL_GRANT_OPERATIONS.contains(&op.as_str()) {
-                return Err(KmsError::validation(
-                    "operations",
-                    &format!("Member must satisfy enum value set: {ALL_GRANT_OPERATIONS:?}"),
-                ));
-            }
-        }
-        if let Some(n) = &req.name {
-            if n.is_empty()
-                || n.len() > 256
-                || !n
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'_' | b'-'))
-            {
-                return Err(KmsError::validation(
-                    "name",
-                    "Member must be 1-256 characters of [a-zA-Z0-9:/_-]",
-                ));
-            }
-        }
-        check_constraint(
-            "constraints.encryptionContextEquals",
-            &req.constraint_equals,
-        )?;
-        check_constraint(
-            "constraints.encryptionContextSubset",
-            &req.constraint_subset,
-        )?;
-
+        check_create_grant_input(&req)?;
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, &req.key_id, false)?;
         let mut ops: Vec<String> = req.operations.clone();
         ops.sort();
         ops.dedup();
-        // The constraint pairs are the request's encryption context for kms:EncryptionContext:*.
-        let mut ctx = BTreeMap::new();
-        for m in [&req.constraint_subset, &req.constraint_equals]
-            .into_iter()
-            .flatten()
-        {
-            ctx.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        let mut constraint_types = Vec::new();
-        if req.constraint_equals.is_some() {
-            constraint_types.push("EncryptionContextEquals".to_string());
-        }
-        if req.constraint_subset.is_some() {
-            constraint_types.push("EncryptionContextSubset".to_string());
-        }
-        let mut authz = AuthzRequest::on_key("kms:CreateGrant", &resolved)
-            .context(&ctx)
-            .with("kms:GrantOperations", CtxValue::Many(ops.clone()))
-            .with(
-                "kms:GranteePrincipal",
-                CtxValue::one(&req.grantee_principal),
-            )
-            .with("kms:GrantIsForAWSResource", CtxValue::one("false"));
-        if let Some(r) = &req.retiring_principal {
-            authz = authz.with("kms:RetiringPrincipal", CtxValue::one(r));
-        }
-        if !constraint_types.is_empty() {
-            authz = authz.with("kms:GrantConstraintType", CtxValue::Many(constraint_types));
-        }
+        let ctx = constraint_context(&req);
+        let authz = create_grant_authz(&resolved, &req, &ops, &ctx);
         let decision = self.authorize(caller, authz)?;
-
-        match resolved.key.record.state {
-            KeyState::Enabled | KeyState::Unavailable => {}
-            KeyState::Disabled => {
-                return Err(KmsError::Disabled(format!(
-                    "{} is disabled.",
-                    resolved.key.arn
-                )))
-            }
-            other => {
-                return Err(KmsError::InvalidState(format!(
-                    "{} is {}.",
-                    resolved.key.arn,
-                    match other {
-                        KeyState::PendingDeletion => "pending deletion",
-                        KeyState::PendingImport => "pending import",
-                        _ => "not in a state that allows grants",
-                    }
-                )))
-            }
+        check_grant_key_state(&resolved)?;
+        check_grant_operations_usable(&resolved, &ops)?;
+        let record = self.new_grant_record(&resolved, &req, ops);
+        if let Some(parent) = granting_grant(&decision, &resolved) {
+            check_within_parent(caller, &resolved, parent, &record)?;
         }
-        let usable: &[&str] = if resolved.key.record.key_spec == "SYMMETRIC_DEFAULT" {
-            SYMMETRIC_GRANT_OPERATIONS
-        } else {
-            super::specs::grant_operations(
-                &resolved.key.record.key_spec,
-                &resolved.key.record.key_usage,
-            )
-        };
-        if let Some(bad) = ops.iter().find(|o| !usable.contains(&o.as_str())) {
-            return Err(KmsError::Validation(format!(
-                "Grant operation {bad} is not valid for a {} key.",
-                resolved.key.record.key_spec
-            )));
-        }
-        let record = GrantRecord {
-            grant_id: random_hex(32),
-            key_id: resolved.key.record.key_id.clone(),
-            name: req.name.clone(),
-            grantee_principal: req.grantee_principal.clone(),
-            retiring_principal: req.retiring_principal.clone(),
-            operations: ops,
-            constraint_equals: req.constraint_equals.clone(),
-            constraint_subset: req.constraint_subset.clone(),
-            issuing_account: account_root_arn(
-                &self.settings.partition,
-                &resolved.key.record.account,
-            ),
-            created_at_ms: self.now_ms(),
-        };
-        // A grant that allowed this CreateGrant may only pass on what it has.
-        if let Some(first) = decision.deciding.first() {
-            if first.policy_type == PolicyType::Grant {
-                let parent = resolved
-                    .key
-                    .grants
-                    .iter()
-                    .find(|g| g.grant_id == first.policy_name);
-                let within = parent.is_some_and(|p| {
-                    record.operations.iter().all(|o| p.operations.contains(o))
-                        && constraints_at_least(p, &record)
-                });
-                if !within {
-                    return Err(KmsError::AccessDenied(format!(
-                        "User: {} is not authorized to perform: kms:CreateGrant on resource: {} because a grant may only create grants with a subset of its operations and constraints at least as strict",
-                        caller.principal_arn, resolved.key.arn
-                    )));
-                }
-            }
-        }
-        // Idempotency: the same name and properties return the same grant.
-        if let Some(existing) = resolved.key.grants.iter().find(|g| {
-            g.name.is_some()
-                && g.name == record.name
-                && g.grantee_principal == record.grantee_principal
-                && g.retiring_principal == record.retiring_principal
-                && g.operations == record.operations
-                && g.constraint_equals == record.constraint_equals
-                && g.constraint_subset == record.constraint_subset
-        }) {
+        if let Some(existing) = same_named_grant(&resolved, &record) {
             super::end_dry_run(req.dry_run)?;
             return Ok(CreateGrantResponse {
                 grant_token: new_token(&existing.grant_id),
@@ -426,14 +420,38 @@ impl Kms {
         })
     }
 
+    /// The grant CreateGrant would store (operations sorted and deduplicated).
+    fn new_grant_record(
+        &self,
+        resolved: &Resolved,
+        req: &CreateGrantRequest,
+        operations: Vec<String>,
+    ) -> GrantRecord {
+        GrantRecord {
+            grant_id: random_hex(32),
+            key_id: resolved.key.record.key_id.clone(),
+            name: req.name.clone(),
+            grantee_principal: req.grantee_principal.clone(),
+            retiring_principal: req.retiring_principal.clone(),
+            operations,
+            constraint_equals: req.constraint_equals.clone(),
+            constraint_subset: req.constraint_subset.clone(),
+            issuing_account: account_root_arn(
+                &self.settings.partition,
+                &resolved.key.record.account,
+            ),
+            created_at_ms: self.now_ms(),
+        }
+    }
+
     fn grants_page(
         &self,
         grants: Vec<GrantRecord>,
         limit: Option<i32>,
-        marker: &str,
+        marker: Option<&str>,
     ) -> Result<ListGrantsResponse, KmsError> {
         let limit = validate::limit(limit)?;
-        let after = validate::decode_marker(marker)?;
+        let after = validate::decode_marker(marker.unwrap_or(""))?;
         let items = grants.into_iter().map(|mut g| {
             let pos = format!("{}/{:020}/{}", g.key_id, g.created_at_ms, g.grant_id);
             g.issuing_account = issuing_account_arn(&g.issuing_account, &self.settings.partition);
@@ -456,16 +474,14 @@ impl Kms {
     pub async fn list_grants(
         &self,
         caller: &Caller,
-        key_id: &str,
-        grant_id: Option<&str>,
-        grantee: Option<&str>,
-        limit: Option<i32>,
-        marker: &str,
+        req: ListGrantsRequest,
     ) -> Result<ListGrantsResponse, KmsError> {
+        let grant_id = req.grant_id.as_deref();
+        let grantee = req.grantee_principal.as_deref();
         if let Some(g) = grant_id {
             check_grant_id(g)?;
         }
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:ListGrants", &resolved)
@@ -479,7 +495,7 @@ impl Kms {
             .filter(|g| grantee.is_none_or(|p| g.grantee_principal == p))
             .cloned()
             .collect();
-        self.grants_page(grants, limit, marker)
+        self.grants_page(grants, req.limit, req.marker.as_deref())
     }
 
     /// ListRetirableGrants: grants (on keys of any account) that name `retiring_principal`,
@@ -487,10 +503,9 @@ impl Kms {
     pub async fn list_retirable_grants(
         &self,
         caller: &Caller,
-        retiring_principal: &str,
-        limit: Option<i32>,
-        marker: &str,
+        req: ListRetirableGrantsRequest,
     ) -> Result<ListGrantsResponse, KmsError> {
+        let retiring_principal = req.retiring_principal.as_str();
         if retiring_principal.is_empty() {
             return Err(KmsError::validation(
                 "retiringPrincipal",
@@ -518,7 +533,7 @@ impl Kms {
                 .cloned()
                 .collect()
         };
-        self.grants_page(grants, limit, marker)
+        self.grants_page(grants, req.limit, req.marker.as_deref())
     }
 
     fn find_grant(
@@ -560,35 +575,13 @@ impl Kms {
     pub async fn retire_grant(
         &self,
         caller: &Caller,
-        grant_token: Option<&str>,
-        key_id: Option<&str>,
-        grant_id: Option<&str>,
-        dry_run: bool,
-    ) -> Result<(), KmsError> {
+        req: RetireGrantRequest,
+    ) -> Result<Empty, KmsError> {
         let _guard = self.mutate.lock().await;
-        let (resolved, grant) = match (grant_token, key_id, grant_id) {
-            (Some(t), _, _) => {
-                validate::grant_token_shape(std::slice::from_ref(&t.to_string()))?;
-                let id = token_grant_id(t).ok_or_else(|| {
-                    KmsError::InvalidGrantToken("The grant token is not valid.".into())
-                })?;
-                let grant = self.grant_by_id(&id).ok_or_else(|| {
-                    KmsError::InvalidGrantToken("The grant token is not valid.".into())
-                })?;
-                let key = uuid::Uuid::parse_str(&grant.key_id)
-                    .ok()
-                    .and_then(|u| self.cache_read().keys.get(&u).cloned())
-                    .ok_or_else(|| KmsError::NotFound("The grant's key does not exist.".into()))?;
-                if let Some(k) = key_id.filter(|k| !k.is_empty()) {
-                    let named = self.resolve(caller, k, false)?;
-                    if named.key.uuid != key.uuid {
-                        return Err(KmsError::InvalidGrantToken(
-                            "The grant token does not belong to the given key.".into(),
-                        ));
-                    }
-                }
-                (Resolved { key, alias: None }, grant)
-            }
+        let key_id = req.key_id.as_deref();
+        let (resolved, grant) = match (req.grant_token.as_deref(), key_id, req.grant_id.as_deref())
+        {
+            (Some(t), _, _) => self.grant_of_token(caller, t, key_id)?,
             (None, Some(k), Some(g)) => self.find_grant(caller, k, g)?,
             _ => {
                 return Err(KmsError::Validation(
@@ -597,8 +590,35 @@ impl Kms {
             }
         };
         self.authorize_retire(caller, &resolved, &grant)?;
-        super::end_dry_run(dry_run)?;
-        self.drop_grant(&resolved, &grant.grant_id).await
+        super::end_dry_run(req.dry_run)?;
+        self.drop_grant(&resolved, &grant.grant_id).await?;
+        Ok(Empty)
+    }
+
+    /// The grant a token names, and its key (which must be `key_id` when one is given).
+    fn grant_of_token(
+        &self,
+        caller: &Caller,
+        token: &str,
+        key_id: Option<&str>,
+    ) -> Result<(Resolved, GrantRecord), KmsError> {
+        validate::grant_token_shape(std::slice::from_ref(&token.to_string()))?;
+        let invalid = || KmsError::InvalidGrantToken("The grant token is not valid.".into());
+        let id = token_grant_id(token).ok_or_else(invalid)?;
+        let grant = self.grant_by_id(&id).ok_or_else(invalid)?;
+        let key = uuid::Uuid::parse_str(&grant.key_id)
+            .ok()
+            .and_then(|u| self.cache_read().keys.get(&u).cloned())
+            .ok_or_else(|| KmsError::NotFound("The grant's key does not exist.".into()))?;
+        if let Some(k) = key_id.filter(|k| !k.is_empty()) {
+            let named = self.resolve(caller, k, false)?;
+            if named.key.uuid != key.uuid {
+                return Err(KmsError::InvalidGrantToken(
+                    "The grant token does not belong to the given key.".into(),
+                ));
+            }
+        }
+        Ok((Resolved { key, alias: None }, grant))
     }
 
     /// RevokeGrant: key administrators, through policy. A `dry_run` checks that and answers
@@ -606,25 +626,240 @@ impl Kms {
     pub async fn revoke_grant(
         &self,
         caller: &Caller,
-        key_id: &str,
-        grant_id: &str,
-        dry_run: bool,
-    ) -> Result<(), KmsError> {
+        req: RevokeGrantRequest,
+    ) -> Result<Empty, KmsError> {
         let _guard = self.mutate.lock().await;
-        let (resolved, grant) = self.find_grant(caller, key_id, grant_id)?;
+        let (resolved, grant) = self.find_grant(caller, &req.key_id, &req.grant_id)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:RevokeGrant", &resolved)
                 .with("kms:GrantIsForAWSResource", CtxValue::one("false")),
         )?;
-        super::end_dry_run(dry_run)?;
-        self.drop_grant(&resolved, &grant.grant_id).await
+        super::end_dry_run(req.dry_run)?;
+        self.drop_grant(&resolved, &grant.grant_id).await?;
+        Ok(Empty)
     }
+}
+
+/// CreateGrant's input checks, before any lookup.
+fn check_create_grant_input(req: &CreateGrantRequest) -> Result<(), KmsError> {
+    if req.grantee_principal.is_empty() {
+        return Err(KmsError::validation(
+            "granteePrincipal",
+            "Member must not be null",
+        ));
+    }
+    check_principal("GranteePrincipal", &req.grantee_principal)?;
+    if let Some(r) = &req.retiring_principal {
+        check_principal("RetiringPrincipal", r)?;
+    }
+    if req.operations.is_empty() {
+        return Err(KmsError::validation(
+            "operations",
+            "Member must not be empty",
+        ));
+    }
+    if req
+        .operations
+        .iter()
+        .any(|op| !ALL_GRANT_OPERATIONS.contains(&op.as_str()))
+    {
+        return Err(KmsError::validation(
+            "operations",
+            &format!("Member must satisfy enum value set: {ALL_GRANT_OPERATIONS:?}"),
+        ));
+    }
+    if let Some(n) = &req.name {
+        check_grant_name(n)?;
+    }
+    check_constraint(
+        "constraints.encryptionContextEquals",
+        &req.constraint_equals,
+    )?;
+    check_constraint(
+        "constraints.encryptionContextSubset",
+        &req.constraint_subset,
+    )
+}
+
+fn check_grant_name(n: &str) -> Result<(), KmsError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'_' | b'-');
+    if n.is_empty() || n.len() > 256 || !n.bytes().all(allowed) {
+        return Err(KmsError::validation(
+            "name",
+            "Member must be 1-256 characters of [a-zA-Z0-9:/_-]",
+        ));
+    }
+    Ok(())
+}
+
+/// The constraint pairs: the request's encryption context for `kms:EncryptionContext:*`.
+fn constraint_context(req: &CreateGrantRequest) -> Ctx {
+    let mut ctx = BTreeMap::new();
+    for m in [&req.constraint_subset, &req.constraint_equals]
+        .into_iter()
+        .flatten()
+    {
+        ctx.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    ctx
+}
+
+/// The authorization request of CreateGrant.
+fn create_grant_authz<'a>(
+    resolved: &'a Resolved,
+    req: &'a CreateGrantRequest,
+    ops: &[String],
+    ctx: &'a Ctx,
+) -> AuthzRequest<'a> {
+    let mut constraint_types = Vec::new();
+    if req.constraint_equals.is_some() {
+        constraint_types.push("EncryptionContextEquals".to_string());
+    }
+    if req.constraint_subset.is_some() {
+        constraint_types.push("EncryptionContextSubset".to_string());
+    }
+    let mut authz = AuthzRequest::on_key("kms:CreateGrant", resolved)
+        .context(ctx)
+        .with("kms:GrantOperations", CtxValue::Many(ops.to_vec()))
+        .with(
+            "kms:GranteePrincipal",
+            CtxValue::one(&req.grantee_principal),
+        )
+        .with("kms:GrantIsForAWSResource", CtxValue::one("false"));
+    if let Some(r) = &req.retiring_principal {
+        authz = authz.with("kms:RetiringPrincipal", CtxValue::one(r));
+    }
+    if !constraint_types.is_empty() {
+        authz = authz.with("kms:GrantConstraintType", CtxValue::Many(constraint_types));
+    }
+    authz
+}
+
+/// Grants can be made on enabled (or unavailable) keys only.
+fn check_grant_key_state(resolved: &Resolved) -> Result<(), KmsError> {
+    match resolved.key.record.state {
+        KeyState::Enabled | KeyState::Unavailable => Ok(()),
+        KeyState::Disabled => Err(KmsError::Disabled(format!(
+            "{} is disabled.",
+            resolved.key.arn
+        ))),
+        other => Err(KmsError::InvalidState(format!(
+            "{} is {}.",
+            resolved.key.arn,
+            match other {
+                KeyState::PendingDeletion => "pending deletion",
+                KeyState::PendingImport => "pending import",
+                _ => "not in a state that allows grants",
+            }
+        ))),
+    }
+}
+
+/// Every operation of the grant must make sense for the key's spec and usage.
+fn check_grant_operations_usable(resolved: &Resolved, ops: &[String]) -> Result<(), KmsError> {
+    let record = &resolved.key.record;
+    let usable: &[&str] = if record.key_spec == "SYMMETRIC_DEFAULT" {
+        SYMMETRIC_GRANT_OPERATIONS
+    } else {
+        super::specs::grant_operations(&record.key_spec, &record.key_usage)
+    };
+    match ops.iter().find(|o| !usable.contains(&o.as_str())) {
+        Some(bad) => Err(KmsError::Validation(format!(
+            "Grant operation {bad} is not valid for a {} key.",
+            record.key_spec
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The grant that allowed this CreateGrant, when a grant (not a policy) decided it.
+fn granting_grant<'a>(
+    decision: &crate::policy::Decision,
+    resolved: &'a Resolved,
+) -> Option<&'a GrantRecord> {
+    let first = decision.deciding.first()?;
+    if first.policy_type != PolicyType::Grant {
+        return None;
+    }
+    resolved
+        .key
+        .grants
+        .iter()
+        .find(|g| g.grant_id == first.policy_name)
+}
+
+/// A grant may only pass on what it has: a subset of its operations, constraints at least as
+/// strict.
+fn check_within_parent(
+    caller: &Caller,
+    resolved: &Resolved,
+    parent: &GrantRecord,
+    record: &GrantRecord,
+) -> Result<(), KmsError> {
+    let within = record
+        .operations
+        .iter()
+        .all(|o| parent.operations.contains(o))
+        && constraints_at_least(parent, record);
+    if within {
+        return Ok(());
+    }
+    Err(KmsError::AccessDenied(format!(
+        "User: {} is not authorized to perform: kms:CreateGrant on resource: {} because a grant may only create grants with a subset of its operations and constraints at least as strict",
+        caller.principal_arn, resolved.key.arn
+    )))
+}
+
+/// Idempotency: a grant with the same name and properties is returned again.
+fn same_named_grant<'a>(resolved: &'a Resolved, record: &GrantRecord) -> Option<&'a GrantRecord> {
+    resolved.key.grants.iter().find(|g| {
+        g.name.is_some()
+            && g.name == record.name
+            && g.grantee_principal == record.grantee_principal
+            && g.retiring_principal == record.retiring_principal
+            && g.operations == record.operations
+            && g.constraint_equals == record.constraint_equals
+            && g.constraint_subset == record.constraint_subset
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_tokens_are_never_in_params() {
+        let r = RetireGrantRequest {
+            grant_token: Some(Zeroizing::new("CAPABILITY-TOKEN".into())),
+            dry_run: true,
+            ..Default::default()
+        };
+        let p = r.request_parameters();
+        assert_eq!(
+            p,
+            serde_json::json!({"grantToken": "(given)", "dryRun": true})
+        );
+        assert!(!format!("{r:?}").contains("CAPABILITY"));
+        let c = CreateGrantRequest {
+            key_id: "k".into(),
+            operations: vec!["Decrypt".into()],
+            constraint_subset: Some([("Dept".to_string(), "IT".to_string())].into()),
+            grant_tokens: vec!["CAPABILITY-TOKEN".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            c.request_parameters(),
+            serde_json::json!({
+                "keyId": "k",
+                "operations": ["Decrypt"],
+                "constraints": {"encryptionContextSubset": {"Dept": "IT"}},
+                "grantTokens": 1,
+            })
+        );
+        let revoke = RevokeGrantRequest::default().request_parameters();
+        assert!(revoke.get("dryRun").is_none(), "{revoke}");
+    }
 
     #[test]
     fn tokens_name_their_grant_and_differ() {

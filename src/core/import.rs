@@ -13,11 +13,15 @@
 //!   engine's clock), and the key returns to PendingImport; DeleteImportedKeyMaterial does
 //!   the same at once. Expired import tokens are swept with their wrapping keys.
 
+use std::sync::Arc;
+
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
+use super::operation::{Params, RequestParameters, ResponseElements};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::{
@@ -26,7 +30,7 @@ use crate::hsm::unwrap::{
 };
 use crate::hsm::{HsmErrorKind, ObjectId};
 use crate::identity::Caller;
-use crate::store::{ImportTokenRecord, KeyState, KeyVersion};
+use crate::store::{ImportTokenRecord, KeyLifecycle, KeyState, KeyVersion};
 
 /// Import parameters are valid for 24 hours.
 pub const PARAMETERS_VALIDITY_MS: i64 = 24 * 3_600_000;
@@ -51,6 +55,26 @@ const TOKEN_VERSION: u8 = 1;
 const EXPIRED_TOKEN_RETENTION_MS: i64 = 7 * 86_400_000;
 
 /// GetParametersForImport output.
+/// GetParametersForImport input.
+#[derive(Debug, Clone, Default)]
+pub struct GetParametersForImportRequest {
+    pub key_id: String,
+    pub wrapping_algorithm: String,
+    pub wrapping_key_spec: String,
+}
+
+impl RequestParameters for GetParametersForImportRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .str("wrappingAlgorithm", &self.wrapping_algorithm)
+            .str("wrappingKeySpec", &self.wrapping_key_spec)
+            .build()
+    }
+}
+
+/// GetParametersForImport output. The trail records the key and the validity only, never the
+/// import token or the public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetParametersForImportResponse {
     /// The key ARN.
@@ -75,6 +99,45 @@ pub struct ImportKeyMaterialRequest {
     pub key_material_id: Option<String>,
 }
 
+impl ResponseElements for GetParametersForImportResponse {
+    fn response_elements(&self) -> Value {
+        Params::new()
+            .value("keyId", self.key_id.as_str())
+            .value("parametersValidTo", iso8601(self.parameters_valid_to_ms))
+            .build()
+    }
+}
+
+/// The import token and the wrapped material are never recorded.
+impl RequestParameters for ImportKeyMaterialRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("validTo", self.valid_to_ms.map(iso8601))
+            .opt("expirationModel", self.expiration_model.clone())
+            .opt("importType", self.import_type.clone())
+            .opt("keyMaterialId", self.key_material_id.clone())
+            .build()
+    }
+}
+
+/// DeleteImportedKeyMaterial input.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteImportedKeyMaterialRequest {
+    pub key_id: String,
+    /// When given, it must name the key's current material.
+    pub key_material_id: Option<String>,
+}
+
+impl RequestParameters for DeleteImportedKeyMaterialRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("keyMaterialId", self.key_material_id.clone())
+            .build()
+    }
+}
+
 impl std::fmt::Debug for ImportKeyMaterialRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImportKeyMaterialRequest")
@@ -92,6 +155,15 @@ pub struct KeyMaterialResponse {
     /// The key ARN.
     pub key_id: String,
     pub key_material_id: String,
+}
+
+impl ResponseElements for KeyMaterialResponse {
+    fn response_elements(&self) -> Value {
+        Params::new()
+            .value("keyId", self.key_id.as_str())
+            .value("keyMaterialId", self.key_material_id.as_str())
+            .build()
+    }
 }
 
 /// What the key's material becomes on the token (class IMP: EXTERNAL origin only).
@@ -137,6 +209,88 @@ fn invalid_token() -> KmsError {
     KmsError::InvalidImportToken("The import token is invalid for this KMS key.".into())
 }
 
+/// A stored import token that may be used: its hash, algorithm and wrapping key.
+struct UsableToken {
+    hash: String,
+    algorithm: WrappingAlgorithm,
+    wrapping: WrappingKeyId,
+}
+
+/// ImportKeyMaterial's input checks; answers the expiration model.
+fn check_import_input(req: &ImportKeyMaterialRequest) -> Result<&'static str, KmsError> {
+    validate::blob_len("importToken", req.import_token.len(), 1, 6144)?;
+    validate::blob_len(
+        "encryptedKeyMaterial",
+        req.encrypted_key_material.len(),
+        1,
+        6144,
+    )?;
+    if let Some(t) = req.import_type.as_deref() {
+        if !IMPORT_TYPES.contains(&t) {
+            return Err(KmsError::validation(
+                "importType",
+                &format!("Member must satisfy enum value set: {IMPORT_TYPES:?}"),
+            ));
+        }
+    }
+    if req
+        .key_material_description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 256)
+    {
+        return Err(KmsError::validation(
+            "keyMaterialDescription",
+            "Member must have length less than or equal to 256",
+        ));
+    }
+    expiration_model(req.expiration_model.as_deref(), req.valid_to_ms)
+}
+
+/// The expiration model of an import: KEY_MATERIAL_EXPIRES exactly when ValidTo is given.
+fn expiration_model(
+    model: Option<&str>,
+    valid_to_ms: Option<i64>,
+) -> Result<&'static str, KmsError> {
+    match (model, valid_to_ms) {
+        (Some(KEY_MATERIAL_EXPIRES), Some(_)) | (None, Some(_)) => Ok(KEY_MATERIAL_EXPIRES),
+        (Some(KEY_MATERIAL_DOES_NOT_EXPIRE), None) | (None, None) => {
+            Ok(KEY_MATERIAL_DOES_NOT_EXPIRE)
+        }
+        (Some(KEY_MATERIAL_EXPIRES), None) => Err(KmsError::Validation(
+            "A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES.".into(),
+        )),
+        (Some(KEY_MATERIAL_DOES_NOT_EXPIRE), Some(_)) => Err(KmsError::Validation(
+            "ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE."
+                .into(),
+        )),
+        (Some(_), _) => Err(KmsError::validation(
+            "expirationModel",
+            "Member must satisfy enum value set: [KEY_MATERIAL_EXPIRES, KEY_MATERIAL_DOES_NOT_EXPIRE]",
+        )),
+    }
+}
+
+/// The check value of material imported before (a re-import must bring the same), and the
+/// refusal of NEW_KEY_MATERIAL on a key that has material.
+fn stored_check(
+    l: &KeyLifecycle,
+    import_type: Option<&str>,
+) -> Result<Option<MaterialCheck>, KmsError> {
+    let expected = match &l.material_check {
+        Some(b) => Some(MaterialCheck::from_bytes(b).ok_or_else(|| {
+            KmsError::Internal("The stored check value of the key material is corrupt.".into())
+        })?),
+        None => None,
+    };
+    if expected.is_some() && import_type == Some("NEW_KEY_MATERIAL") {
+        return Err(KmsError::UnsupportedOperation(
+            "Importing new key material into a key that already has key material (rotation of imported keys) is not supported."
+                .into(),
+        ));
+    }
+    Ok(expected)
+}
+
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Uuid::parse_str(s).ok().map(|u| *u.as_bytes())
 }
@@ -147,10 +301,11 @@ impl Kms {
     pub async fn get_parameters_for_import(
         &self,
         caller: &Caller,
-        key_id: &str,
-        wrapping_algorithm: &str,
-        wrapping_key_spec: &str,
+        req: GetParametersForImportRequest,
     ) -> Result<GetParametersForImportResponse, KmsError> {
+        let key_id = req.key_id.as_str();
+        let wrapping_algorithm = req.wrapping_algorithm.as_str();
+        let wrapping_key_spec = req.wrapping_key_spec.as_str();
         if !WRAPPING_ALGORITHMS.contains(&wrapping_algorithm) {
             return Err(KmsError::validation(
                 "wrappingAlgorithm",
@@ -241,55 +396,7 @@ impl Kms {
         caller: &Caller,
         req: ImportKeyMaterialRequest,
     ) -> Result<KeyMaterialResponse, KmsError> {
-        validate::blob_len("importToken", req.import_token.len(), 1, 6144)?;
-        validate::blob_len(
-            "encryptedKeyMaterial",
-            req.encrypted_key_material.len(),
-            1,
-            6144,
-        )?;
-        if let Some(t) = req.import_type.as_deref() {
-            if !IMPORT_TYPES.contains(&t) {
-                return Err(KmsError::validation(
-                    "importType",
-                    &format!("Member must satisfy enum value set: {IMPORT_TYPES:?}"),
-                ));
-            }
-        }
-        if req
-            .key_material_description
-            .as_ref()
-            .is_some_and(|d| d.chars().count() > 256)
-        {
-            return Err(KmsError::validation(
-                "keyMaterialDescription",
-                "Member must have length less than or equal to 256",
-            ));
-        }
-        let model = match (req.expiration_model.as_deref(), req.valid_to_ms) {
-            (Some(KEY_MATERIAL_EXPIRES), Some(_)) | (None, Some(_)) => KEY_MATERIAL_EXPIRES,
-            (Some(KEY_MATERIAL_DOES_NOT_EXPIRE), None) | (None, None) => {
-                KEY_MATERIAL_DOES_NOT_EXPIRE
-            }
-            (Some(KEY_MATERIAL_EXPIRES), None) => {
-                return Err(KmsError::Validation(
-                    "A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES."
-                        .into(),
-                ))
-            }
-            (Some(KEY_MATERIAL_DOES_NOT_EXPIRE), Some(_)) => {
-                return Err(KmsError::Validation(
-                    "ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE."
-                        .into(),
-                ))
-            }
-            (Some(_), _) => {
-                return Err(KmsError::validation(
-                    "expirationModel",
-                    "Member must satisfy enum value set: [KEY_MATERIAL_EXPIRES, KEY_MATERIAL_DOES_NOT_EXPIRE]",
-                ))
-            }
-        };
+        let model = check_import_input(&req)?;
         let now = self.now_ms();
         if let Some(v) = req.valid_to_ms {
             if v <= now || v > now + MAX_VALID_TO_MS {
@@ -307,23 +414,10 @@ impl Kms {
         self.authorize(caller, authz)?;
         check_import_state(&resolved.key)?;
         let kind = material_kind(&resolved.key)?;
-
         // The token: ours, for this key, not expired. Nothing has been created yet.
-        let hash = token_hash(&req.import_token);
         let token = self
-            .store
-            .get_import_token(&hash)
-            .await?
-            .filter(|t| t.key_id == resolved.key.record.key_id)
-            .ok_or_else(invalid_token)?;
-        if token.expires_at_ms <= now {
-            return Err(KmsError::ExpiredImportToken(
-                "The import token has expired; call GetParametersForImport again.".into(),
-            ));
-        }
-        let algorithm =
-            WrappingAlgorithm::parse(&token.wrapping_algorithm).ok_or_else(invalid_token)?;
-        let wrapping = WrappingKeyId(parse_uuid(&token.wrapping_key_id).ok_or_else(invalid_token)?);
+            .import_token_for(&resolved.key, &req.import_token, now)
+            .await?;
 
         let _guard = self.mutate.lock().await;
         let key = self.key_by_uuid(&resolved.key.uuid).ok_or_else(|| {
@@ -331,86 +425,28 @@ impl Kms {
         })?;
         check_import_state(&key)?;
         let mut l = self.lifecycle_of(&key.record.key_id);
-        let expected = match &l.material_check {
-            Some(b) => Some(MaterialCheck::from_bytes(b).ok_or_else(|| {
-                KmsError::Internal("The stored check value of the key material is corrupt.".into())
-            })?),
-            None => None,
-        };
-        if expected.is_some() && req.import_type.as_deref() == Some("NEW_KEY_MATERIAL") {
-            return Err(KmsError::UnsupportedOperation(
-                "Importing new key material into a key that already has key material (rotation of imported keys) is not supported."
-                    .into(),
-            ));
-        }
+        let expected = stored_check(&l, req.import_type.as_deref())?;
         super::record::before_change().await?;
         let target = ObjectId::new(key.uuid, 1);
         let create_object = !l.material_present;
-        let outcome = self
-            .hsm
-            .import_material(ImportJob {
-                wrapping_key: wrapping,
-                algorithm,
-                wrapped: req.encrypted_key_material,
-                target,
-                kind,
-                expected,
-                create_object,
-            })
-            .await
-            .map_err(|e| match e.kind {
-                HsmErrorKind::ObjectNotFound => invalid_token(),
-                _ => KmsError::from(e),
-            })?;
-        let check = match outcome {
-            ImportOutcome::Imported(check) => check,
-            ImportOutcome::WrongLength(_) => {
-                return Err(KmsError::Validation(format!(
-                    "The key material does not have a valid length for key spec {}.",
-                    key.record.key_spec
-                )))
-            }
-            ImportOutcome::Mismatch => {
-                return Err(KmsError::IncorrectKeyMaterial(
-                    "The key material in the request is different from the key material previously imported into this KMS key."
-                        .into(),
-                ))
-            }
+        let job = ImportJob {
+            wrapping_key: token.wrapping,
+            algorithm: token.algorithm,
+            wrapped: req.encrypted_key_material,
+            target,
+            kind,
+            expected,
+            create_object,
         };
-        let mut record = key.record.clone();
-        if record.state == KeyState::PendingImport {
-            record.state = KeyState::Enabled;
-        }
-        let first = !key.versions.contains(&1);
-        let version = KeyVersion {
-            key_id: record.key_id.clone(),
-            version: 1,
-            created_at_ms: now,
-        };
+        let check = self.unwrap_material(&key, job).await?;
         l.material_check = Some(check.to_bytes());
         l.material_present = true;
         l.expiration_model = Some(model.to_string());
         l.valid_to_ms = req.valid_to_ms;
-        if let Err(e) = self
-            .store
-            .finish_import(&record, first.then_some(&version), &l, &hash)
-            .await
-        {
-            if create_object {
-                if let Err(he) = self.hsm.destroy(target).await {
-                    tracing::error!(error = %he, "could not destroy the material of a failed import");
-                }
-            }
-            return Err(e.into());
-        }
-        let mut cached = (*key).clone();
-        cached.record = record;
-        if first {
-            cached.versions = vec![1];
-        }
-        self.lifecycle_cache_put(l);
-        let cached = self.cache_put(cached);
-        match self.hsm.destroy_wrapping_key(wrapping).await {
+        let cached = self
+            .finish_import(&key, l, &token.hash, now, create_object.then_some(target))
+            .await?;
+        match self.hsm.destroy_wrapping_key(token.wrapping).await {
             Ok(()) => {}
             Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {}
             Err(e) => {
@@ -424,14 +460,113 @@ impl Kms {
         })
     }
 
+    /// The stored import token a request's token names: ours, for this key, not expired.
+    async fn import_token_for(
+        &self,
+        key: &CachedKey,
+        import_token: &[u8],
+        now: i64,
+    ) -> Result<UsableToken, KmsError> {
+        let hash = token_hash(import_token);
+        let token = self
+            .store
+            .get_import_token(&hash)
+            .await?
+            .filter(|t| t.key_id == key.record.key_id)
+            .ok_or_else(invalid_token)?;
+        if token.expires_at_ms <= now {
+            return Err(KmsError::ExpiredImportToken(
+                "The import token has expired; call GetParametersForImport again.".into(),
+            ));
+        }
+        let algorithm =
+            WrappingAlgorithm::parse(&token.wrapping_algorithm).ok_or_else(invalid_token)?;
+        let wrapping = WrappingKeyId(parse_uuid(&token.wrapping_key_id).ok_or_else(invalid_token)?);
+        Ok(UsableToken {
+            hash,
+            algorithm,
+            wrapping,
+        })
+    }
+
+    /// Unwraps the material on the device and checks it (length, same as before).
+    async fn unwrap_material(
+        &self,
+        key: &CachedKey,
+        job: ImportJob,
+    ) -> Result<MaterialCheck, KmsError> {
+        let outcome = self
+            .hsm
+            .import_material(job)
+            .await
+            .map_err(|e| match e.kind {
+                HsmErrorKind::ObjectNotFound => invalid_token(),
+                _ => KmsError::from(e),
+            })?;
+        match outcome {
+            ImportOutcome::Imported(check) => Ok(check),
+            ImportOutcome::WrongLength(_) => Err(KmsError::Validation(format!(
+                "The key material does not have a valid length for key spec {}.",
+                key.record.key_spec
+            ))),
+            ImportOutcome::Mismatch => Err(KmsError::IncorrectKeyMaterial(
+                "The key material in the request is different from the key material previously imported into this KMS key."
+                    .into(),
+            )),
+        }
+    }
+
+    /// Records an import in one transaction (the key Enabled if it was PendingImport, version
+    /// 1 on the first import, the lifecycle, the spent token) and caches the result. A
+    /// `created` object is destroyed again when the store fails.
+    async fn finish_import(
+        &self,
+        key: &CachedKey,
+        lifecycle: KeyLifecycle,
+        token_hash: &str,
+        now: i64,
+        created: Option<ObjectId>,
+    ) -> Result<Arc<CachedKey>, KmsError> {
+        let mut record = key.record.clone();
+        if record.state == KeyState::PendingImport {
+            record.state = KeyState::Enabled;
+        }
+        let first = !key.versions.contains(&1);
+        let version = KeyVersion {
+            key_id: record.key_id.clone(),
+            version: 1,
+            created_at_ms: now,
+        };
+        if let Err(e) = self
+            .store
+            .finish_import(&record, first.then_some(&version), &lifecycle, token_hash)
+            .await
+        {
+            if let Some(target) = created {
+                if let Err(he) = self.hsm.destroy(target).await {
+                    tracing::error!(error = %he, "could not destroy the material of a failed import");
+                }
+            }
+            return Err(e.into());
+        }
+        let mut cached = key.clone();
+        cached.record = record;
+        if first {
+            cached.versions = vec![1];
+        }
+        self.lifecycle_cache_put(lifecycle);
+        Ok(self.cache_put(cached))
+    }
+
     /// DeleteImportedKeyMaterial: destroys the material; the key returns to PendingImport.
     /// No effect on a key in PendingImport.
     pub async fn delete_imported_key_material(
         &self,
         caller: &Caller,
-        key_id: &str,
-        key_material_id_param: Option<&str>,
+        req: DeleteImportedKeyMaterialRequest,
     ) -> Result<KeyMaterialResponse, KmsError> {
+        let key_id = req.key_id.as_str();
+        let key_material_id_param = req.key_material_id.as_deref();
         if let Some(m) = key_material_id_param {
             if m.len() != 64 {
                 return Err(KmsError::validation(
@@ -608,5 +743,34 @@ impl Kms {
             .filter(|t| t.expires_at_ms > now)
             .filter_map(|t| parse_uuid(&t.wrapping_key_id))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_secrets_are_never_in_params() {
+        let r = ImportKeyMaterialRequest {
+            key_id: "k".into(),
+            import_token: b"IMPORT-TOKEN-BYTES".to_vec(),
+            encrypted_key_material: b"WRAPPED-MATERIAL".to_vec(),
+            expiration_model: Some("KEY_MATERIAL_DOES_NOT_EXPIRE".into()),
+            ..Default::default()
+        };
+        let p = r.request_parameters().to_string();
+        assert!(!p.contains("IMPORT-TOKEN") && !p.contains("WRAPPED"), "{p}");
+        assert!(!p.contains("SU1QT1JU") && !p.contains("V1JBUFBF"), "{p}");
+        assert!(p.contains("KEY_MATERIAL_DOES_NOT_EXPIRE"), "{p}");
+        let out = GetParametersForImportResponse {
+            key_id: "k".into(),
+            import_token: b"IMPORT-TOKEN-BYTES".to_vec(),
+            public_key: b"PUBLIC".to_vec(),
+            parameters_valid_to_ms: 0,
+        };
+        let e = out.response_elements().to_string();
+        assert!(!e.contains("IMPORT") && !e.contains("PUBLIC"), "{e}");
+        assert!(e.contains("1970-01-01"), "{e}");
     }
 }

@@ -94,6 +94,22 @@ use super::usage::{GetKeyLastUsageRequest, KeyLastUsageOutput};
 
 // Each family imports its types just above its block; keep the blocks in this order.
 
+use super::explain::{ExplainRequest, ExplainResponse};
+use super::grants::{
+    CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
+    ListRetirableGrantsRequest, RetireGrantRequest, RevokeGrantRequest,
+};
+use super::import::{
+    DeleteImportedKeyMaterialRequest, GetParametersForImportRequest,
+    GetParametersForImportResponse, ImportKeyMaterialRequest, KeyMaterialResponse,
+};
+use super::rotation::{
+    DisableKeyRotationRequest, EnableKeyRotationRequest, GetKeyRotationStatusRequest,
+    KeyRotationStatus, ListKeyRotationsRequest, ListKeyRotationsResponse, RotateKeyOnDemandRequest,
+    RotateKeyOnDemandResponse,
+};
+use super::sts::{AssumeRoleRequest, AssumeRoleResponse, CallerIdentity, GetCallerIdentityRequest};
+
 operations! {
     // Keys (keys.rs, usage.rs), tags (tags.rs), key policies (policies.rs).
     CreateKey: CreateKeyRequest => CreateKeyResponse = create_key;
@@ -116,6 +132,22 @@ operations! {
 
     // Grants (grants.rs), rotation (rotation.rs), imported key material (import.rs),
     // ExplainAccess (explain.rs), STS (sts.rs).
+    CreateGrant: CreateGrantRequest => CreateGrantResponse = create_grant;
+    ListGrants: ListGrantsRequest => ListGrantsResponse = list_grants;
+    ListRetirableGrants: ListRetirableGrantsRequest => ListGrantsResponse = list_retirable_grants;
+    RetireGrant: RetireGrantRequest => Empty = retire_grant;
+    RevokeGrant: RevokeGrantRequest => Empty = revoke_grant;
+    EnableKeyRotation: EnableKeyRotationRequest => Empty = enable_key_rotation;
+    DisableKeyRotation: DisableKeyRotationRequest => Empty = disable_key_rotation;
+    GetKeyRotationStatus: GetKeyRotationStatusRequest => KeyRotationStatus = get_key_rotation_status;
+    RotateKeyOnDemand: RotateKeyOnDemandRequest => RotateKeyOnDemandResponse = rotate_key_on_demand;
+    ListKeyRotations: ListKeyRotationsRequest => ListKeyRotationsResponse = list_key_rotations;
+    GetParametersForImport: GetParametersForImportRequest => GetParametersForImportResponse = get_parameters_for_import;
+    ImportKeyMaterial: ImportKeyMaterialRequest => KeyMaterialResponse = import_key_material;
+    DeleteImportedKeyMaterial: DeleteImportedKeyMaterialRequest => KeyMaterialResponse = delete_imported_key_material;
+    ExplainAccess: ExplainRequest => ExplainResponse = explain_access;
+    AssumeRole: AssumeRoleRequest => AssumeRoleResponse = assume_role;
+    GetCallerIdentity: GetCallerIdentityRequest => CallerIdentity = get_caller_identity;
 
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;

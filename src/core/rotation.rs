@@ -10,8 +10,11 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
+use super::operation::{Empty, Params, RequestParameters, ResponseElements};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, InterruptCreate, Kms, KmsError};
 use crate::hsm::ObjectId;
@@ -61,6 +64,87 @@ pub struct RotationsListEntry {
     /// Imported keys whose material expires: when (Unix milliseconds).
     pub valid_to_ms: Option<i64>,
 }
+
+/// A request naming one key: DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand.
+macro_rules! key_request {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default)]
+        pub struct $name {
+            pub key_id: String,
+        }
+
+        impl RequestParameters for $name {
+            fn request_parameters(&self) -> Value {
+                Params::new().str("keyId", &self.key_id).build()
+            }
+        }
+    )*};
+}
+
+key_request! {
+    /// DisableKeyRotation input.
+    DisableKeyRotationRequest;
+    /// GetKeyRotationStatus input.
+    GetKeyRotationStatusRequest;
+    /// RotateKeyOnDemand input.
+    RotateKeyOnDemandRequest;
+}
+
+/// EnableKeyRotation input.
+#[derive(Debug, Clone, Default)]
+pub struct EnableKeyRotationRequest {
+    pub key_id: String,
+    /// 90-2560 days; 365 when not given.
+    pub rotation_period_in_days: Option<i32>,
+}
+
+impl RequestParameters for EnableKeyRotationRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("rotationPeriodInDays", self.rotation_period_in_days)
+            .build()
+    }
+}
+
+impl ResponseElements for KeyRotationStatus {}
+
+/// RotateKeyOnDemand output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotateKeyOnDemandResponse {
+    /// The key ARN.
+    pub key_id: String,
+}
+
+impl ResponseElements for RotateKeyOnDemandResponse {
+    fn response_elements(&self) -> Value {
+        Params::new().value("keyId", self.key_id.as_str()).build()
+    }
+}
+
+/// ListKeyRotations input.
+#[derive(Debug, Clone, Default)]
+pub struct ListKeyRotationsRequest {
+    pub key_id: String,
+    pub limit: Option<i32>,
+    pub marker: Option<String>,
+    /// `ALL_KEY_MATERIAL` or `ROTATIONS_ONLY` (the default).
+    pub include_key_material: Option<String>,
+}
+
+impl RequestParameters for ListKeyRotationsRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("limit", self.limit)
+            .opt("marker", self.marker.clone())
+            .opt("includeKeyMaterial", self.include_key_material.clone())
+            .build()
+    }
+}
+
+impl ResponseElements for ListKeyRotationsResponse {}
 
 /// One page of ListKeyRotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,13 +261,14 @@ impl Kms {
     pub async fn enable_key_rotation(
         &self,
         caller: &Caller,
-        key_id: &str,
-        rotation_period_in_days: Option<i32>,
-    ) -> Result<(), KmsError> {
-        let days = rotation_period_in_days.unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
+        req: EnableKeyRotationRequest,
+    ) -> Result<Empty, KmsError> {
+        let days = req
+            .rotation_period_in_days
+            .unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
         validate::int_range("rotationPeriodInDays", days, 90, 2560)?;
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:EnableKeyRotation", &resolved)
@@ -210,39 +295,39 @@ impl Kms {
         self.store.put_lifecycle(&l).await?;
         self.lifecycle_cache_put(l);
         tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
-        Ok(())
+        Ok(Empty)
     }
 
     /// DisableKeyRotation.
     pub async fn disable_key_rotation(
         &self,
         caller: &Caller,
-        key_id: &str,
-    ) -> Result<(), KmsError> {
+        req: DisableKeyRotationRequest,
+    ) -> Result<Empty, KmsError> {
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:DisableKeyRotation", &resolved, None)?;
         check_rotation_state(&resolved.key, false)?;
         check_rotatable(&resolved.key)?;
         let mut l = self.lifecycle_of(&resolved.key.record.key_id);
         if !l.rotation_enabled {
-            return Ok(());
+            return Ok(Empty);
         }
         l.rotation_enabled = false;
         l.next_rotation_ms = None;
         super::record::before_change().await?;
         self.store.put_lifecycle(&l).await?;
         self.lifecycle_cache_put(l);
-        Ok(())
+        Ok(Empty)
     }
 
     /// GetKeyRotationStatus (Enabled, Disabled or PendingDeletion keys).
     pub async fn get_key_rotation_status(
         &self,
         caller: &Caller,
-        key_id: &str,
+        req: GetKeyRotationStatusRequest,
     ) -> Result<KeyRotationStatus, KmsError> {
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:GetKeyRotationStatus", &resolved, None)?;
         check_rotation_state(&resolved.key, true)?;
         check_rotatable(&resolved.key)?;
@@ -268,9 +353,9 @@ impl Kms {
     pub async fn rotate_key_on_demand(
         &self,
         caller: &Caller,
-        key_id: &str,
-    ) -> Result<String, KmsError> {
-        let resolved = self.resolve(caller, key_id, false)?;
+        req: RotateKeyOnDemandRequest,
+    ) -> Result<RotateKeyOnDemandResponse, KmsError> {
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:RotateKeyOnDemand", &resolved, None)?;
         check_rotation_state(&resolved.key, false)?;
         check_rotatable(&resolved.key)?;
@@ -304,21 +389,25 @@ impl Kms {
             )));
         }
         let rotated = self.rotate(&key, ON_DEMAND).await?;
-        Ok(rotated.arn.clone())
+        Ok(RotateKeyOnDemandResponse {
+            key_id: rotated.arn.clone(),
+        })
     }
 
     /// ListKeyRotations: the key's rotations, oldest first, paginated.
     pub async fn list_key_rotations(
         &self,
         caller: &Caller,
-        key_id: &str,
-        limit: Option<i32>,
-        marker: &str,
-        include_key_material: Option<&str>,
+        req: ListKeyRotationsRequest,
     ) -> Result<ListKeyRotationsResponse, KmsError> {
-        let limit = validate::limit(limit)?;
-        let after = validate::decode_marker(marker)?;
-        let all_material = match include_key_material.filter(|v| !v.is_empty()) {
+        let limit = validate::limit(req.limit)?;
+        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let key_id = req.key_id.as_str();
+        let all_material = match req
+            .include_key_material
+            .as_deref()
+            .filter(|v| !v.is_empty())
+        {
             None | Some("ROTATIONS_ONLY") => false,
             Some("ALL_KEY_MATERIAL") => true,
             Some(_) => {

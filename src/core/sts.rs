@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
+use serde_json::{json, Value};
+
 use super::authz::{iso8601, AuthzRequest, CallerPolicies, CtxValue};
+use super::operation::{Params, RequestParameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::sessions::SessionError;
 use crate::identity::Caller;
@@ -40,6 +43,55 @@ impl std::fmt::Debug for AssumeRoleResponse {
             .finish_non_exhaustive()
     }
 }
+
+impl RequestParameters for AssumeRoleRequest {
+    fn request_parameters(&self) -> Value {
+        let tags: Vec<Value> = self
+            .tags
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
+        let p = Params::new()
+            .str("roleArn", &self.role_arn)
+            .str("roleSessionName", &self.role_session_name)
+            .opt("durationSeconds", self.duration_seconds)
+            .opt("policy", self.policy.clone());
+        let p = if tags.is_empty() {
+            p
+        } else {
+            p.value("tags", tags)
+        };
+        p.build()
+    }
+}
+
+/// The access key id and expiry only; never the secret or the session token.
+impl ResponseElements for AssumeRoleResponse {
+    fn response_elements(&self) -> Value {
+        json!({
+            "credentials": {
+                "accessKeyId": self.access_key_id,
+                "expiration": iso8601(self.expiration_ms),
+            },
+            "assumedRoleUser": {
+                "assumedRoleId": self.assumed_role_id,
+                "arn": self.assumed_role_arn,
+            },
+        })
+    }
+}
+
+/// GetCallerIdentity input: nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GetCallerIdentityRequest;
+
+impl RequestParameters for GetCallerIdentityRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new().build()
+    }
+}
+
+impl ResponseElements for CallerIdentity {}
 
 /// GetCallerIdentity output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,11 +208,51 @@ impl Kms {
     }
 
     /// GetCallerIdentity: who the caller is. Needs no permission, as in AWS.
-    pub fn get_caller_identity(&self, caller: &Caller) -> CallerIdentity {
-        CallerIdentity {
+    pub async fn get_caller_identity(
+        &self,
+        caller: &Caller,
+        _req: GetCallerIdentityRequest,
+    ) -> Result<CallerIdentity, KmsError> {
+        Ok(CallerIdentity {
             user_id: caller.principal.userid().into_owned(),
             account: caller.account.clone(),
             arn: caller.principal_arn.clone(),
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_never_in_elements() {
+        let a = AssumeRoleResponse {
+            access_key_id: "ASIAX".into(),
+            secret_access_key: zeroize::Zeroizing::new("SECRET-KEY-VALUE".into()),
+            session_token: zeroize::Zeroizing::new("SESSION-TOKEN-VALUE".into()),
+            expiration_ms: 0,
+            assumed_role_id: "AROA:s".into(),
+            assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/R/s".into(),
+        };
+        let s = a.response_elements().to_string();
+        assert!(s.contains("ASIAX") && !s.contains("SECRET-KEY") && !s.contains("SESSION-TOKEN"));
+        assert!(!format!("{a:?}").contains("SECRET-KEY"));
+        let r = AssumeRoleRequest {
+            role_arn: "arn:aws:iam::111122223333:role/R".into(),
+            role_session_name: "s".into(),
+            duration_seconds: Some(900),
+            policy: None,
+            tags: vec![("team".into(), "blue".into())],
+        };
+        assert_eq!(
+            r.request_parameters(),
+            json!({
+                "roleArn": "arn:aws:iam::111122223333:role/R",
+                "roleSessionName": "s",
+                "durationSeconds": 900,
+                "tags": [{"key": "team", "value": "blue"}],
+            })
+        );
     }
 }

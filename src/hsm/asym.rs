@@ -14,22 +14,22 @@
 //!   returned), read back into `Zeroizing` buffers, assembled as PKCS#8, destroyed, and the
 //!   PKCS#8 sealed under a symmetric CMK, all in one job.
 
-use std::time::Instant;
-
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
 use zeroize::Zeroizing;
 
+use super::call::Call;
 use super::der;
 use super::error::{HsmError, HsmErrorKind};
 use super::oaep::OaepSha256;
 use super::objects::{ObjectId, Part};
 use super::ops::{self, with_copy, with_part};
 use super::pool::WorkerCtx;
+use super::template::{Template, Usage};
 use super::{GcmSealed, KeyAttributes};
 
 /// A data key pair: the private key as PKCS#8 DER, the public key as SPKI DER, and the PKCS#8
@@ -228,27 +228,27 @@ pub(crate) fn cmk_pair_generation(
     )
 }
 
+/// A template of `spec`'s key type plus its shape (modulus size and exponent, or curve).
+fn shaped(t: Template, spec: PairSpec) -> Template {
+    shape(spec).into_iter().fold(t, Template::with)
+}
+
 fn cmk_public_template(
     id: &ObjectId,
     spec: PairSpec,
     usage: PairUsage,
     oaep: OaepSha256,
 ) -> Vec<Attribute> {
-    let mut t = vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::KeyType(key_type(spec)),
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(usage == PairUsage::Sign),
-        Attribute::Encrypt(usage == PairUsage::Decrypt),
-        Attribute::Wrap(false),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(allowed(spec, usage, oaep)),
-        Attribute::Id(id.0.to_vec()),
-        Attribute::Label(id.label().into_bytes()),
-    ];
-    t.extend(shape(spec));
-    t
+    let t = Template::public(key_type(spec))
+        .token(true)
+        .private_object(false)
+        .allow_if(Usage::Verify, usage == PairUsage::Sign)
+        .allow_if(Usage::Encrypt, usage == PairUsage::Decrypt)
+        .token_default(&[Usage::VerifyRecover])
+        .mechanisms(allowed(spec, usage, oaep))
+        .id(&id.0)
+        .label(id.label());
+    shaped(t, spec).build()
 }
 
 fn cmk_private_template(
@@ -257,21 +257,66 @@ fn cmk_private_template(
     usage: PairUsage,
     oaep: OaepSha256,
 ) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::KeyType(key_type(spec)),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(usage == PairUsage::Sign),
-        Attribute::Decrypt(usage == PairUsage::Decrypt),
-        Attribute::Unwrap(false),
-        Attribute::Derive(usage == PairUsage::KeyAgreement),
-        Attribute::AllowedMechanisms(allowed(spec, usage, oaep)),
-        Attribute::Id(id.0.to_vec()),
-        Attribute::Label(id.label().into_bytes()),
-    ]
+    Template::private(key_type(spec))
+        .token(true)
+        .guarded()
+        .allow_if(Usage::Sign, usage == PairUsage::Sign)
+        .allow_if(Usage::Decrypt, usage == PairUsage::Decrypt)
+        .allow_if(Usage::Derive, usage == PairUsage::KeyAgreement)
+        .token_default(&[Usage::SignRecover])
+        .mechanisms(allowed(spec, usage, oaep))
+        .id(&id.0)
+        .label(id.label())
+        .build()
+}
+
+/// The (public, private) session templates of a data key pair: the private half readable
+/// (it is returned), both destroyed in the job that makes them.
+pub(crate) fn data_key_pair_templates(spec: PairSpec) -> (Vec<Attribute>, Vec<Attribute>) {
+    let label = "p11kms/data-key-pair";
+    let public = Template::public(key_type(spec))
+        .token(false)
+        .private_object(false)
+        .allow(Usage::Verify)
+        .token_default(&[
+            Usage::Encrypt,
+            Usage::VerifyRecover,
+            Usage::Wrap,
+            Usage::Derive,
+        ])
+        .label(label);
+    let private = Template::private(key_type(spec))
+        .token(false)
+        .readable()
+        .allow(Usage::Sign)
+        .token_default(&[
+            Usage::Decrypt,
+            Usage::SignRecover,
+            Usage::Unwrap,
+            Usage::Derive,
+        ])
+        .label(label);
+    (shaped(public, spec).build(), private.build())
+}
+
+/// The session object an ECDH derivation on `curve` makes: a readable generic secret of the
+/// field length, read and destroyed in the same job.
+pub(crate) fn shared_secret_template(curve: Curve) -> Vec<Attribute> {
+    Template::secret(KeyType::GENERIC_SECRET)
+        .token(false)
+        .readable()
+        .value_len(curve.field_len())
+        .label("p11kms/shared-secret")
+        .token_default(&[
+            Usage::Encrypt,
+            Usage::Decrypt,
+            Usage::Sign,
+            Usage::Verify,
+            Usage::Wrap,
+            Usage::Unwrap,
+            Usage::Derive,
+        ])
+        .build()
 }
 
 // ---------------------------------------------------------------- CMK key pairs
@@ -312,26 +357,18 @@ pub(crate) fn copy_to_token(
     id: Vec<u8>,
     label: Vec<u8>,
 ) -> Result<ObjectHandle, HsmError> {
-    ctx.count("C_CopyObject");
-    let t = Instant::now();
-    let r = ctx.session.copy_object(
-        h,
-        &[
-            Attribute::Token(true),
-            Attribute::Id(id),
-            Attribute::Label(label),
-        ],
-    );
-    ctx.observe("C_CopyObject", t);
-    r.map_err(|e| ctx.fail("C_CopyObject", &e))
+    let changes = [
+        Attribute::Token(true),
+        Attribute::Id(id),
+        Attribute::Label(label),
+    ];
+    ctx.call(Call::CopyObject, |s| s.copy_object(h, &changes))
 }
 
 /// Destroy objects, logging (not returning) failures.
 pub(crate) fn destroy_quietly(ctx: &mut WorkerCtx, handles: &[ObjectHandle], what: &str) {
     for h in handles {
-        ctx.count("C_DestroyObject");
-        if let Err(e) = ctx.session.destroy_object(*h) {
-            let err = ctx.fail("C_DestroyObject", &e);
+        if let Err(err) = ctx.call(Call::DestroyObject, |s| s.destroy_object(*h)) {
             tracing::warn!(error = %err, what, "could not destroy an HSM object");
         }
     }
@@ -358,15 +395,13 @@ pub(crate) fn generate_session_pair(
         _ => OaepSha256::Device,
     };
     let (mech, public_t, private_t) = cmk_pair_generation(&id, spec, usage, oaep);
-    ctx.count("C_GenerateKeyPair");
-    let t = Instant::now();
-    let r = ctx.session.generate_key_pair(
-        &mech,
-        &as_session_template(public_t),
-        &as_session_template(private_t),
+    let (public_t, private_t) = (
+        as_session_template(public_t),
+        as_session_template(private_t),
     );
-    ctx.observe("C_GenerateKeyPair", t);
-    let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    let (public, private) = ctx.call(Call::GenerateKeyPair, |s| {
+        s.generate_key_pair(&mech, &public_t, &private_t)
+    })?;
     Ok(SessionPair { public, private })
 }
 
@@ -403,10 +438,7 @@ pub(crate) fn destroy_key_pair(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), 
     for part in [Part::Private, Part::Public] {
         super::ops::discard_copy(ctx, &id, part);
         let r = with_part(ctx, &id, part, |ctx, h| {
-            ctx.count("C_DestroyObject");
-            ctx.session
-                .destroy_object(h)
-                .map_err(|e| ctx.fail("C_DestroyObject", &e))
+            ctx.call(Call::DestroyObject, |s| s.destroy_object(h))
         });
         ctx.shared.handles.evict_part(&id, part);
         match r {
@@ -433,12 +465,7 @@ pub(crate) fn part_attributes(
     id: ObjectId,
     part: Part,
 ) -> Result<KeyAttributes, HsmError> {
-    let attrs = with_part(ctx, &id, part, |ctx, h| {
-        ctx.count("C_GetAttributeValue");
-        ctx.session
-            .get_attributes(h, super::ops::CUSTODY_ATTRIBUTES)
-            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
-    })?;
+    let attrs = with_part(ctx, &id, part, ops::custody_attributes)?;
     Ok(ops::key_attributes_from(attrs))
 }
 
@@ -456,11 +483,7 @@ fn spki_of(ctx: &mut WorkerCtx, h: ObjectHandle, spec: PairSpec) -> Result<Vec<u
         PairSpec::Rsa(_) => &[AttributeType::Modulus, AttributeType::PublicExponent],
         PairSpec::Ec(_) | PairSpec::Ed25519 => &[AttributeType::EcPoint],
     };
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(h, wanted)
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let attrs = ctx.call(Call::GetAttributeValue, |s| s.get_attributes(h, wanted))?;
     let bad = |ctx: &WorkerCtx, what: &str| {
         HsmError::new(
             HsmErrorKind::Other,
@@ -543,26 +566,14 @@ pub(crate) fn derive_shared_secret(
     curve: Curve,
     point: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::ValueLen((curve.field_len() as u64).into()),
-        Attribute::Label(b"p11kms/shared-secret".to_vec()),
-    ];
+    let template = shared_secret_template(curve);
     let derived = with_copy(ctx, &id, Part::Private, |ctx, h| {
         let params = Ecdh1DeriveParams::new(EcKdf::null(), point);
-        ctx.count("C_DeriveKey");
-        let t = Instant::now();
-        let r = ctx
-            .session
-            .derive_key(&Mechanism::Ecdh1Derive(params), h, &template);
-        ctx.observe("C_DeriveKey", t);
+        let r = ctx.call_raw(Call::DeriveKey, |s| {
+            s.derive_key(&Mechanism::Ecdh1Derive(params), h, &template)
+        });
         r.map_err(|e| {
-            let mut err = ctx.fail("C_DeriveKey", &e);
+            let mut err = ctx.fail(Call::DeriveKey, &e);
             // SoftHSM2 answers CKR_GENERAL_ERROR for a point that is not on the curve: on a
             // session that is still well, that is the caller's input, not a sick device.
             if err.kind == HsmErrorKind::Unavailable
@@ -578,11 +589,9 @@ pub(crate) fn derive_shared_secret(
             err
         })
     })?;
-    ctx.count("C_GetAttributeValue");
-    let value = ctx
-        .session
-        .get_attributes(derived, &[AttributeType::Value])
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e));
+    let value = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(derived, &[AttributeType::Value])
+    });
     destroy_quietly(ctx, &[derived], "derived shared secret");
     let secret = value?
         .into_iter()
@@ -618,12 +627,7 @@ pub(crate) fn sign(
         .ok_or_else(|| bad_input(ctx, "C_Sign", "unsupported digest length"))?;
     let mech = sign_mechanism(scheme, digest.len());
     let raw = with_copy(ctx, &id, Part::Private, |ctx, h| {
-        ctx.count("C_SignInit");
-        ctx.count("C_Sign");
-        let t = Instant::now();
-        let r = ctx.session.sign(&mech, h, &input);
-        ctx.observe("C_Sign", t);
-        r.map_err(|e| ctx.fail("C_Sign", &e))
+        ctx.call(Call::Sign, |s| s.sign(&mech, h, &input))
     })?;
     match scheme {
         SignScheme::Ecdsa(_) => super::signing::ecdsa_raw_to_der(&raw).ok_or_else(|| {
@@ -658,11 +662,7 @@ pub(crate) fn verify(
     };
     let mech = sign_mechanism(scheme, digest.len());
     with_copy(ctx, &id, Part::Public, |ctx, h| {
-        ctx.count("C_VerifyInit");
-        ctx.count("C_Verify");
-        let t = Instant::now();
-        let r = ctx.session.verify(&mech, h, &input, &signature);
-        ctx.observe("C_Verify", t);
+        let r = ctx.call_raw(Call::Verify, |s| s.verify(&mech, h, &input, &signature));
         verdict(ctx, r)
     })
 }
@@ -674,7 +674,7 @@ pub(crate) fn verdict(ctx: &mut WorkerCtx, r: Result<(), CkError>) -> Result<boo
         Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
             Ok(false)
         }
-        Err(e) => Err(ctx.fail("C_Verify", &e)),
+        Err(e) => Err(ctx.fail(Call::Verify, &e)),
     }
 }
 
@@ -692,11 +692,9 @@ pub(crate) fn oaep(h: ShaAlg) -> Mechanism<'static> {
 /// The modulus length in bytes of key pair `id` (from the public object).
 fn modulus_len(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<usize, HsmError> {
     with_part(ctx, id, Part::Public, |ctx, h| {
-        ctx.count("C_GetAttributeValue");
-        let attrs = ctx
-            .session
-            .get_attributes(h, &[AttributeType::Modulus])
-            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        let attrs = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::Modulus])
+        })?;
         bytes_of(&attrs, AttributeType::Modulus)
             .map(|n| n.len())
             .ok_or_else(|| bad_input(ctx, "C_GetAttributeValue", "no CKA_MODULUS"))
@@ -721,10 +719,7 @@ pub(crate) fn rsa_encrypt(
     let (mech, input) = if padded_here(ctx, hash)? {
         let k = modulus_len(ctx, &id)?;
         let mut seed = [0u8; 32];
-        ctx.count("C_GenerateRandom");
-        ctx.session
-            .generate_random_slice(&mut seed)
-            .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+        ctx.call(Call::GenerateRandom, |s| s.generate_random_slice(&mut seed))?;
         let em = super::oaep::encode(plaintext, k, &seed)
             .ok_or_else(|| bad_input(ctx, "C_Encrypt", "plaintext too long for RSA-OAEP"))?;
         (Mechanism::RsaX509, em)
@@ -732,12 +727,7 @@ pub(crate) fn rsa_encrypt(
         (oaep(hash), Zeroizing::new(plaintext.to_vec()))
     };
     with_copy(ctx, &id, Part::Public, |ctx, h| {
-        ctx.count("C_EncryptInit");
-        ctx.count("C_Encrypt");
-        let t = Instant::now();
-        let r = ctx.session.encrypt(&mech, h, &input);
-        ctx.observe("C_Encrypt", t);
-        r.map_err(|e| ctx.fail("C_Encrypt", &e))
+        ctx.call(Call::Encrypt, |s| s.encrypt(&mech, h, &input))
     })
 }
 
@@ -755,7 +745,7 @@ pub(crate) fn rsa_decrypt(
     let mech = if raw { Mechanism::RsaX509 } else { oaep(hash) };
     let failed = |ctx: &mut WorkerCtx, e: Option<&CkError>| {
         let mut err = match e {
-            Some(e) => ctx.fail("C_Decrypt", e),
+            Some(e) => ctx.fail(Call::Decrypt, e),
             None => HsmError::new(HsmErrorKind::AuthFailed, "C_Decrypt", ctx.token(), ""),
         };
         err.kind = HsmErrorKind::AuthFailed;
@@ -766,12 +756,7 @@ pub(crate) fn rsa_decrypt(
         return Err(failed(ctx, None));
     }
     let out = with_copy(ctx, &id, Part::Private, |ctx, h| {
-        ctx.count("C_DecryptInit");
-        ctx.count("C_Decrypt");
-        let t = Instant::now();
-        let r = ctx.session.decrypt(&mech, h, ciphertext);
-        ctx.observe("C_Decrypt", t);
-        match r {
+        match ctx.call_raw(Call::Decrypt, |s| s.decrypt(&mech, h, ciphertext)) {
             Ok(p) => Ok(Zeroizing::new(p)),
             Err(
                 e @ CkError::Pkcs11(
@@ -787,7 +772,7 @@ pub(crate) fn rsa_decrypt(
             Err(e @ CkError::Pkcs11(RvError::GeneralError, _)) if device_healthy(ctx, h) => {
                 Err(failed(ctx, Some(&e)))
             }
-            Err(e) => Err(ctx.fail("C_Decrypt", &e)),
+            Err(e) => Err(ctx.fail(Call::Decrypt, &e)),
         }
     })?;
     if raw {
@@ -801,13 +786,11 @@ fn device_healthy(ctx: &mut WorkerCtx, key: ObjectHandle) -> bool {
     if !super::ops::session_logged_in(ctx) {
         return false;
     }
-    ctx.count("C_GetAttributeValue");
-    match ctx.session.get_attributes(key, &[AttributeType::Class]) {
+    match ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(key, &[AttributeType::Class])
+    }) {
         Ok(attrs) => attrs.iter().any(|a| matches!(a, Attribute::Class(_))),
-        Err(e) => {
-            ctx.fail("C_GetAttributeValue", &e);
-            false
-        }
+        Err(_) => false,
     }
 }
 
@@ -833,11 +816,9 @@ fn read_private(
         ],
         PairSpec::Ec(_) | PairSpec::Ed25519 => &[AttributeType::Value],
     };
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(private, wanted)
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let attrs = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(private, wanted)
+    })?;
     let mut parts: Vec<(AttributeType, Zeroizing<Vec<u8>>)> = Vec::with_capacity(8);
     for a in attrs {
         let (t, v) = match a {
@@ -903,36 +884,15 @@ pub(crate) fn generate_data_key_pair(
     ctx: &mut WorkerCtx,
     spec: PairSpec,
 ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HsmError> {
-    let label = b"p11kms/data-key-pair".to_vec();
-    let mut public_t = vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::KeyType(key_type(spec)),
-        Attribute::Token(false),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Label(label.clone()),
-    ];
-    public_t.extend(shape(spec));
-    let private_t = vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::KeyType(key_type(spec)),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::Sign(true),
-        Attribute::Label(label),
-    ];
+    let (public_t, private_t) = data_key_pair_templates(spec);
     let mech = match spec {
         PairSpec::Rsa(_) => Mechanism::RsaPkcsKeyPairGen,
         PairSpec::Ec(_) => Mechanism::EccKeyPairGen,
         PairSpec::Ed25519 => Mechanism::EccEdwardsKeyPairGen,
     };
-    ctx.count("C_GenerateKeyPair");
-    let t = Instant::now();
-    let r = ctx.session.generate_key_pair(&mech, &public_t, &private_t);
-    ctx.observe("C_GenerateKeyPair", t);
-    let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    let (public, private) = ctx.call(Call::GenerateKeyPair, |s| {
+        s.generate_key_pair(&mech, &public_t, &private_t)
+    })?;
     let read = read_private(ctx, private, public, spec);
     destroy_quietly(ctx, &[private, public], "data key pair session object");
     read

@@ -192,7 +192,7 @@ impl Drop for Share<'_> {
 
 /// An exclusive share of the token-object gate held outside any worker (tests that create
 /// objects on their own session).
-#[cfg(test)]
+#[cfg(all(test, feature = "bench"))]
 pub(crate) fn token_objects_exclusive() -> Share<'static> {
     let gate = &super::pool::TOKEN_OBJECTS;
     gate.acquire(true);

@@ -7,16 +7,16 @@
 //! sensitive, not extractable, only `CKA_SIGN` and `CKA_VERIFY`, `CKA_ALLOWED_MECHANISMS` = the
 //! spec's HMAC mechanism. Found by (`CKO_SECRET_KEY`, `CKA_ID`) like AES CMK versions.
 
-use std::time::Instant;
-
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, KeyType};
 
 use super::asym::verdict;
+use super::call::Call;
 use super::error::{HsmError, HsmErrorKind};
 use super::objects::{ObjectId, Part};
 use super::ops::with_copy;
 use super::pool::WorkerCtx;
+use super::template::{Template, Usage};
 
 /// An HMAC algorithm (and key spec).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +42,8 @@ impl MacAlg {
         }
     }
 
-    fn mechanism_type(self) -> MechanismType {
+    /// `CKM_SHAxxx_HMAC`, the key's one allowed mechanism.
+    pub(crate) fn mechanism_type(self) -> MechanismType {
         match self {
             MacAlg::Sha224 => MechanismType::SHA224_HMAC,
             MacAlg::Sha256 => MechanismType::SHA256_HMAC,
@@ -51,7 +52,8 @@ impl MacAlg {
         }
     }
 
-    fn mechanism(self) -> Mechanism<'static> {
+    /// The signing and verifying mechanism.
+    pub(crate) fn mechanism(self) -> Mechanism<'static> {
         match self {
             MacAlg::Sha224 => Mechanism::Sha224Hmac,
             MacAlg::Sha256 => Mechanism::Sha256Hmac,
@@ -63,25 +65,16 @@ impl MacAlg {
 
 /// The HMAC CMK template (shared with key import, minus `CKA_VALUE_LEN` there).
 pub(crate) fn hmac_template(id: &ObjectId, alg: MacAlg) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::ValueLen((alg.mac_len() as u64).into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Sign(true),
-        Attribute::Verify(true),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![alg.mechanism_type()]),
-        Attribute::Id(id.0.to_vec()),
-        Attribute::Label(id.label().into_bytes()),
-    ]
+    Template::secret(KeyType::GENERIC_SECRET)
+        .value_len(alg.mac_len())
+        .token(true)
+        .guarded()
+        .allow(Usage::Sign)
+        .allow(Usage::Verify)
+        .mechanisms(vec![alg.mechanism_type()])
+        .id(&id.0)
+        .label(id.label())
+        .build()
 }
 
 /// Generate an HMAC CMK version and cache its handle.
@@ -98,13 +91,10 @@ pub(crate) fn generate_hmac_key(
             format!("a key object with the CKA_ID of {id} already exists"),
         ));
     }
-    ctx.count("C_GenerateKey");
-    let t = Instant::now();
-    let r = ctx
-        .session
-        .generate_key(&Mechanism::GenericSecretKeyGen, &hmac_template(&id, alg));
-    ctx.observe("C_GenerateKey", t);
-    let h = r.map_err(|e| ctx.fail("C_GenerateKey", &e))?;
+    let template = hmac_template(&id, alg);
+    let h = ctx.call(Call::GenerateKey, |s| {
+        s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+    })?;
     ctx.shared.handles.insert(id, h);
     tracing::debug!(token = %ctx.token(), object = %id, ?alg, "HSM HMAC key generated");
     Ok(())
@@ -119,12 +109,7 @@ pub(crate) fn generate_mac(
 ) -> Result<Vec<u8>, HsmError> {
     let mech = alg.mechanism();
     with_copy(ctx, &id, Part::Secret, |ctx, h| {
-        ctx.count("C_SignInit");
-        ctx.count("C_Sign");
-        let t = Instant::now();
-        let r = ctx.session.sign(&mech, h, message);
-        ctx.observe("C_Sign", t);
-        r.map_err(|e| ctx.fail("C_Sign", &e))
+        ctx.call(Call::Sign, |s| s.sign(&mech, h, message))
     })
 }
 
@@ -141,11 +126,7 @@ pub(crate) fn verify_mac(
     }
     let mech = alg.mechanism();
     with_copy(ctx, &id, Part::Secret, |ctx, h| {
-        ctx.count("C_VerifyInit");
-        ctx.count("C_Verify");
-        let t = Instant::now();
-        let r = ctx.session.verify(&mech, h, message, mac);
-        ctx.observe("C_Verify", t);
+        let r = ctx.call_raw(Call::Verify, |s| s.verify(&mech, h, message, mac));
         verdict(ctx, r)
     })
 }

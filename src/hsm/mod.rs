@@ -27,8 +27,9 @@
 //! - **Lost sessions.** A job that creates no token object and commits nothing is submitted
 //!   with `submit_retry_safe` ([`pool::Retry::OnLostSession`]): if it fails because its
 //!   session died under it, it runs once more on a fresh session.
-//! - **Locking.** Jobs that create or destroy token objects (`EXCLUSIVE_OPS`)
-//!   run alone; other jobs share. Key-pair generation (`UNLOCKED_OPS`, seconds
+//! - **Locking.** Each job carries its lock class ([`pool::LockClass`]), named where the
+//!   job is submitted. Jobs that create or destroy token objects (`Exclusive`)
+//!   run alone; other jobs share. Key-pair generation (`Unlocked`, seconds
 //!   for RSA-4096) makes session objects only and takes no lock, so it never
 //!   holds up other tenants' traffic; CMK pairs and import wrapping keys are
 //!   then copied to the token (`C_CopyObject`, which keeps
@@ -57,10 +58,13 @@
 //!
 //! # Counters
 //!
-//! [`Hsm::counters`] counts PKCS#11 calls per function, one per logical call
-//! made by this layer (cryptoki's internal size-query pass of `C_Encrypt`,
-//! `C_Decrypt` and `C_WrapKey`, and the paging of `C_FindObjects`, are not
-//! counted separately).
+//! Every PKCS#11 call goes through one wrapper ([`call`]: `WorkerCtx::call` on a
+//! worker's session, `Counters::call` elsewhere) that counts it, times it under
+//! its function name and maps its error. [`Hsm::counters`] counts PKCS#11 calls
+//! per function, one per logical call made by this layer (cryptoki's internal
+//! size-query pass of `C_Encrypt`, `C_Decrypt` and `C_WrapKey`, and the paging of
+//! `C_FindObjects`, are not counted separately). Health probes are counted and
+//! timed apart ([`stats::HsmStats::health_probes`]).
 //!
 //! # Blocking
 //!
@@ -69,6 +73,7 @@
 //! them from `spawn_blocking` or outside the async runtime.
 
 pub mod asym;
+mod call;
 mod der;
 mod error;
 mod gate;
@@ -78,13 +83,17 @@ mod oaep;
 mod objects;
 mod ops;
 mod pool;
+#[cfg(feature = "bench")]
 pub mod raw;
 pub mod signing;
 pub mod stats;
+mod template;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_asym;
+#[cfg(test)]
+mod tests_templates;
 pub mod unwrap;
 #[cfg(test)]
 mod unwrap_tests;
@@ -111,8 +120,9 @@ pub use module::init_token;
 pub use oaep::OaepSha256;
 pub use objects::ObjectId;
 
+use call::{Call, Counters};
 use objects::{HandleCache, SessionCopies};
-use pool::{Counters, Dispatch, Job, Outcome, Pool, Retry, SubmitError, WorkerCtx};
+use pool::{Dispatch, Job, LockClass, Outcome, Pool, Retry, SubmitError, WorkerCtx};
 
 /// Default number of HSM worker threads.
 pub const DEFAULT_WORKERS: usize = 2;
@@ -127,34 +137,6 @@ pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(30);
 pub const GCM_IV_LEN: usize = 12;
 /// GCM tag length in bytes.
 pub const GCM_TAG_LEN: usize = 16;
-/// Jobs that create or destroy objects on the token; they run alone (see `pool`).
-const EXCLUSIVE_OPS: &[&str] = &[
-    "generate_aes_key",
-    "destroy",
-    "try_wrap_with_new_key",
-    "ensure_audit_key",
-    // Asymmetric keys, signatures and MACs. Key pairs are generated as session objects
-    // (UNLOCKED_OPS) and only copied to the token here, in a short exclusive step.
-    "persist_key_pair",
-    "generate_hmac_key",
-    "destroy_key_pair",
-    // Rotation and import of key material ("generate_wrapping_key": UNLOCKED_OPS).
-    "persist_wrapping_key",
-    "destroy_wrapping_key",
-    "import_material",
-];
-
-/// Jobs that touch session objects only: key-pair generation (seconds for RSA-4096 on
-/// SoftHSM2). They take no lock: neither do they wait for an exclusive job, nor does an
-/// exclusive job (or, behind it, every other job) wait for them. Such a job must not read,
-/// create or destroy a token object. Measured safe beside reads and token object creation
-/// (`tests_asym::key_pair_generation_runs_alongside_reads_without_errors`).
-const UNLOCKED_OPS: &[&str] = &[
-    "generate_key_pair",
-    "generate_wrapping_key",
-    "generate_data_key_pair",
-];
-
 /// Largest request for random bytes or a data key, in bytes.
 pub const MAX_RANDOM_LEN: usize = 4096;
 
@@ -281,6 +263,10 @@ pub struct KeyAttributes {
     pub verify: bool,
     /// `CKA_DERIVE`
     pub derive: bool,
+    /// `CKA_SIGN_RECOVER` (private keys; the token's default where the template leaves it)
+    pub sign_recover: bool,
+    /// `CKA_VERIFY_RECOVER` (public keys; the token's default where the template leaves it)
+    pub verify_recover: bool,
     /// `CKA_ALLOWED_MECHANISMS` without the `CKM_` prefix: `["AES_GCM"]`.
     pub allowed_mechanisms: Vec<String>,
 }
@@ -433,15 +419,10 @@ impl Hsm {
             ));
         }
         let counters = Counters::default();
-        let pkcs11 = module::module(&cfg.module, token)?;
-        let slot = module::find_token(&pkcs11, token, &|f| counters.inc(f))?;
-
-        counters.inc("C_OpenSession");
-        let keeper = pkcs11
-            .open_ro_session(slot)
-            .map_err(|e| error::from_cryptoki("C_OpenSession", token, &e))?;
-        counters.inc("C_Login");
-        module::login(&keeper, &cfg.pin, token)?;
+        let pkcs11 = module::module(&cfg.module, token, &counters)?;
+        let slot = module::find_token(&pkcs11, token, &counters)?;
+        let keeper = counters.call(Call::OpenSession, token, || pkcs11.open_ro_session(slot))?;
+        module::login(&counters, &keeper, &cfg.pin, token)?;
 
         let shared = Arc::new(Shared {
             token: token.to_owned(),
@@ -484,7 +465,7 @@ impl Hsm {
     /// Generate a CMK version: an AES-256 token key with the CMK template
     /// and `CKA_ID` = `id`. Costs 10-16 ms on SoftHSM2 (file writes).
     pub async fn generate_aes_key(&self, id: ObjectId) -> Result<(), HsmError> {
-        self.submit("generate_aes_key", move |ctx| {
+        self.submit(LockClass::Exclusive, "generate_aes_key", move |ctx| {
             ops::generate_aes_key(ctx, id)
         })
         .await
@@ -498,7 +479,7 @@ impl Hsm {
         plaintext: Zeroizing<Vec<u8>>,
         aad: AadBuilder,
     ) -> Result<GcmSealed, HsmError> {
-        self.submit_retry_safe("encrypt_gcm", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "encrypt_gcm", move |ctx| {
             ops::encrypt_gcm(ctx, id, &plaintext, &aad)
         })
         .await
@@ -513,7 +494,7 @@ impl Hsm {
         ciphertext_and_tag: Vec<u8>,
         aad: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit_retry_safe("decrypt_gcm", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "decrypt_gcm", move |ctx| {
             ops::decrypt_gcm(ctx, id, &iv, &ciphertext_and_tag, &aad)
         })
         .await
@@ -528,7 +509,7 @@ impl Hsm {
         aad: AadBuilder,
     ) -> Result<(Zeroizing<Vec<u8>>, GcmSealed), HsmError> {
         self.check_len("generate_data_key", n)?;
-        self.submit_retry_safe("generate_data_key", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "generate_data_key", move |ctx| {
             ops::generate_data_key(ctx, id, n, &aad)
         })
         .await
@@ -546,7 +527,7 @@ impl Hsm {
         dst: ObjectId,
         dst_aad: AadBuilder,
     ) -> Result<GcmSealed, HsmError> {
-        self.submit_retry_safe("reencrypt_gcm", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "reencrypt_gcm", move |ctx| {
             ops::reencrypt_gcm(ctx, src, &iv, &ciphertext_and_tag, &src_aad, dst, &dst_aad)
         })
         .await
@@ -555,40 +536,46 @@ impl Hsm {
     /// `n` bytes (1..=[`MAX_RANDOM_LEN`]) from the HSM's RNG.
     pub async fn random(&self, n: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         self.check_len("random", n)?;
-        self.submit_retry_safe("random", move |ctx| ops::random(ctx, n))
+        self.submit_retry_safe(LockClass::Shared, "random", move |ctx| ops::random(ctx, n))
             .await
     }
 
     /// Destroy the key object `id`; [`HsmErrorKind::ObjectNotFound`] if absent.
     pub async fn destroy(&self, id: ObjectId) -> Result<(), HsmError> {
-        self.submit("destroy", move |ctx| ops::destroy(ctx, id))
-            .await
+        self.submit(LockClass::Exclusive, "destroy", move |ctx| {
+            ops::destroy(ctx, id)
+        })
+        .await
     }
 
     /// Whether the key object `id` exists on the token.
     pub async fn exists(&self, id: ObjectId) -> Result<bool, HsmError> {
-        self.submit_retry_safe("exists", move |ctx| ops::exists(ctx, id))
+        self.submit_retry_safe(LockClass::Shared, "exists", move |ctx| ops::exists(ctx, id))
             .await
     }
 
     /// The custody attributes of key object `id`, read from the device.
     pub async fn key_attributes(&self, id: ObjectId) -> Result<KeyAttributes, HsmError> {
-        self.submit_retry_safe("key_attributes", move |ctx| ops::key_attributes(ctx, id))
-            .await
+        self.submit_retry_safe(LockClass::Shared, "key_attributes", move |ctx| {
+            ops::key_attributes(ctx, id)
+        })
+        .await
     }
 
     /// Try to read `CKA_VALUE` of `id`. For custody tests: it must fail for
     /// p11kms keys (`CKR_ATTRIBUTE_SENSITIVE`).
     pub async fn try_read_value(&self, id: ObjectId) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit("try_read_value", move |ctx| ops::try_read_value(ctx, id))
-            .await
+        self.submit(LockClass::Shared, "try_read_value", move |ctx| {
+            ops::try_read_value(ctx, id)
+        })
+        .await
     }
 
     /// Generate a session AES wrapping key and try `CKM_AES_KEY_WRAP_PAD` on
     /// `id`. For custody tests: it must fail (`CKR_KEY_UNEXTRACTABLE`). The
     /// wrapping key is destroyed either way.
     pub async fn try_wrap_with_new_key(&self, id: ObjectId) -> Result<Vec<u8>, HsmError> {
-        self.submit("try_wrap_with_new_key", move |ctx| {
+        self.submit(LockClass::Exclusive, "try_wrap_with_new_key", move |ctx| {
             ops::try_wrap_with_new_key(ctx, id)
         })
         .await
@@ -597,18 +584,17 @@ impl Hsm {
     /// Every object on the token the logged-in user can see (for
     /// reconciliation). A linear scan: not for the request path.
     pub async fn list_objects(&self) -> Result<Vec<ObjectInfo>, HsmError> {
-        self.submit("list_objects", ops::list_objects).await
+        self.submit(LockClass::Shared, "list_objects", ops::list_objects)
+            .await
     }
 
     /// Which of the mechanisms p11kms uses the token offers. Blocking (one
     /// `C_GetMechanismList` on the calling thread).
     pub fn mechanisms(&self) -> Result<Vec<MechanismReport>, HsmError> {
         let s = &self.shared;
-        s.counters.inc("C_GetMechanismList");
-        let list = s
-            .pkcs11
-            .get_mechanism_list(s.slot)
-            .map_err(|e| error::from_cryptoki("C_GetMechanismList", &s.token, &e))?;
+        let list = s.counters.call(Call::GetMechanismList, &s.token, || {
+            s.pkcs11.get_mechanism_list(s.slot)
+        })?;
         Ok(MECHANISMS
             .iter()
             .map(|(name, m, required)| MechanismReport {
@@ -622,7 +608,7 @@ impl Hsm {
     /// Health check: `C_GetSessionInfo` through a worker; fails unless the
     /// session is usable and logged in. Counted as a health probe, not in [`Hsm::counters`].
     pub async fn ping(&self) -> Result<(), HsmError> {
-        self.submit("ping", ops::ping).await
+        self.submit(LockClass::Shared, "ping", ops::ping).await
     }
 
     /// PKCS#11 calls made so far, per function (`"C_Encrypt"` -> count).
@@ -651,6 +637,7 @@ impl Hsm {
             stuck_workers: c.stuck.load(Ordering::SeqCst),
             workers_replaced: c.replaced.load(Ordering::Relaxed),
             health_probes: c.probes.load(Ordering::Relaxed),
+            health_probe_latency: c.probe_latency.snapshot(),
             session_key_copies: self.session_copies(),
         }
     }
@@ -682,7 +669,7 @@ impl Hsm {
         curve: Curve,
         point: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit_retry_safe("derive_shared_secret", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "derive_shared_secret", move |ctx| {
             asym::derive_shared_secret(ctx, id, curve, &point)
         })
         .await
@@ -698,7 +685,7 @@ impl Hsm {
     /// when a key is disabled or scheduled for deletion: its material then exists only in the
     /// token objects until it is used again. A copy is recreated on the next use.
     pub async fn drop_session_copies(&self, key_id: [u8; 16]) -> Result<usize, HsmError> {
-        self.submit("drop_session_copies", move |ctx| {
+        self.submit(LockClass::Shared, "drop_session_copies", move |ctx| {
             Ok(ops::drop_session_copies(ctx, &key_id))
         })
         .await
@@ -711,13 +698,12 @@ impl Hsm {
         self.pool.shutdown();
         let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(session) = keeper {
-            self.shared.counters.inc("C_CloseSession");
-            if let Err(e) = session.close() {
-                tracing::warn!(
-                    token = %self.shared.token,
-                    error = %error::from_cryptoki("C_CloseSession", &self.shared.token, &e),
-                    "closing the HSM keeper session failed"
-                );
+            let s = &self.shared;
+            if let Err(e) = s
+                .counters
+                .call(Call::CloseSession, &s.token, || session.close())
+            {
+                tracing::warn!(token = %s.token, error = %e, "closing the HSM keeper session failed");
             }
             tracing::info!(token = %self.shared.token, "HSM token closed");
         }
@@ -749,7 +735,7 @@ impl Hsm {
         let permit = self.keygen_permit("generate_wrapping_key").await?;
         let p = pending.clone();
         let outcome = self
-            .submit("generate_wrapping_key", move |ctx| {
+            .submit(LockClass::Unlocked, "generate_wrapping_key", move |ctx| {
                 let (outcome, private) = unwrap::generate_wrapping_key(ctx, bits, sha256)?;
                 park(ctx, &p, private.into_iter().collect());
                 Ok(outcome)
@@ -759,8 +745,10 @@ impl Hsm {
         if !matches!(outcome, unwrap::WrappingKeyOutcome::Created(_)) {
             return Ok(outcome);
         }
-        self.submit("persist_wrapping_key", move |ctx| {
-            match take_parked(&pending)[..] {
+        self.submit(
+            LockClass::Exclusive,
+            "persist_wrapping_key",
+            move |ctx| match take_parked(&pending)[..] {
                 [private] => unwrap::persist_wrapping_key(ctx, id, private),
                 _ => Err(HsmError::new(
                     HsmErrorKind::Other,
@@ -768,15 +756,15 @@ impl Hsm {
                     ctx.token(),
                     "no session wrapping key to copy",
                 )),
-            }
-        })
+            },
+        )
         .await?;
         Ok(outcome)
     }
 
     /// Destroy a wrapping private key; [`HsmErrorKind::ObjectNotFound`] if absent.
     pub async fn destroy_wrapping_key(&self, id: unwrap::WrappingKeyId) -> Result<(), HsmError> {
-        self.submit("destroy_wrapping_key", move |ctx| {
+        self.submit(LockClass::Exclusive, "destroy_wrapping_key", move |ctx| {
             unwrap::destroy_wrapping_key(ctx, id)
         })
         .await
@@ -788,7 +776,7 @@ impl Hsm {
         &self,
         job: unwrap::ImportJob,
     ) -> Result<unwrap::ImportOutcome, HsmError> {
-        self.submit("import_material", move |ctx| {
+        self.submit(LockClass::Exclusive, "import_material", move |ctx| {
             unwrap::import_material(ctx, job)
         })
         .await
@@ -800,7 +788,7 @@ impl Hsm {
         &self,
         id: unwrap::WrappingKeyId,
     ) -> Result<KeyAttributes, HsmError> {
-        self.submit("wrapping_key_attributes", move |ctx| {
+        self.submit(LockClass::Shared, "wrapping_key_attributes", move |ctx| {
             unwrap::wrapping_key_attributes(ctx, id)
         })
         .await
@@ -812,7 +800,7 @@ impl Hsm {
         &self,
         f: impl FnOnce() + Send + 'static,
     ) -> Result<(), HsmError> {
-        self.submit("test_job", move |_ctx| {
+        self.submit(LockClass::Shared, "test_job", move |_ctx| {
             f();
             Ok(())
         })
@@ -838,15 +826,17 @@ impl Hsm {
         };
         let permit = self.keygen_permit("generate_key_pair").await?;
         let p = pending.clone();
-        self.submit("generate_key_pair", move |ctx| {
+        self.submit(LockClass::Unlocked, "generate_key_pair", move |ctx| {
             let pair = asym::generate_session_pair(ctx, id, spec, usage)?;
             park(ctx, &p, vec![pair.public, pair.private]);
             Ok(())
         })
         .await?;
         drop(permit);
-        self.submit("persist_key_pair", move |ctx| {
-            match take_parked(&pending)[..] {
+        self.submit(
+            LockClass::Exclusive,
+            "persist_key_pair",
+            move |ctx| match take_parked(&pending)[..] {
                 [public, private] => {
                     asym::persist_key_pair(ctx, id, asym::SessionPair { public, private })
                 }
@@ -856,8 +846,8 @@ impl Hsm {
                     ctx.token(),
                     "no session key pair to copy",
                 )),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -882,8 +872,7 @@ impl Hsm {
         let job = Job {
             enqueued,
             deadline: enqueued + Duration::from_secs(3600),
-            exclusive: false,
-            unlocked: true,
+            lock: LockClass::Unlocked,
             retry: Retry::Never,
             run: Box::new(move |dispatch: Dispatch<'_>| {
                 match dispatch {
@@ -908,7 +897,7 @@ impl Hsm {
 
     /// Generate an HMAC CMK version (generic secret token key of the digest length).
     pub async fn generate_hmac_key(&self, id: ObjectId, alg: MacAlg) -> Result<(), HsmError> {
-        self.submit("generate_hmac_key", move |ctx| {
+        self.submit(LockClass::Exclusive, "generate_hmac_key", move |ctx| {
             mac::generate_hmac_key(ctx, id, alg)
         })
         .await
@@ -916,7 +905,7 @@ impl Hsm {
 
     /// Destroy both halves of key pair `id`; [`HsmErrorKind::ObjectNotFound`] if neither exists.
     pub async fn destroy_key_pair(&self, id: ObjectId) -> Result<(), HsmError> {
-        self.submit("destroy_key_pair", move |ctx| {
+        self.submit(LockClass::Exclusive, "destroy_key_pair", move |ctx| {
             asym::destroy_key_pair(ctx, id)
         })
         .await
@@ -933,7 +922,7 @@ impl Hsm {
         } else {
             objects::Part::Public
         };
-        self.submit("key_pair_attributes", move |ctx| {
+        self.submit(LockClass::Shared, "key_pair_attributes", move |ctx| {
             asym::part_attributes(ctx, id, part)
         })
         .await
@@ -942,13 +931,16 @@ impl Hsm {
     /// Whether the device does RSA-OAEP with SHA-256 (probed on the first call or the first
     /// RSA decryption key, then fixed): it decides whether RSA decryption keys may use raw RSA.
     pub async fn oaep_sha256(&self) -> Result<OaepSha256, HsmError> {
-        self.submit("oaep_sha256", oaep::sha256_support).await
+        self.submit(LockClass::Shared, "oaep_sha256", oaep::sha256_support)
+            .await
     }
 
     /// DER `SubjectPublicKeyInfo` of key pair `id`, built from the public object.
     pub async fn public_key(&self, id: ObjectId, spec: PairSpec) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe("public_key", move |ctx| asym::public_key(ctx, id, spec))
-            .await
+        self.submit_retry_safe(LockClass::Shared, "public_key", move |ctx| {
+            asym::public_key(ctx, id, spec)
+        })
+        .await
     }
 
     /// Sign a digest with the private key `id`.
@@ -958,8 +950,10 @@ impl Hsm {
         scheme: SignScheme,
         digest: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe("sign", move |ctx| asym::sign(ctx, id, scheme, &digest))
-            .await
+        self.submit_retry_safe(LockClass::Shared, "sign", move |ctx| {
+            asym::sign(ctx, id, scheme, &digest)
+        })
+        .await
     }
 
     /// Verify a signature over a digest with the public key `id` (on the device).
@@ -970,7 +964,7 @@ impl Hsm {
         digest: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<bool, HsmError> {
-        self.submit_retry_safe("verify", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "verify", move |ctx| {
             asym::verify(ctx, id, scheme, &digest, &signature)
         })
         .await
@@ -983,7 +977,7 @@ impl Hsm {
         hash: ShaAlg,
         plaintext: Zeroizing<Vec<u8>>,
     ) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe("rsa_encrypt", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "rsa_encrypt", move |ctx| {
             asym::rsa_encrypt(ctx, id, hash, &plaintext)
         })
         .await
@@ -997,7 +991,7 @@ impl Hsm {
         hash: ShaAlg,
         ciphertext: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit_retry_safe("rsa_decrypt", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "rsa_decrypt", move |ctx| {
             asym::rsa_decrypt(ctx, id, hash, &ciphertext)
         })
         .await
@@ -1010,7 +1004,7 @@ impl Hsm {
         alg: MacAlg,
         message: Zeroizing<Vec<u8>>,
     ) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe("generate_mac", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "generate_mac", move |ctx| {
             mac::generate_mac(ctx, id, alg, &message)
         })
         .await
@@ -1024,7 +1018,7 @@ impl Hsm {
         message: Zeroizing<Vec<u8>>,
         tag: Vec<u8>,
     ) -> Result<bool, HsmError> {
-        self.submit_retry_safe("verify_mac", move |ctx| {
+        self.submit_retry_safe(LockClass::Shared, "verify_mac", move |ctx| {
             mac::verify_mac(ctx, id, alg, &message, &tag)
         })
         .await
@@ -1041,14 +1035,14 @@ impl Hsm {
     ) -> Result<DataKeyPair, HsmError> {
         let permit = self.keygen_permit("generate_data_key_pair").await?;
         let (pkcs8, spki) = self
-            .submit_retry_safe("generate_data_key_pair", move |ctx| {
+            .submit_retry_safe(LockClass::Unlocked, "generate_data_key_pair", move |ctx| {
                 asym::generate_data_key_pair(ctx, spec)
             })
             .await?;
         drop(permit);
         // Sealing reads the token CMK: a separate job under the shared lock.
         let (pkcs8, sealed) = self
-            .submit_retry_safe("seal_data_key_pair", move |ctx| {
+            .submit_retry_safe(LockClass::Shared, "seal_data_key_pair", move |ctx| {
                 let sealed = ops::encrypt_gcm(ctx, cmk, &pkcs8, &aad)?;
                 Ok((pkcs8.clone(), sealed))
             })
@@ -1074,13 +1068,13 @@ impl Hsm {
 
     /// Enqueue `f` for a worker and await its answer. Never retried (see [`Retry::Never`]):
     /// for jobs that may create token objects or commit anything.
-    async fn submit<T, F>(&self, op: &'static str, f: F) -> Result<T, HsmError>
+    async fn submit<T, F>(&self, lock: LockClass, op: &'static str, f: F) -> Result<T, HsmError>
     where
         T: Send + 'static,
         F: FnOnce(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
     {
         let mut f = Some(f);
-        self.enqueue(op, Retry::Never, move |ctx| match f.take() {
+        self.enqueue(lock, op, Retry::Never, move |ctx| match f.take() {
             Some(f) => f(ctx),
             None => Err(HsmError::new(
                 HsmErrorKind::Other,
@@ -1095,16 +1089,27 @@ impl Hsm {
     /// Enqueue `f`, a job that creates no token object and commits nothing, and await its
     /// answer. If it fails because its session died under it, it runs once more on a fresh
     /// session ([`Retry::OnLostSession`]); only a second failure reaches the caller.
-    async fn submit_retry_safe<T, F>(&self, op: &'static str, f: F) -> Result<T, HsmError>
+    async fn submit_retry_safe<T, F>(
+        &self,
+        lock: LockClass,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, HsmError>
     where
         T: Send + 'static,
         F: FnMut(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
     {
-        self.enqueue(op, Retry::OnLostSession, f).await
+        self.enqueue(lock, op, Retry::OnLostSession, f).await
     }
 
-    /// Enqueue a job and await its answer.
-    async fn enqueue<T, F>(&self, op: &'static str, retry: Retry, mut f: F) -> Result<T, HsmError>
+    /// Enqueue a job taking `lock` and await its answer; `op` names it in errors.
+    async fn enqueue<T, F>(
+        &self,
+        lock: LockClass,
+        op: &'static str,
+        retry: Retry,
+        mut f: F,
+    ) -> Result<T, HsmError>
     where
         T: Send + 'static,
         F: FnMut(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
@@ -1115,8 +1120,7 @@ impl Hsm {
         let job = Job {
             enqueued,
             deadline: enqueued + self.pool.acquire_timeout(),
-            exclusive: EXCLUSIVE_OPS.contains(&op),
-            unlocked: UNLOCKED_OPS.contains(&op),
+            lock,
             retry,
             run: Box::new(move |dispatch: Dispatch<'_>| {
                 let Some(sender) = tx.take() else {

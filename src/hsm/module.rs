@@ -16,6 +16,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
+use super::call::{Call, Counters};
 use super::error::{from_cryptoki, HsmError, HsmErrorKind};
 use super::Pin;
 
@@ -24,8 +25,12 @@ type Registry = Mutex<HashMap<PathBuf, Arc<Pkcs11>>>;
 static MODULES: OnceLock<Registry> = OnceLock::new();
 
 /// The process-wide initialised module loaded from `path` (loading and
-/// initialising it on first use). `token` only labels errors.
-pub(crate) fn module(path: &Path, token: &str) -> Result<Arc<Pkcs11>, HsmError> {
+/// initialising it on first use, counted in `counters`). `token` only labels errors.
+pub(crate) fn module(
+    path: &Path,
+    token: &str,
+    counters: &Counters,
+) -> Result<Arc<Pkcs11>, HsmError> {
     // Canonicalise so that two spellings of one library share one context.
     let key = std::fs::canonicalize(path).map_err(|e| {
         HsmError::new(
@@ -42,17 +47,19 @@ pub(crate) fn module(path: &Path, token: &str) -> Result<Arc<Pkcs11>, HsmError> 
     if let Some(p) = reg.get(&key) {
         return Ok(Arc::clone(p));
     }
-    let pkcs11 = Pkcs11::new(&key).map_err(|e| {
-        let mut err = from_cryptoki("C_GetFunctionList", token, &e);
-        err.kind = HsmErrorKind::Config;
-        err
-    })?;
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+    let pkcs11 = counters
+        .call(Call::GetFunctionList, token, || Pkcs11::new(&key))
+        .map_err(|mut err| {
+            err.kind = HsmErrorKind::Config;
+            err
+        })?;
+    let args = CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
+    match counters.run(Call::Initialize, || pkcs11.initialize(args)) {
         Ok(()) => {}
         // Something else in this process (another library) initialised the
         // module already: that is fine, we share it and never finalise it.
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(from_cryptoki("C_Initialize", token, &e)),
+        Err(e) => return Err(from_cryptoki(Call::Initialize.name(), token, &e)),
     }
     tracing::info!(module = %key.display(), "PKCS#11 module initialised");
     let pkcs11 = Arc::new(pkcs11);
@@ -65,21 +72,17 @@ pub(crate) fn module(path: &Path, token: &str) -> Result<Arc<Pkcs11>, HsmError> 
 pub(crate) fn find_token(
     pkcs11: &Pkcs11,
     label: &str,
-    count: &dyn Fn(&'static str),
+    counters: &Counters,
 ) -> Result<Slot, HsmError> {
-    count("C_GetSlotList");
-    let slots = pkcs11
-        .get_slots_with_token()
-        .map_err(|e| from_cryptoki("C_GetSlotList", label, &e))?;
+    let slots = counters.call(Call::GetSlotList, label, || pkcs11.get_slots_with_token())?;
     let mut found = Vec::new();
     for slot in slots {
-        count("C_GetTokenInfo");
-        match pkcs11.get_token_info(slot) {
+        match counters.run(Call::GetTokenInfo, || pkcs11.get_token_info(slot)) {
             Ok(info) if info.label().trim_end() == label => found.push(slot),
             Ok(_) => {}
             // A slot whose token vanished between the two calls is skipped.
             Err(CkError::Pkcs11(RvError::TokenNotPresent | RvError::SlotIdInvalid, _)) => {}
-            Err(e) => return Err(from_cryptoki("C_GetTokenInfo", label, &e)),
+            Err(e) => return Err(from_cryptoki(Call::GetTokenInfo.name(), label, &e)),
         }
     }
     match found.len() {
@@ -101,12 +104,17 @@ pub(crate) fn find_token(
 
 /// Log the user in on `session`. Login state is per token per process, so
 /// `CKR_USER_ALREADY_LOGGED_IN` (another session or `Hsm` did it) is success.
-pub(crate) fn login(session: &Session, pin: &Pin, token: &str) -> Result<(), HsmError> {
+pub(crate) fn login(
+    counters: &Counters,
+    session: &Session,
+    pin: &Pin,
+    token: &str,
+) -> Result<(), HsmError> {
     let auth = AuthPin::from(pin.expose());
-    match session.login(UserType::User, Some(&auth)) {
+    match counters.run(Call::Login, || session.login(UserType::User, Some(&auth))) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(e) => {
-            let mut err = from_cryptoki("C_Login", token, &e);
+            let mut err = from_cryptoki(Call::Login.name(), token, &e);
             if matches!(
                 e,
                 CkError::Pkcs11(
@@ -131,42 +139,41 @@ pub fn init_token(
     so_pin: &Pin,
     user_pin: &Pin,
 ) -> Result<bool, HsmError> {
-    let pkcs11 = module(module_path, label)?;
-    let nothing = |_: &'static str| {};
-    if find_token(&pkcs11, label, &nothing).is_ok() {
+    // Development set-up: the calls are counted for no `Hsm`.
+    let counters = Counters::default();
+    let c = &counters;
+    let pkcs11 = module(module_path, label, c)?;
+    if find_token(&pkcs11, label, c).is_ok() {
         return Ok(false);
     }
-    let free = pkcs11
-        .get_slots_with_token()
-        .map_err(|e| from_cryptoki("C_GetSlotList", label, &e))?
+    let free = c
+        .call(Call::GetSlotList, label, || pkcs11.get_slots_with_token())?
         .into_iter()
         .find(|s| {
-            pkcs11
-                .get_token_info(*s)
+            c.run(Call::GetTokenInfo, || pkcs11.get_token_info(*s))
                 .is_ok_and(|i| !i.token_initialized())
         })
         .ok_or_else(|| {
             HsmError::new(
                 HsmErrorKind::Config,
-                "C_InitToken",
+                Call::InitToken.name(),
                 label,
                 "the module offers no uninitialised token slot",
             )
         })?;
-    pkcs11
-        .init_token(free, &AuthPin::from(so_pin.expose()), label)
-        .map_err(|e| from_cryptoki("C_InitToken", label, &e))?;
+    let so = AuthPin::from(so_pin.expose());
+    c.call(Call::InitToken, label, || {
+        pkcs11.init_token(free, &so, label)
+    })?;
     // SoftHSM2 moves an initialised token to a new slot number: find it again by label.
-    let slot = find_token(&pkcs11, label, &nothing)?;
-    let session = pkcs11
-        .open_rw_session(slot)
-        .map_err(|e| from_cryptoki("C_OpenSession", label, &e))?;
-    session
-        .login(UserType::So, Some(&AuthPin::from(so_pin.expose())))
-        .map_err(|e| from_cryptoki("C_Login", label, &e))?;
-    session
-        .init_pin(&AuthPin::from(user_pin.expose()))
-        .map_err(|e| from_cryptoki("C_InitPIN", label, &e))?;
-    let _ = session.logout();
+    let slot = find_token(&pkcs11, label, c)?;
+    let session = c.call(Call::OpenSession, label, || pkcs11.open_rw_session(slot))?;
+    c.call(Call::Login, label, || {
+        session.login(UserType::So, Some(&so))
+    })?;
+    let user = AuthPin::from(user_pin.expose());
+    c.call(Call::InitPin, label, || session.init_pin(&user))?;
+    let _ = c.run(Call::Logout, || session.logout());
+    let _ = c.run(Call::CloseSession, || session.close());
     Ok(true)
 }

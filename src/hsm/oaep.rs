@@ -13,14 +13,16 @@
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::object::{Attribute, KeyType, ObjectHandle};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
 
 use super::asym::{self, ShaAlg};
+use super::call::Call;
 use super::error::HsmError;
 use super::pool::WorkerCtx;
+use super::template::{Template, Usage};
 
 /// How RSA-OAEP with SHA-256 (and MGF1-SHA-256) runs on this device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,15 +64,10 @@ pub(crate) fn sha256_support(ctx: &mut WorkerCtx) -> Result<OaepSha256, HsmError
 }
 
 fn probe(ctx: &mut WorkerCtx) -> Result<OaepSha256, HsmError> {
-    ctx.count("C_GenerateKeyPair");
-    let (public, private) = ctx
-        .session
-        .generate_key_pair(
-            &Mechanism::RsaPkcsKeyPairGen,
-            &probe_template(true),
-            &probe_template(false),
-        )
-        .map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+    let (public_t, private_t) = (probe_template(true), probe_template(false));
+    let (public, private) = ctx.call(Call::GenerateKeyPair, |s| {
+        s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public_t, &private_t)
+    })?;
     let r = round_trip(ctx, public, private);
     asym::destroy_quietly(ctx, &[public, private], "OAEP probe key pair");
     r
@@ -78,32 +75,23 @@ fn probe(ctx: &mut WorkerCtx) -> Result<OaepSha256, HsmError> {
 
 /// A session RSA-2048 half allowed `CKM_RSA_PKCS_OAEP` only: encrypt for the public half,
 /// decrypt for the sensitive private half.
-fn probe_template(public: bool) -> Vec<Attribute> {
-    let mut t = vec![
-        Attribute::Token(false),
-        Attribute::Label(PROBE_LABEL.as_bytes().to_vec()),
-        Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
-    ];
-    if public {
-        t.extend([
-            Attribute::Encrypt(true),
-            Attribute::Verify(false),
-            Attribute::Wrap(false),
-            Attribute::ModulusBits(2048u64.into()),
-            Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-        ]);
+pub(crate) fn probe_template(public: bool) -> Vec<Attribute> {
+    let t = if public {
+        Template::public(KeyType::RSA)
+            .allow(Usage::Encrypt)
+            .token_default(&[Usage::VerifyRecover, Usage::Derive])
+            .with(Attribute::ModulusBits(2048u64.into()))
+            .with(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]))
     } else {
-        t.extend([
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Decrypt(true),
-            Attribute::Sign(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-        ]);
-    }
-    t
+        Template::private(KeyType::RSA)
+            .guarded()
+            .allow(Usage::Decrypt)
+            .token_default(&[Usage::SignRecover])
+    };
+    t.token(false)
+        .label(PROBE_LABEL)
+        .mechanisms(vec![MechanismType::RSA_PKCS_OAEP])
+        .build()
 }
 
 /// An OAEP-SHA-256 encryption and decryption of a known message: `Device` only if the
@@ -114,20 +102,16 @@ fn round_trip(
     private: ObjectHandle,
 ) -> Result<OaepSha256, HsmError> {
     let mech = asym::oaep(ShaAlg::Sha256);
-    ctx.count("C_EncryptInit");
-    ctx.count("C_Encrypt");
-    let sealed = match ctx.session.encrypt(&mech, public, PROBE_MESSAGE) {
+    let sealed = match ctx.call_raw(Call::Encrypt, |s| s.encrypt(&mech, public, PROBE_MESSAGE)) {
         Ok(c) => c,
         Err(e) if refused(&e) => return Ok(OaepSha256::RawRsa),
-        Err(e) => return Err(ctx.fail("C_Encrypt", &e)),
+        Err(e) => return Err(ctx.fail(Call::Encrypt, &e)),
     };
-    ctx.count("C_DecryptInit");
-    ctx.count("C_Decrypt");
-    match ctx.session.decrypt(&mech, private, &sealed) {
+    match ctx.call_raw(Call::Decrypt, |s| s.decrypt(&mech, private, &sealed)) {
         Ok(p) if p == PROBE_MESSAGE && sealed.len() == 256 => Ok(OaepSha256::Device),
         Ok(_) => Ok(OaepSha256::RawRsa),
         Err(e) if refused(&e) => Ok(OaepSha256::RawRsa),
-        Err(e) => Err(ctx.fail("C_Decrypt", &e)),
+        Err(e) => Err(ctx.fail(Call::Decrypt, &e)),
     }
 }
 

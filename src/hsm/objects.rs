@@ -13,6 +13,8 @@ use std::sync::RwLock;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 
+use super::template::{Template, Usage};
+
 /// `CKA_ID` of a p11kms key object: 16-byte key id + u32 big-endian version.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId(pub [u8; 20]);
@@ -83,47 +85,28 @@ impl fmt::Display for ObjectId {
 /// Template for a CMK version: an AES-256 token key usable only for
 /// AES-GCM encrypt/decrypt, sensitive and never extractable.
 pub(crate) fn cmk_aes_template(id: &ObjectId) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![MechanismType::AES_GCM]),
-        Attribute::Id(id.0.to_vec()),
-        Attribute::Label(id.label().into_bytes()),
-    ]
+    Template::secret(KeyType::AES)
+        .value_len(32)
+        .token(true)
+        .guarded()
+        .allow(Usage::Encrypt)
+        .allow(Usage::Decrypt)
+        .mechanisms(vec![MechanismType::AES_GCM])
+        .id(&id.0)
+        .label(id.label())
+        .build()
 }
 
 /// Template for the throw-away session AES key used by the custody test
 /// `try_wrap_with_new_key`: a session object that may only wrap.
 pub(crate) fn session_wrapping_key_template() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-        Attribute::Label(b"p11kms/custody-probe-wrapping-key".to_vec()),
-    ]
+    Template::secret(KeyType::AES)
+        .value_len(32)
+        .token(false)
+        .guarded()
+        .allow(Usage::Wrap)
+        .label("p11kms/custody-probe-wrapping-key")
+        .build()
 }
 
 /// `CKO_SECRET_KEY` -> `SECRET_KEY`.

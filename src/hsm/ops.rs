@@ -1,7 +1,5 @@
 //! The bodies of the HSM operations. Each runs inside a worker job, on the
-//! worker's own session, and counts every PKCS#11 call it makes.
-
-use std::time::Instant;
+//! worker's own session, and makes every PKCS#11 call through `WorkerCtx::call`.
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
@@ -11,6 +9,7 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectHandle};
 use cryptoki::session::SessionState;
 use zeroize::Zeroizing;
 
+use super::call::Call;
 use super::error::{is_handle_invalid, is_session_broken, rv_string, HsmError, HsmErrorKind};
 use super::objects::{
     class_name, cmk_aes_template, mechanism_name, session_wrapping_key_template, CopyState,
@@ -31,17 +30,12 @@ pub(crate) fn find_part(
     id: &ObjectId,
     part: Part,
 ) -> Result<Option<ObjectHandle>, HsmError> {
-    ctx.count("C_FindObjectsInit");
-    ctx.count("C_FindObjects");
-    ctx.count("C_FindObjectsFinal");
-    let found = ctx
-        .session
-        .find_objects(&[
-            Attribute::Class(part.class()),
-            Attribute::Token(true),
-            Attribute::Id(id.0.to_vec()),
-        ])
-        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
+    let search = [
+        Attribute::Class(part.class()),
+        Attribute::Token(true),
+        Attribute::Id(id.0.to_vec()),
+    ];
+    let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
     match found.as_slice() {
         [] => Ok(None),
         [h] => Ok(Some(*h)),
@@ -153,11 +147,9 @@ fn make_copy(
         return Ok(None);
     }
     let copied = with_part(ctx, id, part, |ctx, h| {
-        ctx.count("C_CopyObject");
-        let t = Instant::now();
-        let r = ctx.session.copy_object(h, &[Attribute::Token(false)]);
-        ctx.observe("C_CopyObject", t);
-        r.map_err(|e| ctx.fail("C_CopyObject", &e))
+        ctx.call(Call::CopyObject, |s| {
+            s.copy_object(h, &[Attribute::Token(false)])
+        })
     });
     let copy = match copied {
         Ok(copy) => copy,
@@ -195,10 +187,9 @@ fn make_copy(
 
 /// Destroy a session-object copy; a handle already gone is fine, other failures are logged.
 fn destroy_copy(ctx: &mut WorkerCtx, h: ObjectHandle) {
-    ctx.count("C_DestroyObject");
-    if let Err(e) = ctx.session.destroy_object(h) {
+    if let Err(e) = ctx.call_raw(Call::DestroyObject, |s| s.destroy_object(h)) {
         if !is_handle_invalid(&e) {
-            let err = ctx.fail("C_DestroyObject", &e);
+            let err = ctx.fail(Call::DestroyObject, &e);
             tracing::warn!(token = %ctx.token(), error = %err, "could not destroy a session copy of a key");
         }
     }
@@ -235,11 +226,7 @@ pub(crate) fn drop_session_copies(ctx: &mut WorkerCtx, key_id: &[u8; 16]) -> usi
 
 fn random_iv(ctx: &mut WorkerCtx) -> Result<[u8; GCM_IV_LEN], HsmError> {
     let mut iv = [0u8; GCM_IV_LEN];
-    ctx.count("C_GenerateRandom");
-    let t = Instant::now();
-    let r = ctx.session.generate_random_slice(&mut iv);
-    ctx.observe("C_GenerateRandom", t);
-    r.map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+    ctx.call(Call::GenerateRandom, |s| s.generate_random_slice(&mut iv))?;
     Ok(iv)
 }
 
@@ -247,12 +234,12 @@ fn gcm_params<'a>(
     ctx: &WorkerCtx,
     iv: &'a mut [u8; GCM_IV_LEN],
     aad: &'a [u8],
-    function: &'static str,
+    function: Call,
 ) -> Result<GcmParams<'a>, HsmError> {
     GcmParams::new(iv, aad, TAG_BITS.into()).map_err(|e| {
         HsmError::new(
             HsmErrorKind::Other,
-            function,
+            function.name(),
             ctx.token(),
             format!("bad GCM parameters: {e}"),
         )
@@ -270,15 +257,10 @@ fn seal(
     let aad = aad(&iv);
     let ciphertext_and_tag = with_copy(ctx, id, Part::Secret, |ctx, h| {
         let mut iv_buf = iv;
-        let params = gcm_params(ctx, &mut iv_buf, &aad, "C_EncryptInit")?;
-        ctx.count("C_EncryptInit");
-        ctx.count("C_Encrypt");
-        let t = Instant::now();
-        let r = ctx
-            .session
-            .encrypt(&Mechanism::AesGcm(params), h, plaintext);
-        ctx.observe("C_Encrypt", t);
-        r.map_err(|e| ctx.fail("C_Encrypt", &e))
+        let params = gcm_params(ctx, &mut iv_buf, &aad, Call::EncryptInit)?;
+        ctx.call(Call::Encrypt, |s| {
+            s.encrypt(&Mechanism::AesGcm(params), h, plaintext)
+        })
     })?;
     Ok(GcmSealed {
         iv,
@@ -304,14 +286,10 @@ fn open(
     }
     with_copy(ctx, id, Part::Secret, |ctx, h| {
         let mut iv_buf = *iv;
-        let params = gcm_params(ctx, &mut iv_buf, aad, "C_DecryptInit")?;
-        ctx.count("C_DecryptInit");
-        ctx.count("C_Decrypt");
-        let t = Instant::now();
-        let r = ctx
-            .session
-            .decrypt(&Mechanism::AesGcm(params), h, ciphertext_and_tag);
-        ctx.observe("C_Decrypt", t);
+        let params = gcm_params(ctx, &mut iv_buf, aad, Call::DecryptInit)?;
+        let r = ctx.call_raw(Call::Decrypt, |s| {
+            s.decrypt(&Mechanism::AesGcm(params), h, ciphertext_and_tag)
+        });
         match r {
             Ok(plaintext) => Ok(Zeroizing::new(plaintext)),
             Err(
@@ -322,7 +300,7 @@ fn open(
                     Function::Decrypt,
                 ),
             ) => Err(classify_open_failure(ctx, h, &e)),
-            Err(e) => Err(ctx.fail("C_Decrypt", &e)),
+            Err(e) => Err(ctx.fail(Call::Decrypt, &e)),
         }
     })
 }
@@ -330,16 +308,12 @@ fn open(
 /// Whether the worker's session still answers `C_GetSessionInfo` and is logged in: the first
 /// half of telling a bad input (healthy device) from a sick device after a failed call.
 pub(crate) fn session_logged_in(ctx: &mut WorkerCtx) -> bool {
-    ctx.count("C_GetSessionInfo");
-    match ctx.session.get_session_info() {
+    match ctx.call(Call::GetSessionInfo, |s| s.get_session_info()) {
         Ok(info) => matches!(
             info.session_state(),
             SessionState::RwUser | SessionState::RoUser
         ),
-        Err(pe) => {
-            ctx.fail("C_GetSessionInfo", &pe);
-            false
-        }
+        Err(_) => false,
     }
 }
 
@@ -349,14 +323,15 @@ pub(crate) fn session_logged_in(ctx: &mut WorkerCtx) -> bool {
 /// (`C_GetAttributeValue(CKA_CLASS)`). Healthy -> `AuthFailed`; the key gone
 /// -> `ObjectNotFound`; anything else -> `Unavailable`.
 fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) -> HsmError {
-    let mut err = super::error::from_cryptoki("C_Decrypt", ctx.token(), e);
+    let mut err = super::error::from_cryptoki(Call::Decrypt.name(), ctx.token(), e);
     if !session_logged_in(ctx) {
         err.kind = HsmErrorKind::Unavailable;
         err.detail = Some("decrypt failed and the session probe failed".into());
         return err;
     }
-    ctx.count("C_GetAttributeValue");
-    match ctx.session.get_attributes(key, &[AttributeType::Class]) {
+    match ctx.call_raw(Call::GetAttributeValue, |s| {
+        s.get_attributes(key, &[AttributeType::Class])
+    }) {
         Ok(attrs) if attrs.iter().any(|a| matches!(a, Attribute::Class(_))) => {
             err.kind = HsmErrorKind::AuthFailed;
             err.detail = Some("GCM authentication failed".into());
@@ -370,7 +345,7 @@ fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) ->
             err.detail = Some("decrypt failed and the key handle is no longer valid".into());
         }
         Err(pe) => {
-            ctx.fail("C_GetAttributeValue", &pe);
+            ctx.fail(Call::GetAttributeValue, &pe);
             err.kind = HsmErrorKind::Unavailable;
             err.detail = Some("decrypt failed and the key probe failed".into());
         }
@@ -392,13 +367,10 @@ pub(crate) fn generate_aes_key(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), 
             format!("a key object with the CKA_ID of {id} already exists"),
         ));
     }
-    ctx.count("C_GenerateKey");
-    let t = Instant::now();
-    let r = ctx
-        .session
-        .generate_key(&Mechanism::AesKeyGen, &cmk_aes_template(&id));
-    ctx.observe("C_GenerateKey", t);
-    let h = r.map_err(|e| ctx.fail("C_GenerateKey", &e))?;
+    let template = cmk_aes_template(&id);
+    let h = ctx.call(Call::GenerateKey, |s| {
+        s.generate_key(&Mechanism::AesKeyGen, &template)
+    })?;
     ctx.shared.handles.insert(id, h);
     tracing::debug!(token = %ctx.token(), object = %id, "HSM key generated");
     Ok(())
@@ -454,10 +426,7 @@ pub(crate) fn reencrypt_gcm(
 /// `n` bytes from the HSM's RNG.
 pub(crate) fn random(ctx: &mut WorkerCtx, n: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
     let mut out = Zeroizing::new(vec![0u8; n]);
-    ctx.count("C_GenerateRandom");
-    ctx.session
-        .generate_random_slice(&mut out)
-        .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+    ctx.call(Call::GenerateRandom, |s| s.generate_random_slice(&mut out))?;
     Ok(out)
 }
 
@@ -465,10 +434,7 @@ pub(crate) fn random(ctx: &mut WorkerCtx, n: usize) -> Result<Zeroizing<Vec<u8>>
 pub(crate) fn destroy(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
     discard_copy(ctx, &id, Part::Secret);
     let r = with_key(ctx, &id, |ctx, h| {
-        ctx.count("C_DestroyObject");
-        ctx.session
-            .destroy_object(h)
-            .map_err(|e| ctx.fail("C_DestroyObject", &e))
+        ctx.call(Call::DestroyObject, |s| s.destroy_object(h))
     });
     // Whatever happened, the handle must not be trusted any more.
     ctx.shared.handles.evict(&id);
@@ -481,11 +447,12 @@ pub(crate) fn destroy(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError>
 /// `C_GetAttributeValue(CKA_CLASS)`; otherwise the token is searched.
 pub(crate) fn exists(ctx: &mut WorkerCtx, id: ObjectId) -> Result<bool, HsmError> {
     if let Some(h) = ctx.shared.handles.get(&id) {
-        ctx.count("C_GetAttributeValue");
-        match ctx.session.get_attributes(h, &[AttributeType::Class]) {
+        match ctx.call_raw(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::Class])
+        }) {
             Ok(_) => return Ok(true),
             Err(e) if is_handle_invalid(&e) => ctx.shared.handles.evict(&id),
-            Err(e) => return Err(ctx.fail("C_GetAttributeValue", &e)),
+            Err(e) => return Err(ctx.fail(Call::GetAttributeValue, &e)),
         }
     }
     match find_part(ctx, &id, Part::Secret)? {
@@ -512,18 +479,25 @@ pub(crate) const CUSTODY_ATTRIBUTES: &[AttributeType] = &[
     AttributeType::Sign,
     AttributeType::Verify,
     AttributeType::Derive,
+    AttributeType::SignRecover,
+    AttributeType::VerifyRecover,
     AttributeType::AllowedMechanisms,
 ];
 
 /// Read the custody attributes of `id`.
 pub(crate) fn key_attributes(ctx: &mut WorkerCtx, id: ObjectId) -> Result<KeyAttributes, HsmError> {
-    let attrs = with_key(ctx, &id, |ctx, h| {
-        ctx.count("C_GetAttributeValue");
-        ctx.session
-            .get_attributes(h, CUSTODY_ATTRIBUTES)
-            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))
-    })?;
+    let attrs = with_key(ctx, &id, custody_attributes)?;
     Ok(key_attributes_from(attrs))
+}
+
+/// Read [`CUSTODY_ATTRIBUTES`] of the object `h`.
+pub(crate) fn custody_attributes(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+) -> Result<Vec<Attribute>, HsmError> {
+    ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(h, CUSTODY_ATTRIBUTES)
+    })
 }
 
 /// Custody attributes from what `C_GetAttributeValue` returned (absent ones stay false).
@@ -544,6 +518,8 @@ pub(crate) fn key_attributes_from(attrs: Vec<Attribute>) -> KeyAttributes {
             Attribute::Sign(v) => k.sign = v,
             Attribute::Verify(v) => k.verify = v,
             Attribute::Derive(v) => k.derive = v,
+            Attribute::SignRecover(v) => k.sign_recover = v,
+            Attribute::VerifyRecover(v) => k.verify_recover = v,
             Attribute::AllowedMechanisms(ms) => {
                 k.allowed_mechanisms = ms.into_iter().map(mechanism_name).collect()
             }
@@ -559,11 +535,9 @@ pub(crate) fn try_read_value(
     id: ObjectId,
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
     with_key(ctx, &id, |ctx, h| {
-        ctx.count("C_GetAttributeValue");
-        let info = ctx
-            .session
-            .get_attribute_info(h, &[AttributeType::Value])
-            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        let info = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attribute_info(h, &[AttributeType::Value])
+        })?;
         let refused = |rv: RvError| HsmError {
             kind: HsmErrorKind::Other,
             function: "C_GetAttributeValue",
@@ -584,11 +558,9 @@ pub(crate) fn try_read_value(
                 ))
             }
         }
-        ctx.count("C_GetAttributeValue");
-        let attrs = ctx
-            .session
-            .get_attributes(h, &[AttributeType::Value])
-            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        let attrs = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::Value])
+        })?;
         attrs
             .into_iter()
             .find_map(|a| match a {
@@ -613,19 +585,14 @@ pub(crate) fn try_wrap_with_new_key(
     id: ObjectId,
 ) -> Result<Vec<u8>, HsmError> {
     let (target, _) = resolve_part(ctx, &id, Part::Secret)?;
-    ctx.count("C_GenerateKey");
-    let wrapping = ctx
-        .session
-        .generate_key(&Mechanism::AesKeyGen, &session_wrapping_key_template())
-        .map_err(|e| ctx.fail("C_GenerateKey", &e))?;
-    ctx.count("C_WrapKey");
-    let wrapped = ctx
-        .session
-        .wrap_key(&Mechanism::AesKeyWrapPad, wrapping, target)
-        .map_err(|e| ctx.fail("C_WrapKey", &e));
-    ctx.count("C_DestroyObject");
-    if let Err(e) = ctx.session.destroy_object(wrapping) {
-        let err = ctx.fail("C_DestroyObject", &e);
+    let template = session_wrapping_key_template();
+    let wrapping = ctx.call(Call::GenerateKey, |s| {
+        s.generate_key(&Mechanism::AesKeyGen, &template)
+    })?;
+    let wrapped = ctx.call(Call::WrapKey, |s| {
+        s.wrap_key(&Mechanism::AesKeyWrapPad, wrapping, target)
+    });
+    if let Err(err) = ctx.call(Call::DestroyObject, |s| s.destroy_object(wrapping)) {
         tracing::warn!(error = %err, "could not destroy the custody-probe wrapping key");
     }
     wrapped
@@ -633,35 +600,26 @@ pub(crate) fn try_wrap_with_new_key(
 
 /// Every object the logged-in user can see, with id, label and class.
 pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmError> {
-    ctx.count("C_FindObjectsInit");
-    ctx.count("C_FindObjects");
-    ctx.count("C_FindObjectsFinal");
-    let handles = ctx
-        .session
-        .find_objects(&[])
-        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
+    let handles = ctx.call(Call::FindObjects, |s| s.find_objects(&[]))?;
     let mut out = Vec::with_capacity(handles.len());
+    let wanted = [
+        AttributeType::Id,
+        AttributeType::Label,
+        AttributeType::Class,
+        AttributeType::Token,
+    ];
     for h in handles {
-        ctx.count("C_GetAttributeValue");
-        let attrs = match ctx.session.get_attributes(
-            h,
-            &[
-                AttributeType::Id,
-                AttributeType::Label,
-                AttributeType::Class,
-                AttributeType::Token,
-            ],
-        ) {
+        let attrs = match ctx.call_raw(Call::GetAttributeValue, |s| s.get_attributes(h, &wanted)) {
             Ok(a) => a,
             // Destroyed between the search and now.
             Err(e) if is_handle_invalid(&e) => continue,
-            Err(e) if is_session_broken(&e) => return Err(ctx.fail("C_GetAttributeValue", &e)),
+            Err(e) if is_session_broken(&e) => return Err(ctx.fail(Call::GetAttributeValue, &e)),
             // An object the device cannot describe (SoftHSM2 answers
             // CKR_ATTRIBUTE_VALUE_INVALID for an object file torn by a kill -9 mid-write)
             // is listed as unreadable, with no id, rather than failing the whole scan: it
             // then matches no key version, and a version whose object it was shows as missing.
             Err(e) => {
-                let err = ctx.fail("C_GetAttributeValue", &e);
+                let err = ctx.fail(Call::GetAttributeValue, &e);
                 tracing::warn!(error = %err, "a token object cannot be read; listed as unreadable");
                 out.push(ObjectInfo {
                     id: Vec::new(),
@@ -696,14 +654,9 @@ pub(crate) fn list_objects(ctx: &mut WorkerCtx) -> Result<Vec<ObjectInfo>, HsmEr
 pub(crate) fn ping(ctx: &mut WorkerCtx) -> Result<(), HsmError> {
     // Health probes are counted apart (`health_probes`), so the per-function counters show
     // only what requests caused: a denied request must leave them unchanged.
-    ctx.shared
-        .counters
-        .probes
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let info = ctx
-        .session
-        .get_session_info()
-        .map_err(|e| ctx.fail("C_GetSessionInfo", &e))?;
+    let session = &ctx.session;
+    let probed = ctx.shared.counters.probe(|| session.get_session_info());
+    let info = probed.map_err(|e| ctx.fail(Call::GetSessionInfo, &e))?;
     match info.session_state() {
         SessionState::RwUser | SessionState::RoUser => Ok(()),
         state => Err(HsmError::new(

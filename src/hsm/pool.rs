@@ -1,4 +1,4 @@
-//! HSM worker threads, the bounded job queue, deadlines and call counters.
+//! HSM worker threads, the bounded job queue, deadlines and lock classes (call counters: `call`).
 //!
 //! `workers` threads named `hsm-worker-N` each own one R/W session and take
 //! jobs from one shared bounded queue (`std::sync::mpsc::sync_channel`).
@@ -15,9 +15,8 @@
 //! - Shutdown drops the sending side: workers drain what is queued, close
 //!   their sessions and exit; `shutdown` joins them (abandoned ones are left to finish).
 
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
@@ -26,10 +25,10 @@ use std::time::{Duration, Instant};
 use cryptoki::error::Error as CkError;
 use cryptoki::session::Session;
 
+use super::call::Call;
 use super::error::{from_cryptoki, is_session_broken, HsmError};
 use super::gate::{Gate, GateId, WorkerSlot};
 use super::module;
-use super::stats::{HistogramSnapshot, LatencyHistogram};
 use super::Shared;
 
 /// What a worker hands a job.
@@ -55,6 +54,22 @@ pub(crate) enum Retry {
     OnLostSession,
 }
 
+/// Which lock a job takes around its device work: a typed property of each job, chosen where
+/// the job is made (every `Hsm` method names its class when it submits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockClass {
+    /// Uses token objects without creating or destroying any (encrypt, sign, lookups): shares
+    /// [`TOKEN_OBJECTS`] with every other such job.
+    Shared,
+    /// Creates or destroys token objects: holds [`TOKEN_OBJECTS`] alone.
+    Exclusive,
+    /// Touches session objects only (slow key-pair generation): takes no lock, so it neither
+    /// waits for nor holds up exclusive jobs. Such a job must not read, create or destroy a
+    /// token object. Measured safe beside reads and token object creation
+    /// (`tests_asym::key_pair_generation_runs_alongside_reads_without_errors`).
+    Unlocked,
+}
+
 /// How one run of a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -70,11 +85,8 @@ pub(crate) struct Job {
     pub(crate) enqueued: Instant,
     /// Latest time at which a worker may start the job.
     pub(crate) deadline: Instant,
-    /// Whether the job creates or destroys objects (runs alone, see [`TOKEN_OBJECTS`]).
-    pub(crate) exclusive: bool,
-    /// Whether the job touches session objects only (slow key-pair generation): it takes
-    /// no lock, so it neither waits for nor holds up exclusive jobs.
-    pub(crate) unlocked: bool,
+    /// The lock the job takes around its device work.
+    pub(crate) lock: LockClass,
     /// Whether a failure on a lost session is retried once on a fresh session.
     pub(crate) retry: Retry,
     /// The work; it sends its own answer. Runs once, or twice when it returns
@@ -103,23 +115,34 @@ pub(crate) struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    /// Count one call of PKCS#11 function `f`.
-    pub(crate) fn count(&self, f: &'static str) {
-        self.shared.counters.inc(f);
+    /// One PKCS#11 call on this worker's session, through [`super::call::Counters::run`]:
+    /// counted, timed, and a failure mapped to an [`HsmError`] (noting a broken session).
+    pub(crate) fn call<T>(
+        &mut self,
+        call: Call,
+        f: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        self.call_raw(call, f).map_err(|e| self.fail(call, &e))
     }
 
-    /// Record the latency of one call of `f` that started at `started`.
-    pub(crate) fn observe(&self, f: &'static str, started: Instant) {
-        self.shared.counters.observe(f, started.elapsed());
+    /// [`WorkerCtx::call`] that hands the cryptoki error back: for callers that classify some
+    /// return values themselves and map the rest with [`WorkerCtx::fail`].
+    pub(crate) fn call_raw<T>(
+        &mut self,
+        call: Call,
+        f: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, CkError> {
+        let session = &self.session;
+        self.shared.counters.run(call, || f(session))
     }
 
-    /// Convert a cryptoki error, noting whether the session is broken.
-    pub(crate) fn fail(&mut self, function: &'static str, e: &CkError) -> HsmError {
+    /// Map the cryptoki error of a `call`, noting whether the session is broken.
+    pub(crate) fn fail(&mut self, call: Call, e: &CkError) -> HsmError {
         if is_session_broken(e) {
             self.broken = true;
             self.shared.reset_epoch.fetch_add(1, Ordering::SeqCst);
         }
-        from_cryptoki(function, &self.shared.token, e)
+        from_cryptoki(call.name(), &self.shared.token, e)
     }
 
     /// The token label (for errors).
@@ -147,33 +170,32 @@ impl WorkerCtx {
     /// Replace a broken session with a fresh, logged-in one.
     fn reopen(&mut self) {
         let epoch = self.current_epoch();
-        self.count("C_OpenSession");
-        match self.shared.pkcs11.open_rw_session(self.shared.slot) {
-            Ok(session) => {
-                self.count("C_Login");
-                if let Err(e) = module::login(&session, &self.shared.pin, &self.shared.token) {
-                    tracing::warn!(token = %self.shared.token, error = %e, "HSM worker re-login failed");
-                    return;
-                }
-                // Dropping the old session closes it (errors are ignored: it
-                // is already gone on the device).
-                self.count("C_CloseSession");
-                let old = std::mem::replace(&mut self.session, session);
-                drop(old);
-                // Handles resolved before the reset may name other objects now (devices
-                // reuse handles): every worker is between jobs (the session gate), so the
-                // caches can be emptied safely; keys are looked up again on next use.
-                self.shared.handles.clear();
-                self.shared.copies.clear();
-                self.broken = false;
-                self.opened_in = epoch;
-                tracing::info!(token = %self.shared.token, "HSM worker session reopened");
+        let shared = Arc::clone(&self.shared);
+        let opened = shared.counters.call(Call::OpenSession, &shared.token, || {
+            shared.pkcs11.open_rw_session(shared.slot)
+        });
+        let session = match opened {
+            Ok(session) => session,
+            Err(err) => {
+                tracing::warn!(token = %shared.token, error = %err, "HSM worker could not reopen its session");
+                return;
             }
-            Err(e) => {
-                let err = from_cryptoki("C_OpenSession", &self.shared.token, &e);
-                tracing::warn!(token = %self.shared.token, error = %err, "HSM worker could not reopen its session");
-            }
+        };
+        if let Err(e) = module::login(&shared.counters, &session, &shared.pin, &shared.token) {
+            tracing::warn!(token = %shared.token, error = %e, "HSM worker re-login failed");
+            return;
         }
+        // Closing the old session fails when it is already gone on the device: ignored.
+        let old = std::mem::replace(&mut self.session, session);
+        let _ = shared.counters.run(Call::CloseSession, || old.close());
+        // Handles resolved before the reset may name other objects now (devices
+        // reuse handles): every worker is between jobs (the session gate), so the
+        // caches can be emptied safely; keys are looked up again on next use.
+        shared.handles.clear();
+        shared.copies.clear();
+        self.broken = false;
+        self.opened_in = epoch;
+        tracing::info!(token = %shared.token, "HSM worker session reopened");
     }
 }
 
@@ -211,10 +233,9 @@ impl Supervisor {
     /// Open a new R/W session for a worker (counted).
     fn open_session(&self) -> Result<Session, HsmError> {
         let s = &self.shared;
-        s.counters.inc("C_OpenSession");
-        s.pkcs11
-            .open_rw_session(s.slot)
-            .map_err(|e| from_cryptoki("C_OpenSession", &s.token, &e))
+        s.counters.call(Call::OpenSession, &s.token, || {
+            s.pkcs11.open_rw_session(s.slot)
+        })
     }
 
     /// Start a worker thread on `session`.
@@ -476,11 +497,14 @@ fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
         tracing::info!(token = %ctx.shared.token, worker = slot.n,
             "an abandoned HSM worker's call returned; its session is closed");
     }
-    ctx.count("C_CloseSession");
-    let token = ctx.shared.token.clone();
-    if let Err(e) = ctx.session.close() {
-        let err = from_cryptoki("C_CloseSession", &token, &e);
-        tracing::warn!(token = %token, error = %err, "closing an HSM worker session failed");
+    let WorkerCtx {
+        session, shared, ..
+    } = ctx;
+    if let Err(err) = shared
+        .counters
+        .call(Call::CloseSession, &shared.token, || session.close())
+    {
+        tracing::warn!(token = %shared.token, error = %err, "closing an HSM worker session failed");
     }
 }
 
@@ -537,10 +561,10 @@ fn run_once(
 ) -> Outcome {
     let shared = Arc::clone(&ctx.shared);
     let _in_epoch = slot.share(&shared, GateId::Session, false);
-    let _objects = if job.unlocked {
-        None
-    } else {
-        Some(slot.share(&shared, GateId::TokenObjects, job.exclusive))
+    let _objects = match job.lock {
+        LockClass::Unlocked => None,
+        LockClass::Shared => Some(slot.share(&shared, GateId::TokenObjects, false)),
+        LockClass::Exclusive => Some(slot.share(&shared, GateId::TokenObjects, true)),
     };
     slot.set_busy(Some(sup.now_ms()));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -556,133 +580,9 @@ fn run_once(
     }
 }
 
-/// PKCS#11 functions this layer counts.
-const FUNCTIONS: &[&str] = &[
-    "C_CloseSession",
-    "C_CopyObject",
-    "C_Decrypt",
-    "C_DecryptInit",
-    "C_DestroyObject",
-    "C_Encrypt",
-    "C_EncryptInit",
-    "C_FindObjects",
-    "C_FindObjectsFinal",
-    "C_FindObjectsInit",
-    "C_GenerateKey",
-    "C_GenerateKeyPair",
-    "C_GenerateRandom",
-    "C_GetAttributeValue",
-    "C_GetMechanismList",
-    "C_GetSessionInfo",
-    "C_GetSlotList",
-    "C_GetTokenInfo",
-    "C_Login",
-    "C_OpenSession",
-    "C_Sign",
-    "C_SignInit",
-    "C_WrapKey",
-    // Asymmetric keys, signatures and MACs.
-    "C_Verify",
-    "C_VerifyInit",
-    // Rotation and import of key material.
-    "C_UnwrapKey",
-    // Key agreement (DeriveSharedSecret).
-    "C_DeriveKey",
-];
-
-/// Per-function PKCS#11 call counters and latencies, queue waits and rejections.
-pub(crate) struct Counters {
-    map: BTreeMap<&'static str, AtomicU64>,
-    other: AtomicU64,
-    latency: BTreeMap<&'static str, LatencyHistogram>,
-    pub(crate) queue_wait: LatencyHistogram,
-    pub(crate) busy: AtomicU64,
-    pub(crate) timeouts: AtomicU64,
-    /// Jobs run a second time because their session died under them ([`Retry`]).
-    pub(crate) retries: AtomicU64,
-    /// Abandoned workers whose stuck call has not returned yet (the device is degraded).
-    pub(crate) stuck: AtomicUsize,
-    /// Workers abandoned (and replaced) so far.
-    pub(crate) replaced: AtomicU64,
-    /// Health probes (`C_GetSessionInfo` from [`super::Hsm::ping`]), kept out of `map`.
-    pub(crate) probes: AtomicU64,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            map: FUNCTIONS.iter().map(|f| (*f, AtomicU64::new(0))).collect(),
-            other: AtomicU64::new(0),
-            latency: FUNCTIONS
-                .iter()
-                .map(|f| (*f, LatencyHistogram::default()))
-                .collect(),
-            queue_wait: LatencyHistogram::default(),
-            busy: AtomicU64::new(0),
-            timeouts: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            stuck: AtomicUsize::new(0),
-            replaced: AtomicU64::new(0),
-            probes: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Counters {
-    /// Count one call of `f`.
-    pub(crate) fn inc(&self, f: &'static str) {
-        match self.map.get(f) {
-            Some(c) => c.fetch_add(1, Ordering::Relaxed),
-            None => {
-                debug_assert!(false, "uncounted PKCS#11 function {f}");
-                self.other.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-
-    /// Current values (every counted function, zeros included).
-    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        let mut m: BTreeMap<&'static str, u64> = self
-            .map
-            .iter()
-            .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
-            .collect();
-        let other = self.other.load(Ordering::Relaxed);
-        if other > 0 {
-            m.insert("other", other);
-        }
-        m
-    }
-
-    /// Records how long one call of `f` took.
-    pub(crate) fn observe(&self, f: &'static str, d: Duration) {
-        if let Some(h) = self.latency.get(f) {
-            h.observe(d);
-        }
-    }
-
-    /// Latency snapshots of the functions that have been called.
-    pub(crate) fn latency(&self) -> Vec<(&'static str, HistogramSnapshot)> {
-        self.latency
-            .iter()
-            .map(|(f, h)| (*f, h.snapshot()))
-            .filter(|(_, s)| s.count > 0)
-            .collect()
-    }
-
-    /// Sum of all counters.
-    pub(crate) fn total(&self) -> u64 {
-        self.map
-            .values()
-            .map(|v| v.load(Ordering::Relaxed))
-            .sum::<u64>()
-            + self.other.load(Ordering::Relaxed)
-    }
-}
-
 /// Holds the token-object lock exclusively, for tests that create objects outside a worker
 /// (the raw benchmark's own session).
-#[cfg(test)]
+#[cfg(all(test, feature = "bench"))]
 pub(crate) fn token_objects_exclusive() -> super::gate::Share<'static> {
     super::gate::token_objects_exclusive()
 }

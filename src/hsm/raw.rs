@@ -25,11 +25,15 @@
 //! SoftHSM2 serves them faster, so the benchmark reports both ceilings.
 //!
 //! cryptoki's `encrypt`/`decrypt` make the same two-pass (size, then data) calls in both the
-//! daemon and here, so the comparison is like for like.
+//! daemon and here, and every call goes through the same counting and timing wrapper
+//! ([`super::call::Counters`], the bench's own), so the comparison is like for like.
+//!
+//! Built only with the `bench` feature (the `p11kms-bench` binary requires it).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
@@ -38,7 +42,8 @@ use cryptoki::session::Session;
 use super::asym::{
     cmk_pair_generation, sign_input, sign_mechanism, Curve, PairSpec, PairUsage, ShaAlg, SignScheme,
 };
-use super::error::{from_cryptoki, HsmError, HsmErrorKind};
+use super::call::{Call, Counters};
+use super::error::{HsmError, HsmErrorKind};
 use super::oaep::OaepSha256;
 use super::objects::{cmk_aes_template, ObjectId};
 use super::{module, Pin, GCM_IV_LEN, GCM_TAG_LEN, MAX_RANDOM_LEN};
@@ -143,6 +148,7 @@ impl RawSigning {
 /// An open session and a token key of the CMK kind (plus its session copy), ready for timed
 /// runs.
 pub struct RawBench {
+    counters: Counters,
     session: Session,
     key: ObjectHandle,
     copy: ObjectHandle,
@@ -156,13 +162,6 @@ impl std::fmt::Debug for RawBench {
             .field("token", &self.token)
             .finish_non_exhaustive()
     }
-}
-
-fn fail<'a>(
-    token: &'a str,
-    function: &'static str,
-) -> impl Fn(cryptoki::error::Error) -> HsmError + 'a {
-    move |e| from_cryptoki(function, token, &e)
 }
 
 /// A fresh random object id (UUID v4 bytes, version 0).
@@ -185,23 +184,29 @@ impl RawBench {
     /// Load (or reuse) the module, find the token by label, open a R/W session, log in and
     /// create the benchmark's token key. Blocking.
     pub fn open(module_path: &Path, token_label: &str, pin: &Pin) -> Result<RawBench, HsmError> {
-        let pkcs11 = module::module(module_path, token_label)?;
-        let slot = module::find_token(&pkcs11, token_label, &|_| {})?;
-        let session = pkcs11
-            .open_rw_session(slot)
-            .map_err(fail(token_label, "C_OpenSession"))?;
-        module::login(&session, pin, token_label)?;
-        let key = session
-            .generate_key(&Mechanism::AesKeyGen, &bench_template(&fresh_id()))
-            .map_err(fail(token_label, "C_GenerateKey"))?;
-        let copy = match session.copy_object(key, &[Attribute::Token(false)]) {
+        let c = Counters::default();
+        let pkcs11 = module::module(module_path, token_label, &c)?;
+        let slot = module::find_token(&pkcs11, token_label, &c)?;
+        let session = c.call(Call::OpenSession, token_label, || {
+            pkcs11.open_rw_session(slot)
+        })?;
+        module::login(&c, &session, pin, token_label)?;
+        let template = bench_template(&fresh_id());
+        let key = c.call(Call::GenerateKey, token_label, || {
+            session.generate_key(&Mechanism::AesKeyGen, &template)
+        })?;
+        let copied = c.call(Call::CopyObject, token_label, || {
+            session.copy_object(key, &[Attribute::Token(false)])
+        });
+        let copy = match copied {
             Ok(copy) => copy,
             Err(e) => {
-                let _ = session.destroy_object(key);
-                return Err(from_cryptoki("C_CopyObject", token_label, &e));
+                let _ = c.run(Call::DestroyObject, || session.destroy_object(key));
+                return Err(e);
             }
         };
         Ok(RawBench {
+            counters: c,
             session,
             key,
             copy,
@@ -210,10 +215,17 @@ impl RawBench {
         })
     }
 
+    /// One PKCS#11 call on the bench's session, through the HSM layer's wrapper.
+    fn call<T>(
+        &self,
+        call: Call,
+        f: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        self.counters.call(call, &self.token, || f(&self.session))
+    }
+
     fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
-        self.session
-            .generate_random_slice(out)
-            .map_err(fail(&self.token, "C_GenerateRandom"))
+        self.call(Call::GenerateRandom, |s| s.generate_random_slice(out))
     }
 
     /// `C_GenerateRandom(12)` + `C_EncryptInit` + `C_Encrypt`, as the daemon's `seal`.
@@ -227,10 +239,9 @@ impl RawBench {
         self.random(&mut iv)?;
         let mut iv_buf = iv;
         let params = gcm(&self.token, &mut iv_buf, aad)?;
-        let ct = self
-            .session
-            .encrypt(&Mechanism::AesGcm(params), key, plaintext)
-            .map_err(fail(&self.token, "C_Encrypt"))?;
+        let ct = self.call(Call::Encrypt, |s| {
+            s.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+        })?;
         Ok((iv, ct))
     }
 
@@ -244,9 +255,9 @@ impl RawBench {
     ) -> Result<Vec<u8>, HsmError> {
         let mut iv_buf = *iv;
         let params = gcm(&self.token, &mut iv_buf, aad)?;
-        self.session
-            .decrypt(&Mechanism::AesGcm(params), key, ct)
-            .map_err(fail(&self.token, "C_Decrypt"))
+        self.call(Call::Decrypt, |s| {
+            s.decrypt(&Mechanism::AesGcm(params), key, ct)
+        })
     }
 
     /// The key kind and scheme of later sign and verify runs.
@@ -271,9 +282,9 @@ impl RawBench {
                 }
             }
         }
-        self.session
-            .generate_key_pair(&mech, &public, &private)
-            .map_err(fail(&self.token, "C_GenerateKeyPair"))
+        self.call(Call::GenerateKeyPair, |s| {
+            s.generate_key_pair(&mech, &public, &private)
+        })
     }
 
     /// The daemon's Sign (MessageType RAW) with [`RawSigning`]: the digest or message, the
@@ -283,10 +294,8 @@ impl RawBench {
         let digest = self.signing.signed_input(message);
         let bad = |what: &str| HsmError::new(HsmErrorKind::Other, "C_Sign", &self.token, what);
         let input = sign_input(scheme, &digest).ok_or_else(|| bad("unsupported digest"))?;
-        let raw = self
-            .session
-            .sign(&sign_mechanism(scheme, digest.len()), private, &input)
-            .map_err(fail(&self.token, "C_Sign"))?;
+        let mech = sign_mechanism(scheme, digest.len());
+        let raw = self.call(Call::Sign, |s| s.sign(&mech, private, &input))?;
         match scheme {
             SignScheme::Ecdsa(_) => super::signing::ecdsa_raw_to_der(&raw)
                 .ok_or_else(|| bad("malformed ECDSA signature")),
@@ -310,14 +319,10 @@ impl RawBench {
                 .ok_or_else(|| bad("malformed ECDSA signature"))?,
             _ => signature.to_vec(),
         };
-        self.session
-            .verify(
-                &sign_mechanism(scheme, digest.len()),
-                public,
-                &input,
-                &signature,
-            )
-            .map_err(fail(&self.token, "C_Verify"))
+        let mech = sign_mechanism(scheme, digest.len());
+        self.call(Call::Verify, |s| {
+            s.verify(&mech, public, &input, &signature)
+        })
     }
 
     /// Repeat `op` back to back for `duration` (at most [`MAX_OPS_PER_RUN`] operations, and
@@ -368,10 +373,10 @@ impl RawBench {
                 created.extend([public, private]);
                 if kind == RawKey::SessionCopy {
                     for h in [&mut public, &mut private] {
-                        *h = self
-                            .session
-                            .copy_object(*h, &[Attribute::Token(false)])
-                            .map_err(fail(&self.token, "C_CopyObject"))?;
+                        let original = *h;
+                        *h = self.call(Call::CopyObject, |s| {
+                            s.copy_object(original, &[Attribute::Token(false)])
+                        })?;
                         created.push(*h);
                     }
                 }
@@ -397,11 +402,13 @@ impl RawBench {
                 RawOp::ReEncrypt => self
                     .open_ct(key, &iv, &ct, aad)
                     .and_then(|pt| self.seal(key, &pt, aad).map(drop)),
-                RawOp::CreateKey => self
-                    .session
-                    .generate_key(&Mechanism::AesKeyGen, &bench_template(&fresh_id()))
+                RawOp::CreateKey => {
+                    let template = bench_template(&fresh_id());
+                    self.call(Call::GenerateKey, |s| {
+                        s.generate_key(&Mechanism::AesKeyGen, &template)
+                    })
                     .map(|h| created.push(h))
-                    .map_err(fail(&self.token, "C_GenerateKey")),
+                }
                 RawOp::Sign | RawOp::Verify => {
                     let (public, private, sig) = pair.as_ref().expect("made above");
                     if op == RawOp::Sign {
@@ -419,8 +426,8 @@ impl RawBench {
         }
         let elapsed = start.elapsed();
         for h in created {
-            if let Err(e) = self.session.destroy_object(h) {
-                tracing::warn!(error = %from_cryptoki("C_DestroyObject", &self.token, &e), "raw bench: could not destroy a key it created");
+            if let Err(e) = self.call(Call::DestroyObject, |s| s.destroy_object(h)) {
+                tracing::warn!(error = %e, "raw bench: could not destroy a key it created");
             }
         }
         result.map(|()| RawResult { ops, elapsed })
@@ -445,8 +452,8 @@ fn gcm<'a>(
 impl Drop for RawBench {
     fn drop(&mut self) {
         for h in [self.copy, self.key] {
-            if let Err(e) = self.session.destroy_object(h) {
-                tracing::warn!(error = %from_cryptoki("C_DestroyObject", &self.token, &e), "raw bench: could not destroy its key");
+            if let Err(e) = self.call(Call::DestroyObject, |s| s.destroy_object(h)) {
+                tracing::warn!(error = %e, "raw bench: could not destroy its key");
             }
         }
     }

@@ -19,9 +19,11 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use sha2::{Digest, Sha256};
 
+use super::call::Call;
 use super::error::{is_handle_invalid, HsmError, HsmErrorKind};
 use super::objects::ObjectId;
-use super::pool::WorkerCtx;
+use super::pool::{LockClass, WorkerCtx};
+use super::template::{Template, Usage};
 use super::{Hsm, KeyAttributes};
 
 /// The label (and `CKA_ID`) of the audit signing key p11kms uses.
@@ -136,38 +138,32 @@ fn check_label(label: &str, token: &str) -> Result<(), HsmError> {
     Ok(())
 }
 
-fn public_template(label: &str) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::KeyType(KeyType::EC),
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Derive(false),
-        Attribute::EcParams(super::asym::Curve::P256.oid_der().to_vec()),
-        Attribute::Id(label.as_bytes().to_vec()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ]
+/// The audit public key: a P-256 token object that may only verify.
+pub(crate) fn public_template(label: &str) -> Vec<Attribute> {
+    Template::public(KeyType::EC)
+        .token(true)
+        .private_object(false)
+        .allow(Usage::Verify)
+        .token_default(&[Usage::VerifyRecover])
+        .with(Attribute::EcParams(
+            super::asym::Curve::P256.oid_der().to_vec(),
+        ))
+        .id(label.as_bytes())
+        .label(label)
+        .build()
 }
 
-fn private_template(label: &str) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::KeyType(KeyType::EC),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![MechanismType::ECDSA]),
-        Attribute::Id(label.as_bytes().to_vec()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ]
+/// The audit private key: a guarded P-256 token object that may only sign with ECDSA.
+pub(crate) fn private_template(label: &str) -> Vec<Attribute> {
+    Template::private(KeyType::EC)
+        .token(true)
+        .guarded()
+        .allow(Usage::Sign)
+        .token_default(&[Usage::SignRecover])
+        .mechanisms(vec![MechanismType::ECDSA])
+        .id(label.as_bytes())
+        .label(label)
+        .build()
 }
 
 /// Find the objects of class `class` with `CKA_ID` = `label`.
@@ -176,16 +172,12 @@ fn find_class(
     class: ObjectClass,
     label: &str,
 ) -> Result<Vec<ObjectHandle>, HsmError> {
-    ctx.count("C_FindObjectsInit");
-    ctx.count("C_FindObjects");
-    ctx.count("C_FindObjectsFinal");
-    ctx.session
-        .find_objects(&[
-            Attribute::Class(class),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Id(label.as_bytes().to_vec()),
-        ])
-        .map_err(|e| ctx.fail("C_FindObjects", &e))
+    let search = [
+        Attribute::Class(class),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Id(label.as_bytes().to_vec()),
+    ];
+    ctx.call(Call::FindObjects, |s| s.find_objects(&search))
 }
 
 fn one(
@@ -207,11 +199,9 @@ fn one(
 
 /// Read `CKA_EC_POINT` of `public` and build the SPKI.
 fn export_spki(ctx: &mut WorkerCtx, public: ObjectHandle) -> Result<Vec<u8>, HsmError> {
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(public, &[AttributeType::EcPoint])
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let attrs = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(public, &[AttributeType::EcPoint])
+    })?;
     let point = attrs.iter().find_map(|a| match a {
         Attribute::EcPoint(v) => Some(v.as_slice()),
         _ => None,
@@ -244,15 +234,10 @@ fn ensure(ctx: &mut WorkerCtx, label: &str) -> Result<AuditKeyInfo, HsmError> {
     let (private, public, created) = match (private, public) {
         (Some(private), Some(public)) => (private, public, false),
         (None, None) => {
-            ctx.count("C_GenerateKeyPair");
-            let (public, private) = ctx
-                .session
-                .generate_key_pair(
-                    &Mechanism::EccKeyPairGen,
-                    &public_template(label),
-                    &private_template(label),
-                )
-                .map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
+            let (public_t, private_t) = (public_template(label), private_template(label));
+            let (public, private) = ctx.call(Call::GenerateKeyPair, |s| {
+                s.generate_key_pair(&Mechanism::EccKeyPairGen, &public_t, &private_t)
+            })?;
             tracing::info!(token = %ctx.token(), label, "audit signing key pair generated");
             (private, public, true)
         }
@@ -304,9 +289,7 @@ fn private_handle(ctx: &mut WorkerCtx, label: &str) -> Result<(ObjectHandle, boo
 
 fn sign(ctx: &mut WorkerCtx, label: &str, digest: &[u8; 32]) -> Result<Vec<u8>, HsmError> {
     let attempt = |ctx: &mut WorkerCtx, h: ObjectHandle| {
-        ctx.count("C_SignInit");
-        ctx.count("C_Sign");
-        ctx.session.sign(&Mechanism::Ecdsa, h, digest)
+        ctx.call_raw(Call::Sign, |s| s.sign(&Mechanism::Ecdsa, h, digest))
     };
     let (h, cached) = private_handle(ctx, label)?;
     let raw = match attempt(ctx, h) {
@@ -314,9 +297,9 @@ fn sign(ctx: &mut WorkerCtx, label: &str, digest: &[u8; 32]) -> Result<Vec<u8>, 
         Err(e) if cached && is_handle_invalid(&e) => {
             ctx.shared.handles.evict(&cache_id(label));
             let (h, _) = private_handle(ctx, label)?;
-            attempt(ctx, h).map_err(|e| ctx.fail("C_Sign", &e))?
+            attempt(ctx, h).map_err(|e| ctx.fail(Call::Sign, &e))?
         }
-        Err(e) => return Err(ctx.fail("C_Sign", &e)),
+        Err(e) => return Err(ctx.fail(Call::Sign, &e)),
     };
     ecdsa_raw_to_der(&raw).ok_or_else(|| {
         HsmError::new(
@@ -330,11 +313,7 @@ fn sign(ctx: &mut WorkerCtx, label: &str, digest: &[u8; 32]) -> Result<Vec<u8>, 
 
 fn attributes(ctx: &mut WorkerCtx, label: &str) -> Result<KeyAttributes, HsmError> {
     let (h, _) = private_handle(ctx, label)?;
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(h, super::ops::CUSTODY_ATTRIBUTES)
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let attrs = super::ops::custody_attributes(ctx, h)?;
     Ok(super::ops::key_attributes_from(attrs))
 }
 
@@ -345,8 +324,10 @@ impl Hsm {
     pub async fn ensure_audit_key(&self, label: &str) -> Result<AuditKeyInfo, HsmError> {
         check_label(label, self.token_label())?;
         let label = label.to_owned();
-        self.submit("ensure_audit_key", move |ctx| ensure(ctx, &label))
-            .await
+        self.submit(LockClass::Exclusive, "ensure_audit_key", move |ctx| {
+            ensure(ctx, &label)
+        })
+        .await
     }
 
     /// ECDSA P-256 signature (DER `ECDSA-Sig-Value`) by the audit key `label` over `digest`,
@@ -359,16 +340,20 @@ impl Hsm {
     ) -> Result<Vec<u8>, HsmError> {
         check_label(label, self.token_label())?;
         let label = label.to_owned();
-        self.submit_retry_safe("sign_ecdsa_p256", move |ctx| sign(ctx, &label, &digest))
-            .await
+        self.submit_retry_safe(LockClass::Shared, "sign_ecdsa_p256", move |ctx| {
+            sign(ctx, &label, &digest)
+        })
+        .await
     }
 
     /// The custody attributes of the audit private key `label`, read from the device.
     pub async fn audit_key_attributes(&self, label: &str) -> Result<KeyAttributes, HsmError> {
         check_label(label, self.token_label())?;
         let label = label.to_owned();
-        self.submit("audit_key_attributes", move |ctx| attributes(ctx, &label))
-            .await
+        self.submit(LockClass::Shared, "audit_key_attributes", move |ctx| {
+            attributes(ctx, &label)
+        })
+        .await
     }
 }
 

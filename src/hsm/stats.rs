@@ -1,5 +1,5 @@
 //! Lock-free latency histograms and the HSM layer's statistics for metrics: PKCS#11 call
-//! latency by function, queue waits, and rejections.
+//! counts and latency by function (kept by `call::Counters`), queue waits, and rejections.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -98,6 +98,8 @@ pub struct HsmStats {
     pub workers_replaced: u64,
     /// Health probes sent to the device (not in `calls`).
     pub health_probes: u64,
+    /// Latency of the health probes (not in `latency`).
+    pub health_probe_latency: HistogramSnapshot,
     /// Live session-object copies of key objects (see `HsmConfig::session_key_copies`).
     pub session_key_copies: usize,
 }

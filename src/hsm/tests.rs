@@ -385,16 +385,13 @@ async fn stale_cached_handle_is_evicted_and_found_again() {
 
 /// The custody attributes of the session copy of (`id`, `part`), read from the device.
 pub(super) async fn copy_attributes(hsm: &Hsm, id: ObjectId, part: objects::Part) -> KeyAttributes {
-    hsm.submit("test_copy_attributes", move |ctx| {
+    hsm.submit(LockClass::Shared, "test_copy_attributes", move |ctx| {
         let Some(objects::CopyState::Live { handle, .. }) =
             ctx.shared.copies.get(&id, part, ctx.current_epoch())
         else {
             panic!("no live copy of {id} {part:?}");
         };
-        let attrs = ctx
-            .session
-            .get_attributes(handle, ops::CUSTODY_ATTRIBUTES)
-            .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+        let attrs = ops::custody_attributes(ctx, handle)?;
         Ok(ops::key_attributes_from(attrs))
     })
     .await
@@ -489,13 +486,14 @@ async fn session_copies_serve_the_same_key_and_go_with_it() {
 
     // A copy lost behind the cache's back (as after a session reset) costs no request: the
     // token object serves it, and the following use copies again.
-    hsm.submit("test_lose_copy", move |ctx| {
+    hsm.submit(LockClass::Shared, "test_lose_copy", move |ctx| {
         if let Some(objects::CopyState::Live { handle, .. }) =
             ctx.shared
                 .copies
                 .get(&id, objects::Part::Secret, ctx.current_epoch())
         {
-            ctx.session.destroy_object(handle).unwrap();
+            ctx.call(Call::DestroyObject, |s| s.destroy_object(handle))
+                .unwrap();
         }
         Ok(())
     })
@@ -529,13 +527,12 @@ async fn a_key_the_device_will_not_copy_is_used_from_the_token() {
     let hsm = open(&env().a);
     let id = new_id();
     // A CMK-kind token key with CKA_COPYABLE = false (as a device policy may impose).
-    hsm.submit("generate_aes_key", move |ctx| {
+    hsm.submit(LockClass::Exclusive, "generate_aes_key", move |ctx| {
         let mut template = objects::cmk_aes_template(&id);
         template.push(cryptoki::object::Attribute::Copyable(false));
-        let h = ctx
-            .session
-            .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
-            .map_err(|e| ctx.fail("C_GenerateKey", &e))?;
+        let h = ctx.call(Call::GenerateKey, |s| {
+            s.generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
+        })?;
         ctx.shared.handles.insert(id, h);
         Ok(())
     })
@@ -966,6 +963,7 @@ fn worker_threads_are_named() {
 
 /// The raw baseline of `p11kms-bench` runs every operation it offers against a real token,
 /// sign and verify included (an error or zero operations fails the test).
+#[cfg(feature = "bench")]
 #[test]
 fn raw_baseline_runs_every_operation() {
     use super::raw::{RawBench, RawOp};

@@ -17,8 +17,6 @@
 //!   is the token object created (unwrapped again from the same blob). The session copy is
 //!   destroyed in the same job. A bad input therefore never leaves an object behind.
 
-use std::time::Instant;
-
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
@@ -27,9 +25,12 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use subtle::ConstantTimeEq;
 
 use super::asym::{self, destroy_quietly};
+use super::call::Call;
 use super::error::{HsmError, HsmErrorKind};
+use super::mac::MacAlg;
 use super::objects::ObjectId;
 use super::pool::WorkerCtx;
+use super::template::{Template, Usage};
 
 /// Prefix of a wrapping key's 24-byte `CKA_ID`.
 const WRAPPING_ID_PREFIX: &[u8; 8] = b"p11kmsIW";
@@ -152,21 +153,13 @@ impl HmacSpec {
         })
     }
 
-    fn mechanism_type(self) -> MechanismType {
+    /// The HMAC algorithm of keys of this spec (its mechanisms).
+    fn alg(self) -> MacAlg {
         match self {
-            HmacSpec::Hmac224 => MechanismType::SHA224_HMAC,
-            HmacSpec::Hmac256 => MechanismType::SHA256_HMAC,
-            HmacSpec::Hmac384 => MechanismType::SHA384_HMAC,
-            HmacSpec::Hmac512 => MechanismType::SHA512_HMAC,
-        }
-    }
-
-    fn mechanism(self) -> Mechanism<'static> {
-        match self {
-            HmacSpec::Hmac224 => Mechanism::Sha224Hmac,
-            HmacSpec::Hmac256 => Mechanism::Sha256Hmac,
-            HmacSpec::Hmac384 => Mechanism::Sha384Hmac,
-            HmacSpec::Hmac512 => Mechanism::Sha512Hmac,
+            HmacSpec::Hmac224 => MacAlg::Sha224,
+            HmacSpec::Hmac256 => MacAlg::Sha256,
+            HmacSpec::Hmac384 => MacAlg::Sha384,
+            HmacSpec::Hmac512 => MacAlg::Sha512,
         }
     }
 
@@ -292,105 +285,79 @@ pub enum ImportOutcome {
 
 /// The wrapping private key as a session object: `CKA_TOKEN` false, no `CKA_ID`, a pending
 /// label; [`persist_wrapping_key`] copies it to the token with its id and label.
-fn wrapping_private_template() -> Vec<Attribute> {
-    vec![
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Decrypt(false),
-        Attribute::Sign(false),
-        Attribute::SignRecover(false),
-        Attribute::Unwrap(true),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS_OAEP]),
-        Attribute::Label(
-            format!("{}-wrapping", asym::PENDING_LABEL_PREFIX)
-                .into_bytes()
-                .to_vec(),
-        ),
-    ]
+pub(crate) fn wrapping_private_template() -> Vec<Attribute> {
+    Template::private(KeyType::RSA)
+        .token(false)
+        .guarded()
+        .allow(Usage::Unwrap)
+        .mechanisms(vec![MechanismType::RSA_PKCS_OAEP])
+        .label(format!("{}-wrapping", asym::PENDING_LABEL_PREFIX))
+        .build()
 }
 
-fn wrapping_public_template(bits: u32) -> Vec<Attribute> {
-    vec![
-        Attribute::Token(false),
-        Attribute::Private(false),
-        Attribute::Encrypt(true),
-        Attribute::Wrap(false),
-        Attribute::Verify(false),
-        Attribute::ModulusBits(u64::from(bits).into()),
-        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-    ]
+/// The wrapping public key: a session object, read once and destroyed.
+pub(crate) fn wrapping_public_template(bits: u32) -> Vec<Attribute> {
+    Template::public(KeyType::RSA)
+        .token(false)
+        .private_object(false)
+        .allow(Usage::Encrypt)
+        .token_default(&[Usage::VerifyRecover, Usage::Derive])
+        .with(Attribute::ModulusBits(u64::from(bits).into()))
+        .with(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]))
+        .build()
 }
 
 /// The target (token) or check-copy (session) template of imported material. For AES it is
 /// the CMK template without `CKA_VALUE_LEN` (set by the unwrap); for HMAC the shared HMAC
 /// template of the issue-7 contract, likewise without `CKA_VALUE_LEN`.
-fn material_template(kind: MaterialKind, target: &ObjectId, token: bool) -> Vec<Attribute> {
+pub(crate) fn material_template(
+    kind: MaterialKind,
+    target: &ObjectId,
+    token: bool,
+) -> Vec<Attribute> {
     let (key_type, mechanism, encrypt, sign) = match kind {
         MaterialKind::Aes256 => (KeyType::AES, MechanismType::AES_GCM, true, false),
-        MaterialKind::Hmac(h) => (KeyType::GENERIC_SECRET, h.mechanism_type(), false, true),
+        MaterialKind::Hmac(h) => (
+            KeyType::GENERIC_SECRET,
+            h.alg().mechanism_type(),
+            false,
+            true,
+        ),
     };
-    let mut t = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(key_type),
-        Attribute::Token(token),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(encrypt),
-        Attribute::Decrypt(encrypt),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Sign(sign),
-        Attribute::Verify(sign),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![mechanism]),
-    ];
+    let t = Template::secret(key_type)
+        .token(token)
+        .guarded()
+        .allow_if(Usage::Encrypt, encrypt)
+        .allow_if(Usage::Decrypt, encrypt)
+        .allow_if(Usage::Sign, sign)
+        .allow_if(Usage::Verify, sign)
+        .mechanisms(vec![mechanism]);
     if token {
-        t.push(Attribute::Id(target.0.to_vec()));
-        t.push(Attribute::Label(target.label().into_bytes()));
+        t.id(&target.0).label(target.label()).build()
     } else {
-        t.push(Attribute::Label(b"p11kms/import-check".to_vec()));
+        t.label("p11kms/import-check").build()
     }
-    t
 }
 
 /// The session AES key of the two-step RSA_AES_KEY_WRAP unwrap: may only unwrap.
-fn ephemeral_aes_template() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(true),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![MechanismType::AES_KEY_WRAP_PAD]),
-        Attribute::Label(b"p11kms/import-ephemeral".to_vec()),
-    ]
+pub(crate) fn ephemeral_aes_template() -> Vec<Attribute> {
+    Template::secret(KeyType::AES)
+        .token(false)
+        .guarded()
+        .allow(Usage::Unwrap)
+        .mechanisms(vec![MechanismType::AES_KEY_WRAP_PAD])
+        .label("p11kms/import-ephemeral")
+        .build()
 }
 
 // ------------------------------------------------------------------------------- helpers
 
 fn find_wrapping_key(ctx: &mut WorkerCtx, id: &WrappingKeyId) -> Result<ObjectHandle, HsmError> {
-    ctx.count("C_FindObjectsInit");
-    ctx.count("C_FindObjects");
-    ctx.count("C_FindObjectsFinal");
-    let found = ctx
-        .session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Id(id.cka_id()),
-        ])
-        .map_err(|e| ctx.fail("C_FindObjects", &e))?;
+    let search = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Id(id.cka_id()),
+    ];
+    let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
     match found.as_slice() {
         [h] => Ok(*h),
         [] => Err(HsmError::new(
@@ -411,7 +378,7 @@ fn find_wrapping_key(ctx: &mut WorkerCtx, id: &WrappingKeyId) -> Result<ObjectHa
 /// A failed unwrap of a caller's blob: on a healthy device the blob is bad
 /// ([`HsmErrorKind::AuthFailed`] -> InvalidCiphertextException), otherwise the device is.
 fn classify_unwrap_failure(ctx: &mut WorkerCtx, e: &CkError) -> HsmError {
-    let mut err = super::error::from_cryptoki("C_UnwrapKey", ctx.token(), e);
+    let mut err = super::error::from_cryptoki(Call::UnwrapKey.name(), ctx.token(), e);
     let blob_like = matches!(
         e,
         CkError::Pkcs11(
@@ -428,7 +395,7 @@ fn classify_unwrap_failure(ctx: &mut WorkerCtx, e: &CkError) -> HsmError {
         )
     );
     if !blob_like {
-        return ctx.fail("C_UnwrapKey", e);
+        return ctx.fail(Call::UnwrapKey, e);
     }
     let healthy = super::ops::session_logged_in(ctx);
     if healthy {
@@ -448,10 +415,9 @@ fn unwrap_once(
     wrapped: &[u8],
     template: &[Attribute],
 ) -> Result<ObjectHandle, HsmError> {
-    ctx.count("C_UnwrapKey");
-    let t = Instant::now();
-    let r = ctx.session.unwrap_key(mechanism, key, wrapped, template);
-    ctx.observe("C_UnwrapKey", t);
+    let r = ctx.call_raw(Call::UnwrapKey, |s| {
+        s.unwrap_key(mechanism, key, wrapped, template)
+    });
     r.map_err(|e| classify_unwrap_failure(ctx, &e))
 }
 
@@ -489,11 +455,9 @@ fn unwrap_material(
 }
 
 fn value_len(ctx: &mut WorkerCtx, h: ObjectHandle) -> Result<usize, HsmError> {
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(h, &[AttributeType::ValueLen])
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let attrs = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(h, &[AttributeType::ValueLen])
+    })?;
     attrs
         .into_iter()
         .find_map(|a| match a {
@@ -512,20 +476,18 @@ fn value_len(ctx: &mut WorkerCtx, h: ObjectHandle) -> Result<usize, HsmError> {
 
 fn random_bytes(ctx: &mut WorkerCtx, n: usize) -> Result<Vec<u8>, HsmError> {
     let mut v = vec![0u8; n];
-    ctx.count("C_GenerateRandom");
-    ctx.session
-        .generate_random_slice(&mut v)
-        .map_err(|e| ctx.fail("C_GenerateRandom", &e))?;
+    ctx.call(Call::GenerateRandom, |s| s.generate_random_slice(&mut v))?;
     Ok(v)
 }
 
 /// Computes the check value of `key` (fresh HSM-random inputs unless `like` gives them).
+/// `Ok(None)` when the device refuses the key for its length (AES takes 16, 24 or 32 bytes).
 fn check_value(
     ctx: &mut WorkerCtx,
     kind: MaterialKind,
     key: ObjectHandle,
     like: Option<&MaterialCheck>,
-) -> Result<MaterialCheck, HsmError> {
+) -> Result<Option<MaterialCheck>, HsmError> {
     match kind {
         MaterialKind::Aes256 => {
             let (mut iv, message) = match like {
@@ -541,34 +503,32 @@ fn check_value(
                     format!("bad GCM parameters: {e}"),
                 )
             })?;
-            ctx.count("C_EncryptInit");
-            ctx.count("C_Encrypt");
-            let value = ctx
-                .session
-                .encrypt(&Mechanism::AesGcm(params), key, &message)
-                .map_err(|e| ctx.fail("C_Encrypt", &e))?;
-            Ok(MaterialCheck {
+            let value = match ctx.call_raw(Call::Encrypt, |s| {
+                s.encrypt(&Mechanism::AesGcm(params), key, &message)
+            }) {
+                Ok(value) => value,
+                Err(CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _)) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(ctx.fail(Call::Encrypt, &e)),
+            };
+            Ok(Some(MaterialCheck {
                 iv: iv_copy,
                 message,
                 value,
-            })
+            }))
         }
         MaterialKind::Hmac(h) => {
             let message = match like {
                 Some(c) => c.message.clone(),
                 None => random_bytes(ctx, 32)?,
             };
-            ctx.count("C_SignInit");
-            ctx.count("C_Sign");
-            let value = ctx
-                .session
-                .sign(&h.mechanism(), key, &message)
-                .map_err(|e| ctx.fail("C_Sign", &e))?;
-            Ok(MaterialCheck {
+            let value = ctx.call(Call::Sign, |s| s.sign(&h.alg().mechanism(), key, &message))?;
+            Ok(Some(MaterialCheck {
                 iv: Vec::new(),
                 message,
                 value,
-            })
+            }))
         }
     }
 }
@@ -586,23 +546,14 @@ pub(crate) fn generate_wrapping_key(
     if sha256 && super::oaep::sha256_support(ctx)? == super::OaepSha256::RawRsa {
         return Ok((WrappingKeyOutcome::OaepSha256Unsupported, None));
     }
-    ctx.count("C_GenerateKeyPair");
-    let t = Instant::now();
-    let r = ctx.session.generate_key_pair(
-        &Mechanism::RsaPkcsKeyPairGen,
-        &wrapping_public_template(bits),
-        &wrapping_private_template(),
-    );
-    ctx.observe("C_GenerateKeyPair", t);
-    let (public, private) = r.map_err(|e| ctx.fail("C_GenerateKeyPair", &e))?;
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(
-            public,
-            &[AttributeType::Modulus, AttributeType::PublicExponent],
-        )
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e));
+    let (public_t, private_t) = (wrapping_public_template(bits), wrapping_private_template());
+    let (public, private) = ctx.call(Call::GenerateKeyPair, |s| {
+        s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public_t, &private_t)
+    })?;
+    let wanted = [AttributeType::Modulus, AttributeType::PublicExponent];
+    let attrs = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(public, &wanted)
+    });
     destroy_quietly(ctx, &[public], "wrapping public key");
     let attrs = match attrs {
         Ok(a) => a,
@@ -652,10 +603,7 @@ pub(crate) fn persist_wrapping_key(
 /// Destroys a wrapping private key; `ObjectNotFound` if absent.
 pub(crate) fn destroy_wrapping_key(ctx: &mut WorkerCtx, id: WrappingKeyId) -> Result<(), HsmError> {
     let h = find_wrapping_key(ctx, &id)?;
-    ctx.count("C_DestroyObject");
-    ctx.session
-        .destroy_object(h)
-        .map_err(|e| ctx.fail("C_DestroyObject", &e))?;
+    ctx.call(Call::DestroyObject, |s| s.destroy_object(h))?;
     tracing::debug!(token = %ctx.token(), object = %id.label(), "import wrapping key destroyed");
     Ok(())
 }
@@ -667,20 +615,14 @@ pub(crate) fn wrapping_key_attributes(
     id: WrappingKeyId,
 ) -> Result<super::KeyAttributes, HsmError> {
     let h = find_wrapping_key(ctx, &id)?;
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(h, super::ops::CUSTODY_ATTRIBUTES)
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let attrs = super::ops::custody_attributes(ctx, h)?;
     Ok(super::ops::key_attributes_from(attrs))
 }
 
 fn modulus_len(ctx: &mut WorkerCtx, rsa: ObjectHandle) -> Result<usize, HsmError> {
-    ctx.count("C_GetAttributeValue");
-    let attrs = ctx
-        .session
-        .get_attributes(rsa, &[AttributeType::Modulus])
-        .map_err(|e| ctx.fail("C_GetAttributeValue", &e))?;
+    let attrs = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(rsa, &[AttributeType::Modulus])
+    })?;
     attrs
         .into_iter()
         .find_map(|a| match a {
@@ -721,17 +663,8 @@ pub(crate) fn import_material(
                 return Ok(ImportOutcome::WrongLength(padded));
             }
         }
-        let check = match check_value(ctx, job.kind, copy, job.expected.as_ref()) {
-            // AES refuses a key that is not 16, 24 or 32 bytes long.
-            Err(e)
-                if job.kind == MaterialKind::Aes256
-                    && e.rv.as_deref().is_some_and(|rv| {
-                        rv.contains("KEY_SIZE_RANGE") || rv.contains("KEY_TYPE_INCONSISTENT")
-                    }) =>
-            {
-                return Ok(ImportOutcome::WrongLength(len));
-            }
-            other => other?,
+        let Some(check) = check_value(ctx, job.kind, copy, job.expected.as_ref())? else {
+            return Ok(ImportOutcome::WrongLength(len));
         };
         if let Some(expected) = &job.expected {
             if !bool::from(check.value.ct_eq(&expected.value)) {

@@ -10,6 +10,7 @@
 //! No I/O, no async, no dependency on the rest of the crate. A [`Policy`] is immutable,
 //! `Send + Sync`, and meant to be shared behind an `Arc`.
 
+#[cfg(feature = "bench")]
 pub mod bench_scenario;
 pub mod cases;
 pub(crate) mod compile;

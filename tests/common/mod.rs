@@ -165,6 +165,18 @@ pub fn config(data_dir: &Path) -> Config {
     Config::load(&write_config(data_dir)).expect("config")
 }
 
+/// The `[aws_json]` section that enables the AWS door over TLS on an ephemeral port.
+pub const AWS_DOOR_SECTION: &str =
+    "\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n";
+
+/// [`config`] with more sections appended to [`config_text`] (e.g. [`AWS_DOOR_SECTION`]).
+pub fn config_with(data_dir: &Path, extra: &str) -> Config {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let path = data_dir.join("p11kms.toml");
+    std::fs::write(&path, config_text(data_dir) + extra).unwrap();
+    Config::load(&path).expect("config")
+}
+
 /// A fresh data directory under the test environment.
 pub fn data_dir(name: &str) -> PathBuf {
     let d = env()
@@ -565,4 +577,151 @@ pub fn sample(text: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// One HTTP/1.1 answer read off the wire: status, headers in the order sent, body bytes
+/// (un-chunked when the answer was chunked).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A SigV4-signed `POST /` to the AWS door over TLS (the test CA) and HTTP/1.1, signed with
+/// the library's signer as `credentials` for `service` (`kms` or `sts`) at `amz_secs` (the
+/// daemon's clock, seconds), with the given extra headers (`content-type`, `x-amz-target`).
+/// `Connection: close`: one request per connection, the whole answer read.
+pub async fn aws_door_post(
+    addr: std::net::SocketAddr,
+    credentials: &AccessKeyCredentials,
+    service: &str,
+    amz_secs: i64,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let amz_date = sigv4::format_amz_date(amz_secs);
+    let mut headers: Vec<(String, String)> =
+        vec![("host".into(), format!("127.0.0.1:{}", addr.port()))];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())),
+    );
+    headers.push(("x-amz-date".into(), amz_date.clone()));
+    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+    let auth = sigv4::authorization_header(
+        &SignableRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            payload_sha256_hex: &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
+        },
+        &names,
+        &SigningParams {
+            access_key_id: &credentials.access_key_id,
+            secret_access_key: &credentials.secret_access_key,
+            region: "us-east-1",
+            service,
+            amz_date: &amz_date,
+        },
+    );
+    headers.push(("authorization".into(), auth));
+    let mut req = String::from("POST / HTTP/1.1\r\n");
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = test_ca_connector(b"http/1.1")
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(&bytes).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tls.read_to_end(&mut raw),
+    )
+    .await
+    .expect("the AWS door answers")
+    .ok();
+    parse_http_answer(&raw)
+}
+
+/// A TLS client trusting the test CA (no client certificate), offering `alpn`.
+pub fn test_ca_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(env().pki.join("ca.pem")).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Splits a whole HTTP/1.1 answer into status, headers and body (un-chunking the body).
+pub fn parse_http_answer(raw: &[u8]) -> HttpAnswer {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body.
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&rest[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&rest[start..start + size]);
+        rest = &rest[start + size + 2..];
+    }
+    out
 }

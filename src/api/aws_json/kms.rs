@@ -29,9 +29,14 @@ use crate::core::asym::{
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
-use crate::core::explain::{policy_type_name, ExplainRequest};
-use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
-use crate::core::import::ImportKeyMaterialRequest;
+use crate::core::explain::ExplainRequest;
+use crate::core::grants::{
+    CreateGrantRequest, ListGrantsRequest, ListRetirableGrantsRequest, RetireGrantRequest,
+    RevokeGrantRequest,
+};
+use crate::core::import::{
+    DeleteImportedKeyMaterialRequest, GetParametersForImportRequest, ImportKeyMaterialRequest,
+};
 use crate::core::keys::{
     CancelKeyDeletionRequest, CreateKeyRequest, DescribeKeyRequest, DisableKeyRequest,
     EnableKeyRequest, KeyMetadata, ListKeysRequest, ScheduleKeyDeletionRequest,
@@ -39,7 +44,10 @@ use crate::core::keys::{
 };
 use crate::core::operation::{self, Empty, ResponseElements};
 use crate::core::policies::{GetKeyPolicyRequest, ListKeyPoliciesRequest, PutKeyPolicyRequest};
-use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
+use crate::core::rotation::{
+    DisableKeyRotationRequest, EnableKeyRotationRequest, GetKeyRotationStatusRequest,
+    KeyRotationStatus, ListKeyRotationsRequest, RotateKeyOnDemandRequest, RotationsListEntry,
+};
 use crate::core::tags::{ListResourceTagsRequest, TagResourceRequest, UntagResourceRequest};
 use crate::core::usage::{GetKeyLastUsageRequest, KeyLastUsageOutput};
 use crate::core::{Kms, KmsError};
@@ -62,10 +70,6 @@ impl Reply {
             body: compact(body),
             elements: Value::Null,
         }
-    }
-
-    fn empty() -> Reply {
-        Reply::body(json!({}))
     }
 }
 
@@ -168,19 +172,19 @@ pub const OPERATIONS: &[Operation] = &[
     op::<GetKeyPolicyRequest>(),
     op::<PutKeyPolicyRequest>(),
     op::<ListKeyPoliciesRequest>(),
-    legacy("CreateGrant", create_grant),
-    legacy("ListGrants", list_grants),
-    legacy("ListRetirableGrants", list_retirable_grants),
-    legacy("RetireGrant", retire_grant),
-    legacy("RevokeGrant", revoke_grant),
-    legacy("EnableKeyRotation", enable_key_rotation),
-    legacy("DisableKeyRotation", disable_key_rotation),
-    legacy("GetKeyRotationStatus", get_key_rotation_status),
-    legacy("RotateKeyOnDemand", rotate_key_on_demand),
-    legacy("ListKeyRotations", list_key_rotations),
-    legacy("GetParametersForImport", get_parameters_for_import),
-    legacy("ImportKeyMaterial", import_key_material),
-    legacy("DeleteImportedKeyMaterial", delete_imported_key_material),
+    op::<CreateGrantRequest>(),
+    op::<ListGrantsRequest>(),
+    op::<ListRetirableGrantsRequest>(),
+    op::<RetireGrantRequest>(),
+    op::<RevokeGrantRequest>(),
+    op::<EnableKeyRotationRequest>(),
+    op::<DisableKeyRotationRequest>(),
+    op::<GetKeyRotationStatusRequest>(),
+    op::<RotateKeyOnDemandRequest>(),
+    op::<ListKeyRotationsRequest>(),
+    op::<GetParametersForImportRequest>(),
+    op::<ImportKeyMaterialRequest>(),
+    op::<DeleteImportedKeyMaterialRequest>(),
 ];
 
 /// A table entry for a core operation: its AWS name and its one engine call.
@@ -206,11 +210,7 @@ const fn legacy(name: &'static str, prepare: Prepare) -> Operation {
 }
 
 /// `P11kmsAdmin.ExplainAccess`: the gRPC AdminService's ExplainAccess on this door.
-pub const EXPLAIN_ACCESS: Operation = Operation {
-    name: "ExplainAccess",
-    service: KMS,
-    prepare: explain_access,
-};
+pub const EXPLAIN_ACCESS: Operation = op::<ExplainRequest>();
 
 /// The operation an `X-Amz-Target` names, if this door serves it.
 pub fn operation(target: &str) -> Option<&'static Operation> {
@@ -379,14 +379,6 @@ pub fn scheduled_deletion(out: &ScheduleKeyDeletionResponse) -> Value {
     })
 }
 
-fn grants_page(page: ListGrantsResponse) -> Reply {
-    Reply::body(json!({
-        "Grants": page.grants.into_iter().map(grant_entry).collect::<Vec<_>>(),
-        "Truncated": page.next_marker.is_some(),
-        "NextMarker": page.next_marker,
-    }))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Operations
 
@@ -402,14 +394,13 @@ macro_rules! input {
 
 // One file per operation family: each reads its requests and renders its responses.
 mod aliases;
+mod explain;
+mod grants;
+mod import;
 mod keys;
 mod policies;
+mod rotation;
 mod tags;
-
-input!(KeyIdIn {
-    key_id: Option<String>,
-    grant_tokens: Option<Vec<String>>,
-});
 
 /// GetKeyLastUsage's response body (`KeyLastUsage` is `{}` when the key has not been used
 /// since tracking began). The CLI prints the same.
@@ -845,179 +836,6 @@ fn generate_data_key_pair_without_plaintext(
     data_key_pair(kms, caller, v, false)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ConstraintsIn {
-    #[serde(default)]
-    encryption_context_subset: Context,
-    #[serde(default)]
-    encryption_context_equals: Context,
-}
-
-input!(CreateGrantIn {
-    key_id: Option<String>,
-    grantee_principal: Option<String>,
-    retiring_principal: Option<String>,
-    operations: Option<Vec<String>>,
-    constraints: Option<ConstraintsIn>,
-    grant_tokens: Option<Vec<String>>,
-    name: Option<String>,
-    dry_run: Option<bool>,
-});
-
-fn create_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: CreateGrantIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let c = r.constraints.unwrap_or_default();
-        let out = kms
-            .create_grant(
-                &caller,
-                CreateGrantRequest {
-                    key_id: r.key_id.unwrap_or_default(),
-                    grantee_principal: r.grantee_principal.unwrap_or_default(),
-                    retiring_principal: r.retiring_principal,
-                    operations: r.operations.unwrap_or_default(),
-                    constraint_equals: c.encryption_context_equals,
-                    constraint_subset: c.encryption_context_subset,
-                    grant_tokens: r.grant_tokens.unwrap_or_default(),
-                    name: r.name,
-                    dry_run: r.dry_run.unwrap_or(false),
-                },
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({"grantId": out.grant_id}),
-            ..Reply::body(json!({"GrantToken": out.grant_token, "GrantId": out.grant_id}))
-        })
-    }))
-}
-
-input!(GrantsIn {
-    key_id: Option<String>,
-    grant_id: Option<String>,
-    grantee_principal: Option<String>,
-    retiring_principal: Option<String>,
-    grant_token: Option<String>,
-    limit: Option<i32>,
-    marker: Option<String>,
-    dry_run: Option<bool>,
-});
-
-fn list_grants(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let page = kms
-            .list_grants(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                r.grant_id.as_deref(),
-                r.grantee_principal.as_deref(),
-                r.limit,
-                &r.marker.unwrap_or_default(),
-            )
-            .await?;
-        Ok(grants_page(page))
-    }))
-}
-
-fn list_retirable_grants(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let page = kms
-            .list_retirable_grants(
-                &caller,
-                &r.retiring_principal.unwrap_or_default(),
-                r.limit,
-                &r.marker.unwrap_or_default(),
-            )
-            .await?;
-        Ok(grants_page(page))
-    }))
-}
-
-fn retire_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.retire_grant(
-            &caller,
-            r.grant_token.as_deref(),
-            r.key_id.as_deref(),
-            r.grant_id.as_deref(),
-            r.dry_run.unwrap_or(false),
-        )
-        .await?;
-        Ok(Reply::empty())
-    }))
-}
-
-fn revoke_grant(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: GrantsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.revoke_grant(
-            &caller,
-            &r.key_id.unwrap_or_default(),
-            &r.grant_id.unwrap_or_default(),
-            r.dry_run.unwrap_or(false),
-        )
-        .await?;
-        Ok(Reply::empty())
-    }))
-}
-
-input!(ExplainIn {
-    principal: Option<String>,
-    action: Option<String>,
-    key_id: Option<String>,
-    encryption_context: Context,
-    source_ip: Option<String>,
-});
-
-fn explain_access(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: ExplainIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let source_ip =
-            match r.source_ip.as_deref() {
-                None | Some("") => None,
-                Some(ip) => Some(ip.parse().map_err(|_| {
-                    KmsError::validation("sourceIp", "Member must be an IP address")
-                })?),
-            };
-        let out = kms
-            .explain(
-                &caller,
-                ExplainRequest {
-                    principal: r.principal.unwrap_or_default(),
-                    action: r.action.unwrap_or_default(),
-                    key_id: r.key_id.unwrap_or_default(),
-                    encryption_context: r.encryption_context.unwrap_or_default(),
-                    source_ip,
-                },
-            )
-            .await?;
-        let d = &out.decision;
-        let decision = if d.is_allow() { "Allow" } else { "Deny" };
-        let reason = format!("{:?}", d.reason);
-        Ok(Reply {
-            elements: json!({"decision": decision, "reason": reason}),
-            ..Reply::body(json!({
-                "Decision": decision,
-                "Reason": reason,
-                "DecidingStatements": d.deciding.iter().map(|s| json!({
-                    "PolicyType": policy_type_name(s),
-                    "PolicyName": s.policy_name,
-                    "Statement": s.statement,
-                })).collect::<Vec<_>>(),
-                "Message": out.message,
-                "Resource": out.resource,
-            }))
-        })
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1164,12 +982,12 @@ mod tests {
     fn reads_lists_match_the_input_structs() {
         let structs: &[(&str, Vec<&str>)] = &[
             ("CreateKey", fields::<keys::CreateKeyIn>()),
-            ("DescribeKey", fields::<KeyIdIn>()),
+            ("DescribeKey", fields::<keys::KeyIdIn>()),
             ("ListKeys", fields::<keys::ListKeysIn>()),
-            ("EnableKey", fields::<KeyIdIn>()),
-            ("DisableKey", fields::<KeyIdIn>()),
+            ("EnableKey", fields::<keys::KeyIdIn>()),
+            ("DisableKey", fields::<keys::KeyIdIn>()),
             ("ScheduleKeyDeletion", fields::<keys::ScheduleIn>()),
-            ("CancelKeyDeletion", fields::<KeyIdIn>()),
+            ("CancelKeyDeletion", fields::<keys::KeyIdIn>()),
             ("UpdateKeyDescription", fields::<keys::DescriptionIn>()),
             ("TagResource", fields::<tags::TagsIn>()),
             ("UntagResource", fields::<tags::TagsIn>()),
@@ -1198,21 +1016,24 @@ mod tests {
             ("GetKeyPolicy", fields::<policies::PolicyIn>()),
             ("PutKeyPolicy", fields::<policies::PolicyIn>()),
             ("ListKeyPolicies", fields::<policies::PolicyIn>()),
-            ("CreateGrant", fields::<CreateGrantIn>()),
-            ("ListGrants", fields::<GrantsIn>()),
-            ("ListRetirableGrants", fields::<GrantsIn>()),
-            ("RetireGrant", fields::<GrantsIn>()),
-            ("RevokeGrant", fields::<GrantsIn>()),
-            ("EnableKeyRotation", fields::<RotationIn>()),
-            ("DisableKeyRotation", fields::<KeyIdIn>()),
-            ("GetKeyRotationStatus", fields::<KeyIdIn>()),
-            ("RotateKeyOnDemand", fields::<KeyIdIn>()),
-            ("ListKeyRotations", fields::<RotationsIn>()),
-            ("GetParametersForImport", fields::<ParametersIn>()),
-            ("ImportKeyMaterial", fields::<ImportIn>()),
-            ("DeleteImportedKeyMaterial", fields::<DeleteMaterialIn>()),
+            ("CreateGrant", fields::<grants::CreateGrantIn>()),
+            ("ListGrants", fields::<grants::GrantsIn>()),
+            ("ListRetirableGrants", fields::<grants::GrantsIn>()),
+            ("RetireGrant", fields::<grants::GrantsIn>()),
+            ("RevokeGrant", fields::<grants::GrantsIn>()),
+            ("EnableKeyRotation", fields::<rotation::RotationIn>()),
+            ("DisableKeyRotation", fields::<rotation::RotationKeyIn>()),
+            ("GetKeyRotationStatus", fields::<rotation::RotationKeyIn>()),
+            ("RotateKeyOnDemand", fields::<rotation::RotationKeyIn>()),
+            ("ListKeyRotations", fields::<rotation::RotationsIn>()),
+            ("GetParametersForImport", fields::<import::ParametersIn>()),
+            ("ImportKeyMaterial", fields::<import::ImportIn>()),
+            (
+                "DeleteImportedKeyMaterial",
+                fields::<import::DeleteMaterialIn>(),
+            ),
         ];
-        let constraints = fields::<ConstraintsIn>();
+        let constraints = fields::<grants::ConstraintsIn>();
         assert!(
             fields::<EncryptIn>().contains(&"KeyId"),
             "the probe reads names"
@@ -1238,192 +1059,5 @@ mod tests {
 // ---------------------------------------------------------------------------------------------
 // Rotation
 
-input!(RotationIn {
-    key_id: Option<String>,
-    rotation_period_in_days: Option<i32>,
-});
-
-fn enable_key_rotation(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: RotationIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.enable_key_rotation(
-            &caller,
-            &r.key_id.unwrap_or_default(),
-            r.rotation_period_in_days,
-        )
-        .await?;
-        Ok(Reply::empty())
-    }))
-}
-
-fn disable_key_rotation(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: KeyIdIn = parse(v)?;
-    Ok(Box::pin(async move {
-        kms.disable_key_rotation(&caller, &r.key_id.unwrap_or_default())
-            .await?;
-        Ok(Reply::empty())
-    }))
-}
-
-fn get_key_rotation_status(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: KeyIdIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let s = kms
-            .get_key_rotation_status(&caller, &r.key_id.unwrap_or_default())
-            .await?;
-        Ok(Reply::body(rotation_status(&s)))
-    }))
-}
-
-fn rotate_key_on_demand(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: KeyIdIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let key_id = kms
-            .rotate_key_on_demand(&caller, &r.key_id.unwrap_or_default())
-            .await?;
-        Ok(Reply {
-            elements: json!({"keyId": key_id}),
-            ..Reply::body(json!({"KeyId": key_id}))
-        })
-    }))
-}
-
-input!(RotationsIn {
-    key_id: Option<String>,
-    limit: Option<i32>,
-    marker: Option<String>,
-    include_key_material: Option<String>,
-});
-
-fn list_key_rotations(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: RotationsIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let page = kms
-            .list_key_rotations(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                r.limit,
-                &r.marker.unwrap_or_default(),
-                r.include_key_material.as_deref(),
-            )
-            .await?;
-        Ok(Reply::body(json!({
-            "Rotations": page.rotations.into_iter().map(rotation_entry).collect::<Vec<_>>(),
-            "Truncated": page.next_marker.is_some(),
-            "NextMarker": page.next_marker,
-        })))
-    }))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Import of key material
-
-input!(ParametersIn {
-    key_id: Option<String>,
-    wrapping_algorithm: Option<String>,
-    wrapping_key_spec: Option<String>,
-});
-
-fn get_parameters_for_import(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: ParametersIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let p = kms
-            .get_parameters_for_import(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                &r.wrapping_algorithm.unwrap_or_default(),
-                &r.wrapping_key_spec.unwrap_or_default(),
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({
-                "keyId": p.key_id,
-                "parametersValidTo": crate::core::authz::iso8601(p.parameters_valid_to_ms),
-            }),
-            ..Reply::body(json!({
-                "KeyId": p.key_id,
-                "ImportToken": b64(&p.import_token),
-                "PublicKey": b64(&p.public_key),
-                "ParametersValidTo": ts(p.parameters_valid_to_ms),
-            }))
-        })
-    }))
-}
-
-input!(ImportIn {
-    key_id: Option<String>,
-    import_token: Option<Blob>,
-    encrypted_key_material: Option<Blob>,
-    valid_to: Option<f64>,
-    expiration_model: Option<String>,
-    import_type: Option<String>,
-    key_material_description: Option<String>,
-    key_material_id: Option<String>,
-});
-
-fn import_key_material(kms: Arc<Kms>, caller: Caller, v: Value) -> Result<Call, serde_json::Error> {
-    let r: ImportIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let out = kms
-            .import_key_material(
-                &caller,
-                ImportKeyMaterialRequest {
-                    key_id: r.key_id.unwrap_or_default(),
-                    import_token: blob(r.import_token),
-                    encrypted_key_material: blob(r.encrypted_key_material),
-                    valid_to_ms: r.valid_to.map(|s| (s * 1000.0).round() as i64),
-                    expiration_model: r.expiration_model,
-                    import_type: r.import_type,
-                    key_material_description: r.key_material_description,
-                    key_material_id: r.key_material_id,
-                },
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({"keyId": out.key_id, "keyMaterialId": out.key_material_id}),
-            ..Reply::body(json!({"KeyId": out.key_id, "KeyMaterialId": out.key_material_id}))
-        })
-    }))
-}
-
-input!(DeleteMaterialIn {
-    key_id: Option<String>,
-    key_material_id: Option<String>,
-});
-
-fn delete_imported_key_material(
-    kms: Arc<Kms>,
-    caller: Caller,
-    v: Value,
-) -> Result<Call, serde_json::Error> {
-    let r: DeleteMaterialIn = parse(v)?;
-    Ok(Box::pin(async move {
-        let out = kms
-            .delete_imported_key_material(
-                &caller,
-                &r.key_id.unwrap_or_default(),
-                r.key_material_id.as_deref(),
-            )
-            .await?;
-        Ok(Reply {
-            elements: json!({"keyId": out.key_id, "keyMaterialId": out.key_material_id}),
-            ..Reply::body(json!({"KeyId": out.key_id, "KeyMaterialId": out.key_material_id}))
-        })
-    }))
-}

@@ -2,12 +2,17 @@
 //! responses shaped exactly as AWS STS shapes them), signed with SigV4 service `sts`.
 //! AssumeRole and GetCallerIdentity, as the gRPC SecurityTokenService serves them.
 
-use serde_json::{json, Value};
+use std::sync::Arc;
+
+use serde_json::Value;
 
 use super::error::{xml_escape, STS_XMLNS};
 use super::kms::{Call, Reply};
-use crate::core::sts::AssumeRoleRequest;
-use crate::core::KmsError;
+use crate::core::operation::{Operation, ResponseElements};
+use crate::core::sts::{
+    AssumeRoleRequest, AssumeRoleResponse, CallerIdentity, GetCallerIdentityRequest,
+};
+use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
 
 /// The SigV4 signing service of STS.
@@ -65,86 +70,125 @@ fn response_metadata(request_id: &str) -> String {
     )
 }
 
-/// Builds the engine call of an STS action; the reply body is the XML document (as a JSON
-/// string) and its audit elements.
+/// A core request read from its STS Query form.
+trait FromForm: Sized {
+    /// Reads the request; a malformed member is a ValidationException.
+    fn from_form(form: &[(String, String)]) -> Result<Self, KmsError>;
+}
+
+/// A core response rendered as its STS XML document.
+trait ToXml {
+    /// The document, with the request id in its `ResponseMetadata`.
+    fn to_xml(&self, request_id: &str) -> String;
+}
+
+type Prepare = fn(Arc<Kms>, Caller, &[(String, String)], String) -> Call;
+
+/// The door's STS table: each action and its core operation.
+const TABLE: &[(&str, Prepare)] = &[
+    (AssumeRoleRequest::NAME, run::<AssumeRoleRequest>),
+    (
+        GetCallerIdentityRequest::NAME,
+        run::<GetCallerIdentityRequest>,
+    ),
+];
+
+/// The one engine call of every STS action: reads the form, runs the operation, renders
+/// the XML document (as a JSON string) and its audit elements.
+fn run<O>(kms: Arc<Kms>, caller: Caller, form: &[(String, String)], request_id: String) -> Call
+where
+    O: Operation + FromForm,
+    O::Response: ToXml,
+{
+    let request = O::from_form(form);
+    Box::pin(async move {
+        let response = request?.run(kms, caller).await?;
+        Ok(Reply {
+            body: Value::String(response.to_xml(&request_id)),
+            elements: response.response_elements(),
+        })
+    })
+}
+
+/// Builds the engine call of an STS action (one of [`ACTIONS`]).
 pub fn prepare(
-    kms: std::sync::Arc<crate::core::Kms>,
+    kms: Arc<Kms>,
     caller: Caller,
     action: &'static str,
     form: Vec<(String, String)>,
     request_id: String,
 ) -> Call {
-    Box::pin(async move {
-        match action {
-            "AssumeRole" => {
-                let duration_seconds = match field(&form, "DurationSeconds") {
-                    None | Some("") => None,
-                    Some(d) => Some(d.parse::<i32>().map_err(|_| {
-                        KmsError::validation("durationSeconds", "Member must be an integer")
-                    })?),
-                };
-                let out = kms
-                    .assume_role(
-                        &caller,
-                        AssumeRoleRequest {
-                            role_arn: field(&form, "RoleArn").unwrap_or_default().to_string(),
-                            role_session_name: field(&form, "RoleSessionName")
-                                .unwrap_or_default()
-                                .to_string(),
-                            duration_seconds,
-                            policy: field(&form, "Policy")
-                                .filter(|p| !p.is_empty())
-                                .map(str::to_string),
-                            tags: tags(&form),
-                        },
-                    )
-                    .await?;
-                let xml = format!(
-                    "<AssumeRoleResponse xmlns=\"{STS_XMLNS}\">\n  <AssumeRoleResult>\n    <AssumedRoleUser>\n      <AssumedRoleId>{}</AssumedRoleId>\n      <Arn>{}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <AccessKeyId>{}</AccessKeyId>\n      <SecretAccessKey>{}</SecretAccessKey>\n      <SessionToken>{}</SessionToken>\n      <Expiration>{}</Expiration>\n    </Credentials>\n  </AssumeRoleResult>\n{}</AssumeRoleResponse>\n",
-                    xml_escape(&out.assumed_role_id),
-                    xml_escape(&out.assumed_role_arn),
-                    xml_escape(&out.access_key_id),
-                    xml_escape(&out.secret_access_key),
-                    xml_escape(&out.session_token),
-                    iso8601(out.expiration_ms),
-                    response_metadata(&request_id),
-                );
-                // The access key id and expiry only; never the secret or the session token.
-                Ok(Reply {
-                    body: Value::String(xml),
-                    elements: json!({
-                        "credentials": {
-                            "accessKeyId": out.access_key_id,
-                            "expiration": iso8601(out.expiration_ms),
-                        },
-                        "assumedRoleUser": {
-                            "assumedRoleId": out.assumed_role_id,
-                            "arn": out.assumed_role_arn,
-                        },
-                    }),
-                })
-            }
-            _ => {
-                let id = kms.get_caller_identity(&caller);
-                let xml = format!(
-                    "<GetCallerIdentityResponse xmlns=\"{STS_XMLNS}\">\n  <GetCallerIdentityResult>\n    <Arn>{}</Arn>\n    <UserId>{}</UserId>\n    <Account>{}</Account>\n  </GetCallerIdentityResult>\n{}</GetCallerIdentityResponse>\n",
-                    xml_escape(&id.arn),
-                    xml_escape(&id.user_id),
-                    xml_escape(&id.account),
-                    response_metadata(&request_id),
-                );
-                Ok(Reply {
-                    body: Value::String(xml),
-                    elements: Value::Null,
-                })
-            }
-        }
-    })
+    let prepare = TABLE
+        .iter()
+        .find(|(name, _)| *name == action)
+        .map_or(run::<GetCallerIdentityRequest> as Prepare, |(_, p)| *p);
+    prepare(kms, caller, &form, request_id)
+}
+
+impl FromForm for AssumeRoleRequest {
+    fn from_form(form: &[(String, String)]) -> Result<Self, KmsError> {
+        let duration_seconds = match field(form, "DurationSeconds") {
+            None | Some("") => None,
+            Some(d) => Some(d.parse::<i32>().map_err(|_| {
+                KmsError::validation("durationSeconds", "Member must be an integer")
+            })?),
+        };
+        Ok(AssumeRoleRequest {
+            role_arn: field(form, "RoleArn").unwrap_or_default().to_string(),
+            role_session_name: field(form, "RoleSessionName")
+                .unwrap_or_default()
+                .to_string(),
+            duration_seconds,
+            policy: field(form, "Policy")
+                .filter(|p| !p.is_empty())
+                .map(str::to_string),
+            tags: tags(form),
+        })
+    }
+}
+
+impl ToXml for AssumeRoleResponse {
+    fn to_xml(&self, request_id: &str) -> String {
+        format!(
+            "<AssumeRoleResponse xmlns=\"{STS_XMLNS}\">\n  <AssumeRoleResult>\n    <AssumedRoleUser>\n      <AssumedRoleId>{}</AssumedRoleId>\n      <Arn>{}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <AccessKeyId>{}</AccessKeyId>\n      <SecretAccessKey>{}</SecretAccessKey>\n      <SessionToken>{}</SessionToken>\n      <Expiration>{}</Expiration>\n    </Credentials>\n  </AssumeRoleResult>\n{}</AssumeRoleResponse>\n",
+            xml_escape(&self.assumed_role_id),
+            xml_escape(&self.assumed_role_arn),
+            xml_escape(&self.access_key_id),
+            xml_escape(&self.secret_access_key),
+            xml_escape(&self.session_token),
+            iso8601(self.expiration_ms),
+            response_metadata(request_id),
+        )
+    }
+}
+
+impl FromForm for GetCallerIdentityRequest {
+    fn from_form(_: &[(String, String)]) -> Result<Self, KmsError> {
+        Ok(GetCallerIdentityRequest)
+    }
+}
+
+impl ToXml for CallerIdentity {
+    fn to_xml(&self, request_id: &str) -> String {
+        format!(
+            "<GetCallerIdentityResponse xmlns=\"{STS_XMLNS}\">\n  <GetCallerIdentityResult>\n    <Arn>{}</Arn>\n    <UserId>{}</UserId>\n    <Account>{}</Account>\n  </GetCallerIdentityResult>\n{}</GetCallerIdentityResponse>\n",
+            xml_escape(&self.arn),
+            xml_escape(&self.user_id),
+            xml_escape(&self.account),
+            response_metadata(request_id),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_serves_every_action() {
+        let names: Vec<&str> = TABLE.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ACTIONS);
+    }
 
     #[test]
     fn tags_are_read_in_member_order() {

@@ -3,50 +3,30 @@
 use tonic::Request;
 use zeroize::Zeroizing;
 
-use super::{expose, grant_entry, opt, ts, Door, Reply};
+use super::{expose, opt, Reply};
 use crate::core::asym::{
     DataKeyPairRequest, DeriveSharedSecretRequest, MacRequest, SignRequest, VerifyRequest,
 };
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, ReEncryptRequest,
 };
-use crate::core::grants::{CreateGrantRequest, ListGrantsResponse};
-use crate::core::import::ImportKeyMaterialRequest;
-use crate::core::operation::Operation;
 use crate::pb;
 use crate::pb::key_management_service_server::KeyManagementService;
 
 // One file per operation family: each reads its requests and builds its responses.
 mod aliases;
+mod grants;
+mod import;
 mod keys;
 mod policies;
+mod rotation;
 mod tags;
 
+/// The SigV4 service name of the legacy methods.
 const SERVICE: &str = "kms";
 
-/// The door's table: each `KeyManagementService` method and the core operation it serves.
-/// Methods not yet in the table are written out under `legacy`.
-macro_rules! table {
-    (
-        operations { $($method:ident($req:ident) -> $resp:ident = $op:ty;)* }
-        legacy { $($legacy:tt)* }
-    ) => {
-        #[tonic::async_trait]
-        impl KeyManagementService for Door {
-            $(
-                async fn $method(&self, request: Request<pb::$req>) -> Reply<pb::$resp> {
-                    self.call::<$op, _, _>(SERVICE, request).await
-                }
-            )*
-            $($legacy)*
-        }
-
-        /// The core operations the table serves, by AWS name.
-        pub const TABLE: &[&str] = &[$(<$op as Operation>::NAME),*];
-    };
-}
-
-table! {
+service_table! {
+impl KeyManagementService as TABLE, signed as "kms";
 operations {
     create_key(CreateKeyRequest) -> CreateKeyResponse = crate::core::keys::CreateKeyRequest;
     describe_key(DescribeKeyRequest) -> DescribeKeyResponse = crate::core::keys::DescribeKeyRequest;
@@ -67,6 +47,19 @@ operations {
     update_alias(UpdateAliasRequest) -> UpdateAliasResponse = crate::core::aliases::UpdateAliasRequest;
     delete_alias(DeleteAliasRequest) -> DeleteAliasResponse = crate::core::aliases::DeleteAliasRequest;
     list_aliases(ListAliasesRequest) -> ListAliasesResponse = crate::core::aliases::ListAliasesRequest;
+    create_grant(CreateGrantRequest) -> CreateGrantResponse = crate::core::grants::CreateGrantRequest;
+    list_grants(ListGrantsRequest) -> ListGrantsResponse = crate::core::grants::ListGrantsRequest;
+    list_retirable_grants(ListRetirableGrantsRequest) -> ListGrantsResponse = crate::core::grants::ListRetirableGrantsRequest;
+    retire_grant(RetireGrantRequest) -> RetireGrantResponse = crate::core::grants::RetireGrantRequest;
+    revoke_grant(RevokeGrantRequest) -> RevokeGrantResponse = crate::core::grants::RevokeGrantRequest;
+    enable_key_rotation(EnableKeyRotationRequest) -> EnableKeyRotationResponse = crate::core::rotation::EnableKeyRotationRequest;
+    disable_key_rotation(DisableKeyRotationRequest) -> DisableKeyRotationResponse = crate::core::rotation::DisableKeyRotationRequest;
+    get_key_rotation_status(GetKeyRotationStatusRequest) -> GetKeyRotationStatusResponse = crate::core::rotation::GetKeyRotationStatusRequest;
+    rotate_key_on_demand(RotateKeyOnDemandRequest) -> RotateKeyOnDemandResponse = crate::core::rotation::RotateKeyOnDemandRequest;
+    list_key_rotations(ListKeyRotationsRequest) -> ListKeyRotationsResponse = crate::core::rotation::ListKeyRotationsRequest;
+    get_parameters_for_import(GetParametersForImportRequest) -> GetParametersForImportResponse = crate::core::import::GetParametersForImportRequest;
+    import_key_material(ImportKeyMaterialRequest) -> ImportKeyMaterialResponse = crate::core::import::ImportKeyMaterialRequest;
+    delete_imported_key_material(DeleteImportedKeyMaterialRequest) -> DeleteImportedKeyMaterialResponse = crate::core::import::DeleteImportedKeyMaterialRequest;
 }
 legacy {
     async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Reply<pb::EncryptResponse> {
@@ -486,332 +479,9 @@ legacy {
         .await
     }
 
-    async fn create_grant(
-        &self,
-        request: Request<pb::CreateGrantRequest>,
-    ) -> Reply<pb::CreateGrantResponse> {
-        self.serve(
-            "CreateGrant",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let c = r.constraints.unwrap_or_default();
-                let out = kms
-                    .create_grant(
-                        &caller,
-                        CreateGrantRequest {
-                            key_id: r.key_id,
-                            grantee_principal: r.grantee_principal,
-                            retiring_principal: opt(r.retiring_principal),
-                            operations: r.operations,
-                            constraint_equals: c.encryption_context_equals.map(|m| m.pairs),
-                            constraint_subset: c.encryption_context_subset.map(|m| m.pairs),
-                            grant_tokens: r.grant_tokens,
-                            name: opt(r.name),
-                            dry_run: r.dry_run,
-                        },
-                    )
-                    .await?;
-                Ok(pb::CreateGrantResponse {
-                    grant_token: out.grant_token,
-                    grant_id: out.grant_id,
-                })
-            },
-        )
-        .await
-    }
-
-    async fn list_grants(
-        &self,
-        request: Request<pb::ListGrantsRequest>,
-    ) -> Reply<pb::ListGrantsResponse> {
-        self.serve(
-            "ListGrants",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let page = kms
-                    .list_grants(
-                        &caller,
-                        &r.key_id,
-                        opt(r.grant_id).as_deref(),
-                        opt(r.grantee_principal).as_deref(),
-                        r.limit,
-                        &r.marker,
-                    )
-                    .await?;
-                Ok(grants_page(page))
-            },
-        )
-        .await
-    }
-
-    async fn list_retirable_grants(
-        &self,
-        request: Request<pb::ListRetirableGrantsRequest>,
-    ) -> Reply<pb::ListGrantsResponse> {
-        self.serve(
-            "ListRetirableGrants",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let page = kms
-                    .list_retirable_grants(&caller, &r.retiring_principal, r.limit, &r.marker)
-                    .await?;
-                Ok(grants_page(page))
-            },
-        )
-        .await
-    }
-
-    async fn retire_grant(
-        &self,
-        request: Request<pb::RetireGrantRequest>,
-    ) -> Reply<pb::RetireGrantResponse> {
-        self.serve(
-            "RetireGrant",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.retire_grant(
-                    &caller,
-                    opt(r.grant_token).as_deref(),
-                    opt(r.key_id).as_deref(),
-                    opt(r.grant_id).as_deref(),
-                    r.dry_run,
-                )
-                .await?;
-                Ok(pb::RetireGrantResponse {})
-            },
-        )
-        .await
-    }
-
-    async fn revoke_grant(
-        &self,
-        request: Request<pb::RevokeGrantRequest>,
-    ) -> Reply<pb::RevokeGrantResponse> {
-        self.serve(
-            "RevokeGrant",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.revoke_grant(&caller, &r.key_id, &r.grant_id, r.dry_run)
-                    .await?;
-                Ok(pb::RevokeGrantResponse {})
-            },
-        )
-        .await
-    }
-
     // Rotation.
 
-    async fn enable_key_rotation(
-        &self,
-        request: Request<pb::EnableKeyRotationRequest>,
-    ) -> Reply<pb::EnableKeyRotationResponse> {
-        self.serve(
-            "EnableKeyRotation",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.enable_key_rotation(&caller, &r.key_id, r.rotation_period_in_days)
-                    .await?;
-                Ok(pb::EnableKeyRotationResponse {})
-            },
-        )
-        .await
-    }
-
-    async fn disable_key_rotation(
-        &self,
-        request: Request<pb::DisableKeyRotationRequest>,
-    ) -> Reply<pb::DisableKeyRotationResponse> {
-        self.serve(
-            "DisableKeyRotation",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                kms.disable_key_rotation(&caller, &r.key_id).await?;
-                Ok(pb::DisableKeyRotationResponse {})
-            },
-        )
-        .await
-    }
-
-    async fn get_key_rotation_status(
-        &self,
-        request: Request<pb::GetKeyRotationStatusRequest>,
-    ) -> Reply<pb::GetKeyRotationStatusResponse> {
-        self.serve(
-            "GetKeyRotationStatus",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let s = kms.get_key_rotation_status(&caller, &r.key_id).await?;
-                Ok(pb::GetKeyRotationStatusResponse {
-                    key_rotation_enabled: s.key_rotation_enabled,
-                    key_id: s.key_id,
-                    rotation_period_in_days: s.rotation_period_in_days,
-                    next_rotation_date: s.next_rotation_date_ms.map(ts),
-                    on_demand_rotation_start_date: s.on_demand_rotation_start_date_ms.map(ts),
-                })
-            },
-        )
-        .await
-    }
-
-    async fn rotate_key_on_demand(
-        &self,
-        request: Request<pb::RotateKeyOnDemandRequest>,
-    ) -> Reply<pb::RotateKeyOnDemandResponse> {
-        self.serve(
-            "RotateKeyOnDemand",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let key_id = kms.rotate_key_on_demand(&caller, &r.key_id).await?;
-                Ok(pb::RotateKeyOnDemandResponse { key_id })
-            },
-        )
-        .await
-    }
-
-    async fn list_key_rotations(
-        &self,
-        request: Request<pb::ListKeyRotationsRequest>,
-    ) -> Reply<pb::ListKeyRotationsResponse> {
-        self.serve(
-            "ListKeyRotations",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let page = kms
-                    .list_key_rotations(
-                        &caller,
-                        &r.key_id,
-                        r.limit,
-                        &r.marker,
-                        Some(r.include_key_material.as_str()),
-                    )
-                    .await?;
-                Ok(pb::ListKeyRotationsResponse {
-                    rotations: page
-                        .rotations
-                        .into_iter()
-                        .map(|e| pb::RotationsListEntry {
-                            key_id: e.key_id,
-                            key_material_id: e.key_material_id,
-                            rotation_date: e.rotation_date_ms.map(ts),
-                            rotation_type: e.rotation_type.unwrap_or_default(),
-                            key_material_state: e.key_material_state,
-                            import_state: e.import_state.unwrap_or_default(),
-                            expiration_model: e.expiration_model.unwrap_or_default(),
-                            valid_to: e.valid_to_ms.map(ts),
-                        })
-                        .collect(),
-                    truncated: page.next_marker.is_some(),
-                    next_marker: page.next_marker.unwrap_or_default(),
-                })
-            },
-        )
-        .await
-    }
-
-    // Import of key material.
-
-    async fn get_parameters_for_import(
-        &self,
-        request: Request<pb::GetParametersForImportRequest>,
-    ) -> Reply<pb::GetParametersForImportResponse> {
-        self.serve(
-            "GetParametersForImport",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let p = kms
-                    .get_parameters_for_import(
-                        &caller,
-                        &r.key_id,
-                        &r.wrapping_algorithm,
-                        &r.wrapping_key_spec,
-                    )
-                    .await?;
-                Ok(pb::GetParametersForImportResponse {
-                    key_id: p.key_id,
-                    import_token: p.import_token,
-                    public_key: p.public_key,
-                    parameters_valid_to: Some(ts(p.parameters_valid_to_ms)),
-                })
-            },
-        )
-        .await
-    }
-
-    async fn import_key_material(
-        &self,
-        request: Request<pb::ImportKeyMaterialRequest>,
-    ) -> Reply<pb::ImportKeyMaterialResponse> {
-        self.serve(
-            "ImportKeyMaterial",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let out = kms
-                    .import_key_material(
-                        &caller,
-                        ImportKeyMaterialRequest {
-                            key_id: r.key_id,
-                            import_token: r.import_token,
-                            encrypted_key_material: r.encrypted_key_material,
-                            valid_to_ms: r
-                                .valid_to
-                                .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
-                            expiration_model: opt(r.expiration_model),
-                            import_type: opt(r.import_type),
-                            key_material_description: opt(r.key_material_description),
-                            key_material_id: opt(r.key_material_id),
-                        },
-                    )
-                    .await?;
-                Ok(pb::ImportKeyMaterialResponse {
-                    key_id: out.key_id,
-                    key_material_id: out.key_material_id,
-                })
-            },
-        )
-        .await
-    }
-
-    async fn delete_imported_key_material(
-        &self,
-        request: Request<pb::DeleteImportedKeyMaterialRequest>,
-    ) -> Reply<pb::DeleteImportedKeyMaterialResponse> {
-        self.serve(
-            "DeleteImportedKeyMaterial",
-            SERVICE,
-            request,
-            |kms, caller, r| async move {
-                let material = opt(r.key_material_id);
-                let out = kms
-                    .delete_imported_key_material(&caller, &r.key_id, material.as_deref())
-                    .await?;
-                Ok(pb::DeleteImportedKeyMaterialResponse {
-                    key_id: out.key_id,
-                    key_material_id: out.key_material_id,
-                })
-            },
-        )
-        .await
-    }
-}
 
 }
 
-fn grants_page(page: ListGrantsResponse) -> pb::ListGrantsResponse {
-    pb::ListGrantsResponse {
-        grants: page.grants.into_iter().map(grant_entry).collect(),
-        truncated: page.next_marker.is_some(),
-        next_marker: page.next_marker.unwrap_or_default(),
-    }
 }

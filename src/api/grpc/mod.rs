@@ -7,6 +7,35 @@
 //! method converts the message to the engine's types, calls the engine, and converts back.
 //! Errors go through [`status::to_status`], the door's one mapping.
 
+/// A gRPC service of the door generated from its table: each method and the core operation
+/// it serves (`Door::call` reads, runs and converts), and `$table`, the core operations by AWS
+/// name (a test checks every core operation is in some table). Methods not yet in the table
+/// are written out under `legacy`.
+macro_rules! service_table {
+    (
+        impl $service:ident as $table:ident, signed as $signing:literal;
+        operations { $($method:ident($req:ident) -> $resp:ident = $op:ty;)* }
+        legacy { $($legacy:tt)* }
+    ) => {
+        #[tonic::async_trait]
+        impl $service for $crate::api::grpc::Door {
+            $(
+                async fn $method(
+                    &self,
+                    request: tonic::Request<$crate::pb::$req>,
+                ) -> $crate::api::grpc::Reply<$crate::pb::$resp> {
+                    self.call::<$op, _, _>($signing, request).await
+                }
+            )*
+            $($legacy)*
+        }
+
+        /// The core operations this service serves, by AWS name.
+        pub const $table: &[&str] =
+            &[$(<$op as $crate::core::operation::Operation>::NAME),*];
+    };
+}
+
 pub mod admin;
 pub mod capture;
 pub mod decode;
@@ -37,7 +66,7 @@ use capture::SignedRequestInfo;
 use status::with_reason;
 
 /// The door's tables: the core operations each gRPC service serves, by AWS name.
-pub const TABLES: &[&[&str]] = &[kms::TABLE];
+pub const TABLES: &[&[&str]] = &[kms::TABLE, admin::TABLE, sts::TABLE];
 
 /// The door's name in metrics and audit events.
 pub const DOOR: &str = "grpc";

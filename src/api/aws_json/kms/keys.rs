@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use super::tags::{tags_in, TagIn};
-use super::{key_last_usage_body, metadata, parse, scheduled_deletion, FromJson, KeyIdIn, ToJson};
+use super::{key_last_usage_body, metadata, parse, scheduled_deletion, FromJson, ToJson};
 use crate::core::keys::{
     CancelKeyDeletionRequest, CancelKeyDeletionResponse, CreateKeyRequest, CreateKeyResponse,
     DescribeKeyRequest, DescribeKeyResponse, DisableKeyRequest, EnableKeyRequest, ListKeysRequest,
@@ -26,6 +26,11 @@ input!(CreateKeyIn {
     bypass_policy_lockout_safety_check: Option<bool>,
     tags: Option<Vec<TagIn>>,
     multi_region: Option<bool>,
+});
+
+input!(KeyIdIn {
+    key_id: Option<String>,
+    grant_tokens: Option<Vec<String>>,
 });
 
 input!(ListKeysIn {

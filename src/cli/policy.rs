@@ -1,0 +1,118 @@
+//! `p11kms policy ...`: offline evaluation of policy test vectors (`eval`, no daemon), and
+//! asking the daemon how it would decide a request (`explain`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use p11kms::pb;
+
+use super::io::{ctx, parse_pair, print_json, read_text};
+use super::session::{answer, Conn, Session};
+
+/// The `policy` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Evaluate a JSON array of cases (the format of tests/fixtures/policy-cases/cases.json) offline
+    /// and print `<name> Allow|Deny` per case.
+    Eval {
+        file: PathBuf,
+        /// Compare with each case's `expected`; exit non-zero on any mismatch.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Ask the daemon how it would decide a request (needs p11kms:ExplainAccess).
+    Explain(Box<ExplainArgs>),
+}
+
+/// `policy explain`'s arguments.
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The principal ARN to evaluate for.
+    #[arg(long)]
+    principal: String,
+    /// The action, e.g. kms:Decrypt.
+    #[arg(long)]
+    action: String,
+    /// Key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    key: String,
+    /// Encryption context pair, repeatable.
+    #[arg(long = "context", value_parser = parse_pair)]
+    context: Vec<(String, String)>,
+    /// Evaluate as if the request came from this address (aws:SourceIp).
+    #[arg(long)]
+    source_ip: Option<String>,
+}
+
+/// Runs a `policy` subcommand: `eval` without a runtime, `explain` as a client command.
+pub fn run(command: PolicyCommand) -> Result<ExitCode, String> {
+    match command {
+        PolicyCommand::Eval { file, check } => eval(&file, check),
+        PolicyCommand::Explain(args) => super::online(explain(*args)),
+    }
+}
+
+/// `policy eval`: one `<name> Allow|Deny` line per case; with `check`, each mismatch and a
+/// summary on standard error, and exit code 1 when any case mismatches.
+fn eval(file: &std::path::Path, check: bool) -> Result<ExitCode, String> {
+    let text = read_text(file)?;
+    let outcomes = p11kms::policy::cases::run_text(&text).map_err(|e| e.to_string())?;
+    let mut failed = 0usize;
+    for o in &outcomes {
+        println!("{} {}", o.name, o.decision.effect.as_str());
+        if check && !o.passed() {
+            failed += 1;
+            eprintln!(
+                "MISMATCH {}: expected {}, got {} ({})",
+                o.name,
+                o.expected.map(|e| e.as_str()).unwrap_or("-"),
+                o.decision.effect.as_str(),
+                o.decision.summary()
+            );
+        }
+    }
+    if check {
+        eprintln!(
+            "{} cases match, {} mismatch",
+            outcomes.len() - failed,
+            failed
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `policy explain`: the daemon's decision, reason and deciding statements as JSON.
+async fn explain(args: ExplainArgs) -> Result<(), String> {
+    let sess = Session::open(&args.conn).await?;
+    let request = pb::ExplainAccessRequest {
+        principal: args.principal,
+        action: args.action,
+        key_id: args.key,
+        encryption_context: ctx(args.context),
+        source_ip: args.source_ip.unwrap_or_default(),
+    };
+    let signed = sess.req("AdminService", "ExplainAccess", request);
+    let r = answer(sess.admin().explain_access(signed).await)?;
+    let statements: Vec<_> = r
+        .deciding_statements
+        .iter()
+        .map(|d| json!({"PolicyType": d.policy_type, "PolicyName": d.policy_name, "Statement": d.statement}))
+        .collect();
+    print_json(&json!({
+        "Decision": r.decision,
+        "Reason": r.reason,
+        "Resource": r.resource,
+        "DecidingStatements": statements,
+        "Message": r.message,
+    }));
+    Ok(())
+}
