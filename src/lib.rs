@@ -17,12 +17,14 @@
 //! | [`store`] | metadata persistence behind [`store::MetadataStore`]; SQLite embedded by default |
 //! | [`ciphertext`] | ciphertext format v1 and its AAD |
 //! | [`audit`] | the tamper-evident audit trail: events, the hash-chained group-committed writer, HSM-signed checkpoints, the offline verifier |
-//! | [`api`] | the doors: gRPC today, and the one mapping from `KmsError` to each wire's error |
+//! | [`api`] | the doors (gRPC on tonic; the HTTP doors, today the AWS door, on one listener and listed in [`api::HTTP_DOORS`]), and the one mapping from `KmsError` to each wire's error |
 //! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
 //! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
 //! | [`client`] | the gRPC client used by the CLI's client commands |
 //! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |
 //! | [`pb`] | generated protobuf/gRPC types for `p11kms.v1` |
+//! | [`time`] | civil dates and UTC timestamp formats (ISO 8601, SigV4's `X-Amz-Date`): the one converter |
+//! | [`encoding`] | `sha256_hex`, `public_key_pem`, percent-decoding: small encodings every layer shares |
 //!
 //! The `p11kms` command line is not part of this library: it is the binary's own `src/main.rs`
 //! (parse, dispatch) and `src/cli/` (one module per command family), and reaches the daemon
@@ -41,12 +43,14 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod devsetup;
+pub mod encoding;
 pub mod hsm;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod store;
+pub mod time;
 
 /// Generated protobuf and gRPC types of the `p11kms.v1` package.
 pub mod pb {

@@ -1,25 +1,33 @@
 //! Wiring: config -> HSM, store, engine, doors. [`start`] returns a handle so integration tests
 //! can run the real daemon in-process on `127.0.0.1:0`; [`run`] serves until a shutdown future
 //! resolves.
+//!
+//! The HTTP doors are started from the registry ([`crate::api::HTTP_DOORS`]), not one by one.
+//! Shutdown is one cancellation signal shared by the doors (gRPC and HTTP) and the background
+//! tasks: they stop accepting or stop between rounds, and each door drains within
+//! [`DRAIN_TIMEOUT`], after which its connections still open are closed. No task is aborted.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::api::gate::Gate;
 use crate::api::grpc::capture::CaptureSigned;
 use crate::api::grpc::Door;
+use crate::api::http::{DoorDeps, DoorStartError, RunningDoor, DRAIN_TIMEOUT};
+use crate::api::listener::{tls_incoming, Limits, Registry, TrackedLayer};
 use crate::audit::{export_public_key, AuditLog, CheckpointSigner, HsmCheckpointSigner};
 use crate::config::{Config, ConfigError};
-use crate::core::sweeper::spawn_sweeper;
 use crate::core::{Clock, Kms, KmsError, KmsSettings, SystemClock};
 use crate::hsm::{Hsm, HsmError};
 use crate::identity::auth::Authenticator;
 use crate::identity::directory::IdentityError;
-use crate::identity::{DirectoryHandle, SessionStore};
+use crate::identity::{CertBinding, DirectoryHandle, SessionStore};
 use crate::metrics::Metrics;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
@@ -62,15 +70,17 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// An HTTP door could not start (its TLS files, plain HTTP off loopback, or its bind).
+    #[error(transparent)]
+    HttpDoor(#[from] DoorStartError),
 }
 
-/// The daemon's listeners, named in bind errors.
+/// The daemon's listeners outside the HTTP door registry, named in bind errors (an HTTP
+/// door names its own: [`crate::api::http::HttpBinding::label`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
     /// `[server] listen`.
     Grpc,
-    /// `[aws_json] listen`.
-    AwsDoor,
     /// `[metrics] listen`.
     Metrics,
 }
@@ -79,7 +89,6 @@ impl std::fmt::Display for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Listener::Grpc => "gRPC door ([server] listen)",
-            Listener::AwsDoor => "AWS door ([aws_json] listen)",
             Listener::Metrics => "metrics endpoint ([metrics] listen)",
         })
     }
@@ -123,43 +132,36 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The engine (tests read HSM counters and set hooks through it).
     pub kms: Arc<Kms>,
-    shutdown: Option<oneshot::Sender<()>>,
-    serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    sweeper: tokio::task::JoinHandle<()>,
-    usage_flusher: tokio::task::JoinHandle<()>,
-    reloader: tokio::task::JoinHandle<()>,
-    health_task: tokio::task::JoinHandle<()>,
+    /// The shutdown signal of the doors and the background tasks.
+    cancel: CancellationToken,
+    grpc: GrpcServer,
+    /// The HTTP doors the config enables ([`crate::api::HTTP_DOORS`]).
+    http_doors: Vec<RunningDoor>,
+    /// The sweeper, the usage flusher, the SIGHUP reloader and the health probe.
+    background: Vec<(&'static str, JoinHandle<()>)>,
     /// Aggregates refused requests and watches the trail's free space.
     refusals: Arc<crate::audit::RefusalAuditor>,
-    refusals_task: tokio::task::JoinHandle<()>,
+    refusals_task: JoinHandle<()>,
     /// Where the metrics endpoint listens, when enabled.
     pub metrics_addr: Option<SocketAddr>,
-    metrics_task: Option<(
-        oneshot::Sender<()>,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    )>,
+    metrics: Option<MetricsServer>,
     auth: Arc<Authenticator>,
     directory_files: crate::identity::DirectoryFiles,
     allow_group_readable_secrets: bool,
     /// Where the AWS door (`[aws_json]`) listens, when enabled.
     pub aws_json_addr: Option<SocketAddr>,
-    aws_json: Option<crate::api::aws_json::AwsJsonServer>,
     /// The audit trail (tests read its health and files).
     pub audit: Arc<AuditLog>,
 }
 
 impl RunningServer {
-    /// Stops accepting requests, drains, and stops the HSM workers.
+    /// Stops accepting requests, drains (each door within [`DRAIN_TIMEOUT`]), and stops the
+    /// HSM workers.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let served = (&mut self.serve).await;
+        self.cancel.cancel();
+        let served = self.grpc.drained().await;
         self.stop_background().await;
-        match served {
-            Ok(r) => r.map_err(ServerError::from),
-            Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
-        }
+        served
     }
 
     /// Reloads the identity directory from its files, as SIGHUP does. On error the old
@@ -175,41 +177,107 @@ impl RunningServer {
 
     /// Waits until the server stops by itself (it does so only on error).
     pub async fn wait(mut self) -> Result<(), ServerError> {
-        let served = (&mut self.serve).await;
+        let served = self.grpc.stopped().await;
         self.stop_background().await;
-        match served {
-            Ok(r) => r.map_err(ServerError::from),
-            Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
-        }
+        served
     }
-}
 
-impl RunningServer {
+    /// Where the HTTP door `name` ([`crate::api::http::HttpDoor::NAME`]) listens, when
+    /// enabled.
+    pub fn http_door_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.http_doors
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.addr)
+    }
+
+    /// Cancels the shutdown signal (once more: it may have stopped by itself), waits for the
+    /// doors and the background tasks, then closes what they used, trail before HSM.
     async fn stop_background(&mut self) {
-        if let Some(aws) = self.aws_json.take() {
-            aws.shutdown().await;
+        self.cancel.cancel();
+        for door in self.http_doors.drain(..) {
+            door.drained().await;
         }
-        self.sweeper.abort();
-        self.usage_flusher.abort();
+        join_background(std::mem::take(&mut self.background)).await;
         // Key last usage is kept in memory between flushes: store it before stopping.
         if let Err(e) = self.kms.flush_key_usage().await {
             tracing::error!(error = %e, "could not store key last usage at shutdown");
         }
-        self.reloader.abort();
-        self.health_task.abort();
         // No request arrives any more: write the pending aggregates of refused requests.
         self.refusals.stop();
         let _ = (&mut self.refusals_task).await;
         self.refusals.flush().await;
-        if let Some((tx, task)) = self.metrics_task.take() {
-            let _ = tx.send(());
-            let _ = task.await;
+        if let Some(m) = self.metrics.take() {
+            m.stop().await;
         }
         // The final checkpoint needs the HSM: close the trail before the HSM layer.
         if let Err(e) = self.audit.shutdown().await {
             tracing::error!(error = %e, "closing the audit trail failed");
         }
         close_hsm(self.kms.hsm()).await;
+    }
+}
+
+/// Waits for the background tasks to see the shutdown signal (each finishes the round it is
+/// in), within [`DRAIN_TIMEOUT`] for all of them; one still busy then is left to end on its
+/// own and logged.
+async fn join_background(tasks: Vec<(&'static str, JoinHandle<()>)>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    for (name, task) in tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(task = name, error = %e, "background task failed"),
+            Err(_) => tracing::warn!(task = name, "background task still busy at shutdown"),
+        }
+    }
+}
+
+/// The gRPC door's server task and the registry of its connections.
+struct GrpcServer {
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    connections: Arc<Registry>,
+}
+
+impl GrpcServer {
+    /// Waits until tonic's server ends (on error, or once drained after the signal).
+    async fn stopped(&mut self) -> Result<(), ServerError> {
+        join_result((&mut self.serve).await)
+    }
+
+    /// After the shutdown signal: waits for the connections to finish their requests, and
+    /// after [`DRAIN_TIMEOUT`] closes the ones still open.
+    async fn drained(&mut self) -> Result<(), ServerError> {
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.serve).await {
+            Ok(served) => join_result(served),
+            Err(_) => {
+                tracing::debug!("gRPC drain deadline reached: closing the connections still open");
+                self.connections.close_all();
+                self.stopped().await
+            }
+        }
+    }
+}
+
+fn join_result(
+    served: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
+    match served {
+        Ok(r) => r.map_err(ServerError::from),
+        Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
+    }
+}
+
+/// The metrics endpoint: its own stop signal, cancelled last (it is scraped while the doors
+/// drain).
+struct MetricsServer {
+    stop: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl MetricsServer {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 
@@ -236,45 +304,63 @@ async fn open_audit(config: &Config, kms: &Arc<Kms>) -> Result<Arc<AuditLog>, Se
 }
 
 /// Keeps the gRPC health service in step with the HSM and the audit trail: SERVING while a
-/// session answers and the trail is writable, NOT_SERVING otherwise.
+/// session answers and the trail is writable, NOT_SERVING otherwise. Stops on `cancel`.
 fn spawn_health(
     kms: Arc<Kms>,
     audit: Arc<AuditLog>,
     health: tonic_health::server::HealthReporter,
-) -> tokio::task::JoinHandle<()> {
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let services = [
-            "",
-            "p11kms.v1.KeyManagementService",
-            "p11kms.v1.SecurityTokenService",
-            "p11kms.v1.AdminService",
-        ];
         let mut last = None;
         loop {
             let audit_ok = audit.healthy();
-            let ok = audit_ok && kms.hsm().ping().await.is_ok();
-            if last != Some(ok) {
-                let status = if ok {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tonic_health::ServingStatus::NotServing
+            let ok = audit_ok
+                && tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ping = kms.hsm().ping() => ping.is_ok(),
                 };
-                for s in services {
-                    health.set_service_status(s, status).await;
-                }
-                if !ok {
-                    tracing::error!(
-                        audit_writable = audit_ok,
-                        "health: NOT_SERVING (the HSM does not answer or the audit trail cannot be written)"
-                    );
-                } else if last.is_some() {
-                    tracing::info!("health: SERVING again");
-                }
+            if last != Some(ok) {
+                report_health(&health, ok, audit_ok, last.is_some()).await;
                 last = Some(ok);
             }
-            tokio::time::sleep(HEALTH_INTERVAL).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            }
         }
     })
+}
+
+/// Sets every service's health status and logs the change.
+async fn report_health(
+    health: &tonic_health::server::HealthReporter,
+    ok: bool,
+    audit_ok: bool,
+    was_known: bool,
+) {
+    let services = [
+        "",
+        "p11kms.v1.KeyManagementService",
+        "p11kms.v1.SecurityTokenService",
+        "p11kms.v1.AdminService",
+    ];
+    let status = if ok {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for s in services {
+        health.set_service_status(s, status).await;
+    }
+    if !ok {
+        tracing::error!(
+            audit_writable = audit_ok,
+            "health: NOT_SERVING (the HSM does not answer or the audit trail cannot be written)"
+        );
+    } else if was_known {
+        tracing::info!("health: SERVING again");
+    }
 }
 
 /// How often the health task probes the HSM (and, with the audit trail, its writer).
@@ -303,22 +389,55 @@ fn reload(
     Ok(())
 }
 
-/// Reloads the identity directory on every SIGHUP.
+/// Reloads the identity directory on every SIGHUP, until `cancel`.
 fn spawn_reloader(
     kms: Arc<Kms>,
     auth: Arc<Authenticator>,
     files: crate::identity::DirectoryFiles,
     allow_group_readable_secrets: bool,
-) -> tokio::task::JoinHandle<()> {
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             tracing::warn!("cannot listen for SIGHUP; identity reload by signal is off");
             return;
         };
-        while hup.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
             // Errors are logged by the directory, which keeps the old one in force.
             let _ = reload(&kms, &auth, &files, allow_group_readable_secrets);
+        }
+    })
+}
+
+/// Runs `work` every `interval` (the first round at once, or after one interval when
+/// `first_now` is false) until `cancel`; a round in progress finishes first.
+fn spawn_periodic<F, Fut>(
+    interval: Duration,
+    first_now: bool,
+    cancel: CancellationToken,
+    mut work: F,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !first_now {
+            tick.tick().await;
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            work().await;
         }
     })
 }
@@ -436,24 +555,14 @@ fn grpc_tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, Serve
         .map_err(ServerError::Tls)
 }
 
-/// Starts the daemon and returns once it is listening.
+/// Starts the daemon and returns once it is listening: the engine, the audit trail, the
+/// doors (the gRPC door, then the HTTP doors of [`crate::api::HTTP_DOORS`] the config
+/// enables), the background tasks and the metrics endpoint.
 pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningServer, ServerError> {
     let bindings = config.certificate_bindings()?;
     let tls = grpc_tls_acceptor(config)?;
     let kms = open_engine(config, options.clock.clone()).await?;
-    {
-        let dir = kms.directory().current();
-        if let Some(b) = bindings
-            .iter()
-            .find(|b| dir.principal(&b.principal_arn).is_none())
-        {
-            close_hsm(kms.hsm()).await;
-            return Err(ServerError::Config(ConfigError::Invalid(format!(
-                "identity.certificate binds to {}, which is not in the identity directory",
-                b.principal_arn
-            ))));
-        }
-    }
+    check_bindings(&kms, &bindings).await?;
     let auth = Arc::new(Authenticator::new(
         kms.directory().clone(),
         kms.sessions().clone(),
@@ -461,16 +570,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         &config.kms.region,
     ));
     kms.start_usage_tracking().await?;
-    match kms.reconcile().await {
-        Ok(report) if !report.is_clean() => tracing::warn!(
-            interrupted = report.interrupted.len(),
-            missing = report.missing_objects.len(),
-            orphans = report.orphan_objects.len(),
-            "store and token disagree; run `p11kms check` for details (nothing was deleted)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not reconcile store and token at start-up"),
-    }
+    reconcile_at_start(&kms).await;
     let listener = bind(Listener::Grpc, config.server.listen).await?;
     let addr = listener.local_addr()?;
     let audit = open_audit(config, &kms).await?;
@@ -490,14 +590,100 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         config.kms.region.clone(),
     )));
     let refusals_task = refusals.spawn();
-    let gate = crate::api::gate::Gate::new(
+    let gate = Gate::new(
         kms.clone(),
         metrics.clone(),
         audit.clone(),
         refusals.clone(),
     );
-    let aws_json = crate::api::aws_json::start(config, auth.clone(), gate.clone()).await?;
-    let door = Door::new(auth.clone(), gate);
+    let deps = DoorDeps { auth, gate };
+    let cancel = CancellationToken::new();
+    // Until start-up succeeds, an early return stops what was started.
+    let started = cancel.clone().drop_guard();
+    let http_doors = start_http_doors(config, &deps, &cancel).await?;
+    let (health, grpc) = start_grpc(config, &deps, listener, tls, cancel.clone())?;
+    let background = spawn_background(config, &options, &kms, &deps.auth, &audit, health, &cancel);
+    let (metrics_addr, metrics) = start_metrics(config, metrics).await?;
+    started.disarm();
+    tracing::info!(%addr, token = kms.hsm().token_label(), keys = kms.key_count(), "p11kms serving gRPC over TLS");
+    Ok(RunningServer {
+        addr,
+        kms,
+        cancel,
+        grpc,
+        aws_json_addr: http_doors
+            .iter()
+            .find(|d| d.name == crate::api::aws_json::DOOR)
+            .map(|d| d.addr),
+        http_doors,
+        background,
+        refusals,
+        refusals_task,
+        metrics_addr,
+        metrics,
+        auth: deps.auth,
+        directory_files: config.directory_files(),
+        allow_group_readable_secrets: config.server.allow_group_readable_secrets,
+        audit,
+    })
+}
+
+/// Refuses a certificate binding to a principal the directory does not know (closing the
+/// HSM, which is open by then).
+async fn check_bindings(kms: &Arc<Kms>, bindings: &[CertBinding]) -> Result<(), ServerError> {
+    let dir = kms.directory().current();
+    let Some(b) = bindings
+        .iter()
+        .find(|b| dir.principal(&b.principal_arn).is_none())
+    else {
+        return Ok(());
+    };
+    close_hsm(kms.hsm()).await;
+    Err(ServerError::Config(ConfigError::Invalid(format!(
+        "identity.certificate binds to {}, which is not in the identity directory",
+        b.principal_arn
+    ))))
+}
+
+/// Compares the store with the token; drift is logged, never repaired here.
+async fn reconcile_at_start(kms: &Kms) {
+    match kms.reconcile().await {
+        Ok(report) if !report.is_clean() => tracing::warn!(
+            interrupted = report.interrupted.len(),
+            missing = report.missing_objects.len(),
+            orphans = report.orphan_objects.len(),
+            "store and token disagree; run `p11kms check` for details (nothing was deleted)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not reconcile store and token at start-up"),
+    }
+}
+
+/// Starts every HTTP door of the registry that the config enables, in registry order.
+async fn start_http_doors(
+    config: &Config,
+    deps: &DoorDeps,
+    cancel: &CancellationToken,
+) -> Result<Vec<RunningDoor>, ServerError> {
+    let mut running = Vec::new();
+    for entry in crate::api::HTTP_DOORS {
+        if let Some(door) = (entry.start)(config, deps, cancel.clone()).await? {
+            running.push(door);
+        }
+    }
+    Ok(running)
+}
+
+/// The gRPC door: tonic's server over the shared listener's connections (TLS, caps,
+/// deadlines), stopping on `cancel`. Returns the health reporter the health task drives.
+fn start_grpc(
+    config: &Config,
+    deps: &DoorDeps,
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    cancel: CancellationToken,
+) -> Result<(tonic_health::server::HealthReporter, GrpcServer), ServerError> {
+    let door = Door::new(deps.auth.clone(), deps.gate.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -517,81 +703,90 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         AdminServiceServer::new(door).max_decoding_message_size(MAX_MESSAGE_BYTES),
         body_limit,
     );
-    let (tx, rx) = oneshot::channel::<()>();
-    let limits = crate::api::listener::Limits::from_config(&config.server);
-    let registry = crate::api::listener::Registry::new(crate::api::grpc::DOOR, limits);
+    let limits = Limits::from_config(&config.server);
+    let connections = Registry::new(crate::api::grpc::DOOR, limits);
     let router = Server::builder()
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-        .layer(crate::api::listener::TrackedLayer::new(registry.clone()))
+        .layer(TrackedLayer::new(connections.clone()))
         .add_service(kms_service)
         .add_service(sts_service)
         .add_service(admin_service)
         .add_service(health_service)
         .add_service(reflection);
-    let serve = tokio::spawn(async move {
-        router
-            // TLS, the connection caps and deadlines are the shared listener's (which also
-            // sets NODELAY: without it, Nagle holds small responses for ~40 ms,
-            // docs/benchmarks.md).
-            .serve_with_incoming_shutdown(
-                crate::api::listener::tls_incoming(listener, tls, registry),
-                async {
-                    let _ = rx.await;
-                },
-            )
-            .await
-    });
-    let interval = options
+    // TLS, the connection caps and deadlines are the shared listener's (which also sets
+    // NODELAY: without it, Nagle holds small responses for ~40 ms, docs/benchmarks.md).
+    let incoming = tls_incoming(listener, tls, connections.clone(), cancel.clone());
+    let serve =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, cancel.cancelled_owned()));
+    Ok((health, GrpcServer { serve, connections }))
+}
+
+/// The background tasks, each stopping on `cancel`: the deletion sweeper, the key usage
+/// flusher, the health probe and the SIGHUP reloader.
+fn spawn_background(
+    config: &Config,
+    options: &ServerOptions,
+    kms: &Arc<Kms>,
+    auth: &Arc<Authenticator>,
+    audit: &Arc<AuditLog>,
+    health: tonic_health::server::HealthReporter,
+    cancel: &CancellationToken,
+) -> Vec<(&'static str, JoinHandle<()>)> {
+    let sweep_every = options
         .sweep_interval
         .unwrap_or(Duration::from_secs(config.kms.deletion_sweep_interval_secs));
-    let sweeper = spawn_sweeper(kms.clone(), interval);
-    let usage_flusher = crate::core::usage::spawn_usage_flusher(
-        kms.clone(),
-        Duration::from_secs(config.kms.key_usage_flush_interval_secs),
-    );
-    let health_task = spawn_health(kms.clone(), audit.clone(), health);
-    let (metrics_addr, metrics_task) = if config.metrics.enabled {
-        let listener = bind(Listener::Metrics, config.metrics.listen).await?;
-        let addr = listener.local_addr()?;
-        let (mtx, mrx) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::metrics::serve(metrics.clone(), listener, async {
-            let _ = mrx.await;
-        }));
-        tracing::info!(%addr, "metrics on http://{addr}/metrics");
-        (Some(addr), Some((mtx, task)))
-    } else {
-        (None, None)
-    };
-    let directory_files = config.directory_files();
-    let allow_group_readable_secrets = config.server.allow_group_readable_secrets;
+    let k = kms.clone();
+    let sweeper = spawn_periodic(sweep_every, true, cancel.clone(), move || {
+        let k = k.clone();
+        async move {
+            k.sweep_once().await;
+        }
+    });
+    let flush_every = Duration::from_secs(config.kms.key_usage_flush_interval_secs);
+    let k = kms.clone();
+    let usage_flusher = spawn_periodic(flush_every, false, cancel.clone(), move || {
+        let k = k.clone();
+        async move {
+            if let Err(e) = k.flush_key_usage().await {
+                tracing::error!(error = %e, "could not store key last usage; will retry");
+            }
+        }
+    });
+    let health = spawn_health(kms.clone(), audit.clone(), health, cancel.clone());
     let reloader = spawn_reloader(
         kms.clone(),
         auth.clone(),
-        directory_files.clone(),
-        allow_group_readable_secrets,
+        config.directory_files(),
+        config.server.allow_group_readable_secrets,
+        cancel.clone(),
     );
-    tracing::info!(%addr, token = kms.hsm().token_label(), keys = kms.key_count(), "p11kms serving gRPC over TLS");
-    Ok(RunningServer {
-        addr,
-        kms,
-        shutdown: Some(tx),
-        serve,
-        sweeper,
-        usage_flusher,
-        reloader,
-        health_task,
-        refusals,
-        refusals_task,
-        metrics_addr,
-        metrics_task,
-        auth,
-        directory_files,
-        allow_group_readable_secrets,
-        aws_json_addr: aws_json.as_ref().map(|s| s.addr),
-        aws_json,
-        audit,
-    })
+    vec![
+        ("deletion sweeper", sweeper),
+        ("key usage flusher", usage_flusher),
+        ("health probe", health),
+        ("identity reloader", reloader),
+    ]
+}
+
+/// The metrics endpoint, when `[metrics]` enables it.
+async fn start_metrics(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(Option<SocketAddr>, Option<MetricsServer>), ServerError> {
+    if !config.metrics.enabled {
+        return Ok((None, None));
+    }
+    let listener = bind(Listener::Metrics, config.metrics.listen).await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(crate::metrics::serve(
+        metrics,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    Ok((Some(addr), Some(MetricsServer { stop, task })))
 }
 
 /// Runs the daemon until `shutdown` resolves.

@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use p11kms::audit::event::iso8601_ms;
 use p11kms::config::Config;
 use p11kms::core::ManualClock;
 use p11kms::pb;
 use p11kms::server::{self, RunningServer, ServerOptions};
+use p11kms::time::iso8601_ms;
 
 /// Starts the daemon with `kms.key_usage_flush_interval_secs = flush_secs`.
 async fn start_flushing_every(

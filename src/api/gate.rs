@@ -42,10 +42,20 @@ pub struct RequestInfo {
 impl RequestInfo {
     /// A request that has just arrived.
     pub fn new(door: &'static str, operation: &'static str) -> RequestInfo {
+        RequestInfo::with_request_id(door, operation, crate::audit::ids::uuid_v4().to_string())
+    }
+
+    /// A request that has just arrived, under the id its listener gave it
+    /// ([`crate::api::http::RequestCtx`]).
+    pub fn with_request_id(
+        door: &'static str,
+        operation: &'static str,
+        request_id: String,
+    ) -> RequestInfo {
         RequestInfo {
             door,
             operation,
-            request_id: crate::audit::ids::uuid_v4().to_string(),
+            request_id,
             source_ip: None,
             user_agent: None,
             started: Instant::now(),

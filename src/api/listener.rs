@@ -10,7 +10,11 @@
 //!   ([`TimedBody`], applied by [`Tracked`]); the request head deadline and the HTTP/2
 //!   keep-alive pings are hyper's and tonic's settings, configured from the same [`Limits`];
 //! - an accept loop ([`accept_loop`]) that backs off exponentially on errors (`EMFILE`,
-//!   `ENFILE`, ...) and logs them at a bounded rate ([`RateLimitedLog`]).
+//!   `ENFILE`, ...) and logs them at a bounded rate ([`RateLimitedLog`]), and stops when the
+//!   daemon's shutdown signal (a [`CancellationToken`]) is cancelled.
+//!
+//! The HTTP doors are served on top of this by [`crate::api::http`]; the gRPC door by tonic,
+//! fed by [`tls_incoming`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,8 +30,9 @@ use http::Request;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 /// How often at most the accept loop logs a failure (the others are counted).
@@ -302,6 +307,15 @@ impl Registry {
         }
     }
 
+    /// Closes every open connection (their I/O fails from now on): the end of a bounded
+    /// drain at shutdown.
+    pub fn close_all(&self) {
+        let conns: Vec<Arc<Conn>> = self.lock().conns.drain().map(|(_, c)| c).collect();
+        for c in conns {
+            c.close();
+        }
+    }
+
     /// The connection from `peer`, if open.
     pub fn get(&self, peer: &SocketAddr) -> Option<Arc<Conn>> {
         self.lock().conns.get(peer).cloned()
@@ -540,7 +554,7 @@ impl<T: Connected> Connected for TrackedIo<T> {
 /// Where [`Tracked`] finds a request's connection.
 #[derive(Debug, Clone)]
 pub enum ConnLookup {
-    /// The service serves one connection (the AWS door builds one per connection).
+    /// The service serves one connection (the HTTP doors build one per connection).
     Fixed(Arc<Conn>),
     /// By the peer address tonic puts in the request's extensions (the gRPC door).
     ByPeer(Arc<Registry>),
@@ -753,20 +767,19 @@ pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 
 /// The gRPC door's incoming connections for tonic's `serve_with_incoming`: accepted by
 /// [`accept_loop`] under the registry's caps, TLS handshakes run concurrently within the
-/// deadline. Accepting stops when tonic drops the stream (at shutdown).
+/// deadline. Accepting stops when `cancel` is cancelled or tonic drops the stream.
 pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     registry: Arc<Registry>,
+    cancel: CancellationToken,
 ) -> impl tonic::codegen::tokio_stream::Stream<
     Item = Result<TrackedIo<tokio_rustls::server::TlsStream<TcpStream>>, std::io::Error>,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let closed = tx.clone();
     tokio::spawn(async move {
-        // Kept until the loop ends: accepting stops when the stream's receiver is dropped.
-        let (_keep, mut stopped) = watch::channel(false);
-        let accepting = accept_loop(&listener, &registry, &mut stopped, |stream, guard| {
+        let accepting = accept_loop(&listener, &registry, &cancel, |stream, guard| {
             let (tx, acceptor) = (tx.clone(), acceptor.clone());
             tokio::spawn(async move {
                 if let Some(s) = handshake(&acceptor, stream, &guard).await {
@@ -782,13 +795,13 @@ pub fn tls_incoming(
     tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Accepts connections until `stopped` changes: each admitted connection goes to `on_conn`
+/// Accepts connections until `cancel` is cancelled: each admitted connection goes to `on_conn`
 /// with its registration (with `TCP_NODELAY` set); refused ones are closed at once. Accept
 /// errors pause the loop with an exponential back-off and are logged at a bounded rate.
 pub async fn accept_loop<F>(
     listener: &TcpListener,
     registry: &Arc<Registry>,
-    stopped: &mut watch::Receiver<bool>,
+    cancel: &CancellationToken,
     mut on_conn: F,
 ) where
     F: FnMut(TcpStream, ConnGuard),
@@ -797,7 +810,7 @@ pub async fn accept_loop<F>(
     let mut errors = RateLimitedLog::new(ACCEPT_LOG_INTERVAL);
     loop {
         let accepted = tokio::select! {
-            _ = stopped.changed() => return,
+            _ = cancel.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
@@ -825,7 +838,7 @@ pub async fn accept_loop<F>(
                     );
                 }
                 tokio::select! {
-                    _ = stopped.changed() => return,
+                    _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
@@ -834,10 +847,11 @@ pub async fn accept_loop<F>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn limits() -> Limits {
+    /// Limits for tests: generous deadlines, small caps.
+    pub(crate) fn limits() -> Limits {
         let s = Duration::from_secs;
         Limits {
             handshake_timeout: s(10),
@@ -953,6 +967,17 @@ mod tests {
         });
         assert!(svc.call(req).await.unwrap(), "busy while the request runs");
         assert!(g.conn().is_idle(), "idle again once it has ended");
+    }
+
+    #[tokio::test]
+    async fn close_all_closes_every_connection_busy_or_not() {
+        let r = Registry::new("test", limits());
+        let idle = r.admit(addr("10.0.0.1:1")).unwrap();
+        let busy = r.admit(addr("10.0.0.2:1")).unwrap();
+        let _request = busy.conn().begin_request();
+        r.close_all();
+        assert!(idle.conn().is_closed() && busy.conn().is_closed());
+        assert!(r.is_empty());
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::event::{key_id_of, record_body, Checkpoint};
 use super::AuditError;
+use crate::encoding::public_key_pem;
 use crate::hsm::signing::{p256_point_from_spki, AuditKeyInfo};
 use crate::hsm::{Hsm, HsmError};
 
@@ -115,18 +116,6 @@ pub fn verify_signature(spki_der: &[u8], message: &[u8], signature_der: &[u8]) -
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
         .verify(message, signature_der)
         .is_ok()
-}
-
-/// PEM (`PUBLIC KEY`) of a DER SubjectPublicKeyInfo.
-pub fn public_key_pem(spki_der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(spki_der);
-    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(chunk));
-        pem.push('\n');
-    }
-    pem.push_str("-----END PUBLIC KEY-----\n");
-    pem
 }
 
 /// A P-256 public key from a PEM (`PUBLIC KEY`) or DER SubjectPublicKeyInfo file's bytes.

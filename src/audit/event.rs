@@ -31,10 +31,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
+use crate::encoding::sha256_hex;
 use crate::identity::{AuthMethod, Caller};
 use crate::policy::{Decision, Effect, PolicyType};
+use crate::time::iso8601_ms;
 
 /// `eventVersion` of the events p11kms writes (CloudTrail's current record version).
 pub const EVENT_VERSION: &str = "1.08";
@@ -54,35 +55,6 @@ pub const RECORD_SEGMENT_START: &str = "segment-start";
 
 /// Length of the `,"hash":"<64 hex>"` member that ends every record (before `}`).
 pub(crate) const HASH_MEMBER_LEN: usize = 74;
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// ISO 8601 UTC with milliseconds (`2026-11-23T10:38:17.042Z`) for Unix milliseconds.
-pub fn iso8601_ms(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let ms = unix_ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let t = secs.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        t / 3600,
-        (t % 3600) / 60,
-        t % 60
-    )
-}
 
 /// Frame a record body (a JSON object serialized compactly) as a line: returns the line
 /// including `,"hash":"…"}` and the trailing `\n`, and the hash.
@@ -714,14 +686,6 @@ pub fn key_id_of(spki_der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn time_format() {
-        assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(iso8601_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(iso8601_ms(-1), "1969-12-31T23:59:59.999Z");
-    }
 
     #[test]
     fn seal_and_split_round_trip() {

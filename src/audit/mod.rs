@@ -36,12 +36,12 @@ pub mod writer;
 mod tests;
 
 pub use checkpoint::{
-    export_public_key, parse_public_key, public_key_pem, verify_signature, CheckpointSigner,
-    HsmCheckpointSigner, PUBLIC_KEY_FILE,
+    export_public_key, parse_public_key, verify_signature, CheckpointSigner, HsmCheckpointSigner,
+    PUBLIC_KEY_FILE,
 };
 pub use event::{
-    iso8601_ms, scrub_secrets, AuditDecidingStatement, AuditDecision, AuditEvent, Checkpoint,
-    Resource, SegmentStart, SessionAttributes, SessionContext, SessionIssuer, UserIdentity,
+    scrub_secrets, AuditDecidingStatement, AuditDecision, AuditEvent, Checkpoint, Resource,
+    SegmentStart, SessionAttributes, SessionContext, SessionIssuer, UserIdentity,
 };
 pub use refusals::{RefusalAuditor, RefusalConfig, RefusalStats, SpaceState};
 pub use service::{ServiceAuditSink, SERVICE_EVENT_TYPE};
@@ -51,6 +51,8 @@ pub use writer::{
 };
 
 pub use crate::hsm::signing::AUDIT_KEY_LABEL;
+/// The audit trail's time format (re-exported for the doors' audit events).
+pub use crate::time::iso8601_ms;
 
 /// Why the audit trail refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -225,7 +225,7 @@ async fn record_lines_hash_as_documented() {
         let mut body = l[..l.len() - 75].to_vec();
         body.push(b'}');
         let v = json(l);
-        assert_eq!(v["hash"], super::event::sha256_hex(&body));
+        assert_eq!(v["hash"], crate::encoding::sha256_hex(&body));
         assert_eq!(v["previousHash"], prev);
         assert_eq!(v["sequence"], i as u64 + 1);
         let text = String::from_utf8(l.to_vec()).unwrap();

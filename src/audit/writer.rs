@@ -44,10 +44,11 @@ use tokio::sync::oneshot;
 
 use super::checkpoint::{attach_signature, unsigned_body, CheckpointSigner};
 use super::event::{
-    iso8601_ms, key_id_of, record_body, seal_line, split_line, AuditEvent, Checkpoint,
-    SegmentStart, CHECKPOINT_ALGORITHM, GENESIS_HASH, RECORD_EVENT, RECORD_SEGMENT_START,
+    key_id_of, record_body, seal_line, split_line, AuditEvent, Checkpoint, SegmentStart,
+    CHECKPOINT_ALGORITHM, GENESIS_HASH, RECORD_EVENT, RECORD_SEGMENT_START,
 };
 use super::AuditError;
+use crate::time::iso8601_ms;
 
 /// Upper bounds (seconds) of the fsync latency histogram buckets; a last `+Inf` bucket
 /// follows.

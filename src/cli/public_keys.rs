@@ -8,7 +8,7 @@ use base64::Engine;
 use clap::Args;
 use zeroize::Zeroizing;
 
-use p11kms::audit::checkpoint::public_key_pem;
+use p11kms::encoding::public_key_pem;
 use p11kms::pb;
 
 use super::io::{emit_bytes, read_bytes, write_output};

@@ -18,6 +18,8 @@ use crate::policy::{
     GrantView, NamedPolicy, Policy, RequestContext,
 };
 use crate::store::GrantRecord;
+/// Where the doors found the ISO 8601 formatter; it lives in [`crate::time`].
+pub use crate::time::iso8601;
 
 /// A condition-key value: single- or multi-valued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,33 +131,6 @@ fn via_service_prefix(caller: &Caller) -> Option<&str> {
                 && v.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// ISO 8601 UTC (`2026-11-23T10:38:17Z`) for a Unix time in milliseconds.
-pub fn iso8601(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (y, m, d) = civil(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        t / 3600,
-        (t % 3600) / 60,
-        t % 60
-    )
 }
 
 /// The policies that apply to a caller (besides the resource's), borrowed for one evaluation.
@@ -461,18 +436,5 @@ impl Kms {
         Err(denied(
             "the caller is neither the grant's retiring principal, nor a grantee allowed to retire it, nor allowed kms:RetireGrant by the key's account",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn iso8601_formats_known_instants() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(iso8601(1_795_437_497_000), "2026-11-23T12:38:17Z");
-        assert_eq!(iso8601(-1000), "1969-12-31T23:59:59Z");
     }
 }

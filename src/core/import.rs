@@ -16,7 +16,6 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
@@ -202,7 +201,7 @@ fn check_import_state(key: &CachedKey) -> Result<(), KmsError> {
 }
 
 fn token_hash(token: &[u8]) -> String {
-    hex::encode(Sha256::digest(token))
+    crate::encoding::sha256_hex(token)
 }
 
 fn invalid_token() -> KmsError {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
@@ -16,7 +15,6 @@ use super::tags::{tags_value, with_request_tags};
 use super::validate;
 use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
 use crate::hsm::{HsmError, HsmErrorKind, ObjectId, PairSpec};
-use crate::identity::arn::account_root_arn;
 use crate::identity::Caller;
 use crate::policy::Policy;
 use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
@@ -300,7 +298,7 @@ impl ResponseElements for ScheduleKeyDeletionResponse {
     fn response_elements(&self) -> Value {
         json!({
             "keyId": self.key_id,
-            "deletionDate": super::authz::iso8601(self.deletion_date_ms),
+            "deletionDate": crate::time::iso8601(self.deletion_date_ms),
             "keyState": self.key_state.as_str(),
             "pendingWindowInDays": self.pending_window_in_days,
         })
@@ -384,17 +382,11 @@ impl KeyChoice {
 
 /// The 64-hex-character id of one backing-key version (AWS's KeyMaterialId).
 pub fn key_material_id(object: ObjectId) -> String {
-    let digest = Sha256::digest(object.0);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::encoding::sha256_hex(&object.0)
 }
 
-/// The default key policy of kms-spec 3.3: delegate to the key account's IAM.
-pub fn default_key_policy(partition: &str, account: &str) -> String {
-    let root = account_root_arn(partition, account);
-    format!(
-        "{{\"Version\":\"2012-10-17\",\"Id\":\"key-default-1\",\"Statement\":[{{\"Sid\":\"Enable IAM User Permissions\",\"Effect\":\"Allow\",\"Principal\":{{\"AWS\":\"{root}\"}},\"Action\":\"kms:*\",\"Resource\":\"*\"}}]}}"
-    )
-}
+/// The default key policy of kms-spec 3.3 (it lives in [`crate::policy`]).
+pub use crate::policy::default_key_policy;
 
 /// A device refusal to create a key pair (for instance a curve the token does not know)
 /// is UnsupportedOperationException naming the mechanism and curve; anything else maps as usual.
@@ -1006,7 +998,7 @@ mod tests {
             scheduled.response_elements(),
             json!({
                 "keyId": "arn",
-                "deletionDate": super::super::authz::iso8601(1_700_000_000_000),
+                "deletionDate": crate::time::iso8601(1_700_000_000_000),
                 "keyState": "PendingDeletion",
                 "pendingWindowInDays": 7,
             })

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::authz::{iso8601, AuthzRequest, CallerPolicies, CtxValue};
+use super::authz::{AuthzRequest, CallerPolicies, CtxValue};
 use super::operation::{Params, RequestParameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::sessions::SessionError;
 use crate::identity::Caller;
 use crate::policy::{evaluate, EvalInput, Policy, PolicyKind};
+use crate::time::iso8601;
 
 /// AssumeRole input.
 #[derive(Debug, Clone, Default)]

@@ -58,6 +58,16 @@ impl From<SigV4Error> for AuthError {
     }
 }
 
+/// The access key id a request claims to be signed with (from its SigV4 `Authorization`
+/// header), whether or not the signature holds: a refused request names it in its audit
+/// record, so that doors never parse the header themselves.
+pub fn claimed_access_key_id(headers: &[(String, String)]) -> Option<String> {
+    let auth = sigv4::header_value(headers, "authorization")?;
+    sigv4::parse_authorization(auth)
+        .ok()
+        .map(|a| a.access_key_id)
+}
+
 /// Where a SigV4 request came from and what it signed.
 #[derive(Debug, Clone, Copy)]
 pub struct SigV4Input<'a> {
@@ -218,5 +228,38 @@ impl Authenticator {
         caller.access_key_id = Some(parsed.access_key_id);
         caller.session = session;
         Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(authorization: &str) -> Vec<(String, String)> {
+        vec![
+            ("host".into(), "kms.example".into()),
+            ("Authorization".into(), authorization.into()),
+        ]
+    }
+
+    #[test]
+    fn the_claimed_access_key_id_is_read_from_a_well_formed_header_only() {
+        let signature = "ab".repeat(32);
+        let good = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/kms/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature={signature}"
+        );
+        assert_eq!(
+            claimed_access_key_id(&headers(&good)).as_deref(),
+            Some("AKIDEXAMPLE")
+        );
+        assert_eq!(claimed_access_key_id(&headers("Bearer abc")), None);
+        // A claimed key with a malformed signature names no key: the header is not SigV4.
+        let short = good.replace(&signature, "abcd");
+        assert_eq!(claimed_access_key_id(&headers(&short)), None);
+        assert_eq!(
+            claimed_access_key_id(&[("host".into(), "kms.example".into())]),
+            None
+        );
     }
 }

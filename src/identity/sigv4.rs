@@ -9,9 +9,14 @@
 //! not normalized or re-encoded. Presigned (query-string) authentication is refused.
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+use crate::encoding::percent_decode;
+pub use crate::encoding::sha256_hex;
+use crate::time::{digits, DateTime};
+pub use crate::time::{format_amz_date, parse_amz_date};
 
 /// The only algorithm accepted.
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -329,28 +334,6 @@ fn push_canonical_value(out: &mut String, value: &str) {
     }
 }
 
-/// `%XX`-decodes (only `%XX`; `+` stays literal). Invalid escapes are kept as text.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let c = b.get(i).copied().unwrap_or(0);
-        if c == b'%' {
-            let hi = b.get(i + 1).and_then(|x| (*x as char).to_digit(16));
-            let lo = b.get(i + 2).and_then(|x| (*x as char).to_digit(16));
-            if let (Some(hi), Some(lo)) = (hi, lo) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(c);
-        i += 1;
-    }
-    out
-}
-
 /// AWS URI encoding: unreserved characters as-is, everything else `%XX` (uppercase).
 fn uri_encode(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -432,11 +415,6 @@ pub fn canonical_request(req: &SignableRequest<'_>, signed_headers: &[String]) -
     out.push('\n');
     out.push_str(req.payload_sha256_hex);
     out
-}
-
-/// Lowercase hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 /// `<yyyymmdd>/<region>/<service>/aws4_request`.
@@ -679,88 +657,6 @@ fn is_presigned(query: &str) -> bool {
     })
 }
 
-/// Days since 1970-01-01 for a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-fn digits(s: &str, range: std::ops::Range<usize>) -> Option<i64> {
-    let part = s.get(range)?;
-    if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    part.parse().ok()
-}
-
-fn to_unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
-    if !(1..=12).contains(&mo)
-        || d < 1
-        || d > days_in_month(y, mo)
-        || !(0..24).contains(&h)
-        || !(0..60).contains(&mi)
-        || !(0..=60).contains(&s)
-    {
-        return None;
-    }
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
-}
-
-/// Parses `yyyymmddThhmmssZ` to Unix seconds.
-pub fn parse_amz_date(s: &str) -> Option<i64> {
-    if s.len() != 16 || s.as_bytes().get(8) != Some(&b'T') || s.as_bytes().get(15) != Some(&b'Z') {
-        return None;
-    }
-    to_unix(
-        digits(s, 0..4)?,
-        digits(s, 4..6)?,
-        digits(s, 6..8)?,
-        digits(s, 9..11)?,
-        digits(s, 11..13)?,
-        digits(s, 13..15)?,
-    )
-}
-
-/// Formats Unix seconds as `yyyymmddThhmmssZ`.
-pub fn format_amz_date(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let rem = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
 /// Converts an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to `yyyymmddThhmmssZ`.
 fn http_date_to_amz(s: &str) -> Option<String> {
     let parts: Vec<&str> = s.split_ascii_whitespace().collect();
@@ -789,14 +685,15 @@ fn http_date_to_amz(s: &str) -> Option<String> {
     if t.get(2) != Some(&b':') || t.get(5) != Some(&b':') {
         return None;
     }
-    let secs = to_unix(
-        digits(year, 0..4)?,
-        mo,
-        digits(day, 0..2)?,
-        digits(time, 0..2)?,
-        digits(time, 3..5)?,
-        digits(time, 6..8)?,
-    )?;
+    let secs = DateTime {
+        year: digits(year, 0..4)?,
+        month: mo,
+        day: digits(day, 0..2)?,
+        hour: digits(time, 0..2)?,
+        minute: digits(time, 3..5)?,
+        second: digits(time, 6..8)?,
+    }
+    .to_unix()?;
     Some(format_amz_date(secs))
 }
 

@@ -16,6 +16,7 @@ use super::compile::{
 };
 use super::context::RequestContext;
 use super::model::{OperatorKind, SetQualifier};
+use crate::time::days_from_civil;
 
 /// `true` / `false` (ASCII case-insensitive).
 pub(crate) fn parse_bool(s: &str) -> Option<bool> {
@@ -93,16 +94,6 @@ impl PartialOrd for Decimal<'_> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn digits(s: &str) -> Option<i64> {

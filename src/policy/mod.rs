@@ -90,7 +90,8 @@ pub fn check_key_policy_size(text: &str) -> Result<(), PolicyError> {
 }
 
 /// The default key policy attached by CreateKey without `Policy` (spec 3.3), as compact JSON.
-pub fn default_key_policy(account: &str, partition: &str) -> String {
+/// Arguments in ARN order: partition, then account.
+pub fn default_key_policy(partition: &str, account: &str) -> String {
     format!(
         concat!(
             r#"{{"Version":"2012-10-17","Id":"key-default-1","Statement":[{{"Sid":"Enable IAM User Permissions","#,

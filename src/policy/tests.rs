@@ -598,7 +598,7 @@ fn lockout_check() {
         role_arn: None,
         request: &r,
     };
-    let good = Policy::parse(&default_key_policy(ACCT, "aws"), PolicyKind::Key).unwrap();
+    let good = Policy::parse(&default_key_policy("aws", ACCT), PolicyKind::Key).unwrap();
     assert!(lockout_safety_check(&good, &base).is_ok());
     let bad = key_policy(
         json!([{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:user/Bob"}, "Action": "kms:*", "Resource": "*"}]),
@@ -612,14 +612,14 @@ fn lockout_check() {
 
 #[test]
 fn default_key_policy_is_exact() {
-    let text = default_key_policy(ACCT, "aws");
+    let text = default_key_policy("aws", ACCT);
     assert_eq!(
         text,
         r#"{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}"#
     );
     let p = Policy::parse(&text, PolicyKind::Key).unwrap();
     assert_eq!(p.statement_count(), 1);
-    assert!(default_key_policy(ACCT, "aws-cn").contains("arn:aws-cn:iam::111122223333:root"));
+    assert!(default_key_policy("aws-cn", ACCT).contains("arn:aws-cn:iam::111122223333:root"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -699,7 +699,7 @@ fn malformed_documents_name_the_fault() {
 #[test]
 fn key_policy_size_limit() {
     let pad = " ".repeat(KEY_POLICY_SIZE_LIMIT);
-    let text = format!("{}{pad}", default_key_policy(ACCT, "aws"));
+    let text = format!("{}{pad}", default_key_policy("aws", ACCT));
     let err = Policy::parse(&text, PolicyKind::Key).unwrap_err();
     assert!(
         matches!(err, PolicyError::TooLarge { limit: 32_768, .. }),

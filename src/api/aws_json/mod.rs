@@ -16,8 +16,13 @@
 //! Every request, refused or run, goes through the [`Gate`]: refusals with
 //! [`Gate::refused`], authenticated requests with [`Gate::run`].
 //!
-//! The listener is HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with `[server] tls_cert`/`tls_key`, or
-//! plain HTTP when configured on a loopback address.
+//! The door runs on the shared HTTP listener ([`crate::api::http`], listed in
+//! [`crate::api::HTTP_DOORS`]): HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with `[server]
+//! tls_cert`/`tls_key`, or plain HTTP when configured on a loopback address.
+//!
+//! [`AwsJsonDoor::handle`] reads as its steps: route the request, read the body, find the STS
+//! action, authenticate (SigV4), parse and check the KMS input (and its audit parameters),
+//! run it through the gate, render the reply; any step may refuse the request instead.
 
 pub mod error;
 pub mod kms;
@@ -25,28 +30,24 @@ pub mod model;
 pub mod params;
 pub mod sts;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Extension, State};
 use axum::response::Response;
-use http::{header, Method, Request};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, Method, Request};
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::api::gate::{Gate, RequestInfo};
-use crate::api::listener::{self, ConnLookup, Limits, Registry, Tracked, TrackedIo};
-use crate::identity::auth::{Authenticator, SigV4Input};
+use crate::api::http::{
+    headers_as_signed, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
+};
+use crate::config::Config;
+use crate::core::KmsError;
+use crate::identity::auth::{claimed_access_key_id, Authenticator, SigV4Input};
 use crate::identity::sigv4::{self, SignableRequest};
+use crate::identity::Caller;
 use error::{json_error, json_ok, xml_error, xml_ok, WireError};
 
 /// The door's name in metrics and audit events.
@@ -59,9 +60,6 @@ pub use crate::identity::sigv4::MAX_SKEW_SECS;
 /// The operation name recorded for requests whose operation is unknown.
 pub const UNKNOWN_OPERATION: &str = "Unknown";
 
-/// How long open connections may take to finish at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The door: the engine's gate, the authenticator, and the body limit.
 #[derive(Debug)]
 pub struct AwsJsonDoor {
@@ -70,18 +68,89 @@ pub struct AwsJsonDoor {
     max_body_bytes: usize,
 }
 
-/// What the listener knows about a connection.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    /// The peer.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS.
-    pub secure: bool,
-}
-
+/// Where a request goes: a KMS operation (AWS JSON) or STS (Query protocol, XML).
+#[derive(Clone, Copy)]
 enum Route {
     Kms(&'static kms::Operation),
     Sts,
+}
+
+/// A request refused before the engine ran it, and how the gate accounts for it.
+struct Refused {
+    error: WireError,
+    /// Rendered as STS XML rather than AWS JSON.
+    xml: bool,
+    /// The access key the request was signed with, if known.
+    access_key_id: Option<String>,
+    /// The caller was authenticated: the refusal keeps an audit record of its own.
+    authenticated: bool,
+}
+
+impl Refused {
+    /// A refusal before authentication.
+    fn anonymous(error: WireError, xml: bool) -> Refused {
+        Refused {
+            error,
+            xml,
+            access_key_id: None,
+            authenticated: false,
+        }
+    }
+
+    /// A KMS request whose input was refused after its caller was authenticated.
+    fn authenticated(error: WireError, access_key_id: Option<String>) -> Refused {
+        Refused {
+            error,
+            xml: false,
+            access_key_id,
+            authenticated: true,
+        }
+    }
+}
+
+/// A request ready for the engine.
+struct Admitted {
+    caller: Caller,
+    call: kms::Call,
+    xml: bool,
+}
+
+impl HttpDoor for AwsJsonDoor {
+    const NAME: &'static str = DOOR;
+
+    fn binding(config: &Config) -> Option<HttpBinding> {
+        let c = &config.aws_json;
+        c.enabled.then(|| HttpBinding {
+            listen: c.listen,
+            tls: c.tls.then(|| TlsFiles {
+                cert: config.server.tls_cert.clone(),
+                key: config.server.tls_key.clone(),
+            }),
+            section: "aws_json",
+            label: "AWS door ([aws_json] listen)",
+            banner: "AWS door (KMS JSON 1.1, STS Query)",
+        })
+    }
+
+    fn build(config: &Config, deps: &DoorDeps) -> AwsJsonDoor {
+        AwsJsonDoor::new(
+            deps.auth.clone(),
+            deps.gate.clone(),
+            config.aws_json.max_body_bytes,
+        )
+    }
+
+    /// Serves one HTTP request: admitted (or refused) step by step, then run through the
+    /// gate.
+    async fn handle(&self, ctx: RequestCtx, req: Request<Body>) -> Response {
+        let (parts, body) = req.into_parts();
+        let conn = ctx.conn;
+        let mut info = request_info(ctx, &parts.headers);
+        match self.admit(conn, &mut info, &parts, body).await {
+            Ok(admitted) => self.run(info, admitted).await,
+            Err(refused) => self.refuse(&info, refused).await,
+        }
+    }
 }
 
 impl AwsJsonDoor {
@@ -94,130 +163,83 @@ impl AwsJsonDoor {
         }
     }
 
-    /// The axum router: every request goes to [`AwsJsonDoor::handle`].
-    pub fn router(self: Arc<Self>) -> axum::Router {
-        axum::Router::new().fallback(handle).with_state(self)
-    }
-
-    /// Serves one HTTP request.
-    pub async fn handle(&self, conn: ConnInfo, req: Request<Body>) -> Response {
-        let (parts, body) = req.into_parts();
-        let headers = &parts.headers;
-        let text = |name: header::HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let mut info = RequestInfo::new(DOOR, UNKNOWN_OPERATION);
-        info.source_ip = Some(conn.peer.ip());
-        info.user_agent = text(header::USER_AGENT);
-        let target = headers
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .map(str::to_string);
-        let is_form = text(header::CONTENT_TYPE)
-            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-
-        if parts.method != Method::POST {
-            let e = WireError::method_not_allowed(parts.method.as_str());
-            return self.refuse(&info, &e, false).await;
-        }
-        let route = match (&target, is_form) {
-            (Some(t), _) => match kms::operation(t) {
-                Some(op) => Route::Kms(op),
-                None => {
-                    let e = WireError::unknown_operation(format!(
-                        "The operation {t:?} is not served by this endpoint."
-                    ));
-                    return self.refuse(&info, &e, false).await;
-                }
-            },
-            (None, true) => Route::Sts,
-            (None, false) => {
-                let e = WireError::unknown_operation(
-                    "The request has no X-Amz-Target header naming the operation.",
-                );
-                return self.refuse(&info, &e, false).await;
-            }
-        };
+    /// The steps before the engine: route, read the body, (STS) the action, authenticate,
+    /// then the operation's input. Each names the operation and its audit parameters in
+    /// `info` as soon as they are known.
+    async fn admit(
+        &self,
+        conn: ConnInfo,
+        info: &mut RequestInfo,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<Admitted, Refused> {
+        let route = route(parts).map_err(|e| Refused::anonymous(e, false))?;
         let xml = matches!(route, Route::Sts);
         if let Route::Kms(op) = route {
             info.operation = op.name;
         }
-
-        // The body, refused before it is read in full (let alone parsed) when over the limit.
-        let limit = self.max_body_bytes;
-        let declared = text(header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
-        if declared.is_some_and(|l| l > limit as u64) {
-            return self.refuse(&info, &WireError::too_large(limit), xml).await;
-        }
-        let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return self.refuse(&info, &WireError::too_large(limit), xml).await;
+        let bytes = self
+            .read_body(&parts.headers, body)
+            .await
+            .map_err(|e| Refused::anonymous(e, xml))?;
+        let (caller, call) = match route {
+            Route::Kms(op) => {
+                let caller = self.authenticate(conn, parts, &bytes, op.service, xml)?;
+                let call = self.kms_call(op, &bytes, caller.clone(), info)?;
+                (caller, call)
             }
-            Err(_) => {
-                let e = WireError::serialization("The request body could not be read.");
-                return self.refuse(&info, &e, xml).await;
-            }
-        };
-
-        // STS: the action is in the form.
-        let form: Vec<(String, String)> = if xml {
-            form_urlencoded::parse(&bytes).into_owned().collect()
-        } else {
-            Vec::new()
-        };
-        let (service, sts_action) = match route {
-            Route::Kms(op) => (op.service, None),
             Route::Sts => {
-                let action = form
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| k == "Action")
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("");
-                match sts::ACTIONS.iter().find(|a| **a == action) {
-                    Some(a) => {
-                        info.operation = a;
-                        (sts::SERVICE, Some(*a))
-                    }
-                    None => {
-                        let e = WireError::sts_invalid_action(action);
-                        return self.refuse(&info, &e, true).await;
-                    }
-                }
+                let form: Vec<(String, String)> =
+                    form_urlencoded::parse(&bytes).into_owned().collect();
+                let action = sts_action(&form).map_err(|e| Refused::anonymous(e, xml))?;
+                info.operation = action;
+                info.params = params::sts_parameters(action, &form);
+                let caller = self.authenticate(conn, parts, &bytes, sts::SERVICE, xml)?;
+                let kms = self.gate.kms().clone();
+                let id = info.request_id.clone();
+                (caller.clone(), sts::prepare(kms, caller, action, form, id))
             }
         };
-        if let Some(action) = sts_action {
-            info.params = params::sts_parameters(action, &form);
-        }
+        Ok(Admitted { caller, call, xml })
+    }
 
-        // SigV4, over the headers exactly as received.
-        let mut signed_headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        if !headers.contains_key(header::HOST) {
-            // HTTP/2 carries the host as :authority.
-            if let Some(a) = parts.uri.authority() {
-                signed_headers.push(("host".into(), a.as_str().to_string()));
-            }
+    /// The body, refused before it is read in full (let alone parsed) when over the limit.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, WireError> {
+        let limit = self.max_body_bytes;
+        let declared =
+            header_text(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+        if declared.is_some_and(|l| l > limit as u64) {
+            return Err(WireError::too_large(limit));
         }
-        let payload_hash = sigv4::sha256_hex(&bytes);
+        match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(WireError::too_large(limit))
+            }
+            Err(_) => Err(WireError::serialization(
+                "The request body could not be read.",
+            )),
+        }
+    }
+
+    /// The caller, from the SigV4 signature over the headers exactly as received. A refusal
+    /// names the access key the request claims, for the audit trail.
+    fn authenticate(
+        &self,
+        conn: ConnInfo,
+        parts: &Parts,
+        bytes: &[u8],
+        service: &'static str,
+        xml: bool,
+    ) -> Result<Caller, Refused> {
+        let headers = headers_as_signed(parts);
+        let payload_hash = sigv4::sha256_hex(bytes);
         let input = SigV4Input {
             request: SignableRequest {
                 method: parts.method.as_str(),
                 path: parts.uri.path(),
                 query: parts.uri.query().unwrap_or(""),
-                headers: &signed_headers,
+                headers: &headers,
                 payload_sha256_hex: &payload_hash,
             },
             service,
@@ -225,322 +247,179 @@ impl AwsJsonDoor {
             source_ip: Some(conn.peer.ip()),
             secure_transport: conn.secure,
         };
-        let kms_engine = self.gate.kms().clone();
-        let caller = match self.auth.from_sigv4(&input, kms_engine.now_ms()) {
-            Ok(c) => c,
-            Err(e) => {
-                let wire = if xml {
-                    WireError::sts_from_auth(&e)
-                } else {
-                    WireError::from_auth(&e)
-                };
-                let akid = sigv4::header_value(&signed_headers, "authorization")
-                    .and_then(|a| sigv4::parse_authorization(a).ok())
-                    .map(|a| a.access_key_id);
-                return self.refuse_as(&info, &wire, xml, akid).await;
-            }
-        };
-        let akid = caller.access_key_id.clone();
+        let now_ms = self.gate.kms().now_ms();
+        self.auth.from_sigv4(&input, now_ms).map_err(|e| Refused {
+            error: if xml {
+                WireError::sts_from_auth(&e)
+            } else {
+                WireError::from_auth(&e)
+            },
+            xml,
+            access_key_id: claimed_access_key_id(&headers),
+            authenticated: false,
+        })
+    }
 
-        // The operation's input, then the engine through the gate.
-        let call = match route {
-            Route::Sts => sts::prepare(
-                kms_engine,
-                caller.clone(),
-                sts_action.unwrap_or("GetCallerIdentity"),
-                form,
-                info.request_id.clone(),
-            ),
-            Route::Kms(op) => {
-                let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-                    serde_json::Value::Object(Default::default())
-                } else {
-                    match serde_json::from_slice(&bytes) {
-                        Ok(v @ serde_json::Value::Object(_)) => v,
-                        Ok(_) => {
-                            let e =
-                                WireError::serialization("The request body must be a JSON object.");
-                            return self.refuse_authenticated(&info, &e, akid).await;
-                        }
-                        Err(err) => {
-                            // Where, never what: serde's text can quote the body.
-                            let e = WireError::serialization(format!(
-                                "The request body is not valid JSON (line {}, column {}).",
-                                err.line(),
-                                err.column()
-                            ));
-                            return self.refuse_authenticated(&info, &e, akid).await;
-                        }
-                    }
-                };
-                // Wrong-typed members are not logged: their value may be anything.
-                let mistyped = model::mistyped_members(op.name, &value);
-                info.params = if mistyped.is_empty() {
-                    params::request_parameters(op.name, &value)
-                } else {
-                    let mut logged = value.clone();
-                    if let serde_json::Value::Object(m) = &mut logged {
-                        for name in &mistyped {
-                            m.remove(name);
-                        }
-                    }
-                    params::request_parameters(op.name, &logged)
-                };
-                if let Err(e) = model_check(op.name, &value) {
-                    return self.refuse_authenticated(&info, &e, akid).await;
-                }
-                match (op.prepare)(kms_engine, caller.clone(), value) {
-                    Ok(call) => call,
-                    Err(_) => {
-                        let e = WireError::serialization(format!(
-                            "The request body does not match the input of {}.",
-                            op.name
-                        ));
-                        return self.refuse_authenticated(&info, &e, akid).await;
-                    }
-                }
-            }
-        };
+    /// The engine call of a KMS operation: the JSON body parsed, its audit parameters
+    /// recorded, the model check passed, then the operation's input.
+    fn kms_call(
+        &self,
+        op: &'static kms::Operation,
+        bytes: &[u8],
+        caller: Caller,
+        info: &mut RequestInfo,
+    ) -> Result<kms::Call, Refused> {
+        let akid = caller.access_key_id.clone();
+        let refused = |e| Refused::authenticated(e, akid.clone());
+        let value = decode_kms_body(bytes).map_err(refused)?;
+        info.params = audit_parameters(op.name, &value);
+        model_check(op.name, &value).map_err(refused)?;
+        (op.prepare)(self.gate.kms().clone(), caller, value).map_err(|_| {
+            refused(WireError::serialization(format!(
+                "The request body does not match the input of {}.",
+                op.name
+            )))
+        })
+    }
+
+    /// Runs an admitted request through the gate and renders the reply.
+    async fn run(&self, info: RequestInfo, admitted: Admitted) -> Response {
+        let Admitted { caller, call, xml } = admitted;
         let request_id = info.request_id.clone();
-        match self
+        let result = self
             .gate
             .run(info, caller, call, |r: &kms::Reply| r.elements.clone())
-            .await
-        {
-            Ok(reply) if xml => match reply.body {
-                serde_json::Value::String(s) => xml_ok(&request_id, s),
-                other => xml_ok(&request_id, other.to_string()),
-            },
-            Ok(reply) => json_ok(&request_id, &reply.body),
-            Err(e) if xml => xml_error(&request_id, &WireError::sts_from_kms(&e)),
-            Err(e) => json_error(&request_id, &WireError::from_kms(&e)),
-        }
+            .await;
+        render(&request_id, result, xml)
     }
 
     /// Accounts for a refused request through the gate and renders the error.
-    async fn refuse(&self, info: &RequestInfo, e: &WireError, xml: bool) -> Response {
-        self.refuse_as(info, e, xml, None).await
-    }
-
-    /// Accounts for a signed request whose input was refused (an authenticated request: it
-    /// keeps a record of its own) and renders the error (KMS, JSON).
-    async fn refuse_authenticated(
-        &self,
-        info: &RequestInfo,
-        e: &WireError,
-        access_key_id: Option<String>,
-    ) -> Response {
-        self.gate
-            .refused_authenticated(info, e.name, &e.message, access_key_id)
-            .await;
-        json_error(&info.request_id, e)
-    }
-
-    /// [`Self::refuse`], naming the access key the request was signed with, if known.
-    async fn refuse_as(
-        &self,
-        info: &RequestInfo,
-        e: &WireError,
-        xml: bool,
-        access_key_id: Option<String>,
-    ) -> Response {
-        self.gate
-            .refused(info, e.name, &e.message, access_key_id)
-            .await;
-        if xml {
-            xml_error(&info.request_id, e)
+    async fn refuse(&self, info: &RequestInfo, r: Refused) -> Response {
+        let (name, message) = (r.error.name, r.error.message.as_str());
+        if r.authenticated {
+            self.gate
+                .refused_authenticated(info, name, message, r.access_key_id)
+                .await;
         } else {
-            json_error(&info.request_id, e)
+            self.gate
+                .refused(info, name, message, r.access_key_id)
+                .await;
         }
+        if r.xml {
+            xml_error(&info.request_id, &r.error)
+        } else {
+            json_error(&info.request_id, &r.error)
+        }
+    }
+}
+
+/// What the gate knows of a request as it arrives: its id, peer and User-Agent.
+fn request_info(ctx: RequestCtx, headers: &HeaderMap) -> RequestInfo {
+    let mut info = RequestInfo::with_request_id(DOOR, UNKNOWN_OPERATION, ctx.request_id);
+    info.source_ip = Some(ctx.conn.peer.ip());
+    info.user_agent = header_text(headers, header::USER_AGENT).map(str::to_string);
+    info
+}
+
+/// A header's value, when it is text.
+fn header_text(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The route of a request: `POST` only; `X-Amz-Target` names a KMS operation, else a form
+/// body is STS.
+fn route(parts: &Parts) -> Result<Route, WireError> {
+    if parts.method != Method::POST {
+        return Err(WireError::method_not_allowed(parts.method.as_str()));
+    }
+    let target = header_text(&parts.headers, "x-amz-target").map(str::trim);
+    let is_form = header_text(&parts.headers, header::CONTENT_TYPE)
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    match (target, is_form) {
+        (Some(t), _) => kms::operation(t).map(Route::Kms).ok_or_else(|| {
+            WireError::unknown_operation(format!(
+                "The operation {t:?} is not served by this endpoint."
+            ))
+        }),
+        (None, true) => Ok(Route::Sts),
+        (None, false) => Err(WireError::unknown_operation(
+            "The request has no X-Amz-Target header naming the operation.",
+        )),
+    }
+}
+
+/// The STS action a form names (the last `Action`, if repeated).
+fn sts_action(form: &[(String, String)]) -> Result<&'static str, WireError> {
+    let action = form
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "Action")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    sts::ACTIONS
+        .iter()
+        .find(|a| **a == action)
+        .copied()
+        .ok_or_else(|| WireError::sts_invalid_action(action))
+}
+
+/// Decodes a KMS request body as the door does before the model check: empty (or blank) is
+/// `{}`, anything else must be one JSON object.
+pub fn decode_kms_body(bytes: &[u8]) -> Result<serde_json::Value, WireError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(WireError::serialization(
+            "The request body must be a JSON object.",
+        )),
+        // Where, never what: serde's text can quote the body.
+        Err(err) => Err(WireError::serialization(format!(
+            "The request body is not valid JSON (line {}, column {}).",
+            err.line(),
+            err.column()
+        ))),
+    }
+}
+
+/// The audit parameters of a KMS body. Wrong-typed members are not logged: their value may
+/// be anything.
+fn audit_parameters(operation: &str, value: &serde_json::Value) -> serde_json::Value {
+    let mistyped = model::mistyped_members(operation, value);
+    if mistyped.is_empty() {
+        return params::request_parameters(operation, value);
+    }
+    let mut logged = value.clone();
+    if let serde_json::Value::Object(m) = &mut logged {
+        for name in &mistyped {
+            m.remove(name);
+        }
+    }
+    params::request_parameters(operation, &logged)
+}
+
+/// The response of a request the engine ran: AWS JSON, or STS XML (whose body the STS
+/// call already rendered).
+fn render(request_id: &str, result: Result<kms::Reply, KmsError>, xml: bool) -> Response {
+    match result {
+        Ok(reply) if xml => match reply.body {
+            serde_json::Value::String(s) => xml_ok(request_id, s),
+            other => xml_ok(request_id, other.to_string()),
+        },
+        Ok(reply) => json_ok(request_id, &reply.body),
+        Err(e) if xml => xml_error(request_id, &WireError::sts_from_kms(&e)),
+        Err(e) => json_error(request_id, &WireError::from_kms(&e)),
     }
 }
 
 /// The model check of a KMS body ([`model`]): types, constraints, then members the door
 /// does not read.
-fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
+pub fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
     match model::check(operation, body) {
         Err(model::Refusal::Serialization(m)) => return Err(WireError::serialization(m)),
         Err(model::Refusal::Kms(e)) => return Err(WireError::from_kms(&e)),
         Ok(()) => {}
     }
     model::check_unread(operation, body).map_err(|e| WireError::from_kms(&e))
-}
-
-async fn handle(
-    State(door): State<Arc<AwsJsonDoor>>,
-    Extension(conn): Extension<ConnInfo>,
-    req: Request<Body>,
-) -> Response {
-    door.handle(conn, req).await
-}
-
-/// A TLS acceptor for the door from PEM files (ALPN `h2` and `http/1.1`).
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    listener::tls_acceptor(cert, key, None, &[b"h2", b"http/1.1"])
-}
-
-/// The running AWS door.
-#[derive(Debug)]
-pub struct AwsJsonServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl AwsJsonServer {
-    /// Starts serving on a bound listener (`tls: None` is plain HTTP; the caller checks that
-    /// this is allowed), with the connection limits and deadlines of `limits`.
-    pub fn spawn(
-        door: Arc<AwsJsonDoor>,
-        listener: TcpListener,
-        tls: Option<TlsAcceptor>,
-        limits: Limits,
-    ) -> std::io::Result<AwsJsonServer> {
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = watch::channel(false);
-        let router = door.router();
-        let registry = Registry::new(DOOR, limits);
-        let task = tokio::spawn(accept_loop(router, listener, tls, registry, stopped));
-        Ok(AwsJsonServer { addr, stop, task })
-    }
-
-    /// Stops accepting, lets open connections finish (bounded), and returns.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
-
-async fn accept_loop(
-    router: axum::Router,
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    registry: Arc<Registry>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut conns = tokio::task::JoinSet::new();
-    let stop = stopped.clone();
-    listener::accept_loop(&listener, &registry, &mut stopped, |stream, guard| {
-        while conns.try_join_next().is_some() {}
-        let conn = ConnInfo {
-            peer: guard.conn().peer(),
-            secure: tls.is_some(),
-        };
-        let body_timeout = registry.limits().request_body_timeout;
-        let svc = Tracked::new(
-            router.clone().layer(Extension(conn)),
-            ConnLookup::Fixed(guard.conn().clone()),
-            body_timeout,
-        );
-        let svc = TowerToHyperService::new(svc);
-        let tls = tls.clone();
-        let stop = stop.clone();
-        let limits = *registry.limits();
-        conns.spawn(async move {
-            match tls {
-                Some(acceptor) => {
-                    if let Some(s) = listener::handshake(&acceptor, stream, &guard).await {
-                        serve_connection(TrackedIo::new(s, guard), svc, &limits, stop).await
-                    }
-                }
-                None => serve_connection(TrackedIo::new(stream, guard), svc, &limits, stop).await,
-            }
-        });
-    })
-    .await;
-    drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        conns.abort_all();
-    }
-}
-
-/// The hyper connection builder for `limits`: the HTTP/1.1 request head deadline and the
-/// HTTP/2 keep-alive PINGs.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.request_head_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(limits.http2_keepalive_interval))
-        .keep_alive_timeout(limits.http2_keepalive_timeout);
-    builder
-}
-
-async fn serve_connection<I, S>(io: I, svc: S, limits: &Limits, mut stop: watch::Receiver<bool>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<hyper::body::Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let builder = http_builder(limits);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "aws-json: connection ended with an error");
-            }
-        }
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
-/// Starts the door as `[aws_json]` configures it (`None` when disabled). Refuses plain HTTP
-/// on an address that is not loopback.
-pub async fn start(
-    config: &crate::config::Config,
-    auth: Arc<Authenticator>,
-    gate: Gate,
-) -> std::io::Result<Option<AwsJsonServer>> {
-    let c = &config.aws_json;
-    if !c.enabled {
-        return Ok(None);
-    }
-    let tls = if c.tls {
-        Some(
-            tls_acceptor(&config.server.tls_cert, &config.server.tls_key)
-                .map_err(|e| std::io::Error::other(format!("aws_json TLS: {e}")))?,
-        )
-    } else if c.listen.ip().is_loopback() {
-        None
-    } else {
-        return Err(std::io::Error::other(format!(
-            "aws_json: plain HTTP is allowed only on loopback, not {}",
-            c.listen
-        )));
-    };
-    let listener = TcpListener::bind(c.listen).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!(
-                "cannot listen on {} for the {}: {e}",
-                c.listen,
-                crate::server::Listener::AwsDoor
-            ),
-        )
-    })?;
-    let door = Arc::new(AwsJsonDoor::new(auth, gate, c.max_body_bytes));
-    let limits = Limits::from_config(&config.server);
-    let server = AwsJsonServer::spawn(door, listener, tls, limits)?;
-    let scheme = if c.tls { "https" } else { "http" };
-    tracing::info!(addr = %server.addr, "AWS door (KMS JSON 1.1, STS Query) on {scheme}://{}", server.addr);
-    Ok(Some(server))
 }

@@ -60,7 +60,7 @@ fn tags(form: &[(String, String)]) -> Vec<(String, String)> {
 }
 
 fn iso8601(ms: i64) -> String {
-    crate::core::authz::iso8601(ms)
+    crate::time::iso8601(ms)
 }
 
 fn response_metadata(request_id: &str) -> String {

@@ -68,21 +68,7 @@ where
                 return inner.call(req).await;
             }
             let (mut parts, body) = req.into_parts();
-            let mut headers: Vec<(String, String)> = parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_ascii_lowercase(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            if !headers.iter().any(|(k, _)| k == "host") {
-                if let Some(a) = parts.uri.authority() {
-                    headers.push(("host".to_string(), a.as_str().to_string()));
-                }
-            }
+            let headers = crate::api::http::headers_as_signed(&parts);
             let (bytes, hash) = match Limited::new(body, max_body).collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();

@@ -57,7 +57,7 @@ use crate::core::aliases::AliasListEntry;
 use crate::core::keys::KeyMetadata;
 use crate::core::operation::{Operation, RequestParameters, ResponseElements};
 use crate::core::{Kms, KmsError};
-use crate::identity::auth::{AuthError, Authenticator, SigV4Input};
+use crate::identity::auth::{claimed_access_key_id, AuthError, Authenticator, SigV4Input};
 use crate::identity::sigv4::SignableRequest;
 use crate::identity::Caller;
 use crate::pb;
@@ -217,9 +217,7 @@ impl Door {
         let akid = head
             .extensions()
             .get::<SignedRequestInfo>()
-            .and_then(|i| crate::identity::sigv4::header_value(&i.headers, "authorization"))
-            .and_then(|a| crate::identity::sigv4::parse_authorization(a).ok())
-            .map(|a| a.access_key_id);
+            .and_then(|i| claimed_access_key_id(&i.headers));
         self.gate
             .refused(info, &outcome, status.message(), akid)
             .await;
