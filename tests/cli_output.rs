@@ -37,7 +37,7 @@ async fn door(server: &RunningServer, target: &str, input: Value) -> Value {
     let caller = Caller::new(principal, AuthMethod::Internal, None, true);
     let op = operation(&format!("TrentService.{target}")).unwrap();
     let call = (op.prepare)(server.kms.clone(), caller, input).unwrap();
-    call.await.unwrap().body
+    call.call.await.unwrap().body
 }
 
 /// Every `null` member or empty-string value, by path.

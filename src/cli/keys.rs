@@ -146,8 +146,7 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
         ..Default::default()
     };
     let r = answer(sess.kms().create_key(sess.k("CreateKey", request)).await)?;
-    print_metadata(r.key_metadata);
-    Ok(())
+    print_metadata(r.key_metadata)
 }
 
 /// `key list`: every page, or only the first `limit` keys when a limit is given.
@@ -185,16 +184,16 @@ async fn describe(sess: &Session, key: String) -> Result<(), String> {
             .describe_key(sess.k("DescribeKey", request))
             .await,
     )?;
-    print_metadata(r.key_metadata);
-    Ok(())
+    print_metadata(r.key_metadata)
 }
 
 /// `{"KeyMetadata": ...}` as the AWS door renders it (one renderer for both), when present.
-fn print_metadata(m: Option<pb::KeyMetadata>) {
+fn print_metadata(m: Option<pb::KeyMetadata>) -> Result<(), String> {
     if let Some(m) = m {
-        let metadata = door_render::metadata(&decode::key_metadata(m));
+        let metadata = door_render::metadata(&decode::key_metadata(m)?);
         print_json(&json!({ "KeyMetadata": metadata }));
     }
+    Ok(())
 }
 
 async fn schedule_deletion(sess: &Session, key: String, days: Option<i32>) -> Result<(), String> {
@@ -206,7 +205,7 @@ async fn schedule_deletion(sess: &Session, key: String, days: Option<i32>) -> Re
     let call = c.schedule_key_deletion(sess.k("ScheduleKeyDeletion", request));
     let r = answer(call.await)?;
     print_json(&door_render::scheduled_deletion(
-        &decode::scheduled_deletion(r),
+        &decode::scheduled_deletion(r)?,
     ));
     Ok(())
 }

@@ -3,15 +3,20 @@
 
 use std::sync::Arc;
 
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
+use super::domain::{KeySpec, KeyUsage, Origin};
+use super::operation::{Empty, Params, RequestParameters, ResponseElements};
 use super::policies::compile_key_policy;
 use super::specs::{self, SpecKind};
+use super::tags::{tags_value, with_request_tags};
 use super::validate;
 use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
 use crate::hsm::{HsmError, HsmErrorKind, ObjectId, PairSpec};
 use crate::identity::Caller;
+use crate::policy::Policy;
 use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
 
 /// The default key spec (AES-256-GCM). The other specs this build creates are listed in
@@ -20,45 +25,122 @@ pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 /// The usage of symmetric keys.
 pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
 
-const KNOWN_KEY_SPECS: &[&str] = &[
-    "SYMMETRIC_DEFAULT",
-    "RSA_2048",
-    "RSA_3072",
-    "RSA_4096",
-    "ECC_NIST_P256",
-    "ECC_NIST_P384",
-    "ECC_NIST_P521",
-    "ECC_SECG_P256K1",
-    "ECC_NIST_EDWARDS25519",
-    "HMAC_224",
-    "HMAC_256",
-    "HMAC_384",
-    "HMAC_512",
-    "SM2",
-    "ML_DSA_44",
-    "ML_DSA_65",
-    "ML_DSA_87",
+/// The key specs the engine knows (the model also admits the ML-KEM specs, which it refuses).
+const KNOWN_KEY_SPECS: &[KeySpec] = &[
+    KeySpec::SymmetricDefault,
+    KeySpec::Rsa2048,
+    KeySpec::Rsa3072,
+    KeySpec::Rsa4096,
+    KeySpec::EccNistP256,
+    KeySpec::EccNistP384,
+    KeySpec::EccNistP521,
+    KeySpec::EccSecgP256k1,
+    KeySpec::EccNistEdwards25519,
+    KeySpec::Hmac224,
+    KeySpec::Hmac256,
+    KeySpec::Hmac384,
+    KeySpec::Hmac512,
+    KeySpec::Sm2,
+    KeySpec::MlDsa44,
+    KeySpec::MlDsa65,
+    KeySpec::MlDsa87,
 ];
-const KNOWN_USAGES: &[&str] = &[
-    "ENCRYPT_DECRYPT",
-    "SIGN_VERIFY",
-    "GENERATE_VERIFY_MAC",
-    "KEY_AGREEMENT",
+/// The key usages the engine knows (not `ENCAPSULATE_DECAPSULATE`).
+const KNOWN_USAGES: &[KeyUsage] = &[
+    KeyUsage::EncryptDecrypt,
+    KeyUsage::SignVerify,
+    KeyUsage::GenerateVerifyMac,
+    KeyUsage::KeyAgreement,
 ];
-const KNOWN_ORIGINS: &[&str] = &["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
+
+/// The ValidationException of a value the engine does not know, listing the ones it does
+/// (in the AWS spelling, as before the values were typed).
+fn not_in_enum<T: Copy>(member: &str, known: &[T], spell: fn(T) -> &'static str) -> KmsError {
+    let known: Vec<&str> = known.iter().map(|v| spell(*v)).collect();
+    KmsError::validation(
+        member,
+        &format!("Member must satisfy enum value set: {known:?}"),
+    )
+}
 
 /// CreateKey input.
 #[derive(Debug, Clone, Default)]
 pub struct CreateKeyRequest {
     pub policy: Option<String>,
     pub description: String,
-    pub key_usage: Option<String>,
-    pub key_spec: Option<String>,
-    pub customer_master_key_spec: Option<String>,
-    pub origin: Option<String>,
+    pub key_usage: Option<KeyUsage>,
+    pub key_spec: Option<KeySpec>,
+    pub customer_master_key_spec: Option<KeySpec>,
+    pub origin: Option<Origin>,
     pub bypass_policy_lockout_safety_check: bool,
     pub tags: Vec<Tag>,
     pub multi_region: bool,
+}
+
+/// CreateKey output: the new key's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateKeyResponse {
+    pub key_metadata: KeyMetadata,
+}
+
+/// DescribeKey input: a key id, key ARN, alias name or alias ARN.
+#[derive(Debug, Clone, Default)]
+pub struct DescribeKeyRequest {
+    pub key_id: String,
+    pub grant_tokens: Vec<String>,
+}
+
+/// DescribeKey output (the same body as CreateKey's, but nothing in the audit trail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeKeyResponse {
+    pub key_metadata: KeyMetadata,
+}
+
+/// ListKeys input.
+#[derive(Debug, Clone, Default)]
+pub struct ListKeysRequest {
+    pub limit: Option<i32>,
+    pub marker: Option<String>,
+}
+
+/// EnableKey input.
+#[derive(Debug, Clone, Default)]
+pub struct EnableKeyRequest {
+    pub key_id: String,
+}
+
+/// DisableKey input.
+#[derive(Debug, Clone, Default)]
+pub struct DisableKeyRequest {
+    pub key_id: String,
+}
+
+/// ScheduleKeyDeletion input.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleKeyDeletionRequest {
+    pub key_id: String,
+    /// 7-30 days; 30 when not given.
+    pub pending_window_in_days: Option<i32>,
+}
+
+/// CancelKeyDeletion input.
+#[derive(Debug, Clone, Default)]
+pub struct CancelKeyDeletionRequest {
+    pub key_id: String,
+}
+
+/// CancelKeyDeletion output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelKeyDeletionResponse {
+    /// The key ARN.
+    pub key_id: String,
+}
+
+/// UpdateKeyDescription input.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateKeyDescriptionRequest {
+    pub key_id: String,
+    pub description: String,
 }
 
 /// KeyMetadata, as DescribeKey and CreateKey return it.
@@ -70,12 +152,12 @@ pub struct KeyMetadata {
     pub creation_date_ms: i64,
     pub enabled: bool,
     pub description: String,
-    pub key_usage: String,
-    pub key_state: String,
+    pub key_usage: KeyUsage,
+    pub key_state: KeyState,
     pub deletion_date_ms: Option<i64>,
-    pub origin: String,
+    pub origin: Origin,
     pub key_manager: String,
-    pub key_spec: String,
+    pub key_spec: KeySpec,
     pub encryption_algorithms: Vec<String>,
     pub signing_algorithms: Vec<String>,
     pub mac_algorithms: Vec<String>,
@@ -109,8 +191,193 @@ pub struct ListKeysResponse {
 pub struct ScheduleKeyDeletionResponse {
     pub key_id: String,
     pub deletion_date_ms: i64,
-    pub key_state: String,
+    pub key_state: KeyState,
     pub pending_window_in_days: i32,
+}
+
+impl RequestParameters for CreateKeyRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("description", &self.description)
+            .opt("keyUsage", self.key_usage.map(KeyUsage::as_str))
+            .opt("keySpec", self.key_spec.map(KeySpec::as_str))
+            .opt(
+                "customerMasterKeySpec",
+                self.customer_master_key_spec.map(KeySpec::as_str),
+            )
+            .opt("origin", self.origin.map(Origin::as_str))
+            .opt(
+                "bypassPolicyLockoutSafetyCheck",
+                self.bypass_policy_lockout_safety_check.then_some(true),
+            )
+            .opt("policy", self.policy.clone())
+            .opt("tags", tags_value(&self.tags))
+            .opt("multiRegion", self.multi_region.then_some(true))
+            .build()
+    }
+}
+
+/// The parameters of a request that names only a key.
+fn key_params(key_id: &str) -> Value {
+    Params::new().str("keyId", key_id).build()
+}
+
+impl RequestParameters for DescribeKeyRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .grant_tokens(&self.grant_tokens)
+            .build()
+    }
+}
+
+impl RequestParameters for ListKeysRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .opt("limit", self.limit)
+            .opt("marker", self.marker.clone())
+            .build()
+    }
+}
+
+impl RequestParameters for EnableKeyRequest {
+    fn request_parameters(&self) -> Value {
+        key_params(&self.key_id)
+    }
+}
+
+impl RequestParameters for DisableKeyRequest {
+    fn request_parameters(&self) -> Value {
+        key_params(&self.key_id)
+    }
+}
+
+impl RequestParameters for ScheduleKeyDeletionRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("pendingWindowInDays", self.pending_window_in_days)
+            .build()
+    }
+}
+
+impl RequestParameters for CancelKeyDeletionRequest {
+    fn request_parameters(&self) -> Value {
+        key_params(&self.key_id)
+    }
+}
+
+impl RequestParameters for UpdateKeyDescriptionRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .str("description", &self.description)
+            .build()
+    }
+}
+
+/// CloudTrail records the new key's identity and kind.
+impl ResponseElements for CreateKeyResponse {
+    fn response_elements(&self) -> Value {
+        let m = &self.key_metadata;
+        json!({"keyMetadata": {
+            "keyId": m.key_id,
+            "arn": m.arn,
+            "keyState": m.key_state.as_str(),
+            "keySpec": m.key_spec.as_str(),
+            "keyUsage": m.key_usage.as_str(),
+            "origin": m.origin.as_str(),
+        }})
+    }
+}
+
+impl ResponseElements for DescribeKeyResponse {}
+impl ResponseElements for ListKeysResponse {}
+
+impl ResponseElements for ScheduleKeyDeletionResponse {
+    fn response_elements(&self) -> Value {
+        json!({
+            "keyId": self.key_id,
+            "deletionDate": crate::time::iso8601(self.deletion_date_ms),
+            "keyState": self.key_state.as_str(),
+            "pendingWindowInDays": self.pending_window_in_days,
+        })
+    }
+}
+
+impl ResponseElements for CancelKeyDeletionResponse {
+    fn response_elements(&self) -> Value {
+        json!({"keyId": self.key_id})
+    }
+}
+
+/// What CreateKey creates: the key's spec, usage and origin, and the HSM objects behind it.
+#[derive(Debug, Clone, Copy)]
+struct KeyChoice {
+    spec: KeySpec,
+    usage: KeyUsage,
+    origin: Origin,
+    kind: SpecKind,
+}
+
+impl KeyChoice {
+    /// Reads the spec, usage and origin of a CreateKey request (with their defaults) and
+    /// refuses what this build does not create.
+    fn of(req: &CreateKeyRequest) -> Result<KeyChoice, KmsError> {
+        let spec = match (req.key_spec, req.customer_master_key_spec) {
+            (Some(a), Some(b)) if a != b => return Err(KmsError::Validation(
+                "KeySpec and CustomerMasterKeySpec must not both be given with different values."
+                    .into(),
+            )),
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => KeySpec::SymmetricDefault,
+        };
+        if !KNOWN_KEY_SPECS.contains(&spec) {
+            return Err(not_in_enum("keySpec", KNOWN_KEY_SPECS, KeySpec::as_str));
+        }
+        let usage = req.key_usage.unwrap_or(KeyUsage::EncryptDecrypt);
+        if !KNOWN_USAGES.contains(&usage) {
+            return Err(not_in_enum("keyUsage", KNOWN_USAGES, KeyUsage::as_str));
+        }
+        let origin = req.origin.unwrap_or(Origin::AwsKms);
+        let Some(kind) = specs::kind(spec.as_str()) else {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "KeySpec {spec} is not supported by this p11kms build."
+            )));
+        };
+        if !specs::usages(spec.as_str()).contains(&usage.as_str()) {
+            return Err(KmsError::Validation(format!(
+                "KeyUsage {usage} is not compatible with KeySpec {spec}."
+            )));
+        }
+        // Origin EXTERNAL (BYOK): SYMMETRIC_DEFAULT and HMAC keys, created in PendingImport
+        // with no HSM object until ImportKeyMaterial.
+        match origin {
+            Origin::AwsKms => {}
+            Origin::External if spec == KeySpec::SymmetricDefault || spec.is_hmac() => {}
+            Origin::External => {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "Origin EXTERNAL is not supported for KeySpec {spec} by this p11kms build."
+                )))
+            }
+            Origin::AwsCloudhsm | Origin::ExternalKeyStore => {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "Origin {origin} is not supported by this p11kms build yet."
+                )))
+            }
+        }
+        if req.multi_region {
+            return Err(KmsError::UnsupportedOperation(
+                "Multi-Region keys are not supported.".into(),
+            ));
+        }
+        Ok(KeyChoice {
+            spec,
+            usage,
+            origin,
+            kind,
+        })
+    }
 }
 
 /// The 64-hex-character id of one backing-key version (AWS's KeyMaterialId).
@@ -165,9 +432,21 @@ impl Drop for Creation<'_> {
 }
 
 impl Kms {
-    /// KeyMetadata for a cached key.
-    pub fn key_metadata(&self, key: &CachedKey) -> KeyMetadata {
+    /// KeyMetadata for a cached key. Its record holds the AWS spellings it was stored with;
+    /// one this build cannot read is an internal error, not a guess.
+    pub fn key_metadata(&self, key: &CachedKey) -> Result<KeyMetadata, KmsError> {
         let r = &key.record;
+        let stored = |what: &str, v: &str| {
+            KmsError::Internal(format!(
+                "key {} has an unknown stored {what} '{v}'",
+                r.key_id
+            ))
+        };
+        let key_spec =
+            KeySpec::parse(&r.key_spec).ok_or_else(|| stored("key spec", &r.key_spec))?;
+        let key_usage =
+            KeyUsage::parse(&r.key_usage).ok_or_else(|| stored("key usage", &r.key_usage))?;
+        let origin = Origin::parse(&r.origin).ok_or_else(|| stored("origin", &r.origin))?;
         let mut m = KeyMetadata {
             aws_account_id: r.account.clone(),
             key_id: r.key_id.clone(),
@@ -175,12 +454,12 @@ impl Kms {
             creation_date_ms: r.created_at_ms,
             enabled: r.state == KeyState::Enabled,
             description: r.description.clone(),
-            key_usage: r.key_usage.clone(),
-            key_state: r.state.as_str().to_string(),
+            key_usage,
+            key_state: r.state,
             deletion_date_ms: r.deletion_date_ms,
-            origin: r.origin.clone(),
+            origin,
             key_manager: self.key_manager(&r.key_id).into(),
-            key_spec: r.key_spec.clone(),
+            key_spec,
             encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
             signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
             mac_algorithms: specs::mac_algorithms(&r.key_spec),
@@ -195,179 +474,149 @@ impl Kms {
             valid_to_ms: None,
             expiration_model: None,
         };
-        if r.origin == "EXTERNAL" {
+        if origin == Origin::External {
             let l = self.lifecycle_of(&r.key_id);
             m.valid_to_ms = l.valid_to_ms;
             m.expiration_model = l.expiration_model;
         }
-        m
+        Ok(m)
     }
 
     /// CreateKey: a new CMK (symmetric, key pair or HMAC) generated inside the HSM, created in
-    /// two phases.
+    /// two phases (a `Creating` row, then the HSM object with version 1 and `Enabled`); or,
+    /// for origin EXTERNAL, a `PendingImport` key with no HSM object yet.
     pub async fn create_key(
         &self,
         caller: &Caller,
         req: CreateKeyRequest,
-    ) -> Result<KeyMetadata, KmsError> {
+    ) -> Result<CreateKeyResponse, KmsError> {
         validate::description(&req.description)?;
         validate::tags(&req.tags)?;
-        let spec = match (&req.key_spec, &req.customer_master_key_spec) {
-            (Some(a), Some(b)) if a != b => return Err(KmsError::Validation(
-                "KeySpec and CustomerMasterKeySpec must not both be given with different values."
-                    .into(),
-            )),
-            (Some(s), _) | (None, Some(s)) => s.as_str(),
-            (None, None) => SYMMETRIC_DEFAULT,
-        };
-        if !KNOWN_KEY_SPECS.contains(&spec) {
-            return Err(KmsError::validation(
-                "keySpec",
-                &format!("Member must satisfy enum value set: {KNOWN_KEY_SPECS:?}"),
-            ));
-        }
-        let usage = req.key_usage.as_deref().unwrap_or(ENCRYPT_DECRYPT);
-        if !KNOWN_USAGES.contains(&usage) {
-            return Err(KmsError::validation(
-                "keyUsage",
-                &format!("Member must satisfy enum value set: {KNOWN_USAGES:?}"),
-            ));
-        }
-        let origin = req.origin.as_deref().unwrap_or("AWS_KMS");
-        if !KNOWN_ORIGINS.contains(&origin) {
-            return Err(KmsError::validation(
-                "origin",
-                &format!("Member must satisfy enum value set: {KNOWN_ORIGINS:?}"),
-            ));
-        }
-        let Some(kind) = specs::kind(spec) else {
-            return Err(KmsError::UnsupportedOperation(format!(
-                "KeySpec {spec} is not supported by this p11kms build."
-            )));
-        };
-        if !specs::usages(spec).contains(&usage) {
-            return Err(KmsError::Validation(format!(
-                "KeyUsage {usage} is not compatible with KeySpec {spec}."
-            )));
-        }
-        // Origin EXTERNAL (BYOK): SYMMETRIC_DEFAULT and HMAC keys, created in PendingImport
-        // with no HSM object until ImportKeyMaterial.
-        let external = origin == "EXTERNAL";
-        if external && spec != SYMMETRIC_DEFAULT && !spec.starts_with("HMAC_") {
-            return Err(KmsError::UnsupportedOperation(format!(
-                "Origin EXTERNAL is not supported for KeySpec {spec} by this p11kms build."
-            )));
-        }
-        if origin != "AWS_KMS" && !external {
-            return Err(KmsError::UnsupportedOperation(format!(
-                "Origin {origin} is not supported by this p11kms build yet."
-            )));
-        }
-        if req.multi_region {
-            return Err(KmsError::UnsupportedOperation(
-                "Multi-Region keys are not supported.".into(),
-            ));
-        }
+        let choice = KeyChoice::of(&req)?;
         let policy_text = match &req.policy {
             Some(p) => p.clone(),
             None => default_key_policy(&self.settings.partition, &caller.account),
         };
         let compiled = compile_key_policy(&policy_text)?;
-        let tag_keys: Vec<String> = req.tags.iter().map(|t| t.key.clone()).collect();
-        let mut authz = AuthzRequest::new("kms:CreateKey", "*")
-            .with("kms:KeySpec", CtxValue::one(spec))
-            .with("kms:KeyUsage", CtxValue::one(usage))
-            .with("kms:KeyOrigin", CtxValue::one(origin))
-            .with("kms:MultiRegion", CtxValue::one("false"))
-            .with(
-                "kms:BypassPolicyLockoutSafetyCheck",
-                CtxValue::one(if req.bypass_policy_lockout_safety_check {
-                    "true"
-                } else {
-                    "false"
-                }),
-            );
-        if !req.tags.is_empty() {
-            authz = authz.with("aws:TagKeys", CtxValue::Many(tag_keys.clone()));
-        }
-        for t in &req.tags {
-            authz = authz.with(
-                format!("aws:RequestTag/{}", t.key),
-                CtxValue::one(t.value.as_str()),
-            );
-        }
-        self.authorize(caller, authz)?;
-        if !req.tags.is_empty() {
-            let mut tag_authz = AuthzRequest::new("kms:TagResource", "*")
-                .with("aws:TagKeys", CtxValue::Many(tag_keys));
-            for t in &req.tags {
-                tag_authz = tag_authz.with(
-                    format!("aws:RequestTag/{}", t.key),
-                    CtxValue::one(t.value.as_str()),
-                );
-            }
-            self.authorize(caller, tag_authz)?;
-        }
+        self.authorize_create(caller, &req, &choice)?;
         if req.policy.is_some() {
             self.check_policy_principals(&compiled)?;
         }
-
         let uuid = Uuid::new_v4();
-        let key_id = uuid.hyphenated().to_string();
-        let now = self.now_ms();
-        let mut record = KeyRecord {
-            key_id: key_id.clone(),
+        let record = KeyRecord {
+            key_id: uuid.hyphenated().to_string(),
             account: caller.account.clone(),
             description: req.description,
-            key_spec: spec.to_string(),
-            key_usage: usage.to_string(),
-            origin: origin.to_string(),
+            key_spec: choice.spec.as_str().to_string(),
+            key_usage: choice.usage.as_str().to_string(),
+            origin: choice.origin.as_str().to_string(),
             state: KeyState::Creating,
-            created_at_ms: now,
+            created_at_ms: self.now_ms(),
             deletion_date_ms: None,
             pending_window_days: None,
             current_version: 1,
             policy: policy_text,
         };
         if req.policy.is_some() && !req.bypass_policy_lockout_safety_check {
-            let prospective = CachedKey {
-                arn: self.key_arn(&record.account, &key_id),
-                uuid: *uuid.as_bytes(),
-                versions: Vec::new(),
-                tags: Vec::new(),
-                policy: Some(compiled.clone()),
-                grants: Vec::new(),
-                record: record.clone(),
-            };
-            self.lockout_check(caller, &prospective, &compiled)?;
+            self.creation_lockout_check(caller, &record, &compiled)?;
         }
-        if external {
-            // No HSM object: the key waits for ImportKeyMaterial.
-            record.state = KeyState::PendingImport;
-            super::record::before_change().await?;
-            self.store.insert_key(&record, &req.tags).await?;
-            let cached = self.cache_put(CachedKey {
-                arn: self.key_arn(&record.account, &key_id),
-                uuid: *uuid.as_bytes(),
-                versions: Vec::new(),
-                tags: req.tags,
-                policy: Some(compiled),
-                grants: Vec::new(),
-                record,
-            });
-            tracing::info!(
-                key_id,
-                "key created for imported key material (PendingImport)"
-            );
-            return Ok(self.key_metadata(&cached));
+        let cached = if choice.origin == Origin::External {
+            self.create_pending_import(record, req.tags, compiled)
+                .await?
+        } else {
+            let key_id = record.key_id.clone();
+            let creation = self.insert_creating(&record, &req.tags).await?;
+            let cached = self
+                .generate_and_enable(record, choice.kind, req.tags, compiled)
+                .await?;
+            creation.finished();
+            tracing::info!(key_id, "key created");
+            cached
+        };
+        Ok(CreateKeyResponse {
+            key_metadata: self.key_metadata(&cached)?,
+        })
+    }
+
+    /// CreateKey's authorization: `kms:CreateKey` with the new key's spec, usage, origin and
+    /// tags in the request context, and `kms:TagResource` too when tags are given.
+    fn authorize_create(
+        &self,
+        caller: &Caller,
+        req: &CreateKeyRequest,
+        choice: &KeyChoice,
+    ) -> Result<(), KmsError> {
+        let bypass = if req.bypass_policy_lockout_safety_check {
+            "true"
+        } else {
+            "false"
+        };
+        let authz = AuthzRequest::new("kms:CreateKey", "*")
+            .with("kms:KeySpec", CtxValue::one(choice.spec.as_str()))
+            .with("kms:KeyUsage", CtxValue::one(choice.usage.as_str()))
+            .with("kms:KeyOrigin", CtxValue::one(choice.origin.as_str()))
+            .with("kms:MultiRegion", CtxValue::one("false"))
+            .with("kms:BypassPolicyLockoutSafetyCheck", CtxValue::one(bypass));
+        self.authorize(caller, with_request_tags(authz, &req.tags))?;
+        if !req.tags.is_empty() {
+            let tag_authz = with_request_tags(AuthzRequest::new("kms:TagResource", "*"), &req.tags);
+            self.authorize(caller, tag_authz)?;
         }
-        let creation = self.insert_creating(&record, &req.tags).await?;
-        let cached = self
-            .generate_and_enable(record, kind, req.tags, compiled)
-            .await?;
-        creation.finished();
-        tracing::info!(key_id, "key created");
-        Ok(self.key_metadata(&cached))
+        Ok(())
+    }
+
+    /// The lockout safety check of a key policy given to CreateKey: the caller must be able
+    /// to manage the key it is creating.
+    fn creation_lockout_check(
+        &self,
+        caller: &Caller,
+        record: &KeyRecord,
+        compiled: &Arc<Policy>,
+    ) -> Result<(), KmsError> {
+        let prospective =
+            self.new_cached(record.clone(), Vec::new(), Vec::new(), compiled.clone())?;
+        self.lockout_check(caller, &prospective, compiled)
+    }
+
+    /// A key for imported key material: its row in `PendingImport`, and no HSM object until
+    /// ImportKeyMaterial.
+    async fn create_pending_import(
+        &self,
+        mut record: KeyRecord,
+        tags: Vec<Tag>,
+        compiled: Arc<Policy>,
+    ) -> Result<Arc<CachedKey>, KmsError> {
+        record.state = KeyState::PendingImport;
+        super::record::before_change().await?;
+        self.store.insert_key(&record, &tags).await?;
+        let key_id = record.key_id.clone();
+        let cached = self.cache_put(self.new_cached(record, Vec::new(), tags, compiled)?);
+        tracing::info!(
+            key_id,
+            "key created for imported key material (PendingImport)"
+        );
+        Ok(cached)
+    }
+
+    /// The cache entry of a key being created (its versions are `versions`, it has no grants).
+    fn new_cached(
+        &self,
+        record: KeyRecord,
+        versions: Vec<u32>,
+        tags: Vec<Tag>,
+        compiled: Arc<Policy>,
+    ) -> Result<CachedKey, KmsError> {
+        let uuid = Uuid::parse_str(&record.key_id)
+            .map_err(|_| KmsError::Internal(format!("key id '{}' is not a UUID", record.key_id)))?;
+        Ok(CachedKey {
+            arn: self.key_arn(&record.account, &record.key_id),
+            uuid: *uuid.as_bytes(),
+            versions,
+            tags,
+            policy: Some(compiled),
+            grants: Vec::new(),
+            record,
+        })
     }
 
     /// Phase one of creating a key on the device: its row, in `Creating`. The returned guard
@@ -400,7 +649,7 @@ impl Kms {
         mut record: KeyRecord,
         kind: SpecKind,
         tags: Vec<Tag>,
-        compiled: Arc<crate::policy::Policy>,
+        compiled: Arc<Policy>,
     ) -> Result<Arc<CachedKey>, KmsError> {
         let key_id = record.key_id.clone();
         let uuid = Uuid::parse_str(&key_id)
@@ -435,41 +684,33 @@ impl Kms {
             created_at_ms: record.created_at_ms,
         };
         self.store.add_version_and_update(&version, &record).await?;
-        Ok(self.cache_put(CachedKey {
-            arn: self.key_arn(&record.account, &key_id),
-            uuid: *uuid.as_bytes(),
-            versions: vec![1],
-            tags,
-            policy: Some(compiled),
-            grants: Vec::new(),
-            record,
-        }))
+        Ok(self.cache_put(self.new_cached(record, vec![1], tags, compiled)?))
     }
 
     /// DescribeKey: metadata of a key named by id, ARN, alias name or alias ARN.
     pub async fn describe_key(
         &self,
         caller: &Caller,
-        key_id: &str,
-        grant_tokens: &[String],
-    ) -> Result<KeyMetadata, KmsError> {
-        self.check_grant_tokens(grant_tokens)?;
+        req: DescribeKeyRequest,
+    ) -> Result<DescribeKeyResponse, KmsError> {
+        self.check_grant_tokens(&req.grant_tokens)?;
         let resolved = self
-            .resolve_or_create_managed(caller, key_id, "kms:DescribeKey", None, false)
+            .resolve_or_create_managed(caller, &req.key_id, "kms:DescribeKey", None, false)
             .await?;
         self.authorize_key(caller, "kms:DescribeKey", &resolved, None)?;
-        Ok(self.key_metadata(&resolved.key))
+        Ok(DescribeKeyResponse {
+            key_metadata: self.key_metadata(&resolved.key)?,
+        })
     }
 
     /// ListKeys: the caller's account's keys, ordered by key id, paginated.
     pub async fn list_keys(
         &self,
         caller: &Caller,
-        limit: Option<i32>,
-        marker: &str,
+        req: ListKeysRequest,
     ) -> Result<ListKeysResponse, KmsError> {
-        let limit = validate::limit(limit)?;
-        let after = validate::decode_marker(marker)?;
+        let limit = validate::limit(req.limit)?;
+        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
         self.authorize(caller, AuthzRequest::new("kms:ListKeys", "*"))?;
         let cache = self.cache_read();
         let items = cache
@@ -490,45 +731,48 @@ impl Kms {
     }
 
     /// EnableKey.
-    pub async fn enable_key(&self, caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.set_enabled(caller, key_id, true).await
+    pub async fn enable_key(
+        &self,
+        caller: &Caller,
+        req: EnableKeyRequest,
+    ) -> Result<Empty, KmsError> {
+        self.set_state(caller, &req.key_id, "kms:EnableKey", KeyState::Enabled)
+            .await
     }
 
-    /// DisableKey.
-    pub async fn disable_key(&self, caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.set_enabled(caller, key_id, false).await
+    /// DisableKey; the key's session copies on the HSM are destroyed.
+    pub async fn disable_key(
+        &self,
+        caller: &Caller,
+        req: DisableKeyRequest,
+    ) -> Result<Empty, KmsError> {
+        self.set_state(caller, &req.key_id, "kms:DisableKey", KeyState::Disabled)
+            .await
     }
 
-    async fn set_enabled(
+    /// EnableKey and DisableKey: `action` allowed, the key moves to `target` (`Enabled` or
+    /// `Disabled`); nothing is written when it is there already.
+    async fn set_state(
         &self,
         caller: &Caller,
         key_id: &str,
-        enable: bool,
-    ) -> Result<(), KmsError> {
+        action: &'static str,
+        target: KeyState,
+    ) -> Result<Empty, KmsError> {
         let _guard = self.mutate.lock().await;
         let resolved = self.resolve(caller, key_id, false)?;
-        let action = if enable {
-            "kms:EnableKey"
-        } else {
-            "kms:DisableKey"
-        };
         self.authorize_key(caller, action, &resolved, None)?;
         check_state(&resolved.key, StateClass::EnableDisable)?;
-        let target = if enable {
-            KeyState::Enabled
-        } else {
-            KeyState::Disabled
-        };
         if resolved.key.record.state == target {
-            return Ok(());
+            return Ok(Empty);
         }
         let updated = self
             .update_record(&resolved.key, |r| r.state = target)
             .await?;
-        if !enable {
+        if target == KeyState::Disabled {
             self.drop_session_copies(&updated.record.key_id).await;
         }
-        Ok(())
+        Ok(Empty)
     }
 
     /// Destroy the HSM's session-object copies of a key that may no longer be used (disabled,
@@ -548,13 +792,12 @@ impl Kms {
     pub async fn schedule_key_deletion(
         &self,
         caller: &Caller,
-        key_id: &str,
-        pending_window_in_days: Option<i32>,
+        req: ScheduleKeyDeletionRequest,
     ) -> Result<ScheduleKeyDeletionResponse, KmsError> {
-        let days = pending_window_in_days.unwrap_or(30);
+        let days = req.pending_window_in_days.unwrap_or(30);
         validate::int_range("pendingWindowInDays", days, 7, 30)?;
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:ScheduleKeyDeletion", &resolved).with(
@@ -576,7 +819,7 @@ impl Kms {
         Ok(ScheduleKeyDeletionResponse {
             key_id: updated.arn.clone(),
             deletion_date_ms: deletion,
-            key_state: KeyState::PendingDeletion.as_str().into(),
+            key_state: KeyState::PendingDeletion,
             pending_window_in_days: days,
         })
     }
@@ -585,10 +828,10 @@ impl Kms {
     pub async fn cancel_key_deletion(
         &self,
         caller: &Caller,
-        key_id: &str,
-    ) -> Result<String, KmsError> {
+        req: CancelKeyDeletionRequest,
+    ) -> Result<CancelKeyDeletionResponse, KmsError> {
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:CancelKeyDeletion", &resolved, None)?;
         check_state(&resolved.key, StateClass::PendingDeletion)?;
         let updated = self
@@ -598,24 +841,25 @@ impl Kms {
                 r.pending_window_days = None;
             })
             .await?;
-        Ok(updated.arn.clone())
+        Ok(CancelKeyDeletionResponse {
+            key_id: updated.arn.clone(),
+        })
     }
 
     /// UpdateKeyDescription.
     pub async fn update_key_description(
         &self,
         caller: &Caller,
-        key_id: &str,
-        description: &str,
-    ) -> Result<(), KmsError> {
-        validate::description(description)?;
+        req: UpdateKeyDescriptionRequest,
+    ) -> Result<Empty, KmsError> {
+        validate::description(&req.description)?;
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:UpdateKeyDescription", &resolved, None)?;
         check_state(&resolved.key, StateClass::NotPendingDeletion)?;
-        self.update_record(&resolved.key, |r| r.description = description.to_string())
+        self.update_record(&resolved.key, |r| r.description = req.description)
             .await?;
-        Ok(())
+        Ok(Empty)
     }
 
     /// Writes a changed copy of a key's record, then updates the cache. Callers hold the
@@ -636,9 +880,221 @@ impl Kms {
     }
 }
 
+/// A KeyMetadata for unit tests: an enabled symmetric key.
+#[cfg(test)]
+pub(crate) fn sample_metadata() -> KeyMetadata {
+    KeyMetadata {
+        aws_account_id: "111122223333".into(),
+        key_id: "k".into(),
+        arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+        creation_date_ms: 1_700_000_000_123,
+        enabled: true,
+        description: String::new(),
+        key_usage: KeyUsage::EncryptDecrypt,
+        key_state: KeyState::Enabled,
+        deletion_date_ms: None,
+        origin: Origin::AwsKms,
+        key_manager: "CUSTOMER".into(),
+        key_spec: KeySpec::SymmetricDefault,
+        encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
+        signing_algorithms: vec![],
+        mac_algorithms: vec![],
+        key_agreement_algorithms: vec![],
+        multi_region: false,
+        pending_deletion_window_in_days: None,
+        current_key_material_id: "ab".repeat(32),
+        valid_to_ms: None,
+        expiration_model: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CreateKey's parameters are the members sent, in CloudTrail's names, with the AWS
+    /// spelling of the enums and tags as `[{tagKey, tagValue}]`.
+    #[test]
+    fn create_key_parameters_are_the_members_sent() {
+        let req = CreateKeyRequest {
+            policy: Some("{\"Statement\":[]}".into()),
+            description: "payments".into(),
+            key_usage: Some(KeyUsage::SignVerify),
+            key_spec: Some(KeySpec::EccNistP256),
+            origin: Some(Origin::AwsKms),
+            bypass_policy_lockout_safety_check: true,
+            tags: vec![Tag {
+                key: "team".into(),
+                value: "blue".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            req.request_parameters(),
+            json!({
+                "description": "payments",
+                "keyUsage": "SIGN_VERIFY",
+                "keySpec": "ECC_NIST_P256",
+                "origin": "AWS_KMS",
+                "bypassPolicyLockoutSafetyCheck": true,
+                "policy": "{\"Statement\":[]}",
+                "tags": [{"tagKey": "team", "tagValue": "blue"}],
+            })
+        );
+        assert_eq!(CreateKeyRequest::default().request_parameters(), json!({}));
+    }
+
+    /// Grant tokens are capabilities: counted, never recorded.
+    #[test]
+    fn grant_tokens_are_counted_never_recorded() {
+        let req = DescribeKeyRequest {
+            key_id: "alias/a".into(),
+            grant_tokens: vec!["CAPABILITY-TOKEN".into(), "OTHER-TOKEN".into()],
+        };
+        let p = req.request_parameters();
+        assert_eq!(p, json!({"keyId": "alias/a", "grantTokens": 2}));
+        assert!(!p.to_string().contains("TOKEN"), "{p}");
+        let s = ScheduleKeyDeletionRequest {
+            key_id: "k".into(),
+            pending_window_in_days: Some(7),
+        };
+        assert_eq!(
+            s.request_parameters(),
+            json!({"keyId": "k", "pendingWindowInDays": 7})
+        );
+        assert_eq!(ListKeysRequest::default().request_parameters(), json!({}));
+    }
+
+    /// The elements the trail records of CreateKey, ScheduleKeyDeletion and
+    /// CancelKeyDeletion; DescribeKey records none (its answer is the same body as CreateKey's).
+    #[test]
+    fn response_elements_name_the_key_only() {
+        let created = CreateKeyResponse {
+            key_metadata: sample_metadata(),
+        };
+        let e = created.response_elements();
+        assert_eq!(
+            e,
+            json!({"keyMetadata": {
+                "keyId": "k",
+                "arn": "arn:aws:kms:us-east-1:111122223333:key/k",
+                "keyState": "Enabled",
+                "keySpec": "SYMMETRIC_DEFAULT",
+                "keyUsage": "ENCRYPT_DECRYPT",
+                "origin": "AWS_KMS",
+            }})
+        );
+        let described = DescribeKeyResponse {
+            key_metadata: sample_metadata(),
+        };
+        assert_eq!(described.response_elements(), Value::Null);
+        let scheduled = ScheduleKeyDeletionResponse {
+            key_id: "arn".into(),
+            deletion_date_ms: 1_700_000_000_000,
+            key_state: KeyState::PendingDeletion,
+            pending_window_in_days: 7,
+        };
+        assert_eq!(
+            scheduled.response_elements(),
+            json!({
+                "keyId": "arn",
+                "deletionDate": crate::time::iso8601(1_700_000_000_000),
+                "keyState": "PendingDeletion",
+                "pendingWindowInDays": 7,
+            })
+        );
+        let cancelled = CancelKeyDeletionResponse {
+            key_id: "arn".into(),
+        };
+        assert_eq!(cancelled.response_elements(), json!({"keyId": "arn"}));
+    }
+
+    /// Values the AWS model admits but the engine does not create keep the messages they had
+    /// before the values were typed.
+    #[test]
+    fn refused_choices_keep_their_messages() {
+        let refused = |req: CreateKeyRequest| KeyChoice::of(&req).unwrap_err();
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::MlKem512),
+            ..Default::default()
+        });
+        assert_eq!(e.aws_name(), "ValidationException");
+        let old_list = "[\"SYMMETRIC_DEFAULT\", \"RSA_2048\", \"RSA_3072\", \"RSA_4096\", \"ECC_NIST_P256\", \"ECC_NIST_P384\", \"ECC_NIST_P521\", \"ECC_SECG_P256K1\", \"ECC_NIST_EDWARDS25519\", \"HMAC_224\", \"HMAC_256\", \"HMAC_384\", \"HMAC_512\", \"SM2\", \"ML_DSA_44\", \"ML_DSA_65\", \"ML_DSA_87\"]";
+        assert_eq!(
+            e.message(),
+            KmsError::validation(
+                "keySpec",
+                &format!("Member must satisfy enum value set: {old_list}")
+            )
+            .message()
+        );
+        let e = refused(CreateKeyRequest {
+            key_usage: Some(KeyUsage::EncapsulateDecapsulate),
+            ..Default::default()
+        });
+        assert!(
+            e.message().contains("keyUsage")
+                && e.message().contains("[\"ENCRYPT_DECRYPT\", \"SIGN_VERIFY\", \"GENERATE_VERIFY_MAC\", \"KEY_AGREEMENT\"]"),
+            "{}",
+            e.message()
+        );
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Sm2),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "KeySpec SM2 is not supported by this p11kms build."
+        );
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Hmac256),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec HMAC_256."
+        );
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Rsa2048),
+            customer_master_key_spec: Some(KeySpec::Rsa3072),
+            ..Default::default()
+        });
+        assert_eq!(e.aws_name(), "ValidationException");
+        let e = refused(CreateKeyRequest {
+            key_spec: Some(KeySpec::Rsa2048),
+            origin: Some(Origin::External),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "Origin EXTERNAL is not supported for KeySpec RSA_2048 by this p11kms build."
+        );
+        let e = refused(CreateKeyRequest {
+            origin: Some(Origin::AwsCloudhsm),
+            ..Default::default()
+        });
+        assert_eq!(
+            e.message(),
+            "Origin AWS_CLOUDHSM is not supported by this p11kms build yet."
+        );
+        let chosen = KeyChoice::of(&CreateKeyRequest {
+            key_spec: Some(KeySpec::Hmac256),
+            key_usage: Some(KeyUsage::GenerateVerifyMac),
+            origin: Some(Origin::External),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(chosen.spec, KeySpec::Hmac256);
+        let default = KeyChoice::of(&CreateKeyRequest::default()).unwrap();
+        assert_eq!(
+            (default.spec, default.usage, default.origin),
+            (
+                KeySpec::SymmetricDefault,
+                KeyUsage::EncryptDecrypt,
+                Origin::AwsKms
+            )
+        );
+    }
 
     #[test]
     fn default_policy_is_the_documented_one() {

@@ -3,8 +3,11 @@
 //! One file per operation family: [`keys`] (lifecycle), [`aliases`], [`tags`], [`crypto`]
 //! (encrypt, decrypt, re-encrypt, data keys, random), [`asym`] (signatures, public keys, key
 //! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift).
-//! [`algorithms`] holds the API's algorithm names as enums, [`specs`] the key catalogue. Each operation follows the same path: validate input, resolve the key
-//! from the in-memory cache, authorize, check the key state, then touch the HSM or the store.
+//! [`operation`] gives every operation one shape and lists them; [`domain`] holds the typed
+//! key spec, key usage, origin and key state, [`algorithms`] the API's algorithm names, both
+//! parsed once by the doors; [`specs`] is the key catalogue. Each operation follows the same
+//! path: validate input, resolve the key from the in-memory cache, authorize, check the key
+//! state, then touch the HSM or the store.
 //! No operation reaches the device or the store without an allow.
 
 pub mod algorithms;
@@ -13,6 +16,7 @@ pub mod asym;
 pub mod authz;
 pub mod clock;
 pub mod crypto;
+pub mod domain;
 pub mod error;
 pub mod explain;
 pub mod grants;

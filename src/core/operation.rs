@@ -90,6 +90,21 @@ use super::crypto::{
     ReEncryptRequest, ReEncryptResponse,
 };
 
+use super::keys::{
+    CancelKeyDeletionRequest, CancelKeyDeletionResponse, CreateKeyRequest, CreateKeyResponse,
+    DescribeKeyRequest, DescribeKeyResponse, DisableKeyRequest, EnableKeyRequest, ListKeysRequest,
+    ListKeysResponse, ScheduleKeyDeletionRequest, ScheduleKeyDeletionResponse,
+    UpdateKeyDescriptionRequest,
+};
+use super::policies::{
+    GetKeyPolicyRequest, GetKeyPolicyResponse, ListKeyPoliciesRequest, ListKeyPoliciesResponse,
+    PutKeyPolicyRequest,
+};
+use super::tags::{
+    ListResourceTagsRequest, ListResourceTagsResponse, TagResourceRequest, UntagResourceRequest,
+};
+use super::usage::{GetKeyLastUsageRequest, KeyLastUsageOutput};
+
 // Each family imports its types just above its block; keep the blocks in this order.
 
 use super::explain::{ExplainRequest, ExplainResponse};
@@ -110,6 +125,21 @@ use super::sts::{AssumeRoleRequest, AssumeRoleResponse, CallerIdentity, GetCalle
 
 operations! {
     // Keys (keys.rs, usage.rs), tags (tags.rs), key policies (policies.rs).
+    CreateKey: CreateKeyRequest => CreateKeyResponse = create_key;
+    DescribeKey: DescribeKeyRequest => DescribeKeyResponse = describe_key;
+    ListKeys: ListKeysRequest => ListKeysResponse = list_keys;
+    EnableKey: EnableKeyRequest => Empty = enable_key;
+    DisableKey: DisableKeyRequest => Empty = disable_key;
+    ScheduleKeyDeletion: ScheduleKeyDeletionRequest => ScheduleKeyDeletionResponse = schedule_key_deletion;
+    CancelKeyDeletion: CancelKeyDeletionRequest => CancelKeyDeletionResponse = cancel_key_deletion;
+    UpdateKeyDescription: UpdateKeyDescriptionRequest => Empty = update_key_description;
+    GetKeyLastUsage: GetKeyLastUsageRequest => KeyLastUsageOutput = get_key_last_usage;
+    TagResource: TagResourceRequest => Empty = tag_resource;
+    UntagResource: UntagResourceRequest => Empty = untag_resource;
+    ListResourceTags: ListResourceTagsRequest => ListResourceTagsResponse = list_resource_tags;
+    GetKeyPolicy: GetKeyPolicyRequest => GetKeyPolicyResponse = get_key_policy;
+    PutKeyPolicy: PutKeyPolicyRequest => Empty = put_key_policy;
+    ListKeyPolicies: ListKeyPoliciesRequest => ListKeyPoliciesResponse = list_key_policies;
 
     // Symmetric cryptography (crypto.rs), asymmetric keys, signatures and MACs (asym.rs).
     Encrypt: EncryptRequest => EncryptResponse = encrypt;

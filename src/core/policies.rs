@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use super::authz::{AuthzRequest, CtxValue};
+use super::operation::{Empty, Params, RequestParameters, ResponseElements};
 use super::{check_state, Kms, KmsError, StateClass};
 use crate::identity::Caller;
 use crate::policy::model::PrincipalSpec;
@@ -32,6 +35,78 @@ pub(crate) fn compile_key_policy(text: &str) -> Result<Arc<Policy>, KmsError> {
         .map(Arc::new)
         .map_err(policy_error)
 }
+
+/// GetKeyPolicy input.
+#[derive(Debug, Clone, Default)]
+pub struct GetKeyPolicyRequest {
+    pub key_id: String,
+    /// `default` when empty.
+    pub policy_name: String,
+}
+
+/// GetKeyPolicy output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetKeyPolicyResponse {
+    pub policy: String,
+    pub policy_name: String,
+}
+
+/// PutKeyPolicy input.
+#[derive(Debug, Clone, Default)]
+pub struct PutKeyPolicyRequest {
+    pub key_id: String,
+    /// `default` when empty.
+    pub policy_name: String,
+    pub policy: String,
+    pub bypass_policy_lockout_safety_check: bool,
+}
+
+/// ListKeyPolicies input.
+#[derive(Debug, Clone, Default)]
+pub struct ListKeyPoliciesRequest {
+    pub key_id: String,
+    pub limit: Option<i32>,
+    pub marker: Option<String>,
+}
+
+/// ListKeyPolicies output: always `["default"]`, never truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListKeyPoliciesResponse {
+    pub policy_names: Vec<String>,
+}
+
+impl RequestParameters for GetKeyPolicyRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .str("policyName", &self.policy_name)
+            .build()
+    }
+}
+
+/// A key policy is not a secret: the trail records the document.
+impl RequestParameters for PutKeyPolicyRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .str("policyName", &self.policy_name)
+            .str("policy", &self.policy)
+            .opt(
+                "bypassPolicyLockoutSafetyCheck",
+                self.bypass_policy_lockout_safety_check.then_some(true),
+            )
+            .build()
+    }
+}
+
+impl RequestParameters for ListKeyPoliciesRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new().str("keyId", &self.key_id).build()
+    }
+}
+
+impl ResponseElements for GetKeyPolicyResponse {}
+impl ResponseElements for ListKeyPoliciesResponse {}
 
 fn policy_name(name: &str) -> Result<&'static str, KmsError> {
     match name {
@@ -67,48 +142,48 @@ impl Kms {
     pub async fn get_key_policy(
         &self,
         caller: &Caller,
-        key_id: &str,
-        name: &str,
-    ) -> Result<(String, String), KmsError> {
-        let name = policy_name(name)?;
-        let resolved = self.resolve(caller, key_id, false)?;
+        req: GetKeyPolicyRequest,
+    ) -> Result<GetKeyPolicyResponse, KmsError> {
+        let name = policy_name(&req.policy_name)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:GetKeyPolicy", &resolved)
                 .with("kms:PolicyName", CtxValue::one(name)),
         )?;
         check_state(&resolved.key, StateClass::Any)?;
-        Ok((resolved.key.record.policy.clone(), name.to_string()))
+        Ok(GetKeyPolicyResponse {
+            policy: resolved.key.record.policy.clone(),
+            policy_name: name.to_string(),
+        })
     }
 
     /// ListKeyPolicies: always `["default"]`.
     pub async fn list_key_policies(
         &self,
         caller: &Caller,
-        key_id: &str,
-        limit: Option<i32>,
-        marker: &str,
-    ) -> Result<Vec<String>, KmsError> {
-        super::validate::limit(limit)?;
-        super::validate::decode_marker(marker)?;
-        let resolved = self.resolve(caller, key_id, false)?;
+        req: ListKeyPoliciesRequest,
+    ) -> Result<ListKeyPoliciesResponse, KmsError> {
+        super::validate::limit(req.limit)?;
+        super::validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:ListKeyPolicies", &resolved),
         )?;
-        Ok(vec![DEFAULT_POLICY_NAME.to_string()])
+        Ok(ListKeyPoliciesResponse {
+            policy_names: vec![DEFAULT_POLICY_NAME.to_string()],
+        })
     }
 
     /// PutKeyPolicy: validated, principals checked, lockout check unless bypassed.
     pub async fn put_key_policy(
         &self,
         caller: &Caller,
-        key_id: &str,
-        name: &str,
-        policy_text: &str,
-        bypass_lockout_check: bool,
-    ) -> Result<(), KmsError> {
-        let name = match name {
+        req: PutKeyPolicyRequest,
+    ) -> Result<Empty, KmsError> {
+        let bypass_lockout_check = req.bypass_policy_lockout_safety_check;
+        let name = match req.policy_name.as_str() {
             "" | DEFAULT_POLICY_NAME => DEFAULT_POLICY_NAME,
             other => {
                 return Err(KmsError::Validation(format!(
@@ -116,9 +191,9 @@ impl Kms {
                 )))
             }
         };
-        let compiled = compile_key_policy(policy_text)?;
+        let compiled = compile_key_policy(&req.policy)?;
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:PutKeyPolicy", &resolved)
@@ -136,9 +211,42 @@ impl Kms {
         if !bypass_lockout_check {
             self.lockout_check(caller, &resolved.key, &compiled)?;
         }
-        let text = policy_text.to_string();
-        self.update_record(&resolved.key, |r| r.policy = text)
+        self.update_record(&resolved.key, |r| r.policy = req.policy)
             .await?;
-        Ok(())
+        Ok(Empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn policy_parameters_are_the_members_sent() {
+        let put = PutKeyPolicyRequest {
+            key_id: "k".into(),
+            policy_name: String::new(),
+            policy: "{}".into(),
+            bypass_policy_lockout_safety_check: false,
+        };
+        assert_eq!(
+            put.request_parameters(),
+            json!({"keyId": "k", "policy": "{}"})
+        );
+        let get = GetKeyPolicyRequest {
+            key_id: "k".into(),
+            policy_name: "default".into(),
+        };
+        assert_eq!(
+            get.request_parameters(),
+            json!({"keyId": "k", "policyName": "default"})
+        );
+        let list = ListKeyPoliciesRequest {
+            key_id: "k".into(),
+            limit: Some(1),
+            marker: Some("m".into()),
+        };
+        assert_eq!(list.request_parameters(), json!({"keyId": "k"}));
     }
 }

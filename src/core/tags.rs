@@ -1,10 +1,35 @@
 //! Tags: TagResource, UntagResource, ListResourceTags.
 
+use serde_json::{json, Value};
+
 use super::authz::{AuthzRequest, CtxValue};
+use super::operation::{Empty, Params, RequestParameters, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, StateClass};
 use crate::identity::Caller;
 use crate::store::Tag;
+
+/// TagResource input.
+#[derive(Debug, Clone, Default)]
+pub struct TagResourceRequest {
+    pub key_id: String,
+    pub tags: Vec<Tag>,
+}
+
+/// UntagResource input.
+#[derive(Debug, Clone, Default)]
+pub struct UntagResourceRequest {
+    pub key_id: String,
+    pub tag_keys: Vec<String>,
+}
+
+/// ListResourceTags input.
+#[derive(Debug, Clone, Default)]
+pub struct ListResourceTagsRequest {
+    pub key_id: String,
+    pub limit: Option<i32>,
+    pub marker: Option<String>,
+}
 
 /// One page of ListResourceTags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,31 +38,80 @@ pub struct ListResourceTagsResponse {
     pub next_marker: Option<String>,
 }
 
+/// Tags as the audit trail records them, `[{tagKey, tagValue}]` (`None` when there are none).
+pub(crate) fn tags_value(tags: &[Tag]) -> Option<Value> {
+    (!tags.is_empty()).then(|| {
+        tags.iter()
+            .map(|t| json!({"tagKey": t.key, "tagValue": t.value}))
+            .collect()
+    })
+}
+
+/// Adds the tags a request sets to its authorization context: `aws:TagKeys` and one
+/// `aws:RequestTag/<key>` each (nothing when there are none).
+pub(crate) fn with_request_tags<'a>(mut authz: AuthzRequest<'a>, tags: &[Tag]) -> AuthzRequest<'a> {
+    if tags.is_empty() {
+        return authz;
+    }
+    authz = authz.with(
+        "aws:TagKeys",
+        CtxValue::Many(tags.iter().map(|t| t.key.clone()).collect()),
+    );
+    for t in tags {
+        authz = authz.with(
+            format!("aws:RequestTag/{}", t.key),
+            CtxValue::one(t.value.as_str()),
+        );
+    }
+    authz
+}
+
+impl RequestParameters for TagResourceRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("tags", tags_value(&self.tags))
+            .build()
+    }
+}
+
+impl RequestParameters for UntagResourceRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .list("tagKeys", &self.tag_keys)
+            .build()
+    }
+}
+
+impl RequestParameters for ListResourceTagsRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new()
+            .str("keyId", &self.key_id)
+            .opt("limit", self.limit)
+            .opt("marker", self.marker.clone())
+            .build()
+    }
+}
+
+impl ResponseElements for ListResourceTagsResponse {}
+
 impl Kms {
     /// TagResource: adds tags or overwrites the values of existing tag keys.
     pub async fn tag_resource(
         &self,
         caller: &Caller,
-        key_id: &str,
-        tags: Vec<Tag>,
-    ) -> Result<(), KmsError> {
+        req: TagResourceRequest,
+    ) -> Result<Empty, KmsError> {
+        let tags = req.tags;
         if tags.is_empty() {
             return Err(KmsError::validation("tags", "Member must not be null"));
         }
         validate::tags(&tags)?;
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
-        let mut authz = AuthzRequest::on_key("kms:TagResource", &resolved).with(
-            "aws:TagKeys",
-            CtxValue::Many(tags.iter().map(|t| t.key.clone()).collect()),
-        );
-        for t in &tags {
-            authz = authz.with(
-                format!("aws:RequestTag/{}", t.key),
-                CtxValue::one(t.value.as_str()),
-            );
-        }
-        self.authorize(caller, authz)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
+        let authz = AuthzRequest::on_key("kms:TagResource", &resolved);
+        self.authorize(caller, with_request_tags(authz, &tags))?;
         check_state(&resolved.key, StateClass::NotPendingDeletion)?;
         let existing = &resolved.key.tags;
         let added = tags
@@ -55,16 +129,16 @@ impl Kms {
             .put_tags(&resolved.key.record.key_id, &tags)
             .await?;
         self.refresh_key(&resolved.key.record.key_id).await?;
-        Ok(())
+        Ok(Empty)
     }
 
     /// UntagResource: removes tag keys; absent keys are ignored.
     pub async fn untag_resource(
         &self,
         caller: &Caller,
-        key_id: &str,
-        tag_keys: Vec<String>,
-    ) -> Result<(), KmsError> {
+        req: UntagResourceRequest,
+    ) -> Result<Empty, KmsError> {
+        let tag_keys = req.tag_keys;
         if tag_keys.is_empty() {
             return Err(KmsError::validation("tagKeys", "Member must not be null"));
         }
@@ -72,7 +146,7 @@ impl Kms {
             validate::tag_key(k)?;
         }
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:UntagResource", &resolved)
@@ -84,20 +158,18 @@ impl Kms {
             .remove_tags(&resolved.key.record.key_id, &tag_keys)
             .await?;
         self.refresh_key(&resolved.key.record.key_id).await?;
-        Ok(())
+        Ok(Empty)
     }
 
     /// ListResourceTags, ordered by tag key, paginated.
     pub async fn list_resource_tags(
         &self,
         caller: &Caller,
-        key_id: &str,
-        limit: Option<i32>,
-        marker: &str,
+        req: ListResourceTagsRequest,
     ) -> Result<ListResourceTagsResponse, KmsError> {
-        let limit = validate::limit(limit)?;
-        let after = validate::decode_marker(marker)?;
-        let resolved = self.resolve(caller, key_id, false)?;
+        let limit = validate::limit(req.limit)?;
+        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:ListResourceTags", &resolved, None)?;
         check_state(&resolved.key, StateClass::Any)?;
         let mut tags = resolved.key.tags.clone();
@@ -108,5 +180,40 @@ impl Kms {
             limit,
         );
         Ok(ListResourceTagsResponse { tags, next_marker })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_parameters_are_camel_cased_and_empty_lists_left_out() {
+        let req = TagResourceRequest {
+            key_id: "k".into(),
+            tags: vec![Tag {
+                key: "team".into(),
+                value: "blue".into(),
+            }],
+        };
+        assert_eq!(
+            req.request_parameters(),
+            json!({"keyId": "k", "tags": [{"tagKey": "team", "tagValue": "blue"}]})
+        );
+        let untag = UntagResourceRequest {
+            key_id: "k".into(),
+            tag_keys: vec!["team".into()],
+        };
+        assert_eq!(
+            untag.request_parameters(),
+            json!({"keyId": "k", "tagKeys": ["team"]})
+        );
+        let list = ListResourceTagsRequest {
+            key_id: "k".into(),
+            limit: Some(5),
+            marker: None,
+        };
+        assert_eq!(list.request_parameters(), json!({"keyId": "k", "limit": 5}));
+        assert_eq!(tags_value(&[]), None);
     }
 }

@@ -13,14 +13,30 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde_json::Value;
 use uuid::Uuid;
 
+use super::operation::{Params, RequestParameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::Caller;
 use crate::store::{KeyUsageRecord, UsageOperation};
 
 /// Shards of the in-memory map: requests on different keys rarely share a lock.
 const SHARDS: usize = 16;
+
+/// GetKeyLastUsage input: a key id or key ARN (not an alias).
+#[derive(Debug, Clone, Default)]
+pub struct GetKeyLastUsageRequest {
+    pub key_id: String,
+}
+
+impl RequestParameters for GetKeyLastUsageRequest {
+    fn request_parameters(&self) -> Value {
+        Params::new().str("keyId", &self.key_id).build()
+    }
+}
+
+impl ResponseElements for KeyLastUsageOutput {}
 
 /// GetKeyLastUsage output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,9 +232,9 @@ impl Kms {
     pub async fn get_key_last_usage(
         &self,
         caller: &Caller,
-        key_id: &str,
+        req: GetKeyLastUsageRequest,
     ) -> Result<KeyLastUsageOutput, KmsError> {
-        let resolved = self.resolve(caller, key_id, false)?;
+        let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:GetKeyLastUsage", &resolved, None)?;
         let key = &resolved.key;
         let created = key.record.created_at_ms;

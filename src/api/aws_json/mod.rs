@@ -27,7 +27,6 @@
 pub mod error;
 pub mod kms;
 pub mod model;
-pub mod params;
 pub mod sts;
 
 use std::sync::Arc;
@@ -272,9 +271,15 @@ impl AwsJsonDoor {
         let akid = caller.access_key_id.clone();
         let refused = |e| Refused::authenticated(e, akid.clone());
         let value = decode_kms_body(bytes).map_err(refused)?;
-        info.params = audit_parameters(op.name, &value);
-        model_check(op.name, &value).map_err(refused)?;
-        (op.prepare)(self.gate.kms().clone(), caller, value).map_err(|_| {
+        let checked = model_check(op.name, &value);
+        // The trail records what the core request says is safe (nothing when the body does
+        // not read as the operation's input).
+        let prepared = (op.prepare)(self.gate.kms().clone(), caller, value);
+        if let Ok(p) = &prepared {
+            info.params = p.params.clone();
+        }
+        checked.map_err(refused)?;
+        prepared.map(|p| p.call).map_err(|_| {
             refused(WireError::serialization(format!(
                 "The request body does not match the input of {}.",
                 op.name
@@ -381,22 +386,6 @@ pub fn decode_kms_body(bytes: &[u8]) -> Result<serde_json::Value, WireError> {
             err.column()
         ))),
     }
-}
-
-/// The audit parameters of a KMS body. Wrong-typed members are not logged: their value may
-/// be anything.
-fn audit_parameters(operation: &str, value: &serde_json::Value) -> serde_json::Value {
-    let mistyped = model::mistyped_members(operation, value);
-    if mistyped.is_empty() {
-        return params::request_parameters(operation, value);
-    }
-    let mut logged = value.clone();
-    if let serde_json::Value::Object(m) = &mut logged {
-        for name in &mistyped {
-            m.remove(name);
-        }
-    }
-    params::request_parameters(operation, &logged)
 }
 
 /// The response of a request the engine ran: AWS JSON, or STS XML (whose body the STS

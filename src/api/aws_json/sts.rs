@@ -241,7 +241,10 @@ mod tests {
                 "tags": [{"key": "team", "value": "blue"}],
             })
         );
-        assert_eq!(request_parameters("GetCallerIdentity", &form), serde_json::json!({}));
+        assert_eq!(
+            request_parameters("GetCallerIdentity", &form),
+            serde_json::json!({})
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ impl AdminService as TABLE, signed as "kms";
 operations {
     explain_access(ExplainAccessRequest) -> ExplainAccessResponse = ExplainRequest;
 }
-legacy {}
 }
 
 impl FromMessage<pb::ExplainAccessRequest> for ExplainRequest {

@@ -3,7 +3,10 @@
 //! (`api::aws_json::kms::metadata` and the rest), so both print AWS's shape: absent members
 //! omitted, never `null` or an empty string where AWS leaves a member out.
 
+use std::str::FromStr;
+
 use crate::core::aliases::AliasListEntry;
+use crate::core::domain::UnknownValue;
 use crate::core::keys::{KeyMetadata, ScheduleKeyDeletionResponse};
 use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
 use crate::pb;
@@ -23,21 +26,28 @@ fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// An enum field as its enum; a value this build does not know (a newer daemon) is an error
+/// naming the field.
+fn spelled<T: FromStr<Err = UnknownValue>>(field: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|e| format!("the daemon sent {field} '{v}': {e}"))
+}
+
 /// A `KeyMetadata` message as the engine's type.
-pub fn key_metadata(m: pb::KeyMetadata) -> KeyMetadata {
-    KeyMetadata {
+pub fn key_metadata(m: pb::KeyMetadata) -> Result<KeyMetadata, String> {
+    Ok(KeyMetadata {
         aws_account_id: m.aws_account_id,
         key_id: m.key_id,
         arn: m.arn,
         creation_date_ms: opt_ms(&m.creation_date).unwrap_or_default(),
         enabled: m.enabled,
         description: m.description,
-        key_usage: m.key_usage,
-        key_state: m.key_state,
+        key_usage: spelled("KeyUsage", &m.key_usage)?,
+        key_state: spelled("KeyState", &m.key_state)?,
         deletion_date_ms: opt_ms(&m.deletion_date),
-        origin: m.origin,
+        origin: spelled("Origin", &m.origin)?,
         key_manager: m.key_manager,
-        key_spec: m.key_spec,
+        key_spec: spelled("KeySpec", &m.key_spec)?,
         encryption_algorithms: m.encryption_algorithms,
         signing_algorithms: m.signing_algorithms,
         mac_algorithms: m.mac_algorithms,
@@ -47,7 +57,7 @@ pub fn key_metadata(m: pb::KeyMetadata) -> KeyMetadata {
         current_key_material_id: m.current_key_material_id,
         valid_to_ms: opt_ms(&m.valid_to),
         expiration_model: opt(m.expiration_model),
-    }
+    })
 }
 
 /// An `AliasListEntry` message as the engine's type.
@@ -112,44 +122,25 @@ pub fn rotation_status(r: pb::GetKeyRotationStatusResponse) -> KeyRotationStatus
 }
 
 /// A ScheduleKeyDeletion response as the engine's type.
-pub fn scheduled_deletion(r: pb::ScheduleKeyDeletionResponse) -> ScheduleKeyDeletionResponse {
-    ScheduleKeyDeletionResponse {
+pub fn scheduled_deletion(
+    r: pb::ScheduleKeyDeletionResponse,
+) -> Result<ScheduleKeyDeletionResponse, String> {
+    Ok(ScheduleKeyDeletionResponse {
         key_id: r.key_id,
         deletion_date_ms: opt_ms(&r.deletion_date).unwrap_or_default(),
-        key_state: r.key_state,
+        key_state: spelled("KeyState", &r.key_state)?,
         pending_window_in_days: r.pending_window_in_days,
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::aws_json::kms as door;
+    use crate::core::domain::KeyState;
 
     fn sample() -> KeyMetadata {
-        KeyMetadata {
-            aws_account_id: "111122223333".into(),
-            key_id: "k".into(),
-            arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
-            creation_date_ms: 1_700_000_000_123,
-            enabled: true,
-            description: String::new(),
-            key_usage: "ENCRYPT_DECRYPT".into(),
-            key_state: "Enabled".into(),
-            deletion_date_ms: None,
-            origin: "AWS_KMS".into(),
-            key_manager: "CUSTOMER".into(),
-            key_spec: "SYMMETRIC_DEFAULT".into(),
-            encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
-            signing_algorithms: vec![],
-            mac_algorithms: vec![],
-            key_agreement_algorithms: vec![],
-            multi_region: false,
-            pending_deletion_window_in_days: None,
-            current_key_material_id: "ab".repeat(32),
-            valid_to_ms: None,
-            expiration_model: None,
-        }
+        crate::core::keys::sample_metadata()
     }
 
     #[test]
@@ -157,12 +148,12 @@ mod tests {
         let mut pending = sample();
         pending.deletion_date_ms = Some(1_700_100_000_000);
         pending.pending_deletion_window_in_days = Some(7);
-        pending.key_state = "PendingDeletion".into();
+        pending.key_state = KeyState::PendingDeletion;
         let mut imported = sample();
         imported.valid_to_ms = Some(1_800_000_000_000);
         imported.expiration_model = Some("KEY_MATERIAL_EXPIRES".into());
         for m in [sample(), pending, imported] {
-            let back = key_metadata(super::super::metadata(m.clone()));
+            let back = key_metadata(super::super::metadata(m.clone())).unwrap();
             assert_eq!(back, m);
             assert_eq!(door::metadata(&back), door::metadata(&m));
         }

@@ -9,13 +9,11 @@
 
 /// A gRPC service of the door generated from its table: each method and the core operation
 /// it serves (`Door::call` reads, runs and converts), and `$table`, the core operations by AWS
-/// name (a test checks every core operation is in some table). Methods not yet in the table
-/// are written out under `legacy`.
+/// name (a test checks every core operation is in some table).
 macro_rules! service_table {
     (
         impl $service:ident as $table:ident, signed as $signing:literal;
         operations { $($method:ident($req:ident) -> $resp:ident = $op:ty;)* }
-        legacy { $($legacy:tt)* }
     ) => {
         #[tonic::async_trait]
         impl $service for $crate::api::grpc::Door {
@@ -27,7 +25,6 @@ macro_rules! service_table {
                     self.call::<$op, _, _>($signing, request).await
                 }
             )*
-            $($legacy)*
         }
 
         /// The core operations this service serves, by AWS name.
@@ -40,7 +37,6 @@ pub mod admin;
 pub mod capture;
 pub mod decode;
 pub mod kms;
-pub mod params;
 pub mod status;
 pub mod sts;
 pub mod view;
@@ -93,29 +89,6 @@ impl Door {
             auth,
             gate,
         }
-    }
-
-    /// Serves one request the old way: audit parameters from the message.
-    async fn serve<T, R, F, Fut>(
-        &self,
-        op: &'static str,
-        service: &'static str,
-        request: Request<T>,
-        f: F,
-    ) -> Result<Response<R>, Status>
-    where
-        T: params::AuditParams + prost::Message,
-        F: FnOnce(Arc<Kms>, Caller, T) -> Fut,
-        Fut: Future<Output = Result<R, KmsError>>,
-        R: params::AuditResponse,
-    {
-        let read = |msg: T| Read {
-            params: msg.audit_params(),
-            checked: view::check(op, &msg),
-            input: msg,
-        };
-        self.serve_with(op, service, request, read, f, |r: &R| r.audit_response())
-            .await
     }
 
     /// Serves one core operation: reads the message into its request (after the AWS model's
@@ -315,15 +288,15 @@ fn metadata(m: KeyMetadata) -> pb::KeyMetadata {
         creation_date: Some(ts(m.creation_date_ms)),
         enabled: m.enabled,
         description: m.description,
-        key_usage: m.key_usage,
-        key_state: m.key_state,
+        key_usage: m.key_usage.as_str().to_string(),
+        key_state: m.key_state.as_str().to_string(),
         deletion_date: m.deletion_date_ms.map(ts),
         valid_to: m.valid_to_ms.map(ts),
         expiration_model: m.expiration_model.unwrap_or_default(),
-        origin: m.origin,
+        origin: m.origin.as_str().to_string(),
         key_manager: m.key_manager,
-        customer_master_key_spec: m.key_spec.clone(),
-        key_spec: m.key_spec,
+        customer_master_key_spec: m.key_spec.as_str().to_string(),
+        key_spec: m.key_spec.as_str().to_string(),
         encryption_algorithms: m.encryption_algorithms,
         signing_algorithms: m.signing_algorithms,
         mac_algorithms: m.mac_algorithms,

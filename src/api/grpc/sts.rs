@@ -15,7 +15,6 @@ operations {
     assume_role(AssumeRoleRequest) -> AssumeRoleResponse = AssumeRoleRequest;
     get_caller_identity(GetCallerIdentityRequest) -> GetCallerIdentityResponse = GetCallerIdentityRequest;
 }
-legacy {}
 }
 
 impl FromMessage<pb::AssumeRoleRequest> for AssumeRoleRequest {

@@ -1,0 +1,199 @@
+//! The typed domain of keys: key spec, key usage, origin and key state, parsed once at the
+//! edge (the doors read the wire strings into these) and spelled the AWS way again by
+//! `as_str()` (the store keeps that spelling, so its rows are unchanged).
+//!
+//! Each enum lists every value of the AWS service model, including values this build does not
+//! create (`ML_KEM_512`, `ENCAPSULATE_DECAPSULATE`, `AWS_CLOUDHSM`...): the model check admits
+//! them, and the engine refuses them with the same messages as before the values were typed.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Declares a wire enum: its variants with their AWS spelling, `as_str`, `parse`, `ALL`,
+/// `Display` and `FromStr` (an unknown spelling is `UnknownValue`).
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in the AWS model's order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The AWS spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)*
+                }
+            }
+
+            /// Parses the AWS spelling; `None` for anything else.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($wire => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<$name, UnknownValue> {
+                $name::parse(s).ok_or(UnknownValue {
+                    what: stringify!($name),
+                })
+            }
+        }
+    };
+}
+
+/// A spelling that is not a value of the enum (the value itself is not kept: it is the
+/// caller's input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownValue {
+    /// The enum's name (`KeySpec`).
+    pub what: &'static str,
+}
+
+impl fmt::Display for UnknownValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a valid {} value", self.what)
+    }
+}
+
+impl std::error::Error for UnknownValue {}
+
+wire_enum!(
+    /// A key's KeySpec (also read from the deprecated CustomerMasterKeySpec).
+    KeySpec {
+        Rsa2048 = "RSA_2048",
+        Rsa3072 = "RSA_3072",
+        Rsa4096 = "RSA_4096",
+        EccNistP256 = "ECC_NIST_P256",
+        EccNistP384 = "ECC_NIST_P384",
+        EccNistP521 = "ECC_NIST_P521",
+        EccSecgP256k1 = "ECC_SECG_P256K1",
+        /// AES-256-GCM, the default.
+        SymmetricDefault = "SYMMETRIC_DEFAULT",
+        Hmac224 = "HMAC_224",
+        Hmac256 = "HMAC_256",
+        Hmac384 = "HMAC_384",
+        Hmac512 = "HMAC_512",
+        Sm2 = "SM2",
+        MlDsa44 = "ML_DSA_44",
+        MlDsa65 = "ML_DSA_65",
+        MlDsa87 = "ML_DSA_87",
+        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
+        MlKem512 = "ML_KEM_512",
+        MlKem768 = "ML_KEM_768",
+        MlKem1024 = "ML_KEM_1024",
+    }
+);
+
+impl KeySpec {
+    /// An HMAC key spec (`HMAC_224` ... `HMAC_512`).
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512
+        )
+    }
+}
+
+wire_enum!(
+    /// A key's KeyUsage.
+    KeyUsage {
+        SignVerify = "SIGN_VERIFY",
+        /// Symmetric keys, RSA encryption keys; the default.
+        EncryptDecrypt = "ENCRYPT_DECRYPT",
+        GenerateVerifyMac = "GENERATE_VERIFY_MAC",
+        KeyAgreement = "KEY_AGREEMENT",
+        EncapsulateDecapsulate = "ENCAPSULATE_DECAPSULATE",
+    }
+);
+
+wire_enum!(
+    /// Where a key's material comes from.
+    Origin {
+        /// Generated inside the HSM; the default.
+        AwsKms = "AWS_KMS",
+        /// Imported by the caller (BYOK).
+        External = "EXTERNAL",
+        AwsCloudhsm = "AWS_CLOUDHSM",
+        ExternalKeyStore = "EXTERNAL_KEY_STORE",
+    }
+);
+
+/// A key's state. The store's enum is the one type (rows keep its AWS spelling); it is named
+/// here with the other key enums.
+pub use crate::store::KeyState;
+
+impl FromStr for KeyState {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<KeyState, UnknownValue> {
+        KeyState::parse(s).ok_or(UnknownValue { what: "KeyState" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip_and_unknowns_are_refused() {
+        for s in KeySpec::ALL {
+            assert_eq!(s.as_str().parse::<KeySpec>(), Ok(*s));
+        }
+        for u in KeyUsage::ALL {
+            assert_eq!(KeyUsage::parse(u.as_str()), Some(*u));
+        }
+        for o in Origin::ALL {
+            assert_eq!(o.to_string().parse::<Origin>(), Ok(*o));
+        }
+        assert_eq!(KeySpec::ALL.len(), 20);
+        assert_eq!("Enabled".parse::<KeyState>(), Ok(KeyState::Enabled));
+        assert_eq!(
+            "symmetric_default".parse::<KeySpec>(),
+            Err(UnknownValue { what: "KeySpec" })
+        );
+        assert!("".parse::<KeyUsage>().is_err());
+        assert!("Gone".parse::<KeyState>().is_err());
+        assert!(KeySpec::Hmac384.is_hmac() && !KeySpec::SymmetricDefault.is_hmac());
+    }
+
+    /// The enums hold exactly the AWS model's values (the model check admits no others).
+    #[test]
+    fn the_enums_are_the_models_enums() {
+        let model: serde_json::Value =
+            serde_json::from_str(crate::api::aws_json::model::CONSTRAINTS_JSON).unwrap();
+        let values = |shape: &str| -> Vec<String> {
+            model["shapes"][shape]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{shape} has no enum"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let spelled = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let specs: Vec<&str> = KeySpec::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(values("KeySpec"), spelled(&specs));
+        let usages: Vec<&str> = KeyUsage::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(values("KeyUsageType"), spelled(&usages));
+        let origins: Vec<&str> = Origin::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(values("OriginType"), spelled(&origins));
+        for s in values("CustomerMasterKeySpec") {
+            assert!(KeySpec::parse(&s).is_some(), "{s}");
+        }
+    }
+}
