@@ -252,26 +252,9 @@ impl AwsJsonDoor {
                 info.request_id.clone(),
             ),
             Route::Kms(op) => {
-                let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-                    serde_json::Value::Object(Default::default())
-                } else {
-                    match serde_json::from_slice(&bytes) {
-                        Ok(v @ serde_json::Value::Object(_)) => v,
-                        Ok(_) => {
-                            let e =
-                                WireError::serialization("The request body must be a JSON object.");
-                            return self.refuse_authenticated(&info, &e, akid).await;
-                        }
-                        Err(err) => {
-                            // Where, never what: serde's text can quote the body.
-                            let e = WireError::serialization(format!(
-                                "The request body is not valid JSON (line {}, column {}).",
-                                err.line(),
-                                err.column()
-                            ));
-                            return self.refuse_authenticated(&info, &e, akid).await;
-                        }
-                    }
+                let value = match decode_kms_body(&bytes) {
+                    Ok(v) => v,
+                    Err(e) => return self.refuse_authenticated(&info, &e, akid).await,
                 };
                 // Wrong-typed members are not logged: their value may be anything.
                 let mistyped = model::mistyped_members(op.name, &value);
@@ -355,9 +338,30 @@ impl AwsJsonDoor {
     }
 }
 
+/// Decodes a KMS request body as the door does before the model check: empty (or blank) is
+/// `{}`, anything else must be one JSON object. Public so that the fuzz targets feed it the
+/// same bytes the door sees.
+pub fn decode_kms_body(bytes: &[u8]) -> Result<serde_json::Value, WireError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(WireError::serialization(
+            "The request body must be a JSON object.",
+        )),
+        // Where, never what: serde's text can quote the body.
+        Err(err) => Err(WireError::serialization(format!(
+            "The request body is not valid JSON (line {}, column {}).",
+            err.line(),
+            err.column()
+        ))),
+    }
+}
+
 /// The model check of a KMS body ([`model`]): types, constraints, then members the door
-/// does not read.
-fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
+/// does not read. Public for the fuzz targets.
+pub fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), WireError> {
     match model::check(operation, body) {
         Err(model::Refusal::Serialization(m)) => return Err(WireError::serialization(m)),
         Err(model::Refusal::Kms(e)) => return Err(WireError::from_kms(&e)),

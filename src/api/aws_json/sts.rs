@@ -65,6 +65,29 @@ fn response_metadata(request_id: &str) -> String {
     )
 }
 
+/// The AssumeRole input of a Query form (the last value of a repeated field wins; tags in
+/// member order). Public for the fuzz targets.
+pub fn assume_role_request(form: &[(String, String)]) -> Result<AssumeRoleRequest, KmsError> {
+    let duration_seconds =
+        match field(form, "DurationSeconds") {
+            None | Some("") => None,
+            Some(d) => Some(d.parse::<i32>().map_err(|_| {
+                KmsError::validation("durationSeconds", "Member must be an integer")
+            })?),
+        };
+    Ok(AssumeRoleRequest {
+        role_arn: field(form, "RoleArn").unwrap_or_default().to_string(),
+        role_session_name: field(form, "RoleSessionName")
+            .unwrap_or_default()
+            .to_string(),
+        duration_seconds,
+        policy: field(form, "Policy")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+        tags: tags(form),
+    })
+}
+
 /// Builds the engine call of an STS action; the reply body is the XML document (as a JSON
 /// string) and its audit elements.
 pub fn prepare(
@@ -77,27 +100,8 @@ pub fn prepare(
     Box::pin(async move {
         match action {
             "AssumeRole" => {
-                let duration_seconds = match field(&form, "DurationSeconds") {
-                    None | Some("") => None,
-                    Some(d) => Some(d.parse::<i32>().map_err(|_| {
-                        KmsError::validation("durationSeconds", "Member must be an integer")
-                    })?),
-                };
                 let out = kms
-                    .assume_role(
-                        &caller,
-                        AssumeRoleRequest {
-                            role_arn: field(&form, "RoleArn").unwrap_or_default().to_string(),
-                            role_session_name: field(&form, "RoleSessionName")
-                                .unwrap_or_default()
-                                .to_string(),
-                            duration_seconds,
-                            policy: field(&form, "Policy")
-                                .filter(|p| !p.is_empty())
-                                .map(str::to_string),
-                            tags: tags(&form),
-                        },
-                    )
+                    .assume_role(&caller, assume_role_request(&form)?)
                     .await?;
                 let xml = format!(
                     "<AssumeRoleResponse xmlns=\"{STS_XMLNS}\">\n  <AssumeRoleResult>\n    <AssumedRoleUser>\n      <AssumedRoleId>{}</AssumedRoleId>\n      <Arn>{}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <AccessKeyId>{}</AccessKeyId>\n      <SecretAccessKey>{}</SecretAccessKey>\n      <SessionToken>{}</SessionToken>\n      <Expiration>{}</Expiration>\n    </Credentials>\n  </AssumeRoleResult>\n{}</AssumeRoleResponse>\n",
