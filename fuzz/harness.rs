@@ -96,31 +96,34 @@ const ALLOW_ALL: &str =
 /// The fixed request the policies are evaluated against: a user of the key's account, with
 /// condition keys of every type (string, multi-valued, IP, date, number, bool, ARN).
 fn request(action: &str) -> RequestContext {
-    let user = "arn:aws:iam::111122223333:user/Alice";
-    let mut req = RequestContext::new(user, ACCOUNT, action, KEY_ARN);
-    req.set("aws:PrincipalArn", user);
-    req.set("aws:PrincipalAccount", ACCOUNT);
-    req.set("aws:username", "Alice");
-    req.set("aws:userid", "AIDAEXAMPLE");
-    req.set("aws:PrincipalType", "User");
-    req.set("aws:PrincipalTag/Project", "Alpha");
-    req.set("aws:ResourceTag/Project", "Alpha");
-    req.set("aws:SourceIp", "10.1.2.3");
-    req.set("aws:SecureTransport", "true");
-    req.set("aws:ViaAWSService", "false");
-    req.set("aws:CurrentTime", "2025-06-01T12:00:00Z");
-    req.set("aws:EpochTime", "1748779200");
-    req.set("kms:CallerAccount", ACCOUNT);
-    req.set("kms:EncryptionAlgorithm", "SYMMETRIC_DEFAULT");
-    req.set("kms:EncryptionContext:App", "app3-x");
-    req.set("kms:EncryptionContext:Stage", "prod");
-    req.set_multi(
-        "kms:EncryptionContextKeys",
-        vec!["App".into(), "Stage".into()],
-    );
-    req.set("kms:KeySpec", "SYMMETRIC_DEFAULT");
-    req.set("kms:RequestAlias", "alias/app");
-    req.set("kms:ValidTo", "1748779200");
+    const USER: &str = "arn:aws:iam::111122223333:user/Alice";
+    const KEYS: &[(&str, &str)] = &[
+        ("aws:PrincipalArn", USER),
+        ("aws:PrincipalAccount", ACCOUNT),
+        ("kms:CallerAccount", ACCOUNT),
+        ("aws:username", "Alice"),
+        ("aws:userid", "AIDAEXAMPLE"),
+        ("aws:PrincipalType", "User"),
+        ("aws:PrincipalTag/Project", "Alpha"),
+        ("aws:ResourceTag/Project", "Alpha"),
+        ("aws:SourceIp", "10.1.2.3"),
+        ("aws:SecureTransport", "true"),
+        ("aws:ViaAWSService", "false"),
+        ("aws:CurrentTime", "2025-06-01T12:00:00Z"),
+        ("aws:EpochTime", "1748779200"),
+        ("kms:EncryptionAlgorithm", "SYMMETRIC_DEFAULT"),
+        ("kms:EncryptionContext:App", "app3-x"),
+        ("kms:EncryptionContext:Stage", "prod"),
+        ("kms:KeySpec", "SYMMETRIC_DEFAULT"),
+        ("kms:RequestAlias", "alias/app"),
+        ("kms:ValidTo", "1748779200"),
+    ];
+    let mut req = RequestContext::new(USER, ACCOUNT, action, KEY_ARN);
+    for (key, value) in KEYS {
+        req.set(key, *value);
+    }
+    let ec_keys = vec!["App".to_string(), "Stage".to_string()];
+    req.set_multi("kms:EncryptionContextKeys", ec_keys);
     req
 }
 
@@ -380,17 +383,11 @@ fn resign_and_verify(req: &SignableRequest<'_>, date: Option<&str>, now: Option<
 /// the AssumeRole input and its session policy.
 pub fn sts_query(data: &[u8]) -> String {
     let form: Vec<(String, String)> = form_urlencoded::parse(data).into_owned().collect();
-    let action = form
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "Action")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    let Some(action) = sts::ACTIONS.iter().find(|a| **a == action) else {
+    let Some(action) = sts::action(&form).1 else {
         return "rejected: InvalidAction".into();
     };
     let _ = params::sts_parameters(action, &form);
-    if *action != "AssumeRole" {
+    if action != "AssumeRole" {
         return format!("{action}: accepted");
     }
     let req = match sts::assume_role_request(&form) {

@@ -172,24 +172,16 @@ impl AwsJsonDoor {
         };
         let (service, sts_action) = match route {
             Route::Kms(op) => (op.service, None),
-            Route::Sts => {
-                let action = form
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| k == "Action")
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("");
-                match sts::ACTIONS.iter().find(|a| **a == action) {
-                    Some(a) => {
-                        info.operation = a;
-                        (sts::SERVICE, Some(*a))
-                    }
-                    None => {
-                        let e = WireError::sts_invalid_action(action);
-                        return self.refuse(&info, &e, true).await;
-                    }
+            Route::Sts => match sts::action(&form) {
+                (_, Some(a)) => {
+                    info.operation = a;
+                    (sts::SERVICE, Some(a))
                 }
-            }
+                (action, None) => {
+                    let e = WireError::sts_invalid_action(action);
+                    return self.refuse(&info, &e, true).await;
+                }
+            },
         };
         if let Some(action) = sts_action {
             info.params = params::sts_parameters(action, &form);

@@ -24,6 +24,13 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The `Action` of a Query form (the last one, if repeated; empty when absent), and the
+/// served action it names, if any.
+pub fn action(form: &[(String, String)]) -> (&str, Option<&'static str>) {
+    let action = field(form, "Action").unwrap_or("");
+    (action, ACTIONS.iter().copied().find(|a| *a == action))
+}
+
 /// `Tags.member.N.Key` / `Tags.member.N.Value`, in N order.
 fn tags(form: &[(String, String)]) -> Vec<(String, String)> {
     let mut out: Vec<(usize, String, String)> = Vec::new();
