@@ -106,6 +106,11 @@ where
     Ok(Prepared { params, call })
 }
 
+/// The audit parameters of a request body read as the core request `O`.
+fn parameters<O: operation::Operation + FromJson>(body: Value) -> Result<Value, serde_json::Error> {
+    O::from_json(body).map(|r| r.request_parameters())
+}
+
 /// The engine call of a parsed request.
 pub type Call = Pin<Box<dyn Future<Output = Result<Reply, KmsError>> + Send>>;
 
@@ -130,6 +135,9 @@ pub struct Operation {
     pub service: &'static str,
     /// Parses the input and builds the engine call.
     pub prepare: Prepare,
+    /// Reads the input into the core request without running it, and answers its audit
+    /// parameters (for the fuzz targets and tests).
+    pub parameters: fn(Value) -> Result<Value, serde_json::Error>,
 }
 
 const KMS: &str = "kms";
@@ -195,6 +203,7 @@ where
         name: O::NAME,
         service: KMS,
         prepare: run::<O>,
+        parameters: parameters::<O>,
     }
 }
 

@@ -355,17 +355,10 @@ fn route(parts: &Parts) -> Result<Route, WireError> {
 
 /// The STS action a form names (the last `Action`, if repeated).
 fn sts_action(form: &[(String, String)]) -> Result<&'static str, WireError> {
-    let action = form
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "Action")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    sts::ACTIONS
-        .iter()
-        .find(|a| **a == action)
-        .copied()
-        .ok_or_else(|| WireError::sts_invalid_action(action))
+    match sts::action(form) {
+        (_, Some(action)) => Ok(action),
+        (action, None) => Err(WireError::sts_invalid_action(action)),
+    }
 }
 
 /// Decodes a KMS request body as the door does before the model check: empty (or blank) is

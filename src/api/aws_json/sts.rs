@@ -29,6 +29,13 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The `Action` of a Query form (the last one, if repeated; empty when absent), and the
+/// served action it names, if any.
+pub fn action(form: &[(String, String)]) -> (&str, Option<&'static str>) {
+    let action = field(form, "Action").unwrap_or("");
+    (action, ACTIONS.iter().copied().find(|a| *a == action))
+}
+
 /// `Tags.member.N.Key` / `Tags.member.N.Value`, in N order.
 fn tags(form: &[(String, String)]) -> Vec<(String, String)> {
     let mut out: Vec<(usize, String, String)> = Vec::new();
@@ -92,7 +99,7 @@ struct Action {
 }
 
 /// The table entry of a core operation.
-const fn action<O>() -> Action
+const fn entry_of<O>() -> Action
 where
     O: Operation + FromForm,
     O::Response: ToXml,
@@ -106,8 +113,8 @@ where
 
 /// The door's STS table: each action and its core operation.
 const TABLE: &[Action] = &[
-    action::<AssumeRoleRequest>(),
-    action::<GetCallerIdentityRequest>(),
+    entry_of::<AssumeRoleRequest>(),
+    entry_of::<GetCallerIdentityRequest>(),
 ];
 
 /// The table entry of an action (one of [`ACTIONS`]; anything else reads as
@@ -147,6 +154,12 @@ fn parameters<O: Operation + FromForm>(form: &[(String, String)]) -> Value {
 /// The audit parameters of an STS action's form.
 pub fn request_parameters(action: &str, form: &[(String, String)]) -> Value {
     (entry(action).parameters)(form)
+}
+
+/// The AssumeRole input of a Query form (the last value of a repeated field wins; tags in
+/// member order). Public for the fuzz targets.
+pub fn assume_role_request(form: &[(String, String)]) -> Result<AssumeRoleRequest, KmsError> {
+    AssumeRoleRequest::from_form(form)
 }
 
 /// Builds the engine call of an STS action (one of [`ACTIONS`]).

@@ -57,6 +57,16 @@ pub(super) fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The highest sequence number the verifier accepts. The writer counts from 1 and never
+/// comes near it; a line claiming 0 or more is not a record, so that the chain arithmetic
+/// (`seq - 1`, `seq + 1`) cannot overflow (found by the `audit_verify` fuzz target).
+const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
+/// `seq` if it is a sequence number a record can have.
+fn valid_sequence(seq: u64) -> Option<u64> {
+    (1..=MAX_SEQUENCE).contains(&seq).then_some(seq)
+}
+
 /// The number after `"sequence":` in a line that does not parse.
 pub(super) fn sniff_sequence(line: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"sequence\":";
@@ -66,7 +76,7 @@ pub(super) fn sniff_sequence(line: &[u8]) -> Option<u64> {
         .copied()
         .take_while(u8::is_ascii_digit)
         .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    valid_sequence(std::str::from_utf8(&digits).ok()?.parse().ok()?)
 }
 
 /// Parse one newline-terminated line. `Err` carries a reason (the line is not a record).
@@ -93,6 +103,7 @@ pub(super) fn parse_line(file: usize, line_no: usize, line: &[u8]) -> Result<Rec
         .get("sequence")
         .and_then(Value::as_u64)
         .ok_or("not an audit record (no sequence number)")?;
+    let seq = valid_sequence(seq).ok_or("not an audit record (sequence number out of range)")?;
     let rtype = match v.get("recordType").and_then(Value::as_str) {
         Some(RECORD_EVENT) => Some(RecType::Event),
         Some(RECORD_CHECKPOINT) => Some(RecType::Checkpoint),
