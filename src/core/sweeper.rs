@@ -6,7 +6,6 @@
 //! ([`Kms::reconcile_creates`]), all on the engine's clock, at start-up and then periodically.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -145,16 +144,4 @@ impl Kms {
             _ => Ok(()),
         }
     }
-}
-
-/// Runs [`Kms::sweep_once`] every `interval` until the task is aborted.
-pub fn spawn_sweeper(kms: Arc<Kms>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            kms.sweep_once().await;
-        }
-    })
 }

@@ -10,8 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -246,22 +245,6 @@ impl Kms {
             key_creation_date_ms: created,
         })
     }
-}
-
-/// Runs [`Kms::flush_key_usage`] every `interval` until the task is aborted (the server
-/// flushes once more at shutdown).
-pub fn spawn_usage_flusher(kms: Arc<Kms>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = kms.flush_key_usage().await {
-                tracing::error!(error = %e, "could not store key last usage; will retry");
-            }
-        }
-    })
 }
 
 #[cfg(test)]
