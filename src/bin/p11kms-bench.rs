@@ -608,7 +608,23 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         dir,
     };
 
-    // The token: PINs reach the script through its environment only.
+    init_token(cli, &world)?;
+
+    p11kms::devsetup::ensure_ca_and_server(&world.pki).map_err(|e| e.to_string())?;
+    p11kms::devsetup::issue_client_cert(&world.pki, ADMIN_CERT, None).map_err(|e| e.to_string())?;
+
+    let id = &cli.identity_dir;
+    let accounts = identity_accounts(id)?;
+    let creds = private_credentials(id, &world)?;
+    let text = config_text(cli, &world, &accounts, &creds);
+    std::fs::create_dir_all(world.dir.join("data")).map_err(|e| e.to_string())?;
+    std::fs::write(&world.config, text).map_err(|e| e.to_string())?;
+    Ok(world)
+}
+
+/// Creates the bench's SoftHSM2 token with `init-token.sh`; PINs reach the script through its
+/// environment only.
+fn init_token(cli: &Cli, world: &World) -> Result<(), String> {
     let so_pin = Zeroizing::new(random_secret());
     let out = Command::new("bash")
         .arg(&cli.init_token_script)
@@ -625,10 +641,12 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         ));
     }
 
-    p11kms::devsetup::ensure_ca_and_server(&world.pki).map_err(|e| e.to_string())?;
-    p11kms::devsetup::issue_client_cert(&world.pki, ADMIN_CERT, None).map_err(|e| e.to_string())?;
+    Ok(())
+}
 
-    let id = &cli.identity_dir;
+/// The account ids (`<12 digits>.json` files) of the identity directory, sorted; the
+/// directory must hold a `credentials.json`.
+fn identity_accounts(id: &Path) -> Result<Vec<String>, String> {
     if !id.join("credentials.json").exists() {
         return Err(format!("{}: no credentials.json", id.display()));
     }
@@ -643,6 +661,11 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         }
     }
     accounts.sort();
+    Ok(accounts)
+}
+
+/// A private (0600) copy of the identity directory's `credentials.json` in the work dir.
+fn private_credentials(id: &Path, world: &World) -> Result<PathBuf, String> {
     // The daemon refuses a credentials file others may read: use a private copy.
     let creds = world.dir.join("credentials.json");
     std::fs::copy(id.join("credentials.json"), &creds).map_err(|e| e.to_string())?;
@@ -651,6 +674,13 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| e.to_string())?;
     }
+    Ok(creds)
+}
+
+/// The daemon's config file: server, HSM, store, log, identity, metrics, audit and one
+/// `[[identity.account]]` per account.
+fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> String {
+    let id = &cli.identity_dir;
     let q = |p: &Path| toml_str(&p.display().to_string());
     let mut text = format!(
         "[server]\nlisten = \"{addr}\"\ntls_cert = {cert}\ntls_key = {key}\nclient_ca = {ca}\n\n\
@@ -673,7 +703,7 @@ fn build_world(cli: &Cli) -> Result<World, String> {
             },
         data = q(&world.dir.join("data")),
         level = toml_str(&cli.daemon_log_level),
-        creds = q(&creds),
+        creds = q(creds),
     );
     text.push_str(&format!(
         "\n[metrics]\nlisten = \"{}\"\n",
@@ -682,15 +712,13 @@ fn build_world(cli: &Cli) -> Result<World, String> {
     if let Some(d) = &cli.audit_durability {
         text.push_str(&format!("\n[audit]\ndurability = {}\n", toml_str(d)));
     }
-    for a in &accounts {
+    for a in accounts {
         text.push_str(&format!(
             "\n[[identity.account]]\naccount_id = \"{a}\"\nauthorization_details = {}\n",
             q(&id.join(format!("{a}.json")))
         ));
     }
-    std::fs::create_dir_all(world.dir.join("data")).map_err(|e| e.to_string())?;
-    std::fs::write(&world.config, text).map_err(|e| e.to_string())?;
-    Ok(world)
+    text
 }
 
 fn toml_str(s: &str) -> String {
