@@ -1671,6 +1671,159 @@ fn emit(v: &Value) {
     let _ = out.flush();
 }
 
+/// The keys the daemon lists (at most 1,000 pages of 1,000).
+fn count_keys(bench: &Bench<'_>) -> Result<usize, String> {
+    let conn = bench.conn.clone();
+    bench.rt.block_on(async move {
+        let mut c = conn.client(0);
+        let mut n = 0usize;
+        let mut marker = String::new();
+        // Bounded: at most 1,000 pages of 1,000.
+        for _ in 0..1_000 {
+            let r = c
+                .list_keys(conn.req(
+                    pb::ListKeysRequest {
+                        limit: Some(1000),
+                        marker: marker.clone(),
+                    },
+                    "ListKeys",
+                ))
+                .await
+                .map_err(|s| format!("ListKeys: {}", reason(&s)))?
+                .into_inner();
+            n += r.keys.len();
+            if !r.truncated || r.next_marker.is_empty() {
+                break;
+            }
+            marker = r.next_marker;
+        }
+        Ok(n)
+    })
+}
+
+/// The startup suite: restart time with the keys there are, seeding `--startup-keys` keys,
+/// restart time again, then encrypt with that many keys on the token. True on any error.
+fn startup_suite(
+    bench: &mut Bench<'_>,
+    w: &World,
+    d: &mut Daemon,
+    target: &Target,
+    key_id: &str,
+) -> Result<bool, String> {
+    let cli = bench.cli;
+    let rt = bench.rt;
+    let mut any_errors = false;
+    // Before seeding: a restart with the keys there are now.
+    let restart = |d: &mut Daemon, label: &str, keys: usize| -> Result<Value, String> {
+        d.stop();
+        let t0 = Instant::now();
+        *d = Daemon::spawn(w)?;
+        let (port, ready) = wait_ready(rt, d, w.addr, target, Some(key_id), t0)?;
+        Ok(startup_json(label, keys, port, ready, d.pid, "DescribeKey"))
+    };
+    let have = count_keys(bench)?;
+    emit(&restart(d, "startup", have)?);
+    bench.server_pid = Some(d.pid);
+    bench.conn = rt.block_on(Conn::open(target, cli.channels))?;
+
+    let (made, errors, took) = seed_keys(
+        rt,
+        &bench.conn,
+        have,
+        cli.startup_keys,
+        cli.seed_concurrency,
+        Duration::from_secs(cli.seed_timeout),
+    );
+    let seeded_mem = proc_mem(d.pid);
+    let n_err: u64 = errors.values().sum();
+    if n_err > 0 {
+        any_errors = true;
+        eprintln!("WARNING: seeding keys had {n_err} errors: {errors:?}");
+    }
+    emit(&json!({
+        "case": "create-key-seed",
+        "keys_created": made,
+        "concurrency": cli.seed_concurrency,
+        "duration_s": round3(took.as_secs_f64()),
+        "ops_per_sec": round1(made as f64 / took.as_secs_f64().max(1e-9)),
+        "error_count": n_err,
+        "errors": errors,
+        "server_rss_kb_after": seeded_mem.map(|m| m.0),
+        "server_vmhwm_kb_after": seeded_mem.map(|m| m.1),
+        "bound": "hsm",
+    }));
+    let total = count_keys(bench)?;
+    emit(&restart(d, "startup", total)?);
+    bench.server_pid = Some(d.pid);
+    bench.conn = rt.block_on(Conn::open(target, cli.channels))?;
+    // Encrypt with that many key objects on the token.
+    bench.token_keys_note = Some(total);
+    let v = bench.case(Op::Encrypt, "encrypt-with-many-keys")?;
+    emit(&v);
+    Ok(any_errors || v["error_count"].as_u64().unwrap_or(0) > 0)
+}
+
+/// Where the crypto and startup suites send requests: the bench's own daemon (with its work
+/// dir) or the existing `--endpoint`, and the HSM the raw baseline opens, if any.
+struct Setup {
+    world: Option<World>,
+    daemon: Option<Daemon>,
+    target: Target,
+    server_pid: Option<u32>,
+    raw_cfg: Option<(PathBuf, String, Pin)>,
+}
+
+/// Builds the work dir and starts the bench's own daemon (waiting until it answers), or
+/// connects to `--endpoint`.
+fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String> {
+    match &cli.endpoint {
+        Some(ep) => {
+            let target = Target::existing(cli, ep)?;
+            let mut raw_cfg = None;
+            if let (Some(m), Some(l)) = (&cli.hsm_module, &cli.token_label) {
+                if let Some(conf) = &cli.softhsm2_conf {
+                    std::env::set_var("SOFTHSM2_CONF", conf);
+                }
+                let pin = std::env::var(&cli.pin_env)
+                    .map_err(|_| format!("raw baseline needs the PIN in ${}", cli.pin_env))?;
+                raw_cfg = Some((m.clone(), l.clone(), Pin::new(pin)));
+            } else if !cli.no_raw {
+                eprintln!("p11kms-bench: no --hsm-module/--token-label: raw baseline skipped");
+            }
+            Ok(Setup {
+                world: None,
+                daemon: None,
+                target,
+                server_pid: cli.server_pid,
+                raw_cfg,
+            })
+        }
+        None => {
+            let w = build_world(cli)?;
+            // Before this process loads SoftHSM2 for the raw loop.
+            std::env::set_var("SOFTHSM2_CONF", &w.softhsm_conf);
+            let t0 = Instant::now();
+            let mut d = Daemon::spawn(&w)?;
+            let t = Target::own(&w, cli)?;
+            let (port, ready) = wait_ready(rt, &mut d, w.addr, &t, None, t0)?;
+            eprintln!(
+                "p11kms-bench: daemon pid {} on {} (port after {:.0} ms, ready after {:.0} ms)",
+                d.pid,
+                w.addr,
+                port.as_secs_f64() * 1e3,
+                ready.as_secs_f64() * 1e3
+            );
+            Ok(Setup {
+                server_pid: Some(d.pid),
+                raw_cfg: Some((w.module.clone(), TOKEN_LABEL.to_string(), w.pin.clone())),
+                daemon: Some(d),
+                target: t,
+                world: Some(w),
+            })
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<bool, String> {
     let tck = clk_tck();
     let cores = std::thread::available_parallelism()
@@ -1695,48 +1848,12 @@ fn run(cli: Cli) -> Result<bool, String> {
     }
 
     // ---- the daemon
-    let world;
-    let mut daemon = None;
-    let target;
-    let mut server_pid = cli.server_pid;
-    let mut raw_cfg: Option<(PathBuf, String, Pin)> = None;
-    match &cli.endpoint {
-        Some(ep) => {
-            world = None;
-            target = Target::existing(&cli, ep)?;
-            if let (Some(m), Some(l)) = (&cli.hsm_module, &cli.token_label) {
-                if let Some(conf) = &cli.softhsm2_conf {
-                    std::env::set_var("SOFTHSM2_CONF", conf);
-                }
-                let pin = std::env::var(&cli.pin_env)
-                    .map_err(|_| format!("raw baseline needs the PIN in ${}", cli.pin_env))?;
-                raw_cfg = Some((m.clone(), l.clone(), Pin::new(pin)));
-            } else if !cli.no_raw {
-                eprintln!("p11kms-bench: no --hsm-module/--token-label: raw baseline skipped");
-            }
-        }
-        None => {
-            let w = build_world(&cli)?;
-            // Before this process loads SoftHSM2 for the raw loop.
-            std::env::set_var("SOFTHSM2_CONF", &w.softhsm_conf);
-            let t0 = Instant::now();
-            let mut d = Daemon::spawn(&w)?;
-            let t = Target::own(&w, &cli)?;
-            let (port, ready) = wait_ready(&rt, &mut d, w.addr, &t, None, t0)?;
-            eprintln!(
-                "p11kms-bench: daemon pid {} on {} (port after {:.0} ms, ready after {:.0} ms)",
-                d.pid,
-                w.addr,
-                port.as_secs_f64() * 1e3,
-                ready.as_secs_f64() * 1e3
-            );
-            server_pid = Some(d.pid);
-            raw_cfg = Some((w.module.clone(), TOKEN_LABEL.to_string(), w.pin.clone()));
-            daemon = Some(d);
-            target = t;
-            world = Some(w);
-        }
-    }
+    let setup = start_target(&cli, &rt)?;
+    let world = setup.world;
+    let mut daemon = setup.daemon;
+    let target = setup.target;
+    let server_pid = setup.server_pid;
+    let raw_cfg = setup.raw_cfg;
     let raw = match (&raw_cfg, cli.no_raw) {
         (Some((m, l, pin)), false) => Some(
             RawBench::open(m, l, pin)
@@ -1785,82 +1902,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         let (Some(w), Some(d)) = (world.as_ref(), daemon.as_mut()) else {
             return Err("startup suite needs the own daemon".into());
         };
-        let count_keys = |bench: &Bench<'_>| -> Result<usize, String> {
-            let conn = bench.conn.clone();
-            bench.rt.block_on(async move {
-                let mut c = conn.client(0);
-                let mut n = 0usize;
-                let mut marker = String::new();
-                // Bounded: at most 1,000 pages of 1,000.
-                for _ in 0..1_000 {
-                    let r = c
-                        .list_keys(conn.req(
-                            pb::ListKeysRequest {
-                                limit: Some(1000),
-                                marker: marker.clone(),
-                            },
-                            "ListKeys",
-                        ))
-                        .await
-                        .map_err(|s| format!("ListKeys: {}", reason(&s)))?
-                        .into_inner();
-                    n += r.keys.len();
-                    if !r.truncated || r.next_marker.is_empty() {
-                        break;
-                    }
-                    marker = r.next_marker;
-                }
-                Ok(n)
-            })
-        };
-        // Before seeding: a restart with the keys there are now.
-        let restart = |d: &mut Daemon, label: &str, keys: usize| -> Result<Value, String> {
-            d.stop();
-            let t0 = Instant::now();
-            *d = Daemon::spawn(w)?;
-            let (port, ready) = wait_ready(&rt, d, w.addr, &target, Some(&key_id), t0)?;
-            Ok(startup_json(label, keys, port, ready, d.pid, "DescribeKey"))
-        };
-        let have = count_keys(&bench)?;
-        emit(&restart(d, "startup", have)?);
-        bench.server_pid = Some(d.pid);
-        bench.conn = rt.block_on(Conn::open(&target, cli.channels))?;
-
-        let (made, errors, took) = seed_keys(
-            &rt,
-            &bench.conn,
-            have,
-            cli.startup_keys,
-            cli.seed_concurrency,
-            Duration::from_secs(cli.seed_timeout),
-        );
-        let seeded_mem = proc_mem(d.pid);
-        let n_err: u64 = errors.values().sum();
-        if n_err > 0 {
-            any_errors = true;
-            eprintln!("WARNING: seeding keys had {n_err} errors: {errors:?}");
-        }
-        emit(&json!({
-            "case": "create-key-seed",
-            "keys_created": made,
-            "concurrency": cli.seed_concurrency,
-            "duration_s": round3(took.as_secs_f64()),
-            "ops_per_sec": round1(made as f64 / took.as_secs_f64().max(1e-9)),
-            "error_count": n_err,
-            "errors": errors,
-            "server_rss_kb_after": seeded_mem.map(|m| m.0),
-            "server_vmhwm_kb_after": seeded_mem.map(|m| m.1),
-            "bound": "hsm",
-        }));
-        let total = count_keys(&bench)?;
-        emit(&restart(d, "startup", total)?);
-        bench.server_pid = Some(d.pid);
-        bench.conn = rt.block_on(Conn::open(&target, cli.channels))?;
-        // Encrypt with that many key objects on the token.
-        bench.token_keys_note = Some(total);
-        let v = bench.case(Op::Encrypt, "encrypt-with-many-keys")?;
-        any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
-        emit(&v);
+        any_errors |= startup_suite(&mut bench, w, d, &target, &key_id)?;
     }
 
     // Order: the raw session (and its key) first, then the daemon, then the files.
