@@ -1249,22 +1249,20 @@ impl Bench<'_> {
 
     /// One case: warm-up, then raw/daemon phases alternately, then one JSON line.
     fn case(&self, op: Op, label: &str) -> Result<Value, String> {
-        let cli = self.cli;
         let fixture = Arc::new(self.fixture(op)?);
-        let total = if op == Op::CreateKey {
-            secs(cli.create_key_duration)
-        } else {
-            secs(cli.duration)
-        };
-        let phase = secs(cli.daemon_phase).max(Duration::from_millis(100));
-        let raw_dur = secs(cli.raw_phase).max(Duration::from_millis(100));
-        let aad = Self::aad();
-        let concurrency = cli.concurrency.max(1);
+        let concurrency = self.cli.concurrency.max(1);
+        self.warm_up(op, &fixture, concurrency)?;
+        let m = self.measure(op, &fixture, concurrency)?;
+        Ok(self.report(op, label, concurrency, m))
+    }
 
+    /// `--warmup` seconds of daemon requests, not measured; an error if none succeeded.
+    fn warm_up(&self, op: Op, fixture: &Arc<Fixture>, concurrency: usize) -> Result<(), String> {
+        let cli = self.cli;
         if cli.warmup > 0.0 {
             let w = self.rt.block_on(daemon_phase(
                 &self.conn,
-                &fixture,
+                fixture,
                 concurrency,
                 secs(cli.warmup),
                 None,
@@ -1277,84 +1275,94 @@ impl Bench<'_> {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The measured part of a case: daemon phases of `--daemon-phase` up to the case's
+    /// duration, raw phases before each and after the last, the server's memory sampled.
+    fn measure(
+        &self,
+        op: Op,
+        fixture: &Arc<Fixture>,
+        concurrency: usize,
+    ) -> Result<Measured, String> {
+        let cli = self.cli;
+        let total = if op == Op::CreateKey {
+            secs(cli.create_key_duration)
+        } else {
+            secs(cli.duration)
+        };
+        let phase = secs(cli.daemon_phase).max(Duration::from_millis(100));
+        let raw_dur = secs(cli.raw_phase).max(Duration::from_millis(100));
+        let aad = Self::aad();
         let sampler = self.server_pid.map(|pid| {
             let _g = self.rt.enter();
             RssSampler::start(pid)
         });
-
-        let mut raw_rates = Vec::new();
-        let mut raw_ops = 0u64;
-        let mut raw_secs = 0.0;
-        let mut raw_cpu_ticks = 0u64;
-        // Cases on an existing key also measure a session-object copy of it (what the daemon
-        // uses with hsm.session_key_copies on), in the same raw phases.
-        let mut copy_rates = Vec::new();
-        let mut do_raw = |this: &Self| -> Result<(), String> {
-            if this.raw.is_some() {
-                let (r, cpu) = this.raw_phase(RawKey::Token, op, raw_dur, &aad)?;
-                raw_rates.push(r.ops_per_sec());
-                raw_ops += r.ops;
-                raw_secs += r.elapsed.as_secs_f64();
-                raw_cpu_ticks += cpu;
-                if op.uses_key_object() {
-                    let (r, _) = this.raw_phase(RawKey::SessionCopy, op, raw_dur, &aad)?;
-                    copy_rates.push(r.ops_per_sec());
-                }
-            }
-            Ok(())
+        let mut raw = RawTally::default();
+        let mut t = PhaseTally {
+            have_server: self.server_pid.is_some(),
+            ..PhaseTally::default()
         };
-
-        let mut all = PhaseResult::default();
-        let mut server_total = 0u64;
-        let mut server_hsm = 0u64;
-        let mut have_server = self.server_pid.is_some();
-        let mut audit: Option<AuditCounters> = None;
         let mut done = Duration::ZERO;
-        let mut phases = 0u32;
         // Bounded: at most 10,000 phases.
-        while done < total && phases < 10_000 {
-            do_raw(self)?;
+        while done < total && t.phases < 10_000 {
+            self.raw_phases(&mut raw, op, raw_dur, &aad)?;
             let d = phase.min(total - done);
             let audit0 = self.metrics.and_then(audit_counters);
             let p = self.rt.block_on(daemon_phase(
                 &self.conn,
-                &fixture,
+                fixture,
                 concurrency,
                 d,
                 self.server_pid,
             ));
             if let (Some(a), Some(b)) = (audit0, self.metrics.and_then(audit_counters)) {
-                let sum = audit.get_or_insert(AuditCounters::default());
-                sum.events += b.events - a.events;
-                sum.fsyncs += b.fsyncs - a.fsyncs;
-                sum.fsync_secs += b.fsync_secs - a.fsync_secs;
+                t.add_audit(a, b);
             }
             done += d;
-            phases += 1;
-            all.ops += p.ops;
-            all.elapsed += p.elapsed;
-            if all.latencies_us.len() + p.latencies_us.len() <= MAX_SAMPLES {
-                all.latencies_us.extend_from_slice(&p.latencies_us);
-            }
-            for (k, v) in p.errors {
-                *all.errors.entry(k).or_default() += v;
-            }
-            all.client_cpu += p.client_cpu;
-            for (k, v) in &p.server_threads {
-                *all.server_threads.entry(k.clone()).or_default() += v;
-            }
-            match p.server_cpu {
-                Some((t, h)) => {
-                    server_total += t;
-                    server_hsm += h;
-                }
-                None => have_server = false,
-            }
+            t.add(p);
         }
-        do_raw(self)?;
+        self.raw_phases(&mut raw, op, raw_dur, &aad)?;
         let mem = sampler.map(|s| self.rt.block_on(s.finish()));
         let hwm = self.server_pid.and_then(proc_mem).map(|(_, h)| h);
+        Ok(Measured { t, raw, mem, hwm })
+    }
 
+    /// With a raw baseline: one raw phase on the token key and, for cases on an existing key,
+    /// one on a session-object copy of it (what the daemon uses with hsm.session_key_copies on).
+    fn raw_phases(
+        &self,
+        raw: &mut RawTally,
+        op: Op,
+        dur: Duration,
+        aad: &[u8],
+    ) -> Result<(), String> {
+        if self.raw.is_some() {
+            let (r, cpu) = self.raw_phase(RawKey::Token, op, dur, aad)?;
+            raw.rates.push(r.ops_per_sec());
+            raw.ops += r.ops;
+            raw.cpu_ticks += cpu;
+            if op.uses_key_object() {
+                let (r, _) = self.raw_phase(RawKey::SessionCopy, op, dur, aad)?;
+                raw.copy_rates.push(r.ops_per_sec());
+            }
+        }
+        Ok(())
+    }
+
+    /// The case's JSON line from what it measured (and a warning when requests failed).
+    fn report(&self, op: Op, label: &str, concurrency: usize, m: Measured) -> Value {
+        let cli = self.cli;
+        let Measured { t, raw, mem, hwm } = m;
+        let PhaseTally {
+            mut all,
+            server_total,
+            server_hsm,
+            have_server,
+            audit,
+            phases,
+        } = t;
         let mut lat = std::mem::take(&mut all.latencies_us);
         lat.sort_unstable();
         let secs_d = all.elapsed.as_secs_f64();
@@ -1368,8 +1376,8 @@ impl Bench<'_> {
             (all.ops > 0).then(|| round1(ticks as f64 * us_per_tick / all.ops as f64))
         };
         let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        let raw_mean = mean(&raw_rates);
-        let copy_mean = mean(&copy_rates);
+        let raw_mean = mean(&raw.rates);
+        let copy_mean = mean(&raw.copy_rates);
         let error_count: u64 = all.errors.values().sum();
         let server_cpu = have_server.then(|| per_op(server_total)).flatten();
         let server_hsm_cpu = have_server.then(|| per_op(server_hsm)).flatten();
@@ -1388,7 +1396,7 @@ impl Bench<'_> {
             BTreeMap::new()
         };
         let raw_cpu =
-            (raw_ops > 0).then(|| round1(raw_cpu_ticks as f64 * us_per_tick / raw_ops as f64));
+            (raw.ops > 0).then(|| round1(raw.cpu_ticks as f64 * us_per_tick / raw.ops as f64));
         let cpu_busy = (secs_d > 0.0).then(|| {
             let server = if have_server {
                 server_total as f64 / self.tck
@@ -1405,18 +1413,7 @@ impl Bench<'_> {
         let fsync_busy = audit
             .filter(|_| secs_d > 0.0)
             .map(|a| round3(a.fsync_secs / secs_d));
-        let bound = if op == Op::CreateKey
-            || ratio.is_some_and(|r| r >= 0.85)
-            || hsm_cores.is_some_and(|c| c >= 0.85)
-        {
-            "hsm"
-        } else if cpu_busy.is_some_and(|b| b >= 0.9) {
-            "cpu"
-        } else if fsync_busy.is_some_and(|b| b >= 0.7) {
-            "audit fsync (group commit: each answer waits for the disk)"
-        } else {
-            "undetermined (neither HSM- nor CPU-saturated: locks, queueing or latency)"
-        };
+        let bound = bound_of(op, ratio, hsm_cores, cpu_busy, fsync_busy);
         if error_count > 0 {
             eprintln!(
                 "WARNING: {} case had {error_count} errors: {:?}",
@@ -1424,7 +1421,7 @@ impl Bench<'_> {
                 all.errors
             );
         }
-        Ok(json!({
+        let mut v = json!({
             "case": label,
             "op": op.name(),
             "payload_bytes": cli.payload,
@@ -1450,12 +1447,14 @@ impl Bench<'_> {
             "client_cpu_us_per_op": client_cpu,
             "machine_cpu_busy": cpu_busy,
             "server_hsm_threads_cpu_cores": hsm_cores,
+        });
+        let raw_part = json!({
             "raw_ops_per_sec": raw_mean.map(round1),
-            "raw_phases_ops_per_sec": raw_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+            "raw_phases_ops_per_sec": raw.rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
             "raw_cpu_us_per_op": raw_cpu,
             "ratio_to_raw": ratio,
             "raw_session_copy_ops_per_sec": copy_mean.map(round1),
-            "raw_session_copy_phases_ops_per_sec": copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+            "raw_session_copy_phases_ops_per_sec": raw.copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
             "ratio_to_raw_session_copy": copy_mean.map(|r| round3(ops_per_sec / r)),
             "daemon_session_key_copies": !cli.no_session_key_copies,
             "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
@@ -1473,7 +1472,102 @@ impl Bench<'_> {
             "audit_fsync_busy": fsync_busy,
             "token_keys": self.token_keys_note,
             "bound": bound,
-        }))
+        });
+        // Both objects are sorted maps: merging them gives the one object, keys in order.
+        if let (Some(v), Value::Object(r)) = (v.as_object_mut(), raw_part) {
+            v.extend(r);
+        }
+        v
+    }
+}
+
+/// What one case measured: the daemon phases, the raw baseline, the server's memory
+/// (RSS peak, mean, samples) and its VmHWM.
+struct Measured {
+    t: PhaseTally,
+    raw: RawTally,
+    mem: Option<(u64, u64, u64)>,
+    hwm: Option<u64>,
+}
+
+/// The raw baseline's phases: rates on the token key and on its session copy, and the
+/// operations and CPU ticks of the token-key phases.
+#[derive(Default)]
+struct RawTally {
+    rates: Vec<f64>,
+    ops: u64,
+    cpu_ticks: u64,
+    copy_rates: Vec<f64>,
+}
+
+/// The daemon phases added up: requests, server CPU ticks (all threads, HSM threads), the
+/// audit writer's counters and the number of phases.
+#[derive(Default)]
+struct PhaseTally {
+    all: PhaseResult,
+    server_total: u64,
+    server_hsm: u64,
+    /// False once a phase could not read the server's CPU.
+    have_server: bool,
+    audit: Option<AuditCounters>,
+    phases: u32,
+}
+
+impl PhaseTally {
+    /// Adds the audit counters' growth from `a` to `b`.
+    fn add_audit(&mut self, a: AuditCounters, b: AuditCounters) {
+        let sum = self.audit.get_or_insert(AuditCounters::default());
+        sum.events += b.events - a.events;
+        sum.fsyncs += b.fsyncs - a.fsyncs;
+        sum.fsync_secs += b.fsync_secs - a.fsync_secs;
+    }
+
+    /// Adds one daemon phase (latency samples up to MAX_SAMPLES).
+    fn add(&mut self, p: PhaseResult) {
+        self.phases += 1;
+        let all = &mut self.all;
+        all.ops += p.ops;
+        all.elapsed += p.elapsed;
+        if all.latencies_us.len() + p.latencies_us.len() <= MAX_SAMPLES {
+            all.latencies_us.extend_from_slice(&p.latencies_us);
+        }
+        for (k, v) in p.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        all.client_cpu += p.client_cpu;
+        for (k, v) in &p.server_threads {
+            *all.server_threads.entry(k.clone()).or_default() += v;
+        }
+        match p.server_cpu {
+            Some((t, h)) => {
+                self.server_total += t;
+                self.server_hsm += h;
+            }
+            None => self.have_server = false,
+        }
+    }
+}
+
+/// What bounds a case: the HSM (create-key, near the raw rate, or HSM threads near a core),
+/// the CPU, the audit fsync, or none of them clearly.
+fn bound_of(
+    op: Op,
+    ratio: Option<f64>,
+    hsm_cores: Option<f64>,
+    cpu_busy: Option<f64>,
+    fsync_busy: Option<f64>,
+) -> &'static str {
+    if op == Op::CreateKey
+        || ratio.is_some_and(|r| r >= 0.85)
+        || hsm_cores.is_some_and(|c| c >= 0.85)
+    {
+        "hsm"
+    } else if cpu_busy.is_some_and(|b| b >= 0.9) {
+        "cpu"
+    } else if fsync_busy.is_some_and(|b| b >= 0.7) {
+        "audit fsync (group commit: each answer waits for the disk)"
+    } else {
+        "undetermined (neither HSM- nor CPU-saturated: locks, queueing or latency)"
     }
 }
 
