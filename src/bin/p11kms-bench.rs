@@ -1375,9 +1375,6 @@ impl Bench<'_> {
         let per_op = |ticks: u64| -> Option<f64> {
             (all.ops > 0).then(|| round1(ticks as f64 * us_per_tick / all.ops as f64))
         };
-        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        let raw_mean = mean(&raw.rates);
-        let copy_mean = mean(&raw.copy_rates);
         let error_count: u64 = all.errors.values().sum();
         let server_cpu = have_server.then(|| per_op(server_total)).flatten();
         let server_hsm_cpu = have_server.then(|| per_op(server_hsm)).flatten();
@@ -1395,8 +1392,6 @@ impl Bench<'_> {
         } else {
             BTreeMap::new()
         };
-        let raw_cpu =
-            (raw.ops > 0).then(|| round1(raw.cpu_ticks as f64 * us_per_tick / raw.ops as f64));
         let cpu_busy = (secs_d > 0.0).then(|| {
             let server = if have_server {
                 server_total as f64 / self.tck
@@ -1405,14 +1400,10 @@ impl Bench<'_> {
             };
             round3((server + all.client_cpu as f64 / self.tck) / secs_d / self.cores as f64)
         });
-        let ratio = raw_mean.map(|r| round3(ops_per_sec / r));
+        let (raw_part, ratio) = raw_json(&raw, ops_per_sec, us_per_tick);
         let hsm_cores =
             (have_server && secs_d > 0.0).then(|| round3(server_hsm as f64 / self.tck / secs_d));
-        // Share of the daemon phases' wall time the audit writer spent in fsync: near 1, every
-        // request waits for the disk (group commit), whatever the CPU does.
-        let fsync_busy = audit
-            .filter(|_| secs_d > 0.0)
-            .map(|a| round3(a.fsync_secs / secs_d));
+        let (audit_part, fsync_busy) = audit_json(audit, secs_d);
         let bound = bound_of(op, ratio, hsm_cores, cpu_busy, fsync_busy);
         if error_count > 0 {
             eprintln!(
@@ -1448,14 +1439,7 @@ impl Bench<'_> {
             "machine_cpu_busy": cpu_busy,
             "server_hsm_threads_cpu_cores": hsm_cores,
         });
-        let raw_part = json!({
-            "raw_ops_per_sec": raw_mean.map(round1),
-            "raw_phases_ops_per_sec": raw.rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
-            "raw_cpu_us_per_op": raw_cpu,
-            "ratio_to_raw": ratio,
-            "raw_session_copy_ops_per_sec": copy_mean.map(round1),
-            "raw_session_copy_phases_ops_per_sec": raw.copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
-            "ratio_to_raw_session_copy": copy_mean.map(|r| round3(ops_per_sec / r)),
+        let rest = json!({
             "daemon_session_key_copies": !cli.no_session_key_copies,
             "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
                 cli.signing.hsm_calls(op)
@@ -1466,19 +1450,56 @@ impl Bench<'_> {
             "server_rss_kb_peak": mem.map(|m| m.0),
             "server_rss_kb_mean": mem.map(|m| m.1),
             "server_vmhwm_kb": hwm,
-            "audit_fsyncs_per_sec": audit.filter(|_| secs_d > 0.0).map(|a| round1(a.fsyncs / secs_d)),
-            "audit_events_per_fsync": audit.filter(|a| a.fsyncs > 0.0).map(|a| round1(a.events / a.fsyncs)),
-            "audit_fsync_mean_ms": audit.filter(|a| a.fsyncs > 0.0).map(|a| round3(a.fsync_secs * 1e3 / a.fsyncs)),
-            "audit_fsync_busy": fsync_busy,
             "token_keys": self.token_keys_note,
             "bound": bound,
         });
-        // Both objects are sorted maps: merging them gives the one object, keys in order.
-        if let (Some(v), Value::Object(r)) = (v.as_object_mut(), raw_part) {
-            v.extend(r);
+        // All are sorted maps: merging them gives the one object, keys in order.
+        if let Some(map) = v.as_object_mut() {
+            for part in [raw_part, audit_part, rest] {
+                if let Value::Object(r) = part {
+                    map.extend(r);
+                }
+            }
         }
         v
     }
+}
+
+/// The raw baseline's figures of a case, and the daemon's rate as a share of the raw rate.
+fn raw_json(raw: &RawTally, ops_per_sec: f64, us_per_tick: f64) -> (Value, Option<f64>) {
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let raw_mean = mean(&raw.rates);
+    let copy_mean = mean(&raw.copy_rates);
+    let raw_cpu =
+        (raw.ops > 0).then(|| round1(raw.cpu_ticks as f64 * us_per_tick / raw.ops as f64));
+    let ratio = raw_mean.map(|r| round3(ops_per_sec / r));
+    let v = json!({
+        "raw_ops_per_sec": raw_mean.map(round1),
+        "raw_phases_ops_per_sec": raw.rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+        "raw_cpu_us_per_op": raw_cpu,
+        "ratio_to_raw": ratio,
+        "raw_session_copy_ops_per_sec": copy_mean.map(round1),
+        "raw_session_copy_phases_ops_per_sec": raw.copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+        "ratio_to_raw_session_copy": copy_mean.map(|r| round3(ops_per_sec / r)),
+    });
+    (v, ratio)
+}
+
+/// The audit writer's figures over the daemon phases (`secs_d` seconds), and the share of
+/// that time it spent in fsync.
+fn audit_json(audit: Option<AuditCounters>, secs_d: f64) -> (Value, Option<f64>) {
+    // Share of the daemon phases' wall time the audit writer spent in fsync: near 1, every
+    // request waits for the disk (group commit), whatever the CPU does.
+    let fsync_busy = audit
+        .filter(|_| secs_d > 0.0)
+        .map(|a| round3(a.fsync_secs / secs_d));
+    let v = json!({
+        "audit_fsyncs_per_sec": audit.filter(|_| secs_d > 0.0).map(|a| round1(a.fsyncs / secs_d)),
+        "audit_events_per_fsync": audit.filter(|a| a.fsyncs > 0.0).map(|a| round1(a.events / a.fsyncs)),
+        "audit_fsync_mean_ms": audit.filter(|a| a.fsyncs > 0.0).map(|a| round3(a.fsync_secs * 1e3 / a.fsyncs)),
+        "audit_fsync_busy": fsync_busy,
+    });
+    (v, fsync_busy)
 }
 
 /// What one case measured: the daemon phases, the raw baseline, the server's memory
