@@ -1354,28 +1354,87 @@ impl Bench<'_> {
     /// The case's JSON line from what it measured (and a warning when requests failed).
     fn report(&self, op: Op, label: &str, concurrency: usize, m: Measured) -> Value {
         let cli = self.cli;
-        let Measured { t, raw, mem, hwm } = m;
-        let PhaseTally {
-            mut all,
-            server_total,
-            server_hsm,
-            have_server,
-            audit,
-            phases,
-        } = t;
-        let mut lat = std::mem::take(&mut all.latencies_us);
+        let Measured {
+            mut t,
+            raw,
+            mem,
+            hwm,
+        } = m;
+        let mut lat = std::mem::take(&mut t.all.latencies_us);
         lat.sort_unstable();
-        let secs_d = all.elapsed.as_secs_f64();
+        let secs_d = t.all.elapsed.as_secs_f64();
         let ops_per_sec = if secs_d > 0.0 {
-            all.ops as f64 / secs_d
+            t.all.ops as f64 / secs_d
         } else {
             0.0
         };
+        let error_count: u64 = t.all.errors.values().sum();
+        let (cpu_part, cpu_busy, hsm_cores) = self.cpu_json(&t, secs_d);
+        let us_per_tick = 1e6 / self.tck;
+        let (raw_part, ratio) = raw_json(&raw, ops_per_sec, us_per_tick);
+        let (audit_part, fsync_busy) = audit_json(t.audit, secs_d);
+        let bound = bound_of(op, ratio, hsm_cores, cpu_busy, fsync_busy);
+        if error_count > 0 {
+            eprintln!(
+                "WARNING: {} case had {error_count} errors: {:?}",
+                op.name(),
+                t.all.errors
+            );
+        }
+        let mut v = json!({
+            "case": label,
+            "op": op.name(),
+            "payload_bytes": cli.payload,
+            "concurrency": concurrency,
+            "channels": self.conn.clients.len(),
+            "auth": self.auth,
+            "tls": true,
+            "phases": t.phases,
+            "duration_s": round3(secs_d),
+            "ops": t.all.ops,
+            "ops_per_sec": round1(ops_per_sec),
+            "p50_us": percentile(&lat, 0.50),
+            "p90_us": percentile(&lat, 0.90),
+            "p99_us": percentile(&lat, 0.99),
+            "p999_us": percentile(&lat, 0.999),
+            "max_us": lat.last(),
+            "error_count": error_count,
+            "errors": t.all.errors,
+        });
+        let rest = json!({
+            "daemon_session_key_copies": !cli.no_session_key_copies,
+            "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
+                cli.signing.hsm_calls(op)
+            } else {
+                op.hsm_calls()
+            },
+            "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
+            "server_rss_kb_peak": mem.map(|m| m.0),
+            "server_rss_kb_mean": mem.map(|m| m.1),
+            "server_vmhwm_kb": hwm,
+            "token_keys": self.token_keys_note,
+            "bound": bound,
+        });
+        // All are sorted maps: merging them gives the one object, keys in order.
+        if let Some(map) = v.as_object_mut() {
+            for part in [cpu_part, raw_part, audit_part, rest] {
+                if let Value::Object(r) = part {
+                    map.extend(r);
+                }
+            }
+        }
+        v
+    }
+
+    /// The daemon's and the client's CPU figures per operation, the machine's busy share
+    /// and the HSM threads' cores.
+    fn cpu_json(&self, t: &PhaseTally, secs_d: f64) -> (Value, Option<f64>, Option<f64>) {
+        let (all, have_server) = (&t.all, t.have_server);
+        let (server_total, server_hsm) = (t.server_total, t.server_hsm);
         let us_per_tick = 1e6 / self.tck;
         let per_op = |ticks: u64| -> Option<f64> {
             (all.ops > 0).then(|| round1(ticks as f64 * us_per_tick / all.ops as f64))
         };
-        let error_count: u64 = all.errors.values().sum();
         let server_cpu = have_server.then(|| per_op(server_total)).flatten();
         let server_hsm_cpu = have_server.then(|| per_op(server_hsm)).flatten();
         let outside = match (server_cpu, server_hsm_cpu) {
@@ -1400,37 +1459,9 @@ impl Bench<'_> {
             };
             round3((server + all.client_cpu as f64 / self.tck) / secs_d / self.cores as f64)
         });
-        let (raw_part, ratio) = raw_json(&raw, ops_per_sec, us_per_tick);
         let hsm_cores =
             (have_server && secs_d > 0.0).then(|| round3(server_hsm as f64 / self.tck / secs_d));
-        let (audit_part, fsync_busy) = audit_json(audit, secs_d);
-        let bound = bound_of(op, ratio, hsm_cores, cpu_busy, fsync_busy);
-        if error_count > 0 {
-            eprintln!(
-                "WARNING: {} case had {error_count} errors: {:?}",
-                op.name(),
-                all.errors
-            );
-        }
-        let mut v = json!({
-            "case": label,
-            "op": op.name(),
-            "payload_bytes": cli.payload,
-            "concurrency": concurrency,
-            "channels": self.conn.clients.len(),
-            "auth": self.auth,
-            "tls": true,
-            "phases": phases,
-            "duration_s": round3(secs_d),
-            "ops": all.ops,
-            "ops_per_sec": round1(ops_per_sec),
-            "p50_us": percentile(&lat, 0.50),
-            "p90_us": percentile(&lat, 0.90),
-            "p99_us": percentile(&lat, 0.99),
-            "p999_us": percentile(&lat, 0.999),
-            "max_us": lat.last(),
-            "error_count": error_count,
-            "errors": all.errors,
+        let v = json!({
             "server_cpu_us_per_op": server_cpu,
             "server_hsm_thread_cpu_us_per_op": server_hsm_cpu,
             "server_cpu_us_per_op_outside_hsm_threads": outside,
@@ -1439,29 +1470,7 @@ impl Bench<'_> {
             "machine_cpu_busy": cpu_busy,
             "server_hsm_threads_cpu_cores": hsm_cores,
         });
-        let rest = json!({
-            "daemon_session_key_copies": !cli.no_session_key_copies,
-            "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
-                cli.signing.hsm_calls(op)
-            } else {
-                op.hsm_calls()
-            },
-            "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
-            "server_rss_kb_peak": mem.map(|m| m.0),
-            "server_rss_kb_mean": mem.map(|m| m.1),
-            "server_vmhwm_kb": hwm,
-            "token_keys": self.token_keys_note,
-            "bound": bound,
-        });
-        // All are sorted maps: merging them gives the one object, keys in order.
-        if let Some(map) = v.as_object_mut() {
-            for part in [raw_part, audit_part, rest] {
-                if let Value::Object(r) = part {
-                    map.extend(r);
-                }
-            }
-        }
-        v
+        (v, cpu_busy, hsm_cores)
     }
 }
 
