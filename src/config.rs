@@ -479,6 +479,18 @@ impl Config {
 
     /// Checks every value that can be checked without touching the network or the HSM.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_kms()?;
+        self.validate_hsm()?;
+        self.validate_log()?;
+        self.certificate_bindings()?;
+        self.validate_aws_json()?;
+        self.validate_audit()?;
+        self.validate_identity()
+    }
+
+    /// `[server]`: the TLS files exist and every timeout and limit is at least 1.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (name, p) in [
             ("server.tls_cert", &self.server.tls_cert),
@@ -514,6 +526,12 @@ impl Config {
                 return invalid(format!("{name} must be at least 1"));
             }
         }
+        Ok(())
+    }
+
+    /// `[kms]`: partition and region names, sweep and flush intervals, the creating grace.
+    fn validate_kms(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.kms.partition.is_empty() || self.kms.partition.contains(':') {
             return invalid("kms.partition must be a non-empty name without ':'".into());
         }
@@ -531,6 +549,12 @@ impl Config {
                 "kms.creating_grace_secs must be 1-{MAX_CREATING_GRACE_SECS}"
             ));
         }
+        Ok(())
+    }
+
+    /// `[hsm]`: token label, exactly one PIN source, worker pool and timeouts.
+    fn validate_hsm(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.hsm.token_label.is_empty() || self.hsm.token_label.len() > 32 {
             return invalid("hsm.token_label must be 1-32 characters".into());
         }
@@ -553,13 +577,24 @@ impl Config {
         if self.hsm.stall_limit_ms < 100 {
             return invalid("hsm.stall_limit_ms must be at least 100".into());
         }
+        Ok(())
+    }
+
+    /// `[log]`: the output format.
+    fn validate_log(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return invalid(format!(
                 "log.format must be \"text\" or \"json\", not {:?}",
                 self.log.format
             ));
         }
-        self.certificate_bindings()?;
+        Ok(())
+    }
+
+    /// `[aws_json]`: plain HTTP only on loopback, and the body size limit.
+    fn validate_aws_json(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.aws_json.enabled && !self.aws_json.tls && !self.aws_json.listen.ip().is_loopback() {
             return invalid(format!(
                 "aws_json.tls = false is allowed only on a loopback address, not {}",
@@ -569,6 +604,12 @@ impl Config {
         if self.aws_json.max_body_bytes < 1024 || self.aws_json.max_body_bytes > 16 * 1024 * 1024 {
             return invalid("aws_json.max_body_bytes must be 1024 to 16777216".into());
         }
+        Ok(())
+    }
+
+    /// `[audit]`: durability mode, refusal aggregation, disk-space and segment limits.
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !matches!(self.audit.durability.as_str(), "group-commit" | "relaxed") {
             return invalid(format!(
                 "audit.durability must be \"group-commit\" or \"relaxed\", not {:?}",
@@ -594,6 +635,12 @@ impl Config {
                     .into(),
             );
         }
+        Ok(())
+    }
+
+    /// `[identity]`: account ids unique and well formed, and the named files exist.
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         let mut seen = std::collections::BTreeSet::new();
         for (i, a) in self.identity.account.iter().enumerate() {
             if !crate::identity::arn::is_account_id(&a.account_id) {

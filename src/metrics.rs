@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::core::Kms;
-use crate::hsm::stats::{HistogramSnapshot, LATENCY_BUCKETS};
+use crate::hsm::stats::{HistogramSnapshot, HsmStats, LATENCY_BUCKETS};
 
 /// Labels of the request counter. The values are borrowed `'static` strings on the request
 /// path, so looking a series up allocates nothing.
@@ -135,128 +135,11 @@ struct EngineCollector {
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.kms.hsm().stats();
-        {
-            let mut m = encoder.encode_descriptor(
-                "p11kms_hsm_calls",
-                "PKCS#11 calls made, by function",
-                None,
-                MetricType::Counter,
-            )?;
-            for (f, n) in &stats.calls {
-                let labels = FunctionLabels {
-                    function: f.to_string(),
-                };
-                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let series: Vec<(Option<(&str, String)>, HistogramSnapshot)> = stats
-            .latency
-            .iter()
-            .map(|(f, s)| (Some(("function", f.to_string())), s.clone()))
-            .collect();
-        encode_histogram(
-            &mut encoder,
-            "p11kms_hsm_call_duration_seconds",
-            "PKCS#11 call latency, by function",
-            &series,
-        )?;
-        encode_histogram(
-            &mut encoder,
-            "p11kms_hsm_health_probe_duration_seconds",
-            "Latency of the HSM health probes (C_GetSessionInfo), not in p11kms_hsm_call_duration_seconds",
-            &[(None, stats.health_probe_latency.clone())],
-        )?;
-        encode_histogram(
-            &mut encoder,
-            "p11kms_hsm_queue_wait_seconds",
-            "Time requests waited for an HSM session (worker)",
-            &[(None, stats.queue_wait.clone())],
-        )?;
-        gauge(
-            &mut encoder,
-            "p11kms_hsm_queue_depth",
-            "Requests waiting for an HSM session now",
-            stats.queue_depth as i64,
-        )?;
-        counter(
-            &mut encoder,
-            "p11kms_hsm_health_probes",
-            "Health probes sent to the HSM (C_GetSessionInfo), not in p11kms_hsm_calls",
-            stats.health_probes,
-        )?;
-        counter(
-            &mut encoder,
-            "p11kms_hsm_session_retries",
-            "HSM jobs run once more on a fresh session because their session died under them",
-            stats.retried_lost_session,
-        )?;
-        gauge(
-            &mut encoder,
-            "p11kms_hsm_degraded",
-            "1 while a worker abandoned in a stuck PKCS#11 call has not returned (the device is degraded), else 0",
-            i64::from(stats.stuck_workers > 0),
-        )?;
-        gauge(
-            &mut encoder,
-            "p11kms_hsm_stuck_workers",
-            "HSM workers abandoned in a stuck PKCS#11 call whose call has not returned yet",
-            stats.stuck_workers as i64,
-        )?;
-        counter(
-            &mut encoder,
-            "p11kms_hsm_workers_replaced",
-            "HSM workers abandoned past hsm.stall_limit_ms and replaced by a new worker with a new session",
-            stats.workers_replaced,
-        )?;
-        gauge(
-            &mut encoder,
-            "p11kms_hsm_sessions",
-            "HSM worker sessions",
-            stats.workers as i64,
-        )?;
-        gauge(
-            &mut encoder,
-            "p11kms_hsm_session_key_copies",
-            "Key objects served from session-object copies of their token objects now",
-            stats.session_key_copies as i64,
-        )?;
-        {
-            let mut m = encoder.encode_descriptor(
-                "p11kms_hsm_rejections",
-                "Requests refused by the HSM session pool (busy: queue full; timeout: waited too long)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (reason, n) in [
-                ("busy", stats.rejected_busy),
-                ("timeout", stats.rejected_timeout),
-            ] {
-                let labels = ReasonLabels {
-                    reason: reason.to_string(),
-                };
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let (allow, explicit, implicit) = self.kms.decision_counts().snapshot();
-            let mut m = encoder.encode_descriptor(
-                "p11kms_policy_decisions",
-                "Authorization decisions, by effect and reason",
-                None,
-                MetricType::Counter,
-            )?;
-            for (effect, reason, n) in [
-                ("Allow", "Allowed", allow),
-                ("Deny", "ExplicitDeny", explicit),
-                ("Deny", "ImplicitDeny", implicit),
-            ] {
-                let labels = DecisionLabels {
-                    effect: effect.to_string(),
-                    reason: reason.to_string(),
-                };
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-            }
-        }
+        encode_hsm_calls(&mut encoder, &stats)?;
+        encode_hsm_latencies(&mut encoder, &stats)?;
+        encode_hsm_pool(&mut encoder, &stats)?;
+        encode_hsm_rejections(&mut encoder, &stats)?;
+        encode_decisions(&mut encoder, &self.kms)?;
         gauge(
             &mut encoder,
             "p11kms_keys",
@@ -265,6 +148,147 @@ impl Collector for EngineCollector {
         )?;
         Ok(())
     }
+}
+
+/// `p11kms_hsm_calls`: PKCS#11 calls made, by function.
+fn encode_hsm_calls(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
+    let mut m = encoder.encode_descriptor(
+        "p11kms_hsm_calls",
+        "PKCS#11 calls made, by function",
+        None,
+        MetricType::Counter,
+    )?;
+    for (f, n) in &stats.calls {
+        let labels = FunctionLabels {
+            function: f.to_string(),
+        };
+        ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The HSM latency histograms: calls by function, health probes, queue wait.
+fn encode_hsm_latencies(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
+    let series: Vec<(Option<(&str, String)>, HistogramSnapshot)> = stats
+        .latency
+        .iter()
+        .map(|(f, s)| (Some(("function", f.to_string())), s.clone()))
+        .collect();
+    encode_histogram(
+        encoder,
+        "p11kms_hsm_call_duration_seconds",
+        "PKCS#11 call latency, by function",
+        &series,
+    )?;
+    encode_histogram(
+            encoder,
+            "p11kms_hsm_health_probe_duration_seconds",
+            "Latency of the HSM health probes (C_GetSessionInfo), not in p11kms_hsm_call_duration_seconds",
+            &[(None, stats.health_probe_latency.clone())],
+        )?;
+    encode_histogram(
+        encoder,
+        "p11kms_hsm_queue_wait_seconds",
+        "Time requests waited for an HSM session (worker)",
+        &[(None, stats.queue_wait.clone())],
+    )?;
+    Ok(())
+}
+
+/// The HSM session pool's gauges and counters: queue, probes, retries, stuck and replaced workers, sessions, key copies.
+fn encode_hsm_pool(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
+    gauge(
+        encoder,
+        "p11kms_hsm_queue_depth",
+        "Requests waiting for an HSM session now",
+        stats.queue_depth as i64,
+    )?;
+    counter(
+        encoder,
+        "p11kms_hsm_health_probes",
+        "Health probes sent to the HSM (C_GetSessionInfo), not in p11kms_hsm_calls",
+        stats.health_probes,
+    )?;
+    counter(
+        encoder,
+        "p11kms_hsm_session_retries",
+        "HSM jobs run once more on a fresh session because their session died under them",
+        stats.retried_lost_session,
+    )?;
+    gauge(
+            encoder,
+            "p11kms_hsm_degraded",
+            "1 while a worker abandoned in a stuck PKCS#11 call has not returned (the device is degraded), else 0",
+            i64::from(stats.stuck_workers > 0),
+        )?;
+    gauge(
+        encoder,
+        "p11kms_hsm_stuck_workers",
+        "HSM workers abandoned in a stuck PKCS#11 call whose call has not returned yet",
+        stats.stuck_workers as i64,
+    )?;
+    counter(
+            encoder,
+            "p11kms_hsm_workers_replaced",
+            "HSM workers abandoned past hsm.stall_limit_ms and replaced by a new worker with a new session",
+            stats.workers_replaced,
+        )?;
+    gauge(
+        encoder,
+        "p11kms_hsm_sessions",
+        "HSM worker sessions",
+        stats.workers as i64,
+    )?;
+    gauge(
+        encoder,
+        "p11kms_hsm_session_key_copies",
+        "Key objects served from session-object copies of their token objects now",
+        stats.session_key_copies as i64,
+    )?;
+    Ok(())
+}
+
+/// `p11kms_hsm_rejections`: requests the session pool refused, by reason.
+fn encode_hsm_rejections(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
+    let mut m = encoder.encode_descriptor(
+        "p11kms_hsm_rejections",
+        "Requests refused by the HSM session pool (busy: queue full; timeout: waited too long)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, n) in [
+        ("busy", stats.rejected_busy),
+        ("timeout", stats.rejected_timeout),
+    ] {
+        let labels = ReasonLabels {
+            reason: reason.to_string(),
+        };
+        ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `p11kms_policy_decisions`: authorization decisions, by effect and reason.
+fn encode_decisions(encoder: &mut DescriptorEncoder, kms: &Kms) -> std::fmt::Result {
+    let (allow, explicit, implicit) = kms.decision_counts().snapshot();
+    let mut m = encoder.encode_descriptor(
+        "p11kms_policy_decisions",
+        "Authorization decisions, by effect and reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for (effect, reason, n) in [
+        ("Allow", "Allowed", allow),
+        ("Deny", "ExplicitDeny", explicit),
+        ("Deny", "ImplicitDeny", implicit),
+    ] {
+        let labels = DecisionLabels {
+            effect: effect.to_string(),
+            reason: reason.to_string(),
+        };
+        ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 struct SourceCollector(Box<dyn ScrapeSource>);

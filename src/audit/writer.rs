@@ -645,6 +645,73 @@ struct Writer {
 
 type Ack<T> = oneshot::Sender<Result<T, AuditError>>;
 
+/// A torn record at the end of the newest segment: (segment name, torn bytes).
+type TornTail = (String, usize);
+
+/// Events waiting to be written, each with the waiter for its receipt.
+type Batch = Vec<(Box<AuditEvent>, Ack<AppendReceipt>)>;
+
+/// A batch encoded into record lines: the last sequence used, and the waiters of the
+/// events encoded with their receipts (sequence, hash), in order.
+struct EncodedBatch {
+    seq: u64,
+    acks: Vec<Ack<AppendReceipt>>,
+    receipts: Vec<(u64, String)>,
+}
+
+/// Answers every waiter with `AuditError::Unavailable(e)`.
+fn fail_all(acks: Vec<Ack<AppendReceipt>>, e: &str) {
+    for ack in acks {
+        let _ = ack.send(Err(AuditError::Unavailable(e.to_owned())));
+    }
+}
+
+/// The waiters of a batch.
+fn acks_of(batch: Batch) -> Vec<Ack<AppendReceipt>> {
+    batch.into_iter().map(|(_, ack)| ack).collect()
+}
+
+/// The chain head (sequence, hash) at the end of the newest segment with a good record
+/// (genesis when none), and the newest segment's torn tail (name, bytes) if it has one.
+fn find_head(
+    dir: &Path,
+    segments: &[(u64, String)],
+) -> Result<((u64, String), Option<TornTail>), AuditError> {
+    let mut head = (0u64, GENESIS_HASH.to_owned());
+    let mut torn = None;
+    for (n, (_, name)) in segments.iter().rev().enumerate() {
+        let path = dir.join(name);
+        let data = fs::read(&path).map_err(|e| {
+            AuditError::Io(format!("cannot read audit segment {}: {e}", path.display()))
+        })?;
+        let tail = scan_tail(&data);
+        if n == 0 && tail.torn_bytes > 0 {
+            torn = Some((name.clone(), tail.torn_bytes));
+        }
+        if let Some(good) = tail.last_good {
+            head = good;
+            break;
+        }
+    }
+    Ok((head, torn))
+}
+
+/// Logs every problem `audit verify` finds in the newest segment.
+fn report_newest_segment(dir: &Path, segments: &[(u64, String)]) {
+    if let Some((_, last)) = segments.last() {
+        let report = super::verify::verify_files(&[dir.join(last)], None);
+        for p in &report.problems {
+            tracing::error!(
+                segment = %last,
+                sequence = ?p.sequence,
+                kind = %p.kind,
+                detail = %p.detail,
+                "the newest audit segment does not verify; run `p11kms audit verify`"
+            );
+        }
+    }
+}
+
 impl Writer {
     /// Read the existing trail and start a new segment.
     fn recover(
@@ -663,40 +730,37 @@ impl Writer {
                 .map_err(|e| io(e, "cannot set permissions on"))?;
         }
         let segments = list_segments(&dir).map_err(|e| io(e, "cannot list"))?;
-        let mut head = (0u64, GENESIS_HASH.to_owned());
-        let mut torn = None;
-        for (n, (_, name)) in segments.iter().rev().enumerate() {
-            let path = dir.join(name);
-            let data = fs::read(&path).map_err(|e| {
-                AuditError::Io(format!("cannot read audit segment {}: {e}", path.display()))
-            })?;
-            let tail = scan_tail(&data);
-            if n == 0 && tail.torn_bytes > 0 {
-                torn = Some((name.clone(), tail.torn_bytes));
-            }
-            if let Some(good) = tail.last_good {
-                head = good;
-                break;
-            }
-        }
-        if let Some((_, last)) = segments.last() {
-            let report = super::verify::verify_files(&[dir.join(last)], None);
-            for p in &report.problems {
-                tracing::error!(
-                    segment = %last,
-                    sequence = ?p.sequence,
-                    kind = %p.kind,
-                    detail = %p.detail,
-                    "the newest audit segment does not verify; run `p11kms audit verify`"
-                );
-            }
-        }
+        let (head, torn) = find_head(&dir, &segments)?;
+        report_newest_segment(&dir, &segments);
+        let mut w = Writer::new(cfg, signer, shared, rt, &segments, head);
+        let (reason, truncated, note) = w.start_reason(torn, segments.is_empty());
+        w.open_segment(reason, truncated, note)
+            .map_err(AuditError::Io)?;
+        w.shared.healthy.store(true, Ordering::SeqCst);
+        tracing::info!(
+            dir = %w.cfg.dir.display(),
+            segment = %w.last_segment_name.as_deref().unwrap_or(""),
+            head_sequence = w.head_seq,
+            "audit trail opened"
+        );
+        Ok(w)
+    }
+
+    /// A writer whose chain continues from `head` (sequence, hash), with no segment open.
+    fn new(
+        cfg: AuditConfig,
+        signer: Option<Arc<dyn CheckpointSigner>>,
+        shared: Arc<Shared>,
+        rt: tokio::runtime::Handle,
+        segments: &[(u64, String)],
+        head: (u64, String),
+    ) -> Writer {
         let key_id = signer
             .as_ref()
             .map(|s| key_id_of(s.public_key_spki_der()))
             .unwrap_or_default();
         let now = Instant::now();
-        let mut w = Writer {
+        Writer {
             signer,
             key_id,
             shared,
@@ -723,38 +787,37 @@ impl Writer {
             buf: Vec::new(),
             fields: Vec::new(),
             cfg,
-        };
-        let (reason, truncated, note) = match (&torn, segments.is_empty()) {
+        }
+    }
+
+    /// The reason, truncation point and note of the segment opened at startup: crash
+    /// recovery after a torn record (logged), a new trail, or a plain restart.
+    fn start_reason(
+        &self,
+        torn: Option<TornTail>,
+        no_segments: bool,
+    ) -> (&'static str, Option<u64>, Option<String>) {
+        match (&torn, no_segments) {
             (Some((name, bytes)), _) => {
                 tracing::warn!(
                     segment = %name,
                     torn_bytes = bytes,
-                    after_sequence = w.head_seq,
+                    after_sequence = self.head_seq,
                     "the audit trail ends with a torn record (crash during a write); \
                      it is left in place and the trail continues in a new segment"
                 );
                 (
                     "crash-recovery",
-                    Some(w.head_seq),
+                    Some(self.head_seq),
                     Some(format!(
                         "{name} ends with a torn record of {bytes} bytes after sequence {}; left in place",
-                        w.head_seq
+                        self.head_seq
                     )),
                 )
             }
             (None, true) => ("new-trail", None, None),
             (None, false) => ("startup", None, None),
-        };
-        w.open_segment(reason, truncated, note)
-            .map_err(AuditError::Io)?;
-        w.shared.healthy.store(true, Ordering::SeqCst);
-        tracing::info!(
-            dir = %w.cfg.dir.display(),
-            segment = %w.last_segment_name.as_deref().unwrap_or(""),
-            head_sequence = w.head_seq,
-            "audit trail opened"
-        );
-        Ok(w)
+        }
     }
 
     fn run(mut self, rx: &Receiver<Cmd>) {
@@ -892,22 +955,32 @@ impl Writer {
 
     /// Write a batch of events (and a checkpoint if one is due), fsync per the durability
     /// mode, then answer every waiter.
-    fn write_events(&mut self, batch: Vec<(Box<AuditEvent>, Ack<AppendReceipt>)>) {
+    fn write_events(&mut self, batch: Batch) {
         if batch.is_empty() {
             return;
         }
-        let fail_all = |acks: Vec<Ack<AppendReceipt>>, e: &str| {
-            for ack in acks {
-                let _ = ack.send(Err(AuditError::Unavailable(e.to_owned())));
-            }
+        let Some(batch) = self.refuse_if_unwritable(batch) else {
+            return;
         };
-        let acks_of = |batch: Vec<(Box<AuditEvent>, Ack<AppendReceipt>)>| {
-            batch.into_iter().map(|(_, ack)| ack).collect::<Vec<_>>()
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut enc = self.encode_events(&mut buf, batch);
+        let Some(mut hash) = enc.receipts.last().map(|(_, h)| h.clone()) else {
+            self.buf = buf;
+            return;
         };
+        let checkpoint = self.append_due_checkpoint(&mut buf, &mut enc, &mut hash);
+        self.write_and_answer(buf, enc, hash, checkpoint);
+    }
+
+    /// Answers every waiter with an error and returns `None` when the trail cannot take the
+    /// batch (an injected fault, a broken trail, a failed size rotation); else the batch.
+    fn refuse_if_unwritable(&mut self, batch: Batch) -> Option<Batch> {
         if self.shared.fail_next.swap(false, Ordering::SeqCst) {
             let e = "injected fault: the trail broke between authorization and commit".to_owned();
             self.fail(e.clone(), None);
-            return fail_all(acks_of(batch), &e);
+            fail_all(acks_of(batch), &e);
+            return None;
         }
         if self.broken.is_some() || self.seg.is_none() {
             self.shared
@@ -917,7 +990,8 @@ impl Writer {
                 .shared
                 .last_error()
                 .unwrap_or_else(|| "the audit trail is not writable".into());
-            return fail_all(acks_of(batch), &e);
+            fail_all(acks_of(batch), &e);
+            return None;
         }
         if self
             .seg
@@ -926,11 +1000,16 @@ impl Writer {
         {
             if let Err(e) = self.rotate("rotation-size") {
                 self.fail(e.clone(), None);
-                return fail_all(acks_of(batch), &e);
+                fail_all(acks_of(batch), &e);
+                return None;
             }
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
+        Some(batch)
+    }
+
+    /// Appends one chained record line per event to `buf`; an event that cannot be
+    /// serialized is answered with an error and skipped.
+    fn encode_events(&mut self, buf: &mut Vec<u8>, batch: Batch) -> EncodedBatch {
         let mut fields = std::mem::take(&mut self.fields);
         let mut seq = self.head_seq;
         let mut acks = Vec::with_capacity(batch.len());
@@ -949,29 +1028,57 @@ impl Writer {
             let previous = receipts
                 .last()
                 .map_or(self.head_hash.as_str(), |(_, h)| h.as_str());
-            let hash = append_event_line(&mut buf, seq, previous, &fields);
+            let hash = append_event_line(buf, seq, previous, &fields);
             receipts.push((seq, hash));
             acks.push(ack);
         }
         self.fields = fields;
-        let Some(mut hash) = receipts.last().map(|(_, h)| h.clone()) else {
-            self.buf = buf;
-            return;
-        };
-        let events = acks.len() as u64;
+        EncodedBatch {
+            seq,
+            acks,
+            receipts,
+        }
+    }
+
+    /// Appends a checkpoint record when the event count calls for one (advancing the
+    /// batch's last sequence and `hash`); returns its sequence.
+    fn append_due_checkpoint(
+        &mut self,
+        buf: &mut Vec<u8>,
+        enc: &mut EncodedBatch,
+        hash: &mut String,
+    ) -> Option<u64> {
+        let events = enc.acks.len() as u64;
         let now = Instant::now();
-        let mut checkpoint = None;
         if self.cfg.checkpoint_every_events > 0
             && self.cp.events + events >= self.cfg.checkpoint_every_events
             && self.may_checkpoint(now)
         {
-            if let Some((line, h)) = self.checkpoint_line(seq + 1, &hash, events, events) {
+            if let Some((line, h)) = self.checkpoint_line(enc.seq + 1, hash, events, events) {
                 buf.extend_from_slice(&line);
-                seq += 1;
-                hash = h;
-                checkpoint = Some(seq);
+                enc.seq += 1;
+                *hash = h;
+                return Some(enc.seq);
             }
         }
+        None
+    }
+
+    /// Writes the batch (fsync unless relaxed), commits it and answers every waiter with
+    /// its receipt; on a write failure, rolls back, breaks the trail and answers errors.
+    fn write_and_answer(
+        &mut self,
+        buf: Vec<u8>,
+        enc: EncodedBatch,
+        hash: String,
+        checkpoint: Option<u64>,
+    ) {
+        let EncodedBatch {
+            seq,
+            acks,
+            receipts,
+        } = enc;
+        let events = acks.len() as u64;
         let durable = self.relaxed().is_none();
         match self.write(&buf, durable) {
             Ok(()) => {

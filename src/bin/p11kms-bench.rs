@@ -608,7 +608,23 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         dir,
     };
 
-    // The token: PINs reach the script through its environment only.
+    init_token(cli, &world)?;
+
+    p11kms::devsetup::ensure_ca_and_server(&world.pki).map_err(|e| e.to_string())?;
+    p11kms::devsetup::issue_client_cert(&world.pki, ADMIN_CERT, None).map_err(|e| e.to_string())?;
+
+    let id = &cli.identity_dir;
+    let accounts = identity_accounts(id)?;
+    let creds = private_credentials(id, &world)?;
+    let text = config_text(cli, &world, &accounts, &creds);
+    std::fs::create_dir_all(world.dir.join("data")).map_err(|e| e.to_string())?;
+    std::fs::write(&world.config, text).map_err(|e| e.to_string())?;
+    Ok(world)
+}
+
+/// Creates the bench's SoftHSM2 token with `init-token.sh`; PINs reach the script through its
+/// environment only.
+fn init_token(cli: &Cli, world: &World) -> Result<(), String> {
     let so_pin = Zeroizing::new(random_secret());
     let out = Command::new("bash")
         .arg(&cli.init_token_script)
@@ -625,10 +641,12 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         ));
     }
 
-    p11kms::devsetup::ensure_ca_and_server(&world.pki).map_err(|e| e.to_string())?;
-    p11kms::devsetup::issue_client_cert(&world.pki, ADMIN_CERT, None).map_err(|e| e.to_string())?;
+    Ok(())
+}
 
-    let id = &cli.identity_dir;
+/// The account ids (`<12 digits>.json` files) of the identity directory, sorted; the
+/// directory must hold a `credentials.json`.
+fn identity_accounts(id: &Path) -> Result<Vec<String>, String> {
     if !id.join("credentials.json").exists() {
         return Err(format!("{}: no credentials.json", id.display()));
     }
@@ -643,6 +661,11 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         }
     }
     accounts.sort();
+    Ok(accounts)
+}
+
+/// A private (0600) copy of the identity directory's `credentials.json` in the work dir.
+fn private_credentials(id: &Path, world: &World) -> Result<PathBuf, String> {
     // The daemon refuses a credentials file others may read: use a private copy.
     let creds = world.dir.join("credentials.json");
     std::fs::copy(id.join("credentials.json"), &creds).map_err(|e| e.to_string())?;
@@ -651,6 +674,13 @@ fn build_world(cli: &Cli) -> Result<World, String> {
         std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| e.to_string())?;
     }
+    Ok(creds)
+}
+
+/// The daemon's config file: server, HSM, store, log, identity, metrics, audit and one
+/// `[[identity.account]]` per account.
+fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> String {
+    let id = &cli.identity_dir;
     let q = |p: &Path| toml_str(&p.display().to_string());
     let mut text = format!(
         "[server]\nlisten = \"{addr}\"\ntls_cert = {cert}\ntls_key = {key}\nclient_ca = {ca}\n\n\
@@ -673,7 +703,7 @@ fn build_world(cli: &Cli) -> Result<World, String> {
             },
         data = q(&world.dir.join("data")),
         level = toml_str(&cli.daemon_log_level),
-        creds = q(&creds),
+        creds = q(creds),
     );
     text.push_str(&format!(
         "\n[metrics]\nlisten = \"{}\"\n",
@@ -682,15 +712,13 @@ fn build_world(cli: &Cli) -> Result<World, String> {
     if let Some(d) = &cli.audit_durability {
         text.push_str(&format!("\n[audit]\ndurability = {}\n", toml_str(d)));
     }
-    for a in &accounts {
+    for a in accounts {
         text.push_str(&format!(
             "\n[[identity.account]]\naccount_id = \"{a}\"\nauthorization_details = {}\n",
             q(&id.join(format!("{a}.json")))
         ));
     }
-    std::fs::create_dir_all(world.dir.join("data")).map_err(|e| e.to_string())?;
-    std::fs::write(&world.config, text).map_err(|e| e.to_string())?;
-    Ok(world)
+    text
 }
 
 fn toml_str(s: &str) -> String {
@@ -1221,22 +1249,20 @@ impl Bench<'_> {
 
     /// One case: warm-up, then raw/daemon phases alternately, then one JSON line.
     fn case(&self, op: Op, label: &str) -> Result<Value, String> {
-        let cli = self.cli;
         let fixture = Arc::new(self.fixture(op)?);
-        let total = if op == Op::CreateKey {
-            secs(cli.create_key_duration)
-        } else {
-            secs(cli.duration)
-        };
-        let phase = secs(cli.daemon_phase).max(Duration::from_millis(100));
-        let raw_dur = secs(cli.raw_phase).max(Duration::from_millis(100));
-        let aad = Self::aad();
-        let concurrency = cli.concurrency.max(1);
+        let concurrency = self.cli.concurrency.max(1);
+        self.warm_up(op, &fixture, concurrency)?;
+        let m = self.measure(op, &fixture, concurrency)?;
+        Ok(self.report(op, label, concurrency, m))
+    }
 
+    /// `--warmup` seconds of daemon requests, not measured; an error if none succeeded.
+    fn warm_up(&self, op: Op, fixture: &Arc<Fixture>, concurrency: usize) -> Result<(), String> {
+        let cli = self.cli;
         if cli.warmup > 0.0 {
             let w = self.rt.block_on(daemon_phase(
                 &self.conn,
-                &fixture,
+                fixture,
                 concurrency,
                 secs(cli.warmup),
                 None,
@@ -1249,100 +1275,166 @@ impl Bench<'_> {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The measured part of a case: daemon phases of `--daemon-phase` up to the case's
+    /// duration, raw phases before each and after the last, the server's memory sampled.
+    fn measure(
+        &self,
+        op: Op,
+        fixture: &Arc<Fixture>,
+        concurrency: usize,
+    ) -> Result<Measured, String> {
+        let cli = self.cli;
+        let total = if op == Op::CreateKey {
+            secs(cli.create_key_duration)
+        } else {
+            secs(cli.duration)
+        };
+        let phase = secs(cli.daemon_phase).max(Duration::from_millis(100));
+        let raw_dur = secs(cli.raw_phase).max(Duration::from_millis(100));
+        let aad = Self::aad();
         let sampler = self.server_pid.map(|pid| {
             let _g = self.rt.enter();
             RssSampler::start(pid)
         });
-
-        let mut raw_rates = Vec::new();
-        let mut raw_ops = 0u64;
-        let mut raw_secs = 0.0;
-        let mut raw_cpu_ticks = 0u64;
-        // Cases on an existing key also measure a session-object copy of it (what the daemon
-        // uses with hsm.session_key_copies on), in the same raw phases.
-        let mut copy_rates = Vec::new();
-        let mut do_raw = |this: &Self| -> Result<(), String> {
-            if this.raw.is_some() {
-                let (r, cpu) = this.raw_phase(RawKey::Token, op, raw_dur, &aad)?;
-                raw_rates.push(r.ops_per_sec());
-                raw_ops += r.ops;
-                raw_secs += r.elapsed.as_secs_f64();
-                raw_cpu_ticks += cpu;
-                if op.uses_key_object() {
-                    let (r, _) = this.raw_phase(RawKey::SessionCopy, op, raw_dur, &aad)?;
-                    copy_rates.push(r.ops_per_sec());
-                }
-            }
-            Ok(())
+        let mut raw = RawTally::default();
+        let mut t = PhaseTally {
+            have_server: self.server_pid.is_some(),
+            ..PhaseTally::default()
         };
-
-        let mut all = PhaseResult::default();
-        let mut server_total = 0u64;
-        let mut server_hsm = 0u64;
-        let mut have_server = self.server_pid.is_some();
-        let mut audit: Option<AuditCounters> = None;
         let mut done = Duration::ZERO;
-        let mut phases = 0u32;
         // Bounded: at most 10,000 phases.
-        while done < total && phases < 10_000 {
-            do_raw(self)?;
+        while done < total && t.phases < 10_000 {
+            self.raw_phases(&mut raw, op, raw_dur, &aad)?;
             let d = phase.min(total - done);
             let audit0 = self.metrics.and_then(audit_counters);
             let p = self.rt.block_on(daemon_phase(
                 &self.conn,
-                &fixture,
+                fixture,
                 concurrency,
                 d,
                 self.server_pid,
             ));
             if let (Some(a), Some(b)) = (audit0, self.metrics.and_then(audit_counters)) {
-                let sum = audit.get_or_insert(AuditCounters::default());
-                sum.events += b.events - a.events;
-                sum.fsyncs += b.fsyncs - a.fsyncs;
-                sum.fsync_secs += b.fsync_secs - a.fsync_secs;
+                t.add_audit(a, b);
             }
             done += d;
-            phases += 1;
-            all.ops += p.ops;
-            all.elapsed += p.elapsed;
-            if all.latencies_us.len() + p.latencies_us.len() <= MAX_SAMPLES {
-                all.latencies_us.extend_from_slice(&p.latencies_us);
-            }
-            for (k, v) in p.errors {
-                *all.errors.entry(k).or_default() += v;
-            }
-            all.client_cpu += p.client_cpu;
-            for (k, v) in &p.server_threads {
-                *all.server_threads.entry(k.clone()).or_default() += v;
-            }
-            match p.server_cpu {
-                Some((t, h)) => {
-                    server_total += t;
-                    server_hsm += h;
-                }
-                None => have_server = false,
-            }
+            t.add(p);
         }
-        do_raw(self)?;
+        self.raw_phases(&mut raw, op, raw_dur, &aad)?;
         let mem = sampler.map(|s| self.rt.block_on(s.finish()));
         let hwm = self.server_pid.and_then(proc_mem).map(|(_, h)| h);
+        Ok(Measured { t, raw, mem, hwm })
+    }
 
-        let mut lat = std::mem::take(&mut all.latencies_us);
+    /// With a raw baseline: one raw phase on the token key and, for cases on an existing key,
+    /// one on a session-object copy of it (what the daemon uses with hsm.session_key_copies on).
+    fn raw_phases(
+        &self,
+        raw: &mut RawTally,
+        op: Op,
+        dur: Duration,
+        aad: &[u8],
+    ) -> Result<(), String> {
+        if self.raw.is_some() {
+            let (r, cpu) = self.raw_phase(RawKey::Token, op, dur, aad)?;
+            raw.rates.push(r.ops_per_sec());
+            raw.ops += r.ops;
+            raw.cpu_ticks += cpu;
+            if op.uses_key_object() {
+                let (r, _) = self.raw_phase(RawKey::SessionCopy, op, dur, aad)?;
+                raw.copy_rates.push(r.ops_per_sec());
+            }
+        }
+        Ok(())
+    }
+
+    /// The case's JSON line from what it measured (and a warning when requests failed).
+    fn report(&self, op: Op, label: &str, concurrency: usize, m: Measured) -> Value {
+        let cli = self.cli;
+        let Measured {
+            mut t,
+            raw,
+            mem,
+            hwm,
+        } = m;
+        let mut lat = std::mem::take(&mut t.all.latencies_us);
         lat.sort_unstable();
-        let secs_d = all.elapsed.as_secs_f64();
+        let secs_d = t.all.elapsed.as_secs_f64();
         let ops_per_sec = if secs_d > 0.0 {
-            all.ops as f64 / secs_d
+            t.all.ops as f64 / secs_d
         } else {
             0.0
         };
+        let error_count: u64 = t.all.errors.values().sum();
+        let (cpu_part, cpu_busy, hsm_cores) = self.cpu_json(&t, secs_d);
+        let us_per_tick = 1e6 / self.tck;
+        let (raw_part, ratio) = raw_json(&raw, ops_per_sec, us_per_tick);
+        let (audit_part, fsync_busy) = audit_json(t.audit, secs_d);
+        let bound = bound_of(op, ratio, hsm_cores, cpu_busy, fsync_busy);
+        if error_count > 0 {
+            eprintln!(
+                "WARNING: {} case had {error_count} errors: {:?}",
+                op.name(),
+                t.all.errors
+            );
+        }
+        let mut v = json!({
+            "case": label,
+            "op": op.name(),
+            "payload_bytes": cli.payload,
+            "concurrency": concurrency,
+            "channels": self.conn.clients.len(),
+            "auth": self.auth,
+            "tls": true,
+            "phases": t.phases,
+            "duration_s": round3(secs_d),
+            "ops": t.all.ops,
+            "ops_per_sec": round1(ops_per_sec),
+            "p50_us": percentile(&lat, 0.50),
+            "p90_us": percentile(&lat, 0.90),
+            "p99_us": percentile(&lat, 0.99),
+            "p999_us": percentile(&lat, 0.999),
+            "max_us": lat.last(),
+            "error_count": error_count,
+            "errors": t.all.errors,
+        });
+        let rest = json!({
+            "daemon_session_key_copies": !cli.no_session_key_copies,
+            "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
+                cli.signing.hsm_calls(op)
+            } else {
+                op.hsm_calls()
+            },
+            "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
+            "server_rss_kb_peak": mem.map(|m| m.0),
+            "server_rss_kb_mean": mem.map(|m| m.1),
+            "server_vmhwm_kb": hwm,
+            "token_keys": self.token_keys_note,
+            "bound": bound,
+        });
+        // All are sorted maps: merging them gives the one object, keys in order.
+        if let Some(map) = v.as_object_mut() {
+            for part in [cpu_part, raw_part, audit_part, rest] {
+                if let Value::Object(r) = part {
+                    map.extend(r);
+                }
+            }
+        }
+        v
+    }
+
+    /// The daemon's and the client's CPU figures per operation, the machine's busy share
+    /// and the HSM threads' cores.
+    fn cpu_json(&self, t: &PhaseTally, secs_d: f64) -> (Value, Option<f64>, Option<f64>) {
+        let (all, have_server) = (&t.all, t.have_server);
+        let (server_total, server_hsm) = (t.server_total, t.server_hsm);
         let us_per_tick = 1e6 / self.tck;
         let per_op = |ticks: u64| -> Option<f64> {
             (all.ops > 0).then(|| round1(ticks as f64 * us_per_tick / all.ops as f64))
         };
-        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        let raw_mean = mean(&raw_rates);
-        let copy_mean = mean(&copy_rates);
-        let error_count: u64 = all.errors.values().sum();
         let server_cpu = have_server.then(|| per_op(server_total)).flatten();
         let server_hsm_cpu = have_server.then(|| per_op(server_hsm)).flatten();
         let outside = match (server_cpu, server_hsm_cpu) {
@@ -1359,8 +1451,6 @@ impl Bench<'_> {
         } else {
             BTreeMap::new()
         };
-        let raw_cpu =
-            (raw_ops > 0).then(|| round1(raw_cpu_ticks as f64 * us_per_tick / raw_ops as f64));
         let cpu_busy = (secs_d > 0.0).then(|| {
             let server = if have_server {
                 server_total as f64 / self.tck
@@ -1369,52 +1459,9 @@ impl Bench<'_> {
             };
             round3((server + all.client_cpu as f64 / self.tck) / secs_d / self.cores as f64)
         });
-        let ratio = raw_mean.map(|r| round3(ops_per_sec / r));
         let hsm_cores =
             (have_server && secs_d > 0.0).then(|| round3(server_hsm as f64 / self.tck / secs_d));
-        // Share of the daemon phases' wall time the audit writer spent in fsync: near 1, every
-        // request waits for the disk (group commit), whatever the CPU does.
-        let fsync_busy = audit
-            .filter(|_| secs_d > 0.0)
-            .map(|a| round3(a.fsync_secs / secs_d));
-        let bound = if op == Op::CreateKey
-            || ratio.is_some_and(|r| r >= 0.85)
-            || hsm_cores.is_some_and(|c| c >= 0.85)
-        {
-            "hsm"
-        } else if cpu_busy.is_some_and(|b| b >= 0.9) {
-            "cpu"
-        } else if fsync_busy.is_some_and(|b| b >= 0.7) {
-            "audit fsync (group commit: each answer waits for the disk)"
-        } else {
-            "undetermined (neither HSM- nor CPU-saturated: locks, queueing or latency)"
-        };
-        if error_count > 0 {
-            eprintln!(
-                "WARNING: {} case had {error_count} errors: {:?}",
-                op.name(),
-                all.errors
-            );
-        }
-        Ok(json!({
-            "case": label,
-            "op": op.name(),
-            "payload_bytes": cli.payload,
-            "concurrency": concurrency,
-            "channels": self.conn.clients.len(),
-            "auth": self.auth,
-            "tls": true,
-            "phases": phases,
-            "duration_s": round3(secs_d),
-            "ops": all.ops,
-            "ops_per_sec": round1(ops_per_sec),
-            "p50_us": percentile(&lat, 0.50),
-            "p90_us": percentile(&lat, 0.90),
-            "p99_us": percentile(&lat, 0.99),
-            "p999_us": percentile(&lat, 0.999),
-            "max_us": lat.last(),
-            "error_count": error_count,
-            "errors": all.errors,
+        let v = json!({
             "server_cpu_us_per_op": server_cpu,
             "server_hsm_thread_cpu_us_per_op": server_hsm_cpu,
             "server_cpu_us_per_op_outside_hsm_threads": outside,
@@ -1422,30 +1469,135 @@ impl Bench<'_> {
             "client_cpu_us_per_op": client_cpu,
             "machine_cpu_busy": cpu_busy,
             "server_hsm_threads_cpu_cores": hsm_cores,
-            "raw_ops_per_sec": raw_mean.map(round1),
-            "raw_phases_ops_per_sec": raw_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
-            "raw_cpu_us_per_op": raw_cpu,
-            "ratio_to_raw": ratio,
-            "raw_session_copy_ops_per_sec": copy_mean.map(round1),
-            "raw_session_copy_phases_ops_per_sec": copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
-            "ratio_to_raw_session_copy": copy_mean.map(|r| round3(ops_per_sec / r)),
-            "daemon_session_key_copies": !cli.no_session_key_copies,
-            "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
-                cli.signing.hsm_calls(op)
-            } else {
-                op.hsm_calls()
-            },
-            "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
-            "server_rss_kb_peak": mem.map(|m| m.0),
-            "server_rss_kb_mean": mem.map(|m| m.1),
-            "server_vmhwm_kb": hwm,
-            "audit_fsyncs_per_sec": audit.filter(|_| secs_d > 0.0).map(|a| round1(a.fsyncs / secs_d)),
-            "audit_events_per_fsync": audit.filter(|a| a.fsyncs > 0.0).map(|a| round1(a.events / a.fsyncs)),
-            "audit_fsync_mean_ms": audit.filter(|a| a.fsyncs > 0.0).map(|a| round3(a.fsync_secs * 1e3 / a.fsyncs)),
-            "audit_fsync_busy": fsync_busy,
-            "token_keys": self.token_keys_note,
-            "bound": bound,
-        }))
+        });
+        (v, cpu_busy, hsm_cores)
+    }
+}
+
+/// The raw baseline's figures of a case, and the daemon's rate as a share of the raw rate.
+fn raw_json(raw: &RawTally, ops_per_sec: f64, us_per_tick: f64) -> (Value, Option<f64>) {
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let raw_mean = mean(&raw.rates);
+    let copy_mean = mean(&raw.copy_rates);
+    let raw_cpu =
+        (raw.ops > 0).then(|| round1(raw.cpu_ticks as f64 * us_per_tick / raw.ops as f64));
+    let ratio = raw_mean.map(|r| round3(ops_per_sec / r));
+    let v = json!({
+        "raw_ops_per_sec": raw_mean.map(round1),
+        "raw_phases_ops_per_sec": raw.rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+        "raw_cpu_us_per_op": raw_cpu,
+        "ratio_to_raw": ratio,
+        "raw_session_copy_ops_per_sec": copy_mean.map(round1),
+        "raw_session_copy_phases_ops_per_sec": raw.copy_rates.iter().map(|r| round1(*r)).collect::<Vec<_>>(),
+        "ratio_to_raw_session_copy": copy_mean.map(|r| round3(ops_per_sec / r)),
+    });
+    (v, ratio)
+}
+
+/// The audit writer's figures over the daemon phases (`secs_d` seconds), and the share of
+/// that time it spent in fsync.
+fn audit_json(audit: Option<AuditCounters>, secs_d: f64) -> (Value, Option<f64>) {
+    // Share of the daemon phases' wall time the audit writer spent in fsync: near 1, every
+    // request waits for the disk (group commit), whatever the CPU does.
+    let fsync_busy = audit
+        .filter(|_| secs_d > 0.0)
+        .map(|a| round3(a.fsync_secs / secs_d));
+    let v = json!({
+        "audit_fsyncs_per_sec": audit.filter(|_| secs_d > 0.0).map(|a| round1(a.fsyncs / secs_d)),
+        "audit_events_per_fsync": audit.filter(|a| a.fsyncs > 0.0).map(|a| round1(a.events / a.fsyncs)),
+        "audit_fsync_mean_ms": audit.filter(|a| a.fsyncs > 0.0).map(|a| round3(a.fsync_secs * 1e3 / a.fsyncs)),
+        "audit_fsync_busy": fsync_busy,
+    });
+    (v, fsync_busy)
+}
+
+/// What one case measured: the daemon phases, the raw baseline, the server's memory
+/// (RSS peak, mean, samples) and its VmHWM.
+struct Measured {
+    t: PhaseTally,
+    raw: RawTally,
+    mem: Option<(u64, u64, u64)>,
+    hwm: Option<u64>,
+}
+
+/// The raw baseline's phases: rates on the token key and on its session copy, and the
+/// operations and CPU ticks of the token-key phases.
+#[derive(Default)]
+struct RawTally {
+    rates: Vec<f64>,
+    ops: u64,
+    cpu_ticks: u64,
+    copy_rates: Vec<f64>,
+}
+
+/// The daemon phases added up: requests, server CPU ticks (all threads, HSM threads), the
+/// audit writer's counters and the number of phases.
+#[derive(Default)]
+struct PhaseTally {
+    all: PhaseResult,
+    server_total: u64,
+    server_hsm: u64,
+    /// False once a phase could not read the server's CPU.
+    have_server: bool,
+    audit: Option<AuditCounters>,
+    phases: u32,
+}
+
+impl PhaseTally {
+    /// Adds the audit counters' growth from `a` to `b`.
+    fn add_audit(&mut self, a: AuditCounters, b: AuditCounters) {
+        let sum = self.audit.get_or_insert(AuditCounters::default());
+        sum.events += b.events - a.events;
+        sum.fsyncs += b.fsyncs - a.fsyncs;
+        sum.fsync_secs += b.fsync_secs - a.fsync_secs;
+    }
+
+    /// Adds one daemon phase (latency samples up to MAX_SAMPLES).
+    fn add(&mut self, p: PhaseResult) {
+        self.phases += 1;
+        let all = &mut self.all;
+        all.ops += p.ops;
+        all.elapsed += p.elapsed;
+        if all.latencies_us.len() + p.latencies_us.len() <= MAX_SAMPLES {
+            all.latencies_us.extend_from_slice(&p.latencies_us);
+        }
+        for (k, v) in p.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        all.client_cpu += p.client_cpu;
+        for (k, v) in &p.server_threads {
+            *all.server_threads.entry(k.clone()).or_default() += v;
+        }
+        match p.server_cpu {
+            Some((t, h)) => {
+                self.server_total += t;
+                self.server_hsm += h;
+            }
+            None => self.have_server = false,
+        }
+    }
+}
+
+/// What bounds a case: the HSM (create-key, near the raw rate, or HSM threads near a core),
+/// the CPU, the audit fsync, or none of them clearly.
+fn bound_of(
+    op: Op,
+    ratio: Option<f64>,
+    hsm_cores: Option<f64>,
+    cpu_busy: Option<f64>,
+    fsync_busy: Option<f64>,
+) -> &'static str {
+    if op == Op::CreateKey
+        || ratio.is_some_and(|r| r >= 0.85)
+        || hsm_cores.is_some_and(|c| c >= 0.85)
+    {
+        "hsm"
+    } else if cpu_busy.is_some_and(|b| b >= 0.9) {
+        "cpu"
+    } else if fsync_busy.is_some_and(|b| b >= 0.7) {
+        "audit fsync (group commit: each answer waits for the disk)"
+    } else {
+        "undetermined (neither HSM- nor CPU-saturated: locks, queueing or latency)"
     }
 }
 
@@ -1643,6 +1795,159 @@ fn emit(v: &Value) {
     let _ = out.flush();
 }
 
+/// The keys the daemon lists (at most 1,000 pages of 1,000).
+fn count_keys(bench: &Bench<'_>) -> Result<usize, String> {
+    let conn = bench.conn.clone();
+    bench.rt.block_on(async move {
+        let mut c = conn.client(0);
+        let mut n = 0usize;
+        let mut marker = String::new();
+        // Bounded: at most 1,000 pages of 1,000.
+        for _ in 0..1_000 {
+            let r = c
+                .list_keys(conn.req(
+                    pb::ListKeysRequest {
+                        limit: Some(1000),
+                        marker: marker.clone(),
+                    },
+                    "ListKeys",
+                ))
+                .await
+                .map_err(|s| format!("ListKeys: {}", reason(&s)))?
+                .into_inner();
+            n += r.keys.len();
+            if !r.truncated || r.next_marker.is_empty() {
+                break;
+            }
+            marker = r.next_marker;
+        }
+        Ok(n)
+    })
+}
+
+/// The startup suite: restart time with the keys there are, seeding `--startup-keys` keys,
+/// restart time again, then encrypt with that many keys on the token. True on any error.
+fn startup_suite(
+    bench: &mut Bench<'_>,
+    w: &World,
+    d: &mut Daemon,
+    target: &Target,
+    key_id: &str,
+) -> Result<bool, String> {
+    let cli = bench.cli;
+    let rt = bench.rt;
+    let mut any_errors = false;
+    // Before seeding: a restart with the keys there are now.
+    let restart = |d: &mut Daemon, label: &str, keys: usize| -> Result<Value, String> {
+        d.stop();
+        let t0 = Instant::now();
+        *d = Daemon::spawn(w)?;
+        let (port, ready) = wait_ready(rt, d, w.addr, target, Some(key_id), t0)?;
+        Ok(startup_json(label, keys, port, ready, d.pid, "DescribeKey"))
+    };
+    let have = count_keys(bench)?;
+    emit(&restart(d, "startup", have)?);
+    bench.server_pid = Some(d.pid);
+    bench.conn = rt.block_on(Conn::open(target, cli.channels))?;
+
+    let (made, errors, took) = seed_keys(
+        rt,
+        &bench.conn,
+        have,
+        cli.startup_keys,
+        cli.seed_concurrency,
+        Duration::from_secs(cli.seed_timeout),
+    );
+    let seeded_mem = proc_mem(d.pid);
+    let n_err: u64 = errors.values().sum();
+    if n_err > 0 {
+        any_errors = true;
+        eprintln!("WARNING: seeding keys had {n_err} errors: {errors:?}");
+    }
+    emit(&json!({
+        "case": "create-key-seed",
+        "keys_created": made,
+        "concurrency": cli.seed_concurrency,
+        "duration_s": round3(took.as_secs_f64()),
+        "ops_per_sec": round1(made as f64 / took.as_secs_f64().max(1e-9)),
+        "error_count": n_err,
+        "errors": errors,
+        "server_rss_kb_after": seeded_mem.map(|m| m.0),
+        "server_vmhwm_kb_after": seeded_mem.map(|m| m.1),
+        "bound": "hsm",
+    }));
+    let total = count_keys(bench)?;
+    emit(&restart(d, "startup", total)?);
+    bench.server_pid = Some(d.pid);
+    bench.conn = rt.block_on(Conn::open(target, cli.channels))?;
+    // Encrypt with that many key objects on the token.
+    bench.token_keys_note = Some(total);
+    let v = bench.case(Op::Encrypt, "encrypt-with-many-keys")?;
+    emit(&v);
+    Ok(any_errors || v["error_count"].as_u64().unwrap_or(0) > 0)
+}
+
+/// Where the crypto and startup suites send requests: the bench's own daemon (with its work
+/// dir) or the existing `--endpoint`, and the HSM the raw baseline opens, if any.
+struct Setup {
+    world: Option<World>,
+    daemon: Option<Daemon>,
+    target: Target,
+    server_pid: Option<u32>,
+    raw_cfg: Option<(PathBuf, String, Pin)>,
+}
+
+/// Builds the work dir and starts the bench's own daemon (waiting until it answers), or
+/// connects to `--endpoint`.
+fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String> {
+    match &cli.endpoint {
+        Some(ep) => {
+            let target = Target::existing(cli, ep)?;
+            let mut raw_cfg = None;
+            if let (Some(m), Some(l)) = (&cli.hsm_module, &cli.token_label) {
+                if let Some(conf) = &cli.softhsm2_conf {
+                    std::env::set_var("SOFTHSM2_CONF", conf);
+                }
+                let pin = std::env::var(&cli.pin_env)
+                    .map_err(|_| format!("raw baseline needs the PIN in ${}", cli.pin_env))?;
+                raw_cfg = Some((m.clone(), l.clone(), Pin::new(pin)));
+            } else if !cli.no_raw {
+                eprintln!("p11kms-bench: no --hsm-module/--token-label: raw baseline skipped");
+            }
+            Ok(Setup {
+                world: None,
+                daemon: None,
+                target,
+                server_pid: cli.server_pid,
+                raw_cfg,
+            })
+        }
+        None => {
+            let w = build_world(cli)?;
+            // Before this process loads SoftHSM2 for the raw loop.
+            std::env::set_var("SOFTHSM2_CONF", &w.softhsm_conf);
+            let t0 = Instant::now();
+            let mut d = Daemon::spawn(&w)?;
+            let t = Target::own(&w, cli)?;
+            let (port, ready) = wait_ready(rt, &mut d, w.addr, &t, None, t0)?;
+            eprintln!(
+                "p11kms-bench: daemon pid {} on {} (port after {:.0} ms, ready after {:.0} ms)",
+                d.pid,
+                w.addr,
+                port.as_secs_f64() * 1e3,
+                ready.as_secs_f64() * 1e3
+            );
+            Ok(Setup {
+                server_pid: Some(d.pid),
+                raw_cfg: Some((w.module.clone(), TOKEN_LABEL.to_string(), w.pin.clone())),
+                daemon: Some(d),
+                target: t,
+                world: Some(w),
+            })
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<bool, String> {
     let tck = clk_tck();
     let cores = std::thread::available_parallelism()
@@ -1667,48 +1972,12 @@ fn run(cli: Cli) -> Result<bool, String> {
     }
 
     // ---- the daemon
-    let world;
-    let mut daemon = None;
-    let target;
-    let mut server_pid = cli.server_pid;
-    let mut raw_cfg: Option<(PathBuf, String, Pin)> = None;
-    match &cli.endpoint {
-        Some(ep) => {
-            world = None;
-            target = Target::existing(&cli, ep)?;
-            if let (Some(m), Some(l)) = (&cli.hsm_module, &cli.token_label) {
-                if let Some(conf) = &cli.softhsm2_conf {
-                    std::env::set_var("SOFTHSM2_CONF", conf);
-                }
-                let pin = std::env::var(&cli.pin_env)
-                    .map_err(|_| format!("raw baseline needs the PIN in ${}", cli.pin_env))?;
-                raw_cfg = Some((m.clone(), l.clone(), Pin::new(pin)));
-            } else if !cli.no_raw {
-                eprintln!("p11kms-bench: no --hsm-module/--token-label: raw baseline skipped");
-            }
-        }
-        None => {
-            let w = build_world(&cli)?;
-            // Before this process loads SoftHSM2 for the raw loop.
-            std::env::set_var("SOFTHSM2_CONF", &w.softhsm_conf);
-            let t0 = Instant::now();
-            let mut d = Daemon::spawn(&w)?;
-            let t = Target::own(&w, &cli)?;
-            let (port, ready) = wait_ready(&rt, &mut d, w.addr, &t, None, t0)?;
-            eprintln!(
-                "p11kms-bench: daemon pid {} on {} (port after {:.0} ms, ready after {:.0} ms)",
-                d.pid,
-                w.addr,
-                port.as_secs_f64() * 1e3,
-                ready.as_secs_f64() * 1e3
-            );
-            server_pid = Some(d.pid);
-            raw_cfg = Some((w.module.clone(), TOKEN_LABEL.to_string(), w.pin.clone()));
-            daemon = Some(d);
-            target = t;
-            world = Some(w);
-        }
-    }
+    let setup = start_target(&cli, &rt)?;
+    let world = setup.world;
+    let mut daemon = setup.daemon;
+    let target = setup.target;
+    let server_pid = setup.server_pid;
+    let raw_cfg = setup.raw_cfg;
     let raw = match (&raw_cfg, cli.no_raw) {
         (Some((m, l, pin)), false) => Some(
             RawBench::open(m, l, pin)
@@ -1757,82 +2026,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         let (Some(w), Some(d)) = (world.as_ref(), daemon.as_mut()) else {
             return Err("startup suite needs the own daemon".into());
         };
-        let count_keys = |bench: &Bench<'_>| -> Result<usize, String> {
-            let conn = bench.conn.clone();
-            bench.rt.block_on(async move {
-                let mut c = conn.client(0);
-                let mut n = 0usize;
-                let mut marker = String::new();
-                // Bounded: at most 1,000 pages of 1,000.
-                for _ in 0..1_000 {
-                    let r = c
-                        .list_keys(conn.req(
-                            pb::ListKeysRequest {
-                                limit: Some(1000),
-                                marker: marker.clone(),
-                            },
-                            "ListKeys",
-                        ))
-                        .await
-                        .map_err(|s| format!("ListKeys: {}", reason(&s)))?
-                        .into_inner();
-                    n += r.keys.len();
-                    if !r.truncated || r.next_marker.is_empty() {
-                        break;
-                    }
-                    marker = r.next_marker;
-                }
-                Ok(n)
-            })
-        };
-        // Before seeding: a restart with the keys there are now.
-        let restart = |d: &mut Daemon, label: &str, keys: usize| -> Result<Value, String> {
-            d.stop();
-            let t0 = Instant::now();
-            *d = Daemon::spawn(w)?;
-            let (port, ready) = wait_ready(&rt, d, w.addr, &target, Some(&key_id), t0)?;
-            Ok(startup_json(label, keys, port, ready, d.pid, "DescribeKey"))
-        };
-        let have = count_keys(&bench)?;
-        emit(&restart(d, "startup", have)?);
-        bench.server_pid = Some(d.pid);
-        bench.conn = rt.block_on(Conn::open(&target, cli.channels))?;
-
-        let (made, errors, took) = seed_keys(
-            &rt,
-            &bench.conn,
-            have,
-            cli.startup_keys,
-            cli.seed_concurrency,
-            Duration::from_secs(cli.seed_timeout),
-        );
-        let seeded_mem = proc_mem(d.pid);
-        let n_err: u64 = errors.values().sum();
-        if n_err > 0 {
-            any_errors = true;
-            eprintln!("WARNING: seeding keys had {n_err} errors: {errors:?}");
-        }
-        emit(&json!({
-            "case": "create-key-seed",
-            "keys_created": made,
-            "concurrency": cli.seed_concurrency,
-            "duration_s": round3(took.as_secs_f64()),
-            "ops_per_sec": round1(made as f64 / took.as_secs_f64().max(1e-9)),
-            "error_count": n_err,
-            "errors": errors,
-            "server_rss_kb_after": seeded_mem.map(|m| m.0),
-            "server_vmhwm_kb_after": seeded_mem.map(|m| m.1),
-            "bound": "hsm",
-        }));
-        let total = count_keys(&bench)?;
-        emit(&restart(d, "startup", total)?);
-        bench.server_pid = Some(d.pid);
-        bench.conn = rt.block_on(Conn::open(&target, cli.channels))?;
-        // Encrypt with that many key objects on the token.
-        bench.token_keys_note = Some(total);
-        let v = bench.case(Op::Encrypt, "encrypt-with-many-keys")?;
-        any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
-        emit(&v);
+        any_errors |= startup_suite(&mut bench, w, d, &target, &key_id)?;
     }
 
     // Order: the raw session (and its key) first, then the daemon, then the files.

@@ -178,6 +178,23 @@ pub fn parse_authorization(header: &str) -> Result<AuthHeader, SigV4Error> {
     if header.is_empty() {
         return Err(SigV4Error::MissingAuthenticationToken);
     }
+    let rest = split_algorithm(header)?;
+    let (credential, signed, signature) = parse_parameters(header, rest)?;
+    let (akid, date, region, service) = parse_credential(credential)?;
+    let signed_headers = parse_signed_headers(signed)?;
+    check_signature_syntax(signature)?;
+    Ok(AuthHeader {
+        access_key_id: akid.to_string(),
+        date: date.to_string(),
+        region: region.to_string(),
+        service: service.to_string(),
+        signed_headers,
+        signature_hex: signature.to_ascii_lowercase(),
+    })
+}
+
+/// Checks the algorithm word at the start of the header; returns the parameters after it.
+fn split_algorithm(header: &str) -> Result<&str, SigV4Error> {
     let (algorithm, rest) = match header.split_once(|c: char| c.is_ascii_whitespace()) {
         Some((a, r)) => (a, r),
         None => (header, ""),
@@ -188,6 +205,15 @@ pub fn parse_authorization(header: &str) -> Result<AuthHeader, SigV4Error> {
             echo(algorithm)
         )));
     }
+    Ok(rest)
+}
+
+/// Splits the `Name=Value` parameters; returns `(Credential, SignedHeaders, Signature)`,
+/// refusing unknown, repeated and missing parameters.
+fn parse_parameters<'h>(
+    header: &str,
+    rest: &'h str,
+) -> Result<(&'h str, &'h str, &'h str), SigV4Error> {
     let mut credential = None;
     let mut signed = None;
     let mut signature = None;
@@ -241,7 +267,11 @@ pub fn parse_authorization(header: &str) -> Result<AuthHeader, SigV4Error> {
             echo(header)
         )));
     };
+    Ok((credential, signed, signature))
+}
 
+/// Splits and checks `Credential`; returns `(access key id, date, region, service)`.
+fn parse_credential(credential: &str) -> Result<(&str, &str, &str, &str), SigV4Error> {
     let cparts: Vec<&str> = credential.split('/').collect();
     let [akid, date, region, service, terminator] = cparts.as_slice() else {
         return Err(incomplete(format!(
@@ -273,7 +303,11 @@ pub fn parse_authorization(header: &str) -> Result<AuthHeader, SigV4Error> {
             echo(terminator)
         )));
     }
+    Ok((akid, date, region, service))
+}
 
+/// Splits `SignedHeaders` into lowercased header names, refusing invalid ones.
+fn parse_signed_headers(signed: &str) -> Result<Vec<String>, SigV4Error> {
     let mut signed_headers = Vec::new();
     for h in signed.split(';') {
         if h.is_empty() || !h.bytes().all(is_token_char) {
@@ -284,22 +318,18 @@ pub fn parse_authorization(header: &str) -> Result<AuthHeader, SigV4Error> {
         }
         signed_headers.push(h.to_ascii_lowercase());
     }
+    Ok(signed_headers)
+}
 
+/// `Signature` must be 64 hex characters.
+fn check_signature_syntax(signature: &str) -> Result<(), SigV4Error> {
     if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(incomplete(format!(
             "Signature must be 64 hexadecimal characters, not '{}'.",
             echo(signature)
         )));
     }
-
-    Ok(AuthHeader {
-        access_key_id: (*akid).to_string(),
-        date: (*date).to_string(),
-        region: (*region).to_string(),
-        service: (*service).to_string(),
-        signed_headers,
-        signature_hex: signature.to_ascii_lowercase(),
-    })
+    Ok(())
 }
 
 /// RFC 7230 token characters (header field names).
@@ -508,6 +538,27 @@ pub fn verify(
     max_skew_secs: i64,
     lookup_secret: impl FnOnce(&str) -> Option<Zeroizing<String>>,
 ) -> Result<VerifiedSigV4, SigV4Error> {
+    let auth = parse_authorization(single_authorization(req)?)?;
+    if !auth.signed_headers.iter().any(|h| h == "host") {
+        return Err(incomplete(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+        ));
+    }
+    let (date_header, amz_date) = request_date(req)?;
+    check_signed_headers_present(req, &auth, date_header)?;
+    check_scope(&auth, &amz_date, expected_service, allowed_regions)?;
+    check_skew(&amz_date, now_unix_secs, max_skew_secs)?;
+    let secret = lookup_secret(&auth.access_key_id).ok_or(SigV4Error::UnrecognizedClient)?;
+    check_signature(req, &auth, &amz_date, &secret)?;
+    Ok(VerifiedSigV4 {
+        access_key_id: auth.access_key_id,
+        amz_date,
+        region: auth.region,
+    })
+}
+
+/// The one `Authorization` header value (none: missing token, or presigned auth refused).
+fn single_authorization<'r>(req: &SignableRequest<'r>) -> Result<&'r str, SigV4Error> {
     let auth_count = header_count(req.headers, "authorization");
     if auth_count == 0 {
         if is_presigned(req.query) {
@@ -520,19 +571,15 @@ pub fn verify(
     if auth_count > 1 {
         return Err(incomplete("More than one Authorization header."));
     }
-    let header = header_value(req.headers, "authorization").unwrap_or("");
-    let auth = parse_authorization(header)?;
+    Ok(header_value(req.headers, "authorization").unwrap_or(""))
+}
 
-    if !auth.signed_headers.iter().any(|h| h == "host") {
-        return Err(incomplete(
-            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
-        ));
-    }
-
-    // The request time: X-Amz-Date, else an HTTP Date header.
-    let (date_header, amz_date) = match header_count(req.headers, "x-amz-date") {
+/// The request time: X-Amz-Date, else an HTTP Date header. Returns the name of the header
+/// used and the time as `yyyymmddThhmmssZ`.
+fn request_date(req: &SignableRequest<'_>) -> Result<(&'static str, String), SigV4Error> {
+    match header_count(req.headers, "x-amz-date") {
         0 => match header_value(req.headers, "date") {
-            Some(d) => (
+            Some(d) => Ok((
                 "date",
                 http_date_to_amz(d).ok_or_else(|| {
                     incomplete(format!(
@@ -540,12 +587,10 @@ pub fn verify(
                         echo(d)
                     ))
                 })?,
-            ),
-            None => {
-                return Err(incomplete(
-                    "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
-                ))
-            }
+            )),
+            None => Err(incomplete(
+                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
+            )),
         },
         1 => {
             let d = header_value(req.headers, "x-amz-date").unwrap_or("").trim();
@@ -555,10 +600,18 @@ pub fn verify(
                     echo(d)
                 )));
             }
-            ("x-amz-date", d.to_string())
+            Ok(("x-amz-date", d.to_string()))
         }
-        _ => return Err(incomplete("More than one X-Amz-Date header.")),
-    };
+        _ => Err(incomplete("More than one X-Amz-Date header.")),
+    }
+}
+
+/// The date header used must be signed, and every signed header must be in the request.
+fn check_signed_headers_present(
+    req: &SignableRequest<'_>,
+    auth: &AuthHeader,
+    date_header: &str,
+) -> Result<(), SigV4Error> {
     if !auth.signed_headers.iter().any(|h| h == date_header) {
         return Err(incomplete(format!(
             "'{date_header}' must be a 'SignedHeader' in the AWS Authorization."
@@ -572,7 +625,17 @@ pub fn verify(
             )));
         }
     }
+    Ok(())
+}
 
+/// The credential scope must match the request day, the expected service and an allowed
+/// region.
+fn check_scope(
+    auth: &AuthHeader,
+    amz_date: &str,
+    expected_service: &str,
+    allowed_regions: &[String],
+) -> Result<(), SigV4Error> {
     let request_day = amz_date.get(..8).unwrap_or("");
     if auth.date != request_day {
         return Err(SigV4Error::InvalidSignature(format!(
@@ -590,11 +653,15 @@ pub fn verify(
             "Credential should be scoped to a valid region. ".into(),
         ));
     }
+    Ok(())
+}
 
-    let request_secs = parse_amz_date(&amz_date).ok_or_else(|| {
+/// The request time must be within `max_skew_secs` of `now_unix_secs`.
+fn check_skew(amz_date: &str, now_unix_secs: i64, max_skew_secs: i64) -> Result<(), SigV4Error> {
+    let request_secs = parse_amz_date(amz_date).ok_or_else(|| {
         incomplete(format!(
             "Date must be in ISO-8601 'basic format'. Got '{}'.",
-            echo(&amz_date)
+            echo(amz_date)
         ))
     })?;
     let skew = max_skew_secs.max(0);
@@ -614,18 +681,20 @@ pub fn verify(
             describe_skew(skew)
         )));
     }
+    Ok(())
+}
 
-    let secret = lookup_secret(&auth.access_key_id).ok_or(SigV4Error::UnrecognizedClient)?;
-
+/// Recomputes the signature with the secret and compares it in constant time.
+fn check_signature(
+    req: &SignableRequest<'_>,
+    auth: &AuthHeader,
+    amz_date: &str,
+    secret: &str,
+) -> Result<(), SigV4Error> {
     let scope = auth.scope();
     let creq = canonical_request(req, &auth.signed_headers);
-    let sts = string_to_sign(&amz_date, &scope, &creq);
-    let key = Zeroizing::new(signing_key(
-        &secret,
-        &auth.date,
-        &auth.region,
-        &auth.service,
-    ));
+    let sts = string_to_sign(amz_date, &scope, &creq);
+    let key = Zeroizing::new(signing_key(secret, &auth.date, &auth.region, &auth.service));
     let expected = hmac(&*key, sts.as_bytes());
     let provided = hex::decode(&auth.signature_hex).unwrap_or_default();
     if provided.len() != expected.len() || !bool::from(expected.ct_eq(provided.as_slice())) {
@@ -633,11 +702,7 @@ pub fn verify(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
         ));
     }
-    Ok(VerifiedSigV4 {
-        access_key_id: auth.access_key_id,
-        amz_date,
-        region: auth.region,
-    })
+    Ok(())
 }
 
 fn describe_skew(secs: i64) -> String {

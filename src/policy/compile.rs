@@ -485,8 +485,8 @@ impl CValues {
     }
 }
 
+/// Compiles one condition: its values are checked and parsed for the operator's type.
 fn compile_condition(c: &Condition, vars: bool, at: &str) -> Result<CCondition, PolicyError> {
-    use OperatorKind::*;
     let kind = c.operator.kind;
     let vars = vars && kind.allows_variables();
     let bad = |v: &str, what: &str| {
@@ -495,17 +495,37 @@ fn compile_condition(c: &Condition, vars: bool, at: &str) -> Result<CCondition, 
             c.operator_text, c.key
         ))
     };
-    let values = match kind {
+    let values = compile_values(&c.values, kind, vars, &bad)?;
+    Ok(CCondition {
+        key_lc: c.key.to_lowercase().into_boxed_str(),
+        qualifier: c.operator.qualifier,
+        kind,
+        if_exists: c.operator.if_exists,
+        has_vars: values.has_vars(),
+        values,
+    })
+}
+
+/// The condition values parsed for the operator's type (`vars`: policy variables allowed);
+/// the first invalid value is refused with `bad(value, what)`.
+fn compile_values(
+    values: &[String],
+    kind: OperatorKind,
+    vars: bool,
+    bad: &dyn Fn(&str, &str) -> PolicyError,
+) -> Result<CValues, PolicyError> {
+    use OperatorKind::*;
+    Ok(match kind {
         StringEquals | StringNotEquals | StringEqualsIgnoreCase | StringNotEqualsIgnoreCase => {
             CValues::Str(
-                c.values
+                values
                     .iter()
                     .map(|v| tokenize(v, false, vars, false))
                     .collect(),
             )
         }
         StringLike | StringNotLike => CValues::Str(
-            c.values
+            values
                 .iter()
                 .map(|v| tokenize(v, true, vars, false))
                 .collect(),
@@ -515,86 +535,50 @@ fn compile_condition(c: &Condition, vars: bool, at: &str) -> Result<CCondition, 
         | NumericLessThan
         | NumericLessThanEquals
         | NumericGreaterThan
-        | NumericGreaterThanEquals => {
-            let mut out = Vec::with_capacity(c.values.len());
-            for v in &c.values {
-                if conditions::Decimal::parse(v).is_none() {
-                    return Err(bad(v, "number"));
-                }
-                out.push(v.as_str().into());
+        | NumericGreaterThanEquals => CValues::Num(parse_each(values, |v| {
+            match conditions::Decimal::parse(v) {
+                Some(_) => Ok(v.into()),
+                None => Err(bad(v, "number")),
             }
-            CValues::Num(out.into_boxed_slice())
-        }
+        })?),
         DateEquals
         | DateNotEquals
         | DateLessThan
         | DateLessThanEquals
         | DateGreaterThan
-        | DateGreaterThanEquals => {
-            let mut out = Vec::with_capacity(c.values.len());
-            for v in &c.values {
-                out.push(conditions::parse_date(v).ok_or_else(|| bad(v, "date"))?);
+        | DateGreaterThanEquals => CValues::Date(parse_each(values, |v| {
+            conditions::parse_date(v).ok_or_else(|| bad(v, "date"))
+        })?),
+        Bool => CValues::Bool(parse_each(values, |v| {
+            let p = tokenize(v, false, vars, true);
+            if !has_vars(&p) && conditions::parse_bool(v).is_none() {
+                return Err(bad(v, "boolean (expected true or false)"));
             }
-            CValues::Date(out.into_boxed_slice())
-        }
-        Bool => {
-            let mut out = Vec::with_capacity(c.values.len());
-            for v in &c.values {
-                let p = tokenize(v, false, vars, true);
-                if !has_vars(&p) && conditions::parse_bool(v).is_none() {
-                    return Err(bad(v, "boolean (expected true or false)"));
-                }
-                out.push(p);
-            }
-            CValues::Bool(out.into_boxed_slice())
-        }
-        BinaryEquals => {
-            let mut out = Vec::with_capacity(c.values.len());
-            for v in &c.values {
-                out.push(
-                    conditions::decode_base64(v)
-                        .ok_or_else(|| bad(v, "base64 value"))?
-                        .into_boxed_slice(),
-                );
-            }
-            CValues::Binary(out.into_boxed_slice())
-        }
-        IpAddress | NotIpAddress => {
-            let mut out = Vec::with_capacity(c.values.len());
-            for v in &c.values {
-                out.push(Cidr::parse(v).ok_or_else(|| bad(v, "IP address or CIDR"))?);
-            }
-            CValues::Ip(out.into_boxed_slice())
-        }
-        ArnEquals | ArnLike | ArnNotEquals | ArnNotLike => {
-            let mut out = Vec::with_capacity(c.values.len());
-            for v in &c.values {
-                out.push(
-                    compile_arn(v, vars)
-                        .ok_or_else(|| bad(v, "ARN (expected 6 colon-separated segments)"))?,
-                );
-            }
-            CValues::Arn(out.into_boxed_slice())
-        }
-        Null => {
-            let mut out = Vec::with_capacity(c.values.len());
-            for v in &c.values {
-                out.push(
-                    conditions::parse_bool(v)
-                        .ok_or_else(|| bad(v, "Null value (expected true or false)"))?,
-                );
-            }
-            CValues::Null(out.into_boxed_slice())
-        }
-    };
-    Ok(CCondition {
-        key_lc: c.key.to_lowercase().into_boxed_str(),
-        qualifier: c.operator.qualifier,
-        kind,
-        if_exists: c.operator.if_exists,
-        has_vars: values.has_vars(),
-        values,
+            Ok(p)
+        })?),
+        BinaryEquals => CValues::Binary(parse_each(values, |v| {
+            conditions::decode_base64(v)
+                .map(Vec::into_boxed_slice)
+                .ok_or_else(|| bad(v, "base64 value"))
+        })?),
+        IpAddress | NotIpAddress => CValues::Ip(parse_each(values, |v| {
+            Cidr::parse(v).ok_or_else(|| bad(v, "IP address or CIDR"))
+        })?),
+        ArnEquals | ArnLike | ArnNotEquals | ArnNotLike => CValues::Arn(parse_each(values, |v| {
+            compile_arn(v, vars).ok_or_else(|| bad(v, "ARN (expected 6 colon-separated segments)"))
+        })?),
+        Null => CValues::Null(parse_each(values, |v| {
+            conditions::parse_bool(v).ok_or_else(|| bad(v, "Null value (expected true or false)"))
+        })?),
     })
+}
+
+/// Parses every value in order with `parse`, stopping at the first error.
+fn parse_each<T>(
+    values: &[String],
+    mut parse: impl FnMut(&str) -> Result<T, PolicyError>,
+) -> Result<Box<[T]>, PolicyError> {
+    values.iter().map(|v| parse(v)).collect()
 }
 
 /// A compiled statement.

@@ -473,6 +473,11 @@ pub fn input_members(operation: &str) -> Option<Vec<String>> {
 /// Every other member of the model is refused when set ([`unread_refusal`]), never ignored.
 /// `DryRun` is read by the operations of [`DRY_RUN_OPERATIONS`] in addition to these.
 fn base_reads(operation: &str) -> Option<&'static [&'static str]> {
+    key_admin_reads(operation).or_else(|| crypto_reads(operation))
+}
+
+/// [`base_reads`] of the key, alias, policy, grant, rotation and import operations.
+fn key_admin_reads(operation: &str) -> Option<&'static [&'static str]> {
     const KEY: &[&str] = &["KeyId"];
     const KEY_TOKENS: &[&str] = &["KeyId", "GrantTokens"];
     const PAGE: &[&str] = &["KeyId", "Limit", "Marker"];
@@ -504,6 +509,50 @@ fn base_reads(operation: &str) -> Option<&'static [&'static str]> {
         "ListResourceTags" | "ListAliases" | "ListKeyPolicies" => PAGE,
         "CreateAlias" | "UpdateAlias" => &["AliasName", "TargetKeyId"],
         "DeleteAlias" => &["AliasName"],
+        "GetKeyPolicy" => &["KeyId", "PolicyName"],
+        "PutKeyPolicy" => &[
+            "KeyId",
+            "PolicyName",
+            "Policy",
+            "BypassPolicyLockoutSafetyCheck",
+        ],
+        "CreateGrant" => &[
+            "KeyId",
+            "GranteePrincipal",
+            "RetiringPrincipal",
+            "Operations",
+            "Constraints",
+            "Constraints.EncryptionContextSubset",
+            "Constraints.EncryptionContextEquals",
+            "GrantTokens",
+            "Name",
+        ],
+        "ListGrants" => &["Limit", "Marker", "KeyId", "GrantId", "GranteePrincipal"],
+        "ListRetirableGrants" => &["Limit", "Marker", "RetiringPrincipal"],
+        "RetireGrant" => &["GrantToken", "KeyId", "GrantId"],
+        "RevokeGrant" => &["KeyId", "GrantId"],
+        "EnableKeyRotation" => &["KeyId", "RotationPeriodInDays"],
+        "ListKeyRotations" => &["KeyId", "IncludeKeyMaterial", "Limit", "Marker"],
+        "GetParametersForImport" => &["KeyId", "WrappingAlgorithm", "WrappingKeySpec"],
+        "ImportKeyMaterial" => &[
+            "KeyId",
+            "ImportToken",
+            "EncryptedKeyMaterial",
+            "ValidTo",
+            "ExpirationModel",
+            "ImportType",
+            "KeyMaterialDescription",
+            "KeyMaterialId",
+        ],
+        "DeleteImportedKeyMaterial" => &["KeyId", "KeyMaterialId"],
+        _ => return None,
+    })
+}
+
+/// [`base_reads`] of the cryptographic operations (data, data keys, signatures, MACs,
+/// random bytes, shared secrets).
+fn crypto_reads(operation: &str) -> Option<&'static [&'static str]> {
+    Some(match operation {
         "Encrypt" => &[
             "KeyId",
             "Plaintext",
@@ -557,42 +606,6 @@ fn base_reads(operation: &str) -> Option<&'static [&'static str]> {
         "GenerateDataKeyPair" | "GenerateDataKeyPairWithoutPlaintext" => {
             &["EncryptionContext", "KeyId", "KeyPairSpec", "GrantTokens"]
         }
-        "GetKeyPolicy" => &["KeyId", "PolicyName"],
-        "PutKeyPolicy" => &[
-            "KeyId",
-            "PolicyName",
-            "Policy",
-            "BypassPolicyLockoutSafetyCheck",
-        ],
-        "CreateGrant" => &[
-            "KeyId",
-            "GranteePrincipal",
-            "RetiringPrincipal",
-            "Operations",
-            "Constraints",
-            "Constraints.EncryptionContextSubset",
-            "Constraints.EncryptionContextEquals",
-            "GrantTokens",
-            "Name",
-        ],
-        "ListGrants" => &["Limit", "Marker", "KeyId", "GrantId", "GranteePrincipal"],
-        "ListRetirableGrants" => &["Limit", "Marker", "RetiringPrincipal"],
-        "RetireGrant" => &["GrantToken", "KeyId", "GrantId"],
-        "RevokeGrant" => &["KeyId", "GrantId"],
-        "EnableKeyRotation" => &["KeyId", "RotationPeriodInDays"],
-        "ListKeyRotations" => &["KeyId", "IncludeKeyMaterial", "Limit", "Marker"],
-        "GetParametersForImport" => &["KeyId", "WrappingAlgorithm", "WrappingKeySpec"],
-        "ImportKeyMaterial" => &[
-            "KeyId",
-            "ImportToken",
-            "EncryptedKeyMaterial",
-            "ValidTo",
-            "ExpirationModel",
-            "ImportType",
-            "KeyMaterialDescription",
-            "KeyMaterialId",
-        ],
-        "DeleteImportedKeyMaterial" => &["KeyId", "KeyMaterialId"],
         _ => return None,
     })
 }
