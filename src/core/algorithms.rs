@@ -13,72 +13,10 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::hsm::{MacAlg, ShaAlg};
 
-/// A name that is not one of an enum's AWS values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownValue(pub String);
+use super::domain::wire_enum;
+pub use super::domain::UnknownValue;
 
-impl fmt::Display for UnknownValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown value {:?}", self.0)
-    }
-}
-
-impl std::error::Error for UnknownValue {}
-
-/// Declares an enum of AWS names: the variants, `ALL`, `as_str`, `FromStr`, `Display` and
-/// serde's `Deserialize` (from the AWS spelling).
-macro_rules! aws_names {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $s:literal,)* }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vdoc])* $variant,)*
-        }
-
-        impl $name {
-            /// Every value, in the service model's order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),*];
-
-            /// The AWS spelling.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $s,)*
-                }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
-                match s {
-                    $($s => Ok($name::$variant),)*
-                    _ => Err(UnknownValue(s.to_string())),
-                }
-            }
-        }
-
-        impl From<$name> for &'static str {
-            fn from(v: $name) -> &'static str {
-                v.as_str()
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-aws_names!(
+wire_enum!(
     /// EncryptionAlgorithmSpec.
     EncryptionAlgorithm {
         /// AES-256-GCM under a symmetric key.
@@ -103,7 +41,7 @@ impl EncryptionAlgorithm {
     }
 }
 
-aws_names!(
+wire_enum!(
     /// SigningAlgorithmSpec.
     SigningAlgorithm {
         /// RSASSA-PSS with SHA-256.
@@ -197,7 +135,7 @@ impl SigningAlgorithm {
     }
 }
 
-aws_names!(
+wire_enum!(
     /// MacAlgorithmSpec.
     MacAlgorithm {
         /// HMAC with SHA-224.
@@ -222,7 +160,7 @@ impl From<MacAlg> for MacAlgorithm {
     }
 }
 
-aws_names!(
+wire_enum!(
     /// KeyAgreementAlgorithmSpec.
     KeyAgreementAlgorithm {
         /// Elliptic-curve Diffie-Hellman.
@@ -230,7 +168,7 @@ aws_names!(
     }
 );
 
-aws_names!(
+wire_enum!(
     /// MessageType of Sign and Verify.
     MessageType {
         /// The message itself; the daemon hashes it.
@@ -242,7 +180,7 @@ aws_names!(
     }
 );
 
-aws_names!(
+wire_enum!(
     /// DataKeySpec of GenerateDataKey(WithoutPlaintext).
     DataKeySpec {
         /// 32 bytes.

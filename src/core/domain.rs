@@ -10,7 +10,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Declares a wire enum: its variants with their AWS spelling, `as_str`, `parse`, `ALL`,
-/// `Display` and `FromStr` (an unknown spelling is `UnknownValue`).
+/// `Display`, `FromStr` (an unknown spelling is `UnknownValue`) and serde's `Deserialize`.
+/// The one declaration of every AWS enum of the engine (here and in [`super::algorithms`]).
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)* }) => {
         $(#[$doc])*
@@ -24,7 +25,7 @@ macro_rules! wire_enum {
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
 
             /// The AWS spelling.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $wire,)*
                 }
@@ -54,8 +55,22 @@ macro_rules! wire_enum {
                 })
             }
         }
+
+        impl From<$name> for &'static str {
+            fn from(v: $name) -> &'static str {
+                v.as_str()
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
+pub(crate) use wire_enum;
 
 /// A spelling that is not a value of the enum (the value itself is not kept: it is the
 /// caller's input).
