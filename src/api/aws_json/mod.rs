@@ -274,17 +274,20 @@ impl AwsJsonDoor {
         let checked = model_check(op.name, &value);
         // The trail records what the core request says is safe (nothing when the body does
         // not read as the operation's input).
-        let prepared = (op.prepare)(self.gate.kms().clone(), caller, value);
-        if let Ok(p) = &prepared {
-            info.params = p.params.clone();
+        match (op.prepare)(self.gate.kms().clone(), caller, value) {
+            Ok(prepared) => {
+                info.params = prepared.params;
+                checked.map_err(refused)?;
+                Ok(prepared.call)
+            }
+            Err(_) => {
+                checked.map_err(refused)?;
+                Err(refused(WireError::serialization(format!(
+                    "The request body does not match the input of {}.",
+                    op.name
+                ))))
+            }
         }
-        checked.map_err(refused)?;
-        prepared.map(|p| p.call).map_err(|_| {
-            refused(WireError::serialization(format!(
-                "The request body does not match the input of {}.",
-                op.name
-            )))
-        })
     }
 
     /// Runs an admitted request through the gate and renders the reply.
