@@ -1,7 +1,8 @@
 //! Small encodings shared across layers, written once: the hex SHA-256 digest (SigV4 payload
 //! hashes, audit record hashes, key material ids, import tokens), the PEM form of a public
 //! key (the audit key file, `get-public-key` output) and URL percent-decoding (SigV4's
-//! canonical query, URL-encoded IAM policy documents). Pure functions.
+//! canonical query, URL-encoded IAM policy documents) and the wire spelling of field names
+//! (PascalCase AWS members, camelCase audit parameters). Pure functions.
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -39,9 +40,60 @@ pub fn percent_decode_strict(s: &str) -> Result<String, String> {
     String::from_utf8(percent_decode(s)).map_err(|_| "URL-decoded document is not UTF-8".into())
 }
 
+/// The wire spelling of a Rust field name: `key_id` is `KeyId` (AWS JSON members) with
+/// `capital_first`, `keyId` (CloudTrail parameters, gRPC JSON names) without.
+pub fn wire_case(snake: &str, capital_first: bool) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = capital_first;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `wire` is the PascalCase spelling of the field name `snake` (`KeyId` of `key_id`),
+/// without allocating: a door's member lookup on every request.
+pub fn is_pascal_of(wire: &str, snake: &str) -> bool {
+    let mut w = wire.bytes();
+    let mut upper = true;
+    for c in snake.bytes() {
+        if c == b'_' {
+            upper = true;
+            continue;
+        }
+        let want = if upper { c.to_ascii_uppercase() } else { c };
+        upper = false;
+        if w.next() != Some(want) {
+            return false;
+        }
+    }
+    w.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_case_spellings() {
+        assert_eq!(wire_case("key_id", true), "KeyId");
+        assert_eq!(wire_case("key_id", false), "keyId");
+        assert_eq!(wire_case("ciphertext_blob", true), "CiphertextBlob");
+        assert_eq!(wire_case("dry_run", false), "dryRun");
+        assert!(is_pascal_of("KeyId", "key_id"));
+        assert!(is_pascal_of("GrantTokens", "grant_tokens"));
+        assert!(!is_pascal_of("keyId", "key_id"));
+        assert!(!is_pascal_of("KeyIdX", "key_id"));
+        assert!(!is_pascal_of("Key", "key_id"));
+        assert!(!is_pascal_of("Key_Id", "key_id"));
+    }
 
     #[test]
     fn sha256_hex_of_known_inputs() {
