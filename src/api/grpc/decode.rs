@@ -153,7 +153,7 @@ mod tests {
         imported.valid_to_ms = Some(1_800_000_000_000);
         imported.expiration_model = Some("KEY_MATERIAL_EXPIRES".into());
         for m in [sample(), pending, imported] {
-            let back = key_metadata(super::super::metadata(m.clone())).unwrap();
+            let back = key_metadata(pb::KeyMetadata::from(m.clone())).unwrap();
             assert_eq!(back, m);
             assert_eq!(door::metadata(&back), door::metadata(&m));
         }
@@ -169,6 +169,6 @@ mod tests {
             issuing_account: "111122223333".into(),
             created_at_ms: 1_700_000_000_000,
         };
-        assert_eq!(grant_entry(super::super::grant_entry(g.clone())), g);
+        assert_eq!(grant_entry(pb::GrantListEntry::from(g.clone())), g);
     }
 }

@@ -35,6 +35,7 @@ macro_rules! service_table {
 
 pub mod admin;
 pub mod capture;
+mod convert;
 pub mod decode;
 pub mod kms;
 pub mod status;
@@ -46,18 +47,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use zeroize::Zeroizing;
-
 use crate::api::gate::{Gate, RequestInfo};
-use crate::core::aliases::AliasListEntry;
-use crate::core::keys::KeyMetadata;
 use crate::core::operation::{Operation, RequestParameters, ResponseElements};
 use crate::core::{Kms, KmsError};
 use crate::identity::auth::{claimed_access_key_id, AuthError, Authenticator, SigV4Input};
 use crate::identity::sigv4::SignableRequest;
 use crate::identity::Caller;
-use crate::pb;
-use crate::store::{GrantRecord, Tag};
 use capture::SignedRequestInfo;
 use status::with_reason;
 
@@ -246,7 +241,8 @@ struct Read<X> {
 }
 
 /// A core request read from its gRPC message (proto3: an empty string or zero is "not set").
-/// One impl per operation, in the operation family's file under `kms/`.
+/// One declaration per operation ([`convert`]'s `from_message!`), in the operation family's
+/// file under `kms/`; responses are `From` the core response, declared by `to_message!`.
 pub trait FromMessage<T>: Sized {
     /// Reads the request.
     fn from_message(message: T) -> Result<Self, KmsError>;
@@ -258,90 +254,4 @@ pub type Reply<T> = Result<Response<T>, Status>;
 /// UNAUTHENTICATED with the AWS exception name of an authentication failure.
 pub fn auth_status(e: AuthError) -> Status {
     with_reason(tonic::Code::Unauthenticated, e.aws_name(), e.to_string())
-}
-
-fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-fn opt(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
-
-fn tags_in(tags: Vec<pb::Tag>) -> Vec<Tag> {
-    tags.into_iter()
-        .map(|t| Tag {
-            key: t.tag_key,
-            value: t.tag_value,
-        })
-        .collect()
-}
-
-fn metadata(m: KeyMetadata) -> pb::KeyMetadata {
-    pb::KeyMetadata {
-        aws_account_id: m.aws_account_id,
-        key_id: m.key_id,
-        arn: m.arn,
-        creation_date: Some(ts(m.creation_date_ms)),
-        enabled: m.enabled,
-        description: m.description,
-        key_usage: m.key_usage.as_str().to_string(),
-        key_state: m.key_state.as_str().to_string(),
-        deletion_date: m.deletion_date_ms.map(ts),
-        valid_to: m.valid_to_ms.map(ts),
-        expiration_model: m.expiration_model.unwrap_or_default(),
-        origin: m.origin.as_str().to_string(),
-        key_manager: m.key_manager,
-        customer_master_key_spec: m.key_spec.as_str().to_string(),
-        key_spec: m.key_spec.as_str().to_string(),
-        encryption_algorithms: m.encryption_algorithms,
-        signing_algorithms: m.signing_algorithms,
-        mac_algorithms: m.mac_algorithms,
-        key_agreement_algorithms: m.key_agreement_algorithms,
-        multi_region: m.multi_region,
-        pending_deletion_window_in_days: m.pending_deletion_window_in_days,
-        current_key_material_id: m.current_key_material_id,
-    }
-}
-
-fn alias_entry(a: AliasListEntry) -> pb::AliasListEntry {
-    pb::AliasListEntry {
-        alias_name: a.alias_name,
-        alias_arn: a.alias_arn,
-        target_key_id: a.target_key_id,
-        creation_date: a.creation_date_ms.map(ts),
-        last_updated_date: a.last_updated_date_ms.map(ts),
-    }
-}
-
-/// Moves a plaintext out of a zeroizing buffer into the response message. The response
-/// buffer belongs to the transport from here on.
-fn expose(p: Zeroizing<Vec<u8>>) -> Vec<u8> {
-    p.to_vec()
-}
-
-fn grant_entry(g: GrantRecord) -> pb::GrantListEntry {
-    let constraint = |m: Option<std::collections::BTreeMap<String, String>>| {
-        m.map(|pairs| pb::EncryptionContextConstraint { pairs })
-    };
-    let constraints = (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then(|| {
-        pb::GrantConstraints {
-            encryption_context_subset: constraint(g.constraint_subset),
-            encryption_context_equals: constraint(g.constraint_equals),
-        }
-    });
-    pb::GrantListEntry {
-        key_id: g.key_id,
-        grant_id: g.grant_id,
-        name: g.name.unwrap_or_default(),
-        creation_date: Some(ts(g.created_at_ms)),
-        grantee_principal: g.grantee_principal,
-        retiring_principal: g.retiring_principal.unwrap_or_default(),
-        issuing_account: g.issuing_account,
-        operations: g.operations,
-        constraints,
-    }
 }

@@ -1,11 +1,10 @@
 //! `p11kms.v1.SecurityTokenService`: AssumeRole and GetCallerIdentity. Requests are signed
 //! with SigV4 service name `sts` (or come with a client certificate).
 
-use super::{opt, ts, FromMessage};
+use super::convert::{from_message, to_message, ts};
 use crate::core::sts::{
     AssumeRoleRequest, AssumeRoleResponse, CallerIdentity, GetCallerIdentityRequest,
 };
-use crate::core::KmsError;
 use crate::pb;
 use crate::pb::security_token_service_server::SecurityTokenService;
 
@@ -17,21 +16,11 @@ operations {
 }
 }
 
-impl FromMessage<pb::AssumeRoleRequest> for AssumeRoleRequest {
-    fn from_message(m: pb::AssumeRoleRequest) -> Result<Self, KmsError> {
-        Ok(AssumeRoleRequest {
-            role_arn: m.role_arn,
-            role_session_name: m.role_session_name,
-            duration_seconds: m.duration_seconds,
-            policy: opt(m.policy),
-            tags: m
-                .tags
-                .into_iter()
-                .map(|t| (t.tag_key, t.tag_value))
-                .collect(),
-        })
-    }
-}
+from_message!(pb::AssumeRoleRequest => AssumeRoleRequest {
+    role_arn, role_session_name, duration_seconds, policy, tags
+});
+from_message!(pb::GetCallerIdentityRequest => GetCallerIdentityRequest {});
+to_message!(CallerIdentity => pb::GetCallerIdentityResponse { user_id, account, arn });
 
 /// The secret and the session token leave their zeroizing buffers here, into the message.
 impl From<AssumeRoleResponse> for pb::AssumeRoleResponse {
@@ -47,22 +36,6 @@ impl From<AssumeRoleResponse> for pb::AssumeRoleResponse {
                 assumed_role_id: out.assumed_role_id,
                 arn: out.assumed_role_arn,
             }),
-        }
-    }
-}
-
-impl FromMessage<pb::GetCallerIdentityRequest> for GetCallerIdentityRequest {
-    fn from_message(_: pb::GetCallerIdentityRequest) -> Result<Self, KmsError> {
-        Ok(GetCallerIdentityRequest)
-    }
-}
-
-impl From<CallerIdentity> for pb::GetCallerIdentityResponse {
-    fn from(id: CallerIdentity) -> Self {
-        pb::GetCallerIdentityResponse {
-            user_id: id.user_id,
-            account: id.account,
-            arn: id.arn,
         }
     }
 }

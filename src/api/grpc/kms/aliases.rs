@@ -1,74 +1,25 @@
 //! Aliases on the gRPC door: CreateAlias, UpdateAlias, DeleteAlias, ListAliases.
 
-use super::super::{alias_entry, opt, FromMessage};
+use super::super::convert::{each, from_message, to_message};
 use crate::core::aliases::{
-    CreateAliasRequest, DeleteAliasRequest, ListAliasesRequest, ListAliasesResponse,
-    UpdateAliasRequest,
+    AliasListEntry, CreateAliasRequest, DeleteAliasRequest, ListAliasesRequest,
+    ListAliasesResponse, UpdateAliasRequest,
 };
 use crate::core::operation::Empty;
-use crate::core::KmsError;
 use crate::pb;
 
-impl FromMessage<pb::CreateAliasRequest> for CreateAliasRequest {
-    fn from_message(m: pb::CreateAliasRequest) -> Result<Self, KmsError> {
-        Ok(CreateAliasRequest {
-            alias_name: m.alias_name,
-            target_key_id: m.target_key_id,
-        })
-    }
-}
+from_message!(pb::CreateAliasRequest => CreateAliasRequest { alias_name, target_key_id });
+from_message!(pb::UpdateAliasRequest => UpdateAliasRequest { alias_name, target_key_id });
+from_message!(pb::DeleteAliasRequest => DeleteAliasRequest { alias_name });
+from_message!(pb::ListAliasesRequest => ListAliasesRequest { key_id, limit, marker });
 
-impl FromMessage<pb::UpdateAliasRequest> for UpdateAliasRequest {
-    fn from_message(m: pb::UpdateAliasRequest) -> Result<Self, KmsError> {
-        Ok(UpdateAliasRequest {
-            alias_name: m.alias_name,
-            target_key_id: m.target_key_id,
-        })
-    }
-}
-
-impl FromMessage<pb::DeleteAliasRequest> for DeleteAliasRequest {
-    fn from_message(m: pb::DeleteAliasRequest) -> Result<Self, KmsError> {
-        Ok(DeleteAliasRequest {
-            alias_name: m.alias_name,
-        })
-    }
-}
-
-impl FromMessage<pb::ListAliasesRequest> for ListAliasesRequest {
-    fn from_message(m: pb::ListAliasesRequest) -> Result<Self, KmsError> {
-        Ok(ListAliasesRequest {
-            key_id: opt(m.key_id),
-            limit: m.limit,
-            marker: opt(m.marker),
-        })
-    }
-}
-
-impl From<Empty> for pb::CreateAliasResponse {
-    fn from(_: Empty) -> Self {
-        pb::CreateAliasResponse {}
-    }
-}
-
-impl From<Empty> for pb::UpdateAliasResponse {
-    fn from(_: Empty) -> Self {
-        pb::UpdateAliasResponse {}
-    }
-}
-
-impl From<Empty> for pb::DeleteAliasResponse {
-    fn from(_: Empty) -> Self {
-        pb::DeleteAliasResponse {}
-    }
-}
-
-impl From<ListAliasesResponse> for pb::ListAliasesResponse {
-    fn from(page: ListAliasesResponse) -> Self {
-        pb::ListAliasesResponse {
-            aliases: page.aliases.into_iter().map(alias_entry).collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }
-    }
-}
+to_message!(Empty => pb::CreateAliasResponse {});
+to_message!(Empty => pb::UpdateAliasResponse {});
+to_message!(Empty => pb::DeleteAliasResponse {});
+to_message!(page: ListAliasesResponse => pb::ListAliasesResponse {
+    truncated = page.next_marker.is_some(), aliases => each, next_marker
+});
+to_message!(AliasListEntry => pb::AliasListEntry {
+    alias_name, alias_arn, target_key_id,
+    creation_date: creation_date_ms, last_updated_date: last_updated_date_ms
+});

@@ -1,104 +1,57 @@
 //! Grants on the gRPC door: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant,
 //! RevokeGrant.
+//!
+//! A grant's two encryption context constraints are one nested message on the wire.
 
-use zeroize::Zeroizing;
+use std::collections::BTreeMap;
 
-use super::super::{grant_entry, opt, FromMessage};
+use super::super::convert::{each, from_message, pairs, to_message};
 use crate::core::grants::{
     CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
     ListRetirableGrantsRequest, RetireGrantRequest, RevokeGrantRequest,
 };
 use crate::core::operation::Empty;
-use crate::core::KmsError;
 use crate::pb;
+use crate::store::GrantRecord;
 
-impl FromMessage<pb::CreateGrantRequest> for CreateGrantRequest {
-    fn from_message(m: pb::CreateGrantRequest) -> Result<Self, KmsError> {
-        let c = m.constraints.unwrap_or_default();
-        Ok(CreateGrantRequest {
-            key_id: m.key_id,
-            grantee_principal: m.grantee_principal,
-            retiring_principal: opt(m.retiring_principal),
-            operations: m.operations,
-            constraint_equals: c.encryption_context_equals.map(|m| m.pairs),
-            constraint_subset: c.encryption_context_subset.map(|m| m.pairs),
-            grant_tokens: m.grant_tokens,
-            name: opt(m.name),
-            dry_run: m.dry_run,
-        })
-    }
-}
+from_message!(m: pb::CreateGrantRequest => CreateGrantRequest {
+    key_id, grantee_principal, retiring_principal, operations, grant_tokens, name, dry_run,
+    constraint_equals = pairs(&m.constraints, |c| &c.encryption_context_equals),
+    constraint_subset = pairs(&m.constraints, |c| &c.encryption_context_subset),
+});
+from_message!(pb::ListGrantsRequest => ListGrantsRequest {
+    key_id, grant_id, grantee_principal, limit, marker
+});
+from_message!(pb::ListRetirableGrantsRequest => ListRetirableGrantsRequest {
+    retiring_principal, limit, marker
+});
+from_message!(pb::RetireGrantRequest => RetireGrantRequest {
+    grant_token, key_id, grant_id, dry_run
+});
+from_message!(pb::RevokeGrantRequest => RevokeGrantRequest { key_id, grant_id, dry_run });
 
-impl From<CreateGrantResponse> for pb::CreateGrantResponse {
-    fn from(r: CreateGrantResponse) -> Self {
-        pb::CreateGrantResponse {
-            grant_token: r.grant_token,
-            grant_id: r.grant_id,
-        }
-    }
-}
+to_message!(CreateGrantResponse => pb::CreateGrantResponse { grant_token, grant_id });
+to_message!(page: ListGrantsResponse => pb::ListGrantsResponse {
+    truncated = page.next_marker.is_some(), grants => each, next_marker
+});
+to_message!(Empty => pb::RetireGrantResponse {});
+to_message!(Empty => pb::RevokeGrantResponse {});
+to_message!(g: GrantRecord => pb::GrantListEntry {
+    constraints = constraints(g.constraint_equals, g.constraint_subset),
+    key_id, grant_id, name, creation_date: created_at_ms, grantee_principal, retiring_principal,
+    issuing_account, operations
+});
 
-impl FromMessage<pb::ListGrantsRequest> for ListGrantsRequest {
-    fn from_message(m: pb::ListGrantsRequest) -> Result<Self, KmsError> {
-        Ok(ListGrantsRequest {
-            key_id: m.key_id,
-            grant_id: opt(m.grant_id),
-            grantee_principal: opt(m.grantee_principal),
-            limit: m.limit,
-            marker: opt(m.marker),
-        })
-    }
-}
-
-impl FromMessage<pb::ListRetirableGrantsRequest> for ListRetirableGrantsRequest {
-    fn from_message(m: pb::ListRetirableGrantsRequest) -> Result<Self, KmsError> {
-        Ok(ListRetirableGrantsRequest {
-            retiring_principal: m.retiring_principal,
-            limit: m.limit,
-            marker: opt(m.marker),
-        })
-    }
-}
-
-impl From<ListGrantsResponse> for pb::ListGrantsResponse {
-    fn from(page: ListGrantsResponse) -> Self {
-        pb::ListGrantsResponse {
-            grants: page.grants.into_iter().map(grant_entry).collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }
-    }
-}
-
-impl FromMessage<pb::RetireGrantRequest> for RetireGrantRequest {
-    fn from_message(m: pb::RetireGrantRequest) -> Result<Self, KmsError> {
-        Ok(RetireGrantRequest {
-            grant_token: opt(m.grant_token).map(Zeroizing::new),
-            key_id: opt(m.key_id),
-            grant_id: opt(m.grant_id),
-            dry_run: m.dry_run,
-        })
-    }
-}
-
-impl From<Empty> for pb::RetireGrantResponse {
-    fn from(_: Empty) -> Self {
-        pb::RetireGrantResponse {}
-    }
-}
-
-impl FromMessage<pb::RevokeGrantRequest> for RevokeGrantRequest {
-    fn from_message(m: pb::RevokeGrantRequest) -> Result<Self, KmsError> {
-        Ok(RevokeGrantRequest {
-            key_id: m.key_id,
-            grant_id: m.grant_id,
-            dry_run: m.dry_run,
-        })
-    }
-}
-
-impl From<Empty> for pb::RevokeGrantResponse {
-    fn from(_: Empty) -> Self {
-        pb::RevokeGrantResponse {}
-    }
+/// A grant's constraints, present when it has either.
+fn constraints(
+    equals: Option<BTreeMap<String, String>>,
+    subset: Option<BTreeMap<String, String>>,
+) -> Option<pb::GrantConstraints> {
+    let constraint = |m: Option<BTreeMap<String, String>>| {
+        m.map(|pairs| pb::EncryptionContextConstraint { pairs })
+    };
+    (equals.is_some() || subset.is_some()).then(|| pb::GrantConstraints {
+        encryption_context_subset: constraint(subset),
+        encryption_context_equals: constraint(equals),
+    })
 }
