@@ -1,11 +1,12 @@
 //! The gRPC door's conversions between messages and the engine's types, declared once per
 //! operation: [`from_message!`] reads a request message into its core request and
 //! [`to_message!`] builds a response message from its core response, each from a list of
-//! field names. Each field converts by the rule of its pair of types ([`FromWire`] on the
+//! field names. Each field converts by the rule of its pair of types ([`ReadField`] on the
 //! way in, [`IntoWire`] on the way out): proto3 has no presence, so an empty string is
 //! "not set" (`None`), a plaintext moves into a `Zeroizing` buffer without a copy and out
 //! of it only into the response message, an AWS enum is its AWS name, a time is Unix
-//! milliseconds in the engine and a `Timestamp` on the wire.
+//! milliseconds in the engine and a `Timestamp` on the wire. The CLI reads replies back by
+//! the same rules ([`FromWire`], in [`super::decode`]).
 //!
 //! A field whose rule really differs says so in its declaration (see [`from_message!`]).
 
@@ -94,10 +95,16 @@ macro_rules! fields {
         }
     };
     (@read $m:ident, $f:ident) => {
-        $crate::api::grpc::convert::FromWire::from_wire($m.$f, stringify!($f))?
+        $crate::api::grpc::convert::ReadField::read_field($m.$f, stringify!($f))?
     };
     (@read $m:ident, $f:ident : $src:ident) => {
-        $crate::api::grpc::convert::FromWire::from_wire($m.$src, stringify!($src))?
+        $crate::api::grpc::convert::ReadField::read_field($m.$src, stringify!($src))?
+    };
+    (@reply $m:ident, $f:ident) => {
+        $crate::api::grpc::convert::FromWire::from_wire($m.$f)
+    };
+    (@reply $m:ident, $f:ident : $src:ident) => {
+        $crate::api::grpc::convert::FromWire::from_wire($m.$src)
     };
     (@write $m:ident, $f:ident) => {
         $crate::api::grpc::convert::IntoWire::into_wire($m.$f)
@@ -114,12 +121,48 @@ macro_rules! fields {
 }
 pub(super) use fields;
 
-/// A core request field read from its message field. `field` is the field's name, spelled
-/// in the error as the AWS model's member (`encryptionAlgorithm`).
-pub(super) trait FromWire<W>: Sized {
-    /// Reads the field.
-    fn from_wire(wire: W, field: &'static str) -> Result<Self, KmsError>;
+/// An engine field from its message field: the rules both the door's requests and the
+/// CLI's replies ([`super::decode`]) read by.
+pub(super) trait FromWire<W> {
+    /// Converts the field.
+    fn from_wire(wire: W) -> Self;
 }
+
+/// A core request field read from its message field: every [`FromWire`] rule, and AWS enums,
+/// which a value outside the enum fails. `field` is the field's name, spelled in the error as
+/// the AWS model's member (`encryptionAlgorithm`).
+pub(super) trait ReadField<W>: Sized {
+    /// Reads the field.
+    fn read_field(wire: W, field: &'static str) -> Result<Self, KmsError>;
+}
+
+/// The same type on both sides: moved as it is.
+impl<T> ReadField<T> for T {
+    fn read_field(wire: T, _: &'static str) -> Result<T, KmsError> {
+        Ok(wire)
+    }
+}
+
+/// Request fields read by a [`FromWire`] rule, which never fails (one generic impl over
+/// `FromWire` would overlap the enums' impl as far as the compiler can tell).
+macro_rules! read_by_rule {
+    ($($wire:ty => $core:ty),* $(,)?) => {$(
+        impl ReadField<$wire> for $core {
+            fn read_field(wire: $wire, _: &'static str) -> Result<Self, KmsError> {
+                Ok(FromWire::from_wire(wire))
+            }
+        }
+    )*};
+}
+
+read_by_rule!(
+    String => Option<String>,
+    String => Option<Zeroizing<String>>,
+    Vec<u8> => Zeroizing<Vec<u8>>,
+    Option<Timestamp> => Option<i64>,
+    Vec<pb::Tag> => Vec<Tag>,
+    Vec<pb::Tag> => Vec<(String, String)>,
+);
 
 /// A response message field from its core response field.
 pub(super) trait IntoWire<W> {
@@ -159,36 +202,36 @@ aws_enums!(
 
 /// The same type on both sides: moved as it is.
 impl<T> FromWire<T> for T {
-    fn from_wire(wire: T, _: &'static str) -> Result<T, KmsError> {
-        Ok(wire)
+    fn from_wire(wire: T) -> T {
+        wire
     }
 }
 
 /// Empty (proto3's "not set" for strings) is `None`.
 impl FromWire<String> for Option<String> {
-    fn from_wire(wire: String, _: &'static str) -> Result<Self, KmsError> {
-        Ok((!wire.is_empty()).then_some(wire))
+    fn from_wire(wire: String) -> Self {
+        (!wire.is_empty()).then_some(wire)
     }
 }
 
 /// A secret string (a grant token) moves into a zeroizing buffer; empty is `None`.
 impl FromWire<String> for Option<Zeroizing<String>> {
-    fn from_wire(wire: String, _: &'static str) -> Result<Self, KmsError> {
-        Ok((!wire.is_empty()).then(|| Zeroizing::new(wire)))
+    fn from_wire(wire: String) -> Self {
+        (!wire.is_empty()).then(|| Zeroizing::new(wire))
     }
 }
 
 /// A plaintext moves into a zeroizing buffer, without a copy.
 impl FromWire<Vec<u8>> for Zeroizing<Vec<u8>> {
-    fn from_wire(wire: Vec<u8>, _: &'static str) -> Result<Self, KmsError> {
-        Ok(Zeroizing::new(wire))
+    fn from_wire(wire: Vec<u8>) -> Self {
+        Zeroizing::new(wire)
     }
 }
 
 /// An AWS enum: empty is "not set". A value outside the enum was refused by the model check
 /// already; it is refused here too, never guessed.
-impl<E: AwsEnum + FromStr<Err = UnknownValue>> FromWire<String> for Option<E> {
-    fn from_wire(wire: String, field: &'static str) -> Result<Self, KmsError> {
+impl<E: AwsEnum + FromStr<Err = UnknownValue>> ReadField<String> for Option<E> {
+    fn read_field(wire: String, field: &'static str) -> Result<Self, KmsError> {
         parse_opt(&wire).map_err(|_| {
             KmsError::validation(
                 &wire_case(field, false),
@@ -198,30 +241,36 @@ impl<E: AwsEnum + FromStr<Err = UnknownValue>> FromWire<String> for Option<E> {
     }
 }
 
-/// A time: Unix milliseconds.
+/// A time that may be unset: Unix milliseconds.
 impl FromWire<Option<Timestamp>> for Option<i64> {
-    fn from_wire(wire: Option<Timestamp>, _: &'static str) -> Result<Self, KmsError> {
-        Ok(wire.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)))
+    fn from_wire(wire: Option<Timestamp>) -> Self {
+        wire.as_ref().map(ms)
+    }
+}
+
+/// A time that is always set (unset reads as the epoch).
+impl FromWire<Option<Timestamp>> for i64 {
+    fn from_wire(wire: Option<Timestamp>) -> Self {
+        wire.as_ref().map(ms).unwrap_or_default()
     }
 }
 
 /// Tags as the store keeps them.
 impl FromWire<Vec<pb::Tag>> for Vec<Tag> {
-    fn from_wire(wire: Vec<pb::Tag>, _: &'static str) -> Result<Self, KmsError> {
-        Ok(wire
-            .into_iter()
+    fn from_wire(wire: Vec<pb::Tag>) -> Self {
+        wire.into_iter()
             .map(|t| Tag {
                 key: t.tag_key,
                 value: t.tag_value,
             })
-            .collect())
+            .collect()
     }
 }
 
 /// Session tags as (key, value) pairs.
 impl FromWire<Vec<pb::Tag>> for Vec<(String, String)> {
-    fn from_wire(wire: Vec<pb::Tag>, _: &'static str) -> Result<Self, KmsError> {
-        Ok(wire.into_iter().map(|t| (t.tag_key, t.tag_value)).collect())
+    fn from_wire(wire: Vec<pb::Tag>) -> Self {
+        wire.into_iter().map(|t| (t.tag_key, t.tag_value)).collect()
     }
 }
 
@@ -275,6 +324,11 @@ impl IntoWire<Option<Timestamp>> for Option<i64> {
     }
 }
 
+/// A `Timestamp` as Unix milliseconds.
+fn ms(t: &Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
 /// Unix milliseconds as a `Timestamp`.
 pub(super) fn ts(ms: i64) -> Timestamp {
     Timestamp {
@@ -312,15 +366,18 @@ mod tests {
     use crate::core::grants::CreateGrantRequest;
     use crate::core::keys::CreateKeyRequest;
 
-    #[test]
-    fn requests_read_by_their_field_rules() {
-        let m = pb::EncryptRequest {
+    fn encrypt(algorithm: &str) -> pb::EncryptRequest {
+        pb::EncryptRequest {
             key_id: "k".into(),
             plaintext: b"hi".to_vec(),
-            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            encryption_algorithm: algorithm.into(),
             ..Default::default()
-        };
-        let r = EncryptRequest::from_message(m).unwrap();
+        }
+    }
+
+    #[test]
+    fn requests_read_by_their_field_rules() {
+        let r = EncryptRequest::from_message(encrypt("RSAES_OAEP_SHA_256")).unwrap();
         assert_eq!(r.plaintext.as_slice(), b"hi");
         assert_eq!(
             r.encryption_algorithm,
@@ -354,12 +411,7 @@ mod tests {
 
     #[test]
     fn an_unknown_enum_value_is_refused_naming_the_member_after_the_model_check() {
-        let m = pb::EncryptRequest {
-            key_id: "k".into(),
-            plaintext: b"hi".to_vec(),
-            encryption_algorithm: "ROT13".into(),
-            ..Default::default()
-        };
+        let m = encrypt("ROT13");
         // The model check refuses it first, with the AWS model's list of values.
         let model = view::check("Encrypt", &m).unwrap_err().message();
         assert!(model.contains("'encryptionAlgorithm'"), "{model}");
@@ -387,7 +439,7 @@ mod tests {
         let secret: Vec<u8> = Zeroizing::new(vec![7u8; 3]).into_wire();
         assert_eq!(secret, vec![7, 7, 7]);
         let t: Option<Timestamp> = (-1_500i64).into_wire();
-        let back = <Option<i64>>::from_wire(t, "valid_to").unwrap();
+        let back = <Option<i64>>::from_wire(t);
         assert_eq!(back, Some(-1_500));
         let none: Option<Timestamp> = None::<i64>.into_wire();
         assert_eq!(none, None);

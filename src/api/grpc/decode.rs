@@ -1,30 +1,18 @@
-//! gRPC responses back into the engine's types: the inverse of the door's conversions. The CLI
+//! gRPC responses back into the engine's types: the inverse of the door's conversions, by
+//! the same field rules ([`super::convert`]), declared once per message. The CLI
 //! receives gRPC messages and renders them with the AWS door's renderers
 //! (`api::aws_json::kms::metadata` and the rest), so both print AWS's shape: absent members
 //! omitted, never `null` or an empty string where AWS leaves a member out.
 
 use std::str::FromStr;
 
+use super::convert::{fields, pairs};
 use crate::core::aliases::AliasListEntry;
 use crate::core::domain::UnknownValue;
 use crate::core::keys::{KeyMetadata, ScheduleKeyDeletionResponse};
 use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
 use crate::pb;
 use crate::store::GrantRecord;
-
-/// A timestamp as Unix milliseconds.
-fn ms(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
-
-fn opt_ms(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref().map(ms)
-}
-
-/// Empty (proto3's "not set" for strings) as `None`.
-fn opt(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
 
 /// An enum field as its enum; a value this build does not know (a newer daemon) is an error
 /// naming the field.
@@ -35,102 +23,61 @@ fn spelled<T: FromStr<Err = UnknownValue>>(field: &str, v: &str) -> Result<T, St
 
 /// A `KeyMetadata` message as the engine's type.
 pub fn key_metadata(m: pb::KeyMetadata) -> Result<KeyMetadata, String> {
-    Ok(KeyMetadata {
-        aws_account_id: m.aws_account_id,
-        key_id: m.key_id,
-        arn: m.arn,
-        creation_date_ms: opt_ms(&m.creation_date).unwrap_or_default(),
-        enabled: m.enabled,
-        description: m.description,
-        key_usage: spelled("KeyUsage", &m.key_usage)?,
-        key_state: spelled("KeyState", &m.key_state)?,
-        deletion_date_ms: opt_ms(&m.deletion_date),
-        origin: spelled("Origin", &m.origin)?,
-        key_manager: m.key_manager,
-        key_spec: spelled("KeySpec", &m.key_spec)?,
-        encryption_algorithms: m.encryption_algorithms,
-        signing_algorithms: m.signing_algorithms,
-        mac_algorithms: m.mac_algorithms,
-        key_agreement_algorithms: m.key_agreement_algorithms,
-        multi_region: m.multi_region,
-        pending_deletion_window_in_days: m.pending_deletion_window_in_days,
-        current_key_material_id: m.current_key_material_id,
-        valid_to_ms: opt_ms(&m.valid_to),
-        expiration_model: opt(m.expiration_model),
-    })
+    Ok(fields!(reply m, KeyMetadata {
+        key_usage = spelled("KeyUsage", &m.key_usage)?,
+        key_state = spelled("KeyState", &m.key_state)?,
+        origin = spelled("Origin", &m.origin)?,
+        key_spec = spelled("KeySpec", &m.key_spec)?,
+        aws_account_id, key_id, arn, creation_date_ms: creation_date, enabled, description,
+        deletion_date_ms: deletion_date, key_manager, encryption_algorithms, signing_algorithms,
+        mac_algorithms, key_agreement_algorithms, multi_region, pending_deletion_window_in_days,
+        current_key_material_id, valid_to_ms: valid_to, expiration_model
+    }))
 }
 
 /// An `AliasListEntry` message as the engine's type.
 pub fn alias_entry(a: pb::AliasListEntry) -> AliasListEntry {
-    AliasListEntry {
-        alias_name: a.alias_name,
-        alias_arn: a.alias_arn,
-        target_key_id: a.target_key_id,
-        creation_date_ms: opt_ms(&a.creation_date),
-        last_updated_date_ms: opt_ms(&a.last_updated_date),
-    }
+    fields!(reply a, AliasListEntry {
+        alias_name, alias_arn, target_key_id,
+        creation_date_ms: creation_date, last_updated_date_ms: last_updated_date
+    })
 }
 
 /// A `GrantListEntry` message as the engine's grant record.
 pub fn grant_entry(g: pb::GrantListEntry) -> GrantRecord {
-    let (subset, equals) = g
-        .constraints
-        .map(|c| {
-            (
-                c.encryption_context_subset.map(|p| p.pairs),
-                c.encryption_context_equals.map(|p| p.pairs),
-            )
-        })
-        .unwrap_or_default();
-    GrantRecord {
-        grant_id: g.grant_id,
-        key_id: g.key_id,
-        name: opt(g.name),
-        grantee_principal: g.grantee_principal,
-        retiring_principal: opt(g.retiring_principal),
-        operations: g.operations,
-        constraint_equals: equals,
-        constraint_subset: subset,
-        issuing_account: g.issuing_account,
-        created_at_ms: opt_ms(&g.creation_date).unwrap_or_default(),
-    }
+    fields!(reply g, GrantRecord {
+        constraint_equals = pairs(&g.constraints, |c| &c.encryption_context_equals),
+        constraint_subset = pairs(&g.constraints, |c| &c.encryption_context_subset),
+        grant_id, key_id, name, grantee_principal, retiring_principal, operations,
+        issuing_account, created_at_ms: creation_date
+    })
 }
 
 /// A `RotationsListEntry` message as the engine's type.
 pub fn rotation_entry(e: pb::RotationsListEntry) -> RotationsListEntry {
-    RotationsListEntry {
-        key_id: e.key_id,
-        key_material_id: e.key_material_id,
-        rotation_date_ms: opt_ms(&e.rotation_date),
-        rotation_type: opt(e.rotation_type),
-        key_material_state: e.key_material_state,
-        import_state: opt(e.import_state),
-        expiration_model: opt(e.expiration_model),
-        valid_to_ms: opt_ms(&e.valid_to),
-    }
+    fields!(reply e, RotationsListEntry {
+        key_id, key_material_id, rotation_date_ms: rotation_date, rotation_type,
+        key_material_state, import_state, expiration_model, valid_to_ms: valid_to
+    })
 }
 
 /// A GetKeyRotationStatus response as the engine's type.
 pub fn rotation_status(r: pb::GetKeyRotationStatusResponse) -> KeyRotationStatus {
-    KeyRotationStatus {
-        key_id: r.key_id,
-        key_rotation_enabled: r.key_rotation_enabled,
-        rotation_period_in_days: r.rotation_period_in_days,
-        next_rotation_date_ms: opt_ms(&r.next_rotation_date),
-        on_demand_rotation_start_date_ms: opt_ms(&r.on_demand_rotation_start_date),
-    }
+    fields!(reply r, KeyRotationStatus {
+        key_id, key_rotation_enabled, rotation_period_in_days,
+        next_rotation_date_ms: next_rotation_date,
+        on_demand_rotation_start_date_ms: on_demand_rotation_start_date
+    })
 }
 
 /// A ScheduleKeyDeletion response as the engine's type.
 pub fn scheduled_deletion(
     r: pb::ScheduleKeyDeletionResponse,
 ) -> Result<ScheduleKeyDeletionResponse, String> {
-    Ok(ScheduleKeyDeletionResponse {
-        key_id: r.key_id,
-        deletion_date_ms: opt_ms(&r.deletion_date).unwrap_or_default(),
-        key_state: spelled("KeyState", &r.key_state)?,
-        pending_window_in_days: r.pending_window_in_days,
-    })
+    Ok(fields!(reply r, ScheduleKeyDeletionResponse {
+        key_state = spelled("KeyState", &r.key_state)?,
+        key_id, deletion_date_ms: deletion_date, pending_window_in_days
+    }))
 }
 
 #[cfg(test)]
@@ -170,5 +117,47 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
         };
         assert_eq!(grant_entry(pb::GrantListEntry::from(g.clone())), g);
+        let a = AliasListEntry {
+            alias_name: "alias/a".into(),
+            alias_arn: "arn:aws:kms:us-east-1:111122223333:alias/a".into(),
+            target_key_id: "k".into(),
+            creation_date_ms: Some(1_700_000_000_123),
+            last_updated_date_ms: None,
+        };
+        assert_eq!(alias_entry(pb::AliasListEntry::from(a.clone())), a);
+        let e = RotationsListEntry {
+            key_id: "k".into(),
+            key_material_id: "m".into(),
+            rotation_date_ms: Some(1_700_000_000_000),
+            rotation_type: Some("ON_DEMAND".into()),
+            key_material_state: "CURRENT".into(),
+            import_state: None,
+            expiration_model: None,
+            valid_to_ms: None,
+        };
+        assert_eq!(rotation_entry(pb::RotationsListEntry::from(e.clone())), e);
+        let s = KeyRotationStatus {
+            key_id: "k".into(),
+            key_rotation_enabled: true,
+            rotation_period_in_days: Some(90),
+            next_rotation_date_ms: Some(1_707_776_000_000),
+            on_demand_rotation_start_date_ms: None,
+        };
+        assert_eq!(
+            rotation_status(pb::GetKeyRotationStatusResponse::from(s.clone())),
+            s
+        );
+        let d = ScheduleKeyDeletionResponse {
+            key_id: "k".into(),
+            deletion_date_ms: 1_700_600_000_000,
+            key_state: KeyState::PendingDeletion,
+            pending_window_in_days: 7,
+        };
+        let back = scheduled_deletion(pb::ScheduleKeyDeletionResponse::from(d.clone())).unwrap();
+        assert_eq!(back, d);
+        let mut bad = pb::KeyMetadata::from(sample());
+        bad.key_state = "Melted".into();
+        let e = key_metadata(bad).unwrap_err();
+        assert!(e.contains("KeyState 'Melted'"), "{e}");
     }
 }
