@@ -4,7 +4,8 @@
 //! A caller authenticates with a client certificate (mutual TLS) or with AWS Signature V4
 //! (access keys, or AssumeRole credentials plus `x-amz-security-token`) over the gRPC method
 //! path, its headers and the SHA-256 of the request message (see `docs/grpc-api.md`). Each
-//! method converts the message to the engine's types, calls the engine, and converts back.
+//! method converts the message to the engine's types, calls the engine, and converts back
+//! (each conversion one declaration of field names over [`convert`]'s per-type rules).
 //! Errors go through [`status::to_status`], the door's one mapping.
 
 /// A gRPC service of the door generated from its table: each method and the core operation
