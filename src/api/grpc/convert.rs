@@ -29,9 +29,12 @@ use crate::store::{Tag, UsageOperation};
 /// Reads a core request from its request message: implements [`super::FromMessage`] from a
 /// list of the core request's fields, each one of
 ///
-/// - `field`: the message's field of the same name, by its [`FromWire`] rule;
+/// - `field`: the message's field of the same name, by its [`ReadField`] rule;
 /// - `field: wire_field`: the message's field of another name, by its rule;
 /// - `field = expr`: an expression (over the message, bound by a leading `m:`).
+///
+/// Fields are read in the order written: an expression that borrows the message comes
+/// before a plain field of the same value would move it.
 ///
 /// `pb::X => Op(Shared { .. })` reads a request that wraps the members two operations share.
 ///
@@ -83,7 +86,9 @@ macro_rules! to_message {
 }
 pub(super) use to_message;
 
-/// The struct literal of a declaration: each field by its spelling (see [`from_message!`]).
+/// The struct literal of a declaration: each field by its spelling (see [`from_message!`]),
+/// `read` for a request ([`ReadField`]), `write` for a response ([`IntoWire`]), `reply` for
+/// a reply the CLI reads back ([`FromWire`]).
 macro_rules! fields {
     ($dir:ident $m:ident, $($target:ident)::+ {
         $($f:ident $(: $src:ident)? $(=> $func:path)? $(= $e:expr)?),* $(,)?
