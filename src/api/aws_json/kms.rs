@@ -8,8 +8,9 @@
 //! null members omitted). Parsing happens before the engine runs, so a body of the wrong shape
 //! is a SerializationException and never reaches the engine.
 //!
-//! Reading and rendering are declared, one line per operation, in the family files under
-//! `kms/` (`from_json!`, `to_json!`); the rules per field type are in `kms/members.rs`.
+//! How each request is read and each response rendered is declared once per type, as the
+//! list of its fields, in the family files under `kms/` (`from_json!` and `to_json!` tables);
+//! the rules per field type (absent members, blobs, enums, timestamps) are in `kms/members.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +54,7 @@ use crate::core::usage::{GetKeyLastUsageRequest, KeyLastUsageOutput};
 use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
 use crate::store::GrantRecord;
+use members::Render;
 
 /// A successful operation: the JSON body, and what the audit trail logs of it
 /// (CloudTrail `responseElements`; never plaintext, keys or tokens).
@@ -269,7 +271,6 @@ pub fn key_last_usage_body(out: &KeyLastUsageOutput) -> Value {
 
 // The rules per field type, and the declarations `from_json!` and `to_json!`.
 mod members;
-use members::Render;
 
 // One file per operation family: each reads its requests and renders its responses.
 mod aliases;

@@ -29,8 +29,9 @@ use crate::core::domain::{KeySpec, KeyUsage, Origin};
 use crate::encoding::{is_pascal_of, wire_case};
 use crate::store::{KeyState, Tag, UsageOperation};
 
-/// The members of a request body, taken out one field at a time (a blob moves into the core
-/// request without a copy).
+/// The members of a request body, taken out one field at a time: a member's value moves out
+/// of the body, so a plaintext's base64 text is not left behind there (it is wiped with the
+/// zeroizing buffer it is decoded from).
 pub struct Members(Map<String, Value>);
 
 impl Members {
