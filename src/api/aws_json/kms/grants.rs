@@ -1,125 +1,81 @@
 //! Grants on the AWS door: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant,
 //! RevokeGrant.
+//!
+//! A grant's two encryption-context constraints travel in one nested `Constraints`
+//! structure, read and rendered here.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
-use super::{grant_entry, parse, Context, FromJson, ToJson};
+use super::members::{from_json, to_json, ts, Members};
 use crate::core::grants::{
     CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
     ListRetirableGrantsRequest, RetireGrantRequest, RevokeGrantRequest,
 };
+use crate::store::GrantRecord;
+
+from_json! {
+    CreateGrantRequest {
+        key_id, grantee_principal, retiring_principal, operations,
+        constraint_equals => constraint_equals, constraint_subset => constraint_subset,
+        grant_tokens, name, dry_run,
+    }
+    ListGrantsRequest { key_id, grant_id, grantee_principal, limit, marker }
+    ListRetirableGrantsRequest { retiring_principal, limit, marker }
+    RetireGrantRequest { grant_token, key_id, grant_id, dry_run }
+    RevokeGrantRequest { key_id, grant_id, dry_run }
+}
+
+to_json! {
+    CreateGrantResponse { grant_token, grant_id }
+    ListGrantsResponse { grants, next_marker; "Truncated" = |r| r.next_marker.is_some() }
+    GrantRecord {
+        key_id, grant_id, name, created_at_ms: "CreationDate" => ts, grantee_principal,
+        retiring_principal, issuing_account, operations;
+        "Constraints" = constraints,
+    }
+}
 
 /// `Constraints`: two optional encryption-context maps.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct ConstraintsIn {
+struct ConstraintsIn {
     #[serde(default)]
-    encryption_context_subset: Context,
+    encryption_context_subset: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    encryption_context_equals: Context,
+    encryption_context_equals: Option<BTreeMap<String, String>>,
 }
 
-input!(CreateGrantIn {
-    key_id: Option<String>,
-    grantee_principal: Option<String>,
-    retiring_principal: Option<String>,
-    operations: Option<Vec<String>>,
-    constraints: Option<ConstraintsIn>,
-    grant_tokens: Option<Vec<String>>,
-    name: Option<String>,
-    dry_run: Option<bool>,
-});
-
-input!(GrantsIn {
-    key_id: Option<String>,
-    grant_id: Option<String>,
-    grantee_principal: Option<String>,
-    retiring_principal: Option<String>,
-    grant_token: Option<String>,
-    limit: Option<i32>,
-    marker: Option<String>,
-    dry_run: Option<bool>,
-});
-
-impl FromJson for CreateGrantRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: CreateGrantIn = parse(body)?;
-        let c = r.constraints.unwrap_or_default();
-        Ok(CreateGrantRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            grantee_principal: r.grantee_principal.unwrap_or_default(),
-            retiring_principal: r.retiring_principal,
-            operations: r.operations.unwrap_or_default(),
-            constraint_equals: c.encryption_context_equals,
-            constraint_subset: c.encryption_context_subset,
-            grant_tokens: r.grant_tokens.unwrap_or_default(),
-            name: r.name,
-            dry_run: r.dry_run.unwrap_or(false),
-        })
-    }
+/// A request's `Constraints` (absent or `null`: none).
+fn constraints_in(m: &Members) -> Result<ConstraintsIn, serde_json::Error> {
+    m.get("Constraints")
+        .map(ConstraintsIn::deserialize)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
-impl ToJson for CreateGrantResponse {
-    fn to_json(self) -> Value {
-        json!({"GrantToken": self.grant_token, "GrantId": self.grant_id})
-    }
+/// `Constraints.EncryptionContextEquals`.
+fn constraint_equals(
+    m: &mut Members,
+) -> Result<Option<BTreeMap<String, String>>, serde_json::Error> {
+    constraints_in(m).map(|c| c.encryption_context_equals)
 }
 
-impl FromJson for ListGrantsRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: GrantsIn = parse(body)?;
-        Ok(ListGrantsRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            grant_id: r.grant_id,
-            grantee_principal: r.grantee_principal,
-            limit: r.limit,
-            marker: r.marker,
-        })
-    }
+/// `Constraints.EncryptionContextSubset`.
+fn constraint_subset(
+    m: &mut Members,
+) -> Result<Option<BTreeMap<String, String>>, serde_json::Error> {
+    constraints_in(m).map(|c| c.encryption_context_subset)
 }
 
-impl FromJson for ListRetirableGrantsRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: GrantsIn = parse(body)?;
-        Ok(ListRetirableGrantsRequest {
-            retiring_principal: r.retiring_principal.unwrap_or_default(),
-            limit: r.limit,
-            marker: r.marker,
-        })
-    }
-}
-
-impl ToJson for ListGrantsResponse {
-    fn to_json(self) -> Value {
+/// A grant's `Constraints`, left out when it has none.
+fn constraints(g: &GrantRecord) -> Option<Value> {
+    (g.constraint_equals.is_some() || g.constraint_subset.is_some()).then(|| {
         json!({
-            "Grants": self.grants.into_iter().map(grant_entry).collect::<Vec<_>>(),
-            "Truncated": self.next_marker.is_some(),
-            "NextMarker": self.next_marker,
+            "EncryptionContextSubset": g.constraint_subset,
+            "EncryptionContextEquals": g.constraint_equals,
         })
-    }
-}
-
-impl FromJson for RetireGrantRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: GrantsIn = parse(body)?;
-        Ok(RetireGrantRequest {
-            grant_token: r.grant_token.map(Zeroizing::new),
-            key_id: r.key_id,
-            grant_id: r.grant_id,
-            dry_run: r.dry_run.unwrap_or(false),
-        })
-    }
-}
-
-impl FromJson for RevokeGrantRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: GrantsIn = parse(body)?;
-        Ok(RevokeGrantRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            grant_id: r.grant_id.unwrap_or_default(),
-            dry_run: r.dry_run.unwrap_or(false),
-        })
-    }
+    })
 }

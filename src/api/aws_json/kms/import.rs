@@ -1,86 +1,30 @@
 //! Imported key material on the AWS door: GetParametersForImport, ImportKeyMaterial,
 //! DeleteImportedKeyMaterial.
 
-use serde_json::{json, Value};
-
-use super::{b64, blob, parse, ts, Blob, FromJson, ToJson};
+use super::members::{from_json, to_json, ts, Members};
 use crate::core::import::{
     DeleteImportedKeyMaterialRequest, GetParametersForImportRequest,
     GetParametersForImportResponse, ImportKeyMaterialRequest, KeyMaterialResponse,
 };
 
-input!(ParametersIn {
-    key_id: Option<String>,
-    wrapping_algorithm: Option<String>,
-    wrapping_key_spec: Option<String>,
-});
-
-input!(ImportIn {
-    key_id: Option<String>,
-    import_token: Option<Blob>,
-    encrypted_key_material: Option<Blob>,
-    valid_to: Option<f64>,
-    expiration_model: Option<String>,
-    import_type: Option<String>,
-    key_material_description: Option<String>,
-    key_material_id: Option<String>,
-});
-
-input!(DeleteMaterialIn {
-    key_id: Option<String>,
-    key_material_id: Option<String>,
-});
-
-impl FromJson for GetParametersForImportRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: ParametersIn = parse(body)?;
-        Ok(GetParametersForImportRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            wrapping_algorithm: r.wrapping_algorithm.unwrap_or_default(),
-            wrapping_key_spec: r.wrapping_key_spec.unwrap_or_default(),
-        })
+from_json! {
+    GetParametersForImportRequest { key_id, wrapping_algorithm, wrapping_key_spec }
+    ImportKeyMaterialRequest {
+        key_id, import_token, encrypted_key_material, valid_to_ms => valid_to, expiration_model,
+        import_type, key_material_description, key_material_id,
     }
+    DeleteImportedKeyMaterialRequest { key_id, key_material_id }
 }
 
-impl ToJson for GetParametersForImportResponse {
-    fn to_json(self) -> Value {
-        json!({
-            "KeyId": self.key_id,
-            "ImportToken": b64(&self.import_token),
-            "PublicKey": b64(&self.public_key),
-            "ParametersValidTo": ts(self.parameters_valid_to_ms),
-        })
+to_json! {
+    GetParametersForImportResponse {
+        key_id, import_token, public_key, parameters_valid_to_ms: "ParametersValidTo" => ts
     }
+    KeyMaterialResponse { key_id, key_material_id }
 }
 
-impl FromJson for ImportKeyMaterialRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: ImportIn = parse(body)?;
-        Ok(ImportKeyMaterialRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            import_token: blob(r.import_token),
-            encrypted_key_material: blob(r.encrypted_key_material),
-            valid_to_ms: r.valid_to.map(|s| (s * 1000.0).round() as i64),
-            expiration_model: r.expiration_model,
-            import_type: r.import_type,
-            key_material_description: r.key_material_description,
-            key_material_id: r.key_material_id,
-        })
-    }
-}
-
-impl ToJson for KeyMaterialResponse {
-    fn to_json(self) -> Value {
-        json!({"KeyId": self.key_id, "KeyMaterialId": self.key_material_id})
-    }
-}
-
-impl FromJson for DeleteImportedKeyMaterialRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: DeleteMaterialIn = parse(body)?;
-        Ok(DeleteImportedKeyMaterialRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            key_material_id: r.key_material_id,
-        })
-    }
+/// `ValidTo`: epoch seconds (a JSON number, possibly fractional), as Unix milliseconds.
+fn valid_to(m: &mut Members) -> Result<Option<i64>, serde_json::Error> {
+    let seconds: Option<f64> = m.read_member("ValidTo")?;
+    Ok(seconds.map(|s| (s * 1000.0).round() as i64))
 }

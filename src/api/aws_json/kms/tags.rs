@@ -1,82 +1,45 @@
 //! Tags on the AWS door: TagResource, UntagResource, ListResourceTags.
+//!
+//! A tag is the nested `{TagKey, TagValue}` structure, in requests and responses alike.
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{parse, FromJson, ToJson};
+use super::members::{from_json, to_json, Wire};
 use crate::core::tags::{
     ListResourceTagsRequest, ListResourceTagsResponse, TagResourceRequest, UntagResourceRequest,
 };
 use crate::store::Tag;
 
+from_json! {
+    TagResourceRequest { key_id, tags }
+    UntagResourceRequest { key_id, tag_keys }
+    ListResourceTagsRequest { key_id, limit, marker }
+}
+
+to_json! {
+    ListResourceTagsResponse { tags, next_marker; "Truncated" = |r| r.next_marker.is_some() }
+    Tag { key: "TagKey", value: "TagValue" }
+}
+
 /// One `{TagKey, TagValue}` of a request.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(super) struct TagIn {
+struct TagIn {
     tag_key: Option<String>,
     tag_value: Option<String>,
 }
 
-/// A request's tags (absent members are empty).
-pub(super) fn tags_in(t: Option<Vec<TagIn>>) -> Vec<Tag> {
-    t.unwrap_or_default()
-        .into_iter()
-        .map(|t| Tag {
-            key: t.tag_key.unwrap_or_default(),
-            value: t.tag_value.unwrap_or_default(),
-        })
-        .collect()
-}
-
-input!(TagsIn {
-    key_id: Option<String>,
-    tags: Option<Vec<TagIn>>,
-    tag_keys: Option<Vec<String>>,
-});
-
-input!(TagsPageIn {
-    key_id: Option<String>,
-    limit: Option<i32>,
-    marker: Option<String>,
-});
-
-impl FromJson for TagResourceRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: TagsIn = parse(body)?;
-        Ok(TagResourceRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            tags: tags_in(r.tags),
-        })
-    }
-}
-
-impl FromJson for UntagResourceRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: TagsIn = parse(body)?;
-        Ok(UntagResourceRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            tag_keys: r.tag_keys.unwrap_or_default(),
-        })
-    }
-}
-
-impl FromJson for ListResourceTagsRequest {
-    fn from_json(body: Value) -> Result<Self, serde_json::Error> {
-        let r: TagsPageIn = parse(body)?;
-        Ok(ListResourceTagsRequest {
-            key_id: r.key_id.unwrap_or_default(),
-            limit: r.limit,
-            marker: r.marker,
-        })
-    }
-}
-
-impl ToJson for ListResourceTagsResponse {
-    fn to_json(self) -> Value {
-        json!({
-            "Tags": self.tags.into_iter().map(|t| json!({"TagKey": t.key, "TagValue": t.value})).collect::<Vec<_>>(),
-            "Truncated": self.next_marker.is_some(),
-            "NextMarker": self.next_marker,
-        })
+/// A request's tags (absent members of a tag are empty).
+impl Wire for Vec<Tag> {
+    fn from_wire(value: Value) -> Result<Self, serde_json::Error> {
+        let tags: Vec<TagIn> = serde_json::from_value(value)?;
+        Ok(tags
+            .into_iter()
+            .map(|t| Tag {
+                key: t.tag_key.unwrap_or_default(),
+                value: t.tag_value.unwrap_or_default(),
+            })
+            .collect())
     }
 }
