@@ -17,12 +17,12 @@ use super::algorithms::{
 use super::authz::{AuthzRequest, CtxValue};
 use super::crypto::wrapped_params;
 use super::crypto::{
-    aad_builder, alg_name, blob_from, canonical, check_algorithm, check_symmetric_usage,
-    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest,
-    ReEncryptResponse, SourceBlob, MAX_CIPHERTEXT,
+    aad_builder, blob_from, canonical, check_algorithm, check_symmetric_usage, DecryptRequest,
+    DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse,
+    SourceBlob, MAX_CIPHERTEXT,
 };
 use super::keys::key_material_id;
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, RequestParameters, ResponseElements};
 use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KEY_AGREEMENT};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
@@ -247,100 +247,15 @@ pub struct GenerateDataKeyPairWithoutPlaintextResponse {
     pub key_material_id: String,
 }
 
-/// Sign and Verify log the same members; never the message or the signature.
-fn signature_params(
-    key_id: &str,
-    message_type: Option<MessageType>,
-    algorithm: Option<SigningAlgorithm>,
-    grant_tokens: &[String],
-    dry_run: bool,
-) -> Value {
-    Params::new()
-        .str("keyId", key_id)
-        .opt("messageType", alg_name(message_type))
-        .opt("signingAlgorithm", alg_name(algorithm))
-        .grant_tokens(grant_tokens)
-        .dry_run(dry_run)
-        .build()
-}
-
-impl RequestParameters for SignRequest {
-    fn request_parameters(&self) -> Value {
-        let (t, a) = (self.message_type, self.signing_algorithm);
-        signature_params(&self.key_id, t, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for VerifyRequest {
-    fn request_parameters(&self) -> Value {
-        let (t, a) = (self.message_type, self.signing_algorithm);
-        signature_params(&self.key_id, t, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for GetPublicKeyRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .grant_tokens(&self.grant_tokens)
-            .build()
-    }
-}
-
-/// Never the peer's public key (not secret, but large) nor the shared secret.
-impl RequestParameters for DeriveSharedSecretRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt(
-                "keyAgreementAlgorithm",
-                alg_name(self.key_agreement_algorithm),
-            )
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
-}
-
-/// GenerateMac and VerifyMac log the same members; never the message or the MAC.
-fn mac_params(
-    key_id: &str,
-    algorithm: Option<MacAlgorithm>,
-    grant_tokens: &[String],
-    dry_run: bool,
-) -> Value {
-    Params::new()
-        .str("keyId", key_id)
-        .opt("macAlgorithm", alg_name(algorithm))
-        .grant_tokens(grant_tokens)
-        .dry_run(dry_run)
-        .build()
-}
-
-impl RequestParameters for GenerateMacRequest {
-    fn request_parameters(&self) -> Value {
-        let a = self.mac_algorithm;
-        mac_params(&self.key_id, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for VerifyMacRequest {
-    fn request_parameters(&self) -> Value {
-        let a = self.mac_algorithm;
-        mac_params(&self.key_id, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for DataKeyPairRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .map("encryptionContext", &self.encryption_context)
-            .opt("keyPairSpec", self.key_pair_spec.as_deref())
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
+// Never the message, the signature, the MAC or the peer's public key (not secret, but large).
+request_parameters! {
+    SignRequest { key_id, message_type, signing_algorithm, grant_tokens, dry_run };
+    VerifyRequest { key_id, message_type, signing_algorithm, grant_tokens, dry_run };
+    GetPublicKeyRequest { key_id, grant_tokens };
+    DeriveSharedSecretRequest { key_id, key_agreement_algorithm, grant_tokens, dry_run };
+    GenerateMacRequest { key_id, mac_algorithm, grant_tokens, dry_run };
+    VerifyMacRequest { key_id, mac_algorithm, grant_tokens, dry_run };
+    DataKeyPairRequest { key_id, encryption_context, key_pair_spec, grant_tokens, dry_run };
 }
 
 wrapped_params!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::authz::{AuthzRequest, CallerPolicies, CtxValue};
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::sessions::SessionError;
 use crate::identity::Caller;
@@ -45,25 +45,18 @@ impl std::fmt::Debug for AssumeRoleResponse {
     }
 }
 
-impl RequestParameters for AssumeRoleRequest {
-    fn request_parameters(&self) -> Value {
-        let tags: Vec<Value> = self
-            .tags
-            .iter()
-            .map(|(k, v)| json!({"key": k, "value": v}))
-            .collect();
-        let p = Params::new()
-            .str("roleArn", &self.role_arn)
-            .str("roleSessionName", &self.role_session_name)
-            .opt("durationSeconds", self.duration_seconds)
-            .opt("policy", self.policy.clone());
-        let p = if tags.is_empty() {
-            p
-        } else {
-            p.value("tags", tags)
-        };
-        p.build()
-    }
+request_parameters!(AssumeRoleRequest {
+    role_arn,
+    role_session_name,
+    duration_seconds,
+    policy,
+    tags = session_tags,
+});
+
+/// AssumeRole's session tags as CloudTrail records them: `[{key, value}]`.
+fn session_tags(r: &AssumeRoleRequest) -> Vec<Value> {
+    let tag = |(k, v): &(String, String)| json!({"key": k, "value": v});
+    r.tags.iter().map(tag).collect()
 }
 
 /// The access key id and expiry only; never the secret or the session token.
@@ -86,11 +79,7 @@ impl ResponseElements for AssumeRoleResponse {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GetCallerIdentityRequest;
 
-impl RequestParameters for GetCallerIdentityRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new().build()
-    }
-}
+request_parameters!(GetCallerIdentityRequest {});
 
 impl ResponseElements for CallerIdentity {}
 
@@ -225,6 +214,7 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::operation::RequestParameters;
 
     #[test]
     fn credentials_are_never_in_elements() {
