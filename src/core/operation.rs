@@ -326,36 +326,38 @@ impl Recorded for GrantTokenCount<'_> {
 /// and left out when not given. `member = function` records `function(&request)` instead
 /// (a renamed, derived or redacted member); `grant_tokens` is always their count.
 macro_rules! request_parameters {
-    ($($req:ty { $($member:ident $(= $rule:path)?),* $(,)? });* $(;)?) => {$(
-        impl $crate::core::operation::RequestParameters for $req {
-            fn request_parameters(&self) -> serde_json::Value {
-                let p = $crate::core::operation::Params::new();
-                $(let p = $crate::core::operation::audit_member!(
-                    given, p, self, $member $(= $rule)?
-                );)*
-                p.build()
-            }
-        }
-    )*};
+    ($($decl:tt)*) => {
+        $crate::core::operation::audit_impls!(RequestParameters, request_parameters, given; $($decl)*);
+    };
 }
 pub(crate) use request_parameters;
 
 /// Declares what the audit trail records of a response, as [`request_parameters!`] does of
 /// a request, except that every element listed is written.
 macro_rules! response_elements {
-    ($($resp:ty { $($member:ident $(= $rule:path)?),* $(,)? });* $(;)?) => {$(
-        impl $crate::core::operation::ResponseElements for $resp {
-            fn response_elements(&self) -> serde_json::Value {
+    ($($decl:tt)*) => {
+        $crate::core::operation::audit_impls!(ResponseElements, response_elements, element; $($decl)*);
+    };
+}
+pub(crate) use response_elements;
+
+/// The impls of [`request_parameters!`] and [`response_elements!`]: `$trait::$method` builds
+/// the object with [`Params`]`::$how` (`given` or `element`) per member.
+macro_rules! audit_impls {
+    ($trait:ident, $method:ident, $how:ident;
+     $($ty:ty { $($member:ident $(= $rule:path)?),* $(,)? });* $(;)?) => {$(
+        impl $crate::core::operation::$trait for $ty {
+            fn $method(&self) -> serde_json::Value {
                 let p = $crate::core::operation::Params::new();
                 $(let p = $crate::core::operation::audit_member!(
-                    element, p, self, $member $(= $rule)?
+                    $how, p, self, $member $(= $rule)?
                 );)*
                 p.build()
             }
         }
     )*};
 }
-pub(crate) use response_elements;
+pub(crate) use audit_impls;
 
 /// One member of a declaration (`how` is `given` or `element`).
 macro_rules! audit_member {
@@ -373,6 +375,36 @@ macro_rules! audit_member {
     };
 }
 pub(crate) use audit_member;
+
+/// Declares a `Debug` that never prints a secret: `redacted_debug!(DecryptResponse { key_id,
+/// plaintext: redacted, .. });` prints the fields listed, in order, a `redacted` one as
+/// `"<redacted>"`, and `field = function` as `function(&self)`; a trailing `..` marks fields
+/// left out.
+macro_rules! redacted_debug {
+    (@fields $d:ident, $s:ident;) => { $d.finish() };
+    (@fields $d:ident, $s:ident; ..) => { $d.finish_non_exhaustive() };
+    (@fields $d:ident, $s:ident; $f:ident: redacted $(, $($rest:tt)*)?) => {{
+        $d.field(stringify!($f), &"<redacted>");
+        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
+    }};
+    (@fields $d:ident, $s:ident; $f:ident = $rule:path $(, $($rest:tt)*)?) => {{
+        $d.field(stringify!($f), &$rule($s));
+        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
+    }};
+    (@fields $d:ident, $s:ident; $f:ident $(, $($rest:tt)*)?) => {{
+        $d.field(stringify!($f), &$s.$f);
+        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
+    }};
+    ($($ty:ident { $($fields:tt)* });* $(;)?) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut d = f.debug_struct(stringify!($ty));
+                $crate::core::operation::redacted_debug!(@fields d, self; $($fields)*)
+            }
+        }
+    )*};
+}
+pub(crate) use redacted_debug;
 
 /// Builds `requestParameters`/`responseElements` objects, naming each member by the
 /// camelCase of its field name (`key_id` is `keyId`).
