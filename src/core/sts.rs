@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::authz::{AuthzRequest, CallerPolicies, CtxValue};
-use super::operation::{request_parameters, ResponseElements};
+use super::operation::{redacted_debug, request_parameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::sessions::SessionError;
 use crate::identity::Caller;
@@ -36,13 +36,8 @@ pub struct AssumeRoleResponse {
     pub assumed_role_arn: String,
 }
 
-impl std::fmt::Debug for AssumeRoleResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AssumeRoleResponse")
-            .field("access_key_id", &self.access_key_id)
-            .field("assumed_role_arn", &self.assumed_role_arn)
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    AssumeRoleResponse { access_key_id, assumed_role_arn, .. };
 }
 
 request_parameters!(AssumeRoleRequest {
@@ -138,24 +133,11 @@ impl Kms {
             }
         }
         let ctx = self.request_context(caller, &authz);
-        let CallerPolicies {
-            identity,
-            guardrails,
-            boundary,
-            session,
-        } = CallerPolicies::of(caller);
-        let empty = Default::default();
+        let policies = CallerPolicies::of(caller);
         let decision = evaluate(&EvalInput {
             key_account: Some(&role.account),
             key_policy: Some(role.trust_named()),
-            identity_policies: &identity,
-            guardrails: &guardrails,
-            permission_boundaries: &boundary,
-            session_policies: &session,
-            grants: &[],
-            encryption_context: &empty,
-            role_arn: caller.role_arn(),
-            request: &ctx,
+            ..policies.input(caller, &ctx)
         });
         if !decision.is_allow() {
             tracing::info!(principal = %caller.principal_arn, role = %role.arn, reason = %decision.summary(), "AssumeRole denied");
