@@ -22,7 +22,7 @@ use super::crypto::{
     SourceBlob, MAX_CIPHERTEXT,
 };
 use super::keys::key_material_id;
-use super::operation::{request_parameters, RequestParameters, ResponseElements};
+use super::operation::{redacted_debug, request_parameters, RequestParameters, ResponseElements};
 use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KEY_AGREEMENT};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
@@ -121,16 +121,6 @@ pub struct DeriveSharedSecretResponse {
     pub key_origin: String,
 }
 
-impl std::fmt::Debug for DeriveSharedSecretResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeriveSharedSecretResponse")
-            .field("key_id", &self.key_id)
-            .field("shared_secret", &"<redacted>")
-            .field("key_agreement_algorithm", &self.key_agreement_algorithm)
-            .finish()
-    }
-}
-
 /// GenerateMac input.
 #[derive(Default)]
 pub struct GenerateMacRequest {
@@ -173,25 +163,14 @@ pub struct VerifyMacResponse {
     pub mac_algorithm: MacAlgorithm,
 }
 
-macro_rules! redacted_debug {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Debug for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($t))
-                    .field("key_id", &self.key_id)
-                    .field("message", &"<redacted>")
-                    .finish_non_exhaustive()
-            }
-        }
-    )*};
+redacted_debug! {
+    SignRequest { key_id, message: redacted, .. };
+    VerifyRequest { key_id, message: redacted, .. };
+    GenerateMacRequest { key_id, message: redacted, .. };
+    VerifyMacRequest { key_id, message: redacted, .. };
+    DeriveSharedSecretResponse { key_id, shared_secret: redacted, key_agreement_algorithm };
+    GenerateDataKeyPairResponse { key_id, key_pair_spec, private_key_plaintext: redacted, .. };
 }
-
-redacted_debug!(
-    SignRequest,
-    VerifyRequest,
-    GenerateMacRequest,
-    VerifyMacRequest
-);
 
 /// What GenerateDataKeyPair and GenerateDataKeyPairWithoutPlaintext both ask.
 #[derive(Debug, Default, Clone)]
@@ -223,16 +202,6 @@ pub struct GenerateDataKeyPairResponse {
     pub key_id: String,
     pub key_pair_spec: String,
     pub key_material_id: String,
-}
-
-impl std::fmt::Debug for GenerateDataKeyPairResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerateDataKeyPairResponse")
-            .field("key_id", &self.key_id)
-            .field("key_pair_spec", &self.key_pair_spec)
-            .field("private_key_plaintext", &"<redacted>")
-            .finish_non_exhaustive()
-    }
 }
 
 /// GenerateDataKeyPairWithoutPlaintext output.

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::algorithms::{DataKeySpec, EncryptionAlgorithm};
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
-use super::operation::{request_parameters, RequestParameters, ResponseElements};
+use super::operation::{redacted_debug, request_parameters, RequestParameters, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext::{self, HEADER_LEN};
@@ -69,13 +69,10 @@ pub struct DecryptResponse {
     pub key_material_id: String,
 }
 
-impl std::fmt::Debug for DecryptResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecryptResponse")
-            .field("key_id", &self.key_id)
-            .field("plaintext", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    DecryptResponse { key_id, plaintext: redacted, .. };
+    GenerateDataKeyResponse { key_id, plaintext: redacted, .. };
+    GenerateRandomResponse { plaintext: redacted };
 }
 
 /// ReEncrypt input.
@@ -135,15 +132,6 @@ pub struct GenerateDataKeyResponse {
     pub key_material_id: String,
 }
 
-impl std::fmt::Debug for GenerateDataKeyResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerateDataKeyResponse")
-            .field("key_id", &self.key_id)
-            .field("plaintext", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
 /// GenerateDataKeyWithoutPlaintext output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerateDataKeyWithoutPlaintextResponse {
@@ -163,14 +151,6 @@ pub struct GenerateRandomRequest {
 /// GenerateRandom output. `Debug` never prints the bytes.
 pub struct GenerateRandomResponse {
     pub plaintext: Zeroizing<Vec<u8>>,
-}
-
-impl std::fmt::Debug for GenerateRandomResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerateRandomResponse")
-            .field("plaintext", &"<redacted>")
-            .finish()
-    }
 }
 
 request_parameters! {

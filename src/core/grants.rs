@@ -13,7 +13,9 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
-use super::operation::{request_parameters, response_elements, Empty, Params, ResponseElements};
+use super::operation::{
+    redacted_debug, request_parameters, response_elements, Empty, Params, ResponseElements,
+};
 use super::validate;
 use super::{Kms, KmsError, Resolved};
 use crate::identity::arn::account_root_arn;
@@ -131,16 +133,7 @@ pub struct RetireGrantRequest {
     pub dry_run: bool,
 }
 
-impl std::fmt::Debug for RetireGrantRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetireGrantRequest")
-            .field("grant_token", &self.grant_token.as_ref().map(|_| "(given)"))
-            .field("key_id", &self.key_id)
-            .field("grant_id", &self.grant_id)
-            .field("dry_run", &self.dry_run)
-            .finish()
-    }
-}
+redacted_debug!(RetireGrantRequest { grant_token = grant_token_given, key_id, grant_id, dry_run });
 
 /// RevokeGrant input.
 #[derive(Debug, Clone, Default)]

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::operation::{request_parameters, response_elements};
+use super::operation::{redacted_debug, request_parameters, response_elements};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::{
@@ -122,15 +122,8 @@ pub struct DeleteImportedKeyMaterialRequest {
     pub key_material_id: Option<String>,
 }
 
-impl std::fmt::Debug for ImportKeyMaterialRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImportKeyMaterialRequest")
-            .field("key_id", &self.key_id)
-            .field("valid_to_ms", &self.valid_to_ms)
-            .field("expiration_model", &self.expiration_model)
-            .field("import_type", &self.import_type)
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    ImportKeyMaterialRequest { key_id, valid_to_ms, expiration_model, import_type, .. };
 }
 
 /// ImportKeyMaterial / DeleteImportedKeyMaterial output.
