@@ -3,10 +3,8 @@
 //! Alias operations need the action on the alias ARN and on the key (kms-spec 3.2); an alias
 //! always lives in the account of the key it points at.
 
-use serde_json::Value;
-
 use super::authz::AuthzRequest;
-use super::operation::{Empty, Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, Empty, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
@@ -65,39 +63,11 @@ pub struct ListAliasesRequest {
     pub marker: Option<String>,
 }
 
-fn alias_params(alias_name: &str, target_key_id: &str) -> Value {
-    Params::new()
-        .str("aliasName", alias_name)
-        .str("targetKeyId", target_key_id)
-        .build()
-}
-
-impl RequestParameters for CreateAliasRequest {
-    fn request_parameters(&self) -> Value {
-        alias_params(&self.alias_name, &self.target_key_id)
-    }
-}
-
-impl RequestParameters for UpdateAliasRequest {
-    fn request_parameters(&self) -> Value {
-        alias_params(&self.alias_name, &self.target_key_id)
-    }
-}
-
-impl RequestParameters for DeleteAliasRequest {
-    fn request_parameters(&self) -> Value {
-        alias_params(&self.alias_name, "")
-    }
-}
-
-impl RequestParameters for ListAliasesRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .opt("keyId", self.key_id.clone())
-            .opt("limit", self.limit)
-            .opt("marker", self.marker.clone())
-            .build()
-    }
+request_parameters! {
+    CreateAliasRequest { alias_name, target_key_id };
+    UpdateAliasRequest { alias_name, target_key_id };
+    DeleteAliasRequest { alias_name };
+    ListAliasesRequest { key_id, limit, marker };
 }
 
 impl Kms {

@@ -17,12 +17,12 @@ use super::algorithms::{
 use super::authz::{AuthzRequest, CtxValue};
 use super::crypto::wrapped_params;
 use super::crypto::{
-    aad_builder, alg_name, blob_from, canonical, check_algorithm, check_symmetric_usage,
-    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest,
-    ReEncryptResponse, SourceBlob, MAX_CIPHERTEXT,
+    aad_builder, blob_from, canonical, check_algorithm, check_symmetric_usage, DecryptRequest,
+    DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse,
+    SourceBlob, MAX_CIPHERTEXT,
 };
 use super::keys::key_material_id;
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{redacted_debug, request_parameters, RequestParameters, ResponseElements};
 use super::specs::{self, SpecKind, ENCRYPT_DECRYPT, KEY_AGREEMENT};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
@@ -121,16 +121,6 @@ pub struct DeriveSharedSecretResponse {
     pub key_origin: String,
 }
 
-impl std::fmt::Debug for DeriveSharedSecretResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeriveSharedSecretResponse")
-            .field("key_id", &self.key_id)
-            .field("shared_secret", &"<redacted>")
-            .field("key_agreement_algorithm", &self.key_agreement_algorithm)
-            .finish()
-    }
-}
-
 /// GenerateMac input.
 #[derive(Default)]
 pub struct GenerateMacRequest {
@@ -173,25 +163,14 @@ pub struct VerifyMacResponse {
     pub mac_algorithm: MacAlgorithm,
 }
 
-macro_rules! redacted_debug {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Debug for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($t))
-                    .field("key_id", &self.key_id)
-                    .field("message", &"<redacted>")
-                    .finish_non_exhaustive()
-            }
-        }
-    )*};
+redacted_debug! {
+    SignRequest { key_id, message: redacted, .. };
+    VerifyRequest { key_id, message: redacted, .. };
+    GenerateMacRequest { key_id, message: redacted, .. };
+    VerifyMacRequest { key_id, message: redacted, .. };
+    DeriveSharedSecretResponse { key_id, shared_secret: redacted, key_agreement_algorithm };
+    GenerateDataKeyPairResponse { key_id, key_pair_spec, private_key_plaintext: redacted, .. };
 }
-
-redacted_debug!(
-    SignRequest,
-    VerifyRequest,
-    GenerateMacRequest,
-    VerifyMacRequest
-);
 
 /// What GenerateDataKeyPair and GenerateDataKeyPairWithoutPlaintext both ask.
 #[derive(Debug, Default, Clone)]
@@ -225,16 +204,6 @@ pub struct GenerateDataKeyPairResponse {
     pub key_material_id: String,
 }
 
-impl std::fmt::Debug for GenerateDataKeyPairResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerateDataKeyPairResponse")
-            .field("key_id", &self.key_id)
-            .field("key_pair_spec", &self.key_pair_spec)
-            .field("private_key_plaintext", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
 /// GenerateDataKeyPairWithoutPlaintext output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerateDataKeyPairWithoutPlaintextResponse {
@@ -247,100 +216,15 @@ pub struct GenerateDataKeyPairWithoutPlaintextResponse {
     pub key_material_id: String,
 }
 
-/// Sign and Verify log the same members; never the message or the signature.
-fn signature_params(
-    key_id: &str,
-    message_type: Option<MessageType>,
-    algorithm: Option<SigningAlgorithm>,
-    grant_tokens: &[String],
-    dry_run: bool,
-) -> Value {
-    Params::new()
-        .str("keyId", key_id)
-        .opt("messageType", alg_name(message_type))
-        .opt("signingAlgorithm", alg_name(algorithm))
-        .grant_tokens(grant_tokens)
-        .dry_run(dry_run)
-        .build()
-}
-
-impl RequestParameters for SignRequest {
-    fn request_parameters(&self) -> Value {
-        let (t, a) = (self.message_type, self.signing_algorithm);
-        signature_params(&self.key_id, t, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for VerifyRequest {
-    fn request_parameters(&self) -> Value {
-        let (t, a) = (self.message_type, self.signing_algorithm);
-        signature_params(&self.key_id, t, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for GetPublicKeyRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .grant_tokens(&self.grant_tokens)
-            .build()
-    }
-}
-
-/// Never the peer's public key (not secret, but large) nor the shared secret.
-impl RequestParameters for DeriveSharedSecretRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt(
-                "keyAgreementAlgorithm",
-                alg_name(self.key_agreement_algorithm),
-            )
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
-}
-
-/// GenerateMac and VerifyMac log the same members; never the message or the MAC.
-fn mac_params(
-    key_id: &str,
-    algorithm: Option<MacAlgorithm>,
-    grant_tokens: &[String],
-    dry_run: bool,
-) -> Value {
-    Params::new()
-        .str("keyId", key_id)
-        .opt("macAlgorithm", alg_name(algorithm))
-        .grant_tokens(grant_tokens)
-        .dry_run(dry_run)
-        .build()
-}
-
-impl RequestParameters for GenerateMacRequest {
-    fn request_parameters(&self) -> Value {
-        let a = self.mac_algorithm;
-        mac_params(&self.key_id, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for VerifyMacRequest {
-    fn request_parameters(&self) -> Value {
-        let a = self.mac_algorithm;
-        mac_params(&self.key_id, a, &self.grant_tokens, self.dry_run)
-    }
-}
-
-impl RequestParameters for DataKeyPairRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .map("encryptionContext", &self.encryption_context)
-            .opt("keyPairSpec", self.key_pair_spec.as_deref())
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
+// Never the message, the signature, the MAC or the peer's public key (not secret, but large).
+request_parameters! {
+    SignRequest { key_id, message_type, signing_algorithm, grant_tokens, dry_run };
+    VerifyRequest { key_id, message_type, signing_algorithm, grant_tokens, dry_run };
+    GetPublicKeyRequest { key_id, grant_tokens };
+    DeriveSharedSecretRequest { key_id, key_agreement_algorithm, grant_tokens, dry_run };
+    GenerateMacRequest { key_id, mac_algorithm, grant_tokens, dry_run };
+    VerifyMacRequest { key_id, mac_algorithm, grant_tokens, dry_run };
+    DataKeyPairRequest { key_id, encryption_context, key_pair_spec, grant_tokens, dry_run };
 }
 
 wrapped_params!(

@@ -168,7 +168,32 @@ impl<'a> CallerPolicies<'a> {
                 .collect(),
         }
     }
+
+    /// The caller's side of an evaluation of `request`: these policies and the caller's
+    /// role. The resource's side (account, policy, grants, encryption context) is empty, for
+    /// the caller of this to fill in.
+    pub(crate) fn input<'b>(
+        &'b self,
+        caller: &'b Caller,
+        request: &'b RequestContext,
+    ) -> EvalInput<'b> {
+        EvalInput {
+            key_account: None,
+            key_policy: None,
+            identity_policies: &self.identity,
+            guardrails: &self.guardrails,
+            permission_boundaries: &self.boundary,
+            session_policies: &self.session,
+            grants: &[],
+            encryption_context: &NO_CONTEXT,
+            role_arn: caller.role_arn(),
+            request,
+        }
+    }
 }
+
+/// The encryption context of an evaluation without one.
+static NO_CONTEXT: BTreeMap<String, String> = BTreeMap::new();
 
 fn grant_views(grants: &[GrantRecord]) -> Vec<GrantView<'_>> {
     grants
@@ -273,15 +298,9 @@ impl Kms {
         ctx: &RequestContext,
         lockout_policy: Option<&Policy>,
     ) -> Decision {
-        let CallerPolicies {
-            identity,
-            guardrails,
-            boundary,
-            session,
-        } = CallerPolicies::of(caller);
+        let policies = CallerPolicies::of(caller);
         let key = if req.identity_only { None } else { req.key };
         let grants = key.map(|k| grant_views(&k.grants)).unwrap_or_default();
-        let empty = BTreeMap::new();
         let key_policy = key
             .and_then(|k| k.policy.as_deref())
             .map(|pol| NamedPolicy {
@@ -291,14 +310,9 @@ impl Kms {
         let input = EvalInput {
             key_account: req.key.map(|k| k.record.account.as_str()),
             key_policy,
-            identity_policies: &identity,
-            guardrails: &guardrails,
-            permission_boundaries: &boundary,
-            session_policies: &session,
             grants: &grants,
-            encryption_context: req.encryption_context.unwrap_or(&empty),
-            role_arn: caller.role_arn(),
-            request: ctx,
+            encryption_context: req.encryption_context.unwrap_or(&NO_CONTEXT),
+            ..policies.input(caller, ctx)
         };
         if let Some(new_policy) = lockout_policy {
             return match lockout_safety_check(new_policy, &input) {

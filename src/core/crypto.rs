@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::algorithms::{DataKeySpec, EncryptionAlgorithm};
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{redacted_debug, request_parameters, RequestParameters, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::ciphertext::{self, HEADER_LEN};
@@ -69,13 +69,10 @@ pub struct DecryptResponse {
     pub key_material_id: String,
 }
 
-impl std::fmt::Debug for DecryptResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecryptResponse")
-            .field("key_id", &self.key_id)
-            .field("plaintext", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    DecryptResponse { key_id, plaintext: redacted, .. };
+    GenerateDataKeyResponse { key_id, plaintext: redacted, .. };
+    GenerateRandomResponse { plaintext: redacted };
 }
 
 /// ReEncrypt input.
@@ -135,15 +132,6 @@ pub struct GenerateDataKeyResponse {
     pub key_material_id: String,
 }
 
-impl std::fmt::Debug for GenerateDataKeyResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerateDataKeyResponse")
-            .field("key_id", &self.key_id)
-            .field("plaintext", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
 /// GenerateDataKeyWithoutPlaintext output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerateDataKeyWithoutPlaintextResponse {
@@ -165,78 +153,21 @@ pub struct GenerateRandomResponse {
     pub plaintext: Zeroizing<Vec<u8>>,
 }
 
-impl std::fmt::Debug for GenerateRandomResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerateRandomResponse")
-            .field("plaintext", &"<redacted>")
-            .finish()
-    }
-}
-
-/// An optional algorithm name for the audit trail.
-pub(super) fn alg_name<T: Copy + Into<&'static str>>(a: Option<T>) -> Option<&'static str> {
-    a.map(Into::into)
-}
-
-impl RequestParameters for EncryptRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .map("encryptionContext", &self.encryption_context)
-            .opt("encryptionAlgorithm", alg_name(self.encryption_algorithm))
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
-}
-
-impl RequestParameters for DecryptRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .opt("keyId", self.key_id.as_deref())
-            .map("encryptionContext", &self.encryption_context)
-            .opt("encryptionAlgorithm", alg_name(self.encryption_algorithm))
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
-}
-
-impl RequestParameters for ReEncryptRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .opt("sourceKeyId", self.source_key_id.as_deref())
-            .str("destinationKeyId", &self.destination_key_id)
-            .map("sourceEncryptionContext", &self.source_encryption_context)
-            .map(
-                "destinationEncryptionContext",
-                &self.destination_encryption_context,
-            )
-            .opt(
-                "sourceEncryptionAlgorithm",
-                alg_name(self.source_encryption_algorithm),
-            )
-            .opt(
-                "destinationEncryptionAlgorithm",
-                alg_name(self.destination_encryption_algorithm),
-            )
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
-}
-
-impl RequestParameters for DataKeyRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .map("encryptionContext", &self.encryption_context)
-            .opt("keySpec", alg_name(self.key_spec))
-            .opt("numberOfBytes", self.number_of_bytes)
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
-            .build()
-    }
+request_parameters! {
+    EncryptRequest { key_id, encryption_context, encryption_algorithm, grant_tokens, dry_run };
+    DecryptRequest { key_id, encryption_context, encryption_algorithm, grant_tokens, dry_run };
+    ReEncryptRequest {
+        source_key_id,
+        destination_key_id,
+        source_encryption_context,
+        destination_encryption_context,
+        source_encryption_algorithm,
+        destination_encryption_algorithm,
+        grant_tokens,
+        dry_run,
+    };
+    DataKeyRequest { key_id, encryption_context, key_spec, number_of_bytes, grant_tokens, dry_run };
+    GenerateRandomRequest { number_of_bytes, custom_key_store_id };
 }
 
 /// `RequestParameters` of requests that wrap the request they share with another operation
@@ -256,15 +187,6 @@ wrapped_params!(
     GenerateDataKeyRequest,
     GenerateDataKeyWithoutPlaintextRequest
 );
-
-impl RequestParameters for GenerateRandomRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .opt("numberOfBytes", self.number_of_bytes)
-            .opt("customKeyStoreId", self.custom_key_store_id.as_deref())
-            .build()
-    }
-}
 
 impl ResponseElements for EncryptResponse {}
 impl ResponseElements for DecryptResponse {}

@@ -10,7 +10,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Declares a wire enum: its variants with their AWS spelling, `as_str`, `parse`, `ALL`,
-/// `Display`, `FromStr` (an unknown spelling is `UnknownValue`) and serde's `Deserialize`.
+/// `Display`, `FromStr` (an unknown spelling is `UnknownValue`), serde's `Deserialize` and
+/// the audit trail's [`Recorded`](super::operation::Recorded) rule.
 /// The one declaration of every AWS enum of the engine (here and in [`super::algorithms`]).
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)* }) => {
@@ -59,6 +60,13 @@ macro_rules! wire_enum {
         impl From<$name> for &'static str {
             fn from(v: $name) -> &'static str {
                 v.as_str()
+            }
+        }
+
+        /// The audit trail records the AWS spelling.
+        impl $crate::core::operation::Recorded for $name {
+            fn recorded(&self) -> serde_json::Value {
+                serde_json::Value::from(self.as_str())
             }
         }
 

@@ -7,10 +7,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde_json::Value;
-
 use super::authz::AuthzRequest;
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, response_elements};
 use super::{Kms, KmsError};
 use crate::identity::{AuthMethod, Caller};
 use crate::policy::{DecidingStatement, Decision};
@@ -30,16 +28,8 @@ pub struct ExplainRequest {
     pub source_ip: Option<String>,
 }
 
-impl RequestParameters for ExplainRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("principal", &self.principal)
-            .str("action", &self.action)
-            .str("keyId", &self.key_id)
-            .map("encryptionContext", &self.encryption_context)
-            .opt("sourceIp", self.source_ip.clone())
-            .build()
-    }
+request_parameters! {
+    ExplainRequest { principal, action, key_id, encryption_context, source_ip };
 }
 
 /// ExplainAccess output.
@@ -69,14 +59,7 @@ impl ExplainResponse {
     }
 }
 
-impl ResponseElements for ExplainResponse {
-    fn response_elements(&self) -> Value {
-        Params::new()
-            .value("decision", self.decision_name())
-            .value("reason", self.reason_name())
-            .build()
-    }
-}
+response_elements!(ExplainResponse { decision = Self::decision_name, reason = Self::reason_name });
 
 /// The actions ExplainAccess knows how to evaluate on a key.
 const KEY_ACTIONS: &[&str] = &[

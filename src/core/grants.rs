@@ -13,7 +13,9 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
-use super::operation::{Empty, Params, RequestParameters, ResponseElements};
+use super::operation::{
+    redacted_debug, request_parameters, response_elements, Empty, Params, ResponseElements,
+};
 use super::validate;
 use super::{Kms, KmsError, Resolved};
 use crate::identity::arn::account_root_arn;
@@ -131,16 +133,7 @@ pub struct RetireGrantRequest {
     pub dry_run: bool,
 }
 
-impl std::fmt::Debug for RetireGrantRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetireGrantRequest")
-            .field("grant_token", &self.grant_token.as_ref().map(|_| "(given)"))
-            .field("key_id", &self.key_id)
-            .field("grant_id", &self.grant_id)
-            .field("dry_run", &self.dry_run)
-            .finish()
-    }
-}
+redacted_debug!(RetireGrantRequest { grant_token = grant_token_given, key_id, grant_id, dry_run });
 
 /// RevokeGrant input.
 #[derive(Debug, Clone, Default)]
@@ -151,86 +144,42 @@ pub struct RevokeGrantRequest {
     pub dry_run: bool,
 }
 
-/// `{encryptionContextEquals, encryptionContextSubset}` as CloudTrail logs the constraints.
-fn constraint_params(equals: &Option<Ctx>, subset: &Option<Ctx>) -> Option<Value> {
-    let map = |m: &Ctx| serde_json::json!(m);
-    let p = Params::new()
-        .opt("encryptionContextEquals", equals.as_ref().map(map))
-        .opt("encryptionContextSubset", subset.as_ref().map(map))
-        .build();
-    (p != Value::Object(Default::default())).then_some(p)
+request_parameters! {
+    CreateGrantRequest {
+        key_id,
+        grantee_principal,
+        retiring_principal,
+        operations,
+        constraints = grant_constraints,
+        name,
+        grant_tokens,
+        dry_run,
+    };
+    ListGrantsRequest { key_id, grant_id, grantee_principal, limit, marker };
+    ListRetirableGrantsRequest { retiring_principal, limit, marker };
+    RetireGrantRequest { key_id, grant_id, grant_token = grant_token_given, dry_run };
+    RevokeGrantRequest { key_id, grant_id, dry_run };
 }
 
-impl RequestParameters for CreateGrantRequest {
-    fn request_parameters(&self) -> Value {
+response_elements!(CreateGrantResponse { grant_id });
+
+/// `{encryptionContextEquals, encryptionContextSubset}` as CloudTrail logs a grant's
+/// constraints; left out when it has none.
+fn grant_constraints(r: &CreateGrantRequest) -> Option<Value> {
+    (r.constraint_equals.is_some() || r.constraint_subset.is_some()).then(|| {
         Params::new()
-            .str("keyId", &self.key_id)
-            .str("granteePrincipal", &self.grantee_principal)
-            .opt("retiringPrincipal", self.retiring_principal.clone())
-            .list("operations", &self.operations)
-            .opt(
-                "constraints",
-                constraint_params(&self.constraint_equals, &self.constraint_subset),
-            )
-            .opt("name", self.name.clone())
-            .grant_tokens(&self.grant_tokens)
-            .dry_run(self.dry_run)
+            .given("encryption_context_equals", &r.constraint_equals)
+            .given("encryption_context_subset", &r.constraint_subset)
             .build()
-    }
+    })
 }
 
-impl ResponseElements for CreateGrantResponse {
-    fn response_elements(&self) -> Value {
-        Params::new()
-            .value("grantId", self.grant_id.as_str())
-            .build()
-    }
-}
-
-impl RequestParameters for ListGrantsRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("grantId", self.grant_id.clone())
-            .opt("granteePrincipal", self.grantee_principal.clone())
-            .opt("limit", self.limit)
-            .opt("marker", self.marker.clone())
-            .build()
-    }
-}
-
-impl RequestParameters for ListRetirableGrantsRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("retiringPrincipal", &self.retiring_principal)
-            .opt("limit", self.limit)
-            .opt("marker", self.marker.clone())
-            .build()
-    }
+/// A grant token is a capability: the trail says that one was given, never which.
+fn grant_token_given(r: &RetireGrantRequest) -> Option<&'static str> {
+    r.grant_token.as_ref().map(|_| "(given)")
 }
 
 impl ResponseElements for ListGrantsResponse {}
-
-impl RequestParameters for RetireGrantRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .opt("keyId", self.key_id.clone())
-            .opt("grantId", self.grant_id.clone())
-            .opt("grantToken", self.grant_token.as_ref().map(|_| "(given)"))
-            .dry_run(self.dry_run)
-            .build()
-    }
-}
-
-impl RequestParameters for RevokeGrantRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .str("grantId", &self.grant_id)
-            .dry_run(self.dry_run)
-            .build()
-    }
-}
 
 /// `IssuingAccount` as AWS shows it: the account's root ARN. Grants stored before that rule
 /// hold the bare account id, which is rendered as the ARN too.
@@ -827,6 +776,7 @@ fn same_named_grant<'a>(resolved: &'a Resolved, record: &GrantRecord) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::operation::RequestParameters;
 
     #[test]
     fn grant_tokens_are_never_in_params() {

@@ -15,12 +15,11 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{redacted_debug, request_parameters, response_elements};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::{
@@ -53,7 +52,6 @@ const TOKEN_VERSION: u8 = 1;
 /// How long an expired import token's row is kept (its wrapping key is destroyed at expiry).
 const EXPIRED_TOKEN_RETENTION_MS: i64 = 7 * 86_400_000;
 
-/// GetParametersForImport output.
 /// GetParametersForImport input.
 #[derive(Debug, Clone, Default)]
 pub struct GetParametersForImportRequest {
@@ -62,14 +60,32 @@ pub struct GetParametersForImportRequest {
     pub wrapping_key_spec: String,
 }
 
-impl RequestParameters for GetParametersForImportRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .str("wrappingAlgorithm", &self.wrapping_algorithm)
-            .str("wrappingKeySpec", &self.wrapping_key_spec)
-            .build()
-    }
+// Never the import token, the wrapping public key or the wrapped material.
+request_parameters! {
+    GetParametersForImportRequest { key_id, wrapping_algorithm, wrapping_key_spec };
+    ImportKeyMaterialRequest {
+        key_id,
+        valid_to = valid_to,
+        expiration_model,
+        import_type,
+        key_material_id,
+    };
+    DeleteImportedKeyMaterialRequest { key_id, key_material_id };
+}
+
+response_elements! {
+    GetParametersForImportResponse { key_id, parameters_valid_to = parameters_valid_to };
+    KeyMaterialResponse { key_id, key_material_id };
+}
+
+/// ImportKeyMaterial's `ValidTo`, as CloudTrail writes a date.
+fn valid_to(r: &ImportKeyMaterialRequest) -> Option<String> {
+    r.valid_to_ms.map(iso8601)
+}
+
+/// GetParametersForImport's `ParametersValidTo`, as CloudTrail writes a date.
+fn parameters_valid_to(r: &GetParametersForImportResponse) -> String {
+    iso8601(r.parameters_valid_to_ms)
 }
 
 /// GetParametersForImport output. The trail records the key and the validity only, never the
@@ -98,28 +114,6 @@ pub struct ImportKeyMaterialRequest {
     pub key_material_id: Option<String>,
 }
 
-impl ResponseElements for GetParametersForImportResponse {
-    fn response_elements(&self) -> Value {
-        Params::new()
-            .value("keyId", self.key_id.as_str())
-            .value("parametersValidTo", iso8601(self.parameters_valid_to_ms))
-            .build()
-    }
-}
-
-/// The import token and the wrapped material are never recorded.
-impl RequestParameters for ImportKeyMaterialRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("validTo", self.valid_to_ms.map(iso8601))
-            .opt("expirationModel", self.expiration_model.clone())
-            .opt("importType", self.import_type.clone())
-            .opt("keyMaterialId", self.key_material_id.clone())
-            .build()
-    }
-}
-
 /// DeleteImportedKeyMaterial input.
 #[derive(Debug, Clone, Default)]
 pub struct DeleteImportedKeyMaterialRequest {
@@ -128,24 +122,8 @@ pub struct DeleteImportedKeyMaterialRequest {
     pub key_material_id: Option<String>,
 }
 
-impl RequestParameters for DeleteImportedKeyMaterialRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("keyMaterialId", self.key_material_id.clone())
-            .build()
-    }
-}
-
-impl std::fmt::Debug for ImportKeyMaterialRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImportKeyMaterialRequest")
-            .field("key_id", &self.key_id)
-            .field("valid_to_ms", &self.valid_to_ms)
-            .field("expiration_model", &self.expiration_model)
-            .field("import_type", &self.import_type)
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    ImportKeyMaterialRequest { key_id, valid_to_ms, expiration_model, import_type, .. };
 }
 
 /// ImportKeyMaterial / DeleteImportedKeyMaterial output.
@@ -154,15 +132,6 @@ pub struct KeyMaterialResponse {
     /// The key ARN.
     pub key_id: String,
     pub key_material_id: String,
-}
-
-impl ResponseElements for KeyMaterialResponse {
-    fn response_elements(&self) -> Value {
-        Params::new()
-            .value("keyId", self.key_id.as_str())
-            .value("keyMaterialId", self.key_material_id.as_str())
-            .build()
-    }
 }
 
 /// What the key's material becomes on the token (class IMP: EXTERNAL origin only).
@@ -748,6 +717,7 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::operation::{RequestParameters, ResponseElements};
 
     #[test]
     fn import_secrets_are_never_in_params() {

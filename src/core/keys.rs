@@ -8,10 +8,10 @@ use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::domain::{KeySpec, KeyUsage, Origin};
-use super::operation::{Empty, Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, response_elements, Empty, ResponseElements};
 use super::policies::compile_key_policy;
 use super::specs::{self, SpecKind};
-use super::tags::{tags_value, with_request_tags};
+use super::tags::with_request_tags;
 use super::validate;
 use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
 use crate::hsm::{HsmError, HsmErrorKind, ObjectId, PairSpec};
@@ -195,85 +195,25 @@ pub struct ScheduleKeyDeletionResponse {
     pub pending_window_in_days: i32,
 }
 
-impl RequestParameters for CreateKeyRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("description", &self.description)
-            .opt("keyUsage", self.key_usage.map(KeyUsage::as_str))
-            .opt("keySpec", self.key_spec.map(KeySpec::as_str))
-            .opt(
-                "customerMasterKeySpec",
-                self.customer_master_key_spec.map(KeySpec::as_str),
-            )
-            .opt("origin", self.origin.map(Origin::as_str))
-            .opt(
-                "bypassPolicyLockoutSafetyCheck",
-                self.bypass_policy_lockout_safety_check.then_some(true),
-            )
-            .opt("policy", self.policy.clone())
-            .opt("tags", tags_value(&self.tags))
-            .opt("multiRegion", self.multi_region.then_some(true))
-            .build()
-    }
-}
-
-/// The parameters of a request that names only a key.
-fn key_params(key_id: &str) -> Value {
-    Params::new().str("keyId", key_id).build()
-}
-
-impl RequestParameters for DescribeKeyRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .grant_tokens(&self.grant_tokens)
-            .build()
-    }
-}
-
-impl RequestParameters for ListKeysRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .opt("limit", self.limit)
-            .opt("marker", self.marker.clone())
-            .build()
-    }
-}
-
-impl RequestParameters for EnableKeyRequest {
-    fn request_parameters(&self) -> Value {
-        key_params(&self.key_id)
-    }
-}
-
-impl RequestParameters for DisableKeyRequest {
-    fn request_parameters(&self) -> Value {
-        key_params(&self.key_id)
-    }
-}
-
-impl RequestParameters for ScheduleKeyDeletionRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("pendingWindowInDays", self.pending_window_in_days)
-            .build()
-    }
-}
-
-impl RequestParameters for CancelKeyDeletionRequest {
-    fn request_parameters(&self) -> Value {
-        key_params(&self.key_id)
-    }
-}
-
-impl RequestParameters for UpdateKeyDescriptionRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .str("description", &self.description)
-            .build()
-    }
+request_parameters! {
+    CreateKeyRequest {
+        description,
+        key_usage,
+        key_spec,
+        customer_master_key_spec,
+        origin,
+        bypass_policy_lockout_safety_check,
+        policy,
+        tags,
+        multi_region,
+    };
+    DescribeKeyRequest { key_id, grant_tokens };
+    ListKeysRequest { limit, marker };
+    EnableKeyRequest { key_id };
+    DisableKeyRequest { key_id };
+    ScheduleKeyDeletionRequest { key_id, pending_window_in_days };
+    CancelKeyDeletionRequest { key_id };
+    UpdateKeyDescriptionRequest { key_id, description };
 }
 
 /// CloudTrail records the new key's identity and kind.
@@ -294,21 +234,19 @@ impl ResponseElements for CreateKeyResponse {
 impl ResponseElements for DescribeKeyResponse {}
 impl ResponseElements for ListKeysResponse {}
 
-impl ResponseElements for ScheduleKeyDeletionResponse {
-    fn response_elements(&self) -> Value {
-        json!({
-            "keyId": self.key_id,
-            "deletionDate": crate::time::iso8601(self.deletion_date_ms),
-            "keyState": self.key_state.as_str(),
-            "pendingWindowInDays": self.pending_window_in_days,
-        })
-    }
+response_elements! {
+    ScheduleKeyDeletionResponse {
+        key_id,
+        deletion_date = deletion_date,
+        key_state,
+        pending_window_in_days,
+    };
+    CancelKeyDeletionResponse { key_id };
 }
 
-impl ResponseElements for CancelKeyDeletionResponse {
-    fn response_elements(&self) -> Value {
-        json!({"keyId": self.key_id})
-    }
+/// ScheduleKeyDeletion's `DeletionDate`, as CloudTrail writes a date.
+fn deletion_date(r: &ScheduleKeyDeletionResponse) -> String {
+    crate::time::iso8601(r.deletion_date_ms)
 }
 
 /// What CreateKey creates: the key's spec, usage and origin, and the HSM objects behind it.
@@ -911,6 +849,7 @@ pub(crate) fn sample_metadata() -> KeyMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::operation::RequestParameters;
 
     /// CreateKey's parameters are the members sent, in CloudTrail's names, with the AWS
     /// spelling of the enums and tags as `[{tagKey, tagValue}]`.

@@ -8,8 +8,10 @@
 //! wire names to these types (`api::aws_json::kms`, `api::grpc::kms`), and a unit test checks
 //! that every operation listed in [`OPERATIONS`] appears in every door's table.
 //!
-//! Adding an operation: a request and a response type with their audit impls, one `Kms`
-//! method, one line in [`operations!`] below, and one line per door.
+//! Adding an operation: a request and a response type with their audit declarations (one
+//! line each in [`request_parameters!`] and, when the trail records its answer,
+//! [`response_elements!`]), one `Kms` method, one line in [`operations!`] below, and one line
+//! per door.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,7 +20,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{Kms, KmsError};
+use crate::encoding::wire_case;
 use crate::identity::Caller;
+use crate::store::KeyState;
 
 /// What the audit trail records of a request: CloudTrail's `requestParameters`, with
 /// CloudTrail's member names (camelCase). Never plaintext, keys, ciphertext blobs, signatures,
@@ -193,8 +197,217 @@ pub struct Empty;
 
 impl ResponseElements for Empty {}
 
-/// Builds `requestParameters`/`responseElements` objects: members without a value (`None`,
-/// an empty string, list or map) are left out, as CloudTrail leaves out what was not sent.
+/// How a field of a request or response is written in the audit trail, by its type: the one
+/// rule per type behind [`request_parameters!`] and [`response_elements!`]. Bytes (plaintext,
+/// keys, ciphertext blobs, signatures, MACs, import tokens) and `Zeroizing` secrets have no
+/// rule, so a declaration that lists one does not compile; a secret in a plain `String` (a
+/// grant token) stays out by not being listed, or by its member's own rule.
+pub trait Recorded {
+    /// The value as the trail writes it.
+    fn recorded(&self) -> Value;
+
+    /// Whether a request gave this field: a request's member is left out when it was not
+    /// (an empty string, list or map, `None`, `false`), as CloudTrail leaves out what was not
+    /// sent. A response's elements are always written.
+    fn given(&self) -> bool {
+        true
+    }
+}
+
+/// A string: itself, given when not empty.
+impl Recorded for str {
+    fn recorded(&self) -> Value {
+        Value::from(self)
+    }
+    fn given(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl Recorded for String {
+    fn recorded(&self) -> Value {
+        self.as_str().recorded()
+    }
+    fn given(&self) -> bool {
+        self.as_str().given()
+    }
+}
+
+impl<T: Recorded + ?Sized> Recorded for &T {
+    fn recorded(&self) -> Value {
+        (**self).recorded()
+    }
+    fn given(&self) -> bool {
+        (**self).given()
+    }
+}
+
+/// An optional field: its value, given when `Some` (even `Some("")`: the caller sent it).
+impl<T: Recorded> Recorded for Option<T> {
+    fn recorded(&self) -> Value {
+        self.as_ref().map_or(Value::Null, Recorded::recorded)
+    }
+    fn given(&self) -> bool {
+        self.is_some()
+    }
+}
+
+/// A list: an array, given when not empty.
+impl<T: Recorded> Recorded for Vec<T> {
+    fn recorded(&self) -> Value {
+        Value::Array(self.iter().map(Recorded::recorded).collect())
+    }
+    fn given(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+/// A string map (an encryption context): an object, given when not empty. Contexts are not
+/// secret.
+impl Recorded for BTreeMap<String, String> {
+    fn recorded(&self) -> Value {
+        let m = self
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())));
+        Value::Object(m.collect())
+    }
+    fn given(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+/// A flag (`dryRun`, `bypassPolicyLockoutSafetyCheck`): recorded when set.
+impl Recorded for bool {
+    fn recorded(&self) -> Value {
+        Value::Bool(*self)
+    }
+    fn given(&self) -> bool {
+        *self
+    }
+}
+
+impl Recorded for i32 {
+    fn recorded(&self) -> Value {
+        Value::from(*self)
+    }
+}
+
+/// A value built by a member's own rule (`member = function` in a declaration).
+impl Recorded for Value {
+    fn recorded(&self) -> Value {
+        self.clone()
+    }
+}
+
+/// A key's state: its AWS name (the AWS enums of `domain` and `algorithms` get theirs from
+/// `wire_enum!`).
+impl Recorded for KeyState {
+    fn recorded(&self) -> Value {
+        Value::from(self.as_str())
+    }
+}
+
+/// Grant tokens are capabilities: the trail records how many were given, never them. Every
+/// declaration that lists `grant_tokens` records them this way.
+pub struct GrantTokenCount<'a>(pub &'a [String]);
+
+impl Recorded for GrantTokenCount<'_> {
+    fn recorded(&self) -> Value {
+        Value::from(self.0.len())
+    }
+    fn given(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// Declares what the audit trail records of a request: `request_parameters!(EncryptRequest {
+/// key_id, encryption_context, encryption_algorithm, grant_tokens, dry_run });` lists the
+/// fields recorded, each under the camelCase of its name, by its type's [`Recorded`] rule,
+/// and left out when not given. `member = function` records `function(&request)` instead
+/// (a renamed, derived or redacted member); `grant_tokens` is always their count.
+macro_rules! request_parameters {
+    ($($decl:tt)*) => {
+        $crate::core::operation::audit_impls!(RequestParameters, request_parameters, given; $($decl)*);
+    };
+}
+pub(crate) use request_parameters;
+
+/// Declares what the audit trail records of a response, as [`request_parameters!`] does of
+/// a request, except that every element listed is written.
+macro_rules! response_elements {
+    ($($decl:tt)*) => {
+        $crate::core::operation::audit_impls!(ResponseElements, response_elements, element; $($decl)*);
+    };
+}
+pub(crate) use response_elements;
+
+/// The impls of [`request_parameters!`] and [`response_elements!`]: `$trait::$method` builds
+/// the object with [`Params`]`::$how` (`given` or `element`) per member.
+macro_rules! audit_impls {
+    ($trait:ident, $method:ident, $how:ident;
+     $($ty:ty { $($member:ident $(= $rule:path)?),* $(,)? });* $(;)?) => {$(
+        impl $crate::core::operation::$trait for $ty {
+            fn $method(&self) -> serde_json::Value {
+                let p = $crate::core::operation::Params::new();
+                $(let p = $crate::core::operation::audit_member!(
+                    $how, p, self, $member $(= $rule)?
+                );)*
+                p.build()
+            }
+        }
+    )*};
+}
+pub(crate) use audit_impls;
+
+/// One member of a declaration (`how` is `given` or `element`).
+macro_rules! audit_member {
+    ($how:ident, $p:ident, $s:ident, grant_tokens) => {
+        $p.$how(
+            "grant_tokens",
+            &$crate::core::operation::GrantTokenCount(&$s.grant_tokens),
+        )
+    };
+    ($how:ident, $p:ident, $s:ident, $member:ident) => {
+        $p.$how(stringify!($member), &$s.$member)
+    };
+    ($how:ident, $p:ident, $s:ident, $member:ident = $rule:path) => {
+        $p.$how(stringify!($member), &$rule($s))
+    };
+}
+pub(crate) use audit_member;
+
+/// Declares a `Debug` that never prints a secret: `redacted_debug!(DecryptResponse { key_id,
+/// plaintext: redacted, .. });` prints the fields listed, in order, a `redacted` one as
+/// `"<redacted>"`, and `field = function` as `function(&self)`; a trailing `..` marks fields
+/// left out.
+macro_rules! redacted_debug {
+    (@fields $d:ident, $s:ident;) => { $d.finish() };
+    (@fields $d:ident, $s:ident; ..) => { $d.finish_non_exhaustive() };
+    (@fields $d:ident, $s:ident; $f:ident: redacted $(, $($rest:tt)*)?) => {{
+        $d.field(stringify!($f), &"<redacted>");
+        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
+    }};
+    (@fields $d:ident, $s:ident; $f:ident = $rule:path $(, $($rest:tt)*)?) => {{
+        $d.field(stringify!($f), &$rule($s));
+        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
+    }};
+    (@fields $d:ident, $s:ident; $f:ident $(, $($rest:tt)*)?) => {{
+        $d.field(stringify!($f), &$s.$f);
+        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
+    }};
+    ($($ty:ident { $($fields:tt)* });* $(;)?) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut d = f.debug_struct(stringify!($ty));
+                $crate::core::operation::redacted_debug!(@fields d, self; $($fields)*)
+            }
+        }
+    )*};
+}
+pub(crate) use redacted_debug;
+
+/// Builds `requestParameters`/`responseElements` objects, naming each member by the
+/// camelCase of its field name (`key_id` is `keyId`).
 #[derive(Debug, Default)]
 pub struct Params(Map<String, Value>);
 
@@ -204,64 +417,102 @@ impl Params {
         Params::default()
     }
 
-    /// A string member, left out when empty.
-    pub fn str(mut self, name: &str, v: &str) -> Params {
-        if !v.is_empty() {
-            self.0.insert(name.into(), Value::from(v));
+    /// A request's member, left out when not given ([`Recorded::given`]).
+    pub fn given(self, field: &str, v: &(impl Recorded + ?Sized)) -> Params {
+        if v.given() {
+            self.element(field, v)
+        } else {
+            self
         }
-        self
     }
 
-    /// An optional member, left out when `None`.
-    pub fn opt<T: Into<Value>>(mut self, name: &str, v: Option<T>) -> Params {
-        if let Some(v) = v {
-            self.0.insert(name.into(), v.into());
-        }
-        self
-    }
-
-    /// A member that is always present.
-    pub fn value(mut self, name: &str, v: impl Into<Value>) -> Params {
-        self.0.insert(name.into(), v.into());
-        self
-    }
-
-    /// A list of strings, left out when empty.
-    pub fn list(mut self, name: &str, v: &[String]) -> Params {
-        if !v.is_empty() {
-            self.0.insert(name.into(), Value::from(v.to_vec()));
-        }
-        self
-    }
-
-    /// A string map (an encryption context), left out when empty. Contexts are not secret.
-    pub fn map(mut self, name: &str, v: &BTreeMap<String, String>) -> Params {
-        if !v.is_empty() {
-            let m = v.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str())));
-            self.0.insert(name.into(), Value::Object(m.collect()));
-        }
-        self
-    }
-
-    /// Grant tokens are capabilities: the trail records how many were given, never them.
-    pub fn grant_tokens(mut self, tokens: &[String]) -> Params {
-        if !tokens.is_empty() {
-            self.0
-                .insert("grantTokens".into(), Value::from(tokens.len()));
-        }
-        self
-    }
-
-    /// `dryRun`, recorded when set.
-    pub fn dry_run(mut self, dry_run: bool) -> Params {
-        if dry_run {
-            self.0.insert("dryRun".into(), Value::Bool(true));
-        }
+    /// A response's member, always written.
+    pub fn element(mut self, field: &str, v: &(impl Recorded + ?Sized)) -> Params {
+        self.0.insert(wire_case(field, false), v.recorded());
         self
     }
 
     /// The object.
     pub fn build(self) -> Value {
         Value::Object(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::core::algorithms::EncryptionAlgorithm;
+    use crate::core::crypto::EncryptRequest;
+    use crate::core::grants::{CreateGrantRequest, RetireGrantRequest};
+    use crate::core::keys::{ScheduleKeyDeletionRequest, ScheduleKeyDeletionResponse};
+
+    /// What the trail records of a few operations, to the byte: each field type's rule, the
+    /// grant-token count, RetireGrant's redacted token, CreateGrant's constraints and a
+    /// response's date. No secret of the requests reaches the record.
+    #[test]
+    fn audit_records_per_operation() {
+        let tokens = || vec!["SECRET-TOKEN-1".to_string(), "SECRET-TOKEN-2".into()];
+        let encrypt = EncryptRequest {
+            key_id: "alias/a".into(),
+            plaintext: Zeroizing::new(b"SECRET-PLAINTEXT".to_vec()),
+            encryption_context: [("dept".to_string(), "it".to_string())].into(),
+            grant_tokens: tokens(),
+            encryption_algorithm: Some(EncryptionAlgorithm::SymmetricDefault),
+            dry_run: true,
+        };
+        let retire = RetireGrantRequest {
+            grant_token: Some(Zeroizing::new("SECRET-GRANT-TOKEN".into())),
+            key_id: Some(String::new()),
+            grant_id: None,
+            dry_run: false,
+        };
+        let grant = CreateGrantRequest {
+            key_id: "k".into(),
+            grantee_principal: "arn:aws:iam::111122223333:role/r".into(),
+            operations: vec!["Decrypt".into(), "Encrypt".into()],
+            constraint_equals: Some(BTreeMap::new()),
+            grant_tokens: tokens(),
+            name: Some("n".into()),
+            ..Default::default()
+        };
+        let schedule = ScheduleKeyDeletionRequest {
+            key_id: "k".into(),
+            pending_window_in_days: Some(7),
+        };
+        let scheduled = ScheduleKeyDeletionResponse {
+            key_id: "arn:k".into(),
+            deletion_date_ms: 1_700_000_000_000,
+            key_state: KeyState::PendingDeletion,
+            pending_window_in_days: 7,
+        };
+        let cases = [
+            (
+                encrypt.request_parameters(),
+                r#"{"dryRun":true,"encryptionAlgorithm":"SYMMETRIC_DEFAULT","encryptionContext":{"dept":"it"},"grantTokens":2,"keyId":"alias/a"}"#,
+            ),
+            (EncryptRequest::default().request_parameters(), "{}"),
+            (
+                retire.request_parameters(),
+                r#"{"grantToken":"(given)","keyId":""}"#,
+            ),
+            (
+                grant.request_parameters(),
+                r#"{"constraints":{"encryptionContextEquals":{}},"grantTokens":2,"granteePrincipal":"arn:aws:iam::111122223333:role/r","keyId":"k","name":"n","operations":["Decrypt","Encrypt"]}"#,
+            ),
+            (
+                schedule.request_parameters(),
+                r#"{"keyId":"k","pendingWindowInDays":7}"#,
+            ),
+            (
+                scheduled.response_elements(),
+                r#"{"deletionDate":"2023-11-14T22:13:20Z","keyId":"arn:k","keyState":"PendingDeletion","pendingWindowInDays":7}"#,
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.to_string(), want);
+            assert!(!want.contains("SECRET"));
+        }
     }
 }

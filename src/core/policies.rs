@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::authz::{AuthzRequest, CtxValue};
-use super::operation::{Empty, Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, Empty, ResponseElements};
 use super::{check_state, Kms, KmsError, StateClass};
 use crate::identity::Caller;
 use crate::policy::model::PrincipalSpec;
@@ -75,34 +73,11 @@ pub struct ListKeyPoliciesResponse {
     pub policy_names: Vec<String>,
 }
 
-impl RequestParameters for GetKeyPolicyRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .str("policyName", &self.policy_name)
-            .build()
-    }
-}
-
-/// A key policy is not a secret: the trail records the document.
-impl RequestParameters for PutKeyPolicyRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .str("policyName", &self.policy_name)
-            .str("policy", &self.policy)
-            .opt(
-                "bypassPolicyLockoutSafetyCheck",
-                self.bypass_policy_lockout_safety_check.then_some(true),
-            )
-            .build()
-    }
-}
-
-impl RequestParameters for ListKeyPoliciesRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new().str("keyId", &self.key_id).build()
-    }
+// A key policy is not a secret: the trail records the document.
+request_parameters! {
+    GetKeyPolicyRequest { key_id, policy_name };
+    PutKeyPolicyRequest { key_id, policy_name, policy, bypass_policy_lockout_safety_check };
+    ListKeyPoliciesRequest { key_id };
 }
 
 impl ResponseElements for GetKeyPolicyResponse {}
@@ -220,6 +195,7 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::operation::RequestParameters;
     use serde_json::json;
 
     #[test]

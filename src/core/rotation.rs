@@ -10,11 +10,9 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::operation::{Empty, Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, response_elements, Empty, ResponseElements};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, InterruptCreate, Kms, KmsError};
 use crate::hsm::ObjectId;
@@ -74,11 +72,7 @@ macro_rules! key_request {
             pub key_id: String,
         }
 
-        impl RequestParameters for $name {
-            fn request_parameters(&self) -> Value {
-                Params::new().str("keyId", &self.key_id).build()
-            }
-        }
+        request_parameters!($name { key_id });
     )*};
 }
 
@@ -99,14 +93,12 @@ pub struct EnableKeyRotationRequest {
     pub rotation_period_in_days: Option<i32>,
 }
 
-impl RequestParameters for EnableKeyRotationRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("rotationPeriodInDays", self.rotation_period_in_days)
-            .build()
-    }
+request_parameters! {
+    EnableKeyRotationRequest { key_id, rotation_period_in_days };
+    ListKeyRotationsRequest { key_id, limit, marker, include_key_material };
 }
+
+response_elements!(RotateKeyOnDemandResponse { key_id });
 
 impl ResponseElements for KeyRotationStatus {}
 
@@ -117,12 +109,6 @@ pub struct RotateKeyOnDemandResponse {
     pub key_id: String,
 }
 
-impl ResponseElements for RotateKeyOnDemandResponse {
-    fn response_elements(&self) -> Value {
-        Params::new().value("keyId", self.key_id.as_str()).build()
-    }
-}
-
 /// ListKeyRotations input.
 #[derive(Debug, Clone, Default)]
 pub struct ListKeyRotationsRequest {
@@ -131,17 +117,6 @@ pub struct ListKeyRotationsRequest {
     pub marker: Option<String>,
     /// `ALL_KEY_MATERIAL` or `ROTATIONS_ONLY` (the default).
     pub include_key_material: Option<String>,
-}
-
-impl RequestParameters for ListKeyRotationsRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("limit", self.limit)
-            .opt("marker", self.marker.clone())
-            .opt("includeKeyMaterial", self.include_key_material.clone())
-            .build()
-    }
 }
 
 impl ResponseElements for ListKeyRotationsResponse {}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::authz::{AuthzRequest, CallerPolicies, CtxValue};
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{redacted_debug, request_parameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::sessions::SessionError;
 use crate::identity::Caller;
@@ -36,34 +36,22 @@ pub struct AssumeRoleResponse {
     pub assumed_role_arn: String,
 }
 
-impl std::fmt::Debug for AssumeRoleResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AssumeRoleResponse")
-            .field("access_key_id", &self.access_key_id)
-            .field("assumed_role_arn", &self.assumed_role_arn)
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    AssumeRoleResponse { access_key_id, assumed_role_arn, .. };
 }
 
-impl RequestParameters for AssumeRoleRequest {
-    fn request_parameters(&self) -> Value {
-        let tags: Vec<Value> = self
-            .tags
-            .iter()
-            .map(|(k, v)| json!({"key": k, "value": v}))
-            .collect();
-        let p = Params::new()
-            .str("roleArn", &self.role_arn)
-            .str("roleSessionName", &self.role_session_name)
-            .opt("durationSeconds", self.duration_seconds)
-            .opt("policy", self.policy.clone());
-        let p = if tags.is_empty() {
-            p
-        } else {
-            p.value("tags", tags)
-        };
-        p.build()
-    }
+request_parameters!(AssumeRoleRequest {
+    role_arn,
+    role_session_name,
+    duration_seconds,
+    policy,
+    tags = session_tags,
+});
+
+/// AssumeRole's session tags as CloudTrail records them: `[{key, value}]`.
+fn session_tags(r: &AssumeRoleRequest) -> Vec<Value> {
+    let tag = |(k, v): &(String, String)| json!({"key": k, "value": v});
+    r.tags.iter().map(tag).collect()
 }
 
 /// The access key id and expiry only; never the secret or the session token.
@@ -86,11 +74,7 @@ impl ResponseElements for AssumeRoleResponse {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GetCallerIdentityRequest;
 
-impl RequestParameters for GetCallerIdentityRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new().build()
-    }
-}
+request_parameters!(GetCallerIdentityRequest {});
 
 impl ResponseElements for CallerIdentity {}
 
@@ -149,24 +133,11 @@ impl Kms {
             }
         }
         let ctx = self.request_context(caller, &authz);
-        let CallerPolicies {
-            identity,
-            guardrails,
-            boundary,
-            session,
-        } = CallerPolicies::of(caller);
-        let empty = Default::default();
+        let policies = CallerPolicies::of(caller);
         let decision = evaluate(&EvalInput {
             key_account: Some(&role.account),
             key_policy: Some(role.trust_named()),
-            identity_policies: &identity,
-            guardrails: &guardrails,
-            permission_boundaries: &boundary,
-            session_policies: &session,
-            grants: &[],
-            encryption_context: &empty,
-            role_arn: caller.role_arn(),
-            request: &ctx,
+            ..policies.input(caller, &ctx)
         });
         if !decision.is_allow() {
             tracing::info!(principal = %caller.principal_arn, role = %role.arn, reason = %decision.summary(), "AssumeRole denied");
@@ -225,6 +196,7 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::operation::RequestParameters;
 
     #[test]
     fn credentials_are_never_in_elements() {

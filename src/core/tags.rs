@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::authz::{AuthzRequest, CtxValue};
-use super::operation::{Empty, Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, Empty, Recorded, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, StateClass};
 use crate::identity::Caller;
@@ -38,13 +38,11 @@ pub struct ListResourceTagsResponse {
     pub next_marker: Option<String>,
 }
 
-/// Tags as the audit trail records them, `[{tagKey, tagValue}]` (`None` when there are none).
-pub(crate) fn tags_value(tags: &[Tag]) -> Option<Value> {
-    (!tags.is_empty()).then(|| {
-        tags.iter()
-            .map(|t| json!({"tagKey": t.key, "tagValue": t.value}))
-            .collect()
-    })
+/// A tag as the audit trail records it: `{tagKey, tagValue}`.
+impl Recorded for Tag {
+    fn recorded(&self) -> Value {
+        json!({"tagKey": self.key, "tagValue": self.value})
+    }
 }
 
 /// Adds the tags a request sets to its authorization context: `aws:TagKeys` and one
@@ -66,32 +64,10 @@ pub(crate) fn with_request_tags<'a>(mut authz: AuthzRequest<'a>, tags: &[Tag]) -
     authz
 }
 
-impl RequestParameters for TagResourceRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("tags", tags_value(&self.tags))
-            .build()
-    }
-}
-
-impl RequestParameters for UntagResourceRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .list("tagKeys", &self.tag_keys)
-            .build()
-    }
-}
-
-impl RequestParameters for ListResourceTagsRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new()
-            .str("keyId", &self.key_id)
-            .opt("limit", self.limit)
-            .opt("marker", self.marker.clone())
-            .build()
-    }
+request_parameters! {
+    TagResourceRequest { key_id, tags };
+    UntagResourceRequest { key_id, tag_keys };
+    ListResourceTagsRequest { key_id, limit, marker };
 }
 
 impl ResponseElements for ListResourceTagsResponse {}
@@ -186,6 +162,7 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::operation::RequestParameters;
 
     #[test]
     fn tag_parameters_are_camel_cased_and_empty_lists_left_out() {
@@ -214,6 +191,7 @@ mod tests {
             marker: None,
         };
         assert_eq!(list.request_parameters(), json!({"keyId": "k", "limit": 5}));
-        assert_eq!(tags_value(&[]), None);
+        let none = TagResourceRequest::default().request_parameters();
+        assert_eq!(none, json!({}));
     }
 }

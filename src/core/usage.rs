@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use serde_json::Value;
 use uuid::Uuid;
 
-use super::operation::{Params, RequestParameters, ResponseElements};
+use super::operation::{request_parameters, ResponseElements};
 use super::{Kms, KmsError};
 use crate::identity::Caller;
 use crate::store::{KeyUsageRecord, UsageOperation};
@@ -29,11 +28,7 @@ pub struct GetKeyLastUsageRequest {
     pub key_id: String,
 }
 
-impl RequestParameters for GetKeyLastUsageRequest {
-    fn request_parameters(&self) -> Value {
-        Params::new().str("keyId", &self.key_id).build()
-    }
-}
+request_parameters!(GetKeyLastUsageRequest { key_id });
 
 impl ResponseElements for KeyLastUsageOutput {}
 

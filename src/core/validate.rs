@@ -54,36 +54,36 @@ pub fn encryption_context(member: &str, ctx: &BTreeMap<String, String>) -> Resul
     Ok(())
 }
 
+/// A blob's length within `min..=max` (ValidationException otherwise).
 pub fn blob_len(member: &str, len: usize, min: usize, max: usize) -> Result<(), KmsError> {
-    if len < min {
-        return Err(KmsError::validation(
-            member,
-            &format!("Member must have length greater than or equal to {min}"),
-        ));
-    }
-    if len > max {
-        return Err(KmsError::validation(
-            member,
-            &format!("Member must have length less than or equal to {max}"),
-        ));
-    }
-    Ok(())
+    within(member, "length", len, min, max)
 }
 
+/// A number within `min..=max` (ValidationException otherwise).
 pub fn int_range(member: &str, v: i32, min: i32, max: i32) -> Result<(), KmsError> {
-    if v < min {
-        return Err(KmsError::validation(
-            member,
-            &format!("Member must have value greater than or equal to {min}"),
-        ));
-    }
-    if v > max {
-        return Err(KmsError::validation(
-            member,
-            &format!("Member must have value less than or equal to {max}"),
-        ));
-    }
-    Ok(())
+    within(member, "value", v, min, max)
+}
+
+/// `v` within `min..=max`, or ValidationException naming the bound it crosses, in AWS's
+/// words (`what` is the member's "length" or "value").
+fn within<T: PartialOrd + std::fmt::Display>(
+    member: &str,
+    what: &str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<(), KmsError> {
+    let (side, bound) = if v < min {
+        ("greater", min)
+    } else if v > max {
+        ("less", max)
+    } else {
+        return Ok(());
+    };
+    Err(KmsError::validation(
+        member,
+        &format!("Member must have {what} {side} than or equal to {bound}"),
+    ))
 }
 
 /// The shape of GrantTokens (count and length); whether each names a grant is checked by
