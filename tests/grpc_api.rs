@@ -850,14 +850,7 @@ async fn resource_aliases_condition_follows_alias_changes() {
         ]
     })
     .to_string();
-    let key = create_key_from(
-        &mut c,
-        pb::CreateKeyRequest {
-            policy,
-            ..Default::default()
-        },
-    )
-    .await;
+    let key = create_key_with_policy(&mut c, policy).await;
     let other = create_key(&mut c).await;
     let encrypt = |c: &mut Client| {
         let mut c = c.clone();

@@ -42,6 +42,15 @@ pub async fn create_key_from(c: &mut Client, req: pb::CreateKeyRequest) -> Strin
     create_key_meta(c, req).await.key_id
 }
 
+/// CreateKey of a symmetric key with the key policy `policy`; its id.
+pub async fn create_key_with_policy(c: &mut Client, policy: String) -> String {
+    let req = pb::CreateKeyRequest {
+        policy,
+        ..Default::default()
+    };
+    create_key_from(c, req).await
+}
+
 /// DescribeKey of `key`: its metadata, or the daemon's error.
 pub async fn try_describe(c: &mut Client, key: &str) -> Result<pb::KeyMetadata, tonic::Status> {
     c.describe_key(pb::DescribeKeyRequest {
