@@ -993,27 +993,40 @@ mod tests {
             ("X-Amz-Target", "TrentService.Encrypt"),
             ("X-Amz-Date", date),
         ]);
-        let payload = sha256_hex(body);
-        let req = SignableRequest {
+        let signed = "content-type;host;x-amz-date;x-amz-target";
+        push_auth(&mut headers, body, signed, (region, service, date));
+        headers
+    }
+
+    /// A `POST /` with `headers` and a body hashing to `payload`.
+    fn post<'a>(headers: &'a [(String, String)], payload: &'a str) -> SignableRequest<'a> {
+        SignableRequest {
             method: "POST",
             path: "/",
             query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
+            headers,
+            payload_sha256_hex: payload,
+        }
+    }
+
+    /// Signs a `POST /` of `body` with `headers` over the `signed` ones, as AKID in the
+    /// `(region, service, amz_date)` scope, and adds its `Authorization` header.
+    fn push_auth(
+        headers: &mut Vec<(String, String)>,
+        body: &[u8],
+        signed: &str,
+        (region, service, amz_date): (&str, &str, &str),
+    ) {
+        let payload = sha256_hex(body);
+        let params = SigningParams {
+            access_key_id: AKID,
+            secret_access_key: SECRET,
+            region,
+            service,
+            amz_date,
         };
-        let auth = authorization_header(
-            &req,
-            &names("content-type;host;x-amz-date;x-amz-target"),
-            &SigningParams {
-                access_key_id: AKID,
-                secret_access_key: SECRET,
-                region,
-                service,
-                amz_date: date,
-            },
-        );
+        let auth = authorization_header(&post(headers, &payload), &names(signed), &params);
         headers.push(("Authorization".into(), auth));
-        headers
     }
 
     fn run(
@@ -1021,15 +1034,25 @@ mod tests {
         body: &[u8],
         now: i64,
     ) -> Result<VerifiedSigV4, SigV4Error> {
+        run_with(headers, body, now, secret_for)
+    }
+
+    /// [`run`] with another secret lookup.
+    fn run_with(
+        headers: &[(String, String)],
+        body: &[u8],
+        now: i64,
+        lookup: impl FnOnce(&str) -> Option<Zeroizing<String>>,
+    ) -> Result<VerifiedSigV4, SigV4Error> {
         let payload = sha256_hex(body);
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers,
-            payload_sha256_hex: &payload,
-        };
-        verify(&req, "kms", &regions(), now, MAX_SKEW_SECS, secret_for)
+        verify(
+            &post(headers, &payload),
+            "kms",
+            &regions(),
+            now,
+            MAX_SKEW_SECS,
+            lookup,
+        )
     }
 
     fn set_auth(headers: &mut [(String, String)], value: String) {
@@ -1083,15 +1106,7 @@ mod tests {
     #[test]
     fn wrong_secret_is_invalid_signature() {
         let headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let payload = sha256_hex(KMS_BODY);
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
-        };
-        let e = verify(&req, "kms", &regions(), KMS_NOW, 300, |_| {
+        let e = run_with(&headers, KMS_BODY, KMS_NOW, |_| {
             Some(Zeroizing::new("not-the-secret".to_string()))
         })
         .unwrap_err();
@@ -1101,15 +1116,7 @@ mod tests {
     #[test]
     fn unknown_key_is_unrecognized_client() {
         let headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let payload = sha256_hex(KMS_BODY);
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
-        };
-        let e = verify(&req, "kms", &regions(), KMS_NOW, 300, |_| None).unwrap_err();
+        let e = run_with(&headers, KMS_BODY, KMS_NOW, |_| None).unwrap_err();
         assert_eq!(e, SigV4Error::UnrecognizedClient);
         assert_eq!(e.aws_name(), "UnrecognizedClientException");
     }
@@ -1182,26 +1189,12 @@ mod tests {
             ("Host", "kms.local:8443"),
             ("Date", "Mon, 23 Nov 2026 10:38:17 GMT"),
         ]);
-        let payload = sha256_hex(b"{}");
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
-        };
-        let auth = authorization_header(
-            &req,
-            &names("date;host"),
-            &SigningParams {
-                access_key_id: AKID,
-                secret_access_key: SECRET,
-                region: "us-east-1",
-                service: "kms",
-                amz_date: KMS_DATE,
-            },
+        push_auth(
+            &mut headers,
+            b"{}",
+            "date;host",
+            ("us-east-1", "kms", KMS_DATE),
         );
-        headers.push(("Authorization".into(), auth));
         let ok = run(&headers, b"{}", KMS_NOW).unwrap();
         assert_eq!(ok.amz_date, KMS_DATE);
         assert_eq!(
