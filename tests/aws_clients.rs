@@ -22,8 +22,6 @@ use serde_json::{json, Value};
 
 const AK_ADMIN: &str = "AKIAADMIN00000000001";
 const AK_USER2: &str = "AKIAUSER200000000001";
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-const USER1: &str = "arn:aws:iam::111122223333:user/user1";
 
 /// A daemon with the AWS door enabled.
 struct Door {

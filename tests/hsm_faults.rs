@@ -861,13 +861,7 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
             assert_eq!(opened, pt);
         }
         // The probe's throwaway key pair is gone.
-        let probe_objects = hsm
-            .list_objects()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|o| o.label.contains("oaep-sha256-probe"))
-            .count();
+        let probe_objects = labelled_objects(hsm, |l| l.contains("oaep-sha256-probe")).await;
         assert_eq!(probe_objects, 0);
         drop(c);
         server.shutdown().await.unwrap();

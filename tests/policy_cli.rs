@@ -8,10 +8,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::json;
 
-const USER1: &str = "arn:aws:iam::111122223333:user/user1";
-const USER2: &str = "arn:aws:iam::111122223333:user/user2";
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-
 fn cases_path() -> PathBuf {
     manifest_dir().join("tests/fixtures/policy-cases/cases.json")
 }

@@ -22,9 +22,6 @@ use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Status;
 
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-const USER1: &str = "arn:aws:iam::111122223333:user/user1";
-const USER2: &str = "arn:aws:iam::111122223333:user/user2";
 const BOB: &str = "arn:aws:iam::111122223333:user/bob";
 const NOPOLICY: &str = "arn:aws:iam::111122223333:user/nopolicy";
 const CAROL: &str = "arn:aws:iam::111122223333:user/carol";

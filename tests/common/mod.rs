@@ -29,6 +29,10 @@ pub type Client = KeyManagementServiceClient<Channel>;
 
 pub const ACCOUNT: &str = "111122223333";
 pub const OTHER_ACCOUNT: &str = "444455556666";
+/// The fixture directory's key administrator and two key users (tests/fixtures).
+pub const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
+pub const USER1: &str = "arn:aws:iam::111122223333:user/user1";
+pub const USER2: &str = "arn:aws:iam::111122223333:user/user2";
 pub const TOKEN_LABEL: &str = "p11kms-test";
 pub const USER_PIN: &str = "test-user-pin-4821";
 pub const SO_PIN: &str = "test-so-pin-9377";
@@ -504,6 +508,13 @@ pub async fn key_objects(server: &RunningServer, key_id: &str) -> Vec<(u32, bool
         .filter(|(id, _)| id.key_id() == uuid)
         .map(|(id, token)| (id.version(), token))
         .collect()
+}
+
+/// How many objects on the token `hsm` has a label for which `label` holds (left-over
+/// session objects, import objects, probes).
+pub async fn labelled_objects(hsm: &p11kms::hsm::Hsm, label: impl Fn(&str) -> bool) -> usize {
+    let objects = hsm.list_objects().await.unwrap();
+    objects.iter().filter(|o| label(&o.label)).count()
 }
 
 /// A command that sees nothing of the caller's environment: no `AWS_*`, `P11KMS_*` or
