@@ -406,17 +406,23 @@ pub fn canonical_query(query: &str) -> String {
     out
 }
 
-/// The canonical request for the given signed header names (any case, any order; they are
-/// lowercased, sorted and de-duplicated). A signed header absent from the request
-/// contributes an empty value; [`verify`] refuses such requests before getting here.
-/// Repeated headers are joined with `,` in the order received.
-pub fn canonical_request(req: &SignableRequest<'_>, signed_headers: &[String]) -> String {
+/// The signed header names as SigV4 lists them: lower-cased, sorted, each once.
+fn signed_header_names(signed_headers: &[String]) -> Vec<String> {
     let mut names: Vec<String> = signed_headers
         .iter()
         .map(|h| h.to_ascii_lowercase())
         .collect();
     names.sort();
     names.dedup();
+    names
+}
+
+/// The canonical request for the given signed header names (any case, any order; they are
+/// lowercased, sorted and de-duplicated). A signed header absent from the request
+/// contributes an empty value; [`verify`] refuses such requests before getting here.
+/// Repeated headers are joined with `,` in the order received.
+pub fn canonical_request(req: &SignableRequest<'_>, signed_headers: &[String]) -> String {
+    let names = signed_header_names(signed_headers);
 
     let mut out = String::with_capacity(256);
     out.push_str(req.method);
@@ -505,12 +511,7 @@ pub fn authorization_header(
         params.service,
         &sts,
     );
-    let mut names: Vec<String> = signed_headers
-        .iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    names.sort();
-    names.dedup();
+    let names = signed_header_names(signed_headers);
     format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={signature}",
         params.access_key_id,
@@ -1063,6 +1064,14 @@ mod tests {
         }
     }
 
+    /// Runs the KMS request with `from` replaced by `to` in its Authorization header.
+    fn run_with_auth_changed(from: &str, to: &str) -> Result<VerifiedSigV4, SigV4Error> {
+        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
+        let auth = auth_of(&headers).replace(from, to);
+        set_auth(&mut headers, auth);
+        run(&headers, KMS_BODY, KMS_NOW)
+    }
+
     fn auth_of(headers: &[(String, String)]) -> String {
         header_value(headers, "authorization").unwrap().to_string()
     }
@@ -1146,21 +1155,15 @@ mod tests {
 
     #[test]
     fn host_must_be_signed() {
-        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let auth =
-            auth_of(&headers).replace("content-type;host;x-amz-date", "content-type;x-amz-date");
-        set_auth(&mut headers, auth);
-        let e = run(&headers, KMS_BODY, KMS_NOW).unwrap_err();
+        let e = run_with_auth_changed("content-type;host;x-amz-date", "content-type;x-amz-date")
+            .unwrap_err();
         assert!(matches!(e, SigV4Error::IncompleteSignature(ref m) if m.contains("'Host'")));
     }
 
     #[test]
     fn date_must_be_signed_and_present() {
-        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let auth = auth_of(&headers).replace(";x-amz-date;", ";");
-        set_auth(&mut headers, auth);
         assert!(matches!(
-            run(&headers, KMS_BODY, KMS_NOW),
+            run_with_auth_changed(";x-amz-date;", ";"),
             Err(SigV4Error::IncompleteSignature(ref m)) if m.contains("x-amz-date")
         ));
 
@@ -1230,11 +1233,8 @@ mod tests {
 
     #[test]
     fn scope_date_must_match_request_date() {
-        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let auth = auth_of(&headers).replace("/20261123/", "/20261122/");
-        set_auth(&mut headers, auth);
         assert!(matches!(
-            run(&headers, KMS_BODY, KMS_NOW),
+            run_with_auth_changed("/20261123/", "/20261122/"),
             Err(SigV4Error::InvalidSignature(ref m)) if m.contains("'20261122' != '20261123'")
         ));
     }
