@@ -352,13 +352,6 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("start p11kms serve");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     // The daemon logs the address it bound (port 0).
     let mut addr = None;
     for _ in 0..100 {
@@ -387,7 +380,7 @@ async fn no_secret_reaches_the_audit_trail_or_the_logs() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let child = Kill(child);
+    let child = KillOnDrop(child);
     let port = addr.unwrap_or_else(|| {
         panic!(
             "no address in the log: {}",
@@ -791,43 +784,18 @@ impl AwsDoor {
     /// `TrentService.ListKeys` with an empty body: the status and the `__type` of an error.
     async fn list_keys(&mut self, signing: Signing<'_>) -> (u16, String) {
         use p11kms::core::Clock;
-        use p11kms::identity::sigv4;
         let body = b"{}";
-        let amz_date = sigv4::format_amz_date(p11kms::core::SystemClock.now_ms() / 1000);
-        let mut headers: Vec<(String, String)> = vec![
-            ("host".into(), format!("127.0.0.1:{}", self.addr.port())),
-            ("content-type".into(), "application/x-amz-json-1.1".into()),
-            ("x-amz-target".into(), "TrentService.ListKeys".into()),
-            ("x-amz-date".into(), amz_date.clone()),
+        let now = p11kms::core::SystemClock.now_ms() / 1000;
+        let extra = [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", "TrentService.ListKeys"),
         ];
-        if let Signing::With(akid, secret) = signing {
-            let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-            let auth = sigv4::authorization_header(
-                &sigv4::SignableRequest {
-                    method: "POST",
-                    path: "/",
-                    query: "",
-                    headers: &headers,
-                    payload_sha256_hex: &sigv4::sha256_hex(body),
-                },
-                &names,
-                &sigv4::SigningParams {
-                    access_key_id: akid,
-                    secret_access_key: secret,
-                    region: "us-east-1",
-                    service: "kms",
-                    amz_date: &amz_date,
-                },
-            );
-            headers.push(("authorization".into(), auth));
-        }
-        let mut req = String::from("POST / HTTP/1.1\r\n");
-        for (k, v) in &headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
+        let signer = match signing {
+            Signing::With(akid, secret) => Some((akid, secret)),
+            Signing::Unsigned => None,
+        };
+        let headers = aws_door_headers(self.addr, signer, "kms", now, &extra, body);
+        let bytes = http_post_bytes(&headers, body, false);
         for _ in 0..2 {
             if let Some(answer) = self.exchange(&bytes).await {
                 return answer;

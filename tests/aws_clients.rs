@@ -22,8 +22,6 @@ use serde_json::{json, Value};
 
 const AK_ADMIN: &str = "AKIAADMIN00000000001";
 const AK_USER2: &str = "AKIAUSER200000000001";
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-const USER1: &str = "arn:aws:iam::111122223333:user/user1";
 
 /// A daemon with the AWS door enabled.
 struct Door {
@@ -279,15 +277,7 @@ async fn aws_cli_runs_the_key_lifecycle() {
     assert_eq!(dk["KeyId"], arn.as_str());
 
     // The key policy: admin administers, user1 uses.
-    let policy = json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
-             "Action": "kms:*", "Resource": "*"},
-            {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
-             "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"}
-        ]
-    });
+    let policy = admin_and_user_policy(ADMIN, USER1, &["kms:Encrypt", "kms:Decrypt"], &[]);
     std::fs::write(door.scratch.join("policy.json"), policy.to_string()).unwrap();
     aws_ok(
         &door,

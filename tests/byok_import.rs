@@ -193,6 +193,21 @@ fn open_locally(material: &[u8], blob: &[u8], ec: &[(&str, &str)]) -> Option<Vec
         .map(|pt| pt.to_vec())
 }
 
+/// The attributes of `key`'s imported material (version 1), checked to be held as the CMK
+/// template holds key material: a private, sensitive, never extractable token object.
+async fn held_like_a_cmk(
+    server: &p11kms::server::RunningServer,
+    key: &str,
+) -> p11kms::hsm::KeyAttributes {
+    let id = ObjectId::new(key_uuid(key), 1);
+    let a = server.kms.hsm().key_attributes(id).await.unwrap();
+    assert!(
+        a.token && a.private && a.sensitive && !a.extractable,
+        "{a:?}"
+    );
+    a
+}
+
 /// Token objects of `key` (its material versions).
 async fn material_objects(server: &p11kms::server::RunningServer, key: &str) -> usize {
     key_objects(server, key)
@@ -204,15 +219,7 @@ async fn material_objects(server: &p11kms::server::RunningServer, key: &str) -> 
 
 /// Import wrapping keys (and temporary import objects) on the token.
 async fn import_objects(server: &p11kms::server::RunningServer) -> usize {
-    server
-        .kms
-        .hsm()
-        .list_objects()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|o| o.label.starts_with("p11kms/import"))
-        .count()
+    labelled_objects(server.kms.hsm(), |l| l.starts_with("p11kms/import")).await
 }
 
 /// The tests of this binary count import objects on one shared token: one at a time.
@@ -307,16 +314,7 @@ async fn every_wrapping_algorithm_imports_the_right_key() {
         assert_eq!(decrypt(&mut c, &blob).await.unwrap(), b"bring your own key");
 
         // The material object: the CMK template, sensitive, never extractable.
-        let a = server
-            .kms
-            .hsm()
-            .key_attributes(ObjectId::new(key_uuid(&key), 1))
-            .await
-            .unwrap();
-        assert!(
-            a.token && a.private && a.sensitive && !a.extractable,
-            "{a:?}"
-        );
+        let a = held_like_a_cmk(&server, &key).await;
         assert!(
             a.encrypt && a.decrypt && !a.wrap && !a.unwrap && !a.sign,
             "{a:?}"
@@ -677,16 +675,7 @@ async fn hmac_material_gets_the_contract_template() {
         assert_eq!(m.key_state, "Enabled");
         assert_eq!(m.key_spec, spec);
         assert_eq!(m.key_usage, "GENERATE_VERIFY_MAC");
-        let a = server
-            .kms
-            .hsm()
-            .key_attributes(ObjectId::new(key_uuid(&key), 1))
-            .await
-            .unwrap();
-        assert!(
-            a.token && a.private && a.sensitive && !a.extractable,
-            "{a:?}"
-        );
+        let a = held_like_a_cmk(&server, &key).await;
         assert!(a.sign && a.verify, "{a:?}");
         assert!(
             !a.encrypt && !a.decrypt && !a.wrap && !a.unwrap && !a.derive,

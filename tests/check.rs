@@ -20,10 +20,7 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     drop(c);
     server.shutdown().await.unwrap();
 
-    let cfg = config_path.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || run_check(&cfg))
-        .await
-        .unwrap();
+    let (code, out) = run_check(&config_path).await;
     assert_eq!(code, 0, "clean check failed:\n{out}");
     assert!(
         out.contains("mechanism AES_GCM") && out.contains("check passed"),
@@ -49,10 +46,7 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     drop(c);
     server.shutdown().await.unwrap();
 
-    let cfg = config_path.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || run_check(&cfg))
-        .await
-        .unwrap();
+    let (code, out) = run_check(&config_path).await;
     // Seconds old, within the grace period: reported, not drift (they may be in flight).
     assert_eq!(
         code, 0,
@@ -75,16 +69,7 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
         server.kms.hsm().list_objects().await.unwrap().len(),
         objects_before
     );
-    let creating: Vec<String> = server
-        .kms
-        .store()
-        .load_all()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|b| b.key.state == p11kms::store::KeyState::Creating)
-        .map(|b| b.key.key_id)
-        .collect();
+    let creating = creating_ids(&server).await;
     assert_eq!(creating.len(), 2);
     let keys = c
         .list_keys(pb::ListKeysRequest::default())
@@ -108,9 +93,7 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     // A config problem is reported and exits non-zero.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[server]\nlisten = \"nope\"\n").unwrap();
-    let (code, out) = tokio::task::spawn_blocking(move || run_check(&bad))
-        .await
-        .unwrap();
+    let (code, out) = run_check(&bad).await;
     assert_ne!(code, 0);
     assert!(out.contains("invalid config"), "{out}");
 }

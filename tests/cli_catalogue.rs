@@ -105,29 +105,24 @@ async fn cli_signs_verifies_macs_and_rotates() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!openssl(&tampered).status.success());
-    let v = cli.json(&[
-        "verify",
-        "--key",
-        &key,
-        "--in",
-        path_str(&msg),
-        "--algorithm",
-        "ECDSA_SHA_256",
-        "--signature-file",
-        path_str(&sig),
-    ]);
+    let verify = |m: &Path| {
+        cli.run(&[
+            "verify",
+            "--key",
+            &key,
+            "--in",
+            path_str(m),
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--signature-file",
+            path_str(&sig),
+        ])
+    };
+    let (ok, stdout, stderr) = verify(&msg);
+    assert!(ok, "p11kms verify failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["SignatureValid"], true);
-    let (ok, _, stderr) = cli.run(&[
-        "verify",
-        "--key",
-        &key,
-        "--in",
-        path_str(&tampered),
-        "--algorithm",
-        "ECDSA_SHA_256",
-        "--signature-file",
-        path_str(&sig),
-    ]);
+    let (ok, _, stderr) = verify(&tampered);
     assert!(!ok);
     assert!(stderr.contains("KMSInvalidSignatureException"), "{stderr}");
     // The DER public key from --out is the PEM's body.

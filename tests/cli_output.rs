@@ -11,8 +11,6 @@ use p11kms::identity::{AuthMethod, Caller};
 use p11kms::server::RunningServer;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-
 /// `p11kms ARGS` as the admin certificate, without the ambient environment: its stdout.
 fn run(server: &RunningServer, args: &[&str]) -> String {
     let scratch = tempfile::tempdir().unwrap();

@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use p11kms::config::Config;
 use p11kms::core::{Clock, SystemClock};
-use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
 use p11kms::pb;
 use p11kms::server::{self, RunningServer, ServerOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::rustls;
 
 const AK_ADMIN: &str = "AKIAADMIN00000000001";
 
@@ -62,25 +60,6 @@ async fn start_daemon_with(name: &str, more: &str) -> RunningServer {
     .expect("daemon starts")
 }
 
-/// A TLS client trusting the test CA, offering `alpn`.
-fn connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(env().pki.join("ca.pem")).unwrap();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 /// A TCP connection to `to` from the loopback address `from` (each 127.0.0.x is a source of
 /// its own).
 async fn tcp_from(from: &str, to: SocketAddr) -> TcpStream {
@@ -119,7 +98,7 @@ async fn hold(to: SocketAddr, from: &str, n: usize, how: Quiet) -> Vec<Held> {
             }
             Quiet::HalfRequest(alpn, bytes) => {
                 let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                let mut tls = connector(alpn)
+                let mut tls = test_ca_connector(alpn)
                     .connect(name, tcp)
                     .await
                     .expect("TLS handshake");
@@ -235,54 +214,15 @@ async fn flood_then_serve<F: std::future::Future<Output = ()>>(
     );
 }
 
-/// A signed request to the AWS door over HTTP/1.1 and TLS; the status line and body.
-async fn aws_request(addr: SocketAddr, target: &str, body: &[u8]) -> String {
-    let host = format!("127.0.0.1:{}", addr.port());
-    let amz_date = sigv4::format_amz_date(SystemClock.now_ms() / 1000);
-    let mut headers: Vec<(String, String)> = vec![
-        ("host".into(), host),
-        ("content-type".into(), "application/x-amz-json-1.1".into()),
-        ("x-amz-target".into(), target.into()),
-        ("x-amz-date".into(), amz_date.clone()),
+/// A request to the AWS door signed as the admin, over HTTP/1.1 and TLS.
+async fn aws_request(addr: SocketAddr, target: &str, body: &[u8]) -> HttpAnswer {
+    let extra = [
+        ("content-type", "application/x-amz-json-1.1"),
+        ("x-amz-target", target),
     ];
-    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-    let hash = sigv4::sha256_hex(body);
-    let secret = fixture_credentials(AK_ADMIN).secret_access_key;
-    let auth = sigv4::authorization_header(
-        &SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &hash,
-        },
-        &names,
-        &SigningParams {
-            access_key_id: AK_ADMIN,
-            secret_access_key: &secret,
-            region: "us-east-1",
-            service: "kms",
-            amz_date: &amz_date,
-        },
-    );
-    headers.push(("authorization".into(), auth));
-    let mut req = String::from("POST / HTTP/1.1\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector(b"http/1.1").connect(name, tcp).await.unwrap();
-    tls.write_all(&bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).into_owned()
+    let credentials = fixture_credentials(AK_ADMIN);
+    let now = SystemClock.now_ms() / 1000;
+    aws_door_post(addr, &credentials, "kms", now, &extra, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,10 +253,8 @@ async fn idle_and_slow_connections_are_shed_and_closed_while_clients_are_served(
         Quiet::HalfRequest(b"http/1.1", b"POST / HT"),
         || async move {
             let reply = aws_request(door, "TrentService.ListKeys", b"{}").await;
-            assert!(
-                reply.starts_with("HTTP/1.1 200"),
-                "signed ListKeys on the AWS door: {reply}"
-            );
+            let body = String::from_utf8_lossy(&reply.body);
+            assert_eq!(reply.status, 200, "signed ListKeys on the AWS door: {body}");
         },
     )
     .await;
@@ -329,7 +267,10 @@ async fn a_request_body_that_stalls_is_cut_off_at_its_deadline() {
     let door = server.aws_json_addr.expect("AWS door enabled");
     let tcp = TcpStream::connect(door).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector(b"http/1.1").connect(name, tcp).await.unwrap();
+    let mut tls = test_ca_connector(b"http/1.1")
+        .connect(name, tcp)
+        .await
+        .unwrap();
     // The head announces 100 bytes; one arrives.
     let head = format!(
         "POST / HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nx-amz-target: TrentService.ListKeys\r\n\
@@ -384,14 +325,7 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate
         .stderr(std::process::Stdio::from(log))
         .spawn()
         .expect("start p11kms serve");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    let _child = KillOnDrop(child);
     let lines = || -> Vec<String> {
         std::fs::File::open(&log_path)
             .map(|f| {
@@ -452,7 +386,8 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate
         "normal client served {} ms after the flood's first 3 s",
         t.elapsed().as_millis()
     );
-    assert!(reply.starts_with("HTTP/1.1 200"), "ListKeys: {reply}");
+    let body = String::from_utf8_lossy(&reply.body);
+    assert_eq!(reply.status, 200, "ListKeys: {body}");
     drop(held);
 }
 
@@ -495,7 +430,7 @@ async fn http2_peers_are_pinged_and_dropped_when_they_do_not_answer() {
     for (port, addr) in ports {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = connector(b"h2").connect(name, tcp).await.unwrap();
+        let mut tls = test_ca_connector(b"h2").connect(name, tcp).await.unwrap();
         // The connection preface and an empty SETTINGS frame; then silence.
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
             .await

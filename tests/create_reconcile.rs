@@ -14,24 +14,9 @@ use common::*;
 use p11kms::core::{InterruptCreate, ManualClock};
 use p11kms::pb;
 use p11kms::server::RunningServer;
-use p11kms::store::KeyState;
 
 /// The default `[kms] creating_grace_secs` (300 s), in milliseconds.
 const GRACE_MS: i64 = 300_000;
-
-/// The ids of the keys the store holds in `Creating`.
-async fn creating_ids(server: &RunningServer) -> BTreeSet<String> {
-    server
-        .kms
-        .store()
-        .load_all()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|b| b.key.state == KeyState::Creating)
-        .map(|b| b.key.key_id)
-        .collect()
-}
 
 /// A CreateKey (tagged) stopped at `at`, as a crash there would: the client gets no key id.
 /// Returns the id of the key it left in `Creating`.
@@ -69,13 +54,6 @@ async fn encrypt(c: &mut Client, key_id: &str) -> Result<Vec<u8>, tonic::Status>
     c.encrypt(encrypt_request(key_id, b"after the crash"))
         .await
         .map(|r| r.into_inner().ciphertext_blob)
-}
-
-async fn check(config: &std::path::Path) -> (i32, String) {
-    let config = config.to_path_buf();
-    tokio::task::spawn_blocking(move || run_check(&config))
-        .await
-        .unwrap()
 }
 
 /// The one intent record of service action `name` on `key_id`, written before its outcome.
@@ -118,7 +96,7 @@ async fn interrupted_creations_are_finished_or_removed_after_the_grace_period() 
     server.shutdown().await.unwrap();
 
     // Past the grace period, check fails and says what reconciliation will do.
-    let (code, out) = check(&config_path).await;
+    let (code, out) = run_check(&config_path).await;
     assert_eq!(code, 2, "check must fail on overdue creations:\n{out}");
     assert!(
         out.lines().any(|l| l.contains(&with_object)
@@ -205,7 +183,7 @@ async fn interrupted_creations_are_finished_or_removed_after_the_grace_period() 
     drop(c);
     server.shutdown().await.unwrap();
 
-    let (code, out) = check(&config_path).await;
+    let (code, out) = run_check(&config_path).await;
     assert_eq!(code, 0, "check after reconciliation:\n{out}");
     assert!(
         out.contains("check passed") && !out.contains("DRIFT"),

@@ -13,8 +13,6 @@ use p11kms::pb;
 use tonic::{Code, Status};
 
 const DRY: &str = "DryRunOperationException";
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-const USER1: &str = "arn:aws:iam::111122223333:user/user1";
 
 /// Keys and inputs every operation needs.
 struct Fixture {

@@ -15,12 +15,7 @@ use p11kms::pb;
 async fn keys_aliases_and_ciphertexts_survive_a_restart() {
     let (dir, server, mut c) = start_admin("restart").await;
     let key = create_key(&mut c).await;
-    c.create_alias(pb::CreateAliasRequest {
-        alias_name: "alias/durable".into(),
-        target_key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    create_alias(&mut c, "alias/durable", &key).await;
     tag_key(&mut c, &key, "k", "v").await;
     let blob = c
         .encrypt(pb::EncryptRequest {
@@ -75,12 +70,7 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     let mut c = admin(server.addr).await;
     let key = create_key(&mut c).await;
     let survivor = create_key(&mut c).await;
-    c.create_alias(pb::CreateAliasRequest {
-        alias_name: "alias/doomed".into(),
-        target_key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    create_alias(&mut c, "alias/doomed", &key).await;
     let blob = c
         .encrypt(encrypt_request(&key, b"soon unreadable"))
         .await

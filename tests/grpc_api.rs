@@ -44,12 +44,7 @@ async fn key_lifecycle_happy_path() {
     let id = created.key_id.clone();
 
     // Describe by id, ARN, alias name and alias ARN.
-    c.create_alias(pb::CreateAliasRequest {
-        alias_name: "alias/payments".into(),
-        target_key_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    create_alias(&mut c, "alias/payments", &id).await;
     for r in [
         id.clone(),
         created.arn.clone(),
@@ -209,12 +204,7 @@ async fn cryptographic_operations_happy_path() {
     let (_dir, server, mut c) = start_admin("crypto").await;
     let key = create_key(&mut c).await;
     let key2 = create_key(&mut c).await;
-    c.create_alias(pb::CreateAliasRequest {
-        alias_name: "alias/app".into(),
-        target_key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    create_alias(&mut c, "alias/app", &key).await;
 
     // Encrypt by alias, decrypt without KeyId and with the matching KeyId.
     let ec = [("tenant", "acme"), ("purpose", "test")];
@@ -523,12 +513,7 @@ async fn bad_input_gets_aws_errors() {
             .await;
         assert_eq!(reason(r), name, "{bad}");
     }
-    c.create_alias(pb::CreateAliasRequest {
-        alias_name: "alias/dup".into(),
-        target_key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    create_alias(&mut c, "alias/dup", &key).await;
     let r = c
         .create_alias(pb::CreateAliasRequest {
             alias_name: "alias/dup".into(),
@@ -850,14 +835,7 @@ async fn resource_aliases_condition_follows_alias_changes() {
         ]
     })
     .to_string();
-    let key = create_key_from(
-        &mut c,
-        pb::CreateKeyRequest {
-            policy,
-            ..Default::default()
-        },
-    )
-    .await;
+    let key = create_key_with_policy(&mut c, policy).await;
     let other = create_key(&mut c).await;
     let encrypt = |c: &mut Client| {
         let mut c = c.clone();
@@ -865,12 +843,7 @@ async fn resource_aliases_condition_follows_alias_changes() {
         async move { c.encrypt(encrypt_request(&key, b"x")).await }
     };
     assert_eq!(reason(encrypt(&mut c).await), "AccessDeniedException");
-    c.create_alias(pb::CreateAliasRequest {
-        alias_name: "alias/approved".into(),
-        target_key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    create_alias(&mut c, "alias/approved", &key).await;
     encrypt(&mut c)
         .await
         .expect("allowed once the key has the alias");

@@ -167,14 +167,7 @@ async fn a_not_principal_deny_always_applies_to_a_caller_with_a_boundary() {
         {"Sid": "OnlyListed", "Effect": "Deny", "NotPrincipal": {"AWS": [admin_arn, user1_arn, root]},
          "Action": "kms:Encrypt", "Resource": "*"}
     ]});
-    let key = create_key_from(
-        &mut admin_c,
-        pb::CreateKeyRequest {
-            policy: policy.to_string(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let key = create_key_with_policy(&mut admin_c, policy.to_string()).await;
     let encrypt = |key: &str| pb::EncryptRequest {
         key_id: key.to_string(),
         plaintext: b"listed".to_vec(),

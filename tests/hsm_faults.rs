@@ -233,6 +233,18 @@ async fn start_config(config: &Config) -> Result<RunningServer, ServerError> {
     .await
 }
 
+/// Starts the daemon with `config` (on the shim), with an admin client, a new key and a blob
+/// of [`PLAINTEXT`] under it.
+async fn start_with_blob(config: &Config) -> (RunningServer, Client, String, Vec<u8>) {
+    let server = start_config(config)
+        .await
+        .expect("daemon starts on the shim");
+    let mut c = admin(server.addr).await;
+    let key = create_key(&mut c).await;
+    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    (server, c, key, blob)
+}
+
 /// Starts the daemon on the shim.
 async fn start_shimmed(shim: &Shim, name: &str) -> Result<RunningServer, ServerError> {
     start_config(&shim_config(shim, name)).await
@@ -261,13 +273,27 @@ fn failure<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) -> (Code
     }
 }
 
+/// `r` failed with the gRPC `code` and the AWS exception `reason`.
+#[track_caller]
+fn assert_failed_as<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, tonic::Status>,
+    (code, reason): (Code, &str),
+) {
+    let (got_code, got_reason, msg) = failure(what, r);
+    assert_eq!(
+        (got_code, got_reason.as_str()),
+        (code, reason),
+        "{what}: {msg}"
+    );
+}
+
 #[track_caller]
 fn assert_invalid_ciphertext<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
-    let (code, reason, msg) = failure(what, r);
-    assert_eq!(
-        (code, reason.as_str()),
+    assert_failed_as(
+        what,
+        r,
         (Code::InvalidArgument, "InvalidCiphertextException"),
-        "{what}: {msg}"
     );
 }
 
@@ -275,12 +301,7 @@ fn assert_invalid_ciphertext<T: std::fmt::Debug>(what: &str, r: Result<T, tonic:
 /// Internal).
 #[track_caller]
 fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
-    let (code, reason, msg) = failure(what, r);
-    assert_eq!(
-        (code, reason.as_str()),
-        (Code::Unavailable, "KeyUnavailableException"),
-        "{what}: {msg}"
-    );
+    assert_failed_as(what, r, (Code::Unavailable, "KeyUnavailableException"));
 }
 
 type Counters = BTreeMap<&'static str, u64>;
@@ -330,12 +351,7 @@ async fn concurrent_round_trips(c: &Client, key: &str, blob: &[u8], n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_blob_is_invalid_ciphertext_but_dead_device_is_unavailable() {
     let Some(f) = faults().await else { return };
-    let server = start_shimmed(&f, "forged")
-        .await
-        .expect("daemon starts on the shim");
-    let mut c = admin(server.addr).await;
-    let key = create_key(&mut c).await;
-    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let (server, mut c, key, blob) = start_with_blob(&shim_config(&f, "forged")).await;
     assert_eq!(decrypt(&mut c, &blob).await.expect("decrypt"), PLAINTEXT);
 
     // (a) A flipped GCM tag bit on a healthy device: the device answers CKR_GENERAL_ERROR, the
@@ -395,31 +411,21 @@ async fn forged_blob_is_invalid_ciphertext_but_dead_device_is_unavailable() {
     // (c') C_Decrypt answers like a tag failure but a probe fails: the device is sick, not the
     // blob. First the session probe, then the key probe.
     f.set("decrypt_general_error");
-    f.set("fail_C_GetSessionInfo");
-    let before = counters(&server);
-    assert_unavailable(
-        "tag-like failure, session probe fails",
-        decrypt(&mut c, &blob).await,
-    );
-    let after = counters(&server);
-    assert!(
-        delta(&before, &after, "C_GetSessionInfo") >= 1,
-        "no session probe ran"
-    );
-    f.unset("fail_C_GetSessionInfo");
-
-    f.set("fail_C_GetAttributeValue");
-    let before = counters(&server);
-    assert_unavailable(
-        "tag-like failure, key probe fails",
-        decrypt(&mut c, &blob).await,
-    );
-    let after = counters(&server);
-    assert!(
-        delta(&before, &after, "C_GetAttributeValue") >= 1,
-        "no key probe ran"
-    );
-    f.unset("fail_C_GetAttributeValue");
+    for (probe, which) in [
+        ("C_GetSessionInfo", "session"),
+        ("C_GetAttributeValue", "key"),
+    ] {
+        let fault = format!("fail_{probe}");
+        f.set(&fault);
+        let before = counters(&server);
+        assert_unavailable(
+            &format!("tag-like failure, {which} probe fails"),
+            decrypt(&mut c, &blob).await,
+        );
+        let after = counters(&server);
+        assert!(delta(&before, &after, probe) >= 1, "no {which} probe ran");
+        f.unset(&fault);
+    }
 
     // A session probe that answers "session handle invalid" (device reset under us).
     f.fail_with("C_GetSessionInfo", 0xb3);
@@ -464,12 +470,7 @@ async fn forged_blob_is_invalid_ciphertext_but_dead_device_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_device_fails_every_hsm_operation_as_unavailable_and_recovers() {
     let Some(f) = faults().await else { return };
-    let server = start_shimmed(&f, "dead")
-        .await
-        .expect("daemon starts on the shim");
-    let mut c = admin(server.addr).await;
-    let key = create_key(&mut c).await;
-    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let (server, mut c, key, blob) = start_with_blob(&shim_config(&f, "dead")).await;
     let keys_before = key_count(&mut c).await;
 
     f.set("dead");
@@ -603,12 +604,7 @@ async fn device_reset_closes_every_session_and_the_daemon_recovers() {
     let Some(f) = faults().await else { return };
     let config = shim_config(&f, "reset");
     let workers = config.hsm.workers as u64;
-    let server = start_config(&config)
-        .await
-        .expect("daemon starts on the shim");
-    let mut c = admin(server.addr).await;
-    let key = create_key(&mut c).await;
-    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let (server, mut c, key, blob) = start_with_blob(&config).await;
     for _ in 0..4 {
         assert_eq!(decrypt(&mut c, &blob).await.unwrap(), PLAINTEXT);
     }
@@ -692,12 +688,7 @@ async fn device_reset_closes_every_session_and_the_daemon_recovers() {
 async fn after_a_device_reset_only_one_request_fails() {
     let Some(f) = faults().await else { return };
     let config = shim_config(&f, "reset-seq");
-    let server = start_config(&config)
-        .await
-        .expect("daemon starts on the shim");
-    let mut c = admin(server.addr).await;
-    let key = create_key(&mut c).await;
-    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let (server, mut c, _key, blob) = start_with_blob(&config).await;
     // Warm every worker so each holds a session and a cached handle.
     for _ in 0..8 {
         assert_eq!(decrypt(&mut c, &blob).await.unwrap(), PLAINTEXT);
@@ -870,13 +861,7 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
             assert_eq!(opened, pt);
         }
         // The probe's throwaway key pair is gone.
-        let probe_objects = hsm
-            .list_objects()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|o| o.label.contains("oaep-sha256-probe"))
-            .count();
+        let probe_objects = labelled_objects(hsm, |l| l.contains("oaep-sha256-probe")).await;
         assert_eq!(probe_objects, 0);
         drop(c);
         server.shutdown().await.unwrap();
@@ -916,12 +901,7 @@ async fn generate_data_key(c: &mut Client, key: &str) -> Result<Vec<u8>, tonic::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_session_is_retried_once_invisibly() {
     let Some(f) = faults().await else { return };
-    let server = start_shimmed(&f, "retry")
-        .await
-        .expect("daemon starts on the shim");
-    let mut c = admin(server.addr).await;
-    let key = create_key(&mut c).await;
-    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let (server, mut c, key, blob) = start_with_blob(&shim_config(&f, "retry")).await;
     let retries = |s: &RunningServer| s.kms.hsm().stats().retried_lost_session;
 
     // Isolated faults, one at a time, on every PKCS#11 step of the hot operations.
@@ -1032,13 +1012,8 @@ async fn a_stalled_call_holds_up_its_own_request_only() {
     let Some(f) = faults().await else { return };
     let config = shim_config_with(&f, "stall", "stall_limit_ms = 500");
     let workers = config.hsm.workers;
-    let server = start_config(&config)
-        .await
-        .expect("daemon starts on the shim");
+    let (server, c, key, blob) = start_with_blob(&config).await;
     let maddr = server.metrics_addr.expect("metrics enabled");
-    let mut c = admin(server.addr).await;
-    let key = create_key(&mut c).await;
-    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
     assert_eq!(sample(&scrape(maddr).await, "p11kms_hsm_degraded "), 0.0);
     let before = counters(&server);
 
@@ -1155,12 +1130,7 @@ async fn a_stalled_call_holds_up_its_own_request_only() {
 async fn a_job_that_waits_past_its_deadline_never_runs() {
     let Some(f) = faults().await else { return };
     let config = shim_config_with(&f, "deadline", "workers = 1\nacquire_timeout_ms = 300");
-    let server = start_config(&config)
-        .await
-        .expect("daemon starts on the shim");
-    let mut c = admin(server.addr).await;
-    let key = create_key(&mut c).await;
-    let blob = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    let (server, mut c, key, blob) = start_with_blob(&config).await;
 
     f.delay("C_Decrypt", 1000);
     let before = counters(&server);

@@ -60,17 +60,7 @@ async fn traffic(
 async fn rsa_4096_key_generation_does_not_stall_other_traffic() {
     let (_dir, server, mut c) = start_admin("keygen_concurrency").await;
     let symmetric = create_key(&mut c).await;
-    let external = c
-        .create_key(pb::CreateKeyRequest {
-            origin: "EXTERNAL".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("CreateKey EXTERNAL")
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let external = create_external_key(&mut c).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));

@@ -6,12 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use p11kms::pb;
 use serde_json::json;
-
-const USER1: &str = "arn:aws:iam::111122223333:user/user1";
-const USER2: &str = "arn:aws:iam::111122223333:user/user2";
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
 
 fn cases_path() -> PathBuf {
     manifest_dir().join("tests/fixtures/policy-cases/cases.json")
@@ -112,27 +107,12 @@ fn policy_eval_rejects_a_file_that_is_not_cases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_explain_reports_the_live_decision() {
     let (_dir, server, mut admin) = start_admin("cli-explain").await;
-    let policy = json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
-             "Action": "kms:*", "Resource": "*"},
-            {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
-             "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"},
-            {"Sid": "DenyHR", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
-             "Resource": "*",
-             "Condition": {"StringEquals": {"kms:EncryptionContext:dept": "hr"}}}
-        ]
-    })
-    .to_string();
-    let key = create_key_from(
-        &mut admin,
-        pb::CreateKeyRequest {
-            policy,
-            ..Default::default()
-        },
-    )
-    .await;
+    let deny_hr = json!({"Sid": "DenyHR", "Effect": "Deny", "Principal": "*",
+        "Action": "kms:Decrypt", "Resource": "*",
+        "Condition": {"StringEquals": {"kms:EncryptionContext:dept": "hr"}}});
+    let users = ["kms:Encrypt", "kms:Decrypt"];
+    let policy = admin_and_user_policy(ADMIN, USER1, &users, &[deny_hr]).to_string();
+    let key = create_key_with_policy(&mut admin, policy).await;
     let as_admin = cli_connection(server.addr.port(), "admin");
     let as_user2 = cli_connection(server.addr.port(), "user2");
     let result = tokio::task::spawn_blocking(move || {

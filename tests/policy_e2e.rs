@@ -22,9 +22,6 @@ use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Status;
 
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-const USER1: &str = "arn:aws:iam::111122223333:user/user1";
-const USER2: &str = "arn:aws:iam::111122223333:user/user2";
 const BOB: &str = "arn:aws:iam::111122223333:user/bob";
 const NOPOLICY: &str = "arn:aws:iam::111122223333:user/nopolicy";
 const CAROL: &str = "arn:aws:iam::111122223333:user/carol";
@@ -228,18 +225,15 @@ fn json_eq(a: &str, b: &str) -> bool {
 
 /// Key policy of case (a): admin administers, user1 uses.
 fn policy_a() -> String {
-    json!({
-        "Version": "2012-10-17",
-        "Id": "key-users-a",
-        "Statement": [
-            {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
-             "Action": "kms:*", "Resource": "*"},
-            {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
-             "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
-             "Resource": "*"}
-        ]
-    })
-    .to_string()
+    let users = [
+        "kms:Encrypt",
+        "kms:Decrypt",
+        "kms:GenerateDataKey*",
+        "kms:DescribeKey",
+    ];
+    let mut policy = admin_and_user_policy(ADMIN, USER1, &users, &[]);
+    policy["Id"] = json!("key-users-a");
+    policy.to_string()
 }
 
 /// Key policy of case (c): keyadmin administers; account 111122223333 may use the key (and
@@ -262,19 +256,11 @@ fn policy_c() -> String {
 
 /// Key policy of case (d): user1 may encrypt and decrypt, except with dept=hr.
 fn policy_d() -> String {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
-             "Action": "kms:*", "Resource": "*"},
-            {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
-             "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"},
-            {"Sid": "DenyHR", "Effect": "Deny", "Principal": "*",
-             "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*",
-             "Condition": {"StringEquals": {"kms:EncryptionContext:dept": "hr"}}}
-        ]
-    })
-    .to_string()
+    let both = ["kms:Encrypt", "kms:Decrypt"];
+    let deny_hr = json!({"Sid": "DenyHR", "Effect": "Deny", "Principal": "*",
+        "Action": both, "Resource": "*",
+        "Condition": {"StringEquals": {"kms:EncryptionContext:dept": "hr"}}});
+    admin_and_user_policy(ADMIN, USER1, &both, &[deny_hr]).to_string()
 }
 
 fn default_policy(account: &str) -> String {

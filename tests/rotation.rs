@@ -393,14 +393,7 @@ async fn limits_and_bad_inputs() {
     assert!(!status(&mut c, &other).await.key_rotation_enabled);
 
     // A key with imported material: UnsupportedOperationException.
-    let external = create_key_from(
-        &mut c,
-        pb::CreateKeyRequest {
-            origin: "EXTERNAL".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let external = create_external_key(&mut c).await;
     let r = c
         .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
             key_id: external.clone(),

@@ -106,16 +106,22 @@ pub(crate) fn record_body(
     fields_object: &[u8],
 ) -> Vec<u8> {
     let mut body = record_prefix(record_type, sequence, previous_hash);
+    close_record(&mut body, fields_object);
+    body
+}
+
+/// Ends a record whose prefix is in `buf`: the members of `fields_object` (a serialized JSON
+/// object, `{…}`) after a comma when there are any, then `}`.
+pub(crate) fn close_record(buf: &mut Vec<u8>, fields_object: &[u8]) {
     let inner = fields_object
         .strip_prefix(b"{")
         .and_then(|s| s.strip_suffix(b"}"))
         .unwrap_or(b"");
     if !inner.is_empty() {
-        body.push(b',');
-        body.extend_from_slice(inner);
+        buf.push(b',');
+        buf.extend_from_slice(inner);
     }
-    body.push(b'}');
-    body
+    buf.push(b'}');
 }
 
 /// Who made the request, as CloudTrail's `userIdentity` (the access key id only, never a

@@ -508,15 +508,7 @@ fn append_event_line(
         buf,
         "{{\"recordType\":\"{RECORD_EVENT}\",\"sequence\":{sequence},\"previousHash\":\"{previous_hash}\""
     );
-    let inner = fields
-        .strip_prefix(b"{")
-        .and_then(|s| s.strip_suffix(b"}"))
-        .unwrap_or(b"");
-    if !inner.is_empty() {
-        buf.push(b',');
-        buf.extend_from_slice(inner);
-    }
-    buf.push(b'}');
+    super::event::close_record(buf, fields);
     let digest = Sha256::digest(&buf[start..]);
     let mut hex_hash = [0u8; 64];
     // 32 bytes always fit 64 hex digits.

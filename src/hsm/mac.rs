@@ -12,7 +12,7 @@ use cryptoki::object::{Attribute, KeyType};
 
 use super::asym::verdict;
 use super::call::Call;
-use super::error::{HsmError, HsmErrorKind};
+use super::error::HsmError;
 use super::objects::{ObjectId, Part};
 use super::ops::with_copy;
 use super::pool::WorkerCtx;
@@ -83,14 +83,7 @@ pub(crate) fn generate_hmac_key(
     id: ObjectId,
     alg: MacAlg,
 ) -> Result<(), HsmError> {
-    if ctx.shared.handles.get(&id).is_some() {
-        return Err(HsmError::new(
-            HsmErrorKind::Other,
-            "C_GenerateKey",
-            ctx.token(),
-            format!("a key object with the CKA_ID of {id} already exists"),
-        ));
-    }
+    super::ops::refuse_known_id(ctx, &id, "C_GenerateKey")?;
     let template = hmac_template(&id, alg);
     let h = ctx.call(Call::GenerateKey, |s| {
         s.generate_key(&Mechanism::GenericSecretKeyGen, &template)

@@ -36,16 +36,67 @@ pub(crate) fn find_part(
         Attribute::Id(id.0.to_vec()),
     ];
     let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
-    match found.as_slice() {
+    at_most_one(ctx, &found, |n| {
+        format!("{n} {part:?} objects share the CKA_ID of {id}")
+    })
+}
+
+/// The one handle a search found, `None` for none; an error (detail from `clash`, given how
+/// many) when several objects match what should be unique.
+pub(crate) fn at_most_one(
+    ctx: &WorkerCtx,
+    found: &[ObjectHandle],
+    clash: impl FnOnce(usize) -> String,
+) -> Result<Option<ObjectHandle>, HsmError> {
+    match found {
         [] => Ok(None),
         [h] => Ok(Some(*h)),
         many => Err(HsmError::new(
             HsmErrorKind::Other,
             "C_FindObjects",
             ctx.token(),
-            format!("{} {part:?} objects share the CKA_ID of {id}", many.len()),
+            clash(many.len()),
         )),
     }
+}
+
+/// Refuses to make a key object with the CKA_ID of `id` (in PKCS#11 `function`) when one is
+/// already known. Key ids are fresh UUIDs from the engine, so the token is not scanned for a
+/// duplicate (a linear scan per creation); only a cached handle is checked.
+pub(crate) fn refuse_known_id(
+    ctx: &WorkerCtx,
+    id: &ObjectId,
+    function: &'static str,
+) -> Result<(), HsmError> {
+    match ctx.shared.handles.get(id) {
+        Some(_) => Err(HsmError::new(
+            HsmErrorKind::Other,
+            function,
+            ctx.token(),
+            format!("a key object with the CKA_ID of {id} already exists"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads attribute `ty` of object `h` and takes its value with `pick`; an error with detail
+/// `missing` when the token returns no such attribute (or `pick` refuses it).
+pub(crate) fn read_attribute<T>(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+    ty: AttributeType,
+    pick: impl FnMut(Attribute) -> Option<T>,
+    missing: &'static str,
+) -> Result<T, HsmError> {
+    let attrs = ctx.call(Call::GetAttributeValue, |s| s.get_attributes(h, &[ty]))?;
+    attrs.into_iter().find_map(pick).ok_or_else(|| {
+        HsmError::new(
+            HsmErrorKind::Other,
+            "C_GetAttributeValue",
+            ctx.token(),
+            missing,
+        )
+    })
 }
 
 fn resolve_part(
@@ -357,16 +408,7 @@ fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) ->
 
 /// Generate a CMK version (AES-256 token key) and cache its handle.
 pub(crate) fn generate_aes_key(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
-    // Key ids are fresh UUIDs from the engine; we do not scan the token for
-    // a duplicate (a linear scan per creation), but refuse a known one.
-    if ctx.shared.handles.get(&id).is_some() {
-        return Err(HsmError::new(
-            HsmErrorKind::Other,
-            "C_GenerateKey",
-            ctx.token(),
-            format!("a key object with the CKA_ID of {id} already exists"),
-        ));
-    }
+    refuse_known_id(ctx, &id, "C_GenerateKey")?;
     let template = cmk_aes_template(&id);
     let h = ctx.call(Call::GenerateKey, |s| {
         s.generate_key(&Mechanism::AesKeyGen, &template)
@@ -558,23 +600,17 @@ pub(crate) fn try_read_value(
                 ))
             }
         }
-        let attrs = ctx.call(Call::GetAttributeValue, |s| {
-            s.get_attributes(h, &[AttributeType::Value])
-        })?;
-        attrs
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::Value(v) => Some(Zeroizing::new(v)),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                HsmError::new(
-                    HsmErrorKind::Other,
-                    "C_GetAttributeValue",
-                    ctx.token(),
-                    "CKA_VALUE is unavailable",
-                )
-            })
+        let value = |a| match a {
+            Attribute::Value(v) => Some(Zeroizing::new(v)),
+            _ => None,
+        };
+        read_attribute(
+            ctx,
+            h,
+            AttributeType::Value,
+            value,
+            "CKA_VALUE is unavailable",
+        )
     })
 }
 

@@ -185,38 +185,19 @@ fn one(
     found: Vec<ObjectHandle>,
     what: &str,
 ) -> Result<Option<ObjectHandle>, HsmError> {
-    match found.as_slice() {
-        [] => Ok(None),
-        [h] => Ok(Some(*h)),
-        many => Err(HsmError::new(
-            HsmErrorKind::Other,
-            "C_FindObjects",
-            ctx.token(),
-            format!("{} audit {what} objects share one label", many.len()),
-        )),
-    }
+    super::ops::at_most_one(ctx, &found, |n| {
+        format!("{n} audit {what} objects share one label")
+    })
 }
 
 /// Read `CKA_EC_POINT` of `public` and build the SPKI.
 fn export_spki(ctx: &mut WorkerCtx, public: ObjectHandle) -> Result<Vec<u8>, HsmError> {
-    let attrs = ctx.call(Call::GetAttributeValue, |s| {
-        s.get_attributes(public, &[AttributeType::EcPoint])
-    })?;
-    let point = attrs.iter().find_map(|a| match a {
-        Attribute::EcPoint(v) => Some(v.as_slice()),
+    let spki = |a| match a {
+        Attribute::EcPoint(v) => point_from_ec_point_attr(&v).and_then(p256_spki_from_point),
         _ => None,
-    });
-    point
-        .and_then(point_from_ec_point_attr)
-        .and_then(p256_spki_from_point)
-        .ok_or_else(|| {
-            HsmError::new(
-                HsmErrorKind::Other,
-                "C_GetAttributeValue",
-                ctx.token(),
-                "the audit public key is not an uncompressed P-256 point",
-            )
-        })
+    };
+    let missing = "the audit public key is not an uncompressed P-256 point";
+    super::ops::read_attribute(ctx, public, AttributeType::EcPoint, spki, missing)
 }
 
 /// Serialises find-or-create of the audit key within the process: several daemons (or `Hsm`

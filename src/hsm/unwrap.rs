@@ -358,21 +358,15 @@ fn find_wrapping_key(ctx: &mut WorkerCtx, id: &WrappingKeyId) -> Result<ObjectHa
         Attribute::Id(id.cka_id()),
     ];
     let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
-    match found.as_slice() {
-        [h] => Ok(*h),
-        [] => Err(HsmError::new(
+    let clash = |n| format!("{n} objects share the CKA_ID of {}", id.label());
+    super::ops::at_most_one(ctx, &found, clash)?.ok_or_else(|| {
+        HsmError::new(
             HsmErrorKind::ObjectNotFound,
             "C_FindObjects",
             ctx.token(),
             format!("no import wrapping key {}", id.label()),
-        )),
-        many => Err(HsmError::new(
-            HsmErrorKind::Other,
-            "C_FindObjects",
-            ctx.token(),
-            format!("{} objects share the CKA_ID of {}", many.len(), id.label()),
-        )),
-    }
+        )
+    })
 }
 
 /// A failed unwrap of a caller's blob: on a healthy device the blob is bad
@@ -455,23 +449,12 @@ fn unwrap_material(
 }
 
 fn value_len(ctx: &mut WorkerCtx, h: ObjectHandle) -> Result<usize, HsmError> {
-    let attrs = ctx.call(Call::GetAttributeValue, |s| {
-        s.get_attributes(h, &[AttributeType::ValueLen])
-    })?;
-    attrs
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::ValueLen(n) => Some(u64::from(n) as usize),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            HsmError::new(
-                HsmErrorKind::Other,
-                "C_GetAttributeValue",
-                ctx.token(),
-                "the unwrapped key has no CKA_VALUE_LEN",
-            )
-        })
+    let len = |a| match a {
+        Attribute::ValueLen(n) => Some(u64::from(n) as usize),
+        _ => None,
+    };
+    let missing = "the unwrapped key has no CKA_VALUE_LEN";
+    super::ops::read_attribute(ctx, h, AttributeType::ValueLen, len, missing)
 }
 
 fn random_bytes(ctx: &mut WorkerCtx, n: usize) -> Result<Vec<u8>, HsmError> {
@@ -620,23 +603,12 @@ pub(crate) fn wrapping_key_attributes(
 }
 
 fn modulus_len(ctx: &mut WorkerCtx, rsa: ObjectHandle) -> Result<usize, HsmError> {
-    let attrs = ctx.call(Call::GetAttributeValue, |s| {
-        s.get_attributes(rsa, &[AttributeType::Modulus])
-    })?;
-    attrs
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::Modulus(m) => Some(m.len()),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            HsmError::new(
-                HsmErrorKind::Other,
-                "C_GetAttributeValue",
-                ctx.token(),
-                "the wrapping key has no modulus",
-            )
-        })
+    let len = |a| match a {
+        Attribute::Modulus(m) => Some(m.len()),
+        _ => None,
+    };
+    let missing = "the wrapping key has no modulus";
+    super::ops::read_attribute(ctx, rsa, AttributeType::Modulus, len, missing)
 }
 
 /// Runs one import: session copy, length check, check value, then the token object.
@@ -678,17 +650,7 @@ pub(crate) fn import_material(
     if !(job.create_object && matches!(outcome, ImportOutcome::Imported(_))) {
         return Ok(outcome);
     }
-    if ctx.shared.handles.get(&job.target).is_some() {
-        return Err(HsmError::new(
-            HsmErrorKind::Other,
-            "C_UnwrapKey",
-            ctx.token(),
-            format!(
-                "a key object with the CKA_ID of {} already exists",
-                job.target
-            ),
-        ));
-    }
+    super::ops::refuse_known_id(ctx, &job.target, "C_UnwrapKey")?;
     let template = material_template(job.kind, &job.target, true);
     let h = unwrap_material(ctx, rsa, k, &job, &template)?;
     ctx.shared.handles.insert(job.target, h);

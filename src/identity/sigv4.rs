@@ -406,17 +406,23 @@ pub fn canonical_query(query: &str) -> String {
     out
 }
 
-/// The canonical request for the given signed header names (any case, any order; they are
-/// lowercased, sorted and de-duplicated). A signed header absent from the request
-/// contributes an empty value; [`verify`] refuses such requests before getting here.
-/// Repeated headers are joined with `,` in the order received.
-pub fn canonical_request(req: &SignableRequest<'_>, signed_headers: &[String]) -> String {
+/// The signed header names as SigV4 lists them: lower-cased, sorted, each once.
+fn signed_header_names(signed_headers: &[String]) -> Vec<String> {
     let mut names: Vec<String> = signed_headers
         .iter()
         .map(|h| h.to_ascii_lowercase())
         .collect();
     names.sort();
     names.dedup();
+    names
+}
+
+/// The canonical request for the given signed header names (any case, any order; they are
+/// lowercased, sorted and de-duplicated). A signed header absent from the request
+/// contributes an empty value; [`verify`] refuses such requests before getting here.
+/// Repeated headers are joined with `,` in the order received.
+pub fn canonical_request(req: &SignableRequest<'_>, signed_headers: &[String]) -> String {
+    let names = signed_header_names(signed_headers);
 
     let mut out = String::with_capacity(256);
     out.push_str(req.method);
@@ -505,12 +511,7 @@ pub fn authorization_header(
         params.service,
         &sts,
     );
-    let mut names: Vec<String> = signed_headers
-        .iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    names.sort();
-    names.dedup();
+    let names = signed_header_names(signed_headers);
     format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={signature}",
         params.access_key_id,
@@ -993,27 +994,40 @@ mod tests {
             ("X-Amz-Target", "TrentService.Encrypt"),
             ("X-Amz-Date", date),
         ]);
-        let payload = sha256_hex(body);
-        let req = SignableRequest {
+        let signed = "content-type;host;x-amz-date;x-amz-target";
+        push_auth(&mut headers, body, signed, (region, service, date));
+        headers
+    }
+
+    /// A `POST /` with `headers` and a body hashing to `payload`.
+    fn post<'a>(headers: &'a [(String, String)], payload: &'a str) -> SignableRequest<'a> {
+        SignableRequest {
             method: "POST",
             path: "/",
             query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
+            headers,
+            payload_sha256_hex: payload,
+        }
+    }
+
+    /// Signs a `POST /` of `body` with `headers` over the `signed` ones, as AKID in the
+    /// `(region, service, amz_date)` scope, and adds its `Authorization` header.
+    fn push_auth(
+        headers: &mut Vec<(String, String)>,
+        body: &[u8],
+        signed: &str,
+        (region, service, amz_date): (&str, &str, &str),
+    ) {
+        let payload = sha256_hex(body);
+        let params = SigningParams {
+            access_key_id: AKID,
+            secret_access_key: SECRET,
+            region,
+            service,
+            amz_date,
         };
-        let auth = authorization_header(
-            &req,
-            &names("content-type;host;x-amz-date;x-amz-target"),
-            &SigningParams {
-                access_key_id: AKID,
-                secret_access_key: SECRET,
-                region,
-                service,
-                amz_date: date,
-            },
-        );
+        let auth = authorization_header(&post(headers, &payload), &names(signed), &params);
         headers.push(("Authorization".into(), auth));
-        headers
     }
 
     fn run(
@@ -1021,15 +1035,25 @@ mod tests {
         body: &[u8],
         now: i64,
     ) -> Result<VerifiedSigV4, SigV4Error> {
+        run_with(headers, body, now, secret_for)
+    }
+
+    /// [`run`] with another secret lookup.
+    fn run_with(
+        headers: &[(String, String)],
+        body: &[u8],
+        now: i64,
+        lookup: impl FnOnce(&str) -> Option<Zeroizing<String>>,
+    ) -> Result<VerifiedSigV4, SigV4Error> {
         let payload = sha256_hex(body);
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers,
-            payload_sha256_hex: &payload,
-        };
-        verify(&req, "kms", &regions(), now, MAX_SKEW_SECS, secret_for)
+        verify(
+            &post(headers, &payload),
+            "kms",
+            &regions(),
+            now,
+            MAX_SKEW_SECS,
+            lookup,
+        )
     }
 
     fn set_auth(headers: &mut [(String, String)], value: String) {
@@ -1038,6 +1062,14 @@ mod tests {
                 *v = value.clone();
             }
         }
+    }
+
+    /// Runs the KMS request with `from` replaced by `to` in its Authorization header.
+    fn run_with_auth_changed(from: &str, to: &str) -> Result<VerifiedSigV4, SigV4Error> {
+        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
+        let auth = auth_of(&headers).replace(from, to);
+        set_auth(&mut headers, auth);
+        run(&headers, KMS_BODY, KMS_NOW)
     }
 
     fn auth_of(headers: &[(String, String)]) -> String {
@@ -1083,15 +1115,7 @@ mod tests {
     #[test]
     fn wrong_secret_is_invalid_signature() {
         let headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let payload = sha256_hex(KMS_BODY);
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
-        };
-        let e = verify(&req, "kms", &regions(), KMS_NOW, 300, |_| {
+        let e = run_with(&headers, KMS_BODY, KMS_NOW, |_| {
             Some(Zeroizing::new("not-the-secret".to_string()))
         })
         .unwrap_err();
@@ -1101,15 +1125,7 @@ mod tests {
     #[test]
     fn unknown_key_is_unrecognized_client() {
         let headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let payload = sha256_hex(KMS_BODY);
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
-        };
-        let e = verify(&req, "kms", &regions(), KMS_NOW, 300, |_| None).unwrap_err();
+        let e = run_with(&headers, KMS_BODY, KMS_NOW, |_| None).unwrap_err();
         assert_eq!(e, SigV4Error::UnrecognizedClient);
         assert_eq!(e.aws_name(), "UnrecognizedClientException");
     }
@@ -1139,21 +1155,15 @@ mod tests {
 
     #[test]
     fn host_must_be_signed() {
-        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let auth =
-            auth_of(&headers).replace("content-type;host;x-amz-date", "content-type;x-amz-date");
-        set_auth(&mut headers, auth);
-        let e = run(&headers, KMS_BODY, KMS_NOW).unwrap_err();
+        let e = run_with_auth_changed("content-type;host;x-amz-date", "content-type;x-amz-date")
+            .unwrap_err();
         assert!(matches!(e, SigV4Error::IncompleteSignature(ref m) if m.contains("'Host'")));
     }
 
     #[test]
     fn date_must_be_signed_and_present() {
-        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let auth = auth_of(&headers).replace(";x-amz-date;", ";");
-        set_auth(&mut headers, auth);
         assert!(matches!(
-            run(&headers, KMS_BODY, KMS_NOW),
+            run_with_auth_changed(";x-amz-date;", ";"),
             Err(SigV4Error::IncompleteSignature(ref m)) if m.contains("x-amz-date")
         ));
 
@@ -1182,26 +1192,12 @@ mod tests {
             ("Host", "kms.local:8443"),
             ("Date", "Mon, 23 Nov 2026 10:38:17 GMT"),
         ]);
-        let payload = sha256_hex(b"{}");
-        let req = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &payload,
-        };
-        let auth = authorization_header(
-            &req,
-            &names("date;host"),
-            &SigningParams {
-                access_key_id: AKID,
-                secret_access_key: SECRET,
-                region: "us-east-1",
-                service: "kms",
-                amz_date: KMS_DATE,
-            },
+        push_auth(
+            &mut headers,
+            b"{}",
+            "date;host",
+            ("us-east-1", "kms", KMS_DATE),
         );
-        headers.push(("Authorization".into(), auth));
         let ok = run(&headers, b"{}", KMS_NOW).unwrap();
         assert_eq!(ok.amz_date, KMS_DATE);
         assert_eq!(
@@ -1237,11 +1233,8 @@ mod tests {
 
     #[test]
     fn scope_date_must_match_request_date() {
-        let mut headers = kms_headers(KMS_DATE, KMS_BODY, "us-east-1", "kms");
-        let auth = auth_of(&headers).replace("/20261123/", "/20261122/");
-        set_auth(&mut headers, auth);
         assert!(matches!(
-            run(&headers, KMS_BODY, KMS_NOW),
+            run_with_auth_changed("/20261123/", "/20261122/"),
             Err(SigV4Error::InvalidSignature(ref m)) if m.contains("'20261122' != '20261123'")
         ));
     }

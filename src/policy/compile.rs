@@ -281,6 +281,23 @@ pub(crate) enum PrinRef<'a> {
     Exact(&'a str),
 }
 
+/// The service, account and resource of an ARN (`arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE`,
+/// the resource keeping any further colons); `None` with fewer than six parts.
+pub(crate) fn arn_parts(arn: &str) -> Option<(&str, &str, &str)> {
+    let mut it = arn.splitn(6, ':');
+    match (
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+    ) {
+        (Some(_), Some(_), Some(svc), Some(_), Some(acct), Some(res)) => Some((svc, acct, res)),
+        _ => None,
+    }
+}
+
 /// Classifies `*`, a bare account id, `arn:..:iam::ACCT:root`, a role ARN, or anything else.
 pub(crate) fn classify_ref(s: &str) -> PrinRef<'_> {
     if s == "*" {
@@ -289,15 +306,7 @@ pub(crate) fn classify_ref(s: &str) -> PrinRef<'_> {
     if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
         return PrinRef::Account(s);
     }
-    let mut it = s.splitn(6, ':');
-    if let (Some(_), Some(_), Some("iam"), Some(_), Some(acct), Some(res)) = (
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-    ) {
+    if let Some(("iam", acct, res)) = arn_parts(s) {
         if res == "root" {
             return PrinRef::Account(acct);
         }

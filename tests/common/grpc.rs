@@ -42,6 +42,35 @@ pub async fn create_key_from(c: &mut Client, req: pb::CreateKeyRequest) -> Strin
     create_key_meta(c, req).await.key_id
 }
 
+/// CreateAlias `name` for `key`, which must succeed.
+pub async fn create_alias(c: &mut Client, name: &str, key: &str) {
+    c.create_alias(pb::CreateAliasRequest {
+        alias_name: name.into(),
+        target_key_id: key.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("CreateAlias {name}: {e}"));
+}
+
+/// CreateKey of a symmetric key with origin EXTERNAL (no key material until it is imported);
+/// its id.
+pub async fn create_external_key(c: &mut Client) -> String {
+    let req = pb::CreateKeyRequest {
+        origin: "EXTERNAL".into(),
+        ..Default::default()
+    };
+    create_key_from(c, req).await
+}
+
+/// CreateKey of a symmetric key with the key policy `policy`; its id.
+pub async fn create_key_with_policy(c: &mut Client, policy: String) -> String {
+    let req = pb::CreateKeyRequest {
+        policy,
+        ..Default::default()
+    };
+    create_key_from(c, req).await
+}
+
 /// DescribeKey of `key`: its metadata, or the daemon's error.
 pub async fn try_describe(c: &mut Client, key: &str) -> Result<pb::KeyMetadata, tonic::Status> {
     c.describe_key(pb::DescribeKeyRequest {

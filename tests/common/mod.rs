@@ -23,12 +23,16 @@ mod serve;
 #[allow(unused_imports)]
 pub use grpc::*;
 #[allow(unused_imports)]
-pub use serve::ServeChild;
+pub use serve::{KillOnDrop, ServeChild};
 
 pub type Client = KeyManagementServiceClient<Channel>;
 
 pub const ACCOUNT: &str = "111122223333";
 pub const OTHER_ACCOUNT: &str = "444455556666";
+/// The fixture directory's key administrator and two key users (tests/fixtures).
+pub const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
+pub const USER1: &str = "arn:aws:iam::111122223333:user/user1";
+pub const USER2: &str = "arn:aws:iam::111122223333:user/user2";
 pub const TOKEN_LABEL: &str = "p11kms-test";
 pub const USER_PIN: &str = "test-user-pin-4821";
 pub const SO_PIN: &str = "test-so-pin-9377";
@@ -506,6 +510,13 @@ pub async fn key_objects(server: &RunningServer, key_id: &str) -> Vec<(u32, bool
         .collect()
 }
 
+/// How many objects on the token `hsm` has a label for which `label` holds (left-over
+/// session objects, import objects, probes).
+pub async fn labelled_objects(hsm: &p11kms::hsm::Hsm, label: impl Fn(&str) -> bool) -> usize {
+    let objects = hsm.list_objects().await.unwrap();
+    objects.iter().filter(|o| label(&o.label)).count()
+}
+
 /// A command that sees nothing of the caller's environment: no `AWS_*`, `P11KMS_*` or
 /// `SOFTHSM2_CONF` variable, no `~/.aws` (HOME is `scratch`, the AWS config files are
 /// `/dev/null`) and no client config in the working directory (`scratch`, which the test
@@ -567,13 +578,26 @@ pub fn assert_succeeded(out: &std::process::Output, what: impl std::fmt::Display
 
 /// Runs the real `p11kms check --config <config>` (blocking): its exit code and its output
 /// (stdout then stderr).
-pub fn run_check(config: &Path) -> (i32, String) {
-    let out = p11kms_command()
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .expect("run p11kms check");
-    code_and_output(&out)
+pub async fn run_check(config: &Path) -> (i32, String) {
+    let mut command = p11kms_command();
+    command.args(["check", "--config"]).arg(config);
+    tokio::task::spawn_blocking(move || code_and_output(&command.output().expect("run check")))
+        .await
+        .unwrap()
+}
+
+/// The ids of the keys the daemon's store holds in `Creating` (creations not finished).
+pub async fn creating_ids(server: &RunningServer) -> std::collections::BTreeSet<String> {
+    server
+        .kms
+        .store()
+        .load_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.key.state == p11kms::store::KeyState::Creating)
+        .map(|b| b.key.key_id)
+        .collect()
 }
 
 /// Polls `f` every 50 ms for up to 5 s (sweeper-driven changes); whether it became true.
@@ -708,6 +732,25 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     text
 }
 
+/// The key policy most tests give their keys: `admin` may do everything (statement
+/// `KeyAdministrators`), `user` may do `user_actions` (`KeyUsers`), then the `more` statements.
+pub fn admin_and_user_policy(
+    admin: &str,
+    user: &str,
+    user_actions: &[&str],
+    more: &[serde_json::Value],
+) -> serde_json::Value {
+    use serde_json::json;
+    let mut statements = vec![
+        json!({"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": admin},
+               "Action": "kms:*", "Resource": "*"}),
+        json!({"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": user},
+               "Action": user_actions, "Resource": "*"}),
+    ];
+    statements.extend_from_slice(more);
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
 /// The value of the first sample line starting with `prefix`.
 pub fn sample(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -738,46 +781,13 @@ pub async fn aws_door_post(
     extra: &[(&str, &str)],
     body: &[u8],
 ) -> HttpAnswer {
-    use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let amz_date = sigv4::format_amz_date(amz_secs);
-    let mut headers: Vec<(String, String)> =
-        vec![("host".into(), format!("127.0.0.1:{}", addr.port()))];
-    headers.extend(
-        extra
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())),
+    let signer = (
+        credentials.access_key_id.as_str(),
+        credentials.secret_access_key.as_str(),
     );
-    headers.push(("x-amz-date".into(), amz_date.clone()));
-    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-    let auth = sigv4::authorization_header(
-        &SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
-        },
-        &names,
-        &SigningParams {
-            access_key_id: &credentials.access_key_id,
-            secret_access_key: &credentials.secret_access_key,
-            region: "us-east-1",
-            service,
-            amz_date: &amz_date,
-        },
-    );
-    headers.push(("authorization".into(), auth));
-    let mut req = String::from("POST / HTTP/1.1\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
+    let headers = aws_door_headers(addr, Some(signer), service, amz_secs, extra, body);
+    let bytes = http_post_bytes(&headers, body, true);
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = test_ca_connector(b"http/1.1")
@@ -794,6 +804,68 @@ pub async fn aws_door_post(
     .expect("the AWS door answers")
     .ok();
     parse_http_answer(&raw)
+}
+
+/// The headers of a `POST /` to the AWS door at `addr`: `host`, the `extra` ones (names
+/// lower-cased), `x-amz-date` at `amz_secs`, and, when `signer` (access key id, secret) is
+/// given, the SigV4 `authorization` over all of them for `service`, from the library's signer.
+pub fn aws_door_headers(
+    addr: std::net::SocketAddr,
+    signer: Option<(&str, &str)>,
+    service: &str,
+    amz_secs: i64,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<(String, String)> {
+    use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
+    let amz_date = sigv4::format_amz_date(amz_secs);
+    let mut headers: Vec<(String, String)> =
+        vec![("host".into(), format!("127.0.0.1:{}", addr.port()))];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())),
+    );
+    headers.push(("x-amz-date".into(), amz_date.clone()));
+    if let Some((access_key_id, secret_access_key)) = signer {
+        let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+        let auth = sigv4::authorization_header(
+            &SignableRequest {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: &headers,
+                payload_sha256_hex: &sigv4::sha256_hex(body),
+            },
+            &names,
+            &SigningParams {
+                access_key_id,
+                secret_access_key,
+                region: "us-east-1",
+                service,
+                amz_date: &amz_date,
+            },
+        );
+        headers.push(("authorization".into(), auth));
+    }
+    headers
+}
+
+/// The bytes of an HTTP/1.1 `POST /` with `headers`, `content-length`, `connection: close`
+/// when `close` (else the connection may be kept alive), and `body`.
+pub fn http_post_bytes(headers: &[(String, String)], body: &[u8], close: bool) -> Vec<u8> {
+    let mut req = String::from("POST / HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n", body.len()));
+    if close {
+        req.push_str("connection: close\r\n");
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 /// A TLS client trusting the test CA (no client certificate), offering `alpn`.

@@ -46,6 +46,17 @@ impl ServeChild {
     }
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped, so that a failing test leaves no
+/// daemon behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for ServeChild {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -7,19 +7,13 @@ import uuid
 
 from common import (
     ACCOUNT, ADMIN, AK_ADMIN, AK_BOB, AK_KEYADMIN, AK_USER1, AK_USER2, ENGINEERING, KEYADMIN,
-    OTHER_ACCOUNT, USER1, check, expect_error, fail, key_policy, kms, sts,
+    OTHER_ACCOUNT, USER1, check, expect_error, fail, key_policy, key_users_policy, kms, sts,
 )
 
 
 def key_users():
     admin = kms(AK_ADMIN)
-    policy = key_policy([
-        {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
-         "Action": "kms:*", "Resource": "*"},
-        {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
-         "Resource": "*"},
-    ])
+    policy = key_users_policy()
     meta = admin.create_key(Policy=policy, Description="boto3 key users")["KeyMetadata"]
     arn = meta["Arn"]
     check(arn == f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{meta['KeyId']}", f"bad ARN {arn}")

@@ -72,6 +72,18 @@ def key_policy(statements):
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
+def key_users_policy():
+    """The key policy in which ADMIN administers the key and USER1 uses it (encrypt, decrypt,
+    data keys, describe)."""
+    return key_policy([
+        {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
+         "Action": "kms:*", "Resource": "*"},
+        {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
+         "Resource": "*"},
+    ])
+
+
 def expect_error(client, exception_name, call, *args, status=None, **kwargs):
     """Calls `call` and checks it raises the modelled exception class `exception_name`
     (`client.exceptions.<Name>`). AccessDeniedException and ValidationException are not in

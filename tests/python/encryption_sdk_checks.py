@@ -12,7 +12,7 @@ from aws_encryption_sdk import CommitmentPolicy
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 
 from common import (
-    ADMIN, AK_ADMIN, AK_USER1, AK_USER2, USER1, check, fail, key_policy, kms, secret,
+    AK_ADMIN, AK_USER1, AK_USER2, check, fail, key_users_policy, kms, secret,
 )
 
 
@@ -27,13 +27,7 @@ def provider(access_key_id, key_arn):
 
 def main():
     admin = kms(AK_ADMIN)
-    policy = key_policy([
-        {"Sid": "KeyAdministrators", "Effect": "Allow", "Principal": {"AWS": ADMIN},
-         "Action": "kms:*", "Resource": "*"},
-        {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER1},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
-         "Resource": "*"},
-    ])
+    policy = key_users_policy()
     arn = admin.create_key(Policy=policy, Description="esdk")["KeyMetadata"]["Arn"]
 
     client = aws_encryption_sdk.EncryptionSDKClient(

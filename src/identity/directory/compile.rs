@@ -103,6 +103,16 @@ fn account_partition(
     Ok(partition)
 }
 
+/// The inline identity policy `p` of principal `who`, compiled.
+fn compile_inline(
+    ctx: &AccountCtx<'_>,
+    who: &str,
+    p: &RawInline,
+) -> Result<Arc<Policy>, IdentityError> {
+    let (name, doc) = (&p.policy_name, &p.policy_document);
+    compile(ctx.account, who, name, doc, PolicyKind::Identity)
+}
+
 /// Groups: their compiled policies, by name.
 fn load_groups<'r>(
     ctx: &AccountCtx<'_>,
@@ -114,13 +124,7 @@ fn load_groups<'r>(
         let who = &g.arn;
         let mut inline = Vec::new();
         for p in &g.group_policy_list {
-            let policy = compile(
-                ctx.account,
-                who,
-                &p.policy_name,
-                &p.policy_document,
-                PolicyKind::Identity,
-            )?;
+            let policy = compile_inline(ctx, who, p)?;
             inline.push((format!("{}/{}", g.group_name, p.policy_name), policy));
         }
         let mut attached = Vec::new();
@@ -198,13 +202,7 @@ fn own_policies(
     let mut policies = Vec::new();
     let mut seen = HashSet::new();
     for p in inline {
-        let policy = compile(
-            ctx.account,
-            who,
-            &p.policy_name,
-            &p.policy_document,
-            PolicyKind::Identity,
-        )?;
+        let policy = compile_inline(ctx, who, p)?;
         policies.push((p.policy_name.clone(), policy));
     }
     for a in attached {

@@ -9,7 +9,7 @@ use super::super::certs::{CertBinding, CertMatcher};
 use super::model::policy_names;
 use super::*;
 use crate::encoding::percent_decode_strict;
-use crate::policy::{PolicyKind, RequestContext};
+use crate::policy::{NamedPolicy, PolicyKind, RequestContext};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/identity")
@@ -212,16 +212,17 @@ fn fixtures_evaluate_as_intended() {
     let role = d
         .role("arn:aws:iam::111122223333:role/Engineering")
         .unwrap();
-    let assume = |caller: &str| {
+    // The decision for `caller` doing `action` on `resource`, with the resource's account and
+    // resource policy when it has one (a role's trust policy), else on IAM alone.
+    let decide = |caller: &str, action: &str, resource: &str, on: Option<(&str, NamedPolicy)>| {
         let p = d.principal(caller).unwrap();
-        let mut ctx =
-            RequestContext::new(p.principal_arn(), p.account(), "sts:AssumeRole", &role.arn);
+        let mut ctx = RequestContext::new(p.principal_arn(), p.account(), action, resource);
         p.add_context_keys(&mut ctx, &[]);
         let ids = named_policies(p.identity_policies());
         let guards = named_policies(p.guardrails());
         evaluate(&EvalInput {
-            key_account: Some(&role.account),
-            key_policy: Some(role.trust_named()),
+            key_account: on.as_ref().map(|(account, _)| *account),
+            key_policy: on.map(|(_, policy)| policy),
             identity_policies: &ids,
             guardrails: &guards,
             permission_boundaries: &[],
@@ -232,6 +233,10 @@ fn fixtures_evaluate_as_intended() {
             request: &ctx,
         })
         .effect
+    };
+    let assume = |caller: &str| {
+        let trust = Some((role.account.as_str(), role.trust_named()));
+        decide(caller, "sts:AssumeRole", &role.arn, trust)
     };
     assert_eq!(
         assume("arn:aws:iam::111122223333:user/bob"),
@@ -246,26 +251,8 @@ fn fixtures_evaluate_as_intended() {
         crate::policy::Effect::Deny
     );
 
-    let iam_only = |caller: &str, action: &str, resource: &str| {
-        let p = d.principal(caller).unwrap();
-        let mut ctx = RequestContext::new(p.principal_arn(), p.account(), action, resource);
-        p.add_context_keys(&mut ctx, &[]);
-        let ids = named_policies(p.identity_policies());
-        let guards = named_policies(p.guardrails());
-        evaluate(&EvalInput {
-            key_account: None,
-            key_policy: None,
-            identity_policies: &ids,
-            guardrails: &guards,
-            permission_boundaries: &[],
-            session_policies: &[],
-            grants: &[],
-            encryption_context: &ec,
-            role_arn: p.role_arn(),
-            request: &ctx,
-        })
-        .effect
-    };
+    let iam_only =
+        |caller: &str, action: &str, resource: &str| decide(caller, action, resource, None);
     let allow = crate::policy::Effect::Allow;
     let deny = crate::policy::Effect::Deny;
     assert_eq!(
@@ -382,6 +369,13 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The message of the error loading `details` as the one account's file.
+fn load_error(details: PathBuf) -> String {
+    Directory::load(&one_account(details, None))
+        .unwrap_err()
+        .to_string()
+}
+
 fn one_account(details: PathBuf, credentials: Option<PathBuf>) -> DirectoryFiles {
     DirectoryFiles {
         accounts: vec![AccountFiles {
@@ -462,9 +456,7 @@ fn malformed_policy_names_account_principal_and_policy() {
         "b.json",
         &user_with_inline(&Value::String("%ZZ".into())),
     );
-    let msg = Directory::load(&one_account(f, None))
-        .unwrap_err()
-        .to_string();
+    let msg = load_error(f);
     assert!(
         msg.contains("AliceInline") && msg.contains("percent"),
         "{msg}"
@@ -485,9 +477,7 @@ fn missing_managed_policy_is_named() {
         "GroupDetailList": [], "RoleDetailList": [], "Policies": []
     });
     let f = write(tmp.path(), "a.json", &text.to_string());
-    let msg = Directory::load(&one_account(f, None))
-        .unwrap_err()
-        .to_string();
+    let msg = load_error(f);
     assert!(
         msg.contains("arn:aws:iam::aws:policy/AdministratorAccess"),
         "{msg}"
@@ -527,9 +517,7 @@ fn unknown_group_and_bad_arns_are_errors() {
         }]
     });
     let f = write(tmp.path(), "a.json", &text.to_string());
-    let msg = Directory::load(&one_account(f, None))
-        .unwrap_err()
-        .to_string();
+    let msg = load_error(f);
     assert!(msg.contains("Ghosts"), "{msg}");
 
     let text = serde_json::json!({
@@ -539,9 +527,7 @@ fn unknown_group_and_bad_arns_are_errors() {
         }]
     });
     let f = write(tmp.path(), "b.json", &text.to_string());
-    let msg = Directory::load(&one_account(f, None))
-        .unwrap_err()
-        .to_string();
+    let msg = load_error(f);
     assert!(msg.contains("not in account 111122223333"), "{msg}");
 
     let f = write(tmp.path(), "c.json", "{ not json");
@@ -556,10 +542,7 @@ fn unknown_group_and_bad_arns_are_errors() {
         "d.json",
         r#"{"UserDetailList": [], "IsTruncated": true}"#,
     );
-    assert!(Directory::load(&one_account(f, None))
-        .unwrap_err()
-        .to_string()
-        .contains("IsTruncated"));
+    assert!(load_error(f).contains("IsTruncated"));
 }
 
 #[test]
@@ -599,9 +582,7 @@ fn trust_policy_without_resource_compiles_and_bad_trust_fails() {
 
     let bad = serde_json::json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRole"}]});
     let f = write(tmp.path(), "b.json", &role(bad));
-    let msg = Directory::load(&one_account(f, None))
-        .unwrap_err()
-        .to_string();
+    let msg = load_error(f);
     assert!(
         msg.contains("role/service/App") && msg.contains("AssumeRolePolicyDocument"),
         "{msg}"

@@ -2,7 +2,9 @@
 //! action, resource and conditions cover a request, and whether a grant applies.
 
 use super::{EvalInput, GrantView, NamedPolicy};
-use crate::policy::compile::{classify_ref, glob_match, CPrincipal, CStatement, PrinRef};
+use crate::policy::compile::{
+    arn_parts, classify_ref, glob_match, CPrincipal, CStatement, PrinRef,
+};
 use crate::policy::conditions::eval_condition;
 use crate::policy::context::RequestContext;
 use crate::policy::model::Effect;
@@ -29,18 +31,7 @@ impl<'a> Caller<'a> {
         has_boundary: bool,
     ) -> Caller<'a> {
         let arn = req.principal_arn.as_str();
-        let mut it = arn.splitn(6, ':');
-        let (svc, acct, res) = match (
-            it.next(),
-            it.next(),
-            it.next(),
-            it.next(),
-            it.next(),
-            it.next(),
-        ) {
-            (Some(_), Some(_), Some(svc), Some(_), Some(acct), Some(res)) => (svc, acct, res),
-            _ => ("", "", ""),
-        };
+        let (svc, acct, res) = arn_parts(arn).unwrap_or(("", "", ""));
         let session_role = if svc == "sts" {
             res.strip_prefix("assumed-role/")
                 .and_then(|r| r.split('/').next())
