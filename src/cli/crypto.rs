@@ -11,7 +11,8 @@ use zeroize::Zeroizing;
 use p11kms::pb;
 
 use super::io::{
-    base64_text, ctx, emit_bytes, parse_pair, print_json, read_input, write_output, Input,
+    base64_text, ctx, emit_bytes, parse_pair, print_json, read_input, write_output, DryRun, Input,
+    KeyMessage,
 };
 use super::session::{answer, Conn, Session};
 
@@ -19,22 +20,15 @@ use super::session::{answer, Conn, Session};
 #[derive(Args, Debug)]
 pub struct EncryptArgs {
     #[command(flatten)]
-    conn: Conn,
-    /// Key id, key ARN, alias name or alias ARN.
-    #[arg(long)]
-    key: String,
-    #[command(flatten)]
-    input: Input,
+    target: KeyMessage,
     /// Encryption context pair, repeatable.
     #[arg(long = "context", value_parser = parse_pair)]
     context: Vec<(String, String)>,
     /// Write the raw ciphertext here instead of printing base64.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Check the request (authorization, key state, usage) without running it; the
-    /// daemon answers DryRunOperationException when it would have succeeded.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    check: DryRun,
 }
 
 /// `decrypt`'s arguments.
@@ -52,10 +46,8 @@ pub struct DecryptArgs {
     /// Write the raw plaintext here instead of printing base64.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Check the request (authorization, key state, usage) without running it; the
-    /// daemon answers DryRunOperationException when it would have succeeded.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    check: DryRun,
 }
 
 /// `generate-data-key`'s arguments.
@@ -79,22 +71,20 @@ pub struct GenerateDataKeyArgs {
     /// Write the raw ciphertext blob here instead of printing it.
     #[arg(long)]
     ciphertext_out: Option<PathBuf>,
-    /// Check the request (authorization, key state, usage) without running it; the
-    /// daemon answers DryRunOperationException when it would have succeeded.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    check: DryRun,
 }
 
 /// `encrypt`: the input is read before connecting; the ciphertext goes to --out or, as
 /// base64, to standard output.
 pub async fn encrypt(args: EncryptArgs) -> Result<(), String> {
-    let plaintext = read_input(&args.input)?;
-    let sess = Session::open(&args.conn).await?;
+    let plaintext = read_input(&args.target.input)?;
+    let sess = Session::open(&args.target.conn).await?;
     let request = pb::EncryptRequest {
-        key_id: args.key,
+        key_id: args.target.key,
         plaintext: plaintext.to_vec(),
         encryption_context: ctx(args.context),
-        dry_run: args.dry_run,
+        dry_run: args.check.dry_run,
         ..Default::default()
     };
     let r = answer(sess.kms().encrypt(sess.k("Encrypt", request)).await)?;
@@ -109,7 +99,7 @@ pub async fn decrypt(args: DecryptArgs) -> Result<(), String> {
         ciphertext_blob: blob.to_vec(),
         encryption_context: ctx(args.context),
         key_id: args.key.unwrap_or_default(),
-        dry_run: args.dry_run,
+        dry_run: args.check.dry_run,
         ..Default::default()
     };
     let r = answer(sess.kms().decrypt(sess.k("Decrypt", request)).await)?;
@@ -131,7 +121,7 @@ pub async fn generate_data_key(args: GenerateDataKeyArgs) -> Result<(), String> 
         number_of_bytes: args.bytes,
         key_spec,
         grant_tokens: vec![],
-        dry_run: args.dry_run,
+        dry_run: args.check.dry_run,
     };
     let r = answer(
         sess.kms()

@@ -10,6 +10,7 @@ use base64::Engine;
 use clap::Args;
 use zeroize::Zeroizing;
 
+use super::session::Conn;
 use p11kms::api::aws_json::kms as door_render;
 use p11kms::pb;
 
@@ -22,6 +23,28 @@ pub struct Input {
     /// The input as base64 on the command line (not for secrets: argv is visible to others).
     #[arg(long)]
     b64: Option<String>,
+}
+
+/// `--dry-run`, on every command whose AWS operation has a `DryRun` member.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct DryRun {
+    /// Check the request (authorization, key state, usage) without running it; the
+    /// daemon answers DryRunOperationException when it would have succeeded.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What the one-key message commands (encrypt, sign, verify, generate-mac) start with: the
+/// connection, the key and the message.
+#[derive(Args, Debug)]
+pub struct KeyMessage {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Key id, key ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub key: String,
+    #[command(flatten)]
+    pub input: Input,
 }
 
 /// Parses a `key=value` argument (tags, encryption context, grant constraints).

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use p11kms::encoding::public_key_pem;
 use p11kms::pb;
 
-use super::io::{emit_bytes, read_bytes, write_output};
+use super::io::{emit_bytes, read_bytes, write_output, DryRun};
 use super::session::{answer, Conn, Session};
 
 /// `get-public-key`'s arguments.
@@ -37,10 +37,8 @@ pub struct DeriveSharedSecretArgs {
     peer_public_key: PathBuf,
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Check the request (authorization, key state, usage) without running it; the
-    /// daemon answers DryRunOperationException when it would have succeeded.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    check: DryRun,
 }
 
 /// `get-public-key`: DER SubjectPublicKeyInfo into --out, or PEM on standard output.
@@ -74,7 +72,7 @@ pub async fn derive_shared_secret(args: DeriveSharedSecretArgs) -> Result<(), St
         key_agreement_algorithm: "ECDH".into(),
         public_key: der,
         grant_tokens: vec![],
-        dry_run: args.dry_run,
+        dry_run: args.check.dry_run,
     };
     let mut c = sess.kms();
     let call = c.derive_shared_secret(sess.k("DeriveSharedSecret", request));

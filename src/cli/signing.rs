@@ -8,19 +8,14 @@ use serde_json::json;
 
 use p11kms::pb;
 
-use super::io::{emit_bytes, print_json, read_bytes, read_input, Input};
-use super::session::{answer, Conn, Session};
+use super::io::{emit_bytes, print_json, read_bytes, read_input, DryRun, KeyMessage};
+use super::session::{answer, Session};
 
 /// `sign`'s arguments.
 #[derive(Args, Debug)]
 pub struct SignArgs {
     #[command(flatten)]
-    conn: Conn,
-    /// Key id, key ARN, alias name or alias ARN.
-    #[arg(long)]
-    key: String,
-    #[command(flatten)]
-    input: Input,
+    target: KeyMessage,
     /// RSASSA_PSS_SHA_256, RSASSA_PKCS1_V1_5_SHA_256, ECDSA_SHA_256, ...
     #[arg(long)]
     algorithm: String,
@@ -30,21 +25,15 @@ pub struct SignArgs {
     /// Write the raw signature (ECDSA: DER) here instead of printing base64.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Check the request (authorization, key state, usage) without running it; the
-    /// daemon answers DryRunOperationException when it would have succeeded.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    check: DryRun,
 }
 
 /// `verify`'s arguments.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    conn: Conn,
-    #[arg(long)]
-    key: String,
-    #[command(flatten)]
-    input: Input,
+    target: KeyMessage,
     #[arg(long)]
     algorithm: String,
     #[arg(long, default_value = "RAW")]
@@ -52,44 +41,36 @@ pub struct VerifyArgs {
     /// File holding the raw signature.
     #[arg(long)]
     signature_file: PathBuf,
-    /// Check the request (authorization, key state, usage) without running it; the
-    /// daemon answers DryRunOperationException when it would have succeeded.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    check: DryRun,
 }
 
 /// `generate-mac`'s arguments.
 #[derive(Args, Debug)]
 pub struct GenerateMacArgs {
     #[command(flatten)]
-    conn: Conn,
-    #[arg(long)]
-    key: String,
-    #[command(flatten)]
-    input: Input,
+    target: KeyMessage,
     /// HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512.
     #[arg(long)]
     algorithm: String,
     /// Write the raw MAC here instead of printing base64.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Check the request (authorization, key state, usage) without running it; the
-    /// daemon answers DryRunOperationException when it would have succeeded.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    check: DryRun,
 }
 
 /// `sign`: the signature goes to --out or, as base64, to standard output.
 pub async fn sign(args: SignArgs) -> Result<(), String> {
-    let message = read_input(&args.input)?;
-    let sess = Session::open(&args.conn).await?;
+    let message = read_input(&args.target.input)?;
+    let sess = Session::open(&args.target.conn).await?;
     let request = pb::SignRequest {
-        key_id: args.key,
+        key_id: args.target.key,
         message: message.to_vec(),
         message_type: args.message_type,
         signing_algorithm: args.algorithm,
         grant_tokens: vec![],
-        dry_run: args.dry_run,
+        dry_run: args.check.dry_run,
     };
     let r = answer(sess.kms().sign(sess.k("Sign", request)).await)?;
     emit_bytes(args.out, &r.signature, false)
@@ -98,17 +79,17 @@ pub async fn sign(args: SignArgs) -> Result<(), String> {
 /// `verify`: a signature that does not match is the daemon's
 /// KMSInvalidSignatureException, so the command fails.
 pub async fn verify(args: VerifyArgs) -> Result<(), String> {
-    let message = read_input(&args.input)?;
+    let message = read_input(&args.target.input)?;
     let signature = read_bytes(&args.signature_file)?;
-    let sess = Session::open(&args.conn).await?;
+    let sess = Session::open(&args.target.conn).await?;
     let request = pb::VerifyRequest {
-        key_id: args.key,
+        key_id: args.target.key,
         message: message.to_vec(),
         message_type: args.message_type,
         signature,
         signing_algorithm: args.algorithm,
         grant_tokens: vec![],
-        dry_run: args.dry_run,
+        dry_run: args.check.dry_run,
     };
     let r = answer(sess.kms().verify(sess.k("Verify", request)).await)?;
     print_json(&json!({
@@ -121,14 +102,14 @@ pub async fn verify(args: VerifyArgs) -> Result<(), String> {
 
 /// `generate-mac`: the MAC goes to --out or, as base64, to standard output.
 pub async fn generate_mac(args: GenerateMacArgs) -> Result<(), String> {
-    let message = read_input(&args.input)?;
-    let sess = Session::open(&args.conn).await?;
+    let message = read_input(&args.target.input)?;
+    let sess = Session::open(&args.target.conn).await?;
     let request = pb::GenerateMacRequest {
         message: message.to_vec(),
-        key_id: args.key,
+        key_id: args.target.key,
         mac_algorithm: args.algorithm,
         grant_tokens: vec![],
-        dry_run: args.dry_run,
+        dry_run: args.check.dry_run,
     };
     let r = answer(
         sess.kms()
