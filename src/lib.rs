@@ -24,6 +24,7 @@
 //! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |
 //! | [`pb`] | generated protobuf/gRPC types for `p11kms.v1` |
 //! | [`time`] | civil dates and UTC timestamp formats (ISO 8601, SigV4's `X-Amz-Date`): the one converter |
+//! | [`wire_enum`] | `wire_enum!` and `WireEnum`: every AWS enum declared once, read and written through one bound |
 //! | [`encoding`] | `sha256_hex`, `public_key_pem`, percent-decoding: small encodings every layer shares |
 //!
 //! The `p11kms` command line is not part of this library: it is the binary's own `src/main.rs`
@@ -51,6 +52,7 @@ pub mod policy;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod wire_enum;
 
 /// Generated protobuf and gRPC types of the `p11kms.v1` package.
 pub mod pb {

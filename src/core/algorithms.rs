@@ -6,7 +6,6 @@
 //! request's names once, at the edge, after the model check has refused unknown values; the
 //! engine then chooses by variant, never by looking inside a name.
 
-use std::fmt;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256, Sha384, Sha512};

@@ -6,95 +6,8 @@
 //! create (`ML_KEM_512`, `ENCAPSULATE_DECAPSULATE`, `AWS_CLOUDHSM`...): the model check admits
 //! them, and the engine refuses them with the same messages as before the values were typed.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// Declares a wire enum: its variants with their AWS spelling, `as_str`, `parse`, `ALL`,
-/// `Display`, `FromStr` (an unknown spelling is `UnknownValue`), serde's `Deserialize` and
-/// the audit trail's [`Recorded`](super::operation::Recorded) rule.
-/// The one declaration of every AWS enum of the engine (here and in [`super::algorithms`]).
-macro_rules! wire_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)* }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vdoc])* $variant,)*
-        }
-
-        impl $name {
-            /// Every value, in the AWS model's order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),*];
-
-            /// The AWS spelling.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $wire,)*
-                }
-            }
-
-            /// Parses the AWS spelling; `None` for anything else.
-            pub fn parse(s: &str) -> Option<$name> {
-                match s {
-                    $($wire => Some($name::$variant),)*
-                    _ => None,
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownValue;
-
-            fn from_str(s: &str) -> Result<$name, UnknownValue> {
-                $name::parse(s).ok_or(UnknownValue {
-                    what: stringify!($name),
-                })
-            }
-        }
-
-        impl From<$name> for &'static str {
-            fn from(v: $name) -> &'static str {
-                v.as_str()
-            }
-        }
-
-        /// The audit trail records the AWS spelling.
-        impl $crate::core::operation::Recorded for $name {
-            fn recorded(&self) -> serde_json::Value {
-                serde_json::Value::from(self.as_str())
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-pub(crate) use wire_enum;
-
-/// A spelling that is not a value of the enum (the value itself is not kept: it is the
-/// caller's input).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnknownValue {
-    /// The enum's name (`KeySpec`).
-    pub what: &'static str,
-}
-
-impl fmt::Display for UnknownValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not a valid {} value", self.what)
-    }
-}
-
-impl std::error::Error for UnknownValue {}
+pub(crate) use crate::wire_enum::wire_enum;
+pub use crate::wire_enum::{UnknownValue, WireEnum};
 
 wire_enum!(
     /// A key's KeySpec (also read from the deprecated CustomerMasterKeySpec).
@@ -160,14 +73,6 @@ wire_enum!(
 /// A key's state. The store's enum is the one type (rows keep its AWS spelling); it is named
 /// here with the other key enums.
 pub use crate::store::KeyState;
-
-impl FromStr for KeyState {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<KeyState, UnknownValue> {
-        KeyState::parse(s).ok_or(UnknownValue { what: "KeyState" })
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use super::{Kms, KmsError};
 use crate::encoding::wire_case;
 use crate::identity::Caller;
-use crate::store::KeyState;
+use crate::wire_enum::WireEnum;
 
 /// What the audit trail records of a request: CloudTrail's `requestParameters`, with
 /// CloudTrail's member names (camelCase). Never plaintext, keys, ciphertext blobs, signatures,
@@ -224,21 +224,21 @@ impl Recorded for str {
     }
 }
 
+impl Recorded for &str {
+    fn recorded(&self) -> Value {
+        (**self).recorded()
+    }
+    fn given(&self) -> bool {
+        (**self).given()
+    }
+}
+
 impl Recorded for String {
     fn recorded(&self) -> Value {
         self.as_str().recorded()
     }
     fn given(&self) -> bool {
         self.as_str().given()
-    }
-}
-
-impl<T: Recorded + ?Sized> Recorded for &T {
-    fn recorded(&self) -> Value {
-        (**self).recorded()
-    }
-    fn given(&self) -> bool {
-        (**self).given()
     }
 }
 
@@ -299,11 +299,10 @@ impl Recorded for Value {
     }
 }
 
-/// A key's state: its AWS name (the AWS enums of `domain` and `algorithms` get theirs from
-/// `wire_enum!`).
-impl Recorded for KeyState {
+/// Every AWS enum (`wire_enum!`): its AWS spelling.
+impl<E: WireEnum> Recorded for E {
     fn recorded(&self) -> Value {
-        Value::from(self.as_str())
+        Value::from(self.wire_name())
     }
 }
 
@@ -447,6 +446,7 @@ mod tests {
     use crate::core::crypto::EncryptRequest;
     use crate::core::grants::{CreateGrantRequest, RetireGrantRequest};
     use crate::core::keys::{ScheduleKeyDeletionRequest, ScheduleKeyDeletionResponse};
+    use crate::store::KeyState;
 
     /// What the trail records of a few operations, to the byte: each field type's rule, the
     /// grant-token count, RetireGrant's redacted token, CreateGrant's constraints and a

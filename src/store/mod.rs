@@ -4,58 +4,26 @@
 //! [`sqlite`]. Nothing here ever holds key material: the HSM does. Every multi-row change is
 //! one transaction, so a failed request never leaves a partial change behind.
 
+use crate::wire_enum::wire_enum;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
-use std::fmt;
 
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-/// Lifecycle state of a KMS key, with AWS's names (kms-spec section 1.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyState {
-    /// Phase one of a two-phase create: the row exists, the HSM object may not.
-    Creating,
-    Enabled,
-    Disabled,
-    PendingDeletion,
-    PendingImport,
-    Unavailable,
-}
-
-impl KeyState {
-    /// The AWS wire name (`Enabled`, `PendingDeletion`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Creating => "Creating",
-            KeyState::Enabled => "Enabled",
-            KeyState::Disabled => "Disabled",
-            KeyState::PendingDeletion => "PendingDeletion",
-            KeyState::PendingImport => "PendingImport",
-            KeyState::Unavailable => "Unavailable",
-        }
+wire_enum!(
+    /// Lifecycle state of a KMS key, with AWS's names (kms-spec section 1.4).
+    KeyState {
+        /// Phase one of a two-phase create: the row exists, the HSM object may not.
+        Creating = "Creating",
+        Enabled = "Enabled",
+        Disabled = "Disabled",
+        PendingDeletion = "PendingDeletion",
+        PendingImport = "PendingImport",
+        Unavailable = "Unavailable",
     }
-
-    /// Parses the AWS wire name; `None` for anything else.
-    pub fn parse(s: &str) -> Option<KeyState> {
-        Some(match s {
-            "Creating" => KeyState::Creating,
-            "Enabled" => KeyState::Enabled,
-            "Disabled" => KeyState::Disabled,
-            "PendingDeletion" => KeyState::PendingDeletion,
-            "PendingImport" => KeyState::PendingImport,
-            "Unavailable" => KeyState::Unavailable,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for KeyState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+);
 
 /// One KMS key's metadata row. Key ids are lowercase UUID strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,72 +141,26 @@ pub struct RotationEntry {
     pub rotation_type: String,
 }
 
-/// The cryptographic operations GetKeyLastUsage reports (the model's
-/// `KeyLastUsageTrackingOperation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UsageOperation {
-    Decrypt,
-    DeriveSharedSecret,
-    Encrypt,
-    GenerateDataKey,
-    GenerateDataKeyPair,
-    GenerateDataKeyPairWithoutPlaintext,
-    GenerateDataKeyWithoutPlaintext,
-    GenerateMac,
-    ReEncrypt,
-    Sign,
-    Verify,
-    VerifyMac,
-    Encapsulate,
-    Decapsulate,
-}
-
-impl UsageOperation {
-    /// Every tracked operation.
-    pub const ALL: [UsageOperation; 14] = [
-        UsageOperation::Decrypt,
-        UsageOperation::DeriveSharedSecret,
-        UsageOperation::Encrypt,
-        UsageOperation::GenerateDataKey,
-        UsageOperation::GenerateDataKeyPair,
-        UsageOperation::GenerateDataKeyPairWithoutPlaintext,
-        UsageOperation::GenerateDataKeyWithoutPlaintext,
-        UsageOperation::GenerateMac,
-        UsageOperation::ReEncrypt,
-        UsageOperation::Sign,
-        UsageOperation::Verify,
-        UsageOperation::VerifyMac,
-        UsageOperation::Encapsulate,
-        UsageOperation::Decapsulate,
-    ];
-
-    /// The AWS operation name (`Encrypt`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UsageOperation::Decrypt => "Decrypt",
-            UsageOperation::DeriveSharedSecret => "DeriveSharedSecret",
-            UsageOperation::Encrypt => "Encrypt",
-            UsageOperation::GenerateDataKey => "GenerateDataKey",
-            UsageOperation::GenerateDataKeyPair => "GenerateDataKeyPair",
-            UsageOperation::GenerateDataKeyPairWithoutPlaintext => {
-                "GenerateDataKeyPairWithoutPlaintext"
-            }
-            UsageOperation::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
-            UsageOperation::GenerateMac => "GenerateMac",
-            UsageOperation::ReEncrypt => "ReEncrypt",
-            UsageOperation::Sign => "Sign",
-            UsageOperation::Verify => "Verify",
-            UsageOperation::VerifyMac => "VerifyMac",
-            UsageOperation::Encapsulate => "Encapsulate",
-            UsageOperation::Decapsulate => "Decapsulate",
-        }
+wire_enum!(
+    /// The cryptographic operations GetKeyLastUsage reports (the model's
+    /// `KeyLastUsageTrackingOperation`), by their AWS operation names.
+    UsageOperation {
+        Decrypt = "Decrypt",
+        DeriveSharedSecret = "DeriveSharedSecret",
+        Encrypt = "Encrypt",
+        GenerateDataKey = "GenerateDataKey",
+        GenerateDataKeyPair = "GenerateDataKeyPair",
+        GenerateDataKeyPairWithoutPlaintext = "GenerateDataKeyPairWithoutPlaintext",
+        GenerateDataKeyWithoutPlaintext = "GenerateDataKeyWithoutPlaintext",
+        GenerateMac = "GenerateMac",
+        ReEncrypt = "ReEncrypt",
+        Sign = "Sign",
+        Verify = "Verify",
+        VerifyMac = "VerifyMac",
+        Encapsulate = "Encapsulate",
+        Decapsulate = "Decapsulate",
     }
-
-    /// Parses an AWS operation name; `None` for an operation that is not tracked.
-    pub fn parse(s: &str) -> Option<UsageOperation> {
-        UsageOperation::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
+);
 
 /// The last successful cryptographic operation on a key, as GetKeyLastUsage reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,20 +11,16 @@
 //! A field whose rule really differs says so in its declaration (see [`from_message!`]).
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use prost_types::Timestamp;
 use zeroize::Zeroizing;
 
-use crate::core::algorithms::{
-    parse_opt, DataKeySpec, EncryptionAlgorithm, KeyAgreementAlgorithm, MacAlgorithm, MessageType,
-    SigningAlgorithm,
-};
-use crate::core::domain::{KeySpec, KeyState, KeyUsage, Origin, UnknownValue};
+use crate::core::algorithms::parse_opt;
 use crate::core::KmsError;
 use crate::encoding::wire_case;
 use crate::pb;
-use crate::store::{Tag, UsageOperation};
+use crate::store::Tag;
+use crate::wire_enum::WireEnum;
 
 /// Reads a core request from its request message: implements [`super::FromMessage`] from a
 /// list of the core request's fields, each one of
@@ -175,36 +171,6 @@ pub(super) trait IntoWire<W> {
     fn into_wire(self) -> W;
 }
 
-/// The AWS enums the door reads and writes by their AWS names.
-pub(super) trait AwsEnum: Copy {
-    /// The AWS name (`SYMMETRIC_DEFAULT`).
-    fn aws_name(self) -> &'static str;
-}
-
-macro_rules! aws_enums {
-    ($($t:ty),*) => {$(
-        impl AwsEnum for $t {
-            fn aws_name(self) -> &'static str {
-                self.as_str()
-            }
-        }
-    )*};
-}
-
-aws_enums!(
-    EncryptionAlgorithm,
-    SigningAlgorithm,
-    MacAlgorithm,
-    KeyAgreementAlgorithm,
-    MessageType,
-    DataKeySpec,
-    KeySpec,
-    KeyUsage,
-    Origin,
-    KeyState,
-    UsageOperation
-);
-
 /// The same type on both sides: moved as it is.
 impl<T> FromWire<T> for T {
     fn from_wire(wire: T) -> T {
@@ -235,7 +201,7 @@ impl FromWire<Vec<u8>> for Zeroizing<Vec<u8>> {
 
 /// An AWS enum: empty is "not set". A value outside the enum was refused by the model check
 /// already; it is refused here too, never guessed.
-impl<E: AwsEnum + FromStr<Err = UnknownValue>> ReadField<String> for Option<E> {
+impl<E: WireEnum> ReadField<String> for Option<E> {
     fn read_field(wire: String, field: &'static str) -> Result<Self, KmsError> {
         parse_opt(&wire).map_err(|_| {
             KmsError::validation(
@@ -295,16 +261,16 @@ impl IntoWire<Vec<u8>> for Zeroizing<Vec<u8>> {
 }
 
 /// An AWS enum as its AWS name.
-impl<E: AwsEnum> IntoWire<String> for E {
+impl<E: WireEnum> IntoWire<String> for E {
     fn into_wire(self) -> String {
-        self.aws_name().to_string()
+        self.wire_name().to_string()
     }
 }
 
 /// A list of AWS enums as their names.
-impl<E: AwsEnum> IntoWire<Vec<String>> for &'static [E] {
+impl<E: WireEnum> IntoWire<Vec<String>> for &'static [E] {
     fn into_wire(self) -> Vec<String> {
-        self.iter().map(|e| e.aws_name().to_string()).collect()
+        self.iter().map(|e| e.wire_name().to_string()).collect()
     }
 }
 
@@ -367,7 +333,9 @@ pub(super) fn pairs(
 mod tests {
     use super::super::{view, FromMessage};
     use super::*;
+    use crate::core::algorithms::EncryptionAlgorithm;
     use crate::core::crypto::{EncryptRequest, EncryptResponse};
+    use crate::core::domain::KeySpec;
     use crate::core::grants::CreateGrantRequest;
     use crate::core::keys::CreateKeyRequest;
 

@@ -22,12 +22,12 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::core::algorithms::{
-    DataKeySpec, EncryptionAlgorithm, KeyAgreementAlgorithm, MacAlgorithm, MessageType,
-    SigningAlgorithm,
+    EncryptionAlgorithm, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
 use crate::core::domain::{KeySpec, KeyUsage, Origin};
 use crate::encoding::{is_pascal_of, wire_case};
 use crate::store::{KeyState, Tag, UsageOperation};
+use crate::wire_enum::WireEnum;
 
 /// The members of a request body, taken out one field at a time: a member's value moves out
 /// of the body, so a plaintext's base64 text is not left behind there (it is wiped with the
@@ -108,8 +108,7 @@ absent_is_default!(
     Vec<Tag>,
 );
 
-/// Values read as serde reads them: strings, numbers, booleans, string lists and maps, and
-/// the AWS enums (their `Deserialize` refuses a spelling that is not a value).
+/// Values read as serde reads them: strings, numbers, booleans, string lists and maps.
 macro_rules! wire_by_serde {
     ($($t:ty),* $(,)?) => {$(
         impl Wire for $t {
@@ -120,23 +119,15 @@ macro_rules! wire_by_serde {
     )*};
 }
 
-wire_by_serde!(
-    String,
-    bool,
-    i32,
-    f64,
-    Vec<String>,
-    BTreeMap<String, String>,
-    EncryptionAlgorithm,
-    SigningAlgorithm,
-    MacAlgorithm,
-    KeyAgreementAlgorithm,
-    MessageType,
-    DataKeySpec,
-    KeyUsage,
-    KeySpec,
-    Origin,
-);
+wire_by_serde!(String, bool, i32, f64, Vec<String>, BTreeMap<String, String>);
+
+/// Every AWS enum of the engine, read by its AWS spelling (its `Deserialize` refuses any
+/// other).
+impl<E: WireEnum> Wire for E {
+    fn from_wire(value: Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+}
 
 /// A blob: base64 text (held in a zeroizing buffer while it is decoded).
 impl Wire for Vec<u8> {
