@@ -448,9 +448,7 @@ pub(crate) fn destroy_key_pair(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), 
         }
     }
     if destroyed == 0 {
-        return Err(HsmError::new(
-            HsmErrorKind::ObjectNotFound,
-            "C_FindObjects",
+        return Err(HsmError::not_found(
             ctx.token(),
             format!("no key pair objects with the CKA_ID of {id}"),
         ));

@@ -47,6 +47,11 @@ pub struct HsmError {
 }
 
 impl HsmError {
+    /// A search (`C_FindObjects`) that found no object: `what` says which.
+    pub fn not_found(token: &str, what: impl Into<String>) -> Self {
+        HsmError::new(HsmErrorKind::ObjectNotFound, "C_FindObjects", token, what)
+    }
+
     /// An error without a PKCS#11 return value.
     pub fn new(
         kind: HsmErrorKind,

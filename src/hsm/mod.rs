@@ -462,44 +462,6 @@ impl Hsm {
         &self.shared.token
     }
 
-    /// Generate a CMK version: an AES-256 token key with the CMK template
-    /// and `CKA_ID` = `id`. Costs 10-16 ms on SoftHSM2 (file writes).
-    pub async fn generate_aes_key(&self, id: ObjectId) -> Result<(), HsmError> {
-        self.submit(LockClass::Exclusive, "generate_aes_key", move |ctx| {
-            ops::generate_aes_key(ctx, id)
-        })
-        .await
-    }
-
-    /// AES-256-GCM encrypt under `id`. The IV comes from the HSM's RNG in the
-    /// same job; `aad` builds the AAD from that IV.
-    pub async fn encrypt_gcm(
-        &self,
-        id: ObjectId,
-        plaintext: Zeroizing<Vec<u8>>,
-        aad: AadBuilder,
-    ) -> Result<GcmSealed, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "encrypt_gcm", move |ctx| {
-            ops::encrypt_gcm(ctx, id, &plaintext, &aad)
-        })
-        .await
-    }
-
-    /// AES-256-GCM decrypt under `id`. A bad tag or wrong AAD on a healthy
-    /// device answers [`HsmErrorKind::AuthFailed`].
-    pub async fn decrypt_gcm(
-        &self,
-        id: ObjectId,
-        iv: [u8; 12],
-        ciphertext_and_tag: Vec<u8>,
-        aad: Vec<u8>,
-    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "decrypt_gcm", move |ctx| {
-            ops::decrypt_gcm(ctx, id, &iv, &ciphertext_and_tag, &aad)
-        })
-        .await
-    }
-
     /// A random data key of `n` bytes (1..=[`MAX_RANDOM_LEN`]) from the HSM
     /// RNG, encrypted under `id` in the same job.
     pub async fn generate_data_key(
@@ -540,54 +502,6 @@ impl Hsm {
             .await
     }
 
-    /// Destroy the key object `id`; [`HsmErrorKind::ObjectNotFound`] if absent.
-    pub async fn destroy(&self, id: ObjectId) -> Result<(), HsmError> {
-        self.submit(LockClass::Exclusive, "destroy", move |ctx| {
-            ops::destroy(ctx, id)
-        })
-        .await
-    }
-
-    /// Whether the key object `id` exists on the token.
-    pub async fn exists(&self, id: ObjectId) -> Result<bool, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "exists", move |ctx| ops::exists(ctx, id))
-            .await
-    }
-
-    /// The custody attributes of key object `id`, read from the device.
-    pub async fn key_attributes(&self, id: ObjectId) -> Result<KeyAttributes, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "key_attributes", move |ctx| {
-            ops::key_attributes(ctx, id)
-        })
-        .await
-    }
-
-    /// Try to read `CKA_VALUE` of `id`. For custody tests: it must fail for
-    /// p11kms keys (`CKR_ATTRIBUTE_SENSITIVE`).
-    pub async fn try_read_value(&self, id: ObjectId) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit(LockClass::Shared, "try_read_value", move |ctx| {
-            ops::try_read_value(ctx, id)
-        })
-        .await
-    }
-
-    /// Generate a session AES wrapping key and try `CKM_AES_KEY_WRAP_PAD` on
-    /// `id`. For custody tests: it must fail (`CKR_KEY_UNEXTRACTABLE`). The
-    /// wrapping key is destroyed either way.
-    pub async fn try_wrap_with_new_key(&self, id: ObjectId) -> Result<Vec<u8>, HsmError> {
-        self.submit(LockClass::Exclusive, "try_wrap_with_new_key", move |ctx| {
-            ops::try_wrap_with_new_key(ctx, id)
-        })
-        .await
-    }
-
-    /// Every object on the token the logged-in user can see (for
-    /// reconciliation). A linear scan: not for the request path.
-    pub async fn list_objects(&self) -> Result<Vec<ObjectInfo>, HsmError> {
-        self.submit(LockClass::Shared, "list_objects", ops::list_objects)
-            .await
-    }
-
     /// Which of the mechanisms p11kms uses the token offers. Blocking (one
     /// `C_GetMechanismList` on the calling thread).
     pub fn mechanisms(&self) -> Result<Vec<MechanismReport>, HsmError> {
@@ -603,12 +517,6 @@ impl Hsm {
                 required: *required,
             })
             .collect())
-    }
-
-    /// Health check: `C_GetSessionInfo` through a worker; fails unless the
-    /// session is usable and logged in. Counted as a health probe, not in [`Hsm::counters`].
-    pub async fn ping(&self) -> Result<(), HsmError> {
-        self.submit(LockClass::Shared, "ping", ops::ping).await
     }
 
     /// PKCS#11 calls made so far, per function (`"C_Encrypt"` -> count).
@@ -661,34 +569,10 @@ impl Hsm {
         self.shared.copies.live(epoch)
     }
 
-    /// ECDH between key pair `id` (on `curve`, a KEY_AGREEMENT key) and the peer's uncompressed
-    /// `point`: the raw shared secret, derived on the device.
-    pub async fn derive_shared_secret(
-        &self,
-        id: ObjectId,
-        curve: Curve,
-        point: Vec<u8>,
-    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "derive_shared_secret", move |ctx| {
-            asym::derive_shared_secret(ctx, id, curve, &point)
-        })
-        .await
-    }
-
     /// The uncompressed point of an EC `SubjectPublicKeyInfo` on `curve`; `None` if `spki` is
     /// not one (another algorithm or curve, a compressed point, malformed DER).
     pub fn ec_point_from_spki(spki: &[u8], curve: Curve) -> Option<Vec<u8>> {
         der::ec_point_from_spki(spki, curve.oid_der(), curve.field_len())
-    }
-
-    /// Destroy the session-object copies of every version of key `key_id` (UUID bytes). Called
-    /// when a key is disabled or scheduled for deletion: its material then exists only in the
-    /// token objects until it is used again. A copy is recreated on the next use.
-    pub async fn drop_session_copies(&self, key_id: [u8; 16]) -> Result<usize, HsmError> {
-        self.submit(LockClass::Shared, "drop_session_copies", move |ctx| {
-            Ok(ops::drop_session_copies(ctx, &key_id))
-        })
-        .await
     }
 
     /// Stop accepting jobs, let the workers finish what is queued, close
@@ -760,26 +644,6 @@ impl Hsm {
         )
         .await?;
         Ok(outcome)
-    }
-
-    /// Destroy a wrapping private key; [`HsmErrorKind::ObjectNotFound`] if absent.
-    pub async fn destroy_wrapping_key(&self, id: unwrap::WrappingKeyId) -> Result<(), HsmError> {
-        self.submit(LockClass::Exclusive, "destroy_wrapping_key", move |ctx| {
-            unwrap::destroy_wrapping_key(ctx, id)
-        })
-        .await
-    }
-
-    /// Unwrap imported key material on the device (see [`unwrap`]): checks the length and
-    /// the check value on a session copy before creating the token object.
-    pub async fn import_material(
-        &self,
-        job: unwrap::ImportJob,
-    ) -> Result<unwrap::ImportOutcome, HsmError> {
-        self.submit(LockClass::Exclusive, "import_material", move |ctx| {
-            unwrap::import_material(ctx, job)
-        })
-        .await
     }
 
     /// The custody attributes of wrapping private key `id`.
@@ -895,22 +759,6 @@ impl Hsm {
         }
     }
 
-    /// Generate an HMAC CMK version (generic secret token key of the digest length).
-    pub async fn generate_hmac_key(&self, id: ObjectId, alg: MacAlg) -> Result<(), HsmError> {
-        self.submit(LockClass::Exclusive, "generate_hmac_key", move |ctx| {
-            mac::generate_hmac_key(ctx, id, alg)
-        })
-        .await
-    }
-
-    /// Destroy both halves of key pair `id`; [`HsmErrorKind::ObjectNotFound`] if neither exists.
-    pub async fn destroy_key_pair(&self, id: ObjectId) -> Result<(), HsmError> {
-        self.submit(LockClass::Exclusive, "destroy_key_pair", move |ctx| {
-            asym::destroy_key_pair(ctx, id)
-        })
-        .await
-    }
-
     /// The custody attributes of the private (`private`) or public half of key pair `id`.
     pub async fn key_pair_attributes(
         &self,
@@ -924,102 +772,6 @@ impl Hsm {
         };
         self.submit(LockClass::Shared, "key_pair_attributes", move |ctx| {
             asym::part_attributes(ctx, id, part)
-        })
-        .await
-    }
-
-    /// Whether the device does RSA-OAEP with SHA-256 (probed on the first call or the first
-    /// RSA decryption key, then fixed): it decides whether RSA decryption keys may use raw RSA.
-    pub async fn oaep_sha256(&self) -> Result<OaepSha256, HsmError> {
-        self.submit(LockClass::Shared, "oaep_sha256", oaep::sha256_support)
-            .await
-    }
-
-    /// DER `SubjectPublicKeyInfo` of key pair `id`, built from the public object.
-    pub async fn public_key(&self, id: ObjectId, spec: PairSpec) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "public_key", move |ctx| {
-            asym::public_key(ctx, id, spec)
-        })
-        .await
-    }
-
-    /// Sign a digest with the private key `id`.
-    pub async fn sign(
-        &self,
-        id: ObjectId,
-        scheme: SignScheme,
-        digest: Vec<u8>,
-    ) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "sign", move |ctx| {
-            asym::sign(ctx, id, scheme, &digest)
-        })
-        .await
-    }
-
-    /// Verify a signature over a digest with the public key `id` (on the device).
-    pub async fn verify(
-        &self,
-        id: ObjectId,
-        scheme: SignScheme,
-        digest: Vec<u8>,
-        signature: Vec<u8>,
-    ) -> Result<bool, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "verify", move |ctx| {
-            asym::verify(ctx, id, scheme, &digest, &signature)
-        })
-        .await
-    }
-
-    /// RSA-OAEP encrypt with the public key `id`.
-    pub async fn rsa_encrypt(
-        &self,
-        id: ObjectId,
-        hash: ShaAlg,
-        plaintext: Zeroizing<Vec<u8>>,
-    ) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "rsa_encrypt", move |ctx| {
-            asym::rsa_encrypt(ctx, id, hash, &plaintext)
-        })
-        .await
-    }
-
-    /// RSA-OAEP decrypt with the private key `id`; a rejected ciphertext is
-    /// [`HsmErrorKind::AuthFailed`].
-    pub async fn rsa_decrypt(
-        &self,
-        id: ObjectId,
-        hash: ShaAlg,
-        ciphertext: Vec<u8>,
-    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "rsa_decrypt", move |ctx| {
-            asym::rsa_decrypt(ctx, id, hash, &ciphertext)
-        })
-        .await
-    }
-
-    /// HMAC of `message` under `id`, on the device.
-    pub async fn generate_mac(
-        &self,
-        id: ObjectId,
-        alg: MacAlg,
-        message: Zeroizing<Vec<u8>>,
-    ) -> Result<Vec<u8>, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "generate_mac", move |ctx| {
-            mac::generate_mac(ctx, id, alg, &message)
-        })
-        .await
-    }
-
-    /// Whether `tag` is the HMAC of `message` under `id` (compared on the device).
-    pub async fn verify_mac(
-        &self,
-        id: ObjectId,
-        alg: MacAlg,
-        message: Zeroizing<Vec<u8>>,
-        tag: Vec<u8>,
-    ) -> Result<bool, HsmError> {
-        self.submit_retry_safe(LockClass::Shared, "verify_mac", move |ctx| {
-            mac::verify_mac(ctx, id, alg, &message, &tag)
         })
         .await
     }
@@ -1172,6 +924,154 @@ impl Hsm {
             )
         })?
     }
+}
+
+/// The device's simple jobs, one entry each: the method submits its closure to the worker
+/// pool under its lock class ([`LockClass`]), named after itself in metrics, traces and
+/// errors. `submit_retry_safe` jobs change nothing on the device and may run again after a
+/// lost session; `submit` jobs never run twice (see [`Retry`]). Jobs with more steps than one
+/// closure are written out in `impl Hsm` above.
+macro_rules! device_jobs {
+    ($(
+        $(#[$doc:meta])*
+        $submit:ident $lock:ident fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $out:ty
+            = |$ctx:ident| $body:expr;
+    )*) => {
+        impl Hsm {$(
+            $(#[$doc])*
+            pub async fn $name(&self, $($arg: $ty),*) -> Result<$out, HsmError> {
+                self.$submit(LockClass::$lock, stringify!($name), move |$ctx| $body).await
+            }
+        )*}
+    };
+}
+
+device_jobs! {
+    /// Generate a CMK version: an AES-256 token key with the CMK template
+    /// and `CKA_ID` = `id`. Costs 10-16 ms on SoftHSM2 (file writes).
+    submit Exclusive fn generate_aes_key(id: ObjectId) -> ()
+        = |ctx| ops::generate_aes_key(ctx, id);
+
+    /// AES-256-GCM encrypt under `id`. The IV comes from the HSM's RNG in the
+    /// same job; `aad` builds the AAD from that IV.
+    submit_retry_safe Shared fn encrypt_gcm(
+        id: ObjectId, plaintext: Zeroizing<Vec<u8>>, aad: AadBuilder,
+    ) -> GcmSealed
+        = |ctx| ops::encrypt_gcm(ctx, id, &plaintext, &aad);
+
+    /// AES-256-GCM decrypt under `id`. A bad tag or wrong AAD on a healthy
+    /// device answers [`HsmErrorKind::AuthFailed`].
+    submit_retry_safe Shared fn decrypt_gcm(
+        id: ObjectId, iv: [u8; 12], ciphertext_and_tag: Vec<u8>, aad: Vec<u8>,
+    ) -> Zeroizing<Vec<u8>>
+        = |ctx| ops::decrypt_gcm(ctx, id, &iv, &ciphertext_and_tag, &aad);
+
+    /// Destroy the key object `id`; [`HsmErrorKind::ObjectNotFound`] if absent.
+    submit Exclusive fn destroy(id: ObjectId) -> ()
+        = |ctx| ops::destroy(ctx, id);
+
+    /// Whether the key object `id` exists on the token.
+    submit_retry_safe Shared fn exists(id: ObjectId) -> bool
+        = |ctx| ops::exists(ctx, id);
+
+    /// The custody attributes of key object `id`, read from the device.
+    submit_retry_safe Shared fn key_attributes(id: ObjectId) -> KeyAttributes
+        = |ctx| ops::key_attributes(ctx, id);
+
+    /// Try to read `CKA_VALUE` of `id`. For custody tests: it must fail for
+    /// p11kms keys (`CKR_ATTRIBUTE_SENSITIVE`).
+    submit Shared fn try_read_value(id: ObjectId) -> Zeroizing<Vec<u8>>
+        = |ctx| ops::try_read_value(ctx, id);
+
+    /// Generate a session AES wrapping key and try `CKM_AES_KEY_WRAP_PAD` on
+    /// `id`. For custody tests: it must fail (`CKR_KEY_UNEXTRACTABLE`). The
+    /// wrapping key is destroyed either way.
+    submit Exclusive fn try_wrap_with_new_key(id: ObjectId) -> Vec<u8>
+        = |ctx| ops::try_wrap_with_new_key(ctx, id);
+
+    /// Every object on the token the logged-in user can see (for
+    /// reconciliation). A linear scan: not for the request path.
+    submit Shared fn list_objects() -> Vec<ObjectInfo>
+        = |ctx| ops::list_objects(ctx);
+
+    /// Health check: `C_GetSessionInfo` through a worker; fails unless the
+    /// session is usable and logged in. Counted as a health probe, not in [`Hsm::counters`].
+    submit Shared fn ping() -> ()
+        = |ctx| ops::ping(ctx);
+
+    /// ECDH between key pair `id` (on `curve`, a KEY_AGREEMENT key) and the peer's uncompressed
+    /// `point`: the raw shared secret, derived on the device.
+    submit_retry_safe Shared fn derive_shared_secret(
+        id: ObjectId, curve: Curve, point: Vec<u8>,
+    ) -> Zeroizing<Vec<u8>>
+        = |ctx| asym::derive_shared_secret(ctx, id, curve, &point);
+
+    /// Destroy the session-object copies of every version of key `key_id` (UUID bytes). Called
+    /// when a key is disabled or scheduled for deletion: its material then exists only in the
+    /// token objects until it is used again. A copy is recreated on the next use.
+    submit Shared fn drop_session_copies(key_id: [u8; 16]) -> usize
+        = |ctx| Ok(ops::drop_session_copies(ctx, &key_id));
+
+    /// Destroy a wrapping private key; [`HsmErrorKind::ObjectNotFound`] if absent.
+    submit Exclusive fn destroy_wrapping_key(id: unwrap::WrappingKeyId) -> ()
+        = |ctx| unwrap::destroy_wrapping_key(ctx, id);
+
+    /// Unwrap imported key material on the device (see [`unwrap`]): checks the length and
+    /// the check value on a session copy before creating the token object.
+    submit Exclusive fn import_material(job: unwrap::ImportJob) -> unwrap::ImportOutcome
+        = |ctx| unwrap::import_material(ctx, job);
+
+    /// Generate an HMAC CMK version (generic secret token key of the digest length).
+    submit Exclusive fn generate_hmac_key(id: ObjectId, alg: MacAlg) -> ()
+        = |ctx| mac::generate_hmac_key(ctx, id, alg);
+
+    /// Destroy both halves of key pair `id`; [`HsmErrorKind::ObjectNotFound`] if neither exists.
+    submit Exclusive fn destroy_key_pair(id: ObjectId) -> ()
+        = |ctx| asym::destroy_key_pair(ctx, id);
+
+    /// Whether the device does RSA-OAEP with SHA-256 (probed on the first call or the first
+    /// RSA decryption key, then fixed): it decides whether RSA decryption keys may use raw RSA.
+    submit Shared fn oaep_sha256() -> OaepSha256
+        = |ctx| oaep::sha256_support(ctx);
+
+    /// DER `SubjectPublicKeyInfo` of key pair `id`, built from the public object.
+    submit_retry_safe Shared fn public_key(id: ObjectId, spec: PairSpec) -> Vec<u8>
+        = |ctx| asym::public_key(ctx, id, spec);
+
+    /// Sign a digest with the private key `id`.
+    submit_retry_safe Shared fn sign(id: ObjectId, scheme: SignScheme, digest: Vec<u8>) -> Vec<u8>
+        = |ctx| asym::sign(ctx, id, scheme, &digest);
+
+    /// Verify a signature over a digest with the public key `id` (on the device).
+    submit_retry_safe Shared fn verify(
+        id: ObjectId, scheme: SignScheme, digest: Vec<u8>, signature: Vec<u8>,
+    ) -> bool
+        = |ctx| asym::verify(ctx, id, scheme, &digest, &signature);
+
+    /// RSA-OAEP encrypt with the public key `id`.
+    submit_retry_safe Shared fn rsa_encrypt(
+        id: ObjectId, hash: ShaAlg, plaintext: Zeroizing<Vec<u8>>,
+    ) -> Vec<u8>
+        = |ctx| asym::rsa_encrypt(ctx, id, hash, &plaintext);
+
+    /// RSA-OAEP decrypt with the private key `id`; a rejected ciphertext is
+    /// [`HsmErrorKind::AuthFailed`].
+    submit_retry_safe Shared fn rsa_decrypt(
+        id: ObjectId, hash: ShaAlg, ciphertext: Vec<u8>,
+    ) -> Zeroizing<Vec<u8>>
+        = |ctx| asym::rsa_decrypt(ctx, id, hash, &ciphertext);
+
+    /// HMAC of `message` under `id`, on the device.
+    submit_retry_safe Shared fn generate_mac(
+        id: ObjectId, alg: MacAlg, message: Zeroizing<Vec<u8>>,
+    ) -> Vec<u8>
+        = |ctx| mac::generate_mac(ctx, id, alg, &message);
+
+    /// Whether `tag` is the HMAC of `message` under `id` (compared on the device).
+    submit_retry_safe Shared fn verify_mac(
+        id: ObjectId, alg: MacAlg, message: Zeroizing<Vec<u8>>, tag: Vec<u8>,
+    ) -> bool
+        = |ctx| mac::verify_mac(ctx, id, alg, &message, &tag);
 }
 
 impl Drop for Hsm {

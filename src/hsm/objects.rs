@@ -52,22 +52,13 @@ impl ObjectId {
 
     /// The `CKA_LABEL` p11kms gives this object: `p11kms/<uuid>/v<version>`.
     pub fn label(&self) -> String {
-        format!(
-            "p11kms/{}/v{}",
-            uuid::Uuid::from_bytes(self.key_id()).hyphenated(),
-            self.version()
-        )
+        format!("p11kms/{self}")
     }
 }
 
 impl fmt::Debug for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ObjectId({}/v{})",
-            uuid::Uuid::from_bytes(self.key_id()).hyphenated(),
-            self.version()
-        )
+        write!(f, "ObjectId({self})")
     }
 }
 

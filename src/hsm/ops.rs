@@ -112,9 +112,7 @@ fn resolve_part(
             ctx.shared.handles.insert_part(*id, part, h);
             Ok((h, false))
         }
-        None => Err(HsmError::new(
-            HsmErrorKind::ObjectNotFound,
-            "C_FindObjects",
+        None => Err(HsmError::not_found(
             ctx.token(),
             format!("no {part:?} key object with the CKA_ID of {id}"),
         )),
