@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::identity::sigv4::{self, SignableRequest, SigningParams};
 use crate::pb::key_management_service_client::KeyManagementServiceClient;
+use crate::redact::redacted_debug;
 
 /// Access-key credentials for SigV4: long-term keys, or AssumeRole credentials with their
 /// session token. `Debug` never prints the secret or the token.
@@ -22,13 +23,7 @@ pub struct AccessKeyCredentials {
     pub session_token: Option<Zeroizing<String>>,
 }
 
-impl std::fmt::Debug for AccessKeyCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessKeyCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
+redacted_debug!(AccessKeyCredentials { access_key_id, .. });
 
 /// Signs gRPC requests with AWS Signature V4 as the daemon verifies it: method POST, the
 /// gRPC method path, headers `host` (the `:authority`) and `x-amz-date` (plus

@@ -24,6 +24,7 @@
 //! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |
 //! | [`pb`] | generated protobuf/gRPC types for `p11kms.v1` |
 //! | [`time`] | civil dates and UTC timestamp formats (ISO 8601, SigV4's `X-Amz-Date`): the one converter |
+//! | [`redact`] | `redacted_debug!`: the one way a type holding a secret gets its `Debug` |
 //! | [`wire_enum`] | `wire_enum!` and `WireEnum`: every AWS enum declared once, read and written through one bound |
 //! | [`encoding`] | `sha256_hex`, `public_key_pem`, percent-decoding: small encodings every layer shares |
 //!
@@ -49,6 +50,7 @@ pub mod hsm;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod redact;
 pub mod server;
 pub mod store;
 pub mod time;

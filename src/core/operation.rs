@@ -375,35 +375,7 @@ macro_rules! audit_member {
 }
 pub(crate) use audit_member;
 
-/// Declares a `Debug` that never prints a secret: `redacted_debug!(DecryptResponse { key_id,
-/// plaintext: redacted, .. });` prints the fields listed, in order, a `redacted` one as
-/// `"<redacted>"`, and `field = function` as `function(&self)`; a trailing `..` marks fields
-/// left out.
-macro_rules! redacted_debug {
-    (@fields $d:ident, $s:ident;) => { $d.finish() };
-    (@fields $d:ident, $s:ident; ..) => { $d.finish_non_exhaustive() };
-    (@fields $d:ident, $s:ident; $f:ident: redacted $(, $($rest:tt)*)?) => {{
-        $d.field(stringify!($f), &"<redacted>");
-        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
-    }};
-    (@fields $d:ident, $s:ident; $f:ident = $rule:path $(, $($rest:tt)*)?) => {{
-        $d.field(stringify!($f), &$rule($s));
-        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
-    }};
-    (@fields $d:ident, $s:ident; $f:ident $(, $($rest:tt)*)?) => {{
-        $d.field(stringify!($f), &$s.$f);
-        $crate::core::operation::redacted_debug!(@fields $d, $s; $($($rest)*)?)
-    }};
-    ($($ty:ident { $($fields:tt)* });* $(;)?) => {$(
-        impl std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let mut d = f.debug_struct(stringify!($ty));
-                $crate::core::operation::redacted_debug!(@fields d, self; $($fields)*)
-            }
-        }
-    )*};
-}
-pub(crate) use redacted_debug;
+pub(crate) use crate::redact::redacted_debug;
 
 /// Builds `requestParameters`/`responseElements` objects, naming each member by the
 /// camelCase of its field name (`key_id` is `keyId`).

@@ -259,9 +259,7 @@ fn private_handle(ctx: &mut WorkerCtx, label: &str) -> Result<(ObjectHandle, boo
             ctx.shared.handles.insert(cache_id(label), h);
             Ok((h, false))
         }
-        None => Err(HsmError::new(
-            HsmErrorKind::ObjectNotFound,
-            "C_FindObjects",
+        None => Err(HsmError::not_found(
             ctx.token(),
             format!("no audit signing key {label} on the token"),
         )),

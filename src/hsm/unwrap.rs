@@ -17,6 +17,7 @@
 //!   is the token object created (unwrapped again from the same blob). The session copy is
 //!   destroyed in the same job. A bad input therefore never leaves an object behind.
 
+use crate::redact::redacted_debug;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
@@ -248,17 +249,14 @@ pub struct ImportJob {
     pub create_object: bool,
 }
 
-impl std::fmt::Debug for ImportJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImportJob")
-            .field("wrapping_key", &self.wrapping_key)
-            .field("algorithm", &self.algorithm)
-            .field("target", &self.target)
-            .field("kind", &self.kind)
-            .field("create_object", &self.create_object)
-            .finish_non_exhaustive()
-    }
-}
+redacted_debug!(ImportJob {
+    wrapping_key,
+    algorithm,
+    target,
+    kind,
+    create_object,
+    ..
+});
 
 /// The result of a wrapping-key generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,9 +358,7 @@ fn find_wrapping_key(ctx: &mut WorkerCtx, id: &WrappingKeyId) -> Result<ObjectHa
     let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
     let clash = |n| format!("{n} objects share the CKA_ID of {}", id.label());
     super::ops::at_most_one(ctx, &found, clash)?.ok_or_else(|| {
-        HsmError::new(
-            HsmErrorKind::ObjectNotFound,
-            "C_FindObjects",
+        HsmError::not_found(
             ctx.token(),
             format!("no import wrapping key {}", id.label()),
         )

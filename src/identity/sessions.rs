@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use super::directory::RoleEntry;
 use crate::policy::Policy;
+use crate::redact::redacted_debug;
 
 /// Shortest session AssumeRole grants, in seconds.
 pub const MIN_SESSION_SECS: u32 = 900;
@@ -83,18 +84,14 @@ pub struct IssuedCredentials {
     pub assumed_role_id: String,
 }
 
-impl fmt::Debug for IssuedCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuedCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .field("expiration_ms", &self.expiration_ms)
-            .field("assumed_role_arn", &self.assumed_role_arn)
-            .field("assumed_role_id", &self.assumed_role_id)
-            .finish()
-    }
-}
+redacted_debug!(IssuedCredentials {
+    access_key_id,
+    secret_access_key: redacted,
+    session_token: redacted,
+    expiration_ms,
+    assumed_role_arn,
+    assumed_role_id
+});
 
 /// One live role session.
 pub struct SessionEntry {
@@ -130,22 +127,12 @@ impl SessionEntry {
     }
 }
 
-impl fmt::Debug for SessionEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionEntry")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .field("role_arn", &self.role_arn)
-            .field("session_arn", &self.session_arn)
-            .field("account", &self.account)
-            .field("session_policy", &self.session_policy.is_some())
-            .field("tags", &self.tags)
-            .field("issued_ms", &self.issued_ms)
-            .field("expiration_ms", &self.expiration_ms)
-            .finish()
-    }
+/// `Debug` shows whether a session policy was given, not the policy.
+fn has_session_policy(e: &SessionEntry) -> bool {
+    e.session_policy.is_some()
 }
+
+redacted_debug!(SessionEntry { access_key_id, secret_access_key: redacted, session_token: redacted, role_arn, session_arn, account, session_policy = has_session_policy, tags, issued_ms, expiration_ms });
 
 /// The in-memory session store. Cheap to share behind an `Arc`.
 pub struct SessionStore {

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::encoding::percent_decode;
 pub use crate::encoding::sha256_hex;
+use crate::redact::redacted_debug;
 use crate::time::{digits, DateTime};
 pub use crate::time::{format_amz_date, parse_amz_date};
 
@@ -142,17 +143,7 @@ pub struct SigningParams<'a> {
     pub amz_date: &'a str,
 }
 
-impl std::fmt::Debug for SigningParams<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningParams")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("region", &self.region)
-            .field("service", &self.service)
-            .field("amz_date", &self.amz_date)
-            .finish()
-    }
-}
+redacted_debug!(SigningParams<'_> { access_key_id, secret_access_key: redacted, region, service, amz_date });
 
 fn incomplete(msg: impl Into<String>) -> SigV4Error {
     SigV4Error::IncompleteSignature(msg.into())

@@ -12,6 +12,7 @@ use super::super::arn::{is_account_id, Arn};
 use super::super::certs::{CertBinding, CertificateDirectory};
 use super::NamedArcPolicy;
 use crate::policy::{NamedPolicy, Policy, RequestContext};
+use crate::redact::redacted_debug;
 
 /// What kind of directory entry a [`PrincipalEntry`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,16 +127,12 @@ pub struct RoleEntry {
     pub principal: Arc<PrincipalEntry>,
 }
 
-impl fmt::Debug for RoleEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RoleEntry")
-            .field("arn", &self.arn)
-            .field("role_id", &self.role_id)
-            .field("max_session_duration", &self.max_session_duration)
-            .field("principal", &self.principal)
-            .finish()
-    }
-}
+redacted_debug!(RoleEntry {
+    arn,
+    role_id,
+    max_session_duration,
+    principal
+});
 
 impl RoleEntry {
     /// The trust policy as an evaluator input (reported as `trust-policy`).
@@ -197,15 +194,11 @@ pub struct AccessKeyEntry {
     pub account: String,
 }
 
-impl fmt::Debug for AccessKeyEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessKeyEntry")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("principal_arn", &self.principal_arn)
-            .finish()
-    }
-}
+redacted_debug!(AccessKeyEntry {
+    access_key_id,
+    secret_access_key: redacted,
+    principal_arn
+});
 
 /// A caller ARN resolved against the directory: a user, an account root, or a role session.
 ///
