@@ -395,28 +395,17 @@ mod tests {
         };
         let (log, a) = auditor(tmp.path(), config).await;
         for i in 0..100 {
-            a.refused(
-                "aws-json",
-                "ListKeys",
-                refusal("10.0.0.1", "A", &format!("a{i}")),
-                0,
-            )
-            .await;
-            a.refused(
-                "aws-json",
-                "ListKeys",
-                refusal("10.0.0.2", "B", &format!("b{i}")),
-                0,
-            )
-            .await;
-            // Over the key cap: folded into the overflow aggregate, never written in full.
-            a.refused(
-                "aws-json",
-                "ListKeys",
-                refusal(&format!("10.1.0.{i}"), "C", &format!("c{i}")),
-                0,
-            )
-            .await;
+            // The third is over the key cap: folded into the overflow aggregate, never
+            // written in full.
+            let third = format!("10.1.0.{i}");
+            for (ip, error, id) in [
+                ("10.0.0.1", "A", 'a'),
+                ("10.0.0.2", "B", 'b'),
+                (&third, "C", 'c'),
+            ] {
+                let ev = refusal(ip, error, &format!("{id}{i}"));
+                a.refused("aws-json", "ListKeys", ev, 0).await;
+            }
         }
         assert_eq!(events(tmp.path()).len(), 2, "only the first of each key");
         assert_eq!(a.stats().keys, 2);
@@ -452,13 +441,8 @@ mod tests {
         let a = Arc::new(a);
         let task = a.spawn();
         for i in 0..3 {
-            a.refused(
-                "grpc",
-                "Encrypt",
-                refusal("10.0.0.1", "A", &format!("r{i}")),
-                0,
-            )
-            .await;
+            let ev = refusal("10.0.0.1", "A", &format!("r{i}"));
+            a.refused("grpc", "Encrypt", ev, 0).await;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let count = |evs: &[serde_json::Value]| {

@@ -125,15 +125,14 @@ impl Verifier {
                 before.is_some_and(|b| b >= r.seq) || after.is_some_and(|a| a <= r.seq);
             if out_of_place && in_file_order.len() > 1 {
                 excluded.insert(i);
-                report.problems.push(Problem {
-                    sequence: Some(r.seq),
-                    kind: ProblemKind::Inserted,
-                    location: Some(self.loc(r)),
-                    detail: format!(
+                report.problems.push(self.problem_at(
+                    r,
+                    ProblemKind::Inserted,
+                    format!(
                         "record {} is linked to no neighbour and sits out of sequence",
                         r.seq
                     ),
-                });
+                ));
             }
         }
     }
@@ -144,16 +143,15 @@ impl Verifier {
         for &i in genuine {
             let r = &self.recs[i];
             match max_seen {
-                Some((m, mi)) if r.seq < m => report.problems.push(Problem {
-                    sequence: Some(r.seq),
-                    kind: ProblemKind::Reordered,
-                    location: Some(self.loc(r)),
-                    detail: format!(
+                Some((m, mi)) if r.seq < m => report.problems.push(self.problem_at(
+                    r,
+                    ProblemKind::Reordered,
+                    format!(
                         "record {} appears after record {m} ({})",
                         r.seq,
                         self.loc(&self.recs[mi])
                     ),
-                }),
+                )),
                 _ => max_seen = Some((r.seq, i)),
             }
         }
@@ -196,12 +194,9 @@ impl Verifier {
         } else {
             return;
         };
-        report.problems.push(Problem {
-            sequence: Some(r.seq),
-            kind: ProblemKind::Edited,
-            location: Some(self.loc(r)),
-            detail,
-        });
+        report
+            .problems
+            .push(self.problem_at(r, ProblemKind::Edited, detail));
     }
 
     /// The first record of the chain: genesis, a segment start of a later segment (a note),

@@ -5,7 +5,7 @@ use super::super::checkpoint::verify_signature;
 use super::super::event::key_id_of;
 use super::load::Verifier;
 use super::records::{hex32, CheckpointInfo, Rec, RecType};
-use super::{short, Problem, ProblemKind, VerifyReport};
+use super::{short, ProblemKind, VerifyReport};
 
 impl Verifier {
     /// Counts records by type and checks every checkpoint of the chain.
@@ -42,15 +42,14 @@ impl Verifier {
         if cp.head_sequence != Some(r.seq.wrapping_sub(1))
             || cp.head_hash.as_deref().and_then(hex32) != r.prev
         {
-            report.problems.push(Problem {
-                sequence: Some(r.seq),
-                kind: ProblemKind::Edited,
-                location: Some(self.loc(r)),
-                detail: format!(
+            report.problems.push(self.problem_at(
+                r,
+                ProblemKind::Edited,
+                format!(
                     "checkpoint {} names a head other than the record before it",
                     r.seq
                 ),
-            });
+            ));
         }
     }
 
@@ -75,12 +74,11 @@ impl Verifier {
             ),
             _ => "does not verify with the given public key".to_owned(),
         };
-        report.problems.push(Problem {
-            sequence: Some(r.seq),
-            kind: ProblemKind::ForgedSignature,
-            location: Some(self.loc(r)),
-            detail: format!("the signature of checkpoint {} {why}", r.seq),
-        });
+        report.problems.push(self.problem_at(
+            r,
+            ProblemKind::ForgedSignature,
+            format!("the signature of checkpoint {} {why}", r.seq),
+        ));
     }
 
     /// The chain's extent and head, the note on records after the last verified checkpoint,

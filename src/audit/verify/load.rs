@@ -105,6 +105,16 @@ impl Verifier {
     pub(super) fn loc(&self, r: &Rec) -> String {
         format!("{}:{}", self.files[r.file].name, r.line)
     }
+
+    /// A problem found at record `r`, located at its `file:line`.
+    pub(super) fn problem_at(&self, r: &Rec, kind: ProblemKind, detail: String) -> Problem {
+        Problem {
+            sequence: Some(r.seq),
+            kind,
+            location: Some(self.loc(r)),
+            detail,
+        }
+    }
 }
 
 /// The readable files with their names and segment indexes; the others are `unreadable`.
