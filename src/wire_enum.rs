@@ -19,9 +19,14 @@ pub trait WireEnum:
 /// Declares a wire enum: its variants with their AWS spelling, `as_str`, `parse`, `ALL`,
 /// `Display`, `FromStr` (an unknown spelling is `UnknownValue`), serde's `Deserialize`,
 /// and [`WireEnum`] (which gives it the audit trail's rule and both doors' readers and
-/// writers). The one declaration of every AWS enum of p11kms.
+/// writers). The one declaration of every AWS enum of p11kms. A variant's spelling is its
+/// name unless given (`SymmetricDefault = "SYMMETRIC_DEFAULT"`).
 macro_rules! wire_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $wire:literal,)* }) => {
+    (@spelling $variant:ident $wire:literal) => { $wire };
+    (@spelling $variant:ident) => { stringify!($variant) };
+    ($(#[$doc:meta])* $name:ident {
+        $($(#[$vdoc:meta])* $variant:ident $(= $wire:literal)?,)*
+    }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name {
@@ -35,16 +40,13 @@ macro_rules! wire_enum {
             /// The AWS spelling.
             pub const fn as_str(self) -> &'static str {
                 match self {
-                    $($name::$variant => $wire,)*
+                    $($name::$variant => $crate::wire_enum::wire_enum!(@spelling $variant $($wire)?),)*
                 }
             }
 
             /// Parses the AWS spelling; `None` for anything else.
             pub fn parse(s: &str) -> Option<$name> {
-                match s {
-                    $($wire => Some($name::$variant),)*
-                    _ => None,
-                }
+                $name::ALL.iter().copied().find(|v| v.as_str() == s)
             }
         }
 

@@ -471,23 +471,22 @@ impl CValues {
                 _ => false,
             })
         };
-        match self {
-            CValues::Str(pats) | CValues::Bool(pats) => pats.iter().any(|p| unresolved(p)),
-            CValues::Arn(pats) => pats.iter().any(|p| match p {
-                ArnPattern::Whole(t) => unresolved(t),
-                ArnPattern::Segments(segs) => segs.iter().any(|t| unresolved(t)),
-            }),
-            _ => false,
-        }
+        self.any_pattern(unresolved)
     }
 
     /// Does some value hold a policy variable?
     fn has_vars(&self) -> bool {
+        self.any_pattern(has_vars)
+    }
+
+    /// Whether `pred` holds for some token pattern of the values (an ARN pattern's whole or
+    /// any of its segments); never for values without patterns.
+    fn any_pattern(&self, pred: impl Fn(&[Tok]) -> bool) -> bool {
         match self {
-            CValues::Str(pats) | CValues::Bool(pats) => pats.iter().any(|p| has_vars(p)),
+            CValues::Str(pats) | CValues::Bool(pats) => pats.iter().any(|p| pred(p)),
             CValues::Arn(pats) => pats.iter().any(|p| match p {
-                ArnPattern::Whole(t) => has_vars(t),
-                ArnPattern::Segments(segs) => segs.iter().any(|t| has_vars(t)),
+                ArnPattern::Whole(t) => pred(t),
+                ArnPattern::Segments(segs) => segs.iter().any(|t| pred(t)),
             }),
             _ => false,
         }

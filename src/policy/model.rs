@@ -1,5 +1,7 @@
 //! Parsed policy documents: a faithful, validated image of the JSON, before compilation.
 
+use crate::wire_enum::wire_enum;
+
 /// Effect of a statement, and of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Effect {
@@ -94,120 +96,47 @@ pub enum SetQualifier {
     ForAllValues,
 }
 
-/// Operator families and members (without qualifier or `IfExists`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OperatorKind {
-    /// StringEquals
-    StringEquals,
-    /// StringNotEquals
-    StringNotEquals,
-    /// StringEqualsIgnoreCase
-    StringEqualsIgnoreCase,
-    /// StringNotEqualsIgnoreCase
-    StringNotEqualsIgnoreCase,
-    /// StringLike
-    StringLike,
-    /// StringNotLike
-    StringNotLike,
-    /// NumericEquals
-    NumericEquals,
-    /// NumericNotEquals
-    NumericNotEquals,
-    /// NumericLessThan
-    NumericLessThan,
-    /// NumericLessThanEquals
-    NumericLessThanEquals,
-    /// NumericGreaterThan
-    NumericGreaterThan,
-    /// NumericGreaterThanEquals
-    NumericGreaterThanEquals,
-    /// DateEquals
-    DateEquals,
-    /// DateNotEquals
-    DateNotEquals,
-    /// DateLessThan
-    DateLessThan,
-    /// DateLessThanEquals
-    DateLessThanEquals,
-    /// DateGreaterThan
-    DateGreaterThan,
-    /// DateGreaterThanEquals
-    DateGreaterThanEquals,
-    /// Bool
-    Bool,
-    /// BinaryEquals
-    BinaryEquals,
-    /// IpAddress
-    IpAddress,
-    /// NotIpAddress
-    NotIpAddress,
-    /// ArnEquals
-    ArnEquals,
-    /// ArnLike
-    ArnLike,
-    /// ArnNotEquals
-    ArnNotEquals,
-    /// ArnNotLike
-    ArnNotLike,
-    /// Null
-    Null,
-}
-
-const OPERATOR_NAMES: &[(&str, OperatorKind)] = &[
-    ("StringEquals", OperatorKind::StringEquals),
-    ("StringNotEquals", OperatorKind::StringNotEquals),
-    (
-        "StringEqualsIgnoreCase",
-        OperatorKind::StringEqualsIgnoreCase,
-    ),
-    (
-        "StringNotEqualsIgnoreCase",
-        OperatorKind::StringNotEqualsIgnoreCase,
-    ),
-    ("StringLike", OperatorKind::StringLike),
-    ("StringNotLike", OperatorKind::StringNotLike),
-    ("NumericEquals", OperatorKind::NumericEquals),
-    ("NumericNotEquals", OperatorKind::NumericNotEquals),
-    ("NumericLessThan", OperatorKind::NumericLessThan),
-    ("NumericLessThanEquals", OperatorKind::NumericLessThanEquals),
-    ("NumericGreaterThan", OperatorKind::NumericGreaterThan),
-    (
-        "NumericGreaterThanEquals",
-        OperatorKind::NumericGreaterThanEquals,
-    ),
-    ("DateEquals", OperatorKind::DateEquals),
-    ("DateNotEquals", OperatorKind::DateNotEquals),
-    ("DateLessThan", OperatorKind::DateLessThan),
-    ("DateLessThanEquals", OperatorKind::DateLessThanEquals),
-    ("DateGreaterThan", OperatorKind::DateGreaterThan),
-    ("DateGreaterThanEquals", OperatorKind::DateGreaterThanEquals),
-    ("Bool", OperatorKind::Bool),
-    ("BinaryEquals", OperatorKind::BinaryEquals),
-    ("IpAddress", OperatorKind::IpAddress),
-    ("NotIpAddress", OperatorKind::NotIpAddress),
-    ("ArnEquals", OperatorKind::ArnEquals),
-    ("ArnLike", OperatorKind::ArnLike),
-    ("ArnNotEquals", OperatorKind::ArnNotEquals),
-    ("ArnNotLike", OperatorKind::ArnNotLike),
-    ("Null", OperatorKind::Null),
-];
+wire_enum!(
+    /// Operator families and members (without qualifier or `IfExists`), by their canonical
+    /// AWS names.
+    OperatorKind {
+        StringEquals,
+        StringNotEquals,
+        StringEqualsIgnoreCase,
+        StringNotEqualsIgnoreCase,
+        StringLike,
+        StringNotLike,
+        NumericEquals,
+        NumericNotEquals,
+        NumericLessThan,
+        NumericLessThanEquals,
+        NumericGreaterThan,
+        NumericGreaterThanEquals,
+        DateEquals,
+        DateNotEquals,
+        DateLessThan,
+        DateLessThanEquals,
+        DateGreaterThan,
+        DateGreaterThanEquals,
+        Bool,
+        BinaryEquals,
+        IpAddress,
+        NotIpAddress,
+        ArnEquals,
+        ArnLike,
+        ArnNotEquals,
+        ArnNotLike,
+        Null,
+    }
+);
 
 impl OperatorKind {
-    /// Canonical AWS name.
-    pub fn name(self) -> &'static str {
-        OPERATOR_NAMES
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
-    }
-
     /// Looks an operator up by its canonical name (case-insensitive).
     pub fn from_name(name: &str) -> Option<OperatorKind> {
-        OPERATOR_NAMES
+        OperatorKind::ALL
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, k)| *k)
+            .copied()
+            .find(|k| k.as_str().eq_ignore_ascii_case(name))
     }
 
     /// Negated operators: the policy value list is a NOR, and a missing key makes them true.

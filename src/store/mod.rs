@@ -16,12 +16,12 @@ wire_enum!(
     /// Lifecycle state of a KMS key, with AWS's names (kms-spec section 1.4).
     KeyState {
         /// Phase one of a two-phase create: the row exists, the HSM object may not.
-        Creating = "Creating",
-        Enabled = "Enabled",
-        Disabled = "Disabled",
-        PendingDeletion = "PendingDeletion",
-        PendingImport = "PendingImport",
-        Unavailable = "Unavailable",
+        Creating,
+        Enabled,
+        Disabled,
+        PendingDeletion,
+        PendingImport,
+        Unavailable,
     }
 );
 
@@ -145,20 +145,20 @@ wire_enum!(
     /// The cryptographic operations GetKeyLastUsage reports (the model's
     /// `KeyLastUsageTrackingOperation`), by their AWS operation names.
     UsageOperation {
-        Decrypt = "Decrypt",
-        DeriveSharedSecret = "DeriveSharedSecret",
-        Encrypt = "Encrypt",
-        GenerateDataKey = "GenerateDataKey",
-        GenerateDataKeyPair = "GenerateDataKeyPair",
-        GenerateDataKeyPairWithoutPlaintext = "GenerateDataKeyPairWithoutPlaintext",
-        GenerateDataKeyWithoutPlaintext = "GenerateDataKeyWithoutPlaintext",
-        GenerateMac = "GenerateMac",
-        ReEncrypt = "ReEncrypt",
-        Sign = "Sign",
-        Verify = "Verify",
-        VerifyMac = "VerifyMac",
-        Encapsulate = "Encapsulate",
-        Decapsulate = "Decapsulate",
+        Decrypt,
+        DeriveSharedSecret,
+        Encrypt,
+        GenerateDataKey,
+        GenerateDataKeyPair,
+        GenerateDataKeyPairWithoutPlaintext,
+        GenerateDataKeyWithoutPlaintext,
+        GenerateMac,
+        ReEncrypt,
+        Sign,
+        Verify,
+        VerifyMac,
+        Encapsulate,
+        Decapsulate,
     }
 );
 

@@ -3,7 +3,7 @@
 
 use super::{EvalInput, GrantView, NamedPolicy};
 use crate::policy::compile::{
-    arn_parts, classify_ref, glob_match, CPrincipal, CStatement, PrinRef,
+    arn_parts, classify_ref, glob_match, CPrincipal, CStatement, Pattern, PrinRef,
 };
 use crate::policy::conditions::eval_condition;
 use crate::policy::context::RequestContext;
@@ -178,18 +178,13 @@ fn not_principal_exempt(p: &CPrincipal, c: &Caller<'_>) -> bool {
 /// (`DirectUncapped` for statements without a principal).
 #[inline]
 pub(super) fn statement_match(st: &CStatement, req: &RequestContext, c: &Caller<'_>) -> PMatch {
-    let action_hit = st
-        .actions
-        .iter()
-        .any(|p| glob_match(p, &req.action, true, req));
-    if action_hit == st.actions_negated {
-        return PMatch::None;
-    }
-    let res_hit = st
-        .resources
-        .iter()
-        .any(|p| glob_match(p, &req.resource, false, req));
-    if res_hit == st.resources_negated {
+    // `Action`/`Resource` hit unless negated (`NotAction`/`NotResource`).
+    let listed = |pats: &[Pattern], value: &str, is_action, negated| {
+        pats.iter().any(|p| glob_match(p, value, is_action, req)) != negated
+    };
+    if !listed(&st.actions, &req.action, true, st.actions_negated)
+        || !listed(&st.resources, &req.resource, false, st.resources_negated)
+    {
         return PMatch::None;
     }
     let pm = match &st.principal {
