@@ -83,6 +83,12 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// The value of one unlabelled metric, for tables of them.
+enum Unlabelled {
+    Gauge(i64),
+    Counter(u64),
+}
+
 /// Encodes one unlabelled counter.
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
     let c = ConstCounter::new(v);
@@ -197,54 +203,36 @@ fn encode_hsm_latencies(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> st
 
 /// The HSM session pool's gauges and counters: queue, probes, retries, stuck and replaced workers, sessions, key copies.
 fn encode_hsm_pool(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
-    gauge(
-        encoder,
-        "p11kms_hsm_queue_depth",
-        "Requests waiting for an HSM session now",
-        stats.queue_depth as i64,
-    )?;
-    counter(
-        encoder,
-        "p11kms_hsm_health_probes",
-        "Health probes sent to the HSM (C_GetSessionInfo), not in p11kms_hsm_calls",
-        stats.health_probes,
-    )?;
-    counter(
-        encoder,
-        "p11kms_hsm_session_retries",
-        "HSM jobs run once more on a fresh session because their session died under them",
-        stats.retried_lost_session,
-    )?;
-    gauge(
-            encoder,
-            "p11kms_hsm_degraded",
+    use Unlabelled::{Counter, Gauge};
+    let rows = [
+        ("p11kms_hsm_queue_depth", "Requests waiting for an HSM session now",
+            Gauge(stats.queue_depth as i64)),
+        ("p11kms_hsm_health_probes",
+            "Health probes sent to the HSM (C_GetSessionInfo), not in p11kms_hsm_calls",
+            Counter(stats.health_probes)),
+        ("p11kms_hsm_session_retries",
+            "HSM jobs run once more on a fresh session because their session died under them",
+            Counter(stats.retried_lost_session)),
+        ("p11kms_hsm_degraded",
             "1 while a worker abandoned in a stuck PKCS#11 call has not returned (the device is degraded), else 0",
-            i64::from(stats.stuck_workers > 0),
-        )?;
-    gauge(
-        encoder,
-        "p11kms_hsm_stuck_workers",
-        "HSM workers abandoned in a stuck PKCS#11 call whose call has not returned yet",
-        stats.stuck_workers as i64,
-    )?;
-    counter(
-            encoder,
-            "p11kms_hsm_workers_replaced",
+            Gauge(i64::from(stats.stuck_workers > 0))),
+        ("p11kms_hsm_stuck_workers",
+            "HSM workers abandoned in a stuck PKCS#11 call whose call has not returned yet",
+            Gauge(stats.stuck_workers as i64)),
+        ("p11kms_hsm_workers_replaced",
             "HSM workers abandoned past hsm.stall_limit_ms and replaced by a new worker with a new session",
-            stats.workers_replaced,
-        )?;
-    gauge(
-        encoder,
-        "p11kms_hsm_sessions",
-        "HSM worker sessions",
-        stats.workers as i64,
-    )?;
-    gauge(
-        encoder,
-        "p11kms_hsm_session_key_copies",
-        "Key objects served from session-object copies of their token objects now",
-        stats.session_key_copies as i64,
-    )?;
+            Counter(stats.workers_replaced)),
+        ("p11kms_hsm_sessions", "HSM worker sessions", Gauge(stats.workers as i64)),
+        ("p11kms_hsm_session_key_copies",
+            "Key objects served from session-object copies of their token objects now",
+            Gauge(stats.session_key_copies as i64)),
+    ];
+    for (name, help, value) in rows {
+        match value {
+            Gauge(v) => gauge(encoder, name, help, v)?,
+            Counter(v) => counter(encoder, name, help, v)?,
+        }
+    }
     Ok(())
 }
 

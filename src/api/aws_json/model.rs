@@ -348,16 +348,7 @@ impl Walk<'_> {
                     .as_i64()
                     .filter(|n| i32::try_from(*n).is_ok())
                     .ok_or_else(|| type_error(path, "an integer (32-bit JSON number)"))?;
-                if let Some(min) = shape.min.filter(|m| n < *m) {
-                    rules.push(format!(
-                        "Member must have value greater than or equal to {min}"
-                    ));
-                }
-                if let Some(max) = shape.max.filter(|m| n > *m) {
-                    rules.push(format!(
-                        "Member must have value less than or equal to {max}"
-                    ));
-                }
+                rules.extend(bounds(shape, n, "value"));
             }
             Kind::Boolean => {
                 v.as_bool().ok_or_else(|| type_error(path, "a boolean"))?;
@@ -376,16 +367,21 @@ impl Walk<'_> {
 
 /// The length rules a string, blob, list or map of `len` breaks.
 fn lengths(shape: &Shape, len: usize) -> Vec<String> {
-    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    bounds(shape, i64::try_from(len).unwrap_or(i64::MAX), "length")
+}
+
+/// The model's `min`/`max` rules that `n` breaks, as AWS words them: `what` is `value` for
+/// an integer and `length` for a string, blob, list or map.
+fn bounds(shape: &Shape, n: i64, what: &str) -> Vec<String> {
     let mut rules = Vec::new();
-    if let Some(min) = shape.min.filter(|m| len < *m) {
+    if let Some(min) = shape.min.filter(|m| n < *m) {
         rules.push(format!(
-            "Member must have length greater than or equal to {min}"
+            "Member must have {what} greater than or equal to {min}"
         ));
     }
-    if let Some(max) = shape.max.filter(|m| len > *m) {
+    if let Some(max) = shape.max.filter(|m| n > *m) {
         rules.push(format!(
-            "Member must have length less than or equal to {max}"
+            "Member must have {what} less than or equal to {max}"
         ));
     }
     rules
