@@ -53,11 +53,6 @@ struct DecisionLabels {
     reason: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: String,
-}
-
 /// Extra figures read at scrape time (the audit writer registers one).
 pub trait ScrapeSource: Send + Sync + 'static {
     /// Appends metric families.
@@ -158,17 +153,22 @@ impl Collector for EngineCollector {
 
 /// `p11kms_hsm_calls`: PKCS#11 calls made, by function.
 fn encode_hsm_calls(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
-    let mut m = encoder.encode_descriptor(
-        "p11kms_hsm_calls",
-        "PKCS#11 calls made, by function",
-        None,
-        MetricType::Counter,
-    )?;
-    for (f, n) in &stats.calls {
-        let labels = FunctionLabels {
-            function: f.to_string(),
-        };
-        ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+    let rows = stats.calls.iter().map(|(f, n)| (f.to_string(), *n));
+    let help = "PKCS#11 calls made, by function";
+    labelled_counter(encoder, "p11kms_hsm_calls", help, "function", rows)
+}
+
+/// Encodes a counter family with one label: a series per `(label value, count)` row.
+fn labelled_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    rows: impl IntoIterator<Item = (String, u64)>,
+) -> std::fmt::Result {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in rows {
+        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
     }
     Ok(())
 }
@@ -238,22 +238,13 @@ fn encode_hsm_pool(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fm
 
 /// `p11kms_hsm_rejections`: requests the session pool refused, by reason.
 fn encode_hsm_rejections(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
-    let mut m = encoder.encode_descriptor(
-        "p11kms_hsm_rejections",
-        "Requests refused by the HSM session pool (busy: queue full; timeout: waited too long)",
-        None,
-        MetricType::Counter,
-    )?;
-    for (reason, n) in [
-        ("busy", stats.rejected_busy),
-        ("timeout", stats.rejected_timeout),
-    ] {
-        let labels = ReasonLabels {
-            reason: reason.to_string(),
-        };
-        ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let rows = [
+        ("busy".to_string(), stats.rejected_busy),
+        ("timeout".to_string(), stats.rejected_timeout),
+    ];
+    let help =
+        "Requests refused by the HSM session pool (busy: queue full; timeout: waited too long)";
+    labelled_counter(encoder, "p11kms_hsm_rejections", help, "reason", rows)
 }
 
 /// `p11kms_policy_decisions`: authorization decisions, by effect and reason.

@@ -470,3 +470,74 @@ async fn http2_peers_are_pinged_and_dropped_when_they_do_not_answer() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A body over `max_body_bytes` sent in full without waiting for an answer (as most clients
+/// send) is read and dropped by the door, which answers 413 RequestEntityTooLargeException
+/// rather than closing on the unread body (the client would meet a reset, not the answer),
+/// and the same connection then serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_sent_in_full_gets_its_413_and_the_connection_serves_on() {
+    let server = start_daemon("oversized-drain").await;
+    let door = server.aws_json_addr.expect("AWS door enabled");
+    let credentials = fixture_credentials(AK_ADMIN);
+    let signer = (
+        credentials.access_key_id.as_str(),
+        credentials.secret_access_key.as_str(),
+    );
+    let now = SystemClock.now_ms() / 1000;
+    let request = |target: &str, body: &[u8], close: bool| {
+        let extra = [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", target),
+        ];
+        let headers = aws_door_headers(door, Some(signer), "kms", now, &extra, body);
+        http_post_bytes(&headers, body, close)
+    };
+    // Over the 64 KiB default, under the door's drain bound.
+    let big = vec![b' '; 256 * 1024];
+    let mut bytes = request("TrentService.Encrypt", &big, false);
+    bytes.extend(request("TrentService.ListKeys", b"{}", true));
+
+    let tcp = TcpStream::connect(door).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = test_ca_connector(b"http/1.1")
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let exchange = async {
+        tls.write_all(&bytes).await?;
+        let mut raw = Vec::new();
+        tls.read_to_end(&mut raw).await.map(|_| raw)
+    };
+    let raw = tokio::time::timeout(DEADLINE + MARGIN, exchange)
+        .await
+        .expect("the door answers both requests in time")
+        .expect("no connection reset while the oversized body was written");
+    let (first, rest) = split_first_answer(&raw);
+    assert_eq!(first.status, 413, "{}", String::from_utf8_lossy(&raw));
+    let body = String::from_utf8_lossy(&first.body);
+    assert!(body.contains("RequestEntityTooLargeException"), "{body}");
+    let second = parse_http_answer(rest);
+    assert_eq!(second.status, 200, "{}", String::from_utf8_lossy(rest));
+    let keys: serde_json::Value = serde_json::from_slice(&second.body).unwrap();
+    assert!(keys["Keys"].is_array(), "{keys}");
+    server.shutdown().await.unwrap();
+}
+
+/// The first of several HTTP/1.1 answers (framed by `content-length`) and the bytes after it.
+fn split_first_answer(raw: &[u8]) -> (HttpAnswer, &[u8]) {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head")
+        + 4;
+    let first = parse_http_answer(&raw[..head_end]);
+    let length: usize = first
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("a content-length");
+    let end = head_end + length;
+    (parse_http_answer(&raw[..end]), &raw[end..])
+}

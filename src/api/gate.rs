@@ -19,6 +19,18 @@ use crate::core::{Kms, KmsError};
 use crate::identity::Caller;
 use crate::metrics::Metrics;
 
+/// How far a refused request got, which decides its audit record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedAt {
+    /// Before or at authentication: audited by aggregation, so that strangers cannot fill the
+    /// trail (the first of its source address, operation and error in full, the rest
+    /// counted; nothing below the free-space floor).
+    Authentication,
+    /// Its signature was verified but its input was refused before the engine ran: an
+    /// authenticated request, so it keeps a record of its own.
+    Input,
+}
+
 /// What a door knows about a request before the engine runs it.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
@@ -222,38 +234,30 @@ impl Gate {
         &self.kms
     }
 
-    /// Accounts for a request refused before (or at) authentication (`error_name` is the AWS
-    /// name): audited by aggregation, so that strangers cannot fill the trail (the first of
-    /// its source address, operation and error in full, the rest counted; nothing below the
-    /// free-space floor). The caller's answer is the error whether or not anything was
+    /// Accounts for a request refused before the engine ran (`error_name` is the AWS name),
+    /// audited as `at` says. The caller's answer is the error whether or not anything was
     /// written.
     pub async fn refused(
         &self,
         info: &RequestInfo,
+        at: RefusedAt,
         error_name: &str,
         message: &str,
         access_key_id: Option<String>,
     ) {
         let ev = self.refusal_event(info, error_name, message, access_key_id);
-        self.refusals
-            .refused(info.door, info.operation, ev, self.kms.now_ms())
-            .await;
-        self.count_refusal(info, error_name);
-    }
-
-    /// [`Self::refused`] for a request whose signature was verified but whose input was
-    /// refused before the engine ran: an authenticated request, so it keeps a record of its
-    /// own.
-    pub async fn refused_authenticated(
-        &self,
-        info: &RequestInfo,
-        error_name: &str,
-        message: &str,
-        access_key_id: Option<String>,
-    ) {
-        let ev = self.refusal_event(info, error_name, message, access_key_id);
-        if let Err(e) = self.audit.append(ev).await {
-            tracing::error!(request_id = %info.request_id, error = %e, "could not audit a refused request");
+        match at {
+            RefusedAt::Authentication => {
+                let now = self.kms.now_ms();
+                self.refusals
+                    .refused(info.door, info.operation, ev, now)
+                    .await;
+            }
+            RefusedAt::Input => {
+                if let Err(e) = self.audit.append(ev).await {
+                    tracing::error!(request_id = %info.request_id, error = %e, "could not audit a refused request");
+                }
+            }
         }
         self.count_refusal(info, error_name);
     }

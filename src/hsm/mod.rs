@@ -282,39 +282,37 @@ pub struct MechanismReport {
     pub required: bool,
 }
 
+/// One [`MECHANISMS`] entry: the name `p11kms check` reports, the mechanism (of the same
+/// name unless given) and whether p11kms cannot run without it.
+macro_rules! mechanisms {
+    (@type $name:ident) => { MechanismType::$name };
+    (@type $name:ident $ty:ident) => { MechanismType::$ty };
+    ($($name:ident $(= $ty:ident)? : $required:literal,)*) => {
+        &[$((stringify!($name), mechanisms!(@type $name $($ty)?), $required),)*]
+    };
+}
+
 /// Mechanisms p11kms uses: (name, type, required).
-const MECHANISMS: &[(&str, MechanismType, bool)] = &[
-    ("AES_KEY_GEN", MechanismType::AES_KEY_GEN, true),
-    ("AES_GCM", MechanismType::AES_GCM, true),
-    (
-        "RSA_PKCS_KEY_PAIR_GEN",
-        MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-        false,
-    ),
-    ("RSA_PKCS_OAEP", MechanismType::RSA_PKCS_OAEP, false),
-    ("RSA_PKCS_PSS", MechanismType::RSA_PKCS_PSS, false),
-    ("RSA_PKCS", MechanismType::RSA_PKCS, false),
-    ("RSA_X_509", MechanismType::RSA_X_509, false),
-    ("EC_KEY_PAIR_GEN", MechanismType::ECC_KEY_PAIR_GEN, false),
-    ("ECDH1_DERIVE", MechanismType::ECDH1_DERIVE, false),
-    (
-        "EC_EDWARDS_KEY_PAIR_GEN",
-        MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
-        false,
-    ),
-    ("EDDSA", MechanismType::EDDSA, false),
-    ("ECDSA", MechanismType::ECDSA, false),
-    (
-        "GENERIC_SECRET_KEY_GEN",
-        MechanismType::GENERIC_SECRET_KEY_GEN,
-        false,
-    ),
-    ("SHA224_HMAC", MechanismType::SHA224_HMAC, false),
-    ("SHA256_HMAC", MechanismType::SHA256_HMAC, false),
-    ("SHA384_HMAC", MechanismType::SHA384_HMAC, false),
-    ("SHA512_HMAC", MechanismType::SHA512_HMAC, false),
-    ("AES_KEY_WRAP_PAD", MechanismType::AES_KEY_WRAP_PAD, false),
-];
+const MECHANISMS: &[(&str, MechanismType, bool)] = mechanisms! {
+    AES_KEY_GEN: true,
+    AES_GCM: true,
+    RSA_PKCS_KEY_PAIR_GEN: false,
+    RSA_PKCS_OAEP: false,
+    RSA_PKCS_PSS: false,
+    RSA_PKCS: false,
+    RSA_X_509: false,
+    EC_KEY_PAIR_GEN = ECC_KEY_PAIR_GEN: false,
+    ECDH1_DERIVE: false,
+    EC_EDWARDS_KEY_PAIR_GEN = ECC_EDWARDS_KEY_PAIR_GEN: false,
+    EDDSA: false,
+    ECDSA: false,
+    GENERIC_SECRET_KEY_GEN: false,
+    SHA224_HMAC: false,
+    SHA256_HMAC: false,
+    SHA384_HMAC: false,
+    SHA512_HMAC: false,
+    AES_KEY_WRAP_PAD: false,
+};
 
 /// State shared by the `Hsm` handle and its workers.
 pub(crate) struct Shared {

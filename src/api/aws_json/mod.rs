@@ -38,7 +38,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, Method, Request};
 use http_body_util::BodyExt;
 
-use crate::api::gate::{Gate, RequestInfo};
+use crate::api::gate::{Gate, RefusedAt, RequestInfo};
 use crate::api::http::{
     headers_as_signed, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
 };
@@ -202,12 +202,15 @@ impl AwsJsonDoor {
         Ok(Admitted { caller, call, xml })
     }
 
-    /// The body, refused before it is read in full (let alone parsed) when over the limit.
+    /// The body, refused (never parsed, never kept) when over the limit.
     async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, WireError> {
         let limit = self.max_body_bytes;
         let declared =
             header_text(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
-        if declared.is_some_and(|l| l > limit as u64) {
+        if let Some(declared) = declared.filter(|l| *l > limit as u64) {
+            if declared <= DRAIN_MAX_BYTES {
+                discard(body).await;
+            }
             return Err(WireError::too_large(limit));
         }
         match http_body_util::Limited::new(body, limit).collect().await {
@@ -304,15 +307,14 @@ impl AwsJsonDoor {
     /// Accounts for a refused request through the gate and renders the error.
     async fn refuse(&self, info: &RequestInfo, r: Refused) -> Response {
         let (name, message) = (r.error.name, r.error.message.as_str());
-        if r.authenticated {
-            self.gate
-                .refused_authenticated(info, name, message, r.access_key_id)
-                .await;
+        let at = if r.authenticated {
+            RefusedAt::Input
         } else {
-            self.gate
-                .refused(info, name, message, r.access_key_id)
-                .await;
-        }
+            RefusedAt::Authentication
+        };
+        self.gate
+            .refused(info, at, name, message, r.access_key_id)
+            .await;
         if r.xml {
             xml_error(&info.request_id, &r.error)
         } else {
@@ -407,4 +409,15 @@ pub fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), Wire
         Ok(()) => {}
     }
     model::check_unread(operation, body).map_err(|e| WireError::from_kms(&e))
+}
+
+/// A body declared over `max_body_bytes` but no longer than this is read and dropped before
+/// the 413 goes out, so that a client still writing it reads the answer instead of meeting a
+/// connection reset, and its connection stays usable; a longer one is answered at once (and
+/// its connection closed). Reading it is bounded by the request body deadline.
+const DRAIN_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Reads a refused body to its end (or its first error) and drops it.
+async fn discard(mut body: Body) {
+    while let Some(Ok(_)) = body.frame().await {}
 }

@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::api::gate::{Gate, RequestInfo};
+use crate::api::gate::{Gate, RefusedAt, RequestInfo};
 use crate::core::operation::{Operation, RequestParameters, ResponseElements};
 use crate::core::{Kms, KmsError};
 use crate::identity::auth::{claimed_access_key_id, AuthError, Authenticator, SigV4Input};
@@ -188,7 +188,13 @@ impl Door {
             .get::<SignedRequestInfo>()
             .and_then(|i| claimed_access_key_id(&i.headers));
         self.gate
-            .refused(info, &outcome, status.message(), akid)
+            .refused(
+                info,
+                RefusedAt::Authentication,
+                &outcome,
+                status.message(),
+                akid,
+            )
             .await;
         status
     }
