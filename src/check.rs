@@ -1,16 +1,17 @@
 //! `p11kms check`: proves a configuration end to end without serving. It validates the
 //! config, opens the token by label and logs in, reports the mechanisms the daemon needs, and
-//! reconciles the store with the token. Drift is reported, never repaired here: a key left in
+//! reconciles the store with the token; each `[[hsm.cluster]]` is probed (module loads, token
+//! found) without logging in. Drift is reported, never repaired here: a key left in
 //! `Creating` past `[kms] creating_grace_secs` is reported with what the daemon's own
 //! reconciliation will do to it, and one within the grace period does not fail the check.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{ClusterSection, Config};
 use crate::core::reconcile::{DriftReport, InterruptedCreate};
 use crate::core::SystemClock;
-use crate::hsm::MechanismReport;
+use crate::hsm::{probe_token, MechanismReport, TokenProbe};
 use crate::server::{close_hsm, open_engine, ServerError};
 
 /// Everything `check` found.
@@ -22,12 +23,27 @@ pub struct CheckReport {
     pub mechanisms: Vec<MechanismReport>,
     /// Store/token drift.
     pub drift: DriftReport,
+    /// Each `[[hsm.cluster]]`, probed without logging in.
+    pub clusters: Vec<ClusterReport>,
+}
+
+/// What `check` found of one `[[hsm.cluster]]`.
+#[derive(Debug)]
+pub struct ClusterReport {
+    /// The cluster id.
+    pub id: String,
+    /// The token label looked for.
+    pub token: String,
+    /// The token found, or why not (the module did not load, no such token, ...).
+    pub probe: Result<TokenProbe, String>,
 }
 
 impl CheckReport {
     /// True when nothing needs an operator's attention.
     pub fn is_ok(&self) -> bool {
-        self.drift.is_clean() && self.mechanisms.iter().all(|m| m.present || !m.required)
+        self.drift.is_clean()
+            && self.mechanisms.iter().all(|m| m.present || !m.required)
+            && self.clusters.iter().all(|c| c.probe.is_ok())
     }
 
     /// A human-readable report.
@@ -41,6 +57,16 @@ impl CheckReport {
                 (false, false) => "missing (optional)",
             };
             let _ = writeln!(out, "mechanism {:<28} {status}", m.name);
+        }
+        for c in &self.clusters {
+            let _ = match &c.probe {
+                Ok(t) => writeln!(
+                    out,
+                    "cluster {}: token '{}' found ({} {}, serial {}); not logged in",
+                    c.id, c.token, t.manufacturer, t.model, t.serial_number
+                ),
+                Err(e) => writeln!(out, "cluster {}: token '{}' FAILED: {e}", c.id, c.token),
+            };
         }
         let d = &self.drift;
         let _ = writeln!(
@@ -114,11 +140,30 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
     let drift = kms.reconcile().await?;
+    let mut clusters = Vec::new();
+    for c in &config.hsm.cluster {
+        clusters.push(probe_cluster(c.clone()).await);
+    }
     let report = CheckReport {
         token: kms.hsm().token_label().to_string(),
         mechanisms,
         drift,
+        clusters,
     };
     close_hsm(kms.hsm()).await;
     Ok(report)
+}
+
+/// Probes one cluster's module and token (blocking PKCS#11 calls: off the async threads).
+async fn probe_cluster(c: ClusterSection) -> ClusterReport {
+    let (module, label) = (c.module.clone(), c.token_label.clone());
+    let probe = tokio::task::spawn_blocking(move || probe_token(&module, &label))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    ClusterReport {
+        id: c.id,
+        token: c.token_label,
+        probe,
+    }
 }

@@ -242,6 +242,65 @@ pub struct HsmSection {
     /// SoftHSM2; set false for devices whose policy forbids `C_CopyObject`).
     #[serde(default = "default_true")]
     pub session_key_copies: bool,
+    /// `[[hsm.cluster]]`: further devices the operator offers for custom key stores.
+    #[serde(default)]
+    pub cluster: Vec<ClusterSection>,
+}
+
+/// `[[hsm.cluster]]`: a further PKCS#11 device (an HSM, or a vendor HA group presented as one
+/// slot) that key administrators may make a custom key store of with CreateCustomKeyStore.
+/// The store's `KeyStorePassword` is the token's user PIN, so none is configured here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The cluster id, in AWS's format (`cluster-` and 11-16 letters or digits 2-7): what
+    /// CreateCustomKeyStore names as `CloudHsmClusterId`.
+    pub id: String,
+    /// Path of the cluster's PKCS#11 module (another vendor's library is allowed).
+    pub module: PathBuf,
+    /// Label of the cluster's token.
+    pub token_label: String,
+    /// The cluster's trust anchor certificate (PEM): CreateCustomKeyStore's
+    /// `TrustAnchorCertificate` must be this certificate.
+    pub trust_anchor_file: PathBuf,
+}
+
+impl ClusterSection {
+    /// Whether `id` has the form of a CloudHSM cluster id (the AWS model's
+    /// `cluster-[2-7a-zA-Z]{11,16}`).
+    pub fn is_cluster_id(id: &str) -> bool {
+        id.strip_prefix("cluster-").is_some_and(|rest| {
+            (11..=16).contains(&rest.len())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b))
+        })
+    }
+
+    /// The trust anchor's certificates (DER), read from `trust_anchor_file`: at least one,
+    /// each a well-formed X.509 certificate.
+    pub fn trust_anchor(&self) -> Result<Vec<Vec<u8>>, ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let invalid = |why: String| {
+            ConfigError::Invalid(format!(
+                "hsm.cluster {}: trust_anchor_file {}: {why}",
+                self.id,
+                self.trust_anchor_file.display()
+            ))
+        };
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(&self.trust_anchor_file)
+            .map_err(|e| invalid(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(invalid("no PEM certificate".into()));
+        }
+        for c in &certs {
+            X509Certificate::from_der(c).map_err(|e| invalid(format!("not X.509: {e}")))?;
+        }
+        Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+    }
 }
 
 fn default_workers() -> usize {
@@ -463,6 +522,10 @@ impl Config {
         if let Some(p) = self.hsm.softhsm2_conf.as_mut() {
             fix(p);
         }
+        for c in &mut self.hsm.cluster {
+            fix(&mut c.module);
+            fix(&mut c.trust_anchor_file);
+        }
         if let Some(p) = self.identity.credentials.as_mut() {
             fix(p);
         }
@@ -482,6 +545,7 @@ impl Config {
         self.validate_server()?;
         self.validate_kms()?;
         self.validate_hsm()?;
+        self.validate_clusters()?;
         self.validate_log()?;
         self.certificate_bindings()?;
         self.validate_aws_json()?;
@@ -576,6 +640,42 @@ impl Config {
         }
         if self.hsm.stall_limit_ms < 100 {
             return invalid("hsm.stall_limit_ms must be at least 100".into());
+        }
+        Ok(())
+    }
+
+    /// `[[hsm.cluster]]`: ids in AWS's format and unique, tokens distinct from each other and
+    /// from the default token, and a readable trust anchor certificate.
+    fn validate_clusters(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut ids = std::collections::HashSet::new();
+        let mut tokens =
+            std::collections::HashSet::from([(&self.hsm.module, &self.hsm.token_label)]);
+        for c in &self.hsm.cluster {
+            if !ClusterSection::is_cluster_id(&c.id) {
+                return invalid(format!(
+                    "hsm.cluster id {:?} is not a cluster id (cluster- and 11-16 letters or digits 2-7)",
+                    c.id
+                ));
+            }
+            if !ids.insert(&c.id) {
+                return invalid(format!("hsm.cluster id {} is declared twice", c.id));
+            }
+            if c.token_label.is_empty() || c.token_label.len() > 32 {
+                return invalid(format!(
+                    "hsm.cluster {}: token_label must be 1-32 characters",
+                    c.id
+                ));
+            }
+            if !tokens.insert((&c.module, &c.token_label)) {
+                return invalid(format!(
+                    "hsm.cluster {}: token {:?} of {} is already the default token or another cluster's",
+                    c.id,
+                    c.token_label,
+                    c.module.display()
+                ));
+            }
+            c.trust_anchor()?;
         }
         Ok(())
     }
@@ -1034,5 +1134,72 @@ data_dir = "data"
         assert!(Config::from_toml(&both, d.path()).is_err());
         let bad_arn = good.replace("arn:aws:iam::111122223333:user/admin", "admin");
         assert!(Config::from_toml(&bad_arn, d.path()).is_err());
+    }
+
+    /// A `[[hsm.cluster]]` entry with the given id, token and trust anchor file.
+    fn cluster(id: &str, token: &str, anchor: &str) -> String {
+        format!(
+            "[[hsm.cluster]]\nid = \"{id}\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+             token_label = \"{token}\"\ntrust_anchor_file = \"{anchor}\"\n"
+        )
+    }
+
+    #[test]
+    fn clusters_are_validated() {
+        let d = dir_with_files();
+        crate::devsetup::ensure_ca_and_server(&d.path().join("pki")).unwrap();
+        let with = |entries: &[String]| {
+            let text = BASE.replace("[store]", &format!("{}[store]", entries.concat()));
+            Config::from_toml(&text, d.path())
+        };
+        let a = cluster("cluster-abcdefgh234", "store-a", "pki/ca.pem");
+        let b = cluster("cluster-ABCDEFGHIJ7zz", "store-b", "pki/ca.pem");
+        let c = with(&[a.clone(), b]).unwrap();
+        assert_eq!(c.hsm.cluster.len(), 2);
+        assert_eq!(
+            c.hsm.cluster[0].trust_anchor_file,
+            d.path().join("pki/ca.pem")
+        );
+        assert_eq!(c.hsm.cluster[0].trust_anchor().unwrap().len(), 1);
+        assert!(with(&[]).unwrap().hsm.cluster.is_empty());
+        let refused = |entries: &[String], what: &str| {
+            let e = with(entries).unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        };
+        for bad_id in [
+            "cluster-short",
+            "cluster-abcdefgh1jk",
+            "clusterabcdefghijk",
+            "cluster-abcdefghijklmnopq",
+        ] {
+            refused(&[cluster(bad_id, "x", "pki/ca.pem")], "is not a cluster id");
+        }
+        refused(
+            &[a.clone(), cluster("cluster-abcdefgh234", "y", "pki/ca.pem")],
+            "declared twice",
+        );
+        refused(
+            &[cluster("cluster-abcdefgh567", "t", "pki/ca.pem")],
+            "already the default token",
+        );
+        refused(
+            &[
+                a.clone(),
+                cluster("cluster-abcdefgh567", "store-a", "pki/ca.pem"),
+            ],
+            "another cluster's",
+        );
+        refused(
+            &[cluster("cluster-abcdefgh567", "z", "missing.pem")],
+            "trust_anchor_file",
+        );
+        refused(
+            &[cluster("cluster-abcdefgh567", "z", "pin")],
+            "no PEM certificate",
+        );
+        refused(
+            &[cluster("cluster-abcdefgh567", "", "pki/ca.pem")],
+            "token_label",
+        );
     }
 }

@@ -97,3 +97,65 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     assert_ne!(code, 0);
     assert!(out.contains("invalid config"), "{out}");
 }
+
+/// `[[hsm.cluster]]` entries are probed without logging in: a cluster whose token is there
+/// passes and is named with the device's identity; one whose token label is absent, or whose
+/// module does not load, fails the check with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_each_cluster_without_logging_in() {
+    let dir = data_dir("check-clusters");
+    let config_path = write_config(&dir);
+    let module = p11kms::devsetup::find_softhsm_module().unwrap();
+    let store_token = "p11kms-check-cks";
+    p11kms::hsm::init_token(
+        &module,
+        store_token,
+        &p11kms::hsm::Pin::new(SO_PIN),
+        &p11kms::hsm::Pin::new("store-a-password"),
+    )
+    .unwrap();
+    let anchor = env().pki.join("ca.pem");
+    let cluster = |id: &str, module: &std::path::Path, token: &str| {
+        format!(
+            "\n[[hsm.cluster]]\nid = \"{id}\"\nmodule = \"{}\"\ntoken_label = \"{token}\"\ntrust_anchor_file = \"{}\"\n",
+            module.display(),
+            anchor.display()
+        )
+    };
+    let base = std::fs::read_to_string(&config_path).unwrap();
+    let write = |entries: &[String]| {
+        std::fs::write(&config_path, format!("{base}{}", entries.concat())).unwrap();
+    };
+
+    write(&[cluster("cluster-storeabcdef", &module, store_token)]);
+    let (code, out) = run_check(&config_path).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "cluster cluster-storeabcdef: token '{store_token}' found (SoftHSM"
+        )) && out.contains("not logged in")
+            && out.contains("check passed"),
+        "{out}"
+    );
+
+    let missing_module = dir.join("no-such-module.so");
+    write(&[
+        cluster("cluster-storeabcdef", &module, store_token),
+        cluster("cluster-absentabcde", &module, "p11kms-no-such-token"),
+        cluster("cluster-nomoduleabc", &missing_module, "p11kms-any"),
+    ]);
+    let (code, out) = run_check(&config_path).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("cluster cluster-storeabcdef: token"), "{out}");
+    assert!(
+        out.contains("cluster cluster-absentabcde: token 'p11kms-no-such-token' FAILED")
+            && out.contains("no token with this label"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cluster cluster-nomoduleabc: token 'p11kms-any' FAILED")
+            && out.contains("no-such-module.so"),
+        "{out}"
+    );
+    assert!(out.contains("check FAILED"), "{out}");
+}

@@ -116,7 +116,7 @@ use zeroize::Zeroizing;
 pub use asym::{Curve, DataKeyPair, PairSpec, PairUsage, ShaAlg, SignScheme};
 pub use error::{HsmError, HsmErrorKind};
 pub use mac::MacAlg;
-pub use module::init_token;
+pub use module::{init_token, probe_token, TokenProbe};
 pub use oaep::OaepSha256;
 pub use objects::ObjectId;
 

@@ -102,6 +102,29 @@ pub(crate) fn find_token(
     }
 }
 
+/// What [`probe_token`] found: the token's identity as the device reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenProbe {
+    pub manufacturer: String,
+    pub model: String,
+    pub serial_number: String,
+}
+
+/// Loads the module at `module_path` and finds the one token labelled `label`, without opening
+/// a session or logging in (`p11kms check` on a custom key store's cluster: its PIN is the
+/// store's password, which the operator does not configure). Blocking.
+pub fn probe_token(module_path: &Path, label: &str) -> Result<TokenProbe, HsmError> {
+    let counters = Counters::default();
+    let pkcs11 = module(module_path, label, &counters)?;
+    let slot = find_token(&pkcs11, label, &counters)?;
+    let info = counters.call(Call::GetTokenInfo, label, || pkcs11.get_token_info(slot))?;
+    Ok(TokenProbe {
+        manufacturer: info.manufacturer_id().trim_end().to_string(),
+        model: info.model().trim_end().to_string(),
+        serial_number: info.serial_number().trim_end().to_string(),
+    })
+}
+
 /// Log the user in on `session`. Login state is per token per process, so
 /// `CKR_USER_ALREADY_LOGGED_IN` (another session or `Hsm` did it) is success.
 pub(crate) fn login(
