@@ -265,12 +265,7 @@ async fn idle_and_slow_connections_are_shed_and_closed_while_clients_are_served(
 async fn a_request_body_that_stalls_is_cut_off_at_its_deadline() {
     let server = start_daemon("conn-body").await;
     let door = server.aws_json_addr.expect("AWS door enabled");
-    let tcp = TcpStream::connect(door).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = test_ca_connector(b"http/1.1")
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_http1(door).await;
     // The head announces 100 bytes; one arrives.
     let head = format!(
         "POST / HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nx-amz-target: TrentService.ListKeys\r\n\
@@ -498,12 +493,7 @@ async fn an_oversized_body_sent_in_full_gets_its_413_and_the_connection_serves_o
     let mut bytes = request("TrentService.Encrypt", &big, false);
     bytes.extend(request("TrentService.ListKeys", b"{}", true));
 
-    let tcp = TcpStream::connect(door).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = test_ca_connector(b"http/1.1")
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_http1(door).await;
     let exchange = async {
         tls.write_all(&bytes).await?;
         let mut raw = Vec::new();
@@ -522,6 +512,16 @@ async fn an_oversized_body_sent_in_full_gets_its_413_and_the_connection_serves_o
     let keys: serde_json::Value = serde_json::from_slice(&second.body).unwrap();
     assert!(keys["Keys"].is_array(), "{keys}");
     server.shutdown().await.unwrap();
+}
+
+/// A TLS connection to the AWS door (the test CA, ALPN `http/1.1`).
+async fn tls_http1(door: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(door).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    test_ca_connector(b"http/1.1")
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }
 
 /// The first of several HTTP/1.1 answers (framed by `content-length`) and the bytes after it.
