@@ -77,7 +77,7 @@ impl Gate {
 /// Which gate a share is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GateId {
-    /// The process-wide token-object lock (see `pool::TOKEN_OBJECTS`).
+    /// The module instance's token-object lock (see `module::Instance::token_objects`).
     TokenObjects,
     /// The pool's session gate (see `Shared::session_gate`).
     Session,
@@ -85,7 +85,7 @@ pub(crate) enum GateId {
 
 fn gate(id: GateId, shared: &Shared) -> &Gate {
     match id {
-        GateId::TokenObjects => &super::pool::TOKEN_OBJECTS,
+        GateId::TokenObjects => &shared.token_objects,
         GateId::Session => &shared.session_gate,
     }
 }
@@ -190,11 +190,11 @@ impl Drop for Share<'_> {
     }
 }
 
-/// An exclusive share of the token-object gate held outside any worker (tests that create
-/// objects on their own session).
-#[cfg(all(test, feature = "bench"))]
-pub(crate) fn token_objects_exclusive() -> Share<'static> {
-    let gate = &super::pool::TOKEN_OBJECTS;
+/// An exclusive share of the token-object gate of `hsm`'s module instance, held outside any
+/// worker (tests that create objects on their own session, or stand for a stuck creation).
+#[cfg(test)]
+pub(crate) fn token_objects_exclusive(hsm: &super::Hsm) -> Share<'_> {
+    let gate = &*hsm.shared.token_objects;
     gate.acquire(true);
     Share {
         slot: None,

@@ -331,6 +331,8 @@ pub(crate) struct Shared {
     /// Held shared by every running job and exclusively while a worker replaces its session
     /// after a reset (see `pool::worker_loop`).
     pub(crate) session_gate: gate::Gate,
+    /// The module instance's token-object gate ([`module::Instance::token_objects`]).
+    pub(crate) token_objects: Arc<gate::Gate>,
     /// Whether the device does RSA-OAEP with SHA-256: probed on first need
     /// (`oaep::sha256_support`), then fixed for this instance.
     pub(crate) oaep_sha256: std::sync::OnceLock<OaepSha256>,
@@ -417,7 +419,10 @@ impl Hsm {
             ));
         }
         let counters = Counters::default();
-        let pkcs11 = module::module(&cfg.module, token, &counters)?;
+        let module::Instance {
+            pkcs11,
+            token_objects,
+        } = module::module(&cfg.module, token, &counters)?;
         let slot = module::find_token(&pkcs11, token, &counters)?;
         let keeper = counters.call(Call::OpenSession, token, || pkcs11.open_ro_session(slot))?;
         module::login(&counters, &keeper, &cfg.pin, token)?;
@@ -432,6 +437,7 @@ impl Hsm {
             copies: SessionCopies::new(cfg.session_key_copies),
             reset_epoch: std::sync::atomic::AtomicU64::new(0),
             session_gate: gate::Gate::new(),
+            token_objects,
             oaep_sha256: std::sync::OnceLock::new(),
         });
         let pool = Pool::start(

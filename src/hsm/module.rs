@@ -1,5 +1,5 @@
-//! The PKCS#11 module: one initialised `Pkcs11` per module path per process,
-//! tokens found by label, and user login.
+//! The PKCS#11 module: one initialised `Pkcs11` per module path per process (with its
+//! token-object gate), tokens found by label, and user login.
 //!
 //! SoftHSM2 (and other modules) misbehave when initialised and finalised
 //! repeatedly in one process, so the first [`super::Hsm`] that needs a module
@@ -18,19 +18,30 @@ use cryptoki::types::AuthPin;
 
 use super::call::{Call, Counters};
 use super::error::{from_cryptoki, HsmError, HsmErrorKind};
+use super::gate::Gate;
 use super::Pin;
 
-type Registry = Mutex<HashMap<PathBuf, Arc<Pkcs11>>>;
+/// One loaded module instance, shared by every [`super::Hsm`] on it.
+#[derive(Clone)]
+pub(crate) struct Instance {
+    /// The initialised library.
+    pub(crate) pkcs11: Arc<Pkcs11>,
+    /// Object creation and destruction run alone on a module instance; every other job on it
+    /// shares. SoftHSM2 answers CKR_GENERAL_ERROR or garbled attributes now and then when one
+    /// session creates token objects while another reads or creates (seen in this crate's
+    /// tests, about one run in three). Creation is bound by token file writes and rare, so
+    /// readers barely ever wait. Per instance: several `Hsm`s on one library share it, and a
+    /// store on another library (another device) never waits for this one.
+    pub(crate) token_objects: Arc<Gate>,
+}
+
+type Registry = Mutex<HashMap<PathBuf, Instance>>;
 
 static MODULES: OnceLock<Registry> = OnceLock::new();
 
 /// The process-wide initialised module loaded from `path` (loading and
 /// initialising it on first use, counted in `counters`). `token` only labels errors.
-pub(crate) fn module(
-    path: &Path,
-    token: &str,
-    counters: &Counters,
-) -> Result<Arc<Pkcs11>, HsmError> {
+pub(crate) fn module(path: &Path, token: &str, counters: &Counters) -> Result<Instance, HsmError> {
     // Canonicalise so that two spellings of one library share one context.
     let key = std::fs::canonicalize(path).map_err(|e| {
         HsmError::new(
@@ -44,8 +55,8 @@ pub(crate) fn module(
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = reg.get(&key) {
-        return Ok(Arc::clone(p));
+    if let Some(loaded) = reg.get(&key) {
+        return Ok(loaded.clone());
     }
     let pkcs11 = counters
         .call(Call::GetFunctionList, token, || Pkcs11::new(&key))
@@ -62,9 +73,12 @@ pub(crate) fn module(
         Err(e) => return Err(from_cryptoki(Call::Initialize.name(), token, &e)),
     }
     tracing::info!(module = %key.display(), "PKCS#11 module initialised");
-    let pkcs11 = Arc::new(pkcs11);
-    reg.insert(key, Arc::clone(&pkcs11));
-    Ok(pkcs11)
+    let loaded = Instance {
+        pkcs11: Arc::new(pkcs11),
+        token_objects: Arc::new(Gate::new()),
+    };
+    reg.insert(key, loaded.clone());
+    Ok(loaded)
 }
 
 /// The slot holding the one token labelled `label`. Errors if there is none
@@ -115,7 +129,7 @@ pub struct TokenProbe {
 /// store's password, which the operator does not configure). Blocking.
 pub fn probe_token(module_path: &Path, label: &str) -> Result<TokenProbe, HsmError> {
     let counters = Counters::default();
-    let pkcs11 = module(module_path, label, &counters)?;
+    let pkcs11 = module(module_path, label, &counters)?.pkcs11;
     let slot = find_token(&pkcs11, label, &counters)?;
     let info = counters.call(Call::GetTokenInfo, label, || pkcs11.get_token_info(slot))?;
     Ok(TokenProbe {
@@ -165,7 +179,7 @@ pub fn init_token(
     // Development set-up: the calls are counted for no `Hsm`.
     let counters = Counters::default();
     let c = &counters;
-    let pkcs11 = module(module_path, label, c)?;
+    let pkcs11 = module(module_path, label, c)?.pkcs11;
     if find_token(&pkcs11, label, c).is_ok() {
         return Ok(false);
     }

@@ -27,7 +27,7 @@ use cryptoki::session::Session;
 
 use super::call::Call;
 use super::error::{from_cryptoki, is_session_broken, HsmError};
-use super::gate::{Gate, GateId, WorkerSlot};
+use super::gate::{GateId, WorkerSlot};
 use super::module;
 use super::Shared;
 
@@ -59,9 +59,9 @@ pub(crate) enum Retry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LockClass {
     /// Uses token objects without creating or destroying any (encrypt, sign, lookups): shares
-    /// [`TOKEN_OBJECTS`] with every other such job.
+    /// the module instance's token-object gate with every other such job.
     Shared,
-    /// Creates or destroys token objects: holds [`TOKEN_OBJECTS`] alone.
+    /// Creates or destroys token objects: holds the module instance's token-object gate alone.
     Exclusive,
     /// Touches session objects only (slow key-pair generation): takes no lock, so it neither
     /// waits for nor holds up exclusive jobs. Such a job must not read, create or destroy a
@@ -468,13 +468,6 @@ impl Drop for Pool {
     }
 }
 
-/// Object creation and destruction run alone; every other job shares. SoftHSM2 answers
-/// CKR_GENERAL_ERROR or garbled attributes now and then when one session creates token
-/// objects while another reads or creates (seen in this crate's tests, about one run in
-/// three). Creation is bound by token file writes and rare, so readers barely ever wait.
-/// Process-global: several `Hsm`s may share one token.
-pub(crate) static TOKEN_OBJECTS: Gate = Gate::new();
-
 fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
     while !slot.is_abandoned() {
         // Only one worker waits in recv at a time; the others wait for the
@@ -578,11 +571,4 @@ fn run_once(
             Outcome::Done
         }
     }
-}
-
-/// Holds the token-object lock exclusively, for tests that create objects outside a worker
-/// (the raw benchmark's own session).
-#[cfg(all(test, feature = "bench"))]
-pub(crate) fn token_objects_exclusive() -> super::gate::Share<'static> {
-    super::gate::token_objects_exclusive()
 }

@@ -185,7 +185,7 @@ impl RawBench {
     /// create the benchmark's token key. Blocking.
     pub fn open(module_path: &Path, token_label: &str, pin: &Pin) -> Result<RawBench, HsmError> {
         let c = Counters::default();
-        let pkcs11 = module::module(module_path, token_label, &c)?;
+        let pkcs11 = module::module(module_path, token_label, &c)?.pkcs11;
         let slot = module::find_token(&pkcs11, token_label, &c)?;
         let session = c.call(Call::OpenSession, token_label, || {
             pkcs11.open_rw_session(slot)

@@ -52,6 +52,8 @@ struct Env {
     c: String,
     /// Label carried by two tokens.
     dup: String,
+    /// A token used only through a second module instance (a copy of the library).
+    other: String,
 }
 
 fn env() -> &'static Env {
@@ -65,9 +67,10 @@ fn env() -> &'static Env {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let pin = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let so_pin = format!("s{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let [a, b, c, dup] = ["a", "b", "c", "dup"].map(|n| format!("p11kms-test-{n}-{tag}"));
+        let [a, b, c, dup, other] =
+            ["a", "b", "c", "dup", "other"].map(|n| format!("p11kms-test-{n}-{tag}"));
         let mut conf = None;
-        for label in [&a, &b, &c, &dup] {
+        for label in [&a, &b, &c, &dup, &other] {
             let out = Command::new("bash")
                 .arg(INIT_TOKEN)
                 .arg(dir.path())
@@ -121,6 +124,7 @@ fn env() -> &'static Env {
             b,
             c,
             dup,
+            other,
         }
     })
 }
@@ -137,6 +141,19 @@ fn cfg(label: &str) -> HsmConfig {
 
 fn open(label: &str) -> Arc<Hsm> {
     Hsm::open(&cfg(label)).expect("open Hsm")
+}
+
+/// An `Hsm` on the `other` token through a second, independent instance of the module: a copy
+/// of the library at another path (as a store on another device has its own library).
+fn open_other_instance() -> Arc<Hsm> {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    let copy = COPY.get_or_init(|| {
+        let path = env()._dir.path().join("libsofthsm2-second-instance.so");
+        std::fs::copy(MODULE, &path).expect("copy the module");
+        path
+    });
+    let cfg = HsmConfig::new(copy, &env().other, Pin::new(env().pin.clone()));
+    Hsm::open(&cfg).expect("open the second module instance")
 }
 
 fn new_id() -> ObjectId {
@@ -967,7 +984,9 @@ fn worker_threads_are_named() {
 #[test]
 fn raw_baseline_runs_every_operation() {
     use super::raw::{RawBench, RawOp};
-    let _alone = super::pool::token_objects_exclusive();
+    // Any `Hsm` on the module: they share its instance, so its token-object gate.
+    let hsm = open(&env().c);
+    let _alone = super::gate::token_objects_exclusive(&hsm);
     let mut bench = RawBench::open(
         std::path::Path::new(MODULE),
         &env().c,
@@ -1021,4 +1040,36 @@ fn raw_baseline_runs_every_operation() {
             assert!(r.ops > 0, "{signing:?} {op:?} did no work");
         }
     }
+}
+
+/// A device's token-object gate is its own module instance's: while a creation holds it on one
+/// device (the test holds it here, as a stuck `C_GenerateKey` would), a store on another
+/// library creates, uses and destroys keys unhindered; the held device's own jobs resume once
+/// it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_devices_token_object_lock_never_holds_up_another_device() {
+    let held = open(&env().a);
+    let other = open_other_instance();
+    let id = new_id();
+    let on_held = {
+        let _creating = super::gate::token_objects_exclusive(&held);
+        let work = async {
+            other.generate_aes_key(id).await?;
+            let sealed = other
+                .encrypt_gcm(id, pt(b"isolated"), aad_with(b"x"))
+                .await?;
+            other.destroy(id).await?;
+            Ok::<_, HsmError>(sealed)
+        };
+        let done = tokio::time::timeout(Duration::from_secs(20), work).await;
+        let sealed = done.expect("the other device waited for this one's lock");
+        assert!(!sealed.unwrap().ciphertext_and_tag.is_empty());
+        tokio::spawn({
+            let held = Arc::clone(&held);
+            async move { held.exists(id).await }
+        })
+    };
+    let exists = tokio::time::timeout(Duration::from_secs(20), on_held).await;
+    assert!(!exists.expect("the held device resumed").unwrap().unwrap());
+    other.shutdown();
 }
