@@ -208,8 +208,10 @@ impl AwsJsonDoor {
         let declared =
             header_text(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
         if let Some(declared) = declared.filter(|l| *l > limit as u64) {
-            if declared <= DRAIN_MAX_BYTES {
-                discard(body).await;
+            let expects_continue = header_text(headers, header::EXPECT)
+                .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+            if declared <= DRAIN_MAX_BYTES && !expects_continue {
+                let _ = tokio::time::timeout(DRAIN_FOR, discard(body)).await;
             }
             return Err(WireError::too_large(limit));
         }
@@ -411,11 +413,16 @@ pub fn model_check(operation: &str, body: &serde_json::Value) -> Result<(), Wire
     model::check_unread(operation, body).map_err(|e| WireError::from_kms(&e))
 }
 
-/// A body declared over `max_body_bytes` but no longer than this is read and dropped before
-/// the 413 goes out, so that a client still writing it reads the answer instead of meeting a
-/// connection reset, and its connection stays usable; a longer one is answered at once (and
-/// its connection closed). Reading it is bounded by the request body deadline.
+/// A body declared over `max_body_bytes` but no longer than this is read and dropped (for at
+/// most [`DRAIN_FOR`]) before the 413 goes out, so that a client still writing it reads the
+/// answer instead of meeting a connection reset, and its connection stays usable. A longer
+/// one, or one whose client waits for `100 Continue`, is answered at once (the body is never
+/// asked for) and its connection closed.
 const DRAIN_MAX_BYTES: u64 = 1024 * 1024;
+
+/// How long a refused body is read at most (a client that declared a body and sends none is
+/// answered after this).
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads a refused body to its end (or its first error) and drops it.
 async fn discard(mut body: Body) {
