@@ -674,10 +674,7 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
         "TagResource",
         c.tag_resource(pb::TagResourceRequest {
             key_id: key.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "team".into(),
-                tag_value: "audit".into(),
-            }],
+            tags: vec![tag("team", "audit")],
         })
         .await
     );
@@ -749,9 +746,7 @@ async fn start_with_audit(
     text.push_str(&format!(
         "\n[audit]\n{audit}\n\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = false\n"
     ));
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = p11kms::config::Config::load(&path).expect("config");
+    let config = load_config_text(&dir.join("p11kms.toml"), text);
     let options = p11kms::server::ServerOptions {
         clock: std::sync::Arc::new(p11kms::core::SystemClock),
         sweep_interval: None,

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use p11kms::core::ManualClock;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
 
@@ -64,10 +63,7 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeper_destroys_the_hsm_object_after_the_window() {
-    let dir = data_dir("sweeper");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_swept_by_hand(&dir, clock.clone()).await;
-    let mut c = admin(server.addr).await;
+    let (dir, clock, server, mut c) = start_admin_clocked("sweeper", start_swept_by_hand).await;
     let key = create_key(&mut c).await;
     let survivor = create_key(&mut c).await;
     create_alias(&mut c, "alias/doomed", &key).await;

@@ -23,10 +23,7 @@ async fn key_lifecycle_happy_path() {
         &mut c,
         pb::CreateKeyRequest {
             description: "payments".into(),
-            tags: vec![pb::Tag {
-                tag_key: "team".into(),
-                tag_value: "pay".into(),
-            }],
+            tags: vec![tag("team", "pay")],
             ..Default::default()
         },
     )
@@ -416,12 +413,7 @@ async fn bad_input_gets_aws_errors() {
 
     // A wrong algorithm for a symmetric key.
     let r = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"x".to_vec(),
-            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request_alg(&key, b"x", "RSAES_OAEP_SHA_256"))
         .await;
     assert_eq!(reason(r), "InvalidKeyUsageException");
 
@@ -544,33 +536,21 @@ async fn bad_input_gets_aws_errors() {
     let r = c
         .tag_resource(pb::TagResourceRequest {
             key_id: key.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "aws:reserved".into(),
-                tag_value: String::new(),
-            }],
+            tags: vec![tag("aws:reserved", "")],
         })
         .await;
     assert_eq!(reason(r), "TagException");
     let r = c
         .tag_resource(pb::TagResourceRequest {
             key_id: key.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "k".repeat(129),
-                tag_value: String::new(),
-            }],
+            tags: vec![tag("k".repeat(129), "")],
         })
         .await;
-    let status = r.expect_err("a 129-character tag key");
-    assert_eq!(
-        p11kms::api::grpc::status::aws_reason(&status).as_deref(),
-        Some("ValidationException")
-    );
-    assert!(
-        status
-            .message()
-            .contains("Value at 'tags.1.member.tagKey' failed to satisfy constraint"),
-        "{}",
-        status.message()
+    assert_refused(
+        r,
+        "a 129-character tag key",
+        "ValidationException",
+        "Value at 'tags.1.member.tagKey' failed to satisfy constraint",
     );
     let r = c
         .update_key_description(pb::UpdateKeyDescriptionRequest {

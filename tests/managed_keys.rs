@@ -209,9 +209,7 @@ async fn aws_managed_keys_refuse_every_change() {
         .disable_key_rotation(pb::DisableKeyRotationRequest { key_id: id.clone() })
         .await;
     assert_eq!(reason(r), denied, "DisableKeyRotation");
-    let r = c
-        .rotate_key_on_demand(pb::RotateKeyOnDemandRequest { key_id: id.clone() })
-        .await;
+    let r = rotate_on_demand(&mut c, &id).await;
     assert_eq!(reason(r), denied, "RotateKeyOnDemand");
     let r = c
         .update_key_description(pb::UpdateKeyDescriptionRequest {
@@ -223,10 +221,7 @@ async fn aws_managed_keys_refuse_every_change() {
     let r = c
         .tag_resource(pb::TagResourceRequest {
             key_id: id.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "k".into(),
-                tag_value: "v".into(),
-            }],
+            tags: vec![tag("k", "v")],
         })
         .await;
     assert_eq!(reason(r), denied, "TagResource");
@@ -368,10 +363,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
             pb::AssumeRoleRequest {
                 role_arn: format!("arn:aws:iam::{ACCOUNT}:role/Engineering"),
                 role_session_name: "claims-s3".into(),
-                tags: vec![pb::Tag {
-                    tag_key: "p11kms:ViaService".into(),
-                    tag_value: "s3".into(),
-                }],
+                tags: vec![tag("p11kms:ViaService", "s3")],
                 ..Default::default()
             },
             "AssumeRole",

@@ -104,6 +104,15 @@ pub fn encrypt_request(key: &str, plaintext: &[u8]) -> pb::EncryptRequest {
     }
 }
 
+/// An Encrypt request of `plaintext` under `key` with the encryption algorithm `alg`,
+/// everything else default.
+pub fn encrypt_request_alg(key: &str, plaintext: &[u8], alg: &str) -> pb::EncryptRequest {
+    pb::EncryptRequest {
+        encryption_algorithm: alg.into(),
+        ..encrypt_request(key, plaintext)
+    }
+}
+
 /// Encrypt of `pt` under `key` with the encryption context `ec`: the ciphertext blob, or the
 /// daemon's error.
 pub async fn encrypt_with(
@@ -170,6 +179,16 @@ pub fn decrypt_request(blob: &[u8], ec: &[(&str, &str)]) -> pb::DecryptRequest {
     }
 }
 
+/// A Decrypt request of `blob` under the asymmetric `key` with the encryption algorithm `alg`,
+/// everything else default.
+pub fn decrypt_request_alg(blob: &[u8], key: &str, alg: &str) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        key_id: key.into(),
+        encryption_algorithm: alg.into(),
+        ..decrypt_request(blob, &[])
+    }
+}
+
 /// An Encrypt request of `plaintext` under `key` with the encryption context `ec`, everything
 /// else default.
 pub fn encrypt_request_ctx(key: &str, plaintext: &[u8], ec: &[(&str, &str)]) -> pb::EncryptRequest {
@@ -212,14 +231,19 @@ pub async fn list_aliases_of(c: &mut Client, key: &str) -> Vec<pb::AliasListEntr
     .aliases
 }
 
+/// The tag `key` = `value`.
+pub fn tag(key: impl Into<String>, value: impl Into<String>) -> pb::Tag {
+    pb::Tag {
+        tag_key: key.into(),
+        tag_value: value.into(),
+    }
+}
+
 /// Tags `key` with one tag, which must succeed.
 pub async fn tag_key(c: &mut Client, key: &str, tag_key: &str, tag_value: &str) {
     c.tag_resource(pb::TagResourceRequest {
         key_id: key.into(),
-        tags: vec![pb::Tag {
-            tag_key: tag_key.into(),
-            tag_value: tag_value.into(),
-        }],
+        tags: vec![tag(tag_key, tag_value)],
     })
     .await
     .unwrap_or_else(|s| panic!("tag {key}: {s:?}"));
@@ -233,6 +257,13 @@ pub async fn schedule_deletion(c: &mut Client, key: &str, days: i32) {
     })
     .await
     .unwrap_or_else(|s| panic!("schedule the deletion of {key}: {s:?}"));
+}
+
+/// RotateKeyOnDemand of `key`: the key id the daemon answers with, or its error.
+pub async fn rotate_on_demand(c: &mut Client, key: &str) -> Result<String, tonic::Status> {
+    c.rotate_key_on_demand(pb::RotateKeyOnDemandRequest { key_id: key.into() })
+        .await
+        .map(|r| r.into_inner().key_id)
 }
 
 /// The DER public key of the asymmetric `key`, which must succeed.

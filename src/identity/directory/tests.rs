@@ -389,6 +389,12 @@ fn one_account(details: PathBuf, credentials: Option<PathBuf>) -> DirectoryFiles
 
 const ALLOW_ENCRYPT: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*"}]}"#;
 
+/// Writes `dir/a.json`: alice, whose inline policy allows kms:Encrypt ([`ALLOW_ENCRYPT`]).
+fn write_alice_allowed_encrypt(dir: &Path) -> PathBuf {
+    let doc = serde_json::from_str(ALLOW_ENCRYPT).unwrap();
+    write(dir, "a.json", &user_with_inline(&doc))
+}
+
 fn user_with_inline(doc: &Value) -> String {
     serde_json::json!({
         "UserDetailList": [{
@@ -592,11 +598,7 @@ fn trust_policy_without_resource_compiles_and_bad_trust_fails() {
 #[test]
 fn credentials_errors_name_the_fault() {
     let tmp = tempfile::tempdir().unwrap();
-    let details = write(
-        tmp.path(),
-        "a.json",
-        &user_with_inline(&serde_json::from_str(ALLOW_ENCRYPT).unwrap()),
-    );
+    let details = write_alice_allowed_encrypt(tmp.path());
     let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
     let cases = [
         (
@@ -676,11 +678,7 @@ fn bad_guardrail_is_named() {
 #[test]
 fn reload_keeps_old_directory_on_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let details = write(
-        tmp.path(),
-        "a.json",
-        &user_with_inline(&serde_json::from_str(ALLOW_ENCRYPT).unwrap()),
-    );
+    let details = write_alice_allowed_encrypt(tmp.path());
     let files = one_account(details.clone(), None);
     let handle = DirectoryHandle::load(&files).unwrap();
     let before = handle.current();
