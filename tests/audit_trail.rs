@@ -48,13 +48,7 @@ async fn every_request_is_audited_once_and_the_trail_verifies() {
     assert_eq!(reason(r), "AccessDeniedException");
     sent += 1;
     // Failed (validation) and failed (bad ciphertext).
-    let r = admin_c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: vec![],
-            ..Default::default()
-        })
-        .await;
+    let r = admin_c.encrypt(encrypt_request(&key, &[])).await;
     assert_eq!(reason(r), "ValidationException");
     sent += 1;
     let r = admin_c
@@ -516,10 +510,7 @@ async fn the_returned_request_id_names_the_audit_event() {
         .await
         .unwrap();
     let ok_id = request_id(&ok);
-    let err = c
-        .disable_key(pb::DisableKeyRequest {
-            key_id: uuid::Uuid::new_v4().to_string(),
-        })
+    let err = try_disable_key(&mut c, &uuid::Uuid::new_v4().to_string())
         .await
         .unwrap_err();
     let err_id = err
@@ -662,11 +653,7 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
         server,
         dir,
         "CreateAlias",
-        c.create_alias(pb::CreateAliasRequest {
-            alias_name: "alias/intent".into(),
-            target_key_id: key.clone(),
-        })
-        .await
+        try_create_alias(&mut c, "alias/intent", &key).await
     );
     broken_then_working!(
         server,
@@ -682,11 +669,7 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
         server,
         dir,
         "ScheduleKeyDeletion",
-        c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-            key_id: key.clone(),
-            pending_window_in_days: Some(7),
-        })
-        .await
+        try_schedule_deletion(&mut c, &key, Some(7)).await
     );
 
     // For every stored change there is a durable record: each successful changing request

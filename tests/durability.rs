@@ -17,12 +17,11 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
     create_alias(&mut c, "alias/durable", &key).await;
     tag_key(&mut c, &key, "k", "v").await;
     let blob = c
-        .encrypt(pb::EncryptRequest {
-            key_id: "alias/durable".into(),
-            plaintext: b"kept across restarts".to_vec(),
-            encryption_context: ctx(&[("app", "x")]),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request_ctx(
+            "alias/durable",
+            b"kept across restarts",
+            &[("app", "x")],
+        ))
         .await
         .reply()
         .ciphertext_blob;

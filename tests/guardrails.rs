@@ -79,12 +79,7 @@ async fn a_guardrail_deny_beats_every_allow() {
     // admin's identity policy allows kms:*, the default key policy delegates to the account:
     // only the guardrail stands in the way.
     let before = server.kms.hsm().total_ops();
-    let r = c
-        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-            key_id: key.clone(),
-            pending_window_in_days: Some(7),
-        })
-        .await;
+    let r = try_schedule_deletion(&mut c, &key, Some(7)).await;
     // AWS names the SCP-like guardrail.
     assert_refused(
         r,
@@ -160,11 +155,7 @@ async fn a_not_principal_deny_always_applies_to_a_caller_with_a_boundary() {
          "Action": "kms:Encrypt", "Resource": "*"}
     ]});
     let key = create_key_with_policy(&mut admin_c, policy.to_string()).await;
-    let encrypt = |key: &str| pb::EncryptRequest {
-        key_id: key.to_string(),
-        plaintext: b"listed".to_vec(),
-        ..Default::default()
-    };
+    let encrypt = |key: &str| encrypt_request(key, b"listed");
     user1
         .encrypt(encrypt(&key))
         .await

@@ -1292,11 +1292,7 @@ async fn re_encrypt_with_rsa_keys() {
     let mut tampered = from_a.clone();
     tampered[10] ^= 1;
     let long = c
-        .encrypt(pb::EncryptRequest {
-            key_id: sym.key_id.clone(),
-            plaintext: vec![7; 300],
-            ..Default::default()
-        })
+        .encrypt(encrypt_request(&sym.key_id, &[7; 300]))
         .await
         .reply()
         .ciphertext_blob;

@@ -158,11 +158,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     assert_eq!(reason(disabled), "DisabledException");
     // Any key state: a disabled key still answers, unchanged.
     assert_eq!(last_usage(&mut c, &key).await, after_decrypt);
-    c.enable_key(pb::EnableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    try_enable_key(&mut c, &key).await.unwrap();
 
     // ReEncrypt uses both keys: each records it, with the one audit event.
     let other = create_key(&mut c).await;
@@ -193,12 +189,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     );
 
     // Key id or key ARN only; the key policy must allow it; never another account's key.
-    let by_alias = c
-        .create_alias(pb::CreateAliasRequest {
-            alias_name: "alias/last-usage".into(),
-            target_key_id: key.clone(),
-        })
-        .await;
+    let by_alias = try_create_alias(&mut c, "alias/last-usage", &key).await;
     assert!(by_alias.is_ok());
     let alias = try_last_usage(&mut c, "alias/last-usage").await;
     assert_eq!(reason(alias), "NotFoundException");

@@ -30,20 +30,6 @@ async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> 
     decrypt_with(c, blob, &[("app", "rotation")]).await
 }
 
-/// EnableKeyRotation of `key` with the rotation period `days` (the default when `None`).
-async fn enable_rotation(
-    c: &mut Client,
-    key: &str,
-    days: Option<i32>,
-) -> Result<(), tonic::Status> {
-    c.enable_key_rotation(pb::EnableKeyRotationRequest {
-        key_id: key.into(),
-        rotation_period_in_days: days,
-    })
-    .await
-    .map(drop)
-}
-
 async fn status(c: &mut Client, key: &str) -> pb::GetKeyRotationStatusResponse {
     c.get_key_rotation_status(pb::GetKeyRotationStatusRequest { key_id: key.into() })
         .await
@@ -106,7 +92,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     assert!(st.next_rotation_date.is_none());
 
     // Automatic rotation: enable with 90 days; nothing happens before the date.
-    enable_rotation(&mut c, &key, Some(90)).await.unwrap();
+    try_enable_rotation(&mut c, &key, Some(90)).await.unwrap();
     let st = status(&mut c, &key).await;
     assert!(st.key_rotation_enabled);
     assert_eq!(st.rotation_period_in_days, Some(90));
@@ -321,17 +307,17 @@ async fn limits_and_bad_inputs() {
 
     // Bad periods: ValidationException, nothing changes.
     for days in [89, 2561, 0, -1] {
-        let r = enable_rotation(&mut c, &key, Some(days)).await;
+        let r = try_enable_rotation(&mut c, &key, Some(days)).await;
         assert_eq!(reason(r), "ValidationException", "{days}");
     }
     assert!(!status(&mut c, &key).await.key_rotation_enabled);
 
     // Default period 365; a new period moves the next date from the same anchor.
-    enable_rotation(&mut c, &key, None).await.unwrap();
+    try_enable_rotation(&mut c, &key, None).await.unwrap();
     let st = status(&mut c, &key).await;
     assert_eq!(st.rotation_period_in_days, Some(365));
     let first = st.next_rotation_date.unwrap().seconds;
-    enable_rotation(&mut c, &key, Some(2560)).await.unwrap();
+    try_enable_rotation(&mut c, &key, Some(2560)).await.unwrap();
     let st = status(&mut c, &key).await;
     assert_eq!(st.rotation_period_in_days, Some(2560));
     assert_eq!(
@@ -353,7 +339,7 @@ async fn limits_and_bad_inputs() {
 
     // An automatic rotation due within 20 minutes: ConflictException, nothing created.
     let soon = create_key(&mut c).await;
-    enable_rotation(&mut c, &soon, Some(90)).await.unwrap();
+    try_enable_rotation(&mut c, &soon, Some(90)).await.unwrap();
     clock.advance_ms(90 * 86_400_000 - 10 * 60_000);
     assert_eq!(
         reason(rotate_on_demand(&mut c, &soon).await),
@@ -368,7 +354,7 @@ async fn limits_and_bad_inputs() {
         reason(rotate_on_demand(&mut c, &other).await),
         "DisabledException"
     );
-    let r = enable_rotation(&mut c, &other, None).await;
+    let r = try_enable_rotation(&mut c, &other, None).await;
     assert_eq!(reason(r), "DisabledException");
     assert!(!status(&mut c, &other).await.key_rotation_enabled);
 

@@ -42,14 +42,36 @@ pub async fn create_key_from(c: &mut Client, req: pb::CreateKeyRequest) -> Strin
     create_key_meta(c, req).await.key_id
 }
 
-/// CreateAlias `name` for `key`, which must succeed.
-pub async fn create_alias(c: &mut Client, name: &str, key: &str) {
+/// CreateAlias `name` for `key`.
+pub async fn try_create_alias(
+    c: &mut Client,
+    name: &str,
+    key: &str,
+) -> Answer<pb::CreateAliasResponse> {
     c.create_alias(pb::CreateAliasRequest {
         alias_name: name.into(),
         target_key_id: key.into(),
     })
     .await
-    .unwrap_or_else(|e| panic!("CreateAlias {name}: {e}"));
+}
+
+/// CreateAlias `name` for `key`, which must succeed.
+pub async fn create_alias(c: &mut Client, name: &str, key: &str) {
+    try_create_alias(c, name, key)
+        .await
+        .unwrap_or_else(|e| panic!("CreateAlias {name}: {e}"));
+}
+
+/// The key policy of `key` (GetKeyPolicy of the policy `default`), which must succeed.
+pub async fn key_policy(c: &mut Client, key: &str) -> String {
+    c.get_key_policy(pb::GetKeyPolicyRequest {
+        key_id: key.into(),
+        policy_name: "default".into(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("get the key policy of {key}: {s:?}"))
+    .into_inner()
+    .policy
 }
 
 /// CreateKey of a symmetric key with origin EXTERNAL (no key material until it is imported);
@@ -88,9 +110,59 @@ pub async fn describe_key(c: &mut Client, key: &str) -> pb::KeyMetadata {
         .unwrap_or_else(|s| panic!("describe key {key}: {s:?}"))
 }
 
+/// The daemon's answer to a call: its response, or its error.
+pub type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
+
+/// EnableKey of `key`.
+pub async fn try_enable_key(c: &mut Client, key: &str) -> Answer<pb::EnableKeyResponse> {
+    c.enable_key(pb::EnableKeyRequest { key_id: key.into() })
+        .await
+}
+
+/// DisableKey of `key`.
+pub async fn try_disable_key(c: &mut Client, key: &str) -> Answer<pb::DisableKeyResponse> {
+    c.disable_key(pb::DisableKeyRequest { key_id: key.into() })
+        .await
+}
+
+/// CancelKeyDeletion of `key`.
+pub async fn try_cancel_deletion(
+    c: &mut Client,
+    key: &str,
+) -> Answer<pb::CancelKeyDeletionResponse> {
+    c.cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: key.into() })
+        .await
+}
+
+/// ScheduleKeyDeletion of `key` in `days` days (the daemon's default when `None`).
+pub async fn try_schedule_deletion(
+    c: &mut Client,
+    key: &str,
+    days: Option<i32>,
+) -> Answer<pb::ScheduleKeyDeletionResponse> {
+    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+        key_id: key.into(),
+        pending_window_in_days: days,
+    })
+    .await
+}
+
+/// EnableKeyRotation of `key` with the rotation period `days` (the default when `None`).
+pub async fn try_enable_rotation(
+    c: &mut Client,
+    key: &str,
+    days: Option<i32>,
+) -> Answer<pb::EnableKeyRotationResponse> {
+    c.enable_key_rotation(pb::EnableKeyRotationRequest {
+        key_id: key.into(),
+        rotation_period_in_days: days,
+    })
+    .await
+}
+
 /// Disables `key`, which must succeed.
 pub async fn disable_key(c: &mut Client, key: &str) {
-    c.disable_key(pb::DisableKeyRequest { key_id: key.into() })
+    try_disable_key(c, key)
         .await
         .unwrap_or_else(|s| panic!("disable key {key}: {s:?}"));
 }
@@ -251,12 +323,9 @@ pub async fn tag_key(c: &mut Client, key: &str, tag_key: &str, tag_value: &str) 
 
 /// Schedules the deletion of `key` in `days` days, which must succeed.
 pub async fn schedule_deletion(c: &mut Client, key: &str, days: i32) {
-    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-        key_id: key.into(),
-        pending_window_in_days: Some(days),
-    })
-    .await
-    .unwrap_or_else(|s| panic!("schedule the deletion of {key}: {s:?}"));
+    try_schedule_deletion(c, key, Some(days))
+        .await
+        .unwrap_or_else(|s| panic!("schedule the deletion of {key}: {s:?}"));
 }
 
 /// RotateKeyOnDemand of `key`: the key id the daemon answers with, or its error.
