@@ -106,6 +106,22 @@ async fn encrypt(c: &mut Client, key: &str) -> (Vec<u8>, String) {
     (r.into_inner().ciphertext_blob, id)
 }
 
+/// [`encrypt`]s under `key` `times` times, calling `before_each` before each one; the request
+/// id of the last.
+async fn encrypt_times(
+    c: &mut Client,
+    key: &str,
+    times: usize,
+    mut before_each: impl FnMut(),
+) -> String {
+    let mut last = String::new();
+    for _ in 0..times {
+        before_each();
+        last = encrypt(c, key).await.1;
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_cryptographic_operations_are_tracked_with_their_audit_event() {
     let (dir, clock, server, mut c) = start_admin_flushing_every("last-usage", 3600).await;
@@ -147,12 +163,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     let mut user1 = client_as(server.addr, Some("user1")).await;
     let denied = user1.encrypt(encrypt_request(&created.arn, b"x")).await;
     assert_eq!(reason(denied), "AccessDeniedException");
-    c.describe_key(pb::DescribeKeyRequest {
-        key_id: key.clone(),
-        grant_tokens: vec![],
-    })
-    .await
-    .unwrap();
+    describe_key(&mut c, &key).await;
     disable_key(&mut c, &key).await;
     let disabled = c.encrypt(encrypt_request(&key, b"x")).await;
     assert_eq!(reason(disabled), "DisabledException");
@@ -247,11 +258,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
 async fn usage_is_flushed_in_batches_and_survives_a_restart() {
     let (dir, clock, server, mut c) = start_admin_flushing_every("last-usage-restart", 3600).await;
     let key = create_key(&mut c).await;
-    let mut last = String::new();
-    for _ in 0..100 {
-        clock.advance_ms(10);
-        last = encrypt(&mut c, &key).await.1;
-    }
+    let last = encrypt_times(&mut c, &key, 100, || clock.advance_ms(10)).await;
     let before = last_usage(&mut c, &key).await;
     assert_names_event(&dir, &before, "Encrypt", &last);
     let stored = server.kms.store().load_key_usage().await.unwrap();
@@ -280,10 +287,7 @@ async fn usage_is_flushed_in_batches_and_survives_a_restart() {
 async fn the_periodic_flush_writes_one_row_per_key() {
     let (_dir, _clock, server, mut c) = start_admin_flushing_every("last-usage-flush", 1).await;
     let key = create_key(&mut c).await;
-    let mut last = String::new();
-    for _ in 0..20 {
-        last = encrypt(&mut c, &key).await.1;
-    }
+    let last = encrypt_times(&mut c, &key, 20, || {}).await;
     let kms = server.kms.clone();
     let want = last.clone();
     assert!(
@@ -337,12 +341,7 @@ async fn signatures_and_macs_count_but_failed_verifications_do_not() {
     bad[last] ^= 1;
     let invalid = c.verify(verify(bad)).await;
     assert_eq!(reason(invalid), "KMSInvalidSignatureException");
-    c.get_public_key(pb::GetPublicKeyRequest {
-        key_id: ecc.clone(),
-        grant_tokens: vec![],
-    })
-    .await
-    .unwrap();
+    public_key(&mut c, &ecc).await;
     assert_eq!(last_usage(&mut c, &ecc).await, after_verify);
 
     let hmac = create_key_from(&mut c, key_request("HMAC_256", "GENERATE_VERIFY_MAC")).await;
