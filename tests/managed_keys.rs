@@ -177,9 +177,7 @@ async fn aws_managed_keys_refuse_every_change() {
     assert_eq!(reason(r), denied, "DisableKey");
     let r = try_enable_rotation(&mut c, &id, Some(90)).await;
     assert_eq!(reason(r), denied, "EnableKeyRotation");
-    let r = c
-        .disable_key_rotation(pb::DisableKeyRotationRequest { key_id: id.clone() })
-        .await;
+    let r = try_disable_rotation(&mut c, &id).await;
     assert_eq!(reason(r), denied, "DisableKeyRotation");
     let r = rotate_on_demand(&mut c, &id).await;
     assert_eq!(reason(r), denied, "RotateKeyOnDemand");

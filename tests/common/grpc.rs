@@ -113,51 +113,41 @@ pub async fn describe_key(c: &mut Client, key: &str) -> pb::KeyMetadata {
 /// The daemon's answer to a call: its response, or its error.
 pub type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
 
-/// EnableKey of `key`.
-pub async fn try_enable_key(c: &mut Client, key: &str) -> Answer<pb::EnableKeyResponse> {
-    c.enable_key(pb::EnableKeyRequest { key_id: key.into() })
-        .await
+/// Declares `try_<call>(c, key, <more>)` shorthands, one line a call: the RPC `method` with
+/// `key` as its request's `key_id` and the named `fields` from the extra arguments; each
+/// returns the daemon's [`Answer`], for tests that check an error as much as a success.
+macro_rules! key_calls {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident($($arg:ident: $ty:ty),*) = $method:ident($req:ident { $($field:ident),* })
+            -> $resp:ident;
+    )*) => {$(
+        $(#[$doc])*
+        pub async fn $name(c: &mut Client, key: &str, $($arg: $ty),*) -> Answer<pb::$resp> {
+            c.$method(pb::$req { key_id: key.into(), $($field: $arg),* }).await
+        }
+    )*};
 }
 
-/// DisableKey of `key`.
-pub async fn try_disable_key(c: &mut Client, key: &str) -> Answer<pb::DisableKeyResponse> {
-    c.disable_key(pb::DisableKeyRequest { key_id: key.into() })
-        .await
-}
-
-/// CancelKeyDeletion of `key`.
-pub async fn try_cancel_deletion(
-    c: &mut Client,
-    key: &str,
-) -> Answer<pb::CancelKeyDeletionResponse> {
-    c.cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: key.into() })
-        .await
-}
-
-/// ScheduleKeyDeletion of `key` in `days` days (the daemon's default when `None`).
-pub async fn try_schedule_deletion(
-    c: &mut Client,
-    key: &str,
-    days: Option<i32>,
-) -> Answer<pb::ScheduleKeyDeletionResponse> {
-    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-        key_id: key.into(),
-        pending_window_in_days: days,
-    })
-    .await
-}
-
-/// EnableKeyRotation of `key` with the rotation period `days` (the default when `None`).
-pub async fn try_enable_rotation(
-    c: &mut Client,
-    key: &str,
-    days: Option<i32>,
-) -> Answer<pb::EnableKeyRotationResponse> {
-    c.enable_key_rotation(pb::EnableKeyRotationRequest {
-        key_id: key.into(),
-        rotation_period_in_days: days,
-    })
-    .await
+key_calls! {
+    /// EnableKey of `key`.
+    try_enable_key() = enable_key(EnableKeyRequest {}) -> EnableKeyResponse;
+    /// DisableKey of `key`.
+    try_disable_key() = disable_key(DisableKeyRequest {}) -> DisableKeyResponse;
+    /// CancelKeyDeletion of `key`.
+    try_cancel_deletion() = cancel_key_deletion(CancelKeyDeletionRequest {})
+        -> CancelKeyDeletionResponse;
+    /// ScheduleKeyDeletion of `key` in `pending_window_in_days` days (the default when `None`).
+    try_schedule_deletion(pending_window_in_days: Option<i32>)
+        = schedule_key_deletion(ScheduleKeyDeletionRequest { pending_window_in_days })
+        -> ScheduleKeyDeletionResponse;
+    /// EnableKeyRotation of `key` every `rotation_period_in_days` days (the default when `None`).
+    try_enable_rotation(rotation_period_in_days: Option<i32>)
+        = enable_key_rotation(EnableKeyRotationRequest { rotation_period_in_days })
+        -> EnableKeyRotationResponse;
+    /// DisableKeyRotation of `key`.
+    try_disable_rotation() = disable_key_rotation(DisableKeyRotationRequest {})
+        -> DisableKeyRotationResponse;
 }
 
 /// Disables `key`, which must succeed.
