@@ -125,11 +125,7 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     );
     let r = c.decrypt(decrypt_request(&blob, &[])).await;
     assert_eq!(reason(r), "NotFoundException");
-    let aliases = c
-        .list_aliases(pb::ListAliasesRequest::default())
-        .await
-        .reply()
-        .aliases;
+    let aliases = list_alias_entries(&mut c, None).await;
     // Only the predefined alias/aws/<service> names remain, with no key (AWS lists them).
     assert!(
         aliases.iter().all(|a| a.target_key_id.is_empty()),

@@ -151,11 +151,8 @@ async fn key_lifecycle_happy_path() {
     .await
     .unwrap();
     // Predefined alias/aws/<service> names without a key are listed too, as AWS lists them.
-    let aliases: Vec<_> = c
-        .list_aliases(pb::ListAliasesRequest::default())
+    let aliases: Vec<_> = list_alias_entries(&mut c, None)
         .await
-        .reply()
-        .aliases
         .into_iter()
         .filter(|a| !a.target_key_id.is_empty())
         .collect();

@@ -12,13 +12,7 @@ use serde_json::Value;
 const AK_S3GATEWAY: &str = "AKIAS3GATEWAY0000001";
 
 async fn aliases(c: &mut Client) -> Vec<pb::AliasListEntry> {
-    c.list_aliases(pb::ListAliasesRequest {
-        limit: Some(1000),
-        ..Default::default()
-    })
-    .await
-    .reply()
-    .aliases
+    list_alias_entries(c, Some(1000)).await
 }
 
 async fn key_ids(c: &mut Client) -> Vec<String> {

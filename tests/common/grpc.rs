@@ -232,6 +232,19 @@ pub async fn list_key_ids(c: &mut Client, limit: Option<i32>) -> Vec<String> {
     .collect()
 }
 
+/// The aliases on ListAliases' first page, `limit` of them at most (the daemon's default page
+/// size when `None`).
+pub async fn list_alias_entries(c: &mut Client, limit: Option<i32>) -> Vec<pb::AliasListEntry> {
+    c.list_aliases(pb::ListAliasesRequest {
+        limit,
+        ..Default::default()
+    })
+    .await
+    .expect("list aliases")
+    .into_inner()
+    .aliases
+}
+
 /// A Decrypt request of `blob` with the encryption context `ec`, everything else default.
 pub fn decrypt_request(blob: &[u8], ec: &[(&str, &str)]) -> pb::DecryptRequest {
     pb::DecryptRequest {
