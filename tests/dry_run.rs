@@ -396,16 +396,11 @@ async fn failing_dry_runs(c: &mut Client, user1: &mut Client, user2: &mut Client
 }
 
 async fn grants_of(c: &mut Client, key: &str) -> Vec<String> {
-    c.list_grants(pb::ListGrantsRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .reply()
-    .grants
-    .into_iter()
-    .map(|g| g.grant_id)
-    .collect()
+    list_grants_of(c, key)
+        .await
+        .into_iter()
+        .map(|g| g.grant_id)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,16 +36,6 @@ async fn status(c: &mut Client, key: &str) -> pb::GetKeyRotationStatusResponse {
         .reply()
 }
 
-async fn rotations(c: &mut Client, key: &str) -> Vec<pb::RotationsListEntry> {
-    c.list_key_rotations(pb::ListKeyRotationsRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .reply()
-    .rotations
-}
-
 /// Versions of `key` that have a token object (not the session copies using a version makes).
 async fn objects_of(server: &p11kms::server::RunningServer, key: &str) -> Vec<u32> {
     let mut v: Vec<u32> = key_objects(server, key)
@@ -174,7 +164,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     }
 
     // ListKeyRotations: four rotations, in order, with their type; paging with Limit/Marker.
-    let list = rotations(&mut c, &key).await;
+    let list = list_rotations_of(&mut c, &key).await;
     let types: Vec<&str> = list.iter().map(|r| r.rotation_type.as_str()).collect();
     assert_eq!(types, ["ON_DEMAND", "ON_DEMAND", "AUTOMATIC", "ON_DEMAND"]);
     assert!(list.iter().all(|r| r.key_material_id.len() == 64));
@@ -335,7 +325,7 @@ async fn limits_and_bad_inputs() {
     );
     assert_eq!(objects_of(&server, &key).await.len(), 26);
     assert_eq!(blob_version(&encrypt(&mut c, &key, b"x").await), 26);
-    assert_eq!(rotations(&mut c, &key).await.len(), 25);
+    assert_eq!(list_rotations_of(&mut c, &key).await.len(), 25);
 
     // An automatic rotation due within 20 minutes: ConflictException, nothing created.
     let soon = create_key(&mut c).await;

@@ -219,30 +219,8 @@ pub fn request_id<T>(r: &tonic::Response<T>) -> String {
 /// The key ids on ListKeys' first page, `limit` of them at most (the daemon's default page
 /// size when `None`).
 pub async fn list_key_ids(c: &mut Client, limit: Option<i32>) -> Vec<String> {
-    c.list_keys(pb::ListKeysRequest {
-        limit,
-        ..Default::default()
-    })
-    .await
-    .expect("list keys")
-    .into_inner()
-    .keys
-    .into_iter()
-    .map(|k| k.key_id)
-    .collect()
-}
-
-/// The aliases on ListAliases' first page, `limit` of them at most (the daemon's default page
-/// size when `None`).
-pub async fn list_alias_entries(c: &mut Client, limit: Option<i32>) -> Vec<pb::AliasListEntry> {
-    c.list_aliases(pb::ListAliasesRequest {
-        limit,
-        ..Default::default()
-    })
-    .await
-    .expect("list aliases")
-    .into_inner()
-    .aliases
+    let keys = list_key_entries(c, limit).await;
+    keys.into_iter().map(|k| k.key_id).collect()
 }
 
 /// A Decrypt request of `blob` with the encryption context `ec`, everything else default.
@@ -282,28 +260,42 @@ pub fn data_key_request(key: &str) -> pb::GenerateDataKeyRequest {
     }
 }
 
-/// The tags on `key` (ListResourceTags' first page), which must succeed.
-pub async fn list_tags(c: &mut Client, key: &str) -> Vec<pb::Tag> {
-    c.list_resource_tags(pb::ListResourceTagsRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|s| panic!("list resource tags of {key}: {s:?}"))
-    .into_inner()
-    .tags
+/// Declares `<name>(c, <selector>)` shorthands, one line a listing: the entries on the first
+/// page of the RPC `method`, whose request sets only the selector (`key_id` for a per-key list,
+/// `limit` for an account-wide one); the call must succeed.
+macro_rules! first_pages {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident($sel:ident: $ty:ty) = $method:ident($req:ident).$field:ident: $entry:ident;
+    )*) => {$(
+        $(#[$doc])*
+        pub async fn $name(c: &mut Client, $sel: $ty) -> Vec<pb::$entry> {
+            c.$method(pb::$req {
+                $sel: $sel.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{} of {:?}: {s:?}", stringify!($method), $sel))
+            .into_inner()
+            .$field
+        }
+    )*};
 }
 
-/// The aliases of `key` (ListAliases' first page), which must succeed.
-pub async fn list_aliases_of(c: &mut Client, key: &str) -> Vec<pb::AliasListEntry> {
-    c.list_aliases(pb::ListAliasesRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|s| panic!("list aliases of {key}: {s:?}"))
-    .into_inner()
-    .aliases
+first_pages! {
+    /// The tags on `key_id`.
+    list_tags(key_id: &str) = list_resource_tags(ListResourceTagsRequest).tags: Tag;
+    /// The aliases of `key_id`.
+    list_aliases_of(key_id: &str) = list_aliases(ListAliasesRequest).aliases: AliasListEntry;
+    /// The grants on `key_id`.
+    list_grants_of(key_id: &str) = list_grants(ListGrantsRequest).grants: GrantListEntry;
+    /// The rotations of `key_id`.
+    list_rotations_of(key_id: &str) =
+        list_key_rotations(ListKeyRotationsRequest).rotations: RotationsListEntry;
+    /// The keys, `limit` of them at most (the daemon's default page size when `None`).
+    list_key_entries(limit: Option<i32>) = list_keys(ListKeysRequest).keys: KeyListEntry;
+    /// The aliases, `limit` of them at most (the daemon's default page size when `None`).
+    list_alias_entries(limit: Option<i32>) = list_aliases(ListAliasesRequest).aliases: AliasListEntry;
 }
 
 /// The tag `key` = `value`.
