@@ -48,13 +48,7 @@ async fn every_request_is_audited_once_and_the_trail_verifies() {
     assert_eq!(reason(r), "AccessDeniedException");
     sent += 1;
     // Failed (validation) and failed (bad ciphertext).
-    let r = admin_c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: vec![],
-            ..Default::default()
-        })
-        .await;
+    let r = admin_c.encrypt(encrypt_request(&key, &[])).await;
     assert_eq!(reason(r), "ValidationException");
     sent += 1;
     let r = admin_c
@@ -516,10 +510,7 @@ async fn the_returned_request_id_names_the_audit_event() {
         .await
         .unwrap();
     let ok_id = request_id(&ok);
-    let err = c
-        .disable_key(pb::DisableKeyRequest {
-            key_id: uuid::Uuid::new_v4().to_string(),
-        })
+    let err = try_disable_key(&mut c, &uuid::Uuid::new_v4().to_string())
         .await
         .unwrap_err();
     let err_id = err
@@ -662,11 +653,7 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
         server,
         dir,
         "CreateAlias",
-        c.create_alias(pb::CreateAliasRequest {
-            alias_name: "alias/intent".into(),
-            target_key_id: key.clone(),
-        })
-        .await
+        try_create_alias(&mut c, "alias/intent", &key).await
     );
     broken_then_working!(
         server,
@@ -674,10 +661,7 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
         "TagResource",
         c.tag_resource(pb::TagResourceRequest {
             key_id: key.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "team".into(),
-                tag_value: "audit".into(),
-            }],
+            tags: vec![tag("team", "audit")],
         })
         .await
     );
@@ -685,11 +669,7 @@ async fn no_change_is_stored_without_a_durable_audit_record() {
         server,
         dir,
         "ScheduleKeyDeletion",
-        c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-            key_id: key.clone(),
-            pending_window_in_days: Some(7),
-        })
-        .await
+        try_schedule_deletion(&mut c, &key, Some(7)).await
     );
 
     // For every stored change there is a durable record: each successful changing request
@@ -749,9 +729,7 @@ async fn start_with_audit(
     text.push_str(&format!(
         "\n[audit]\n{audit}\n\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = false\n"
     ));
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = p11kms::config::Config::load(&path).expect("config");
+    let config = load_config_text(&dir.join("p11kms.toml"), text);
     let options = p11kms::server::ServerOptions {
         clock: std::sync::Arc::new(p11kms::core::SystemClock),
         sweep_interval: None,

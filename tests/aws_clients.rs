@@ -115,6 +115,14 @@ async fn python(door: &Door, access_key_id: &str, script: &str) {
     python_with(door, access_key_id, script, &[], &[]).await
 }
 
+/// Starts a door on a fresh data directory `name`, runs `tests/python/<script>` on it as the
+/// admin and stops the door.
+async fn admin_python_checks(name: &str, script: &str) {
+    let door = start_door(name).await;
+    python(&door, AK_ADMIN, script).await;
+    door.server.shutdown().await.unwrap();
+}
+
 /// Runs `tests/python/<script> <args>...` with the venv's Python as `access_key_id`, with extra
 /// environment variables for the script.
 async fn python_with(
@@ -443,9 +451,7 @@ async fn aws_cli_sts_names_the_caller_and_assumes_a_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_key_users_cross_account_and_modelled_errors() {
-    let door = start_door("boto3").await;
-    python(&door, AK_ADMIN, "boto3_checks.py").await;
-    door.server.shutdown().await.unwrap();
+    admin_python_checks("boto3", "boto3_checks.py").await;
 }
 
 /// DryRun through boto3 on each of the 15 operations that take it: DryRunOperationException
@@ -491,9 +497,7 @@ async fn boto3_dry_run_checks_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_get_key_last_usage() {
-    let door = start_door("boto3-last-usage").await;
-    python(&door, AK_ADMIN, "key_last_usage_checks.py").await;
-    door.server.shutdown().await.unwrap();
+    admin_python_checks("boto3-last-usage", "key_last_usage_checks.py").await;
 }
 
 /// `aws kms get-key-last-usage` names the Encrypt's audit event, and `p11kms
@@ -594,9 +598,7 @@ async fn aws_managed_keys_with_the_aws_cli_and_boto3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_encryption_sdk_round_trips_a_mebibyte() {
-    let door = start_door("esdk").await;
-    python(&door, AK_ADMIN, "encryption_sdk_checks.py").await;
-    door.server.shutdown().await.unwrap();
+    admin_python_checks("esdk", "encryption_sdk_checks.py").await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,17 +83,17 @@ fn wrap(alg: &str, spki: &[u8], material: &[u8]) -> Vec<u8> {
 
 // ------------------------------------------------------------------------------ p11kms
 
+/// A CreateKey request for a key of `spec` and `usage` with origin EXTERNAL.
+fn external_key_request(spec: &str, usage: &str) -> pb::CreateKeyRequest {
+    pb::CreateKeyRequest {
+        origin: "EXTERNAL".into(),
+        ..key_request(spec, usage)
+    }
+}
+
+/// CreateKey of an EXTERNAL key of `spec` and `usage`, which must succeed; its id.
 async fn create_external(c: &mut Client, spec: &str, usage: &str) -> String {
-    create_key_from(
-        c,
-        pb::CreateKeyRequest {
-            origin: "EXTERNAL".into(),
-            key_spec: spec.into(),
-            key_usage: usage.into(),
-            ..Default::default()
-        },
-    )
-    .await
+    create_key_from(c, external_key_request(spec, usage)).await
 }
 
 async fn params(
@@ -162,6 +162,25 @@ pub async fn import_known_hmac_material(c: &mut Client, spec: &str, material: &[
 
 /// The encryption context of every Encrypt and Decrypt here.
 const BYOK_EC: &[(&str, &str)] = &[("tenant", "byok"), ("purpose", "proof")];
+
+/// With fresh import parameters (RSAES_OAEP_SHA_1, RSA_2048), an import of `different`
+/// material into `key`, which already has other material, is refused with
+/// IncorrectKeyMaterialException; the parameters, still good for another import.
+async fn refuse_different_material(
+    c: &mut Client,
+    key: &str,
+    different: &[u8],
+) -> pb::GetParametersForImportResponse {
+    let p = params(c, key, "RSAES_OAEP_SHA_1", "RSA_2048")
+        .await
+        .unwrap();
+    let wrapped = wrap("RSAES_OAEP_SHA_1", &p.public_key, different);
+    assert_eq!(
+        reason(import(c, key, &p.import_token, &wrapped, None).await),
+        "IncorrectKeyMaterialException"
+    );
+    p
+}
 
 async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic::Status> {
     encrypt_with(c, key, pt, BYOK_EC).await
@@ -339,10 +358,7 @@ async fn every_wrapping_algorithm_imports_the_right_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_change_nothing() {
     let _one = SERIAL.lock().await;
-    let dir = data_dir("byok-bad");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_with(&dir, clock.clone()).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, clock, server, mut c) = start_admin_clocked("byok-bad", start_with).await;
     let material = [0x31u8; 32];
     let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
     let other = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
@@ -461,14 +477,7 @@ async fn bad_inputs_change_nothing() {
     // Now a good import, then a re-import of different material: IncorrectKeyMaterial.
     import_material(&mut c, &key, &material, None).await;
     unchanged(&mut c, &server, "Enabled").await;
-    let p3 = params(&mut c, &key, "RSAES_OAEP_SHA_1", "RSA_2048")
-        .await
-        .unwrap();
-    let different = wrap("RSAES_OAEP_SHA_1", &p3.public_key, &[0x32u8; 32]);
-    assert_eq!(
-        reason(import(&mut c, &key, &p3.import_token, &different, None).await),
-        "IncorrectKeyMaterialException"
-    );
+    let p3 = refuse_different_material(&mut c, &key, &[0x32u8; 32]).await;
     unchanged(&mut c, &server, "Enabled").await;
     // The same material is accepted again (the key keeps its state and its object).
     let same = wrap("RSAES_OAEP_SHA_1", &p3.public_key, &material);
@@ -491,20 +500,11 @@ async fn bad_inputs_change_nothing() {
         .await;
     assert_eq!(reason(r), "UnsupportedOperationException");
     let r = c
-        .create_key(pb::CreateKeyRequest {
-            origin: "EXTERNAL".into(),
-            key_spec: "RSA_2048".into(),
-            key_usage: "SIGN_VERIFY".into(),
-            ..Default::default()
-        })
+        .create_key(external_key_request("RSA_2048", "SIGN_VERIFY"))
         .await;
     assert_eq!(reason(r), "UnsupportedOperationException");
     // Rotation of a key with imported material: UnsupportedOperationException.
-    let r = c
-        .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
-            key_id: key.clone(),
-        })
-        .await;
+    let r = rotate_on_demand(&mut c, &key).await;
     assert_eq!(reason(r), "UnsupportedOperationException");
 
     // A caller without kms:GetParametersForImport: AccessDenied and no HSM call.
@@ -521,10 +521,7 @@ async fn bad_inputs_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_delete_and_reimport() {
     let _one = SERIAL.lock().await;
-    let dir = data_dir("byok-expiry");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_swept_by_hand(&dir, clock.clone()).await;
-    let mut c = admin(server.addr).await;
+    let (dir, clock, server, mut c) = start_admin_clocked("byok-expiry", start_swept_by_hand).await;
     let material: Vec<u8> = (100..132u8).collect();
     let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
 
@@ -596,14 +593,7 @@ async fn expiry_delete_and_reimport() {
     );
 
     // Different material is refused even though the old object is gone.
-    let p = params(&mut c, &key, "RSAES_OAEP_SHA_1", "RSA_2048")
-        .await
-        .unwrap();
-    let different = wrap("RSAES_OAEP_SHA_1", &p.public_key, &[9u8; 32]);
-    assert_eq!(
-        reason(import(&mut c, &key, &p.import_token, &different, None).await),
-        "IncorrectKeyMaterialException"
-    );
+    let p = refuse_different_material(&mut c, &key, &[9u8; 32]).await;
     assert_eq!(material_objects(&server, &key).await, 0);
 
     // Re-import the same material: old ciphertexts decrypt again.
@@ -703,13 +693,7 @@ async fn hmac_material_gets_the_contract_template() {
         );
     }
     // HMAC keys need KeyUsage GENERATE_VERIFY_MAC.
-    let r = c
-        .create_key(pb::CreateKeyRequest {
-            origin: "EXTERNAL".into(),
-            key_spec: "HMAC_256".into(),
-            ..Default::default()
-        })
-        .await;
+    let r = c.create_key(external_key_request("HMAC_256", "")).await;
     assert_eq!(reason(r), "ValidationException");
     server.shutdown().await.unwrap();
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use p11kms::config::Config;
 use p11kms::core::{Clock, SystemClock};
 use p11kms::pb;
 use p11kms::server::{self, RunningServer, ServerOptions};
@@ -46,9 +45,7 @@ async fn start_daemon_with(name: &str, more: &str) -> RunningServer {
     );
     let mut text = config_text(&dir).replacen("[hsm]", &limits, 1);
     text.push_str("\n[aws_json]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls = true\n");
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).expect("config");
+    let config = load_config_text(&dir.join("p11kms.toml"), text);
     server::start(
         &config,
         ServerOptions {
@@ -150,6 +147,16 @@ async fn probe(groups: &mut [&mut Vec<Held>], wait: Duration) -> Vec<usize> {
     closed
 }
 
+/// Probes every connection at once: how many of each group are still open after `wait`.
+async fn still_open(groups: &mut [&mut Vec<Held>], wait: Duration) -> Vec<usize> {
+    let closed = probe(groups, wait).await;
+    groups
+        .iter()
+        .zip(&closed)
+        .map(|(g, c)| g.len() - c)
+        .collect()
+}
+
 /// Fills a port with quiet connections from three sources and checks the caps, then that
 /// `served` succeeds, then that every quiet connection is closed by its deadline.
 async fn flood_then_serve<F: std::future::Future<Output = ()>>(
@@ -172,12 +179,7 @@ async fn flood_then_serve<F: std::future::Future<Output = ()>>(
     let mut hello = hold(addr, "127.0.0.3", 30, Quiet::HalfClientHello).await;
     let mut half = hold(addr, "127.0.0.4", 20, half_request).await;
     let opened = Instant::now();
-    let closed = probe(&mut [&mut silent, &mut hello, &mut half], short).await;
-    let open: Vec<usize> = [silent.len(), hello.len(), half.len()]
-        .iter()
-        .zip(&closed)
-        .map(|(n, c)| n - c)
-        .collect();
+    let open = still_open(&mut [&mut silent, &mut hello, &mut half], short).await;
     let total: usize = open.iter().sum();
     println!("{port}: open after the flood: {open:?} (total {total})");
     assert!(
@@ -198,12 +200,7 @@ async fn flood_then_serve<F: std::future::Future<Output = ()>>(
 
     // Every quiet connection is closed by its deadline.
     let wait = (DEADLINE + MARGIN).saturating_sub(opened.elapsed());
-    let closed = probe(&mut [&mut silent, &mut hello, &mut half], wait).await;
-    let left: Vec<usize> = [silent.len(), hello.len(), half.len()]
-        .iter()
-        .zip(&closed)
-        .map(|(n, c)| n - c)
-        .collect();
+    let left = still_open(&mut [&mut silent, &mut hello, &mut half], wait).await;
     assert_eq!(
         left,
         [0, 0, 0],

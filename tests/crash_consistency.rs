@@ -105,14 +105,7 @@ async fn load(addr: SocketAddr, key: String, deadline: Instant, got: Arc<Mutex<R
             g.request_ids.push(id);
         } else {
             let plaintext = uuid::Uuid::new_v4().as_bytes().to_vec();
-            let Ok(r) = c
-                .encrypt(pb::EncryptRequest {
-                    key_id: key.clone(),
-                    plaintext: plaintext.clone(),
-                    ..Default::default()
-                })
-                .await
-            else {
+            let Ok(r) = c.encrypt(encrypt_request(&key, &plaintext)).await else {
                 return;
             };
             let id = request_id(&r);

@@ -25,10 +25,7 @@ async fn interrupted_create(server: &RunningServer, c: &mut Client, at: Interrup
     server.kms.hooks().set_interrupt_create(at);
     let r = c
         .create_key(pb::CreateKeyRequest {
-            tags: vec![pb::Tag {
-                tag_key: "team".into(),
-                tag_value: "crash".into(),
-            }],
+            tags: vec![tag("team", "crash")],
             ..Default::default()
         })
         .await;

@@ -34,28 +34,15 @@ struct Fixture {
 }
 
 async fn create(c: &mut Client, spec: &str, usage: &str) -> String {
-    create_key_from(
-        c,
-        pb::CreateKeyRequest {
-            key_spec: spec.into(),
-            key_usage: usage.into(),
-            ..Default::default()
-        },
-    )
-    .await
+    create_key_from(c, key_request(spec, usage)).await
 }
 
 async fn encrypt_under(c: &mut Client, key: &str, alg: &str) -> Vec<u8> {
-    c.encrypt(pb::EncryptRequest {
-        key_id: key.into(),
-        plaintext: b"dry run".to_vec(),
-        encryption_algorithm: alg.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("encrypt")
-    .into_inner()
-    .ciphertext_blob
+    c.encrypt(encrypt_request_alg(key, b"dry run", alg))
+        .await
+        .expect("encrypt")
+        .into_inner()
+        .ciphertext_blob
 }
 
 async fn fixture(c: &mut Client) -> Fixture {
@@ -409,16 +396,11 @@ async fn failing_dry_runs(c: &mut Client, user1: &mut Client, user2: &mut Client
 }
 
 async fn grants_of(c: &mut Client, key: &str) -> Vec<String> {
-    c.list_grants(pb::ListGrantsRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .reply()
-    .grants
-    .into_iter()
-    .map(|g| g.grant_id)
-    .collect()
+    list_grants_of(c, key)
+        .await
+        .into_iter()
+        .map(|g| g.grant_id)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use p11kms::core::ManualClock;
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
 
@@ -18,12 +17,11 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
     create_alias(&mut c, "alias/durable", &key).await;
     tag_key(&mut c, &key, "k", "v").await;
     let blob = c
-        .encrypt(pb::EncryptRequest {
-            key_id: "alias/durable".into(),
-            plaintext: b"kept across restarts".to_vec(),
-            encryption_context: ctx(&[("app", "x")]),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request_ctx(
+            "alias/durable",
+            b"kept across restarts",
+            &[("app", "x")],
+        ))
         .await
         .reply()
         .ciphertext_blob;
@@ -64,10 +62,7 @@ async fn keys_aliases_and_ciphertexts_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeper_destroys_the_hsm_object_after_the_window() {
-    let dir = data_dir("sweeper");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_swept_by_hand(&dir, clock.clone()).await;
-    let mut c = admin(server.addr).await;
+    let (dir, clock, server, mut c) = start_admin_clocked("sweeper", start_swept_by_hand).await;
     let key = create_key(&mut c).await;
     let survivor = create_key(&mut c).await;
     create_alias(&mut c, "alias/doomed", &key).await;
@@ -130,11 +125,7 @@ async fn sweeper_destroys_the_hsm_object_after_the_window() {
     );
     let r = c.decrypt(decrypt_request(&blob, &[])).await;
     assert_eq!(reason(r), "NotFoundException");
-    let aliases = c
-        .list_aliases(pb::ListAliasesRequest::default())
-        .await
-        .reply()
-        .aliases;
+    let aliases = list_alias_entries(&mut c, None).await;
     // Only the predefined alias/aws/<service> names remain, with no key (AWS lists them).
     assert!(
         aliases.iter().all(|a| a.target_key_id.is_empty()),

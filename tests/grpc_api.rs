@@ -23,10 +23,7 @@ async fn key_lifecycle_happy_path() {
         &mut c,
         pb::CreateKeyRequest {
             description: "payments".into(),
-            tags: vec![pb::Tag {
-                tag_key: "team".into(),
-                tag_value: "pay".into(),
-            }],
+            tags: vec![tag("team", "pay")],
             ..Default::default()
         },
     )
@@ -99,20 +96,12 @@ async fn key_lifecycle_happy_path() {
     let m = describe_key(&mut c, &id).await;
     assert_eq!(m.key_state, "Disabled");
     assert!(!m.enabled);
-    c.enable_key(pb::EnableKeyRequest { key_id: id.clone() })
-        .await
-        .unwrap();
+    try_enable_key(&mut c, &id).await.unwrap();
     encrypt(&mut c, &id, b"copy me again", &[]).await;
     assert_eq!(copies().await, 1);
 
     // Schedule and cancel deletion: default window 30, cancel leaves Disabled.
-    let s = c
-        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-            key_id: id.clone(),
-            pending_window_in_days: None,
-        })
-        .await
-        .reply();
+    let s = try_schedule_deletion(&mut c, &id, None).await.reply();
     assert_eq!(s.pending_window_in_days, 30);
     assert_eq!(s.key_state, "PendingDeletion");
     assert_eq!(s.key_id, created.arn);
@@ -121,10 +110,7 @@ async fn key_lifecycle_happy_path() {
         0,
         "ScheduleKeyDeletion destroys the session copy"
     );
-    let cancelled = c
-        .cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: id.clone() })
-        .await
-        .reply();
+    let cancelled = try_cancel_deletion(&mut c, &id).await.reply();
     assert_eq!(cancelled.key_id, created.arn);
     let m = describe_key(&mut c, &id).await;
     assert_eq!(m.key_state, "Disabled");
@@ -165,11 +151,8 @@ async fn key_lifecycle_happy_path() {
     .await
     .unwrap();
     // Predefined alias/aws/<service> names without a key are listed too, as AWS lists them.
-    let aliases: Vec<_> = c
-        .list_aliases(pb::ListAliasesRequest::default())
+    let aliases: Vec<_> = list_alias_entries(&mut c, None)
         .await
-        .reply()
-        .aliases
         .into_iter()
         .filter(|a| !a.target_key_id.is_empty())
         .collect();
@@ -211,12 +194,7 @@ async fn cryptographic_operations_happy_path() {
     for size in [1usize, 32, 4096] {
         let pt: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let r = c
-            .encrypt(pb::EncryptRequest {
-                key_id: "alias/app".into(),
-                plaintext: pt.clone(),
-                encryption_context: ctx(&ec),
-                ..Default::default()
-            })
+            .encrypt(encrypt_request_ctx("alias/app", &pt, &ec))
             .await
             .reply();
         assert_eq!(r.ciphertext_blob.len(), size + 49);
@@ -347,13 +325,7 @@ async fn bad_input_gets_aws_errors() {
 
     // Plaintext of 0 and 4097 bytes.
     for size in [0usize, 4097] {
-        let r = c
-            .encrypt(pb::EncryptRequest {
-                key_id: key.clone(),
-                plaintext: vec![7; size],
-                ..Default::default()
-            })
-            .await;
+        let r = c.encrypt(encrypt_request(&key, &vec![7; size])).await;
         assert_eq!(reason(r), "ValidationException", "plaintext {size}");
     }
     // NumberOfBytes 0 and 1025, both KeySpec and NumberOfBytes, neither.
@@ -405,23 +377,13 @@ async fn bad_input_gets_aws_errors() {
         assert_eq!(reason(r), "NotFoundException", "{k}");
     }
     assert_eq!(
-        reason(
-            c.enable_key(pb::EnableKeyRequest {
-                key_id: unknown.clone()
-            })
-            .await
-        ),
+        reason(try_enable_key(&mut c, &unknown).await),
         "NotFoundException"
     );
 
     // A wrong algorithm for a symmetric key.
     let r = c
-        .encrypt(pb::EncryptRequest {
-            key_id: key.clone(),
-            plaintext: b"x".to_vec(),
-            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request_alg(&key, b"x", "RSAES_OAEP_SHA_256"))
         .await;
     assert_eq!(reason(r), "InvalidKeyUsageException");
 
@@ -434,11 +396,7 @@ async fn bad_input_gets_aws_errors() {
         reason(c.decrypt(decrypt_request(&blob, &[])).await),
         "DisabledException"
     );
-    c.enable_key(pb::EnableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    try_enable_key(&mut c, &key).await.unwrap();
 
     // Pending deletion.
     schedule_deletion(&mut c, &key, 7).await;
@@ -449,50 +407,21 @@ async fn bad_input_gets_aws_errors() {
         "KMSInvalidStateException"
     );
     assert_eq!(
-        reason(
-            c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-                key_id: key.clone(),
-                pending_window_in_days: Some(7),
-            })
-            .await
-        ),
+        reason(try_schedule_deletion(&mut c, &key, Some(7)).await),
         "KMSInvalidStateException"
     );
     assert_eq!(
-        reason(
-            c.enable_key(pb::EnableKeyRequest {
-                key_id: key.clone()
-            })
-            .await
-        ),
+        reason(try_enable_key(&mut c, &key).await),
         "KMSInvalidStateException"
     );
-    c.cancel_key_deletion(pb::CancelKeyDeletionRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    try_cancel_deletion(&mut c, &key).await.unwrap();
     assert_eq!(
-        reason(
-            c.cancel_key_deletion(pb::CancelKeyDeletionRequest {
-                key_id: key.clone()
-            })
-            .await
-        ),
+        reason(try_cancel_deletion(&mut c, &key).await),
         "KMSInvalidStateException"
     );
-    c.enable_key(pb::EnableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    try_enable_key(&mut c, &key).await.unwrap();
     for days in [6, 31] {
-        let r = c
-            .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-                key_id: key.clone(),
-                pending_window_in_days: Some(days),
-            })
-            .await;
+        let r = try_schedule_deletion(&mut c, &key, Some(days)).await;
         assert_eq!(reason(r), "ValidationException");
     }
 
@@ -505,21 +434,11 @@ async fn bad_input_gets_aws_errors() {
         ("alias/bad name", "ValidationException"),
         ("alias/ünï", "ValidationException"),
     ] {
-        let r = c
-            .create_alias(pb::CreateAliasRequest {
-                alias_name: bad.into(),
-                target_key_id: key.clone(),
-            })
-            .await;
+        let r = try_create_alias(&mut c, bad, &key).await;
         assert_eq!(reason(r), name, "{bad}");
     }
     create_alias(&mut c, "alias/dup", &key).await;
-    let r = c
-        .create_alias(pb::CreateAliasRequest {
-            alias_name: "alias/dup".into(),
-            target_key_id: key.clone(),
-        })
-        .await;
+    let r = try_create_alias(&mut c, "alias/dup", &key).await;
     assert_eq!(reason(r), "AlreadyExistsException");
     assert_eq!(
         reason(
@@ -531,12 +450,7 @@ async fn bad_input_gets_aws_errors() {
         "NotFoundException"
     );
     assert_eq!(
-        reason(
-            c.disable_key(pb::DisableKeyRequest {
-                key_id: "alias/dup".into()
-            })
-            .await
-        ),
+        reason(try_disable_key(&mut c, "alias/dup").await),
         "NotFoundException"
     );
 
@@ -544,33 +458,21 @@ async fn bad_input_gets_aws_errors() {
     let r = c
         .tag_resource(pb::TagResourceRequest {
             key_id: key.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "aws:reserved".into(),
-                tag_value: String::new(),
-            }],
+            tags: vec![tag("aws:reserved", "")],
         })
         .await;
     assert_eq!(reason(r), "TagException");
     let r = c
         .tag_resource(pb::TagResourceRequest {
             key_id: key.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "k".repeat(129),
-                tag_value: String::new(),
-            }],
+            tags: vec![tag("k".repeat(129), "")],
         })
         .await;
-    let status = r.expect_err("a 129-character tag key");
-    assert_eq!(
-        p11kms::api::grpc::status::aws_reason(&status).as_deref(),
-        Some("ValidationException")
-    );
-    assert!(
-        status
-            .message()
-            .contains("Value at 'tags.1.member.tagKey' failed to satisfy constraint"),
-        "{}",
-        status.message()
+    assert_refused(
+        r,
+        "a 129-character tag key",
+        "ValidationException",
+        "Value at 'tags.1.member.tagKey' failed to satisfy constraint",
     );
     let r = c
         .update_key_description(pb::UpdateKeyDescriptionRequest {
@@ -579,34 +481,32 @@ async fn bad_input_gets_aws_errors() {
         })
         .await;
     assert_eq!(reason(r), "ValidationException");
-    let r = c
-        .create_key(pb::CreateKeyRequest {
-            policy: "{not json".into(),
-            ..Default::default()
-        })
-        .await;
-    assert_eq!(reason(r), "MalformedPolicyDocumentException");
-    let r = c
-        .create_key(pb::CreateKeyRequest {
-            key_spec: "AES_999".into(),
-            ..Default::default()
-        })
-        .await;
-    assert_eq!(reason(r), "ValidationException");
-    let r = c
-        .list_keys(pb::ListKeysRequest {
-            limit: Some(10),
-            marker: "%%%".into(),
-        })
-        .await;
-    assert_eq!(reason(r), "InvalidMarkerException");
-    let r = c
-        .list_keys(pb::ListKeysRequest {
-            limit: Some(0),
-            marker: String::new(),
-        })
-        .await;
-    assert_eq!(reason(r), "ValidationException");
+    let bad_policy = pb::CreateKeyRequest {
+        policy: "{not json".into(),
+        ..Default::default()
+    };
+    for (req, expected) in [
+        (bad_policy, "MalformedPolicyDocumentException"),
+        (key_request("AES_999", ""), "ValidationException"),
+    ] {
+        assert_eq!(reason(c.create_key(req.clone()).await), expected, "{req:?}");
+    }
+    for (limit, marker, expected) in [
+        (10, "%%%", "InvalidMarkerException"),
+        (0, "", "ValidationException"),
+    ] {
+        let r = c
+            .list_keys(pb::ListKeysRequest {
+                limit: Some(limit),
+                marker: marker.into(),
+            })
+            .await;
+        assert_eq!(
+            reason(r),
+            expected,
+            "ListKeys limit {limit} marker {marker:?}"
+        );
+    }
 
     // A failed request changes nothing: the key still has exactly one alias and its tags.
     let aliases = list_aliases_of(&mut c, &key).await;
@@ -760,12 +660,7 @@ async fn authentication_is_required_and_accounts_are_isolated() {
     );
     // A bare id resolves in bob's own account, where it does not exist.
     assert_eq!(
-        reason(
-            bob.disable_key(pb::DisableKeyRequest {
-                key_id: key.clone()
-            })
-            .await
-        ),
+        reason(try_disable_key(&mut bob, &key).await),
         "NotFoundException"
     );
     assert_eq!(

@@ -9,9 +9,17 @@ use common::*;
 use p11kms::pb;
 use serde_json::{json, Value};
 
-/// Starts a daemon whose account 111122223333 has a guardrail and whose user `admin` has a
-/// permission boundary.
-async fn start_guarded(dir: &Path) -> p11kms::server::RunningServer {
+/// Starts, on a fresh data directory `name`, a daemon whose account 111122223333 has a
+/// guardrail and whose user `admin` has a permission boundary; connects an admin client.
+async fn start_guarded(name: &str) -> (p11kms::server::RunningServer, Client) {
+    let dir = data_dir(name);
+    let server = start_guarded_in(&dir).await;
+    let c = admin(server.addr).await;
+    (server, c)
+}
+
+/// The daemon of [`start_guarded`] on the data directory `dir`.
+async fn start_guarded_in(dir: &Path) -> p11kms::server::RunningServer {
     let ids = copy_fixtures(dir);
     // Guardrail: everything is allowed except scheduling key deletion.
     std::fs::write(
@@ -39,12 +47,7 @@ async fn start_guarded(dir: &Path) -> p11kms::server::RunningServer {
             "Statement": [{"Effect": "Allow", "NotAction": "kms:Decrypt", "Resource": "*"}]
         }}]
     }));
-    let admin = details["UserDetailList"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|u| u["UserName"] == "admin")
-        .unwrap();
+    let admin = user_mut(&mut details, "admin");
     admin["PermissionsBoundary"] = json!({
         "PermissionsBoundaryType": "Policy",
         "PermissionsBoundaryArn": boundary_arn
@@ -63,9 +66,7 @@ async fn start_guarded(dir: &Path) -> p11kms::server::RunningServer {
             1,
         );
     assert!(text.contains("guardrails"), "{text}");
-    let cfg_path = dir.join("p11kms.toml");
-    std::fs::write(&cfg_path, text).unwrap();
-    let config = p11kms::config::Config::load(&cfg_path).unwrap();
+    let config = load_config_text(&dir.join("p11kms.toml"), text);
     p11kms::server::start(&config, p11kms::server::ServerOptions::default())
         .await
         .expect("daemon starts")
@@ -73,28 +74,18 @@ async fn start_guarded(dir: &Path) -> p11kms::server::RunningServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guardrail_deny_beats_every_allow() {
-    let dir = data_dir("guardrail");
-    let server = start_guarded(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (server, mut c) = start_guarded("guardrail").await;
     let key = create_key(&mut c).await;
     // admin's identity policy allows kms:*, the default key policy delegates to the account:
     // only the guardrail stands in the way.
     let before = server.kms.hsm().total_ops();
-    let r = c
-        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-            key_id: key.clone(),
-            pending_window_in_days: Some(7),
-        })
-        .await;
-    let status = r.expect_err("the guardrail must deny");
-    assert_eq!(
-        p11kms::api::grpc::status::aws_reason(&status).as_deref(),
-        Some("AccessDeniedException")
-    );
-    assert!(
-        status.message().contains("service control policy"),
-        "AWS names the SCP-like guardrail: {}",
-        status.message()
+    let r = try_schedule_deletion(&mut c, &key, Some(7)).await;
+    // AWS names the SCP-like guardrail.
+    assert_refused(
+        r,
+        "the guardrail must deny",
+        "AccessDeniedException",
+        "service control policy",
     );
     assert_eq!(server.kms.hsm().total_ops(), before);
     let m = describe_key(&mut c, &key).await;
@@ -106,9 +97,7 @@ async fn a_guardrail_deny_beats_every_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permission_boundary_caps_identity_policies() {
-    let dir = data_dir("boundary");
-    let server = start_guarded(&dir).await;
-    let mut c = admin(server.addr).await;
+    let (server, mut c) = start_guarded("boundary").await;
     let key = create_key(&mut c).await;
     let blob = c
         .encrypt(encrypt_request(&key, b"bounded"))
@@ -153,9 +142,7 @@ async fn a_permission_boundary_caps_identity_policies() {
 /// denied although listed; `user1`, listed and without a boundary, is exempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_not_principal_deny_always_applies_to_a_caller_with_a_boundary() {
-    let dir = data_dir("boundary-notprincipal");
-    let server = start_guarded(&dir).await;
-    let mut admin_c = admin(server.addr).await;
+    let (server, mut admin_c) = start_guarded("boundary-notprincipal").await;
     let mut user1 = client_as(server.addr, Some("user1")).await;
     let root = format!("arn:aws:iam::{ACCOUNT}:root");
     let admin_arn = format!("arn:aws:iam::{ACCOUNT}:user/admin");
@@ -168,28 +155,17 @@ async fn a_not_principal_deny_always_applies_to_a_caller_with_a_boundary() {
          "Action": "kms:Encrypt", "Resource": "*"}
     ]});
     let key = create_key_with_policy(&mut admin_c, policy.to_string()).await;
-    let encrypt = |key: &str| pb::EncryptRequest {
-        key_id: key.to_string(),
-        plaintext: b"listed".to_vec(),
-        ..Default::default()
-    };
+    let encrypt = |key: &str| encrypt_request(key, b"listed");
     user1
         .encrypt(encrypt(&key))
         .await
         .expect("user1 is listed and has no boundary");
     let before = server.kms.hsm().total_ops();
-    let status = admin_c
-        .encrypt(encrypt(&key))
-        .await
-        .expect_err("admin has a boundary: the NotPrincipal Deny applies");
-    assert_eq!(
-        p11kms::api::grpc::status::aws_reason(&status).as_deref(),
-        Some("AccessDeniedException")
-    );
-    assert!(
-        status.message().contains("explicit deny"),
-        "{}",
-        status.message()
+    assert_refused(
+        admin_c.encrypt(encrypt(&key)).await,
+        "admin has a boundary: the NotPrincipal Deny applies",
+        "AccessDeniedException",
+        "explicit deny",
     );
     assert_eq!(server.kms.hsm().total_ops(), before, "no HSM call");
     server.shutdown().await.unwrap();

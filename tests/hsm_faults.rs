@@ -215,9 +215,7 @@ fn shim_config_with(shim: &Shim, name: &str, hsm_lines: &str) -> Config {
         &from,
         &format!("module = \"{}\"\n{hsm_lines}", shim.lib.display()),
     );
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).expect("config");
+    let config = load_config_text(&dir.join("p11kms.toml"), text);
     assert_eq!(config.hsm.module, shim.lib, "the daemon must use the shim");
     config
 }
@@ -258,6 +256,14 @@ async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic:
 
 async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
     decrypt_with(c, blob, EC).await
+}
+
+/// Checks that `blob` decrypts to [`PLAINTEXT`]; `what` names the step when it does not.
+async fn assert_opens(c: &mut Client, blob: &[u8], what: &str) {
+    let pt = decrypt(c, blob)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    assert_eq!(pt, PLAINTEXT, "{what}");
 }
 
 /// (gRPC code, AWS reason, message) of a call that must have failed.
@@ -385,10 +391,7 @@ async fn forged_blob_is_invalid_ciphertext_but_dead_device_is_unavailable() {
         "no session probe ran"
     );
     f.unset("decrypt_general_error");
-    assert_eq!(
-        decrypt(&mut c, &blob).await.expect("decrypt after (b)"),
-        PLAINTEXT
-    );
+    assert_opens(&mut c, &blob, "decrypt after (b)").await;
 
     // (c) Dead device: every call fails with CKR_DEVICE_ERROR. Several attempts, so both
     // workers see it.
@@ -448,12 +451,7 @@ async fn forged_blob_is_invalid_ciphertext_but_dead_device_is_unavailable() {
     // before the next job), and so does everything after it, on both workers.
     f.clear();
     let before = counters(&server);
-    assert_eq!(
-        decrypt(&mut c, &blob)
-            .await
-            .expect("first decrypt after recovery"),
-        PLAINTEXT
-    );
+    assert_opens(&mut c, &blob, "first decrypt after recovery").await;
     concurrent_round_trips(&c, &key, &blob, 8).await;
     let after = counters(&server);
     eprintln!(
@@ -574,21 +572,13 @@ async fn dead_device_fails_every_hsm_operation_as_unavailable_and_recovers() {
         .expect("ReEncrypt after recovery")
         .into_inner()
         .ciphertext_blob;
-    assert_eq!(
-        decrypt(&mut c, &re).await.expect("decrypt re-encrypted"),
-        PLAINTEXT
-    );
+    assert_opens(&mut c, &re, "decrypt re-encrypted").await;
     let key2 = create_key(&mut c).await;
     assert_eq!(key_count(&mut c).await, keys_before + 1);
     let blob2 = encrypt(&mut c, &key2, PLAINTEXT)
         .await
         .expect("encrypt under a new key");
-    assert_eq!(
-        decrypt(&mut c, &blob2)
-            .await
-            .expect("decrypt under a new key"),
-        PLAINTEXT
-    );
+    assert_opens(&mut c, &blob2, "decrypt under a new key").await;
     concurrent_round_trips(&c, &key, &blob, 8).await;
 
     // A daemon can start again, and serves the keys created before the outage.
@@ -667,12 +657,7 @@ async fn device_reset_closes_every_session_and_the_daemon_recovers() {
 
     // Every worker has a fresh session: everything works from now on.
     for i in 0..6 {
-        assert_eq!(
-            decrypt(&mut c, &blob)
-                .await
-                .unwrap_or_else(|e| panic!("decrypt #{i} after reset: {e:?}")),
-            PLAINTEXT
-        );
+        assert_opens(&mut c, &blob, &format!("decrypt #{i} after reset")).await;
     }
     concurrent_round_trips(&c, &key, &blob, 8).await;
     let key2 = create_key(&mut c).await;
@@ -813,23 +798,13 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
         for alg in ["RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1"] {
             let pt = format!("{alg} round trip").into_bytes();
             let sealed = c
-                .encrypt(pb::EncryptRequest {
-                    key_id: key.clone(),
-                    plaintext: pt.clone(),
-                    encryption_algorithm: alg.into(),
-                    ..Default::default()
-                })
+                .encrypt(encrypt_request_alg(&key, &pt, alg))
                 .await
                 .unwrap_or_else(|e| panic!("Encrypt {alg}: {e}"))
                 .into_inner()
                 .ciphertext_blob;
             let opened = c
-                .decrypt(pb::DecryptRequest {
-                    ciphertext_blob: sealed,
-                    key_id: key.clone(),
-                    encryption_algorithm: alg.into(),
-                    ..Default::default()
-                })
+                .decrypt(decrypt_request_alg(&sealed, &key, alg))
                 .await
                 .unwrap_or_else(|e| panic!("Decrypt {alg}: {e}"))
                 .into_inner()
@@ -849,12 +824,11 @@ async fn raw_rsa_only_where_the_device_lacks_oaep_sha256() {
             let spki = public_key(&mut c, &key).await;
             let pt = b"sealed by openssl".to_vec();
             let opened = c
-                .decrypt(pb::DecryptRequest {
-                    ciphertext_blob: openssl_oaep_encrypt(&spki, "sha256", &pt),
-                    key_id: key.clone(),
-                    encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
-                    ..Default::default()
-                })
+                .decrypt(decrypt_request_alg(
+                    &openssl_oaep_encrypt(&spki, "sha256", &pt),
+                    &key,
+                    "RSAES_OAEP_SHA_256",
+                ))
                 .await
                 .reply()
                 .plaintext;
@@ -921,18 +895,8 @@ async fn a_lost_session_is_retried_once_invisibly() {
             let fresh = encrypt(&mut c, &key, PLAINTEXT)
                 .await
                 .unwrap_or_else(|e| panic!("Encrypt, {what}: {e:?}"));
-            assert_eq!(
-                decrypt(&mut c, &fresh)
-                    .await
-                    .unwrap_or_else(|e| panic!("Decrypt, {what}: {e:?}")),
-                PLAINTEXT
-            );
-            assert_eq!(
-                decrypt(&mut c, &blob)
-                    .await
-                    .unwrap_or_else(|e| panic!("Decrypt old, {what}: {e:?}")),
-                PLAINTEXT
-            );
+            assert_opens(&mut c, &fresh, &format!("Decrypt, {what}")).await;
+            assert_opens(&mut c, &blob, &format!("Decrypt old, {what}")).await;
             let dk = generate_data_key(&mut c, &key)
                 .await
                 .unwrap_or_else(|e| panic!("GenerateDataKey, {what}: {e:?}"));

@@ -382,12 +382,11 @@ async fn catalogue_end_to_end() {
         ] {
             let pt = format!("openssl {md} to {}", m.key_spec).into_bytes();
             let d = c
-                .decrypt(pb::DecryptRequest {
-                    ciphertext_blob: openssl_oaep_encrypt(&pk.public_key, md, &pt),
-                    key_id: m.key_id.clone(),
-                    encryption_algorithm: alg.into(),
-                    ..Default::default()
-                })
+                .decrypt(decrypt_request_alg(
+                    &openssl_oaep_encrypt(&pk.public_key, md, &pt),
+                    &m.key_id,
+                    alg,
+                ))
                 .await
                 .unwrap_or_else(|e| panic!("Decrypt of openssl {alg} {}: {e}", m.key_spec))
                 .into_inner();
@@ -399,24 +398,14 @@ async fn catalogue_end_to_end() {
             for len in [1, max] {
                 let pt = vec![0xa5u8; len];
                 let e = c
-                    .encrypt(pb::EncryptRequest {
-                        key_id: m.key_id.clone(),
-                        plaintext: pt.clone(),
-                        encryption_algorithm: alg.into(),
-                        ..Default::default()
-                    })
+                    .encrypt(encrypt_request_alg(&m.key_id, &pt, alg))
                     .await
                     .unwrap_or_else(|e| panic!("Encrypt {} {alg} {len}: {e}", m.key_spec))
                     .into_inner();
                 assert_eq!(e.encryption_algorithm, alg);
                 assert_eq!(e.ciphertext_blob.len(), bits / 8);
                 let d = c
-                    .decrypt(pb::DecryptRequest {
-                        ciphertext_blob: e.ciphertext_blob.clone(),
-                        key_id: m.key_id.clone(),
-                        encryption_algorithm: alg.into(),
-                        ..Default::default()
-                    })
+                    .decrypt(decrypt_request_alg(&e.ciphertext_blob, &m.key_id, alg))
                     .await
                     .reply();
                 assert_eq!(d.plaintext, pt);
@@ -431,26 +420,16 @@ async fn catalogue_end_to_end() {
                 };
                 assert_eq!(
                     reason(
-                        c.decrypt(pb::DecryptRequest {
-                            ciphertext_blob: e.ciphertext_blob.clone(),
-                            key_id: m.key_id.clone(),
-                            encryption_algorithm: other.into(),
-                            ..Default::default()
-                        })
-                        .await
+                        c.decrypt(decrypt_request_alg(&e.ciphertext_blob, &m.key_id, other))
+                            .await
                     ),
                     "InvalidCiphertextException"
                 );
             }
             assert_eq!(
                 reason(
-                    c.encrypt(pb::EncryptRequest {
-                        key_id: m.key_id.clone(),
-                        plaintext: vec![1; max + 1],
-                        encryption_algorithm: alg.into(),
-                        ..Default::default()
-                    })
-                    .await
+                    c.encrypt(encrypt_request_alg(&m.key_id, &vec![1; max + 1], alg))
+                        .await
                 ),
                 "ValidationException",
                 "{} {alg}: {} bytes",
@@ -631,12 +610,11 @@ async fn catalogue_end_to_end() {
     for ct in cts {
         let blob = B64.decode(ct["ciphertext"].as_str().unwrap()).unwrap();
         let d = c
-            .decrypt(pb::DecryptRequest {
-                ciphertext_blob: blob.clone(),
-                key_id: ct["key_id"].as_str().unwrap().into(),
-                encryption_algorithm: ct["algorithm"].as_str().unwrap().into(),
-                ..Default::default()
-            })
+            .decrypt(decrypt_request_alg(
+                &blob,
+                ct["key_id"].as_str().unwrap(),
+                ct["algorithm"].as_str().unwrap(),
+            ))
             .await
             .unwrap_or_else(|e| panic!("Decrypt of an OpenSSL ciphertext {ct}: {e}"))
             .into_inner();
@@ -645,12 +623,11 @@ async fn catalogue_end_to_end() {
         bad[7] ^= 1;
         assert_eq!(
             reason(
-                c.decrypt(pb::DecryptRequest {
-                    ciphertext_blob: bad,
-                    key_id: ct["key_id"].as_str().unwrap().into(),
-                    encryption_algorithm: ct["algorithm"].as_str().unwrap().into(),
-                    ..Default::default()
-                })
+                c.decrypt(decrypt_request_alg(
+                    &bad,
+                    ct["key_id"].as_str().unwrap(),
+                    ct["algorithm"].as_str().unwrap()
+                ))
                 .await
             ),
             "InvalidCiphertextException"
@@ -826,13 +803,7 @@ async fn bad_input_and_authorization() {
             "ValidationException",
         ),
     ] {
-        let r = c
-            .create_key(pb::CreateKeyRequest {
-                key_spec: spec.into(),
-                key_usage: usage.into(),
-                ..Default::default()
-            })
-            .await;
+        let r = c.create_key(key_request(spec, usage)).await;
         assert_eq!(reason(r), want, "{spec} {usage}");
     }
 
@@ -858,25 +829,19 @@ async fn bad_input_and_authorization() {
     }
     assert_eq!(
         reason(
-            c.encrypt(pb::EncryptRequest {
-                key_id: rsa_sign.key_id.clone(),
-                plaintext: b"x".to_vec(),
-                encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
-                ..Default::default()
-            })
+            c.encrypt(encrypt_request_alg(
+                &rsa_sign.key_id,
+                b"x",
+                "RSAES_OAEP_SHA_256"
+            ))
             .await
         ),
         "InvalidKeyUsageException"
     );
     assert_eq!(
         reason(
-            c.encrypt(pb::EncryptRequest {
-                key_id: sym.key_id.clone(),
-                plaintext: b"x".to_vec(),
-                encryption_algorithm: "RSAES_OAEP_SHA_1".into(),
-                ..Default::default()
-            })
-            .await
+            c.encrypt(encrypt_request_alg(&sym.key_id, b"x", "RSAES_OAEP_SHA_1"))
+                .await
         ),
         "InvalidKeyUsageException"
     );
@@ -986,12 +951,11 @@ async fn bad_input_and_authorization() {
         "ValidationException"
     );
     let ct = c
-        .encrypt(pb::EncryptRequest {
-            key_id: rsa_enc.key_id.clone(),
-            plaintext: b"x".to_vec(),
-            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
-            ..Default::default()
-        })
+        .encrypt(encrypt_request_alg(
+            &rsa_enc.key_id,
+            b"x",
+            "RSAES_OAEP_SHA_256",
+        ))
         .await
         .reply()
         .ciphertext_blob;
@@ -1015,12 +979,11 @@ async fn bad_input_and_authorization() {
     }
     assert_eq!(
         reason(
-            c.decrypt(pb::DecryptRequest {
-                ciphertext_blob: ct[..100].to_vec(),
-                key_id: rsa_enc.key_id.clone(),
-                encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
-                ..Default::default()
-            })
+            c.decrypt(decrypt_request_alg(
+                &ct[..100],
+                &rsa_enc.key_id,
+                "RSAES_OAEP_SHA_256"
+            ))
             .await
         ),
         "InvalidCiphertextException"
@@ -1212,12 +1175,6 @@ async fn re_encrypt_with_rsa_keys() {
     let sym = create(&mut c, "", "").await;
     let signer = create(&mut c, "RSA_2048", "SIGN_VERIFY").await;
     let ec = ctx(&[("purpose", "re-encrypt")]);
-    let rsa_encrypt = |key: &str, alg: &str, pt: &[u8]| pb::EncryptRequest {
-        key_id: key.into(),
-        plaintext: pt.to_vec(),
-        encryption_algorithm: alg.into(),
-        ..Default::default()
-    };
     let re =
         |blob: &[u8], src: Option<(&str, &str)>, dst: &str, dst_alg: &str| pb::ReEncryptRequest {
             ciphertext_blob: blob.to_vec(),
@@ -1227,16 +1184,14 @@ async fn re_encrypt_with_rsa_keys() {
             destination_encryption_algorithm: dst_alg.into(),
             ..Default::default()
         };
-    let rsa_decrypt = |key: &str, alg: &str, blob: &[u8]| pb::DecryptRequest {
-        ciphertext_blob: blob.to_vec(),
-        key_id: key.into(),
-        encryption_algorithm: alg.into(),
-        ..Default::default()
-    };
 
     // RSA (SHA-256) -> symmetric, with a destination context.
     let from_a = c
-        .encrypt(rsa_encrypt(&a.key_id, "RSAES_OAEP_SHA_256", b"rsa to aes"))
+        .encrypt(encrypt_request_alg(
+            &a.key_id,
+            b"rsa to aes",
+            "RSAES_OAEP_SHA_256",
+        ))
         .await
         .reply()
         .ciphertext_blob;
@@ -1282,10 +1237,10 @@ async fn re_encrypt_with_rsa_keys() {
     assert_eq!(out.ciphertext_blob.len(), 384, "an RSA-3072 ciphertext");
     assert_eq!(out.destination_encryption_algorithm, "RSAES_OAEP_SHA_1");
     let d = c
-        .decrypt(rsa_decrypt(
+        .decrypt(decrypt_request_alg(
+            &out.ciphertext_blob,
             &b.key_id,
             "RSAES_OAEP_SHA_1",
-            &out.ciphertext_blob,
         ))
         .await
         .reply();
@@ -1313,7 +1268,11 @@ async fn re_encrypt_with_rsa_keys() {
             .into_inner();
         assert_ne!(out.ciphertext_blob, from_a);
         let d = c
-            .decrypt(rsa_decrypt(&dst.key_id, dst_alg, &out.ciphertext_blob))
+            .decrypt(decrypt_request_alg(
+                &out.ciphertext_blob,
+                &dst.key_id,
+                dst_alg,
+            ))
             .await
             .reply();
         assert_eq!(d.plaintext, b"rsa to aes");
@@ -1333,11 +1292,7 @@ async fn re_encrypt_with_rsa_keys() {
     let mut tampered = from_a.clone();
     tampered[10] ^= 1;
     let long = c
-        .encrypt(pb::EncryptRequest {
-            key_id: sym.key_id.clone(),
-            plaintext: vec![7; 300],
-            ..Default::default()
-        })
+        .encrypt(encrypt_request(&sym.key_id, &[7; 300]))
         .await
         .reply()
         .ciphertext_blob;
@@ -1603,13 +1558,7 @@ async fn derive_shared_secret_agrees_with_openssl() {
         ("ECC_SECG_P256K1", "KEY_AGREEMENT"),
         ("RSA_2048", "KEY_AGREEMENT"),
     ] {
-        let r = c
-            .create_key(pb::CreateKeyRequest {
-                key_spec: spec.into(),
-                key_usage: usage.into(),
-                ..Default::default()
-            })
-            .await;
+        let r = c.create_key(key_request(spec, usage)).await;
         assert_eq!(reason(r), "ValidationException", "{spec} {usage}");
     }
     let signer = create(&mut c, "ECC_NIST_P256", "SIGN_VERIFY").await;

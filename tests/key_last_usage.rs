@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use p11kms::config::Config;
 use p11kms::core::ManualClock;
 use p11kms::pb;
 use p11kms::server::{self, RunningServer, ServerOptions};
@@ -25,10 +24,8 @@ async fn start_flushing_every(
 ) -> RunningServer {
     let text =
         config_text(dir) + &format!("\n[kms]\nkey_usage_flush_interval_secs = {flush_secs}\n");
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
     server::start(
-        &Config::load(&path).expect("config"),
+        &load_config_text(&dir.join("p11kms.toml"), text),
         ServerOptions {
             clock,
             sweep_interval: None,
@@ -38,13 +35,33 @@ async fn start_flushing_every(
     .expect("daemon starts")
 }
 
-async fn last_usage(c: &mut Client, key: &str) -> pb::GetKeyLastUsageResponse {
+/// [`start_admin_clocked`] with [`start_flushing_every`]: the data directory, the clock, the
+/// daemon and an admin client.
+async fn start_admin_flushing_every(
+    name: &str,
+    flush_secs: u64,
+) -> (PathBuf, Arc<ManualClock>, RunningServer, Client) {
+    start_admin_clocked(name, async |d: &Path, k| {
+        start_flushing_every(d, k, flush_secs).await
+    })
+    .await
+}
+
+/// GetKeyLastUsage of `key`: the answer, or the daemon's error.
+async fn try_last_usage(
+    c: &mut Client,
+    key: &str,
+) -> Result<pb::GetKeyLastUsageResponse, tonic::Status> {
     c.get_key_last_usage(pb::GetKeyLastUsageRequest {
         key_id: key.to_string(),
     })
     .await
-    .expect("GetKeyLastUsage")
-    .into_inner()
+    .map(tonic::Response::into_inner)
+}
+
+/// GetKeyLastUsage of `key`, which must succeed.
+async fn last_usage(c: &mut Client, key: &str) -> pb::GetKeyLastUsageResponse {
+    try_last_usage(c, key).await.expect("GetKeyLastUsage")
 }
 
 fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
@@ -89,12 +106,25 @@ async fn encrypt(c: &mut Client, key: &str) -> (Vec<u8>, String) {
     (r.into_inner().ciphertext_blob, id)
 }
 
+/// [`encrypt`]s under `key` `times` times, calling `before_each` before each one; the request
+/// id of the last.
+async fn encrypt_times(
+    c: &mut Client,
+    key: &str,
+    times: usize,
+    mut before_each: impl FnMut(),
+) -> String {
+    let mut last = String::new();
+    for _ in 0..times {
+        before_each();
+        last = encrypt(c, key).await.1;
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_cryptographic_operations_are_tracked_with_their_audit_event() {
-    let dir = data_dir("last-usage");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_flushing_every(&dir, clock.clone(), 3600).await;
-    let mut c = admin(server.addr).await;
+    let (dir, clock, server, mut c) = start_admin_flushing_every("last-usage", 3600).await;
     let created = create_key_meta(&mut c, pb::CreateKeyRequest::default()).await;
     let key = created.key_id.clone();
 
@@ -133,22 +163,13 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     let mut user1 = client_as(server.addr, Some("user1")).await;
     let denied = user1.encrypt(encrypt_request(&created.arn, b"x")).await;
     assert_eq!(reason(denied), "AccessDeniedException");
-    c.describe_key(pb::DescribeKeyRequest {
-        key_id: key.clone(),
-        grant_tokens: vec![],
-    })
-    .await
-    .unwrap();
+    describe_key(&mut c, &key).await;
     disable_key(&mut c, &key).await;
     let disabled = c.encrypt(encrypt_request(&key, b"x")).await;
     assert_eq!(reason(disabled), "DisabledException");
     // Any key state: a disabled key still answers, unchanged.
     assert_eq!(last_usage(&mut c, &key).await, after_decrypt);
-    c.enable_key(pb::EnableKeyRequest {
-        key_id: key.clone(),
-    })
-    .await
-    .unwrap();
+    try_enable_key(&mut c, &key).await.unwrap();
 
     // ReEncrypt uses both keys: each records it, with the one audit event.
     let other = create_key(&mut c).await;
@@ -179,30 +200,13 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
     );
 
     // Key id or key ARN only; the key policy must allow it; never another account's key.
-    let by_alias = c
-        .create_alias(pb::CreateAliasRequest {
-            alias_name: "alias/last-usage".into(),
-            target_key_id: key.clone(),
-        })
-        .await;
+    let by_alias = try_create_alias(&mut c, "alias/last-usage", &key).await;
     assert!(by_alias.is_ok());
-    let alias = c
-        .get_key_last_usage(pb::GetKeyLastUsageRequest {
-            key_id: "alias/last-usage".into(),
-        })
-        .await;
+    let alias = try_last_usage(&mut c, "alias/last-usage").await;
     assert_eq!(reason(alias), "NotFoundException");
-    let missing = c
-        .get_key_last_usage(pb::GetKeyLastUsageRequest {
-            key_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await;
+    let missing = try_last_usage(&mut c, &uuid::Uuid::new_v4().to_string()).await;
     assert_eq!(reason(missing), "NotFoundException");
-    let not_allowed = user1
-        .get_key_last_usage(pb::GetKeyLastUsageRequest {
-            key_id: key.clone(),
-        })
-        .await;
+    let not_allowed = try_last_usage(&mut user1, &key).await;
     assert_eq!(reason(not_allowed), "AccessDeniedException");
     let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
         {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
@@ -227,11 +231,7 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
         })
         .await
         .expect("cross-account DescribeKey is allowed by the policy");
-    let cross = keyadmin
-        .get_key_last_usage(pb::GetKeyLastUsageRequest {
-            key_id: created.arn.clone(),
-        })
-        .await;
+    let cross = try_last_usage(&mut keyadmin, &created.arn).await;
     assert_eq!(reason(cross), "AccessDeniedException");
 
     // The GetKeyLastUsage requests themselves are audited, read-only, with the key.
@@ -256,16 +256,9 @@ async fn successful_cryptographic_operations_are_tracked_with_their_audit_event(
 /// serves the stored usage and keeps the tracking start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_flushed_in_batches_and_survives_a_restart() {
-    let dir = data_dir("last-usage-restart");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_flushing_every(&dir, clock.clone(), 3600).await;
-    let mut c = admin(server.addr).await;
+    let (dir, clock, server, mut c) = start_admin_flushing_every("last-usage-restart", 3600).await;
     let key = create_key(&mut c).await;
-    let mut last = String::new();
-    for _ in 0..100 {
-        clock.advance_ms(10);
-        last = encrypt(&mut c, &key).await.1;
-    }
+    let last = encrypt_times(&mut c, &key, 100, || clock.advance_ms(10)).await;
     let before = last_usage(&mut c, &key).await;
     assert_names_event(&dir, &before, "Encrypt", &last);
     let stored = server.kms.store().load_key_usage().await.unwrap();
@@ -292,14 +285,9 @@ async fn usage_is_flushed_in_batches_and_survives_a_restart() {
 /// The periodic flush writes one row per key used, however many requests used it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_flush_writes_one_row_per_key() {
-    let dir = data_dir("last-usage-flush");
-    let server = start_flushing_every(&dir, Arc::new(ManualClock::default()), 1).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, _clock, server, mut c) = start_admin_flushing_every("last-usage-flush", 1).await;
     let key = create_key(&mut c).await;
-    let mut last = String::new();
-    for _ in 0..20 {
-        last = encrypt(&mut c, &key).await.1;
-    }
+    let last = encrypt_times(&mut c, &key, 20, || {}).await;
     let kms = server.kms.clone();
     let want = last.clone();
     assert!(
@@ -323,15 +311,8 @@ async fn the_periodic_flush_writes_one_row_per_key() {
 /// not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_and_macs_count_but_failed_verifications_do_not() {
-    let dir = data_dir("last-usage-sign");
-    let server = start_flushing_every(&dir, Arc::new(ManualClock::default()), 3600).await;
-    let mut c = admin(server.addr).await;
-    let create = |spec: &str, usage: &str| pb::CreateKeyRequest {
-        key_spec: spec.into(),
-        key_usage: usage.into(),
-        ..Default::default()
-    };
-    let ecc = create_key_from(&mut c, create("ECC_NIST_P256", "SIGN_VERIFY")).await;
+    let (dir, _clock, server, mut c) = start_admin_flushing_every("last-usage-sign", 3600).await;
+    let ecc = create_key_from(&mut c, key_request("ECC_NIST_P256", "SIGN_VERIFY")).await;
     let signed = c
         .sign(pb::SignRequest {
             key_id: ecc.clone(),
@@ -360,15 +341,10 @@ async fn signatures_and_macs_count_but_failed_verifications_do_not() {
     bad[last] ^= 1;
     let invalid = c.verify(verify(bad)).await;
     assert_eq!(reason(invalid), "KMSInvalidSignatureException");
-    c.get_public_key(pb::GetPublicKeyRequest {
-        key_id: ecc.clone(),
-        grant_tokens: vec![],
-    })
-    .await
-    .unwrap();
+    public_key(&mut c, &ecc).await;
     assert_eq!(last_usage(&mut c, &ecc).await, after_verify);
 
-    let hmac = create_key_from(&mut c, create("HMAC_256", "GENERATE_VERIFY_MAC")).await;
+    let hmac = create_key_from(&mut c, key_request("HMAC_256", "GENERATE_VERIFY_MAC")).await;
     let mac = |mac: Vec<u8>| pb::VerifyMacRequest {
         message: b"m".to_vec(),
         key_id: hmac.clone(),

@@ -99,11 +99,7 @@ async fn rsa_4096_key_generation_does_not_stall_other_traffic() {
         async move {
             let mut c = admin(addr).await;
             let m = c
-                .create_key(pb::CreateKeyRequest {
-                    key_spec: "RSA_4096".into(),
-                    key_usage: usage.into(),
-                    ..Default::default()
-                })
+                .create_key(key_request("RSA_4096", usage))
                 .await
                 .unwrap_or_else(|e| panic!("CreateKey RSA_4096 {usage}: {e}"))
                 .into_inner()

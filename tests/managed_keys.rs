@@ -12,13 +12,7 @@ use serde_json::Value;
 const AK_S3GATEWAY: &str = "AKIAS3GATEWAY0000001";
 
 async fn aliases(c: &mut Client) -> Vec<pb::AliasListEntry> {
-    c.list_aliases(pb::ListAliasesRequest {
-        limit: Some(1000),
-        ..Default::default()
-    })
-    .await
-    .reply()
-    .aliases
+    list_alias_entries(c, Some(1000)).await
 }
 
 async fn key_ids(c: &mut Client) -> Vec<String> {
@@ -66,16 +60,7 @@ async fn first_use_creates_an_aws_managed_key() {
     let alias_arn = format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/aws/ebs");
     assert_eq!(describe_key(&mut c, &alias_arn).await.key_id, m.key_id);
 
-    let policy: Value = serde_json::from_str(
-        &c.get_key_policy(pb::GetKeyPolicyRequest {
-            key_id: m.key_id.clone(),
-            policy_name: "default".into(),
-        })
-        .await
-        .reply()
-        .policy,
-    )
-    .unwrap();
+    let policy: Value = serde_json::from_str(&key_policy(&mut c, &m.key_id).await).unwrap();
     let st = &policy["Statement"];
     assert_eq!(
         st[0]["Sid"],
@@ -166,14 +151,7 @@ async fn aws_managed_keys_refuse_every_change() {
     let m = describe_key(&mut c, "alias/aws/s3").await;
     let id = m.key_id.clone();
     let mine = create_key(&mut c).await;
-    let policy_before = c
-        .get_key_policy(pb::GetKeyPolicyRequest {
-            key_id: id.clone(),
-            policy_name: "default".into(),
-        })
-        .await
-        .reply()
-        .policy;
+    let policy_before = key_policy(&mut c, &id).await;
 
     // The admin may do anything (kms:*) to customer keys; the managed key's policy refuses
     // every change, as AWS's does.
@@ -187,31 +165,15 @@ async fn aws_managed_keys_refuse_every_change() {
         })
         .await;
     assert_eq!(reason(r), denied, "PutKeyPolicy");
-    let r = c
-        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-            key_id: id.clone(),
-            pending_window_in_days: Some(7),
-        })
-        .await;
+    let r = try_schedule_deletion(&mut c, &id, Some(7)).await;
     assert_eq!(reason(r), denied, "ScheduleKeyDeletion");
-    let r = c
-        .disable_key(pb::DisableKeyRequest { key_id: id.clone() })
-        .await;
+    let r = try_disable_key(&mut c, &id).await;
     assert_eq!(reason(r), denied, "DisableKey");
-    let r = c
-        .enable_key_rotation(pb::EnableKeyRotationRequest {
-            key_id: id.clone(),
-            rotation_period_in_days: Some(90),
-        })
-        .await;
+    let r = try_enable_rotation(&mut c, &id, Some(90)).await;
     assert_eq!(reason(r), denied, "EnableKeyRotation");
-    let r = c
-        .disable_key_rotation(pb::DisableKeyRotationRequest { key_id: id.clone() })
-        .await;
+    let r = try_disable_rotation(&mut c, &id).await;
     assert_eq!(reason(r), denied, "DisableKeyRotation");
-    let r = c
-        .rotate_key_on_demand(pb::RotateKeyOnDemandRequest { key_id: id.clone() })
-        .await;
+    let r = rotate_on_demand(&mut c, &id).await;
     assert_eq!(reason(r), denied, "RotateKeyOnDemand");
     let r = c
         .update_key_description(pb::UpdateKeyDescriptionRequest {
@@ -223,10 +185,7 @@ async fn aws_managed_keys_refuse_every_change() {
     let r = c
         .tag_resource(pb::TagResourceRequest {
             key_id: id.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "k".into(),
-                tag_value: "v".into(),
-            }],
+            tags: vec![tag("k", "v")],
         })
         .await;
     assert_eq!(reason(r), denied, "TagResource");
@@ -243,34 +202,17 @@ async fn aws_managed_keys_refuse_every_change() {
         })
         .await;
     assert_eq!(reason(r), denied, "DeleteAlias of alias/aws/s3");
-    let r = c
-        .create_alias(pb::CreateAliasRequest {
-            alias_name: "alias/points-at-managed".into(),
-            target_key_id: id.clone(),
-        })
-        .await;
+    let r = try_create_alias(&mut c, "alias/points-at-managed", &id).await;
     assert_eq!(reason(r), denied, "CreateAlias on the managed key");
     for name in ["alias/aws/sqs", "alias/aws/s3", "alias/aws/anything"] {
-        let r = c
-            .create_alias(pb::CreateAliasRequest {
-                alias_name: name.into(),
-                target_key_id: mine.clone(),
-            })
-            .await;
+        let r = try_create_alias(&mut c, name, &mine).await;
         assert_eq!(reason(r), "InvalidAliasNameException", "CreateAlias {name}");
     }
 
     // Nothing changed.
     let after = describe_key(&mut c, "alias/aws/s3").await;
     assert_eq!(after, m);
-    let policy_after = c
-        .get_key_policy(pb::GetKeyPolicyRequest {
-            key_id: id.clone(),
-            policy_name: "default".into(),
-        })
-        .await
-        .reply()
-        .policy;
+    let policy_after = key_policy(&mut c, &id).await;
     assert_eq!(policy_after, policy_before);
     let rot = c
         .get_key_rotation_status(pb::GetKeyRotationStatusRequest { key_id: id.clone() })
@@ -298,13 +240,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
     let generated_before = generate_key_calls(&server);
 
     // Without kms:ViaService, first use is denied and creates nothing, on the device included.
-    let r = c
-        .encrypt(pb::EncryptRequest {
-            key_id: "alias/aws/s3".into(),
-            plaintext: b"object".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = c.encrypt(encrypt_request("alias/aws/s3", b"object")).await;
     assert_eq!(reason(r), "AccessDeniedException");
     assert_eq!(key_ids(&mut c).await.len(), keys_before);
     assert_eq!(generate_key_calls(&server), generated_before);
@@ -315,12 +251,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
     // The S3 service principal creates it by using it, and can use it.
     let enc = gw_kms
         .encrypt(gw.kms_req(
-            pb::EncryptRequest {
-                key_id: "alias/aws/s3".into(),
-                plaintext: b"object".to_vec(),
-                encryption_context: ctx(&[("bucket", "b1")]),
-                ..Default::default()
-            },
+            encrypt_request_ctx("alias/aws/s3", b"object", &[("bucket", "b1")]),
             "Encrypt",
         ))
         .await
@@ -340,13 +271,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
     assert_eq!(enc.key_id, m.arn);
 
     // A caller without the S3 ViaService: denied, the admin's kms:* notwithstanding.
-    let r = c
-        .encrypt(pb::EncryptRequest {
-            key_id: "alias/aws/s3".into(),
-            plaintext: b"object".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = c.encrypt(encrypt_request("alias/aws/s3", b"object")).await;
     assert_eq!(reason(r), "AccessDeniedException");
     let r = c
         .decrypt(decrypt_request(&enc.ciphertext_blob, &[("bucket", "b1")]))
@@ -368,10 +293,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
             pb::AssumeRoleRequest {
                 role_arn: format!("arn:aws:iam::{ACCOUNT}:role/Engineering"),
                 role_session_name: "claims-s3".into(),
-                tags: vec![pb::Tag {
-                    tag_key: "p11kms:ViaService".into(),
-                    tag_value: "s3".into(),
-                }],
+                tags: vec![tag("p11kms:ViaService", "s3")],
                 ..Default::default()
             },
             "AssumeRole",
@@ -393,14 +315,7 @@ async fn via_service_allows_use_and_its_absence_is_denied() {
     let r = session
         .kms
         .clone()
-        .encrypt(session.kms_req(
-            pb::EncryptRequest {
-                key_id: "alias/aws/s3".into(),
-                plaintext: b"object".to_vec(),
-                ..Default::default()
-            },
-            "Encrypt",
-        ))
+        .encrypt(session.kms_req(encrypt_request("alias/aws/s3", b"object"), "Encrypt"))
         .await;
     assert_eq!(reason(r), "AccessDeniedException");
     server.shutdown().await.unwrap();

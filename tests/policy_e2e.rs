@@ -1475,10 +1475,7 @@ async fn attempt_everything(
             "CreateKey",
             pb::CreateKeyRequest {
                 description: "should not exist".into(),
-                tags: vec![pb::Tag {
-                    tag_key: "k".into(),
-                    tag_value: "v".into(),
-                }],
+                tags: vec![tag("k", "v")],
                 ..Default::default()
             }
         ))
@@ -1560,10 +1557,7 @@ async fn attempt_everything(
             "TagResource",
             pb::TagResourceRequest {
                 key_id: key.into(),
-                tags: vec![pb::Tag {
-                    tag_key: "owner".into(),
-                    tag_value: "mallory".into(),
-                }],
+                tags: vec![tag("owner", "mallory")],
             }
         ))
         .map(drop),
@@ -1640,10 +1634,7 @@ async fn denied_requests_make_no_hsm_call_and_change_no_state() {
         "CreateKey",
         pb::CreateKeyRequest {
             description: "victim".into(),
-            tags: vec![pb::Tag {
-                tag_key: "team".into(),
-                tag_value: "blue".into(),
-            }],
+            tags: vec![tag("team", "blue")],
             ..Default::default()
         }
     ))
@@ -1710,10 +1701,7 @@ async fn denied_requests_make_no_hsm_call_and_change_no_state() {
         "TagResource",
         pb::TagResourceRequest {
             key_id: key.clone(),
-            tags: vec![pb::Tag {
-                tag_key: "owner".into(),
-                tag_value: "admin".into(),
-            }],
+            tags: vec![tag("owner", "admin")],
         }
     ))
     .unwrap();
@@ -2060,15 +2048,6 @@ fn edit_account(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-}
-
-fn user_mut<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
-    v["UserDetailList"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|u| u["UserName"] == name)
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use p11kms::core::{Clock, InterruptCreate, ManualClock};
+use p11kms::core::{Clock, InterruptCreate};
 use p11kms::hsm::ObjectId;
 use p11kms::pb;
+use p11kms::server::RunningServer;
 
 /// The key version a v1 blob names (u32 BE at offset 17).
 fn blob_version(blob: &[u8]) -> u32 {
@@ -31,26 +30,10 @@ async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> 
     decrypt_with(c, blob, &[("app", "rotation")]).await
 }
 
-async fn rotate(c: &mut Client, key: &str) -> Result<String, tonic::Status> {
-    c.rotate_key_on_demand(pb::RotateKeyOnDemandRequest { key_id: key.into() })
-        .await
-        .map(|r| r.into_inner().key_id)
-}
-
 async fn status(c: &mut Client, key: &str) -> pb::GetKeyRotationStatusResponse {
     c.get_key_rotation_status(pb::GetKeyRotationStatusRequest { key_id: key.into() })
         .await
         .reply()
-}
-
-async fn rotations(c: &mut Client, key: &str) -> Vec<pb::RotationsListEntry> {
-    c.list_key_rotations(pb::ListKeyRotationsRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .reply()
-    .rotations
 }
 
 /// Versions of `key` that have a token object (not the session copies using a version makes).
@@ -75,10 +58,7 @@ async fn assert_settled(server: &p11kms::server::RunningServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
-    let dir = data_dir("rotation");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_swept_by_hand(&dir, clock.clone()).await;
-    let mut c = admin(server.addr).await;
+    let (dir, clock, server, mut c) = start_admin_clocked("rotation", start_swept_by_hand).await;
     let key = create_key(&mut c).await;
     let hsm = server.kms.hsm().clone();
 
@@ -87,7 +67,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
 
     // Two on-demand rotations.
     for v in 2..=3u32 {
-        let arn = rotate(&mut c, &key).await.unwrap();
+        let arn = rotate_on_demand(&mut c, &key).await.unwrap();
         assert!(arn.ends_with(&key));
         let b = encrypt(&mut c, &key, format!("version {v}").as_bytes()).await;
         assert_eq!(
@@ -102,12 +82,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     assert!(st.next_rotation_date.is_none());
 
     // Automatic rotation: enable with 90 days; nothing happens before the date.
-    c.enable_key_rotation(pb::EnableKeyRotationRequest {
-        key_id: key.clone(),
-        rotation_period_in_days: Some(90),
-    })
-    .await
-    .unwrap();
+    try_enable_rotation(&mut c, &key, Some(90)).await.unwrap();
     let st = status(&mut c, &key).await;
     assert!(st.key_rotation_enabled);
     assert_eq!(st.rotation_period_in_days, Some(90));
@@ -146,7 +121,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     );
 
     // An on-demand rotation does not move the automatic schedule.
-    rotate(&mut c, &key).await.unwrap();
+    rotate_on_demand(&mut c, &key).await.unwrap();
     blobs.push(encrypt(&mut c, &key, b"version 5").await);
     assert_eq!(
         status(&mut c, &key)
@@ -189,7 +164,7 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
     }
 
     // ListKeyRotations: four rotations, in order, with their type; paging with Limit/Marker.
-    let list = rotations(&mut c, &key).await;
+    let list = list_rotations_of(&mut c, &key).await;
     let types: Vec<&str> = list.iter().map(|r| r.rotation_type.as_str()).collect();
     assert_eq!(types, ["ON_DEMAND", "ON_DEMAND", "AUTOMATIC", "ON_DEMAND"]);
     assert!(list.iter().all(|r| r.key_material_id.len() == 64));
@@ -317,40 +292,22 @@ async fn on_demand_and_automatic_rotation_keep_every_version_decrypting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_bad_inputs() {
-    let dir = data_dir("rotation-limits");
-    let clock = Arc::new(ManualClock::default());
-    let server = start_with(&dir, clock.clone()).await;
-    let mut c = admin(server.addr).await;
+    let (_dir, clock, server, mut c) = start_admin_clocked("rotation-limits", start_with).await;
     let key = create_key(&mut c).await;
 
     // Bad periods: ValidationException, nothing changes.
     for days in [89, 2561, 0, -1] {
-        let r = c
-            .enable_key_rotation(pb::EnableKeyRotationRequest {
-                key_id: key.clone(),
-                rotation_period_in_days: Some(days),
-            })
-            .await;
+        let r = try_enable_rotation(&mut c, &key, Some(days)).await;
         assert_eq!(reason(r), "ValidationException", "{days}");
     }
     assert!(!status(&mut c, &key).await.key_rotation_enabled);
 
     // Default period 365; a new period moves the next date from the same anchor.
-    c.enable_key_rotation(pb::EnableKeyRotationRequest {
-        key_id: key.clone(),
-        rotation_period_in_days: None,
-    })
-    .await
-    .unwrap();
+    try_enable_rotation(&mut c, &key, None).await.unwrap();
     let st = status(&mut c, &key).await;
     assert_eq!(st.rotation_period_in_days, Some(365));
     let first = st.next_rotation_date.unwrap().seconds;
-    c.enable_key_rotation(pb::EnableKeyRotationRequest {
-        key_id: key.clone(),
-        rotation_period_in_days: Some(2560),
-    })
-    .await
-    .unwrap();
+    try_enable_rotation(&mut c, &key, Some(2560)).await.unwrap();
     let st = status(&mut c, &key).await;
     assert_eq!(st.rotation_period_in_days, Some(2560));
     assert_eq!(
@@ -360,35 +317,34 @@ async fn limits_and_bad_inputs() {
 
     // 25 on-demand rotations, then LimitExceededException with no new version.
     for _ in 0..25 {
-        rotate(&mut c, &key).await.unwrap();
+        rotate_on_demand(&mut c, &key).await.unwrap();
     }
-    assert_eq!(reason(rotate(&mut c, &key).await), "LimitExceededException");
+    assert_eq!(
+        reason(rotate_on_demand(&mut c, &key).await),
+        "LimitExceededException"
+    );
     assert_eq!(objects_of(&server, &key).await.len(), 26);
     assert_eq!(blob_version(&encrypt(&mut c, &key, b"x").await), 26);
-    assert_eq!(rotations(&mut c, &key).await.len(), 25);
+    assert_eq!(list_rotations_of(&mut c, &key).await.len(), 25);
 
     // An automatic rotation due within 20 minutes: ConflictException, nothing created.
     let soon = create_key(&mut c).await;
-    c.enable_key_rotation(pb::EnableKeyRotationRequest {
-        key_id: soon.clone(),
-        rotation_period_in_days: Some(90),
-    })
-    .await
-    .unwrap();
+    try_enable_rotation(&mut c, &soon, Some(90)).await.unwrap();
     clock.advance_ms(90 * 86_400_000 - 10 * 60_000);
-    assert_eq!(reason(rotate(&mut c, &soon).await), "ConflictException");
+    assert_eq!(
+        reason(rotate_on_demand(&mut c, &soon).await),
+        "ConflictException"
+    );
     assert_eq!(objects_of(&server, &soon).await, vec![1]);
 
     // Disabled key: DisabledException (GetKeyRotationStatus still answers).
     let other = create_key(&mut c).await;
     disable_key(&mut c, &other).await;
-    assert_eq!(reason(rotate(&mut c, &other).await), "DisabledException");
-    let r = c
-        .enable_key_rotation(pb::EnableKeyRotationRequest {
-            key_id: other.clone(),
-            rotation_period_in_days: None,
-        })
-        .await;
+    assert_eq!(
+        reason(rotate_on_demand(&mut c, &other).await),
+        "DisabledException"
+    );
+    let r = try_enable_rotation(&mut c, &other, None).await;
     assert_eq!(reason(r), "DisabledException");
     assert!(!status(&mut c, &other).await.key_rotation_enabled);
 
@@ -402,7 +358,7 @@ async fn limits_and_bad_inputs() {
     assert_eq!(reason(r), "KMSInvalidStateException"); // PendingImport
                                                        // Unknown key, and an alias where a key id is required: NotFoundException.
     assert_eq!(
-        reason(rotate(&mut c, "00000000-0000-0000-0000-000000000000").await),
+        reason(rotate_on_demand(&mut c, "00000000-0000-0000-0000-000000000000").await),
         "NotFoundException"
     );
 
@@ -410,7 +366,7 @@ async fn limits_and_bad_inputs() {
     let mut user = client_as(server.addr, Some("user1")).await;
     let before = server.kms.hsm().counters().get("C_GenerateKey").copied();
     assert_eq!(
-        reason(rotate(&mut user, &key).await),
+        reason(rotate_on_demand(&mut user, &key).await),
         "AccessDeniedException"
     );
     assert_eq!(
@@ -420,6 +376,23 @@ async fn limits_and_bad_inputs() {
     server.shutdown().await.unwrap();
 }
 
+/// A rotation of `key` interrupted at `at` fails with KMSInternalException; later ones run
+/// uninterrupted again.
+async fn rotate_interrupted(
+    server: &RunningServer,
+    c: &mut Client,
+    key: &str,
+    at: InterruptCreate,
+) {
+    server.kms.hooks().set_interrupt_rotation(at);
+    let r = rotate_on_demand(c, key).await;
+    server
+        .kms
+        .hooks()
+        .set_interrupt_rotation(InterruptCreate::Never);
+    assert_eq!(reason(r), "KMSInternalException");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_rotation_is_reported_and_completed_by_the_next_one() {
     let (_dir, server, mut c) = start_admin("rotation-crash").await;
@@ -427,15 +400,7 @@ async fn interrupted_rotation_is_reported_and_completed_by_the_next_one() {
     let old = encrypt(&mut c, &key, b"before the crash").await;
 
     // Stop after the version row: the key still encrypts under v1; check reports it.
-    server
-        .kms
-        .hooks()
-        .set_interrupt_rotation(InterruptCreate::AfterMetadataRow);
-    assert_eq!(reason(rotate(&mut c, &key).await), "KMSInternalException");
-    server
-        .kms
-        .hooks()
-        .set_interrupt_rotation(InterruptCreate::Never);
+    rotate_interrupted(&server, &mut c, &key, InterruptCreate::AfterMetadataRow).await;
     assert_eq!(blob_version(&encrypt(&mut c, &key, b"x").await), 1);
     let drift = server.kms.reconcile().await.unwrap();
     assert_eq!(drift.interrupted_rotations, vec![(key.clone(), 2, false)]);
@@ -443,24 +408,16 @@ async fn interrupted_rotation_is_reported_and_completed_by_the_next_one() {
     assert!(drift.missing_objects.is_empty(), "{drift:?}");
 
     // The next rotation completes version 2 (creates the missing object).
-    rotate(&mut c, &key).await.unwrap();
+    rotate_on_demand(&mut c, &key).await.unwrap();
     assert_eq!(blob_version(&encrypt(&mut c, &key, b"x").await), 2);
     assert_settled(&server).await;
 
     // Stop after the HSM object: reported with the object present; completed without a
     // second object.
-    server
-        .kms
-        .hooks()
-        .set_interrupt_rotation(InterruptCreate::AfterHsmObject);
-    assert_eq!(reason(rotate(&mut c, &key).await), "KMSInternalException");
-    server
-        .kms
-        .hooks()
-        .set_interrupt_rotation(InterruptCreate::Never);
+    rotate_interrupted(&server, &mut c, &key, InterruptCreate::AfterHsmObject).await;
     let drift = server.kms.reconcile().await.unwrap();
     assert_eq!(drift.interrupted_rotations, vec![(key.clone(), 3, true)]);
-    rotate(&mut c, &key).await.unwrap();
+    rotate_on_demand(&mut c, &key).await.unwrap();
     assert_eq!(objects_of(&server, &key).await, vec![1, 2, 3]);
     assert_eq!(blob_version(&encrypt(&mut c, &key, b"x").await), 3);
     assert_settled(&server).await;

@@ -143,12 +143,7 @@ async fn hup_until(s: &mut Signed, key: &str, want: &Result<(), String>) -> Resu
 fn write_nopolicy_policy(account_file: &Path, policies: serde_json::Value) {
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(account_file).unwrap()).unwrap();
-    let user = v["UserDetailList"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|u| u["UserName"] == "nopolicy")
-        .unwrap();
+    let user = user_mut(&mut v, "nopolicy");
     user["UserPolicyList"] = policies;
     std::fs::write(account_file, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }

@@ -169,6 +169,14 @@ async fn written_trail(events: usize) -> Trail {
     t
 }
 
+/// A closed trail of one segment (see `written_trail`), the path of that segment and its lines.
+async fn written_segment(events: usize) -> (Trail, PathBuf, Vec<Vec<u8>>) {
+    let t = written_trail(events).await;
+    let path = segments(&t.dir)[0].clone();
+    let ls = lines(&path);
+    (t, path, ls)
+}
+
 // ---------------------------------------------------------------- clean trails
 
 #[tokio::test]
@@ -238,9 +246,7 @@ async fn record_lines_hash_as_documented() {
 
 #[tokio::test]
 async fn edited_field_is_detected_by_sequence() {
-    let t = written_trail(12).await;
-    let path = segments(&t.dir)[0].clone();
-    let orig = lines(&path);
+    let (t, path, orig) = written_segment(12).await;
     let i = index_of_seq(&orig, 4);
 
     // 1. Edited in place.
@@ -282,9 +288,7 @@ async fn edited_field_is_detected_by_sequence() {
 
 #[tokio::test]
 async fn deleted_record_is_detected_by_sequence() {
-    let t = written_trail(12).await;
-    let path = segments(&t.dir)[0].clone();
-    let mut ls = lines(&path);
+    let (t, path, mut ls) = written_segment(12).await;
     let i = index_of_seq(&ls, 9);
     ls.remove(i);
     write_lines(&path, &ls);
@@ -306,9 +310,7 @@ async fn deleted_record_is_detected_by_sequence() {
 
 #[tokio::test]
 async fn inserted_record_is_detected_by_sequence() {
-    let t = written_trail(12).await;
-    let path = segments(&t.dir)[0].clone();
-    let orig = lines(&path);
+    let (t, path, orig) = written_segment(12).await;
 
     // A forged record that claims sequence 5, correctly chained to record 4.
     let mut ls = orig.clone();
@@ -349,9 +351,7 @@ async fn inserted_record_is_detected_by_sequence() {
 
 #[tokio::test]
 async fn swapped_pair_is_detected_by_sequence() {
-    let t = written_trail(12).await;
-    let path = segments(&t.dir)[0].clone();
-    let mut ls = lines(&path);
+    let (t, path, mut ls) = written_segment(12).await;
     let i = index_of_seq(&ls, 9);
     ls.swap(i, i + 1);
     write_lines(&path, &ls);
@@ -407,9 +407,7 @@ async fn resign(line: &[u8], signer: &SoftwareSigner) -> Vec<u8> {
 
 #[tokio::test]
 async fn forged_checkpoint_signature_is_detected_by_sequence() {
-    let t = written_trail(12).await;
-    let path = segments(&t.dir)[0].clone();
-    let orig = lines(&path);
+    let (t, path, orig) = written_segment(12).await;
     let checkpoints: Vec<usize> = orig
         .iter()
         .enumerate()
@@ -453,9 +451,7 @@ async fn forged_checkpoint_signature_is_detected_by_sequence() {
 
 #[tokio::test]
 async fn crash_mid_write_is_reported_and_the_trail_continues() {
-    let t = written_trail(12).await;
-    let path = segments(&t.dir)[0].clone();
-    let ls = lines(&path);
+    let (t, path, ls) = written_segment(12).await;
     let last = ls.last().unwrap().clone();
     let last_seq = seq_of(&last);
     let good = &ls[ls.len() - 2];

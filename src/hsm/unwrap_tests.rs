@@ -28,28 +28,15 @@ fn hsm() -> Arc<Hsm> {
     Hsm::open(&tests::test_config()).expect("open test token")
 }
 
+#[path = "../../tests/common/openssl.rs"]
+mod openssl;
+
 /// RSA-OAEP-wraps `material` under the DER SPKI with openssl (`md` = sha1 | sha256).
 fn openssl_oaep(spki: &[u8], md: &str, material: &[u8]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("wrapping.der");
-    let input = dir.path().join("in.bin");
-    let out = dir.path().join("out.bin");
     std::fs::write(&key, spki).unwrap();
-    std::fs::write(&input, material).unwrap();
-    let st = Command::new("openssl")
-        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
-        .arg(&key)
-        .args(["-pkeyopt", "rsa_padding_mode:oaep"])
-        .args(["-pkeyopt", &format!("rsa_oaep_md:{md}")])
-        .args(["-pkeyopt", &format!("rsa_mgf1_md:{md}")])
-        .arg("-in")
-        .arg(&input)
-        .arg("-out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::read(out).unwrap()
+    openssl::pkeyutl_oaep(Command::new("openssl"), &key, "DER", md, material)
 }
 
 /// RFC 5649 wrap of `material` under `kek` with openssl.

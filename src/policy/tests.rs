@@ -146,6 +146,16 @@ impl Setup {
         }
     }
 
+    /// Checks, for each `(action, resource, allowed)` case, whether `r` is allowed when the
+    /// caller's only identity policy is one statement allowing `action` on `resource`.
+    fn check_allow_statements(&mut self, r: &RequestContext, cases: &[(&str, &str, bool)]) {
+        for &(action, resource, allowed) in cases {
+            let statement = json!({"Effect": "Allow", "Action": action, "Resource": resource});
+            self.ids = vec![iam(statement.clone())];
+            assert_eq!(self.run(r).is_allow(), allowed, "{statement}");
+        }
+    }
+
     fn run(&self, r: &RequestContext) -> Decision {
         fn named(ps: &[Policy]) -> Vec<NamedPolicy<'_>> {
             ps.iter()
@@ -472,14 +482,13 @@ fn cross_account_and_iam_only() {
         s.run(&r).denying_policy_type,
         Some(PolicyType::IdentityPolicy)
     );
-    s.ids = vec![iam(
-        json!({"Effect": "Allow", "Action": "kms:Create*", "Resource": "*"}),
-    )];
-    assert!(s.run(&r).is_allow());
-    s.ids = vec![iam(
-        json!({"Effect": "Allow", "Action": "kms:CreateKey", "Resource": "arn:aws:kms:*:111122223333:key/*"}),
-    )];
-    assert!(!s.run(&r).is_allow());
+    s.check_allow_statements(
+        &r,
+        &[
+            ("kms:Create*", "*", true),
+            ("kms:CreateKey", "arn:aws:kms:*:111122223333:key/*", false),
+        ],
+    );
 
     assert!(is_cross_account_op(
         "kms:GenerateDataKeyPairWithoutPlaintext"
@@ -540,19 +549,19 @@ fn grants() {
 fn action_and_resource_matching() {
     let mut s = Setup::new(Some(key_policy(json!([root_delegation(ACCT)]))));
     let r = req(ALICE, ACCT, "kms:GenerateDataKeyWithoutPlaintext");
-    s.ids = vec![iam(
-        json!({"Effect": "Allow", "Action": "KMS:generateDATAkey*", "Resource": "arn:aws:kms:us-west-2:111122223333:key/*"}),
-    )];
-    assert!(s.run(&r).is_allow());
-    s.ids = vec![iam(
-        json!({"Effect": "Allow", "Action": "kms:GenerateDataKey?", "Resource": "*"}),
-    )];
-    assert!(!s.run(&r).is_allow());
-    // resource is case-sensitive
-    s.ids = vec![iam(
-        json!({"Effect": "Allow", "Action": "kms:*", "Resource": "arn:aws:kms:US-WEST-2:111122223333:key/*"}),
-    )];
-    assert!(!s.run(&r).is_allow());
+    s.check_allow_statements(
+        &r,
+        &[
+            (
+                "KMS:generateDATAkey*",
+                "arn:aws:kms:us-west-2:111122223333:key/*",
+                true,
+            ),
+            ("kms:GenerateDataKey?", "*", false),
+            // resource is case-sensitive
+            ("kms:*", "arn:aws:kms:US-WEST-2:111122223333:key/*", false),
+        ],
+    );
     // NotResource / NotAction in Deny
     s.ids = vec![
         iam(json!({"Effect": "Allow", "Action": "kms:*", "Resource": "*"})),

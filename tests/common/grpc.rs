@@ -42,14 +42,36 @@ pub async fn create_key_from(c: &mut Client, req: pb::CreateKeyRequest) -> Strin
     create_key_meta(c, req).await.key_id
 }
 
-/// CreateAlias `name` for `key`, which must succeed.
-pub async fn create_alias(c: &mut Client, name: &str, key: &str) {
+/// CreateAlias `name` for `key`.
+pub async fn try_create_alias(
+    c: &mut Client,
+    name: &str,
+    key: &str,
+) -> Answer<pb::CreateAliasResponse> {
     c.create_alias(pb::CreateAliasRequest {
         alias_name: name.into(),
         target_key_id: key.into(),
     })
     .await
-    .unwrap_or_else(|e| panic!("CreateAlias {name}: {e}"));
+}
+
+/// CreateAlias `name` for `key`, which must succeed.
+pub async fn create_alias(c: &mut Client, name: &str, key: &str) {
+    try_create_alias(c, name, key)
+        .await
+        .unwrap_or_else(|e| panic!("CreateAlias {name}: {e}"));
+}
+
+/// The key policy of `key` (GetKeyPolicy of the policy `default`), which must succeed.
+pub async fn key_policy(c: &mut Client, key: &str) -> String {
+    c.get_key_policy(pb::GetKeyPolicyRequest {
+        key_id: key.into(),
+        policy_name: "default".into(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("get the key policy of {key}: {s:?}"))
+    .into_inner()
+    .policy
 }
 
 /// CreateKey of a symmetric key with origin EXTERNAL (no key material until it is imported);
@@ -88,9 +110,49 @@ pub async fn describe_key(c: &mut Client, key: &str) -> pb::KeyMetadata {
         .unwrap_or_else(|s| panic!("describe key {key}: {s:?}"))
 }
 
+/// The daemon's answer to a call: its response, or its error.
+pub type Answer<T> = Result<tonic::Response<T>, tonic::Status>;
+
+/// Declares `try_<call>(c, key, <more>)` shorthands, one line a call: the RPC `method` with
+/// `key` as its request's `key_id` and the named `fields` from the extra arguments; each
+/// returns the daemon's [`Answer`], for tests that check an error as much as a success.
+macro_rules! key_calls {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident($($arg:ident: $ty:ty),*) = $method:ident($req:ident { $($field:ident),* })
+            -> $resp:ident;
+    )*) => {$(
+        $(#[$doc])*
+        pub async fn $name(c: &mut Client, key: &str, $($arg: $ty),*) -> Answer<pb::$resp> {
+            c.$method(pb::$req { key_id: key.into(), $($field: $arg),* }).await
+        }
+    )*};
+}
+
+key_calls! {
+    /// EnableKey of `key`.
+    try_enable_key() = enable_key(EnableKeyRequest {}) -> EnableKeyResponse;
+    /// DisableKey of `key`.
+    try_disable_key() = disable_key(DisableKeyRequest {}) -> DisableKeyResponse;
+    /// CancelKeyDeletion of `key`.
+    try_cancel_deletion() = cancel_key_deletion(CancelKeyDeletionRequest {})
+        -> CancelKeyDeletionResponse;
+    /// ScheduleKeyDeletion of `key` in `pending_window_in_days` days (the default when `None`).
+    try_schedule_deletion(pending_window_in_days: Option<i32>)
+        = schedule_key_deletion(ScheduleKeyDeletionRequest { pending_window_in_days })
+        -> ScheduleKeyDeletionResponse;
+    /// EnableKeyRotation of `key` every `rotation_period_in_days` days (the default when `None`).
+    try_enable_rotation(rotation_period_in_days: Option<i32>)
+        = enable_key_rotation(EnableKeyRotationRequest { rotation_period_in_days })
+        -> EnableKeyRotationResponse;
+    /// DisableKeyRotation of `key`.
+    try_disable_rotation() = disable_key_rotation(DisableKeyRotationRequest {})
+        -> DisableKeyRotationResponse;
+}
+
 /// Disables `key`, which must succeed.
 pub async fn disable_key(c: &mut Client, key: &str) {
-    c.disable_key(pb::DisableKeyRequest { key_id: key.into() })
+    try_disable_key(c, key)
         .await
         .unwrap_or_else(|s| panic!("disable key {key}: {s:?}"));
 }
@@ -101,6 +163,15 @@ pub fn encrypt_request(key: &str, plaintext: &[u8]) -> pb::EncryptRequest {
         key_id: key.into(),
         plaintext: plaintext.to_vec(),
         ..Default::default()
+    }
+}
+
+/// An Encrypt request of `plaintext` under `key` with the encryption algorithm `alg`,
+/// everything else default.
+pub fn encrypt_request_alg(key: &str, plaintext: &[u8], alg: &str) -> pb::EncryptRequest {
+    pb::EncryptRequest {
+        encryption_algorithm: alg.into(),
+        ..encrypt_request(key, plaintext)
     }
 }
 
@@ -148,17 +219,8 @@ pub fn request_id<T>(r: &tonic::Response<T>) -> String {
 /// The key ids on ListKeys' first page, `limit` of them at most (the daemon's default page
 /// size when `None`).
 pub async fn list_key_ids(c: &mut Client, limit: Option<i32>) -> Vec<String> {
-    c.list_keys(pb::ListKeysRequest {
-        limit,
-        ..Default::default()
-    })
-    .await
-    .expect("list keys")
-    .into_inner()
-    .keys
-    .into_iter()
-    .map(|k| k.key_id)
-    .collect()
+    let keys = list_key_entries(c, limit).await;
+    keys.into_iter().map(|k| k.key_id).collect()
 }
 
 /// A Decrypt request of `blob` with the encryption context `ec`, everything else default.
@@ -167,6 +229,16 @@ pub fn decrypt_request(blob: &[u8], ec: &[(&str, &str)]) -> pb::DecryptRequest {
         ciphertext_blob: blob.to_vec(),
         encryption_context: super::ctx(ec),
         ..Default::default()
+    }
+}
+
+/// A Decrypt request of `blob` under the asymmetric `key` with the encryption algorithm `alg`,
+/// everything else default.
+pub fn decrypt_request_alg(blob: &[u8], key: &str, alg: &str) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        key_id: key.into(),
+        encryption_algorithm: alg.into(),
+        ..decrypt_request(blob, &[])
     }
 }
 
@@ -188,38 +260,57 @@ pub fn data_key_request(key: &str) -> pb::GenerateDataKeyRequest {
     }
 }
 
-/// The tags on `key` (ListResourceTags' first page), which must succeed.
-pub async fn list_tags(c: &mut Client, key: &str) -> Vec<pb::Tag> {
-    c.list_resource_tags(pb::ListResourceTagsRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|s| panic!("list resource tags of {key}: {s:?}"))
-    .into_inner()
-    .tags
+/// Declares `<name>(c, <selector>)` shorthands, one line a listing: the entries on the first
+/// page of the RPC `method`, whose request sets only the selector (`key_id` for a per-key list,
+/// `limit` for an account-wide one); the call must succeed.
+macro_rules! first_pages {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident($sel:ident: $ty:ty) = $method:ident($req:ident).$field:ident: $entry:ident;
+    )*) => {$(
+        $(#[$doc])*
+        pub async fn $name(c: &mut Client, $sel: $ty) -> Vec<pb::$entry> {
+            c.$method(pb::$req {
+                $sel: $sel.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{} of {:?}: {s:?}", stringify!($method), $sel))
+            .into_inner()
+            .$field
+        }
+    )*};
 }
 
-/// The aliases of `key` (ListAliases' first page), which must succeed.
-pub async fn list_aliases_of(c: &mut Client, key: &str) -> Vec<pb::AliasListEntry> {
-    c.list_aliases(pb::ListAliasesRequest {
-        key_id: key.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|s| panic!("list aliases of {key}: {s:?}"))
-    .into_inner()
-    .aliases
+first_pages! {
+    /// The tags on `key_id`.
+    list_tags(key_id: &str) = list_resource_tags(ListResourceTagsRequest).tags: Tag;
+    /// The aliases of `key_id`.
+    list_aliases_of(key_id: &str) = list_aliases(ListAliasesRequest).aliases: AliasListEntry;
+    /// The grants on `key_id`.
+    list_grants_of(key_id: &str) = list_grants(ListGrantsRequest).grants: GrantListEntry;
+    /// The rotations of `key_id`.
+    list_rotations_of(key_id: &str) =
+        list_key_rotations(ListKeyRotationsRequest).rotations: RotationsListEntry;
+    /// The keys, `limit` of them at most (the daemon's default page size when `None`).
+    list_key_entries(limit: Option<i32>) = list_keys(ListKeysRequest).keys: KeyListEntry;
+    /// The aliases, `limit` of them at most (the daemon's default page size when `None`).
+    list_alias_entries(limit: Option<i32>) = list_aliases(ListAliasesRequest).aliases: AliasListEntry;
+}
+
+/// The tag `key` = `value`.
+pub fn tag(key: impl Into<String>, value: impl Into<String>) -> pb::Tag {
+    pb::Tag {
+        tag_key: key.into(),
+        tag_value: value.into(),
+    }
 }
 
 /// Tags `key` with one tag, which must succeed.
 pub async fn tag_key(c: &mut Client, key: &str, tag_key: &str, tag_value: &str) {
     c.tag_resource(pb::TagResourceRequest {
         key_id: key.into(),
-        tags: vec![pb::Tag {
-            tag_key: tag_key.into(),
-            tag_value: tag_value.into(),
-        }],
+        tags: vec![tag(tag_key, tag_value)],
     })
     .await
     .unwrap_or_else(|s| panic!("tag {key}: {s:?}"));
@@ -227,12 +318,16 @@ pub async fn tag_key(c: &mut Client, key: &str, tag_key: &str, tag_value: &str) 
 
 /// Schedules the deletion of `key` in `days` days, which must succeed.
 pub async fn schedule_deletion(c: &mut Client, key: &str, days: i32) {
-    c.schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
-        key_id: key.into(),
-        pending_window_in_days: Some(days),
-    })
-    .await
-    .unwrap_or_else(|s| panic!("schedule the deletion of {key}: {s:?}"));
+    try_schedule_deletion(c, key, Some(days))
+        .await
+        .unwrap_or_else(|s| panic!("schedule the deletion of {key}: {s:?}"));
+}
+
+/// RotateKeyOnDemand of `key`: the key id the daemon answers with, or its error.
+pub async fn rotate_on_demand(c: &mut Client, key: &str) -> Result<String, tonic::Status> {
+    c.rotate_key_on_demand(pb::RotateKeyOnDemandRequest { key_id: key.into() })
+        .await
+        .map(|r| r.into_inner().key_id)
 }
 
 /// The DER public key of the asymmetric `key`, which must succeed.

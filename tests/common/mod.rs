@@ -19,6 +19,7 @@ use p11kms::server::{self, RunningServer, ServerOptions};
 use tonic::transport::Channel;
 
 mod grpc;
+mod openssl;
 mod serve;
 #[allow(unused_imports)]
 pub use grpc::*;
@@ -168,6 +169,12 @@ pub fn write_config(data_dir: &Path) -> PathBuf {
     path
 }
 
+/// Writes the config `text` to the file `path` and loads it, which must succeed.
+pub fn load_config_text(path: &Path, text: impl AsRef<[u8]>) -> Config {
+    std::fs::write(path, text).unwrap();
+    Config::load(path).expect("config")
+}
+
 pub fn config(data_dir: &Path) -> Config {
     Config::load(&write_config(data_dir)).expect("config")
 }
@@ -179,9 +186,7 @@ pub const AWS_DOOR_SECTION: &str =
 /// [`config`] with more sections appended to [`config_text`] (e.g. [`AWS_DOOR_SECTION`]).
 pub fn config_with(data_dir: &Path, extra: &str) -> Config {
     std::fs::create_dir_all(data_dir).unwrap();
-    let path = data_dir.join("p11kms.toml");
-    std::fs::write(&path, config_text(data_dir) + extra).unwrap();
-    Config::load(&path).expect("config")
+    load_config_text(&data_dir.join("p11kms.toml"), config_text(data_dir) + extra)
 }
 
 /// Starts the daemon with the AWS door enabled ([`AWS_DOOR_SECTION`]); returns it and the
@@ -223,9 +228,7 @@ pub async fn try_start_with_fixtures(
         )
         .replace("[server]\n", &format!("[server]\n{server_extra}\n"));
     assert!(text.contains(&fixtures.display().to_string()));
-    let path = data.join("p11kms-copy.toml");
-    std::fs::write(&path, text).unwrap();
-    let cfg = Config::load(&path).expect("config");
+    let cfg = load_config_text(&data.join("p11kms-copy.toml"), text);
     server::start(
         &cfg,
         ServerOptions {
@@ -267,6 +270,20 @@ pub async fn start_with(data_dir: &Path, clock: Arc<ManualClock>) -> RunningServ
 
 pub async fn start(data_dir: &Path) -> RunningServer {
     start_with(data_dir, Arc::new(ManualClock::default())).await
+}
+
+/// A test's set-up on a manual clock: a fresh data directory `name` ([`data_dir`]), the clock,
+/// the daemon `start` starts on both (e.g. [`start_with`], [`start_swept_by_hand`]) and an admin
+/// client.
+pub async fn start_admin_clocked(
+    name: &str,
+    start: impl AsyncFnOnce(&Path, Arc<ManualClock>) -> RunningServer,
+) -> (PathBuf, Arc<ManualClock>, RunningServer, Client) {
+    let dir = data_dir(name);
+    let clock = Arc::new(ManualClock::default());
+    let server = start(&dir, clock.clone()).await;
+    let c = admin(server.addr).await;
+    (dir, clock, server, c)
 }
 
 /// A client authenticating with the named certificate from the test PKI (or none).
@@ -425,6 +442,24 @@ pub fn reason<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> String {
     }
 }
 
+/// Checks that a call failed (`expected` says why it must) with the AWS exception `reason` and
+/// a message that contains `says`.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    expected: &str,
+    reason: &str,
+    says: &str,
+) {
+    let status = r.expect_err(expected);
+    assert_eq!(aws_reason(&status).as_deref(), Some(reason), "{expected}");
+    assert!(
+        status.message().contains(says),
+        "{expected}: the message should say {says:?}: {}",
+        status.message()
+    );
+}
+
 /// Starts the daemon on a fresh data directory `name` ([`data_dir`], [`start`]) and connects
 /// an admin client: the directory, the daemon and the client.
 pub async fn start_admin(name: &str) -> (PathBuf, RunningServer, Client) {
@@ -473,23 +508,13 @@ pub fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, data: &[u8]) -> Vec<u8> {
         st.success(),
         "openssl cannot parse the PublicKey as DER SPKI"
     );
-    let input = dir.path().join("in.bin");
-    let out = dir.path().join("out.bin");
-    std::fs::write(&input, data).unwrap();
-    let st = hermetic_command("openssl", scratch_dir())
-        .args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
-        .arg(&pem)
-        .args(["-pkeyopt", "rsa_padding_mode:oaep"])
-        .args(["-pkeyopt", &format!("rsa_oaep_md:{md}")])
-        .args(["-pkeyopt", &format!("rsa_mgf1_md:{md}")])
-        .arg("-in")
-        .arg(&input)
-        .arg("-out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::read(out).unwrap()
+    openssl::pkeyutl_oaep(
+        hermetic_command("openssl", scratch_dir()),
+        &pem,
+        "PEM",
+        md,
+        data,
+    )
 }
 
 /// The objects on the daemon's token whose `CKA_ID` belongs to key `key_id` (a UUID), as
@@ -635,6 +660,17 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
     v.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
     v.sort();
     v
+}
+
+/// The user `name` in an IAM authorization-details document (the identity directory's
+/// format, as in tests/fixtures), for a test to edit.
+pub fn user_mut<'a>(details: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
+    details["UserDetailList"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|u| u["UserName"] == name)
+        .unwrap_or_else(|| panic!("no user {name} in the authorization details"))
 }
 
 /// Every record of the audit trail of a data directory.

@@ -370,25 +370,21 @@ static void *oaep_as_sha1(const char *name, void *mech, struct shim_mechanism *m
     return m;
 }
 
-static ck_rv shim_C_EncryptInit(ck_ulong s, void *mech, ck_ulong key) {
-    struct shim_mechanism m;
-    struct shim_oaep_params p;
-    ck_rv rv = fault("C_EncryptInit");
-    if (rv != CKR_OK)
-        return rv;
-    return ((ck_rv(*)(ck_ulong, void *, ck_ulong))REAL(C_EncryptInit))(
-        s, oaep_as_sha1("C_EncryptInit", mech, &m, &p), key);
-}
+/* C_EncryptInit and C_DecryptInit: SHIM forwarders whose mechanism goes through
+ * oaep_as_sha1 first. */
+#define SHIM_OAEP_INIT(name)                                                      \
+    static ck_rv shim_##name(ck_ulong s, void *mech, ck_ulong key) {              \
+        struct shim_mechanism m;                                                  \
+        struct shim_oaep_params p;                                                \
+        ck_rv rv = fault(#name);                                                  \
+        if (rv != CKR_OK)                                                         \
+            return rv;                                                            \
+        return ((ck_rv(*)(ck_ulong, void *, ck_ulong))REAL(name))(                \
+            s, oaep_as_sha1(#name, mech, &m, &p), key);                           \
+    }
 
-static ck_rv shim_C_DecryptInit(ck_ulong s, void *mech, ck_ulong key) {
-    struct shim_mechanism m;
-    struct shim_oaep_params p;
-    ck_rv rv = fault("C_DecryptInit");
-    if (rv != CKR_OK)
-        return rv;
-    return ((ck_rv(*)(ck_ulong, void *, ck_ulong))REAL(C_DecryptInit))(
-        s, oaep_as_sha1("C_DecryptInit", mech, &m, &p), key);
-}
+SHIM_OAEP_INIT(C_EncryptInit)
+SHIM_OAEP_INIT(C_DecryptInit)
 
 static ck_rv shim_C_OpenSession(ck_ulong slot, ck_ulong flags, void *app, void *notify,
                                 ck_ulong *session) {

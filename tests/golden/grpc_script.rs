@@ -11,7 +11,7 @@ use p11kms::pb;
 use tonic::metadata::KeyAndValueRef;
 use tonic_types::StatusExt;
 
-use crate::common::{self, ctx, fixture_credentials, signed_as, signed_with, Signed, ACCOUNT};
+use crate::common::{self, ctx, fixture_credentials, signed_as, signed_with, tag, Signed, ACCOUNT};
 use crate::normalise::Normaliser;
 use crate::{Transcript, MISSING_GRANT, MISSING_KEY};
 
@@ -161,10 +161,7 @@ async fn keys(g: &mut G) -> Keys {
         "symmetric, with a description and tags",
         pb::CreateKeyRequest {
             description: "golden symmetric".into(),
-            tags: vec![pb::Tag {
-                tag_key: "team".into(),
-                tag_value: "blue".into(),
-            }],
+            tags: vec![tag("team", "blue")],
             ..Default::default()
         }
     ));
@@ -425,10 +422,6 @@ async fn aliases_and_tags(g: &mut G, k: &Keys) {
         "no such alias",
         delete("alias/golden-2")
     );
-    let tag = |k: &str, v: &str| pb::Tag {
-        tag_key: k.into(),
-        tag_value: v.into(),
-    };
     call!(
         g.admin.kms,
         tag_resource,

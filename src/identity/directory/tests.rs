@@ -104,18 +104,14 @@ fn group_policies_and_tags_are_collected() {
 
     let mut ctx = RequestContext::new(carol.principal_arn(), carol.account(), "kms:Encrypt", "*");
     carol.add_context_keys(&mut ctx, &[]);
-    assert_eq!(
-        ctx.get("aws:PrincipalTag/team"),
-        Some(&["blue".to_string()][..])
-    );
-    assert_eq!(ctx.get("aws:username"), Some(&["carol".to_string()][..]));
-    assert_eq!(
-        ctx.get("aws:PrincipalType"),
-        Some(&["User".to_string()][..])
-    );
-    assert_eq!(
-        ctx.get("kms:CallerAccount"),
-        Some(&["111122223333".to_string()][..])
+    assert_context(
+        &ctx,
+        &[
+            ("aws:PrincipalTag/team", Some("blue")),
+            ("aws:username", Some("carol")),
+            ("aws:PrincipalType", Some("User")),
+            ("kms:CallerAccount", Some("111122223333")),
+        ],
     );
 }
 
@@ -169,15 +165,17 @@ fn sessions_resolve_to_their_role() {
 
     let mut ctx = RequestContext::new(s.principal_arn(), s.account(), "kms:Encrypt", "*");
     s.add_context_keys(&mut ctx, &[("department".into(), "override".into())]);
-    assert_eq!(
-        ctx.get("aws:PrincipalArn"),
-        Some(&["arn:aws:iam::111122223333:role/Engineering".to_string()][..])
+    assert_context(
+        &ctx,
+        &[
+            (
+                "aws:PrincipalArn",
+                Some("arn:aws:iam::111122223333:role/Engineering"),
+            ),
+            ("aws:PrincipalTag/department", Some("override")),
+            ("aws:username", None),
+        ],
     );
-    assert_eq!(
-        ctx.get("aws:PrincipalTag/department"),
-        Some(&["override".to_string()][..])
-    );
-    assert_eq!(ctx.get("aws:username"), None);
 
     for bad in [
         "arn:aws:sts::111122223333:assumed-role/Nope/s",
@@ -369,11 +367,28 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Checks the one value `ctx` holds for each key (`None`: the key is absent).
+fn assert_context(ctx: &RequestContext, expected: &[(&str, Option<&str>)]) {
+    for &(key, value) in expected {
+        let want = value.map(|v| vec![v.to_string()]);
+        assert_eq!(ctx.get(key), want.as_deref(), "{key}");
+    }
+}
+
 /// The message of the error loading `details` as the one account's file.
 fn load_error(details: PathBuf) -> String {
     Directory::load(&one_account(details, None))
         .unwrap_err()
         .to_string()
+}
+
+/// Writes `text` as `dir/name` and checks that loading it as the one account's file fails
+/// with a message that names each of `names`.
+fn assert_load_error_names(dir: &Path, name: &str, text: &str, names: &[&str]) {
+    let msg = load_error(write(dir, name, text));
+    for n in names {
+        assert!(msg.contains(n), "{n:?} is not named: {msg}");
+    }
 }
 
 fn one_account(details: PathBuf, credentials: Option<PathBuf>) -> DirectoryFiles {
@@ -388,6 +403,12 @@ fn one_account(details: PathBuf, credentials: Option<PathBuf>) -> DirectoryFiles
 }
 
 const ALLOW_ENCRYPT: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*"}]}"#;
+
+/// Writes `dir/a.json`: alice, whose inline policy allows kms:Encrypt ([`ALLOW_ENCRYPT`]).
+fn write_alice_allowed_encrypt(dir: &Path) -> PathBuf {
+    let doc = serde_json::from_str(ALLOW_ENCRYPT).unwrap();
+    write(dir, "a.json", &user_with_inline(&doc))
+}
 
 fn user_with_inline(doc: &Value) -> String {
     serde_json::json!({
@@ -451,15 +472,12 @@ fn malformed_policy_names_account_principal_and_policy() {
     assert!(msg.contains("AliceInline"), "{msg}");
     assert!(msg.contains("Principal"), "{msg}");
 
-    let f = write(
+    let not_percent_encoded = user_with_inline(&Value::String("%ZZ".into()));
+    assert_load_error_names(
         tmp.path(),
         "b.json",
-        &user_with_inline(&Value::String("%ZZ".into())),
-    );
-    let msg = load_error(f);
-    assert!(
-        msg.contains("AliceInline") && msg.contains("percent"),
-        "{msg}"
+        &not_percent_encoded,
+        &["AliceInline", "percent"],
     );
 }
 
@@ -476,13 +494,12 @@ fn missing_managed_policy_is_named() {
         }],
         "GroupDetailList": [], "RoleDetailList": [], "Policies": []
     });
-    let f = write(tmp.path(), "a.json", &text.to_string());
-    let msg = load_error(f);
-    assert!(
-        msg.contains("arn:aws:iam::aws:policy/AdministratorAccess"),
-        "{msg}"
+    assert_load_error_names(
+        tmp.path(),
+        "a.json",
+        &text.to_string(),
+        &["arn:aws:iam::aws:policy/AdministratorAccess", "user/alice"],
     );
-    assert!(msg.contains("user/alice"), "{msg}");
 
     // Listed in the same file, an AWS-managed policy is fine.
     let mut with = text.clone();
@@ -516,9 +533,7 @@ fn unknown_group_and_bad_arns_are_errors() {
             "Arn": "arn:aws:iam::111122223333:user/alice", "GroupList": ["Ghosts"]
         }]
     });
-    let f = write(tmp.path(), "a.json", &text.to_string());
-    let msg = load_error(f);
-    assert!(msg.contains("Ghosts"), "{msg}");
+    assert_load_error_names(tmp.path(), "a.json", &text.to_string(), &["Ghosts"]);
 
     let text = serde_json::json!({
         "UserDetailList": [{
@@ -526,9 +541,12 @@ fn unknown_group_and_bad_arns_are_errors() {
             "Arn": "arn:aws:iam::444455556666:user/alice"
         }]
     });
-    let f = write(tmp.path(), "b.json", &text.to_string());
-    let msg = load_error(f);
-    assert!(msg.contains("not in account 111122223333"), "{msg}");
+    assert_load_error_names(
+        tmp.path(),
+        "b.json",
+        &text.to_string(),
+        &["not in account 111122223333"],
+    );
 
     let f = write(tmp.path(), "c.json", "{ not json");
     assert!(matches!(
@@ -581,22 +599,18 @@ fn trust_policy_without_resource_compiles_and_bad_trust_fails() {
     );
 
     let bad = serde_json::json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRole"}]});
-    let f = write(tmp.path(), "b.json", &role(bad));
-    let msg = load_error(f);
-    assert!(
-        msg.contains("role/service/App") && msg.contains("AssumeRolePolicyDocument"),
-        "{msg}"
+    assert_load_error_names(
+        tmp.path(),
+        "b.json",
+        &role(bad),
+        &["role/service/App", "AssumeRolePolicyDocument"],
     );
 }
 
 #[test]
 fn credentials_errors_name_the_fault() {
     let tmp = tempfile::tempdir().unwrap();
-    let details = write(
-        tmp.path(),
-        "a.json",
-        &user_with_inline(&serde_json::from_str(ALLOW_ENCRYPT).unwrap()),
-    );
+    let details = write_alice_allowed_encrypt(tmp.path());
     let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
     let cases = [
         (
@@ -676,11 +690,7 @@ fn bad_guardrail_is_named() {
 #[test]
 fn reload_keeps_old_directory_on_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let details = write(
-        tmp.path(),
-        "a.json",
-        &user_with_inline(&serde_json::from_str(ALLOW_ENCRYPT).unwrap()),
-    );
+    let details = write_alice_allowed_encrypt(tmp.path());
     let files = one_account(details.clone(), None);
     let handle = DirectoryHandle::load(&files).unwrap();
     let before = handle.current();
