@@ -1015,8 +1015,9 @@ async fn bad_requests_get_aws_errors_and_are_accounted() {
             "DescribeKey",
         ),
         // Over the 64 KiB default limit: refused before it is parsed (or even signed-checked).
-        // Only the head is sent: the door must answer from the declared length alone (a
-        // client still writing the body when the door closes would meet a reset instead).
+        // Only the head is sent: the door answers from the declared length alone, once its
+        // bounded wait for the body to drain is over (connection_limits checks a client that
+        // sends the whole body).
         (
             "oversized body",
             head(
