@@ -237,8 +237,7 @@ impl Kms {
         caller: &Caller,
         req: ListAliasesRequest,
     ) -> Result<ListAliasesResponse, KmsError> {
-        let limit = validate::limit(req.limit)?;
-        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let (limit, after) = validate::page_start(req.limit, req.marker.as_deref())?;
         let only_key = match req.key_id.as_deref().filter(|k| !k.is_empty()) {
             Some(k) => Some(self.resolve(caller, k, false)?.key.record.key_id.clone()),
             None => None,

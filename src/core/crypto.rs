@@ -283,25 +283,17 @@ impl Kms {
         check_algorithm(req.encryption_algorithm)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self
-            .resolve_or_create_managed(
+            .sealing_key(
                 caller,
                 &req.key_id,
                 "kms:Encrypt",
-                Some(&req.encryption_context),
+                &req.encryption_context,
                 req.dry_run,
+                [],
             )
             .await?;
-        self.authorize_key(
-            caller,
-            "kms:Encrypt",
-            &resolved,
-            Some(&req.encryption_context),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let sealed = self
             .hsm
             .encrypt_gcm(object, req.plaintext, aad_builder(object, canonical_ctx))
@@ -311,6 +303,29 @@ impl Kms {
             key_id: resolved.key.arn.clone(),
             encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
         })
+    }
+
+    /// The key Encrypt, GenerateDataKey or GenerateDataKeyPair seals under, named by id, ARN
+    /// or alias (an AWS managed key's alias creates the key on first use): resolved,
+    /// authorized for `action` with the encryption context and the operation's condition
+    /// keys, and Enabled.
+    pub(super) async fn sealing_key<const N: usize>(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        action: &'static str,
+        ctx: &BTreeMap<String, String>,
+        dry_run: bool,
+        conditions: [(&'static str, CtxValue); N],
+    ) -> Result<Resolved, KmsError> {
+        let resolved = self
+            .resolve_or_create_managed(caller, key_id, action, Some(ctx), dry_run)
+            .await?;
+        let authz = AuthzRequest::on_key(action, &resolved).context(ctx);
+        let authz = conditions.into_iter().fold(authz, |a, (k, v)| a.with(k, v));
+        self.authorize(caller, authz)?;
+        check_state(&resolved.key, StateClass::Use)?;
+        Ok(resolved)
     }
 
     /// Parses a blob, finds its key, checks an optional expected key, authorizes `action`
@@ -531,20 +546,17 @@ impl Kms {
         let n = data_key_len(req.number_of_bytes, req.key_spec)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self
-            .resolve_or_create_managed(
+            .sealing_key(
                 caller,
                 &req.key_id,
                 action,
-                Some(&req.encryption_context),
+                &req.encryption_context,
                 req.dry_run,
+                [],
             )
             .await?;
-        self.authorize_key(caller, action, &resolved, Some(&req.encryption_context))?;
-        check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let (plaintext, sealed) = self
             .hsm
             .generate_data_key(object, n, aad_builder(object, canonical_ctx))

@@ -53,21 +53,6 @@ pub const ALL_GRANT_OPERATIONS: &[&str] = &[
     "Decapsulate",
 ];
 
-/// Grant operations that make sense on a symmetric encryption key.
-const SYMMETRIC_GRANT_OPERATIONS: &[&str] = &[
-    "Decrypt",
-    "Encrypt",
-    "GenerateDataKey",
-    "GenerateDataKeyWithoutPlaintext",
-    "ReEncryptFrom",
-    "ReEncryptTo",
-    "CreateGrant",
-    "RetireGrant",
-    "DescribeKey",
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
-];
-
 const TOKEN_PREFIX: &str = "p11kms-gt1.";
 
 type Ctx = BTreeMap<String, String>;
@@ -399,8 +384,7 @@ impl Kms {
         limit: Option<i32>,
         marker: Option<&str>,
     ) -> Result<ListGrantsResponse, KmsError> {
-        let limit = validate::limit(limit)?;
-        let after = validate::decode_marker(marker.unwrap_or(""))?;
+        let (limit, after) = validate::page_start(limit, marker)?;
         let items = grants.into_iter().map(|mut g| {
             let pos = format!("{}/{:020}/{}", g.key_id, g.created_at_ms, g.grant_id);
             g.issuing_account = issuing_account_arn(&g.issuing_account, &self.settings.partition);
@@ -708,12 +692,12 @@ fn check_grant_key_state(resolved: &Resolved) -> Result<(), KmsError> {
 /// Every operation of the grant must make sense for the key's spec and usage.
 fn check_grant_operations_usable(resolved: &Resolved, ops: &[String]) -> Result<(), KmsError> {
     let record = &resolved.key.record;
-    let usable: &[&str] = if record.key_spec == "SYMMETRIC_DEFAULT" {
-        SYMMETRIC_GRANT_OPERATIONS
-    } else {
-        super::specs::grant_operations(&record.key_spec, &record.key_usage)
+    let specific = super::specs::grant_operations(&record.key_spec, &record.key_usage);
+    let usable = |op: &str| {
+        specific
+            .is_some_and(|s| s.contains(&op) || super::specs::KEY_GRANT_OPERATIONS.contains(&op))
     };
-    match ops.iter().find(|o| !usable.contains(&o.as_str())) {
+    match ops.iter().find(|o| !usable(o)) {
         Some(bad) => Err(KmsError::Validation(format!(
             "Grant operation {bad} is not valid for a {} key.",
             record.key_spec

@@ -617,6 +617,16 @@ pub(crate) fn end_dry_run(dry_run: bool) -> Result<(), KmsError> {
     }
 }
 
+/// Where a cryptographic operation passes from its checks to the device: a dry run ends here
+/// ([`end_dry_run`]); a real call uses the key's current version, which the audit event
+/// records.
+pub(crate) fn object_in_use(key: &CachedKey, dry_run: bool) -> Result<ObjectId, KmsError> {
+    end_dry_run(dry_run)?;
+    let object = key.current_object();
+    record::key_version(object.version());
+    Ok(object)
+}
+
 /// Key-state classes of kms-spec section 1.4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StateClass {

@@ -139,8 +139,7 @@ impl Kms {
         caller: &Caller,
         req: ListKeyPoliciesRequest,
     ) -> Result<ListKeyPoliciesResponse, KmsError> {
-        super::validate::limit(req.limit)?;
-        super::validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        super::validate::page_start(req.limit, req.marker.as_deref())?;
         let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,

@@ -224,43 +224,36 @@ pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
     }
 }
 
-/// Grant operations that make sense for a key of `spec`/`usage` (kms-spec 1.5 CreateGrant).
-pub fn grant_operations(spec: &str, usage: &str) -> &'static [&'static str] {
-    match kind(spec) {
-        Some(SpecKind::Pair(_)) if usage == KEY_AGREEMENT => &[
-            "DeriveSharedSecret",
-            "GetPublicKey",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
+/// Grant operations every key a grant can be created on allows, whatever its spec and usage:
+/// the grant's own operations and DescribeKey.
+pub const KEY_GRANT_OPERATIONS: &[&str] = &["CreateGrant", "RetireGrant", "DescribeKey"];
+
+/// Grant operations that make sense for a key of `spec`/`usage` (kms-spec 1.5 CreateGrant):
+/// [`KEY_GRANT_OPERATIONS`] and, per kind of key, the cryptographic ones listed here; `None`
+/// for a spec this build does not create (no operation makes sense on it).
+pub fn grant_operations(spec: &str, usage: &str) -> Option<&'static [&'static str]> {
+    Some(match kind(spec)? {
+        SpecKind::Symmetric => &[
+            "Decrypt",
+            "Encrypt",
+            "GenerateDataKey",
+            "GenerateDataKeyWithoutPlaintext",
+            "ReEncryptFrom",
+            "ReEncryptTo",
+            "GenerateDataKeyPair",
+            "GenerateDataKeyPairWithoutPlaintext",
         ],
-        Some(SpecKind::Pair(_)) if usage == SIGN_VERIFY => &[
-            "Sign",
-            "Verify",
-            "GetPublicKey",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
-        ],
-        Some(SpecKind::Pair(_)) => &[
+        SpecKind::Pair(_) if usage == KEY_AGREEMENT => &["DeriveSharedSecret", "GetPublicKey"],
+        SpecKind::Pair(_) if usage == SIGN_VERIFY => &["Sign", "Verify", "GetPublicKey"],
+        SpecKind::Pair(_) => &[
             "Encrypt",
             "Decrypt",
             "ReEncryptFrom",
             "ReEncryptTo",
             "GetPublicKey",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
         ],
-        Some(SpecKind::Hmac(_)) => &[
-            "GenerateMac",
-            "VerifyMac",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
-        ],
-        _ => &[],
-    }
+        SpecKind::Hmac(_) => &["GenerateMac", "VerifyMac"],
+    })
 }
 
 #[cfg(test)]
@@ -285,32 +278,18 @@ mod tests {
             signing_scheme("ECC_NIST_P256", SIGN_VERIFY, SigningAlgorithm::EcdsaSha384),
             Err(KmsError::InvalidKeyUsage(_))
         ));
-        assert_eq!(
-            signing_scheme("RSA_3072", SIGN_VERIFY, SigningAlgorithm::RsassaPssSha384).unwrap(),
-            (SignScheme::RsaPss(ShaAlg::Sha384), Hash::Sha384)
-        );
-        assert_eq!(
-            signing_scheme(
-                "RSA_2048",
-                SIGN_VERIFY,
-                SigningAlgorithm::RsassaPkcs1V15Sha512
-            )
-            .unwrap(),
-            (SignScheme::RsaPkcs1, Hash::Sha512)
-        );
-        assert_eq!(
-            signing_scheme("ECC_NIST_P521", SIGN_VERIFY, SigningAlgorithm::EcdsaSha512).unwrap(),
-            (SignScheme::Ecdsa(Curve::P521), Hash::Sha512)
-        );
-        assert_eq!(
-            signing_scheme(
-                "ECC_NIST_EDWARDS25519",
-                SIGN_VERIFY,
-                SigningAlgorithm::Ed25519Sha512
-            )
-            .unwrap(),
-            (SignScheme::Ed25519, Hash::Sha512)
-        );
+        use SigningAlgorithm::{EcdsaSha512, Ed25519Sha512, RsassaPkcs1V15Sha512, RsassaPssSha384};
+        #[rustfmt::skip]
+        let schemes = [
+            ("RSA_3072", RsassaPssSha384, SignScheme::RsaPss(ShaAlg::Sha384), Hash::Sha384),
+            ("RSA_2048", RsassaPkcs1V15Sha512, SignScheme::RsaPkcs1, Hash::Sha512),
+            ("ECC_NIST_P521", EcdsaSha512, SignScheme::Ecdsa(Curve::P521), Hash::Sha512),
+            ("ECC_NIST_EDWARDS25519", Ed25519Sha512, SignScheme::Ed25519, Hash::Sha512),
+        ];
+        for (spec, algorithm, scheme, hash) in schemes {
+            let got = signing_scheme(spec, SIGN_VERIFY, algorithm).unwrap();
+            assert_eq!(got, (scheme, hash), "{spec} {algorithm}");
+        }
         assert!(matches!(
             mac_algorithm("HMAC_256", GENERATE_VERIFY_MAC, MacAlgorithm::HmacSha512),
             Err(KmsError::InvalidKeyUsage(_))

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::authz::{AuthzRequest, CtxValue};
 use super::operation::{request_parameters, Empty, Recorded, ResponseElements};
 use super::validate;
-use super::{check_state, Kms, KmsError, StateClass};
+use super::{check_state, CachedKey, Kms, KmsError, StateClass};
 use crate::identity::Caller;
 use crate::store::Tag;
 
@@ -72,6 +72,14 @@ request_parameters! {
 
 impl ResponseElements for ListResourceTagsResponse {}
 
+/// What TagResource or UntagResource changes on a key.
+enum TagChange<'a> {
+    /// Tags added, or whose values are overwritten.
+    Put(&'a [Tag]),
+    /// Tag keys removed.
+    Remove(&'a [String]),
+}
+
 impl Kms {
     /// TagResource: adds tags or overwrites the values of existing tag keys.
     pub async fn tag_resource(
@@ -100,12 +108,7 @@ impl Kms {
                 validate::MAX_TAGS
             )));
         }
-        super::record::before_change().await?;
-        self.store
-            .put_tags(&resolved.key.record.key_id, &tags)
-            .await?;
-        self.refresh_key(&resolved.key.record.key_id).await?;
-        Ok(Empty)
+        self.change_tags(&resolved.key, TagChange::Put(&tags)).await
     }
 
     /// UntagResource: removes tag keys; absent keys are ignored.
@@ -129,11 +132,20 @@ impl Kms {
                 .with("aws:TagKeys", CtxValue::Many(tag_keys.clone())),
         )?;
         check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+        self.change_tags(&resolved.key, TagChange::Remove(&tag_keys))
+            .await
+    }
+
+    /// The last steps of TagResource and UntagResource, once the change is authorized: the
+    /// trail's before-change point, the store, and the key's cache entry reloaded.
+    async fn change_tags(&self, key: &CachedKey, change: TagChange<'_>) -> Result<Empty, KmsError> {
         super::record::before_change().await?;
-        self.store
-            .remove_tags(&resolved.key.record.key_id, &tag_keys)
-            .await?;
-        self.refresh_key(&resolved.key.record.key_id).await?;
+        let key_id = &key.record.key_id;
+        match change {
+            TagChange::Put(tags) => self.store.put_tags(key_id, tags).await?,
+            TagChange::Remove(tag_keys) => self.store.remove_tags(key_id, tag_keys).await?,
+        }
+        self.refresh_key(key_id).await?;
         Ok(Empty)
     }
 
@@ -143,8 +155,7 @@ impl Kms {
         caller: &Caller,
         req: ListResourceTagsRequest,
     ) -> Result<ListResourceTagsResponse, KmsError> {
-        let limit = validate::limit(req.limit)?;
-        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let (limit, after) = validate::page_start(req.limit, req.marker.as_deref())?;
         let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:ListResourceTags", &resolved, None)?;
         check_state(&resolved.key, StateClass::Any)?;
