@@ -2,7 +2,8 @@
 //! allows, the algorithms KeyMetadata lists, and how an algorithm maps onto the HSM layer.
 
 use super::algorithms::{
-    EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
+    DataKeyPairSpec, EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm,
+    SigningAlgorithm,
 };
 use super::KmsError;
 use crate::hsm::{Curve, MacAlg, PairSpec, PairUsage, ShaAlg, SignScheme};
@@ -198,29 +199,18 @@ pub fn mac_algorithm(spec: &str, usage: &str, algorithm: MacAlgorithm) -> Result
 
 /// The data key pair specs this build generates.
 pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
-    const KNOWN: &[&str] = &[
-        "RSA_2048",
-        "RSA_3072",
-        "RSA_4096",
-        "ECC_NIST_P256",
-        "ECC_NIST_P384",
-        "ECC_NIST_P521",
-        "ECC_SECG_P256K1",
-        "SM2",
-        "ECC_NIST_EDWARDS25519",
-        "ML_KEM_512",
-        "ML_KEM_768",
-        "ML_KEM_1024",
-    ];
     match kind(spec) {
         Some(SpecKind::Pair(p)) => Ok(p),
-        _ if KNOWN.contains(&spec) => Err(KmsError::UnsupportedOperation(format!(
-            "KeyPairSpec {spec} is not supported by this p11kms build."
-        ))),
-        _ => Err(KmsError::validation(
-            "keyPairSpec",
-            &format!("Member must satisfy enum value set: {KNOWN:?}"),
+        _ if spec.parse::<DataKeyPairSpec>().is_ok() => Err(KmsError::UnsupportedOperation(
+            format!("KeyPairSpec {spec} is not supported by this p11kms build."),
         )),
+        _ => {
+            let known: Vec<&str> = DataKeyPairSpec::ALL.iter().map(|s| s.as_str()).collect();
+            Err(KmsError::validation(
+                "keyPairSpec",
+                &format!("Member must satisfy enum value set: {known:?}"),
+            ))
+        }
     }
 }
 
@@ -259,6 +249,33 @@ pub fn grant_operations(spec: &str, usage: &str) -> Option<&'static [&'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_operations_follow_the_kind_of_key() {
+        let hmac = grant_operations("HMAC_256", GENERATE_VERIFY_MAC).unwrap();
+        assert!(hmac.contains(&"VerifyMac") && !hmac.contains(&"GetPublicKey"));
+        let agreement = grant_operations("ECC_NIST_P256", KEY_AGREEMENT).unwrap();
+        assert_eq!(agreement, ["DeriveSharedSecret", "GetPublicKey"]);
+        let symmetric = grant_operations("SYMMETRIC_DEFAULT", ENCRYPT_DECRYPT).unwrap();
+        assert!(symmetric.contains(&"GenerateDataKeyPair") && !symmetric.contains(&"Sign"));
+        assert_eq!(grant_operations("SM2", SIGN_VERIFY), None);
+    }
+
+    #[test]
+    fn data_key_pair_specs_are_the_models() {
+        assert_eq!(data_key_pair_spec("RSA_3072").unwrap(), PairSpec::Rsa(3072));
+        let e = data_key_pair_spec("ML_KEM_512").unwrap_err();
+        assert_eq!(e.aws_name(), "UnsupportedOperationException");
+        let e = data_key_pair_spec("RSA_1024").unwrap_err();
+        assert_eq!(
+            e.message(),
+            KmsError::validation(
+                "keyPairSpec",
+                "Member must satisfy enum value set: [\"RSA_2048\", \"RSA_3072\", \"RSA_4096\", \"ECC_NIST_P256\", \"ECC_NIST_P384\", \"ECC_NIST_P521\", \"ECC_SECG_P256K1\", \"SM2\", \"ECC_NIST_EDWARDS25519\", \"ML_KEM_512\", \"ML_KEM_768\", \"ML_KEM_1024\"]"
+            )
+            .message()
+        );
+    }
 
     #[test]
     fn catalogue() {
