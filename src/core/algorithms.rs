@@ -189,25 +189,6 @@ wire_enum!(
     }
 );
 
-wire_enum!(
-    /// KeyPairSpec of GenerateDataKeyPair(WithoutPlaintext): the AWS model's values, some of
-    /// which this build does not generate ([`super::specs::data_key_pair_spec`]).
-    DataKeyPairSpec {
-        Rsa2048 = "RSA_2048",
-        Rsa3072 = "RSA_3072",
-        Rsa4096 = "RSA_4096",
-        EccNistP256 = "ECC_NIST_P256",
-        EccNistP384 = "ECC_NIST_P384",
-        EccNistP521 = "ECC_NIST_P521",
-        EccSecgP256k1 = "ECC_SECG_P256K1",
-        Sm2 = "SM2",
-        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
-        MlKem512 = "ML_KEM_512",
-        MlKem768 = "ML_KEM_768",
-        MlKem1024 = "ML_KEM_1024",
-    }
-);
-
 impl DataKeySpec {
     /// The data key's length in bytes.
     pub fn bytes(self) -> usize {
@@ -230,6 +211,7 @@ pub fn parse_opt<T: FromStr<Err = UnknownValue>>(s: &str) -> Result<Option<T>, U
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::domain::KeySpec;
     use crate::wire_enum::WireEnum;
 
     #[test]
@@ -278,7 +260,7 @@ mod tests {
             ),
             (sorted(MessageType::ALL), "MessageType"),
             (sorted(DataKeySpec::ALL), "DataKeySpec"),
-            (sorted(DataKeyPairSpec::ALL), "DataKeyPairSpec"),
+            (sorted(&KeySpec::data_key_pair_specs()), "DataKeyPairSpec"),
         ];
         for (ours, shape) in cases {
             assert_eq!(ours, values(shape), "{shape}");

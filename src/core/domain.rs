@@ -44,6 +44,27 @@ impl KeySpec {
             KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512
         )
     }
+
+    /// The KeyPairSpecs of GenerateDataKeyPair (the AWS model's DataKeyPairSpec, in its
+    /// order): the key pair specs but ML-DSA's. This build generates some of them
+    /// ([`super::specs::data_key_pair_spec`]).
+    pub fn data_key_pair_specs() -> Vec<KeySpec> {
+        let not_pair = |s: &KeySpec| {
+            s.is_hmac()
+                || matches!(
+                    s,
+                    KeySpec::SymmetricDefault
+                        | KeySpec::MlDsa44
+                        | KeySpec::MlDsa65
+                        | KeySpec::MlDsa87
+                )
+        };
+        KeySpec::ALL
+            .iter()
+            .copied()
+            .filter(|s| !not_pair(s))
+            .collect()
+    }
 }
 
 wire_enum!(

@@ -2,9 +2,9 @@
 //! allows, the algorithms KeyMetadata lists, and how an algorithm maps onto the HSM layer.
 
 use super::algorithms::{
-    DataKeyPairSpec, EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm,
-    SigningAlgorithm,
+    EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
+use super::domain::KeySpec;
 use super::KmsError;
 use crate::hsm::{Curve, MacAlg, PairSpec, PairUsage, ShaAlg, SignScheme};
 
@@ -201,11 +201,16 @@ pub fn mac_algorithm(spec: &str, usage: &str, algorithm: MacAlgorithm) -> Result
 pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
     match kind(spec) {
         Some(SpecKind::Pair(p)) => Ok(p),
-        _ if spec.parse::<DataKeyPairSpec>().is_ok() => Err(KmsError::UnsupportedOperation(
-            format!("KeyPairSpec {spec} is not supported by this p11kms build."),
-        )),
         _ => {
-            let known: Vec<&str> = DataKeyPairSpec::ALL.iter().map(|s| s.as_str()).collect();
+            let known: Vec<&str> = KeySpec::data_key_pair_specs()
+                .into_iter()
+                .map(KeySpec::as_str)
+                .collect();
+            if known.contains(&spec) {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeyPairSpec {spec} is not supported by this p11kms build."
+                )));
+            }
             Err(KmsError::validation(
                 "keyPairSpec",
                 &format!("Member must satisfy enum value set: {known:?}"),
