@@ -19,7 +19,7 @@ use super::crypto::wrapped_params;
 use super::crypto::{
     aad_builder, blob_from, canonical, check_algorithm, check_symmetric_usage, DecryptRequest,
     DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse,
-    SourceBlob, MAX_CIPHERTEXT,
+    MAX_CIPHERTEXT,
 };
 use super::keys::key_material_id;
 use super::operation::{redacted_debug, request_parameters, RequestParameters, ResponseElements};
@@ -319,6 +319,27 @@ struct SignatureInput<'a> {
     grant_tokens: &'a [String],
 }
 
+/// Sign and Verify name the message, the key and the algorithm alike: one reading of both
+/// (`Request: "action"`, one line each).
+macro_rules! signature_input {
+    ($($req:ty: $action:literal),* $(,)?) => {$(
+        impl<'a> From<&'a $req> for SignatureInput<'a> {
+            fn from(req: &'a $req) -> Self {
+                SignatureInput {
+                    action: $action,
+                    key_id: &req.key_id,
+                    message: &req.message,
+                    message_type: req.message_type,
+                    algorithm: req.signing_algorithm,
+                    grant_tokens: &req.grant_tokens,
+                }
+            }
+        }
+    )*};
+}
+
+signature_input!(SignRequest: "kms:Sign", VerifyRequest: "kms:Verify");
+
 /// What Sign and Verify hand to the device.
 struct PreparedSignature {
     resolved: Resolved,
@@ -435,17 +456,7 @@ impl Kms {
 
     /// Sign: the device signs the daemon-computed digest with the private key.
     pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, KmsError> {
-        let p = self.prepare_signature(
-            caller,
-            SignatureInput {
-                action: "kms:Sign",
-                key_id: &req.key_id,
-                message: &req.message,
-                message_type: req.message_type,
-                algorithm: req.signing_algorithm,
-                grant_tokens: &req.grant_tokens,
-            },
-        )?;
+        let p = self.prepare_signature(caller, (&req).into())?;
         super::end_dry_run(req.dry_run)?;
         let signature = self
             .hsm
@@ -466,17 +477,7 @@ impl Kms {
         req: VerifyRequest,
     ) -> Result<VerifyResponse, KmsError> {
         validate::blob_len("signature", req.signature.len(), 1, MAX_SIGNATURE)?;
-        let p = self.prepare_signature(
-            caller,
-            SignatureInput {
-                action: "kms:Verify",
-                key_id: &req.key_id,
-                message: &req.message,
-                message_type: req.message_type,
-                algorithm: req.signing_algorithm,
-                grant_tokens: &req.grant_tokens,
-            },
-        )?;
+        let p = self.prepare_signature(caller, (&req).into())?;
         // A dry run never verifies: the device is not asked.
         super::end_dry_run(req.dry_run)?;
         let object = p.resolved.key.current_object();
@@ -725,15 +726,7 @@ impl Kms {
                 &req.destination_encryption_context,
             )?),
         };
-        let dest = self
-            .resolve_or_create_managed(
-                caller,
-                &req.destination_key_id,
-                "kms:ReEncryptTo",
-                Some(&req.destination_encryption_context),
-                req.dry_run,
-            )
-            .await?;
+        let dest = self.re_encrypt_destination(caller, &req).await?;
         let source = self.re_encrypt_source(caller, &req, &dest, src_alg, src_hash)?;
         let (source_key, source_object) = source.key();
         let same_key = source_object.key_id() == dest.key.uuid;
@@ -765,20 +758,8 @@ impl Kms {
         src_hash: Option<ShaAlg>,
     ) -> Result<ReSource, KmsError> {
         let Some(hash) = src_hash else {
-            let same_key = ciphertext::parse(&req.ciphertext_blob)
-                .map(|p| p.key_id == dest.key.uuid)
-                .unwrap_or(false);
-            return Ok(ReSource::Gcm(self.open_blob(
-                caller,
-                SourceBlob {
-                    blob: &req.ciphertext_blob,
-                    ctx_member: "sourceEncryptionContext",
-                    ctx: &req.source_encryption_context,
-                    expected_key: req.source_key_id.as_deref(),
-                },
-                "kms:ReEncryptFrom",
-                Some(on_same_key(same_key)),
-            )?));
+            let opened = self.open_re_encrypt_source(caller, req, dest)?;
+            return Ok(ReSource::Gcm(opened));
         };
         let key_id = required_key(
             req.source_key_id.as_deref(),

@@ -328,6 +328,45 @@ impl Kms {
         Ok(resolved)
     }
 
+    /// ReEncrypt's destination key, named by id, ARN or alias (an AWS managed key's alias
+    /// creates the key on first use); authorized by the caller of this.
+    pub(super) async fn re_encrypt_destination(
+        &self,
+        caller: &Caller,
+        req: &ReEncryptRequest,
+    ) -> Result<Resolved, KmsError> {
+        let ctx = &req.destination_encryption_context;
+        self.resolve_or_create_managed(
+            caller,
+            &req.destination_key_id,
+            "kms:ReEncryptTo",
+            Some(ctx),
+            req.dry_run,
+        )
+        .await
+    }
+
+    /// ReEncrypt's symmetric source ciphertext, opened ([`Kms::open_blob`]) and authorized
+    /// for kms:ReEncryptFrom, with kms:ReEncryptOnSameKey against the destination `dest`.
+    pub(super) fn open_re_encrypt_source(
+        &self,
+        caller: &Caller,
+        req: &ReEncryptRequest,
+        dest: &Resolved,
+    ) -> Result<OpenedBlob, KmsError> {
+        let same_key = ciphertext::parse(&req.ciphertext_blob)
+            .map(|p| p.key_id == dest.key.uuid)
+            .unwrap_or(false);
+        let src = SourceBlob {
+            blob: &req.ciphertext_blob,
+            ctx_member: "sourceEncryptionContext",
+            ctx: &req.source_encryption_context,
+            expected_key: req.source_key_id.as_deref(),
+        };
+        let same = super::asym::on_same_key(same_key);
+        self.open_blob(caller, src, "kms:ReEncryptFrom", Some(same))
+    }
+
     /// Parses a blob, finds its key, checks an optional expected key, authorizes `action`
     /// and checks state. The order is AWS's: parse, look up, KeyId match, authorize, state.
     pub(super) fn open_blob(
@@ -452,31 +491,9 @@ impl Kms {
             "destinationEncryptionContext",
             &req.destination_encryption_context,
         )?;
-        let dest = self
-            .resolve_or_create_managed(
-                caller,
-                &req.destination_key_id,
-                "kms:ReEncryptTo",
-                Some(&req.destination_encryption_context),
-                req.dry_run,
-            )
-            .await?;
-        let same_key = ciphertext::parse(&req.ciphertext_blob)
-            .map(|p| p.key_id == dest.key.uuid)
-            .unwrap_or(false);
-        let same = || super::asym::on_same_key(same_key);
-        let source = self.open_blob(
-            caller,
-            SourceBlob {
-                blob: &req.ciphertext_blob,
-                ctx_member: "sourceEncryptionContext",
-                ctx: &req.source_encryption_context,
-                expected_key: req.source_key_id.as_deref(),
-            },
-            "kms:ReEncryptFrom",
-            Some(same()),
-        )?;
-        let (k, v) = same();
+        let dest = self.re_encrypt_destination(caller, &req).await?;
+        let source = self.open_re_encrypt_source(caller, &req, &dest)?;
+        let (k, v) = super::asym::on_same_key(source.object.key_id() == dest.key.uuid);
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:ReEncryptTo", &dest)
