@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::authz::{AuthzRequest, CtxValue};
 use super::operation::{request_parameters, Empty, Recorded, ResponseElements};
 use super::validate;
-use super::{check_state, CachedKey, Kms, KmsError, StateClass};
+use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
 use crate::store::Tag;
 
@@ -73,11 +73,25 @@ request_parameters! {
 impl ResponseElements for ListResourceTagsResponse {}
 
 /// What TagResource or UntagResource changes on a key.
+#[derive(Clone, Copy)]
 enum TagChange<'a> {
     /// Tags added, or whose values are overwritten.
     Put(&'a [Tag]),
     /// Tag keys removed.
     Remove(&'a [String]),
+}
+
+impl TagChange<'_> {
+    /// The change's authorization on `resolved`: its action with the tag condition keys.
+    fn authz<'r>(&self, resolved: &'r Resolved) -> AuthzRequest<'r> {
+        match *self {
+            TagChange::Put(tags) => {
+                with_request_tags(AuthzRequest::on_key("kms:TagResource", resolved), tags)
+            }
+            TagChange::Remove(tag_keys) => AuthzRequest::on_key("kms:UntagResource", resolved)
+                .with("aws:TagKeys", CtxValue::Many(tag_keys.to_vec())),
+        }
+    }
 }
 
 impl Kms {
@@ -92,23 +106,8 @@ impl Kms {
             return Err(KmsError::validation("tags", "Member must not be null"));
         }
         validate::tags(&tags)?;
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        let authz = AuthzRequest::on_key("kms:TagResource", &resolved);
-        self.authorize(caller, with_request_tags(authz, &tags))?;
-        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
-        let existing = &resolved.key.tags;
-        let added = tags
-            .iter()
-            .filter(|t| !existing.iter().any(|e| e.key == t.key))
-            .count();
-        if existing.len() + added > validate::MAX_TAGS {
-            return Err(KmsError::LimitExceeded(format!(
-                "A key can have at most {} tags.",
-                validate::MAX_TAGS
-            )));
-        }
-        self.change_tags(&resolved.key, TagChange::Put(&tags)).await
+        self.change_tags(caller, &req.key_id, TagChange::Put(&tags))
+            .await
     }
 
     /// UntagResource: removes tag keys; absent keys are ignored.
@@ -124,21 +123,37 @@ impl Kms {
         for k in &tag_keys {
             validate::tag_key(k)?;
         }
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key("kms:UntagResource", &resolved)
-                .with("aws:TagKeys", CtxValue::Many(tag_keys.clone())),
-        )?;
-        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
-        self.change_tags(&resolved.key, TagChange::Remove(&tag_keys))
+        self.change_tags(caller, &req.key_id, TagChange::Remove(&tag_keys))
             .await
     }
 
-    /// The last steps of TagResource and UntagResource, once the change is authorized: the
-    /// trail's before-change point, the store, and the key's cache entry reloaded.
-    async fn change_tags(&self, key: &CachedKey, change: TagChange<'_>) -> Result<Empty, KmsError> {
+    /// TagResource and UntagResource once their input is checked: under the metadata lock,
+    /// the key (by id or ARN) is resolved, the change authorized with its tag condition keys
+    /// and allowed by the key's state (and, for new tags, the tag limit); then the trail's
+    /// before-change point, the store, and the key's cache entry reloaded.
+    async fn change_tags(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        change: TagChange<'_>,
+    ) -> Result<Empty, KmsError> {
+        let _guard = self.mutate.lock().await;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize(caller, change.authz(&resolved))?;
+        let key = &resolved.key;
+        check_state(key, StateClass::NotPendingDeletion)?;
+        if let TagChange::Put(tags) = change {
+            let added = tags
+                .iter()
+                .filter(|t| !key.tags.iter().any(|e| e.key == t.key))
+                .count();
+            if key.tags.len() + added > validate::MAX_TAGS {
+                return Err(KmsError::LimitExceeded(format!(
+                    "A key can have at most {} tags.",
+                    validate::MAX_TAGS
+                )));
+            }
+        }
         super::record::before_change().await?;
         let key_id = &key.record.key_id;
         match change {
