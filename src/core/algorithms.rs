@@ -211,7 +211,7 @@ pub fn parse_opt<T: FromStr<Err = UnknownValue>>(s: &str) -> Result<Option<T>, U
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::domain::KeySpec;
+    use crate::core::domain::{GrantOperation, KeySpec};
     use crate::wire_enum::WireEnum;
 
     #[test]
@@ -261,6 +261,7 @@ mod tests {
             (sorted(MessageType::ALL), "MessageType"),
             (sorted(DataKeySpec::ALL), "DataKeySpec"),
             (sorted(&KeySpec::data_key_pair_specs()), "DataKeyPairSpec"),
+            (sorted(GrantOperation::ALL), "GrantOperation"),
         ];
         for (ours, shape) in cases {
             assert_eq!(ours, values(shape), "{shape}");

@@ -68,6 +68,31 @@ impl KeySpec {
 }
 
 wire_enum!(
+    /// An operation a grant allows (CreateGrant's Operations), in the AWS model's order.
+    GrantOperation {
+        Decrypt = "Decrypt",
+        Encrypt = "Encrypt",
+        GenerateDataKey = "GenerateDataKey",
+        GenerateDataKeyWithoutPlaintext = "GenerateDataKeyWithoutPlaintext",
+        ReEncryptFrom = "ReEncryptFrom",
+        ReEncryptTo = "ReEncryptTo",
+        Sign = "Sign",
+        Verify = "Verify",
+        GetPublicKey = "GetPublicKey",
+        CreateGrant = "CreateGrant",
+        RetireGrant = "RetireGrant",
+        DescribeKey = "DescribeKey",
+        GenerateDataKeyPair = "GenerateDataKeyPair",
+        GenerateDataKeyPairWithoutPlaintext = "GenerateDataKeyPairWithoutPlaintext",
+        GenerateMac = "GenerateMac",
+        VerifyMac = "VerifyMac",
+        DeriveSharedSecret = "DeriveSharedSecret",
+        Encapsulate = "Encapsulate",
+        Decapsulate = "Decapsulate",
+    }
+);
+
+wire_enum!(
     /// A key's KeyUsage.
     KeyUsage {
         SignVerify = "SIGN_VERIFY",

@@ -13,6 +13,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
+use super::domain::GrantOperation;
 use super::operation::{
     redacted_debug, request_parameters, response_elements, Empty, Params, ResponseElements,
 };
@@ -29,29 +30,6 @@ pub const MAX_GRANTS_PER_KEY: usize = 50_000;
 pub const MAX_CONSTRAINT_PAIRS: usize = 8;
 /// Longest constraint value.
 pub const MAX_CONSTRAINT_VALUE: usize = 384;
-
-/// Every grant operation name of the API.
-pub const ALL_GRANT_OPERATIONS: &[&str] = &[
-    "Decrypt",
-    "Encrypt",
-    "GenerateDataKey",
-    "GenerateDataKeyWithoutPlaintext",
-    "ReEncryptFrom",
-    "ReEncryptTo",
-    "Sign",
-    "Verify",
-    "GetPublicKey",
-    "CreateGrant",
-    "RetireGrant",
-    "DescribeKey",
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
-    "GenerateMac",
-    "VerifyMac",
-    "DeriveSharedSecret",
-    "Encapsulate",
-    "Decapsulate",
-];
 
 const TOKEN_PREFIX: &str = "p11kms-gt1.";
 
@@ -595,11 +573,12 @@ fn check_create_grant_input(req: &CreateGrantRequest) -> Result<(), KmsError> {
     if req
         .operations
         .iter()
-        .any(|op| !ALL_GRANT_OPERATIONS.contains(&op.as_str()))
+        .any(|op| op.parse::<GrantOperation>().is_err())
     {
+        let all: Vec<&str> = GrantOperation::ALL.iter().map(|o| o.as_str()).collect();
         return Err(KmsError::validation(
             "operations",
-            &format!("Member must satisfy enum value set: {ALL_GRANT_OPERATIONS:?}"),
+            &format!("Member must satisfy enum value set: {all:?}"),
         ));
     }
     if let Some(n) = &req.name {
@@ -693,7 +672,10 @@ fn check_grant_key_state(resolved: &Resolved) -> Result<(), KmsError> {
 fn check_grant_operations_usable(resolved: &Resolved, ops: &[String]) -> Result<(), KmsError> {
     let record = &resolved.key.record;
     let specific = super::specs::grant_operations(&record.key_spec, &record.key_usage);
-    let usable = |op: &str| {
+    let usable = |op: &String| {
+        let Ok(op) = op.parse::<GrantOperation>() else {
+            return false;
+        };
         specific
             .is_some_and(|s| s.contains(&op) || super::specs::KEY_GRANT_OPERATIONS.contains(&op))
     };
@@ -793,6 +775,23 @@ mod tests {
         );
         let revoke = RevokeGrantRequest::default().request_parameters();
         assert!(revoke.get("dryRun").is_none(), "{revoke}");
+    }
+
+    #[test]
+    fn an_unknown_operation_is_refused_with_the_models_list() {
+        let req = CreateGrantRequest {
+            key_id: "k".into(),
+            grantee_principal: "arn:aws:iam::111122223333:role/r".into(),
+            operations: vec!["Decrypt".into(), "Frobnicate".into()],
+            ..Default::default()
+        };
+        let e = check_create_grant_input(&req).unwrap_err();
+        let list = "[\"Decrypt\", \"Encrypt\", \"GenerateDataKey\", \"GenerateDataKeyWithoutPlaintext\", \"ReEncryptFrom\", \"ReEncryptTo\", \"Sign\", \"Verify\", \"GetPublicKey\", \"CreateGrant\", \"RetireGrant\", \"DescribeKey\", \"GenerateDataKeyPair\", \"GenerateDataKeyPairWithoutPlaintext\", \"GenerateMac\", \"VerifyMac\", \"DeriveSharedSecret\", \"Encapsulate\", \"Decapsulate\"]";
+        let want = format!("Member must satisfy enum value set: {list}");
+        assert_eq!(
+            e.message(),
+            KmsError::validation("operations", &want).message()
+        );
     }
 
     #[test]

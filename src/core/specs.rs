@@ -4,7 +4,7 @@
 use super::algorithms::{
     EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
-use super::domain::KeySpec;
+use super::domain::{GrantOperation, KeySpec};
 use super::KmsError;
 use crate::hsm::{Curve, MacAlg, PairSpec, PairUsage, ShaAlg, SignScheme};
 
@@ -221,33 +221,32 @@ pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
 
 /// Grant operations every key a grant can be created on allows, whatever its spec and usage:
 /// the grant's own operations and DescribeKey.
-pub const KEY_GRANT_OPERATIONS: &[&str] = &["CreateGrant", "RetireGrant", "DescribeKey"];
+pub const KEY_GRANT_OPERATIONS: &[GrantOperation] = &[
+    GrantOperation::CreateGrant,
+    GrantOperation::RetireGrant,
+    GrantOperation::DescribeKey,
+];
 
 /// Grant operations that make sense for a key of `spec`/`usage` (kms-spec 1.5 CreateGrant):
 /// [`KEY_GRANT_OPERATIONS`] and, per kind of key, the cryptographic ones listed here; `None`
 /// for a spec this build does not create (no operation makes sense on it).
-pub fn grant_operations(spec: &str, usage: &str) -> Option<&'static [&'static str]> {
+pub fn grant_operations(spec: &str, usage: &str) -> Option<&'static [GrantOperation]> {
+    use GrantOperation::*;
     Some(match kind(spec)? {
         SpecKind::Symmetric => &[
-            "Decrypt",
-            "Encrypt",
-            "GenerateDataKey",
-            "GenerateDataKeyWithoutPlaintext",
-            "ReEncryptFrom",
-            "ReEncryptTo",
-            "GenerateDataKeyPair",
-            "GenerateDataKeyPairWithoutPlaintext",
+            Decrypt,
+            Encrypt,
+            GenerateDataKey,
+            GenerateDataKeyWithoutPlaintext,
+            ReEncryptFrom,
+            ReEncryptTo,
+            GenerateDataKeyPair,
+            GenerateDataKeyPairWithoutPlaintext,
         ],
-        SpecKind::Pair(_) if usage == KEY_AGREEMENT => &["DeriveSharedSecret", "GetPublicKey"],
-        SpecKind::Pair(_) if usage == SIGN_VERIFY => &["Sign", "Verify", "GetPublicKey"],
-        SpecKind::Pair(_) => &[
-            "Encrypt",
-            "Decrypt",
-            "ReEncryptFrom",
-            "ReEncryptTo",
-            "GetPublicKey",
-        ],
-        SpecKind::Hmac(_) => &["GenerateMac", "VerifyMac"],
+        SpecKind::Pair(_) if usage == KEY_AGREEMENT => &[DeriveSharedSecret, GetPublicKey],
+        SpecKind::Pair(_) if usage == SIGN_VERIFY => &[Sign, Verify, GetPublicKey],
+        SpecKind::Pair(_) => &[Encrypt, Decrypt, ReEncryptFrom, ReEncryptTo, GetPublicKey],
+        SpecKind::Hmac(_) => &[GenerateMac, VerifyMac],
     })
 }
 
@@ -257,12 +256,13 @@ mod tests {
 
     #[test]
     fn grant_operations_follow_the_kind_of_key() {
+        use GrantOperation::*;
         let hmac = grant_operations("HMAC_256", GENERATE_VERIFY_MAC).unwrap();
-        assert!(hmac.contains(&"VerifyMac") && !hmac.contains(&"GetPublicKey"));
+        assert!(hmac.contains(&VerifyMac) && !hmac.contains(&GetPublicKey));
         let agreement = grant_operations("ECC_NIST_P256", KEY_AGREEMENT).unwrap();
-        assert_eq!(agreement, ["DeriveSharedSecret", "GetPublicKey"]);
+        assert_eq!(agreement, [DeriveSharedSecret, GetPublicKey]);
         let symmetric = grant_operations("SYMMETRIC_DEFAULT", ENCRYPT_DECRYPT).unwrap();
-        assert!(symmetric.contains(&"GenerateDataKeyPair") && !symmetric.contains(&"Sign"));
+        assert!(symmetric.contains(&GenerateDataKeyPair) && !symmetric.contains(&Sign));
         assert_eq!(grant_operations("SM2", SIGN_VERIFY), None);
     }
 
