@@ -1,6 +1,8 @@
 //! The typed domain of keys: key spec, key usage, origin and key state, parsed once at the
 //! edge (the doors read the wire strings into these) and spelled the AWS way again by
-//! `as_str()` (the store keeps that spelling, so its rows are unchanged).
+//! `as_str()` (the store keeps that spelling, so its rows are unchanged); and the grant
+//! operations, which the engine checks a grant's operation names against (requests, grants
+//! and the store keep the names).
 //!
 //! Each enum lists every value of the AWS service model, including values this build does not
 //! create (`ML_KEM_512`, `ENCAPSULATE_DECAPSULATE`, `AWS_CLOUDHSM`...): the model check admits
