@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::authz::{AuthzRequest, CtxValue};
 use super::domain::GrantOperation;
 use super::operation::{
-    redacted_debug, request_parameters, response_elements, Empty, Params, ResponseElements,
+    redacted_debug, request_parameters, response_elements, Empty, Page, Params, ResponseElements,
 };
 use super::validate;
 use super::{Kms, KmsError, Resolved};
@@ -73,16 +73,16 @@ pub struct ListGrantsRequest {
     pub grant_id: Option<String>,
     /// Only grants for this grantee.
     pub grantee_principal: Option<String>,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// ListRetirableGrants input.
 #[derive(Debug, Clone, Default)]
 pub struct ListRetirableGrantsRequest {
     pub retiring_principal: String,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// RetireGrant input: a grant token, or a key and a grant id.
@@ -118,8 +118,8 @@ request_parameters! {
         grant_tokens,
         dry_run,
     };
-    ListGrantsRequest { key_id, grant_id, grantee_principal, limit, marker };
-    ListRetirableGrantsRequest { retiring_principal, limit, marker };
+    ListGrantsRequest { key_id, grant_id, grantee_principal, page };
+    ListRetirableGrantsRequest { retiring_principal, page };
     RetireGrantRequest { key_id, grant_id, grant_token = grant_token_given, dry_run };
     RevokeGrantRequest { key_id, grant_id, dry_run };
 }
@@ -359,10 +359,9 @@ impl Kms {
     fn grants_page(
         &self,
         grants: Vec<GrantRecord>,
-        limit: Option<i32>,
-        marker: Option<&str>,
+        page: &Page,
     ) -> Result<ListGrantsResponse, KmsError> {
-        let (limit, after) = validate::page_start(limit, marker)?;
+        let (limit, after) = page.start()?;
         let items = grants.into_iter().map(|mut g| {
             let pos = format!("{}/{:020}/{}", g.key_id, g.created_at_ms, g.grant_id);
             g.issuing_account = issuing_account_arn(&g.issuing_account, &self.settings.partition);
@@ -406,7 +405,7 @@ impl Kms {
             .filter(|g| grantee.is_none_or(|p| g.grantee_principal == p))
             .cloned()
             .collect();
-        self.grants_page(grants, req.limit, req.marker.as_deref())
+        self.grants_page(grants, &req.page)
     }
 
     /// ListRetirableGrants: grants (on keys of any account) that name `retiring_principal`,
@@ -444,7 +443,7 @@ impl Kms {
                 .cloned()
                 .collect()
         };
-        self.grants_page(grants, req.limit, req.marker.as_deref())
+        self.grants_page(grants, &req.page)
     }
 
     fn find_grant(

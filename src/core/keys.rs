@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::domain::{KeySpec, KeyUsage, Origin};
-use super::operation::{request_parameters, response_elements, Empty, ResponseElements};
+use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::policies::compile_key_policy;
 use super::specs::{self, SpecKind};
 use super::tags::with_request_tags;
@@ -99,8 +99,8 @@ pub struct DescribeKeyResponse {
 /// ListKeys input.
 #[derive(Debug, Clone, Default)]
 pub struct ListKeysRequest {
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// EnableKey input.
@@ -208,7 +208,7 @@ request_parameters! {
         multi_region,
     };
     DescribeKeyRequest { key_id, grant_tokens };
-    ListKeysRequest { limit, marker };
+    ListKeysRequest { page };
     EnableKeyRequest { key_id };
     DisableKeyRequest { key_id };
     ScheduleKeyDeletionRequest { key_id, pending_window_in_days };
@@ -647,7 +647,7 @@ impl Kms {
         caller: &Caller,
         req: ListKeysRequest,
     ) -> Result<ListKeysResponse, KmsError> {
-        let (limit, after) = validate::page_start(req.limit, req.marker.as_deref())?;
+        let (limit, after) = req.page.start()?;
         self.authorize(caller, AuthzRequest::new("kms:ListKeys", "*"))?;
         let cache = self.cache_read();
         let items = cache

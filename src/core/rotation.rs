@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::operation::{request_parameters, response_elements, Empty, ResponseElements};
+use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, InterruptCreate, Kms, KmsError, Resolved};
 use crate::hsm::ObjectId;
@@ -95,7 +95,7 @@ pub struct EnableKeyRotationRequest {
 
 request_parameters! {
     EnableKeyRotationRequest { key_id, rotation_period_in_days };
-    ListKeyRotationsRequest { key_id, limit, marker, include_key_material };
+    ListKeyRotationsRequest { key_id, page, include_key_material };
 }
 
 response_elements!(RotateKeyOnDemandResponse { key_id });
@@ -113,8 +113,8 @@ pub struct RotateKeyOnDemandResponse {
 #[derive(Debug, Clone, Default)]
 pub struct ListKeyRotationsRequest {
     pub key_id: String,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
     /// `ALL_KEY_MATERIAL` or `ROTATIONS_ONLY` (the default).
     pub include_key_material: Option<String>,
 }
@@ -392,7 +392,7 @@ impl Kms {
         caller: &Caller,
         req: ListKeyRotationsRequest,
     ) -> Result<ListKeyRotationsResponse, KmsError> {
-        let (limit, after) = validate::page_start(req.limit, req.marker.as_deref())?;
+        let (limit, after) = req.page.start()?;
         let key_id = req.key_id.as_str();
         let all_material = match req
             .include_key_material

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::authz::{AuthzRequest, CtxValue};
-use super::operation::{request_parameters, Empty, Recorded, ResponseElements};
+use super::operation::{request_parameters, Empty, Page, Recorded, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
@@ -27,8 +27,8 @@ pub struct UntagResourceRequest {
 #[derive(Debug, Clone, Default)]
 pub struct ListResourceTagsRequest {
     pub key_id: String,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// One page of ListResourceTags.
@@ -67,7 +67,7 @@ pub(crate) fn with_request_tags<'a>(mut authz: AuthzRequest<'a>, tags: &[Tag]) -
 request_parameters! {
     TagResourceRequest { key_id, tags };
     UntagResourceRequest { key_id, tag_keys };
-    ListResourceTagsRequest { key_id, limit, marker };
+    ListResourceTagsRequest { key_id, page };
 }
 
 impl ResponseElements for ListResourceTagsResponse {}
@@ -170,7 +170,7 @@ impl Kms {
         caller: &Caller,
         req: ListResourceTagsRequest,
     ) -> Result<ListResourceTagsResponse, KmsError> {
-        let (limit, after) = validate::page_start(req.limit, req.marker.as_deref())?;
+        let (limit, after) = req.page.start()?;
         let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:ListResourceTags", &resolved, None)?;
         check_state(&resolved.key, StateClass::Any)?;
@@ -213,8 +213,10 @@ mod tests {
         );
         let list = ListResourceTagsRequest {
             key_id: "k".into(),
-            limit: Some(5),
-            marker: None,
+            page: Page {
+                limit: Some(5),
+                marker: None,
+            },
         };
         assert_eq!(list.request_parameters(), json!({"keyId": "k", "limit": 5}));
         let none = TagResourceRequest::default().request_parameters();

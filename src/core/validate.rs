@@ -181,15 +181,6 @@ pub fn decode_marker(marker: &str) -> Result<Option<String>, KmsError> {
         .ok_or_else(|| KmsError::InvalidMarker("The marker is not valid.".into()))
 }
 
-/// Where a list request's page starts and how long it is, from its `Limit` and `Marker`
-/// (both checked): the page size and the position after which the page starts.
-pub fn page_start(
-    limit: Option<i32>,
-    marker: Option<&str>,
-) -> Result<(usize, Option<String>), KmsError> {
-    Ok((self::limit(limit)?, decode_marker(marker.unwrap_or(""))?))
-}
-
 /// One page of items after `after`, with the marker for the next page.
 pub fn page<T>(
     items: impl Iterator<Item = (String, T)>,
