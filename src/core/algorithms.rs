@@ -211,6 +211,8 @@ pub fn parse_opt<T: FromStr<Err = UnknownValue>>(s: &str) -> Result<Option<T>, U
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::domain::{GrantOperation, KeySpec};
+    use crate::wire_enum::WireEnum;
 
     #[test]
     fn names_round_trip() {
@@ -243,23 +245,27 @@ mod tests {
             v.sort();
             v
         };
-        fn sorted(names: impl Iterator<Item = &'static str>) -> Vec<String> {
-            let mut v: Vec<String> = names.map(str::to_string).collect();
+        fn sorted(all: &[impl WireEnum]) -> Vec<String> {
+            let mut v: Vec<String> = all.iter().map(|a| a.wire_name().to_string()).collect();
             v.sort();
             v
         }
-        let enc = EncryptionAlgorithm::ALL.iter().map(|a| a.as_str());
-        assert_eq!(sorted(enc), values("EncryptionAlgorithmSpec"));
-        let sig = SigningAlgorithm::ALL.iter().map(|a| a.as_str());
-        assert_eq!(sorted(sig), values("SigningAlgorithmSpec"));
-        let mac = MacAlgorithm::ALL.iter().map(|a| a.as_str());
-        assert_eq!(sorted(mac), values("MacAlgorithmSpec"));
-        let ka = KeyAgreementAlgorithm::ALL.iter().map(|a| a.as_str());
-        assert_eq!(sorted(ka), values("KeyAgreementAlgorithmSpec"));
-        let mt = MessageType::ALL.iter().map(|a| a.as_str());
-        assert_eq!(sorted(mt), values("MessageType"));
-        let dk = DataKeySpec::ALL.iter().map(|a| a.as_str());
-        assert_eq!(sorted(dk), values("DataKeySpec"));
+        let cases = [
+            (sorted(EncryptionAlgorithm::ALL), "EncryptionAlgorithmSpec"),
+            (sorted(SigningAlgorithm::ALL), "SigningAlgorithmSpec"),
+            (sorted(MacAlgorithm::ALL), "MacAlgorithmSpec"),
+            (
+                sorted(KeyAgreementAlgorithm::ALL),
+                "KeyAgreementAlgorithmSpec",
+            ),
+            (sorted(MessageType::ALL), "MessageType"),
+            (sorted(DataKeySpec::ALL), "DataKeySpec"),
+            (sorted(&KeySpec::data_key_pair_specs()), "DataKeyPairSpec"),
+            (sorted(GrantOperation::ALL), "GrantOperation"),
+        ];
+        for (ours, shape) in cases {
+            assert_eq!(ours, values(shape), "{shape}");
+        }
     }
 
     #[test]

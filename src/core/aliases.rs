@@ -4,7 +4,7 @@
 //! always lives in the account of the key it points at.
 
 use super::authz::AuthzRequest;
-use super::operation::{request_parameters, Empty, ResponseElements};
+use super::operation::{request_parameters, Empty, Page, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
@@ -59,15 +59,15 @@ pub struct DeleteAliasRequest {
 pub struct ListAliasesRequest {
     /// Only the aliases of this key.
     pub key_id: Option<String>,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 request_parameters! {
     CreateAliasRequest { alias_name, target_key_id };
     UpdateAliasRequest { alias_name, target_key_id };
     DeleteAliasRequest { alias_name };
-    ListAliasesRequest { key_id, limit, marker };
+    ListAliasesRequest { key_id, page };
 }
 
 impl Kms {
@@ -237,8 +237,7 @@ impl Kms {
         caller: &Caller,
         req: ListAliasesRequest,
     ) -> Result<ListAliasesResponse, KmsError> {
-        let limit = validate::limit(req.limit)?;
-        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let (limit, after) = req.page.start()?;
         let only_key = match req.key_id.as_deref().filter(|k| !k.is_empty()) {
             Some(k) => Some(self.resolve(caller, k, false)?.key.record.key_id.clone()),
             None => None,

@@ -19,7 +19,7 @@ use super::crypto::wrapped_params;
 use super::crypto::{
     aad_builder, blob_from, canonical, check_algorithm, check_symmetric_usage, DecryptRequest,
     DecryptResponse, EncryptRequest, EncryptResponse, ReEncryptRequest, ReEncryptResponse,
-    SourceBlob, MAX_CIPHERTEXT,
+    MAX_CIPHERTEXT,
 };
 use super::keys::key_material_id;
 use super::operation::{redacted_debug, request_parameters, RequestParameters, ResponseElements};
@@ -319,6 +319,27 @@ struct SignatureInput<'a> {
     grant_tokens: &'a [String],
 }
 
+/// Sign and Verify name the message, the key and the algorithm alike: one reading of both
+/// (`Request: "action"`, one line each).
+macro_rules! signature_input {
+    ($($req:ty: $action:literal),* $(,)?) => {$(
+        impl<'a> From<&'a $req> for SignatureInput<'a> {
+            fn from(req: &'a $req) -> Self {
+                SignatureInput {
+                    action: $action,
+                    key_id: &req.key_id,
+                    message: &req.message,
+                    message_type: req.message_type,
+                    algorithm: req.signing_algorithm,
+                    grant_tokens: &req.grant_tokens,
+                }
+            }
+        }
+    )*};
+}
+
+signature_input!(SignRequest: "kms:Sign", VerifyRequest: "kms:Verify");
+
 /// What Sign and Verify hand to the device.
 struct PreparedSignature {
     resolved: Resolved,
@@ -390,6 +411,23 @@ fn no_context(member: &str, ctx: &BTreeMap<String, String>) -> Result<(), KmsErr
 }
 
 impl Kms {
+    /// The key an asymmetric or HMAC operation uses, named by id, ARN or alias: resolved,
+    /// authorized for `action` with the operation's condition keys, and Enabled.
+    fn key_in_use<const N: usize>(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        action: &'static str,
+        conditions: [(&'static str, CtxValue); N],
+    ) -> Result<Resolved, KmsError> {
+        let resolved = self.resolve(caller, key_id, true)?;
+        let authz = AuthzRequest::on_key(action, &resolved);
+        let authz = conditions.into_iter().fold(authz, |a, (k, v)| a.with(k, v));
+        self.authorize(caller, authz)?;
+        check_state(&resolved.key, StateClass::Use)?;
+        Ok(resolved)
+    }
+
     /// Resolves and authorizes a Sign or Verify; returns the key, the scheme and the digest.
     fn prepare_signature(
         &self,
@@ -399,14 +437,11 @@ impl Kms {
         let (algorithm, message_type) =
             check_sign_input(input.message, input.message_type, input.algorithm)?;
         self.check_grant_tokens(input.grant_tokens)?;
-        let resolved = self.resolve(caller, input.key_id, true)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key(input.action, &resolved)
-                .with("kms:SigningAlgorithm", CtxValue::one(algorithm.as_str()))
-                .with("kms:MessageType", CtxValue::one(message_type.as_str())),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
+        let conditions = [
+            ("kms:SigningAlgorithm", CtxValue::one(algorithm.as_str())),
+            ("kms:MessageType", CtxValue::one(message_type.as_str())),
+        ];
+        let resolved = self.key_in_use(caller, input.key_id, input.action, conditions)?;
         let r = &resolved.key.record;
         let (scheme, hash) = specs::signing_scheme(&r.key_spec, &r.key_usage, algorithm)?;
         let digest = to_be_signed(scheme, hash, algorithm, input.message, message_type)?;
@@ -421,17 +456,7 @@ impl Kms {
 
     /// Sign: the device signs the daemon-computed digest with the private key.
     pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, KmsError> {
-        let p = self.prepare_signature(
-            caller,
-            SignatureInput {
-                action: "kms:Sign",
-                key_id: &req.key_id,
-                message: &req.message,
-                message_type: req.message_type,
-                algorithm: req.signing_algorithm,
-                grant_tokens: &req.grant_tokens,
-            },
-        )?;
+        let p = self.prepare_signature(caller, (&req).into())?;
         super::end_dry_run(req.dry_run)?;
         let signature = self
             .hsm
@@ -452,17 +477,7 @@ impl Kms {
         req: VerifyRequest,
     ) -> Result<VerifyResponse, KmsError> {
         validate::blob_len("signature", req.signature.len(), 1, MAX_SIGNATURE)?;
-        let p = self.prepare_signature(
-            caller,
-            SignatureInput {
-                action: "kms:Verify",
-                key_id: &req.key_id,
-                message: &req.message,
-                message_type: req.message_type,
-                algorithm: req.signing_algorithm,
-                grant_tokens: &req.grant_tokens,
-            },
-        )?;
+        let p = self.prepare_signature(caller, (&req).into())?;
         // A dry run never verifies: the device is not asked.
         super::end_dry_run(req.dry_run)?;
         let object = p.resolved.key.current_object();
@@ -489,9 +504,7 @@ impl Kms {
         req: GetPublicKeyRequest,
     ) -> Result<GetPublicKeyResponse, KmsError> {
         self.check_grant_tokens(&req.grant_tokens)?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
-        self.authorize_key(caller, "kms:GetPublicKey", &resolved, None)?;
-        check_state(&resolved.key, StateClass::Use)?;
+        let resolved = self.key_in_use(caller, &req.key_id, "kms:GetPublicKey", [])?;
         let Some(pair) = pair_of(&resolved) else {
             return Err(KmsError::UnsupportedOperation(format!(
                 "{} is a {} key; only asymmetric keys have a public key.",
@@ -530,15 +543,12 @@ impl Kms {
         };
         validate::blob_len("publicKey", req.public_key.len(), 1, 8192)?;
         self.check_grant_tokens(&req.grant_tokens)?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key("kms:DeriveSharedSecret", &resolved).with(
-                "kms:KeyAgreementAlgorithm",
-                CtxValue::one(algorithm.as_str()),
-            ),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
+        let condition = (
+            "kms:KeyAgreementAlgorithm",
+            CtxValue::one(algorithm.as_str()),
+        );
+        let resolved =
+            self.key_in_use(caller, &req.key_id, "kms:DeriveSharedSecret", [condition])?;
         let r = &resolved.key.record;
         let curve = match pair_of(&resolved) {
             Some(PairSpec::Ec(curve)) if r.key_usage == KEY_AGREEMENT => curve,
@@ -556,9 +566,7 @@ impl Kms {
                 resolved.key.arn, r.key_spec
             )));
         };
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let shared_secret = match self.hsm.derive_shared_secret(object, curve, point).await {
             Ok(s) => s,
             // A well-formed SPKI whose point the device refuses (not on the curve): the
@@ -612,13 +620,8 @@ impl Kms {
         )?;
         self.check_grant_tokens(&req.grant_tokens)?;
         no_context("EncryptionContext", &req.encryption_context)?;
-        let resolved = self.resolve(caller, &req.key_id, true)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key("kms:Encrypt", &resolved)
-                .with("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str())),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
+        let condition = ("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str()));
+        let resolved = self.key_in_use(caller, &req.key_id, "kms:Encrypt", [condition])?;
         let bits = Self::rsa_encryption_key(&resolved, algorithm)?;
         let max = specs::oaep_max_plaintext(bits, hash);
         if req.plaintext.len() > max {
@@ -626,9 +629,7 @@ impl Kms {
                 "Plaintext is too long for {algorithm} with a {bits}-bit key: at most {max} bytes."
             )));
         }
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let ciphertext_blob = self.hsm.rsa_encrypt(object, hash, req.plaintext).await?;
         Ok(EncryptResponse {
             ciphertext_blob,
@@ -660,22 +661,15 @@ impl Kms {
             "KeyId is required to decrypt with an asymmetric encryption algorithm.",
         )?;
         no_context("EncryptionContext", &req.encryption_context)?;
-        let resolved = self.resolve(caller, key_id, true)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key("kms:Decrypt", &resolved)
-                .with("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str())),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
+        let condition = ("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str()));
+        let resolved = self.key_in_use(caller, key_id, "kms:Decrypt", [condition])?;
         let bits = Self::rsa_encryption_key(&resolved, algorithm)?;
         if req.ciphertext_blob.len() != (bits / 8) as usize {
             return Err(KmsError::InvalidCiphertext(
                 "The ciphertext is invalid.".into(),
             ));
         }
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let plaintext = self
             .hsm
             .rsa_decrypt(object, hash, req.ciphertext_blob)
@@ -732,15 +726,7 @@ impl Kms {
                 &req.destination_encryption_context,
             )?),
         };
-        let dest = self
-            .resolve_or_create_managed(
-                caller,
-                &req.destination_key_id,
-                "kms:ReEncryptTo",
-                Some(&req.destination_encryption_context),
-                req.dry_run,
-            )
-            .await?;
+        let dest = self.re_encrypt_destination(caller, &req).await?;
         let source = self.re_encrypt_source(caller, &req, &dest, src_alg, src_hash)?;
         let (source_key, source_object) = source.key();
         let same_key = source_object.key_id() == dest.key.uuid;
@@ -772,20 +758,8 @@ impl Kms {
         src_hash: Option<ShaAlg>,
     ) -> Result<ReSource, KmsError> {
         let Some(hash) = src_hash else {
-            let same_key = ciphertext::parse(&req.ciphertext_blob)
-                .map(|p| p.key_id == dest.key.uuid)
-                .unwrap_or(false);
-            return Ok(ReSource::Gcm(self.open_blob(
-                caller,
-                SourceBlob {
-                    blob: &req.ciphertext_blob,
-                    ctx_member: "sourceEncryptionContext",
-                    ctx: &req.source_encryption_context,
-                    expected_key: req.source_key_id.as_deref(),
-                },
-                "kms:ReEncryptFrom",
-                Some(on_same_key(same_key)),
-            )?));
+            let opened = self.open_re_encrypt_source(caller, req, dest)?;
+            return Ok(ReSource::Gcm(opened));
         };
         let key_id = required_key(
             req.source_key_id.as_deref(),
@@ -904,9 +878,7 @@ impl Kms {
             algorithm,
             &req.grant_tokens,
         )?;
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let mac = self.hsm.generate_mac(object, alg, req.message).await?;
         Ok(GenerateMacResponse {
             mac,
@@ -931,9 +903,7 @@ impl Kms {
             &req.grant_tokens,
         )?;
         // A dry run of VerifyMac never compares: the device is not asked.
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let ok = self
             .hsm
             .verify_mac(object, alg, req.message, req.mac)
@@ -961,13 +931,8 @@ impl Kms {
         grant_tokens: &[String],
     ) -> Result<(Resolved, crate::hsm::MacAlg), KmsError> {
         self.check_grant_tokens(grant_tokens)?;
-        let resolved = self.resolve(caller, key_id, true)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key(action, &resolved)
-                .with("kms:MacAlgorithm", CtxValue::one(algorithm.as_str())),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
+        let condition = ("kms:MacAlgorithm", CtxValue::one(algorithm.as_str()));
+        let resolved = self.key_in_use(caller, key_id, action, [condition])?;
         let r = &resolved.key.record;
         let alg = specs::mac_algorithm(&r.key_spec, &r.key_usage, algorithm)?;
         Ok((resolved, alg))
@@ -1021,26 +986,17 @@ impl Kms {
                     "Member values must be shorter than 64 KiB",
                 )
             })?;
+        let conditions = [
+            ("kms:DataKeyPairSpec", CtxValue::one(spec_name.as_str())),
+            (
+                "kms:EncryptionAlgorithm",
+                CtxValue::one(EncryptionAlgorithm::SymmetricDefault.as_str()),
+            ),
+        ];
+        let ctx = &req.encryption_context;
         let resolved = self
-            .resolve_or_create_managed(
-                caller,
-                &req.key_id,
-                action,
-                Some(&req.encryption_context),
-                req.dry_run,
-            )
+            .sealing_key(caller, &req.key_id, action, ctx, req.dry_run, conditions)
             .await?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key(action, &resolved)
-                .context(&req.encryption_context)
-                .with("kms:DataKeyPairSpec", CtxValue::one(spec_name.as_str()))
-                .with(
-                    "kms:EncryptionAlgorithm",
-                    CtxValue::one(EncryptionAlgorithm::SymmetricDefault.as_str()),
-                ),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
         let r = &resolved.key.record;
         if r.key_spec != super::keys::SYMMETRIC_DEFAULT || r.key_usage != ENCRYPT_DECRYPT {
             return Err(KmsError::InvalidKeyUsage(format!(
@@ -1048,9 +1004,7 @@ impl Kms {
                 resolved.key.arn, r.key_usage, r.key_spec
             )));
         }
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let crate::hsm::DataKeyPair {
             pkcs8,
             spki: public_key,

@@ -283,25 +283,17 @@ impl Kms {
         check_algorithm(req.encryption_algorithm)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self
-            .resolve_or_create_managed(
+            .sealing_key(
                 caller,
                 &req.key_id,
                 "kms:Encrypt",
-                Some(&req.encryption_context),
+                &req.encryption_context,
                 req.dry_run,
+                [],
             )
             .await?;
-        self.authorize_key(
-            caller,
-            "kms:Encrypt",
-            &resolved,
-            Some(&req.encryption_context),
-        )?;
-        check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let sealed = self
             .hsm
             .encrypt_gcm(object, req.plaintext, aad_builder(object, canonical_ctx))
@@ -311,6 +303,68 @@ impl Kms {
             key_id: resolved.key.arn.clone(),
             encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
         })
+    }
+
+    /// The key Encrypt, GenerateDataKey or GenerateDataKeyPair seals under, named by id, ARN
+    /// or alias (an AWS managed key's alias creates the key on first use): resolved,
+    /// authorized for `action` with the encryption context and the operation's condition
+    /// keys, and Enabled.
+    pub(super) async fn sealing_key<const N: usize>(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        action: &'static str,
+        ctx: &BTreeMap<String, String>,
+        dry_run: bool,
+        conditions: [(&'static str, CtxValue); N],
+    ) -> Result<Resolved, KmsError> {
+        let resolved = self
+            .resolve_or_create_managed(caller, key_id, action, Some(ctx), dry_run)
+            .await?;
+        let authz = AuthzRequest::on_key(action, &resolved).context(ctx);
+        let authz = conditions.into_iter().fold(authz, |a, (k, v)| a.with(k, v));
+        self.authorize(caller, authz)?;
+        check_state(&resolved.key, StateClass::Use)?;
+        Ok(resolved)
+    }
+
+    /// ReEncrypt's destination key, named by id, ARN or alias (an AWS managed key's alias
+    /// creates the key on first use); authorized by the caller of this.
+    pub(super) async fn re_encrypt_destination(
+        &self,
+        caller: &Caller,
+        req: &ReEncryptRequest,
+    ) -> Result<Resolved, KmsError> {
+        let ctx = &req.destination_encryption_context;
+        self.resolve_or_create_managed(
+            caller,
+            &req.destination_key_id,
+            "kms:ReEncryptTo",
+            Some(ctx),
+            req.dry_run,
+        )
+        .await
+    }
+
+    /// ReEncrypt's symmetric source ciphertext, opened ([`Kms::open_blob`]) and authorized
+    /// for kms:ReEncryptFrom, with kms:ReEncryptOnSameKey against the destination `dest`.
+    pub(super) fn open_re_encrypt_source(
+        &self,
+        caller: &Caller,
+        req: &ReEncryptRequest,
+        dest: &Resolved,
+    ) -> Result<OpenedBlob, KmsError> {
+        let same_key = ciphertext::parse(&req.ciphertext_blob)
+            .map(|p| p.key_id == dest.key.uuid)
+            .unwrap_or(false);
+        let src = SourceBlob {
+            blob: &req.ciphertext_blob,
+            ctx_member: "sourceEncryptionContext",
+            ctx: &req.source_encryption_context,
+            expected_key: req.source_key_id.as_deref(),
+        };
+        let same = super::asym::on_same_key(same_key);
+        self.open_blob(caller, src, "kms:ReEncryptFrom", Some(same))
     }
 
     /// Parses a blob, finds its key, checks an optional expected key, authorizes `action`
@@ -437,31 +491,9 @@ impl Kms {
             "destinationEncryptionContext",
             &req.destination_encryption_context,
         )?;
-        let dest = self
-            .resolve_or_create_managed(
-                caller,
-                &req.destination_key_id,
-                "kms:ReEncryptTo",
-                Some(&req.destination_encryption_context),
-                req.dry_run,
-            )
-            .await?;
-        let same_key = ciphertext::parse(&req.ciphertext_blob)
-            .map(|p| p.key_id == dest.key.uuid)
-            .unwrap_or(false);
-        let same = || super::asym::on_same_key(same_key);
-        let source = self.open_blob(
-            caller,
-            SourceBlob {
-                blob: &req.ciphertext_blob,
-                ctx_member: "sourceEncryptionContext",
-                ctx: &req.source_encryption_context,
-                expected_key: req.source_key_id.as_deref(),
-            },
-            "kms:ReEncryptFrom",
-            Some(same()),
-        )?;
-        let (k, v) = same();
+        let dest = self.re_encrypt_destination(caller, &req).await?;
+        let source = self.open_re_encrypt_source(caller, &req, &dest)?;
+        let (k, v) = super::asym::on_same_key(source.object.key_id() == dest.key.uuid);
         self.authorize(
             caller,
             AuthzRequest::on_key("kms:ReEncryptTo", &dest)
@@ -531,20 +563,17 @@ impl Kms {
         let n = data_key_len(req.number_of_bytes, req.key_spec)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self
-            .resolve_or_create_managed(
+            .sealing_key(
                 caller,
                 &req.key_id,
                 action,
-                Some(&req.encryption_context),
+                &req.encryption_context,
                 req.dry_run,
+                [],
             )
             .await?;
-        self.authorize_key(caller, action, &resolved, Some(&req.encryption_context))?;
-        check_state(&resolved.key, StateClass::Use)?;
         check_symmetric_usage(&resolved)?;
-        super::end_dry_run(req.dry_run)?;
-        let object = resolved.key.current_object();
-        super::record::key_version(object.version());
+        let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let (plaintext, sealed) = self
             .hsm
             .generate_data_key(object, n, aad_builder(object, canonical_ctx))

@@ -1,6 +1,8 @@
 //! The typed domain of keys: key spec, key usage, origin and key state, parsed once at the
 //! edge (the doors read the wire strings into these) and spelled the AWS way again by
-//! `as_str()` (the store keeps that spelling, so its rows are unchanged).
+//! `as_str()` (the store keeps that spelling, so its rows are unchanged); and the grant
+//! operations, which the engine checks a grant's operation names against (requests, grants
+//! and the store keep the names).
 //!
 //! Each enum lists every value of the AWS service model, including values this build does not
 //! create (`ML_KEM_512`, `ENCAPSULATE_DECAPSULATE`, `AWS_CLOUDHSM`...): the model check admits
@@ -44,7 +46,53 @@ impl KeySpec {
             KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512
         )
     }
+
+    /// The KeyPairSpecs of GenerateDataKeyPair (the AWS model's DataKeyPairSpec, in its
+    /// order): the key pair specs but ML-DSA's. This build generates some of them
+    /// ([`super::specs::data_key_pair_spec`]).
+    pub fn data_key_pair_specs() -> Vec<KeySpec> {
+        let not_pair = |s: &KeySpec| {
+            s.is_hmac()
+                || matches!(
+                    s,
+                    KeySpec::SymmetricDefault
+                        | KeySpec::MlDsa44
+                        | KeySpec::MlDsa65
+                        | KeySpec::MlDsa87
+                )
+        };
+        KeySpec::ALL
+            .iter()
+            .copied()
+            .filter(|s| !not_pair(s))
+            .collect()
+    }
 }
+
+wire_enum!(
+    /// An operation a grant allows (CreateGrant's Operations), in the AWS model's order.
+    GrantOperation {
+        Decrypt = "Decrypt",
+        Encrypt = "Encrypt",
+        GenerateDataKey = "GenerateDataKey",
+        GenerateDataKeyWithoutPlaintext = "GenerateDataKeyWithoutPlaintext",
+        ReEncryptFrom = "ReEncryptFrom",
+        ReEncryptTo = "ReEncryptTo",
+        Sign = "Sign",
+        Verify = "Verify",
+        GetPublicKey = "GetPublicKey",
+        CreateGrant = "CreateGrant",
+        RetireGrant = "RetireGrant",
+        DescribeKey = "DescribeKey",
+        GenerateDataKeyPair = "GenerateDataKeyPair",
+        GenerateDataKeyPairWithoutPlaintext = "GenerateDataKeyPairWithoutPlaintext",
+        GenerateMac = "GenerateMac",
+        VerifyMac = "VerifyMac",
+        DeriveSharedSecret = "DeriveSharedSecret",
+        Encapsulate = "Encapsulate",
+        Decapsulate = "Decapsulate",
+    }
+);
 
 wire_enum!(
     /// A key's KeyUsage.

@@ -13,8 +13,9 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::authz::{AuthzRequest, CtxValue};
+use super::domain::GrantOperation;
 use super::operation::{
-    redacted_debug, request_parameters, response_elements, Empty, Params, ResponseElements,
+    redacted_debug, request_parameters, response_elements, Empty, Page, Params, ResponseElements,
 };
 use super::validate;
 use super::{Kms, KmsError, Resolved};
@@ -29,44 +30,6 @@ pub const MAX_GRANTS_PER_KEY: usize = 50_000;
 pub const MAX_CONSTRAINT_PAIRS: usize = 8;
 /// Longest constraint value.
 pub const MAX_CONSTRAINT_VALUE: usize = 384;
-
-/// Every grant operation name of the API.
-pub const ALL_GRANT_OPERATIONS: &[&str] = &[
-    "Decrypt",
-    "Encrypt",
-    "GenerateDataKey",
-    "GenerateDataKeyWithoutPlaintext",
-    "ReEncryptFrom",
-    "ReEncryptTo",
-    "Sign",
-    "Verify",
-    "GetPublicKey",
-    "CreateGrant",
-    "RetireGrant",
-    "DescribeKey",
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
-    "GenerateMac",
-    "VerifyMac",
-    "DeriveSharedSecret",
-    "Encapsulate",
-    "Decapsulate",
-];
-
-/// Grant operations that make sense on a symmetric encryption key.
-const SYMMETRIC_GRANT_OPERATIONS: &[&str] = &[
-    "Decrypt",
-    "Encrypt",
-    "GenerateDataKey",
-    "GenerateDataKeyWithoutPlaintext",
-    "ReEncryptFrom",
-    "ReEncryptTo",
-    "CreateGrant",
-    "RetireGrant",
-    "DescribeKey",
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
-];
 
 const TOKEN_PREFIX: &str = "p11kms-gt1.";
 
@@ -110,16 +73,16 @@ pub struct ListGrantsRequest {
     pub grant_id: Option<String>,
     /// Only grants for this grantee.
     pub grantee_principal: Option<String>,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// ListRetirableGrants input.
 #[derive(Debug, Clone, Default)]
 pub struct ListRetirableGrantsRequest {
     pub retiring_principal: String,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// RetireGrant input: a grant token, or a key and a grant id.
@@ -155,8 +118,8 @@ request_parameters! {
         grant_tokens,
         dry_run,
     };
-    ListGrantsRequest { key_id, grant_id, grantee_principal, limit, marker };
-    ListRetirableGrantsRequest { retiring_principal, limit, marker };
+    ListGrantsRequest { key_id, grant_id, grantee_principal, page };
+    ListRetirableGrantsRequest { retiring_principal, page };
     RetireGrantRequest { key_id, grant_id, grant_token = grant_token_given, dry_run };
     RevokeGrantRequest { key_id, grant_id, dry_run };
 }
@@ -396,11 +359,9 @@ impl Kms {
     fn grants_page(
         &self,
         grants: Vec<GrantRecord>,
-        limit: Option<i32>,
-        marker: Option<&str>,
+        page: &Page,
     ) -> Result<ListGrantsResponse, KmsError> {
-        let limit = validate::limit(limit)?;
-        let after = validate::decode_marker(marker.unwrap_or(""))?;
+        let (limit, after) = page.start()?;
         let items = grants.into_iter().map(|mut g| {
             let pos = format!("{}/{:020}/{}", g.key_id, g.created_at_ms, g.grant_id);
             g.issuing_account = issuing_account_arn(&g.issuing_account, &self.settings.partition);
@@ -444,7 +405,7 @@ impl Kms {
             .filter(|g| grantee.is_none_or(|p| g.grantee_principal == p))
             .cloned()
             .collect();
-        self.grants_page(grants, req.limit, req.marker.as_deref())
+        self.grants_page(grants, &req.page)
     }
 
     /// ListRetirableGrants: grants (on keys of any account) that name `retiring_principal`,
@@ -482,7 +443,7 @@ impl Kms {
                 .cloned()
                 .collect()
         };
-        self.grants_page(grants, req.limit, req.marker.as_deref())
+        self.grants_page(grants, &req.page)
     }
 
     fn find_grant(
@@ -611,11 +572,12 @@ fn check_create_grant_input(req: &CreateGrantRequest) -> Result<(), KmsError> {
     if req
         .operations
         .iter()
-        .any(|op| !ALL_GRANT_OPERATIONS.contains(&op.as_str()))
+        .any(|op| op.parse::<GrantOperation>().is_err())
     {
+        let all: Vec<&str> = GrantOperation::ALL.iter().map(|o| o.as_str()).collect();
         return Err(KmsError::validation(
             "operations",
-            &format!("Member must satisfy enum value set: {ALL_GRANT_OPERATIONS:?}"),
+            &format!("Member must satisfy enum value set: {all:?}"),
         ));
     }
     if let Some(n) = &req.name {
@@ -708,12 +670,15 @@ fn check_grant_key_state(resolved: &Resolved) -> Result<(), KmsError> {
 /// Every operation of the grant must make sense for the key's spec and usage.
 fn check_grant_operations_usable(resolved: &Resolved, ops: &[String]) -> Result<(), KmsError> {
     let record = &resolved.key.record;
-    let usable: &[&str] = if record.key_spec == "SYMMETRIC_DEFAULT" {
-        SYMMETRIC_GRANT_OPERATIONS
-    } else {
-        super::specs::grant_operations(&record.key_spec, &record.key_usage)
+    let specific = super::specs::grant_operations(&record.key_spec, &record.key_usage);
+    let usable = |op: &String| {
+        let Ok(op) = op.parse::<GrantOperation>() else {
+            return false;
+        };
+        specific
+            .is_some_and(|s| s.contains(&op) || super::specs::KEY_GRANT_OPERATIONS.contains(&op))
     };
-    match ops.iter().find(|o| !usable.contains(&o.as_str())) {
+    match ops.iter().find(|o| !usable(o)) {
         Some(bad) => Err(KmsError::Validation(format!(
             "Grant operation {bad} is not valid for a {} key.",
             record.key_spec
@@ -809,6 +774,23 @@ mod tests {
         );
         let revoke = RevokeGrantRequest::default().request_parameters();
         assert!(revoke.get("dryRun").is_none(), "{revoke}");
+    }
+
+    #[test]
+    fn an_unknown_operation_is_refused_with_the_models_list() {
+        let req = CreateGrantRequest {
+            key_id: "k".into(),
+            grantee_principal: "arn:aws:iam::111122223333:role/r".into(),
+            operations: vec!["Decrypt".into(), "Frobnicate".into()],
+            ..Default::default()
+        };
+        let e = check_create_grant_input(&req).unwrap_err();
+        let list = "[\"Decrypt\", \"Encrypt\", \"GenerateDataKey\", \"GenerateDataKeyWithoutPlaintext\", \"ReEncryptFrom\", \"ReEncryptTo\", \"Sign\", \"Verify\", \"GetPublicKey\", \"CreateGrant\", \"RetireGrant\", \"DescribeKey\", \"GenerateDataKeyPair\", \"GenerateDataKeyPairWithoutPlaintext\", \"GenerateMac\", \"VerifyMac\", \"DeriveSharedSecret\", \"Encapsulate\", \"Decapsulate\"]";
+        let want = format!("Member must satisfy enum value set: {list}");
+        assert_eq!(
+            e.message(),
+            KmsError::validation("operations", &want).message()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::domain::{KeySpec, KeyUsage, Origin};
-use super::operation::{request_parameters, response_elements, Empty, ResponseElements};
+use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::policies::compile_key_policy;
 use super::specs::{self, SpecKind};
 use super::tags::with_request_tags;
@@ -99,8 +99,8 @@ pub struct DescribeKeyResponse {
 /// ListKeys input.
 #[derive(Debug, Clone, Default)]
 pub struct ListKeysRequest {
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// EnableKey input.
@@ -208,7 +208,7 @@ request_parameters! {
         multi_region,
     };
     DescribeKeyRequest { key_id, grant_tokens };
-    ListKeysRequest { limit, marker };
+    ListKeysRequest { page };
     EnableKeyRequest { key_id };
     DisableKeyRequest { key_id };
     ScheduleKeyDeletionRequest { key_id, pending_window_in_days };
@@ -647,8 +647,7 @@ impl Kms {
         caller: &Caller,
         req: ListKeysRequest,
     ) -> Result<ListKeysResponse, KmsError> {
-        let limit = validate::limit(req.limit)?;
-        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let (limit, after) = req.page.start()?;
         self.authorize(caller, AuthzRequest::new("kms:ListKeys", "*"))?;
         let cache = self.cache_read();
         let items = cache
@@ -978,44 +977,37 @@ mod tests {
             e.message()
         );
         let e = refused(CreateKeyRequest {
-            key_spec: Some(KeySpec::Sm2),
-            ..Default::default()
-        });
-        assert_eq!(
-            e.message(),
-            "KeySpec SM2 is not supported by this p11kms build."
-        );
-        let e = refused(CreateKeyRequest {
-            key_spec: Some(KeySpec::Hmac256),
-            ..Default::default()
-        });
-        assert_eq!(
-            e.message(),
-            "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec HMAC_256."
-        );
-        let e = refused(CreateKeyRequest {
             key_spec: Some(KeySpec::Rsa2048),
             customer_master_key_spec: Some(KeySpec::Rsa3072),
             ..Default::default()
         });
         assert_eq!(e.aws_name(), "ValidationException");
-        let e = refused(CreateKeyRequest {
-            key_spec: Some(KeySpec::Rsa2048),
-            origin: Some(Origin::External),
+        let of = |key_spec, origin| CreateKeyRequest {
+            key_spec,
+            origin,
             ..Default::default()
-        });
-        assert_eq!(
-            e.message(),
-            "Origin EXTERNAL is not supported for KeySpec RSA_2048 by this p11kms build."
-        );
-        let e = refused(CreateKeyRequest {
-            origin: Some(Origin::AwsCloudhsm),
-            ..Default::default()
-        });
-        assert_eq!(
-            e.message(),
-            "Origin AWS_CLOUDHSM is not supported by this p11kms build yet."
-        );
+        };
+        let messages = [
+            (
+                of(Some(KeySpec::Sm2), None),
+                "KeySpec SM2 is not supported by this p11kms build.",
+            ),
+            (
+                of(Some(KeySpec::Hmac256), None),
+                "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec HMAC_256.",
+            ),
+            (
+                of(Some(KeySpec::Rsa2048), Some(Origin::External)),
+                "Origin EXTERNAL is not supported for KeySpec RSA_2048 by this p11kms build.",
+            ),
+            (
+                of(None, Some(Origin::AwsCloudhsm)),
+                "Origin AWS_CLOUDHSM is not supported by this p11kms build yet.",
+            ),
+        ];
+        for (req, want) in messages {
+            assert_eq!(refused(req).message(), want);
+        }
         let chosen = KeyChoice::of(&CreateKeyRequest {
             key_spec: Some(KeySpec::Hmac256),
             key_usage: Some(KeyUsage::GenerateVerifyMac),

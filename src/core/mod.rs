@@ -4,10 +4,13 @@
 //! (encrypt, decrypt, re-encrypt, data keys, random), [`asym`] (signatures, public keys, key
 //! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift).
 //! [`operation`] gives every operation one shape and lists them; [`domain`] holds the typed
-//! key spec, key usage, origin and key state, [`algorithms`] the API's algorithm names, both
-//! parsed once by the doors; [`specs`] is the key catalogue. Each operation follows the same
-//! path: validate input, resolve the key from the in-memory cache, authorize, check the key
-//! state, then touch the HSM or the store.
+//! key spec, key usage, origin, key state and grant operation, [`algorithms`] the API's
+//! algorithm names, both parsed once by the doors; [`specs`] is the key catalogue. Each
+//! operation follows the same path: validate input, resolve the key from the in-memory cache,
+//! authorize, check the key state, then touch the HSM or the store. Operations that share
+//! those steps share one helper for them: `key_in_use` (asymmetric and HMAC operations),
+//! `sealing_key` (Encrypt and the data keys), `object_in_use` (the dry-run end and the key
+//! version a cryptographic call uses), `rotation_key` (the rotation settings), `change_tags`.
 //! No operation reaches the device or the store without an allow.
 
 pub mod algorithms;
@@ -615,6 +618,16 @@ pub(crate) fn end_dry_run(dry_run: bool) -> Result<(), KmsError> {
     } else {
         Ok(())
     }
+}
+
+/// Where a cryptographic operation passes from its checks to the device: a dry run ends here
+/// ([`end_dry_run`]); a real call uses the key's current version, which the audit event
+/// records.
+pub(crate) fn object_in_use(key: &CachedKey, dry_run: bool) -> Result<ObjectId, KmsError> {
+    end_dry_run(dry_run)?;
+    let object = key.current_object();
+    record::key_version(object.version());
+    Ok(object)
 }
 
 /// Key-state classes of kms-spec section 1.4.

@@ -197,6 +197,28 @@ pub struct Empty;
 
 impl ResponseElements for Empty {}
 
+/// The paging members every list request has (`Limit`, `Marker`), as one field `page`: the
+/// doors read it from the two members and the trail records the two members (the rules for
+/// `page` in [`request_parameters!`] and in both doors' request declarations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The page size asked for (1-1000; 100 when absent).
+    pub limit: Option<i32>,
+    /// Where the page starts: a previous answer's `NextMarker`.
+    pub marker: Option<String>,
+}
+
+impl Page {
+    /// The page size and the position after which the page starts, both checked.
+    pub(crate) fn start(&self) -> Result<(usize, Option<String>), KmsError> {
+        let limit = super::validate::limit(self.limit)?;
+        Ok((
+            limit,
+            super::validate::decode_marker(self.marker.as_deref().unwrap_or(""))?,
+        ))
+    }
+}
+
 /// How a field of a request or response is written in the audit trail, by its type: the one
 /// rule per type behind [`request_parameters!`] and [`response_elements!`]. Bytes (plaintext,
 /// keys, ciphertext blobs, signatures, MACs, import tokens) and `Zeroizing` secrets have no
@@ -323,7 +345,8 @@ impl Recorded for GrantTokenCount<'_> {
 /// key_id, encryption_context, encryption_algorithm, grant_tokens, dry_run });` lists the
 /// fields recorded, each under the camelCase of its name, by its type's [`Recorded`] rule,
 /// and left out when not given. `member = function` records `function(&request)` instead
-/// (a renamed, derived or redacted member); `grant_tokens` is always their count.
+/// (a renamed, derived or redacted member); `grant_tokens` is always their count, and `page`
+/// ([`Page`]) its two members `limit` and `marker`.
 macro_rules! request_parameters {
     ($($decl:tt)*) => {
         $crate::core::operation::audit_impls!(RequestParameters, request_parameters, given; $($decl)*);
@@ -360,6 +383,10 @@ pub(crate) use audit_impls;
 
 /// One member of a declaration (`how` is `given` or `element`).
 macro_rules! audit_member {
+    ($how:ident, $p:ident, $s:ident, page) => {
+        $p.$how("limit", &$s.page.limit)
+            .$how("marker", &$s.page.marker)
+    };
     ($how:ident, $p:ident, $s:ident, grant_tokens) => {
         $p.$how(
             "grant_tokens",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
-use super::operation::{request_parameters, Empty, ResponseElements};
+use super::operation::{request_parameters, Empty, Page, ResponseElements};
 use super::{check_state, Kms, KmsError, StateClass};
 use crate::identity::Caller;
 use crate::policy::model::PrincipalSpec;
@@ -63,8 +63,8 @@ pub struct PutKeyPolicyRequest {
 #[derive(Debug, Clone, Default)]
 pub struct ListKeyPoliciesRequest {
     pub key_id: String,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// ListKeyPolicies output: always `["default"]`, never truncated.
@@ -139,8 +139,7 @@ impl Kms {
         caller: &Caller,
         req: ListKeyPoliciesRequest,
     ) -> Result<ListKeyPoliciesResponse, KmsError> {
-        super::validate::limit(req.limit)?;
-        super::validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        req.page.start()?;
         let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize(
             caller,
@@ -220,8 +219,10 @@ mod tests {
         );
         let list = ListKeyPoliciesRequest {
             key_id: "k".into(),
-            limit: Some(1),
-            marker: Some("m".into()),
+            page: Page {
+                limit: Some(1),
+                marker: Some("m".into()),
+            },
         };
         assert_eq!(list.request_parameters(), json!({"keyId": "k"}));
     }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
-use super::operation::{request_parameters, response_elements, Empty, ResponseElements};
+use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::service::{ServiceAction, ServiceEventName};
-use super::{validate, CachedKey, InterruptCreate, Kms, KmsError};
+use super::{validate, CachedKey, InterruptCreate, Kms, KmsError, Resolved};
 use crate::hsm::ObjectId;
 use crate::identity::Caller;
 use crate::store::{KeyLifecycle, KeyState, KeyVersion, RotationEntry};
@@ -95,7 +95,7 @@ pub struct EnableKeyRotationRequest {
 
 request_parameters! {
     EnableKeyRotationRequest { key_id, rotation_period_in_days };
-    ListKeyRotationsRequest { key_id, limit, marker, include_key_material };
+    ListKeyRotationsRequest { key_id, page, include_key_material };
 }
 
 response_elements!(RotateKeyOnDemandResponse { key_id });
@@ -113,8 +113,8 @@ pub struct RotateKeyOnDemandResponse {
 #[derive(Debug, Clone, Default)]
 pub struct ListKeyRotationsRequest {
     pub key_id: String,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
     /// `ALL_KEY_MATERIAL` or `ROTATIONS_ONLY` (the default).
     pub include_key_material: Option<String>,
 }
@@ -231,6 +231,29 @@ impl Kms {
         })
     }
 
+    /// The key a rotation operation acts on: resolved (by id or ARN, not alias), authorized for
+    /// `action` (with one more condition key when `extra` gives one), in a state the operation
+    /// allows (`read`: PendingDeletion too) and a key that rotates. The first steps of
+    /// EnableKeyRotation, DisableKeyRotation, GetKeyRotationStatus and RotateKeyOnDemand.
+    fn rotation_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        action: &'static str,
+        extra: Option<(&'static str, CtxValue)>,
+        read: bool,
+    ) -> Result<Resolved, KmsError> {
+        let resolved = self.resolve(caller, key_id, false)?;
+        let mut authz = AuthzRequest::on_key(action, &resolved);
+        if let Some((condition_key, value)) = extra {
+            authz = authz.with(condition_key, value);
+        }
+        self.authorize(caller, authz)?;
+        check_rotation_state(&resolved.key, read)?;
+        check_rotatable(&resolved.key)?;
+        Ok(resolved)
+    }
+
     /// EnableKeyRotation: automatic rotation every `period` days (90-2560, default 365). On a
     /// key that rotates already, a new period moves the next date to last rotation + period.
     pub async fn enable_key_rotation(
@@ -243,14 +266,14 @@ impl Kms {
             .unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
         validate::int_range("rotationPeriodInDays", days, 90, 2560)?;
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize(
+        let period = ("kms:RotationPeriodInDays", CtxValue::one(days.to_string()));
+        let resolved = self.rotation_key(
             caller,
-            AuthzRequest::on_key("kms:EnableKeyRotation", &resolved)
-                .with("kms:RotationPeriodInDays", CtxValue::one(days.to_string())),
+            &req.key_id,
+            "kms:EnableKeyRotation",
+            Some(period),
+            false,
         )?;
-        check_rotation_state(&resolved.key, false)?;
-        check_rotatable(&resolved.key)?;
         let now = self.now_ms();
         let mut l = self.lifecycle_of(&resolved.key.record.key_id);
         let next = match (
@@ -280,10 +303,8 @@ impl Kms {
         req: DisableKeyRotationRequest,
     ) -> Result<Empty, KmsError> {
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize_key(caller, "kms:DisableKeyRotation", &resolved, None)?;
-        check_rotation_state(&resolved.key, false)?;
-        check_rotatable(&resolved.key)?;
+        let resolved =
+            self.rotation_key(caller, &req.key_id, "kms:DisableKeyRotation", None, false)?;
         let mut l = self.lifecycle_of(&resolved.key.record.key_id);
         if !l.rotation_enabled {
             return Ok(Empty);
@@ -302,10 +323,8 @@ impl Kms {
         caller: &Caller,
         req: GetKeyRotationStatusRequest,
     ) -> Result<KeyRotationStatus, KmsError> {
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize_key(caller, "kms:GetKeyRotationStatus", &resolved, None)?;
-        check_rotation_state(&resolved.key, true)?;
-        check_rotatable(&resolved.key)?;
+        let resolved =
+            self.rotation_key(caller, &req.key_id, "kms:GetKeyRotationStatus", None, true)?;
         let l = self.lifecycle_of(&resolved.key.record.key_id);
         let started = self
             .rotating
@@ -330,10 +349,8 @@ impl Kms {
         caller: &Caller,
         req: RotateKeyOnDemandRequest,
     ) -> Result<RotateKeyOnDemandResponse, KmsError> {
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize_key(caller, "kms:RotateKeyOnDemand", &resolved, None)?;
-        check_rotation_state(&resolved.key, false)?;
-        check_rotatable(&resolved.key)?;
+        let resolved =
+            self.rotation_key(caller, &req.key_id, "kms:RotateKeyOnDemand", None, false)?;
         let id = resolved.key.record.key_id.clone();
         let Some(_slot) = self.claim_rotation(&id) else {
             return Err(KmsError::Conflict(format!(
@@ -375,8 +392,7 @@ impl Kms {
         caller: &Caller,
         req: ListKeyRotationsRequest,
     ) -> Result<ListKeyRotationsResponse, KmsError> {
-        let limit = validate::limit(req.limit)?;
-        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let (limit, after) = req.page.start()?;
         let key_id = req.key_id.as_str();
         let all_material = match req
             .include_key_material

@@ -4,6 +4,7 @@
 use super::algorithms::{
     EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
+use super::domain::{GrantOperation, KeySpec};
 use super::KmsError;
 use crate::hsm::{Curve, MacAlg, PairSpec, PairUsage, ShaAlg, SignScheme};
 
@@ -198,74 +199,88 @@ pub fn mac_algorithm(spec: &str, usage: &str, algorithm: MacAlgorithm) -> Result
 
 /// The data key pair specs this build generates.
 pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
-    const KNOWN: &[&str] = &[
-        "RSA_2048",
-        "RSA_3072",
-        "RSA_4096",
-        "ECC_NIST_P256",
-        "ECC_NIST_P384",
-        "ECC_NIST_P521",
-        "ECC_SECG_P256K1",
-        "SM2",
-        "ECC_NIST_EDWARDS25519",
-        "ML_KEM_512",
-        "ML_KEM_768",
-        "ML_KEM_1024",
-    ];
     match kind(spec) {
         Some(SpecKind::Pair(p)) => Ok(p),
-        _ if KNOWN.contains(&spec) => Err(KmsError::UnsupportedOperation(format!(
-            "KeyPairSpec {spec} is not supported by this p11kms build."
-        ))),
-        _ => Err(KmsError::validation(
-            "keyPairSpec",
-            &format!("Member must satisfy enum value set: {KNOWN:?}"),
-        )),
+        _ => {
+            let known: Vec<&str> = KeySpec::data_key_pair_specs()
+                .into_iter()
+                .map(KeySpec::as_str)
+                .collect();
+            if known.contains(&spec) {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeyPairSpec {spec} is not supported by this p11kms build."
+                )));
+            }
+            Err(KmsError::validation(
+                "keyPairSpec",
+                &format!("Member must satisfy enum value set: {known:?}"),
+            ))
+        }
     }
 }
 
-/// Grant operations that make sense for a key of `spec`/`usage` (kms-spec 1.5 CreateGrant).
-pub fn grant_operations(spec: &str, usage: &str) -> &'static [&'static str] {
-    match kind(spec) {
-        Some(SpecKind::Pair(_)) if usage == KEY_AGREEMENT => &[
-            "DeriveSharedSecret",
-            "GetPublicKey",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
+/// Grant operations every key a grant can be created on allows, whatever its spec and usage:
+/// the grant's own operations and DescribeKey.
+pub const KEY_GRANT_OPERATIONS: &[GrantOperation] = &[
+    GrantOperation::CreateGrant,
+    GrantOperation::RetireGrant,
+    GrantOperation::DescribeKey,
+];
+
+/// Grant operations that make sense for a key of `spec`/`usage` (kms-spec 1.5 CreateGrant):
+/// [`KEY_GRANT_OPERATIONS`] and, per kind of key, the cryptographic ones listed here; `None`
+/// for a spec this build does not create (no operation makes sense on it).
+pub fn grant_operations(spec: &str, usage: &str) -> Option<&'static [GrantOperation]> {
+    use GrantOperation::*;
+    Some(match kind(spec)? {
+        SpecKind::Symmetric => &[
+            Decrypt,
+            Encrypt,
+            GenerateDataKey,
+            GenerateDataKeyWithoutPlaintext,
+            ReEncryptFrom,
+            ReEncryptTo,
+            GenerateDataKeyPair,
+            GenerateDataKeyPairWithoutPlaintext,
         ],
-        Some(SpecKind::Pair(_)) if usage == SIGN_VERIFY => &[
-            "Sign",
-            "Verify",
-            "GetPublicKey",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
-        ],
-        Some(SpecKind::Pair(_)) => &[
-            "Encrypt",
-            "Decrypt",
-            "ReEncryptFrom",
-            "ReEncryptTo",
-            "GetPublicKey",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
-        ],
-        Some(SpecKind::Hmac(_)) => &[
-            "GenerateMac",
-            "VerifyMac",
-            "CreateGrant",
-            "RetireGrant",
-            "DescribeKey",
-        ],
-        _ => &[],
-    }
+        SpecKind::Pair(_) if usage == KEY_AGREEMENT => &[DeriveSharedSecret, GetPublicKey],
+        SpecKind::Pair(_) if usage == SIGN_VERIFY => &[Sign, Verify, GetPublicKey],
+        SpecKind::Pair(_) => &[Encrypt, Decrypt, ReEncryptFrom, ReEncryptTo, GetPublicKey],
+        SpecKind::Hmac(_) => &[GenerateMac, VerifyMac],
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_operations_follow_the_kind_of_key() {
+        use GrantOperation::*;
+        let hmac = grant_operations("HMAC_256", GENERATE_VERIFY_MAC).unwrap();
+        assert!(hmac.contains(&VerifyMac) && !hmac.contains(&GetPublicKey));
+        let agreement = grant_operations("ECC_NIST_P256", KEY_AGREEMENT).unwrap();
+        assert_eq!(agreement, [DeriveSharedSecret, GetPublicKey]);
+        let symmetric = grant_operations("SYMMETRIC_DEFAULT", ENCRYPT_DECRYPT).unwrap();
+        assert!(symmetric.contains(&GenerateDataKeyPair) && !symmetric.contains(&Sign));
+        assert_eq!(grant_operations("SM2", SIGN_VERIFY), None);
+    }
+
+    #[test]
+    fn data_key_pair_specs_are_the_models() {
+        assert_eq!(data_key_pair_spec("RSA_3072").unwrap(), PairSpec::Rsa(3072));
+        let e = data_key_pair_spec("ML_KEM_512").unwrap_err();
+        assert_eq!(e.aws_name(), "UnsupportedOperationException");
+        let e = data_key_pair_spec("RSA_1024").unwrap_err();
+        assert_eq!(
+            e.message(),
+            KmsError::validation(
+                "keyPairSpec",
+                "Member must satisfy enum value set: [\"RSA_2048\", \"RSA_3072\", \"RSA_4096\", \"ECC_NIST_P256\", \"ECC_NIST_P384\", \"ECC_NIST_P521\", \"ECC_SECG_P256K1\", \"SM2\", \"ECC_NIST_EDWARDS25519\", \"ML_KEM_512\", \"ML_KEM_768\", \"ML_KEM_1024\"]"
+            )
+            .message()
+        );
+    }
 
     #[test]
     fn catalogue() {
@@ -285,32 +300,18 @@ mod tests {
             signing_scheme("ECC_NIST_P256", SIGN_VERIFY, SigningAlgorithm::EcdsaSha384),
             Err(KmsError::InvalidKeyUsage(_))
         ));
-        assert_eq!(
-            signing_scheme("RSA_3072", SIGN_VERIFY, SigningAlgorithm::RsassaPssSha384).unwrap(),
-            (SignScheme::RsaPss(ShaAlg::Sha384), Hash::Sha384)
-        );
-        assert_eq!(
-            signing_scheme(
-                "RSA_2048",
-                SIGN_VERIFY,
-                SigningAlgorithm::RsassaPkcs1V15Sha512
-            )
-            .unwrap(),
-            (SignScheme::RsaPkcs1, Hash::Sha512)
-        );
-        assert_eq!(
-            signing_scheme("ECC_NIST_P521", SIGN_VERIFY, SigningAlgorithm::EcdsaSha512).unwrap(),
-            (SignScheme::Ecdsa(Curve::P521), Hash::Sha512)
-        );
-        assert_eq!(
-            signing_scheme(
-                "ECC_NIST_EDWARDS25519",
-                SIGN_VERIFY,
-                SigningAlgorithm::Ed25519Sha512
-            )
-            .unwrap(),
-            (SignScheme::Ed25519, Hash::Sha512)
-        );
+        use SigningAlgorithm::{EcdsaSha512, Ed25519Sha512, RsassaPkcs1V15Sha512, RsassaPssSha384};
+        #[rustfmt::skip]
+        let schemes = [
+            ("RSA_3072", RsassaPssSha384, SignScheme::RsaPss(ShaAlg::Sha384), Hash::Sha384),
+            ("RSA_2048", RsassaPkcs1V15Sha512, SignScheme::RsaPkcs1, Hash::Sha512),
+            ("ECC_NIST_P521", EcdsaSha512, SignScheme::Ecdsa(Curve::P521), Hash::Sha512),
+            ("ECC_NIST_EDWARDS25519", Ed25519Sha512, SignScheme::Ed25519, Hash::Sha512),
+        ];
+        for (spec, algorithm, scheme, hash) in schemes {
+            let got = signing_scheme(spec, SIGN_VERIFY, algorithm).unwrap();
+            assert_eq!(got, (scheme, hash), "{spec} {algorithm}");
+        }
         assert!(matches!(
             mac_algorithm("HMAC_256", GENERATE_VERIFY_MAC, MacAlgorithm::HmacSha512),
             Err(KmsError::InvalidKeyUsage(_))

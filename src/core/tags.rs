@@ -3,9 +3,9 @@
 use serde_json::{json, Value};
 
 use super::authz::{AuthzRequest, CtxValue};
-use super::operation::{request_parameters, Empty, Recorded, ResponseElements};
+use super::operation::{request_parameters, Empty, Page, Recorded, ResponseElements};
 use super::validate;
-use super::{check_state, Kms, KmsError, StateClass};
+use super::{check_state, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
 use crate::store::Tag;
 
@@ -27,8 +27,8 @@ pub struct UntagResourceRequest {
 #[derive(Debug, Clone, Default)]
 pub struct ListResourceTagsRequest {
     pub key_id: String,
-    pub limit: Option<i32>,
-    pub marker: Option<String>,
+    /// `Limit` and `Marker`.
+    pub page: Page,
 }
 
 /// One page of ListResourceTags.
@@ -67,10 +67,32 @@ pub(crate) fn with_request_tags<'a>(mut authz: AuthzRequest<'a>, tags: &[Tag]) -
 request_parameters! {
     TagResourceRequest { key_id, tags };
     UntagResourceRequest { key_id, tag_keys };
-    ListResourceTagsRequest { key_id, limit, marker };
+    ListResourceTagsRequest { key_id, page };
 }
 
 impl ResponseElements for ListResourceTagsResponse {}
+
+/// What TagResource or UntagResource changes on a key.
+#[derive(Clone, Copy)]
+enum TagChange<'a> {
+    /// Tags added, or whose values are overwritten.
+    Put(&'a [Tag]),
+    /// Tag keys removed.
+    Remove(&'a [String]),
+}
+
+impl TagChange<'_> {
+    /// The change's authorization on `resolved`: its action with the tag condition keys.
+    fn authz<'r>(&self, resolved: &'r Resolved) -> AuthzRequest<'r> {
+        match *self {
+            TagChange::Put(tags) => {
+                with_request_tags(AuthzRequest::on_key("kms:TagResource", resolved), tags)
+            }
+            TagChange::Remove(tag_keys) => AuthzRequest::on_key("kms:UntagResource", resolved)
+                .with("aws:TagKeys", CtxValue::Many(tag_keys.to_vec())),
+        }
+    }
+}
 
 impl Kms {
     /// TagResource: adds tags or overwrites the values of existing tag keys.
@@ -84,28 +106,8 @@ impl Kms {
             return Err(KmsError::validation("tags", "Member must not be null"));
         }
         validate::tags(&tags)?;
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        let authz = AuthzRequest::on_key("kms:TagResource", &resolved);
-        self.authorize(caller, with_request_tags(authz, &tags))?;
-        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
-        let existing = &resolved.key.tags;
-        let added = tags
-            .iter()
-            .filter(|t| !existing.iter().any(|e| e.key == t.key))
-            .count();
-        if existing.len() + added > validate::MAX_TAGS {
-            return Err(KmsError::LimitExceeded(format!(
-                "A key can have at most {} tags.",
-                validate::MAX_TAGS
-            )));
-        }
-        super::record::before_change().await?;
-        self.store
-            .put_tags(&resolved.key.record.key_id, &tags)
-            .await?;
-        self.refresh_key(&resolved.key.record.key_id).await?;
-        Ok(Empty)
+        self.change_tags(caller, &req.key_id, TagChange::Put(&tags))
+            .await
     }
 
     /// UntagResource: removes tag keys; absent keys are ignored.
@@ -121,19 +123,44 @@ impl Kms {
         for k in &tag_keys {
             validate::tag_key(k)?;
         }
+        self.change_tags(caller, &req.key_id, TagChange::Remove(&tag_keys))
+            .await
+    }
+
+    /// TagResource and UntagResource once their input is checked: under the metadata lock,
+    /// the key (by id or ARN) is resolved, the change authorized with its tag condition keys
+    /// and allowed by the key's state (and, for new tags, the tag limit); then the trail's
+    /// before-change point, the store, and the key's cache entry reloaded.
+    async fn change_tags(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        change: TagChange<'_>,
+    ) -> Result<Empty, KmsError> {
         let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key("kms:UntagResource", &resolved)
-                .with("aws:TagKeys", CtxValue::Many(tag_keys.clone())),
-        )?;
-        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+        let resolved = self.resolve(caller, key_id, false)?;
+        self.authorize(caller, change.authz(&resolved))?;
+        let key = &resolved.key;
+        check_state(key, StateClass::NotPendingDeletion)?;
+        if let TagChange::Put(tags) = change {
+            let added = tags
+                .iter()
+                .filter(|t| !key.tags.iter().any(|e| e.key == t.key))
+                .count();
+            if key.tags.len() + added > validate::MAX_TAGS {
+                return Err(KmsError::LimitExceeded(format!(
+                    "A key can have at most {} tags.",
+                    validate::MAX_TAGS
+                )));
+            }
+        }
         super::record::before_change().await?;
-        self.store
-            .remove_tags(&resolved.key.record.key_id, &tag_keys)
-            .await?;
-        self.refresh_key(&resolved.key.record.key_id).await?;
+        let key_id = &key.record.key_id;
+        match change {
+            TagChange::Put(tags) => self.store.put_tags(key_id, tags).await?,
+            TagChange::Remove(tag_keys) => self.store.remove_tags(key_id, tag_keys).await?,
+        }
+        self.refresh_key(key_id).await?;
         Ok(Empty)
     }
 
@@ -143,8 +170,7 @@ impl Kms {
         caller: &Caller,
         req: ListResourceTagsRequest,
     ) -> Result<ListResourceTagsResponse, KmsError> {
-        let limit = validate::limit(req.limit)?;
-        let after = validate::decode_marker(req.marker.as_deref().unwrap_or(""))?;
+        let (limit, after) = req.page.start()?;
         let resolved = self.resolve(caller, &req.key_id, false)?;
         self.authorize_key(caller, "kms:ListResourceTags", &resolved, None)?;
         check_state(&resolved.key, StateClass::Any)?;
@@ -187,8 +213,10 @@ mod tests {
         );
         let list = ListResourceTagsRequest {
             key_id: "k".into(),
-            limit: Some(5),
-            marker: None,
+            page: Page {
+                limit: Some(5),
+                marker: None,
+            },
         };
         assert_eq!(list.request_parameters(), json!({"keyId": "k", "limit": 5}));
         let none = TagResourceRequest::default().request_parameters();

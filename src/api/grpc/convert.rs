@@ -27,7 +27,9 @@ use crate::wire_enum::WireEnum;
 ///
 /// - `field`: the message's field of the same name, by its [`ReadField`] rule;
 /// - `field: wire_field`: the message's field of another name, by its rule;
-/// - `field = expr`: an expression (over the message, bound by a leading `m:`).
+/// - `field = expr`: an expression (over the message, bound by a leading `m:`);
+/// - `page`: a list request's [`Page`](crate::core::operation::Page), from the message's
+///   `limit` and `marker`.
 ///
 /// Fields are read in the order written: an expression that borrows the message comes
 /// before a plain field of the same value would move it.
@@ -93,6 +95,12 @@ macro_rules! fields {
             $($f: $crate::api::grpc::convert::fields!(
                 @$dir $m, $f $(: $src)? $(=> $func)? $(= $e)?
             ),)*
+        }
+    };
+    (@read $m:ident, page) => {
+        $crate::core::operation::Page {
+            limit: $crate::api::grpc::convert::ReadField::read_field($m.limit, "limit")?,
+            marker: $crate::api::grpc::convert::ReadField::read_field($m.marker, "marker")?,
         }
     };
     (@read $m:ident, $f:ident) => {

@@ -10,7 +10,7 @@ from_json! {
     CreateAliasRequest { alias_name, target_key_id }
     UpdateAliasRequest { alias_name, target_key_id }
     DeleteAliasRequest { alias_name }
-    ListAliasesRequest { key_id, limit, marker }
+    ListAliasesRequest { key_id, page }
 }
 
 to_json! {

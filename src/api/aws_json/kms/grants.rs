@@ -22,8 +22,8 @@ from_json! {
         constraint_equals => constraint_equals, constraint_subset => constraint_subset,
         grant_tokens, name, dry_run,
     }
-    ListGrantsRequest { key_id, grant_id, grantee_principal, limit, marker }
-    ListRetirableGrantsRequest { retiring_principal, limit, marker }
+    ListGrantsRequest { key_id, grant_id, grantee_principal, page }
+    ListRetirableGrantsRequest { retiring_principal, page }
     RetireGrantRequest { grant_token, key_id, grant_id, dry_run }
     RevokeGrantRequest { key_id, grant_id, dry_run }
 }

@@ -20,7 +20,7 @@ from_json! {
         bypass_policy_lockout_safety_check, tags, multi_region,
     }
     DescribeKeyRequest { key_id, grant_tokens }
-    ListKeysRequest { limit, marker }
+    ListKeysRequest { page }
     EnableKeyRequest { key_id }
     DisableKeyRequest { key_id }
     ScheduleKeyDeletionRequest { key_id, pending_window_in_days }

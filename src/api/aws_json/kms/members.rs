@@ -25,6 +25,7 @@ use crate::core::algorithms::{
     EncryptionAlgorithm, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
 use crate::core::domain::{KeySpec, KeyUsage, Origin};
+use crate::core::operation::Page;
 use crate::encoding::{is_pascal_of, wire_case};
 use crate::store::{KeyState, Tag, UsageOperation};
 use crate::wire_enum::WireEnum;
@@ -254,6 +255,14 @@ pub fn or_empty(v: Option<impl Render>) -> Value {
     v.map_or_else(|| Value::Object(Map::new()), Render::render)
 }
 
+/// A list request's paging field ([`Page`]): its members `Limit` and `Marker`, in that order.
+pub fn page(members: &mut Members) -> Result<Page, serde_json::Error> {
+    Ok(Page {
+        limit: members.read("limit")?,
+        marker: members.read("marker")?,
+    })
+}
+
 /// A member's name: `wire` when the declaration names it, else `field` in PascalCase.
 pub fn member_name(field: &str, wire: Option<&str>) -> String {
     wire.map_or_else(|| wire_case(field, true), str::to_string)
@@ -265,7 +274,8 @@ pub fn member_name(field: &str, wire: Option<&str>) -> String {
 /// - `field`: read from the member `field` names in PascalCase, by the field type's
 ///   [`Member`] rule;
 /// - `field => reader`: read by `reader(&mut Members)`, for a field whose member is named
-///   otherwise or read by another rule.
+///   otherwise or read by another rule;
+/// - `page`: a list request's [`Page`], from the members `Limit` and `Marker` ([`page`]).
 ///
 /// A table of `Outer(Inner)` declares requests that wrap another's fields (GenerateDataKey
 /// and GenerateDataKeyWithoutPlaintext share theirs).
@@ -289,6 +299,9 @@ macro_rules! from_json {
             }
         }
     )+};
+    (@read $members:ident, page) => {
+        $crate::api::aws_json::kms::members::page(&mut $members)
+    };
     (@read $members:ident, $field:ident) => {
         $members.read(stringify!($field))
     };

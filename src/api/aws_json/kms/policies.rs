@@ -9,7 +9,7 @@ use crate::core::policies::{
 from_json! {
     GetKeyPolicyRequest { key_id, policy_name }
     PutKeyPolicyRequest { key_id, policy_name, policy, bypass_policy_lockout_safety_check }
-    ListKeyPoliciesRequest { key_id, limit, marker }
+    ListKeyPoliciesRequest { key_id, page }
 }
 
 // A key has one policy, so its list is never truncated.

@@ -13,7 +13,7 @@ from_json! {
     DisableKeyRotationRequest { key_id }
     GetKeyRotationStatusRequest { key_id }
     RotateKeyOnDemandRequest { key_id }
-    ListKeyRotationsRequest { key_id, limit, marker, include_key_material }
+    ListKeyRotationsRequest { key_id, page, include_key_material }
 }
 
 to_json! {

@@ -14,7 +14,7 @@ use crate::store::Tag;
 from_json! {
     TagResourceRequest { key_id, tags }
     UntagResourceRequest { key_id, tag_keys }
-    ListResourceTagsRequest { key_id, limit, marker }
+    ListResourceTagsRequest { key_id, page }
 }
 
 to_json! {

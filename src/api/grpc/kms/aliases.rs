@@ -11,7 +11,7 @@ use crate::pb;
 from_message!(pb::CreateAliasRequest => CreateAliasRequest { alias_name, target_key_id });
 from_message!(pb::UpdateAliasRequest => UpdateAliasRequest { alias_name, target_key_id });
 from_message!(pb::DeleteAliasRequest => DeleteAliasRequest { alias_name });
-from_message!(pb::ListAliasesRequest => ListAliasesRequest { key_id, limit, marker });
+from_message!(pb::ListAliasesRequest => ListAliasesRequest { key_id, page });
 
 to_message!(Empty => pb::CreateAliasResponse {});
 to_message!(Empty => pb::UpdateAliasResponse {});

@@ -20,10 +20,10 @@ from_message!(m: pb::CreateGrantRequest => CreateGrantRequest {
     constraint_subset = pairs(&m.constraints, |c| &c.encryption_context_subset),
 });
 from_message!(pb::ListGrantsRequest => ListGrantsRequest {
-    key_id, grant_id, grantee_principal, limit, marker
+    key_id, grant_id, grantee_principal, page
 });
 from_message!(pb::ListRetirableGrantsRequest => ListRetirableGrantsRequest {
-    retiring_principal, limit, marker
+    retiring_principal, page
 });
 from_message!(pb::RetireGrantRequest => RetireGrantRequest {
     grant_token, key_id, grant_id, dry_run

@@ -21,7 +21,7 @@ from_message!(pb::CreateKeyRequest => CreateKeyRequest {
     bypass_policy_lockout_safety_check, tags, multi_region
 });
 from_message!(pb::DescribeKeyRequest => DescribeKeyRequest { key_id, grant_tokens });
-from_message!(pb::ListKeysRequest => ListKeysRequest { limit, marker });
+from_message!(pb::ListKeysRequest => ListKeysRequest { page });
 from_message!(pb::EnableKeyRequest => EnableKeyRequest { key_id });
 from_message!(pb::DisableKeyRequest => DisableKeyRequest { key_id });
 from_message!(pb::ScheduleKeyDeletionRequest => ScheduleKeyDeletionRequest {

@@ -12,7 +12,7 @@ from_message!(pb::GetKeyPolicyRequest => GetKeyPolicyRequest { key_id, policy_na
 from_message!(pb::PutKeyPolicyRequest => PutKeyPolicyRequest {
     key_id, policy_name, policy, bypass_policy_lockout_safety_check
 });
-from_message!(pb::ListKeyPoliciesRequest => ListKeyPoliciesRequest { key_id, limit, marker });
+from_message!(pb::ListKeyPoliciesRequest => ListKeyPoliciesRequest { key_id, page });
 
 to_message!(GetKeyPolicyResponse => pb::GetKeyPolicyResponse { policy, policy_name });
 to_message!(Empty => pb::PutKeyPolicyResponse {});

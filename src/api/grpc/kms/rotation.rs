@@ -17,7 +17,7 @@ from_message!(pb::DisableKeyRotationRequest => DisableKeyRotationRequest { key_i
 from_message!(pb::GetKeyRotationStatusRequest => GetKeyRotationStatusRequest { key_id });
 from_message!(pb::RotateKeyOnDemandRequest => RotateKeyOnDemandRequest { key_id });
 from_message!(pb::ListKeyRotationsRequest => ListKeyRotationsRequest {
-    key_id, limit, marker, include_key_material
+    key_id, page, include_key_material
 });
 
 to_message!(Empty => pb::EnableKeyRotationResponse {});

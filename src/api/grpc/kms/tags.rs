@@ -10,7 +10,7 @@ use crate::store::Tag;
 
 from_message!(pb::TagResourceRequest => TagResourceRequest { key_id, tags });
 from_message!(pb::UntagResourceRequest => UntagResourceRequest { key_id, tag_keys });
-from_message!(pb::ListResourceTagsRequest => ListResourceTagsRequest { key_id, limit, marker });
+from_message!(pb::ListResourceTagsRequest => ListResourceTagsRequest { key_id, page });
 
 to_message!(Empty => pb::TagResourceResponse {});
 to_message!(Empty => pb::UntagResourceResponse {});
