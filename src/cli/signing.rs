@@ -11,9 +11,10 @@ use p11kms::pb;
 use super::io::{emit_bytes, print_json, read_bytes, read_input, DryRun, KeyMessage};
 use super::session::{answer, Session};
 
-/// `sign`'s arguments.
+/// What `sign` and `verify` both take: the key and message, the signing algorithm, the
+/// message type, and `--dry-run`.
 #[derive(Args, Debug)]
-pub struct SignArgs {
+pub struct Signing {
     #[command(flatten)]
     target: KeyMessage,
     /// RSASSA_PSS_SHA_256, RSASSA_PKCS1_V1_5_SHA_256, ECDSA_SHA_256, ...
@@ -22,27 +23,28 @@ pub struct SignArgs {
     /// RAW (the daemon hashes the message) or DIGEST (the input is the digest).
     #[arg(long, default_value = "RAW")]
     message_type: String,
+    #[command(flatten)]
+    check: DryRun,
+}
+
+/// `sign`'s arguments.
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    #[command(flatten)]
+    signing: Signing,
     /// Write the raw signature (ECDSA: DER) here instead of printing base64.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[command(flatten)]
-    check: DryRun,
 }
 
 /// `verify`'s arguments.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     #[command(flatten)]
-    target: KeyMessage,
-    #[arg(long)]
-    algorithm: String,
-    #[arg(long, default_value = "RAW")]
-    message_type: String,
+    signing: Signing,
     /// File holding the raw signature.
     #[arg(long)]
     signature_file: PathBuf,
-    #[command(flatten)]
-    check: DryRun,
 }
 
 /// `generate-mac`'s arguments.
@@ -62,15 +64,16 @@ pub struct GenerateMacArgs {
 
 /// `sign`: the signature goes to --out or, as base64, to standard output.
 pub async fn sign(args: SignArgs) -> Result<(), String> {
-    let message = read_input(&args.target.input)?;
-    let sess = Session::open(&args.target.conn).await?;
+    let a = args.signing;
+    let message = read_input(&a.target.input)?;
+    let sess = Session::open(&a.target.conn).await?;
     let request = pb::SignRequest {
-        key_id: args.target.key,
+        key_id: a.target.key,
         message: message.to_vec(),
-        message_type: args.message_type,
-        signing_algorithm: args.algorithm,
+        message_type: a.message_type,
+        signing_algorithm: a.algorithm,
         grant_tokens: vec![],
-        dry_run: args.check.dry_run,
+        dry_run: a.check.dry_run,
     };
     let r = answer(sess.kms().sign(sess.k("Sign", request)).await)?;
     emit_bytes(args.out, &r.signature, false)
@@ -79,17 +82,18 @@ pub async fn sign(args: SignArgs) -> Result<(), String> {
 /// `verify`: a signature that does not match is the daemon's
 /// KMSInvalidSignatureException, so the command fails.
 pub async fn verify(args: VerifyArgs) -> Result<(), String> {
-    let message = read_input(&args.target.input)?;
+    let a = args.signing;
+    let message = read_input(&a.target.input)?;
     let signature = read_bytes(&args.signature_file)?;
-    let sess = Session::open(&args.target.conn).await?;
+    let sess = Session::open(&a.target.conn).await?;
     let request = pb::VerifyRequest {
-        key_id: args.target.key,
+        key_id: a.target.key,
         message: message.to_vec(),
-        message_type: args.message_type,
+        message_type: a.message_type,
         signature,
-        signing_algorithm: args.algorithm,
+        signing_algorithm: a.algorithm,
         grant_tokens: vec![],
-        dry_run: args.check.dry_run,
+        dry_run: a.check.dry_run,
     };
     let r = answer(sess.kms().verify(sess.k("Verify", request)).await)?;
     print_json(&json!({

@@ -382,6 +382,24 @@ struct PendingGuard<'a> {
     pending: Pending,
 }
 
+/// A persist job found no session objects where its generation job should have parked them.
+fn nothing_parked(ctx: &WorkerCtx, job: &'static str) -> HsmError {
+    HsmError::new(HsmErrorKind::Other, job, ctx.token(), "no session objects to copy")
+}
+
+impl Hsm {
+    /// Where a generation job parks the session objects its persist job copies to the token,
+    /// with the guard that destroys whatever is left there when the request ends early.
+    fn pending_objects(&self) -> (Pending, PendingGuard<'_>) {
+        let pending = Pending::default();
+        let guard = PendingGuard {
+            hsm: self,
+            pending: pending.clone(),
+        };
+        (pending, guard)
+    }
+}
+
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         let left = {
@@ -615,11 +633,7 @@ impl Hsm {
         if sha256 && self.shared.oaep_sha256.get() == Some(&OaepSha256::RawRsa) {
             return Ok(unwrap::WrappingKeyOutcome::OaepSha256Unsupported);
         }
-        let pending = Pending::default();
-        let _guard = PendingGuard {
-            hsm: self,
-            pending: pending.clone(),
-        };
+        let (pending, _guard) = self.pending_objects();
         let permit = self.keygen_permit("generate_wrapping_key").await?;
         let p = pending.clone();
         let outcome = self
@@ -638,12 +652,7 @@ impl Hsm {
             "persist_wrapping_key",
             move |ctx| match take_parked(&pending)[..] {
                 [private] => unwrap::persist_wrapping_key(ctx, id, private),
-                _ => Err(HsmError::new(
-                    HsmErrorKind::Other,
-                    "persist_wrapping_key",
-                    ctx.token(),
-                    "no session wrapping key to copy",
-                )),
+                _ => Err(nothing_parked(ctx, "persist_wrapping_key")),
             },
         )
         .await?;
@@ -687,11 +696,7 @@ impl Hsm {
         spec: PairSpec,
         usage: PairUsage,
     ) -> Result<(), HsmError> {
-        let pending = Pending::default();
-        let _guard = PendingGuard {
-            hsm: self,
-            pending: pending.clone(),
-        };
+        let (pending, _guard) = self.pending_objects();
         let permit = self.keygen_permit("generate_key_pair").await?;
         let p = pending.clone();
         self.submit(LockClass::Unlocked, "generate_key_pair", move |ctx| {
@@ -708,12 +713,7 @@ impl Hsm {
                 [public, private] => {
                     asym::persist_key_pair(ctx, id, asym::SessionPair { public, private })
                 }
-                _ => Err(HsmError::new(
-                    HsmErrorKind::Other,
-                    "persist_key_pair",
-                    ctx.token(),
-                    "no session key pair to copy",
-                )),
+                _ => Err(nothing_parked(ctx, "persist_key_pair")),
             },
         )
         .await
