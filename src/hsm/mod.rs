@@ -384,7 +384,12 @@ struct PendingGuard<'a> {
 
 /// A persist job found no session objects where its generation job should have parked them.
 fn nothing_parked(ctx: &WorkerCtx, job: &'static str) -> HsmError {
-    HsmError::new(HsmErrorKind::Other, job, ctx.token(), "no session objects to copy")
+    HsmError::new(
+        HsmErrorKind::Other,
+        job,
+        ctx.token(),
+        "no session objects to copy",
+    )
 }
 
 impl Hsm {
