@@ -600,10 +600,13 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     let cancel = CancellationToken::new();
     // Until start-up succeeds, an early return stops what was started.
     let started = cancel.clone().drop_guard();
+    // Every port is bound before any door accepts: a flood of connections arriving at a door
+    // the moment it opens must not take the descriptor a later bind needs.
+    let metrics_listener = bind_metrics(config).await?;
     let http_doors = start_http_doors(config, &deps, &cancel).await?;
     let (health, grpc) = start_grpc(config, &deps, listener, tls, cancel.clone())?;
     let background = spawn_background(config, &options, &kms, &deps.auth, &audit, health, &cancel);
-    let (metrics_addr, metrics) = start_metrics(config, metrics).await?;
+    let (metrics_addr, metrics) = start_metrics(metrics, metrics_listener)?;
     started.disarm();
     tracing::info!(%addr, token = kms.hsm().token_label(), keys = kms.key_count(), "p11kms serving gRPC over TLS");
     Ok(RunningServer {
@@ -769,15 +772,22 @@ fn spawn_background(
     ]
 }
 
-/// The metrics endpoint, when `[metrics]` enables it.
-async fn start_metrics(
-    config: &Config,
-    metrics: Arc<Metrics>,
-) -> Result<(Option<SocketAddr>, Option<MetricsServer>), ServerError> {
+/// Binds the metrics endpoint's port, when `[metrics]` enables it (served by [`start_metrics`]).
+async fn bind_metrics(config: &Config) -> Result<Option<tokio::net::TcpListener>, ServerError> {
     if !config.metrics.enabled {
-        return Ok((None, None));
+        return Ok(None);
     }
-    let listener = bind(Listener::Metrics, config.metrics.listen).await?;
+    Ok(Some(bind(Listener::Metrics, config.metrics.listen).await?))
+}
+
+/// Serves the metrics endpoint on its bound listener (none when disabled).
+fn start_metrics(
+    metrics: Arc<Metrics>,
+    listener: Option<tokio::net::TcpListener>,
+) -> Result<(Option<SocketAddr>, Option<MetricsServer>), ServerError> {
+    let Some(listener) = listener else {
+        return Ok((None, None));
+    };
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let task = tokio::spawn(crate::metrics::serve(

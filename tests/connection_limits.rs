@@ -328,17 +328,24 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_at_a_bounded_rate
             })
             .unwrap_or_default()
     };
-    // The daemon logs the address of the AWS door (port 0).
+    // The daemon logs the address of the AWS door (port 0); the flood starts once it has
+    // finished starting ("serving"), as a flood against a running daemon.
     let mut door = None;
     for _ in 0..200 {
-        door = lines().iter().find_map(|l| {
-            let port = l.split("https://127.0.0.1:").nth(1)?;
-            let port: String = port.chars().take_while(char::is_ascii_digit).collect();
-            Some(SocketAddr::from((
-                [127, 0, 0, 1],
-                port.parse::<u16>().ok()?,
-            )))
-        });
+        let log = lines();
+        let serving = log.iter().any(|l| l.contains("p11kms serving"));
+        door = serving
+            .then(|| {
+                log.iter().find_map(|l| {
+                    let port = l.split("https://127.0.0.1:").nth(1)?;
+                    let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+                    Some(SocketAddr::from((
+                        [127, 0, 0, 1],
+                        port.parse::<u16>().ok()?,
+                    )))
+                })
+            })
+            .flatten();
         if door.is_some() {
             break;
         }
