@@ -138,15 +138,13 @@ fn a_listener_that_cannot_bind_is_named_with_its_address() {
         metrics: at(2),
     };
     let config = dev_setup(tmp.path(), "busy", &addrs);
-    let mut taken = taken.into_iter();
+    let mut taken: Vec<Option<TcpListener>> = taken.into_iter().map(Some).collect();
+    // In the daemon's bind order: every port is bound before any door accepts.
     for (i, name) in [
-        "gRPC door ([server] listen)",
-        "AWS door ([aws_json] listen)",
-        "metrics endpoint ([metrics] listen)",
-    ]
-    .into_iter()
-    .enumerate()
-    {
+        (0, "gRPC door ([server] listen)"),
+        (2, "metrics endpoint ([metrics] listen)"),
+        (1, "AWS door ([aws_json] listen)"),
+    ] {
         let (ok, log) = Daemon::spawn(tmp.path(), &config, &format!("busy{i}.log")).wait_exit();
         assert!(
             !ok,
@@ -155,7 +153,7 @@ fn a_listener_that_cannot_bind_is_named_with_its_address() {
         );
         let want = format!("cannot listen on {} for the {name}", at_of(&addrs, i));
         assert!(log.contains(&want), "want {want:?} in:\n{log}");
-        drop(taken.next()); // free this one: the next listener is the one that fails
+        taken[i] = None; // free this one: the next listener is the one that fails
     }
 }
 
