@@ -142,7 +142,7 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
     let drift = kms.reconcile().await?;
     let mut clusters = Vec::new();
     for c in &config.hsm.cluster {
-        clusters.push(probe_cluster(c.clone()).await);
+        clusters.push(probe_cluster(c).await);
     }
     let report = CheckReport {
         token: kms.hsm().token_label().to_string(),
@@ -155,15 +155,15 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
 }
 
 /// Probes one cluster's module and token (blocking PKCS#11 calls: off the async threads).
-async fn probe_cluster(c: ClusterSection) -> ClusterReport {
+async fn probe_cluster(c: &ClusterSection) -> ClusterReport {
     let (module, label) = (c.module.clone(), c.token_label.clone());
     let probe = tokio::task::spawn_blocking(move || probe_token(&module, &label))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
     ClusterReport {
-        id: c.id,
-        token: c.token_label,
+        id: c.id.clone(),
+        token: c.token_label.clone(),
         probe,
     }
 }
