@@ -309,6 +309,29 @@ pub fn dev_setup(data_dir: &Path, listen: &DevListen) -> Result<DevSetup, DevSet
     if !pki.join("admin.pem").exists() {
         issue_client_cert(&pki, "admin", None)?;
     }
+    ensure_pins_and_identity(data_dir)?;
+    let module =
+        find_softhsm_module().unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    let softhsm2_conf = ensure_softhsm_conf(data_dir)?;
+    let config = data_dir.join("p11kms.toml");
+    let config_written = !config.exists();
+    if config_written {
+        write_public(&config, dev_config_text(&module, listen).as_bytes())?;
+    }
+    let client_config = ensure_client_config(data_dir, listen)?;
+    Ok(DevSetup {
+        config,
+        config_written,
+        client_config,
+        softhsm2_conf,
+        module,
+        data_dir: data_dir.to_path_buf(),
+    })
+}
+
+/// The dev PINs (random, user and SO), the dev account's IAM details, the admin's secret
+/// access key (random) and the credentials file naming it, each written once.
+fn ensure_pins_and_identity(data_dir: &Path) -> Result<(), DevSetupError> {
     for pin in ["user-pin", "so-pin"] {
         let p = data_dir.join(pin);
         if !p.exists() {
@@ -340,14 +363,13 @@ pub fn dev_setup(data_dir: &Path, listen: &DevListen) -> Result<DevSetup, DevSet
         .unwrap_or_default();
         write_private(&credentials, text.as_bytes())?;
     }
-    let module =
-        find_softhsm_module().unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
-    let softhsm2_conf = ensure_softhsm_conf(data_dir)?;
-    let config = data_dir.join("p11kms.toml");
-    let config_written = !config.exists();
-    if config_written {
-        let text = format!(
-            r#"# p11kms dev configuration, written by `p11kms dev-setup`. See p11kms.example.toml
+    Ok(())
+}
+
+/// The dev daemon's config file text.
+fn dev_config_text(module: &Path, listen: &DevListen) -> String {
+    format!(
+        r#"# p11kms dev configuration, written by `p11kms dev-setup`. See p11kms.example.toml
 # in the source tree for every option with its meaning.
 
 [server]
@@ -389,14 +411,16 @@ credentials = "identity/credentials.json"
 account_id = "{DEV_ACCOUNT}"
 authorization_details = "identity/{DEV_ACCOUNT}.json"
 "#,
-            module = module.display(),
-            grpc = listen.grpc,
-            aws = listen.aws,
-            metrics = listen.metrics,
-            aws_port = listen.aws.rsplit(':').next().unwrap_or("4443"),
-        );
-        write_public(&config, text.as_bytes())?;
-    }
+        module = module.display(),
+        grpc = listen.grpc,
+        aws = listen.aws,
+        metrics = listen.metrics,
+        aws_port = listen.aws.rsplit(':').next().unwrap_or("4443"),
+    )
+}
+
+/// The CLI's config for the dev daemon (`client.toml`), written once.
+fn ensure_client_config(data_dir: &Path, listen: &DevListen) -> Result<PathBuf, DevSetupError> {
     let client_config = data_dir.join("client.toml");
     if !client_config.exists() {
         let text = format!(
@@ -405,14 +429,7 @@ authorization_details = "identity/{DEV_ACCOUNT}.json"
         );
         write_public(&client_config, text.as_bytes())?;
     }
-    Ok(DevSetup {
-        config,
-        config_written,
-        client_config,
-        softhsm2_conf,
-        module,
-        data_dir: data_dir.to_path_buf(),
-    })
+    Ok(client_config)
 }
 
 #[cfg(test)]

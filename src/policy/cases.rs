@@ -215,18 +215,7 @@ pub fn request_context(r: &CaseRequest) -> RequestContext {
 /// Runs one case through [`evaluate`].
 pub fn run_case(case: &Case) -> Result<CaseOutcome, CaseError> {
     let name = case.name.as_str();
-    let key_policy = match &case.key_policy {
-        Some(v) => {
-            Some(
-                Policy::from_value(v, PolicyKind::Key).map_err(|error| CaseError::Policy {
-                    case: name.to_string(),
-                    which: "key_policy".to_string(),
-                    error,
-                })?,
-            )
-        }
-        None => None,
-    };
+    let key_policy = case_key_policy(case)?;
     let identity = compile_all(
         name,
         "identity_policies",
@@ -246,16 +235,7 @@ pub fn run_case(case: &Case) -> Result<CaseOutcome, CaseError> {
         &case.session_policies,
         PolicyKind::Session,
     )?;
-    let expected = match case.expected.as_deref() {
-        None => None,
-        Some("Allow") => Some(Effect::Allow),
-        Some("Deny") => Some(Effect::Deny),
-        Some(other) => {
-            return Err(CaseError::Format(format!(
-                "case '{name}': expected must be Allow or Deny, not '{other}'"
-            )))
-        }
-    };
+    let expected = expected_effect(case)?;
 
     let names = |prefix: &str, n: usize| -> Vec<String> {
         (0..n).map(|i| format!("{prefix}[{i}]")).collect()
@@ -281,32 +261,9 @@ pub fn run_case(case: &Case) -> Result<CaseOutcome, CaseError> {
         .enumerate()
         .map(|(i, g)| g.grant_id.clone().unwrap_or_else(|| format!("grants[{i}]")))
         .collect();
-    let grants: Vec<GrantView<'_>> = case
-        .grants
-        .iter()
-        .zip(&grant_ids)
-        .map(|(g, id)| GrantView {
-            grant_id: id,
-            grantee_principal: &g.grantee_principal,
-            operations: &g.operations,
-            constraints: g.constraints.as_ref().map(|c| GrantConstraintsView {
-                encryption_context_equals: c.encryption_context_equals.as_ref(),
-                encryption_context_subset: c.encryption_context_subset.as_ref(),
-            }),
-        })
-        .collect();
-
+    let grants = grant_views(case, &grant_ids);
     let req = request_context(&case.request);
-    let role_arn: Option<String> = case.request.role_arn.clone().or_else(|| {
-        if case.request.principal_arn.contains(":assumed-role/") {
-            req.get("aws:PrincipalArn")
-                .and_then(|v| v.first())
-                .filter(|a| a.contains(":role/"))
-                .cloned()
-        } else {
-            None
-        }
-    });
+    let role_arn = session_role_arn(case, &req);
 
     let input = EvalInput {
         key_account: case.key_account.as_deref(),
@@ -327,6 +284,62 @@ pub fn run_case(case: &Case) -> Result<CaseOutcome, CaseError> {
         name: case.name.clone(),
         expected,
         decision: evaluate(&input),
+    })
+}
+
+/// The case's key policy, compiled.
+fn case_key_policy(case: &Case) -> Result<Option<Policy>, CaseError> {
+    let Some(v) = &case.key_policy else {
+        return Ok(None);
+    };
+    let policy = Policy::from_value(v, PolicyKind::Key).map_err(|error| CaseError::Policy {
+        case: case.name.clone(),
+        which: "key_policy".to_string(),
+        error,
+    })?;
+    Ok(Some(policy))
+}
+
+/// The case's expected decision, when it names one.
+fn expected_effect(case: &Case) -> Result<Option<Effect>, CaseError> {
+    match case.expected.as_deref() {
+        None => Ok(None),
+        Some("Allow") => Ok(Some(Effect::Allow)),
+        Some("Deny") => Ok(Some(Effect::Deny)),
+        Some(other) => Err(CaseError::Format(format!(
+            "case '{}': expected must be Allow or Deny, not '{other}'",
+            case.name
+        ))),
+    }
+}
+
+/// The case's grants as the evaluator sees them, named by `ids`.
+fn grant_views<'a>(case: &'a Case, ids: &'a [String]) -> Vec<GrantView<'a>> {
+    case.grants
+        .iter()
+        .zip(ids)
+        .map(|(g, id)| GrantView {
+            grant_id: id,
+            grantee_principal: &g.grantee_principal,
+            operations: &g.operations,
+            constraints: g.constraints.as_ref().map(|c| GrantConstraintsView {
+                encryption_context_equals: c.encryption_context_equals.as_ref(),
+                encryption_context_subset: c.encryption_context_subset.as_ref(),
+            }),
+        })
+        .collect()
+}
+
+/// The role of an assumed-role caller: given, or the role ARN of `aws:PrincipalArn`.
+fn session_role_arn(case: &Case, req: &RequestContext) -> Option<String> {
+    case.request.role_arn.clone().or_else(|| {
+        if !case.request.principal_arn.contains(":assumed-role/") {
+            return None;
+        }
+        req.get("aws:PrincipalArn")
+            .and_then(|v| v.first())
+            .filter(|a| a.contains(":role/"))
+            .cloned()
     })
 }
 
