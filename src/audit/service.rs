@@ -37,8 +37,21 @@ pub fn service_event(action: &ServiceAction, region: &str) -> AuditEvent {
     ev.read_only = false;
     ev.door = std::borrow::Cow::Borrowed("internal");
     ev.aws_region = region.to_string();
-    ev.add_key_resource(action.key_arn.clone(), action.account.clone());
-    ev.set_request_parameter("keyId", action.key_id.clone());
+    if let Some(store) = &action.key_store {
+        ev.recipient_account_id = Some(action.account.clone());
+        ev.set_request_parameter("customKeyStoreId", store.store_id.clone());
+        ev.set_request_parameter("connectionState", store.state);
+        if let Some(code) = store.error_code {
+            ev.set_request_parameter("connectionErrorCode", code);
+        }
+        if let Some(object) = &store.orphaned_object {
+            ev.set_request_parameter("orphanedKeyObject", object.clone());
+        }
+    }
+    if !action.key_arn.is_empty() {
+        ev.add_key_resource(action.key_arn.clone(), action.account.clone());
+        ev.set_request_parameter("keyId", action.key_id.clone());
+    }
     ev.key_version = action.key_version;
     if let Some((code, message)) = &action.error {
         ev.set_error(*code, message.clone());
@@ -85,6 +98,7 @@ mod tests {
                     .into(),
             account: "111122223333".into(),
             key_version: None,
+            key_store: None,
             error,
             at_ms: 1_763_894_297_042,
         }

@@ -67,9 +67,31 @@ pub enum KmsError {
     /// A dry run that passed every check a real call makes (see [`KmsError::dry_run`]).
     #[error("{0}")]
     DryRunOperation(String),
-    /// A `CustomKeyStoreId` that names no custom key store (none exist yet).
+    /// A `CustomKeyStoreId` (or name) that names no custom key store of the caller's account.
     #[error("{0}")]
     CustomKeyStoreNotFound(String),
+    /// The custom key store's connection state does not allow the operation.
+    #[error("{0}")]
+    CustomKeyStoreInvalidState(String),
+    /// DeleteCustomKeyStore on a store that still has keys.
+    #[error("{0}")]
+    CustomKeyStoreHasCmks(String),
+    /// Another custom key store of the account has this name.
+    #[error("{0}")]
+    CustomKeyStoreNameInUse(String),
+    /// No `[[hsm.cluster]]` has this id.
+    #[error("{0}")]
+    CloudHsmClusterNotFound(String),
+    /// The cluster already backs another custom key store.
+    #[error("{0}")]
+    CloudHsmClusterInUse(String),
+    /// UpdateCustomKeyStore named a cluster that is not the store's own (p11kms's clusters
+    /// are distinct devices, so no other cluster is related).
+    #[error("{0}")]
+    CloudHsmClusterNotRelated(String),
+    /// The trust anchor certificate is not the configured cluster's.
+    #[error("{0}")]
+    IncorrectTrustAnchor(String),
 }
 
 impl KmsError {
@@ -106,6 +128,13 @@ impl KmsError {
             KmsError::Conflict(_) => "ConflictException",
             KmsError::DryRunOperation(_) => "DryRunOperationException",
             KmsError::CustomKeyStoreNotFound(_) => "CustomKeyStoreNotFoundException",
+            KmsError::CustomKeyStoreInvalidState(_) => "CustomKeyStoreInvalidStateException",
+            KmsError::CustomKeyStoreHasCmks(_) => "CustomKeyStoreHasCMKsException",
+            KmsError::CustomKeyStoreNameInUse(_) => "CustomKeyStoreNameInUseException",
+            KmsError::CloudHsmClusterNotFound(_) => "CloudHsmClusterNotFoundException",
+            KmsError::CloudHsmClusterInUse(_) => "CloudHsmClusterInUseException",
+            KmsError::CloudHsmClusterNotRelated(_) => "CloudHsmClusterNotRelatedException",
+            KmsError::IncorrectTrustAnchor(_) => "IncorrectTrustAnchorException",
         }
     }
 

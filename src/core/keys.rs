@@ -75,6 +75,8 @@ pub struct CreateKeyRequest {
     pub bypass_policy_lockout_safety_check: bool,
     pub tags: Vec<Tag>,
     pub multi_region: bool,
+    /// The custom key store to create the key in (with `Origin: AWS_CLOUDHSM`).
+    pub custom_key_store_id: Option<String>,
 }
 
 /// CreateKey output: the new key's metadata.
@@ -170,6 +172,10 @@ pub struct KeyMetadata {
     pub valid_to_ms: Option<i64>,
     /// Imported key material: `KEY_MATERIAL_EXPIRES` or `KEY_MATERIAL_DOES_NOT_EXPIRE`.
     pub expiration_model: Option<String>,
+    /// Keys in a custom key store: the store's id.
+    pub custom_key_store_id: Option<String>,
+    /// Keys in a custom key store: its cluster.
+    pub cloud_hsm_cluster_id: Option<String>,
 }
 
 /// One ListKeys entry.
@@ -298,11 +304,27 @@ impl KeyChoice {
                     "Origin EXTERNAL is not supported for KeySpec {spec} by this p11kms build."
                 )))
             }
-            Origin::AwsCloudhsm | Origin::ExternalKeyStore => {
+            Origin::AwsCloudhsm if req.custom_key_store_id.is_none() => {
+                return Err(KmsError::Validation(
+                    "Origin AWS_CLOUDHSM needs a CustomKeyStoreId.".into(),
+                ))
+            }
+            Origin::AwsCloudhsm if spec != KeySpec::SymmetricDefault => {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "KeySpec {spec} is not supported in a custom key store: only SYMMETRIC_DEFAULT."
+                )))
+            }
+            Origin::AwsCloudhsm => {}
+            Origin::ExternalKeyStore => {
                 return Err(KmsError::UnsupportedOperation(format!(
                     "Origin {origin} is not supported by this p11kms build yet."
                 )))
             }
+        }
+        if req.custom_key_store_id.is_some() && origin != Origin::AwsCloudhsm {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "CustomKeyStoreId needs Origin AWS_CLOUDHSM, not {origin}."
+            )));
         }
         if req.multi_region {
             return Err(KmsError::UnsupportedOperation(
@@ -393,7 +415,7 @@ impl Kms {
             enabled: r.state == KeyState::Enabled,
             description: r.description.clone(),
             key_usage,
-            key_state: r.state,
+            key_state: key.state(),
             deletion_date_ms: r.deletion_date_ms,
             origin,
             key_manager: self.key_manager(&r.key_id).into(),
@@ -411,6 +433,8 @@ impl Kms {
             },
             valid_to_ms: None,
             expiration_model: None,
+            custom_key_store_id: r.custom_key_store_id.clone(),
+            cloud_hsm_cluster_id: key.store.as_ref().map(|s| s.record().cluster_id),
         };
         if origin == Origin::External {
             let l = self.lifecycle_of(&r.key_id);
@@ -437,6 +461,7 @@ impl Kms {
         };
         let compiled = compile_key_policy(&policy_text)?;
         self.authorize_create(caller, &req, &choice)?;
+        let custom_key_store_id = self.store_for_create(caller, req.custom_key_store_id.as_deref())?;
         if req.policy.is_some() {
             self.check_policy_principals(&compiled)?;
         }
@@ -454,6 +479,7 @@ impl Kms {
             pending_window_days: None,
             current_version: 1,
             policy: policy_text,
+            custom_key_store_id,
         };
         if req.policy.is_some() && !req.bypass_policy_lockout_safety_check {
             self.creation_lockout_check(caller, &record, &compiled)?;
@@ -474,6 +500,19 @@ impl Kms {
         Ok(CreateKeyResponse {
             key_metadata: self.key_metadata(&cached)?,
         })
+    }
+
+    /// The custom key store CreateKey names: one of the caller's, and `CONNECTED`.
+    fn store_for_create(
+        &self,
+        caller: &Caller,
+        id: Option<&str>,
+    ) -> Result<Option<String>, KmsError> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        self.connected_store(caller, id)?;
+        Ok(Some(id.to_string()))
     }
 
     /// CreateKey's authorization: `kms:CreateKey` with the new key's spec, usage, origin and
@@ -553,6 +592,7 @@ impl Kms {
             tags,
             policy: Some(compiled),
             grants: Vec::new(),
+            store: self.store_of(&record),
             record,
         })
     }
@@ -593,14 +633,14 @@ impl Kms {
         let uuid = Uuid::parse_str(&key_id)
             .map_err(|_| KmsError::Internal(format!("key id '{key_id}' is not a UUID")))?;
         let object = ObjectId::new(*uuid.as_bytes(), 1);
+        let hsm = self.device_of_record(&record)?;
         let generated = match kind {
-            SpecKind::Symmetric => self.hsm.generate_aes_key(object).await,
+            SpecKind::Symmetric => hsm.generate_aes_key(object).await,
             SpecKind::Pair(p) => {
-                self.hsm
-                    .generate_key_pair(object, p, specs::pair_usage(&record.key_usage))
+                hsm.generate_key_pair(object, p, specs::pair_usage(&record.key_usage))
                     .await
             }
-            SpecKind::Hmac(a) => self.hsm.generate_hmac_key(object, a).await,
+            SpecKind::Hmac(a) => hsm.generate_hmac_key(object, a).await,
         };
         if let Err(e) = generated {
             // Nothing usable exists: remove the row so no partial change remains. If the
@@ -842,6 +882,8 @@ pub(crate) fn sample_metadata() -> KeyMetadata {
         current_key_material_id: "ab".repeat(32),
         valid_to_ms: None,
         expiration_model: None,
+        custom_key_store_id: None,
+        cloud_hsm_cluster_id: None,
     }
 }
 

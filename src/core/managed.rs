@@ -293,6 +293,7 @@ impl Kms {
             tags: Vec::new(),
             policy: Some(compiled),
             grants: Vec::new(),
+            store: None,
             record: KeyRecord {
                 key_id,
                 account: caller.account.clone(),
@@ -306,6 +307,7 @@ impl Kms {
                 pending_window_days: None,
                 current_version: 1,
                 policy,
+                custom_key_store_id: None,
             },
         })
     }

@@ -18,6 +18,7 @@ pub mod aliases;
 pub mod asym;
 pub mod authz;
 pub mod clock;
+pub mod connections;
 pub mod crypto;
 pub mod domain;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod explain;
 pub mod grants;
 pub mod import;
 pub mod keys;
+pub mod keystores;
 pub mod managed;
 pub mod operation;
 pub mod policies;
@@ -165,9 +167,25 @@ pub struct CachedKey {
     pub policy: Option<Arc<Policy>>,
     /// The key's grants.
     pub grants: Vec<GrantRecord>,
+    /// The custom key store the key lives in (`None`: the default store).
+    pub store: Option<Arc<connections::StoreHandle>>,
 }
 
 impl CachedKey {
+    /// The key's state as callers see it: a key in a custom key store that is not
+    /// connected is `Unavailable`, unless it is pending deletion, import or creation.
+    pub fn state(&self) -> KeyState {
+        let st = self.record.state;
+        let disconnected = self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.connected_hsm().is_none());
+        match st {
+            KeyState::Enabled | KeyState::Disabled if disconnected => KeyState::Unavailable,
+            other => other,
+        }
+    }
+
     /// The HSM object of the current version.
     pub fn current_object(&self) -> ObjectId {
         ObjectId::new(self.uuid, self.record.current_version)
@@ -249,6 +267,8 @@ pub struct Kms {
     /// so by a CreateKey that failed or was dropped), by key id: never in the request cache,
     /// resolved by [`Kms::reconcile_creates`] once the grace period has passed.
     stranded: std::sync::Mutex<BTreeMap<String, KeyRecord>>,
+    /// Custom key stores and their connections.
+    key_stores: Arc<connections::KeyStores>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -273,6 +293,7 @@ impl Kms {
         let kms = Kms {
             settings,
             store,
+            key_stores: connections::KeyStores::new(hsm.clone(), clock.clone()),
             hsm,
             directory,
             sessions,
@@ -293,6 +314,7 @@ impl Kms {
         let deleted = kms.store.deleted_key_ids().await?;
         let grants = kms.store.list_grants().await?;
         let lifecycles = kms.store.load_lifecycles().await?;
+        kms.key_stores.load(kms.store.list_key_stores().await?);
         kms.load_key_usage().await?;
         *kms.lifecycles.write().unwrap_or_else(|p| p.into_inner()) = lifecycles
             .into_iter()
@@ -339,6 +361,68 @@ impl Kms {
     /// The HSM the engine runs on (tests read its counters and attributes).
     pub fn hsm(&self) -> &Arc<Hsm> {
         &self.hsm
+    }
+
+    /// Custom key stores and their connections.
+    pub fn key_stores(&self) -> &Arc<connections::KeyStores> {
+        &self.key_stores
+    }
+
+    /// The custom key store a key record names, if any.
+    fn store_of(&self, record: &KeyRecord) -> Option<Arc<connections::StoreHandle>> {
+        let id = record.custom_key_store_id.as_deref()?;
+        let found = self.key_stores.get(id);
+        if found.is_none() {
+            tracing::error!(key_id = %record.key_id, store = id, "a key names a custom key store that does not exist");
+        }
+        found
+    }
+
+    /// The device a key's material is on: the default store's HSM, or its custom key
+    /// store's while that is connected (KMSInvalidStateException otherwise).
+    pub(crate) fn device_of(&self, key: &CachedKey) -> Result<Arc<Hsm>, KmsError> {
+        match (&key.record.custom_key_store_id, &key.store) {
+            (None, _) => Ok(self.hsm.clone()),
+            (Some(_), Some(store)) => store.connected_hsm().ok_or_else(|| {
+                KmsError::InvalidState(format!(
+                    "{} is unavailable: its custom key store is {}.",
+                    key.arn,
+                    store.state().0
+                ))
+            }),
+            (Some(id), None) => Err(KmsError::InvalidState(format!(
+                "{} is unavailable: its custom key store {id} does not exist.",
+                key.arn
+            ))),
+        }
+    }
+
+    /// The device of a key record (a key being created): as [`Kms::device_of`].
+    pub(crate) fn device_of_record(&self, record: &KeyRecord) -> Result<Arc<Hsm>, KmsError> {
+        match &record.custom_key_store_id {
+            None => Ok(self.hsm.clone()),
+            Some(id) => self
+                .key_stores
+                .get(id)
+                .and_then(|s| s.connected_hsm())
+                .ok_or_else(|| {
+                    KmsError::CustomKeyStoreInvalidState(format!(
+                        "Custom key store {id} is not connected."
+                    ))
+                }),
+        }
+    }
+
+    /// The device of the caller's custom key store `id`: CustomKeyStoreNotFoundException if
+    /// the account has none so named, CustomKeyStoreInvalidStateException unless `CONNECTED`.
+    pub(crate) fn connected_store(&self, caller: &Caller, id: &str) -> Result<Arc<Hsm>, KmsError> {
+        let store = self.own_store(caller, id)?;
+        store.connected_hsm().ok_or_else(|| {
+            KmsError::CustomKeyStoreInvalidState(format!(
+                "Custom key store {id} is {}: it must be CONNECTED.",
+                store.state().0
+            ))
+        })
     }
 
     /// The metadata store.
@@ -414,6 +498,7 @@ impl Kms {
             versions: b.versions.iter().map(|v| v.version).collect(),
             tags: b.tags,
             policy: compile_stored_policy(&b.key.key_id, &b.key.policy),
+            store: self.store_of(&b.key),
             record: b.key,
             grants: Vec::new(),
         })
@@ -647,7 +732,7 @@ pub(crate) enum StateClass {
 
 /// Checks a key's state against an operation's class, with AWS's exceptions and messages.
 pub(crate) fn check_state(key: &CachedKey, class: StateClass) -> Result<(), KmsError> {
-    let st = key.record.state;
+    let st = key.state();
     let arn = &key.arn;
     let invalid = |what: &str| KmsError::InvalidState(format!("{arn} is {what}."));
     let described = |st: KeyState| match st {

@@ -120,6 +120,11 @@ use super::import::{
     DeleteImportedKeyMaterialRequest, GetParametersForImportRequest,
     GetParametersForImportResponse, ImportKeyMaterialRequest, KeyMaterialResponse,
 };
+use super::keystores::{
+    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CreateCustomKeyStoreResponse,
+    DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest, DescribeCustomKeyStoresResponse,
+    DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
+};
 use super::rotation::{
     DisableKeyRotationRequest, EnableKeyRotationRequest, GetKeyRotationStatusRequest,
     KeyRotationStatus, ListKeyRotationsRequest, ListKeyRotationsResponse, RotateKeyOnDemandRequest,
@@ -183,6 +188,17 @@ operations! {
     ExplainAccess: ExplainRequest => ExplainResponse = explain_access;
     AssumeRole: AssumeRoleRequest => AssumeRoleResponse = assume_role;
     GetCallerIdentity: GetCallerIdentityRequest => CallerIdentity = get_caller_identity;
+
+    // Custom key stores (keystores.rs).
+    CreateCustomKeyStore: CreateCustomKeyStoreRequest => CreateCustomKeyStoreResponse
+        = create_custom_key_store;
+    ConnectCustomKeyStore: ConnectCustomKeyStoreRequest => Empty = connect_custom_key_store;
+    DisconnectCustomKeyStore: DisconnectCustomKeyStoreRequest => Empty
+        = disconnect_custom_key_store;
+    UpdateCustomKeyStore: UpdateCustomKeyStoreRequest => Empty = update_custom_key_store;
+    DeleteCustomKeyStore: DeleteCustomKeyStoreRequest => Empty = delete_custom_key_store;
+    DescribeCustomKeyStores: DescribeCustomKeyStoresRequest => DescribeCustomKeyStoresResponse
+        = describe_custom_key_stores;
 
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;

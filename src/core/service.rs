@@ -33,6 +33,10 @@ pub enum ServiceEventName {
     /// Reconciliation removed a key whose CreateKey was interrupted before its HSM object
     /// existed: its row, tags and aliases (no tombstone: no client ever had the key).
     DeleteIncompleteKey,
+    /// A custom key store's connection reached a new state by itself: a connection attempt
+    /// ended (`CONNECTED` or `FAILED`), a disconnection finished, the device went away, or the
+    /// automatic reconnect brought it back (no CloudTrail counterpart).
+    CustomKeyStoreStateChange,
 }
 
 impl ServiceEventName {
@@ -44,6 +48,7 @@ impl ServiceEventName {
             ServiceEventName::DeleteExpiredKeyMaterial => "DeleteExpiredKeyMaterial",
             ServiceEventName::CompleteCreateKey => "CompleteCreateKey",
             ServiceEventName::DeleteIncompleteKey => "DeleteIncompleteKey",
+            ServiceEventName::CustomKeyStoreStateChange => "CustomKeyStoreStateChange",
         }
     }
 }
@@ -65,6 +70,23 @@ pub struct ServiceAction {
     pub error: Option<(&'static str, String)>,
     /// When it ended, by the engine's clock (Unix milliseconds).
     pub at_ms: i64,
+    /// A custom key store's new connection state, for
+    /// [`ServiceEventName::CustomKeyStoreStateChange`] (then the key fields are empty).
+    pub key_store: Option<KeyStoreChange>,
+}
+
+/// A custom key store's connection state as one audit event records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStoreChange {
+    /// The store id (`cks-...`).
+    pub store_id: String,
+    /// The new `ConnectionState`.
+    pub state: &'static str,
+    /// The `ConnectionErrorCode` of a `FAILED` store.
+    pub error_code: Option<&'static str>,
+    /// An orphaned key object left on the store's device (the sweeper deleted a key while
+    /// the store was not connected), as `<key id>/v<version>`.
+    pub orphaned_object: Option<String>,
 }
 
 impl ServiceAction {
@@ -83,6 +105,7 @@ impl ServiceAction {
             key_version: None,
             error: result.as_ref().err().map(|e| (e.aws_name(), e.message())),
             at_ms,
+            key_store: None,
         }
     }
 

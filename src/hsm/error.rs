@@ -46,7 +46,49 @@ pub struct HsmError {
     pub detail: Option<String>,
 }
 
+/// Why a device could not be opened and logged into ([`super::Hsm::open`]), in the terms a
+/// custom key store reports (its `ConnectionErrorCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// The PIN was refused (`CKR_PIN_INCORRECT`, `CKR_PIN_INVALID`, `CKR_PIN_LEN_RANGE`).
+    BadPin,
+    /// The user PIN is locked (`CKR_PIN_LOCKED`).
+    PinLocked,
+    /// No token has the label.
+    TokenAbsent,
+    /// The device does not answer (`CKR_DEVICE_REMOVED`, `CKR_DEVICE_ERROR`,
+    /// `CKR_TOKEN_NOT_PRESENT`, `CKR_DEVICE_MEMORY`, or an unusable session).
+    DeviceGone,
+    /// Anything else (the module does not load, an unexpected return value).
+    Other,
+}
+
+/// The detail of [`module::find_token`](super::module)'s error when no token has the label.
+pub(crate) const NO_TOKEN_WITH_LABEL: &str = "no token with this label";
+
 impl HsmError {
+    /// Why an open or login failed, as a custom key store reports it.
+    pub fn open_failure(&self) -> OpenFailure {
+        const BAD_PIN: &[&str] = &["CKR_PIN_INCORRECT", "CKR_PIN_INVALID", "CKR_PIN_LEN_RANGE"];
+        const GONE: &[&str] = &[
+            "CKR_DEVICE_REMOVED",
+            "CKR_DEVICE_ERROR",
+            "CKR_TOKEN_NOT_PRESENT",
+            "CKR_DEVICE_MEMORY",
+        ];
+        if BAD_PIN.iter().any(|n| self.rv_is(n)) {
+            OpenFailure::BadPin
+        } else if self.rv_is("CKR_PIN_LOCKED") {
+            OpenFailure::PinLocked
+        } else if self.detail.as_deref() == Some(NO_TOKEN_WITH_LABEL) {
+            OpenFailure::TokenAbsent
+        } else if GONE.iter().any(|n| self.rv_is(n)) || self.kind == HsmErrorKind::Unavailable {
+            OpenFailure::DeviceGone
+        } else {
+            OpenFailure::Other
+        }
+    }
+
     /// A search (`C_FindObjects`) that found no object: `what` says which.
     pub fn not_found(token: &str, what: impl Into<String>) -> Self {
         HsmError::new(HsmErrorKind::ObjectNotFound, "C_FindObjects", token, what)

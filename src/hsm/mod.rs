@@ -114,7 +114,7 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 pub use asym::{Curve, DataKeyPair, PairSpec, PairUsage, ShaAlg, SignScheme};
-pub use error::{HsmError, HsmErrorKind};
+pub use error::{HsmError, HsmErrorKind, OpenFailure};
 pub use mac::MacAlg;
 pub use module::{init_token, probe_token, TokenProbe};
 pub use oaep::OaepSha256;

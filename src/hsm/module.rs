@@ -105,7 +105,7 @@ pub(crate) fn find_token(
             HsmErrorKind::Config,
             "C_GetTokenInfo",
             label,
-            "no token with this label",
+            super::error::NO_TOKEN_WITH_LABEL,
         )),
         n => Err(HsmError::new(
             HsmErrorKind::Config,

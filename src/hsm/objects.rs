@@ -21,10 +21,14 @@ pub struct ObjectId(pub [u8; 20]);
 
 impl ObjectId {
     /// Build the id of version `version` of key `key_id` (UUID bytes).
-    pub fn new(key_id: [u8; 16], version: u32) -> Self {
+    pub const fn new(key_id: [u8; 16], version: u32) -> Self {
         let mut b = [0u8; 20];
-        b[..16].copy_from_slice(&key_id);
-        b[16..].copy_from_slice(&version.to_be_bytes());
+        let v = version.to_be_bytes();
+        let mut i = 0;
+        while i < 20 {
+            b[i] = if i < 16 { key_id[i] } else { v[i - 16] };
+            i += 1;
+        }
         ObjectId(b)
     }
 

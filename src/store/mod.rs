@@ -49,6 +49,8 @@ pub struct KeyRecord {
     pub current_version: u32,
     /// The key policy document (JSON text), policy name `default`.
     pub policy: String,
+    /// The custom key store the key lives in (`cks-...`); `None` for the default store.
+    pub custom_key_store_id: Option<String>,
 }
 
 /// One backing-key version of a KMS key; each is one object on the token.
@@ -189,6 +191,32 @@ pub struct ImportTokenRecord {
     pub expires_at_ms: i64,
 }
 
+/// A custom key store (migration 0006): one `[[hsm.cluster]]` device offered to an account.
+/// The password is stored only sealed by the default store's HSM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyStoreRecord {
+    /// `cks-` plus 17 characters.
+    pub store_id: String,
+    /// The owning account.
+    pub account: String,
+    /// Unique per account.
+    pub name: String,
+    /// The `[[hsm.cluster]]` id (unique: a cluster backs one store).
+    pub cluster_id: String,
+    /// The trust anchor certificate as given (PEM).
+    pub trust_anchor: String,
+    /// The KeyStorePassword sealed on the default HSM (never plaintext).
+    pub sealed_password: Vec<u8>,
+    /// Whether the key administrator last asked to connect (a restart reconnects it).
+    pub connect: bool,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+crate::redact::redacted_debug!(KeyStoreRecord {
+    store_id, account, name, cluster_id, connect, created_at_ms, sealed_password: redacted, ..
+});
+
 /// Errors of the store layer. The engine maps them to AWS exceptions in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -319,4 +347,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Stores a batch of last uses in one transaction (each replaces the key's previous one);
     /// rows of keys that no longer exist are skipped. Returns the number of rows written.
     async fn put_key_usage(&self, rows: &[KeyUsageRecord]) -> Result<u64, StoreError>;
+
+    // Custom key stores (migration 0006).
+
+    /// Inserts a store; `AlreadyExists` if its id, its (account, name) or its cluster is taken.
+    async fn insert_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError>;
+    /// Overwrites a store's name, cluster, sealed password and connect flag; `NotFound` if
+    /// absent, `AlreadyExists` if the new name or cluster is taken.
+    async fn update_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError>;
+    /// Deletes a store; `NotFound` if absent, `AlreadyExists` while a key still names it.
+    async fn delete_key_store(&self, store_id: &str) -> Result<(), StoreError>;
+    /// Every store, ordered by (account, creation time, id).
+    async fn list_key_stores(&self) -> Result<Vec<KeyStoreRecord>, StoreError>;
 }

@@ -11,7 +11,8 @@
 
 use super::{
     AliasRecord, GrantRecord, ImportTokenRecord, KeyBundle, KeyLifecycle, KeyRecord, KeyState,
-    KeyUsageRecord, KeyVersion, MetadataStore, RotationEntry, StoreError, Tag, UsageOperation,
+    KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, RotationEntry, StoreError, Tag,
+    UsageOperation,
 };
 use async_trait::async_trait;
 use sqlx::error::BoxDynError;
@@ -58,11 +59,17 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key last usage",
         include_str!("../../migrations/0005_key_last_usage.sql"),
     ),
+    (
+        6,
+        "custom key stores",
+        include_str!("../../migrations/0006_custom_key_stores.sql"),
+    ),
 ];
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
-     created_at_ms, deletion_date_ms, pending_window_days, current_version, policy";
+     created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
+     custom_key_store_id";
 
 /// [`MetadataStore`] on an embedded SQLite database.
 #[derive(Debug, Clone)]
@@ -223,6 +230,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         pending_window_days,
         current_version,
         policy: row.try_get("policy").map_err(db_err)?,
+        custom_key_store_id: row.try_get("custom_key_store_id").map_err(db_err)?,
         key_id,
     })
 }
@@ -266,8 +274,8 @@ async fn insert_key_on(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO keys (key_id, account, description, key_spec, key_usage, origin, state, \
-         created_at_ms, deletion_date_ms, pending_window_days, current_version, policy) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
+         custom_key_store_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&key.key_id)
     .bind(&key.account)
@@ -281,6 +289,7 @@ async fn insert_key_on(
     .bind(key.pending_window_days)
     .bind(i64::from(key.current_version))
     .bind(&key.policy)
+    .bind(&key.custom_key_store_id)
     .execute(&mut *conn)
     .await
     .map_err(|e| write_err(e, || key_missing(&key.key_id), || key_missing(&key.key_id)))?;
@@ -937,7 +946,26 @@ impl MetadataStore for SqliteStore {
         tx.commit().await.map_err(db_err)?;
         Ok(written)
     }
+
+    async fn insert_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError> {
+        key_stores::insert(&self.pool, store).await
+    }
+
+    async fn update_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError> {
+        key_stores::update(&self.pool, store).await
+    }
+
+    async fn delete_key_store(&self, store_id: &str) -> Result<(), StoreError> {
+        key_stores::delete(&self.pool, store_id).await
+    }
+
+    async fn list_key_stores(&self) -> Result<Vec<KeyStoreRecord>, StoreError> {
+        key_stores::list(&self.pool).await
+    }
 }
+
+// Custom key stores (migration 0006).
+mod key_stores;
 
 /// Decodes one `key_last_usage` row.
 fn usage_from_row(row: &SqliteRow) -> Result<KeyUsageRecord, StoreError> {
@@ -1070,6 +1098,7 @@ mod tests {
             pending_window_days: None,
             current_version: 1,
             policy: r#"{"Version":"2012-10-17","Statement":[]}"#.to_owned(),
+            custom_key_store_id: None,
         }
     }
 

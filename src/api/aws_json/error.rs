@@ -278,6 +278,13 @@ mod tests {
             KmsError::IncorrectKeyMaterial(String::new()),
             KmsError::Conflict(String::new()),
             KmsError::CustomKeyStoreNotFound(String::new()),
+            KmsError::CustomKeyStoreInvalidState(String::new()),
+            KmsError::CustomKeyStoreHasCmks(String::new()),
+            KmsError::CustomKeyStoreNameInUse(String::new()),
+            KmsError::CloudHsmClusterNotFound(String::new()),
+            KmsError::CloudHsmClusterInUse(String::new()),
+            KmsError::CloudHsmClusterNotRelated(String::new()),
+            KmsError::IncorrectTrustAnchor(String::new()),
             KmsError::DryRunOperation(String::new()),
         ];
         for e in &all {
@@ -311,7 +318,14 @@ mod tests {
                 | KmsError::InvalidImportToken(_)
                 | KmsError::IncorrectKeyMaterial(_)
                 | KmsError::Conflict(_)
-                | KmsError::CustomKeyStoreNotFound(_) => 400,
+                | KmsError::CustomKeyStoreNotFound(_)
+                | KmsError::CustomKeyStoreInvalidState(_)
+                | KmsError::CustomKeyStoreHasCmks(_)
+                | KmsError::CustomKeyStoreNameInUse(_)
+                | KmsError::CloudHsmClusterNotFound(_)
+                | KmsError::CloudHsmClusterInUse(_)
+                | KmsError::CloudHsmClusterNotRelated(_)
+                | KmsError::IncorrectTrustAnchor(_) => 400,
                 KmsError::DryRunOperation(_) => 412,
             };
             let w = WireError::from_kms(e);

@@ -38,6 +38,10 @@ use crate::core::grants::{
 use crate::core::import::{
     DeleteImportedKeyMaterialRequest, GetParametersForImportRequest, ImportKeyMaterialRequest,
 };
+use crate::core::keystores::{
+    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, DeleteCustomKeyStoreRequest,
+    DescribeCustomKeyStoresRequest, DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
+};
 use crate::core::keys::{
     CancelKeyDeletionRequest, CreateKeyRequest, DescribeKeyRequest, DisableKeyRequest,
     EnableKeyRequest, KeyMetadata, ListKeysRequest, ScheduleKeyDeletionRequest,
@@ -186,6 +190,12 @@ pub const OPERATIONS: &[Operation] = &[
     op::<GetParametersForImportRequest>(),
     op::<ImportKeyMaterialRequest>(),
     op::<DeleteImportedKeyMaterialRequest>(),
+    op::<CreateCustomKeyStoreRequest>(),
+    op::<ConnectCustomKeyStoreRequest>(),
+    op::<DisconnectCustomKeyStoreRequest>(),
+    op::<UpdateCustomKeyStoreRequest>(),
+    op::<DeleteCustomKeyStoreRequest>(),
+    op::<DescribeCustomKeyStoresRequest>(),
 ];
 
 /// A table entry for a core operation: its AWS name and its one engine call.
@@ -280,6 +290,7 @@ mod explain;
 mod grants;
 mod import;
 mod keys;
+mod keystores;
 mod policies;
 mod rotation;
 mod tags;

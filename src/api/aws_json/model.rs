@@ -469,7 +469,33 @@ pub fn input_members(operation: &str) -> Option<Vec<String>> {
 /// Every other member of the model is refused when set ([`unread_refusal`]), never ignored.
 /// `DryRun` is read by the operations of [`DRY_RUN_OPERATIONS`] in addition to these.
 fn base_reads(operation: &str) -> Option<&'static [&'static str]> {
-    key_admin_reads(operation).or_else(|| crypto_reads(operation))
+    key_admin_reads(operation)
+        .or_else(|| crypto_reads(operation))
+        .or_else(|| key_store_reads(operation))
+}
+
+/// [`base_reads`] of the custom key store operations (the `AWS_CLOUDHSM` members; the XKS
+/// members are refused until XKS stores are served).
+fn key_store_reads(operation: &str) -> Option<&'static [&'static str]> {
+    const STORE: &[&str] = &["CustomKeyStoreId"];
+    Some(match operation {
+        "CreateCustomKeyStore" => &[
+            "CustomKeyStoreName",
+            "CloudHsmClusterId",
+            "TrustAnchorCertificate",
+            "KeyStorePassword",
+            "CustomKeyStoreType",
+        ],
+        "ConnectCustomKeyStore" | "DisconnectCustomKeyStore" | "DeleteCustomKeyStore" => STORE,
+        "UpdateCustomKeyStore" => &[
+            "CustomKeyStoreId",
+            "NewCustomKeyStoreName",
+            "KeyStorePassword",
+            "CloudHsmClusterId",
+        ],
+        "DescribeCustomKeyStores" => &["CustomKeyStoreId", "CustomKeyStoreName", "Limit", "Marker"],
+        _ => return None,
+    })
 }
 
 /// [`base_reads`] of the key, alias, policy, grant, rotation and import operations.
@@ -488,6 +514,7 @@ fn key_admin_reads(operation: &str) -> Option<&'static [&'static str]> {
             "BypassPolicyLockoutSafetyCheck",
             "Tags",
             "MultiRegion",
+            "CustomKeyStoreId",
         ],
         "DescribeKey" | "GetPublicKey" => KEY_TOKENS,
         "ListKeys" => &["Limit", "Marker"],
@@ -616,14 +643,8 @@ pub fn reads(operation: &str) -> Option<Vec<&'static str>> {
     Some(out)
 }
 
-/// The refusal of a member the door does not honour: `CustomKeyStoreNotFoundException` for a
-/// custom key store (none exist), `UnsupportedOperationException` for the rest.
+/// The refusal of a member the door does not honour: `UnsupportedOperationException`.
 fn unread_refusal(operation: &str, member: &str) -> KmsError {
-    if member == "CustomKeyStoreId" {
-        return KmsError::CustomKeyStoreNotFound(
-            "The custom key store does not exist: p11kms has no custom key stores.".into(),
-        );
-    }
     KmsError::UnsupportedOperation(format!(
         "p11kms does not support the member '{member}' of {operation}; send the request without it."
     ))
@@ -815,11 +836,8 @@ mod tests {
     #[test]
     fn unread_members_are_refused_by_name() {
         assert!(matches!(
-            check_unread(
-                "CreateKey",
-                &json!({"CustomKeyStoreId": "cks-1234567890abcdef0"})
-            ),
-            Err(KmsError::CustomKeyStoreNotFound(_))
+            check_unread("CreateKey", &json!({"XksKeyId": "k"})),
+            Err(KmsError::UnsupportedOperation(m)) if m.contains("'XksKeyId'")
         ));
         assert!(matches!(
             check_unread("Decrypt", &json!({"Recipient": {}})),
@@ -830,7 +848,7 @@ mod tests {
             Err(KmsError::UnsupportedOperation(m)) if m.contains("'Constraints.SourceArn'")
         ));
         assert_eq!(
-            check_unread("CreateKey", &json!({"CustomKeyStoreId": null, "Tags": []})),
+            check_unread("CreateKey", &json!({"XksKeyId": null, "Tags": []})),
             Ok(())
         );
         assert_eq!(check_unread("Encrypt", &json!({"DryRun": false})), Ok(()));

@@ -275,6 +275,13 @@ impl<E: WireEnum> IntoWire<String> for E {
     }
 }
 
+/// An optional AWS enum as its AWS name, empty when not set (proto3).
+impl<E: WireEnum> IntoWire<String> for Option<E> {
+    fn into_wire(self) -> String {
+        self.map(|e| e.wire_name().to_string()).unwrap_or_default()
+    }
+}
+
 /// A list of AWS enums as their names.
 impl<E: WireEnum> IntoWire<Vec<String>> for &'static [E] {
     fn into_wire(self) -> Vec<String> {

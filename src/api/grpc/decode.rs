@@ -31,7 +31,8 @@ pub fn key_metadata(m: pb::KeyMetadata) -> Result<KeyMetadata, String> {
         aws_account_id, key_id, arn, creation_date_ms: creation_date, enabled, description,
         deletion_date_ms: deletion_date, key_manager, encryption_algorithms, signing_algorithms,
         mac_algorithms, key_agreement_algorithms, multi_region, pending_deletion_window_in_days,
-        current_key_material_id, valid_to_ms: valid_to, expiration_model
+        current_key_material_id, valid_to_ms: valid_to, expiration_model, custom_key_store_id,
+        cloud_hsm_cluster_id
     }))
 }
 

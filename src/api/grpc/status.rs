@@ -14,7 +14,18 @@ pub const ERROR_DOMAIN: &str = "p11kms.v1";
 /// The gRPC code for an AWS exception.
 pub fn code_for(e: &KmsError) -> Code {
     match e {
-        KmsError::NotFound(_) | KmsError::CustomKeyStoreNotFound(_) => Code::NotFound,
+        KmsError::NotFound(_)
+        | KmsError::CustomKeyStoreNotFound(_)
+        | KmsError::CloudHsmClusterNotFound(_) => Code::NotFound,
+        KmsError::CustomKeyStoreInvalidState(_) | KmsError::CustomKeyStoreHasCmks(_) => {
+            Code::FailedPrecondition
+        }
+        KmsError::CustomKeyStoreNameInUse(_) | KmsError::CloudHsmClusterInUse(_) => {
+            Code::AlreadyExists
+        }
+        KmsError::CloudHsmClusterNotRelated(_) | KmsError::IncorrectTrustAnchor(_) => {
+            Code::InvalidArgument
+        }
         KmsError::AccessDenied(_) => Code::PermissionDenied,
         KmsError::Disabled(_) | KmsError::InvalidState(_) => Code::FailedPrecondition,
         KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_) => Code::Unavailable,

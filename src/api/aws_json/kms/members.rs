@@ -25,6 +25,7 @@ use crate::core::algorithms::{
     EncryptionAlgorithm, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
 use crate::core::domain::{KeySpec, KeyUsage, Origin};
+use crate::core::keystores::{ConnectionErrorCode, ConnectionState, CustomKeyStoreType};
 use crate::core::operation::Page;
 use crate::encoding::{is_pascal_of, wire_case};
 use crate::store::{KeyState, Tag, UsageOperation};
@@ -194,6 +195,9 @@ render_as_str!(
     Origin,
     KeyState,
     UsageOperation,
+    ConnectionState,
+    ConnectionErrorCode,
+    CustomKeyStoreType,
 );
 
 /// A blob, as base64.

@@ -18,7 +18,7 @@ use crate::store::KeyUsageRecord;
 
 from_message!(pb::CreateKeyRequest => CreateKeyRequest {
     policy, description, key_usage, key_spec, customer_master_key_spec, origin,
-    bypass_policy_lockout_safety_check, tags, multi_region
+    bypass_policy_lockout_safety_check, tags, multi_region, custom_key_store_id
 });
 from_message!(pb::DescribeKeyRequest => DescribeKeyRequest { key_id, grant_tokens });
 from_message!(pb::ListKeysRequest => ListKeysRequest { page });
@@ -60,5 +60,6 @@ to_message!(KeyMetadata => pb::KeyMetadata {
     key_usage, key_state, deletion_date: deletion_date_ms, valid_to: valid_to_ms,
     expiration_model, origin, key_manager, customer_master_key_spec: key_spec, key_spec,
     encryption_algorithms, signing_algorithms, mac_algorithms, key_agreement_algorithms,
-    multi_region, pending_deletion_window_in_days, current_key_material_id
+    multi_region, pending_deletion_window_in_days, current_key_material_id, custom_key_store_id,
+    cloud_hsm_cluster_id
 });

@@ -1,0 +1,524 @@
+//! Custom key stores' connections: the `[[hsm.cluster]]` devices an operator offers, the
+//! stores key administrators made on them, and each store's connection life cycle (AWS's
+//! `ConnectionState`): connect, disconnect, the watch that notices a device going away, and
+//! the automatic reconnect with backoff.
+//!
+//! Each connected store has its own [`Hsm`] (module instance, token, keeper session, worker
+//! pool, handle cache, fault state, counters), so a dead or disconnected store never touches
+//! another's requests. The store's password (`KeyStorePassword`, its token's user PIN) is kept
+//! only sealed: AES-GCM under a dedicated non-extractable key on the default store's HSM
+//! ([`SEALING_KEY`]), with the store id as AAD, so a sealed password moved to another store's
+//! row does not open.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::keystores::{ConnectionErrorCode, ConnectionState};
+use super::service::{KeyStoreChange, ServiceAction, ServiceEventName, ServiceEventSink};
+use super::{Clock, KmsError};
+use crate::hsm::{Hsm, HsmConfig, HsmError, ObjectId, OpenFailure, Pin};
+use crate::store::KeyStoreRecord;
+
+/// The sealing key of store passwords on the default store's token: an AES-256 key with the
+/// CMK template (sensitive, never extractable, encrypt and decrypt only). Its key-id bytes
+/// spell `p11kms/sealing/1`; reconciliation counts it as accounted for.
+pub const SEALING_KEY: ObjectId = ObjectId::new(*b"p11kms/sealing/1", 1);
+
+/// The first wait before retrying a store whose device went away; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between two automatic reconnects.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long DisconnectCustomKeyStore waits for the store's sessions to close before it
+/// answers (the store stays `DISCONNECTING` until they have).
+const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// One `[[hsm.cluster]]`: a PKCS#11 device a custom key store can be made on.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// `cluster-` plus 11-16 characters.
+    pub id: String,
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// The token label.
+    pub token_label: String,
+    /// The trust anchor's certificates (DER): CreateCustomKeyStore's must be the same.
+    pub trust_anchor: Vec<Vec<u8>>,
+}
+
+/// The clusters and the worker-pool settings every store's [`Hsm`] gets (those of `[hsm]`).
+#[derive(Debug, Clone)]
+pub struct ClusterSetup {
+    /// The configured clusters.
+    pub clusters: Vec<Cluster>,
+    /// The pool settings (its module, token and PIN are replaced per store).
+    pub pool: HsmConfig,
+}
+
+/// A store's connection: its state, the error of a failed one, its device while connected.
+struct Connection {
+    state: ConnectionState,
+    error: Option<ConnectionErrorCode>,
+    hsm: Option<Arc<Hsm>>,
+    /// Bumped by every connect and disconnect: a connection attempt that finds it changed
+    /// was overtaken, and closes what it opened.
+    attempt: u64,
+    /// When the watch retries a store whose device went away, and the wait after that.
+    retry: Option<(Instant, Duration)>,
+}
+
+/// One custom key store: its record and its connection.
+pub struct StoreHandle {
+    record: RwLock<KeyStoreRecord>,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (state, error) = self.state();
+        f.debug_struct("StoreHandle")
+            .field("store_id", &self.record().store_id)
+            .field("state", &state)
+            .field("error", &error)
+            .finish()
+    }
+}
+
+impl StoreHandle {
+    fn new(record: KeyStoreRecord) -> StoreHandle {
+        StoreHandle {
+            record: RwLock::new(record),
+            conn: Mutex::new(Connection {
+                state: ConnectionState::Disconnected,
+                error: None,
+                hsm: None,
+                attempt: 0,
+                retry: None,
+            }),
+        }
+    }
+
+    /// The stored record (a copy).
+    pub fn record(&self) -> KeyStoreRecord {
+        self.record.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_record(&self, record: KeyStoreRecord) {
+        *self.record.write().unwrap_or_else(|p| p.into_inner()) = record;
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection state and, when `FAILED`, its error code.
+    pub fn state(&self) -> (ConnectionState, Option<ConnectionErrorCode>) {
+        let c = self.conn();
+        (c.state, c.error)
+    }
+
+    /// The store's device while it is `CONNECTED`.
+    pub fn connected_hsm(&self) -> Option<Arc<Hsm>> {
+        let c = self.conn();
+        (c.state == ConnectionState::Connected)
+            .then(|| c.hsm.clone())
+            .flatten()
+    }
+}
+
+/// The registry of custom key stores and their connections.
+pub struct KeyStores {
+    default_hsm: Arc<Hsm>,
+    clock: Arc<dyn Clock>,
+    sink: OnceLock<Arc<dyn ServiceEventSink>>,
+    setup: OnceLock<ClusterSetup>,
+    stores: RwLock<BTreeMap<String, Arc<StoreHandle>>>,
+    /// Serialises the creation of the sealing key.
+    sealing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStores")
+            .field("stores", &self.all().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStores {
+    pub(crate) fn new(default_hsm: Arc<Hsm>, clock: Arc<dyn Clock>) -> Arc<KeyStores> {
+        Arc::new(KeyStores {
+            default_hsm,
+            clock,
+            sink: OnceLock::new(),
+            setup: OnceLock::new(),
+            stores: RwLock::new(BTreeMap::new()),
+            sealing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Wires the sink that audits connection state changes (once).
+    pub(crate) fn set_sink(&self, sink: Arc<dyn ServiceEventSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Declares the configured clusters (once; without it no cluster exists).
+    pub(crate) fn configure(&self, setup: ClusterSetup) {
+        let _ = self.setup.set(setup);
+    }
+
+    /// The configured cluster `id`.
+    pub fn cluster(&self, id: &str) -> Option<Cluster> {
+        let setup = self.setup.get()?;
+        setup.clusters.iter().find(|c| c.id == id).cloned()
+    }
+
+    /// Loads the stored stores (at start-up), all `DISCONNECTED`.
+    pub(crate) fn load(&self, records: Vec<KeyStoreRecord>) {
+        let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
+        for r in records {
+            stores.insert(r.store_id.clone(), Arc::new(StoreHandle::new(r)));
+        }
+    }
+
+    /// Every store, ordered by (account, creation time, id).
+    pub fn all(&self) -> Vec<Arc<StoreHandle>> {
+        let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = stores.values().cloned().collect();
+        all.sort_by_key(|h| {
+            let r = h.record();
+            (r.account, r.created_at_ms, r.store_id)
+        });
+        all
+    }
+
+    /// The store `id`, in any account.
+    pub fn get(&self, id: &str) -> Option<Arc<StoreHandle>> {
+        let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
+        stores.get(id).cloned()
+    }
+
+    pub(crate) fn insert(&self, record: KeyStoreRecord) -> Arc<StoreHandle> {
+        let handle = Arc::new(StoreHandle::new(record.clone()));
+        let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
+        stores.insert(record.store_id, handle.clone());
+        handle
+    }
+
+    pub(crate) fn remove(&self, id: &str) {
+        let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
+        stores.remove(id);
+    }
+
+    /// Every store's (id, connection state), for metrics and health.
+    pub fn states(&self) -> Vec<(String, ConnectionState)> {
+        self.all()
+            .iter()
+            .map(|h| (h.record().store_id, h.state().0))
+            .collect()
+    }
+
+    /// Closes every store's device (daemon shutdown). Blocking.
+    pub fn shutdown(&self) {
+        for h in self.all() {
+            let hsm = h.conn().hsm.take();
+            if let Some(hsm) = hsm {
+                hsm.shutdown();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ the sealed password
+
+    /// Seals `password` for store `store_id` on the default HSM: IV || ciphertext || tag.
+    pub(crate) async fn seal(
+        &self,
+        store_id: &str,
+        password: &Zeroizing<String>,
+    ) -> Result<Vec<u8>, KmsError> {
+        self.ensure_sealing_key().await?;
+        let aad = store_id.as_bytes().to_vec();
+        let plaintext = Zeroizing::new(password.as_bytes().to_vec());
+        let sealed = self
+            .default_hsm
+            .encrypt_gcm(SEALING_KEY, plaintext, Box::new(move |_| aad.clone()))
+            .await?;
+        let mut blob = sealed.iv.to_vec();
+        blob.extend_from_slice(&sealed.ciphertext_and_tag);
+        Ok(blob)
+    }
+
+    /// Opens a sealed password of store `store_id`.
+    async fn unseal(&self, store_id: &str, blob: &[u8]) -> Result<Pin, KmsError> {
+        let (iv, ct) = blob.split_at_checked(12).ok_or_else(|| {
+            KmsError::Internal(format!("the sealed password of {store_id} is malformed"))
+        })?;
+        let iv: [u8; 12] = iv.try_into().unwrap_or_default();
+        let plain = self
+            .default_hsm
+            .decrypt_gcm(SEALING_KEY, iv, ct.to_vec(), store_id.as_bytes().to_vec())
+            .await?;
+        let text = std::str::from_utf8(&plain).map_err(|_| {
+            KmsError::Internal(format!("the sealed password of {store_id} is not text"))
+        })?;
+        Ok(Pin::new(text))
+    }
+
+    async fn ensure_sealing_key(&self) -> Result<(), KmsError> {
+        let _one = self.sealing.lock().await;
+        if !self.default_hsm.exists(SEALING_KEY).await? {
+            self.default_hsm.generate_aes_key(SEALING_KEY).await?;
+            tracing::info!("created the sealing key of custom key store passwords");
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ connect, disconnect
+
+    /// Starts connecting `handle` (ConnectCustomKeyStore, a restart, the watch's retry):
+    /// `CONNECTING` now, then `CONNECTED` or `FAILED` when the attempt ends, in a task.
+    pub(crate) fn start_connect(self: &Arc<Self>, handle: &Arc<StoreHandle>) {
+        let attempt = {
+            let mut c = handle.conn();
+            c.attempt += 1;
+            c.state = ConnectionState::Connecting;
+            c.error = None;
+            c.attempt
+        };
+        let (me, handle) = (self.clone(), handle.clone());
+        tokio::spawn(async move {
+            let opened = me.open_store(&handle).await;
+            me.finish_connect(&handle, attempt, opened).await;
+        });
+    }
+
+    /// Opens the store's device and logs in with its unsealed password.
+    async fn open_store(&self, handle: &StoreHandle) -> Result<Arc<Hsm>, ConnectionErrorCode> {
+        let record = handle.record();
+        let Some(cluster) = self.cluster(&record.cluster_id) else {
+            return Err(ConnectionErrorCode::ClusterNotFound);
+        };
+        let pin = self
+            .unseal(&record.store_id, &record.sealed_password)
+            .await
+            .map_err(|e| {
+                tracing::error!(store = %record.store_id, error = %e, "cannot unseal the store password");
+                ConnectionErrorCode::InternalError
+            })?;
+        let mut cfg = self.setup.get().map(|s| s.pool.clone()).ok_or(
+            ConnectionErrorCode::ClusterNotFound,
+        )?;
+        cfg.module = cluster.module;
+        cfg.token_label = cluster.token_label;
+        cfg.pin = pin;
+        let opened = tokio::task::spawn_blocking(move || Hsm::open(&cfg)).await;
+        match opened {
+            Ok(Ok(hsm)) => Ok(hsm),
+            Ok(Err(e)) => Err(error_code(&record.store_id, &e)),
+            Err(_) => Err(ConnectionErrorCode::InternalError),
+        }
+    }
+
+    async fn finish_connect(
+        &self,
+        handle: &StoreHandle,
+        attempt: u64,
+        opened: Result<Arc<Hsm>, ConnectionErrorCode>,
+    ) {
+        let stale = {
+            let mut c = handle.conn();
+            if c.attempt != attempt {
+                opened.as_ref().ok().cloned()
+            } else {
+                match opened {
+                    Ok(hsm) => {
+                        c.state = ConnectionState::Connected;
+                        c.hsm = Some(hsm);
+                        c.retry = None;
+                    }
+                    Err(code) => {
+                        c.state = ConnectionState::Failed;
+                        c.error = Some(code);
+                        c.retry = retry_after(code, c.retry);
+                    }
+                }
+                None
+            }
+        };
+        match stale {
+            // A disconnect overtook this attempt: close what it opened.
+            Some(hsm) => close(hsm).await,
+            None => self.report(handle).await,
+        }
+    }
+
+    /// Disconnects `handle` (DisconnectCustomKeyStore): `DISCONNECTING` while its sessions
+    /// close, then `DISCONNECTED`. Answers once disconnected, or after [`DISCONNECT_WAIT`].
+    pub(crate) async fn disconnect(self: &Arc<Self>, handle: &Arc<StoreHandle>) {
+        let (attempt, hsm) = {
+            let mut c = handle.conn();
+            c.attempt += 1;
+            c.state = ConnectionState::Disconnecting;
+            c.error = None;
+            c.retry = None;
+            (c.attempt, c.hsm.take())
+        };
+        let (me, h) = (self.clone(), handle.clone());
+        let task = tokio::spawn(async move {
+            if let Some(hsm) = hsm {
+                close(hsm).await;
+            }
+            let done = {
+                let mut c = h.conn();
+                let done = c.attempt == attempt;
+                if done {
+                    c.state = ConnectionState::Disconnected;
+                }
+                done
+            };
+            if done {
+                me.report(&h).await;
+            }
+        });
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, task).await;
+    }
+
+    /// One round of the watch: a connected store whose device stopped answering goes
+    /// `FAILED` with `NETWORK_ERRORS`; a store failed so is reconnected when its wait is over.
+    pub async fn watch_once(self: &Arc<Self>) {
+        for handle in self.all() {
+            let (state, hsm, due) = {
+                let c = handle.conn();
+                let due = c.retry.is_some_and(|(at, _)| at <= Instant::now());
+                (c.state, c.hsm.clone(), due)
+            };
+            match (state, hsm) {
+                (ConnectionState::Connected, Some(hsm)) => self.probe(&handle, hsm).await,
+                (ConnectionState::Failed, _) if due && handle.record().connect => {
+                    tracing::info!(store = %handle.record().store_id, "reconnecting custom key store");
+                    self.start_connect(&handle);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn probe(&self, handle: &StoreHandle, hsm: Arc<Hsm>) {
+        let Err(e) = hsm.ping().await else {
+            return;
+        };
+        tracing::warn!(store = %handle.record().store_id, error = %e, "custom key store device does not answer");
+        let gone = {
+            let mut c = handle.conn();
+            let same = c.hsm.as_ref().is_some_and(|h| Arc::ptr_eq(h, &hsm));
+            if same && c.state == ConnectionState::Connected {
+                c.state = ConnectionState::Failed;
+                c.error = Some(ConnectionErrorCode::NetworkErrors);
+                c.retry = retry_after(ConnectionErrorCode::NetworkErrors, None);
+                c.hsm.take()
+            } else {
+                None
+            }
+        };
+        if let Some(old) = gone {
+            close(old).await;
+            self.report(handle).await;
+        }
+    }
+
+    /// Audits the store's current connection state.
+    async fn report(&self, handle: &StoreHandle) {
+        let (state, error) = handle.state();
+        let record = handle.record();
+        tracing::info!(store = %record.store_id, state = state.as_str(), error = error.map(|e| e.as_str()), "custom key store connection state");
+        let Some(sink) = self.sink.get() else {
+            return;
+        };
+        let action = store_action(&record, state, error, None, self.clock.now_ms());
+        if let Err(e) = sink.record(&action).await {
+            tracing::error!(store = %record.store_id, error = %e, "could not audit a custom key store state change");
+        }
+    }
+
+    /// Audits that a key's object was left on a store's device (the sweeper deleted the key
+    /// while the store was not connected).
+    pub(crate) async fn report_orphan(&self, handle: &StoreHandle, object: ObjectId) {
+        let (state, error) = handle.state();
+        let record = handle.record();
+        let action = store_action(
+            &record,
+            state,
+            error,
+            Some(object.to_string()),
+            self.clock.now_ms(),
+        );
+        tracing::warn!(store = %record.store_id, object = %object, "key object left on a custom key store device");
+        if let Some(sink) = self.sink.get() {
+            if let Err(e) = sink.record(&action).await {
+                tracing::error!(store = %record.store_id, error = %e, "could not audit an orphaned key object");
+            }
+        }
+    }
+}
+
+/// The service action of a store's state (or of an object left on it).
+fn store_action(
+    record: &KeyStoreRecord,
+    state: ConnectionState,
+    error: Option<ConnectionErrorCode>,
+    orphaned_object: Option<String>,
+    at_ms: i64,
+) -> ServiceAction {
+    ServiceAction {
+        event_name: ServiceEventName::CustomKeyStoreStateChange,
+        key_id: String::new(),
+        key_arn: String::new(),
+        account: record.account.clone(),
+        key_version: None,
+        error: None,
+        at_ms,
+        key_store: Some(KeyStoreChange {
+            store_id: record.store_id.clone(),
+            state: state.as_str(),
+            error_code: error.map(|e| e.as_str()),
+            orphaned_object,
+        }),
+    }
+}
+
+/// The next automatic retry of a store failed with `code`: only a device that went away is
+/// retried by itself (a wrong or locked password needs the key administrator).
+fn retry_after(
+    code: ConnectionErrorCode,
+    previous: Option<(Instant, Duration)>,
+) -> Option<(Instant, Duration)> {
+    if code != ConnectionErrorCode::NetworkErrors {
+        return None;
+    }
+    let wait = previous.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+    Some((Instant::now() + wait, wait))
+}
+
+/// The `ConnectionErrorCode` of a failed open or login.
+fn error_code(store_id: &str, e: &HsmError) -> ConnectionErrorCode {
+    tracing::warn!(store = %store_id, error = %e, "custom key store connection failed");
+    match e.open_failure() {
+        OpenFailure::BadPin => ConnectionErrorCode::InvalidCredentials,
+        OpenFailure::PinLocked => ConnectionErrorCode::UserLockedOut,
+        OpenFailure::TokenAbsent => ConnectionErrorCode::ClusterNotFound,
+        OpenFailure::DeviceGone => ConnectionErrorCode::NetworkErrors,
+        OpenFailure::Other => ConnectionErrorCode::InternalError,
+    }
+}
+
+/// Closes a store's device off the async threads (joining its workers waits for their calls).
+async fn close(hsm: Arc<Hsm>) {
+    if let Err(e) = tokio::task::spawn_blocking(move || hsm.shutdown()).await {
+        tracing::error!(error = %e, "closing a custom key store device failed");
+    }
+}
