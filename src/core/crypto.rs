@@ -6,6 +6,7 @@
 //! worker. Plaintext and data keys are held in `Zeroizing` buffers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -295,7 +296,7 @@ impl Kms {
         check_symmetric_usage(&resolved)?;
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let sealed = self
-            .hsm
+            .device_of(&resolved.key)?
             .encrypt_gcm(object, req.plaintext, aad_builder(object, canonical_ctx))
             .await?;
         Ok(EncryptResponse {
@@ -451,7 +452,7 @@ impl Kms {
         )?;
         super::end_dry_run(req.dry_run)?;
         let plaintext = self
-            .hsm
+            .device_of(&opened.resolved.key)?
             .decrypt_gcm(
                 opened.object,
                 opened.iv,
@@ -504,17 +505,27 @@ impl Kms {
         check_symmetric_usage(&dest)?;
         super::end_dry_run(req.dry_run)?;
         let dest_object = dest.key.current_object();
-        let sealed = self
-            .hsm
-            .reencrypt_gcm(
+        let from = self.device_of(&source.resolved.key)?;
+        let to = self.device_of(&dest.key)?;
+        let dest_aad = aad_builder(dest_object, dest_ctx);
+        let sealed = if Arc::ptr_eq(&from, &to) {
+            from.reencrypt_gcm(
                 source.object,
                 source.iv,
                 source.ciphertext_and_tag,
                 source.aad,
                 dest_object,
-                aad_builder(dest_object, dest_ctx),
+                dest_aad,
             )
-            .await?;
+            .await?
+        } else {
+            // Between two devices (stores) the plaintext passes through this process, in a
+            // zeroizing buffer, as a Decrypt followed by an Encrypt would.
+            let plaintext = from
+                .decrypt_gcm(source.object, source.iv, source.ciphertext_and_tag, source.aad)
+                .await?;
+            to.encrypt_gcm(dest_object, plaintext, dest_aad).await?
+        };
         Ok(ReEncryptResponse {
             ciphertext_blob: blob_from(dest_object, &sealed),
             source_key_id: source.resolved.key.arn.clone(),
@@ -575,7 +586,7 @@ impl Kms {
         check_symmetric_usage(&resolved)?;
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let (plaintext, sealed) = self
-            .hsm
+            .device_of(&resolved.key)?
             .generate_data_key(object, n, aad_builder(object, canonical_ctx))
             .await?;
         Ok(GenerateDataKeyResponse {
@@ -599,14 +610,12 @@ impl Kms {
             ));
         };
         validate::int_range("numberOfBytes", n, 1, MAX_DATA_KEY_BYTES)?;
-        if req.custom_key_store_id.is_some_and(|s| !s.is_empty()) {
-            // No custom key store exists (yet), so none can be named.
-            return Err(KmsError::CustomKeyStoreNotFound(
-                "The custom key store does not exist: p11kms has no custom key stores.".into(),
-            ));
-        }
         self.authorize(caller, AuthzRequest::new("kms:GenerateRandom", "*"))?;
-        let plaintext = self.hsm.random(n as usize).await?;
+        let device = match req.custom_key_store_id.as_deref() {
+            Some(id) => self.connected_store(caller, id)?,
+            None => self.hsm.clone(),
+        };
+        let plaintext = device.random(n as usize).await?;
         Ok(GenerateRandomResponse { plaintext })
     }
 }
