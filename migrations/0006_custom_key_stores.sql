@@ -6,6 +6,9 @@
 -- restart reconnects every store that was meant to be connected.
 -- keys.custom_key_store_id names the store of a key in one (NULL: the default store); a store
 -- with keys cannot be deleted.
+-- orphaned_key_objects: key material the deletion sweeper could not destroy because the key's
+-- store was not connected (AWS leaves such material in the cluster for the operator); kept
+-- for `p11kms check` after the key's rows are gone.
 -- Never edit this file once released: sqlx records its checksum.
 
 CREATE TABLE custom_key_stores (
@@ -21,3 +24,11 @@ CREATE TABLE custom_key_stores (
 );
 
 ALTER TABLE keys ADD COLUMN custom_key_store_id TEXT REFERENCES custom_key_stores (store_id);
+
+CREATE TABLE orphaned_key_objects (
+    store_id       TEXT    NOT NULL,
+    key_id         TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    orphaned_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (store_id, key_id, version)
+);

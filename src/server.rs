@@ -23,6 +23,7 @@ use crate::api::http::{DoorDeps, DoorStartError, RunningDoor, DRAIN_TIMEOUT};
 use crate::api::listener::{tls_incoming, Limits, Registry, TrackedLayer};
 use crate::audit::{export_public_key, AuditLog, CheckpointSigner, HsmCheckpointSigner};
 use crate::config::{Config, ConfigError};
+use crate::core::connections::{Cluster, ClusterSetup};
 use crate::core::{Clock, Kms, KmsError, KmsSettings, SystemClock};
 use crate::hsm::{Hsm, HsmError};
 use crate::identity::auth::Authenticator;
@@ -214,9 +215,16 @@ impl RunningServer {
         if let Err(e) = self.audit.shutdown().await {
             tracing::error!(error = %e, "closing the audit trail failed");
         }
+        let stores = self.kms.key_stores().clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || stores.shutdown()).await {
+            tracing::error!(error = %e, "closing the custom key stores failed");
+        }
         close_hsm(self.kms.hsm()).await;
     }
 }
+
+/// How often the custom key store watch probes connected stores and retries failed ones.
+const STORE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Waits for the background tasks to see the shutdown signal (each finishes the round it is
 /// in), within [`DRAIN_TIMEOUT`] for all of them; one still busy then is left to end on its
@@ -543,7 +551,30 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
         clock,
     )
     .await?;
+    kms.key_stores().configure(cluster_setup(config)?);
     Ok(kms)
+}
+
+/// The `[[hsm.cluster]]` devices custom key stores can be made on, with the worker-pool
+/// settings of `[hsm]` for each store's device.
+fn cluster_setup(config: &Config) -> Result<ClusterSetup, ServerError> {
+    let clusters = config
+        .hsm
+        .cluster
+        .iter()
+        .map(|c| {
+            Ok(Cluster {
+                id: c.id.clone(),
+                module: c.module.clone(),
+                token_label: c.token_label.clone(),
+                trust_anchor: c.trust_anchor()?,
+            })
+        })
+        .collect::<Result<Vec<_>, crate::config::ConfigError>>()?;
+    Ok(ClusterSetup {
+        clusters,
+        pool: config.hsm_config()?,
+    })
 }
 
 /// The gRPC door's TLS: HTTP/2 by ALPN, and client certificates verified against the CA when
@@ -589,6 +620,8 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         audit.clone(),
         config.kms.region.clone(),
     )));
+    // Every store that was connected when the daemon stopped connects again by itself.
+    kms.resume_key_stores();
     let refusals_task = refusals.spawn();
     let gate = Gate::new(
         kms.clone(),
@@ -756,6 +789,11 @@ fn spawn_background(
             }
         }
     });
+    let stores = kms.key_stores().clone();
+    let store_watch = spawn_periodic(STORE_WATCH_INTERVAL, false, cancel.clone(), move || {
+        let stores = stores.clone();
+        async move { stores.watch_once().await }
+    });
     let health = spawn_health(kms.clone(), audit.clone(), health, cancel.clone());
     let reloader = spawn_reloader(
         kms.clone(),
@@ -767,6 +805,7 @@ fn spawn_background(
     vec![
         ("deletion sweeper", sweeper),
         ("key usage flusher", usage_flusher),
+        ("custom key store watch", store_watch),
         ("health probe", health),
         ("identity reloader", reloader),
     ]

@@ -747,7 +747,7 @@ impl Kms {
             .update_record(&resolved.key, |r| r.state = target)
             .await?;
         if target == KeyState::Disabled {
-            self.drop_session_copies(&updated.record.key_id).await;
+            self.drop_session_copies(&updated).await;
         }
         Ok(Empty)
     }
@@ -756,11 +756,14 @@ impl Kms {
     /// or pending deletion), so its material is left only in the token objects. Best effort:
     /// the state change is already stored, and the state check refuses the key before any HSM
     /// call whether a copy exists or not.
-    async fn drop_session_copies(&self, key_id: &str) {
-        let Ok(uuid) = Uuid::parse_str(key_id) else {
+    /// A key of a custom key store that is not connected has no copies: its sessions are
+    /// closed.
+    async fn drop_session_copies(&self, key: &CachedKey) {
+        let Ok(device) = self.device_of(key) else {
             return;
         };
-        if let Err(e) = self.hsm.drop_session_copies(*uuid.as_bytes()).await {
+        if let Err(e) = device.drop_session_copies(key.uuid).await {
+            let key_id = &key.record.key_id;
             tracing::warn!(key_id, error = %e, "could not destroy the session copies of a key");
         }
     }
@@ -791,7 +794,7 @@ impl Kms {
                 r.pending_window_days = Some(days);
             })
             .await?;
-        self.drop_session_copies(&updated.record.key_id).await;
+        self.drop_session_copies(&updated).await;
         tracing::info!(key_id = %updated.record.key_id, days, "key scheduled for deletion");
         Ok(ScheduleKeyDeletionResponse {
             key_id: updated.arn.clone(),

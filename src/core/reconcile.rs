@@ -115,10 +115,17 @@ impl Kms {
             objects_on_token: objects.len(),
             ..DriftReport::default()
         };
+        // The sealing key of custom key store passwords is accounted for.
+        let sealing = super::connections::SEALING_KEY;
+        accounted.insert((sealing.key_id(), sealing.version()));
         for b in &bundles {
             let Ok(uuid) = Uuid::parse_str(&b.key.key_id) else {
                 continue;
             };
+            // Keys of custom key stores have their objects on their store's device.
+            if b.key.custom_key_store_id.is_some() {
+                continue;
+            }
             let uuid = *uuid.as_bytes();
             if b.key.state == KeyState::Creating {
                 accounted.insert((uuid, 1));
@@ -251,7 +258,15 @@ impl Kms {
             }
         };
         let key = self.cached_from_bundle(bundle)?;
-        let complete = material_complete(objects, key.uuid, 1, &key.record.key_spec);
+        let complete = match &key.store {
+            None => material_complete(objects, key.uuid, 1, &key.record.key_spec),
+            // A key of a custom key store: its object is on that store's device, which is
+            // asked while connected; otherwise the key waits for the store.
+            Some(_) => match self.device_of(&key) {
+                Ok(device) => device.exists(ObjectId::new(key.uuid, 1)).await?,
+                Err(_) => return Ok(Resolution::Skip),
+            },
+        };
         let event = if complete {
             ServiceEventName::CompleteCreateKey
         } else {
@@ -302,7 +317,7 @@ impl Kms {
     async fn remove_incomplete(&self, key: &CachedKey) -> Result<(), KmsError> {
         let key_id = &key.record.key_id;
         let pair = super::specs::is_pair(&key.record.key_spec);
-        self.destroy_version_objects(ObjectId::new(key.uuid, 1), pair)
+        self.destroy_version_objects(key, ObjectId::new(key.uuid, 1), pair)
             .await?;
         self.store.delete_key(key_id).await?;
         {

@@ -130,7 +130,18 @@ pub trait ServiceEventSink: Send + Sync {
 impl Kms {
     /// Wires the sink of the engine's own actions (once; later calls are ignored).
     pub fn set_service_sink(&self, sink: Arc<dyn ServiceEventSink>) {
+        self.key_stores.set_sink(sink.clone());
         let _ = self.service_sink.set(sink);
+    }
+
+    /// Connects again every custom key store the key administrators left connected (at
+    /// start-up, once the audit trail is wired).
+    pub fn resume_key_stores(&self) {
+        for handle in self.key_stores.all() {
+            if handle.record().connect {
+                self.key_stores.start_connect(&handle);
+            }
+        }
     }
 
     /// Whether a sweep may act now: no sink, or a sink that can record.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::service::{ServiceAction, ServiceEventName};
 use super::{CachedKey, Kms, KmsError};
 use crate::hsm::{HsmErrorKind, ObjectId};
-use crate::store::KeyState;
+use crate::store::{KeyState, OrphanRecord};
 
 impl Kms {
     /// Destroys every key whose deletion date has passed by the engine's clock, and reports
@@ -81,9 +81,14 @@ impl Kms {
         // Import wrapping keys first (their token rows go with the key), then every
         // version of the key material.
         self.destroy_wrapping_keys_of(key_id).await?;
-        for &version in &key.versions {
-            self.destroy_version_objects(ObjectId::new(key.uuid, version), pair)
-                .await?;
+        match key.store.as_ref().filter(|s| s.connected_hsm().is_none()) {
+            Some(store) => self.leave_orphans(key, store, now).await?,
+            None => {
+                for &version in &key.versions {
+                    self.destroy_version_objects(key, ObjectId::new(key.uuid, version), pair)
+                        .await?;
+                }
+            }
         }
         self.store.destroy_key(key_id, now).await?;
         {
@@ -127,17 +132,47 @@ impl Kms {
         done
     }
 
-    /// Destroys the HSM object(s) of one key version (both halves of a key pair); an object
-    /// already gone is not an error.
+    /// A key of a custom key store that is not connected is deleted without its objects,
+    /// which stay on the store's device: each is recorded for `p11kms check` and audited, as
+    /// AWS leaves such material in the cluster for the operator.
+    async fn leave_orphans(
+        &self,
+        key: &CachedKey,
+        store: &super::connections::StoreHandle,
+        now: i64,
+    ) -> Result<(), KmsError> {
+        let store_id = store.record().store_id;
+        let orphans: Vec<OrphanRecord> = key
+            .versions
+            .iter()
+            .map(|&version| OrphanRecord {
+                store_id: store_id.clone(),
+                key_id: key.record.key_id.clone(),
+                version,
+                orphaned_at_ms: now,
+            })
+            .collect();
+        self.store.record_orphans(&orphans).await?;
+        for &version in &key.versions {
+            let object = ObjectId::new(key.uuid, version);
+            self.key_stores.report_orphan(store, object).await;
+        }
+        Ok(())
+    }
+
+    /// Destroys the HSM object(s) of one version of `key` on its device (both halves of a
+    /// key pair); an object already gone is not an error.
     pub(crate) async fn destroy_version_objects(
         &self,
+        key: &CachedKey,
         object: ObjectId,
         pair: bool,
     ) -> Result<(), KmsError> {
+        let device = self.device_of(key)?;
         let destroyed = if pair {
-            self.hsm.destroy_key_pair(object).await
+            device.destroy_key_pair(object).await
         } else {
-            self.hsm.destroy(object).await
+            device.destroy(object).await
         };
         match destroyed {
             Err(e) if e.kind != HsmErrorKind::ObjectNotFound => Err(e.into()),

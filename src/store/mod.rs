@@ -217,6 +217,17 @@ crate::redact::redacted_debug!(KeyStoreRecord {
     store_id, account, name, cluster_id, connect, created_at_ms, sealed_password: redacted, ..
 });
 
+/// A key object left on a custom key store's device: the sweeper deleted its key while the
+/// store was not connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanRecord {
+    pub store_id: String,
+    pub key_id: String,
+    pub version: u32,
+    /// Unix milliseconds.
+    pub orphaned_at_ms: i64,
+}
+
 /// Errors of the store layer. The engine maps them to AWS exceptions in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -359,4 +370,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_key_store(&self, store_id: &str) -> Result<(), StoreError>;
     /// Every store, ordered by (account, creation time, id).
     async fn list_key_stores(&self) -> Result<Vec<KeyStoreRecord>, StoreError>;
+    /// Records key objects left on a store's device (an existing record is kept).
+    async fn record_orphans(&self, orphans: &[OrphanRecord]) -> Result<(), StoreError>;
+    /// Every recorded orphaned object, ordered by (store, key, version).
+    async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StoreError>;
 }

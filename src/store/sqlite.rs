@@ -11,8 +11,8 @@
 
 use super::{
     AliasRecord, GrantRecord, ImportTokenRecord, KeyBundle, KeyLifecycle, KeyRecord, KeyState,
-    KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, RotationEntry, StoreError, Tag,
-    UsageOperation,
+    KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, OrphanRecord, RotationEntry,
+    StoreError, Tag, UsageOperation,
 };
 use async_trait::async_trait;
 use sqlx::error::BoxDynError;
@@ -961,6 +961,14 @@ impl MetadataStore for SqliteStore {
 
     async fn list_key_stores(&self) -> Result<Vec<KeyStoreRecord>, StoreError> {
         key_stores::list(&self.pool).await
+    }
+
+    async fn record_orphans(&self, orphans: &[OrphanRecord]) -> Result<(), StoreError> {
+        key_stores::record_orphans(&self.pool, orphans).await
+    }
+
+    async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StoreError> {
+        key_stores::list_orphans(&self.pool).await
     }
 }
 

@@ -5,7 +5,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 
 use super::{db_err, write_err};
-use crate::store::{KeyStoreRecord, StoreError};
+use crate::store::{KeyStoreRecord, OrphanRecord, StoreError};
 
 fn taken(store: &KeyStoreRecord) -> String {
     format!(
@@ -98,4 +98,47 @@ pub(super) async fn list(pool: &SqlitePool) -> Result<Vec<KeyStoreRecord>, Store
     .iter()
     .map(from_row)
     .collect()
+}
+
+pub(super) async fn record_orphans(
+    pool: &SqlitePool,
+    orphans: &[OrphanRecord],
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    for o in orphans {
+        sqlx::query(
+            "INSERT OR IGNORE INTO orphaned_key_objects (store_id, key_id, version, \
+             orphaned_at_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&o.store_id)
+        .bind(&o.key_id)
+        .bind(i64::from(o.version))
+        .bind(o.orphaned_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    tx.commit().await.map_err(db_err)
+}
+
+pub(super) async fn list_orphans(pool: &SqlitePool) -> Result<Vec<OrphanRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT store_id, key_id, version, orphaned_at_ms FROM orphaned_key_objects \
+         ORDER BY store_id, key_id, version",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            let version: i64 = row.try_get("version").map_err(db_err)?;
+            Ok(OrphanRecord {
+                store_id: row.try_get("store_id").map_err(db_err)?,
+                key_id: row.try_get("key_id").map_err(db_err)?,
+                version: u32::try_from(version)
+                    .map_err(|_| StoreError::Corrupt(format!("orphan version {version}")))?,
+                orphaned_at_ms: row.try_get("orphaned_at_ms").map_err(db_err)?,
+            })
+        })
+        .collect()
 }
