@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 mod grpc;
 mod openssl;
 mod serve;
+pub mod shim;
 pub mod stores;
 #[allow(unused_imports)]
 pub use grpc::*;
