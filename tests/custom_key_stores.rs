@@ -272,3 +272,129 @@ fn key_object(key_id: &str) -> p11kms::hsm::ObjectId {
     let uuid = uuid::Uuid::parse_str(key_id).unwrap();
     p11kms::hsm::ObjectId::new(*uuid.as_bytes(), 1)
 }
+
+/// The fault shim in front of a copy of SoftHSM2 of its own (a third module instance, so that
+/// its faults touch nothing else in this process).
+async fn shim() -> Option<common::shim::Faults> {
+    let target = env().dir.join("libsofthsm2-shim-target.so");
+    if !target.exists() {
+        std::fs::copy(softhsm(), &target).expect("copy libsofthsm2.so");
+    }
+    common::shim::faults_on(&target).await
+}
+
+/// Waits up to 20 s (the watch retries a lost device with backoff) for store `id` to be in
+/// `state`; its (state, error code) when it got there or at the end.
+async fn eventually(c: &mut Client, id: &str, state: &str) -> (String, String) {
+    let mut last = (String::new(), String::new());
+    for _ in 0..200 {
+        let s = describe_store(c, id).await;
+        last = (s.connection_state, s.connection_error_code);
+        if last.0 == state {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    last
+}
+
+/// UpdateCustomKeyStore of `id`'s password.
+async fn set_password(c: &mut Client, id: &str, password: &str) -> Result<(), tonic::Status> {
+    c.update_custom_key_store(pb::UpdateCustomKeyStoreRequest {
+        custom_key_store_id: id.into(),
+        key_store_password: password.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Each ConnectionErrorCode from a real cause: a wrong password, a token that is not there,
+/// the device answering CKR_PIN_LOCKED and CKR_DEVICE_REMOVED to C_Login (through the fault
+/// shim). A store failed for a wrong password must be disconnected and fixed first; one whose
+/// device went away comes back by itself when the device returns, also after it dies while
+/// connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_error_code_from_a_real_cause() {
+    let Some(faults) = shim().await else {
+        return;
+    };
+    let w = cluster("codes", "w", &softhsm(), true);
+    let n = cluster("codes", "n", &softhsm(), false);
+    let s = cluster("codes", "s", &faults.lib, true);
+    let dir = data_dir("cks-codes");
+    let server = start_with_clusters(&dir, &[w.clone(), n.clone(), s.clone()]).await;
+    let mut c = admin(server.addr).await;
+
+    let wrong = ClusterFixture {
+        password: "not-the-pin".into(),
+        ..w.clone()
+    };
+    let store_w = create_store(&mut c, "w", &wrong).await.unwrap();
+    let code = |c: &str| ("FAILED".to_string(), c.to_string());
+    assert_eq!(connect(&mut c, &store_w).await, code("INVALID_CREDENTIALS"));
+    assert_refused(
+        c.connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
+            custom_key_store_id: store_w.clone(),
+        })
+        .await,
+        "a store failed for its credentials is disconnected and fixed first",
+        "CustomKeyStoreInvalidStateException",
+        "FAILED",
+    );
+    assert_refused(
+        set_password(&mut c, &store_w, &w.password).await,
+        "the password changes only while disconnected",
+        "CustomKeyStoreInvalidStateException",
+        "DISCONNECTED",
+    );
+    disconnect(&mut c, &store_w).await.unwrap();
+    set_password(&mut c, &store_w, &w.password).await.unwrap();
+    assert_eq!(connect(&mut c, &store_w).await.0, "CONNECTED");
+
+    let store_n = create_store(&mut c, "n", &n).await.unwrap();
+    assert_eq!(connect(&mut c, &store_n).await, code("CLUSTER_NOT_FOUND"));
+
+    let store_s = create_store(&mut c, "s", &s).await.unwrap();
+    faults.fail_with("C_Login", 0xa4); // CKR_PIN_LOCKED
+    assert_eq!(connect(&mut c, &store_s).await, code("USER_LOCKED_OUT"));
+    disconnect(&mut c, &store_s).await.unwrap();
+    faults.fail_with("C_Login", 0x32); // CKR_DEVICE_REMOVED
+    assert_eq!(connect(&mut c, &store_s).await, code("NETWORK_ERRORS"));
+    faults.unset("fail_C_Login");
+    assert_eq!(eventually(&mut c, &store_s, "CONNECTED").await.0, "CONNECTED");
+
+    // The device dies while connected: FAILED, its keys refused, then back by itself.
+    let key = create_store_key(&mut c, &store_s).await.unwrap().key_id;
+    let blob = encrypt_with(&mut c, &key, b"shim", &[]).await.unwrap();
+    faults.set("dead");
+    assert_eq!(eventually(&mut c, &store_s, "FAILED").await, code("NETWORK_ERRORS"));
+    assert_eq!(describe_key(&mut c, &key).await.key_state, "Unavailable");
+    assert_eq!(
+        reason(encrypt_with(&mut c, &key, b"x", &[]).await),
+        "KMSInvalidStateException"
+    );
+    faults.unset("dead");
+    assert_eq!(eventually(&mut c, &store_s, "CONNECTED").await.0, "CONNECTED");
+    assert_eq!(decrypt_with(&mut c, &blob, &[]).await.unwrap(), b"shim");
+
+    // Every automatic state change is in the audit trail.
+    let changes: Vec<String> = events(&dir)
+        .into_iter()
+        .filter(|e| e["eventName"] == "CustomKeyStoreStateChange")
+        .filter(|e| e["requestParameters"]["customKeyStoreId"] == store_s.as_str())
+        .map(|e| {
+            let p = &e["requestParameters"];
+            format!("{} {}", p["connectionState"], p["connectionErrorCode"])
+        })
+        .collect();
+    for expected in [
+        "\"FAILED\" \"USER_LOCKED_OUT\"",
+        "\"FAILED\" \"NETWORK_ERRORS\"",
+        "\"CONNECTED\" null",
+    ] {
+        assert!(changes.iter().any(|c| c == expected), "{expected}: {changes:?}");
+    }
+    drop(c);
+    server.shutdown().await.unwrap();
+}
