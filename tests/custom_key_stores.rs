@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::stores::{cluster, cluster_sections, softhsm, softhsm_copy, ClusterFixture};
+use common::stores::{cluster, cluster_sections, copy_cluster, softhsm, ClusterFixture};
 use common::*;
 use p11kms::core::ManualClock;
 use p11kms::pb;
@@ -136,7 +136,7 @@ async fn re_encrypt(c: &mut Client, blob: &[u8], dest: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn life_cycle_across_two_stores_and_the_default_one() {
     let a = cluster("life", "a", &softhsm(), true);
-    let b = cluster("life", "b", &softhsm_copy(), true);
+    let b = copy_cluster();
     let dir = data_dir("cks-life");
     let clock = Arc::new(ManualClock::default());
     let server = start_on(&dir, &[a.clone(), b.clone()], clock.clone()).await;
@@ -144,7 +144,10 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
 
     let store_a = create_store(&mut c, "store-a", &a).await.expect("create a");
     let store_b = create_store(&mut c, "store-b", &b).await.expect("create b");
-    assert!(store_a.starts_with("cks-") && store_a.len() == 21, "{store_a}");
+    assert!(
+        store_a.starts_with("cks-") && store_a.len() == 21,
+        "{store_a}"
+    );
     let listed = describe_store(&mut c, &store_a).await;
     assert_eq!(listed.connection_state, "DISCONNECTED");
     assert_eq!(listed.cloud_hsm_cluster_id, a.id);
@@ -158,8 +161,14 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
         "CONNECTED",
     );
 
-    assert_eq!(connect(&mut c, &store_a).await, ("CONNECTED".into(), String::new()));
-    assert_eq!(connect(&mut c, &store_b).await, ("CONNECTED".into(), String::new()));
+    assert_eq!(
+        connect(&mut c, &store_a).await,
+        ("CONNECTED".into(), String::new())
+    );
+    assert_eq!(
+        connect(&mut c, &store_b).await,
+        ("CONNECTED".into(), String::new())
+    );
     let key_a = create_store_key(&mut c, &store_a).await.expect("key in a");
     assert_eq!(key_a.origin, "AWS_CLOUDHSM");
     assert_eq!(key_a.custom_key_store_id, store_a);
@@ -169,16 +178,30 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
 
     // The key's object is on its store's token, not on the default token.
     let object = key_object(&key_a.key_id);
-    let device_a = server.kms.key_stores().get(&store_a).unwrap().connected_hsm().unwrap();
+    let device_a = server
+        .kms
+        .key_stores()
+        .get(&store_a)
+        .unwrap()
+        .connected_hsm()
+        .unwrap();
     assert!(device_a.exists(object).await.unwrap());
     assert!(!server.kms.hsm().exists(object).await.unwrap());
 
-    let blob = encrypt_with(&mut c, &key_a.key_id, b"in store a", &[]).await.unwrap();
-    assert_eq!(decrypt_with(&mut c, &blob, &[]).await.unwrap(), b"in store a");
+    let blob = encrypt_with(&mut c, &key_a.key_id, b"in store a", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        decrypt_with(&mut c, &blob, &[]).await.unwrap(),
+        b"in store a"
+    );
     let to_b = re_encrypt(&mut c, &blob, &key_b).await;
     let to_d = re_encrypt(&mut c, &to_b, &key_d).await;
     let back = re_encrypt(&mut c, &to_d, &key_a.key_id).await;
-    assert_eq!(decrypt_with(&mut c, &back, &[]).await.unwrap(), b"in store a");
+    assert_eq!(
+        decrypt_with(&mut c, &back, &[]).await.unwrap(),
+        b"in store a"
+    );
     let random = c
         .generate_random(pb::GenerateRandomRequest {
             number_of_bytes: Some(48),
@@ -190,8 +213,14 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
     assert_eq!(random.plaintext.len(), 48);
 
     disconnect(&mut c, &store_a).await.expect("disconnect a");
-    assert_eq!(describe_store(&mut c, &store_a).await.connection_state, "DISCONNECTED");
-    assert_eq!(describe_key(&mut c, &key_a.key_id).await.key_state, "Unavailable");
+    assert_eq!(
+        describe_store(&mut c, &store_a).await.connection_state,
+        "DISCONNECTED"
+    );
+    assert_eq!(
+        describe_key(&mut c, &key_a.key_id).await.key_state,
+        "Unavailable"
+    );
     assert_refused(
         encrypt_with(&mut c, &key_a.key_id, b"x", &[]).await,
         "a disconnected store's key cannot encrypt",
@@ -209,12 +238,21 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
     assert!(encrypt_with(&mut c, &key_d, b"d", &[]).await.is_ok());
 
     assert_eq!(connect(&mut c, &store_a).await.0, "CONNECTED");
-    assert_eq!(describe_key(&mut c, &key_a.key_id).await.key_state, "Enabled");
-    assert_eq!(decrypt_with(&mut c, &blob, &[]).await.unwrap(), b"in store a");
+    assert_eq!(
+        describe_key(&mut c, &key_a.key_id).await.key_state,
+        "Enabled"
+    );
+    assert_eq!(
+        decrypt_with(&mut c, &blob, &[]).await.unwrap(),
+        b"in store a"
+    );
 
     schedule_deletion(&mut c, &key_a.key_id, 7).await;
     disconnect(&mut c, &store_a).await.unwrap();
-    assert_eq!(describe_key(&mut c, &key_a.key_id).await.key_state, "PendingDeletion");
+    assert_eq!(
+        describe_key(&mut c, &key_a.key_id).await.key_state,
+        "PendingDeletion"
+    );
     let delete = |id: &str| pb::DeleteCustomKeyStoreRequest {
         custom_key_store_id: id.into(),
     };
@@ -228,10 +266,16 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
     // object stays on the store's token, recorded and audited as an orphan.
     clock.advance_days(8);
     server.kms.sweep_once().await;
-    assert_eq!(reason(try_describe(&mut c, &key_a.key_id).await), "NotFoundException");
+    assert_eq!(
+        reason(try_describe(&mut c, &key_a.key_id).await),
+        "NotFoundException"
+    );
     let orphans = server.kms.store().list_orphans().await.unwrap();
     assert_eq!(orphans.len(), 1, "{orphans:?}");
-    assert_eq!((orphans[0].store_id.as_str(), orphans[0].version), (store_a.as_str(), 1));
+    assert_eq!(
+        (orphans[0].store_id.as_str(), orphans[0].version),
+        (store_a.as_str(), 1)
+    );
     let orphan = format!("{}/v1", key_a.key_id);
     let audited = events(&dir)
         .into_iter()
@@ -239,7 +283,9 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
         .filter(|e| e["requestParameters"]["orphanedKeyObject"] == orphan.as_str())
         .count();
     assert_eq!(audited, 1);
-    c.delete_custom_key_store(delete(&store_a)).await.expect("delete a");
+    c.delete_custom_key_store(delete(&store_a))
+        .await
+        .expect("delete a");
     assert_refused(
         c.connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
             custom_key_store_id: store_a.clone(),
@@ -274,13 +320,17 @@ fn key_object(key_id: &str) -> p11kms::hsm::ObjectId {
 }
 
 /// The fault shim in front of a copy of SoftHSM2 of its own (a third module instance, so that
-/// its faults touch nothing else in this process).
-async fn shim() -> Option<common::shim::Faults> {
+/// its faults touch nothing else in this process), and the one cluster reached through it
+/// (made before the shim's target is first loaded: see `stores::copy_cluster`).
+async fn shim() -> Option<(common::shim::Faults, ClusterFixture)> {
+    static CLUSTER: std::sync::OnceLock<ClusterFixture> = std::sync::OnceLock::new();
     let target = env().dir.join("libsofthsm2-shim-target.so");
     if !target.exists() {
         std::fs::copy(softhsm(), &target).expect("copy libsofthsm2.so");
     }
-    common::shim::faults_on(&target).await
+    let faults = common::shim::faults_on(&target).await?;
+    let s = CLUSTER.get_or_init(|| cluster("shim", "s", &faults.lib, true));
+    Some((faults, s.clone()))
 }
 
 /// Waits up to 20 s (the watch retries a lost device with backoff) for store `id` to be in
@@ -316,12 +366,11 @@ async fn set_password(c: &mut Client, id: &str, password: &str) -> Result<(), to
 /// connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_connection_error_code_from_a_real_cause() {
-    let Some(faults) = shim().await else {
+    let Some((faults, s)) = shim().await else {
         return;
     };
     let w = cluster("codes", "w", &softhsm(), true);
     let n = cluster("codes", "n", &softhsm(), false);
-    let s = cluster("codes", "s", &faults.lib, true);
     let dir = data_dir("cks-codes");
     let server = start_with_clusters(&dir, &[w.clone(), n.clone(), s.clone()]).await;
     let mut c = admin(server.addr).await;
@@ -362,20 +411,29 @@ async fn each_connection_error_code_from_a_real_cause() {
     faults.fail_with("C_Login", 0x32); // CKR_DEVICE_REMOVED
     assert_eq!(connect(&mut c, &store_s).await, code("NETWORK_ERRORS"));
     faults.unset("fail_C_Login");
-    assert_eq!(eventually(&mut c, &store_s, "CONNECTED").await.0, "CONNECTED");
+    assert_eq!(
+        eventually(&mut c, &store_s, "CONNECTED").await.0,
+        "CONNECTED"
+    );
 
     // The device dies while connected: FAILED, its keys refused, then back by itself.
     let key = create_store_key(&mut c, &store_s).await.unwrap().key_id;
     let blob = encrypt_with(&mut c, &key, b"shim", &[]).await.unwrap();
     faults.set("dead");
-    assert_eq!(eventually(&mut c, &store_s, "FAILED").await, code("NETWORK_ERRORS"));
+    assert_eq!(
+        eventually(&mut c, &store_s, "FAILED").await,
+        code("NETWORK_ERRORS")
+    );
     assert_eq!(describe_key(&mut c, &key).await.key_state, "Unavailable");
     assert_eq!(
         reason(encrypt_with(&mut c, &key, b"x", &[]).await),
         "KMSInvalidStateException"
     );
     faults.unset("dead");
-    assert_eq!(eventually(&mut c, &store_s, "CONNECTED").await.0, "CONNECTED");
+    assert_eq!(
+        eventually(&mut c, &store_s, "CONNECTED").await.0,
+        "CONNECTED"
+    );
     assert_eq!(decrypt_with(&mut c, &blob, &[]).await.unwrap(), b"shim");
 
     // Every automatic state change is in the audit trail.
@@ -393,8 +451,238 @@ async fn each_connection_error_code_from_a_real_cause() {
         "\"FAILED\" \"NETWORK_ERRORS\"",
         "\"CONNECTED\" null",
     ] {
-        assert!(changes.iter().any(|c| c == expected), "{expected}: {changes:?}");
+        assert!(
+            changes.iter().any(|c| c == expected),
+            "{expected}: {changes:?}"
+        );
     }
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+/// Every file under `dir`, read whole (the database, the audit trail, the config).
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+/// A restart reconnects every store that was connected, without the operator, and its keys
+/// work; a store that was disconnected stays so. The password is in no file the daemon wrote
+/// (database, audit trail, config), before or after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reconnects_connected_stores_and_the_password_is_nowhere() {
+    let a = cluster("restart", "a", &softhsm(), true);
+    let b = cluster("restart", "b", &softhsm(), true);
+    let dir = data_dir("cks-restart");
+    let clusters = [a.clone(), b.clone()];
+    let server = start_with_clusters(&dir, &clusters).await;
+    let mut c = admin(server.addr).await;
+    let store_a = create_store(&mut c, "a", &a).await.unwrap();
+    let store_b = create_store(&mut c, "b", &b).await.unwrap();
+    assert_eq!(connect(&mut c, &store_a).await.0, "CONNECTED");
+    let key = create_store_key(&mut c, &store_a).await.unwrap().key_id;
+    let blob = encrypt_with(&mut c, &key, b"across a restart", &[])
+        .await
+        .unwrap();
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    let server = start_with_clusters(&dir, &clusters).await;
+    let mut c = admin(server.addr).await;
+    assert_eq!(settled(&mut c, &store_a).await.0, "CONNECTED");
+    assert_eq!(
+        describe_store(&mut c, &store_b).await.connection_state,
+        "DISCONNECTED"
+    );
+    let plain = decrypt_with(&mut c, &blob, &[]).await.unwrap();
+    assert_eq!(plain, b"across a restart");
+    let reconnected = events(&dir)
+        .into_iter()
+        .filter(|e| e["eventName"] == "CustomKeyStoreStateChange")
+        .filter(|e| e["requestParameters"]["customKeyStoreId"] == store_a.as_str())
+        .filter(|e| e["requestParameters"]["connectionState"] == "CONNECTED")
+        .count();
+    assert_eq!(
+        reconnected, 2,
+        "the connect, then the reconnect at start-up, are audited"
+    );
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    let files = files_under(&dir);
+    assert!(
+        files.len() >= 4,
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for password in [&a.password, &b.password] {
+        for (path, bytes) in &files {
+            let found = bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes());
+            assert!(!found, "the password is in {}", path.display());
+        }
+    }
+}
+
+/// A store operation the caller may not do is refused before anything happens: no HSM call
+/// on any device, no store row, no change to an existing store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_store_operation_makes_no_hsm_call_and_no_change() {
+    let a = cluster("denied", "a", &softhsm(), true);
+    let dir = data_dir("cks-denied");
+    let server = start_with_clusters(&dir, &[a.clone()]).await;
+    let mut c = admin(server.addr).await;
+    let store = create_store(&mut c, "a", &a).await.unwrap();
+    let user = signed_as(server.addr, "AKIAUSER100000000001").await;
+    let before = (
+        server.kms.hsm().counters(),
+        server.kms.store().list_key_stores().await.unwrap(),
+    );
+    let mut k = user.kms.clone();
+    let create = pb::CreateCustomKeyStoreRequest {
+        custom_key_store_name: "mine".into(),
+        cloud_hsm_cluster_id: a.id.clone(),
+        trust_anchor_certificate: a.anchor_pem.clone(),
+        key_store_password: a.password.clone(),
+        custom_key_store_type: String::new(),
+    };
+    let id = || store.clone();
+    let denied = [
+        reason(
+            k.create_custom_key_store(user.kms_req(create, "CreateCustomKeyStore"))
+                .await,
+        ),
+        reason(
+            k.connect_custom_key_store(user.kms_req(
+                pb::ConnectCustomKeyStoreRequest {
+                    custom_key_store_id: id(),
+                },
+                "ConnectCustomKeyStore",
+            ))
+            .await,
+        ),
+        reason(
+            k.update_custom_key_store(user.kms_req(
+                pb::UpdateCustomKeyStoreRequest {
+                    custom_key_store_id: id(),
+                    new_custom_key_store_name: "renamed".into(),
+                    key_store_password: "another-password".into(),
+                    ..Default::default()
+                },
+                "UpdateCustomKeyStore",
+            ))
+            .await,
+        ),
+        reason(
+            k.delete_custom_key_store(user.kms_req(
+                pb::DeleteCustomKeyStoreRequest {
+                    custom_key_store_id: id(),
+                },
+                "DeleteCustomKeyStore",
+            ))
+            .await,
+        ),
+        reason(
+            k.describe_custom_key_stores(user.kms_req(
+                pb::DescribeCustomKeyStoresRequest::default(),
+                "DescribeCustomKeyStores",
+            ))
+            .await,
+        ),
+    ];
+    assert!(
+        denied.iter().all(|r| r == "AccessDeniedException"),
+        "{denied:?}"
+    );
+    let after = (
+        server.kms.hsm().counters(),
+        server.kms.store().list_key_stores().await.unwrap(),
+    );
+    assert_eq!(before, after);
+    assert_eq!(
+        describe_store(&mut c, &store).await.connection_state,
+        "DISCONNECTED"
+    );
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+/// A store's device dying under load on another store neither fails nor holds up the other
+/// store's requests: 4 clients encrypt and decrypt on the default store and on store a without
+/// pause while store s's device (behind the fault shim) goes dead; every one of their requests
+/// succeeds, and store s goes FAILED by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_store_never_fails_requests_on_another_store() {
+    let Some((faults, s)) = shim().await else {
+        return;
+    };
+    let a = cluster("isolation", "a", &softhsm(), true);
+    let dir = data_dir("cks-isolation");
+    let server = start_with_clusters(&dir, &[a.clone(), s.clone()]).await;
+    let mut c = admin(server.addr).await;
+    let store_a = create_store(&mut c, "a", &a).await.unwrap();
+    let store_s = create_store(&mut c, "s", &s).await.unwrap();
+    assert_eq!(connect(&mut c, &store_a).await.0, "CONNECTED");
+    assert_eq!(connect(&mut c, &store_s).await.0, "CONNECTED");
+    let keys = [
+        create_key(&mut c).await,
+        create_store_key(&mut c, &store_a).await.unwrap().key_id,
+    ];
+    let doomed = create_store_key(&mut c, &store_s).await.unwrap().key_id;
+    assert!(encrypt_with(&mut c, &doomed, b"x", &[]).await.is_ok());
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..4 {
+        let (mut c, key, stop) = (c.clone(), keys[i % 2].clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut done, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && done < 5_000 {
+                let round = async {
+                    let blob = encrypt_with(&mut c, &key, b"load", &[]).await?;
+                    decrypt_with(&mut c, &blob, &[]).await
+                };
+                match round.await {
+                    Ok(p) if p == b"load" => done += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (done, failed)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    faults.set("dead");
+    let failed_state = eventually(&mut c, &store_s, "FAILED").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for task in load {
+        let (done, failed) = task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests on a healthy store failed: {failed:?}"
+        );
+        total += done;
+    }
+    assert_eq!(failed_state, ("FAILED".into(), "NETWORK_ERRORS".into()));
+    assert!(total > 0);
+    assert_eq!(
+        reason(encrypt_with(&mut c, &doomed, b"x", &[]).await),
+        "KMSInvalidStateException"
+    );
+    drop(faults);
     drop(c);
     server.shutdown().await.unwrap();
 }

@@ -105,7 +105,10 @@ impl StoreHandle {
 
     /// The stored record (a copy).
     pub fn record(&self) -> KeyStoreRecord {
-        self.record.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.record
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_record(&self, record: KeyStoreRecord) {
@@ -310,9 +313,11 @@ impl KeyStores {
                 tracing::error!(store = %record.store_id, error = %e, "cannot unseal the store password");
                 ConnectionErrorCode::InternalError
             })?;
-        let mut cfg = self.setup.get().map(|s| s.pool.clone()).ok_or(
-            ConnectionErrorCode::ClusterNotFound,
-        )?;
+        let mut cfg = self
+            .setup
+            .get()
+            .map(|s| s.pool.clone())
+            .ok_or(ConnectionErrorCode::ClusterNotFound)?;
         cfg.module = cluster.module;
         cfg.token_label = cluster.token_label;
         cfg.pin = pin;

@@ -522,7 +522,12 @@ impl Kms {
             // Between two devices (stores) the plaintext passes through this process, in a
             // zeroizing buffer, as a Decrypt followed by an Encrypt would.
             let plaintext = from
-                .decrypt_gcm(source.object, source.iv, source.ciphertext_and_tag, source.aad)
+                .decrypt_gcm(
+                    source.object,
+                    source.iv,
+                    source.ciphertext_and_tag,
+                    source.aad,
+                )
                 .await?;
             to.encrypt_gcm(dest_object, plaintext, dest_aad).await?
         };

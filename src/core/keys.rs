@@ -461,7 +461,8 @@ impl Kms {
         };
         let compiled = compile_key_policy(&policy_text)?;
         self.authorize_create(caller, &req, &choice)?;
-        let custom_key_store_id = self.store_for_create(caller, req.custom_key_store_id.as_deref())?;
+        let custom_key_store_id =
+            self.store_for_create(caller, req.custom_key_store_id.as_deref())?;
         if req.policy.is_some() {
             self.check_policy_principals(&compiled)?;
         }

@@ -367,7 +367,10 @@ impl Kms {
         let name = req.custom_key_store_name.as_str();
         self.check_unique(&caller.account, None, Some(name), Some(&cluster.id))?;
         let owned = self.key_stores.all();
-        if owned.iter().filter(|h| h.record().account == caller.account).count()
+        if owned
+            .iter()
+            .filter(|h| h.record().account == caller.account)
+            .count()
             >= MAX_KEY_STORES_PER_ACCOUNT
         {
             return Err(KmsError::LimitExceeded(format!(
@@ -386,10 +389,13 @@ impl Kms {
             created_at_ms: self.now_ms(),
         };
         super::record::before_change().await?;
-        self.store.insert_key_store(&record).await.map_err(|e| match e {
-            crate::store::StoreError::AlreadyExists(m) => KmsError::CustomKeyStoreNameInUse(m),
-            other => other.into(),
-        })?;
+        self.store
+            .insert_key_store(&record)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::AlreadyExists(m) => KmsError::CustomKeyStoreNameInUse(m),
+                other => other.into(),
+            })?;
         self.key_stores.insert(record);
         tracing::info!(store = %store_id, "custom key store created");
         Ok(CreateCustomKeyStoreResponse {
@@ -630,7 +636,10 @@ impl Kms {
         }
         let items = stores.iter().map(|h| {
             let e = entry(h);
-            (format!("{:020}/{}", e.creation_date_ms, e.custom_key_store_id), e)
+            (
+                format!("{:020}/{}", e.creation_date_ms, e.custom_key_store_id),
+                e,
+            )
         });
         let (custom_key_stores, next_marker) = validate::page(items, after.as_deref(), limit);
         Ok(DescribeCustomKeyStoresResponse {

@@ -214,7 +214,14 @@ pub struct KeyStoreRecord {
 }
 
 crate::redact::redacted_debug!(KeyStoreRecord {
-    store_id, account, name, cluster_id, connect, created_at_ms, sealed_password: redacted, ..
+    store_id,
+    account,
+    name,
+    cluster_id,
+    connect,
+    created_at_ms,
+    sealed_password: redacted,
+    ..
 });
 
 /// A key object left on a custom key store's device: the sweeper deleted its key while the

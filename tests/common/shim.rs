@@ -12,7 +12,6 @@ use super::{env, hermetic_command, manifest_dir};
 /// Where Debian's libp11-kit-dev puts the standard PKCS#11 header.
 const P11KIT_INCLUDE: &str = "/usr/include/p11-kit-1";
 
-
 /// The built shim: its library and its control directory.
 pub struct Shim {
     pub lib: PathBuf,

@@ -57,6 +57,16 @@ pub fn softhsm_copy() -> PathBuf {
     .clone()
 }
 
+/// The one cluster of this process reached through [`softhsm_copy`]. SoftHSM2 reads its
+/// token directory when a module instance starts, so a token made after the copy was first
+/// loaded is not seen through it: every test of a binary shares this cluster, made before
+/// the copy is ever loaded (each test's daemon makes its own store on it).
+pub fn copy_cluster() -> ClusterFixture {
+    static ONE: OnceLock<ClusterFixture> = OnceLock::new();
+    ONE.get_or_init(|| cluster("copy", "c", &softhsm_copy(), true))
+        .clone()
+}
+
 /// A cluster named `name` reached through `module`: its token initialised (through the
 /// system library: same token directory) with password `password`, its own CA as trust
 /// anchor. `init` false leaves the token absent (CLUSTER_NOT_FOUND).

@@ -38,14 +38,14 @@ use crate::core::grants::{
 use crate::core::import::{
     DeleteImportedKeyMaterialRequest, GetParametersForImportRequest, ImportKeyMaterialRequest,
 };
-use crate::core::keystores::{
-    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, DeleteCustomKeyStoreRequest,
-    DescribeCustomKeyStoresRequest, DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
-};
 use crate::core::keys::{
     CancelKeyDeletionRequest, CreateKeyRequest, DescribeKeyRequest, DisableKeyRequest,
     EnableKeyRequest, KeyMetadata, ListKeysRequest, ScheduleKeyDeletionRequest,
     ScheduleKeyDeletionResponse, UpdateKeyDescriptionRequest,
+};
+use crate::core::keystores::{
+    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, DeleteCustomKeyStoreRequest,
+    DescribeCustomKeyStoresRequest, DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
 };
 use crate::core::operation::{self, Empty, ResponseElements};
 use crate::core::policies::{GetKeyPolicyRequest, ListKeyPoliciesRequest, PutKeyPolicyRequest};

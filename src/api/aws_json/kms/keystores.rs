@@ -10,8 +10,7 @@ use super::members::{from_json, to_json, ts};
 use crate::core::keystores::{
     ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CreateCustomKeyStoreResponse,
     CustomKeyStoresListEntry, DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest,
-    DescribeCustomKeyStoresResponse, DisconnectCustomKeyStoreRequest,
-    UpdateCustomKeyStoreRequest,
+    DescribeCustomKeyStoresResponse, DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
 };
 
 from_json! {

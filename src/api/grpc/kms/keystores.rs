@@ -8,8 +8,7 @@ use super::super::convert::{each, from_message, to_message};
 use crate::core::keystores::{
     ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CreateCustomKeyStoreResponse,
     CustomKeyStoresListEntry, DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest,
-    DescribeCustomKeyStoresResponse, DisconnectCustomKeyStoreRequest,
-    UpdateCustomKeyStoreRequest,
+    DescribeCustomKeyStoresResponse, DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
 };
 use crate::core::operation::Empty;
 use crate::pb;
