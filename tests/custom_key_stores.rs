@@ -542,7 +542,7 @@ async fn a_restart_reconnects_connected_stores_and_the_password_is_nowhere() {
 async fn a_denied_store_operation_makes_no_hsm_call_and_no_change() {
     let a = cluster("denied", "a", &softhsm(), true);
     let dir = data_dir("cks-denied");
-    let server = start_with_clusters(&dir, &[a.clone()]).await;
+    let server = start_with_clusters(&dir, std::slice::from_ref(&a)).await;
     let mut c = admin(server.addr).await;
     let store = create_store(&mut c, "a", &a).await.unwrap();
     let user = signed_as(server.addr, "AKIAUSER100000000001").await;

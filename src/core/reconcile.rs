@@ -187,7 +187,7 @@ enum Resolution {
     /// Still within the grace period, or already resolved: nothing.
     Skip,
     /// Finished (`Enabled`) or removed, with the outcome.
-    Done(ServiceAction),
+    Done(Box<ServiceAction>),
 }
 
 impl Kms {
@@ -236,7 +236,7 @@ impl Kms {
                 self.resolve_creating(&record.key_id, &objects).await?
             {
                 self.report_service(&action).await;
-                done.push(action);
+                done.push(*action);
             }
         }
         Ok(done)
@@ -287,7 +287,7 @@ impl Kms {
         if complete {
             action.key_version = Some(1);
         }
-        Ok(Resolution::Done(action))
+        Ok(Resolution::Done(Box::new(action)))
     }
 
     fn unstrand(&self, key_id: &str) {
