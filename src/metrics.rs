@@ -141,6 +141,7 @@ impl Collector for EngineCollector {
         encode_hsm_pool(&mut encoder, &stats)?;
         encode_hsm_rejections(&mut encoder, &stats)?;
         encode_decisions(&mut encoder, &self.kms)?;
+        encode_key_stores(&mut encoder, &self.kms)?;
         gauge(
             &mut encoder,
             "p11kms_keys",
@@ -149,6 +150,54 @@ impl Collector for EngineCollector {
         )?;
         Ok(())
     }
+}
+
+/// Each custom key store: its connection state (`p11kms_custom_key_store_state`, 1 for the
+/// store's current state), and while connected its device's calls and queue.
+fn encode_key_stores(encoder: &mut DescriptorEncoder, kms: &Kms) -> std::fmt::Result {
+    let stores = kms.key_stores().all();
+    let help = "Connection state of each custom key store (1 for its current state)";
+    let mut m = encoder.encode_descriptor(
+        "p11kms_custom_key_store_state",
+        help,
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &stores {
+        let id = h.record().store_id;
+        let current = h.state().0;
+        for state in crate::core::keystores::ConnectionState::ALL {
+            let labels = [("store", id.clone()), ("state", state.as_str().to_string())];
+            ConstGauge::new(i64::from(*state == current)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let devices: Vec<_> = stores
+        .iter()
+        .filter_map(|h| Some((h.record().store_id, h.connected_hsm()?)))
+        .collect();
+    let calls = devices
+        .iter()
+        .map(|(id, hsm)| (id.clone(), hsm.total_ops()));
+    let help =
+        "PKCS#11 calls made on each connected custom key store's device (since it connected)";
+    labelled_counter(
+        encoder,
+        "p11kms_custom_key_store_hsm_calls",
+        help,
+        "store",
+        calls,
+    )?;
+    let help = "Requests waiting for a session of each connected custom key store's device";
+    let mut m = encoder.encode_descriptor(
+        "p11kms_custom_key_store_hsm_queue_depth",
+        help,
+        None,
+        MetricType::Gauge,
+    )?;
+    for (id, hsm) in &devices {
+        ConstGauge::new(hsm.queued() as i64).encode(m.encode_family(&[("store", id.clone())])?)?;
+    }
+    Ok(())
 }
 
 /// `p11kms_hsm_calls`: PKCS#11 calls made, by function.

@@ -7,6 +7,7 @@
 //! tasks: they stop accepting or stop between rounds, and each door drains within
 //! [`DRAIN_TIMEOUT`], after which its connections still open are closed. No task is aborted.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::api::listener::{tls_incoming, Limits, Registry, TrackedLayer};
 use crate::audit::{export_public_key, AuditLog, CheckpointSigner, HsmCheckpointSigner};
 use crate::config::{Config, ConfigError};
 use crate::core::connections::{Cluster, ClusterSetup};
+use crate::core::keystores::ConnectionState;
 use crate::core::{Clock, Kms, KmsError, KmsSettings, SystemClock};
 use crate::hsm::{Hsm, HsmError};
 use crate::identity::auth::Authenticator;
@@ -321,7 +323,9 @@ fn spawn_health(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = None;
+        let mut stores = BTreeMap::new();
         loop {
+            report_store_health(&health, &kms, &mut stores).await;
             let audit_ok = audit.healthy();
             let ok = audit_ok
                 && tokio::select! {
@@ -338,6 +342,46 @@ fn spawn_health(
             }
         }
     })
+}
+
+/// The health service name of a custom key store: SERVING while it is CONNECTED. A store
+/// that is not connected never makes the daemon's own services NOT_SERVING.
+pub fn key_store_health_service(store_id: &str) -> String {
+    format!("p11kms.v1.CustomKeyStore/{store_id}")
+}
+
+/// Sets each custom key store's health status when it changed since `last` (and clears the
+/// status of deleted stores).
+async fn report_store_health(
+    health: &tonic_health::server::HealthReporter,
+    kms: &Kms,
+    last: &mut BTreeMap<String, bool>,
+) {
+    let now: BTreeMap<String, bool> = kms
+        .key_stores()
+        .states()
+        .into_iter()
+        .map(|(id, state)| (id, state == ConnectionState::Connected))
+        .collect();
+    for (id, &connected) in &now {
+        if last.get(id) != Some(&connected) {
+            let status = if connected {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health
+                .set_service_status(key_store_health_service(id), status)
+                .await;
+        }
+    }
+    for id in last.keys().filter(|id| !now.contains_key(*id)) {
+        let mut health = health.clone();
+        health
+            .clear_service_status(&key_store_health_service(id))
+            .await;
+    }
+    *last = now;
 }
 
 /// Sets every service's health status and logs the change.

@@ -682,6 +682,32 @@ async fn a_dead_store_never_fails_requests_on_another_store() {
         reason(encrypt_with(&mut c, &doomed, b"x", &[]).await),
         "KMSInvalidStateException"
     );
+    // Health and metrics show each store: the failed one is NOT_SERVING on its own name, the
+    // daemon stays SERVING.
+    let status_of = |store: Option<&str>| {
+        let service = store.map(p11kms::server::key_store_health_service);
+        let addr = server.addr;
+        async move {
+            let mut h = health_client(addr).await;
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: service.unwrap_or_default(),
+            };
+            h.check(request).await.map(|r| r.into_inner().status)
+        }
+    };
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    assert!(wait_for(async || status_of(Some(&store_s)).await.ok() == Some(not_serving)).await);
+    assert_eq!(status_of(Some(&store_a)).await.unwrap(), serving);
+    assert_eq!(status_of(None).await.unwrap(), serving);
+    let metrics = scrape(server.metrics_addr.unwrap()).await;
+    for (store, state) in [(&store_s, "FAILED"), (&store_a, "CONNECTED")] {
+        let line =
+            format!("p11kms_custom_key_store_state{{store=\"{store}\",state=\"{state}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    let calls = format!("p11kms_custom_key_store_hsm_calls_total{{store=\"{store_a}\"}}");
+    assert!(metrics.contains(&calls), "{calls}");
     drop(faults);
     drop(c);
     server.shutdown().await.unwrap();
