@@ -13,6 +13,7 @@ use crate::core::reconcile::{DriftReport, InterruptedCreate};
 use crate::core::SystemClock;
 use crate::hsm::{probe_token, MechanismReport, TokenProbe};
 use crate::server::{close_hsm, open_engine, ServerError};
+use crate::store::{KeyStoreRecord, OrphanRecord};
 
 /// Everything `check` found.
 #[derive(Debug)]
@@ -25,6 +26,12 @@ pub struct CheckReport {
     pub drift: DriftReport,
     /// Each `[[hsm.cluster]]`, probed without logging in.
     pub clusters: Vec<ClusterReport>,
+    /// The custom key stores made on the clusters.
+    pub key_stores: Vec<KeyStoreRecord>,
+    /// Key objects the deletion sweeper left on a custom key store's device (the store was
+    /// not connected): reported for the operator, as AWS leaves them; they do not fail the
+    /// check.
+    pub orphans: Vec<OrphanRecord>,
 }
 
 /// What `check` found of one `[[hsm.cluster]]`.
@@ -68,6 +75,7 @@ impl CheckReport {
                 Err(e) => writeln!(out, "cluster {}: token '{}' FAILED: {e}", c.id, c.token),
             };
         }
+        self.render_key_stores(&mut out);
         let d = &self.drift;
         let _ = writeln!(
             out,
@@ -104,6 +112,33 @@ impl CheckReport {
             }
         );
         out
+    }
+}
+
+impl CheckReport {
+    /// The custom key stores and the objects left on their devices.
+    fn render_key_stores(&self, out: &mut String) {
+        for k in &self.key_stores {
+            let _ = writeln!(
+                out,
+                "custom key store {} ('{}') on cluster {}: {}",
+                k.store_id,
+                k.name,
+                k.cluster_id,
+                if k.connect {
+                    "connected by the key administrators (the daemon reconnects it)"
+                } else {
+                    "disconnected"
+                }
+            );
+        }
+        for o in &self.orphans {
+            let _ = writeln!(
+                out,
+                "orphaned key object on custom key store {}: key {} version {} (deleted while the store was not connected; its object stays on the device for the operator to destroy)",
+                o.store_id, o.key_id, o.version
+            );
+        }
     }
 }
 
@@ -149,6 +184,8 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
         mechanisms,
         drift,
         clusters,
+        key_stores: kms.store().list_key_stores().await?,
+        orphans: kms.store().list_orphans().await?,
     };
     close_hsm(kms.hsm()).await;
     Ok(report)

@@ -299,7 +299,18 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
     let token_a = open_token(&a).await;
     assert!(token_a.exists(object).await.unwrap());
     token_a.shutdown();
+    drop(c);
     server.shutdown().await.unwrap();
+    // `p11kms check` names the stores and the object left for the operator.
+    let (code, out) = run_check(&dir.join("p11kms.toml")).await;
+    let orphan_line = format!(
+        "orphaned key object on custom key store {store_a}: key {} version 1",
+        key_a.key_id
+    );
+    assert!(out.contains(&orphan_line), "{out}");
+    let store_line = format!("custom key store {store_b} ('store-b') on cluster {}", b.id);
+    assert!(out.contains(&store_line), "{out}");
+    assert_eq!(code, 0, "{out}");
 }
 
 /// The cluster's token, opened directly with its password (one worker).

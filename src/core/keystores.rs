@@ -648,3 +648,139 @@ impl Kms {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::operation::{RequestParameters, ResponseElements};
+
+    const SECRET: &str = "SECRET-PASSWORD-1";
+
+    fn create() -> CreateCustomKeyStoreRequest {
+        CreateCustomKeyStoreRequest {
+            custom_key_store_name: "store".into(),
+            cloud_hsm_cluster_id: Some("cluster-abcdefghijk".into()),
+            trust_anchor_certificate: Some("-----BEGIN CERTIFICATE-----".into()),
+            key_store_password: Some(Zeroizing::new(SECRET.into())),
+            custom_key_store_type: None,
+        }
+    }
+
+    /// The password is in no Debug output and no audit record; the rest is recorded.
+    #[test]
+    fn the_password_is_never_printed_or_recorded() {
+        let update = UpdateCustomKeyStoreRequest {
+            custom_key_store_id: "cks-1".into(),
+            key_store_password: Some(Zeroizing::new(SECRET.into())),
+            ..Default::default()
+        };
+        for text in [
+            format!("{:?}", create()),
+            format!("{update:?}"),
+            create().request_parameters().to_string(),
+            update.request_parameters().to_string(),
+        ] {
+            assert!(!text.contains(SECRET), "{text}");
+        }
+        assert_eq!(
+            create().request_parameters().to_string(),
+            r#"{"cloudHsmClusterId":"cluster-abcdefghijk","customKeyStoreName":"store","trustAnchorCertificate":"-----BEGIN CERTIFICATE-----"}"#
+        );
+        let created = CreateCustomKeyStoreResponse {
+            custom_key_store_id: "cks-1".into(),
+        };
+        assert_eq!(
+            created.response_elements().to_string(),
+            r#"{"customKeyStoreId":"cks-1"}"#
+        );
+    }
+
+    /// Each member's rule, with AWS's messages; a refused password is never echoed.
+    #[test]
+    fn create_requests_are_checked_member_by_member() {
+        assert!(NewStore::of(&create()).is_ok());
+        let refused = |r: CreateCustomKeyStoreRequest| match NewStore::of(&r) {
+            Err(e) => {
+                assert!(!e.message().contains(SECRET) && !e.message().contains("abc"));
+                e.aws_name()
+            }
+            Ok(_) => "accepted",
+        };
+        let cases = [
+            (
+                CreateCustomKeyStoreRequest {
+                    key_store_password: Some(Zeroizing::new("abc".into())),
+                    ..create()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateCustomKeyStoreRequest {
+                    cloud_hsm_cluster_id: Some("cluster-1".into()),
+                    ..create()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateCustomKeyStoreRequest {
+                    custom_key_store_name: String::new(),
+                    ..create()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateCustomKeyStoreRequest {
+                    trust_anchor_certificate: None,
+                    ..create()
+                },
+                "ValidationException",
+            ),
+            (
+                CreateCustomKeyStoreRequest {
+                    custom_key_store_type: Some(CustomKeyStoreType::ExternalKeyStore),
+                    ..create()
+                },
+                "UnsupportedOperationException",
+            ),
+        ];
+        for (request, expected) in cases {
+            assert_eq!(refused(request), expected);
+        }
+    }
+
+    /// Store ids have AWS's shape: `cks-` and 17 hex digits, each new.
+    #[test]
+    fn store_ids_look_like_aws_ones() {
+        let (a, b) = (new_store_id(), new_store_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.len(), 21, "{id}");
+            assert!(id
+                .strip_prefix("cks-")
+                .unwrap()
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit()));
+        }
+    }
+
+    /// A trust anchor matches only the cluster's own certificates, whole.
+    #[test]
+    fn trust_anchors_match_whole() {
+        use rustls_pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        crate::devsetup::ensure_ca_and_server(dir.path()).unwrap();
+        let pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        let other = std::fs::read_to_string(dir.path().join("server.pem")).unwrap();
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let cluster = Cluster {
+            id: "cluster-abcdefghijk".into(),
+            module: "/nonexistent".into(),
+            token_label: "t".into(),
+            trust_anchor: vec![der.to_vec()],
+        };
+        assert!(trust_anchor_matches(&cluster, &pem));
+        assert!(!trust_anchor_matches(&cluster, &other));
+        assert!(!trust_anchor_matches(&cluster, &format!("{pem}{other}")));
+        assert!(!trust_anchor_matches(&cluster, "not a certificate"));
+    }
+}
