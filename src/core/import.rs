@@ -159,7 +159,7 @@ fn material_kind(key: &CachedKey) -> Result<MaterialKind, KmsError> {
 /// Class IMP's states: PendingImport, or Enabled/Disabled for a re-import.
 fn check_import_state(key: &CachedKey) -> Result<(), KmsError> {
     let arn = &key.arn;
-    match key.record.state {
+    match key.state() {
         KeyState::PendingImport | KeyState::Enabled | KeyState::Disabled => Ok(()),
         KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
             "{arn} is pending deletion."

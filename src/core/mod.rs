@@ -2,7 +2,9 @@
 //!
 //! One file per operation family: [`keys`] (lifecycle), [`aliases`], [`tags`], [`crypto`]
 //! (encrypt, decrypt, re-encrypt, data keys, random), [`asym`] (signatures, public keys, key
-//! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift).
+//! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift),
+//! [`keystores`] (custom key stores) over [`connections`] (each store's device and connection
+//! life cycle; [`Kms::device_of`] routes a key to its store's device).
 //! [`operation`] gives every operation one shape and lists them; [`domain`] holds the typed
 //! key spec, key usage, origin, key state and grant operation, [`algorithms`] the API's
 //! algorithm names, both parsed once by the doors; [`specs`] is the key catalogue. Each

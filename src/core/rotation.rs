@@ -149,7 +149,7 @@ fn check_rotatable(key: &CachedKey) -> Result<(), KmsError> {
 /// Class ROT's states: Enabled only (`read`: also Disabled and PendingDeletion).
 fn check_rotation_state(key: &CachedKey, read: bool) -> Result<(), KmsError> {
     let arn = &key.arn;
-    match key.record.state {
+    match key.state() {
         KeyState::Enabled => Ok(()),
         KeyState::Disabled | KeyState::PendingDeletion if read => Ok(()),
         KeyState::Disabled => Err(KmsError::Disabled(format!("{arn} is disabled."))),
