@@ -12,7 +12,9 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use common::*;
-use p11kms::server::ServerOptions;
+use p11kms::api::aws_json::kms::operation;
+use p11kms::identity::{AuthMethod, Caller};
+use p11kms::server::{RunningServer, ServerOptions};
 use serde_json::Value;
 
 /// The CLI as the admin certificate; every output kept, to scan for the password.
@@ -33,9 +35,7 @@ impl Cli {
             .expect("run p11kms");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        self.outputs
-            .borrow_mut()
-            .push(format!("{stdout}{stderr}"));
+        self.outputs.borrow_mut().push(format!("{stdout}{stderr}"));
         (out.status.code().unwrap_or(-1), stdout, stderr)
     }
 
@@ -84,6 +84,17 @@ impl Cli {
     }
 }
 
+/// The AWS door's DescribeCustomKeyStores answer for store `id`, as the admin: what the AWS
+/// CLI would print.
+async fn door_describe(server: &RunningServer, id: &str) -> Value {
+    let principal = server.kms.directory().current().principal(ADMIN).unwrap();
+    let caller = Caller::new(principal, AuthMethod::Internal, None, true);
+    let op = operation("TrentService.DescribeCustomKeyStores").unwrap();
+    let input = serde_json::json!({ "CustomKeyStoreId": id });
+    let call = (op.prepare)(server.kms.clone(), caller, input).unwrap();
+    call.call.await.unwrap().body
+}
+
 /// A command line for a failure message.
 fn shown<S: AsRef<str>>(args: &[S]) -> String {
     args.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" ")
@@ -113,7 +124,10 @@ fn path_str(p: &Path) -> &str {
 async fn key_store_cli_life_cycle_errors_and_the_password() {
     let dir = data_dir("cli-key-stores");
     let cluster = stores::cluster("cli-ks", "one", &stores::softhsm(), true);
-    let config = config_with(&dir, &stores::cluster_sections(&[cluster.clone()]));
+    let config = config_with(
+        &dir,
+        &stores::cluster_sections(std::slice::from_ref(&cluster)),
+    );
     let server = p11kms::server::start(&config, ServerOptions::default())
         .await
         .expect("daemon starts");
@@ -129,36 +143,52 @@ async fn key_store_cli_life_cycle_errors_and_the_password() {
     write_secret(&short_file, short_pw);
     let anchor = path_str(&cluster.anchor_file);
     let create = |name: &'static str, anchor: &str, pw: &Path| -> Vec<String> {
-        ["key-store", "create", "--name", name, "--cluster-id", &cluster.id]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["--trust-anchor-file".into(), anchor.into()])
-            .chain(["--password-file".into(), path_str(pw).into()])
-            .collect()
+        [
+            "key-store",
+            "create",
+            "--name",
+            name,
+            "--cluster-id",
+            &cluster.id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--trust-anchor-file".into(), anchor.into()])
+        .chain(["--password-file".into(), path_str(pw).into()])
+        .collect()
     };
 
     // Bad input first: nothing is created.
     let wrong_anchor = env().pki.join("ca.pem");
     let args = create("store-a", path_str(&wrong_anchor), &pw_file);
-    cli.refused(
-        &args,
-        "IncorrectTrustAnchorException",
-    );
+    cli.refused(&args, "IncorrectTrustAnchorException");
     let args = create("store-a", anchor, &short_file);
-    let e = cli.refused(
-        &args,
-        "ValidationException",
-    );
+    let e = cli.refused(&args, "ValidationException");
     assert!(!e.contains(short_pw), "the short password was echoed: {e}");
     let (code, _, stderr) = cli.run_env(
-        &["key-store", "create", "--name", "x", "--cluster-id", &cluster.id]
-            .into_iter()
-            .chain(["--trust-anchor-file", anchor, "--password", &cluster.password])
-            .collect::<Vec<_>>(),
+        &[
+            "key-store",
+            "create",
+            "--name",
+            "x",
+            "--cluster-id",
+            &cluster.id,
+        ]
+        .into_iter()
+        .chain([
+            "--trust-anchor-file",
+            anchor,
+            "--password",
+            &cluster.password,
+        ])
+        .collect::<Vec<_>>(),
         &[],
     );
     assert_eq!(code, 2, "a --password flag must be a usage error: {stderr}");
-    assert!(stderr.contains("unexpected argument '--password'"), "{stderr}");
+    assert!(
+        stderr.contains("unexpected argument '--password'"),
+        "{stderr}"
+    );
     let none = cli.json(&["key-store", "describe"]);
     assert_eq!(none["CustomKeyStores"], serde_json::json!([]), "{none:#}");
 
@@ -176,12 +206,11 @@ async fn key_store_cli_life_cycle_errors_and_the_password() {
     assert_eq!(store["CustomKeyStoreType"], "AWS_CLOUDHSM");
     assert!(store["CreationDate"].as_f64().unwrap() > 1.7e9, "{store:#}");
     assert!(store.get("ConnectionErrorCode").is_none(), "{store:#}");
+    let door = door_describe(&server, &id).await;
+    assert_eq!(door["CustomKeyStores"], serde_json::json!([store.clone()]));
     let by_name = cli.json(&["key-store", "describe", "--name", "store-a"]);
     assert_eq!(by_name["CustomKeyStores"][0], store);
-    cli.refused(
-        &args,
-        "CloudHsmClusterInUseException",
-    );
+    cli.refused(&args, "CloudHsmClusterInUseException");
 
     // Connect: answers at once, then CONNECTED.
     cli.silent(&["key-store", "connect", &id]);

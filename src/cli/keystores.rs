@@ -166,7 +166,8 @@ async fn describe(sess: &Session, id: Option<String>, name: Option<String>) -> R
         let call = c.describe_custom_key_stores(sess.k("DescribeCustomKeyStores", request));
         let r = answer(call.await)?;
         for entry in r.custom_key_stores {
-            stores.push(door_render::key_store_entry(decode::key_store_entry(entry)?));
+            let entry = decode::key_store_entry(entry)?;
+            stores.push(door_render::key_store_entry(entry));
         }
         if !r.truncated {
             break;

@@ -38,15 +38,15 @@ use crate::core::grants::{
 use crate::core::import::{
     DeleteImportedKeyMaterialRequest, GetParametersForImportRequest, ImportKeyMaterialRequest,
 };
-use crate::core::keystores::{
-    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CustomKeyStoresListEntry,
-    DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest, DisconnectCustomKeyStoreRequest,
-    UpdateCustomKeyStoreRequest,
-};
 use crate::core::keys::{
     CancelKeyDeletionRequest, CreateKeyRequest, DescribeKeyRequest, DisableKeyRequest,
     EnableKeyRequest, KeyMetadata, ListKeysRequest, ScheduleKeyDeletionRequest,
     ScheduleKeyDeletionResponse, UpdateKeyDescriptionRequest,
+};
+use crate::core::keystores::{
+    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CustomKeyStoresListEntry,
+    DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest, DisconnectCustomKeyStoreRequest,
+    UpdateCustomKeyStoreRequest,
 };
 use crate::core::operation::{self, Empty, ResponseElements};
 use crate::core::policies::{GetKeyPolicyRequest, ListKeyPoliciesRequest, PutKeyPolicyRequest};

@@ -9,8 +9,8 @@ use std::str::FromStr;
 use super::convert::{fields, pairs};
 use crate::core::aliases::AliasListEntry;
 use crate::core::domain::UnknownValue;
-use crate::core::keystores::CustomKeyStoresListEntry;
 use crate::core::keys::{KeyMetadata, ScheduleKeyDeletionResponse};
+use crate::core::keystores::CustomKeyStoresListEntry;
 use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
 use crate::pb;
 use crate::store::GrantRecord;
@@ -54,7 +54,9 @@ fn spelled_optional<T: FromStr<Err = UnknownValue>>(
 }
 
 /// A `CustomKeyStoresListEntry` message as the engine's type.
-pub fn key_store_entry(e: pb::CustomKeyStoresListEntry) -> Result<CustomKeyStoresListEntry, String> {
+pub fn key_store_entry(
+    e: pb::CustomKeyStoresListEntry,
+) -> Result<CustomKeyStoresListEntry, String> {
     Ok(fields!(reply e, CustomKeyStoresListEntry {
         connection_state = spelled("ConnectionState", &e.connection_state)?,
         connection_error_code = spelled_optional("ConnectionErrorCode", &e.connection_error_code)?,
