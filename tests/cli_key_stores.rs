@@ -142,20 +142,13 @@ async fn key_store_cli_life_cycle_errors_and_the_password() {
     let short_file = secrets.path().join("short-password");
     write_secret(&short_file, short_pw);
     let anchor = path_str(&cluster.anchor_file);
-    let create = |name: &'static str, anchor: &str, pw: &Path| -> Vec<String> {
-        [
-            "key-store",
-            "create",
-            "--name",
-            name,
-            "--cluster-id",
-            &cluster.id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--trust-anchor-file".into(), anchor.into()])
-        .chain(["--password-file".into(), path_str(pw).into()])
-        .collect()
+    let create = |name: &str, anchor: &str, pw: &Path| -> Vec<String> {
+        let (id, pw) = (cluster.id.as_str(), path_str(pw));
+        ["key-store", "create", "--name", name, "--cluster-id", id]
+            .into_iter()
+            .chain(["--trust-anchor-file", anchor, "--password-file", pw])
+            .map(String::from)
+            .collect()
     };
 
     // Bad input first: nothing is created.
