@@ -69,9 +69,13 @@ pub struct CreateArgs {
     /// ENCRYPT_DECRYPT (default), SIGN_VERIFY or GENERATE_VERIFY_MAC.
     #[arg(long)]
     key_usage: Option<String>,
-    /// AWS_KMS (default) or EXTERNAL (bring your own key material).
+    /// AWS_KMS (default), EXTERNAL (bring your own key material) or AWS_CLOUDHSM (the
+    /// default with --custom-key-store-id).
     #[arg(long)]
     origin: Option<String>,
+    /// Create the key in this custom key store (which must be CONNECTED).
+    #[arg(long)]
+    custom_key_store_id: Option<String>,
     /// Tag pair, repeatable.
     #[arg(long = "tag", value_parser = parse_pair)]
     tags: Vec<(String, String)>,
@@ -141,12 +145,23 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
         policy: read_optional(args.policy_file)?,
         key_spec: args.key_spec.unwrap_or_default(),
         key_usage: args.key_usage.unwrap_or_default(),
-        origin: args.origin.unwrap_or_default(),
+        origin: origin(args.origin, args.custom_key_store_id.is_some()),
+        custom_key_store_id: args.custom_key_store_id.unwrap_or_default(),
         tags: pb_tags(args.tags),
         ..Default::default()
     };
     let r = answer(sess.kms().create_key(sess.k("CreateKey", request)).await)?;
     print_metadata(r.key_metadata)
+}
+
+/// The origin sent: the one given, else AWS_CLOUDHSM for a key in a custom key store, else
+/// none (the daemon's default, AWS_KMS).
+fn origin(given: Option<String>, in_key_store: bool) -> String {
+    match given {
+        Some(o) => o,
+        None if in_key_store => "AWS_CLOUDHSM".into(),
+        None => String::new(),
+    }
 }
 
 /// `key list`: every page, or only the first `limit` keys when a limit is given.

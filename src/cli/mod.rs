@@ -9,6 +9,7 @@
 //! | [`keys`] | `key ...` (lifecycle, deletion, rotation, key policy), `get-key-last-usage` |
 //! | [`aliases`] | `alias ...` |
 //! | [`grants`] | `grant ...` |
+//! | [`keystores`] | `key-store ...` (custom key stores) |
 //! | [`crypto`] | `encrypt`, `decrypt`, `generate-data-key` |
 //! | [`signing`] | `sign`, `verify`, `generate-mac` |
 //! | [`public_keys`] | `get-public-key`, `derive-shared-secret` |
@@ -25,6 +26,7 @@ mod daemon;
 mod grants;
 mod io;
 mod keys;
+mod keystores;
 mod policy;
 mod public_keys;
 mod session;
@@ -78,6 +80,13 @@ pub enum Command {
         conn: Conn,
         #[command(subcommand)]
         command: aliases::AliasCommand,
+    },
+    /// Manage custom key stores (keys on the operator's other HSMs, `[[hsm.cluster]]`).
+    KeyStore {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: keystores::KeyStoreCommand,
     },
     /// Encrypt up to 4096 bytes under a key.
     Encrypt(crypto::EncryptArgs),
@@ -141,6 +150,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Key { conn, command } => online(keys::run(conn, command)),
         Command::Alias { conn, command } => online(aliases::run(conn, command)),
         Command::Grant { conn, command } => online(grants::run(conn, command)),
+        Command::KeyStore { conn, command } => online(keystores::run(conn, command)),
         Command::Sts { conn, command } => online(sts::run(conn, command)),
         Command::Encrypt(args) => online(crypto::encrypt(args)),
         Command::Decrypt(args) => online(crypto::decrypt(args)),

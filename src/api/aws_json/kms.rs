@@ -44,8 +44,9 @@ use crate::core::keys::{
     ScheduleKeyDeletionResponse, UpdateKeyDescriptionRequest,
 };
 use crate::core::keystores::{
-    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, DeleteCustomKeyStoreRequest,
-    DescribeCustomKeyStoresRequest, DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
+    ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CustomKeyStoresListEntry,
+    DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest, DisconnectCustomKeyStoreRequest,
+    UpdateCustomKeyStoreRequest,
 };
 use crate::core::operation::{self, Empty, ResponseElements};
 use crate::core::policies::{GetKeyPolicyRequest, ListKeyPoliciesRequest, PutKeyPolicyRequest};
@@ -248,6 +249,11 @@ pub fn metadata(m: &KeyMetadata) -> Value {
 /// One `AliasListEntry` as AWS renders it.
 pub fn alias_entry(a: AliasListEntry) -> Value {
     a.render()
+}
+
+/// One `CustomKeyStoresListEntry` as AWS renders it (DescribeCustomKeyStores' members).
+pub fn key_store_entry(e: CustomKeyStoresListEntry) -> Value {
+    e.render()
 }
 
 /// One `GrantListEntry` as AWS renders it.

@@ -10,6 +10,7 @@ use super::convert::{fields, pairs};
 use crate::core::aliases::AliasListEntry;
 use crate::core::domain::UnknownValue;
 use crate::core::keys::{KeyMetadata, ScheduleKeyDeletionResponse};
+use crate::core::keystores::CustomKeyStoresListEntry;
 use crate::core::rotation::{KeyRotationStatus, RotationsListEntry};
 use crate::pb;
 use crate::store::GrantRecord;
@@ -42,6 +43,27 @@ pub fn alias_entry(a: pb::AliasListEntry) -> AliasListEntry {
         alias_name, alias_arn, target_key_id,
         creation_date_ms: creation_date, last_updated_date_ms: last_updated_date
     })
+}
+
+/// An optional enum field: empty (AWS leaves the member out) is `None`, else as [`spelled`].
+fn spelled_optional<T: FromStr<Err = UnknownValue>>(
+    field: &str,
+    v: &str,
+) -> Result<Option<T>, String> {
+    (!v.is_empty()).then(|| spelled(field, v)).transpose()
+}
+
+/// A `CustomKeyStoresListEntry` message as the engine's type.
+pub fn key_store_entry(
+    e: pb::CustomKeyStoresListEntry,
+) -> Result<CustomKeyStoresListEntry, String> {
+    Ok(fields!(reply e, CustomKeyStoresListEntry {
+        connection_state = spelled("ConnectionState", &e.connection_state)?,
+        connection_error_code = spelled_optional("ConnectionErrorCode", &e.connection_error_code)?,
+        custom_key_store_type = spelled("CustomKeyStoreType", &e.custom_key_store_type)?,
+        custom_key_store_id, custom_key_store_name, cloud_hsm_cluster_id,
+        trust_anchor_certificate, creation_date_ms: creation_date
+    }))
 }
 
 /// A `GrantListEntry` message as the engine's grant record.
@@ -160,5 +182,34 @@ mod tests {
         bad.key_state = "Melted".into();
         let e = key_metadata(bad).unwrap_err();
         assert!(e.contains("KeyState 'Melted'"), "{e}");
+    }
+
+    /// A key store entry, connected (no error code) and failed (with one), comes back as it
+    /// went and renders as the door renders it; an unknown state is named.
+    #[test]
+    fn key_store_entries_round_trip() {
+        use crate::core::keystores::{ConnectionErrorCode, ConnectionState, CustomKeyStoreType};
+        let connected = CustomKeyStoresListEntry {
+            custom_key_store_id: "cks-1234567890abcdefg".into(),
+            custom_key_store_name: "store".into(),
+            cloud_hsm_cluster_id: "cluster-abcdefghijk".into(),
+            trust_anchor_certificate: "-----BEGIN CERTIFICATE-----".into(),
+            connection_state: ConnectionState::Connected,
+            connection_error_code: None,
+            creation_date_ms: 1_700_000_000_000,
+            custom_key_store_type: CustomKeyStoreType::AwsCloudhsm,
+        };
+        let mut failed = connected.clone();
+        failed.connection_state = ConnectionState::Failed;
+        failed.connection_error_code = Some(ConnectionErrorCode::UserLockedOut);
+        let mut bad = pb::CustomKeyStoresListEntry::from(connected.clone());
+        for e in [connected, failed] {
+            let back = key_store_entry(pb::CustomKeyStoresListEntry::from(e.clone())).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(door::key_store_entry(back), door::key_store_entry(e));
+        }
+        bad.connection_state = "MELTED".into();
+        let e = key_store_entry(bad).unwrap_err();
+        assert!(e.contains("ConnectionState 'MELTED'"), "{e}");
     }
 }

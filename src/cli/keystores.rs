@@ -1,0 +1,228 @@
+//! `p11kms key-store ...`: create, connect, disconnect, update, delete and describe custom key
+//! stores (CloudHSM-type stores on the operator's `[[hsm.cluster]]` devices), printed as the
+//! AWS CLI prints the same operations: JSON for create and describe, nothing otherwise.
+//!
+//! The key store password (the token's user PIN) never comes from argv, where other users
+//! can read it: it is read from a file or a named environment variable into a zeroizing
+//! string.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use p11kms::api::aws_json::kms as door_render;
+use p11kms::api::grpc::decode;
+use p11kms::pb;
+
+use super::io::{print_json, read_text};
+use super::session::{answer, Conn, Session};
+
+/// The `key-store` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum KeyStoreCommand {
+    /// Create a custom key store on a configured HSM cluster; prints its id. The store
+    /// starts DISCONNECTED.
+    Create(CreateArgs),
+    /// Connect a store: answers at once; the store goes CONNECTING, then CONNECTED or
+    /// FAILED (watch it with `describe`).
+    Connect { id: String },
+    /// Disconnect a store: its keys become Unavailable until it is connected again.
+    Disconnect { id: String },
+    /// Rename a store, or (while disconnected) change its password or cluster.
+    Update(UpdateArgs),
+    /// Delete a disconnected store that holds no keys.
+    Delete { id: String },
+    /// Describe one store (by id or name) or all of them.
+    Describe {
+        #[arg(long, conflicts_with = "name")]
+        id: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Where the key store password comes from: never argv.
+#[derive(Args, Debug)]
+#[group(multiple = false)]
+pub struct PasswordSource {
+    /// A file holding the key store password (the token's user PIN; one trailing newline is
+    /// ignored). Update changes the password only when one is given (and only while
+    /// disconnected).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// The name of an environment variable holding the password.
+    #[arg(long)]
+    password_env: Option<String>,
+}
+
+/// `key-store create`'s options.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The store's name (unique in the account).
+    #[arg(long)]
+    name: String,
+    /// The `[[hsm.cluster]]` id (`cluster-` plus 11 characters).
+    #[arg(long)]
+    cluster_id: String,
+    /// The cluster's trust anchor certificate (PEM file).
+    #[arg(long)]
+    trust_anchor_file: PathBuf,
+    #[command(flatten)]
+    password: PasswordSource,
+}
+
+/// `key-store update`'s options.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    id: String,
+    #[arg(long)]
+    new_name: Option<String>,
+    /// Another cluster holding the same token (only while disconnected).
+    #[arg(long)]
+    cluster_id: Option<String>,
+    #[command(flatten)]
+    password: PasswordSource,
+}
+
+/// Runs a `key-store` subcommand: the session first, then the call.
+pub async fn run(conn: Conn, command: KeyStoreCommand) -> Result<(), String> {
+    let sess = Session::open(&conn).await?;
+    let mut c = sess.kms();
+    match command {
+        KeyStoreCommand::Create(args) => create(&sess, args).await?,
+        KeyStoreCommand::Connect { id } => {
+            let request = pb::ConnectCustomKeyStoreRequest {
+                custom_key_store_id: id,
+            };
+            let call = c.connect_custom_key_store(sess.k("ConnectCustomKeyStore", request));
+            answer(call.await)?;
+        }
+        KeyStoreCommand::Disconnect { id } => {
+            let request = pb::DisconnectCustomKeyStoreRequest {
+                custom_key_store_id: id,
+            };
+            let call = c.disconnect_custom_key_store(sess.k("DisconnectCustomKeyStore", request));
+            answer(call.await)?;
+        }
+        KeyStoreCommand::Update(args) => update(&sess, args).await?,
+        KeyStoreCommand::Delete { id } => {
+            let request = pb::DeleteCustomKeyStoreRequest {
+                custom_key_store_id: id,
+            };
+            let call = c.delete_custom_key_store(sess.k("DeleteCustomKeyStore", request));
+            answer(call.await)?;
+        }
+        KeyStoreCommand::Describe { id, name } => describe(&sess, id, name).await?,
+    }
+    Ok(())
+}
+
+/// `key-store create`: `{"CustomKeyStoreId": ...}`.
+async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
+    let password = read_password(&args.password)?
+        .ok_or("give the key store password with --password-file FILE or --password-env VAR")?;
+    let request = pb::CreateCustomKeyStoreRequest {
+        custom_key_store_name: args.name,
+        cloud_hsm_cluster_id: args.cluster_id,
+        trust_anchor_certificate: read_text(&args.trust_anchor_file)?,
+        key_store_password: password.to_string(),
+        custom_key_store_type: String::new(),
+    };
+    let mut c = sess.kms();
+    let call = c.create_custom_key_store(sess.k("CreateCustomKeyStore", request));
+    let r = answer(call.await)?;
+    print_json(&json!({ "CustomKeyStoreId": r.custom_key_store_id }));
+    Ok(())
+}
+
+/// `key-store update`: only the members given are sent.
+async fn update(sess: &Session, args: UpdateArgs) -> Result<(), String> {
+    let password = read_password(&args.password)?.unwrap_or_default();
+    let request = pb::UpdateCustomKeyStoreRequest {
+        custom_key_store_id: args.id,
+        new_custom_key_store_name: args.new_name.unwrap_or_default(),
+        key_store_password: password.to_string(),
+        cloud_hsm_cluster_id: args.cluster_id.unwrap_or_default(),
+    };
+    let mut c = sess.kms();
+    let call = c.update_custom_key_store(sess.k("UpdateCustomKeyStore", request));
+    answer(call.await).map(drop)
+}
+
+/// `key-store describe`: every page, as `{"CustomKeyStores": [...]}`.
+async fn describe(sess: &Session, id: Option<String>, name: Option<String>) -> Result<(), String> {
+    let mut c = sess.kms();
+    let mut marker = String::new();
+    let mut stores = Vec::new();
+    loop {
+        let request = pb::DescribeCustomKeyStoresRequest {
+            custom_key_store_id: id.clone().unwrap_or_default(),
+            custom_key_store_name: name.clone().unwrap_or_default(),
+            limit: None,
+            marker,
+        };
+        let call = c.describe_custom_key_stores(sess.k("DescribeCustomKeyStores", request));
+        let r = answer(call.await)?;
+        for entry in r.custom_key_stores {
+            let entry = decode::key_store_entry(entry)?;
+            stores.push(door_render::key_store_entry(entry));
+        }
+        if !r.truncated {
+            break;
+        }
+        marker = r.next_marker;
+    }
+    print_json(&json!({ "CustomKeyStores": stores }));
+    Ok(())
+}
+
+/// The password from its file (one trailing newline dropped) or its environment variable;
+/// `None` when neither is given.
+fn read_password(source: &PasswordSource) -> Result<Option<Zeroizing<String>>, String> {
+    if let Some(path) = &source.password_file {
+        let mut text = Zeroizing::new(read_text(path)?);
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        return Ok(Some(text));
+    }
+    match &source.password_env {
+        Some(var) => std::env::var(var)
+            .map(|v| Some(Zeroizing::new(v)))
+            .map_err(|_| format!("the environment variable {var} is not set (or not UTF-8)")),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(file: Option<PathBuf>, env: Option<&str>) -> PasswordSource {
+        PasswordSource {
+            password_file: file,
+            password_env: env.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_a_file_without_its_newline_or_from_a_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pin\r\n").unwrap();
+        let got = read_password(&source(Some(file.clone()), None)).unwrap();
+        assert_eq!(got.as_deref().map(String::as_str), Some("s3cret-pin"));
+        std::fs::write(&file, "two\nlines\n\n").unwrap();
+        let got = read_password(&source(Some(file), None)).unwrap();
+        assert_eq!(got.as_deref().map(String::as_str), Some("two\nlines\n"));
+        let missing = "P11KMS_TEST_UNSET_KEY_STORE_PASSWORD_VARIABLE";
+        let e = read_password(&source(None, Some(missing))).unwrap_err();
+        assert!(e.contains(missing), "{e}");
+        assert!(read_password(&source(None, None)).unwrap().is_none());
+    }
+}
