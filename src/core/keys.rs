@@ -321,11 +321,6 @@ impl KeyChoice {
                 )))
             }
         }
-        if req.custom_key_store_id.is_some() && origin != Origin::AwsCloudhsm {
-            return Err(KmsError::UnsupportedOperation(format!(
-                "CustomKeyStoreId needs Origin AWS_CLOUDHSM, not {origin}."
-            )));
-        }
         if req.multi_region {
             return Err(KmsError::UnsupportedOperation(
                 "Multi-Region keys are not supported.".into(),
@@ -462,7 +457,7 @@ impl Kms {
         let compiled = compile_key_policy(&policy_text)?;
         self.authorize_create(caller, &req, &choice)?;
         let custom_key_store_id =
-            self.store_for_create(caller, req.custom_key_store_id.as_deref())?;
+            self.store_for_create(caller, req.custom_key_store_id.as_deref(), choice.origin)?;
         if req.policy.is_some() {
             self.check_policy_principals(&compiled)?;
         }
@@ -503,15 +498,23 @@ impl Kms {
         })
     }
 
-    /// The custom key store CreateKey names: one of the caller's, and `CONNECTED`.
+    /// The custom key store CreateKey names: one of the caller's, for a key of origin
+    /// `AWS_CLOUDHSM`, and `CONNECTED`.
     fn store_for_create(
         &self,
         caller: &Caller,
         id: Option<&str>,
+        origin: Origin,
     ) -> Result<Option<String>, KmsError> {
         let Some(id) = id else {
             return Ok(None);
         };
+        self.own_store(caller, id)?;
+        if origin != Origin::AwsCloudhsm {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "A key in custom key store {id} needs Origin AWS_CLOUDHSM, not {origin}."
+            )));
+        }
         self.connected_store(caller, id)?;
         Ok(Some(id.to_string()))
     }
@@ -1048,7 +1051,18 @@ mod tests {
             ),
             (
                 of(None, Some(Origin::AwsCloudhsm)),
-                "Origin AWS_CLOUDHSM is not supported by this p11kms build yet.",
+                "Origin AWS_CLOUDHSM needs a CustomKeyStoreId.",
+            ),
+            (
+                CreateKeyRequest {
+                    custom_key_store_id: Some("cks-1".into()),
+                    ..of(Some(KeySpec::Rsa2048), Some(Origin::AwsCloudhsm))
+                },
+                "KeySpec RSA_2048 is not supported in a custom key store: only SYMMETRIC_DEFAULT.",
+            ),
+            (
+                of(None, Some(Origin::ExternalKeyStore)),
+                "Origin EXTERNAL_KEY_STORE is not supported by this p11kms build yet.",
             ),
         ];
         for (req, want) in messages {

@@ -7,8 +7,7 @@ serialization never interfere: the door alone decides.
 1. Members: for every operation the door serves and every member of its input (nested
    structure members as `Outer.Inner`), the door either reads it (it is in the door's list,
    P11KMS_DOOR_READS, written by the Rust test from `model::reads`) or refuses a request that
-   sets it with a named error (UnsupportedOperationException, or
-   CustomKeyStoreNotFoundException for a custom key store). A member the door claims to read
+   sets it with a named error (UnsupportedOperationException). A member the door claims to read
    is never refused as unsupported.
 2. Constraints: for every constraint of every member (required, min/max length or value,
    pattern, enum, list sizes, list elements, nested structure members), a request that is
@@ -40,6 +39,11 @@ SAMPLES = [
     "111122223333",
     "abcdef0123456789",
     "service.amazonaws.com",
+    "cluster-abcdefghijk",
+    "ABCDEFGHIJKLMNOPQRST",
+    "https://xks.example.com",
+    "/kms/xks/v1",
+    "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0",
 ]
 # Values that break a pattern, tried in order until one has a valid length and fails it.
 OFF_PATTERN = [" ", "a b", "\u0100", "\u0001", "!", "alias/a b", "A", "a"]
@@ -204,8 +208,7 @@ def check_members(reads):
                 continue
             body = set_member(op, valid(input_shape(op)), m)
             code, msg = call(op, body)
-            expected = ("CustomKeyStoreNotFoundException" if m == "CustomKeyStoreId"
-                        else "UnsupportedOperationException")
+            expected = "UnsupportedOperationException"
             check(code == expected,
                   f"{op}: a request setting {m}, which the door does not read, got "
                   f"{code or 'success'} ({msg}), not {expected}")
