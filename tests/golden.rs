@@ -1,6 +1,6 @@
 //! Golden wire output of both doors (issue 13: "prove nothing changed"). A fixed script of
 //! requests runs against the real daemon (fresh SoftHSM2 token objects and SQLite store):
-//! every operation of the AWS JSON door (the 46 TrentService operations,
+//! every operation of the AWS JSON door (the 52 TrentService operations,
 //! `P11kmsAdmin.ExplainAccess`, STS AssumeRole and GetCallerIdentity) as raw SigV4-signed HTTP,
 //! and every method of the gRPC door's KeyManagementService, SecurityTokenService and
 //! AdminService, each with a happy path and errors. The answers, normalised (see

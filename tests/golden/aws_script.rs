@@ -478,6 +478,7 @@ async fn symmetric(d: &mut Door, k: &Keys) {
         json!({"NumberOfBytes": 2000}),
     )
     .await;
+    custom_key_stores(d).await;
     d.kms("GetKeyLastUsage", "after use", json!({"KeyId": k.sym}))
         .await;
     d.kms("GetKeyLastUsage", "never used", json!({"KeyId": k.ecc_ka}))
@@ -919,4 +920,36 @@ async fn admin_and_sts(d: &mut Door, k: &Keys) {
         json!({"KeyId": k.sym}),
     )
     .await;
+}
+
+/// The custom key store operations on a daemon with no `[[hsm.cluster]]`: their answers and
+/// errors (the life cycle on real clusters is in tests/custom_key_stores.rs).
+async fn custom_key_stores(d: &mut Door) {
+    let store = json!({"CustomKeyStoreId": "cks-1234567890abcdef0"});
+    d.kms("DescribeCustomKeyStores", "none", json!({})).await;
+    let create = |cluster: &str, password: &str| {
+        json!({
+            "CustomKeyStoreName": "golden",
+            "CloudHsmClusterId": cluster,
+            "TrustAnchorCertificate": "-----BEGIN CERTIFICATE-----",
+            "KeyStorePassword": password,
+        })
+    };
+    let unconfigured = create("cluster-abcdefghijk", "golden-password");
+    d.kms("CreateCustomKeyStore", "a cluster that is not configured", unconfigured)
+        .await;
+    let short = create("cluster-abcdefghijk", "abc");
+    d.kms("CreateCustomKeyStore", "a 3-character password (model check)", short)
+        .await;
+    for op in [
+        "ConnectCustomKeyStore",
+        "DisconnectCustomKeyStore",
+        "DeleteCustomKeyStore",
+        "UpdateCustomKeyStore",
+    ] {
+        d.kms(op, "unknown store", store.clone()).await;
+    }
+    let in_store = json!({"Origin": "AWS_CLOUDHSM", "CustomKeyStoreId": "cks-1234567890abcdef0"});
+    d.kms("CreateKey", "in an unknown custom key store", in_store)
+        .await;
 }

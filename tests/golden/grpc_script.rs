@@ -587,6 +587,7 @@ async fn symmetric(g: &mut G, k: &Keys) {
     };
     call!(g.admin.kms, generate_random, "32 bytes", random(32));
     call!(g.admin.kms, generate_random, "2000 bytes", random(2000));
+    custom_key_stores(g).await;
     let usage = |key: &str| pb::GetKeyLastUsageRequest { key_id: key.into() };
     call!(g.admin.kms, get_key_last_usage, "after use", usage(&k.sym));
     call!(
@@ -1132,6 +1133,76 @@ async fn admin_and_sts(g: &mut G, k: &Keys, addr: SocketAddr) {
         "as the assumed role",
         pb::DescribeKeyRequest {
             key_id: k.sym.clone(),
+            ..Default::default()
+        }
+    );
+}
+
+/// The custom key store operations on a daemon with no `[[hsm.cluster]]`: their answers
+/// and errors (the life cycle on real clusters is in tests/custom_key_stores.rs).
+async fn custom_key_stores(g: &mut G) {
+    let store = "cks-1234567890abcdef0".to_string();
+    call!(
+        g.admin.kms,
+        describe_custom_key_stores,
+        "none",
+        pb::DescribeCustomKeyStoresRequest::default()
+    );
+    let create = |cluster: &str, password: &str| pb::CreateCustomKeyStoreRequest {
+        custom_key_store_name: "golden".into(),
+        cloud_hsm_cluster_id: cluster.into(),
+        trust_anchor_certificate: "-----BEGIN CERTIFICATE-----".into(),
+        key_store_password: password.into(),
+        custom_key_store_type: String::new(),
+    };
+    call!(
+        g.admin.kms,
+        create_custom_key_store,
+        "a cluster that is not configured",
+        create("cluster-abcdefghijk", "golden-password")
+    );
+    call!(
+        g.admin.kms,
+        create_custom_key_store,
+        "a 3-character password",
+        create("cluster-abcdefghijk", "abc")
+    );
+    let id = || store.clone();
+    call!(
+        g.admin.kms,
+        connect_custom_key_store,
+        "unknown store",
+        pb::ConnectCustomKeyStoreRequest { custom_key_store_id: id() }
+    );
+    call!(
+        g.admin.kms,
+        disconnect_custom_key_store,
+        "unknown store",
+        pb::DisconnectCustomKeyStoreRequest { custom_key_store_id: id() }
+    );
+    call!(
+        g.admin.kms,
+        update_custom_key_store,
+        "unknown store",
+        pb::UpdateCustomKeyStoreRequest {
+            custom_key_store_id: id(),
+            new_custom_key_store_name: "renamed".into(),
+            ..Default::default()
+        }
+    );
+    call!(
+        g.admin.kms,
+        delete_custom_key_store,
+        "unknown store",
+        pb::DeleteCustomKeyStoreRequest { custom_key_store_id: id() }
+    );
+    call!(
+        g.admin.kms,
+        create_key,
+        "in an unknown custom key store",
+        pb::CreateKeyRequest {
+            origin: "AWS_CLOUDHSM".into(),
+            custom_key_store_id: id(),
             ..Default::default()
         }
     );
