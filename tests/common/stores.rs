@@ -74,7 +74,10 @@ pub fn cluster(rig: &str, name: &str, module: &Path, init: bool) -> ClusterFixtu
     let tag = letters(&format!("{rig}/{name}/{}", env().dir.display()));
     let token = format!("cks-{}-{name}", &tag[..6]);
     let password = format!("pw-{name}-{}", &tag[6..]);
+    // One token initialisation at a time in this process (the library is shared).
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if init {
+        let _one = INIT.lock().unwrap_or_else(|p| p.into_inner());
         p11kms::hsm::init_token(
             &softhsm(),
             &token,
