@@ -628,6 +628,39 @@ async fn aws_encryption_sdk_round_trips_a_mebibyte() {
 // ---------------------------------------------------------------------------------------------
 // Custom key stores (issue 15)
 
+/// What the daemons of this test binary log once a custom key store test has started
+/// (p11kms at TRACE, the rest at INFO, JSON lines as `p11kms serve` writes them): the
+/// password scans read it.
+fn daemon_log() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,p11kms=trace"))
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        log
+    })
+    .clone()
+}
+
+/// A writer appending to [`daemon_log`].
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The files under `dir` (but not under `skip`) that hold `secret`, and how many files were
 /// read. A file removed while being listed (SQLite's `-wal` and `-shm` at close) is passed.
 fn files_holding(dir: &Path, skip: Option<&Path>, secret: &str) -> (Vec<PathBuf>, usize) {
@@ -665,9 +698,32 @@ fn assert_secrets_nowhere(dir: &Path, scratch: &Path, secrets: &[&str]) {
         assert!(found.is_empty(), "a key store password is in {found:?}");
         assert!(read >= 3, "too few files under {}", dir.display());
         let (control, _) = files_holding(scratch, None, secret);
-        assert!(!control.is_empty(), "the scan does not find what the test wrote");
+        assert!(
+            !control.is_empty(),
+            "the scan does not find what the test wrote"
+        );
+        let log = daemon_log();
+        let log = log.lock().unwrap();
+        assert!(
+            !log.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a key store password is in the daemon's log"
+        );
+        let text = String::from_utf8_lossy(&log);
+        assert!(
+            text.contains("custom key store created"),
+            "no daemon log captured"
+        );
     }
     assert!(audit_trail(dir).contains("CreateCustomKeyStore"));
+}
+
+/// [`stores::cluster`], one at a time in this test binary: tokens initialised at once race
+/// for SoftHSM2's one free slot (seen: "init a cluster token" failing when both custom key
+/// store tests started together).
+fn cluster(rig: &str, name: &str, module: &Path, init: bool) -> stores::ClusterFixture {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    stores::cluster(rig, name, module, init)
 }
 
 /// The DescribeCustomKeyStores entry of store `id`, through the AWS CLI.
@@ -693,7 +749,12 @@ async fn cli_connect(door: &Door, id: &str) {
     let connected = aws_ok(
         door,
         AK_ADMIN,
-        &["kms", "connect-custom-key-store", "--custom-key-store-id", id],
+        &[
+            "kms",
+            "connect-custom-key-store",
+            "--custom-key-store-id",
+            id,
+        ],
     )
     .await;
     assert_eq!(connected, json!({}));
@@ -777,7 +838,8 @@ async fn cli_reencrypt(door: &Door, from: &str, key: &str, to: &str) -> Value {
 /// schedule the key's deletion, and the delete refusals AWS gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_runs_the_custom_key_store_life_cycle() {
-    let c = stores::cluster("aws-cli-ks", "cli", &stores::softhsm(), true);
+    daemon_log();
+    let c = cluster("aws-cli-ks", "cli", &stores::softhsm(), true);
     let door = start_door_with("aws-cli-ks", &stores::cluster_sections(&[c.clone()])).await;
     let a = AK_ADMIN;
     let input = json!({
@@ -833,7 +895,10 @@ async fn aws_cli_runs_the_custom_key_store_life_cycle() {
 
     let plain = b"kept on the operator's own HSM";
     std::fs::write(door.scratch.join("plain.bin"), plain).unwrap();
-    assert_eq!(cli_encrypt(&door, &arn, "store").await["KeyId"], arn.as_str());
+    assert_eq!(
+        cli_encrypt(&door, &arn, "store").await["KeyId"],
+        arn.as_str()
+    );
     cli_decrypts(&door, "store", &arn, plain).await;
     let re = cli_reencrypt(&door, "store", &default_arn, "to-default").await;
     assert_eq!(re["SourceKeyId"], arn.as_str(), "{re}");
@@ -846,9 +911,15 @@ async fn aws_cli_runs_the_custom_key_store_life_cycle() {
     let store_arg = ["--custom-key-store-id", id.as_str()];
     let disconnect = [&["kms", "disconnect-custom-key-store"][..], &store_arg].concat();
     assert_eq!(aws_ok(&door, a, &disconnect).await, json!({}));
-    assert_eq!(cli_store(&door, &id).await["ConnectionState"], "DISCONNECTED");
+    assert_eq!(
+        cli_store(&door, &id).await["ConnectionState"],
+        "DISCONNECTED"
+    );
     let described = aws_ok(&door, a, &["kms", "describe-key", "--key-id", &arn]).await;
-    assert_eq!(described["KeyMetadata"]["KeyState"], "Unavailable", "{described}");
+    assert_eq!(
+        described["KeyMetadata"]["KeyState"], "Unavailable",
+        "{described}"
+    );
     let encrypt = [
         "kms",
         "encrypt",
@@ -871,8 +942,16 @@ async fn aws_cli_runs_the_custom_key_store_life_cycle() {
     let delete = [&["kms", "delete-custom-key-store"][..], &store_arg].concat();
     cli_refused(&door, &delete, "CustomKeyStoreInvalidStateException").await;
     aws_ok(&door, a, &disconnect).await;
+    let pending = aws_ok(&door, a, &["kms", "describe-key", "--key-id", &arn]).await;
+    assert_eq!(
+        pending["KeyMetadata"]["KeyState"], "PendingDeletion",
+        "{pending}"
+    );
     cli_refused(&door, &delete, "CustomKeyStoreHasCMKsException").await;
-    assert_eq!(cli_store(&door, &id).await["ConnectionState"], "DISCONNECTED");
+    assert_eq!(
+        cli_store(&door, &id).await["ConnectionState"],
+        "DISCONNECTED"
+    );
     assert_secrets_nowhere(&door.dir, &door.scratch, &[&c.password]);
     door.server.shutdown().await.unwrap();
     assert_secrets_nowhere(&door.dir, &door.scratch, &[&c.password]);
@@ -885,15 +964,15 @@ async fn aws_cli_runs_the_custom_key_store_life_cycle() {
 fn boto3_clusters() -> Vec<(&'static str, stores::ClusterFixture)> {
     let rig = "boto3-ks";
     let mut all = vec![
-        ("real", stores::cluster(rig, "real", &stores::softhsm(), true)),
-        ("copy", stores::cluster(rig, "copy", &stores::softhsm_copy(), true)),
-        ("absent", stores::cluster(rig, "absent", &stores::softhsm(), false)),
+        ("real", cluster(rig, "real", &stores::softhsm(), true)),
+        ("copy", cluster(rig, "copy", &stores::softhsm_copy(), true)),
+        ("absent", cluster(rig, "absent", &stores::softhsm(), false)),
     ];
     for name in ["f1", "f2", "f3", "f4", "f5", "f6", "f7", "extra"] {
-        all.push((name, stores::cluster(rig, name, &stores::softhsm(), false)));
+        all.push((name, cluster(rig, name, &stores::softhsm(), false)));
     }
     let f1 = all[3].1.clone();
-    let mut related = stores::cluster(rig, "f1r", &stores::softhsm(), false);
+    let mut related = cluster(rig, "f1r", &stores::softhsm(), false);
     related.anchor_file = f1.anchor_file;
     related.anchor_pem = f1.anchor_pem;
     all.push(("f1r", related));
@@ -906,6 +985,7 @@ fn boto3_clusters() -> Vec<(&'static str, stores::ClusterFixture)> {
 /// then no password is in any file of the daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_custom_key_store_errors_and_life_cycle() {
+    daemon_log();
     let clusters = boto3_clusters();
     let fixtures: Vec<_> = clusters.iter().map(|(_, c)| c.clone()).collect();
     let door = start_door_with("boto3-ks", &stores::cluster_sections(&fixtures)).await;
@@ -933,6 +1013,49 @@ async fn boto3_custom_key_store_errors_and_life_cycle() {
     assert_secrets_nowhere(&door.dir, &door.scratch, &secrets);
     door.server.shutdown().await.unwrap();
     assert_secrets_nowhere(&door.dir, &door.scratch, &secrets);
+    assert_store_audit(&door.dir);
+}
+
+/// Every store operation the boto3 check ran, its refusals and the connection failures it
+/// caused are in the audit trail.
+fn assert_store_audit(dir: &Path) {
+    let events = events(dir);
+    let has = |name: &str, error: Option<&str>| {
+        events
+            .iter()
+            .any(|e| e["eventName"] == name && e["errorCode"].as_str() == error)
+    };
+    for op in [
+        "CreateCustomKeyStore",
+        "ConnectCustomKeyStore",
+        "DisconnectCustomKeyStore",
+        "UpdateCustomKeyStore",
+        "DeleteCustomKeyStore",
+        "DescribeCustomKeyStores",
+    ] {
+        assert!(has(op, None), "no audit event of {op}");
+    }
+    for (op, error) in [
+        ("CreateCustomKeyStore", "LimitExceededException"),
+        ("CreateCustomKeyStore", "AccessDeniedException"),
+        ("DeleteCustomKeyStore", "CustomKeyStoreHasCMKsException"),
+        ("UpdateCustomKeyStore", "CloudHsmClusterNotRelatedException"),
+    ] {
+        assert!(
+            has(op, Some(error)),
+            "no audit event of {op} refused with {error}"
+        );
+    }
+    for code in ["INVALID_CREDENTIALS", "CLUSTER_NOT_FOUND"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["eventName"] == "CustomKeyStoreStateChange"
+                    && e["requestParameters"]["connectionState"] == "FAILED"
+                    && e["requestParameters"]["connectionErrorCode"] == code),
+            "no audit event of a store FAILED with {code}"
+        );
+    }
 }
 
 /// The wrong password custom_key_store_checks.py sets on a store (INVALID_CREDENTIALS).

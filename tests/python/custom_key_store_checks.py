@@ -184,6 +184,9 @@ def connected_store_checks(admin, ids):
     check(meta["CloudHsmClusterId"] == CLUSTERS["real"]["id"], f"{meta}")
     check(meta["KeySpec"] == "SYMMETRIC_DEFAULT" and meta["KeyState"] == "Enabled", f"{meta}")
     key = meta["Arn"]
+    described = admin.describe_key(KeyId=key)["KeyMetadata"]
+    check(described["CustomKeyStoreId"] == real and described["CloudHsmClusterId"]
+          == CLUSTERS["real"]["id"], f"DescribeKey of a store key: {described}")
     unsupported = "UnsupportedOperationException"
     expect_error(admin, unsupported, store_key, admin, real, KeySpec="RSA_2048")
     expect_error(admin, unsupported, admin.enable_key_rotation, KeyId=key)
@@ -226,11 +229,19 @@ def across_stores(admin, ids, key, blob):
 
 
 def disconnect_checks(admin, real, key):
-    """Disconnected: the key is Unavailable, crypto refused, describe works; no delete."""
+    """Disconnected: the key is Unavailable, crypto refused, describe works, deletion can be
+    scheduled; no delete of the store."""
+    spare = store_key(admin, real, Description="deleted while disconnected")["KeyMetadata"]
     disconnect(admin, real)
     meta = admin.describe_key(KeyId=key)["KeyMetadata"]
     check(meta["KeyState"] == "Unavailable", f"a disconnected store's key: {meta}")
     expect_error(admin, "KMSInvalidStateException", admin.encrypt, KeyId=key, Plaintext=b"x")
+    expect_error(admin, "KMSInvalidStateException", admin.generate_data_key, KeyId=key,
+                 KeySpec="AES_256")
+    scheduled = admin.schedule_key_deletion(KeyId=spare["Arn"], PendingWindowInDays=7)
+    check(scheduled["KeyState"] == "PendingDeletion", f"scheduled while disconnected: {scheduled}")
+    meta = admin.describe_key(KeyId=spare["Arn"])["KeyMetadata"]
+    check(meta["KeyState"] == "PendingDeletion", f"still PendingDeletion, disconnected: {meta}")
     expect_error(admin, "CustomKeyStoreHasCMKsException", admin.delete_custom_key_store,
                  CustomKeyStoreId=real)
     disconnected_store_checks(admin, real)
@@ -298,6 +309,8 @@ def main():
     scheduled = admin.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
     check(scheduled["KeyState"] == "PendingDeletion", f"{scheduled}")
     disconnect(admin, ids["real"])
+    meta = admin.describe_key(KeyId=key)["KeyMetadata"]
+    check(meta["KeyState"] == "PendingDeletion", f"still PendingDeletion, disconnected: {meta}")
     expect_error(admin, "CustomKeyStoreHasCMKsException", admin.delete_custom_key_store,
                  CustomKeyStoreId=ids["real"])
     print("custom key store checks passed")
