@@ -33,24 +33,9 @@ struct Door {
     scratch: PathBuf,
 }
 
+/// A door on a fresh data directory `name`.
 async fn start_door(name: &str) -> Door {
-    let dir = data_dir(name);
-    let (server, endpoint) = start_aws_door(
-        &dir,
-        ServerOptions {
-            clock: Arc::new(SystemClock),
-            sweep_interval: None,
-        },
-    )
-    .await;
-    let scratch = dir.join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    Door {
-        endpoint,
-        dir: dir.clone(),
-        server,
-        scratch,
-    }
+    start_door_with(name, "").await
 }
 
 /// A door whose config also holds `extra` (e.g. `[[hsm.cluster]]` sections).
@@ -67,6 +52,7 @@ async fn start_door_with(name: &str, extra: &str) -> Door {
     .await
     .expect("daemon starts");
     let addr = server.aws_json_addr.expect("the AWS door is enabled");
+    assert!(addr.ip().is_loopback());
     let scratch = dir.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     Door {
@@ -840,7 +826,11 @@ async fn cli_reencrypt(door: &Door, from: &str, key: &str, to: &str) -> Value {
 async fn aws_cli_runs_the_custom_key_store_life_cycle() {
     daemon_log();
     let c = cluster("aws-cli-ks", "cli", &stores::softhsm(), true);
-    let door = start_door_with("aws-cli-ks", &stores::cluster_sections(&[c.clone()])).await;
+    let door = start_door_with(
+        "aws-cli-ks",
+        &stores::cluster_sections(std::slice::from_ref(&c)),
+    )
+    .await;
     let a = AK_ADMIN;
     let input = json!({
         "CustomKeyStoreName": "cli-store",
