@@ -703,15 +703,6 @@ fn assert_secrets_nowhere(dir: &Path, scratch: &Path, secrets: &[&str]) {
     assert!(audit_trail(dir).contains("CreateCustomKeyStore"));
 }
 
-/// [`stores::cluster`], one at a time in this test binary: tokens initialised at once race
-/// for SoftHSM2's one free slot (seen: "init a cluster token" failing when both custom key
-/// store tests started together).
-fn cluster(rig: &str, name: &str, module: &Path, init: bool) -> stores::ClusterFixture {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
-    stores::cluster(rig, name, module, init)
-}
-
 /// The DescribeCustomKeyStores entry of store `id`, through the AWS CLI.
 async fn cli_store(door: &Door, id: &str) -> Value {
     let d = aws_ok(
@@ -825,7 +816,7 @@ async fn cli_reencrypt(door: &Door, from: &str, key: &str, to: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_runs_the_custom_key_store_life_cycle() {
     daemon_log();
-    let c = cluster("aws-cli-ks", "cli", &stores::softhsm(), true);
+    let c = stores::cluster("aws-cli-ks", "cli", &stores::softhsm(), true);
     let door = start_door_with(
         "aws-cli-ks",
         &stores::cluster_sections(std::slice::from_ref(&c)),
@@ -954,15 +945,21 @@ async fn aws_cli_runs_the_custom_key_store_life_cycle() {
 fn boto3_clusters() -> Vec<(&'static str, stores::ClusterFixture)> {
     let rig = "boto3-ks";
     let mut all = vec![
-        ("real", cluster(rig, "real", &stores::softhsm(), true)),
-        ("copy", cluster(rig, "copy", &stores::softhsm_copy(), true)),
-        ("absent", cluster(rig, "absent", &stores::softhsm(), false)),
+        (
+            "real",
+            stores::cluster(rig, "real", &stores::softhsm(), true),
+        ),
+        ("copy", stores::copy_cluster()),
+        (
+            "absent",
+            stores::cluster(rig, "absent", &stores::softhsm(), false),
+        ),
     ];
     for name in ["f1", "f2", "f3", "f4", "f5", "f6", "f7", "extra"] {
-        all.push((name, cluster(rig, name, &stores::softhsm(), false)));
+        all.push((name, stores::cluster(rig, name, &stores::softhsm(), false)));
     }
     let f1 = all[3].1.clone();
-    let mut related = cluster(rig, "f1r", &stores::softhsm(), false);
+    let mut related = stores::cluster(rig, "f1r", &stores::softhsm(), false);
     related.anchor_file = f1.anchor_file;
     related.anchor_pem = f1.anchor_pem;
     all.push(("f1r", related));

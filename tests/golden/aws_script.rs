@@ -936,11 +936,19 @@ async fn custom_key_stores(d: &mut Door) {
         })
     };
     let unconfigured = create("cluster-abcdefghijk", "golden-password");
-    d.kms("CreateCustomKeyStore", "a cluster that is not configured", unconfigured)
-        .await;
+    d.kms(
+        "CreateCustomKeyStore",
+        "a cluster that is not configured",
+        unconfigured,
+    )
+    .await;
     let short = create("cluster-abcdefghijk", "abc");
-    d.kms("CreateCustomKeyStore", "a 3-character password (model check)", short)
-        .await;
+    d.kms(
+        "CreateCustomKeyStore",
+        "a 3-character password (model check)",
+        short,
+    )
+    .await;
     for op in [
         "ConnectCustomKeyStore",
         "DisconnectCustomKeyStore",

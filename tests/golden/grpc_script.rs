@@ -1172,13 +1172,17 @@ async fn custom_key_stores(g: &mut G) {
         g.admin.kms,
         connect_custom_key_store,
         "unknown store",
-        pb::ConnectCustomKeyStoreRequest { custom_key_store_id: id() }
+        pb::ConnectCustomKeyStoreRequest {
+            custom_key_store_id: id()
+        }
     );
     call!(
         g.admin.kms,
         disconnect_custom_key_store,
         "unknown store",
-        pb::DisconnectCustomKeyStoreRequest { custom_key_store_id: id() }
+        pb::DisconnectCustomKeyStoreRequest {
+            custom_key_store_id: id()
+        }
     );
     call!(
         g.admin.kms,
@@ -1194,7 +1198,9 @@ async fn custom_key_stores(g: &mut G) {
         g.admin.kms,
         delete_custom_key_store,
         "unknown store",
-        pb::DeleteCustomKeyStoreRequest { custom_key_store_id: id() }
+        pb::DeleteCustomKeyStoreRequest {
+            custom_key_store_id: id()
+        }
     );
     call!(
         g.admin.kms,
