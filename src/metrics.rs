@@ -155,22 +155,17 @@ impl Collector for EngineCollector {
 /// Each custom key store: its connection state (`p11kms_custom_key_store_state`, 1 for the
 /// store's current state), and while connected its device's calls and queue.
 fn encode_key_stores(encoder: &mut DescriptorEncoder, kms: &Kms) -> std::fmt::Result {
+    use crate::core::keystores::ConnectionState;
     let stores = kms.key_stores().all();
+    let states = stores.iter().flat_map(|h| {
+        let (id, current) = (h.record().store_id, h.state().0);
+        ConnectionState::ALL.iter().map(move |state| {
+            let labels = vec![("store", id.clone()), ("state", state.as_str().to_string())];
+            (labels, i64::from(*state == current))
+        })
+    });
     let help = "Connection state of each custom key store (1 for its current state)";
-    let mut m = encoder.encode_descriptor(
-        "p11kms_custom_key_store_state",
-        help,
-        None,
-        MetricType::Gauge,
-    )?;
-    for h in &stores {
-        let id = h.record().store_id;
-        let current = h.state().0;
-        for state in crate::core::keystores::ConnectionState::ALL {
-            let labels = [("store", id.clone()), ("state", state.as_str().to_string())];
-            ConstGauge::new(i64::from(*state == current)).encode(m.encode_family(&labels)?)?;
-        }
-    }
+    labelled_gauge(encoder, "p11kms_custom_key_store_state", help, states)?;
     let devices: Vec<_> = stores
         .iter()
         .filter_map(|h| Some((h.record().store_id, h.connected_hsm()?)))
@@ -187,15 +182,28 @@ fn encode_key_stores(encoder: &mut DescriptorEncoder, kms: &Kms) -> std::fmt::Re
         "store",
         calls,
     )?;
+    let queues = devices
+        .iter()
+        .map(|(id, hsm)| (vec![("store", id.clone())], hsm.queued() as i64));
     let help = "Requests waiting for a session of each connected custom key store's device";
-    let mut m = encoder.encode_descriptor(
+    labelled_gauge(
+        encoder,
         "p11kms_custom_key_store_hsm_queue_depth",
         help,
-        None,
-        MetricType::Gauge,
-    )?;
-    for (id, hsm) in &devices {
-        ConstGauge::new(hsm.queued() as i64).encode(m.encode_family(&[("store", id.clone())])?)?;
+        queues,
+    )
+}
+
+/// Encodes a gauge family: a series per `(labels, value)` row.
+fn labelled_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
+) -> std::fmt::Result {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
 }

@@ -313,6 +313,20 @@ impl Kms {
             .ok_or_else(|| not_found(id))
     }
 
+    /// The start of every operation on one store: its id checked, the caller authorized for
+    /// `action` on `*`, the change lock taken, and the store found in the caller's account.
+    async fn store_for(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        id: &str,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Arc<StoreHandle>), KmsError> {
+        check_store_id(id)?;
+        self.authorize(caller, AuthzRequest::new(action, "*"))?;
+        let guard = self.mutate.lock().await;
+        Ok((guard, self.own_store(caller, id)?))
+    }
+
     /// Refuses a name another store of the account has, and a cluster another store uses.
     fn check_unique(
         &self,
@@ -425,10 +439,13 @@ impl Kms {
         caller: &Caller,
         req: ConnectCustomKeyStoreRequest,
     ) -> Result<Empty, KmsError> {
-        check_store_id(&req.custom_key_store_id)?;
-        self.authorize(caller, AuthzRequest::new("kms:ConnectCustomKeyStore", "*"))?;
-        let _guard = self.mutate.lock().await;
-        let handle = self.own_store(caller, &req.custom_key_store_id)?;
+        let (_guard, handle) = self
+            .store_for(
+                caller,
+                "kms:ConnectCustomKeyStore",
+                &req.custom_key_store_id,
+            )
+            .await?;
         match handle.state() {
             (ConnectionState::Connected | ConnectionState::Connecting, _) => return Ok(Empty),
             (ConnectionState::Disconnected, _)
@@ -452,13 +469,13 @@ impl Kms {
         caller: &Caller,
         req: DisconnectCustomKeyStoreRequest,
     ) -> Result<Empty, KmsError> {
-        check_store_id(&req.custom_key_store_id)?;
-        self.authorize(
-            caller,
-            AuthzRequest::new("kms:DisconnectCustomKeyStore", "*"),
-        )?;
-        let _guard = self.mutate.lock().await;
-        let handle = self.own_store(caller, &req.custom_key_store_id)?;
+        let (_guard, handle) = self
+            .store_for(
+                caller,
+                "kms:DisconnectCustomKeyStore",
+                &req.custom_key_store_id,
+            )
+            .await?;
         let (state, _) = handle.state();
         if matches!(
             state,
@@ -482,7 +499,6 @@ impl Kms {
         caller: &Caller,
         req: UpdateCustomKeyStoreRequest,
     ) -> Result<Empty, KmsError> {
-        check_store_id(&req.custom_key_store_id)?;
         if let Some(name) = &req.new_custom_key_store_name {
             check_name("newCustomKeyStoreName", name)?;
         }
@@ -492,9 +508,9 @@ impl Kms {
         if let Some(c) = &req.cloud_hsm_cluster_id {
             check_cluster_id(c)?;
         }
-        self.authorize(caller, AuthzRequest::new("kms:UpdateCustomKeyStore", "*"))?;
-        let _guard = self.mutate.lock().await;
-        let handle = self.own_store(caller, &req.custom_key_store_id)?;
+        let (_guard, handle) = self
+            .store_for(caller, "kms:UpdateCustomKeyStore", &req.custom_key_store_id)
+            .await?;
         let mut record = handle.record();
         let device_change = req.key_store_password.is_some()
             || req
@@ -555,10 +571,9 @@ impl Kms {
         caller: &Caller,
         req: DeleteCustomKeyStoreRequest,
     ) -> Result<Empty, KmsError> {
-        check_store_id(&req.custom_key_store_id)?;
-        self.authorize(caller, AuthzRequest::new("kms:DeleteCustomKeyStore", "*"))?;
-        let _guard = self.mutate.lock().await;
-        let handle = self.own_store(caller, &req.custom_key_store_id)?;
+        let (_guard, handle) = self
+            .store_for(caller, "kms:DeleteCustomKeyStore", &req.custom_key_store_id)
+            .await?;
         let id = req.custom_key_store_id.as_str();
         if handle.state().0 != ConnectionState::Disconnected {
             return Err(KmsError::CustomKeyStoreInvalidState(format!(
