@@ -101,14 +101,8 @@ async fn check_probes_each_cluster_without_logging_in() {
     let dir = data_dir("check-clusters");
     let config_path = write_config(&dir);
     let module = p11kms::devsetup::find_softhsm_module().unwrap();
-    let store_token = "p11kms-check-cks";
-    p11kms::hsm::init_token(
-        &module,
-        store_token,
-        &p11kms::hsm::Pin::new(SO_PIN),
-        &p11kms::hsm::Pin::new("store-a-password"),
-    )
-    .unwrap();
+    let store = common::stores::cluster("check", "cks", &module, true);
+    let store_token = store.token.as_str();
     let anchor = env().pki.join("ca.pem");
     let cluster = |id: &str, module: &std::path::Path, token: &str| {
         format!(

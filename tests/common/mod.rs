@@ -101,6 +101,7 @@ pub fn env() -> &'static Env {
             .output()
             .expect("run init-token.sh (is softhsm2 installed?)");
         assert_succeeded(&out, "init-token.sh failed");
+        stores::make_pool(&softhsm_dir, &dir);
         let softhsm_conf = softhsm_dir.join("softhsm2.conf");
         // Set before any PKCS#11 module is loaded in this process.
         std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);

@@ -5,13 +5,61 @@
 //! binary's token directory with a label of its own. A cluster may be reached through another
 //! module path ([`softhsm_copy`]): a copy of the library loaded from elsewhere is a second,
 //! independent module instance, as another vendor's library would be.
+//!
+//! The cluster tokens are a pool made by `softhsm-config/init-token.sh` (another process) when
+//! the binary's test environment is made ([`make_pool`], from `env()`), before this process
+//! loads any PKCS#11 module: SoftHSM2 reads its token directory when an instance starts, and a
+//! token initialised in-process while another test's daemon works on the same library can
+//! disturb that daemon's token. Only the binaries listed in [`POOL_BINARIES`] get a pool.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use super::{env, SO_PIN};
+use super::{assert_succeeded, env, hermetic_command, manifest_dir, SO_PIN};
+
+/// The test binaries that make custom key stores (their names, before cargo's hash).
+pub const POOL_BINARIES: &[&str] = &[
+    "custom_key_stores",
+    "aws_clients",
+    "cli_key_stores",
+    "check",
+];
+/// Cluster tokens in a binary's pool.
+pub const POOL_SIZE: usize = 12;
+
+/// The label and user PIN (the store password) of pool token `i`.
+fn pool_token(i: usize) -> (String, String) {
+    (format!("cks-pool-{i:02}"), format!("pool-password-{i:02}"))
+}
+
+/// Makes this binary's pool of cluster tokens in `softhsm_dir` (out of process), when the
+/// binary is one of [`POOL_BINARIES`]. Called by `env()` before any module is loaded.
+pub fn make_pool(softhsm_dir: &Path, scratch: &Path) {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let wanted = POOL_BINARIES.iter().any(|b| {
+        name.strip_prefix(b)
+            .is_some_and(|rest| rest.starts_with('-'))
+    });
+    if !wanted {
+        return;
+    }
+    for i in 0..POOL_SIZE {
+        let (label, password) = pool_token(i);
+        let out = hermetic_command("bash", scratch)
+            .arg(manifest_dir().join("softhsm-config/init-token.sh"))
+            .arg(softhsm_dir)
+            .arg(&label)
+            .env("P11KMS_SO_PIN", SO_PIN)
+            .env("P11KMS_USER_PIN", &password)
+            .output()
+            .expect("run init-token.sh");
+        assert_succeeded(&out, "init-token.sh (a cluster token) failed");
+    }
+}
 
 /// One cluster of a rig.
 #[derive(Debug, Clone)]
@@ -20,7 +68,7 @@ pub struct ClusterFixture {
     pub id: String,
     /// The module the cluster is reached through.
     pub module: PathBuf,
-    /// The token's label (made unique per rig).
+    /// The token's label (a token of the binary's pool, or one no token has).
     pub token: String,
     /// The token's user PIN: the store's `KeyStorePassword`.
     pub password: String,
@@ -57,35 +105,34 @@ pub fn softhsm_copy() -> PathBuf {
     .clone()
 }
 
-/// The one cluster of this process reached through [`softhsm_copy`]. SoftHSM2 reads its
-/// token directory when a module instance starts, so a token made after the copy was first
-/// loaded is not seen through it: every test of a binary shares this cluster, made before
-/// the copy is ever loaded (each test's daemon makes its own store on it).
+/// The one cluster of this process reached through [`softhsm_copy`]: every test of a binary
+/// shares it (each test's daemon makes its own store on it), so that one token is reached
+/// through the copy.
 pub fn copy_cluster() -> ClusterFixture {
     static ONE: OnceLock<ClusterFixture> = OnceLock::new();
     ONE.get_or_init(|| cluster("copy", "c", &softhsm_copy(), true))
         .clone()
 }
 
-/// A cluster named `name` reached through `module`: its token initialised (through the
-/// system library: same token directory) with password `password`, its own CA as trust
-/// anchor. `init` false leaves the token absent (CLUSTER_NOT_FOUND).
-pub fn cluster(rig: &str, name: &str, module: &Path, init: bool) -> ClusterFixture {
+/// A cluster named `name` reached through `module`: with `token`, the next token of the
+/// binary's pool (its user PIN is the store password); without, a label no token has
+/// (CLUSTER_NOT_FOUND). Its own CA is its trust anchor.
+pub fn cluster(rig: &str, name: &str, module: &Path, token: bool) -> ClusterFixture {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let tag = letters(&format!("{rig}/{name}/{}", env().dir.display()));
-    let token = format!("cks-{}-{name}", &tag[..6]);
-    let password = format!("pw-{name}-{}", &tag[6..]);
-    // One token initialisation at a time in this process (the library is shared).
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    if init {
-        let _one = INIT.lock().unwrap_or_else(|p| p.into_inner());
-        p11kms::hsm::init_token(
-            &softhsm(),
-            &token,
-            &p11kms::hsm::Pin::new(SO_PIN),
-            &p11kms::hsm::Pin::new(password.clone()),
+    let (token, password) = if token {
+        let i = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            i < POOL_SIZE,
+            "the binary's pool of {POOL_SIZE} cluster tokens is used up"
+        );
+        pool_token(i)
+    } else {
+        (
+            format!("cks-absent-{}", &tag[..6]),
+            format!("pw-{}", &tag[6..]),
         )
-        .expect("init a cluster token");
-    }
+    };
     let pki = env().dir.join(format!("cluster-pki-{tag}"));
     p11kms::devsetup::ensure_ca_and_server(&pki).expect("a cluster CA");
     let anchor_file = pki.join("ca.pem");
