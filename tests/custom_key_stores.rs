@@ -187,6 +187,15 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
         .unwrap();
     assert!(device_a.exists(object).await.unwrap());
     assert!(!server.kms.hsm().exists(object).await.unwrap());
+    let on_a = device_a.list_objects().await.unwrap();
+    let labelled = on_a
+        .iter()
+        .find(|o| o.id == object.as_bytes().to_vec() && o.token);
+    assert_eq!(
+        labelled.map(|o| o.label.as_str()),
+        Some(key_a.arn.as_str()),
+        "{on_a:?}"
+    );
 
     let blob = encrypt_with(&mut c, &key_a.key_id, b"in store a", &[])
         .await

@@ -639,6 +639,12 @@ impl Kms {
         let object = ObjectId::new(*uuid.as_bytes(), 1);
         let hsm = self.device_of_record(&record)?;
         let generated = match kind {
+            // A custom key store's key is labelled with its ARN, as AWS labels the keys it
+            // makes in a CloudHSM cluster.
+            SpecKind::Symmetric if record.custom_key_store_id.is_some() => {
+                let arn = self.key_arn(&record.account, &key_id);
+                hsm.generate_labelled_aes_key(object, arn).await
+            }
             SpecKind::Symmetric => hsm.generate_aes_key(object).await,
             SpecKind::Pair(p) => {
                 hsm.generate_key_pair(object, p, specs::pair_usage(&record.key_usage))

@@ -959,7 +959,12 @@ device_jobs! {
     /// Generate a CMK version: an AES-256 token key with the CMK template
     /// and `CKA_ID` = `id`. Costs 10-16 ms on SoftHSM2 (file writes).
     submit Exclusive fn generate_aes_key(id: ObjectId) -> ()
-        = |ctx| ops::generate_aes_key(ctx, id);
+        = |ctx| ops::generate_aes_key(ctx, id, &id.label());
+
+    /// [`Hsm::generate_aes_key`] with the label `label` (a custom key store's key is labelled
+    /// with its key ARN, as AWS labels the keys it makes in a CloudHSM cluster).
+    submit Exclusive fn generate_labelled_aes_key(id: ObjectId, label: String) -> ()
+        = |ctx| ops::generate_aes_key(ctx, id, &label);
 
     /// AES-256-GCM encrypt under `id`. The IV comes from the HSM's RNG in the
     /// same job; `aad` builds the AAD from that IV.

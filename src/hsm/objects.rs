@@ -79,7 +79,7 @@ impl fmt::Display for ObjectId {
 
 /// Template for a CMK version: an AES-256 token key usable only for
 /// AES-GCM encrypt/decrypt, sensitive and never extractable.
-pub(crate) fn cmk_aes_template(id: &ObjectId) -> Vec<Attribute> {
+pub(crate) fn cmk_aes_template(id: &ObjectId, label: &str) -> Vec<Attribute> {
     Template::secret(KeyType::AES)
         .value_len(32)
         .token(true)
@@ -88,7 +88,7 @@ pub(crate) fn cmk_aes_template(id: &ObjectId) -> Vec<Attribute> {
         .allow(Usage::Decrypt)
         .mechanisms(vec![MechanismType::AES_GCM])
         .id(&id.0)
-        .label(id.label())
+        .label(label)
         .build()
 }
 

@@ -405,9 +405,13 @@ fn classify_open_failure(ctx: &mut WorkerCtx, key: ObjectHandle, e: &CkError) ->
 // ---------------------------------------------------------------- operations
 
 /// Generate a CMK version (AES-256 token key) and cache its handle.
-pub(crate) fn generate_aes_key(ctx: &mut WorkerCtx, id: ObjectId) -> Result<(), HsmError> {
+pub(crate) fn generate_aes_key(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    label: &str,
+) -> Result<(), HsmError> {
     refuse_known_id(ctx, &id, "C_GenerateKey")?;
-    let template = cmk_aes_template(&id);
+    let template = cmk_aes_template(&id, label);
     let h = ctx.call(Call::GenerateKey, |s| {
         s.generate_key(&Mechanism::AesKeyGen, &template)
     })?;

@@ -171,7 +171,7 @@ fn fresh_id() -> ObjectId {
 
 /// The CMK template with a label that says the object belongs to the benchmark.
 fn bench_template(id: &ObjectId) -> Vec<Attribute> {
-    let mut t = cmk_aes_template(id);
+    let mut t = cmk_aes_template(id, &id.label());
     for a in t.iter_mut() {
         if let Attribute::Label(l) = a {
             *l = format!("p11kms-bench/raw/{id}").into_bytes();

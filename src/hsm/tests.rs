@@ -545,7 +545,7 @@ async fn a_key_the_device_will_not_copy_is_used_from_the_token() {
     let id = new_id();
     // A CMK-kind token key with CKA_COPYABLE = false (as a device policy may impose).
     hsm.submit(LockClass::Exclusive, "generate_aes_key", move |ctx| {
-        let mut template = objects::cmk_aes_template(&id);
+        let mut template = objects::cmk_aes_template(&id, &id.label());
         template.push(cryptoki::object::Attribute::Copyable(false));
         let h = ctx.call(Call::GenerateKey, |s| {
             s.generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)

@@ -77,7 +77,7 @@ fn every_template_has_the_attributes_it_always_had() {
     };
     let (data_public, data_private) = asym::data_key_pair_templates(PairSpec::Ec(Curve::P384));
     let cases: Vec<(&str, String, String)> = vec![
-        ("CMK AES", summary(&objects::cmk_aes_template(&id)), format!(
+        ("CMK AES", summary(&objects::cmk_aes_template(&id, &id.label())), format!(
             "class=SECRET_KEY type=AES len=32 +token {guarded} +encrypt +decrypt -wrap -unwrap -sign -verify -derive mechs=AES_GCM id=20B {l}")),
         ("custody probe wrapping key", summary(&objects::session_wrapping_key_template()), format!(
             "class=SECRET_KEY type=AES len=32 -token {guarded} -encrypt -decrypt +wrap -unwrap -sign -verify -derive label=p11kms/custody-probe-wrapping-key")),
