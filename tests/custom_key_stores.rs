@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use common::stores::{cluster, cluster_sections, copy_cluster, softhsm, ClusterFixture};
 use common::*;
+use p11kms::api::grpc::status::aws_reason;
 use p11kms::core::ManualClock;
 use p11kms::pb;
 use p11kms::server::{self, RunningServer, ServerOptions};
@@ -740,4 +741,152 @@ async fn a_dead_store_never_fails_requests_on_another_store() {
     drop(c);
     server.shutdown().await.unwrap();
     drop(faults);
+}
+
+/// Every refusal of the store operations and of CreateKey in a store, on the gRPC door, with
+/// AWS's exception names (the AWS door's run of the same is the boto3 script).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_store_error_on_the_grpc_door() {
+    let a = cluster("errors", "a", &softhsm(), true);
+    let related = ClusterFixture {
+        id: "cluster-relatedabcde".into(),
+        token: "cks-absent-related".into(),
+        ..a.clone()
+    };
+    let mut fillers: Vec<ClusterFixture> = (0..10)
+        .map(|i| cluster("errors", &format!("f{i}"), &softhsm(), false))
+        .collect();
+    let mut all = vec![a.clone(), related.clone()];
+    all.append(&mut fillers.clone());
+    let dir = data_dir("cks-errors");
+    let server = start_with_clusters(&dir, &all).await;
+    let mut c = admin(server.addr).await;
+    let e = |r: Result<String, tonic::Status>| reason(r);
+
+    let unconfigured = ClusterFixture {
+        id: "cluster-notconfigured".into(),
+        ..a.clone()
+    };
+    assert_eq!(
+        e(create_store(&mut c, "x", &unconfigured).await),
+        "CloudHsmClusterNotFoundException"
+    );
+    let wrong_anchor = ClusterFixture {
+        anchor_pem: fillers[0].anchor_pem.clone(),
+        ..a.clone()
+    };
+    assert_eq!(
+        e(create_store(&mut c, "x", &wrong_anchor).await),
+        "IncorrectTrustAnchorException"
+    );
+    let short = ClusterFixture {
+        password: "abc".into(),
+        ..a.clone()
+    };
+    let refused = create_store(&mut c, "x", &short).await.unwrap_err();
+    assert_eq!(aws_reason(&refused).as_deref(), Some("ValidationException"));
+    assert!(!refused.message().contains("abc"), "{}", refused.message());
+
+    let store = create_store(&mut c, "a", &a).await.unwrap();
+    assert_eq!(
+        e(create_store(&mut c, "again", &a).await),
+        "CloudHsmClusterInUseException"
+    );
+    assert_eq!(
+        e(create_store(&mut c, "a", &related).await),
+        "CustomKeyStoreNameInUseException"
+    );
+    let last = fillers.pop().unwrap();
+    for (i, f) in fillers.iter().enumerate() {
+        create_store(&mut c, &format!("filler-{i}"), f)
+            .await
+            .unwrap();
+    }
+    // 1 + 9 stores: the account's quota of 10 is reached.
+    assert_eq!(
+        e(create_store(&mut c, "eleventh", &last).await),
+        "LimitExceededException"
+    );
+
+    let update = |cluster: &str| pb::UpdateCustomKeyStoreRequest {
+        custom_key_store_id: store.clone(),
+        cloud_hsm_cluster_id: cluster.into(),
+        ..Default::default()
+    };
+    let in_use = c.update_custom_key_store(update(&fillers[0].id)).await;
+    assert_eq!(reason(in_use), "CloudHsmClusterInUseException");
+    let unrelated = c.update_custom_key_store(update(&last.id)).await;
+    assert_eq!(reason(unrelated), "CloudHsmClusterNotRelatedException");
+    c.update_custom_key_store(update(&related.id))
+        .await
+        .expect("a related cluster");
+    c.update_custom_key_store(update(&a.id))
+        .await
+        .expect("and back");
+
+    assert_eq!(connect(&mut c, &store).await.0, "CONNECTED");
+    let rsa = c
+        .create_key(pb::CreateKeyRequest {
+            origin: "AWS_CLOUDHSM".into(),
+            custom_key_store_id: store.clone(),
+            key_spec: "RSA_2048".into(),
+            key_usage: "SIGN_VERIFY".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(rsa), "UnsupportedOperationException");
+    let key = create_store_key(&mut c, &store).await.unwrap().key_id;
+    assert_eq!(
+        reason(try_enable_rotation(&mut c, &key, None).await),
+        "UnsupportedOperationException"
+    );
+    assert_eq!(
+        reason(
+            c.update_custom_key_store(pb::UpdateCustomKeyStoreRequest {
+                custom_key_store_id: store.clone(),
+                key_store_password: "another-password".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "CustomKeyStoreInvalidStateException"
+    );
+    let delete = pb::DeleteCustomKeyStoreRequest {
+        custom_key_store_id: store.clone(),
+    };
+    assert_eq!(
+        reason(c.delete_custom_key_store(delete.clone()).await),
+        "CustomKeyStoreInvalidStateException"
+    );
+    disconnect(&mut c, &store).await.unwrap();
+    assert_eq!(
+        reason(disconnect(&mut c, &store).await),
+        "CustomKeyStoreInvalidStateException"
+    );
+    assert_eq!(
+        reason(create_store_key(&mut c, &store).await),
+        "CustomKeyStoreInvalidStateException"
+    );
+    let random = pb::GenerateRandomRequest {
+        number_of_bytes: Some(8),
+        custom_key_store_id: store.clone(),
+    };
+    assert_eq!(
+        reason(c.generate_random(random).await),
+        "CustomKeyStoreInvalidStateException"
+    );
+    assert_eq!(
+        reason(c.delete_custom_key_store(delete).await),
+        "CustomKeyStoreHasCMKsException"
+    );
+    let unknown = pb::DescribeCustomKeyStoresRequest {
+        custom_key_store_name: "no-such-store".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        reason(c.describe_custom_key_stores(unknown).await),
+        "CustomKeyStoreNotFoundException"
+    );
+    drop(c);
+    server.shutdown().await.unwrap();
 }
