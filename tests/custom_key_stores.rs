@@ -643,6 +643,42 @@ async fn a_denied_store_operation_makes_no_hsm_call_and_no_change() {
         describe_store(&mut c, &store).await.connection_state,
         "DISCONNECTED"
     );
+
+    // `policy explain` (ExplainAccess) gives the same decisions, on `*`.
+    let admin = signed_as(server.addr, "AKIAADMIN00000000001").await;
+    let explain = |principal: &str| pb::ExplainAccessRequest {
+        principal: principal.into(),
+        action: "kms:CreateCustomKeyStore".into(),
+        ..Default::default()
+    };
+    let mut decisions = Vec::new();
+    for principal in [USER1, ADMIN] {
+        let r = admin
+            .admin
+            .clone()
+            .explain_access(admin.admin_req(explain(principal), "ExplainAccess"))
+            .await
+            .expect("explain")
+            .into_inner();
+        decisions.push((r.decision, r.resource));
+    }
+    assert_eq!(
+        decisions,
+        [
+            ("Deny".to_string(), "*".to_string()),
+            ("Allow".into(), "*".into())
+        ]
+    );
+    let with_key = pb::ExplainAccessRequest {
+        key_id: "alias/anything".into(),
+        ..explain(ADMIN)
+    };
+    let refused = admin
+        .admin
+        .clone()
+        .explain_access(admin.admin_req(with_key, "ExplainAccess"))
+        .await;
+    assert_eq!(reason(refused), "ValidationException");
     drop(c);
     server.shutdown().await.unwrap();
 }

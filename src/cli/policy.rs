@@ -38,9 +38,10 @@ pub struct ExplainArgs {
     /// The action, e.g. kms:Decrypt.
     #[arg(long)]
     action: String,
-    /// Key id, key ARN, alias name or alias ARN.
+    /// Key id, key ARN, alias name or alias ARN (left out for the custom key store actions,
+    /// which apply to no key).
     #[arg(long)]
-    key: String,
+    key: Option<String>,
     /// Encryption context pair, repeatable.
     #[arg(long = "context", value_parser = parse_pair)]
     context: Vec<(String, String)>,
@@ -96,7 +97,7 @@ async fn explain(args: ExplainArgs) -> Result<(), String> {
     let request = pb::ExplainAccessRequest {
         principal: args.principal,
         action: args.action,
-        key_id: args.key,
+        key_id: args.key.unwrap_or_default(),
         encryption_context: ctx(args.context),
         source_ip: args.source_ip.unwrap_or_default(),
     };

@@ -108,9 +108,41 @@ const KEY_ACTIONS: &[&str] = &[
     "kms:DeleteImportedKeyMaterial",
 ];
 
+/// The actions ExplainAccess evaluates on `*`, without a key (the custom key store
+/// operations: identity policies decide them, as in AWS). `key_id` must then be empty.
+const ACCOUNT_ACTIONS: &[&str] = &[
+    "kms:CreateCustomKeyStore",
+    "kms:ConnectCustomKeyStore",
+    "kms:DisconnectCustomKeyStore",
+    "kms:UpdateCustomKeyStore",
+    "kms:DeleteCustomKeyStore",
+    "kms:DescribeCustomKeyStores",
+];
+
+/// The action of an ExplainAccess request, in its canonical spelling, and whether it is one
+/// of the [`ACCOUNT_ACTIONS`].
+fn known_action(action: &str) -> Result<(&'static str, bool), KmsError> {
+    let find = |list: &[&'static str]| {
+        list.iter()
+            .find(|a| a.eq_ignore_ascii_case(action))
+            .copied()
+    };
+    match (find(KEY_ACTIONS), find(ACCOUNT_ACTIONS)) {
+        (Some(a), _) => Ok((a, false)),
+        (None, Some(a)) => Ok((a, true)),
+        (None, None) => Err(KmsError::validation(
+            "action",
+            &format!(
+                "Member must be one of {:?}",
+                [KEY_ACTIONS, ACCOUNT_ACTIONS].concat()
+            ),
+        )),
+    }
+}
+
 impl Kms {
-    /// Explains whether `req.principal` may perform `req.action` on `req.key_id`. The caller
-    /// needs `p11kms:ExplainAccess`.
+    /// Explains whether `req.principal` may perform `req.action` on `req.key_id` (or, for a
+    /// custom key store action, on `*`). The caller needs `p11kms:ExplainAccess`.
     pub async fn explain_access(
         &self,
         caller: &Caller,
@@ -123,15 +155,12 @@ impl Kms {
                     KmsError::validation("sourceIp", "Member must be an IP address")
                 })?),
             };
-        let Some(action) = KEY_ACTIONS
-            .iter()
-            .find(|a| a.eq_ignore_ascii_case(&req.action))
-        else {
-            return Err(KmsError::validation(
-                "action",
-                &format!("Member must be one of {KEY_ACTIONS:?}"),
-            ));
-        };
+        let (action, on_account) = known_action(&req.action)?;
+        if on_account && !req.key_id.is_empty() {
+            return Err(KmsError::Validation(format!(
+                "{action} applies to no key: leave the key out."
+            )));
+        }
         self.authorize(caller, AuthzRequest::new("p11kms:ExplainAccess", "*"))?;
         let principal = self
             .directory
@@ -144,6 +173,9 @@ impl Kms {
                 ))
             })?;
         let target = Caller::new(principal, AuthMethod::Internal, source_ip, true);
+        if on_account {
+            return Ok(self.explain_on_account(&target, action));
+        }
         let resolved = self.resolve(&target, &req.key_id, true)?;
         let authz = AuthzRequest::on_key(action, &resolved).context(&req.encryption_context);
         let decision = self.decide(&target, &authz);
@@ -157,6 +189,23 @@ impl Kms {
             decision,
             message,
         })
+    }
+}
+
+impl Kms {
+    /// The decision on an action on `*` (identity policies only).
+    fn explain_on_account(&self, target: &Caller, action: &'static str) -> ExplainResponse {
+        let decision = self.decide(target, &AuthzRequest::new(action, "*"));
+        let message = if decision.is_allow() {
+            format!("Allowed: {}", decision.summary())
+        } else {
+            decision.aws_message(&target.principal_arn, action, "*")
+        };
+        ExplainResponse {
+            resource: "*".into(),
+            decision,
+            message,
+        }
     }
 }
 
