@@ -362,9 +362,12 @@ impl KeyStores {
         }
     }
 
-    /// Disconnects `handle` (DisconnectCustomKeyStore): `DISCONNECTING` while its sessions
-    /// close, then `DISCONNECTED`. Answers once disconnected, or after [`DISCONNECT_WAIT`].
-    pub(crate) async fn disconnect(self: &Arc<Self>, handle: &Arc<StoreHandle>) {
+    /// Starts disconnecting `handle` (DisconnectCustomKeyStore): `DISCONNECTING` now, then
+    /// `DISCONNECTED` once its sessions are closed, in a task; [`disconnected`] waits for it.
+    pub(crate) fn start_disconnect(
+        self: &Arc<Self>,
+        handle: &Arc<StoreHandle>,
+    ) -> tokio::task::JoinHandle<()> {
         let (attempt, hsm) = {
             let mut c = handle.conn();
             c.attempt += 1;
@@ -374,7 +377,7 @@ impl KeyStores {
             (c.attempt, c.hsm.take())
         };
         let (me, h) = (self.clone(), handle.clone());
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Some(hsm) = hsm {
                 close(hsm).await;
             }
@@ -389,8 +392,7 @@ impl KeyStores {
             if done {
                 me.report(&h).await;
             }
-        });
-        let _ = tokio::time::timeout(DISCONNECT_WAIT, task).await;
+        })
     }
 
     /// One round of the watch: a connected store whose device stopped answering goes
@@ -519,6 +521,12 @@ fn error_code(store_id: &str, e: &HsmError) -> ConnectionErrorCode {
         OpenFailure::DeviceGone => ConnectionErrorCode::NetworkErrors,
         OpenFailure::Other => ConnectionErrorCode::InternalError,
     }
+}
+
+/// Waits for a disconnection ([`KeyStores::start_disconnect`]) to finish, at most
+/// [`DISCONNECT_WAIT`] (the store stays `DISCONNECTING` until its sessions are closed).
+pub(crate) async fn disconnected(task: tokio::task::JoinHandle<()>) {
+    let _ = tokio::time::timeout(DISCONNECT_WAIT, task).await;
 }
 
 /// Closes a store's device off the async threads (joining its workers waits for their calls).

@@ -469,7 +469,7 @@ impl Kms {
         caller: &Caller,
         req: DisconnectCustomKeyStoreRequest,
     ) -> Result<Empty, KmsError> {
-        let (_guard, handle) = self
+        let (guard, handle) = self
             .store_for(
                 caller,
                 "kms:DisconnectCustomKeyStore",
@@ -487,7 +487,10 @@ impl Kms {
             )));
         }
         self.set_connect(&handle, false).await?;
-        self.key_stores.disconnect(&handle).await;
+        let closing = self.key_stores.start_disconnect(&handle);
+        // The change lock is not held while the store's sessions close.
+        drop(guard);
+        super::connections::disconnected(closing).await;
         Ok(Empty)
     }
 
