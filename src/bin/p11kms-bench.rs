@@ -14,6 +14,12 @@
 //! the same object kind. Raw and daemon phases alternate (raw, daemon, raw, daemon, ..., raw)
 //! so that machine drift hits both; raw is reported as the mean of its phases.
 //!
+//! `--key-store` (own daemon) adds a second token to the world, offered to the daemon as an
+//! `[[hsm.cluster]]`; once the daemon serves, the bench creates and connects a custom key store
+//! on it (CreateCustomKeyStore, ConnectCustomKeyStore) and makes the symmetric cases' keys
+//! there (`Origin: AWS_CLOUDHSM`). Their raw baseline then runs on that token, and each case's
+//! JSON says which store its key is in (`"key_store"`).
+//!
 //! Secrets: the token PINs are random, live in this process's memory and reach children only
 //! through their environment (never argv, logs or JSON). The SigV4 secret is read from the
 //! identity fixtures (own daemon) or from a file / environment variable (`--endpoint`).
@@ -45,6 +51,10 @@ use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
 type Client = KeyManagementServiceClient<Channel>;
 
 const TOKEN_LABEL: &str = "p11kms-bench";
+/// The `--key-store` cluster's token (same token directory as [`TOKEN_LABEL`]).
+const CLUSTER_TOKEN_LABEL: &str = "p11kms-bench-cks";
+/// The `--key-store` cluster's id (AWS's format: `cluster-` and 11-16 letters or digits 2-7).
+const CLUSTER_ID: &str = "cluster-benchkeystore";
 const PIN_ENV: &str = "P11KMS_BENCH_USER_PIN";
 const DEFAULT_ACCESS_KEY: &str = "AKIAADMIN00000000001";
 const ADMIN_CERT: &str = "admin";
@@ -99,6 +109,12 @@ impl Op {
     /// create-key), so that a raw baseline on a session copy means something.
     fn uses_key_object(self) -> bool {
         self != Op::CreateKey
+    }
+
+    /// Whether the case's key is a SYMMETRIC_DEFAULT key: the only kind a custom key store
+    /// holds, so the only cases `--key-store` moves there.
+    fn symmetric(self) -> bool {
+        !matches!(self, Op::Sign | Op::Verify)
     }
 
     /// What the HSM does per request, for the JSON.
@@ -272,6 +288,14 @@ struct Cli {
     /// RSASSA_PSS_SHA_256 on RSA_2048, or ED25519_SHA_512 on ECC_NIST_EDWARDS25519.
     #[arg(long, value_enum, default_value_t = Signing::Ecdsa)]
     signing: Signing,
+    /// Own daemon only (not with --endpoint; crypto suite only): put the keys of the
+    /// symmetric cases (encrypt, decrypt, generate-data-key*, re-encrypt, create-key) in a
+    /// custom key store on a second SoftHSM2 token (an `[[hsm.cluster]]` of the daemon,
+    /// created and connected through gRPC), and run their raw baseline on that token. Sign
+    /// and verify keep default-store keys (a custom key store holds SYMMETRIC_DEFAULT keys
+    /// only).
+    #[arg(long, conflicts_with = "endpoint")]
+    key_store: bool,
     /// Keys in the store for the startup suite.
     #[arg(long, default_value_t = 10_000)]
     startup_keys: usize,
@@ -420,6 +444,8 @@ struct World {
     softhsm_conf: PathBuf,
     module: PathBuf,
     pin: Pin,
+    /// With `--key-store`: the cluster token's user PIN (the store's KeyStorePassword).
+    cluster_pin: Option<Pin>,
     addr: SocketAddr,
     /// The daemon's Prometheus endpoint (audit fsync figures).
     metrics_addr: SocketAddr,
@@ -571,14 +597,20 @@ fn random_secret() -> String {
     )
 }
 
+/// Builds the own daemon's world: its tokens (the default one and, with `--key-store`, the
+/// cluster's), then its PKI, credentials and config.
 fn build_world(cli: &Cli) -> Result<World, String> {
-    let dir = match &cli.workdir {
-        Some(d) => d.clone(),
-        None => {
-            std::env::temp_dir().join(format!("p11kms-bench-{}", uuid::Uuid::new_v4().simple()))
-        }
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let world = new_world(cli, daemon_bin(cli)?)?;
+    init_token(cli, &world, TOKEN_LABEL, &world.pin)?;
+    if let Some(pin) = &world.cluster_pin {
+        init_token(cli, &world, CLUSTER_TOKEN_LABEL, pin)?;
+    }
+    write_world_files(cli, &world)?;
+    Ok(world)
+}
+
+/// The daemon binary: `--daemon-bin`, or `p11kms` next to this binary; it must exist.
+fn daemon_bin(cli: &Cli) -> Result<PathBuf, String> {
     let daemon_bin = match &cli.daemon_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()
@@ -593,45 +625,62 @@ fn build_world(cli: &Cli) -> Result<World, String> {
             daemon_bin.display()
         ));
     }
+    Ok(daemon_bin)
+}
+
+/// The world's paths, PINs and ports, in its (created) work dir: no file made yet.
+fn new_world(cli: &Cli, daemon_bin: PathBuf) -> Result<World, String> {
+    let dir = match &cli.workdir {
+        Some(d) => d.clone(),
+        None => {
+            std::env::temp_dir().join(format!("p11kms-bench-{}", uuid::Uuid::new_v4().simple()))
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let module = p11kms::devsetup::find_softhsm_module()
         .ok_or("SoftHSM2 module not found (apt-get install softhsm2)")?;
-    let world = World {
+    Ok(World {
         pki: dir.join("pki"),
         config: dir.join("p11kms.toml"),
         softhsm_conf: dir.join("softhsm").join("softhsm2.conf"),
         module,
         pin: Pin::new(random_secret()),
+        // KeyStorePassword is at most 32 characters (AWS): 32 hex digits, 122 random bits.
+        cluster_pin: cli
+            .key_store
+            .then(|| Pin::new(uuid::Uuid::new_v4().simple().to_string())),
         addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         daemon_bin,
         keep: cli.keep_workdir,
         dir,
-    };
+    })
+}
 
-    init_token(cli, &world)?;
-
+/// The world's dev PKI (CA, server, admin client), private credentials copy, data dir and
+/// daemon config file.
+fn write_world_files(cli: &Cli, world: &World) -> Result<(), String> {
     p11kms::devsetup::ensure_ca_and_server(&world.pki).map_err(|e| e.to_string())?;
     p11kms::devsetup::issue_client_cert(&world.pki, ADMIN_CERT, None).map_err(|e| e.to_string())?;
 
     let id = &cli.identity_dir;
     let accounts = identity_accounts(id)?;
-    let creds = private_credentials(id, &world)?;
-    let text = config_text(cli, &world, &accounts, &creds);
+    let creds = private_credentials(id, world)?;
+    let text = config_text(cli, world, &accounts, &creds);
     std::fs::create_dir_all(world.dir.join("data")).map_err(|e| e.to_string())?;
-    std::fs::write(&world.config, text).map_err(|e| e.to_string())?;
-    Ok(world)
+    std::fs::write(&world.config, text).map_err(|e| e.to_string())
 }
 
-/// Creates the bench's SoftHSM2 token with `init-token.sh`; PINs reach the script through its
-/// environment only.
-fn init_token(cli: &Cli, world: &World) -> Result<(), String> {
+/// Creates SoftHSM2 token `label` with user PIN `pin` in the world's token directory with
+/// `init-token.sh`; PINs reach the script through its environment only.
+fn init_token(cli: &Cli, world: &World, label: &str, pin: &Pin) -> Result<(), String> {
     let so_pin = Zeroizing::new(random_secret());
     let out = Command::new("bash")
         .arg(&cli.init_token_script)
         .arg(world.dir.join("softhsm"))
-        .arg(TOKEN_LABEL)
+        .arg(label)
         .env("P11KMS_SO_PIN", so_pin.as_str())
-        .env("P11KMS_USER_PIN", world.pin.expose())
+        .env("P11KMS_USER_PIN", pin.expose())
         .output()
         .map_err(|e| format!("run {}: {e}", cli.init_token_script.display()))?;
     if !out.status.success() {
@@ -712,6 +761,9 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
     if let Some(d) = &cli.audit_durability {
         text.push_str(&format!("\n[audit]\ndurability = {}\n", toml_str(d)));
     }
+    if world.cluster_pin.is_some() {
+        text.push_str(&cluster_section(world));
+    }
     for a in accounts {
         text.push_str(&format!(
             "\n[[identity.account]]\naccount_id = \"{a}\"\nauthorization_details = {}\n",
@@ -719,6 +771,22 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
         ));
     }
     text
+}
+
+/// The `[[hsm.cluster]]` entry of the `--key-store` token: the default token's module (and
+/// token directory), the world's dev CA as trust anchor. No PIN: the key administrator gives
+/// it to CreateCustomKeyStore.
+fn cluster_section(world: &World) -> String {
+    format!(
+        "\n[[hsm.cluster]]\nid = \"{CLUSTER_ID}\"\nmodule = {}\ntoken_label = \"{CLUSTER_TOKEN_LABEL}\"\ntrust_anchor_file = {}\n",
+        toml_str(&world.module.display().to_string()),
+        toml_str(&trust_anchor_file(world).display().to_string()),
+    )
+}
+
+/// The `--key-store` cluster's trust anchor: the world's dev CA certificate.
+fn trust_anchor_file(world: &World) -> PathBuf {
+    world.pki.join("ca.pem")
 }
 
 fn toml_str(s: &str) -> String {
@@ -882,16 +950,24 @@ fn reason(s: &tonic::Status) -> String {
     aws_reason(s).unwrap_or_else(|| format!("grpc:{:?}", s.code()))
 }
 
-async fn create_key(conn: &Conn, c: &mut Client) -> Result<String, tonic::Status> {
-    create_key_of(conn, c, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await
+/// CreateKey of a symmetric key, in custom key store `store` if given (else the default
+/// store); answers the key id.
+async fn create_key(
+    conn: &Conn,
+    c: &mut Client,
+    store: Option<&str>,
+) -> Result<String, tonic::Status> {
+    create_key_of(conn, c, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", store).await
 }
 
-/// CreateKey of `spec` and `usage`; answers the key id.
+/// CreateKey of `spec` and `usage`, in custom key store `store` (`Origin: AWS_CLOUDHSM`) if
+/// given; answers the key id.
 async fn create_key_of(
     conn: &Conn,
     c: &mut Client,
     spec: &str,
     usage: &str,
+    store: Option<&str>,
 ) -> Result<String, tonic::Status> {
     let r = c
         .create_key(conn.req(
@@ -899,6 +975,8 @@ async fn create_key_of(
                 description: "p11kms-bench".into(),
                 key_spec: spec.into(),
                 key_usage: usage.into(),
+                origin: if store.is_some() { "AWS_CLOUDHSM" } else { "" }.into(),
+                custom_key_store_id: store.unwrap_or_default().into(),
                 ..Default::default()
             },
             "CreateKey",
@@ -908,6 +986,83 @@ async fn create_key_of(
         .key_metadata
         .map(|m| m.key_id)
         .ok_or_else(|| tonic::Status::internal("CreateKey answered no metadata"))
+}
+
+/// Most time [`connect_key_store`] waits for the store to be CONNECTED.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `--key-store`: CreateCustomKeyStore on the world's cluster (its dev-CA trust anchor, the
+/// cluster token's PIN as KeyStorePassword), ConnectCustomKeyStore, then DescribeCustomKeyStores
+/// until the store is CONNECTED (an error if FAILED or still not after [`CONNECT_TIMEOUT`]).
+/// Answers the store id.
+async fn connect_key_store(conn: &Conn, world: &World) -> Result<String, String> {
+    let pin = world
+        .cluster_pin
+        .as_ref()
+        .ok_or("the world has no cluster")?;
+    let anchor = trust_anchor_file(world);
+    let anchor =
+        std::fs::read_to_string(&anchor).map_err(|e| format!("{}: {e}", anchor.display()))?;
+    let failed = |what: &str, s: tonic::Status| format!("{what}: {}: {}", reason(&s), s.message());
+    let mut c = conn.client(0);
+    let id = c
+        .create_custom_key_store(conn.req(
+            pb::CreateCustomKeyStoreRequest {
+                custom_key_store_name: "p11kms-bench".into(),
+                cloud_hsm_cluster_id: CLUSTER_ID.into(),
+                trust_anchor_certificate: anchor,
+                key_store_password: pin.expose().to_owned(),
+                custom_key_store_type: String::new(),
+            },
+            "CreateCustomKeyStore",
+        ))
+        .await
+        .map_err(|s| failed("CreateCustomKeyStore", s))?
+        .into_inner()
+        .custom_key_store_id;
+    c.connect_custom_key_store(conn.req(
+        pb::ConnectCustomKeyStoreRequest {
+            custom_key_store_id: id.clone(),
+        },
+        "ConnectCustomKeyStore",
+    ))
+    .await
+    .map_err(|s| failed("ConnectCustomKeyStore", s))?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let r = c
+            .describe_custom_key_stores(conn.req(
+                pb::DescribeCustomKeyStoresRequest {
+                    custom_key_store_id: id.clone(),
+                    ..Default::default()
+                },
+                "DescribeCustomKeyStores",
+            ))
+            .await
+            .map_err(|s| failed("DescribeCustomKeyStores", s))?
+            .into_inner();
+        let state = r.custom_key_stores.first().map(|s| {
+            (
+                s.connection_state.as_str(),
+                s.connection_error_code.as_str(),
+            )
+        });
+        match state {
+            Some(("CONNECTED", _)) => break,
+            Some(("FAILED", code)) => return Err(format!("custom key store {id} FAILED: {code}")),
+            _ if Instant::now() > deadline => {
+                return Err(format!(
+                    "custom key store {id} not CONNECTED within {} s: {state:?}",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    eprintln!(
+        "p11kms-bench: custom key store {id} on {CLUSTER_ID} ({CLUSTER_TOKEN_LABEL}) is CONNECTED"
+    );
+    Ok(id)
 }
 
 fn sign_request(f: &Fixture) -> pb::SignRequest {
@@ -927,6 +1082,8 @@ struct Fixture {
     /// The key kind and algorithm of sign and verify.
     signing: Signing,
     key_id: String,
+    /// The custom key store of `key_id` (and of the keys create-key makes), if any.
+    store: Option<String>,
     plaintext: Vec<u8>,
     ciphertext: Vec<u8>,
     /// A signature over `plaintext` by `key_id` (verify only).
@@ -991,7 +1148,7 @@ async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), ton
             .await?;
         }
         Op::CreateKey => {
-            create_key(conn, c).await?;
+            create_key(conn, c, f.store.as_deref()).await?;
         }
         Op::Sign => {
             c.sign(conn.req(sign_request(f), "Sign")).await?;
@@ -1155,7 +1312,13 @@ struct Bench<'a> {
     server_pid: Option<u32>,
     /// The daemon's metrics endpoint, to read the audit writer's fsync counters.
     metrics: Option<SocketAddr>,
+    /// The raw baseline on the default token.
     raw: Option<RawBench>,
+    /// The raw baseline on the `--key-store` cluster token.
+    raw_custom: Option<RawBench>,
+    /// The `--key-store` custom key store (connected), if any.
+    store_id: Option<String>,
+    /// The key of the symmetric cases (in `store_id` if set).
     key_id: String,
     tck: f64,
     cores: usize,
@@ -1163,6 +1326,19 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// The custom key store the case's key lives in (`--key-store`, symmetric cases), if any.
+    fn store_of(&self, op: Op) -> Option<&str> {
+        self.store_id.as_deref().filter(|_| op.symmetric())
+    }
+
+    /// The raw baseline on the token the case's key lives on.
+    fn raw_of(&self, op: Op) -> Option<&RawBench> {
+        match self.store_of(op) {
+            Some(_) => self.raw_custom.as_ref(),
+            None => self.raw.as_ref(),
+        }
+    }
+
     fn aad() -> Vec<u8> {
         let header = p11kms::ciphertext::header(&[0u8; 16], 1, &[0u8; 12]);
         p11kms::ciphertext::aad(&header, &[])
@@ -1203,11 +1379,13 @@ impl Bench<'_> {
             self.rt
                 .block_on(async move {
                     let key_id =
-                        create_key_of(&conn, &mut c, signing.key_spec(), "SIGN_VERIFY").await?;
+                        create_key_of(&conn, &mut c, signing.key_spec(), "SIGN_VERIFY", None)
+                            .await?;
                     let mut f = Fixture {
                         op,
                         signing,
                         key_id,
+                        store: None,
                         plaintext: pt,
                         ciphertext: Vec::new(),
                         signature: Vec::new(),
@@ -1225,6 +1403,7 @@ impl Bench<'_> {
             op,
             signing,
             key_id,
+            store: self.store_of(op).map(str::to_owned),
             plaintext,
             ciphertext,
             signature,
@@ -1239,7 +1418,7 @@ impl Bench<'_> {
         dur: Duration,
         aad: &[u8],
     ) -> Result<(RawResult, u64), String> {
-        let raw = self.raw.as_ref().ok_or("no raw bench")?;
+        let raw = self.raw_of(op).ok_or("no raw bench")?;
         let t0 = thread_cpu();
         let r = raw
             .run_on(kind, op.raw(), self.cli.payload, aad, dur)
@@ -1329,7 +1508,8 @@ impl Bench<'_> {
         Ok(Measured { t, raw, mem, hwm })
     }
 
-    /// With a raw baseline: one raw phase on the token key and, for cases on an existing key,
+    /// With a raw baseline (on the token of the case's key): one raw phase on the token key
+    /// and, for cases on an existing key,
     /// one on a session-object copy of it (what the daemon uses with hsm.session_key_copies on).
     fn raw_phases(
         &self,
@@ -1338,7 +1518,7 @@ impl Bench<'_> {
         dur: Duration,
         aad: &[u8],
     ) -> Result<(), String> {
-        if self.raw.is_some() {
+        if self.raw_of(op).is_some() {
             let (r, cpu) = self.raw_phase(RawKey::Token, op, dur, aad)?;
             raw.rates.push(r.ops_per_sec());
             raw.ops += r.ops;
@@ -1402,6 +1582,8 @@ impl Bench<'_> {
             "errors": t.all.errors,
         });
         let rest = json!({
+            "key_store": if self.store_of(op).is_some() { "custom" } else { "default" },
+            "custom_key_store_id": self.store_of(op),
             "daemon_session_key_copies": !cli.no_session_key_copies,
             "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
                 cli.signing.hsm_calls(op)
@@ -1733,7 +1915,9 @@ fn seed_keys(
                     if k >= need || start.elapsed() > timeout {
                         break;
                     }
-                    match tokio::time::timeout(REQUEST_TIMEOUT, create_key(&conn, &mut c)).await {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, create_key(&conn, &mut c, None))
+                        .await
+                    {
                         Ok(Ok(_)) => {
                             made += 1;
                             if (have + k + 1) % 1000 == 0 {
@@ -1887,14 +2071,31 @@ fn startup_suite(
     Ok(any_errors || v["error_count"].as_u64().unwrap_or(0) > 0)
 }
 
+/// A token the raw baseline opens: module, token label, user PIN.
+type RawCfg = (PathBuf, String, Pin);
+
 /// Where the crypto and startup suites send requests: the bench's own daemon (with its work
-/// dir) or the existing `--endpoint`, and the HSM the raw baseline opens, if any.
+/// dir) or the existing `--endpoint`, and the tokens the raw baseline opens, if any (the
+/// default token; the `--key-store` cluster token).
 struct Setup {
     world: Option<World>,
     daemon: Option<Daemon>,
     target: Target,
     server_pid: Option<u32>,
-    raw_cfg: Option<(PathBuf, String, Pin)>,
+    raw_cfg: Option<RawCfg>,
+    raw_cluster_cfg: Option<RawCfg>,
+}
+
+/// Opens the raw baseline on `cfg`'s token (none without a token or with `--no-raw`).
+fn open_raw(cli: &Cli, cfg: Option<&RawCfg>) -> Result<Option<RawBench>, String> {
+    match (cfg, cli.no_raw) {
+        (Some((m, l, pin)), false) => Ok(Some(
+            RawBench::open(m, l, pin)
+                .map_err(|e| format!("raw bench on {l}: {e}"))?
+                .with_signing(cli.signing.raw()),
+        )),
+        _ => Ok(None),
+    }
 }
 
 /// Builds the work dir and starts the bench's own daemon (waiting until it answers), or
@@ -1920,6 +2121,7 @@ fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String
                 target,
                 server_pid: cli.server_pid,
                 raw_cfg,
+                raw_cluster_cfg: None,
             })
         }
         None => {
@@ -1940,6 +2142,13 @@ fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String
             Ok(Setup {
                 server_pid: Some(d.pid),
                 raw_cfg: Some((w.module.clone(), TOKEN_LABEL.to_string(), w.pin.clone())),
+                raw_cluster_cfg: w.cluster_pin.as_ref().map(|pin| {
+                    (
+                        w.module.clone(),
+                        CLUSTER_TOKEN_LABEL.to_string(),
+                        pin.clone(),
+                    )
+                }),
                 daemon: Some(d),
                 target: t,
                 world: Some(w),
@@ -1970,6 +2179,9 @@ fn run(cli: Cli) -> Result<bool, String> {
     if cli.suite.contains(&Suite::Startup) && cli.endpoint.is_some() {
         return Err("--suite startup needs the bench's own daemon (no --endpoint)".into());
     }
+    if cli.suite.contains(&Suite::Startup) && cli.key_store {
+        return Err("--key-store applies to the crypto suite only (not --suite startup)".into());
+    }
 
     // ---- the daemon
     let setup = start_target(&cli, &rt)?;
@@ -1977,22 +2189,25 @@ fn run(cli: Cli) -> Result<bool, String> {
     let mut daemon = setup.daemon;
     let target = setup.target;
     let server_pid = setup.server_pid;
-    let raw_cfg = setup.raw_cfg;
-    let raw = match (&raw_cfg, cli.no_raw) {
-        (Some((m, l, pin)), false) => Some(
-            RawBench::open(m, l, pin)
-                .map_err(|e| format!("raw bench: {e}"))?
-                .with_signing(cli.signing.raw()),
-        ),
-        _ => None,
-    };
+    let raw = open_raw(&cli, setup.raw_cfg.as_ref())?;
+    let raw_custom = open_raw(&cli, setup.raw_cluster_cfg.as_ref())?;
 
     let conn = rt.block_on(Conn::open(&target, cli.channels))?;
+    let store_id = match world.as_ref().filter(|_| cli.key_store) {
+        Some(w) => Some(rt.block_on(connect_key_store(&conn, w))?),
+        None => None,
+    };
+    if store_id.is_some() && cli.ops.iter().any(|op| !op.symmetric()) {
+        eprintln!(
+            "p11kms-bench: --key-store: sign and verify keep default-store keys (a custom key \
+             store holds SYMMETRIC_DEFAULT keys only)"
+        );
+    }
     let key_id = match &cli.key_id {
         Some(k) => k.clone(),
         None => {
             let mut c = conn.client(0);
-            rt.block_on(create_key(&conn, &mut c))
+            rt.block_on(create_key(&conn, &mut c, store_id.as_deref()))
                 .map_err(|s| format!("CreateKey: {}: {}", reason(&s), s.message()))?
         }
     };
@@ -2004,6 +2219,8 @@ fn run(cli: Cli) -> Result<bool, String> {
         server_pid,
         metrics: world.as_ref().map(|w| w.metrics_addr),
         raw,
+        raw_custom,
+        store_id,
         key_id: key_id.clone(),
         tck,
         cores,
@@ -2050,5 +2267,59 @@ fn main() -> ExitCode {
             eprintln!("p11kms-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config file the bench writes for `args`, parsed and validated by the daemon's own
+    /// loader, with its text and the world (whose work dir is removed on drop).
+    fn written_config(args: &[&str]) -> (p11kms::config::Config, String, World) {
+        let dir = std::env::temp_dir().join(format!(
+            "p11kms-bench-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let dir_arg = dir.display().to_string();
+        let mut argv = vec!["p11kms-bench", "--workdir", dir_arg.as_str()];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("arguments");
+        let world = new_world(&cli, PathBuf::from("p11kms")).expect("world");
+        write_world_files(&cli, &world).expect("world files");
+        let text = std::fs::read_to_string(&world.config).expect("config text");
+        let cfg = p11kms::config::Config::load(&world.config).expect("the daemon accepts it");
+        (cfg, text, world)
+    }
+
+    #[test]
+    fn key_store_config_offers_the_cluster_token_without_its_pin() {
+        let (cfg, text, world) = written_config(&["--key-store"]);
+        assert_eq!(cfg.hsm.cluster.len(), 1, "{text}");
+        let c = &cfg.hsm.cluster[0];
+        assert_eq!(c.id, CLUSTER_ID);
+        assert_eq!(c.token_label, CLUSTER_TOKEN_LABEL);
+        assert_eq!(c.module, cfg.hsm.module);
+        assert_eq!(c.trust_anchor_file, world.pki.join("ca.pem"));
+        assert_eq!(cfg.hsm.token_label, TOKEN_LABEL);
+        let cluster_pin = world.cluster_pin.as_ref().expect("a cluster PIN");
+        assert_ne!(cluster_pin.expose(), world.pin.expose());
+        assert!(!text.contains(cluster_pin.expose()));
+        assert!(!text.contains(world.pin.expose()));
+    }
+
+    #[test]
+    fn without_key_store_no_cluster_is_offered() {
+        let (cfg, text, world) = written_config(&[]);
+        assert!(cfg.hsm.cluster.is_empty(), "{text}");
+        assert!(world.cluster_pin.is_none());
+    }
+
+    #[test]
+    fn key_store_is_own_daemon_only_and_moves_only_symmetric_cases() {
+        let err = Cli::try_parse_from(["p11kms-bench", "--key-store", "--endpoint", "https://x:1"]);
+        assert!(err.is_err());
+        assert!(Op::Encrypt.symmetric() && Op::ReEncrypt.symmetric() && Op::CreateKey.symmetric());
+        assert!(!Op::Sign.symmetric() && !Op::Verify.symmetric());
     }
 }
