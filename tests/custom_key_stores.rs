@@ -258,6 +258,16 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
     );
 
     schedule_deletion(&mut c, &key_a.key_id, 7).await;
+    // Store b stays connected: its key's object is destroyed when its window ends.
+    schedule_deletion(&mut c, &key_b, 7).await;
+    let device_b = server
+        .kms
+        .key_stores()
+        .get(&store_b)
+        .unwrap()
+        .connected_hsm()
+        .unwrap();
+    assert!(device_b.exists(key_object(&key_b)).await.unwrap());
     disconnect(&mut c, &store_a).await.unwrap();
     assert_eq!(
         describe_key(&mut c, &key_a.key_id).await.key_state,
@@ -293,6 +303,19 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
         .filter(|e| e["requestParameters"]["orphanedKeyObject"] == orphan.as_str())
         .count();
     assert_eq!(audited, 1);
+    let device_b = server
+        .kms
+        .key_stores()
+        .get(&store_b)
+        .unwrap()
+        .connected_hsm()
+        .unwrap();
+    assert_eq!(
+        reason(try_describe(&mut c, &key_b).await),
+        "NotFoundException"
+    );
+    assert!(!device_b.exists(key_object(&key_b)).await.unwrap());
+    assert!(orphans.iter().all(|o| o.key_id != key_b), "{orphans:?}");
     c.delete_custom_key_store(delete(&store_a))
         .await
         .expect("delete a");
