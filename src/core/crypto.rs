@@ -493,7 +493,7 @@ impl Kms {
             &req.destination_encryption_context,
         )?;
         let dest = self.re_encrypt_destination(caller, &req).await?;
-        let source = self.open_re_encrypt_source(caller, &req, &dest)?;
+        let mut source = self.open_re_encrypt_source(caller, &req, &dest)?;
         let (k, v) = super::asym::on_same_key(source.object.key_id() == dest.key.uuid);
         self.authorize(
             caller,
@@ -505,32 +505,10 @@ impl Kms {
         check_symmetric_usage(&dest)?;
         super::end_dry_run(req.dry_run)?;
         let dest_object = dest.key.current_object();
-        let from = self.device_of(&source.resolved.key)?;
-        let to = self.device_of(&dest.key)?;
         let dest_aad = aad_builder(dest_object, dest_ctx);
-        let sealed = if Arc::ptr_eq(&from, &to) {
-            from.reencrypt_gcm(
-                source.object,
-                source.iv,
-                source.ciphertext_and_tag,
-                source.aad,
-                dest_object,
-                dest_aad,
-            )
-            .await?
-        } else {
-            // Between two devices (stores) the plaintext passes through this process, in a
-            // zeroizing buffer, as a Decrypt followed by an Encrypt would.
-            let plaintext = from
-                .decrypt_gcm(
-                    source.object,
-                    source.iv,
-                    source.ciphertext_and_tag,
-                    source.aad,
-                )
-                .await?;
-            to.encrypt_gcm(dest_object, plaintext, dest_aad).await?
-        };
+        let sealed = self
+            .reseal(&mut source, &dest, dest_object, dest_aad)
+            .await?;
         Ok(ReEncryptResponse {
             ciphertext_blob: blob_from(dest_object, &sealed),
             source_key_id: source.resolved.key.arn.clone(),
@@ -540,6 +518,31 @@ impl Kms {
             source_key_material_id: key_material_id(source.object),
             destination_key_material_id: key_material_id(dest_object),
         })
+    }
+
+    /// Opens `source` and seals its plaintext under `dest_object` of `dest`: in one HSM job
+    /// when both keys are on one device; between two devices (custom key stores) as a
+    /// decryption on one and an encryption on the other, the plaintext passing through this
+    /// process in a zeroizing buffer, as a Decrypt followed by an Encrypt would.
+    async fn reseal(
+        &self,
+        source: &mut OpenedBlob,
+        dest: &Resolved,
+        dest_object: ObjectId,
+        dest_aad: AadBuilder,
+    ) -> Result<GcmSealed, KmsError> {
+        let from = self.device_of(&source.resolved.key)?;
+        let to = self.device_of(&dest.key)?;
+        let ct = std::mem::take(&mut source.ciphertext_and_tag);
+        let aad = std::mem::take(&mut source.aad);
+        if Arc::ptr_eq(&from, &to) {
+            let sealed = from
+                .reencrypt_gcm(source.object, source.iv, ct, aad, dest_object, dest_aad)
+                .await?;
+            return Ok(sealed);
+        }
+        let plaintext = from.decrypt_gcm(source.object, source.iv, ct, aad).await?;
+        Ok(to.encrypt_gcm(dest_object, plaintext, dest_aad).await?)
     }
 
     /// GenerateDataKey: a data key, in plaintext and sealed under the KMS key.
