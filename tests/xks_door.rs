@@ -72,9 +72,21 @@ async fn xks(
     signing: Signing<'_>,
     body: &Value,
 ) -> (u16, Value) {
+    let body = body.to_string().into_bytes();
+    xks_raw(server, addr, method, path, signing, &body).await
+}
+
+/// [`xks`] with a body of any bytes.
+async fn xks_raw(
+    server: &RunningServer,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    signing: Signing<'_>,
+    body: &[u8],
+) -> (u16, Value) {
     use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = body.to_string().into_bytes();
     let amz_date = sigv4::format_amz_date(server.kms.now_ms() / 1000 + signing.skew);
     let mut headers = vec![
         ("host".to_string(), format!("127.0.0.1:{}", addr.port())),
@@ -88,7 +100,7 @@ async fn xks(
             path,
             query: "",
             headers: &headers,
-            payload_sha256_hex: &sigv4::sha256_hex(&body),
+            payload_sha256_hex: &sigv4::sha256_hex(body),
         },
         &names,
         &SigningParams {
@@ -109,7 +121,7 @@ async fn xks(
         body.len()
     ));
     let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(body);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = test_ca_connector(b"http/1.1")
@@ -271,7 +283,18 @@ async fn every_route_answers_as_specified() {
         vec![1, 0, 0, 0, 1],
         "key version 1"
     );
-    assert_eq!(b64(&enc["ciphertextDataIntegrityValue"]).len(), 32);
+    // CDIV = SHA-256(AAD || ciphertextMetadata || IV || ciphertext || tag), computed here.
+    let mut cdiv_input = aad.clone();
+    for member in [
+        "ciphertextMetadata",
+        "initializationVector",
+        "ciphertext",
+        "authenticationTag",
+    ] {
+        cdiv_input.extend(b64(&enc[member]));
+    }
+    let cdiv: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&cdiv_input).into();
+    assert_eq!(b64(&enc["ciphertextDataIntegrityValue"]), cdiv);
 
     let dec_path = path(&format!("keys/{key}/decrypt"));
     let (status, dec) = xks(
@@ -445,13 +468,21 @@ async fn transport_and_authentication_refusals() {
     )
     .await;
     assert_eq!(status, 200);
-    // A body that is not the operation's input.
-    let (status, e) = xks(&server, addr, "POST", &h, GOOD, &json!({"x": 1})).await;
-    assert_eq!(
-        (status, e["errorName"].as_str()),
-        (400, Some("ValidationException")),
-        "{e}"
-    );
+    // A body that is not the operation's input, not JSON, or over the limit.
+    let oversized = vec![b'{'; 70_000];
+    let bodies: [(&[u8], &str); 3] = [
+        (br#"{"x": 1}"#, "not the input"),
+        (b"not json {", "not JSON"),
+        (&oversized, "oversized"),
+    ];
+    for (body, what) in bodies {
+        let (status, e) = xks_raw(&server, addr, "POST", &h, GOOD, body).await;
+        assert_eq!(
+            (status, e["errorName"].as_str()),
+            (400, Some("ValidationException")),
+            "{what}: {e}"
+        );
+    }
     server.shutdown().await.unwrap();
 }
 
@@ -488,6 +519,11 @@ async fn key_policy_and_key_state_decide() {
     )
     .await;
     assert_eq!(status, 200, "{enc}");
+    // An unknown kmsOperation is accepted.
+    let mut future = encrypt_body(b"x", b"", ALLOWED);
+    future["requestMetadata"]["kmsOperation"] = json!("SomeFutureOperation");
+    let (status, e) = xks(&server, addr, "POST", &enc_path, GOOD, &future).await;
+    assert_eq!(status, 200, "{e}");
 
     // The default key policy gives user1 nothing: denied.
     let plain = create_key(&mut c).await;
