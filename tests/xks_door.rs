@@ -86,7 +86,6 @@ async fn xks_raw(
     body: &[u8],
 ) -> (u16, Value) {
     use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let amz_date = sigv4::format_amz_date(server.kms.now_ms() / 1000 + signing.skew);
     let mut headers = vec![
         ("host".to_string(), format!("127.0.0.1:{}", addr.port())),
@@ -122,24 +121,43 @@ async fn xks_raw(
     ));
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = test_ca_connector(b"http/1.1")
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    tls.write_all(&bytes).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        tls.read_to_end(&mut raw),
-    )
-    .await
-    .expect("the XKS door answers")
-    .ok();
-    let answer = parse_http_answer(&raw);
+    let answer = tls_exchange(addr, &bytes).await;
     let v = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
     (answer.status, v)
+}
+
+/// The XKS door of a test daemon, with requests signed by the first credential.
+struct Door<'a> {
+    server: &'a RunningServer,
+    addr: SocketAddr,
+}
+
+impl Door<'_> {
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        xks(self.server, self.addr, "POST", path, GOOD, body).await
+    }
+
+    /// The answer of a request that must succeed.
+    async fn ok(&self, path: &str, body: &Value) -> Value {
+        let (status, v) = self.post(path, body).await;
+        assert_eq!(status, 200, "{path}: {v}");
+        v
+    }
+
+    /// Asserts that a request is refused with `status` and the error `name`.
+    async fn refused(&self, path: &str, body: &Value, status: u16, name: &str) {
+        let (got, e) = self.post(path, body).await;
+        assert_eq!(
+            (got, e["errorName"].as_str()),
+            (status, Some(name)),
+            "{path}: {e}"
+        );
+        let m = e["errorMessage"].as_str().unwrap_or_default();
+        assert!(
+            m.len() < 512 && m.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+            "{m}"
+        );
+    }
 }
 
 fn path(tail: &str) -> String {
@@ -237,26 +255,20 @@ async fn xks_key(c: &mut Client, material: Option<&[u8]>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_as_specified() {
     let (server, addr, dir) = start_xks("xks-routes").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
     let mut c = admin(server.addr).await;
     let key = xks_key(&mut c, None).await;
 
     let health =
         json!({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}});
-    let (status, h) = xks(&server, addr, "POST", &path("health"), GOOD, &health).await;
-    assert_eq!(status, 200, "{h}");
+    let h = door.ok(&path("health"), &health).await;
     assert_eq!(h["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{h}");
 
     let md = json!({"requestMetadata": metadata("DescribeKey", ALLOWED)});
-    let (status, m) = xks(
-        &server,
-        addr,
-        "POST",
-        &path(&format!("keys/{key}/metadata")),
-        GOOD,
-        &md,
-    )
-    .await;
-    assert_eq!(status, 200, "{m}");
+    let m = door.ok(&path(&format!("keys/{key}/metadata")), &md).await;
     assert_eq!(
         m,
         json!({"keySpec": "AES_256", "keyUsage": ["ENCRYPT", "DECRYPT"], "keyStatus": "ENABLED"})
@@ -265,16 +277,7 @@ async fn every_route_answers_as_specified() {
     let pt = vec![7u8; 4300];
     let aad = vec![9u8; 8192];
     let enc_path = path(&format!("keys/{key}/encrypt"));
-    let (status, enc) = xks(
-        &server,
-        addr,
-        "POST",
-        &enc_path,
-        GOOD,
-        &encrypt_body(&pt, &aad, ALLOWED),
-    )
-    .await;
-    assert_eq!(status, 200, "{enc}");
+    let enc = door.ok(&enc_path, &encrypt_body(&pt, &aad, ALLOWED)).await;
     assert_eq!(b64(&enc["initializationVector"]).len(), 12);
     assert_eq!(b64(&enc["authenticationTag"]).len(), 16);
     assert_eq!(b64(&enc["ciphertext"]).len(), pt.len());
@@ -297,16 +300,7 @@ async fn every_route_answers_as_specified() {
     assert_eq!(b64(&enc["ciphertextDataIntegrityValue"]), cdiv);
 
     let dec_path = path(&format!("keys/{key}/decrypt"));
-    let (status, dec) = xks(
-        &server,
-        addr,
-        "POST",
-        &dec_path,
-        GOOD,
-        &decrypt_body(&enc, &aad, ALLOWED),
-    )
-    .await;
-    assert_eq!(status, 200, "{dec}");
+    let dec = door.ok(&dec_path, &decrypt_body(&enc, &aad, ALLOWED)).await;
     assert_eq!(b64(&dec["plaintext"]), pt);
 
     // The second credential is accepted as well.
@@ -331,36 +325,22 @@ async fn every_route_answers_as_specified() {
     let mut ct = b64(&enc["ciphertext"]);
     ct[0] ^= 1;
     tampered["ciphertext"] = Value::from(B64.encode(&ct));
-    for (body, what) in [
-        (
-            decrypt_body(&tampered, &aad, ALLOWED),
-            "tampered ciphertext",
-        ),
-        (decrypt_body(&enc, b"other", ALLOWED), "other AAD"),
+    for body in [
+        decrypt_body(&tampered, &aad, ALLOWED),
+        decrypt_body(&enc, b"other", ALLOWED),
     ] {
-        let (status, e) = xks(&server, addr, "POST", &dec_path, GOOD, &body).await;
-        assert_eq!(
-            (status, e["errorName"].as_str()),
-            (400, Some("InvalidCiphertextException")),
-            "{what}: {e}"
-        );
+        door.refused(&dec_path, &body, 400, "InvalidCiphertextException")
+            .await;
     }
 
     // An unknown key: KeyNotFoundException.
-    let (status, e) = xks(
-        &server,
-        addr,
-        "POST",
+    door.refused(
         &path("keys/no-such-key/metadata"),
-        GOOD,
         &md,
+        404,
+        "KeyNotFoundException",
     )
     .await;
-    assert_eq!(
-        (status, e["errorName"].as_str()),
-        (404, Some("KeyNotFoundException")),
-        "{e}"
-    );
     server.shutdown().await.unwrap();
 
     // One audit event per request, door `xks`, with requestMetadata and the key version,
@@ -399,6 +379,10 @@ async fn every_route_answers_as_specified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_and_authentication_refusals() {
     let (server, addr, _) = start_xks("xks-refusals").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
     let health =
         json!({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}});
     let h = path("health");
@@ -411,12 +395,8 @@ async fn transport_and_authentication_refusals() {
         "/other-prefix/kms/xks/v1/health".into(),
         format!("{PREFIX}/kms/xks/v2/health"),
     ] {
-        let (status, e) = xks(&server, addr, "POST", &bad, GOOD, &health).await;
-        assert_eq!(
-            (status, e["errorName"].as_str()),
-            (404, Some("InvalidUriPathException")),
-            "{bad}: {e}"
-        );
+        door.refused(&bad, &health, 404, "InvalidUriPathException")
+            .await;
     }
     let cases = [
         (
@@ -489,59 +469,40 @@ async fn transport_and_authentication_refusals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_policy_and_key_state_decide() {
     let (server, addr, _) = start_xks("xks-policy").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
     let mut c = admin(server.addr).await;
     let key = xks_key(&mut c, None).await;
     let enc_path = path(&format!("keys/{key}/encrypt"));
     let other = "arn:aws:iam::123456789012:role/Other";
 
     // The key policy allows user1 only for the AWS caller ALLOWED (xks:AwsPrincipalArn).
-    let (status, e) = xks(
-        &server,
-        addr,
-        "POST",
+    door.refused(
         &enc_path,
-        GOOD,
         &encrypt_body(b"x", b"", other),
+        403,
+        "AccessDeniedException",
     )
     .await;
-    assert_eq!(
-        (status, e["errorName"].as_str()),
-        (403, Some("AccessDeniedException")),
-        "{e}"
-    );
-    let (status, enc) = xks(
-        &server,
-        addr,
-        "POST",
-        &enc_path,
-        GOOD,
-        &encrypt_body(b"x", b"", ALLOWED),
-    )
-    .await;
-    assert_eq!(status, 200, "{enc}");
+    let enc = door.ok(&enc_path, &encrypt_body(b"x", b"", ALLOWED)).await;
     // An unknown kmsOperation is accepted.
     let mut future = encrypt_body(b"x", b"", ALLOWED);
     future["requestMetadata"]["kmsOperation"] = json!("SomeFutureOperation");
-    let (status, e) = xks(&server, addr, "POST", &enc_path, GOOD, &future).await;
-    assert_eq!(status, 200, "{e}");
+    let answer = door.ok(&enc_path, &future).await;
+    assert_eq!(b64(&answer["ciphertextMetadata"]), vec![1, 0, 0, 0, 1]);
 
     // The default key policy gives user1 nothing: denied.
     let plain = create_key(&mut c).await;
     let md = json!({"requestMetadata": metadata("DescribeKey", ALLOWED)});
-    let (status, e) = xks(
-        &server,
-        addr,
-        "POST",
+    door.refused(
         &path(&format!("keys/{plain}/metadata")),
-        GOOD,
         &md,
+        403,
+        "AccessDeniedException",
     )
     .await;
-    assert_eq!(
-        (status, e["errorName"].as_str()),
-        (403, Some("AccessDeniedException")),
-        "{e}"
-    );
 
     // Disabled: metadata says DISABLED, Encrypt and Decrypt are InvalidStateException.
     c.disable_key(pb::DisableKeyRequest {
@@ -549,49 +510,23 @@ async fn key_policy_and_key_state_decide() {
     })
     .await
     .unwrap();
-    let (status, m) = xks(
-        &server,
-        addr,
-        "POST",
-        &path(&format!("keys/{key}/metadata")),
-        GOOD,
-        &md,
-    )
-    .await;
-    assert_eq!(
-        (status, m["keyStatus"].as_str()),
-        (200, Some("DISABLED")),
-        "{m}"
-    );
-    let (status, e) = xks(
-        &server,
-        addr,
-        "POST",
+    let m = door.ok(&path(&format!("keys/{key}/metadata")), &md).await;
+    assert_eq!(m["keyStatus"], "DISABLED", "{m}");
+    door.refused(
         &enc_path,
-        GOOD,
         &encrypt_body(b"x", b"", ALLOWED),
+        400,
+        "InvalidStateException",
     )
     .await;
-    assert_eq!(
-        (status, e["errorName"].as_str()),
-        (400, Some("InvalidStateException")),
-        "{e}"
-    );
     let dec_path = path(&format!("keys/{key}/decrypt"));
-    let (status, e) = xks(
-        &server,
-        addr,
-        "POST",
+    door.refused(
         &dec_path,
-        GOOD,
         &decrypt_body(&enc, b"", ALLOWED),
+        400,
+        "InvalidStateException",
     )
     .await;
-    assert_eq!(
-        (status, e["errorName"].as_str()),
-        (400, Some("InvalidStateException")),
-        "{e}"
-    );
     server.shutdown().await.unwrap();
 }
 
@@ -630,6 +565,10 @@ sys.stdout.write(AESGCM(key).decrypt(iv, ct + tag, full).hex())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertexts_open_with_python_aes_gcm_and_the_spec_aad() {
     let (server, addr, _) = start_xks("xks-interop").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
     let mut c = admin(server.addr).await;
     let material: Vec<u8> = (0..32u8)
         .map(|i| i.wrapping_mul(29).wrapping_add(3))
@@ -637,16 +576,12 @@ async fn ciphertexts_open_with_python_aes_gcm_and_the_spec_aad() {
     let key = xks_key(&mut c, Some(&material)).await;
     let pt = b"XKS interoperability proof".to_vec();
     for aad in [b"aws-kms-xks-aad".to_vec(), Vec::new()] {
-        let (status, enc) = xks(
-            &server,
-            addr,
-            "POST",
-            &path(&format!("keys/{key}/encrypt")),
-            GOOD,
-            &encrypt_body(&pt, &aad, ALLOWED),
-        )
-        .await;
-        assert_eq!(status, 200, "{enc}");
+        let enc = door
+            .ok(
+                &path(&format!("keys/{key}/encrypt")),
+                &encrypt_body(&pt, &aad, ALLOWED),
+            )
+            .await;
         assert_eq!(python_open(&material, &enc, &aad, scratch_dir()), pt);
     }
     server.shutdown().await.unwrap();
