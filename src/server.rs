@@ -153,8 +153,6 @@ pub struct RunningServer {
     allow_group_readable_secrets: bool,
     /// Where the AWS door (`[aws_json]`) listens, when enabled.
     pub aws_json_addr: Option<SocketAddr>,
-    /// Where the XKS door (`[xks]`) listens, when enabled.
-    pub xks_addr: Option<SocketAddr>,
     /// The audit trail (tests read its health and files).
     pub audit: Arc<AuditLog>,
 }
@@ -696,10 +694,6 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         aws_json_addr: http_doors
             .iter()
             .find(|d| d.name == crate::api::aws_json::DOOR)
-            .map(|d| d.addr),
-        xks_addr: http_doors
-            .iter()
-            .find(|d| d.name == crate::api::xks::DOOR)
             .map(|d| d.addr),
         http_doors,
         background,

@@ -42,7 +42,9 @@ async fn start_xks(name: &str) -> (RunningServer, SocketAddr, std::path::PathBuf
     let server = server::start(&config, ServerOptions::default())
         .await
         .expect("daemon starts");
-    let addr = server.xks_addr.expect("the XKS door is enabled");
+    let addr = server
+        .http_door_addr(p11kms::api::xks::DOOR)
+        .expect("the XKS door is enabled");
     (server, addr, dir)
 }
 
