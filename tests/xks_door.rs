@@ -480,7 +480,9 @@ async fn key_policy_and_key_state_decide() {
     let enc_path = path(&format!("keys/{key}/encrypt"));
     let other = "arn:aws:iam::123456789012:role/Other";
 
-    // The key policy allows user1 only for the AWS caller ALLOWED (xks:AwsPrincipalArn).
+    // The key policy allows user1 only for the AWS caller ALLOWED (xks:AwsPrincipalArn); a
+    // denied request never reaches the HSM.
+    let ops = server.kms.hsm().total_ops();
     door.refused(
         &enc_path,
         &encrypt_body(b"x", b"", other),
@@ -488,6 +490,11 @@ async fn key_policy_and_key_state_decide() {
         "AccessDeniedException",
     )
     .await;
+    assert_eq!(
+        server.kms.hsm().total_ops(),
+        ops,
+        "a denied request reached the HSM"
+    );
     let enc = door.ok(&enc_path, &encrypt_body(b"x", b"", ALLOWED)).await;
     // An unknown kmsOperation is accepted.
     let mut future = encrypt_body(b"x", b"", ALLOWED);
