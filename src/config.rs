@@ -17,6 +17,8 @@ use crate::identity::arn::Arn;
 use crate::identity::directory::AccountFiles;
 use crate::identity::{CertBinding, CertMatcher, DirectoryFiles};
 
+pub mod xks;
+
 /// Why a configuration was refused. The message names the field and the fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -100,6 +102,9 @@ pub struct Config {
     /// The AWS JSON 1.1 door (AWS CLI, SDKs); off unless enabled.
     #[serde(default)]
     pub aws_json: AwsJsonConfig,
+    /// The XKS door (AWS KMS's external key store proxy API); off unless enabled.
+    #[serde(default)]
+    pub xks: xks::XksConfig,
 }
 
 /// `[server]`: the gRPC listener and its TLS files.
@@ -532,6 +537,7 @@ impl Config {
         if let Some(p) = self.audit.dir.as_mut() {
             fix(p);
         }
+        self.xks.resolve_paths(fix);
         for a in &mut self.identity.account {
             fix(&mut a.authorization_details);
             for g in &mut a.guardrails {
@@ -549,6 +555,7 @@ impl Config {
         self.validate_log()?;
         self.certificate_bindings()?;
         self.validate_aws_json()?;
+        self.xks.validate()?;
         self.validate_audit()?;
         self.validate_identity()
     }
@@ -783,6 +790,12 @@ impl Config {
         }
         if let Some(p) = &self.identity.credentials {
             files.push(("identity.credentials", p.clone()));
+        }
+        if let Some(p) = &self.xks.tls_key {
+            files.push(("xks.tls_key", p.clone()));
+        }
+        for s in &self.xks.key_store {
+            files.push(("xks.key_store.credentials_file", s.credentials_file.clone()));
         }
         files
     }

@@ -8,8 +8,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the TOML config file: typed, validated before any port is bound, secrets from file or env |
-//! | [`core`] | the operations, one file per family (`keys`, `usage`, `aliases`, `tags`, `policies`, `crypto`, `asym`, `grants`, `rotation`, `import`, `explain`, `sts`), each in one shape (`operation`: request, response, audit parameters), and the custom key stores (`keystores`: the six store operations; `connections`: each store's device and connection life cycle, the password sealed on the default HSM); the typed domain (`domain`, `algorithms`), key resolution, the authorizer seam, `KmsError` |
+//! | [`config`] | the TOML config file: typed, validated before any port is bound, secrets from file or env (`config::xks`: the XKS door's key stores and their credential files) |
+//! | [`core`] | the operations, one file per family (`keys`, `usage`, `aliases`, `tags`, `policies`, `crypto`, `asym`, `grants`, `rotation`, `import`, `explain`, `sts`, `xks`: the XKS proxy API's operations), each in one shape (`operation`: request, response, audit parameters), and the custom key stores (`keystores`: the six store operations; `connections`: each store's device and connection life cycle, the password sealed on the default HSM); the typed domain (`domain`, `algorithms`), key resolution, the authorizer seam, `KmsError` |
 //! | [`policy`] | the pure policy language: parsing, compilation, conditions, evaluation with a trace |
 //! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
 //! | [`metrics`] | Prometheus metrics: requests, latencies, HSM calls and queue, decisions, audit |
@@ -17,7 +17,7 @@
 //! | [`store`] | metadata persistence behind [`store::MetadataStore`]; SQLite embedded by default |
 //! | [`ciphertext`] | ciphertext format v1 and its AAD |
 //! | [`audit`] | the tamper-evident audit trail: events, the hash-chained group-committed writer, HSM-signed checkpoints, the offline verifier |
-//! | [`api`] | the doors (gRPC on tonic; the HTTP doors, today the AWS door, on one listener and listed in [`api::HTTP_DOORS`]), and the one mapping from `KmsError` to each wire's error |
+//! | [`api`] | the doors (gRPC on tonic; the HTTP doors, the AWS door and the XKS door (AWS KMS's external key store proxy API, `docs/xks.md`), on one listener and listed in [`api::HTTP_DOORS`]), and the one mapping from `KmsError` to each wire's error |
 //! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
 //! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
 //! | [`client`] | the gRPC client used by the CLI's client commands |

@@ -32,3 +32,11 @@ macro_rules! redacted_debug {
     )*};
 }
 pub(crate) use redacted_debug;
+
+/// Deserializes a secret string straight into zeroizing memory
+/// (`#[serde(deserialize_with = "crate::redact::zeroizing_string")]`).
+pub(crate) fn zeroizing_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<zeroize::Zeroizing<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(zeroize::Zeroizing::new)
+}

@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::gate::Gate;
 use crate::api::listener::{self, ConnGuard, ConnLookup, Limits, Registry, Tracked, TrackedIo};
 use crate::config::Config;
-use crate::identity::auth::Authenticator;
+use crate::identity::auth::{Authenticator, SigV4Input};
+use crate::identity::sigv4::SignableRequest;
 
 /// How long open connections may take to finish their requests at shutdown; the ones still
 /// open then are closed.
@@ -260,6 +261,31 @@ pub fn headers_as_signed(parts: &http::request::Parts) -> Vec<(String, String)> 
         }
     }
     signed
+}
+
+/// What the SigV4 verifier checks of a request to an HTTP door: the request as signed
+/// (`headers` from [`headers_as_signed`], `payload_hash` the body's SHA-256 hex), the door's
+/// signing `service`, the clock skew every door allows, and the connection's peer and TLS.
+pub fn sigv4_input<'a>(
+    conn: ConnInfo,
+    parts: &'a http::request::Parts,
+    headers: &'a [(String, String)],
+    payload_hash: &'a str,
+    service: &'a str,
+) -> SigV4Input<'a> {
+    SigV4Input {
+        request: SignableRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers,
+            payload_sha256_hex: payload_hash,
+        },
+        service,
+        max_skew_secs: crate::identity::sigv4::MAX_SKEW_SECS,
+        source_ip: Some(conn.peer.ip()),
+        secure_transport: conn.secure,
+    }
 }
 
 /// Stamps the request id on every request's response, then hands the request to the door.

@@ -4,7 +4,8 @@
 //! (encrypt, decrypt, re-encrypt, data keys, random), [`asym`] (signatures, public keys, key
 //! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift),
 //! [`keystores`] (custom key stores) over [`connections`] (each store's device and connection
-//! life cycle; [`Kms::device_of`] routes a key to its store's device).
+//! life cycle; [`Kms::device_of`] routes a key to its store's device), [`xks`] (the
+//! operations of the XKS door: AWS KMS's external key store proxy API).
 //! [`operation`] gives every operation one shape and lists them; [`domain`] holds the typed
 //! key spec, key usage, origin, key state and grant operation, [`algorithms`] the API's
 //! algorithm names, both parsed once by the doors; [`specs`] is the key catalogue. Each
@@ -42,6 +43,7 @@ pub mod sweeper;
 pub mod tags;
 pub mod usage;
 mod validate;
+pub mod xks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU8, Ordering};

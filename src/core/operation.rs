@@ -8,6 +8,9 @@
 //! wire names to these types (`api::aws_json::kms`, `api::grpc::kms`), and a unit test checks
 //! that every operation listed in [`OPERATIONS`] appears in every door's table.
 //!
+//! The XKS door's operations are a family with a list of their own, [`XKS_OPERATIONS`] (the
+//! XKS proxy API is not KMS's API, so the other doors do not serve them).
+//!
 //! Adding an operation: a request and a response type with their audit declarations (one
 //! line each in [`request_parameters!`] and, when the trail records its answer,
 //! [`response_elements!`]), one `Kms` method, one line in [`operations!`] below, and one line
@@ -57,6 +60,22 @@ pub trait Operation: RequestParameters + Send + Sized + 'static {
 
 /// Declares the operations: `Name: Request => Response = kms_method;`, one line each.
 macro_rules! operations {
+    // A family with a list of its own (`const XKS_OPERATIONS;`), which the doors' shared
+    // check does not read: the XKS door's table covers it.
+    (const $list:ident; $($name:ident: $req:ty => $resp:ty = $method:ident;)*) => {
+        $crate::core::operation::operation_impls!($($name: $req => $resp = $method;)*);
+        /// The operations of this family by name: what its door's table must cover.
+        pub const $list: &[&str] = &[$(stringify!($name)),*];
+    };
+    ($($name:ident: $req:ty => $resp:ty = $method:ident;)*) => {
+        $crate::core::operation::operation_impls!($($name: $req => $resp = $method;)*);
+        /// Every engine operation by AWS name: what each door's table must cover.
+        pub const OPERATIONS: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+/// The [`Operation`] impls of [`operations!`]'s lines.
+macro_rules! operation_impls {
     ($($name:ident: $req:ty => $resp:ty = $method:ident;)*) => {
         $(
             impl Operation for $req {
@@ -71,10 +90,9 @@ macro_rules! operations {
                 }
             }
         )*
-        /// Every engine operation by AWS name: what each door's table must cover.
-        pub const OPERATIONS: &[&str] = &[$(stringify!($name)),*];
     };
 }
+pub(crate) use operation_impls;
 
 use super::aliases::{
     CreateAliasRequest, DeleteAliasRequest, ListAliasesRequest, ListAliasesResponse,
@@ -205,6 +223,21 @@ operations! {
     UpdateAlias: UpdateAliasRequest => Empty = update_alias;
     DeleteAlias: DeleteAliasRequest => Empty = delete_alias;
     ListAliases: ListAliasesRequest => ListAliasesResponse = list_aliases;
+}
+
+use super::xks::{
+    XksDecryptRequest, XksDecryptResponse, XksEncryptRequest, XksEncryptResponse, XksHealthRequest,
+    XksHealthResponse, XksKeyMetadataRequest, XksKeyMetadataResponse,
+};
+
+operations! {
+    // The XKS door's operations (xks.rs), named as the XKS proxy API names them; the door is
+    // the audit event's `door` (`xks`).
+    const XKS_OPERATIONS;
+    GetKeyMetadata: XksKeyMetadataRequest => XksKeyMetadataResponse = xks_get_key_metadata;
+    Encrypt: XksEncryptRequest => XksEncryptResponse = xks_encrypt;
+    Decrypt: XksDecryptRequest => XksDecryptResponse = xks_decrypt;
+    GetHealthStatus: XksHealthRequest => XksHealthResponse = xks_get_health_status;
 }
 
 /// The answer of operations that return nothing but success.

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use super::sigv4::{self, SigV4Error, SignableRequest};
 use super::{AuthMethod, Caller, CertBinding, CertificateDirectory, DirectoryHandle, SessionStore};
 use crate::identity::sessions::SessionError;
+use zeroize::Zeroizing;
 
 /// Why a request could not be authenticated, named as AWS names it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +169,35 @@ impl Authenticator {
             )
         })?;
         self.resolve(&principal, AuthMethod::MutualTls, source_ip, true)
+    }
+
+    /// A caller from a request signed with a credential its door holds itself (an XKS key
+    /// store's, from `lookup_secret`), verified by the one SigV4 verifier for `regions`, and
+    /// run as `principal_arn` of the directory.
+    pub fn from_door_credential(
+        &self,
+        input: &SigV4Input<'_>,
+        regions: &[String],
+        principal_arn: &str,
+        lookup_secret: impl FnOnce(&str) -> Option<Zeroizing<String>>,
+        now_ms: i64,
+    ) -> Result<Caller, AuthError> {
+        let verified = sigv4::verify(
+            &input.request,
+            input.service,
+            regions,
+            now_ms.div_euclid(1000),
+            input.max_skew_secs,
+            lookup_secret,
+        )?;
+        let mut caller = self.resolve(
+            principal_arn,
+            AuthMethod::SigV4,
+            input.source_ip,
+            input.secure_transport,
+        )?;
+        caller.access_key_id = Some(verified.access_key_id);
+        Ok(caller)
     }
 
     /// A caller from a SigV4-signed request: a long-term access key, or AssumeRole

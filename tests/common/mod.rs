@@ -820,27 +820,32 @@ pub async fn aws_door_post(
     extra: &[(&str, &str)],
     body: &[u8],
 ) -> HttpAnswer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let signer = (
         credentials.access_key_id.as_str(),
         credentials.secret_access_key.as_str(),
     );
     let headers = aws_door_headers(addr, Some(signer), service, amz_secs, extra, body);
-    let bytes = http_post_bytes(&headers, body, true);
+    tls_exchange(addr, &http_post_bytes(&headers, body, true)).await
+}
+
+/// Sends the bytes of one whole HTTP/1.1 request (with `connection: close`) over TLS (the
+/// test CA) to a door at `addr` and reads its whole answer.
+pub async fn tls_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = test_ca_connector(b"http/1.1")
         .connect(name, tcp)
         .await
         .expect("TLS handshake");
-    tls.write_all(&bytes).await.unwrap();
+    tls.write_all(bytes).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(30),
         tls.read_to_end(&mut raw),
     )
     .await
-    .expect("the AWS door answers")
+    .expect("the door answers")
     .ok();
     parse_http_answer(&raw)
 }

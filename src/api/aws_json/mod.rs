@@ -40,12 +40,12 @@ use http_body_util::BodyExt;
 
 use crate::api::gate::{Gate, RefusedAt, RequestInfo};
 use crate::api::http::{
-    headers_as_signed, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
+    headers_as_signed, sigv4_input, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
 };
 use crate::config::Config;
 use crate::core::KmsError;
-use crate::identity::auth::{claimed_access_key_id, Authenticator, SigV4Input};
-use crate::identity::sigv4::{self, SignableRequest};
+use crate::identity::auth::{claimed_access_key_id, Authenticator};
+use crate::identity::sigv4;
 use crate::identity::Caller;
 use error::{json_error, json_ok, xml_error, xml_ok, WireError};
 
@@ -238,19 +238,7 @@ impl AwsJsonDoor {
     ) -> Result<Caller, Refused> {
         let headers = headers_as_signed(parts);
         let payload_hash = sigv4::sha256_hex(bytes);
-        let input = SigV4Input {
-            request: SignableRequest {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                query: parts.uri.query().unwrap_or(""),
-                headers: &headers,
-                payload_sha256_hex: &payload_hash,
-            },
-            service,
-            max_skew_secs: MAX_SKEW_SECS,
-            source_ip: Some(conn.peer.ip()),
-            secure_transport: conn.secure,
-        };
+        let input = sigv4_input(conn, parts, &headers, &payload_hash, service);
         let now_ms = self.gate.kms().now_ms();
         self.auth.from_sigv4(&input, now_ms).map_err(|e| Refused {
             error: if xml {

@@ -147,7 +147,7 @@ pub(super) struct RawCredentials {
 #[serde(rename_all = "PascalCase")]
 pub(super) struct RawAccessKey {
     pub(super) access_key_id: String,
-    #[serde(deserialize_with = "zeroizing_string")]
+    #[serde(deserialize_with = "crate::redact::zeroizing_string")]
     pub(super) secret_access_key: Zeroizing<String>,
     pub(super) user_arn: String,
     #[serde(default)]
@@ -164,11 +164,6 @@ pub(super) struct RawCertBinding {
     pub(super) san_uri: Option<String>,
     #[serde(rename = "Principal")]
     pub(super) principal: String,
-}
-
-/// Deserializes a secret straight into zeroizing memory.
-fn zeroizing_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Zeroizing<String>, D::Error> {
-    String::deserialize(d).map(Zeroizing::new)
 }
 
 /// The default IAM path.

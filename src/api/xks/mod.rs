@@ -1,0 +1,267 @@
+//! The XKS door: p11kms as the external key store proxy of AWS KMS (the "AWS KMS External
+//! Key Store Proxy API" v1, `docs/xks.md`).
+//!
+//! - Routes: `POST {prefix}/kms/xks/v1/health` and `POST {prefix}/kms/xks/v1/keys/
+//!   {externalKeyId}/metadata|encrypt|decrypt` ([`ops`]), one logical key store per URI path
+//!   prefix (`[[xks.key_store]]`). Any other method is 405; any other path 404
+//!   `InvalidUriPathException`.
+//! - Authentication: SigV4 with service [`SERVICE`] and the configured region, through the
+//!   one verifier ([`Authenticator::from_door_credential`]), ±5 minutes, with either of the
+//!   key store's credentials; the request then runs as the key store's principal. Any
+//!   failure is 401 `AuthenticationFailedException`.
+//! - Bodies are translated in [`wire`], which also maps every error to the specification's
+//!   name and status in one place.
+//!
+//! Every request, refused or run, goes through the [`Gate`] (audit door `xks`, metrics).
+//! The door runs on the shared HTTP listener ([`crate::api::http`]).
+
+pub mod ops;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::api::gate::{Gate, RefusedAt, RequestInfo};
+use crate::api::http::{
+    headers_as_signed, sigv4_input, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
+};
+use crate::config::xks::{XksCredential, XKS_BASE_PATH};
+use crate::config::Config;
+use crate::identity::auth::{claimed_access_key_id, Authenticator};
+use crate::identity::sigv4;
+use crate::identity::Caller;
+use wire::XksError;
+
+/// The door's name in metrics and audit events.
+pub const DOOR: &str = "xks";
+
+/// The SigV4 service name AWS KMS signs XKS requests with.
+pub const SERVICE: &str = "kms-xks-proxy";
+
+/// The operation name recorded for requests whose route is unknown.
+pub const UNKNOWN_OPERATION: &str = "Unknown";
+
+/// One logical key store: its prefix, principal and credentials.
+struct KeyStore {
+    prefix: String,
+    principal: String,
+    credentials: Vec<XksCredential>,
+}
+
+/// The door: the gate, the authenticator, the region and the key stores.
+pub struct XksDoor {
+    gate: Gate,
+    auth: Arc<Authenticator>,
+    regions: Vec<String>,
+    stores: Vec<KeyStore>,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for XksDoor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prefixes: Vec<&str> = self.stores.iter().map(|s| s.prefix.as_str()).collect();
+        f.debug_struct("XksDoor")
+            .field("regions", &self.regions)
+            .field("prefixes", &prefixes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request refused before the engine ran it.
+struct Refused {
+    error: XksError,
+    at: RefusedAt,
+    access_key_id: Option<String>,
+}
+
+impl Refused {
+    fn anonymous(error: XksError) -> Refused {
+        Refused {
+            error,
+            at: RefusedAt::Authentication,
+            access_key_id: None,
+        }
+    }
+}
+
+/// A request ready for the engine.
+struct Admitted {
+    caller: Caller,
+    call: ops::Call,
+}
+
+impl HttpDoor for XksDoor {
+    const NAME: &'static str = DOOR;
+
+    fn binding(config: &Config) -> Option<HttpBinding> {
+        let c = &config.xks;
+        c.enabled.then(|| HttpBinding {
+            listen: c.listen,
+            tls: c.tls.then(|| TlsFiles {
+                cert: c.tls_cert.clone().unwrap_or(config.server.tls_cert.clone()),
+                key: c.tls_key.clone().unwrap_or(config.server.tls_key.clone()),
+            }),
+            section: "xks",
+            label: "XKS door ([xks] listen)",
+            banner: "XKS door (AWS KMS external key store proxy API v1)",
+        })
+    }
+
+    fn build(config: &Config, deps: &DoorDeps) -> XksDoor {
+        let stores = config
+            .xks
+            .key_store
+            .iter()
+            .map(|s| KeyStore {
+                prefix: s.uri_path_prefix.clone(),
+                principal: s.principal.clone(),
+                credentials: s.load_credentials().unwrap_or_else(|e| {
+                    tracing::error!(prefix = %s.uri_path_prefix, error = %e, "XKS key store credentials unreadable; its requests are refused");
+                    Vec::new()
+                }),
+            })
+            .collect();
+        XksDoor {
+            gate: deps.gate.clone(),
+            auth: deps.auth.clone(),
+            regions: vec![config.xks.region_or(&config.kms.region).to_string()],
+            stores,
+            max_body_bytes: config.xks.max_body_bytes,
+        }
+    }
+
+    /// Serves one request: route, body, authentication, input, then the engine through the
+    /// gate; any step may refuse it instead.
+    async fn handle(&self, ctx: RequestCtx, req: Request<Body>) -> Response {
+        let (parts, body) = req.into_parts();
+        let conn = ctx.conn;
+        let mut info = RequestInfo::with_request_id(DOOR, UNKNOWN_OPERATION, ctx.request_id);
+        info.source_ip = Some(conn.peer.ip());
+        info.user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match self.admit(conn, &mut info, &parts, body).await {
+            Ok(Admitted { caller, call }) => {
+                match self
+                    .gate
+                    .run(info, caller, call, |_| serde_json::Value::Null)
+                    .await
+                {
+                    Ok(body) => wire::json_response(StatusCode::OK, &body),
+                    Err(e) => XksError::from_kms(&e).response(),
+                }
+            }
+            Err(r) => {
+                let e = &r.error;
+                self.gate
+                    .refused(&info, r.at, e.name, &e.message, r.access_key_id)
+                    .await;
+                r.error.response()
+            }
+        }
+    }
+}
+
+impl XksDoor {
+    /// The steps before the engine; each names what it learns in `info`.
+    async fn admit(
+        &self,
+        conn: ConnInfo,
+        info: &mut RequestInfo,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<Admitted, Refused> {
+        if parts.method != Method::POST {
+            return Err(Refused::anonymous(XksError::method_not_allowed(
+                parts.method.as_str(),
+            )));
+        }
+        let (store, op, key) = self.route(parts.uri.path()).map_err(Refused::anonymous)?;
+        info.operation = op.name;
+        let bytes = self.read_body(body).await.map_err(Refused::anonymous)?;
+        let caller = self.authenticate(conn, parts, &bytes, store)?;
+        let akid = caller.access_key_id.clone();
+        let prepared = (op.prepare)(self.gate.kms().clone(), caller.clone(), key, &bytes).map_err(
+            |error| Refused {
+                error,
+                at: RefusedAt::Input,
+                access_key_id: akid,
+            },
+        )?;
+        info.params = prepared.params;
+        Ok(Admitted {
+            caller,
+            call: prepared.call,
+        })
+    }
+
+    /// The key store and operation a path names: `{prefix}/kms/xks/v1/{tail}`.
+    fn route<'p>(
+        &self,
+        path: &'p str,
+    ) -> Result<(&KeyStore, &'static ops::Operation, Option<&'p str>), XksError> {
+        let unknown = || XksError::invalid_path("The request path is not an XKS API path.");
+        let at = path.find(XKS_BASE_PATH).ok_or_else(unknown)?;
+        let (prefix, rest) = path.split_at(at);
+        let store = self
+            .stores
+            .iter()
+            .find(|s| s.prefix == prefix)
+            .ok_or_else(unknown)?;
+        let tail = rest[XKS_BASE_PATH.len()..]
+            .strip_prefix('/')
+            .ok_or_else(unknown)?;
+        let (op, key) = ops::operation(tail).ok_or_else(|| {
+            XksError::invalid_path("The request path names no XKS operation of this key store.")
+        })?;
+        Ok((store, op, key))
+    }
+
+    /// The body, refused when over the limit.
+    async fn read_body(&self, body: Body) -> Result<Bytes, XksError> {
+        let limit = self.max_body_bytes;
+        match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(XksError::validation(
+                format!("The request body is larger than {limit} bytes."),
+            )),
+            Err(_) => Err(XksError::validation("The request body could not be read.")),
+        }
+    }
+
+    /// The key store's principal, once the signature holds under one of its credentials.
+    fn authenticate(
+        &self,
+        conn: ConnInfo,
+        parts: &Parts,
+        bytes: &[u8],
+        store: &KeyStore,
+    ) -> Result<Caller, Refused> {
+        let headers = headers_as_signed(parts);
+        let payload_hash = sigv4::sha256_hex(bytes);
+        let input = sigv4_input(conn, parts, &headers, &payload_hash, SERVICE);
+        let lookup = |id: &str| {
+            store
+                .credentials
+                .iter()
+                .find(|c| c.access_key_id == id)
+                .map(|c| c.secret_access_key.clone())
+        };
+        let now_ms = self.gate.kms().now_ms();
+        self.auth
+            .from_door_credential(&input, &self.regions, &store.principal, lookup, now_ms)
+            .map_err(|e| Refused {
+                error: XksError::authentication(&e),
+                at: RefusedAt::Authentication,
+                access_key_id: claimed_access_key_id(&headers),
+            })
+    }
+}

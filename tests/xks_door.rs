@@ -1,0 +1,597 @@
+//! The XKS door (issue 16, Part A) against the real daemon and a real SoftHSM2 token, with
+//! SigV4-signed HTTPS requests from the library's signer (service `kms-xks-proxy`): every
+//! route, the transport and authentication refusals, secondary authorization by key policy
+//! with the `xks:` condition keys, key states and tampering, and the interoperability of
+//! the ciphertext with Python's `cryptography` AES-GCM using the specification's AAD formula.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::*;
+use p11kms::pb;
+use p11kms::server::{self, RunningServer, ServerOptions};
+use serde_json::{json, Value};
+
+const PREFIX: &str = "/xks-test";
+const ID1: &str = "AKIAXKSTESTAAAAAAAA2";
+const ID2: &str = "AKIAXKSTESTBBBBBBBB3";
+const SECRET1: &str = "xks-secret-one-0123456789abcdefghijklmnopqrstu";
+const SECRET2: &str = "xks-secret-two-0123456789abcdefghijklmnopqrstu";
+const ALLOWED: &str = "arn:aws:iam::123456789012:role/Allowed";
+const SERVICE: &str = "kms-xks-proxy";
+
+/// A daemon with the XKS door on one key store (`PREFIX`, run as user1, two credentials).
+async fn start_xks(name: &str) -> (RunningServer, SocketAddr, std::path::PathBuf) {
+    let dir = data_dir(name);
+    let creds = dir.join("xks-creds.json");
+    let pairs = json!([
+        {"access_key_id": ID1, "secret_access_key": SECRET1},
+        {"access_key_id": ID2, "secret_access_key": SECRET2},
+    ]);
+    write_secret(&creds, pairs.to_string());
+    let section = format!(
+        "\n[xks]\nenabled = true\nlisten = \"127.0.0.1:0\"\n\n[[xks.key_store]]\n\
+         uri_path_prefix = \"{PREFIX}\"\nprincipal = \"{USER1}\"\ncredentials_file = \"{}\"\n",
+        creds.display()
+    );
+    let config = config_with(&dir, &section);
+    let server = server::start(&config, ServerOptions::default())
+        .await
+        .expect("daemon starts");
+    let addr = server
+        .http_door_addr(p11kms::api::xks::DOOR)
+        .expect("the XKS door is enabled");
+    (server, addr, dir)
+}
+
+/// How a test request is signed.
+#[derive(Clone, Copy)]
+struct Signing<'a> {
+    id: &'a str,
+    secret: &'a str,
+    service: &'a str,
+    /// Seconds added to the daemon's clock.
+    skew: i64,
+}
+
+const GOOD: Signing<'static> = Signing {
+    id: ID1,
+    secret: SECRET1,
+    service: SERVICE,
+    skew: 0,
+};
+
+/// One request to the XKS door over TLS (HTTP/1.1), SigV4-signed as `signing` says.
+async fn xks(
+    server: &RunningServer,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    signing: Signing<'_>,
+    body: &Value,
+) -> (u16, Value) {
+    let body = body.to_string().into_bytes();
+    xks_raw(server, addr, method, path, signing, &body).await
+}
+
+/// [`xks`] with a body of any bytes.
+async fn xks_raw(
+    server: &RunningServer,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    signing: Signing<'_>,
+    body: &[u8],
+) -> (u16, Value) {
+    use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
+    let amz_date = sigv4::format_amz_date(server.kms.now_ms() / 1000 + signing.skew);
+    let mut headers = vec![
+        ("host".to_string(), format!("127.0.0.1:{}", addr.port())),
+        ("content-type".into(), "application/json".into()),
+        ("x-amz-date".into(), amz_date.clone()),
+    ];
+    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+    let auth = sigv4::authorization_header(
+        &SignableRequest {
+            method,
+            path,
+            query: "",
+            headers: &headers,
+            payload_sha256_hex: &sigv4::sha256_hex(body),
+        },
+        &names,
+        &SigningParams {
+            access_key_id: signing.id,
+            secret_access_key: signing.secret,
+            region: "us-east-1",
+            service: signing.service,
+            amz_date: &amz_date,
+        },
+    );
+    headers.push(("authorization".into(), auth));
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let answer = tls_exchange(addr, &bytes).await;
+    let v = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    (answer.status, v)
+}
+
+/// The XKS door of a test daemon, with requests signed by the first credential.
+struct Door<'a> {
+    server: &'a RunningServer,
+    addr: SocketAddr,
+}
+
+impl Door<'_> {
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        xks(self.server, self.addr, "POST", path, GOOD, body).await
+    }
+
+    /// The answer of a request that must succeed.
+    async fn ok(&self, path: &str, body: &Value) -> Value {
+        let (status, v) = self.post(path, body).await;
+        assert_eq!(status, 200, "{path}: {v}");
+        v
+    }
+
+    /// Asserts that a request is refused with `status` and the error `name`.
+    async fn refused(&self, path: &str, body: &Value, status: u16, name: &str) {
+        let (got, e) = self.post(path, body).await;
+        assert_eq!(
+            (got, e["errorName"].as_str()),
+            (status, Some(name)),
+            "{path}: {e}"
+        );
+        let m = e["errorMessage"].as_str().unwrap_or_default();
+        assert!(
+            m.len() < 512 && m.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+            "{m}"
+        );
+    }
+}
+
+fn path(tail: &str) -> String {
+    format!("{PREFIX}/kms/xks/v1/{tail}")
+}
+
+fn metadata(op: &str, principal: &str) -> Value {
+    json!({
+        "kmsRequestId": "4112f4d6-db54-4af4-ae30-c55a22a8dfae",
+        "kmsOperation": op,
+        "awsPrincipalArn": principal,
+        "kmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/a0b1c2d3-0000-4000-8000-000000000000",
+    })
+}
+
+fn encrypt_body(pt: &[u8], aad: &[u8], principal: &str) -> Value {
+    json!({
+        "requestMetadata": metadata("Encrypt", principal),
+        "plaintext": B64.encode(pt),
+        "encryptionAlgorithm": "AES_GCM",
+        "additionalAuthenticatedData": B64.encode(aad),
+        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
+    })
+}
+
+fn decrypt_body(enc: &Value, aad: &[u8], principal: &str) -> Value {
+    json!({
+        "requestMetadata": metadata("Decrypt", principal),
+        "encryptionAlgorithm": "AES_GCM",
+        "ciphertext": enc["ciphertext"],
+        "initializationVector": enc["initializationVector"],
+        "authenticationTag": enc["authenticationTag"],
+        "ciphertextMetadata": enc["ciphertextMetadata"],
+        "additionalAuthenticatedData": B64.encode(aad),
+    })
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    B64.decode(v.as_str().unwrap()).unwrap()
+}
+
+/// A key policy: the account (admin) keeps everything; user1, the XKS store's principal, may
+/// use the key only for the AWS caller `ALLOWED`.
+fn policy() -> String {
+    json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Account", "Effect": "Allow",
+         "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
+         "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Xks", "Effect": "Allow", "Principal": {"AWS": USER1},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
+         "Condition": {"StringEquals": {"xks:AwsPrincipalArn": ALLOWED}}}
+    ]})
+    .to_string()
+}
+
+/// A SYMMETRIC_DEFAULT key under [`policy`]; with `material`, an EXTERNAL key holding it.
+async fn xks_key(c: &mut Client, material: Option<&[u8]>) -> String {
+    let req = pb::CreateKeyRequest {
+        policy: policy(),
+        origin: if material.is_some() { "EXTERNAL" } else { "" }.into(),
+        ..Default::default()
+    };
+    let key = c
+        .create_key(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    if let Some(material) = material {
+        let p = c
+            .get_parameters_for_import(pb::GetParametersForImportRequest {
+                key_id: key.clone(),
+                wrapping_algorithm: "RSAES_OAEP_SHA_1".into(),
+                wrapping_key_spec: "RSA_2048".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let wrapped = openssl_oaep_encrypt(&p.public_key, "sha1", material);
+        c.import_key_material(pb::ImportKeyMaterialRequest {
+            key_id: key.clone(),
+            import_token: p.import_token,
+            encrypted_key_material: wrapped,
+            expiration_model: "KEY_MATERIAL_DOES_NOT_EXPIRE".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_as_specified() {
+    let (server, addr, dir) = start_xks("xks-routes").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
+    let mut c = admin(server.addr).await;
+    let key = xks_key(&mut c, None).await;
+
+    let health =
+        json!({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}});
+    let h = door.ok(&path("health"), &health).await;
+    assert_eq!(h["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{h}");
+
+    let md = json!({"requestMetadata": metadata("DescribeKey", ALLOWED)});
+    let m = door.ok(&path(&format!("keys/{key}/metadata")), &md).await;
+    assert_eq!(
+        m,
+        json!({"keySpec": "AES_256", "keyUsage": ["ENCRYPT", "DECRYPT"], "keyStatus": "ENABLED"})
+    );
+
+    let pt = vec![7u8; 4300];
+    let aad = vec![9u8; 8192];
+    let enc_path = path(&format!("keys/{key}/encrypt"));
+    let enc = door.ok(&enc_path, &encrypt_body(&pt, &aad, ALLOWED)).await;
+    assert_eq!(b64(&enc["initializationVector"]).len(), 12);
+    assert_eq!(b64(&enc["authenticationTag"]).len(), 16);
+    assert_eq!(b64(&enc["ciphertext"]).len(), pt.len());
+    assert_eq!(
+        b64(&enc["ciphertextMetadata"]),
+        vec![1, 0, 0, 0, 1],
+        "key version 1"
+    );
+    // CDIV = SHA-256(AAD || ciphertextMetadata || IV || ciphertext || tag), computed here.
+    let mut cdiv_input = aad.clone();
+    for member in [
+        "ciphertextMetadata",
+        "initializationVector",
+        "ciphertext",
+        "authenticationTag",
+    ] {
+        cdiv_input.extend(b64(&enc[member]));
+    }
+    let cdiv: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&cdiv_input).into();
+    assert_eq!(b64(&enc["ciphertextDataIntegrityValue"]), cdiv);
+
+    let dec_path = path(&format!("keys/{key}/decrypt"));
+    let dec = door.ok(&dec_path, &decrypt_body(&enc, &aad, ALLOWED)).await;
+    assert_eq!(b64(&dec["plaintext"]), pt);
+
+    // The second credential is accepted as well.
+    let second = Signing {
+        id: ID2,
+        secret: SECRET2,
+        ..GOOD
+    };
+    let (status, _) = xks(
+        &server,
+        addr,
+        "POST",
+        &dec_path,
+        second,
+        &decrypt_body(&enc, &aad, ALLOWED),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Tampered ciphertext, wrong AAD: InvalidCiphertextException.
+    let mut tampered = enc.clone();
+    let mut ct = b64(&enc["ciphertext"]);
+    ct[0] ^= 1;
+    tampered["ciphertext"] = Value::from(B64.encode(&ct));
+    for body in [
+        decrypt_body(&tampered, &aad, ALLOWED),
+        decrypt_body(&enc, b"other", ALLOWED),
+    ] {
+        door.refused(&dec_path, &body, 400, "InvalidCiphertextException")
+            .await;
+    }
+
+    // An unknown key: KeyNotFoundException.
+    door.refused(
+        &path("keys/no-such-key/metadata"),
+        &md,
+        404,
+        "KeyNotFoundException",
+    )
+    .await;
+    server.shutdown().await.unwrap();
+
+    // One audit event per request, door `xks`, with requestMetadata and the key version,
+    // and never the plaintext, ciphertext or AAD.
+    let evs: Vec<Value> = events(&dir)
+        .into_iter()
+        .filter(|e| e["door"] == "xks")
+        .collect();
+    let encrypts: Vec<&Value> = evs.iter().filter(|e| e["eventName"] == "Encrypt").collect();
+    assert_eq!(encrypts.len(), 1, "{evs:?}");
+    let params = &encrypts[0]["requestParameters"];
+    assert_eq!(params["externalKeyId"], key.as_str());
+    assert_eq!(params["requestMetadata"]["awsPrincipalArn"], ALLOWED);
+    assert_eq!(
+        params["requestMetadata"]["kmsRequestId"],
+        "4112f4d6-db54-4af4-ae30-c55a22a8dfae"
+    );
+    assert_eq!(encrypts[0]["keyVersion"], 1, "{}", encrypts[0]);
+    let names: Vec<&str> = evs.iter().filter_map(|e| e["eventName"].as_str()).collect();
+    for op in ["GetHealthStatus", "GetKeyMetadata", "Decrypt"] {
+        assert!(names.contains(&op), "{names:?}");
+    }
+    let trail = evs.iter().map(Value::to_string).collect::<String>();
+    for secret in [
+        B64.encode(&pt),
+        B64.encode(&aad),
+        enc["ciphertext"].as_str().unwrap().to_string(),
+    ] {
+        assert!(
+            !trail.contains(&secret[..40]),
+            "the trail holds request data"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_and_authentication_refusals() {
+    let (server, addr, _) = start_xks("xks-refusals").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
+    let health =
+        json!({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}});
+    let h = path("health");
+
+    let (status, e) = xks(&server, addr, "GET", &h, GOOD, &health).await;
+    assert_eq!(status, 405, "{e}");
+    for bad in [
+        path("keys/k/sign"),
+        path("nothing"),
+        "/other-prefix/kms/xks/v1/health".into(),
+        format!("{PREFIX}/kms/xks/v2/health"),
+    ] {
+        door.refused(&bad, &health, 404, "InvalidUriPathException")
+            .await;
+    }
+    let cases = [
+        (
+            Signing {
+                service: "kms",
+                ..GOOD
+            },
+            "wrong service",
+        ),
+        (Signing { skew: -301, ..GOOD }, "stale date"),
+        (Signing { skew: 301, ..GOOD }, "future date"),
+        (
+            Signing {
+                secret: SECRET2,
+                ..GOOD
+            },
+            "wrong secret",
+        ),
+        (
+            Signing {
+                id: "AKIAXKSTESTCCCCCCCC4",
+                ..GOOD
+            },
+            "unknown key",
+        ),
+    ];
+    for (signing, what) in cases {
+        let (status, e) = xks(&server, addr, "POST", &h, signing, &health).await;
+        assert_eq!(
+            (status, e["errorName"].as_str()),
+            (401, Some("AuthenticationFailedException")),
+            "{what}: {e}"
+        );
+        let m = e["errorMessage"].as_str().unwrap();
+        assert!(
+            m.len() < 512 && m.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+            "{m}"
+        );
+        assert!(!m.contains(SECRET1) && !m.contains(SECRET2), "{m}");
+    }
+    // Within the skew, accepted.
+    let (status, _) = xks(
+        &server,
+        addr,
+        "POST",
+        &h,
+        Signing { skew: -290, ..GOOD },
+        &health,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A body that is not the operation's input, not JSON, or over the limit.
+    let oversized = vec![b'{'; 70_000];
+    let bodies: [(&[u8], &str); 3] = [
+        (br#"{"x": 1}"#, "not the input"),
+        (b"not json {", "not JSON"),
+        (&oversized, "oversized"),
+    ];
+    for (body, what) in bodies {
+        let (status, e) = xks_raw(&server, addr, "POST", &h, GOOD, body).await;
+        assert_eq!(
+            (status, e["errorName"].as_str()),
+            (400, Some("ValidationException")),
+            "{what}: {e}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_policy_and_key_state_decide() {
+    let (server, addr, _) = start_xks("xks-policy").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
+    let mut c = admin(server.addr).await;
+    let key = xks_key(&mut c, None).await;
+    let enc_path = path(&format!("keys/{key}/encrypt"));
+    let other = "arn:aws:iam::123456789012:role/Other";
+
+    // The key policy allows user1 only for the AWS caller ALLOWED (xks:AwsPrincipalArn); a
+    // denied request never reaches the HSM.
+    let ops = server.kms.hsm().total_ops();
+    door.refused(
+        &enc_path,
+        &encrypt_body(b"x", b"", other),
+        403,
+        "AccessDeniedException",
+    )
+    .await;
+    assert_eq!(
+        server.kms.hsm().total_ops(),
+        ops,
+        "a denied request reached the HSM"
+    );
+    let enc = door.ok(&enc_path, &encrypt_body(b"x", b"", ALLOWED)).await;
+    // An unknown kmsOperation is accepted.
+    let mut future = encrypt_body(b"x", b"", ALLOWED);
+    future["requestMetadata"]["kmsOperation"] = json!("SomeFutureOperation");
+    let answer = door.ok(&enc_path, &future).await;
+    assert_eq!(b64(&answer["ciphertextMetadata"]), vec![1, 0, 0, 0, 1]);
+
+    // The default key policy gives user1 nothing: denied.
+    let plain = create_key(&mut c).await;
+    let md = json!({"requestMetadata": metadata("DescribeKey", ALLOWED)});
+    door.refused(
+        &path(&format!("keys/{plain}/metadata")),
+        &md,
+        403,
+        "AccessDeniedException",
+    )
+    .await;
+
+    // Disabled: metadata says DISABLED, Encrypt and Decrypt are InvalidStateException.
+    c.disable_key(pb::DisableKeyRequest {
+        key_id: key.clone(),
+    })
+    .await
+    .unwrap();
+    let m = door.ok(&path(&format!("keys/{key}/metadata")), &md).await;
+    assert_eq!(m["keyStatus"], "DISABLED", "{m}");
+    door.refused(
+        &enc_path,
+        &encrypt_body(b"x", b"", ALLOWED),
+        400,
+        "InvalidStateException",
+    )
+    .await;
+    let dec_path = path(&format!("keys/{key}/decrypt"));
+    door.refused(
+        &dec_path,
+        &decrypt_body(&enc, b"", ALLOWED),
+        400,
+        "InvalidStateException",
+    )
+    .await;
+    server.shutdown().await.unwrap();
+}
+
+/// The AAD of the specification, decrypted by Python's `cryptography` (an independent
+/// AES-GCM) with the known key material imported into the key.
+fn python_open(material: &[u8], enc: &Value, aad: &[u8], scratch: &Path) -> Vec<u8> {
+    let script = r#"
+import sys, base64
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+key, ct, iv, tag, md, aad = sys.argv[1:7]
+key = bytes.fromhex(key); aad = bytes.fromhex(aad)
+ct, iv, tag, md = (base64.b64decode(x) for x in (ct, iv, tag, md))
+full = len(aad).to_bytes(2, "big") + aad + len(md).to_bytes(1, "big") + md
+sys.stdout.write(AESGCM(key).decrypt(iv, ct + tag, full).hex())
+"#;
+    let s = |k: &str| enc[k].as_str().unwrap().to_string();
+    let out = hermetic_command(manifest_dir().join(".venv/bin/python"), scratch)
+        .arg("-c")
+        .arg(script)
+        .args([
+            hex::encode(material),
+            s("ciphertext"),
+            s("initializationVector"),
+        ])
+        .args([
+            s("authenticationTag"),
+            s("ciphertextMetadata"),
+            hex::encode(aad),
+        ])
+        .output()
+        .expect("run the venv's python (scripts/python-venv.sh)");
+    assert_succeeded(&out, "Python AES-GCM could not open the XKS ciphertext");
+    hex::decode(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ciphertexts_open_with_python_aes_gcm_and_the_spec_aad() {
+    let (server, addr, _) = start_xks("xks-interop").await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
+    let mut c = admin(server.addr).await;
+    let material: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(29).wrapping_add(3))
+        .collect();
+    let key = xks_key(&mut c, Some(&material)).await;
+    let pt = b"XKS interoperability proof".to_vec();
+    for aad in [b"aws-kms-xks-aad".to_vec(), Vec::new()] {
+        let enc = door
+            .ok(
+                &path(&format!("keys/{key}/encrypt")),
+                &encrypt_body(&pt, &aad, ALLOWED),
+            )
+            .await;
+        assert_eq!(python_open(&material, &enc, &aad, scratch_dir()), pt);
+    }
+    server.shutdown().await.unwrap();
+}
