@@ -595,3 +595,50 @@ async fn ciphertexts_open_with_python_aes_gcm_and_the_spec_aad() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// SIGHUP reloads each key store's credentials file, so that the credential AWS signs with can
+/// be rotated without a restart: a credential written to the file is refused before the
+/// signal and accepted after it, and the ones it replaced are refused from then on. (SIGHUP
+/// reaches this whole test process: the other tests' daemons read their unchanged files
+/// again, which changes nothing for them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_reload_on_sighup() {
+    const ID3: &str = "AKIAXKSTESTCCCCCCCC4";
+    const SECRET3: &str = "xks-secret-three-0123456789abcdefghijklmnopq";
+    let (server, addr, dir) = start_xks("xks-sighup").await;
+    let health = json!({"requestMetadata": metadata("KmsHealthCheck", ALLOWED)});
+    let third = Signing {
+        id: ID3,
+        secret: SECRET3,
+        ..GOOD
+    };
+    let status = |signing: Signing<'static>| {
+        let (server, health) = (&server, &health);
+        async move {
+            xks(server, addr, "POST", &path("health"), signing, health)
+                .await
+                .0
+        }
+    };
+    assert_eq!(status(GOOD).await, 200);
+    let rotated = json!([{"access_key_id": ID3, "secret_access_key": SECRET3}]);
+    write_secret(&dir.join("xks-creds.json"), rotated.to_string());
+    assert_eq!(status(third).await, 401, "not before the signal");
+
+    let pid = std::process::id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    assert!(
+        wait_for(async || status(third).await == 200).await,
+        "the new credential is accepted"
+    );
+    assert_eq!(
+        status(GOOD).await,
+        401,
+        "the replaced credential is refused"
+    );
+    server.shutdown().await.unwrap();
+}

@@ -31,7 +31,7 @@ use crate::api::gate::{Gate, RefusedAt, RequestInfo};
 use crate::api::http::{
     headers_as_signed, sigv4_input, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
 };
-use crate::config::xks::{XksCredential, XKS_BASE_PATH};
+use crate::config::xks::{XksCredential, XksKeyStoreConfig, XKS_BASE_PATH};
 use crate::config::Config;
 use crate::identity::auth::{claimed_access_key_id, Authenticator};
 use crate::identity::sigv4;
@@ -47,11 +47,61 @@ pub const SERVICE: &str = "kms-xks-proxy";
 /// The operation name recorded for requests whose route is unknown.
 pub const UNKNOWN_OPERATION: &str = "Unknown";
 
-/// One logical key store: its prefix, principal and credentials.
+/// One logical key store: its prefix, principal and credentials (replaced on SIGHUP).
 struct KeyStore {
     prefix: String,
     principal: String,
-    credentials: Vec<XksCredential>,
+    credentials: std::sync::RwLock<Arc<Vec<XksCredential>>>,
+    /// Its config entry, to read the credentials file again.
+    config: XksKeyStoreConfig,
+}
+
+impl KeyStore {
+    /// The credentials now in force.
+    fn credentials(&self) -> Arc<Vec<XksCredential>> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the credentials file again: the new credentials replace the old ones when the
+    /// file is a private, well-formed one; otherwise the old ones stay and the error is logged.
+    fn reload(&self, allow_group_readable: bool) {
+        let path = self.config.credentials_path();
+        let checked =
+            crate::config::check_secret_file("xks credentials_file", path, allow_group_readable)
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.config.load_credentials());
+        match checked {
+            Ok(creds) => {
+                *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(creds);
+                tracing::info!(prefix = %self.prefix, "XKS key store credentials reloaded");
+            }
+            Err(e) => {
+                tracing::error!(prefix = %self.prefix, error = %e, "XKS key store credentials not reloaded; the previous ones stay in force")
+            }
+        }
+    }
+}
+
+/// Reads every key store's credentials file again on each SIGHUP, for as long as the door
+/// lives, so that AWS-side credential rotation needs no restart.
+fn spawn_credential_reload(stores: std::sync::Weak<Vec<KeyStore>>, allow_group_readable: bool) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; XKS credentials reload by signal is off");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(stores) = stores.upgrade() else {
+                return;
+            };
+            for store in stores.iter() {
+                store.reload(allow_group_readable);
+            }
+        }
+    });
 }
 
 /// The door: the gate, the authenticator, the region and the key stores.
@@ -59,7 +109,7 @@ pub struct XksDoor {
     gate: Gate,
     auth: Arc<Authenticator>,
     regions: Vec<String>,
-    stores: Vec<KeyStore>,
+    stores: Arc<Vec<KeyStore>>,
     max_body_bytes: usize,
 }
 
@@ -121,12 +171,18 @@ impl HttpDoor for XksDoor {
             .map(|s| KeyStore {
                 prefix: s.uri_path_prefix.clone(),
                 principal: s.principal.clone(),
-                credentials: s.load_credentials().unwrap_or_else(|e| {
+                credentials: std::sync::RwLock::new(Arc::new(s.load_credentials().unwrap_or_else(|e| {
                     tracing::error!(prefix = %s.uri_path_prefix, error = %e, "XKS key store credentials unreadable; its requests are refused");
                     Vec::new()
-                }),
+                }))),
+                config: s.clone(),
             })
             .collect();
+        let stores = Arc::new(stores);
+        spawn_credential_reload(
+            Arc::downgrade(&stores),
+            config.server.allow_group_readable_secrets,
+        );
         XksDoor {
             gate: deps.gate.clone(),
             auth: deps.auth.clone(),
@@ -248,9 +304,9 @@ impl XksDoor {
         let headers = headers_as_signed(parts);
         let payload_hash = sigv4::sha256_hex(bytes);
         let input = sigv4_input(conn, parts, &headers, &payload_hash, SERVICE);
+        let credentials = store.credentials();
         let lookup = |id: &str| {
-            store
-                .credentials
+            credentials
                 .iter()
                 .find(|c| c.access_key_id == id)
                 .map(|c| c.secret_access_key.clone())
