@@ -91,7 +91,7 @@ pub(crate) fn find_token(
     let slots = counters.call(Call::GetSlotList, label, || pkcs11.get_slots_with_token())?;
     let mut found = Vec::new();
     for slot in slots {
-        match token_info(pkcs11, slot, counters) {
+        match counters.run(Call::GetTokenInfo, || pkcs11.get_token_info(slot)) {
             Ok(info) if info.label().trim_end() == label => found.push(slot),
             Ok(_) => {}
             // A slot whose token vanished between the two calls is skipped.
@@ -122,26 +122,6 @@ pub struct TokenProbe {
     pub manufacturer: String,
     pub model: String,
     pub serial_number: String,
-}
-
-/// `C_GetTokenInfo` of `slot`, asked again (up to 3 times, 20 ms apart) while it answers
-/// `CKR_GENERAL_ERROR`: a token being initialised in another slot of the same library (SoftHSM2
-/// while a token is made) or a slot coming up answers so for a moment.
-fn token_info(
-    pkcs11: &Pkcs11,
-    slot: Slot,
-    counters: &Counters,
-) -> Result<cryptoki::slot::TokenInfo, CkError> {
-    let mut tries = 0;
-    loop {
-        match counters.run(Call::GetTokenInfo, || pkcs11.get_token_info(slot)) {
-            Err(CkError::Pkcs11(RvError::GeneralError, _)) if tries < 3 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Loads the module at `module_path` and finds the one token labelled `label`, without opening
