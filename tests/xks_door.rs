@@ -26,6 +26,14 @@ const SERVICE: &str = "kms-xks-proxy";
 
 /// A daemon with the XKS door on one key store (`PREFIX`, run as user1, two credentials).
 async fn start_xks(name: &str) -> (RunningServer, SocketAddr, std::path::PathBuf) {
+    start_xks_with(name, "").await
+}
+
+/// [`start_xks`] with more `[xks]` lines.
+async fn start_xks_with(
+    name: &str,
+    xks_lines: &str,
+) -> (RunningServer, SocketAddr, std::path::PathBuf) {
     let dir = data_dir(name);
     let creds = dir.join("xks-creds.json");
     let pairs = json!([
@@ -34,7 +42,7 @@ async fn start_xks(name: &str) -> (RunningServer, SocketAddr, std::path::PathBuf
     ]);
     write_secret(&creds, pairs.to_string());
     let section = format!(
-        "\n[xks]\nenabled = true\nlisten = \"127.0.0.1:0\"\n\n[[xks.key_store]]\n\
+        "\n[xks]\nenabled = true\nlisten = \"127.0.0.1:0\"\n{xks_lines}\n[[xks.key_store]]\n\
          uri_path_prefix = \"{PREFIX}\"\nprincipal = \"{USER1}\"\ncredentials_file = \"{}\"\n",
         creds.display()
     );
@@ -78,15 +86,15 @@ async fn xks(
     xks_raw(server, addr, method, path, signing, &body).await
 }
 
-/// [`xks`] with a body of any bytes.
-async fn xks_raw(
+/// The whole HTTP/1.1 request, SigV4-signed as `signing` says.
+fn request_bytes(
     server: &RunningServer,
     addr: SocketAddr,
     method: &str,
     path: &str,
     signing: Signing<'_>,
     body: &[u8],
-) -> (u16, Value) {
+) -> Vec<u8> {
     use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
     let amz_date = sigv4::format_amz_date(server.kms.now_ms() / 1000 + signing.skew);
     let mut headers = vec![
@@ -123,9 +131,28 @@ async fn xks_raw(
     ));
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    let answer = tls_exchange(addr, &bytes).await;
-    let v = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    (answer.status, v)
+    bytes
+}
+
+/// [`xks`] with a body of any bytes.
+async fn xks_raw(
+    server: &RunningServer,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    signing: Signing<'_>,
+    body: &[u8],
+) -> (u16, Value) {
+    let bytes = request_bytes(server, addr, method, path, signing, body);
+    answer(tls_exchange(addr, &bytes).await)
+}
+
+/// Status and JSON body (`null` when not JSON).
+fn answer(a: HttpAnswer) -> (u16, Value) {
+    (
+        a.status,
+        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
+    )
 }
 
 /// The XKS door of a test daemon, with requests signed by the first credential.
@@ -640,5 +667,68 @@ async fn credentials_reload_on_sighup() {
         401,
         "the replaced credential is refused"
     );
+    server.shutdown().await.unwrap();
+}
+
+/// Optional mutual TLS: with `mtls_client_ca` set, only a client certificate from that CA
+/// naming AWS KMS's subject for the region (`cks.kms.us-east-1.amazonaws.com` by default) is
+/// served; none, or another subject, is 401 `AuthenticationFailedException`, audited. Without
+/// it (every other test here), no certificate is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_checks_the_client_subject() {
+    let pki = &env().pki;
+    for cn in [
+        "cks.kms.us-east-1.amazonaws.com",
+        "cks.kms.eu-west-1.amazonaws.com",
+    ] {
+        if !pki.join(format!("{cn}.pem")).exists() {
+            p11kms::devsetup::issue_client_cert(pki, cn, None).unwrap();
+        }
+    }
+    let ca = format!("mtls_client_ca = \"{}\"\n", pki.join("ca.pem").display());
+    let (server, addr, dir) = start_xks_with("xks-mtls", &ca).await;
+    let health =
+        json!({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}});
+    let bytes = request_bytes(
+        &server,
+        addr,
+        "POST",
+        &path("health"),
+        GOOD,
+        health.to_string().as_bytes(),
+    );
+    let as_client = |cert| tls_exchange_with(test_ca_connector_as(b"http/1.1", cert), addr, &bytes);
+    let (status, ok) = answer(as_client(Some("cks.kms.us-east-1.amazonaws.com")).await);
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["xksProxyVendor"], "p11kms");
+    for (cert, what) in [
+        (None, "no certificate"),
+        (
+            Some("cks.kms.eu-west-1.amazonaws.com"),
+            "another region's subject",
+        ),
+        (Some("user1"), "a user's certificate"),
+    ] {
+        let (status, e) = answer(as_client(cert).await);
+        assert_eq!(
+            (status, e["errorName"].as_str()),
+            (401, Some("AuthenticationFailedException")),
+            "{what}: {e}"
+        );
+    }
+    server.shutdown().await.unwrap();
+    let refused = events(&dir)
+        .into_iter()
+        .filter(|e| e["door"] == "xks" && e["errorCode"] == "AuthenticationFailedException")
+        .count();
+    assert!(refused >= 1, "the refusals are audited");
+
+    // Without mutual TLS a certificate-less client is served.
+    let (server, addr) = {
+        let (s, a, _) = start_xks("xks-no-mtls").await;
+        (s, a)
+    };
+    let (status, e) = xks(&server, addr, "POST", &path("health"), GOOD, &health).await;
+    assert_eq!(status, 200, "{e}");
     server.shutdown().await.unwrap();
 }

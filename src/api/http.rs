@@ -58,6 +58,33 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub secure: bool,
+    /// The client certificate, when the binding asks for one ([`ClientAuth`]).
+    pub client_cert: ClientCert,
+}
+
+/// What a connection's client certificate showed, against its binding's [`ClientAuth`].
+/// The listener verifies the chain in the handshake; the door decides what a missing or
+/// unexpected certificate means (the XKS door refuses the request, and audits it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    /// The binding does not ask for a client certificate.
+    NotAsked,
+    /// None was presented.
+    Absent,
+    /// One chaining to the CA, with one of the expected subject names.
+    Accepted,
+    /// One chaining to the CA, with none of the expected subject names.
+    UnexpectedSubject,
+}
+
+/// Mutual TLS for a binding: client certificates must chain to `ca` and name one of
+/// `subjects` (subject CN or a DNS subject alternative name).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// The CA bundle client certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// The accepted subject names, exactly.
+    pub subjects: Vec<String>,
 }
 
 /// What the listener hands a door with each request.
@@ -77,6 +104,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The private key.
     pub key: PathBuf,
+    /// Mutual TLS, when the door asks for it.
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// Where and how a door listens, as its config section says.
@@ -204,7 +233,7 @@ pub async fn start<D: HttpDoor>(
     let Some(binding) = D::binding(config) else {
         return Ok(None);
     };
-    let tls = tls_for(&binding)?;
+    let tls = tls_for(&binding)?.map(Arc::new);
     let bind_error = |source| DoorStartError::Bind {
         label: binding.label,
         addr: binding.listen,
@@ -226,14 +255,47 @@ pub async fn start<D: HttpDoor>(
     }))
 }
 
-/// The TLS acceptor of a binding (ALPN `h2` and `http/1.1`); `None` for plain HTTP, which
-/// only a loopback address may serve.
-fn tls_for(binding: &HttpBinding) -> Result<Option<TlsAcceptor>, DoorStartError> {
+/// A door's TLS: the acceptor, and the client subject names mutual TLS expects.
+struct DoorTls {
+    acceptor: TlsAcceptor,
+    client_subjects: Option<Vec<String>>,
+}
+
+impl DoorTls {
+    /// What the client certificate of an accepted connection shows.
+    fn client_cert(&self, conn: &tokio_rustls::rustls::ServerConnection) -> ClientCert {
+        let Some(expected) = &self.client_subjects else {
+            return ClientCert::NotAsked;
+        };
+        match conn.peer_certificates().and_then(|c| c.first()) {
+            None => ClientCert::Absent,
+            Some(leaf) => {
+                let names = crate::identity::certs::subject_names(leaf);
+                if names.iter().any(|n| expected.contains(n)) {
+                    ClientCert::Accepted
+                } else {
+                    ClientCert::UnexpectedSubject
+                }
+            }
+        }
+    }
+}
+
+/// The TLS of a binding (ALPN `h2` and `http/1.1`, client certificates when it asks for
+/// them); `None` for plain HTTP, which only a loopback address may serve.
+fn tls_for(binding: &HttpBinding) -> Result<Option<DoorTls>, DoorStartError> {
     let section = binding.section;
     match &binding.tls {
-        Some(files) => listener::tls_acceptor(&files.cert, &files.key, None, &[b"h2", b"http/1.1"])
-            .map(Some)
-            .map_err(|message| DoorStartError::Tls { section, message }),
+        Some(files) => {
+            let ca = files.client_auth.as_ref().map(|a| a.ca.as_path());
+            let acceptor =
+                listener::tls_acceptor(&files.cert, &files.key, ca, &[b"h2", b"http/1.1"])
+                    .map_err(|message| DoorStartError::Tls { section, message })?;
+            Ok(Some(DoorTls {
+                acceptor,
+                client_subjects: files.client_auth.as_ref().map(|a| a.subjects.clone()),
+            }))
+        }
         None if binding.listen.ip().is_loopback() => Ok(None),
         None => Err(DoorStartError::PlainHttp {
             section,
@@ -311,7 +373,7 @@ async fn dispatch<D: HttpDoor>(
 struct Shared {
     door: &'static str,
     router: axum::Router,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<DoorTls>>,
     limits: Limits,
     /// The daemon's shutdown signal: finish the requests in flight, then close.
     drain: CancellationToken,
@@ -321,7 +383,7 @@ struct Shared {
 async fn serve<D: HttpDoor>(
     door: Arc<D>,
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<DoorTls>>,
     limits: Limits,
     cancel: CancellationToken,
 ) {
@@ -370,22 +432,30 @@ async fn drain(mut conns: JoinSet<()>, close: CancellationToken) {
 /// Serves one admitted connection: the TLS handshake (if any) within its deadline, then
 /// HTTP, each request counted in flight and its body under the body deadline.
 async fn connection(shared: Shared, stream: TcpStream, guard: ConnGuard) {
-    let info = ConnInfo {
+    let mut info = ConnInfo {
         peer: guard.conn().peer(),
         secure: shared.tls.is_some(),
+        client_cert: ClientCert::NotAsked,
     };
-    let svc = TowerToHyperService::new(Tracked::new(
-        shared.router.clone().layer(Extension(info)),
-        ConnLookup::Fixed(guard.conn().clone()),
-        shared.limits.request_body_timeout,
-    ));
+    let service = |info: ConnInfo, guard: &ConnGuard| {
+        TowerToHyperService::new(Tracked::new(
+            shared.router.clone().layer(Extension(info)),
+            ConnLookup::Fixed(guard.conn().clone()),
+            shared.limits.request_body_timeout,
+        ))
+    };
     match &shared.tls {
-        Some(acceptor) => {
-            if let Some(s) = listener::handshake(acceptor, stream, &guard).await {
+        Some(tls) => {
+            if let Some(s) = listener::handshake(&tls.acceptor, stream, &guard).await {
+                info.client_cert = tls.client_cert(s.get_ref().1);
+                let svc = service(info, &guard);
                 serve_connection(TrackedIo::new(s, guard), svc, &shared).await
             }
         }
-        None => serve_connection(TrackedIo::new(stream, guard), svc, &shared).await,
+        None => {
+            let svc = service(info, &guard);
+            serve_connection(TrackedIo::new(stream, guard), svc, &shared).await
+        }
     }
 }
 

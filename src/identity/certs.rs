@@ -118,6 +118,28 @@ impl CertificateDirectory {
     }
 }
 
+/// The names a certificate gives its subject: each subject common name, then each DNS
+/// subject alternative name (what mutual TLS checks against an expected subject, as the XKS
+/// door does for `cks.kms.<region>.amazonaws.com`). Empty when the DER does not parse.
+pub fn subject_names(leaf_der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(leaf_der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(d) = name {
+                names.push(d.to_string());
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +156,25 @@ mod tests {
         }
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn subject_names_are_the_cn_then_dns_sans() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["cks.kms.eu-west-1.amazonaws.com".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cks.kms.us-east-1.amazonaws.com");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(
+            subject_names(&der),
+            [
+                "cks.kms.us-east-1.amazonaws.com",
+                "cks.kms.eu-west-1.amazonaws.com"
+            ]
+        );
+        assert!(subject_names(b"not a certificate").is_empty());
     }
 
     #[test]

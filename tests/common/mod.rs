@@ -831,13 +831,19 @@ pub async fn aws_door_post(
 /// Sends the bytes of one whole HTTP/1.1 request (with `connection: close`) over TLS (the
 /// test CA) to a door at `addr` and reads its whole answer.
 pub async fn tls_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> HttpAnswer {
+    tls_exchange_with(test_ca_connector(b"http/1.1"), addr, bytes).await
+}
+
+/// [`tls_exchange`] through `connector` (e.g. one presenting a client certificate).
+pub async fn tls_exchange_with(
+    connector: tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+) -> HttpAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = test_ca_connector(b"http/1.1")
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
     tls.write_all(bytes).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(
@@ -914,6 +920,12 @@ pub fn http_post_bytes(headers: &[(String, String)], body: &[u8], close: bool) -
 
 /// A TLS client trusting the test CA (no client certificate), offering `alpn`.
 pub fn test_ca_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    test_ca_connector_as(alpn, None)
+}
+
+/// [`test_ca_connector`] presenting the test PKI's client certificate `cert` (`<cert>.pem`,
+/// `<cert>-key.pem`) when given.
+pub fn test_ca_connector_as(alpn: &[u8], cert: Option<&str>) -> tokio_rustls::TlsConnector {
     use rustls_pki_types::pem::PemObject;
     use tokio_rustls::rustls;
     let mut roots = rustls::RootCertStore::empty();
@@ -921,13 +933,27 @@ pub fn test_ca_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut config = match cert {
+        None => config.with_no_client_auth(),
+        Some(name) => {
+            let pki = &env().pki;
+            let chain =
+                rustls_pki_types::CertificateDer::pem_file_iter(pki.join(format!("{name}.pem")))
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_file(pki.join(format!("{name}-key.pem")))
+                    .unwrap();
+            config.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     config.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }

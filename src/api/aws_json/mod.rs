@@ -124,6 +124,7 @@ impl HttpDoor for AwsJsonDoor {
             tls: c.tls.then(|| TlsFiles {
                 cert: config.server.tls_cert.clone(),
                 key: config.server.tls_key.clone(),
+                client_auth: None,
             }),
             section: "aws_json",
             label: "AWS door ([aws_json] listen)",

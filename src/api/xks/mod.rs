@@ -29,7 +29,8 @@ use http_body_util::BodyExt;
 
 use crate::api::gate::{Gate, RefusedAt, RequestInfo};
 use crate::api::http::{
-    headers_as_signed, sigv4_input, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
+    headers_as_signed, sigv4_input, ClientAuth, ClientCert, ConnInfo, DoorDeps, HttpBinding,
+    HttpDoor, RequestCtx, TlsFiles,
 };
 use crate::config::xks::{XksCredential, XksKeyStoreConfig, XKS_BASE_PATH};
 use crate::config::Config;
@@ -81,6 +82,19 @@ impl KeyStore {
             Err(e) => {
                 tracing::error!(prefix = %self.prefix, error = %e, "XKS key store credentials not reloaded; the previous ones stay in force")
             }
+        }
+    }
+}
+
+/// Mutual TLS, when configured: the connection's client certificate must have named one of
+/// the expected subjects (the listener verified its chain in the handshake).
+fn check_client_cert(cert: ClientCert) -> Result<(), XksError> {
+    let refuse = |m: &str| Err(XksError::authentication_message(m));
+    match cert {
+        ClientCert::NotAsked | ClientCert::Accepted => Ok(()),
+        ClientCert::Absent => refuse("A client certificate is required (mutual TLS)."),
+        ClientCert::UnexpectedSubject => {
+            refuse("The client certificate's subject is not one this proxy accepts.")
         }
     }
 }
@@ -156,6 +170,10 @@ impl HttpDoor for XksDoor {
             tls: c.tls.then(|| TlsFiles {
                 cert: c.tls_cert.clone().unwrap_or(config.server.tls_cert.clone()),
                 key: c.tls_key.clone().unwrap_or(config.server.tls_key.clone()),
+                client_auth: c.mtls_client_ca.clone().map(|ca| ClientAuth {
+                    ca,
+                    subjects: c.client_subjects(&config.kms.region),
+                }),
             }),
             section: "xks",
             label: "XKS door ([xks] listen)",
@@ -242,6 +260,7 @@ impl XksDoor {
         }
         let (store, op, key) = self.route(parts.uri.path()).map_err(Refused::anonymous)?;
         info.operation = op.name;
+        check_client_cert(conn.client_cert).map_err(Refused::anonymous)?;
         let bytes = self.read_body(body).await.map_err(Refused::anonymous)?;
         let caller = self.authenticate(conn, parts, &bytes, store)?;
         let akid = caller.access_key_id.clone();

@@ -86,6 +86,15 @@ impl XksError {
         )
     }
 
+    /// 401 for a transport-level refusal (mutual TLS), with `message`.
+    pub fn authentication_message(message: &str) -> XksError {
+        XksError::new(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationFailedException",
+            message.to_string(),
+        )
+    }
+
     /// An engine error as the specification names it.
     pub fn from_kms(e: &KmsError) -> XksError {
         use KmsError as K;
