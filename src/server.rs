@@ -587,6 +587,7 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
             creating_grace_ms: i64::try_from(config.kms.creating_grace_secs)
                 .unwrap_or(i64::MAX / 1000)
                 .saturating_mul(1000),
+            xks_health_cache_ms: config.xks.health_cache_ms,
         },
         Arc::new(store),
         hsm,

@@ -34,6 +34,16 @@ async fn start_xks_with(
     name: &str,
     xks_lines: &str,
 ) -> (RunningServer, SocketAddr, std::path::PathBuf) {
+    start_xks_on(name, xks_lines, "", ServerOptions::default()).await
+}
+
+/// [`start_xks`] with more `[xks]` lines, more top-level sections (`tail`) and `options`.
+async fn start_xks_on(
+    name: &str,
+    xks_lines: &str,
+    tail: &str,
+    options: ServerOptions,
+) -> (RunningServer, SocketAddr, std::path::PathBuf) {
     let dir = data_dir(name);
     let creds = dir.join("xks-creds.json");
     let pairs = json!([
@@ -43,11 +53,11 @@ async fn start_xks_with(
     write_secret(&creds, pairs.to_string());
     let section = format!(
         "\n[xks]\nenabled = true\nlisten = \"127.0.0.1:0\"\n{xks_lines}\n[[xks.key_store]]\n\
-         uri_path_prefix = \"{PREFIX}\"\nprincipal = \"{USER1}\"\ncredentials_file = \"{}\"\n",
+         uri_path_prefix = \"{PREFIX}\"\nprincipal = \"{USER1}\"\ncredentials_file = \"{}\"\n{tail}",
         creds.display()
     );
     let config = config_with(&dir, &section);
-    let server = server::start(&config, ServerOptions::default())
+    let server = server::start(&config, options)
         .await
         .expect("daemon starts");
     let addr = server
@@ -730,5 +740,107 @@ async fn mutual_tls_checks_the_client_subject() {
     };
     let (status, e) = xks(&server, addr, "POST", &path("health"), GOOD, &health).await;
     assert_eq!(status, 200, "{e}");
+    server.shutdown().await.unwrap();
+}
+
+/// GetHealthStatus is a deep check of every backing HSM: the default token, and each custom
+/// key store while it is to be connected (here one on a cluster token), with the device's
+/// model; a check is reused while younger than `health_cache_ms` on the daemon's clock, so
+/// a store connected or disconnected shows once the cached answer has aged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_every_backing_hsm_and_reuses_a_fresh_check() {
+    use common::stores::{cluster, cluster_sections, softhsm};
+    let c = cluster("xks", "health", &softhsm(), true);
+    let clock = std::sync::Arc::new(p11kms::core::clock::ManualClock::default());
+    let options = ServerOptions {
+        clock: clock.clone(),
+        ..ServerOptions::default()
+    };
+    let tail = cluster_sections(std::slice::from_ref(&c));
+    let (server, addr, _) =
+        start_xks_on("xks-health", "health_cache_ms = 10000\n", &tail, options).await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
+    let fleet = async || {
+        let body =
+            json!({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}});
+        let h = door.ok(&path("health"), &body).await;
+        let details = h["ekmFleetDetails"].as_array().unwrap().clone();
+        let entries: Vec<(String, String, String)> = details
+            .iter()
+            .map(|d| {
+                let s = |k: &str| d[k].as_str().unwrap().to_string();
+                (s("id"), s("model"), s("healthStatus"))
+            })
+            .collect();
+        entries
+    };
+    let default_token = (
+        TOKEN_LABEL.to_string(),
+        "SoftHSM v2".to_string(),
+        "ACTIVE".to_string(),
+    );
+    assert_eq!(fleet().await, [default_token.clone()]);
+
+    let mut admin = admin(server.addr).await;
+    let store = admin
+        .create_custom_key_store(pb::CreateCustomKeyStoreRequest {
+            custom_key_store_name: "xks-health".into(),
+            cloud_hsm_cluster_id: c.id.clone(),
+            trust_anchor_certificate: c.anchor_pem.clone(),
+            key_store_password: c.password.clone(),
+            custom_key_store_type: String::new(),
+        })
+        .await
+        .expect("create the store")
+        .into_inner()
+        .custom_key_store_id;
+    admin
+        .connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
+            custom_key_store_id: store.clone(),
+        })
+        .await
+        .expect("connect");
+    let connected = wait_for(async || {
+        server
+            .kms
+            .key_stores()
+            .get(&store)
+            .is_some_and(|h| h.connected_hsm().is_some())
+    })
+    .await;
+    assert!(connected, "the store connects");
+    assert_eq!(
+        fleet().await,
+        [default_token.clone()],
+        "the fresh check is reused"
+    );
+    clock.advance_ms(10_000);
+    let with_store = (
+        store.clone(),
+        "SoftHSM v2".to_string(),
+        "ACTIVE".to_string(),
+    );
+    assert_eq!(fleet().await, [default_token.clone(), with_store.clone()]);
+
+    admin
+        .disconnect_custom_key_store(pb::DisconnectCustomKeyStoreRequest {
+            custom_key_store_id: store.clone(),
+        })
+        .await
+        .expect("disconnect");
+    assert_eq!(
+        fleet().await,
+        [default_token.clone(), with_store],
+        "still fresh"
+    );
+    clock.advance_ms(10_000);
+    assert_eq!(
+        fleet().await,
+        [default_token],
+        "a disconnected store is not listed"
+    );
     server.shutdown().await.unwrap();
 }

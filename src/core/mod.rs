@@ -44,6 +44,7 @@ pub mod tags;
 pub mod usage;
 mod validate;
 pub mod xks;
+pub mod xks_health;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -73,6 +74,8 @@ pub struct KmsSettings {
     /// How long a key may stay in `Creating` before reconciliation resolves it (milliseconds;
     /// `[kms] creating_grace_secs`). See [`reconcile`].
     pub creating_grace_ms: i64,
+    /// How long the XKS door reuses a GetHealthStatus check (`[xks] health_cache_ms`).
+    pub xks_health_cache_ms: u64,
 }
 
 /// Where a test may interrupt CreateKey between its two phases.
@@ -273,6 +276,8 @@ pub struct Kms {
     stranded: std::sync::Mutex<BTreeMap<String, KeyRecord>>,
     /// Custom key stores and their connections.
     key_stores: Arc<connections::KeyStores>,
+    /// The XKS door's last health check ([`xks_health`]).
+    xks_health: xks_health::HealthCache,
 }
 
 impl std::fmt::Debug for Kms {
@@ -298,6 +303,7 @@ impl Kms {
             settings,
             store,
             key_stores: connections::KeyStores::new(hsm.clone(), clock.clone()),
+            xks_health: xks_health::HealthCache::default(),
             hsm,
             directory,
             sessions,

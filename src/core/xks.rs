@@ -431,27 +431,15 @@ impl Kms {
         Ok(XksDecryptResponse { plaintext })
     }
 
-    /// GetHealthStatus: a deep check (random bytes drawn from the default HSM); never
-    /// authorized.
+    /// GetHealthStatus: a deep check of every backing HSM, reused while fresh
+    /// ([`super::xks_health`]); never authorized.
     pub async fn xks_get_health_status(
         &self,
         _caller: &Caller,
         _req: XksHealthRequest,
     ) -> Result<XksHealthResponse, KmsError> {
-        let hsm = self.hsm();
-        let health = match hsm.random(16).await {
-            Ok(_) => EkmHealth::Active,
-            Err(e) => {
-                tracing::warn!(error = %e, "XKS health: the HSM did not answer");
-                EkmHealth::Unavailable
-            }
-        };
         Ok(XksHealthResponse {
-            ekm_fleet_details: vec![EkmDetail {
-                id: hsm.token_label().to_string(),
-                model: "PKCS#11 token".into(),
-                health,
-            }],
+            ekm_fleet_details: self.xks_fleet().await,
         })
     }
 }

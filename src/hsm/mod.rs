@@ -342,6 +342,10 @@ pub(crate) struct Shared {
 pub struct Hsm {
     shared: Arc<Shared>,
     pool: Pool,
+    /// The token's model as the device reports it (`SoftHSM v2`), for health reports.
+    model: String,
+    /// The job queue's bound (`queue_depth`).
+    queue_capacity: usize,
     keeper: Mutex<Option<Session>>,
     /// Key-pair generations running at once: at most `workers - 1` (at least 1), so slow
     /// RSA generations never occupy every worker.
@@ -449,6 +453,10 @@ impl Hsm {
         let slot = module::find_token(&pkcs11, token, &counters)?;
         let keeper = counters.call(Call::OpenSession, token, || pkcs11.open_ro_session(slot))?;
         module::login(&counters, &keeper, &cfg.pin, token)?;
+        let model = counters
+            .call(Call::GetTokenInfo, token, || pkcs11.get_token_info(slot))
+            .map(|i| i.model().trim_end().to_string())
+            .unwrap_or_default();
 
         let shared = Arc::new(Shared {
             token: token.to_owned(),
@@ -479,6 +487,8 @@ impl Hsm {
         Ok(Arc::new(Hsm {
             shared,
             pool,
+            model,
+            queue_capacity: cfg.queue_depth,
             keeper: Mutex::new(Some(keeper)),
             keygen: tokio::sync::Semaphore::new(cfg.workers.saturating_sub(1).max(1)),
         }))
@@ -580,6 +590,16 @@ impl Hsm {
     /// Number of jobs waiting in the queue (not yet picked up by a worker).
     pub fn queued(&self) -> usize {
         self.pool.queued()
+    }
+
+    /// The most jobs the queue holds (`queue_depth`); beyond it requests are throttled.
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    /// The token's model as the device reports it (`C_GetTokenInfo`), e.g. `SoftHSM v2`.
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// Number of cached object handles.

@@ -26,6 +26,7 @@ pub const POOL_BINARIES: &[&str] = &[
     "aws_clients",
     "cli_key_stores",
     "check",
+    "xks_door",
 ];
 /// Cluster tokens in a binary's pool.
 pub const POOL_SIZE: usize = 12;
