@@ -348,6 +348,7 @@ fn explain_req(
         key_id: key.into(),
         encryption_context: ctx(ec),
         source_ip: String::new(),
+        xks_request_metadata: Default::default(),
     }
 }
 

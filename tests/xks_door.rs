@@ -505,6 +505,71 @@ async fn transport_and_authentication_refusals() {
     server.shutdown().await.unwrap();
 }
 
+/// ExplainAccess (`policy explain --xks-request-metadata`) decides as the door did: with the
+/// requestMetadata members the `xks:` condition keys are filled, so the key store principal
+/// is allowed for `ALLOWED` by statement `Xks` and denied for another AWS caller; without
+/// them the condition cannot hold; a member the door does not know, or an action it does not
+/// authorize, is a ValidationException.
+async fn explain_as_the_door_decides(addr: SocketAddr, key: &str) {
+    let admin = signed_as(addr, "AKIAADMIN00000000001").await;
+    let explain = |caller: Option<&str>, action: &str| pb::ExplainAccessRequest {
+        principal: USER1.into(),
+        action: action.into(),
+        key_id: key.into(),
+        xks_request_metadata: caller
+            .map(|arn| {
+                [
+                    ("awsPrincipalArn".to_string(), arn.to_string()),
+                    ("kmsOperation".into(), "Encrypt".into()),
+                ]
+                .into()
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let ask = async |req: pb::ExplainAccessRequest| {
+        admin
+            .admin
+            .clone()
+            .explain_access(admin.admin_req(req, "ExplainAccess"))
+            .await
+    };
+    let allowed = ask(explain(Some(ALLOWED), "kms:Encrypt"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allowed.decision, "Allow", "{allowed:?}");
+    assert!(
+        allowed
+            .deciding_statements
+            .iter()
+            .any(|d| d.statement == "Xks"),
+        "{allowed:?}"
+    );
+    for (caller, what) in [
+        (
+            Some("arn:aws:iam::123456789012:role/Other"),
+            "another caller",
+        ),
+        (None, "no metadata"),
+    ] {
+        let denied = ask(explain(caller, "kms:Encrypt"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(denied.decision, "Deny", "{what}: {denied:?}");
+    }
+    let mut unknown = explain(Some(ALLOWED), "kms:Encrypt");
+    unknown
+        .xks_request_metadata
+        .insert("awsPrincipal".into(), "x".into());
+    let not_xks = explain(Some(ALLOWED), "kms:GenerateDataKey");
+    for req in [unknown, not_xks] {
+        let e = ask(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_policy_and_key_state_decide() {
     let (server, addr, _) = start_xks("xks-policy").await;
@@ -533,6 +598,7 @@ async fn key_policy_and_key_state_decide() {
         "a denied request reached the HSM"
     );
     let enc = door.ok(&enc_path, &encrypt_body(b"x", b"", ALLOWED)).await;
+    explain_as_the_door_decides(server.addr, &key).await;
     // An unknown kmsOperation is accepted.
     let mut future = encrypt_body(b"x", b"", ALLOWED);
     future["requestMetadata"]["kmsOperation"] = json!("SomeFutureOperation");

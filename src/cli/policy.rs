@@ -48,6 +48,12 @@ pub struct ExplainArgs {
     /// Evaluate as if the request came from this address (aws:SourceIp).
     #[arg(long)]
     source_ip: Option<String>,
+    /// Evaluate as the XKS door does: the request's requestMetadata as JSON (as its audit
+    /// event records it), e.g. '{"awsPrincipalArn": "arn:aws:iam::111122223333:role/App",
+    /// "kmsViaService": "s3"}'. --principal is then the XKS key store's principal and --key
+    /// may be an external key id (alias.<name>).
+    #[arg(long, value_name = "JSON")]
+    xks_request_metadata: Option<String>,
 }
 
 /// Runs a `policy` subcommand: `eval` without a runtime, `explain` as a client command.
@@ -91,6 +97,15 @@ fn eval(file: &std::path::Path, check: bool) -> Result<ExitCode, String> {
     })
 }
 
+/// The members of `--xks-request-metadata`: a JSON object of strings.
+fn xks_members(json: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let Some(text) = json else {
+        return Ok(Default::default());
+    };
+    serde_json::from_str(text)
+        .map_err(|e| format!("--xks-request-metadata is not a JSON object of strings: {e}"))
+}
+
 /// `policy explain`: the daemon's decision, reason and deciding statements as JSON.
 async fn explain(args: ExplainArgs) -> Result<(), String> {
     let sess = Session::open(&args.conn).await?;
@@ -100,6 +115,7 @@ async fn explain(args: ExplainArgs) -> Result<(), String> {
         key_id: args.key.unwrap_or_default(),
         encryption_context: ctx(args.context),
         source_ip: args.source_ip.unwrap_or_default(),
+        xks_request_metadata: xks_members(args.xks_request_metadata.as_deref())?,
     };
     let signed = sess.req("AdminService", "ExplainAccess", request);
     let r = answer(sess.admin().explain_access(signed).await)?;

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use super::authz::AuthzRequest;
 use super::operation::{request_parameters, response_elements};
+use super::xks::{key_ref, RequestMetadata, XKS_ACTIONS};
 use super::{Kms, KmsError};
 use crate::identity::{AuthMethod, Caller};
 use crate::policy::{DecidingStatement, Decision};
@@ -26,10 +27,15 @@ pub struct ExplainRequest {
     pub encryption_context: BTreeMap<String, String>,
     /// The source address to evaluate with (`aws:SourceIp`), if any: an IP address.
     pub source_ip: Option<String>,
+    /// When given, the request is evaluated as the XKS door evaluates one: these are its
+    /// `requestMetadata` members by their XKS names (`awsPrincipalArn`, `kmsViaService`,
+    /// ...), filling the `xks:` condition keys; `key_id` may then be an external key id
+    /// (`alias.<name>`), and the principal is the XKS key store's.
+    pub xks_request_metadata: BTreeMap<String, String>,
 }
 
 request_parameters! {
-    ExplainRequest { principal, action, key_id, encryption_context, source_ip };
+    ExplainRequest { principal, action, key_id, encryption_context, source_ip, xks_request_metadata };
 }
 
 /// ExplainAccess output.
@@ -156,6 +162,7 @@ impl Kms {
                 })?),
             };
         let (action, on_account) = known_action(&req.action)?;
+        let xks = xks_metadata(&req, action, on_account)?;
         if on_account && !req.key_id.is_empty() {
             return Err(KmsError::Validation(format!(
                 "{action} applies to no key: leave the key out."
@@ -176,8 +183,16 @@ impl Kms {
         if on_account {
             return Ok(self.explain_on_account(&target, action));
         }
-        let resolved = self.resolve(&target, &req.key_id, true)?;
+        let key_id = match &xks {
+            Some(_) => key_ref(&req.key_id),
+            None => req.key_id.clone(),
+        };
+        let resolved = self.resolve(&target, &key_id, true)?;
         let authz = AuthzRequest::on_key(action, &resolved).context(&req.encryption_context);
+        let authz = xks
+            .iter()
+            .flat_map(|m| m.conditions())
+            .fold(authz, |a, (k, v)| a.with(k, v));
         let decision = self.decide(&target, &authz);
         let message = if decision.is_allow() {
             format!("Allowed: {}", decision.summary())
@@ -207,6 +222,25 @@ impl Kms {
             message,
         }
     }
+}
+
+/// The XKS `requestMetadata` to evaluate with, when given: only for the actions the XKS door
+/// authorizes.
+fn xks_metadata(
+    req: &ExplainRequest,
+    action: &str,
+    on_account: bool,
+) -> Result<Option<RequestMetadata>, KmsError> {
+    if req.xks_request_metadata.is_empty() {
+        return Ok(None);
+    }
+    if on_account || !XKS_ACTIONS.contains(&action) {
+        return Err(KmsError::Validation(format!(
+            "xksRequestMetadata applies to {} only, not {action}.",
+            XKS_ACTIONS.join(", ")
+        )));
+    }
+    RequestMetadata::from_members(&req.xks_request_metadata).map(Some)
 }
 
 /// The wire name of a deciding statement's policy type.

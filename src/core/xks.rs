@@ -49,6 +49,9 @@ pub const CONDITION_KEYS: &[(&str, &str)] = &[
     ("xks:AwsSourceVpce", "awsSourceVpce"),
 ];
 
+/// The actions XKS requests are authorized as (GetKeyMetadata, Encrypt, Decrypt).
+pub const XKS_ACTIONS: &[&str] = &["kms:DescribeKey", "kms:Encrypt", "kms:Decrypt"];
+
 /// `requestMetadata`: who AWS KMS says is asking, for what. `kmsRequestId` is recorded,
 /// never validated; an unknown `kmsOperation` is accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,11 +79,49 @@ impl RequestMetadata {
     }
 
     /// The condition keys of the members present.
-    fn conditions(&self) -> impl Iterator<Item = (&'static str, CtxValue)> + '_ {
+    pub(super) fn conditions(&self) -> impl Iterator<Item = (&'static str, CtxValue)> + '_ {
         CONDITION_KEYS
             .iter()
             .zip(self.members())
             .filter_map(|((key, _), v)| v.map(|v| (*key, CtxValue::one(v))))
+    }
+}
+
+impl RequestMetadata {
+    /// `requestMetadata` from its members by their XKS names (`awsPrincipalArn`, ...), as an
+    /// operator copies them from an audit event to ask why a request was decided so
+    /// (ExplainAccess). An unknown member is a ValidationException.
+    pub fn from_members(
+        members: &std::collections::BTreeMap<String, String>,
+    ) -> Result<RequestMetadata, KmsError> {
+        let mut m = RequestMetadata::default();
+        for (name, value) in members {
+            let slot = match name.as_str() {
+                "kmsRequestId" => {
+                    m.kms_request_id = value.clone();
+                    continue;
+                }
+                "kmsOperation" => {
+                    m.kms_operation = value.clone();
+                    continue;
+                }
+                "awsPrincipalArn" => &mut m.aws_principal_arn,
+                "kmsKeyArn" => &mut m.kms_key_arn,
+                "kmsViaService" => &mut m.kms_via_service,
+                "awsSourceVpc" => &mut m.aws_source_vpc,
+                "awsSourceVpce" => &mut m.aws_source_vpce,
+                other => {
+                    return Err(KmsError::Validation(format!(
+                        "xksRequestMetadata has no member {:?}; it takes kmsRequestId, \
+                         kmsOperation, awsPrincipalArn, kmsKeyArn, kmsViaService, awsSourceVpc \
+                         and awsSourceVpce.",
+                        other.chars().take(64).collect::<String>()
+                    )))
+                }
+            };
+            *slot = Some(value.clone());
+        }
+        Ok(m)
     }
 }
 

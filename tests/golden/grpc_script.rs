@@ -1075,6 +1075,7 @@ async fn admin_and_sts(g: &mut G, k: &Keys, addr: SocketAddr) {
         key_id: k.sym.clone(),
         encryption_context: ctx(&[("purpose", "golden")]),
         source_ip: ip.into(),
+        xks_request_metadata: Default::default(),
     };
     let (user1, admin) = ("user1 may Decrypt?", "admin may Encrypt?");
     let r = explain("user1", "kms:Decrypt", "");

@@ -13,7 +13,7 @@ operations {
 }
 
 from_message!(pb::ExplainAccessRequest => ExplainRequest {
-    principal, action, key_id, encryption_context, source_ip
+    principal, action, key_id, encryption_context, source_ip, xks_request_metadata
 });
 to_message!(out: ExplainResponse => pb::ExplainAccessResponse {
     decision = out.decision_name().to_string(), reason = out.reason_name(),

@@ -5,7 +5,7 @@ use crate::core::explain::{policy_type_name, ExplainRequest, ExplainResponse};
 use crate::policy::DecidingStatement;
 
 from_json! {
-    ExplainRequest { principal, action, key_id, encryption_context, source_ip }
+    ExplainRequest { principal, action, key_id, encryption_context, source_ip, xks_request_metadata }
 }
 
 // The decision is rendered by its names and its deciding statements.
