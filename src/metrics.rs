@@ -42,6 +42,17 @@ pub struct OperationLabels {
     pub operation: Cow<'static, str>,
 }
 
+/// Labels of the XKS door's per-key-store request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XksLabels {
+    /// The logical key store's URI path prefix.
+    pub key_store: String,
+    /// The XKS operation (`Encrypt`, `GetHealthStatus`, ...).
+    pub operation: Cow<'static, str>,
+    /// `Success`, or the specification's error name.
+    pub outcome: Cow<'static, str>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabels {
     function: String,
@@ -64,6 +75,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<OperationLabels, Histogram>,
+    xks: Family<XksLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,6 +154,7 @@ impl Collector for EngineCollector {
         encode_hsm_rejections(&mut encoder, &stats)?;
         encode_decisions(&mut encoder, &self.kms)?;
         encode_key_stores(&mut encoder, &self.kms)?;
+        encode_xks_fleet(&mut encoder, &self.kms)?;
         gauge(
             &mut encoder,
             "p11kms_keys",
@@ -192,6 +205,23 @@ fn encode_key_stores(encoder: &mut DescriptorEncoder, kms: &Kms) -> std::fmt::Re
         help,
         queues,
     )
+}
+
+/// The XKS door's last health check (`p11kms_xks_ekm_health`, 1 for each backing HSM's
+/// status), once one has run.
+fn encode_xks_fleet(encoder: &mut DescriptorEncoder, kms: &Kms) -> std::fmt::Result {
+    use crate::core::xks::EkmHealth;
+    let Some(fleet) = kms.xks_last_fleet() else {
+        return Ok(());
+    };
+    let rows = fleet.into_iter().flat_map(|d| {
+        EkmHealth::ALL.iter().map(move |h| {
+            let labels = vec![("ekm", d.id.clone()), ("status", h.as_str().to_string())];
+            (labels, i64::from(*h == d.health))
+        })
+    });
+    let help = "Each HSM behind the XKS door as its last GetHealthStatus check found it (1 for its status)";
+    labelled_gauge(encoder, "p11kms_xks_ekm_health", help, rows)
 }
 
 /// Encodes a gauge family: a series per `(labels, value)` row.
@@ -359,6 +389,12 @@ impl Metrics {
             "Request latency inside the daemon, by door and operation",
             latency.clone(),
         );
+        let xks = Family::<XksLabels, Counter>::default();
+        registry.register(
+            "p11kms_xks_key_store_requests",
+            "XKS door requests, by logical key store (URI path prefix), operation and outcome (Success or the XKS error name)",
+            xks.clone(),
+        );
         registry.register_collector(Box::new(EngineCollector { kms }));
         for source in extra {
             registry.register_collector(Box::new(SourceCollector(source)));
@@ -367,6 +403,7 @@ impl Metrics {
             registry,
             requests,
             latency,
+            xks,
         }
     }
 
@@ -392,6 +429,17 @@ impl Metrics {
                 operation: Cow::Borrowed(operation),
             })
             .observe(latency.as_secs_f64());
+    }
+
+    /// Records one XKS door request of the key store at `prefix`.
+    pub fn xks_request(&self, prefix: &str, operation: &'static str, outcome: &'static str) {
+        self.xks
+            .get_or_create(&XksLabels {
+                key_store: prefix.to_string(),
+                operation: Cow::Borrowed(operation),
+                outcome: Cow::Borrowed(outcome),
+            })
+            .inc();
     }
 
     /// The text exposition.

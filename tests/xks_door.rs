@@ -908,5 +908,18 @@ async fn health_checks_every_backing_hsm_and_reuses_a_fresh_check() {
         [default_token],
         "a disconnected store is not listed"
     );
+
+    // The metrics show the last check and count the door's requests per key store.
+    let metrics = scrape(server.metrics_addr.unwrap()).await;
+    for line in [
+        format!("p11kms_xks_ekm_health{{ekm=\"{TOKEN_LABEL}\",status=\"ACTIVE\"}} 1"),
+        format!("p11kms_xks_ekm_health{{ekm=\"{TOKEN_LABEL}\",status=\"UNAVAILABLE\"}} 0"),
+        format!(
+            "p11kms_xks_key_store_requests_total{{key_store=\"{PREFIX}\",operation=\"GetHealthStatus\",outcome=\"Success\"}} 5"
+        ),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
+    }
+    assert!(!metrics.contains(&format!("ekm=\"{store}\"")), "{metrics}");
     server.shutdown().await.unwrap();
 }

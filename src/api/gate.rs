@@ -191,6 +191,11 @@ impl Gate {
         }
     }
 
+    /// The metrics the gate records into (a door adds its own series there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The event for a request; `params` are its request parameters (moved, not copied).
     fn event(&self, info: &RequestInfo, params: serde_json::Value) -> AuditEvent {
         let mut ev = AuditEvent::new(info.operation, info.request_id.clone(), self.kms.now_ms());

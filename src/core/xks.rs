@@ -230,6 +230,13 @@ pub enum EkmHealth {
 }
 
 impl EkmHealth {
+    /// Every status, in the specification's order.
+    pub const ALL: [EkmHealth; 3] = [
+        EkmHealth::Active,
+        EkmHealth::Degraded,
+        EkmHealth::Unavailable,
+    ];
+
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
         match self {

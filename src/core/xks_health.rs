@@ -51,6 +51,12 @@ impl HealthCache {
             .map(|(_, fleet)| fleet.clone())
     }
 
+    /// The last check, however old.
+    fn last(&self) -> Option<Vec<EkmDetail>> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().map(|(_, fleet)| fleet.clone())
+    }
+
     fn store(&self, at_ms: i64, fleet: Vec<EkmDetail>) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((at_ms, fleet));
     }
@@ -115,6 +121,12 @@ async fn store_entry(handle: &StoreHandle) -> Option<EkmDetail> {
 }
 
 impl Kms {
+    /// The XKS door's last health check, however old (for the metrics); `None` before the
+    /// first.
+    pub fn xks_last_fleet(&self) -> Option<Vec<EkmDetail>> {
+        self.xks_health.last()
+    }
+
     /// The fleet behind the XKS door: the cached check when fresh, else a new one.
     pub(super) async fn xks_fleet(&self) -> Vec<EkmDetail> {
         let max_age = i64::try_from(self.settings().xks_health_cache_ms).unwrap_or(60_000);

@@ -222,15 +222,21 @@ impl HttpDoor for XksDoor {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        match self.admit(conn, &mut info, &parts, body).await {
+        let mut store = None;
+        let admitted = self.admit(conn, &mut info, &mut store, &parts, body).await;
+        let operation = info.operation;
+        let (response, outcome) = match admitted {
             Ok(Admitted { caller, call }) => {
                 match self
                     .gate
                     .run(info, caller, call, |_| serde_json::Value::Null)
                     .await
                 {
-                    Ok(body) => wire::json_response(StatusCode::OK, &body),
-                    Err(e) => XksError::from_kms(&e).response(),
+                    Ok(body) => (wire::json_response(StatusCode::OK, &body), "Success"),
+                    Err(e) => {
+                        let e = XksError::from_kms(&e);
+                        (e.response(), e.name)
+                    }
                 }
             }
             Err(r) => {
@@ -238,18 +244,24 @@ impl HttpDoor for XksDoor {
                 self.gate
                     .refused(&info, r.at, e.name, &e.message, r.access_key_id)
                     .await;
-                r.error.response()
+                (r.error.response(), e.name)
             }
+        };
+        if let Some(store) = store {
+            let metrics = self.gate.metrics();
+            metrics.xks_request(&store.prefix, operation, outcome);
         }
+        response
     }
 }
 
 impl XksDoor {
     /// The steps before the engine; each names what it learns in `info`.
-    async fn admit(
-        &self,
+    async fn admit<'s>(
+        &'s self,
         conn: ConnInfo,
         info: &mut RequestInfo,
+        store_of: &mut Option<&'s KeyStore>,
         parts: &Parts,
         body: Body,
     ) -> Result<Admitted, Refused> {
@@ -260,6 +272,7 @@ impl XksDoor {
         }
         let (store, op, key) = self.route(parts.uri.path()).map_err(Refused::anonymous)?;
         info.operation = op.name;
+        *store_of = Some(store);
         check_client_cert(conn.client_cert).map_err(Refused::anonymous)?;
         let bytes = self.read_body(body).await.map_err(Refused::anonymous)?;
         let caller = self.authenticate(conn, parts, &bytes, store)?;
