@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use p11kms::api::aws_json::{self, kms, sts};
+use p11kms::api::xks::{ops as xks_ops, wire as xks_wire};
 use p11kms::audit::verify::render;
 use p11kms::audit::verify_files;
 use p11kms::ciphertext;
@@ -34,6 +35,7 @@ pub const TARGETS: &[&str] = &[
     "sts_query",
     "identity_directory",
     "audit_verify",
+    "xks",
 ];
 
 /// Runs the harness of `target` on `data`; `scratch` is a directory the file-based loaders
@@ -47,6 +49,7 @@ pub fn run(target: &str, data: &[u8], scratch: &Path) -> Option<String> {
         "sts_query" => sts_query(data),
         "identity_directory" => identity_directory(data, scratch),
         "audit_verify" => audit_verify(data, scratch),
+        "xks" => xks(data),
         _ => return None,
     })
 }
@@ -266,6 +269,62 @@ pub fn aws_json(data: &[u8]) -> String {
     match aws_json::model_check(op.name, &value) {
         Ok(()) => format!("{}: accepted", op.name),
         Err(e) => format!("{}: rejected: {}", op.name, e.name),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// XKS door
+
+/// The first line is the path after `{prefix}/kms/xks/v1/` (`health`, `keys/<id>/encrypt`,
+/// ...), the rest the body. The route goes through the door's table; the body through the
+/// operation's reader, as the door reads it after authentication. Errors must be the
+/// specification's (a name and status of its table, a printable-ASCII message under 512
+/// characters that never quotes the body); accepted requests give audit parameters that are
+/// an object and a `Debug` that never shows the plaintext, and a Decrypt's AAD for the HSM is
+/// the specification's formula.
+pub fn xks(data: &[u8]) -> String {
+    use p11kms::core::operation::RequestParameters as _;
+    let text = String::from_utf8_lossy(data);
+    let (tail, _) = text.split_once('\n').unwrap_or((&text, ""));
+    let body = &data[data.len().min(tail.len() + 1)..];
+    let Some((op, key)) = xks_ops::operation(tail) else {
+        return "rejected: InvalidUriPathException".into();
+    };
+    let key = key.unwrap_or("");
+    let outcome = match op.segment {
+        "health" => xks_wire::health_request(body).map(|r| r.request_parameters()),
+        "metadata" => xks_wire::metadata_request(key, body).map(|r| r.request_parameters()),
+        "encrypt" => xks_wire::encrypt_request(key, body).map(|r| {
+            let shown = format!("{r:?}");
+            if r.plaintext.len() >= 16 {
+                let hex: String = r.plaintext.iter().map(|b| format!("{b:02x}")).collect();
+                assert!(!shown.contains(&hex), "Debug shows the plaintext");
+            }
+            r.request_parameters()
+        }),
+        _ => xks_wire::decrypt_request(key, body).map(|r| {
+            let aad = r.additional_authenticated_data.as_deref().unwrap_or(&[]);
+            let md = r.ciphertext_metadata.as_deref().unwrap_or(&[]);
+            if let Ok(hsm_aad) = p11kms::core::xks::hsm_aad(aad, md) {
+                assert_eq!(hsm_aad.len(), 3 + aad.len() + md.len(), "the spec's AAD");
+            }
+            r.request_parameters()
+        }),
+    };
+    match outcome {
+        Ok(params) => {
+            assert!(params.is_object(), "request parameters of an object");
+            format!("{}: accepted", op.name)
+        }
+        Err(e) => {
+            let m = &e.message;
+            assert!(m.len() < 512 && m.chars().all(|c| c == ' ' || c.is_ascii_graphic()));
+            assert!(
+                body.len() < 24 || !m.contains(&*String::from_utf8_lossy(body)),
+                "the message quotes the body"
+            );
+            format!("{}: rejected: {}", op.name, e.name)
+        }
     }
 }
 

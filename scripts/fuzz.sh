@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
-targets=(ciphertext policy aws_json sigv4 sts_query identity_directory audit_verify)
+targets=(ciphertext policy aws_json sigv4 sts_query identity_directory audit_verify xks)
 time_per_target=""
 runs=""
 install_only=0

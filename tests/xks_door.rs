@@ -417,7 +417,7 @@ async fn every_route_answers_as_specified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_and_authentication_refusals() {
-    let (server, addr, _) = start_xks("xks-refusals").await;
+    let (server, addr, dir) = start_xks("xks-refusals").await;
     let door = Door {
         server: &server,
         addr,
@@ -503,6 +503,19 @@ async fn transport_and_authentication_refusals() {
         );
     }
     server.shutdown().await.unwrap();
+    // Every refusal left an audit event (the trail aggregates repeats of one kind).
+    let evs = events(&dir);
+    for name in [
+        "InvalidUriPathException",
+        "AuthenticationFailedException",
+        "ValidationException",
+    ] {
+        assert!(
+            evs.iter()
+                .any(|e| e["door"] == "xks" && e["errorCode"] == name),
+            "no audit event for {name}"
+        );
+    }
 }
 
 /// ExplainAccess (`policy explain --xks-request-metadata`) decides as the door did: with the
