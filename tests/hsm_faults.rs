@@ -45,6 +45,16 @@ fn shim_config(shim: &Shim, name: &str) -> Config {
 
 /// [`shim_config`] with `hsm_lines` added to the `[hsm]` section.
 fn shim_config_with(shim: &Shim, name: &str, hsm_lines: &str) -> Config {
+    shim_config_more(shim, name, hsm_lines, |_| String::new())
+}
+
+/// [`shim_config_with`] plus the sections `more` gives for the data directory.
+fn shim_config_more(
+    shim: &Shim,
+    name: &str,
+    hsm_lines: &str,
+    more: impl FnOnce(&std::path::Path) -> String,
+) -> Config {
     let dir = data_dir(name);
     let softhsm = p11kms::devsetup::find_softhsm_module().unwrap();
     let text = config_text(&dir);
@@ -56,7 +66,7 @@ fn shim_config_with(shim: &Shim, name: &str, hsm_lines: &str) -> Config {
     let text = text.replace(
         &from,
         &format!("module = \"{}\"\n{hsm_lines}", shim.lib.display()),
-    );
+    ) + &more(&dir);
     let config = load_config_text(&dir.join("p11kms.toml"), text);
     assert_eq!(config.hsm.module, shim.lib, "the daemon must use the shim");
     config
@@ -982,5 +992,84 @@ async fn a_job_that_waits_past_its_deadline_never_runs() {
         .await
         .expect("encrypt after");
     assert_eq!(decrypt(&mut c, &fresh).await.unwrap(), PLAINTEXT);
+    server.shutdown().await.expect("shutdown");
+}
+
+/// The XKS door under HSM trouble answers as the specification says: health turns DEGRADED
+/// when the device is slow and UNAVAILABLE when it fails (the answer itself stays 200); with
+/// the only worker stalled in a C_Encrypt, a request waiting in the queue past its deadline
+/// is 503 DependencyTimeoutException and one finding the queue full is 429
+/// ThrottlingException; the stalled one completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xks_door_reports_hsm_trouble_as_the_specification_says() {
+    use common::xks::{encrypt_body, path, Door};
+    let Some(f) = faults().await else { return };
+    let hsm = "workers = 1\nqueue_depth = 1\nacquire_timeout_ms = 300";
+    let config = shim_config_more(&f, "xks-faults", hsm, |dir| {
+        common::xks::xks_section(dir, "health_cache_ms = 0\n", "")
+    });
+    let server = start_config(&config).await.expect("daemon starts");
+    let addr = server.http_door_addr(p11kms::api::xks::DOOR).unwrap();
+    let mut c = admin(server.addr).await;
+    let actions = ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"];
+    let policy = admin_and_user_policy(ADMIN, USER1, &actions, &[]).to_string();
+    let key = create_key_with_policy(&mut c, policy).await;
+    let door = Door {
+        server: &server,
+        addr,
+    };
+    let health_body = serde_json::json!({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}});
+    let health = async || {
+        door.ok(&path("health"), &health_body).await["ekmFleetDetails"][0]["healthStatus"].clone()
+    };
+    assert_eq!(health().await, "ACTIVE");
+    f.delay("C_GenerateRandom", 250);
+    assert_eq!(health().await, "DEGRADED");
+    f.unset("delay_C_GenerateRandom");
+    f.fail_with("C_GenerateRandom", 0x6); // CKR_FUNCTION_FAILED
+    assert_eq!(health().await, "UNAVAILABLE");
+    f.clear();
+    assert_eq!(health().await, "ACTIVE");
+
+    let enc_path = path(&format!("keys/{key}/encrypt"));
+    let body = encrypt_body(b"x", b"", "arn:aws:iam::123456789012:role/App");
+    f.delay("C_Encrypt", 1500);
+    let before = counters(&server);
+    let (stalled, queued) = tokio::join!(door.post(&enc_path, &body), async {
+        let mut polls = 0;
+        while delta(&before, &counters(&server), "C_Encrypt") == 0 {
+            polls += 1;
+            assert!(polls < 500, "the Encrypt never reached the device");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::join!(door.post(&enc_path, &body), async {
+            let mut polls = 0;
+            while server.kms.hsm().queued() == 0 {
+                polls += 1;
+                assert!(polls < 400, "the second Encrypt never queued");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            door.post(&enc_path, &body).await
+        })
+    });
+    let (waited, full) = queued;
+    assert_eq!(
+        stalled.0, 200,
+        "the stalled Encrypt completes: {}",
+        stalled.1
+    );
+    assert_eq!(
+        (waited.0, waited.1["errorName"].as_str()),
+        (503, Some("DependencyTimeoutException")),
+        "{}",
+        waited.1
+    );
+    assert_eq!(
+        (full.0, full.1["errorName"].as_str()),
+        (429, Some("ThrottlingException")),
+        "{}",
+        full.1
+    );
+    f.clear();
     server.shutdown().await.expect("shutdown");
 }

@@ -11,18 +11,13 @@ use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use common::xks::*;
 use common::*;
 use p11kms::pb;
 use p11kms::server::{self, RunningServer, ServerOptions};
 use serde_json::{json, Value};
 
-const PREFIX: &str = "/xks-test";
-const ID1: &str = "AKIAXKSTESTAAAAAAAA2";
-const ID2: &str = "AKIAXKSTESTBBBBBBBB3";
-const SECRET1: &str = "xks-secret-one-0123456789abcdefghijklmnopqrstu";
-const SECRET2: &str = "xks-secret-two-0123456789abcdefghijklmnopqrstu";
 const ALLOWED: &str = "arn:aws:iam::123456789012:role/Allowed";
-const SERVICE: &str = "kms-xks-proxy";
 
 /// A daemon with the XKS door on one key store (`PREFIX`, run as user1, two credentials).
 async fn start_xks(name: &str) -> (RunningServer, SocketAddr, std::path::PathBuf) {
@@ -45,17 +40,7 @@ async fn start_xks_on(
     options: ServerOptions,
 ) -> (RunningServer, SocketAddr, std::path::PathBuf) {
     let dir = data_dir(name);
-    let creds = dir.join("xks-creds.json");
-    let pairs = json!([
-        {"access_key_id": ID1, "secret_access_key": SECRET1},
-        {"access_key_id": ID2, "secret_access_key": SECRET2},
-    ]);
-    write_secret(&creds, pairs.to_string());
-    let section = format!(
-        "\n[xks]\nenabled = true\nlisten = \"127.0.0.1:0\"\n{xks_lines}\n[[xks.key_store]]\n\
-         uri_path_prefix = \"{PREFIX}\"\nprincipal = \"{USER1}\"\ncredentials_file = \"{}\"\n{tail}",
-        creds.display()
-    );
+    let section = xks_section(&dir, xks_lines, tail);
     let config = config_with(&dir, &section);
     let server = server::start(&config, options)
         .await
@@ -64,174 +49,6 @@ async fn start_xks_on(
         .http_door_addr(p11kms::api::xks::DOOR)
         .expect("the XKS door is enabled");
     (server, addr, dir)
-}
-
-/// How a test request is signed.
-#[derive(Clone, Copy)]
-struct Signing<'a> {
-    id: &'a str,
-    secret: &'a str,
-    service: &'a str,
-    /// Seconds added to the daemon's clock.
-    skew: i64,
-}
-
-const GOOD: Signing<'static> = Signing {
-    id: ID1,
-    secret: SECRET1,
-    service: SERVICE,
-    skew: 0,
-};
-
-/// One request to the XKS door over TLS (HTTP/1.1), SigV4-signed as `signing` says.
-async fn xks(
-    server: &RunningServer,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    signing: Signing<'_>,
-    body: &Value,
-) -> (u16, Value) {
-    let body = body.to_string().into_bytes();
-    xks_raw(server, addr, method, path, signing, &body).await
-}
-
-/// The whole HTTP/1.1 request, SigV4-signed as `signing` says.
-fn request_bytes(
-    server: &RunningServer,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    signing: Signing<'_>,
-    body: &[u8],
-) -> Vec<u8> {
-    use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
-    let amz_date = sigv4::format_amz_date(server.kms.now_ms() / 1000 + signing.skew);
-    let mut headers = vec![
-        ("host".to_string(), format!("127.0.0.1:{}", addr.port())),
-        ("content-type".into(), "application/json".into()),
-        ("x-amz-date".into(), amz_date.clone()),
-    ];
-    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-    let auth = sigv4::authorization_header(
-        &SignableRequest {
-            method,
-            path,
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &sigv4::sha256_hex(body),
-        },
-        &names,
-        &SigningParams {
-            access_key_id: signing.id,
-            secret_access_key: signing.secret,
-            region: "us-east-1",
-            service: signing.service,
-            amz_date: &amz_date,
-        },
-    );
-    headers.push(("authorization".into(), auth));
-    let mut req = format!("{method} {path} HTTP/1.1\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-/// [`xks`] with a body of any bytes.
-async fn xks_raw(
-    server: &RunningServer,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    signing: Signing<'_>,
-    body: &[u8],
-) -> (u16, Value) {
-    let bytes = request_bytes(server, addr, method, path, signing, body);
-    answer(tls_exchange(addr, &bytes).await)
-}
-
-/// Status and JSON body (`null` when not JSON).
-fn answer(a: HttpAnswer) -> (u16, Value) {
-    (
-        a.status,
-        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
-    )
-}
-
-/// The XKS door of a test daemon, with requests signed by the first credential.
-struct Door<'a> {
-    server: &'a RunningServer,
-    addr: SocketAddr,
-}
-
-impl Door<'_> {
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        xks(self.server, self.addr, "POST", path, GOOD, body).await
-    }
-
-    /// The answer of a request that must succeed.
-    async fn ok(&self, path: &str, body: &Value) -> Value {
-        let (status, v) = self.post(path, body).await;
-        assert_eq!(status, 200, "{path}: {v}");
-        v
-    }
-
-    /// Asserts that a request is refused with `status` and the error `name`.
-    async fn refused(&self, path: &str, body: &Value, status: u16, name: &str) {
-        let (got, e) = self.post(path, body).await;
-        assert_eq!(
-            (got, e["errorName"].as_str()),
-            (status, Some(name)),
-            "{path}: {e}"
-        );
-        let m = e["errorMessage"].as_str().unwrap_or_default();
-        assert!(
-            m.len() < 512 && m.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
-            "{m}"
-        );
-    }
-}
-
-fn path(tail: &str) -> String {
-    format!("{PREFIX}/kms/xks/v1/{tail}")
-}
-
-fn metadata(op: &str, principal: &str) -> Value {
-    json!({
-        "kmsRequestId": "4112f4d6-db54-4af4-ae30-c55a22a8dfae",
-        "kmsOperation": op,
-        "awsPrincipalArn": principal,
-        "kmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/a0b1c2d3-0000-4000-8000-000000000000",
-    })
-}
-
-fn encrypt_body(pt: &[u8], aad: &[u8], principal: &str) -> Value {
-    json!({
-        "requestMetadata": metadata("Encrypt", principal),
-        "plaintext": B64.encode(pt),
-        "encryptionAlgorithm": "AES_GCM",
-        "additionalAuthenticatedData": B64.encode(aad),
-        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
-    })
-}
-
-fn decrypt_body(enc: &Value, aad: &[u8], principal: &str) -> Value {
-    json!({
-        "requestMetadata": metadata("Decrypt", principal),
-        "encryptionAlgorithm": "AES_GCM",
-        "ciphertext": enc["ciphertext"],
-        "initializationVector": enc["initializationVector"],
-        "authenticationTag": enc["authenticationTag"],
-        "ciphertextMetadata": enc["ciphertextMetadata"],
-        "additionalAuthenticatedData": B64.encode(aad),
-    })
 }
 
 fn b64(v: &Value) -> Vec<u8> {

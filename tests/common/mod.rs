@@ -23,6 +23,7 @@ mod openssl;
 mod serve;
 pub mod shim;
 pub mod stores;
+pub mod xks;
 #[allow(unused_imports)]
 pub use grpc::*;
 #[allow(unused_imports)]
