@@ -678,7 +678,7 @@ async fn health_checks_every_backing_hsm_and_reuses_a_fresh_check() {
         "SoftHSM v2".to_string(),
         "ACTIVE".to_string(),
     );
-    assert_eq!(fleet().await, [default_token.clone()]);
+    assert_eq!(fleet().await, std::slice::from_ref(&default_token));
 
     let mut admin = admin(server.addr).await;
     let store = admin
@@ -710,7 +710,7 @@ async fn health_checks_every_backing_hsm_and_reuses_a_fresh_check() {
     assert!(connected, "the store connects");
     assert_eq!(
         fleet().await,
-        [default_token.clone()],
+        std::slice::from_ref(&default_token),
         "the fresh check is reused"
     );
     clock.advance_ms(10_000);

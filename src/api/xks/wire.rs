@@ -91,7 +91,7 @@ impl XksError {
         XksError::new(
             StatusCode::UNAUTHORIZED,
             "AuthenticationFailedException",
-            message.to_string(),
+            message,
         )
     }
 
