@@ -20,6 +20,11 @@
 //! there (`Origin: AWS_CLOUDHSM`). Their raw baseline then runs on that token, and each case's
 //! JSON says which store its key is in (`"key_store"`).
 //!
+//! `--door xks` sends the encrypt and decrypt cases through the XKS proxy API instead
+//! ([`xks`]: SigV4 `kms-xks-proxy` over HTTPS, one keep-alive HTTP/1.1 connection per worker):
+//! to the own daemon's XKS door (the world gains an `[[xks.key_store]]`) or, with
+//! `--xks-endpoint`, to any XKS proxy, such as AWS's sample, with the same figures.
+//!
 //! Secrets: the token PINs are random, live in this process's memory and reach children only
 //! through their environment (never argv, logs or JSON). The SigV4 secret is read from the
 //! identity fixtures (own daemon) or from a file / environment variable (`--endpoint`).
