@@ -21,7 +21,7 @@
 //! JSON says which store its key is in (`"key_store"`).
 //!
 //! `--door xks` sends the encrypt and decrypt cases through the XKS proxy API instead
-//! ([`xks`]: SigV4 `kms-xks-proxy` over HTTPS, one keep-alive HTTP/1.1 connection per worker):
+//! (module `xks`: SigV4 `kms-xks-proxy` over HTTPS, one keep-alive HTTP/1.1 connection per worker):
 //! to the own daemon's XKS door (the world gains an `[[xks.key_store]]`) or, with
 //! `--xks-endpoint`, to any XKS proxy, such as AWS's sample, with the same figures.
 //!
