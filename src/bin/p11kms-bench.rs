@@ -20,12 +20,20 @@
 //! there (`Origin: AWS_CLOUDHSM`). Their raw baseline then runs on that token, and each case's
 //! JSON says which store its key is in (`"key_store"`).
 //!
+//! `--door xks` sends the encrypt and decrypt cases through the XKS proxy API instead
+//! (module `xks`: SigV4 `kms-xks-proxy` over HTTPS, one keep-alive HTTP/1.1 connection per worker):
+//! to the own daemon's XKS door (the world gains an `[[xks.key_store]]`) or, with
+//! `--xks-endpoint`, to any XKS proxy, such as AWS's sample, with the same figures.
+//!
 //! Secrets: the token PINs are random, live in this process's memory and reach children only
 //! through their environment (never argv, logs or JSON). The SigV4 secret is read from the
 //! identity fixtures (own daemon) or from a file / environment variable (`--endpoint`).
 
 // The per-case JSON object has more fields than serde_json's macro expands by default.
 #![recursion_limit = "256"]
+
+#[path = "p11kms-bench/xks.rs"]
+mod xks;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -192,6 +200,16 @@ enum Suite {
     Startup,
 }
 
+/// The door the crypto suite's load goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Door {
+    /// gRPC over HTTP/2 with TLS (mTLS or SigV4).
+    Grpc,
+    /// The XKS proxy API (HTTP/1.1 over HTTPS, SigV4 service kms-xks-proxy, one keep-alive
+    /// connection per worker): encrypt and decrypt only.
+    Xks,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Auth {
     /// Client certificate (CN admin).
@@ -203,6 +221,7 @@ enum Auth {
 /// Benchmark p11kms against the raw HSM. One JSON line per case on stdout.
 #[derive(Parser, Debug)]
 #[command(name = "p11kms-bench", version)]
+#[command(group(clap::ArgGroup::new("external").args(["endpoint", "xks_endpoint"])))]
 struct Cli {
     /// Suites to run, in order.
     #[arg(
@@ -253,6 +272,10 @@ struct Cli {
     /// Tokio worker threads of the client.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// The door of the crypto suite's load. `xks`: the XKS proxy API (encrypt and decrypt
+    /// cases only; the own daemon gets an `[[xks.key_store]]`, or use --xks-endpoint).
+    #[arg(long, value_enum, default_value_t = Door::Grpc)]
+    door: Door,
 
     // ---- own daemon
     /// Identity directory (credentials.json + <account>.json files) for the own daemon.
@@ -328,24 +351,48 @@ struct Cli {
     /// File holding the SigV4 secret (existing daemon; else AWS_SECRET_ACCESS_KEY).
     #[arg(long, requires = "endpoint")]
     secret_access_key_file: Option<PathBuf>,
-    /// PID of the existing daemon, to read its CPU and memory.
-    #[arg(long, requires = "endpoint")]
+    /// PID of the existing daemon (or XKS proxy), to read its CPU and memory.
+    #[arg(long, requires = "external")]
     server_pid: Option<u32>,
     /// Key to use with the existing daemon (default: create one).
     #[arg(long, requires = "endpoint")]
     key_id: Option<String>,
-    /// Raw baseline against an existing daemon's token: the PKCS#11 module.
-    #[arg(long, requires = "endpoint")]
+    /// Raw baseline against an existing daemon's (or XKS proxy's) token: the PKCS#11 module.
+    #[arg(long, requires = "external")]
     hsm_module: Option<PathBuf>,
-    /// Raw baseline against an existing daemon's token: its label.
-    #[arg(long, requires = "endpoint")]
+    /// Raw baseline against an existing daemon's (or XKS proxy's) token: its label.
+    #[arg(long, requires = "external")]
     token_label: Option<String>,
-    /// Raw baseline against an existing daemon's token: SOFTHSM2_CONF.
-    #[arg(long, requires = "endpoint")]
+    /// Raw baseline against an existing daemon's (or XKS proxy's) token: SOFTHSM2_CONF.
+    #[arg(long, requires = "external")]
     softhsm2_conf: Option<PathBuf>,
-    /// Raw baseline against an existing daemon's token: environment variable holding the PIN.
-    #[arg(long, requires = "endpoint", default_value = PIN_ENV)]
+    /// Raw baseline against an existing daemon's (or XKS proxy's) token: environment
+    /// variable holding the PIN.
+    #[arg(long, requires = "external", default_value = PIN_ENV)]
     pin_env: String,
+
+    // ---- an existing XKS proxy (--door xks)
+    /// Send the XKS load to this proxy (`https://host:port`) instead of the own daemon's XKS
+    /// door: p11kms or any other XKS proxy, e.g. AWS's sample. Needs --door xks,
+    /// --xks-credentials and --xks-key-id (and --xks-ca for https).
+    #[arg(long, requires_all = ["xks_credentials", "xks_key_id"])]
+    xks_endpoint: Option<String>,
+    /// The proxy's URI path prefix (before `/kms/xks/v1`; empty by default).
+    #[arg(long, requires = "xks_endpoint", default_value = "")]
+    xks_uri_prefix: String,
+    /// The proxy's SigV4 credential: a JSON file `[{"access_key_id": ..., "secret_access_key":
+    /// ...}]` (the XKS door's credentials-file format; the first one is used).
+    #[arg(long, requires = "xks_endpoint")]
+    xks_credentials: Option<PathBuf>,
+    /// The external key id to encrypt and decrypt under.
+    #[arg(long, requires = "xks_endpoint")]
+    xks_key_id: Option<String>,
+    /// The proxy's CA certificate (PEM), for https.
+    #[arg(long, requires = "xks_endpoint")]
+    xks_ca: Option<PathBuf>,
+    /// The region of the XKS SigV4 scope.
+    #[arg(long, default_value = "us-east-1")]
+    xks_region: String,
 }
 
 fn secs(s: f64) -> Duration {
@@ -449,6 +496,8 @@ struct World {
     addr: SocketAddr,
     /// The daemon's Prometheus endpoint (audit fsync figures).
     metrics_addr: SocketAddr,
+    /// With `--door xks`: the XKS door's address and its key store's SigV4 credential.
+    xks: Option<(SocketAddr, xks::Credential)>,
     daemon_bin: PathBuf,
     keep: bool,
 }
@@ -651,6 +700,13 @@ fn new_world(cli: &Cli, daemon_bin: PathBuf) -> Result<World, String> {
             .then(|| Pin::new(uuid::Uuid::new_v4().simple().to_string())),
         addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        xks: match cli.door {
+            Door::Xks => Some((
+                SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                xks::random_credential(random_secret()),
+            )),
+            Door::Grpc => None,
+        },
         daemon_bin,
         keep: cli.keep_workdir,
         dir,
@@ -666,7 +722,15 @@ fn write_world_files(cli: &Cli, world: &World) -> Result<(), String> {
     let id = &cli.identity_dir;
     let accounts = identity_accounts(id)?;
     let creds = private_credentials(id, world)?;
-    let text = config_text(cli, world, &accounts, &creds);
+    let mut text = config_text(cli, world, &accounts, &creds);
+    if let Some((addr, cred)) = &world.xks {
+        let principal = access_key_arn(&id.join("credentials.json"), &cli.access_key_id)?;
+        write_private(
+            &xks_credentials_file(world),
+            &xks::credentials_file_text(cred),
+        )?;
+        text.push_str(&xks_section(world, *addr, &principal, &cli.xks_region));
+    }
     std::fs::create_dir_all(world.dir.join("data")).map_err(|e| e.to_string())?;
     std::fs::write(&world.config, text).map_err(|e| e.to_string())
 }
@@ -724,6 +788,52 @@ fn private_credentials(id: &Path, world: &World) -> Result<PathBuf, String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(creds)
+}
+
+/// Writes `text` to a new file at `path` readable by its owner only (0600 from creation).
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The own XKS key store's credentials file (`--door xks`).
+fn xks_credentials_file(world: &World) -> PathBuf {
+    world.dir.join("xks-credentials.json")
+}
+
+/// The URI path prefix of the own daemon's XKS key store.
+const XKS_PREFIX: &str = "/bench";
+
+/// The `[xks]` section of `--door xks`: the door on its own loopback port (TLS with the
+/// server's certificate), one key store run as the `--access-key-id` user of the identity
+/// fixtures (the admin by default, whom the default key policy lets encrypt).
+fn xks_section(world: &World, addr: SocketAddr, principal: &str, region: &str) -> String {
+    format!(
+        "\n[xks]\nenabled = true\nlisten = \"{addr}\"\nregion = {}\n\n[[xks.key_store]]\n\
+         uri_path_prefix = \"{XKS_PREFIX}\"\nprincipal = {}\ncredentials_file = {}\n",
+        toml_str(region),
+        toml_str(principal),
+        toml_str(&xks_credentials_file(world).display().to_string()),
+    )
+}
+
+/// The `UserArn` of access key `access_key_id` in an identity `credentials.json`.
+fn access_key_arn(path: &Path, access_key_id: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    v["AccessKeys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["AccessKeyId"] == access_key_id))
+        .and_then(|k| k["UserArn"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{}: no UserArn for {access_key_id}", path.display()))
 }
 
 /// The daemon's config file: server, HSM, store, log, identity, metrics, audit and one
@@ -1089,6 +1199,8 @@ struct Fixture {
     /// A signature over `plaintext` by `key_id` (verify only).
     signature: Vec<u8>,
     data_key_len: i32,
+    /// `--door xks`: the XKS request of the case.
+    xks: Option<xks::Call>,
 }
 
 async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), tonic::Status> {
@@ -1183,9 +1295,86 @@ struct PhaseResult {
     client_cpu: u64,
 }
 
+/// Awaits `$call` (a future of `Result<(), String>`, made anew each time) back to back until
+/// `$deadline` (at most [`MAX_REQUESTS_PER_TASK`] times, each bounded by [`REQUEST_TIMEOUT`]):
+/// the latencies of the successes (µs) and the error counts by name. (A macro, not a
+/// function taking an async closure: such a closure's future is not `Send` for tokio.)
+macro_rules! closed_loop {
+    ($deadline:expr, $call:expr) => {{
+        let mut lat: Vec<u32> = Vec::with_capacity(4096);
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let mut n = 0u64;
+        while n < MAX_REQUESTS_PER_TASK && Instant::now() < $deadline {
+            let t = Instant::now();
+            let r: Result<Result<(), String>, _> =
+                tokio::time::timeout(REQUEST_TIMEOUT, $call).await;
+            let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            n += 1;
+            match r {
+                Ok(Ok(())) => lat.push(us),
+                Ok(Err(name)) => *errors.entry(name).or_default() += 1,
+                Err(_) => *errors.entry("ClientTimeout".into()).or_default() += 1,
+            }
+        }
+        (lat, errors)
+    }};
+}
+
+/// What a case's load goes through: gRPC channels, or one XKS connection per worker.
+#[derive(Clone)]
+enum Load {
+    Grpc(Conn),
+    Xks(Arc<xks::Pool>),
+}
+
+impl Load {
+    /// The gRPC connection (fixtures, the startup suite); an error for `--door xks`.
+    fn grpc(&self) -> Result<&Conn, String> {
+        match self {
+            Load::Grpc(c) => Ok(c),
+            Load::Xks(_) => Err("this needs the gRPC door (not --door xks)".into()),
+        }
+    }
+
+    /// Connections the load uses (gRPC channels, or XKS connections).
+    fn connections(&self) -> usize {
+        match self {
+            Load::Grpc(c) => c.clients.len(),
+            Load::Xks(p) => p.len(),
+        }
+    }
+
+    /// Worker `i`'s closed loop on its connection until `deadline`.
+    async fn run(
+        &self,
+        i: usize,
+        fixture: &Fixture,
+        deadline: Instant,
+    ) -> (Vec<u32>, BTreeMap<String, u64>) {
+        match (self, &fixture.xks) {
+            (Load::Grpc(conn), _) => {
+                let mut c = conn.client(i);
+                closed_loop!(deadline, async {
+                    one_request(conn, &mut c, fixture)
+                        .await
+                        .map_err(|s| reason(&s))
+                })
+            }
+            (Load::Xks(pool), Some(call)) => {
+                let mut conn = pool.worker(i).await;
+                closed_loop!(deadline, conn.call(pool.target(), call))
+            }
+            (Load::Xks(_), None) => (
+                Vec::new(),
+                BTreeMap::from([("NoXksRequest".to_string(), 1)]),
+            ),
+        }
+    }
+}
+
 /// One closed-loop phase: `concurrency` tasks, each back to back until `dur` has passed.
 async fn daemon_phase(
-    conn: &Conn,
+    load: &Load,
     fixture: &Arc<Fixture>,
     concurrency: usize,
     dur: Duration,
@@ -1197,26 +1386,10 @@ async fn daemon_phase(
     let deadline = start + dur;
     let mut tasks = Vec::with_capacity(concurrency);
     for i in 0..concurrency.max(1) {
-        let conn = conn.clone();
+        let load = load.clone();
         let fixture = fixture.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = conn.client(i);
-            let mut lat = Vec::with_capacity(4096);
-            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            let mut n = 0u64;
-            while n < MAX_REQUESTS_PER_TASK && Instant::now() < deadline {
-                let t = Instant::now();
-                let r = tokio::time::timeout(REQUEST_TIMEOUT, one_request(&conn, &mut c, &fixture))
-                    .await;
-                let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                n += 1;
-                match r {
-                    Ok(Ok(())) => lat.push(us),
-                    Ok(Err(s)) => *errors.entry(reason(&s)).or_default() += 1,
-                    Err(_) => *errors.entry("ClientTimeout".into()).or_default() += 1,
-                }
-            }
-            (lat, errors)
+            load.run(i, &fixture, deadline).await
         }));
     }
     let mut out = PhaseResult::default();
@@ -1307,7 +1480,7 @@ impl RssSampler {
 struct Bench<'a> {
     cli: &'a Cli,
     rt: &'a tokio::runtime::Runtime,
-    conn: Conn,
+    load: Load,
     auth: &'static str,
     server_pid: Option<u32>,
     /// The daemon's metrics endpoint, to read the audit writer's fsync counters.
@@ -1339,17 +1512,63 @@ impl Bench<'_> {
         }
     }
 
-    fn aad() -> Vec<u8> {
+    /// `grpc` or `xks`, for the JSON.
+    fn door_name(&self) -> &'static str {
+        match self.load {
+            Load::Grpc(_) => "grpc",
+            Load::Xks(_) => "xks",
+        }
+    }
+
+    /// What the HSM does per request, for the JSON.
+    fn hsm_calls(&self, op: Op) -> &'static str {
+        match (&self.load, op) {
+            (Load::Xks(_), Op::Encrypt) => {
+                "C_GenerateRandom(12)+C_EncryptInit+C_Encrypt, then (p11kms, for the CDIV) \
+                 C_DecryptInit+C_Decrypt"
+            }
+            (_, Op::Sign | Op::Verify) => self.cli.signing.hsm_calls(op),
+            _ => op.hsm_calls(),
+        }
+    }
+
+    /// The raw loop's AAD: the size of the AAD the daemon's HSM sees for the case's door.
+    fn aad(&self) -> Vec<u8> {
+        if let Load::Xks(_) = self.load {
+            return xks::raw_aad();
+        }
         let header = p11kms::ciphertext::header(&[0u8; 16], 1, &[0u8; 12]);
         p11kms::ciphertext::aad(&header, &[])
     }
 
+    /// The XKS request of an encrypt or decrypt case (decrypt: of one Encrypt made first).
+    fn xks_fixture(&self, op: Op, pool: &xks::Pool) -> Result<Fixture, String> {
+        let call = self
+            .rt
+            .block_on(pool.call_of(op == Op::Decrypt, self.cli.payload))?;
+        Ok(Fixture {
+            op,
+            signing: self.cli.signing,
+            key_id: self.key_id.clone(),
+            store: self.store_of(op).map(str::to_owned),
+            plaintext: Vec::new(),
+            ciphertext: Vec::new(),
+            signature: Vec::new(),
+            data_key_len: 0,
+            xks: Some(call),
+        })
+    }
+
     fn fixture(&self, op: Op) -> Result<Fixture, String> {
+        let conn = match &self.load {
+            Load::Xks(pool) => return self.xks_fixture(op, pool),
+            Load::Grpc(conn) => conn,
+        };
         let payload = self.cli.payload;
         let plaintext = vec![0x5au8; payload];
         let ciphertext = if matches!(op, Op::Decrypt | Op::ReEncrypt) {
-            let mut c = self.conn.client(0);
-            let conn = self.conn.clone();
+            let mut c = conn.client(0);
+            let conn = conn.clone();
             let key_id = self.key_id.clone();
             let pt = plaintext.clone();
             self.rt
@@ -1373,8 +1592,8 @@ impl Bench<'_> {
         // Sign and verify use their own key (--signing), and verify a signature made first.
         let signing = self.cli.signing;
         let (key_id, signature) = if matches!(op, Op::Sign | Op::Verify) {
-            let mut c = self.conn.client(0);
-            let conn = self.conn.clone();
+            let mut c = conn.client(0);
+            let conn = conn.clone();
             let pt = plaintext.clone();
             self.rt
                 .block_on(async move {
@@ -1390,6 +1609,7 @@ impl Bench<'_> {
                         ciphertext: Vec::new(),
                         signature: Vec::new(),
                         data_key_len: 0,
+                        xks: None,
                     };
                     let sig = c.sign(conn.req(sign_request(&f), "Sign")).await?;
                     f.signature = sig.into_inner().signature;
@@ -1408,6 +1628,7 @@ impl Bench<'_> {
             ciphertext,
             signature,
             data_key_len: payload.min(1024) as i32,
+            xks: None,
         })
     }
 
@@ -1440,7 +1661,7 @@ impl Bench<'_> {
         let cli = self.cli;
         if cli.warmup > 0.0 {
             let w = self.rt.block_on(daemon_phase(
-                &self.conn,
+                &self.load,
                 fixture,
                 concurrency,
                 secs(cli.warmup),
@@ -1473,7 +1694,7 @@ impl Bench<'_> {
         };
         let phase = secs(cli.daemon_phase).max(Duration::from_millis(100));
         let raw_dur = secs(cli.raw_phase).max(Duration::from_millis(100));
-        let aad = Self::aad();
+        let aad = self.aad();
         let sampler = self.server_pid.map(|pid| {
             let _g = self.rt.enter();
             RssSampler::start(pid)
@@ -1490,7 +1711,7 @@ impl Bench<'_> {
             let d = phase.min(total - done);
             let audit0 = self.metrics.and_then(audit_counters);
             let p = self.rt.block_on(daemon_phase(
-                &self.conn,
+                &self.load,
                 fixture,
                 concurrency,
                 d,
@@ -1566,9 +1787,13 @@ impl Bench<'_> {
             "op": op.name(),
             "payload_bytes": cli.payload,
             "concurrency": concurrency,
-            "channels": self.conn.clients.len(),
+            "door": self.door_name(),
+            "channels": self.load.connections(),
             "auth": self.auth,
-            "tls": true,
+            "tls": match &self.load {
+                Load::Grpc(_) => true,
+                Load::Xks(p) => p.target().tls(),
+            },
             "phases": t.phases,
             "duration_s": round3(secs_d),
             "ops": t.all.ops,
@@ -1585,11 +1810,8 @@ impl Bench<'_> {
             "key_store": if self.store_of(op).is_some() { "custom" } else { "default" },
             "custom_key_store_id": self.store_of(op),
             "daemon_session_key_copies": !cli.no_session_key_copies,
-            "hsm_calls_per_op": if matches!(op, Op::Sign | Op::Verify) {
-                cli.signing.hsm_calls(op)
-            } else {
-                op.hsm_calls()
-            },
+            "hsm_calls_per_op": self.hsm_calls(op),
+            "xks_endpoint": cli.xks_endpoint,
             "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
             "server_rss_kb_peak": mem.map(|m| m.0),
             "server_rss_kb_mean": mem.map(|m| m.1),
@@ -1981,7 +2203,7 @@ fn emit(v: &Value) {
 
 /// The keys the daemon lists (at most 1,000 pages of 1,000).
 fn count_keys(bench: &Bench<'_>) -> Result<usize, String> {
-    let conn = bench.conn.clone();
+    let conn = bench.load.grpc()?.clone();
     bench.rt.block_on(async move {
         let mut c = conn.client(0);
         let mut n = 0usize;
@@ -2032,11 +2254,11 @@ fn startup_suite(
     let have = count_keys(bench)?;
     emit(&restart(d, "startup", have)?);
     bench.server_pid = Some(d.pid);
-    bench.conn = rt.block_on(Conn::open(target, cli.channels))?;
+    bench.load = Load::Grpc(rt.block_on(Conn::open(target, cli.channels))?);
 
     let (made, errors, took) = seed_keys(
         rt,
-        &bench.conn,
+        bench.load.grpc()?,
         have,
         cli.startup_keys,
         cli.seed_concurrency,
@@ -2063,7 +2285,7 @@ fn startup_suite(
     let total = count_keys(bench)?;
     emit(&restart(d, "startup", total)?);
     bench.server_pid = Some(d.pid);
-    bench.conn = rt.block_on(Conn::open(target, cli.channels))?;
+    bench.load = Load::Grpc(rt.block_on(Conn::open(target, cli.channels))?);
     // Encrypt with that many key objects on the token.
     bench.token_keys_note = Some(total);
     let v = bench.case(Op::Encrypt, "encrypt-with-many-keys")?;
@@ -2080,7 +2302,8 @@ type RawCfg = (PathBuf, String, Pin);
 struct Setup {
     world: Option<World>,
     daemon: Option<Daemon>,
-    target: Target,
+    /// The gRPC door (none with `--xks-endpoint`).
+    target: Option<Target>,
     server_pid: Option<u32>,
     raw_cfg: Option<RawCfg>,
     raw_cluster_cfg: Option<RawCfg>,
@@ -2098,33 +2321,39 @@ fn open_raw(cli: &Cli, cfg: Option<&RawCfg>) -> Result<Option<RawBench>, String>
     }
 }
 
-/// Builds the work dir and starts the bench's own daemon (waiting until it answers), or
-/// connects to `--endpoint`.
-fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String> {
-    match &cli.endpoint {
-        Some(ep) => {
-            let target = Target::existing(cli, ep)?;
-            let mut raw_cfg = None;
-            if let (Some(m), Some(l)) = (&cli.hsm_module, &cli.token_label) {
-                if let Some(conf) = &cli.softhsm2_conf {
-                    std::env::set_var("SOFTHSM2_CONF", conf);
-                }
-                let pin = std::env::var(&cli.pin_env)
-                    .map_err(|_| format!("raw baseline needs the PIN in ${}", cli.pin_env))?;
-                raw_cfg = Some((m.clone(), l.clone(), Pin::new(pin)));
-            } else if !cli.no_raw {
-                eprintln!("p11kms-bench: no --hsm-module/--token-label: raw baseline skipped");
-            }
-            Ok(Setup {
-                world: None,
-                daemon: None,
-                target,
-                server_pid: cli.server_pid,
-                raw_cfg,
-                raw_cluster_cfg: None,
-            })
+/// The raw baseline's token of an existing daemon or XKS proxy (`--hsm-module`,
+/// `--token-label`, `--softhsm2-conf`, the PIN in `--pin-env`), if given.
+fn external_raw_cfg(cli: &Cli) -> Result<Option<RawCfg>, String> {
+    let (Some(m), Some(l)) = (&cli.hsm_module, &cli.token_label) else {
+        if !cli.no_raw {
+            eprintln!("p11kms-bench: no --hsm-module/--token-label: raw baseline skipped");
         }
-        None => {
+        return Ok(None);
+    };
+    if let Some(conf) = &cli.softhsm2_conf {
+        std::env::set_var("SOFTHSM2_CONF", conf);
+    }
+    let pin = std::env::var(&cli.pin_env)
+        .map_err(|_| format!("raw baseline needs the PIN in ${}", cli.pin_env))?;
+    Ok(Some((m.clone(), l.clone(), Pin::new(pin))))
+}
+
+/// Builds the work dir and starts the bench's own daemon (waiting until it answers), or
+/// connects to `--endpoint` (no gRPC target with `--xks-endpoint`).
+fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String> {
+    match (&cli.endpoint, &cli.xks_endpoint) {
+        (Some(_), _) | (None, Some(_)) => Ok(Setup {
+            world: None,
+            daemon: None,
+            target: match &cli.endpoint {
+                Some(ep) => Some(Target::existing(cli, ep)?),
+                None => None,
+            },
+            server_pid: cli.server_pid,
+            raw_cfg: external_raw_cfg(cli)?,
+            raw_cluster_cfg: None,
+        }),
+        (None, None) => {
             let w = build_world(cli)?;
             // Before this process loads SoftHSM2 for the raw loop.
             std::env::set_var("SOFTHSM2_CONF", &w.softhsm_conf);
@@ -2150,11 +2379,135 @@ fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String
                     )
                 }),
                 daemon: Some(d),
-                target: t,
+                target: Some(t),
                 world: Some(w),
             })
         }
     }
+}
+
+/// The crypto suite's cases in order (create-key last: it leaves token keys behind); with
+/// `--door xks`, encrypt and decrypt only (the others are skipped with a note).
+fn case_ops(cli: &Cli) -> Vec<Op> {
+    let mut ops = cli.ops.clone();
+    ops.sort();
+    ops.dedup();
+    if cli.door == Door::Xks {
+        let xks_op = |op: &Op| matches!(op, Op::Encrypt | Op::Decrypt);
+        let skipped: Vec<&str> = ops
+            .iter()
+            .filter(|o| !xks_op(o))
+            .map(|o| o.name())
+            .collect();
+        if !skipped.is_empty() {
+            eprintln!(
+                "p11kms-bench: --door xks has encrypt and decrypt only; skipped: {}",
+                skipped.join(",")
+            );
+        }
+        ops.retain(xks_op);
+    }
+    ops
+}
+
+/// The crypto suite's load, the key its cases use, that key's custom key store (if any)
+/// and the load's authentication.
+struct Loaded {
+    load: Load,
+    key_id: String,
+    store_id: Option<String>,
+    auth: &'static str,
+}
+
+/// Opens the load: gRPC channels to the daemon (which also make the key and the custom key
+/// store), or with `--door xks` one XKS connection per worker to the own daemon's XKS door
+/// or to `--xks-endpoint`.
+fn open_load(
+    cli: &Cli,
+    rt: &tokio::runtime::Runtime,
+    world: Option<&World>,
+    target: Option<&Target>,
+) -> Result<Loaded, String> {
+    let Some(target) = target else {
+        return open_external_xks(cli, rt);
+    };
+    let conn = rt.block_on(Conn::open(target, cli.channels))?;
+    let store_id = match world.filter(|_| cli.key_store) {
+        Some(w) => Some(rt.block_on(connect_key_store(&conn, w))?),
+        None => None,
+    };
+    if store_id.is_some() && cli.ops.iter().any(|op| !op.symmetric()) {
+        eprintln!(
+            "p11kms-bench: --key-store: sign and verify keep default-store keys (a custom key \
+             store holds SYMMETRIC_DEFAULT keys only)"
+        );
+    }
+    let key_id = match &cli.key_id {
+        Some(k) => k.clone(),
+        None => {
+            let mut c = conn.client(0);
+            rt.block_on(create_key(&conn, &mut c, store_id.as_deref()))
+                .map_err(|s| format!("CreateKey: {}: {}", reason(&s), s.message()))?
+        }
+    };
+    let (load, auth) = match (cli.door, world) {
+        (Door::Grpc, _) => (Load::Grpc(conn), target.auth_name()),
+        (
+            Door::Xks,
+            Some(
+                w @ World {
+                    xks: Some((addr, cred)),
+                    ..
+                },
+            ),
+        ) => {
+            let t = xks::Target::new(
+                &format!("https://{addr}"),
+                XKS_PREFIX,
+                &key_id,
+                cred.clone(),
+                Some(&w.pki.join("ca.pem")),
+                Some("localhost"),
+                &cli.xks_region,
+            )?;
+            let pool = rt.block_on(xks::Pool::open(t, cli.concurrency))?;
+            (Load::Xks(Arc::new(pool)), "sigv4")
+        }
+        (Door::Xks, _) => {
+            return Err("--door xks needs the own daemon or --xks-endpoint, not --endpoint".into())
+        }
+    };
+    Ok(Loaded {
+        load,
+        key_id,
+        store_id,
+        auth,
+    })
+}
+
+/// The load of `--xks-endpoint`: one connection per worker, the key `--xks-key-id`.
+fn open_external_xks(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Loaded, String> {
+    let (Some(ep), Some(key_id), Some(creds)) =
+        (&cli.xks_endpoint, &cli.xks_key_id, &cli.xks_credentials)
+    else {
+        return Err("--xks-endpoint needs --xks-key-id and --xks-credentials".into());
+    };
+    let t = xks::Target::new(
+        ep,
+        &cli.xks_uri_prefix,
+        key_id,
+        xks::read_credential(creds)?,
+        cli.xks_ca.as_deref(),
+        cli.tls_domain.as_deref(),
+        &cli.xks_region,
+    )?;
+    let pool = rt.block_on(xks::Pool::open(t, cli.concurrency))?;
+    Ok(Loaded {
+        load: Load::Xks(Arc::new(pool)),
+        key_id: key_id.clone(),
+        store_id: None,
+        auth: "sigv4",
+    })
 }
 
 fn run(cli: Cli) -> Result<bool, String> {
@@ -2182,6 +2535,12 @@ fn run(cli: Cli) -> Result<bool, String> {
     if cli.suite.contains(&Suite::Startup) && cli.key_store {
         return Err("--key-store applies to the crypto suite only (not --suite startup)".into());
     }
+    if cli.suite.contains(&Suite::Startup) && cli.door == Door::Xks {
+        return Err("--door xks applies to the crypto suite only (not --suite startup)".into());
+    }
+    if cli.door == Door::Grpc && cli.xks_endpoint.is_some() {
+        return Err("--xks-endpoint needs --door xks".into());
+    }
 
     // ---- the daemon
     let setup = start_target(&cli, &rt)?;
@@ -2192,35 +2551,18 @@ fn run(cli: Cli) -> Result<bool, String> {
     let raw = open_raw(&cli, setup.raw_cfg.as_ref())?;
     let raw_custom = open_raw(&cli, setup.raw_cluster_cfg.as_ref())?;
 
-    let conn = rt.block_on(Conn::open(&target, cli.channels))?;
-    let store_id = match world.as_ref().filter(|_| cli.key_store) {
-        Some(w) => Some(rt.block_on(connect_key_store(&conn, w))?),
-        None => None,
-    };
-    if store_id.is_some() && cli.ops.iter().any(|op| !op.symmetric()) {
-        eprintln!(
-            "p11kms-bench: --key-store: sign and verify keep default-store keys (a custom key \
-             store holds SYMMETRIC_DEFAULT keys only)"
-        );
-    }
-    let key_id = match &cli.key_id {
-        Some(k) => k.clone(),
-        None => {
-            let mut c = conn.client(0);
-            rt.block_on(create_key(&conn, &mut c, store_id.as_deref()))
-                .map_err(|s| format!("CreateKey: {}: {}", reason(&s), s.message()))?
-        }
-    };
+    let loaded = open_load(&cli, &rt, world.as_ref(), target.as_ref())?;
+    let key_id = loaded.key_id;
     let mut bench = Bench {
         cli: &cli,
         rt: &rt,
-        conn,
-        auth: target.auth_name(),
+        load: loaded.load,
+        auth: loaded.auth,
         server_pid,
         metrics: world.as_ref().map(|w| w.metrics_addr),
         raw,
         raw_custom,
-        store_id,
+        store_id: loaded.store_id,
         key_id: key_id.clone(),
         tck,
         cores,
@@ -2228,11 +2570,7 @@ fn run(cli: Cli) -> Result<bool, String> {
     };
 
     if cli.suite.contains(&Suite::Crypto) {
-        let mut ops = cli.ops.clone();
-        // create-key last: it leaves token keys behind.
-        ops.sort();
-        ops.dedup();
-        for op in ops {
+        for op in case_ops(&cli) {
             let v = bench.case(op, op.name())?;
             any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
             emit(&v);
@@ -2240,10 +2578,10 @@ fn run(cli: Cli) -> Result<bool, String> {
     }
 
     if cli.suite.contains(&Suite::Startup) {
-        let (Some(w), Some(d)) = (world.as_ref(), daemon.as_mut()) else {
+        let (Some(w), Some(d), Some(t)) = (world.as_ref(), daemon.as_mut(), target.as_ref()) else {
             return Err("startup suite needs the own daemon".into());
         };
-        any_errors |= startup_suite(&mut bench, w, d, &target, &key_id)?;
+        any_errors |= startup_suite(&mut bench, w, d, t, &key_id)?;
     }
 
     // Order: the raw session (and its key) first, then the daemon, then the files.
@@ -2313,6 +2651,65 @@ mod tests {
         let (cfg, text, world) = written_config(&[]);
         assert!(cfg.hsm.cluster.is_empty(), "{text}");
         assert!(world.cluster_pin.is_none());
+        assert!(!cfg.xks.enabled && cfg.xks.key_store.is_empty(), "{text}");
+    }
+
+    #[test]
+    fn xks_door_config_serves_one_key_store_with_a_private_credential() {
+        use std::os::unix::fs::PermissionsExt;
+        let (cfg, text, world) = written_config(&["--door", "xks"]);
+        let (addr, cred) = world.xks.as_ref().expect("an XKS door");
+        assert!(cfg.xks.enabled && cfg.xks.tls, "{text}");
+        assert_eq!(cfg.xks.listen, *addr);
+        assert_eq!(cfg.xks.region.as_deref(), Some("us-east-1"));
+        assert_eq!(cfg.xks.key_store.len(), 1, "{text}");
+        let store = &cfg.xks.key_store[0];
+        assert_eq!(store.uri_path_prefix, XKS_PREFIX);
+        assert_eq!(store.principal, "arn:aws:iam::111122223333:user/admin");
+        let mode = std::fs::metadata(&store.credentials_file)
+            .expect("credentials file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        let back = xks::read_credential(&store.credentials_file).expect("readable");
+        assert_eq!(back.access_key_id, cred.access_key_id);
+        assert_eq!(back.secret.as_str(), cred.secret.as_str());
+        assert!(!text.contains(cred.secret.as_str()));
+    }
+
+    #[test]
+    fn xks_endpoint_options_go_together() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["p11kms-bench", "--door", "xks"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let full = [
+            "--xks-endpoint",
+            "https://127.0.0.1:1",
+            "--xks-credentials",
+            "c.json",
+        ];
+        assert!(parse(&full).is_err(), "--xks-key-id is missing");
+        let cli = parse(&[&full[..], &["--xks-key-id", "foo", "--server-pid", "7"]].concat())
+            .expect("a complete external XKS target");
+        assert_eq!(cli.server_pid, Some(7));
+        assert!(
+            parse(&["--xks-key-id", "foo"]).is_err(),
+            "needs --xks-endpoint"
+        );
+        let both = [
+            &full[..],
+            &["--xks-key-id", "k", "--endpoint", "https://x:1"],
+        ]
+        .concat();
+        assert!(
+            parse(&both).is_err(),
+            "--endpoint and --xks-endpoint exclude each other"
+        );
+        assert!(Cli::try_parse_from(["p11kms-bench", "--server-pid", "7"]).is_err());
+        let cli = parse(&["--ops", "encrypt,sign,decrypt"]).expect("arguments");
+        assert_eq!(case_ops(&cli), vec![Op::Encrypt, Op::Decrypt]);
     }
 
     #[test]
