@@ -394,33 +394,25 @@ impl Kms {
         let metadata = version_metadata(object.version());
         let full_aad = hsm_aad(&aad, &metadata)?;
         let device = self.device_of(&r.key)?;
-        let builder_aad = full_aad.clone();
-        let sealed = device
-            .encrypt_gcm(
-                object,
-                req.plaintext,
-                Box::new(move |_| builder_aad.clone()),
-            )
-            .await?;
+        let builder_aad = move |_: &[u8; GCM_IV_LEN]| full_aad.clone();
+        let sealed = if req.integrity_value {
+            device
+                .encrypt_gcm_checked(object, req.plaintext, Box::new(builder_aad))
+                .await?
+        } else {
+            device
+                .encrypt_gcm(object, req.plaintext, Box::new(builder_aad))
+                .await?
+        };
         let split = sealed
             .ciphertext_and_tag
             .len()
             .checked_sub(GCM_TAG_LEN)
             .ok_or_else(|| KmsError::Internal("The HSM returned no tag.".into()))?;
         let (ct, tag) = sealed.ciphertext_and_tag.split_at(split);
-        let cdiv = if req.integrity_value {
-            device
-                .decrypt_gcm(
-                    object,
-                    sealed.iv,
-                    sealed.ciphertext_and_tag.clone(),
-                    full_aad,
-                )
-                .await?;
-            Some(integrity_value(&aad, &metadata, &sealed.iv, ct, tag))
-        } else {
-            None
-        };
+        let cdiv = req
+            .integrity_value
+            .then(|| integrity_value(&aad, &metadata, &sealed.iv, ct, tag));
         Ok(XksEncryptResponse {
             ciphertext: ct.to_vec(),
             initialization_vector: sealed.iv,

@@ -993,6 +993,14 @@ device_jobs! {
     ) -> GcmSealed
         = |ctx| ops::encrypt_gcm(ctx, id, &plaintext, &aad);
 
+    /// [`Hsm::encrypt_gcm`], then the result decrypted in the same job and checked to give
+    /// the plaintext back (the XKS door's integrity value is computed only over a ciphertext
+    /// known to open): one queue hand-off instead of two.
+    submit_retry_safe Shared fn encrypt_gcm_checked(
+        id: ObjectId, plaintext: Zeroizing<Vec<u8>>, aad: AadBuilder,
+    ) -> GcmSealed
+        = |ctx| ops::encrypt_gcm_checked(ctx, id, &plaintext, &aad);
+
     /// AES-256-GCM decrypt under `id`. A bad tag or wrong AAD on a healthy
     /// device answers [`HsmErrorKind::AuthFailed`].
     submit_retry_safe Shared fn decrypt_gcm(

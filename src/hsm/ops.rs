@@ -430,6 +430,35 @@ pub(crate) fn encrypt_gcm(
     seal(ctx, &id, plaintext, aad)
 }
 
+/// AES-256-GCM encrypt under `id`, then, in the same job, decrypt the result and check that
+/// it gives the plaintext back (compared in constant time). A mismatch is
+/// [`HsmErrorKind::Other`]: the device answered, but not with a ciphertext it can open.
+pub(crate) fn encrypt_gcm_checked(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    plaintext: &[u8],
+    aad: &AadBuilder,
+) -> Result<GcmSealed, HsmError> {
+    use subtle::ConstantTimeEq as _;
+    let sealed = seal(ctx, &id, plaintext, aad)?;
+    let back = open(
+        ctx,
+        &id,
+        &sealed.iv,
+        &sealed.ciphertext_and_tag,
+        &aad(&sealed.iv),
+    )?;
+    if !bool::from(back.as_slice().ct_eq(plaintext)) {
+        return Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_Decrypt",
+            ctx.token(),
+            "the ciphertext just made does not decrypt to its plaintext",
+        ));
+    }
+    Ok(sealed)
+}
+
 /// AES-256-GCM decrypt under `id`.
 pub(crate) fn decrypt_gcm(
     ctx: &mut WorkerCtx,

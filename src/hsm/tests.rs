@@ -179,6 +179,29 @@ fn pt(b: &[u8]) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(b.to_vec())
 }
 
+/// The checked encrypt decrypts its own result in the same job: one C_Encrypt and one
+/// C_Decrypt, and a ciphertext the plain decrypt opens.
+#[tokio::test]
+async fn checked_encrypt_decrypts_its_result_in_the_same_job() {
+    let hsm = open(&env().a);
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    let before = hsm.counters();
+    let s = hsm
+        .encrypt_gcm_checked(id, pt(b"checked"), aad_with(b"ctx"))
+        .await
+        .unwrap();
+    let after = hsm.counters();
+    for f in ["C_Encrypt", "C_Decrypt"] {
+        assert_eq!(after[f] - before.get(f).copied().unwrap_or(0), 1, "{f}");
+    }
+    let out = hsm
+        .decrypt_gcm(id, s.iv, s.ciphertext_and_tag, aad_bytes(b"ctx", &s.iv))
+        .await
+        .unwrap();
+    assert_eq!(&out[..], b"checked");
+}
+
 #[tokio::test]
 async fn encrypt_decrypt_round_trip_with_aad() {
     let hsm = open(&env().a);
