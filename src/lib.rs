@@ -21,6 +21,7 @@
 //! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
 //! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
 //! | [`client`] | the gRPC client used by the CLI's client commands |
+//! | [`xks_client`] | the outbound XKS proxy client of `EXTERNAL_KEY_STORE` custom key stores: SigV4-signed calls to a proxy's health, metadata, encrypt and decrypt, pooled, 250 ms each, typed errors |
 //! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |
 //! | [`pb`] | generated protobuf/gRPC types for `p11kms.v1` |
 //! | [`time`] | civil dates and UTC timestamp formats (ISO 8601, SigV4's `X-Amz-Date`): the one converter |
@@ -55,6 +56,7 @@ pub mod server;
 pub mod store;
 pub mod time;
 pub mod wire_enum;
+pub mod xks_client;
 
 /// Generated protobuf and gRPC types of the `p11kms.v1` package.
 pub mod pb {
