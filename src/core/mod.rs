@@ -25,6 +25,7 @@ pub mod connections;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod external;
 pub mod explain;
 pub mod grants;
 pub mod import;
@@ -61,7 +62,7 @@ use crate::store::{
 
 pub use authz::{AuthzRequest, CtxValue};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::KmsError;
+pub use error::{KmsError, XksException};
 
 /// Engine settings that shape ARNs and limits.
 #[derive(Debug, Clone)]
@@ -183,7 +184,7 @@ impl CachedKey {
         let disconnected = self
             .store
             .as_ref()
-            .is_some_and(|s| s.connected_hsm().is_none());
+            .is_some_and(|s| s.state().0 != keystores::ConnectionState::Connected);
         match st {
             KeyState::Enabled | KeyState::Disabled if disconnected => KeyState::Unavailable,
             other => other,
@@ -387,6 +388,17 @@ impl Kms {
     pub(crate) fn device_of(&self, key: &CachedKey) -> Result<Arc<Hsm>, KmsError> {
         match (&key.record.custom_key_store_id, &key.store) {
             (None, _) => Ok(self.hsm.clone()),
+            // A key in an external store: its inner layer is on the default HSM.
+            (Some(_), Some(store)) if store.is_external() => store
+                .connected_proxy()
+                .map(|_| self.hsm.clone())
+                .ok_or_else(|| {
+                    KmsError::InvalidState(format!(
+                        "{} is unavailable: its external key store is {}.",
+                        key.arn,
+                        store.state().0
+                    ))
+                }),
             (Some(_), Some(store)) => store.connected_hsm().ok_or_else(|| {
                 KmsError::InvalidState(format!(
                     "{} is unavailable: its custom key store is {}.",
@@ -408,7 +420,10 @@ impl Kms {
             Some(id) => self
                 .key_stores
                 .get(id)
-                .and_then(|s| s.connected_hsm())
+                .and_then(|s| match s.is_external() {
+                    true => s.connected_proxy().map(|_| self.hsm.clone()),
+                    false => s.connected_hsm(),
+                })
                 .ok_or_else(|| {
                     KmsError::CustomKeyStoreInvalidState(format!(
                         "Custom key store {id} is not connected."

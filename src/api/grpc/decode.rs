@@ -29,6 +29,7 @@ pub fn key_metadata(m: pb::KeyMetadata) -> Result<KeyMetadata, String> {
         key_state = spelled("KeyState", &m.key_state)?,
         origin = spelled("Origin", &m.origin)?,
         key_spec = spelled("KeySpec", &m.key_spec)?,
+        xks_key_configuration = None,
         aws_account_id, key_id, arn, creation_date_ms: creation_date, enabled, description,
         deletion_date_ms: deletion_date, key_manager, encryption_algorithms, signing_algorithms,
         mac_algorithms, key_agreement_algorithms, multi_region, pending_deletion_window_in_days,
@@ -61,6 +62,7 @@ pub fn key_store_entry(
         connection_state = spelled("ConnectionState", &e.connection_state)?,
         connection_error_code = spelled_optional("ConnectionErrorCode", &e.connection_error_code)?,
         custom_key_store_type = spelled("CustomKeyStoreType", &e.custom_key_store_type)?,
+        xks_proxy_configuration = None,
         custom_key_store_id, custom_key_store_name, cloud_hsm_cluster_id,
         trust_anchor_certificate, creation_date_ms: creation_date
     }))
@@ -198,6 +200,7 @@ mod tests {
             connection_error_code: None,
             creation_date_ms: 1_700_000_000_000,
             custom_key_store_type: CustomKeyStoreType::AwsCloudhsm,
+            xks_proxy_configuration: None,
         };
         let mut failed = connected.clone();
         failed.connection_state = ConnectionState::Failed;

@@ -18,7 +18,8 @@ use crate::store::KeyUsageRecord;
 
 from_message!(pb::CreateKeyRequest => CreateKeyRequest {
     policy, description, key_usage, key_spec, customer_master_key_spec, origin,
-    bypass_policy_lockout_safety_check, tags, multi_region, custom_key_store_id
+    bypass_policy_lockout_safety_check, tags, multi_region, custom_key_store_id,
+    xks_key_id = None
 });
 from_message!(pb::DescribeKeyRequest => DescribeKeyRequest { key_id, grant_tokens });
 from_message!(pb::ListKeysRequest => ListKeysRequest { page });

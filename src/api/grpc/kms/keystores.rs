@@ -15,7 +15,7 @@ use crate::pb;
 
 from_message!(pb::CreateCustomKeyStoreRequest => CreateCustomKeyStoreRequest {
     custom_key_store_name, cloud_hsm_cluster_id, trust_anchor_certificate, key_store_password,
-    custom_key_store_type
+    custom_key_store_type, xks = Default::default()
 });
 from_message!(pb::ConnectCustomKeyStoreRequest => ConnectCustomKeyStoreRequest {
     custom_key_store_id
@@ -27,7 +27,8 @@ from_message!(pb::DeleteCustomKeyStoreRequest => DeleteCustomKeyStoreRequest {
     custom_key_store_id
 });
 from_message!(pb::UpdateCustomKeyStoreRequest => UpdateCustomKeyStoreRequest {
-    custom_key_store_id, new_custom_key_store_name, key_store_password, cloud_hsm_cluster_id
+    custom_key_store_id, new_custom_key_store_name, key_store_password, cloud_hsm_cluster_id,
+    xks = Default::default()
 });
 from_message!(pb::DescribeCustomKeyStoresRequest => DescribeCustomKeyStoresRequest {
     custom_key_store_id, custom_key_store_name, page
