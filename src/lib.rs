@@ -9,7 +9,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the TOML config file: typed, validated before any port is bound, secrets from file or env (`config::xks`: the XKS door's key stores and their credential files) |
-//! | [`core`] | the operations, one file per family (`keys`, `usage`, `aliases`, `tags`, `policies`, `crypto`, `asym`, `grants`, `rotation`, `import`, `explain`, `sts`, `xks`: the XKS proxy API's operations), each in one shape (`operation`: request, response, audit parameters), and the custom key stores (`keystores`: the six store operations; `connections`: each store's device and connection life cycle, the password sealed on the default HSM); the typed domain (`domain`, `algorithms`), key resolution, the authorizer seam, `KmsError` |
+//! | [`core`] | the operations, one file per family (`keys`, `usage`, `aliases`, `tags`, `policies`, `crypto`, `asym`, `grants`, `rotation`, `import`, `explain`, `sts`, `xks`: the XKS proxy API's operations), each in one shape (`operation`: request, response, audit parameters), and the custom key stores (`keystores`: the six store operations; `connections`: each store's device or proxy and connection life cycle, the password sealed on the default HSM; `external`: external key stores' members, the proxy's failures mapped to AWS answers, their keys' double encryption); the typed domain (`domain`, `algorithms`), key resolution, the authorizer seam, `KmsError` |
 //! | [`policy`] | the pure policy language: parsing, compilation, conditions, evaluation with a trace |
 //! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
 //! | [`metrics`] | Prometheus metrics: requests, latencies, HSM calls and queue, decisions, audit |

@@ -220,59 +220,52 @@ async fn aws_cli_crypto(clients: &Clients, store: &str, xks_key: &str) {
     assert_eq!(dec["Plaintext"], dk["Plaintext"]);
 }
 
-/// A SigV4-signed POST to X's XKS door (plain HTTP), with Y's store credential.
-async fn xks_post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = body.to_string().into_bytes();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let amz_date = sigv4::format_amz_date(now);
-    let mut headers = vec![
-        ("host".to_string(), format!("127.0.0.1:{}", addr.port())),
-        ("content-type".into(), "application/json".into()),
-        ("x-amz-date".into(), amz_date.clone()),
-    ];
-    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-    let auth = sigv4::authorization_header(
-        &SignableRequest {
-            method: "POST",
-            path,
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &sigv4::sha256_hex(&body),
-        },
-        &names,
-        &SigningParams {
-            access_key_id: ACCESS_KEY_ID,
-            secret_access_key: SECRET,
-            region: "us-east-1",
-            service: "kms-xks-proxy",
-            amz_date: &amz_date,
-        },
+/// `p11kms` as Y's admin, the XKS secret in an environment variable (never argv).
+fn p11kms_cli(y: &RunningServer, args: &[&str]) -> (i32, String) {
+    let out = p11kms_command()
+        .args(args)
+        .args(cli_connection(y.addr.port(), "admin"))
+        .env("XKS_SECRET", SECRET)
+        .output()
+        .expect("run p11kms");
+    let (code, text) = code_and_output(&out);
+    assert!(!text.contains(SECRET), "p11kms {args:?} printed the secret");
+    (code, text)
+}
+
+/// The p11kms CLI: `key-store create --type external` reaches the door with every member (the
+/// same proxy URI as the boto3 store: XksProxyUriInUseException), `key create --xks-key-id`
+/// makes a key in the store.
+fn p11kms_cli_on_the_store(y: &RunningServer, port: u16, store: &str, xks_key: &str) {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let path = format!("{PREFIX}/kms/xks/v1");
+    let (code, text) = p11kms_cli(
+        y,
+        &[
+            "key-store", "create", "--type", "external", "--name", "cli-store",
+            "--xks-endpoint", &endpoint, "--xks-path", &path,
+            "--xks-access-key-id", ACCESS_KEY_ID, "--xks-secret-env", "XKS_SECRET",
+        ],
     );
-    headers.push(("authorization".into(), auth));
-    let mut req = format!("POST {path} HTTP/1.1\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()));
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(req.as_bytes()).await.unwrap();
-    stream.write_all(&body).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let answer = parse_http_answer(&raw);
-    let v = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    (answer.status, v)
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("XksProxyUriInUseException"), "{text}");
+    let (code, text) = p11kms_cli(
+        y,
+        &["key", "create", "--custom-key-store-id", store, "--xks-key-id", xks_key],
+    );
+    assert_eq!(code, 0, "{text}");
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["KeyMetadata"]["Origin"], "EXTERNAL_KEY_STORE", "{v}");
+    assert_eq!(v["KeyMetadata"]["XksKeyConfiguration"]["Id"], xks_key, "{v}");
 }
 
 /// Neither side alone decrypts: the outer layer of Y's ciphertext, given to X's XKS decrypt
-/// directly (with the right AAD and credential), yields the inner ciphertext and tag, not the
-/// plaintext.
+/// directly (with the right AAD and credential, through the library's XKS client), yields the
+/// inner ciphertext and tag, not the plaintext.
 async fn x_alone_does_not_decrypt(x: SocketAddr, state: &Value, xks_key: &str) {
+    use p11kms::xks_client::{
+        tls_config, ProxyRequestMetadata, ProxyTarget, XksCredential, XksProxyClient,
+    };
     let blob = B64.decode(state["blob"].as_str().unwrap()).unwrap();
     let plaintext = B64.decode(state["plaintext"].as_str().unwrap()).unwrap();
     let parsed = p11kms::ciphertext::parse(&blob).expect("a v1 blob");
@@ -283,22 +276,29 @@ async fn x_alone_does_not_decrypt(x: SocketAddr, state: &Value, xks_key: &str) {
         parsed.header,
         &p11kms::ciphertext::canonical_context(&ctx).unwrap(),
     );
-    let mut body = json!({
-        "requestMetadata": {"kmsRequestId": "r", "kmsOperation": "Decrypt",
-                            "awsPrincipalArn": ADMIN, "kmsKeyArn": "arn:k"},
-        "encryptionAlgorithm": "AES_GCM",
-        "ciphertext": B64.encode(&outer.ciphertext),
-        "initializationVector": B64.encode(&outer.iv),
-        "authenticationTag": B64.encode(&outer.tag),
-        "additionalAuthenticatedData": B64.encode(&aad),
-    });
-    if !outer.metadata.is_empty() {
-        body["ciphertextMetadata"] = json!(B64.encode(&outer.metadata));
-    }
-    let path = format!("{PREFIX}/kms/xks/v1/keys/{xks_key}/decrypt");
-    let (status, v) = xks_post(x, &path, &body).await;
-    assert_eq!(status, 200, "{v}");
-    let inner = B64.decode(v["plaintext"].as_str().unwrap()).unwrap();
+    let client = XksProxyClient::new(
+        ProxyTarget {
+            endpoint: format!("http://127.0.0.1:{}", x.port()),
+            uri_path: format!("{PREFIX}/kms/xks/v1"),
+            region: "us-east-1".into(),
+        },
+        XksCredential {
+            access_key_id: ACCESS_KEY_ID.into(),
+            secret: zeroize::Zeroizing::new(SECRET.into()),
+        },
+        tls_config(None).unwrap(),
+    )
+    .unwrap();
+    let meta = ProxyRequestMetadata {
+        kms_request_id: "r".into(),
+        kms_operation: "Decrypt".into(),
+        aws_principal_arn: Some(ADMIN.into()),
+        kms_key_arn: Some("arn:k".into()),
+    };
+    let inner = client
+        .decrypt(xks_key, &meta, &outer, &aad)
+        .await
+        .expect("X opens its own layer");
     assert_eq!(inner.len(), plaintext.len() + 16, "the inner ciphertext and tag");
     assert!(
         !inner.windows(16).any(|w| plaintext.windows(16).any(|p| p == w)),
@@ -335,6 +335,7 @@ async fn a_second_daemon_uses_the_first_as_its_external_key_store() {
     let port = x_addr.port();
     let mut xc = admin(x.addr).await;
     let (k1, k2, k3) = (x_key(&mut xc, "").await, x_key(&mut xc, "").await, x_key(&mut xc, "").await);
+    let k4 = x_key(&mut xc, "").await;
     let rsa = x_key(&mut xc, "RSA_2048").await;
     let (y, endpoint) = start_y(&y_dir).await;
     let scratch = y_dir.join("scratch");
@@ -373,6 +374,7 @@ async fn a_second_daemon_uses_the_first_as_its_external_key_store() {
 
     let (x, _) = start_x(&x_dir, port, &both).await;
     clients.phase("recovered").await;
+    p11kms_cli_on_the_store(&y, port, &store, &k4);
 
     x.shutdown().await.expect("X stops");
     let (x, _) = start_x(&x_dir, port, &[(OTHER_ID, OTHER_SECRET)]).await;

@@ -88,6 +88,39 @@ impl XksMembers {
     }
 }
 
+/// The audit trail records the XKS members given, as one `xks` object, with the credential's
+/// access key id and never its secret.
+impl super::operation::Recorded for XksMembers {
+    fn recorded(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<&str>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), serde_json::Value::from(v));
+            }
+        };
+        put("xksProxyUriEndpoint", self.xks_proxy_uri_endpoint.as_deref());
+        put("xksProxyUriPath", self.xks_proxy_uri_path.as_deref());
+        put(
+            "xksProxyVpcEndpointServiceName",
+            self.xks_proxy_vpc_endpoint_service_name.as_deref(),
+        );
+        put(
+            "xksProxyConnectivity",
+            self.xks_proxy_connectivity.map(|c| c.as_str()),
+        );
+        put(
+            "xksProxyAccessKeyId",
+            self.xks_proxy_authentication_credential
+                .as_ref()
+                .map(|c| c.access_key_id.as_str()),
+        );
+        serde_json::Value::Object(m)
+    }
+    fn given(&self) -> bool {
+        self.any()
+    }
+}
+
 fn xks_error(kind: XksException, message: impl Into<String>) -> KmsError {
     KmsError::Xks(kind, message.into())
 }
@@ -829,6 +862,9 @@ mod tests {
             xks_proxy_connectivity: Some(XksProxyConnectivity::PublicEndpoint),
         };
         assert!(new_proxy_settings(&good).is_ok());
+        let recorded = super::super::operation::Recorded::recorded(&good).to_string();
+        assert!(!recorded.contains(SECRET), "{recorded}");
+        assert!(recorded.contains("AKIAXKSTESTAAAAAAAA2") && recorded.contains("/store-1/kms/xks/v1"));
         assert!(check_members(&XksMembers {
             xks_proxy_uri_endpoint: Some("http://127.0.0.1:4444".into()),
             xks_proxy_uri_path: Some("/kms/xks/v1".into()),

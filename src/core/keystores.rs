@@ -171,13 +171,13 @@ redacted_debug!(
 request_parameters! {
     CreateCustomKeyStoreRequest {
         custom_key_store_name, cloud_hsm_cluster_id, trust_anchor_certificate,
-        custom_key_store_type,
+        custom_key_store_type, xks,
     };
     ConnectCustomKeyStoreRequest { custom_key_store_id };
     DisconnectCustomKeyStoreRequest { custom_key_store_id };
     DeleteCustomKeyStoreRequest { custom_key_store_id };
     UpdateCustomKeyStoreRequest {
-        custom_key_store_id, new_custom_key_store_name, cloud_hsm_cluster_id,
+        custom_key_store_id, new_custom_key_store_name, cloud_hsm_cluster_id, xks,
     };
     DescribeCustomKeyStoresRequest { custom_key_store_id, custom_key_store_name, page };
 }
