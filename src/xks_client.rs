@@ -119,7 +119,10 @@ pub struct XksCredential {
     pub secret: Zeroizing<String>,
 }
 
-redacted_debug!(XksCredential { access_key_id, secret: redacted });
+redacted_debug!(XksCredential {
+    access_key_id,
+    secret: redacted
+});
 
 /// Where a store's proxy is and how it is reached.
 #[derive(Debug, Clone)]
@@ -201,7 +204,9 @@ impl std::fmt::Debug for XksProxyClient {
 }
 
 /// The operator's TLS trust for proxies: the certificates of `[xks_client] ca_file`.
-pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
+pub fn tls_config(
+    ca_pem: Option<&[u8]>,
+) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use tokio_rustls::rustls;
     let mut roots = rustls::RootCertStore::empty();
@@ -282,9 +287,7 @@ impl XksProxyClient {
     ) -> Result<XksProxyClient, XksProxyError> {
         let endpoint = parse_endpoint(&target.endpoint)?;
         Ok(XksProxyClient {
-            tls: endpoint
-                .tls
-                .then(|| tokio_rustls::TlsConnector::from(tls)),
+            tls: endpoint.tls.then(|| tokio_rustls::TlsConnector::from(tls)),
             endpoint,
             target,
             credential,
@@ -617,9 +620,15 @@ mod tests {
     #[test]
     fn endpoints_are_https_or_loopback_http() {
         let ep = parse_endpoint("https://xks.example.com").unwrap();
-        assert_eq!((ep.tls, ep.host.as_str(), ep.port), (true, "xks.example.com", 443));
+        assert_eq!(
+            (ep.tls, ep.host.as_str(), ep.port),
+            (true, "xks.example.com", 443)
+        );
         let ep = parse_endpoint("http://127.0.0.1:4444").unwrap();
-        assert_eq!((ep.tls, ep.host.as_str(), ep.port), (false, "127.0.0.1", 4444));
+        assert_eq!(
+            (ep.tls, ep.host.as_str(), ep.port),
+            (false, "127.0.0.1", 4444)
+        );
         assert!(parse_endpoint("http://[::1]:80").is_ok());
         for bad in [
             "http://xks.example.com",
@@ -630,7 +639,10 @@ mod tests {
             "https://a/b",
         ] {
             assert!(
-                matches!(parse_endpoint(bad), Err(XksProxyError::InvalidConfiguration(_))),
+                matches!(
+                    parse_endpoint(bad),
+                    Err(XksProxyError::InvalidConfiguration(_))
+                ),
                 "{bad}"
             );
         }
@@ -642,17 +654,34 @@ mod tests {
     fn answers_map_to_typed_errors() {
         assert!(interpret(200, br#"{"a":1}"#).is_ok());
         let err = |s, b: &str| interpret(s, b.as_bytes()).unwrap_err();
-        assert_eq!(err(200, "[1]"), invalid("the body of a 200 answer is not a JSON object"));
-        assert!(matches!(err(200, "not json"), XksProxyError::InvalidResponse(_)));
+        assert_eq!(
+            err(200, "[1]"),
+            invalid("the body of a 200 answer is not a JSON object")
+        );
+        assert!(matches!(
+            err(200, "not json"),
+            XksProxyError::InvalidResponse(_)
+        ));
         for (status, name, want) in [
             (403, "AccessDeniedException", ProxyErrorName::AccessDenied),
             (400, "InvalidStateException", ProxyErrorName::InvalidState),
             (404, "KeyNotFoundException", ProxyErrorName::KeyNotFound),
-            (503, "DependencyTimeoutException", ProxyErrorName::DependencyTimeout),
-            (401, "AuthenticationFailedException", ProxyErrorName::AuthenticationFailed),
+            (
+                503,
+                "DependencyTimeoutException",
+                ProxyErrorName::DependencyTimeout,
+            ),
+            (
+                401,
+                "AuthenticationFailedException",
+                ProxyErrorName::AuthenticationFailed,
+            ),
         ] {
             let body = format!(r#"{{"errorName":"{name}","errorMessage":"m"}}"#);
-            assert_eq!(err(status, &body), XksProxyError::Proxy { status, name: want });
+            assert_eq!(
+                err(status, &body),
+                XksProxyError::Proxy { status, name: want }
+            );
         }
         // 401 with any body is an authentication failure; auth failures are "denied".
         assert!(err(401, "").is_auth_denied());
@@ -663,13 +692,19 @@ mod tests {
             (400, r#"{"errorName":"NoSuchException"}"#),
             (502, "<html>"),
         ] {
-            assert!(matches!(err(s, b), XksProxyError::InvalidResponse(_)), "{s} {b}");
+            assert!(
+                matches!(err(s, b), XksProxyError::InvalidResponse(_)),
+                "{s} {b}"
+            );
         }
     }
 
     #[test]
     fn key_ids_are_checked_before_they_reach_a_path() {
-        assert_eq!(key_path("k-1.a_b", "encrypt").unwrap(), "keys/k-1.a_b/encrypt");
+        assert_eq!(
+            key_path("k-1.a_b", "encrypt").unwrap(),
+            "keys/k-1.a_b/encrypt"
+        );
         for bad in ["", "a/b", "../x", &"k".repeat(129)] {
             assert!(key_path(bad, "metadata").is_err(), "{bad}");
         }
@@ -682,7 +717,10 @@ mod tests {
             secret: Zeroizing::new("SECRET-0123456789abcdefghijklmnopqrstuvwxyzAB".into()),
         };
         let text = format!("{c:?}");
-        assert!(text.contains("AKIAXKSTESTAAAAAAAA2") && !text.contains("SECRET"), "{text}");
+        assert!(
+            text.contains("AKIAXKSTESTAAAAAAAA2") && !text.contains("SECRET"),
+            "{text}"
+        );
     }
 
     /// A refused connection is unreachable, and a silent listener a timeout, within the
@@ -717,6 +755,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e, XksProxyError::Timeout);
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

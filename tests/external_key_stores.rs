@@ -125,7 +125,10 @@ impl Clients {
         );
         c.env("AWS_REGION", "us-east-1")
             .env("AWS_PAGER", "")
-            .env("P11KMS_FIXTURE_CREDENTIALS", fixtures_dir().join("credentials.json"))
+            .env(
+                "P11KMS_FIXTURE_CREDENTIALS",
+                fixtures_dir().join("credentials.json"),
+            )
             .env("P11KMS_XKS", &self.given)
             .env("P11KMS_XKS_STATE", &self.state);
         c
@@ -156,7 +159,10 @@ impl Clients {
             "aws kms {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!text.contains(SECRET), "aws kms {args:?} printed the secret");
+        assert!(
+            !text.contains(SECRET),
+            "aws kms {args:?} printed the secret"
+        );
         serde_json::from_str(&text).unwrap_or(json!({}))
     }
 
@@ -186,23 +192,46 @@ async fn aws_cli_crypto(clients: &Clients, store: &str, xks_key: &str) {
         .await;
     let s = &stores["CustomKeyStores"][0];
     assert_eq!(s["ConnectionState"], "CONNECTED", "{s}");
-    assert_eq!(s["XksProxyConfiguration"]["AccessKeyId"], ACCESS_KEY_ID, "{s}");
+    assert_eq!(
+        s["XksProxyConfiguration"]["AccessKeyId"], ACCESS_KEY_ID,
+        "{s}"
+    );
     let created = clients
         .aws(&[
-            "create-key", "--origin", "EXTERNAL_KEY_STORE", "--custom-key-store-id", store,
-            "--xks-key-id", xks_key,
+            "create-key",
+            "--origin",
+            "EXTERNAL_KEY_STORE",
+            "--custom-key-store-id",
+            store,
+            "--xks-key-id",
+            xks_key,
         ])
         .await;
-    let key = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let key = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(created["KeyMetadata"]["XksKeyConfiguration"]["Id"], xks_key);
     let plain = b"through the AWS CLI";
     std::fs::write(clients.scratch.join("plain.bin"), plain).unwrap();
     let enc = clients
-        .aws(&["encrypt", "--key-id", &key, "--plaintext", "fileb://plain.bin"])
+        .aws(&[
+            "encrypt",
+            "--key-id",
+            &key,
+            "--plaintext",
+            "fileb://plain.bin",
+        ])
         .await;
     let blob = clients.write_blob("blob.bin", &enc["CiphertextBlob"]);
     let re = clients
-        .aws(&["re-encrypt", "--ciphertext-blob", "fileb://blob.bin", "--destination-key-id", &key])
+        .aws(&[
+            "re-encrypt",
+            "--ciphertext-blob",
+            "fileb://blob.bin",
+            "--destination-key-id",
+            &key,
+        ])
         .await;
     let blob2 = clients.write_blob("blob2.bin", &re["CiphertextBlob"]);
     assert_ne!(blob2, blob);
@@ -211,7 +240,13 @@ async fn aws_cli_crypto(clients: &Clients, store: &str, xks_key: &str) {
         .await;
     assert_eq!(dec["Plaintext"], B64.encode(plain));
     let dk = clients
-        .aws(&["generate-data-key", "--key-id", &key, "--key-spec", "AES_256"])
+        .aws(&[
+            "generate-data-key",
+            "--key-id",
+            &key,
+            "--key-spec",
+            "AES_256",
+        ])
         .await;
     clients.write_blob("dk.bin", &dk["CiphertextBlob"]);
     let dec = clients
@@ -242,21 +277,42 @@ fn p11kms_cli_on_the_store(y: &RunningServer, port: u16, store: &str, xks_key: &
     let (code, text) = p11kms_cli(
         y,
         &[
-            "key-store", "create", "--type", "external", "--name", "cli-store",
-            "--xks-endpoint", &endpoint, "--xks-path", &path,
-            "--xks-access-key-id", ACCESS_KEY_ID, "--xks-secret-env", "XKS_SECRET",
+            "key-store",
+            "create",
+            "--type",
+            "external",
+            "--name",
+            "cli-store",
+            "--xks-endpoint",
+            &endpoint,
+            "--xks-path",
+            &path,
+            "--xks-access-key-id",
+            ACCESS_KEY_ID,
+            "--xks-secret-env",
+            "XKS_SECRET",
         ],
     );
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("XksProxyUriInUseException"), "{text}");
     let (code, text) = p11kms_cli(
         y,
-        &["key", "create", "--custom-key-store-id", store, "--xks-key-id", xks_key],
+        &[
+            "key",
+            "create",
+            "--custom-key-store-id",
+            store,
+            "--xks-key-id",
+            xks_key,
+        ],
     );
     assert_eq!(code, 0, "{text}");
     let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(v["KeyMetadata"]["Origin"], "EXTERNAL_KEY_STORE", "{v}");
-    assert_eq!(v["KeyMetadata"]["XksKeyConfiguration"]["Id"], xks_key, "{v}");
+    assert_eq!(
+        v["KeyMetadata"]["XksKeyConfiguration"]["Id"], xks_key,
+        "{v}"
+    );
 }
 
 /// Neither side alone decrypts: the outer layer of Y's ciphertext, given to X's XKS decrypt
@@ -299,9 +355,15 @@ async fn x_alone_does_not_decrypt(x: SocketAddr, state: &Value, xks_key: &str) {
         .decrypt(xks_key, &meta, &outer, &aad)
         .await
         .expect("X opens its own layer");
-    assert_eq!(inner.len(), plaintext.len() + 16, "the inner ciphertext and tag");
+    assert_eq!(
+        inner.len(),
+        plaintext.len() + 16,
+        "the inner ciphertext and tag"
+    );
     assert!(
-        !inner.windows(16).any(|w| plaintext.windows(16).any(|p| p == w)),
+        !inner
+            .windows(16)
+            .any(|w| plaintext.windows(16).any(|p| p == w)),
         "X's answer holds plaintext"
     );
 }
@@ -334,7 +396,11 @@ async fn a_second_daemon_uses_the_first_as_its_external_key_store() {
     let (x, x_addr) = start_x(&x_dir, 0, &both).await;
     let port = x_addr.port();
     let mut xc = admin(x.addr).await;
-    let (k1, k2, k3) = (x_key(&mut xc, "").await, x_key(&mut xc, "").await, x_key(&mut xc, "").await);
+    let (k1, k2, k3) = (
+        x_key(&mut xc, "").await,
+        x_key(&mut xc, "").await,
+        x_key(&mut xc, "").await,
+    );
     let k4 = x_key(&mut xc, "").await;
     let rsa = x_key(&mut xc, "RSA_2048").await;
     let (y, endpoint) = start_y(&y_dir).await;

@@ -165,8 +165,7 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
             let password = read_password(&args.password)?.ok_or(
                 "give the key store password with --password-file FILE or --password-env VAR",
             )?;
-            let (Some(cluster_id), Some(anchor)) = (args.cluster_id, args.trust_anchor_file)
-            else {
+            let (Some(cluster_id), Some(anchor)) = (args.cluster_id, args.trust_anchor_file) else {
                 return Err("give --cluster-id and --trust-anchor-file".into());
             };
             pb::CreateCustomKeyStoreRequest {
@@ -266,7 +265,12 @@ fn xks_fields(
             raw_secret_access_key: secret.to_string(),
         }),
         (None, None) => None,
-        _ => return Err("give --xks-access-key-id together with --xks-secret-file or --xks-secret-env".into()),
+        _ => {
+            return Err(
+                "give --xks-access-key-id together with --xks-secret-file or --xks-secret-env"
+                    .into(),
+            )
+        }
     };
     Ok((
         a.xks_endpoint.clone().unwrap_or_default(),

@@ -1017,7 +1017,14 @@ impl Kms {
             .await?;
         let operation = action.trim_start_matches("kms:");
         let private_key_ciphertext_blob = self
-            .finish_blob(caller, &resolved.key, operation, object, &canonical_ctx, sealed)
+            .finish_blob(
+                caller,
+                &resolved.key,
+                operation,
+                object,
+                &canonical_ctx,
+                sealed,
+            )
             .await?;
         Ok(GenerateDataKeyPairResponse {
             private_key_ciphertext_blob,

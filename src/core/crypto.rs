@@ -297,10 +297,21 @@ impl Kms {
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let sealed = self
             .device_of(&resolved.key)?
-            .encrypt_gcm(object, req.plaintext, aad_builder(object, canonical_ctx.clone()))
+            .encrypt_gcm(
+                object,
+                req.plaintext,
+                aad_builder(object, canonical_ctx.clone()),
+            )
             .await?;
         let ciphertext_blob = self
-            .finish_blob(caller, &resolved.key, "Encrypt", object, &canonical_ctx, sealed)
+            .finish_blob(
+                caller,
+                &resolved.key,
+                "Encrypt",
+                object,
+                &canonical_ctx,
+                sealed,
+            )
             .await?;
         Ok(EncryptResponse {
             ciphertext_blob,
@@ -515,7 +526,14 @@ impl Kms {
             .reseal(&mut source, &dest, dest_object, dest_aad)
             .await?;
         let ciphertext_blob = self
-            .finish_blob(caller, &dest.key, "ReEncrypt", dest_object, &dest_ctx, sealed)
+            .finish_blob(
+                caller,
+                &dest.key,
+                "ReEncrypt",
+                dest_object,
+                &dest_ctx,
+                sealed,
+            )
             .await?;
         Ok(ReEncryptResponse {
             ciphertext_blob,
@@ -607,7 +625,14 @@ impl Kms {
             .await?;
         let operation = action.trim_start_matches("kms:");
         let ciphertext_blob = self
-            .finish_blob(caller, &resolved.key, operation, object, &canonical_ctx, sealed)
+            .finish_blob(
+                caller,
+                &resolved.key,
+                operation,
+                object,
+                &canonical_ctx,
+                sealed,
+            )
             .await?;
         Ok(GenerateDataKeyResponse {
             ciphertext_blob,

@@ -26,8 +26,8 @@ use crate::redact::redacted_debug;
 use crate::store::{KeyStoreRecord, XksProxyRecord};
 use crate::wire_enum::wire_enum;
 use crate::xks_client::{
-    ProxyErrorName, ProxyRequestMetadata, ProxySealed, ProxyTarget, XksCredential,
-    XksProxyClient, XksProxyError,
+    ProxyErrorName, ProxyRequestMetadata, ProxySealed, ProxyTarget, XksCredential, XksProxyClient,
+    XksProxyError,
 };
 
 wire_enum!(
@@ -98,7 +98,10 @@ impl super::operation::Recorded for XksMembers {
                 m.insert(k.to_string(), serde_json::Value::from(v));
             }
         };
-        put("xksProxyUriEndpoint", self.xks_proxy_uri_endpoint.as_deref());
+        put(
+            "xksProxyUriEndpoint",
+            self.xks_proxy_uri_endpoint.as_deref(),
+        );
         put("xksProxyUriPath", self.xks_proxy_uri_path.as_deref());
         put(
             "xksProxyVpcEndpointServiceName",
@@ -175,7 +178,8 @@ fn check_path(member: &str, p: &str) -> Result<(), KmsError> {
 /// Checks a credential's two parts against the model without echoing either.
 fn check_credential(c: &XksProxyAuthenticationCredential) -> Result<(), KmsError> {
     let id = &c.access_key_id;
-    if !(20..=30).contains(&id.len()) || !id.bytes().all(|b| matches!(b, b'A'..=b'Z' | b'2'..=b'7')) {
+    if !(20..=30).contains(&id.len()) || !id.bytes().all(|b| matches!(b, b'A'..=b'Z' | b'2'..=b'7'))
+    {
         return Err(KmsError::validation(
             "xksProxyAuthenticationCredential.accessKeyId",
             "Member must have length between 20 and 30 and satisfy pattern ^[A-Z2-7]+$",
@@ -183,7 +187,9 @@ fn check_credential(c: &XksProxyAuthenticationCredential) -> Result<(), KmsError
     }
     let s = &c.raw_secret_access_key;
     if !(43..=64).contains(&s.len())
-        || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/+=".contains(&b))
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/+=".contains(&b))
     {
         return Err(KmsError::validation(
             "xksProxyAuthenticationCredential.rawSecretAccessKey",
@@ -196,7 +202,10 @@ fn check_credential(c: &XksProxyAuthenticationCredential) -> Result<(), KmsError
 /// Refuses the VPC connectivity as AWS refuses a VPC endpoint service it cannot find (p11kms
 /// has no VPC), and a service name without it.
 fn check_connectivity(m: &XksMembers) -> Result<(), KmsError> {
-    match (m.xks_proxy_connectivity, &m.xks_proxy_vpc_endpoint_service_name) {
+    match (
+        m.xks_proxy_connectivity,
+        &m.xks_proxy_vpc_endpoint_service_name,
+    ) {
         (Some(XksProxyConnectivity::VpcEndpointService), Some(name)) => Err(xks_error(
             XksException::VpcEndpointServiceNotFound,
             format!(
@@ -297,7 +306,11 @@ pub(super) fn health_metadata(operation: &str) -> ProxyRequestMetadata {
 }
 
 /// The `requestMetadata` of a key operation: the caller and the key, as AWS sends them.
-fn key_metadata_for(caller: &Caller, operation: &str, key_arn: Option<&str>) -> ProxyRequestMetadata {
+fn key_metadata_for(
+    caller: &Caller,
+    operation: &str,
+    key_arn: Option<&str>,
+) -> ProxyRequestMetadata {
     ProxyRequestMetadata {
         kms_request_id: Uuid::new_v4().hyphenated().to_string(),
         kms_operation: operation.to_string(),
@@ -313,10 +326,14 @@ fn key_metadata_for(caller: &Caller, operation: &str, key_arn: Option<&str>) -> 
 pub(super) fn management_error(e: &XksProxyError) -> KmsError {
     use XksException as X;
     let (kind, what) = match e {
-        XksProxyError::Timeout | XksProxyError::Unreachable(_) => {
-            (X::UriUnreachable, "KMS cannot reach the XKS proxy at its XksProxyUriEndpoint")
-        }
-        XksProxyError::Tls(_) => (X::InvalidConfiguration, "the TLS connection to the XKS proxy failed"),
+        XksProxyError::Timeout | XksProxyError::Unreachable(_) => (
+            X::UriUnreachable,
+            "KMS cannot reach the XKS proxy at its XksProxyUriEndpoint",
+        ),
+        XksProxyError::Tls(_) => (
+            X::InvalidConfiguration,
+            "the TLS connection to the XKS proxy failed",
+        ),
         XksProxyError::Proxy {
             name: ProxyErrorName::AuthenticationFailed | ProxyErrorName::AccessDenied,
             ..
@@ -327,13 +344,18 @@ pub(super) fn management_error(e: &XksProxyError) -> KmsError {
         XksProxyError::Proxy {
             name: ProxyErrorName::InvalidUriPath,
             ..
-        } => (X::InvalidConfiguration, "the XKS proxy does not serve this XksProxyUriPath"),
-        XksProxyError::Proxy { .. } | XksProxyError::InvalidResponse(_) => {
-            (X::InvalidResponse, "KMS cannot interpret the XKS proxy's answer")
-        }
-        XksProxyError::InvalidConfiguration(_) => {
-            (X::InvalidConfiguration, "the XKS proxy settings cannot be used")
-        }
+        } => (
+            X::InvalidConfiguration,
+            "the XKS proxy does not serve this XksProxyUriPath",
+        ),
+        XksProxyError::Proxy { .. } | XksProxyError::InvalidResponse(_) => (
+            X::InvalidResponse,
+            "KMS cannot interpret the XKS proxy's answer",
+        ),
+        XksProxyError::InvalidConfiguration(_) => (
+            X::InvalidConfiguration,
+            "the XKS proxy settings cannot be used",
+        ),
     };
     xks_error(kind, format!("{what} ({}).", e.class()))
 }
@@ -352,7 +374,9 @@ pub(super) fn connection_code(store_id: &str, e: &XksProxyError) -> ConnectionEr
             ..
         }
         | XksProxyError::InvalidConfiguration(_) => C::XksProxyInvalidConfiguration,
-        XksProxyError::Proxy { .. } | XksProxyError::InvalidResponse(_) => C::XksProxyInvalidResponse,
+        XksProxyError::Proxy { .. } | XksProxyError::InvalidResponse(_) => {
+            C::XksProxyInvalidResponse
+        }
     }
 }
 
@@ -444,7 +468,9 @@ pub(super) fn crypto_error(key_arn: &str, e: &XksProxyError) -> KmsError {
 /// 16     outer tag (the proxy's)
 /// ```
 pub fn outer_layout(sealed: &ProxySealed) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + sealed.iv.len() + sealed.metadata.len() + sealed.ciphertext.len() + 16);
+    let mut out = Vec::with_capacity(
+        2 + sealed.iv.len() + sealed.metadata.len() + sealed.ciphertext.len() + 16,
+    );
     out.push(sealed.iv.len() as u8);
     out.extend_from_slice(&sealed.iv);
     out.push(sealed.metadata.len() as u8);
@@ -591,7 +617,11 @@ impl Kms {
         }
         let meta = key_metadata_for(caller, "CreateKey", None);
         let described = proxy.key_metadata(xks_key_id, &meta).await;
-        record_answer(described.as_ref().map_or_else(XksProxyError::class, |_| "ok"));
+        record_answer(
+            described
+                .as_ref()
+                .map_or_else(XksProxyError::class, |_| "ok"),
+        );
         let m = described.map_err(|e| create_key_error(xks_key_id, &e))?;
         let usable = m.enabled
             && m.key_spec == "AES_256"
@@ -616,13 +646,23 @@ impl Kms {
     ) -> Result<(), KmsError> {
         for h in self.key_stores.all() {
             let r = h.record();
-            let Some(x) = r.xks.as_ref().filter(|_| except != Some(r.store_id.as_str())) else {
+            let Some(x) = r
+                .xks
+                .as_ref()
+                .filter(|_| except != Some(r.store_id.as_str()))
+            else {
                 continue;
             };
             if x.endpoint == endpoint && x.uri_path == path {
                 let (kind, whose) = match r.account == account {
-                    true => (XksException::UriInUse, "another external key store of this account"),
-                    false => (XksException::UriEndpointInUse, "an external key store of another account"),
+                    true => (
+                        XksException::UriInUse,
+                        "another external key store of this account",
+                    ),
+                    false => (
+                        XksException::UriEndpointInUse,
+                        "an external key store of another account",
+                    ),
                 };
                 return Err(xks_error(
                     kind,
@@ -669,7 +709,8 @@ impl Kms {
             sealed_secret: Vec::new(),
         };
         let secret = &credential.raw_secret_access_key;
-        self.check_proxy(&xks, secret, "CreateCustomKeyStore").await?;
+        self.check_proxy(&xks, secret, "CreateCustomKeyStore")
+            .await?;
         xks.sealed_secret = self.key_stores.seal(&store_id, secret).await?;
         let record = KeyStoreRecord {
             cluster_id: store_id.clone(),
@@ -708,8 +749,13 @@ impl Kms {
             return Err(KmsError::Internal("not an external key store".into()));
         };
         let m = &req.xks;
-        let moved = m.xks_proxy_uri_endpoint.as_ref().is_some_and(|e| *e != xks.endpoint)
-            || m.xks_proxy_uri_path.as_ref().is_some_and(|p| *p != xks.uri_path);
+        let moved = m
+            .xks_proxy_uri_endpoint
+            .as_ref()
+            .is_some_and(|e| *e != xks.endpoint)
+            || m.xks_proxy_uri_path
+                .as_ref()
+                .is_some_and(|p| *p != xks.uri_path);
         let connected = handle.state().0 != ConnectionState::Disconnected;
         if moved && connected {
             return Err(KmsError::CustomKeyStoreInvalidState(format!(
@@ -725,7 +771,12 @@ impl Kms {
         if let Some(p) = &m.xks_proxy_uri_path {
             xks.uri_path = p.clone();
         }
-        self.check_uri_unique(&caller.account, Some(&record.store_id), &xks.endpoint, &xks.uri_path)?;
+        self.check_uri_unique(
+            &caller.account,
+            Some(&record.store_id),
+            &xks.endpoint,
+            &xks.uri_path,
+        )?;
         let new_secret = m.xks_proxy_authentication_credential.as_ref();
         if moved || new_secret.is_some() {
             let secret = match new_secret {
@@ -742,7 +793,8 @@ impl Kms {
                 xks.access_key_id = c.access_key_id.clone();
                 xks.sealed_secret = self.key_stores.seal(&record.store_id, &secret).await?;
             }
-            self.check_proxy(&xks, &secret, "UpdateCustomKeyStore").await?;
+            self.check_proxy(&xks, &secret, "UpdateCustomKeyStore")
+                .await?;
         }
         if let Some(name) = name {
             record.name = name.to_string();
@@ -794,7 +846,10 @@ mod tests {
     fn the_outer_layout_round_trips_and_refuses_the_rest() {
         for s in [sealed(12, 0, 17), sealed(16, 20, 4316), sealed(12, 4, 64)] {
             let body = outer_layout(&s);
-            assert_eq!(body.len(), 2 + s.iv.len() + s.metadata.len() + s.ciphertext.len() + 16);
+            assert_eq!(
+                body.len(),
+                2 + s.iv.len() + s.metadata.len() + s.ciphertext.len() + 16
+            );
             assert_eq!(parse_outer(&body), Some(s));
         }
         let good = outer_layout(&sealed(12, 4, 40));
@@ -828,23 +883,74 @@ mod tests {
     fn proxy_failures_map_to_aws_answers() {
         let proxy = |name| XksProxyError::Proxy { status: 400, name };
         let cases = [
-            (XksProxyError::Timeout, "XKS_PROXY_TIMED_OUT", "XksProxyUriUnreachableException", "DependencyTimeoutException"),
-            (XksProxyError::Unreachable("refused".into()), "XKS_PROXY_NOT_REACHABLE", "XksProxyUriUnreachableException", "KMSInvalidStateException"),
-            (XksProxyError::Tls("bad".into()), "XKS_PROXY_INVALID_TLS_CONFIGURATION", "XksProxyInvalidConfigurationException", "KMSInvalidStateException"),
-            (proxy(ProxyErrorName::AuthenticationFailed), "XKS_PROXY_ACCESS_DENIED", "XksProxyIncorrectAuthenticationCredentialException", "KMSInvalidStateException"),
-            (proxy(ProxyErrorName::AccessDenied), "XKS_PROXY_ACCESS_DENIED", "XksProxyIncorrectAuthenticationCredentialException", "KMSInvalidStateException"),
-            (proxy(ProxyErrorName::InvalidUriPath), "XKS_PROXY_INVALID_CONFIGURATION", "XksProxyInvalidConfigurationException", "KMSInvalidStateException"),
-            (proxy(ProxyErrorName::InvalidState), "XKS_PROXY_INVALID_RESPONSE", "XksProxyInvalidResponseException", "KMSInvalidStateException"),
-            (proxy(ProxyErrorName::InvalidCiphertext), "XKS_PROXY_INVALID_RESPONSE", "XksProxyInvalidResponseException", "InvalidCiphertextException"),
-            (XksProxyError::InvalidResponse("x".into()), "XKS_PROXY_INVALID_RESPONSE", "XksProxyInvalidResponseException", "KMSInvalidStateException"),
+            (
+                XksProxyError::Timeout,
+                "XKS_PROXY_TIMED_OUT",
+                "XksProxyUriUnreachableException",
+                "DependencyTimeoutException",
+            ),
+            (
+                XksProxyError::Unreachable("refused".into()),
+                "XKS_PROXY_NOT_REACHABLE",
+                "XksProxyUriUnreachableException",
+                "KMSInvalidStateException",
+            ),
+            (
+                XksProxyError::Tls("bad".into()),
+                "XKS_PROXY_INVALID_TLS_CONFIGURATION",
+                "XksProxyInvalidConfigurationException",
+                "KMSInvalidStateException",
+            ),
+            (
+                proxy(ProxyErrorName::AuthenticationFailed),
+                "XKS_PROXY_ACCESS_DENIED",
+                "XksProxyIncorrectAuthenticationCredentialException",
+                "KMSInvalidStateException",
+            ),
+            (
+                proxy(ProxyErrorName::AccessDenied),
+                "XKS_PROXY_ACCESS_DENIED",
+                "XksProxyIncorrectAuthenticationCredentialException",
+                "KMSInvalidStateException",
+            ),
+            (
+                proxy(ProxyErrorName::InvalidUriPath),
+                "XKS_PROXY_INVALID_CONFIGURATION",
+                "XksProxyInvalidConfigurationException",
+                "KMSInvalidStateException",
+            ),
+            (
+                proxy(ProxyErrorName::InvalidState),
+                "XKS_PROXY_INVALID_RESPONSE",
+                "XksProxyInvalidResponseException",
+                "KMSInvalidStateException",
+            ),
+            (
+                proxy(ProxyErrorName::InvalidCiphertext),
+                "XKS_PROXY_INVALID_RESPONSE",
+                "XksProxyInvalidResponseException",
+                "InvalidCiphertextException",
+            ),
+            (
+                XksProxyError::InvalidResponse("x".into()),
+                "XKS_PROXY_INVALID_RESPONSE",
+                "XksProxyInvalidResponseException",
+                "KMSInvalidStateException",
+            ),
         ];
         for (e, code, manage, crypto) in cases {
             assert_eq!(connection_code("cks-1", &e).as_str(), code, "{e:?}");
             assert_eq!(management_error(&e).aws_name(), manage, "{e:?}");
             assert_eq!(crypto_error("arn:k", &e).aws_name(), crypto, "{e:?}");
         }
-        assert_eq!(create_key_error("k", &proxy(ProxyErrorName::KeyNotFound)).aws_name(), "XksKeyNotFoundException");
-        assert_eq!(create_key_error("k", &proxy(ProxyErrorName::InvalidKeyUsage)).aws_name(), "XksKeyInvalidConfigurationException");
+        assert_eq!(
+            create_key_error("k", &proxy(ProxyErrorName::KeyNotFound)).aws_name(),
+            "XksKeyNotFoundException"
+        );
+        assert_eq!(
+            create_key_error("k", &proxy(ProxyErrorName::InvalidKeyUsage)).aws_name(),
+            "XksKeyInvalidConfigurationException"
+        );
     }
 
     /// The members' rules; a refused secret is never echoed.
@@ -864,7 +970,9 @@ mod tests {
         assert!(new_proxy_settings(&good).is_ok());
         let recorded = super::super::operation::Recorded::recorded(&good).to_string();
         assert!(!recorded.contains(SECRET), "{recorded}");
-        assert!(recorded.contains("AKIAXKSTESTAAAAAAAA2") && recorded.contains("/store-1/kms/xks/v1"));
+        assert!(
+            recorded.contains("AKIAXKSTESTAAAAAAAA2") && recorded.contains("/store-1/kms/xks/v1")
+        );
         assert!(check_members(&XksMembers {
             xks_proxy_uri_endpoint: Some("http://127.0.0.1:4444".into()),
             xks_proxy_uri_path: Some("/kms/xks/v1".into()),
@@ -873,7 +981,10 @@ mod tests {
         .is_ok());
         let refused = |m: XksMembers| {
             let e = new_proxy_settings(&m).unwrap_err();
-            assert!(!e.message().contains(SECRET) && !e.message().contains("bad!"), "{e}");
+            assert!(
+                !e.message().contains(SECRET) && !e.message().contains("bad!"),
+                "{e}"
+            );
             e.aws_name()
         };
         let cred = |id: &str, secret: &str| {
@@ -883,20 +994,79 @@ mod tests {
             })
         };
         let cases = [
-            (XksMembers { xks_proxy_uri_endpoint: Some("http://xks.example.com".into()), ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_uri_endpoint: Some("https://a/b".into()), ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_uri_path: Some("/kms/xks/v123".into()), ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_uri_path: Some("x/kms/xks/v1".into()), ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_authentication_credential: cred("short", SECRET), ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_authentication_credential: cred("AKIAXKSTESTAAAAAAAA2", "bad!"), ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_authentication_credential: None, ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_connectivity: None, ..good.clone() }, "ValidationException"),
-            (XksMembers { xks_proxy_connectivity: Some(XksProxyConnectivity::VpcEndpointService), ..good.clone() }, "ValidationException"),
-            (XksMembers {
-                xks_proxy_connectivity: Some(XksProxyConnectivity::VpcEndpointService),
-                xks_proxy_vpc_endpoint_service_name: Some("com.amazonaws.vpce.us-east-1.vpce-svc-0123456789".into()),
-                ..good.clone()
-            }, "XksProxyVpcEndpointServiceNotFoundException"),
+            (
+                XksMembers {
+                    xks_proxy_uri_endpoint: Some("http://xks.example.com".into()),
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_uri_endpoint: Some("https://a/b".into()),
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_uri_path: Some("/kms/xks/v123".into()),
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_uri_path: Some("x/kms/xks/v1".into()),
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_authentication_credential: cred("short", SECRET),
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_authentication_credential: cred("AKIAXKSTESTAAAAAAAA2", "bad!"),
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_authentication_credential: None,
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_connectivity: None,
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_connectivity: Some(XksProxyConnectivity::VpcEndpointService),
+                    ..good.clone()
+                },
+                "ValidationException",
+            ),
+            (
+                XksMembers {
+                    xks_proxy_connectivity: Some(XksProxyConnectivity::VpcEndpointService),
+                    xks_proxy_vpc_endpoint_service_name: Some(
+                        "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789".into(),
+                    ),
+                    ..good.clone()
+                },
+                "XksProxyVpcEndpointServiceNotFoundException",
+            ),
         ];
         for (m, want) in cases {
             assert_eq!(refused(m), want);

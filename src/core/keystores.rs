@@ -438,7 +438,10 @@ impl Kms {
     /// Refuses a new store beyond the account's quota.
     pub(super) fn check_quota(&self, account: &str) -> Result<(), KmsError> {
         let owned = self.key_stores.all();
-        if owned.iter().filter(|h| h.record().account == account).count()
+        if owned
+            .iter()
+            .filter(|h| h.record().account == account)
+            .count()
             >= MAX_KEY_STORES_PER_ACCOUNT
         {
             return Err(KmsError::LimitExceeded(format!(
@@ -470,7 +473,11 @@ impl Kms {
     }
 
     /// Stores whether the key administrator wants `handle` connected (a restart follows it).
-    pub(super) async fn set_connect(&self, handle: &StoreHandle, connect: bool) -> Result<(), KmsError> {
+    pub(super) async fn set_connect(
+        &self,
+        handle: &StoreHandle,
+        connect: bool,
+    ) -> Result<(), KmsError> {
         let mut record = handle.record();
         if record.connect == connect {
             return Ok(());

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::service::{ServiceAction, ServiceEventName};
 use super::connections::StoreHandle;
+use super::service::{ServiceAction, ServiceEventName};
 use super::{CachedKey, Kms, KmsError};
 use crate::hsm::{HsmErrorKind, ObjectId};
 use crate::store::{KeyState, OrphanRecord};

@@ -317,7 +317,11 @@ impl Walk<'_> {
             Kind::String => {
                 let s = v.as_str().ok_or_else(|| type_error(path, "a string"))?;
                 rules.extend(lengths(shape, s.encode_utf16().count()));
-                if let Some(p) = shape.pattern.as_ref().filter(|_| !loopback_xks_proxy(shape_name, s)) {
+                if let Some(p) = shape
+                    .pattern
+                    .as_ref()
+                    .filter(|_| !loopback_xks_proxy(shape_name, s))
+                {
                     if self.model.patterns.get(p).is_some_and(|re| !re.is_match(s)) {
                         rules.push(format!(
                             "Member must satisfy regular expression pattern: {p}"

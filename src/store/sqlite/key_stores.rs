@@ -58,32 +58,37 @@ const EXTERNAL: &str = "EXTERNAL_KEY_STORE";
 /// `store_type` of a store on an `[[hsm.cluster]]` device.
 const CLOUDHSM: &str = "AWS_CLOUDHSM";
 
-/// The proxy columns of `s`, in the order the statements bind them.
-fn xks_columns(
-    s: &KeyStoreRecord,
-) -> (
-    &'static str,
-    Option<&str>,
-    Option<&str>,
-    Option<&str>,
-    Option<&str>,
-    Option<&[u8]>,
-) {
+/// The proxy columns of a row (all `None` for an `AWS_CLOUDHSM` store).
+#[derive(Default)]
+struct XksColumns<'a> {
+    store_type: &'static str,
+    endpoint: Option<&'a str>,
+    path: Option<&'a str>,
+    connectivity: Option<&'a str>,
+    access_key_id: Option<&'a str>,
+    sealed: Option<&'a [u8]>,
+}
+
+/// The proxy columns of `s`.
+fn xks_columns(s: &KeyStoreRecord) -> XksColumns<'_> {
     match &s.xks {
-        None => (CLOUDHSM, None, None, None, None, None),
-        Some(x) => (
-            EXTERNAL,
-            Some(&x.endpoint),
-            Some(&x.uri_path),
-            Some(&x.connectivity),
-            Some(&x.access_key_id),
-            Some(&x.sealed_secret),
-        ),
+        None => XksColumns {
+            store_type: CLOUDHSM,
+            ..XksColumns::default()
+        },
+        Some(x) => XksColumns {
+            store_type: EXTERNAL,
+            endpoint: Some(&x.endpoint),
+            path: Some(&x.uri_path),
+            connectivity: Some(&x.connectivity),
+            access_key_id: Some(&x.access_key_id),
+            sealed: Some(&x.sealed_secret),
+        },
     }
 }
 
 pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), StoreError> {
-    let (t, endpoint, path, connectivity, access_key_id, sealed) = xks_columns(s);
+    let x = xks_columns(s);
     sqlx::query(
         "INSERT INTO custom_key_stores (store_id, account, name, cluster_id, trust_anchor, \
          sealed_password, connect, created_at_ms, store_type, xks_endpoint, xks_uri_path, \
@@ -98,12 +103,12 @@ pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), 
     .bind(&s.sealed_password)
     .bind(i64::from(s.connect))
     .bind(s.created_at_ms)
-    .bind(t)
-    .bind(endpoint)
-    .bind(path)
-    .bind(connectivity)
-    .bind(access_key_id)
-    .bind(sealed)
+    .bind(x.store_type)
+    .bind(x.endpoint)
+    .bind(x.path)
+    .bind(x.connectivity)
+    .bind(x.access_key_id)
+    .bind(x.sealed)
     .execute(pool)
     .await
     .map_err(|e| write_err(e, || taken(s), || missing(&s.store_id)))?;
@@ -111,7 +116,7 @@ pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), 
 }
 
 pub(super) async fn update(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), StoreError> {
-    let (_, endpoint, path, connectivity, access_key_id, sealed) = xks_columns(s);
+    let x = xks_columns(s);
     let done = sqlx::query(
         "UPDATE custom_key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, \
          sealed_password = ?, connect = ?, xks_endpoint = ?, xks_uri_path = ?, \
@@ -122,11 +127,11 @@ pub(super) async fn update(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), 
     .bind(&s.trust_anchor)
     .bind(&s.sealed_password)
     .bind(i64::from(s.connect))
-    .bind(endpoint)
-    .bind(path)
-    .bind(connectivity)
-    .bind(access_key_id)
-    .bind(sealed)
+    .bind(x.endpoint)
+    .bind(x.path)
+    .bind(x.connectivity)
+    .bind(x.access_key_id)
+    .bind(x.sealed)
     .bind(&s.store_id)
     .execute(pool)
     .await

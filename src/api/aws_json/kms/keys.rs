@@ -5,6 +5,7 @@
 //! refused spellings that are not AWS values.
 
 use super::members::{from_json, non_empty, or_empty, to_json, ts};
+use crate::core::external::XksKeyConfiguration;
 use crate::core::keys::{
     CancelKeyDeletionRequest, CancelKeyDeletionResponse, CreateKeyRequest, CreateKeyResponse,
     DescribeKeyRequest, DescribeKeyResponse, DisableKeyRequest, EnableKeyRequest, KeyListEntry,
@@ -12,7 +13,6 @@ use crate::core::keys::{
     ScheduleKeyDeletionResponse, UpdateKeyDescriptionRequest,
 };
 use crate::core::usage::{GetKeyLastUsageRequest, KeyLastUsageOutput};
-use crate::core::external::XksKeyConfiguration;
 use crate::store::KeyUsageRecord;
 
 from_json! {

@@ -11,9 +11,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::members::{from_json, non_empty, to_json, ts, Members, Wire};
-use crate::core::external::{
-    XksMembers, XksProxyAuthenticationCredential, XksProxyConfiguration,
-};
+use crate::core::external::{XksMembers, XksProxyAuthenticationCredential, XksProxyConfiguration};
 use crate::core::keystores::{
     ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CreateCustomKeyStoreResponse,
     CustomKeyStoresListEntry, DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest,

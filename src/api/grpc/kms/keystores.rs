@@ -6,13 +6,13 @@
 //! no response carries them.
 
 use super::super::convert::{each, from_message, to_message};
+use crate::core::external::{
+    XksMembers, XksProxyAuthenticationCredential, XksProxyConfiguration, XksProxyConnectivity,
+};
 use crate::core::keystores::{
     ConnectCustomKeyStoreRequest, CreateCustomKeyStoreRequest, CreateCustomKeyStoreResponse,
     CustomKeyStoresListEntry, DeleteCustomKeyStoreRequest, DescribeCustomKeyStoresRequest,
     DescribeCustomKeyStoresResponse, DisconnectCustomKeyStoreRequest, UpdateCustomKeyStoreRequest,
-};
-use crate::core::external::{
-    XksMembers, XksProxyAuthenticationCredential, XksProxyConfiguration, XksProxyConnectivity,
 };
 use crate::core::operation::Empty;
 use crate::core::KmsError;
