@@ -1015,12 +1015,11 @@ impl Kms {
             .hsm
             .generate_data_key_pair(pair, object, aad_builder(object, canonical_ctx.clone()))
             .await?;
-        let operation = action.trim_start_matches("kms:");
         let private_key_ciphertext_blob = self
             .finish_blob(
                 caller,
                 &resolved.key,
-                operation,
+                action,
                 object,
                 &canonical_ctx,
                 sealed,

@@ -307,7 +307,7 @@ impl Kms {
             .finish_blob(
                 caller,
                 &resolved.key,
-                "Encrypt",
+                "kms:Encrypt",
                 object,
                 &canonical_ctx,
                 sealed,
@@ -529,7 +529,7 @@ impl Kms {
             .finish_blob(
                 caller,
                 &dest.key,
-                "ReEncrypt",
+                "kms:ReEncrypt",
                 dest_object,
                 &dest_ctx,
                 sealed,
@@ -623,12 +623,11 @@ impl Kms {
             .device_of(&resolved.key)?
             .generate_data_key(object, n, aad_builder(object, canonical_ctx.clone()))
             .await?;
-        let operation = action.trim_start_matches("kms:");
         let ciphertext_blob = self
             .finish_blob(
                 caller,
                 &resolved.key,
-                operation,
+                action,
                 object,
                 &canonical_ctx,
                 sealed,

@@ -541,12 +541,13 @@ impl Kms {
     }
 
     /// The blob of a new ciphertext: `sealed` (the inner layer) as a v1 blob, its body
-    /// encrypted again by the external key when `key` is in an external store.
+    /// encrypted again by the external key when `key` is in an external store. `action` is
+    /// the IAM action (`kms:Encrypt`); the proxy is told the operation (`Encrypt`).
     pub(super) async fn finish_blob(
         &self,
         caller: &Caller,
         key: &CachedKey,
-        operation: &str,
+        action: &str,
         object: crate::hsm::ObjectId,
         canonical_ctx: &[u8],
         sealed: GcmSealed,
@@ -554,6 +555,7 @@ impl Kms {
         let Some(proxy) = self.proxy_of(key)? else {
             return Ok(super::crypto::blob_from(object, &sealed));
         };
+        let operation = action.trim_start_matches("kms:");
         let header = crate::ciphertext::header(&object.key_id(), object.version(), &sealed.iv);
         let aad = crate::ciphertext::aad(&header, canonical_ctx);
         let xks_key_id = key.record.xks_key_id.as_deref().unwrap_or_default();
