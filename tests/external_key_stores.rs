@@ -389,6 +389,40 @@ fn assert_secret_in_no_file(dir: &Path, except: &str) {
     assert!(seen > 3, "only {seen} files under {}", dir.display());
 }
 
+/// Y's audit events of requests that called the proxy record its answer class (never data):
+/// `ok` for the admin's Encrypt, the proxy's refusal for user1's.
+fn assert_proxy_answers_audited(y_dir: &Path) {
+    let answers: Vec<(String, String, String)> = events(y_dir)
+        .iter()
+        .filter_map(|e| {
+            let answer = e["additionalEventData"]["xksProxyAnswer"].as_str()?;
+            Some((
+                e["eventName"].as_str().unwrap_or_default().to_string(),
+                e["userIdentity"]["arn"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                answer.to_string(),
+            ))
+        })
+        .collect();
+    let has = |op: &str, who: &str, answer: &str| {
+        answers
+            .iter()
+            .any(|(o, w, a)| o == op && w == who && a == answer)
+    };
+    assert!(has("Encrypt", ADMIN, "ok"), "{answers:?}");
+    assert!(has("CreateKey", ADMIN, "ok"), "{answers:?}");
+    assert!(
+        has("Encrypt", USER1, "AccessDeniedException"),
+        "{answers:?}"
+    );
+    assert!(
+        has("Encrypt", ADMIN, "InvalidStateException"),
+        "{answers:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_uses_the_first_as_its_external_key_store() {
     let (x_dir, y_dir) = (data_dir("xks-x"), data_dir("xks-y"));
@@ -449,6 +483,7 @@ async fn a_second_daemon_uses_the_first_as_its_external_key_store() {
     y.shutdown().await.expect("Y stops");
     x.shutdown().await.expect("X stops");
     assert_secret_in_no_file(&y_dir, "xks.json");
+    assert_proxy_answers_audited(&y_dir);
     // X's own credentials file holds the secret by design; nothing else of X's may.
     assert_secret_in_no_file(&x_dir, "xks-creds.json");
 }

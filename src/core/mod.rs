@@ -436,6 +436,11 @@ impl Kms {
     /// the account has none so named, CustomKeyStoreInvalidStateException unless `CONNECTED`.
     pub(crate) fn connected_store(&self, caller: &Caller, id: &str) -> Result<Arc<Hsm>, KmsError> {
         let store = self.own_store(caller, id)?;
+        if store.is_external() {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "Custom key store {id} is an external key store: it has no device of its own."
+            )));
+        }
         store.connected_hsm().ok_or_else(|| {
             KmsError::CustomKeyStoreInvalidState(format!(
                 "Custom key store {id} is {}: it must be CONNECTED.",

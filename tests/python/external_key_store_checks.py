@@ -202,7 +202,16 @@ def crypto(admin, key_id):
     check(d["Plaintext"] == dk["Plaintext"] and len(dk["Plaintext"]) == 32, "data key")
     wp = admin.generate_data_key_without_plaintext(KeyId=key_id, NumberOfBytes=64)
     check(len(admin.decrypt(CiphertextBlob=wp["CiphertextBlob"])["Plaintext"]) == 64, "64 B")
+    pair = admin.generate_data_key_pair(KeyId=key_id, KeyPairSpec="ECC_NIST_P256")
+    d = admin.decrypt(CiphertextBlob=pair["PrivateKeyCiphertextBlob"])
+    check(d["Plaintext"] == pair["PrivateKeyPlaintext"], "data key pair")
+    expect_error(admin, "UnsupportedOperationException", admin.generate_random,
+                 NumberOfBytes=16, CustomKeyStoreId=key_store_of(admin, key_id))
     return plaintext, blob
+
+
+def key_store_of(admin, key_id):
+    return admin.describe_key(KeyId=key_id)["KeyMetadata"]["CustomKeyStoreId"]
 
 
 def phase_create():
