@@ -119,12 +119,16 @@ impl CheckReport {
     /// The custom key stores and the objects left on their devices.
     fn render_key_stores(&self, out: &mut String) {
         for k in &self.key_stores {
+            let place = match &k.xks {
+                Some(x) => format!("external, proxy {}{}", x.endpoint, x.uri_path),
+                None => format!("on cluster {}", k.cluster_id),
+            };
             let _ = writeln!(
                 out,
-                "custom key store {} ('{}') on cluster {}: {}",
+                "custom key store {} ('{}') {}: {}",
                 k.store_id,
                 k.name,
-                k.cluster_id,
+                place,
                 if k.connect {
                     "connected by the key administrators (the daemon reconnects it)"
                 } else {

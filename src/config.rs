@@ -105,6 +105,19 @@ pub struct Config {
     /// The XKS door (AWS KMS's external key store proxy API); off unless enabled.
     #[serde(default)]
     pub xks: xks::XksConfig,
+    /// How external key stores reach their XKS proxies.
+    #[serde(default)]
+    pub xks_client: XksClientConfig,
+}
+
+/// `[xks_client]`: the outbound side of `EXTERNAL_KEY_STORE` custom key stores.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XksClientConfig {
+    /// PEM CA certificates an `https://` proxy's certificate must chain to (the only roots
+    /// trusted for proxies). Without it only `http://` proxies on a loopback address can be
+    /// reached.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[server]`: the gRPC listener and its TLS files.
@@ -538,6 +551,9 @@ impl Config {
             fix(p);
         }
         self.xks.resolve_paths(fix);
+        if let Some(p) = &mut self.xks_client.ca_file {
+            fix(p);
+        }
         for a in &mut self.identity.account {
             fix(&mut a.authorization_details);
             for g in &mut a.guardrails {

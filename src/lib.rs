@@ -9,7 +9,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the TOML config file: typed, validated before any port is bound, secrets from file or env (`config::xks`: the XKS door's key stores and their credential files) |
-//! | [`core`] | the operations, one file per family (`keys`, `usage`, `aliases`, `tags`, `policies`, `crypto`, `asym`, `grants`, `rotation`, `import`, `explain`, `sts`, `xks`: the XKS proxy API's operations, with `xks_health`: its deep, cached health check of every backing HSM), each in one shape (`operation`: request, response, audit parameters), and the custom key stores (`keystores`: the six store operations; `connections`: each store's device and connection life cycle, the password sealed on the default HSM); the typed domain (`domain`, `algorithms`), key resolution, the authorizer seam, `KmsError` |
+//! | [`core`] | the operations, one file per family (`keys`, `usage`, `aliases`, `tags`, `policies`, `crypto`, `asym`, `grants`, `rotation`, `import`, `explain`, `sts`, `xks`: the XKS proxy API's operations, with `xks_health`: its deep, cached health check of every backing HSM), each in one shape (`operation`: request, response, audit parameters), and the custom key stores (`keystores`: the six store operations; `connections`: each store's device or proxy and connection life cycle, the password sealed on the default HSM; `external`: external key stores' members, the proxy's failures mapped to AWS answers, their keys' double encryption); the typed domain (`domain`, `algorithms`), key resolution, the authorizer seam, `KmsError` |
 //! | [`policy`] | the pure policy language: parsing, compilation, conditions, evaluation with a trace |
 //! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
 //! | [`metrics`] | Prometheus metrics: requests, latencies, HSM calls and queue, decisions, audit |
@@ -21,6 +21,7 @@
 //! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
 //! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
 //! | [`client`] | the gRPC client used by the CLI's client commands |
+//! | [`xks_client`] | the outbound XKS proxy client of `EXTERNAL_KEY_STORE` custom key stores: SigV4-signed calls to a proxy's health, metadata, encrypt and decrypt, pooled, 250 ms each, typed errors |
 //! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |
 //! | [`pb`] | generated protobuf/gRPC types for `p11kms.v1` |
 //! | [`time`] | civil dates and UTC timestamp formats (ISO 8601, SigV4's `X-Amz-Date`): the one converter |
@@ -55,6 +56,7 @@ pub mod server;
 pub mod store;
 pub mod time;
 pub mod wire_enum;
+pub mod xks_client;
 
 /// Generated protobuf and gRPC types of the `p11kms.v1` package.
 pub mod pb {

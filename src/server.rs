@@ -24,7 +24,7 @@ use crate::api::http::{DoorDeps, DoorStartError, RunningDoor, DRAIN_TIMEOUT};
 use crate::api::listener::{tls_incoming, Limits, Registry, TrackedLayer};
 use crate::audit::{export_public_key, AuditLog, CheckpointSigner, HsmCheckpointSigner};
 use crate::config::{Config, ConfigError};
-use crate::core::connections::{Cluster, ClusterSetup};
+use crate::core::connections::{Cluster, ClusterSetup, XksClientSetup};
 use crate::core::keystores::ConnectionState;
 use crate::core::{Clock, Kms, KmsError, KmsSettings, SystemClock};
 use crate::hsm::{Hsm, HsmError};
@@ -619,6 +619,23 @@ fn cluster_setup(config: &Config) -> Result<ClusterSetup, ServerError> {
     Ok(ClusterSetup {
         clusters,
         pool: config.hsm_config()?,
+        xks: xks_client_setup(config)?,
+    })
+}
+
+/// `[xks_client]`: the CA certificates proxies of external key stores are checked against,
+/// and the region their requests are signed for.
+fn xks_client_setup(config: &Config) -> Result<XksClientSetup, ServerError> {
+    let pem = match &config.xks_client.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            ServerError::Tls(format!("xks_client.ca_file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    let tls = crate::xks_client::tls_config(pem.as_deref()).map_err(ServerError::Tls)?;
+    Ok(XksClientSetup {
+        tls,
+        region: config.kms.region.clone(),
     })
 }
 

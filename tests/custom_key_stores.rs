@@ -55,6 +55,7 @@ async fn create_store(
         trust_anchor_certificate: cluster.anchor_pem.clone(),
         key_store_password: cluster.password.clone(),
         custom_key_store_type: String::new(),
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner().custom_key_store_id)
@@ -608,6 +609,7 @@ async fn a_denied_store_operation_makes_no_hsm_call_and_no_change() {
         trust_anchor_certificate: a.anchor_pem.clone(),
         key_store_password: a.password.clone(),
         custom_key_store_type: String::new(),
+        ..Default::default()
     };
     let id = || store.clone();
     let denied = [

@@ -687,7 +687,7 @@ async fn health_checks_every_backing_hsm_and_reuses_a_fresh_check() {
             cloud_hsm_cluster_id: c.id.clone(),
             trust_anchor_certificate: c.anchor_pem.clone(),
             key_store_password: c.password.clone(),
-            custom_key_store_type: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create the store")

@@ -375,6 +375,9 @@ impl Gate {
             ev.add_key_resource(arn, account);
         }
         ev.key_version = rec.key_version;
+        if let Some(answer) = rec.xks_proxy_answer {
+            ev.additional_event_data = Some(serde_json::json!({ "xksProxyAnswer": answer }));
+        }
         match &result {
             Ok(r) => {
                 let v = response_elements(r);

@@ -1123,6 +1123,7 @@ async fn connect_key_store(conn: &Conn, world: &World) -> Result<String, String>
                 trust_anchor_certificate: anchor,
                 key_store_password: pin.expose().to_owned(),
                 custom_key_store_type: String::new(),
+                ..Default::default()
             },
             "CreateCustomKeyStore",
         ))

@@ -69,13 +69,16 @@ pub struct CreateArgs {
     /// ENCRYPT_DECRYPT (default), SIGN_VERIFY or GENERATE_VERIFY_MAC.
     #[arg(long)]
     key_usage: Option<String>,
-    /// AWS_KMS (default), EXTERNAL (bring your own key material) or AWS_CLOUDHSM (the
-    /// default with --custom-key-store-id).
+    /// AWS_KMS (default), EXTERNAL (bring your own key material), AWS_CLOUDHSM (the default
+    /// with --custom-key-store-id) or EXTERNAL_KEY_STORE (the default with --xks-key-id).
     #[arg(long)]
     origin: Option<String>,
     /// Create the key in this custom key store (which must be CONNECTED).
     #[arg(long)]
     custom_key_store_id: Option<String>,
+    /// The external key (its id on the XKS proxy) backing a key in an external key store.
+    #[arg(long, requires = "custom_key_store_id")]
+    xks_key_id: Option<String>,
     /// Tag pair, repeatable.
     #[arg(long = "tag", value_parser = parse_pair)]
     tags: Vec<(String, String)>,
@@ -145,8 +148,13 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
         policy: read_optional(args.policy_file)?,
         key_spec: args.key_spec.unwrap_or_default(),
         key_usage: args.key_usage.unwrap_or_default(),
-        origin: origin(args.origin, args.custom_key_store_id.is_some()),
+        origin: origin(
+            args.origin,
+            args.custom_key_store_id.is_some(),
+            args.xks_key_id.is_some(),
+        ),
         custom_key_store_id: args.custom_key_store_id.unwrap_or_default(),
+        xks_key_id: args.xks_key_id.unwrap_or_default(),
         tags: pb_tags(args.tags),
         ..Default::default()
     };
@@ -154,11 +162,13 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
     print_metadata(r.key_metadata)
 }
 
-/// The origin sent: the one given, else AWS_CLOUDHSM for a key in a custom key store, else
-/// none (the daemon's default, AWS_KMS).
-fn origin(given: Option<String>, in_key_store: bool) -> String {
+/// The origin sent: the one given, else EXTERNAL_KEY_STORE for a key with an external key,
+/// AWS_CLOUDHSM for another key in a custom key store, else none (the daemon's default,
+/// AWS_KMS).
+fn origin(given: Option<String>, in_key_store: bool, external: bool) -> String {
     match given {
         Some(o) => o,
+        None if external => "EXTERNAL_KEY_STORE".into(),
         None if in_key_store => "AWS_CLOUDHSM".into(),
         None => String::new(),
     }

@@ -1,10 +1,11 @@
 //! `p11kms key-store ...`: create, connect, disconnect, update, delete and describe custom key
-//! stores (CloudHSM-type stores on the operator's `[[hsm.cluster]]` devices), printed as the
-//! AWS CLI prints the same operations: JSON for create and describe, nothing otherwise.
+//! stores (CloudHSM-type stores on the operator's `[[hsm.cluster]]` devices, and external key
+//! stores reached through an XKS proxy), printed as the AWS CLI prints the same operations:
+//! JSON for create and describe, nothing otherwise.
 //!
-//! The key store password (the token's user PIN) never comes from argv, where other users
-//! can read it: it is read from a file or a named environment variable into a zeroizing
-//! string.
+//! The key store password (the token's user PIN) and the XKS proxy's secret access key never
+//! come from argv, where other users can read them: they are read from a file or a named
+//! environment variable into a zeroizing string.
 
 use std::path::PathBuf;
 
@@ -57,20 +58,55 @@ pub struct PasswordSource {
     password_env: Option<String>,
 }
 
+/// The kind of store `key-store create` makes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreType {
+    /// `AWS_CLOUDHSM`: a `[[hsm.cluster]]` device.
+    #[default]
+    Cloudhsm,
+    /// `EXTERNAL_KEY_STORE`: an XKS proxy.
+    External,
+}
+
+/// An external store's proxy settings (`--type external`, and `update`).
+#[derive(Args, Debug)]
+pub struct XksArgs {
+    /// The proxy's `XksProxyUriEndpoint` (`https://host`, or `http://` to a loopback address).
+    #[arg(long)]
+    xks_endpoint: Option<String>,
+    /// The proxy's `XksProxyUriPath` (`[/prefix]/kms/xks/v1`).
+    #[arg(long)]
+    xks_path: Option<String>,
+    /// The access key id of the proxy credential.
+    #[arg(long)]
+    xks_access_key_id: Option<String>,
+    /// A file holding the proxy credential's secret access key.
+    #[arg(long, conflicts_with = "xks_secret_env")]
+    xks_secret_file: Option<PathBuf>,
+    /// The name of an environment variable holding the secret access key.
+    #[arg(long)]
+    xks_secret_env: Option<String>,
+}
+
 /// `key-store create`'s options.
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// The store's name (unique in the account).
     #[arg(long)]
     name: String,
-    /// The `[[hsm.cluster]]` id (`cluster-` plus 11 characters).
+    /// The kind of store.
+    #[arg(long = "type", value_enum, default_value_t)]
+    store_type: StoreType,
+    /// The `[[hsm.cluster]]` id (`cluster-` plus 11 characters; `--type cloudhsm`).
     #[arg(long)]
-    cluster_id: String,
-    /// The cluster's trust anchor certificate (PEM file).
+    cluster_id: Option<String>,
+    /// The cluster's trust anchor certificate (PEM file; `--type cloudhsm`).
     #[arg(long)]
-    trust_anchor_file: PathBuf,
+    trust_anchor_file: Option<PathBuf>,
     #[command(flatten)]
     password: PasswordSource,
+    #[command(flatten)]
+    xks: XksArgs,
 }
 
 /// `key-store update`'s options.
@@ -84,6 +120,8 @@ pub struct UpdateArgs {
     cluster_id: Option<String>,
     #[command(flatten)]
     password: PasswordSource,
+    #[command(flatten)]
+    xks: XksArgs,
 }
 
 /// Runs a `key-store` subcommand: the session first, then the call.
@@ -121,14 +159,23 @@ pub async fn run(conn: Conn, command: KeyStoreCommand) -> Result<(), String> {
 
 /// `key-store create`: `{"CustomKeyStoreId": ...}`.
 async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
-    let password = read_password(&args.password)?
-        .ok_or("give the key store password with --password-file FILE or --password-env VAR")?;
-    let request = pb::CreateCustomKeyStoreRequest {
-        custom_key_store_name: args.name,
-        cloud_hsm_cluster_id: args.cluster_id,
-        trust_anchor_certificate: read_text(&args.trust_anchor_file)?,
-        key_store_password: password.to_string(),
-        custom_key_store_type: String::new(),
+    let request = match args.store_type {
+        StoreType::External => external_create(args)?,
+        StoreType::Cloudhsm => {
+            let password = read_password(&args.password)?.ok_or(
+                "give the key store password with --password-file FILE or --password-env VAR",
+            )?;
+            let (Some(cluster_id), Some(anchor)) = (args.cluster_id, args.trust_anchor_file) else {
+                return Err("give --cluster-id and --trust-anchor-file".into());
+            };
+            pb::CreateCustomKeyStoreRequest {
+                custom_key_store_name: args.name,
+                cloud_hsm_cluster_id: cluster_id,
+                trust_anchor_certificate: read_text(&anchor)?,
+                key_store_password: password.to_string(),
+                ..Default::default()
+            }
+        }
     };
     let mut c = sess.kms();
     let call = c.create_custom_key_store(sess.k("CreateCustomKeyStore", request));
@@ -140,11 +187,16 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
 /// `key-store update`: only the members given are sent.
 async fn update(sess: &Session, args: UpdateArgs) -> Result<(), String> {
     let password = read_password(&args.password)?.unwrap_or_default();
+    let xks = xks_fields(&args.xks)?;
     let request = pb::UpdateCustomKeyStoreRequest {
         custom_key_store_id: args.id,
         new_custom_key_store_name: args.new_name.unwrap_or_default(),
         key_store_password: password.to_string(),
         cloud_hsm_cluster_id: args.cluster_id.unwrap_or_default(),
+        xks_proxy_uri_endpoint: xks.0,
+        xks_proxy_uri_path: xks.1,
+        xks_proxy_authentication_credential: xks.2,
+        ..Default::default()
     };
     let mut c = sess.kms();
     let call = c.update_custom_key_store(sess.k("UpdateCustomKeyStore", request));
@@ -178,10 +230,71 @@ async fn describe(sess: &Session, id: Option<String>, name: Option<String>) -> R
     Ok(())
 }
 
+/// `key-store create --type external`: the proxy settings, the secret from its file or
+/// variable, connectivity `PUBLIC_ENDPOINT`.
+fn external_create(args: CreateArgs) -> Result<pb::CreateCustomKeyStoreRequest, String> {
+    if args.cluster_id.is_some() || args.trust_anchor_file.is_some() {
+        return Err("--cluster-id and --trust-anchor-file are for --type cloudhsm".into());
+    }
+    let (endpoint, path, credential) = xks_fields(&args.xks)?;
+    if endpoint.is_empty() || path.is_empty() || credential.is_none() {
+        return Err("give --xks-endpoint, --xks-path, --xks-access-key-id and \
+                    --xks-secret-file FILE or --xks-secret-env VAR"
+            .into());
+    }
+    Ok(pb::CreateCustomKeyStoreRequest {
+        custom_key_store_name: args.name,
+        custom_key_store_type: "EXTERNAL_KEY_STORE".into(),
+        xks_proxy_uri_endpoint: endpoint,
+        xks_proxy_uri_path: path,
+        xks_proxy_authentication_credential: credential,
+        xks_proxy_connectivity: "PUBLIC_ENDPOINT".into(),
+        ..Default::default()
+    })
+}
+
+/// The endpoint, path and credential given (empty and `None` when not); a credential needs
+/// both its access key id and its secret.
+fn xks_fields(
+    a: &XksArgs,
+) -> Result<(String, String, Option<pb::XksProxyAuthenticationCredential>), String> {
+    let secret = read_secret(a.xks_secret_file.as_deref(), a.xks_secret_env.as_deref())?;
+    let credential = match (&a.xks_access_key_id, secret) {
+        (Some(id), Some(secret)) => Some(pb::XksProxyAuthenticationCredential {
+            access_key_id: id.clone(),
+            raw_secret_access_key: secret.to_string(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(
+                "give --xks-access-key-id together with --xks-secret-file or --xks-secret-env"
+                    .into(),
+            )
+        }
+    };
+    Ok((
+        a.xks_endpoint.clone().unwrap_or_default(),
+        a.xks_path.clone().unwrap_or_default(),
+        credential,
+    ))
+}
+
 /// The password from its file (one trailing newline dropped) or its environment variable;
 /// `None` when neither is given.
 fn read_password(source: &PasswordSource) -> Result<Option<Zeroizing<String>>, String> {
-    if let Some(path) = &source.password_file {
+    read_secret(
+        source.password_file.as_deref(),
+        source.password_env.as_deref(),
+    )
+}
+
+/// A secret from its file (one trailing newline dropped) or its environment variable; `None`
+/// when neither is given.
+fn read_secret(
+    file: Option<&std::path::Path>,
+    var: Option<&str>,
+) -> Result<Option<Zeroizing<String>>, String> {
+    if let Some(path) = file {
         let mut text = Zeroizing::new(read_text(path)?);
         if text.ends_with('\n') {
             text.pop();
@@ -191,7 +304,7 @@ fn read_password(source: &PasswordSource) -> Result<Option<Zeroizing<String>>, S
         }
         return Ok(Some(text));
     }
-    match &source.password_env {
+    match var {
         Some(var) => std::env::var(var)
             .map(|v| Some(Zeroizing::new(v)))
             .map_err(|_| format!("the environment variable {var} is not set (or not UTF-8)")),

@@ -759,6 +759,7 @@ impl Kms {
     ) -> Result<ReSource, KmsError> {
         let Some(hash) = src_hash else {
             let opened = self.open_re_encrypt_source(caller, req, dest)?;
+            super::external::not_with_rsa(&opened.resolved.key)?;
             return Ok(ReSource::Gcm(opened));
         };
         let key_id = required_key(
@@ -807,6 +808,7 @@ impl Kms {
         match (dest_ctx, dst_alg.oaep_hash()) {
             (Some(ctx), _) => {
                 check_symmetric_usage(dest)?;
+                super::external::not_with_rsa(&dest.key)?;
                 Ok(ReTarget::Gcm(ctx))
             }
             (None, Some(hash)) => Ok(ReTarget::Rsa {
@@ -1011,10 +1013,20 @@ impl Kms {
             sealed,
         } = self
             .hsm
-            .generate_data_key_pair(pair, object, aad_builder(object, canonical_ctx))
+            .generate_data_key_pair(pair, object, aad_builder(object, canonical_ctx.clone()))
+            .await?;
+        let private_key_ciphertext_blob = self
+            .finish_blob(
+                caller,
+                &resolved.key,
+                action,
+                object,
+                &canonical_ctx,
+                sealed,
+            )
             .await?;
         Ok(GenerateDataKeyPairResponse {
-            private_key_ciphertext_blob: blob_from(object, &sealed),
+            private_key_ciphertext_blob,
             private_key_plaintext: pkcs8,
             public_key,
             key_id: resolved.key.arn.clone(),

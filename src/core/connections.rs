@@ -23,6 +23,7 @@ use super::service::{KeyStoreChange, ServiceAction, ServiceEventName, ServiceEve
 use super::{Clock, KmsError};
 use crate::hsm::{Hsm, HsmConfig, HsmError, ObjectId, OpenFailure, Pin};
 use crate::store::KeyStoreRecord;
+use crate::xks_client::XksProxyClient;
 
 /// The sealing key of store passwords on the default store's token: an AES-256 key with the
 /// CMK template (sensitive, never extractable, encrypt and decrypt only). Its key-id bytes
@@ -58,6 +59,26 @@ pub struct ClusterSetup {
     pub clusters: Vec<Cluster>,
     /// The pool settings (its module, token and PIN are replaced per store).
     pub pool: HsmConfig,
+    /// How external key stores reach their proxies (`[xks_client]`).
+    pub xks: XksClientSetup,
+}
+
+/// `[xks_client]` made ready: the TLS trust for proxies and the SigV4 region.
+#[derive(Clone)]
+pub struct XksClientSetup {
+    /// The operator's CA certificates (`ca_file`), the only roots proxies are checked
+    /// against.
+    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// The region requests are signed for (`[kms] region`).
+    pub region: String,
+}
+
+impl std::fmt::Debug for XksClientSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XksClientSetup")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A store's connection: its state, the error of a failed one, its device while connected.
@@ -65,6 +86,8 @@ struct Connection {
     state: ConnectionState,
     error: Option<ConnectionErrorCode>,
     hsm: Option<Arc<Hsm>>,
+    /// An external store's proxy client while connected.
+    proxy: Option<Arc<XksProxyClient>>,
     /// Bumped by every connect and disconnect: a connection attempt that finds it changed
     /// was overtaken, and closes what it opened.
     attempt: u64,
@@ -97,6 +120,7 @@ impl StoreHandle {
                 state: ConnectionState::Disconnected,
                 error: None,
                 hsm: None,
+                proxy: None,
                 attempt: 0,
                 retry: None,
             }),
@@ -123,6 +147,23 @@ impl StoreHandle {
     pub fn state(&self) -> (ConnectionState, Option<ConnectionErrorCode>) {
         let c = self.conn();
         (c.state, c.error)
+    }
+
+    /// Whether this is an `EXTERNAL_KEY_STORE` store.
+    pub fn is_external(&self) -> bool {
+        self.record
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .xks
+            .is_some()
+    }
+
+    /// An external store's proxy client while it is `CONNECTED`.
+    pub fn connected_proxy(&self) -> Option<Arc<XksProxyClient>> {
+        let c = self.conn();
+        (c.state == ConnectionState::Connected)
+            .then(|| c.proxy.clone())
+            .flatten()
     }
 
     /// The store's device while it is `CONNECTED`.
@@ -173,6 +214,11 @@ impl KeyStores {
     /// Declares the configured clusters (once; without it no cluster exists).
     pub(crate) fn configure(&self, setup: ClusterSetup) {
         let _ = self.setup.set(setup);
+    }
+
+    /// How external stores reach their proxies (`None` until configured).
+    pub(crate) fn xks_setup(&self) -> Option<XksClientSetup> {
+        self.setup.get().map(|s| s.xks.clone())
     }
 
     /// The configured cluster `id`.
@@ -256,8 +302,8 @@ impl KeyStores {
         Ok(blob)
     }
 
-    /// Opens a sealed password of store `store_id`.
-    async fn unseal(&self, store_id: &str, blob: &[u8]) -> Result<Pin, KmsError> {
+    /// Opens a sealed password (or proxy secret) of store `store_id`.
+    pub(crate) async fn unseal(&self, store_id: &str, blob: &[u8]) -> Result<Pin, KmsError> {
         let (iv, ct) = blob.split_at_checked(12).ok_or_else(|| {
             KmsError::Internal(format!("the sealed password of {store_id} is malformed"))
         })?;
@@ -295,7 +341,10 @@ impl KeyStores {
         };
         let (me, handle) = (self.clone(), handle.clone());
         tokio::spawn(async move {
-            let opened = me.open_store(&handle).await;
+            let opened = match handle.is_external() {
+                true => me.open_proxy(&handle).await.map(Opened::Proxy),
+                false => me.open_store(&handle).await.map(Opened::Device),
+            };
             me.finish_connect(&handle, attempt, opened).await;
         });
     }
@@ -329,21 +378,59 @@ impl KeyStores {
         }
     }
 
+    /// An external store's proxy client, its health checked as AWS checks it on connect.
+    async fn open_proxy(
+        &self,
+        handle: &StoreHandle,
+    ) -> Result<Arc<XksProxyClient>, ConnectionErrorCode> {
+        let record = handle.record();
+        let client = self.proxy_client(&record).await.map_err(|e| {
+            tracing::error!(store = %record.store_id, error = %e, "cannot make the store's proxy client");
+            ConnectionErrorCode::InternalError
+        })?;
+        let client = Arc::new(client);
+        let meta = super::external::health_metadata("ConnectCustomKeyStore");
+        match client.health(&meta).await {
+            Ok(()) => Ok(client),
+            Err(e) => Err(super::external::connection_code(&record.store_id, &e)),
+        }
+    }
+
+    /// The proxy client of an external store's record: its credential unsealed.
+    pub(crate) async fn proxy_client(
+        &self,
+        record: &KeyStoreRecord,
+    ) -> Result<XksProxyClient, KmsError> {
+        let (Some(xks), Some(setup)) = (&record.xks, self.setup.get()) else {
+            return Err(KmsError::Internal(format!(
+                "{} is not an external key store, or [xks_client] is not set up",
+                record.store_id
+            )));
+        };
+        let secret = self.unseal(&record.store_id, &xks.sealed_secret).await?;
+        super::external::client_for(xks, secret, &setup.xks)
+    }
+
     async fn finish_connect(
         &self,
         handle: &StoreHandle,
         attempt: u64,
-        opened: Result<Arc<Hsm>, ConnectionErrorCode>,
+        opened: Result<Opened, ConnectionErrorCode>,
     ) {
         let stale = {
             let mut c = handle.conn();
             if c.attempt != attempt {
-                opened.as_ref().ok().cloned()
+                opened.ok()
             } else {
                 match opened {
-                    Ok(hsm) => {
+                    Ok(Opened::Device(hsm)) => {
                         c.state = ConnectionState::Connected;
                         c.hsm = Some(hsm);
+                        c.retry = None;
+                    }
+                    Ok(Opened::Proxy(proxy)) => {
+                        c.state = ConnectionState::Connected;
+                        c.proxy = Some(proxy);
                         c.retry = None;
                     }
                     Err(code) => {
@@ -357,7 +444,8 @@ impl KeyStores {
         };
         match stale {
             // A disconnect overtook this attempt: close what it opened.
-            Some(hsm) => close(hsm).await,
+            Some(Opened::Device(hsm)) => close(hsm).await,
+            Some(Opened::Proxy(_)) => {}
             None => self.report(handle).await,
         }
     }
@@ -374,6 +462,7 @@ impl KeyStores {
             c.state = ConnectionState::Disconnecting;
             c.error = None;
             c.retry = None;
+            c.proxy = None;
             (c.attempt, c.hsm.take())
         };
         let (me, h) = (self.clone(), handle.clone());
@@ -399,19 +488,50 @@ impl KeyStores {
     /// `FAILED` with `NETWORK_ERRORS`; a store failed so is reconnected when its wait is over.
     pub async fn watch_once(self: &Arc<Self>) {
         for handle in self.all() {
-            let (state, hsm, due) = {
+            let (state, hsm, proxy, due) = {
                 let c = handle.conn();
                 let due = c.retry.is_some_and(|(at, _)| at <= Instant::now());
-                (c.state, c.hsm.clone(), due)
+                (c.state, c.hsm.clone(), c.proxy.clone(), due)
             };
             match (state, hsm) {
                 (ConnectionState::Connected, Some(hsm)) => self.probe(&handle, hsm).await,
+                (ConnectionState::Connected, None) if proxy.is_some() => {
+                    self.probe_proxy(&handle, proxy).await
+                }
                 (ConnectionState::Failed, _) if due && handle.record().connect => {
                     tracing::info!(store = %handle.record().store_id, "reconnecting custom key store");
                     self.start_connect(&handle);
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The watch's health check of a connected external store: a failed one makes the store
+    /// `FAILED` with the failure's code (retried by itself when the proxy may come back).
+    async fn probe_proxy(&self, handle: &StoreHandle, proxy: Option<Arc<XksProxyClient>>) {
+        let Some(proxy) = proxy else {
+            return;
+        };
+        let meta = super::external::health_metadata("KmsHealthCheck");
+        let Err(e) = proxy.health(&meta).await else {
+            return;
+        };
+        proxy.forget_connections();
+        let code = super::external::connection_code(&handle.record().store_id, &e);
+        let failed = {
+            let mut c = handle.conn();
+            let same = c.proxy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &proxy));
+            if same && c.state == ConnectionState::Connected {
+                c.state = ConnectionState::Failed;
+                c.error = Some(code);
+                c.retry = retry_after(code, None);
+                c.proxy = None;
+            }
+            same
+        };
+        if failed {
+            self.report(handle).await;
         }
     }
 
@@ -498,13 +618,14 @@ fn store_action(
     }
 }
 
-/// The next automatic retry of a store failed with `code`: only a device that went away is
-/// retried by itself (a wrong or locked password needs the key administrator).
+/// The next automatic retry of a store failed with `code`: only a device or proxy that went
+/// away (or answered oddly) is retried by itself (a wrong or locked password, a refused
+/// credential or a bad configuration needs the key administrator).
 fn retry_after(
     code: ConnectionErrorCode,
     previous: Option<(Instant, Duration)>,
 ) -> Option<(Instant, Duration)> {
-    if code != ConnectionErrorCode::NetworkErrors {
+    if !code.is_transient() {
         return None;
     }
     let wait = previous.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
@@ -521,6 +642,12 @@ fn error_code(store_id: &str, e: &HsmError) -> ConnectionErrorCode {
         OpenFailure::DeviceGone => ConnectionErrorCode::NetworkErrors,
         OpenFailure::Other => ConnectionErrorCode::InternalError,
     }
+}
+
+/// What a connection attempt opened: a device, or an external store's proxy client.
+enum Opened {
+    Device(Arc<Hsm>),
+    Proxy(Arc<XksProxyClient>),
 }
 
 /// Waits for a disconnection ([`KeyStores::start_disconnect`]) to finish, at most

@@ -297,10 +297,24 @@ impl Kms {
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let sealed = self
             .device_of(&resolved.key)?
-            .encrypt_gcm(object, req.plaintext, aad_builder(object, canonical_ctx))
+            .encrypt_gcm(
+                object,
+                req.plaintext,
+                aad_builder(object, canonical_ctx.clone()),
+            )
+            .await?;
+        let ciphertext_blob = self
+            .finish_blob(
+                caller,
+                &resolved.key,
+                "kms:Encrypt",
+                object,
+                &canonical_ctx,
+                sealed,
+            )
             .await?;
         Ok(EncryptResponse {
-            ciphertext_blob: blob_from(object, &sealed),
+            ciphertext_blob,
             key_id: resolved.key.arn.clone(),
             encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
         })
@@ -439,7 +453,7 @@ impl Kms {
         }
         self.check_grant_tokens(&req.grant_tokens)?;
         check_algorithm(req.encryption_algorithm)?;
-        let opened = self.open_blob(
+        let mut opened = self.open_blob(
             caller,
             SourceBlob {
                 blob: &req.ciphertext_blob,
@@ -451,6 +465,7 @@ impl Kms {
             None,
         )?;
         super::end_dry_run(req.dry_run)?;
+        self.open_outer(caller, &mut opened, "Decrypt").await?;
         let plaintext = self
             .device_of(&opened.resolved.key)?
             .decrypt_gcm(
@@ -504,13 +519,24 @@ impl Kms {
         check_state(&dest.key, StateClass::Use)?;
         check_symmetric_usage(&dest)?;
         super::end_dry_run(req.dry_run)?;
+        self.open_outer(caller, &mut source, "ReEncrypt").await?;
         let dest_object = dest.key.current_object();
-        let dest_aad = aad_builder(dest_object, dest_ctx);
+        let dest_aad = aad_builder(dest_object, dest_ctx.clone());
         let sealed = self
             .reseal(&mut source, &dest, dest_object, dest_aad)
             .await?;
+        let ciphertext_blob = self
+            .finish_blob(
+                caller,
+                &dest.key,
+                "kms:ReEncrypt",
+                dest_object,
+                &dest_ctx,
+                sealed,
+            )
+            .await?;
         Ok(ReEncryptResponse {
-            ciphertext_blob: blob_from(dest_object, &sealed),
+            ciphertext_blob,
             source_key_id: source.resolved.key.arn.clone(),
             key_id: dest.key.arn.clone(),
             source_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault,
@@ -595,10 +621,20 @@ impl Kms {
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let (plaintext, sealed) = self
             .device_of(&resolved.key)?
-            .generate_data_key(object, n, aad_builder(object, canonical_ctx))
+            .generate_data_key(object, n, aad_builder(object, canonical_ctx.clone()))
+            .await?;
+        let ciphertext_blob = self
+            .finish_blob(
+                caller,
+                &resolved.key,
+                action,
+                object,
+                &canonical_ctx,
+                sealed,
+            )
             .await?;
         Ok(GenerateDataKeyResponse {
-            ciphertext_blob: blob_from(object, &sealed),
+            ciphertext_blob,
             plaintext,
             key_id: resolved.key.arn.clone(),
             key_material_id: key_material_id(object),

@@ -92,7 +92,27 @@ pub enum KmsError {
     /// The trust anchor certificate is not the configured cluster's.
     #[error("{0}")]
     IncorrectTrustAnchor(String),
+    /// One of the exceptions of external key stores and their keys (`XksProxy*`, `XksKey*`).
+    #[error("{1}")]
+    Xks(XksException, String),
 }
+
+crate::wire_enum::wire_enum!(
+    /// The exceptions AWS defines for external key stores (CreateCustomKeyStore,
+    /// UpdateCustomKeyStore) and the keys in them (CreateKey).
+    XksException {
+        UriInUse = "XksProxyUriInUseException",
+        UriEndpointInUse = "XksProxyUriEndpointInUseException",
+        UriUnreachable = "XksProxyUriUnreachableException",
+        IncorrectAuthenticationCredential = "XksProxyIncorrectAuthenticationCredentialException",
+        InvalidResponse = "XksProxyInvalidResponseException",
+        InvalidConfiguration = "XksProxyInvalidConfigurationException",
+        VpcEndpointServiceNotFound = "XksProxyVpcEndpointServiceNotFoundException",
+        KeyNotFound = "XksKeyNotFoundException",
+        KeyInvalidConfiguration = "XksKeyInvalidConfigurationException",
+        KeyAlreadyInUse = "XksKeyAlreadyInUseException",
+    }
+);
 
 impl KmsError {
     /// The AWS exception name, as it appears in `__type` and in gRPC `ErrorInfo.reason`.
@@ -135,6 +155,7 @@ impl KmsError {
             KmsError::CloudHsmClusterInUse(_) => "CloudHsmClusterInUseException",
             KmsError::CloudHsmClusterNotRelated(_) => "CloudHsmClusterNotRelatedException",
             KmsError::IncorrectTrustAnchor(_) => "IncorrectTrustAnchorException",
+            KmsError::Xks(e, _) => e.as_str(),
         }
     }
 

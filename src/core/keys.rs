@@ -75,8 +75,11 @@ pub struct CreateKeyRequest {
     pub bypass_policy_lockout_safety_check: bool,
     pub tags: Vec<Tag>,
     pub multi_region: bool,
-    /// The custom key store to create the key in (with `Origin: AWS_CLOUDHSM`).
+    /// The custom key store to create the key in (with `Origin: AWS_CLOUDHSM` or
+    /// `EXTERNAL_KEY_STORE`).
     pub custom_key_store_id: Option<String>,
+    /// The external key backing a key of origin `EXTERNAL_KEY_STORE`.
+    pub xks_key_id: Option<String>,
 }
 
 /// CreateKey output: the new key's metadata.
@@ -176,6 +179,8 @@ pub struct KeyMetadata {
     pub custom_key_store_id: Option<String>,
     /// Keys in a custom key store: its cluster.
     pub cloud_hsm_cluster_id: Option<String>,
+    /// Keys in an external key store: their external key.
+    pub xks_key_configuration: Option<super::external::XksKeyConfiguration>,
 }
 
 /// One ListKeys entry.
@@ -212,6 +217,8 @@ request_parameters! {
         policy,
         tags,
         multi_region,
+        custom_key_store_id,
+        xks_key_id,
     };
     DescribeKeyRequest { key_id, grant_tokens };
     ListKeysRequest { page };
@@ -304,22 +311,28 @@ impl KeyChoice {
                     "Origin EXTERNAL is not supported for KeySpec {spec} by this p11kms build."
                 )))
             }
-            Origin::AwsCloudhsm if req.custom_key_store_id.is_none() => {
-                return Err(KmsError::Validation(
-                    "Origin AWS_CLOUDHSM needs a CustomKeyStoreId.".into(),
-                ))
+            Origin::AwsCloudhsm | Origin::ExternalKeyStore if req.custom_key_store_id.is_none() => {
+                return Err(KmsError::Validation(format!(
+                    "Origin {origin} needs a CustomKeyStoreId."
+                )))
             }
-            Origin::AwsCloudhsm if spec != KeySpec::SymmetricDefault => {
+            Origin::AwsCloudhsm | Origin::ExternalKeyStore if spec != KeySpec::SymmetricDefault => {
                 return Err(KmsError::UnsupportedOperation(format!(
                     "KeySpec {spec} is not supported in a custom key store: only SYMMETRIC_DEFAULT."
                 )))
             }
             Origin::AwsCloudhsm => {}
-            Origin::ExternalKeyStore => {
-                return Err(KmsError::UnsupportedOperation(format!(
-                    "Origin {origin} is not supported by this p11kms build yet."
-                )))
+            Origin::ExternalKeyStore if req.xks_key_id.is_none() => {
+                return Err(KmsError::Validation(
+                    "Origin EXTERNAL_KEY_STORE needs an XksKeyId.".into(),
+                ))
             }
+            Origin::ExternalKeyStore => {}
+        }
+        if req.xks_key_id.is_some() && origin != Origin::ExternalKeyStore {
+            return Err(KmsError::Validation(
+                "XksKeyId is valid only with Origin EXTERNAL_KEY_STORE.".into(),
+            ));
         }
         if req.multi_region {
             return Err(KmsError::UnsupportedOperation(
@@ -429,7 +442,15 @@ impl Kms {
             valid_to_ms: None,
             expiration_model: None,
             custom_key_store_id: r.custom_key_store_id.clone(),
-            cloud_hsm_cluster_id: key.store.as_ref().map(|s| s.record().cluster_id),
+            cloud_hsm_cluster_id: key
+                .store
+                .as_ref()
+                .filter(|s| !s.is_external())
+                .map(|s| s.record().cluster_id),
+            xks_key_configuration: r
+                .xks_key_id
+                .clone()
+                .map(|id| super::external::XksKeyConfiguration { id }),
         };
         if origin == Origin::External {
             let l = self.lifecycle_of(&r.key_id);
@@ -458,6 +479,9 @@ impl Kms {
         self.authorize_create(caller, &req, &choice)?;
         let custom_key_store_id =
             self.store_for_create(caller, req.custom_key_store_id.as_deref(), choice.origin)?;
+        if let (Some(store), Some(xks_key_id)) = (&custom_key_store_id, &req.xks_key_id) {
+            self.check_external_key(caller, store, xks_key_id).await?;
+        }
         if req.policy.is_some() {
             self.check_policy_principals(&compiled)?;
         }
@@ -476,6 +500,7 @@ impl Kms {
             current_version: 1,
             policy: policy_text,
             custom_key_store_id,
+            xks_key_id: req.xks_key_id.clone(),
         };
         if req.policy.is_some() && !req.bypass_policy_lockout_safety_check {
             self.creation_lockout_check(caller, &record, &compiled)?;
@@ -509,13 +534,19 @@ impl Kms {
         let Some(id) = id else {
             return Ok(None);
         };
-        self.own_store(caller, id)?;
-        if origin != Origin::AwsCloudhsm {
+        let store = self.own_store(caller, id)?;
+        let needed = match store.is_external() {
+            true => Origin::ExternalKeyStore,
+            false => Origin::AwsCloudhsm,
+        };
+        if origin != needed {
             return Err(KmsError::UnsupportedOperation(format!(
-                "A key in custom key store {id} needs Origin AWS_CLOUDHSM, not {origin}."
+                "A key in custom key store {id} needs Origin {needed}, not {origin}."
             )));
         }
-        self.connected_store(caller, id)?;
+        if !store.is_external() {
+            self.connected_store(caller, id)?;
+        }
         Ok(Some(id.to_string()))
     }
 
@@ -897,6 +928,7 @@ pub(crate) fn sample_metadata() -> KeyMetadata {
         expiration_model: None,
         custom_key_store_id: None,
         cloud_hsm_cluster_id: None,
+        xks_key_configuration: None,
     }
 }
 
@@ -1068,7 +1100,21 @@ mod tests {
             ),
             (
                 of(None, Some(Origin::ExternalKeyStore)),
-                "Origin EXTERNAL_KEY_STORE is not supported by this p11kms build yet.",
+                "Origin EXTERNAL_KEY_STORE needs a CustomKeyStoreId.",
+            ),
+            (
+                CreateKeyRequest {
+                    custom_key_store_id: Some("cks-1".into()),
+                    ..of(None, Some(Origin::ExternalKeyStore))
+                },
+                "Origin EXTERNAL_KEY_STORE needs an XksKeyId.",
+            ),
+            (
+                CreateKeyRequest {
+                    xks_key_id: Some("k1".into()),
+                    ..of(None, None)
+                },
+                "XksKeyId is valid only with Origin EXTERNAL_KEY_STORE.",
             ),
         ];
         for (req, want) in messages {

@@ -1,10 +1,12 @@
 //! Custom key stores: CreateCustomKeyStore, ConnectCustomKeyStore, DisconnectCustomKeyStore,
 //! UpdateCustomKeyStore, DeleteCustomKeyStore, DescribeCustomKeyStores.
 //!
-//! A custom key store (type `AWS_CLOUDHSM`) is one `[[hsm.cluster]]` PKCS#11 device that a
+//! A custom key store of type `AWS_CLOUDHSM` is one `[[hsm.cluster]]` PKCS#11 device that a
 //! key administrator registers with its password (the token's user PIN). Keys created in it
 //! (`Origin: AWS_CLOUDHSM`) live on that device; the connection life cycle is in
-//! [`super::connections`]. Every operation here is authorized by identity policy on `*`, as
+//! [`super::connections`]. A store of type `EXTERNAL_KEY_STORE` is an XKS proxy reached with
+//! a SigV4 credential; its members, checks and keys' double encryption are in
+//! [`super::external`]. Every operation here is authorized by identity policy on `*`, as
 //! in AWS, before anything is looked up, sealed or changed.
 
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::authz::AuthzRequest;
 use super::connections::{Cluster, StoreHandle};
+use super::external::{XksMembers, XksProxyConfiguration};
 use super::operation::{redacted_debug, request_parameters, response_elements, Empty, Page};
 use super::{validate, Kms, KmsError};
 use crate::identity::Caller;
@@ -36,15 +39,36 @@ wire_enum!(
 
 wire_enum!(
     /// Why a custom key store is `FAILED` (the model's `ConnectionErrorCodeType`: the values a
-    /// PKCS#11 device can cause).
+    /// PKCS#11 device or an XKS proxy can cause).
     ConnectionErrorCode {
         InvalidCredentials = "INVALID_CREDENTIALS",
         ClusterNotFound = "CLUSTER_NOT_FOUND",
         NetworkErrors = "NETWORK_ERRORS",
         InternalError = "INTERNAL_ERROR",
         UserLockedOut = "USER_LOCKED_OUT",
+        XksProxyAccessDenied = "XKS_PROXY_ACCESS_DENIED",
+        XksProxyNotReachable = "XKS_PROXY_NOT_REACHABLE",
+        XksProxyInvalidResponse = "XKS_PROXY_INVALID_RESPONSE",
+        XksProxyInvalidConfiguration = "XKS_PROXY_INVALID_CONFIGURATION",
+        XksProxyTimedOut = "XKS_PROXY_TIMED_OUT",
+        XksProxyInvalidTlsConfiguration = "XKS_PROXY_INVALID_TLS_CONFIGURATION",
     }
 );
+
+impl ConnectionErrorCode {
+    /// Whether the cause may go away by itself (a device or proxy that went away or answered
+    /// oddly): such a store is reconnected by the watch, and ConnectCustomKeyStore retries it
+    /// without a disconnection first.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ConnectionErrorCode::NetworkErrors
+                | ConnectionErrorCode::XksProxyNotReachable
+                | ConnectionErrorCode::XksProxyTimedOut
+                | ConnectionErrorCode::XksProxyInvalidResponse
+        )
+    }
+}
 
 wire_enum!(
     /// The kind of a custom key store (the model's `CustomKeyStoreType`).
@@ -54,8 +78,7 @@ wire_enum!(
     }
 );
 
-/// CreateCustomKeyStore input (the XKS members are refused by the doors until XKS stores
-/// exist).
+/// CreateCustomKeyStore input.
 #[derive(Clone, Default)]
 pub struct CreateCustomKeyStoreRequest {
     pub custom_key_store_name: String,
@@ -63,6 +86,8 @@ pub struct CreateCustomKeyStoreRequest {
     pub trust_anchor_certificate: Option<String>,
     pub key_store_password: Option<Zeroizing<String>>,
     pub custom_key_store_type: Option<CustomKeyStoreType>,
+    /// The members of an `EXTERNAL_KEY_STORE` store.
+    pub xks: XksMembers,
 }
 
 /// CreateCustomKeyStore output.
@@ -96,6 +121,8 @@ pub struct UpdateCustomKeyStoreRequest {
     pub new_custom_key_store_name: Option<String>,
     pub key_store_password: Option<Zeroizing<String>>,
     pub cloud_hsm_cluster_id: Option<String>,
+    /// The members of an `EXTERNAL_KEY_STORE` store.
+    pub xks: XksMembers,
 }
 
 /// DescribeCustomKeyStores input: one store by id or by name, or all of them.
@@ -125,15 +152,17 @@ pub struct CustomKeyStoresListEntry {
     pub connection_error_code: Option<ConnectionErrorCode>,
     pub creation_date_ms: i64,
     pub custom_key_store_type: CustomKeyStoreType,
+    /// An external store's proxy settings (never its secret).
+    pub xks_proxy_configuration: Option<XksProxyConfiguration>,
 }
 
 redacted_debug!(
     CreateCustomKeyStoreRequest {
-        custom_key_store_name, cloud_hsm_cluster_id, custom_key_store_type,
+        custom_key_store_name, cloud_hsm_cluster_id, custom_key_store_type, xks,
         key_store_password: redacted, ..
     };
     UpdateCustomKeyStoreRequest {
-        custom_key_store_id, new_custom_key_store_name, cloud_hsm_cluster_id,
+        custom_key_store_id, new_custom_key_store_name, cloud_hsm_cluster_id, xks,
         key_store_password: redacted
     }
 );
@@ -142,13 +171,13 @@ redacted_debug!(
 request_parameters! {
     CreateCustomKeyStoreRequest {
         custom_key_store_name, cloud_hsm_cluster_id, trust_anchor_certificate,
-        custom_key_store_type,
+        custom_key_store_type, xks,
     };
     ConnectCustomKeyStoreRequest { custom_key_store_id };
     DisconnectCustomKeyStoreRequest { custom_key_store_id };
     DeleteCustomKeyStoreRequest { custom_key_store_id };
     UpdateCustomKeyStoreRequest {
-        custom_key_store_id, new_custom_key_store_name, cloud_hsm_cluster_id,
+        custom_key_store_id, new_custom_key_store_name, cloud_hsm_cluster_id, xks,
     };
     DescribeCustomKeyStoresRequest { custom_key_store_id, custom_key_store_name, page };
 }
@@ -160,7 +189,7 @@ response_elements! {
 impl crate::core::operation::ResponseElements for DescribeCustomKeyStoresResponse {}
 
 /// A new store id: `cks-` and 17 lowercase hex digits, as AWS's.
-fn new_store_id() -> String {
+pub(super) fn new_store_id() -> String {
     let hex = Uuid::new_v4().simple().to_string();
     format!("cks-{}", &hex[..17])
 }
@@ -184,7 +213,7 @@ fn check_password(password: &Zeroizing<String>) -> Result<(), KmsError> {
 }
 
 /// Checks a store name (1-256 characters).
-fn check_name(member: &str, name: &str) -> Result<(), KmsError> {
+pub(super) fn check_name(member: &str, name: &str) -> Result<(), KmsError> {
     let n = name.chars().count();
     if (1..=256).contains(&n) {
         Ok(())
@@ -238,15 +267,21 @@ fn trust_anchor_matches(cluster: &Cluster, pem: &str) -> bool {
 fn entry(handle: &StoreHandle) -> CustomKeyStoresListEntry {
     let r = handle.record();
     let (state, error) = handle.state();
+    let xks_proxy_configuration = r.xks.as_ref().map(super::external::configuration);
+    let (custom_key_store_type, cloud_hsm_cluster_id) = match &r.xks {
+        Some(_) => (CustomKeyStoreType::ExternalKeyStore, String::new()),
+        None => (CustomKeyStoreType::AwsCloudhsm, r.cluster_id),
+    };
     CustomKeyStoresListEntry {
         custom_key_store_id: r.store_id,
         custom_key_store_name: r.name,
-        cloud_hsm_cluster_id: r.cluster_id,
+        cloud_hsm_cluster_id,
         trust_anchor_certificate: r.trust_anchor,
         connection_state: state,
         connection_error_code: error,
         creation_date_ms: r.created_at_ms,
-        custom_key_store_type: CustomKeyStoreType::AwsCloudhsm,
+        custom_key_store_type,
+        xks_proxy_configuration,
     }
 }
 
@@ -260,10 +295,10 @@ struct NewStore<'a> {
 impl<'a> NewStore<'a> {
     fn of(req: &'a CreateCustomKeyStoreRequest) -> Result<NewStore<'a>, KmsError> {
         check_name("customKeyStoreName", &req.custom_key_store_name)?;
-        if req.custom_key_store_type == Some(CustomKeyStoreType::ExternalKeyStore) {
-            return Err(KmsError::UnsupportedOperation(
-                "Custom key stores of type EXTERNAL_KEY_STORE are not supported by this p11kms \
-                 build."
+        if req.xks.any() {
+            return Err(KmsError::Validation(
+                "The XksProxy* members are valid only for a custom key store of type \
+                 EXTERNAL_KEY_STORE."
                     .into(),
             ));
         }
@@ -328,7 +363,7 @@ impl Kms {
     }
 
     /// Refuses a name another store of the account has, and a cluster another store uses.
-    fn check_unique(
+    pub(super) fn check_unique(
         &self,
         account: &str,
         except: Option<&str>,
@@ -363,6 +398,10 @@ impl Kms {
         caller: &Caller,
         req: CreateCustomKeyStoreRequest,
     ) -> Result<CreateCustomKeyStoreResponse, KmsError> {
+        if req.custom_key_store_type == Some(CustomKeyStoreType::ExternalKeyStore) {
+            let (_guard, record) = self.new_external_store(caller, &req).await?;
+            return self.insert_new_store(record).await;
+        }
         let new = NewStore::of(&req)?;
         self.authorize(caller, AuthzRequest::new("kms:CreateCustomKeyStore", "*"))?;
         let cluster = self.key_stores.cluster(new.cluster_id).ok_or_else(|| {
@@ -380,17 +419,7 @@ impl Kms {
         let _guard = self.mutate.lock().await;
         let name = req.custom_key_store_name.as_str();
         self.check_unique(&caller.account, None, Some(name), Some(&cluster.id))?;
-        let owned = self.key_stores.all();
-        if owned
-            .iter()
-            .filter(|h| h.record().account == caller.account)
-            .count()
-            >= MAX_KEY_STORES_PER_ACCOUNT
-        {
-            return Err(KmsError::LimitExceeded(format!(
-                "An account can have at most {MAX_KEY_STORES_PER_ACCOUNT} custom key stores."
-            )));
-        }
+        self.check_quota(&caller.account)?;
         let store_id = new_store_id();
         let record = KeyStoreRecord {
             sealed_password: self.key_stores.seal(&store_id, new.password).await?,
@@ -401,7 +430,33 @@ impl Kms {
             trust_anchor: new.trust_anchor.to_string(),
             connect: false,
             created_at_ms: self.now_ms(),
+            xks: None,
         };
+        self.insert_new_store(record).await
+    }
+
+    /// Refuses a new store beyond the account's quota.
+    pub(super) fn check_quota(&self, account: &str) -> Result<(), KmsError> {
+        let owned = self.key_stores.all();
+        if owned
+            .iter()
+            .filter(|h| h.record().account == account)
+            .count()
+            >= MAX_KEY_STORES_PER_ACCOUNT
+        {
+            return Err(KmsError::LimitExceeded(format!(
+                "An account can have at most {MAX_KEY_STORES_PER_ACCOUNT} custom key stores."
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores a new store's record (`DISCONNECTED`) and registers it.
+    async fn insert_new_store(
+        &self,
+        record: KeyStoreRecord,
+    ) -> Result<CreateCustomKeyStoreResponse, KmsError> {
+        let store_id = record.store_id.clone();
         super::record::before_change().await?;
         self.store
             .insert_key_store(&record)
@@ -418,7 +473,11 @@ impl Kms {
     }
 
     /// Stores whether the key administrator wants `handle` connected (a restart follows it).
-    async fn set_connect(&self, handle: &StoreHandle, connect: bool) -> Result<(), KmsError> {
+    pub(super) async fn set_connect(
+        &self,
+        handle: &StoreHandle,
+        connect: bool,
+    ) -> Result<(), KmsError> {
         let mut record = handle.record();
         if record.connect == connect {
             return Ok(());
@@ -448,8 +507,8 @@ impl Kms {
             .await?;
         match handle.state() {
             (ConnectionState::Connected | ConnectionState::Connecting, _) => return Ok(Empty),
-            (ConnectionState::Disconnected, _)
-            | (ConnectionState::Failed, Some(ConnectionErrorCode::NetworkErrors)) => {}
+            (ConnectionState::Disconnected, _) => {}
+            (ConnectionState::Failed, Some(code)) if code.is_transient() => {}
             (state, _) => {
                 return Err(KmsError::CustomKeyStoreInvalidState(format!(
                     "Custom key store {} is {state}: disconnect it, then connect it.",
@@ -514,6 +573,15 @@ impl Kms {
         let (_guard, handle) = self
             .store_for(caller, "kms:UpdateCustomKeyStore", &req.custom_key_store_id)
             .await?;
+        if handle.is_external() {
+            return self.update_external_store(caller, &handle, &req).await;
+        }
+        if req.xks.any() {
+            return Err(KmsError::Validation(format!(
+                "Custom key store {} is of type AWS_CLOUDHSM: the XksProxy* members do not apply.",
+                req.custom_key_store_id
+            )));
+        }
         let mut record = handle.record();
         let device_change = req.key_store_password.is_some()
             || req
@@ -681,6 +749,7 @@ mod tests {
             trust_anchor_certificate: Some("-----BEGIN CERTIFICATE-----".into()),
             key_store_password: Some(Zeroizing::new(SECRET.into())),
             custom_key_store_type: None,
+            xks: XksMembers::default(),
         }
     }
 
@@ -755,10 +824,13 @@ mod tests {
             ),
             (
                 CreateCustomKeyStoreRequest {
-                    custom_key_store_type: Some(CustomKeyStoreType::ExternalKeyStore),
+                    xks: XksMembers {
+                        xks_proxy_uri_path: Some("/kms/xks/v1".into()),
+                        ..XksMembers::default()
+                    },
                     ..create()
                 },
-                "UnsupportedOperationException",
+                "ValidationException",
             ),
         ];
         for (request, expected) in cases {

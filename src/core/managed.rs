@@ -308,6 +308,7 @@ impl Kms {
                 current_version: 1,
                 policy,
                 custom_key_store_id: None,
+                xks_key_id: None,
             },
         })
     }

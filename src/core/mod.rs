@@ -26,6 +26,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod explain;
+pub mod external;
 pub mod grants;
 pub mod import;
 pub mod keys;
@@ -62,7 +63,7 @@ use crate::store::{
 
 pub use authz::{AuthzRequest, CtxValue};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::KmsError;
+pub use error::{KmsError, XksException};
 
 /// Engine settings that shape ARNs and limits.
 #[derive(Debug, Clone)]
@@ -186,7 +187,7 @@ impl CachedKey {
         let disconnected = self
             .store
             .as_ref()
-            .is_some_and(|s| s.connected_hsm().is_none());
+            .is_some_and(|s| s.state().0 != keystores::ConnectionState::Connected);
         match st {
             KeyState::Enabled | KeyState::Disabled if disconnected => KeyState::Unavailable,
             other => other,
@@ -393,6 +394,17 @@ impl Kms {
     pub(crate) fn device_of(&self, key: &CachedKey) -> Result<Arc<Hsm>, KmsError> {
         match (&key.record.custom_key_store_id, &key.store) {
             (None, _) => Ok(self.hsm.clone()),
+            // A key in an external store: its inner layer is on the default HSM.
+            (Some(_), Some(store)) if store.is_external() => store
+                .connected_proxy()
+                .map(|_| self.hsm.clone())
+                .ok_or_else(|| {
+                    KmsError::InvalidState(format!(
+                        "{} is unavailable: its external key store is {}.",
+                        key.arn,
+                        store.state().0
+                    ))
+                }),
             (Some(_), Some(store)) => store.connected_hsm().ok_or_else(|| {
                 KmsError::InvalidState(format!(
                     "{} is unavailable: its custom key store is {}.",
@@ -414,7 +426,10 @@ impl Kms {
             Some(id) => self
                 .key_stores
                 .get(id)
-                .and_then(|s| s.connected_hsm())
+                .and_then(|s| match s.is_external() {
+                    true => s.connected_proxy().map(|_| self.hsm.clone()),
+                    false => s.connected_hsm(),
+                })
                 .ok_or_else(|| {
                     KmsError::CustomKeyStoreInvalidState(format!(
                         "Custom key store {id} is not connected."
@@ -427,6 +442,11 @@ impl Kms {
     /// the account has none so named, CustomKeyStoreInvalidStateException unless `CONNECTED`.
     pub(crate) fn connected_store(&self, caller: &Caller, id: &str) -> Result<Arc<Hsm>, KmsError> {
         let store = self.own_store(caller, id)?;
+        if store.is_external() {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "Custom key store {id} is an external key store: it has no device of its own."
+            )));
+        }
         store.connected_hsm().ok_or_else(|| {
             KmsError::CustomKeyStoreInvalidState(format!(
                 "Custom key store {id} is {}: it must be CONNECTED.",

@@ -122,8 +122,9 @@ impl Kms {
             let Ok(uuid) = Uuid::parse_str(&b.key.key_id) else {
                 continue;
             };
-            // Keys of custom key stores have their objects on their store's device.
-            if b.key.custom_key_store_id.is_some() {
+            // Keys of custom key stores have their objects on their store's device, except
+            // keys of external stores (an XksKeyId): their inner material is on this token.
+            if b.key.custom_key_store_id.is_some() && b.key.xks_key_id.is_none() {
                 continue;
             }
             let uuid = *uuid.as_bytes();
@@ -260,6 +261,9 @@ impl Kms {
         let key = self.cached_from_bundle(bundle)?;
         let complete = match &key.store {
             None => material_complete(objects, key.uuid, 1, &key.record.key_spec),
+            Some(s) if s.is_external() => {
+                material_complete(objects, key.uuid, 1, &key.record.key_spec)
+            }
             // A key of a custom key store: its object is on that store's device, which is
             // asked while connected; otherwise the key waits for the store.
             Some(_) => match self.device_of(&key) {

@@ -64,6 +64,9 @@ pub struct RequestRecord {
     pub key_version: Option<u32>,
     /// AWS managed keys this request created on first use (each gets its own audit event).
     pub managed_keys_created: Vec<ManagedKeyCreated>,
+    /// The class of an external key store proxy's last answer (`ok`, `timeout`, an error
+    /// name...), never data.
+    pub xks_proxy_answer: Option<&'static str>,
 }
 
 /// An AWS managed key created on first use while serving a request.
@@ -212,6 +215,11 @@ pub(crate) fn managed_key_created(arn: &str, account: &str, alias_name: &str) {
             alias_name: alias_name.to_string(),
         })
     });
+}
+
+/// Records the class of an external key store proxy's answer (the last one wins).
+pub(crate) fn xks_proxy_answer(class: &'static str) {
+    with(|r| r.xks_proxy_answer = Some(class));
 }
 
 /// Records the backing-key version a cryptographic operation used.

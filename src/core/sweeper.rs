@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::connections::StoreHandle;
 use super::service::{ServiceAction, ServiceEventName};
 use super::{CachedKey, Kms, KmsError};
 use crate::hsm::{HsmErrorKind, ObjectId};
@@ -81,7 +82,10 @@ impl Kms {
         // Import wrapping keys first (their token rows go with the key), then every
         // version of the key material.
         self.destroy_wrapping_keys_of(key_id).await?;
-        match key.store.as_ref().filter(|s| s.connected_hsm().is_none()) {
+        // A key in an external store has its (inner) material on the default HSM, always
+        // reachable; a key in a disconnected HSM store leaves its objects behind.
+        let gone = |s: &&Arc<StoreHandle>| !s.is_external() && s.connected_hsm().is_none();
+        match key.store.as_ref().filter(gone) {
             Some(store) => self.leave_orphans(key, store, now).await?,
             None => {
                 for &version in &key.versions {
@@ -168,7 +172,10 @@ impl Kms {
         object: ObjectId,
         pair: bool,
     ) -> Result<(), KmsError> {
-        let device = self.device_of(key)?;
+        let device = match key.store.as_ref().is_some_and(|s| s.is_external()) {
+            true => self.hsm.clone(),
+            false => self.device_of(key)?,
+        };
         let destroyed = if pair {
             device.destroy_key_pair(object).await
         } else {

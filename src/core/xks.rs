@@ -349,6 +349,14 @@ impl Kms {
             });
         self.authorize(caller, authz)?;
         check_symmetric_usage(&resolved)?;
+        if resolved.key.store.as_ref().is_some_and(|s| s.is_external()) {
+            // Its material is partly behind another proxy: served here it would be one layer.
+            return Err(KmsError::InvalidKeyUsage(format!(
+                "{} is in an external key store; an external key id names a key whose \
+                 material p11kms holds.",
+                resolved.key.arn
+            )));
+        }
         Ok(resolved)
     }
 

@@ -104,9 +104,13 @@ fn model_of(hsm: &Hsm) -> String {
     }
 }
 
-/// A custom key store's entry: probed when connected, `UNAVAILABLE` while it is being
-/// connected or retried, absent when the administrator disconnected it.
+/// An AWS_CLOUDHSM custom key store's entry: probed when connected, `UNAVAILABLE` while it is
+/// being connected or retried, absent when the administrator disconnected it. External key
+/// stores are not listed: their keys live behind another proxy, not behind this door.
 async fn store_entry(handle: &StoreHandle) -> Option<EkmDetail> {
+    if handle.is_external() {
+        return None;
+    }
     let record = handle.record();
     if let Some(hsm) = handle.connected_hsm() {
         return Some(entry(record.store_id, &hsm).await);

@@ -51,6 +51,8 @@ pub struct KeyRecord {
     pub policy: String,
     /// The custom key store the key lives in (`cks-...`); `None` for the default store.
     pub custom_key_store_id: Option<String>,
+    /// The external key (`XksKeyId`) backing a key in an external key store.
+    pub xks_key_id: Option<String>,
 }
 
 /// One backing-key version of a KMS key; each is one object on the token.
@@ -211,7 +213,32 @@ pub struct KeyStoreRecord {
     pub connect: bool,
     /// Unix milliseconds.
     pub created_at_ms: i64,
+    /// The proxy of an `EXTERNAL_KEY_STORE` store (`None`: an `AWS_CLOUDHSM` store).
+    pub xks: Option<XksProxyRecord>,
 }
+
+/// How an external key store reaches its XKS proxy (migration 0007).
+#[derive(Clone, PartialEq, Eq)]
+pub struct XksProxyRecord {
+    /// `XksProxyUriEndpoint`.
+    pub endpoint: String,
+    /// `XksProxyUriPath`.
+    pub uri_path: String,
+    /// `XksProxyConnectivity` (`PUBLIC_ENDPOINT`).
+    pub connectivity: String,
+    /// The credential's `AccessKeyId`.
+    pub access_key_id: String,
+    /// The credential's `RawSecretAccessKey`, sealed on the default HSM (never plaintext).
+    pub sealed_secret: Vec<u8>,
+}
+
+crate::redact::redacted_debug!(XksProxyRecord {
+    endpoint,
+    uri_path,
+    connectivity,
+    access_key_id,
+    sealed_secret: redacted,
+});
 
 crate::redact::redacted_debug!(KeyStoreRecord {
     store_id,
@@ -220,6 +247,7 @@ crate::redact::redacted_debug!(KeyStoreRecord {
     cluster_id,
     connect,
     created_at_ms,
+    xks,
     sealed_password: redacted,
     ..
 });

@@ -64,12 +64,17 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "custom key stores",
         include_str!("../../migrations/0006_custom_key_stores.sql"),
     ),
+    (
+        7,
+        "external key stores",
+        include_str!("../../migrations/0007_external_key_stores.sql"),
+    ),
 ];
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
      created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
-     custom_key_store_id";
+     custom_key_store_id, xks_key_id";
 
 /// [`MetadataStore`] on an embedded SQLite database.
 #[derive(Debug, Clone)]
@@ -231,6 +236,7 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         current_version,
         policy: row.try_get("policy").map_err(db_err)?,
         custom_key_store_id: row.try_get("custom_key_store_id").map_err(db_err)?,
+        xks_key_id: row.try_get("xks_key_id").map_err(db_err)?,
         key_id,
     })
 }
@@ -275,7 +281,7 @@ async fn insert_key_on(
     sqlx::query(
         "INSERT INTO keys (key_id, account, description, key_spec, key_usage, origin, state, \
          created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
-         custom_key_store_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         custom_key_store_id, xks_key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&key.key_id)
     .bind(&key.account)
@@ -290,6 +296,7 @@ async fn insert_key_on(
     .bind(i64::from(key.current_version))
     .bind(&key.policy)
     .bind(&key.custom_key_store_id)
+    .bind(&key.xks_key_id)
     .execute(&mut *conn)
     .await
     .map_err(|e| write_err(e, || key_missing(&key.key_id), || key_missing(&key.key_id)))?;
@@ -1107,6 +1114,7 @@ mod tests {
             current_version: 1,
             policy: r#"{"Version":"2012-10-17","Statement":[]}"#.to_owned(),
             custom_key_store_id: None,
+            xks_key_id: None,
         }
     }
 

@@ -1155,6 +1155,7 @@ async fn custom_key_stores(g: &mut G) {
         trust_anchor_certificate: "-----BEGIN CERTIFICATE-----".into(),
         key_store_password: password.into(),
         custom_key_store_type: String::new(),
+        ..Default::default()
     };
     call!(
         g.admin.kms,

@@ -286,6 +286,8 @@ mod tests {
             KmsError::CloudHsmClusterNotRelated(String::new()),
             KmsError::IncorrectTrustAnchor(String::new()),
             KmsError::DryRunOperation(String::new()),
+            KmsError::Xks(crate::core::XksException::UriInUse, String::new()),
+            KmsError::Xks(crate::core::XksException::KeyNotFound, String::new()),
         ];
         for e in &all {
             // kms-spec 1.6, written out per variant rather than recomputed.
@@ -325,7 +327,8 @@ mod tests {
                 | KmsError::CloudHsmClusterNotFound(_)
                 | KmsError::CloudHsmClusterInUse(_)
                 | KmsError::CloudHsmClusterNotRelated(_)
-                | KmsError::IncorrectTrustAnchor(_) => 400,
+                | KmsError::IncorrectTrustAnchor(_)
+                | KmsError::Xks(..) => 400,
                 KmsError::DryRunOperation(_) => 412,
             };
             let w = WireError::from_kms(e);

@@ -26,6 +26,7 @@ pub fn code_for(e: &KmsError) -> Code {
         KmsError::CloudHsmClusterNotRelated(_) | KmsError::IncorrectTrustAnchor(_) => {
             Code::InvalidArgument
         }
+        KmsError::Xks(e, _) => xks_code(*e),
         KmsError::AccessDenied(_) => Code::PermissionDenied,
         KmsError::Disabled(_) | KmsError::InvalidState(_) => Code::FailedPrecondition,
         KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_) => Code::Unavailable,
@@ -50,6 +51,20 @@ pub fn code_for(e: &KmsError) -> Code {
         | KmsError::IncorrectKeyMaterial(_) => Code::InvalidArgument,
         KmsError::Conflict(_) => Code::Aborted,
         KmsError::DryRunOperation(_) => Code::FailedPrecondition,
+    }
+}
+
+/// The gRPC code of an external key store exception.
+fn xks_code(e: crate::core::XksException) -> Code {
+    use crate::core::XksException as X;
+    match e {
+        X::UriInUse | X::UriEndpointInUse | X::KeyAlreadyInUse => Code::AlreadyExists,
+        X::UriUnreachable => Code::Unavailable,
+        X::KeyNotFound | X::VpcEndpointServiceNotFound => Code::NotFound,
+        X::IncorrectAuthenticationCredential
+        | X::InvalidResponse
+        | X::InvalidConfiguration
+        | X::KeyInvalidConfiguration => Code::FailedPrecondition,
     }
 }
 

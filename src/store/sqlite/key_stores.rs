@@ -1,11 +1,11 @@
-//! Custom key stores on SQLite (migration 0006): the rows behind
+//! Custom key stores on SQLite (migrations 0006 and 0007, external stores): the rows behind
 //! `MetadataStore::{insert,update,delete,list}_key_store`.
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 
 use super::{db_err, write_err};
-use crate::store::{KeyStoreRecord, OrphanRecord, StoreError};
+use crate::store::{KeyStoreRecord, OrphanRecord, StoreError, XksProxyRecord};
 
 fn taken(store: &KeyStoreRecord) -> String {
     format!(
@@ -28,13 +28,72 @@ fn from_row(row: &SqliteRow) -> Result<KeyStoreRecord, StoreError> {
         sealed_password: row.try_get("sealed_password").map_err(db_err)?,
         connect: row.try_get::<i64, _>("connect").map_err(db_err)? != 0,
         created_at_ms: row.try_get("created_at_ms").map_err(db_err)?,
+        xks: xks_from_row(row)?,
     })
 }
 
+/// The proxy columns of an `EXTERNAL_KEY_STORE` row (`None` for an `AWS_CLOUDHSM` one).
+fn xks_from_row(row: &SqliteRow) -> Result<Option<XksProxyRecord>, StoreError> {
+    let store_type: String = row.try_get("store_type").map_err(db_err)?;
+    if store_type != EXTERNAL {
+        return Ok(None);
+    }
+    let text = |c: &str| -> Result<String, StoreError> {
+        let v: Option<String> = row.try_get(c).map_err(db_err)?;
+        v.ok_or_else(|| StoreError::Corrupt(format!("external key store without {c}")))
+    };
+    let sealed: Option<Vec<u8>> = row.try_get("xks_sealed_secret").map_err(db_err)?;
+    Ok(Some(XksProxyRecord {
+        endpoint: text("xks_endpoint")?,
+        uri_path: text("xks_uri_path")?,
+        connectivity: text("xks_connectivity")?,
+        access_key_id: text("xks_access_key_id")?,
+        sealed_secret: sealed
+            .ok_or_else(|| StoreError::Corrupt("external key store without a secret".into()))?,
+    }))
+}
+
+/// `store_type` of an external store (the column's default is `AWS_CLOUDHSM`).
+const EXTERNAL: &str = "EXTERNAL_KEY_STORE";
+/// `store_type` of a store on an `[[hsm.cluster]]` device.
+const CLOUDHSM: &str = "AWS_CLOUDHSM";
+
+/// The proxy columns of a row (all `None` for an `AWS_CLOUDHSM` store).
+#[derive(Default)]
+struct XksColumns<'a> {
+    store_type: &'static str,
+    endpoint: Option<&'a str>,
+    path: Option<&'a str>,
+    connectivity: Option<&'a str>,
+    access_key_id: Option<&'a str>,
+    sealed: Option<&'a [u8]>,
+}
+
+/// The proxy columns of `s`.
+fn xks_columns(s: &KeyStoreRecord) -> XksColumns<'_> {
+    match &s.xks {
+        None => XksColumns {
+            store_type: CLOUDHSM,
+            ..XksColumns::default()
+        },
+        Some(x) => XksColumns {
+            store_type: EXTERNAL,
+            endpoint: Some(&x.endpoint),
+            path: Some(&x.uri_path),
+            connectivity: Some(&x.connectivity),
+            access_key_id: Some(&x.access_key_id),
+            sealed: Some(&x.sealed_secret),
+        },
+    }
+}
+
 pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), StoreError> {
+    let x = xks_columns(s);
     sqlx::query(
         "INSERT INTO custom_key_stores (store_id, account, name, cluster_id, trust_anchor, \
-         sealed_password, connect, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         sealed_password, connect, created_at_ms, store_type, xks_endpoint, xks_uri_path, \
+         xks_connectivity, xks_access_key_id, xks_sealed_secret) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&s.store_id)
     .bind(&s.account)
@@ -44,6 +103,12 @@ pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), 
     .bind(&s.sealed_password)
     .bind(i64::from(s.connect))
     .bind(s.created_at_ms)
+    .bind(x.store_type)
+    .bind(x.endpoint)
+    .bind(x.path)
+    .bind(x.connectivity)
+    .bind(x.access_key_id)
+    .bind(x.sealed)
     .execute(pool)
     .await
     .map_err(|e| write_err(e, || taken(s), || missing(&s.store_id)))?;
@@ -51,15 +116,22 @@ pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), 
 }
 
 pub(super) async fn update(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), StoreError> {
+    let x = xks_columns(s);
     let done = sqlx::query(
         "UPDATE custom_key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, \
-         sealed_password = ?, connect = ? WHERE store_id = ?",
+         sealed_password = ?, connect = ?, xks_endpoint = ?, xks_uri_path = ?, \
+         xks_connectivity = ?, xks_access_key_id = ?, xks_sealed_secret = ? WHERE store_id = ?",
     )
     .bind(&s.name)
     .bind(&s.cluster_id)
     .bind(&s.trust_anchor)
     .bind(&s.sealed_password)
     .bind(i64::from(s.connect))
+    .bind(x.endpoint)
+    .bind(x.path)
+    .bind(x.connectivity)
+    .bind(x.access_key_id)
+    .bind(x.sealed)
     .bind(&s.store_id)
     .execute(pool)
     .await
@@ -90,7 +162,9 @@ pub(super) async fn delete(pool: &SqlitePool, store_id: &str) -> Result<(), Stor
 pub(super) async fn list(pool: &SqlitePool) -> Result<Vec<KeyStoreRecord>, StoreError> {
     sqlx::query(
         "SELECT store_id, account, name, cluster_id, trust_anchor, sealed_password, connect, \
-         created_at_ms FROM custom_key_stores ORDER BY account, created_at_ms, store_id",
+         created_at_ms, store_type, xks_endpoint, xks_uri_path, xks_connectivity, \
+         xks_access_key_id, xks_sealed_secret FROM custom_key_stores \
+         ORDER BY account, created_at_ms, store_id",
     )
     .fetch_all(pool)
     .await

@@ -5,6 +5,7 @@
 //! refused spellings that are not AWS values.
 
 use super::members::{from_json, non_empty, or_empty, to_json, ts};
+use crate::core::external::XksKeyConfiguration;
 use crate::core::keys::{
     CancelKeyDeletionRequest, CancelKeyDeletionResponse, CreateKeyRequest, CreateKeyResponse,
     DescribeKeyRequest, DescribeKeyResponse, DisableKeyRequest, EnableKeyRequest, KeyListEntry,
@@ -18,6 +19,7 @@ from_json! {
     CreateKeyRequest {
         policy, description, key_usage, key_spec, customer_master_key_spec, origin,
         bypass_policy_lockout_safety_check, tags, multi_region, custom_key_store_id,
+        xks_key_id,
     }
     DescribeKeyRequest { key_id, grant_tokens }
     ListKeysRequest { page }
@@ -57,7 +59,8 @@ to_json! {
         signing_algorithms => non_empty, mac_algorithms => non_empty,
         key_agreement_algorithms => non_empty, multi_region, pending_deletion_window_in_days,
         current_key_material_id => non_empty, valid_to_ms: "ValidTo" => ts, expiration_model,
-        custom_key_store_id, cloud_hsm_cluster_id: "CloudHsmClusterId";
+        custom_key_store_id, cloud_hsm_cluster_id: "CloudHsmClusterId", xks_key_configuration;
         "CustomerMasterKeySpec" = |m| m.key_spec,
     }
+    XksKeyConfiguration { id }
 }

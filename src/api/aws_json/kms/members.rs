@@ -198,6 +198,7 @@ render_as_str!(
     ConnectionState,
     ConnectionErrorCode,
     CustomKeyStoreType,
+    crate::core::external::XksProxyConnectivity,
 );
 
 /// A blob, as base64.

@@ -18,7 +18,7 @@ use crate::store::KeyUsageRecord;
 
 from_message!(pb::CreateKeyRequest => CreateKeyRequest {
     policy, description, key_usage, key_spec, customer_master_key_spec, origin,
-    bypass_policy_lockout_safety_check, tags, multi_region, custom_key_store_id
+    bypass_policy_lockout_safety_check, tags, multi_region, custom_key_store_id, xks_key_id
 });
 from_message!(pb::DescribeKeyRequest => DescribeKeyRequest { key_id, grant_tokens });
 from_message!(pb::ListKeysRequest => ListKeysRequest { page });
@@ -55,7 +55,8 @@ to_message!(KeyUsageRecord => pb::KeyLastUsage {
     operation, timestamp: used_at_ms, cloud_trail_event_id: event_id, kms_request_id: request_id
 });
 // CustomerMasterKeySpec is the deprecated spelling of KeySpec: the same value.
-to_message!(KeyMetadata => pb::KeyMetadata {
+to_message!(r: KeyMetadata => pb::KeyMetadata {
+    xks_key_id = r.xks_key_configuration.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
     aws_account_id, key_id, arn, creation_date: creation_date_ms, enabled, description,
     key_usage, key_state, deletion_date: deletion_date_ms, valid_to: valid_to_ms,
     expiration_model, origin, key_manager, customer_master_key_spec: key_spec, key_spec,
