@@ -318,20 +318,18 @@ fn p11kms_cli_on_the_store(y: &RunningServer, port: u16, store: &str, xks_key: &
 /// Neither side alone decrypts: the outer layer of Y's ciphertext, given to X's XKS decrypt
 /// directly (with the right AAD and credential, through the library's XKS client), yields the
 /// inner ciphertext and tag, not the plaintext.
-async fn x_alone_does_not_decrypt(x: SocketAddr, state: &Value, xks_key: &str) {
+/// A client of X's XKS door with Y's credential, and the `requestMetadata` of `operation`
+/// by Y's admin.
+fn x_client(
+    x: SocketAddr,
+    operation: &str,
+) -> (
+    p11kms::xks_client::XksProxyClient,
+    p11kms::xks_client::ProxyRequestMetadata,
+) {
     use p11kms::xks_client::{
         tls_config, ProxyRequestMetadata, ProxyTarget, XksCredential, XksProxyClient,
     };
-    let blob = B64.decode(state["blob"].as_str().unwrap()).unwrap();
-    let plaintext = B64.decode(state["plaintext"].as_str().unwrap()).unwrap();
-    let parsed = p11kms::ciphertext::parse(&blob).expect("a v1 blob");
-    let outer = p11kms::core::external::parse_outer(parsed.ciphertext_and_tag).expect("outer");
-    let ctx: std::collections::BTreeMap<String, String> =
-        serde_json::from_value(state["context"].clone()).unwrap();
-    let aad = p11kms::ciphertext::aad(
-        parsed.header,
-        &p11kms::ciphertext::canonical_context(&ctx).unwrap(),
-    );
     let client = XksProxyClient::new(
         ProxyTarget {
             endpoint: format!("http://127.0.0.1:{}", x.port()),
@@ -347,10 +345,25 @@ async fn x_alone_does_not_decrypt(x: SocketAddr, state: &Value, xks_key: &str) {
     .unwrap();
     let meta = ProxyRequestMetadata {
         kms_request_id: "r".into(),
-        kms_operation: "Decrypt".into(),
+        kms_operation: operation.into(),
         aws_principal_arn: Some(ADMIN.into()),
         kms_key_arn: Some("arn:k".into()),
     };
+    (client, meta)
+}
+
+async fn x_alone_does_not_decrypt(x: SocketAddr, state: &Value, xks_key: &str) {
+    let blob = B64.decode(state["blob"].as_str().unwrap()).unwrap();
+    let plaintext = B64.decode(state["plaintext"].as_str().unwrap()).unwrap();
+    let parsed = p11kms::ciphertext::parse(&blob).expect("a v1 blob");
+    let outer = p11kms::core::external::parse_outer(parsed.ciphertext_and_tag).expect("outer");
+    let ctx: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(state["context"].clone()).unwrap();
+    let aad = p11kms::ciphertext::aad(
+        parsed.header,
+        &p11kms::ciphertext::canonical_context(&ctx).unwrap(),
+    );
+    let (client, meta) = x_client(x, "Decrypt");
     let inner = client
         .decrypt(xks_key, &meta, &outer, &aad)
         .await
@@ -376,10 +389,7 @@ async fn an_external_key_is_not_served_by_an_xks_door(
     door: SocketAddr,
     xks_key: &str,
 ) {
-    use p11kms::xks_client::{
-        tls_config, ProxyErrorName, ProxyRequestMetadata, ProxyTarget, XksCredential,
-        XksProxyClient, XksProxyError,
-    };
+    use p11kms::xks_client::{ProxyErrorName, XksProxyError};
     let mut c = admin(x.addr).await;
     let store = c
         .create_custom_key_store(pb::CreateCustomKeyStoreRequest {
@@ -422,25 +432,7 @@ async fn an_external_key_is_not_served_by_an_xks_door(
         },
     )
     .await;
-    let client = XksProxyClient::new(
-        ProxyTarget {
-            endpoint: format!("http://127.0.0.1:{}", door.port()),
-            uri_path: format!("{PREFIX}/kms/xks/v1"),
-            region: "us-east-1".into(),
-        },
-        XksCredential {
-            access_key_id: ACCESS_KEY_ID.into(),
-            secret: zeroize::Zeroizing::new(SECRET.into()),
-        },
-        tls_config(None).unwrap(),
-    )
-    .unwrap();
-    let meta = ProxyRequestMetadata {
-        kms_request_id: "r".into(),
-        kms_operation: "Encrypt".into(),
-        aws_principal_arn: Some(ADMIN.into()),
-        kms_key_arn: Some("arn:k".into()),
-    };
+    let (client, meta) = x_client(door, "Encrypt");
     let refused = client.encrypt(&key, &meta, b"one layer?", b"").await;
     assert!(
         matches!(

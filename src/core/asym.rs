@@ -1006,6 +1006,13 @@ impl Kms {
                 resolved.key.arn, r.key_usage, r.key_spec
             )));
         }
+        if r.custom_key_store_id.is_some() {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "{} is in a custom key store; GenerateDataKeyPair and \
+                 GenerateDataKeyPairWithoutPlaintext do not support KMS keys in custom key stores.",
+                resolved.key.arn
+            )));
+        }
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let crate::hsm::DataKeyPair {
             pkcs8,

@@ -194,6 +194,9 @@ def connected_store_checks(admin, ids):
                  WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
     blob = admin.encrypt(KeyId=key, Plaintext=b"on the real store")["CiphertextBlob"]
     check(admin.decrypt(CiphertextBlob=blob)["Plaintext"] == b"on the real store", "decrypt")
+    # As AWS: data key pairs are not made under keys in custom key stores.
+    expect_error(admin, "UnsupportedOperationException", admin.generate_data_key_pair,
+                 KeyId=key, KeyPairSpec="RSA_2048")
 
     randoms = [admin.generate_random(NumberOfBytes=n, CustomKeyStoreId=real)["Plaintext"]
                for n in (1, 32, 1024)]
