@@ -2,13 +2,15 @@
 //! GetKeyMetadata, Encrypt, Decrypt and GetHealthStatus as engine operations (their family in
 //! [`super::operation`]'s table, [`super::operation::XKS_OPERATIONS`]).
 //!
-//! - An external key id names a p11kms SYMMETRIC_DEFAULT key in any local store: its key id,
-//!   or an alias written path-safe as `alias.<name>` with every `/` of the name as `.`
+//! - An external key id names a p11kms SYMMETRIC_DEFAULT key on the default token or in an
+//!   AWS_CLOUDHSM store (not in an external store: that would be one layer): its key id, or
+//!   an alias written path-safe as `alias.<name>` with every `/` of the name as `.`
 //!   ([`key_ref`]).
 //! - Secondary authorization is the ordinary evaluator: the key store's principal (the
 //!   caller) doing `kms:DescribeKey`, `kms:Encrypt` or `kms:Decrypt` on the key, with the
 //!   condition keys of [`CONDITION_KEYS`] filled from the request's `requestMetadata`. Health
-//!   is never authorized.
+//!   is never authorized; it is a deep, cached check of every backing HSM
+//!   ([`super::xks_health`]).
 //! - Encrypt and Decrypt run AES-256-GCM on the key's HSM with a 12-byte IV from the HSM and
 //!   a 16-byte tag. The AAD the HSM sees is the specification's, never a hash:
 //!   `u16be(len(aad)) || aad || u8(len(metadata)) || metadata` ([`hsm_aad`]), so another
