@@ -176,6 +176,36 @@ fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The headers of an XKS proxy request `POST path` whose body hashes to `body_sha256_hex`:
+/// `host`, `content-type`, `x-amz-date` (`params.amz_date`) and the SigV4 `authorization`
+/// over them, made by the crate's one signer. The bench and the tests sign with it too.
+pub fn signed_headers(
+    host: String,
+    path: &str,
+    body_sha256_hex: &str,
+    params: &SigningParams<'_>,
+) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("host".to_string(), host),
+        ("content-type".to_string(), "application/json".to_string()),
+        ("x-amz-date".to_string(), params.amz_date.to_string()),
+    ];
+    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+    let auth = sigv4::authorization_header(
+        &SignableRequest {
+            method: "POST",
+            path,
+            query: "",
+            headers: &headers,
+            payload_sha256_hex: body_sha256_hex,
+        },
+        &names,
+        params,
+    );
+    headers.push(("authorization".to_string(), auth));
+    headers
+}
+
 /// Whether `endpoint` is one p11kms can call (https, or http to loopback).
 pub fn endpoint_is_callable(endpoint: &str) -> bool {
     parse_endpoint(endpoint).is_ok()
@@ -431,21 +461,10 @@ impl XksProxyClient {
             format!("{}:{}", ep.host, ep.port)
         };
         let amz_date = crate::time::format_amz_date((self.now_secs)());
-        let headers = vec![
-            ("host".to_string(), host),
-            ("content-type".to_string(), "application/json".to_string()),
-            ("x-amz-date".to_string(), amz_date.clone()),
-        ];
-        let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-        let auth = sigv4::authorization_header(
-            &SignableRequest {
-                method: "POST",
-                path,
-                query: "",
-                headers: &headers,
-                payload_sha256_hex: &sigv4::sha256_hex(body),
-            },
-            &names,
+        let headers = signed_headers(
+            host,
+            path,
+            &sigv4::sha256_hex(body),
             &SigningParams {
                 access_key_id: &self.credential.access_key_id,
                 secret_access_key: &self.credential.secret,
@@ -459,7 +478,6 @@ impl XksProxyClient {
             builder = builder.header(k, v);
         }
         builder
-            .header("authorization", auth)
             .body(Full::new(Bytes::copy_from_slice(body)))
             .map_err(|e| XksProxyError::InvalidConfiguration(format!("request: {e}")))
     }

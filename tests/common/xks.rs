@@ -77,23 +77,12 @@ pub fn request_bytes(
     signing: Signing<'_>,
     body: &[u8],
 ) -> Vec<u8> {
-    use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
+    use p11kms::identity::sigv4::{self, SigningParams};
     let amz_date = sigv4::format_amz_date(server.kms.now_ms() / 1000 + signing.skew);
-    let mut headers = vec![
-        ("host".to_string(), format!("127.0.0.1:{}", addr.port())),
-        ("content-type".into(), "application/json".into()),
-        ("x-amz-date".into(), amz_date.clone()),
-    ];
-    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-    let auth = sigv4::authorization_header(
-        &SignableRequest {
-            method,
-            path,
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &sigv4::sha256_hex(body),
-        },
-        &names,
+    let headers = p11kms::xks_client::signed_headers(
+        format!("127.0.0.1:{}", addr.port()),
+        path,
+        &sigv4::sha256_hex(body),
         &SigningParams {
             access_key_id: signing.id,
             secret_access_key: signing.secret,
@@ -102,7 +91,6 @@ pub fn request_bytes(
             amz_date: &amz_date,
         },
     );
-    headers.push(("authorization".into(), auth));
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
     for (k, v) in &headers {
         req.push_str(&format!("{k}: {v}\r\n"));

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio_rustls::rustls;
 use zeroize::Zeroizing;
 
-use p11kms::identity::sigv4::{self, SignableRequest, SigningParams};
+use p11kms::identity::sigv4::{self, SigningParams};
 
 /// The SigV4 service name of the XKS proxy API.
 pub const SERVICE: &str = "kms-xks-proxy";
@@ -340,21 +340,10 @@ fn signed_request(t: &Target, call: &Call) -> Result<http::Request<Full<Bytes>>,
         .map_err(|e| e.to_string())?
         .as_secs() as i64;
     let amz_date = sigv4::format_amz_date(now);
-    let headers = [
-        ("host".to_string(), t.authority.clone()),
-        ("content-type".to_string(), "application/json".to_string()),
-        ("x-amz-date".to_string(), amz_date.clone()),
-    ];
-    let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-    let auth = sigv4::authorization_header(
-        &SignableRequest {
-            method: "POST",
-            path: &call.path,
-            query: "",
-            headers: &headers,
-            payload_sha256_hex: &call.body_sha256,
-        },
-        &names,
+    let headers = p11kms::xks_client::signed_headers(
+        t.authority.clone(),
+        &call.path,
+        &call.body_sha256,
         &SigningParams {
             access_key_id: &t.cred.access_key_id,
             secret_access_key: &t.cred.secret,
@@ -367,8 +356,7 @@ fn signed_request(t: &Target, call: &Call) -> Result<http::Request<Full<Bytes>>,
     for (k, v) in &headers {
         b = b.header(k.as_str(), v.as_str());
     }
-    b.header("authorization", auth)
-        .header("content-length", call.body.len())
+    b.header("content-length", call.body.len())
         .body(Full::new(call.body.clone()))
         .map_err(|e| e.to_string())
 }
