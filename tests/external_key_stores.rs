@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use common::xks::xks_key_policy;
 use common::*;
 use p11kms::core::SystemClock;
 use p11kms::pb;
@@ -65,25 +66,11 @@ async fn start_y(dir: &Path) -> (RunningServer, String) {
     .await
 }
 
-/// X's key policy: the account keeps everything; user1 (the XKS key store's principal) may
-/// use the key only for Y's admin as the AWS caller.
-fn x_policy() -> String {
-    json!({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Account", "Effect": "Allow",
-         "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
-         "Action": "kms:*", "Resource": "*"},
-        {"Sid": "Xks", "Effect": "Allow", "Principal": {"AWS": USER1},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
-         "Condition": {"StringEquals": {"xks:AwsPrincipalArn": ADMIN}}}
-    ]})
-    .to_string()
-}
-
-/// A key on X under [`x_policy`] (`spec` empty: SYMMETRIC_DEFAULT).
+/// A key on X under [`xks_key_policy`] (`spec` empty: SYMMETRIC_DEFAULT).
 async fn x_key(c: &mut Client, spec: &str) -> String {
     let usage = if spec.is_empty() { "" } else { "SIGN_VERIFY" };
     c.create_key(pb::CreateKeyRequest {
-        policy: x_policy(),
+        policy: xks_key_policy(ADMIN),
         key_spec: spec.into(),
         key_usage: usage.into(),
         ..Default::default()
@@ -427,7 +414,7 @@ async fn an_external_key_is_not_served_by_an_xks_door(
             origin: "EXTERNAL_KEY_STORE".into(),
             custom_key_store_id: store,
             xks_key_id: xks_key.into(),
-            policy: x_policy(),
+            policy: xks_key_policy(ADMIN),
             ..Default::default()
         },
     )

@@ -55,24 +55,10 @@ fn b64(v: &Value) -> Vec<u8> {
     B64.decode(v.as_str().unwrap()).unwrap()
 }
 
-/// A key policy: the account (admin) keeps everything; user1, the XKS store's principal, may
-/// use the key only for the AWS caller `ALLOWED`.
-fn policy() -> String {
-    json!({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Account", "Effect": "Allow",
-         "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
-         "Action": "kms:*", "Resource": "*"},
-        {"Sid": "Xks", "Effect": "Allow", "Principal": {"AWS": USER1},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
-         "Condition": {"StringEquals": {"xks:AwsPrincipalArn": ALLOWED}}}
-    ]})
-    .to_string()
-}
-
-/// A SYMMETRIC_DEFAULT key under [`policy`]; with `material`, an EXTERNAL key holding it.
+/// A SYMMETRIC_DEFAULT key under [`xks_key_policy`]; with `material`, an EXTERNAL key holding it.
 async fn xks_key(c: &mut Client, material: Option<&[u8]>) -> String {
     let req = pb::CreateKeyRequest {
-        policy: policy(),
+        policy: xks_key_policy(ALLOWED),
         origin: if material.is_some() { "EXTERNAL" } else { "" }.into(),
         ..Default::default()
     };

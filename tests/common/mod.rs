@@ -905,7 +905,18 @@ pub fn aws_door_headers(
 /// The bytes of an HTTP/1.1 `POST /` with `headers`, `content-length`, `connection: close`
 /// when `close` (else the connection may be kept alive), and `body`.
 pub fn http_post_bytes(headers: &[(String, String)], body: &[u8], close: bool) -> Vec<u8> {
-    let mut req = String::from("POST / HTTP/1.1\r\n");
+    http_request_bytes("POST", "/", headers, body, close)
+}
+
+/// [`http_post_bytes`] with any method and path.
+pub fn http_request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    close: bool,
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use p11kms::server::RunningServer;
 use serde_json::{json, Value};
 
-use super::{tls_exchange, write_secret, HttpAnswer, USER1};
+use super::{tls_exchange, write_secret, HttpAnswer, ACCOUNT, USER1};
 
 pub const PREFIX: &str = "/xks-test";
 pub const ID1: &str = "AKIAXKSTESTAAAAAAAA2";
@@ -20,6 +20,20 @@ pub const ID2: &str = "AKIAXKSTESTBBBBBBBB3";
 pub const SECRET1: &str = "xks-secret-one-0123456789abcdefghijklmnopqrstu";
 pub const SECRET2: &str = "xks-secret-two-0123456789abcdefghijklmnopqrstu";
 pub const SERVICE: &str = "kms-xks-proxy";
+
+/// A key policy: the account keeps everything; user1, the XKS key store's principal, may
+/// use the key only when AWS KMS's caller (`xks:AwsPrincipalArn`) is `aws_caller`.
+pub fn xks_key_policy(aws_caller: &str) -> String {
+    json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Account", "Effect": "Allow",
+         "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
+         "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Xks", "Effect": "Allow", "Principal": {"AWS": USER1},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
+         "Condition": {"StringEquals": {"xks:AwsPrincipalArn": aws_caller}}}
+    ]})
+    .to_string()
+}
 
 /// The config text enabling the XKS door on an ephemeral loopback port with `xks_lines`, one
 /// key store at [`PREFIX`] run as user1 with both credentials (their file written into
@@ -91,17 +105,7 @@ pub fn request_bytes(
             amz_date: &amz_date,
         },
     );
-    let mut req = format!("{method} {path} HTTP/1.1\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
+    super::http_request_bytes(method, path, &headers, body, true)
 }
 
 /// [`xks`] with a body of any bytes.

@@ -489,13 +489,6 @@ fn key_store_reads(operation: &str) -> Option<&'static [&'static str]> {
             "TrustAnchorCertificate",
             "KeyStorePassword",
             "CustomKeyStoreType",
-            "XksProxyUriEndpoint",
-            "XksProxyUriPath",
-            "XksProxyVpcEndpointServiceName",
-            "XksProxyAuthenticationCredential",
-            "XksProxyAuthenticationCredential.AccessKeyId",
-            "XksProxyAuthenticationCredential.RawSecretAccessKey",
-            "XksProxyConnectivity",
         ],
         "ConnectCustomKeyStore" | "DisconnectCustomKeyStore" | "DeleteCustomKeyStore" => STORE,
         "UpdateCustomKeyStore" => &[
@@ -503,13 +496,6 @@ fn key_store_reads(operation: &str) -> Option<&'static [&'static str]> {
             "NewCustomKeyStoreName",
             "KeyStorePassword",
             "CloudHsmClusterId",
-            "XksProxyUriEndpoint",
-            "XksProxyUriPath",
-            "XksProxyVpcEndpointServiceName",
-            "XksProxyAuthenticationCredential",
-            "XksProxyAuthenticationCredential.AccessKeyId",
-            "XksProxyAuthenticationCredential.RawSecretAccessKey",
-            "XksProxyConnectivity",
         ],
         "DescribeCustomKeyStores" => &["CustomKeyStoreId", "CustomKeyStoreName", "Limit", "Marker"],
         _ => return None,
@@ -659,8 +645,22 @@ pub fn reads(operation: &str) -> Option<Vec<&'static str>> {
     if DRY_RUN_OPERATIONS.contains(&operation) {
         out.push("DryRun");
     }
+    if matches!(operation, "CreateCustomKeyStore" | "UpdateCustomKeyStore") {
+        out.extend_from_slice(XKS_STORE_MEMBERS);
+    }
     Some(out)
 }
+
+/// The `EXTERNAL_KEY_STORE` members CreateCustomKeyStore and UpdateCustomKeyStore read.
+const XKS_STORE_MEMBERS: &[&str] = &[
+    "XksProxyUriEndpoint",
+    "XksProxyUriPath",
+    "XksProxyVpcEndpointServiceName",
+    "XksProxyAuthenticationCredential",
+    "XksProxyAuthenticationCredential.AccessKeyId",
+    "XksProxyAuthenticationCredential.RawSecretAccessKey",
+    "XksProxyConnectivity",
+];
 
 /// p11kms's one extension of a pattern: an `XksProxyUriEndpoint` of plain `http://` to a
 /// loopback address with a port (a proxy on the same host), which AWS's `https://` pattern
