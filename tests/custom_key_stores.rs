@@ -304,13 +304,6 @@ async fn life_cycle_across_two_stores_and_the_default_one() {
         .filter(|e| e["requestParameters"]["orphanedKeyObject"] == orphan.as_str())
         .count();
     assert_eq!(audited, 1);
-    let device_b = server
-        .kms
-        .key_stores()
-        .get(&store_b)
-        .unwrap()
-        .connected_hsm()
-        .unwrap();
     assert_eq!(
         reason(try_describe(&mut c, &key_b).await),
         "NotFoundException"

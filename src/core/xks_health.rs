@@ -13,8 +13,8 @@
 //! - `UNAVAILABLE`: it failed or did not answer within [`PROBE_TIMEOUT`], or the store is
 //!   not connected (connecting, or failed and being retried).
 //!
-//! Stores the administrator disconnected are not listed. Concurrent health requests share one
-//! check.
+//! Stores the administrator disconnected are not listed. The devices are probed at once, and
+//! concurrent health requests share one check.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,19 +147,24 @@ impl Kms {
         fleet
     }
 
-    /// Probes the default token and each custom key store, at most [`MAX_FLEET`] entries.
+    /// Probes the default token and each custom key store at once (so a slow device delays
+    /// the answer by one probe at most, not by one per device), in that order, at most
+    /// [`MAX_FLEET`] entries.
     async fn check_fleet(&self) -> Vec<EkmDetail> {
         let hsm: Arc<Hsm> = self.hsm().clone();
-        let mut fleet = vec![entry(hsm.token_label().to_string(), &hsm).await];
-        for handle in self.key_stores().all() {
-            if fleet.len() == MAX_FLEET {
-                break;
-            }
-            if let Some(e) = store_entry(&handle).await {
-                fleet.push(e);
-            }
+        let mut probes = tokio::task::JoinSet::new();
+        probes.spawn(async move { (0, Some(entry(hsm.token_label().to_string(), &hsm).await)) });
+        for (i, handle) in self.key_stores().all().into_iter().enumerate() {
+            probes.spawn(async move { (i + 1, store_entry(&handle).await) });
         }
-        fleet
+        let mut found: Vec<(usize, EkmDetail)> = probes
+            .join_all()
+            .await
+            .into_iter()
+            .filter_map(|(i, e)| Some((i, e?)))
+            .collect();
+        found.sort_by_key(|(i, _)| *i);
+        found.into_iter().map(|(_, e)| e).take(MAX_FLEET).collect()
     }
 }
 
