@@ -490,6 +490,31 @@ sys.stdout.write(AESGCM(key).decrypt(iv, ct + tag, full).hex())
     hex::decode(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
 }
 
+/// The reverse of [`python_open`]: Python's AES-GCM seals `pt` under `material` with the
+/// specification's AAD formula over `aad` and `md`, a fresh 12-byte IV; the answer is a
+/// Decrypt body's members (base64).
+fn python_seal(material: &[u8], pt: &[u8], aad: &[u8], md: &[u8], scratch: &Path) -> Value {
+    let script = r#"
+import sys, os, base64, json
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+key, pt, aad, md = (bytes.fromhex(x) for x in sys.argv[1:5])
+full = len(aad).to_bytes(2, "big") + aad + len(md).to_bytes(1, "big") + md
+iv = os.urandom(12)
+out = AESGCM(key).encrypt(iv, pt, full)
+b = lambda x: base64.b64encode(x).decode()
+sys.stdout.write(json.dumps({"ciphertext": b(out[:-16]), "authenticationTag": b(out[-16:]),
+                             "initializationVector": b(iv), "ciphertextMetadata": b(md)}))
+"#;
+    let out = hermetic_command(manifest_dir().join(".venv/bin/python"), scratch)
+        .arg("-c")
+        .arg(script)
+        .args([material, pt, aad, md].map(hex::encode))
+        .output()
+        .expect("run the venv's python (scripts/python-venv.sh)");
+    assert_succeeded(&out, "Python AES-GCM could not seal");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertexts_open_with_python_aes_gcm_and_the_spec_aad() {
     let (server, addr, _) = start_xks("xks-interop").await;
@@ -511,7 +536,95 @@ async fn ciphertexts_open_with_python_aes_gcm_and_the_spec_aad() {
             )
             .await;
         assert_eq!(python_open(&material, &enc, &aad, scratch_dir()), pt);
+        // The reverse: what Python sealed with the spec's AAD (and our key-version
+        // metadata) the door opens.
+        let sealed = python_seal(&material, &pt, &aad, &[1, 0, 0, 0, 1], scratch_dir());
+        let opened = door
+            .ok(
+                &path(&format!("keys/{key}/decrypt")),
+                &decrypt_body(&sealed, &aad, ALLOWED),
+            )
+            .await;
+        assert_eq!(b64(&opened["plaintext"]), pt);
     }
+    server.shutdown().await.unwrap();
+}
+
+/// Several logical key stores on one door, one per URI path prefix: each accepts only its
+/// own credentials and runs as its own principal (here user2, whom the key policy does not
+/// allow), and a path under neither prefix is InvalidUriPathException.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_prefix_is_its_own_key_store() {
+    const ID7: &str = "AKIAXKSSECONDSTORE77";
+    const SECRET9: &str = "xks-secret-second-store-0123456789abcdefghijk";
+    let dir = data_dir("xks-two-stores");
+    let creds = dir.join("second-creds.json");
+    write_secret(
+        &creds,
+        json!([{"access_key_id": ID7, "secret_access_key": SECRET9}]).to_string(),
+    );
+    let second = format!(
+        "\n[[xks.key_store]]\nuri_path_prefix = \"/second\"\nprincipal = \"{USER2}\"\n\
+         credentials_file = \"{}\"\n",
+        creds.display()
+    );
+    let (server, addr, _) =
+        start_xks_on("xks-two-stores", "", &second, ServerOptions::default()).await;
+    let mut c = admin(server.addr).await;
+    let key = xks_key(&mut c, None).await;
+    let md = json!({"requestMetadata": metadata("DescribeKey", ALLOWED)});
+    let second_path = format!("/second/kms/xks/v1/keys/{key}/metadata");
+    let own = Signing {
+        id: ID7,
+        secret: SECRET9,
+        ..GOOD
+    };
+    let (status, e) = xks(&server, addr, "POST", &second_path, GOOD, &md).await;
+    assert_eq!(
+        (status, e["errorName"].as_str()),
+        (401, Some("AuthenticationFailedException")),
+        "{e}"
+    );
+    let (status, e) = xks(
+        &server,
+        addr,
+        "POST",
+        &path(&format!("keys/{key}/metadata")),
+        own,
+        &md,
+    )
+    .await;
+    assert_eq!(
+        (status, e["errorName"].as_str()),
+        (401, Some("AuthenticationFailedException")),
+        "{e}"
+    );
+    let (status, e) = xks(&server, addr, "POST", &second_path, own, &md).await;
+    assert_eq!(
+        (status, e["errorName"].as_str()),
+        (403, Some("AccessDeniedException")),
+        "user2: {e}"
+    );
+    let (status, m) = xks(
+        &server,
+        addr,
+        "POST",
+        &path(&format!("keys/{key}/metadata")),
+        GOOD,
+        &md,
+    )
+    .await;
+    assert_eq!(
+        (status, m["keyStatus"].as_str()),
+        (200, Some("ENABLED")),
+        "user1: {m}"
+    );
+    let (status, e) = xks(&server, addr, "POST", "/third/kms/xks/v1/health", own, &md).await;
+    assert_eq!(
+        (status, e["errorName"].as_str()),
+        (404, Some("InvalidUriPathException")),
+        "{e}"
+    );
     server.shutdown().await.unwrap();
 }
 
