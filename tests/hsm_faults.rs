@@ -455,9 +455,17 @@ async fn device_reset_closes_every_session_and_the_daemon_recovers() {
     // logged out, every object handle becomes invalid), as a device reset does.
     f.set("reset");
     let before = counters(&server);
-    // Batches of concurrent decrypts until every worker has reopened its session (so each
-    // has run at least one job since the reset), tolerating device failures meanwhile.
+    // One request alone first, so that the reset (which closes sessions under SoftHSM2's
+    // feet) happens while no other request is inside the library: SoftHSM2 itself is not
+    // safe against C_CloseAllSessions racing a call on another thread, which once crashed
+    // this test process. Then batches of concurrent decrypts until every worker has reopened
+    // its session (so each has run at least one job since the reset), tolerating device
+    // failures meanwhile.
     let mut failures: Vec<tonic::Status> = Vec::new();
+    match decrypt(&mut c, &blob).await {
+        Ok(pt) => assert_eq!(pt, PLAINTEXT),
+        Err(s) => failures.push(s),
+    }
     let mut batches = 0;
     while delta(&before, &counters(&server), "C_OpenSession") < workers && batches < 20 {
         batches += 1;
