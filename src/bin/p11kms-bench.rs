@@ -32,6 +32,12 @@
 // The per-case JSON object has more fields than serde_json's macro expands by default.
 #![recursion_limit = "256"]
 
+#[path = "p11kms-bench/aws.rs"]
+mod aws;
+#[path = "p11kms-bench/http_client.rs"]
+mod http_client;
+#[path = "p11kms-bench/shim.rs"]
+mod shim;
 #[path = "p11kms-bench/xks.rs"]
 mod xks;
 
@@ -55,8 +61,10 @@ use p11kms::hsm::raw::{RawBench, RawKey, RawOp, RawResult, RawSigning};
 use p11kms::hsm::Pin;
 use p11kms::pb;
 use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
+use p11kms::pb::security_token_service_client::SecurityTokenServiceClient;
 
 type Client = KeyManagementServiceClient<Channel>;
+type StsClient = SecurityTokenServiceClient<Channel>;
 
 const TOKEN_LABEL: &str = "p11kms-bench";
 /// The `--key-store` cluster's token (same token directory as [`TOKEN_LABEL`]).
@@ -75,6 +83,9 @@ const MAX_SAMPLES: usize = 5_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum Op {
+    /// The door's transport floor: an authenticated, audited request without an HSM call
+    /// (gRPC and AWS: GetCallerIdentity; XKS: GetKeyMetadata).
+    CallerIdentity,
     Encrypt,
     Decrypt,
     GenerateDataKey,
@@ -90,6 +101,7 @@ enum Op {
 impl Op {
     fn name(self) -> &'static str {
         match self {
+            Op::CallerIdentity => "caller-identity",
             Op::Encrypt => "encrypt",
             Op::Decrypt => "decrypt",
             Op::GenerateDataKey => "generate-data-key",
@@ -101,8 +113,10 @@ impl Op {
         }
     }
 
-    fn raw(self) -> RawOp {
-        match self {
+    /// The raw baseline's operation (none for the floor case: it makes no HSM call).
+    fn raw(self) -> Option<RawOp> {
+        Some(match self {
+            Op::CallerIdentity => return None,
             Op::Encrypt => RawOp::Encrypt,
             Op::Decrypt => RawOp::Decrypt,
             Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => RawOp::GenerateDataKey,
@@ -110,13 +124,13 @@ impl Op {
             Op::CreateKey => RawOp::CreateKey,
             Op::Sign => RawOp::Sign,
             Op::Verify => RawOp::Verify,
-        }
+        })
     }
 
     /// Whether the case uses an existing key object (token key or session copy; not
     /// create-key), so that a raw baseline on a session copy means something.
     fn uses_key_object(self) -> bool {
-        self != Op::CreateKey
+        !matches!(self, Op::CreateKey | Op::CallerIdentity)
     }
 
     /// Whether the case's key is a SYMMETRIC_DEFAULT key: the only kind a custom key store
@@ -128,6 +142,7 @@ impl Op {
     /// What the HSM does per request, for the JSON.
     fn hsm_calls(self) -> &'static str {
         match self {
+            Op::CallerIdentity => "none",
             Op::Encrypt => "C_GenerateRandom(12)+C_EncryptInit+C_Encrypt",
             Op::Decrypt => "C_DecryptInit+C_Decrypt",
             Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => {
@@ -205,9 +220,42 @@ enum Suite {
 enum Door {
     /// gRPC over HTTP/2 with TLS (mTLS or SigV4).
     Grpc,
+    /// The AWS door (KMS JSON 1.1 and STS Query over HTTP/1.1, SigV4 services kms and sts,
+    /// one keep-alive connection per worker): caller-identity, encrypt, decrypt,
+    /// generate-data-key*, re-encrypt.
+    Aws,
     /// The XKS proxy API (HTTP/1.1 over HTTPS, SigV4 service kms-xks-proxy, one keep-alive
-    /// connection per worker): encrypt and decrypt only.
+    /// connection per worker): caller-identity (GetKeyMetadata), encrypt and decrypt.
     Xks,
+}
+
+impl Door {
+    /// The door's name in the JSON.
+    fn name(self) -> &'static str {
+        match self {
+            Door::Grpc => "grpc",
+            Door::Aws => "aws",
+            Door::Xks => "xks",
+        }
+    }
+
+    /// Whether the door's load has a request for `op`.
+    fn serves(self, op: Op) -> bool {
+        match self {
+            Door::Grpc => true,
+            Door::Aws => aws::serves(op),
+            Door::Xks => matches!(op, Op::CallerIdentity | Op::Encrypt | Op::Decrypt),
+        }
+    }
+}
+
+/// The transport of the own daemon's AWS door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AwsTransport {
+    /// HTTPS with the daemon's server certificate (the world's dev CA).
+    Https,
+    /// Plain HTTP (the daemon allows it on loopback only).
+    Http,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -222,6 +270,8 @@ enum Auth {
 #[derive(Parser, Debug)]
 #[command(name = "p11kms-bench", version)]
 #[command(group(clap::ArgGroup::new("external").args(["endpoint", "xks_endpoint"])))]
+#[command(group(clap::ArgGroup::new("measured_server").args(["endpoint", "xks_endpoint", "peer_xks"]).multiple(true)))]
+#[command(group(clap::ArgGroup::new("xks_remote").args(["xks_endpoint", "peer_xks"]).multiple(true)))]
 struct Cli {
     /// Suites to run, in order.
     #[arg(
@@ -236,12 +286,12 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "encrypt,decrypt,generate-data-key,generate-data-key-without-plaintext,re-encrypt,create-key,sign,verify"
+        default_value = "caller-identity,encrypt,decrypt,generate-data-key,generate-data-key-without-plaintext,re-encrypt,create-key,sign,verify"
     )]
     ops: Vec<Op>,
-    /// Concurrent closed-loop tasks.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    /// Concurrent closed-loop tasks; several levels (`1,8,32`) run each case at each level.
+    #[arg(long, value_delimiter = ',', default_value = "32", value_parser = clap::value_parser!(usize))]
+    concurrency: Vec<usize>,
     /// HTTP/2 channels (connections) the tasks share.
     #[arg(long, default_value_t = 4)]
     channels: usize,
@@ -272,10 +322,20 @@ struct Cli {
     /// Tokio worker threads of the client.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
-    /// The door of the crypto suite's load. `xks`: the XKS proxy API (encrypt and decrypt
-    /// cases only; the own daemon gets an `[[xks.key_store]]`, or use --xks-endpoint).
+    /// The door of the crypto suite's load. `aws`: the AWS door (KMS JSON 1.1, STS Query;
+    /// the own daemon gets an `[aws_json]` listener, or use --aws-endpoint); `xks`: the XKS
+    /// proxy API (the own daemon gets an `[[xks.key_store]]`, or use --xks-endpoint). Cases a
+    /// door lacks are skipped with a note.
     #[arg(long, value_enum, default_value_t = Door::Grpc)]
     door: Door,
+    /// `--door aws` on the own daemon: HTTPS (the server certificate, the world's CA) or plain
+    /// HTTP (allowed on loopback).
+    #[arg(long, value_enum, default_value_t = AwsTransport::Https)]
+    aws_transport: AwsTransport,
+    /// The SigV4 region of the gRPC and AWS doors: the own daemon's `[kms] region`, or the
+    /// existing daemon's.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
 
     // ---- own daemon
     /// Identity directory (credentials.json + <account>.json files) for the own daemon.
@@ -303,6 +363,15 @@ struct Cli {
     /// daemon's default, group commit).
     #[arg(long)]
     audit_durability: Option<String>,
+    /// Own daemon only: put the PKCS#11 fault shim (`tests/fault-shim/shim.c`, compiled with
+    /// `cc`) between the daemon and SoftHSM2, sleeping this many milliseconds before each
+    /// call of --hsm-delay-calls: a network HSM's latency. The raw loop runs on the real
+    /// module (no delay).
+    #[arg(long, conflicts_with_all = ["endpoint", "xks_endpoint"])]
+    hsm_delay_ms: Option<u64>,
+    /// The PKCS#11 functions --hsm-delay-ms delays.
+    #[arg(long, value_delimiter = ',', default_value = "C_Encrypt", requires = "hsm_delay_ms")]
+    hsm_delay_calls: Vec<String>,
     /// Run the own daemon with `hsm.session_key_copies = false` (CMK versions used through
     /// their token objects), for A/B runs.
     #[arg(long)]
@@ -351,8 +420,8 @@ struct Cli {
     /// File holding the SigV4 secret (existing daemon; else AWS_SECRET_ACCESS_KEY).
     #[arg(long, requires = "endpoint")]
     secret_access_key_file: Option<PathBuf>,
-    /// PID of the existing daemon (or XKS proxy), to read its CPU and memory.
-    #[arg(long, requires = "external")]
+    /// PID of the existing daemon, XKS proxy or --peer-xks peer, to read its CPU and memory.
+    #[arg(long, visible_alias = "peer-pid", requires = "measured_server")]
     server_pid: Option<u32>,
     /// Key to use with the existing daemon (default: create one).
     #[arg(long, requires = "endpoint")]
@@ -377,19 +446,28 @@ struct Cli {
     /// --xks-credentials and --xks-key-id (and --xks-ca for https).
     #[arg(long, requires_all = ["xks_credentials", "xks_key_id"])]
     xks_endpoint: Option<String>,
+    /// With --door xks and the own daemon: also measure this running XKS proxy (e.g. AWS's
+    /// sample, `https://host:port`) in the same run, own-daemon and peer phases alternating;
+    /// --xks-uri-prefix, --xks-credentials, --xks-key-id, --xks-ca and --peer-pid describe it.
+    #[arg(long, requires_all = ["xks_credentials", "xks_key_id"], conflicts_with_all = ["endpoint", "xks_endpoint"])]
+    peer_xks: Option<String>,
     /// The proxy's URI path prefix (before `/kms/xks/v1`; empty by default).
-    #[arg(long, requires = "xks_endpoint", default_value = "")]
+    #[arg(long, requires = "xks_remote", default_value = "")]
     xks_uri_prefix: String,
     /// The proxy's SigV4 credential: a JSON file `[{"access_key_id": ..., "secret_access_key":
     /// ...}]` (the XKS door's credentials-file format; the first one is used).
-    #[arg(long, requires = "xks_endpoint")]
+    #[arg(long, requires = "xks_remote")]
     xks_credentials: Option<PathBuf>,
     /// The external key id to encrypt and decrypt under.
-    #[arg(long, requires = "xks_endpoint")]
+    #[arg(long, requires = "xks_remote")]
     xks_key_id: Option<String>,
     /// The proxy's CA certificate (PEM), for https.
-    #[arg(long, requires = "xks_endpoint")]
+    #[arg(long, requires = "xks_remote")]
     xks_ca: Option<PathBuf>,
+    /// An existing daemon's AWS door (`https://host:port`, or `http://` on loopback) for
+    /// `--door aws`; --endpoint (gRPC) makes the key, --ca-cert and --tls-domain apply.
+    #[arg(long, requires = "endpoint")]
+    aws_endpoint: Option<String>,
     /// The region of the XKS SigV4 scope.
     #[arg(long, default_value = "us-east-1")]
     xks_region: String,
@@ -498,8 +576,28 @@ struct World {
     metrics_addr: SocketAddr,
     /// With `--door xks`: the XKS door's address and its key store's SigV4 credential.
     xks: Option<(SocketAddr, xks::Credential)>,
+    /// With `--door aws`: the AWS door's address.
+    aws: Option<SocketAddr>,
+    /// With `--hsm-delay-ms`: the fault shim between the daemon and the real module.
+    shim: Option<shim::Shim>,
     daemon_bin: PathBuf,
     keep: bool,
+}
+
+impl World {
+    /// The daemon's `hsm.module`: the fault shim with `--hsm-delay-ms`, else the real module.
+    fn daemon_module(&self) -> &Path {
+        self.shim.as_ref().map_or(&self.module, |s| &s.lib)
+    }
+
+    /// With `--hsm-delay-ms`: builds the fault shim in the work dir, forwarding to the real
+    /// module, with its delay control files.
+    fn attach_shim(&mut self, cli: &Cli) -> Result<(), String> {
+        if let Some(ms) = cli.hsm_delay_ms {
+            self.shim = Some(shim::build(&self.dir, &self.module, ms, &cli.hsm_delay_calls)?);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for World {
@@ -528,13 +626,20 @@ impl Daemon {
             .open(&log)
             .map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&world.daemon_bin)
-            .arg("serve")
+        let mut cmd = Command::new(&world.daemon_bin);
+        cmd.arg("serve")
             .arg("--config")
             .arg(&world.config)
             .env(PIN_ENV, world.pin.expose())
             .env("SOFTHSM2_CONF", &world.softhsm_conf)
             .env_remove("RUST_LOG")
+            .env_remove("P11KMS_SHIM_TARGET")
+            .env_remove("P11KMS_SHIM_CONTROL");
+        if let Some(shim) = &world.shim {
+            cmd.env("P11KMS_SHIM_TARGET", &shim.target)
+                .env("P11KMS_SHIM_CONTROL", &shim.control);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -649,7 +754,8 @@ fn random_secret() -> String {
 /// Builds the own daemon's world: its tokens (the default one and, with `--key-store`, the
 /// cluster's), then its PKI, credentials and config.
 fn build_world(cli: &Cli) -> Result<World, String> {
-    let world = new_world(cli, daemon_bin(cli)?)?;
+    let mut world = new_world(cli, daemon_bin(cli)?)?;
+    world.attach_shim(cli)?;
     init_token(cli, &world, TOKEN_LABEL, &world.pin)?;
     if let Some(pin) = &world.cluster_pin {
         init_token(cli, &world, CLUSTER_TOKEN_LABEL, pin)?;
@@ -705,8 +811,13 @@ fn new_world(cli: &Cli, daemon_bin: PathBuf) -> Result<World, String> {
                 SocketAddr::from(([127, 0, 0, 1], free_port()?)),
                 xks::random_credential(random_secret()),
             )),
-            Door::Grpc => None,
+            Door::Grpc | Door::Aws => None,
         },
+        aws: match cli.door {
+            Door::Aws => Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+            Door::Grpc | Door::Xks => None,
+        },
+        shim: None,
         daemon_bin,
         keep: cli.keep_workdir,
         dir,
@@ -849,7 +960,7 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
         cert = q(&world.pki.join("server.pem")),
         key = q(&world.pki.join("server-key.pem")),
         ca = q(&world.pki.join("ca.pem")),
-        module = q(&world.module),
+        module = q(world.daemon_module()),
         conf = q(&world.softhsm_conf),
         workers = cli
             .hsm_workers
@@ -865,9 +976,16 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
         creds = q(creds),
     );
     text.push_str(&format!(
-        "\n[metrics]\nlisten = \"{}\"\n",
-        world.metrics_addr
+        "\n[metrics]\nlisten = \"{}\"\n\n[kms]\nregion = {}\n",
+        world.metrics_addr,
+        toml_str(&cli.region)
     ));
+    if let Some(addr) = world.aws {
+        text.push_str(&format!(
+            "\n[aws_json]\nenabled = true\nlisten = \"{addr}\"\ntls = {}\n",
+            cli.aws_transport == AwsTransport::Https
+        ));
+    }
     if let Some(d) = &cli.audit_durability {
         text.push_str(&format!("\n[audit]\ndurability = {}\n", toml_str(d)));
     }
@@ -889,7 +1007,7 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
 fn cluster_section(world: &World) -> String {
     format!(
         "\n[[hsm.cluster]]\nid = \"{CLUSTER_ID}\"\nmodule = {}\ntoken_label = \"{CLUSTER_TOKEN_LABEL}\"\ntrust_anchor_file = {}\n",
-        toml_str(&world.module.display().to_string()),
+        toml_str(&world.daemon_module().display().to_string()),
         toml_str(&trust_anchor_file(world).display().to_string()),
     )
 }
@@ -911,6 +1029,8 @@ struct Target {
     cfg: ClientConfig,
     authority: String,
     credentials: Option<AccessKeyCredentials>,
+    /// The SigV4 region (`--region`).
+    region: String,
 }
 
 impl Target {
@@ -938,6 +1058,7 @@ impl Target {
             cfg,
             authority: world.addr.to_string(),
             credentials,
+            region: cli.region.clone(),
         })
     }
 
@@ -959,37 +1080,20 @@ impl Target {
                 cfg.client_cert = cli.client_cert.clone();
                 cfg.client_key = cli.client_key.clone();
             }
-            Auth::Sigv4 => {
-                let secret =
-                    match &cli.secret_access_key_file {
-                        Some(p) => Zeroizing::new(
-                            std::fs::read_to_string(p)
-                                .map_err(|e| format!("{}: {e}", p.display()))?
-                                .trim()
-                                .to_string(),
-                        ),
-                        None => Zeroizing::new(std::env::var("AWS_SECRET_ACCESS_KEY").map_err(
-                            |_| "sigv4 needs --secret-access-key-file or AWS_SECRET_ACCESS_KEY",
-                        )?),
-                    };
-                credentials = Some(AccessKeyCredentials {
-                    access_key_id: cli.access_key_id.clone(),
-                    secret_access_key: secret,
-                    session_token: None,
-                });
-            }
+            Auth::Sigv4 => credentials = Some(existing_credentials(cli)?),
         }
         Ok(Target {
             cfg,
             authority,
             credentials,
+            region: cli.region.clone(),
         })
     }
 
     fn signer(&self) -> Option<Signer> {
         self.credentials.clone().map(|credentials| Signer {
             credentials,
-            region: "us-east-1".into(),
+            region: self.region.clone(),
             authority: self.authority.clone(),
         })
     }
@@ -1001,6 +1105,28 @@ impl Target {
             "mtls"
         }
     }
+}
+
+/// The SigV4 credential for an existing daemon: `--access-key-id` with the secret of
+/// `--secret-access-key-file` or `AWS_SECRET_ACCESS_KEY`.
+fn existing_credentials(cli: &Cli) -> Result<AccessKeyCredentials, String> {
+    let secret = match &cli.secret_access_key_file {
+        Some(p) => Zeroizing::new(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => Zeroizing::new(
+            std::env::var("AWS_SECRET_ACCESS_KEY")
+                .map_err(|_| "sigv4 needs --secret-access-key-file or AWS_SECRET_ACCESS_KEY")?,
+        ),
+    };
+    Ok(AccessKeyCredentials {
+        access_key_id: cli.access_key_id.clone(),
+        secret_access_key: secret,
+        session_token: None,
+    })
 }
 
 fn fixture_credentials(path: &Path, access_key_id: &str) -> Result<AccessKeyCredentials, String> {
@@ -1024,29 +1150,39 @@ fn fixture_credentials(path: &Path, access_key_id: &str) -> Result<AccessKeyCred
 #[derive(Clone)]
 struct Conn {
     clients: Vec<Client>,
+    /// The SecurityTokenService on the same channels (the caller-identity case).
+    sts: Vec<StsClient>,
     signer: Option<Signer>,
 }
 
 impl Conn {
     async fn open(target: &Target, channels: usize) -> Result<Conn, String> {
         let mut clients = Vec::new();
+        let mut sts = Vec::new();
         for _ in 0..channels.max(1) {
             let ch = target
                 .cfg
                 .channel()
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
+            sts.push(SecurityTokenServiceClient::new(ch.clone()));
             clients.push(KeyManagementServiceClient::new(ch));
         }
         Ok(Conn {
             clients,
+            sts,
             signer: target.signer(),
         })
     }
 
     fn req<T: prost::Message>(&self, msg: T, method: &str) -> tonic::Request<T> {
+        self.req_of(msg, "KeyManagementService", method)
+    }
+
+    /// A request to `service`'s `method`, signed when the load uses SigV4.
+    fn req_of<T: prost::Message>(&self, msg: T, service: &str, method: &str) -> tonic::Request<T> {
         match &self.signer {
-            Some(s) => s.sign(msg, &format!("/p11kms.v1.KeyManagementService/{method}")),
+            Some(s) => s.sign(msg, &format!("/p11kms.v1.{service}/{method}")),
             None => tonic::Request::new(msg),
         }
     }
@@ -1187,6 +1323,18 @@ fn sign_request(f: &Fixture) -> pb::SignRequest {
     }
 }
 
+/// SecurityTokenService.GetCallerIdentity: the gRPC door's floor (authenticated and audited,
+/// no HSM call).
+async fn caller_identity(conn: &Conn, sts: &mut StsClient) -> Result<(), tonic::Status> {
+    sts.get_caller_identity(conn.req_of(
+        pb::GetCallerIdentityRequest {},
+        "SecurityTokenService",
+        "GetCallerIdentity",
+    ))
+    .await
+    .map(drop)
+}
+
 /// Inputs the requests of one case reuse.
 struct Fixture {
     op: Op,
@@ -1200,12 +1348,13 @@ struct Fixture {
     /// A signature over `plaintext` by `key_id` (verify only).
     signature: Vec<u8>,
     data_key_len: i32,
-    /// `--door xks`: the XKS request of the case.
-    xks: Option<xks::Call>,
+    /// `--door aws|xks`: the HTTP request of the case.
+    http: Option<http_client::Call>,
 }
 
 async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), tonic::Status> {
     match f.op {
+        Op::CallerIdentity => caller_identity(conn, &mut conn.sts[0].clone()).await?,
         Op::Encrypt => {
             c.encrypt(conn.req(
                 pb::EncryptRequest {
@@ -1321,28 +1470,70 @@ macro_rules! closed_loop {
     }};
 }
 
-/// What a case's load goes through: gRPC channels, or one XKS connection per worker.
+/// What a case's load goes through: gRPC channels, or one HTTP/1.1 connection per worker to
+/// the AWS door or an XKS proxy.
 #[derive(Clone)]
 enum Load {
     Grpc(Conn),
+    Aws(Arc<aws::Pool>),
     Xks(Arc<xks::Pool>),
 }
 
 impl Load {
-    /// The gRPC connection (fixtures, the startup suite); an error for `--door xks`.
+    /// The gRPC connection (fixtures, the startup suite); an error for the HTTP doors.
     fn grpc(&self) -> Result<&Conn, String> {
         match self {
             Load::Grpc(c) => Ok(c),
-            Load::Xks(_) => Err("this needs the gRPC door (not --door xks)".into()),
+            _ => Err("this needs the gRPC door (not --door aws|xks)".into()),
         }
     }
 
-    /// Connections the load uses (gRPC channels, or XKS connections).
+    /// The door, for the JSON.
+    fn door(&self) -> Door {
+        match self {
+            Load::Grpc(_) => Door::Grpc,
+            Load::Aws(_) => Door::Aws,
+            Load::Xks(_) => Door::Xks,
+        }
+    }
+
+    /// Whether the load goes over TLS.
+    fn tls(&self) -> bool {
+        match self {
+            Load::Grpc(_) => true,
+            Load::Aws(p) => p.tls(),
+            Load::Xks(p) => p.tls(),
+        }
+    }
+
+    /// Connections the load uses (gRPC channels, or HTTP connections).
     fn connections(&self) -> usize {
         match self {
             Load::Grpc(c) => c.clients.len(),
+            Load::Aws(p) => p.len(),
             Load::Xks(p) => p.len(),
         }
+    }
+
+    /// What the HSM does per request of `op` on this door, for the JSON.
+    fn hsm_calls(&self, op: Op, signing: Signing) -> &'static str {
+        match (self, op) {
+            (Load::Xks(_), Op::Encrypt) => {
+                "C_GenerateRandom(12)+C_EncryptInit+C_Encrypt, then (p11kms, for the CDIV) \
+                 C_DecryptInit+C_Decrypt"
+            }
+            (_, Op::Sign | Op::Verify) => signing.hsm_calls(op),
+            _ => op.hsm_calls(),
+        }
+    }
+
+    /// The raw loop's AAD: the size of the AAD the daemon's HSM sees for the door.
+    fn aad(&self) -> Vec<u8> {
+        if let Load::Xks(_) = self {
+            return xks::raw_aad();
+        }
+        let header = p11kms::ciphertext::header(&[0u8; 16], 1, &[0u8; 12]);
+        p11kms::ciphertext::aad(&header, &[])
     }
 
     /// Worker `i`'s closed loop on its connection until `deadline`.
@@ -1352,7 +1543,15 @@ impl Load {
         fixture: &Fixture,
         deadline: Instant,
     ) -> (Vec<u32>, BTreeMap<String, u64>) {
-        match (self, &fixture.xks) {
+        match (self, &fixture.http) {
+            (Load::Grpc(conn), _) if fixture.op == Op::CallerIdentity => {
+                let mut sts = conn.sts[i % conn.sts.len()].clone();
+                closed_loop!(deadline, async {
+                    caller_identity(conn, &mut sts)
+                        .await
+                        .map_err(|s| reason(&s))
+                })
+            }
             (Load::Grpc(conn), _) => {
                 let mut c = conn.client(i);
                 closed_loop!(deadline, async {
@@ -1361,13 +1560,17 @@ impl Load {
                         .map_err(|s| reason(&s))
                 })
             }
+            (Load::Aws(pool), Some(call)) => {
+                let mut conn = pool.worker(i).await;
+                closed_loop!(deadline, pool.call(&mut conn, call))
+            }
             (Load::Xks(pool), Some(call)) => {
                 let mut conn = pool.worker(i).await;
-                closed_loop!(deadline, conn.call(pool.target(), call))
+                closed_loop!(deadline, pool.call(&mut conn, call))
             }
-            (Load::Xks(_), None) => (
+            (_, None) => (
                 Vec::new(),
-                BTreeMap::from([("NoXksRequest".to_string(), 1)]),
+                BTreeMap::from([("NoHttpRequest".to_string(), 1)]),
             ),
         }
     }
@@ -1497,6 +1700,36 @@ struct Bench<'a> {
     tck: f64,
     cores: usize,
     token_keys_note: Option<usize>,
+    /// `--peer-xks`: the peer XKS proxy measured beside the own daemon.
+    peer: Option<Peer>,
+    /// The own daemon's `hsm.workers` (for the `--hsm-delay-ms` ceiling).
+    hsm_workers: Option<usize>,
+}
+
+/// The `--peer-xks` proxy: its load (its key) and its process (`--peer-pid`).
+struct Peer {
+    load: Load,
+    pid: Option<u32>,
+}
+
+/// Who a JSON line measured: the own daemon (or `--endpoint`), the `--peer-xks` peer, or
+/// an `--xks-endpoint` proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Measuring {
+    P11kms,
+    Peer,
+    XksEndpoint,
+}
+
+impl Measuring {
+    /// The JSON's `"target"`.
+    fn name(self) -> &'static str {
+        match self {
+            Measuring::P11kms => "p11kms",
+            Measuring::Peer => "peer",
+            Measuring::XksEndpoint => "xks-endpoint",
+        }
+    }
 }
 
 impl Bench<'_> {
@@ -1513,41 +1746,29 @@ impl Bench<'_> {
         }
     }
 
-    /// `grpc` or `xks`, for the JSON.
-    fn door_name(&self) -> &'static str {
-        match self.load {
-            Load::Grpc(_) => "grpc",
-            Load::Xks(_) => "xks",
-        }
-    }
-
-    /// What the HSM does per request, for the JSON.
-    fn hsm_calls(&self, op: Op) -> &'static str {
-        match (&self.load, op) {
-            (Load::Xks(_), Op::Encrypt) => {
-                "C_GenerateRandom(12)+C_EncryptInit+C_Encrypt, then (p11kms, for the CDIV) \
-                 C_DecryptInit+C_Decrypt"
+    /// The HTTP request of case `op` on `load`'s door (decrypt and re-encrypt: of one Encrypt
+    /// made first); `None` for the gRPC door.
+    fn http_fixture(&self, op: Op, load: &Load) -> Option<Result<Fixture, String>> {
+        let payload = self.cli.payload;
+        let call = match load {
+            Load::Grpc(_) => return None,
+            Load::Aws(pool) => self.rt.block_on(aws::call_of(
+                pool,
+                op,
+                &self.key_id,
+                payload,
+                payload.min(1024),
+            )),
+            Load::Xks(pool) => {
+                let case = match op {
+                    Op::CallerIdentity => xks::Case::Metadata,
+                    Op::Decrypt => xks::Case::Decrypt,
+                    _ => xks::Case::Encrypt,
+                };
+                self.rt.block_on(xks::call_of(pool, case, payload))
             }
-            (_, Op::Sign | Op::Verify) => self.cli.signing.hsm_calls(op),
-            _ => op.hsm_calls(),
-        }
-    }
-
-    /// The raw loop's AAD: the size of the AAD the daemon's HSM sees for the case's door.
-    fn aad(&self) -> Vec<u8> {
-        if let Load::Xks(_) = self.load {
-            return xks::raw_aad();
-        }
-        let header = p11kms::ciphertext::header(&[0u8; 16], 1, &[0u8; 12]);
-        p11kms::ciphertext::aad(&header, &[])
-    }
-
-    /// The XKS request of an encrypt or decrypt case (decrypt: of one Encrypt made first).
-    fn xks_fixture(&self, op: Op, pool: &xks::Pool) -> Result<Fixture, String> {
-        let call = self
-            .rt
-            .block_on(pool.call_of(op == Op::Decrypt, self.cli.payload))?;
-        Ok(Fixture {
+        };
+        Some(call.map(|call| Fixture {
             op,
             signing: self.cli.signing,
             key_id: self.key_id.clone(),
@@ -1556,15 +1777,16 @@ impl Bench<'_> {
             ciphertext: Vec::new(),
             signature: Vec::new(),
             data_key_len: 0,
-            xks: Some(call),
-        })
+            http: Some(call),
+        }))
     }
 
-    fn fixture(&self, op: Op) -> Result<Fixture, String> {
-        let conn = match &self.load {
-            Load::Xks(pool) => return self.xks_fixture(op, pool),
-            Load::Grpc(conn) => conn,
-        };
+    /// The inputs of case `op` on `load`.
+    fn fixture(&self, op: Op, load: &Load) -> Result<Fixture, String> {
+        if let Some(f) = self.http_fixture(op, load) {
+            return f;
+        }
+        let conn = load.grpc()?;
         let payload = self.cli.payload;
         let plaintext = vec![0x5au8; payload];
         let ciphertext = if matches!(op, Op::Decrypt | Op::ReEncrypt) {
@@ -1610,7 +1832,7 @@ impl Bench<'_> {
                         ciphertext: Vec::new(),
                         signature: Vec::new(),
                         data_key_len: 0,
-                        xks: None,
+                        http: None,
                     };
                     let sig = c.sign(conn.req(sign_request(&f), "Sign")).await?;
                     f.signature = sig.into_inner().signature;
@@ -1629,7 +1851,7 @@ impl Bench<'_> {
             ciphertext,
             signature,
             data_key_len: payload.min(1024) as i32,
-            xks: None,
+            http: None,
         })
     }
 
@@ -1641,28 +1863,59 @@ impl Bench<'_> {
         aad: &[u8],
     ) -> Result<(RawResult, u64), String> {
         let raw = self.raw_of(op).ok_or("no raw bench")?;
+        let raw_op = op.raw().ok_or("no raw operation")?;
         let t0 = thread_cpu();
         let r = raw
-            .run_on(kind, op.raw(), self.cli.payload, aad, dur)
+            .run_on(kind, raw_op, self.cli.payload, aad, dur)
             .map_err(|e| format!("raw {}: {e}", op.name()))?;
         Ok((r, thread_cpu().saturating_sub(t0)))
     }
 
-    /// One case: warm-up, then raw/daemon phases alternately, then one JSON line.
-    fn case(&self, op: Op, label: &str) -> Result<Value, String> {
-        let fixture = Arc::new(self.fixture(op)?);
-        let concurrency = self.cli.concurrency.max(1);
-        self.warm_up(op, &fixture, concurrency)?;
-        let m = self.measure(op, &fixture, concurrency)?;
-        Ok(self.report(op, label, concurrency, m))
+    /// One case at `concurrency`: warm-up, then raw and daemon (and `--peer-xks` peer) phases
+    /// alternately, then one JSON line per target (the own daemon's first).
+    fn case(&self, op: Op, label: &str, concurrency: usize) -> Result<Vec<Value>, String> {
+        let concurrency = concurrency.max(1);
+        let fixture = Arc::new(self.fixture(op, &self.load)?);
+        let peer = match &self.peer {
+            Some(p) => Some((p, Arc::new(self.fixture(op, &p.load)?))),
+            None => None,
+        };
+        self.warm_up(op, &self.load, &fixture, concurrency)?;
+        if let Some((p, f)) = &peer {
+            self.warm_up(op, &p.load, f, concurrency)?;
+        }
+        let (m, peer_tally) = self.measure(op, &fixture, peer.as_ref(), concurrency)?;
+        let own_target = match self.cli.xks_endpoint {
+            Some(_) => Measuring::XksEndpoint,
+            None => Measuring::P11kms,
+        };
+        let mut own = self.report(op, label, concurrency, m, (&self.load, own_target));
+        let (Some(t), Some((p, _))) = (peer_tally, peer) else {
+            return Ok(vec![own]);
+        };
+        let m = Measured {
+            t,
+            raw: RawTally::default(),
+            mem: None,
+            hwm: None,
+        };
+        let peer_line = self.report(op, label, concurrency, m, (&p.load, Measuring::Peer));
+        add_peer_fields(&mut own, &peer_line);
+        Ok(vec![own, peer_line])
     }
 
-    /// `--warmup` seconds of daemon requests, not measured; an error if none succeeded.
-    fn warm_up(&self, op: Op, fixture: &Arc<Fixture>, concurrency: usize) -> Result<(), String> {
+    /// `--warmup` seconds of requests on `load`, not measured; an error if none succeeded.
+    fn warm_up(
+        &self,
+        op: Op,
+        load: &Load,
+        fixture: &Arc<Fixture>,
+        concurrency: usize,
+    ) -> Result<(), String> {
         let cli = self.cli;
         if cli.warmup > 0.0 {
             let w = self.rt.block_on(daemon_phase(
-                &self.load,
+                load,
                 fixture,
                 concurrency,
                 secs(cli.warmup),
@@ -1680,13 +1933,15 @@ impl Bench<'_> {
     }
 
     /// The measured part of a case: daemon phases of `--daemon-phase` up to the case's
-    /// duration, raw phases before each and after the last, the server's memory sampled.
+    /// duration, each followed by a peer phase as long with `--peer-xks`, raw phases before
+    /// each and after the last, the server's memory sampled. Answers the peer's tally too.
     fn measure(
         &self,
         op: Op,
         fixture: &Arc<Fixture>,
+        peer: Option<&(&Peer, Arc<Fixture>)>,
         concurrency: usize,
-    ) -> Result<Measured, String> {
+    ) -> Result<(Measured, Option<PhaseTally>), String> {
         let cli = self.cli;
         let total = if op == Op::CreateKey {
             secs(cli.create_key_duration)
@@ -1695,7 +1950,7 @@ impl Bench<'_> {
         };
         let phase = secs(cli.daemon_phase).max(Duration::from_millis(100));
         let raw_dur = secs(cli.raw_phase).max(Duration::from_millis(100));
-        let aad = self.aad();
+        let aad = self.load.aad();
         let sampler = self.server_pid.map(|pid| {
             let _g = self.rt.enter();
             RssSampler::start(pid)
@@ -1705,6 +1960,10 @@ impl Bench<'_> {
             have_server: self.server_pid.is_some(),
             ..PhaseTally::default()
         };
+        let mut peer_t = peer.map(|(p, _)| PhaseTally {
+            have_server: p.pid.is_some(),
+            ..PhaseTally::default()
+        });
         let mut done = Duration::ZERO;
         // Bounded: at most 10,000 phases.
         while done < total && t.phases < 10_000 {
@@ -1721,13 +1980,16 @@ impl Bench<'_> {
             if let (Some(a), Some(b)) = (audit0, self.metrics.and_then(audit_counters)) {
                 t.add_audit(a, b);
             }
-            done += d;
             t.add(p);
+            if let (Some((peer, f)), Some(pt)) = (peer, peer_t.as_mut()) {
+                pt.add(self.rt.block_on(daemon_phase(&peer.load, f, concurrency, d, peer.pid)));
+            }
+            done += d;
         }
         self.raw_phases(&mut raw, op, raw_dur, &aad)?;
         let mem = sampler.map(|s| self.rt.block_on(s.finish()));
         let hwm = self.server_pid.and_then(proc_mem).map(|(_, h)| h);
-        Ok(Measured { t, raw, mem, hwm })
+        Ok((Measured { t, raw, mem, hwm }, peer_t))
     }
 
     /// With a raw baseline (on the token of the case's key): one raw phase on the token key
@@ -1740,7 +2002,7 @@ impl Bench<'_> {
         dur: Duration,
         aad: &[u8],
     ) -> Result<(), String> {
-        if self.raw_of(op).is_some() {
+        if self.raw_of(op).is_some() && op.raw().is_some() {
             let (r, cpu) = self.raw_phase(RawKey::Token, op, dur, aad)?;
             raw.rates.push(r.ops_per_sec());
             raw.ops += r.ops;
@@ -1754,8 +2016,16 @@ impl Bench<'_> {
     }
 
     /// The case's JSON line from what it measured (and a warning when requests failed).
-    fn report(&self, op: Op, label: &str, concurrency: usize, m: Measured) -> Value {
+    fn report(
+        &self,
+        op: Op,
+        label: &str,
+        concurrency: usize,
+        m: Measured,
+        who: (&Load, Measuring),
+    ) -> Value {
         let cli = self.cli;
+        let (load, target) = who;
         let Measured {
             mut t,
             raw,
@@ -1786,15 +2056,13 @@ impl Bench<'_> {
         let mut v = json!({
             "case": label,
             "op": op.name(),
+            "target": target.name(),
             "payload_bytes": cli.payload,
             "concurrency": concurrency,
-            "door": self.door_name(),
-            "channels": self.load.connections(),
-            "auth": self.auth,
-            "tls": match &self.load {
-                Load::Grpc(_) => true,
-                Load::Xks(p) => p.target().tls(),
-            },
+            "door": load.door().name(),
+            "channels": load.connections(),
+            "auth": if target == Measuring::Peer { "sigv4" } else { self.auth },
+            "tls": load.tls(),
             "phases": t.phases,
             "duration_s": round3(secs_d),
             "ops": t.all.ops,
@@ -1807,12 +2075,14 @@ impl Bench<'_> {
             "error_count": error_count,
             "errors": t.all.errors,
         });
+        let own = target != Measuring::Peer;
+        let store = self.store_of(op).filter(|_| own);
         let rest = json!({
-            "key_store": if self.store_of(op).is_some() { "custom" } else { "default" },
-            "custom_key_store_id": self.store_of(op),
+            "key_store": own.then_some(if store.is_some() { "custom" } else { "default" }),
+            "custom_key_store_id": store,
             "daemon_session_key_copies": !cli.no_session_key_copies,
-            "hsm_calls_per_op": self.hsm_calls(op),
-            "xks_endpoint": cli.xks_endpoint,
+            "hsm_calls_per_op": load.hsm_calls(op, cli.signing),
+            "xks_endpoint": if own { cli.xks_endpoint.as_deref() } else { cli.peer_xks.as_deref() },
             "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
             "server_rss_kb_peak": mem.map(|m| m.0),
             "server_rss_kb_mean": mem.map(|m| m.1),
@@ -1820,15 +2090,42 @@ impl Bench<'_> {
             "token_keys": self.token_keys_note,
             "bound": bound,
         });
+        let delay = match target {
+            Measuring::P11kms => self.delay_json(load.hsm_calls(op, cli.signing), ops_per_sec),
+            _ => json!({}),
+        };
         // All are sorted maps: merging them gives the one object, keys in order.
         if let Some(map) = v.as_object_mut() {
-            for part in [cpu_part, raw_part, audit_part, rest] {
+            for part in [cpu_part, raw_part, audit_part, rest, delay] {
                 if let Value::Object(r) = part {
                     map.extend(r);
                 }
             }
         }
         v
+    }
+
+    /// With `--hsm-delay-ms`: the delay, the delayed calls, and the throughput ceiling of the
+    /// daemon's HSM workers waiting it (`workers x 1000 / (ms x delayed calls per request)`)
+    /// with the case's share of it; the raw loop runs on the real module, without the delay.
+    fn delay_json(&self, hsm_calls: &str, ops_per_sec: f64) -> Value {
+        let Some(ms) = self.cli.hsm_delay_ms else {
+            return json!({});
+        };
+        let calls = &self.cli.hsm_delay_calls;
+        let per_op = shim::delayed_calls_per_op(hsm_calls, calls);
+        let ceiling = self
+            .hsm_workers
+            .and_then(|w| shim::ceiling_ops_per_sec(w, ms, per_op));
+        json!({
+            "hsm_delay_ms": ms,
+            "hsm_delay_calls": calls,
+            "hsm_delayed_calls_per_op": per_op,
+            "hsm_workers": self.hsm_workers,
+            "ceiling_ops_per_sec": ceiling.map(round1),
+            "ratio_to_ceiling": ceiling.map(|c| round3(ops_per_sec / c)),
+            "raw_module": "the real module, without the shim's delay",
+        })
     }
 
     /// The daemon's and the client's CPU figures per operation, the machine's busy share
@@ -1876,6 +2173,57 @@ impl Bench<'_> {
             "server_hsm_threads_cpu_cores": hsm_cores,
         });
         (v, cpu_busy, hsm_cores)
+    }
+}
+
+/// Adds the `--peer-xks` peer's figures to the own daemon's line of the same case:
+/// `peer_ops_per_sec`, `ratio_to_peer`, `peer_server_cpu_us_per_op` and `cpu_ratio_to_peer`
+/// (own CPU per operation over the peer's).
+fn add_peer_fields(own: &mut Value, peer: &Value) {
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(round3(a / b)),
+        _ => None,
+    };
+    let rate = |v: &Value| v["ops_per_sec"].as_f64();
+    let cpu = |v: &Value| v["server_cpu_us_per_op"].as_f64();
+    let fields = json!({
+        "peer_ops_per_sec": rate(peer),
+        "ratio_to_peer": ratio(rate(own), rate(peer)),
+        "peer_server_cpu_us_per_op": cpu(peer),
+        "cpu_ratio_to_peer": ratio(cpu(own), cpu(peer)),
+    });
+    if let (Some(map), Value::Object(f)) = (own.as_object_mut(), fields) {
+        map.extend(f);
+    }
+}
+
+/// The caller-identity (floor) rates measured so far, by target and concurrency.
+#[derive(Default)]
+struct Floors(BTreeMap<(String, u64), f64>);
+
+impl Floors {
+    /// Records a floor line's rate, or gives a crypto line `floor_ops_per_sec` and
+    /// `ratio_to_floor` from the floor of its target at its concurrency, if measured.
+    fn apply(&mut self, line: &mut Value) {
+        let key = (
+            line["target"].as_str().unwrap_or_default().to_string(),
+            line["concurrency"].as_u64().unwrap_or(0),
+        );
+        let rate = line["ops_per_sec"].as_f64();
+        if line["op"] == Op::CallerIdentity.name() {
+            if let Some(r) = rate {
+                self.0.insert(key, r);
+            }
+            return;
+        }
+        let Some(floor) = self.0.get(&key).copied() else {
+            return;
+        };
+        if let Some(map) = line.as_object_mut() {
+            map.insert("floor_ops_per_sec".into(), json!(round1(floor)));
+            let ratio = rate.filter(|_| floor > 0.0).map(|r| round3(r / floor));
+            map.insert("ratio_to_floor".into(), json!(ratio));
+        }
     }
 }
 
@@ -2289,9 +2637,12 @@ fn startup_suite(
     bench.load = Load::Grpc(rt.block_on(Conn::open(target, cli.channels))?);
     // Encrypt with that many key objects on the token.
     bench.token_keys_note = Some(total);
-    let v = bench.case(Op::Encrypt, "encrypt-with-many-keys")?;
-    emit(&v);
-    Ok(any_errors || v["error_count"].as_u64().unwrap_or(0) > 0)
+    let concurrency = cli.concurrency.iter().copied().max().unwrap_or(1);
+    for v in bench.case(Op::Encrypt, "encrypt-with-many-keys", concurrency)? {
+        emit(&v);
+        any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
+    }
+    Ok(any_errors)
 }
 
 /// A token the raw baseline opens: module, token label, user PIN.
@@ -2387,28 +2738,40 @@ fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String
     }
 }
 
-/// The crypto suite's cases in order (create-key last: it leaves token keys behind); with
-/// `--door xks`, encrypt and decrypt only (the others are skipped with a note).
+/// The crypto suite's cases in order (caller-identity, the floor, first; create-key last: it
+/// leaves token keys behind); the cases the door lacks are skipped with a note.
 fn case_ops(cli: &Cli) -> Vec<Op> {
     let mut ops = cli.ops.clone();
     ops.sort();
     ops.dedup();
-    if cli.door == Door::Xks {
-        let xks_op = |op: &Op| matches!(op, Op::Encrypt | Op::Decrypt);
-        let skipped: Vec<&str> = ops
-            .iter()
-            .filter(|o| !xks_op(o))
-            .map(|o| o.name())
-            .collect();
-        if !skipped.is_empty() {
-            eprintln!(
-                "p11kms-bench: --door xks has encrypt and decrypt only; skipped: {}",
-                skipped.join(",")
-            );
-        }
-        ops.retain(xks_op);
+    let skipped: Vec<&str> = ops
+        .iter()
+        .filter(|o| !cli.door.serves(**o))
+        .map(|o| o.name())
+        .collect();
+    if !skipped.is_empty() {
+        eprintln!(
+            "p11kms-bench: --door {} lacks these cases; skipped: {}",
+            cli.door.name(),
+            skipped.join(",")
+        );
     }
+    ops.retain(|o| cli.door.serves(*o));
     ops
+}
+
+/// The concurrency levels of `--concurrency`, in the order given, each once (at least 1).
+fn concurrency_levels(cli: &Cli) -> Vec<usize> {
+    let mut levels: Vec<usize> = Vec::new();
+    for c in cli.concurrency.iter().map(|c| (*c).max(1)) {
+        if !levels.contains(&c) {
+            levels.push(c);
+        }
+    }
+    if levels.is_empty() {
+        levels.push(1);
+    }
+    levels
 }
 
 /// The crypto suite's load, the key its cases use, that key's custom key store (if any)
@@ -2451,32 +2814,10 @@ fn open_load(
                 .map_err(|s| format!("CreateKey: {}: {}", reason(&s), s.message()))?
         }
     };
-    let (load, auth) = match (cli.door, world) {
-        (Door::Grpc, _) => (Load::Grpc(conn), target.auth_name()),
-        (
-            Door::Xks,
-            Some(
-                w @ World {
-                    xks: Some((addr, cred)),
-                    ..
-                },
-            ),
-        ) => {
-            let t = xks::Target::new(
-                &format!("https://{addr}"),
-                XKS_PREFIX,
-                &key_id,
-                cred.clone(),
-                Some(&w.pki.join("ca.pem")),
-                Some("localhost"),
-                &cli.xks_region,
-            )?;
-            let pool = rt.block_on(xks::Pool::open(t, cli.concurrency))?;
-            (Load::Xks(Arc::new(pool)), "sigv4")
-        }
-        (Door::Xks, _) => {
-            return Err("--door xks needs the own daemon or --xks-endpoint, not --endpoint".into())
-        }
+    let (load, auth) = match cli.door {
+        Door::Grpc => (Load::Grpc(conn), target.auth_name()),
+        Door::Aws => (open_aws(cli, rt, world)?, "sigv4"),
+        Door::Xks => (open_own_xks(cli, rt, world, &key_id)?, "sigv4"),
     };
     Ok(Loaded {
         load,
@@ -2486,29 +2827,133 @@ fn open_load(
     })
 }
 
-/// The load of `--xks-endpoint`: one connection per worker, the key `--xks-key-id`.
-fn open_external_xks(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Loaded, String> {
-    let (Some(ep), Some(key_id), Some(creds)) =
-        (&cli.xks_endpoint, &cli.xks_key_id, &cli.xks_credentials)
-    else {
-        return Err("--xks-endpoint needs --xks-key-id and --xks-credentials".into());
+/// The most concurrent workers of a case: one HTTP connection each.
+fn max_concurrency(cli: &Cli) -> usize {
+    concurrency_levels(cli).into_iter().max().unwrap_or(1)
+}
+
+/// `--door aws`: one connection per worker to the own daemon's AWS door (`--aws-transport`)
+/// or to `--aws-endpoint`, signed as `--access-key-id` in `--region`.
+fn open_aws(
+    cli: &Cli,
+    rt: &tokio::runtime::Runtime,
+    world: Option<&World>,
+) -> Result<Load, String> {
+    let (endpoint, cred) = match (world, &cli.aws_endpoint) {
+        (Some(w @ World { aws: Some(addr), .. }), _) => {
+            let scheme = match cli.aws_transport {
+                AwsTransport::Https => "https",
+                AwsTransport::Http => "http",
+            };
+            let endpoint = http_client::Endpoint::new(
+                &format!("{scheme}://{addr}"),
+                Some(&w.pki.join("ca.pem")),
+                Some("localhost"),
+                "AWS door",
+            )?;
+            let cred =
+                fixture_credentials(&cli.identity_dir.join("credentials.json"), &cli.access_key_id)?;
+            (endpoint, cred)
+        }
+        (None, Some(url)) => {
+            let endpoint = http_client::Endpoint::new(
+                url,
+                cli.ca_cert.as_deref(),
+                cli.tls_domain.as_deref(),
+                "--aws-endpoint",
+            )?;
+            (endpoint, existing_credentials(cli)?)
+        }
+        _ => return Err("--door aws needs the own daemon, or --endpoint with --aws-endpoint".into()),
     };
-    let t = xks::Target::new(
-        ep,
+    let door = aws::Target::new(cred, &cli.region);
+    let pool = rt.block_on(aws::Pool::open(endpoint, door, max_concurrency(cli)))?;
+    Ok(Load::Aws(Arc::new(pool)))
+}
+
+/// `--door xks` on the own daemon: one connection per worker to its XKS door, key `key_id`.
+fn open_own_xks(
+    cli: &Cli,
+    rt: &tokio::runtime::Runtime,
+    world: Option<&World>,
+    key_id: &str,
+) -> Result<Load, String> {
+    let Some(w @ World {
+        xks: Some((addr, cred)),
+        ..
+    }) = world
+    else {
+        return Err("--door xks needs the own daemon or --xks-endpoint, not --endpoint".into());
+    };
+    let endpoint = http_client::Endpoint::new(
+        &format!("https://{addr}"),
+        Some(&w.pki.join("ca.pem")),
+        Some("localhost"),
+        "XKS door",
+    )?;
+    let door = xks::Target::new(XKS_PREFIX, key_id, cred.clone(), &cli.xks_region);
+    let pool = rt.block_on(xks::Pool::open(endpoint, door, max_concurrency(cli)))?;
+    Ok(Load::Xks(Arc::new(pool)))
+}
+
+/// One connection per worker to the XKS proxy at `url` (`--xks-endpoint` or `--peer-xks`),
+/// described by `--xks-uri-prefix`, `--xks-credentials`, `--xks-key-id` and `--xks-ca`.
+fn open_remote_xks(cli: &Cli, rt: &tokio::runtime::Runtime, url: &str) -> Result<Load, String> {
+    let (Some(key_id), Some(creds)) = (&cli.xks_key_id, &cli.xks_credentials) else {
+        return Err("an XKS proxy needs --xks-key-id and --xks-credentials".into());
+    };
+    let endpoint = http_client::Endpoint::new(
+        url,
+        cli.xks_ca.as_deref(),
+        cli.tls_domain.as_deref(),
+        "XKS endpoint",
+    )?;
+    let door = xks::Target::new(
         &cli.xks_uri_prefix,
         key_id,
         xks::read_credential(creds)?,
-        cli.xks_ca.as_deref(),
-        cli.tls_domain.as_deref(),
         &cli.xks_region,
-    )?;
-    let pool = rt.block_on(xks::Pool::open(t, cli.concurrency))?;
+    );
+    let pool = rt.block_on(xks::Pool::open(endpoint, door, max_concurrency(cli)))?;
+    Ok(Load::Xks(Arc::new(pool)))
+}
+
+/// The load of `--xks-endpoint`: one connection per worker, the key `--xks-key-id`.
+fn open_external_xks(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Loaded, String> {
+    let (Some(ep), Some(key_id)) = (&cli.xks_endpoint, &cli.xks_key_id) else {
+        return Err("--xks-endpoint needs --xks-key-id and --xks-credentials".into());
+    };
     Ok(Loaded {
-        load: Load::Xks(Arc::new(pool)),
+        load: open_remote_xks(cli, rt, ep)?,
         key_id: key_id.clone(),
         store_id: None,
         auth: "sigv4",
     })
+}
+
+/// The options that go with one door only: an error naming the first misplaced one.
+fn check_door_options(cli: &Cli) -> Result<(), String> {
+    if cli.door != Door::Xks && cli.xks_endpoint.is_some() {
+        return Err("--xks-endpoint needs --door xks".into());
+    }
+    if cli.door != Door::Xks && cli.peer_xks.is_some() {
+        return Err("--peer-xks needs --door xks".into());
+    }
+    if cli.door != Door::Aws && cli.aws_endpoint.is_some() {
+        return Err("--aws-endpoint needs --door aws".into());
+    }
+    if cli.door == Door::Aws && cli.endpoint.is_some() && cli.aws_endpoint.is_none() {
+        return Err("--door aws with --endpoint needs --aws-endpoint".into());
+    }
+    Ok(())
+}
+
+/// The own daemon's `hsm.workers`, read back from the config the bench wrote.
+fn own_hsm_workers(world: Option<&World>) -> Option<usize> {
+    let w = world?;
+    p11kms::config::Config::load(&w.config)
+        .ok()
+        .map(|c| c.hsm.workers)
 }
 
 fn run(cli: Cli) -> Result<bool, String> {
@@ -2536,12 +2981,10 @@ fn run(cli: Cli) -> Result<bool, String> {
     if cli.suite.contains(&Suite::Startup) && cli.key_store {
         return Err("--key-store applies to the crypto suite only (not --suite startup)".into());
     }
-    if cli.suite.contains(&Suite::Startup) && cli.door == Door::Xks {
-        return Err("--door xks applies to the crypto suite only (not --suite startup)".into());
+    if cli.suite.contains(&Suite::Startup) && cli.door != Door::Grpc {
+        return Err("--door aws|xks applies to the crypto suite only (not --suite startup)".into());
     }
-    if cli.door == Door::Grpc && cli.xks_endpoint.is_some() {
-        return Err("--xks-endpoint needs --door xks".into());
-    }
+    check_door_options(&cli)?;
 
     // ---- the daemon
     let setup = start_target(&cli, &rt)?;
@@ -2568,13 +3011,26 @@ fn run(cli: Cli) -> Result<bool, String> {
         tck,
         cores,
         token_keys_note: None,
+        peer: match &cli.peer_xks {
+            Some(url) => Some(Peer {
+                load: open_remote_xks(&cli, &rt, url)?,
+                pid: cli.server_pid,
+            }),
+            None => None,
+        },
+        hsm_workers: own_hsm_workers(world.as_ref()),
     };
 
     if cli.suite.contains(&Suite::Crypto) {
+        let mut floors = Floors::default();
         for op in case_ops(&cli) {
-            let v = bench.case(op, op.name())?;
-            any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
-            emit(&v);
+            for concurrency in concurrency_levels(&cli) {
+                for mut v in bench.case(op, op.name(), concurrency)? {
+                    floors.apply(&mut v);
+                    any_errors |= v["error_count"].as_u64().unwrap_or(0) > 0;
+                    emit(&v);
+                }
+            }
         }
     }
 
@@ -2624,7 +3080,8 @@ mod tests {
         let mut argv = vec!["p11kms-bench", "--workdir", dir_arg.as_str()];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).expect("arguments");
-        let world = new_world(&cli, PathBuf::from("p11kms")).expect("world");
+        let mut world = new_world(&cli, PathBuf::from("p11kms")).expect("world");
+        world.attach_shim(&cli).expect("the fault shim builds");
         write_world_files(&cli, &world).expect("world files");
         let text = std::fs::read_to_string(&world.config).expect("config text");
         let cfg = p11kms::config::Config::load(&world.config).expect("the daemon accepts it");
@@ -2711,6 +3168,179 @@ mod tests {
         assert!(Cli::try_parse_from(["p11kms-bench", "--server-pid", "7"]).is_err());
         let cli = parse(&["--ops", "encrypt,sign,decrypt"]).expect("arguments");
         assert_eq!(case_ops(&cli), vec![Op::Encrypt, Op::Decrypt]);
+    }
+
+    #[test]
+    fn aws_door_config_listens_on_its_own_port_with_the_chosen_transport_and_region() {
+        let (cfg, text, world) = written_config(&[
+            "--door",
+            "aws",
+            "--aws-transport",
+            "http",
+            "--region",
+            "eu-west-3",
+        ]);
+        let addr = world.aws.expect("an AWS door");
+        assert!(cfg.aws_json.enabled && !cfg.aws_json.tls, "{text}");
+        assert_eq!(cfg.aws_json.listen, addr);
+        assert!(addr.ip().is_loopback());
+        assert_ne!(addr, world.addr);
+        assert_eq!(cfg.kms.region, "eu-west-3");
+        let (cfg, text, _w) = written_config(&["--door", "aws"]);
+        assert!(cfg.aws_json.enabled && cfg.aws_json.tls, "{text}");
+        assert_eq!(cfg.kms.region, "us-east-1");
+        let (cfg, _, w) = written_config(&[]);
+        assert!(!cfg.aws_json.enabled && w.aws.is_none());
+    }
+
+    #[test]
+    fn hsm_delay_puts_the_shim_before_the_real_module_with_its_delay_files() {
+        let (cfg, text, world) = written_config(&[
+            "--hsm-delay-ms",
+            "5",
+            "--hsm-delay-calls",
+            "C_Encrypt,C_Decrypt",
+            "--hsm-workers",
+            "32",
+        ]);
+        let shim = world.shim.as_ref().expect("a shim");
+        assert_eq!(cfg.hsm.module, shim.lib, "{text}");
+        assert!(shim.lib.exists());
+        assert_eq!(shim.target, world.module);
+        assert_ne!(shim.lib, world.module);
+        for call in ["C_Encrypt", "C_Decrypt"] {
+            let f = shim.control.join(format!("delay_{call}"));
+            assert_eq!(std::fs::read_to_string(f).expect("control file"), "5");
+        }
+        assert!(!shim.control.join("delay_C_Sign").exists());
+        assert_eq!(own_hsm_workers(Some(&world)), Some(32));
+        let (cfg, _, world) = written_config(&[]);
+        assert!(world.shim.is_none());
+        assert_eq!(cfg.hsm.module, world.module);
+        let bad = Cli::try_parse_from(["p11kms-bench", "--hsm-delay-ms", "5", "--hsm-delay-calls", "../x"])
+            .expect("arguments");
+        let mut w = new_world(&bad, PathBuf::from("p11kms")).expect("world");
+        assert!(w.attach_shim(&bad).is_err(), "not a PKCS#11 function name");
+        let external = ["p11kms-bench", "--hsm-delay-ms", "5", "--endpoint", "https://x:1"];
+        assert!(Cli::try_parse_from(external).is_err(), "own daemon only");
+    }
+
+    #[test]
+    fn the_ceiling_counts_the_delayed_calls_of_a_request() {
+        let c = |s: &str| s.to_string();
+        let enc = Op::Encrypt.hsm_calls();
+        assert_eq!(shim::delayed_calls_per_op(enc, &[c("C_Encrypt")]), 1);
+        assert_eq!(shim::delayed_calls_per_op(enc, &[c("C_Decrypt")]), 0);
+        let re = Op::ReEncrypt.hsm_calls();
+        let both = [c("C_Encrypt"), c("C_Decrypt")];
+        assert_eq!(shim::delayed_calls_per_op(re, &both), 2);
+        assert_eq!(shim::delayed_calls_per_op(Op::CallerIdentity.hsm_calls(), &both), 0);
+        assert_eq!(shim::ceiling_ops_per_sec(32, 5, 1), Some(6400.0));
+        assert_eq!(shim::ceiling_ops_per_sec(32, 5, 2), Some(3200.0));
+        assert_eq!(shim::ceiling_ops_per_sec(32, 5, 0), None);
+        assert_eq!(shim::ceiling_ops_per_sec(32, 0, 1), None);
+    }
+
+    #[test]
+    fn crypto_lines_get_the_floor_of_their_target_and_concurrency() {
+        let line = |op: Op, target: &str, c: u64, rate: f64| {
+            json!({"op": op.name(), "target": target, "concurrency": c, "ops_per_sec": rate})
+        };
+        let mut floors = Floors::default();
+        let mut early = line(Op::Encrypt, "p11kms", 8, 100.0);
+        floors.apply(&mut early);
+        assert!(early.get("floor_ops_per_sec").is_none(), "no floor measured yet");
+        floors.apply(&mut line(Op::CallerIdentity, "p11kms", 8, 400.0));
+        floors.apply(&mut line(Op::CallerIdentity, "peer", 8, 1000.0));
+        let mut enc = line(Op::Encrypt, "p11kms", 8, 100.0);
+        floors.apply(&mut enc);
+        assert_eq!(enc["floor_ops_per_sec"], 400.0);
+        assert_eq!(enc["ratio_to_floor"], 0.25);
+        let mut peer = line(Op::Encrypt, "peer", 8, 500.0);
+        floors.apply(&mut peer);
+        assert_eq!(peer["ratio_to_floor"], 0.5);
+        let mut other_level = line(Op::Encrypt, "p11kms", 32, 100.0);
+        floors.apply(&mut other_level);
+        assert!(other_level.get("floor_ops_per_sec").is_none());
+    }
+
+    #[test]
+    fn the_own_line_carries_the_peers_rate_and_cpu() {
+        let mut own = json!({"ops_per_sec": 3000.0, "server_cpu_us_per_op": 40.0});
+        let peer = json!({"ops_per_sec": 1000.0, "server_cpu_us_per_op": 120.0});
+        add_peer_fields(&mut own, &peer);
+        assert_eq!(own["peer_ops_per_sec"], 1000.0);
+        assert_eq!(own["ratio_to_peer"], 3.0);
+        assert_eq!(own["peer_server_cpu_us_per_op"], 120.0);
+        assert_eq!(own["cpu_ratio_to_peer"], 0.333);
+        let mut own = json!({"ops_per_sec": 3000.0, "server_cpu_us_per_op": null});
+        add_peer_fields(&mut own, &json!({"ops_per_sec": 0.0}));
+        assert!(own["ratio_to_peer"].is_null() && own["cpu_ratio_to_peer"].is_null());
+    }
+
+    #[test]
+    fn concurrency_levels_and_door_cases() {
+        let cli = Cli::try_parse_from(["p11kms-bench", "--concurrency", "1,8,32,8,0"])
+            .expect("arguments");
+        assert_eq!(concurrency_levels(&cli), vec![1, 8, 32]);
+        assert_eq!(max_concurrency(&cli), 32);
+        let cli = Cli::try_parse_from(["p11kms-bench"]).expect("arguments");
+        assert_eq!(concurrency_levels(&cli), vec![32]);
+        let ops = case_ops(&cli);
+        assert_eq!(ops.first(), Some(&Op::CallerIdentity), "the floor runs first");
+        assert_eq!(ops.last(), Some(&Op::Verify));
+        let cli = Cli::try_parse_from(["p11kms-bench", "--door", "aws"]).expect("arguments");
+        assert_eq!(
+            case_ops(&cli),
+            vec![
+                Op::CallerIdentity,
+                Op::Encrypt,
+                Op::Decrypt,
+                Op::GenerateDataKey,
+                Op::GenerateDataKeyWithoutPlaintext,
+                Op::ReEncrypt
+            ]
+        );
+        let cli = Cli::try_parse_from(["p11kms-bench", "--door", "xks"]).expect("arguments");
+        assert_eq!(
+            case_ops(&cli),
+            vec![Op::CallerIdentity, Op::Encrypt, Op::Decrypt]
+        );
+        assert_eq!(Op::CallerIdentity.raw(), None);
+        assert!(!Op::CallerIdentity.uses_key_object());
+    }
+
+    #[test]
+    fn peer_xks_options_describe_the_peer_beside_the_own_daemon() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["p11kms-bench", "--door", "xks"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let peer = [
+            "--peer-xks",
+            "https://127.0.0.1:4443",
+            "--xks-credentials",
+            "c.json",
+            "--xks-key-id",
+            "foo",
+            "--xks-uri-prefix",
+            "/example",
+            "--xks-ca",
+            "ca.pem",
+        ];
+        let cli = parse(&[&peer[..], &["--peer-pid", "42"]].concat()).expect("a peer");
+        assert_eq!(cli.server_pid, Some(42));
+        assert_eq!(cli.peer_xks.as_deref(), Some("https://127.0.0.1:4443"));
+        check_door_options(&cli).expect("--door xks");
+        assert!(parse(&peer[..4]).is_err(), "--xks-key-id is missing");
+        assert!(parse(&[&peer[..], &["--endpoint", "https://x:1"]].concat()).is_err());
+        let other = [&["p11kms-bench"][..], &peer[..]].concat();
+        let cli = Cli::try_parse_from(other).expect("arguments");
+        assert!(check_door_options(&cli).is_err(), "--peer-xks needs --door xks");
+        let aws = ["p11kms-bench", "--door", "aws", "--endpoint", "https://x:1"];
+        let cli = Cli::try_parse_from(aws).expect("arguments");
+        assert!(check_door_options(&cli).is_err(), "needs --aws-endpoint");
     }
 
     #[test]
