@@ -20,10 +20,22 @@
 //! there (`Origin: AWS_CLOUDHSM`). Their raw baseline then runs on that token, and each case's
 //! JSON says which store its key is in (`"key_store"`).
 //!
-//! `--door xks` sends the encrypt and decrypt cases through the XKS proxy API instead
-//! (module `xks`: SigV4 `kms-xks-proxy` over HTTPS, one keep-alive HTTP/1.1 connection per worker):
+//! `--door xks` sends the caller-identity, encrypt and decrypt cases through the XKS proxy API
+//! instead (module `xks`: SigV4 `kms-xks-proxy` over HTTPS, one keep-alive HTTP/1.1 connection per worker):
 //! to the own daemon's XKS door (the world gains an `[[xks.key_store]]`) or, with
 //! `--xks-endpoint`, to any XKS proxy, such as AWS's sample, with the same figures.
+//! `--peer-xks` measures such a proxy beside the own daemon's XKS door in the same run, the
+//! phases of the two alternating, one JSON line each (`"target": "p11kms"|"peer"`).
+//!
+//! `--door aws` sends the load through the AWS door (module `aws`: KMS JSON 1.1 and STS Query,
+//! SigV4 `kms`/`sts`), over plain HTTP on loopback or HTTPS (`--aws-transport`); the HTTP/1.1
+//! client (module `http_client`) is the XKS load's. The `caller-identity` case is each door's
+//! floor: an authenticated, audited request without an HSM call, run first so that the later
+//! cases' lines carry their ratio to it. `--concurrency 1,8,32` runs each case at each level.
+//!
+//! `--hsm-delay-ms` (module `shim`) puts the PKCS#11 fault shim between the own daemon and
+//! SoftHSM2, sleeping before chosen calls like a network HSM, and reports the HSM workers'
+//! throughput ceiling.
 //!
 //! Secrets: the token PINs are random, live in this process's memory and reach children only
 //! through their environment (never argv, logs or JSON). The SigV4 secret is read from the
@@ -370,7 +382,12 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["endpoint", "xks_endpoint"])]
     hsm_delay_ms: Option<u64>,
     /// The PKCS#11 functions --hsm-delay-ms delays.
-    #[arg(long, value_delimiter = ',', default_value = "C_Encrypt", requires = "hsm_delay_ms")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "C_Encrypt",
+        requires = "hsm_delay_ms"
+    )]
     hsm_delay_calls: Vec<String>,
     /// Run the own daemon with `hsm.session_key_copies = false` (CMK versions used through
     /// their token objects), for A/B runs.
@@ -590,11 +607,32 @@ impl World {
         self.shim.as_ref().map_or(&self.module, |s| &s.lib)
     }
 
+    /// The own daemon's door at `scheme://addr`, its certificate verified as `localhost`
+    /// through the world's dev CA.
+    fn endpoint(
+        &self,
+        scheme: &str,
+        addr: SocketAddr,
+        what: &str,
+    ) -> Result<http_client::Endpoint, String> {
+        http_client::Endpoint::new(
+            &format!("{scheme}://{addr}"),
+            Some(&self.pki.join("ca.pem")),
+            Some("localhost"),
+            what,
+        )
+    }
+
     /// With `--hsm-delay-ms`: builds the fault shim in the work dir, forwarding to the real
     /// module, with its delay control files.
     fn attach_shim(&mut self, cli: &Cli) -> Result<(), String> {
         if let Some(ms) = cli.hsm_delay_ms {
-            self.shim = Some(shim::build(&self.dir, &self.module, ms, &cli.hsm_delay_calls)?);
+            self.shim = Some(shim::build(
+                &self.dir,
+                &self.module,
+                ms,
+                &cli.hsm_delay_calls,
+            )?);
         }
         Ok(())
     }
@@ -1982,7 +2020,10 @@ impl Bench<'_> {
             }
             t.add(p);
             if let (Some((peer, f)), Some(pt)) = (peer, peer_t.as_mut()) {
-                pt.add(self.rt.block_on(daemon_phase(&peer.load, f, concurrency, d, peer.pid)));
+                pt.add(
+                    self.rt
+                        .block_on(daemon_phase(&peer.load, f, concurrency, d, peer.pid)),
+                );
             }
             done += d;
         }
@@ -2840,19 +2881,23 @@ fn open_aws(
     world: Option<&World>,
 ) -> Result<Load, String> {
     let (endpoint, cred) = match (world, &cli.aws_endpoint) {
-        (Some(w @ World { aws: Some(addr), .. }), _) => {
+        (
+            Some(
+                w @ World {
+                    aws: Some(addr), ..
+                },
+            ),
+            _,
+        ) => {
             let scheme = match cli.aws_transport {
                 AwsTransport::Https => "https",
                 AwsTransport::Http => "http",
             };
-            let endpoint = http_client::Endpoint::new(
-                &format!("{scheme}://{addr}"),
-                Some(&w.pki.join("ca.pem")),
-                Some("localhost"),
-                "AWS door",
+            let endpoint = w.endpoint(scheme, *addr, "AWS door")?;
+            let cred = fixture_credentials(
+                &cli.identity_dir.join("credentials.json"),
+                &cli.access_key_id,
             )?;
-            let cred =
-                fixture_credentials(&cli.identity_dir.join("credentials.json"), &cli.access_key_id)?;
             (endpoint, cred)
         }
         (None, Some(url)) => {
@@ -2864,7 +2909,9 @@ fn open_aws(
             )?;
             (endpoint, existing_credentials(cli)?)
         }
-        _ => return Err("--door aws needs the own daemon, or --endpoint with --aws-endpoint".into()),
+        _ => {
+            return Err("--door aws needs the own daemon, or --endpoint with --aws-endpoint".into())
+        }
     };
     let door = aws::Target::new(cred, &cli.region);
     let pool = rt.block_on(aws::Pool::open(endpoint, door, max_concurrency(cli)))?;
@@ -2878,19 +2925,16 @@ fn open_own_xks(
     world: Option<&World>,
     key_id: &str,
 ) -> Result<Load, String> {
-    let Some(w @ World {
-        xks: Some((addr, cred)),
-        ..
-    }) = world
+    let Some(
+        w @ World {
+            xks: Some((addr, cred)),
+            ..
+        },
+    ) = world
     else {
         return Err("--door xks needs the own daemon or --xks-endpoint, not --endpoint".into());
     };
-    let endpoint = http_client::Endpoint::new(
-        &format!("https://{addr}"),
-        Some(&w.pki.join("ca.pem")),
-        Some("localhost"),
-        "XKS door",
-    )?;
+    let endpoint = w.endpoint("https", *addr, "XKS door")?;
     let door = xks::Target::new(XKS_PREFIX, key_id, cred.clone(), &cli.xks_region);
     let pool = rt.block_on(xks::Pool::open(endpoint, door, max_concurrency(cli)))?;
     Ok(Load::Xks(Arc::new(pool)))
@@ -3135,13 +3179,16 @@ mod tests {
         assert!(!text.contains(cred.secret.as_str()));
     }
 
+    /// `p11kms-bench --door xks` with `extra` arguments, parsed.
+    fn parse_xks(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["p11kms-bench", "--door", "xks"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+    }
+
     #[test]
     fn xks_endpoint_options_go_together() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["p11kms-bench", "--door", "xks"];
-            argv.extend_from_slice(extra);
-            Cli::try_parse_from(argv)
-        };
+        let parse = parse_xks;
         let full = [
             "--xks-endpoint",
             "https://127.0.0.1:1",
@@ -3217,11 +3264,23 @@ mod tests {
         let (cfg, _, world) = written_config(&[]);
         assert!(world.shim.is_none());
         assert_eq!(cfg.hsm.module, world.module);
-        let bad = Cli::try_parse_from(["p11kms-bench", "--hsm-delay-ms", "5", "--hsm-delay-calls", "../x"])
-            .expect("arguments");
+        let bad = Cli::try_parse_from([
+            "p11kms-bench",
+            "--hsm-delay-ms",
+            "5",
+            "--hsm-delay-calls",
+            "../x",
+        ])
+        .expect("arguments");
         let mut w = new_world(&bad, PathBuf::from("p11kms")).expect("world");
         assert!(w.attach_shim(&bad).is_err(), "not a PKCS#11 function name");
-        let external = ["p11kms-bench", "--hsm-delay-ms", "5", "--endpoint", "https://x:1"];
+        let external = [
+            "p11kms-bench",
+            "--hsm-delay-ms",
+            "5",
+            "--endpoint",
+            "https://x:1",
+        ];
         assert!(Cli::try_parse_from(external).is_err(), "own daemon only");
     }
 
@@ -3234,7 +3293,10 @@ mod tests {
         let re = Op::ReEncrypt.hsm_calls();
         let both = [c("C_Encrypt"), c("C_Decrypt")];
         assert_eq!(shim::delayed_calls_per_op(re, &both), 2);
-        assert_eq!(shim::delayed_calls_per_op(Op::CallerIdentity.hsm_calls(), &both), 0);
+        assert_eq!(
+            shim::delayed_calls_per_op(Op::CallerIdentity.hsm_calls(), &both),
+            0
+        );
         assert_eq!(shim::ceiling_ops_per_sec(32, 5, 1), Some(6400.0));
         assert_eq!(shim::ceiling_ops_per_sec(32, 5, 2), Some(3200.0));
         assert_eq!(shim::ceiling_ops_per_sec(32, 5, 0), None);
@@ -3243,13 +3305,14 @@ mod tests {
 
     #[test]
     fn crypto_lines_get_the_floor_of_their_target_and_concurrency() {
-        let line = |op: Op, target: &str, c: u64, rate: f64| {
-            json!({"op": op.name(), "target": target, "concurrency": c, "ops_per_sec": rate})
-        };
+        let line = |op: Op, target: &str, c: u64, rate: f64| json!({"op": op.name(), "target": target, "concurrency": c, "ops_per_sec": rate});
         let mut floors = Floors::default();
         let mut early = line(Op::Encrypt, "p11kms", 8, 100.0);
         floors.apply(&mut early);
-        assert!(early.get("floor_ops_per_sec").is_none(), "no floor measured yet");
+        assert!(
+            early.get("floor_ops_per_sec").is_none(),
+            "no floor measured yet"
+        );
         floors.apply(&mut line(Op::CallerIdentity, "p11kms", 8, 400.0));
         floors.apply(&mut line(Op::CallerIdentity, "peer", 8, 1000.0));
         let mut enc = line(Op::Encrypt, "p11kms", 8, 100.0);
@@ -3287,7 +3350,11 @@ mod tests {
         let cli = Cli::try_parse_from(["p11kms-bench"]).expect("arguments");
         assert_eq!(concurrency_levels(&cli), vec![32]);
         let ops = case_ops(&cli);
-        assert_eq!(ops.first(), Some(&Op::CallerIdentity), "the floor runs first");
+        assert_eq!(
+            ops.first(),
+            Some(&Op::CallerIdentity),
+            "the floor runs first"
+        );
         assert_eq!(ops.last(), Some(&Op::Verify));
         let cli = Cli::try_parse_from(["p11kms-bench", "--door", "aws"]).expect("arguments");
         assert_eq!(
@@ -3312,11 +3379,7 @@ mod tests {
 
     #[test]
     fn peer_xks_options_describe_the_peer_beside_the_own_daemon() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["p11kms-bench", "--door", "xks"];
-            argv.extend_from_slice(extra);
-            Cli::try_parse_from(argv)
-        };
+        let parse = parse_xks;
         let peer = [
             "--peer-xks",
             "https://127.0.0.1:4443",
@@ -3337,7 +3400,10 @@ mod tests {
         assert!(parse(&[&peer[..], &["--endpoint", "https://x:1"]].concat()).is_err());
         let other = [&["p11kms-bench"][..], &peer[..]].concat();
         let cli = Cli::try_parse_from(other).expect("arguments");
-        assert!(check_door_options(&cli).is_err(), "--peer-xks needs --door xks");
+        assert!(
+            check_door_options(&cli).is_err(),
+            "--peer-xks needs --door xks"
+        );
         let aws = ["p11kms-bench", "--door", "aws", "--endpoint", "https://x:1"];
         let cli = Cli::try_parse_from(aws).expect("arguments");
         assert!(check_door_options(&cli).is_err(), "needs --aws-endpoint");

@@ -24,9 +24,7 @@ pub struct Shim {
 /// Whether `name` is a PKCS#11 function name (`C_` and letters): the only control file names
 /// written.
 fn is_function_name(name: &str) -> bool {
-    name.len() > 2
-        && name.starts_with("C_")
-        && name[2..].bytes().all(|b| b.is_ascii_alphabetic())
+    name.len() > 2 && name.starts_with("C_") && name[2..].bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 /// Compiles the shim into `work` (`cc`, or `$CC`) and writes its control directory: a
