@@ -389,6 +389,11 @@ struct Cli {
         requires = "hsm_delay_ms"
     )]
     hsm_delay_calls: Vec<String>,
+    /// With --hsm-delay-ms: C_Encrypt and C_Decrypt length queries (NULL output buffer, the
+    /// first of cryptoki's two calls) are not delayed, as with a device whose client library
+    /// answers them itself. Without it every call waits.
+    #[arg(long, requires = "hsm_delay_ms")]
+    hsm_delay_skips_length_queries: bool,
     /// Run the own daemon with `hsm.session_key_copies = false` (CMK versions used through
     /// their token objects), for A/B runs.
     #[arg(long)]
@@ -632,6 +637,7 @@ impl World {
                 &self.module,
                 ms,
                 &cli.hsm_delay_calls,
+                cli.hsm_delay_skips_length_queries,
             )?);
         }
         Ok(())
@@ -2154,7 +2160,8 @@ impl Bench<'_> {
             return json!({});
         };
         let calls = &self.cli.hsm_delay_calls;
-        let per_op = shim::delayed_calls_per_op(hsm_calls, calls);
+        let skip = self.cli.hsm_delay_skips_length_queries;
+        let per_op = shim::delayed_calls_per_op(hsm_calls, calls, skip);
         let ceiling = self
             .hsm_workers
             .and_then(|w| shim::ceiling_ops_per_sec(w, ms, per_op));
@@ -2162,6 +2169,7 @@ impl Bench<'_> {
             "hsm_delay_ms": ms,
             "hsm_delay_calls": calls,
             "hsm_delayed_calls_per_op": per_op,
+            "hsm_delay_skips_length_queries": skip,
             "hsm_workers": self.hsm_workers,
             "ceiling_ops_per_sec": ceiling.map(round1),
             "ratio_to_ceiling": ceiling.map(|c| round3(ops_per_sec / c)),
@@ -3260,6 +3268,11 @@ mod tests {
             assert_eq!(std::fs::read_to_string(f).expect("control file"), "5");
         }
         assert!(!shim.control.join("delay_C_Sign").exists());
+        assert!(!shim.control.join(shim::SKIP_LENGTH_QUERIES).exists());
+        let (_, _, spared) =
+            written_config(&["--hsm-delay-ms", "5", "--hsm-delay-skips-length-queries"]);
+        let spared = spared.shim.as_ref().expect("a shim");
+        assert!(spared.control.join(shim::SKIP_LENGTH_QUERIES).exists());
         assert_eq!(own_hsm_workers(Some(&world)), Some(32));
         let (cfg, _, world) = written_config(&[]);
         assert!(world.shim.is_none());
@@ -3288,15 +3301,17 @@ mod tests {
     fn the_ceiling_counts_the_delayed_calls_of_a_request() {
         let c = |s: &str| s.to_string();
         let enc = Op::Encrypt.hsm_calls();
-        assert_eq!(shim::delayed_calls_per_op(enc, &[c("C_Encrypt")]), 1);
-        assert_eq!(shim::delayed_calls_per_op(enc, &[c("C_Decrypt")]), 0);
+        let per_op = shim::delayed_calls_per_op;
+        // cryptoki asks C_Encrypt for the length first: two waits, one when spared.
+        assert_eq!(per_op(enc, &[c("C_Encrypt")], false), 2);
+        assert_eq!(per_op(enc, &[c("C_Encrypt")], true), 1);
+        assert_eq!(per_op(enc, &[c("C_Decrypt")], false), 0);
+        assert_eq!(per_op(enc, &[c("C_GenerateRandom")], false), 1);
         let re = Op::ReEncrypt.hsm_calls();
         let both = [c("C_Encrypt"), c("C_Decrypt")];
-        assert_eq!(shim::delayed_calls_per_op(re, &both), 2);
-        assert_eq!(
-            shim::delayed_calls_per_op(Op::CallerIdentity.hsm_calls(), &both),
-            0
-        );
+        assert_eq!(per_op(re, &both, true), 2);
+        assert_eq!(per_op(re, &both, false), 4);
+        assert_eq!(per_op(Op::CallerIdentity.hsm_calls(), &both, false), 0);
         assert_eq!(shim::ceiling_ops_per_sec(32, 5, 1), Some(6400.0));
         assert_eq!(shim::ceiling_ops_per_sec(32, 5, 2), Some(3200.0));
         assert_eq!(shim::ceiling_ops_per_sec(32, 5, 0), None);

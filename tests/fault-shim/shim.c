@@ -38,6 +38,12 @@
  *   delay_<C_Function>    every call of that function first sleeps for the number
  *                         of milliseconds written in the file (a stalled device),
  *                         then proceeds (faults included).
+ *   delay_skips_length_queries
+ *                         with it, a C_Encrypt / C_Decrypt that only asks for the
+ *                         output length (a NULL output buffer, PKCS#11 2.40
+ *                         section 5.2) is not delayed: a device whose client
+ *                         library answers length queries itself. Without it the
+ *                         delay applies to every call, length queries included.
  *   decrypt_general_error C_Decrypt returns CKR_GENERAL_ERROR, which is what
  *                         SoftHSM2 answers for a GCM tag failure.
  *   reset                 consumed (unlinked) by the next overridden call, which
@@ -259,11 +265,13 @@ static ck_rv burst(const char *name) {
     return rv;
 }
 
-/* The fault to inject into `name` (a string literal), or CKR_OK to forward the call. */
-static ck_rv fault(const char *name) {
+/* The fault to inject into `name` (a string literal), or CKR_OK to forward the call;
+ * `delay` says whether delay_<name> applies to this call. */
+static ck_rv fault_delayed(const char *name, int delay) {
     char path[PATH_MAX], file[128], buf[64];
     ck_rv injected;
-    maybe_delay(name);
+    if (delay)
+        maybe_delay(name);
     maybe_reset();
     if (control_file("dead", path, sizeof path))
         return CKR_DEVICE_ERROR;
@@ -287,6 +295,16 @@ static ck_rv fault(const char *name) {
         return rv;
     }
     return CKR_OK;
+}
+
+/* The fault to inject into `name`, the call delayed as delay_<name> says. */
+static ck_rv fault(const char *name) { return fault_delayed(name, 1); }
+
+/* Whether a single-part call with output buffer `out` is delayed: always, unless it is a
+ * length query (NULL buffer) and delay_skips_length_queries exists. */
+static int delays_call(const unsigned char *out) {
+    char path[PATH_MAX];
+    return out != NULL || !control_file("delay_skips_length_queries", path, sizeof path);
 }
 
 /* Forwarders that consult fault() first. */
@@ -421,7 +439,7 @@ static void finish_real(single_part f, ck_ulong s, uchar *in, ck_ulong inl) {
 }
 
 static ck_rv shim_C_Encrypt(ck_ulong s, uchar *in, ck_ulong inl, uchar *out, ck_ulong *outl) {
-    ck_rv rv = fault("C_Encrypt");
+    ck_rv rv = fault_delayed("C_Encrypt", delays_call(out));
     if (rv != CKR_OK) {
         finish_real((single_part)REAL(C_Encrypt), s, in, inl);
         return rv;
@@ -431,7 +449,7 @@ static ck_rv shim_C_Encrypt(ck_ulong s, uchar *in, ck_ulong inl, uchar *out, ck_
 
 static ck_rv shim_C_Decrypt(ck_ulong s, uchar *in, ck_ulong inl, uchar *out, ck_ulong *outl) {
     char path[PATH_MAX];
-    ck_rv rv = fault("C_Decrypt");
+    ck_rv rv = fault_delayed("C_Decrypt", delays_call(out));
     if (rv == CKR_OK && control_file("decrypt_general_error", path, sizeof path))
         rv = CKR_GENERAL_ERROR;
     if (rv != CKR_OK) {

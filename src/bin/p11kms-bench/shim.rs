@@ -4,6 +4,12 @@
 //! names the real module (`P11KMS_SHIM_TARGET`) and a control directory
 //! (`P11KMS_SHIM_CONTROL`) holding one `delay_<C_Function>` file per delayed call with the
 //! milliseconds to sleep before each call of it.
+//!
+//! cryptoki 0.12's single-part `encrypt`, `decrypt` and `sign` call the function twice: a
+//! length query (NULL output buffer) and then the call that produces the output. The shim
+//! delays both unless `delay_skips_length_queries` is in the control directory
+//! (`--hsm-delay-skips-length-queries`: a device whose client library answers length queries
+//! itself); the shim honours that file for C_Encrypt and C_Decrypt.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,9 +33,19 @@ fn is_function_name(name: &str) -> bool {
     name.len() > 2 && name.starts_with("C_") && name[2..].bytes().all(|b| b.is_ascii_alphabetic())
 }
 
+/// The control file that spares length queries of C_Encrypt and C_Decrypt the delay.
+pub const SKIP_LENGTH_QUERIES: &str = "delay_skips_length_queries";
+
 /// Compiles the shim into `work` (`cc`, or `$CC`) and writes its control directory: a
-/// `delay_<call>` file holding `delay_ms` for each of `calls`. Forwards to `target`.
-pub fn build(work: &Path, target: &Path, delay_ms: u64, calls: &[String]) -> Result<Shim, String> {
+/// `delay_<call>` file holding `delay_ms` for each of `calls`, and [`SKIP_LENGTH_QUERIES`]
+/// when `skip_length_queries`. Forwards to `target`.
+pub fn build(
+    work: &Path,
+    target: &Path,
+    delay_ms: u64,
+    calls: &[String],
+    skip_length_queries: bool,
+) -> Result<Shim, String> {
     if let Some(bad) = calls.iter().find(|c| !is_function_name(c)) {
         return Err(format!(
             "--hsm-delay-calls: {bad:?} is not a PKCS#11 function name"
@@ -56,6 +72,10 @@ pub fn build(work: &Path, target: &Path, delay_ms: u64, calls: &[String]) -> Res
         let f = control.join(format!("delay_{call}"));
         std::fs::write(&f, delay_ms.to_string()).map_err(|e| format!("{}: {e}", f.display()))?;
     }
+    if skip_length_queries {
+        let f = control.join(SKIP_LENGTH_QUERIES);
+        std::fs::write(&f, "").map_err(|e| format!("{}: {e}", f.display()))?;
+    }
     Ok(Shim {
         lib,
         control,
@@ -63,14 +83,24 @@ pub fn build(work: &Path, target: &Path, delay_ms: u64, calls: &[String]) -> Res
     })
 }
 
-/// How many of the PKCS#11 calls in `hsm_calls` (the JSON's `hsm_calls_per_op`, e.g.
-/// `C_GenerateRandom(12)+C_EncryptInit+C_Encrypt`) are among `delayed`: the delays one
-/// request waits.
-pub fn delayed_calls_per_op(hsm_calls: &str, delayed: &[String]) -> usize {
+/// How many delays one request waits: each of the PKCS#11 calls in `hsm_calls` (the JSON's
+/// `hsm_calls_per_op`, e.g. `C_GenerateRandom(12)+C_EncryptInit+C_Encrypt`) that is among
+/// `delayed` counts once, or twice for the calls cryptoki makes in two passes (a length query
+/// first: C_Encrypt, C_Decrypt, C_Sign) unless the shim spares their length queries.
+pub fn delayed_calls_per_op(
+    hsm_calls: &str,
+    delayed: &[String],
+    skip_length_queries: bool,
+) -> usize {
     hsm_calls
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|word| delayed.iter().any(|d| d == word))
-        .count()
+        .map(|word| match word {
+            "C_Encrypt" | "C_Decrypt" if skip_length_queries => 1,
+            "C_Encrypt" | "C_Decrypt" | "C_Sign" => 2,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// The throughput ceiling of `workers` HSM workers each waiting `delay_ms` ms `per_op` times
