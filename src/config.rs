@@ -1080,6 +1080,16 @@ data_dir = "data"
     }
 
     #[test]
+    fn audit_preallocation_reaches_the_writer() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap().audit_config();
+        assert_eq!(c.preallocate_bytes, 4 << 20);
+        let t = format!("{BASE}\n[audit]\npreallocate_bytes = 0\n");
+        let c = Config::from_toml(&t, d.path()).unwrap().audit_config();
+        assert_eq!(c.preallocate_bytes, 0);
+    }
+
+    #[test]
     fn the_reference_config_parses() {
         let d = dir_with_files();
         std::fs::create_dir_all(d.path().join("pki")).unwrap();

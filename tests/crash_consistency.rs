@@ -177,13 +177,34 @@ fn tear_tail(dir: &Path) {
         .max()
         .unwrap();
     let (end, len) = newest_segment_lengths(dir);
-    let f = std::fs::OpenOptions::new().write(true).open(newest).unwrap();
-    let torn = format!(r#"{{"recordType":"event","sequence":{},"previousHash":"00"#, last + 1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(newest)
+        .unwrap();
+    let torn = format!(
+        r#"{{"recordType":"event","sequence":{},"previousHash":"00"#,
+        last + 1
+    );
     f.write_all_at(torn.as_bytes(), end).unwrap();
     assert!(
         end + (torn.len() as u64) < len,
         "the torn record sits before the padding"
     );
+}
+
+/// `p11kms audit verify` with the public key over every segment of the data directory `dir`:
+/// its exit code and output.
+fn audit_verify(dir: &Path) -> (i32, String) {
+    let key_file = dir.join("audit-public-key.pem");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "audit".as_ref(),
+        "verify".as_ref(),
+        "--public-key".as_ref(),
+        key_file.as_os_str(),
+    ];
+    let segs = segments(dir);
+    args.extend(segs.iter().map(|p| p.as_os_str()));
+    run(&args)
 }
 
 /// The crashed trail, before any restart trims it: the newest segment still has its
@@ -195,16 +216,7 @@ fn verify_crashed_trail(dir: &Path, cycle: usize) {
         end < len,
         "cycle {cycle}: the newest segment has no preallocated space ({end} of {len} bytes)"
     );
-    let key_file = dir.join("audit-public-key.pem");
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "audit".as_ref(),
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        key_file.as_os_str(),
-    ];
-    let segs = segments(dir);
-    args.extend(segs.iter().map(|p| p.as_os_str()));
-    let (code, out) = run(&args);
+    let (code, out) = audit_verify(dir);
     let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("PROBLEM")).collect();
     assert!(
         code == 0 || problems.iter().all(|l| l.starts_with("PROBLEM truncated")),
@@ -292,16 +304,7 @@ async fn kill_9_under_load_loses_nothing_a_client_received() {
     assert!(missing.is_empty(), "answered but not audited: {missing:?}");
 
     // The trail verifies, checkpoint signatures included.
-    let key_file = dir.join("audit-public-key.pem");
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "audit".as_ref(),
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        key_file.as_os_str(),
-    ];
-    let segs = segments(&dir);
-    args.extend(segs.iter().map(|p| p.as_os_str()));
-    let (code, out) = run(&args);
+    let (code, out) = audit_verify(&dir);
     assert_eq!(code, 0, "audit verify after {CYCLES} kills:\n{out}");
 
     // `check` finds no drift but keys left Creating (no client got an answer for those).

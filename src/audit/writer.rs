@@ -53,9 +53,9 @@
 //!   (a failed sync must fail batch N+1 too, already chained to N, and cut both) and the
 //!   rotation (trim after the last sync) to be coordinated across the two threads. That has
 //!   not been built or measured yet (issue 18 item 1 leaves it open): at c=32 the writer
-//!   spends about 14 µs of CPU per event outside fsync with about 11 events per sync, so
-//!   the overlap could hide up to ~150 µs per batch, the same order as one data-only
-//!   fdatasync on an idle disk.
+//!   thread used 13-19 µs of CPU per event (fsync's kernel time included) with 6-11 events
+//!   per sync, so the overlap could hide up to ~100-200 µs per batch, the same order as one
+//!   data-only fdatasync on an idle disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -632,10 +632,10 @@ fn scan_tail(data: &[u8]) -> Tail {
 /// Cuts `padding` trailing NUL bytes (preallocated space left by a crash) off the segment at
 /// `path`, which is `len` bytes long, and syncs it; nothing else in the file changes.
 fn trim_padding(path: &Path, len: usize, padding: usize) -> Result<(), AuditError> {
-    let cut = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_len((len - padding) as u64).and_then(|()| f.sync_data()));
+    let cut = OpenOptions::new().write(true).open(path).and_then(|f| {
+        f.set_len((len - padding) as u64)
+            .and_then(|()| f.sync_data())
+    });
     cut.map_err(|e| {
         AuditError::Io(format!(
             "cannot trim the preallocated space of {}: {e}",
@@ -1455,11 +1455,8 @@ impl Writer {
                 return Err(format!("creating {}: {e}", path.display()));
             }
         };
-        let allocated = (line.len() as u64).max(
-            self.cfg
-                .preallocate_bytes
-                .min(self.cfg.max_segment_bytes),
-        );
+        let allocated =
+            (line.len() as u64).max(self.cfg.preallocate_bytes.min(self.cfg.max_segment_bytes));
         let t = Instant::now();
         let written = file
             .write_all_at(&line, 0)
@@ -1513,7 +1510,9 @@ impl Writer {
             // With positional writes the rollback is the write position staying where it
             // was; cutting the file there also drops what the failed batch wrote and the
             // preallocated space (best effort: the file may be gone).
-            let _ = seg.file.set_len(rollback.unwrap_or(seg.bytes).min(seg.bytes));
+            let _ = seg
+                .file
+                .set_len(rollback.unwrap_or(seg.bytes).min(seg.bytes));
         }
         self.dirty = false;
         if was_healthy {
