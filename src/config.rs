@@ -360,6 +360,10 @@ pub struct AuditSection {
     pub max_segment_bytes: u64,
     /// Start a new segment past this age (0 = never by age).
     pub max_segment_age_secs: u64,
+    /// Zero-filled, synced space kept ahead of the segment's write position, so that a
+    /// group-commit fsync changes no file size or metadata (0 = off; at most
+    /// `max_segment_bytes`).
+    pub preallocate_bytes: u64,
     /// Add a signed checkpoint every N events.
     pub checkpoint_every_events: u64,
     /// ... and at least every T seconds (0 = count only).
@@ -385,6 +389,7 @@ impl Default for AuditSection {
             fsync_interval_ms: 1000,
             max_segment_bytes: 64 * 1024 * 1024,
             max_segment_age_secs: 86_400,
+            preallocate_bytes: 4 << 20,
             checkpoint_every_events: 1000,
             checkpoint_interval_secs: 60,
             refused_aggregate_interval_secs: 60,
@@ -845,6 +850,7 @@ impl Config {
             crate::audit::Durability::GroupCommit
         };
         c.max_segment_bytes = a.max_segment_bytes;
+        c.preallocate_bytes = a.preallocate_bytes;
         c.max_segment_age =
             (a.max_segment_age_secs > 0).then(|| Duration::from_secs(a.max_segment_age_secs));
         c.checkpoint_every_events = a.checkpoint_every_events;
@@ -1071,6 +1077,16 @@ data_dir = "data"
             let t = format!("{BASE}\n[audit]\n{bad}\n");
             assert!(Config::from_toml(&t, d.path()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn audit_preallocation_reaches_the_writer() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap().audit_config();
+        assert_eq!(c.preallocate_bytes, 4 << 20);
+        let t = format!("{BASE}\n[audit]\npreallocate_bytes = 0\n");
+        let c = Config::from_toml(&t, d.path()).unwrap().audit_config();
+        assert_eq!(c.preallocate_bytes, 0);
     }
 
     #[test]

@@ -818,11 +818,15 @@ impl AwsDoor {
     }
 }
 
-/// Bytes in the trail's segment files.
+/// Bytes of records in the trail's segment files (the live segment's trailing NUL bytes are
+/// preallocated space, not records).
 fn trail_bytes(dir: &Path) -> u64 {
     segments(dir)
         .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
+        .map(|p| {
+            let data = std::fs::read(p).unwrap();
+            data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64
+        })
         .sum()
 }
 

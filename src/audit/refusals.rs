@@ -373,7 +373,9 @@ mod tests {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "jsonl") {
-                for l in std::fs::read_to_string(&p).unwrap().lines() {
+                // The live segment ends with its preallocated (NUL) space.
+                let text = std::fs::read_to_string(&p).unwrap();
+                for l in text.trim_end_matches('\0').lines() {
                     let v: serde_json::Value = serde_json::from_str(l).unwrap();
                     if v["recordType"] == "event" {
                         out.push(v);

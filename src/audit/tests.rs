@@ -963,3 +963,177 @@ async fn verify_cli_exit_codes() {
     assert!(out.contains("PROBLEM deleted sequence 4"), "{out}");
     assert!(out.contains("RESULT: FAILED"), "{out}");
 }
+
+// ---------------------------------------------------------------- preallocated segments
+
+/// The length of `data` without its trailing NUL bytes.
+fn data_end(data: &[u8]) -> usize {
+    data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
+}
+
+/// Asserts that a closed segment ends with its last record: no NUL byte anywhere.
+fn assert_unpadded(path: &Path) {
+    let data = std::fs::read(path).unwrap();
+    assert!(
+        !data.contains(&0),
+        "{} keeps NUL bytes after it was closed",
+        path.display()
+    );
+    assert!(data.ends_with(b"\n"), "{}", path.display());
+}
+
+#[tokio::test]
+async fn a_live_segment_is_padded_and_recovery_after_a_crash_trims_the_padding() {
+    let t = trail();
+    let log = t.open().await;
+    for i in 0..3 {
+        log.append(event(i)).await.unwrap();
+    }
+    let path = segments(&t.dir)[0].clone();
+    // What a crash now would leave: the records, then zero-filled preallocated space.
+    let live = std::fs::read(&path).unwrap();
+    let end = data_end(&live);
+    assert_eq!(live.len() as u64, test_config(&t.dir).preallocate_bytes);
+    assert_eq!(live[end - 1], b'\n');
+    // The verifier accepts the padded tail of a live trail.
+    let r = t.verify();
+    assert!(r.is_ok(), "{}", verify::render(&r, None));
+    assert_eq!(r.events, 3);
+    log.shutdown().await.unwrap();
+    assert_unpadded(&path);
+
+    // The crash: the segment as it was while live.
+    std::fs::write(&path, &live).unwrap();
+    let r = t.verify();
+    assert!(r.is_ok(), "{}", verify::render(&r, None));
+    let last_seq = seq_of(lines(&path)[3].as_slice());
+    let log = t.open().await;
+    let receipt = log.append(event(9)).await.unwrap();
+    assert_eq!(receipt.sequence, last_seq + 2);
+    log.shutdown().await.unwrap();
+    // Recovery trimmed the padding (and nothing else); the padding was no torn record.
+    assert_eq!(std::fs::read(&path).unwrap(), &live[..end]);
+    let files = segments(&t.dir);
+    assert_eq!(files.len(), 2);
+    assert_eq!(json(&lines(&files[1])[0])["reason"], "startup");
+    let r = t.verify();
+    assert!(r.is_ok(), "{}", verify::render(&r, None));
+    assert!(r.notes.iter().all(|n| !n.contains("torn")), "{:?}", r.notes);
+}
+
+#[tokio::test]
+async fn nul_bytes_followed_by_data_or_inside_a_record_are_reported() {
+    let (t, path, ls) = written_segment(3).await;
+    let malformed_nul = |r: &VerifyReport| {
+        r.problems
+            .iter()
+            .filter(|p| p.kind == ProblemKind::Malformed && p.detail.contains("NUL"))
+            .map(|p| p.sequence)
+            .collect::<Vec<_>>()
+    };
+    // Unused space followed by data.
+    let mut holed = ls[..2].concat();
+    holed.extend_from_slice(&[0u8; 100]);
+    holed.extend_from_slice(&ls[2..].concat());
+    std::fs::write(&path, &holed).unwrap();
+    let r = t.verify();
+    assert_eq!(
+        malformed_nul(&r),
+        vec![Some(seq_of(&ls[2]))],
+        "{}",
+        verify::render(&r, None)
+    );
+
+    // A NUL byte inside a record.
+    let mut damaged = ls.clone();
+    let mid = damaged[3].len() - 20;
+    damaged[3][mid] = 0;
+    write_lines(&path, &damaged);
+    let r = t.verify();
+    assert_eq!(
+        malformed_nul(&r),
+        vec![Some(seq_of(&ls[3]))],
+        "{}",
+        verify::render(&r, None)
+    );
+
+    // The intact file is clean again (the checks above are about the NULs).
+    write_lines(&path, &ls);
+    assert!(t.verify().is_ok());
+}
+
+#[tokio::test]
+async fn a_torn_record_before_padding_is_a_torn_record() {
+    let (t, path, ls) = written_segment(12).await;
+    let last = ls.last().unwrap().clone();
+    let last_seq = seq_of(&last);
+    let torn: Vec<u8> = ls[..ls.len() - 1]
+        .concat()
+        .into_iter()
+        .chain(last[..last.len() / 2].iter().copied())
+        .collect();
+    let mut padded = torn.clone();
+    padded.extend_from_slice(&[0u8; 8192]);
+    std::fs::write(&path, &padded).unwrap();
+    let r = t.verify();
+    assert_eq!(problems(&r), vec![(ProblemKind::Truncated, Some(last_seq))]);
+
+    let log = t.open().await;
+    log.append(event(1)).await.unwrap();
+    log.shutdown().await.unwrap();
+    // Recovery cut the padding only: the torn bytes stay, recorded with their own length.
+    assert_eq!(std::fs::read(&path).unwrap(), torn);
+    let files = segments(&t.dir);
+    let start = json(&lines(&files[1])[0]);
+    assert_eq!(start["reason"], "crash-recovery");
+    assert_eq!(start["truncatedAfterSequence"], last_seq - 1);
+    let note = start["note"].as_str().unwrap();
+    assert!(
+        note.contains(&format!("torn record of {} bytes", last.len() / 2)),
+        "{note}"
+    );
+    let r = t.verify();
+    assert!(r.is_ok(), "{}", verify::render(&r, None));
+    assert!(r.notes.iter().any(|n| n.contains("torn by a crash")));
+}
+
+#[tokio::test]
+async fn rotation_and_shutdown_leave_no_padding() {
+    let t = trail();
+    let mut cfg = test_config(&t.dir);
+    cfg.max_segment_bytes = 8192;
+    cfg.preallocate_bytes = 2048;
+    let log = t.open_with(cfg).await;
+    for i in 0..40 {
+        log.append(event(i)).await.unwrap();
+    }
+    let files = segments(&t.dir);
+    assert!(files.len() >= 3, "{files:?}");
+    // Every rotated segment was trimmed to its last record.
+    for f in &files[..files.len() - 1] {
+        assert_unpadded(f);
+    }
+    log.shutdown().await.unwrap();
+    for f in &files {
+        assert_unpadded(f);
+    }
+    let r = t.verify();
+    assert!(r.is_ok(), "{}", verify::render(&r, None));
+    assert_eq!(r.events, 40);
+}
+
+#[tokio::test]
+async fn preallocation_off_writes_no_padding() {
+    let t = trail();
+    let mut cfg = test_config(&t.dir);
+    cfg.preallocate_bytes = 0;
+    let log = t.open_with(cfg).await;
+    for i in 0..3 {
+        log.append(event(i)).await.unwrap();
+    }
+    let path = segments(&t.dir)[0].clone();
+    assert_unpadded(&path);
+    log.shutdown().await.unwrap();
+    assert_unpadded(&path);
+    assert!(t.verify().is_ok());
+}

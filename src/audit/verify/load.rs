@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::super::writer::segment_index;
+use super::super::writer::{segment_index, unpadded_len};
 use super::records::{parse_line, sniff_sequence, Rec};
 use super::{Problem, ProblemKind, VerifyReport};
 
@@ -70,13 +70,28 @@ impl Verifier {
     }
 
     /// Parses the lines of file `fi`; a last piece without a newline is a torn line.
+    /// Trailing NUL bytes are preallocated space the writer has not used (a live segment,
+    /// or one a crash left before a restart trimmed it) and are skipped; a NUL byte inside
+    /// a line (space followed by data, or a damaged record) is reported as `malformed`.
     fn parse_file(&mut self, fi: usize, l: &Loaded, report: &mut VerifyReport) {
-        let mut pieces: Vec<&[u8]> = l.data.split(|b| *b == b'\n').collect();
+        let data = &l.data[..unpadded_len(&l.data)];
+        let mut pieces: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
         // `split` yields a last piece after the final newline: empty for a complete file,
         // the torn bytes otherwise.
         let tail = pieces.pop().unwrap_or(&[]);
         for (i, line) in pieces.iter().enumerate() {
             let line_no = i + 1;
+            if line.contains(&0) {
+                report.problems.push(Problem {
+                    sequence: sniff_sequence(line),
+                    kind: ProblemKind::Malformed,
+                    location: Some(format!("{}:{line_no}", l.name)),
+                    detail: "NUL bytes inside a record (unused preallocated space followed \
+                             by data, or a damaged record)"
+                        .into(),
+                });
+                continue;
+            }
             match parse_line(fi, line_no, line) {
                 Ok(r) => self.recs.push(r),
                 Err(why) => report.problems.push(Problem {

@@ -12,7 +12,7 @@
 //! | `reordered` | a record appears after a record with a higher sequence number |
 //! | `truncated` | a file ends with an incomplete line (torn by a crash, or cut) that no crash-recovery segment start records (one that does is a note), records are missing at the end of a file before the next segment, or records were abandoned at a crash/write-error recovery |
 //! | `forged-signature` | a checkpoint's signature does not verify with the public key |
-//! | `malformed` | a line that is not an audit record at all (no sequence number) |
+//! | `malformed` | a line that is not an audit record at all (no sequence number), or a line with NUL bytes (preallocated space followed by data, or a damaged record); NUL bytes after a file's last record are unused preallocated space and accepted |
 //! | `segment-link` | a file does not begin with a `segment-start` record |
 //! | `unreadable` | a file cannot be read |
 //!
