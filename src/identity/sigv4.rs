@@ -1597,6 +1597,19 @@ mod signing_key_cache_tests {
         })
     }
 
+    /// Verifies a `kms` request at `NOW` with the cache, under `secret`.
+    fn kms(
+        cache: &SigningKeyCache,
+        headers: &[(String, String)],
+        secret: &str,
+    ) -> Result<VerifiedSigV4, SigV4Error> {
+        check(cache, headers, secret, &regions(), "kms", NOW)
+    }
+
+    fn assert_invalid(r: Result<VerifiedSigV4, SigV4Error>) {
+        assert!(matches!(r, Err(SigV4Error::InvalidSignature(_))), "{r:?}");
+    }
+
     fn regions() -> Vec<String> {
         vec!["us-east-1".to_string(), "eu-west-1".to_string()]
     }
@@ -1606,7 +1619,7 @@ mod signing_key_cache_tests {
         let cache = SigningKeyCache::new();
         let headers = signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE);
         for _ in 0..3 {
-            let ok = check(&cache, &headers, OLD_SECRET, &regions(), "kms", NOW).unwrap();
+            let ok = kms(&cache, &headers, OLD_SECRET).unwrap();
             assert_eq!(ok.access_key_id, AKID);
         }
         assert_eq!(cache.len(), 1);
@@ -1647,12 +1660,11 @@ mod signing_key_cache_tests {
         let cache = SigningKeyCache::new();
         let old = signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE);
         let new = signed(NEW_SECRET, "us-east-1", "kms", AMZ_DATE);
-        check(&cache, &old, OLD_SECRET, &regions(), "kms", NOW).unwrap();
+        kms(&cache, &old, OLD_SECRET).unwrap();
         // The key now holds NEW_SECRET: the request signed with it verifies...
-        check(&cache, &new, NEW_SECRET, &regions(), "kms", NOW).unwrap();
+        kms(&cache, &new, NEW_SECRET).unwrap();
         // ...and one signed with the old secret fails, though its key was cached.
-        let err = check(&cache, &old, NEW_SECRET, &regions(), "kms", NOW).unwrap_err();
-        assert!(matches!(err, SigV4Error::InvalidSignature(_)), "{err:?}");
+        assert_invalid(kms(&cache, &old, NEW_SECRET));
         assert_eq!(cache.len(), 1);
     }
 
@@ -1660,18 +1672,16 @@ mod signing_key_cache_tests {
     fn a_bad_signature_fails_with_a_warm_cache() {
         let cache = SigningKeyCache::new();
         let good = signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE);
-        check(&cache, &good, OLD_SECRET, &regions(), "kms", NOW).unwrap();
+        kms(&cache, &good, OLD_SECRET).unwrap();
         let mut bad = good.clone();
         let auth = &mut bad[2].1;
         let flipped = if auth.ends_with('0') { '1' } else { '0' };
         auth.pop();
         auth.push(flipped);
-        let err = check(&cache, &bad, OLD_SECRET, &regions(), "kms", NOW).unwrap_err();
-        assert!(matches!(err, SigV4Error::InvalidSignature(_)), "{err:?}");
+        assert_invalid(kms(&cache, &bad, OLD_SECRET));
         // Scope checks still come first: a region outside the allowed ones is refused.
         let elsewhere = signed(OLD_SECRET, "ap-south-1", "kms", AMZ_DATE);
-        let err = check(&cache, &elsewhere, OLD_SECRET, &regions(), "kms", NOW).unwrap_err();
-        assert!(matches!(err, SigV4Error::InvalidSignature(_)), "{err:?}");
+        assert_invalid(kms(&cache, &elsewhere, OLD_SECRET));
         assert_eq!(cache.len(), 1);
     }
 
