@@ -288,11 +288,10 @@ impl AwsJsonDoor {
     async fn run(&self, info: RequestInfo, admitted: Admitted) -> Response {
         let Admitted { caller, call, xml } = admitted;
         let request_id = info.request_id.clone();
-        // Boxed: the gate's future would otherwise be moved by value into this one.
-        let run = self
+        let result = self
             .gate
-            .run(info, caller, call, |r: &kms::Reply| r.elements.clone());
-        let result = Box::pin(run).await;
+            .run(info, caller, call, |r: &kms::Reply| r.elements.clone())
+            .await;
         render(&request_id, result, xml)
     }
 

@@ -227,11 +227,11 @@ impl HttpDoor for XksDoor {
         let operation = info.operation;
         let (response, outcome) = match admitted {
             Ok(Admitted { caller, call }) => {
-                // Boxed: the gate's future would otherwise be moved by value into this one.
-                let run = self
+                match self
                     .gate
-                    .run(info, caller, call, |_| serde_json::Value::Null);
-                match Box::pin(run).await {
+                    .run(info, caller, call, |_| serde_json::Value::Null)
+                    .await
+                {
                     Ok(body) => (wire::json_response(StatusCode::OK, &body), "Success"),
                     Err(e) => {
                         let e = XksError::from_kms(&e);
