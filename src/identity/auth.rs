@@ -92,6 +92,8 @@ pub struct Authenticator {
     config_bindings: Vec<CertBinding>,
     certs: RwLock<Arc<CertificateDirectory>>,
     regions: Vec<String>,
+    /// Signing keys derived for earlier requests (per access key, date, region, service).
+    keys: sigv4::SigningKeyCache,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -118,6 +120,7 @@ impl Authenticator {
             config_bindings,
             certs: RwLock::new(Arc::new(CertificateDirectory::default())),
             regions: vec![region.to_string()],
+            keys: sigv4::SigningKeyCache::new(),
         };
         a.refresh_certificates();
         a
@@ -156,6 +159,22 @@ impl Authenticator {
         Ok(Caller::new(principal, method, source_ip, secure))
     }
 
+    /// What a request to `input`'s service is verified against, with the key cache.
+    fn policy<'a>(
+        &'a self,
+        input: &SigV4Input<'a>,
+        regions: &'a [String],
+        now_ms: i64,
+    ) -> sigv4::VerifyPolicy<'a> {
+        sigv4::VerifyPolicy {
+            expected_service: input.service,
+            allowed_regions: regions,
+            now_unix_secs: now_ms.div_euclid(1000),
+            max_skew_secs: input.max_skew_secs,
+            keys: Some(&self.keys),
+        }
+    }
+
     /// A caller from a verified client certificate (leaf, DER).
     pub fn from_certificate(
         &self,
@@ -182,12 +201,9 @@ impl Authenticator {
         lookup_secret: impl FnOnce(&str) -> Option<Zeroizing<String>>,
         now_ms: i64,
     ) -> Result<Caller, AuthError> {
-        let verified = sigv4::verify(
+        let verified = sigv4::verify_with(
             &input.request,
-            input.service,
-            regions,
-            now_ms.div_euclid(1000),
-            input.max_skew_secs,
+            &self.policy(input, regions, now_ms),
             lookup_secret,
         )?;
         let mut caller = self.resolve(
@@ -241,12 +257,10 @@ impl Authenticator {
                 )
             }
         };
-        sigv4::verify(
+        let verified = sigv4::verify_parsed(
             &input.request,
-            input.service,
-            &self.regions,
-            now_ms.div_euclid(1000),
-            input.max_skew_secs,
+            parsed,
+            &self.policy(input, &self.regions, now_ms),
             |_| Some(secret),
         )?;
         let mut caller = self.resolve(
@@ -255,7 +269,7 @@ impl Authenticator {
             input.source_ip,
             input.secure_transport,
         )?;
-        caller.access_key_id = Some(parsed.access_key_id);
+        caller.access_key_id = Some(verified.access_key_id);
         caller.session = session;
         Ok(caller)
     }

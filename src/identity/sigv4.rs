@@ -478,6 +478,87 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8
     hmac(&*k_service, TERMINATOR.as_bytes())
 }
 
+/// Most signing keys a [`SigningKeyCache`] holds; when full, it starts over (keys are
+/// derived per day, so old entries are dead weight by then anyway).
+pub const SIGNING_KEY_CACHE_CAPACITY: usize = 4096;
+
+/// Derived SigV4 signing keys, by access key id and credential scope (date, region,
+/// service), so that a busy client's requests skip the four-HMAC derivation. Each entry keeps
+/// the secret it was derived from (in zeroizing memory, like the key) and is used only when
+/// that secret equals the one presented now (compared in constant time): a rotated secret
+/// derives a new key. Bounded by [`SIGNING_KEY_CACHE_CAPACITY`].
+#[derive(Default)]
+pub struct SigningKeyCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, CachedSigningKey>>,
+}
+
+impl std::fmt::Debug for SigningKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyCache").finish_non_exhaustive()
+    }
+}
+
+/// One cached key and the secret it was derived from.
+struct CachedSigningKey {
+    secret: Zeroizing<String>,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl SigningKeyCache {
+    /// An empty cache.
+    pub fn new() -> SigningKeyCache {
+        SigningKeyCache::default()
+    }
+
+    /// The signing key of `auth`'s access key and scope under `secret`: the cached one when
+    /// it was derived from this same secret, else a fresh derivation (then cached).
+    fn key_for(&self, auth: &AuthHeader, secret: &str) -> Zeroizing<[u8; 32]> {
+        // `/` separates the parts unambiguously: access key ids are alphanumeric.
+        let id = [
+            auth.access_key_id.as_str(),
+            &auth.date,
+            &auth.region,
+            &auth.service,
+        ]
+        .join("/");
+        if let Some(hit) = self.lookup(&id, secret) {
+            return hit;
+        }
+        let key = Zeroizing::new(signing_key(secret, &auth.date, &auth.region, &auth.service));
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= SIGNING_KEY_CACHE_CAPACITY && !entries.contains_key(&id) {
+            entries.clear();
+        }
+        entries.insert(
+            id,
+            CachedSigningKey {
+                secret: Zeroizing::new(secret.to_string()),
+                key: key.clone(),
+            },
+        );
+        key
+    }
+
+    /// The cached key for `id` if it was derived from `secret` (constant-time comparison).
+    fn lookup(&self, id: &str, secret: &str) -> Option<Zeroizing<[u8; 32]>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = entries.get(id)?;
+        let same = hit.secret.len() == secret.len()
+            && bool::from(hit.secret.as_bytes().ct_eq(secret.as_bytes()));
+        same.then(|| hit.key.clone())
+    }
+
+    /// How many keys are cached.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no key is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The hex signature of a string to sign, with the key derived from the secret and scope.
 pub fn sign(secret: &str, date: &str, region: &str, service: &str, string_to_sign: &str) -> String {
     let key = Zeroizing::new(signing_key(secret, date, region, service));
@@ -530,7 +611,70 @@ pub fn verify(
     max_skew_secs: i64,
     lookup_secret: impl FnOnce(&str) -> Option<Zeroizing<String>>,
 ) -> Result<VerifiedSigV4, SigV4Error> {
+    let policy = VerifyPolicy {
+        expected_service,
+        allowed_regions,
+        now_unix_secs,
+        max_skew_secs,
+        keys: None,
+    };
+    verify_with(req, &policy, lookup_secret)
+}
+
+/// What a request is verified against: the scope it must have, the time, and where derived
+/// signing keys may be reused from.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyPolicy<'a> {
+    /// The signing service expected (`kms`, `sts`, `kms-xks-proxy`).
+    pub expected_service: &'a str,
+    /// The regions a credential scope may name.
+    pub allowed_regions: &'a [String],
+    /// The verifier's time, Unix seconds.
+    pub now_unix_secs: i64,
+    /// Allowed clock skew, seconds.
+    pub max_skew_secs: i64,
+    /// Signing keys derived earlier (none: derive one per request).
+    pub keys: Option<&'a SigningKeyCache>,
+}
+
+/// [`verify`] under a [`VerifyPolicy`], reusing the signing key from its cache when one is
+/// given: the same checks in the same order, the same errors.
+pub fn verify_with(
+    req: &SignableRequest<'_>,
+    policy: &VerifyPolicy<'_>,
+    lookup_secret: impl FnOnce(&str) -> Option<Zeroizing<String>>,
+) -> Result<VerifiedSigV4, SigV4Error> {
     let auth = parse_authorization(single_authorization(req)?)?;
+    verify_checked(req, auth, policy, lookup_secret)
+}
+
+/// [`verify_with`] for a caller that has already parsed the request's one `Authorization`
+/// header into `auth` (to look its access key up): the header is not parsed again. `auth`
+/// must come from `req` itself; the request must still carry exactly one such header.
+pub fn verify_parsed(
+    req: &SignableRequest<'_>,
+    auth: AuthHeader,
+    policy: &VerifyPolicy<'_>,
+    lookup_secret: impl FnOnce(&str) -> Option<Zeroizing<String>>,
+) -> Result<VerifiedSigV4, SigV4Error> {
+    single_authorization(req)?;
+    verify_checked(req, auth, policy, lookup_secret)
+}
+
+/// The checks of [`verify`] after the `Authorization` header was found and parsed.
+fn verify_checked(
+    req: &SignableRequest<'_>,
+    auth: AuthHeader,
+    policy: &VerifyPolicy<'_>,
+    lookup_secret: impl FnOnce(&str) -> Option<Zeroizing<String>>,
+) -> Result<VerifiedSigV4, SigV4Error> {
+    let VerifyPolicy {
+        expected_service,
+        allowed_regions,
+        now_unix_secs,
+        max_skew_secs,
+        keys,
+    } = *policy;
     if !auth.signed_headers.iter().any(|h| h == "host") {
         return Err(incomplete(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
@@ -541,7 +685,7 @@ pub fn verify(
     check_scope(&auth, &amz_date, expected_service, allowed_regions)?;
     check_skew(&amz_date, now_unix_secs, max_skew_secs)?;
     let secret = lookup_secret(&auth.access_key_id).ok_or(SigV4Error::UnrecognizedClient)?;
-    check_signature(req, &auth, &amz_date, &secret)?;
+    check_signature(req, &auth, &amz_date, &secret, keys)?;
     Ok(VerifiedSigV4 {
         access_key_id: auth.access_key_id,
         amz_date,
@@ -676,17 +820,22 @@ fn check_skew(amz_date: &str, now_unix_secs: i64, max_skew_secs: i64) -> Result<
     Ok(())
 }
 
-/// Recomputes the signature with the secret and compares it in constant time.
+/// Recomputes the signature with the secret and compares it in constant time. The signing
+/// key comes from `keys` when it holds one for this credential scope and secret.
 fn check_signature(
     req: &SignableRequest<'_>,
     auth: &AuthHeader,
     amz_date: &str,
     secret: &str,
+    keys: Option<&SigningKeyCache>,
 ) -> Result<(), SigV4Error> {
     let scope = auth.scope();
     let creq = canonical_request(req, &auth.signed_headers);
     let sts = string_to_sign(amz_date, &scope, &creq);
-    let key = Zeroizing::new(signing_key(secret, &auth.date, &auth.region, &auth.service));
+    let key = match keys {
+        Some(cache) => cache.key_for(auth, secret),
+        None => Zeroizing::new(signing_key(secret, &auth.date, &auth.region, &auth.service)),
+    };
     let expected = hmac(&*key, sts.as_bytes());
     let provided = hex::decode(&auth.signature_hex).unwrap_or_default();
     if provided.len() != expected.len() || !bool::from(expected.ct_eq(provided.as_slice())) {
@@ -1381,5 +1530,199 @@ mod tests {
             amz_date: KMS_DATE,
         };
         assert!(!format!("{p:?}").contains("EXAMPLEKEY"));
+    }
+}
+
+#[cfg(test)]
+mod signing_key_cache_tests {
+    use super::*;
+
+    const AKID: &str = "AKIDEXAMPLE";
+    const OLD_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    const NEW_SECRET: &str = "rotatedrotatedrotatedrotatedrotatedrot00";
+    const AMZ_DATE: &str = "20150830T123600Z";
+    const NOW: i64 = 1_440_938_160; // 2015-08-30T12:36:00Z
+
+    /// The headers of a request signed by `AKID` with `secret` for `region` and `service`
+    /// at `amz_date`.
+    fn signed(secret: &str, region: &str, service: &str, amz_date: &str) -> Vec<(String, String)> {
+        let mut headers = vec![
+            ("Host".to_string(), "kms.example".to_string()),
+            ("X-Amz-Date".to_string(), amz_date.to_string()),
+        ];
+        let names = vec!["host".to_string(), "x-amz-date".to_string()];
+        let auth = authorization_header(
+            &request(&headers),
+            &names,
+            &SigningParams {
+                access_key_id: AKID,
+                secret_access_key: secret,
+                region,
+                service,
+                amz_date,
+            },
+        );
+        headers.push(("Authorization".to_string(), auth));
+        headers
+    }
+
+    fn request(headers: &[(String, String)]) -> SignableRequest<'_> {
+        SignableRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            payload_sha256_hex: EMPTY_SHA256_HEX,
+        }
+    }
+
+    /// Verifies with the cache, under `secret`, for the regions and service given.
+    fn check(
+        cache: &SigningKeyCache,
+        headers: &[(String, String)],
+        secret: &str,
+        regions: &[String],
+        service: &str,
+        now: i64,
+    ) -> Result<VerifiedSigV4, SigV4Error> {
+        let policy = VerifyPolicy {
+            expected_service: service,
+            allowed_regions: regions,
+            now_unix_secs: now,
+            max_skew_secs: MAX_SKEW_SECS,
+            keys: Some(cache),
+        };
+        verify_with(&request(headers), &policy, |id| {
+            (id == AKID).then(|| Zeroizing::new(secret.to_string()))
+        })
+    }
+
+    /// Verifies a `kms` request at `NOW` with the cache, under `secret`.
+    fn kms(
+        cache: &SigningKeyCache,
+        headers: &[(String, String)],
+        secret: &str,
+    ) -> Result<VerifiedSigV4, SigV4Error> {
+        check(cache, headers, secret, &regions(), "kms", NOW)
+    }
+
+    fn assert_invalid(r: Result<VerifiedSigV4, SigV4Error>) {
+        assert!(matches!(r, Err(SigV4Error::InvalidSignature(_))), "{r:?}");
+    }
+
+    fn regions() -> Vec<String> {
+        vec!["us-east-1".to_string(), "eu-west-1".to_string()]
+    }
+
+    #[test]
+    fn a_cached_key_verifies_the_next_request_of_the_same_scope() {
+        let cache = SigningKeyCache::new();
+        let headers = signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE);
+        for _ in 0..3 {
+            let ok = kms(&cache, &headers, OLD_SECRET).unwrap();
+            assert_eq!(ok.access_key_id, AKID);
+        }
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_new_date_region_or_service_derives_a_new_key() {
+        let cache = SigningKeyCache::new();
+        let next_day = "20150831T000100Z";
+        let cases = [
+            ("us-east-1", "kms", AMZ_DATE, NOW),
+            ("us-east-1", "kms", next_day, NOW + 41_100),
+            ("eu-west-1", "kms", AMZ_DATE, NOW),
+            ("us-east-1", "kms-xks-proxy", AMZ_DATE, NOW),
+        ];
+        for (i, (region, service, date, now)) in cases.into_iter().enumerate() {
+            let headers = signed(OLD_SECRET, region, service, date);
+            check(&cache, &headers, OLD_SECRET, &regions(), service, now).unwrap();
+            assert_eq!(cache.len(), i + 1, "{region} {service} {date}");
+        }
+        // Each entry holds the key of its own scope.
+        let auth = parse_authorization(
+            header_value(
+                &signed(OLD_SECRET, "eu-west-1", "kms", AMZ_DATE),
+                "authorization",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            *cache.key_for(&auth, OLD_SECRET),
+            signing_key(OLD_SECRET, "20150830", "eu-west-1", "kms")
+        );
+    }
+
+    #[test]
+    fn a_rotated_secret_derives_a_new_key_and_the_old_secret_fails() {
+        let cache = SigningKeyCache::new();
+        let old = signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE);
+        let new = signed(NEW_SECRET, "us-east-1", "kms", AMZ_DATE);
+        kms(&cache, &old, OLD_SECRET).unwrap();
+        // The key now holds NEW_SECRET: the request signed with it verifies...
+        kms(&cache, &new, NEW_SECRET).unwrap();
+        // ...and one signed with the old secret fails, though its key was cached.
+        assert_invalid(kms(&cache, &old, NEW_SECRET));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_signature_fails_with_a_warm_cache() {
+        let cache = SigningKeyCache::new();
+        let good = signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE);
+        kms(&cache, &good, OLD_SECRET).unwrap();
+        let mut bad = good.clone();
+        let auth = &mut bad[2].1;
+        let flipped = if auth.ends_with('0') { '1' } else { '0' };
+        auth.pop();
+        auth.push(flipped);
+        assert_invalid(kms(&cache, &bad, OLD_SECRET));
+        // Scope checks still come first: a region outside the allowed ones is refused.
+        let elsewhere = signed(OLD_SECRET, "ap-south-1", "kms", AMZ_DATE);
+        assert_invalid(kms(&cache, &elsewhere, OLD_SECRET));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_pre_parsed_header_verifies_only_as_the_one_authorization_header() {
+        let cache = SigningKeyCache::new();
+        let mut headers = signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE);
+        let auth = parse_authorization(header_value(&headers, "authorization").unwrap()).unwrap();
+        let regions = regions();
+        let policy = VerifyPolicy {
+            expected_service: "kms",
+            allowed_regions: &regions,
+            now_unix_secs: NOW,
+            max_skew_secs: MAX_SKEW_SECS,
+            keys: Some(&cache),
+        };
+        let lookup = |_: &str| Some(Zeroizing::new(OLD_SECRET.to_string()));
+        let ok = verify_parsed(&request(&headers), auth.clone(), &policy, lookup).unwrap();
+        assert_eq!(ok.access_key_id, AKID);
+        let again = headers[2].clone();
+        headers.push(again);
+        let err = verify_parsed(&request(&headers), auth, &policy, lookup).unwrap_err();
+        assert_eq!(err, incomplete("More than one Authorization header."));
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let cache = SigningKeyCache::new();
+        let mut auth = parse_authorization(
+            header_value(
+                &signed(OLD_SECRET, "us-east-1", "kms", AMZ_DATE),
+                "authorization",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for i in 0..SIGNING_KEY_CACHE_CAPACITY + 10 {
+            auth.access_key_id = format!("AKID{i}");
+            cache.key_for(&auth, OLD_SECRET);
+            assert!(cache.len() <= SIGNING_KEY_CACHE_CAPACITY);
+        }
+        assert_eq!(cache.len(), 10);
     }
 }

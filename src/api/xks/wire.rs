@@ -137,7 +137,9 @@ impl XksError {
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut r = Response::new(Body::from(body.to_string()));
+    // Straight into bytes: `to_string` would go through the `Display` machinery.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
