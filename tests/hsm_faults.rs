@@ -946,6 +946,51 @@ async fn a_stalled_call_holds_up_its_own_request_only() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// One shared queue: while one worker is inside a slow call, every other request goes to the
+/// idle worker, never into a line behind the busy one (issue 18, network HSMs). With
+/// per-worker queues some of the Encrypts below would wait for the slow Decrypt and finish
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_never_holds_up_a_request_another_worker_could_take() {
+    let Some(f) = faults().await else { return };
+    let config = shim_config(&f, "idle-worker");
+    assert!(config.hsm.workers >= 2, "the test needs two workers");
+    let (server, c, key, blob) = start_with_blob(&config).await;
+    let before = counters(&server);
+
+    f.delay("C_Decrypt", 3000);
+    let slow = {
+        let mut c = c.clone();
+        tokio::spawn(async move { decrypt(&mut c, &blob).await })
+    };
+    // The slow Decrypt holds a worker once its C_DecryptInit has run (the delayed C_Decrypt
+    // follows in the same job).
+    let mut polls = 0;
+    while delta(&before, &counters(&server), "C_DecryptInit") == 0 {
+        polls += 1;
+        assert!(polls < 200, "the slow Decrypt never reached a worker");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c2 = c.clone();
+    for i in 0..20 {
+        encrypt(&mut c2, &key, PLAINTEXT)
+            .await
+            .unwrap_or_else(|e| panic!("encrypt #{i} beside the slow Decrypt: {e:?}"));
+    }
+    assert!(
+        !slow.is_finished(),
+        "every Encrypt should have been answered by the idle worker while the slow Decrypt \
+         still held the other one"
+    );
+    let pt = slow
+        .await
+        .expect("slow decrypt task")
+        .expect("slow decrypt");
+    assert_eq!(pt, PLAINTEXT);
+    f.unset("delay_C_Decrypt");
+    server.shutdown().await.expect("shutdown");
+}
+
 /// Each queued job keeps its own deadline: with the only worker inside a stalled C_Decrypt
 /// (below the stall limit), an Encrypt that waits in the queue past `acquire_timeout_ms` fails
 /// with DependencyTimeoutException and never reaches the device; the stalled Decrypt itself
