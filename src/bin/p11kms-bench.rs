@@ -375,6 +375,13 @@ struct Cli {
     /// daemon's default, group commit).
     #[arg(long)]
     audit_durability: Option<String>,
+    /// `[audit] preallocate_bytes` of the own daemon (default: the daemon's default).
+    #[arg(long)]
+    audit_preallocate_bytes: Option<u64>,
+    /// `[audit] checkpoint_every_events` of the own daemon (at least 1; default: the
+    /// daemon's default, 1000).
+    #[arg(long)]
+    audit_checkpoint_every_events: Option<u64>,
     /// Own daemon only: put the PKCS#11 fault shim (`tests/fault-shim/shim.c`, compiled with
     /// `cc`) between the daemon and SoftHSM2, sleeping this many milliseconds before each
     /// call of --hsm-delay-calls: a network HSM's latency. The raw loop runs on the real
@@ -1030,8 +1037,20 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
             cli.aws_transport == AwsTransport::Https
         ));
     }
+    if cli.audit_durability.is_some()
+        || cli.audit_preallocate_bytes.is_some()
+        || cli.audit_checkpoint_every_events.is_some()
+    {
+        text.push_str("\n[audit]\n");
+    }
     if let Some(d) = &cli.audit_durability {
-        text.push_str(&format!("\n[audit]\ndurability = {}\n", toml_str(d)));
+        text.push_str(&format!("durability = {}\n", toml_str(d)));
+    }
+    if let Some(n) = cli.audit_preallocate_bytes {
+        text.push_str(&format!("preallocate_bytes = {n}\n"));
+    }
+    if let Some(n) = cli.audit_checkpoint_every_events {
+        text.push_str(&format!("checkpoint_every_events = {n}\n"));
     }
     if world.cluster_pin.is_some() {
         text.push_str(&cluster_section(world));
@@ -3295,6 +3314,27 @@ mod tests {
             "https://x:1",
         ];
         assert!(Cli::try_parse_from(external).is_err(), "own daemon only");
+    }
+
+    #[test]
+    fn audit_options_reach_the_daemons_audit_section() {
+        let (cfg, text, _) = written_config(&[
+            "--audit-durability",
+            "relaxed",
+            "--audit-preallocate-bytes",
+            "262144",
+            "--audit-checkpoint-every-events",
+            "100000",
+        ]);
+        assert_eq!(cfg.audit.durability, "relaxed", "{text}");
+        assert_eq!(cfg.audit.checkpoint_every_events, 100_000, "{text}");
+        assert_eq!(cfg.audit.preallocate_bytes, 262_144, "{text}");
+        let (cfg, text, _) = written_config(&["--audit-preallocate-bytes", "0"]);
+        assert_eq!(cfg.audit.preallocate_bytes, 0, "{text}");
+        assert_eq!(text.matches("[audit]").count(), 1, "{text}");
+        let (cfg, text, _) = written_config(&[]);
+        assert!(!text.contains("[audit]"), "{text}");
+        assert_eq!(cfg.audit.preallocate_bytes, 4 << 20);
     }
 
     #[test]

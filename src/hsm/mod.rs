@@ -122,7 +122,7 @@ pub use objects::ObjectId;
 
 use call::{Call, Counters};
 use objects::{HandleCache, SessionCopies};
-use pool::{Dispatch, Job, LockClass, Outcome, Pool, Retry, SubmitError, WorkerCtx};
+use pool::{Dispatch, Job, Lane, LockClass, Outcome, Pool, Retry, SubmitError, WorkerCtx};
 
 /// Default number of HSM worker threads.
 pub const DEFAULT_WORKERS: usize = 2;
@@ -780,7 +780,7 @@ impl Hsm {
                 Outcome::Done
             }),
         };
-        if self.pool.try_submit(job).is_err() {
+        if self.pool.try_submit(job, Lane::Queue).is_err() {
             tracing::warn!(
                 token = %self.shared.token,
                 "HSM queue full or closed: session objects of an ended request left until the session closes"
@@ -855,14 +855,16 @@ impl Hsm {
         F: FnOnce(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
     {
         let mut f = Some(f);
-        self.enqueue(lock, op, Retry::Never, move |ctx| match f.take() {
-            Some(f) => f(ctx),
-            None => Err(HsmError::new(
-                HsmErrorKind::Other,
-                op,
-                ctx.token(),
-                "a job that may not be retried was run twice",
-            )),
+        self.enqueue(lock, op, Retry::Never, Lane::Queue, move |ctx| {
+            match f.take() {
+                Some(f) => f(ctx),
+                None => Err(HsmError::new(
+                    HsmErrorKind::Other,
+                    op,
+                    ctx.token(),
+                    "a job that may not be retried was run twice",
+                )),
+            }
         })
         .await
     }
@@ -880,15 +882,33 @@ impl Hsm {
         T: Send + 'static,
         F: FnMut(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
     {
-        self.enqueue(lock, op, Retry::OnLostSession, f).await
+        self.enqueue(lock, op, Retry::OnLostSession, Lane::Queue, f)
+            .await
     }
 
-    /// Enqueue a job taking `lock` and await its answer; `op` names it in errors.
+    /// [`Hsm::submit_retry_safe`] ahead of the queued jobs ([`Lane::First`]): for a job that
+    /// other work waits on as a whole (the audit checkpoint signature).
+    async fn submit_first_retry_safe<T, F>(
+        &self,
+        lock: LockClass,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
+    {
+        self.enqueue(lock, op, Retry::OnLostSession, Lane::First, f)
+            .await
+    }
+
+    /// Enqueue a job taking `lock` in `lane` and await its answer; `op` names it in errors.
     async fn enqueue<T, F>(
         &self,
         lock: LockClass,
         op: &'static str,
         retry: Retry,
+        lane: Lane,
         mut f: F,
     ) -> Result<T, HsmError>
     where
@@ -932,7 +952,7 @@ impl Hsm {
             }),
         };
         let token = &self.shared.token;
-        self.pool.try_submit(job).map_err(|e| match e {
+        self.pool.try_submit(job, lane).map_err(|e| match e {
             SubmitError::Full => {
                 self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
                 HsmError::new(HsmErrorKind::Busy, op, token, "HSM job queue is full")

@@ -2,6 +2,9 @@
 //!
 //! `workers` threads named `hsm-worker-N` each own one R/W session and take
 //! jobs from one shared bounded queue (`std::sync::mpsc::sync_channel`).
+//! - A job submitted with [`Lane::First`] (the audit trail's checkpoint signature, which the
+//!   audit writer waits for with every batch behind it) goes ahead of the queued jobs: the
+//!   next worker to finish a job takes it, and an idle worker is woken for it.
 //! - Enqueueing never blocks: a full queue is refused at once
 //!   ([`SubmitError::Full`] -> `Busy`).
 //! - Each job carries a deadline (enqueue time + `acquire_timeout`). A worker
@@ -15,6 +18,7 @@
 //! - Shutdown drops the sending side: workers drain what is queued, close
 //!   their sessions and exit; `shutdown` joins them (abandoned ones are left to finish).
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -92,6 +96,23 @@ pub(crate) struct Job {
     /// The work; it sends its own answer. Runs once, or twice when it returns
     /// [`Outcome::SessionLost`].
     pub(crate) run: Box<dyn FnMut(Dispatch<'_>) -> Outcome + Send>,
+}
+
+/// Where a job waits for a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Behind every job already queued (first come, first served).
+    Queue,
+    /// Ahead of the queued jobs: for the few jobs that other work waits on as a whole (the
+    /// audit checkpoint signature holds up every answer of its batch).
+    First,
+}
+
+/// What travels through the queue: a job, or a wake-up for an idle worker when a
+/// [`Lane::First`] job was put ahead of the queue.
+enum Task {
+    Run(Job),
+    Wake,
 }
 
 /// Why a job was not enqueued.
@@ -205,7 +226,9 @@ type Worker = (Arc<WorkerSlot>, JoinHandle<()>);
 /// State the pool shares with its watchdog: what it takes to start a worker, and the workers.
 struct Supervisor {
     shared: Arc<Shared>,
-    rx: Arc<Mutex<Receiver<Job>>>,
+    rx: Arc<Mutex<Receiver<Task>>>,
+    /// [`Lane::First`] jobs, taken before the queue's.
+    first: Mutex<VecDeque<Job>>,
     queued: Arc<AtomicUsize>,
     /// Time origin of [`WorkerSlot`] timestamps.
     started: Instant,
@@ -224,6 +247,17 @@ struct Supervisor {
 impl Supervisor {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The oldest [`Lane::First`] job, if any (counted out of the queue).
+    fn take_first(&self) -> Option<Job> {
+        let job = self
+            .first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(job)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
@@ -336,7 +370,7 @@ fn watchdog(sup: &Arc<Supervisor>) {
 
 /// The worker pool of one `Hsm`.
 pub(crate) struct Pool {
-    tx: RwLock<Option<SyncSender<Job>>>,
+    tx: RwLock<Option<SyncSender<Task>>>,
     sup: Arc<Supervisor>,
     watchdog: Mutex<Option<JoinHandle<()>>>,
     workers: usize,
@@ -353,10 +387,11 @@ impl Pool {
         acquire_timeout: Duration,
         stall_limit: Duration,
     ) -> Result<Pool, HsmError> {
-        let (tx, rx) = sync_channel::<Job>(queue_depth);
+        let (tx, rx) = sync_channel::<Task>(queue_depth);
         let sup = Arc::new(Supervisor {
             shared: Arc::clone(shared),
             rx: Arc::new(Mutex::new(rx)),
+            first: Mutex::new(VecDeque::new()),
             queued: Arc::new(AtomicUsize::new(0)),
             started: Instant::now(),
             stall_limit,
@@ -398,13 +433,24 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Enqueue a job without blocking.
-    pub(crate) fn try_submit(&self, job: Job) -> Result<(), SubmitError> {
+    /// Enqueue a job without blocking, in `lane`.
+    pub(crate) fn try_submit(&self, job: Job, lane: Lane) -> Result<(), SubmitError> {
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(SubmitError::Closed)?;
         // Count before sending so that a worker never decrements first.
         self.sup.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(job) {
+        if lane == Lane::First {
+            self.sup
+                .first
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(job);
+            // Wakes a worker idle in recv; with a full queue every worker is busy and takes
+            // the job when its current one ends.
+            let _ = tx.try_send(Task::Wake);
+            return Ok(());
+        }
+        match tx.try_send(Task::Run(job)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.sup.queued.fetch_sub(1, Ordering::Relaxed);
@@ -470,11 +516,7 @@ impl Drop for Pool {
 
 fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
     while !slot.is_abandoned() {
-        // Only one worker waits in recv at a time; the others wait for the
-        // lock. Either way the lock is released before the job runs.
-        let next = sup.rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok(job) = next else { break };
-        sup.queued.fetch_sub(1, Ordering::Relaxed);
+        let Some(job) = next_job(sup) else { break };
         run_job(&mut ctx, slot, sup, job);
     }
     let shared = Arc::clone(&ctx.shared);
@@ -498,6 +540,27 @@ fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
         .call(Call::CloseSession, &shared.token, || session.close())
     {
         tracing::warn!(token = %shared.token, error = %err, "closing an HSM worker session failed");
+    }
+}
+
+/// The next job for a worker: a [`Lane::First`] job if one waits, else the queue's next
+/// (blocking); `None` once the queue is closed and drained.
+fn next_job(sup: &Supervisor) -> Option<Job> {
+    loop {
+        if let Some(job) = sup.take_first() {
+            return Some(job);
+        }
+        // Only one worker waits in recv at a time; the others wait for the
+        // lock. Either way the lock is released before the job runs.
+        let next = sup.rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        match next {
+            Ok(Task::Run(job)) => {
+                sup.queued.fetch_sub(1, Ordering::Relaxed);
+                return Some(job);
+            }
+            Ok(Task::Wake) => continue,
+            Err(_) => return sup.take_first(),
+        }
     }
 }
 

@@ -740,6 +740,83 @@ async fn queue_full_is_busy_and_late_job_is_timeout() {
     assert_eq!(hsm.counters()["C_GenerateRandom"], randoms_before + 1);
 }
 
+/// A [`Lane::First`] job (the audit checkpoint signature) runs before the jobs already
+/// queued, and an idle pool is woken for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_lane_job_goes_ahead_of_the_queue() {
+    let mut c = cfg(&env().a);
+    c.workers = 1;
+    let hsm = Hsm::open(&c).unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let job = |name: String| {
+        let order = Arc::clone(&order);
+        move |_: &mut WorkerCtx| {
+            order.lock().unwrap().push(name.clone());
+            Ok(())
+        }
+    };
+    // An idle pool: the first-lane job alone is woken for and runs.
+    hsm.submit_first_retry_safe(LockClass::Unlocked, "test_first", job("idle".into()))
+        .await
+        .unwrap();
+
+    // Hold the only worker until released.
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let blocker = {
+        let hsm = Arc::clone(&hsm);
+        tokio::spawn(async move {
+            hsm.run_on_worker(move || {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            })
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let (h, f) = (Arc::clone(&hsm), job(format!("queue-{i}")));
+        waiting.push(tokio::spawn(async move {
+            h.submit(LockClass::Unlocked, "test_queue", f).await
+        }));
+        let t0 = Instant::now();
+        while hsm.queued() < i + 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "job {i} never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let (h, f) = (Arc::clone(&hsm), job("first".into()));
+    let first = tokio::spawn(async move {
+        h.submit_first_retry_safe(LockClass::Unlocked, "test_first", f)
+            .await
+    });
+    let t0 = Instant::now();
+    while hsm.queued() < 4 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "first-lane job never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release_tx.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    first.await.unwrap().unwrap();
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["idle", "first", "queue-0", "queue-1", "queue-2"]
+    );
+    assert_eq!(hsm.queued(), 0);
+}
+
 /// A worker stuck in one job past `stall_limit` is abandoned and replaced by a new worker
 /// with a new session: other jobs keep flowing, a token-object creation does not wait for
 /// the stuck job's lock, the stuck job still gets its answer, and its thread closes its
