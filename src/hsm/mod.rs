@@ -886,22 +886,6 @@ impl Hsm {
             .await
     }
 
-    /// [`Hsm::submit_retry_safe`] ahead of the queued jobs ([`Lane::First`]): for a job that
-    /// other work waits on as a whole (the audit checkpoint signature).
-    async fn submit_first_retry_safe<T, F>(
-        &self,
-        lock: LockClass,
-        op: &'static str,
-        f: F,
-    ) -> Result<T, HsmError>
-    where
-        T: Send + 'static,
-        F: FnMut(&mut WorkerCtx) -> Result<T, HsmError> + Send + 'static,
-    {
-        self.enqueue(lock, op, Retry::OnLostSession, Lane::First, f)
-            .await
-    }
-
     /// Enqueue a job taking `lock` in `lane` and await its answer; `op` names it in errors.
     async fn enqueue<T, F>(
         &self,

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::call::Call;
 use super::error::{is_handle_invalid, HsmError, HsmErrorKind};
 use super::objects::ObjectId;
-use super::pool::{LockClass, WorkerCtx};
+use super::pool::{Lane, LockClass, Retry, WorkerCtx};
 use super::template::{Template, Usage};
 use super::{Hsm, KeyAttributes};
 
@@ -321,9 +321,13 @@ impl Hsm {
         let label = label.to_owned();
         // Ahead of the queue: the audit writer waits for this signature with a whole batch
         // of answers behind it.
-        self.submit_first_retry_safe(LockClass::Shared, "sign_ecdsa_p256", move |ctx| {
-            sign(ctx, &label, &digest)
-        })
+        self.enqueue(
+            LockClass::Shared,
+            "sign_ecdsa_p256",
+            Retry::OnLostSession,
+            Lane::First,
+            move |ctx| sign(ctx, &label, &digest),
+        )
         .await
     }
 

@@ -756,9 +756,16 @@ async fn a_first_lane_job_goes_ahead_of_the_queue() {
         }
     };
     // An idle pool: the first-lane job alone is woken for and runs.
-    hsm.submit_first_retry_safe(LockClass::Unlocked, "test_first", job("idle".into()))
-        .await
-        .unwrap();
+    let idle = job("idle".into());
+    hsm.enqueue(
+        LockClass::Unlocked,
+        "test_first",
+        Retry::Never,
+        Lane::First,
+        idle,
+    )
+    .await
+    .unwrap();
 
     // Hold the only worker until released.
     let (started_tx, started_rx) = mpsc::channel();
@@ -793,8 +800,14 @@ async fn a_first_lane_job_goes_ahead_of_the_queue() {
     }
     let (h, f) = (Arc::clone(&hsm), job("first".into()));
     let first = tokio::spawn(async move {
-        h.submit_first_retry_safe(LockClass::Unlocked, "test_first", f)
-            .await
+        h.enqueue(
+            LockClass::Unlocked,
+            "test_first",
+            Retry::Never,
+            Lane::First,
+            f,
+        )
+        .await
     });
     let t0 = Instant::now();
     while hsm.queued() < 4 {
