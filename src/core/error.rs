@@ -184,6 +184,20 @@ impl From<StoreError> for KmsError {
         match e {
             StoreError::AlreadyExists(m) => KmsError::AlreadyExists(m),
             StoreError::NotFound(m) => KmsError::NotFound(m),
+            // The engine retries a conflict on fresh state; one that reaches here lost every
+            // retry to other writers.
+            StoreError::Conflict(_) => KmsError::Conflict(
+                "The key was changed by another request at the same time; retry the request."
+                    .into(),
+            ),
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %e, "metadata store unavailable");
+                KmsError::DependencyTimeout(
+                    "The metadata store cannot be reached; the change was not applied. You can \
+                     retry the request."
+                        .into(),
+                )
+            }
             StoreError::Corrupt(_) | StoreError::Database(_) => {
                 tracing::error!(error = %e, "metadata store failure");
                 KmsError::Internal("The metadata store failed; the request was not applied.".into())

@@ -501,6 +501,7 @@ impl Kms {
             policy: policy_text,
             custom_key_store_id,
             xks_key_id: req.xks_key_id.clone(),
+            row_version: 1,
         };
         if req.policy.is_some() && !req.bypass_policy_lockout_safety_check {
             self.creation_lockout_check(caller, &record, &compiled)?;

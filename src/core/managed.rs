@@ -309,6 +309,7 @@ impl Kms {
                 policy,
                 custom_key_store_id: None,
                 xks_key_id: None,
+                row_version: 1,
             },
         })
     }

@@ -53,6 +53,11 @@ pub struct KeyRecord {
     pub custom_key_store_id: Option<String>,
     /// The external key (`XksKeyId`) backing a key in an external key store.
     pub xks_key_id: Option<String>,
+    /// The row's version as read (a new record starts at 1, as it is inserted). Every write
+    /// of the row is compare-and-set on it and raises it by one, so a change made meanwhile
+    /// by another node or task is refused with [`StoreError::Conflict`] instead of being
+    /// overwritten.
+    pub row_version: i64,
 }
 
 /// One backing-key version of a KMS key; each is one object on the token.
@@ -275,6 +280,14 @@ pub enum StoreError {
     /// A stored value could not be decoded (corrupt or foreign database).
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+    /// The row changed since it was read (its `row_version` moved on): the caller re-reads
+    /// and retries, or answers as AWS would. Never a silent overwrite.
+    #[error("changed concurrently: {0}")]
+    Conflict(String),
+    /// The database cannot be reached (connection refused or lost, pool timed out): nothing
+    /// was applied, and retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The database itself failed (I/O, locking, migration).
     #[error("database error: {0}")]
     Database(String),

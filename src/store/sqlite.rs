@@ -237,6 +237,8 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         policy: row.try_get("policy").map_err(db_err)?,
         custom_key_store_id: row.try_get("custom_key_store_id").map_err(db_err)?,
         xks_key_id: row.try_get("xks_key_id").map_err(db_err)?,
+        // Row versions arrive with the store's next migration; until then every row is at 1.
+        row_version: 1,
         key_id,
     })
 }
@@ -1115,6 +1117,7 @@ mod tests {
             policy: r#"{"Version":"2012-10-17","Statement":[]}"#.to_owned(),
             custom_key_store_id: None,
             xks_key_id: None,
+            row_version: 1,
         }
     }
 
