@@ -108,6 +108,19 @@ pub struct Config {
     /// How external key stores reach their XKS proxies.
     #[serde(default)]
     pub xks_client: XksClientConfig,
+    /// This node, when several nodes share one store.
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+/// `[node]`: who this daemon is among the nodes that share one store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node id (`[a-z0-9][a-z0-9-]{0,31}`): in every audit record and segment name, and
+    /// in health and metrics, so that each node's trail and figures are told apart. Unset:
+    /// a single node, whose audit trail keeps the plain names.
+    pub id: Option<String>,
 }
 
 /// `[xks_client]`: the outbound side of `EXTERNAL_KEY_STORE` custom key stores.
@@ -578,7 +591,19 @@ impl Config {
         self.validate_aws_json()?;
         self.xks.validate()?;
         self.validate_audit()?;
+        self.validate_node()?;
         self.validate_identity()
+    }
+
+    /// `[node] id`: a valid node id when set.
+    fn validate_node(&self) -> Result<(), ConfigError> {
+        match &self.node.id {
+            Some(id) if !crate::audit::valid_node_id(id) => Err(ConfigError::Invalid(format!(
+                "[node] id {id:?}: {}",
+                crate::audit::NODE_ID_RULE
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// `[server]`: the TLS files exist and every timeout and limit is at least 1.
@@ -856,6 +881,7 @@ impl Config {
         c.checkpoint_every_events = a.checkpoint_every_events;
         c.checkpoint_interval = (a.checkpoint_interval_secs > 0)
             .then(|| Duration::from_secs(a.checkpoint_interval_secs));
+        c.node = self.node.id.clone();
         c
     }
 
@@ -1021,6 +1047,20 @@ data_dir = "data"
             Config::from_toml(&text, d.path()),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn node_id_reaches_the_audit_config_and_bad_ids_are_refused() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap();
+        assert_eq!(c.audit_config().node, None);
+        let with = |id: &str| format!("[node]\nid = \"{id}\"\n{BASE}");
+        let c = Config::from_toml(&with("node-a1"), d.path()).unwrap();
+        assert_eq!(c.audit_config().node.as_deref(), Some("node-a1"));
+        for bad in ["", "-a", "Node", "a_b", "a/b", &"a".repeat(33)] {
+            let e = Config::from_toml(&with(bad), d.path()).unwrap_err();
+            assert!(e.to_string().contains("[node] id"), "{bad}: {e}");
+        }
     }
 
     #[test]

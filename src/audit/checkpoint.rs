@@ -73,11 +73,17 @@ impl CheckpointSigner for HsmCheckpointSigner {
 }
 
 /// Body of a checkpoint record without its signature: the signed message.
-pub(crate) fn unsigned_body(sequence: u64, previous_hash: &str, cp: &Checkpoint) -> Vec<u8> {
+pub(crate) fn unsigned_body(
+    node: Option<&str>,
+    sequence: u64,
+    previous_hash: &str,
+    cp: &Checkpoint,
+) -> Vec<u8> {
     // Serializing a struct of strings and integers cannot fail.
     let fields = serde_json::to_vec(cp).unwrap_or_else(|_| b"{}".to_vec());
     record_body(
         super::event::RECORD_CHECKPOINT,
+        node,
         sequence,
         previous_hash,
         &fields,
@@ -232,7 +238,7 @@ mod tests {
             algorithm: super::super::event::CHECKPOINT_ALGORITHM.into(),
             key_id: key_id_of(s.public_key_spki_der()),
         };
-        let unsigned = unsigned_body(5, GENESIS_HASH, &cp);
+        let unsigned = unsigned_body(None, 5, GENESIS_HASH, &cp);
         let sig = s.sign(&unsigned).await.unwrap();
         let body = attach_signature(&unsigned, &sig);
         let (signed, sig2) = split_signature(&body).unwrap();

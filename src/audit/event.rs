@@ -89,23 +89,49 @@ pub(crate) fn split_line(line: &[u8]) -> Option<(Vec<u8>, &str)> {
     Some((body, std::str::from_utf8(hex).ok()?))
 }
 
-/// Prefix of a record body: `{"recordType":"…","sequence":N,"previousHash":"…"`.
-pub(crate) fn record_prefix(record_type: &str, sequence: u64, previous_hash: &str) -> Vec<u8> {
-    format!(
-        "{{\"recordType\":\"{record_type}\",\"sequence\":{sequence},\"previousHash\":\"{previous_hash}\""
-    )
-    .into_bytes()
+/// Prefix of a record body: `{"recordType":"…","sequence":N,"previousHash":"…"`, with
+/// `"node":"…"` after the record type on a node of a cluster.
+pub(crate) fn record_prefix(
+    record_type: &str,
+    node: Option<&str>,
+    sequence: u64,
+    previous_hash: &str,
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(128);
+    write_prefix(&mut buf, record_type, node, sequence, previous_hash);
+    buf
+}
+
+/// Appends [`record_prefix`] to `buf` (the writer's hot path: no intermediate copy). A node
+/// id is `[a-z0-9-]` only (`valid_node_id`), so it needs no JSON escaping.
+pub(crate) fn write_prefix(
+    buf: &mut Vec<u8>,
+    record_type: &str,
+    node: Option<&str>,
+    sequence: u64,
+    previous_hash: &str,
+) {
+    use std::io::Write as _;
+    let _ = write!(buf, "{{\"recordType\":\"{record_type}\"");
+    if let Some(n) = node {
+        let _ = write!(buf, ",\"node\":\"{n}\"");
+    }
+    let _ = write!(
+        buf,
+        ",\"sequence\":{sequence},\"previousHash\":\"{previous_hash}\""
+    );
 }
 
 /// Body of a record: the prefix, then the members of `fields_object` (a serialized JSON
 /// object, `{…}`), then `}`.
 pub(crate) fn record_body(
     record_type: &str,
+    node: Option<&str>,
     sequence: u64,
     previous_hash: &str,
     fields_object: &[u8],
 ) -> Vec<u8> {
-    let mut body = record_prefix(record_type, sequence, previous_hash);
+    let mut body = record_prefix(record_type, node, sequence, previous_hash);
     close_record(&mut body, fields_object);
     body
 }
@@ -695,7 +721,7 @@ mod tests {
 
     #[test]
     fn seal_and_split_round_trip() {
-        let body = record_body("event", 7, GENESIS_HASH, br#"{"a":1}"#);
+        let body = record_body("event", None, 7, GENESIS_HASH, br#"{"a":1}"#);
         assert_eq!(
             body,
             format!(

@@ -7,7 +7,8 @@
 //! - [`event`]: the record schema ([`AuditEvent`], [`Checkpoint`], [`SegmentStart`]) and the
 //!   hash framing of a record line.
 //! - [`writer`]: [`AuditLog`], the single writer thread. Segment files `audit-NNNNNN.jsonl`
-//!   in one directory, rotated by size and age; group commit (default: `append` returns
+//!   (`audit-<node>-NNNNNN.jsonl` on a node of a cluster: each node keeps its own chain, and
+//!   every record names its node) in one directory, rotated by size and age; group commit (default: `append` returns
 //!   after the record is fsynced, concurrent appends share one fsync) or relaxed
 //!   (acknowledged after the write, fsynced on an interval). Fails closed: while the trail
 //!   cannot be written, `append` answers [`AuditError::Unavailable`] and
@@ -45,7 +46,9 @@ pub use event::{
 };
 pub use refusals::{RefusalAuditor, RefusalConfig, RefusalStats, SpaceState};
 pub use service::{ServiceAuditSink, SERVICE_EVENT_TYPE};
-pub use verify::{run_verify_cli, verify_files, Problem, ProblemKind, VerifyReport};
+pub use verify::{
+    run_verify_cli, verify_files, verify_trails, NodeReport, Problem, ProblemKind, VerifyReport,
+};
 pub use writer::{
     AppendReceipt, AuditConfig, AuditLog, AuditStats, Durability, FSYNC_BUCKETS_SECONDS,
 };
@@ -53,6 +56,20 @@ pub use writer::{
 pub use crate::hsm::signing::AUDIT_KEY_LABEL;
 /// The audit trail's time format (re-exported for the doors' audit events).
 pub use crate::time::iso8601_ms;
+
+/// What a node id may be: what [`valid_node_id`] accepts, as a sentence for errors.
+pub const NODE_ID_RULE: &str =
+    "a node id is 1-32 characters of a-z, 0-9 and '-', starting with a letter or digit";
+
+/// Whether `id` can name a node: it appears unescaped in audit records and segment names,
+/// so it is kept to `[a-z0-9][a-z0-9-]{0,31}`.
+pub fn valid_node_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    (1..=32).contains(&b.len())
+        && b[0] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
 
 /// Why the audit trail refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

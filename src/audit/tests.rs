@@ -1137,3 +1137,90 @@ async fn preallocation_off_writes_no_padding() {
     assert_unpadded(&path);
     assert!(t.verify().is_ok());
 }
+
+// ---------------------------------------------------------------- several nodes
+
+/// Two nodes write their trails into one directory with the one shared signing key: each
+/// keeps its own chain and names, every record names its node, and `verify_trails` checks
+/// them apart. A record moved from one node's trail into the other's is `wrong-node` (and
+/// breaks that chain); an edit in one node's trail fails that node only.
+#[tokio::test]
+async fn node_trails_share_a_directory_and_verify_apart() {
+    let t = trail();
+    for (node, events) in [("node-a", 3), ("node-b", 7)] {
+        let mut cfg = test_config(&t.dir);
+        cfg.node = Some(node.into());
+        let log = t.open_with(cfg).await;
+        for i in 0..events {
+            log.append(event(i)).await.unwrap();
+        }
+        log.shutdown().await.unwrap();
+    }
+    let files = segments(&t.dir);
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["audit-node-a-000001.jsonl", "audit-node-b-000001.jsonl"]
+    );
+    for (f, node) in files.iter().zip(["node-a", "node-b"]) {
+        assert!(lines(f).iter().all(|l| json(l)["node"] == node), "{f:?}");
+    }
+    let trails = verify_trails(&files, Some(&t.key()));
+    let summary: Vec<(Option<&str>, bool, u64)> = trails
+        .iter()
+        .map(|n| (n.node.as_deref(), n.report.is_ok(), n.report.events))
+        .collect();
+    assert_eq!(
+        summary,
+        [(Some("node-a"), true, 3), (Some("node-b"), true, 7)]
+    );
+    let text = verify::render_trails(&trails, Some(&t.key()));
+    assert!(
+        text.contains("node node-a:") && text.ends_with("RESULT: OK (2 nodes)\n"),
+        "{text}"
+    );
+
+    // An event of node A's appended to node B's trail: B fails, A still verifies.
+    let stolen = lines(&files[0])[1].clone();
+    let mut b = lines(&files[1]);
+    b.push(stolen);
+    write_lines(&files[1], &b);
+    let trails = verify_trails(&files, Some(&t.key()));
+    assert!(trails[0].report.is_ok());
+    let kinds: Vec<ProblemKind> = trails[1].report.problems.iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&ProblemKind::WrongNode), "{kinds:?}");
+    let text = verify::render_trails(&trails, Some(&t.key()));
+    assert!(text.ends_with("RESULT: FAILED (nodes node-b)\n"), "{text}");
+
+    // A node restarts on its own segments only: node A continues its chain at sequence 6
+    // (segment start, 3 events, shutdown checkpoint before).
+    let mut cfg = test_config(&t.dir);
+    cfg.node = Some("node-a".into());
+    let log = t.open_with(cfg).await;
+    assert_eq!(log.append(event(9)).await.unwrap().sequence, 7);
+    log.shutdown().await.unwrap();
+    assert!(t.dir.join("audit-node-a-000002.jsonl").exists());
+}
+
+#[test]
+fn segment_names_carry_the_node() {
+    use super::writer::{parse_segment_name, segment_name};
+    assert_eq!(segment_name(None, 7), "audit-000007.jsonl");
+    assert_eq!(segment_name(Some("dc1-n2"), 7), "audit-dc1-n2-000007.jsonl");
+    assert_eq!(parse_segment_name("audit-000007.jsonl"), Some((None, 7)));
+    assert_eq!(
+        parse_segment_name("audit-dc1-n2-000007.jsonl"),
+        Some((Some("dc1-n2"), 7))
+    );
+    for bad in [
+        "audit-Node-000001.jsonl",
+        "audit-a-01.jsonl",
+        "audit--000001.jsonl",
+        "x.jsonl",
+    ] {
+        assert_eq!(parse_segment_name(bad), None, "{bad}");
+    }
+}

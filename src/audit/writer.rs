@@ -58,7 +58,6 @@
 //!   data-only fdatasync on an idle disk.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,6 +130,11 @@ pub struct AuditConfig {
     /// `max_segment_bytes`; 0 = off): a group-commit fsync then only flushes data, with no
     /// size or block-allocation change. See the module docs.
     pub preallocate_bytes: u64,
+    /// This node's id (`[node] id`) when several nodes share one store: it goes into every
+    /// record (`"node"`) and into the segment names (`audit-<node>-000001.jsonl`), so that
+    /// each node keeps its own chain and `audit verify` tells the trails apart. `None`: one
+    /// node, names and records as before.
+    pub node: Option<String>,
 }
 
 impl AuditConfig {
@@ -148,6 +152,7 @@ impl AuditConfig {
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
             preallocate_bytes: 4 << 20,
+            node: None,
         }
     }
 
@@ -155,6 +160,11 @@ impl AuditConfig {
         let bad = |m: &str| Err(AuditError::Config(m.into()));
         if self.max_segment_bytes < 4096 {
             return bad("max_segment_bytes must be at least 4096");
+        }
+        if let Some(n) = &self.node {
+            if !super::valid_node_id(n) {
+                return bad(super::NODE_ID_RULE);
+            }
         }
         if self.queue_capacity == 0 || self.max_batch == 0 {
             return bad("queue_capacity and max_batch must be at least 1");
@@ -532,15 +542,13 @@ const MAX_KEPT_BUFFER: usize = 1 << 20;
 /// The bytes are exactly those of `seal_line(&record_body(RECORD_EVENT, ...))`.
 fn append_event_line(
     buf: &mut Vec<u8>,
+    node: Option<&str>,
     sequence: u64,
     previous_hash: &str,
     fields: &[u8],
 ) -> String {
     let start = buf.len();
-    let _ = write!(
-        buf,
-        "{{\"recordType\":\"{RECORD_EVENT}\",\"sequence\":{sequence},\"previousHash\":\"{previous_hash}\""
-    );
+    super::event::write_prefix(buf, RECORD_EVENT, node, sequence, previous_hash);
     super::event::close_record(buf, fields);
     let digest = Sha256::digest(&buf[start..]);
     let mut hex_hash = [0u8; 64];
@@ -553,27 +561,42 @@ fn append_event_line(
     String::from_utf8_lossy(&hex_hash).into_owned()
 }
 
-/// `audit-000042.jsonl`.
-pub(crate) fn segment_name(index: u64) -> String {
-    format!("audit-{index:06}.jsonl")
+/// `audit-000042.jsonl`, or `audit-<node>-000042.jsonl` on a node of a cluster.
+pub(crate) fn segment_name(node: Option<&str>, index: u64) -> String {
+    match node {
+        Some(n) => format!("audit-{n}-{index:06}.jsonl"),
+        None => format!("audit-{index:06}.jsonl"),
+    }
 }
 
-/// The index of a segment file name (`audit-<digits>.jsonl`, at least 6 digits).
-pub(crate) fn segment_index(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+/// The node and index of a segment file name: `audit-<digits>.jsonl` (no node) or
+/// `audit-<node>-<digits>.jsonl`, at least 6 digits.
+pub(crate) fn parse_segment_name(name: &str) -> Option<(Option<&str>, u64)> {
+    let stem = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+    let (node, digits) = match stem.rsplit_once('-') {
+        Some((n, d)) if super::valid_node_id(n) => (Some(n), d),
+        Some(_) => return None,
+        None => (None, stem),
+    };
     if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    Some((node, digits.parse().ok()?))
 }
 
-/// The segment files in `dir`, by index.
-fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, String)>> {
+/// The index of a segment file name of any node (see [`parse_segment_name`]).
+pub(crate) fn segment_index(name: &str) -> Option<u64> {
+    parse_segment_name(name).map(|(_, i)| i)
+}
+
+/// The segment files of `node` in `dir`, by index (another node's files are not ours).
+fn list_segments(dir: &Path, node: Option<&str>) -> std::io::Result<Vec<(u64, String)>> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(i) = segment_index(&name) {
+        let ours = parse_segment_name(&name).and_then(|(n, i)| (n == node).then_some(i));
+        if let Some(i) = ours {
             if e.file_type()?.is_file() {
                 out.push((i, name));
             }
@@ -835,7 +858,8 @@ impl Writer {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o750))
                 .map_err(|e| io(e, "cannot set permissions on"))?;
         }
-        let segments = list_segments(&dir).map_err(|e| io(e, "cannot list"))?;
+        let segments =
+            list_segments(&dir, cfg.node.as_deref()).map_err(|e| io(e, "cannot list"))?;
         let (head, torn) = find_head(&dir, &segments)?;
         report_newest_segment(&dir, &segments);
         let mut w = Writer::new(cfg, signer, shared, rt, &segments, head);
@@ -1134,7 +1158,7 @@ impl Writer {
             let previous = receipts
                 .last()
                 .map_or(self.head_hash.as_str(), |(_, h)| h.as_str());
-            let hash = append_event_line(buf, seq, previous, &fields);
+            let hash = append_event_line(buf, self.cfg.node.as_deref(), seq, previous, &fields);
             receipts.push((seq, hash));
             acks.push(ack);
         }
@@ -1264,7 +1288,7 @@ impl Writer {
             algorithm: CHECKPOINT_ALGORITHM.into(),
             key_id: self.key_id.clone(),
         };
-        let unsigned = unsigned_body(seq, prev_hash, &cp);
+        let unsigned = unsigned_body(self.cfg.node.as_deref(), seq, prev_hash, &cp);
         match self.rt.block_on(signer.sign(&unsigned)) {
             Ok(sig) => {
                 self.cp.retry_at = None;
@@ -1421,7 +1445,7 @@ impl Writer {
         note: Option<String>,
     ) -> Result<(), String> {
         let index = self.next_index;
-        let name = segment_name(index);
+        let name = segment_name(self.cfg.node.as_deref(), index);
         let path = self.cfg.dir.join(&name);
         let start = SegmentStart {
             time: iso8601_ms(now_ms()),
@@ -1436,6 +1460,7 @@ impl Writer {
         let seq = self.head_seq + 1;
         let (line, hash) = seal_line(&record_body(
             RECORD_SEGMENT_START,
+            self.cfg.node.as_deref(),
             seq,
             &self.head_hash,
             &fields,
@@ -1581,8 +1606,9 @@ mod line_tests {
     fn event_lines_are_byte_identical_to_seal_of_record_body() {
         for fields in [&br#"{"a":1,"b":"x"}"#[..], b"{}"] {
             let mut buf = b"previous line\n".to_vec();
-            let hash = append_event_line(&mut buf, 42, GENESIS_HASH, fields);
-            let (line, expected) = seal_line(&record_body(RECORD_EVENT, 42, GENESIS_HASH, fields));
+            let hash = append_event_line(&mut buf, None, 42, GENESIS_HASH, fields);
+            let (line, expected) =
+                seal_line(&record_body(RECORD_EVENT, None, 42, GENESIS_HASH, fields));
             assert_eq!(&buf[14..], &line[..]);
             assert_eq!(hash, expected);
         }

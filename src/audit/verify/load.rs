@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::super::writer::{segment_index, unpadded_len};
+use super::super::writer::{parse_segment_name, segment_index, unpadded_len};
 use super::records::{parse_line, sniff_sequence, Rec};
 use super::{Problem, ProblemKind, VerifyReport};
 
@@ -113,6 +113,30 @@ impl Verifier {
                 seq: sniff_sequence(tail),
                 bytes: tail.len(),
             });
+        }
+    }
+
+    /// `wrong-node`: one chain is one node's. The trail's node is the one its file names
+    /// give (else its first record's); a record naming another node, or none on a node's
+    /// trail, does not belong to it.
+    pub(super) fn check_nodes(&self, report: &mut VerifyReport) {
+        let named = self
+            .files
+            .first()
+            .and_then(|f| parse_segment_name(&f.name))
+            .map(|(n, _)| n.map(str::to_owned));
+        let Some(expected) = named.or_else(|| self.recs.first().map(|r| r.node.clone())) else {
+            return;
+        };
+        for r in self.recs.iter().filter(|r| r.node != expected) {
+            let detail = format!(
+                "the record names node {}, but the trail is node {}'s",
+                r.node.as_deref().unwrap_or("(none)"),
+                expected.as_deref().unwrap_or("(none)")
+            );
+            report
+                .problems
+                .push(self.problem_at(r, ProblemKind::WrongNode, detail));
         }
     }
 

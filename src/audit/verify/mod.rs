@@ -15,9 +15,12 @@
 //! | `malformed` | a line that is not an audit record at all (no sequence number), or a line with NUL bytes (preallocated space followed by data, or a damaged record); NUL bytes after a file's last record are unused preallocated space and accepted |
 //! | `segment-link` | a file does not begin with a `segment-start` record |
 //! | `unreadable` | a file cannot be read |
+//! | `wrong-node` | a record names another node than the trail it is in |
 //!
 //! Files may be given in any order: they are ordered by their first sequence number, then by
-//! segment index.
+//! segment index. Files of several nodes (`audit-<node>-NNNNNN.jsonl`) may be given
+//! together: [`verify_trails`] splits them by node and verifies each node's chain on its own.
+//! Every node signs its checkpoints with the one shared audit key.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -56,6 +59,8 @@ pub enum ProblemKind {
     SegmentLink,
     /// A file cannot be read.
     Unreadable,
+    /// A record names another node than the trail it was found in.
+    WrongNode,
 }
 
 impl fmt::Display for ProblemKind {
@@ -70,6 +75,7 @@ impl fmt::Display for ProblemKind {
             ProblemKind::Malformed => "malformed",
             ProblemKind::SegmentLink => "segment-link",
             ProblemKind::Unreadable => "unreadable",
+            ProblemKind::WrongNode => "wrong-node",
         })
     }
 }
@@ -132,6 +138,7 @@ impl VerifyReport {
 pub fn verify_files(paths: &[PathBuf], public_key_der: Option<&[u8]>) -> VerifyReport {
     let mut report = VerifyReport::default();
     let v = Verifier::load(paths, &mut report);
+    v.check_nodes(&mut report);
     let mut excluded = v.exclude_duplicates(&mut report);
     v.exclude_strays(&mut excluded, &mut report);
     let genuine: Vec<usize> = (0..v.recs.len())
@@ -175,9 +182,39 @@ pub fn run_verify_cli(public_key: Option<&Path>, files: &[PathBuf]) -> i32 {
             }
         },
     };
-    let report = verify_files(files, key.as_deref());
-    print!("{}", render(&report, key.as_deref()));
-    i32::from(!report.is_ok())
+    let trails = verify_trails(files, key.as_deref());
+    print!("{}", render_trails(&trails, key.as_deref()));
+    i32::from(!trails.iter().all(|t| t.report.is_ok()))
+}
+
+/// The report of [`verify_trails`]: one node's trail as [`render`] prints it; several, each
+/// under a `node <id>:` heading, then one overall result.
+pub fn render_trails(trails: &[NodeReport], public_key_der: Option<&[u8]>) -> String {
+    if let [one] = trails {
+        return render(&one.report, public_key_der);
+    }
+    let mut out = String::new();
+    for t in trails {
+        out.push_str(&format!(
+            "node {}:\n",
+            t.node.as_deref().unwrap_or("(none: a single node's trail)")
+        ));
+        for line in render(&t.report, public_key_der).lines() {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let failed: Vec<&str> = trails
+        .iter()
+        .filter(|t| !t.report.is_ok())
+        .map(|t| t.node.as_deref().unwrap_or("(none)"))
+        .collect();
+    match failed.as_slice() {
+        [] => out.push_str(&format!("RESULT: OK ({} nodes)\n", trails.len())),
+        f => out.push_str(&format!("RESULT: FAILED (nodes {})\n", f.join(", "))),
+    }
+    out
 }
 
 /// The human-readable report `run_verify_cli` prints.
@@ -230,4 +267,43 @@ pub fn render(report: &VerifyReport, public_key_der: Option<&[u8]>) -> String {
         let _ = writeln!(out, "RESULT: FAILED ({} problem(s))", report.problems.len());
     }
     out
+}
+
+/// One node's trail, verified on its own chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The node (`None`: a single node's trail, whose names and records carry none).
+    pub node: Option<String>,
+    /// The findings for that node's chain.
+    pub report: VerifyReport,
+}
+
+/// Verify the trails of one or several nodes: the files are split by the node their name
+/// gives (`audit-<node>-NNNNNN.jsonl`; a file named otherwise goes with the node its first
+/// record names), then each node's chain is verified with [`verify_files`], in node order.
+pub fn verify_trails(paths: &[PathBuf], public_key_der: Option<&[u8]>) -> Vec<NodeReport> {
+    let mut groups: std::collections::BTreeMap<Option<String>, Vec<PathBuf>> =
+        std::collections::BTreeMap::new();
+    for p in paths {
+        groups.entry(node_of_file(p)).or_default().push(p.clone());
+    }
+    groups
+        .into_iter()
+        .map(|(node, files)| NodeReport {
+            node,
+            report: verify_files(&files, public_key_der),
+        })
+        .collect()
+}
+
+/// The node a segment file belongs to: by its name, else by its first record's `node`.
+fn node_of_file(p: &Path) -> Option<String> {
+    let name = p.file_name()?.to_string_lossy();
+    if let Some((node, _)) = super::writer::parse_segment_name(&name) {
+        return node.map(str::to_owned);
+    }
+    let data = std::fs::read(p).ok()?;
+    let first = data.split(|b| *b == b'\n').next()?;
+    let v: serde_json::Value = serde_json::from_slice(first).ok()?;
+    v.get("node")?.as_str().map(str::to_owned)
 }

@@ -30,6 +30,8 @@ pub(super) struct Rec {
     pub(super) checkpoint: Option<CheckpointInfo>,
     /// Segment start: segment name, previous segment, reason, crash-recovery details.
     pub(super) start: Option<StartInfo>,
+    /// The node the record names (`"node"`; none on a single node's trail).
+    pub(super) node: Option<String>,
 }
 
 /// What a checkpoint record claims.
@@ -96,6 +98,7 @@ pub(super) fn parse_line(file: usize, line_no: usize, line: &[u8]) -> Result<Rec
                 malformed: Some(format!("not valid JSON ({e})")),
                 checkpoint: None,
                 start: None,
+                node: None,
             });
         }
     };
@@ -158,5 +161,6 @@ pub(super) fn parse_line(file: usize, line_no: usize, line: &[u8]) -> Result<Rec
         malformed,
         checkpoint,
         start,
+        node: str_of("node"),
     })
 }
