@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::authz::{AuthzRequest, CallerPolicies, CtxValue};
 use super::operation::{redacted_debug, request_parameters, ResponseElements};
 use super::{Kms, KmsError};
-use crate::identity::sessions::SessionError;
+use crate::identity::sessions::{SessionError, SessionPolicy};
 use crate::identity::Caller;
 use crate::policy::{evaluate, EvalInput, Policy, PolicyKind};
 use crate::time::iso8601;
@@ -104,10 +104,13 @@ impl Kms {
             return Err(KmsError::validation("roleArn", "Member must not be null"));
         }
         let session_policy = match req.policy.as_deref().filter(|p| !p.is_empty()) {
-            Some(text) => Some(Arc::new(
-                Policy::parse(text, PolicyKind::Session)
-                    .map_err(|e| KmsError::MalformedPolicyDocument(e.to_string()))?,
-            )),
+            Some(text) => Some(SessionPolicy {
+                compiled: Arc::new(
+                    Policy::parse(text, PolicyKind::Session)
+                        .map_err(|e| KmsError::MalformedPolicyDocument(e.to_string()))?,
+                ),
+                text: text.to_string(),
+            }),
             None => None,
         };
         let directory = self.directory.current();
@@ -168,6 +171,16 @@ impl Kms {
                 self.now_ms(),
             )
             .map_err(session_error)?;
+        // Stored (secret sealed on the HSM) before it is handed out, so the token works on
+        // every node at once; a session that cannot be stored is not handed out at all.
+        if let Err(e) = self.sessions.persist(&issued.access_key_id).await {
+            tracing::error!(error = %e, "cannot store a role session");
+            return Err(KmsError::DependencyTimeout(
+                "The session could not be stored; no credentials were issued. You can retry \
+                 the request."
+                    .into(),
+            ));
+        }
         tracing::info!(principal = %caller.principal_arn, session = %issued.assumed_role_arn, expires = %iso8601(issued.expiration_ms), "role assumed");
         Ok(AssumeRoleResponse {
             access_key_id: issued.access_key_id,

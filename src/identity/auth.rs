@@ -218,7 +218,11 @@ impl Authenticator {
 
     /// A caller from a SigV4-signed request: a long-term access key, or AssumeRole
     /// credentials with their session token.
-    pub fn from_sigv4(&self, input: &SigV4Input<'_>, now_ms: i64) -> Result<Caller, AuthError> {
+    pub async fn from_sigv4(
+        &self,
+        input: &SigV4Input<'_>,
+        now_ms: i64,
+    ) -> Result<Caller, AuthError> {
         let headers = input.request.headers;
         let auth = sigv4::header_value(headers, "authorization")
             .ok_or(AuthError::MissingAuthenticationToken)?;
@@ -228,7 +232,8 @@ impl Authenticator {
             Some(token) => {
                 let s = self
                     .sessions
-                    .lookup(&parsed.access_key_id, token, now_ms)
+                    .lookup_shared(&parsed.access_key_id, token, now_ms)
+                    .await
                     .map_err(|e| match e {
                         SessionError::Expired => AuthError::ExpiredToken,
                         _ => AuthError::UnrecognizedClient(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub use arn::{Arn, ArnError};
 pub use certs::{CertBinding, CertMatcher, CertificateDirectory};
 pub use directory::{Directory, DirectoryFiles, DirectoryHandle, ResolvedPrincipal};
-pub use sessions::{SessionEntry, SessionStore};
+pub use sessions::{SessionEntry, SessionPolicy, SessionStore, SessionVault};
 
 /// How a caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,13 @@
-//! Temporary credentials from AssumeRole, held in memory.
+//! Temporary credentials from AssumeRole, held in memory and, through a [`SessionVault`],
+//! in the shared store.
 //!
 //! [`SessionStore::issue`] mints an `ASIA...` access key id, a secret and a session token for
 //! a role session; [`SessionStore::lookup`] finds them again when a request presents the key
-//! id and `X-Amz-Security-Token`. Sessions do not survive a restart (callers simply assume
-//! the role again). Expired sessions are pruned opportunistically; an expired session is
+//! id and `X-Amz-Security-Token`. Only the token's SHA-256 is kept, compared in constant
+//! time. With a vault (the engine's: the secret sealed on the HSM, the row in the metadata
+//! store), [`SessionStore::persist`] stores a new session before it is handed out and
+//! [`SessionStore::lookup_shared`] loads one another node issued, so a session token works on
+//! every node at once. Expired sessions are pruned opportunistically; an expired session is
 //! remembered for a grace period so callers get `ExpiredToken` rather than an unknown key.
 //!
 //! Randomness comes from `uuid::Uuid::new_v4()` (getrandom-backed), using only its random
@@ -14,7 +18,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use async_trait::async_trait;
 use base64::Engine;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -99,7 +105,8 @@ pub struct SessionEntry {
     pub access_key_id: String,
     /// The secret (for SigV4 verification).
     pub secret_access_key: Zeroizing<String>,
-    session_token: Zeroizing<String>,
+    /// SHA-256 of the session token: the token itself is handed out once and never kept.
+    pub token_sha256: [u8; 32],
     /// The assumed role's ARN (`arn:aws:iam::<acct>:role/<path><name>`).
     pub role_arn: String,
     /// The role's RoleId (`AROA...`).
@@ -112,6 +119,8 @@ pub struct SessionEntry {
     pub account: String,
     /// The session policy passed to AssumeRole, if any.
     pub session_policy: Option<Arc<Policy>>,
+    /// Its JSON text as given (kept so another node can compile it again).
+    pub session_policy_text: Option<String>,
     /// Session tags (they override role tags of the same key).
     pub tags: Vec<(String, String)>,
     /// Issue time, Unix milliseconds (`aws:TokenIssueTime`).
@@ -132,13 +141,34 @@ fn has_session_policy(e: &SessionEntry) -> bool {
     e.session_policy.is_some()
 }
 
-redacted_debug!(SessionEntry { access_key_id, secret_access_key: redacted, session_token: redacted, role_arn, session_arn, account, session_policy = has_session_policy, tags, issued_ms, expiration_ms });
+redacted_debug!(SessionEntry { access_key_id, secret_access_key: redacted, token_sha256: redacted, role_arn, session_arn, account, session_policy = has_session_policy, tags, issued_ms, expiration_ms });
+
+/// Where sessions live beyond this process, so that a session one node issued works on every
+/// node. The engine implements it: the secret sealed on the HSM, the row in the metadata
+/// store. Errors are sentences for the log; they never carry the secret.
+#[async_trait]
+pub trait SessionVault: Send + Sync {
+    /// Stores a new session. It must be stored before its credentials are handed out.
+    async fn save(&self, entry: &SessionEntry) -> Result<(), String>;
+    /// The session with this access key id, if any node issued it.
+    async fn load(&self, access_key_id: &str) -> Result<Option<SessionEntry>, String>;
+}
+
+/// A session policy as AssumeRole received it: its text and its compiled form.
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    /// The JSON text.
+    pub text: String,
+    /// The compiled policy.
+    pub compiled: Arc<Policy>,
+}
 
 /// The in-memory session store. Cheap to share behind an `Arc`.
 pub struct SessionStore {
     sessions: RwLock<HashMap<String, Arc<SessionEntry>>>,
     last_prune_ms: AtomicI64,
     max_sessions: usize,
+    vault: std::sync::OnceLock<Arc<dyn SessionVault>>,
 }
 
 impl fmt::Debug for SessionStore {
@@ -168,7 +198,73 @@ impl SessionStore {
             sessions: RwLock::new(HashMap::new()),
             last_prune_ms: AtomicI64::new(0),
             max_sessions: max_sessions.max(1),
+            vault: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps sessions in `vault` from now on (set once, at start-up, by the daemon).
+    pub fn set_vault(&self, vault: Arc<dyn SessionVault>) {
+        let _ = self.vault.set(vault);
+    }
+
+    /// Stores the session just issued under `access_key_id` in the vault, if there is one.
+    /// On failure the session is dropped here too, so no credentials that only this node
+    /// knows are ever handed out.
+    pub async fn persist(&self, access_key_id: &str) -> Result<(), String> {
+        let Some(vault) = self.vault.get() else {
+            return Ok(());
+        };
+        let Some(entry) = self.get(access_key_id) else {
+            return Err("the session was pruned before it could be stored".into());
+        };
+        let saved = vault.save(&entry).await;
+        if saved.is_err() {
+            self.write_map().remove(access_key_id);
+        }
+        saved
+    }
+
+    /// [`SessionStore::lookup`], and on a session this node has not seen, the vault's copy
+    /// (issued by another node), kept here from then on.
+    pub async fn lookup_shared(
+        &self,
+        access_key_id: &str,
+        session_token: &str,
+        now_ms: i64,
+    ) -> Result<Arc<SessionEntry>, SessionError> {
+        match self.lookup(access_key_id, session_token, now_ms) {
+            Err(SessionError::Unknown) => {}
+            other => return other,
+        }
+        let Some(vault) = self.vault.get() else {
+            return Err(SessionError::Unknown);
+        };
+        let loaded = vault.load(access_key_id).await.map_err(|e| {
+            tracing::warn!(access_key_id, error = %e, "cannot load a session from the store");
+            SessionError::Unknown
+        })?;
+        let entry = loaded.ok_or(SessionError::Unknown)?;
+        if entry.access_key_id != access_key_id {
+            return Err(SessionError::Unknown);
+        }
+        self.write_map()
+            .entry(access_key_id.to_string())
+            .or_insert_with(|| Arc::new(entry));
+        self.lookup(access_key_id, session_token, now_ms)
+    }
+
+    fn get(&self, access_key_id: &str) -> Option<Arc<SessionEntry>> {
+        let map = self
+            .sessions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.get(access_key_id).cloned()
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<SessionEntry>>> {
+        self.sessions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Number of sessions held (including recently expired ones).
@@ -189,7 +285,7 @@ impl SessionStore {
         role: &RoleEntry,
         session_name: &str,
         duration_secs: u32,
-        session_policy: Option<Arc<Policy>>,
+        session_policy: Option<SessionPolicy>,
         tags: Vec<(String, String)>,
         now_ms: i64,
     ) -> Result<IssuedCredentials, SessionError> {
@@ -214,10 +310,7 @@ impl SessionStore {
         let assumed_role_id = format!("{}:{}", role.role_id, session_name);
         let expiration_ms = now_ms.saturating_add(i64::from(duration_secs) * 1000);
 
-        let mut map = self
-            .sessions
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self.write_map();
         if now_ms.saturating_sub(self.last_prune_ms.load(Ordering::Relaxed)) >= PRUNE_INTERVAL_MS
             || map.len() >= self.max_sessions
         {
@@ -235,16 +328,21 @@ impl SessionStore {
         };
         let secret = new_secret();
         let token = new_token();
+        let (session_policy, session_policy_text) = match session_policy {
+            Some(p) => (Some(p.compiled), Some(p.text)),
+            None => (None, None),
+        };
         let entry = SessionEntry {
             access_key_id: access_key_id.clone(),
             secret_access_key: secret.clone(),
-            session_token: token.clone(),
+            token_sha256: token_digest(&token),
             role_arn: role.arn.clone(),
             role_id: role.role_id.clone(),
             session_name: session_name.to_string(),
             session_arn: session_arn.clone(),
             account: role.account.clone(),
             session_policy,
+            session_policy_text,
             tags,
             issued_ms: now_ms,
             expiration_ms,
@@ -270,17 +368,9 @@ impl SessionStore {
         now_ms: i64,
     ) -> Result<Arc<SessionEntry>, SessionError> {
         self.maybe_prune(now_ms);
-        let entry = {
-            let map = self
-                .sessions
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            map.get(access_key_id).cloned()
-        };
-        let entry = entry.ok_or(SessionError::Unknown)?;
-        let expected = entry.session_token.as_bytes();
-        let given = session_token.as_bytes();
-        if expected.len() != given.len() || !bool::from(expected.ct_eq(given)) {
+        let entry = self.get(access_key_id).ok_or(SessionError::Unknown)?;
+        let given = token_digest(session_token);
+        if !bool::from(entry.token_sha256.ct_eq(&given)) {
             return Err(SessionError::TokenMismatch);
         }
         if now_ms >= entry.expiration_ms {
@@ -311,6 +401,11 @@ impl SessionStore {
             self.last_prune_ms.store(now_ms, Ordering::Relaxed);
         }
     }
+}
+
+/// SHA-256 of a session token, as sessions keep it.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 fn prune(map: &mut HashMap<String, Arc<SessionEntry>>, now_ms: i64) {
@@ -535,13 +630,11 @@ mod tests {
     #[test]
     fn session_policy_is_carried() {
         let store = SessionStore::new();
-        let p = Arc::new(
-            Policy::parse(
-                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"}]}"#,
-                PolicyKind::Session,
-            )
-            .unwrap(),
-        );
+        let text = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"}]}"#;
+        let p = SessionPolicy {
+            compiled: Arc::new(Policy::parse(text, PolicyKind::Session).unwrap()),
+            text: text.into(),
+        };
         let c = store
             .issue(&role(3600), "s1", 900, Some(p), vec![], NOW)
             .unwrap();

@@ -184,7 +184,9 @@ impl AwsJsonDoor {
             .map_err(|e| Refused::anonymous(e, xml))?;
         let (caller, call) = match route {
             Route::Kms(op) => {
-                let caller = self.authenticate(conn, parts, &bytes, op.service, xml)?;
+                let caller = self
+                    .authenticate(conn, parts, &bytes, op.service, xml)
+                    .await?;
                 let call = self.kms_call(op, &bytes, caller.clone(), info)?;
                 (caller, call)
             }
@@ -194,7 +196,9 @@ impl AwsJsonDoor {
                 let action = sts_action(&form).map_err(|e| Refused::anonymous(e, xml))?;
                 info.operation = action;
                 info.params = sts::request_parameters(action, &form);
-                let caller = self.authenticate(conn, parts, &bytes, sts::SERVICE, xml)?;
+                let caller = self
+                    .authenticate(conn, parts, &bytes, sts::SERVICE, xml)
+                    .await?;
                 let kms = self.gate.kms().clone();
                 let id = info.request_id.clone();
                 (caller.clone(), sts::prepare(kms, caller, action, form, id))
@@ -229,7 +233,7 @@ impl AwsJsonDoor {
 
     /// The caller, from the SigV4 signature over the headers exactly as received. A refusal
     /// names the access key the request claims, for the audit trail.
-    fn authenticate(
+    async fn authenticate(
         &self,
         conn: ConnInfo,
         parts: &Parts,
@@ -241,16 +245,19 @@ impl AwsJsonDoor {
         let payload_hash = sigv4::sha256_hex(bytes);
         let input = sigv4_input(conn, parts, &headers, &payload_hash, service);
         let now_ms = self.gate.kms().now_ms();
-        self.auth.from_sigv4(&input, now_ms).map_err(|e| Refused {
-            error: if xml {
-                WireError::sts_from_auth(&e)
-            } else {
-                WireError::from_auth(&e)
-            },
-            xml,
-            access_key_id: claimed_access_key_id(&headers),
-            authenticated: false,
-        })
+        self.auth
+            .from_sigv4(&input, now_ms)
+            .await
+            .map_err(|e| Refused {
+                error: if xml {
+                    WireError::sts_from_auth(&e)
+                } else {
+                    WireError::from_auth(&e)
+                },
+                xml,
+                access_key_id: claimed_access_key_id(&headers),
+                authenticated: false,
+            })
     }
 
     /// The engine call of a KMS operation: the JSON body parsed, its audit parameters

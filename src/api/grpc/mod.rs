@@ -149,7 +149,7 @@ impl Door {
             input,
         } = read(msg);
         info.params = params;
-        let caller = match self.caller(&head, service) {
+        let caller = match self.caller(&head, service).await {
             Ok(c) => c,
             Err(status) => return Err(self.refused(&info, &head, status).await),
         };
@@ -205,7 +205,7 @@ impl Door {
 
     /// The caller behind a request: a SigV4 signature when the request has an
     /// `Authorization` header, else its verified client certificate.
-    fn caller<T>(&self, req: &Request<T>, service: &str) -> Result<Caller, Status> {
+    async fn caller<T>(&self, req: &Request<T>, service: &str) -> Result<Caller, Status> {
         let source_ip = req.remote_addr().map(|a| a.ip());
         if let Some(info) = req.extensions().get::<SignedRequestInfo>() {
             let Some(hash) = info.payload_sha256_hex.as_deref() else {
@@ -229,6 +229,7 @@ impl Door {
             return self
                 .auth
                 .from_sigv4(&input, self.kms.now_ms())
+                .await
                 .map_err(auth_status);
         }
         let certs = req
