@@ -44,6 +44,8 @@ pub mod specs;
 pub mod sts;
 pub mod sweeper;
 pub mod tags;
+#[cfg(test)]
+mod tests_change;
 pub mod usage;
 mod validate;
 pub mod xks;
