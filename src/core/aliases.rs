@@ -4,6 +4,7 @@
 //! always lives in the account of the key it points at.
 
 use super::authz::AuthzRequest;
+use super::locks::{ChangeGuard, LockName};
 use super::operation::{request_parameters, Empty, Page, ResponseElements};
 use super::validate;
 use super::{check_state, Kms, KmsError, Resolved, StateClass};
@@ -111,6 +112,12 @@ impl Kms {
             })
     }
 
+    /// Takes the change lock of the caller's alias `alias_name` (always before any key lock).
+    async fn lock_alias(&self, caller: &Caller, alias_name: &str) -> ChangeGuard<'_> {
+        let name = LockName::Alias(caller.account.clone(), alias_name.to_string());
+        self.key_locks.lock(name).await
+    }
+
     fn alias_count(&self, key_id: &str) -> usize {
         self.cache_read()
             .aliases
@@ -127,7 +134,11 @@ impl Kms {
     ) -> Result<Empty, KmsError> {
         let (alias_name, target_key_id) = (req.alias_name.as_str(), req.target_key_id.as_str());
         validate::alias_name(alias_name)?;
-        let _guard = self.mutate.lock().await;
+        // The alias name's lock, then the target key's (its alias count and state). Across
+        // nodes, the database's uniqueness of (account, name) answers AlreadyExists.
+        let _name = self.lock_alias(caller, alias_name).await;
+        let first = self.alias_target_in_own_account(caller, target_key_id)?;
+        let _key = self.key_locks.key(&first.key.record.key_id).await;
         let target = self.alias_target_in_own_account(caller, target_key_id)?;
         self.authorize_alias(caller, "kms:CreateAlias", alias_name)?;
         self.authorize_key(caller, "kms:CreateAlias", &target, None)?;
@@ -178,7 +189,9 @@ impl Kms {
     ) -> Result<Empty, KmsError> {
         let (alias_name, target_key_id) = (req.alias_name.as_str(), req.target_key_id.as_str());
         validate::alias_name_syntax(alias_name)?;
-        let _guard = self.mutate.lock().await;
+        let _name = self.lock_alias(caller, alias_name).await;
+        let first = self.alias_target_in_own_account(caller, target_key_id)?;
+        let _key = self.key_locks.key(&first.key.record.key_id).await;
         let current = self.existing_alias(caller, alias_name)?;
         let old = self.resolve(caller, &current.key_id, false)?;
         let new = self.alias_target_in_own_account(caller, target_key_id)?;
@@ -219,7 +232,7 @@ impl Kms {
     ) -> Result<Empty, KmsError> {
         let alias_name = req.alias_name.as_str();
         validate::alias_name_syntax(alias_name)?;
-        let _guard = self.mutate.lock().await;
+        let _name = self.lock_alias(caller, alias_name).await;
         let key_ref = (caller.account.clone(), alias_name.to_string());
         let current = self.existing_alias(caller, alias_name)?;
         let target = self.resolve(caller, &current.key_id, false)?;

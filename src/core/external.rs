@@ -683,7 +683,7 @@ impl Kms {
         &self,
         caller: &Caller,
         req: &super::keystores::CreateCustomKeyStoreRequest,
-    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, KeyStoreRecord), KmsError> {
+    ) -> Result<(super::locks::ChangeGuard<'_>, KeyStoreRecord), KmsError> {
         super::keystores::check_name("customKeyStoreName", &req.custom_key_store_name)?;
         let hsm_member = req.cloud_hsm_cluster_id.is_some()
             || req.trust_anchor_certificate.is_some()
@@ -697,7 +697,7 @@ impl Kms {
         }
         let (endpoint, path, credential) = new_proxy_settings(&req.xks)?;
         self.authorize(caller, AuthzRequest::new("kms:CreateCustomKeyStore", "*"))?;
-        let guard = self.mutate.lock().await;
+        let guard = self.lock_stores_of(&caller.account).await;
         let name = req.custom_key_store_name.as_str();
         self.check_unique(&caller.account, None, Some(name), None)?;
         self.check_uri_unique(&caller.account, None, &endpoint, &path)?;

@@ -294,7 +294,10 @@ impl Kms {
     ) -> Result<CreateGrantResponse, KmsError> {
         self.check_grant_tokens(&req.grant_tokens)?;
         check_create_grant_input(&req)?;
-        let _guard = self.mutate.lock().await;
+        // Under the key's change lock: the grant count and the same-name check read the
+        // key's grants, which another CreateGrant on the key may be changing.
+        let first = self.resolve(caller, &req.key_id, false)?;
+        let _guard = self.key_locks.key(&first.key.record.key_id).await;
         let resolved = self.resolve(caller, &req.key_id, false)?;
         let mut ops: Vec<String> = req.operations.clone();
         ops.sort();
@@ -487,18 +490,18 @@ impl Kms {
         caller: &Caller,
         req: RetireGrantRequest,
     ) -> Result<Empty, KmsError> {
-        let _guard = self.mutate.lock().await;
         let key_id = req.key_id.as_deref();
-        let (resolved, grant) = match (req.grant_token.as_deref(), key_id, req.grant_id.as_deref())
-        {
-            (Some(t), _, _) => self.grant_of_token(caller, t, key_id)?,
-            (None, Some(k), Some(g)) => self.find_grant(caller, k, g)?,
-            _ => {
-                return Err(KmsError::Validation(
-                    "Specify a GrantToken, or both KeyId and GrantId.".into(),
-                ))
-            }
+        let locate = || match (req.grant_token.as_deref(), key_id, req.grant_id.as_deref()) {
+            (Some(t), _, _) => self.grant_of_token(caller, t, key_id),
+            (None, Some(k), Some(g)) => self.find_grant(caller, k, g),
+            _ => Err(KmsError::Validation(
+                "Specify a GrantToken, or both KeyId and GrantId.".into(),
+            )),
         };
+        let (first, _) = locate()?;
+        let _guard = self.key_locks.key(&first.key.record.key_id).await;
+        // Found again under the lock: the grant may have gone meanwhile.
+        let (resolved, grant) = locate()?;
         self.authorize_retire(caller, &resolved, &grant)?;
         super::end_dry_run(req.dry_run)?;
         self.drop_grant(&resolved, &grant.grant_id).await?;
@@ -538,7 +541,8 @@ impl Kms {
         caller: &Caller,
         req: RevokeGrantRequest,
     ) -> Result<Empty, KmsError> {
-        let _guard = self.mutate.lock().await;
+        let (first, _) = self.find_grant(caller, &req.key_id, &req.grant_id)?;
+        let _guard = self.key_locks.key(&first.key.record.key_id).await;
         let (resolved, grant) = self.find_grant(caller, &req.key_id, &req.grant_id)?;
         self.authorize(
             caller,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
+use super::change::{Retry, CHANGE_ATTEMPTS};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::operation::{redacted_debug, request_parameters, response_elements};
 use super::service::{ServiceAction, ServiceEventName};
@@ -387,16 +388,19 @@ impl Kms {
             .import_token_for(&resolved.key, &req.import_token, now)
             .await?;
 
-        let _guard = self.mutate.lock().await;
-        let key = self.key_by_uuid(&resolved.key.uuid).ok_or_else(|| {
-            KmsError::NotFound(format!("Key '{}' does not exist", resolved.key.arn))
-        })?;
-        check_import_state(&key)?;
-        let mut l = self.lifecycle_of(&key.record.key_id);
-        let expected = stored_check(&l, req.import_type.as_deref())?;
-        super::record::before_change().await?;
+        let key_id = resolved.key.record.key_id.clone();
+        let _slot = self.claim_material_job(&resolved.key)?;
+        // Read and checked under the key's lock; the unwrap on the device runs without it.
+        let (key, expected, create_object) = {
+            let _guard = self.key_locks.key(&key_id).await;
+            let key = self.current_key(&key_id)?;
+            check_import_state(&key)?;
+            let l = self.lifecycle_of(&key_id);
+            let expected = stored_check(&l, req.import_type.as_deref())?;
+            super::record::before_change().await?;
+            (key, expected, !l.material_present)
+        };
         let target = ObjectId::new(key.uuid, 1);
-        let create_object = !l.material_present;
         let job = ImportJob {
             wrapping_key: token.wrapping,
             algorithm: token.algorithm,
@@ -407,12 +411,20 @@ impl Kms {
             create_object,
         };
         let check = self.unwrap_material(&key, job).await?;
-        l.material_check = Some(check.to_bytes());
-        l.material_present = true;
-        l.expiration_model = Some(model.to_string());
-        l.valid_to_ms = req.valid_to_ms;
+        let material = |l: &mut KeyLifecycle| {
+            l.material_check = Some(check.to_bytes());
+            l.material_present = true;
+            l.expiration_model = Some(model.to_string());
+            l.valid_to_ms = req.valid_to_ms;
+        };
         let cached = self
-            .finish_import(&key, l, &token.hash, now, create_object.then_some(target))
+            .finish_import(
+                &key_id,
+                material,
+                &token.hash,
+                now,
+                create_object.then_some(target),
+            )
             .await?;
         match self.hsm.destroy_wrapping_key(token.wrapping).await {
             Ok(()) => {}
@@ -485,16 +497,52 @@ impl Kms {
     }
 
     /// Records an import in one transaction (the key Enabled if it was PendingImport, version
-    /// 1 on the first import, the lifecycle, the spent token) and caches the result. A
-    /// `created` object is destroyed again when the store fails.
+    /// 1 on the first import, the lifecycle changed by `material`, the spent token) and caches
+    /// the result. A `created` object is destroyed again when the store fails.
     async fn finish_import(
         &self,
-        key: &CachedKey,
-        lifecycle: KeyLifecycle,
+        key_id: &str,
+        material: impl Fn(&mut KeyLifecycle),
         token_hash: &str,
         now: i64,
         created: Option<ObjectId>,
     ) -> Result<Arc<CachedKey>, KmsError> {
+        let mut outcome = Err(Retry::Stale.into_error());
+        for _ in 0..CHANGE_ATTEMPTS {
+            let _guard = self.key_locks.key(key_id).await;
+            let key = self.current_key(key_id)?;
+            match self
+                .try_finish_import(&key, &material, token_hash, now)
+                .await
+            {
+                Err(Retry::Stale) => {
+                    self.refresh_key(key_id).await?;
+                }
+                other => {
+                    outcome = other.map_err(Retry::into_error);
+                    break;
+                }
+            }
+        }
+        if outcome.is_err() {
+            // After the lock is released: the destruction is an HSM job.
+            if let Some(target) = created {
+                if let Err(he) = self.hsm.destroy(target).await {
+                    tracing::error!(error = %he, "could not destroy the material of a failed import");
+                }
+            }
+        }
+        outcome
+    }
+
+    /// One attempt at recording an import on `key` as cached now (compare-and-set).
+    async fn try_finish_import(
+        &self,
+        key: &CachedKey,
+        material: &impl Fn(&mut KeyLifecycle),
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Arc<CachedKey>, Retry> {
         let mut record = key.record.clone();
         if record.state == KeyState::PendingImport {
             record.state = KeyState::Enabled;
@@ -505,19 +553,13 @@ impl Kms {
             version: 1,
             created_at_ms: now,
         };
-        if let Err(e) = self
-            .store
+        let mut lifecycle = self.lifecycle_of(&record.key_id);
+        material(&mut lifecycle);
+        self.store
             .finish_import(&record, first.then_some(&version), &lifecycle, token_hash)
-            .await
-        {
-            if let Some(target) = created {
-                if let Err(he) = self.hsm.destroy(target).await {
-                    tracing::error!(error = %he, "could not destroy the material of a failed import");
-                }
-            }
-            return Err(e.into());
-        }
+            .await?;
         let mut cached = key.clone();
+        record.row_version += 1;
         cached.record = record;
         if first {
             cached.versions = vec![1];
@@ -547,10 +589,11 @@ impl Kms {
         self.authorize_key(caller, "kms:DeleteImportedKeyMaterial", &resolved, None)?;
         check_import_state(&resolved.key)?;
         material_kind(&resolved.key)?;
-        let _guard = self.mutate.lock().await;
-        let key = self.key_by_uuid(&resolved.key.uuid).ok_or_else(|| {
-            KmsError::NotFound(format!("Key '{}' does not exist", resolved.key.arn))
-        })?;
+        let _slot = self.claim_material_job(&resolved.key)?;
+        let key = {
+            let _guard = self.key_locks.key(&resolved.key.record.key_id).await;
+            self.current_key(&resolved.key.record.key_id)?
+        };
         check_import_state(&key)?;
         let material = key_material_id(ObjectId::new(key.uuid, 1));
         if key_material_id_param.is_some_and(|m| m != material) {
@@ -569,8 +612,10 @@ impl Kms {
         })
     }
 
-    /// Destroys a key's imported material on the token, then records PendingImport (callers
-    /// hold the mutation lock). The check value stays: a re-import must bring the same material.
+    /// Destroys a key's imported material on the token (no lock held), then records
+    /// PendingImport compare-and-set (callers hold the key's material claim). The check value
+    /// stays: a re-import must bring the same material. If the record keeps losing to other
+    /// writers, the material is gone and the error says so; a retry completes the record.
     async fn drop_material(&self, key: &CachedKey) -> Result<(), KmsError> {
         super::record::before_change().await?;
         for &v in &key.versions {
@@ -580,6 +625,22 @@ impl Kms {
                 Err(e) => return Err(e.into()),
             }
         }
+        let key_id = key.record.key_id.as_str();
+        for _ in 0..CHANGE_ATTEMPTS {
+            let _guard = self.key_locks.key(key_id).await;
+            let key = self.current_key(key_id)?;
+            match self.record_material_dropped(&key).await {
+                Err(Retry::Stale) => {
+                    self.refresh_key(key_id).await?;
+                }
+                other => return other.map_err(Retry::into_error),
+            }
+        }
+        Err(Retry::Stale.into_error())
+    }
+
+    /// One attempt at recording PendingImport after the material is destroyed.
+    async fn record_material_dropped(&self, key: &CachedKey) -> Result<(), Retry> {
         let mut l = self.lifecycle_of(&key.record.key_id);
         l.material_present = false;
         l.valid_to_ms = None;
@@ -589,10 +650,31 @@ impl Kms {
         self.store
             .update_key_and_lifecycle(&cached.record, &l)
             .await?;
+        cached.record.row_version += 1;
         self.lifecycle_cache_put(l);
         self.cache_put(cached);
         tracing::info!(key_id = %key.record.key_id, "imported key material deleted; key is pending import");
         Ok(())
+    }
+
+    /// Claims the right to change `key`'s material (ImportKeyMaterial,
+    /// DeleteImportedKeyMaterial, the expiry sweep): one such job per key at a time in this
+    /// process, without holding a lock across its HSM work. ConflictException while another
+    /// runs.
+    fn claim_material_job(&self, key: &CachedKey) -> Result<MaterialSlot<'_>, KmsError> {
+        let key_id = key.record.key_id.clone();
+        let fresh = self
+            .material_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id.clone());
+        if !fresh {
+            return Err(KmsError::Conflict(format!(
+                "The key material of {} is being changed by another request.",
+                key.arn
+            )));
+        }
+        Ok(MaterialSlot { kms: self, key_id })
     }
 
     /// Destroys imported material whose ValidTo has passed (key -> PendingImport), and
@@ -611,24 +693,29 @@ impl Kms {
                 tracing::warn!("import expiry sweep paused: the audit trail cannot be written");
                 break;
             }
-            let (key, result) = {
-                let _guard = self.mutate.lock().await;
-                let l = self.lifecycle_of(&key_id);
-                let Some(key) = parse_uuid(&key_id).and_then(|u| self.key_by_uuid(&u)) else {
+            let Some(key) = parse_uuid(&key_id).and_then(|u| self.key_by_uuid(&u)) else {
+                continue;
+            };
+            let Ok(_slot) = self.claim_material_job(&key) else {
+                continue;
+            };
+            // Re-check under the key's lock: a re-import or deletion may have won the race.
+            let key = {
+                let _guard = self.key_locks.key(&key_id).await;
+                let Ok(key) = self.current_key(&key_id) else {
                     continue;
                 };
-                // Re-check under the lock: a re-import or deletion may have won the race.
-                if !expires(&l) {
+                if !expires(&self.lifecycle_of(&key_id)) {
                     continue;
                 }
-                let result = match self
-                    .service_intent(ServiceEventName::DeleteExpiredKeyMaterial, &key)
-                    .await
-                {
-                    Ok(()) => self.drop_material(&key).await,
-                    Err(e) => Err(e),
-                };
-                (key, result)
+                key
+            };
+            let result = match self
+                .service_intent(ServiceEventName::DeleteExpiredKeyMaterial, &key)
+                .await
+            {
+                Ok(()) => self.drop_material(&key).await,
+                Err(e) => Err(e),
             };
             match &result {
                 Ok(()) => tracing::info!(key_id, "imported key material expired"),
@@ -711,6 +798,22 @@ impl Kms {
             .filter(|t| t.expires_at_ms > now)
             .filter_map(|t| parse_uuid(&t.wrapping_key_id))
             .collect())
+    }
+}
+
+/// Removes a key from the set of material jobs under way when dropped.
+struct MaterialSlot<'a> {
+    kms: &'a Kms,
+    key_id: String,
+}
+
+impl Drop for MaterialSlot<'_> {
+    fn drop(&mut self) {
+        self.kms
+            .material_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key_id);
     }
 }
 

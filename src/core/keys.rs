@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
+use super::change::Retry;
 use super::domain::{KeySpec, KeyUsage, Origin};
 use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::policies::compile_key_policy;
@@ -778,17 +779,21 @@ impl Kms {
         action: &'static str,
         target: KeyState,
     ) -> Result<Empty, KmsError> {
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
-        self.authorize_key(caller, action, &resolved, None)?;
-        check_state(&resolved.key, StateClass::EnableDisable)?;
-        if resolved.key.record.state == target {
-            return Ok(Empty);
-        }
         let updated = self
-            .update_record(&resolved.key, |r| r.state = target)
+            .change_key(caller, key_id, move |resolved| async move {
+                self.authorize_key(caller, action, &resolved, None)?;
+                check_state(&resolved.key, StateClass::EnableDisable)?;
+                if resolved.key.record.state == target {
+                    return Ok(None);
+                }
+                let updated = self
+                    .update_record(&resolved.key, |r| r.state = target)
+                    .await?;
+                Ok(Some(updated))
+            })
             .await?;
-        if target == KeyState::Disabled {
+        // After the lock is released: dropping the copies is an HSM job.
+        if let Some(updated) = updated.filter(|_| target == KeyState::Disabled) {
             self.drop_session_copies(&updated).await;
         }
         Ok(Empty)
@@ -818,24 +823,26 @@ impl Kms {
     ) -> Result<ScheduleKeyDeletionResponse, KmsError> {
         let days = req.pending_window_in_days.unwrap_or(30);
         validate::int_range("pendingWindowInDays", days, 7, 30)?;
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key("kms:ScheduleKeyDeletion", &resolved).with(
-                "kms:ScheduleKeyDeletionPendingWindowInDays",
-                CtxValue::one(days.to_string()),
-            ),
-        )?;
-        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
         let deletion = self.now_ms() + i64::from(days) * 86_400_000;
         let updated = self
-            .update_record(&resolved.key, |r| {
-                r.state = KeyState::PendingDeletion;
-                r.deletion_date_ms = Some(deletion);
-                r.pending_window_days = Some(days);
+            .change_key(caller, &req.key_id, move |resolved| async move {
+                self.authorize(
+                    caller,
+                    AuthzRequest::on_key("kms:ScheduleKeyDeletion", &resolved).with(
+                        "kms:ScheduleKeyDeletionPendingWindowInDays",
+                        CtxValue::one(days.to_string()),
+                    ),
+                )?;
+                check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+                self.update_record(&resolved.key, |r| {
+                    r.state = KeyState::PendingDeletion;
+                    r.deletion_date_ms = Some(deletion);
+                    r.pending_window_days = Some(days);
+                })
+                .await
             })
             .await?;
+        // After the lock is released: dropping the copies is an HSM job.
         self.drop_session_copies(&updated).await;
         tracing::info!(key_id = %updated.record.key_id, days, "key scheduled for deletion");
         Ok(ScheduleKeyDeletionResponse {
@@ -852,15 +859,29 @@ impl Kms {
         caller: &Caller,
         req: CancelKeyDeletionRequest,
     ) -> Result<CancelKeyDeletionResponse, KmsError> {
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize_key(caller, "kms:CancelKeyDeletion", &resolved, None)?;
-        check_state(&resolved.key, StateClass::PendingDeletion)?;
         let updated = self
-            .update_record(&resolved.key, |r| {
-                r.state = KeyState::Disabled;
-                r.deletion_date_ms = None;
-                r.pending_window_days = None;
+            .change_key(caller, &req.key_id, move |resolved| async move {
+                self.authorize_key(caller, "kms:CancelKeyDeletion", &resolved, None)?;
+                check_state(&resolved.key, StateClass::PendingDeletion)?;
+                // Past its date the key is the sweeper's: its material may be going already.
+                if resolved
+                    .key
+                    .record
+                    .deletion_date_ms
+                    .is_some_and(|d| d <= self.now_ms())
+                {
+                    return Err(KmsError::InvalidState(format!(
+                        "{} is pending deletion and its waiting period has ended.",
+                        resolved.key.arn
+                    ))
+                    .into());
+                }
+                self.update_record(&resolved.key, |r| {
+                    r.state = KeyState::Disabled;
+                    r.deletion_date_ms = None;
+                    r.pending_window_days = None;
+                })
+                .await
             })
             .await?;
         Ok(CancelKeyDeletionResponse {
@@ -875,29 +896,35 @@ impl Kms {
         req: UpdateKeyDescriptionRequest,
     ) -> Result<Empty, KmsError> {
         validate::description(&req.description)?;
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize_key(caller, "kms:UpdateKeyDescription", &resolved, None)?;
-        check_state(&resolved.key, StateClass::NotPendingDeletion)?;
-        self.update_record(&resolved.key, |r| r.description = req.description)
-            .await?;
+        let description = &req.description;
+        self.change_key(caller, &req.key_id, move |resolved| async move {
+            self.authorize_key(caller, "kms:UpdateKeyDescription", &resolved, None)?;
+            check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+            let description = description.clone();
+            self.update_record(&resolved.key, |r| r.description = description)
+                .await
+        })
+        .await?;
         Ok(Empty)
     }
 
-    /// Writes a changed copy of a key's record, then updates the cache. Callers hold the
-    /// mutation lock.
+    /// Writes a changed copy of a key's record, compare-and-set on the `row_version` it was
+    /// read with, then caches it at the row's next version. Callers hold the key's change lock
+    /// (see [`Kms::change_key`], which retries on [`Retry::Stale`]).
     pub(crate) async fn update_record(
         &self,
         key: &CachedKey,
         change: impl FnOnce(&mut KeyRecord),
-    ) -> Result<Arc<CachedKey>, KmsError> {
+    ) -> Result<Arc<CachedKey>, Retry> {
         let mut cached = key.clone();
         change(&mut cached.record);
+        cached.record.row_version = key.record.row_version;
         if cached.record.policy != key.record.policy {
             cached.policy = Some(compile_key_policy(&cached.record.policy)?);
         }
         super::record::before_change().await?;
         self.store.update_key(&cached.record).await?;
+        cached.record.row_version += 1;
         Ok(self.cache_put(cached))
     }
 }

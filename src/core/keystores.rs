@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use super::authz::AuthzRequest;
 use super::connections::{Cluster, StoreHandle};
 use super::external::{XksMembers, XksProxyConfiguration};
+use super::locks::{ChangeGuard, LockName};
 use super::operation::{redacted_debug, request_parameters, response_elements, Empty, Page};
 use super::{validate, Kms, KmsError};
 use crate::identity::Caller;
@@ -355,11 +356,20 @@ impl Kms {
         caller: &Caller,
         action: &'static str,
         id: &str,
-    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Arc<StoreHandle>), KmsError> {
+    ) -> Result<(ChangeGuard<'_>, Arc<StoreHandle>), KmsError> {
         check_store_id(id)?;
         self.authorize(caller, AuthzRequest::new(action, "*"))?;
-        let guard = self.mutate.lock().await;
+        let guard = self.lock_stores_of(&caller.account).await;
         Ok((guard, self.own_store(caller, id)?))
+    }
+
+    /// Takes the change lock of the account's custom key stores: their names and the
+    /// account's quota are checked and changed under it, in this process. Across nodes, and
+    /// for clusters (which span accounts), the database's uniqueness answers AlreadyExists.
+    pub(super) async fn lock_stores_of(&self, account: &str) -> ChangeGuard<'_> {
+        self.key_locks
+            .lock(LockName::KeyStoresOf(account.to_string()))
+            .await
     }
 
     /// Refuses a name another store of the account has, and a cluster another store uses.
@@ -416,7 +426,7 @@ impl Kms {
                 cluster.id
             )));
         }
-        let _guard = self.mutate.lock().await;
+        let _guard = self.lock_stores_of(&caller.account).await;
         let name = req.custom_key_store_name.as_str();
         self.check_unique(&caller.account, None, Some(name), Some(&cluster.id))?;
         self.check_quota(&caller.account)?;

@@ -263,7 +263,17 @@ impl Kms {
         };
         self.authorize_key(caller, action, &resolved, ctx)?;
         super::end_dry_run(dry_run)?;
-        let _guard = self.mutate.lock().await;
+        // The alias name's lock makes the first use single-flight in this process: requests
+        // racing for the same not-yet-existing managed key wait for the one creation (held
+        // across its HSM job; only they wait). Across nodes the alias's uniqueness in the
+        // database decides, and the loser adopts the winner's key.
+        let _guard = self
+            .key_locks
+            .lock(super::locks::LockName::Alias(
+                caller.account.clone(),
+                alias_name.clone(),
+            ))
+            .await;
         if exists(self) {
             return Ok(());
         }
@@ -316,7 +326,7 @@ impl Kms {
 
     /// Creates an authorized managed key through the ordinary creation path: the `Creating`
     /// row, then its alias and yearly rotation schedule (so the key is AWS managed from its
-    /// first stored moment), then the HSM object and `Enabled`. Callers hold the mutation lock.
+    /// first stored moment), then the HSM object and `Enabled`. Callers hold the alias's lock.
     async fn create_managed_key(&self, key: CachedKey, alias_name: &str) -> Result<(), KmsError> {
         let CachedKey {
             mut record, policy, ..

@@ -20,6 +20,7 @@ pub mod algorithms;
 pub mod aliases;
 pub mod asym;
 pub mod authz;
+mod change;
 pub mod clock;
 pub mod connections;
 pub mod crypto;
@@ -31,6 +32,7 @@ pub mod grants;
 pub mod import;
 pub mod keys;
 pub mod keystores;
+mod locks;
 pub mod managed;
 pub mod operation;
 pub mod policies;
@@ -42,6 +44,8 @@ pub mod specs;
 pub mod sts;
 pub mod sweeper;
 pub mod tags;
+#[cfg(test)]
+mod tests_change;
 pub mod usage;
 mod validate;
 pub mod xks;
@@ -257,14 +261,17 @@ pub struct Kms {
     clock: Arc<dyn Clock>,
     hooks: TestHooks,
     cache: RwLock<Cache>,
-    /// Serialises metadata changes so read-modify-write of a key or alias never races.
-    mutate: tokio::sync::Mutex<()>,
+    /// Per-key (and per-name) change locks: changes to one key are serialised in this
+    /// process, changes to different keys run in parallel; see [`locks`].
+    key_locks: locks::KeyLocks,
     /// Decisions by outcome.
     decision_counts: DecisionCounts,
     /// Rotation schedules and imported-material state, by key id (migration 0004).
     lifecycles: RwLock<BTreeMap<String, KeyLifecycle>>,
     /// Keys with a rotation under way -> when it started (ConflictException for a second one).
     rotating: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Keys whose imported material an import, deletion or expiry is changing now.
+    material_jobs: std::sync::Mutex<BTreeSet<String>>,
     /// Expired import tokens (by SHA-256) whose wrapping key the sweeper has destroyed.
     swept_wrapping_keys: std::sync::Mutex<BTreeSet<String>>,
     /// The last cryptographic use of each key (GetKeyLastUsage), stored in batches.
@@ -311,10 +318,11 @@ impl Kms {
             clock,
             hooks: TestHooks::default(),
             cache: RwLock::new(Cache::default()),
-            mutate: tokio::sync::Mutex::new(()),
+            key_locks: locks::KeyLocks::default(),
             decision_counts: DecisionCounts::default(),
             lifecycles: RwLock::new(BTreeMap::new()),
             rotating: std::sync::Mutex::new(BTreeMap::new()),
+            material_jobs: std::sync::Mutex::new(BTreeSet::new()),
             swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
             usage: usage::UsageTracker::default(),
             service_sink: std::sync::OnceLock::new(),
@@ -545,12 +553,19 @@ impl Kms {
             .collect()
     }
 
-    /// Replaces a key's cache entry from its stored state.
+    /// Replaces a key's cache entry from its stored state, unless the cache already holds a
+    /// later state of the row (a higher `row_version`: two tasks finishing out of order, or a
+    /// reload racing a change). Returns the entry the cache holds afterwards.
     fn cache_put(&self, cached: CachedKey) -> Arc<CachedKey> {
+        let mut cache = self.cache_write();
+        let id = Uuid::from_bytes(cached.uuid);
+        if let Some(held) = cache.keys.get(&id) {
+            if held.record.row_version > cached.record.row_version {
+                return held.clone();
+            }
+        }
         let arc = Arc::new(cached);
-        self.cache_write()
-            .keys
-            .insert(Uuid::from_bytes(arc.uuid), arc.clone());
+        cache.keys.insert(id, arc.clone());
         arc
     }
 

@@ -166,27 +166,28 @@ impl Kms {
             }
         };
         let compiled = compile_key_policy(&req.policy)?;
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, &req.key_id, false)?;
-        self.authorize(
-            caller,
-            AuthzRequest::on_key("kms:PutKeyPolicy", &resolved)
-                .with("kms:PolicyName", CtxValue::one(name))
-                .with(
-                    "kms:BypassPolicyLockoutSafetyCheck",
-                    CtxValue::one(if bypass_lockout_check {
-                        "true"
-                    } else {
-                        "false"
-                    }),
-                ),
-        )?;
-        self.check_policy_principals(&compiled)?;
-        if !bypass_lockout_check {
-            self.lockout_check(caller, &resolved.key, &compiled)?;
-        }
-        self.update_record(&resolved.key, |r| r.policy = req.policy)
-            .await?;
+        let bypass = if bypass_lockout_check {
+            "true"
+        } else {
+            "false"
+        };
+        let (compiled, policy) = (&compiled, &req.policy);
+        self.change_key(caller, &req.key_id, move |resolved| async move {
+            self.authorize(
+                caller,
+                AuthzRequest::on_key("kms:PutKeyPolicy", &resolved)
+                    .with("kms:PolicyName", CtxValue::one(name))
+                    .with("kms:BypassPolicyLockoutSafetyCheck", CtxValue::one(bypass)),
+            )?;
+            self.check_policy_principals(compiled)?;
+            if !bypass_lockout_check {
+                self.lockout_check(caller, &resolved.key, compiled)?;
+            }
+            let policy = policy.clone();
+            self.update_record(&resolved.key, |r| r.policy = policy)
+                .await
+        })
+        .await?;
         Ok(Empty)
     }
 }

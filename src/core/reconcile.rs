@@ -243,14 +243,16 @@ impl Kms {
         Ok(done)
     }
 
-    /// Resolves one stranded key under the mutation lock, re-read from the store (it may
+    /// Resolves one stranded key, re-read from the store (it may
     /// have been resolved or rolled back meanwhile).
     async fn resolve_creating(
         &self,
         key_id: &str,
         objects: &ObjectsByClass<'_>,
     ) -> Result<Resolution, KmsError> {
-        let _guard = self.mutate.lock().await;
+        // No change lock: a stranded key is in no cache, so no request can change it, and
+        // the sweeps run one at a time. The store's compare-and-set (phase two) and its
+        // NotFound (removal) catch another node resolving it too.
         let bundle = match self.store.get_key(key_id).await? {
             Some(b) if b.key.state == KeyState::Creating => b,
             _ => {

@@ -196,6 +196,20 @@ pub(crate) fn decision(d: &Decision, resource: &str) {
     });
 }
 
+/// How many decisions the request has recorded so far (a mark for
+/// [`forget_decisions_after`]); 0 outside a scope.
+pub(crate) fn decision_count() -> usize {
+    CURRENT
+        .try_with(|cell| cell.record.lock().map(|r| r.decisions.len()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Drops the decisions recorded after `mark`: a change retried on fresh state is authorized
+/// again, and its record keeps only the decisions of the attempt that answered.
+pub(crate) fn forget_decisions_after(mark: usize) {
+    with(|r| r.decisions.truncate(mark));
+}
+
 /// Records the key a request acts on (the first one recorded wins: ReEncrypt's source).
 pub(crate) fn key(arn: &str, account: &str) {
     with(|r| {

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
+use super::change::Retry;
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::service::{ServiceAction, ServiceEventName};
@@ -231,10 +232,9 @@ impl Kms {
         })
     }
 
-    /// The key a rotation operation acts on: resolved (by id or ARN, not alias), authorized for
-    /// `action` (with one more condition key when `extra` gives one), in a state the operation
-    /// allows (`read`: PendingDeletion too) and a key that rotates. The first steps of
-    /// EnableKeyRotation, DisableKeyRotation, GetKeyRotationStatus and RotateKeyOnDemand.
+    /// The key a rotation operation acts on: resolved (by id or ARN, not alias), then
+    /// checked by [`Kms::rotation_checks`]. The first steps of GetKeyRotationStatus and
+    /// RotateKeyOnDemand.
     fn rotation_key(
         &self,
         caller: &Caller,
@@ -244,6 +244,20 @@ impl Kms {
         read: bool,
     ) -> Result<Resolved, KmsError> {
         let resolved = self.resolve(caller, key_id, false)?;
+        self.rotation_checks(caller, resolved, action, extra, read)
+    }
+
+    /// A resolved key authorized for `action` (with one more condition key when `extra`
+    /// gives one), in a state the operation allows (`read`: PendingDeletion too) and a key
+    /// that rotates.
+    fn rotation_checks(
+        &self,
+        caller: &Caller,
+        resolved: Resolved,
+        action: &'static str,
+        extra: Option<(&'static str, CtxValue)>,
+        read: bool,
+    ) -> Result<Resolved, KmsError> {
         let mut authz = AuthzRequest::on_key(action, &resolved);
         if let Some((condition_key, value)) = extra {
             authz = authz.with(condition_key, value);
@@ -252,6 +266,18 @@ impl Kms {
         check_rotation_state(&resolved.key, read)?;
         check_rotatable(&resolved.key)?;
         Ok(resolved)
+    }
+
+    /// Stores a key's lifecycle row and caches it; the store raised the key row's version
+    /// with it, and the key's cache entry follows. Callers hold the key's change lock.
+    async fn store_lifecycle(&self, key: &CachedKey, l: KeyLifecycle) -> Result<(), KmsError> {
+        super::record::before_change().await?;
+        self.store.put_lifecycle(&l).await?;
+        self.lifecycle_cache_put(l);
+        let mut next = key.clone();
+        next.record.row_version += 1;
+        self.cache_put(next);
+        Ok(())
     }
 
     /// EnableKeyRotation: automatic rotation every `period` days (90-2560, default 365). On a
@@ -265,34 +291,30 @@ impl Kms {
             .rotation_period_in_days
             .unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
         validate::int_range("rotationPeriodInDays", days, 90, 2560)?;
-        let _guard = self.mutate.lock().await;
-        let period = ("kms:RotationPeriodInDays", CtxValue::one(days.to_string()));
-        let resolved = self.rotation_key(
-            caller,
-            &req.key_id,
-            "kms:EnableKeyRotation",
-            Some(period),
-            false,
-        )?;
-        let now = self.now_ms();
-        let mut l = self.lifecycle_of(&resolved.key.record.key_id);
-        let next = match (
-            l.rotation_enabled,
-            l.next_rotation_ms,
-            l.rotation_period_days,
-        ) {
-            (true, Some(next), Some(old)) => {
-                next - i64::from(old) * DAY_MS + i64::from(days) * DAY_MS
-            }
-            _ => now + i64::from(days) * DAY_MS,
-        };
-        l.rotation_enabled = true;
-        l.rotation_period_days = Some(days);
-        l.next_rotation_ms = Some(next);
-        super::record::before_change().await?;
-        self.store.put_lifecycle(&l).await?;
-        self.lifecycle_cache_put(l);
-        tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
+        self.change_key(caller, &req.key_id, move |resolved| async move {
+            let period = ("kms:RotationPeriodInDays", CtxValue::one(days.to_string()));
+            let action = "kms:EnableKeyRotation";
+            let resolved = self.rotation_checks(caller, resolved, action, Some(period), false)?;
+            let now = self.now_ms();
+            let mut l = self.lifecycle_of(&resolved.key.record.key_id);
+            let next = match (
+                l.rotation_enabled,
+                l.next_rotation_ms,
+                l.rotation_period_days,
+            ) {
+                (true, Some(next), Some(old)) => {
+                    next - i64::from(old) * DAY_MS + i64::from(days) * DAY_MS
+                }
+                _ => now + i64::from(days) * DAY_MS,
+            };
+            l.rotation_enabled = true;
+            l.rotation_period_days = Some(days);
+            l.next_rotation_ms = Some(next);
+            self.store_lifecycle(&resolved.key, l).await?;
+            tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
+            Ok(())
+        })
+        .await?;
         Ok(Empty)
     }
 
@@ -302,18 +324,19 @@ impl Kms {
         caller: &Caller,
         req: DisableKeyRotationRequest,
     ) -> Result<Empty, KmsError> {
-        let _guard = self.mutate.lock().await;
-        let resolved =
-            self.rotation_key(caller, &req.key_id, "kms:DisableKeyRotation", None, false)?;
-        let mut l = self.lifecycle_of(&resolved.key.record.key_id);
-        if !l.rotation_enabled {
-            return Ok(Empty);
-        }
-        l.rotation_enabled = false;
-        l.next_rotation_ms = None;
-        super::record::before_change().await?;
-        self.store.put_lifecycle(&l).await?;
-        self.lifecycle_cache_put(l);
+        self.change_key(caller, &req.key_id, move |resolved| async move {
+            let action = "kms:DisableKeyRotation";
+            let resolved = self.rotation_checks(caller, resolved, action, None, false)?;
+            let mut l = self.lifecycle_of(&resolved.key.record.key_id);
+            if !l.rotation_enabled {
+                return Ok(());
+            }
+            l.rotation_enabled = false;
+            l.next_rotation_ms = None;
+            self.store_lifecycle(&resolved.key, l).await?;
+            Ok(())
+        })
+        .await?;
         Ok(Empty)
     }
 
@@ -358,29 +381,27 @@ impl Kms {
                 resolved.key.arn
             )));
         };
-        let _guard = self.mutate.lock().await;
-        // Re-read under the lock: the key may have changed while we waited.
-        let key = self.key_by_uuid(&resolved.key.uuid).ok_or_else(|| {
-            KmsError::NotFound(format!("Key '{}' does not exist", resolved.key.arn))
-        })?;
-        check_rotation_state(&key, false)?;
-        let l = self.lifecycle_of(&id);
-        if l.rotation_enabled
-            && l.next_rotation_ms
-                .is_some_and(|n| n - self.now_ms() <= AUTOMATIC_ROTATION_GUARD_MS)
-        {
-            return Err(KmsError::Conflict(format!(
-                "An automatic rotation of {} is due within 20 minutes.",
-                key.arn
-            )));
-        }
-        if l.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
-            return Err(KmsError::LimitExceeded(format!(
-                "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
-                key.arn
-            )));
-        }
-        let rotated = self.rotate(&key, ON_DEMAND).await?;
+        // The checks run again under the key's lock, on the key as it is then.
+        let check = |key: &CachedKey, l: &KeyLifecycle| {
+            check_rotation_state(key, false)?;
+            if l.rotation_enabled
+                && l.next_rotation_ms
+                    .is_some_and(|n| n - self.now_ms() <= AUTOMATIC_ROTATION_GUARD_MS)
+            {
+                return Err(KmsError::Conflict(format!(
+                    "An automatic rotation of {} is due within 20 minutes.",
+                    key.arn
+                )));
+            }
+            if l.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS {
+                return Err(KmsError::LimitExceeded(format!(
+                    "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
+                    key.arn
+                )));
+            }
+            Ok(())
+        };
+        let rotated = self.rotate(&id, ON_DEMAND, check).await?;
         Ok(RotateKeyOnDemandResponse {
             key_id: rotated.arn.clone(),
         })
@@ -461,44 +482,26 @@ impl Kms {
         })
     }
 
-    /// Creates the next version of `key` (callers hold the mutation lock) and switches
-    /// encryption to it. Completes an interrupted earlier rotation instead of starting anew.
+    /// The cached key `key_id`, as it is now (NotFoundException if it is gone).
+    pub(crate) fn current_key(&self, key_id: &str) -> Result<Arc<CachedKey>, KmsError> {
+        uuid::Uuid::parse_str(key_id)
+            .ok()
+            .and_then(|u| self.key_by_uuid(u.as_bytes()))
+            .ok_or_else(|| KmsError::NotFound(format!("Key '{key_id}' does not exist")))
+    }
+
+    /// Creates the next version of key `key_id` and switches encryption to it; callers hold
+    /// its rotation claim. Completes an interrupted earlier rotation instead of starting
+    /// anew. Phase one (the version row) runs under the key's change lock after `check`
+    /// passes on the key as it is then; the HSM object is made without any lock; phase two
+    /// re-takes the lock and writes compare-and-set on the key as it is then.
     async fn rotate(
         &self,
-        key: &CachedKey,
+        key_id: &str,
         rotation_type: &str,
+        check: impl Fn(&CachedKey, &KeyLifecycle) -> Result<(), KmsError>,
     ) -> Result<Arc<CachedKey>, KmsError> {
-        super::record::before_change().await?;
-        let key_id = key.record.key_id.clone();
-        let current = key.record.current_version;
-        let highest = key.versions.iter().copied().max().unwrap_or(current);
-        let leftover = highest > current;
-        let version = if leftover {
-            highest
-        } else {
-            current.checked_add(1).ok_or_else(|| {
-                KmsError::LimitExceeded(format!("{} has no version number left.", key.arn))
-            })?
-        };
-        let now = self.now_ms();
-        let object = ObjectId::new(key.uuid, version);
-        if !leftover {
-            // Phase one: the version row (the key keeps encrypting under `current`).
-            self.store
-                .begin_rotation(&KeyVersion {
-                    key_id: key_id.clone(),
-                    version,
-                    created_at_ms: now,
-                })
-                .await?;
-            // The cache follows the store: the new version is known (not yet current).
-            let mut pending = key.clone();
-            pending.versions.push(version);
-            pending.versions.sort_unstable();
-            self.cache_put(pending);
-        } else {
-            tracing::warn!(key_id, version, "completing an interrupted rotation");
-        }
+        let (object, leftover) = self.begin_rotate(key_id, check).await?;
         if self.hooks.interrupt_rotation() == InterruptCreate::AfterMetadataRow {
             return Err(KmsError::Internal(
                 "rotation interrupted by a test hook after the version row".into(),
@@ -508,14 +511,7 @@ impl Kms {
         if !present {
             if let Err(e) = self.hsm.generate_aes_key(object).await {
                 if !leftover {
-                    match self.store.abort_rotation(&key_id, version).await {
-                        Ok(()) => {
-                            self.cache_put(key.clone());
-                        }
-                        Err(se) => {
-                            tracing::error!(key_id, version, error = %se, "could not roll back a failed rotation row")
-                        }
-                    }
+                    self.abort_rotate(key_id, object.version()).await;
                 }
                 return Err(e.into());
             }
@@ -525,7 +521,108 @@ impl Kms {
                 "rotation interrupted by a test hook after the HSM object".into(),
             ));
         }
-        // Phase two: switch, record, schedule.
+        self.finish_rotate(key_id, object.version(), rotation_type)
+            .await
+    }
+
+    /// Phase one of a rotation, under the key's lock: the new version's row (the key keeps
+    /// encrypting under its current version), or the leftover version of an interrupted one.
+    async fn begin_rotate(
+        &self,
+        key_id: &str,
+        check: impl Fn(&CachedKey, &KeyLifecycle) -> Result<(), KmsError>,
+    ) -> Result<(ObjectId, bool), KmsError> {
+        let _guard = self.key_locks.key(key_id).await;
+        let key = self.current_key(key_id)?;
+        check(&key, &self.lifecycle_of(key_id))?;
+        super::record::before_change().await?;
+        let current = key.record.current_version;
+        let highest = key.versions.iter().copied().max().unwrap_or(current);
+        let leftover = highest > current;
+        let version = if leftover {
+            tracing::warn!(
+                key_id,
+                version = highest,
+                "completing an interrupted rotation"
+            );
+            highest
+        } else {
+            current.checked_add(1).ok_or_else(|| {
+                KmsError::LimitExceeded(format!("{} has no version number left.", key.arn))
+            })?
+        };
+        if !leftover {
+            self.store
+                .begin_rotation(&KeyVersion {
+                    key_id: key_id.to_string(),
+                    version,
+                    created_at_ms: self.now_ms(),
+                })
+                .await?;
+            // The cache follows the store: the new version is known (not yet current).
+            let mut pending = (*key).clone();
+            pending.versions.push(version);
+            pending.versions.sort_unstable();
+            self.cache_put(pending);
+        }
+        Ok((ObjectId::new(key.uuid, version), leftover))
+    }
+
+    /// Undoes phase one of a rotation whose HSM object could not be made.
+    async fn abort_rotate(&self, key_id: &str, version: u32) {
+        let _guard = self.key_locks.key(key_id).await;
+        match self.store.abort_rotation(key_id, version).await {
+            Ok(()) => {
+                if let Ok(key) = self.current_key(key_id) {
+                    let mut back = (*key).clone();
+                    back.versions.retain(|v| *v != version);
+                    self.cache_put(back);
+                }
+            }
+            Err(se) => {
+                tracing::error!(key_id, version, error = %se, "could not roll back a failed rotation row")
+            }
+        }
+    }
+
+    /// Phase two of a rotation: switch, record, schedule, compare-and-set on the key as it is
+    /// when the lock is re-taken, retried on fresh state when another node changed the key.
+    /// If every attempt loses, the version row and HSM object stay, and the next rotation of
+    /// the key completes them.
+    async fn finish_rotate(
+        &self,
+        key_id: &str,
+        version: u32,
+        rotation_type: &str,
+    ) -> Result<Arc<CachedKey>, KmsError> {
+        for _ in 0..super::change::CHANGE_ATTEMPTS {
+            let _guard = self.key_locks.key(key_id).await;
+            let key = self.current_key(key_id)?;
+            match self.try_finish_rotate(&key, version, rotation_type).await {
+                Err(Retry::Stale) => {
+                    tracing::info!(key_id, version, "key changed during its rotation; retrying");
+                    self.refresh_key(key_id).await?;
+                }
+                other => return other.map_err(Retry::into_error),
+            }
+        }
+        tracing::error!(
+            key_id,
+            version,
+            "rotation not finished: the key kept changing"
+        );
+        Err(Retry::Stale.into_error())
+    }
+
+    /// One attempt at phase two of a rotation on `key` as cached now.
+    async fn try_finish_rotate(
+        &self,
+        key: &CachedKey,
+        version: u32,
+        rotation_type: &str,
+    ) -> Result<Arc<CachedKey>, Retry> {
+        let key_id = key.record.key_id.clone();
+        let now = self.now_ms();
         let mut cached = key.clone();
         cached.record.current_version = version;
         if !cached.versions.contains(&version) {
@@ -552,6 +649,7 @@ impl Kms {
         self.store
             .finish_rotation(&cached.record, &entry, &l)
             .await?;
+        cached.record.row_version += 1;
         self.lifecycle_cache_put(l);
         let arc = self.cache_put(cached);
         tracing::info!(key_id, version, rotation_type, "key rotated");
@@ -576,26 +674,25 @@ impl Kms {
             let Some(_slot) = self.claim_rotation(&key_id) else {
                 continue;
             };
-            let (key, result) = {
-                let _guard = self.mutate.lock().await;
-                let Some(key) = uuid::Uuid::parse_str(&key_id)
-                    .ok()
-                    .and_then(|u| self.key_by_uuid(u.as_bytes()))
-                else {
-                    continue;
-                };
-                let l = self.lifecycle_of(&key_id);
-                if key.record.state != KeyState::Enabled
-                    || check_rotatable(&key).is_err()
-                    || !is_due(&l)
-                {
-                    continue;
+            let Ok(key) = self.current_key(&key_id) else {
+                continue;
+            };
+            // Checked here to skip keys not due, and again under the key's lock by `rotate`.
+            let check = |key: &CachedKey, l: &KeyLifecycle| {
+                if key.record.state != KeyState::Enabled || !is_due(l) {
+                    return Err(KmsError::InvalidState(format!(
+                        "{} is not due for rotation.",
+                        key.arn
+                    )));
                 }
-                let result = match self.service_intent(ServiceEventName::RotateKey, &key).await {
-                    Ok(()) => self.rotate(&key, AUTOMATIC).await,
-                    Err(e) => Err(e),
-                };
-                (key, result)
+                check_rotatable(key)
+            };
+            if check(&key, &self.lifecycle_of(&key_id)).is_err() {
+                continue;
+            }
+            let result = match self.service_intent(ServiceEventName::RotateKey, &key).await {
+                Ok(()) => self.rotate(&key_id, AUTOMATIC, check).await,
+                Err(e) => Err(e),
             };
             // One key's failure (device hiccup) must not hold back the others: log, retry on
             // the next sweep.

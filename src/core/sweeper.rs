@@ -51,7 +51,7 @@ impl Kms {
         Ok(done)
     }
 
-    /// Destroys one key if it is still due (under the mutation lock): its import wrapping
+    /// Destroys one key if it is still due (checked under the key's change lock): its import wrapping
     /// keys, every version of its material, then its metadata. `None` when it is no longer
     /// due (CancelKeyDeletion won the race) or gone.
     async fn delete_due_key(
@@ -59,16 +59,21 @@ impl Kms {
         key_id: &str,
         now: i64,
     ) -> Option<(Arc<CachedKey>, Result<(), KmsError>)> {
-        let _guard = self.mutate.lock().await;
-        let key = Uuid::parse_str(key_id)
-            .ok()
-            .and_then(|u| self.cache_read().keys.get(&u).cloned())?;
-        // Re-check under the lock: CancelKeyDeletion may have won the race.
-        if key.record.state != KeyState::PendingDeletion
-            || key.record.deletion_date_ms.is_none_or(|d| d > now)
-        {
-            return None;
-        }
+        let key = {
+            let _guard = self.key_locks.key(key_id).await;
+            let key = Uuid::parse_str(key_id)
+                .ok()
+                .and_then(|u| self.cache_read().keys.get(&u).cloned())?;
+            // Re-check under the lock: CancelKeyDeletion may have won the race. Once the
+            // date has passed, nothing brings the key back (CancelKeyDeletion refuses it), so
+            // the destruction below runs without the lock.
+            if key.record.state != KeyState::PendingDeletion
+                || key.record.deletion_date_ms.is_none_or(|d| d > now)
+            {
+                return None;
+            }
+            key
+        };
         let result = match self.service_intent(ServiceEventName::DeleteKey, &key).await {
             Ok(()) => self.destroy_key_now(&key, now).await,
             Err(e) => Err(e),

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::authz::{AuthzRequest, CtxValue};
 use super::operation::{request_parameters, Empty, Page, Recorded, ResponseElements};
 use super::validate;
-use super::{check_state, Kms, KmsError, Resolved, StateClass};
+use super::{check_state, CachedKey, Kms, KmsError, Resolved, StateClass};
 use crate::identity::Caller;
 use crate::store::Tag;
 
@@ -92,6 +92,24 @@ impl TagChange<'_> {
                 .with("aws:TagKeys", CtxValue::Many(tag_keys.to_vec())),
         }
     }
+
+    /// `key`'s cache entry with the change applied, as the store now holds it: tags ordered
+    /// by tag key, the row one version on.
+    fn applied_to(&self, key: &CachedKey) -> CachedKey {
+        let mut next = key.clone();
+        match *self {
+            TagChange::Put(tags) => {
+                for t in tags {
+                    next.tags.retain(|e| e.key != t.key);
+                    next.tags.push(t.clone());
+                }
+            }
+            TagChange::Remove(tag_keys) => next.tags.retain(|e| !tag_keys.contains(&e.key)),
+        }
+        next.tags.sort_by(|a, b| a.key.cmp(&b.key));
+        next.record.row_version += 1;
+        next
+    }
 }
 
 impl Kms {
@@ -127,40 +145,45 @@ impl Kms {
             .await
     }
 
-    /// TagResource and UntagResource once their input is checked: under the metadata lock,
-    /// the key (by id or ARN) is resolved, the change authorized with its tag condition keys
-    /// and allowed by the key's state (and, for new tags, the tag limit); then the trail's
-    /// before-change point, the store, and the key's cache entry reloaded.
+    /// TagResource and UntagResource once their input is checked: under the key's change
+    /// lock ([`Kms::change_key`]), the key (by id or ARN) is resolved, the change authorized
+    /// with its tag condition keys and allowed by the key's state (and, for new tags, the tag
+    /// limit); then the trail's before-change point, the store, and the key's cache entry.
     async fn change_tags(
         &self,
         caller: &Caller,
         key_id: &str,
         change: TagChange<'_>,
     ) -> Result<Empty, KmsError> {
-        let _guard = self.mutate.lock().await;
-        let resolved = self.resolve(caller, key_id, false)?;
-        self.authorize(caller, change.authz(&resolved))?;
-        let key = &resolved.key;
-        check_state(key, StateClass::NotPendingDeletion)?;
-        if let TagChange::Put(tags) = change {
-            let added = tags
-                .iter()
-                .filter(|t| !key.tags.iter().any(|e| e.key == t.key))
-                .count();
-            if key.tags.len() + added > validate::MAX_TAGS {
-                return Err(KmsError::LimitExceeded(format!(
-                    "A key can have at most {} tags.",
-                    validate::MAX_TAGS
-                )));
+        self.change_key(caller, key_id, move |resolved| async move {
+            self.authorize(caller, change.authz(&resolved))?;
+            let key = &resolved.key;
+            check_state(key, StateClass::NotPendingDeletion)?;
+            if let TagChange::Put(tags) = change {
+                let added = tags
+                    .iter()
+                    .filter(|t| !key.tags.iter().any(|e| e.key == t.key))
+                    .count();
+                if key.tags.len() + added > validate::MAX_TAGS {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "A key can have at most {} tags.",
+                        validate::MAX_TAGS
+                    ))
+                    .into());
+                }
             }
-        }
-        super::record::before_change().await?;
-        let key_id = &key.record.key_id;
-        match change {
-            TagChange::Put(tags) => self.store.put_tags(key_id, tags).await?,
-            TagChange::Remove(tag_keys) => self.store.remove_tags(key_id, tag_keys).await?,
-        }
-        self.refresh_key(key_id).await?;
+            super::record::before_change().await?;
+            let key_id = &key.record.key_id;
+            match change {
+                TagChange::Put(tags) => self.store.put_tags(key_id, tags).await?,
+                TagChange::Remove(tag_keys) => self.store.remove_tags(key_id, tag_keys).await?,
+            }
+            // The store raised the row's version; the cache follows without a reload (a
+            // reload here could not tell our change from another node's).
+            self.cache_put(change.applied_to(key));
+            Ok(())
+        })
+        .await?;
         Ok(Empty)
     }
 
