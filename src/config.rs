@@ -17,7 +17,10 @@ use crate::identity::arn::Arn;
 use crate::identity::directory::AccountFiles;
 use crate::identity::{CertBinding, CertMatcher, DirectoryFiles};
 
+pub mod store;
 pub mod xks;
+
+pub use store::{StoreBackend, StoreConfig, StoreTls};
 
 /// Why a configuration was refused. The message names the field and the fault.
 #[derive(Debug, thiserror::Error)]
@@ -337,14 +340,6 @@ fn default_true() -> bool {
     true
 }
 
-/// `[store]`: metadata persistence.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// Directory of the embedded SQLite database.
-    pub data_dir: PathBuf,
-}
-
 /// `[audit]`: the tamper-evident audit trail.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -538,7 +533,7 @@ impl Config {
         fix(&mut self.server.tls_cert);
         fix(&mut self.server.tls_key);
         fix(&mut self.server.client_ca);
-        fix(&mut self.store.data_dir);
+        self.store.resolve_paths(fix);
         if let Some(p) = self.hsm.pin_file.as_mut() {
             fix(p);
         }
@@ -578,6 +573,7 @@ impl Config {
         self.validate_aws_json()?;
         self.xks.validate()?;
         self.validate_audit()?;
+        self.store.validate()?;
         self.validate_identity()
     }
 
@@ -818,6 +814,7 @@ impl Config {
         for s in &self.xks.key_store {
             files.push(("xks.key_store.credentials_file", s.credentials_file.clone()));
         }
+        files.extend(self.store.secret_file());
         files
     }
 

@@ -517,6 +517,7 @@ impl Kms {
             }
             return Err(e.into());
         }
+        record.row_version += 1; // the store raised it (compare-and-set)
         let mut cached = key.clone();
         cached.record = record;
         if first {
@@ -589,6 +590,7 @@ impl Kms {
         self.store
             .update_key_and_lifecycle(&cached.record, &l)
             .await?;
+        cached.record.row_version += 1; // the store raised it (compare-and-set)
         self.lifecycle_cache_put(l);
         self.cache_put(cached);
         tracing::info!(key_id = %key.record.key_id, "imported key material deleted; key is pending import");

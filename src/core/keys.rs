@@ -704,6 +704,7 @@ impl Kms {
             created_at_ms: record.created_at_ms,
         };
         self.store.add_version_and_update(&version, &record).await?;
+        record.row_version += 1; // the store raised it (compare-and-set)
         Ok(self.cache_put(self.new_cached(record, vec![1], tags, compiled)?))
     }
 
@@ -898,6 +899,7 @@ impl Kms {
         }
         super::record::before_change().await?;
         self.store.update_key(&cached.record).await?;
+        cached.record.row_version += 1; // the store raised it (compare-and-set)
         Ok(self.cache_put(cached))
     }
 }

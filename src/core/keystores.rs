@@ -431,6 +431,7 @@ impl Kms {
             connect: false,
             created_at_ms: self.now_ms(),
             xks: None,
+            row_version: 1,
         };
         self.insert_new_store(record).await
     }
@@ -485,6 +486,7 @@ impl Kms {
         record.connect = connect;
         super::record::before_change().await?;
         self.store.update_key_store(&record).await?;
+        record.row_version += 1; // the store raised it (compare-and-set)
         handle.set_record(record);
         Ok(())
     }
@@ -597,6 +599,7 @@ impl Kms {
         self.apply_update(caller, &mut record, &req).await?;
         super::record::before_change().await?;
         self.store.update_key_store(&record).await?;
+        record.row_version += 1; // the store raised it (compare-and-set)
         handle.set_record(record);
         Ok(Empty)
     }

@@ -291,6 +291,8 @@ impl Kms {
         l.next_rotation_ms = Some(next);
         super::record::before_change().await?;
         self.store.put_lifecycle(&l).await?;
+        // put_lifecycle raised the key's row version: re-read the key.
+        self.refresh_key(&l.key_id).await?;
         self.lifecycle_cache_put(l);
         tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
         Ok(Empty)
@@ -313,6 +315,8 @@ impl Kms {
         l.next_rotation_ms = None;
         super::record::before_change().await?;
         self.store.put_lifecycle(&l).await?;
+        // put_lifecycle raised the key's row version: re-read the key.
+        self.refresh_key(&l.key_id).await?;
         self.lifecycle_cache_put(l);
         Ok(Empty)
     }
@@ -552,6 +556,7 @@ impl Kms {
         self.store
             .finish_rotation(&cached.record, &entry, &l)
             .await?;
+        cached.record.row_version += 1; // the store raised it (compare-and-set)
         self.lifecycle_cache_put(l);
         let arc = self.cache_put(cached);
         tracing::info!(key_id, version, rotation_type, "key rotated");
