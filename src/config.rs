@@ -17,7 +17,10 @@ use crate::identity::arn::Arn;
 use crate::identity::directory::AccountFiles;
 use crate::identity::{CertBinding, CertMatcher, DirectoryFiles};
 
+pub mod store;
 pub mod xks;
+
+pub use store::{StoreBackend, StoreConfig, StoreTls};
 
 /// Why a configuration was refused. The message names the field and the fault.
 #[derive(Debug, thiserror::Error)]
@@ -350,14 +353,6 @@ fn default_true() -> bool {
     true
 }
 
-/// `[store]`: metadata persistence.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// Directory of the embedded SQLite database.
-    pub data_dir: PathBuf,
-}
-
 /// `[audit]`: the tamper-evident audit trail.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -551,7 +546,7 @@ impl Config {
         fix(&mut self.server.tls_cert);
         fix(&mut self.server.tls_key);
         fix(&mut self.server.client_ca);
-        fix(&mut self.store.data_dir);
+        self.store.resolve_paths(fix);
         if let Some(p) = self.hsm.pin_file.as_mut() {
             fix(p);
         }
@@ -592,6 +587,7 @@ impl Config {
         self.xks.validate()?;
         self.validate_audit()?;
         self.validate_node()?;
+        self.store.validate()?;
         self.validate_identity()
     }
 
@@ -843,6 +839,7 @@ impl Config {
         for s in &self.xks.key_store {
             files.push(("xks.key_store.credentials_file", s.credentials_file.clone()));
         }
+        files.extend(self.store.secret_file());
         files
     }
 

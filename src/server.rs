@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
 use crate::pb::security_token_service_server::SecurityTokenServiceServer;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::StoreError;
 
 /// Largest gRPC message the daemon decodes. The largest legitimate request (a 32 KB key policy
 /// or a 6 KB ciphertext with a full encryption context) is far below it.
@@ -579,7 +579,7 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
     let hsm = open_hsm(config).await?;
-    let store = SqliteStore::open(&config.store.data_dir).await?;
+    let store = crate::store::open(&config.store).await?;
     let kms = Kms::open(
         KmsSettings {
             partition: config.kms.partition.clone(),
@@ -589,7 +589,7 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
                 .saturating_mul(1000),
             xks_health_cache_ms: config.xks.health_cache_ms,
         },
-        Arc::new(store),
+        store,
         hsm,
         Arc::new(directory),
         Arc::new(SessionStore::new()),

@@ -724,6 +724,7 @@ impl Kms {
             connect: false,
             created_at_ms: self.now_ms(),
             xks: Some(xks),
+            row_version: 1,
         };
         Ok((guard, record))
     }
@@ -804,6 +805,7 @@ impl Kms {
         record.xks = Some(xks);
         super::record::before_change().await?;
         self.store.update_key_store(&record).await?;
+        record.row_version += 1; // the store raised it (compare-and-set)
         handle.set_record(record);
         if new_secret.is_some() && handle.state().0 == ConnectionState::Connected {
             self.key_stores.start_connect(handle);

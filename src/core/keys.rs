@@ -705,6 +705,7 @@ impl Kms {
             created_at_ms: record.created_at_ms,
         };
         self.store.add_version_and_update(&version, &record).await?;
+        record.row_version += 1; // the store raised it (compare-and-set)
         Ok(self.cache_put(self.new_cached(record, vec![1], tags, compiled)?))
     }
 

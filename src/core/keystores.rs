@@ -441,6 +441,7 @@ impl Kms {
             connect: false,
             created_at_ms: self.now_ms(),
             xks: None,
+            row_version: 1,
         };
         self.insert_new_store(record).await
     }
@@ -495,6 +496,7 @@ impl Kms {
         record.connect = connect;
         super::record::before_change().await?;
         self.store.update_key_store(&record).await?;
+        record.row_version += 1; // the store raised it (compare-and-set)
         handle.set_record(record);
         Ok(())
     }
@@ -607,6 +609,7 @@ impl Kms {
         self.apply_update(caller, &mut record, &req).await?;
         super::record::before_change().await?;
         self.store.update_key_store(&record).await?;
+        record.row_version += 1; // the store raised it (compare-and-set)
         handle.set_record(record);
         Ok(Empty)
     }

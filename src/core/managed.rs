@@ -365,6 +365,7 @@ impl Kms {
                 other => Err(other.into()),
             };
         }
+        record.row_version += 1; // put_lifecycle raised it
         let cached = self
             .generate_and_enable(record, SpecKind::Symmetric, Vec::new(), compiled)
             .await?;

@@ -44,7 +44,7 @@ async fn engine(data: &Path) -> (Arc<Kms>, Caller) {
     let dir = directory();
     let caller = root(&dir);
     let hsm = Hsm::open(&crate::hsm::tests::test_config()).expect("test token");
-    let store = SqliteStore::open(data).await.expect("sqlite store");
+    let store = SqliteStore::open_sqlite(data).await.expect("sqlite store");
     let settings = KmsSettings {
         partition: "aws".into(),
         region: "us-east-1".into(),
@@ -180,7 +180,7 @@ async fn a_stale_cache_is_retried_on_fresh_state_not_overwritten() {
     let data = tempfile::tempdir().unwrap();
     let (kms, caller) = engine(data.path()).await;
     let key = new_key(&kms, &caller).await;
-    let other = SqliteStore::open(data.path()).await.unwrap();
+    let other = SqliteStore::open_sqlite(data.path()).await.unwrap();
     let mut behind = other.get_key(&key).await.unwrap().unwrap().key;
     let read_at = behind.row_version;
     behind.policy = root_policy("changed-by-another-node");

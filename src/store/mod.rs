@@ -1,16 +1,198 @@
 //! Metadata persistence: keys, key versions, aliases, tags and key policies.
 //!
-//! The engine talks to a [`MetadataStore`]; SQLite (embedded, the default) lives in
-//! [`sqlite`]. Nothing here ever holds key material: the HSM does. Every multi-row change is
-//! one transaction, so a failed request never leaves a partial change behind.
+//! The engine talks to a [`MetadataStore`]; the one implementation, [`SqlStore`] in [`sql`],
+//! runs on SQLite (embedded, the default, one node) or PostgreSQL (shared by several nodes),
+//! chosen by `[store] backend` and opened by [`open`]. Nothing here ever holds key material:
+//! the HSM does. Every change is one transaction, so a failed request never leaves a partial
+//! change behind, and every change appends to the change log in that same transaction.
 
 use crate::wire_enum::wire_enum;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-pub mod sqlite;
+pub mod sql;
 
-pub use sqlite::SqliteStore;
+pub use sql::{PgSettings, PgTls, SqlStore};
+
+/// The embedded store under its former name (SQLite is one of [`SqlStore`]'s backends).
+pub type SqliteStore = SqlStore;
+
+/// Opens the store `[store]` names (migrations run first), for the server and `check`.
+pub async fn open(config: &crate::config::StoreConfig) -> Result<Arc<SqlStore>, StoreError> {
+    use crate::config::{StoreBackend, StoreTls};
+    let store = match config.backend {
+        StoreBackend::Sqlite => SqlStore::open_sqlite(&config.data_dir).await?,
+        StoreBackend::Postgres => {
+            let password = config
+                .postgres_password()
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            let settings = PgSettings {
+                url: config.url.clone().unwrap_or_default(),
+                password,
+                pool_size: config.pool_size,
+                tls: match config.tls {
+                    StoreTls::Disable => PgTls::Disable,
+                    StoreTls::Require => PgTls::Require,
+                    StoreTls::VerifyFull => PgTls::VerifyFull,
+                },
+                ca_file: config.ca_file.clone(),
+            };
+            SqlStore::open_postgres(&settings).await?
+        }
+    };
+    Ok(Arc::new(store))
+}
+
+/// Which SQL database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite file (one node).
+    Sqlite,
+    /// A PostgreSQL server (any number of nodes).
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`, as `[store] backend` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+wire_enum!(
+    /// What one change-log row says changed, so that a node refreshes just that item.
+    ChangeKind {
+        /// A key row with its versions, tags, lifecycle or import tokens; id: the key id.
+        Key,
+        /// An alias; id: `<account>/<alias name>`.
+        Alias,
+        /// The grants of a key; id: the key id.
+        Grants,
+        /// A custom key store; id: the store id.
+        KeyStore,
+        /// An AssumeRole session; id: its access key id.
+        Session,
+    }
+);
+
+/// One change-log row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Increasing; a later commit may hold a lower seq than one already read (sequences are
+    /// taken before commit), so readers re-read a short window behind their last seq.
+    pub seq: i64,
+    /// Unix milliseconds of the write.
+    pub at_ms: i64,
+    pub kind: ChangeKind,
+    /// See [`ChangeKind`].
+    pub id: String,
+}
+
+/// A stored AssumeRole session (migration 0008), so that a session issued by one node works
+/// on all. The secret access key arrives sealed on the HSM; the session token only as its
+/// SHA-256. Nothing here is a plaintext secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub access_key_id: String,
+    /// Lowercase hex SHA-256 of the session token.
+    pub token_sha256: String,
+    /// The secret access key sealed on the default HSM.
+    pub sealed_secret: Vec<u8>,
+    pub role_arn: String,
+    pub role_id: String,
+    pub session_name: String,
+    pub session_arn: String,
+    pub account: String,
+    /// The session policy document (JSON text), if any.
+    pub session_policy: Option<String>,
+    /// Session tags, in order.
+    pub tags: Vec<(String, String)>,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+crate::redact::redacted_debug!(SessionRecord {
+    access_key_id,
+    role_arn,
+    session_name,
+    account,
+    created_at_ms,
+    expires_at_ms,
+    sealed_secret: redacted,
+    ..
+});
+
+/// A background duty exactly one node runs at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Duty {
+    /// The deletion sweeper.
+    Sweeper,
+    /// Automatic key rotation.
+    Rotation,
+    /// Imported-material and import-token expiry.
+    ImportExpiry,
+    /// Store/token reconciliation.
+    Reconcile,
+    /// Pruning of the change log and expired sessions.
+    Maintenance,
+}
+
+impl Duty {
+    /// The PostgreSQL advisory-lock key of the duty: fixed, one per duty (`p11k` + index).
+    pub fn lock_key(self) -> i64 {
+        const BASE: i64 = 0x7031_316b_0000_0000;
+        BASE + match self {
+            Duty::Sweeper => 1,
+            Duty::Rotation => 2,
+            Duty::ImportExpiry => 3,
+            Duty::Reconcile => 4,
+            Duty::Maintenance => 5,
+        }
+    }
+}
+
+/// Leadership of one [`Duty`], held while this value lives. On PostgreSQL it owns one
+/// dedicated connection holding `pg_try_advisory_lock(duty.lock_key())`: if that connection
+/// is lost the server releases the lock, and [`LeaderGuard::still_held`] says so. On SQLite
+/// (one node by definition) it always leads.
+pub struct LeaderGuard {
+    duty: Duty,
+    conn: Option<sqlx::AnyConnection>,
+}
+
+impl std::fmt::Debug for LeaderGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderGuard")
+            .field("duty", &self.duty)
+            .field("dedicated_connection", &self.conn.is_some())
+            .finish()
+    }
+}
+
+/// What `p11kms check` reports of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreInfo {
+    pub backend: Backend,
+    /// `sqlite_version()` or PostgreSQL's `server_version`.
+    pub server_version: String,
+    /// Versions recorded as applied in `_sqlx_migrations`, ascending.
+    pub applied_migrations: Vec<i64>,
+    /// The newest migration this binary knows.
+    pub latest_known: i64,
+}
+
+impl StoreInfo {
+    /// The newest applied migration (0 on an empty database).
+    pub fn latest_applied(&self) -> i64 {
+        self.applied_migrations.last().copied().unwrap_or(0)
+    }
+}
 
 wire_enum!(
     /// Lifecycle state of a KMS key, with AWS's names (kms-spec section 1.4).
@@ -220,6 +402,9 @@ pub struct KeyStoreRecord {
     pub created_at_ms: i64,
     /// The proxy of an `EXTERNAL_KEY_STORE` store (`None`: an `AWS_CLOUDHSM` store).
     pub xks: Option<XksProxyRecord>,
+    /// The row's version as read (1 for a new store); [`MetadataStore::update_key_store`] is
+    /// compare-and-set on it.
+    pub row_version: i64,
 }
 
 /// How an external key store reaches its XKS proxy (migration 0007).
@@ -253,6 +438,7 @@ crate::redact::redacted_debug!(KeyStoreRecord {
     connect,
     created_at_ms,
     xks,
+    row_version,
     sealed_password: redacted,
     ..
 });
@@ -294,6 +480,18 @@ pub enum StoreError {
 }
 
 /// Persistence for key metadata. Implementations must make each method atomic.
+///
+/// Compare-and-set: every write that takes a `&KeyRecord` (`update_key`,
+/// `add_version_and_update`, `finish_rotation`, `finish_import`, `update_key_and_lifecycle`)
+/// applies only while the stored row is still at `key.row_version`; on success the stored
+/// row version is `key.row_version + 1`. Zero rows matched: `NotFound` if the key is gone,
+/// otherwise `Conflict`, and nothing of the call was applied. `put_tags`, `remove_tags` and
+/// `put_lifecycle` raise the key's row version too, unconditionally, so that a record read
+/// before them is stale afterwards. The same holds for key stores and `update_key_store`.
+///
+/// Every write also appends to the change log in its own transaction ([`ChangeKind`] says
+/// which rows of which kind; `put_key_usage`, `record_orphans` and expiry deletes are not
+/// logged: they carry nothing another node caches for a decision).
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Phase one of creation: inserts the key row (normally in `Creating`) with its tags.
@@ -306,7 +504,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         key: &KeyRecord,
     ) -> Result<(), StoreError>;
     /// Overwrites the mutable columns of an existing key row (state, description, dates,
-    /// current version, policy). `NotFound` if the row does not exist.
+    /// current version, policy), compare-and-set on `key.row_version` (see the trait).
     async fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     /// One key with its versions and tags.
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError>;
@@ -411,8 +609,9 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Inserts a store; `AlreadyExists` if its id, its (account, name) or its cluster is taken.
     async fn insert_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError>;
-    /// Overwrites a store's name, cluster, sealed password and connect flag; `NotFound` if
-    /// absent, `AlreadyExists` if the new name or cluster is taken.
+    /// Overwrites a store's name, cluster, sealed password and connect flag, compare-and-set
+    /// on `store.row_version` (raised by one on success); `NotFound` if absent, `Conflict` if
+    /// it changed meanwhile, `AlreadyExists` if the new name or cluster is taken.
     async fn update_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError>;
     /// Deletes a store; `NotFound` if absent, `AlreadyExists` while a key still names it.
     async fn delete_key_store(&self, store_id: &str) -> Result<(), StoreError>;
@@ -422,4 +621,43 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn record_orphans(&self, orphans: &[OrphanRecord]) -> Result<(), StoreError>;
     /// Every recorded orphaned object, ordered by (store, key, version).
     async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StoreError>;
+
+    // Several nodes (migration 0008).
+
+    /// Change-log rows with `seq > after_seq`, ascending, at most `limit`.
+    async fn changes_since(&self, after_seq: i64, limit: u32) -> Result<Vec<Change>, StoreError>;
+    /// The highest seq in the change log (0 when empty).
+    async fn last_change_seq(&self) -> Result<i64, StoreError>;
+    /// Removes change-log rows written before `older_than_ms`; returns how many.
+    async fn prune_changes(&self, older_than_ms: i64) -> Result<u64, StoreError>;
+    /// A waker that changes (to the newest seq notified) when another writer commits a
+    /// change: PostgreSQL `LISTEN p11kms_changes`, reconnecting by itself (a reconnect also
+    /// wakes, as notifications may have been missed). `None` on SQLite (one node).
+    fn subscribe_changes(&self) -> Option<tokio::sync::watch::Receiver<i64>>;
+
+    /// Stores a session; `AlreadyExists` if its access key id or token is taken.
+    async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// The session with this access key id, if stored (expired ones included until deleted).
+    async fn get_session(&self, access_key_id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Deletes sessions that expired at or before `now_ms`; returns how many.
+    async fn delete_expired_sessions(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Tries to become the one node running `duty`; `None` while another node holds it.
+    async fn try_lead(&self, duty: Duty) -> Result<Option<LeaderGuard>, StoreError>;
+    /// Backend, server version and migration state, for `p11kms check`.
+    async fn describe(&self) -> Result<StoreInfo, StoreError>;
+
+    // Point lookups, to refresh one cached item after a change-log row.
+
+    /// One alias.
+    async fn get_alias(&self, account: &str, name: &str)
+        -> Result<Option<AliasRecord>, StoreError>;
+    /// The grants of one key, ordered by (creation time, grant id).
+    async fn grants_of(&self, key_id: &str) -> Result<Vec<GrantRecord>, StoreError>;
+    /// One grant (a grant token presented before this node saw the grant).
+    async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError>;
+    /// One key's lifecycle row.
+    async fn get_lifecycle(&self, key_id: &str) -> Result<Option<KeyLifecycle>, StoreError>;
+    /// One custom key store.
+    async fn get_key_store(&self, store_id: &str) -> Result<Option<KeyStoreRecord>, StoreError>;
 }

@@ -1,139 +1,354 @@
-//! The embedded SQLite metadata store (the default backend).
+//! The SQL metadata store: one implementation over sqlx's `Any` driver, for SQLite (embedded,
+//! the default: one file `p11kms.db` in the data directory) and PostgreSQL (shared by several
+//! nodes).
 //!
-//! One database file, `p11kms.db`, in the data directory: WAL journal, `synchronous = FULL`,
-//! foreign keys on, a small connection pool. Versioned migrations are compiled into the binary
-//! and run at start-up; sqlx records each one with its checksum in `_sqlx_migrations`, so an
-//! edited migration or a database written by a newer binary is refused instead of misread.
+//! Every statement is written once, with `$N` placeholders (SQLite accepts them too). The
+//! dialects differ only in three places: the migration directories (`migrations/sqlite/` and
+//! `migrations/postgres/`, same version numbers and meaning), the statement that begins a
+//! write transaction (`BEGIN IMMEDIATE` on SQLite, which takes the write lock up front so a
+//! transaction never has to upgrade a read lock; plain `BEGIN` on PostgreSQL), and connection
+//! set-up (on SQLite each new connection sets WAL, `synchronous = FULL`, foreign keys and a
+//! busy timeout). Integers are read as 64-bit values and flags as 0/1 integers, which both
+//! backends decode alike through `Any`.
 //!
-//! Every write that touches more than one row runs in one `BEGIN IMMEDIATE` transaction: it
-//! takes the write lock up front, so a transaction never has to upgrade a read lock (which
-//! SQLite answers with `SQLITE_BUSY` without waiting).
+//! Migrations are compiled into the binary and run at start-up; sqlx records each one with its
+//! checksum in `_sqlx_migrations`, so an edited migration or a database written by a newer
+//! binary is refused instead of misread. On PostgreSQL sqlx's migrator itself holds
+//! `pg_advisory_lock` (keyed on the database name) while it checks and applies migrations
+//! (sqlx-postgres `migrate.rs`, `lock`), so nodes starting together on an empty database do
+//! not race: the second waits, then finds everything applied.
+//!
+//! Every write appends one or more rows to `change_log` in its own transaction (see
+//! [`super::ChangeKind`]); on PostgreSQL a trigger on that table NOTIFYs `p11kms_changes`,
+//! delivered at commit.
 
 use super::{
-    AliasRecord, GrantRecord, ImportTokenRecord, KeyBundle, KeyLifecycle, KeyRecord, KeyState,
-    KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, OrphanRecord, RotationEntry,
-    StoreError, Tag, UsageOperation,
+    AliasRecord, Backend, Change, ChangeKind, Duty, GrantRecord, ImportTokenRecord, KeyBundle,
+    KeyLifecycle, KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, LeaderGuard,
+    MetadataStore, OrphanRecord, RotationEntry, SessionRecord, StoreError, StoreInfo, Tag,
+    UsageOperation,
 };
 use async_trait::async_trait;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Row, Transaction};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
-/// File name of the database inside the data directory.
+mod cluster;
+mod key_stores;
+
+/// File name of the SQLite database inside the data directory.
 pub const DB_FILE_NAME: &str = "p11kms.db";
 
-const MAX_CONNECTIONS: u32 = 4;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// How long a request waits for a pooled connection before the store answers `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The embedded migrations as (version, description, SQL), in version order.
-///
-/// Append only: never edit or renumber a released entry, sqlx checks the checksums.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../../migrations/0001_init.sql")),
+/// Set on every new SQLite connection.
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 5000",
+];
+
+/// One embedded migration: (version, description, SQL).
+type Embedded = (i64, &'static str, &'static str);
+
+/// The SQLite migrations, in version order. Append only: never edit or renumber a released
+/// entry, sqlx checks the checksums.
+const SQLITE_MIGRATIONS: &[Embedded] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
     (
         2,
         "deleted keys",
-        include_str!("../../migrations/0002_deleted_keys.sql"),
+        include_str!("../../migrations/sqlite/0002_deleted_keys.sql"),
     ),
     (
         3,
         "grants",
-        include_str!("../../migrations/0003_grants.sql"),
+        include_str!("../../migrations/sqlite/0003_grants.sql"),
     ),
     (
         4,
         "rotation import",
-        include_str!("../../migrations/0004_rotation_import.sql"),
+        include_str!("../../migrations/sqlite/0004_rotation_import.sql"),
     ),
     (
         5,
         "key last usage",
-        include_str!("../../migrations/0005_key_last_usage.sql"),
+        include_str!("../../migrations/sqlite/0005_key_last_usage.sql"),
     ),
     (
         6,
         "custom key stores",
-        include_str!("../../migrations/0006_custom_key_stores.sql"),
+        include_str!("../../migrations/sqlite/0006_custom_key_stores.sql"),
     ),
     (
         7,
         "external key stores",
-        include_str!("../../migrations/0007_external_key_stores.sql"),
+        include_str!("../../migrations/sqlite/0007_external_key_stores.sql"),
+    ),
+    (
+        8,
+        "cluster",
+        include_str!("../../migrations/sqlite/0008_cluster.sql"),
+    ),
+];
+
+/// The PostgreSQL migrations: the same versions with the same meaning as SQLite's.
+const POSTGRES_MIGRATIONS: &[Embedded] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "deleted keys",
+        include_str!("../../migrations/postgres/0002_deleted_keys.sql"),
+    ),
+    (
+        3,
+        "grants",
+        include_str!("../../migrations/postgres/0003_grants.sql"),
+    ),
+    (
+        4,
+        "rotation import",
+        include_str!("../../migrations/postgres/0004_rotation_import.sql"),
+    ),
+    (
+        5,
+        "key last usage",
+        include_str!("../../migrations/postgres/0005_key_last_usage.sql"),
+    ),
+    (
+        6,
+        "custom key stores",
+        include_str!("../../migrations/postgres/0006_custom_key_stores.sql"),
+    ),
+    (
+        7,
+        "external key stores",
+        include_str!("../../migrations/postgres/0007_external_key_stores.sql"),
+    ),
+    (
+        8,
+        "cluster",
+        include_str!("../../migrations/postgres/0008_cluster.sql"),
     ),
 ];
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
      created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
-     custom_key_store_id, xks_key_id";
+     custom_key_store_id, xks_key_id, row_version";
 
-/// [`MetadataStore`] on an embedded SQLite database.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+/// TLS towards PostgreSQL (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgTls {
+    /// Plain TCP (a loopback or otherwise protected network only).
+    Disable,
+    /// TLS, server certificate not verified.
+    Require,
+    /// TLS, certificate verified against `ca_file` and the host name.
+    VerifyFull,
 }
 
-impl SqliteStore {
+/// How to reach PostgreSQL. The URL carries no password; it is given apart, held in zeroizing
+/// memory, and never printed.
+pub struct PgSettings {
+    /// `postgres://user@host:port/database` (query parameters allowed, no password).
+    pub url: String,
+    /// The role's password, if the server asks for one.
+    pub password: Option<Zeroizing<String>>,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// TLS mode.
+    pub tls: PgTls,
+    /// CA certificate (PEM) for `verify-full`.
+    pub ca_file: Option<PathBuf>,
+}
+
+crate::redact::redacted_debug!(PgSettings {
+    url,
+    pool_size,
+    tls,
+    ca_file,
+    password: redacted,
+});
+
+/// [`MetadataStore`] on SQLite or PostgreSQL through sqlx's `Any` driver.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    /// PostgreSQL only: the full connection URL (with the password) for the LISTEN task and
+    /// leader connections.
+    pg_url: Option<std::sync::Arc<Zeroizing<String>>>,
+    /// The change waker, made by the first `subscribe_changes` (PostgreSQL only).
+    changes: std::sync::Arc<OnceLock<std::sync::Arc<tokio::sync::watch::Sender<i64>>>>,
+}
+
+crate::redact::redacted_debug!(SqlStore { backend, .. });
+
+impl SqlStore {
     /// Opens (creating if needed) `data_dir/p11kms.db` and runs pending migrations.
-    pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+    pub async fn open_sqlite(data_dir: &Path) -> Result<SqlStore, StoreError> {
         tokio::fs::create_dir_all(data_dir).await.map_err(|e| {
             StoreError::Database(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
         })?;
-        let options = SqliteConnectOptions::new()
+        let url = SqliteConnectOptions::new()
             .filename(data_dir.join(DB_FILE_NAME))
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
+            .to_url_lossy();
+        let pool = AnyPoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    for pragma in SQLITE_PRAGMAS {
+                        conn.execute(*pragma).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(any_options(url.as_str())?)
             .await
             .map_err(db_err)?;
-        if let Err(e) = run_migrations(&pool).await {
+        Self::finish_open(pool, Backend::Sqlite, None).await
+    }
+
+    /// Connects to PostgreSQL and runs pending migrations (under sqlx's advisory lock).
+    pub async fn open_postgres(settings: &PgSettings) -> Result<SqlStore, StoreError> {
+        let url = pg_url(settings)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(settings.pool_size.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(any_options(&url)?)
+            .await
+            .map_err(db_err)?;
+        Self::finish_open(pool, Backend::Postgres, Some(url)).await
+    }
+
+    async fn finish_open(
+        pool: AnyPool,
+        backend: Backend,
+        pg_url: Option<Zeroizing<String>>,
+    ) -> Result<SqlStore, StoreError> {
+        if let Err(e) = run_migrations(&pool, backend).await {
             pool.close().await;
             return Err(e);
         }
-        Ok(SqliteStore { pool })
+        Ok(SqlStore {
+            pool,
+            backend,
+            pg_url: pg_url.map(std::sync::Arc::new),
+            changes: std::sync::Arc::default(),
+        })
     }
 
-    /// The underlying connection pool (for later tables and maintenance).
-    pub fn pool(&self) -> &SqlitePool {
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The underlying connection pool (tests and maintenance).
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Begins a transaction that holds the write lock from its first statement.
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)
+    /// Closes the pool (waits for connections in use to come back).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock from the first
+    /// statement), a plain `BEGIN` on PostgreSQL (row locks and the CAS do the rest).
+    async fn write_tx(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .map_err(db_err)
     }
 }
 
-/// The embedded migrations as a sqlx migration source.
+/// Installs sqlx's drivers (once per process) and parses `url` for the `Any` driver.
+fn any_options(url: &str) -> Result<AnyConnectOptions, StoreError> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(sqlx::any::install_default_drivers);
+    url.parse::<AnyConnectOptions>()
+        .map(|o| o.disable_statement_logging())
+        .map_err(|e| StoreError::Database(format!("store URL: {}", redact_url_error(&e))))
+}
+
+/// An sqlx error about a URL, without echoing the URL (it may hold the password).
+fn redact_url_error(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Configuration(_) => "invalid connection URL",
+        _ => "cannot parse the connection URL",
+    }
+}
+
+/// The full PostgreSQL URL: the configured one with the password and TLS parameters added.
+fn pg_url(s: &PgSettings) -> Result<Zeroizing<String>, StoreError> {
+    let bad = |m: &str| StoreError::Database(format!("store.url: {m}"));
+    let mut url = url::Url::parse(&s.url).map_err(|_| bad("not a URL"))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(bad("the scheme must be postgres://"));
+    }
+    if url.password().is_some() {
+        return Err(bad(
+            "must not carry a password (use password_file or password_env)",
+        ));
+    }
+    if let Some(p) = &s.password {
+        url.set_password(Some(p.as_str()))
+            .map_err(|_| bad("cannot carry a password (no user name?)"))?;
+    }
+    let mode = match s.tls {
+        PgTls::Disable => "disable",
+        PgTls::Require => "require",
+        PgTls::VerifyFull => "verify-full",
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("sslmode", mode);
+        if let Some(ca) = &s.ca_file {
+            q.append_pair("sslrootcert", &ca.to_string_lossy());
+        }
+    }
+    Ok(Zeroizing::new(String::from(url)))
+}
+
+/// The embedded migrations of one dialect as a sqlx migration source.
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(&'static [Embedded]);
 
 type ResolveFuture = Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send>>;
 
 impl MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(self) -> ResolveFuture {
-        Box::pin(async {
-            Ok(MIGRATIONS
+        Box::pin(async move {
+            Ok(self
+                .0
                 .iter()
                 .map(|&(version, description, sql)| {
                     Migration::new(
@@ -149,26 +364,53 @@ impl MigrationSource<'static> for EmbeddedMigrations {
     }
 }
 
-/// Applies every embedded migration not yet recorded; a no-op on an up-to-date database.
-async fn run_migrations(pool: &SqlitePool) -> Result<(), StoreError> {
-    let migrator = Migrator::new(EmbeddedMigrations)
-        .await
-        .map_err(|e| StoreError::Database(format!("migration: {e}")))?;
-    migrator
-        .run(pool)
-        .await
-        .map_err(|e| StoreError::Database(format!("migration: {e}")))
+/// The migrations this binary knows for `backend`.
+fn migrations_of(backend: Backend) -> &'static [Embedded] {
+    match backend {
+        Backend::Sqlite => SQLITE_MIGRATIONS,
+        Backend::Postgres => POSTGRES_MIGRATIONS,
+    }
 }
 
-/// Maps an sqlx error with no special meaning for the caller. sqlx's messages carry the
-/// SQLite error text, never bound parameters.
-fn db_err(e: sqlx::Error) -> StoreError {
-    match e {
+/// Applies every embedded migration not yet recorded; a no-op on an up-to-date database.
+async fn run_migrations(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let migrator = Migrator::new(EmbeddedMigrations(migrations_of(backend)))
+        .await
+        .map_err(|e| StoreError::Database(format!("migration: {e}")))?;
+    migrator.run(pool).await.map_err(|e| match e {
+        sqlx::migrate::MigrateError::Execute(inner) => match db_err(inner) {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m),
+            other => StoreError::Database(format!("migration: {other}")),
+        },
+        other => StoreError::Database(format!("migration: {other}")),
+    })
+}
+
+/// The one mapping from an sqlx error to a [`StoreError`] kind (writes add constraint
+/// meanings in [`write_err`]). A lost or refused connection, a pool that timed out or was
+/// closed, and PostgreSQL's connection (`08xxx`) and shutdown (`57P01`-`57P03`) SQLSTATEs are
+/// `Unavailable`; undecodable values are `Corrupt`; the rest is `Database`. sqlx's messages
+/// carry the database's error text, never bound parameters.
+pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
+    match &e {
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
             StoreError::Corrupt(e.to_string())
         }
-        other => StoreError::Database(other.to_string()),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(d) if d.code().as_deref().is_some_and(is_unavailable_code) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Database(e.to_string()),
     }
+}
+
+/// PostgreSQL SQLSTATEs that mean "the server is not there for you right now".
+fn is_unavailable_code(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// Maps an error of a write: a unique violation becomes `AlreadyExists(exists)`, a foreign-key
@@ -189,6 +431,52 @@ fn write_err(
     db_err(e)
 }
 
+/// Unix milliseconds now (the change log's time, used only for pruning).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Appends one change to the log on `conn` (the caller's transaction).
+async fn log_change(
+    conn: &mut AnyConnection,
+    kind: ChangeKind,
+    id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO change_log (at_ms, kind, id) VALUES ($1, $2, $3)")
+        .bind(now_ms())
+        .bind(kind.as_str())
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// The change-log id of an alias.
+fn alias_change_id(account: &str, name: &str) -> String {
+    format!("{account}/{name}")
+}
+
+/// Logs the removal of a key: the key itself and every alias that pointed at it (their rows
+/// go with it). Called before the rows are deleted.
+async fn log_key_removal(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
+    let aliases: Vec<(String, String)> = sqlx::query_as(
+        "SELECT account, name FROM aliases WHERE key_id = $1 ORDER BY account, name",
+    )
+    .bind(key_id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    log_change(conn, ChangeKind::Key, key_id).await?;
+    for (account, name) in aliases {
+        log_change(conn, ChangeKind::Alias, &alias_change_id(&account, &name)).await?;
+    }
+    Ok(())
+}
+
 fn key_missing(key_id: &str) -> String {
     format!("key {key_id}")
 }
@@ -198,14 +486,14 @@ fn alias_label(account: &str, name: &str) -> String {
 }
 
 /// Reads an INTEGER column as a u32, `Corrupt` if it is out of range.
-fn get_u32(row: &SqliteRow, column: &str, key_id: &str) -> Result<u32, StoreError> {
+fn get_u32(row: &AnyRow, column: &str, key_id: &str) -> Result<u32, StoreError> {
     let raw: i64 = row.try_get(column).map_err(db_err)?;
     u32::try_from(raw).map_err(|_| {
         StoreError::Corrupt(format!("key {key_id}: {column} {raw} is not a valid u32"))
     })
 }
 
-fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     let key_id: String = row.try_get("key_id").map_err(db_err)?;
     let state_text: String = row.try_get("state").map_err(db_err)?;
     let state = KeyState::parse(&state_text).ok_or_else(|| {
@@ -237,13 +525,12 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         policy: row.try_get("policy").map_err(db_err)?,
         custom_key_store_id: row.try_get("custom_key_store_id").map_err(db_err)?,
         xks_key_id: row.try_get("xks_key_id").map_err(db_err)?,
-        // Row versions arrive with the store's next migration; until then every row is at 1.
-        row_version: 1,
+        row_version: row.try_get("row_version").map_err(db_err)?,
         key_id,
     })
 }
 
-fn version_from_row(row: &SqliteRow) -> Result<KeyVersion, StoreError> {
+fn version_from_row(row: &AnyRow) -> Result<KeyVersion, StoreError> {
     let key_id: String = row.try_get("key_id").map_err(db_err)?;
     let version = get_u32(row, "version", &key_id)?;
     Ok(KeyVersion {
@@ -254,7 +541,7 @@ fn version_from_row(row: &SqliteRow) -> Result<KeyVersion, StoreError> {
 }
 
 /// A tag row as (key id, tag).
-fn tag_from_row(row: &SqliteRow) -> Result<(String, Tag), StoreError> {
+fn tag_from_row(row: &AnyRow) -> Result<(String, Tag), StoreError> {
     Ok((
         row.try_get("key_id").map_err(db_err)?,
         Tag {
@@ -264,7 +551,7 @@ fn tag_from_row(row: &SqliteRow) -> Result<(String, Tag), StoreError> {
     ))
 }
 
-fn alias_from_row(row: &SqliteRow) -> Result<AliasRecord, StoreError> {
+fn alias_from_row(row: &AnyRow) -> Result<AliasRecord, StoreError> {
     Ok(AliasRecord {
         account: row.try_get("account").map_err(db_err)?,
         name: row.try_get("name").map_err(db_err)?,
@@ -276,14 +563,15 @@ fn alias_from_row(row: &SqliteRow) -> Result<AliasRecord, StoreError> {
 
 /// Inserts the key row and its tags on `conn` (the caller owns the transaction).
 async fn insert_key_on(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     key: &KeyRecord,
     tags: &[Tag],
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO keys (key_id, account, description, key_spec, key_usage, origin, state, \
          created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
-         custom_key_store_id, xks_key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         custom_key_store_id, xks_key_id, row_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&key.key_id)
     .bind(&key.account)
@@ -294,11 +582,12 @@ async fn insert_key_on(
     .bind(key.state.as_str())
     .bind(key.created_at_ms)
     .bind(key.deletion_date_ms)
-    .bind(key.pending_window_days)
+    .bind(key.pending_window_days.map(i64::from))
     .bind(i64::from(key.current_version))
     .bind(&key.policy)
     .bind(&key.custom_key_store_id)
     .bind(&key.xks_key_id)
+    .bind(key.row_version)
     .execute(&mut *conn)
     .await
     .map_err(|e| write_err(e, || key_missing(&key.key_id), || key_missing(&key.key_id)))?;
@@ -307,13 +596,13 @@ async fn insert_key_on(
 
 /// Adds or overwrites tags of an existing key on `conn`.
 async fn upsert_tags_on(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     key_id: &str,
     tags: &[Tag],
 ) -> Result<(), StoreError> {
     for tag in tags {
         sqlx::query(
-            "INSERT INTO tags (key_id, tag_key, tag_value) VALUES (?, ?, ?) \
+            "INSERT INTO tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3) \
              ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
         )
         .bind(key_id)
@@ -334,10 +623,10 @@ async fn upsert_tags_on(
 
 /// Inserts a key version row on `conn`.
 async fn insert_version_on(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     version: &KeyVersion,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO key_versions (key_id, version, created_at_ms) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO key_versions (key_id, version, created_at_ms) VALUES ($1, $2, $3)")
         .bind(&version.key_id)
         .bind(i64::from(version.version))
         .bind(version.created_at_ms)
@@ -353,31 +642,53 @@ async fn insert_version_on(
     Ok(())
 }
 
-/// Overwrites the mutable columns of a key row on `conn`; `NotFound` if it does not exist.
-async fn update_key_on(conn: &mut SqliteConnection, key: &KeyRecord) -> Result<(), StoreError> {
+/// Compare-and-set of the mutable columns of a key row on `conn`: applied only while the
+/// stored `row_version` is still `key.row_version`, and raises it by one. `NotFound` if the
+/// row is gone, `Conflict` if it changed meanwhile.
+async fn update_key_on(conn: &mut AnyConnection, key: &KeyRecord) -> Result<(), StoreError> {
     let done = sqlx::query(
-        "UPDATE keys SET state = ?, description = ?, deletion_date_ms = ?, \
-         pending_window_days = ?, current_version = ?, policy = ? WHERE key_id = ?",
+        "UPDATE keys SET state = $1, description = $2, deletion_date_ms = $3, \
+         pending_window_days = $4, current_version = $5, policy = $6, \
+         row_version = row_version + 1 WHERE key_id = $7 AND row_version = $8",
     )
     .bind(key.state.as_str())
     .bind(&key.description)
     .bind(key.deletion_date_ms)
-    .bind(key.pending_window_days)
+    .bind(key.pending_window_days.map(i64::from))
     .bind(i64::from(key.current_version))
     .bind(&key.policy)
     .bind(&key.key_id)
+    .bind(key.row_version)
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
     if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound(key_missing(&key.key_id)));
+        require_key_on(conn, &key.key_id).await?;
+        return Err(StoreError::Conflict(format!(
+            "key {} is no longer at row version {}",
+            key.key_id, key.row_version
+        )));
     }
-    Ok(())
+    log_change(conn, ChangeKind::Key, &key.key_id).await
+}
+
+/// Raises a key's row version (a change to its tags or lifecycle) and logs the change;
+/// `NotFound` if the key does not exist.
+async fn touch_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE keys SET row_version = row_version + 1 WHERE key_id = $1")
+        .bind(key_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(key_missing(key_id)));
+    }
+    log_change(conn, ChangeKind::Key, key_id).await
 }
 
 /// `NotFound` unless the key row exists.
-async fn require_key_on(conn: &mut SqliteConnection, key_id: &str) -> Result<(), StoreError> {
-    let found = sqlx::query("SELECT 1 FROM keys WHERE key_id = ?")
+async fn require_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
+    let found = sqlx::query("SELECT 1 FROM keys WHERE key_id = $1")
         .bind(key_id)
         .fetch_optional(&mut *conn)
         .await
@@ -389,10 +700,11 @@ async fn require_key_on(conn: &mut SqliteConnection, key_id: &str) -> Result<(),
 }
 
 #[async_trait]
-impl MetadataStore for SqliteStore {
+impl MetadataStore for SqlStore {
     async fn insert_key(&self, key: &KeyRecord, tags: &[Tag]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         insert_key_on(&mut tx, key, tags).await?;
+        log_change(&mut tx, ChangeKind::Key, &key.key_id).await?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -414,14 +726,15 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        update_key_on(&mut conn, key).await
+        let mut tx = self.write_tx().await?;
+        update_key_on(&mut tx, key).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError> {
         // One read transaction: the three queries see the same snapshot.
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?"))
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = $1"))
             .bind(key_id)
             .fetch_optional(&mut *tx)
             .await
@@ -432,7 +745,7 @@ impl MetadataStore for SqliteStore {
         let key = key_from_row(&row)?;
         let versions = sqlx::query(
             "SELECT key_id, version, created_at_ms FROM key_versions \
-             WHERE key_id = ? ORDER BY version",
+             WHERE key_id = $1 ORDER BY version",
         )
         .bind(key_id)
         .fetch_all(&mut *tx)
@@ -442,7 +755,7 @@ impl MetadataStore for SqliteStore {
         .map(version_from_row)
         .collect::<Result<Vec<_>, _>>()?;
         let tags = sqlx::query(
-            "SELECT key_id, tag_key, tag_value FROM tags WHERE key_id = ? ORDER BY tag_key",
+            "SELECT key_id, tag_key, tag_value FROM tags WHERE key_id = $1 ORDER BY tag_key",
         )
         .bind(key_id)
         .fetch_all(&mut *tx)
@@ -509,11 +822,12 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        log_key_removal(&mut tx, key_id).await?;
         // Explicit child deletes, so the result does not depend on ON DELETE CASCADE alone.
         for sql in [
-            "DELETE FROM aliases WHERE key_id = ?",
-            "DELETE FROM tags WHERE key_id = ?",
-            "DELETE FROM key_versions WHERE key_id = ?",
+            "DELETE FROM aliases WHERE key_id = $1",
+            "DELETE FROM tags WHERE key_id = $1",
+            "DELETE FROM key_versions WHERE key_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(key_id)
@@ -521,7 +835,7 @@ impl MetadataStore for SqliteStore {
                 .await
                 .map_err(db_err)?;
         }
-        let done = sqlx::query("DELETE FROM keys WHERE key_id = ?")
+        let done = sqlx::query("DELETE FROM keys WHERE key_id = $1")
             .bind(key_id)
             .execute(&mut *tx)
             .await
@@ -536,7 +850,7 @@ impl MetadataStore for SqliteStore {
     async fn destroy_key(&self, key_id: &str, deleted_at_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         let account: Option<String> =
-            sqlx::query_scalar("SELECT account FROM keys WHERE key_id = ?")
+            sqlx::query_scalar("SELECT account FROM keys WHERE key_id = $1")
                 .bind(key_id)
                 .fetch_optional(&mut *tx)
                 .await
@@ -544,12 +858,14 @@ impl MetadataStore for SqliteStore {
         let Some(account) = account else {
             return Err(StoreError::NotFound(key_missing(key_id)));
         };
+        log_key_removal(&mut tx, key_id).await?;
+        log_change(&mut tx, ChangeKind::Grants, key_id).await?;
         for sql in [
-            "DELETE FROM aliases WHERE key_id = ?",
-            "DELETE FROM tags WHERE key_id = ?",
-            "DELETE FROM key_versions WHERE key_id = ?",
-            "DELETE FROM grants WHERE key_id = ?",
-            "DELETE FROM keys WHERE key_id = ?",
+            "DELETE FROM aliases WHERE key_id = $1",
+            "DELETE FROM tags WHERE key_id = $1",
+            "DELETE FROM key_versions WHERE key_id = $1",
+            "DELETE FROM grants WHERE key_id = $1",
+            "DELETE FROM keys WHERE key_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(key_id)
@@ -558,7 +874,9 @@ impl MetadataStore for SqliteStore {
                 .map_err(db_err)?;
         }
         sqlx::query(
-            "INSERT OR REPLACE INTO deleted_keys (key_id, account, deleted_at_ms) VALUES (?, ?, ?)",
+            "INSERT INTO deleted_keys (key_id, account, deleted_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (key_id) DO UPDATE SET account = excluded.account, \
+             deleted_at_ms = excluded.deleted_at_ms",
         )
         .bind(key_id)
         .bind(&account)
@@ -587,7 +905,7 @@ impl MetadataStore for SqliteStore {
         require_key_on(&mut tx, &g.key_id).await?;
         sqlx::query(
             "INSERT INTO grants (grant_id, key_id, name, grantee_principal, retiring_principal, \
-             operations, constraints, issuing_account, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             operations, constraints, issuing_account, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&g.grant_id)
         .bind(&g.key_id)
@@ -607,27 +925,29 @@ impl MetadataStore for SqliteStore {
                 || key_missing(&g.key_id),
             )
         })?;
+        log_change(&mut tx, ChangeKind::Grants, &g.key_id).await?;
         tx.commit().await.map_err(db_err)
     }
 
     async fn delete_grant(&self, grant_id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM grants WHERE grant_id = ?")
-            .bind(grant_id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        if done.rows_affected() == 0 {
+        let mut tx = self.write_tx().await?;
+        let key_id: Option<String> =
+            sqlx::query_scalar("DELETE FROM grants WHERE grant_id = $1 RETURNING key_id")
+                .bind(grant_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let Some(key_id) = key_id else {
             return Err(StoreError::NotFound(format!("grant {grant_id} not found")));
-        }
-        Ok(())
+        };
+        log_change(&mut tx, ChangeKind::Grants, &key_id).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn list_grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT grant_id, key_id, name, grantee_principal, retiring_principal, operations, \
-             constraints, issuing_account, created_at_ms FROM grants \
-             ORDER BY key_id, created_at_ms, grant_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants ORDER BY key_id, created_at_ms, grant_id"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
@@ -643,16 +963,16 @@ impl MetadataStore for SqliteStore {
 
     async fn put_tags(&self, key_id: &str, tags: &[Tag]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        require_key_on(&mut tx, key_id).await?;
+        touch_key_on(&mut tx, key_id).await?;
         upsert_tags_on(&mut tx, key_id, tags).await?;
         tx.commit().await.map_err(db_err)
     }
 
     async fn remove_tags(&self, key_id: &str, tag_keys: &[String]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        require_key_on(&mut tx, key_id).await?;
+        touch_key_on(&mut tx, key_id).await?;
         for tag_key in tag_keys {
-            sqlx::query("DELETE FROM tags WHERE key_id = ? AND tag_key = ?")
+            sqlx::query("DELETE FROM tags WHERE key_id = $1 AND tag_key = $2")
                 .bind(key_id)
                 .bind(tag_key)
                 .execute(&mut *tx)
@@ -663,16 +983,17 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO aliases (account, name, key_id, created_at_ms, updated_at_ms) \
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&alias.account)
         .bind(&alias.name)
         .bind(&alias.key_id)
         .bind(alias.created_at_ms)
         .bind(alias.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| {
             write_err(
@@ -681,7 +1002,9 @@ impl MetadataStore for SqliteStore {
                 || key_missing(&alias.key_id),
             )
         })?;
-        Ok(())
+        let id = alias_change_id(&alias.account, &alias.name);
+        log_change(&mut tx, ChangeKind::Alias, &id).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn update_alias(
@@ -691,33 +1014,37 @@ impl MetadataStore for SqliteStore {
         key_id: &str,
         updated_at_ms: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
-            "UPDATE aliases SET key_id = ?, updated_at_ms = ? WHERE account = ? AND name = ?",
+            "UPDATE aliases SET key_id = $1, updated_at_ms = $2 WHERE account = $3 AND name = $4",
         )
         .bind(key_id)
         .bind(updated_at_ms)
         .bind(account)
         .bind(name)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| write_err(e, || alias_label(account, name), || key_missing(key_id)))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(alias_label(account, name)));
         }
-        Ok(())
+        log_change(&mut tx, ChangeKind::Alias, &alias_change_id(account, name)).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn delete_alias(&self, account: &str, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM aliases WHERE account = ? AND name = ?")
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("DELETE FROM aliases WHERE account = $1 AND name = $2")
             .bind(account)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(alias_label(account, name)));
         }
-        Ok(())
+        log_change(&mut tx, ChangeKind::Alias, &alias_change_id(account, name)).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError> {
@@ -742,14 +1069,16 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn put_lifecycle(&self, l: &KeyLifecycle) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        put_lifecycle_on(&mut conn, l).await
+        let mut tx = self.write_tx().await?;
+        touch_key_on(&mut tx, &l.key_id).await?;
+        put_lifecycle_on(&mut tx, l).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn list_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT key_id, version, rotated_at_ms, rotation_type FROM key_rotations \
-             WHERE key_id = ? ORDER BY version",
+             WHERE key_id = $1 ORDER BY version",
         )
         .bind(key_id)
         .fetch_all(&self.pool)
@@ -771,22 +1100,27 @@ impl MetadataStore for SqliteStore {
         let mut tx = self.write_tx().await?;
         require_key_on(&mut tx, &version.key_id).await?;
         insert_version_on(&mut tx, version).await?;
+        log_change(&mut tx, ChangeKind::Key, &version.key_id).await?;
         tx.commit().await.map_err(db_err)
     }
 
     async fn abort_rotation(&self, key_id: &str, version: u32) -> Result<(), StoreError> {
-        sqlx::query(
-            "DELETE FROM key_versions WHERE key_id = ? AND version = ? AND NOT EXISTS \
-             (SELECT 1 FROM key_rotations WHERE key_id = ? AND version = ?)",
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "DELETE FROM key_versions WHERE key_id = $1 AND version = $2 AND NOT EXISTS \
+             (SELECT 1 FROM key_rotations WHERE key_id = $3 AND version = $4)",
         )
         .bind(key_id)
         .bind(i64::from(version))
         .bind(key_id)
         .bind(i64::from(version))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        Ok(())
+        if done.rows_affected() > 0 {
+            log_change(&mut tx, ChangeKind::Key, key_id).await?;
+        }
+        tx.commit().await.map_err(db_err)
     }
 
     async fn finish_rotation(
@@ -799,7 +1133,7 @@ impl MetadataStore for SqliteStore {
         update_key_on(&mut tx, key).await?;
         sqlx::query(
             "INSERT INTO key_rotations (key_id, version, rotated_at_ms, rotation_type) \
-             VALUES (?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(&entry.key_id)
         .bind(i64::from(entry.version))
@@ -824,10 +1158,11 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn insert_import_token(&self, t: &ImportTokenRecord) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO import_tokens (token_sha256, key_id, wrapping_key_id, \
              wrapping_algorithm, wrapping_key_spec, created_at_ms, expires_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&t.token_sha256)
         .bind(&t.key_id)
@@ -836,10 +1171,11 @@ impl MetadataStore for SqliteStore {
         .bind(&t.wrapping_key_spec)
         .bind(t.created_at_ms)
         .bind(t.expires_at_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| write_err(e, || "import token".into(), || key_missing(&t.key_id)))?;
-        Ok(())
+        log_change(&mut tx, ChangeKind::Key, &t.key_id).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn get_import_token(
@@ -847,7 +1183,7 @@ impl MetadataStore for SqliteStore {
         token_sha256: &str,
     ) -> Result<Option<ImportTokenRecord>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM import_tokens WHERE token_sha256 = ?"
+            "SELECT {TOKEN_COLUMNS} FROM import_tokens WHERE token_sha256 = $1"
         ))
         .bind(token_sha256)
         .fetch_optional(&self.pool)
@@ -857,12 +1193,18 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn delete_import_token(&self, token_sha256: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM import_tokens WHERE token_sha256 = ?")
-            .bind(token_sha256)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        let mut tx = self.write_tx().await?;
+        let key_id: Option<String> = sqlx::query_scalar(
+            "DELETE FROM import_tokens WHERE token_sha256 = $1 RETURNING key_id",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(key_id) = key_id {
+            log_change(&mut tx, ChangeKind::Key, &key_id).await?;
+        }
+        tx.commit().await.map_err(db_err)
     }
 
     async fn list_import_tokens(&self) -> Result<Vec<ImportTokenRecord>, StoreError> {
@@ -888,7 +1230,7 @@ impl MetadataStore for SqliteStore {
         }
         update_key_on(&mut tx, key).await?;
         put_lifecycle_on(&mut tx, l).await?;
-        sqlx::query("DELETE FROM import_tokens WHERE token_sha256 = ?")
+        sqlx::query("DELETE FROM import_tokens WHERE token_sha256 = $1")
             .bind(token_sha256)
             .execute(&mut *tx)
             .await
@@ -908,11 +1250,14 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn usage_tracking_start(&self, now_ms: i64) -> Result<i64, StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO key_usage_tracking (id, started_at_ms) VALUES (1, ?)")
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO key_usage_tracking (id, started_at_ms) VALUES (1, $1) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         sqlx::query_scalar("SELECT started_at_ms FROM key_usage_tracking WHERE id = 1")
             .fetch_one(&self.pool)
             .await
@@ -936,7 +1281,7 @@ impl MetadataStore for SqliteStore {
             // Keys destroyed since the use was recorded are skipped, not an error.
             written += sqlx::query(
                 "INSERT INTO key_last_usage (key_id, operation, used_at_ms, event_id, request_id) \
-                 SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM keys WHERE key_id = ?) \
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM keys WHERE key_id = $6) \
                  ON CONFLICT (key_id) DO UPDATE SET operation = excluded.operation, \
                  used_at_ms = excluded.used_at_ms, event_id = excluded.event_id, \
                  request_id = excluded.request_id",
@@ -957,35 +1302,144 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn insert_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError> {
-        key_stores::insert(&self.pool, store).await
+        let mut tx = self.write_tx().await?;
+        key_stores::insert(&mut tx, store).await?;
+        log_change(&mut tx, ChangeKind::KeyStore, &store.store_id).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn update_key_store(&self, store: &KeyStoreRecord) -> Result<(), StoreError> {
-        key_stores::update(&self.pool, store).await
+        let mut tx = self.write_tx().await?;
+        key_stores::update(&mut tx, store).await?;
+        log_change(&mut tx, ChangeKind::KeyStore, &store.store_id).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn delete_key_store(&self, store_id: &str) -> Result<(), StoreError> {
-        key_stores::delete(&self.pool, store_id).await
+        let mut tx = self.write_tx().await?;
+        key_stores::delete(&mut tx, store_id).await?;
+        log_change(&mut tx, ChangeKind::KeyStore, store_id).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn list_key_stores(&self) -> Result<Vec<KeyStoreRecord>, StoreError> {
-        key_stores::list(&self.pool).await
+        key_stores::list(&self.pool, None).await
+    }
+
+    async fn get_key_store(&self, store_id: &str) -> Result<Option<KeyStoreRecord>, StoreError> {
+        Ok(key_stores::list(&self.pool, Some(store_id)).await?.pop())
     }
 
     async fn record_orphans(&self, orphans: &[OrphanRecord]) -> Result<(), StoreError> {
-        key_stores::record_orphans(&self.pool, orphans).await
+        let mut tx = self.write_tx().await?;
+        key_stores::record_orphans(&mut tx, orphans).await?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StoreError> {
         key_stores::list_orphans(&self.pool).await
     }
+
+    // Several nodes (migration 0008): src/store/sql/cluster.rs.
+
+    async fn changes_since(&self, after_seq: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        cluster::changes_since(&self.pool, after_seq, limit).await
+    }
+
+    async fn last_change_seq(&self) -> Result<i64, StoreError> {
+        cluster::last_change_seq(&self.pool).await
+    }
+
+    async fn prune_changes(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        cluster::prune_changes(&self.pool, older_than_ms).await
+    }
+
+    fn subscribe_changes(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        self.subscribe()
+    }
+
+    async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        cluster::insert_session(&mut tx, s).await?;
+        log_change(&mut tx, ChangeKind::Session, &s.access_key_id).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn get_session(&self, access_key_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        cluster::get_session(&self.pool, access_key_id).await
+    }
+
+    async fn delete_expired_sessions(&self, now_ms: i64) -> Result<u64, StoreError> {
+        cluster::delete_expired_sessions(&self.pool, now_ms).await
+    }
+
+    async fn try_lead(&self, duty: Duty) -> Result<Option<LeaderGuard>, StoreError> {
+        self.lead(duty).await
+    }
+
+    async fn describe(&self) -> Result<StoreInfo, StoreError> {
+        cluster::describe(&self.pool, self.backend, migrations_of(self.backend)).await
+    }
+
+    async fn get_alias(
+        &self,
+        account: &str,
+        name: &str,
+    ) -> Result<Option<AliasRecord>, StoreError> {
+        sqlx::query(
+            "SELECT account, name, key_id, created_at_ms, updated_at_ms FROM aliases \
+             WHERE account = $1 AND name = $2",
+        )
+        .bind(account)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(alias_from_row)
+        .transpose()
+    }
+
+    async fn grants_of(&self, key_id: &str) -> Result<Vec<GrantRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 ORDER BY created_at_ms, grant_id"
+        ))
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(grant_from_row).collect()
+    }
+
+    async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1"
+        ))
+        .bind(grant_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(grant_from_row)
+        .transpose()
+    }
+
+    async fn get_lifecycle(&self, key_id: &str) -> Result<Option<KeyLifecycle>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {LIFECYCLE_COLUMNS} FROM key_lifecycle WHERE key_id = $1"
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(lifecycle_from_row)
+        .transpose()
+    }
 }
 
-// Custom key stores (migration 0006).
-mod key_stores;
-
 /// Decodes one `key_last_usage` row.
-fn usage_from_row(row: &SqliteRow) -> Result<KeyUsageRecord, StoreError> {
+fn usage_from_row(row: &AnyRow) -> Result<KeyUsageRecord, StoreError> {
     let key_id: String = row.try_get("key_id").map_err(db_err)?;
     let op: String = row.try_get("operation").map_err(db_err)?;
     let operation = UsageOperation::parse(&op).ok_or_else(|| {
@@ -1000,7 +1454,10 @@ fn usage_from_row(row: &SqliteRow) -> Result<KeyUsageRecord, StoreError> {
     })
 }
 
-/// Decodes one `grants` row.
+/// The column list every grant query selects.
+const GRANT_COLUMNS: &str = "grant_id, key_id, name, grantee_principal, retiring_principal, \
+     operations, constraints, issuing_account, created_at_ms";
+
 const LIFECYCLE_COLUMNS: &str = "key_id, rotation_enabled, rotation_period_days, \
      next_rotation_ms, on_demand_rotations, expiration_model, valid_to_ms, material_check, \
      material_present";
@@ -1008,7 +1465,7 @@ const LIFECYCLE_COLUMNS: &str = "key_id, rotation_enabled, rotation_period_days,
 const TOKEN_COLUMNS: &str = "token_sha256, key_id, wrapping_key_id, wrapping_algorithm, \
      wrapping_key_spec, created_at_ms, expires_at_ms";
 
-fn lifecycle_from_row(row: &SqliteRow) -> Result<KeyLifecycle, StoreError> {
+fn lifecycle_from_row(row: &AnyRow) -> Result<KeyLifecycle, StoreError> {
     let key_id: String = row.try_get("key_id").map_err(db_err)?;
     Ok(KeyLifecycle {
         rotation_enabled: row.try_get::<i64, _>("rotation_enabled").map_err(db_err)? != 0,
@@ -1023,7 +1480,7 @@ fn lifecycle_from_row(row: &SqliteRow) -> Result<KeyLifecycle, StoreError> {
     })
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<ImportTokenRecord, StoreError> {
+fn token_from_row(row: &AnyRow) -> Result<ImportTokenRecord, StoreError> {
     Ok(ImportTokenRecord {
         token_sha256: row.try_get("token_sha256").map_err(db_err)?,
         key_id: row.try_get("key_id").map_err(db_err)?,
@@ -1035,13 +1492,19 @@ fn token_from_row(row: &SqliteRow) -> Result<ImportTokenRecord, StoreError> {
     })
 }
 
-async fn put_lifecycle_on(conn: &mut SqliteConnection, l: &KeyLifecycle) -> Result<(), StoreError> {
+async fn put_lifecycle_on(conn: &mut AnyConnection, l: &KeyLifecycle) -> Result<(), StoreError> {
     sqlx::query(&format!(
-        "INSERT OR REPLACE INTO key_lifecycle ({LIFECYCLE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO key_lifecycle ({LIFECYCLE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (key_id) DO UPDATE SET rotation_enabled = excluded.rotation_enabled, \
+         rotation_period_days = excluded.rotation_period_days, \
+         next_rotation_ms = excluded.next_rotation_ms, \
+         on_demand_rotations = excluded.on_demand_rotations, \
+         expiration_model = excluded.expiration_model, valid_to_ms = excluded.valid_to_ms, \
+         material_check = excluded.material_check, material_present = excluded.material_present"
     ))
     .bind(&l.key_id)
     .bind(i64::from(l.rotation_enabled))
-    .bind(l.rotation_period_days)
+    .bind(l.rotation_period_days.map(i64::from))
     .bind(l.next_rotation_ms)
     .bind(i64::from(l.on_demand_rotations))
     .bind(&l.expiration_model)
@@ -1054,7 +1517,7 @@ async fn put_lifecycle_on(conn: &mut SqliteConnection, l: &KeyLifecycle) -> Resu
     Ok(())
 }
 
-fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
+fn grant_from_row(row: &AnyRow) -> Result<GrantRecord, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("grant row: {what}"));
     let get_s = |c: &str| -> Result<String, StoreError> {
         row.try_get::<String, _>(c).map_err(|_| corrupt(c))
@@ -1146,14 +1609,14 @@ mod tests {
         }
     }
 
-    async fn open_temp() -> (TempDir, SqliteStore) {
+    async fn open_temp() -> (TempDir, SqlStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
         (dir, store)
     }
 
     /// Inserts an `Enabled` key with version 1, through the two-phase path.
-    async fn create_enabled(store: &SqliteStore, key_id: &str, tags: &[Tag]) -> KeyRecord {
+    async fn create_enabled(store: &SqlStore, key_id: &str, tags: &[Tag]) -> KeyRecord {
         let creating = key_record(key_id, KeyState::Creating);
         store.insert_key(&creating, tags).await.unwrap();
         let enabled = KeyRecord {
@@ -1164,10 +1627,13 @@ mod tests {
             .add_version_and_update(&version(key_id, 1), &enabled)
             .await
             .unwrap();
-        enabled
+        KeyRecord {
+            row_version: enabled.row_version + 1,
+            ..enabled
+        }
     }
 
-    async fn count(store: &SqliteStore, sql: &str) -> i64 {
+    async fn count(store: &SqlStore, sql: &str) -> i64 {
         sqlx::query(sql)
             .fetch_one(store.pool())
             .await
@@ -1179,7 +1645,7 @@ mod tests {
     async fn open_creates_nested_directory_and_sets_pragmas() {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("a").join("b");
-        let store = SqliteStore::open(&data_dir).await.unwrap();
+        let store = SqlStore::open_sqlite(&data_dir).await.unwrap();
         assert!(data_dir.join(DB_FILE_NAME).is_file());
         let mut conn = store.pool().acquire().await.unwrap();
         let journal: String = sqlx::query("PRAGMA journal_mode")
@@ -1203,440 +1669,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn get_key_absent_is_none() {
-        let (_dir, store) = open_temp().await;
-        assert!(store.get_key("nope").await.unwrap().is_none());
-        assert!(store.load_all().await.unwrap().is_empty());
-        assert!(store.list_aliases().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn two_phase_create_round_trip() {
-        let (_dir, store) = open_temp().await;
-        let id = "0b6f0c36-1b1c-4c8e-9f57-3d0a4e0c0001";
-        let creating = key_record(id, KeyState::Creating);
-        let tags = [tag("team", "payments"), tag("env", "prod")];
-        store.insert_key(&creating, &tags).await.unwrap();
-
-        let phase_one = store.get_key(id).await.unwrap().unwrap();
-        assert_eq!(phase_one.key, creating);
-        assert!(phase_one.versions.is_empty());
-        assert_eq!(
-            phase_one.tags,
-            vec![tag("env", "prod"), tag("team", "payments")]
-        );
-
-        let enabled = KeyRecord {
-            state: KeyState::Enabled,
-            ..creating.clone()
-        };
-        store
-            .add_version_and_update(&version(id, 1), &enabled)
-            .await
-            .unwrap();
-        let phase_two = store.get_key(id).await.unwrap().unwrap();
-        assert_eq!(phase_two.key, enabled);
-        assert_eq!(phase_two.versions, vec![version(id, 1)]);
-        assert_eq!(phase_two.tags, phase_one.tags);
-        assert_eq!(store.load_all().await.unwrap(), vec![phase_two]);
-    }
-
-    #[tokio::test]
-    async fn rotation_adds_versions_in_order() {
-        let (_dir, store) = open_temp().await;
-        let id = "k1";
-        let mut key = create_enabled(&store, id, &[]).await;
-        for v in 2..=3 {
-            key.current_version = v;
-            store
-                .add_version_and_update(&version(id, v), &key)
-                .await
-                .unwrap();
-        }
-        let bundle = store.get_key(id).await.unwrap().unwrap();
-        assert_eq!(bundle.key.current_version, 3);
-        assert_eq!(
-            bundle.versions,
-            vec![version(id, 1), version(id, 2), version(id, 3)]
-        );
-    }
-
-    #[tokio::test]
-    async fn large_u32_version_round_trips() {
-        let (_dir, store) = open_temp().await;
-        let mut key = create_enabled(&store, "k1", &[]).await;
-        key.current_version = u32::MAX;
-        store
-            .add_version_and_update(&version("k1", u32::MAX), &key)
-            .await
-            .unwrap();
-        let bundle = store.get_key("k1").await.unwrap().unwrap();
-        assert_eq!(bundle.key.current_version, u32::MAX);
-        assert_eq!(bundle.versions.last().unwrap().version, u32::MAX);
-    }
-
-    #[tokio::test]
-    async fn update_key_overwrites_mutable_columns_only() {
-        let (_dir, store) = open_temp().await;
-        let original = create_enabled(&store, "k1", &[]).await;
-        let changed = KeyRecord {
-            state: KeyState::PendingDeletion,
-            description: "retiring".to_owned(),
-            deletion_date_ms: Some(1_800_000_000_000),
-            pending_window_days: Some(7),
-            current_version: 1,
-            policy: r#"{"Statement":[{"Effect":"Deny"}]}"#.to_owned(),
-            // Immutable columns: ignored by update_key.
-            account: "999999999999".to_owned(),
-            key_spec: "RSA_2048".to_owned(),
-            created_at_ms: 5,
-            ..original.clone()
-        };
-        store.update_key(&changed).await.unwrap();
-        let stored = store.get_key("k1").await.unwrap().unwrap().key;
-        let expected = KeyRecord {
-            account: original.account.clone(),
-            key_spec: original.key_spec.clone(),
-            created_at_ms: original.created_at_ms,
-            ..changed.clone()
-        };
-        assert_eq!(stored, expected);
-
-        // And back (CancelKeyDeletion clears the dates).
-        let cancelled = KeyRecord {
-            state: KeyState::Disabled,
-            deletion_date_ms: None,
-            pending_window_days: None,
-            ..expected
-        };
-        store.update_key(&cancelled).await.unwrap();
-        assert_eq!(store.get_key("k1").await.unwrap().unwrap().key, cancelled);
-    }
-
-    #[tokio::test]
-    async fn every_state_round_trips() {
-        let (_dir, store) = open_temp().await;
-        let mut key = create_enabled(&store, "k1", &[]).await;
-        for state in [
-            KeyState::Creating,
-            KeyState::Enabled,
-            KeyState::Disabled,
-            KeyState::PendingDeletion,
-            KeyState::PendingImport,
-            KeyState::Unavailable,
-        ] {
-            key.state = state;
-            store.update_key(&key).await.unwrap();
-            assert_eq!(store.get_key("k1").await.unwrap().unwrap().key.state, state);
-        }
-    }
-
-    #[tokio::test]
-    async fn duplicate_key_id_is_already_exists_and_changes_nothing() {
-        let (_dir, store) = open_temp().await;
-        let original = create_enabled(&store, "k1", &[tag("a", "1")]).await;
-        let dup = KeyRecord {
-            description: "other".to_owned(),
-            ..key_record("k1", KeyState::Creating)
-        };
-        let err = store
-            .insert_key(&dup, &[tag("a", "2"), tag("b", "2")])
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
-        let bundle = store.get_key("k1").await.unwrap().unwrap();
-        assert_eq!(bundle.key, original);
-        assert_eq!(bundle.tags, vec![tag("a", "1")]);
-    }
-
-    #[tokio::test]
-    async fn duplicate_version_is_already_exists_and_keeps_key_row() {
-        let (_dir, store) = open_temp().await;
-        let original = create_enabled(&store, "k1", &[]).await;
-        let changed = KeyRecord {
-            state: KeyState::Disabled,
-            ..original.clone()
-        };
-        let err = store
-            .add_version_and_update(&version("k1", 1), &changed)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
-        assert_eq!(store.get_key("k1").await.unwrap().unwrap().key, original);
-    }
-
-    #[tokio::test]
-    async fn mismatched_version_and_key_change_nothing() {
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[]).await;
-        let k2 = create_enabled(&store, "k2", &[]).await;
-        let err = store
-            .add_version_and_update(
-                &version("k1", 2),
-                &KeyRecord {
-                    current_version: 2,
-                    ..k2
-                },
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Database(_)), "{err:?}");
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM key_versions").await, 2);
-    }
-
-    #[tokio::test]
-    async fn missing_rows_are_not_found() {
-        let (_dir, store) = open_temp().await;
-        let ghost = key_record("ghost", KeyState::Enabled);
-        let not_found = |r: Result<(), StoreError>| {
-            assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
-        };
-        not_found(store.update_key(&ghost).await);
-        not_found(
-            store
-                .add_version_and_update(&version("ghost", 1), &ghost)
-                .await,
-        );
-        not_found(store.delete_key("ghost").await);
-        not_found(store.put_tags("ghost", &[tag("a", "1")]).await);
-        not_found(store.remove_tags("ghost", &["a".to_owned()]).await);
-        not_found(
-            store
-                .create_alias(&alias(ACCOUNT, "alias/x", "ghost"))
-                .await,
-        );
-        not_found(store.update_alias(ACCOUNT, "alias/x", "ghost", 1).await);
-        not_found(store.delete_alias(ACCOUNT, "alias/x").await);
-
-        // An existing alias pointed at a missing key.
-        create_enabled(&store, "k1", &[]).await;
-        store
-            .create_alias(&alias(ACCOUNT, "alias/x", "k1"))
-            .await
-            .unwrap();
-        not_found(store.update_alias(ACCOUNT, "alias/x", "ghost", 2).await);
-        assert_eq!(store.list_aliases().await.unwrap()[0].key_id, "k1");
-
-        // Nothing was left behind by the failed writes.
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM key_versions").await, 1);
-        assert_eq!(count(&store, "SELECT COUNT(*) FROM tags").await, 0);
-    }
-
-    #[tokio::test]
-    async fn alias_round_trip() {
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[]).await;
-        create_enabled(&store, "k2", &[]).await;
-        let a = alias(ACCOUNT, "alias/zeta", "k1");
-        let b = alias(ACCOUNT, "alias/alpha", "k1");
-        let c = alias("000000000001", "alias/zeta", "k2");
-        for x in [&a, &b, &c] {
-            store.create_alias(x).await.unwrap();
-        }
-        assert_eq!(
-            store.list_aliases().await.unwrap(),
-            vec![c.clone(), b.clone(), a.clone()]
-        );
-
-        store
-            .update_alias(ACCOUNT, "alias/zeta", "k2", 99)
-            .await
-            .unwrap();
-        let updated = AliasRecord {
-            key_id: "k2".to_owned(),
-            updated_at_ms: 99,
-            ..a.clone()
-        };
-        assert_eq!(
-            store.list_aliases().await.unwrap(),
-            vec![c.clone(), b.clone(), updated]
-        );
-
-        store.delete_alias(ACCOUNT, "alias/zeta").await.unwrap();
-        assert_eq!(store.list_aliases().await.unwrap(), vec![c, b]);
-    }
-
-    #[tokio::test]
-    async fn duplicate_alias_is_already_exists() {
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[]).await;
-        create_enabled(&store, "k2", &[]).await;
-        store
-            .create_alias(&alias(ACCOUNT, "alias/app", "k1"))
-            .await
-            .unwrap();
-        let err = store
-            .create_alias(&alias(ACCOUNT, "alias/app", "k2"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
-        let aliases = store.list_aliases().await.unwrap();
-        assert_eq!(aliases.len(), 1);
-        assert_eq!(aliases[0].key_id, "k1");
-    }
-
-    #[tokio::test]
-    async fn grants_round_trip_and_go_with_their_key() {
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[]).await;
-        let mut eq = BTreeMap::new();
-        eq.insert("a".to_string(), "1".to_string());
-        let g = GrantRecord {
-            grant_id: "g1".into(),
-            key_id: "k1".into(),
-            name: Some("n".into()),
-            grantee_principal: "arn:aws:iam::111122223333:user/u".into(),
-            retiring_principal: None,
-            operations: vec!["Decrypt".into(), "Encrypt".into()],
-            constraint_equals: None,
-            constraint_subset: Some(eq),
-            issuing_account: "111122223333".into(),
-            created_at_ms: 5,
-        };
-        store.insert_grant(&g).await.unwrap();
-        assert!(matches!(
-            store.insert_grant(&g).await,
-            Err(StoreError::AlreadyExists(_))
-        ));
-        let mut orphan = g.clone();
-        orphan.grant_id = "g2".into();
-        orphan.key_id = "nope".into();
-        assert!(matches!(
-            store.insert_grant(&orphan).await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert_eq!(store.list_grants().await.unwrap(), vec![g.clone()]);
-        store.destroy_key("k1", 9).await.unwrap();
-        assert!(store.list_grants().await.unwrap().is_empty());
-        assert_eq!(
-            store.deleted_key_ids().await.unwrap(),
-            vec!["k1".to_string()]
-        );
-        assert!(matches!(
-            store.delete_grant("g1").await,
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn delete_key_cascades_to_versions_tags_and_aliases() {
-        let (_dir, store) = open_temp().await;
-        let mut doomed = create_enabled(&store, "k1", &[tag("a", "1"), tag("b", "2")]).await;
-        doomed.current_version = 2;
-        store
-            .add_version_and_update(&version("k1", 2), &doomed)
-            .await
-            .unwrap();
-        let kept = create_enabled(&store, "k2", &[tag("a", "1")]).await;
-        store
-            .create_alias(&alias(ACCOUNT, "alias/one", "k1"))
-            .await
-            .unwrap();
-        store
-            .create_alias(&alias(ACCOUNT, "alias/two", "k1"))
-            .await
-            .unwrap();
-        store
-            .create_alias(&alias(ACCOUNT, "alias/kept", "k2"))
-            .await
-            .unwrap();
-
-        store.delete_key("k1").await.unwrap();
-
-        assert!(store.get_key("k1").await.unwrap().is_none());
-        for table in ["key_versions", "tags", "aliases"] {
-            let sql = format!("SELECT COUNT(*) FROM {table} WHERE key_id = 'k1'");
-            assert_eq!(count(&store, &sql).await, 0, "{table}");
-        }
-        let all = store.load_all().await.unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].key, kept);
-        assert_eq!(all[0].versions, vec![version("k2", 1)]);
-        assert_eq!(all[0].tags, vec![tag("a", "1")]);
-        assert_eq!(
-            store.list_aliases().await.unwrap(),
-            vec![alias(ACCOUNT, "alias/kept", "k2")]
-        );
-        let err = store.delete_key("k1").await.unwrap_err();
-        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn foreign_key_cascade_alone_also_cleans_up() {
-        // The schema's ON DELETE CASCADE, independent of delete_key's explicit deletes.
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[tag("a", "1")]).await;
-        store
-            .create_alias(&alias(ACCOUNT, "alias/one", "k1"))
-            .await
-            .unwrap();
-        sqlx::query("DELETE FROM keys WHERE key_id = 'k1'")
-            .execute(store.pool())
-            .await
-            .unwrap();
-        for table in ["key_versions", "tags", "aliases"] {
-            let sql = format!("SELECT COUNT(*) FROM {table}");
-            assert_eq!(count(&store, &sql).await, 0, "{table}");
-        }
-    }
-
-    #[tokio::test]
-    async fn put_tags_overwrites_same_key_and_adds_new() {
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[tag("env", "dev"), tag("team", "a")]).await;
-        store
-            .put_tags("k1", &[tag("env", "prod"), tag("cost", "42")])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.get_key("k1").await.unwrap().unwrap().tags,
-            vec![tag("cost", "42"), tag("env", "prod"), tag("team", "a")]
-        );
-        // The same tag key twice in one call: the last one wins.
-        store
-            .put_tags("k1", &[tag("env", "x"), tag("env", "y")])
-            .await
-            .unwrap();
-        let tags = store.get_key("k1").await.unwrap().unwrap().tags;
-        assert_eq!(tags[1], tag("env", "y"));
-        assert_eq!(tags.len(), 3);
-    }
-
-    #[tokio::test]
-    async fn insert_key_with_repeated_tag_key_keeps_last() {
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[tag("env", "x"), tag("env", "y")]).await;
-        assert_eq!(
-            store.get_key("k1").await.unwrap().unwrap().tags,
-            vec![tag("env", "y")]
-        );
-    }
-
-    #[tokio::test]
-    async fn remove_tags_ignores_absent_keys() {
-        let (_dir, store) = open_temp().await;
-        create_enabled(&store, "k1", &[tag("a", "1"), tag("b", "2"), tag("c", "3")]).await;
-        create_enabled(&store, "k2", &[tag("a", "1")]).await;
-        store
-            .remove_tags("k1", &["a".to_owned(), "zzz".to_owned(), "c".to_owned()])
-            .await
-            .unwrap();
-        store.remove_tags("k1", &[]).await.unwrap();
-        store.remove_tags("k1", &["a".to_owned()]).await.unwrap();
-        assert_eq!(
-            store.get_key("k1").await.unwrap().unwrap().tags,
-            vec![tag("b", "2")]
-        );
-        assert_eq!(
-            store.get_key("k2").await.unwrap().unwrap().tags,
-            vec![tag("a", "1")]
-        );
-    }
-
-    #[tokio::test]
     async fn reopen_keeps_data_and_migrations_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
         let mut key = create_enabled(&store, "k1", &[tag("a", "1")]).await;
         key.current_version = 2;
         store
@@ -1656,28 +1691,34 @@ mod tests {
         store.pool().close().await;
         drop(store);
 
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
         assert_eq!(store.load_all().await.unwrap(), keys_before);
         assert_eq!(store.list_aliases().await.unwrap(), aliases_before);
 
         // Running the migrations again changes nothing.
         let recorded = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1";
-        assert_eq!(count(&store, recorded).await, MIGRATIONS.len() as i64);
-        run_migrations(store.pool()).await.unwrap();
-        assert_eq!(count(&store, recorded).await, MIGRATIONS.len() as i64);
+        assert_eq!(
+            count(&store, recorded).await,
+            SQLITE_MIGRATIONS.len() as i64
+        );
+        run_migrations(store.pool(), Backend::Sqlite).await.unwrap();
+        assert_eq!(
+            count(&store, recorded).await,
+            SQLITE_MIGRATIONS.len() as i64
+        );
         assert_eq!(store.load_all().await.unwrap(), keys_before);
     }
 
     #[tokio::test]
     async fn edited_migration_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
         sqlx::query("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 1")
             .execute(store.pool())
             .await
             .unwrap();
         store.pool().close().await;
-        let err = SqliteStore::open(dir.path()).await.unwrap_err();
+        let err = SqlStore::open_sqlite(dir.path()).await.unwrap_err();
         assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     }
 
@@ -1780,30 +1821,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn key_usage_is_replaced_in_batches_and_skips_deleted_keys() {
-        let (_dir, store) = open_temp().await;
-        let a = "11111111-1111-4111-8111-111111111111";
-        let gone = "22222222-2222-4222-8222-222222222222";
-        create_enabled(&store, a, &[]).await;
-        let use_of = |key_id: &str, op, at| KeyUsageRecord {
-            key_id: key_id.to_owned(),
-            operation: op,
-            used_at_ms: at,
-            event_id: format!("event-{at}"),
-            request_id: format!("request-{at}"),
-        };
-        let batch = [
-            use_of(a, UsageOperation::Encrypt, 1),
-            use_of(gone, UsageOperation::Sign, 2),
-        ];
-        assert_eq!(store.put_key_usage(&batch).await.unwrap(), 1);
-        let later = [use_of(a, UsageOperation::Decrypt, 3)];
-        assert_eq!(store.put_key_usage(&later).await.unwrap(), 1);
-        assert_eq!(store.load_key_usage().await.unwrap(), later.to_vec());
-        store.delete_key(a).await.unwrap();
-        assert!(store.load_key_usage().await.unwrap().is_empty());
-        // Tracking starts once; later calls return the first time.
-        assert_eq!(store.usage_tracking_start(100).await.unwrap(), 100);
-        assert_eq!(store.usage_tracking_start(200).await.unwrap(), 100);
+    async fn previous_schema_is_migrated_keeping_data_at_row_version_1() {
+        // A database at migration 7 (the binary before issue 17), with a key in it.
+        let dir = tempfile::tempdir().unwrap();
+        let url = SqliteConnectOptions::new()
+            .filename(dir.path().join(DB_FILE_NAME))
+            .create_if_missing(true)
+            .to_url_lossy();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect_with(any_options(url.as_str()).unwrap())
+            .await
+            .unwrap();
+        Migrator::new(EmbeddedMigrations(&SQLITE_MIGRATIONS[..7]))
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO keys (key_id, account, description, key_spec, key_usage, origin, \
+             state, created_at_ms, current_version, policy) \
+             VALUES ('k1', '111122223333', 'old', 'SYMMETRIC_DEFAULT', 'ENCRYPT_DECRYPT', \
+             'AWS_KMS', 'Enabled', 5, 1, '{}')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
+        let key = store.get_key("k1").await.unwrap().unwrap().key;
+        assert_eq!((key.description.as_str(), key.row_version), ("old", 1));
+        let info = store.describe().await.unwrap();
+        assert_eq!(info.applied_migrations, (1..=8).collect::<Vec<i64>>());
+        assert_eq!(info.latest_known, 8);
     }
 }

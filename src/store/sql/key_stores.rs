@@ -1,8 +1,8 @@
-//! Custom key stores on SQLite (migrations 0006 and 0007, external stores): the rows behind
+//! Custom key stores (migrations 0006 and 0007, external stores; 0008, row versions): the rows behind
 //! `MetadataStore::{insert,update,delete,list}_key_store`.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{db_err, write_err};
 use crate::store::{KeyStoreRecord, OrphanRecord, StoreError, XksProxyRecord};
@@ -18,7 +18,7 @@ fn missing(store_id: &str) -> String {
     format!("custom key store {store_id}")
 }
 
-fn from_row(row: &SqliteRow) -> Result<KeyStoreRecord, StoreError> {
+fn from_row(row: &AnyRow) -> Result<KeyStoreRecord, StoreError> {
     Ok(KeyStoreRecord {
         store_id: row.try_get("store_id").map_err(db_err)?,
         account: row.try_get("account").map_err(db_err)?,
@@ -29,11 +29,12 @@ fn from_row(row: &SqliteRow) -> Result<KeyStoreRecord, StoreError> {
         connect: row.try_get::<i64, _>("connect").map_err(db_err)? != 0,
         created_at_ms: row.try_get("created_at_ms").map_err(db_err)?,
         xks: xks_from_row(row)?,
+        row_version: row.try_get("row_version").map_err(db_err)?,
     })
 }
 
 /// The proxy columns of an `EXTERNAL_KEY_STORE` row (`None` for an `AWS_CLOUDHSM` one).
-fn xks_from_row(row: &SqliteRow) -> Result<Option<XksProxyRecord>, StoreError> {
+fn xks_from_row(row: &AnyRow) -> Result<Option<XksProxyRecord>, StoreError> {
     let store_type: String = row.try_get("store_type").map_err(db_err)?;
     if store_type != EXTERNAL {
         return Ok(None);
@@ -87,13 +88,13 @@ fn xks_columns(s: &KeyStoreRecord) -> XksColumns<'_> {
     }
 }
 
-pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), StoreError> {
+pub(super) async fn insert(conn: &mut AnyConnection, s: &KeyStoreRecord) -> Result<(), StoreError> {
     let x = xks_columns(s);
     sqlx::query(
         "INSERT INTO custom_key_stores (store_id, account, name, cluster_id, trust_anchor, \
          sealed_password, connect, created_at_ms, store_type, xks_endpoint, xks_uri_path, \
-         xks_connectivity, xks_access_key_id, xks_sealed_secret) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         xks_connectivity, xks_access_key_id, xks_sealed_secret, row_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&s.store_id)
     .bind(&s.account)
@@ -109,18 +110,23 @@ pub(super) async fn insert(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), 
     .bind(x.connectivity)
     .bind(x.access_key_id)
     .bind(x.sealed)
-    .execute(pool)
+    .bind(s.row_version)
+    .execute(&mut *conn)
     .await
     .map_err(|e| write_err(e, || taken(s), || missing(&s.store_id)))?;
     Ok(())
 }
 
-pub(super) async fn update(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), StoreError> {
+/// Compare-and-set on `s.row_version` (raised by one on success): `NotFound` if the store
+/// is gone, `Conflict` if it changed meanwhile, `AlreadyExists` if the new name or cluster is
+/// taken.
+pub(super) async fn update(conn: &mut AnyConnection, s: &KeyStoreRecord) -> Result<(), StoreError> {
     let x = xks_columns(s);
     let done = sqlx::query(
-        "UPDATE custom_key_stores SET name = ?, cluster_id = ?, trust_anchor = ?, \
-         sealed_password = ?, connect = ?, xks_endpoint = ?, xks_uri_path = ?, \
-         xks_connectivity = ?, xks_access_key_id = ?, xks_sealed_secret = ? WHERE store_id = ?",
+        "UPDATE custom_key_stores SET name = $1, cluster_id = $2, trust_anchor = $3, \
+         sealed_password = $4, connect = $5, xks_endpoint = $6, xks_uri_path = $7, \
+         xks_connectivity = $8, xks_access_key_id = $9, xks_sealed_secret = $10, \
+         row_version = row_version + 1 WHERE store_id = $11 AND row_version = $12",
     )
     .bind(&s.name)
     .bind(&s.cluster_id)
@@ -133,20 +139,32 @@ pub(super) async fn update(pool: &SqlitePool, s: &KeyStoreRecord) -> Result<(), 
     .bind(x.access_key_id)
     .bind(x.sealed)
     .bind(&s.store_id)
-    .execute(pool)
+    .bind(s.row_version)
+    .execute(&mut *conn)
     .await
     .map_err(|e| write_err(e, || taken(s), || missing(&s.store_id)))?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound(missing(&s.store_id)));
+    if done.rows_affected() > 0 {
+        return Ok(());
     }
-    Ok(())
+    let exists = sqlx::query("SELECT store_id FROM custom_key_stores WHERE store_id = $1")
+        .bind(&s.store_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Err(match exists {
+        None => StoreError::NotFound(missing(&s.store_id)),
+        Some(_) => StoreError::Conflict(format!(
+            "custom key store {} is no longer at row version {}",
+            s.store_id, s.row_version
+        )),
+    })
 }
 
-pub(super) async fn delete(pool: &SqlitePool, store_id: &str) -> Result<(), StoreError> {
+pub(super) async fn delete(conn: &mut AnyConnection, store_id: &str) -> Result<(), StoreError> {
     let in_use = || format!("custom key store {store_id} still has keys");
-    let done = sqlx::query("DELETE FROM custom_key_stores WHERE store_id = ?")
+    let done = sqlx::query("DELETE FROM custom_key_stores WHERE store_id = $1")
         .bind(store_id)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .map_err(|e| match write_err(e, in_use, in_use) {
             // A key still naming the store fails the foreign key: the store has keys.
@@ -159,43 +177,57 @@ pub(super) async fn delete(pool: &SqlitePool, store_id: &str) -> Result<(), Stor
     Ok(())
 }
 
-pub(super) async fn list(pool: &SqlitePool) -> Result<Vec<KeyStoreRecord>, StoreError> {
-    sqlx::query(
+/// Every store ordered by (account, creation time, id), or only `only`.
+pub(super) async fn list(
+    pool: &AnyPool,
+    only: Option<&str>,
+) -> Result<Vec<KeyStoreRecord>, StoreError> {
+    let filter = if only.is_some() {
+        "WHERE store_id = $1"
+    } else {
+        ""
+    };
+    let sql = format!(
         "SELECT store_id, account, name, cluster_id, trust_anchor, sealed_password, connect, \
          created_at_ms, store_type, xks_endpoint, xks_uri_path, xks_connectivity, \
-         xks_access_key_id, xks_sealed_secret FROM custom_key_stores \
-         ORDER BY account, created_at_ms, store_id",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(db_err)?
-    .iter()
-    .map(from_row)
-    .collect()
+         xks_access_key_id, xks_sealed_secret, row_version FROM custom_key_stores {filter} \
+         ORDER BY account, created_at_ms, store_id"
+    );
+    let query = sqlx::query(&sql);
+    let query = match only {
+        Some(id) => query.bind(id),
+        None => query,
+    };
+    query
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(from_row)
+        .collect()
 }
 
 pub(super) async fn record_orphans(
-    pool: &SqlitePool,
+    conn: &mut AnyConnection,
     orphans: &[OrphanRecord],
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
     for o in orphans {
         sqlx::query(
-            "INSERT OR IGNORE INTO orphaned_key_objects (store_id, key_id, version, \
-             orphaned_at_ms) VALUES (?, ?, ?, ?)",
+            "INSERT INTO orphaned_key_objects (store_id, key_id, version, orphaned_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (store_id, key_id, version) DO NOTHING",
         )
         .bind(&o.store_id)
         .bind(&o.key_id)
         .bind(i64::from(o.version))
         .bind(o.orphaned_at_ms)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db_err)?;
     }
-    tx.commit().await.map_err(db_err)
+    Ok(())
 }
 
-pub(super) async fn list_orphans(pool: &SqlitePool) -> Result<Vec<OrphanRecord>, StoreError> {
+pub(super) async fn list_orphans(pool: &AnyPool) -> Result<Vec<OrphanRecord>, StoreError> {
     let rows = sqlx::query(
         "SELECT store_id, key_id, version, orphaned_at_ms FROM orphaned_key_objects \
          ORDER BY store_id, key_id, version",
