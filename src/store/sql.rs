@@ -290,6 +290,27 @@ impl SqlStore {
     }
 }
 
+/// Test support: applies only the first `upto` PostgreSQL migrations (a database as an older
+/// binary left it), then disconnects. Not for production use.
+#[doc(hidden)]
+pub async fn migrate_postgres_to(settings: &PgSettings, upto: usize) -> Result<(), StoreError> {
+    let url = pg_url(settings)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect_with(any_options(&url)?)
+        .await
+        .map_err(db_err)?;
+    let known = &POSTGRES_MIGRATIONS[..upto.min(POSTGRES_MIGRATIONS.len())];
+    let result = Migrator::new(EmbeddedMigrations(known))
+        .await
+        .map_err(|e| StoreError::Database(format!("migration: {e}")))?
+        .run(&pool)
+        .await
+        .map_err(|e| StoreError::Database(format!("migration: {e}")));
+    pool.close().await;
+    result
+}
+
 /// Installs sqlx's drivers (once per process) and parses `url` for the `Any` driver.
 fn any_options(url: &str) -> Result<AnyConnectOptions, StoreError> {
     static INSTALL: std::sync::Once = std::sync::Once::new();
@@ -1856,5 +1877,24 @@ mod tests {
         let info = store.describe().await.unwrap();
         assert_eq!(info.applied_migrations, (1..=8).collect::<Vec<i64>>());
         assert_eq!(info.latest_known, 8);
+    }
+
+    #[tokio::test]
+    async fn foreign_key_cascade_alone_also_cleans_up() {
+        // The schema's ON DELETE CASCADE, independent of delete_key's explicit deletes.
+        let (_dir, store) = open_temp().await;
+        create_enabled(&store, "k1", &[tag("a", "1")]).await;
+        store
+            .create_alias(&alias(ACCOUNT, "alias/one", "k1"))
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM keys WHERE key_id = 'k1'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        for table in ["key_versions", "tags", "aliases"] {
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            assert_eq!(count(&store, &sql).await, 0, "{table}");
+        }
     }
 }

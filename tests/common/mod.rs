@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 mod grpc;
 mod openssl;
+pub mod postgres;
 mod serve;
 pub mod shim;
 pub mod stores;
