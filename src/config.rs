@@ -591,8 +591,16 @@ impl Config {
         self.validate_identity()
     }
 
-    /// `[node] id`: a valid node id when set.
+    /// `[node] id`: a valid node id when set, and set when nodes share a PostgreSQL store
+    /// (each node's audit trail must be told apart).
     fn validate_node(&self) -> Result<(), ConfigError> {
+        if self.store.backend == StoreBackend::Postgres && self.node.id.is_none() {
+            return Err(ConfigError::Invalid(
+                "[node] id is required with store.backend = \"postgres\" (several nodes share \
+                 the store; each needs its own id)"
+                    .into(),
+            ));
+        }
         match &self.node.id {
             Some(id) if !crate::audit::valid_node_id(id) => Err(ConfigError::Invalid(format!(
                 "[node] id {id:?}: {}",

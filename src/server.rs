@@ -834,11 +834,13 @@ fn spawn_background(
     let sweep_every = options
         .sweep_interval
         .unwrap_or(Duration::from_secs(config.kms.deletion_sweep_interval_secs));
+    // The sweeps run on the one node holding the store's lead (core::lead).
     let k = kms.clone();
+    let lead = Arc::new(tokio::sync::Mutex::new(crate::core::lead::Lead::default()));
     let sweeper = spawn_periodic(sweep_every, true, cancel.clone(), move || {
-        let k = k.clone();
+        let (k, lead) = (k.clone(), lead.clone());
         async move {
-            k.sweep_once().await;
+            k.lead_once(&mut *lead.lock().await).await;
         }
     });
     let flush_every = Duration::from_secs(config.kms.key_usage_flush_interval_secs);
@@ -864,13 +866,21 @@ fn spawn_background(
         config.server.allow_group_readable_secrets,
         cancel.clone(),
     );
-    vec![
+    let mut tasks = vec![
         ("deletion sweeper", sweeper),
         ("key usage flusher", usage_flusher),
         ("custom key store watch", store_watch),
         ("health probe", health),
         ("identity reloader", reloader),
-    ]
+    ];
+    // Several nodes share the store (PostgreSQL): follow their changes.
+    if kms.store().subscribe_changes().is_some() {
+        let follower = crate::core::follow::Follower::from(kms.loaded_at_seq());
+        let interval = Duration::from_millis(config.store.follow_interval_ms);
+        let task = tokio::spawn(kms.clone().follow(follower, interval, cancel.clone()));
+        tasks.push(("change follower", task));
+    }
+    tasks
 }
 
 /// Binds the metrics endpoint's port, when `[metrics]` enables it (served by [`start_metrics`]).

@@ -41,6 +41,14 @@ pub struct StoreConfig {
     /// PostgreSQL: CA certificate (PEM) for `tls = "verify-full"`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: how often a node reads the change log even without a notification, in
+    /// milliseconds: the bound on how stale its cache can be when notifications are lost.
+    #[serde(default = "default_follow_interval_ms")]
+    pub follow_interval_ms: u64,
+}
+
+fn default_follow_interval_ms() -> u64 {
+    1000
 }
 
 fn default_pool_size() -> u32 {
@@ -108,6 +116,9 @@ impl StoreConfig {
         }
         if self.pool_size == 0 {
             return invalid("pool_size must be at least 1");
+        }
+        if !(10..=60_000).contains(&self.follow_interval_ms) {
+            return invalid("follow_interval_ms must be between 10 and 60000");
         }
         match (&self.tls, &self.ca_file) {
             (StoreTls::VerifyFull, None) => invalid("tls = \"verify-full\" needs ca_file"),

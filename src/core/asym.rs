@@ -429,14 +429,14 @@ impl Kms {
     }
 
     /// Resolves and authorizes a Sign or Verify; returns the key, the scheme and the digest.
-    fn prepare_signature(
+    async fn prepare_signature(
         &self,
         caller: &Caller,
         input: SignatureInput<'_>,
     ) -> Result<PreparedSignature, KmsError> {
         let (algorithm, message_type) =
             check_sign_input(input.message, input.message_type, input.algorithm)?;
-        self.check_grant_tokens(input.grant_tokens)?;
+        self.check_grant_tokens(input.grant_tokens).await?;
         let conditions = [
             ("kms:SigningAlgorithm", CtxValue::one(algorithm.as_str())),
             ("kms:MessageType", CtxValue::one(message_type.as_str())),
@@ -456,7 +456,7 @@ impl Kms {
 
     /// Sign: the device signs the daemon-computed digest with the private key.
     pub async fn sign(&self, caller: &Caller, req: SignRequest) -> Result<SignResponse, KmsError> {
-        let p = self.prepare_signature(caller, (&req).into())?;
+        let p = self.prepare_signature(caller, (&req).into()).await?;
         super::end_dry_run(req.dry_run)?;
         let signature = self
             .hsm
@@ -477,7 +477,7 @@ impl Kms {
         req: VerifyRequest,
     ) -> Result<VerifyResponse, KmsError> {
         validate::blob_len("signature", req.signature.len(), 1, MAX_SIGNATURE)?;
-        let p = self.prepare_signature(caller, (&req).into())?;
+        let p = self.prepare_signature(caller, (&req).into()).await?;
         // A dry run never verifies: the device is not asked.
         super::end_dry_run(req.dry_run)?;
         let object = p.resolved.key.current_object();
@@ -503,7 +503,7 @@ impl Kms {
         caller: &Caller,
         req: GetPublicKeyRequest,
     ) -> Result<GetPublicKeyResponse, KmsError> {
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         let resolved = self.key_in_use(caller, &req.key_id, "kms:GetPublicKey", [])?;
         let Some(pair) = pair_of(&resolved) else {
             return Err(KmsError::UnsupportedOperation(format!(
@@ -542,7 +542,7 @@ impl Kms {
             ));
         };
         validate::blob_len("publicKey", req.public_key.len(), 1, 8192)?;
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         let condition = (
             "kms:KeyAgreementAlgorithm",
             CtxValue::one(algorithm.as_str()),
@@ -618,7 +618,7 @@ impl Kms {
             1,
             super::crypto::MAX_PLAINTEXT,
         )?;
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         no_context("EncryptionContext", &req.encryption_context)?;
         let condition = ("kms:EncryptionAlgorithm", CtxValue::one(algorithm.as_str()));
         let resolved = self.key_in_use(caller, &req.key_id, "kms:Encrypt", [condition])?;
@@ -655,7 +655,7 @@ impl Kms {
             1,
             super::crypto::MAX_CIPHERTEXT,
         )?;
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         let key_id = required_key(
             req.key_id.as_deref(),
             "KeyId is required to decrypt with an asymmetric encryption algorithm.",
@@ -695,7 +695,7 @@ impl Kms {
         src_hash: Option<ShaAlg>,
         dst_hash: Option<ShaAlg>,
     ) -> Result<ReEncryptResponse, KmsError> {
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         let src_alg = req
             .source_encryption_algorithm
             .unwrap_or(EncryptionAlgorithm::SymmetricDefault);
@@ -873,13 +873,15 @@ impl Kms {
         req: GenerateMacRequest,
     ) -> Result<GenerateMacResponse, KmsError> {
         let algorithm = check_mac_input(&req.message, None, req.mac_algorithm)?;
-        let (resolved, alg) = self.prepare_mac(
-            caller,
-            "kms:GenerateMac",
-            &req.key_id,
-            algorithm,
-            &req.grant_tokens,
-        )?;
+        let (resolved, alg) = self
+            .prepare_mac(
+                caller,
+                "kms:GenerateMac",
+                &req.key_id,
+                algorithm,
+                &req.grant_tokens,
+            )
+            .await?;
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let mac = self.hsm.generate_mac(object, alg, req.message).await?;
         Ok(GenerateMacResponse {
@@ -897,13 +899,15 @@ impl Kms {
         req: VerifyMacRequest,
     ) -> Result<VerifyMacResponse, KmsError> {
         let algorithm = check_mac_input(&req.message, Some(&req.mac), req.mac_algorithm)?;
-        let (resolved, alg) = self.prepare_mac(
-            caller,
-            "kms:VerifyMac",
-            &req.key_id,
-            algorithm,
-            &req.grant_tokens,
-        )?;
+        let (resolved, alg) = self
+            .prepare_mac(
+                caller,
+                "kms:VerifyMac",
+                &req.key_id,
+                algorithm,
+                &req.grant_tokens,
+            )
+            .await?;
         // A dry run of VerifyMac never compares: the device is not asked.
         let object = super::object_in_use(&resolved.key, req.dry_run)?;
         let ok = self
@@ -924,7 +928,7 @@ impl Kms {
 
     /// Resolves and authorizes a GenerateMac or VerifyMac (`action`), checks the state and
     /// that the key computes `algorithm`.
-    fn prepare_mac(
+    async fn prepare_mac(
         &self,
         caller: &Caller,
         action: &'static str,
@@ -932,7 +936,7 @@ impl Kms {
         algorithm: MacAlgorithm,
         grant_tokens: &[String],
     ) -> Result<(Resolved, crate::hsm::MacAlg), KmsError> {
-        self.check_grant_tokens(grant_tokens)?;
+        self.check_grant_tokens(grant_tokens).await?;
         let condition = ("kms:MacAlgorithm", CtxValue::one(algorithm.as_str()));
         let resolved = self.key_in_use(caller, key_id, action, [condition])?;
         let r = &resolved.key.record;
@@ -979,7 +983,7 @@ impl Kms {
     ) -> Result<GenerateDataKeyPairResponse, KmsError> {
         let spec_name = required("keyPairSpec", req.key_pair_spec.as_deref())?.to_string();
         let pair = specs::data_key_pair_spec(&spec_name)?;
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         validate::encryption_context("encryptionContext", &req.encryption_context)?;
         let canonical_ctx =
             ciphertext::canonical_context(&req.encryption_context).ok_or_else(|| {

@@ -280,7 +280,7 @@ impl Kms {
             return self.encrypt_asymmetric(caller, req, h).await;
         }
         validate::blob_len("plaintext", req.plaintext.len(), 1, MAX_PLAINTEXT)?;
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         check_algorithm(req.encryption_algorithm)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self
@@ -451,7 +451,7 @@ impl Kms {
         {
             return self.decrypt_asymmetric(caller, req, h).await;
         }
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         check_algorithm(req.encryption_algorithm)?;
         let mut opened = self.open_blob(
             caller,
@@ -500,7 +500,7 @@ impl Kms {
                 .re_encrypt_asymmetric(caller, req, src_hash, dst_hash)
                 .await;
         }
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         check_algorithm(req.source_encryption_algorithm)?;
         check_algorithm(req.destination_encryption_algorithm)?;
         let dest_ctx = canonical(
@@ -604,7 +604,7 @@ impl Kms {
         req: DataKeyRequest,
         action: &'static str,
     ) -> Result<GenerateDataKeyResponse, KmsError> {
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         let n = data_key_len(req.number_of_bytes, req.key_spec)?;
         let canonical_ctx = canonical("encryptionContext", &req.encryption_context)?;
         let resolved = self

@@ -263,8 +263,9 @@ fn constraints_at_least(parent: &GrantRecord, child: &GrantRecord) -> bool {
 
 impl Kms {
     /// Validates the grant tokens of a request: each must name a grant that exists.
-    pub(crate) fn check_grant_tokens(&self, tokens: &[String]) -> Result<(), KmsError> {
+    pub(crate) async fn check_grant_tokens(&self, tokens: &[String]) -> Result<(), KmsError> {
         validate::grant_token_shape(tokens)?;
+        self.learn_grants(tokens).await?;
         for t in tokens {
             let ok = token_grant_id(t).is_some_and(|id| self.grant_by_id(&id).is_some());
             if !ok {
@@ -274,6 +275,40 @@ impl Kms {
             }
         }
         Ok(())
+    }
+
+    /// Puts in the cache every grant the tokens name that this node has not seen yet: a
+    /// grant made on another node moments ago may not have reached it, and grant tokens work
+    /// at once on any node, as in AWS. Only an unknown grant costs a store read.
+    pub(crate) async fn learn_grants(&self, tokens: &[String]) -> Result<(), KmsError> {
+        for id in tokens.iter().filter_map(|t| token_grant_id(t)) {
+            if self.grant_by_id(&id).is_some() {
+                continue;
+            }
+            if let Some(g) = self.store.get_grant(&id).await? {
+                self.cache_grant(g);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a grant read from the store to its key's cached grants (if the key is cached).
+    fn cache_grant(&self, g: GrantRecord) {
+        let Some(key) = uuid::Uuid::parse_str(&g.key_id)
+            .ok()
+            .and_then(|u| self.key_by_uuid(u.as_bytes()))
+        else {
+            return;
+        };
+        if key.grants.iter().any(|x| x.grant_id == g.grant_id) {
+            return;
+        }
+        let mut cached = (*key).clone();
+        cached.grants.push(g);
+        self.cache_write().keys.insert(
+            uuid::Uuid::from_bytes(cached.uuid),
+            std::sync::Arc::new(cached),
+        );
     }
 
     fn grant_by_id(&self, grant_id: &str) -> Option<GrantRecord> {
@@ -292,7 +327,7 @@ impl Kms {
         caller: &Caller,
         req: CreateGrantRequest,
     ) -> Result<CreateGrantResponse, KmsError> {
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         check_create_grant_input(&req)?;
         // Under the key's change lock: the grant count and the same-name check read the
         // key's grants, which another CreateGrant on the key may be changing.
@@ -491,6 +526,10 @@ impl Kms {
         req: RetireGrantRequest,
     ) -> Result<Empty, KmsError> {
         let key_id = req.key_id.as_deref();
+        if let Some(t) = req.grant_token.as_deref() {
+            self.learn_grants(std::slice::from_ref(&t.to_string()))
+                .await?;
+        }
         let locate = || match (req.grant_token.as_deref(), key_id, req.grant_id.as_deref()) {
             (Some(t), _, _) => self.grant_of_token(caller, t, key_id),
             (None, Some(k), Some(g)) => self.find_grant(caller, k, g),

@@ -715,7 +715,7 @@ impl Kms {
         caller: &Caller,
         req: DescribeKeyRequest,
     ) -> Result<DescribeKeyResponse, KmsError> {
-        self.check_grant_tokens(&req.grant_tokens)?;
+        self.check_grant_tokens(&req.grant_tokens).await?;
         let resolved = self
             .resolve_or_create_managed(caller, &req.key_id, "kms:DescribeKey", None, false)
             .await?;

@@ -28,10 +28,12 @@ pub mod domain;
 pub mod error;
 pub mod explain;
 pub mod external;
+pub mod follow;
 pub mod grants;
 pub mod import;
 pub mod keys;
 pub mod keystores;
+pub mod lead;
 mod locks;
 pub mod managed;
 pub mod operation;
@@ -40,6 +42,7 @@ pub mod reconcile;
 pub mod record;
 pub mod rotation;
 pub mod service;
+pub mod session_vault;
 pub mod specs;
 pub mod sts;
 pub mod sweeper;
@@ -286,6 +289,8 @@ pub struct Kms {
     key_stores: Arc<connections::KeyStores>,
     /// The XKS door's last health check ([`xks_health`]).
     xks_health: xks_health::HealthCache,
+    /// The change-log position the cache was loaded at ([`follow`]).
+    loaded_at_seq: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Kms {
@@ -327,49 +332,72 @@ impl Kms {
             usage: usage::UsageTracker::default(),
             service_sink: std::sync::OnceLock::new(),
             stranded: std::sync::Mutex::new(BTreeMap::new()),
+            loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
         };
-        let bundles = kms.store.load_all().await?;
-        let aliases = kms.store.list_aliases().await?;
-        let deleted = kms.store.deleted_key_ids().await?;
-        let grants = kms.store.list_grants().await?;
-        let lifecycles = kms.store.load_lifecycles().await?;
+        // Read before the load: a change committed during it is applied again by the
+        // follower, never missed.
+        let seq = kms.store.last_change_seq().await?;
+        kms.loaded_at_seq
+            .store(seq, std::sync::atomic::Ordering::SeqCst);
         kms.key_stores.load(kms.store.list_key_stores().await?);
         kms.load_key_usage().await?;
-        *kms.lifecycles.write().unwrap_or_else(|p| p.into_inner()) = lifecycles
+        kms.reload_all().await?;
+        kms.sessions
+            .set_vault(Arc::new(session_vault::StoredSessions::new(
+                kms.store.clone(),
+                kms.key_stores.clone(),
+            )));
+        Ok(Arc::new(kms))
+    }
+
+    /// Loads keys, versions, tags, policies, grants, aliases, lifecycles and tombstones from
+    /// the store and replaces the cache with them in one step (at start-up, and on a node
+    /// that lost track of the change log; see [`follow`]).
+    pub(crate) async fn reload_all(&self) -> Result<(), KmsError> {
+        let bundles = self.store.load_all().await?;
+        let aliases = self.store.list_aliases().await?;
+        let deleted = self.store.deleted_key_ids().await?;
+        let grants = self.store.list_grants().await?;
+        let lifecycles = self.store.load_lifecycles().await?;
+        let mut grants_by_key: BTreeMap<String, Vec<GrantRecord>> = BTreeMap::new();
+        for g in grants {
+            grants_by_key.entry(g.key_id.clone()).or_default().push(g);
+        }
+        let mut cache = Cache::default();
+        for b in bundles {
+            // A key still in Creating was never answered to anyone: it stays out of the
+            // request cache (no ListKeys, no use) until reconciliation resolves it.
+            if b.key.state == KeyState::Creating {
+                self.strand(b.key);
+                continue;
+            }
+            let mut cached = self.cached_from_bundle(b)?;
+            cached.grants = grants_by_key
+                .remove(&cached.record.key_id)
+                .unwrap_or_default();
+            cache
+                .keys
+                .insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
+        }
+        for a in aliases {
+            // Through put_alias, so the per-key index (kms:ResourceAliases, KeyManager)
+            // is right after a restart too.
+            cache.put_alias(a);
+        }
+        cache
+            .deleted
+            .extend(deleted.iter().filter_map(|id| Uuid::parse_str(id).ok()));
+        *self.lifecycles.write().unwrap_or_else(|p| p.into_inner()) = lifecycles
             .into_iter()
             .map(|l| (l.key_id.clone(), l))
             .collect();
-        {
-            let mut cache = kms.cache_write();
-            let mut grants_by_key: BTreeMap<String, Vec<GrantRecord>> = BTreeMap::new();
-            for g in grants {
-                grants_by_key.entry(g.key_id.clone()).or_default().push(g);
-            }
-            for b in bundles {
-                // A key still in Creating was never answered to anyone: it stays out of the
-                // request cache (no ListKeys, no use) until reconciliation resolves it.
-                if b.key.state == KeyState::Creating {
-                    kms.strand(b.key);
-                    continue;
-                }
-                let mut cached = kms.cached_from_bundle(b)?;
-                cached.grants = grants_by_key
-                    .remove(&cached.record.key_id)
-                    .unwrap_or_default();
-                cache
-                    .keys
-                    .insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
-            }
-            for a in aliases {
-                // Through put_alias, so the per-key index (kms:ResourceAliases, KeyManager)
-                // is right after a restart too.
-                cache.put_alias(a);
-            }
-            cache
-                .deleted
-                .extend(deleted.iter().filter_map(|id| Uuid::parse_str(id).ok()));
-        }
-        Ok(Arc::new(kms))
+        *self.cache_write() = cache;
+        Ok(())
+    }
+
+    /// The change-log position the cache was loaded at: where following other nodes starts.
+    pub fn loaded_at_seq(&self) -> i64 {
+        self.loaded_at_seq.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The engine's settings.

@@ -200,6 +200,14 @@ impl Kms {
             .insert(record.key_id.clone(), record);
     }
 
+    /// Takes a key off the stranded list (another node finished or removed it).
+    pub(crate) fn unstrand(&self, key_id: &str) {
+        self.stranded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
+    }
+
     /// Whether a `Creating` key is older than the grace period at `now`.
     fn creation_overdue(&self, record: &KeyRecord, now: i64) -> bool {
         now.saturating_sub(record.created_at_ms) >= self.settings.creating_grace_ms
@@ -294,13 +302,6 @@ impl Kms {
             action.key_version = Some(1);
         }
         Ok(Resolution::Done(Box::new(action)))
-    }
-
-    fn unstrand(&self, key_id: &str) {
-        self.stranded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key_id);
     }
 
     /// Phase two of an interrupted creation: version 1 and `Enabled`, then into the cache.
