@@ -14,7 +14,7 @@
 //! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
 //! | [`metrics`] | Prometheus metrics: requests, latencies, HSM calls and queue, decisions, audit |
 //! | [`hsm`] | everything PKCS#11 (the only place `cryptoki` is imported): module, token, sessions, handle cache, operations |
-//! | [`store`] | metadata persistence behind [`store::MetadataStore`]; SQLite embedded by default |
+//! | [`store`] | metadata persistence behind [`store::MetadataStore`]: one SQL store (`sqlx` `Any`) on SQLite, embedded by default, or PostgreSQL shared by several nodes; compare-and-set row versions, the change log, stored sessions, leadership of background duties |
 //! | [`ciphertext`] | ciphertext format v1 and its AAD |
 //! | [`audit`] | the tamper-evident audit trail: events, the hash-chained group-committed writer, HSM-signed checkpoints, the offline verifier |
 //! | [`api`] | the doors (gRPC on tonic; the HTTP doors, the AWS door and the XKS door (AWS KMS's external key store proxy API, `docs/xks.md`), on one listener and listed in [`api::HTTP_DOORS`]), and the one mapping from `KmsError` to each wire's error |

@@ -28,6 +28,8 @@ type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Case = fn(Store) -> CaseFuture;
 
 const ACCOUNT: &str = "111122223333";
+/// The engine's grants-per-key quota (AWS's).
+const MAX_GRANTS: usize = 50_000;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures.
@@ -447,16 +449,16 @@ async fn grants_round_trip_and_go_with_their_key(store: Store) {
         issuing_account: "111122223333".into(),
         created_at_ms: 5,
     };
-    store.insert_grant(&g).await.unwrap();
+    store.insert_grant(&g, MAX_GRANTS).await.unwrap();
     assert!(matches!(
-        store.insert_grant(&g).await,
+        store.insert_grant(&g, MAX_GRANTS).await,
         Err(StoreError::AlreadyExists(_))
     ));
     let mut orphan = g.clone();
     orphan.grant_id = "g2".into();
     orphan.key_id = "nope".into();
     assert!(matches!(
-        store.insert_grant(&orphan).await,
+        store.insert_grant(&orphan, MAX_GRANTS).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.list_grants().await.unwrap(), vec![g.clone()]);
@@ -780,7 +782,10 @@ async fn every_write_appends_its_change_in_order(store: Store) {
         .create_alias(&alias(ACCOUNT, "alias/x", "k1"))
         .await
         .unwrap();
-    store.insert_grant(&grant("g1", "k1")).await.unwrap();
+    store
+        .insert_grant(&grant("g1", "k1"), MAX_GRANTS)
+        .await
+        .unwrap();
     store.delete_grant("g1").await.unwrap();
     store
         .insert_key_store(&key_store("cks-1", "one", "cluster-1"))
@@ -829,6 +834,34 @@ async fn every_write_appends_its_change_in_order(store: Store) {
     assert!(store.changes_since(start, 10).await.unwrap().is_empty());
 }
 
+async fn grant_quota_is_counted_in_the_store(store: Store) {
+    create_enabled(&*store, "k1", &[]).await;
+    store.insert_grant(&grant("g1", "k1"), 2).await.unwrap();
+    store.insert_grant(&grant("g2", "k1"), 2).await.unwrap();
+    let err = store.insert_grant(&grant("g3", "k1"), 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::LimitExceeded(_)), "{err:?}");
+    assert_eq!(store.grants_of("k1").await.unwrap().len(), 2);
+    // Concurrent inserts cannot pass the quota either.
+    create_enabled(&*store, "k2", &[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.insert_grant(&grant(&format!("c{i}"), "k2"), 3).await
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => granted += 1,
+            Err(StoreError::LimitExceeded(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(granted, 3);
+    assert_eq!(store.grants_of("k2").await.unwrap().len(), 3);
+}
+
 async fn sessions_round_trip_and_expire(store: Store) {
     let s = session("ASIA1", 1_000);
     store.insert_session(&s).await.unwrap();
@@ -864,7 +897,7 @@ async fn point_lookups_find_one_item(store: Store) {
     eq.insert("a".to_string(), "1".to_string());
     g2.constraint_equals = Some(eq);
     for g in [grant("g1", "k1"), g2.clone(), grant("g3", "k2")] {
-        store.insert_grant(&g).await.unwrap();
+        store.insert_grant(&g, MAX_GRANTS).await.unwrap();
     }
     assert_eq!(
         store.grants_of("k1").await.unwrap(),
@@ -1063,6 +1096,7 @@ fn contract_cases() -> Vec<(&'static str, Case)> {
         key_store_updates_are_compare_and_set,
         uniqueness_is_enforced_by_the_database,
         every_write_appends_its_change_in_order,
+        grant_quota_is_counted_in_the_store,
         sessions_round_trip_and_expire,
         point_lookups_find_one_item,
         describe_reports_backend_and_migrations,

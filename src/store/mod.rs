@@ -470,6 +470,9 @@ pub enum StoreError {
     /// and retries, or answers as AWS would. Never a silent overwrite.
     #[error("changed concurrently: {0}")]
     Conflict(String),
+    /// A per-key quota counted in the store is reached (grants per key): nothing was applied.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// The database cannot be reached (connection refused or lost, pool timed out): nothing
     /// was applied, and retrying later may succeed.
     #[error("database unavailable: {0}")]
@@ -539,8 +542,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Every alias of every account, ordered by (account, name).
     async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError>;
 
-    /// Inserts a grant; `NotFound` if its key does not exist, `AlreadyExists` on a duplicate id.
-    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+    /// Inserts a grant; `NotFound` if its key does not exist, `AlreadyExists` on a duplicate id,
+    /// `LimitExceeded` when the key already has `max_grants` grants (counted in the database
+    /// under the key row's lock, so concurrent inserts on several nodes cannot pass it).
+    async fn insert_grant(&self, grant: &GrantRecord, max_grants: usize) -> Result<(), StoreError>;
     /// Deletes a grant; `NotFound` if absent.
     async fn delete_grant(&self, grant_id: &str) -> Result<(), StoreError>;
     /// Every grant, ordered by (key id, creation time, grant id).

@@ -418,7 +418,6 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
             StoreError::Corrupt(e.to_string())
         }
         sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
@@ -707,6 +706,21 @@ async fn touch_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), Stor
     log_change(conn, ChangeKind::Key, key_id).await
 }
 
+/// Locks the key row for the rest of the transaction (PostgreSQL: a row lock by a no-op
+/// update that leaves `row_version` alone; SQLite: the write lock is held already);
+/// `NotFound` unless it exists.
+async fn lock_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE keys SET key_id = key_id WHERE key_id = $1")
+        .bind(key_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(key_missing(key_id)));
+    }
+    Ok(())
+}
+
 /// `NotFound` unless the key row exists.
 async fn require_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
     let found = sqlx::query("SELECT 1 FROM keys WHERE key_id = $1")
@@ -908,7 +922,7 @@ impl MetadataStore for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn insert_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
+    async fn insert_grant(&self, g: &GrantRecord, max_grants: usize) -> Result<(), StoreError> {
         let ops = serde_json::to_string(&g.operations)
             .map_err(|e| StoreError::Database(format!("encoding grant operations: {e}")))?;
         let constraints = if g.constraint_equals.is_none() && g.constraint_subset.is_none() {
@@ -923,7 +937,17 @@ impl MetadataStore for SqlStore {
             )
         };
         let mut tx = self.write_tx().await?;
-        require_key_on(&mut tx, &g.key_id).await?;
+        lock_key_on(&mut tx, &g.key_id).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants WHERE key_id = $1")
+            .bind(&g.key_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if usize::try_from(count).unwrap_or(usize::MAX) >= max_grants {
+            return Err(StoreError::LimitExceeded(format!(
+                "A key can have at most {max_grants} grants."
+            )));
+        }
         sqlx::query(
             "INSERT INTO grants (grant_id, key_id, name, grantee_principal, retiring_principal, \
              operations, constraints, issuing_account, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
