@@ -470,7 +470,8 @@ pub enum StoreError {
     /// and retries, or answers as AWS would. Never a silent overwrite.
     #[error("changed concurrently: {0}")]
     Conflict(String),
-    /// A per-key quota counted in the store is reached (grants per key): nothing was applied.
+    /// A per-key quota counted in the store is reached (grants or aliases per key): nothing
+    /// was applied.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
     /// The database cannot be reached (connection refused or lost, pool timed out): nothing
@@ -527,15 +528,20 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Removes the given tag keys from a key; absent keys are ignored.
     async fn remove_tags(&self, key_id: &str, tag_keys: &[String]) -> Result<(), StoreError>;
 
-    /// Inserts an alias; `AlreadyExists` if (account, name) is taken.
-    async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
-    /// Points an existing alias at another key; `NotFound` if absent.
+    /// Inserts an alias; `AlreadyExists` if (account, name) is taken, `NotFound` if the key
+    /// does not exist, `LimitExceeded` when the key already has `max_per_key` aliases
+    /// (counted under the key row's lock).
+    async fn create_alias(&self, alias: &AliasRecord, max_per_key: usize)
+        -> Result<(), StoreError>;
+    /// Points an existing alias at another key; `NotFound` if the alias or the key is absent,
+    /// `LimitExceeded` when that key already has `max_per_key` other aliases.
     async fn update_alias(
         &self,
         account: &str,
         name: &str,
         key_id: &str,
         updated_at_ms: i64,
+        max_per_key: usize,
     ) -> Result<(), StoreError>;
     /// Deletes an alias; `NotFound` if absent.
     async fn delete_alias(&self, account: &str, name: &str) -> Result<(), StoreError>;

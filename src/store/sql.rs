@@ -721,6 +721,32 @@ async fn lock_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), Store
     Ok(())
 }
 
+/// `LimitExceeded` when the key already has `max` aliases, `except` (an alias being
+/// retargeted) not counted.
+async fn check_alias_quota(
+    conn: &mut AnyConnection,
+    key_id: &str,
+    except: Option<(&str, &str)>,
+    max: usize,
+) -> Result<(), StoreError> {
+    let (account, name) = except.unwrap_or(("", ""));
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM aliases WHERE key_id = $1 AND NOT (account = $2 AND name = $3)",
+    )
+    .bind(key_id)
+    .bind(account)
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if usize::try_from(count).unwrap_or(usize::MAX) >= max {
+        return Err(StoreError::LimitExceeded(format!(
+            "A key can have at most {max} aliases."
+        )));
+    }
+    Ok(())
+}
+
 /// `NotFound` unless the key row exists.
 async fn require_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
     let found = sqlx::query("SELECT 1 FROM keys WHERE key_id = $1")
@@ -1027,8 +1053,14 @@ impl MetadataStore for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+    async fn create_alias(
+        &self,
+        alias: &AliasRecord,
+        max_per_key: usize,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        lock_key_on(&mut tx, &alias.key_id).await?;
+        check_alias_quota(&mut tx, &alias.key_id, None, max_per_key).await?;
         sqlx::query(
             "INSERT INTO aliases (account, name, key_id, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -1058,8 +1090,11 @@ impl MetadataStore for SqlStore {
         name: &str,
         key_id: &str,
         updated_at_ms: i64,
+        max_per_key: usize,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        lock_key_on(&mut tx, key_id).await?;
+        check_alias_quota(&mut tx, key_id, Some((account, name)), max_per_key).await?;
         let done = sqlx::query(
             "UPDATE aliases SET key_id = $1, updated_at_ms = $2 WHERE account = $3 AND name = $4",
         )
@@ -1728,7 +1763,7 @@ mod tests {
             .await
             .unwrap();
         store
-            .create_alias(&alias(ACCOUNT, "alias/a", "k1"))
+            .create_alias(&alias(ACCOUNT, "alias/a", "k1"), 50)
             .await
             .unwrap();
         let keys_before = store.load_all().await.unwrap();
@@ -1909,7 +1944,7 @@ mod tests {
         let (_dir, store) = open_temp().await;
         create_enabled(&store, "k1", &[tag("a", "1")]).await;
         store
-            .create_alias(&alias(ACCOUNT, "alias/one", "k1"))
+            .create_alias(&alias(ACCOUNT, "alias/one", "k1"), 50)
             .await
             .unwrap();
         sqlx::query("DELETE FROM keys WHERE key_id = 'k1'")
