@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what p11kms needs on a Debian or Ubuntu machine, only where it is missing:
 # SoftHSM2 (the dev and test HSM), OpenSC (pkcs11-tool, for operators), the openssl CLI
-# (BYOK import tests), and a C compiler
+# (BYOK import tests), PostgreSQL (the shared store backend and its tests), and a C compiler
 # (the tests build a small PKCS#11 fault-injection shim). Rust itself must already be
 # installed (https://rustup.rs): this script says so and stops if it is not.
 set -euo pipefail
@@ -15,6 +15,13 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # python3-venv: the AWS-client tests install awscli, boto3 and aws-encryption-sdk into .venv.
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
+# postgresql: the store's PostgreSQL backend; the tests start their own server from Debian's
+# initdb/pg_ctl (tests/common/postgres.rs), found on PATH or under /usr/lib/postgresql/*/bin.
+have_initdb() {
+    command -v initdb >/dev/null 2>&1 && return 0
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null 2>&1
+}
+have_initdb || need+=(postgresql)
 
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""

@@ -13,7 +13,7 @@ use crate::core::reconcile::{DriftReport, InterruptedCreate};
 use crate::core::SystemClock;
 use crate::hsm::{probe_token, MechanismReport, TokenProbe};
 use crate::server::{close_hsm, open_engine, ServerError};
-use crate::store::{KeyStoreRecord, OrphanRecord};
+use crate::store::{KeyStoreRecord, OrphanRecord, StoreInfo};
 
 /// Everything `check` found.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct CheckReport {
     pub token: String,
     /// Mechanism availability.
     pub mechanisms: Vec<MechanismReport>,
+    /// The metadata store: backend, server version, migration state.
+    pub store: StoreInfo,
     /// Store/token drift.
     pub drift: DriftReport,
     /// Each `[[hsm.cluster]]`, probed without logging in.
@@ -49,6 +51,7 @@ impl CheckReport {
     /// True when nothing needs an operator's attention.
     pub fn is_ok(&self) -> bool {
         self.drift.is_clean()
+            && self.store.latest_applied() == self.store.latest_known
             && self.mechanisms.iter().all(|m| m.present || !m.required)
             && self.clusters.iter().all(|c| c.probe.is_ok())
     }
@@ -75,6 +78,7 @@ impl CheckReport {
                 Err(e) => writeln!(out, "cluster {}: token '{}' FAILED: {e}", c.id, c.token),
             };
         }
+        render_store(&mut out, &self.store);
         self.render_key_stores(&mut out);
         let d = &self.drift;
         let _ = writeln!(
@@ -146,6 +150,24 @@ impl CheckReport {
     }
 }
 
+/// The store line: backend, version, and the schema against what this binary knows.
+fn render_store(out: &mut String, s: &StoreInfo) {
+    let (applied, known) = (s.latest_applied(), s.latest_known);
+    let state = match applied.cmp(&known) {
+        std::cmp::Ordering::Equal => "up to date".to_string(),
+        std::cmp::Ordering::Less => format!("BEHIND this binary (knows {known})"),
+        std::cmp::Ordering::Greater => {
+            format!("AHEAD of this binary (knows {known}): written by a newer p11kms")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "store backend {} (server {}): schema at migration {applied}, {state}",
+        s.backend.as_str(),
+        s.server_version
+    );
+}
+
 /// One key in `Creating`: past the grace period, what the daemon's reconciliation will do
 /// (check itself changes nothing); within it, a note (it may be a creation in flight).
 fn render_interrupted(out: &mut String, i: &InterruptedCreate) {
@@ -178,6 +200,7 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
     let mechanisms = tokio::task::spawn_blocking(move || hsm.mechanisms())
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
+    let store = kms.store().describe().await?;
     let drift = kms.reconcile().await?;
     let mut clusters = Vec::new();
     for c in &config.hsm.cluster {
@@ -186,6 +209,7 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
     let report = CheckReport {
         token: kms.hsm().token_label().to_string(),
         mechanisms,
+        store,
         drift,
         clusters,
         key_stores: kms.store().list_key_stores().await?,
@@ -206,5 +230,35 @@ async fn probe_cluster(c: &ClusterSection) -> ClusterReport {
         id: c.id.clone(),
         token: c.token_label.clone(),
         probe,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Backend;
+
+    fn line(applied: Vec<i64>, known: i64) -> String {
+        let mut out = String::new();
+        render_store(
+            &mut out,
+            &StoreInfo {
+                backend: Backend::Postgres,
+                server_version: "15.4".into(),
+                applied_migrations: applied,
+                latest_known: known,
+            },
+        );
+        out
+    }
+
+    #[test]
+    fn store_line_tells_behind_from_ahead() {
+        let ok = line(vec![1, 2, 3], 3);
+        assert!(ok.contains("store backend postgres (server 15.4)"), "{ok}");
+        assert!(ok.contains("schema at migration 3, up to date"), "{ok}");
+        assert!(line(vec![1, 2], 3).contains("BEHIND this binary (knows 3)"));
+        assert!(line(vec![1, 2, 3, 4], 3).contains("AHEAD of this binary"));
+        assert!(line(vec![], 3).contains("schema at migration 0, BEHIND"));
     }
 }

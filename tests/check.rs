@@ -26,6 +26,11 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
         out.contains("mechanism AES_GCM") && out.contains("check passed"),
         "{out}"
     );
+    assert!(
+        out.contains("store backend sqlite (server 3.")
+            && out.contains("schema at migration 8, up to date"),
+        "{out}"
+    );
 
     // Interrupt two creations, one at each point between the phases.
     let server = start(&dir).await;

@@ -779,7 +779,12 @@ async fn stored_bare_issuing_account_is_listed_as_the_root_arn() {
         issuing_account: ACCOUNT.into(),
         created_at_ms: 1,
     };
-    server.kms.store().insert_grant(&legacy).await.unwrap();
+    server
+        .kms
+        .store()
+        .insert_grant(&legacy, p11kms::core::grants::MAX_GRANTS_PER_KEY)
+        .await
+        .unwrap();
     server.shutdown().await.unwrap();
 
     let server = start(&dir).await;

@@ -28,6 +28,10 @@ type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Case = fn(Store) -> CaseFuture;
 
 const ACCOUNT: &str = "111122223333";
+/// The engine's grants-per-key quota (AWS's).
+const MAX_GRANTS: usize = 50_000;
+/// The engine's aliases-per-key quota (AWS's).
+const MAX_ALIASES: usize = 50;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures.
@@ -362,19 +366,27 @@ async fn missing_rows_are_not_found(store: Store) {
     not_found(store.remove_tags("ghost", &["a".to_owned()]).await);
     not_found(
         store
-            .create_alias(&alias(ACCOUNT, "alias/x", "ghost"))
+            .create_alias(&alias(ACCOUNT, "alias/x", "ghost"), MAX_ALIASES)
             .await,
     );
-    not_found(store.update_alias(ACCOUNT, "alias/x", "ghost", 1).await);
+    not_found(
+        store
+            .update_alias(ACCOUNT, "alias/x", "ghost", 1, MAX_ALIASES)
+            .await,
+    );
     not_found(store.delete_alias(ACCOUNT, "alias/x").await);
 
     // An existing alias pointed at a missing key.
     create_enabled(&*store, "k1", &[]).await;
     store
-        .create_alias(&alias(ACCOUNT, "alias/x", "k1"))
+        .create_alias(&alias(ACCOUNT, "alias/x", "k1"), MAX_ALIASES)
         .await
         .unwrap();
-    not_found(store.update_alias(ACCOUNT, "alias/x", "ghost", 2).await);
+    not_found(
+        store
+            .update_alias(ACCOUNT, "alias/x", "ghost", 2, MAX_ALIASES)
+            .await,
+    );
     assert_eq!(store.list_aliases().await.unwrap()[0].key_id, "k1");
 
     // Nothing was left behind by the failed writes.
@@ -389,7 +401,7 @@ async fn alias_round_trip(store: Store) {
     let b = alias(ACCOUNT, "alias/alpha", "k1");
     let c = alias("000000000001", "alias/zeta", "k2");
     for x in [&a, &b, &c] {
-        store.create_alias(x).await.unwrap();
+        store.create_alias(x, MAX_ALIASES).await.unwrap();
     }
     assert_eq!(
         store.list_aliases().await.unwrap(),
@@ -397,7 +409,7 @@ async fn alias_round_trip(store: Store) {
     );
 
     store
-        .update_alias(ACCOUNT, "alias/zeta", "k2", 99)
+        .update_alias(ACCOUNT, "alias/zeta", "k2", 99, MAX_ALIASES)
         .await
         .unwrap();
     let updated = AliasRecord {
@@ -418,11 +430,11 @@ async fn duplicate_alias_is_already_exists(store: Store) {
     create_enabled(&*store, "k1", &[]).await;
     create_enabled(&*store, "k2", &[]).await;
     store
-        .create_alias(&alias(ACCOUNT, "alias/app", "k1"))
+        .create_alias(&alias(ACCOUNT, "alias/app", "k1"), MAX_ALIASES)
         .await
         .unwrap();
     let err = store
-        .create_alias(&alias(ACCOUNT, "alias/app", "k2"))
+        .create_alias(&alias(ACCOUNT, "alias/app", "k2"), MAX_ALIASES)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
@@ -447,16 +459,16 @@ async fn grants_round_trip_and_go_with_their_key(store: Store) {
         issuing_account: "111122223333".into(),
         created_at_ms: 5,
     };
-    store.insert_grant(&g).await.unwrap();
+    store.insert_grant(&g, MAX_GRANTS).await.unwrap();
     assert!(matches!(
-        store.insert_grant(&g).await,
+        store.insert_grant(&g, MAX_GRANTS).await,
         Err(StoreError::AlreadyExists(_))
     ));
     let mut orphan = g.clone();
     orphan.grant_id = "g2".into();
     orphan.key_id = "nope".into();
     assert!(matches!(
-        store.insert_grant(&orphan).await,
+        store.insert_grant(&orphan, MAX_GRANTS).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.list_grants().await.unwrap(), vec![g.clone()]);
@@ -481,15 +493,15 @@ async fn delete_key_cascades_to_versions_tags_and_aliases(store: Store) {
         .unwrap();
     let kept = create_enabled(&*store, "k2", &[tag("a", "1")]).await;
     store
-        .create_alias(&alias(ACCOUNT, "alias/one", "k1"))
+        .create_alias(&alias(ACCOUNT, "alias/one", "k1"), MAX_ALIASES)
         .await
         .unwrap();
     store
-        .create_alias(&alias(ACCOUNT, "alias/two", "k1"))
+        .create_alias(&alias(ACCOUNT, "alias/two", "k1"), MAX_ALIASES)
         .await
         .unwrap();
     store
-        .create_alias(&alias(ACCOUNT, "alias/kept", "k2"))
+        .create_alias(&alias(ACCOUNT, "alias/kept", "k2"), MAX_ALIASES)
         .await
         .unwrap();
 
@@ -777,10 +789,13 @@ async fn every_write_appends_its_change_in_order(store: Store) {
     let key = create_enabled(&*store, "k1", &[]).await;
     store.put_tags("k1", &[tag("a", "1")]).await.unwrap();
     store
-        .create_alias(&alias(ACCOUNT, "alias/x", "k1"))
+        .create_alias(&alias(ACCOUNT, "alias/x", "k1"), MAX_ALIASES)
         .await
         .unwrap();
-    store.insert_grant(&grant("g1", "k1")).await.unwrap();
+    store
+        .insert_grant(&grant("g1", "k1"), MAX_GRANTS)
+        .await
+        .unwrap();
     store.delete_grant("g1").await.unwrap();
     store
         .insert_key_store(&key_store("cks-1", "one", "cluster-1"))
@@ -794,7 +809,9 @@ async fn every_write_appends_its_change_in_order(store: Store) {
     store.put_lifecycle(&l).await.unwrap();
     // Refused writes log nothing.
     let _ = store.update_key(&key).await.unwrap_err();
-    let _ = store.create_alias(&alias(ACCOUNT, "alias/x", "k1")).await;
+    let _ = store
+        .create_alias(&alias(ACCOUNT, "alias/x", "k1"), MAX_ALIASES)
+        .await;
     store.delete_key("k1").await.unwrap();
     let alias_id = format!("{ACCOUNT}/alias/x");
     let expected = vec![
@@ -829,6 +846,75 @@ async fn every_write_appends_its_change_in_order(store: Store) {
     assert!(store.changes_since(start, 10).await.unwrap().is_empty());
 }
 
+async fn grant_quota_is_counted_in_the_store(store: Store) {
+    create_enabled(&*store, "k1", &[]).await;
+    store.insert_grant(&grant("g1", "k1"), 2).await.unwrap();
+    store.insert_grant(&grant("g2", "k1"), 2).await.unwrap();
+    let err = store.insert_grant(&grant("g3", "k1"), 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::LimitExceeded(_)), "{err:?}");
+    assert_eq!(store.grants_of("k1").await.unwrap().len(), 2);
+    // Concurrent inserts cannot pass the quota either.
+    create_enabled(&*store, "k2", &[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.insert_grant(&grant(&format!("c{i}"), "k2"), 3).await
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => granted += 1,
+            Err(StoreError::LimitExceeded(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(granted, 3);
+    assert_eq!(store.grants_of("k2").await.unwrap().len(), 3);
+}
+
+async fn alias_quota_is_counted_in_the_store(store: Store) {
+    create_enabled(&*store, "k1", &[]).await;
+    create_enabled(&*store, "k2", &[]).await;
+    store
+        .create_alias(&alias(ACCOUNT, "alias/a", "k1"), 2)
+        .await
+        .unwrap();
+    store
+        .create_alias(&alias(ACCOUNT, "alias/b", "k1"), 2)
+        .await
+        .unwrap();
+    let err = store
+        .create_alias(&alias(ACCOUNT, "alias/c", "k1"), 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LimitExceeded(_)), "{err:?}");
+    store
+        .create_alias(&alias(ACCOUNT, "alias/c", "k2"), 2)
+        .await
+        .unwrap();
+    let err = store
+        .update_alias(ACCOUNT, "alias/c", "k1", 5, 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LimitExceeded(_)), "{err:?}");
+    // Retargeting an alias to the key it already names does not count it twice.
+    store
+        .update_alias(ACCOUNT, "alias/a", "k1", 6, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_alias(ACCOUNT, "alias/c")
+            .await
+            .unwrap()
+            .unwrap()
+            .key_id,
+        "k2"
+    );
+}
+
 async fn sessions_round_trip_and_expire(store: Store) {
     let s = session("ASIA1", 1_000);
     store.insert_session(&s).await.unwrap();
@@ -851,7 +937,7 @@ async fn point_lookups_find_one_item(store: Store) {
     create_enabled(&*store, "k1", &[]).await;
     create_enabled(&*store, "k2", &[]).await;
     let a = alias(ACCOUNT, "alias/x", "k1");
-    store.create_alias(&a).await.unwrap();
+    store.create_alias(&a, MAX_ALIASES).await.unwrap();
     assert_eq!(store.get_alias(ACCOUNT, "alias/x").await.unwrap(), Some(a));
     assert!(store
         .get_alias("000000000001", "alias/x")
@@ -864,7 +950,7 @@ async fn point_lookups_find_one_item(store: Store) {
     eq.insert("a".to_string(), "1".to_string());
     g2.constraint_equals = Some(eq);
     for g in [grant("g1", "k1"), g2.clone(), grant("g3", "k2")] {
-        store.insert_grant(&g).await.unwrap();
+        store.insert_grant(&g, MAX_GRANTS).await.unwrap();
     }
     assert_eq!(
         store.grants_of("k1").await.unwrap(),
@@ -1063,6 +1149,8 @@ fn contract_cases() -> Vec<(&'static str, Case)> {
         key_store_updates_are_compare_and_set,
         uniqueness_is_enforced_by_the_database,
         every_write_appends_its_change_in_order,
+        grant_quota_is_counted_in_the_store,
+        alias_quota_is_counted_in_the_store,
         sessions_round_trip_and_expire,
         point_lookups_find_one_item,
         describe_reports_backend_and_migrations,

@@ -168,7 +168,7 @@ impl Kms {
         };
         super::record::before_change().await?;
         self.store
-            .create_alias(&record)
+            .create_alias(&record, MAX_ALIASES_PER_KEY)
             .await
             .map_err(|e| match e {
                 crate::store::StoreError::AlreadyExists(_) => KmsError::AlreadyExists(format!(
@@ -215,7 +215,13 @@ impl Kms {
         let now = self.now_ms();
         super::record::before_change().await?;
         self.store
-            .update_alias(&caller.account, alias_name, &new.key.record.key_id, now)
+            .update_alias(
+                &caller.account,
+                alias_name,
+                &new.key.record.key_id,
+                now,
+                MAX_ALIASES_PER_KEY,
+            )
             .await?;
         let mut updated = current;
         updated.key_id = new.key.record.key_id.clone();

@@ -184,6 +184,7 @@ impl From<StoreError> for KmsError {
         match e {
             StoreError::AlreadyExists(m) => KmsError::AlreadyExists(m),
             StoreError::NotFound(m) => KmsError::NotFound(m),
+            StoreError::LimitExceeded(m) => KmsError::LimitExceeded(m),
             // The engine retries a conflict on fresh state; one that reaches here lost every
             // retry to other writers.
             StoreError::Conflict(_) => KmsError::Conflict(

@@ -360,7 +360,7 @@ impl Kms {
         }
         super::end_dry_run(req.dry_run)?;
         super::record::before_change().await?;
-        self.store.insert_grant(&record).await?;
+        self.store.insert_grant(&record, MAX_GRANTS_PER_KEY).await?;
         let mut updated = (*resolved.key).clone();
         updated.grants.push(record.clone());
         self.cache_put(updated);

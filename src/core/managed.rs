@@ -351,7 +351,11 @@ impl Kms {
             next_rotation_ms: Some(now + i64::from(DEFAULT_ROTATION_PERIOD_DAYS) * 86_400_000),
             ..KeyLifecycle::default()
         };
-        let linked = match self.store.create_alias(&alias).await {
+        let linked = match self
+            .store
+            .create_alias(&alias, super::aliases::MAX_ALIASES_PER_KEY)
+            .await
+        {
             Ok(()) => self.store.put_lifecycle(&lifecycle).await,
             Err(e) => Err(e),
         };

@@ -470,6 +470,10 @@ pub enum StoreError {
     /// and retries, or answers as AWS would. Never a silent overwrite.
     #[error("changed concurrently: {0}")]
     Conflict(String),
+    /// A per-key quota counted in the store is reached (grants or aliases per key): nothing
+    /// was applied.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// The database cannot be reached (connection refused or lost, pool timed out): nothing
     /// was applied, and retrying later may succeed.
     #[error("database unavailable: {0}")]
@@ -524,23 +528,30 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Removes the given tag keys from a key; absent keys are ignored.
     async fn remove_tags(&self, key_id: &str, tag_keys: &[String]) -> Result<(), StoreError>;
 
-    /// Inserts an alias; `AlreadyExists` if (account, name) is taken.
-    async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
-    /// Points an existing alias at another key; `NotFound` if absent.
+    /// Inserts an alias; `AlreadyExists` if (account, name) is taken, `NotFound` if the key
+    /// does not exist, `LimitExceeded` when the key already has `max_per_key` aliases
+    /// (counted under the key row's lock).
+    async fn create_alias(&self, alias: &AliasRecord, max_per_key: usize)
+        -> Result<(), StoreError>;
+    /// Points an existing alias at another key; `NotFound` if the alias or the key is absent,
+    /// `LimitExceeded` when that key already has `max_per_key` other aliases.
     async fn update_alias(
         &self,
         account: &str,
         name: &str,
         key_id: &str,
         updated_at_ms: i64,
+        max_per_key: usize,
     ) -> Result<(), StoreError>;
     /// Deletes an alias; `NotFound` if absent.
     async fn delete_alias(&self, account: &str, name: &str) -> Result<(), StoreError>;
     /// Every alias of every account, ordered by (account, name).
     async fn list_aliases(&self) -> Result<Vec<AliasRecord>, StoreError>;
 
-    /// Inserts a grant; `NotFound` if its key does not exist, `AlreadyExists` on a duplicate id.
-    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+    /// Inserts a grant; `NotFound` if its key does not exist, `AlreadyExists` on a duplicate id,
+    /// `LimitExceeded` when the key already has `max_grants` grants (counted in the database
+    /// under the key row's lock, so concurrent inserts on several nodes cannot pass it).
+    async fn insert_grant(&self, grant: &GrantRecord, max_grants: usize) -> Result<(), StoreError>;
     /// Deletes a grant; `NotFound` if absent.
     async fn delete_grant(&self, grant_id: &str) -> Result<(), StoreError>;
     /// Every grant, ordered by (key id, creation time, grant id).

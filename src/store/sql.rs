@@ -418,7 +418,6 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
             StoreError::Corrupt(e.to_string())
         }
         sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
@@ -707,6 +706,47 @@ async fn touch_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), Stor
     log_change(conn, ChangeKind::Key, key_id).await
 }
 
+/// Locks the key row for the rest of the transaction (PostgreSQL: a row lock by a no-op
+/// update that leaves `row_version` alone; SQLite: the write lock is held already);
+/// `NotFound` unless it exists.
+async fn lock_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE keys SET key_id = key_id WHERE key_id = $1")
+        .bind(key_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(key_missing(key_id)));
+    }
+    Ok(())
+}
+
+/// `LimitExceeded` when the key already has `max` aliases, `except` (an alias being
+/// retargeted) not counted.
+async fn check_alias_quota(
+    conn: &mut AnyConnection,
+    key_id: &str,
+    except: Option<(&str, &str)>,
+    max: usize,
+) -> Result<(), StoreError> {
+    let (account, name) = except.unwrap_or(("", ""));
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM aliases WHERE key_id = $1 AND NOT (account = $2 AND name = $3)",
+    )
+    .bind(key_id)
+    .bind(account)
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if usize::try_from(count).unwrap_or(usize::MAX) >= max {
+        return Err(StoreError::LimitExceeded(format!(
+            "A key can have at most {max} aliases."
+        )));
+    }
+    Ok(())
+}
+
 /// `NotFound` unless the key row exists.
 async fn require_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
     let found = sqlx::query("SELECT 1 FROM keys WHERE key_id = $1")
@@ -908,7 +948,7 @@ impl MetadataStore for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn insert_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
+    async fn insert_grant(&self, g: &GrantRecord, max_grants: usize) -> Result<(), StoreError> {
         let ops = serde_json::to_string(&g.operations)
             .map_err(|e| StoreError::Database(format!("encoding grant operations: {e}")))?;
         let constraints = if g.constraint_equals.is_none() && g.constraint_subset.is_none() {
@@ -923,7 +963,17 @@ impl MetadataStore for SqlStore {
             )
         };
         let mut tx = self.write_tx().await?;
-        require_key_on(&mut tx, &g.key_id).await?;
+        lock_key_on(&mut tx, &g.key_id).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants WHERE key_id = $1")
+            .bind(&g.key_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if usize::try_from(count).unwrap_or(usize::MAX) >= max_grants {
+            return Err(StoreError::LimitExceeded(format!(
+                "A key can have at most {max_grants} grants."
+            )));
+        }
         sqlx::query(
             "INSERT INTO grants (grant_id, key_id, name, grantee_principal, retiring_principal, \
              operations, constraints, issuing_account, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -1003,8 +1053,14 @@ impl MetadataStore for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+    async fn create_alias(
+        &self,
+        alias: &AliasRecord,
+        max_per_key: usize,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        lock_key_on(&mut tx, &alias.key_id).await?;
+        check_alias_quota(&mut tx, &alias.key_id, None, max_per_key).await?;
         sqlx::query(
             "INSERT INTO aliases (account, name, key_id, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -1034,8 +1090,11 @@ impl MetadataStore for SqlStore {
         name: &str,
         key_id: &str,
         updated_at_ms: i64,
+        max_per_key: usize,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        lock_key_on(&mut tx, key_id).await?;
+        check_alias_quota(&mut tx, key_id, Some((account, name)), max_per_key).await?;
         let done = sqlx::query(
             "UPDATE aliases SET key_id = $1, updated_at_ms = $2 WHERE account = $3 AND name = $4",
         )
@@ -1704,7 +1763,7 @@ mod tests {
             .await
             .unwrap();
         store
-            .create_alias(&alias(ACCOUNT, "alias/a", "k1"))
+            .create_alias(&alias(ACCOUNT, "alias/a", "k1"), 50)
             .await
             .unwrap();
         let keys_before = store.load_all().await.unwrap();
@@ -1885,7 +1944,7 @@ mod tests {
         let (_dir, store) = open_temp().await;
         create_enabled(&store, "k1", &[tag("a", "1")]).await;
         store
-            .create_alias(&alias(ACCOUNT, "alias/one", "k1"))
+            .create_alias(&alias(ACCOUNT, "alias/one", "k1"), 50)
             .await
             .unwrap();
         sqlx::query("DELETE FROM keys WHERE key_id = 'k1'")
