@@ -109,18 +109,26 @@ pub struct GetKeyLastUsageArgs {
 
 /// Runs a `key` subcommand: the session first, then the one call.
 pub async fn run(conn: Conn, command: KeyCommand) -> Result<(), String> {
-    let sess = Session::open(&conn).await?;
+    let mut sess = Session::open(&conn).await?;
     match command {
         KeyCommand::Create(args) => create(&sess, args).await,
         KeyCommand::List { limit } => list(&sess, limit).await,
-        KeyCommand::Describe { key } => describe(&sess, key).await,
+        KeyCommand::Describe { key } => describe(&mut sess, key).await,
         KeyCommand::Enable { key } => {
             let request = pb::EnableKeyRequest { key_id: key };
-            answer(sess.kms().enable_key(sess.k("EnableKey", request)).await).map(drop)
+            sess.kms_call("EnableKey", request, |mut c, r| async move {
+                c.enable_key(r).await
+            })
+            .await
+            .map(drop)
         }
         KeyCommand::Disable { key } => {
             let request = pb::DisableKeyRequest { key_id: key };
-            answer(sess.kms().disable_key(sess.k("DisableKey", request)).await).map(drop)
+            sess.kms_call("DisableKey", request, |mut c, r| async move {
+                c.disable_key(r).await
+            })
+            .await
+            .map(drop)
         }
         KeyCommand::ScheduleDeletion { key, days } => schedule_deletion(&sess, key, days).await,
         KeyCommand::CancelDeletion { key } => cancel_deletion(&sess, key).await,
@@ -199,16 +207,16 @@ async fn list(sess: &Session, limit: Option<i32>) -> Result<(), String> {
     Ok(())
 }
 
-async fn describe(sess: &Session, key: String) -> Result<(), String> {
+async fn describe(sess: &mut Session, key: String) -> Result<(), String> {
     let request = pb::DescribeKeyRequest {
         key_id: key,
         grant_tokens: vec![],
     };
-    let r = answer(
-        sess.kms()
-            .describe_key(sess.k("DescribeKey", request))
-            .await,
-    )?;
+    let r = sess
+        .kms_call("DescribeKey", request, |mut c, r| async move {
+            c.describe_key(r).await
+        })
+        .await?;
     print_metadata(r.key_metadata)
 }
 

@@ -43,16 +43,16 @@ pub struct DeriveSharedSecretArgs {
 
 /// `get-public-key`: DER SubjectPublicKeyInfo into --out, or PEM on standard output.
 pub async fn get_public_key(args: GetPublicKeyArgs) -> Result<(), String> {
-    let sess = Session::open(&args.conn).await?;
+    let mut sess = Session::open(&args.conn).await?;
     let request = pb::GetPublicKeyRequest {
         key_id: args.key,
         grant_tokens: vec![],
     };
-    let r = answer(
-        sess.kms()
-            .get_public_key(sess.k("GetPublicKey", request))
-            .await,
-    )?;
+    let r = sess
+        .kms_call("GetPublicKey", request, |mut c, r| async move {
+            c.get_public_key(r).await
+        })
+        .await?;
     match args.out {
         Some(p) => write_output(&p, &r.public_key, false)?,
         None => print!("{}", public_key_pem(&r.public_key)),
