@@ -111,7 +111,7 @@ pub struct GetKeyLastUsageArgs {
 pub async fn run(conn: Conn, command: KeyCommand) -> Result<(), String> {
     let mut sess = Session::open(&conn).await?;
     match command {
-        KeyCommand::Create(args) => create(&sess, args).await,
+        KeyCommand::Create(args) => create(&mut sess, args).await,
         KeyCommand::List { limit } => list(&sess, limit).await,
         KeyCommand::Describe { key } => describe(&mut sess, key).await,
         KeyCommand::Enable { key } => {
@@ -150,7 +150,7 @@ pub async fn run(conn: Conn, command: KeyCommand) -> Result<(), String> {
 }
 
 /// `key create`: the policy file is read after the session is open.
-async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
+async fn create(sess: &mut Session, args: CreateArgs) -> Result<(), String> {
     let request = pb::CreateKeyRequest {
         description: args.description,
         policy: read_optional(args.policy_file)?,
@@ -166,7 +166,12 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
         tags: pb_tags(args.tags),
         ..Default::default()
     };
-    let r = answer(sess.kms().create_key(sess.k("CreateKey", request)).await)?;
+    // Through the failover helper, which never sends CreateKey again (a second key).
+    let r = sess
+        .kms_call("CreateKey", request, |mut c, r| async move {
+            c.create_key(r).await
+        })
+        .await?;
     print_metadata(r.key_metadata)
 }
 
