@@ -127,3 +127,33 @@ async fn an_application_error_is_the_answer_not_a_failover() {
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigv4_signs_for_the_endpoint_it_failed_over_to() {
+    // The signature covers `host:port`: after failing over from 127.0.0.1:<dead> the request
+    // must be signed for localhost:<live>, or the daemon refuses it.
+    let server = start(&data_dir("cli-failover-sigv4")).await;
+    let dead = refusing_endpoint();
+    let live = format!("https://localhost:{}", server.addr.port());
+    let creds = fixture_credentials("AKIAADMIN00000000001");
+    let out = p11kms_command()
+        .args(["sts", "get-caller-identity"])
+        .arg(format!("--ca-cert={}", env().pki.join("ca.pem").display()))
+        .arg(format!("--endpoint={dead},{live}"))
+        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_str())
+        .output()
+        .unwrap();
+    assert_succeeded(&out, "sts get-caller-identity with failover, SigV4");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        v["Arn"].as_str().is_some_and(|a| a.contains(":user/")),
+        "{v}"
+    );
+    assert!(
+        stderr(&out).contains(&format!("failed over to {live}")),
+        "{}",
+        stderr(&out)
+    );
+    server.shutdown().await.unwrap();
+}

@@ -10,9 +10,7 @@ use clap::Args;
 
 use p11kms::api::grpc::status::aws_reason;
 use p11kms::client::{is_unavailable, retry_safe, ClientConfig, Connected, Failover};
-use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::pb::key_management_service_client::KeyManagementServiceClient;
-use p11kms::pb::security_token_service_client::SecurityTokenServiceClient;
 
 /// Connection options; each falls back to the environment, then the client config file.
 #[derive(Args, Debug, Clone)]
@@ -79,10 +77,35 @@ impl Session {
         Ok(Session { current, failover })
     }
 
-    /// Calls KeyManagementService `method` with `msg` through `call`; when the node answers
-    /// `UNAVAILABLE` (or the connection is lost) and `method` is safe to send again
-    /// ([`retry_safe`]: reads, cryptographic calls, idempotent changes), fails over to the
-    /// next endpoint and calls again there. Any other error is the answer.
+    /// Calls `/p11kms.v1.<service>/<method>` with `msg` (signed when using access keys)
+    /// through `call` on the current channel; when the node answers `UNAVAILABLE` (or the
+    /// connection is lost) and `method` is safe to send again ([`retry_safe`]: reads,
+    /// cryptographic calls, idempotent changes), fails over to the next endpoint and calls
+    /// again there. Any other error is the answer.
+    pub async fn call<T, R, F, Fut>(
+        &mut self,
+        service: &str,
+        method: &str,
+        msg: T,
+        call: F,
+    ) -> Result<R, String>
+    where
+        T: prost::Message + Clone,
+        F: Fn(tonic::transport::Channel, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        loop {
+            let request = self.req(service, method, msg.clone());
+            match call(self.current.channel.clone(), request).await {
+                Err(s) if is_unavailable(&s) && retry_safe(method) => {
+                    self.fail_over(status_error(s)).await?
+                }
+                other => return answer(other),
+            }
+        }
+    }
+
+    /// [`Session::call`] on the KeyManagementService.
     pub async fn kms_call<T, R, F, Fut>(
         &mut self,
         method: &str,
@@ -94,14 +117,8 @@ impl Session {
         F: Fn(KeyManagementServiceClient<tonic::transport::Channel>, tonic::Request<T>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        loop {
-            match call(self.kms(), self.k(method, msg.clone())).await {
-                Err(s) if is_unavailable(&s) && retry_safe(method) => {
-                    self.fail_over(status_error(s)).await?
-                }
-                other => return answer(other),
-            }
-        }
+        let kms = |ch, r| call(KeyManagementServiceClient::new(ch), r);
+        self.call("KeyManagementService", method, msg, kms).await
     }
 
     /// Moves to the next endpoint after the current one failed a call with `reason`.
@@ -123,16 +140,6 @@ impl Session {
     /// A KeyManagementService client on this session's channel.
     pub fn kms(&self) -> KeyManagementServiceClient<tonic::transport::Channel> {
         KeyManagementServiceClient::new(self.current.channel.clone())
-    }
-
-    /// An AdminService client on this session's channel.
-    pub fn admin(&self) -> AdminServiceClient<tonic::transport::Channel> {
-        AdminServiceClient::new(self.current.channel.clone())
-    }
-
-    /// A SecurityTokenService client on this session's channel.
-    pub fn sts(&self) -> SecurityTokenServiceClient<tonic::transport::Channel> {
-        SecurityTokenServiceClient::new(self.current.channel.clone())
     }
 
     /// A request for `/p11kms.v1.<service>/<method>`, signed when using access keys.
