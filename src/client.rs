@@ -451,6 +451,16 @@ impl Failover {
         });
     }
 
+    /// How many endpoints are configured.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether an endpoint is left to fail over to.
+    pub fn has_more(&self) -> bool {
+        self.next < self.endpoints.len()
+    }
+
     /// The endpoints that failed so far, in order.
     pub fn failures(&self) -> &[EndpointFailure] {
         &self.failures

@@ -88,6 +88,37 @@ async fn unavailable_fails_over_only_for_calls_safe_to_repeat() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
 
+    // Both endpoints answer UNAVAILABLE (the attempt and the daemon's retry, twice): the
+    // error names each endpoint with its answer.
+    f.burst("C_Encrypt", SESSION_HANDLE_INVALID, 4);
+    let out = run_twice_listed(&server, &["encrypt", "--key", &key, "--b64", "aGk="]);
+    let (code, text) = code_and_output(&out);
+    assert_ne!(code, 0, "{text}");
+    assert_eq!(f.injected(), 6, "{text}");
+    let err = stderr(&out);
+    assert!(err.contains("no endpoint could be reached"), "{err}");
+    for e in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        assert!(
+            err.contains(&format!("https://{e} (KeyUnavailableException")),
+            "{e}: {err}"
+        );
+    }
+
+    // One endpoint: the answer as before several existed.
+    f.burst("C_Encrypt", SESSION_HANDLE_INVALID, 2);
+    let out = p11kms_command()
+        .args(["encrypt", "--key", &key, "--b64", "aGk="])
+        .args(cli_connection(port, "admin"))
+        .output()
+        .unwrap();
+    let (code, text) = code_and_output(&out);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        stderr(&out).starts_with("error: KeyUnavailableException: "),
+        "{text}"
+    );
+    assert_eq!(f.injected(), 8, "{text}");
+
     // CreateKey: UNAVAILABLE is the answer; never sent again (it would make a second key).
     f.burst("C_GenerateKey", SESSION_HANDLE_INVALID, 1);
     let out = run_twice_listed(&server, &["key", "create"]);
@@ -95,7 +126,7 @@ async fn unavailable_fails_over_only_for_calls_safe_to_repeat() {
     assert_ne!(code, 0, "{text}");
     assert!(stderr(&out).contains("KeyUnavailableException"), "{text}");
     assert!(!text.contains("failed over"), "{text}");
-    assert_eq!(f.injected(), 3, "one CreateKey attempt");
+    assert_eq!(f.injected(), 9, "one CreateKey attempt");
     let after = keys(
         c.list_keys(pb::ListKeysRequest::default())
             .await

@@ -81,7 +81,10 @@ impl Session {
     /// through `call` on the current channel; when the node answers `UNAVAILABLE` (or the
     /// connection is lost) and `method` is safe to send again ([`retry_safe`]: reads,
     /// cryptographic calls, idempotent changes), fails over to the next endpoint and calls
-    /// again there. Any other error is the answer.
+    /// again there; when none is left, the error names each endpoint and why. Any other error
+    /// is the answer, and so is every error with one endpoint (as before several existed).
+    /// The message is copied only while another attempt is possible (it may hold a
+    /// plaintext, which prost types cannot zeroize).
     pub async fn call<T, R, F, Fut>(
         &mut self,
         service: &str,
@@ -94,10 +97,20 @@ impl Session {
         F: Fn(tonic::transport::Channel, tonic::Request<T>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
+        let fails_over = retry_safe(method) && self.failover.endpoint_count() > 1;
+        let mut msg = Some(msg);
         loop {
-            let request = self.req(service, method, msg.clone());
+            let once_more = fails_over && self.failover.has_more();
+            let this = match once_more {
+                true => msg.clone(),
+                false => msg.take(),
+            };
+            let Some(this) = this else {
+                return Err(format!("{method}: nothing left to send"));
+            };
+            let request = self.req(service, method, this);
             match call(self.current.channel.clone(), request).await {
-                Err(s) if is_unavailable(&s) && retry_safe(method) => {
+                Err(s) if is_unavailable(&s) && fails_over => {
                     self.fail_over(status_error(s)).await?
                 }
                 other => return answer(other),
