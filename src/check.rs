@@ -233,6 +233,15 @@ async fn probe_cluster(c: &ClusterSection) -> ClusterReport {
     }
 }
 
+/// The node line of `p11kms check`: which node of a cluster this config makes (`[node] id`,
+/// the id in its audit trail, health answers and metrics), or that it names none.
+pub fn render_node(config: &Config) -> String {
+    match &config.node.id {
+        Some(id) => format!("node: {id}"),
+        None => "node: none ([node] id not set: a single node)".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,9 @@ pub fn check_secret_file(
     })
 }
 
+/// The lock file daemons sharing one SoftHSM2 token take, beside its `softhsm2_conf`.
+pub const SHARED_TOKEN_LOCK_FILE: &str = "p11kms-token-objects.lock";
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -978,6 +981,14 @@ impl Config {
         cfg.acquire_timeout = Duration::from_millis(self.hsm.acquire_timeout_ms);
         cfg.stall_limit = Duration::from_millis(self.hsm.stall_limit_ms);
         cfg.session_key_copies = self.hsm.session_key_copies;
+        // SoftHSM2 keeps token objects in files that several daemons may share: they take
+        // one lock file beside its config around creating and destroying token objects.
+        cfg.shared_token_lock = self
+            .hsm
+            .softhsm2_conf
+            .as_ref()
+            .and_then(|c| c.parent())
+            .map(|d| d.join(SHARED_TOKEN_LOCK_FILE));
         Ok(cfg)
     }
 }

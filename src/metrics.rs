@@ -480,6 +480,26 @@ pub async fn serve(
         .await
 }
 
+/// `p11kms_node_info{node="<id>"} 1` when `[node] id` is set: the node's identity as one
+/// info metric rather than a `node` label on every series. Prometheus attaches the target's
+/// labels (`instance`, and any the scrape config adds) to every series it scrapes, so each
+/// node's series are told apart already; joining on this gauge
+/// (`... * on(instance) group_left(node) p11kms_node_info`) names them by node id
+/// (`docs/operations.md`, "Several nodes").
+pub struct NodeInfo(pub String);
+
+impl ScrapeSource for NodeInfo {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "This node's id ([node] id), as a label; always 1";
+        labelled_gauge(
+            encoder,
+            "p11kms_node_info",
+            help,
+            [(vec![("node", self.0.clone())], 1)],
+        )
+    }
+}
+
 /// How refused requests are audited and the trail's free space (`docs/audit.md`, "Refused
 /// requests").
 pub struct RefusalSource(pub Arc<crate::audit::RefusalAuditor>);

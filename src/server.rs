@@ -671,13 +671,14 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         audit.clone(),
         config.refusal_config(),
     ));
-    let metrics = Arc::new(Metrics::new(
-        kms.clone(),
-        vec![
-            Box::new(crate::metrics::AuditSource(audit.clone())),
-            Box::new(crate::metrics::RefusalSource(refusals.clone())),
-        ],
-    ));
+    let mut sources: Vec<Box<dyn crate::metrics::ScrapeSource>> = vec![
+        Box::new(crate::metrics::AuditSource(audit.clone())),
+        Box::new(crate::metrics::RefusalSource(refusals.clone())),
+    ];
+    if let Some(node) = &config.node.id {
+        sources.push(Box::new(crate::metrics::NodeInfo(node.clone())));
+    }
+    let metrics = Arc::new(Metrics::new(kms.clone(), sources));
     kms.set_service_sink(Arc::new(crate::audit::ServiceAuditSink::new(
         audit.clone(),
         config.kms.region.clone(),
@@ -782,7 +783,8 @@ fn start_grpc(
     cancel: CancellationToken,
 ) -> Result<(tonic_health::server::HealthReporter, GrpcServer), ServerError> {
     let door = Door::new(deps.auth.clone(), deps.gate.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (health, health_service) =
+        crate::api::grpc::health::node_health_reporter(config.node.id.as_deref());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -63,8 +63,9 @@ async fn metrics_move_with_requests() {
     ] {
         assert!(after.contains(family), "missing {family}");
     }
-    // No secret material in metrics.
+    // No secret material in metrics; no node id configured, so no node info.
     assert!(!after.contains(USER_PIN));
+    assert!(!after.contains("p11kms_node_info"), "{after}");
     server.shutdown().await.unwrap();
 }
 
@@ -82,21 +83,9 @@ async fn health_is_serving_and_reflection_lists_the_api() {
     .await
     .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    let mut status = 0;
-    for _ in 0..50 {
-        status = health
-            .check(HealthCheckRequest {
-                service: "p11kms.v1.KeyManagementService".into(),
-            })
-            .await
-            .map(|r| r.into_inner().status)
-            .unwrap_or(0);
-        if status == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let (status, node) = serving(&mut health).await;
     assert_eq!(status, 1, "health must be SERVING");
+    assert_eq!(node, None, "no [node] id: no node in the health answer");
 
     let mut refl = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest {
@@ -124,5 +113,61 @@ async fn health_is_serving_and_reflection_lists_the_api() {
     ] {
         assert!(names.iter().any(|n| n == s), "{s} not in {names:?}");
     }
+    server.shutdown().await.unwrap();
+}
+
+/// The health status of the KMS service once SERVING (or the last status seen, after the
+/// attempts), and the node id in the answer's `p11kms-node` metadata.
+async fn serving(health: &mut HealthClient<tonic::transport::Channel>) -> (i32, Option<String>) {
+    let mut last = (0, None);
+    for _ in 0..50 {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: "p11kms.v1.KeyManagementService".into(),
+            })
+            .await;
+        if let Ok(r) = answer {
+            let node = r
+                .metadata()
+                .get(p11kms::api::grpc::health::NODE_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            last = (r.into_inner().status, node);
+            if last.0 == 1 {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_id_is_in_check_health_and_metrics() {
+    let dir = data_dir("node-id");
+    let config = config_with(&dir, "\n[node]\nid = \"node-a1\"\n");
+    // check first: it opens the store, which the daemon then holds. The token is shared
+    // with this binary's other tests, whose key objects check reports as drift (exit 2);
+    // what matters here is that the config was accepted (not 1) and the node line.
+    let (code, out) = run_check(&dir.join("p11kms.toml")).await;
+    assert!(code == 0 || code == 2, "{out}");
+    assert!(out.contains("token 'p11kms-test': opened"), "{out}");
+    assert!(out.lines().any(|l| l == "node: node-a1"), "{out}");
+
+    let server = p11kms::server::start(&config, p11kms::server::ServerOptions::default())
+        .await
+        .expect("daemon starts");
+    let text = scrape(server.metrics_addr.expect("metrics enabled")).await;
+    assert_eq!(
+        sample(&text, "p11kms_node_info{node=\"node-a1\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(text.matches("p11kms_node_info{").count(), 1, "{text}");
+
+    let mut health = health_client(server.addr).await;
+    let (status, node) = serving(&mut health).await;
+    assert_eq!(status, 1, "health must be SERVING");
+    assert_eq!(node.as_deref(), Some("node-a1"));
     server.shutdown().await.unwrap();
 }

@@ -48,6 +48,8 @@
 mod aws;
 #[path = "p11kms-bench/http_client.rs"]
 mod http_client;
+#[path = "p11kms-bench/nodes.rs"]
+mod nodes;
 #[path = "p11kms-bench/shim.rs"]
 mod shim;
 #[path = "p11kms-bench/xks.rs"]
@@ -428,9 +430,12 @@ struct Cli {
     seed_timeout: u64,
 
     // ---- existing daemon
-    /// Use this daemon (`https://host:port`) instead of starting one.
-    #[arg(long)]
-    endpoint: Option<String>,
+    /// Use this daemon (`https://host:port`) instead of starting one. Repeat it (or separate
+    /// with commas) for several nodes of one cluster: worker `i` starts on endpoint `i % n`,
+    /// an endpoint that cannot be reached or answers UNAVAILABLE is skipped, and each case's
+    /// JSON has the per-endpoint counts (`endpoints`).
+    #[arg(long, value_delimiter = ',')]
+    endpoint: Vec<String>,
     /// CA certificate of the existing daemon.
     #[arg(long, requires = "endpoint")]
     ca_cert: Option<PathBuf>,
@@ -1089,6 +1094,10 @@ fn toml_str(s: &str) -> String {
 /// How to reach the daemon and who to be.
 #[derive(Clone)]
 struct Target {
+    /// The endpoint, for reports.
+    endpoint: String,
+    /// The further endpoints of `--endpoint` (the other nodes), in order.
+    more: Vec<Target>,
     cfg: ClientConfig,
     authority: String,
     credentials: Option<AccessKeyCredentials>,
@@ -1118,6 +1127,8 @@ impl Target {
             }
         }
         Ok(Target {
+            endpoint: format!("https://{}", world.addr),
+            more: Vec::new(),
             cfg,
             authority: world.addr.to_string(),
             credentials,
@@ -1125,7 +1136,18 @@ impl Target {
         })
     }
 
-    fn existing(cli: &Cli, endpoint: &str) -> Result<Target, String> {
+    /// The existing daemons of `--endpoint`: the first, with the others in `more`.
+    fn existing(cli: &Cli, endpoints: &[String]) -> Result<Target, String> {
+        let (first, others) = endpoints.split_first().ok_or("no --endpoint")?;
+        let mut target = Target::one_existing(cli, first)?;
+        target.more = others
+            .iter()
+            .map(|e| Target::one_existing(cli, e))
+            .collect::<Result<_, _>>()?;
+        Ok(target)
+    }
+
+    fn one_existing(cli: &Cli, endpoint: &str) -> Result<Target, String> {
         let uri: http::Uri = endpoint.parse().map_err(|e| format!("--endpoint: {e}"))?;
         let authority = uri
             .authority()
@@ -1146,6 +1168,8 @@ impl Target {
             Auth::Sigv4 => credentials = Some(existing_credentials(cli)?),
         }
         Ok(Target {
+            endpoint: endpoint.to_string(),
+            more: Vec::new(),
             cfg,
             authority,
             credentials,
@@ -1537,7 +1561,7 @@ macro_rules! closed_loop {
 /// the AWS door or an XKS proxy.
 #[derive(Clone)]
 enum Load {
-    Grpc(Conn),
+    Grpc(nodes::Nodes),
     Aws(Arc<aws::Pool>),
     Xks(Arc<xks::Pool>),
 }
@@ -1546,7 +1570,7 @@ impl Load {
     /// The gRPC connection (fixtures, the startup suite); an error for the HTTP doors.
     fn grpc(&self) -> Result<&Conn, String> {
         match self {
-            Load::Grpc(c) => Ok(c),
+            Load::Grpc(c) => Ok(c.first()),
             _ => Err("this needs the gRPC door (not --door aws|xks)".into()),
         }
     }
@@ -1572,7 +1596,7 @@ impl Load {
     /// Connections the load uses (gRPC channels, or HTTP connections).
     fn connections(&self) -> usize {
         match self {
-            Load::Grpc(c) => c.clients.len(),
+            Load::Grpc(c) => c.connections(),
             Load::Aws(p) => p.len(),
             Load::Xks(p) => p.len(),
         }
@@ -1607,7 +1631,12 @@ impl Load {
         deadline: Instant,
     ) -> (Vec<u32>, BTreeMap<String, u64>) {
         match (self, &fixture.http) {
-            (Load::Grpc(conn), _) if fixture.op == Op::CallerIdentity => {
+            (Load::Grpc(nodes), _) if !nodes.is_single() => {
+                let mut w = nodes.worker(i);
+                closed_loop!(deadline, nodes.call(&mut w, fixture))
+            }
+            (Load::Grpc(nodes), _) if fixture.op == Op::CallerIdentity => {
+                let conn = nodes.first();
                 let mut sts = conn.sts[i % conn.sts.len()].clone();
                 closed_loop!(deadline, async {
                     caller_identity(conn, &mut sts)
@@ -1615,7 +1644,8 @@ impl Load {
                         .map_err(|s| reason(&s))
                 })
             }
-            (Load::Grpc(conn), _) => {
+            (Load::Grpc(nodes), _) => {
+                let conn = nodes.first();
                 let mut c = conn.client(i);
                 closed_loop!(deadline, async {
                     one_request(conn, &mut c, fixture)
@@ -1958,6 +1988,7 @@ impl Bench<'_> {
         };
         let m = Measured {
             t,
+            endpoints: None,
             raw: RawTally::default(),
             mem: None,
             hwm: None,
@@ -2027,6 +2058,10 @@ impl Bench<'_> {
             have_server: p.pid.is_some(),
             ..PhaseTally::default()
         });
+        let counts0 = match &self.load {
+            Load::Grpc(n) => Some(n.counts()),
+            _ => None,
+        };
         let mut done = Duration::ZERO;
         // Bounded: at most 10,000 phases.
         while done < total && t.phases < 10_000 {
@@ -2055,7 +2090,18 @@ impl Bench<'_> {
         self.raw_phases(&mut raw, op, raw_dur, &aad)?;
         let mem = sampler.map(|s| self.rt.block_on(s.finish()));
         let hwm = self.server_pid.and_then(proc_mem).map(|(_, h)| h);
-        Ok((Measured { t, raw, mem, hwm }, peer_t))
+        let endpoints = match (&self.load, counts0) {
+            (Load::Grpc(n), Some(c)) => Some(n.json(&c, (t.all.ops, t.all.errors.values().sum()))),
+            _ => None,
+        };
+        let m = Measured {
+            t,
+            endpoints,
+            raw,
+            mem,
+            hwm,
+        };
+        Ok((m, peer_t))
     }
 
     /// With a raw baseline (on the token of the case's key): one raw phase on the token key
@@ -2094,6 +2140,7 @@ impl Bench<'_> {
         let (load, target) = who;
         let Measured {
             mut t,
+            endpoints,
             raw,
             mem,
             hwm,
@@ -2154,6 +2201,7 @@ impl Bench<'_> {
             "server_rss_kb_mean": mem.map(|m| m.1),
             "server_vmhwm_kb": hwm,
             "token_keys": self.token_keys_note,
+            "endpoints": endpoints,
             "bound": bound,
         });
         let delay = match target {
@@ -2336,6 +2384,8 @@ fn audit_json(audit: Option<AuditCounters>, secs_d: f64) -> (Value, Option<f64>)
 /// (RSS peak, mean, samples) and its VmHWM.
 struct Measured {
     t: PhaseTally,
+    /// The gRPC load's per-endpoint counts (JSON `endpoints`).
+    endpoints: Option<Value>,
     raw: RawTally,
     mem: Option<(u64, u64, u64)>,
     hwm: Option<u64>,
@@ -2671,7 +2721,10 @@ fn startup_suite(
     let have = count_keys(bench)?;
     emit(&restart(d, "startup", have)?);
     bench.server_pid = Some(d.pid);
-    bench.load = Load::Grpc(rt.block_on(Conn::open(target, cli.channels))?);
+    bench.load = Load::Grpc(nodes::Nodes::single(
+        target.endpoint.clone(),
+        rt.block_on(Conn::open(target, cli.channels))?,
+    ));
 
     let (made, errors, took) = seed_keys(
         rt,
@@ -2702,7 +2755,10 @@ fn startup_suite(
     let total = count_keys(bench)?;
     emit(&restart(d, "startup", total)?);
     bench.server_pid = Some(d.pid);
-    bench.load = Load::Grpc(rt.block_on(Conn::open(target, cli.channels))?);
+    bench.load = Load::Grpc(nodes::Nodes::single(
+        target.endpoint.clone(),
+        rt.block_on(Conn::open(target, cli.channels))?,
+    ));
     // Encrypt with that many key objects on the token.
     bench.token_keys_note = Some(total);
     let concurrency = cli.concurrency.iter().copied().max().unwrap_or(1);
@@ -2761,19 +2817,19 @@ fn external_raw_cfg(cli: &Cli) -> Result<Option<RawCfg>, String> {
 /// Builds the work dir and starts the bench's own daemon (waiting until it answers), or
 /// connects to `--endpoint` (no gRPC target with `--xks-endpoint`).
 fn start_target(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Setup, String> {
-    match (&cli.endpoint, &cli.xks_endpoint) {
-        (Some(_), _) | (None, Some(_)) => Ok(Setup {
+    match (cli.endpoint.is_empty(), &cli.xks_endpoint) {
+        (false, _) | (true, Some(_)) => Ok(Setup {
             world: None,
             daemon: None,
-            target: match &cli.endpoint {
-                Some(ep) => Some(Target::existing(cli, ep)?),
-                None => None,
+            target: match cli.endpoint.is_empty() {
+                false => Some(Target::existing(cli, &cli.endpoint)?),
+                true => None,
             },
             server_pid: cli.server_pid,
             raw_cfg: external_raw_cfg(cli)?,
             raw_cluster_cfg: None,
         }),
-        (None, None) => {
+        (true, None) => {
             let w = build_world(cli)?;
             // Before this process loads SoftHSM2 for the raw loop.
             std::env::set_var("SOFTHSM2_CONF", &w.softhsm_conf);
@@ -2863,7 +2919,8 @@ fn open_load(
     let Some(target) = target else {
         return open_external_xks(cli, rt);
     };
-    let conn = rt.block_on(Conn::open(target, cli.channels))?;
+    let nodes = rt.block_on(nodes::Nodes::open(target, cli.channels))?;
+    let conn = nodes.first().clone();
     let store_id = match world.filter(|_| cli.key_store) {
         Some(w) => Some(rt.block_on(connect_key_store(&conn, w))?),
         None => None,
@@ -2883,7 +2940,7 @@ fn open_load(
         }
     };
     let (load, auth) = match cli.door {
-        Door::Grpc => (Load::Grpc(conn), target.auth_name()),
+        Door::Grpc => (Load::Grpc(nodes), target.auth_name()),
         Door::Aws => (open_aws(cli, rt, world)?, "sigv4"),
         Door::Xks => (open_own_xks(cli, rt, world, &key_id)?, "sigv4"),
     };
@@ -3013,7 +3070,7 @@ fn check_door_options(cli: &Cli) -> Result<(), String> {
     if cli.door != Door::Aws && cli.aws_endpoint.is_some() {
         return Err("--aws-endpoint needs --door aws".into());
     }
-    if cli.door == Door::Aws && cli.endpoint.is_some() && cli.aws_endpoint.is_none() {
+    if cli.door == Door::Aws && !cli.endpoint.is_empty() && cli.aws_endpoint.is_none() {
         return Err("--door aws with --endpoint needs --aws-endpoint".into());
     }
     Ok(())
@@ -3046,7 +3103,7 @@ fn run(cli: Cli) -> Result<bool, String> {
     if !wants_daemon {
         return Ok(true);
     }
-    if cli.suite.contains(&Suite::Startup) && cli.endpoint.is_some() {
+    if cli.suite.contains(&Suite::Startup) && !cli.endpoint.is_empty() {
         return Err("--suite startup needs the bench's own daemon (no --endpoint)".into());
     }
     if cli.suite.contains(&Suite::Startup) && cli.key_store {

@@ -8,7 +8,7 @@ use p11kms::api::grpc::decode;
 use p11kms::pb;
 
 use super::io::print_json;
-use super::session::{answer, Conn, Session};
+use super::session::{Conn, Session};
 
 /// The `alias` subcommands.
 #[derive(Subcommand, Debug)]
@@ -26,15 +26,17 @@ pub enum AliasCommand {
 
 /// Runs an `alias` subcommand: the session first, then the one call.
 pub async fn run(conn: Conn, command: AliasCommand) -> Result<(), String> {
-    let sess = Session::open(&conn).await?;
-    let mut c = sess.kms();
+    let mut sess = Session::open(&conn).await?;
     match command {
         AliasCommand::Create { name, key } => {
             let request = pb::CreateAliasRequest {
                 alias_name: name,
                 target_key_id: key,
             };
-            answer(c.create_alias(sess.k("CreateAlias", request)).await)?;
+            sess.kms_call("CreateAlias", request, |mut c, r| async move {
+                c.create_alias(r).await
+            })
+            .await?;
         }
         AliasCommand::List { key } => {
             let request = pb::ListAliasesRequest {
@@ -42,7 +44,11 @@ pub async fn run(conn: Conn, command: AliasCommand) -> Result<(), String> {
                 limit: Some(1000),
                 marker: String::new(),
             };
-            let r = answer(c.list_aliases(sess.k("ListAliases", request)).await)?;
+            let r = sess
+                .kms_call("ListAliases", request, |mut c, r| async move {
+                    c.list_aliases(r).await
+                })
+                .await?;
             let aliases: Vec<_> = r
                 .aliases
                 .into_iter()
@@ -52,7 +58,10 @@ pub async fn run(conn: Conn, command: AliasCommand) -> Result<(), String> {
         }
         AliasCommand::Delete { name } => {
             let request = pb::DeleteAliasRequest { alias_name: name };
-            answer(c.delete_alias(sess.k("DeleteAlias", request)).await)?;
+            sess.kms_call("DeleteAlias", request, |mut c, r| async move {
+                c.delete_alias(r).await
+            })
+            .await?;
         }
     }
     Ok(())

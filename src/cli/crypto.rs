@@ -14,7 +14,7 @@ use super::io::{
     base64_text, ctx, emit_bytes, parse_pair, print_json, read_input, write_output, DryRun, Input,
     KeyMessage,
 };
-use super::session::{answer, Conn, Session};
+use super::session::{Conn, Session};
 
 /// `encrypt`'s arguments.
 #[derive(Args, Debug)]
@@ -79,7 +79,7 @@ pub struct GenerateDataKeyArgs {
 /// base64, to standard output.
 pub async fn encrypt(args: EncryptArgs) -> Result<(), String> {
     let plaintext = read_input(&args.target.input)?;
-    let sess = Session::open(&args.target.conn).await?;
+    let mut sess = Session::open(&args.target.conn).await?;
     let request = pb::EncryptRequest {
         key_id: args.target.key,
         plaintext: plaintext.to_vec(),
@@ -87,14 +87,20 @@ pub async fn encrypt(args: EncryptArgs) -> Result<(), String> {
         dry_run: args.check.dry_run,
         ..Default::default()
     };
-    let r = answer(sess.kms().encrypt(sess.k("Encrypt", request)).await)?;
+    let r = sess
+        .kms_call(
+            "Encrypt",
+            request,
+            |mut c, r| async move { c.encrypt(r).await },
+        )
+        .await?;
     emit_bytes(args.out, &r.ciphertext_blob, false)
 }
 
 /// `decrypt`: the plaintext goes to --out (mode 0600) or, as base64, to standard output.
 pub async fn decrypt(args: DecryptArgs) -> Result<(), String> {
     let blob = read_input(&args.input)?;
-    let sess = Session::open(&args.conn).await?;
+    let mut sess = Session::open(&args.conn).await?;
     let request = pb::DecryptRequest {
         ciphertext_blob: blob.to_vec(),
         encryption_context: ctx(args.context),
@@ -102,7 +108,13 @@ pub async fn decrypt(args: DecryptArgs) -> Result<(), String> {
         dry_run: args.check.dry_run,
         ..Default::default()
     };
-    let r = answer(sess.kms().decrypt(sess.k("Decrypt", request)).await)?;
+    let r = sess
+        .kms_call(
+            "Decrypt",
+            request,
+            |mut c, r| async move { c.decrypt(r).await },
+        )
+        .await?;
     let plaintext = Zeroizing::new(r.plaintext);
     emit_bytes(args.out, &plaintext, true)
 }
@@ -114,7 +126,7 @@ pub async fn generate_data_key(args: GenerateDataKeyArgs) -> Result<(), String> 
         (Some(s), _) => s.clone(),
         (None, Some(_)) => String::new(),
     };
-    let sess = Session::open(&args.conn).await?;
+    let mut sess = Session::open(&args.conn).await?;
     let request = pb::GenerateDataKeyRequest {
         key_id: args.key,
         encryption_context: ctx(args.context),
@@ -123,11 +135,11 @@ pub async fn generate_data_key(args: GenerateDataKeyArgs) -> Result<(), String> 
         grant_tokens: vec![],
         dry_run: args.check.dry_run,
     };
-    let r = answer(
-        sess.kms()
-            .generate_data_key(sess.k("GenerateDataKey", request))
-            .await,
-    )?;
+    let r = sess
+        .kms_call("GenerateDataKey", request, |mut c, r| async move {
+            c.generate_data_key(r).await
+        })
+        .await?;
     let plaintext = Zeroizing::new(r.plaintext);
     if let Some(p) = &args.plaintext_out {
         write_output(p, &plaintext, true)?;

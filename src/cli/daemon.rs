@@ -40,6 +40,7 @@ pub fn serve(config: &Path) -> Result<ExitCode, String> {
 pub fn check(config: &Path) -> Result<ExitCode, String> {
     let config = load_config(config)?;
     println!("config: ok");
+    println!("{}", p11kms::check::render_node(&config));
     let report = runtime()?
         .block_on(p11kms::check::run(&config))
         .map_err(|e| e.to_string())?;

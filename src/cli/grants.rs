@@ -8,7 +8,7 @@ use p11kms::api::grpc::decode;
 use p11kms::pb;
 
 use super::io::{ctx, parse_pair, print_json};
-use super::session::{answer, Conn, Session};
+use super::session::{Conn, Session};
 
 /// The `grant` subcommands.
 #[derive(Subcommand, Debug)]
@@ -74,12 +74,15 @@ pub struct CreateArgs {
 
 /// Runs a `grant` subcommand: the session first, then the one call.
 pub async fn run(conn: Conn, command: GrantCommand) -> Result<(), String> {
-    let sess = Session::open(&conn).await?;
-    let mut c = sess.kms();
+    let mut sess = Session::open(&conn).await?;
     match command {
         GrantCommand::Create(args) => {
             let request = create_request(args);
-            let r = answer(c.create_grant(sess.k("CreateGrant", request)).await)?;
+            let r = sess
+                .kms_call("CreateGrant", request, |mut c, r| async move {
+                    c.create_grant(r).await
+                })
+                .await?;
             print_json(&json!({"GrantId": r.grant_id, "GrantToken": r.grant_token}));
         }
         GrantCommand::List { key } => {
@@ -88,7 +91,11 @@ pub async fn run(conn: Conn, command: GrantCommand) -> Result<(), String> {
                 limit: Some(1000),
                 ..Default::default()
             };
-            let r = answer(c.list_grants(sess.k("ListGrants", request)).await)?;
+            let r = sess
+                .kms_call("ListGrants", request, |mut c, r| async move {
+                    c.list_grants(r).await
+                })
+                .await?;
             let grants: Vec<_> = r
                 .grants
                 .into_iter()
@@ -108,7 +115,10 @@ pub async fn run(conn: Conn, command: GrantCommand) -> Result<(), String> {
                 grant_id: grant_id.unwrap_or_default(),
                 dry_run,
             };
-            answer(c.retire_grant(sess.k("RetireGrant", request)).await)?;
+            sess.kms_call("RetireGrant", request, |mut c, r| async move {
+                c.retire_grant(r).await
+            })
+            .await?;
         }
         GrantCommand::Revoke {
             key,
@@ -120,7 +130,10 @@ pub async fn run(conn: Conn, command: GrantCommand) -> Result<(), String> {
                 grant_id,
                 dry_run,
             };
-            answer(c.revoke_grant(sess.k("RevokeGrant", request)).await)?;
+            sess.kms_call("RevokeGrant", request, |mut c, r| async move {
+                c.revoke_grant(r).await
+            })
+            .await?;
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use p11kms::api::grpc::decode;
 use p11kms::pb;
 
 use super::io::{parse_pair, pb_tags, print_json, read_optional, read_text};
-use super::session::{answer, Conn, Session};
+use super::session::{Conn, Session};
 
 /// The `key` subcommands.
 #[derive(Subcommand, Debug)]
@@ -109,40 +109,50 @@ pub struct GetKeyLastUsageArgs {
 
 /// Runs a `key` subcommand: the session first, then the one call.
 pub async fn run(conn: Conn, command: KeyCommand) -> Result<(), String> {
-    let sess = Session::open(&conn).await?;
+    let mut sess = Session::open(&conn).await?;
     match command {
-        KeyCommand::Create(args) => create(&sess, args).await,
-        KeyCommand::List { limit } => list(&sess, limit).await,
-        KeyCommand::Describe { key } => describe(&sess, key).await,
+        KeyCommand::Create(args) => create(&mut sess, args).await,
+        KeyCommand::List { limit } => list(&mut sess, limit).await,
+        KeyCommand::Describe { key } => describe(&mut sess, key).await,
         KeyCommand::Enable { key } => {
             let request = pb::EnableKeyRequest { key_id: key };
-            answer(sess.kms().enable_key(sess.k("EnableKey", request)).await).map(drop)
+            sess.kms_call("EnableKey", request, |mut c, r| async move {
+                c.enable_key(r).await
+            })
+            .await
+            .map(drop)
         }
         KeyCommand::Disable { key } => {
             let request = pb::DisableKeyRequest { key_id: key };
-            answer(sess.kms().disable_key(sess.k("DisableKey", request)).await).map(drop)
+            sess.kms_call("DisableKey", request, |mut c, r| async move {
+                c.disable_key(r).await
+            })
+            .await
+            .map(drop)
         }
-        KeyCommand::ScheduleDeletion { key, days } => schedule_deletion(&sess, key, days).await,
-        KeyCommand::CancelDeletion { key } => cancel_deletion(&sess, key).await,
-        KeyCommand::GetPolicy { key } => get_policy(&sess, key).await,
-        KeyCommand::PutPolicy(args) => put_policy(&sess, args).await,
+        KeyCommand::ScheduleDeletion { key, days } => schedule_deletion(&mut sess, key, days).await,
+        KeyCommand::CancelDeletion { key } => cancel_deletion(&mut sess, key).await,
+        KeyCommand::GetPolicy { key } => get_policy(&mut sess, key).await,
+        KeyCommand::PutPolicy(args) => put_policy(&mut sess, args).await,
         KeyCommand::EnableRotation { key, period_days } => {
-            enable_rotation(&sess, key, period_days).await
+            enable_rotation(&mut sess, key, period_days).await
         }
         KeyCommand::DisableRotation { key } => {
             let request = pb::DisableKeyRotationRequest { key_id: key };
-            let mut c = sess.kms();
-            let call = c.disable_key_rotation(sess.k("DisableKeyRotation", request));
-            answer(call.await).map(drop)
+            sess.kms_call("DisableKeyRotation", request, |mut c, r| async move {
+                c.disable_key_rotation(r).await
+            })
+            .await
+            .map(drop)
         }
-        KeyCommand::RotationStatus { key } => rotation_status(&sess, key).await,
-        KeyCommand::Rotate { key } => rotate(&sess, key).await,
-        KeyCommand::ListRotations { key } => list_rotations(&sess, key).await,
+        KeyCommand::RotationStatus { key } => rotation_status(&mut sess, key).await,
+        KeyCommand::Rotate { key } => rotate(&mut sess, key).await,
+        KeyCommand::ListRotations { key } => list_rotations(&mut sess, key).await,
     }
 }
 
 /// `key create`: the policy file is read after the session is open.
-async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
+async fn create(sess: &mut Session, args: CreateArgs) -> Result<(), String> {
     let request = pb::CreateKeyRequest {
         description: args.description,
         policy: read_optional(args.policy_file)?,
@@ -158,7 +168,12 @@ async fn create(sess: &Session, args: CreateArgs) -> Result<(), String> {
         tags: pb_tags(args.tags),
         ..Default::default()
     };
-    let r = answer(sess.kms().create_key(sess.k("CreateKey", request)).await)?;
+    // Through the failover helper, which never sends CreateKey again (a second key).
+    let r = sess
+        .kms_call("CreateKey", request, |mut c, r| async move {
+            c.create_key(r).await
+        })
+        .await?;
     print_metadata(r.key_metadata)
 }
 
@@ -175,8 +190,7 @@ fn origin(given: Option<String>, in_key_store: bool, external: bool) -> String {
 }
 
 /// `key list`: every page, or only the first `limit` keys when a limit is given.
-async fn list(sess: &Session, limit: Option<i32>) -> Result<(), String> {
-    let mut c = sess.kms();
+async fn list(sess: &mut Session, limit: Option<i32>) -> Result<(), String> {
     let mut marker = String::new();
     let mut keys = Vec::new();
     loop {
@@ -184,7 +198,11 @@ async fn list(sess: &Session, limit: Option<i32>) -> Result<(), String> {
             limit,
             marker: marker.clone(),
         };
-        let r = answer(c.list_keys(sess.k("ListKeys", request)).await)?;
+        let r = sess
+            .kms_call("ListKeys", request, |mut c, r| async move {
+                c.list_keys(r).await
+            })
+            .await?;
         keys.extend(
             r.keys
                 .iter()
@@ -199,16 +217,16 @@ async fn list(sess: &Session, limit: Option<i32>) -> Result<(), String> {
     Ok(())
 }
 
-async fn describe(sess: &Session, key: String) -> Result<(), String> {
+async fn describe(sess: &mut Session, key: String) -> Result<(), String> {
     let request = pb::DescribeKeyRequest {
         key_id: key,
         grant_tokens: vec![],
     };
-    let r = answer(
-        sess.kms()
-            .describe_key(sess.k("DescribeKey", request))
-            .await,
-    )?;
+    let r = sess
+        .kms_call("DescribeKey", request, |mut c, r| async move {
+            c.describe_key(r).await
+        })
+        .await?;
     print_metadata(r.key_metadata)
 }
 
@@ -221,91 +239,103 @@ fn print_metadata(m: Option<pb::KeyMetadata>) -> Result<(), String> {
     Ok(())
 }
 
-async fn schedule_deletion(sess: &Session, key: String, days: Option<i32>) -> Result<(), String> {
+async fn schedule_deletion(
+    sess: &mut Session,
+    key: String,
+    days: Option<i32>,
+) -> Result<(), String> {
     let request = pb::ScheduleKeyDeletionRequest {
         key_id: key,
         pending_window_in_days: days,
     };
-    let mut c = sess.kms();
-    let call = c.schedule_key_deletion(sess.k("ScheduleKeyDeletion", request));
-    let r = answer(call.await)?;
+    let r = sess
+        .kms_call("ScheduleKeyDeletion", request, |mut c, r| async move {
+            c.schedule_key_deletion(r).await
+        })
+        .await?;
     print_json(&door_render::scheduled_deletion(
         &decode::scheduled_deletion(r)?,
     ));
     Ok(())
 }
 
-async fn cancel_deletion(sess: &Session, key: String) -> Result<(), String> {
+async fn cancel_deletion(sess: &mut Session, key: String) -> Result<(), String> {
     let request = pb::CancelKeyDeletionRequest { key_id: key };
-    let mut c = sess.kms();
-    let call = c.cancel_key_deletion(sess.k("CancelKeyDeletion", request));
-    let r = answer(call.await)?;
+    let r = sess
+        .kms_call("CancelKeyDeletion", request, |mut c, r| async move {
+            c.cancel_key_deletion(r).await
+        })
+        .await?;
     print_json(&json!({ "KeyId": r.key_id }));
     Ok(())
 }
 
 /// `key get-policy`: the document as stored, not re-formatted.
-async fn get_policy(sess: &Session, key: String) -> Result<(), String> {
+async fn get_policy(sess: &mut Session, key: String) -> Result<(), String> {
     let request = pb::GetKeyPolicyRequest {
         key_id: key,
         policy_name: String::new(),
     };
-    let r = answer(
-        sess.kms()
-            .get_key_policy(sess.k("GetKeyPolicy", request))
-            .await,
-    )?;
+    let r = sess
+        .kms_call("GetKeyPolicy", request, |mut c, r| async move {
+            c.get_key_policy(r).await
+        })
+        .await?;
     println!("{}", r.policy);
     Ok(())
 }
 
 /// `key put-policy`: the policy file is read after the session is open.
-async fn put_policy(sess: &Session, args: PutPolicyArgs) -> Result<(), String> {
+async fn put_policy(sess: &mut Session, args: PutPolicyArgs) -> Result<(), String> {
     let request = pb::PutKeyPolicyRequest {
         key_id: args.key,
         policy_name: String::new(),
         policy: read_text(&args.policy_file)?,
         bypass_policy_lockout_safety_check: args.bypass_policy_lockout_safety_check,
     };
-    answer(
-        sess.kms()
-            .put_key_policy(sess.k("PutKeyPolicy", request))
-            .await,
-    )
+    sess.kms_call("PutKeyPolicy", request, |mut c, r| async move {
+        c.put_key_policy(r).await
+    })
+    .await
     .map(drop)
 }
 
-async fn enable_rotation(sess: &Session, key: String, days: Option<i32>) -> Result<(), String> {
+async fn enable_rotation(sess: &mut Session, key: String, days: Option<i32>) -> Result<(), String> {
     let request = pb::EnableKeyRotationRequest {
         key_id: key,
         rotation_period_in_days: days,
     };
-    let mut c = sess.kms();
-    let call = c.enable_key_rotation(sess.k("EnableKeyRotation", request));
-    answer(call.await).map(drop)
+    sess.kms_call("EnableKeyRotation", request, |mut c, r| async move {
+        c.enable_key_rotation(r).await
+    })
+    .await
+    .map(drop)
 }
 
-async fn rotation_status(sess: &Session, key: String) -> Result<(), String> {
+async fn rotation_status(sess: &mut Session, key: String) -> Result<(), String> {
     let request = pb::GetKeyRotationStatusRequest { key_id: key };
-    let mut c = sess.kms();
-    let call = c.get_key_rotation_status(sess.k("GetKeyRotationStatus", request));
-    let r = answer(call.await)?;
+    let r = sess
+        .kms_call("GetKeyRotationStatus", request, |mut c, r| async move {
+            c.get_key_rotation_status(r).await
+        })
+        .await?;
     print_json(&door_render::rotation_status(&decode::rotation_status(r)));
     Ok(())
 }
 
-async fn rotate(sess: &Session, key: String) -> Result<(), String> {
+async fn rotate(sess: &mut Session, key: String) -> Result<(), String> {
     let request = pb::RotateKeyOnDemandRequest { key_id: key };
-    let mut c = sess.kms();
-    let call = c.rotate_key_on_demand(sess.k("RotateKeyOnDemand", request));
-    let r = answer(call.await)?;
+    let r = sess
+        .kms_call("RotateKeyOnDemand", request, |mut c, r| async move {
+            c.rotate_key_on_demand(r).await
+        })
+        .await?;
     print_json(&json!({ "KeyId": r.key_id }));
     Ok(())
 }
 
 /// `key list-rotations`: every page.
-async fn list_rotations(sess: &Session, key: String) -> Result<(), String> {
-    let mut c = sess.kms();
+async fn list_rotations(sess: &mut Session, key: String) -> Result<(), String> {
     let mut marker = String::new();
     let mut rotations = Vec::new();
     loop {
@@ -315,10 +345,11 @@ async fn list_rotations(sess: &Session, key: String) -> Result<(), String> {
             marker: marker.clone(),
             include_key_material: String::new(),
         };
-        let r = answer(
-            c.list_key_rotations(sess.k("ListKeyRotations", request))
-                .await,
-        )?;
+        let r = sess
+            .kms_call("ListKeyRotations", request, |mut c, r| async move {
+                c.list_key_rotations(r).await
+            })
+            .await?;
         rotations.extend(
             r.rotations
                 .into_iter()
@@ -335,11 +366,13 @@ async fn list_rotations(sess: &Session, key: String) -> Result<(), String> {
 
 /// `get-key-last-usage`: printed exactly as the AWS door answers GetKeyLastUsage.
 pub async fn get_key_last_usage(args: GetKeyLastUsageArgs) -> Result<(), String> {
-    let sess = Session::open(&args.conn).await?;
+    let mut sess = Session::open(&args.conn).await?;
     let request = pb::GetKeyLastUsageRequest { key_id: args.key };
-    let mut c = sess.kms();
-    let call = c.get_key_last_usage(sess.k("GetKeyLastUsage", request));
-    let r = answer(call.await)?;
+    let r = sess
+        .kms_call("GetKeyLastUsage", request, |mut c, r| async move {
+            c.get_key_last_usage(r).await
+        })
+        .await?;
     print_json(&door_render::key_last_usage_body(&last_usage_output(r)));
     Ok(())
 }

@@ -8,9 +8,10 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use p11kms::pb;
+use p11kms::pb::admin_service_client::AdminServiceClient;
 
 use super::io::{ctx, parse_pair, print_json, read_text};
-use super::session::{answer, Conn, Session};
+use super::session::{Conn, Session};
 
 /// The `policy` subcommands.
 #[derive(Subcommand, Debug)]
@@ -108,7 +109,7 @@ fn xks_members(json: Option<&str>) -> Result<std::collections::BTreeMap<String, 
 
 /// `policy explain`: the daemon's decision, reason and deciding statements as JSON.
 async fn explain(args: ExplainArgs) -> Result<(), String> {
-    let sess = Session::open(&args.conn).await?;
+    let mut sess = Session::open(&args.conn).await?;
     let request = pb::ExplainAccessRequest {
         principal: args.principal,
         action: args.action,
@@ -117,8 +118,10 @@ async fn explain(args: ExplainArgs) -> Result<(), String> {
         source_ip: args.source_ip.unwrap_or_default(),
         xks_request_metadata: xks_members(args.xks_request_metadata.as_deref())?,
     };
-    let signed = sess.req("AdminService", "ExplainAccess", request);
-    let r = answer(sess.admin().explain_access(signed).await)?;
+    let call = |ch, r| async move { AdminServiceClient::new(ch).explain_access(r).await };
+    let r = sess
+        .call("AdminService", "ExplainAccess", request, call)
+        .await?;
     let statements: Vec<_> = r
         .deciding_statements
         .iter()

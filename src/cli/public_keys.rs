@@ -12,7 +12,7 @@ use p11kms::encoding::public_key_pem;
 use p11kms::pb;
 
 use super::io::{emit_bytes, read_bytes, write_output, DryRun};
-use super::session::{answer, Conn, Session};
+use super::session::{Conn, Session};
 
 /// `get-public-key`'s arguments.
 #[derive(Args, Debug)]
@@ -43,16 +43,16 @@ pub struct DeriveSharedSecretArgs {
 
 /// `get-public-key`: DER SubjectPublicKeyInfo into --out, or PEM on standard output.
 pub async fn get_public_key(args: GetPublicKeyArgs) -> Result<(), String> {
-    let sess = Session::open(&args.conn).await?;
+    let mut sess = Session::open(&args.conn).await?;
     let request = pb::GetPublicKeyRequest {
         key_id: args.key,
         grant_tokens: vec![],
     };
-    let r = answer(
-        sess.kms()
-            .get_public_key(sess.k("GetPublicKey", request))
-            .await,
-    )?;
+    let r = sess
+        .kms_call("GetPublicKey", request, |mut c, r| async move {
+            c.get_public_key(r).await
+        })
+        .await?;
     match args.out {
         Some(p) => write_output(&p, &r.public_key, false)?,
         None => print!("{}", public_key_pem(&r.public_key)),
@@ -66,7 +66,7 @@ pub async fn derive_shared_secret(args: DeriveSharedSecretArgs) -> Result<(), St
     let path = &args.peer_public_key;
     let der = spki_from_der_or_pem(&read_bytes(path)?)
         .ok_or_else(|| format!("{}: not a PEM PUBLIC KEY", path.display()))?;
-    let sess = Session::open(&args.conn).await?;
+    let mut sess = Session::open(&args.conn).await?;
     let request = pb::DeriveSharedSecretRequest {
         key_id: args.key,
         key_agreement_algorithm: "ECDH".into(),
@@ -74,9 +74,13 @@ pub async fn derive_shared_secret(args: DeriveSharedSecretArgs) -> Result<(), St
         grant_tokens: vec![],
         dry_run: args.check.dry_run,
     };
-    let mut c = sess.kms();
-    let call = c.derive_shared_secret(sess.k("DeriveSharedSecret", request));
-    let secret = Zeroizing::new(answer(call.await)?.shared_secret);
+    let secret = Zeroizing::new(
+        sess.kms_call("DeriveSharedSecret", request, |mut c, r| async move {
+            c.derive_shared_secret(r).await
+        })
+        .await?
+        .shared_secret,
+    );
     emit_bytes(args.out, &secret, true)
 }
 

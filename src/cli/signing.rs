@@ -9,7 +9,7 @@ use serde_json::json;
 use p11kms::pb;
 
 use super::io::{emit_bytes, print_json, read_bytes, read_input, DryRun, KeyMessage};
-use super::session::{answer, Session};
+use super::session::Session;
 
 /// What `sign` and `verify` both take: the key and message, the signing algorithm, the
 /// message type, and `--dry-run`.
@@ -66,7 +66,7 @@ pub struct GenerateMacArgs {
 pub async fn sign(args: SignArgs) -> Result<(), String> {
     let a = args.signing;
     let message = read_input(&a.target.input)?;
-    let sess = Session::open(&a.target.conn).await?;
+    let mut sess = Session::open(&a.target.conn).await?;
     let request = pb::SignRequest {
         key_id: a.target.key,
         message: message.to_vec(),
@@ -75,7 +75,9 @@ pub async fn sign(args: SignArgs) -> Result<(), String> {
         grant_tokens: vec![],
         dry_run: a.check.dry_run,
     };
-    let r = answer(sess.kms().sign(sess.k("Sign", request)).await)?;
+    let r = sess
+        .kms_call("Sign", request, |mut c, r| async move { c.sign(r).await })
+        .await?;
     emit_bytes(args.out, &r.signature, false)
 }
 
@@ -85,7 +87,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), String> {
     let a = args.signing;
     let message = read_input(&a.target.input)?;
     let signature = read_bytes(&args.signature_file)?;
-    let sess = Session::open(&a.target.conn).await?;
+    let mut sess = Session::open(&a.target.conn).await?;
     let request = pb::VerifyRequest {
         key_id: a.target.key,
         message: message.to_vec(),
@@ -95,7 +97,13 @@ pub async fn verify(args: VerifyArgs) -> Result<(), String> {
         grant_tokens: vec![],
         dry_run: a.check.dry_run,
     };
-    let r = answer(sess.kms().verify(sess.k("Verify", request)).await)?;
+    let r = sess
+        .kms_call(
+            "Verify",
+            request,
+            |mut c, r| async move { c.verify(r).await },
+        )
+        .await?;
     print_json(&json!({
         "KeyId": r.key_id,
         "SignatureValid": r.signature_valid,
@@ -107,7 +115,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), String> {
 /// `generate-mac`: the MAC goes to --out or, as base64, to standard output.
 pub async fn generate_mac(args: GenerateMacArgs) -> Result<(), String> {
     let message = read_input(&args.target.input)?;
-    let sess = Session::open(&args.target.conn).await?;
+    let mut sess = Session::open(&args.target.conn).await?;
     let request = pb::GenerateMacRequest {
         message: message.to_vec(),
         key_id: args.target.key,
@@ -115,10 +123,10 @@ pub async fn generate_mac(args: GenerateMacArgs) -> Result<(), String> {
         grant_tokens: vec![],
         dry_run: args.check.dry_run,
     };
-    let r = answer(
-        sess.kms()
-            .generate_mac(sess.k("GenerateMac", request))
-            .await,
-    )?;
+    let r = sess
+        .kms_call("GenerateMac", request, |mut c, r| async move {
+            c.generate_mac(r).await
+        })
+        .await?;
     emit_bytes(args.out, &r.mac, false)
 }

@@ -8,9 +8,13 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use p11kms::pb;
+use p11kms::pb::security_token_service_client::SecurityTokenServiceClient as StsClient;
 
 use super::io::{parse_pair, pb_tags, print_json, read_optional};
-use super::session::{answer, Conn, Session};
+use super::session::{Conn, Session};
+
+/// The STS service's name in the gRPC method path.
+const STS: &str = "SecurityTokenService";
 
 /// The `sts` subcommands.
 #[derive(Subcommand, Debug)]
@@ -36,7 +40,7 @@ pub enum StsCommand {
 
 /// Runs an `sts` subcommand: the session first, then the one call.
 pub async fn run(conn: Conn, command: StsCommand) -> Result<(), String> {
-    let sess = Session::open(&conn).await?;
+    let mut sess = Session::open(&conn).await?;
     match command {
         StsCommand::AssumeRole {
             role_arn,
@@ -52,12 +56,12 @@ pub async fn run(conn: Conn, command: StsCommand) -> Result<(), String> {
                 policy: read_optional(policy_file)?,
                 tags: pb_tags(tags),
             };
-            assume_role(&sess, request).await
+            assume_role(&mut sess, request).await
         }
         StsCommand::GetCallerIdentity => {
             let request = pb::GetCallerIdentityRequest {};
-            let signed = sess.req("SecurityTokenService", "GetCallerIdentity", request);
-            let r = answer(sess.sts().get_caller_identity(signed).await)?;
+            let call = |ch, r| async move { StsClient::new(ch).get_caller_identity(r).await };
+            let r = sess.call(STS, "GetCallerIdentity", request, call).await?;
             print_json(&json!({"UserId": r.user_id, "Account": r.account, "Arn": r.arn}));
             Ok(())
         }
@@ -65,9 +69,10 @@ pub async fn run(conn: Conn, command: StsCommand) -> Result<(), String> {
 }
 
 /// AssumeRole; the secret and the session token are zeroized once printed.
-async fn assume_role(sess: &Session, request: pb::AssumeRoleRequest) -> Result<(), String> {
-    let signed = sess.req("SecurityTokenService", "AssumeRole", request);
-    let r = answer(sess.sts().assume_role(signed).await)?;
+async fn assume_role(sess: &mut Session, request: pb::AssumeRoleRequest) -> Result<(), String> {
+    // Through the failover helper, which never sends AssumeRole again (a second session).
+    let call = |ch, r| async move { StsClient::new(ch).assume_role(r).await };
+    let r = sess.call(STS, "AssumeRole", request, call).await?;
     let creds = r.credentials.unwrap_or_default();
     let user = r.assumed_role_user.unwrap_or_default();
     let secret = Zeroizing::new(creds.secret_access_key);

@@ -85,6 +85,7 @@ mod ops;
 mod pool;
 #[cfg(feature = "bench")]
 pub mod raw;
+mod shared_token;
 pub mod signing;
 pub mod stats;
 mod template;
@@ -194,6 +195,10 @@ pub struct HsmConfig {
     /// Serve CMK versions from session-object copies of their token keys (default true; see
     /// [`Hsm::drop_session_copies`]).
     pub session_key_copies: bool,
+    /// A lock file every process on this token takes around creating or destroying token
+    /// objects, for a file-backed token that several daemons share (SoftHSM2; see
+    /// `shared_token`). `None`: this process alone decides.
+    pub shared_token_lock: Option<PathBuf>,
 }
 
 impl HsmConfig {
@@ -208,6 +213,7 @@ impl HsmConfig {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             stall_limit: DEFAULT_STALL_LIMIT,
             session_key_copies: true,
+            shared_token_lock: None,
         }
     }
 }
@@ -336,6 +342,8 @@ pub(crate) struct Shared {
     /// Whether the device does RSA-OAEP with SHA-256: probed on first need
     /// (`oaep::sha256_support`), then fixed for this instance.
     pub(crate) oaep_sha256: std::sync::OnceLock<OaepSha256>,
+    /// [`HsmConfig::shared_token_lock`].
+    pub(crate) shared_token_lock: Option<PathBuf>,
 }
 
 /// A connection to one token: keeper session, worker pool, handle cache.
@@ -470,6 +478,7 @@ impl Hsm {
             session_gate: gate::Gate::new(),
             token_objects,
             oaep_sha256: std::sync::OnceLock::new(),
+            shared_token_lock: cfg.shared_token_lock.clone(),
         });
         let pool = Pool::start(
             &shared,

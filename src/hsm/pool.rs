@@ -622,6 +622,11 @@ fn run_once(
         LockClass::Shared => Some(slot.share(&shared, GateId::TokenObjects, false)),
         LockClass::Exclusive => Some(slot.share(&shared, GateId::TokenObjects, true)),
     };
+    // Other processes on a file-backed token: their lock too, and their objects seen first.
+    let _processes = match (&job.lock, &shared.shared_token_lock) {
+        (LockClass::Exclusive, Some(path)) => super::shared_token::enter(ctx, path),
+        _ => None,
+    };
     slot.set_busy(Some(sup.now_ms()));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         (job.run)(Dispatch::Run(ctx, may_retry))

@@ -38,6 +38,7 @@ pub mod admin;
 pub mod capture;
 mod convert;
 pub mod decode;
+pub mod health;
 pub mod kms;
 pub mod status;
 pub mod sts;
