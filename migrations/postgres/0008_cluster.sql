@@ -5,6 +5,10 @@
 --   p11kms_changes with the new seq, delivered when the transaction commits.
 -- sessions: AssumeRole sessions shared by every node. The secret access key is sealed on the
 --   HSM before it gets here; the session token is kept only as its SHA-256.
+-- Uniqueness stays with the database: key ids, aliases per (account, name), key store names
+--   per account and clusters per store already have their PRIMARY KEY / UNIQUE constraints
+--   (0001, 0006). Grant names are deliberately not unique per key: CreateGrant with a known
+--   name but other properties makes a new grant, as in AWS.
 -- Never edit this file once released: sqlx records its checksum.
 
 ALTER TABLE keys ADD COLUMN row_version BIGINT NOT NULL DEFAULT 1;
