@@ -73,7 +73,7 @@ impl Node {
         assert!(self.child.is_none(), "node {} already runs", self.id);
         let log = self.dir.join(format!("serve-{}.log", self.starts));
         self.starts += 1;
-        let mut child = ServeChild::spawn(p11kms_command(), &self.config, log);
+        let mut child = ServeChild::spawn_logged(p11kms_command(), &self.config, log);
         let start = Instant::now();
         while TcpStream::connect(self.addr).is_err() {
             if let Some(status) = child.child.try_wait().unwrap() {
