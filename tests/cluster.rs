@@ -580,7 +580,8 @@ fn kill_9_of_a_node_under_load_loses_nothing(pg: &mut PgServer) -> CaseFuture<'_
         for t in tasks_b {
             t.await.unwrap();
         }
-        let (got_a, got_b) = (got_a.lock().unwrap(), got_b.lock().unwrap());
+        let take = |g: &Arc<Mutex<Received>>| std::mem::take(&mut *g.lock().unwrap());
+        let (got_a, got_b) = (take(&got_a), take(&got_b));
         eprintln!(
             "A answered {} ciphertexts and {} keys, B {} and {}",
             got_a.ciphertexts.len(),
@@ -740,7 +741,11 @@ fn postgres_restarted_or_stopped(pg: &mut PgServer) -> CaseFuture<'_> {
             let created = c.create_key(pb::CreateKeyRequest::default()).await;
             assert_eq!(outcome(created), "DependencyTimeoutException", "CreateKey");
             assert_eq!(try_tag(&mut c, &key).await, "DependencyTimeoutException");
-            eprintln!("{}: two refused changes took {:.1?}", node.id, refused.elapsed());
+            eprintln!(
+                "{}: two refused changes took {:.1?}",
+                node.id,
+                refused.elapsed()
+            );
             round_trip(&mut c, &key, "after refused changes").await;
         }
         pg.start_again();
