@@ -11,8 +11,20 @@ use super::{Kms, KmsError, Resolved};
 use crate::identity::Caller;
 use crate::store::StoreError;
 
-/// How many times a key change is tried before ConflictException.
-pub(crate) const CHANGE_ATTEMPTS: usize = 3;
+/// How many times a key change is tried before ConflictException: enough that a writer on
+/// one node is not starved by a stream of writes to the same key on another (three were
+/// not: tests/cluster.rs saw UpdateKeyDescription answer ConflictException with four writers
+/// per node), with a random pause ([`backoff`]) after each lost attempt.
+pub(crate) const CHANGE_ATTEMPTS: usize = 10;
+
+/// The pause after lost attempt `attempt` (1-based), taken without the key's change lock: a
+/// random time up to 2^attempt ms (at most 64 ms), so that writers on two nodes that keep
+/// colliding fall out of step.
+fn backoff(attempt: usize) -> std::time::Duration {
+    let cap_us = 1000u64 << attempt.min(6);
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    std::time::Duration::from_micros(random % cap_us)
+}
 
 /// Why one attempt at a change ended without a result.
 #[derive(Debug)]
@@ -66,7 +78,7 @@ impl Kms {
         for attempt in 1..=CHANGE_ATTEMPTS {
             let first = self.resolve(caller, key_ref, false)?;
             let key_id = first.key.record.key_id.clone();
-            let _guard = self.key_locks.key(&key_id).await;
+            let guard = self.key_locks.key(&key_id).await;
             // Resolved again under the lock: another task may have changed the key meanwhile.
             let resolved = self.resolve(caller, key_ref, false)?;
             match change(resolved).await {
@@ -77,6 +89,10 @@ impl Kms {
                     super::record::forget_decisions_after(mark);
                     self.refresh_key(&key_id).await?;
                 }
+            }
+            drop(guard);
+            if attempt < CHANGE_ATTEMPTS {
+                tokio::time::sleep(backoff(attempt)).await;
             }
         }
         Err(Retry::Stale.into_error())

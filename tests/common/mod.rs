@@ -18,6 +18,7 @@ use p11kms::pb::security_token_service_client::SecurityTokenServiceClient;
 use p11kms::server::{self, RunningServer, ServerOptions};
 use tonic::transport::Channel;
 
+pub mod cluster;
 mod grpc;
 mod openssl;
 pub mod postgres;

@@ -26,6 +26,21 @@ impl ServeChild {
         ServeChild { child, log }
     }
 
+    /// As [`ServeChild::spawn`], with the daemon's stdout (where its tracing log goes) in the
+    /// log file too.
+    pub fn spawn_logged(mut p11kms: Command, config: &Path, log: PathBuf) -> ServeChild {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = p11kms
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn p11kms serve");
+        ServeChild { child, log }
+    }
+
     /// What the daemon has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
