@@ -51,6 +51,10 @@ pub const DB_FILE_NAME: &str = "p11kms.db";
 const SQLITE_MAX_CONNECTIONS: u32 = 4;
 /// How long a request waits for a pooled connection before the store answers `Unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same on PostgreSQL, shorter: while the server cannot be reached the pool retries the
+/// connection until then, and a change should be refused (DependencyTimeoutException) soon
+/// enough for the caller's own retry, not after its SDK has given up.
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Set on every new SQLite connection.
 const SQLITE_PRAGMAS: &[&str] = &[
@@ -240,7 +244,7 @@ impl SqlStore {
         let url = pg_url(settings)?;
         let pool = AnyPoolOptions::new()
             .max_connections(settings.pool_size.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
             .connect_with(any_options(&url)?)
             .await
             .map_err(db_err)?;
