@@ -463,7 +463,7 @@ async fn load(
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n += 1;
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let Ok(r) = c.create_key(pb::CreateKeyRequest::default()).await else {
                 return;
             };

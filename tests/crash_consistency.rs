@@ -96,7 +96,7 @@ async fn load(addr: SocketAddr, key: String, deadline: Instant, got: Arc<Mutex<R
     let mut n = 0u64;
     while Instant::now() < deadline {
         n += 1;
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let Ok(r) = c.create_key(pb::CreateKeyRequest::default()).await else {
                 return;
             };

@@ -2609,7 +2609,7 @@ fn seed_keys(
                     {
                         Ok(Ok(_)) => {
                             made += 1;
-                            if (have + k + 1) % 1000 == 0 {
+                            if (have + k + 1).is_multiple_of(1000) {
                                 eprintln!(
                                     "p11kms-bench: seeded ~{} keys ({:.0} s)",
                                     have + k + 1,

@@ -83,7 +83,7 @@ fn point_from_ec_point_attr(v: &[u8]) -> Option<&[u8]> {
 /// Convert a raw `r || s` ECDSA signature (PKCS#11 `CKM_ECDSA` output) to DER
 /// `SEQUENCE { INTEGER r, INTEGER s }`. `None` if `raw` is not two equal non-empty halves.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 || raw.len() > 132 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) || raw.len() > 132 {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);
