@@ -50,6 +50,8 @@ mod aws;
 mod http_client;
 #[path = "p11kms-bench/nodes.rs"]
 mod nodes;
+#[path = "p11kms-bench/propagation.rs"]
+mod propagation;
 #[path = "p11kms-bench/shim.rs"]
 mod shim;
 #[path = "p11kms-bench/xks.rs"]
@@ -106,6 +108,8 @@ enum Op {
     GenerateDataKeyWithoutPlaintext,
     ReEncrypt,
     CreateKey,
+    /// TagResource on the case's key (one tag, overwritten): a metadata write, no HSM call.
+    TagResource,
     /// Sign with an ECC_NIST_P256 key, ECDSA_SHA_256, MessageType RAW.
     Sign,
     /// Verify such a signature.
@@ -122,6 +126,7 @@ impl Op {
             Op::GenerateDataKeyWithoutPlaintext => "generate-data-key-without-plaintext",
             Op::ReEncrypt => "re-encrypt",
             Op::CreateKey => "create-key",
+            Op::TagResource => "tag-resource",
             Op::Sign => "sign",
             Op::Verify => "verify",
         }
@@ -130,7 +135,7 @@ impl Op {
     /// The raw baseline's operation (none for the floor case: it makes no HSM call).
     fn raw(self) -> Option<RawOp> {
         Some(match self {
-            Op::CallerIdentity => return None,
+            Op::CallerIdentity | Op::TagResource => return None,
             Op::Encrypt => RawOp::Encrypt,
             Op::Decrypt => RawOp::Decrypt,
             Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => RawOp::GenerateDataKey,
@@ -144,7 +149,7 @@ impl Op {
     /// Whether the case uses an existing key object (token key or session copy; not
     /// create-key), so that a raw baseline on a session copy means something.
     fn uses_key_object(self) -> bool {
-        !matches!(self, Op::CreateKey | Op::CallerIdentity)
+        !matches!(self, Op::CreateKey | Op::CallerIdentity | Op::TagResource)
     }
 
     /// Whether the case's key is a SYMMETRIC_DEFAULT key: the only kind a custom key store
@@ -156,7 +161,7 @@ impl Op {
     /// What the HSM does per request, for the JSON.
     fn hsm_calls(self) -> &'static str {
         match self {
-            Op::CallerIdentity => "none",
+            Op::CallerIdentity | Op::TagResource => "none",
             Op::Encrypt => "C_GenerateRandom(12)+C_EncryptInit+C_Encrypt",
             Op::Decrypt => "C_DecryptInit+C_Decrypt",
             Op::GenerateDataKey | Op::GenerateDataKeyWithoutPlaintext => {
@@ -227,6 +232,9 @@ enum Suite {
     Crypto,
     /// Daemon start-up time and RSS with --startup-keys keys (slow: creates the keys).
     Startup,
+    /// How long a DisableKey on the first --endpoint takes to reach the second (several
+    /// nodes on one store): --propagation-rounds rounds, p50/p99/max.
+    Propagation,
 }
 
 /// The door the crypto suite's load goes through.
@@ -436,6 +444,17 @@ struct Cli {
     /// JSON has the per-endpoint counts (`endpoints`).
     #[arg(long, value_delimiter = ',')]
     endpoint: Vec<String>,
+    /// Rounds of the propagation suite.
+    #[arg(long, default_value_t = 50)]
+    propagation_rounds: usize,
+    /// Own daemon: keep the metadata in this PostgreSQL database
+    /// (`postgres://user@host:port/db`, no password) instead of SQLite; the daemon gets
+    /// `[node] id = "bench"`. With --store-password-file.
+    #[arg(long, requires = "store_password_file")]
+    store_postgres: Option<String>,
+    /// The password file of --store-postgres (mode 0600).
+    #[arg(long, requires = "store_postgres")]
+    store_password_file: Option<PathBuf>,
     /// CA certificate of the existing daemon.
     #[arg(long, requires = "endpoint")]
     ca_cert: Option<PathBuf>,
@@ -1031,6 +1050,17 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
         level = toml_str(&cli.daemon_log_level),
         creds = q(creds),
     );
+    if let (Some(url), Some(pw)) = (&cli.store_postgres, &cli.store_password_file) {
+        text = text.replace(
+            "[store]\n",
+            &format!(
+                "[store]\nbackend = \"postgres\"\nurl = {}\npassword_file = {}\n",
+                toml_str(url),
+                q(pw)
+            ),
+        );
+        text.push_str("\n[node]\nid = \"bench\"\n");
+    }
     text.push_str(&format!(
         "\n[metrics]\nlisten = \"{}\"\n\n[kms]\nregion = {}\n",
         world.metrics_addr,
@@ -1498,6 +1528,19 @@ async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), ton
         }
         Op::CreateKey => {
             create_key(conn, c, f.store.as_deref()).await?;
+        }
+        Op::TagResource => {
+            c.tag_resource(conn.req(
+                pb::TagResourceRequest {
+                    key_id: f.key_id.clone(),
+                    tags: vec![pb::Tag {
+                        tag_key: "bench".into(),
+                        tag_value: f.plaintext.len().to_string(),
+                    }],
+                },
+                "TagResource",
+            ))
+            .await?;
         }
         Op::Sign => {
             c.sign(conn.req(sign_request(f), "Sign")).await?;
@@ -3099,6 +3142,9 @@ fn run(cli: Cli) -> Result<bool, String> {
     if cli.suite.contains(&Suite::Policy) {
         emit(&policy_suite());
     }
+    if cli.suite.contains(&Suite::Propagation) {
+        any_errors |= !propagation_suite(&cli, &rt)?;
+    }
     let wants_daemon = cli.suite.contains(&Suite::Crypto) || cli.suite.contains(&Suite::Startup);
     if !wants_daemon {
         return Ok(true);
@@ -3176,6 +3222,21 @@ fn run(cli: Cli) -> Result<bool, String> {
     }
     drop(world);
     Ok(!any_errors)
+}
+
+/// The propagation suite between the first two `--endpoint`s.
+fn propagation_suite(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<bool, String> {
+    if cli.endpoint.len() < 2 {
+        return Err("--suite propagation needs two --endpoint values (two nodes)".into());
+    }
+    let a = Target::existing(cli, &cli.endpoint)?;
+    let b = a
+        .more
+        .first()
+        .ok_or("--suite propagation needs two --endpoint values (two nodes)")?;
+    let (ca, cb) = rt.block_on(async { (Conn::open(&a, 1).await, Conn::open(b, 1).await) });
+    emit(&rt.block_on(propagation::run(&ca?, &cb?, cli.propagation_rounds))?);
+    Ok(true)
 }
 
 fn main() -> ExitCode {

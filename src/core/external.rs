@@ -677,8 +677,8 @@ impl Kms {
 
     /// CreateCustomKeyStore of an `EXTERNAL_KEY_STORE` store: members checked, caller
     /// authorized, name and URI unique, quota, the proxy's health checked with the
-    /// credential, the secret sealed. Returns the change lock, held until the record is
-    /// stored.
+    /// credential, the secret sealed (both without the change lock). Returns the change lock,
+    /// taken after them and held until the record is stored.
     pub(super) async fn new_external_store(
         &self,
         caller: &Caller,
@@ -697,11 +697,15 @@ impl Kms {
         }
         let (endpoint, path, credential) = new_proxy_settings(&req.xks)?;
         self.authorize(caller, AuthzRequest::new("kms:CreateCustomKeyStore", "*"))?;
-        let guard = self.lock_stores_of(&caller.account).await;
         let name = req.custom_key_store_name.as_str();
-        self.check_unique(&caller.account, None, Some(name), None)?;
-        self.check_uri_unique(&caller.account, None, &endpoint, &path)?;
-        self.check_quota(&caller.account)?;
+        // Checked before the proxy call (a clear answer at once), and again under the lock:
+        // the proxy's health check and the sealing run without it.
+        let unique = |endpoint: &str, path: &str| -> Result<(), KmsError> {
+            self.check_unique(&caller.account, None, Some(name), None)?;
+            self.check_uri_unique(&caller.account, None, endpoint, path)?;
+            self.check_quota(&caller.account)
+        };
+        unique(&endpoint, &path)?;
         let store_id = super::keystores::new_store_id();
         let mut xks = XksProxyRecord {
             endpoint,
@@ -714,6 +718,8 @@ impl Kms {
         self.check_proxy(&xks, secret, "CreateCustomKeyStore")
             .await?;
         xks.sealed_secret = self.key_stores.seal(&store_id, secret).await?;
+        let guard = self.lock_stores_of(&caller.account).await;
+        unique(&xks.endpoint, &xks.uri_path)?;
         let record = KeyStoreRecord {
             cluster_id: store_id.clone(),
             store_id,

@@ -426,13 +426,20 @@ impl Kms {
                 cluster.id
             )));
         }
-        let _guard = self.lock_stores_of(&caller.account).await;
         let name = req.custom_key_store_name.as_str();
-        self.check_unique(&caller.account, None, Some(name), Some(&cluster.id))?;
-        self.check_quota(&caller.account)?;
+        // Checked at once for a clear answer, sealed on the HSM without the lock, checked
+        // again under it.
+        let unique = || -> Result<(), KmsError> {
+            self.check_unique(&caller.account, None, Some(name), Some(&cluster.id))?;
+            self.check_quota(&caller.account)
+        };
+        unique()?;
         let store_id = new_store_id();
+        let sealed_password = self.key_stores.seal(&store_id, new.password).await?;
+        let _guard = self.lock_stores_of(&caller.account).await;
+        unique()?;
         let record = KeyStoreRecord {
-            sealed_password: self.key_stores.seal(&store_id, new.password).await?,
+            sealed_password,
             store_id: store_id.clone(),
             account: caller.account.clone(),
             name: name.to_string(),
