@@ -10,22 +10,29 @@
 # (by its PID) at the end. JSON lines on standard output, progress on standard error.
 #
 # Usage: scripts/bench-cluster.sh [--rounds N] [--keys N] [--duration SECS]
+#                                 [--only crypto|propagation|startup]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 rounds=2
 keys=100000
 duration=5
+only=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
         --keys) keys=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
-        *) echo "usage: scripts/bench-cluster.sh [--rounds N] [--keys N] [--duration SECS]" >&2; exit 2 ;;
+        --only) only=$2; shift 2 ;;
+        *) echo "usage: scripts/bench-cluster.sh [--rounds N] [--keys N] [--duration SECS] [--only crypto|propagation|startup]" >&2; exit 2 ;;
     esac
 done
 
-cargo build --release --locked --features bench --bin p11kms --bin p11kms-bench >&2
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+
+# run-cluster.sh builds the daemon without the bench feature: build that too, first.
+cargo build --release --locked --bin p11kms >&2
+cargo build --release --locked --features bench --bin p11kms-bench >&2
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$target/release/p11kms"
 bench="$target/release/p11kms-bench"
@@ -43,7 +50,7 @@ cleanup() {
     wait "$cluster_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 120); do
+for _ in $(seq 1 300); do
     grep -q "Ctrl-C stops both" "$work/cluster.log" 2>/dev/null && break
     sleep 1
 done
@@ -58,6 +65,7 @@ pg_url="postgres://p11kms@127.0.0.1:$P11KMS_PG_PORT"
 
 # 1. The request path and the control plane on each backend, alternately.
 for r in $(seq 1 "$rounds"); do
+    want crypto || break
     for backend in sqlite postgres; do
         echo "bench-cluster: round $r, $backend" >&2
         extra=()
@@ -65,19 +73,19 @@ for r in $(seq 1 "$rounds"); do
             psql_ -d bench -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public"
             extra=(--store-postgres "$pg_url/bench" --store-password-file "$shared/pg-password")
         fi
-        "$bench" --ops encrypt,tag-resource,create-key --concurrency 1,8 \
+        "$bench" --suite crypto --ops encrypt,tag-resource,create-key --concurrency 1,8 \
             --duration "$duration" "${extra[@]}" \
             | sed "s/^{/{\"backend\":\"$backend\",\"round\":$r,/"
     done
 done
 
 # 2. Propagation between the two nodes.
-echo "bench-cluster: propagation" >&2
-"$bench" --suite propagation --endpoint https://127.0.0.1:8443,https://127.0.0.1:8444 \
+want propagation && echo "bench-cluster: propagation" >&2 && "$bench" --suite propagation --endpoint https://127.0.0.1:8443,https://127.0.0.1:8444 \
     --ca-cert "$shared/pki/ca.pem" --client-cert "$shared/pki/admin.pem" \
     --client-key "$shared/pki/admin-key.pem" --tls-domain localhost --propagation-rounds 50
 
 # 3. Start-up with $keys keys in PostgreSQL.
+want startup || exit 0
 echo "bench-cluster: start-up with $keys keys" >&2
 sed -e "s|/p11kms\"|/startup\"|" -e 's/127.0.0.1:8443/127.0.0.1:8446/' \
     -e 's/127.0.0.1:4443/127.0.0.1:4446/' -e 's/127.0.0.1:9464/127.0.0.1:9467/' \
@@ -86,21 +94,21 @@ sed -e "s|/p11kms\"|/startup\"|" -e 's/127.0.0.1:8443/127.0.0.1:8446/' \
 start_node() {
     local t0 pid
     t0=$(date +%s%N)
+    ready_ms=
     env -u SOFTHSM2_CONF "$bin" serve --config "$shared/node-s.toml" > "$work/node-s.log" 2>&1 &
     pid=$!
-    until (exec 3<>/dev/tcp/127.0.0.1/8446) 2>/dev/null; do
+    # Ready: the daemon logs this line once the cache is loaded and every listener is up.
+    until grep -q "p11kms serving gRPC" "$work/node-s.log" 2>/dev/null; do
         kill -0 "$pid" 2>/dev/null || { cat "$work/node-s.log" >&2; exit 1; }
         sleep 0.02
     done
     startup_pid=$pid
-    echo $(( ($(date +%s%N) - t0) / 1000000 ))
+    ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 }
-start_node > /dev/null      # migrates the empty database
+start_node      # migrates the empty database
 kill -TERM "$startup_pid"; wait "$startup_pid" 2>/dev/null || true; startup_pid=""
-policy=$(sed 's/111122223333/111122223333/' <<'EOF'
-{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}
-EOF
-)
+# The default key policy CreateKey writes for the dev account.
+policy='{"Version":"2012-10-17","Id":"key-default-1","Statement":[{"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}'
 psql_ -d startup <<EOF
 INSERT INTO keys (key_id, account, description, key_spec, key_usage, origin, state,
                   created_at_ms, current_version, policy, row_version)
@@ -111,11 +119,12 @@ INSERT INTO key_versions (key_id, version, created_at_ms) SELECT key_id, 1, crea
 INSERT INTO tags (key_id, tag_key, tag_value) SELECT key_id, 'team', 'bench' FROM keys;
 EOF
 for r in $(seq 1 "$rounds"); do
-    ms=$(start_node)
+    start_node
+    ms=$ready_ms
     sleep 1
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$startup_pid/status")
     hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$startup_pid/status")
     loaded=$(grep -o 'keys=[0-9]*' "$work/node-s.log" | tail -1)
-    echo "{\"case\":\"startup-postgres\",\"round\":$r,\"keys_in_store\":$keys,\"listening_ms\":$ms,\"rss_kb\":$rss,\"vmhwm_kb\":$hwm,\"log\":\"$loaded\"}"
+    echo "{\"case\":\"startup-postgres\",\"round\":$r,\"keys_in_store\":$keys,\"ready_ms\":$ms,\"rss_kb\":$rss,\"vmhwm_kb\":$hwm,\"log\":\"$loaded\"}"
     kill -TERM "$startup_pid"; wait "$startup_pid" 2>/dev/null || true; startup_pid=""
 done

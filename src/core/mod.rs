@@ -291,6 +291,9 @@ pub struct Kms {
     xks_health: xks_health::HealthCache,
     /// The change-log position the cache was loaded at ([`follow`]).
     loaded_at_seq: std::sync::atomic::AtomicI64,
+    /// Compiled key policies by text, shared by every key with the same policy (mostly the
+    /// default one): 100,000 keys hold one compiled copy, not 100,000.
+    policies: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Policy>>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -333,6 +336,7 @@ impl Kms {
             service_sink: std::sync::OnceLock::new(),
             stranded: std::sync::Mutex::new(BTreeMap::new()),
             loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
+            policies: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         // Read before the load: a change committed during it is applied again by the
         // follower, never missed.
@@ -563,11 +567,27 @@ impl Kms {
             uuid: *uuid.as_bytes(),
             versions: b.versions.iter().map(|v| v.version).collect(),
             tags: b.tags,
-            policy: compile_stored_policy(&b.key.key_id, &b.key.policy),
+            policy: self.shared_policy(&b.key.key_id, &b.key.policy),
             store: self.store_of(&b.key),
             record: b.key,
             grants: Vec::new(),
         })
+    }
+
+    /// The compiled form of a stored key policy, shared with every other key whose policy
+    /// has the same text. Entries whose policy no key holds any more are dropped as the map
+    /// grows.
+    fn shared_policy(&self, key_id: &str, text: &str) -> Option<Arc<Policy>> {
+        let mut map = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = map.get(text).and_then(std::sync::Weak::upgrade) {
+            return Some(p);
+        }
+        let compiled = compile_stored_policy(key_id, text)?;
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(text.to_string(), Arc::downgrade(&compiled));
+        Some(compiled)
     }
 
     /// Alias names of a key, for `kms:ResourceAliases`.

@@ -517,6 +517,72 @@ fn get_u32(row: &AnyRow, column: &str, key_id: &str) -> Result<u32, StoreError> 
     })
 }
 
+/// Keys loaded per page by `load_all` (small in unit tests, so that their 2,000 keys cross
+/// several pages).
+const LOAD_PAGE: i64 = if cfg!(test) { 500 } else { 5000 };
+
+/// The keys after `after` (by key id, at most [`LOAD_PAGE`]) with their versions and tags,
+/// each list sorted. Rows without a key row cannot exist while foreign keys are enforced;
+/// they are skipped.
+async fn load_page(
+    tx: &mut Transaction<'static, Any>,
+    after: &str,
+) -> Result<Vec<KeyBundle>, StoreError> {
+    let key_rows = sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM keys WHERE key_id > $1 ORDER BY key_id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(LOAD_PAGE)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let mut bundles = Vec::with_capacity(key_rows.len());
+    let mut index = HashMap::with_capacity(key_rows.len());
+    for row in &key_rows {
+        let key = key_from_row(row)?;
+        index.insert(key.key_id.clone(), bundles.len());
+        bundles.push(KeyBundle {
+            key,
+            versions: Vec::new(),
+            tags: Vec::new(),
+        });
+    }
+    let Some(last) = bundles.last().map(|b| b.key.key_id.clone()) else {
+        return Ok(bundles);
+    };
+    let version_rows = sqlx::query(
+        "SELECT key_id, version, created_at_ms FROM key_versions \
+         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version",
+    )
+    .bind(after)
+    .bind(&last)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    for row in &version_rows {
+        let version = version_from_row(row)?;
+        if let Some(&i) = index.get(&version.key_id) {
+            bundles[i].versions.push(version);
+        }
+    }
+    let tag_rows = sqlx::query(
+        "SELECT key_id, tag_key, tag_value FROM tags \
+         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, tag_key",
+    )
+    .bind(after)
+    .bind(&last)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    for row in &tag_rows {
+        let (key_id, tag) = tag_from_row(row)?;
+        if let Some(&i) = index.get(&key_id) {
+            bundles[i].tags.push(tag);
+        }
+    }
+    Ok(bundles)
+}
+
 fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     let key_id: String = row.try_get("key_id").map_err(db_err)?;
     let state_text: String = row.try_get("state").map_err(db_err)?;
@@ -838,50 +904,22 @@ impl MetadataStore for SqlStore {
     }
 
     async fn load_all(&self) -> Result<Vec<KeyBundle>, StoreError> {
-        // Three queries in one read transaction, grouped in memory.
+        // Page by page in one read transaction, so that only one page of rows is in memory
+        // besides the bundles: a node with 100,000 keys does not hold 300,000 rows at once.
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let key_rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY key_id"))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let version_rows = sqlx::query(
-            "SELECT key_id, version, created_at_ms FROM key_versions ORDER BY key_id, version",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let tag_rows =
-            sqlx::query("SELECT key_id, tag_key, tag_value FROM tags ORDER BY key_id, tag_key")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
+        let mut bundles = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = load_page(&mut tx, &after).await?;
+            let Some(last) = page.last() else { break };
+            after = last.key.key_id.clone();
+            let full = page.len() == LOAD_PAGE as usize;
+            bundles.extend(page);
+            if !full {
+                break;
+            }
+        }
         tx.commit().await.map_err(db_err)?;
-
-        let mut bundles = Vec::with_capacity(key_rows.len());
-        let mut index = HashMap::with_capacity(key_rows.len());
-        for row in &key_rows {
-            let key = key_from_row(row)?;
-            index.insert(key.key_id.clone(), bundles.len());
-            bundles.push(KeyBundle {
-                key,
-                versions: Vec::new(),
-                tags: Vec::new(),
-            });
-        }
-        // Rows arrive sorted, so each bundle's lists come out sorted. Rows without a key row
-        // cannot exist while foreign keys are enforced; they are skipped.
-        for row in &version_rows {
-            let version = version_from_row(row)?;
-            if let Some(&i) = index.get(&version.key_id) {
-                bundles[i].versions.push(version);
-            }
-        }
-        for row in &tag_rows {
-            let (key_id, tag) = tag_from_row(row)?;
-            if let Some(&i) = index.get(&key_id) {
-                bundles[i].tags.push(tag);
-            }
-        }
         Ok(bundles)
     }
 
