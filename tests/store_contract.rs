@@ -478,6 +478,8 @@ async fn grants_round_trip_and_go_with_their_key(store: Store) {
         store.deleted_key_ids().await.unwrap(),
         vec!["k1".to_string()]
     );
+    assert!(store.was_destroyed("k1").await.unwrap());
+    assert!(!store.was_destroyed("k2").await.unwrap());
     assert!(matches!(
         store.delete_grant("g1").await,
         Err(StoreError::NotFound(_))

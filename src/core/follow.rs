@@ -200,12 +200,7 @@ impl Kms {
     /// A key that is no longer in the store: destroyed by the sweeper (tombstone) or removed
     /// by reconciliation.
     async fn forget_key(&self, key_id: &str) -> Result<(), KmsError> {
-        let destroyed = self
-            .store
-            .deleted_key_ids()
-            .await?
-            .iter()
-            .any(|id| id == key_id);
+        let destroyed = self.store.was_destroyed(key_id).await?;
         self.unstrand(key_id);
         let mut cache = self.cache_write();
         if let Ok(u) = Uuid::parse_str(key_id) {

@@ -21,13 +21,6 @@ pub struct Lead {
     guard: Option<LeaderGuard>,
 }
 
-impl Lead {
-    /// Whether this node held the lead at its last round.
-    pub fn is_leader(&self) -> bool {
-        self.guard.is_some()
-    }
-}
-
 impl Kms {
     /// Runs the background duties once if this node holds the lead or can take it now;
     /// returns whether it did.

@@ -522,6 +522,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn destroy_key(&self, key_id: &str, deleted_at_ms: i64) -> Result<(), StoreError>;
     /// Ids of every key destroyed by the sweeper.
     async fn deleted_key_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// Whether the sweeper destroyed this key (its tombstone exists): one row, for a node
+    /// following another's deletion.
+    async fn was_destroyed(&self, key_id: &str) -> Result<bool, StoreError>;
 
     /// Replaces or adds the given tags on a key (same tag key overwrites), atomically.
     async fn put_tags(&self, key_id: &str, tags: &[Tag]) -> Result<(), StoreError>;

@@ -1074,6 +1074,15 @@ impl MetadataStore for SqlStore {
             .map_err(db_err)
     }
 
+    async fn was_destroyed(&self, key_id: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM deleted_keys WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(found.is_some())
+    }
+
     async fn put_tags(&self, key_id: &str, tags: &[Tag]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         touch_key_on(&mut tx, key_id).await?;
