@@ -49,7 +49,7 @@ fn key_record(key_id: &str, state: KeyState) -> KeyRecord {
         deletion_date_ms: None,
         pending_window_days: None,
         current_version: 1,
-        policy: r#"{"Version":"2012-10-17","Statement":[]}"#.to_owned(),
+        policy: r#"{"Version":"2012-10-17","Statement":[]}"#.into(),
         custom_key_store_id: None,
         xks_key_id: None,
         row_version: 1,
@@ -251,7 +251,7 @@ async fn update_key_overwrites_mutable_columns_only(store: Store) {
         deletion_date_ms: Some(1_800_000_000_000),
         pending_window_days: Some(7),
         current_version: 1,
-        policy: r#"{"Statement":[{"Effect":"Deny"}]}"#.to_owned(),
+        policy: r#"{"Statement":[{"Effect":"Deny"}]}"#.into(),
         // Immutable columns: ignored by update_key.
         account: "999999999999".to_owned(),
         key_spec: "RSA_2048".to_owned(),

@@ -182,8 +182,8 @@ pub struct KeyStores {
     sink: OnceLock<Arc<dyn ServiceEventSink>>,
     setup: OnceLock<ClusterSetup>,
     stores: RwLock<BTreeMap<String, Arc<StoreHandle>>>,
-    /// Serialises the creation of the sealing key.
-    sealing: tokio::sync::Mutex<()>,
+    /// Set once the sealing key is known to be on the token.
+    sealing: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for KeyStores {
@@ -202,7 +202,7 @@ impl KeyStores {
             sink: OnceLock::new(),
             setup: OnceLock::new(),
             stores: RwLock::new(BTreeMap::new()),
-            sealing: tokio::sync::Mutex::new(()),
+            sealing: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -318,13 +318,18 @@ impl KeyStores {
         Ok(Pin::new(text))
     }
 
+    /// Makes the sealing key once per process; the search and the creation are one exclusive
+    /// HSM job ([`Hsm::ensure_aes_key`]), so nodes sharing the token make one key.
     async fn ensure_sealing_key(&self) -> Result<(), KmsError> {
-        let _one = self.sealing.lock().await;
-        if !self.default_hsm.exists(SEALING_KEY).await? {
-            self.default_hsm.generate_aes_key(SEALING_KEY).await?;
-            tracing::info!("created the sealing key of custom key store passwords");
-        }
-        Ok(())
+        self.sealing
+            .get_or_try_init(|| async {
+                if self.default_hsm.ensure_aes_key(SEALING_KEY).await? {
+                    tracing::info!("created the sealing key of custom key store passwords");
+                }
+                Ok::<(), KmsError>(())
+            })
+            .await
+            .map(|_| ())
     }
 
     // ------------------------------------------------------------------ connect, disconnect

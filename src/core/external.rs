@@ -9,16 +9,12 @@
 //! canonical encryption context). Neither p11kms's HSM nor the proxy alone can decrypt. The
 //! blob stays a v1 blob (`ciphertext`): its header names the key and carries the inner IV;
 //! its body is the outer layer ([`outer_layout`]).
-
 use uuid::Uuid;
 use zeroize::Zeroizing;
-
-use std::sync::Arc;
 
 use super::authz::AuthzRequest;
 use super::connections::{StoreHandle, XksClientSetup};
 use super::keystores::{ConnectionErrorCode, ConnectionState};
-use super::operation::Empty;
 use super::{CachedKey, Kms, KmsError, XksException};
 use crate::hsm::{GcmSealed, Pin};
 use crate::identity::Caller;
@@ -735,16 +731,14 @@ impl Kms {
         Ok((guard, record))
     }
 
-    /// UpdateCustomKeyStore of an external store (the change lock held by the caller): a new
-    /// name or credential at any time (a connected store reconnects with a new credential);
-    /// a new endpoint, path or connectivity only while `DISCONNECTED`. Changed proxy settings
-    /// are health-checked before they are saved, as AWS does.
-    pub(super) async fn update_external_store(
+    /// The checks of an external store's update that depend on the other stores and the
+    /// connection state (made before the proxy is checked and again under the store lock).
+    pub(super) fn check_external_update(
         &self,
         caller: &Caller,
-        handle: &Arc<StoreHandle>,
+        handle: &StoreHandle,
         req: &super::keystores::UpdateCustomKeyStoreRequest,
-    ) -> Result<Empty, KmsError> {
+    ) -> Result<(), KmsError> {
         if req.key_store_password.is_some() || req.cloud_hsm_cluster_id.is_some() {
             return Err(KmsError::Validation(format!(
                 "Custom key store {} is of type EXTERNAL_KEY_STORE: KeyStorePassword and \
@@ -753,20 +747,11 @@ impl Kms {
             )));
         }
         check_members(&req.xks)?;
-        let mut record = handle.record();
-        let Some(mut xks) = record.xks.clone() else {
-            return Err(KmsError::Internal("not an external key store".into()));
-        };
-        let m = &req.xks;
-        let moved = m
-            .xks_proxy_uri_endpoint
-            .as_ref()
-            .is_some_and(|e| *e != xks.endpoint)
-            || m.xks_proxy_uri_path
-                .as_ref()
-                .is_some_and(|p| *p != xks.uri_path);
-        let connected = handle.state().0 != ConnectionState::Disconnected;
-        if moved && connected {
+        let record = handle.record();
+        let old = proxy_of(&record)?;
+        let xks = moved_proxy(old, &req.xks);
+        let moved = xks.endpoint != old.endpoint || xks.uri_path != old.uri_path;
+        if moved && handle.state().0 != ConnectionState::Disconnected {
             return Err(KmsError::CustomKeyStoreInvalidState(format!(
                 "Custom key store {} must be DISCONNECTED to change its proxy URI.",
                 record.store_id
@@ -774,25 +759,33 @@ impl Kms {
         }
         let name = req.new_custom_key_store_name.as_deref();
         self.check_unique(&caller.account, Some(&record.store_id), name, None)?;
-        if let Some(e) = &m.xks_proxy_uri_endpoint {
-            xks.endpoint = e.clone();
-        }
-        if let Some(p) = &m.xks_proxy_uri_path {
-            xks.uri_path = p.clone();
-        }
         self.check_uri_unique(
             &caller.account,
             Some(&record.store_id),
             &xks.endpoint,
             &xks.uri_path,
-        )?;
-        let new_secret = m.xks_proxy_authentication_credential.as_ref();
+        )
+    }
+
+    /// An external store's updated record: a new or moved proxy is checked (health, as AWS
+    /// does) with the credential it will use, and a new secret sealed. Runs without the
+    /// store lock (see [`Kms::update_custom_key_store`]).
+    pub(super) async fn plan_external_update(
+        &self,
+        handle: &StoreHandle,
+        req: &super::keystores::UpdateCustomKeyStoreRequest,
+    ) -> Result<super::keystores::UpdatePlan, KmsError> {
+        let mut record = handle.record();
+        let old = proxy_of(&record)?.clone();
+        let mut xks = moved_proxy(&old, &req.xks);
+        let moved = xks.endpoint != old.endpoint || xks.uri_path != old.uri_path;
+        let new_secret = req.xks.xks_proxy_authentication_credential.as_ref();
         if moved || new_secret.is_some() {
             let secret = match new_secret {
                 Some(c) => c.raw_secret_access_key.clone(),
                 None => Zeroizing::new(
                     self.key_stores
-                        .unseal(&record.store_id, &xks.sealed_secret)
+                        .unseal(&record.store_id, &old.sealed_secret)
                         .await?
                         .expose()
                         .to_string(),
@@ -805,18 +798,14 @@ impl Kms {
             self.check_proxy(&xks, &secret, "UpdateCustomKeyStore")
                 .await?;
         }
-        if let Some(name) = name {
-            record.name = name.to_string();
+        if let Some(name) = &req.new_custom_key_store_name {
+            record.name = name.clone();
         }
         record.xks = Some(xks);
-        super::record::before_change().await?;
-        self.store.update_key_store(&record).await?;
-        record.row_version += 1; // the store raised it (compare-and-set)
-        handle.set_record(record);
-        if new_secret.is_some() && handle.state().0 == ConnectionState::Connected {
-            self.key_stores.start_connect(handle);
-        }
-        Ok(Empty)
+        Ok(super::keystores::UpdatePlan {
+            record,
+            reconnect: new_secret.is_some(),
+        })
     }
 
     /// Checks a new or changed external store's proxy as AWS does before saving it: a health
@@ -836,6 +825,26 @@ impl Kms {
             .await
             .map_err(|e| management_error(&e))
     }
+}
+
+/// The proxy of an external store's record.
+fn proxy_of(record: &KeyStoreRecord) -> Result<&XksProxyRecord, KmsError> {
+    record
+        .xks
+        .as_ref()
+        .ok_or_else(|| KmsError::Internal("not an external key store".into()))
+}
+
+/// An external store's proxy with an update's new endpoint and path applied.
+fn moved_proxy(old: &XksProxyRecord, m: &XksMembers) -> XksProxyRecord {
+    let mut xks = old.clone();
+    if let Some(e) = &m.xks_proxy_uri_endpoint {
+        xks.endpoint = e.clone();
+    }
+    if let Some(p) = &m.xks_proxy_uri_path {
+        xks.uri_path = p.clone();
+    }
+    xks
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ impl Kms {
     }
 
     /// A key, its lifecycle and (when it is gone) its aliases and tombstone.
-    async fn reload_key(&self, key_id: &str) -> Result<(), KmsError> {
+    pub(super) async fn reload_key(&self, key_id: &str) -> Result<(), KmsError> {
         let lifecycle = self.store.get_lifecycle(key_id).await?;
         let Some(bundle) = self.store.get_key(key_id).await? else {
             self.forget_key(key_id).await?;
@@ -204,7 +204,7 @@ impl Kms {
         self.unstrand(key_id);
         let mut cache = self.cache_write();
         if let Ok(u) = Uuid::parse_str(key_id) {
-            cache.keys.remove(&u);
+            cache.remove_key(&u);
             if destroyed {
                 cache.deleted.insert(u);
             }
@@ -224,9 +224,7 @@ impl Kms {
         };
         let mut cached = (*old).clone();
         cached.grants = grants;
-        self.cache_write()
-            .keys
-            .insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
+        self.cache_write().put_key(Arc::new(cached));
         Ok(())
     }
 

@@ -279,15 +279,24 @@ impl Kms {
 
     /// Puts in the cache every grant the tokens name that this node has not seen yet: a
     /// grant made on another node moments ago may not have reached it, and grant tokens work
-    /// at once on any node, as in AWS. Only an unknown grant costs a store read.
+    /// at once on any node, as in AWS. Only an unknown grant costs a store read; a grant on
+    /// a key this node has not seen yet (made on another node moments ago) brings the key
+    /// with it.
     pub(crate) async fn learn_grants(&self, tokens: &[String]) -> Result<(), KmsError> {
         for id in tokens.iter().filter_map(|t| token_grant_id(t)) {
             if self.grant_by_id(&id).is_some() {
                 continue;
             }
-            if let Some(g) = self.store.get_grant(&id).await? {
-                self.cache_grant(g);
+            let Some(g) = self.store.get_grant(&id).await? else {
+                continue;
+            };
+            let known = uuid::Uuid::parse_str(&g.key_id)
+                .ok()
+                .is_some_and(|u| self.key_by_uuid(u.as_bytes()).is_some());
+            if !known {
+                self.reload_key(&g.key_id).await?;
             }
+            self.cache_grant(g);
         }
         Ok(())
     }
@@ -305,18 +314,11 @@ impl Kms {
         }
         let mut cached = (*key).clone();
         cached.grants.push(g);
-        self.cache_write().keys.insert(
-            uuid::Uuid::from_bytes(cached.uuid),
-            std::sync::Arc::new(cached),
-        );
+        self.cache_write().put_key(std::sync::Arc::new(cached));
     }
 
     fn grant_by_id(&self, grant_id: &str) -> Option<GrantRecord> {
-        let cache = self.cache_read();
-        cache
-            .keys
-            .values()
-            .find_map(|k| k.grants.iter().find(|g| g.grant_id == grant_id).cloned())
+        self.cache_read().grant(grant_id).cloned()
     }
 
     /// CreateGrant: checks the input, authorizes (with the grant's operations, grantee and

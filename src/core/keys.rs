@@ -499,7 +499,7 @@ impl Kms {
             deletion_date_ms: None,
             pending_window_days: None,
             current_version: 1,
-            policy: policy_text,
+            policy: policy_text.into(),
             custom_key_store_id,
             xks_key_id: req.xks_key_id.clone(),
             row_version: 1,

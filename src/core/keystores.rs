@@ -24,6 +24,16 @@ use crate::identity::Caller;
 use crate::store::KeyStoreRecord;
 use crate::wire_enum::wire_enum;
 
+/// How often an update is prepared again when its store changed while it was prepared.
+const UPDATE_ATTEMPTS: usize = 3;
+
+/// An update of a store, prepared on a snapshot: the record to write and whether the
+/// store must reconnect with a new credential.
+pub(super) struct UpdatePlan {
+    pub(super) record: KeyStoreRecord,
+    pub(super) reconnect: bool,
+}
+
 /// At most this many custom key stores per account (AWS's default quota).
 pub const MAX_KEY_STORES_PER_ACCOUNT: usize = 10;
 
@@ -574,7 +584,10 @@ impl Kms {
 
     /// UpdateCustomKeyStore: a new name at any time; a new password or a related cluster
     /// (one with the same trust anchor, as clusters sharing a backup history have) only
-    /// while the store is `DISCONNECTED`.
+    /// while the store is `DISCONNECTED`. The HSM and proxy work (sealing, the proxy's
+    /// health check) runs on a snapshot of the store before the account's store lock is
+    /// taken; under the lock the checks run again and the snapshot must still be current,
+    /// otherwise the update is prepared again on the fresh record.
     pub async fn update_custom_key_store(
         &self,
         caller: &Caller,
@@ -589,11 +602,56 @@ impl Kms {
         if let Some(c) = &req.cloud_hsm_cluster_id {
             check_cluster_id(c)?;
         }
-        let (_guard, handle) = self
-            .store_for(caller, "kms:UpdateCustomKeyStore", &req.custom_key_store_id)
-            .await?;
+        check_store_id(&req.custom_key_store_id)?;
+        self.authorize(caller, AuthzRequest::new("kms:UpdateCustomKeyStore", "*"))?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let handle = self.own_store(caller, &req.custom_key_store_id)?;
+            let seen = handle.record().row_version;
+            let plan = self.plan_update(caller, &handle, &req).await?;
+            let _guard = self.lock_stores_of(&caller.account).await;
+            let handle = self.own_store(caller, &req.custom_key_store_id)?;
+            if handle.record().row_version != seen {
+                continue; // changed meanwhile: prepare again on the fresh record
+            }
+            self.check_update(caller, &handle, &req)?;
+            return self.commit_update(&handle, plan).await;
+        }
+        Err(KmsError::Conflict(format!(
+            "Custom key store {} kept changing during the update; try again.",
+            req.custom_key_store_id
+        )))
+    }
+
+    /// The updated record of either store type, with any new secret sealed and the proxy
+    /// checked: the slow part of an update, run without the store lock.
+    async fn plan_update(
+        &self,
+        caller: &Caller,
+        handle: &Arc<StoreHandle>,
+        req: &UpdateCustomKeyStoreRequest,
+    ) -> Result<UpdatePlan, KmsError> {
+        self.check_update(caller, handle, req)?;
         if handle.is_external() {
-            return self.update_external_store(caller, &handle, &req).await;
+            return self.plan_external_update(handle, req).await;
+        }
+        let mut record = handle.record();
+        self.apply_update(&mut record, req).await?;
+        Ok(UpdatePlan {
+            record,
+            reconnect: false,
+        })
+    }
+
+    /// The checks of an update that depend on the other stores and the connection state,
+    /// made before the slow part and again under the store lock.
+    fn check_update(
+        &self,
+        caller: &Caller,
+        handle: &StoreHandle,
+        req: &UpdateCustomKeyStoreRequest,
+    ) -> Result<(), KmsError> {
+        if handle.is_external() {
+            return self.check_external_update(caller, handle, req);
         }
         if req.xks.any() {
             return Err(KmsError::Validation(format!(
@@ -601,30 +659,43 @@ impl Kms {
                 req.custom_key_store_id
             )));
         }
-        let mut record = handle.record();
-        let device_change = req.key_store_password.is_some()
-            || req
-                .cloud_hsm_cluster_id
-                .as_ref()
-                .is_some_and(|c| *c != record.cluster_id);
+        let record = handle.record();
+        let new_cluster = req
+            .cloud_hsm_cluster_id
+            .as_deref()
+            .filter(|c| *c != record.cluster_id);
+        let device_change = req.key_store_password.is_some() || new_cluster.is_some();
         if device_change && handle.state().0 != ConnectionState::Disconnected {
             return Err(KmsError::CustomKeyStoreInvalidState(format!(
                 "Custom key store {} must be DISCONNECTED to change its password or cluster.",
                 record.store_id
             )));
         }
-        self.apply_update(caller, &mut record, &req).await?;
+        let name = req.new_custom_key_store_name.as_deref();
+        self.check_unique(&caller.account, Some(&record.store_id), name, new_cluster)
+    }
+
+    /// Writes a planned update (compare-and-set on the row's version) and takes it into the
+    /// cache; an external store whose credential changed while connected reconnects with it.
+    async fn commit_update(
+        &self,
+        handle: &Arc<StoreHandle>,
+        mut plan: UpdatePlan,
+    ) -> Result<Empty, KmsError> {
         super::record::before_change().await?;
-        self.store.update_key_store(&record).await?;
-        record.row_version += 1; // the store raised it (compare-and-set)
-        handle.set_record(record);
+        self.store.update_key_store(&plan.record).await?;
+        plan.record.row_version += 1; // the store raised it (compare-and-set)
+        handle.set_record(plan.record);
+        if plan.reconnect && handle.state().0 == ConnectionState::Connected {
+            self.key_stores.start_connect(handle);
+        }
         Ok(Empty)
     }
 
-    /// The new name, cluster and sealed password of an update, checked, into `record`.
+    /// The new name, cluster and sealed password of an update, into `record` (the checks
+    /// that depend on other stores are [`Kms::check_update`]'s).
     async fn apply_update(
         &self,
-        caller: &Caller,
         record: &mut KeyStoreRecord,
         req: &UpdateCustomKeyStoreRequest,
     ) -> Result<(), KmsError> {
@@ -632,8 +703,6 @@ impl Kms {
             .cloud_hsm_cluster_id
             .as_deref()
             .filter(|c| *c != record.cluster_id);
-        let name = req.new_custom_key_store_name.as_deref();
-        self.check_unique(&caller.account, Some(&record.store_id), name, new_cluster)?;
         if let Some(id) = new_cluster {
             let cluster = self.key_stores.cluster(id).ok_or_else(|| {
                 KmsError::CloudHsmClusterNotFound(format!("Cluster {id} is not configured."))
@@ -647,8 +716,8 @@ impl Kms {
             }
             record.cluster_id = cluster.id;
         }
-        if let Some(name) = name {
-            record.name = name.to_string();
+        if let Some(name) = &req.new_custom_key_store_name {
+            record.name = name.clone();
         }
         if let Some(p) = &req.key_store_password {
             record.sealed_password = self.key_stores.seal(&record.store_id, p).await?;

@@ -316,7 +316,7 @@ impl Kms {
                 deletion_date_ms: None,
                 pending_window_days: None,
                 current_version: 1,
-                policy,
+                policy: policy.into(),
                 custom_key_store_id: None,
                 xks_key_id: None,
                 row_version: 1,

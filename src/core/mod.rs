@@ -54,7 +54,7 @@ mod validate;
 pub mod xks;
 pub mod xks_health;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -216,9 +216,40 @@ struct Cache {
     aliases_by_key: BTreeSet<(String, String)>,
     /// Keys destroyed by the sweeper (tombstones from the store).
     deleted: BTreeSet<Uuid>,
+    /// grant id -> the key it is on: a grant token is checked without a scan of every key.
+    grant_keys: HashMap<String, Uuid>,
 }
 
 impl Cache {
+    /// Puts a key's entry, keeping the grant index in step with its grants.
+    fn put_key(&mut self, key: Arc<CachedKey>) {
+        let id = Uuid::from_bytes(key.uuid);
+        if let Some(old) = self.keys.get(&id) {
+            for g in &old.grants {
+                self.grant_keys.remove(&g.grant_id);
+            }
+        }
+        for g in &key.grants {
+            self.grant_keys.insert(g.grant_id.clone(), id);
+        }
+        self.keys.insert(id, key);
+    }
+
+    /// Removes a key's entry and its grants from the index.
+    fn remove_key(&mut self, id: &Uuid) -> Option<Arc<CachedKey>> {
+        let old = self.keys.remove(id)?;
+        for g in &old.grants {
+            self.grant_keys.remove(&g.grant_id);
+        }
+        Some(old)
+    }
+
+    /// The grant `grant_id`, found through the index.
+    fn grant(&self, grant_id: &str) -> Option<&GrantRecord> {
+        let key = self.keys.get(self.grant_keys.get(grant_id)?)?;
+        key.grants.iter().find(|g| g.grant_id == grant_id)
+    }
+
     /// Adds or repoints an alias, keeping the per-key index in step.
     fn put_alias(&mut self, a: AliasRecord) {
         let k = (a.account.clone(), a.name.clone());
@@ -293,7 +324,7 @@ pub struct Kms {
     loaded_at_seq: std::sync::atomic::AtomicI64,
     /// Compiled key policies by text, shared by every key with the same policy (mostly the
     /// default one): 100,000 keys hold one compiled copy, not 100,000.
-    policies: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Policy>>>,
+    policies: std::sync::Mutex<HashMap<Arc<str>, std::sync::Weak<Policy>>>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -336,7 +367,7 @@ impl Kms {
             service_sink: std::sync::OnceLock::new(),
             stranded: std::sync::Mutex::new(BTreeMap::new()),
             loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
-            policies: std::sync::Mutex::new(std::collections::HashMap::new()),
+            policies: std::sync::Mutex::new(HashMap::new()),
         };
         // Read before the load: a change committed during it is applied again by the
         // follower, never missed.
@@ -379,9 +410,7 @@ impl Kms {
             cached.grants = grants_by_key
                 .remove(&cached.record.key_id)
                 .unwrap_or_default();
-            cache
-                .keys
-                .insert(Uuid::from_bytes(cached.uuid), Arc::new(cached));
+            cache.put_key(Arc::new(cached));
         }
         for a in aliases {
             // Through put_alias, so the per-key index (kms:ResourceAliases, KeyManager)
@@ -558,36 +587,43 @@ impl Kms {
         )
     }
 
-    fn cached_from_bundle(&self, b: KeyBundle) -> Result<CachedKey, KmsError> {
+    fn cached_from_bundle(&self, mut b: KeyBundle) -> Result<CachedKey, KmsError> {
         let uuid = Uuid::parse_str(&b.key.key_id).map_err(|_| {
             KmsError::Internal(format!("stored key id '{}' is not a UUID", b.key.key_id))
         })?;
+        let (text, policy) = self.shared_policy(&b.key.key_id, &b.key.policy);
+        b.key.policy = text;
         Ok(CachedKey {
             arn: self.key_arn(&b.key.account, &b.key.key_id),
             uuid: *uuid.as_bytes(),
             versions: b.versions.iter().map(|v| v.version).collect(),
             tags: b.tags,
-            policy: self.shared_policy(&b.key.key_id, &b.key.policy),
+            policy,
             store: self.store_of(&b.key),
             record: b.key,
             grants: Vec::new(),
         })
     }
 
-    /// The compiled form of a stored key policy, shared with every other key whose policy
-    /// has the same text. Entries whose policy no key holds any more are dropped as the map
-    /// grows.
-    fn shared_policy(&self, key_id: &str, text: &str) -> Option<Arc<Policy>> {
+    /// A stored key policy's text and compiled form, both shared with every other key whose
+    /// policy has the same text (100,000 keys with the default policy hold one copy of each).
+    /// Entries whose policy no key holds any more are dropped as the map grows.
+    fn shared_policy(&self, key_id: &str, text: &Arc<str>) -> (Arc<str>, Option<Arc<Policy>>) {
         let mut map = self.policies.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = map.get(text).and_then(std::sync::Weak::upgrade) {
-            return Some(p);
+        if let Some((shared, p)) = map
+            .get_key_value(&**text)
+            .and_then(|(k, w)| Some((k.clone(), w.upgrade()?)))
+        {
+            return (shared, Some(p));
         }
-        let compiled = compile_stored_policy(key_id, text)?;
+        let Some(compiled) = compile_stored_policy(key_id, text) else {
+            return (text.clone(), None);
+        };
         if map.len() >= 1024 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
-        map.insert(text.to_string(), Arc::downgrade(&compiled));
-        Some(compiled)
+        map.insert(text.clone(), Arc::downgrade(&compiled));
+        (text.clone(), Some(compiled))
     }
 
     /// Alias names of a key, for `kms:ResourceAliases`.
@@ -613,7 +649,7 @@ impl Kms {
             }
         }
         let arc = Arc::new(cached);
-        cache.keys.insert(id, arc.clone());
+        cache.put_key(arc.clone());
         arc
     }
 
@@ -629,7 +665,7 @@ impl Kms {
             }
             None => {
                 if let Ok(u) = Uuid::parse_str(key_id) {
-                    self.cache_write().keys.remove(&u);
+                    self.cache_write().remove_key(&u);
                 }
                 Ok(None)
             }

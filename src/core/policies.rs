@@ -128,7 +128,7 @@ impl Kms {
         )?;
         check_state(&resolved.key, StateClass::Any)?;
         Ok(GetKeyPolicyResponse {
-            policy: resolved.key.record.policy.clone(),
+            policy: resolved.key.record.policy.to_string(),
             policy_name: name.to_string(),
         })
     }
@@ -184,7 +184,7 @@ impl Kms {
                 self.lockout_check(caller, &resolved.key, compiled)?;
             }
             let policy = policy.clone();
-            self.update_record(&resolved.key, |r| r.policy = policy)
+            self.update_record(&resolved.key, |r| r.policy = policy.into())
                 .await
         })
         .await?;

@@ -329,7 +329,7 @@ impl Kms {
         self.store.delete_key(key_id).await?;
         {
             let mut cache = self.cache_write();
-            cache.keys.remove(&Uuid::from_bytes(key.uuid));
+            cache.remove_key(&Uuid::from_bytes(key.uuid));
             cache.remove_aliases_of(key_id);
         }
         self.lifecycle_cache_remove(key_id);

@@ -103,7 +103,7 @@ impl Kms {
         {
             let mut cache = self.cache_write();
             let uuid = Uuid::from_bytes(key.uuid);
-            cache.keys.remove(&uuid);
+            cache.remove_key(&uuid);
             cache.remove_aliases_of(key_id);
             cache.deleted.insert(uuid);
         }

@@ -183,7 +183,7 @@ async fn a_stale_cache_is_retried_on_fresh_state_not_overwritten() {
     let other = SqliteStore::open_sqlite(data.path()).await.unwrap();
     let mut behind = other.get_key(&key).await.unwrap().unwrap().key;
     let read_at = behind.row_version;
-    behind.policy = root_policy("changed-by-another-node");
+    behind.policy = root_policy("changed-by-another-node").into();
     other
         .update_key(&behind)
         .await
@@ -201,4 +201,47 @@ async fn a_stale_cache_is_retried_on_fresh_state_not_overwritten() {
     let cached = kms.current_key(&key).unwrap();
     assert_eq!(cached.record.row_version, stored.row_version);
     assert!(cached.record.policy.contains("changed-by-another-node"));
+}
+
+/// A grant token presented to a node that has seen neither the grant nor its key (both made
+/// on another node a moment ago, before any change reached it) works at once, as in AWS:
+/// the node reads the grant and its key from the store.
+#[tokio::test]
+async fn a_grant_token_from_another_node_brings_its_key() {
+    let data = tempfile::tempdir().unwrap();
+    let (behind, caller) = engine(data.path()).await;
+    let (maker, _) = engine(data.path()).await;
+    let key = new_key(&maker, &caller).await;
+    let grant = maker
+        .create_grant(
+            &caller,
+            super::grants::CreateGrantRequest {
+                key_id: key.clone(),
+                grantee_principal: format!("arn:aws:iam::{ACCOUNT}:root"),
+                operations: vec!["Encrypt".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("CreateGrant on the other node");
+    assert!(behind.current_key(&key).is_err(), "the node is not behind");
+    let sealed = behind
+        .encrypt(
+            &caller,
+            super::crypto::EncryptRequest {
+                key_id: maker.current_key(&key).unwrap().arn.clone(),
+                plaintext: zeroize::Zeroizing::new(b"x".to_vec()),
+                grant_tokens: vec![grant.grant_token.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Encrypt with the fresh grant token on the node that had not seen it");
+    assert_eq!(sealed.key_id, maker.current_key(&key).unwrap().arn);
+    let bogus = format!("{}x", grant.grant_token);
+    let refused = behind
+        .check_grant_tokens(&[bogus])
+        .await
+        .expect_err("a token naming no grant");
+    assert_eq!(refused.aws_name(), "InvalidGrantTokenException");
 }

@@ -994,6 +994,12 @@ device_jobs! {
     submit Exclusive fn generate_aes_key(id: ObjectId) -> ()
         = |ctx| ops::generate_aes_key(ctx, id, &id.label());
 
+    /// [`Hsm::generate_aes_key`] unless the token already has `id`, checked in the same
+    /// exclusive job (and, on a shared token, under its lock file after a refresh of the
+    /// token view), so that daemons starting together make one object. Whether it was made.
+    submit Exclusive fn ensure_aes_key(id: ObjectId) -> bool
+        = |ctx| ops::ensure_aes_key(ctx, id);
+
     /// [`Hsm::generate_aes_key`] with the label `label` (a custom key store's key is labelled
     /// with its key ARN, as AWS labels the keys it makes in a CloudHSM cluster).
     submit Exclusive fn generate_labelled_aes_key(id: ObjectId, label: String) -> ()

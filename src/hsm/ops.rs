@@ -420,6 +420,17 @@ pub(crate) fn generate_aes_key(
     Ok(())
 }
 
+/// Generates the AES key `id` unless the token has it: the search and the creation in one
+/// exclusive job, so daemons sharing the token (under its lock file) make it once. Whether
+/// it was created.
+pub(crate) fn ensure_aes_key(ctx: &mut WorkerCtx, id: ObjectId) -> Result<bool, HsmError> {
+    if exists(ctx, id)? {
+        return Ok(false);
+    }
+    generate_aes_key(ctx, id, &id.label())?;
+    Ok(true)
+}
+
 /// AES-256-GCM encrypt under `id`.
 pub(crate) fn encrypt_gcm(
     ctx: &mut WorkerCtx,

@@ -229,8 +229,9 @@ pub struct KeyRecord {
     pub pending_window_days: Option<i32>,
     /// The version new encryptions use (1-based).
     pub current_version: u32,
-    /// The key policy document (JSON text), policy name `default`.
-    pub policy: String,
+    /// The key policy document (JSON text), policy name `default`. Shared: keys with the
+    /// same policy text hold one copy in the engine's cache.
+    pub policy: std::sync::Arc<str>,
     /// The custom key store the key lives in (`cks-...`); `None` for the default store.
     pub custom_key_store_id: Option<String>,
     /// The external key (`XksKeyId`) backing a key in an external key store.

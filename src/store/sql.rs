@@ -612,7 +612,7 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         deletion_date_ms: row.try_get("deletion_date_ms").map_err(db_err)?,
         pending_window_days,
         current_version,
-        policy: row.try_get("policy").map_err(db_err)?,
+        policy: row.try_get::<String, _>("policy").map_err(db_err)?.into(),
         custom_key_store_id: row.try_get("custom_key_store_id").map_err(db_err)?,
         xks_key_id: row.try_get("xks_key_id").map_err(db_err)?,
         row_version: row.try_get("row_version").map_err(db_err)?,
@@ -674,7 +674,7 @@ async fn insert_key_on(
     .bind(key.deletion_date_ms)
     .bind(key.pending_window_days.map(i64::from))
     .bind(i64::from(key.current_version))
-    .bind(&key.policy)
+    .bind(&*key.policy)
     .bind(&key.custom_key_store_id)
     .bind(&key.xks_key_id)
     .bind(key.row_version)
@@ -746,7 +746,7 @@ async fn update_key_on(conn: &mut AnyConnection, key: &KeyRecord) -> Result<(), 
     .bind(key.deletion_date_ms)
     .bind(key.pending_window_days.map(i64::from))
     .bind(i64::from(key.current_version))
-    .bind(&key.policy)
+    .bind(&*key.policy)
     .bind(&key.key_id)
     .bind(key.row_version)
     .execute(&mut *conn)
@@ -1708,7 +1708,7 @@ mod tests {
             deletion_date_ms: None,
             pending_window_days: None,
             current_version: 1,
-            policy: r#"{"Version":"2012-10-17","Statement":[]}"#.to_owned(),
+            policy: r#"{"Version":"2012-10-17","Statement":[]}"#.into(),
             custom_key_store_id: None,
             xks_key_id: None,
             row_version: 1,
