@@ -13,7 +13,7 @@ mod postgres;
 use p11kms::store::{
     AliasRecord, Backend, ChangeKind, Duty, GrantRecord, KeyBundle, KeyLifecycle, KeyRecord,
     KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, PgSettings, PgTls,
-    RotationEntry, SessionRecord, SqlStore, StoreError, Tag, UsageOperation,
+    RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob, Tag, UsageOperation,
 };
 use postgres::PgServer;
 use std::collections::BTreeMap;
@@ -61,6 +61,7 @@ fn version(key_id: &str, version: u32) -> KeyVersion {
         key_id: key_id.to_owned(),
         version,
         created_at_ms: 1_700_000_000_000 + i64::from(version),
+        wrapped: None,
     }
 }
 
@@ -602,6 +603,101 @@ async fn key_usage_is_replaced_in_batches_and_skips_deleted_keys(store: Store) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Wrapped residency (migration 0009): blobs kept with their versions.
+
+fn blob(master: u32, fill: u8) -> StoredBlob {
+    StoredBlob {
+        master,
+        bytes: vec![fill; 80],
+    }
+}
+
+async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
+    let creating = key_record("w1", KeyState::Creating);
+    store.insert_key(&creating, &[]).await.unwrap();
+    let enabled = KeyRecord {
+        state: KeyState::Enabled,
+        ..creating
+    };
+    let v1 = KeyVersion {
+        wrapped: Some(blob(1, 0xa1)),
+        ..version("w1", 1)
+    };
+    store.add_version_and_update(&v1, &enabled).await.unwrap();
+    let token_key = create_enabled(&*store, "t1", &[]).await;
+    let got = store.get_key("w1").await.unwrap().unwrap();
+    assert_eq!(got.versions, vec![v1.clone()]);
+    let all = store.load_all().await.unwrap();
+    let t1 = all.iter().find(|b| b.key.key_id == "t1").unwrap();
+    assert_eq!(t1.versions[0].wrapped, None, "a token version has no blob");
+    let under1 = store.blobs_under_master(1, 10).await.unwrap();
+    assert_eq!(under1.len(), 1);
+    assert_eq!((under1[0].key_id.as_str(), under1[0].version), ("w1", 1));
+    assert_eq!(under1[0].blob, blob(1, 0xa1));
+    // Rewrapped under master 2: compare-and-set on the old blob and the row version.
+    let key = KeyRecord {
+        row_version: 2,
+        ..enabled
+    };
+    let seq = store.last_change_seq().await.unwrap();
+    store
+        .set_version_blob(&key, 1, Some(&blob(1, 0xa1)), Some(&blob(2, 0xb2)))
+        .await
+        .unwrap();
+    let logged = store.changes_since(seq, 10).await.unwrap();
+    assert!(
+        logged
+            .iter()
+            .any(|c| c.kind == ChangeKind::Key && c.id == "w1"),
+        "a rewrap reaches other nodes: {logged:?}"
+    );
+    assert!(store.blobs_under_master(1, 10).await.unwrap().is_empty());
+    assert_eq!(store.blobs_under_master(2, 10).await.unwrap().len(), 1);
+    let stale_blob = store
+        .set_version_blob(
+            &KeyRecord {
+                row_version: 3,
+                ..key.clone()
+            },
+            1,
+            Some(&blob(1, 0xa1)),
+            Some(&blob(3, 0xc3)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale_blob, StoreError::Conflict(_)),
+        "{stale_blob:?}"
+    );
+    let stale_row = store
+        .set_version_blob(&key, 1, Some(&blob(2, 0xb2)), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale_row, StoreError::Conflict(_)),
+        "{stale_row:?}"
+    );
+    let got = store.get_key("w1").await.unwrap().unwrap();
+    assert_eq!(
+        got.versions[0].wrapped,
+        Some(blob(2, 0xb2)),
+        "nothing half-written"
+    );
+    assert_eq!(got.key.row_version, 3);
+    // A token version gains a blob (residency migration), expecting none.
+    store
+        .set_version_blob(&token_key, 1, None, Some(&blob(2, 0xd4)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blobs_under_master(2, 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
+    assert_eq!(store.blobs_under_master(2, 10).await.unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
 // Compare-and-set, uniqueness, the change log, sessions, point lookups, describe, leading.
 
 async fn stale_row_version_conflicts_and_changes_nothing(store: Store) {
@@ -1127,6 +1223,7 @@ macro_rules! cases {
 
 fn contract_cases() -> Vec<(&'static str, Case)> {
     cases![
+        wrapped_blobs_round_trip_and_are_compare_and_set,
         get_key_absent_is_none,
         two_phase_create_round_trip,
         rotation_adds_versions_in_order,

@@ -552,6 +552,7 @@ impl Kms {
             key_id: record.key_id.clone(),
             version: 1,
             created_at_ms: now,
+            wrapped: None,
         };
         let mut lifecycle = self.lifecycle_of(&record.key_id);
         material(&mut lifecycle);

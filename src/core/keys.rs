@@ -703,6 +703,7 @@ impl Kms {
             key_id: key_id.clone(),
             version: 1,
             created_at_ms: record.created_at_ms,
+            wrapped: None,
         };
         self.store.add_version_and_update(&version, &record).await?;
         record.row_version += 1; // the store raised it (compare-and-set)

@@ -312,6 +312,7 @@ impl Kms {
             key_id: record.key_id.clone(),
             version: 1,
             created_at_ms: record.created_at_ms,
+            wrapped: None,
         };
         self.store.add_version_and_update(&version, &record).await?;
         self.refresh_key(&record.key_id).await?;

@@ -557,6 +557,7 @@ impl Kms {
                     key_id: key_id.to_string(),
                     version,
                     created_at_ms: self.now_ms(),
+                    wrapped: None,
                 })
                 .await?;
             // The cache follows the store: the new version is known (not yet current).

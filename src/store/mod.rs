@@ -243,13 +243,47 @@ pub struct KeyRecord {
     pub row_version: i64,
 }
 
-/// One backing-key version of a KMS key; each is one object on the token.
+/// One backing-key version of a KMS key: one object on the token, or (wrapped residency) a
+/// blob here that the HSM unwraps when the version is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyVersion {
     pub key_id: String,
     pub version: u32,
     /// Unix milliseconds.
     pub created_at_ms: i64,
+    /// The version's material wrapped under an HSM master key; `None` for a token object.
+    pub wrapped: Option<StoredBlob>,
+}
+
+/// A key version's material wrapped on the HSM under one of its master keys (migration
+/// 0009). Not secret (only the device can unwrap it), but bound by the device to its key id
+/// and version: the bytes are the HSM layer's blob format, kept whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// The master key version that wraps it (also inside `bytes`; kept apart so that
+    /// master-key rotation finds the blobs still under an old master).
+    pub master: u32,
+    /// The blob.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoredBlob(master v{}, {} bytes)",
+            self.master,
+            self.bytes.len()
+        )
+    }
+}
+
+/// One blob found by [`MetadataStore::blobs_under_master`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRow {
+    pub key_id: String,
+    pub version: u32,
+    pub blob: StoredBlob,
 }
 
 /// An alias: a friendly name in an account that points at exactly one key.
@@ -511,6 +545,23 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Overwrites the mutable columns of an existing key row (state, description, dates,
     /// current version, policy), compare-and-set on `key.row_version` (see the trait).
     async fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Replaces the wrapped blob of one version (`None`: the material is a token object),
+    /// compare-and-set on the blob it holds (`expected`) and on `key.row_version`, and writes
+    /// the key row with it (so other nodes reload the key): master-key rotation and
+    /// residency migration. [`StoreError::Conflict`] if either changed meanwhile.
+    async fn set_version_blob(
+        &self,
+        key: &KeyRecord,
+        version: u32,
+        expected: Option<&StoredBlob>,
+        new: Option<&StoredBlob>,
+    ) -> Result<(), StoreError>;
+    /// Up to `limit` blobs wrapped under master version `master`, by key id and version.
+    async fn blobs_under_master(
+        &self,
+        master: u32,
+        limit: usize,
+    ) -> Result<Vec<BlobRow>, StoreError>;
     /// One key with its versions and tags.
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError>;
     /// Every key with its versions and tags, ordered by key id (cache warm-up, `check`).

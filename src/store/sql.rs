@@ -23,10 +23,10 @@
 //! delivered at commit.
 
 use super::{
-    AliasRecord, Backend, Change, ChangeKind, Duty, GrantRecord, ImportTokenRecord, KeyBundle,
-    KeyLifecycle, KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, LeaderGuard,
-    MetadataStore, OrphanRecord, RotationEntry, SessionRecord, StoreError, StoreInfo, Tag,
-    UsageOperation,
+    AliasRecord, Backend, BlobRow, Change, ChangeKind, Duty, GrantRecord, ImportTokenRecord,
+    KeyBundle, KeyLifecycle, KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion,
+    LeaderGuard, MetadataStore, OrphanRecord, RotationEntry, SessionRecord, StoreError, StoreInfo,
+    StoredBlob, Tag, UsageOperation,
 };
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -110,6 +110,11 @@ const SQLITE_MIGRATIONS: &[Embedded] = &[
         "cluster",
         include_str!("../../migrations/sqlite/0008_cluster.sql"),
     ),
+    (
+        9,
+        "wrapped keys",
+        include_str!("../../migrations/sqlite/0009_wrapped_keys.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations: the same versions with the same meaning as SQLite's.
@@ -154,7 +159,15 @@ const POSTGRES_MIGRATIONS: &[Embedded] = &[
         "cluster",
         include_str!("../../migrations/postgres/0008_cluster.sql"),
     ),
+    (
+        9,
+        "wrapped keys",
+        include_str!("../../migrations/postgres/0009_wrapped_keys.sql"),
+    ),
 ];
+
+/// The column list every key version query selects ([`version_from_row`]).
+const VERSION_COLUMNS: &str = "key_id, version, created_at_ms, wrapped_blob, wrap_master";
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
@@ -550,10 +563,10 @@ async fn load_page(
     let Some(last) = bundles.last().map(|b| b.key.key_id.clone()) else {
         return Ok(bundles);
     };
-    let version_rows = sqlx::query(
-        "SELECT key_id, version, created_at_ms FROM key_versions \
-         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version",
-    )
+    let version_rows = sqlx::query(&format!(
+        "SELECT {VERSION_COLUMNS} FROM key_versions \
+         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version"
+    ))
     .bind(after)
     .bind(&last)
     .fetch_all(&mut **tx)
@@ -626,8 +639,27 @@ fn version_from_row(row: &AnyRow) -> Result<KeyVersion, StoreError> {
     Ok(KeyVersion {
         version,
         created_at_ms: row.try_get("created_at_ms").map_err(db_err)?,
+        wrapped: blob_from_row(row, &key_id)?,
         key_id,
     })
+}
+
+/// The wrapped blob of a version row: both columns or neither.
+fn blob_from_row(row: &AnyRow, key_id: &str) -> Result<Option<StoredBlob>, StoreError> {
+    let bytes: Option<Vec<u8>> = row.try_get("wrapped_blob").map_err(db_err)?;
+    let master: Option<i64> = row.try_get("wrap_master").map_err(db_err)?;
+    match (bytes, master) {
+        (None, None) => Ok(None),
+        (Some(bytes), Some(m)) => Ok(Some(StoredBlob {
+            master: u32::try_from(m).map_err(|_| {
+                StoreError::Corrupt(format!("key {key_id}: wrap_master {m} is not a valid u32"))
+            })?,
+            bytes,
+        })),
+        _ => Err(StoreError::Corrupt(format!(
+            "key {key_id}: a version has a wrapped blob without its master, or the reverse"
+        ))),
+    }
 }
 
 /// A tag row as (key id, tag).
@@ -716,19 +748,25 @@ async fn insert_version_on(
     conn: &mut AnyConnection,
     version: &KeyVersion,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO key_versions (key_id, version, created_at_ms) VALUES ($1, $2, $3)")
-        .bind(&version.key_id)
-        .bind(i64::from(version.version))
-        .bind(version.created_at_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| {
-            write_err(
-                e,
-                || format!("version {} of key {}", version.version, version.key_id),
-                || key_missing(&version.key_id),
-            )
-        })?;
+    let blob = version.wrapped.as_ref();
+    sqlx::query(
+        "INSERT INTO key_versions (key_id, version, created_at_ms, wrapped_blob, wrap_master) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&version.key_id)
+    .bind(i64::from(version.version))
+    .bind(version.created_at_ms)
+    .bind(blob.map(|b| b.bytes.clone()))
+    .bind(blob.map(|b| i64::from(b.master)))
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| {
+        write_err(
+            e,
+            || format!("version {} of key {}", version.version, version.key_id),
+            || key_missing(&version.key_id),
+        )
+    })?;
     Ok(())
 }
 
@@ -862,6 +900,65 @@ impl MetadataStore for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
+    async fn set_version_blob(
+        &self,
+        key: &KeyRecord,
+        version: u32,
+        expected: Option<&StoredBlob>,
+        new: Option<&StoredBlob>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE key_versions SET wrapped_blob = $1, wrap_master = $2 \
+             WHERE key_id = $3 AND version = $4 AND wrapped_blob IS NOT DISTINCT FROM $5",
+        )
+        .bind(new.map(|b| b.bytes.clone()))
+        .bind(new.map(|b| i64::from(b.master)))
+        .bind(&key.key_id)
+        .bind(i64::from(version))
+        .bind(expected.map(|b| b.bytes.clone()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "version {version} of key {} is gone or its blob changed meanwhile",
+                key.key_id
+            )));
+        }
+        update_key_on(&mut tx, key).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn blobs_under_master(
+        &self,
+        master: u32,
+        limit: usize,
+    ) -> Result<Vec<BlobRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions WHERE wrap_master = $1 \
+             ORDER BY key_id, version LIMIT $2"
+        ))
+        .bind(i64::from(master))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let v = version_from_row(r)?;
+                let blob = v.wrapped.ok_or_else(|| {
+                    StoreError::Corrupt(format!("key {}: wrap_master without a blob", v.key_id))
+                })?;
+                Ok(BlobRow {
+                    key_id: v.key_id,
+                    version: v.version,
+                    blob,
+                })
+            })
+            .collect()
+    }
+
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError> {
         // One read transaction: the three queries see the same snapshot.
         let mut tx = self.pool.begin().await.map_err(db_err)?;
@@ -874,10 +971,9 @@ impl MetadataStore for SqlStore {
             return Ok(None);
         };
         let key = key_from_row(&row)?;
-        let versions = sqlx::query(
-            "SELECT key_id, version, created_at_ms FROM key_versions \
-             WHERE key_id = $1 ORDER BY version",
-        )
+        let versions = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions WHERE key_id = $1 ORDER BY version"
+        ))
         .bind(key_id)
         .fetch_all(&mut *tx)
         .await
@@ -1720,6 +1816,7 @@ mod tests {
             key_id: key_id.to_owned(),
             version,
             created_at_ms: 1_700_000_000_000 + i64::from(version),
+            wrapped: None,
         }
     }
 
