@@ -1192,6 +1192,14 @@ device_jobs! {
     submit Unlocked fn evict_wrapped(key_id: [u8; 16]) -> usize
         = |ctx| Ok(wrapped::evict_wrapped(ctx, &key_id));
 
+    /// Key import in wrapped residency: [`Hsm::import_material`]'s checks on a session copy,
+    /// which is then wrapped under the current trusted master and tagged for `job.target` on
+    /// the device (no token object is made). The blob comes with a successful import that
+    /// asked for the object (`create_object`).
+    submit Shared fn import_material_wrapped(job: unwrap::ImportJob)
+        -> (unwrap::ImportOutcome, Option<WrappedBlob>)
+        = |ctx| unwrap::import_material_wrapped(ctx, job);
+
     /// Master-key rotation: check `blob`'s tag for `id`, unwrap it under its master and wrap
     /// it under `to` (trusted), in one job. The old blob stays valid until its master goes.
     submit_retry_safe Shared fn rewrap(id: ObjectId, blob: Arc<WrappedBlob>, to: MasterVersion)

@@ -534,6 +534,9 @@ fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
         .then(|| slot.share(&shared, GateId::Session, true));
     if _quiet.is_some() {
         ctx.shared.copies.clear();
+        // Its unwrapped keys die with its session too: never destroy them by handle later
+        // (a device may reuse the handles).
+        super::wrapped::reset_worker_cache(&ctx.wrapped, u64::MAX);
         ctx.shared.counters.stuck.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(token = %ctx.shared.token, worker = slot.n,
             "an abandoned HSM worker's call returned; its session is closed");

@@ -175,7 +175,7 @@ impl BlobKind {
 
     /// The session-object template of a key of this kind; `value_len` only for generation
     /// (an unwrapped key's length comes from the blob).
-    fn template(self, value_len: bool) -> Vec<Attribute> {
+    pub(crate) fn template(self, value_len: bool) -> Vec<Attribute> {
         let t = match self {
             BlobKind::Aes256 => Template::secret(KeyType::AES)
                 .allow(Usage::Encrypt)
@@ -192,6 +192,11 @@ impl BlobKind {
             (true, BlobKind::Hmac(alg)) => t.value_len(alg.mac_len()),
         };
         t.wrapped_session().build()
+    }
+
+    /// The object part operations resolve for a key of this kind.
+    fn part(self) -> Part {
+        Part::Secret
     }
 
     fn generation(self) -> Mechanism<'static> {
@@ -848,6 +853,33 @@ pub(crate) fn generate_wrapped(
     let h = ctx.call(Call::GenerateKey, |s| {
         s.generate_key(&kind.generation(), &template)
     })?;
+    adopt_under(ctx, id, h, kind, v)
+}
+
+/// Wrap session key `h` (made with [`BlobKind::template`]) under the current trusted master
+/// for `id` and keep it in this worker's cache; on failure it is destroyed. Imports end here.
+pub(crate) fn adopt(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    h: ObjectHandle,
+    kind: BlobKind,
+) -> Result<WrappedBlob, HsmError> {
+    match current_master(ctx) {
+        Ok(v) => adopt_under(ctx, id, h, kind, v),
+        Err(e) => {
+            destroy_session_objects(ctx, &[h]);
+            Err(e)
+        }
+    }
+}
+
+fn adopt_under(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    h: ObjectHandle,
+    kind: BlobKind,
+    v: MasterVersion,
+) -> Result<WrappedBlob, HsmError> {
     match wrap_under(ctx, &id, h, kind, v) {
         Ok(blob) => {
             cache(ctx, id, h);
@@ -909,6 +941,13 @@ pub(crate) fn with_wrapped<T>(
         }
     }
     let blob = ctx.shared.wrapped.source()?.blob(*id)?;
+    if blob.kind().part() != part {
+        let detail = format!(
+            "the blob of {id} holds a {:?}, not a {part:?} key",
+            blob.kind()
+        );
+        return Some(Err(rejected(ctx, "C_UnwrapKey", detail)));
+    }
     ctx.shared.wrapped.misses.fetch_add(1, Ordering::Relaxed);
     Some(unwrap_verified(ctx, id, &blob).and_then(|h| {
         cache(ctx, *id, h);

@@ -107,8 +107,13 @@ async fn probe_cached(hsm: &Hsm, id: ObjectId) -> CachedProbe {
     .unwrap()
 }
 
+/// Token objects, leaving out import wrapping keys (the import test makes one for a while on
+/// the shared token).
 fn token_objects(objects: &[ObjectInfo]) -> usize {
-    objects.iter().filter(|o| o.token).count()
+    objects
+        .iter()
+        .filter(|o| o.token && !o.label.starts_with(unwrap::WRAPPING_LABEL_PREFIX))
+        .count()
 }
 
 #[tokio::test]
@@ -524,6 +529,86 @@ async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+}
+
+use super::unwrap_tests::openssl;
+
+/// Imported material (BYOK) in wrapped residency: checked on a session copy, wrapped under the
+/// master on the device, no token object for the key; the blob alone serves it afterwards,
+/// and a re-import with other material is refused.
+#[tokio::test]
+async fn imported_material_is_rewrapped_under_the_master() {
+    use super::unwrap::{ImportJob, ImportOutcome, MaterialKind, WrappingAlgorithm};
+    use super::unwrap::{WrappingKeyId, WrappingKeyOutcome};
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |c| c.workers = 1);
+    let w = WrappingKeyId(*uuid::Uuid::new_v4().as_bytes());
+    let WrappingKeyOutcome::Created(spki) =
+        hsm.generate_wrapping_key(w, 2048, false).await.unwrap()
+    else {
+        panic!("no wrapping key");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("wrapping.der");
+    std::fs::write(&key, &spki).unwrap();
+    let oaep = |m: &[u8]| {
+        openssl::pkeyutl_oaep(
+            std::process::Command::new("openssl"),
+            &key,
+            "DER",
+            "sha1",
+            m,
+        )
+    };
+    let material = [0x5au8; 32];
+    let target = new_id();
+    let job = |wrapped, expected| ImportJob {
+        wrapping_key: w,
+        algorithm: WrappingAlgorithm::RsaesOaepSha1,
+        wrapped,
+        target,
+        kind: MaterialKind::Aes256,
+        expected,
+        create_object: true,
+    };
+    let before = token_objects(&hsm.list_objects().await.unwrap());
+    let (outcome, blob) = hsm
+        .import_material_wrapped(job(oaep(&material), None))
+        .await
+        .unwrap();
+    let ImportOutcome::Imported(check) = outcome else {
+        panic!("{outcome:?}")
+    };
+    let blob = blob.expect("a blob");
+    assert_eq!(blob.master(), MasterVersion(1));
+    assert_eq!(token_objects(&hsm.list_objects().await.unwrap()), before);
+    // Other material for the same key is refused, and no blob comes back.
+    let (outcome, none) = hsm
+        .import_material_wrapped(job(oaep(&[0x11u8; 32]), Some(check)))
+        .await
+        .unwrap();
+    assert_eq!((outcome, none), (ImportOutcome::Mismatch, None));
+    source.put(target, blob);
+    drop(hsm);
+    // A cold cache opens with the blob: the device encrypts under the imported material.
+    let cold = open_with(shared_token(), &source, |_| {});
+    let sealed = cold
+        .encrypt_gcm(target, pt(b"byok"), aad_with(b""))
+        .await
+        .unwrap();
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &material).unwrap());
+    let mut buf = sealed.ciphertext_and_tag.clone();
+    let aad = aad_bytes(b"", &sealed.iv);
+    let opened = k
+        .open_in_place(
+            Nonce::assume_unique_for_key(sealed.iv),
+            Aad::from(&aad),
+            &mut buf,
+        )
+        .expect("the imported material encrypted it");
+    assert_eq!(opened, b"byok");
+    cold.destroy_wrapping_key(w).await.unwrap();
 }
 
 /// The bytes of a fresh blob for `id` (the key itself is evicted again).
