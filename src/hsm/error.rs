@@ -24,6 +24,10 @@ pub enum HsmErrorKind {
     ObjectNotFound,
     /// Configuration problem: module, token label, PIN, sizes.
     Config,
+    /// A wrapped key's blob was refused before unwrapping: its tag does not verify on the
+    /// device for the key version it was presented for (edited, or moved to another key's
+    /// row), or it names a master key the token does not have. Nothing was unwrapped.
+    BlobRejected,
     /// Anything else (including refusals such as CKR_KEY_UNEXTRACTABLE).
     Other,
 }

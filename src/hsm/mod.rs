@@ -98,6 +98,9 @@ mod tests_templates;
 pub mod unwrap;
 #[cfg(test)]
 mod unwrap_tests;
+pub mod wrapped;
+#[cfg(test)]
+mod wrapped_tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -120,6 +123,10 @@ pub use mac::MacAlg;
 pub use module::{init_token, probe_token, TokenProbe};
 pub use oaep::OaepSha256;
 pub use objects::ObjectId;
+pub use wrapped::{
+    trust_master, BlobFormatError, BlobKind, BlobSource, MasterState, MasterVersion, TrustOutcome,
+    WrappedBlob, DEFAULT_WRAPPED_CACHE,
+};
 
 use call::{Call, Counters};
 use objects::{HandleCache, SessionCopies};
@@ -199,6 +206,9 @@ pub struct HsmConfig {
     /// objects, for a file-backed token that several daemons share (SoftHSM2; see
     /// `shared_token`). `None`: this process alone decides.
     pub shared_token_lock: Option<PathBuf>,
+    /// Wrapped residency: unwrapped keys each worker keeps as session objects (default
+    /// [`DEFAULT_WRAPPED_CACHE`]; 0 unwraps on every use).
+    pub wrapped_cache: usize,
 }
 
 impl HsmConfig {
@@ -214,6 +224,7 @@ impl HsmConfig {
             stall_limit: DEFAULT_STALL_LIMIT,
             session_key_copies: true,
             shared_token_lock: None,
+            wrapped_cache: DEFAULT_WRAPPED_CACHE,
         }
     }
 }
@@ -344,6 +355,8 @@ pub(crate) struct Shared {
     pub(crate) oaep_sha256: std::sync::OnceLock<OaepSha256>,
     /// [`HsmConfig::shared_token_lock`].
     pub(crate) shared_token_lock: Option<PathBuf>,
+    /// Wrapped residency: blob source, master keys, per-worker caches and their counters.
+    pub(crate) wrapped: wrapped::WrappedShared,
 }
 
 /// A connection to one token: keeper session, worker pool, handle cache.
@@ -479,6 +492,7 @@ impl Hsm {
             token_objects,
             oaep_sha256: std::sync::OnceLock::new(),
             shared_token_lock: cfg.shared_token_lock.clone(),
+            wrapped: wrapped::WrappedShared::new(cfg.wrapped_cache),
         });
         let pool = Pool::start(
             &shared,
@@ -593,7 +607,17 @@ impl Hsm {
             health_probes: c.probes.load(Ordering::Relaxed),
             health_probe_latency: c.probe_latency.snapshot(),
             session_key_copies: self.session_copies(),
+            wrapped_cache_hits: self.shared.wrapped.hits.load(Ordering::Relaxed),
+            wrapped_cache_misses: self.shared.wrapped.misses.load(Ordering::Relaxed),
+            wrapped_cache_evictions: self.shared.wrapped.evictions.load(Ordering::Relaxed),
+            wrapped_cache_resident: self.shared.wrapped.resident(),
         }
+    }
+
+    /// Wrapped residency: install where workers find the blobs of wrapped keys (the core's
+    /// key cache). Until then, and for ids it has no blob for, keys are token objects.
+    pub fn set_blob_source(&self, source: Arc<dyn BlobSource>) {
+        self.shared.wrapped.set_source(source);
     }
 
     /// Number of jobs waiting in the queue (not yet picked up by a worker).
@@ -1133,6 +1157,60 @@ device_jobs! {
         id: ObjectId, alg: MacAlg, message: Zeroizing<Vec<u8>>, tag: Vec<u8>,
     ) -> bool
         = |ctx| mac::verify_mac(ctx, id, alg, &message, &tag);
+}
+
+device_jobs! {
+    /// Wrapped residency: the newest master key on the token and whether it is trusted. Scans
+    /// the token (start-up, rotation) and refreshes the masters this `Hsm` wraps under.
+    submit_retry_safe Shared fn master_state() -> MasterState
+        = |ctx| wrapped::master_state(ctx);
+
+    /// Every master key on the token, oldest first, with `CKA_TRUSTED` as the device reports
+    /// it. Refreshes the masters this `Hsm` knows: new keys are wrapped under the newest
+    /// trusted one (call it on every node after a trust ceremony).
+    submit_retry_safe Shared fn masters() -> Vec<(MasterVersion, bool)>
+        = |ctx| wrapped::scan_masters(ctx);
+
+    /// Make master `v` as an untrusted user object, with its bind key (each unless present):
+    /// the daemon's first start in wrapped mode. True if the master was made. Nothing is
+    /// wrapped under it until the SO's [`trust_master`] ceremony replaces it.
+    submit Exclusive fn create_master_untrusted(v: MasterVersion) -> bool
+        = |ctx| wrapped::create_master_untrusted(ctx, v);
+
+    /// Destroy master `v` and its bind key (after every blob was rewrapped away from it);
+    /// [`HsmErrorKind::ObjectNotFound`] if neither exists.
+    submit Exclusive fn destroy_master(v: MasterVersion) -> ()
+        = |ctx| wrapped::destroy_master(ctx, v);
+
+    /// A new AES-256 CMK version in wrapped residency: generated as a session object,
+    /// wrapped under the newest trusted master and tagged for `id`, in one job; no token
+    /// object is made. The key stays in the worker's cache.
+    submit_retry_safe Shared fn generate_wrapped_aes(id: ObjectId) -> WrappedBlob
+        = |ctx| wrapped::generate_wrapped(ctx, id, BlobKind::Aes256);
+
+    /// [`Hsm::generate_wrapped_aes`] for an HMAC key of `alg`.
+    submit_retry_safe Shared fn generate_wrapped_hmac(id: ObjectId, alg: MacAlg) -> WrappedBlob
+        = |ctx| wrapped::generate_wrapped(ctx, id, BlobKind::Hmac(alg));
+
+    /// Destroy every worker's unwrapped copy of every version of key `key_id` (disable,
+    /// deletion, destroy). Returns how many were cached. The next use unwraps again, if the
+    /// blob source still has the blob.
+    submit Unlocked fn evict_wrapped(key_id: [u8; 16]) -> usize
+        = |ctx| Ok(wrapped::evict_wrapped(ctx, &key_id));
+
+    /// Key import in wrapped residency: [`Hsm::import_material`]'s checks on a session copy,
+    /// which is then wrapped under the current trusted master and tagged for `job.target` on
+    /// the device (no token object is made). The blob comes with a successful import that
+    /// asked for the object (`create_object`).
+    submit Shared fn import_material_wrapped(job: unwrap::ImportJob)
+        -> (unwrap::ImportOutcome, Option<WrappedBlob>)
+        = |ctx| unwrap::import_material_wrapped(ctx, job);
+
+    /// Master-key rotation: check `blob`'s tag for `id`, unwrap it under its master and wrap
+    /// it under `to` (trusted), in one job. The old blob stays valid until its master goes.
+    submit_retry_safe Shared fn rewrap(id: ObjectId, blob: Arc<WrappedBlob>, to: MasterVersion)
+        -> WrappedBlob
+        = |ctx| wrapped::rewrap(ctx, id, &blob, to);
 }
 
 impl Drop for Hsm {

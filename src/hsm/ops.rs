@@ -147,7 +147,8 @@ fn with_key<T>(
     with_part(ctx, id, Part::Secret, f)
 }
 
-/// Run `f` with the fastest handle of (`id`, `part`): its session-object copy (made on first
+/// Run `f` with the fastest handle of (`id`, `part`): for a wrapped key, its unwrapped
+/// session object (`wrapped::with_wrapped`); else its session-object copy (made on first
 /// use, see [`super::objects::SessionCopies`]), else the token object. A copy the device no
 /// longer knows (its session was reset) is forgotten and `f` runs on the token object, so a
 /// lost copy never fails a request.
@@ -157,6 +158,10 @@ pub(crate) fn with_copy<T>(
     part: Part,
     mut f: impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
 ) -> Result<T, HsmError> {
+    // A wrapped key (issue 19) is served from the worker's unwrapped cache or its blob.
+    if let Some(answer) = super::wrapped::with_wrapped(ctx, id, part, &mut f) {
+        return answer;
+    }
     if ctx.shared.copies.enabled() {
         let copy = match ctx.shared.copies.get(id, part, ctx.current_epoch()) {
             Some(CopyState::Live { handle, .. }) => Some(handle),

@@ -133,6 +133,9 @@ pub(crate) struct WorkerCtx {
     broken: bool,
     /// The reset epoch (`Shared::reset_epoch`) this worker's session was opened in.
     opened_in: u64,
+    /// This worker's cache of unwrapped wrapped-residency keys (session objects of its
+    /// session; see `wrapped`).
+    pub(crate) wrapped: super::wrapped::WorkerCache,
 }
 
 impl WorkerCtx {
@@ -214,6 +217,7 @@ impl WorkerCtx {
         // caches can be emptied safely; keys are looked up again on next use.
         shared.handles.clear();
         shared.copies.clear();
+        super::wrapped::reset_worker_cache(&self.wrapped, epoch);
         self.broken = false;
         self.opened_in = epoch;
         tracing::info!(token = %shared.token, "HSM worker session reopened");
@@ -276,11 +280,13 @@ impl Supervisor {
     fn spawn(self: &Arc<Self>, session: Session) -> Result<(), HsmError> {
         let n = self.next_worker.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(WorkerSlot::new(n));
+        let opened_in = self.shared.reset_epoch.load(Ordering::SeqCst);
         let ctx = WorkerCtx {
             session,
             shared: Arc::clone(&self.shared),
             broken: false,
-            opened_in: self.shared.reset_epoch.load(Ordering::SeqCst),
+            opened_in,
+            wrapped: self.shared.wrapped.new_worker_cache(opened_in),
         };
         let sup = Arc::clone(self);
         let mine = Arc::clone(&slot);
@@ -528,6 +534,9 @@ fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
         .then(|| slot.share(&shared, GateId::Session, true));
     if _quiet.is_some() {
         ctx.shared.copies.clear();
+        // Its unwrapped keys die with its session too: never destroy them by handle later
+        // (a device may reuse the handles).
+        super::wrapped::reset_worker_cache(&ctx.wrapped, u64::MAX);
         ctx.shared.counters.stuck.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(token = %ctx.shared.token, worker = slot.n,
             "an abandoned HSM worker's call returned; its session is closed");

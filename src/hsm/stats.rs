@@ -102,6 +102,14 @@ pub struct HsmStats {
     pub health_probe_latency: HistogramSnapshot,
     /// Live session-object copies of key objects (see `HsmConfig::session_key_copies`).
     pub session_key_copies: usize,
+    /// Wrapped residency: key uses served by a worker's cache of unwrapped keys.
+    pub wrapped_cache_hits: u64,
+    /// Wrapped residency: key uses that unwrapped the key's blob first.
+    pub wrapped_cache_misses: u64,
+    /// Wrapped residency: unwrapped keys destroyed (cache full, key disabled or destroyed).
+    pub wrapped_cache_evictions: u64,
+    /// Wrapped residency: unwrapped keys held now, over all workers.
+    pub wrapped_cache_resident: usize,
 }
 
 #[cfg(test)]

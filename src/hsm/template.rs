@@ -155,6 +155,17 @@ impl Template {
             .with(Attribute::Extractable(true))
     }
 
+    /// A session object of wrapped residency: private, sensitive, and extractable only under
+    /// a trusted wrapping key (`CKA_WRAP_WITH_TRUSTED`), so that the master key can wrap it
+    /// and nothing else can (see `wrapped`).
+    pub(crate) fn wrapped_session(self) -> Template {
+        self.token(false)
+            .private_object(true)
+            .with(Attribute::Sensitive(true))
+            .with(Attribute::Extractable(true))
+            .with(Attribute::WrapWithTrusted(true))
+    }
+
     /// `CKA_VALUE_LEN` in bytes.
     pub(crate) fn value_len(self, n: usize) -> Template {
         self.with(Attribute::ValueLen((n as u64).into()))

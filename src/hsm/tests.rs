@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub(super) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const INIT_TOKEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-config/init-token.sh");
 
 /// The token directory lives in a static, which is never dropped; stale
@@ -54,6 +54,14 @@ struct Env {
     dup: String,
     /// A token used only through a second module instance (a copy of the library).
     other: String,
+    /// The SO PIN of every test token (wrapped residency's trust ceremony needs it).
+    so_pin: String,
+    /// Wrapped residency (issue 19): a token with a trusted master, shared by its tests.
+    wrapped: String,
+    /// Wrapped residency: the token of the master-key ceremony probes (one test).
+    ceremony: String,
+    /// Wrapped residency: the token of the master-rotation test.
+    rotation: String,
 }
 
 fn env() -> &'static Env {
@@ -67,10 +75,11 @@ fn env() -> &'static Env {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let pin = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let so_pin = format!("s{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let [a, b, c, dup, other] =
-            ["a", "b", "c", "dup", "other"].map(|n| format!("p11kms-test-{n}-{tag}"));
+        let [a, b, c, dup, other, wrapped, ceremony, rotation] =
+            ["a", "b", "c", "dup", "other", "w", "wc", "wr"]
+                .map(|n| format!("p11kms-test-{n}-{tag}"));
         let mut conf = None;
-        for label in [&a, &b, &c, &dup, &other] {
+        for label in [&a, &b, &c, &dup, &other, &wrapped, &ceremony, &rotation] {
             let out = Command::new("bash")
                 .arg(INIT_TOKEN)
                 .arg(dir.path())
@@ -125,8 +134,32 @@ fn env() -> &'static Env {
             c,
             dup,
             other,
+            so_pin,
+            wrapped,
+            ceremony,
+            rotation,
         }
     })
+}
+
+/// Wrapped residency's test tokens and PINs (see [`Env`]), for `wrapped_tests`.
+pub(super) struct WrappedTokens {
+    pub(super) so_pin: Pin,
+    pub(super) user_pin: Pin,
+    pub(super) shared: String,
+    pub(super) ceremony: String,
+    pub(super) rotation: String,
+}
+
+pub(super) fn wrapped_tokens() -> WrappedTokens {
+    let e = env();
+    WrappedTokens {
+        so_pin: Pin::new(e.so_pin.clone()),
+        user_pin: Pin::new(e.pin.clone()),
+        shared: e.wrapped.clone(),
+        ceremony: e.ceremony.clone(),
+        rotation: e.rotation.clone(),
+    }
 }
 
 /// A config for the shared test token (created on first use); other unit
@@ -135,7 +168,7 @@ pub(crate) fn test_config() -> HsmConfig {
     cfg(&env().a)
 }
 
-fn cfg(label: &str) -> HsmConfig {
+pub(super) fn cfg(label: &str) -> HsmConfig {
     HsmConfig::new(MODULE, label, Pin::new(env().pin.clone()))
 }
 
@@ -156,12 +189,12 @@ fn open_other_instance() -> Arc<Hsm> {
     Hsm::open(&cfg).expect("open the second module instance")
 }
 
-fn new_id() -> ObjectId {
+pub(super) fn new_id() -> ObjectId {
     ObjectId::new(*uuid::Uuid::new_v4().as_bytes(), 1)
 }
 
 /// The AAD closure the engine will pass: a prefix followed by the IV.
-fn aad_with(prefix: &'static [u8]) -> AadBuilder {
+pub(super) fn aad_with(prefix: &'static [u8]) -> AadBuilder {
     Box::new(move |iv| {
         let mut v = prefix.to_vec();
         v.extend_from_slice(iv);
@@ -169,13 +202,13 @@ fn aad_with(prefix: &'static [u8]) -> AadBuilder {
     })
 }
 
-fn aad_bytes(prefix: &[u8], iv: &[u8; 12]) -> Vec<u8> {
+pub(super) fn aad_bytes(prefix: &[u8], iv: &[u8; 12]) -> Vec<u8> {
     let mut v = prefix.to_vec();
     v.extend_from_slice(iv);
     v
 }
 
-fn pt(b: &[u8]) -> Zeroizing<Vec<u8>> {
+pub(super) fn pt(b: &[u8]) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(b.to_vec())
 }
 

@@ -616,31 +616,7 @@ pub(crate) fn import_material(
     let k = modulus_len(ctx, rsa)?;
     let copy_template = material_template(job.kind, &job.target, false);
     let copy = unwrap_material(ctx, rsa, k, &job, &copy_template)?;
-    let outcome = (|| {
-        let (min, max) = job.kind.len_range();
-        // SoftHSM2 neither sets CKA_VALUE_LEN on an unwrapped key nor accepts it in the
-        // unwrap template; use it where the token reports it, else bound the length by the
-        // RFC 5649 part (8 + the material padded to 8 bytes) when there is one.
-        let len = value_len(ctx, copy)?;
-        if len > 0 && (len < min || len > max) {
-            return Ok(ImportOutcome::WrongLength(len));
-        }
-        if len == 0 && job.algorithm.two_step() {
-            let padded = job.wrapped.len().saturating_sub(k + 8);
-            if padded < min || padded.saturating_sub(7) > max {
-                return Ok(ImportOutcome::WrongLength(padded));
-            }
-        }
-        let Some(check) = check_value(ctx, job.kind, copy, job.expected.as_ref())? else {
-            return Ok(ImportOutcome::WrongLength(len));
-        };
-        if let Some(expected) = &job.expected {
-            if !bool::from(check.value.ct_eq(&expected.value)) {
-                return Ok(ImportOutcome::Mismatch);
-            }
-        }
-        Ok(ImportOutcome::Imported(check))
-    })();
+    let outcome = check_copy(ctx, &job, k, copy);
     destroy_quietly(ctx, &[copy], "import check copy");
     let outcome = outcome?;
     if !(job.create_object && matches!(outcome, ImportOutcome::Imported(_))) {
@@ -652,6 +628,68 @@ pub(crate) fn import_material(
     ctx.shared.handles.insert(job.target, h);
     tracing::debug!(token = %ctx.token(), object = %job.target, "imported key material unwrapped");
     Ok(outcome)
+}
+
+/// [`import_material`] in wrapped residency (issue 19): the material is unwrapped into a
+/// session object with the wrapped-key custody attributes, checked as above, then wrapped
+/// under the current trusted master and tagged for the target on the device; that session
+/// object stays in the worker's cache. No token object is made. The blob comes back only
+/// when `create_object` and the import succeeded; otherwise the copy is destroyed.
+pub(crate) fn import_material_wrapped(
+    ctx: &mut WorkerCtx,
+    job: ImportJob,
+) -> Result<(ImportOutcome, Option<super::WrappedBlob>), HsmError> {
+    let rsa = find_wrapping_key(ctx, &job.wrapping_key)?;
+    let k = modulus_len(ctx, rsa)?;
+    let kind = match job.kind {
+        MaterialKind::Aes256 => super::BlobKind::Aes256,
+        MaterialKind::Hmac(h) => super::BlobKind::Hmac(h.alg()),
+    };
+    let copy = unwrap_material(ctx, rsa, k, &job, &kind.template(false))?;
+    match check_copy(ctx, &job, k, copy) {
+        Ok(outcome @ ImportOutcome::Imported(_)) if job.create_object => {
+            let blob = super::wrapped::adopt(ctx, job.target, copy, kind)?;
+            tracing::debug!(token = %ctx.token(), object = %job.target, "imported key material wrapped");
+            Ok((outcome, Some(blob)))
+        }
+        other => {
+            destroy_quietly(ctx, &[copy], "import check copy");
+            Ok((other?, None))
+        }
+    }
+}
+
+/// The checks of an import on its session copy: length, then the check value (compared with
+/// the expected one of a re-import).
+fn check_copy(
+    ctx: &mut WorkerCtx,
+    job: &ImportJob,
+    k: usize,
+    copy: ObjectHandle,
+) -> Result<ImportOutcome, HsmError> {
+    let (min, max) = job.kind.len_range();
+    // SoftHSM2 neither sets CKA_VALUE_LEN on an unwrapped key nor accepts it in the
+    // unwrap template; use it where the token reports it, else bound the length by the
+    // RFC 5649 part (8 + the material padded to 8 bytes) when there is one.
+    let len = value_len(ctx, copy)?;
+    if len > 0 && (len < min || len > max) {
+        return Ok(ImportOutcome::WrongLength(len));
+    }
+    if len == 0 && job.algorithm.two_step() {
+        let padded = job.wrapped.len().saturating_sub(k + 8);
+        if padded < min || padded.saturating_sub(7) > max {
+            return Ok(ImportOutcome::WrongLength(padded));
+        }
+    }
+    let Some(check) = check_value(ctx, job.kind, copy, job.expected.as_ref())? else {
+        return Ok(ImportOutcome::WrongLength(len));
+    };
+    if let Some(expected) = &job.expected {
+        if !bool::from(check.value.ct_eq(&expected.value)) {
+            return Ok(ImportOutcome::Mismatch);
+        }
+    }
+    Ok(ImportOutcome::Imported(check))
 }
 
 #[cfg(test)]

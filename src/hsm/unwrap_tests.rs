@@ -29,7 +29,7 @@ fn hsm() -> Arc<Hsm> {
 }
 
 #[path = "../../tests/common/openssl.rs"]
-mod openssl;
+pub(super) mod openssl;
 
 /// RSA-OAEP-wraps `material` under the DER SPKI with openssl (`md` = sha1 | sha256).
 fn openssl_oaep(spki: &[u8], md: &str, material: &[u8]) -> Vec<u8> {

@@ -1,0 +1,1230 @@
+//! Wrapped-key residency (issue 19): key material lives outside the token, wrapped under an
+//! HSM-resident master key, and is unwrapped on the device into a session object when used.
+//! The token then holds a handful of objects whatever the number of keys.
+//!
+//! # Master keys
+//!
+//! - **Master** `p11kms/master/v<N>`: AES-256 token object, private, sensitive, never
+//!   extractable, `CKA_WRAP` and `CKA_UNWRAP` only, `CKA_ALLOWED_MECHANISMS` =
+//!   `[CKM_AES_KEY_WRAP_PAD]`. Only a master with `CKA_TRUSTED` = true wraps key material:
+//!   p11kms reads the attribute back before every wrap, and the device itself refuses to wrap
+//!   a `CKA_WRAP_WITH_TRUSTED` key under anything else. `CKA_TRUSTED` can only be set by the
+//!   security officer: [`trust_master`] is that one-time ceremony (a standalone process).
+//!   [`super::Hsm::create_master_untrusted`] makes an untrusted one (the daemon's first start
+//!   in wrapped mode), usable for nothing until the ceremony replaces it.
+//! - **Bind key** `p11kms/master-bind/v<N>`: HMAC-SHA-256 generic-secret token key (sign and
+//!   verify only, sensitive, never extractable), made by the user beside each master. It tags
+//!   every blob on the device, binding it to its key version.
+//! - **`CKA_ID`s**: 16-byte prefix + version u32 BE, 20 bytes like an [`ObjectId`] but never
+//!   equal to one: key ids are UUIDv4, whose byte 6 has high nibble 4, and both prefixes have
+//!   `:` (0x3a) there. Master: `p11kms:master:00`; bind key: `p11kms:mbind:000`.
+//!
+//! # Blob format (version 1)
+//!
+//! ```text
+//! fmt u8 = 1 | master u32 BE | kind u8 | len u16 BE | wrapped[len] | tag[32]
+//! tag = HMAC-SHA-256 on the device, under the bind key of `master`, of
+//!       "p11kms-wrapped-v1" | ObjectId (20) | fmt | master | kind | len | wrapped
+//! ```
+//!
+//! `kind`: 1 AES-256 (CMK version), 2/3/4/5 HMAC-SHA-224/256/384/512. `wrapped` is
+//! `CKM_AES_KEY_WRAP_PAD` (RFC 5649) of the key under the master. A blob presented for another
+//! [`ObjectId`] (moved to another key's row) or edited fails the device's `C_Verify` and is
+//! never unwrapped: [`HsmErrorKind::BlobRejected`].
+//!
+//! # Use
+//!
+//! Keys are generated as session objects (sensitive, `CKA_EXTRACTABLE` and
+//! `CKA_WRAP_WITH_TRUSTED` true, the usages of the token templates), wrapped and tagged in the
+//! same job, and kept in the generating worker's cache. Every operation resolves its key
+//! through `ops::with_copy`, which asks this module first: the worker's LRU of unwrapped
+//! session objects, then the [`BlobSource`] (a blob: verify, unwrap, cache), then the token.
+//! The LRU is per worker (capacity [`super::HsmConfig::wrapped_cache`]); an entry dies with its
+//! worker's session (a reopen empties the cache) and eviction destroys the session object.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+
+use super::call::{Call, Counters};
+use super::error::{is_handle_invalid, HsmError, HsmErrorKind};
+use super::mac::MacAlg;
+use super::objects::{ObjectId, Part};
+use super::pool::WorkerCtx;
+use super::template::{Template, Usage};
+use super::{module, Pin};
+
+/// Default capacity of each worker's cache of unwrapped keys. 4096 per worker (8192 with the
+/// default two workers) keeps a busy tenant set resident while bounding the session objects
+/// SoftHSM2 walks on `C_CloseSession`, far below the token-wide copy limit (50,000).
+pub const DEFAULT_WRAPPED_CACHE: usize = 4096;
+
+const BLOB_FORMAT: u8 = 1;
+const HEADER_LEN: usize = 8;
+const TAG_LEN: usize = 32;
+const TAG_DOMAIN: &[u8] = b"p11kms-wrapped-v1";
+const MASTER_ID_PREFIX: &[u8; 16] = b"p11kms:master:00";
+const BIND_ID_PREFIX: &[u8; 16] = b"p11kms:mbind:000";
+
+/// A master wrapping key's version (`p11kms/master/v<N>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MasterVersion(pub u32);
+
+impl MasterVersion {
+    /// `CKA_LABEL` of the master: `p11kms/master/v<N>`.
+    pub fn label(self) -> String {
+        format!("p11kms/master/v{}", self.0)
+    }
+
+    /// `CKA_LABEL` of its bind key: `p11kms/master-bind/v<N>`.
+    pub fn bind_label(self) -> String {
+        format!("p11kms/master-bind/v{}", self.0)
+    }
+
+    /// `CKA_ID` of the master (see the module header).
+    pub fn cka_id(self) -> [u8; 20] {
+        id_with(MASTER_ID_PREFIX, self.0)
+    }
+
+    /// `CKA_ID` of its bind key.
+    pub fn bind_cka_id(self) -> [u8; 20] {
+        id_with(BIND_ID_PREFIX, self.0)
+    }
+
+    /// The version of a master's `CKA_ID`; `None` for any other id.
+    pub fn from_cka_id(id: &[u8]) -> Option<MasterVersion> {
+        let v = id.strip_prefix(MASTER_ID_PREFIX.as_slice())?;
+        Some(MasterVersion(u32::from_be_bytes(v.try_into().ok()?)))
+    }
+}
+
+impl fmt::Display for MasterVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+fn id_with(prefix: &[u8; 16], v: u32) -> [u8; 20] {
+    let mut id = [0u8; 20];
+    id[..16].copy_from_slice(prefix);
+    id[16..].copy_from_slice(&v.to_be_bytes());
+    id
+}
+
+/// The newest master key on the token, as read at [`super::Hsm::master_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasterState {
+    /// No master key: wrapped mode has never started on this token.
+    Absent,
+    /// The newest master is not trusted yet: the SO ceremony ([`trust_master`]) is due; no key
+    /// can be generated or rewrapped under it.
+    Untrusted(MasterVersion),
+    /// The newest master is trusted: keys are wrapped under it.
+    Trusted(MasterVersion),
+}
+
+/// What [`trust_master`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustOutcome {
+    /// There was no master of that version: a trusted one was made.
+    Created,
+    /// An untrusted master of that version was replaced by a trusted one.
+    Replaced,
+    /// It was trusted already: nothing changed (the bind key was made if missing).
+    AlreadyTrusted,
+}
+
+/// What a blob holds (its `kind` byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobKind {
+    /// An AES-256 CMK version (AES-GCM encrypt and decrypt).
+    Aes256,
+    /// An HMAC key of this algorithm (sign and verify).
+    Hmac(MacAlg),
+}
+
+impl BlobKind {
+    fn code(self) -> u8 {
+        match self {
+            BlobKind::Aes256 => 1,
+            BlobKind::Hmac(MacAlg::Sha224) => 2,
+            BlobKind::Hmac(MacAlg::Sha256) => 3,
+            BlobKind::Hmac(MacAlg::Sha384) => 4,
+            BlobKind::Hmac(MacAlg::Sha512) => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<BlobKind> {
+        Some(match code {
+            1 => BlobKind::Aes256,
+            2 => BlobKind::Hmac(MacAlg::Sha224),
+            3 => BlobKind::Hmac(MacAlg::Sha256),
+            4 => BlobKind::Hmac(MacAlg::Sha384),
+            5 => BlobKind::Hmac(MacAlg::Sha512),
+            _ => return None,
+        })
+    }
+
+    /// The session-object template of a key of this kind; `value_len` only for generation
+    /// (an unwrapped key's length comes from the blob).
+    pub(crate) fn template(self, value_len: bool) -> Vec<Attribute> {
+        let t = match self {
+            BlobKind::Aes256 => Template::secret(KeyType::AES)
+                .allow(Usage::Encrypt)
+                .allow(Usage::Decrypt)
+                .mechanisms(vec![MechanismType::AES_GCM]),
+            BlobKind::Hmac(alg) => Template::secret(KeyType::GENERIC_SECRET)
+                .allow(Usage::Sign)
+                .allow(Usage::Verify)
+                .mechanisms(vec![alg.mechanism_type()]),
+        };
+        let t = match (value_len, self) {
+            (false, _) => t,
+            (true, BlobKind::Aes256) => t.value_len(32),
+            (true, BlobKind::Hmac(alg)) => t.value_len(alg.mac_len()),
+        };
+        t.wrapped_session().build()
+    }
+
+    /// The object part operations resolve for a key of this kind.
+    fn part(self) -> Part {
+        Part::Secret
+    }
+
+    fn generation(self) -> Mechanism<'static> {
+        match self {
+            BlobKind::Aes256 => Mechanism::AesKeyGen,
+            BlobKind::Hmac(_) => Mechanism::GenericSecretKeyGen,
+        }
+    }
+}
+
+/// Why bytes are not a wrapped blob.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobFormatError {
+    /// Shorter than header and tag.
+    #[error("wrapped blob too short ({0} bytes)")]
+    TooShort(usize),
+    /// A format byte this build does not know.
+    #[error("unknown wrapped blob format {0}")]
+    UnknownFormat(u8),
+    /// A kind byte this build does not know.
+    #[error("unknown wrapped key kind {0}")]
+    UnknownKind(u8),
+    /// The declared length does not match the bytes.
+    #[error("wrapped blob length mismatch (declared {declared}, found {found})")]
+    LengthMismatch {
+        /// The `len` field.
+        declared: usize,
+        /// The bytes between header and tag.
+        found: usize,
+    },
+}
+
+/// A key wrapped under a master, tagged for its [`ObjectId`] (format in the module header).
+/// Holds no plaintext; `Debug` shows only the length all the same.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedBlob {
+    bytes: Vec<u8>,
+}
+
+impl WrappedBlob {
+    /// Parse stored bytes (structure only: the tag is checked on the device, at unwrap).
+    pub fn from_bytes(bytes: &[u8]) -> Result<WrappedBlob, BlobFormatError> {
+        if bytes.len() < HEADER_LEN + TAG_LEN {
+            return Err(BlobFormatError::TooShort(bytes.len()));
+        }
+        if bytes[0] != BLOB_FORMAT {
+            return Err(BlobFormatError::UnknownFormat(bytes[0]));
+        }
+        if BlobKind::from_code(bytes[5]).is_none() {
+            return Err(BlobFormatError::UnknownKind(bytes[5]));
+        }
+        let declared = usize::from(u16::from_be_bytes([bytes[6], bytes[7]]));
+        let found = bytes.len() - HEADER_LEN - TAG_LEN;
+        if declared != found {
+            return Err(BlobFormatError::LengthMismatch { declared, found });
+        }
+        Ok(WrappedBlob {
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// The stored form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    /// The stored form, borrowed.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The master version that wraps it.
+    pub fn master(&self) -> MasterVersion {
+        MasterVersion(u32::from_be_bytes([
+            self.bytes[1],
+            self.bytes[2],
+            self.bytes[3],
+            self.bytes[4],
+        ]))
+    }
+
+    /// What it holds.
+    pub fn kind(&self) -> BlobKind {
+        BlobKind::from_code(self.bytes[5]).unwrap_or(BlobKind::Aes256)
+    }
+
+    /// Header and wrapped bytes, before a tag is appended.
+    fn unsigned(
+        master: MasterVersion,
+        kind: BlobKind,
+        wrapped: &[u8],
+        token: &str,
+    ) -> Result<Vec<u8>, HsmError> {
+        let len = u16::try_from(wrapped.len()).map_err(|_| {
+            HsmError::new(
+                HsmErrorKind::Other,
+                "C_WrapKey",
+                token,
+                "wrapped key longer than 65535 bytes",
+            )
+        })?;
+        let mut b = Vec::with_capacity(HEADER_LEN + wrapped.len() + TAG_LEN);
+        b.push(BLOB_FORMAT);
+        b.extend_from_slice(&master.0.to_be_bytes());
+        b.push(kind.code());
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(wrapped);
+        Ok(b)
+    }
+
+    fn wrapped(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..self.bytes.len() - TAG_LEN]
+    }
+
+    fn tag(&self) -> &[u8] {
+        &self.bytes[self.bytes.len() - TAG_LEN..]
+    }
+
+    /// What the tag covers (the module header's formula).
+    fn tagged_message(unsigned: &[u8], id: &ObjectId) -> Vec<u8> {
+        [TAG_DOMAIN, id.as_bytes(), unsigned].concat()
+    }
+}
+
+impl fmt::Debug for WrappedBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedBlob({} bytes)", self.bytes.len())
+    }
+}
+
+/// Where workers find the blob of a wrapped key version (the core's key cache). `None`: the
+/// key is a token object (or unknown), and the token path serves it.
+pub trait BlobSource: Send + Sync {
+    /// The blob of key version `id`, if it is wrapped.
+    fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>>;
+}
+
+// ---------------------------------------------------------------- the per-worker LRU
+
+/// A least-recently-used map from key version to handle, with a capacity. Generic over the
+/// handle type only so that its unit test needs no device.
+pub(crate) struct Lru<H> {
+    cap: usize,
+    tick: u64,
+    map: HashMap<ObjectId, (H, u64)>,
+    order: BTreeMap<u64, ObjectId>,
+    /// The reset epoch of the session whose objects these are.
+    pub(crate) epoch: u64,
+}
+
+impl<H: Copy> Lru<H> {
+    /// An empty cache of `cap` entries for a session of reset epoch `epoch`.
+    pub(crate) fn new(cap: usize, epoch: u64) -> Self {
+        Lru {
+            cap,
+            tick: 0,
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+            epoch,
+        }
+    }
+
+    /// The handle of `id`, marked most recently used.
+    pub(crate) fn get(&mut self, id: &ObjectId) -> Option<H> {
+        self.tick += 1;
+        let (h, t) = self.map.get_mut(id)?;
+        self.order.remove(t);
+        *t = self.tick;
+        self.order.insert(self.tick, *id);
+        Some(*h)
+    }
+
+    /// Insert `h` for `id`; returns the handles that left (a previous one for `id`, the least
+    /// recently used ones past capacity; `h` itself when the capacity is 0).
+    pub(crate) fn insert(&mut self, id: ObjectId, h: H) -> Vec<H> {
+        let mut out: Vec<H> = self.remove(&id).into_iter().collect();
+        if self.cap == 0 {
+            out.push(h);
+            return out;
+        }
+        while self.map.len() >= self.cap {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            out.extend(self.map.remove(&oldest).map(|(h, _)| h));
+        }
+        self.tick += 1;
+        self.map.insert(id, (h, self.tick));
+        self.order.insert(self.tick, id);
+        out
+    }
+
+    /// Forget `id`.
+    pub(crate) fn remove(&mut self, id: &ObjectId) -> Option<H> {
+        let (h, t) = self.map.remove(id)?;
+        self.order.remove(&t);
+        Some(h)
+    }
+
+    /// Forget every version of key `key_id`.
+    pub(crate) fn remove_key(&mut self, key_id: &[u8; 16]) -> Vec<H> {
+        let ids: Vec<ObjectId> = self
+            .map
+            .keys()
+            .filter(|id| &id.key_id() == key_id)
+            .copied()
+            .collect();
+        ids.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    /// Forget everything (the session and its objects are gone); now for epoch `epoch`.
+    pub(crate) fn reset(&mut self, epoch: u64) {
+        self.map.clear();
+        self.order.clear();
+        self.epoch = epoch;
+    }
+
+    /// Entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// One worker's cache of unwrapped session objects.
+pub(crate) type WorkerCache = Arc<Mutex<Lru<ObjectHandle>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Handles of one master version and its bind key (token objects).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MasterHandles {
+    master: ObjectHandle,
+    bind: ObjectHandle,
+    trusted: bool,
+}
+
+/// Wrapped residency's state shared by an `Hsm` and its workers.
+pub(crate) struct WrappedShared {
+    capacity: usize,
+    source: RwLock<Option<Arc<dyn BlobSource>>>,
+    caches: Mutex<Vec<Weak<Mutex<Lru<ObjectHandle>>>>>,
+    masters: RwLock<BTreeMap<MasterVersion, MasterHandles>>,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+}
+
+impl WrappedShared {
+    /// State for workers caching up to `capacity` unwrapped keys each.
+    pub(crate) fn new(capacity: usize) -> Self {
+        WrappedShared {
+            capacity,
+            source: RwLock::new(None),
+            caches: Mutex::default(),
+            masters: RwLock::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// A new worker's (empty) cache, registered for [`WrappedShared::evict_key`].
+    pub(crate) fn new_worker_cache(&self, epoch: u64) -> WorkerCache {
+        let cache = Arc::new(Mutex::new(Lru::new(self.capacity, epoch)));
+        let mut caches = lock(&self.caches);
+        caches.retain(|w| w.strong_count() > 0);
+        caches.push(Arc::downgrade(&cache));
+        cache
+    }
+
+    /// Install the blob source.
+    pub(crate) fn set_source(&self, source: Arc<dyn BlobSource>) {
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    fn source(&self) -> Option<Arc<dyn BlobSource>> {
+        self.source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn live_caches(&self) -> Vec<WorkerCache> {
+        lock(&self.caches)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Unwrapped keys held by all workers.
+    pub(crate) fn resident(&self) -> usize {
+        self.live_caches().iter().map(|c| lock(c).len()).sum()
+    }
+
+    /// Remove every version of `key_id` from every worker's cache: the handles still alive in
+    /// reset epoch `epoch` (the caller destroys them) and how many entries went.
+    fn evict_key(&self, key_id: &[u8; 16], epoch: u64) -> (Vec<ObjectHandle>, usize) {
+        let mut live = Vec::new();
+        let mut n = 0;
+        for cache in self.live_caches() {
+            let mut c = lock(&cache);
+            let gone = c.remove_key(key_id);
+            n += gone.len();
+            if c.epoch == epoch {
+                live.extend(gone);
+            }
+        }
+        (live, n)
+    }
+
+    fn master(&self, v: MasterVersion) -> Option<MasterHandles> {
+        self.masters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&v)
+            .copied()
+    }
+
+    fn remember_master(&self, v: MasterVersion, m: Option<MasterHandles>) {
+        let mut t = self.masters.write().unwrap_or_else(|p| p.into_inner());
+        match m {
+            Some(m) => t.insert(v, m),
+            None => t.remove(&v),
+        };
+    }
+
+    fn newest_trusted(&self) -> Option<MasterVersion> {
+        let t = self.masters.read().unwrap_or_else(|p| p.into_inner());
+        t.iter().rev().find(|(_, m)| m.trusted).map(|(v, _)| *v)
+    }
+}
+
+// ---------------------------------------------------------------- masters on the device
+
+fn config_error(ctx: &WorkerCtx, function: &'static str, detail: String) -> HsmError {
+    HsmError::new(HsmErrorKind::Config, function, ctx.token(), detail)
+}
+
+pub(crate) fn find_one(
+    ctx: &mut WorkerCtx,
+    id: &[u8; 20],
+) -> Result<Option<ObjectHandle>, HsmError> {
+    let search = [
+        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+        Attribute::Token(true),
+        Attribute::Id(id.to_vec()),
+    ];
+    let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
+    super::ops::at_most_one(ctx, &found, |n| {
+        format!("{n} objects share a master CKA_ID")
+    })
+}
+
+fn read_trusted(ctx: &mut WorkerCtx, h: ObjectHandle) -> Result<bool, HsmError> {
+    let pick = |a| match a {
+        Attribute::Trusted(t) => Some(t),
+        _ => None,
+    };
+    super::ops::read_attribute(ctx, h, AttributeType::Trusted, pick, "no CKA_TRUSTED")
+}
+
+/// Find master `v` and its bind key on the token; `None` when the master is absent.
+fn find_master(ctx: &mut WorkerCtx, v: MasterVersion) -> Result<Option<MasterHandles>, HsmError> {
+    let Some(master) = find_one(ctx, &v.cka_id())? else {
+        return Ok(None);
+    };
+    let Some(bind) = find_one(ctx, &v.bind_cka_id())? else {
+        let detail = format!("master key {v} has no bind key ({})", v.bind_label());
+        return Err(config_error(ctx, "C_FindObjects", detail));
+    };
+    let trusted = read_trusted(ctx, master)?;
+    Ok(Some(MasterHandles {
+        master,
+        bind,
+        trusted,
+    }))
+}
+
+/// Master `v`'s handles, cached (true) or found now (false).
+fn resolve_master(
+    ctx: &mut WorkerCtx,
+    v: MasterVersion,
+) -> Result<(MasterHandles, bool), HsmError> {
+    if let Some(m) = ctx.shared.wrapped.master(v) {
+        return Ok((m, true));
+    }
+    match find_master(ctx, v)? {
+        Some(m) => {
+            ctx.shared.wrapped.remember_master(v, Some(m));
+            Ok((m, false))
+        }
+        None => Err(HsmError::not_found(
+            ctx.token(),
+            format!("no master key {v} ({}) on the token", v.label()),
+        )),
+    }
+}
+
+/// Run `f` with master `v`'s handles; a cached handle the device no longer knows (another
+/// process replaced the master) is looked up again once.
+fn with_master<T>(
+    ctx: &mut WorkerCtx,
+    v: MasterVersion,
+    mut f: impl FnMut(&mut WorkerCtx, MasterHandles) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    let (m, cached) = resolve_master(ctx, v)?;
+    match f(ctx, m) {
+        Err(e) if cached && e.kind == HsmErrorKind::ObjectNotFound => {
+            ctx.shared.wrapped.remember_master(v, None);
+            let (m, _) = resolve_master(ctx, v)?;
+            f(ctx, m)
+        }
+        other => other,
+    }
+}
+
+/// Every master on the token (newest last), with trust read from the device; the table of
+/// known masters is replaced by what was found.
+pub(crate) fn scan_masters(ctx: &mut WorkerCtx) -> Result<Vec<(MasterVersion, bool)>, HsmError> {
+    let search = [
+        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Wrap(true),
+    ];
+    let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
+    let mut versions = Vec::new();
+    for h in found {
+        let pick = |a| match a {
+            Attribute::Id(id) => MasterVersion::from_cka_id(&id),
+            _ => None,
+        };
+        if let Ok(v) = super::ops::read_attribute(ctx, h, AttributeType::Id, pick, "no id") {
+            versions.push(v);
+        }
+    }
+    versions.sort();
+    let mut table = BTreeMap::new();
+    for v in versions {
+        if let Some(m) = find_master(ctx, v)? {
+            table.insert(v, m);
+        }
+    }
+    let out = table.iter().map(|(v, m)| (*v, m.trusted)).collect();
+    *ctx.shared
+        .wrapped
+        .masters
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = table;
+    Ok(out)
+}
+
+/// The newest master's state.
+pub(crate) fn master_state(ctx: &mut WorkerCtx) -> Result<MasterState, HsmError> {
+    Ok(match scan_masters(ctx)?.last() {
+        None => MasterState::Absent,
+        Some((v, true)) => MasterState::Trusted(*v),
+        Some((v, false)) => MasterState::Untrusted(*v),
+    })
+}
+
+fn master_template(v: MasterVersion) -> Template {
+    Template::secret(KeyType::AES)
+        .value_len(32)
+        .allow(Usage::Wrap)
+        .allow(Usage::Unwrap)
+        .mechanisms(vec![MechanismType::AES_KEY_WRAP_PAD])
+        .with(Attribute::Sensitive(true))
+        .with(Attribute::Extractable(false))
+        .id(&v.cka_id())
+        .label(v.label())
+}
+
+fn bind_template(v: MasterVersion) -> Vec<Attribute> {
+    Template::secret(KeyType::GENERIC_SECRET)
+        .value_len(32)
+        .token(true)
+        .guarded()
+        .allow(Usage::Sign)
+        .allow(Usage::Verify)
+        .mechanisms(vec![MechanismType::SHA256_HMAC])
+        .id(&v.bind_cka_id())
+        .label(v.bind_label())
+        .build()
+}
+
+/// Make master `v` untrusted (user-created) with its bind key, each unless present; true if
+/// the master was made.
+pub(crate) fn create_master_untrusted(
+    ctx: &mut WorkerCtx,
+    v: MasterVersion,
+) -> Result<bool, HsmError> {
+    let made = match find_one(ctx, &v.cka_id())? {
+        Some(_) => false,
+        None => {
+            let t = master_template(v).token(true).private_object(true).build();
+            ctx.call(Call::GenerateKey, |s| {
+                s.generate_key(&Mechanism::AesKeyGen, &t)
+            })?;
+            true
+        }
+    };
+    if find_one(ctx, &v.bind_cka_id())?.is_none() {
+        let t = bind_template(v);
+        ctx.call(Call::GenerateKey, |s| {
+            s.generate_key(&Mechanism::GenericSecretKeyGen, &t)
+        })?;
+    }
+    scan_masters(ctx)?;
+    Ok(made)
+}
+
+/// Destroy master `v` and its bind key; `ObjectNotFound` if neither exists.
+pub(crate) fn destroy_master(ctx: &mut WorkerCtx, v: MasterVersion) -> Result<(), HsmError> {
+    ctx.shared.wrapped.remember_master(v, None);
+    let mut any = false;
+    for id in [v.cka_id(), v.bind_cka_id()] {
+        if let Some(h) = find_one(ctx, &id)? {
+            ctx.call(Call::DestroyObject, |s| s.destroy_object(h))?;
+            any = true;
+        }
+    }
+    if !any {
+        return Err(HsmError::not_found(
+            ctx.token(),
+            format!("no master key {v} on the token"),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- wrap, tag, unwrap
+
+/// The newest trusted master this `Hsm` knows (the token is scanned when it knows none).
+fn current_master(ctx: &mut WorkerCtx) -> Result<MasterVersion, HsmError> {
+    if let Some(v) = ctx.shared.wrapped.newest_trusted() {
+        return Ok(v);
+    }
+    scan_masters(ctx)?;
+    ctx.shared.wrapped.newest_trusted().ok_or_else(|| {
+        config_error(
+            ctx,
+            "C_WrapKey",
+            "no trusted master key on the token (the security officer's trust ceremony has not run)".into(),
+        )
+    })
+}
+
+/// Wrap session key `key` (of `kind`) under master `v` and tag it for `id`. Refuses unless
+/// the master reads `CKA_TRUSTED` = true on the device.
+fn wrap_under(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    key: ObjectHandle,
+    kind: BlobKind,
+    v: MasterVersion,
+) -> Result<WrappedBlob, HsmError> {
+    with_master(ctx, v, |ctx, m| {
+        if !read_trusted(ctx, m.master)? {
+            let detail = format!("master key {v} is not trusted: p11kms never wraps under it");
+            return Err(config_error(ctx, "C_WrapKey", detail));
+        }
+        let wrapped = ctx.call(Call::WrapKey, |s| {
+            s.wrap_key(&Mechanism::AesKeyWrapPad, m.master, key)
+        })?;
+        let mut bytes = WrappedBlob::unsigned(v, kind, &wrapped, ctx.token())?;
+        let message = WrappedBlob::tagged_message(&bytes, id);
+        let tag = ctx.call(Call::Sign, |s| {
+            s.sign(&Mechanism::Sha256Hmac, m.bind, &message)
+        })?;
+        bytes.extend_from_slice(&tag);
+        Ok(WrappedBlob { bytes })
+    })
+}
+
+fn rejected(ctx: &WorkerCtx, function: &'static str, detail: String) -> HsmError {
+    HsmError::new(HsmErrorKind::BlobRejected, function, ctx.token(), detail)
+}
+
+/// Check `blob`'s tag for `id` on the device, then unwrap it into a session object.
+fn unwrap_verified(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    blob: &WrappedBlob,
+) -> Result<ObjectHandle, HsmError> {
+    let v = blob.master();
+    let r = with_master(ctx, v, |ctx, m| {
+        let message = WrappedBlob::tagged_message(&blob.bytes[..blob.bytes.len() - TAG_LEN], id);
+        let tag = blob.tag();
+        let verified = ctx.call_raw(Call::Verify, |s| {
+            s.verify(&Mechanism::Sha256Hmac, m.bind, &message, tag)
+        });
+        match verified {
+            Ok(()) => {}
+            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+                let detail = format!("the blob's tag does not verify for {id}: not unwrapped");
+                return Err(rejected(ctx, "C_Verify", detail));
+            }
+            Err(e) => return Err(ctx.fail(Call::Verify, &e)),
+        }
+        let template = blob.kind().template(false);
+        ctx.call(Call::UnwrapKey, |s| {
+            s.unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                m.master,
+                blob.wrapped(),
+                &template,
+            )
+        })
+    });
+    match r {
+        Err(e) if e.kind == HsmErrorKind::ObjectNotFound && e.function == "C_FindObjects" => {
+            let detail =
+                format!("the blob of {id} names master key {v}, which is not on the token");
+            Err(rejected(ctx, "C_FindObjects", detail))
+        }
+        other => other,
+    }
+}
+
+/// Destroy session objects; handles already gone are fine.
+fn destroy_session_objects(ctx: &mut WorkerCtx, handles: &[ObjectHandle]) {
+    for h in handles {
+        if let Err(e) = ctx.call_raw(Call::DestroyObject, |s| s.destroy_object(*h)) {
+            if !is_handle_invalid(&e) {
+                let err = ctx.fail(Call::DestroyObject, &e);
+                tracing::warn!(token = %ctx.token(), error = %err, "could not destroy an unwrapped session key");
+            }
+        }
+    }
+}
+
+/// Put `h` in this worker's cache for `id`, destroying what it pushes out.
+fn cache(ctx: &mut WorkerCtx, id: ObjectId, h: ObjectHandle) {
+    let out = lock(&ctx.wrapped).insert(id, h);
+    if !out.is_empty() {
+        let n = out.len() as u64;
+        ctx.shared.wrapped.evictions.fetch_add(n, Ordering::Relaxed);
+        destroy_session_objects(ctx, &out);
+    }
+}
+
+/// Generate a key of `kind` as a session object, wrap it under the current trusted master and
+/// tag it for `id`; the session object stays in this worker's cache.
+pub(crate) fn generate_wrapped(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    kind: BlobKind,
+) -> Result<WrappedBlob, HsmError> {
+    let v = current_master(ctx)?;
+    let template = kind.template(true);
+    let h = ctx.call(Call::GenerateKey, |s| {
+        s.generate_key(&kind.generation(), &template)
+    })?;
+    adopt_under(ctx, id, h, kind, v)
+}
+
+/// Wrap session key `h` (made with [`BlobKind::template`]) under the current trusted master
+/// for `id` and keep it in this worker's cache; on failure it is destroyed. Imports end here.
+pub(crate) fn adopt(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    h: ObjectHandle,
+    kind: BlobKind,
+) -> Result<WrappedBlob, HsmError> {
+    match current_master(ctx) {
+        Ok(v) => adopt_under(ctx, id, h, kind, v),
+        Err(e) => {
+            destroy_session_objects(ctx, &[h]);
+            Err(e)
+        }
+    }
+}
+
+fn adopt_under(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    h: ObjectHandle,
+    kind: BlobKind,
+    v: MasterVersion,
+) -> Result<WrappedBlob, HsmError> {
+    match wrap_under(ctx, &id, h, kind, v) {
+        Ok(blob) => {
+            cache(ctx, id, h);
+            Ok(blob)
+        }
+        Err(e) => {
+            destroy_session_objects(ctx, &[h]);
+            Err(e)
+        }
+    }
+}
+
+/// Unwrap `blob` (checked for `id`) and wrap it again under master `to`, in one job; the
+/// transient session object is destroyed.
+pub(crate) fn rewrap(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+    to: MasterVersion,
+) -> Result<WrappedBlob, HsmError> {
+    let h = unwrap_verified(ctx, &id, blob)?;
+    let r = wrap_under(ctx, &id, h, blob.kind(), to);
+    destroy_session_objects(ctx, &[h]);
+    r
+}
+
+/// Destroy every cached unwrapped copy of every version of `key_id`, in every worker.
+pub(crate) fn evict_wrapped(ctx: &mut WorkerCtx, key_id: &[u8; 16]) -> usize {
+    let (live, n) = ctx.shared.wrapped.evict_key(key_id, ctx.current_epoch());
+    destroy_session_objects(ctx, &live);
+    ctx.shared
+        .wrapped
+        .evictions
+        .fetch_add(n as u64, Ordering::Relaxed);
+    n
+}
+
+/// The wrapped path of key resolution (`ops::with_copy` asks it first): this worker's cache,
+/// else the blob source's blob (verified, unwrapped, cached). `None`: not a wrapped key here
+/// (no source, or no blob), so the token path serves it.
+pub(crate) fn with_wrapped<T>(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    part: Part,
+    f: &mut impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
+) -> Option<Result<T, HsmError>> {
+    if part == Part::Public {
+        return None;
+    }
+    let hit = lock(&ctx.wrapped).get(id);
+    if let Some(h) = hit {
+        ctx.shared.wrapped.hits.fetch_add(1, Ordering::Relaxed);
+        match f(ctx, h) {
+            // Evicted and destroyed by another worker's job meanwhile: unwrap again.
+            Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {
+                lock(&ctx.wrapped).remove(id);
+            }
+            other => return Some(other),
+        }
+    }
+    let blob = ctx.shared.wrapped.source()?.blob(*id)?;
+    if blob.kind().part() != part {
+        let detail = format!(
+            "the blob of {id} holds a {:?}, not a {part:?} key",
+            blob.kind()
+        );
+        return Some(Err(rejected(ctx, "C_UnwrapKey", detail)));
+    }
+    ctx.shared.wrapped.misses.fetch_add(1, Ordering::Relaxed);
+    Some(unwrap_verified(ctx, id, &blob).and_then(|h| {
+        cache(ctx, *id, h);
+        f(ctx, h)
+    }))
+}
+
+/// Reset this worker's cache: its session (and every object in it) is gone.
+pub(crate) fn reset_worker_cache(cache: &WorkerCache, epoch: u64) {
+    lock(cache).reset(epoch);
+}
+
+/// For custody tests: the cached handle of `id` in this worker (after resolving it as an
+/// operation would).
+#[cfg(test)]
+pub(crate) fn resolved_handle(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+) -> Result<ObjectHandle, HsmError> {
+    let mut grab = |_: &mut WorkerCtx, h: ObjectHandle| Ok(h);
+    with_wrapped(ctx, id, Part::Secret, &mut grab)
+        .unwrap_or_else(|| Err(HsmError::not_found(ctx.token(), "not a wrapped key")))
+}
+
+// ---------------------------------------------------------------- the SO ceremony
+
+/// The security officer's one-time ceremony: make master `version` trusted. Blocking and
+/// standalone: run it in its own process (a login is per process and token, so it fails with
+/// `CKR_USER_ANOTHER_ALREADY_LOGGED_IN` beside an open [`super::Hsm`] on the same token).
+///
+/// In one R/W session: as SO, generate the master as a public session object with
+/// `CKA_TRUSTED` = true (the plaintext never reaches the token's files); as the user, copy it
+/// to a private token object with the master's label and `CKA_ID`, destroy the session
+/// object, destroy the untrusted master of that version if there was one (nothing was ever
+/// wrapped under it), and make the bind key if missing. A no-op if already trusted. The PINs
+/// are used for `C_Login` only and never logged.
+pub fn trust_master(
+    module_path: &Path,
+    token_label: &str,
+    so_pin: &Pin,
+    user_pin: &Pin,
+    version: MasterVersion,
+) -> Result<TrustOutcome, HsmError> {
+    let counters = Counters::default();
+    let pkcs11 = module::module(module_path, token_label, &counters)?.pkcs11;
+    let slot = module::find_token(&pkcs11, token_label, &counters)?;
+    let session = counters.call(Call::OpenSession, token_label, || {
+        pkcs11.open_rw_session(slot)
+    })?;
+    let ceremony = Ceremony {
+        c: &counters,
+        s: &session,
+        token: token_label,
+        v: version,
+    };
+    let outcome = ceremony.run(so_pin, user_pin);
+    let _ = counters.run(Call::Logout, || session.logout());
+    let _ = counters.run(Call::CloseSession, || session.close());
+    match &outcome {
+        Ok(o) => {
+            tracing::info!(token = token_label, master = %version, outcome = ?o, "master key trust ceremony done")
+        }
+        Err(e) => {
+            tracing::warn!(token = token_label, master = %version, error = %e, "master key trust ceremony failed")
+        }
+    }
+    outcome
+}
+
+/// One run of [`trust_master`] on its session.
+struct Ceremony<'a> {
+    c: &'a Counters,
+    s: &'a Session,
+    token: &'a str,
+    v: MasterVersion,
+}
+
+impl Ceremony<'_> {
+    fn call<T>(
+        &self,
+        call: Call,
+        f: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        self.c.call(call, self.token, || f(self.s))
+    }
+
+    fn login(&self, who: UserType, pin: &Pin) -> Result<(), HsmError> {
+        let auth = AuthPin::from(pin.expose());
+        self.call(Call::Login, |s| s.login(who, Some(&auth)))
+    }
+
+    fn logout(&self) -> Result<(), HsmError> {
+        self.call(Call::Logout, |s| s.logout())
+    }
+
+    fn find(&self, id: &[u8; 20]) -> Result<Option<ObjectHandle>, HsmError> {
+        let search = [Attribute::Token(true), Attribute::Id(id.to_vec())];
+        let found = self.call(Call::FindObjects, |s| s.find_objects(&search))?;
+        Ok(found.first().copied())
+    }
+
+    /// The existing master and whether it is trusted.
+    fn existing(&self) -> Result<Option<(ObjectHandle, bool)>, HsmError> {
+        let Some(h) = self.find(&self.v.cka_id())? else {
+            return Ok(None);
+        };
+        let attrs = self.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::Trusted])
+        })?;
+        let trusted = attrs.iter().any(|a| matches!(a, Attribute::Trusted(true)));
+        Ok(Some((h, trusted)))
+    }
+
+    fn ensure_bind(&self) -> Result<(), HsmError> {
+        if self.find(&self.v.bind_cka_id())?.is_none() {
+            let t = bind_template(self.v);
+            self.call(Call::GenerateKey, |s| {
+                s.generate_key(&Mechanism::GenericSecretKeyGen, &t)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, so_pin: &Pin, user_pin: &Pin) -> Result<TrustOutcome, HsmError> {
+        self.login(UserType::User, user_pin)?;
+        let old = self.existing()?;
+        if let Some((_, true)) = old {
+            self.ensure_bind()?;
+            return Ok(TrustOutcome::AlreadyTrusted);
+        }
+        self.logout()?;
+        self.login(UserType::So, so_pin)?;
+        let t = master_template(self.v)
+            .token(false)
+            .private_object(false)
+            .with(Attribute::Trusted(true))
+            .build();
+        let fresh = self.call(Call::GenerateKey, |s| {
+            s.generate_key(&Mechanism::AesKeyGen, &t)
+        })?;
+        self.logout()?;
+        self.login(UserType::User, user_pin)?;
+        // Handles of private objects die with a logout: find the untrusted master again,
+        // before the copy gives its CKA_ID to a second object.
+        let untrusted = match old {
+            Some(_) => self.existing()?.filter(|(_, trusted)| !trusted),
+            None => None,
+        };
+        let to_token = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(self.v.label().into_bytes()),
+            Attribute::Id(self.v.cka_id().to_vec()),
+        ];
+        let copied = self.call(Call::CopyObject, |s| s.copy_object(fresh, &to_token));
+        self.call(Call::DestroyObject, |s| s.destroy_object(fresh))?;
+        copied?;
+        if let Some((h, _)) = untrusted {
+            self.call(Call::DestroyObject, |s| s.destroy_object(h))?;
+        }
+        self.ensure_bind()?;
+        Ok(match old {
+            Some(_) => TrustOutcome::Replaced,
+            None => TrustOutcome::Created,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(k: u8, v: u32) -> ObjectId {
+        ObjectId::new([k; 16], v)
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used_and_forgets_keys() {
+        let mut lru = Lru::<u64>::new(2, 0);
+        assert!(lru.insert(id(1, 1), 10).is_empty());
+        assert!(lru.insert(id(2, 1), 20).is_empty());
+        assert_eq!(lru.get(&id(1, 1)), Some(10));
+        assert_eq!(
+            lru.insert(id(3, 1), 30),
+            vec![20],
+            "2 was least recently used"
+        );
+        assert_eq!(lru.get(&id(2, 1)), None);
+        assert_eq!(
+            lru.insert(id(3, 1), 31),
+            vec![30],
+            "a replaced handle leaves"
+        );
+        assert_eq!(lru.len(), 2);
+        assert!(lru.insert(id(1, 2), 12).contains(&10) || lru.len() == 2);
+        let mut gone = lru.remove_key(&[1; 16]);
+        gone.sort();
+        assert!(!gone.is_empty() && gone.iter().all(|h| *h == 10 || *h == 12));
+        let mut none = Lru::<u64>::new(0, 0);
+        assert_eq!(
+            none.insert(id(1, 1), 7),
+            vec![7],
+            "capacity 0 caches nothing"
+        );
+        lru.reset(3);
+        assert_eq!((lru.len(), lru.epoch), (0, 3));
+    }
+
+    #[test]
+    fn master_ids_never_collide_with_key_ids() {
+        let v = MasterVersion(7);
+        for cka in [v.cka_id(), v.bind_cka_id()] {
+            // A UUIDv4 has version nibble 4 in byte 6; these do not.
+            assert_ne!(cka[6] >> 4, 4);
+            assert_ne!(
+                uuid::Uuid::from_slice(&cka[..16])
+                    .unwrap()
+                    .get_version_num(),
+                4
+            );
+        }
+        assert_eq!(MasterVersion::from_cka_id(&v.cka_id()), Some(v));
+        assert_eq!(MasterVersion::from_cka_id(&v.bind_cka_id()), None);
+        assert_eq!(
+            MasterVersion::from_cka_id(&ObjectId::new([4; 16], 7).0),
+            None
+        );
+        assert_eq!(v.label(), "p11kms/master/v7");
+        assert_eq!(v.bind_label(), "p11kms/master-bind/v7");
+    }
+
+    #[test]
+    fn blob_format_round_trips_and_refuses_malformed_bytes() {
+        let mut b =
+            WrappedBlob::unsigned(MasterVersion(3), BlobKind::Aes256, &[9; 40], "t").unwrap();
+        b.extend_from_slice(&[1; TAG_LEN]);
+        let blob = WrappedBlob::from_bytes(&b).unwrap();
+        assert_eq!(blob.master(), MasterVersion(3));
+        assert_eq!(blob.kind(), BlobKind::Aes256);
+        assert_eq!(blob.wrapped(), &[9; 40]);
+        assert_eq!(blob.tag(), &[1; TAG_LEN]);
+        assert_eq!(blob.to_bytes(), b);
+        assert_eq!(
+            format!("{blob:?}"),
+            format!("WrappedBlob({} bytes)", b.len())
+        );
+        assert_eq!(
+            WrappedBlob::from_bytes(&b[..10]),
+            Err(BlobFormatError::TooShort(10))
+        );
+        let mut bad = b.clone();
+        bad[0] = 2;
+        assert_eq!(
+            WrappedBlob::from_bytes(&bad),
+            Err(BlobFormatError::UnknownFormat(2))
+        );
+        let mut bad = b.clone();
+        bad[5] = 99;
+        assert_eq!(
+            WrappedBlob::from_bytes(&bad),
+            Err(BlobFormatError::UnknownKind(99))
+        );
+        assert!(matches!(
+            WrappedBlob::from_bytes(&b[..b.len() - 1]),
+            Err(BlobFormatError::LengthMismatch { .. })
+        ));
+        for alg in [
+            MacAlg::Sha224,
+            MacAlg::Sha256,
+            MacAlg::Sha384,
+            MacAlg::Sha512,
+        ] {
+            let k = BlobKind::Hmac(alg);
+            assert_eq!(BlobKind::from_code(k.code()), Some(k));
+        }
+        let message = WrappedBlob::tagged_message(&b[..b.len() - TAG_LEN], &id(5, 1));
+        assert!(message.starts_with(b"p11kms-wrapped-v1"));
+        assert_eq!(&message[17..37], id(5, 1).as_bytes());
+    }
+}

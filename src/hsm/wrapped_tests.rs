@@ -1,0 +1,619 @@
+//! Wrapped residency (issue 19) on real SoftHSM2 tokens: the probes of the custody claims
+//! the design rests on, and the use of wrapped keys through the worker caches.
+//!
+//! A trust ceremony logs the SO in, which fails while this process has an `Hsm` open on that
+//! token: each token here has one owner (the shared token's ceremony runs once, before any
+//! `Hsm` opens it; the ceremony and rotation tokens each belong to one test).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+
+use super::call::Counters;
+use super::tests::{aad_bytes, aad_with, cfg, new_id, pt, wrapped_tokens, MODULE};
+use super::wrapped::{resolved_handle, BlobKind};
+use super::*;
+
+/// A blob source the tests fill and edit.
+#[derive(Default)]
+struct MapSource(Mutex<HashMap<ObjectId, Arc<WrappedBlob>>>);
+
+impl MapSource {
+    fn put(&self, id: ObjectId, blob: WrappedBlob) {
+        self.0.lock().unwrap().insert(id, Arc::new(blob));
+    }
+}
+
+impl BlobSource for MapSource {
+    fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
+        self.0.lock().unwrap().get(&id).cloned()
+    }
+}
+
+/// The shared wrapped token, its trusted master v1 made by the ceremony on first use.
+fn shared_token() -> &'static str {
+    static READY: OnceLock<String> = OnceLock::new();
+    READY.get_or_init(|| {
+        let t = wrapped_tokens();
+        let outcome = trust_master(
+            Path::new(MODULE),
+            &t.shared,
+            &t.so_pin,
+            &t.user_pin,
+            MasterVersion(1),
+        )
+        .expect("trust ceremony");
+        assert_eq!(outcome, TrustOutcome::Created);
+        t.shared
+    })
+}
+
+fn open_with(label: &str, source: &Arc<MapSource>, tune: impl FnOnce(&mut HsmConfig)) -> Arc<Hsm> {
+    let mut c = cfg(label);
+    tune(&mut c);
+    let hsm = Hsm::open(&c).expect("open");
+    hsm.set_blob_source(source.clone());
+    hsm
+}
+
+fn calls(hsm: &Hsm, f: &str) -> u64 {
+    hsm.counters().get(f).copied().unwrap_or(0)
+}
+
+/// What the device says about the unwrapped session object of `id` in a worker's cache.
+#[derive(Debug)]
+struct CachedProbe {
+    attrs: KeyAttributes,
+    wrap_with_trusted: bool,
+    value_sensitive: bool,
+    wrap_under_untrusted: Result<Vec<u8>, HsmError>,
+}
+
+async fn probe_cached(hsm: &Hsm, id: ObjectId) -> CachedProbe {
+    hsm.submit(LockClass::Shared, "test_probe_cached", move |ctx| {
+        let h = resolved_handle(ctx, &id)?;
+        let attrs = ops::key_attributes_from(ops::custody_attributes(ctx, h)?);
+        let wwt = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::WrapWithTrusted])
+        })?;
+        let info = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attribute_info(h, &[AttributeType::Value])
+        })?;
+        let value_sensitive = matches!(info.first(), Some(AttributeInfo::Sensitive));
+        let template = objects::session_wrapping_key_template();
+        let wrapping = ctx.call(Call::GenerateKey, |s| {
+            s.generate_key(&Mechanism::AesKeyGen, &template)
+        })?;
+        let wrap_under_untrusted = ctx.call(Call::WrapKey, |s| {
+            s.wrap_key(&Mechanism::AesKeyWrapPad, wrapping, h)
+        });
+        ctx.call(Call::DestroyObject, |s| s.destroy_object(wrapping))?;
+        Ok(CachedProbe {
+            attrs,
+            wrap_with_trusted: wwt.contains(&Attribute::WrapWithTrusted(true)),
+            value_sensitive,
+            wrap_under_untrusted,
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// Token objects, leaving out import wrapping keys (the import test makes one for a while on
+/// the shared token).
+fn token_objects(objects: &[ObjectInfo]) -> usize {
+    objects
+        .iter()
+        .filter(|o| o.token && !o.label.starts_with(unwrap::WRAPPING_LABEL_PREFIX))
+        .count()
+}
+
+#[tokio::test]
+async fn unwrapped_copies_are_sensitive_and_wrap_only_under_trusted_keys() {
+    let source = Arc::new(MapSource::default());
+    // One worker: the probe sees the very object the generation cached.
+    let hsm = open_with(shared_token(), &source, |c| c.workers = 1);
+    assert_eq!(
+        hsm.master_state().await.unwrap(),
+        MasterState::Trusted(MasterVersion(1))
+    );
+    let id = new_id();
+    let blob = hsm.generate_wrapped_aes(id).await.unwrap();
+    assert_eq!(blob.master(), MasterVersion(1));
+    assert_eq!(blob.kind(), BlobKind::Aes256);
+    source.put(id, blob);
+    let p = probe_cached(&hsm, id).await;
+    assert!(!p.attrs.token, "a session object");
+    assert!(p.attrs.private && p.attrs.sensitive && p.attrs.always_sensitive);
+    assert!(p.attrs.extractable && p.wrap_with_trusted);
+    assert!(p.attrs.encrypt && p.attrs.decrypt);
+    assert!(!(p.attrs.wrap || p.attrs.unwrap || p.attrs.sign || p.attrs.derive));
+    assert_eq!(p.attrs.allowed_mechanisms, vec!["AES_GCM".to_string()]);
+    assert!(p.value_sensitive, "CKA_VALUE must not be readable");
+    let e = p.wrap_under_untrusted.expect_err("the device must refuse");
+    assert!(e.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{e}");
+    // The same probe on a copy unwrapped from the blob by a cold worker cache.
+    let cold = open_with(shared_token(), &source, |_| {});
+    let p = probe_cached(&cold, id).await;
+    assert_eq!(cold.stats().wrapped_cache_misses, 1);
+    assert!(!p.attrs.token && p.attrs.private && p.attrs.sensitive && p.wrap_with_trusted);
+    assert!(p.attrs.encrypt && p.attrs.decrypt && !p.attrs.wrap);
+    // Unwrapped material was once outside this object (PKCS#11: never "always sensitive").
+    assert!(!p.attrs.always_sensitive && !p.attrs.never_extractable);
+    assert!(p.value_sensitive);
+    assert!(p
+        .wrap_under_untrusted
+        .unwrap_err()
+        .rv_is("CKR_KEY_NOT_WRAPPABLE"));
+}
+
+#[tokio::test]
+async fn a_cold_cache_decrypts_from_the_blob_alone() {
+    let source = Arc::new(MapSource::default());
+    let first = open_with(shared_token(), &source, |c| c.workers = 1);
+    let id = new_id();
+    source.put(id, first.generate_wrapped_aes(id).await.unwrap());
+    let sealed = first
+        .encrypt_gcm(id, pt(b"wrapped secret"), aad_with(b"ctx"))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.stats().wrapped_cache_hits,
+        1,
+        "generation cached the key"
+    );
+    assert_eq!(first.stats().wrapped_cache_misses, 0);
+    drop(first);
+    // One worker: the caches are per worker.
+    let second = open_with(shared_token(), &source, |c| c.workers = 1);
+    let aad = aad_bytes(b"ctx", &sealed.iv);
+    let unwraps = calls(&second, "C_UnwrapKey");
+    let out = second
+        .decrypt_gcm(
+            id,
+            sealed.iv,
+            sealed.ciphertext_and_tag.clone(),
+            aad.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.as_slice(), b"wrapped secret");
+    assert_eq!(calls(&second, "C_UnwrapKey"), unwraps + 1);
+    let again = second
+        .decrypt_gcm(id, sealed.iv, sealed.ciphertext_and_tag, aad)
+        .await
+        .unwrap();
+    assert_eq!(again.as_slice(), b"wrapped secret");
+    let s = second.stats();
+    assert_eq!((s.wrapped_cache_misses, s.wrapped_cache_hits), (1, 1));
+    assert_eq!(s.wrapped_cache_resident, 1);
+    assert_eq!(
+        calls(&second, "C_UnwrapKey"),
+        unwraps + 1,
+        "the hit unwraps nothing"
+    );
+    // Eviction destroys the copy; the next use unwraps again.
+    assert_eq!(second.evict_wrapped(id.key_id()).await.unwrap(), 1);
+    assert_eq!(second.stats().wrapped_cache_resident, 0);
+    second
+        .encrypt_gcm(id, pt(b"x"), aad_with(b"ctx"))
+        .await
+        .unwrap();
+    assert_eq!(second.stats().wrapped_cache_misses, 2);
+}
+
+#[tokio::test]
+async fn edited_or_moved_blobs_are_refused_and_never_unwrapped() {
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let (a, b) = (new_id(), new_id());
+    let blob_a = hsm.generate_wrapped_aes(a).await.unwrap();
+    source.put(b, hsm.generate_wrapped_aes(b).await.unwrap());
+    hsm.evict_wrapped(b.key_id()).await.unwrap();
+    let unwraps = calls(&hsm, "C_UnwrapKey");
+    // Moved: a's blob in b's row.
+    source.put(b, blob_a.clone());
+    let e = hsm
+        .encrypt_gcm(b, pt(b"x"), aad_with(b""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+    // Edited: every single flipped byte.
+    let bytes = blob_a.to_bytes();
+    for i in 0..bytes.len() {
+        let mut edited = bytes.clone();
+        edited[i] ^= 0x01;
+        let Ok(blob) = WrappedBlob::from_bytes(&edited) else {
+            continue; // refused by its structure already
+        };
+        source.put(a, blob);
+        hsm.evict_wrapped(a.key_id()).await.unwrap();
+        let e = hsm
+            .encrypt_gcm(a, pt(b"x"), aad_with(b""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, HsmErrorKind::BlobRejected, "byte {i}: {e}");
+    }
+    assert_eq!(calls(&hsm, "C_UnwrapKey"), unwraps, "nothing was unwrapped");
+    // The genuine blob still works.
+    source.put(a, blob_a);
+    hsm.encrypt_gcm(a, pt(b"x"), aad_with(b"")).await.unwrap();
+    assert_eq!(calls(&hsm, "C_UnwrapKey"), unwraps + 1);
+}
+
+#[tokio::test]
+async fn wrapped_hmac_keys_sign_and_verify_after_a_cold_start() {
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let id = new_id();
+    let blob = hsm.generate_wrapped_hmac(id, MacAlg::Sha384).await.unwrap();
+    assert_eq!(blob.kind(), BlobKind::Hmac(MacAlg::Sha384));
+    source.put(id, blob);
+    let mac = hsm
+        .generate_mac(id, MacAlg::Sha384, pt(b"msg"))
+        .await
+        .unwrap();
+    assert_eq!(mac.len(), 48);
+    drop(hsm);
+    let cold = open_with(shared_token(), &source, |c| c.workers = 1);
+    assert!(cold
+        .verify_mac(id, MacAlg::Sha384, pt(b"msg"), mac.clone())
+        .await
+        .unwrap());
+    assert!(!cold
+        .verify_mac(id, MacAlg::Sha384, pt(b"other"), mac)
+        .await
+        .unwrap());
+    assert_eq!(cold.stats().wrapped_cache_misses, 1);
+}
+
+#[tokio::test]
+async fn a_thousand_wrapped_keys_add_no_token_object() {
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let before = token_objects(&hsm.list_objects().await.unwrap());
+    let ids: Vec<ObjectId> = (0..1000).map(|_| new_id()).collect();
+    for chunk in ids.chunks(50) {
+        let mut jobs = tokio::task::JoinSet::new();
+        for id in chunk.iter().copied() {
+            let hsm = hsm.clone();
+            jobs.spawn(async move { (id, hsm.generate_wrapped_aes(id).await) });
+        }
+        while let Some(done) = jobs.join_next().await {
+            let (id, blob) = done.unwrap();
+            source.put(id, blob.unwrap());
+        }
+    }
+    assert_eq!(token_objects(&hsm.list_objects().await.unwrap()), before);
+    // Every one of them serves.
+    for id in ids.iter().step_by(97) {
+        hsm.encrypt_gcm(*id, pt(b"x"), aad_with(b"")).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_full_cache_evicts_the_oldest_and_still_serves_it() {
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |c| {
+        c.workers = 1;
+        c.wrapped_cache = 2;
+    });
+    let ids = [new_id(), new_id(), new_id()];
+    let mut sealed = Vec::new();
+    for id in ids {
+        source.put(id, hsm.generate_wrapped_aes(id).await.unwrap());
+        sealed.push(
+            hsm.encrypt_gcm(id, pt(b"lru"), aad_with(b""))
+                .await
+                .unwrap(),
+        );
+    }
+    let s = hsm.stats();
+    assert_eq!(
+        (s.wrapped_cache_evictions, s.wrapped_cache_resident),
+        (1, 2)
+    );
+    assert_eq!(s.wrapped_cache_misses, 0);
+    // The first key was pushed out: it is unwrapped again, and pushes out the second.
+    let out = hsm
+        .decrypt_gcm(
+            ids[0],
+            sealed[0].iv,
+            sealed[0].ciphertext_and_tag.clone(),
+            aad_bytes(b"", &sealed[0].iv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.as_slice(), b"lru");
+    let s = hsm.stats();
+    assert_eq!((s.wrapped_cache_misses, s.wrapped_cache_evictions), (1, 2));
+    assert_eq!(s.wrapped_cache_resident, 2);
+}
+
+// ---------------------------------------------------------------- ceremony probes
+
+/// A raw R/W session on `label` (the probes below act as the SO or the user directly).
+fn raw_session(label: &str) -> Session {
+    let c = Counters::default();
+    let pkcs11 = module::module(Path::new(MODULE), label, &c).unwrap().pkcs11;
+    let slot = module::find_token(&pkcs11, label, &c).unwrap();
+    pkcs11.open_rw_session(slot).unwrap()
+}
+
+fn find(s: &Session, id: &[u8]) -> Vec<ObjectHandle> {
+    s.find_objects(&[Attribute::Token(true), Attribute::Id(id.to_vec())])
+        .unwrap()
+}
+
+async fn master_attributes(hsm: &Hsm, v: MasterVersion) -> (KeyAttributes, bool, String) {
+    hsm.submit(LockClass::Shared, "test_master_attributes", move |ctx| {
+        let h = wrapped::find_one(ctx, &v.cka_id())?.expect("master present");
+        let attrs = ops::key_attributes_from(ops::custody_attributes(ctx, h)?);
+        let more = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::Trusted, AttributeType::Label])
+        })?;
+        let trusted = more.contains(&Attribute::Trusted(true));
+        let label = more
+            .iter()
+            .find_map(|a| match a {
+                Attribute::Label(l) => Some(String::from_utf8_lossy(l).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok((attrs, trusted, label))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_ceremony_makes_a_private_trusted_master_the_so_cannot_see() {
+    let t = wrapped_tokens();
+    let token = t.ceremony.as_str();
+    let v1 = MasterVersion(1);
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(token, &source, |_| {});
+    assert_eq!(hsm.master_state().await.unwrap(), MasterState::Absent);
+    assert!(hsm.create_master_untrusted(v1).await.unwrap());
+    assert!(
+        !hsm.create_master_untrusted(v1).await.unwrap(),
+        "idempotent"
+    );
+    assert_eq!(
+        hsm.master_state().await.unwrap(),
+        MasterState::Untrusted(v1)
+    );
+    let (attrs, trusted, _) = master_attributes(&hsm, v1).await;
+    assert!(!trusted && attrs.token && attrs.private);
+    // p11kms never wraps under an untrusted master.
+    let e = hsm.generate_wrapped_aes(new_id()).await.unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::Config, "{e}");
+    assert_eq!(calls(&hsm, "C_WrapKey"), 0);
+    drop(hsm);
+
+    // The user cannot make a trusted key, nor mark the master trusted.
+    let s = raw_session(token);
+    s.login(UserType::User, Some(&AuthPin::from(t.user_pin.expose())))
+        .unwrap();
+    let trusted_key = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Trusted(true),
+    ];
+    let e = s
+        .generate_key(&Mechanism::AesKeyGen, &trusted_key)
+        .unwrap_err();
+    assert!(
+        matches!(e, CkError::Pkcs11(RvError::AttributeReadOnly, _)),
+        "{e}"
+    );
+    let master = find(&s, &v1.cka_id());
+    assert_eq!(master.len(), 1);
+    let e = s
+        .update_attributes(master[0], &[Attribute::Trusted(true)])
+        .unwrap_err();
+    assert!(
+        matches!(e, CkError::Pkcs11(RvError::AttributeReadOnly, _)),
+        "{e}"
+    );
+    s.logout().unwrap();
+    s.close().unwrap();
+
+    let cer = |v| trust_master(Path::new(MODULE), token, &t.so_pin, &t.user_pin, v);
+    assert_eq!(cer(v1).unwrap(), TrustOutcome::Replaced);
+    assert_eq!(cer(v1).unwrap(), TrustOutcome::AlreadyTrusted);
+
+    // The SO cannot see the private master (nor its bind key).
+    let s = raw_session(token);
+    s.login(UserType::So, Some(&AuthPin::from(t.so_pin.expose())))
+        .unwrap();
+    assert!(find(&s, &v1.cka_id()).is_empty());
+    assert!(find(&s, &v1.bind_cka_id()).is_empty());
+    s.logout().unwrap();
+    s.close().unwrap();
+
+    let hsm = open_with(token, &source, |_| {});
+    assert_eq!(hsm.master_state().await.unwrap(), MasterState::Trusted(v1));
+    assert_eq!(hsm.masters().await.unwrap(), vec![(v1, true)]);
+    let (attrs, trusted, label) = master_attributes(&hsm, v1).await;
+    assert!(trusted, "CKA_TRUSTED reads true");
+    assert_eq!(label, "p11kms/master/v1");
+    assert!(attrs.token && attrs.private && attrs.sensitive && attrs.always_sensitive);
+    assert!(!attrs.extractable && attrs.never_extractable);
+    assert!(attrs.wrap && attrs.unwrap);
+    assert!(!(attrs.encrypt || attrs.decrypt || attrs.sign || attrs.verify || attrs.derive));
+    assert_eq!(
+        attrs.allowed_mechanisms,
+        vec!["AES_KEY_WRAP_PAD".to_string()]
+    );
+    // One master and one bind key on the token; the ceremony's session object is gone.
+    let objects = hsm.list_objects().await.unwrap();
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    let id = new_id();
+    source.put(id, hsm.generate_wrapped_aes(id).await.unwrap());
+    hsm.encrypt_gcm(id, pt(b"x"), aad_with(b"")).await.unwrap();
+}
+
+#[tokio::test]
+async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
+    let t = wrapped_tokens();
+    let token = t.rotation.as_str();
+    let cer = |v| trust_master(Path::new(MODULE), token, &t.so_pin, &t.user_pin, v);
+    let (v1, v2) = (MasterVersion(1), MasterVersion(2));
+    assert_eq!(cer(v1).unwrap(), TrustOutcome::Created);
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(token, &source, |_| {});
+    let (a, m) = (new_id(), new_id());
+    let blob_a = Arc::new(hsm.generate_wrapped_aes(a).await.unwrap());
+    let blob_m = Arc::new(hsm.generate_wrapped_hmac(m, MacAlg::Sha256).await.unwrap());
+    source.put(a, (*blob_a).clone());
+    source.put(m, (*blob_m).clone());
+    let sealed = hsm
+        .encrypt_gcm(a, pt(b"before rotation"), aad_with(b""))
+        .await
+        .unwrap();
+    let mac = hsm.generate_mac(m, MacAlg::Sha256, pt(b"m")).await.unwrap();
+    // Rewrapping needs a trusted v2: the SO's ceremony makes it (no Hsm open meanwhile).
+    drop(hsm);
+    assert_eq!(cer(v2).unwrap(), TrustOutcome::Created);
+    let hsm = open_with(token, &source, |_| {});
+    assert_eq!(hsm.masters().await.unwrap(), vec![(v1, true), (v2, true)]);
+    let new_a = hsm.rewrap(a, blob_a.clone(), v2).await.unwrap();
+    let new_m = hsm.rewrap(m, blob_m, v2).await.unwrap();
+    assert_eq!((new_a.master(), new_m.master()), (v2, v2));
+    // A blob is rewrapped only for its own id.
+    let e = hsm.rewrap(m, blob_a, v2).await.unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::BlobRejected);
+    // New keys go under v2.
+    assert_eq!(
+        hsm.generate_wrapped_aes(new_id()).await.unwrap().master(),
+        v2
+    );
+    hsm.destroy_master(v1).await.unwrap();
+    assert_eq!(hsm.masters().await.unwrap(), vec![(v2, true)]);
+    source.put(a, new_a);
+    source.put(m, new_m);
+    drop(hsm);
+    let cold = open_with(token, &source, |_| {});
+    let out = cold
+        .decrypt_gcm(
+            a,
+            sealed.iv,
+            sealed.ciphertext_and_tag,
+            aad_bytes(b"", &sealed.iv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.as_slice(), b"before rotation");
+    assert!(cold
+        .verify_mac(m, MacAlg::Sha256, pt(b"m"), mac)
+        .await
+        .unwrap());
+    // A blob still under the retired master is refused, not unwrapped.
+    let id = new_id();
+    let mut old = new_id_blob_under(&cold, id).await;
+    old[1..5].copy_from_slice(&1u32.to_be_bytes());
+    source.put(id, WrappedBlob::from_bytes(&old).unwrap());
+    let e = cold
+        .encrypt_gcm(id, pt(b"x"), aad_with(b""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+}
+
+use super::unwrap_tests::openssl;
+
+/// Imported material (BYOK) in wrapped residency: checked on a session copy, wrapped under the
+/// master on the device, no token object for the key; the blob alone serves it afterwards,
+/// and a re-import with other material is refused.
+#[tokio::test]
+async fn imported_material_is_rewrapped_under_the_master() {
+    use super::unwrap::{ImportJob, ImportOutcome, MaterialKind, WrappingAlgorithm};
+    use super::unwrap::{WrappingKeyId, WrappingKeyOutcome};
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |c| c.workers = 1);
+    let w = WrappingKeyId(*uuid::Uuid::new_v4().as_bytes());
+    let WrappingKeyOutcome::Created(spki) =
+        hsm.generate_wrapping_key(w, 2048, false).await.unwrap()
+    else {
+        panic!("no wrapping key");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("wrapping.der");
+    std::fs::write(&key, &spki).unwrap();
+    let oaep = |m: &[u8]| {
+        openssl::pkeyutl_oaep(
+            std::process::Command::new("openssl"),
+            &key,
+            "DER",
+            "sha1",
+            m,
+        )
+    };
+    let material = [0x5au8; 32];
+    let target = new_id();
+    let job = |wrapped, expected| ImportJob {
+        wrapping_key: w,
+        algorithm: WrappingAlgorithm::RsaesOaepSha1,
+        wrapped,
+        target,
+        kind: MaterialKind::Aes256,
+        expected,
+        create_object: true,
+    };
+    let before = token_objects(&hsm.list_objects().await.unwrap());
+    let (outcome, blob) = hsm
+        .import_material_wrapped(job(oaep(&material), None))
+        .await
+        .unwrap();
+    let ImportOutcome::Imported(check) = outcome else {
+        panic!("{outcome:?}")
+    };
+    let blob = blob.expect("a blob");
+    assert_eq!(blob.master(), MasterVersion(1));
+    assert_eq!(token_objects(&hsm.list_objects().await.unwrap()), before);
+    // Other material for the same key is refused, and no blob comes back.
+    let (outcome, none) = hsm
+        .import_material_wrapped(job(oaep(&[0x11u8; 32]), Some(check)))
+        .await
+        .unwrap();
+    assert_eq!((outcome, none), (ImportOutcome::Mismatch, None));
+    source.put(target, blob);
+    drop(hsm);
+    // A cold cache opens with the blob: the device encrypts under the imported material.
+    let cold = open_with(shared_token(), &source, |_| {});
+    let sealed = cold
+        .encrypt_gcm(target, pt(b"byok"), aad_with(b""))
+        .await
+        .unwrap();
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &material).unwrap());
+    let mut buf = sealed.ciphertext_and_tag.clone();
+    let aad = aad_bytes(b"", &sealed.iv);
+    let opened = k
+        .open_in_place(
+            Nonce::assume_unique_for_key(sealed.iv),
+            Aad::from(&aad),
+            &mut buf,
+        )
+        .expect("the imported material encrypted it");
+    assert_eq!(opened, b"byok");
+    cold.destroy_wrapping_key(w).await.unwrap();
+}
+
+/// The bytes of a fresh blob for `id` (the key itself is evicted again).
+async fn new_id_blob_under(hsm: &Hsm, id: ObjectId) -> Vec<u8> {
+    let blob = hsm.generate_wrapped_aes(id).await.unwrap();
+    hsm.evict_wrapped(id.key_id()).await.unwrap();
+    blob.to_bytes()
+}
