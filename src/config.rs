@@ -279,6 +279,15 @@ pub struct HsmSection {
     /// SoftHSM2; set false for devices whose policy forbids `C_CopyObject`).
     #[serde(default = "default_true")]
     pub session_key_copies: bool,
+    /// Where the default key store's key material lives: `token` (each key version a token
+    /// object) or `wrapped` (wrapped under the token's master key, kept in the metadata
+    /// store, unwrapped on the device when used). `docs/residency.md` says when to choose
+    /// which.
+    #[serde(default)]
+    pub residency: crate::core::residency::Residency,
+    /// Wrapped residency: unwrapped keys each HSM worker keeps as session objects.
+    #[serde(default = "default_wrapped_cache")]
+    pub wrapped_cache: usize,
     /// `[[hsm.cluster]]`: further devices the operator offers for custom key stores.
     #[serde(default)]
     pub cluster: Vec<ClusterSection>,
@@ -354,6 +363,9 @@ fn default_stall_limit_ms() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_wrapped_cache() -> usize {
+    crate::hsm::DEFAULT_WRAPPED_CACHE
 }
 
 /// `[audit]`: the tamper-evident audit trail.
@@ -981,6 +993,7 @@ impl Config {
         cfg.acquire_timeout = Duration::from_millis(self.hsm.acquire_timeout_ms);
         cfg.stall_limit = Duration::from_millis(self.hsm.stall_limit_ms);
         cfg.session_key_copies = self.hsm.session_key_copies;
+        cfg.wrapped_cache = self.hsm.wrapped_cache;
         // SoftHSM2 keeps token objects in files that several daemons may share: they take
         // one lock file beside its config around creating and destroying token objects.
         cfg.shared_token_lock = self

@@ -288,7 +288,7 @@ fn encode_hsm_latencies(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> st
     Ok(())
 }
 
-/// The HSM session pool's gauges and counters: queue, probes, retries, stuck and replaced workers, sessions, key copies.
+/// The HSM session pool's gauges and counters: queue, probes, retries, stuck and replaced workers, sessions, key copies, the wrapped-key cache.
 fn encode_hsm_pool(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fmt::Result {
     use Unlabelled::{Counter, Gauge};
     let rows = [
@@ -313,6 +313,18 @@ fn encode_hsm_pool(encoder: &mut DescriptorEncoder, stats: &HsmStats) -> std::fm
         ("p11kms_hsm_session_key_copies",
             "Key objects served from session-object copies of their token objects now",
             Gauge(stats.session_key_copies as i64)),
+        ("p11kms_hsm_wrapped_cache_keys",
+            "Wrapped residency: unwrapped key versions the HSM workers hold as session objects now",
+            Gauge(stats.wrapped_cache_resident as i64)),
+        ("p11kms_hsm_wrapped_cache_hits",
+            "Wrapped residency: uses of a key version its worker had unwrapped already",
+            Counter(stats.wrapped_cache_hits)),
+        ("p11kms_hsm_wrapped_cache_misses",
+            "Wrapped residency: uses that unwrapped the key version's blob on the device first",
+            Counter(stats.wrapped_cache_misses)),
+        ("p11kms_hsm_wrapped_cache_evictions",
+            "Wrapped residency: unwrapped key versions destroyed to make room (LRU)",
+            Counter(stats.wrapped_cache_evictions)),
     ];
     for (name, help, value) in rows {
         match value {

@@ -588,6 +588,7 @@ pub async fn open_engine(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<K
                 .unwrap_or(i64::MAX / 1000)
                 .saturating_mul(1000),
             xks_health_cache_ms: config.xks.health_cache_ms,
+            residency: config.hsm.residency,
         },
         store,
         hsm,

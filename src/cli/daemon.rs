@@ -53,7 +53,7 @@ pub fn check(config: &Path) -> Result<ExitCode, String> {
 }
 
 /// The config file; its `hsm.softhsm2_conf` becomes `SOFTHSM2_CONF` unless that is set.
-fn load_config(path: &Path) -> Result<Config, String> {
+pub(super) fn load_config(path: &Path) -> Result<Config, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     if let Some(conf) = &config.hsm.softhsm2_conf {
         if std::env::var_os("SOFTHSM2_CONF").is_none() {

@@ -10,6 +10,7 @@
 //! | [`aliases`] | `alias ...` |
 //! | [`grants`] | `grant ...` |
 //! | [`keystores`] | `key-store ...` (custom key stores) |
+//! | [`hsm`] | `hsm trust-master` (the security officer's ceremony of wrapped residency) |
 //! | [`crypto`] | `encrypt`, `decrypt`, `generate-data-key` |
 //! | [`signing`] | `sign`, `verify`, `generate-mac` |
 //! | [`public_keys`] | `get-public-key`, `derive-shared-secret` |
@@ -24,6 +25,7 @@ mod audit;
 mod crypto;
 mod daemon;
 mod grants;
+mod hsm;
 mod io;
 mod keys;
 mod keystores;
@@ -67,6 +69,12 @@ pub enum Command {
     /// Create the dev CA, server and admin certificates, PIN files, configs and the SoftHSM2
     /// token (idempotent). A second instance needs its own data directory and addresses.
     DevSetup(daemon::DevSetupArgs),
+    /// The security officer's ceremonies on the daemon's token (wrapped residency's master
+    /// key).
+    Hsm {
+        #[command(subcommand)]
+        command: hsm::HsmCommand,
+    },
     /// Manage keys.
     Key {
         #[command(flatten)]
@@ -146,6 +154,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Check { config } => daemon::check(&config),
         Command::DevSetup(args) => daemon::dev_setup(args),
         Command::Audit { command } => Ok(audit::run(command)),
+        Command::Hsm { command } => hsm::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Key { conn, command } => online(keys::run(conn, command)),
         Command::Alias { conn, command } => online(aliases::run(conn, command)),

@@ -226,6 +226,14 @@ impl From<HsmError> for KmsError {
                 tracing::error!(error = %e, "HSM unavailable");
                 KmsError::KeyUnavailable(format!("The HSM is unavailable: {e}"))
             }
+            HsmErrorKind::BlobRejected => {
+                tracing::error!(error = %e, "a wrapped key blob failed the device's check");
+                KmsError::Internal(
+                    "The HSM refused this key version's wrapped key material: its stored blob \
+                     was altered or belongs to another key."
+                        .into(),
+                )
+            }
             _ => {
                 tracing::error!(error = %e, "HSM failure");
                 KmsError::Internal(format!("HSM failure: {e}"))

@@ -202,6 +202,9 @@ impl Kms {
     async fn forget_key(&self, key_id: &str) -> Result<(), KmsError> {
         let destroyed = self.store.was_destroyed(key_id).await?;
         self.unstrand(key_id);
+        if let Ok(u) = Uuid::parse_str(key_id) {
+            self.forget_blobs(*u.as_bytes()).await;
+        }
         let mut cache = self.cache_write();
         if let Ok(u) = Uuid::parse_str(key_id) {
             cache.remove_key(&u);

@@ -15,7 +15,7 @@ use super::specs::{self, SpecKind};
 use super::tags::with_request_tags;
 use super::validate;
 use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
-use crate::hsm::{HsmError, HsmErrorKind, ObjectId, PairSpec};
+use crate::hsm::{Hsm, HsmError, HsmErrorKind, ObjectId, PairSpec, WrappedBlob};
 use crate::identity::Caller;
 use crate::policy::Policy;
 use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
@@ -671,28 +671,18 @@ impl Kms {
             .map_err(|_| KmsError::Internal(format!("key id '{key_id}' is not a UUID")))?;
         let object = ObjectId::new(*uuid.as_bytes(), 1);
         let hsm = self.device_of_record(&record)?;
-        let generated = match kind {
-            // A custom key store's key is labelled with its ARN, as AWS labels the keys it
-            // makes in a CloudHSM cluster.
-            SpecKind::Symmetric if record.custom_key_store_id.is_some() => {
-                let arn = self.key_arn(&record.account, &key_id);
-                hsm.generate_labelled_aes_key(object, arn).await
+        let generated = self.generate_version(&hsm, &record, kind, object).await;
+        let blob = match generated {
+            Ok(blob) => blob,
+            Err(e) => {
+                // Nothing usable exists: remove the row so no partial change remains. If the
+                // device created an object anyway, `check` reports it as an orphan.
+                if let Err(se) = self.store.delete_key(&key_id).await {
+                    tracing::error!(key_id, error = %se, "could not roll back a failed CreateKey row");
+                }
+                return Err(creation_error(&record.key_spec, kind, e));
             }
-            SpecKind::Symmetric => hsm.generate_aes_key(object).await,
-            SpecKind::Pair(p) => {
-                hsm.generate_key_pair(object, p, specs::pair_usage(&record.key_usage))
-                    .await
-            }
-            SpecKind::Hmac(a) => hsm.generate_hmac_key(object, a).await,
         };
-        if let Err(e) = generated {
-            // Nothing usable exists: remove the row so no partial change remains. If the
-            // device created an object anyway, `check` reports it as an orphan.
-            if let Err(se) = self.store.delete_key(&key_id).await {
-                tracing::error!(key_id, error = %se, "could not roll back a failed CreateKey row");
-            }
-            return Err(creation_error(&record.key_spec, kind, e));
-        }
         if self.hooks.interrupt_create() == InterruptCreate::AfterHsmObject {
             return Err(KmsError::Internal(
                 "CreateKey interrupted by a test hook after the HSM object".into(),
@@ -703,11 +693,47 @@ impl Kms {
             key_id: key_id.clone(),
             version: 1,
             created_at_ms: record.created_at_ms,
-            wrapped: None,
+            wrapped: blob.as_deref().map(super::residency::stored),
         };
         self.store.add_version_and_update(&version, &record).await?;
         record.row_version += 1; // the store raised it (compare-and-set)
+        if let Some(blob) = blob {
+            self.blobs.put(object, blob);
+        }
         Ok(self.cache_put(self.new_cached(record, vec![1], tags, compiled)?))
+    }
+
+    /// Makes version `object`'s key material on `hsm`: a token object, or in wrapped
+    /// residency (symmetric and HMAC keys of the default store) a blob wrapped on the device
+    /// under its master key, which the caller stores with the version.
+    async fn generate_version(
+        &self,
+        hsm: &Hsm,
+        record: &KeyRecord,
+        kind: SpecKind,
+        object: ObjectId,
+    ) -> Result<Option<Arc<WrappedBlob>>, HsmError> {
+        let wrapped = self.wraps_new_keys(record);
+        let made = match kind {
+            SpecKind::Symmetric if wrapped => hsm.generate_wrapped_aes(object).await?,
+            SpecKind::Hmac(a) if wrapped => hsm.generate_wrapped_hmac(object, a).await?,
+            // A custom key store's key is labelled with its ARN, as AWS labels the keys it
+            // makes in a CloudHSM cluster.
+            SpecKind::Symmetric if record.custom_key_store_id.is_some() => {
+                let arn = self.key_arn(&record.account, &record.key_id);
+                return hsm
+                    .generate_labelled_aes_key(object, arn)
+                    .await
+                    .map(|()| None);
+            }
+            SpecKind::Symmetric => return hsm.generate_aes_key(object).await.map(|()| None),
+            SpecKind::Pair(p) => {
+                let usage = specs::pair_usage(&record.key_usage);
+                return hsm.generate_key_pair(object, p, usage).await.map(|()| None);
+            }
+            SpecKind::Hmac(a) => return hsm.generate_hmac_key(object, a).await.map(|()| None),
+        };
+        Ok(Some(Arc::new(made)))
     }
 
     /// DescribeKey: metadata of a key named by id, ARN, alias name or alias ARN.
@@ -814,6 +840,10 @@ impl Kms {
         if let Err(e) = device.drop_session_copies(key.uuid).await {
             let key_id = &key.record.key_id;
             tracing::warn!(key_id, error = %e, "could not destroy the session copies of a key");
+        }
+        if let Err(e) = device.evict_wrapped(key.uuid).await {
+            let key_id = &key.record.key_id;
+            tracing::warn!(key_id, error = %e, "could not destroy the unwrapped copies of a key");
         }
     }
 

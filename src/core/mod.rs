@@ -40,6 +40,7 @@ pub mod operation;
 pub mod policies;
 pub mod reconcile;
 pub mod record;
+pub mod residency;
 pub mod rotation;
 pub mod service;
 pub mod session_vault;
@@ -84,6 +85,8 @@ pub struct KmsSettings {
     pub creating_grace_ms: i64,
     /// How long the XKS door reuses a GetHealthStatus check (`[xks] health_cache_ms`).
     pub xks_health_cache_ms: u64,
+    /// Where the default key store's new key material lives (`[hsm] residency`).
+    pub residency: residency::Residency,
 }
 
 /// Where a test may interrupt CreateKey between its two phases.
@@ -325,6 +328,8 @@ pub struct Kms {
     /// Compiled key policies by text, shared by every key with the same policy (mostly the
     /// default one): 100,000 keys hold one compiled copy, not 100,000.
     policies: std::sync::Mutex<HashMap<Arc<str>, std::sync::Weak<Policy>>>,
+    /// The blobs of wrapped key versions ([`residency`]): the default device's blob source.
+    blobs: Arc<residency::Blobs>,
 }
 
 impl std::fmt::Debug for Kms {
@@ -368,7 +373,12 @@ impl Kms {
             stranded: std::sync::Mutex::new(BTreeMap::new()),
             loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
             policies: std::sync::Mutex::new(HashMap::new()),
+            blobs: Arc::new(residency::Blobs::default()),
         };
+        kms.hsm.set_blob_source(kms.blobs.clone());
+        if kms.settings.residency == residency::Residency::Wrapped {
+            residency::start_wrapped(&kms.hsm).await?;
+        }
         // Read before the load: a change committed during it is applied again by the
         // follower, never missed.
         let seq = kms.store.last_change_seq().await?;
@@ -507,6 +517,14 @@ impl Kms {
         }
     }
 
+    /// Whether new key material of `record` is wrapped rather than a token object: keys of
+    /// the default store when `[hsm] residency = "wrapped"` (custom key stores and the inner
+    /// keys of external stores stay token objects).
+    pub(crate) fn wraps_new_keys(&self, record: &KeyRecord) -> bool {
+        self.settings.residency == residency::Residency::Wrapped
+            && record.custom_key_store_id.is_none()
+    }
+
     /// The device of the caller's custom key store `id`: CustomKeyStoreNotFoundException if
     /// the account has none so named, CustomKeyStoreInvalidStateException unless `CONNECTED`.
     pub(crate) fn connected_store(&self, caller: &Caller, id: &str) -> Result<Arc<Hsm>, KmsError> {
@@ -593,6 +611,7 @@ impl Kms {
         })?;
         let (text, policy) = self.shared_policy(&b.key.key_id, &b.key.policy);
         b.key.policy = text;
+        self.blobs.put_versions(*uuid.as_bytes(), &b.versions);
         Ok(CachedKey {
             arn: self.key_arn(&b.key.account, &b.key.key_id),
             uuid: *uuid.as_bytes(),

@@ -144,8 +144,12 @@ impl Kms {
                     report.interrupted_rotations.push((
                         b.key.key_id.clone(),
                         v.version,
-                        on_token.contains(&(uuid, v.version)),
+                        v.wrapped.is_some() || on_token.contains(&(uuid, v.version)),
                     ));
+                    continue;
+                }
+                // A wrapped version's material is its blob (`check --blobs` unwraps them).
+                if v.wrapped.is_some() {
                     continue;
                 }
                 // Imported material that expired or was deleted is absent by design.
@@ -177,6 +181,8 @@ impl Kms {
                 !o.label
                     .starts_with(crate::hsm::signing::AUDIT_KEY_LABEL_PREFIX)
             })
+            // Master and bind keys of wrapped residency.
+            .filter(|o| !crate::hsm::wrapped::is_master_object(&o.id))
             .filter(|o| split_id(&o.id).is_none_or(|k| !accounted.contains(&k)))
             .collect();
         Ok(report)

@@ -16,7 +16,7 @@ use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, InterruptCreate, Kms, KmsError, Resolved};
-use crate::hsm::ObjectId;
+use crate::hsm::{ObjectId, WrappedBlob};
 use crate::identity::Caller;
 use crate::store::{KeyLifecycle, KeyState, KeyVersion, RotationEntry};
 
@@ -501,13 +501,15 @@ impl Kms {
         rotation_type: &str,
         check: impl Fn(&CachedKey, &KeyLifecycle) -> Result<(), KmsError>,
     ) -> Result<Arc<CachedKey>, KmsError> {
-        let (object, leftover) = self.begin_rotate(key_id, check).await?;
+        let made = self.pre_wrap_rotation(key_id).await?;
+        let (object, leftover) = self.begin_rotate(key_id, check, made).await?;
         if self.hooks.interrupt_rotation() == InterruptCreate::AfterMetadataRow {
             return Err(KmsError::Internal(
                 "rotation interrupted by a test hook after the version row".into(),
             ));
         }
-        let present = leftover && self.hsm.exists(object).await?;
+        let present =
+            self.blobs.get(object).is_some() || (leftover && self.hsm.exists(object).await?);
         if !present {
             if let Err(e) = self.hsm.generate_aes_key(object).await {
                 if !leftover {
@@ -525,12 +527,34 @@ impl Kms {
             .await
     }
 
+    /// In wrapped residency, the next version's key material, made before phase one: a blob
+    /// leaves no token object behind, so it is stored with the version row in one step.
+    /// `None` in token residency, and when an interrupted rotation is to be completed.
+    async fn pre_wrap_rotation(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<(u32, Arc<WrappedBlob>)>, KmsError> {
+        let key = self.current_key(key_id)?;
+        let current = key.record.current_version;
+        if !self.wraps_new_keys(&key.record) || key.versions.iter().any(|v| *v > current) {
+            return Ok(None);
+        }
+        let Some(version) = current.checked_add(1) else {
+            return Ok(None); // begin_rotate answers LimitExceeded
+        };
+        let object = ObjectId::new(key.uuid, version);
+        let blob = self.hsm.generate_wrapped_aes(object).await?;
+        Ok(Some((version, Arc::new(blob))))
+    }
+
     /// Phase one of a rotation, under the key's lock: the new version's row (the key keeps
-    /// encrypting under its current version), or the leftover version of an interrupted one.
+    /// encrypting under its current version), with its blob when `made` (wrapped residency),
+    /// or the leftover version of an interrupted one.
     async fn begin_rotate(
         &self,
         key_id: &str,
         check: impl Fn(&CachedKey, &KeyLifecycle) -> Result<(), KmsError>,
+        made: Option<(u32, Arc<WrappedBlob>)>,
     ) -> Result<(ObjectId, bool), KmsError> {
         let _guard = self.key_locks.key(key_id).await;
         let key = self.current_key(key_id)?;
@@ -551,22 +575,36 @@ impl Kms {
                 KmsError::LimitExceeded(format!("{} has no version number left.", key.arn))
             })?
         };
+        let object = ObjectId::new(key.uuid, version);
+        let blob = match made {
+            Some((v, blob)) if v == version => Some(blob),
+            Some(_) => {
+                return Err(KmsError::Conflict(format!(
+                    "{} was rotated meanwhile; try again.",
+                    key.arn
+                )))
+            }
+            None => None,
+        };
         if !leftover {
             self.store
                 .begin_rotation(&KeyVersion {
                     key_id: key_id.to_string(),
                     version,
                     created_at_ms: self.now_ms(),
-                    wrapped: None,
+                    wrapped: blob.as_deref().map(super::residency::stored),
                 })
                 .await?;
+            if let Some(blob) = blob {
+                self.blobs.put(object, blob);
+            }
             // The cache follows the store: the new version is known (not yet current).
             let mut pending = (*key).clone();
             pending.versions.push(version);
             pending.versions.sort_unstable();
             self.cache_put(pending);
         }
-        Ok((ObjectId::new(key.uuid, version), leftover))
+        Ok((object, leftover))
     }
 
     /// Undoes phase one of a rotation whose HSM object could not be made.

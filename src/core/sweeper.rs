@@ -170,7 +170,8 @@ impl Kms {
     }
 
     /// Destroys the HSM object(s) of one version of `key` on its device (both halves of a
-    /// key pair); an object already gone is not an error.
+    /// key pair); an object already gone is not an error. A wrapped version's blob is
+    /// forgotten and its unwrapped copies destroyed (the blob row goes with the key's).
     pub(crate) async fn destroy_version_objects(
         &self,
         key: &CachedKey,
@@ -181,6 +182,12 @@ impl Kms {
             true => self.hsm.clone(),
             false => self.device_of(key)?,
         };
+        if self.blobs.remove(object).is_some() {
+            // A wrapped version has no token object: its blob goes with the row, and every
+            // worker's unwrapped copy goes now.
+            device.evict_wrapped(object.key_id()).await?;
+            return Ok(());
+        }
         let destroyed = if pair {
             device.destroy_key_pair(object).await
         } else {

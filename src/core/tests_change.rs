@@ -50,6 +50,7 @@ async fn engine(data: &Path) -> (Arc<Kms>, Caller) {
         region: "us-east-1".into(),
         creating_grace_ms: 60_000,
         xks_health_cache_ms: 1_000,
+        residency: super::residency::Residency::Token,
     };
     let kms = Kms::open(
         settings,

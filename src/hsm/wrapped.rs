@@ -112,6 +112,12 @@ impl fmt::Display for MasterVersion {
     }
 }
 
+/// Whether `id` is the `CKA_ID` of a master or bind key (for reconciliation: they belong to
+/// no key version).
+pub fn is_master_object(id: &[u8]) -> bool {
+    id.len() == 20 && (id.starts_with(MASTER_ID_PREFIX) || id.starts_with(BIND_ID_PREFIX))
+}
+
 fn id_with(prefix: &[u8; 16], v: u32) -> [u8; 20] {
     let mut id = [0u8; 20];
     id[..16].copy_from_slice(prefix);

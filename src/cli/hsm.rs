@@ -1,0 +1,81 @@
+//! `p11kms hsm`: the security officer's ceremonies on the daemon's token.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use p11kms::hsm::{MasterVersion, Pin, TrustOutcome};
+
+/// The environment variable the SO PIN is read from when no file is named.
+const SO_PIN_ENV: &str = "P11KMS_SO_PIN";
+
+/// `p11kms hsm ...`
+#[derive(Subcommand, Debug)]
+pub enum HsmCommand {
+    /// Make the token's master key of wrapped residency trusted (`CKA_TRUSTED`, which only
+    /// the security officer can set), so that key material is wrapped by it and by nothing
+    /// else. Run once per master version, on one machine, before keys are created with
+    /// `[hsm] residency = "wrapped"`; running it again changes nothing. The SO PIN comes from
+    /// --so-pin-file or P11KMS_SO_PIN, never the command line, and is not kept.
+    TrustMaster {
+        /// The daemon's TOML config file (its `[hsm]` names the module, token and user PIN).
+        #[arg(long, env = "P11KMS_CONFIG")]
+        config: PathBuf,
+        /// File holding the security officer's PIN (a trailing newline is ignored).
+        #[arg(long)]
+        so_pin_file: Option<PathBuf>,
+        /// The master key version to trust (`p11kms/master/v<N>`).
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+    },
+}
+
+/// Runs an `hsm` command.
+pub fn run(command: HsmCommand) -> Result<ExitCode, String> {
+    match command {
+        HsmCommand::TrustMaster {
+            config,
+            so_pin_file,
+            version,
+        } => trust_master(&config, so_pin_file.as_deref(), MasterVersion(version)),
+    }
+}
+
+fn trust_master(
+    config: &Path,
+    so_pin_file: Option<&Path>,
+    version: MasterVersion,
+) -> Result<ExitCode, String> {
+    let config = super::daemon::load_config(config)?;
+    let so_pin = read_so_pin(so_pin_file)?;
+    let hsm = config.hsm_config().map_err(|e| e.to_string())?;
+    let outcome =
+        p11kms::hsm::trust_master(&hsm.module, &hsm.token_label, &so_pin, &hsm.pin, version)
+            .map_err(|e| e.to_string())?;
+    let what = match outcome {
+        TrustOutcome::Created => "made, trusted",
+        TrustOutcome::Replaced => "replaced by a trusted one (the untrusted key wrapped nothing)",
+        TrustOutcome::AlreadyTrusted => "already trusted; nothing changed",
+    };
+    println!("master key {}: {what}", version.label());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The SO PIN from the file, else from `P11KMS_SO_PIN`.
+fn read_so_pin(file: Option<&Path>) -> Result<Pin, String> {
+    let raw = match file {
+        Some(path) => zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--so-pin-file {}: {e}", path.display()))?,
+        ),
+        None => zeroize::Zeroizing::new(
+            std::env::var(SO_PIN_ENV)
+                .map_err(|_| format!("no SO PIN: name --so-pin-file or set {SO_PIN_ENV}"))?,
+        ),
+    };
+    let pin = raw.trim_end_matches(['\n', '\r']);
+    if pin.is_empty() {
+        return Err("the SO PIN is empty".into());
+    }
+    Ok(Pin::new(pin))
+}

@@ -1,0 +1,168 @@
+//! Wrapped-key residency in the engine (issue 19): the blobs of wrapped key versions, which
+//! the HSM layer asks for when a worker meets a key it has not unwrapped yet, and the start
+//! of a wrapped-mode device (its master key).
+//!
+//! A device's residency is its configuration's (`[hsm] residency`, `[[hsm.cluster]]
+//! residency`): `token` keeps each key version as a token object, `wrapped` keeps it here,
+//! wrapped on the device under the token's master key and bound to its key id and version.
+//! A key version is wrapped exactly when its stored version row has a blob, so keys made
+//! before a device switched mode keep working. The blobs of every cached key are held in
+//! [`Blobs`], filled wherever the key cache is filled (start-up, a change followed from
+//! another node, creation, rotation, import) and emptied when a version is destroyed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use crate::hsm::{BlobSource, Hsm, MasterState, MasterVersion, ObjectId, WrappedBlob};
+use crate::store::{KeyVersion, StoredBlob};
+
+use super::KmsError;
+
+/// `[hsm] residency`: where a device's key material lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Residency {
+    /// Each key version is an object on the token (the embedded single-node default).
+    #[default]
+    Token,
+    /// Each key version is a blob in the metadata store, wrapped under the token's master
+    /// key: the token holds a handful of objects whatever the number of keys.
+    Wrapped,
+}
+
+/// The blobs of every wrapped key version this node knows, by version.
+#[derive(Default)]
+pub struct Blobs {
+    map: RwLock<BTreeMap<ObjectId, Arc<WrappedBlob>>>,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Blobs({} versions)", self.len())
+    }
+}
+
+impl BlobSource for Blobs {
+    fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
+        self.read().get(&id).cloned()
+    }
+}
+
+impl Blobs {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ObjectId, Arc<WrappedBlob>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ObjectId, Arc<WrappedBlob>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many versions are wrapped.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether no version is wrapped.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Takes in the stored versions of key `uuid`: each blob replaces the one held for its
+    /// version, and a version without a blob (a token object) holds none. A blob whose
+    /// structure is broken is logged and left out: its version then fails on use as a
+    /// missing key would, never as another key.
+    pub(crate) fn put_versions(&self, uuid: [u8; 16], versions: &[KeyVersion]) {
+        let mut map = self.write();
+        for v in versions {
+            let id = ObjectId::new(uuid, v.version);
+            match v
+                .wrapped
+                .as_ref()
+                .map(|b| WrappedBlob::from_bytes(&b.bytes))
+            {
+                None => {
+                    map.remove(&id);
+                }
+                Some(Ok(blob)) => {
+                    map.insert(id, Arc::new(blob));
+                }
+                Some(Err(e)) => {
+                    tracing::error!(object = %id, error = %e, "a stored wrapped blob is malformed; its key version cannot be used");
+                    map.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Holds one version's new blob (creation, rotation, import, rewrap).
+    pub(crate) fn put(&self, id: ObjectId, blob: Arc<WrappedBlob>) {
+        self.write().insert(id, blob);
+    }
+
+    /// The blob of one version, if it is wrapped.
+    pub(crate) fn get(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
+        self.blob(id)
+    }
+
+    /// Forgets one version's blob (the version was destroyed, or moved to the token).
+    pub(crate) fn remove(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
+        self.write().remove(&id)
+    }
+
+    /// Forgets every version of key `uuid` (the key is gone).
+    pub(crate) fn remove_key(&self, uuid: [u8; 16]) {
+        let mut map = self.write();
+        let ids: Vec<ObjectId> = map
+            .range(ObjectId::new(uuid, 0)..=ObjectId::new(uuid, u32::MAX))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            map.remove(&id);
+        }
+    }
+}
+
+/// The stored form of a blob the HSM made.
+pub(crate) fn stored(blob: &WrappedBlob) -> StoredBlob {
+    StoredBlob {
+        master: blob.master().0,
+        bytes: blob.to_bytes(),
+    }
+}
+
+/// Readies a device configured for wrapped residency at start-up: a token without a master
+/// key gets an untrusted `v1` (with its bind key), and the state is logged with what the
+/// security officer must do. Keys can be created once the newest master is trusted.
+pub(crate) async fn start_wrapped(hsm: &Hsm) -> Result<MasterState, KmsError> {
+    let mut state = hsm.master_state().await?;
+    if state == MasterState::Absent {
+        hsm.create_master_untrusted(MasterVersion(1)).await?;
+        state = hsm.master_state().await?;
+    }
+    match state {
+        MasterState::Trusted(v) => {
+            tracing::info!(token = hsm.token_label(), master = %v, "wrapped residency: key material is wrapped under the trusted master key");
+        }
+        MasterState::Untrusted(v) => {
+            tracing::warn!(token = hsm.token_label(), master = %v, "wrapped residency: the master key is not trusted yet; new keys fail until the security officer runs `p11kms hsm trust-master`");
+        }
+        MasterState::Absent => {
+            tracing::error!(
+                token = hsm.token_label(),
+                "wrapped residency: no master key on the token"
+            );
+        }
+    }
+    Ok(state)
+}
+
+impl super::Kms {
+    /// Forgets the blobs of a key that is gone (destroyed on another node) and destroys this
+    /// node's unwrapped copies of it. Best effort: the key is already out of the cache.
+    pub(crate) async fn forget_blobs(&self, uuid: [u8; 16]) {
+        self.blobs.remove_key(uuid);
+        if let Err(e) = self.hsm.evict_wrapped(uuid).await {
+            tracing::warn!(error = %e, "could not destroy the unwrapped copies of a deleted key");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Wrapped-key residency (issue 19) against the real daemon, a real SoftHSM2 token, the real
+//! SQLite store and the gRPC client: the master key made at first start and trusted by the
+//! security officer's ceremony (`p11kms hsm trust-master`, a separate process); keys whose
+//! material lives in the store as blobs while the token's object count stays constant; a
+//! denied request unwraps nothing; rotation; a restart with a cold cache; a blob edited or
+//! moved to another key's row is refused by the device.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use p11kms::pb;
+use p11kms::server::{RunningServer, ServerOptions};
+use p11kms::store::{MetadataStore, SqlStore};
+
+/// The daemon config of `dir` with `[hsm] residency = "wrapped"`.
+fn wrapped_config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let text = config_text(dir).replace("[hsm]\n", "[hsm]\nresidency = \"wrapped\"\n");
+    assert!(text.contains("residency = \"wrapped\""));
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_wrapped(config: &Path) -> RunningServer {
+    let cfg = p11kms::config::Config::load(config).expect("config");
+    p11kms::server::start(&cfg, ServerOptions::default())
+        .await
+        .expect("daemon starts")
+}
+
+/// The token objects (not session objects) on the daemon's token.
+async fn token_objects(server: &RunningServer) -> usize {
+    let all = server.kms.hsm().list_objects().await.unwrap();
+    all.iter().filter(|o| o.token).count()
+}
+
+fn misses(server: &RunningServer) -> u64 {
+    server.kms.hsm().stats().wrapped_cache_misses
+}
+
+/// The security officer's ceremony, as an operator runs it: its own process, the SO PIN from
+/// the environment.
+fn trust_master(config: &Path, so_pin: &str) -> std::process::Output {
+    p11kms_command()
+        .args(["hsm", "trust-master", "--config"])
+        .arg(config)
+        .env("P11KMS_SO_PIN", so_pin)
+        .output()
+        .unwrap()
+}
+
+async fn encrypt(c: &mut Client, key: &str, pt: &[u8]) -> Vec<u8> {
+    encrypt_with(c, key, pt, &[("app", "wrapped")])
+        .await
+        .expect("encrypt")
+}
+
+async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    decrypt_with(c, blob, &[("app", "wrapped")]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
+    let dir = data_dir("wrapped");
+    let config = wrapped_config(&dir);
+    let server = start_wrapped(&config).await;
+    let mut c = admin(server.addr).await;
+
+    // First start: an untrusted master; no key can be made until the ceremony.
+    let r = c.create_key(pb::CreateKeyRequest::default()).await;
+    assert_refused(
+        r,
+        "no trusted master",
+        "KMSInternalException",
+        "trust ceremony",
+    );
+    let listed = c.list_keys(pb::ListKeysRequest::default()).await.reply();
+    assert!(listed.keys.is_empty(), "a refused CreateKey left a key");
+    let wrong = trust_master(&config, "not-the-so-pin");
+    assert!(!wrong.status.success(), "a wrong SO PIN was accepted");
+    let (_, text) = code_and_output(&wrong);
+    assert!(
+        !text.contains("not-the-so-pin"),
+        "the SO PIN was echoed: {text}"
+    );
+    let done = trust_master(&config, SO_PIN);
+    assert_succeeded(&done, "trust-master");
+    let (_, text) = code_and_output(&done);
+    assert!(
+        text.contains("p11kms/master/v1: replaced by a trusted one"),
+        "{text}"
+    );
+    let again = trust_master(&config, SO_PIN);
+    assert!(code_and_output(&again).1.contains("already trusted"));
+
+    // Keys: material in the store, the token's object count unchanged.
+    let objects = token_objects(&server).await;
+    let mut keys = Vec::new();
+    let mut blobs = Vec::new();
+    for i in 0..20u8 {
+        let key = create_key(&mut c).await;
+        blobs.push(encrypt(&mut c, &key, &[i; 32]).await);
+        keys.push(key);
+    }
+    let hmac = c
+        .create_key(key_request("HMAC_256", "GENERATE_VERIFY_MAC"))
+        .await
+        .reply()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let mac = c
+        .generate_mac(pb::GenerateMacRequest {
+            message: b"m".to_vec(),
+            key_id: hmac.clone(),
+            mac_algorithm: "HMAC_SHA_256".into(),
+            grant_tokens: vec![],
+            dry_run: false,
+        })
+        .await
+        .reply()
+        .mac;
+    assert_eq!(mac.len(), 32);
+    assert_eq!(
+        token_objects(&server).await,
+        objects,
+        "a wrapped key made a token object"
+    );
+    for key in keys.iter().chain([&hmac]) {
+        let on_token = key_objects(&server, key).await;
+        assert!(
+            on_token.iter().all(|(_, token)| !token),
+            "{key}: {on_token:?}"
+        );
+    }
+    let store = server.kms.store();
+    let stored = store.get_key(&keys[0]).await.unwrap().unwrap();
+    let blob = stored.versions[0].wrapped.clone().expect("a stored blob");
+    assert_eq!(blob.master, 1);
+    for (i, b) in blobs.iter().enumerate() {
+        assert_eq!(decrypt(&mut c, b).await.unwrap(), vec![i as u8; 32]);
+    }
+
+    // A denied request unwraps nothing.
+    let mut user2 = client_as(server.addr, Some("user2")).await;
+    let before = misses(&server);
+    let r = user2
+        .decrypt(decrypt_request(&blobs[3], &[("app", "wrapped")]))
+        .await;
+    assert_eq!(reason(r), "AccessDeniedException");
+    assert_eq!(
+        misses(&server),
+        before,
+        "a denied request reached the device"
+    );
+
+    // Rotation makes version 2 as a blob; both versions decrypt.
+    c.rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
+        key_id: keys[0].clone(),
+    })
+    .await
+    .reply();
+    let v2 = encrypt(&mut c, &keys[0], b"after rotation").await;
+    let stored = store.get_key(&keys[0]).await.unwrap().unwrap();
+    assert!(
+        stored.versions.iter().all(|v| v.wrapped.is_some()),
+        "{stored:?}"
+    );
+    assert_eq!(token_objects(&server).await, objects);
+    drop((c, user2));
+    server.shutdown().await.unwrap();
+
+    // Edit one blob and move another into a third key's row, with the daemon stopped.
+    let store = SqlStore::open_sqlite(&dir).await.unwrap();
+    let edited = store.get_key(&keys[1]).await.unwrap().unwrap();
+    let old = edited.versions[0].wrapped.clone().unwrap();
+    let mut bad = old.clone();
+    bad.bytes[12] ^= 0x01;
+    store
+        .set_version_blob(&edited.key, 1, Some(&old), Some(&bad))
+        .await
+        .unwrap();
+    let donor = store.get_key(&keys[2]).await.unwrap().unwrap();
+    let victim = store.get_key(&keys[3]).await.unwrap().unwrap();
+    let victim_blob = victim.versions[0].wrapped.clone().unwrap();
+    store
+        .set_version_blob(
+            &victim.key,
+            1,
+            Some(&victim_blob),
+            donor.versions[0].wrapped.as_ref(),
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    // A cold start: every untouched blob is unwrapped again on first use.
+    let server = start_wrapped(&config).await;
+    let mut c = admin(server.addr).await;
+    let cold = misses(&server);
+    assert_eq!(decrypt(&mut c, &v2).await.unwrap(), b"after rotation");
+    assert_eq!(decrypt(&mut c, &blobs[0]).await.unwrap(), vec![0u8; 32]);
+    assert!(misses(&server) >= cold + 2, "the cold cache did not unwrap");
+    for (i, b) in blobs.iter().enumerate().skip(4) {
+        assert_eq!(decrypt(&mut c, b).await.unwrap(), vec![i as u8; 32]);
+    }
+    assert_eq!(
+        decrypt(&mut c, &blobs[2]).await.unwrap(),
+        vec![2u8; 32],
+        "the donor"
+    );
+    let edited = decrypt(&mut c, &blobs[1]).await;
+    assert_refused(edited, "an edited blob", "KMSInternalException", "altered");
+    let moved = decrypt(&mut c, &blobs[3]).await;
+    assert_refused(
+        moved,
+        "a moved blob",
+        "KMSInternalException",
+        "belongs to another key",
+    );
+    let r = encrypt_with(&mut c, &keys[3], b"x", &[]).await;
+    assert_refused(
+        r,
+        "encrypt under a moved blob",
+        "KMSInternalException",
+        "altered",
+    );
+    drop(c);
+    server.shutdown().await.unwrap();
+}
