@@ -1200,6 +1200,17 @@ device_jobs! {
         -> (unwrap::ImportOutcome, Option<WrappedBlob>)
         = |ctx| unwrap::import_material_wrapped(ctx, job);
 
+    /// `p11kms check`: whether `blob`'s tag verifies for `id` and the blob unwraps on the
+    /// device (into a transient session object, destroyed in the same job).
+    submit_retry_safe Shared fn check_wrapped(id: ObjectId, blob: Arc<WrappedBlob>) -> ()
+        = |ctx| wrapped::check_blob(ctx, id, &blob);
+
+    /// Residency migration wrapped -> token: unwrap `blob` (tag checked for `id`) into the
+    /// token object of `id` with the token templates (sensitive, never extractable). The
+    /// reverse does not exist: a token key is never extractable, so it cannot be wrapped.
+    submit Exclusive fn wrapped_to_token(id: ObjectId, blob: Arc<WrappedBlob>) -> ()
+        = |ctx| wrapped::wrapped_to_token(ctx, id, &blob);
+
     /// Master-key rotation: check `blob`'s tag for `id`, unwrap it under its master and wrap
     /// it under `to` (trusted), in one job. The old blob stays valid until its master goes.
     submit_retry_safe Shared fn rewrap(id: ObjectId, blob: Arc<WrappedBlob>, to: MasterVersion)

@@ -60,6 +60,7 @@ use super::mac::MacAlg;
 use super::objects::{ObjectId, Part};
 use super::pool::WorkerCtx;
 use super::template::{Template, Usage};
+use super::unwrap::{HmacSpec, MaterialKind};
 use super::{module, Pin};
 
 /// Default capacity of each worker's cache of unwrapped keys. 4096 per worker (8192 with the
@@ -784,6 +785,16 @@ fn unwrap_verified(
     id: &ObjectId,
     blob: &WrappedBlob,
 ) -> Result<ObjectHandle, HsmError> {
+    unwrap_verified_as(ctx, id, blob, &blob.kind().template(false))
+}
+
+/// [`unwrap_verified`] into an object of `template`.
+fn unwrap_verified_as(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    blob: &WrappedBlob,
+    template: &[Attribute],
+) -> Result<ObjectHandle, HsmError> {
     let v = blob.master();
     let r = with_master(ctx, v, |ctx, m| {
         let message = WrappedBlob::tagged_message(&blob.bytes[..blob.bytes.len() - TAG_LEN], id);
@@ -799,13 +810,12 @@ fn unwrap_verified(
             }
             Err(e) => return Err(ctx.fail(Call::Verify, &e)),
         }
-        let template = blob.kind().template(false);
         ctx.call(Call::UnwrapKey, |s| {
             s.unwrap_key(
                 &Mechanism::AesKeyWrapPad,
                 m.master,
                 blob.wrapped(),
-                &template,
+                template,
             )
         })
     });
@@ -904,6 +914,41 @@ pub(crate) fn rewrap(
     let r = wrap_under(ctx, &id, h, blob.kind(), to);
     destroy_session_objects(ctx, &[h]);
     r
+}
+
+/// `p11kms check`: `blob`'s tag verifies for `id` and it unwraps on the device (into a
+/// transient session object, destroyed at once).
+pub(crate) fn check_blob(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+) -> Result<(), HsmError> {
+    let h = unwrap_verified(ctx, &id, blob)?;
+    destroy_session_objects(ctx, &[h]);
+    Ok(())
+}
+
+/// Residency migration wrapped -> token: unwrap `blob` (checked for `id`) straight into the
+/// token object of key version `id`, with the token templates (sensitive, never extractable).
+/// The blob stays valid; the caller drops it once the object is in place, then evicts.
+pub(crate) fn wrapped_to_token(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+) -> Result<(), HsmError> {
+    super::ops::refuse_known_id(ctx, &id, "C_UnwrapKey")?;
+    let kind = match blob.kind() {
+        BlobKind::Aes256 => MaterialKind::Aes256,
+        BlobKind::Hmac(MacAlg::Sha224) => MaterialKind::Hmac(HmacSpec::Hmac224),
+        BlobKind::Hmac(MacAlg::Sha256) => MaterialKind::Hmac(HmacSpec::Hmac256),
+        BlobKind::Hmac(MacAlg::Sha384) => MaterialKind::Hmac(HmacSpec::Hmac384),
+        BlobKind::Hmac(MacAlg::Sha512) => MaterialKind::Hmac(HmacSpec::Hmac512),
+    };
+    let template = super::unwrap::material_template(kind, &id, true);
+    let h = unwrap_verified_as(ctx, &id, blob, &template)?;
+    ctx.shared.handles.insert(id, h);
+    tracing::debug!(token = %ctx.token(), object = %id, "wrapped key moved to a token object");
+    Ok(())
 }
 
 /// Destroy every cached unwrapped copy of every version of `key_id`, in every worker.

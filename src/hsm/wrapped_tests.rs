@@ -22,6 +22,9 @@ use super::tests::{aad_bytes, aad_with, cfg, new_id, pt, wrapped_tokens, MODULE}
 use super::wrapped::{resolved_handle, BlobKind};
 use super::*;
 
+/// Held by the tests that make or count token objects on the shared token, one at a time.
+static TOKEN_OBJECTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A blob source the tests fill and edit.
 #[derive(Default)]
 struct MapSource(Mutex<HashMap<ObjectId, Arc<WrappedBlob>>>);
@@ -107,13 +110,8 @@ async fn probe_cached(hsm: &Hsm, id: ObjectId) -> CachedProbe {
     .unwrap()
 }
 
-/// Token objects, leaving out import wrapping keys (the import test makes one for a while on
-/// the shared token).
 fn token_objects(objects: &[ObjectInfo]) -> usize {
-    objects
-        .iter()
-        .filter(|o| o.token && !o.label.starts_with(unwrap::WRAPPING_LABEL_PREFIX))
-        .count()
+    objects.iter().filter(|o| o.token).count()
 }
 
 #[tokio::test]
@@ -277,6 +275,7 @@ async fn wrapped_hmac_keys_sign_and_verify_after_a_cold_start() {
 
 #[tokio::test]
 async fn a_thousand_wrapped_keys_add_no_token_object() {
+    let _serial = TOKEN_OBJECTS.lock().await;
     let source = Arc::new(MapSource::default());
     let hsm = open_with(shared_token(), &source, |_| {});
     let before = token_objects(&hsm.list_objects().await.unwrap());
@@ -533,11 +532,65 @@ async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
 
 use super::unwrap_tests::openssl;
 
+/// `p11kms check` and residency migration: a blob is checked on the device, a wrapped key
+/// moves to a token object and old ciphertexts decrypt through the token path. The reverse
+/// cannot exist: the device refuses to make a token key extractable, by copy or by set.
+#[tokio::test]
+async fn blobs_check_and_move_to_the_token_but_token_keys_never_become_extractable() {
+    let _serial = TOKEN_OBJECTS.lock().await;
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let (a, b) = (new_id(), new_id());
+    let blob = Arc::new(hsm.generate_wrapped_aes(a).await.unwrap());
+    source.put(a, (*blob).clone());
+    hsm.check_wrapped(a, blob.clone()).await.unwrap();
+    let e = hsm.check_wrapped(b, blob.clone()).await.unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::BlobRejected);
+    let sealed = hsm
+        .encrypt_gcm(a, pt(b"migrate"), aad_with(b""))
+        .await
+        .unwrap();
+    hsm.wrapped_to_token(a, blob).await.unwrap();
+    assert!(hsm.exists(a).await.unwrap());
+    let attrs = hsm.key_attributes(a).await.unwrap();
+    assert!(attrs.token && attrs.private && attrs.sensitive && !attrs.extractable);
+    // The blob is gone from the store and the copies evicted: the token object serves.
+    source.0.lock().unwrap().remove(&a);
+    hsm.evict_wrapped(a.key_id()).await.unwrap();
+    let out = hsm
+        .decrypt_gcm(
+            a,
+            sealed.iv,
+            sealed.ciphertext_and_tag,
+            aad_bytes(b"", &sealed.iv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.as_slice(), b"migrate");
+    // Token -> wrapped: the never-extractable token key cannot be made extractable.
+    hsm.submit(LockClass::Shared, "test_extractable", move |ctx| {
+        let h = ops::find_part(ctx, &a, objects::Part::Secret)?.expect("token object");
+        let copy = ctx.call(Call::CopyObject, |s| {
+            s.copy_object(h, &[Attribute::Token(false), Attribute::Extractable(true)])
+        });
+        assert!(copy.is_err(), "copy with CKA_EXTRACTABLE true must fail");
+        let set = ctx.call(Call::GetAttributeValue, |s| {
+            s.update_attributes(h, &[Attribute::Extractable(true)])
+        });
+        assert!(set.is_err(), "setting CKA_EXTRACTABLE true must fail");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    hsm.destroy(a).await.unwrap();
+}
+
 /// Imported material (BYOK) in wrapped residency: checked on a session copy, wrapped under the
 /// master on the device, no token object for the key; the blob alone serves it afterwards,
 /// and a re-import with other material is refused.
 #[tokio::test]
 async fn imported_material_is_rewrapped_under_the_master() {
+    let _serial = TOKEN_OBJECTS.lock().await;
     use super::unwrap::{ImportJob, ImportOutcome, MaterialKind, WrappingAlgorithm};
     use super::unwrap::{WrappingKeyId, WrappingKeyOutcome};
     let source = Arc::new(MapSource::default());
