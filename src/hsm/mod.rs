@@ -50,6 +50,11 @@
 //!   with their key and by [`Hsm::drop_session_copies`] (DisableKey,
 //!   ScheduleKeyDeletion), and a device that refuses to copy a key is
 //!   remembered and served from the token object.
+//! - **Wrapped residency** (issue 19, [`wrapped`]): a key version may live outside the
+//!   token as a [`WrappedBlob`] (wrapped under a trusted master key, tagged for its
+//!   [`ObjectId`] on the device). Key resolution asks the worker's LRU of unwrapped session
+//!   objects first, then the installed [`BlobSource`] (verify, unwrap, cache), then the token
+//!   path above; so every operation serves wrapped keys unchanged.
 //! - **AES-256-GCM** with a 128-bit tag and a 12-byte IV drawn from the HSM's
 //!   RNG in the same job. A decrypt failure that may be a tag failure
 //!   (SoftHSM2 answers `CKR_GENERAL_ERROR`) is classified by probing the

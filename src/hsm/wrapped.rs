@@ -995,8 +995,10 @@ pub(crate) fn with_wrapped<T>(
     }
     ctx.shared.wrapped.misses.fetch_add(1, Ordering::Relaxed);
     Some(unwrap_verified(ctx, id, &blob).and_then(|h| {
+        // Cached after the use: with capacity 0 the cache hands `h` straight back to destroy.
+        let answer = f(ctx, h);
         cache(ctx, *id, h);
-        f(ctx, h)
+        answer
     }))
 }
 

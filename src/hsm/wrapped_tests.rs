@@ -337,6 +337,23 @@ async fn a_full_cache_evicts_the_oldest_and_still_serves_it() {
     assert_eq!(s.wrapped_cache_resident, 2);
 }
 
+#[tokio::test]
+async fn a_cache_of_zero_unwraps_on_every_use_and_keeps_nothing() {
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |c| c.wrapped_cache = 0);
+    let id = new_id();
+    source.put(id, hsm.generate_wrapped_aes(id).await.unwrap());
+    for _ in 0..2 {
+        hsm.encrypt_gcm(id, pt(b"x"), aad_with(b"")).await.unwrap();
+    }
+    let s = hsm.stats();
+    assert_eq!((s.wrapped_cache_misses, s.wrapped_cache_hits), (2, 0));
+    assert_eq!(
+        (s.wrapped_cache_resident, s.wrapped_cache_evictions),
+        (0, 3)
+    );
+}
+
 // ---------------------------------------------------------------- ceremony probes
 
 /// A raw R/W session on `label` (the probes below act as the SO or the user directly).
