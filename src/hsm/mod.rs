@@ -129,8 +129,8 @@ pub use module::{init_token, probe_token, TokenProbe};
 pub use oaep::OaepSha256;
 pub use objects::ObjectId;
 pub use wrapped::{
-    trust_master, BlobFormatError, BlobKind, BlobSource, MasterState, MasterVersion, TrustOutcome,
-    WrappedBlob, DEFAULT_WRAPPED_CACHE,
+    trust_master, BlobFormatError, BlobKind, BlobSource, MasterState, MasterVersion, PairFamily,
+    TrustOutcome, WrappedBlob, DEFAULT_WRAPPED_CACHE,
 };
 
 use call::{Call, Counters};
@@ -780,6 +780,46 @@ impl Hsm {
             },
         )
         .await
+    }
+
+    /// Wrapped residency: a CMK key pair whose private half is generated on the device,
+    /// wrapped under the newest trusted master and tagged for `id`; returns the blob and the
+    /// public key as DER SPKI. No token object is made, and the public half is never on the
+    /// token: public-key operations of wrapped pairs are the caller's, from the SPKI. The
+    /// pair is generated in an unlocked job (RSA takes seconds), wrapped in a short shared one.
+    pub async fn generate_wrapped_pair(
+        &self,
+        id: ObjectId,
+        spec: PairSpec,
+        usage: PairUsage,
+    ) -> Result<(WrappedBlob, Vec<u8>), HsmError> {
+        let (pending, _guard) = self.pending_objects();
+        let permit = self.keygen_permit("generate_wrapped_pair").await?;
+        let p = pending.clone();
+        let (spki, kind) = self
+            .submit(LockClass::Unlocked, "generate_wrapped_pair", move |ctx| {
+                let (private, spki, oaep) = asym::generate_wrapped_pair(ctx, spec, usage)?;
+                park(ctx, &p, vec![private]);
+                let kind = BlobKind::Private {
+                    family: wrapped::PairFamily::of(spec),
+                    usage,
+                    raw_oaep: oaep == OaepSha256::RawRsa,
+                };
+                Ok((spki, kind))
+            })
+            .await?;
+        drop(permit);
+        let blob = self
+            .submit(
+                LockClass::Shared,
+                "wrap_pair",
+                move |ctx| match take_parked(&pending)[..] {
+                    [private] => wrapped::wrap_parked(ctx, id, private, kind),
+                    _ => Err(nothing_parked(ctx, "wrap_pair")),
+                },
+            )
+            .await?;
+        Ok((blob, spki))
     }
 
     /// A permit to generate a key pair (see `Hsm::keygen`).

@@ -54,9 +54,11 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
+use super::asym::{Curve, PairSpec, PairUsage};
 use super::call::{Call, Counters};
 use super::error::{is_handle_invalid, HsmError, HsmErrorKind};
 use super::mac::MacAlg;
+use super::oaep::OaepSha256;
 use super::objects::{ObjectId, Part};
 use super::pool::WorkerCtx;
 use super::template::{Template, Usage};
@@ -150,7 +152,54 @@ pub enum BlobKind {
     Aes256,
     /// An HMAC key of this algorithm (sign and verify).
     Hmac(MacAlg),
+    /// The private half of a key pair (PKCS#8 wrapped by the device). The public half is
+    /// never on the token: the caller keeps the SPKI [`super::Hsm::generate_wrapped_pair`]
+    /// returns.
+    Private {
+        /// RSA, EC or Ed25519: the object's key type and mechanisms.
+        family: PairFamily,
+        /// What the private half may do.
+        usage: PairUsage,
+        /// RSA decryption keys also allow raw RSA (the device lacks OAEP-SHA-256).
+        raw_oaep: bool,
+    },
 }
+
+/// The family of a key pair: what its private object's key type and mechanisms depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairFamily {
+    /// RSA (any modulus size).
+    Rsa,
+    /// EC (any curve).
+    Ec,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl PairFamily {
+    /// The family of `spec`.
+    pub fn of(spec: PairSpec) -> PairFamily {
+        match spec {
+            PairSpec::Rsa(_) => PairFamily::Rsa,
+            PairSpec::Ec(_) => PairFamily::Ec,
+            PairSpec::Ed25519 => PairFamily::Ed25519,
+        }
+    }
+
+    /// A spec of this family, for templates (which depend on the family only).
+    fn spec(self) -> PairSpec {
+        match self {
+            PairFamily::Rsa => PairSpec::Rsa(2048),
+            PairFamily::Ec => PairSpec::Ec(Curve::P256),
+            PairFamily::Ed25519 => PairSpec::Ed25519,
+        }
+    }
+}
+
+const FAMILIES: [PairFamily; 3] = [PairFamily::Rsa, PairFamily::Ec, PairFamily::Ed25519];
+const USAGES: [PairUsage; 3] = [PairUsage::Sign, PairUsage::Decrypt, PairUsage::KeyAgreement];
+/// Kind codes of private halves: `0x40 | family << 3 | usage << 1 | raw_oaep`.
+const PRIVATE_KINDS: u8 = 0x40;
 
 impl BlobKind {
     fn code(self) -> u8 {
@@ -160,6 +209,15 @@ impl BlobKind {
             BlobKind::Hmac(MacAlg::Sha256) => 3,
             BlobKind::Hmac(MacAlg::Sha384) => 4,
             BlobKind::Hmac(MacAlg::Sha512) => 5,
+            BlobKind::Private {
+                family,
+                usage,
+                raw_oaep,
+            } => {
+                let f = FAMILIES.iter().position(|x| *x == family).unwrap_or(0) as u8;
+                let u = USAGES.iter().position(|x| *x == usage).unwrap_or(0) as u8;
+                PRIVATE_KINDS | f << 3 | u << 1 | u8::from(raw_oaep)
+            }
         }
     }
 
@@ -170,6 +228,11 @@ impl BlobKind {
             3 => BlobKind::Hmac(MacAlg::Sha256),
             4 => BlobKind::Hmac(MacAlg::Sha384),
             5 => BlobKind::Hmac(MacAlg::Sha512),
+            c if c & 0xc0 == PRIVATE_KINDS => BlobKind::Private {
+                family: *FAMILIES.get(usize::from(c >> 3 & 0x7))?,
+                usage: *USAGES.get(usize::from(c >> 1 & 0x3))?,
+                raw_oaep: c & 1 == 1,
+            },
             _ => return None,
         })
     }
@@ -178,6 +241,18 @@ impl BlobKind {
     /// (an unwrapped key's length comes from the blob).
     pub(crate) fn template(self, value_len: bool) -> Vec<Attribute> {
         let t = match self {
+            BlobKind::Private {
+                family,
+                usage,
+                raw_oaep,
+            } => {
+                let oaep = if raw_oaep {
+                    OaepSha256::RawRsa
+                } else {
+                    OaepSha256::Device
+                };
+                return super::asym::wrapped_private_template(family.spec(), usage, oaep);
+            }
             BlobKind::Aes256 => Template::secret(KeyType::AES)
                 .allow(Usage::Encrypt)
                 .allow(Usage::Decrypt)
@@ -188,22 +263,26 @@ impl BlobKind {
                 .mechanisms(vec![alg.mechanism_type()]),
         };
         let t = match (value_len, self) {
-            (false, _) => t,
             (true, BlobKind::Aes256) => t.value_len(32),
             (true, BlobKind::Hmac(alg)) => t.value_len(alg.mac_len()),
+            _ => t,
         };
         t.wrapped_session().build()
     }
 
     /// The object part operations resolve for a key of this kind.
     fn part(self) -> Part {
-        Part::Secret
+        match self {
+            BlobKind::Private { .. } => Part::Private,
+            _ => Part::Secret,
+        }
     }
 
+    /// The generation mechanism of a secret key of this kind (pairs: `asym`).
     fn generation(self) -> Mechanism<'static> {
         match self {
-            BlobKind::Aes256 => Mechanism::AesKeyGen,
             BlobKind::Hmac(_) => Mechanism::GenericSecretKeyGen,
+            _ => Mechanism::AesKeyGen,
         }
     }
 }
@@ -902,6 +981,20 @@ fn adopt_under(
     }
 }
 
+/// A wrapped key pair's second step: wrap the parked private half `h` (made by
+/// `asym::generate_wrapped_pair` on some worker's session) under the current trusted master
+/// for `id`, and destroy it (it is not this worker's object to cache).
+pub(crate) fn wrap_parked(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    h: ObjectHandle,
+    kind: BlobKind,
+) -> Result<WrappedBlob, HsmError> {
+    let r = current_master(ctx).and_then(|v| wrap_under(ctx, &id, h, kind, v));
+    destroy_session_objects(ctx, &[h]);
+    r
+}
+
 /// Unwrap `blob` (checked for `id`) and wrap it again under master `to`, in one job; the
 /// transient session object is destroyed.
 pub(crate) fn rewrap(
@@ -943,6 +1036,10 @@ pub(crate) fn wrapped_to_token(
         BlobKind::Hmac(MacAlg::Sha256) => MaterialKind::Hmac(HmacSpec::Hmac256),
         BlobKind::Hmac(MacAlg::Sha384) => MaterialKind::Hmac(HmacSpec::Hmac384),
         BlobKind::Hmac(MacAlg::Sha512) => MaterialKind::Hmac(HmacSpec::Hmac512),
+        BlobKind::Private { .. } => {
+            let detail = "a key pair cannot move to the token: its public half is not there";
+            return Err(config_error(ctx, "C_UnwrapKey", detail.into()));
+        }
     };
     let template = super::unwrap::material_template(kind, &id, true);
     let h = unwrap_verified_as(ctx, &id, blob, &template)?;
@@ -1270,6 +1367,19 @@ mod tests {
             let k = BlobKind::Hmac(alg);
             assert_eq!(BlobKind::from_code(k.code()), Some(k));
         }
+        for family in FAMILIES {
+            for usage in USAGES {
+                for raw_oaep in [false, true] {
+                    let k = BlobKind::Private {
+                        family,
+                        usage,
+                        raw_oaep,
+                    };
+                    assert_eq!(BlobKind::from_code(k.code()), Some(k), "{k:?}");
+                }
+            }
+        }
+        assert_eq!(BlobKind::from_code(0x40 | 3 << 3), None, "no fourth family");
         let message = WrappedBlob::tagged_message(&b[..b.len() - TAG_LEN], &id(5, 1));
         assert!(message.starts_with(b"p11kms-wrapped-v1"));
         assert_eq!(&message[17..37], id(5, 1).as_bytes());
