@@ -392,6 +392,42 @@ pub(crate) fn wrapped_private_template(
         .build()
 }
 
+/// The session public object of a wrapped-residency key pair (issue 19), made from the SPKI
+/// the caller keeps: the CMK public template's usages and mechanisms with the key's modulus
+/// and exponent, or curve and point. `None` unless `spki` is an RSA key or an EC key on a
+/// supported curve.
+pub(crate) fn public_template_from_spki(
+    spki: &[u8],
+    usage: PairUsage,
+    oaep: OaepSha256,
+) -> Option<Vec<Attribute>> {
+    const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
+    let (spec, key) = match der::rsa_from_spki(spki) {
+        Some((n, e)) => (
+            PairSpec::Rsa(0),
+            vec![Attribute::Modulus(n), Attribute::PublicExponent(e)],
+        ),
+        None => {
+            let (curve, point) = CURVES.iter().find_map(|c| {
+                der::ec_point_from_spki(spki, c.oid_der(), c.field_len()).map(|p| (*c, p))
+            })?;
+            let params = Attribute::EcParams(curve.oid_der().to_vec());
+            (
+                PairSpec::Ec(curve),
+                vec![params, Attribute::EcPoint(der::octets(&point).to_vec())],
+            )
+        }
+    };
+    let t = Template::public(key_type(spec))
+        .token(false)
+        .private_object(false)
+        .allow_if(Usage::Verify, usage == PairUsage::Sign)
+        .allow_if(Usage::Encrypt, usage == PairUsage::Decrypt)
+        .token_default(&[Usage::VerifyRecover])
+        .mechanisms(allowed(spec, usage, oaep));
+    Some(key.into_iter().fold(t, Template::with).build())
+}
+
 /// A wrapped-residency key pair's first step: the pair generated as session objects (the
 /// private half with [`wrapped_private_template`]), the public half read as SPKI and
 /// destroyed. Returns the private handle, the SPKI and the OAEP variant of its mechanisms.

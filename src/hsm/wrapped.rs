@@ -412,17 +412,27 @@ impl fmt::Debug for WrappedBlob {
 pub trait BlobSource: Send + Sync {
     /// The blob of key version `id`, if it is wrapped.
     fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>>;
+
+    /// The public key (DER SPKI) of wrapped key pair `id`: public-key operations (verify,
+    /// RSA encrypt) run on a session public object made from it. Default: none, and such
+    /// operations of wrapped pairs answer `ObjectNotFound`.
+    fn public_key(&self, _id: ObjectId) -> Option<Arc<Vec<u8>>> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------- the per-worker LRU
 
-/// A least-recently-used map from key version to handle, with a capacity. Generic over the
+/// What a worker caches: the object of one part of one key version.
+type Slot = (ObjectId, Part);
+
+/// A least-recently-used map from (key version, part) to handle, with a capacity. Generic over the
 /// handle type only so that its unit test needs no device.
 pub(crate) struct Lru<H> {
     cap: usize,
     tick: u64,
-    map: HashMap<ObjectId, (H, u64)>,
-    order: BTreeMap<u64, ObjectId>,
+    map: HashMap<Slot, (H, u64)>,
+    order: BTreeMap<u64, Slot>,
     /// The reset epoch of the session whose objects these are.
     pub(crate) epoch: u64,
 }
@@ -440,7 +450,7 @@ impl<H: Copy> Lru<H> {
     }
 
     /// The handle of `id`, marked most recently used.
-    pub(crate) fn get(&mut self, id: &ObjectId) -> Option<H> {
+    pub(crate) fn get(&mut self, id: &Slot) -> Option<H> {
         self.tick += 1;
         let (h, t) = self.map.get_mut(id)?;
         self.order.remove(t);
@@ -451,7 +461,7 @@ impl<H: Copy> Lru<H> {
 
     /// Insert `h` for `id`; returns the handles that left (a previous one for `id`, the least
     /// recently used ones past capacity; `h` itself when the capacity is 0).
-    pub(crate) fn insert(&mut self, id: ObjectId, h: H) -> Vec<H> {
+    pub(crate) fn insert(&mut self, id: Slot, h: H) -> Vec<H> {
         let mut out: Vec<H> = self.remove(&id).into_iter().collect();
         if self.cap == 0 {
             out.push(h);
@@ -470,7 +480,7 @@ impl<H: Copy> Lru<H> {
     }
 
     /// Forget `id`.
-    pub(crate) fn remove(&mut self, id: &ObjectId) -> Option<H> {
+    pub(crate) fn remove(&mut self, id: &Slot) -> Option<H> {
         let (h, t) = self.map.remove(id)?;
         self.order.remove(&t);
         Some(h)
@@ -478,10 +488,10 @@ impl<H: Copy> Lru<H> {
 
     /// Forget every version of key `key_id`.
     pub(crate) fn remove_key(&mut self, key_id: &[u8; 16]) -> Vec<H> {
-        let ids: Vec<ObjectId> = self
+        let ids: Vec<Slot> = self
             .map
             .keys()
-            .filter(|id| &id.key_id() == key_id)
+            .filter(|(id, _)| &id.key_id() == key_id)
             .copied()
             .collect();
         ids.iter().filter_map(|id| self.remove(id)).collect()
@@ -921,7 +931,7 @@ fn destroy_session_objects(ctx: &mut WorkerCtx, handles: &[ObjectHandle]) {
 }
 
 /// Put `h` in this worker's cache for `id`, destroying what it pushes out.
-fn cache(ctx: &mut WorkerCtx, id: ObjectId, h: ObjectHandle) {
+fn cache(ctx: &mut WorkerCtx, id: Slot, h: ObjectHandle) {
     let out = lock(&ctx.wrapped).insert(id, h);
     if !out.is_empty() {
         let n = out.len() as u64;
@@ -971,7 +981,7 @@ fn adopt_under(
 ) -> Result<WrappedBlob, HsmError> {
     match wrap_under(ctx, &id, h, kind, v) {
         Ok(blob) => {
-            cache(ctx, id, h);
+            cache(ctx, (id, kind.part()), h);
             Ok(blob)
         }
         Err(e) => {
@@ -1068,35 +1078,73 @@ pub(crate) fn with_wrapped<T>(
     part: Part,
     f: &mut impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
 ) -> Option<Result<T, HsmError>> {
-    if part == Part::Public {
-        return None;
-    }
-    let hit = lock(&ctx.wrapped).get(id);
+    let slot = (*id, part);
+    let hit = lock(&ctx.wrapped).get(&slot);
     if let Some(h) = hit {
         ctx.shared.wrapped.hits.fetch_add(1, Ordering::Relaxed);
         match f(ctx, h) {
-            // Evicted and destroyed by another worker's job meanwhile: unwrap again.
+            // Evicted and destroyed by another worker's job meanwhile: make it again.
             Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {
-                lock(&ctx.wrapped).remove(id);
+                lock(&ctx.wrapped).remove(&slot);
             }
             other => return Some(other),
         }
     }
-    let blob = ctx.shared.wrapped.source()?.blob(*id)?;
-    if blob.kind().part() != part {
+    let source = ctx.shared.wrapped.source()?;
+    let blob = source.blob(*id)?;
+    let made = if part == Part::Public {
+        let spki = source.public_key(*id)?;
+        public_object(ctx, id, &blob, &spki)
+    } else if blob.kind().part() != part {
         let detail = format!(
             "the blob of {id} holds a {:?}, not a {part:?} key",
             blob.kind()
         );
-        return Some(Err(rejected(ctx, "C_UnwrapKey", detail)));
+        Err(rejected(ctx, "C_UnwrapKey", detail))
+    } else {
+        unwrap_verified(ctx, id, &blob)
+    };
+    if made.is_ok() {
+        ctx.shared.wrapped.misses.fetch_add(1, Ordering::Relaxed);
     }
-    ctx.shared.wrapped.misses.fetch_add(1, Ordering::Relaxed);
-    Some(unwrap_verified(ctx, id, &blob).and_then(|h| {
+    Some(made.and_then(|h| {
         // Cached after the use: with capacity 0 the cache hands `h` straight back to destroy.
         let answer = f(ctx, h);
-        cache(ctx, *id, h);
+        cache(ctx, slot, h);
         answer
     }))
+}
+
+/// The session public object of wrapped pair `id`, made from its SPKI (`C_CreateObject`)
+/// with the usages of the pair's blob kind.
+fn public_object(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    blob: &WrappedBlob,
+    spki: &[u8],
+) -> Result<ObjectHandle, HsmError> {
+    let BlobKind::Private {
+        usage, raw_oaep, ..
+    } = blob.kind()
+    else {
+        let detail = format!("{id} is not a key pair ({:?})", blob.kind());
+        return Err(rejected(ctx, "C_CreateObject", detail));
+    };
+    let oaep = if raw_oaep {
+        OaepSha256::RawRsa
+    } else {
+        OaepSha256::Device
+    };
+    let Some(template) = super::asym::public_template_from_spki(spki, usage, oaep) else {
+        let detail = format!("the stored public key of {id} is not a usable SPKI");
+        return Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_CreateObject",
+            ctx.token(),
+            detail,
+        ));
+    };
+    ctx.call(Call::CreateObject, |s| s.create_object(&template))
 }
 
 /// Reset this worker's cache: its session (and every object in it) is gone.
@@ -1268,31 +1316,38 @@ mod tests {
         ObjectId::new([k; 16], v)
     }
 
+    fn slot(k: u8, v: u32) -> Slot {
+        (id(k, v), Part::Secret)
+    }
+
     #[test]
     fn lru_evicts_the_least_recently_used_and_forgets_keys() {
         let mut lru = Lru::<u64>::new(2, 0);
-        assert!(lru.insert(id(1, 1), 10).is_empty());
-        assert!(lru.insert(id(2, 1), 20).is_empty());
-        assert_eq!(lru.get(&id(1, 1)), Some(10));
+        assert!(lru.insert(slot(1, 1), 10).is_empty());
+        assert!(lru.insert(slot(2, 1), 20).is_empty());
+        assert_eq!(lru.get(&slot(1, 1)), Some(10));
         assert_eq!(
-            lru.insert(id(3, 1), 30),
+            lru.insert(slot(3, 1), 30),
             vec![20],
             "2 was least recently used"
         );
-        assert_eq!(lru.get(&id(2, 1)), None);
+        assert_eq!(lru.get(&slot(2, 1)), None);
         assert_eq!(
-            lru.insert(id(3, 1), 31),
+            lru.insert(slot(3, 1), 31),
             vec![30],
             "a replaced handle leaves"
         );
         assert_eq!(lru.len(), 2);
-        assert!(lru.insert(id(1, 2), 12).contains(&10) || lru.len() == 2);
-        let mut gone = lru.remove_key(&[1; 16]);
+        // Full: the key's second version pushes out the least recently used (1/v1).
+        assert_eq!(lru.insert((id(3, 1), Part::Public), 32), vec![10]);
+        assert_eq!(lru.insert(slot(1, 2), 12), vec![31]);
+        let mut gone = lru.remove_key(&[3; 16]);
         gone.sort();
-        assert!(!gone.is_empty() && gone.iter().all(|h| *h == 10 || *h == 12));
+        assert_eq!(gone, vec![32], "every part of every version of key 3, only");
+        assert_eq!(lru.get(&slot(1, 2)), Some(12));
         let mut none = Lru::<u64>::new(0, 0);
         assert_eq!(
-            none.insert(id(1, 1), 7),
+            none.insert(slot(1, 1), 7),
             vec![7],
             "capacity 0 caches nothing"
         );

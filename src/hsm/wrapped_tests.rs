@@ -27,17 +27,29 @@ static TOKEN_OBJECTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// A blob source the tests fill and edit.
 #[derive(Default)]
-struct MapSource(Mutex<HashMap<ObjectId, Arc<WrappedBlob>>>);
+struct MapSource(
+    Mutex<HashMap<ObjectId, Arc<WrappedBlob>>>,
+    Mutex<HashMap<ObjectId, Arc<Vec<u8>>>>,
+);
 
 impl MapSource {
     fn put(&self, id: ObjectId, blob: WrappedBlob) {
         self.0.lock().unwrap().insert(id, Arc::new(blob));
+    }
+
+    fn put_pair(&self, id: ObjectId, blob: WrappedBlob, spki: Vec<u8>) {
+        self.put(id, blob);
+        self.1.lock().unwrap().insert(id, Arc::new(spki));
     }
 }
 
 impl BlobSource for MapSource {
     fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
         self.0.lock().unwrap().get(&id).cloned()
+    }
+
+    fn public_key(&self, id: ObjectId) -> Option<Arc<Vec<u8>>> {
+        self.1.lock().unwrap().get(&id).cloned()
     }
 }
 
@@ -705,21 +717,27 @@ async fn wrapped_key_pairs_sign_and_decrypt_from_their_blobs() {
         .await
         .unwrap();
     assert!(matches!(blob.kind(), BlobKind::Private { .. }));
-    source.put(ec, blob);
+    source.put_pair(ec, blob, ec_spki.clone());
     let (blob, rsa_spki) = hsm
         .generate_wrapped_pair(rsa, PairSpec::Rsa(2048), PairUsage::Decrypt)
         .await
         .unwrap();
-    source.put(rsa, blob);
+    source.put_pair(rsa, blob, rsa_spki.clone());
     assert_eq!(token_objects(&hsm.list_objects().await.unwrap()), before);
     drop(hsm);
 
     let cold = open_with(shared_token(), &source, |_| {});
     let digest = sha2::Sha256::digest(b"signed message").to_vec();
-    let sig = cold
-        .sign(ec, SignScheme::Ecdsa(Curve::P256), digest)
+    let scheme = SignScheme::Ecdsa(Curve::P256);
+    let sig = cold.sign(ec, scheme, digest.clone()).await.unwrap();
+    // The public half: a session object made from the SPKI verifies on the device.
+    assert!(cold
+        .verify(ec, scheme, digest.clone(), sig.clone())
         .await
-        .unwrap();
+        .unwrap());
+    let mut forged = sig.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert!(!cold.verify(ec, scheme, digest, forged).await.unwrap());
     let point = Hsm::ec_point_from_spki(&ec_spki, Curve::P256).unwrap();
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
         .verify(b"signed message", &sig)
@@ -732,7 +750,16 @@ async fn wrapped_key_pairs_sign_and_decrypt_from_their_blobs() {
         let ct = openssl::pkeyutl_oaep(cmd, &key, "DER", md, b"pair secret");
         let out = cold.rsa_decrypt(rsa, hash, ct).await.unwrap();
         assert_eq!(out.as_slice(), b"pair secret", "{md}");
+        let ct = cold
+            .rsa_encrypt(rsa, hash, pt(b"device encrypt"))
+            .await
+            .unwrap();
+        let out = cold.rsa_decrypt(rsa, hash, ct).await.unwrap();
+        assert_eq!(out.as_slice(), b"device encrypt", "{md}");
     }
+    // Public objects are cached like private ones: each of the four objects is resident on
+    // at least one worker.
+    assert!(cold.stats().wrapped_cache_resident >= 4);
     assert!(cold.stats().wrapped_cache_misses >= 2);
     // Probe: SoftHSM2 2.6 does not wrap EdDSA private keys, so an Ed25519 key cannot be
     // wrapped: refused by the device, and nothing is left behind.
