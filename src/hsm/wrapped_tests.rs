@@ -493,7 +493,7 @@ async fn the_ceremony_makes_a_private_trusted_master_the_so_cannot_see() {
 }
 
 #[tokio::test]
-async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
+async fn rotation_under_load_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
     let t = wrapped_tokens();
     let token = t.rotation.as_str();
     let cer = |v| trust_master(Path::new(MODULE), token, &t.so_pin, &t.user_pin, v);
@@ -516,6 +516,20 @@ async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
     assert_eq!(cer(v2).unwrap(), TrustOutcome::Created);
     let hsm = open_with(token, &source, |_| {});
     assert_eq!(hsm.masters().await.unwrap(), vec![(v1, true), (v2, true)]);
+    // Load on `a` through the whole rotation: every request must succeed.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (hsm, done) = (hsm.clone(), done.clone());
+        load.spawn(async move {
+            let mut served = 0u32;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || served == 0 {
+                hsm.encrypt_gcm(a, pt(b"load"), aad_with(b"")).await?;
+                served += 1;
+            }
+            Ok::<u32, HsmError>(served)
+        });
+    }
     let new_a = hsm.rewrap(a, blob_a.clone(), v2).await.unwrap();
     let new_m = hsm.rewrap(m, blob_m, v2).await.unwrap();
     assert_eq!((new_a.master(), new_m.master()), (v2, v2));
@@ -527,10 +541,18 @@ async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
         hsm.generate_wrapped_aes(new_id()).await.unwrap().master(),
         v2
     );
-    hsm.destroy_master(v1).await.unwrap();
-    assert_eq!(hsm.masters().await.unwrap(), vec![(v2, true)]);
+    // Swap the blobs, drop the copies unwrapped under v1 (the load unwraps v2's), retire v1.
     source.put(a, new_a);
     source.put(m, new_m);
+    hsm.evict_wrapped(a.key_id()).await.unwrap();
+    hsm.destroy_master(v1).await.unwrap();
+    assert_eq!(hsm.masters().await.unwrap(), vec![(v2, true)]);
+    hsm.evict_wrapped(a.key_id()).await.unwrap();
+    hsm.encrypt_gcm(a, pt(b"x"), aad_with(b"")).await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    while let Some(task) = load.join_next().await {
+        assert!(task.unwrap().expect("no failed request during rotation") > 0);
+    }
     drop(hsm);
     let cold = open_with(token, &source, |_| {});
     let out = cold
