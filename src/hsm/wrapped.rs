@@ -893,9 +893,14 @@ fn unwrap_verified_as(
         });
         match verified {
             Ok(()) => {}
-            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+            Err(CkError::Pkcs11(
+                rv @ (RvError::SignatureInvalid | RvError::SignatureLenRange),
+                _,
+            )) => {
                 let detail = format!("the blob's tag does not verify for {id}: not unwrapped");
-                return Err(rejected(ctx, "C_Verify", detail));
+                let mut e = rejected(ctx, "C_Verify", detail);
+                e.rv = Some(super::error::rv_string(rv));
+                return Err(e);
             }
             Err(e) => return Err(ctx.fail(Call::Verify, &e)),
         }

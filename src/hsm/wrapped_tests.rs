@@ -236,6 +236,10 @@ async fn edited_or_moved_blobs_are_refused_and_never_unwrapped() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+    assert!(
+        e.rv_is("CKR_SIGNATURE_INVALID"),
+        "as the device reports it: {e}"
+    );
     // Edited: every single flipped byte.
     let bytes = blob_a.to_bytes();
     for i in 0..bytes.len() {
