@@ -374,6 +374,90 @@ pub(crate) fn destroy_quietly(ctx: &mut WorkerCtx, handles: &[ObjectHandle], wha
     }
 }
 
+/// The private half of a wrapped-residency key pair (issue 19): the CMK private template's
+/// usages and mechanisms, as a session object extractable only under trusted keys. Its key
+/// type and mechanisms depend on `spec`'s family only (not the size or curve).
+pub(crate) fn wrapped_private_template(
+    spec: PairSpec,
+    usage: PairUsage,
+    oaep: OaepSha256,
+) -> Vec<Attribute> {
+    Template::private(key_type(spec))
+        .allow_if(Usage::Sign, usage == PairUsage::Sign)
+        .allow_if(Usage::Decrypt, usage == PairUsage::Decrypt)
+        .allow_if(Usage::Derive, usage == PairUsage::KeyAgreement)
+        .token_default(&[Usage::SignRecover])
+        .mechanisms(allowed(spec, usage, oaep))
+        .wrapped_session()
+        .build()
+}
+
+/// The session public object of a wrapped-residency key pair (issue 19), made from the SPKI
+/// the caller keeps: the CMK public template's usages and mechanisms with the key's modulus
+/// and exponent, or curve and point. `None` unless `spki` is an RSA key or an EC key on a
+/// supported curve.
+pub(crate) fn public_template_from_spki(
+    spki: &[u8],
+    usage: PairUsage,
+    oaep: OaepSha256,
+) -> Option<Vec<Attribute>> {
+    const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
+    let (spec, key) = match der::rsa_from_spki(spki) {
+        Some((n, e)) => (
+            PairSpec::Rsa(0),
+            vec![Attribute::Modulus(n), Attribute::PublicExponent(e)],
+        ),
+        None => {
+            let (curve, point) = CURVES.iter().find_map(|c| {
+                der::ec_point_from_spki(spki, c.oid_der(), c.field_len()).map(|p| (*c, p))
+            })?;
+            let params = Attribute::EcParams(curve.oid_der().to_vec());
+            (
+                PairSpec::Ec(curve),
+                vec![params, Attribute::EcPoint(der::octets(&point).to_vec())],
+            )
+        }
+    };
+    let t = Template::public(key_type(spec))
+        .token(false)
+        .private_object(false)
+        .allow_if(Usage::Verify, usage == PairUsage::Sign)
+        .allow_if(Usage::Encrypt, usage == PairUsage::Decrypt)
+        .token_default(&[Usage::VerifyRecover])
+        .mechanisms(allowed(spec, usage, oaep));
+    Some(key.into_iter().fold(t, Template::with).build())
+}
+
+/// A wrapped-residency key pair's first step: the pair generated as session objects (the
+/// private half with [`wrapped_private_template`]), the public half read as SPKI and
+/// destroyed. Returns the private handle, the SPKI and the OAEP variant of its mechanisms.
+/// Touches session objects only (an `Unlocked` job).
+pub(crate) fn generate_wrapped_pair(
+    ctx: &mut WorkerCtx,
+    spec: PairSpec,
+    usage: PairUsage,
+) -> Result<(ObjectHandle, Vec<u8>, OaepSha256), HsmError> {
+    let oaep = match (spec, usage) {
+        (PairSpec::Rsa(_), PairUsage::Decrypt) => super::oaep::sha256_support(ctx)?,
+        _ => OaepSha256::Device,
+    };
+    let (mech, public_t, _) = cmk_pair_generation(&ObjectId([0; 20]), spec, usage, oaep);
+    let public_t = as_session_template(public_t);
+    let private_t = wrapped_private_template(spec, usage, oaep);
+    let (public, private) = ctx.call(Call::GenerateKeyPair, |s| {
+        s.generate_key_pair(&mech, &public_t, &private_t)
+    })?;
+    let spki = spki_of(ctx, public, spec);
+    destroy_quietly(ctx, &[public], "wrapped pair's public half");
+    match spki {
+        Ok(spki) => Ok((private, spki, oaep)),
+        Err(e) => {
+            destroy_quietly(ctx, &[private], "wrapped pair's private half");
+            Err(e)
+        }
+    }
+}
+
 /// Generate a CMK key pair as session objects (no token file is written, so this slow step
 /// runs alongside other jobs); [`persist_key_pair`] then copies it to the token.
 pub(crate) fn generate_session_pair(
@@ -687,16 +771,21 @@ pub(crate) fn oaep(h: ShaAlg) -> Mechanism<'static> {
     ))
 }
 
-/// The modulus length in bytes of key pair `id` (from the public object).
+/// The modulus length in bytes of key pair `id` (from the public object; for a wrapped pair,
+/// which has none, from its unwrapped private half).
 fn modulus_len(ctx: &mut WorkerCtx, id: &ObjectId) -> Result<usize, HsmError> {
-    with_part(ctx, id, Part::Public, |ctx, h| {
+    let mut read = |ctx: &mut WorkerCtx, h| {
         let attrs = ctx.call(Call::GetAttributeValue, |s| {
             s.get_attributes(h, &[AttributeType::Modulus])
         })?;
         bytes_of(&attrs, AttributeType::Modulus)
             .map(|n| n.len())
             .ok_or_else(|| bad_input(ctx, "C_GetAttributeValue", "no CKA_MODULUS"))
-    })
+    };
+    if let Some(r) = super::wrapped::with_wrapped(ctx, id, Part::Private, &mut read) {
+        return r;
+    }
+    with_part(ctx, id, Part::Public, read)
 }
 
 /// Whether RSA-OAEP with `hash` runs as raw RSA on the device with the padding done here:

@@ -44,6 +44,7 @@ macro_rules! calls {
 calls! {
     CloseSession => "C_CloseSession",
     CopyObject => "C_CopyObject",
+    CreateObject => "C_CreateObject",
     Decrypt => "C_Decrypt",
     DecryptInit => "C_DecryptInit",
     DeriveKey => "C_DeriveKey",

@@ -117,6 +117,38 @@ pub(crate) fn ec_point_from_spki(
     (unused == 0 && point.len() == 1 + 2 * field_len && point[0] == 0x04).then(|| point.to_vec())
 }
 
+/// The (modulus, exponent) of an RSA `SubjectPublicKeyInfo`, without sign bytes; `None`
+/// unless `spki` is exactly one SEQUENCE of the rsaEncryption algorithm (NULL parameters) and a
+/// BIT STRING holding `RSAPublicKey`.
+pub(crate) fn rsa_from_spki(spki: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (SEQUENCE, body, []) = read_tlv(spki)? else {
+        return None;
+    };
+    let (SEQUENCE, alg, rest) = read_tlv(body)? else {
+        return None;
+    };
+    if alg != [OID_RSA_ENCRYPTION, NULL].concat() {
+        return None;
+    }
+    let (BIT_STRING, key, []) = read_tlv(rest)? else {
+        return None;
+    };
+    let (0, key) = key.split_first()? else {
+        return None;
+    };
+    let (SEQUENCE, ints, []) = read_tlv(key)? else {
+        return None;
+    };
+    let (INTEGER, n, rest) = read_tlv(ints)? else {
+        return None;
+    };
+    let (INTEGER, e, []) = read_tlv(rest)? else {
+        return None;
+    };
+    let magnitude = |v: &[u8]| v.strip_prefix(&[0]).unwrap_or(v).to_vec();
+    Some((magnitude(n), magnitude(e)))
+}
+
 /// DER OID of Ed25519 (1.3.101.112): the algorithm of its SPKI, and its `CKA_EC_PARAMS`.
 pub(crate) const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 

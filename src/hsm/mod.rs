@@ -50,6 +50,11 @@
 //!   with their key and by [`Hsm::drop_session_copies`] (DisableKey,
 //!   ScheduleKeyDeletion), and a device that refuses to copy a key is
 //!   remembered and served from the token object.
+//! - **Wrapped residency** (issue 19, [`wrapped`]): a key version may live outside the
+//!   token as a [`WrappedBlob`] (wrapped under a trusted master key, tagged for its
+//!   [`ObjectId`] on the device). Key resolution asks the worker's LRU of unwrapped session
+//!   objects first, then the installed [`BlobSource`] (verify, unwrap, cache), then the token
+//!   path above; so every operation serves wrapped keys unchanged.
 //! - **AES-256-GCM** with a 128-bit tag and a 12-byte IV drawn from the HSM's
 //!   RNG in the same job. A decrypt failure that may be a tag failure
 //!   (SoftHSM2 answers `CKR_GENERAL_ERROR`) is classified by probing the
@@ -124,8 +129,8 @@ pub use module::{init_token, probe_token, TokenProbe};
 pub use oaep::OaepSha256;
 pub use objects::ObjectId;
 pub use wrapped::{
-    trust_master, BlobFormatError, BlobKind, BlobSource, MasterState, MasterVersion, TrustOutcome,
-    WrappedBlob, DEFAULT_WRAPPED_CACHE,
+    trust_master, BlobFormatError, BlobKind, BlobSource, MasterState, MasterVersion, PairFamily,
+    TrustOutcome, WrappedBlob, DEFAULT_WRAPPED_CACHE,
 };
 
 use call::{Call, Counters};
@@ -777,6 +782,46 @@ impl Hsm {
         .await
     }
 
+    /// Wrapped residency: a CMK key pair whose private half is generated on the device,
+    /// wrapped under the newest trusted master and tagged for `id`; returns the blob and the
+    /// public key as DER SPKI. No token object is made, and the public half is never on the
+    /// token: public-key operations of wrapped pairs are the caller's, from the SPKI. The
+    /// pair is generated in an unlocked job (RSA takes seconds), wrapped in a short shared one.
+    pub async fn generate_wrapped_pair(
+        &self,
+        id: ObjectId,
+        spec: PairSpec,
+        usage: PairUsage,
+    ) -> Result<(WrappedBlob, Vec<u8>), HsmError> {
+        let (pending, _guard) = self.pending_objects();
+        let permit = self.keygen_permit("generate_wrapped_pair").await?;
+        let p = pending.clone();
+        let (spki, kind) = self
+            .submit(LockClass::Unlocked, "generate_wrapped_pair", move |ctx| {
+                let (private, spki, oaep) = asym::generate_wrapped_pair(ctx, spec, usage)?;
+                park(ctx, &p, vec![private]);
+                let kind = BlobKind::Private {
+                    family: wrapped::PairFamily::of(spec),
+                    usage,
+                    raw_oaep: oaep == OaepSha256::RawRsa,
+                };
+                Ok((spki, kind))
+            })
+            .await?;
+        drop(permit);
+        let blob = self
+            .submit(
+                LockClass::Shared,
+                "wrap_pair",
+                move |ctx| match take_parked(&pending)[..] {
+                    [private] => wrapped::wrap_parked(ctx, id, private, kind),
+                    _ => Err(nothing_parked(ctx, "wrap_pair")),
+                },
+            )
+            .await?;
+        Ok((blob, spki))
+    }
+
     /// A permit to generate a key pair (see `Hsm::keygen`).
     async fn keygen_permit(
         &self,
@@ -1205,6 +1250,17 @@ device_jobs! {
     submit Shared fn import_material_wrapped(job: unwrap::ImportJob)
         -> (unwrap::ImportOutcome, Option<WrappedBlob>)
         = |ctx| unwrap::import_material_wrapped(ctx, job);
+
+    /// `p11kms check`: whether `blob`'s tag verifies for `id` and the blob unwraps on the
+    /// device (into a transient session object, destroyed in the same job).
+    submit_retry_safe Shared fn check_wrapped(id: ObjectId, blob: Arc<WrappedBlob>) -> ()
+        = |ctx| wrapped::check_blob(ctx, id, &blob);
+
+    /// Residency migration wrapped -> token: unwrap `blob` (tag checked for `id`) into the
+    /// token object of `id` with the token templates (sensitive, never extractable). The
+    /// reverse does not exist: a token key is never extractable, so it cannot be wrapped.
+    submit Exclusive fn wrapped_to_token(id: ObjectId, blob: Arc<WrappedBlob>) -> ()
+        = |ctx| wrapped::wrapped_to_token(ctx, id, &blob);
 
     /// Master-key rotation: check `blob`'s tag for `id`, unwrap it under its master and wrap
     /// it under `to` (trusted), in one job. The old blob stays valid until its master goes.

@@ -54,12 +54,15 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
+use super::asym::{Curve, PairSpec, PairUsage};
 use super::call::{Call, Counters};
 use super::error::{is_handle_invalid, HsmError, HsmErrorKind};
 use super::mac::MacAlg;
+use super::oaep::OaepSha256;
 use super::objects::{ObjectId, Part};
 use super::pool::WorkerCtx;
 use super::template::{Template, Usage};
+use super::unwrap::{HmacSpec, MaterialKind};
 use super::{module, Pin};
 
 /// Default capacity of each worker's cache of unwrapped keys. 4096 per worker (8192 with the
@@ -155,7 +158,54 @@ pub enum BlobKind {
     Aes256,
     /// An HMAC key of this algorithm (sign and verify).
     Hmac(MacAlg),
+    /// The private half of a key pair (PKCS#8 wrapped by the device). The public half is
+    /// never on the token: the caller keeps the SPKI [`super::Hsm::generate_wrapped_pair`]
+    /// returns.
+    Private {
+        /// RSA, EC or Ed25519: the object's key type and mechanisms.
+        family: PairFamily,
+        /// What the private half may do.
+        usage: PairUsage,
+        /// RSA decryption keys also allow raw RSA (the device lacks OAEP-SHA-256).
+        raw_oaep: bool,
+    },
 }
+
+/// The family of a key pair: what its private object's key type and mechanisms depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairFamily {
+    /// RSA (any modulus size).
+    Rsa,
+    /// EC (any curve).
+    Ec,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl PairFamily {
+    /// The family of `spec`.
+    pub fn of(spec: PairSpec) -> PairFamily {
+        match spec {
+            PairSpec::Rsa(_) => PairFamily::Rsa,
+            PairSpec::Ec(_) => PairFamily::Ec,
+            PairSpec::Ed25519 => PairFamily::Ed25519,
+        }
+    }
+
+    /// A spec of this family, for templates (which depend on the family only).
+    fn spec(self) -> PairSpec {
+        match self {
+            PairFamily::Rsa => PairSpec::Rsa(2048),
+            PairFamily::Ec => PairSpec::Ec(Curve::P256),
+            PairFamily::Ed25519 => PairSpec::Ed25519,
+        }
+    }
+}
+
+const FAMILIES: [PairFamily; 3] = [PairFamily::Rsa, PairFamily::Ec, PairFamily::Ed25519];
+const USAGES: [PairUsage; 3] = [PairUsage::Sign, PairUsage::Decrypt, PairUsage::KeyAgreement];
+/// Kind codes of private halves: `0x40 | family << 3 | usage << 1 | raw_oaep`.
+const PRIVATE_KINDS: u8 = 0x40;
 
 impl BlobKind {
     fn code(self) -> u8 {
@@ -165,6 +215,15 @@ impl BlobKind {
             BlobKind::Hmac(MacAlg::Sha256) => 3,
             BlobKind::Hmac(MacAlg::Sha384) => 4,
             BlobKind::Hmac(MacAlg::Sha512) => 5,
+            BlobKind::Private {
+                family,
+                usage,
+                raw_oaep,
+            } => {
+                let f = FAMILIES.iter().position(|x| *x == family).unwrap_or(0) as u8;
+                let u = USAGES.iter().position(|x| *x == usage).unwrap_or(0) as u8;
+                PRIVATE_KINDS | f << 3 | u << 1 | u8::from(raw_oaep)
+            }
         }
     }
 
@@ -175,6 +234,11 @@ impl BlobKind {
             3 => BlobKind::Hmac(MacAlg::Sha256),
             4 => BlobKind::Hmac(MacAlg::Sha384),
             5 => BlobKind::Hmac(MacAlg::Sha512),
+            c if c & 0xc0 == PRIVATE_KINDS => BlobKind::Private {
+                family: *FAMILIES.get(usize::from(c >> 3 & 0x7))?,
+                usage: *USAGES.get(usize::from(c >> 1 & 0x3))?,
+                raw_oaep: c & 1 == 1,
+            },
             _ => return None,
         })
     }
@@ -183,6 +247,18 @@ impl BlobKind {
     /// (an unwrapped key's length comes from the blob).
     pub(crate) fn template(self, value_len: bool) -> Vec<Attribute> {
         let t = match self {
+            BlobKind::Private {
+                family,
+                usage,
+                raw_oaep,
+            } => {
+                let oaep = if raw_oaep {
+                    OaepSha256::RawRsa
+                } else {
+                    OaepSha256::Device
+                };
+                return super::asym::wrapped_private_template(family.spec(), usage, oaep);
+            }
             BlobKind::Aes256 => Template::secret(KeyType::AES)
                 .allow(Usage::Encrypt)
                 .allow(Usage::Decrypt)
@@ -193,22 +269,26 @@ impl BlobKind {
                 .mechanisms(vec![alg.mechanism_type()]),
         };
         let t = match (value_len, self) {
-            (false, _) => t,
             (true, BlobKind::Aes256) => t.value_len(32),
             (true, BlobKind::Hmac(alg)) => t.value_len(alg.mac_len()),
+            _ => t,
         };
         t.wrapped_session().build()
     }
 
     /// The object part operations resolve for a key of this kind.
     fn part(self) -> Part {
-        Part::Secret
+        match self {
+            BlobKind::Private { .. } => Part::Private,
+            _ => Part::Secret,
+        }
     }
 
+    /// The generation mechanism of a secret key of this kind (pairs: `asym`).
     fn generation(self) -> Mechanism<'static> {
         match self {
-            BlobKind::Aes256 => Mechanism::AesKeyGen,
             BlobKind::Hmac(_) => Mechanism::GenericSecretKeyGen,
+            _ => Mechanism::AesKeyGen,
         }
     }
 }
@@ -338,17 +418,27 @@ impl fmt::Debug for WrappedBlob {
 pub trait BlobSource: Send + Sync {
     /// The blob of key version `id`, if it is wrapped.
     fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>>;
+
+    /// The public key (DER SPKI) of wrapped key pair `id`: public-key operations (verify,
+    /// RSA encrypt) run on a session public object made from it. Default: none, and such
+    /// operations of wrapped pairs answer `ObjectNotFound`.
+    fn public_key(&self, _id: ObjectId) -> Option<Arc<Vec<u8>>> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------- the per-worker LRU
 
-/// A least-recently-used map from key version to handle, with a capacity. Generic over the
+/// What a worker caches: the object of one part of one key version.
+type Slot = (ObjectId, Part);
+
+/// A least-recently-used map from (key version, part) to handle, with a capacity. Generic over the
 /// handle type only so that its unit test needs no device.
 pub(crate) struct Lru<H> {
     cap: usize,
     tick: u64,
-    map: HashMap<ObjectId, (H, u64)>,
-    order: BTreeMap<u64, ObjectId>,
+    map: HashMap<Slot, (H, u64)>,
+    order: BTreeMap<u64, Slot>,
     /// The reset epoch of the session whose objects these are.
     pub(crate) epoch: u64,
 }
@@ -366,7 +456,7 @@ impl<H: Copy> Lru<H> {
     }
 
     /// The handle of `id`, marked most recently used.
-    pub(crate) fn get(&mut self, id: &ObjectId) -> Option<H> {
+    pub(crate) fn get(&mut self, id: &Slot) -> Option<H> {
         self.tick += 1;
         let (h, t) = self.map.get_mut(id)?;
         self.order.remove(t);
@@ -377,7 +467,7 @@ impl<H: Copy> Lru<H> {
 
     /// Insert `h` for `id`; returns the handles that left (a previous one for `id`, the least
     /// recently used ones past capacity; `h` itself when the capacity is 0).
-    pub(crate) fn insert(&mut self, id: ObjectId, h: H) -> Vec<H> {
+    pub(crate) fn insert(&mut self, id: Slot, h: H) -> Vec<H> {
         let mut out: Vec<H> = self.remove(&id).into_iter().collect();
         if self.cap == 0 {
             out.push(h);
@@ -396,7 +486,7 @@ impl<H: Copy> Lru<H> {
     }
 
     /// Forget `id`.
-    pub(crate) fn remove(&mut self, id: &ObjectId) -> Option<H> {
+    pub(crate) fn remove(&mut self, id: &Slot) -> Option<H> {
         let (h, t) = self.map.remove(id)?;
         self.order.remove(&t);
         Some(h)
@@ -404,10 +494,10 @@ impl<H: Copy> Lru<H> {
 
     /// Forget every version of key `key_id`.
     pub(crate) fn remove_key(&mut self, key_id: &[u8; 16]) -> Vec<H> {
-        let ids: Vec<ObjectId> = self
+        let ids: Vec<Slot> = self
             .map
             .keys()
-            .filter(|id| &id.key_id() == key_id)
+            .filter(|(id, _)| &id.key_id() == key_id)
             .copied()
             .collect();
         ids.iter().filter_map(|id| self.remove(id)).collect()
@@ -790,6 +880,16 @@ fn unwrap_verified(
     id: &ObjectId,
     blob: &WrappedBlob,
 ) -> Result<ObjectHandle, HsmError> {
+    unwrap_verified_as(ctx, id, blob, &blob.kind().template(false))
+}
+
+/// [`unwrap_verified`] into an object of `template`.
+fn unwrap_verified_as(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    blob: &WrappedBlob,
+    template: &[Attribute],
+) -> Result<ObjectHandle, HsmError> {
     let v = blob.master();
     let r = with_master(ctx, v, |ctx, m| {
         let message = WrappedBlob::tagged_message(&blob.bytes[..blob.bytes.len() - TAG_LEN], id);
@@ -799,19 +899,23 @@ fn unwrap_verified(
         });
         match verified {
             Ok(()) => {}
-            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+            Err(CkError::Pkcs11(
+                rv @ (RvError::SignatureInvalid | RvError::SignatureLenRange),
+                _,
+            )) => {
                 let detail = format!("the blob's tag does not verify for {id}: not unwrapped");
-                return Err(rejected(ctx, "C_Verify", detail));
+                let mut e = rejected(ctx, "C_Verify", detail);
+                e.rv = Some(super::error::rv_string(rv));
+                return Err(e);
             }
             Err(e) => return Err(ctx.fail(Call::Verify, &e)),
         }
-        let template = blob.kind().template(false);
         ctx.call(Call::UnwrapKey, |s| {
             s.unwrap_key(
                 &Mechanism::AesKeyWrapPad,
                 m.master,
                 blob.wrapped(),
-                &template,
+                template,
             )
         })
     });
@@ -838,7 +942,7 @@ fn destroy_session_objects(ctx: &mut WorkerCtx, handles: &[ObjectHandle]) {
 }
 
 /// Put `h` in this worker's cache for `id`, destroying what it pushes out.
-fn cache(ctx: &mut WorkerCtx, id: ObjectId, h: ObjectHandle) {
+fn cache(ctx: &mut WorkerCtx, id: Slot, h: ObjectHandle) {
     let out = lock(&ctx.wrapped).insert(id, h);
     if !out.is_empty() {
         let n = out.len() as u64;
@@ -888,7 +992,7 @@ fn adopt_under(
 ) -> Result<WrappedBlob, HsmError> {
     match wrap_under(ctx, &id, h, kind, v) {
         Ok(blob) => {
-            cache(ctx, id, h);
+            cache(ctx, (id, kind.part()), h);
             Ok(blob)
         }
         Err(e) => {
@@ -896,6 +1000,20 @@ fn adopt_under(
             Err(e)
         }
     }
+}
+
+/// A wrapped key pair's second step: wrap the parked private half `h` (made by
+/// `asym::generate_wrapped_pair` on some worker's session) under the current trusted master
+/// for `id`, and destroy it (it is not this worker's object to cache).
+pub(crate) fn wrap_parked(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    h: ObjectHandle,
+    kind: BlobKind,
+) -> Result<WrappedBlob, HsmError> {
+    let r = current_master(ctx).and_then(|v| wrap_under(ctx, &id, h, kind, v));
+    destroy_session_objects(ctx, &[h]);
+    r
 }
 
 /// Unwrap `blob` (checked for `id`) and wrap it again under master `to`, in one job; the
@@ -910,6 +1028,45 @@ pub(crate) fn rewrap(
     let r = wrap_under(ctx, &id, h, blob.kind(), to);
     destroy_session_objects(ctx, &[h]);
     r
+}
+
+/// `p11kms check`: `blob`'s tag verifies for `id` and it unwraps on the device (into a
+/// transient session object, destroyed at once).
+pub(crate) fn check_blob(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+) -> Result<(), HsmError> {
+    let h = unwrap_verified(ctx, &id, blob)?;
+    destroy_session_objects(ctx, &[h]);
+    Ok(())
+}
+
+/// Residency migration wrapped -> token: unwrap `blob` (checked for `id`) straight into the
+/// token object of key version `id`, with the token templates (sensitive, never extractable).
+/// The blob stays valid; the caller drops it once the object is in place, then evicts.
+pub(crate) fn wrapped_to_token(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+) -> Result<(), HsmError> {
+    super::ops::refuse_known_id(ctx, &id, "C_UnwrapKey")?;
+    let kind = match blob.kind() {
+        BlobKind::Aes256 => MaterialKind::Aes256,
+        BlobKind::Hmac(MacAlg::Sha224) => MaterialKind::Hmac(HmacSpec::Hmac224),
+        BlobKind::Hmac(MacAlg::Sha256) => MaterialKind::Hmac(HmacSpec::Hmac256),
+        BlobKind::Hmac(MacAlg::Sha384) => MaterialKind::Hmac(HmacSpec::Hmac384),
+        BlobKind::Hmac(MacAlg::Sha512) => MaterialKind::Hmac(HmacSpec::Hmac512),
+        BlobKind::Private { .. } => {
+            let detail = "a key pair cannot move to the token: its public half is not there";
+            return Err(config_error(ctx, "C_UnwrapKey", detail.into()));
+        }
+    };
+    let template = super::unwrap::material_template(kind, &id, true);
+    let h = unwrap_verified_as(ctx, &id, blob, &template)?;
+    ctx.shared.handles.insert(id, h);
+    tracing::debug!(token = %ctx.token(), object = %id, "wrapped key moved to a token object");
+    Ok(())
 }
 
 /// Destroy every cached unwrapped copy of every version of `key_id`, in every worker.
@@ -932,33 +1089,73 @@ pub(crate) fn with_wrapped<T>(
     part: Part,
     f: &mut impl FnMut(&mut WorkerCtx, ObjectHandle) -> Result<T, HsmError>,
 ) -> Option<Result<T, HsmError>> {
-    if part == Part::Public {
-        return None;
-    }
-    let hit = lock(&ctx.wrapped).get(id);
+    let slot = (*id, part);
+    let hit = lock(&ctx.wrapped).get(&slot);
     if let Some(h) = hit {
         ctx.shared.wrapped.hits.fetch_add(1, Ordering::Relaxed);
         match f(ctx, h) {
-            // Evicted and destroyed by another worker's job meanwhile: unwrap again.
+            // Evicted and destroyed by another worker's job meanwhile: make it again.
             Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {
-                lock(&ctx.wrapped).remove(id);
+                lock(&ctx.wrapped).remove(&slot);
             }
             other => return Some(other),
         }
     }
-    let blob = ctx.shared.wrapped.source()?.blob(*id)?;
-    if blob.kind().part() != part {
+    let source = ctx.shared.wrapped.source()?;
+    let blob = source.blob(*id)?;
+    let made = if part == Part::Public {
+        let spki = source.public_key(*id)?;
+        public_object(ctx, id, &blob, &spki)
+    } else if blob.kind().part() != part {
         let detail = format!(
             "the blob of {id} holds a {:?}, not a {part:?} key",
             blob.kind()
         );
-        return Some(Err(rejected(ctx, "C_UnwrapKey", detail)));
+        Err(rejected(ctx, "C_UnwrapKey", detail))
+    } else {
+        unwrap_verified(ctx, id, &blob)
+    };
+    if made.is_ok() {
+        ctx.shared.wrapped.misses.fetch_add(1, Ordering::Relaxed);
     }
-    ctx.shared.wrapped.misses.fetch_add(1, Ordering::Relaxed);
-    Some(unwrap_verified(ctx, id, &blob).and_then(|h| {
-        cache(ctx, *id, h);
-        f(ctx, h)
+    Some(made.and_then(|h| {
+        // Cached after the use: with capacity 0 the cache hands `h` straight back to destroy.
+        let answer = f(ctx, h);
+        cache(ctx, slot, h);
+        answer
     }))
+}
+
+/// The session public object of wrapped pair `id`, made from its SPKI (`C_CreateObject`)
+/// with the usages of the pair's blob kind.
+fn public_object(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    blob: &WrappedBlob,
+    spki: &[u8],
+) -> Result<ObjectHandle, HsmError> {
+    let BlobKind::Private {
+        usage, raw_oaep, ..
+    } = blob.kind()
+    else {
+        let detail = format!("{id} is not a key pair ({:?})", blob.kind());
+        return Err(rejected(ctx, "C_CreateObject", detail));
+    };
+    let oaep = if raw_oaep {
+        OaepSha256::RawRsa
+    } else {
+        OaepSha256::Device
+    };
+    let Some(template) = super::asym::public_template_from_spki(spki, usage, oaep) else {
+        let detail = format!("the stored public key of {id} is not a usable SPKI");
+        return Err(HsmError::new(
+            HsmErrorKind::Other,
+            "C_CreateObject",
+            ctx.token(),
+            detail,
+        ));
+    };
+    ctx.call(Call::CreateObject, |s| s.create_object(&template))
 }
 
 /// Reset this worker's cache: its session (and every object in it) is gone.
@@ -1130,31 +1327,38 @@ mod tests {
         ObjectId::new([k; 16], v)
     }
 
+    fn slot(k: u8, v: u32) -> Slot {
+        (id(k, v), Part::Secret)
+    }
+
     #[test]
     fn lru_evicts_the_least_recently_used_and_forgets_keys() {
         let mut lru = Lru::<u64>::new(2, 0);
-        assert!(lru.insert(id(1, 1), 10).is_empty());
-        assert!(lru.insert(id(2, 1), 20).is_empty());
-        assert_eq!(lru.get(&id(1, 1)), Some(10));
+        assert!(lru.insert(slot(1, 1), 10).is_empty());
+        assert!(lru.insert(slot(2, 1), 20).is_empty());
+        assert_eq!(lru.get(&slot(1, 1)), Some(10));
         assert_eq!(
-            lru.insert(id(3, 1), 30),
+            lru.insert(slot(3, 1), 30),
             vec![20],
             "2 was least recently used"
         );
-        assert_eq!(lru.get(&id(2, 1)), None);
+        assert_eq!(lru.get(&slot(2, 1)), None);
         assert_eq!(
-            lru.insert(id(3, 1), 31),
+            lru.insert(slot(3, 1), 31),
             vec![30],
             "a replaced handle leaves"
         );
         assert_eq!(lru.len(), 2);
-        assert!(lru.insert(id(1, 2), 12).contains(&10) || lru.len() == 2);
-        let mut gone = lru.remove_key(&[1; 16]);
+        // Full: the key's second version pushes out the least recently used (1/v1).
+        assert_eq!(lru.insert((id(3, 1), Part::Public), 32), vec![10]);
+        assert_eq!(lru.insert(slot(1, 2), 12), vec![31]);
+        let mut gone = lru.remove_key(&[3; 16]);
         gone.sort();
-        assert!(!gone.is_empty() && gone.iter().all(|h| *h == 10 || *h == 12));
+        assert_eq!(gone, vec![32], "every part of every version of key 3, only");
+        assert_eq!(lru.get(&slot(1, 2)), Some(12));
         let mut none = Lru::<u64>::new(0, 0);
         assert_eq!(
-            none.insert(id(1, 1), 7),
+            none.insert(slot(1, 1), 7),
             vec![7],
             "capacity 0 caches nothing"
         );
@@ -1229,6 +1433,19 @@ mod tests {
             let k = BlobKind::Hmac(alg);
             assert_eq!(BlobKind::from_code(k.code()), Some(k));
         }
+        for family in FAMILIES {
+            for usage in USAGES {
+                for raw_oaep in [false, true] {
+                    let k = BlobKind::Private {
+                        family,
+                        usage,
+                        raw_oaep,
+                    };
+                    assert_eq!(BlobKind::from_code(k.code()), Some(k), "{k:?}");
+                }
+            }
+        }
+        assert_eq!(BlobKind::from_code(0x40 | 3 << 3), None, "no fourth family");
         let message = WrappedBlob::tagged_message(&b[..b.len() - TAG_LEN], &id(5, 1));
         assert!(message.starts_with(b"p11kms-wrapped-v1"));
         assert_eq!(&message[17..37], id(5, 1).as_bytes());

@@ -22,19 +22,34 @@ use super::tests::{aad_bytes, aad_with, cfg, new_id, pt, wrapped_tokens, MODULE}
 use super::wrapped::{resolved_handle, BlobKind};
 use super::*;
 
+/// Held by the tests that make or count token objects on the shared token, one at a time.
+static TOKEN_OBJECTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A blob source the tests fill and edit.
 #[derive(Default)]
-struct MapSource(Mutex<HashMap<ObjectId, Arc<WrappedBlob>>>);
+struct MapSource(
+    Mutex<HashMap<ObjectId, Arc<WrappedBlob>>>,
+    Mutex<HashMap<ObjectId, Arc<Vec<u8>>>>,
+);
 
 impl MapSource {
     fn put(&self, id: ObjectId, blob: WrappedBlob) {
         self.0.lock().unwrap().insert(id, Arc::new(blob));
+    }
+
+    fn put_pair(&self, id: ObjectId, blob: WrappedBlob, spki: Vec<u8>) {
+        self.put(id, blob);
+        self.1.lock().unwrap().insert(id, Arc::new(spki));
     }
 }
 
 impl BlobSource for MapSource {
     fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
         self.0.lock().unwrap().get(&id).cloned()
+    }
+
+    fn public_key(&self, id: ObjectId) -> Option<Arc<Vec<u8>>> {
+        self.1.lock().unwrap().get(&id).cloned()
     }
 }
 
@@ -107,13 +122,8 @@ async fn probe_cached(hsm: &Hsm, id: ObjectId) -> CachedProbe {
     .unwrap()
 }
 
-/// Token objects, leaving out import wrapping keys (the import test makes one for a while on
-/// the shared token).
 fn token_objects(objects: &[ObjectInfo]) -> usize {
-    objects
-        .iter()
-        .filter(|o| o.token && !o.label.starts_with(unwrap::WRAPPING_LABEL_PREFIX))
-        .count()
+    objects.iter().filter(|o| o.token).count()
 }
 
 #[tokio::test]
@@ -226,6 +236,10 @@ async fn edited_or_moved_blobs_are_refused_and_never_unwrapped() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+    assert!(
+        e.rv_is("CKR_SIGNATURE_INVALID"),
+        "as the device reports it: {e}"
+    );
     // Edited: every single flipped byte.
     let bytes = blob_a.to_bytes();
     for i in 0..bytes.len() {
@@ -277,6 +291,7 @@ async fn wrapped_hmac_keys_sign_and_verify_after_a_cold_start() {
 
 #[tokio::test]
 async fn a_thousand_wrapped_keys_add_no_token_object() {
+    let _serial = TOKEN_OBJECTS.lock().await;
     let source = Arc::new(MapSource::default());
     let hsm = open_with(shared_token(), &source, |_| {});
     let before = token_objects(&hsm.list_objects().await.unwrap());
@@ -336,6 +351,23 @@ async fn a_full_cache_evicts_the_oldest_and_still_serves_it() {
     let s = hsm.stats();
     assert_eq!((s.wrapped_cache_misses, s.wrapped_cache_evictions), (1, 2));
     assert_eq!(s.wrapped_cache_resident, 2);
+}
+
+#[tokio::test]
+async fn a_cache_of_zero_unwraps_on_every_use_and_keeps_nothing() {
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |c| c.wrapped_cache = 0);
+    let id = new_id();
+    source.put(id, hsm.generate_wrapped_aes(id).await.unwrap());
+    for _ in 0..2 {
+        hsm.encrypt_gcm(id, pt(b"x"), aad_with(b"")).await.unwrap();
+    }
+    let s = hsm.stats();
+    assert_eq!((s.wrapped_cache_misses, s.wrapped_cache_hits), (2, 0));
+    assert_eq!(
+        (s.wrapped_cache_resident, s.wrapped_cache_evictions),
+        (0, 3)
+    );
 }
 
 // ---------------------------------------------------------------- ceremony probes
@@ -465,7 +497,7 @@ async fn the_ceremony_makes_a_private_trusted_master_the_so_cannot_see() {
 }
 
 #[tokio::test]
-async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
+async fn rotation_under_load_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
     let t = wrapped_tokens();
     let token = t.rotation.as_str();
     let cer = |v| trust_master(Path::new(MODULE), token, &t.so_pin, &t.user_pin, v);
@@ -488,6 +520,20 @@ async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
     assert_eq!(cer(v2).unwrap(), TrustOutcome::Created);
     let hsm = open_with(token, &source, |_| {});
     assert_eq!(hsm.masters().await.unwrap(), vec![(v1, true), (v2, true)]);
+    // Load on `a` through the whole rotation: every request must succeed.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (hsm, done) = (hsm.clone(), done.clone());
+        load.spawn(async move {
+            let mut served = 0u32;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || served == 0 {
+                hsm.encrypt_gcm(a, pt(b"load"), aad_with(b"")).await?;
+                served += 1;
+            }
+            Ok::<u32, HsmError>(served)
+        });
+    }
     let new_a = hsm.rewrap(a, blob_a.clone(), v2).await.unwrap();
     let new_m = hsm.rewrap(m, blob_m, v2).await.unwrap();
     assert_eq!((new_a.master(), new_m.master()), (v2, v2));
@@ -499,10 +545,18 @@ async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
         hsm.generate_wrapped_aes(new_id()).await.unwrap().master(),
         v2
     );
-    hsm.destroy_master(v1).await.unwrap();
-    assert_eq!(hsm.masters().await.unwrap(), vec![(v2, true)]);
+    // Swap the blobs, drop the copies unwrapped under v1 (the load unwraps v2's), retire v1.
     source.put(a, new_a);
     source.put(m, new_m);
+    hsm.evict_wrapped(a.key_id()).await.unwrap();
+    hsm.destroy_master(v1).await.unwrap();
+    assert_eq!(hsm.masters().await.unwrap(), vec![(v2, true)]);
+    hsm.evict_wrapped(a.key_id()).await.unwrap();
+    hsm.encrypt_gcm(a, pt(b"x"), aad_with(b"")).await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    while let Some(task) = load.join_next().await {
+        assert!(task.unwrap().expect("no failed request during rotation") > 0);
+    }
     drop(hsm);
     let cold = open_with(token, &source, |_| {});
     let out = cold
@@ -533,11 +587,65 @@ async fn rotation_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
 
 use super::unwrap_tests::openssl;
 
+/// `p11kms check` and residency migration: a blob is checked on the device, a wrapped key
+/// moves to a token object and old ciphertexts decrypt through the token path. The reverse
+/// cannot exist: the device refuses to make a token key extractable, by copy or by set.
+#[tokio::test]
+async fn blobs_check_and_move_to_the_token_but_token_keys_never_become_extractable() {
+    let _serial = TOKEN_OBJECTS.lock().await;
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let (a, b) = (new_id(), new_id());
+    let blob = Arc::new(hsm.generate_wrapped_aes(a).await.unwrap());
+    source.put(a, (*blob).clone());
+    hsm.check_wrapped(a, blob.clone()).await.unwrap();
+    let e = hsm.check_wrapped(b, blob.clone()).await.unwrap_err();
+    assert_eq!(e.kind, HsmErrorKind::BlobRejected);
+    let sealed = hsm
+        .encrypt_gcm(a, pt(b"migrate"), aad_with(b""))
+        .await
+        .unwrap();
+    hsm.wrapped_to_token(a, blob).await.unwrap();
+    assert!(hsm.exists(a).await.unwrap());
+    let attrs = hsm.key_attributes(a).await.unwrap();
+    assert!(attrs.token && attrs.private && attrs.sensitive && !attrs.extractable);
+    // The blob is gone from the store and the copies evicted: the token object serves.
+    source.0.lock().unwrap().remove(&a);
+    hsm.evict_wrapped(a.key_id()).await.unwrap();
+    let out = hsm
+        .decrypt_gcm(
+            a,
+            sealed.iv,
+            sealed.ciphertext_and_tag,
+            aad_bytes(b"", &sealed.iv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.as_slice(), b"migrate");
+    // Token -> wrapped: the never-extractable token key cannot be made extractable.
+    hsm.submit(LockClass::Shared, "test_extractable", move |ctx| {
+        let h = ops::find_part(ctx, &a, objects::Part::Secret)?.expect("token object");
+        let copy = ctx.call(Call::CopyObject, |s| {
+            s.copy_object(h, &[Attribute::Token(false), Attribute::Extractable(true)])
+        });
+        assert!(copy.is_err(), "copy with CKA_EXTRACTABLE true must fail");
+        let set = ctx.call(Call::GetAttributeValue, |s| {
+            s.update_attributes(h, &[Attribute::Extractable(true)])
+        });
+        assert!(set.is_err(), "setting CKA_EXTRACTABLE true must fail");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    hsm.destroy(a).await.unwrap();
+}
+
 /// Imported material (BYOK) in wrapped residency: checked on a session copy, wrapped under the
 /// master on the device, no token object for the key; the blob alone serves it afterwards,
 /// and a re-import with other material is refused.
 #[tokio::test]
 async fn imported_material_is_rewrapped_under_the_master() {
+    let _serial = TOKEN_OBJECTS.lock().await;
     use super::unwrap::{ImportJob, ImportOutcome, MaterialKind, WrappingAlgorithm};
     use super::unwrap::{WrappingKeyId, WrappingKeyOutcome};
     let source = Arc::new(MapSource::default());
@@ -616,4 +724,78 @@ async fn new_id_blob_under(hsm: &Hsm, id: ObjectId) -> Vec<u8> {
     let blob = hsm.generate_wrapped_aes(id).await.unwrap();
     hsm.evict_wrapped(id.key_id()).await.unwrap();
     blob.to_bytes()
+}
+
+/// Key pairs in wrapped residency: the private half wrapped, the public half only as SPKI.
+/// An EC signature verifies (in software) under the SPKI; RSA-OAEP ciphertexts made with the
+/// SPKI (openssl) decrypt on a cold cache, SHA-1 on the device and SHA-256 with the padding
+/// done here (the modulus read from the unwrapped private half). No token object is made.
+#[tokio::test]
+async fn wrapped_key_pairs_sign_and_decrypt_from_their_blobs() {
+    use sha2::Digest as _;
+    let _serial = TOKEN_OBJECTS.lock().await;
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let before = token_objects(&hsm.list_objects().await.unwrap());
+    let (ec, rsa) = (new_id(), new_id());
+    let (blob, ec_spki) = hsm
+        .generate_wrapped_pair(ec, PairSpec::Ec(Curve::P256), PairUsage::Sign)
+        .await
+        .unwrap();
+    assert!(matches!(blob.kind(), BlobKind::Private { .. }));
+    source.put_pair(ec, blob, ec_spki.clone());
+    let (blob, rsa_spki) = hsm
+        .generate_wrapped_pair(rsa, PairSpec::Rsa(2048), PairUsage::Decrypt)
+        .await
+        .unwrap();
+    source.put_pair(rsa, blob, rsa_spki.clone());
+    assert_eq!(token_objects(&hsm.list_objects().await.unwrap()), before);
+    drop(hsm);
+
+    let cold = open_with(shared_token(), &source, |_| {});
+    let digest = sha2::Sha256::digest(b"signed message").to_vec();
+    let scheme = SignScheme::Ecdsa(Curve::P256);
+    let sig = cold.sign(ec, scheme, digest.clone()).await.unwrap();
+    // The public half: a session object made from the SPKI verifies on the device.
+    assert!(cold
+        .verify(ec, scheme, digest.clone(), sig.clone())
+        .await
+        .unwrap());
+    let mut forged = sig.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert!(!cold.verify(ec, scheme, digest, forged).await.unwrap());
+    let point = Hsm::ec_point_from_spki(&ec_spki, Curve::P256).unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
+        .verify(b"signed message", &sig)
+        .expect("the signature verifies under the SPKI");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("rsa.der");
+    std::fs::write(&key, &rsa_spki).unwrap();
+    for (md, hash) in [("sha1", ShaAlg::Sha1), ("sha256", ShaAlg::Sha256)] {
+        let cmd = std::process::Command::new("openssl");
+        let ct = openssl::pkeyutl_oaep(cmd, &key, "DER", md, b"pair secret");
+        let out = cold.rsa_decrypt(rsa, hash, ct).await.unwrap();
+        assert_eq!(out.as_slice(), b"pair secret", "{md}");
+        let ct = cold
+            .rsa_encrypt(rsa, hash, pt(b"device encrypt"))
+            .await
+            .unwrap();
+        let out = cold.rsa_decrypt(rsa, hash, ct).await.unwrap();
+        assert_eq!(out.as_slice(), b"device encrypt", "{md}");
+    }
+    // Public objects are cached like private ones: each of the four objects is resident on
+    // at least one worker.
+    assert!(cold.stats().wrapped_cache_resident >= 4);
+    assert!(cold.stats().wrapped_cache_misses >= 2);
+    // Probe: SoftHSM2 2.6 does not wrap EdDSA private keys, so an Ed25519 key cannot be
+    // wrapped: refused by the device, and nothing is left behind.
+    let e = cold
+        .generate_wrapped_pair(new_id(), PairSpec::Ed25519, PairUsage::Sign)
+        .await
+        .unwrap_err();
+    assert!(e.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{e}");
+    let pending = cold.list_objects().await.unwrap();
+    assert!(!pending
+        .iter()
+        .any(|o| o.label.starts_with(asym::PENDING_LABEL_PREFIX) && !o.token));
 }
