@@ -609,6 +609,15 @@ fn blob(master: u32, fill: u8) -> StoredBlob {
     StoredBlob {
         master,
         bytes: vec![fill; 80],
+        public_key: None,
+    }
+}
+
+/// A wrapped key pair's blob: its public key is stored with it.
+fn pair_blob(master: u32, fill: u8) -> StoredBlob {
+    StoredBlob {
+        public_key: Some(vec![0x30, fill, 0x5a, 0x01]),
+        ..blob(master, fill)
     }
 }
 
@@ -620,7 +629,7 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
         ..creating
     };
     let v1 = KeyVersion {
-        wrapped: Some(blob(1, 0xa1)),
+        wrapped: Some(pair_blob(1, 0xa1)),
         ..version("w1", 1)
     };
     store.add_version_and_update(&v1, &enabled).await.unwrap();
@@ -633,7 +642,7 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
     let under1 = store.blobs_under_master(1, 10).await.unwrap();
     assert_eq!(under1.len(), 1);
     assert_eq!((under1[0].key_id.as_str(), under1[0].version), ("w1", 1));
-    assert_eq!(under1[0].blob, blob(1, 0xa1));
+    assert_eq!(under1[0].blob, pair_blob(1, 0xa1));
     // Rewrapped under master 2: compare-and-set on the old blob and the row version.
     let key = KeyRecord {
         row_version: 2,
@@ -641,7 +650,12 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
     };
     let seq = store.last_change_seq().await.unwrap();
     store
-        .set_version_blob(&key, 1, Some(&blob(1, 0xa1)), Some(&blob(2, 0xb2)))
+        .set_version_blob(
+            &key,
+            1,
+            Some(&pair_blob(1, 0xa1)),
+            Some(&pair_blob(2, 0xb2)),
+        )
         .await
         .unwrap();
     let logged = store.changes_since(seq, 10).await.unwrap();
@@ -660,8 +674,8 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
                 ..key.clone()
             },
             1,
-            Some(&blob(1, 0xa1)),
-            Some(&blob(3, 0xc3)),
+            Some(&pair_blob(1, 0xa1)),
+            Some(&pair_blob(3, 0xc3)),
         )
         .await
         .unwrap_err();
@@ -670,7 +684,7 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
         "{stale_blob:?}"
     );
     let stale_row = store
-        .set_version_blob(&key, 1, Some(&blob(2, 0xb2)), None)
+        .set_version_blob(&key, 1, Some(&pair_blob(2, 0xb2)), None)
         .await
         .unwrap_err();
     assert!(
@@ -680,7 +694,7 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
     let got = store.get_key("w1").await.unwrap().unwrap();
     assert_eq!(
         got.versions[0].wrapped,
-        Some(blob(2, 0xb2)),
+        Some(pair_blob(2, 0xb2)),
         "nothing half-written"
     );
     assert_eq!(got.key.row_version, 3);
@@ -694,7 +708,27 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
         1,
         "limit"
     );
-    assert_eq!(store.blobs_under_master(2, 10).await.unwrap().len(), 2);
+    let under2 = store.blobs_under_master(2, 10).await.unwrap();
+    assert_eq!(under2.len(), 2);
+    let w1 = under2.iter().find(|r| r.key_id == "w1").unwrap();
+    assert_eq!(
+        w1.blob,
+        pair_blob(2, 0xb2),
+        "a pair's public key moves with its blob"
+    );
+    let t1 = store.get_key("t1").await.unwrap().unwrap();
+    assert_eq!(t1.versions[0].wrapped, Some(blob(2, 0xd4)));
+    assert_eq!(t1.versions[0].wrapped.as_ref().unwrap().public_key, None);
+    // Back to the token (residency migration): the public key goes with the blob.
+    let w1_key = store.get_key("w1").await.unwrap().unwrap().key;
+    store
+        .set_version_blob(&w1_key, 1, Some(&pair_blob(2, 0xb2)), None)
+        .await
+        .unwrap();
+    let got = store.get_key("w1").await.unwrap().unwrap();
+    assert_eq!(got.versions[0].wrapped, None);
+    let shown = format!("{:?}", pair_blob(2, 0xb2));
+    assert_eq!(shown, "StoredBlob(master v2, 80 bytes, public key 4 bytes)");
 }
 
 // ---------------------------------------------------------------------------------------

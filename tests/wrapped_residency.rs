@@ -62,10 +62,16 @@ async fn decrypt(c: &mut Client, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> 
     decrypt_with(c, blob, &[("app", "wrapped")]).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
-    let dir = data_dir("wrapped");
-    let config = wrapped_config(&dir);
+/// The token's master key, trusted once per test binary: every test fn of this binary shares
+/// one token, so the first to get here runs the first start and the ceremony (checking the
+/// untrusted state on the way) on a daemon of its own, and the others wait for it.
+async fn trusted_token() {
+    static TRUSTED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    TRUSTED.get_or_init(first_start_and_ceremony).await;
+}
+
+async fn first_start_and_ceremony() {
+    let config = wrapped_config(&data_dir("wrapped-ceremony"));
     let server = start_wrapped(&config).await;
     let mut c = admin(server.addr).await;
 
@@ -95,6 +101,19 @@ async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
     );
     let again = trust_master(&config, SO_PIN);
     assert!(code_and_output(&again).1.contains("already trusted"));
+    // The running daemon makes keys once the master is trusted.
+    create_key(&mut c).await;
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
+    trusted_token().await;
+    let dir = data_dir("wrapped");
+    let config = wrapped_config(&dir);
+    let server = start_wrapped(&config).await;
+    let mut c = admin(server.addr).await;
 
     // Keys: material in the store, the token's object count unchanged.
     let objects = token_objects(&server).await;
@@ -228,6 +247,162 @@ async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
         "KMSInternalException",
         "altered",
     );
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+fn sign_request(key: &str, message: &[u8], alg: &str) -> pb::SignRequest {
+    pb::SignRequest {
+        key_id: key.into(),
+        message: message.to_vec(),
+        message_type: "RAW".into(),
+        signing_algorithm: alg.into(),
+        grant_tokens: vec![],
+        dry_run: false,
+    }
+}
+
+fn verify_request(key: &str, message: &[u8], sig: &[u8], alg: &str) -> pb::VerifyRequest {
+    pb::VerifyRequest {
+        key_id: key.into(),
+        message: message.to_vec(),
+        message_type: "RAW".into(),
+        signature: sig.to_vec(),
+        signing_algorithm: alg.into(),
+        grant_tokens: vec![],
+        dry_run: false,
+    }
+}
+
+fn derive_request(key: &str, peer_spki: &[u8]) -> pb::DeriveSharedSecretRequest {
+    pb::DeriveSharedSecretRequest {
+        key_id: key.into(),
+        key_agreement_algorithm: "ECDH".into(),
+        public_key: peer_spki.to_vec(),
+        grant_tokens: vec![],
+        dry_run: false,
+    }
+}
+
+/// The asymmetric keys of the pairs test: (signing, RSA encryption, two key agreement).
+struct Pairs {
+    sign: String,
+    rsa: String,
+    ecdh: [String; 2],
+}
+
+async fn create_pairs(c: &mut Client) -> Pairs {
+    let ecdh = key_request("ECC_NIST_P256", "KEY_AGREEMENT");
+    Pairs {
+        sign: create_key_from(c, key_request("ECC_NIST_P256", "SIGN_VERIFY")).await,
+        rsa: create_key_from(c, key_request("RSA_2048", "ENCRYPT_DECRYPT")).await,
+        ecdh: [
+            create_key_from(c, ecdh.clone()).await,
+            create_key_from(c, ecdh).await,
+        ],
+    }
+}
+
+/// Sign and verify, RSA-OAEP (encrypted by OpenSSL under the public key GetPublicKey
+/// answers, decrypted by the daemon, and the reverse within the daemon) and ECDH both ways:
+/// each public-key answer must match the wrapped private half.
+async fn use_pairs(c: &mut Client, p: &Pairs) {
+    let sig = c
+        .sign(sign_request(&p.sign, b"signed", "ECDSA_SHA_256"))
+        .await
+        .reply()
+        .signature;
+    let ok = c
+        .verify(verify_request(&p.sign, b"signed", &sig, "ECDSA_SHA_256"))
+        .await
+        .reply();
+    assert!(ok.signature_valid);
+    let forged = c
+        .verify(verify_request(&p.sign, b"other", &sig, "ECDSA_SHA_256"))
+        .await;
+    assert_eq!(reason(forged), "KMSInvalidSignatureException");
+    let spki = public_key(c, &p.rsa).await;
+    let outside = openssl_oaep_encrypt(&spki, "sha256", b"from openssl");
+    let r = c
+        .decrypt(decrypt_request_alg(&outside, &p.rsa, "RSAES_OAEP_SHA_256"))
+        .await
+        .reply();
+    assert_eq!(r.plaintext, b"from openssl");
+    let inside = c
+        .encrypt(encrypt_request_alg(&p.rsa, b"from kms", "RSAES_OAEP_SHA_1"))
+        .await
+        .reply()
+        .ciphertext_blob;
+    let r = c
+        .decrypt(decrypt_request_alg(&inside, &p.rsa, "RSAES_OAEP_SHA_1"))
+        .await
+        .reply();
+    assert_eq!(r.plaintext, b"from kms");
+    let [a, b] = &p.ecdh;
+    let (pa, pb_) = (public_key(c, a).await, public_key(c, b).await);
+    let ab = c
+        .derive_shared_secret(derive_request(a, &pb_))
+        .await
+        .reply();
+    let ba = c.derive_shared_secret(derive_request(b, &pa)).await.reply();
+    assert_eq!(ab.shared_secret.len(), 32);
+    assert_eq!(ab.shared_secret, ba.shared_secret, "ECDH both ways");
+}
+
+/// Key pairs in wrapped residency: the private half is a blob, the public half the stored
+/// SPKI (no token object for either); every public- and private-key operation works, before
+/// and after a restart with a cold cache; GenerateDataKeyPair under a wrapped CMK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_key_pairs_serve_every_asymmetric_operation() {
+    trusted_token().await;
+    let dir = data_dir("wrapped-pairs");
+    let config = wrapped_config(&dir);
+    let server = start_wrapped(&config).await;
+    let mut c = admin(server.addr).await;
+    let objects = token_objects(&server).await;
+    let pairs = create_pairs(&mut c).await;
+    assert_eq!(
+        token_objects(&server).await,
+        objects,
+        "a wrapped pair made a token object"
+    );
+    let store = server.kms.store();
+    for key in [&pairs.sign, &pairs.rsa, &pairs.ecdh[0], &pairs.ecdh[1]] {
+        let stored = store.get_key(key).await.unwrap().unwrap();
+        let blob = stored.versions[0].wrapped.clone().expect("a stored blob");
+        assert_eq!(
+            blob.public_key.as_deref(),
+            Some(public_key(&mut c, key).await.as_slice()),
+            "{key}: GetPublicKey answers the stored public key"
+        );
+    }
+    use_pairs(&mut c, &pairs).await;
+
+    // GenerateDataKeyPair under a wrapped symmetric CMK: the private key decrypts back.
+    let cmk = create_key(&mut c).await;
+    let dkp = c
+        .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+            key_id: cmk.clone(),
+            key_pair_spec: "ECC_NIST_P256".into(),
+            ..Default::default()
+        })
+        .await
+        .reply();
+    let back = c
+        .decrypt(decrypt_request(&dkp.private_key_ciphertext_blob, &[]))
+        .await
+        .reply();
+    assert_eq!(back.plaintext, dkp.private_key_plaintext);
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    // A cold start: the blobs and public keys come back from the store.
+    let server = start_wrapped(&config).await;
+    let mut c = admin(server.addr).await;
+    let cold = misses(&server);
+    use_pairs(&mut c, &pairs).await;
+    assert!(misses(&server) > cold, "the cold cache did not unwrap");
+    assert_eq!(token_objects(&server).await, objects);
     drop(c);
     server.shutdown().await.unwrap();
 }

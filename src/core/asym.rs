@@ -497,7 +497,8 @@ impl Kms {
         })
     }
 
-    /// GetPublicKey: the DER SubjectPublicKeyInfo built from the device's public object.
+    /// GetPublicKey: the DER SubjectPublicKeyInfo built from the device's public object, or a
+    /// wrapped pair's stored one.
     pub async fn get_public_key(
         &self,
         caller: &Caller,
@@ -511,10 +512,12 @@ impl Kms {
                 resolved.key.arn, resolved.key.record.key_spec
             )));
         };
-        let public_key = self
-            .hsm
-            .public_key(resolved.key.current_object(), pair)
-            .await?;
+        let object = resolved.key.current_object();
+        // A wrapped pair's public half is stored with its blob, not on the device.
+        let public_key = match self.blobs.pair_public_key(object) {
+            Some(spki) => spki.to_vec(),
+            None => self.hsm.public_key(object, pair).await?,
+        };
         let r = &resolved.key.record;
         Ok(GetPublicKeyResponse {
             key_id: resolved.key.arn.clone(),

@@ -11,11 +11,12 @@ use super::change::Retry;
 use super::domain::{KeySpec, KeyUsage, Origin};
 use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::policies::compile_key_policy;
+use super::residency::Wrapped;
 use super::specs::{self, SpecKind};
 use super::tags::with_request_tags;
 use super::validate;
 use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
-use crate::hsm::{Hsm, HsmError, HsmErrorKind, ObjectId, PairSpec, WrappedBlob};
+use crate::hsm::{Hsm, HsmError, HsmErrorKind, ObjectId, PairSpec};
 use crate::identity::Caller;
 use crate::policy::Policy;
 use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
@@ -693,7 +694,7 @@ impl Kms {
             key_id: key_id.clone(),
             version: 1,
             created_at_ms: record.created_at_ms,
-            wrapped: blob.as_deref().map(super::residency::stored),
+            wrapped: blob.as_ref().map(super::residency::stored),
         };
         self.store.add_version_and_update(&version, &record).await?;
         record.row_version += 1; // the store raised it (compare-and-set)
@@ -704,19 +705,28 @@ impl Kms {
     }
 
     /// Makes version `object`'s key material on `hsm`: a token object, or in wrapped
-    /// residency (symmetric and HMAC keys of the default store) a blob wrapped on the device
-    /// under its master key, which the caller stores with the version.
+    /// residency (every key of the default store) a blob wrapped on the device under its
+    /// master key, with a key pair's public key, which the caller stores with the version.
     async fn generate_version(
         &self,
         hsm: &Hsm,
         record: &KeyRecord,
         kind: SpecKind,
         object: ObjectId,
-    ) -> Result<Option<Arc<WrappedBlob>>, HsmError> {
+    ) -> Result<Option<Wrapped>, HsmError> {
         let wrapped = self.wraps_new_keys(record);
         let made = match kind {
-            SpecKind::Symmetric if wrapped => hsm.generate_wrapped_aes(object).await?,
-            SpecKind::Hmac(a) if wrapped => hsm.generate_wrapped_hmac(object, a).await?,
+            SpecKind::Symmetric if wrapped => {
+                Wrapped::secret(hsm.generate_wrapped_aes(object).await?)
+            }
+            SpecKind::Hmac(a) if wrapped => {
+                Wrapped::secret(hsm.generate_wrapped_hmac(object, a).await?)
+            }
+            SpecKind::Pair(p) if wrapped => {
+                let usage = specs::pair_usage(&record.key_usage);
+                let (blob, spki) = hsm.generate_wrapped_pair(object, p, usage).await?;
+                Wrapped::pair(blob, spki)
+            }
             // A custom key store's key is labelled with its ARN, as AWS labels the keys it
             // makes in a CloudHSM cluster.
             SpecKind::Symmetric if record.custom_key_store_id.is_some() => {
@@ -733,7 +743,7 @@ impl Kms {
             }
             SpecKind::Hmac(a) => return hsm.generate_hmac_key(object, a).await.map(|()| None),
         };
-        Ok(Some(Arc::new(made)))
+        Ok(Some(made))
     }
 
     /// DescribeKey: metadata of a key named by id, ARN, alias name or alias ARN.

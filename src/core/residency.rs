@@ -30,10 +30,46 @@ pub enum Residency {
     Wrapped,
 }
 
+/// A wrapped key version's material as the engine holds it: the blob and, for a key pair,
+/// its public key (DER SPKI), which exists nowhere else.
+#[derive(Clone, Debug)]
+pub(crate) struct Wrapped {
+    pub blob: Arc<WrappedBlob>,
+    pub public_key: Option<Arc<Vec<u8>>>,
+}
+
+impl Wrapped {
+    /// A secret key's blob (AES, HMAC).
+    pub(crate) fn secret(blob: WrappedBlob) -> Wrapped {
+        Wrapped {
+            blob: Arc::new(blob),
+            public_key: None,
+        }
+    }
+
+    /// A key pair's blob (its private half) with its public key.
+    pub(crate) fn pair(blob: WrappedBlob, spki: Vec<u8>) -> Wrapped {
+        Wrapped {
+            blob: Arc::new(blob),
+            public_key: Some(Arc::new(spki)),
+        }
+    }
+
+    /// The engine's form of a stored blob; an error if its structure is broken.
+    fn of_stored(b: &StoredBlob) -> Result<Wrapped, crate::hsm::BlobFormatError> {
+        Ok(Wrapped {
+            blob: Arc::new(WrappedBlob::from_bytes(&b.bytes)?),
+            public_key: b.public_key.clone().map(Arc::new),
+        })
+    }
+}
+
+type BlobMap = BTreeMap<ObjectId, Wrapped>;
+
 /// The blobs of every wrapped key version this node knows, by version.
 #[derive(Default)]
 pub struct Blobs {
-    map: RwLock<BTreeMap<ObjectId, Arc<WrappedBlob>>>,
+    map: RwLock<BlobMap>,
 }
 
 impl std::fmt::Debug for Blobs {
@@ -44,16 +80,20 @@ impl std::fmt::Debug for Blobs {
 
 impl BlobSource for Blobs {
     fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
-        self.read().get(&id).cloned()
+        self.read().get(&id).map(|w| w.blob.clone())
+    }
+
+    fn public_key(&self, id: ObjectId) -> Option<Arc<Vec<u8>>> {
+        self.read().get(&id).and_then(|w| w.public_key.clone())
     }
 }
 
 impl Blobs {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ObjectId, Arc<WrappedBlob>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BlobMap> {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ObjectId, Arc<WrappedBlob>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BlobMap> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -75,16 +115,12 @@ impl Blobs {
         let mut map = self.write();
         for v in versions {
             let id = ObjectId::new(uuid, v.version);
-            match v
-                .wrapped
-                .as_ref()
-                .map(|b| WrappedBlob::from_bytes(&b.bytes))
-            {
+            match v.wrapped.as_ref().map(Wrapped::of_stored) {
                 None => {
                     map.remove(&id);
                 }
-                Some(Ok(blob)) => {
-                    map.insert(id, Arc::new(blob));
+                Some(Ok(w)) => {
+                    map.insert(id, w);
                 }
                 Some(Err(e)) => {
                     tracing::error!(object = %id, error = %e, "a stored wrapped blob is malformed; its key version cannot be used");
@@ -95,8 +131,8 @@ impl Blobs {
     }
 
     /// Holds one version's new blob (creation, rotation, import, rewrap).
-    pub(crate) fn put(&self, id: ObjectId, blob: Arc<WrappedBlob>) {
-        self.write().insert(id, blob);
+    pub(crate) fn put(&self, id: ObjectId, wrapped: Wrapped) {
+        self.write().insert(id, wrapped);
     }
 
     /// The blob of one version, if it is wrapped.
@@ -106,7 +142,13 @@ impl Blobs {
 
     /// Forgets one version's blob (the version was destroyed, or moved to the token).
     pub(crate) fn remove(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
-        self.write().remove(&id)
+        self.write().remove(&id).map(|w| w.blob)
+    }
+
+    /// The public key (DER SPKI) of wrapped key pair version `id`; `None` for a token
+    /// object or a secret key.
+    pub(crate) fn pair_public_key(&self, id: ObjectId) -> Option<Arc<Vec<u8>>> {
+        self.public_key(id)
     }
 
     /// Forgets every version of key `uuid` (the key is gone).
@@ -122,11 +164,12 @@ impl Blobs {
     }
 }
 
-/// The stored form of a blob the HSM made.
-pub(crate) fn stored(blob: &WrappedBlob) -> StoredBlob {
+/// The stored form of material the HSM wrapped.
+pub(crate) fn stored(w: &Wrapped) -> StoredBlob {
     StoredBlob {
-        master: blob.master().0,
-        bytes: blob.to_bytes(),
+        master: w.blob.master().0,
+        bytes: w.blob.to_bytes(),
+        public_key: w.public_key.as_deref().cloned(),
     }
 }
 

@@ -14,9 +14,10 @@ use super::authz::{AuthzRequest, CtxValue};
 use super::change::Retry;
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
+use super::residency::Wrapped;
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, InterruptCreate, Kms, KmsError, Resolved};
-use crate::hsm::{ObjectId, WrappedBlob};
+use crate::hsm::ObjectId;
 use crate::identity::Caller;
 use crate::store::{KeyLifecycle, KeyState, KeyVersion, RotationEntry};
 
@@ -530,10 +531,7 @@ impl Kms {
     /// In wrapped residency, the next version's key material, made before phase one: a blob
     /// leaves no token object behind, so it is stored with the version row in one step.
     /// `None` in token residency, and when an interrupted rotation is to be completed.
-    async fn pre_wrap_rotation(
-        &self,
-        key_id: &str,
-    ) -> Result<Option<(u32, Arc<WrappedBlob>)>, KmsError> {
+    async fn pre_wrap_rotation(&self, key_id: &str) -> Result<Option<(u32, Wrapped)>, KmsError> {
         let key = self.current_key(key_id)?;
         let current = key.record.current_version;
         if !self.wraps_new_keys(&key.record) || key.versions.iter().any(|v| *v > current) {
@@ -544,7 +542,7 @@ impl Kms {
         };
         let object = ObjectId::new(key.uuid, version);
         let blob = self.hsm.generate_wrapped_aes(object).await?;
-        Ok(Some((version, Arc::new(blob))))
+        Ok(Some((version, Wrapped::secret(blob))))
     }
 
     /// Phase one of a rotation, under the key's lock: the new version's row (the key keeps
@@ -554,7 +552,7 @@ impl Kms {
         &self,
         key_id: &str,
         check: impl Fn(&CachedKey, &KeyLifecycle) -> Result<(), KmsError>,
-        made: Option<(u32, Arc<WrappedBlob>)>,
+        made: Option<(u32, Wrapped)>,
     ) -> Result<(ObjectId, bool), KmsError> {
         let _guard = self.key_locks.key(key_id).await;
         let key = self.current_key(key_id)?;
@@ -592,7 +590,7 @@ impl Kms {
                     key_id: key_id.to_string(),
                     version,
                     created_at_ms: self.now_ms(),
-                    wrapped: blob.as_deref().map(super::residency::stored),
+                    wrapped: blob.as_ref().map(super::residency::stored),
                 })
                 .await?;
             if let Some(blob) = blob {

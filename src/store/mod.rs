@@ -265,15 +265,19 @@ pub struct StoredBlob {
     pub master: u32,
     /// The blob.
     pub bytes: Vec<u8>,
+    /// A wrapped key pair's public key (DER SubjectPublicKeyInfo): the pair's public half
+    /// exists nowhere else. `None` for a secret key.
+    pub public_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for StoredBlob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "StoredBlob(master v{}, {} bytes)",
+            "StoredBlob(master v{}, {} bytes, public key {} bytes)",
             self.master,
-            self.bytes.len()
+            self.bytes.len(),
+            self.public_key.as_ref().map_or(0, Vec::len)
         )
     }
 }

@@ -167,7 +167,8 @@ const POSTGRES_MIGRATIONS: &[Embedded] = &[
 ];
 
 /// The column list every key version query selects ([`version_from_row`]).
-const VERSION_COLUMNS: &str = "key_id, version, created_at_ms, wrapped_blob, wrap_master";
+const VERSION_COLUMNS: &str =
+    "key_id, version, created_at_ms, wrapped_blob, wrap_master, public_key";
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
@@ -648,13 +649,18 @@ fn version_from_row(row: &AnyRow) -> Result<KeyVersion, StoreError> {
 fn blob_from_row(row: &AnyRow, key_id: &str) -> Result<Option<StoredBlob>, StoreError> {
     let bytes: Option<Vec<u8>> = row.try_get("wrapped_blob").map_err(db_err)?;
     let master: Option<i64> = row.try_get("wrap_master").map_err(db_err)?;
+    let public_key: Option<Vec<u8>> = row.try_get("public_key").map_err(db_err)?;
     match (bytes, master) {
+        (None, None) if public_key.is_some() => Err(StoreError::Corrupt(format!(
+            "key {key_id}: a version has a wrapped public key without its blob"
+        ))),
         (None, None) => Ok(None),
         (Some(bytes), Some(m)) => Ok(Some(StoredBlob {
             master: u32::try_from(m).map_err(|_| {
                 StoreError::Corrupt(format!("key {key_id}: wrap_master {m} is not a valid u32"))
             })?,
             bytes,
+            public_key,
         })),
         _ => Err(StoreError::Corrupt(format!(
             "key {key_id}: a version has a wrapped blob without its master, or the reverse"
@@ -750,14 +756,16 @@ async fn insert_version_on(
 ) -> Result<(), StoreError> {
     let blob = version.wrapped.as_ref();
     sqlx::query(
-        "INSERT INTO key_versions (key_id, version, created_at_ms, wrapped_blob, wrap_master) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO key_versions \
+         (key_id, version, created_at_ms, wrapped_blob, wrap_master, public_key) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&version.key_id)
     .bind(i64::from(version.version))
     .bind(version.created_at_ms)
     .bind(blob.map(|b| b.bytes.clone()))
     .bind(blob.map(|b| i64::from(b.master)))
+    .bind(blob.and_then(|b| b.public_key.clone()))
     .execute(&mut *conn)
     .await
     .map_err(|e| {
@@ -909,11 +917,12 @@ impl MetadataStore for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         let done = sqlx::query(
-            "UPDATE key_versions SET wrapped_blob = $1, wrap_master = $2 \
-             WHERE key_id = $3 AND version = $4 AND wrapped_blob IS NOT DISTINCT FROM $5",
+            "UPDATE key_versions SET wrapped_blob = $1, wrap_master = $2, public_key = $3 \
+             WHERE key_id = $4 AND version = $5 AND wrapped_blob IS NOT DISTINCT FROM $6",
         )
         .bind(new.map(|b| b.bytes.clone()))
         .bind(new.map(|b| i64::from(b.master)))
+        .bind(new.and_then(|b| b.public_key.clone()))
         .bind(&key.key_id)
         .bind(i64::from(version))
         .bind(expected.map(|b| b.bytes.clone()))
