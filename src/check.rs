@@ -4,12 +4,16 @@
 //! found) without logging in. Drift is reported, never repaired here: a key left in
 //! `Creating` past `[kms] creating_grace_secs` is reported with what the daemon's own
 //! reconciliation will do to it, and one within the grace period does not fail the check.
+//! In wrapped residency (or with wrapped versions in the store) it reports the master keys
+//! and verifies blobs on the device ([`crate::core::blob_check`]): a sample, or all.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::config::{ClusterSection, Config};
+use crate::core::blob_check::{BlobScope, WrappedReport};
 use crate::core::reconcile::{DriftReport, InterruptedCreate};
+use crate::core::residency::Residency;
 use crate::core::SystemClock;
 use crate::hsm::{probe_token, MechanismReport, TokenProbe};
 use crate::server::{close_hsm, open_engine, ServerError};
@@ -34,6 +38,8 @@ pub struct CheckReport {
     /// not connected): reported for the operator, as AWS leaves them; they do not fail the
     /// check.
     pub orphans: Vec<OrphanRecord>,
+    /// Wrapped residency: masters and blobs (`None` in token residency with no blob).
+    pub wrapped: Option<WrappedReport>,
 }
 
 /// What `check` found of one `[[hsm.cluster]]`.
@@ -54,6 +60,7 @@ impl CheckReport {
             && self.store.latest_applied() == self.store.latest_known
             && self.mechanisms.iter().all(|m| m.present || !m.required)
             && self.clusters.iter().all(|c| c.probe.is_ok())
+            && self.wrapped.as_ref().is_none_or(WrappedReport::is_ok)
     }
 
     /// A human-readable report.
@@ -105,6 +112,9 @@ impl CheckReport {
                 "DRIFT orphan token object: label '{}' class {} (no stored key version)",
                 o.label, o.class
             );
+        }
+        if let Some(w) = &self.wrapped {
+            render_wrapped(&mut out, w);
         }
         let _ = writeln!(
             out,
@@ -192,8 +202,40 @@ fn render_interrupted(out: &mut String, i: &InterruptedCreate) {
     };
 }
 
-/// Runs every check for a loaded config.
-pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
+/// The wrapped-residency lines: residency, masters, versions, and each refused blob.
+fn render_wrapped(out: &mut String, w: &WrappedReport) {
+    let residency = match w.residency {
+        Residency::Token => "token",
+        Residency::Wrapped => "wrapped",
+    };
+    let _ = writeln!(out, "residency: {residency}");
+    for m in &w.masters {
+        let state = match (m.trusted, m.retired) {
+            (_, true) => "trusted, retired (wraps no blob; the operator may destroy it)",
+            (true, false) => "trusted",
+            (false, false) => "NOT trusted (run `p11kms hsm trust-master`)",
+        };
+        let _ = writeln!(
+            out,
+            "master key {}: {state}; {} wrapped versions",
+            m.version, m.blobs
+        );
+    }
+    let _ = writeln!(
+        out,
+        "wrapped versions: {}; {} verified on the device",
+        w.versions, w.checked
+    );
+    for (k, v, reason) in &w.rejected {
+        let _ = writeln!(
+            out,
+            "DRIFT wrapped blob rejected: key {k} version {v} ({reason})"
+        );
+    }
+}
+
+/// Runs every check for a loaded config, verifying `blobs` of wrapped residency.
+pub async fn run(config: &Config, blobs: BlobScope) -> Result<CheckReport, ServerError> {
     let kms = open_engine(config, Arc::new(SystemClock)).await?;
     // C_GetMechanismList is a blocking PKCS#11 call: off the async threads.
     let hsm = kms.hsm().clone();
@@ -202,6 +244,9 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
     let store = kms.store().describe().await?;
     let drift = kms.reconcile().await?;
+    let wrapped = kms.check_wrapped(blobs).await?;
+    let wrapped =
+        (wrapped.residency == Residency::Wrapped || wrapped.versions > 0).then_some(wrapped);
     let mut clusters = Vec::new();
     for c in &config.hsm.cluster {
         clusters.push(probe_cluster(c).await);
@@ -214,6 +259,7 @@ pub async fn run(config: &Config) -> Result<CheckReport, ServerError> {
         clusters,
         key_stores: kms.store().list_key_stores().await?,
         orphans: kms.store().list_orphans().await?,
+        wrapped,
     };
     close_hsm(kms.hsm()).await;
     Ok(report)

@@ -19,7 +19,7 @@
 //! | [`audit`] | the tamper-evident audit trail: events, the hash-chained group-committed writer, HSM-signed checkpoints, the offline verifier |
 //! | [`api`] | the doors (gRPC on tonic; the HTTP doors, the AWS door and the XKS door (AWS KMS's external key store proxy API, `docs/xks.md`), on one listener and listed in [`api::HTTP_DOORS`]), and the one mapping from `KmsError` to each wire's error |
 //! | [`server`] | wiring: `server::run(config, shutdown)` starts the real daemon (tests use port 0) |
-//! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation |
+//! | [`check`] | `p11kms check`: config, token, mechanisms, store/token reconciliation, wrapped residency's masters and blobs (`core::blob_check`) |
 //! | [`client`] | the gRPC client used by the CLI's client commands |
 //! | [`xks_client`] | the outbound XKS proxy client of `EXTERNAL_KEY_STORE` custom key stores: SigV4-signed calls to a proxy's health, metadata, encrypt and decrypt, pooled, 250 ms each, typed errors |
 //! | [`devsetup`] | the dev set-up: dev CA, server and admin certificates, config, PIN files |

@@ -406,3 +406,82 @@ async fn wrapped_key_pairs_serve_every_asymmetric_operation() {
     drop(c);
     server.shutdown().await.unwrap();
 }
+
+/// `p11kms check` as the operator runs it, with `--all-blobs` or not.
+fn check(config: &Path, all_blobs: bool) -> (i32, String) {
+    let mut command = p11kms_command();
+    command.args(["check", "--config"]).arg(config);
+    if all_blobs {
+        command.arg("--all-blobs");
+    }
+    code_and_output(&command.output().unwrap())
+}
+
+/// `p11kms check` in wrapped residency: residency, masters and versions reported; a sample
+/// of 100 blobs verified on the device by default, every blob with `--all-blobs`; an edited
+/// blob and a blob moved to another key's row each reported, and the check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_verifies_wrapped_blobs_on_the_device() {
+    trusted_token().await;
+    let dir = data_dir("wrapped-check");
+    let config = wrapped_config(&dir);
+    let server = start_wrapped(&config).await;
+    let mut c = admin(server.addr).await;
+    let mut keys = Vec::new();
+    for _ in 0..101 {
+        keys.push(create_key(&mut c).await);
+    }
+    let pair = create_key_from(&mut c, key_request("ECC_NIST_P256", "SIGN_VERIFY")).await;
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    let (code, out) = check(&config, false);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "residency: wrapped",
+        "master key v1: trusted; 102 wrapped versions",
+        "wrapped versions: 102; 100 verified on the device",
+        "check passed",
+    ] {
+        assert!(out.contains(line), "no '{line}' in:\n{out}");
+    }
+    let (code, out) = check(&config, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("wrapped versions: 102; 102 verified"), "{out}");
+
+    // Edit the pair's blob and move one key's blob into another key's row.
+    let store = SqlStore::open_sqlite(&dir).await.unwrap();
+    let edited = store.get_key(&pair).await.unwrap().unwrap();
+    let old = edited.versions[0].wrapped.clone().unwrap();
+    let mut bad = old.clone();
+    bad.bytes[20] ^= 0x01;
+    store
+        .set_version_blob(&edited.key, 1, Some(&old), Some(&bad))
+        .await
+        .unwrap();
+    let donor = store.get_key(&keys[0]).await.unwrap().unwrap();
+    let victim = store.get_key(&keys[1]).await.unwrap().unwrap();
+    store
+        .set_version_blob(
+            &victim.key,
+            1,
+            victim.versions[0].wrapped.as_ref(),
+            donor.versions[0].wrapped.as_ref(),
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    let (code, out) = check(&config, true);
+    assert_ne!(code, 0, "tampered blobs passed the check:\n{out}");
+    let rejected: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("DRIFT wrapped blob rejected"))
+        .collect();
+    assert_eq!(rejected.len(), 2, "{out}");
+    for key in [&pair, &keys[1]] {
+        let line = format!("DRIFT wrapped blob rejected: key {key} version 1");
+        assert!(rejected.iter().any(|l| l.starts_with(&line)), "{out}");
+    }
+    assert!(out.contains("check FAILED"), "{out}");
+}

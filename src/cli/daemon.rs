@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use p11kms::config::Config;
+use p11kms::core::blob_check::{BlobScope, DEFAULT_BLOB_SAMPLE};
 
 use super::runtime;
 
@@ -36,13 +37,14 @@ pub fn serve(config: &Path) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `check`: the report on standard output; exit code 2 when it found a problem.
-pub fn check(config: &Path) -> Result<ExitCode, String> {
+/// `check`: the report on standard output; exit code 2 when it found a problem. `all_blobs`:
+/// verify every wrapped blob on the device, not a sample.
+pub fn check(config: &Path, all_blobs: bool) -> Result<ExitCode, String> {
     let config = load_config(config)?;
     println!("config: ok");
     println!("{}", p11kms::check::render_node(&config));
     let report = runtime()?
-        .block_on(p11kms::check::run(&config))
+        .block_on(p11kms::check::run(&config, blob_scope(all_blobs)))
         .map_err(|e| e.to_string())?;
     print!("{}", report.render());
     Ok(if report.is_ok() {
@@ -50,6 +52,15 @@ pub fn check(config: &Path) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Which wrapped blobs `check` verifies.
+fn blob_scope(all: bool) -> BlobScope {
+    if all {
+        BlobScope::All
+    } else {
+        BlobScope::Sample(DEFAULT_BLOB_SAMPLE)
+    }
 }
 
 /// The config file; its `hsm.softhsm2_conf` becomes `SOFTHSM2_CONF` unless that is set.

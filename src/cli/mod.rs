@@ -60,11 +60,15 @@ pub enum Command {
         #[arg(long, env = "P11KMS_CONFIG")]
         config: PathBuf,
     },
-    /// Validate the config, open the token, check mechanisms, reconcile store and token.
-    /// Exits non-zero on any problem; never changes anything.
+    /// Validate the config, open the token, check mechanisms, reconcile store and token,
+    /// verify wrapped blobs on the device. Exits non-zero on any problem; never changes
+    /// anything.
     Check {
         #[arg(long, env = "P11KMS_CONFIG")]
         config: PathBuf,
+        /// Wrapped residency: verify every blob on the device, not a random sample of 100.
+        #[arg(long)]
+        all_blobs: bool,
     },
     /// Create the dev CA, server and admin certificates, PIN files, configs and the SoftHSM2
     /// token (idempotent). A second instance needs its own data directory and addresses.
@@ -151,7 +155,7 @@ pub enum Command {
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Serve { config } => daemon::serve(&config),
-        Command::Check { config } => daemon::check(&config),
+        Command::Check { config, all_blobs } => daemon::check(&config, all_blobs),
         Command::DevSetup(args) => daemon::dev_setup(args),
         Command::Audit { command } => Ok(audit::run(command)),
         Command::Hsm { command } => hsm::run(command),

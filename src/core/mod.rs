@@ -20,6 +20,7 @@ pub mod algorithms;
 pub mod aliases;
 pub mod asym;
 pub mod authz;
+pub mod blob_check;
 mod change;
 pub mod clock;
 pub mod connections;
