@@ -1,5 +1,6 @@
 //! One node at a time runs the background duties (deletion sweeper, automatic rotation,
-//! import expiry, reconciliation of interrupted creations, and pruning of the change log and
+//! import expiry, reconciliation of interrupted creations, master-key rotation of wrapped
+//! residency ([`super::rewrap`]), and pruning of the change log and
 //! of expired sessions): the one holding the store's lead (a PostgreSQL advisory lock on a
 //! connection of its own; on SQLite, one node by definition, always this one).
 //!

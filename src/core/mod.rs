@@ -42,6 +42,7 @@ pub mod policies;
 pub mod reconcile;
 pub mod record;
 pub mod residency;
+pub mod rewrap;
 pub mod rotation;
 pub mod service;
 pub mod session_vault;

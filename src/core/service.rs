@@ -37,6 +37,9 @@ pub enum ServiceEventName {
     /// ended (`CONNECTED` or `FAILED`), a disconnection finished, the device went away, or the
     /// automatic reconnect brought it back (no CloudTrail counterpart).
     CustomKeyStoreStateChange,
+    /// Master-key rotation rewrapped a key version's blob under the newest trusted master
+    /// key (wrapped residency; no CloudTrail counterpart: AWS does not expose it).
+    RewrapKeyMaterial,
 }
 
 impl ServiceEventName {
@@ -49,6 +52,7 @@ impl ServiceEventName {
             ServiceEventName::CompleteCreateKey => "CompleteCreateKey",
             ServiceEventName::DeleteIncompleteKey => "DeleteIncompleteKey",
             ServiceEventName::CustomKeyStoreStateChange => "CustomKeyStoreStateChange",
+            ServiceEventName::RewrapKeyMaterial => "RewrapKeyMaterial",
         }
     }
 }

@@ -116,7 +116,7 @@ impl Kms {
     }
 
     /// Runs every sweep once (deletions, automatic rotations, import expiry, interrupted
-    /// creations) and returns
+    /// creations, a round of master-key rotation) and returns
     /// what they did. A sweep that fails as a whole is logged and retried next time.
     pub async fn sweep_once(&self) -> Vec<ServiceAction> {
         let mut done = Vec::new();
@@ -137,6 +137,10 @@ impl Kms {
             Err(e) => {
                 tracing::error!(error = %e, "interrupted CreateKey reconciliation failed; will retry")
             }
+        }
+        match self.rewrap_round(super::rewrap::REWRAP_BATCH).await {
+            Ok(a) => done.extend(a),
+            Err(e) => tracing::error!(error = %e, "master-key rotation round failed; will retry"),
         }
         done
     }

@@ -1,0 +1,121 @@
+//! Master-key rotation of wrapped residency (issue 19), a background duty of the lead node
+//! ([`super::lead`]): once the security officer has made a newer master trusted
+//! (`p11kms hsm trust-master --version <N>`), every blob still wrapped under an older master
+//! is rewrapped under the newest on the device, in bounded batches, while the daemon serves.
+//!
+//! Each blob: unwrap under its master and wrap under the newest in one device job
+//! ([`crate::hsm::Hsm::rewrap`], tag checked for its key version), then a compare-and-set of
+//! the version row on the old blob ([`crate::store::MetadataStore::set_version_blob`]), then
+//! the cache. A blob changed meanwhile (a conflict) is skipped and found again next round;
+//! the work is found by query ([`crate::store::MetadataStore::blobs_under_master`]), so a
+//! crash midway resumes where it stopped. The old blob stays valid until its master goes, so
+//! requests never fail during the rotation. A master that no blob uses any more is left on
+//! the token; `p11kms check` reports it as retired and destroying it is the operator's step.
+
+use std::sync::Arc;
+
+use crate::hsm::{MasterVersion, ObjectId, WrappedBlob};
+use crate::store::{BlobRow, StoreError, StoredBlob};
+
+use super::residency::Residency;
+use super::service::{ServiceAction, ServiceEventName};
+use super::{Kms, KmsError};
+
+/// How many blobs one round of the duty rewraps at most.
+pub const REWRAP_BATCH: usize = 256;
+
+impl Kms {
+    /// One round of master-key rotation: up to `batch` blobs under masters older than the
+    /// newest trusted one are rewrapped under it, each audited as `RewrapKeyMaterial`.
+    /// Nothing to do in token residency or without a trusted master.
+    pub async fn rewrap_round(&self, batch: usize) -> Result<Vec<ServiceAction>, KmsError> {
+        if self.settings.residency != Residency::Wrapped {
+            return Ok(Vec::new());
+        }
+        let masters = self.hsm.masters().await?;
+        let newest = masters.iter().filter(|(_, t)| *t).map(|(v, _)| *v).max();
+        let Some(newest) = newest else {
+            return Ok(Vec::new());
+        };
+        let mut done = Vec::new();
+        for (old, _) in masters.into_iter().filter(|(v, _)| *v < newest) {
+            let left = batch.saturating_sub(done.len());
+            if left == 0 {
+                break;
+            }
+            for row in self.store.blobs_under_master(old.0, left).await? {
+                if !self.service_ready() {
+                    tracing::warn!("master-key rotation paused: the audit trail cannot be written");
+                    return Ok(done);
+                }
+                if let Some(action) = self.rewrap_audited(&row, newest).await {
+                    done.push(action);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Rewraps one blob under `to`, audited (a blob skipped on a conflict too, as failed);
+    /// `None` if its key is not in this node's cache yet (found again next round).
+    async fn rewrap_audited(&self, row: &BlobRow, to: MasterVersion) -> Option<ServiceAction> {
+        let key = self.current_key(&row.key_id).ok()?;
+        let name = ServiceEventName::RewrapKeyMaterial;
+        let result = match self.service_intent(name, &key).await {
+            Ok(()) => self.rewrap_one(row, to).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(()) => {}
+            Err(KmsError::Conflict(m)) => {
+                tracing::info!(key_id = row.key_id, version = row.version, "{m}");
+            }
+            Err(e) => {
+                tracing::error!(key_id = row.key_id, version = row.version, error = %e, "rewrapping a blob failed; will retry");
+            }
+        }
+        let mut action = ServiceAction::on(name, &key, &result, self.now_ms());
+        action.key_version = Some(row.version);
+        self.report_service(&action).await;
+        Some(action)
+    }
+
+    /// Rewraps one blob on the device and stores it, compare-and-set on the old blob and the
+    /// key row, under the key's change lock; the cache then holds the new blob. A row that
+    /// changed meanwhile (or a key that is gone) is [`KmsError::Conflict`]: skipped, and
+    /// found again next round if still due.
+    async fn rewrap_one(&self, row: &BlobRow, to: MasterVersion) -> Result<(), KmsError> {
+        let uuid = uuid::Uuid::parse_str(&row.key_id)
+            .map_err(|_| KmsError::Internal(format!("key id '{}' is not a UUID", row.key_id)))?;
+        let id = ObjectId::new(*uuid.as_bytes(), row.version);
+        let blob = WrappedBlob::from_bytes(&row.blob.bytes)
+            .map_err(|e| KmsError::Internal(format!("the stored blob of {id}: {e}")))?;
+        let _guard = self.key_locks.key(&row.key_id).await;
+        let skipped = || {
+            KmsError::Conflict(format!(
+                "{id} changed meanwhile; its blob is rewrapped next round if still due"
+            ))
+        };
+        let Some(bundle) = self.store.get_key(&row.key_id).await? else {
+            return Err(skipped());
+        };
+        let new = self.hsm.rewrap(id, Arc::new(blob), to).await?;
+        let stored = StoredBlob {
+            master: to.0,
+            bytes: new.to_bytes(),
+            public_key: row.blob.public_key.clone(),
+        };
+        let cas = self
+            .store
+            .set_version_blob(&bundle.key, row.version, Some(&row.blob), Some(&stored))
+            .await;
+        match cas {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Err(skipped()),
+            Err(e) => return Err(e.into()),
+        }
+        // The key row moved on (its row version): the cache and the blobs follow the store.
+        self.refresh_key(&row.key_id).await?;
+        Ok(())
+    }
+}
