@@ -1095,9 +1095,9 @@ async fn point_lookups_find_one_item(store: Store) {
 
 async fn describe_reports_backend_and_migrations(store: Store) {
     let info = store.describe().await.unwrap();
-    assert_eq!(info.applied_migrations, (1..=8).collect::<Vec<i64>>());
-    assert_eq!(info.latest_known, 8);
-    assert_eq!(info.latest_applied(), 8);
+    assert_eq!(info.applied_migrations, (1..=9).collect::<Vec<i64>>());
+    assert_eq!(info.latest_known, 9);
+    assert_eq!(info.latest_applied(), 9);
     assert!(!info.server_version.is_empty());
 }
 
@@ -1209,7 +1209,7 @@ async fn pg_previous_schema_is_migrated(pg: &PgServer) {
     assert_eq!((key.description.as_str(), key.row_version), ("old", 1));
     let ks = store.get_key_store("cks-1").await.unwrap().unwrap();
     assert_eq!((ks.sealed_password, ks.row_version), (vec![1], 1));
-    assert_eq!(store.describe().await.unwrap().latest_applied(), 8);
+    assert_eq!(store.describe().await.unwrap().latest_applied(), 9);
 }
 
 async fn pg_stopped_server_is_unavailable_then_recovers(pg: &mut PgServer) {

@@ -415,6 +415,14 @@ struct Cli {
     /// their token objects), for A/B runs.
     #[arg(long)]
     no_session_key_copies: bool,
+    /// Run the own daemon with `hsm.residency = "wrapped"` (docs/residency.md): the bench
+    /// runs the security officer's ceremony on its fresh token before the daemon starts, and
+    /// keys are blobs in the store unwrapped on the device.
+    #[arg(long)]
+    wrapped: bool,
+    /// With --wrapped: `hsm.wrapped_cache` (unwrapped keys per worker; 0 unwraps every use).
+    #[arg(long, requires = "wrapped")]
+    wrapped_cache: Option<usize>,
     /// Key kind of the sign and verify cases (MessageType RAW): ECDSA_SHA_256 on ECC_NIST_P256,
     /// RSASSA_PSS_SHA_256 on RSA_2048, or ED25519_SHA_512 on ECC_NIST_EDWARDS25519.
     #[arg(long, value_enum, default_value_t = Signing::Ecdsa)]
@@ -921,8 +929,18 @@ fn write_world_files(cli: &Cli, world: &World) -> Result<(), String> {
     std::fs::write(&world.config, text).map_err(|e| e.to_string())
 }
 
+/// The `[hsm]` lines of `--wrapped`.
+fn wrapped_lines(cli: &Cli) -> String {
+    match (cli.wrapped, cli.wrapped_cache) {
+        (false, _) => String::new(),
+        (true, None) => "residency = \"wrapped\"\n".into(),
+        (true, Some(n)) => format!("residency = \"wrapped\"\nwrapped_cache = {n}\n"),
+    }
+}
+
 /// Creates SoftHSM2 token `label` with user PIN `pin` in the world's token directory with
-/// `init-token.sh`; PINs reach the script through its environment only.
+/// `init-token.sh`; PINs reach the script through its environment only. With `--wrapped`,
+/// the default token's master key is made trusted at once (the SO ceremony, in process).
 fn init_token(cli: &Cli, world: &World, label: &str, pin: &Pin) -> Result<(), String> {
     let so_pin = Zeroizing::new(random_secret());
     let out = Command::new("bash")
@@ -939,7 +957,14 @@ fn init_token(cli: &Cli, world: &World, label: &str, pin: &Pin) -> Result<(), St
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-
+    if cli.wrapped && label == TOKEN_LABEL {
+        // The bench's own process loads the module: its SOFTHSM2_CONF is the world's.
+        std::env::set_var("SOFTHSM2_CONF", &world.softhsm_conf);
+        let so = Pin::new(so_pin.as_str());
+        let v1 = p11kms::hsm::MasterVersion(1);
+        p11kms::hsm::trust_master(&world.module, label, &so, pin, v1)
+            .map_err(|e| format!("the master key ceremony failed: {e}"))?;
+    }
     Ok(())
 }
 
@@ -1045,7 +1070,8 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
                 "session_key_copies = false\n"
             } else {
                 ""
-            },
+            }
+            + &wrapped_lines(cli),
         data = q(&world.dir.join("data")),
         level = toml_str(&cli.daemon_log_level),
         creds = q(creds),
@@ -2237,6 +2263,7 @@ impl Bench<'_> {
             "key_store": own.then_some(if store.is_some() { "custom" } else { "default" }),
             "custom_key_store_id": store,
             "daemon_session_key_copies": !cli.no_session_key_copies,
+            "daemon_residency": if cli.wrapped { "wrapped" } else { "token" },
             "hsm_calls_per_op": load.hsm_calls(op, cli.signing),
             "xks_endpoint": if own { cli.xks_endpoint.as_deref() } else { cli.peer_xks.as_deref() },
             "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),

@@ -401,7 +401,6 @@ impl Kms {
     /// the store and replaces the cache with them in one step (at start-up, and on a node
     /// that lost track of the change log; see [`follow`]).
     pub(crate) async fn reload_all(&self) -> Result<(), KmsError> {
-        let bundles = self.store.load_all().await?;
         let aliases = self.store.list_aliases().await?;
         let deleted = self.store.deleted_key_ids().await?;
         let grants = self.store.list_grants().await?;
@@ -411,18 +410,32 @@ impl Kms {
             grants_by_key.entry(g.key_id.clone()).or_default().push(g);
         }
         let mut cache = Cache::default();
-        for b in bundles {
-            // A key still in Creating was never answered to anyone: it stays out of the
-            // request cache (no ListKeys, no use) until reconciliation resolves it.
-            if b.key.state == KeyState::Creating {
-                self.strand(b.key);
-                continue;
-            }
-            let mut cached = self.cached_from_bundle(b)?;
-            cached.grants = grants_by_key
-                .remove(&cached.record.key_id)
-                .unwrap_or_default();
-            cache.put_key(Arc::new(cached));
+        let mut failed = None;
+        // Each page becomes cache entries before the next is read: the rows' transient
+        // memory is reused page after page instead of piling up (start-up RSS).
+        self.store
+            .load_pages(&mut |page| {
+                for b in page {
+                    // A key still in Creating was never answered to anyone: it stays out of
+                    // the request cache (no ListKeys, no use) until reconciliation resolves it.
+                    if b.key.state == KeyState::Creating {
+                        self.strand(b.key);
+                        continue;
+                    }
+                    match self.cached_from_bundle(b) {
+                        Ok(mut cached) => {
+                            cached.grants = grants_by_key
+                                .remove(&cached.record.key_id)
+                                .unwrap_or_default();
+                            cache.put_key(Arc::new(cached));
+                        }
+                        Err(e) => failed = failed.take().or(Some(e)),
+                    }
+                }
+            })
+            .await?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         for a in aliases {
             // Through put_alias, so the per-key index (kms:ResourceAliases, KeyManager)

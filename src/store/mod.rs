@@ -570,6 +570,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError>;
     /// Every key with its versions and tags, ordered by key id (cache warm-up, `check`).
     async fn load_all(&self) -> Result<Vec<KeyBundle>, StoreError>;
+    /// [`MetadataStore::load_all`] a page at a time, in one read transaction: `each` gets
+    /// every page in key id order, so a caller that converts pages as they come never holds
+    /// the rows of every key at once (a node starting with 100,000 keys).
+    async fn load_pages(
+        &self,
+        each: &mut (dyn FnMut(Vec<KeyBundle>) + Send),
+    ) -> Result<(), StoreError>;
     /// Removes a key with its versions, tags and aliases, in one transaction.
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;
 

@@ -1009,23 +1009,30 @@ impl MetadataStore for SqlStore {
     }
 
     async fn load_all(&self) -> Result<Vec<KeyBundle>, StoreError> {
-        // Page by page in one read transaction, so that only one page of rows is in memory
-        // besides the bundles: a node with 100,000 keys does not hold 300,000 rows at once.
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let mut bundles = Vec::new();
+        self.load_pages(&mut |page| bundles.extend(page)).await?;
+        Ok(bundles)
+    }
+
+    async fn load_pages(
+        &self,
+        each: &mut (dyn FnMut(Vec<KeyBundle>) + Send),
+    ) -> Result<(), StoreError> {
+        // Page by page in one read transaction, so that only one page of rows is in memory
+        // at a time: a node with 100,000 keys does not hold 300,000 rows at once.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let mut after = String::new();
         loop {
             let page = load_page(&mut tx, &after).await?;
             let Some(last) = page.last() else { break };
             after = last.key.key_id.clone();
             let full = page.len() == LOAD_PAGE as usize;
-            bundles.extend(page);
+            each(page);
             if !full {
                 break;
             }
         }
-        tx.commit().await.map_err(db_err)?;
-        Ok(bundles)
+        tx.commit().await.map_err(db_err)
     }
 
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
@@ -2091,8 +2098,8 @@ mod tests {
         let key = store.get_key("k1").await.unwrap().unwrap().key;
         assert_eq!((key.description.as_str(), key.row_version), ("old", 1));
         let info = store.describe().await.unwrap();
-        assert_eq!(info.applied_migrations, (1..=8).collect::<Vec<i64>>());
-        assert_eq!(info.latest_known, 8);
+        assert_eq!(info.applied_migrations, (1..=9).collect::<Vec<i64>>());
+        assert_eq!(info.latest_known, 9);
     }
 
     #[tokio::test]
