@@ -170,7 +170,7 @@ async fn master_rotation_rewraps_every_blob_online() {
         stop.clone(),
     ));
     // Bounded rounds of 5, as the lead runs them; at most 3 rounds for 12 blobs.
-    let mut rounds = 0;
+    let (mut rounds, mut rewrapped) = (0, 0);
     while !store.blobs_under_master(1, 1).await.unwrap().is_empty() {
         rounds += 1;
         assert!(rounds <= 3, "the duty makes no progress");
@@ -179,10 +179,14 @@ async fn master_rotation_rewraps_every_blob_online() {
             actions.len() <= 5,
             "a round exceeded its batch: {actions:?}"
         );
-        assert!(actions
-            .iter()
-            .all(|a| a.event_name.as_str() == "RewrapKeyMaterial"));
+        for a in &actions {
+            assert_eq!(a.event_name.as_str(), "RewrapKeyMaterial");
+            assert!(a.succeeded(), "{a:?}");
+        }
+        rewrapped += actions.len();
     }
+    assert_eq!((rounds, rewrapped), (3, 12), "12 blobs in rounds of 5");
+    assert!(server.kms.rewrap_round(5).await.unwrap().is_empty());
     stop.store(true, Ordering::Release);
     assert_eq!(
         load.await.unwrap(),
