@@ -3,7 +3,8 @@
 //! wrapped tests) and the real SQLite store: keys under master v1, the SO ceremony for v2,
 //! the lead's rewrap duty in bounded rounds while a client keeps decrypting; every old
 //! ciphertext, signature and MAC still verifies, no blob is left under v1, a cold restart
-//! serves from the rewrapped blobs, and `p11kms check` reports v1 as retired.
+//! serves from the rewrapped blobs, `p11kms check` reports v1 as retired, and the
+//! operator's `p11kms hsm destroy-master` removes it (and only it).
 
 mod common;
 
@@ -47,6 +48,22 @@ fn trust_master(config: &Path, version: u32) -> String {
         .unwrap();
     assert_succeeded(&out, "trust-master");
     code_and_output(&out).1
+}
+
+/// `p11kms hsm destroy-master --version <version>`: exit code and output.
+fn destroy_master(config: &Path, version: u32) -> (i32, String) {
+    let out = p11kms_command()
+        .args([
+            "hsm",
+            "destroy-master",
+            "--version",
+            &version.to_string(),
+            "--config",
+        ])
+        .arg(config)
+        .output()
+        .unwrap();
+    code_and_output(&out)
 }
 
 /// What the keys made under v1 produced, to be checked after the rotation.
@@ -222,4 +239,27 @@ async fn master_rotation_rewraps_every_blob_online() {
     ] {
         assert!(out.contains(line), "no '{line}' in:\n{out}");
     }
+
+    // The operator destroys the retired master; the newest, or one not there, is refused.
+    for (version, why) in [
+        (2, "not older than the newest trusted master"),
+        (7, "is not on the token"),
+    ] {
+        let (code, out) = destroy_master(&config, version);
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains(why), "{out}");
+    }
+    let (code, out) = destroy_master(&config, 1);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("master key p11kms/master/v1: destroyed"),
+        "{out}"
+    );
+    let (code, out) = run_check(&config).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("master key v1"), "{out}");
+    assert!(
+        out.contains("master key v2: trusted; 13 wrapped versions"),
+        "{out}"
+    );
 }

@@ -28,6 +28,18 @@ pub enum HsmCommand {
         #[arg(long, default_value_t = 1)]
         version: u32,
     },
+    /// Destroy a retired master key of wrapped residency (and its bind key): one older than
+    /// the newest trusted master under which no stored blob is wrapped any more, as
+    /// `p11kms check` reports it. Refused otherwise; nothing is destroyed then. Run it with
+    /// the daemon's config (its user PIN), after every node has finished the rewrap duty.
+    DestroyMaster {
+        /// The daemon's TOML config file.
+        #[arg(long, env = "P11KMS_CONFIG")]
+        config: PathBuf,
+        /// The retired master key version (`p11kms/master/v<N>`).
+        #[arg(long)]
+        version: u32,
+    },
 }
 
 /// Runs an `hsm` command.
@@ -38,7 +50,25 @@ pub fn run(command: HsmCommand) -> Result<ExitCode, String> {
             so_pin_file,
             version,
         } => trust_master(&config, so_pin_file.as_deref(), MasterVersion(version)),
+        HsmCommand::DestroyMaster { config, version } => {
+            destroy_master(&config, MasterVersion(version))
+        }
     }
+}
+
+fn destroy_master(config: &Path, version: MasterVersion) -> Result<ExitCode, String> {
+    let config = super::daemon::load_config(config)?;
+    super::runtime()?.block_on(async {
+        let clock = std::sync::Arc::new(p11kms::core::SystemClock);
+        let kms = p11kms::server::open_engine(&config, clock)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = kms.destroy_retired_master(version).await;
+        p11kms::server::close_hsm(kms.hsm()).await;
+        done.map_err(|e| e.to_string())
+    })?;
+    println!("master key {}: destroyed", version.label());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn trust_master(

@@ -119,3 +119,32 @@ impl Kms {
         Ok(())
     }
 }
+
+impl Kms {
+    /// `p11kms hsm destroy-master`: destroys master `v` and its bind key, the operator's
+    /// step once master-key rotation is done with it. Refused (nothing destroyed) unless `v`
+    /// is on the token, older than the newest trusted master, and no stored blob is wrapped
+    /// under it (`p11kms check` reports it as retired).
+    pub async fn destroy_retired_master(&self, v: MasterVersion) -> Result<(), KmsError> {
+        let masters = self.hsm.masters().await?;
+        if !masters.iter().any(|(m, _)| *m == v) {
+            return Err(KmsError::NotFound(format!(
+                "master key {v} is not on the token"
+            )));
+        }
+        let newest = masters.iter().filter(|(_, t)| *t).map(|(m, _)| *m).max();
+        if newest.is_none_or(|n| v >= n) {
+            return Err(KmsError::InvalidState(format!(
+                "master key {v} is not older than the newest trusted master; keep it"
+            )));
+        }
+        if !self.store.blobs_under_master(v.0, 1).await?.is_empty() {
+            return Err(KmsError::InvalidState(format!(
+                "blobs are still wrapped under master key {v}; the rewrap duty has not finished"
+            )));
+        }
+        self.hsm.destroy_master(v).await?;
+        tracing::info!(master = %v, "retired master key destroyed");
+        Ok(())
+    }
+}
