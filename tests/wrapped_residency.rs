@@ -3,7 +3,9 @@
 //! security officer's ceremony (`p11kms hsm trust-master`, a separate process); keys whose
 //! material lives in the store as blobs while the token's object count stays constant; a
 //! denied request unwraps nothing; rotation; a restart with a cold cache; a blob edited or
-//! moved to another key's row is refused by the device.
+//! moved to another key's row is refused by the device; key pairs (private half a blob,
+//! public half the stored SPKI) in every asymmetric operation; `p11kms check` verifying
+//! blobs on the device.
 
 mod common;
 

@@ -34,7 +34,9 @@ pub enum Residency {
 /// its public key (DER SPKI), which exists nowhere else.
 #[derive(Clone, Debug)]
 pub(crate) struct Wrapped {
+    /// The blob (for a key pair: its private half).
     pub blob: Arc<WrappedBlob>,
+    /// A key pair's public key as DER SPKI; `None` for a secret key.
     pub public_key: Option<Arc<Vec<u8>>>,
 }
 
