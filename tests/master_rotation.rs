@@ -8,29 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
 use p11kms::pb;
-use p11kms::server::{RunningServer, ServerOptions};
-
-fn wrapped_config(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let text = config_text(dir).replace("[hsm]\n", "[hsm]\nresidency = \"wrapped\"\n");
-    assert!(text.contains("residency = \"wrapped\""));
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn start_wrapped(config: &Path) -> RunningServer {
-    let cfg = p11kms::config::Config::load(config).expect("config");
-    p11kms::server::start(&cfg, ServerOptions::default())
-        .await
-        .expect("daemon starts")
-}
 
 /// The SO ceremony for master `version`, in its own process.
 fn trust_master(config: &Path, version: u32) -> String {
@@ -171,7 +154,7 @@ async fn decrypt_until(
 async fn master_rotation_rewraps_every_blob_online() {
     let dir = data_dir("master-rotation");
     let config = wrapped_config(&dir);
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     trust_master(&config, 1);
     let mut c = admin(server.addr).await;
     let made = make_under_v1(&mut c).await;
@@ -226,7 +209,7 @@ async fn master_rotation_rewraps_every_blob_online() {
     server.shutdown().await.unwrap();
 
     // A cold start serves from the rewrapped blobs; check reports v1 as retired.
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     let mut c = admin(server.addr).await;
     still_usable(&mut c, &made).await;
     drop(c);

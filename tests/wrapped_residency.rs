@@ -9,29 +9,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use p11kms::pb;
-use p11kms::server::{RunningServer, ServerOptions};
+use p11kms::server::RunningServer;
 use p11kms::store::{MetadataStore, SqlStore};
-
-/// The daemon config of `dir` with `[hsm] residency = "wrapped"`.
-fn wrapped_config(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let text = config_text(dir).replace("[hsm]\n", "[hsm]\nresidency = \"wrapped\"\n");
-    assert!(text.contains("residency = \"wrapped\""));
-    let path = dir.join("p11kms.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn start_wrapped(config: &Path) -> RunningServer {
-    let cfg = p11kms::config::Config::load(config).expect("config");
-    p11kms::server::start(&cfg, ServerOptions::default())
-        .await
-        .expect("daemon starts")
-}
 
 /// The token objects (not session objects) on the daemon's token.
 async fn token_objects(server: &RunningServer) -> usize {
@@ -74,7 +57,7 @@ async fn trusted_token() {
 
 async fn first_start_and_ceremony() {
     let config = wrapped_config(&data_dir("wrapped-ceremony"));
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     let mut c = admin(server.addr).await;
 
     // First start: an untrusted master; no key can be made until the ceremony.
@@ -114,7 +97,7 @@ async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
     trusted_token().await;
     let dir = data_dir("wrapped");
     let config = wrapped_config(&dir);
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     let mut c = admin(server.addr).await;
 
     // Keys: material in the store, the token's object count unchanged.
@@ -219,7 +202,7 @@ async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
     drop(store);
 
     // A cold start: every untouched blob is unwrapped again on first use.
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     let mut c = admin(server.addr).await;
     let cold = misses(&server);
     assert_eq!(decrypt(&mut c, &v2).await.unwrap(), b"after rotation");
@@ -359,7 +342,7 @@ async fn wrapped_key_pairs_serve_every_asymmetric_operation() {
     trusted_token().await;
     let dir = data_dir("wrapped-pairs");
     let config = wrapped_config(&dir);
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     let mut c = admin(server.addr).await;
     let objects = token_objects(&server).await;
     let pairs = create_pairs(&mut c).await;
@@ -399,7 +382,7 @@ async fn wrapped_key_pairs_serve_every_asymmetric_operation() {
     server.shutdown().await.unwrap();
 
     // A cold start: the blobs and public keys come back from the store.
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     let mut c = admin(server.addr).await;
     let cold = misses(&server);
     use_pairs(&mut c, &pairs).await;
@@ -427,7 +410,7 @@ async fn check_verifies_wrapped_blobs_on_the_device() {
     trusted_token().await;
     let dir = data_dir("wrapped-check");
     let config = wrapped_config(&dir);
-    let server = start_wrapped(&config).await;
+    let server = start_from(&config).await;
     let mut c = admin(server.addr).await;
     let mut keys = Vec::new();
     for _ in 0..101 {

@@ -1019,3 +1019,21 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Writes the daemon config of `dir` with `[hsm] residency = "wrapped"` and returns its path.
+pub fn wrapped_config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let text = config_text(dir).replace("[hsm]\n", "[hsm]\nresidency = \"wrapped\"\n");
+    assert!(text.contains("residency = \"wrapped\""));
+    let path = dir.join("p11kms.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts the real daemon in-process from the config file `config`.
+pub async fn start_from(config: &Path) -> RunningServer {
+    let cfg = Config::load(config).expect("config");
+    server::start(&cfg, ServerOptions::default())
+        .await
+        .expect("daemon starts")
+}
