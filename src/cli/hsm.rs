@@ -79,6 +79,12 @@ fn trust_master(
     let config = super::daemon::load_config(config)?;
     let so_pin = read_so_pin(so_pin_file)?;
     let hsm = config.hsm_config().map_err(|e| e.to_string())?;
+    // The ceremony creates and destroys token objects: on a SoftHSM2 token that daemons
+    // share, it takes their lock file as they do (see `hsm::shared_token`).
+    let _shared = match &hsm.shared_token_lock {
+        Some(path) => Some(lock_file(path)?),
+        None => None,
+    };
     let outcome =
         p11kms::hsm::trust_master(&hsm.module, &hsm.token_label, &so_pin, &hsm.pin, version)
             .map_err(|e| e.to_string())?;
@@ -89,6 +95,18 @@ fn trust_master(
     };
     println!("master key {}: {what}", version.label());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Takes the shared token's lock file (blocking until the daemons' token-object jobs end);
+/// released when the file is dropped.
+fn lock_file(path: &Path) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| format!("shared token lock {}: {e}", path.display()))
 }
 
 /// The SO PIN from the file, else from `P11KMS_SO_PIN`.
