@@ -79,17 +79,7 @@ async fn make_under_v1(c: &mut Client) -> Made {
         .reply()
         .signature;
     let mac_key = create_key_from(c, key_request("HMAC_256", "GENERATE_VERIFY_MAC")).await;
-    let mac = c
-        .generate_mac(pb::GenerateMacRequest {
-            message: b"m".to_vec(),
-            key_id: mac_key.clone(),
-            mac_algorithm: "HMAC_SHA_256".into(),
-            grant_tokens: vec![],
-            dry_run: false,
-        })
-        .await
-        .reply()
-        .mac;
+    let mac = hmac_sha256(c, &mac_key, b"m").await;
     Made {
         ciphertexts,
         signer,

@@ -109,24 +109,8 @@ async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
         blobs.push(encrypt(&mut c, &key, &[i; 32]).await);
         keys.push(key);
     }
-    let hmac = c
-        .create_key(key_request("HMAC_256", "GENERATE_VERIFY_MAC"))
-        .await
-        .reply()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let mac = c
-        .generate_mac(pb::GenerateMacRequest {
-            message: b"m".to_vec(),
-            key_id: hmac.clone(),
-            mac_algorithm: "HMAC_SHA_256".into(),
-            grant_tokens: vec![],
-            dry_run: false,
-        })
-        .await
-        .reply()
-        .mac;
+    let hmac = create_key_from(&mut c, key_request("HMAC_256", "GENERATE_VERIFY_MAC")).await;
+    let mac = hmac_sha256(&mut c, &hmac, b"m").await;
     assert_eq!(mac.len(), 32);
     assert_eq!(
         token_objects(&server).await,

@@ -69,7 +69,7 @@ impl Kms {
     pub async fn check_wrapped(&self, scope: BlobScope) -> Result<WrappedReport, KmsError> {
         let rows = wrapped_rows(&self.store.load_all().await?);
         let masters = self.hsm.masters().await?;
-        let newest_trusted = masters.iter().filter(|(_, t)| *t).map(|(v, _)| *v).max();
+        let newest_trusted = super::residency::newest_trusted(&masters);
         let masters = masters
             .into_iter()
             .map(|(version, trusted)| {

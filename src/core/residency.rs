@@ -211,3 +211,9 @@ impl super::Kms {
         }
     }
 }
+
+/// The newest trusted master of a token's masters ([`Hsm::masters`]): the one new key
+/// material is wrapped under.
+pub(crate) fn newest_trusted(masters: &[(MasterVersion, bool)]) -> Option<MasterVersion> {
+    masters.iter().filter(|(_, t)| *t).map(|(v, _)| *v).max()
+}

@@ -33,7 +33,7 @@ impl Kms {
             return Ok(Vec::new());
         }
         let masters = self.hsm.masters().await?;
-        let newest = masters.iter().filter(|(_, t)| *t).map(|(v, _)| *v).max();
+        let newest = super::residency::newest_trusted(&masters);
         let Some(newest) = newest else {
             return Ok(Vec::new());
         };
@@ -80,8 +80,8 @@ impl Kms {
         Some(action)
     }
 
-    /// Rewraps one blob on the device and stores it, compare-and-set on the old blob and the
-    /// key row, under the key's change lock; the cache then holds the new blob. A row that
+    /// Rewraps one blob on the device, then stores it under the key's change lock,
+    /// compare-and-set on the old blob and the key row; the cache then holds the new blob. A row that
     /// changed meanwhile (or a key that is gone) is [`KmsError::Conflict`]: skipped, and
     /// found again next round if still due.
     async fn rewrap_one(&self, row: &BlobRow, to: MasterVersion) -> Result<(), KmsError> {
@@ -90,6 +90,9 @@ impl Kms {
         let id = ObjectId::new(*uuid.as_bytes(), row.version);
         let blob = WrappedBlob::from_bytes(&row.blob.bytes)
             .map_err(|e| KmsError::Internal(format!("the stored blob of {id}: {e}")))?;
+        // The device job runs without the key's lock; the write below is compare-and-set on
+        // the blob it started from.
+        let new = self.hsm.rewrap(id, Arc::new(blob), to).await?;
         let _guard = self.key_locks.key(&row.key_id).await;
         let skipped = || {
             KmsError::Conflict(format!(
@@ -99,7 +102,6 @@ impl Kms {
         let Some(bundle) = self.store.get_key(&row.key_id).await? else {
             return Err(skipped());
         };
-        let new = self.hsm.rewrap(id, Arc::new(blob), to).await?;
         let stored = StoredBlob {
             master: to.0,
             bytes: new.to_bytes(),
@@ -132,7 +134,7 @@ impl Kms {
                 "master key {v} is not on the token"
             )));
         }
-        let newest = masters.iter().filter(|(_, t)| *t).map(|(m, _)| *m).max();
+        let newest = super::residency::newest_trusted(&masters);
         if newest.is_none_or(|n| v >= n) {
             return Err(KmsError::InvalidState(format!(
                 "master key {v} is not older than the newest trusted master; keep it"

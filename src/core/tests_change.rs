@@ -246,3 +246,89 @@ async fn a_grant_token_from_another_node_brings_its_key() {
         .expect_err("a token naming no grant");
     assert_eq!(refused.aws_name(), "InvalidGrantTokenException");
 }
+
+/// An external store registered directly in the store and the engine (no proxy checked):
+/// its proxy at `endpoint`.
+async fn external_store(kms: &Kms, name: &str, endpoint: &str) -> String {
+    let store_id = super::keystores::new_store_id();
+    let secret = zeroize::Zeroizing::new("a-proxy-secret-of-some-length-0001".to_string());
+    let record = crate::store::KeyStoreRecord {
+        cluster_id: store_id.clone(),
+        store_id: store_id.clone(),
+        account: ACCOUNT.into(),
+        name: name.into(),
+        trust_anchor: String::new(),
+        sealed_password: Vec::new(),
+        connect: false,
+        created_at_ms: 1,
+        xks: Some(crate::store::XksProxyRecord {
+            endpoint: endpoint.into(),
+            uri_path: "/kms/xks/v1".into(),
+            connectivity: "PUBLIC_ENDPOINT".into(),
+            access_key_id: "AKIAPROXYCREDENTIAL1".into(),
+            sealed_secret: kms.key_stores.seal(&store_id, &secret).await.unwrap(),
+        }),
+        row_version: 1,
+    };
+    kms.store().insert_key_store(&record).await.unwrap();
+    kms.key_stores.load(vec![record]);
+    store_id
+}
+
+/// UpdateCustomKeyStore checks a moved proxy without the account's store lock: while one
+/// store's update waits on a proxy that accepts and never answers, a rename of another store
+/// of the same account completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_check_does_not_hold_the_accounts_store_lock() {
+    use super::keystores::UpdateCustomKeyStoreRequest;
+    let data = tempfile::tempdir().unwrap();
+    let (kms, caller) = engine(data.path()).await;
+    kms.key_stores.configure(super::connections::ClusterSetup {
+        clusters: Vec::new(),
+        pool: crate::hsm::tests::test_config(),
+        xks: super::connections::XksClientSetup {
+            tls: crate::xks_client::tls_config(None).unwrap(),
+            region: "us-east-1".into(),
+        },
+    });
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let slow = external_store(&kms, "slow", "http://127.0.0.1:1").await;
+    let quick = external_store(&kms, "quick", "http://127.0.0.1:2").await;
+    let (accepted_tx, accepted) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn(async move {
+        let (conn, _) = silent.accept().await.unwrap();
+        let _ = accepted_tx.send(());
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        drop(conn);
+    });
+    let moving = tokio::spawn({
+        let (kms, caller) = (kms.clone(), caller.clone());
+        async move {
+            let mut req = UpdateCustomKeyStoreRequest {
+                custom_key_store_id: slow,
+                ..Default::default()
+            };
+            req.xks.xks_proxy_uri_endpoint = Some(format!("http://127.0.0.1:{port}"));
+            kms.update_custom_key_store(&caller, req).await
+        }
+    });
+    accepted
+        .await
+        .expect("the moved store's proxy check reached the proxy");
+    let rename = UpdateCustomKeyStoreRequest {
+        custom_key_store_id: quick,
+        new_custom_key_store_name: Some("renamed".into()),
+        ..Default::default()
+    };
+    kms.update_custom_key_store(&caller, rename)
+        .await
+        .expect("rename of the other store");
+    assert!(
+        !moving.is_finished(),
+        "the rename waited for the other store's proxy check"
+    );
+    let refused = moving.await.unwrap();
+    assert!(refused.is_err(), "a proxy that never answers was accepted");
+    holder.abort();
+}

@@ -46,7 +46,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -534,7 +534,8 @@ pub(crate) struct MasterHandles {
 /// Wrapped residency's state shared by an `Hsm` and its workers.
 pub(crate) struct WrappedShared {
     capacity: usize,
-    source: RwLock<Option<Arc<dyn BlobSource>>>,
+    /// Installed once; read on every job, so without a lock.
+    source: OnceLock<Arc<dyn BlobSource>>,
     caches: Mutex<Vec<Weak<Mutex<Lru<ObjectHandle>>>>>,
     masters: RwLock<BTreeMap<MasterVersion, MasterHandles>>,
     pub(crate) hits: AtomicU64,
@@ -547,7 +548,7 @@ impl WrappedShared {
     pub(crate) fn new(capacity: usize) -> Self {
         WrappedShared {
             capacity,
-            source: RwLock::new(None),
+            source: OnceLock::new(),
             caches: Mutex::default(),
             masters: RwLock::default(),
             hits: AtomicU64::new(0),
@@ -565,16 +566,15 @@ impl WrappedShared {
         cache
     }
 
-    /// Install the blob source.
+    /// Install the blob source (once: a second source is refused and logged).
     pub(crate) fn set_source(&self, source: Arc<dyn BlobSource>) {
-        *self.source.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
+        if self.source.set(source).is_err() {
+            tracing::error!("a blob source is installed already; the first one stays");
+        }
     }
 
-    fn source(&self) -> Option<Arc<dyn BlobSource>> {
-        self.source
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn source(&self) -> Option<&dyn BlobSource> {
+        self.source.get().map(|s| &**s)
     }
 
     fn live_caches(&self) -> Vec<WorkerCache> {
@@ -1101,10 +1101,16 @@ pub(crate) fn with_wrapped<T>(
             other => return Some(other),
         }
     }
-    let source = ctx.shared.wrapped.source()?;
-    let blob = source.blob(*id)?;
-    let made = if part == Part::Public {
-        let spki = source.public_key(*id)?;
+    let (blob, spki) = {
+        let source = ctx.shared.wrapped.source()?;
+        let blob = source.blob(*id)?;
+        let spki = match part {
+            Part::Public => Some(source.public_key(*id)?),
+            _ => None,
+        };
+        (blob, spki)
+    };
+    let made = if let Some(spki) = spki {
         public_object(ctx, id, &blob, &spki)
     } else if blob.kind().part() != part {
         let detail = format!(

@@ -122,6 +122,14 @@ async fn probe_cached(hsm: &Hsm, id: ObjectId) -> CachedProbe {
     .unwrap()
 }
 
+/// Decrypts what `encrypt_gcm(id, _, aad_with(b""))` sealed.
+async fn open_empty_aad(hsm: &Hsm, id: ObjectId, sealed: &GcmSealed) -> Zeroizing<Vec<u8>> {
+    let aad = aad_bytes(b"", &sealed.iv);
+    hsm.decrypt_gcm(id, sealed.iv, sealed.ciphertext_and_tag.clone(), aad)
+        .await
+        .unwrap()
+}
+
 fn token_objects(objects: &[ObjectInfo]) -> usize {
     objects.iter().filter(|o| o.token).count()
 }
@@ -338,15 +346,7 @@ async fn a_full_cache_evicts_the_oldest_and_still_serves_it() {
     );
     assert_eq!(s.wrapped_cache_misses, 0);
     // The first key was pushed out: it is unwrapped again, and pushes out the second.
-    let out = hsm
-        .decrypt_gcm(
-            ids[0],
-            sealed[0].iv,
-            sealed[0].ciphertext_and_tag.clone(),
-            aad_bytes(b"", &sealed[0].iv),
-        )
-        .await
-        .unwrap();
+    let out = open_empty_aad(&hsm, ids[0], &sealed[0]).await;
     assert_eq!(out.as_slice(), b"lru");
     let s = hsm.stats();
     assert_eq!((s.wrapped_cache_misses, s.wrapped_cache_evictions), (1, 2));
@@ -559,15 +559,7 @@ async fn rotation_under_load_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
     }
     drop(hsm);
     let cold = open_with(token, &source, |_| {});
-    let out = cold
-        .decrypt_gcm(
-            a,
-            sealed.iv,
-            sealed.ciphertext_and_tag,
-            aad_bytes(b"", &sealed.iv),
-        )
-        .await
-        .unwrap();
+    let out = open_empty_aad(&cold, a, &sealed).await;
     assert_eq!(out.as_slice(), b"before rotation");
     assert!(cold
         .verify_mac(m, MacAlg::Sha256, pt(b"m"), mac)
@@ -612,15 +604,7 @@ async fn blobs_check_and_move_to_the_token_but_token_keys_never_become_extractab
     // The blob is gone from the store and the copies evicted: the token object serves.
     source.0.lock().unwrap().remove(&a);
     hsm.evict_wrapped(a.key_id()).await.unwrap();
-    let out = hsm
-        .decrypt_gcm(
-            a,
-            sealed.iv,
-            sealed.ciphertext_and_tag,
-            aad_bytes(b"", &sealed.iv),
-        )
-        .await
-        .unwrap();
+    let out = open_empty_aad(&hsm, a, &sealed).await;
     assert_eq!(out.as_slice(), b"migrate");
     // Token -> wrapped: the never-extractable token key cannot be made extractable.
     hsm.submit(LockClass::Shared, "test_extractable", move |ctx| {

@@ -37,6 +37,20 @@ pub async fn create_key_meta(c: &mut Client, req: pb::CreateKeyRequest) -> pb::K
         .expect("metadata")
 }
 
+/// GenerateMac with HMAC_SHA_256 over `message` under `key`: the tag.
+pub async fn hmac_sha256(c: &mut Client, key: &str, message: &[u8]) -> Vec<u8> {
+    c.generate_mac(pb::GenerateMacRequest {
+        message: message.to_vec(),
+        key_id: key.into(),
+        mac_algorithm: "HMAC_SHA_256".into(),
+        grant_tokens: vec![],
+        dry_run: false,
+    })
+    .await
+    .reply()
+    .mac
+}
+
 /// Creates a key from `req` and returns its id.
 pub async fn create_key_from(c: &mut Client, req: pb::CreateKeyRequest) -> String {
     create_key_meta(c, req).await.key_id
