@@ -52,6 +52,8 @@ mod http_client;
 mod nodes;
 #[path = "p11kms-bench/propagation.rs"]
 mod propagation;
+#[path = "p11kms-bench/seed.rs"]
+mod seed;
 #[path = "p11kms-bench/shim.rs"]
 mod shim;
 #[path = "p11kms-bench/xks.rs"]
@@ -171,6 +173,24 @@ impl Op {
             Op::CreateKey => "C_GenerateKey(AES-256 token key)",
             Op::Sign => "SHA-256+C_SignInit+C_Sign(CKM_ECDSA, P-256 token key)",
             Op::Verify => "SHA-256+C_VerifyInit+C_Verify(CKM_ECDSA, P-256 token key)",
+        }
+    }
+}
+
+/// How the startup suite makes its keys (`--startup-seed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StartupSeed {
+    /// CreateKey through the daemon.
+    Api,
+    /// Written into the stopped daemon's store by the bench (wrapped residency only).
+    Direct,
+}
+
+impl StartupSeed {
+    fn name(self) -> &'static str {
+        match self {
+            StartupSeed::Api => "api",
+            StartupSeed::Direct => "direct",
         }
     }
 }
@@ -423,6 +443,12 @@ struct Cli {
     /// With --wrapped: `hsm.wrapped_cache` (unwrapped keys per worker; 0 unwraps every use).
     #[arg(long, requires = "wrapped")]
     wrapped_cache: Option<usize>,
+    /// gRPC door: make this many symmetric keys (CreateKey, --seed-concurrency) before the
+    /// crypto suite, and send each Encrypt of the encrypt case to one of them drawn uniformly
+    /// at random. With --wrapped, the encrypt case's raw baseline is then the cache miss
+    /// (tag check + unwrap + encrypt + destroy on the device).
+    #[arg(long, default_value_t = 0)]
+    spread_keys: usize,
     /// Key kind of the sign and verify cases (MessageType RAW): ECDSA_SHA_256 on ECC_NIST_P256,
     /// RSASSA_PSS_SHA_256 on RSA_2048, or ED25519_SHA_512 on ECC_NIST_EDWARDS25519.
     #[arg(long, value_enum, default_value_t = Signing::Ecdsa)]
@@ -438,6 +464,11 @@ struct Cli {
     /// Keys in the store for the startup suite.
     #[arg(long, default_value_t = 10_000)]
     startup_keys: usize,
+    /// How the startup suite makes its keys: `api` (CreateKey through the daemon) or `direct`
+    /// (with --wrapped: blobs made on the device by this process and rows written straight
+    /// into the store while the daemon is stopped; for a million keys).
+    #[arg(long, value_enum, default_value_t = StartupSeed::Api)]
+    startup_seed: StartupSeed,
     /// Concurrent CreateKey calls while seeding the startup suite's keys.
     #[arg(long, default_value_t = 8)]
     seed_concurrency: usize,
@@ -1493,15 +1524,32 @@ struct Fixture {
     data_key_len: i32,
     /// `--door aws|xks`: the HTTP request of the case.
     http: Option<http_client::Call>,
+    /// `--spread-keys`: the keys an Encrypt picks from (uniformly at random).
+    spread: Option<Arc<Vec<String>>>,
+}
+
+/// A key of `keys` drawn uniformly at random (SplitMix64 over a process-wide counter: no
+/// state per task, no lock).
+fn pick_key(keys: &[String]) -> &str {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x9e37_79b9);
+    let mut z = NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    &keys[(z % keys.len() as u64) as usize]
 }
 
 async fn one_request(conn: &Conn, c: &mut Client, f: &Fixture) -> Result<(), tonic::Status> {
     match f.op {
         Op::CallerIdentity => caller_identity(conn, &mut conn.sts[0].clone()).await?,
         Op::Encrypt => {
+            let key_id = match &f.spread {
+                Some(keys) => pick_key(keys).to_owned(),
+                None => f.key_id.clone(),
+            };
             c.encrypt(conn.req(
                 pb::EncryptRequest {
-                    key_id: f.key_id.clone(),
+                    key_id,
                     plaintext: f.plaintext.clone(),
                     ..Default::default()
                 },
@@ -1866,6 +1914,8 @@ struct Bench<'a> {
     peer: Option<Peer>,
     /// The own daemon's `hsm.workers` (for the `--hsm-delay-ms` ceiling).
     hsm_workers: Option<usize>,
+    /// `--spread-keys`: the encrypt case's keys.
+    spread: Option<Arc<Vec<String>>>,
 }
 
 /// The `--peer-xks` proxy: its load (its key) and its process (`--peer-pid`).
@@ -1895,6 +1945,20 @@ impl Measuring {
 }
 
 impl Bench<'_> {
+    /// Whether case `op` is the wrapped-residency spread over `--spread-keys` keys, whose
+    /// raw baseline is the cache miss.
+    fn spread_miss(&self, op: Op) -> bool {
+        op == Op::Encrypt && self.spread.is_some() && self.cli.wrapped
+    }
+
+    /// The case's device calls per request, for the JSON.
+    fn hsm_calls_of(&self, load: &Load, op: Op) -> &'static str {
+        match self.spread_miss(op) {
+            true => "miss: C_Verify(HMAC tag)+C_UnwrapKey(AES-KWP)+C_GenerateRandom(12)+C_EncryptInit+C_Encrypt+C_DestroyObject",
+            false => load.hsm_calls(op, self.cli.signing),
+        }
+    }
+
     /// The custom key store the case's key lives in (`--key-store`, symmetric cases), if any.
     fn store_of(&self, op: Op) -> Option<&str> {
         self.store_id.as_deref().filter(|_| op.symmetric())
@@ -1940,6 +2004,7 @@ impl Bench<'_> {
             signature: Vec::new(),
             data_key_len: 0,
             http: Some(call),
+            spread: None,
         }))
     }
 
@@ -1995,6 +2060,7 @@ impl Bench<'_> {
                         signature: Vec::new(),
                         data_key_len: 0,
                         http: None,
+                        spread: None,
                     };
                     let sig = c.sign(conn.req(sign_request(&f), "Sign")).await?;
                     f.signature = sig.into_inner().signature;
@@ -2014,6 +2080,7 @@ impl Bench<'_> {
             signature,
             data_key_len: payload.min(1024) as i32,
             http: None,
+            spread: self.spread.clone().filter(|_| op == Op::Encrypt),
         })
     }
 
@@ -2025,7 +2092,10 @@ impl Bench<'_> {
         aad: &[u8],
     ) -> Result<(RawResult, u64), String> {
         let raw = self.raw_of(op).ok_or("no raw bench")?;
-        let raw_op = op.raw().ok_or("no raw operation")?;
+        let raw_op = match self.spread_miss(op) {
+            true => RawOp::UnwrapEncrypt,
+            false => op.raw().ok_or("no raw operation")?,
+        };
         let t0 = thread_cpu();
         let r = raw
             .run_on(kind, raw_op, self.cli.payload, aad, dur)
@@ -2264,7 +2334,8 @@ impl Bench<'_> {
             "custom_key_store_id": store,
             "daemon_session_key_copies": !cli.no_session_key_copies,
             "daemon_residency": if cli.wrapped { "wrapped" } else { "token" },
-            "hsm_calls_per_op": load.hsm_calls(op, cli.signing),
+            "hsm_calls_per_op": self.hsm_calls_of(load, op),
+            "spread_keys": self.spread.as_ref().filter(|_| op == Op::Encrypt).map(|k| k.len()),
             "xks_endpoint": if own { cli.xks_endpoint.as_deref() } else { cli.peer_xks.as_deref() },
             "signing_algorithm": matches!(op, Op::Sign | Op::Verify).then(|| cli.signing.algorithm()),
             "server_rss_kb_peak": mem.map(|m| m.0),
@@ -2648,7 +2719,7 @@ fn wait_ready(
     }
 }
 
-/// Creates keys until the store holds `want` (bounded by `timeout`).
+/// Creates keys until the store holds `want` (bounded by `timeout`); answers their ids.
 fn seed_keys(
     rt: &tokio::runtime::Runtime,
     conn: &Conn,
@@ -2656,7 +2727,7 @@ fn seed_keys(
     want: usize,
     concurrency: usize,
     timeout: Duration,
-) -> (usize, BTreeMap<String, u64>, Duration) {
+) -> (Vec<String>, BTreeMap<String, u64>, Duration) {
     let start = Instant::now();
     let need = want.saturating_sub(have);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -2667,7 +2738,7 @@ fn seed_keys(
             let next = next.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = conn.client(i);
-                let mut made = 0usize;
+                let mut made = Vec::new();
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
@@ -2677,8 +2748,8 @@ fn seed_keys(
                     match tokio::time::timeout(REQUEST_TIMEOUT, create_key(&conn, &mut c, None))
                         .await
                     {
-                        Ok(Ok(_)) => {
-                            made += 1;
+                        Ok(Ok(id)) => {
+                            made.push(id);
                             if (have + k + 1).is_multiple_of(1000) {
                                 eprintln!(
                                     "p11kms-bench: seeded ~{} keys ({:.0} s)",
@@ -2694,11 +2765,11 @@ fn seed_keys(
                 (made, errors)
             }));
         }
-        let mut made = 0;
+        let mut made = Vec::new();
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         for t in tasks {
             if let Ok((m, e)) = t.await {
-                made += m;
+                made.extend(m);
                 for (k, v) in e {
                     *errors.entry(k).or_default() += v;
                 }
@@ -2707,6 +2778,63 @@ fn seed_keys(
         (made, errors)
     });
     (made.0, made.1, start.elapsed())
+}
+
+/// `--spread-keys`: makes that many symmetric keys and answers their ids.
+fn spread_keys(bench: &Bench<'_>) -> Result<Vec<String>, String> {
+    let cli = bench.cli;
+    let conn = bench.load.grpc()?;
+    let timeout = Duration::from_secs(cli.seed_timeout);
+    let (made, errors, took) = seed_keys(
+        bench.rt,
+        conn,
+        0,
+        cli.spread_keys,
+        cli.seed_concurrency,
+        timeout,
+    );
+    eprintln!(
+        "p11kms-bench: made {} keys for --spread-keys in {:.1} s ({:.0}/s)",
+        made.len(),
+        took.as_secs_f64(),
+        made.len() as f64 / took.as_secs_f64().max(1e-9)
+    );
+    if made.len() < cli.spread_keys {
+        return Err(format!(
+            "--spread-keys: made {} of {} keys: {errors:?}",
+            made.len(),
+            cli.spread_keys
+        ));
+    }
+    Ok(made)
+}
+
+/// `--startup-seed direct`: stops the daemon and writes the keys into its store
+/// ([`seed::seed`]); the caller starts it again.
+fn seed_direct(
+    bench: &Bench<'_>,
+    w: &World,
+    d: &mut Daemon,
+    key_id: &str,
+    have: usize,
+) -> Result<(usize, BTreeMap<String, u64>, Duration), String> {
+    let cli = bench.cli;
+    d.stop();
+    let start = Instant::now();
+    let target = seed::SeedTarget {
+        module: &w.module,
+        token_label: TOKEN_LABEL,
+        pin: &w.pin,
+        config: &w.config,
+        template_key: key_id,
+    };
+    let need = cli.startup_keys.saturating_sub(have);
+    let made = bench.rt.block_on(seed::seed(
+        &target,
+        need,
+        Duration::from_secs(cli.seed_timeout),
+    ))?;
+    Ok((made, BTreeMap::new(), start.elapsed()))
 }
 
 fn startup_json(
@@ -2796,14 +2924,20 @@ fn startup_suite(
         rt.block_on(Conn::open(target, cli.channels))?,
     ));
 
-    let (made, errors, took) = seed_keys(
-        rt,
-        bench.load.grpc()?,
-        have,
-        cli.startup_keys,
-        cli.seed_concurrency,
-        Duration::from_secs(cli.seed_timeout),
-    );
+    let (made, errors, took) = match cli.startup_seed {
+        StartupSeed::Api => {
+            let (made, errors, took) = seed_keys(
+                rt,
+                bench.load.grpc()?,
+                have,
+                cli.startup_keys,
+                cli.seed_concurrency,
+                Duration::from_secs(cli.seed_timeout),
+            );
+            (made.len(), errors, took)
+        }
+        StartupSeed::Direct => seed_direct(bench, w, d, key_id, have)?,
+    };
     let seeded_mem = proc_mem(d.pid);
     let n_err: u64 = errors.values().sum();
     if n_err > 0 {
@@ -2813,6 +2947,7 @@ fn startup_suite(
     emit(&json!({
         "case": "create-key-seed",
         "keys_created": made,
+        "seeded": cli.startup_seed.name(),
         "concurrency": cli.seed_concurrency,
         "duration_s": round3(took.as_secs_f64()),
         "ops_per_sec": round1(made as f64 / took.as_secs_f64().max(1e-9)),
@@ -2822,7 +2957,10 @@ fn startup_suite(
         "server_vmhwm_kb_after": seeded_mem.map(|m| m.1),
         "bound": "hsm",
     }));
-    let total = count_keys(bench)?;
+    let total = match cli.startup_seed {
+        StartupSeed::Api => count_keys(bench)?,
+        StartupSeed::Direct => have + made,
+    };
     emit(&restart(d, "startup", total)?);
     bench.server_pid = Some(d.pid);
     bench.load = Load::Grpc(nodes::Nodes::single(
@@ -3131,6 +3269,9 @@ fn open_external_xks(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Loaded, 
 
 /// The options that go with one door only: an error naming the first misplaced one.
 fn check_door_options(cli: &Cli) -> Result<(), String> {
+    if cli.spread_keys > 0 && cli.door != Door::Grpc {
+        return Err("--spread-keys needs the gRPC door".into());
+    }
     if cli.door != Door::Xks && cli.xks_endpoint.is_some() {
         return Err("--xks-endpoint needs --door xks".into());
     }
@@ -3220,7 +3361,11 @@ fn run(cli: Cli) -> Result<bool, String> {
             None => None,
         },
         hsm_workers: own_hsm_workers(world.as_ref()),
+        spread: None,
     };
+    if cli.spread_keys > 0 && cli.suite.contains(&Suite::Crypto) {
+        bench.spread = Some(Arc::new(spread_keys(&bench)?));
+    }
 
     if cli.suite.contains(&Suite::Crypto) {
         let mut floors = Floors::default();

@@ -20,6 +20,14 @@
 //! - verify: the same input (and DER decoding for ECDSA) + `C_VerifyInit` + `C_Verify` with the
 //!   public half.
 //!
+//! - unwrap-encrypt (wrapped residency, every use a cache miss): what a daemon worker does
+//!   for an Encrypt on a wrapped key it holds no copy of: `C_Verify` of the blob's HMAC tag
+//!   under the master's bind key + `C_UnwrapKey` (`CKM_AES_KEY_WRAP_PAD` under the master)
+//!   into a session object + the encrypt above + `C_DestroyObject` of the copy. The blob is
+//!   made once, before the clock starts, like a CMK version's (a session AES key generated
+//!   with the wrapped template, wrapped under the token's trusted master `p11kms/master/v1`
+//!   and tagged on the device), so the token needs the security officer's ceremony first.
+//!
 //! The symmetric operations run either on the token key or on a session-object copy of it
 //! ([`RawKey`]): the daemon uses such copies by default (`hsm.session_key_copies`), and
 //! SoftHSM2 serves them faster, so the benchmark reports both ceilings.
@@ -46,6 +54,7 @@ use super::call::{Call, Counters};
 use super::error::{HsmError, HsmErrorKind};
 use super::oaep::OaepSha256;
 use super::objects::{cmk_aes_template, ObjectId};
+use super::wrapped::{BlobKind, MasterVersion, WrappedBlob};
 use super::{module, Pin, GCM_IV_LEN, GCM_TAG_LEN, MAX_RANDOM_LEN};
 
 /// Most operations one [`RawBench::run`] call performs, whatever its duration.
@@ -71,6 +80,9 @@ pub enum RawOp {
     Sign,
     /// Verify such a signature.
     Verify,
+    /// Encrypt `payload` bytes under a wrapped key unwrapped for this one use (tag check,
+    /// unwrap, encrypt, destroy): the wrapped-residency cache miss.
+    UnwrapEncrypt,
 }
 
 /// What one timed run did.
@@ -384,6 +396,10 @@ impl RawBench {
             }
             _ => None,
         };
+        let wrapped = match op {
+            RawOp::UnwrapEncrypt => Some(self.wrapped_fixture()?),
+            _ => None,
+        };
         let limit = if op == RawOp::CreateKey {
             MAX_KEYS_PER_RUN
         } else {
@@ -409,6 +425,10 @@ impl RawBench {
                     })
                     .map(|h| created.push(h))
                 }
+                RawOp::UnwrapEncrypt => {
+                    let w = wrapped.as_ref().expect("made above");
+                    self.unwrap_encrypt(w, &plaintext, aad)
+                }
                 RawOp::Sign | RawOp::Verify => {
                     let (public, private, sig) = pair.as_ref().expect("made above");
                     if op == RawOp::Sign {
@@ -431,6 +451,83 @@ impl RawBench {
             }
         }
         result.map(|()| RawResult { ops, elapsed })
+    }
+}
+
+/// The wrapped-residency baseline's fixture: the master and bind key of
+/// `p11kms/master/v1` and a blob made for a fresh object id.
+struct RawWrapped {
+    master: ObjectHandle,
+    bind: ObjectHandle,
+    id: ObjectId,
+    blob: WrappedBlob,
+}
+
+impl RawBench {
+    /// The token object whose `CKA_ID` is `id` (a master or bind key).
+    fn find_secret(&self, id: [u8; 20]) -> Result<ObjectHandle, HsmError> {
+        let search = [
+            Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+            Attribute::Token(true),
+            Attribute::Id(id.to_vec()),
+        ];
+        let found = self.call(Call::FindObjects, |s| s.find_objects(&search))?;
+        found.first().copied().ok_or_else(|| {
+            HsmError::not_found(
+                &self.token,
+                "no p11kms/master/v1 (or its bind key) on the token: start the daemon in \
+                 wrapped residency and run the trust ceremony first",
+            )
+        })
+    }
+
+    /// Generates an AES-256 session key as a wrapped CMK version is made, wraps it under the
+    /// trusted master v1 and tags it on the device; the key itself is destroyed.
+    fn wrapped_fixture(&self) -> Result<RawWrapped, HsmError> {
+        let v = MasterVersion(1);
+        let master = self.find_secret(v.cka_id())?;
+        let bind = self.find_secret(v.bind_cka_id())?;
+        let kind = BlobKind::Aes256;
+        let template = kind.template(true);
+        let key = self.call(Call::GenerateKey, |s| {
+            s.generate_key(&kind.generation(), &template)
+        })?;
+        let wrapped = self.call(Call::WrapKey, |s| {
+            s.wrap_key(&Mechanism::AesKeyWrapPad, master, key)
+        });
+        let _ = self.call(Call::DestroyObject, |s| s.destroy_object(key));
+        let id = fresh_id();
+        let unsigned = WrappedBlob::unsigned(v, kind, &wrapped?, &self.token)?;
+        let message = WrappedBlob::tagged_message(&unsigned, &id);
+        let tag = self.call(Call::Sign, |s| {
+            s.sign(&Mechanism::Sha256Hmac, bind, &message)
+        })?;
+        Ok(RawWrapped {
+            master,
+            bind,
+            id,
+            blob: WrappedBlob::with_tag(unsigned, &tag),
+        })
+    }
+
+    /// One wrapped-residency miss: verify the tag, unwrap, encrypt, destroy the copy.
+    fn unwrap_encrypt(&self, w: &RawWrapped, plaintext: &[u8], aad: &[u8]) -> Result<(), HsmError> {
+        let message = w.blob.tag_message(&w.id);
+        self.call(Call::Verify, |s| {
+            s.verify(&Mechanism::Sha256Hmac, w.bind, &message, w.blob.tag())
+        })?;
+        let template = w.blob.kind().template(false);
+        let copy = self.call(Call::UnwrapKey, |s| {
+            s.unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                w.master,
+                w.blob.wrapped(),
+                &template,
+            )
+        })?;
+        let sealed = self.seal(copy, plaintext, aad).map(drop);
+        let destroyed = self.call(Call::DestroyObject, |s| s.destroy_object(copy));
+        sealed.and(destroyed)
     }
 }
 

@@ -285,7 +285,7 @@ impl BlobKind {
     }
 
     /// The generation mechanism of a secret key of this kind (pairs: `asym`).
-    fn generation(self) -> Mechanism<'static> {
+    pub(super) fn generation(self) -> Mechanism<'static> {
         match self {
             BlobKind::Hmac(_) => Mechanism::GenericSecretKeyGen,
             _ => Mechanism::AesKeyGen,
@@ -370,7 +370,7 @@ impl WrappedBlob {
     }
 
     /// Header and wrapped bytes, before a tag is appended.
-    fn unsigned(
+    pub(super) fn unsigned(
         master: MasterVersion,
         kind: BlobKind,
         wrapped: &[u8],
@@ -393,16 +393,27 @@ impl WrappedBlob {
         Ok(b)
     }
 
-    fn wrapped(&self) -> &[u8] {
+    pub(super) fn wrapped(&self) -> &[u8] {
         &self.bytes[HEADER_LEN..self.bytes.len() - TAG_LEN]
     }
 
-    fn tag(&self) -> &[u8] {
+    pub(super) fn tag(&self) -> &[u8] {
         &self.bytes[self.bytes.len() - TAG_LEN..]
     }
 
+    /// What the tag of a blob covers, from the blob itself.
+    pub(super) fn tag_message(&self, id: &ObjectId) -> Vec<u8> {
+        Self::tagged_message(&self.bytes[..self.bytes.len() - TAG_LEN], id)
+    }
+
+    /// A blob of `unsigned` bytes and their `tag`.
+    pub(super) fn with_tag(mut unsigned: Vec<u8>, tag: &[u8]) -> WrappedBlob {
+        unsigned.extend_from_slice(tag);
+        WrappedBlob { bytes: unsigned }
+    }
+
     /// What the tag covers (the module header's formula).
-    fn tagged_message(unsigned: &[u8], id: &ObjectId) -> Vec<u8> {
+    pub(super) fn tagged_message(unsigned: &[u8], id: &ObjectId) -> Vec<u8> {
         [TAG_DOMAIN, id.as_bytes(), unsigned].concat()
     }
 }
@@ -892,7 +903,7 @@ fn unwrap_verified_as(
 ) -> Result<ObjectHandle, HsmError> {
     let v = blob.master();
     let r = with_master(ctx, v, |ctx, m| {
-        let message = WrappedBlob::tagged_message(&blob.bytes[..blob.bytes.len() - TAG_LEN], id);
+        let message = blob.tag_message(id);
         let tag = blob.tag();
         let verified = ctx.call_raw(Call::Verify, |s| {
             s.verify(&Mechanism::Sha256Hmac, m.bind, &message, tag)

@@ -539,6 +539,11 @@ pub enum StoreError {
 pub trait MetadataStore: Send + Sync + 'static {
     /// Phase one of creation: inserts the key row (normally in `Creating`) with its tags.
     async fn insert_key(&self, key: &KeyRecord, tags: &[Tag]) -> Result<(), StoreError>;
+    /// Benchmark seeding only (`p11kms-bench --startup-seed direct`): inserts finished keys,
+    /// each with its one version, as CreateKey's two phases leave them, in one transaction
+    /// with one change-log entry per key.
+    #[cfg(feature = "bench")]
+    async fn seed_keys(&self, keys: &[(KeyRecord, KeyVersion)]) -> Result<(), StoreError>;
     /// Phase two of creation: records version 1 (or a new version) and sets the key row,
     /// in one transaction.
     async fn add_version_and_update(

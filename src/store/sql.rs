@@ -885,6 +885,17 @@ impl MetadataStore for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
+    #[cfg(feature = "bench")]
+    async fn seed_keys(&self, keys: &[(KeyRecord, KeyVersion)]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for (key, version) in keys {
+            insert_key_on(&mut tx, key, &[]).await?;
+            insert_version_on(&mut tx, version).await?;
+            log_change(&mut tx, ChangeKind::Key, &key.key_id).await?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
     async fn add_version_and_update(
         &self,
         version: &KeyVersion,
