@@ -132,6 +132,16 @@ impl Blobs {
         }
     }
 
+    /// Whether taking in `versions` of key `uuid` ([`Blobs::put_versions`]) drops a blob held
+    /// now: a version's row lost its blob (imported material deleted, or the version moved to
+    /// the token), so the unwrapped copies of it must go too.
+    pub(crate) fn loses_blob(&self, uuid: [u8; 16], versions: &[KeyVersion]) -> bool {
+        let map = self.read();
+        versions
+            .iter()
+            .any(|v| v.wrapped.is_none() && map.contains_key(&ObjectId::new(uuid, v.version)))
+    }
+
     /// Holds one version's new blob (creation, rotation, import, rewrap).
     pub(crate) fn put(&self, id: ObjectId, wrapped: Wrapped) {
         self.write().insert(id, wrapped);
@@ -208,6 +218,23 @@ impl super::Kms {
         self.blobs.remove_key(uuid);
         if let Err(e) = self.hsm.evict_wrapped(uuid).await {
             tracing::warn!(error = %e, "could not destroy the unwrapped copies of a deleted key");
+        }
+    }
+}
+
+impl super::Kms {
+    /// Destroys this node's unwrapped copies of `key` after its stored blob went away on
+    /// another node (imported material deleted, a version moved to the token): the blob is
+    /// already forgotten here, so no worker unwraps it again. Best effort: the new state is
+    /// cached, and a key whose material was deleted is refused before any HSM call.
+    pub(crate) async fn evict_lost_blobs(&self, key: &super::CachedKey) {
+        let evicted = match self.device_of(key) {
+            Ok(device) => device.evict_wrapped(key.uuid).await.map_err(KmsError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = evicted {
+            let key_id = &key.record.key_id;
+            tracing::warn!(key_id, error = %e, "could not destroy the unwrapped copies of a key whose blob was removed");
         }
     }
 }
