@@ -8,7 +8,9 @@
 //! A key version is wrapped exactly when its stored version row has a blob, so keys made
 //! before a device switched mode keep working. The blobs of every cached key are held in
 //! [`Blobs`], filled wherever the key cache is filled (start-up, a change followed from
-//! another node, creation, rotation, import) and emptied when a version is destroyed.
+//! another node, creation, rotation, import) and emptied when a version is destroyed or its
+//! imported material deleted (then every worker's unwrapped copy is evicted too, on this node
+//! at once and on the others as they follow the change).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -220,9 +222,7 @@ impl super::Kms {
             tracing::warn!(error = %e, "could not destroy the unwrapped copies of a deleted key");
         }
     }
-}
 
-impl super::Kms {
     /// Destroys this node's unwrapped copies of `key` after its stored blob went away on
     /// another node (imported material deleted, a version moved to the token): the blob is
     /// already forgotten here, so no worker unwraps it again. Best effort: the new state is
