@@ -11,9 +11,9 @@
 mod postgres;
 
 use p11kms::store::{
-    AliasRecord, Backend, ChangeKind, Duty, GrantRecord, KeyBundle, KeyLifecycle, KeyRecord,
-    KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, PgSettings, PgTls,
-    RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob, Tag, UsageOperation,
+    AliasRecord, Backend, ChangeKind, Duty, GrantRecord, ImportedVersion, KeyBundle, KeyLifecycle,
+    KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, PgSettings,
+    PgTls, RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob, Tag, UsageOperation,
 };
 use postgres::PgServer;
 use std::collections::BTreeMap;
@@ -731,6 +731,98 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
     assert_eq!(shown, "StoredBlob(master v2, 80 bytes, public key 4 bytes)");
 }
 
+/// Imported material in wrapped residency: the first import inserts the version row with
+/// its blob; deleting the material removes every blob of the key with the key and lifecycle
+/// rows; a re-import writes the blob on the existing row, never over another blob.
+async fn imported_blobs_are_written_and_dropped_with_the_key_row(store: Store) {
+    let pending = key_record("i1", KeyState::PendingImport);
+    store.insert_key(&pending, &[]).await.unwrap();
+    let present = KeyLifecycle {
+        key_id: "i1".into(),
+        material_present: true,
+        material_check: Some(vec![7; 8]),
+        ..KeyLifecycle::default()
+    };
+    let first = KeyVersion {
+        wrapped: Some(blob(1, 0x11)),
+        ..version("i1", 1)
+    };
+    let enabled = |row_version| KeyRecord {
+        state: KeyState::Enabled,
+        row_version,
+        ..pending.clone()
+    };
+    let new = ImportedVersion::New(&first);
+    store
+        .finish_import(&enabled(1), new, &present, "t1")
+        .await
+        .unwrap();
+    let got = store.get_key("i1").await.unwrap().unwrap();
+    assert_eq!(got.versions, vec![first.clone()]);
+    // Deleted: the blob goes with the state and the lifecycle, compare-and-set.
+    let gone = KeyLifecycle {
+        material_present: false,
+        ..present.clone()
+    };
+    let dropped = KeyRecord {
+        row_version: 2,
+        ..pending.clone()
+    };
+    let seq = store.last_change_seq().await.unwrap();
+    store.drop_imported_material(&dropped, &gone).await.unwrap();
+    let got = store.get_key("i1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.versions[0].wrapped.as_ref(), got.key.state),
+        (None, KeyState::PendingImport)
+    );
+    assert_eq!(store.get_lifecycle("i1").await.unwrap(), Some(gone.clone()));
+    let logged = changes_after(&*store, seq).await;
+    assert!(
+        logged.contains(&(ChangeKind::Key, "i1".into())),
+        "{logged:?}"
+    );
+    let err = store
+        .drop_imported_material(&dropped, &gone)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // Re-imported: the blob on the existing row.
+    let again = ImportedVersion::Blob {
+        version: 1,
+        blob: &blob(1, 0x22),
+    };
+    store
+        .finish_import(&enabled(3), again, &present, "t2")
+        .await
+        .unwrap();
+    let got = store.get_key("i1").await.unwrap().unwrap();
+    assert_eq!(got.versions[0].wrapped, Some(blob(1, 0x22)));
+    assert_eq!(got.key.row_version, 4);
+    // Never over another blob: Conflict, nothing written.
+    let over = ImportedVersion::Blob {
+        version: 1,
+        blob: &blob(1, 0x33),
+    };
+    let err = store
+        .finish_import(&enabled(4), over, &gone, "t3")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.get_key("i1").await.unwrap().unwrap(), got);
+    assert_eq!(
+        store.get_lifecycle("i1").await.unwrap(),
+        Some(present.clone())
+    );
+    // A re-import that made nothing new leaves the row as it is.
+    let same = ImportedVersion::Unchanged;
+    store
+        .finish_import(&enabled(4), same, &present, "t4")
+        .await
+        .unwrap();
+    let got = store.get_key("i1").await.unwrap().unwrap();
+    assert_eq!(got.versions[0].wrapped, Some(blob(1, 0x22)));
+}
+
 // ---------------------------------------------------------------------------------------
 // Compare-and-set, uniqueness, the change log, sessions, point lookups, describe, leading.
 
@@ -1258,6 +1350,7 @@ macro_rules! cases {
 fn contract_cases() -> Vec<(&'static str, Case)> {
     cases![
         wrapped_blobs_round_trip_and_are_compare_and_set,
+        imported_blobs_are_written_and_dropped_with_the_key_row,
         get_key_absent_is_none,
         two_phase_create_round_trip,
         rotation_adds_versions_in_order,

@@ -5,16 +5,27 @@
 //! denied request unwraps nothing; rotation; a restart with a cold cache; a blob edited or
 //! moved to another key's row is refused by the device; key pairs (private half a blob,
 //! public half the stored SPKI) in every asymmetric operation; `p11kms check` verifying
-//! blobs on the device.
+//! blobs on the device; imported key material wrapped, deleted, expired and re-imported
+//! (also as another node follows the deletion); 10,000 keys with a constant object count.
 
 mod common;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
+use p11kms::config::Config;
+use p11kms::core::{Clock, ManualClock};
 use p11kms::pb;
-use p11kms::server::RunningServer;
-use p11kms::store::{MetadataStore, SqlStore};
+use p11kms::server::{self, RunningServer, ServerOptions};
+use p11kms::store::{Change, ChangeKind, KeyState, MetadataStore, SqlStore, StoredBlob};
+use ring::rand::SecureRandom;
+
+/// The tests that count the shared token's objects, or make token objects (import wrapping
+/// keys), run one at a time.
+static TOKEN_COUNT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The token objects (not session objects) on the daemon's token.
 async fn token_objects(server: &RunningServer) -> usize {
@@ -24,6 +35,12 @@ async fn token_objects(server: &RunningServer) -> usize {
 
 fn misses(server: &RunningServer) -> u64 {
     server.kms.hsm().stats().wrapped_cache_misses
+}
+
+/// The unwrapped copies the daemon's workers hold now (session objects without a `CKA_ID`,
+/// so [`key_objects`] does not see them).
+fn resident(server: &RunningServer) -> usize {
+    server.kms.hsm().stats().wrapped_cache_resident
 }
 
 /// The security officer's ceremony, as an operator runs it: its own process, the SO PIN from
@@ -95,6 +112,7 @@ async fn first_start_and_ceremony() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrapped_keys_live_in_the_store_and_the_token_holds_only_master_keys() {
     trusted_token().await;
+    let _one = TOKEN_COUNT.lock().await;
     let dir = data_dir("wrapped");
     let config = wrapped_config(&dir);
     let server = start_from(&config).await;
@@ -324,6 +342,7 @@ async fn use_pairs(c: &mut Client, p: &Pairs) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrapped_key_pairs_serve_every_asymmetric_operation() {
     trusted_token().await;
+    let _one = TOKEN_COUNT.lock().await;
     let dir = data_dir("wrapped-pairs");
     let config = wrapped_config(&dir);
     let server = start_from(&config).await;
@@ -453,4 +472,307 @@ async fn check_verifies_wrapped_blobs_on_the_device() {
         assert!(rejected.iter().any(|l| l.starts_with(&line)), "{out}");
     }
     assert!(out.contains("check FAILED"), "{out}");
+}
+
+// ------------------------------------------------------------------------ imported material
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A daemon of `config` on `clock`, whose sweeps run only when a test calls them.
+async fn start_clocked(config: &Path, clock: Arc<ManualClock>) -> RunningServer {
+    let cfg = Config::load(config).expect("config");
+    let options = ServerOptions {
+        clock,
+        sweep_interval: Some(Duration::from_secs(365 * 86_400)),
+    };
+    server::start(&cfg, options).await.expect("daemon starts")
+}
+
+/// 32 random bytes of key material, made on the client.
+fn random_material() -> Vec<u8> {
+    let mut m = vec![0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut m).unwrap();
+    m
+}
+
+/// CreateKey with origin EXTERNAL of `spec` and `usage`; its id.
+async fn create_external(c: &mut Client, spec: &str, usage: &str) -> String {
+    let req = pb::CreateKeyRequest {
+        origin: "EXTERNAL".into(),
+        ..key_request(spec, usage)
+    };
+    create_key_from(c, req).await
+}
+
+/// GetParametersForImport (RSAES_OAEP_SHA_1, RSA_2048), `material` wrapped by OpenSSL under
+/// the wrapping public key, ImportKeyMaterial (expiring at `valid_to_ms` if given).
+/// SoftHSM2 2.6 offers RSA-OAEP with SHA-1 only, so RSAES_OAEP_SHA_256 is refused up front
+/// (tests/byok_import.rs shows it).
+async fn import(
+    c: &mut Client,
+    key: &str,
+    material: &[u8],
+    valid_to_ms: Option<i64>,
+) -> Result<pb::ImportKeyMaterialResponse, tonic::Status> {
+    let p = c
+        .get_parameters_for_import(pb::GetParametersForImportRequest {
+            key_id: key.into(),
+            wrapping_algorithm: "RSAES_OAEP_SHA_1".into(),
+            wrapping_key_spec: "RSA_2048".into(),
+        })
+        .await
+        .reply();
+    let model = match valid_to_ms {
+        Some(_) => "KEY_MATERIAL_EXPIRES",
+        None => "KEY_MATERIAL_DOES_NOT_EXPIRE",
+    };
+    c.import_key_material(pb::ImportKeyMaterialRequest {
+        key_id: key.into(),
+        import_token: p.import_token,
+        encrypted_key_material: openssl_oaep_encrypt(&p.public_key, "sha1", material),
+        valid_to: valid_to_ms.map(|ms| prost_types::Timestamp {
+            seconds: ms.div_euclid(1000),
+            nanos: 0,
+        }),
+        expiration_model: model.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// The blob stored with version 1 of `key`, if any.
+async fn stored_blob(server: &RunningServer, key: &str) -> Option<StoredBlob> {
+    let bundle = server.kms.store().get_key(key).await.unwrap().unwrap();
+    assert_eq!(bundle.versions.len(), 1, "{bundle:?}");
+    bundle.versions[0].wrapped.clone()
+}
+
+async fn delete_material(c: &mut Client, key: &str) {
+    c.delete_imported_key_material(pb::DeleteImportedKeyMaterialRequest {
+        key_id: key.into(),
+        ..Default::default()
+    })
+    .await
+    .reply();
+}
+
+/// Imported material held as a wrapped key is: a blob in the store, never a token object.
+async fn assert_held_wrapped(server: &RunningServer, key: &str) {
+    assert!(stored_blob(server, key).await.is_some(), "{key}: no blob");
+    let objects = key_objects(server, key).await;
+    assert!(
+        objects.iter().all(|(_, token)| !token),
+        "{key}: a token object: {objects:?}"
+    );
+}
+
+/// The material of `key`, the only key `server` has used, exists nowhere: no blob in its row,
+/// no object of it on the token, no unwrapped copy in any worker; the key is PendingImport,
+/// and Encrypt and the decryption of `ciphertext` are refused.
+async fn assert_material_gone(
+    server: &RunningServer,
+    c: &mut Client,
+    key: &str,
+    ciphertext: &[u8],
+) {
+    assert_eq!(
+        stored_blob(server, key).await,
+        None,
+        "the blob is still stored"
+    );
+    assert_eq!(key_objects(server, key).await, vec![], "an object is left");
+    assert_eq!(resident(server), 0, "an unwrapped copy is left");
+    assert_eq!(describe_key(c, key).await.key_state, "PendingImport");
+    let r = encrypt_with(c, key, b"x", &[]).await;
+    assert_eq!(reason(r), "KMSInvalidStateException");
+    assert_eq!(
+        reason(decrypt(c, ciphertext).await),
+        "KMSInvalidStateException"
+    );
+}
+
+/// Encrypt under `key`, checked by opening the ciphertext locally with the known material:
+/// the device serves exactly the imported key.
+async fn encrypt_known(c: &mut Client, key: &str, material: &[u8], pt: &[u8]) -> Vec<u8> {
+    let ct = encrypt(c, key, pt).await;
+    let ec = [("app", "wrapped")];
+    assert_eq!(open_locally(material, &ct, &ec).as_deref(), Some(pt));
+    ct
+}
+
+/// ImportKeyMaterial in wrapped residency: the material is rewrapped under the master key on
+/// the device and stored as a blob (no token object), serves at once and after a restart
+/// with a cold cache; DeleteImportedKeyMaterial removes the blob and every unwrapped copy;
+/// different material is refused and stores nothing; the same material brings old
+/// ciphertexts back; material past its ValidTo is removed by the expiry sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_material_is_wrapped_deleted_expired_and_reimported() {
+    trusted_token().await;
+    let _one = TOKEN_COUNT.lock().await;
+    let dir = data_dir("wrapped-import");
+    let config = wrapped_config(&dir);
+    let clock = Arc::new(ManualClock::default());
+    let server = start_clocked(&config, clock.clone()).await;
+    let mut c = admin(server.addr).await;
+    let objects = token_objects(&server).await;
+    let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
+    let material = random_material();
+    import(&mut c, &key, &material, None).await.unwrap();
+    assert_eq!(describe_key(&mut c, &key).await.key_state, "Enabled");
+    assert_held_wrapped(&server, &key).await;
+    assert_eq!(stored_blob(&server, &key).await.unwrap().master, 1);
+    assert_eq!(token_objects(&server).await, objects, "wrapping key left");
+    let ct = encrypt_known(&mut c, &key, &material, b"imported").await;
+    assert_eq!(decrypt(&mut c, &ct).await.unwrap(), b"imported");
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    // A cold start unwraps the stored blob again.
+    let server = start_clocked(&config, clock.clone()).await;
+    let mut c = admin(server.addr).await;
+    let cold = misses(&server);
+    assert_eq!(decrypt(&mut c, &ct).await.unwrap(), b"imported");
+    assert!(misses(&server) > cold, "the cold cache did not unwrap");
+    assert!(resident(&server) > 0, "no unwrapped copy");
+
+    // Deleted: the blob leaves the row, the copies leave the device.
+    delete_material(&mut c, &key).await;
+    assert_material_gone(&server, &mut c, &key, &ct).await;
+
+    // Different material: IncorrectKeyMaterialException, nothing stored or left.
+    let r = import(&mut c, &key, &random_material(), None).await;
+    assert_eq!(reason(r), "IncorrectKeyMaterialException");
+    assert_material_gone(&server, &mut c, &key, &ct).await;
+
+    // The same material again: the blob is back and old ciphertexts decrypt.
+    let valid_to = clock.now_ms() + 2 * DAY_MS;
+    import(&mut c, &key, &material, Some(valid_to))
+        .await
+        .unwrap();
+    assert_eq!(describe_key(&mut c, &key).await.key_state, "Enabled");
+    assert_held_wrapped(&server, &key).await;
+    assert_eq!(decrypt(&mut c, &ct).await.unwrap(), b"imported");
+    encrypt_known(&mut c, &key, &material, b"again").await;
+
+    // Past ValidTo, the expiry sweep removes the blob and the copies.
+    clock.advance_ms(DAY_MS);
+    assert!(server.kms.sweep_imports().await.unwrap().is_empty());
+    assert_held_wrapped(&server, &key).await;
+    clock.advance_ms(2 * DAY_MS);
+    let done = server.kms.sweep_imports().await.unwrap();
+    assert!(done.len() == 1 && done[0].succeeded(), "{done:?}");
+    assert_material_gone(&server, &mut c, &key, &ct).await;
+    assert_eq!(token_objects(&server).await, objects);
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+/// Imported HMAC material in wrapped residency: a blob, no token object, and the MACs of the
+/// known key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_hmac_material_is_wrapped() {
+    trusted_token().await;
+    let _one = TOKEN_COUNT.lock().await;
+    let config = wrapped_config(&data_dir("wrapped-import-hmac"));
+    let server = start_from(&config).await;
+    let mut c = admin(server.addr).await;
+    let key = create_external(&mut c, "HMAC_256", "GENERATE_VERIFY_MAC").await;
+    let material = random_material();
+    import(&mut c, &key, &material, None).await.unwrap();
+    assert_held_wrapped(&server, &key).await;
+    let local = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &material),
+        b"message",
+    );
+    assert_eq!(
+        hmac_sha256(&mut c, &key, b"message").await,
+        local.as_ref(),
+        "the device's MAC is not the imported key's"
+    );
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+/// Another node deletes imported material: this node, following the change log, forgets the
+/// blob and destroys its unwrapped copies, and refuses the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_followed_from_another_node_drops_the_unwrapped_copies() {
+    trusted_token().await;
+    let _one = TOKEN_COUNT.lock().await;
+    let config = wrapped_config(&data_dir("wrapped-import-follow"));
+    let server = start_from(&config).await;
+    let mut c = admin(server.addr).await;
+    let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
+    import(&mut c, &key, &random_material(), None)
+        .await
+        .unwrap();
+    let ct = encrypt(&mut c, &key, b"followed").await;
+    assert!(resident(&server) > 0, "no unwrapped copy");
+
+    // The other node's write, as DeleteImportedKeyMaterial makes it there.
+    let store = server.kms.store();
+    let mut record = store.get_key(&key).await.unwrap().unwrap().key;
+    let mut l = store.get_lifecycle(&key).await.unwrap().unwrap();
+    record.state = KeyState::PendingImport;
+    (l.material_present, l.valid_to_ms, l.expiration_model) = (false, None, None);
+    store.drop_imported_material(&record, &l).await.unwrap();
+    let change = Change {
+        seq: 0,
+        at_ms: 0,
+        kind: ChangeKind::Key,
+        id: key.clone(),
+    };
+    server.kms.apply_change(&change).await.unwrap();
+    assert_material_gone(&server, &mut c, &key, &ct).await;
+    drop(c);
+    server.shutdown().await.unwrap();
+}
+
+// ------------------------------------------------------------------------------ scale
+
+/// Issue 19: "the token's object count stays constant while 10,000 keys are created", 16
+/// creators at a time over one gRPC connection; a sample of the keys encrypts and decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_wrapped_keys_leave_the_token_object_count_constant() {
+    const KEYS: usize = 10_000;
+    trusted_token().await;
+    let _one = TOKEN_COUNT.lock().await;
+    let config = wrapped_config(&data_dir("wrapped-10k"));
+    let server = start_from(&config).await;
+    let c = admin(server.addr).await;
+    let objects = token_objects(&server).await;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut creators = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (mut c, next) = (c.clone(), next.clone());
+        creators.spawn(async move {
+            let mut made = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < KEYS {
+                made.push(create_key(&mut c).await);
+            }
+            made
+        });
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    while let Some(made) = creators.join_next().await {
+        keys.extend(made.unwrap());
+    }
+    eprintln!("{KEYS} wrapped keys created in {:?}", started.elapsed());
+    assert_eq!(keys.len(), KEYS, "distinct keys");
+    assert_eq!(
+        token_objects(&server).await,
+        objects,
+        "creating keys changed the token's object count"
+    );
+    let mut c = c;
+    for (i, key) in keys.iter().enumerate().step_by(KEYS / 20) {
+        let pt = format!("key {i}");
+        let ct = encrypt(&mut c, key, pt.as_bytes()).await;
+        assert_eq!(decrypt(&mut c, &ct).await.unwrap(), pt.as_bytes());
+        assert!(stored_blob(&server, key).await.is_some(), "{key}: no blob");
+    }
+    drop(c);
+    server.shutdown().await.unwrap();
 }

@@ -188,12 +188,19 @@ impl Kms {
         if let Some(l) = lifecycle {
             self.lifecycle_cache_put(l);
         }
+        // A blob gone from its row (imported material deleted): forgotten with the cache
+        // fill below, then its unwrapped copies destroyed here too.
+        let lost = Uuid::parse_str(key_id)
+            .is_ok_and(|u| self.blobs.loses_blob(*u.as_bytes(), &bundle.versions));
         let mut cached = self.cached_from_bundle(bundle)?;
         match self.key_by_uuid(&cached.uuid) {
             Some(old) => cached.grants = old.grants.clone(),
             None => cached.grants = self.store.grants_of(key_id).await?,
         }
-        self.cache_put(cached);
+        let cached = self.cache_put(cached);
+        if lost {
+            self.evict_lost_blobs(&cached).await;
+        }
         Ok(())
     }
 

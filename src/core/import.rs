@@ -9,9 +9,15 @@
 //!   touched, then unwraps on the device ([`crate::hsm::unwrap`]): a session copy first
 //!   (length and check value; a re-import must reproduce the check value of the first
 //!   import), then the token object. The wrapping key is destroyed once the import is stored.
+//!   In wrapped residency (a key of the default store with `[hsm] residency = "wrapped"`,
+//!   decided on the key record as creation decides) the checked session copy is wrapped
+//!   under the master key on the device instead (no token object), and the blob is stored on
+//!   version 1's row in the same transaction as the rest of the import.
 //! - Material with `KEY_MATERIAL_EXPIRES` is destroyed when `ValidTo` passes (sweeper, on the
 //!   engine's clock), and the key returns to PendingImport; DeleteImportedKeyMaterial does
-//!   the same at once. Expired import tokens are swept with their wrapping keys.
+//!   the same at once. A wrapped key's blob is removed from its row in the same transaction
+//!   as the state change, then forgotten and every unwrapped copy destroyed on the device.
+//!   Expired import tokens are swept with their wrapping keys.
 
 use std::sync::Arc;
 
@@ -21,6 +27,7 @@ use super::authz::{iso8601, AuthzRequest, CtxValue};
 use super::change::{Retry, CHANGE_ATTEMPTS};
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::operation::{redacted_debug, request_parameters, response_elements};
+use super::residency::{self, Wrapped};
 use super::service::{ServiceAction, ServiceEventName};
 use super::{validate, CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::{
@@ -29,7 +36,7 @@ use crate::hsm::unwrap::{
 };
 use crate::hsm::{HsmErrorKind, ObjectId};
 use crate::identity::Caller;
-use crate::store::{ImportTokenRecord, KeyLifecycle, KeyState, KeyVersion};
+use crate::store::{ImportTokenRecord, ImportedVersion, KeyLifecycle, KeyState, KeyVersion};
 
 /// Import parameters are valid for 24 hours.
 pub const PARAMETERS_VALIDITY_MS: i64 = 24 * 3_600_000;
@@ -183,6 +190,18 @@ struct UsableToken {
     hash: String,
     algorithm: WrappingAlgorithm,
     wrapping: WrappingKeyId,
+}
+
+/// What an import made for the key's version 1, for the store to record and for a failed
+/// record to undo.
+enum Made {
+    /// Nothing new: a re-import that confirmed the material still present.
+    Nothing,
+    /// A token object (token residency).
+    Object(ObjectId),
+    /// A blob wrapped under the master key (wrapped residency); its unwrapped session copy is
+    /// in a worker's cache.
+    Blob(ObjectId, Wrapped),
 }
 
 /// ImportKeyMaterial's input checks; answers the expiration model.
@@ -401,6 +420,7 @@ impl Kms {
             (key, expected, !l.material_present)
         };
         let target = ObjectId::new(key.uuid, 1);
+        let wrapped = self.wraps_new_keys(&key.record);
         let job = ImportJob {
             wrapping_key: token.wrapping,
             algorithm: token.algorithm,
@@ -410,7 +430,12 @@ impl Kms {
             expected,
             create_object,
         };
-        let check = self.unwrap_material(&key, job).await?;
+        let (check, blob) = self.unwrap_material(&key, job, wrapped).await?;
+        let made = match blob {
+            Some(b) => Made::Blob(target, b),
+            None if create_object => Made::Object(target),
+            None => Made::Nothing,
+        };
         let material = |l: &mut KeyLifecycle| {
             l.material_check = Some(check.to_bytes());
             l.material_present = true;
@@ -418,13 +443,7 @@ impl Kms {
             l.valid_to_ms = req.valid_to_ms;
         };
         let cached = self
-            .finish_import(
-                &key_id,
-                material,
-                &token.hash,
-                now,
-                create_object.then_some(target),
-            )
+            .finish_import(&key_id, material, &token.hash, now, made)
             .await?;
         match self.hsm.destroy_wrapping_key(token.wrapping).await {
             Ok(()) => {}
@@ -469,22 +488,25 @@ impl Kms {
         })
     }
 
-    /// Unwraps the material on the device and checks it (length, same as before).
+    /// Unwraps the material on the device and checks it (length, same as before). `wrapped`:
+    /// the new material is wrapped under the master key (the blob comes back) rather than
+    /// made a token object.
     async fn unwrap_material(
         &self,
         key: &CachedKey,
         job: ImportJob,
-    ) -> Result<MaterialCheck, KmsError> {
-        let outcome = self
-            .hsm
-            .import_material(job)
-            .await
-            .map_err(|e| match e.kind {
-                HsmErrorKind::ObjectNotFound => invalid_token(),
-                _ => KmsError::from(e),
-            })?;
+        wrapped: bool,
+    ) -> Result<(MaterialCheck, Option<Wrapped>), KmsError> {
+        let done = match wrapped {
+            true => self.hsm.import_material_wrapped(job).await,
+            false => self.hsm.import_material(job).await.map(|o| (o, None)),
+        };
+        let (outcome, blob) = done.map_err(|e| match e.kind {
+            HsmErrorKind::ObjectNotFound => invalid_token(),
+            _ => KmsError::from(e),
+        })?;
         match outcome {
-            ImportOutcome::Imported(check) => Ok(check),
+            ImportOutcome::Imported(check) => Ok((check, blob.map(Wrapped::secret))),
             ImportOutcome::WrongLength(_) => Err(KmsError::Validation(format!(
                 "The key material does not have a valid length for key spec {}.",
                 key.record.key_spec
@@ -497,22 +519,23 @@ impl Kms {
     }
 
     /// Records an import in one transaction (the key Enabled if it was PendingImport, version
-    /// 1 on the first import, the lifecycle changed by `material`, the spent token) and caches
-    /// the result. A `created` object is destroyed again when the store fails.
+    /// 1 on the first import, its blob in wrapped residency, the lifecycle changed by
+    /// `material`, the spent token) and caches the result. What was `made` is undone when the
+    /// store fails: the object destroyed, the blob's unwrapped copy evicted.
     async fn finish_import(
         &self,
         key_id: &str,
         material: impl Fn(&mut KeyLifecycle),
         token_hash: &str,
         now: i64,
-        created: Option<ObjectId>,
+        made: Made,
     ) -> Result<Arc<CachedKey>, KmsError> {
         let mut outcome = Err(Retry::Stale.into_error());
         for _ in 0..CHANGE_ATTEMPTS {
             let _guard = self.key_locks.key(key_id).await;
             let key = self.current_key(key_id)?;
             match self
-                .try_finish_import(&key, &material, token_hash, now)
+                .try_finish_import(&key, &material, token_hash, now, &made)
                 .await
             {
                 Err(Retry::Stale) => {
@@ -526,13 +549,22 @@ impl Kms {
         }
         if outcome.is_err() {
             // After the lock is released: the destruction is an HSM job.
-            if let Some(target) = created {
-                if let Err(he) = self.hsm.destroy(target).await {
-                    tracing::error!(error = %he, "could not destroy the material of a failed import");
-                }
-            }
+            self.undo_import(made).await;
         }
         outcome
+    }
+
+    /// Destroys what a failed import made on the device: the token object, or the unwrapped
+    /// copy of a blob that was never stored.
+    async fn undo_import(&self, made: Made) {
+        let undone = match made {
+            Made::Nothing => return,
+            Made::Object(target) => self.hsm.destroy(target).await,
+            Made::Blob(target, _) => self.hsm.evict_wrapped(target.key_id()).await.map(|_| ()),
+        };
+        if let Err(he) = undone {
+            tracing::error!(error = %he, "could not destroy the material of a failed import");
+        }
     }
 
     /// One attempt at recording an import on `key` as cached now (compare-and-set).
@@ -542,23 +574,37 @@ impl Kms {
         material: &impl Fn(&mut KeyLifecycle),
         token_hash: &str,
         now: i64,
+        made: &Made,
     ) -> Result<Arc<CachedKey>, Retry> {
         let mut record = key.record.clone();
         if record.state == KeyState::PendingImport {
             record.state = KeyState::Enabled;
         }
         let first = !key.versions.contains(&1);
+        let blob = match made {
+            Made::Blob(_, w) => Some(residency::stored(w)),
+            _ => None,
+        };
         let version = KeyVersion {
             key_id: record.key_id.clone(),
             version: 1,
             created_at_ms: now,
-            wrapped: None,
+            wrapped: blob.clone(),
+        };
+        let row = match (first, &blob) {
+            (true, _) => ImportedVersion::New(&version),
+            (false, Some(blob)) => ImportedVersion::Blob { version: 1, blob },
+            (false, None) => ImportedVersion::Unchanged,
         };
         let mut lifecycle = self.lifecycle_of(&record.key_id);
         material(&mut lifecycle);
         self.store
-            .finish_import(&record, first.then_some(&version), &lifecycle, token_hash)
+            .finish_import(&record, row, &lifecycle, token_hash)
             .await?;
+        // Before the key is cached Enabled: it serves at once.
+        if let Made::Blob(id, w) = made {
+            self.blobs.put(*id, w.clone());
+        }
         let mut cached = key.clone();
         record.row_version += 1;
         cached.record = record;
@@ -606,6 +652,9 @@ impl Kms {
         }
         if key.record.state != KeyState::PendingImport {
             self.drop_material(&key).await?;
+        } else if self.wraps_new_keys(&key.record) {
+            // Already deleted: a retry after a failed eviction finishes it.
+            self.forget_material_blobs(&key).await?;
         }
         Ok(KeyMaterialResponse {
             key_id: key.arn.clone(),
@@ -613,12 +662,34 @@ impl Kms {
         })
     }
 
-    /// Destroys a key's imported material on the token (no lock held), then records
-    /// PendingImport compare-and-set (callers hold the key's material claim). The check value
-    /// stays: a re-import must bring the same material. If the record keeps losing to other
-    /// writers, the material is gone and the error says so; a retry completes the record.
+    /// Destroys a key's imported material and records PendingImport compare-and-set (no lock
+    /// held across HSM work; callers hold the key's material claim). The check value stays: a
+    /// re-import must bring the same material.
+    /// - A token object is destroyed first, then the record written. If the record keeps
+    ///   losing to other writers, the material is gone and the error says so; a retry
+    ///   completes the record.
+    /// - A wrapped version's blob leaves its row in the record's own transaction (so a failed
+    ///   record changes nothing); then this node forgets it, so no worker can unwrap it
+    ///   again, and every unwrapped copy is destroyed, all before the call answers. Other
+    ///   nodes do the same when they follow the change ([`Kms::reload_key`]).
     async fn drop_material(&self, key: &CachedKey) -> Result<(), KmsError> {
         super::record::before_change().await?;
+        let wrapped = key
+            .versions
+            .iter()
+            .any(|&v| self.blobs.get(ObjectId::new(key.uuid, v)).is_some());
+        if !wrapped {
+            self.destroy_material_objects(key).await?;
+        }
+        self.record_drop(&key.record.key_id).await?;
+        if wrapped {
+            self.forget_material_blobs(key).await?;
+        }
+        Ok(())
+    }
+
+    /// Destroys the token objects of a key's imported material; absent ones are fine.
+    async fn destroy_material_objects(&self, key: &CachedKey) -> Result<(), KmsError> {
         for &v in &key.versions {
             match self.hsm.destroy(ObjectId::new(key.uuid, v)).await {
                 Ok(()) => {}
@@ -626,7 +697,22 @@ impl Kms {
                 Err(e) => return Err(e.into()),
             }
         }
-        let key_id = key.record.key_id.as_str();
+        Ok(())
+    }
+
+    /// Forgets the blobs of a key whose imported material was deleted (no worker unwraps it
+    /// again), then destroys every worker's unwrapped copy on the device.
+    async fn forget_material_blobs(&self, key: &CachedKey) -> Result<(), KmsError> {
+        for &v in &key.versions {
+            self.blobs.remove(ObjectId::new(key.uuid, v));
+        }
+        self.device_of(key)?.evict_wrapped(key.uuid).await?;
+        Ok(())
+    }
+
+    /// Records PendingImport after imported material was deleted, compare-and-set, retried
+    /// on fresh state.
+    async fn record_drop(&self, key_id: &str) -> Result<(), KmsError> {
         for _ in 0..CHANGE_ATTEMPTS {
             let _guard = self.key_locks.key(key_id).await;
             let key = self.current_key(key_id)?;
@@ -640,7 +726,8 @@ impl Kms {
         Err(Retry::Stale.into_error())
     }
 
-    /// One attempt at recording PendingImport after the material is destroyed.
+    /// One attempt at recording PendingImport after the material is destroyed (with every
+    /// wrapped blob of the key removed from its row).
     async fn record_material_dropped(&self, key: &CachedKey) -> Result<(), Retry> {
         let mut l = self.lifecycle_of(&key.record.key_id);
         l.material_present = false;
@@ -649,7 +736,7 @@ impl Kms {
         let mut cached = key.clone();
         cached.record.state = KeyState::PendingImport;
         self.store
-            .update_key_and_lifecycle(&cached.record, &l)
+            .drop_imported_material(&cached.record, &l)
             .await?;
         cached.record.row_version += 1;
         self.lifecycle_cache_put(l);

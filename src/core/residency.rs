@@ -8,7 +8,9 @@
 //! A key version is wrapped exactly when its stored version row has a blob, so keys made
 //! before a device switched mode keep working. The blobs of every cached key are held in
 //! [`Blobs`], filled wherever the key cache is filled (start-up, a change followed from
-//! another node, creation, rotation, import) and emptied when a version is destroyed.
+//! another node, creation, rotation, import) and emptied when a version is destroyed or its
+//! imported material deleted (then every worker's unwrapped copy is evicted too, on this node
+//! at once and on the others as they follow the change).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -132,6 +134,16 @@ impl Blobs {
         }
     }
 
+    /// Whether taking in `versions` of key `uuid` ([`Blobs::put_versions`]) drops a blob held
+    /// now: a version's row lost its blob (imported material deleted, or the version moved to
+    /// the token), so the unwrapped copies of it must go too.
+    pub(crate) fn loses_blob(&self, uuid: [u8; 16], versions: &[KeyVersion]) -> bool {
+        let map = self.read();
+        versions
+            .iter()
+            .any(|v| v.wrapped.is_none() && map.contains_key(&ObjectId::new(uuid, v.version)))
+    }
+
     /// Holds one version's new blob (creation, rotation, import, rewrap).
     pub(crate) fn put(&self, id: ObjectId, wrapped: Wrapped) {
         self.write().insert(id, wrapped);
@@ -208,6 +220,21 @@ impl super::Kms {
         self.blobs.remove_key(uuid);
         if let Err(e) = self.hsm.evict_wrapped(uuid).await {
             tracing::warn!(error = %e, "could not destroy the unwrapped copies of a deleted key");
+        }
+    }
+
+    /// Destroys this node's unwrapped copies of `key` after its stored blob went away on
+    /// another node (imported material deleted, a version moved to the token): the blob is
+    /// already forgotten here, so no worker unwraps it again. Best effort: the new state is
+    /// cached, and a key whose material was deleted is refused before any HSM call.
+    pub(crate) async fn evict_lost_blobs(&self, key: &super::CachedKey) {
+        let evicted = match self.device_of(key) {
+            Ok(device) => device.evict_wrapped(key.uuid).await.map_err(KmsError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = evicted {
+            let key_id = &key.record.key_id;
+            tracing::warn!(key_id, error = %e, "could not destroy the unwrapped copies of a key whose blob was removed");
         }
     }
 }

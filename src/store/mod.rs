@@ -282,6 +282,24 @@ impl std::fmt::Debug for StoredBlob {
     }
 }
 
+/// What [`MetadataStore::finish_import`] writes on the imported key's version row.
+#[derive(Debug, Clone, Copy)]
+pub enum ImportedVersion<'a> {
+    /// The first import: the version row is inserted (with its blob in wrapped residency).
+    New(&'a KeyVersion),
+    /// A re-import in wrapped residency after the material was deleted: the blob is written
+    /// on the existing row, which must hold none ([`StoreError::Conflict`] otherwise).
+    Blob {
+        /// The version (imported keys have only version 1).
+        version: u32,
+        /// The material wrapped under the master key.
+        blob: &'a StoredBlob,
+    },
+    /// A re-import that made no blob (a token object, or the same material confirmed while
+    /// it is still present): the row stays as it is.
+    Unchanged,
+}
+
 /// One blob found by [`MetadataStore::blobs_under_master`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRow {
@@ -357,7 +375,8 @@ pub struct KeyLifecycle {
     pub valid_to_ms: Option<i64>,
     /// Check value of the imported material (computed on the device; not secret).
     pub material_check: Option<Vec<u8>>,
-    /// Whether the imported material object is on the token.
+    /// Whether the imported material exists (its token object, or in wrapped residency its
+    /// blob on version 1's row).
     pub material_present: bool,
 }
 
@@ -660,17 +679,25 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_import_token(&self, token_sha256: &str) -> Result<(), StoreError>;
     /// Every outstanding import token.
     async fn list_import_tokens(&self) -> Result<Vec<ImportTokenRecord>, StoreError>;
-    /// A successful import, in one transaction: the version row (first import only), the key
+    /// A successful import, in one transaction: the version row as `version` says, the key
     /// row, the lifecycle row, and the used token removed.
     async fn finish_import(
         &self,
         key: &KeyRecord,
-        version: Option<&KeyVersion>,
+        version: ImportedVersion<'_>,
         l: &KeyLifecycle,
         token_sha256: &str,
     ) -> Result<(), StoreError>;
     /// The key row and its lifecycle row together (material expired or deleted).
     async fn update_key_and_lifecycle(
+        &self,
+        key: &KeyRecord,
+        l: &KeyLifecycle,
+    ) -> Result<(), StoreError>;
+    /// Imported material deleted or expired, in one transaction: every wrapped blob of the
+    /// key's versions removed (wrapped residency: the material then exists nowhere), the key
+    /// row (compare-and-set) and its lifecycle row.
+    async fn drop_imported_material(
         &self,
         key: &KeyRecord,
         l: &KeyLifecycle,

@@ -24,9 +24,9 @@
 
 use super::{
     AliasRecord, Backend, BlobRow, Change, ChangeKind, Duty, GrantRecord, ImportTokenRecord,
-    KeyBundle, KeyLifecycle, KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion,
-    LeaderGuard, MetadataStore, OrphanRecord, RotationEntry, SessionRecord, StoreError, StoreInfo,
-    StoredBlob, Tag, UsageOperation,
+    ImportedVersion, KeyBundle, KeyLifecycle, KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord,
+    KeyVersion, LeaderGuard, MetadataStore, OrphanRecord, RotationEntry, SessionRecord, StoreError,
+    StoreInfo, StoredBlob, Tag, UsageOperation,
 };
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -863,6 +863,34 @@ async fn check_alias_quota(
     Ok(())
 }
 
+/// Writes an imported blob on version row `version` of `key_id`, which must exist and hold
+/// no blob (a re-import after the material was deleted); `Conflict` otherwise.
+async fn put_imported_blob_on(
+    conn: &mut AnyConnection,
+    key_id: &str,
+    version: u32,
+    blob: &StoredBlob,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE key_versions SET wrapped_blob = $1, wrap_master = $2, public_key = $3 \
+         WHERE key_id = $4 AND version = $5 AND wrapped_blob IS NULL",
+    )
+    .bind(blob.bytes.clone())
+    .bind(i64::from(blob.master))
+    .bind(blob.public_key.clone())
+    .bind(key_id)
+    .bind(i64::from(version))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if done.rows_affected() != 1 {
+        return Err(StoreError::Conflict(format!(
+            "version {version} of key {key_id} is gone or already holds a blob"
+        )));
+    }
+    Ok(())
+}
+
 /// `NotFound` unless the key row exists.
 async fn require_key_on(conn: &mut AnyConnection, key_id: &str) -> Result<(), StoreError> {
     let found = sqlx::query("SELECT 1 FROM keys WHERE key_id = $1")
@@ -1474,13 +1502,17 @@ impl MetadataStore for SqlStore {
     async fn finish_import(
         &self,
         key: &KeyRecord,
-        version: Option<&KeyVersion>,
+        version: ImportedVersion<'_>,
         l: &KeyLifecycle,
         token_sha256: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        if let Some(v) = version {
-            insert_version_on(&mut tx, v).await?;
+        match version {
+            ImportedVersion::New(v) => insert_version_on(&mut tx, v).await?,
+            ImportedVersion::Blob { version, blob } => {
+                put_imported_blob_on(&mut tx, &key.key_id, version, blob).await?
+            }
+            ImportedVersion::Unchanged => {}
         }
         update_key_on(&mut tx, key).await?;
         put_lifecycle_on(&mut tx, l).await?;
@@ -1498,6 +1530,25 @@ impl MetadataStore for SqlStore {
         l: &KeyLifecycle,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        update_key_on(&mut tx, key).await?;
+        put_lifecycle_on(&mut tx, l).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn drop_imported_material(
+        &self,
+        key: &KeyRecord,
+        l: &KeyLifecycle,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE key_versions SET wrapped_blob = NULL, wrap_master = NULL, public_key = NULL \
+             WHERE key_id = $1",
+        )
+        .bind(&key.key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         update_key_on(&mut tx, key).await?;
         put_lifecycle_on(&mut tx, l).await?;
         tx.commit().await.map_err(db_err)

@@ -523,6 +523,29 @@ pub fn openssl_oaep_encrypt(spki_der: &[u8], md: &str, data: &[u8]) -> Vec<u8> {
     )
 }
 
+/// Opens a p11kms v1 blob locally with the known key material (BYOK tests prove the right key
+/// arrived): AES-256-GCM, IV at offset 21, AAD = "p11kms/v1" || header (33 bytes) ||
+/// canonical EC (pairs sorted by key bytes, each of key and value as u16 BE length || bytes).
+pub fn open_locally(material: &[u8], blob: &[u8], ec: &[(&str, &str)]) -> Option<Vec<u8>> {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let mut pairs: Vec<_> = ec.to_vec();
+    pairs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut aad = b"p11kms/v1".to_vec();
+    aad.extend_from_slice(&blob[..33]);
+    for (k, v) in pairs {
+        for part in [k.as_bytes(), v.as_bytes()] {
+            aad.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            aad.extend_from_slice(part);
+        }
+    }
+    let iv: [u8; 12] = blob[21..33].try_into().unwrap();
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, material).ok()?);
+    let mut buf = blob[33..].to_vec();
+    key.open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(&aad), &mut buf)
+        .ok()
+        .map(|pt| pt.to_vec())
+}
+
 /// The objects on the daemon's token whose `CKA_ID` belongs to key `key_id` (a UUID), as
 /// (version, whether it is a token object): token objects and the session copies that using a
 /// key makes alike.
