@@ -217,6 +217,7 @@ impl WorkerCtx {
         // caches can be emptied safely; keys are looked up again on next use.
         shared.handles.clear();
         shared.copies.clear();
+        shared.wrapped.forget_copies();
         super::wrapped::reset_worker_cache(&self.wrapped, epoch);
         self.broken = false;
         self.opened_in = epoch;
@@ -534,6 +535,7 @@ fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
         .then(|| slot.share(&shared, GateId::Session, true));
     if _quiet.is_some() {
         ctx.shared.copies.clear();
+        ctx.shared.wrapped.forget_copies();
         // Its unwrapped keys die with its session too: never destroy them by handle later
         // (a device may reuse the handles).
         super::wrapped::reset_worker_cache(&ctx.wrapped, u64::MAX);

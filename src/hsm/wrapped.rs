@@ -549,6 +549,9 @@ pub(crate) struct WrappedShared {
     source: OnceLock<Arc<dyn BlobSource>>,
     caches: Mutex<Vec<Weak<Mutex<Lru<ObjectHandle>>>>>,
     masters: RwLock<BTreeMap<MasterVersion, MasterHandles>>,
+    /// Session copies of masters and bind keys for the miss path, with the reset epoch they
+    /// were made in (see [`with_unwrap_keys`]).
+    copies: RwLock<BTreeMap<MasterVersion, (MasterHandles, u64)>>,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) evictions: AtomicU64,
@@ -562,6 +565,7 @@ impl WrappedShared {
             source: OnceLock::new(),
             caches: Mutex::default(),
             masters: RwLock::default(),
+            copies: RwLock::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -630,6 +634,29 @@ impl WrappedShared {
             Some(m) => t.insert(v, m),
             None => t.remove(&v),
         };
+    }
+
+    /// The miss path's handles of master `v` made in reset epoch `epoch`, if any.
+    fn copy_of(&self, v: MasterVersion, epoch: u64) -> Option<MasterHandles> {
+        let t = self.copies.read().unwrap_or_else(|p| p.into_inner());
+        t.get(&v).filter(|(_, e)| *e == epoch).map(|(m, _)| *m)
+    }
+
+    fn remember_copy(&self, v: MasterVersion, m: Option<(MasterHandles, u64)>) {
+        let mut t = self.copies.write().unwrap_or_else(|p| p.into_inner());
+        match m {
+            Some(m) => t.insert(v, m),
+            None => t.remove(&v),
+        };
+    }
+
+    /// Forget every master copy: the session that made them is closing or closed. Called
+    /// with no job running (the session gate).
+    pub(crate) fn forget_copies(&self) {
+        self.copies
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn newest_trusted(&self) -> Option<MasterVersion> {
@@ -719,6 +746,59 @@ fn with_master<T>(
             f(ctx, m)
         }
         other => other,
+    }
+}
+
+/// Run `f` with the miss path's handles of master `v`: session copies of the master and its
+/// bind key (`C_CopyObject` with `CKA_TOKEN` false; the copies keep every other attribute:
+/// sensitive, never extractable, unwrap and verify only as the originals). SoftHSM2 checks
+/// a token object against its file (open, lock, read, close) on every use, which cost an
+/// unwrap more than its cryptography; session objects live in memory. The copies die with
+/// the session that made them, so they are used only in the reset epoch they were made in.
+/// Without `session_key_copies`, or when the device refuses the copy, the token objects serve.
+fn with_unwrap_keys<T>(
+    ctx: &mut WorkerCtx,
+    v: MasterVersion,
+    mut f: impl FnMut(&mut WorkerCtx, MasterHandles) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    if !ctx.shared.copies.enabled() {
+        return with_master(ctx, v, f);
+    }
+    let epoch = ctx.session_epoch();
+    if let Some(m) = ctx.shared.wrapped.copy_of(v, epoch) {
+        match f(ctx, m) {
+            Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {
+                ctx.shared.wrapped.remember_copy(v, None);
+            }
+            other => return other,
+        }
+    }
+    let m = with_master(ctx, v, |ctx, m| Ok(copy_master(ctx, m)))?;
+    ctx.shared.wrapped.remember_copy(v, Some((m, epoch)));
+    f(ctx, m)
+}
+
+/// Session copies of master `m` and its bind key; `m` itself when the device refuses.
+fn copy_master(ctx: &mut WorkerCtx, m: MasterHandles) -> MasterHandles {
+    let t = [Attribute::Token(false)];
+    let master = match ctx.call(Call::CopyObject, |s| s.copy_object(m.master, &t)) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(token = %ctx.token(), error = %e, "the master key cannot be copied to a session object; the token object serves");
+            return m;
+        }
+    };
+    match ctx.call(Call::CopyObject, |s| s.copy_object(m.bind, &t)) {
+        Ok(bind) => MasterHandles {
+            master,
+            bind,
+            trusted: m.trusted,
+        },
+        Err(e) => {
+            tracing::debug!(token = %ctx.token(), error = %e, "the bind key cannot be copied to a session object; the token objects serve");
+            destroy_session_objects(ctx, &[master]);
+            m
+        }
     }
 }
 
@@ -821,6 +901,15 @@ pub(crate) fn create_master_untrusted(
 /// Destroy master `v` and its bind key; `ObjectNotFound` if neither exists.
 pub(crate) fn destroy_master(ctx: &mut WorkerCtx, v: MasterVersion) -> Result<(), HsmError> {
     ctx.shared.wrapped.remember_master(v, None);
+    if let Some(m) = ctx.shared.wrapped.copy_of(v, ctx.session_epoch()) {
+        ctx.shared.wrapped.remember_copy(v, None);
+        if let Some(token) = find_one(ctx, &v.cka_id())? {
+            // Copies only: never the token objects destroyed just below.
+            if m.master != token {
+                destroy_session_objects(ctx, &[m.master, m.bind]);
+            }
+        }
+    }
     let mut any = false;
     for id in [v.cka_id(), v.bind_cka_id()] {
         if let Some(h) = find_one(ctx, &id)? {
@@ -902,7 +991,7 @@ fn unwrap_verified_as(
     template: &[Attribute],
 ) -> Result<ObjectHandle, HsmError> {
     let v = blob.master();
-    let r = with_master(ctx, v, |ctx, m| {
+    let r = with_unwrap_keys(ctx, v, |ctx, m| {
         let message = blob.tag_message(id);
         let tag = blob.tag();
         let verified = ctx.call_raw(Call::Verify, |s| {
