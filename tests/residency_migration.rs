@@ -9,12 +9,14 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::*;
-use p11kms::hsm::ObjectId;
+use p11kms::hsm::{ObjectId, TokenMove, WrappedBlob};
 use p11kms::pb;
 use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::server::RunningServer;
+use p11kms::store::StoredBlob;
 use tonic::transport::Channel;
 
 const EC: &[(&str, &str)] = &[("app", "migrate")];
@@ -127,6 +129,13 @@ async fn all_decrypt(c: &mut Client, sealed: &[(String, Vec<u8>, Vec<u8>)]) {
     }
 }
 
+/// The stored blob of version 1 of `key`.
+async fn stored_blob(server: &RunningServer, key: &str) -> Arc<WrappedBlob> {
+    let bundle = server.kms.store().get_key(key).await.unwrap().unwrap();
+    let stored = bundle.versions[0].wrapped.clone().expect("a blob");
+    Arc::new(WrappedBlob::from_bytes(&stored.bytes).unwrap())
+}
+
 fn uuid(key: &str) -> [u8; 16] {
     *uuid::Uuid::parse_str(key).unwrap().as_bytes()
 }
@@ -166,6 +175,14 @@ async fn wrapped_keys_move_to_the_token_and_back_and_every_ciphertext_decrypts()
     // Token residency: the CLI moves every secret key; the pair stays (exit code 1).
     let server = start_from(&write_config(&dir)).await;
     let mut c = admin(server.addr).await;
+    // A run interrupted after the HMAC key's token object was made: both copies exist.
+    let id = ObjectId::new(uuid(&hmac), 1);
+    let hsm = server.kms.hsm();
+    hsm.wrapped_to_token(id, stored_blob(&server, &hmac).await)
+        .await
+        .unwrap();
+    assert_eq!(token_versions(&server, &hmac).await, [1]);
+    assert!(verify_mac(&mut c, &hmac, b"era 1", &mac).await);
     let (code, out) = migrate_cli(&server, "token").await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("skipped {pair}: KEY_PAIR")), "{out}");
@@ -179,7 +196,6 @@ async fn wrapped_keys_move_to_the_token_and_back_and_every_ciphertext_decrypts()
     assert_eq!(blobs_in_rows(&server, &pair).await, [true]);
     assert_eq!(token_versions(&server, &rotated).await, [1, 2]);
     assert_eq!(token_versions(&server, &hmac).await, [1]);
-    let hsm = server.kms.hsm();
     for (key, v) in [(&aes, 1), (&rotated, 2), (&hmac, 1)] {
         let id = ObjectId::new(uuid(key), v);
         let a = hsm.key_attributes(id).await.unwrap();
@@ -208,20 +224,39 @@ async fn wrapped_keys_move_to_the_token_and_back_and_every_ciphertext_decrypts()
         b"born".to_vec(),
         encrypt(&mut c, &born, b"born").await,
     ));
+    // A run to wrapped interrupted after the AES key's blob was stored: both copies exist.
+    let id = ObjectId::new(uuid(&aes), 1);
+    let TokenMove::Wrapped(blob) = hsm.token_to_wrapped(id).await.unwrap() else {
+        panic!("a key that came from a blob moves back");
+    };
+    let stored = StoredBlob {
+        master: blob.master().0,
+        bytes: blob.to_bytes(),
+        public_key: None,
+    };
+    let store = server.kms.store();
+    let row = store.get_key(&aes).await.unwrap().unwrap().key;
+    store
+        .set_version_blob(&row, 1, None, Some(&stored))
+        .await
+        .unwrap();
     drop(c);
     server.shutdown().await.unwrap();
 
     // Wrapped again: the token objects go, the blobs come back; the token-born key stays.
     let server = start_from(&wrapped_config(&dir)).await;
     let mut c = admin(server.addr).await;
+    assert_eq!(token_versions(&server, &aes).await, [1]);
+    all_decrypt(&mut c, &sealed).await;
     let (code, out) = migrate_cli(&server, "wrapped").await;
     assert_eq!(code, 1, "{out}");
+    assert!(out.contains("destroyed 1 token object(s)"), "{out}");
     assert!(
         out.contains(&format!("skipped {born}: NEVER_EXTRACTABLE")),
         "{out}"
     );
     assert!(!out.contains(&pair), "the pair is wrapped already: {out}");
-    assert!(out.contains("(3 in all)"), "{out}");
+    assert!(out.contains("(2 in all)"), "{out}");
     for key in [&aes, &rotated, &hmac] {
         assert!(
             blobs_in_rows(&server, key).await.iter().all(|b| *b),
@@ -322,4 +357,22 @@ async fn bad_calls_are_refused_and_change_nothing() {
     assert_eq!(done.remaining, 0);
     drop(c);
     server.shutdown().await.unwrap();
+
+    // Every call is audited, refused or not, with what it moved.
+    let trail = events(&dir);
+    let ours: Vec<_> = trail
+        .iter()
+        .filter(|e| e["eventName"] == "MigrateResidency")
+        .collect();
+    let denied = ours
+        .iter()
+        .find(|e| e["errorCode"] == "AccessDeniedException")
+        .expect("the denied call is audited");
+    assert_eq!(denied["requestParameters"]["to"], "TOKEN", "{denied}");
+    let answered = ours
+        .iter()
+        .find(|e| e["errorCode"].is_null())
+        .expect("the answered call is audited");
+    assert_eq!(answered["responseElements"]["moved"], 0, "{answered}");
+    assert_eq!(answered["responseElements"]["remaining"], "0", "{answered}");
 }

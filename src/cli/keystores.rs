@@ -203,6 +203,12 @@ async fn migrate(sess: &mut Session, args: MigrateArgs) -> Result<(), String> {
             .call("AdminService", "MigrateResidency", request, call)
             .await?;
         moved += r.moved_key_ids.len();
+        if r.leftovers_destroyed > 0 {
+            println!(
+                "destroyed {} token object(s) an interrupted run left beside their blobs",
+                r.leftovers_destroyed
+            );
+        }
         println!(
             "moved {} key(s) this call ({moved} in all), skipped {}, {} remaining",
             r.moved_key_ids.len(),

@@ -105,6 +105,9 @@ pub struct MigrateResidencyResponse {
     pub skipped: Vec<SkippedKey>,
     /// The last key looked at, to resume after.
     pub next_after: Option<String>,
+    /// Token objects an interrupted run left beside their stored blobs, destroyed (the first
+    /// call of a run to wrapped looks for them).
+    pub leftovers_destroyed: u32,
 }
 
 impl MigrateResidencyResponse {
@@ -114,6 +117,10 @@ impl MigrateResidencyResponse {
 
     fn remaining_count(&self) -> String {
         self.remaining.to_string()
+    }
+
+    fn leftovers(&self) -> i32 {
+        i32::try_from(self.leftovers_destroyed).unwrap_or(i32::MAX)
     }
 
     fn skipped_keys(&self) -> serde_json::Value {
@@ -126,7 +133,8 @@ impl MigrateResidencyResponse {
 }
 
 response_elements!(MigrateResidencyResponse {
-    moved = Self::moved_count, remaining = Self::remaining_count, skipped = Self::skipped_keys
+    moved = Self::moved_count, remaining = Self::remaining_count, skipped = Self::skipped_keys,
+    leftovers_destroyed = Self::leftovers
 });
 
 /// `TOKEN` or `WRAPPED`.
@@ -168,8 +176,11 @@ impl Kms {
             ));
         }
         self.migration_target_ready(to).await?;
-        let candidates = self.migration_candidates(to, after);
         let mut out = MigrateResidencyResponse::default();
+        if to == Residency::Wrapped && after.is_none() {
+            out.leftovers_destroyed = self.destroy_token_twins().await?;
+        }
+        let candidates = self.migration_candidates(to, after);
         for key in candidates.iter().take(limit) {
             let key_id = key.record.key_id.clone();
             match self.migrate_key(key, to).await {
@@ -218,6 +229,34 @@ impl Kms {
             }
         }
         Ok(())
+    }
+
+    /// Destroys the token objects an interrupted run left beside their stored blobs (each
+    /// checked on the device to hold its blob's material, under its key's lock): how many.
+    /// The blob served those keys already; one scan of the token per run.
+    async fn destroy_token_twins(&self) -> Result<u32, KmsError> {
+        let objects = self.hsm.list_objects().await?;
+        let ids = objects
+            .iter()
+            .filter(|o| o.token)
+            .filter_map(|o| ObjectId::from_bytes(&o.id));
+        let mut destroyed = 0;
+        for id in ids {
+            if self.blobs.get(id).is_none() {
+                continue;
+            }
+            let key_id = Uuid::from_bytes(id.key_id()).to_string();
+            let _guard = self.key_locks.key(&key_id).await;
+            // Under the lock: the blob may have gone meanwhile (moved to the token again).
+            let Some(blob) = self.blobs.get(id) else {
+                continue;
+            };
+            if self.hsm.destroy_token_twin(id, blob).await? {
+                tracing::info!(object = %id, "a token object left beside its blob by an interrupted migration was destroyed");
+                destroyed += 1;
+            }
+        }
+        Ok(destroyed)
     }
 
     /// The default store's keys after `after` (by key id) with a version in the other

@@ -1271,6 +1271,12 @@ device_jobs! {
     submit_retry_safe Shared fn token_to_wrapped(id: ObjectId) -> TokenMove
         = |ctx| wrapped::token_to_wrapped(ctx, id);
 
+    /// Residency migration to wrapped, after an interrupted run: destroy the token object of
+    /// `id` left beside its stored `blob`, once checked to hold the same material. Whether
+    /// there was one.
+    submit Exclusive fn destroy_token_twin(id: ObjectId, blob: Arc<WrappedBlob>) -> bool
+        = |ctx| wrapped::destroy_token_twin(ctx, id, &blob);
+
     /// Master-key rotation: check `blob`'s tag for `id`, unwrap it under its master and wrap
     /// it under `to` (trusted), in one job. The old blob stays valid until its master goes.
     submit_retry_safe Shared fn rewrap(id: ObjectId, blob: Arc<WrappedBlob>, to: MasterVersion)

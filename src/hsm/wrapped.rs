@@ -1160,6 +1160,29 @@ pub(crate) fn wrapped_to_token(
     Ok(())
 }
 
+/// Residency migration to wrapped, after an interrupted run: the token object of `id` beside
+/// its stored `blob` is destroyed once checked on the device to hold the blob's material (the
+/// blob serves the key already). `false` when there is no such object; an error, and nothing
+/// destroyed, when it holds other material.
+pub(crate) fn destroy_token_twin(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+) -> Result<bool, HsmError> {
+    let Some(material) = material_kind(blob.kind()) else {
+        return Ok(false);
+    };
+    let Some(h) = super::ops::find_part(ctx, &id, Part::Secret)? else {
+        return Ok(false);
+    };
+    if !same_as_blob(ctx, &id, material, h, blob)? {
+        let detail = format!("the token object of {id} does not hold the material of its blob");
+        return Err(rejected(ctx, "C_Encrypt", detail));
+    }
+    super::ops::destroy(ctx, id)?;
+    Ok(true)
+}
+
 /// The blob kind of a token secret key from its key type and allowed mechanisms: AES-256,
 /// or HMAC by its one allowed HMAC mechanism; `None` for anything else.
 fn token_blob_kind(attrs: &[Attribute]) -> Option<BlobKind> {

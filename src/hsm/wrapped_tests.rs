@@ -881,7 +881,7 @@ async fn wrapped_key_pairs_sign_and_decrypt_from_their_blobs() {
     // Probe: SoftHSM2 2.6 does not wrap EdDSA private keys, so an Ed25519 key cannot be
     // wrapped: refused by the device, and nothing is left behind.
     let e = cold
-        .generate_wrapped_pair(new_id(), PairSpec::Ec(Curve::P256), PairUsage::Sign)
+        .generate_wrapped_pair(new_id(), PairSpec::Ed25519, PairUsage::Sign)
         .await
         .unwrap_err();
     assert!(e.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{e}");

@@ -66,6 +66,7 @@ impl From<MigrateResidencyResponse> for pb::MigrateResidencyResponse {
             remaining: r.remaining,
             skipped: r.skipped.into_iter().map(skipped_key).collect(),
             next_after: r.next_after.unwrap_or_default(),
+            leftovers_destroyed: r.leftovers_destroyed,
         }
     }
 }
