@@ -374,5 +374,5 @@ async fn bad_calls_are_refused_and_change_nothing() {
         .find(|e| e["errorCode"].is_null())
         .expect("the answered call is audited");
     assert_eq!(answered["responseElements"]["moved"], 0, "{answered}");
-    assert_eq!(answered["responseElements"]["remaining"], "0", "{answered}");
+    assert_eq!(answered["responseElements"]["remaining"], 0, "{answered}");
 }

@@ -115,8 +115,8 @@ impl MigrateResidencyResponse {
         i32::try_from(self.moved.len()).unwrap_or(i32::MAX)
     }
 
-    fn remaining_count(&self) -> String {
-        self.remaining.to_string()
+    fn remaining_count(&self) -> serde_json::Value {
+        serde_json::Value::from(self.remaining)
     }
 
     fn leftovers(&self) -> i32 {

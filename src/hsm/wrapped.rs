@@ -41,6 +41,20 @@
 //! session objects, then the [`BlobSource`] (a blob: verify, unwrap, cache), then the token.
 //! The LRU is per worker (capacity [`super::HsmConfig::wrapped_cache`]); an entry dies with its
 //! worker's session (a reopen empties the cache) and eviction destroys the session object.
+//!
+//! # Residency migration
+//!
+//! `p11kms key-store migrate-residency` (`core::migrate`) moves keys both ways with three
+//! jobs. [`wrapped_to_token`] unwraps a blob into the version's token object with the custody
+//! of the session copies (sensitive, `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED` true:
+//! [`Template::wrapped_token`]), so that only a trusted master can ever wrap it again.
+//! [`token_to_wrapped`] wraps such a token object under the newest trusted master. Each
+//! checks on the device that both copies hold the same key (the import check value: AES-GCM
+//! of a device-random block, or an HMAC, computed under one and again under the other).
+//! [`destroy_token_twin`] clears a token object an interrupted run left beside its blob. A
+//! key generated in token residency is never extractable and PKCS#11 never makes it
+//! extractable again (`CKA_EXTRACTABLE` goes from true to false only; `C_WrapKey` answers
+//! `CKR_KEY_UNEXTRACTABLE`): it can never become a blob.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -1148,7 +1162,9 @@ pub(crate) fn wrapped_to_token(
     let checked = same_as_blob(ctx, &id, material, h, blob);
     if !matches!(checked, Ok(true)) {
         if made {
-            destroy_session_objects(ctx, &[h]);
+            if let Err(e) = ctx.call(Call::DestroyObject, |s| s.destroy_object(h)) {
+                tracing::error!(token = %ctx.token(), object = %id, error = %e, "could not destroy a token object that failed its check");
+            }
         }
         let detail = format!("the token object of {id} does not hold the material of its blob");
         return Err(checked
