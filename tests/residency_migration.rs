@@ -40,6 +40,16 @@ async fn trusted_token() {
         .get_or_init(|| async {
             let config = wrapped_config(&data_dir("migrate-ceremony"));
             let server = start_from(&config).await;
+            // Before the ceremony nothing can be wrapped: the call says what to run.
+            let mut a = admin_service(&server, "admin").await;
+            let r = a.migrate_residency(migrate_request(pb::Residency::Wrapped));
+            let says = "`p11kms hsm trust-master`";
+            assert_refused(
+                r.await,
+                "no trusted master",
+                "KMSInvalidStateException",
+                says,
+            );
             let done = trust_master(&config);
             assert_succeeded(&done, "trust-master");
             server.shutdown().await.unwrap();
