@@ -68,6 +68,41 @@ async fn migrate_cli(server: &RunningServer, to: &str) -> (i32, String) {
         .unwrap()
 }
 
+/// [`migrate_cli`] while another client decrypts every ciphertext of `sealed` over and over
+/// (at least once after the command ended): no request may fail during the migration.
+async fn migrate_under_load(
+    server: &RunningServer,
+    to: &str,
+    sealed: &[(String, Vec<u8>, Vec<u8>)],
+) -> (i32, String) {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut c = admin(server.addr).await;
+    let (stop, work) = (done.clone(), sealed.to_vec());
+    let load = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        loop {
+            let last = stop.load(std::sync::atomic::Ordering::SeqCst);
+            for (key, pt, blob) in &work {
+                match decrypt_with(&mut c, blob, EC).await {
+                    Ok(out) if out == *pt => {}
+                    other => failures.push(format!("{key}: {other:?}")),
+                }
+            }
+            if last {
+                return failures;
+            }
+        }
+    });
+    let out = migrate_cli(server, to).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failures = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "requests failed during the migration: {failures:?}"
+    );
+    out
+}
+
 async fn admin_service(server: &RunningServer, cn: &str) -> AdminServiceClient<Channel> {
     let pki = &env().pki;
     let channel = p11kms::client::ClientConfig {
@@ -193,7 +228,7 @@ async fn wrapped_keys_move_to_the_token_and_back_and_every_ciphertext_decrypts()
         .unwrap();
     assert_eq!(token_versions(&server, &hmac).await, [1]);
     assert!(verify_mac(&mut c, &hmac, b"era 1", &mac).await);
-    let (code, out) = migrate_cli(&server, "token").await;
+    let (code, out) = migrate_under_load(&server, "token", &sealed).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("skipped {pair}: KEY_PAIR")), "{out}");
     assert!(out.contains("(3 in all)"), "{out}");
@@ -258,7 +293,7 @@ async fn wrapped_keys_move_to_the_token_and_back_and_every_ciphertext_decrypts()
     let mut c = admin(server.addr).await;
     assert_eq!(token_versions(&server, &aes).await, [1]);
     all_decrypt(&mut c, &sealed).await;
-    let (code, out) = migrate_cli(&server, "wrapped").await;
+    let (code, out) = migrate_under_load(&server, "wrapped", &sealed).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("destroyed 1 token object(s)"), "{out}");
     assert!(
