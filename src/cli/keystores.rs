@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use p11kms::api::aws_json::kms as door_render;
 use p11kms::api::grpc::decode;
 use p11kms::pb;
+use p11kms::pb::admin_service_client::AdminServiceClient;
 
 use super::io::{print_json, read_text};
 use super::session::{answer, Conn, Session};
@@ -42,6 +43,30 @@ pub enum KeyStoreCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Move the default store's existing keys to token objects or wrapped blobs (the
+    /// daemon's configured `[hsm] residency`), online, a batch of keys per call until none
+    /// remains; lists the keys left where they are (exit code 1 if any).
+    MigrateResidency(MigrateArgs),
+}
+
+/// Where `key-store migrate-residency` moves key material.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Token objects.
+    Token,
+    /// Blobs wrapped under the token's master key.
+    Wrapped,
+}
+
+/// `key-store migrate-residency`'s options.
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The residency to move to: the daemon's configured `[hsm] residency`.
+    #[arg(long, value_enum)]
+    to: Target,
+    /// Keys the daemon looks at per call (1-1000).
+    #[arg(long, default_value_t = 16)]
+    batch: i32,
 }
 
 /// Where the key store password comes from: never argv.
@@ -153,8 +178,71 @@ pub async fn run(conn: Conn, command: KeyStoreCommand) -> Result<(), String> {
             answer(call.await)?;
         }
         KeyStoreCommand::Describe { id, name } => describe(&mut sess, id, name).await?,
+        KeyStoreCommand::MigrateResidency(args) => migrate(&mut sess, args).await?,
     }
     Ok(())
+}
+
+/// `key-store migrate-residency`: calls MigrateResidency until nothing remains (or a call
+/// looks at no key), printing progress, then the skipped keys; an error if any was skipped.
+async fn migrate(sess: &mut Session, args: MigrateArgs) -> Result<(), String> {
+    let to = match args.to {
+        Target::Token => pb::Residency::Token,
+        Target::Wrapped => pb::Residency::Wrapped,
+    };
+    let (mut moved, mut skipped, mut after) = (0usize, Vec::new(), String::new());
+    loop {
+        let request = pb::MigrateResidencyRequest {
+            to: to as i32,
+            limit: Some(args.batch),
+            after: after.clone(),
+            custom_key_store_id: String::new(),
+        };
+        let call = |ch, r| async move { AdminServiceClient::new(ch).migrate_residency(r).await };
+        let r = sess
+            .call("AdminService", "MigrateResidency", request, call)
+            .await?;
+        moved += r.moved_key_ids.len();
+        if r.leftovers_destroyed > 0 {
+            println!(
+                "destroyed {} token object(s) an interrupted run left beside their blobs",
+                r.leftovers_destroyed
+            );
+        }
+        println!(
+            "moved {} key(s) this call ({moved} in all), skipped {}, {} remaining",
+            r.moved_key_ids.len(),
+            r.skipped.len(),
+            r.remaining
+        );
+        skipped.extend(r.skipped);
+        if r.remaining == 0 || r.next_after.is_empty() {
+            break;
+        }
+        after = r.next_after;
+    }
+    for s in &skipped {
+        println!(
+            "skipped {}: {}: {}",
+            s.key_id,
+            skip_name(s.reason),
+            s.detail
+        );
+    }
+    match skipped.len() {
+        0 => Ok(()),
+        n => Err(format!("{n} key(s) left where they are (listed above)")),
+    }
+}
+
+/// A skip reason's name as the CLI prints it.
+fn skip_name(reason: i32) -> &'static str {
+    match pb::MigrationSkipReason::try_from(reason) {
+        Ok(pb::MigrationSkipReason::MigrationSkipNeverExtractable) => "NEVER_EXTRACTABLE",
+        Ok(pb::MigrationSkipReason::MigrationSkipKeyPair) => "KEY_PAIR",
+        Ok(pb::MigrationSkipReason::MigrationSkipChanged) => "CHANGED",
+        _ => "UNKNOWN",
+    }
 }
 
 /// `key-store create`: `{"CustomKeyStoreId": ...}`.

@@ -37,6 +37,7 @@ pub mod keystores;
 pub mod lead;
 mod locks;
 pub mod managed;
+pub mod migrate;
 pub mod operation;
 pub mod policies;
 pub mod reconcile;

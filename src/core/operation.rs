@@ -225,6 +225,15 @@ operations! {
     ListAliases: ListAliasesRequest => ListAliasesResponse = list_aliases;
 }
 
+use super::migrate::{MigrateResidencyRequest, MigrateResidencyResponse};
+
+operations! {
+    // p11kms's own gRPC-only operator operations (migrate.rs), served by the AdminService:
+    // the AWS door does not serve them.
+    const ADMIN_OPERATIONS;
+    MigrateResidency: MigrateResidencyRequest => MigrateResidencyResponse = migrate_residency;
+}
+
 use super::xks::{
     XksDecryptRequest, XksDecryptResponse, XksEncryptRequest, XksEncryptResponse, XksHealthRequest,
     XksHealthResponse, XksKeyMetadataRequest, XksKeyMetadataResponse,

@@ -130,7 +130,7 @@ pub use oaep::OaepSha256;
 pub use objects::ObjectId;
 pub use wrapped::{
     trust_master, BlobFormatError, BlobKind, BlobSource, MasterState, MasterVersion, PairFamily,
-    TrustOutcome, WrappedBlob, DEFAULT_WRAPPED_CACHE,
+    TokenMove, TrustOutcome, WrappedBlob, DEFAULT_WRAPPED_CACHE,
 };
 
 use call::{Call, Counters};
@@ -1257,10 +1257,25 @@ device_jobs! {
         = |ctx| wrapped::check_blob(ctx, id, &blob);
 
     /// Residency migration wrapped -> token: unwrap `blob` (tag checked for `id`) into the
-    /// token object of `id` with the token templates (sensitive, never extractable). The
-    /// reverse does not exist: a token key is never extractable, so it cannot be wrapped.
+    /// token object of `id`, sensitive and extractable only under a trusted key (so that it
+    /// can move back), and check on the device that it holds the blob's material. A token
+    /// object already there (an interrupted run) is checked, not made again.
     submit Exclusive fn wrapped_to_token(id: ObjectId, blob: Arc<WrappedBlob>) -> ()
         = |ctx| wrapped::wrapped_to_token(ctx, id, &blob);
+
+    /// Residency migration token -> wrapped: the token object of secret key version `id`
+    /// wrapped under the newest trusted master and tagged for `id`, checked to unwrap to the
+    /// same material; [`TokenMove::NeverExtractable`] for a key born in token residency
+    /// (PKCS#11 never makes it extractable). The token object stays (the caller destroys it
+    /// once the blob is stored).
+    submit_retry_safe Shared fn token_to_wrapped(id: ObjectId) -> TokenMove
+        = |ctx| wrapped::token_to_wrapped(ctx, id);
+
+    /// Residency migration to wrapped, after an interrupted run: destroy the token object of
+    /// `id` left beside its stored `blob`, once checked to hold the same material. Whether
+    /// there was one.
+    submit Exclusive fn destroy_token_twin(id: ObjectId, blob: Arc<WrappedBlob>) -> bool
+        = |ctx| wrapped::destroy_token_twin(ctx, id, &blob);
 
     /// Master-key rotation: check `blob`'s tag for `id`, unwrap it under its master and wrap
     /// it under `to` (trusted), in one job. The old blob stays valid until its master goes.

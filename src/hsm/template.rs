@@ -166,6 +166,16 @@ impl Template {
             .with(Attribute::WrapWithTrusted(true))
     }
 
+    /// A token object moved from wrapped residency (residency migration): the custody of
+    /// [`Template::wrapped_session`] on the token, so that it can become a blob again.
+    pub(crate) fn wrapped_token(self) -> Template {
+        self.token(true)
+            .private_object(true)
+            .with(Attribute::Sensitive(true))
+            .with(Attribute::Extractable(true))
+            .with(Attribute::WrapWithTrusted(true))
+    }
+
     /// `CKA_VALUE_LEN` in bytes.
     pub(crate) fn value_len(self, n: usize) -> Template {
         self.with(Attribute::ValueLen((n as u64).into()))

@@ -461,7 +461,7 @@ fn random_bytes(ctx: &mut WorkerCtx, n: usize) -> Result<Vec<u8>, HsmError> {
 
 /// Computes the check value of `key` (fresh HSM-random inputs unless `like` gives them).
 /// `Ok(None)` when the device refuses the key for its length (AES takes 16, 24 or 32 bytes).
-fn check_value(
+pub(crate) fn check_value(
     ctx: &mut WorkerCtx,
     kind: MaterialKind,
     key: ObjectHandle,

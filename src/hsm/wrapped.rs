@@ -41,6 +41,20 @@
 //! session objects, then the [`BlobSource`] (a blob: verify, unwrap, cache), then the token.
 //! The LRU is per worker (capacity [`super::HsmConfig::wrapped_cache`]); an entry dies with its
 //! worker's session (a reopen empties the cache) and eviction destroys the session object.
+//!
+//! # Residency migration
+//!
+//! `p11kms key-store migrate-residency` (`core::migrate`) moves keys both ways with three
+//! jobs. [`wrapped_to_token`] unwraps a blob into the version's token object with the custody
+//! of the session copies (sensitive, `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED` true:
+//! [`Template::wrapped_token`]), so that only a trusted master can ever wrap it again.
+//! [`token_to_wrapped`] wraps such a token object under the newest trusted master. Each
+//! checks on the device that both copies hold the same key (the import check value: AES-GCM
+//! of a device-random block, or an HMAC, computed under one and again under the other).
+//! [`destroy_token_twin`] clears a token object an interrupted run left beside its blob. A
+//! key generated in token residency is never extractable and PKCS#11 never makes it
+//! extractable again (`CKA_EXTRACTABLE` goes from true to false only; `C_WrapKey` answers
+//! `CKR_KEY_UNEXTRACTABLE`): it can never become a blob.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -246,19 +260,42 @@ impl BlobKind {
     /// The session-object template of a key of this kind; `value_len` only for generation
     /// (an unwrapped key's length comes from the blob).
     pub(crate) fn template(self, value_len: bool) -> Vec<Attribute> {
+        match self.usages(value_len) {
+            Some(t) => t.wrapped_session().build(),
+            None => self.private_template(),
+        }
+    }
+
+    /// The template of the token object of secret key version `id` moved from wrapped
+    /// residency ([`Template::wrapped_token`]); `None` for a key pair.
+    fn token_template(self, id: &ObjectId) -> Option<Vec<Attribute>> {
+        let t = self.usages(false)?.wrapped_token();
+        Some(t.id(&id.0).label(id.label()).build())
+    }
+
+    /// A private half's session template.
+    fn private_template(self) -> Vec<Attribute> {
+        let BlobKind::Private {
+            family,
+            usage,
+            raw_oaep,
+        } = self
+        else {
+            return Vec::new();
+        };
+        let oaep = if raw_oaep {
+            OaepSha256::RawRsa
+        } else {
+            OaepSha256::Device
+        };
+        super::asym::wrapped_private_template(family.spec(), usage, oaep)
+    }
+
+    /// A secret key's class, type, usages and mechanism (and length for generation);
+    /// `None` for a key pair.
+    fn usages(self, value_len: bool) -> Option<Template> {
         let t = match self {
-            BlobKind::Private {
-                family,
-                usage,
-                raw_oaep,
-            } => {
-                let oaep = if raw_oaep {
-                    OaepSha256::RawRsa
-                } else {
-                    OaepSha256::Device
-                };
-                return super::asym::wrapped_private_template(family.spec(), usage, oaep);
-            }
+            BlobKind::Private { .. } => return None,
             BlobKind::Aes256 => Template::secret(KeyType::AES)
                 .allow(Usage::Encrypt)
                 .allow(Usage::Decrypt)
@@ -273,7 +310,7 @@ impl BlobKind {
             (true, BlobKind::Hmac(alg)) => t.value_len(alg.mac_len()),
             _ => t,
         };
-        t.wrapped_session().build()
+        Some(t)
     }
 
     /// The object part operations resolve for a key of this kind.
@@ -1142,31 +1179,201 @@ pub(crate) fn check_blob(
     Ok(())
 }
 
-/// Residency migration wrapped -> token: unwrap `blob` (checked for `id`) straight into the
-/// token object of key version `id`, with the token templates (sensitive, never extractable).
-/// The blob stays valid; the caller drops it once the object is in place, then evicts.
-pub(crate) fn wrapped_to_token(
-    ctx: &mut WorkerCtx,
-    id: ObjectId,
-    blob: &WrappedBlob,
-) -> Result<(), HsmError> {
-    super::ops::refuse_known_id(ctx, &id, "C_UnwrapKey")?;
-    let kind = match blob.kind() {
+// ---------------------------------------------------------------- residency migration
+
+/// What [`token_to_wrapped`] found on the token.
+#[derive(Debug)]
+pub enum TokenMove {
+    /// The token object was wrapped under the newest trusted master into this blob, and the
+    /// blob was checked to give back the same material (the token object is untouched).
+    Wrapped(WrappedBlob),
+    /// The token object is not extractable under a trusted key (a key born in token
+    /// residency): PKCS#11 never lets `CKA_EXTRACTABLE` go back to true, so it stays.
+    NeverExtractable,
+}
+
+/// The import check's material kind of a secret blob kind; `None` for a key pair.
+fn material_kind(kind: BlobKind) -> Option<MaterialKind> {
+    Some(match kind {
         BlobKind::Aes256 => MaterialKind::Aes256,
         BlobKind::Hmac(MacAlg::Sha224) => MaterialKind::Hmac(HmacSpec::Hmac224),
         BlobKind::Hmac(MacAlg::Sha256) => MaterialKind::Hmac(HmacSpec::Hmac256),
         BlobKind::Hmac(MacAlg::Sha384) => MaterialKind::Hmac(HmacSpec::Hmac384),
         BlobKind::Hmac(MacAlg::Sha512) => MaterialKind::Hmac(HmacSpec::Hmac512),
-        BlobKind::Private { .. } => {
-            let detail = "a key pair cannot move to the token: its public half is not there";
-            return Err(config_error(ctx, "C_UnwrapKey", detail.into()));
-        }
+        BlobKind::Private { .. } => return None,
+    })
+}
+
+/// Whether objects `a` and `b` hold the same key: the check value of `a` (AES-GCM of a
+/// device-random block under a device-random IV, or the HMAC of a device-random message)
+/// computed again under `b`, compared in constant time.
+fn same_material(
+    ctx: &mut WorkerCtx,
+    kind: MaterialKind,
+    a: ObjectHandle,
+    b: ObjectHandle,
+) -> Result<bool, HsmError> {
+    use subtle::ConstantTimeEq;
+    let Some(first) = super::unwrap::check_value(ctx, kind, a, None)? else {
+        return Ok(false);
     };
-    let template = super::unwrap::material_template(kind, &id, true);
-    let h = unwrap_verified_as(ctx, &id, blob, &template)?;
+    let Some(second) = super::unwrap::check_value(ctx, kind, b, Some(&first))? else {
+        return Ok(false);
+    };
+    Ok(bool::from(first.value.ct_eq(&second.value)))
+}
+
+/// Whether object `h` holds the material of `blob` (tag checked for `id`; the transient
+/// session copy is destroyed).
+fn same_as_blob(
+    ctx: &mut WorkerCtx,
+    id: &ObjectId,
+    kind: MaterialKind,
+    h: ObjectHandle,
+    blob: &WrappedBlob,
+) -> Result<bool, HsmError> {
+    let copy = unwrap_verified(ctx, id, blob)?;
+    let same = same_material(ctx, kind, h, copy);
+    destroy_session_objects(ctx, &[copy]);
+    same
+}
+
+/// Residency migration wrapped -> token: unwrap `blob` (checked for `id`) straight into the
+/// token object of key version `id`, with the custody of the wrapped copies (sensitive,
+/// extractable only under a trusted key: [`Template::wrapped_token`]) so that it can move
+/// back, then check on the device that the object holds the blob's material. A token object
+/// already there (a run interrupted after this step) is checked instead of made again. On a
+/// failed check the object made here is destroyed. The blob stays valid; the caller drops it
+/// once this succeeded, then evicts the unwrapped copies.
+pub(crate) fn wrapped_to_token(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+) -> Result<(), HsmError> {
+    let kind = blob.kind();
+    let (Some(material), Some(template)) = (material_kind(kind), kind.token_template(&id)) else {
+        let detail = "a key pair cannot move to the token: its public half is not there";
+        return Err(config_error(ctx, "C_UnwrapKey", detail.into()));
+    };
+    let (h, made) = match super::ops::find_part(ctx, &id, Part::Secret)? {
+        Some(h) => (h, false),
+        None => (unwrap_verified_as(ctx, &id, blob, &template)?, true),
+    };
+    let checked = same_as_blob(ctx, &id, material, h, blob);
+    if !matches!(checked, Ok(true)) {
+        if made {
+            if let Err(e) = ctx.call(Call::DestroyObject, |s| s.destroy_object(h)) {
+                tracing::error!(token = %ctx.token(), object = %id, error = %e, "could not destroy a token object that failed its check");
+            }
+        }
+        let detail = format!("the token object of {id} does not hold the material of its blob");
+        return Err(checked
+            .err()
+            .unwrap_or_else(|| rejected(ctx, "C_Encrypt", detail)));
+    }
     ctx.shared.handles.insert(id, h);
     tracing::debug!(token = %ctx.token(), object = %id, "wrapped key moved to a token object");
     Ok(())
+}
+
+/// Residency migration to wrapped, after an interrupted run: the token object of `id` beside
+/// its stored `blob` is destroyed once checked on the device to hold the blob's material (the
+/// blob serves the key already). `false` when there is no such object; an error, and nothing
+/// destroyed, when it holds other material.
+pub(crate) fn destroy_token_twin(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+) -> Result<bool, HsmError> {
+    let Some(material) = material_kind(blob.kind()) else {
+        return Ok(false);
+    };
+    let Some(h) = super::ops::find_part(ctx, &id, Part::Secret)? else {
+        return Ok(false);
+    };
+    if !same_as_blob(ctx, &id, material, h, blob)? {
+        let detail = format!("the token object of {id} does not hold the material of its blob");
+        return Err(rejected(ctx, "C_Encrypt", detail));
+    }
+    super::ops::destroy(ctx, id)?;
+    Ok(true)
+}
+
+/// The blob kind of a token secret key from its key type and allowed mechanisms: AES-256,
+/// or HMAC by its one allowed HMAC mechanism; `None` for anything else.
+fn token_blob_kind(attrs: &[Attribute]) -> Option<BlobKind> {
+    let key_type = attrs.iter().find_map(|a| match a {
+        Attribute::KeyType(t) => Some(*t),
+        _ => None,
+    })?;
+    let mechanisms = attrs.iter().find_map(|a| match a {
+        Attribute::AllowedMechanisms(m) => Some(m.clone()),
+        _ => None,
+    })?;
+    if key_type == KeyType::AES {
+        return Some(BlobKind::Aes256);
+    }
+    [
+        MacAlg::Sha224,
+        MacAlg::Sha256,
+        MacAlg::Sha384,
+        MacAlg::Sha512,
+    ]
+    .into_iter()
+    .find(|alg| key_type == KeyType::GENERIC_SECRET && mechanisms.contains(&alg.mechanism_type()))
+    .map(BlobKind::Hmac)
+}
+
+/// Residency migration token -> wrapped: wrap the token object of secret key version `id`
+/// under the newest trusted master into a blob tagged for `id`, then check on the device that
+/// the blob unwraps to the same material. A token object not extractable under a trusted key
+/// is [`TokenMove::NeverExtractable`] (nothing is tried). The token object stays: the caller
+/// destroys it once the blob is stored.
+pub(crate) fn token_to_wrapped(ctx: &mut WorkerCtx, id: ObjectId) -> Result<TokenMove, HsmError> {
+    super::ops::with_part(ctx, &id, Part::Secret, |ctx, h| {
+        let attrs = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, MOVE_ATTRIBUTES)
+        })?;
+        let on = |want: Attribute| attrs.contains(&want);
+        if !(on(Attribute::Extractable(true)) && on(Attribute::WrapWithTrusted(true))) {
+            return Ok(TokenMove::NeverExtractable);
+        }
+        let kinds = token_blob_kind(&attrs).and_then(|k| Some((k, material_kind(k)?)));
+        let Some((kind, material)) = kinds else {
+            let detail = format!("the token object of {id} is neither an AES nor an HMAC key");
+            return Err(config_error(ctx, "C_WrapKey", detail));
+        };
+        let master = current_master(ctx)?;
+        let blob = wrap_under(ctx, &id, h, kind, master)?;
+        if !same_as_blob(ctx, &id, material, h, &blob)? {
+            let detail = format!("the new blob of {id} does not give back its token object");
+            return Err(rejected(ctx, "C_Encrypt", detail));
+        }
+        Ok(TokenMove::Wrapped(blob))
+    })
+}
+
+/// What [`token_to_wrapped`] reads of a token object.
+const MOVE_ATTRIBUTES: &[AttributeType] = &[
+    AttributeType::KeyType,
+    AttributeType::Extractable,
+    AttributeType::WrapWithTrusted,
+    AttributeType::AllowedMechanisms,
+];
+
+/// For the custody probe: wrap object `h` under master `v` as p11kms would (the device
+/// decides), without the blob's tag.
+#[cfg(test)]
+pub(crate) fn try_wrap_under_master(
+    ctx: &mut WorkerCtx,
+    v: MasterVersion,
+    h: ObjectHandle,
+) -> Result<Vec<u8>, HsmError> {
+    with_master(ctx, v, |ctx, m| {
+        ctx.call(Call::WrapKey, |s| {
+            s.wrap_key(&Mechanism::AesKeyWrapPad, m.master, h)
+        })
+    })
 }
 
 /// Destroy every cached unwrapped copy of every version of `key_id`, in every worker.

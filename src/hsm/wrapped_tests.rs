@@ -579,17 +579,46 @@ async fn rotation_under_load_rewraps_to_v2_and_old_ciphertexts_still_decrypt() {
 
 use super::unwrap_tests::openssl;
 
-/// `p11kms check` and residency migration: a blob is checked on the device, a wrapped key
-/// moves to a token object and old ciphertexts decrypt through the token path. The reverse
-/// cannot exist: the device refuses to make a token key extractable, by copy or by set.
+/// What the device says of the token object of `id`: its custody attributes, whether
+/// `CKA_WRAP_WITH_TRUSTED` is true, and whether `CKA_VALUE` is sensitive.
+async fn token_custody(hsm: &Hsm, id: ObjectId) -> (KeyAttributes, bool, bool) {
+    hsm.submit(LockClass::Shared, "test_token_custody", move |ctx| {
+        let h = ops::find_part(ctx, &id, objects::Part::Secret)?.expect("token object");
+        let attrs = ops::key_attributes_from(ops::custody_attributes(ctx, h)?);
+        let wwt = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::WrapWithTrusted])
+        })?;
+        let info = ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attribute_info(h, &[AttributeType::Value])
+        })?;
+        let sensitive = matches!(info.first(), Some(AttributeInfo::Sensitive));
+        Ok((
+            attrs,
+            wwt.contains(&Attribute::WrapWithTrusted(true)),
+            sensitive,
+        ))
+    })
+    .await
+    .unwrap()
+}
+
+/// `p11kms check` and residency migration: a blob is checked on the device; a wrapped key
+/// (AES and HMAC) moves to a token object with the custody of its wrapped copies, checked
+/// against the blob; a second run finds the object and makes no other; the token object then
+/// moves back to a blob (checked to unwrap to the same key) and old answers still verify
+/// through each residency.
 #[tokio::test]
-async fn blobs_check_and_move_to_the_token_but_token_keys_never_become_extractable() {
+async fn blobs_move_to_the_token_and_back() {
     let _serial = TOKEN_OBJECTS.lock().await;
     let source = Arc::new(MapSource::default());
     let hsm = open_with(shared_token(), &source, |_| {});
-    let (a, b) = (new_id(), new_id());
+    let (a, b, m) = (new_id(), new_id(), new_id());
     let blob = Arc::new(hsm.generate_wrapped_aes(a).await.unwrap());
     source.put(a, (*blob).clone());
+    source.put(
+        m,
+        hsm.generate_wrapped_hmac(m, MacAlg::Sha256).await.unwrap(),
+    );
     hsm.check_wrapped(a, blob.clone()).await.unwrap();
     let e = hsm.check_wrapped(b, blob.clone()).await.unwrap_err();
     assert_eq!(e.kind, HsmErrorKind::BlobRejected);
@@ -597,30 +626,108 @@ async fn blobs_check_and_move_to_the_token_but_token_keys_never_become_extractab
         .encrypt_gcm(a, pt(b"migrate"), aad_with(b""))
         .await
         .unwrap();
-    hsm.wrapped_to_token(a, blob).await.unwrap();
-    assert!(hsm.exists(a).await.unwrap());
-    let attrs = hsm.key_attributes(a).await.unwrap();
-    assert!(attrs.token && attrs.private && attrs.sensitive && !attrs.extractable);
-    // The blob is gone from the store and the copies evicted: the token object serves.
-    source.0.lock().unwrap().remove(&a);
-    hsm.evict_wrapped(a.key_id()).await.unwrap();
-    let out = open_empty_aad(&hsm, a, &sealed).await;
-    assert_eq!(out.as_slice(), b"migrate");
-    // Token -> wrapped: the never-extractable token key cannot be made extractable.
-    hsm.submit(LockClass::Shared, "test_extractable", move |ctx| {
+    let mac = hsm.generate_mac(m, MacAlg::Sha256, pt(b"m")).await.unwrap();
+    let before = token_objects(&hsm.list_objects().await.unwrap());
+
+    // Wrapped -> token, twice: the second run checks the object the first one made.
+    for id in [a, m] {
+        let blob = source.blob(id).unwrap();
+        hsm.wrapped_to_token(id, blob.clone()).await.unwrap();
+        hsm.wrapped_to_token(id, blob).await.unwrap();
+        let (attrs, wwt, value_sensitive) = token_custody(&hsm, id).await;
+        assert!(attrs.token && attrs.private && attrs.sensitive, "{attrs:?}");
+        assert!(
+            attrs.extractable && wwt,
+            "it must be able to move back: {attrs:?}"
+        );
+        assert!(value_sensitive, "CKA_VALUE must not be readable");
+        let e = hsm.try_wrap_with_new_key(id).await.unwrap_err();
+        assert!(e.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{e}");
+        source.0.lock().unwrap().remove(&id);
+        hsm.evict_wrapped(id.key_id()).await.unwrap();
+    }
+    let objects = hsm.list_objects().await.unwrap();
+    assert_eq!(
+        token_objects(&objects),
+        before + 2,
+        "one token object per key"
+    );
+    assert_eq!(
+        open_empty_aad(&hsm, a, &sealed).await.as_slice(),
+        b"migrate"
+    );
+    let mac_ok = hsm.verify_mac(m, MacAlg::Sha256, pt(b"m"), mac.clone());
+    assert!(
+        mac_ok.await.unwrap(),
+        "the token object verifies the old MAC"
+    );
+
+    // Token -> wrapped: a blob checked on the device, then the token object goes.
+    for id in [a, m] {
+        let TokenMove::Wrapped(back) = hsm.token_to_wrapped(id).await.unwrap() else {
+            panic!("a key that came from a blob is extractable under the master");
+        };
+        hsm.check_wrapped(id, Arc::new(back.clone())).await.unwrap();
+        source.put(id, back);
+        hsm.destroy(id).await.unwrap();
+        assert!(!hsm.exists(id).await.unwrap());
+    }
+    assert_eq!(
+        open_empty_aad(&hsm, a, &sealed).await.as_slice(),
+        b"migrate"
+    );
+    let mac_ok = hsm.verify_mac(m, MacAlg::Sha256, pt(b"m"), mac);
+    assert!(mac_ok.await.unwrap(), "the new blob verifies the old MAC");
+    let objects = hsm.list_objects().await.unwrap();
+    assert_eq!(token_objects(&objects), before);
+    // A key pair's blob has no token form here.
+    let e = hsm.wrapped_to_token(b, blob_of_pair(&hsm, b).await).await;
+    assert_eq!(e.unwrap_err().kind, HsmErrorKind::Config);
+}
+
+/// A blob of a wrapped key pair (its private half) for `id`.
+async fn blob_of_pair(hsm: &Hsm, id: ObjectId) -> Arc<WrappedBlob> {
+    let (blob, _) = hsm
+        .generate_wrapped_pair(id, PairSpec::Ec(Curve::P256), PairUsage::Sign)
+        .await
+        .unwrap();
+    Arc::new(blob)
+}
+
+/// Why token -> wrapped skips keys born in token residency: the device refuses to wrap a
+/// never-extractable token key even under the trusted master (`CKR_KEY_UNEXTRACTABLE`), and
+/// refuses to make it extractable, by `C_SetAttributeValue` or by `C_CopyObject`.
+#[tokio::test]
+async fn token_born_keys_never_become_blobs() {
+    let _serial = TOKEN_OBJECTS.lock().await;
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let a = new_id();
+    hsm.generate_aes_key(a).await.unwrap();
+    assert!(matches!(
+        hsm.token_to_wrapped(a).await.unwrap(),
+        TokenMove::NeverExtractable
+    ));
+    let probe = hsm.submit(LockClass::Shared, "test_extractable", move |ctx| {
         let h = ops::find_part(ctx, &a, objects::Part::Secret)?.expect("token object");
-        let copy = ctx.call(Call::CopyObject, |s| {
-            s.copy_object(h, &[Attribute::Token(false), Attribute::Extractable(true)])
-        });
-        assert!(copy.is_err(), "copy with CKA_EXTRACTABLE true must fail");
+        let wrap = wrapped::try_wrap_under_master(ctx, MasterVersion(1), h);
+        // Counted as C_GetAttributeValue: the counters have no C_SetAttributeValue.
         let set = ctx.call(Call::GetAttributeValue, |s| {
             s.update_attributes(h, &[Attribute::Extractable(true)])
         });
-        assert!(set.is_err(), "setting CKA_EXTRACTABLE true must fail");
-        Ok(())
-    })
-    .await
-    .unwrap();
+        let copy = ctx.call(Call::CopyObject, |s| {
+            s.copy_object(h, &[Attribute::Token(false), Attribute::Extractable(true)])
+        });
+        Ok((wrap, set, copy))
+    });
+    let (wrap, set, copy) = probe.await.unwrap();
+    let e = wrap.expect_err("the device must refuse to wrap it");
+    assert!(e.rv_is("CKR_KEY_UNEXTRACTABLE"), "{e}");
+    let e = set.expect_err("setting CKA_EXTRACTABLE true must fail");
+    assert!(e.rv_is("CKR_ATTRIBUTE_READ_ONLY"), "{e}");
+    assert!(copy.is_err(), "a copy with CKA_EXTRACTABLE true must fail");
+    let attrs = hsm.key_attributes(a).await.unwrap();
+    assert!(!attrs.extractable && attrs.never_extractable, "{attrs:?}");
     hsm.destroy(a).await.unwrap();
 }
 

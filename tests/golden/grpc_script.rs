@@ -1088,6 +1088,30 @@ async fn admin_and_sts(g: &mut G, k: &Keys, addr: SocketAddr) {
         "a bad SourceIp",
         explain("user1", "kms:Decrypt", "not-an-ip")
     );
+    let migrate = |to: pb::Residency| pb::MigrateResidencyRequest {
+        to: to as i32,
+        limit: Some(10),
+        ..Default::default()
+    };
+    let (nothing, wrong_target) = ("to token: nothing to move", "to wrapped on a token daemon");
+    call!(
+        g.admin.admin,
+        migrate_residency,
+        nothing,
+        migrate(pb::Residency::Token)
+    );
+    call!(
+        g.admin.admin,
+        migrate_residency,
+        wrong_target,
+        migrate(pb::Residency::Wrapped)
+    );
+    call!(
+        g.bob.admin,
+        migrate_residency,
+        "as bob",
+        migrate(pb::Residency::Token)
+    );
     call!(
         g.admin.sts,
         get_caller_identity,
