@@ -226,6 +226,7 @@ mod tests {
             signature: Vec::new(),
             data_key_len: 32,
             http: None,
+            spread: None,
         }
     }
 
