@@ -6,7 +6,8 @@
 //! token objects; a disconnected store's keys are unavailable, and a reconnect and a restart
 //! with a cold cache serve them from their blobs; a store on a token-residency cluster still
 //! makes token objects; and master-key rotation on the cluster's token rewraps that store's
-//! blobs (only while it is connected) and leaves the default token's blobs alone.
+//! blobs (only while it is connected) and leaves the default token's blobs alone; a wrapped
+//! key deleted while its store is disconnected leaves no orphan (a token key does).
 
 mod common;
 
@@ -35,13 +36,13 @@ fn write_config_file(dir: &Path, wrapped: &ClusterFixture, token: &ClusterFixtur
     path
 }
 
-/// Starts the daemon from `config`, its sweeps left to the test.
-async fn start_daemon(config: &Path) -> RunningServer {
+/// Starts the daemon from `config` on `clock`, its sweeps left to the test.
+async fn start_daemon(config: &Path, clock: Arc<ManualClock>) -> RunningServer {
     let cfg = Config::load(config).expect("config");
     server::start(
         &cfg,
         ServerOptions {
-            clock: Arc::new(ManualClock::default()),
+            clock,
             sweep_interval: Some(std::time::Duration::from_secs(3600)),
         },
     )
@@ -172,7 +173,7 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     let password_file = dir.join("w-password");
     write_secret(&password_file, &w.password);
     let password = password_file.to_str().unwrap();
-    let server = start_daemon(&config).await;
+    let server = start_daemon(&config, Arc::default()).await;
     let mut c = admin(server.addr).await;
 
     // The default token's own ceremony (the default store is wrapped too).
@@ -280,7 +281,8 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     disconnect(&mut c, &sw).await;
     drop(c);
     server.shutdown().await.unwrap();
-    let server = start_daemon(&config).await;
+    let clock = Arc::new(ManualClock::default());
+    let server = start_daemon(&config, clock.clone()).await;
     let mut c = admin(server.addr).await;
     assert_eq!(settled(&mut c, &sw).await, "DISCONNECTED");
     assert_eq!(
@@ -340,6 +342,24 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     assert_eq!(blobs_under(&server, None, 1).await, 1);
     let again = server.kms.rewrap_round(256).await.unwrap();
     assert!(again.is_empty(), "{again:?}");
+
+    // Deleted while their stores are disconnected: the token store's key leaves its object
+    // on the cluster token (an orphan); the wrapped store's leaves nothing (its blob goes
+    // with its rows).
+    schedule_deletion(&mut c, &keys[1], 7).await;
+    schedule_deletion(&mut c, &kt, 7).await;
+    disconnect(&mut c, &sw).await;
+    disconnect(&mut c, &st).await;
+    clock.advance_days(8);
+    server.kms.sweep_deletions().await.unwrap();
+    let orphans = server.kms.store().list_orphans().await.unwrap();
+    let orphaned: Vec<&str> = orphans.iter().map(|o| o.key_id.as_str()).collect();
+    assert_eq!(orphaned, [kt.as_str()]);
+    assert_eq!(
+        reason(try_describe(&mut c, &keys[1]).await),
+        "NotFoundException"
+    );
+    assert_eq!(blobs_under(&server, Some(&sw), 2).await, 3);
     drop(c);
     server.shutdown().await.unwrap();
 }
