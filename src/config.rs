@@ -309,6 +309,11 @@ pub struct ClusterSection {
     /// The cluster's trust anchor certificate (PEM): CreateCustomKeyStore's
     /// `TrustAnchorCertificate` must be this certificate.
     pub trust_anchor_file: PathBuf,
+    /// Where new key material of the stores on this cluster lives: `token` (default) or
+    /// `wrapped` (blobs under the cluster token's own master key, as `[hsm] residency`; the
+    /// device's cache of unwrapped keys is `[hsm] wrapped_cache`).
+    #[serde(default)]
+    pub residency: crate::core::residency::Residency,
 }
 
 impl ClusterSection {
@@ -1315,5 +1320,33 @@ data_dir = "data"
             &[cluster("cluster-abcdefgh567", "", "pki/ca.pem")],
             "token_label",
         );
+    }
+
+    /// `[[hsm.cluster]] residency`: `token` unless set, `wrapped` when set, anything else
+    /// refused with the field named.
+    #[test]
+    fn a_cluster_has_a_residency_of_its_own() {
+        use crate::core::residency::Residency;
+        let d = dir_with_files();
+        crate::devsetup::ensure_ca_and_server(&d.path().join("pki")).unwrap();
+        let with = |entries: &[String]| {
+            let text = BASE.replace("[store]", &format!("{}[store]", entries.concat()));
+            Config::from_toml(&text, d.path())
+        };
+        let plain = cluster("cluster-abcdefgh234", "store-a", "pki/ca.pem");
+        let wrapped =
+            cluster("cluster-abcdefgh567", "store-b", "pki/ca.pem") + "residency = \"wrapped\"\n";
+        let c = with(&[plain.clone(), wrapped]).unwrap();
+        assert_eq!(c.hsm.residency, Residency::Token, "the default store's own");
+        let got: Vec<Residency> = c.hsm.cluster.iter().map(|c| c.residency).collect();
+        assert_eq!(got, [Residency::Token, Residency::Wrapped]);
+        let token = plain.clone() + "residency = \"token\"\n";
+        assert_eq!(
+            with(&[token]).unwrap().hsm.cluster[0].residency,
+            Residency::Token
+        );
+        let bad = plain + "residency = \"vault\"\n";
+        let e = with(&[bad]).unwrap_err().to_string();
+        assert!(e.contains("residency") || e.contains("vault"), "{e}");
     }
 }

@@ -614,6 +614,7 @@ fn cluster_setup(config: &Config) -> Result<ClusterSetup, ServerError> {
                 module: c.module.clone(),
                 token_label: c.token_label.clone(),
                 trust_anchor: c.trust_anchor()?,
+                residency: c.residency,
             })
         })
         .collect::<Result<Vec<_>, crate::config::ConfigError>>()?;

@@ -731,6 +731,55 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
     assert_eq!(shown, "StoredBlob(master v2, 80 bytes, public key 4 bytes)");
 }
 
+/// Blobs under a master, by key store: masters are per device, so the rewrap duty asks for
+/// one store's blobs at a time (`None`: the default store's).
+async fn blobs_under_a_master_are_found_per_key_store(store: Store) {
+    store
+        .insert_key_store(&key_store(
+            "cks-1234567890abcdef",
+            "s",
+            "cluster-abcdefghijk",
+        ))
+        .await
+        .unwrap();
+    let wrapped = |id: &str, in_store: Option<&str>| {
+        let mut record = key_record(id, KeyState::Creating);
+        record.custom_key_store_id = in_store.map(str::to_string);
+        let v = KeyVersion {
+            wrapped: Some(blob(1, 0x11)),
+            ..version(id, 1)
+        };
+        (record, v)
+    };
+    for (id, in_store) in [
+        ("d1", None),
+        ("s1", Some("cks-1234567890abcdef")),
+        ("s2", Some("cks-1234567890abcdef")),
+    ] {
+        let (creating, v) = wrapped(id, in_store);
+        store.insert_key(&creating, &[]).await.unwrap();
+        let enabled = KeyRecord {
+            state: KeyState::Enabled,
+            ..creating
+        };
+        store.add_version_and_update(&v, &enabled).await.unwrap();
+    }
+    let ids = |rows: Vec<p11kms::store::BlobRow>| -> Vec<String> {
+        rows.into_iter().map(|r| r.key_id).collect()
+    };
+    let default = store.blobs_under_master_in(None, 1, 10).await.unwrap();
+    assert_eq!(ids(default), ["d1"]);
+    let custom = store.blobs_under_master_in(Some("cks-1234567890abcdef"), 1, 10);
+    assert_eq!(ids(custom.await.unwrap()), ["s1", "s2"]);
+    let limited = store.blobs_under_master_in(Some("cks-1234567890abcdef"), 1, 1);
+    assert_eq!(ids(limited.await.unwrap()), ["s1"], "limit");
+    let other = store.blobs_under_master_in(Some("cks-0000000000000000"), 1, 10);
+    assert!(other.await.unwrap().is_empty());
+    let none = store.blobs_under_master_in(None, 2, 10).await.unwrap();
+    assert!(none.is_empty(), "another master");
+    assert_eq!(store.blobs_under_master(1, 10).await.unwrap().len(), 3);
+}
+
 /// Imported material in wrapped residency: the first import inserts the version row with
 /// its blob; deleting the material removes every blob of the key with the key and lifecycle
 /// rows; a re-import writes the blob on the existing row, never over another blob.
@@ -1350,6 +1399,7 @@ macro_rules! cases {
 fn contract_cases() -> Vec<(&'static str, Case)> {
     cases![
         wrapped_blobs_round_trip_and_are_compare_and_set,
+        blobs_under_a_master_are_found_per_key_store,
         imported_blobs_are_written_and_dropped_with_the_key_row,
         get_key_absent_is_none,
         two_phase_create_round_trip,

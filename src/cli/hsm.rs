@@ -17,6 +17,10 @@ pub enum HsmCommand {
     /// else. Run once per master version, on one machine, before keys are created with
     /// `[hsm] residency = "wrapped"`; running it again changes nothing. The SO PIN comes from
     /// --so-pin-file or P11KMS_SO_PIN, never the command line, and is not kept.
+    ///
+    /// With --cluster, the ceremony runs on that `[[hsm.cluster]]`'s token instead (a
+    /// cluster with `residency = "wrapped"` has masters of its own): the user PIN is then the
+    /// key store password, from --password-file or --password-env.
     TrustMaster {
         /// The daemon's TOML config file (its `[hsm]` names the module, token and user PIN).
         #[arg(long, env = "P11KMS_CONFIG")]
@@ -27,6 +31,12 @@ pub enum HsmCommand {
         /// The master key version to trust (`p11kms/master/v<N>`).
         #[arg(long, default_value_t = 1)]
         version: u32,
+        /// Run the ceremony on this `[[hsm.cluster]]`'s token (its id) instead of `[hsm]`'s.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With --cluster: the key store password (the cluster token's user PIN).
+        #[command(flatten)]
+        password: super::keystores::PasswordSource,
     },
     /// Destroy a retired master key of wrapped residency (and its bind key): one older than
     /// the newest trusted master under which no stored blob is wrapped any more, as
@@ -49,7 +59,20 @@ pub fn run(command: HsmCommand) -> Result<ExitCode, String> {
             config,
             so_pin_file,
             version,
-        } => trust_master(&config, so_pin_file.as_deref(), MasterVersion(version)),
+            cluster,
+            password,
+        } => {
+            let device = Ceremony {
+                cluster: cluster.as_deref(),
+                password: &password,
+            };
+            trust_master(
+                &config,
+                so_pin_file.as_deref(),
+                device,
+                MasterVersion(version),
+            )
+        }
         HsmCommand::DestroyMaster { config, version } => {
             destroy_master(&config, MasterVersion(version))
         }
@@ -71,29 +94,88 @@ fn destroy_master(config: &Path, version: MasterVersion) -> Result<ExitCode, Str
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which token `trust-master` runs on: `[hsm]`'s, or a cluster's with its store password.
+struct Ceremony<'a> {
+    cluster: Option<&'a str>,
+    password: &'a super::keystores::PasswordSource,
+}
+
+/// The token of a ceremony: module, label, user PIN, and how its outcome is named.
+struct CeremonyToken {
+    module: PathBuf,
+    token_label: String,
+    user_pin: Pin,
+    named: String,
+}
+
+impl Ceremony<'_> {
+    /// The token the ceremony runs on: `[hsm]`'s with its PIN, or cluster `id`'s with the
+    /// key store password (required then, refused otherwise: it would not be used).
+    fn token(
+        &self,
+        config: &p11kms::config::Config,
+        hsm: &p11kms::hsm::HsmConfig,
+    ) -> Result<CeremonyToken, String> {
+        let password = super::keystores::read_password(self.password)?;
+        let Some(id) = self.cluster else {
+            if password.is_some() {
+                return Err("--password-file and --password-env go with --cluster".into());
+            }
+            return Ok(CeremonyToken {
+                module: hsm.module.clone(),
+                token_label: hsm.token_label.clone(),
+                user_pin: hsm.pin.clone(),
+                named: String::new(),
+            });
+        };
+        let Some(cluster) = config.hsm.cluster.iter().find(|c| c.id == id) else {
+            return Err(format!("--cluster {id}: no [[hsm.cluster]] has this id"));
+        };
+        let Some(password) = password else {
+            return Err(format!(
+                "--cluster {id}: name the key store password with --password-file or --password-env"
+            ));
+        };
+        Ok(CeremonyToken {
+            module: cluster.module.clone(),
+            token_label: cluster.token_label.clone(),
+            user_pin: Pin::new(password.as_str()),
+            named: format!(" of cluster {id}"),
+        })
+    }
+}
+
 fn trust_master(
     config: &Path,
     so_pin_file: Option<&Path>,
+    device: Ceremony<'_>,
     version: MasterVersion,
 ) -> Result<ExitCode, String> {
     let config = super::daemon::load_config(config)?;
-    let so_pin = read_so_pin(so_pin_file)?;
     let hsm = config.hsm_config().map_err(|e| e.to_string())?;
-    // The ceremony creates and destroys token objects: on a SoftHSM2 token that daemons
-    // share, it takes their lock file as they do (see `hsm::shared_token`).
+    let token = device.token(&config, &hsm)?;
+    let so_pin = read_so_pin(so_pin_file)?;
+    // The ceremony creates and destroys token objects: on a SoftHSM2 token directory that
+    // daemons share (a cluster's device takes the same lock as `[hsm]`'s), it takes their
+    // lock file as they do (see `hsm::shared_token`).
     let _shared = match &hsm.shared_token_lock {
         Some(path) => Some(lock_file(path)?),
         None => None,
     };
-    let outcome =
-        p11kms::hsm::trust_master(&hsm.module, &hsm.token_label, &so_pin, &hsm.pin, version)
-            .map_err(|e| e.to_string())?;
+    let outcome = p11kms::hsm::trust_master(
+        &token.module,
+        &token.token_label,
+        &so_pin,
+        &token.user_pin,
+        version,
+    )
+    .map_err(|e| e.to_string())?;
     let what = match outcome {
         TrustOutcome::Created => "made, trusted",
         TrustOutcome::Replaced => "replaced by a trusted one (the untrusted key wrapped nothing)",
         TrustOutcome::AlreadyTrusted => "already trusted; nothing changed",
     };
-    println!("master key {}: {what}", version.label());
+    println!("master key {}{}: {what}", version.label(), token.named);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -377,7 +377,7 @@ fn xks_fields(
 
 /// The password from its file (one trailing newline dropped) or its environment variable;
 /// `None` when neither is given.
-fn read_password(source: &PasswordSource) -> Result<Option<Zeroizing<String>>, String> {
+pub(super) fn read_password(source: &PasswordSource) -> Result<Option<Zeroizing<String>>, String> {
     read_secret(
         source.password_file.as_deref(),
         source.password_env.as_deref(),

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::keystores::{ConnectionErrorCode, ConnectionState};
+use super::residency::{self, Blobs, Residency};
 use super::service::{KeyStoreChange, ServiceAction, ServiceEventName, ServiceEventSink};
 use super::{Clock, KmsError};
 use crate::hsm::{Hsm, HsmConfig, HsmError, ObjectId, OpenFailure, Pin};
@@ -50,6 +51,8 @@ pub struct Cluster {
     pub token_label: String,
     /// The trust anchor's certificates (DER): CreateCustomKeyStore's must be the same.
     pub trust_anchor: Vec<Vec<u8>>,
+    /// Where new key material of its stores lives (`[[hsm.cluster]] residency`).
+    pub residency: Residency,
 }
 
 /// The clusters and the worker-pool settings every store's [`Hsm`] gets (those of `[hsm]`).
@@ -178,6 +181,9 @@ impl StoreHandle {
 /// The registry of custom key stores and their connections.
 pub struct KeyStores {
     default_hsm: Arc<Hsm>,
+    /// The engine's one blob registry: every store's device reads its blobs from it
+    /// (ObjectIds are unique across stores).
+    blobs: Arc<Blobs>,
     clock: Arc<dyn Clock>,
     sink: OnceLock<Arc<dyn ServiceEventSink>>,
     setup: OnceLock<ClusterSetup>,
@@ -195,9 +201,14 @@ impl std::fmt::Debug for KeyStores {
 }
 
 impl KeyStores {
-    pub(crate) fn new(default_hsm: Arc<Hsm>, clock: Arc<dyn Clock>) -> Arc<KeyStores> {
+    pub(crate) fn new(
+        default_hsm: Arc<Hsm>,
+        blobs: Arc<Blobs>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<KeyStores> {
         Arc::new(KeyStores {
             default_hsm,
+            blobs,
             clock,
             sink: OnceLock::new(),
             setup: OnceLock::new(),
@@ -225,6 +236,19 @@ impl KeyStores {
     pub fn cluster(&self, id: &str) -> Option<Cluster> {
         let setup = self.setup.get()?;
         setup.clusters.iter().find(|c| c.id == id).cloned()
+    }
+
+    /// The residency of store `id`'s cluster: `Token` for an external store, a store that
+    /// does not exist, or one whose cluster is no longer configured.
+    pub(crate) fn store_residency(&self, id: &str) -> Residency {
+        let Some(store) = self.get(id) else {
+            return Residency::Token;
+        };
+        if store.is_external() {
+            return Residency::Token;
+        }
+        self.cluster(&store.record().cluster_id)
+            .map_or(Residency::Token, |c| c.residency)
     }
 
     /// Loads the stored stores (at start-up), all `DISCONNECTED`.
@@ -372,14 +396,45 @@ impl KeyStores {
             .get()
             .map(|s| s.pool.clone())
             .ok_or(ConnectionErrorCode::ClusterNotFound)?;
-        cfg.module = cluster.module;
-        cfg.token_label = cluster.token_label;
+        cfg.module = cluster.module.clone();
+        cfg.token_label = cluster.token_label.clone();
         cfg.pin = pin;
         let opened = tokio::task::spawn_blocking(move || Hsm::open(&cfg)).await;
-        match opened {
-            Ok(Ok(hsm)) => Ok(hsm),
-            Ok(Err(e)) => Err(error_code(&record.store_id, &e)),
-            Err(_) => Err(ConnectionErrorCode::InternalError),
+        let hsm = match opened {
+            Ok(Ok(hsm)) => hsm,
+            Ok(Err(e)) => return Err(error_code(&record.store_id, &e)),
+            Err(_) => return Err(ConnectionErrorCode::InternalError),
+        };
+        match self.ready_device(&hsm, &cluster, &record.store_id).await {
+            Ok(()) => Ok(hsm),
+            Err(code) => {
+                close(hsm).await;
+                Err(code)
+            }
+        }
+    }
+
+    /// Readies a store's opened device for its cluster's residency: it reads blobs from the
+    /// engine's registry (whatever the residency, so keys wrapped before a switch keep
+    /// working), and on a `wrapped` cluster its master key is readied
+    /// ([`residency::start_wrapped`]: an untrusted `v1` on first connect). An untrusted
+    /// master connects the store; only its CreateKey fails until the ceremony has run.
+    async fn ready_device(
+        &self,
+        hsm: &Hsm,
+        cluster: &Cluster,
+        store_id: &str,
+    ) -> Result<(), ConnectionErrorCode> {
+        hsm.set_blob_source(self.blobs.clone());
+        if cluster.residency != Residency::Wrapped {
+            return Ok(());
+        }
+        match residency::start_wrapped(hsm).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(store = %store_id, cluster = %cluster.id, error = %e, "cannot ready the master key of a wrapped-residency cluster");
+                Err(ConnectionErrorCode::InternalError)
+            }
         }
     }
 

@@ -705,8 +705,9 @@ impl Kms {
     }
 
     /// Makes version `object`'s key material on `hsm`: a token object, or in wrapped
-    /// residency (every key of the default store) a blob wrapped on the device under its
-    /// master key, with a key pair's public key, which the caller stores with the version.
+    /// residency ([`Kms::wraps_new_keys`]: the default store's, or a custom key store's
+    /// cluster's) a blob wrapped on `hsm` under its token's master key, with a key pair's
+    /// public key, which the caller stores with the version.
     async fn generate_version(
         &self,
         hsm: &Hsm,

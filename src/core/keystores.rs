@@ -956,6 +956,7 @@ mod tests {
             module: "/nonexistent".into(),
             token_label: "t".into(),
             trust_anchor: vec![der.to_vec()],
+            residency: Default::default(),
         };
         assert!(trust_anchor_matches(&cluster, &pem));
         assert!(!trust_anchor_matches(&cluster, &other));

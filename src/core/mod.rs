@@ -354,10 +354,11 @@ impl Kms {
         sessions: Arc<SessionStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Kms>, KmsError> {
+        let blobs = Arc::new(residency::Blobs::default());
         let kms = Kms {
             settings,
             store,
-            key_stores: connections::KeyStores::new(hsm.clone(), clock.clone()),
+            key_stores: connections::KeyStores::new(hsm.clone(), blobs.clone(), clock.clone()),
             xks_health: xks_health::HealthCache::default(),
             hsm,
             directory,
@@ -376,7 +377,7 @@ impl Kms {
             stranded: std::sync::Mutex::new(BTreeMap::new()),
             loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
             policies: std::sync::Mutex::new(HashMap::new()),
-            blobs: Arc::new(residency::Blobs::default()),
+            blobs,
         };
         kms.hsm.set_blob_source(kms.blobs.clone());
         if kms.settings.residency == residency::Residency::Wrapped {
@@ -534,11 +535,15 @@ impl Kms {
     }
 
     /// Whether new key material of `record` is wrapped rather than a token object: keys of
-    /// the default store when `[hsm] residency = "wrapped"` (custom key stores and the inner
-    /// keys of external stores stay token objects).
+    /// the default store when `[hsm] residency = "wrapped"`, keys of a custom key store when
+    /// its cluster's `[[hsm.cluster]] residency = "wrapped"` (the blob is made on the
+    /// store's device, under its token's master). The inner keys of external stores stay
+    /// token objects.
     pub(crate) fn wraps_new_keys(&self, record: &KeyRecord) -> bool {
-        self.settings.residency == residency::Residency::Wrapped
-            && record.custom_key_store_id.is_none()
+        match record.custom_key_store_id.as_deref() {
+            None => self.settings.residency == residency::Residency::Wrapped,
+            Some(id) => self.key_stores.store_residency(id) == residency::Residency::Wrapped,
+        }
     }
 
     /// The device of the caller's custom key store `id`: CustomKeyStoreNotFoundException if

@@ -147,7 +147,9 @@ impl Kms {
 
     /// A key of a custom key store that is not connected is deleted without its objects,
     /// which stay on the store's device: each is recorded for `p11kms check` and audited, as
-    /// AWS leaves such material in the cluster for the operator.
+    /// AWS leaves such material in the cluster for the operator. A wrapped version (a
+    /// `wrapped` cluster's) has no object there: its blob goes with the key's rows, and its
+    /// unwrapped copies died with the store's sessions when it disconnected.
     async fn leave_orphans(
         &self,
         key: &CachedKey,
@@ -155,8 +157,13 @@ impl Kms {
         now: i64,
     ) -> Result<(), KmsError> {
         let store_id = store.record().store_id;
-        let orphans: Vec<OrphanRecord> = key
+        let on_token: Vec<u32> = key
             .versions
+            .iter()
+            .copied()
+            .filter(|&v| self.blobs.get(ObjectId::new(key.uuid, v)).is_none())
+            .collect();
+        let orphans: Vec<OrphanRecord> = on_token
             .iter()
             .map(|&version| OrphanRecord {
                 store_id: store_id.clone(),
@@ -165,8 +172,13 @@ impl Kms {
                 orphaned_at_ms: now,
             })
             .collect();
-        self.store.record_orphans(&orphans).await?;
+        if !orphans.is_empty() {
+            self.store.record_orphans(&orphans).await?;
+        }
         for &version in &key.versions {
+            self.blobs.remove(ObjectId::new(key.uuid, version));
+        }
+        for &version in &on_token {
             let object = ObjectId::new(key.uuid, version);
             self.key_stores.report_orphan(store, object).await;
         }

@@ -590,6 +590,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         master: u32,
         limit: usize,
     ) -> Result<Vec<BlobRow>, StoreError>;
+    /// [`MetadataStore::blobs_under_master`] of one key store's keys only: `None` the
+    /// default store's, `Some(id)` custom key store `id`'s. Masters are per device, so
+    /// master `v1` of a cluster's token is not `v1` of the default token.
+    async fn blobs_under_master_in(
+        &self,
+        store: Option<&str>,
+        master: u32,
+        limit: usize,
+    ) -> Result<Vec<BlobRow>, StoreError>;
     /// One key with its versions and tags.
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError>;
     /// Every key with its versions and tags, ordered by key id (cache warm-up, `check`).

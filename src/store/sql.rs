@@ -634,6 +634,19 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
+/// A version row with a blob, as a [`BlobRow`] ([`StoreError::Corrupt`] without its blob).
+fn blob_row(r: &AnyRow) -> Result<BlobRow, StoreError> {
+    let v = version_from_row(r)?;
+    let blob = v.wrapped.ok_or_else(|| {
+        StoreError::Corrupt(format!("key {}: wrap_master without a blob", v.key_id))
+    })?;
+    Ok(BlobRow {
+        key_id: v.key_id,
+        version: v.version,
+        blob,
+    })
+}
+
 fn version_from_row(row: &AnyRow) -> Result<KeyVersion, StoreError> {
     let key_id: String = row.try_get("key_id").map_err(db_err)?;
     let version = get_u32(row, "version", &key_id)?;
@@ -992,19 +1005,28 @@ impl MetadataStore for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                let v = version_from_row(r)?;
-                let blob = v.wrapped.ok_or_else(|| {
-                    StoreError::Corrupt(format!("key {}: wrap_master without a blob", v.key_id))
-                })?;
-                Ok(BlobRow {
-                    key_id: v.key_id,
-                    version: v.version,
-                    blob,
-                })
-            })
-            .collect()
+        rows.iter().map(blob_row).collect()
+    }
+
+    async fn blobs_under_master_in(
+        &self,
+        store: Option<&str>,
+        master: u32,
+        limit: usize,
+    ) -> Result<Vec<BlobRow>, StoreError> {
+        // Store ids are never empty, so '' stands for the default store (NULL).
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions WHERE wrap_master = $1 \
+             AND key_id IN (SELECT key_id FROM keys WHERE COALESCE(custom_key_store_id, '') = $2) \
+             ORDER BY key_id, version LIMIT $3"
+        ))
+        .bind(i64::from(master))
+        .bind(store.unwrap_or(""))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(blob_row).collect()
     }
 
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyBundle>, StoreError> {

@@ -27,6 +27,7 @@ pub const POOL_BINARIES: &[&str] = &[
     "cli_key_stores",
     "check",
     "xks_door",
+    "cluster_residency",
 ];
 /// Cluster tokens in a binary's pool.
 pub const POOL_SIZE: usize = 12;
