@@ -443,7 +443,8 @@ impl WrappedBlob {
         Self::tagged_message(&self.bytes[..self.bytes.len() - TAG_LEN], id)
     }
 
-    /// A blob of `unsigned` bytes and their `tag`.
+    /// A blob of `unsigned` bytes and their `tag` (the raw benchmark's fixture).
+    #[cfg(feature = "bench")]
     pub(super) fn with_tag(mut unsigned: Vec<u8>, tag: &[u8]) -> WrappedBlob {
         unsigned.extend_from_slice(tag);
         WrappedBlob { bytes: unsigned }
