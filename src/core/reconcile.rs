@@ -15,7 +15,7 @@ use super::service::{ServiceAction, ServiceEventName};
 use super::{CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::WrappingKeyId;
 use crate::hsm::{ObjectId, ObjectInfo};
-use crate::store::{KeyRecord, KeyState, KeyVersion};
+use crate::store::{KeyBundle, KeyRecord, KeyState, KeyVersion};
 
 /// A key whose creation stopped between its two phases.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,72 +97,60 @@ fn material_complete(
         .all(|c| objects.contains(&(uuid, version, *c)))
 }
 
+/// What one pass of reconciliation has seen of the token, and what it has found so far.
+struct Pass<'a> {
+    /// (key, version) of every token object with our id shape.
+    on_token: BTreeSet<([u8; 16], u32)>,
+    by_class: ObjectsByClass<'a>,
+    /// Token objects some stored key version (or the sealing key) accounts for.
+    accounted: BTreeSet<([u8; 16], u32)>,
+    now: i64,
+    report: DriftReport,
+}
+
+impl Pass<'_> {
+    /// Marks (key, version) as accounted for. Only token objects are looked up afterwards,
+    /// so a million wrapped versions cost nothing here.
+    fn account(&mut self, k: ([u8; 16], u32)) {
+        if self.on_token.contains(&k) {
+            self.accounted.insert(k);
+        }
+    }
+}
+
 impl Kms {
-    /// Compares every stored key version with the token's objects.
+    /// Compares every stored key version with the token's objects. The store is read a
+    /// page at a time, as the start-up load reads it: a million keys are never held at once.
     pub async fn reconcile(&self) -> Result<DriftReport, KmsError> {
         // Token objects only: session objects (key copies, key pairs being generated) are
         // working state of this process, not custody.
         let mut objects = self.hsm.list_objects().await?;
         objects.retain(|o| o.token);
-        let bundles = self.store.load_all().await?;
-        let on_token: BTreeSet<([u8; 16], u32)> =
-            objects.iter().filter_map(|o| split_id(&o.id)).collect();
-        let by_class = by_class(&objects);
-        let now = self.now_ms();
-        let mut accounted: BTreeSet<([u8; 16], u32)> = BTreeSet::new();
-        let mut report = DriftReport {
-            keys_checked: bundles.len(),
-            objects_on_token: objects.len(),
-            ..DriftReport::default()
+        let mut pass = Pass {
+            on_token: objects.iter().filter_map(|o| split_id(&o.id)).collect(),
+            by_class: by_class(&objects),
+            accounted: BTreeSet::new(),
+            now: self.now_ms(),
+            report: DriftReport {
+                objects_on_token: objects.len(),
+                ..DriftReport::default()
+            },
         };
         // The sealing key of custom key store passwords is accounted for.
         let sealing = super::connections::SEALING_KEY;
-        accounted.insert((sealing.key_id(), sealing.version()));
-        for b in &bundles {
-            let Ok(uuid) = Uuid::parse_str(&b.key.key_id) else {
-                continue;
-            };
-            // Keys of custom key stores have their objects on their store's device, except
-            // keys of external stores (an XksKeyId): their inner material is on this token.
-            if b.key.custom_key_store_id.is_some() && b.key.xks_key_id.is_none() {
-                continue;
-            }
-            let uuid = *uuid.as_bytes();
-            if b.key.state == KeyState::Creating {
-                accounted.insert((uuid, 1));
-                report.interrupted.push(InterruptedCreate {
-                    key_id: b.key.key_id.clone(),
-                    hsm_object_present: material_complete(&by_class, uuid, 1, &b.key.key_spec),
-                    age_ms: now.saturating_sub(b.key.created_at_ms),
-                    overdue: self.creation_overdue(&b.key, now),
-                });
-                continue;
-            }
-            for v in &b.versions {
-                accounted.insert((uuid, v.version));
-                if v.version > b.key.current_version {
-                    report.interrupted_rotations.push((
-                        b.key.key_id.clone(),
-                        v.version,
-                        v.wrapped.is_some() || on_token.contains(&(uuid, v.version)),
-                    ));
-                    continue;
+        pass.account((sealing.key_id(), sealing.version()));
+        self.store
+            .load_pages(&mut |page| {
+                for b in &page {
+                    self.reconcile_key(b, &mut pass);
                 }
-                // A wrapped version's material is its blob (`check --blobs` unwraps them).
-                if v.wrapped.is_some() {
-                    continue;
-                }
-                // Imported material that expired or was deleted is absent by design.
-                if b.key.state == KeyState::PendingImport {
-                    continue;
-                }
-                if !material_complete(&by_class, uuid, v.version, &b.key.key_spec) {
-                    report
-                        .missing_objects
-                        .push((b.key.key_id.clone(), v.version));
-                }
-            }
-        }
+            })
+            .await?;
+        let Pass {
+            accounted,
+            mut report,
+            ..
+        } = pass;
         // Wrapping keys of outstanding import tokens are accounted for; any other wrapping
         // key (its token expired or was used, and destroying it failed) is an orphan.
         let live_wrapping: BTreeSet<[u8; 16]> =
@@ -186,6 +174,48 @@ impl Kms {
             .filter(|o| split_id(&o.id).is_none_or(|k| !accounted.contains(&k)))
             .collect();
         Ok(report)
+    }
+
+    /// Reconciliation of one stored key against the token.
+    fn reconcile_key(&self, b: &KeyBundle, pass: &mut Pass<'_>) {
+        pass.report.keys_checked += 1;
+        let Ok(uuid) = Uuid::parse_str(&b.key.key_id) else {
+            return;
+        };
+        // Keys of custom key stores have their objects on their store's device, except keys
+        // of external stores (an XksKeyId): their inner material is on this token.
+        if b.key.custom_key_store_id.is_some() && b.key.xks_key_id.is_none() {
+            return;
+        }
+        let uuid = *uuid.as_bytes();
+        if b.key.state == KeyState::Creating {
+            pass.account((uuid, 1));
+            pass.report.interrupted.push(InterruptedCreate {
+                key_id: b.key.key_id.clone(),
+                hsm_object_present: material_complete(&pass.by_class, uuid, 1, &b.key.key_spec),
+                age_ms: pass.now.saturating_sub(b.key.created_at_ms),
+                overdue: self.creation_overdue(&b.key, pass.now),
+            });
+            return;
+        }
+        for v in &b.versions {
+            pass.account((uuid, v.version));
+            if v.version > b.key.current_version {
+                let made = v.wrapped.is_some() || pass.on_token.contains(&(uuid, v.version));
+                let rotation = (b.key.key_id.clone(), v.version, made);
+                pass.report.interrupted_rotations.push(rotation);
+                continue;
+            }
+            // A wrapped version's material is its blob (`check --all-blobs` unwraps them).
+            // Imported material that expired or was deleted is absent by design.
+            if v.wrapped.is_some() || b.key.state == KeyState::PendingImport {
+                continue;
+            }
+            if !material_complete(&pass.by_class, uuid, v.version, &b.key.key_spec) {
+                let missing = (b.key.key_id.clone(), v.version);
+                pass.report.missing_objects.push(missing);
+            }
+        }
     }
 }
 
