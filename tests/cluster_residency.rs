@@ -16,11 +16,10 @@ use std::sync::Arc;
 
 use common::stores::{cluster, cluster_sections, softhsm, ClusterFixture};
 use common::*;
-use p11kms::config::Config;
 use p11kms::core::ManualClock;
 use p11kms::hsm::{Hsm, ObjectId};
 use p11kms::pb;
-use p11kms::server::{self, RunningServer, ServerOptions};
+use p11kms::server::RunningServer;
 use p11kms::store::KeyBundle;
 
 /// A daemon config on `dir`: the default store in wrapped residency, cluster `wrapped` with
@@ -34,20 +33,6 @@ fn write_config_file(dir: &Path, wrapped: &ClusterFixture, token: &ClusterFixtur
     let path = dir.join("p11kms.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Starts the daemon from `config` on `clock`, its sweeps left to the test.
-async fn start_daemon(config: &Path, clock: Arc<ManualClock>) -> RunningServer {
-    let cfg = Config::load(config).expect("config");
-    server::start(
-        &cfg,
-        ServerOptions {
-            clock,
-            sweep_interval: Some(std::time::Duration::from_secs(3600)),
-        },
-    )
-    .await
-    .expect("daemon starts")
 }
 
 /// `p11kms hsm trust-master` as the security officer runs it: its own process, the SO PIN
@@ -173,7 +158,7 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     let password_file = dir.join("w-password");
     write_secret(&password_file, &w.password);
     let password = password_file.to_str().unwrap();
-    let server = start_daemon(&config, Arc::default()).await;
+    let server = start_config_swept_by_hand(&config, Arc::default()).await;
     let mut c = admin(server.addr).await;
 
     // The default token's own ceremony (the default store is wrapped too).
@@ -282,7 +267,7 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     drop(c);
     server.shutdown().await.unwrap();
     let clock = Arc::new(ManualClock::default());
-    let server = start_daemon(&config, clock.clone()).await;
+    let server = start_config_swept_by_hand(&config, clock.clone()).await;
     let mut c = admin(server.addr).await;
     assert_eq!(settled(&mut c, &sw).await, "DISCONNECTED");
     assert_eq!(

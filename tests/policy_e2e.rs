@@ -12,14 +12,12 @@ use std::sync::Arc;
 
 use common::*;
 use p11kms::api::grpc::status::aws_reason;
-use p11kms::client::{AccessKeyCredentials, ClientConfig};
+use p11kms::client::AccessKeyCredentials;
 use p11kms::core::{Clock, ManualClock};
 use p11kms::pb;
-use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::server::RunningServer;
 use p11kms::store::GrantRecord;
 use serde_json::json;
-use tonic::transport::Channel;
 use tonic::Status;
 
 const BOB: &str = "arn:aws:iam::111122223333:user/bob";
@@ -318,22 +316,6 @@ async fn assume_engineering_with(
         session_token: Some(zeroize::Zeroizing::new(c.session_token)),
     };
     (out, creds)
-}
-
-async fn admin_service_tls(addr: std::net::SocketAddr, cn: &str) -> AdminServiceClient<Channel> {
-    let pki = &env().pki;
-    let channel = ClientConfig {
-        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
-        ca_cert: Some(pki.join("ca.pem")),
-        client_cert: Some(pki.join(format!("{cn}.pem"))),
-        client_key: Some(pki.join(format!("{cn}-key.pem"))),
-        tls_domain: Some("localhost".into()),
-        ..Default::default()
-    }
-    .channel()
-    .await
-    .expect("connect");
-    AdminServiceClient::new(channel)
 }
 
 fn explain_req(
@@ -1922,7 +1904,7 @@ async fn explain_access_matches_live_decisions() {
 
     // user1 + Decrypt on the (a) key: Allow, decided by the key policy's KeyUsers statement.
     // Over mTLS this time.
-    let mut admin_tls = admin_service_tls(server.addr, "admin").await;
+    let mut admin_tls = admin_service(server.addr, "admin").await;
     let e = admin_tls
         .explain_access(explain_req(USER1, "kms:Decrypt", &a.arn, &ec))
         .await
@@ -2037,7 +2019,7 @@ async fn explain_access_matches_live_decisions() {
     let mut np = signed_as(server.addr, AK_NOPOLICY).await;
     let r = explain(&mut np, explain_req(USER1, "kms:Decrypt", &a.key_id, &ec)).await;
     denied(r);
-    let mut user2_admin = admin_service_tls(server.addr, "user2").await;
+    let mut user2_admin = admin_service(server.addr, "user2").await;
     denied(
         user2_admin
             .explain_access(explain_req(USER1, "kms:Decrypt", &a.key_id, &ec))

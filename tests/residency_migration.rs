@@ -14,10 +14,8 @@ use std::sync::Arc;
 use common::*;
 use p11kms::hsm::{ObjectId, TokenMove, WrappedBlob};
 use p11kms::pb;
-use p11kms::pb::admin_service_client::AdminServiceClient;
 use p11kms::server::RunningServer;
 use p11kms::store::StoredBlob;
-use tonic::transport::Channel;
 
 const EC: &[(&str, &str)] = &[("app", "migrate")];
 
@@ -41,7 +39,7 @@ async fn trusted_token() {
             let config = wrapped_config(&data_dir("migrate-ceremony"));
             let server = start_from(&config).await;
             // Before the ceremony nothing can be wrapped: the call says what to run.
-            let mut a = admin_service(&server, "admin").await;
+            let mut a = admin_service(server.addr, "admin").await;
             let r = a.migrate_residency(migrate_request(pb::Residency::Wrapped));
             let says = "`p11kms hsm trust-master`";
             assert_refused(
@@ -101,22 +99,6 @@ async fn migrate_under_load(
         "requests failed during the migration: {failures:?}"
     );
     out
-}
-
-async fn admin_service(server: &RunningServer, cn: &str) -> AdminServiceClient<Channel> {
-    let pki = &env().pki;
-    let channel = p11kms::client::ClientConfig {
-        endpoint: Some(format!("https://127.0.0.1:{}", server.addr.port())),
-        ca_cert: Some(pki.join("ca.pem")),
-        client_cert: Some(pki.join(format!("{cn}.pem"))),
-        client_key: Some(pki.join(format!("{cn}-key.pem"))),
-        tls_domain: Some("localhost".into()),
-        ..Default::default()
-    }
-    .channel()
-    .await
-    .expect("connect");
-    AdminServiceClient::new(channel)
 }
 
 fn migrate_request(to: pb::Residency) -> pb::MigrateResidencyRequest {
@@ -335,7 +317,7 @@ async fn bad_calls_are_refused_and_change_nothing() {
     let mut c = admin(server.addr).await;
     let key = create_key(&mut c).await;
 
-    let mut denied = admin_service(&server, "user2").await;
+    let mut denied = admin_service(server.addr, "user2").await;
     let r = denied
         .migrate_residency(migrate_request(pb::Residency::Token))
         .await;
@@ -346,7 +328,7 @@ async fn bad_calls_are_refused_and_change_nothing() {
         "p11kms:MigrateResidency",
     );
 
-    let mut a = admin_service(&server, "admin").await;
+    let mut a = admin_service(server.addr, "admin").await;
     let r = a
         .migrate_residency(migrate_request(pb::Residency::Token))
         .await;

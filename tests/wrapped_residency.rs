@@ -13,13 +13,12 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
-use p11kms::config::Config;
 use p11kms::core::{Clock, ManualClock};
 use p11kms::pb;
-use p11kms::server::{self, RunningServer, ServerOptions};
+use p11kms::server::RunningServer;
 use p11kms::store::{Change, ChangeKind, KeyState, MetadataStore, SqlStore, StoredBlob};
 use ring::rand::SecureRandom;
 
@@ -480,16 +479,6 @@ async fn check_verifies_wrapped_blobs_on_the_device() {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// A daemon of `config` on `clock`, whose sweeps run only when a test calls them.
-async fn start_clocked(config: &Path, clock: Arc<ManualClock>) -> RunningServer {
-    let cfg = Config::load(config).expect("config");
-    let options = ServerOptions {
-        clock,
-        sweep_interval: Some(Duration::from_secs(365 * 86_400)),
-    };
-    server::start(&cfg, options).await.expect("daemon starts")
-}
-
 /// 32 random bytes of key material, made on the client.
 fn random_material() -> Vec<u8> {
     let mut m = vec![0u8; 32];
@@ -615,7 +604,7 @@ async fn imported_material_is_wrapped_deleted_expired_and_reimported() {
     let dir = data_dir("wrapped-import");
     let config = wrapped_config(&dir);
     let clock = Arc::new(ManualClock::default());
-    let server = start_clocked(&config, clock.clone()).await;
+    let server = start_config_swept_by_hand(&config, clock.clone()).await;
     let mut c = admin(server.addr).await;
     let objects = token_objects(&server).await;
     let key = create_external(&mut c, "SYMMETRIC_DEFAULT", "").await;
@@ -631,7 +620,7 @@ async fn imported_material_is_wrapped_deleted_expired_and_reimported() {
     server.shutdown().await.unwrap();
 
     // A cold start unwraps the stored blob again.
-    let server = start_clocked(&config, clock.clone()).await;
+    let server = start_config_swept_by_hand(&config, clock.clone()).await;
     let mut c = admin(server.addr).await;
     let cold = misses(&server);
     assert_eq!(decrypt(&mut c, &ct).await.unwrap(), b"imported");

@@ -680,6 +680,33 @@ pub async fn start_swept_by_hand(data_dir: &Path, clock: Arc<ManualClock>) -> Ru
     .expect("daemon starts")
 }
 
+/// [`start_swept_by_hand`] from a config file rather than a data directory.
+pub async fn start_config_swept_by_hand(config: &Path, clock: Arc<ManualClock>) -> RunningServer {
+    let cfg = Config::load(config).expect("config");
+    let options = ServerOptions {
+        clock,
+        sweep_interval: Some(std::time::Duration::from_secs(365 * 86_400)),
+    };
+    server::start(&cfg, options).await.expect("daemon starts")
+}
+
+/// An AdminService client over mutual TLS as the fixture PKI's client certificate `cn`.
+pub async fn admin_service(addr: std::net::SocketAddr, cn: &str) -> AdminServiceClient<Channel> {
+    let pki = &env().pki;
+    let channel = ClientConfig {
+        endpoint: Some(format!("https://127.0.0.1:{}", addr.port())),
+        ca_cert: Some(pki.join("ca.pem")),
+        client_cert: Some(pki.join(format!("{cn}.pem"))),
+        client_key: Some(pki.join(format!("{cn}-key.pem"))),
+        tls_domain: Some("localhost".into()),
+        ..Default::default()
+    }
+    .channel()
+    .await
+    .expect("connect");
+    AdminServiceClient::new(channel)
+}
+
 /// The audit segment files (`audit/*.jsonl`) of a data directory, in order.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let audit = dir.join("audit");
