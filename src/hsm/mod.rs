@@ -90,6 +90,9 @@ mod ops;
 mod pool;
 #[cfg(feature = "bench")]
 pub mod raw;
+pub mod region;
+#[cfg(test)]
+mod region_tests;
 mod shared_token;
 pub mod signing;
 pub mod stats;

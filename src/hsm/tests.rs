@@ -62,6 +62,10 @@ struct Env {
     ceremony: String,
     /// Wrapped residency: the token of the master-rotation test.
     rotation: String,
+    /// Multi-Region keys (issue 20): two regions' tokens for the device probes.
+    region_probe: [String; 2],
+    /// Multi-Region keys: two regions' tokens for the region jobs' tests.
+    region_jobs: [String; 2],
 }
 
 fn env() -> &'static Env {
@@ -75,11 +79,14 @@ fn env() -> &'static Env {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let pin = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let so_pin = format!("s{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let [a, b, c, dup, other, wrapped, ceremony, rotation] =
-            ["a", "b", "c", "dup", "other", "w", "wc", "wr"]
-                .map(|n| format!("p11kms-test-{n}-{tag}"));
+        let [a, b, c, dup, other, wrapped, ceremony, rotation, rpa, rpb, rja, rjb] = [
+            "a", "b", "c", "dup", "other", "w", "wc", "wr", "rpa", "rpb", "rja", "rjb",
+        ]
+        .map(|n| format!("p11kms-test-{n}-{tag}"));
         let mut conf = None;
-        for label in [&a, &b, &c, &dup, &other, &wrapped, &ceremony, &rotation] {
+        for label in [
+            &a, &b, &c, &dup, &other, &wrapped, &ceremony, &rotation, &rpa, &rpb, &rja, &rjb,
+        ] {
             let out = Command::new("bash")
                 .arg(INIT_TOKEN)
                 .arg(dir.path())
@@ -138,6 +145,8 @@ fn env() -> &'static Env {
             wrapped,
             ceremony,
             rotation,
+            region_probe: [rpa, rpb],
+            region_jobs: [rja, rjb],
         }
     })
 }
@@ -160,6 +169,13 @@ pub(super) fn wrapped_tokens() -> WrappedTokens {
         ceremony: e.ceremony.clone(),
         rotation: e.rotation.clone(),
     }
+}
+
+/// Multi-Region keys' test tokens (see [`Env`]), for `region_tests`: the probes' two
+/// regions and the jobs' two regions.
+pub(super) fn region_tokens() -> ([String; 2], [String; 2]) {
+    let e = env();
+    (e.region_probe.clone(), e.region_jobs.clone())
 }
 
 /// A config for the shared test token (created on first use); other unit

@@ -269,7 +269,17 @@ impl BlobKind {
     /// The template of the token object of secret key version `id` moved from wrapped
     /// residency ([`Template::wrapped_token`]); `None` for a key pair.
     fn token_template(self, id: &ObjectId) -> Option<Vec<Attribute>> {
-        let t = self.usages(false)?.wrapped_token();
+        self.token_template_of(id, false)
+    }
+
+    /// [`BlobKind::token_template`] with `CKA_VALUE_LEN` when `value_len` (for generation):
+    /// also the token object of a multi-Region key (`region`).
+    pub(crate) fn token_template_of(
+        self,
+        id: &ObjectId,
+        value_len: bool,
+    ) -> Option<Vec<Attribute>> {
+        let t = self.usages(value_len)?.wrapped_token();
         Some(t.id(&id.0).label(id.label()).build())
     }
 

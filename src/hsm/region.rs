@@ -1,0 +1,468 @@
+//! Multi-Region keys (issue 20), the device's part: key material moves from this region's
+//! token to a peer region's token only wrapped, on the device, under a public key of the peer
+//! that this token's security officer made trusted, and is unwrapped on the peer's device.
+//!
+//! # What SoftHSM2 2.6.1 allows (probed in `region_tests`)
+//!
+//! - Only the SO may set `CKA_TRUSTED` = true (the user gets `CKR_ATTRIBUTE_READ_ONLY`), and
+//!   the SO may `C_CreateObject` a public token key with it: [`trust_peer`] is that ceremony.
+//! - A `CKA_WRAP_WITH_TRUSTED` key wraps under a trusted RSA public key with
+//!   `CKM_RSA_PKCS_OAEP` (SHA-1, the only OAEP hash the device has); under an untrusted one
+//!   the device answers `CKR_KEY_NOT_WRAPPABLE`. AES-256 and HMAC keys (up to 64 bytes) move.
+//! - Private halves do not move this way: OAEP wraps secret keys only
+//!   (`CKR_KEY_NOT_WRAPPABLE`), `CKM_RSA_AES_KEY_WRAP` is not offered, and an ephemeral AES
+//!   key the user makes cannot be trusted. Only an AES key the SO made trusted carries them
+//!   (two-step, probed); no job here does that yet.
+//! - A transport blob changed by one byte is refused by the receiving device.
+//!
+//! # Objects
+//!
+//! - **Transport key pair** `p11kms/region-transport/v1` (`CKA_ID` `p11kms:rtrans:000001`):
+//!   RSA-3072; the private half private, sensitive, never extractable, `CKA_UNWRAP` only
+//!   (`CKM_RSA_PKCS_OAEP`); the public half a public token object with no usage, kept so
+//!   that its SPKI can be answered again ([`super::Hsm::region_transport_key`]).
+//! - **Peer key** `p11kms/region-peer/<region>`: the peer's transport public key, a public
+//!   token object, `CKA_WRAP` only, `CKA_TRUSTED` true (made by [`trust_peer`]).
+
+use std::path::Path;
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+
+use super::call::{Call, Counters};
+use super::error::{HsmError, HsmErrorKind};
+use super::objects::{ObjectId, Part};
+use super::pool::WorkerCtx;
+use super::template::{Template, Usage};
+use super::wrapped::BlobKind;
+use super::{der, module, Hsm, LockClass, Pin};
+
+/// `CKA_LABEL` of the transport key pair.
+pub const TRANSPORT_LABEL: &str = "p11kms/region-transport/v1";
+/// `CKA_ID` of both halves: 20 bytes with `:` at byte 6, never a key id (see `wrapped`).
+const TRANSPORT_ID: &[u8; 20] = b"p11kms:rtrans:000001";
+const TRANSPORT_BITS: u64 = 3072;
+const MAX_REGION_LEN: usize = 32;
+
+/// A peer region's name as it appears in a peer key's label (`us-east-1`): 1 to 32 of
+/// lowercase ASCII letters, digits and `-`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionName(String);
+
+impl RegionName {
+    /// Checks `name`; `None` if it is not a region name.
+    pub fn parse(name: &str) -> Option<RegionName> {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        let fits = !name.is_empty() && name.len() <= MAX_REGION_LEN;
+        (fits && name.chars().all(ok)).then(|| RegionName(name.to_owned()))
+    }
+
+    /// `CKA_LABEL` of this peer's key: `p11kms/region-peer/<region>`.
+    pub fn peer_label(&self) -> String {
+        format!("p11kms/region-peer/{}", self.0)
+    }
+}
+
+/// What [`trust_peer`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerTrust {
+    /// The peer's key was imported as a trusted token object.
+    Created,
+    /// The same key was already trusted for that region: nothing changed.
+    AlreadyTrusted,
+}
+
+/// `CKM_RSA_PKCS_OAEP` with SHA-1 and MGF1-SHA-1: the OAEP every region's device has.
+fn oaep_sha1() -> Mechanism<'static> {
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+        MechanismType::SHA1,
+        PkcsMgfType::MGF1_SHA1,
+        PkcsOaepSource::empty(),
+    ))
+}
+
+fn find(ctx: &mut WorkerCtx, search: &[Attribute]) -> Result<Option<ObjectHandle>, HsmError> {
+    let found = ctx.call(Call::FindObjects, |s| s.find_objects(search))?;
+    super::ops::at_most_one(ctx, &found, |n| format!("{n} objects share a region label"))
+}
+
+fn transport_half(class: ObjectClass) -> [Attribute; 3] {
+    [
+        Attribute::Class(class),
+        Attribute::Token(true),
+        Attribute::Id(TRANSPORT_ID.to_vec()),
+    ]
+}
+
+fn spki_of(ctx: &mut WorkerCtx, public: ObjectHandle) -> Result<Vec<u8>, HsmError> {
+    let types = [AttributeType::Modulus, AttributeType::PublicExponent];
+    let attrs = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(public, &types)
+    })?;
+    let (mut n, mut e) = (None, None);
+    for a in attrs {
+        match a {
+            Attribute::Modulus(v) => n = Some(v),
+            Attribute::PublicExponent(v) => e = Some(v),
+            _ => {}
+        }
+    }
+    match (n, e) {
+        (Some(n), Some(e)) => Ok(der::rsa_spki(&n, &e)),
+        _ => Err(other(
+            ctx,
+            "C_GetAttributeValue",
+            "the transport key has no modulus",
+        )),
+    }
+}
+
+fn other(ctx: &WorkerCtx, function: &'static str, detail: &str) -> HsmError {
+    HsmError::new(HsmErrorKind::Other, function, ctx.token(), detail)
+}
+
+fn transport_templates() -> (Vec<Attribute>, Vec<Attribute>) {
+    let public = Template::public(KeyType::RSA)
+        .token(true)
+        .private_object(false)
+        .with(Attribute::ModulusBits(TRANSPORT_BITS.into()))
+        .with(Attribute::PublicExponent(vec![1, 0, 1]))
+        .id(TRANSPORT_ID)
+        .label(TRANSPORT_LABEL)
+        .build();
+    let private = Template::private(KeyType::RSA)
+        .token(true)
+        .guarded()
+        .allow(Usage::Unwrap)
+        .mechanisms(vec![MechanismType::RSA_PKCS_OAEP])
+        .id(TRANSPORT_ID)
+        .label(TRANSPORT_LABEL)
+        .build();
+    (public, private)
+}
+
+/// The transport key pair's SPKI, the pair generated first if the token has none.
+pub(crate) fn ensure_transport(ctx: &mut WorkerCtx) -> Result<Vec<u8>, HsmError> {
+    let public = find(ctx, &transport_half(ObjectClass::PUBLIC_KEY))?;
+    let private = find(ctx, &transport_half(ObjectClass::PRIVATE_KEY))?;
+    match (public, private) {
+        (Some(public), Some(_)) => spki_of(ctx, public),
+        (None, None) => {
+            let (public, private) = transport_templates();
+            let (pub_h, _) = ctx.call(Call::GenerateKeyPair, |s| {
+                s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
+            })?;
+            spki_of(ctx, pub_h)
+        }
+        _ => Err(other(
+            ctx,
+            "C_FindObjects",
+            "one half of the region transport key pair is missing",
+        )),
+    }
+}
+
+fn peer_key(ctx: &mut WorkerCtx, peer: &RegionName) -> Result<ObjectHandle, HsmError> {
+    let search = [
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Token(true),
+        Attribute::Label(peer.peer_label().into_bytes()),
+    ];
+    let missing = || {
+        format!(
+            "no trusted key for region {}: the SO ceremony is due",
+            peer.0
+        )
+    };
+    let h = find(ctx, &search)?.ok_or_else(|| {
+        HsmError::new(
+            HsmErrorKind::Config,
+            "C_FindObjects",
+            ctx.token(),
+            missing(),
+        )
+    })?;
+    let pick = |a| match a {
+        Attribute::Trusted(t) => Some(t),
+        _ => None,
+    };
+    let trusted =
+        super::ops::read_attribute(ctx, h, AttributeType::Trusted, pick, "no CKA_TRUSTED")?;
+    if !trusted {
+        return Err(HsmError::new(
+            HsmErrorKind::Config,
+            "C_WrapKey",
+            ctx.token(),
+            missing(),
+        ));
+    }
+    Ok(h)
+}
+
+/// Wraps secret key version `id` under `peer`'s trusted key (OAEP-SHA-1, on the device).
+/// Only secret keys move; the device itself refuses keys that are not
+/// `CKA_EXTRACTABLE` (`CKR_KEY_UNEXTRACTABLE`).
+pub(crate) fn export_for_peer(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    kind: BlobKind,
+    peer: &RegionName,
+) -> Result<Vec<u8>, HsmError> {
+    if matches!(kind, BlobKind::Private { .. }) {
+        let detail = "only secret keys move between regions on this device (see `region`)";
+        return Err(other(ctx, "C_WrapKey", detail));
+    }
+    let wrapping = peer_key(ctx, peer)?;
+    let key = super::ops::find_part(ctx, &id, Part::Secret)?.ok_or_else(|| {
+        HsmError::new(
+            HsmErrorKind::ObjectNotFound,
+            "C_FindObjects",
+            ctx.token(),
+            format!("{id}"),
+        )
+    })?;
+    ctx.call(Call::WrapKey, |s| s.wrap_key(&oaep_sha1(), wrapping, key))
+}
+
+/// Unwraps a peer's transport `blob` with the transport private key into the token object of
+/// secret key version `target` with the multi-Region custody (sensitive, extractable only
+/// under trusted keys). A blob the device refuses is [`HsmErrorKind::BlobRejected`]; nothing
+/// is made then.
+pub(crate) fn import_from_peer(
+    ctx: &mut WorkerCtx,
+    target: ObjectId,
+    kind: BlobKind,
+    blob: &[u8],
+) -> Result<(), HsmError> {
+    let Some(template) = kind.token_template_of(&target, false) else {
+        return Err(other(
+            ctx,
+            "C_UnwrapKey",
+            "only secret keys move between regions",
+        ));
+    };
+    super::ops::refuse_known_id(ctx, &target, "C_UnwrapKey")?;
+    let Some(private) = find(ctx, &transport_half(ObjectClass::PRIVATE_KEY))? else {
+        let detail = "no region transport key on this token";
+        return Err(HsmError::new(
+            HsmErrorKind::Config,
+            "C_UnwrapKey",
+            ctx.token(),
+            detail,
+        ));
+    };
+    let r = ctx.call_raw(Call::UnwrapKey, |s| {
+        s.unwrap_key(&oaep_sha1(), private, blob, &template)
+    });
+    match r {
+        Ok(_) => Ok(()),
+        // SoftHSM2 answers a bad OAEP decoding with CKR_GENERAL_ERROR: a refused blob only
+        // if the session is still healthy.
+        Err(e) if refused_blob(&e) && super::ops::session_logged_in(ctx) => {
+            let mut err = super::error::from_cryptoki("C_UnwrapKey", ctx.token(), &e);
+            err.kind = HsmErrorKind::BlobRejected;
+            err.detail = Some("the device refused the transport blob".into());
+            Err(err)
+        }
+        Err(e) => Err(ctx.fail(Call::UnwrapKey, &e)),
+    }
+}
+
+fn refused_blob(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::WrappedKeyInvalid
+                | RvError::WrappedKeyLenRange
+                | RvError::GeneralError,
+            _
+        )
+    )
+}
+
+impl Hsm {
+    /// The SPKI of this token's region transport key pair, generated on first call (RSA-3072:
+    /// seconds on SoftHSM2, once). Peers import it with their SO ceremony ([`trust_peer`]).
+    pub async fn region_transport_key(&self) -> Result<Vec<u8>, HsmError> {
+        self.submit(
+            LockClass::Exclusive,
+            "region_transport_key",
+            ensure_transport,
+        )
+        .await
+    }
+
+    /// Key version `id` wrapped on this device under `peer`'s trusted key, for the peer's
+    /// [`Hsm::import_from_peer`]. Fails unless the SO ceremony trusted that peer.
+    pub async fn export_for_peer(
+        &self,
+        id: ObjectId,
+        kind: BlobKind,
+        peer: RegionName,
+    ) -> Result<Vec<u8>, HsmError> {
+        self.submit(LockClass::Shared, "export_for_peer", move |ctx| {
+            export_for_peer(ctx, id, kind, &peer)
+        })
+        .await
+    }
+
+    /// Unwraps a peer's blob into token key version `target` of `kind` (see
+    /// [`import_from_peer`]).
+    pub async fn import_from_peer(
+        &self,
+        target: ObjectId,
+        kind: BlobKind,
+        blob: Vec<u8>,
+    ) -> Result<(), HsmError> {
+        self.submit(LockClass::Exclusive, "import_from_peer", move |ctx| {
+            import_from_peer(ctx, target, kind, &blob)
+        })
+        .await
+    }
+
+    /// Generates secret key version `id` of `kind` as a multi-Region key's token object:
+    /// sensitive, `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED` true.
+    pub async fn generate_multi_region_key(
+        &self,
+        id: ObjectId,
+        kind: BlobKind,
+    ) -> Result<(), HsmError> {
+        self.submit(
+            LockClass::Exclusive,
+            "generate_multi_region_key",
+            move |ctx| {
+                let Some(t) = kind.token_template_of(&id, true) else {
+                    return Err(other(ctx, "C_GenerateKey", "not a secret key kind"));
+                };
+                super::ops::refuse_known_id(ctx, &id, "C_GenerateKey")?;
+                ctx.call(Call::GenerateKey, |s| {
+                    s.generate_key(&kind.generation(), &t)
+                })?;
+                Ok(())
+            },
+        )
+        .await
+    }
+}
+
+/// The security officer's ceremony: import `peer`'s transport public key (`spki`, RSA) into
+/// this token as a trusted, wrap-only public token object. Blocking and standalone, like
+/// [`super::wrapped::trust_master`] (the SO login fails beside an open [`Hsm`] on the token).
+/// The SO PIN is used for `C_Login` only and never kept or logged.
+pub fn trust_peer(
+    module_path: &Path,
+    token_label: &str,
+    so_pin: &Pin,
+    peer: &RegionName,
+    spki: &[u8],
+) -> Result<PeerTrust, HsmError> {
+    let Some((n, e)) = der::rsa_from_spki(spki) else {
+        let detail = "the peer's transport key is not an RSA SubjectPublicKeyInfo";
+        return Err(HsmError::new(
+            HsmErrorKind::Config,
+            "trust_peer",
+            token_label,
+            detail,
+        ));
+    };
+    let counters = Counters::default();
+    let pkcs11 = module::module(module_path, token_label, &counters)?.pkcs11;
+    let slot = module::find_token(&pkcs11, token_label, &counters)?;
+    let session = counters.call(Call::OpenSession, token_label, || {
+        pkcs11.open_rw_session(slot)
+    })?;
+    let c = PeerCeremony {
+        c: &counters,
+        s: &session,
+        token: token_label,
+    };
+    let outcome = c.run(so_pin, peer, n, e);
+    let _ = counters.run(Call::Logout, || session.logout());
+    let _ = counters.run(Call::CloseSession, || session.close());
+    tracing::info!(token = token_label, peer = %peer.0, outcome = ?outcome, "region peer trust ceremony");
+    outcome
+}
+
+struct PeerCeremony<'a> {
+    c: &'a Counters,
+    s: &'a Session,
+    token: &'a str,
+}
+
+impl PeerCeremony<'_> {
+    fn call<T>(
+        &self,
+        call: Call,
+        f: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        self.c.call(call, self.token, || f(self.s))
+    }
+
+    fn run(
+        &self,
+        so_pin: &Pin,
+        peer: &RegionName,
+        n: Vec<u8>,
+        e: Vec<u8>,
+    ) -> Result<PeerTrust, HsmError> {
+        let auth = AuthPin::from(so_pin.expose());
+        self.call(Call::Login, |s| s.login(UserType::So, Some(&auth)))?;
+        let label = peer.peer_label().into_bytes();
+        let search = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Token(true),
+            Attribute::Label(label.clone()),
+        ];
+        if let Some(h) = self
+            .call(Call::FindObjects, |s| s.find_objects(&search))?
+            .first()
+        {
+            return self.existing(*h, &n, peer);
+        }
+        let t = Template::public(KeyType::RSA)
+            .token(true)
+            .private_object(false)
+            .allow(Usage::Wrap)
+            .with(Attribute::Modulus(n))
+            .with(Attribute::PublicExponent(e))
+            .with(Attribute::Trusted(true))
+            .label(label)
+            .build();
+        self.call(Call::CreateObject, |s| s.create_object(&t))?;
+        Ok(PeerTrust::Created)
+    }
+
+    /// A key already bears the peer's label: the same trusted key is a no-op, anything else
+    /// is refused (replacing a region's trust is its own decision).
+    fn existing(
+        &self,
+        h: ObjectHandle,
+        n: &[u8],
+        peer: &RegionName,
+    ) -> Result<PeerTrust, HsmError> {
+        let types = [AttributeType::Modulus, AttributeType::Trusted];
+        let attrs = self.call(Call::GetAttributeValue, |s| s.get_attributes(h, &types))?;
+        let same = attrs
+            .iter()
+            .any(|a| matches!(a, Attribute::Modulus(m) if m.as_slice() == n));
+        if same && attrs.contains(&Attribute::Trusted(true)) {
+            return Ok(PeerTrust::AlreadyTrusted);
+        }
+        let detail = format!(
+            "another key is labelled for region {}: remove it first",
+            peer.0
+        );
+        Err(HsmError::new(
+            HsmErrorKind::Config,
+            "trust_peer",
+            self.token,
+            detail,
+        ))
+    }
+}
