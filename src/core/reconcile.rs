@@ -171,6 +171,8 @@ impl Kms {
             })
             // Master and bind keys of wrapped residency.
             .filter(|o| !crate::hsm::wrapped::is_master_object(&o.id))
+            // The multi-Region transport key pair and trusted peer keys.
+            .filter(|o| !crate::hsm::region::is_region_object(&o.id, &o.label))
             .filter(|o| split_id(&o.id).is_none_or(|k| !accounted.contains(&k)))
             .collect();
         Ok(report)

@@ -48,6 +48,12 @@ const TRANSPORT_ID: &[u8; 20] = b"p11kms:rtrans:000001";
 const TRANSPORT_BITS: u64 = 3072;
 const MAX_REGION_LEN: usize = 32;
 
+/// Whether a token object is the region machinery's (the transport key pair, a trusted peer
+/// key), which no key version accounts for: reconciliation skips them as it skips master keys.
+pub fn is_region_object(id: &[u8], label: &str) -> bool {
+    id == TRANSPORT_ID.as_slice() || label.starts_with("p11kms/region-peer/")
+}
+
 /// A peer region's name as it appears in a peer key's label (`us-east-1`): 1 to 32 of
 /// lowercase ASCII letters, digits and `-`.
 #[derive(Clone, Debug, PartialEq, Eq)]
