@@ -181,7 +181,7 @@ fn trust_master(
 
 /// Takes the shared token's lock file (blocking until the daemons' token-object jobs end);
 /// released when the file is dropped.
-fn lock_file(path: &Path) -> Result<std::fs::File, String> {
+pub(super) fn lock_file(path: &Path) -> Result<std::fs::File, String> {
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -192,7 +192,7 @@ fn lock_file(path: &Path) -> Result<std::fs::File, String> {
 }
 
 /// The SO PIN from the file, else from `P11KMS_SO_PIN`.
-fn read_so_pin(file: Option<&Path>) -> Result<Pin, String> {
+pub(super) fn read_so_pin(file: Option<&Path>) -> Result<Pin, String> {
     let raw = match file {
         Some(path) => zeroize::Zeroizing::new(
             std::fs::read_to_string(path)

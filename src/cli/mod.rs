@@ -31,6 +31,7 @@ mod keys;
 mod keystores;
 mod policy;
 mod public_keys;
+mod region;
 mod session;
 mod signing;
 mod sts;
@@ -78,6 +79,12 @@ pub enum Command {
     Hsm {
         #[command(subcommand)]
         command: hsm::HsmCommand,
+    },
+    /// Trust between regions (multi-Region keys): this token's transport public key, and the
+    /// security officer's import of a peer region's.
+    Region {
+        #[command(subcommand)]
+        command: region::RegionCommand,
     },
     /// Manage keys.
     Key {
@@ -159,6 +166,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::DevSetup(args) => daemon::dev_setup(args),
         Command::Audit { command } => Ok(audit::run(command)),
         Command::Hsm { command } => hsm::run(command),
+        Command::Region { command } => region::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Key { conn, command } => online(keys::run(conn, command)),
         Command::Alias { conn, command } => online(aliases::run(conn, command)),
