@@ -47,6 +47,19 @@ fn trust_master(config: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `p11kms hsm destroy-master --version <v>` with `args` after the config: its exit code
+/// and output.
+fn destroy_master(config: &Path, v: &str, args: &[&str]) -> (i32, String) {
+    let out = p11kms_command()
+        .args(["hsm", "destroy-master", "--config"])
+        .arg(config)
+        .args(["--version", v])
+        .args(args)
+        .output()
+        .unwrap();
+    code_and_output(&out)
+}
+
 /// CreateCustomKeyStore of `cluster`.
 async fn create_store(c: &mut Client, name: &str, cluster: &ClusterFixture) -> String {
     c.create_custom_key_store(pb::CreateCustomKeyStoreRequest {
@@ -298,6 +311,14 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
         ],
     );
     assert_succeeded(&v2, "trust-master --cluster --version 2");
+    // The cluster's v1 still wraps the store's blobs: it cannot be destroyed yet.
+    let cluster_args = ["--cluster", w.id.as_str(), "--password-file", password];
+    let (code, text) = destroy_master(&config, "1", &cluster_args);
+    assert_ne!(
+        code, 0,
+        "a master still wrapping blobs was destroyed: {text}"
+    );
+    assert!(text.contains("still wrapped"), "{text}");
     // A disconnected store is skipped; it is rewrapped once connected.
     disconnect(&mut c, &sw).await;
     server.kms.rewrap_round(256).await.unwrap();
@@ -327,6 +348,24 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     assert_eq!(blobs_under(&server, None, 1).await, 1);
     let again = server.kms.rewrap_round(256).await.unwrap();
     assert!(again.is_empty(), "{again:?}");
+    // Retired on the cluster only: the cluster's v1 goes; the default token's v1, its
+    // newest, is refused.
+    let (code, text) = destroy_master(&config, "1", &cluster_args);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("of cluster {}: destroyed", w.id)),
+        "{text}"
+    );
+    let (code, text) = destroy_master(&config, "1", &[]);
+    assert_ne!(
+        code, 0,
+        "the default token's newest master was destroyed: {text}"
+    );
+    assert_eq!(blob_master(&server, &kd).await, Some(1));
+    let plain = decrypt_with(&mut c, &ciphertext, &[])
+        .await
+        .expect("after the cluster's v1 is destroyed");
+    assert_eq!(plain, b"in the wrapped store");
 
     // Deleted while their stores are disconnected: the token store's key leaves its object
     // on the cluster token (an orphan); the wrapped store's leaves nothing (its blob goes

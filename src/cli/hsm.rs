@@ -42,6 +42,9 @@ pub enum HsmCommand {
     /// the newest trusted master under which no stored blob is wrapped any more, as
     /// `p11kms check` reports it. Refused otherwise; nothing is destroyed then. Run it with
     /// the daemon's config (its user PIN), after every node has finished the rewrap duty.
+    ///
+    /// With --cluster, the master of that `[[hsm.cluster]]`'s token, counting only the blobs
+    /// of the key store made on it; the user PIN is then the key store password.
     DestroyMaster {
         /// The daemon's TOML config file.
         #[arg(long, env = "P11KMS_CONFIG")]
@@ -49,6 +52,12 @@ pub enum HsmCommand {
         /// The retired master key version (`p11kms/master/v<N>`).
         #[arg(long)]
         version: u32,
+        /// Destroy it on this `[[hsm.cluster]]`'s token (its id) instead of `[hsm]`'s.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With --cluster: the key store password (the cluster token's user PIN).
+        #[command(flatten)]
+        password: super::keystores::PasswordSource,
     },
 }
 
@@ -73,25 +82,71 @@ pub fn run(command: HsmCommand) -> Result<ExitCode, String> {
                 MasterVersion(version),
             )
         }
-        HsmCommand::DestroyMaster { config, version } => {
-            destroy_master(&config, MasterVersion(version))
+        HsmCommand::DestroyMaster {
+            config,
+            version,
+            cluster,
+            password,
+        } => {
+            let device = Ceremony {
+                cluster: cluster.as_deref(),
+                password: &password,
+            };
+            destroy_master(&config, device, MasterVersion(version))
         }
     }
 }
 
-fn destroy_master(config: &Path, version: MasterVersion) -> Result<ExitCode, String> {
+fn destroy_master(
+    config: &Path,
+    device: Ceremony<'_>,
+    version: MasterVersion,
+) -> Result<ExitCode, String> {
     let config = super::daemon::load_config(config)?;
+    let hsm = config.hsm_config().map_err(|e| e.to_string())?;
+    let token = device.token(&config, &hsm)?;
     super::runtime()?.block_on(async {
         let clock = std::sync::Arc::new(p11kms::core::SystemClock);
         let kms = p11kms::server::open_engine(&config, clock)
             .await
             .map_err(|e| e.to_string())?;
-        let done = kms.destroy_retired_master(version).await;
+        let done = match device.cluster {
+            None => kms.destroy_retired_master(version).await,
+            Some(id) => destroy_cluster_master(&kms, id, token.device_config(), version).await,
+        };
         p11kms::server::close_hsm(kms.hsm()).await;
         done.map_err(|e| e.to_string())
     })?;
-    println!("master key {}: destroyed", version.label());
+    println!("master key {}{}: destroyed", version.label(), token.named);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A retired master of cluster `id`'s token: the key store made on the cluster names whose
+/// blobs count; its device is opened with the store password for this one job.
+async fn destroy_cluster_master(
+    kms: &p11kms::core::Kms,
+    id: &str,
+    cfg: p11kms::hsm::HsmConfig,
+    version: MasterVersion,
+) -> Result<(), p11kms::core::KmsError> {
+    let store = kms
+        .key_stores()
+        .all()
+        .into_iter()
+        .map(|s| s.record())
+        .find(|r| r.cluster_id == id && r.xks.is_none())
+        .ok_or_else(|| {
+            p11kms::core::KmsError::NotFound(format!("no custom key store is made on {id}"))
+        })?;
+    let opened = tokio::task::spawn_blocking(move || p11kms::hsm::Hsm::open(&cfg))
+        .await
+        .map_err(|e| p11kms::core::KmsError::Internal(e.to_string()))?;
+    let device = opened?;
+    let done = kms
+        .destroy_retired_master_on(Some(&store.store_id), &device, version)
+        .await;
+    p11kms::server::close_hsm(&device).await;
+    done
 }
 
 /// Which token `trust-master` runs on: `[hsm]`'s, or a cluster's with its store password.
@@ -106,6 +161,16 @@ struct CeremonyToken {
     token_label: String,
     user_pin: Pin,
     named: String,
+}
+
+impl CeremonyToken {
+    /// A one-job device config for this token (one worker).
+    fn device_config(&self) -> p11kms::hsm::HsmConfig {
+        let mut cfg =
+            p11kms::hsm::HsmConfig::new(&self.module, &self.token_label, self.user_pin.clone());
+        cfg.workers = 1;
+        cfg
+    }
 }
 
 impl Ceremony<'_> {

@@ -199,7 +199,20 @@ impl Kms {
     /// is on the token, older than the newest trusted master, and no stored blob is wrapped
     /// under it (`p11kms check` reports it as retired).
     pub async fn destroy_retired_master(&self, v: MasterVersion) -> Result<(), KmsError> {
-        let masters = self.hsm.masters().await?;
+        let device = self.hsm.clone();
+        self.destroy_retired_master_on(None, &device, v).await
+    }
+
+    /// [`Kms::destroy_retired_master`] on a custom key store's `device` (opened by the
+    /// caller with the store's password), counting only `store`'s blobs: a cluster's masters
+    /// are its own, so its "v1" retires when the store's blobs have left it.
+    pub async fn destroy_retired_master_on(
+        &self,
+        store: Option<&str>,
+        device: &Hsm,
+        v: MasterVersion,
+    ) -> Result<(), KmsError> {
+        let masters = device.masters().await?;
         if !masters.iter().any(|(m, _)| *m == v) {
             return Err(KmsError::NotFound(format!(
                 "master key {v} is not on the token"
@@ -213,7 +226,7 @@ impl Kms {
         }
         if !self
             .store
-            .blobs_under_master_in(None, v.0, 1)
+            .blobs_under_master_in(store, v.0, 1)
             .await?
             .is_empty()
         {
@@ -221,8 +234,8 @@ impl Kms {
                 "blobs are still wrapped under master key {v}; the rewrap duty has not finished"
             )));
         }
-        self.hsm.destroy_master(v).await?;
-        tracing::info!(master = %v, "retired master key destroyed");
+        device.destroy_master(v).await?;
+        tracing::info!(master = %v, store, "retired master key destroyed");
         Ok(())
     }
 }
