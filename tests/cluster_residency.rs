@@ -75,36 +75,6 @@ async fn create_store(c: &mut Client, name: &str, cluster: &ClusterFixture) -> S
     .custom_key_store_id
 }
 
-/// Store `id`'s connection state, once it is not CONNECTING (bounded wait).
-async fn settled(c: &mut Client, id: &str) -> String {
-    let mut last = String::new();
-    let done = wait_for(async || {
-        let r = c
-            .describe_custom_key_stores(pb::DescribeCustomKeyStoresRequest {
-                custom_key_store_id: id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("describe the store")
-            .into_inner();
-        last = r.custom_key_stores[0].connection_state.clone();
-        last != "CONNECTING"
-    })
-    .await;
-    assert!(done, "store {id} still CONNECTING");
-    last
-}
-
-/// ConnectCustomKeyStore, then the settled state.
-async fn connect(c: &mut Client, id: &str) -> String {
-    c.connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
-        custom_key_store_id: id.into(),
-    })
-    .await
-    .expect("connect");
-    settled(c, id).await
-}
-
 /// DisconnectCustomKeyStore.
 async fn disconnect(c: &mut Client, id: &str) {
     c.disconnect_custom_key_store(pb::DisconnectCustomKeyStoreRequest {
@@ -179,8 +149,8 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     let sw = create_store(&mut c, "wrapped-store", &w).await;
     let st = create_store(&mut c, "token-store", &t).await;
     // An untrusted master connects the store; its CreateKey fails as the default store's.
-    assert_eq!(connect(&mut c, &sw).await, "CONNECTED");
-    assert_eq!(connect(&mut c, &st).await, "CONNECTED");
+    assert_eq!(connect(&mut c, &sw).await.0, "CONNECTED");
+    assert_eq!(connect(&mut c, &st).await.0, "CONNECTED");
     assert_refused(
         create_store_key(&mut c, &sw).await,
         "no trusted master on the cluster",
@@ -268,7 +238,7 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
         "KMSInvalidStateException",
         "unavailable",
     );
-    assert_eq!(connect(&mut c, &sw).await, "CONNECTED");
+    assert_eq!(connect(&mut c, &sw).await.0, "CONNECTED");
     let plain = decrypt_with(&mut c, &ciphertext, &[])
         .await
         .expect("after reconnect");
@@ -282,12 +252,12 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
     let clock = Arc::new(ManualClock::default());
     let server = start_config_swept_by_hand(&config, clock.clone()).await;
     let mut c = admin(server.addr).await;
-    assert_eq!(settled(&mut c, &sw).await, "DISCONNECTED");
+    assert_eq!(settled(&mut c, &sw).await.0, "DISCONNECTED");
     assert_eq!(
         describe_key(&mut c, &keys[0]).await.key_state,
         "Unavailable"
     );
-    assert_eq!(connect(&mut c, &sw).await, "CONNECTED");
+    assert_eq!(connect(&mut c, &sw).await.0, "CONNECTED");
     let plain = decrypt_with(&mut c, &ciphertext, &[])
         .await
         .expect("after restart");
@@ -327,7 +297,7 @@ async fn a_wrapped_cluster_store_keeps_its_keys_as_blobs_on_its_own_masters() {
         3,
         "rewrapped while disconnected"
     );
-    assert_eq!(connect(&mut c, &sw).await, "CONNECTED");
+    assert_eq!(connect(&mut c, &sw).await.0, "CONNECTED");
     // The reconnected device knows v2: new keys are wrapped under it.
     let newer = create_store_key(&mut c, &sw).await.expect("key under v2");
     assert_eq!(blob_master(&server, &newer).await, Some(2));

@@ -61,43 +61,6 @@ async fn create_store(
     .map(|r| r.into_inner().custom_key_store_id)
 }
 
-/// The store `id` as DescribeCustomKeyStores lists it.
-async fn describe_store(c: &mut Client, id: &str) -> pb::CustomKeyStoresListEntry {
-    let r = c
-        .describe_custom_key_stores(pb::DescribeCustomKeyStoresRequest {
-            custom_key_store_id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("describe the store")
-        .into_inner();
-    assert_eq!(r.custom_key_stores.len(), 1, "{r:?}");
-    r.custom_key_stores.into_iter().next().unwrap()
-}
-
-/// Waits (bounded) until store `id` leaves CONNECTING; its (state, error code).
-async fn settled(c: &mut Client, id: &str) -> (String, String) {
-    let mut last = (String::new(), String::new());
-    let settled = wait_for(async || {
-        let s = describe_store(c, id).await;
-        last = (s.connection_state, s.connection_error_code);
-        last.0 != "CONNECTING"
-    })
-    .await;
-    assert!(settled, "store {id} still CONNECTING");
-    last
-}
-
-/// ConnectCustomKeyStore of `id`, then its settled state.
-async fn connect(c: &mut Client, id: &str) -> (String, String) {
-    c.connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
-        custom_key_store_id: id.into(),
-    })
-    .await
-    .expect("connect");
-    settled(c, id).await
-}
-
 /// DisconnectCustomKeyStore of `id`.
 async fn disconnect(c: &mut Client, id: &str) -> Result<(), tonic::Status> {
     c.disconnect_custom_key_store(pb::DisconnectCustomKeyStoreRequest {

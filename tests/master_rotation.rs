@@ -149,7 +149,14 @@ async fn master_rotation_rewraps_every_blob_online() {
     let mut c = admin(server.addr).await;
     let made = make_under_v1(&mut c).await;
     let store = server.kms.store().clone();
-    assert_eq!(store.blobs_under_master(1, 100).await.unwrap().len(), 12);
+    assert_eq!(
+        store
+            .blobs_under_master_in(None, 1, 100)
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
 
     let text = trust_master(&config, 2);
     assert!(text.contains("p11kms/master/v2: made, trusted"), "{text}");
@@ -161,7 +168,12 @@ async fn master_rotation_rewraps_every_blob_online() {
     ));
     // Bounded rounds of 5, as the lead runs them; at most 3 rounds for 12 blobs.
     let (mut rounds, mut rewrapped) = (0, 0);
-    while !store.blobs_under_master(1, 1).await.unwrap().is_empty() {
+    while !store
+        .blobs_under_master_in(None, 1, 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
         rounds += 1;
         assert!(rounds <= 3, "the duty makes no progress");
         let actions = server.kms.rewrap_round(5).await.unwrap();
@@ -183,7 +195,14 @@ async fn master_rotation_rewraps_every_blob_online() {
         0,
         "requests failed during the rotation"
     );
-    assert_eq!(store.blobs_under_master(2, 100).await.unwrap().len(), 12);
+    assert_eq!(
+        store
+            .blobs_under_master_in(None, 2, 100)
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
     let pair = store.get_key(&made.signer).await.unwrap().unwrap();
     let blob = pair.versions[0].wrapped.clone().unwrap();
     assert_eq!(blob.master, 2);

@@ -172,7 +172,7 @@ impl Kms {
         self.authorize(caller, AuthzRequest::new("p11kms:MigrateResidency", "*"))?;
         if req.custom_key_store_id.is_some_and(|s| !s.is_empty()) {
             return Err(KmsError::UnsupportedOperation(
-                "MigrateResidency moves the default key store's keys only; custom key stores keep their keys as token objects.".into(),
+                "MigrateResidency moves the default key store's keys only; a custom key store's keys stay in the residency they were made in.".into(),
             ));
         }
         self.migration_target_ready(to).await?;
@@ -180,8 +180,8 @@ impl Kms {
         if to == Residency::Wrapped && after.is_none() {
             out.leftovers_destroyed = self.destroy_token_twins().await?;
         }
-        let candidates = self.migration_candidates(to, after);
-        for key in candidates.iter().take(limit) {
+        let (candidates, remaining) = self.migration_candidates(to, after, limit);
+        for key in &candidates {
             let key_id = key.record.key_id.clone();
             match self.migrate_key(key, to).await {
                 Ok(KeyMove::Moved) => out.moved.push(key_id.clone()),
@@ -197,7 +197,7 @@ impl Kms {
             }
             out.next_after = Some(key_id);
         }
-        out.remaining = candidates.len().saturating_sub(limit) as u64;
+        out.remaining = remaining;
         tracing::info!(
             to = residency_name(to),
             moved = out.moved.len(),
@@ -259,25 +259,41 @@ impl Kms {
         Ok(destroyed)
     }
 
-    /// The default store's keys after `after` (by key id) with a version in the other
-    /// residency than `to`; keys awaiting imported material have none to move.
-    fn migration_candidates(&self, to: Residency, after: Option<Uuid>) -> Vec<Arc<CachedKey>> {
+    /// The first `limit` keys of the default store after `after` (by key id) with a version
+    /// in the other residency than `to`, and how many more there are. Keys awaiting imported
+    /// material have none to move. One pass over the cache under one read of the blobs: only
+    /// the keys this call moves are cloned.
+    fn migration_candidates(
+        &self,
+        to: Residency,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> (Vec<Arc<CachedKey>>, u64) {
         let cache = self.cache_read();
+        let blobs = self.blobs.view();
         let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        cache
+        let mut picked = Vec::with_capacity(limit);
+        let mut more = 0u64;
+        let movable = cache
             .keys
             .range((start, std::ops::Bound::Unbounded))
             .map(|(_, k)| k)
             .filter(|k| k.record.custom_key_store_id.is_none())
             .filter(|k| k.record.state != KeyState::PendingImport)
             .filter(|k| {
-                k.versions.iter().any(|v| {
-                    let wrapped = self.blobs.get(ObjectId::new(k.uuid, *v)).is_some();
-                    wrapped == (to == Residency::Token)
-                })
-            })
-            .cloned()
-            .collect()
+                let uuid = k.uuid;
+                let from_wrapped = to == Residency::Token;
+                k.versions
+                    .iter()
+                    .any(|v| blobs.holds(ObjectId::new(uuid, *v)) == from_wrapped)
+            });
+        for key in movable {
+            match picked.len() < limit {
+                true => picked.push(key.clone()),
+                false => more += 1,
+            }
+        }
+        (picked, more)
     }
 
     /// Moves one key under its change lock; a lost compare-and-set is a skip (`Changed`).

@@ -70,6 +70,16 @@ impl Wrapped {
 
 type BlobMap = BTreeMap<ObjectId, Wrapped>;
 
+/// [`Blobs::view`]: the blobs held while a scan reads them.
+pub(crate) struct BlobsView<'a>(std::sync::RwLockReadGuard<'a, BlobMap>);
+
+impl BlobsView<'_> {
+    /// Whether key version `id` is wrapped.
+    pub(crate) fn holds(&self, id: ObjectId) -> bool {
+        self.0.contains_key(&id)
+    }
+}
+
 /// The blobs of every wrapped key version this node knows, by version.
 #[derive(Default)]
 pub struct Blobs {
@@ -99,6 +109,11 @@ impl Blobs {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BlobMap> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read view of the blobs, for scans that test many versions under one lock.
+    pub(crate) fn view(&self) -> BlobsView<'_> {
+        BlobsView(self.read())
     }
 
     /// How many versions are wrapped.

@@ -7,7 +7,7 @@
 //! ([`crate::hsm::Hsm::rewrap`], tag checked for its key version), then a compare-and-set of
 //! the version row on the old blob ([`crate::store::MetadataStore::set_version_blob`]), then
 //! the cache. A blob changed meanwhile (a conflict) is skipped and found again next round;
-//! the work is found by query ([`crate::store::MetadataStore::blobs_under_master`]), so a
+//! the work is found by query ([`crate::store::MetadataStore::blobs_under_master_in`]), so a
 //! crash midway resumes where it stopped. The old blob stays valid until its master goes, so
 //! requests never fail during the rotation. A master that no blob uses any more is left on
 //! the token; `p11kms check` reports it as retired and destroying it is the operator's step.
@@ -199,8 +199,7 @@ impl Kms {
     /// is on the token, older than the newest trusted master, and no stored blob is wrapped
     /// under it (`p11kms check` reports it as retired).
     pub async fn destroy_retired_master(&self, v: MasterVersion) -> Result<(), KmsError> {
-        let device = self.hsm.clone();
-        self.destroy_retired_master_on(None, &device, v).await
+        self.destroy_retired_master_on(None, &self.hsm, v).await
     }
 
     /// [`Kms::destroy_retired_master`] on a custom key store's `device` (opened by the

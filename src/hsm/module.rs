@@ -124,6 +124,24 @@ pub struct TokenProbe {
     pub serial_number: String,
 }
 
+/// Runs `f` on a fresh R/W session of token `label` in this process, outside any worker pool
+/// (the security officer's ceremonies), then logs out and closes the session whatever `f`
+/// answered.
+pub(crate) fn with_standalone_session<T>(
+    module_path: &Path,
+    label: &str,
+    f: impl FnOnce(&Counters, &Session) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    let counters = Counters::default();
+    let pkcs11 = module(module_path, label, &counters)?.pkcs11;
+    let slot = find_token(&pkcs11, label, &counters)?;
+    let session = counters.call(Call::OpenSession, label, || pkcs11.open_rw_session(slot))?;
+    let outcome = f(&counters, &session);
+    let _ = counters.run(Call::Logout, || session.logout());
+    let _ = counters.run(Call::CloseSession, || session.close());
+    outcome
+}
+
 /// Loads the module at `module_path` and finds the one token labelled `label`, without opening
 /// a session or logging in (`p11kms check` on a custom key store's cluster: its PIN is the
 /// store's password, which the operator does not configure). Blocking.

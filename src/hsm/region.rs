@@ -377,20 +377,14 @@ pub fn trust_peer(
             detail,
         ));
     };
-    let counters = Counters::default();
-    let pkcs11 = module::module(module_path, token_label, &counters)?.pkcs11;
-    let slot = module::find_token(&pkcs11, token_label, &counters)?;
-    let session = counters.call(Call::OpenSession, token_label, || {
-        pkcs11.open_rw_session(slot)
-    })?;
-    let c = PeerCeremony {
-        c: &counters,
-        s: &session,
-        token: token_label,
-    };
-    let outcome = c.run(so_pin, peer, n, e);
-    let _ = counters.run(Call::Logout, || session.logout());
-    let _ = counters.run(Call::CloseSession, || session.close());
+    let outcome = module::with_standalone_session(module_path, token_label, |c, s| {
+        let ceremony = PeerCeremony {
+            c,
+            s,
+            token: token_label,
+        };
+        ceremony.run(so_pin, peer, n, e)
+    });
     tracing::info!(token = token_label, peer = %peer.0, outcome = ?outcome, "region peer trust ceremony");
     outcome
 }

@@ -1518,21 +1518,15 @@ pub fn trust_master(
     user_pin: &Pin,
     version: MasterVersion,
 ) -> Result<TrustOutcome, HsmError> {
-    let counters = Counters::default();
-    let pkcs11 = module::module(module_path, token_label, &counters)?.pkcs11;
-    let slot = module::find_token(&pkcs11, token_label, &counters)?;
-    let session = counters.call(Call::OpenSession, token_label, || {
-        pkcs11.open_rw_session(slot)
-    })?;
-    let ceremony = Ceremony {
-        c: &counters,
-        s: &session,
-        token: token_label,
-        v: version,
-    };
-    let outcome = ceremony.run(so_pin, user_pin);
-    let _ = counters.run(Call::Logout, || session.logout());
-    let _ = counters.run(Call::CloseSession, || session.close());
+    let outcome = module::with_standalone_session(module_path, token_label, |c, s| {
+        let ceremony = Ceremony {
+            c,
+            s,
+            token: token_label,
+            v: version,
+        };
+        ceremony.run(so_pin, user_pin)
+    });
     match &outcome {
         Ok(o) => {
             tracing::info!(token = token_label, master = %version, outcome = ?o, "master key trust ceremony done")

@@ -92,17 +92,31 @@ struct CachedProbe {
     wrap_under_untrusted: Result<Vec<u8>, HsmError>,
 }
 
+/// Object `h`'s custody attributes, whether `CKA_WRAP_WITH_TRUSTED` is true, and whether
+/// `CKA_VALUE` is sensitive, as the device reads them back.
+fn read_custody(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+) -> Result<(KeyAttributes, bool, bool), HsmError> {
+    let attrs = ops::key_attributes_from(ops::custody_attributes(ctx, h)?);
+    let wwt = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(h, &[AttributeType::WrapWithTrusted])
+    })?;
+    let info = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attribute_info(h, &[AttributeType::Value])
+    })?;
+    let sensitive = matches!(info.first(), Some(AttributeInfo::Sensitive));
+    Ok((
+        attrs,
+        wwt.contains(&Attribute::WrapWithTrusted(true)),
+        sensitive,
+    ))
+}
+
 async fn probe_cached(hsm: &Hsm, id: ObjectId) -> CachedProbe {
     hsm.submit(LockClass::Shared, "test_probe_cached", move |ctx| {
         let h = resolved_handle(ctx, &id)?;
-        let attrs = ops::key_attributes_from(ops::custody_attributes(ctx, h)?);
-        let wwt = ctx.call(Call::GetAttributeValue, |s| {
-            s.get_attributes(h, &[AttributeType::WrapWithTrusted])
-        })?;
-        let info = ctx.call(Call::GetAttributeValue, |s| {
-            s.get_attribute_info(h, &[AttributeType::Value])
-        })?;
-        let value_sensitive = matches!(info.first(), Some(AttributeInfo::Sensitive));
+        let (attrs, wrap_with_trusted, value_sensitive) = read_custody(ctx, h)?;
         let template = objects::session_wrapping_key_template();
         let wrapping = ctx.call(Call::GenerateKey, |s| {
             s.generate_key(&Mechanism::AesKeyGen, &template)
@@ -113,7 +127,7 @@ async fn probe_cached(hsm: &Hsm, id: ObjectId) -> CachedProbe {
         ctx.call(Call::DestroyObject, |s| s.destroy_object(wrapping))?;
         Ok(CachedProbe {
             attrs,
-            wrap_with_trusted: wwt.contains(&Attribute::WrapWithTrusted(true)),
+            wrap_with_trusted,
             value_sensitive,
             wrap_under_untrusted,
         })
@@ -584,19 +598,7 @@ use super::unwrap_tests::openssl;
 async fn token_custody(hsm: &Hsm, id: ObjectId) -> (KeyAttributes, bool, bool) {
     hsm.submit(LockClass::Shared, "test_token_custody", move |ctx| {
         let h = ops::find_part(ctx, &id, objects::Part::Secret)?.expect("token object");
-        let attrs = ops::key_attributes_from(ops::custody_attributes(ctx, h)?);
-        let wwt = ctx.call(Call::GetAttributeValue, |s| {
-            s.get_attributes(h, &[AttributeType::WrapWithTrusted])
-        })?;
-        let info = ctx.call(Call::GetAttributeValue, |s| {
-            s.get_attribute_info(h, &[AttributeType::Value])
-        })?;
-        let sensitive = matches!(info.first(), Some(AttributeInfo::Sensitive));
-        Ok((
-            attrs,
-            wwt.contains(&Attribute::WrapWithTrusted(true)),
-            sensitive,
-        ))
+        read_custody(ctx, h)
     })
     .await
     .unwrap()

@@ -300,7 +300,7 @@ pub enum ImportedVersion<'a> {
     Unchanged,
 }
 
-/// One blob found by [`MetadataStore::blobs_under_master`].
+/// One blob found by [`MetadataStore::blobs_under_master_in`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRow {
     pub key_id: String,
@@ -584,15 +584,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         expected: Option<&StoredBlob>,
         new: Option<&StoredBlob>,
     ) -> Result<(), StoreError>;
-    /// Up to `limit` blobs wrapped under master version `master`, by key id and version.
-    async fn blobs_under_master(
-        &self,
-        master: u32,
-        limit: usize,
-    ) -> Result<Vec<BlobRow>, StoreError>;
-    /// [`MetadataStore::blobs_under_master`] of one key store's keys only: `None` the
-    /// default store's, `Some(id)` custom key store `id`'s. Masters are per device, so
-    /// master `v1` of a cluster's token is not `v1` of the default token.
+    /// Up to `limit` blobs of one key store's keys wrapped under master version `master`, by
+    /// key id and version: `None` the default store's, `Some(id)` custom key store `id`'s.
+    /// Masters are per device, so master `v1` of a cluster's token is not `v1` of the
+    /// default token.
     async fn blobs_under_master_in(
         &self,
         store: Option<&str>,

@@ -991,23 +991,6 @@ impl MetadataStore for SqlStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn blobs_under_master(
-        &self,
-        master: u32,
-        limit: usize,
-    ) -> Result<Vec<BlobRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM key_versions WHERE wrap_master = $1 \
-             ORDER BY key_id, version LIMIT $2"
-        ))
-        .bind(i64::from(master))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(blob_row).collect()
-    }
-
     async fn blobs_under_master_in(
         &self,
         store: Option<&str>,

@@ -3,7 +3,7 @@
 
 use p11kms::pb;
 
-use super::Client;
+use super::{wait_for, Client};
 
 /// Unwraps a gRPC answer into its message: `c.encrypt(req).await.reply()`.
 pub trait Reply<T> {
@@ -354,4 +354,41 @@ pub async fn public_key(c: &mut Client, key: &str) -> Vec<u8> {
     .unwrap_or_else(|s| panic!("get the public key of {key}: {s:?}"))
     .into_inner()
     .public_key
+}
+
+/// The store `id` as DescribeCustomKeyStores lists it.
+pub async fn describe_store(c: &mut Client, id: &str) -> pb::CustomKeyStoresListEntry {
+    let r = c
+        .describe_custom_key_stores(pb::DescribeCustomKeyStoresRequest {
+            custom_key_store_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("describe the store")
+        .into_inner();
+    assert_eq!(r.custom_key_stores.len(), 1, "{r:?}");
+    r.custom_key_stores.into_iter().next().unwrap()
+}
+
+/// Waits (bounded) until store `id` leaves CONNECTING; its (state, error code).
+pub async fn settled(c: &mut Client, id: &str) -> (String, String) {
+    let mut last = (String::new(), String::new());
+    let settled = wait_for(async || {
+        let s = describe_store(c, id).await;
+        last = (s.connection_state, s.connection_error_code);
+        last.0 != "CONNECTING"
+    })
+    .await;
+    assert!(settled, "store {id} still CONNECTING");
+    last
+}
+
+/// ConnectCustomKeyStore of `id`, then its settled state.
+pub async fn connect(c: &mut Client, id: &str) -> (String, String) {
+    c.connect_custom_key_store(pb::ConnectCustomKeyStoreRequest {
+        custom_key_store_id: id.into(),
+    })
+    .await
+    .expect("connect");
+    settled(c, id).await
 }
