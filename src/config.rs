@@ -5,6 +5,7 @@
 //! PIN) come from a file or an environment variable, never from argv, and are held in
 //! zeroizing types that `Debug` redacts. `p11kms.example.toml` is the commented reference.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -117,6 +118,39 @@ pub struct Config {
     /// This node, when several nodes share one store.
     #[serde(default)]
     pub node: NodeConfig,
+    /// The peer Regions of multi-Region keys (this Region is `[kms] region`).
+    #[serde(default)]
+    pub region: RegionConfig,
+}
+
+/// `[region]`: the other p11kms Regions this one replicates multi-Region keys with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// `[region.peers.<region>]`: how to reach each peer Region's gRPC door and who to be
+    /// there (the client settings of a client config: `endpoint`, `ca_cert`, a client
+    /// certificate and key, or an access key with its secret in a file). The peer's identity
+    /// policies must allow that principal `p11kms:AcceptReplica` and
+    /// `p11kms:UpdateMultiRegionKey`.
+    #[serde(default)]
+    pub peers: BTreeMap<String, crate::client::ClientConfig>,
+    /// How long one call to a peer may take, milliseconds (default 10,000: a replica's
+    /// key material is unwrapped on the peer's HSM before it answers).
+    #[serde(default = "default_peer_timeout_ms")]
+    pub peer_timeout_ms: u64,
+}
+
+fn default_peer_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            peers: BTreeMap::new(),
+            peer_timeout_ms: default_peer_timeout_ms(),
+        }
+    }
 }
 
 /// `[node]`: who this daemon is among the nodes that share one store.
@@ -584,6 +618,19 @@ impl Config {
             fix(p);
         }
         self.xks.resolve_paths(fix);
+        for peer in self.region.peers.values_mut() {
+            for p in [
+                &mut peer.ca_cert,
+                &mut peer.client_cert,
+                &mut peer.client_key,
+                &mut peer.secret_access_key_file,
+                &mut peer.session_token_file,
+            ] {
+                if let Some(p) = p.as_mut() {
+                    fix(p);
+                }
+            }
+        }
         if let Some(p) = &mut self.xks_client.ca_file {
             fix(p);
         }
@@ -607,8 +654,45 @@ impl Config {
         self.xks.validate()?;
         self.validate_audit()?;
         self.validate_node()?;
+        self.validate_region()?;
         self.store.validate()?;
         self.validate_identity()
+    }
+
+    /// `[region]`: each peer is a Region name other than this one, with an `https://`
+    /// endpoint, a CA and credentials.
+    fn validate_region(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.region.peer_timeout_ms == 0 {
+            return invalid("region.peer_timeout_ms must be at least 1".into());
+        }
+        for (name, peer) in &self.region.peers {
+            let at = format!("[region.peers.{name}]");
+            if crate::hsm::region::RegionName::parse(name).is_none() {
+                return invalid(format!("{at}: a Region name is 1-32 of [a-z0-9-]"));
+            }
+            if *name == self.kms.region {
+                return invalid(format!("{at}: this deployment's own Region (kms.region)"));
+            }
+            if !peer
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("https://"))
+            {
+                return invalid(format!("{at}: endpoint must be an https:// URL"));
+            }
+            if peer.ca_cert.is_none() {
+                return invalid(format!("{at}: ca_cert is required"));
+            }
+            let cert = peer.client_cert.is_some() && peer.client_key.is_some();
+            let key = peer.access_key_id.is_some() && peer.secret_access_key_file.is_some();
+            if !cert && !key {
+                return invalid(format!(
+                    "{at}: give client_cert and client_key, or access_key_id and secret_access_key_file"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[node] id`: a valid node id when set, and set when nodes share a PostgreSQL store

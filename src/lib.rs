@@ -52,6 +52,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod redact;
+pub mod region_link;
 pub mod server;
 pub mod store;
 pub mod time;

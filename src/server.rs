@@ -34,6 +34,7 @@ use crate::identity::{CertBinding, DirectoryHandle, SessionStore};
 use crate::metrics::Metrics;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::key_management_service_server::KeyManagementServiceServer;
+use crate::pb::region_service_server::RegionServiceServer;
 use crate::pb::security_token_service_server::SecurityTokenServiceServer;
 use crate::store::StoreError;
 
@@ -396,6 +397,7 @@ async fn report_health(
         "p11kms.v1.KeyManagementService",
         "p11kms.v1.SecurityTokenService",
         "p11kms.v1.AdminService",
+        "p11kms.v1.RegionService",
     ];
     let status = if ok {
         tonic_health::ServingStatus::Serving
@@ -685,6 +687,9 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         audit.clone(),
         config.kms.region.clone(),
     )));
+    if let Some(link) = crate::region_link::GrpcRegionLink::from_config(&config.region) {
+        kms.set_region_link(Arc::new(link));
+    }
     // Every store that was connected when the daemon stopped connects again by itself.
     kms.resume_key_stores();
     let refusals_task = refusals.spawn();
@@ -802,7 +807,11 @@ fn start_grpc(
         body_limit,
     );
     let admin_service = CaptureSigned::new(
-        AdminServiceServer::new(door).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        AdminServiceServer::new(door.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        body_limit,
+    );
+    let region_service = CaptureSigned::new(
+        RegionServiceServer::new(door).max_decoding_message_size(MAX_MESSAGE_BYTES),
         body_limit,
     );
     let limits = Limits::from_config(&config.server);
@@ -814,6 +823,7 @@ fn start_grpc(
         .add_service(kms_service)
         .add_service(sts_service)
         .add_service(admin_service)
+        .add_service(region_service)
         .add_service(health_service)
         .add_service(reflection);
     // TLS, the connection caps and deadlines are the shared listener's (which also sets

@@ -28,7 +28,7 @@ async fn check_reports_interrupted_creation_and_deletes_nothing() {
     );
     assert!(
         out.contains("store backend sqlite (server 3.")
-            && out.contains("schema at migration 9, up to date"),
+            && out.contains("schema at migration 10, up to date"),
         "{out}"
     );
 

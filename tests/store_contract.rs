@@ -12,8 +12,9 @@ mod postgres;
 
 use p11kms::store::{
     AliasRecord, Backend, ChangeKind, Duty, GrantRecord, ImportedVersion, KeyBundle, KeyLifecycle,
-    KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, PgSettings,
-    PgTls, RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob, Tag, UsageOperation,
+    KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, MultiRegion,
+    PgSettings, PgTls, RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob, Tag,
+    UsageOperation,
 };
 use postgres::PgServer;
 use std::collections::BTreeMap;
@@ -53,6 +54,7 @@ fn key_record(key_id: &str, state: KeyState) -> KeyRecord {
         custom_key_store_id: None,
         xks_key_id: None,
         row_version: 1,
+        multi_region: None,
     }
 }
 
@@ -230,6 +232,44 @@ async fn rotation_adds_versions_in_order(store: Store) {
         bundle.versions,
         vec![version(id, 1), version(id, 2), version(id, 3)]
     );
+}
+
+/// A multi-Region replica: its Regions round-trip, its versions arrive in one transaction,
+/// and an update changes its Regions (a primary change).
+async fn multi_region_rows_round_trip(store: Store) {
+    let id = "mrk-0123456789abcdef0123456789abcdef";
+    let mut key = KeyRecord {
+        multi_region: Some(MultiRegion {
+            primary_region: "us-east-1".into(),
+            replica_regions: vec!["eu-west-1".into(), "ap-south-1".into()],
+        }),
+        current_version: 2,
+        ..key_record(id, KeyState::Creating)
+    };
+    store.insert_key(&key, &[]).await.unwrap();
+    key.state = KeyState::Enabled;
+    store
+        .add_versions_and_update(&[version(id, 1), version(id, 2)], &key)
+        .await
+        .unwrap();
+    key.row_version += 1;
+    let bundle = store.get_key(id).await.unwrap().unwrap();
+    assert_eq!(bundle.key, key);
+    assert_eq!(bundle.versions, vec![version(id, 1), version(id, 2)]);
+
+    key.multi_region = Some(MultiRegion {
+        primary_region: "eu-west-1".into(),
+        replica_regions: vec!["us-east-1".into(), "ap-south-1".into()],
+    });
+    store.update_key(&key).await.unwrap();
+    key.row_version += 1;
+    assert_eq!(store.get_key(id).await.unwrap().unwrap().key, key);
+    // A version of another key in the batch writes nothing.
+    let stray = store
+        .add_versions_and_update(&[version(id, 3), version("other", 1)], &key)
+        .await;
+    assert!(stray.is_err());
+    assert_eq!(store.get_key(id).await.unwrap().unwrap().versions.len(), 2);
 }
 
 async fn large_u32_version_round_trips(store: Store) {
@@ -1246,9 +1286,9 @@ async fn point_lookups_find_one_item(store: Store) {
 
 async fn describe_reports_backend_and_migrations(store: Store) {
     let info = store.describe().await.unwrap();
-    assert_eq!(info.applied_migrations, (1..=9).collect::<Vec<i64>>());
-    assert_eq!(info.latest_known, 9);
-    assert_eq!(info.latest_applied(), 9);
+    assert_eq!(info.applied_migrations, (1..=10).collect::<Vec<i64>>());
+    assert_eq!(info.latest_known, 10);
+    assert_eq!(info.latest_applied(), 10);
     assert!(!info.server_version.is_empty());
 }
 
@@ -1414,6 +1454,7 @@ fn contract_cases() -> Vec<(&'static str, Case)> {
         get_key_absent_is_none,
         two_phase_create_round_trip,
         rotation_adds_versions_in_order,
+        multi_region_rows_round_trip,
         large_u32_version_round_trips,
         update_key_overwrites_mutable_columns_only,
         every_state_round_trips,

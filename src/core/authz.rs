@@ -259,7 +259,14 @@ impl Kms {
             ctx.set("kms:keyspec", r.key_spec.as_str());
             ctx.set("kms:keyusage", r.key_usage.as_str());
             ctx.set("kms:keyorigin", r.origin.as_str());
-            ctx.set("kms:multiregion", "false");
+            match &r.multi_region {
+                None => ctx.set("kms:multiregion", "false"),
+                Some(m) => {
+                    ctx.set("kms:multiregion", "true");
+                    let kind = super::regions::key_type(m, &self.settings.region);
+                    ctx.set("kms:multiregionkeytype", kind.as_str());
+                }
+            }
             for t in &key.tags {
                 ctx.set(&format!("aws:ResourceTag/{}", t.key), t.value.as_str());
             }

@@ -101,7 +101,7 @@ impl Kms {
     /// `None` if `row`'s blob verifies and unwraps on the device, else why not. Errors that
     /// say nothing about the blob (queue full, device gone) are the check's.
     async fn verify_blob(&self, row: &BlobRow) -> Result<Option<String>, KmsError> {
-        let Ok(uuid) = uuid::Uuid::parse_str(&row.key_id) else {
+        let Ok(uuid) = crate::core::key_id::parse(&row.key_id) else {
             return Ok(Some("the key id is not a UUID".into()));
         };
         let blob = match WrappedBlob::from_bytes(&row.blob.bytes) {

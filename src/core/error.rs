@@ -159,6 +159,29 @@ impl KmsError {
         }
     }
 
+    /// The error another p11kms answered with, from its AWS exception name (a peer Region's
+    /// gRPC `ErrorInfo.reason`): the exceptions a peer's region operations answer keep their
+    /// name; any other is KMSInternalException with the name in the message.
+    pub fn from_aws_name(name: &str, message: String) -> KmsError {
+        let make: fn(String) -> KmsError = match name {
+            "NotFoundException" => KmsError::NotFound,
+            "AccessDeniedException" => KmsError::AccessDenied,
+            "DisabledException" => KmsError::Disabled,
+            "KMSInvalidStateException" => KmsError::InvalidState,
+            "KeyUnavailableException" => KmsError::KeyUnavailable,
+            "AlreadyExistsException" => KmsError::AlreadyExists,
+            "ValidationException" => KmsError::Validation,
+            "MalformedPolicyDocumentException" => KmsError::MalformedPolicyDocument,
+            "LimitExceededException" => KmsError::LimitExceeded,
+            "TagException" => KmsError::Tag,
+            "UnsupportedOperationException" => KmsError::UnsupportedOperation,
+            "ConflictException" => KmsError::Conflict,
+            "DependencyTimeoutException" => KmsError::DependencyTimeout,
+            _ => return KmsError::Internal(format!("{name}: {message}")),
+        };
+        make(message)
+    }
+
     /// The caller-safe message.
     pub fn message(&self) -> String {
         self.to_string()

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::{Kms, KmsError};
 use crate::store::{Change, ChangeKind, KeyState};
@@ -190,7 +189,7 @@ impl Kms {
         }
         // A blob gone from its row (imported material deleted): forgotten with the cache
         // fill below, then its unwrapped copies destroyed here too.
-        let lost = Uuid::parse_str(key_id)
+        let lost = crate::core::key_id::parse(key_id)
             .is_ok_and(|u| self.blobs.loses_blob(*u.as_bytes(), &bundle.versions));
         let mut cached = self.cached_from_bundle(bundle)?;
         match self.key_by_uuid(&cached.uuid) {
@@ -209,11 +208,11 @@ impl Kms {
     async fn forget_key(&self, key_id: &str) -> Result<(), KmsError> {
         let destroyed = self.store.was_destroyed(key_id).await?;
         self.unstrand(key_id);
-        if let Ok(u) = Uuid::parse_str(key_id) {
+        if let Ok(u) = crate::core::key_id::parse(key_id) {
             self.forget_blobs(*u.as_bytes()).await;
         }
         let mut cache = self.cache_write();
-        if let Ok(u) = Uuid::parse_str(key_id) {
+        if let Ok(u) = crate::core::key_id::parse(key_id) {
             cache.remove_key(&u);
             if destroyed {
                 cache.deleted.insert(u);
@@ -226,7 +225,7 @@ impl Kms {
     /// The grants of one key.
     async fn reload_grants(&self, key_id: &str) -> Result<(), KmsError> {
         let grants = self.store.grants_of(key_id).await?;
-        let Some(old) = Uuid::parse_str(key_id)
+        let Some(old) = crate::core::key_id::parse(key_id)
             .ok()
             .and_then(|u| self.key_by_uuid(u.as_bytes()))
         else {

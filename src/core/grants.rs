@@ -290,7 +290,7 @@ impl Kms {
             let Some(g) = self.store.get_grant(&id).await? else {
                 continue;
             };
-            let known = uuid::Uuid::parse_str(&g.key_id)
+            let known = crate::core::key_id::parse(&g.key_id)
                 .ok()
                 .is_some_and(|u| self.key_by_uuid(u.as_bytes()).is_some());
             if !known {
@@ -303,7 +303,7 @@ impl Kms {
 
     /// Adds a grant read from the store to its key's cached grants (if the key is cached).
     fn cache_grant(&self, g: GrantRecord) {
-        let Some(key) = uuid::Uuid::parse_str(&g.key_id)
+        let Some(key) = crate::core::key_id::parse(&g.key_id)
             .ok()
             .and_then(|u| self.key_by_uuid(u.as_bytes()))
         else {
@@ -405,7 +405,7 @@ impl Kms {
         let items = grants.into_iter().map(|mut g| {
             let pos = format!("{}/{:020}/{}", g.key_id, g.created_at_ms, g.grant_id);
             g.issuing_account = issuing_account_arn(&g.issuing_account, &self.settings.partition);
-            if let Some(k) = uuid::Uuid::parse_str(&g.key_id)
+            if let Some(k) = crate::core::key_id::parse(&g.key_id)
                 .ok()
                 .and_then(|u| self.cache_read().keys.get(&u).map(|k| k.arn.clone()))
             {
@@ -560,7 +560,7 @@ impl Kms {
         let invalid = || KmsError::InvalidGrantToken("The grant token is not valid.".into());
         let id = token_grant_id(token).ok_or_else(invalid)?;
         let grant = self.grant_by_id(&id).ok_or_else(invalid)?;
-        let key = uuid::Uuid::parse_str(&grant.key_id)
+        let key = crate::core::key_id::parse(&grant.key_id)
             .ok()
             .and_then(|u| self.cache_read().keys.get(&u).cloned())
             .ok_or_else(|| KmsError::NotFound("The grant's key does not exist.".into()))?;

@@ -781,7 +781,11 @@ impl Kms {
                 tracing::warn!("import expiry sweep paused: the audit trail cannot be written");
                 break;
             }
-            let Some(key) = parse_uuid(&key_id).and_then(|u| self.key_by_uuid(&u)) else {
+            let Some(key) = crate::core::key_id::parse(&key_id)
+                .ok()
+                .map(|u| *u.as_bytes())
+                .and_then(|u| self.key_by_uuid(&u))
+            else {
                 continue;
             };
             let Ok(_slot) = self.claim_material_job(&key) else {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::change::Retry;
@@ -19,7 +18,7 @@ use super::{check_state, CachedKey, InterruptCreate, Kms, KmsError, StateClass};
 use crate::hsm::{Hsm, HsmError, HsmErrorKind, ObjectId, PairSpec};
 use crate::identity::Caller;
 use crate::policy::Policy;
-use crate::store::{KeyRecord, KeyState, KeyVersion, Tag};
+use crate::store::{KeyRecord, KeyState, KeyVersion, MultiRegion, Tag};
 
 /// The default key spec (AES-256-GCM). The other specs this build creates are listed in
 /// [`specs`].
@@ -171,6 +170,8 @@ pub struct KeyMetadata {
     /// KEY_AGREEMENT keys: `ECDH`.
     pub key_agreement_algorithms: Vec<String>,
     pub multi_region: bool,
+    /// Multi-Region keys: the primary's and the replicas' ARNs and Regions.
+    pub multi_region_configuration: Option<super::regions::MultiRegionConfiguration>,
     pub pending_deletion_window_in_days: Option<i32>,
     pub current_key_material_id: String,
     /// Imported key material: when it expires (Unix milliseconds).
@@ -337,9 +338,7 @@ impl KeyChoice {
             ));
         }
         if req.multi_region {
-            return Err(KmsError::UnsupportedOperation(
-                "Multi-Region keys are not supported.".into(),
-            ));
+            super::regions::check_multi_region_choice(req, origin, kind)?;
         }
         Ok(KeyChoice {
             spec,
@@ -434,7 +433,8 @@ impl Kms {
             signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
             mac_algorithms: specs::mac_algorithms(&r.key_spec),
             key_agreement_algorithms: specs::key_agreement_algorithms(&r.key_spec, &r.key_usage),
-            multi_region: false,
+            multi_region: r.multi_region.is_some(),
+            multi_region_configuration: self.multi_region_configuration(key),
             pending_deletion_window_in_days: r.pending_window_days,
             current_key_material_id: if key.versions.is_empty() {
                 String::new()
@@ -487,9 +487,12 @@ impl Kms {
         if req.policy.is_some() {
             self.check_policy_principals(&compiled)?;
         }
-        let uuid = Uuid::new_v4();
+        let uuid = match req.multi_region {
+            true => super::key_id::new_multi_region(),
+            false => super::key_id::new_single_region(),
+        };
         let record = KeyRecord {
-            key_id: uuid.hyphenated().to_string(),
+            key_id: crate::core::key_id::render(&uuid),
             account: caller.account.clone(),
             description: req.description,
             key_spec: choice.spec.as_str().to_string(),
@@ -504,6 +507,10 @@ impl Kms {
             custom_key_store_id,
             xks_key_id: req.xks_key_id.clone(),
             row_version: 1,
+            multi_region: req.multi_region.then(|| MultiRegion {
+                primary_region: self.settings.region.clone(),
+                replica_regions: Vec::new(),
+            }),
         };
         if req.policy.is_some() && !req.bypass_policy_lockout_safety_check {
             self.creation_lockout_check(caller, &record, &compiled)?;
@@ -570,8 +577,15 @@ impl Kms {
             .with("kms:KeySpec", CtxValue::one(choice.spec.as_str()))
             .with("kms:KeyUsage", CtxValue::one(choice.usage.as_str()))
             .with("kms:KeyOrigin", CtxValue::one(choice.origin.as_str()))
-            .with("kms:MultiRegion", CtxValue::one("false"))
+            .with(
+                "kms:MultiRegion",
+                CtxValue::one(if req.multi_region { "true" } else { "false" }),
+            )
             .with("kms:BypassPolicyLockoutSafetyCheck", CtxValue::one(bypass));
+        let authz = match req.multi_region {
+            true => authz.with("kms:MultiRegionKeyType", CtxValue::one("PRIMARY")),
+            false => authz,
+        };
         self.authorize(caller, with_request_tags(authz, &req.tags))?;
         if !req.tags.is_empty() {
             let tag_authz = with_request_tags(AuthzRequest::new("kms:TagResource", "*"), &req.tags);
@@ -614,14 +628,14 @@ impl Kms {
     }
 
     /// The cache entry of a key being created (its versions are `versions`, it has no grants).
-    fn new_cached(
+    pub(crate) fn new_cached(
         &self,
         record: KeyRecord,
         versions: Vec<u32>,
         tags: Vec<Tag>,
         compiled: Arc<Policy>,
     ) -> Result<CachedKey, KmsError> {
-        let uuid = Uuid::parse_str(&record.key_id)
+        let uuid = crate::core::key_id::parse(&record.key_id)
             .map_err(|_| KmsError::Internal(format!("key id '{}' is not a UUID", record.key_id)))?;
         Ok(CachedKey {
             arn: self.key_arn(&record.account, &record.key_id),
@@ -668,7 +682,7 @@ impl Kms {
         compiled: Arc<Policy>,
     ) -> Result<Arc<CachedKey>, KmsError> {
         let key_id = record.key_id.clone();
-        let uuid = Uuid::parse_str(&key_id)
+        let uuid = crate::core::key_id::parse(&key_id)
             .map_err(|_| KmsError::Internal(format!("key id '{key_id}' is not a UUID")))?;
         let object = ObjectId::new(*uuid.as_bytes(), 1);
         let hsm = self.device_of_record(&record)?;
@@ -734,6 +748,13 @@ impl Kms {
                 let arn = self.key_arn(&record.account, &record.key_id);
                 return hsm
                     .generate_labelled_aes_key(object, arn)
+                    .await
+                    .map(|()| None);
+            }
+            SpecKind::Symmetric | SpecKind::Hmac(_) if record.multi_region.is_some() => {
+                let kind = super::regions::secret_blob_kind(kind);
+                return hsm
+                    .generate_multi_region_key(object, kind)
                     .await
                     .map(|()| None);
             }
@@ -993,6 +1014,7 @@ pub(crate) fn sample_metadata() -> KeyMetadata {
         mac_algorithms: vec![],
         key_agreement_algorithms: vec![],
         multi_region: false,
+        multi_region_configuration: None,
         pending_deletion_window_in_days: None,
         current_key_material_id: "ab".repeat(32),
         valid_to_ms: None,

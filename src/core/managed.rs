@@ -320,6 +320,7 @@ impl Kms {
                 custom_key_store_id: None,
                 xks_key_id: None,
                 row_version: 1,
+                multi_region: None,
             },
         })
     }

@@ -165,7 +165,7 @@ impl Kms {
         let limit = migration_limit(req.limit)?;
         let after = match req.after.as_deref() {
             None | Some("") => None,
-            Some(id) => Some(Uuid::parse_str(id).map_err(|_| {
+            Some(id) => Some(crate::core::key_id::parse(id).map_err(|_| {
                 KmsError::validation("after", "Member must be a key id from next_after")
             })?),
         };
@@ -245,7 +245,7 @@ impl Kms {
             if self.blobs.get(id).is_none() {
                 continue;
             }
-            let key_id = Uuid::from_bytes(id.key_id()).to_string();
+            let key_id = crate::core::key_id::render_bytes(id.key_id());
             let _guard = self.key_locks.key(&key_id).await;
             // Under the lock: the blob may have gone meanwhile (moved to the token again).
             let Some(blob) = self.blobs.get(id) else {

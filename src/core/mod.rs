@@ -32,6 +32,7 @@ pub mod external;
 pub mod follow;
 pub mod grants;
 pub mod import;
+pub mod key_id;
 pub mod keys;
 pub mod keystores;
 pub mod lead;
@@ -42,6 +43,8 @@ pub mod operation;
 pub mod policies;
 pub mod reconcile;
 pub mod record;
+pub mod region_peer;
+pub mod regions;
 pub mod residency;
 pub mod rewrap;
 pub mod rotation;
@@ -318,6 +321,8 @@ pub struct Kms {
     usage: usage::UsageTracker,
     /// Where the engine's own actions (sweeps) are reported; see [`service`].
     service_sink: std::sync::OnceLock<Arc<dyn service::ServiceEventSink>>,
+    /// How this Region reaches its peer Regions (multi-Region keys, [`regions`]).
+    region_link: std::sync::OnceLock<Arc<dyn regions::RegionLink>>,
     /// Keys whose creation ended without an answer (found in `Creating` at start-up, or left
     /// so by a CreateKey that failed or was dropped), by key id: never in the request cache,
     /// resolved by [`Kms::reconcile_creates`] once the grace period has passed.
@@ -374,6 +379,7 @@ impl Kms {
             swept_wrapping_keys: std::sync::Mutex::new(BTreeSet::new()),
             usage: usage::UsageTracker::default(),
             service_sink: std::sync::OnceLock::new(),
+            region_link: std::sync::OnceLock::new(),
             stranded: std::sync::Mutex::new(BTreeMap::new()),
             loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
             policies: std::sync::Mutex::new(HashMap::new()),
@@ -444,9 +450,11 @@ impl Kms {
             // is right after a restart too.
             cache.put_alias(a);
         }
-        cache
-            .deleted
-            .extend(deleted.iter().filter_map(|id| Uuid::parse_str(id).ok()));
+        cache.deleted.extend(
+            deleted
+                .iter()
+                .filter_map(|id| crate::core::key_id::parse(id).ok()),
+        );
         *self.lifecycles.write().unwrap_or_else(|p| p.into_inner()) = lifecycles
             .into_iter()
             .map(|l| (l.key_id.clone(), l))
@@ -627,7 +635,7 @@ impl Kms {
     }
 
     fn cached_from_bundle(&self, mut b: KeyBundle) -> Result<CachedKey, KmsError> {
-        let uuid = Uuid::parse_str(&b.key.key_id).map_err(|_| {
+        let uuid = crate::core::key_id::parse(&b.key.key_id).map_err(|_| {
             KmsError::Internal(format!("stored key id '{}' is not a UUID", b.key.key_id))
         })?;
         let (text, policy) = self.shared_policy(&b.key.key_id, &b.key.policy);
@@ -680,7 +688,7 @@ impl Kms {
     /// Replaces a key's cache entry from its stored state, unless the cache already holds a
     /// later state of the row (a higher `row_version`: two tasks finishing out of order, or a
     /// reload racing a change). Returns the entry the cache holds afterwards.
-    fn cache_put(&self, cached: CachedKey) -> Arc<CachedKey> {
+    pub(crate) fn cache_put(&self, cached: CachedKey) -> Arc<CachedKey> {
         let mut cache = self.cache_write();
         let id = Uuid::from_bytes(cached.uuid);
         if let Some(held) = cache.keys.get(&id) {
@@ -704,7 +712,7 @@ impl Kms {
                 Ok(Some(self.cache_put(cached)))
             }
             None => {
-                if let Ok(u) = Uuid::parse_str(key_id) {
+                if let Ok(u) = crate::core::key_id::parse(key_id) {
                     self.cache_write().remove_key(&u);
                 }
                 Ok(None)
@@ -774,9 +782,8 @@ impl Kms {
         id: &str,
         as_given: &str,
     ) -> Result<Resolved, KmsError> {
-        let found = Uuid::parse_str(id)
+        let found = crate::core::key_id::parse(id)
             .ok()
-            .filter(|u| u.hyphenated().to_string() == id)
             .and_then(|u| self.cache_read().keys.get(&u).cloned())
             .filter(|k| k.record.account == account);
         match found {
@@ -797,7 +804,7 @@ impl Kms {
             cache
                 .aliases
                 .get(&(account.to_string(), name.to_string()))
-                .and_then(|a| Uuid::parse_str(&a.key_id).ok())
+                .and_then(|a| crate::core::key_id::parse(&a.key_id).ok())
                 .and_then(|u| cache.keys.get(&u).cloned())
         };
         match target {

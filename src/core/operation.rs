@@ -218,6 +218,10 @@ operations! {
     DescribeCustomKeyStores: DescribeCustomKeyStoresRequest => DescribeCustomKeyStoresResponse
         = describe_custom_key_stores;
 
+    // Multi-Region keys (regions.rs).
+    ReplicateKey: ReplicateKeyRequest => ReplicateKeyResponse = replicate_key;
+    UpdatePrimaryRegion: UpdatePrimaryRegionRequest => Empty = update_primary_region;
+
     // Aliases (aliases.rs).
     CreateAlias: CreateAliasRequest => Empty = create_alias;
     UpdateAlias: UpdateAliasRequest => Empty = update_alias;
@@ -226,12 +230,24 @@ operations! {
 }
 
 use super::migrate::{MigrateResidencyRequest, MigrateResidencyResponse};
+use super::regions::{
+    AcceptReplicaRequest, AcceptReplicaResponse, ReplicateKeyRequest, ReplicateKeyResponse,
+    UpdateMultiRegionKeyRequest, UpdatePrimaryRegionRequest,
+};
 
 operations! {
     // p11kms's own gRPC-only operator operations (migrate.rs), served by the AdminService:
     // the AWS door does not serve them.
     const ADMIN_OPERATIONS;
     MigrateResidency: MigrateResidencyRequest => MigrateResidencyResponse = migrate_residency;
+}
+
+operations! {
+    // What a peer Region's daemon asks of this one (region_peer.rs), served by the gRPC
+    // RegionService only.
+    const REGION_OPERATIONS;
+    AcceptReplica: AcceptReplicaRequest => AcceptReplicaResponse = accept_replica;
+    UpdateMultiRegionKey: UpdateMultiRegionKeyRequest => Empty = update_multi_region_key;
 }
 
 use super::xks::{
@@ -367,6 +383,13 @@ impl Recorded for bool {
 }
 
 impl Recorded for i32 {
+    fn recorded(&self) -> Value {
+        Value::from(*self)
+    }
+}
+
+/// A key material version (a multi-Region key's current version).
+impl Recorded for u32 {
     fn recorded(&self) -> Value {
         Value::from(*self)
     }

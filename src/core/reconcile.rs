@@ -181,7 +181,7 @@ impl Kms {
     /// Reconciliation of one stored key against the token.
     fn reconcile_key(&self, b: &KeyBundle, pass: &mut Pass<'_>) {
         pass.report.keys_checked += 1;
-        let Ok(uuid) = Uuid::parse_str(&b.key.key_id) else {
+        let Ok(uuid) = crate::core::key_id::parse(&b.key.key_id) else {
             return;
         };
         // Keys of custom key stores have their objects on their store's device, except keys

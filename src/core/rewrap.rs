@@ -156,7 +156,7 @@ impl Kms {
         row: &BlobRow,
         to: MasterVersion,
     ) -> Result<(), KmsError> {
-        let uuid = uuid::Uuid::parse_str(&row.key_id)
+        let uuid = crate::core::key_id::parse(&row.key_id)
             .map_err(|_| KmsError::Internal(format!("key id '{}' is not a UUID", row.key_id)))?;
         let id = ObjectId::new(*uuid.as_bytes(), row.version);
         let blob = WrappedBlob::from_bytes(&row.blob.bytes)

@@ -266,6 +266,9 @@ impl Kms {
         self.authorize(caller, authz)?;
         check_rotation_state(&resolved.key, read)?;
         check_rotatable(&resolved.key)?;
+        if !read {
+            self.check_not_replica(&resolved.key)?;
+        }
         Ok(resolved)
     }
 
@@ -485,7 +488,7 @@ impl Kms {
 
     /// The cached key `key_id`, as it is now (NotFoundException if it is gone).
     pub(crate) fn current_key(&self, key_id: &str) -> Result<Arc<CachedKey>, KmsError> {
-        uuid::Uuid::parse_str(key_id)
+        crate::core::key_id::parse(key_id)
             .ok()
             .and_then(|u| self.key_by_uuid(u.as_bytes()))
             .ok_or_else(|| KmsError::NotFound(format!("Key '{key_id}' does not exist")))
@@ -512,11 +515,11 @@ impl Kms {
         let present =
             self.blobs.get(object).is_some() || (leftover && self.hsm.exists(object).await?);
         if !present {
-            if let Err(e) = self.hsm.generate_aes_key(object).await {
+            if let Err(e) = self.generate_rotated(object).await {
                 if !leftover {
                     self.abort_rotate(key_id, object.version()).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         }
         if self.hooks.interrupt_rotation() == InterruptCreate::AfterHsmObject {
@@ -524,8 +527,15 @@ impl Kms {
                 "rotation interrupted by a test hook after the HSM object".into(),
             ));
         }
-        self.finish_rotate(key_id, object.version(), rotation_type)
-            .await
+        // A multi-Region primary's replicas hold the version before anything encrypts
+        // under it; a replica that cannot be reached leaves the rotation to be completed.
+        self.push_version_to_replicas(key_id, object.version())
+            .await?;
+        let rotated = self
+            .finish_rotate(key_id, object.version(), rotation_type)
+            .await?;
+        self.tell_replicas_current(&rotated).await;
+        Ok(rotated)
     }
 
     /// In wrapped residency, the next version's key material, made before phase one: a blob

@@ -61,7 +61,7 @@ impl Kms {
     ) -> Option<(Arc<CachedKey>, Result<(), KmsError>)> {
         let key = {
             let _guard = self.key_locks.key(key_id).await;
-            let key = Uuid::parse_str(key_id)
+            let key = crate::core::key_id::parse(key_id)
                 .ok()
                 .and_then(|u| self.cache_read().keys.get(&u).cloned())?;
             // Re-check under the lock: CancelKeyDeletion may have won the race. Once the

@@ -82,7 +82,7 @@ impl UsageTracker {
     /// Records a use, unless the key already has a later one (concurrent requests may
     /// finish out of order).
     fn record(&self, usage: KeyUsageRecord, dirty: bool) {
-        let Ok(key) = Uuid::parse_str(&usage.key_id) else {
+        let Ok(key) = crate::core::key_id::parse(&usage.key_id) else {
             return;
         };
         let mut shard = self.shard(&key);
@@ -116,7 +116,7 @@ impl UsageTracker {
     /// Marks entries dirty again after a failed flush, unless a newer use replaced them.
     fn restore_dirty(&self, failed: &[KeyUsageRecord]) {
         for u in failed {
-            let Ok(key) = Uuid::parse_str(&u.key_id) else {
+            let Ok(key) = crate::core::key_id::parse(&u.key_id) else {
                 continue;
             };
             if let Some(slot) = self.shard(&key).get_mut(&key) {
@@ -145,7 +145,7 @@ pub(crate) fn is_use_action(action: &str) -> bool {
 /// The key id at the end of a key ARN.
 fn key_of_arn(arn: &str) -> Option<Uuid> {
     let (_, id) = arn.rsplit_once(":key/")?;
-    Uuid::parse_str(id).ok()
+    crate::core::key_id::parse(id).ok()
 }
 
 impl Kms {
@@ -187,7 +187,7 @@ impl Kms {
         for key in key_arns.iter().filter_map(|a| key_of_arn(a)) {
             self.usage.record(
                 KeyUsageRecord {
-                    key_id: key.hyphenated().to_string(),
+                    key_id: crate::core::key_id::render(&key),
                     operation: op,
                     used_at_ms: at_ms,
                     event_id: event_id.to_string(),
@@ -278,7 +278,7 @@ mod tests {
             key_of_arn(
                 "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-44cd-96ef-1234567890ab"
             ),
-            Uuid::parse_str("1234abcd-12ab-44cd-96ef-1234567890ab").ok()
+            crate::core::key_id::parse("1234abcd-12ab-44cd-96ef-1234567890ab").ok()
         );
         assert_eq!(
             key_of_arn("arn:aws:kms:us-east-1:111122223333:alias/a"),
@@ -307,6 +307,6 @@ mod tests {
         assert!(t.take_dirty(|_| true).is_empty());
         // Entries of keys that are gone are dropped.
         t.take_dirty(|k| k.hyphenated().to_string() != b);
-        assert_eq!(t.get(&Uuid::parse_str(b).unwrap()), None);
+        assert_eq!(t.get(&crate::core::key_id::parse(b).unwrap()), None);
     }
 }

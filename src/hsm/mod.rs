@@ -869,6 +869,34 @@ impl Hsm {
         }
     }
 
+    /// The custody attributes of secret key version `id`, and its `CKA_WRAP_WITH_TRUSTED`
+    /// (a multi-Region key's material leaves only under trusted keys): what `check` and the
+    /// tests read back from the token.
+    pub async fn secret_key_custody(
+        &self,
+        id: ObjectId,
+    ) -> Result<(KeyAttributes, bool), HsmError> {
+        self.submit(LockClass::Shared, "secret_key_custody", move |ctx| {
+            let attrs = ops::key_attributes(ctx, id)?;
+            let h = ops::find_part(ctx, &id, objects::Part::Secret)?.ok_or_else(|| {
+                HsmError::new(
+                    HsmErrorKind::ObjectNotFound,
+                    "C_FindObjects",
+                    ctx.token(),
+                    format!("{id}"),
+                )
+            })?;
+            let pick = |a| match a {
+                cryptoki::object::Attribute::WrapWithTrusted(v) => Some(v),
+                _ => None,
+            };
+            let ty = cryptoki::object::AttributeType::WrapWithTrusted;
+            let trusted_only = ops::read_attribute(ctx, h, ty, pick, "no CKA_WRAP_WITH_TRUSTED")?;
+            Ok((attrs, trusted_only))
+        })
+        .await
+    }
+
     /// The custody attributes of the private (`private`) or public half of key pair `id`.
     pub async fn key_pair_attributes(
         &self,

@@ -241,6 +241,19 @@ pub struct KeyRecord {
     /// by another node or task is refused with [`StoreError::Conflict`] instead of being
     /// overwritten.
     pub row_version: i64,
+    /// A multi-Region key's Regions (migration 0010); `None` for a single-Region key.
+    pub multi_region: Option<MultiRegion>,
+}
+
+/// Where a multi-Region key lives: its primary Region and its replicas' Regions. Every
+/// Region's row of the key holds the same value, so DescribeKey shows the same
+/// `MultiRegionConfiguration` everywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiRegion {
+    /// The Region of the primary key.
+    pub primary_region: String,
+    /// The Regions of the replica keys, in the order they were added.
+    pub replica_regions: Vec<String>,
 }
 
 /// One backing-key version of a KMS key: one object on the token, or (wrapped residency) a
@@ -568,6 +581,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn add_version_and_update(
         &self,
         version: &KeyVersion,
+        key: &KeyRecord,
+    ) -> Result<(), StoreError>;
+    /// Records several versions and sets the key row, in one transaction: a multi-Region
+    /// replica's versions as its primary sent them, or one version a primary rotated to.
+    async fn add_versions_and_update(
+        &self,
+        versions: &[KeyVersion],
         key: &KeyRecord,
     ) -> Result<(), StoreError>;
     /// Overwrites the mutable columns of an existing key row (state, description, dates,

@@ -25,8 +25,8 @@
 use super::{
     AliasRecord, Backend, BlobRow, Change, ChangeKind, Duty, GrantRecord, ImportTokenRecord,
     ImportedVersion, KeyBundle, KeyLifecycle, KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord,
-    KeyVersion, LeaderGuard, MetadataStore, OrphanRecord, RotationEntry, SessionRecord, StoreError,
-    StoreInfo, StoredBlob, Tag, UsageOperation,
+    KeyVersion, LeaderGuard, MetadataStore, MultiRegion, OrphanRecord, RotationEntry,
+    SessionRecord, StoreError, StoreInfo, StoredBlob, Tag, UsageOperation,
 };
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -115,6 +115,11 @@ const SQLITE_MIGRATIONS: &[Embedded] = &[
         "wrapped keys",
         include_str!("../../migrations/sqlite/0009_wrapped_keys.sql"),
     ),
+    (
+        10,
+        "multi region",
+        include_str!("../../migrations/sqlite/0010_multi_region.sql"),
+    ),
 ];
 
 /// The PostgreSQL migrations: the same versions with the same meaning as SQLite's.
@@ -164,6 +169,11 @@ const POSTGRES_MIGRATIONS: &[Embedded] = &[
         "wrapped keys",
         include_str!("../../migrations/postgres/0009_wrapped_keys.sql"),
     ),
+    (
+        10,
+        "multi region",
+        include_str!("../../migrations/postgres/0010_multi_region.sql"),
+    ),
 ];
 
 /// The column list every key version query selects ([`version_from_row`]).
@@ -173,7 +183,7 @@ const VERSION_COLUMNS: &str =
 /// The column list every key query selects, in [`key_from_row`]'s order.
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
      created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
-     custom_key_store_id, xks_key_id, row_version";
+     custom_key_store_id, xks_key_id, row_version, mr_primary_region, mr_replica_regions";
 
 /// TLS towards PostgreSQL (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -630,8 +640,37 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         custom_key_store_id: row.try_get("custom_key_store_id").map_err(db_err)?,
         xks_key_id: row.try_get("xks_key_id").map_err(db_err)?,
         row_version: row.try_get("row_version").map_err(db_err)?,
+        multi_region: multi_region_from_row(row, &key_id)?,
         key_id,
     })
+}
+
+/// The multi-Region columns of a key row: both set or both NULL.
+fn multi_region_from_row(row: &AnyRow, key_id: &str) -> Result<Option<MultiRegion>, StoreError> {
+    let primary: Option<String> = row.try_get("mr_primary_region").map_err(db_err)?;
+    let replicas: Option<String> = row.try_get("mr_replica_regions").map_err(db_err)?;
+    match (primary, replicas) {
+        (None, None) => Ok(None),
+        (Some(primary_region), Some(list)) => Ok(Some(MultiRegion {
+            primary_region,
+            replica_regions: list
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })),
+        _ => Err(StoreError::Corrupt(format!(
+            "key {key_id}: only one of the multi-Region columns is set"
+        ))),
+    }
+}
+
+/// The multi-Region columns' values of `key`.
+fn multi_region_columns(key: &KeyRecord) -> (Option<&str>, Option<String>) {
+    match &key.multi_region {
+        None => (None, None),
+        Some(m) => (Some(&m.primary_region), Some(m.replica_regions.join(","))),
+    }
 }
 
 /// A version row with a blob, as a [`BlobRow`] ([`StoreError::Corrupt`] without its blob).
@@ -711,8 +750,8 @@ async fn insert_key_on(
     sqlx::query(
         "INSERT INTO keys (key_id, account, description, key_spec, key_usage, origin, state, \
          created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
-         custom_key_store_id, xks_key_id, row_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         custom_key_store_id, xks_key_id, row_version, mr_primary_region, mr_replica_regions) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&key.key_id)
     .bind(&key.account)
@@ -729,6 +768,8 @@ async fn insert_key_on(
     .bind(&key.custom_key_store_id)
     .bind(&key.xks_key_id)
     .bind(key.row_version)
+    .bind(multi_region_columns(key).0)
+    .bind(multi_region_columns(key).1)
     .execute(&mut *conn)
     .await
     .map_err(|e| write_err(e, || key_missing(&key.key_id), || key_missing(&key.key_id)))?;
@@ -798,7 +839,8 @@ async fn update_key_on(conn: &mut AnyConnection, key: &KeyRecord) -> Result<(), 
     let done = sqlx::query(
         "UPDATE keys SET state = $1, description = $2, deletion_date_ms = $3, \
          pending_window_days = $4, current_version = $5, policy = $6, \
-         row_version = row_version + 1 WHERE key_id = $7 AND row_version = $8",
+         mr_primary_region = $7, mr_replica_regions = $8, \
+         row_version = row_version + 1 WHERE key_id = $9 AND row_version = $10",
     )
     .bind(key.state.as_str())
     .bind(&key.description)
@@ -806,6 +848,8 @@ async fn update_key_on(conn: &mut AnyConnection, key: &KeyRecord) -> Result<(), 
     .bind(key.pending_window_days.map(i64::from))
     .bind(i64::from(key.current_version))
     .bind(&*key.policy)
+    .bind(multi_region_columns(key).0)
+    .bind(multi_region_columns(key).1)
     .bind(&key.key_id)
     .bind(key.row_version)
     .execute(&mut *conn)
@@ -950,6 +994,25 @@ impl MetadataStore for SqlStore {
         }
         let mut tx = self.write_tx().await?;
         insert_version_on(&mut tx, version).await?;
+        update_key_on(&mut tx, key).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn add_versions_and_update(
+        &self,
+        versions: &[KeyVersion],
+        key: &KeyRecord,
+    ) -> Result<(), StoreError> {
+        if let Some(v) = versions.iter().find(|v| v.key_id != key.key_id) {
+            return Err(StoreError::Database(format!(
+                "version belongs to key {} but the row to update is key {}",
+                v.key_id, key.key_id
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        for version in versions {
+            insert_version_on(&mut tx, version).await?;
+        }
         update_key_on(&mut tx, key).await?;
         tx.commit().await.map_err(db_err)
     }
@@ -1891,6 +1954,7 @@ mod tests {
             custom_key_store_id: None,
             xks_key_id: None,
             row_version: 1,
+            multi_region: None,
         }
     }
 
@@ -2165,8 +2229,8 @@ mod tests {
         let key = store.get_key("k1").await.unwrap().unwrap().key;
         assert_eq!((key.description.as_str(), key.row_version), ("old", 1));
         let info = store.describe().await.unwrap();
-        assert_eq!(info.applied_migrations, (1..=9).collect::<Vec<i64>>());
-        assert_eq!(info.latest_known, 9);
+        assert_eq!(info.applied_migrations, (1..=10).collect::<Vec<i64>>());
+        assert_eq!(info.latest_known, 10);
     }
 
     #[tokio::test]

@@ -550,7 +550,7 @@ pub fn open_locally(material: &[u8], blob: &[u8], ec: &[(&str, &str)]) -> Option
 /// (version, whether it is a token object): token objects and the session copies that using a
 /// key makes alike.
 pub async fn key_objects(server: &RunningServer, key_id: &str) -> Vec<(u32, bool)> {
-    let uuid = *uuid::Uuid::parse_str(key_id).unwrap().as_bytes();
+    let uuid = *p11kms::core::key_id::parse(key_id).unwrap().as_bytes();
     server
         .kms
         .hsm()

@@ -28,6 +28,7 @@ pub const POOL_BINARIES: &[&str] = &[
     "check",
     "xks_door",
     "cluster_residency",
+    "regions",
 ];
 /// Cluster tokens in a binary's pool.
 pub const POOL_SIZE: usize = 12;

@@ -50,6 +50,7 @@ use crate::core::keystores::{
 };
 use crate::core::operation::{self, Empty, ResponseElements};
 use crate::core::policies::{GetKeyPolicyRequest, ListKeyPoliciesRequest, PutKeyPolicyRequest};
+use crate::core::regions::{ReplicateKeyRequest, UpdatePrimaryRegionRequest};
 use crate::core::rotation::{
     DisableKeyRotationRequest, EnableKeyRotationRequest, GetKeyRotationStatusRequest,
     KeyRotationStatus, ListKeyRotationsRequest, RotateKeyOnDemandRequest, RotationsListEntry,
@@ -197,6 +198,8 @@ pub const OPERATIONS: &[Operation] = &[
     op::<UpdateCustomKeyStoreRequest>(),
     op::<DeleteCustomKeyStoreRequest>(),
     op::<DescribeCustomKeyStoresRequest>(),
+    op::<ReplicateKeyRequest>(),
+    op::<UpdatePrimaryRegionRequest>(),
 ];
 
 /// A table entry for a core operation: its AWS name and its one engine call.
@@ -298,6 +301,7 @@ mod import;
 mod keys;
 mod keystores;
 mod policies;
+mod regions;
 mod rotation;
 mod tags;
 

@@ -523,6 +523,15 @@ fn key_admin_reads(operation: &str) -> Option<&'static [&'static str]> {
         ],
         "DescribeKey" | "GetPublicKey" => KEY_TOKENS,
         "ListKeys" => &["Limit", "Marker"],
+        "ReplicateKey" => &[
+            "KeyId",
+            "ReplicaRegion",
+            "Policy",
+            "BypassPolicyLockoutSafetyCheck",
+            "Description",
+            "Tags",
+        ],
+        "UpdatePrimaryRegion" => &["KeyId", "PrimaryRegion"],
         "EnableKey"
         | "DisableKey"
         | "CancelKeyDeletion"

@@ -31,6 +31,11 @@ pub fn key_metadata(m: pb::KeyMetadata) -> Result<KeyMetadata, String> {
         key_spec = spelled("KeySpec", &m.key_spec)?,
         xks_key_configuration = (!m.xks_key_id.is_empty())
             .then(|| crate::core::external::XksKeyConfiguration { id: m.xks_key_id.clone() }),
+        multi_region_configuration = m
+            .multi_region_configuration
+            .clone()
+            .map(super::kms::regions::configuration)
+            .transpose()?,
         aws_account_id, key_id, arn, creation_date_ms: creation_date, enabled, description,
         deletion_date_ms: deletion_date, key_manager, encryption_algorithms, signing_algorithms,
         mac_algorithms, key_agreement_algorithms, multi_region, pending_deletion_window_in_days,

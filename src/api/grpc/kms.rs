@@ -11,6 +11,7 @@ mod import;
 mod keys;
 mod keystores;
 mod policies;
+pub(crate) mod regions;
 mod rotation;
 mod tags;
 
@@ -55,6 +56,8 @@ operations {
     update_custom_key_store(UpdateCustomKeyStoreRequest) -> UpdateCustomKeyStoreResponse = crate::core::keystores::UpdateCustomKeyStoreRequest;
     delete_custom_key_store(DeleteCustomKeyStoreRequest) -> DeleteCustomKeyStoreResponse = crate::core::keystores::DeleteCustomKeyStoreRequest;
     describe_custom_key_stores(DescribeCustomKeyStoresRequest) -> DescribeCustomKeyStoresResponse = crate::core::keystores::DescribeCustomKeyStoresRequest;
+    replicate_key(ReplicateKeyRequest) -> ReplicateKeyResponse = crate::core::regions::ReplicateKeyRequest;
+    update_primary_region(UpdatePrimaryRegionRequest) -> UpdatePrimaryRegionResponse = crate::core::regions::UpdatePrimaryRegionRequest;
     encrypt(EncryptRequest) -> EncryptResponse = crate::core::crypto::EncryptRequest;
     decrypt(DecryptRequest) -> DecryptResponse = crate::core::crypto::DecryptRequest;
     re_encrypt(ReEncryptRequest) -> ReEncryptResponse = crate::core::crypto::ReEncryptRequest;

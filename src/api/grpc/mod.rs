@@ -40,6 +40,7 @@ mod convert;
 pub mod decode;
 pub mod health;
 pub mod kms;
+pub mod region;
 pub mod status;
 pub mod sts;
 pub mod view;
@@ -59,7 +60,7 @@ use capture::SignedRequestInfo;
 use status::with_reason;
 
 /// The door's tables: the core operations each gRPC service serves, by AWS name.
-pub const TABLES: &[&[&str]] = &[kms::TABLE, admin::TABLE, sts::TABLE];
+pub const TABLES: &[&[&str]] = &[kms::TABLE, admin::TABLE, sts::TABLE, region::TABLE];
 
 /// The door's name in metrics and audit events.
 pub const DOOR: &str = "grpc";

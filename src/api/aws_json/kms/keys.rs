@@ -57,7 +57,8 @@ to_json! {
         enabled, description, key_usage, key_state, deletion_date_ms: "DeletionDate" => ts,
         origin, key_manager, key_spec, encryption_algorithms => non_empty,
         signing_algorithms => non_empty, mac_algorithms => non_empty,
-        key_agreement_algorithms => non_empty, multi_region, pending_deletion_window_in_days,
+        key_agreement_algorithms => non_empty, multi_region, multi_region_configuration,
+        pending_deletion_window_in_days,
         current_key_material_id => non_empty, valid_to_ms: "ValidTo" => ts, expiration_model,
         custom_key_store_id, cloud_hsm_cluster_id: "CloudHsmClusterId", xks_key_configuration;
         "CustomerMasterKeySpec" = |m| m.key_spec,

@@ -186,6 +186,7 @@ macro_rules! render_as_str {
 }
 
 render_as_str!(
+    crate::core::regions::MultiRegionKeyType,
     EncryptionAlgorithm,
     SigningAlgorithm,
     MacAlgorithm,

@@ -57,6 +57,7 @@ to_message!(KeyUsageRecord => pb::KeyLastUsage {
 // CustomerMasterKeySpec is the deprecated spelling of KeySpec: the same value.
 to_message!(r: KeyMetadata => pb::KeyMetadata {
     xks_key_id = r.xks_key_configuration.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
+    multi_region_configuration = r.multi_region_configuration.clone().map(Into::into),
     aws_account_id, key_id, arn, creation_date: creation_date_ms, enabled, description,
     key_usage, key_state, deletion_date: deletion_date_ms, valid_to: valid_to_ms,
     expiration_model, origin, key_manager, customer_master_key_spec: key_spec, key_spec,
