@@ -1,0 +1,612 @@
+//! Multi-Region keys (issue 20), the transfer between two regions' devices: what a sending
+//! token wraps for a trusted peer ([`PeerBlob`]), and how the receiving token takes it into
+//! token residency (a token object) or wrapped residency (a blob under its own master).
+//!
+//! # Paths
+//!
+//! - **Secret keys** (AES-256, HMAC): `CKM_RSA_PKCS_OAEP` (SHA-1) under the peer's trusted
+//!   key; the peer unwraps with its transport private key.
+//! - **Private halves**: OAEP refuses them on SoftHSM2 2.6.1 and `CKM_RSA_AES_KEY_WRAP` is
+//!   not offered, so they go through the peer's **carrier** (`p11kms/region-carrier/<region>`,
+//!   AES-256, `CKA_TRUSTED` by the SO in [`super::region::trust_peer`]): the private half
+//!   wrapped under the carrier (`CKM_AES_KEY_WRAP_PAD`), the carrier wrapped under the peer's
+//!   trusted key (OAEP). The receiver unwraps the carrier as a session object with its
+//!   transport private key, the private half under it, and destroys the carrier. The public
+//!   half travels as DER SPKI beside them; the receiver checks on the device that it belongs
+//!   to the private half (RSA: the modulus and exponent; signing keys: a signature on a
+//!   device-random digest) before anything is kept. ECDH key-agreement pairs are not checked
+//!   that way (no operation of theirs compares the halves).
+//! - **Wrapped residency**: the sender first unwraps the version's blob under its master (the
+//!   miss path: the tag checked for the key version), the receiver ends by wrapping under its
+//!   newest trusted master, tagged for the target version. The session objects in between
+//!   have the wrapped custody (sensitive, extractable only under trusted keys) and are
+//!   destroyed in the job.
+
+use std::fmt;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+
+use super::asym::{Curve, PairSpec, PairUsage, SignScheme};
+use super::call::Call;
+use super::error::{HsmError, HsmErrorKind};
+use super::oaep::OaepSha256;
+use super::objects::{ObjectId, Part};
+use super::pool::WorkerCtx;
+use super::region::{find, oaep_sha1, other, peer_key, refusal, transport_half, RegionName};
+use super::template::{Template, Usage};
+use super::wrapped::{BlobKind, PairFamily, WrappedBlob};
+use super::{der, Hsm, LockClass};
+
+const PEER_BLOB_FORMAT: u8 = 1;
+const HAS_CARRIER: u8 = 1;
+const HAS_PUBLIC_KEY: u8 = 2;
+/// Longest part a peer blob may carry (an RSA-4096 private half wrapped is about 2.4 KB).
+const MAX_PART_LEN: usize = 16 * 1024;
+
+/// What one region's device wraps for another's: the key (OAEP under the peer's trusted key
+/// for a secret key; under the carrier for a private half), the carrier wrapped under the
+/// peer's trusted key (private halves only), and the public half as DER SPKI (pairs only).
+/// Holds no plaintext; `Debug` shows lengths only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerBlob {
+    /// The carrier key wrapped under the peer's trusted key (`CKM_RSA_PKCS_OAEP`).
+    pub carrier: Option<Vec<u8>>,
+    /// The key: OAEP under the peer's trusted key, or `CKM_AES_KEY_WRAP_PAD` under the carrier.
+    pub key: Vec<u8>,
+    /// A key pair's public half (DER SubjectPublicKeyInfo).
+    pub public_key: Option<Vec<u8>>,
+}
+
+/// Why bytes are not a [`PeerBlob`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerBlobError {
+    /// Fewer bytes than the encoding needs.
+    #[error("peer blob truncated")]
+    Truncated,
+    /// A format byte this build does not know.
+    #[error("unknown peer blob format {0}")]
+    UnknownFormat(u8),
+    /// Flag bits this build does not know.
+    #[error("unknown peer blob flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// A part is empty or longer than 16 KiB.
+    #[error("peer blob part of {0} bytes")]
+    BadLength(usize),
+    /// Bytes after the last part.
+    #[error("{0} bytes after the peer blob")]
+    Trailing(usize),
+}
+
+impl PeerBlob {
+    /// The stable encoding: `format u8 = 1 | flags u8 (1 carrier, 2 public key) | key |
+    /// carrier? | public key?`, each part `len u32 BE | bytes`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let flags = u8::from(self.carrier.is_some()) * HAS_CARRIER
+            + u8::from(self.public_key.is_some()) * HAS_PUBLIC_KEY;
+        let mut out = vec![PEER_BLOB_FORMAT, flags];
+        let parts = [
+            Some(&self.key),
+            self.carrier.as_ref(),
+            self.public_key.as_ref(),
+        ];
+        for part in parts.into_iter().flatten() {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// Parses [`PeerBlob::to_bytes`]'s encoding; any other input is an error, never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PeerBlob, PeerBlobError> {
+        let [format, flags, rest @ ..] = bytes else {
+            return Err(PeerBlobError::Truncated);
+        };
+        if *format != PEER_BLOB_FORMAT {
+            return Err(PeerBlobError::UnknownFormat(*format));
+        }
+        if flags & !(HAS_CARRIER | HAS_PUBLIC_KEY) != 0 {
+            return Err(PeerBlobError::UnknownFlags(*flags));
+        }
+        let (key, rest) = take_part(rest)?;
+        let (carrier, rest) = take_if(flags & HAS_CARRIER != 0, rest)?;
+        let (public_key, rest) = take_if(flags & HAS_PUBLIC_KEY != 0, rest)?;
+        if !rest.is_empty() {
+            return Err(PeerBlobError::Trailing(rest.len()));
+        }
+        Ok(PeerBlob {
+            carrier,
+            key,
+            public_key,
+        })
+    }
+}
+
+fn take_part(bytes: &[u8]) -> Result<(Vec<u8>, &[u8]), PeerBlobError> {
+    let (len, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(PeerBlobError::Truncated)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if len == 0 || len > MAX_PART_LEN {
+        return Err(PeerBlobError::BadLength(len));
+    }
+    if rest.len() < len {
+        return Err(PeerBlobError::Truncated);
+    }
+    let (part, rest) = rest.split_at(len);
+    Ok((part.to_vec(), rest))
+}
+
+fn take_if(present: bool, bytes: &[u8]) -> Result<(Option<Vec<u8>>, &[u8]), PeerBlobError> {
+    if !present {
+        return Ok((None, bytes));
+    }
+    let (part, rest) = take_part(bytes)?;
+    Ok((Some(part), rest))
+}
+
+impl fmt::Debug for PeerBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = |p: &Option<Vec<u8>>| p.as_ref().map_or(0, Vec::len);
+        write!(
+            f,
+            "PeerBlob(key {} bytes, carrier {} bytes, public key {} bytes)",
+            self.key.len(),
+            len(&self.carrier),
+            len(&self.public_key)
+        )
+    }
+}
+
+// ---------------------------------------------------------------- sending
+
+/// The trusted carrier key of `peer` on this token.
+fn carrier_key(ctx: &mut WorkerCtx, peer: &RegionName) -> Result<ObjectHandle, HsmError> {
+    let search = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Token(true),
+        Attribute::Label(peer.carrier_label().into_bytes()),
+    ];
+    let detail = format!(
+        "no carrier key for region {}: the SO ceremony (region trust) is due",
+        peer.as_str()
+    );
+    find(ctx, &search)?
+        .ok_or_else(|| HsmError::new(HsmErrorKind::Config, "C_FindObjects", ctx.token(), detail))
+}
+
+/// Object `h` (of `kind`) wrapped for `peer`: (carrier, key). A secret key goes under the
+/// peer's trusted key; a private half under the peer's carrier, the carrier under the peer's
+/// trusted key. The device refuses anything not extractable under trusted keys.
+fn wrap_for_peer(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+    kind: BlobKind,
+    peer: &RegionName,
+) -> Result<(Option<Vec<u8>>, Vec<u8>), HsmError> {
+    let wrapping = peer_key(ctx, peer)?;
+    if !matches!(kind, BlobKind::Private { .. }) {
+        let key = ctx.call(Call::WrapKey, |s| s.wrap_key(&oaep_sha1(), wrapping, h))?;
+        return Ok((None, key));
+    }
+    let carrier = carrier_key(ctx, peer)?;
+    let key = ctx.call(Call::WrapKey, |s| {
+        s.wrap_key(&Mechanism::AesKeyWrapPad, carrier, h)
+    })?;
+    let wrapped_carrier = ctx.call(Call::WrapKey, |s| {
+        s.wrap_key(&oaep_sha1(), wrapping, carrier)
+    })?;
+    Ok((Some(wrapped_carrier), key))
+}
+
+fn not_found(ctx: &WorkerCtx, id: &ObjectId) -> HsmError {
+    HsmError::new(
+        HsmErrorKind::ObjectNotFound,
+        "C_FindObjects",
+        ctx.token(),
+        format!("{id}"),
+    )
+}
+
+/// Token residency: key version `id` of `kind` wrapped for `peer` (a pair's public half read
+/// from its public token object).
+pub(crate) fn export_for_peer(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    kind: BlobKind,
+    peer: &RegionName,
+) -> Result<PeerBlob, HsmError> {
+    let part = match kind {
+        BlobKind::Private { .. } => Part::Private,
+        _ => Part::Secret,
+    };
+    let h = super::ops::find_part(ctx, &id, part)?.ok_or_else(|| not_found(ctx, &id))?;
+    let public_key = match kind {
+        BlobKind::Private { family, .. } => Some(token_spki(ctx, &id, family)?),
+        _ => None,
+    };
+    let (carrier, key) = wrap_for_peer(ctx, h, kind, peer)?;
+    Ok(PeerBlob {
+        carrier,
+        key,
+        public_key,
+    })
+}
+
+/// The SPKI of key pair `id`'s public token object.
+fn token_spki(ctx: &mut WorkerCtx, id: &ObjectId, family: PairFamily) -> Result<Vec<u8>, HsmError> {
+    let h = super::ops::find_part(ctx, id, Part::Public)?.ok_or_else(|| not_found(ctx, id))?;
+    let spec = match family {
+        PairFamily::Rsa => PairSpec::Rsa(0),
+        PairFamily::Ed25519 => PairSpec::Ed25519,
+        PairFamily::Ec => {
+            let pick = |a| match a {
+                Attribute::EcParams(p) => Some(p),
+                _ => None,
+            };
+            let params =
+                super::ops::read_attribute(ctx, h, AttributeType::EcParams, pick, "no curve")?;
+            const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
+            let curve = CURVES
+                .into_iter()
+                .find(|c| c.oid_der() == params.as_slice());
+            PairSpec::Ec(curve.ok_or_else(|| other(ctx, "C_GetAttributeValue", "unknown curve"))?)
+        }
+    };
+    super::asym::spki_of(ctx, h, spec)
+}
+
+/// Wrapped residency: unwrap `blob` (its tag checked for `id` under the local master, as the
+/// miss path does) into a transient session object, wrap that for `peer`, destroy it. A key
+/// pair's `public_key` (the stored SPKI) travels beside it.
+pub(crate) fn export_blob_for_peer(
+    ctx: &mut WorkerCtx,
+    id: ObjectId,
+    blob: &WrappedBlob,
+    public_key: Option<Vec<u8>>,
+    peer: &RegionName,
+) -> Result<PeerBlob, HsmError> {
+    let kind = blob.kind();
+    let is_pair = matches!(kind, BlobKind::Private { .. });
+    if is_pair != public_key.is_some() {
+        let detail = "a key pair's public key, and only a key pair's, travels beside it";
+        return Err(other(ctx, "C_WrapKey", detail));
+    }
+    let h = super::wrapped::unwrap_verified(ctx, &id, blob)?;
+    let r = wrap_for_peer(ctx, h, kind, peer);
+    super::wrapped::destroy_session_objects(ctx, &[h]);
+    let (carrier, key) = r?;
+    Ok(PeerBlob {
+        carrier,
+        key,
+        public_key,
+    })
+}
+
+// ---------------------------------------------------------------- receiving
+
+/// The session object the carrier is unwrapped into: AES, unwrap only
+/// (`CKM_AES_KEY_WRAP_PAD`), sensitive, never extractable.
+fn carrier_session_template() -> Vec<Attribute> {
+    Template::secret(KeyType::AES)
+        .token(false)
+        .guarded()
+        .allow(Usage::Unwrap)
+        .mechanisms(vec![cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD])
+        .label("p11kms/region-carrier-in")
+        .build()
+}
+
+/// Unwrap `pb`'s key of `kind` into an object of `template` with the transport private key
+/// (through the carrier for a private half, destroyed after). A blob the device refuses is
+/// [`HsmErrorKind::BlobRejected`].
+fn unwrap_from_peer(
+    ctx: &mut WorkerCtx,
+    kind: BlobKind,
+    pb: &PeerBlob,
+    template: &[Attribute],
+) -> Result<ObjectHandle, HsmError> {
+    let is_pair = matches!(kind, BlobKind::Private { .. });
+    if is_pair != pb.carrier.is_some() || is_pair != pb.public_key.is_some() {
+        let detail = "the peer blob does not have the parts of its key kind";
+        return Err(HsmError::new(
+            HsmErrorKind::BlobRejected,
+            "C_UnwrapKey",
+            ctx.token(),
+            detail,
+        ));
+    }
+    let Some(transport) = find(ctx, &transport_half(ObjectClass::PRIVATE_KEY))? else {
+        let detail = "no region transport key on this token";
+        return Err(HsmError::new(
+            HsmErrorKind::Config,
+            "C_UnwrapKey",
+            ctx.token(),
+            detail,
+        ));
+    };
+    let Some(carrier) = &pb.carrier else {
+        return unwrap_checked(ctx, &oaep_sha1(), transport, &pb.key, template);
+    };
+    let c = unwrap_checked(
+        ctx,
+        &oaep_sha1(),
+        transport,
+        carrier,
+        &carrier_session_template(),
+    )?;
+    let r = unwrap_checked(ctx, &Mechanism::AesKeyWrapPad, c, &pb.key, template);
+    super::wrapped::destroy_session_objects(ctx, &[c]);
+    r
+}
+
+fn unwrap_checked(
+    ctx: &mut WorkerCtx,
+    mech: &Mechanism<'_>,
+    with: ObjectHandle,
+    wrapped: &[u8],
+    template: &[Attribute],
+) -> Result<ObjectHandle, HsmError> {
+    let r = ctx.call_raw(Call::UnwrapKey, |s| {
+        s.unwrap_key(mech, with, wrapped, template)
+    });
+    r.map_err(|e| refusal(ctx, Call::UnwrapKey, "C_UnwrapKey", &e))
+}
+
+/// `t` (a session template) as the token object of key version `id`.
+fn on_token(t: Vec<Attribute>, id: &ObjectId) -> Vec<Attribute> {
+    let mut t: Vec<Attribute> = t
+        .into_iter()
+        .filter(|a| !matches!(a, Attribute::Id(_) | Attribute::Label(_)))
+        .map(|a| match a {
+            Attribute::Token(_) => Attribute::Token(true),
+            other => other,
+        })
+        .collect();
+    t.push(Attribute::Id(id.0.to_vec()));
+    t.push(Attribute::Label(id.label().into_bytes()));
+    t
+}
+
+/// The session template of the public half of a pair of `kind` from `spki`; `None` unless
+/// `spki` is a key of the kind's family.
+fn public_template(kind: BlobKind, spki: &[u8]) -> Option<Vec<Attribute>> {
+    let BlobKind::Private {
+        family,
+        usage,
+        raw_oaep,
+    } = kind
+    else {
+        return None;
+    };
+    if (family == PairFamily::Rsa) != der::rsa_from_spki(spki).is_some() {
+        return None;
+    }
+    let oaep = if raw_oaep {
+        OaepSha256::RawRsa
+    } else {
+        OaepSha256::Device
+    };
+    super::asym::public_template_from_spki(spki, usage, oaep)
+}
+
+fn bad_public(ctx: &WorkerCtx, detail: &str) -> HsmError {
+    HsmError::new(
+        HsmErrorKind::BlobRejected,
+        "C_CreateObject",
+        ctx.token(),
+        detail,
+    )
+}
+
+/// Token residency: take `pb` into the token object(s) of key version `target` with the
+/// multi-Region custody (sensitive, extractable only under trusted keys); a pair's public
+/// half becomes its public token object once checked against the private half. Nothing is
+/// left on the token when any step fails.
+pub(crate) fn import_from_peer(
+    ctx: &mut WorkerCtx,
+    target: ObjectId,
+    kind: BlobKind,
+    pb: &PeerBlob,
+) -> Result<(), HsmError> {
+    super::ops::refuse_known_id(ctx, &target, "C_UnwrapKey")?;
+    let public = match (kind, &pb.public_key) {
+        (BlobKind::Private { .. }, Some(spki)) => match public_template(kind, spki) {
+            Some(t) => Some((spki, t)),
+            None => {
+                return Err(bad_public(
+                    ctx,
+                    "the public key is not a key of the pair's kind",
+                ))
+            }
+        },
+        _ => None,
+    };
+    let template = match kind {
+        BlobKind::Private { .. } => on_token(kind.template(false), &target),
+        _ => kind
+            .token_template_of(&target, false)
+            .unwrap_or_else(|| on_token(kind.template(false), &target)),
+    };
+    let h = unwrap_from_peer(ctx, kind, pb, &template)?;
+    let Some((spki, public_t)) = public else {
+        return Ok(());
+    };
+    let made = check_pair(ctx, h, kind, spki).and_then(|()| {
+        ctx.call(Call::CreateObject, |s| {
+            s.create_object(&on_token(public_t.clone(), &target))
+        })
+    });
+    if let Err(e) = made {
+        super::asym::destroy_quietly(ctx, &[h], "private half of a refused peer blob");
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Wrapped residency: take `pb` into a transient session object with the wrapped custody,
+/// wrap it under the newest trusted master tagged for `target` (as a new wrapped version is
+/// wrapped), destroy it. Nothing is made on the token. A pair's public half is checked
+/// against the private half; the caller keeps it beside the blob.
+pub(crate) fn import_from_peer_wrapped(
+    ctx: &mut WorkerCtx,
+    target: ObjectId,
+    kind: BlobKind,
+    pb: &PeerBlob,
+) -> Result<WrappedBlob, HsmError> {
+    if let (BlobKind::Private { .. }, Some(spki)) = (kind, &pb.public_key) {
+        if public_template(kind, spki).is_none() {
+            return Err(bad_public(
+                ctx,
+                "the public key is not a key of the pair's kind",
+            ));
+        }
+    }
+    let h = unwrap_from_peer(ctx, kind, pb, &kind.template(false))?;
+    if let (BlobKind::Private { .. }, Some(spki)) = (kind, &pb.public_key) {
+        if let Err(e) = check_pair(ctx, h, kind, spki) {
+            super::wrapped::destroy_session_objects(ctx, &[h]);
+            return Err(e);
+        }
+    }
+    super::wrapped::wrap_parked(ctx, target, h, kind)
+}
+
+// ---------------------------------------------------------------- the pair check
+
+/// Whether `spki` is the public half of private object `h` (of `kind`), on the device: RSA
+/// compares the modulus and exponent the private object holds; a signing key signs a
+/// device-random digest that a session object of `spki` must verify. ECDH pairs pass
+/// unchecked. A mismatch is [`HsmErrorKind::BlobRejected`].
+fn check_pair(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+    kind: BlobKind,
+    spki: &[u8],
+) -> Result<(), HsmError> {
+    let BlobKind::Private { family, usage, .. } = kind else {
+        return Ok(());
+    };
+    let same = match (family, usage) {
+        (PairFamily::Rsa, _) => same_rsa(ctx, h, spki)?,
+        (_, PairUsage::Sign) => signs_for(ctx, h, kind, family, spki)?,
+        _ => true,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(bad_public(
+            ctx,
+            "the public key is not the private key's public half",
+        ))
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let zeros = v.iter().take_while(|b| **b == 0).count();
+    &v[zeros..]
+}
+
+fn same_rsa(ctx: &mut WorkerCtx, h: ObjectHandle, spki: &[u8]) -> Result<bool, HsmError> {
+    let Some((n, e)) = der::rsa_from_spki(spki) else {
+        return Ok(false);
+    };
+    let types = [AttributeType::Modulus, AttributeType::PublicExponent];
+    let attrs = ctx.call(Call::GetAttributeValue, |s| s.get_attributes(h, &types))?;
+    let (n, e) = (trim(&n), trim(&e));
+    let found_n = attrs
+        .iter()
+        .any(|a| matches!(a, Attribute::Modulus(m) if trim(m) == n));
+    let found_e = attrs
+        .iter()
+        .any(|a| matches!(a, Attribute::PublicExponent(x) if trim(x) == e));
+    Ok(found_n && found_e)
+}
+
+fn signs_for(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+    kind: BlobKind,
+    family: PairFamily,
+    spki: &[u8],
+) -> Result<bool, HsmError> {
+    let Some(template) = public_template(kind, spki) else {
+        return Ok(false);
+    };
+    let scheme = match family {
+        PairFamily::Ed25519 => SignScheme::Ed25519,
+        _ => SignScheme::Ecdsa(Curve::P256),
+    };
+    let mech = super::asym::sign_mechanism(scheme, 32);
+    let digest = super::ops::random(ctx, 32)?;
+    let sig = ctx.call(Call::Sign, |s| s.sign(&mech, h, &digest))?;
+    let public = ctx.call(Call::CreateObject, |s| s.create_object(&template))?;
+    let r = ctx.call_raw(Call::Verify, |s| s.verify(&mech, public, &digest, &sig));
+    super::wrapped::destroy_session_objects(ctx, &[public]);
+    super::asym::verdict(ctx, r)
+}
+
+// ---------------------------------------------------------------- jobs
+
+impl Hsm {
+    /// Token residency: key version `id` of `kind` wrapped on this device for `peer` (see
+    /// the module header), for the peer's [`Hsm::import_from_peer`] or
+    /// [`Hsm::import_from_peer_wrapped`]. Fails unless the SO ceremony trusted that peer; the
+    /// device refuses keys that are not extractable under trusted keys.
+    pub async fn export_for_peer(
+        &self,
+        id: ObjectId,
+        kind: BlobKind,
+        peer: RegionName,
+    ) -> Result<PeerBlob, HsmError> {
+        self.submit(LockClass::Shared, "export_for_peer", move |ctx| {
+            export_for_peer(ctx, id, kind, &peer)
+        })
+        .await
+    }
+
+    /// Wrapped residency: key version `id`'s `blob` (tag checked for `id`) unwrapped and
+    /// wrapped for `peer` in one job; a key pair's stored SPKI (`public_key`) travels beside.
+    pub async fn export_blob_for_peer(
+        &self,
+        id: ObjectId,
+        blob: std::sync::Arc<WrappedBlob>,
+        public_key: Option<Vec<u8>>,
+        peer: RegionName,
+    ) -> Result<PeerBlob, HsmError> {
+        self.submit(LockClass::Shared, "export_blob_for_peer", move |ctx| {
+            export_blob_for_peer(ctx, id, &blob, public_key, &peer)
+        })
+        .await
+    }
+
+    /// Token residency: a peer's blob unwrapped into the token object(s) of key version
+    /// `target` of `kind` (see [`import_from_peer`]). A blob the device refuses, or a public
+    /// key that is not the private half's, is [`HsmErrorKind::BlobRejected`].
+    pub async fn import_from_peer(
+        &self,
+        target: ObjectId,
+        kind: BlobKind,
+        blob: PeerBlob,
+    ) -> Result<(), HsmError> {
+        self.submit(LockClass::Exclusive, "import_from_peer", move |ctx| {
+            import_from_peer(ctx, target, kind, &blob)
+        })
+        .await
+    }
+
+    /// Wrapped residency: a peer's blob rewrapped on the device under this token's newest
+    /// trusted master, tagged for `target` (see [`import_from_peer_wrapped`]). Nothing is
+    /// made on the token; a pair's public key is the caller's to keep (from `blob`).
+    pub async fn import_from_peer_wrapped(
+        &self,
+        target: ObjectId,
+        kind: BlobKind,
+        blob: PeerBlob,
+    ) -> Result<WrappedBlob, HsmError> {
+        self.submit(LockClass::Shared, "import_from_peer_wrapped", move |ctx| {
+            import_from_peer_wrapped(ctx, target, kind, &blob)
+        })
+        .await
+    }
+}
