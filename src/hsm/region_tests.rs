@@ -317,6 +317,16 @@ fn probe_trust_ceremony(p: &Probe) -> (ObjectHandle, ObjectHandle, ObjectHandle)
     let so_aes =
         p.a.generate_key(&Mechanism::AesKeyGen, &trusted_aes())
             .expect("the SO generates a trusted AES session key");
+    // The SO cannot make a private object: the region carrier is a public token object.
+    let mut private = trusted_aes();
+    private.retain(|a| !matches!(a, Attribute::Private(_)));
+    private.push(Attribute::Private(true));
+    let so_private = p.a.generate_key(&Mechanism::AesKeyGen, &private);
+    assert_eq!(
+        rv(&so_private),
+        Some(RvError::UserNotLoggedIn),
+        "{so_private:?}"
+    );
     p.a.logout().expect("logout");
     let read = p.a.get_attributes(trusted, &[AttributeType::Trusted]);
     assert_eq!(read.expect("read back"), vec![Attribute::Trusted(true)]);
@@ -677,6 +687,39 @@ mod jobs {
         let peer = peer.expect("the trusted peer key");
         assert!(is_region_object(&peer.id, &peer.label));
         assert!(!is_region_object(&new_id().0, "p11kms/key/x"));
+        let (value_sensitive, under_untrusted) = probe_carrier(&a.hsm).await;
+        assert!(value_sensitive, "the carrier's CKA_VALUE is never readable");
+        let e = under_untrusted.expect_err("the device must refuse");
+        assert!(e.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{e}");
+    }
+
+    /// On A's carrier: reading `CKA_VALUE`, and wrapping it under a fresh (untrusted) AES key.
+    async fn probe_carrier(a: &Hsm) -> (bool, Result<Vec<u8>, HsmError>) {
+        a.submit(LockClass::Shared, "test_probe_carrier", |ctx| {
+            use cryptoki::mechanism::Mechanism;
+            use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+            let search = [
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(eu().carrier_label().into_bytes()),
+            ];
+            let found = ctx.call(call::Call::FindObjects, |s| s.find_objects(&search))?;
+            let carrier = found[0];
+            let info = ctx.call(call::Call::GetAttributeValue, |s| {
+                s.get_attribute_info(carrier, &[AttributeType::Value])
+            })?;
+            let value_sensitive = matches!(info.first(), Some(AttributeInfo::Sensitive));
+            let template = objects::session_wrapping_key_template();
+            let wrapping = ctx.call(call::Call::GenerateKey, |s| {
+                s.generate_key(&Mechanism::AesKeyGen, &template)
+            })?;
+            let wrapped = ctx.call(call::Call::WrapKey, |s| {
+                s.wrap_key(&Mechanism::AesKeyWrapPad, wrapping, carrier)
+            });
+            ctx.call(call::Call::DestroyObject, |s| s.destroy_object(wrapping))?;
+            Ok((value_sensitive, wrapped))
+        })
+        .await
+        .unwrap()
     }
 
     /// Session objects of region `r` named `label` (the carrier's, mid-import).
@@ -823,6 +866,24 @@ mod jobs {
             );
         }
         wrapped_pair_moves(&a, &b).await;
+        decryption_pair_moves(&a, &b).await;
+    }
+
+    /// An RSA decryption pair: A's public half encrypts, B's moved private half decrypts.
+    async fn decryption_pair_moves(a: &Region, b: &Region) {
+        let id = new_id();
+        let spec = PairSpec::Rsa(2048);
+        let kind = a
+            .hsm
+            .generate_multi_region_pair(id, spec, PairUsage::Decrypt);
+        let kind = kind.await.unwrap();
+        let peer = a.hsm.export_for_peer(id, kind, eu()).await.unwrap();
+        b.hsm.import_from_peer(id, kind, peer).await.unwrap();
+        let sealed = a.hsm.rsa_encrypt(id, ShaAlg::Sha256, pt(b"to B")).await;
+        let opened = b.hsm.rsa_decrypt(id, ShaAlg::Sha256, sealed.unwrap()).await;
+        assert_eq!(opened.unwrap().as_slice(), b"to B");
+        let on_b = b.hsm.key_pair_attributes(id, true).await.unwrap();
+        assert!(on_b.decrypt && !on_b.sign && on_b.extractable, "{on_b:?}");
     }
 
     /// B refuses a changed carrier, a changed key and another pair's public key, and keeps
