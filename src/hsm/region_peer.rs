@@ -27,7 +27,7 @@ use std::fmt;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 
-use super::asym::{Curve, PairSpec, PairUsage, SignScheme};
+use super::asym::{Curve, PairSpec, PairUsage, SessionPair, SignScheme};
 use super::call::Call;
 use super::error::{HsmError, HsmErrorKind};
 use super::oaep::OaepSha256;
@@ -353,21 +353,6 @@ fn unwrap_checked(
     r.map_err(|e| refusal(ctx, Call::UnwrapKey, "C_UnwrapKey", &e))
 }
 
-/// `t` (a session template) as the token object of key version `id`.
-fn on_token(t: Vec<Attribute>, id: &ObjectId) -> Vec<Attribute> {
-    let mut t: Vec<Attribute> = t
-        .into_iter()
-        .filter(|a| !matches!(a, Attribute::Id(_) | Attribute::Label(_)))
-        .map(|a| match a {
-            Attribute::Token(_) => Attribute::Token(true),
-            other => other,
-        })
-        .collect();
-    t.push(Attribute::Id(id.0.to_vec()));
-    t.push(Attribute::Label(id.label().into_bytes()));
-    t
-}
-
 /// The session template of the public half of a pair of `kind` from `spki`; `None` unless
 /// `spki` is a key of the kind's family.
 fn public_template(kind: BlobKind, spki: &[u8]) -> Option<Vec<Attribute>> {
@@ -399,10 +384,61 @@ fn bad_public(ctx: &WorkerCtx, detail: &str) -> HsmError {
     )
 }
 
+/// A pair's public half: its SPKI and the session template made from it.
+type PublicHalf<'a> = (&'a [u8], Vec<Attribute>);
+
+/// A pair's public half from `pb`, checked to be a key of `kind`'s family: its SPKI and
+/// session template. `None` for a secret key.
+fn public_of<'a>(
+    ctx: &WorkerCtx,
+    kind: BlobKind,
+    pb: &'a PeerBlob,
+) -> Result<Option<PublicHalf<'a>>, HsmError> {
+    if !matches!(kind, BlobKind::Private { .. }) {
+        return Ok(None);
+    }
+    let spki = pb.public_key.as_deref().unwrap_or_default();
+    match public_template(kind, spki) {
+        Some(t) => Ok(Some((spki, t))),
+        None => Err(bad_public(
+            ctx,
+            "the public key is not a key of the pair's kind",
+        )),
+    }
+}
+
+/// A pair from `pb` as session objects (the private half with the wrapped custody), the
+/// public half checked on the device to belong to the private half; nothing is left when
+/// any step fails.
+fn session_pair(
+    ctx: &mut WorkerCtx,
+    kind: BlobKind,
+    pb: &PeerBlob,
+    spki: &[u8],
+    public_t: &[Attribute],
+) -> Result<SessionPair, HsmError> {
+    let private = unwrap_from_peer(ctx, kind, pb, &kind.template(false))?;
+    let public = match ctx.call(Call::CreateObject, |s| s.create_object(public_t)) {
+        Ok(public) => public,
+        Err(e) => {
+            super::wrapped::destroy_session_objects(ctx, &[private]);
+            return Err(e);
+        }
+    };
+    let pair = SessionPair { public, private };
+    match check_pair(ctx, &pair, kind, spki) {
+        Ok(()) => Ok(pair),
+        Err(e) => {
+            super::wrapped::destroy_session_objects(ctx, &[private, public]);
+            Err(e)
+        }
+    }
+}
+
 /// Token residency: take `pb` into the token object(s) of key version `target` with the
-/// multi-Region custody (sensitive, extractable only under trusted keys); a pair's public
-/// half becomes its public token object once checked against the private half. Nothing is
-/// left on the token when any step fails.
+/// multi-Region custody (sensitive, extractable only under trusted keys). A pair is made as
+/// session objects, its public half checked against the private half, then both are copied
+/// to the token ([`super::asym::persist_key_pair`]). Nothing is left when any step fails.
 pub(crate) fn import_from_peer(
     ctx: &mut WorkerCtx,
     target: ObjectId,
@@ -410,38 +446,21 @@ pub(crate) fn import_from_peer(
     pb: &PeerBlob,
 ) -> Result<(), HsmError> {
     super::ops::refuse_known_id(ctx, &target, "C_UnwrapKey")?;
-    let public = match (kind, &pb.public_key) {
-        (BlobKind::Private { .. }, Some(spki)) => match public_template(kind, spki) {
-            Some(t) => Some((spki, t)),
-            None => {
-                return Err(bad_public(
-                    ctx,
-                    "the public key is not a key of the pair's kind",
-                ))
-            }
-        },
-        _ => None,
-    };
-    let template = match kind {
-        BlobKind::Private { .. } => on_token(kind.template(false), &target),
-        _ => kind
-            .token_template_of(&target, false)
-            .unwrap_or_else(|| on_token(kind.template(false), &target)),
-    };
-    let h = unwrap_from_peer(ctx, kind, pb, &template)?;
-    let Some((spki, public_t)) = public else {
-        return Ok(());
-    };
-    let made = check_pair(ctx, h, kind, spki).and_then(|()| {
-        ctx.call(Call::CreateObject, |s| {
-            s.create_object(&on_token(public_t.clone(), &target))
-        })
-    });
-    if let Err(e) = made {
-        super::asym::destroy_quietly(ctx, &[h], "private half of a refused peer blob");
-        return Err(e);
+    match (
+        public_of(ctx, kind, pb)?,
+        kind.token_template_of(&target, false),
+    ) {
+        (Some((spki, public_t)), _) => {
+            let pair = session_pair(ctx, kind, pb, spki, &public_t)?;
+            super::asym::persist_key_pair(ctx, target, pair)
+        }
+        (None, Some(template)) => unwrap_from_peer(ctx, kind, pb, &template).map(|_| ()),
+        (None, None) => Err(other(
+            ctx,
+            "C_UnwrapKey",
+            "a key pair without its public key",
+        )),
     }
-    Ok(())
 }
 
 /// Wrapped residency: take `pb` into a transient session object with the wrapped custody,
@@ -454,33 +473,27 @@ pub(crate) fn import_from_peer_wrapped(
     kind: BlobKind,
     pb: &PeerBlob,
 ) -> Result<WrappedBlob, HsmError> {
-    if let (BlobKind::Private { .. }, Some(spki)) = (kind, &pb.public_key) {
-        if public_template(kind, spki).is_none() {
-            return Err(bad_public(
-                ctx,
-                "the public key is not a key of the pair's kind",
-            ));
+    let h = match public_of(ctx, kind, pb)? {
+        Some((spki, public_t)) => {
+            let pair = session_pair(ctx, kind, pb, spki, &public_t)?;
+            super::wrapped::destroy_session_objects(ctx, &[pair.public]);
+            pair.private
         }
-    }
-    let h = unwrap_from_peer(ctx, kind, pb, &kind.template(false))?;
-    if let (BlobKind::Private { .. }, Some(spki)) = (kind, &pb.public_key) {
-        if let Err(e) = check_pair(ctx, h, kind, spki) {
-            super::wrapped::destroy_session_objects(ctx, &[h]);
-            return Err(e);
-        }
-    }
+        None => unwrap_from_peer(ctx, kind, pb, &kind.template(false))?,
+    };
     super::wrapped::wrap_parked(ctx, target, h, kind)
 }
 
 // ---------------------------------------------------------------- the pair check
 
-/// Whether `spki` is the public half of private object `h` (of `kind`), on the device: RSA
-/// compares the modulus and exponent the private object holds; a signing key signs a
-/// device-random digest that a session object of `spki` must verify. ECDH pairs pass
-/// unchecked. A mismatch is [`HsmErrorKind::BlobRejected`].
+/// Whether the public session object of `pair` (made from `spki`) is the public half of its
+/// private object (of `kind`), on the device: RSA compares the modulus and exponent the
+/// private object holds with the SPKI's; a signing key signs a device-random digest that the
+/// public object must verify. ECDH pairs pass unchecked. A mismatch is
+/// [`HsmErrorKind::BlobRejected`].
 fn check_pair(
     ctx: &mut WorkerCtx,
-    h: ObjectHandle,
+    pair: &SessionPair,
     kind: BlobKind,
     spki: &[u8],
 ) -> Result<(), HsmError> {
@@ -488,8 +501,8 @@ fn check_pair(
         return Ok(());
     };
     let same = match (family, usage) {
-        (PairFamily::Rsa, _) => same_rsa(ctx, h, spki)?,
-        (_, PairUsage::Sign) => signs_for(ctx, h, kind, family, spki)?,
+        (PairFamily::Rsa, _) => same_rsa(ctx, pair.private, spki)?,
+        (_, PairUsage::Sign) => signs_for(ctx, pair, family)?,
         _ => true,
     };
     if same {
@@ -525,24 +538,19 @@ fn same_rsa(ctx: &mut WorkerCtx, h: ObjectHandle, spki: &[u8]) -> Result<bool, H
 
 fn signs_for(
     ctx: &mut WorkerCtx,
-    h: ObjectHandle,
-    kind: BlobKind,
+    pair: &SessionPair,
     family: PairFamily,
-    spki: &[u8],
 ) -> Result<bool, HsmError> {
-    let Some(template) = public_template(kind, spki) else {
-        return Ok(false);
-    };
     let scheme = match family {
         PairFamily::Ed25519 => SignScheme::Ed25519,
         _ => SignScheme::Ecdsa(Curve::P256),
     };
     let mech = super::asym::sign_mechanism(scheme, 32);
     let digest = super::ops::random(ctx, 32)?;
-    let sig = ctx.call(Call::Sign, |s| s.sign(&mech, h, &digest))?;
-    let public = ctx.call(Call::CreateObject, |s| s.create_object(&template))?;
-    let r = ctx.call_raw(Call::Verify, |s| s.verify(&mech, public, &digest, &sig));
-    super::wrapped::destroy_session_objects(ctx, &[public]);
+    let sig = ctx.call(Call::Sign, |s| s.sign(&mech, pair.private, &digest))?;
+    let r = ctx.call_raw(Call::Verify, |s| {
+        s.verify(&mech, pair.public, &digest, &sig)
+    });
     super::asym::verdict(ctx, r)
 }
 
