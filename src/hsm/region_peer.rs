@@ -14,8 +14,9 @@
 //!   transport private key, the private half under it, and destroys the carrier. The public
 //!   half travels as DER SPKI beside them; the receiver checks on the device that it belongs
 //!   to the private half (RSA: the modulus and exponent; signing keys: a signature on a
-//!   device-random digest) before anything is kept. ECDH key-agreement pairs are not checked
-//!   that way (no operation of theirs compares the halves).
+//!   device-random digest; ECDH keys: a derivation with the curve's generator, which gives
+//!   the x coordinate of the true public point) before anything is kept. SoftHSM2 2.6.1
+//!   wraps no EdDSA private key, so Ed25519 pairs cannot move (probed).
 //! - **Wrapped residency**: the sender first unwraps the version's blob under its master (the
 //!   miss path: the tag checked for the key version), the receiver ends by wrapping under its
 //!   newest trusted master, tagged for the target version. The session objects in between
@@ -489,8 +490,8 @@ pub(crate) fn import_from_peer_wrapped(
 /// Whether the public session object of `pair` (made from `spki`) is the public half of its
 /// private object (of `kind`), on the device: RSA compares the modulus and exponent the
 /// private object holds with the SPKI's; a signing key signs a device-random digest that the
-/// public object must verify. ECDH pairs pass unchecked. A mismatch is
-/// [`HsmErrorKind::BlobRejected`].
+/// public object must verify; an ECDH key derives with the curve's generator, which gives the
+/// x coordinate of its own public point. A mismatch is [`HsmErrorKind::BlobRejected`].
 fn check_pair(
     ctx: &mut WorkerCtx,
     pair: &SessionPair,
@@ -503,7 +504,8 @@ fn check_pair(
     let same = match (family, usage) {
         (PairFamily::Rsa, _) => same_rsa(ctx, pair.private, spki)?,
         (_, PairUsage::Sign) => signs_for(ctx, pair, family)?,
-        _ => true,
+        (PairFamily::Ec, PairUsage::KeyAgreement) => agrees_for(ctx, pair, spki)?,
+        _ => false,
     };
     if same {
         Ok(())
@@ -552,6 +554,60 @@ fn signs_for(
         s.verify(&mech, pair.public, &digest, &sig)
     });
     super::asym::verdict(ctx, r)
+}
+
+/// The uncompressed generator point of `curve` (SEC 2; FIPS 186-4 for the NIST curves).
+fn generator(curve: Curve) -> Option<Vec<u8>> {
+    let (x, y) = match curve {
+        Curve::P256 => (
+            "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+            "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+        ),
+        Curve::P384 => (
+            "aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7",
+            "3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f",
+        ),
+        Curve::P521 => (
+            "00c6858e06b70404e9cd9e3ecb662395b4429c648139053fb521f828af606b4d3dbaa14b5e77efe75928fe1dc127a2ffa8de3348b3c1856a429bf97e7e31c2e5bd66",
+            "011839296a789a3bc0045c8a5fb42c7d1bd998f54449579b446817afbd17273e662c97ee72995ef42640c550b9013fad0761353c7086a272c24088be94769fd16650",
+        ),
+        Curve::Secp256k1 => (
+            "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798",
+            "483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8",
+        ),
+    };
+    Some([vec![0x04], hex::decode(x).ok()?, hex::decode(y).ok()?].concat())
+}
+
+/// Whether ECDH of `pair`'s private half with the curve's generator gives the x coordinate
+/// of `spki`'s point (its own public point, if `spki` is its public half).
+fn agrees_for(ctx: &mut WorkerCtx, pair: &SessionPair, spki: &[u8]) -> Result<bool, HsmError> {
+    const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
+    let found = CURVES
+        .into_iter()
+        .find_map(|c| der::ec_point_from_spki(spki, c.oid_der(), c.field_len()).map(|p| (c, p)));
+    let Some((curve, point)) = found else {
+        return Ok(false);
+    };
+    let Some(g) = generator(curve) else {
+        return Ok(false);
+    };
+    let template = super::asym::shared_secret_template(curve);
+    let params = cryptoki::mechanism::elliptic_curve::Ecdh1DeriveParams::new(
+        cryptoki::mechanism::elliptic_curve::EcKdf::null(),
+        &g,
+    );
+    let derived = ctx.call(Call::DeriveKey, |s| {
+        s.derive_key(&Mechanism::Ecdh1Derive(params), pair.private, &template)
+    })?;
+    let value = ctx.call(Call::GetAttributeValue, |s| {
+        s.get_attributes(derived, &[AttributeType::Value])
+    });
+    super::wrapped::destroy_session_objects(ctx, &[derived]);
+    let x = &point[1..=curve.field_len()];
+    Ok(value?
+        .iter()
+        .any(|a| matches!(a, Attribute::Value(v) if v.as_slice() == x)))
 }
 
 // ---------------------------------------------------------------- jobs

@@ -852,7 +852,7 @@ mod jobs {
             let spki = a.hsm.public_key(id, spec).await.unwrap();
             assert_eq!(peer.public_key.as_ref(), Some(&spki));
             assert!(peer.carrier.is_some());
-            pair_refusals(&a, &b, id, kind, &peer).await;
+            pair_refusals(&a, &b, id, kind, (spec, PairUsage::Sign), &peer).await;
             let peer = PeerBlob::from_bytes(&peer.to_bytes()).expect("round trip");
             b.hsm.import_from_peer(id, kind, peer).await.unwrap();
             signs_across(&a.hsm, &b.hsm, id, scheme).await;
@@ -888,17 +888,17 @@ mod jobs {
 
     /// B refuses a changed carrier, a changed key and another pair's public key, and keeps
     /// nothing (no object of `id`, no session carrier).
-    async fn pair_refusals(a: &Region, b: &Region, id: ObjectId, kind: BlobKind, peer: &PeerBlob) {
-        let spec = match kind {
-            BlobKind::Private {
-                family: PairFamily::Rsa,
-                ..
-            } => PairSpec::Rsa(2048),
-            _ => PairSpec::Ec(Curve::P256),
-        };
+    async fn pair_refusals(
+        a: &Region,
+        b: &Region,
+        id: ObjectId,
+        kind: BlobKind,
+        (spec, usage): (PairSpec, PairUsage),
+        peer: &PeerBlob,
+    ) {
         let stranger = new_id();
         a.hsm
-            .generate_key_pair(stranger, spec, PairUsage::Sign)
+            .generate_key_pair(stranger, spec, usage)
             .await
             .unwrap();
         let mut swapped = peer.clone();
@@ -1022,5 +1022,35 @@ mod jobs {
                 .collect();
             let _ = PeerBlob::from_bytes(&junk);
         }
+    }
+
+    #[tokio::test]
+    async fn key_agreement_pairs_move_on_every_curve_and_ed25519_cannot() {
+        let (a, b) = regions().await;
+        for curve in [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1] {
+            let spec = PairSpec::Ec(curve);
+            let usage = PairUsage::KeyAgreement;
+            let id = new_id();
+            let kind = a.hsm.generate_multi_region_pair(id, spec, usage).await;
+            let kind = kind.unwrap();
+            let peer = a.hsm.export_for_peer(id, kind, eu()).await.unwrap();
+            pair_refusals(&a, &b, id, kind, (spec, usage), &peer).await;
+            b.hsm.import_from_peer(id, kind, peer).await.unwrap();
+            let other = new_id();
+            a.hsm.generate_key_pair(other, spec, usage).await.unwrap();
+            let spki = a.hsm.public_key(other, spec).await.unwrap();
+            let point = Hsm::ec_point_from_spki(&spki, curve).expect("point");
+            let on_a = a.hsm.derive_shared_secret(id, curve, point.clone()).await;
+            let on_b = b.hsm.derive_shared_secret(id, curve, point).await;
+            assert_eq!(on_a.unwrap(), on_b.unwrap(), "{curve:?}");
+        }
+        // Probe: SoftHSM2 2.6.1 wraps no EdDSA private key (as in wrapped residency), so an
+        // Ed25519 pair cannot leave its token, not even under the trusted carrier.
+        let id = new_id();
+        let spec = PairSpec::Ed25519;
+        let kind = a.hsm.generate_multi_region_pair(id, spec, PairUsage::Sign);
+        let kind = kind.await.unwrap();
+        let refused = a.hsm.export_for_peer(id, kind, eu()).await.unwrap_err();
+        assert!(refused.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{refused}");
     }
 }
