@@ -59,12 +59,14 @@ const MAX_REGION_LEN: usize = 32;
 /// `CKA_LABEL` prefix of the carrier keys (`p11kms/region-carrier/<region>`).
 const CARRIER_LABEL_PREFIX: &str = "p11kms/region-carrier/";
 
-/// Whether a token object is the region machinery's (the transport key pair, a trusted peer
-/// key), which no key version accounts for: reconciliation skips them as it skips master keys.
+/// Whether an object is the region machinery's (the transport key pair, a trusted peer key,
+/// a carrier, a carrier mid-import), which no key version accounts for: reconciliation
+/// skips them as it skips master keys.
 pub fn is_region_object(id: &[u8], label: &str) -> bool {
     id == TRANSPORT_ID.as_slice()
         || label.starts_with("p11kms/region-peer/")
         || label.starts_with(CARRIER_LABEL_PREFIX)
+        || label == super::region_peer::TRANSFER_LABEL
 }
 
 /// A peer region's name as it appears in a peer key's label (`us-east-1`): 1 to 32 of

@@ -42,6 +42,8 @@ use super::{der, Hsm, LockClass};
 const PEER_BLOB_FORMAT: u8 = 1;
 const HAS_CARRIER: u8 = 1;
 const HAS_PUBLIC_KEY: u8 = 2;
+/// The curves of EC key pairs.
+const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
 /// Longest part a peer blob may carry (an RSA-4096 private half wrapped is about 2.4 KB).
 const MAX_PART_LEN: usize = 16 * 1024;
 
@@ -247,7 +249,6 @@ fn token_spki(ctx: &mut WorkerCtx, id: &ObjectId, family: PairFamily) -> Result<
             };
             let params =
                 super::ops::read_attribute(ctx, h, AttributeType::EcParams, pick, "no curve")?;
-            const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
             let curve = CURVES
                 .into_iter()
                 .find(|c| c.oid_der() == params.as_slice());
@@ -286,6 +287,10 @@ pub(crate) fn export_blob_for_peer(
 
 // ---------------------------------------------------------------- receiving
 
+/// `CKA_LABEL` of the carrier's session object on the receiving side (reconciliation skips it:
+/// [`super::region::is_region_object`]).
+pub(crate) const TRANSFER_LABEL: &str = "p11kms/region-transfer";
+
 /// The session object the carrier is unwrapped into: AES, unwrap only
 /// (`CKM_AES_KEY_WRAP_PAD`), sensitive, never extractable.
 fn carrier_session_template() -> Vec<Attribute> {
@@ -294,7 +299,7 @@ fn carrier_session_template() -> Vec<Attribute> {
         .guarded()
         .allow(Usage::Unwrap)
         .mechanisms(vec![cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD])
-        .label("p11kms/region-carrier-in")
+        .label(TRANSFER_LABEL)
         .build()
 }
 
@@ -582,7 +587,6 @@ fn generator(curve: Curve) -> Option<Vec<u8>> {
 /// Whether ECDH of `pair`'s private half with the curve's generator gives the x coordinate
 /// of `spki`'s point (its own public point, if `spki` is its public half).
 fn agrees_for(ctx: &mut WorkerCtx, pair: &SessionPair, spki: &[u8]) -> Result<bool, HsmError> {
-    const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
     let found = CURVES
         .into_iter()
         .find_map(|c| der::ec_point_from_spki(spki, c.oid_der(), c.field_len()).map(|p| (c, p)));

@@ -687,6 +687,7 @@ mod jobs {
         let peer = peer.expect("the trusted peer key");
         assert!(is_region_object(&peer.id, &peer.label));
         assert!(!is_region_object(&new_id().0, "p11kms/key/x"));
+        assert!(is_region_object(&[], "p11kms/region-transfer"));
         let (value_sensitive, under_untrusted) = probe_carrier(&a.hsm).await;
         assert!(value_sensitive, "the carrier's CKA_VALUE is never readable");
         let e = under_untrusted.expect_err("the device must refuse");
@@ -925,7 +926,10 @@ mod jobs {
             let none = b.hsm.key_pair_attributes(id, true).await.unwrap_err();
             assert_eq!(none.kind, HsmErrorKind::ObjectNotFound, "{none}");
         }
-        assert_eq!(labelled(&b.hsm, "p11kms/region-carrier-in").await, 0);
+        assert_eq!(
+            labelled(&b.hsm, super::super::region_peer::TRANSFER_LABEL).await,
+            0
+        );
         let mut no_carrier = peer.clone();
         no_carrier.carrier = None;
         let e = b
