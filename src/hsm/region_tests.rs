@@ -833,8 +833,12 @@ mod jobs {
         assert!(ok, "{scheme:?}");
     }
 
+    /// Held by the tests that move key pairs: they count the carriers mid-import on B.
+    static CARRIERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn key_pairs_move_through_the_carrier() {
+        let _carriers = CARRIERS.lock().await;
         let (a, b) = regions().await;
         let p256 = PairSpec::Ec(Curve::P256);
         for (spec, scheme) in [
@@ -1030,6 +1034,7 @@ mod jobs {
 
     #[tokio::test]
     async fn key_agreement_pairs_move_on_every_curve_and_ed25519_cannot() {
+        let _carriers = CARRIERS.lock().await;
         let (a, b) = regions().await;
         for curve in [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1] {
             let spec = PairSpec::Ec(curve);
