@@ -337,7 +337,7 @@ pub(crate) struct SessionPair {
 
 /// The session-object form of a token template: `CKA_TOKEN` false, no `CKA_ID`, the pending
 /// label; every custody and usage attribute unchanged.
-fn as_session_template(t: Vec<Attribute>) -> Vec<Attribute> {
+pub(crate) fn as_session_template(t: Vec<Attribute>) -> Vec<Attribute> {
     t.into_iter()
         .filter(|a| !matches!(a, Attribute::Id(_)))
         .map(|a| match a {
@@ -560,7 +560,11 @@ fn bytes_of(attrs: &[Attribute], want: AttributeType) -> Option<Vec<u8>> {
     })
 }
 
-fn spki_of(ctx: &mut WorkerCtx, h: ObjectHandle, spec: PairSpec) -> Result<Vec<u8>, HsmError> {
+pub(crate) fn spki_of(
+    ctx: &mut WorkerCtx,
+    h: ObjectHandle,
+    spec: PairSpec,
+) -> Result<Vec<u8>, HsmError> {
     let wanted: &[AttributeType] = match spec {
         PairSpec::Rsa(_) => &[AttributeType::Modulus, AttributeType::PublicExponent],
         PairSpec::Ec(_) | PairSpec::Ed25519 => &[AttributeType::EcPoint],

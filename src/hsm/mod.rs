@@ -91,6 +91,7 @@ mod pool;
 #[cfg(feature = "bench")]
 pub mod raw;
 pub mod region;
+mod region_peer;
 #[cfg(test)]
 mod region_tests;
 mod shared_token;
@@ -131,6 +132,7 @@ pub use mac::MacAlg;
 pub use module::{init_token, probe_token, TokenProbe};
 pub use oaep::OaepSha256;
 pub use objects::ObjectId;
+pub use region_peer::{PeerBlob, PeerBlobError};
 pub use wrapped::{
     trust_master, BlobFormatError, BlobKind, BlobSource, MasterState, MasterVersion, PairFamily,
     TokenMove, TrustOutcome, WrappedBlob, DEFAULT_WRAPPED_CACHE,

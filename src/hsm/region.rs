@@ -12,7 +12,9 @@
 //! - Private halves do not move this way: OAEP wraps secret keys only
 //!   (`CKR_KEY_NOT_WRAPPABLE`), `CKM_RSA_AES_KEY_WRAP` is not offered, and an ephemeral AES
 //!   key the user makes cannot be trusted. Only an AES key the SO made trusted carries them
-//!   (two-step, probed); no job here does that yet.
+//!   (two-step, probed): the per-peer carrier key [`trust_peer`] makes, used by
+//!   `region_peer`. The SO cannot make private objects, so the carrier is a public token
+//!   object (sensitive, never readable; wrap-only; extractable only under trusted keys).
 //! - A transport blob changed by one byte is refused by the receiving device.
 //!
 //! # Objects
@@ -23,6 +25,11 @@
 //!   that its SPKI can be answered again ([`super::Hsm::region_transport_key`]).
 //! - **Peer key** `p11kms/region-peer/<region>`: the peer's transport public key, a public
 //!   token object, `CKA_WRAP` only, `CKA_TRUSTED` true (made by [`trust_peer`]).
+//! - **Carrier key** `p11kms/region-carrier/<region>`: AES-256 made by the SO beside each
+//!   peer key (see [`carrier_template`]), which carries private halves to that peer.
+//!
+//! The transfers themselves (secret keys, private halves through the carrier, token and
+//! wrapped residency on either side) are in `region_peer`.
 
 use std::path::Path;
 
@@ -33,12 +40,14 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
+use super::asym::{PairSpec, PairUsage};
 use super::call::{Call, Counters};
 use super::error::{HsmError, HsmErrorKind};
-use super::objects::{ObjectId, Part};
+use super::oaep::OaepSha256;
+use super::objects::ObjectId;
 use super::pool::WorkerCtx;
 use super::template::{Template, Usage};
-use super::wrapped::BlobKind;
+use super::wrapped::{BlobKind, PairFamily};
 use super::{der, module, Hsm, LockClass, Pin};
 
 /// `CKA_LABEL` of the transport key pair.
@@ -47,11 +56,17 @@ pub const TRANSPORT_LABEL: &str = "p11kms/region-transport/v1";
 const TRANSPORT_ID: &[u8; 20] = b"p11kms:rtrans:000001";
 const TRANSPORT_BITS: u64 = 3072;
 const MAX_REGION_LEN: usize = 32;
+/// `CKA_LABEL` prefix of the carrier keys (`p11kms/region-carrier/<region>`).
+const CARRIER_LABEL_PREFIX: &str = "p11kms/region-carrier/";
 
-/// Whether a token object is the region machinery's (the transport key pair, a trusted peer
-/// key), which no key version accounts for: reconciliation skips them as it skips master keys.
+/// Whether an object is the region machinery's (the transport key pair, a trusted peer key,
+/// a carrier, a carrier mid-import), which no key version accounts for: reconciliation
+/// skips them as it skips master keys.
 pub fn is_region_object(id: &[u8], label: &str) -> bool {
-    id == TRANSPORT_ID.as_slice() || label.starts_with("p11kms/region-peer/")
+    id == TRANSPORT_ID.as_slice()
+        || label.starts_with("p11kms/region-peer/")
+        || label.starts_with(CARRIER_LABEL_PREFIX)
+        || label == super::region_peer::TRANSFER_LABEL
 }
 
 /// A peer region's name as it appears in a peer key's label (`us-east-1`): 1 to 32 of
@@ -71,19 +86,50 @@ impl RegionName {
     pub fn peer_label(&self) -> String {
         format!("p11kms/region-peer/{}", self.0)
     }
+
+    /// `CKA_LABEL` of the carrier key for this peer: `p11kms/region-carrier/<region>`.
+    pub fn carrier_label(&self) -> String {
+        format!("{CARRIER_LABEL_PREFIX}{}", self.0)
+    }
+
+    /// The name, as configured.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The carrier key of `peer`, made by the SO in [`trust_peer`]: AES-256, a public token
+/// object (the SO cannot make private objects, and only the SO can set `CKA_TRUSTED`),
+/// sensitive, `CKA_TRUSTED` so that the device wraps private halves under it, `CKA_WRAP`
+/// only (`CKM_AES_KEY_WRAP_PAD`), and itself extractable only under trusted keys (the peer's
+/// key): it carries private halves to that peer and nowhere else.
+fn carrier_template(peer: &RegionName) -> Vec<Attribute> {
+    Template::secret(KeyType::AES)
+        .token(true)
+        .private_object(false)
+        .with(Attribute::Sensitive(true))
+        .with(Attribute::Extractable(true))
+        .with(Attribute::WrapWithTrusted(true))
+        .with(Attribute::Trusted(true))
+        .allow(Usage::Wrap)
+        .mechanisms(vec![MechanismType::AES_KEY_WRAP_PAD])
+        .value_len(32)
+        .label(peer.carrier_label())
+        .build()
 }
 
 /// What [`trust_peer`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerTrust {
-    /// The peer's key was imported as a trusted token object.
+    /// The peer's key was imported as a trusted token object, or its carrier key made (a
+    /// peer trusted before carriers existed).
     Created,
-    /// The same key was already trusted for that region: nothing changed.
+    /// The same key was already trusted for that region, with its carrier: nothing changed.
     AlreadyTrusted,
 }
 
 /// `CKM_RSA_PKCS_OAEP` with SHA-1 and MGF1-SHA-1: the OAEP every region's device has.
-fn oaep_sha1() -> Mechanism<'static> {
+pub(super) fn oaep_sha1() -> Mechanism<'static> {
     Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
         MechanismType::SHA1,
         PkcsMgfType::MGF1_SHA1,
@@ -91,12 +137,15 @@ fn oaep_sha1() -> Mechanism<'static> {
     ))
 }
 
-fn find(ctx: &mut WorkerCtx, search: &[Attribute]) -> Result<Option<ObjectHandle>, HsmError> {
+pub(super) fn find(
+    ctx: &mut WorkerCtx,
+    search: &[Attribute],
+) -> Result<Option<ObjectHandle>, HsmError> {
     let found = ctx.call(Call::FindObjects, |s| s.find_objects(search))?;
     super::ops::at_most_one(ctx, &found, |n| format!("{n} objects share a region label"))
 }
 
-fn transport_half(class: ObjectClass) -> [Attribute; 3] {
+pub(super) fn transport_half(class: ObjectClass) -> [Attribute; 3] {
     [
         Attribute::Class(class),
         Attribute::Token(true),
@@ -127,7 +176,7 @@ fn spki_of(ctx: &mut WorkerCtx, public: ObjectHandle) -> Result<Vec<u8>, HsmErro
     }
 }
 
-fn other(ctx: &WorkerCtx, function: &'static str, detail: &str) -> HsmError {
+pub(super) fn other(ctx: &WorkerCtx, function: &'static str, detail: &str) -> HsmError {
     HsmError::new(HsmErrorKind::Other, function, ctx.token(), detail)
 }
 
@@ -172,7 +221,7 @@ pub(crate) fn ensure_transport(ctx: &mut WorkerCtx) -> Result<Vec<u8>, HsmError>
     }
 }
 
-fn peer_key(ctx: &mut WorkerCtx, peer: &RegionName) -> Result<ObjectHandle, HsmError> {
+pub(super) fn peer_key(ctx: &mut WorkerCtx, peer: &RegionName) -> Result<ObjectHandle, HsmError> {
     let search = [
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::Token(true),
@@ -209,76 +258,26 @@ fn peer_key(ctx: &mut WorkerCtx, peer: &RegionName) -> Result<ObjectHandle, HsmE
     Ok(h)
 }
 
-/// Wraps secret key version `id` under `peer`'s trusted key (OAEP-SHA-1, on the device).
-/// Only secret keys move; the device itself refuses keys that are not
-/// `CKA_EXTRACTABLE` (`CKR_KEY_UNEXTRACTABLE`).
-pub(crate) fn export_for_peer(
+/// The device's refusal `e` of a transport blob in `function` as
+/// [`HsmErrorKind::BlobRejected`] while the session is still healthy (SoftHSM2 answers a bad
+/// OAEP decoding or a failed RFC 5649 check with `CKR_GENERAL_ERROR`); any other failure as
+/// the call's error.
+pub(super) fn refusal(
     ctx: &mut WorkerCtx,
-    id: ObjectId,
-    kind: BlobKind,
-    peer: &RegionName,
-) -> Result<Vec<u8>, HsmError> {
-    if matches!(kind, BlobKind::Private { .. }) {
-        let detail = "only secret keys move between regions on this device (see `region`)";
-        return Err(other(ctx, "C_WrapKey", detail));
+    call: Call,
+    function: &'static str,
+    e: &CkError,
+) -> HsmError {
+    if refused_blob(e) && super::ops::session_logged_in(ctx) {
+        let mut err = super::error::from_cryptoki(function, ctx.token(), e);
+        err.kind = HsmErrorKind::BlobRejected;
+        err.detail = Some("the device refused the transport blob".into());
+        return err;
     }
-    let wrapping = peer_key(ctx, peer)?;
-    let key = super::ops::find_part(ctx, &id, Part::Secret)?.ok_or_else(|| {
-        HsmError::new(
-            HsmErrorKind::ObjectNotFound,
-            "C_FindObjects",
-            ctx.token(),
-            format!("{id}"),
-        )
-    })?;
-    ctx.call(Call::WrapKey, |s| s.wrap_key(&oaep_sha1(), wrapping, key))
+    ctx.fail(call, e)
 }
 
-/// Unwraps a peer's transport `blob` with the transport private key into the token object of
-/// secret key version `target` with the multi-Region custody (sensitive, extractable only
-/// under trusted keys). A blob the device refuses is [`HsmErrorKind::BlobRejected`]; nothing
-/// is made then.
-pub(crate) fn import_from_peer(
-    ctx: &mut WorkerCtx,
-    target: ObjectId,
-    kind: BlobKind,
-    blob: &[u8],
-) -> Result<(), HsmError> {
-    let Some(template) = kind.token_template_of(&target, false) else {
-        return Err(other(
-            ctx,
-            "C_UnwrapKey",
-            "only secret keys move between regions",
-        ));
-    };
-    super::ops::refuse_known_id(ctx, &target, "C_UnwrapKey")?;
-    let Some(private) = find(ctx, &transport_half(ObjectClass::PRIVATE_KEY))? else {
-        let detail = "no region transport key on this token";
-        return Err(HsmError::new(
-            HsmErrorKind::Config,
-            "C_UnwrapKey",
-            ctx.token(),
-            detail,
-        ));
-    };
-    let r = ctx.call_raw(Call::UnwrapKey, |s| {
-        s.unwrap_key(&oaep_sha1(), private, blob, &template)
-    });
-    match r {
-        Ok(_) => Ok(()),
-        // SoftHSM2 answers a bad OAEP decoding with CKR_GENERAL_ERROR: a refused blob only
-        // if the session is still healthy.
-        Err(e) if refused_blob(&e) && super::ops::session_logged_in(ctx) => {
-            let mut err = super::error::from_cryptoki("C_UnwrapKey", ctx.token(), &e);
-            err.kind = HsmErrorKind::BlobRejected;
-            err.detail = Some("the device refused the transport blob".into());
-            Err(err)
-        }
-        Err(e) => Err(ctx.fail(Call::UnwrapKey, &e)),
-    }
-}
-
-fn refused_blob(e: &CkError) -> bool {
+pub(super) fn refused_blob(e: &CkError) -> bool {
     matches!(
         e,
         CkError::Pkcs11(
@@ -301,34 +300,6 @@ impl Hsm {
             "region_transport_key",
             ensure_transport,
         )
-        .await
-    }
-
-    /// Key version `id` wrapped on this device under `peer`'s trusted key, for the peer's
-    /// [`Hsm::import_from_peer`]. Fails unless the SO ceremony trusted that peer.
-    pub async fn export_for_peer(
-        &self,
-        id: ObjectId,
-        kind: BlobKind,
-        peer: RegionName,
-    ) -> Result<Vec<u8>, HsmError> {
-        self.submit(LockClass::Shared, "export_for_peer", move |ctx| {
-            export_for_peer(ctx, id, kind, &peer)
-        })
-        .await
-    }
-
-    /// Unwraps a peer's blob into token key version `target` of `kind` (see
-    /// [`import_from_peer`]).
-    pub async fn import_from_peer(
-        &self,
-        target: ObjectId,
-        kind: BlobKind,
-        blob: Vec<u8>,
-    ) -> Result<(), HsmError> {
-        self.submit(LockClass::Exclusive, "import_from_peer", move |ctx| {
-            import_from_peer(ctx, target, kind, &blob)
-        })
         .await
     }
 
@@ -357,8 +328,83 @@ impl Hsm {
     }
 }
 
+impl Hsm {
+    /// Generates CMK key pair `id` as a multi-Region key's token objects: the public half as
+    /// a CMK's, the private half sensitive with `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED`
+    /// true (movable to trusted peers only, through their carrier). Generated as session
+    /// objects in an unlocked job (RSA takes seconds), copied to the token in a short
+    /// exclusive one, as [`Hsm::generate_key_pair`]. Returns the blob kind of the private half
+    /// (what [`Hsm::export_for_peer`] and the peer's import take).
+    pub async fn generate_multi_region_pair(
+        &self,
+        id: ObjectId,
+        spec: PairSpec,
+        usage: PairUsage,
+    ) -> Result<BlobKind, HsmError> {
+        let (pending, _guard) = self.pending_objects();
+        let permit = self.keygen_permit("generate_multi_region_pair").await?;
+        let p = pending.clone();
+        let kind = self
+            .submit(
+                LockClass::Unlocked,
+                "generate_multi_region_pair",
+                move |ctx| {
+                    let (kind, pair) = multi_region_session_pair(ctx, spec, usage)?;
+                    super::park(ctx, &p, vec![pair.public, pair.private]);
+                    Ok(kind)
+                },
+            )
+            .await?;
+        drop(permit);
+        self.submit(
+            LockClass::Exclusive,
+            "persist_multi_region_pair",
+            move |ctx| {
+                super::ops::refuse_known_id(ctx, &id, "C_CopyObject")?;
+                match super::take_parked(&pending)[..] {
+                    [public, private] => super::asym::persist_key_pair(
+                        ctx,
+                        id,
+                        super::asym::SessionPair { public, private },
+                    ),
+                    _ => Err(super::nothing_parked(ctx, "persist_multi_region_pair")),
+                }
+            },
+        )
+        .await?;
+        Ok(kind)
+    }
+}
+
+/// A multi-Region pair of `spec` as session objects: the CMK public template, the private
+/// half with the wrapped custody ([`BlobKind::template`]).
+fn multi_region_session_pair(
+    ctx: &mut WorkerCtx,
+    spec: PairSpec,
+    usage: PairUsage,
+) -> Result<(BlobKind, super::asym::SessionPair), HsmError> {
+    let oaep = match (spec, usage) {
+        (PairSpec::Rsa(_), PairUsage::Decrypt) => super::oaep::sha256_support(ctx)?,
+        _ => OaepSha256::Device,
+    };
+    let kind = BlobKind::Private {
+        family: PairFamily::of(spec),
+        usage,
+        raw_oaep: oaep == OaepSha256::RawRsa,
+    };
+    let (mech, public_t, _) =
+        super::asym::cmk_pair_generation(&ObjectId([0; 20]), spec, usage, oaep);
+    let public_t = super::asym::as_session_template(public_t);
+    let private_t = kind.template(false);
+    let (public, private) = ctx.call(Call::GenerateKeyPair, |s| {
+        s.generate_key_pair(&mech, &public_t, &private_t)
+    })?;
+    Ok((kind, super::asym::SessionPair { public, private }))
+}
+
 /// The security officer's ceremony: import `peer`'s transport public key (`spki`, RSA) into
-/// this token as a trusted, wrap-only public token object. Blocking and standalone, like
+/// this token as a trusted, wrap-only public token object, and make that peer's carrier key
+/// (each unless present: a second run with the same key changes nothing). Blocking and standalone, like
 /// [`super::wrapped::trust_master`] (the SO login fails beside an open [`Hsm`] on the token).
 /// The SO PIN is used for `C_Login` only and never kept or logged.
 pub fn trust_peer(
@@ -419,23 +465,52 @@ impl PeerCeremony<'_> {
             Attribute::Token(true),
             Attribute::Label(label.clone()),
         ];
-        if let Some(h) = self
+        let found = self.call(Call::FindObjects, |s| s.find_objects(&search))?;
+        let made_key = match found.first() {
+            Some(h) => {
+                self.existing(*h, &n, peer)?;
+                false
+            }
+            None => {
+                let t = Template::public(KeyType::RSA)
+                    .token(true)
+                    .private_object(false)
+                    .allow(Usage::Wrap)
+                    .with(Attribute::Modulus(n))
+                    .with(Attribute::PublicExponent(e))
+                    .with(Attribute::Trusted(true))
+                    .label(label)
+                    .build();
+                self.call(Call::CreateObject, |s| s.create_object(&t))?;
+                true
+            }
+        };
+        let made_carrier = self.ensure_carrier(peer)?;
+        Ok(if made_key || made_carrier {
+            PeerTrust::Created
+        } else {
+            PeerTrust::AlreadyTrusted
+        })
+    }
+
+    /// The peer's carrier key (see [`carrier_template`]), made unless present; true if made.
+    fn ensure_carrier(&self, peer: &RegionName) -> Result<bool, HsmError> {
+        let search = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Token(true),
+            Attribute::Label(peer.carrier_label().into_bytes()),
+        ];
+        if !self
             .call(Call::FindObjects, |s| s.find_objects(&search))?
-            .first()
+            .is_empty()
         {
-            return self.existing(*h, &n, peer);
+            return Ok(false);
         }
-        let t = Template::public(KeyType::RSA)
-            .token(true)
-            .private_object(false)
-            .allow(Usage::Wrap)
-            .with(Attribute::Modulus(n))
-            .with(Attribute::PublicExponent(e))
-            .with(Attribute::Trusted(true))
-            .label(label)
-            .build();
-        self.call(Call::CreateObject, |s| s.create_object(&t))?;
-        Ok(PeerTrust::Created)
+        let t = carrier_template(peer);
+        self.call(Call::GenerateKey, |s| {
+            s.generate_key(&Mechanism::AesKeyGen, &t)
+        })?;
+        Ok(true)
     }
 
     /// A key already bears the peer's label: the same trusted key is a no-op, anything else

@@ -317,6 +317,16 @@ fn probe_trust_ceremony(p: &Probe) -> (ObjectHandle, ObjectHandle, ObjectHandle)
     let so_aes =
         p.a.generate_key(&Mechanism::AesKeyGen, &trusted_aes())
             .expect("the SO generates a trusted AES session key");
+    // The SO cannot make a private object: the region carrier is a public token object.
+    let mut private = trusted_aes();
+    private.retain(|a| !matches!(a, Attribute::Private(_)));
+    private.push(Attribute::Private(true));
+    let so_private = p.a.generate_key(&Mechanism::AesKeyGen, &private);
+    assert_eq!(
+        rv(&so_private),
+        Some(RvError::UserNotLoggedIn),
+        "{so_private:?}"
+    );
     p.a.logout().expect("logout");
     let read = p.a.get_attributes(trusted, &[AttributeType::Trusted]);
     assert_eq!(read.expect("read back"), vec![Attribute::Trusted(true)]);
@@ -462,10 +472,11 @@ fn probe_tampered_blob(p: &Probe, trusted: ObjectHandle) {
 // ---------------------------------------------------------------- the region jobs
 
 mod jobs {
+    use std::collections::HashMap;
     use std::path::Path;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
-    use super::super::region::{trust_peer, PeerTrust, RegionName};
+    use super::super::region::{is_region_object, trust_peer, PeerTrust, RegionName};
     use super::super::tests::{
         aad_bytes, aad_with, cfg, new_id, pt, region_tokens, wrapped_tokens,
     };
@@ -473,41 +484,96 @@ mod jobs {
     use super::super::*;
     use super::MODULE;
 
-    fn pair_kind() -> BlobKind {
-        BlobKind::Private {
-            family: super::super::wrapped::PairFamily::Ec,
-            usage: PairUsage::Sign,
-            raw_oaep: false,
+    /// A blob source the tests fill (a region's store of wrapped versions).
+    #[derive(Default)]
+    struct Blobs(Mutex<HashMap<ObjectId, Stored>>);
+
+    /// A version's blob and, for a key pair, its public key.
+    type Stored = (Arc<WrappedBlob>, Option<Arc<Vec<u8>>>);
+
+    impl Blobs {
+        fn put(&self, id: ObjectId, blob: WrappedBlob, spki: Option<Vec<u8>>) {
+            let entry = (Arc::new(blob), spki.map(Arc::new));
+            self.0.lock().unwrap().insert(id, entry);
         }
+
+        fn get(&self, id: ObjectId) -> Arc<WrappedBlob> {
+            self.0.lock().unwrap()[&id].0.clone()
+        }
+    }
+
+    impl BlobSource for Blobs {
+        fn blob(&self, id: ObjectId) -> Option<Arc<WrappedBlob>> {
+            self.0.lock().unwrap().get(&id).map(|e| e.0.clone())
+        }
+
+        fn public_key(&self, id: ObjectId) -> Option<Arc<Vec<u8>>> {
+            self.0.lock().unwrap().get(&id).and_then(|e| e.1.clone())
+        }
+    }
+
+    /// One region: its `Hsm` (token residency for token objects, wrapped residency for the
+    /// versions in `blobs`).
+    struct Region {
+        hsm: Arc<Hsm>,
+        blobs: Arc<Blobs>,
+    }
+
+    fn open(label: &str) -> Region {
+        let hsm = Hsm::open(&cfg(label)).expect("open");
+        let blobs = Arc::new(Blobs::default());
+        hsm.set_blob_source(blobs.clone());
+        Region { hsm, blobs }
     }
 
     fn eu() -> RegionName {
         RegionName::parse("eu-west-1").expect("region name")
     }
 
-    /// Region A (after the SO trusted B's transport key) and region B, both open.
-    async fn regions() -> (Arc<Hsm>, Arc<Hsm>) {
-        let (_, [ta, tb]) = region_tokens();
-        let b = Hsm::open(&cfg(&tb)).expect("open B");
-        let spki = b.region_transport_key().await.expect("transport key");
-        assert_eq!(b.region_transport_key().await.unwrap(), spki, "kept");
-        let so = wrapped_tokens().so_pin;
-        let first = trust_peer(Path::new(MODULE), &ta, &so, &eu(), &spki);
-        assert_eq!(first.expect("ceremony"), PeerTrust::Created);
-        let again = trust_peer(Path::new(MODULE), &ta, &so, &eu(), &spki);
-        assert_eq!(again.expect("ceremony"), PeerTrust::AlreadyTrusted);
-        let other = b"not an spki".to_vec();
-        let bad = trust_peer(Path::new(MODULE), &ta, &so, &eu(), &other);
-        assert_eq!(bad.unwrap_err().kind, HsmErrorKind::Config);
-        (Hsm::open(&cfg(&ta)).expect("open A"), b)
+    /// Once per process, before any `Hsm` opens region A (the SO logs in there): both
+    /// tokens' masters trusted, B's transport key made, A's SO ceremony for B run twice
+    /// (idempotent) and refused for a key that is not one.
+    static CEREMONIES: tokio::sync::OnceCell<[String; 2]> = tokio::sync::OnceCell::const_new();
+
+    async fn ceremonies() -> [String; 2] {
+        let init = || async {
+            let (_, [ta, tb]) = region_tokens();
+            let w = wrapped_tokens();
+            for t in [&ta, &tb] {
+                let v = MasterVersion(1);
+                let made = trust_master(Path::new(MODULE), t, &w.so_pin, &w.user_pin, v);
+                assert_eq!(made.expect("master ceremony"), TrustOutcome::Created);
+            }
+            let b = Hsm::open(&cfg(&tb)).expect("open B");
+            let spki = b.region_transport_key().await.expect("transport key");
+            assert_eq!(b.region_transport_key().await.unwrap(), spki, "kept");
+            b.shutdown();
+            drop(b);
+            let so = &w.so_pin;
+            let first = trust_peer(Path::new(MODULE), &ta, so, &eu(), &spki);
+            assert_eq!(first.expect("ceremony"), PeerTrust::Created);
+            let again = trust_peer(Path::new(MODULE), &ta, so, &eu(), &spki);
+            assert_eq!(again.expect("ceremony"), PeerTrust::AlreadyTrusted);
+            let other = b"not an spki".to_vec();
+            let bad = trust_peer(Path::new(MODULE), &ta, so, &eu(), &other);
+            assert_eq!(bad.unwrap_err().kind, HsmErrorKind::Config);
+            [ta, tb]
+        };
+        CEREMONIES.get_or_init(init).await.clone()
+    }
+
+    /// Region A (whose SO trusted B) and region B, both open.
+    async fn regions() -> (Region, Region) {
+        let [ta, tb] = ceremonies().await;
+        (open(&ta), open(&tb))
     }
 
     #[tokio::test]
     async fn secret_keys_move_to_a_trusted_region_only_wrapped() {
         let (a, b) = regions().await;
-        aes_moves(&a, &b).await;
-        hmac_moves(&a, &b).await;
-        refusals(&a, &b).await;
+        aes_moves(&a.hsm, &b.hsm).await;
+        hmac_moves(&a.hsm, &b.hsm).await;
+        refusals(&a.hsm, &b.hsm).await;
     }
 
     async fn aes_moves(a: &Hsm, b: &Hsm) {
@@ -516,13 +582,15 @@ mod jobs {
             .await
             .unwrap();
         let blob = a.export_for_peer(id, BlobKind::Aes256, eu()).await.unwrap();
+        assert_eq!(
+            (blob.carrier.as_ref(), blob.public_key.as_ref()),
+            (None, None)
+        );
+        let blob = PeerBlob::from_bytes(&blob.to_bytes()).expect("round trip");
         b.import_from_peer(id, BlobKind::Aes256, blob)
             .await
             .unwrap();
-        let sealed = a.encrypt_gcm(id, pt(b"mrk"), aad_with(b"x")).await.unwrap();
-        let aad = aad_bytes(b"x", &sealed.iv);
-        let opened = b.decrypt_gcm(id, sealed.iv, sealed.ciphertext_and_tag, aad);
-        assert_eq!(opened.await.unwrap().as_slice(), b"mrk");
+        assert_opens_on(a, b, id).await;
         let attrs = b.key_attributes(id).await.unwrap();
         assert!(
             attrs.token && attrs.sensitive && attrs.extractable,
@@ -534,15 +602,35 @@ mod jobs {
         assert!(under_new.is_err(), "an untrusted key never wraps it");
     }
 
+    /// A ciphertext sealed under `id` on `a` opens on `b`.
+    async fn assert_opens_on(a: &Hsm, b: &Hsm, id: ObjectId) {
+        let sealed = a.encrypt_gcm(id, pt(b"mrk"), aad_with(b"x")).await.unwrap();
+        let aad = aad_bytes(b"x", &sealed.iv);
+        let opened = b.decrypt_gcm(id, sealed.iv, sealed.ciphertext_and_tag, aad);
+        assert_eq!(opened.await.unwrap().as_slice(), b"mrk");
+    }
+
+    async fn assert_same_mac(a: &Hsm, b: &Hsm, id: ObjectId) {
+        let mac_a = a.generate_mac(id, MacAlg::Sha512, pt(b"m")).await.unwrap();
+        let mac_b = b.generate_mac(id, MacAlg::Sha512, pt(b"m")).await.unwrap();
+        assert_eq!((mac_a.len(), &mac_a), (64, &mac_b));
+    }
+
     async fn hmac_moves(a: &Hsm, b: &Hsm) {
         let id = new_id();
         let kind = BlobKind::Hmac(MacAlg::Sha512);
         a.generate_multi_region_key(id, kind).await.unwrap();
         let blob = a.export_for_peer(id, kind, eu()).await.unwrap();
         b.import_from_peer(id, kind, blob).await.unwrap();
-        let mac_a = a.generate_mac(id, MacAlg::Sha512, pt(b"m")).await.unwrap();
-        let mac_b = b.generate_mac(id, MacAlg::Sha512, pt(b"m")).await.unwrap();
-        assert_eq!((mac_a.len(), &mac_a), (64, &mac_b));
+        assert_same_mac(a, b, id).await;
+    }
+
+    fn pair_kind() -> BlobKind {
+        BlobKind::Private {
+            family: super::super::wrapped::PairFamily::Ec,
+            usage: PairUsage::Sign,
+            raw_oaep: false,
+        }
     }
 
     async fn refusals(a: &Hsm, b: &Hsm) {
@@ -556,24 +644,17 @@ mod jobs {
             .await
             .unwrap_err();
         assert_eq!(untrusted.kind, HsmErrorKind::Config, "{untrusted}");
-        let private = a.export_for_peer(id, pair_kind(), eu()).await.unwrap_err();
-        assert_eq!(private.kind, HsmErrorKind::Other, "{private}");
+        let no_pair = a.export_for_peer(id, pair_kind(), eu()).await.unwrap_err();
+        assert_eq!(no_pair.kind, HsmErrorKind::ObjectNotFound, "{no_pair}");
         let ordinary = new_id();
         a.generate_aes_key(ordinary).await.unwrap();
         let never = a
             .export_for_peer(ordinary, BlobKind::Aes256, eu())
             .await
             .unwrap_err();
-        assert_eq!(
-            never
-                .rv
-                .as_deref()
-                .map(|r| r.starts_with("CKR_KEY_UNEXTRACTABLE")),
-            Some(true),
-            "{never}"
-        );
+        assert!(never.rv_is("CKR_KEY_UNEXTRACTABLE"), "{never}");
         let mut blob = a.export_for_peer(id, BlobKind::Aes256, eu()).await.unwrap();
-        blob[50] ^= 1;
+        blob.key[50] ^= 1;
         let bad = b
             .import_from_peer(id, BlobKind::Aes256, blob)
             .await
@@ -581,5 +662,404 @@ mod jobs {
         assert_eq!(bad.kind, HsmErrorKind::BlobRejected, "{bad}");
         assert!(!b.exists(id).await.unwrap(), "nothing was made");
         assert_eq!(RegionName::parse("EU west"), None);
+    }
+
+    /// The ceremony made one carrier for B, which reconciliation skips like the peer key.
+    #[tokio::test]
+    async fn the_ceremony_makes_one_carrier_that_check_skips() {
+        let (a, _) = regions().await;
+        let objects = a.hsm.list_objects().await.unwrap();
+        let carriers: Vec<_> = objects
+            .iter()
+            .filter(|o| o.label == eu().carrier_label())
+            .collect();
+        assert_eq!(
+            carriers.len(),
+            1,
+            "the second ceremony made no second carrier"
+        );
+        assert_eq!(
+            (carriers[0].class.as_str(), carriers[0].token),
+            ("SECRET_KEY", true)
+        );
+        assert!(is_region_object(&carriers[0].id, &carriers[0].label));
+        let peer = objects.iter().find(|o| o.label == eu().peer_label());
+        let peer = peer.expect("the trusted peer key");
+        assert!(is_region_object(&peer.id, &peer.label));
+        assert!(!is_region_object(&new_id().0, "p11kms/key/x"));
+        assert!(is_region_object(&[], "p11kms/region-transfer"));
+        let (value_sensitive, under_untrusted) = probe_carrier(&a.hsm).await;
+        assert!(value_sensitive, "the carrier's CKA_VALUE is never readable");
+        let e = under_untrusted.expect_err("the device must refuse");
+        assert!(e.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{e}");
+    }
+
+    /// On A's carrier: reading `CKA_VALUE`, and wrapping it under a fresh (untrusted) AES key.
+    async fn probe_carrier(a: &Hsm) -> (bool, Result<Vec<u8>, HsmError>) {
+        a.submit(LockClass::Shared, "test_probe_carrier", |ctx| {
+            use cryptoki::mechanism::Mechanism;
+            use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+            let search = [
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(eu().carrier_label().into_bytes()),
+            ];
+            let found = ctx.call(call::Call::FindObjects, |s| s.find_objects(&search))?;
+            let carrier = found[0];
+            let info = ctx.call(call::Call::GetAttributeValue, |s| {
+                s.get_attribute_info(carrier, &[AttributeType::Value])
+            })?;
+            let value_sensitive = matches!(info.first(), Some(AttributeInfo::Sensitive));
+            let template = objects::session_wrapping_key_template();
+            let wrapping = ctx.call(call::Call::GenerateKey, |s| {
+                s.generate_key(&Mechanism::AesKeyGen, &template)
+            })?;
+            let wrapped = ctx.call(call::Call::WrapKey, |s| {
+                s.wrap_key(&Mechanism::AesKeyWrapPad, wrapping, carrier)
+            });
+            ctx.call(call::Call::DestroyObject, |s| s.destroy_object(wrapping))?;
+            Ok((value_sensitive, wrapped))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Session objects of region `r` named `label` (the carrier's, mid-import).
+    async fn labelled(r: &Hsm, label: &str) -> usize {
+        let objects = r.list_objects().await.unwrap();
+        objects.iter().filter(|o| o.label == label).count()
+    }
+
+    #[tokio::test]
+    async fn wrapped_versions_move_between_regions_bound_to_their_version() {
+        let (a, b) = regions().await;
+        for kind in [BlobKind::Aes256, BlobKind::Hmac(MacAlg::Sha512)] {
+            let id = new_id();
+            let blob = match kind {
+                BlobKind::Aes256 => a.hsm.generate_wrapped_aes(id).await,
+                _ => a.hsm.generate_wrapped_hmac(id, MacAlg::Sha512).await,
+            };
+            a.blobs.put(id, blob.unwrap(), None);
+            let peer = a.hsm.export_blob_for_peer(id, a.blobs.get(id), None, eu());
+            let peer = peer.await.unwrap();
+            assert_eq!(peer.carrier, None);
+            let on_b = b.hsm.import_from_peer_wrapped(id, kind, peer.clone()).await;
+            let on_b = on_b.unwrap();
+            assert_eq!((on_b.master(), on_b.kind()), (MasterVersion(1), kind));
+            b.blobs.put(id, on_b.clone(), None);
+            match kind {
+                BlobKind::Aes256 => {
+                    assert_opens_on(&a.hsm, &b.hsm, id).await;
+                    assert_opens_on(&b.hsm, &a.hsm, id).await;
+                }
+                _ => assert_same_mac(&a.hsm, &b.hsm, id).await,
+            }
+            assert!(!b.hsm.exists(id).await.unwrap(), "no token object on B");
+            wrapped_refusals(&a, &b, id, kind, on_b, peer).await;
+        }
+    }
+
+    /// B's blob of `id` is refused for version 2; A refuses to send `id`'s blob as version 2;
+    /// a transport blob changed by one bit is refused by B's device, and nothing is made.
+    async fn wrapped_refusals(
+        a: &Region,
+        b: &Region,
+        id: ObjectId,
+        kind: BlobKind,
+        on_b: WrappedBlob,
+        peer: PeerBlob,
+    ) {
+        let v2 = ObjectId::new(id.key_id(), 2);
+        let other = b.hsm.check_wrapped(v2, Arc::new(on_b)).await.unwrap_err();
+        assert_eq!(other.kind, HsmErrorKind::BlobRejected, "{other}");
+        let sent = a.hsm.export_blob_for_peer(v2, a.blobs.get(id), None, eu());
+        let sent = sent.await.unwrap_err();
+        assert_eq!(sent.kind, HsmErrorKind::BlobRejected, "{sent}");
+        let mut bad = peer;
+        bad.key[7] ^= 1;
+        let bad = b
+            .hsm
+            .import_from_peer_wrapped(v2, kind, bad)
+            .await
+            .unwrap_err();
+        assert_eq!(bad.kind, HsmErrorKind::BlobRejected, "{bad}");
+        assert!(!b.hsm.exists(v2).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn token_and_wrapped_residencies_mix_between_regions() {
+        let (a, b) = regions().await;
+        // A token-residency sender, a wrapped-residency receiver.
+        let id = new_id();
+        let kind = BlobKind::Aes256;
+        a.hsm.generate_multi_region_key(id, kind).await.unwrap();
+        let peer = a.hsm.export_for_peer(id, kind, eu()).await.unwrap();
+        let on_b = b
+            .hsm
+            .import_from_peer_wrapped(id, kind, peer)
+            .await
+            .unwrap();
+        b.blobs.put(id, on_b, None);
+        assert_opens_on(&a.hsm, &b.hsm, id).await;
+        assert!(!b.hsm.exists(id).await.unwrap());
+        // A wrapped-residency sender, a token-residency receiver.
+        let id = new_id();
+        let kind = BlobKind::Hmac(MacAlg::Sha512);
+        let blob = a
+            .hsm
+            .generate_wrapped_hmac(id, MacAlg::Sha512)
+            .await
+            .unwrap();
+        a.blobs.put(id, blob, None);
+        let peer = a.hsm.export_blob_for_peer(id, a.blobs.get(id), None, eu());
+        b.hsm
+            .import_from_peer(id, kind, peer.await.unwrap())
+            .await
+            .unwrap();
+        assert!(b.hsm.exists(id).await.unwrap(), "a token object on B");
+        let attrs = b.hsm.key_attributes(id).await.unwrap();
+        assert!(
+            attrs.token && attrs.sensitive && attrs.extractable,
+            "{attrs:?}"
+        );
+        assert_same_mac(&a.hsm, &b.hsm, id).await;
+    }
+
+    const DIGEST: [u8; 32] = [9; 32];
+
+    /// `id` signs on `from` and the signature verifies on `to`.
+    async fn signs_across(from: &Hsm, to: &Hsm, id: ObjectId, scheme: SignScheme) {
+        let sig = from.sign(id, scheme, DIGEST.to_vec()).await.unwrap();
+        let ok = to.verify(id, scheme, DIGEST.to_vec(), sig).await.unwrap();
+        assert!(ok, "{scheme:?}");
+    }
+
+    /// Held by the tests that move key pairs: they count the carriers mid-import on B.
+    static CARRIERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    #[tokio::test]
+    async fn key_pairs_move_through_the_carrier() {
+        let _carriers = CARRIERS.lock().await;
+        let (a, b) = regions().await;
+        let p256 = PairSpec::Ec(Curve::P256);
+        for (spec, scheme) in [
+            (PairSpec::Rsa(2048), SignScheme::RsaPkcs1),
+            (p256, SignScheme::Ecdsa(Curve::P256)),
+        ] {
+            let id = new_id();
+            let kind = a.hsm.generate_multi_region_pair(id, spec, PairUsage::Sign);
+            let kind = kind.await.unwrap();
+            let attrs = a.hsm.key_pair_attributes(id, true).await.unwrap();
+            assert!(
+                attrs.token && attrs.sensitive && attrs.extractable,
+                "{attrs:?}"
+            );
+            let peer = a.hsm.export_for_peer(id, kind, eu()).await.unwrap();
+            let spki = a.hsm.public_key(id, spec).await.unwrap();
+            assert_eq!(peer.public_key.as_ref(), Some(&spki));
+            assert!(peer.carrier.is_some());
+            pair_refusals(&a, &b, id, kind, (spec, PairUsage::Sign), &peer).await;
+            let peer = PeerBlob::from_bytes(&peer.to_bytes()).expect("round trip");
+            b.hsm.import_from_peer(id, kind, peer).await.unwrap();
+            signs_across(&a.hsm, &b.hsm, id, scheme).await;
+            signs_across(&b.hsm, &a.hsm, id, scheme).await;
+            assert_eq!(b.hsm.public_key(id, spec).await.unwrap(), spki);
+            let on_b = b.hsm.key_pair_attributes(id, true).await.unwrap();
+            assert!(on_b.token && on_b.sensitive && on_b.extractable, "{on_b:?}");
+            assert!(
+                !on_b.never_extractable && on_b.sign && !on_b.decrypt,
+                "{on_b:?}"
+            );
+        }
+        wrapped_pair_moves(&a, &b).await;
+        decryption_pair_moves(&a, &b).await;
+    }
+
+    /// An RSA decryption pair: A's public half encrypts, B's moved private half decrypts.
+    async fn decryption_pair_moves(a: &Region, b: &Region) {
+        let id = new_id();
+        let spec = PairSpec::Rsa(2048);
+        let kind = a
+            .hsm
+            .generate_multi_region_pair(id, spec, PairUsage::Decrypt);
+        let kind = kind.await.unwrap();
+        let peer = a.hsm.export_for_peer(id, kind, eu()).await.unwrap();
+        b.hsm.import_from_peer(id, kind, peer).await.unwrap();
+        let sealed = a.hsm.rsa_encrypt(id, ShaAlg::Sha256, pt(b"to B")).await;
+        let opened = b.hsm.rsa_decrypt(id, ShaAlg::Sha256, sealed.unwrap()).await;
+        assert_eq!(opened.unwrap().as_slice(), b"to B");
+        let on_b = b.hsm.key_pair_attributes(id, true).await.unwrap();
+        assert!(on_b.decrypt && !on_b.sign && on_b.extractable, "{on_b:?}");
+    }
+
+    /// B refuses a changed carrier, a changed key and another pair's public key, and keeps
+    /// nothing (no object of `id`, no session carrier).
+    async fn pair_refusals(
+        a: &Region,
+        b: &Region,
+        id: ObjectId,
+        kind: BlobKind,
+        (spec, usage): (PairSpec, PairUsage),
+        peer: &PeerBlob,
+    ) {
+        let stranger = new_id();
+        a.hsm
+            .generate_key_pair(stranger, spec, usage)
+            .await
+            .unwrap();
+        let mut swapped = peer.clone();
+        swapped.public_key = Some(a.hsm.public_key(stranger, spec).await.unwrap());
+        let mut carrier = peer.clone();
+        if let Some(c) = carrier.carrier.as_mut() {
+            c[3] ^= 1;
+        }
+        let mut key = peer.clone();
+        key.key[9] ^= 1;
+        for bad in [carrier, key, swapped] {
+            let e = b
+                .hsm
+                .import_from_peer(id, kind, bad.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+            let e = b
+                .hsm
+                .import_from_peer_wrapped(id, kind, bad)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+            let none = b.hsm.key_pair_attributes(id, true).await.unwrap_err();
+            assert_eq!(none.kind, HsmErrorKind::ObjectNotFound, "{none}");
+        }
+        assert_eq!(
+            labelled(&b.hsm, super::super::region_peer::TRANSFER_LABEL).await,
+            0
+        );
+        let mut no_carrier = peer.clone();
+        no_carrier.carrier = None;
+        let e = b
+            .hsm
+            .import_from_peer(id, kind, no_carrier)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, HsmErrorKind::BlobRejected, "{e}");
+    }
+
+    /// A wrapped-residency pair on A moves to B's wrapped residency; B signs, A verifies.
+    async fn wrapped_pair_moves(a: &Region, b: &Region) {
+        let id = new_id();
+        let spec = PairSpec::Ec(Curve::P256);
+        let (blob, spki) = a
+            .hsm
+            .generate_wrapped_pair(id, spec, PairUsage::Sign)
+            .await
+            .unwrap();
+        let kind = blob.kind();
+        a.blobs.put(id, blob, Some(spki.clone()));
+        let none = a.hsm.export_blob_for_peer(id, a.blobs.get(id), None, eu());
+        assert!(none.await.is_err(), "a pair's public key travels with it");
+        let peer = a
+            .hsm
+            .export_blob_for_peer(id, a.blobs.get(id), Some(spki.clone()), eu());
+        let on_b = b
+            .hsm
+            .import_from_peer_wrapped(id, kind, peer.await.unwrap())
+            .await;
+        b.blobs.put(id, on_b.unwrap(), Some(spki));
+        let scheme = SignScheme::Ecdsa(Curve::P256);
+        signs_across(&b.hsm, &a.hsm, id, scheme).await;
+        signs_across(&a.hsm, &b.hsm, id, scheme).await;
+    }
+
+    #[test]
+    fn peer_blob_bytes_round_trip_and_never_panic() {
+        let full = PeerBlob {
+            carrier: Some(vec![1; 384]),
+            key: vec![2; 40],
+            public_key: Some(vec![3; 91]),
+        };
+        let secret = PeerBlob {
+            carrier: None,
+            key: vec![4; 384],
+            public_key: None,
+        };
+        for pb in [&full, &secret] {
+            assert_eq!(&PeerBlob::from_bytes(&pb.to_bytes()).unwrap(), pb);
+        }
+        assert_eq!(
+            format!("{full:?}"),
+            "PeerBlob(key 40 bytes, carrier 384 bytes, public key 91 bytes)"
+        );
+        let bytes = full.to_bytes();
+        for n in 0..bytes.len() {
+            assert!(PeerBlob::from_bytes(&bytes[..n]).is_err(), "prefix of {n}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            PeerBlob::from_bytes(&longer),
+            Err(PeerBlobError::Trailing(1))
+        );
+        assert_eq!(
+            PeerBlob::from_bytes(&[2, 0]),
+            Err(PeerBlobError::UnknownFormat(2))
+        );
+        assert_eq!(
+            PeerBlob::from_bytes(&[1, 4]),
+            Err(PeerBlobError::UnknownFlags(4))
+        );
+        let huge = [&[1u8, 0][..], &u32::MAX.to_be_bytes()].concat();
+        assert_eq!(
+            PeerBlob::from_bytes(&huge),
+            Err(PeerBlobError::BadLength(u32::MAX as usize))
+        );
+        let empty = [&[1u8, 0][..], &[0, 0, 0, 0]].concat();
+        assert_eq!(
+            PeerBlob::from_bytes(&empty),
+            Err(PeerBlobError::BadLength(0))
+        );
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let len = (rng % 64) as usize;
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect();
+            let _ = PeerBlob::from_bytes(&junk);
+        }
+    }
+
+    #[tokio::test]
+    async fn key_agreement_pairs_move_on_every_curve_and_ed25519_cannot() {
+        let _carriers = CARRIERS.lock().await;
+        let (a, b) = regions().await;
+        for curve in [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1] {
+            let spec = PairSpec::Ec(curve);
+            let usage = PairUsage::KeyAgreement;
+            let id = new_id();
+            let kind = a.hsm.generate_multi_region_pair(id, spec, usage).await;
+            let kind = kind.unwrap();
+            let peer = a.hsm.export_for_peer(id, kind, eu()).await.unwrap();
+            pair_refusals(&a, &b, id, kind, (spec, usage), &peer).await;
+            b.hsm.import_from_peer(id, kind, peer).await.unwrap();
+            let other = new_id();
+            a.hsm.generate_key_pair(other, spec, usage).await.unwrap();
+            let spki = a.hsm.public_key(other, spec).await.unwrap();
+            let point = Hsm::ec_point_from_spki(&spki, curve).expect("point");
+            let on_a = a.hsm.derive_shared_secret(id, curve, point.clone()).await;
+            let on_b = b.hsm.derive_shared_secret(id, curve, point).await;
+            assert_eq!(on_a.unwrap(), on_b.unwrap(), "{curve:?}");
+        }
+        // Probe: SoftHSM2 2.6.1 wraps no EdDSA private key (as in wrapped residency), so an
+        // Ed25519 pair cannot leave its token, not even under the trusted carrier.
+        let id = new_id();
+        let spec = PairSpec::Ed25519;
+        let kind = a.hsm.generate_multi_region_pair(id, spec, PairUsage::Sign);
+        let kind = kind.await.unwrap();
+        let refused = a.hsm.export_for_peer(id, kind, eu()).await.unwrap_err();
+        assert!(refused.rv_is("CKR_KEY_NOT_WRAPPABLE"), "{refused}");
     }
 }

@@ -1023,7 +1023,7 @@ fn rejected(ctx: &WorkerCtx, function: &'static str, detail: String) -> HsmError
 }
 
 /// Check `blob`'s tag for `id` on the device, then unwrap it into a session object.
-fn unwrap_verified(
+pub(crate) fn unwrap_verified(
     ctx: &mut WorkerCtx,
     id: &ObjectId,
     blob: &WrappedBlob,
@@ -1078,7 +1078,7 @@ fn unwrap_verified_as(
 }
 
 /// Destroy session objects; handles already gone are fine.
-fn destroy_session_objects(ctx: &mut WorkerCtx, handles: &[ObjectHandle]) {
+pub(crate) fn destroy_session_objects(ctx: &mut WorkerCtx, handles: &[ObjectHandle]) {
     for h in handles {
         if let Err(e) = ctx.call_raw(Call::DestroyObject, |s| s.destroy_object(*h)) {
             if !is_handle_invalid(&e) {
