@@ -1,6 +1,7 @@
-//! Multi-Region keys between two p11kms Regions (issue 20): two real daemons, `us-east-1` and
-//! `eu-west-1`, each with its own SoftHSM2 token and its own store, after the security
-//! officers' trust ceremony (`p11kms region transport-key` / `region trust`, run as an
+//! Multi-Region keys between two p11kms Regions (issue 20): two real daemons, `us-east-1` (token
+//! residency: key versions are token objects) and `eu-west-1` (wrapped residency: blobs under
+//! its trusted master key), each with its own SoftHSM2 token and its own store, after the
+//! security officers' trust ceremonies (`p11kms region transport-key` / `region trust`, run as an
 //! operator runs them, before the daemons start). Each daemon reaches the other through
 //! `[region.peers]` as the fixtures' admin (mutual TLS).
 //!
@@ -53,9 +54,9 @@ impl Region {
         }
     }
 
-    /// This Region's config: its own token and PIN, its Region name, the AWS door, and `peer`
-    /// as its peer Region reached as the fixtures' admin.
-    fn write_config(&self, peer: &Region) {
+    /// This Region's config: its own token and PIN, its Region name and residency, the AWS
+    /// door, and `peer` as its peer Region reached as the fixtures' admin.
+    fn write_config(&self, peer: &Region, residency: &str) {
         let pin = self.dir.join("token-pin");
         write_secret(&pin, &self.token.password);
         let pki = &env().pki;
@@ -71,7 +72,8 @@ impl Region {
             .replace(
                 &format!("{}/user-pin", env().dir.display()),
                 &pin.display().to_string(),
-            );
+            )
+            .replace("[hsm]\n", &format!("[hsm]\nresidency = \"{residency}\"\n"));
         let text = format!(
             "{text}\n[kms]\nregion = \"{name}\"\n{AWS_DOOR_SECTION}\n\
              [region.peers.{peer}]\nendpoint = \"https://127.0.0.1:{port}\"\n\
@@ -211,6 +213,93 @@ async fn assert_multi_region_custody(server: &RunningServer, key_id: &str, versi
     );
 }
 
+/// A signature made in either Region verifies in the other, and both Regions answer the
+/// same public key.
+async fn assert_signatures_cross(a: &mut Client, b: &mut Client, id: &str) {
+    let sign = |c: &mut Client| {
+        let req = pb::SignRequest {
+            key_id: id.into(),
+            message: b"signed across".to_vec(),
+            signing_algorithm: "ECDSA_SHA_256".into(),
+            ..Default::default()
+        };
+        let mut c = c.clone();
+        async move { metadata(c.sign(req).await, "sign").signature }
+    };
+    let verify = |c: &mut Client, signature: Vec<u8>| {
+        let req = pb::VerifyRequest {
+            key_id: id.into(),
+            message: b"signed across".to_vec(),
+            signature,
+            signing_algorithm: "ECDSA_SHA_256".into(),
+            ..Default::default()
+        };
+        let mut c = c.clone();
+        async move { metadata(c.verify(req).await, "verify").signature_valid }
+    };
+    let from_a = sign(a).await;
+    assert!(
+        verify(b, from_a).await,
+        "a signature of us-east-1 did not verify in eu-west-1"
+    );
+    let from_b = sign(b).await;
+    assert!(
+        verify(a, from_b).await,
+        "a signature of eu-west-1 did not verify in us-east-1"
+    );
+    let public = |c: &mut Client| {
+        let req = pb::GetPublicKeyRequest {
+            key_id: id.into(),
+            ..Default::default()
+        };
+        let mut c = c.clone();
+        async move { metadata(c.get_public_key(req).await, "public key").public_key }
+    };
+    assert_eq!(public(a).await, public(b).await);
+}
+
+/// A MAC made in either Region verifies in the other.
+async fn assert_macs_cross(a: &mut Client, b: &mut Client, id: &str) {
+    for (here, there) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+        let (mut here, mut there) = (here, there);
+        let req = pb::GenerateMacRequest {
+            key_id: id.into(),
+            message: b"mac across".to_vec(),
+            mac_algorithm: "HMAC_SHA_256".into(),
+            ..Default::default()
+        };
+        let mac = metadata(here.generate_mac(req).await, "mac").mac;
+        let req = pb::VerifyMacRequest {
+            key_id: id.into(),
+            message: b"mac across".to_vec(),
+            mac,
+            mac_algorithm: "HMAC_SHA_256".into(),
+            ..Default::default()
+        };
+        assert!(metadata(there.verify_mac(req).await, "verify mac").mac_valid);
+    }
+}
+
+/// In wrapped residency the replica's versions are blobs under the Region's master: no token
+/// object of the key exists, and the engine holds a blob for `version`.
+async fn assert_blob_only(server: &RunningServer, key_id: &str, version: u32) {
+    let tokens: Vec<_> = key_objects(server, key_id)
+        .await
+        .into_iter()
+        .filter(|(_, token)| *token)
+        .collect();
+    assert!(
+        tokens.is_empty(),
+        "token objects of a wrapped replica: {tokens:?}"
+    );
+    let stored = server.kms.store().get_key(key_id).await.unwrap().unwrap();
+    let v = stored.versions.iter().find(|v| v.version == version);
+    assert!(
+        v.is_some_and(|v| v.wrapped.is_some()),
+        "no blob for version {version}: {v:?}"
+    );
+}
+
 /// A RegionService client of `addr` as the fixture certificate `cn`.
 async fn region_client(
     addr: SocketAddr,
@@ -256,15 +345,24 @@ async fn boto3_checks(us: &RunningServer, eu: &RunningServer, scratch: &Path) {
         .await
         .unwrap();
     assert_succeeded(&out, "multi_region_checks.py");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("multi-Region checks passed"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_region_keys_replicate_rotate_and_change_primary() {
     let (us, eu) = (Region::new(US), Region::new(EU));
-    us.write_config(&eu);
-    eu.write_config(&us);
+    us.write_config(&eu, "token");
+    eu.write_config(&us, "wrapped");
     ceremony(&us, &eu);
     ceremony(&eu, &us);
+    let master = p11kms_command()
+        .args(["hsm", "trust-master", "--config"])
+        .arg(&eu.config)
+        .env("P11KMS_SO_PIN", SO_PIN)
+        .output()
+        .unwrap();
+    assert_succeeded(&master, "hsm trust-master (eu-west-1)");
     let us_server = us.start().await;
     let eu_server = eu.start().await;
     let mut a = admin(us_server.addr).await;
@@ -309,7 +407,7 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         regions_of(&describe(&mut b, &key_id).await),
         ("REPLICA".into(), US.into(), vec![EU.into()])
     );
-    assert_multi_region_custody(&eu_server, &key_id, 1).await;
+    assert_blob_only(&eu_server, &key_id, 1).await;
     assert_refused(
         replicate(&mut a, &key_id, EU).await,
         "a second replica",
@@ -363,7 +461,7 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         decrypt(&mut a, &v2_eu).await.unwrap(),
         b"version two from eu"
     );
-    assert_multi_region_custody(&eu_server, &key_id, 2).await;
+    assert_blob_only(&eu_server, &key_id, 2).await;
 
     // UpdatePrimaryRegion: eu-west-1 becomes the primary, us-east-1 a replica.
     let swap = pb::UpdatePrimaryRegionRequest {
@@ -392,6 +490,33 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         decrypt(&mut a, &before).await.unwrap(),
         b"made before the replica"
     );
+
+    // Key pairs and HMAC keys: their private material moves too (a key pair's under the
+    // carrier), into the wrapped Region's blobs; signatures and MACs verify across.
+    for (spec, usage) in [
+        ("ECC_NIST_P256", "SIGN_VERIFY"),
+        ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    ] {
+        let req = pb::CreateKeyRequest {
+            multi_region: true,
+            key_spec: spec.into(),
+            key_usage: usage.into(),
+            ..Default::default()
+        };
+        let id = metadata(a.create_key(req).await, spec)
+            .key_metadata
+            .unwrap()
+            .key_id;
+        replicate(&mut a, &id, EU)
+            .await
+            .unwrap_or_else(|e| panic!("replicate {spec}: {e:?}"));
+        assert_blob_only(&eu_server, &id, 1).await;
+        if usage == "SIGN_VERIFY" {
+            assert_signatures_cross(&mut a, &mut b, &id).await;
+        } else {
+            assert_macs_cross(&mut a, &mut b, &id).await;
+        }
+    }
 
     // The peer side refuses: a principal without p11kms:AcceptReplica, and material the
     // receiving HSM cannot unwrap (altered in transit), which leaves nothing behind.

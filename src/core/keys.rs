@@ -759,6 +759,13 @@ impl Kms {
                     .map(|()| None);
             }
             SpecKind::Symmetric => return hsm.generate_aes_key(object).await.map(|()| None),
+            SpecKind::Pair(p) if record.multi_region.is_some() => {
+                let usage = specs::pair_usage(&record.key_usage);
+                return hsm
+                    .generate_multi_region_pair(object, p, usage)
+                    .await
+                    .map(|_| None);
+            }
             SpecKind::Pair(p) => {
                 let usage = specs::pair_usage(&record.key_usage);
                 return hsm.generate_key_pair(object, p, usage).await.map(|()| None);

@@ -16,12 +16,15 @@ use super::authz::{AuthzRequest, CtxValue};
 use super::operation::{request_parameters, response_elements, Empty};
 use super::policies::compile_key_policy;
 use super::regions::{
-    key_type, region_hsm_error, secret_blob_kind, AcceptReplicaRequest, AcceptReplicaResponse,
-    MultiRegionKeyType, ReplicaVersion, UpdateMultiRegionKeyRequest,
+    key_type, region_hsm_error, AcceptReplicaRequest, AcceptReplicaResponse, MultiRegionKeyType,
+    ReplicaVersion, UpdateMultiRegionKeyRequest,
 };
+use super::residency::Wrapped;
+use super::specs::SpecKind;
 use super::tags::with_request_tags;
 use super::{validate, CachedKey, Kms, KmsError, Resolved};
-use crate::hsm::{HsmErrorKind, ObjectId};
+use crate::hsm::wrapped::{BlobKind, WrappedBlob};
+use crate::hsm::{HsmErrorKind, ObjectId, PeerBlob};
 use crate::identity::{AuthMethod, Caller};
 use crate::store::{KeyRecord, KeyState, KeyVersion, MultiRegion};
 
@@ -93,18 +96,21 @@ impl Kms {
         };
         let mut enabled = record.clone();
         enabled.state = KeyState::Enabled;
-        if let Err(e) = self
-            .store
-            .add_versions_and_update(&versions, &enabled)
-            .await
-        {
+        let rows: Vec<KeyVersion> = versions.iter().map(|(row, _)| row.clone()).collect();
+        if let Err(e) = self.store.add_versions_and_update(&rows, &enabled).await {
             self.withdraw_creating(&record, uuid, &req.versions).await;
             creation.finished();
             return Err(e.into());
         }
         creation.finished();
         enabled.row_version += 1;
-        let numbers = versions.iter().map(|v| v.version).collect();
+        for (row, wrapped) in versions {
+            if let Some(w) = wrapped {
+                self.blobs
+                    .put(ObjectId::new(*uuid.as_bytes(), row.version), w);
+            }
+        }
+        let numbers = rows.iter().map(|v| v.version).collect();
         let cached = self.new_cached(enabled, numbers, req.tags.clone(), compiled)?;
         let cached = self.cache_put(cached);
         tracing::info!(key_id = %req.key_id, source = %req.source_region, "replica key created");
@@ -239,57 +245,67 @@ impl Kms {
         })
     }
 
-    /// Unwraps every version's material on this HSM; the version rows to write.
+    /// Unwraps every version's material on this HSM; the version rows to write (with their
+    /// blobs in wrapped residency).
     async fn unwrap_replica_versions(
         &self,
         record: &KeyRecord,
         uuid: uuid::Uuid,
         req: &AcceptReplicaRequest,
-    ) -> Result<Vec<KeyVersion>, KmsError> {
+    ) -> Result<Vec<(KeyVersion, Option<Wrapped>)>, KmsError> {
+        let kind = self.version_kind(&self.hsm, record).await?;
         let mut rows = Vec::with_capacity(req.versions.len());
         for v in &req.versions {
-            self.unwrap_from_peer(record, uuid, v, &req.source_region)
+            let wrapped = self
+                .unwrap_from_peer(record, uuid, kind, v, &req.source_region)
                 .await?;
-            rows.push(KeyVersion {
+            let row = KeyVersion {
                 key_id: record.key_id.clone(),
                 version: v.version,
                 created_at_ms: v.created_at_ms,
-                wrapped: None,
-            });
+                wrapped: wrapped.as_ref().map(super::residency::stored),
+            };
+            rows.push((row, wrapped));
         }
         Ok(rows)
     }
 
-    /// One version's material from `source`, unwrapped on this HSM into the version's token
-    /// object with the multi-Region custody.
+    /// One version's material from `source`, unwrapped on this HSM: into the version's token
+    /// object(s) with the multi-Region custody, or in wrapped residency rewrapped on the
+    /// device under this Region's master key (the blob is returned).
     async fn unwrap_from_peer(
         &self,
         record: &KeyRecord,
         uuid: uuid::Uuid,
+        kind: BlobKind,
         v: &ReplicaVersion,
         source: &str,
-    ) -> Result<(), KmsError> {
-        if self.wraps_new_keys(record) {
-            return Err(KmsError::UnsupportedOperation(
-                "Multi-Region keys in wrapped residency are not replicated yet.".into(),
-            ));
-        }
-        let kind = super::specs::kind(&record.key_spec)
-            .map(secret_blob_kind)
-            .ok_or_else(|| KmsError::Internal("unknown key spec".into()))?;
-        let object = ObjectId::new(*uuid.as_bytes(), v.version);
-        let r = self
-            .hsm
-            .import_from_peer(object, kind, v.material.clone())
-            .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind == HsmErrorKind::BlobRejected => Err(KmsError::Internal(format!(
+    ) -> Result<Option<Wrapped>, KmsError> {
+        let refused = || {
+            KmsError::Internal(format!(
                 "The HSM of {} refused the key material sent by {source}: it was altered or not wrapped for this Region.",
                 self.settings.region
-            ))),
-            Err(e) => Err(region_hsm_error("unwrap the key material from", source, e)),
-        }
+            ))
+        };
+        let blob = PeerBlob::from_bytes(&v.material).map_err(|_| refused())?;
+        let object = ObjectId::new(*uuid.as_bytes(), v.version);
+        let public_key = blob.public_key.clone();
+        let made = match self.wraps_new_keys(record) {
+            true => self
+                .hsm
+                .import_from_peer_wrapped(object, kind, blob)
+                .await
+                .map(|b| Some(wrapped_of(b, public_key))),
+            false => self
+                .hsm
+                .import_from_peer(object, kind, blob)
+                .await
+                .map(|()| None),
+        };
+        made.map_err(|e| match e.kind {
+            HsmErrorKind::BlobRejected => refused(),
+            _ => region_hsm_error("unwrap the key material from", source, e),
+        })
     }
 
     /// Removes a replica whose creation failed: the versions' objects, then the row.
@@ -299,9 +315,17 @@ impl Kms {
         uuid: uuid::Uuid,
         versions: &[ReplicaVersion],
     ) {
+        let pair = matches!(
+            super::specs::kind(&record.key_spec),
+            Some(SpecKind::Pair(_))
+        );
         for v in versions {
             let object = ObjectId::new(*uuid.as_bytes(), v.version);
-            if let Err(e) = self.hsm.destroy(object).await {
+            let destroyed = match pair {
+                true => self.hsm.destroy_key_pair(object).await,
+                false => self.hsm.destroy(object).await,
+            };
+            if let Err(e) = destroyed {
                 if e.kind != HsmErrorKind::ObjectNotFound {
                     tracing::error!(key_id = %record.key_id, error = %e,
                         "a failed replica's key object could not be destroyed; `p11kms check` reports it");
@@ -427,20 +451,28 @@ impl Kms {
                 "Only a replica takes key material from its primary.".into(),
             ));
         }
-        self.unwrap_from_peer(&key.record, uuid, v, source).await?;
+        let kind = self.version_kind(&self.hsm, &key.record).await?;
+        let wrapped = self
+            .unwrap_from_peer(&key.record, uuid, kind, v, source)
+            .await?;
         let row = KeyVersion {
             key_id: key.record.key_id.clone(),
             version: v.version,
             created_at_ms: v.created_at_ms,
-            wrapped: None,
+            wrapped: wrapped.as_ref().map(super::residency::stored),
         };
         let _guard = self.key_locks.key(&key.record.key_id).await;
         let fresh = self.key_by_uuid(&key.uuid).unwrap_or_else(|| key.clone());
         let record = fresh.record.clone();
+        let object = ObjectId::new(*uuid.as_bytes(), v.version);
         if let Err(e) = self.store.add_versions_and_update(&[row], &record).await {
-            let object = ObjectId::new(*uuid.as_bytes(), v.version);
-            let _ = self.hsm.destroy(object).await;
+            if wrapped.is_none() {
+                let _ = self.hsm.destroy(object).await;
+            }
             return Err(e.into());
+        }
+        if let Some(w) = wrapped {
+            self.blobs.put(object, w);
         }
         let mut cached = (*fresh).clone();
         cached.record.row_version += 1;
@@ -452,9 +484,13 @@ impl Kms {
     /// A replica its primary withdrew (its ReplicateKey could not finish): its objects and
     /// row are removed at once; it was never answered to anyone as made.
     async fn drop_withdrawn_replica(&self, key: &Arc<CachedKey>) -> Result<Empty, KmsError> {
+        let pair = matches!(
+            super::specs::kind(&key.record.key_spec),
+            Some(SpecKind::Pair(_))
+        );
         for &v in &key.versions {
             let _ = self
-                .destroy_version_objects(key, ObjectId::new(key.uuid, v), false)
+                .destroy_version_objects(key, ObjectId::new(key.uuid, v), pair)
                 .await;
         }
         self.store.delete_key(&key.record.key_id).await?;
@@ -471,4 +507,13 @@ fn multi_region_uuid(key_id: &str) -> Result<uuid::Uuid, KmsError> {
         .ok()
         .filter(super::key_id::is_multi_region)
         .ok_or_else(|| KmsError::validation("keyId", "Member must be a multi-Region key id"))
+}
+
+/// A blob made from a peer's material, as the engine keeps it (a key pair's with its public
+/// key).
+fn wrapped_of(blob: WrappedBlob, public_key: Option<Vec<u8>>) -> Wrapped {
+    match public_key {
+        Some(spki) => Wrapped::pair(blob, spki),
+        None => Wrapped::secret(blob),
+    }
 }

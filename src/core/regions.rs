@@ -5,8 +5,10 @@
 //! in `[region.peers.<name>]` and reached through a [`RegionLink`] (the daemon's gRPC
 //! `RegionService`, `region_link`). Key material moves only wrapped, HSM to HSM: the primary's
 //! device wraps each version under the replica device's transport key, which this token's
-//! security officer made trusted (`p11kms region trust`), and the replica's device unwraps
-//! it. What the peer does with what it receives is [`super::region_peer`].
+//! security officer made trusted (`p11kms region trust`; a key pair's private half travels
+//! under that Region's carrier key, itself wrapped under the transport key), and the
+//! replica's device unwraps it, into a token object or, in wrapped residency, straight into
+//! a blob under its own master key. What the peer does with what it receives is [`super::region_peer`].
 //!
 //! Every Region's row of a key holds the same [`MultiRegion`] (the primary's Region and the
 //! replicas' Regions), so DescribeKey shows the same `MultiRegionConfiguration` everywhere.
@@ -24,9 +26,9 @@ use super::tags::with_request_tags;
 use super::{check_state, validate, CachedKey, Kms, KmsError, StateClass};
 use crate::hsm::region::RegionName;
 use crate::hsm::wrapped::BlobKind;
-use crate::hsm::ObjectId;
+use crate::hsm::{Hsm, ObjectId, PairSpec};
 use crate::identity::{arn, Caller};
-use crate::store::{MultiRegion, Tag};
+use crate::store::{KeyRecord, MultiRegion, Tag};
 use crate::wire_enum::wire_enum;
 
 wire_enum!(
@@ -77,9 +79,9 @@ pub(crate) fn check_multi_region_choice(
         };
         return Err(KmsError::UnsupportedOperation(why.into()));
     }
-    if let SpecKind::Pair(_) = kind {
+    if let SpecKind::Pair(PairSpec::Ed25519) = kind {
         return Err(KmsError::UnsupportedOperation(
-            "p11kms replicates symmetric and HMAC multi-Region keys; asymmetric multi-Region keys are not supported yet.".into(),
+            "Ed25519 key pairs cannot be multi-Region keys: the HSM does not wrap their private keys (docs/regions.md).".into(),
         ));
     }
     Ok(())
@@ -413,7 +415,8 @@ impl Kms {
     }
 
     /// Version `v` of `key` wrapped on this HSM for `peer`'s device (a token object's, or in
-    /// wrapped residency its blob's, unwrapped and rewrapped in one HSM job).
+    /// wrapped residency its blob's, unwrapped and rewrapped in one HSM job): the bytes of a
+    /// [`PeerBlob`], with a key pair's carrier and public key.
     pub(crate) async fn wrap_for_peer(
         &self,
         key: &CachedKey,
@@ -422,20 +425,42 @@ impl Kms {
     ) -> Result<Vec<u8>, KmsError> {
         let peer_name = RegionName::parse(peer)
             .ok_or_else(|| KmsError::Internal(format!("bad peer Region name {peer}")))?;
-        let kind = super::specs::kind(&key.record.key_spec)
-            .map(secret_blob_kind)
-            .ok_or_else(|| KmsError::Internal("unknown key spec".into()))?;
         let object = ObjectId::new(key.uuid, v);
         let hsm = self.device_of_record(&key.record)?;
-        let wrapped = match self.blobs.get(object) {
-            Some(_) => {
-                return Err(KmsError::UnsupportedOperation(
-                    "Multi-Region keys in wrapped residency are not replicated yet.".into(),
-                ))
+        let exported = match self.blobs.get(object) {
+            Some(blob) => {
+                let public = self.blobs.pair_public_key(object).map(|p| (*p).clone());
+                hsm.export_blob_for_peer(object, blob, public, peer_name)
+                    .await
             }
-            None => hsm.export_for_peer(object, kind, peer_name).await,
+            None => {
+                let kind = self.version_kind(&hsm, &key.record).await?;
+                hsm.export_for_peer(object, kind, peer_name).await
+            }
         };
-        wrapped.map_err(|e| region_hsm_error("wrap the key material for", peer, e))
+        exported
+            .map(|b| b.to_bytes())
+            .map_err(|e| region_hsm_error("wrap the key material for", peer, e))
+    }
+
+    /// The device kind of `record`'s versions: AES-256, HMAC, or a key pair's private half
+    /// as this device holds it.
+    pub(crate) async fn version_kind(
+        &self,
+        hsm: &Hsm,
+        record: &KeyRecord,
+    ) -> Result<BlobKind, KmsError> {
+        match super::specs::kind(&record.key_spec) {
+            Some(SpecKind::Pair(p)) => {
+                let usage = super::specs::pair_usage(&record.key_usage);
+                Ok(hsm.pair_blob_kind(p, usage).await?)
+            }
+            Some(kind) => Ok(secret_blob_kind(kind)),
+            None => Err(KmsError::Internal(format!(
+                "unknown key spec {}",
+                record.key_spec
+            ))),
+        }
     }
 
     /// Undoes a replica whose primary row could not be written: the replica's Region is told

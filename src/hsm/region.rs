@@ -329,6 +329,28 @@ impl Hsm {
 }
 
 impl Hsm {
+    /// The blob kind of the private half of a `spec`/`usage` key pair on this device (RSA
+    /// decryption keys also allow raw RSA when the device lacks OAEP-SHA-256): what
+    /// [`Hsm::export_for_peer`] and the peer imports take for a key pair.
+    pub async fn pair_blob_kind(
+        &self,
+        spec: PairSpec,
+        usage: PairUsage,
+    ) -> Result<BlobKind, HsmError> {
+        self.submit(LockClass::Unlocked, "pair_blob_kind", move |ctx| {
+            let oaep = match (spec, usage) {
+                (PairSpec::Rsa(_), PairUsage::Decrypt) => super::oaep::sha256_support(ctx)?,
+                _ => OaepSha256::Device,
+            };
+            Ok(BlobKind::Private {
+                family: PairFamily::of(spec),
+                usage,
+                raw_oaep: oaep == OaepSha256::RawRsa,
+            })
+        })
+        .await
+    }
+
     /// Generates CMK key pair `id` as a multi-Region key's token objects: the public half as
     /// a CMK's, the private half sensitive with `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED`
     /// true (movable to trusted peers only, through their carrier). Generated as session
