@@ -17,9 +17,11 @@ use std::process::Command;
 
 use common::stores::{cluster, softhsm, ClusterFixture};
 use common::*;
+use p11kms::core::ManualClock;
 use p11kms::pb;
 use p11kms::pb::region_service_client::RegionServiceClient;
 use p11kms::server::{self, RunningServer, ServerOptions};
+use std::sync::Arc;
 
 const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
@@ -91,11 +93,14 @@ impl Region {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    async fn start(&self) -> RunningServer {
+    /// Starts this Region's daemon on `clock`, its sweeper every 50 ms.
+    async fn start(&self, clock: &Arc<ManualClock>) -> RunningServer {
         let cfg = p11kms::config::Config::load(&self.config).expect("config");
-        let server = server::start(&cfg, ServerOptions::default())
-            .await
-            .expect("daemon starts");
+        let options = ServerOptions {
+            clock: clock.clone(),
+            sweep_interval: Some(std::time::Duration::from_millis(50)),
+        };
+        let server = server::start(&cfg, options).await.expect("daemon starts");
         assert_eq!(server.addr.port(), self.grpc_port);
         server
     }
@@ -363,8 +368,12 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         .output()
         .unwrap();
     assert_succeeded(&master, "hsm trust-master (eu-west-1)");
-    let us_server = us.start().await;
-    let eu_server = eu.start().await;
+    let (us_clock, eu_clock) = (
+        Arc::new(ManualClock::default()),
+        Arc::new(ManualClock::default()),
+    );
+    let us_server = us.start(&us_clock).await;
+    let eu_server = eu.start(&eu_clock).await;
     let mut a = admin(us_server.addr).await;
     let mut b = admin(eu_server.addr).await;
 
@@ -518,6 +527,9 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         }
     }
 
+    // The same through boto3, against both Regions' AWS doors.
+    boto3_checks(&us_server, &eu_server, &us.dir).await;
+
     // The peer side refuses: a principal without p11kms:AcceptReplica, and material the
     // receiving HSM cannot unwrap (altered in transit), which leaves nothing behind.
     let fresh = create_multi_region(&mut a).await;
@@ -585,7 +597,7 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         regions_of(&describe(&mut a, &fresh).await).2,
         Vec::<String>::new()
     );
-    let eu_server = eu.start().await;
+    let eu_server = eu.start(&eu_clock).await;
     let mut b = admin(eu_server.addr).await;
     assert_eq!(
         reason(
@@ -604,8 +616,37 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
     let blob = encrypt(&mut b, &fresh, b"back").await;
     assert_eq!(decrypt(&mut a, &blob).await.unwrap(), b"back");
 
-    // The same through boto3, against both Regions' AWS doors.
-    boto3_checks(&us_server, &eu_server, &us.dir).await;
+    // A primary with replicas cannot be scheduled for deletion; once its replica is deleted
+    // (the replica's Region tells the primary's), it can.
+    let schedule = |key_id: &str| pb::ScheduleKeyDeletionRequest {
+        key_id: key_id.into(),
+        pending_window_in_days: Some(7),
+    };
+    assert_refused(
+        a.schedule_key_deletion(schedule(&fresh)).await,
+        "a primary with replicas",
+        "UnsupportedOperationException",
+        "Delete its replicas first",
+    );
+    metadata(
+        b.schedule_key_deletion(schedule(&fresh)).await,
+        "schedule the replica's deletion",
+    );
+    eu_clock.advance_days(8);
+    let mut probe = a.clone();
+    let dropped =
+        wait_for(async || regions_of(&describe(&mut probe, &fresh).await).2.is_empty()).await;
+    assert!(dropped, "the primary still lists the deleted replica");
+    assert!(
+        key_objects(&eu_server, &fresh).await.is_empty(),
+        "the deleted replica left objects"
+    );
+    // ... and a Region whose replica was deleted can get one again.
+    replicate(&mut a, &fresh, EU)
+        .await
+        .expect("replicate again after the replica's deletion");
+    let blob = encrypt(&mut b, &fresh, b"again").await;
+    assert_eq!(decrypt(&mut a, &blob).await.unwrap(), b"again");
 
     // Every replication step is in both Regions' trails.
     for (dir, name) in [

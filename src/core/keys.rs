@@ -905,6 +905,7 @@ impl Kms {
                     ),
                 )?;
                 check_state(&resolved.key, StateClass::NotPendingDeletion)?;
+                self.check_no_replicas(&resolved.key)?;
                 self.update_record(&resolved.key, |r| {
                     r.state = KeyState::PendingDeletion;
                     r.deletion_date_ms = Some(deletion);

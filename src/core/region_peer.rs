@@ -63,7 +63,8 @@ impl Kms {
             &req.replica_regions,
         )?;
         let uuid = multi_region_uuid(&req.key_id)?;
-        if self.key_by_uuid(uuid.as_bytes()).is_some() || self.was_deleted(uuid.as_bytes()) {
+        // A replica deleted here before may be made again (as AWS allows).
+        if self.key_by_uuid(uuid.as_bytes()).is_some() {
             return Err(KmsError::AlreadyExists(format!(
                 "{} already exists in {}.",
                 self.key_arn(&req.account, &req.key_id),
@@ -113,6 +114,7 @@ impl Kms {
         let numbers = rows.iter().map(|v| v.version).collect();
         let cached = self.new_cached(enabled, numbers, req.tags.clone(), compiled)?;
         let cached = self.cache_put(cached);
+        self.cache_write().deleted.remove(&uuid);
         tracing::info!(key_id = %req.key_id, source = %req.source_region, "replica key created");
         Ok(AcceptReplicaResponse {
             key_metadata: self.key_metadata(&cached)?,
@@ -361,14 +363,12 @@ impl Kms {
         let current = key.record.multi_region.clone().ok_or_else(|| {
             KmsError::UnsupportedOperation(format!("{} is not a multi-Region key.", key.arn))
         })?;
-        // Only the key's primary (or the old primary handing over) sends changes.
-        if req.source_region != current.primary_region {
-            return Err(KmsError::AccessDenied(format!(
-                "{} is not the primary Region of {}.",
-                req.source_region, key.arn
-            )));
-        }
         self.check_known_peer(&req.source_region)?;
+        // Only the key's primary (or the old primary handing over) sends changes; a replica
+        // only reports its own deletion, to the primary.
+        if req.source_region != current.primary_region {
+            return self.take_replica_deletion(&key, &current, &req).await;
+        }
         let stays = req.primary_region == local || req.replica_regions.contains(&local);
         if !stays {
             return self.drop_withdrawn_replica(&key).await;
@@ -388,6 +388,43 @@ impl Kms {
                 .await?;
         }
         self.apply_regions(&key, &req).await
+    }
+
+    /// At the primary: a replica's Region reports that its replica was deleted. The one
+    /// change a replica may send: the same primary, and the replicas without the sender.
+    async fn take_replica_deletion(
+        &self,
+        key: &Arc<CachedKey>,
+        current: &MultiRegion,
+        req: &UpdateMultiRegionKeyRequest,
+    ) -> Result<Empty, KmsError> {
+        let source = &req.source_region;
+        let expected: Vec<String> = current
+            .replica_regions
+            .iter()
+            .filter(|r| *r != source)
+            .cloned()
+            .collect();
+        let own_deletion = current.primary_region == self.settings.region
+            && current.replica_regions.contains(source)
+            && req.primary_region == current.primary_region
+            && req.replica_regions == expected
+            && req.new_version.is_none()
+            && req.current_version.is_none();
+        if !own_deletion {
+            return Err(KmsError::AccessDenied(format!(
+                "{source} is not the primary Region of {}.",
+                key.arn
+            )));
+        }
+        self.apply_regions(key, req).await?;
+        let after = MultiRegion {
+            primary_region: current.primary_region.clone(),
+            replica_regions: expected,
+        };
+        self.tell_replicas("", &key.record.key_id, &after, &[source.as_str()])
+            .await;
+        Ok(Empty)
     }
 
     /// Writes the new Regions (and current version) on this Region's row.

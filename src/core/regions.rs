@@ -363,8 +363,13 @@ impl Kms {
             })
             .await?;
         let (answer, after) = answer;
-        self.tell_replicas(caller, &req.key_id, &after, &[region.as_str()])
-            .await;
+        self.tell_replicas(
+            &caller.principal_arn,
+            &req.key_id,
+            &after,
+            &[region.as_str()],
+        )
+        .await;
         Ok(ReplicateKeyResponse {
             replica_key_metadata: answer.key_metadata,
             replica_policy: answer.policy,
@@ -492,7 +497,7 @@ impl Kms {
     /// effort: a Region that cannot be reached keeps the old list until the next change).
     pub(crate) async fn tell_replicas(
         &self,
-        caller: &Caller,
+        principal_arn: &str,
         key_id: &str,
         after: &MultiRegion,
         skip: &[&str],
@@ -505,7 +510,7 @@ impl Kms {
         for region in others {
             let req = UpdateMultiRegionKeyRequest {
                 source_region: local.to_string(),
-                principal_arn: caller.principal_arn.clone(),
+                principal_arn: principal_arn.to_string(),
                 key_id: key_id.to_string(),
                 primary_region: after.primary_region.clone(),
                 replica_regions: after.replica_regions.clone(),
@@ -566,13 +571,67 @@ impl Kms {
                 }
             })
             .await?;
-        self.tell_replicas(caller, &req.key_id, &after, &[target.as_str()])
-            .await;
+        self.tell_replicas(
+            &caller.principal_arn,
+            &req.key_id,
+            &after,
+            &[target.as_str()],
+        )
+        .await;
         Ok(Empty)
     }
 }
 
 impl Kms {
+    /// ScheduleKeyDeletion of a multi-Region primary that still has replicas is refused: its
+    /// replicas are deleted first, or another Region is made the primary. (AWS accepts the
+    /// request and holds such a key in `PendingReplicaDeletion` until its last replica is
+    /// gone; p11kms refuses it up front, `docs/regions.md`.)
+    pub(crate) fn check_no_replicas(&self, key: &CachedKey) -> Result<(), KmsError> {
+        match &key.record.multi_region {
+            Some(m) if m.primary_region == self.settings.region && !m.replica_regions.is_empty() => {
+                Err(KmsError::UnsupportedOperation(format!(
+                    "{} is a multi-Region primary key with replicas in {}. Delete its replicas first, or make another Region the primary (UpdatePrimaryRegion).",
+                    key.arn,
+                    m.replica_regions.join(", ")
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After a multi-Region replica is deleted here: its primary's Region drops this Region
+    /// from the key's replicas (best effort; if the primary cannot be reached, its list keeps
+    /// this Region until an operator replicates again or the next change).
+    pub(crate) async fn report_replica_deleted(&self, key: &CachedKey) {
+        let Some(m) = &key.record.multi_region else {
+            return;
+        };
+        let local = self.settings.region.as_str();
+        if m.primary_region == local {
+            return;
+        }
+        let Ok(link) = self.link() else { return };
+        let req = UpdateMultiRegionKeyRequest {
+            source_region: local.to_string(),
+            principal_arn: String::new(),
+            key_id: key.record.key_id.clone(),
+            primary_region: m.primary_region.clone(),
+            replica_regions: m
+                .replica_regions
+                .iter()
+                .filter(|r| *r != local)
+                .cloned()
+                .collect(),
+            new_version: None,
+            current_version: None,
+        };
+        if let Err(e) = link.update_multi_region_key(&m.primary_region, req).await {
+            tracing::warn!(key_id = %key.record.key_id, primary = %m.primary_region, error = %e,
+                "the primary Region did not learn that this replica was deleted");
+        }
+    }
+
     /// Refuses a change only the primary makes (rotation) on a multi-Region replica.
     pub(crate) fn check_not_replica(&self, key: &CachedKey) -> Result<(), KmsError> {
         match &key.record.multi_region {

@@ -112,6 +112,7 @@ impl Kms {
             key_id,
             "key deleted: HSM objects destroyed and metadata removed"
         );
+        self.report_replica_deleted(key).await;
         Ok(())
     }
 
