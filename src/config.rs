@@ -674,12 +674,12 @@ impl Config {
             if *name == self.kms.region {
                 return invalid(format!("{at}: this deployment's own Region (kms.region)"));
             }
-            if !peer
-                .endpoint
-                .as_deref()
-                .is_some_and(|e| e.starts_with("https://"))
-            {
-                return invalid(format!("{at}: endpoint must be an https:// URL"));
+            let one_url = |e: &str| e.starts_with("https://") && !e.contains(',');
+            if !peer.endpoint.as_deref().is_some_and(one_url) {
+                return invalid(format!("{at}: endpoint must be one https:// URL"));
+            }
+            if !peer.profiles.is_empty() {
+                return invalid(format!("{at}: profiles have no meaning for a peer"));
             }
             if peer.ca_cert.is_none() {
                 return invalid(format!("{at}: ca_cert is required"));
@@ -1178,6 +1178,52 @@ data_dir = "data"
         for bad in ["", "-a", "Node", "a_b", "a/b", &"a".repeat(33)] {
             let e = Config::from_toml(&with(bad), d.path()).unwrap_err();
             assert!(e.to_string().contains("[node] id"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn region_peers_are_validated_and_their_paths_resolved() {
+        let d = dir_with_files();
+        let peer = |name: &str, body: &str| format!("{BASE}\n[region.peers.{name}]\n{body}");
+        let good = "endpoint = \"https://10.0.0.2:8443\"\nca_cert = \"peer-ca.pem\"\n\
+                    client_cert = \"peer.pem\"\nclient_key = \"peer-key.pem\"\n";
+        let c = Config::from_toml(&peer("eu-west-1", good), d.path()).unwrap();
+        let p = &c.region.peers["eu-west-1"];
+        assert_eq!(
+            p.ca_cert.as_deref(),
+            Some(d.path().join("peer-ca.pem").as_path())
+        );
+        assert_eq!(c.region.peer_timeout_ms, 10_000);
+        let keyed = "endpoint = \"https://h:1\"\nca_cert = \"c\"\naccess_key_id = \"AKIA\"\n\
+                     secret_access_key_file = \"s\"\n";
+        assert!(Config::from_toml(&peer("eu-west-1", keyed), d.path()).is_ok());
+        let refused = [
+            (peer("EU", good), "a Region name"),
+            (peer("us-east-1", good), "own Region"),
+            (
+                peer("eu-west-1", &good.replace("https://", "http://")),
+                "one https:// URL",
+            ),
+            (
+                peer("eu-west-1", &good.replace(":8443", ":8443,https://b:1")),
+                "one https:// URL",
+            ),
+            (
+                peer("eu-west-1", &good.replace("ca_cert", "#")),
+                "ca_cert is required",
+            ),
+            (
+                peer("eu-west-1", &good.replace("client_key", "#")),
+                "client_cert and client_key",
+            ),
+            (
+                format!("[region]\npeer_timeout_ms = 0\n{BASE}"),
+                "peer_timeout_ms",
+            ),
+        ];
+        for (text, says) in refused {
+            let e = Config::from_toml(&text, d.path()).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
         }
     }
 

@@ -25,6 +25,8 @@ use std::sync::Arc;
 
 const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
+/// A peer Region in both configs whose transport key no security officer trusted.
+const UNTRUSTED: &str = "ap-south-1";
 
 /// One Region of the rig: its token, data directory, config and ports.
 struct Region {
@@ -76,15 +78,21 @@ impl Region {
                 &pin.display().to_string(),
             )
             .replace("[hsm]\n", &format!("[hsm]\nresidency = \"{residency}\"\n"));
+        let peer_section = |name: &str| {
+            format!(
+                "[region.peers.{name}]\nendpoint = \"https://127.0.0.1:{port}\"\n\
+                 ca_cert = \"{pki}/ca.pem\"\nclient_cert = \"{pki}/admin.pem\"\n\
+                 client_key = \"{pki}/admin-key.pem\"\ntls_domain = \"localhost\"\n",
+                port = peer.grpc_port,
+                pki = pki.display(),
+            )
+        };
+        // A third peer, configured but never trusted by this token's SO: no key can go there.
         let text = format!(
-            "{text}\n[kms]\nregion = \"{name}\"\n{AWS_DOOR_SECTION}\n\
-             [region.peers.{peer}]\nendpoint = \"https://127.0.0.1:{port}\"\n\
-             ca_cert = \"{pki}/ca.pem\"\nclient_cert = \"{pki}/admin.pem\"\n\
-             client_key = \"{pki}/admin-key.pem\"\ntls_domain = \"localhost\"\n",
+            "{text}\n[kms]\nregion = \"{name}\"\n{AWS_DOOR_SECTION}\n{}\n{}",
+            peer_section(peer.name),
+            peer_section(UNTRUSTED),
             name = self.name,
-            peer = peer.name,
-            port = peer.grpc_port,
-            pki = pki.display(),
         );
         assert!(
             text.contains(&self.token.token) && text.contains("token-pin"),
@@ -430,10 +438,17 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         "not a multi-Region primary",
     );
     assert_refused(
-        replicate(&mut a, &key_id, "ap-south-1").await,
+        replicate(&mut a, &key_id, "sa-east-1").await,
         "no such peer",
         "UnsupportedOperationException",
         "not a peer Region",
+    );
+    // Without the ceremony for a Region, the device refuses to wrap for it: nothing leaves.
+    assert_refused(
+        replicate(&mut a, &key_id, UNTRUSTED).await,
+        "a peer the SO never trusted",
+        "UnsupportedOperationException",
+        "p11kms region trust --region ap-south-1",
     );
 
     // Ciphertexts open in the other Region, both ways.
@@ -647,6 +662,63 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         .expect("replicate again after the replica's deletion");
     let blob = encrypt(&mut b, &fresh, b"again").await;
     assert_eq!(decrypt(&mut a, &blob).await.unwrap(), b"again");
+
+    // Automatic rotation is shared: set on the primary, shown by the replica, refused there.
+    let enable = pb::EnableKeyRotationRequest {
+        key_id: fresh.clone(),
+        rotation_period_in_days: Some(180),
+    };
+    metadata(
+        a.enable_key_rotation(enable.clone()).await,
+        "enable rotation",
+    );
+    let status = |c: &mut Client| {
+        let req = pb::GetKeyRotationStatusRequest {
+            key_id: fresh.clone(),
+        };
+        let mut c = c.clone();
+        async move { metadata(c.get_key_rotation_status(req).await, "rotation status") }
+    };
+    let shown = status(&mut b).await;
+    assert!(shown.key_rotation_enabled, "{shown:?}");
+    assert_eq!(shown.rotation_period_in_days, Some(180));
+    assert_refused(
+        b.enable_key_rotation(enable).await,
+        "rotation set on a replica",
+        "UnsupportedOperationException",
+        "managed by its primary",
+    );
+
+    // A deletion report the primary never got (it was down): the next ReplicateKey finds the
+    // replica gone in its Region and makes it again instead of answering AlreadyExists.
+    metadata(
+        b.schedule_key_deletion(schedule(&fresh)).await,
+        "schedule the replica's deletion",
+    );
+    us_server.shutdown().await.unwrap();
+    eu_clock.advance_days(8);
+    let mut probe = b.clone();
+    let req = pb::DescribeKeyRequest {
+        key_id: fresh.clone(),
+        ..Default::default()
+    };
+    let gone = wait_for(async || {
+        let answer = probe.describe_key(req.clone()).await;
+        answer.is_err_and(|s| s.code() == tonic::Code::NotFound)
+    })
+    .await;
+    assert!(gone, "the replica was not deleted");
+    let us_server = us.start(&us_clock).await;
+    let mut a = admin(us_server.addr).await;
+    assert_eq!(
+        regions_of(&describe(&mut a, &fresh).await).2,
+        vec![EU.to_string()]
+    );
+    replicate(&mut a, &fresh, EU)
+        .await
+        .expect("replicate over a lost deletion report");
+    let blob = encrypt(&mut a, &fresh, b"once more").await;
+    assert_eq!(decrypt(&mut b, &blob).await.unwrap(), b"once more");
 
     // Every replication step is in both Regions' trails.
     for (dir, name) in [

@@ -307,7 +307,15 @@ impl Kms {
             }
         };
         let key = self.cached_from_bundle(bundle)?;
+        // A multi-Region replica whose AcceptReplica was interrupted is never completed: its
+        // primary did not get an answer, so it never listed it; its material goes.
+        let replica = key
+            .record
+            .multi_region
+            .as_ref()
+            .is_some_and(|m| m.primary_region != self.settings.region);
         let complete = match &key.store {
+            _ if replica => false,
             None => material_complete(objects, key.uuid, 1, &key.record.key_spec),
             Some(s) if s.is_external() => {
                 material_complete(objects, key.uuid, 1, &key.record.key_spec)
@@ -363,8 +371,12 @@ impl Kms {
     async fn remove_incomplete(&self, key: &CachedKey) -> Result<(), KmsError> {
         let key_id = &key.record.key_id;
         let pair = super::specs::is_pair(&key.record.key_spec);
-        self.destroy_version_objects(key, ObjectId::new(key.uuid, 1), pair)
-            .await?;
+        // A replica's row names the versions its primary sent (1 to current); any other key
+        // was being made with version 1.
+        for version in 1..=key.record.current_version.max(1) {
+            self.destroy_version_objects(key, ObjectId::new(key.uuid, version), pair)
+                .await?;
+        }
         self.store.delete_key(key_id).await?;
         {
             let mut cache = self.cache_write();

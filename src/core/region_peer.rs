@@ -17,7 +17,7 @@ use super::operation::{request_parameters, response_elements, Empty};
 use super::policies::compile_key_policy;
 use super::regions::{
     key_type, region_hsm_error, AcceptReplicaRequest, AcceptReplicaResponse, MultiRegionKeyType,
-    ReplicaVersion, UpdateMultiRegionKeyRequest,
+    ReplicaVersion, SharedRotation, UpdateMultiRegionKeyRequest,
 };
 use super::residency::Wrapped;
 use super::specs::SpecKind;
@@ -105,6 +105,18 @@ impl Kms {
         }
         creation.finished();
         enabled.row_version += 1;
+        if let Some(r) = req.rotation {
+            let mut l = self.lifecycle_of(&req.key_id);
+            apply_rotation(&mut l, r);
+            match self.store.put_lifecycle(&l).await {
+                Ok(()) => {
+                    enabled.row_version += 1;
+                    self.lifecycle_cache_put(l);
+                }
+                Err(e) => tracing::warn!(key_id = %req.key_id, error = %e,
+                    "the replica's rotation schedule was not stored"),
+            }
+        }
         for (row, wrapped) in versions {
             if let Some(w) = wrapped {
                 self.blobs
@@ -387,6 +399,9 @@ impl Kms {
             self.take_peer_version(&key, uuid, v, &req.source_region)
                 .await?;
         }
+        if let Some(r) = req.rotation {
+            self.take_shared_rotation(&key.record.key_id, r).await?;
+        }
         self.apply_regions(&key, &req).await
     }
 
@@ -405,10 +420,12 @@ impl Kms {
             .filter(|r| *r != source)
             .cloned()
             .collect();
+        // The list the replica sends may be stale (it missed an update): the primary's own,
+        // without the sender, is what is written.
         let own_deletion = current.primary_region == self.settings.region
             && current.replica_regions.contains(source)
             && req.primary_region == current.primary_region
-            && req.replica_regions == expected
+            && !req.replica_regions.contains(source)
             && req.new_version.is_none()
             && req.current_version.is_none();
         if !own_deletion {
@@ -417,7 +434,11 @@ impl Kms {
                 key.arn
             )));
         }
-        self.apply_regions(key, req).await?;
+        let corrected = UpdateMultiRegionKeyRequest {
+            replica_regions: expected.clone(),
+            ..req.clone()
+        };
+        self.apply_regions(key, &corrected).await?;
         let after = MultiRegion {
             primary_region: current.primary_region.clone(),
             replica_regions: expected,
@@ -518,6 +539,17 @@ impl Kms {
         Ok(())
     }
 
+    /// The primary's automatic rotation schedule, stored as this replica's (which the sweeper
+    /// never acts on: replicas rotate when their primary does).
+    async fn take_shared_rotation(&self, key_id: &str, r: SharedRotation) -> Result<(), KmsError> {
+        let _guard = self.key_locks.key(key_id).await;
+        let mut l = self.lifecycle_of(key_id);
+        apply_rotation(&mut l, r);
+        self.store.put_lifecycle(&l).await?;
+        self.lifecycle_cache_put(l);
+        self.refresh_key(key_id).await.map(|_| ())
+    }
+
     /// A replica its primary withdrew (its ReplicateKey could not finish): its objects and
     /// row are removed at once; it was never answered to anyone as made.
     async fn drop_withdrawn_replica(&self, key: &Arc<CachedKey>) -> Result<Empty, KmsError> {
@@ -536,6 +568,13 @@ impl Kms {
         tracing::warn!(key_id = %key.record.key_id, "replica withdrawn by its primary Region");
         Ok(Empty)
     }
+}
+
+/// `r` written on a lifecycle row.
+fn apply_rotation(l: &mut crate::store::KeyLifecycle, r: SharedRotation) {
+    l.rotation_enabled = r.enabled;
+    l.rotation_period_days = r.period_days;
+    l.next_rotation_ms = r.next_rotation_ms.filter(|_| r.enabled);
 }
 
 /// The 16 bytes of a multi-Region key id; ValidationException for anything else.

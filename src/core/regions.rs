@@ -63,8 +63,8 @@ pub struct MultiRegionConfiguration {
     pub replica_keys: Vec<MultiRegionKey>,
 }
 
-/// CreateKey's refusals for `MultiRegion: true`: not in a custom key store (as AWS), and this
-/// build replicates only the key material it generates as secret keys (symmetric and HMAC).
+/// CreateKey's refusals for `MultiRegion: true`: not in a custom key store (as AWS), not for
+/// imported key material, and not Ed25519 (the device cannot wrap its private key).
 pub(crate) fn check_multi_region_choice(
     req: &CreateKeyRequest,
     origin: Origin,
@@ -155,6 +155,16 @@ crate::redact::redacted_debug!(ReplicaVersion {
     material: redacted
 });
 
+/// Automatic rotation as the primary has it: a property every Region's key shares. Replicas
+/// show it (GetKeyRotationStatus) and never rotate by themselves; the primary's rotations
+/// reach them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedRotation {
+    pub enabled: bool,
+    pub period_days: Option<i32>,
+    pub next_rotation_ms: Option<i64>,
+}
+
 /// AcceptReplica: what the primary's Region sends to make a replica.
 #[derive(Debug, Clone, Default)]
 pub struct AcceptReplicaRequest {
@@ -176,6 +186,8 @@ pub struct AcceptReplicaRequest {
     pub description: String,
     pub tags: Vec<Tag>,
     pub versions: Vec<ReplicaVersion>,
+    /// The primary's automatic rotation, when it has ever been enabled.
+    pub rotation: Option<SharedRotation>,
 }
 
 /// AcceptReplica's answer: the replica as its Region sees it.
@@ -201,6 +213,8 @@ pub struct UpdateMultiRegionKeyRequest {
     pub new_version: Option<ReplicaVersion>,
     /// The version new encryptions use from now on, when it changes.
     pub current_version: Option<u32>,
+    /// The primary's automatic rotation, when it changed.
+    pub rotation: Option<SharedRotation>,
 }
 
 /// ReplicateKey input.
@@ -336,14 +350,22 @@ impl Kms {
                     self.authorize(caller, with_request_tags(authz, &req.tags))?;
                     check_state(&key, StateClass::Use)?;
                     let m = self.primary_here(&key)?.clone();
-                    if m.replica_regions.contains(&req.replica_region) {
+                    let listed = m.replica_regions.contains(&req.replica_region);
+                    if listed
+                        && self
+                            .replica_answers(&link, &key, &m, &req.replica_region)
+                            .await
+                    {
                         return Err(KmsError::AlreadyExists(format!(
                             "{} already has a replica in {}.",
                             key.arn, req.replica_region
                         ))
                         .into());
                     }
+                    // A listed replica its Region no longer has (its deletion report was
+                    // lost) is made again.
                     let mut after = m.clone();
+                    after.replica_regions.retain(|r| *r != req.replica_region);
                     after.replica_regions.push(req.replica_region.clone());
                     let accept = self.replica_order(caller, &key, &req, &after).await?;
                     let answer = link
@@ -416,7 +438,44 @@ impl Kms {
             description: req.description.clone(),
             tags: req.tags.clone(),
             versions,
+            rotation: self.shared_rotation(&r.key_id),
         })
+    }
+
+    /// The key's automatic rotation as its replicas take it (`None` if never enabled).
+    pub(crate) fn shared_rotation(&self, key_id: &str) -> Option<SharedRotation> {
+        let l = self.lifecycle_of(key_id);
+        (l.rotation_enabled || l.rotation_period_days.is_some()).then_some(SharedRotation {
+            enabled: l.rotation_enabled,
+            period_days: l.rotation_period_days,
+            next_rotation_ms: l.next_rotation_ms,
+        })
+    }
+
+    /// After EnableKeyRotation or DisableKeyRotation on a multi-Region primary: its replicas
+    /// take the schedule (best effort, as the Regions list).
+    pub(crate) async fn tell_replicas_rotation(&self, key: &CachedKey) {
+        let Some(m) = &key.record.multi_region else {
+            return;
+        };
+        if m.primary_region != self.settings.region {
+            return;
+        }
+        let Ok(link) = self.link() else { return };
+        for region in &m.replica_regions {
+            let req = UpdateMultiRegionKeyRequest {
+                source_region: self.settings.region.clone(),
+                key_id: key.record.key_id.clone(),
+                primary_region: m.primary_region.clone(),
+                replica_regions: m.replica_regions.clone(),
+                rotation: self.shared_rotation(&key.record.key_id),
+                ..Default::default()
+            };
+            if let Err(e) = link.update_multi_region_key(region, req).await {
+                tracing::warn!(key_id = %key.record.key_id, region = %region, error = %e,
+                    "a replica did not take the primary's rotation schedule");
+            }
+        }
     }
 
     /// Version `v` of `key` wrapped on this HSM for `peer`'s device (a token object's, or in
@@ -468,6 +527,29 @@ impl Kms {
         }
     }
 
+    /// Whether `region` still holds its replica of `key` (asked with an unchanged update): a
+    /// replica whose Region answers NotFound was deleted there and its report lost; a Region
+    /// that cannot be reached counts as holding it.
+    async fn replica_answers(
+        &self,
+        link: &Arc<dyn RegionLink>,
+        key: &CachedKey,
+        m: &MultiRegion,
+        region: &str,
+    ) -> bool {
+        let probe = UpdateMultiRegionKeyRequest {
+            source_region: self.settings.region.clone(),
+            key_id: key.record.key_id.clone(),
+            primary_region: m.primary_region.clone(),
+            replica_regions: m.replica_regions.clone(),
+            ..Default::default()
+        };
+        !matches!(
+            link.update_multi_region_key(region, probe).await,
+            Err(PeerError::Refused(KmsError::NotFound(_)))
+        )
+    }
+
     /// Undoes a replica whose primary row could not be written: the replica's Region is told
     /// to drop it (best effort; `p11kms check` there shows what is left if it cannot be).
     async fn forget_replica(
@@ -486,6 +568,7 @@ impl Kms {
             replica_regions: before.replica_regions.clone(),
             new_version: None,
             current_version: None,
+            rotation: None,
         };
         if let Err(e) = link.update_multi_region_key(region, req).await {
             tracing::error!(key_id = %key.record.key_id, region, error = %e,
@@ -516,6 +599,7 @@ impl Kms {
                 replica_regions: after.replica_regions.clone(),
                 new_version: None,
                 current_version: None,
+                rotation: None,
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id, region = %region, error = %e,
@@ -561,6 +645,7 @@ impl Kms {
                         replica_regions: after.replica_regions.clone(),
                         new_version: None,
                         current_version: None,
+                        rotation: None,
                     };
                     link.update_multi_region_key(&target, order)
                         .await
@@ -625,6 +710,7 @@ impl Kms {
                 .collect(),
             new_version: None,
             current_version: None,
+            rotation: None,
         };
         if let Err(e) = link.update_multi_region_key(&m.primary_region, req).await {
             tracing::warn!(key_id = %key.record.key_id, primary = %m.primary_region, error = %e,
@@ -692,11 +778,36 @@ impl Kms {
                     material,
                 }),
                 current_version: None,
+                rotation: None,
             };
-            link.update_multi_region_key(region, req)
-                .await
-                .map_err(KmsError::from)?;
+            match link.update_multi_region_key(region, req).await {
+                Ok(_) => {}
+                // Deleted there, its report lost: no longer a replica.
+                Err(PeerError::Refused(KmsError::NotFound(_))) => {
+                    self.drop_gone_replica(key_id, region).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
+    }
+
+    /// Removes `region` from the key's replicas (its Region no longer has the replica).
+    async fn drop_gone_replica(&self, key_id: &str, region: &str) -> Result<(), KmsError> {
+        let _guard = self.key_locks.key(key_id).await;
+        let key = self.current_key(key_id)?;
+        let Some(mut m) = key.record.multi_region.clone() else {
+            return Ok(());
+        };
+        m.replica_regions.retain(|r| r != region);
+        self.update_record(&key, |r| r.multi_region = Some(m))
+            .await
+            .map_err(|e| e.into_error())?;
+        tracing::warn!(
+            key_id,
+            region,
+            "a replica its Region no longer has was dropped from the key's Regions"
+        );
         Ok(())
     }
 
@@ -717,6 +828,7 @@ impl Kms {
                 replica_regions: m.replica_regions.clone(),
                 new_version: None,
                 current_version: Some(key.record.current_version),
+                rotation: None,
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id = %key.record.key_id, region = %region, error = %e,

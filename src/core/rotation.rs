@@ -295,7 +295,7 @@ impl Kms {
             .rotation_period_in_days
             .unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
         validate::int_range("rotationPeriodInDays", days, 90, 2560)?;
-        self.change_key(caller, &req.key_id, move |resolved| async move {
+        let key = self.change_key(caller, &req.key_id, move |resolved| async move {
             let period = ("kms:RotationPeriodInDays", CtxValue::one(days.to_string()));
             let action = "kms:EnableKeyRotation";
             let resolved = self.rotation_checks(caller, resolved, action, Some(period), false)?;
@@ -316,9 +316,10 @@ impl Kms {
             l.next_rotation_ms = Some(next);
             self.store_lifecycle(&resolved.key, l).await?;
             tracing::info!(key_id = %resolved.key.record.key_id, days, "automatic rotation enabled");
-            Ok(())
+            Ok(resolved.key.clone())
         })
         .await?;
+        self.tell_replicas_rotation(&key).await;
         Ok(Empty)
     }
 
@@ -328,19 +329,23 @@ impl Kms {
         caller: &Caller,
         req: DisableKeyRotationRequest,
     ) -> Result<Empty, KmsError> {
-        self.change_key(caller, &req.key_id, move |resolved| async move {
-            let action = "kms:DisableKeyRotation";
-            let resolved = self.rotation_checks(caller, resolved, action, None, false)?;
-            let mut l = self.lifecycle_of(&resolved.key.record.key_id);
-            if !l.rotation_enabled {
-                return Ok(());
-            }
-            l.rotation_enabled = false;
-            l.next_rotation_ms = None;
-            self.store_lifecycle(&resolved.key, l).await?;
-            Ok(())
-        })
-        .await?;
+        let key = self
+            .change_key(caller, &req.key_id, move |resolved| async move {
+                let action = "kms:DisableKeyRotation";
+                let resolved = self.rotation_checks(caller, resolved, action, None, false)?;
+                let mut l = self.lifecycle_of(&resolved.key.record.key_id);
+                if !l.rotation_enabled {
+                    return Ok(None);
+                }
+                l.rotation_enabled = false;
+                l.next_rotation_ms = None;
+                self.store_lifecycle(&resolved.key, l).await?;
+                Ok(Some(resolved.key.clone()))
+            })
+            .await?;
+        if let Some(key) = key {
+            self.tell_replicas_rotation(&key).await;
+        }
         Ok(Empty)
     }
 
@@ -732,7 +737,9 @@ impl Kms {
                         key.arn
                     )));
                 }
-                check_rotatable(key)
+                check_rotatable(key)?;
+                // A multi-Region replica shows its primary's schedule; the primary rotates.
+                self.check_not_replica(key)
             };
             if check(&key, &self.lifecycle_of(&key_id)).is_err() {
                 continue;

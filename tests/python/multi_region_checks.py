@@ -65,6 +65,12 @@ def main():
         dk = here.generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=ec)
         back = there.decrypt(CiphertextBlob=dk["CiphertextBlob"], EncryptionContext=ec)
         check(back["Plaintext"] == dk["Plaintext"], "a data key did not open across")
+        pair = here.generate_data_key_pair(KeyId=key_id, KeyPairSpec="ECC_NIST_P256",
+                                           EncryptionContext=ec)
+        private = there.decrypt(CiphertextBlob=pair["PrivateKeyCiphertextBlob"],
+                                EncryptionContext=ec)
+        check(private["Plaintext"] == pair["PrivateKeyPlaintext"],
+              "a data key pair's private key did not open across")
         moved = there.re_encrypt(CiphertextBlob=blob["CiphertextBlob"],
                                  SourceEncryptionContext=ec, DestinationKeyId=key_id)
         again = here.decrypt(CiphertextBlob=moved["CiphertextBlob"])

@@ -7,7 +7,8 @@ use super::convert::{each, FromWire, IntoWire};
 use super::decode;
 use crate::core::operation::Empty;
 use crate::core::regions::{
-    AcceptReplicaRequest, AcceptReplicaResponse, ReplicaVersion, UpdateMultiRegionKeyRequest,
+    AcceptReplicaRequest, AcceptReplicaResponse, ReplicaVersion, SharedRotation,
+    UpdateMultiRegionKeyRequest,
 };
 use crate::core::KmsError;
 use crate::pb;
@@ -39,6 +40,7 @@ impl super::FromMessage<pb::AcceptReplicaRequest> for AcceptReplicaRequest {
             description: m.description,
             tags: Vec::from_wire(m.tags),
             versions: m.versions.into_iter().map(version_from).collect(),
+            rotation: m.rotation.map(rotation_from),
         })
     }
 }
@@ -53,6 +55,7 @@ impl super::FromMessage<pb::UpdateMultiRegionKeyRequest> for UpdateMultiRegionKe
             replica_regions: m.replica_regions,
             new_version: m.new_version.map(version_from),
             current_version: m.current_version,
+            rotation: m.rotation.map(rotation_from),
         })
     }
 }
@@ -91,6 +94,7 @@ pub fn accept_replica_message(r: AcceptReplicaRequest) -> pb::AcceptReplicaReque
         description: r.description,
         tags: each(r.tags),
         versions: r.versions.into_iter().map(version_to).collect(),
+        rotation: r.rotation.map(rotation_to),
     }
 }
 
@@ -104,6 +108,7 @@ pub fn update_message(r: UpdateMultiRegionKeyRequest) -> pb::UpdateMultiRegionKe
         replica_regions: r.replica_regions,
         new_version: r.new_version.map(version_to),
         current_version: r.current_version,
+        rotation: r.rotation.map(rotation_to),
     }
 }
 
@@ -117,6 +122,22 @@ pub fn accept_replica_answer(
         policy: m.policy,
         tags: Vec::from_wire(m.tags),
     })
+}
+
+fn rotation_from(r: pb::SharedRotation) -> SharedRotation {
+    SharedRotation {
+        enabled: r.enabled,
+        period_days: r.period_days,
+        next_rotation_ms: Option::<i64>::from_wire(r.next_rotation),
+    }
+}
+
+fn rotation_to(r: SharedRotation) -> pb::SharedRotation {
+    pb::SharedRotation {
+        enabled: r.enabled,
+        period_days: r.period_days,
+        next_rotation: r.next_rotation_ms.into_wire(),
+    }
 }
 
 fn version_from(v: pb::ReplicaVersion) -> ReplicaVersion {
