@@ -17,7 +17,7 @@ use std::process::Command;
 
 use common::stores::{cluster, softhsm, ClusterFixture};
 use common::*;
-use p11kms::core::ManualClock;
+use p11kms::core::{InterruptCreate, ManualClock};
 use p11kms::pb;
 use p11kms::pb::region_service_client::RegionServiceClient;
 use p11kms::server::{self, RunningServer, ServerOptions};
@@ -510,6 +510,9 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
     );
     let v3 = encrypt(&mut b, &key_id, b"version three").await;
     assert_eq!(decrypt(&mut a, &v3).await.unwrap(), b"version three");
+    // us-east-1 is now a replica in token residency: the version it received is a token
+    // object with the multi-Region custody, read back from its token.
+    assert_multi_region_custody(&us_server, &key_id, 3).await;
     assert_eq!(
         decrypt(&mut a, &before).await.unwrap(),
         b"made before the replica"
@@ -719,6 +722,35 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         .expect("replicate over a lost deletion report");
     let blob = encrypt(&mut a, &fresh, b"once more").await;
     assert_eq!(decrypt(&mut b, &blob).await.unwrap(), b"once more");
+
+    // An AcceptReplica cut off after the replica's row (its daemon stopped there): the row
+    // stays in Creating, is never used, and reconciliation removes it once the grace has
+    // passed; the primary never listed it.
+    let cut = create_multi_region(&mut a).await;
+    eu_server
+        .kms
+        .hooks()
+        .set_interrupt_create(InterruptCreate::AfterMetadataRow);
+    assert!(
+        replicate(&mut a, &cut, EU).await.is_err(),
+        "an interrupted replica answered"
+    );
+    eu_server
+        .kms
+        .hooks()
+        .set_interrupt_create(InterruptCreate::Never);
+    assert!(creating_ids(&eu_server).await.contains(&cut));
+    assert_eq!(
+        regions_of(&describe(&mut a, &cut).await).2,
+        Vec::<String>::new()
+    );
+    eu_clock.advance_days(1);
+    let removed = wait_for(async || !creating_ids(&eu_server).await.contains(&cut)).await;
+    assert!(removed, "the interrupted replica's row was not reconciled");
+    assert!(key_objects(&eu_server, &cut).await.is_empty());
+    replicate(&mut a, &cut, EU)
+        .await
+        .expect("replicate after the interrupted attempt was reconciled");
 
     // Every replication step is in both Regions' trails.
     for (dir, name) in [

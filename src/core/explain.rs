@@ -112,6 +112,9 @@ const KEY_ACTIONS: &[&str] = &[
     "kms:GetParametersForImport",
     "kms:ImportKeyMaterial",
     "kms:DeleteImportedKeyMaterial",
+    // Multi-Region keys.
+    "kms:ReplicateKey",
+    "kms:UpdatePrimaryRegion",
 ];
 
 /// The actions ExplainAccess evaluates on `*`, without a key (the custom key store
@@ -123,6 +126,8 @@ const ACCOUNT_ACTIONS: &[&str] = &[
     "kms:UpdateCustomKeyStore",
     "kms:DeleteCustomKeyStore",
     "kms:DescribeCustomKeyStores",
+    // Creating a key (a replica's Region authorizes ReplicateKey's caller for it).
+    "kms:CreateKey",
 ];
 
 /// The action of an ExplainAccess request, in its canonical spelling, and whether it is one

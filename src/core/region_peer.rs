@@ -244,7 +244,8 @@ impl Kms {
             key_usage: req.key_usage.clone(),
             origin: "AWS_KMS".into(),
             state: KeyState::Creating,
-            created_at_ms: req.created_at_ms,
+            // The replica's own creation (AWS shows it so; the creating grace counts from it).
+            created_at_ms: self.now_ms(),
             deletion_date_ms: None,
             pending_window_days: None,
             current_version: req.current_version,

@@ -176,7 +176,6 @@ pub struct AcceptReplicaRequest {
     pub account: String,
     pub key_spec: String,
     pub key_usage: String,
-    pub created_at_ms: i64,
     pub current_version: u32,
     /// The Regions after this replica is added (this Region among the replicas).
     pub primary_region: String,
@@ -429,7 +428,6 @@ impl Kms {
             account: r.account.clone(),
             key_spec: r.key_spec.clone(),
             key_usage: r.key_usage.clone(),
-            created_at_ms: r.created_at_ms,
             current_version: r.current_version,
             primary_region: after.primary_region.clone(),
             replica_regions: after.replica_regions.clone(),

@@ -44,6 +44,7 @@ SAMPLES = [
     "https://xks.example.com",
     "/kms/xks/v1",
     "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0",
+    "eu-west-1",
 ]
 # Values that break a pattern, tried in order until one has a valid length and fails it.
 OFF_PATTERN = [" ", "a b", "\u0100", "\u0001", "!", "alias/a b", "A", "a"]
