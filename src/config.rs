@@ -134,6 +134,12 @@ pub struct RegionConfig {
     /// `p11kms:UpdateMultiRegionKey`.
     #[serde(default)]
     pub peers: BTreeMap<String, crate::client::ClientConfig>,
+    /// `[region.peer_principals]`: `<region> = "<principal ARN>"`, who each peer Region's
+    /// daemon is here (its certificate binding or access key). A request that says it comes
+    /// from that Region is refused from anyone else; a peer without an entry is any principal
+    /// with the `p11kms:` action (set one for every peer).
+    #[serde(default)]
+    pub peer_principals: BTreeMap<String, String>,
     /// How long one call to a peer may take, milliseconds (default 10,000: a replica's
     /// key material is unwrapped on the peer's HSM before it answers).
     #[serde(default = "default_peer_timeout_ms")]
@@ -148,6 +154,7 @@ impl Default for RegionConfig {
     fn default() -> Self {
         RegionConfig {
             peers: BTreeMap::new(),
+            peer_principals: BTreeMap::new(),
             peer_timeout_ms: default_peer_timeout_ms(),
         }
     }
@@ -665,6 +672,16 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.region.peer_timeout_ms == 0 {
             return invalid("region.peer_timeout_ms must be at least 1".into());
+        }
+        for (name, arn) in &self.region.peer_principals {
+            if !self.region.peers.contains_key(name) {
+                return invalid(format!(
+                    "[region.peer_principals] {name}: not a Region of [region.peers]"
+                ));
+            }
+            if Arn::parse(arn).is_err() {
+                return invalid(format!("[region.peer_principals] {name}: not an ARN"));
+            }
         }
         for (name, peer) in &self.region.peers {
             let at = format!("[region.peers.{name}]");
@@ -1219,6 +1236,20 @@ data_dir = "data"
             (
                 format!("[region]\npeer_timeout_ms = 0\n{BASE}"),
                 "peer_timeout_ms",
+            ),
+            (
+                format!(
+                    "{}\n[region.peer_principals]\nap-south-1 = \"arn:aws:iam::1:user/a\"\n",
+                    peer("eu-west-1", good)
+                ),
+                "not a Region of [region.peers]",
+            ),
+            (
+                format!(
+                    "{}\n[region.peer_principals]\neu-west-1 = \"admin\"\n",
+                    peer("eu-west-1", good)
+                ),
+                "not an ARN",
             ),
         ];
         for (text, says) in refused {

@@ -29,6 +29,7 @@ const UPDATE_MULTI_REGION_KEY: &str = "/p11kms.v1.RegionService/UpdateMultiRegio
 /// This Region's peers, from `[region]`.
 pub struct GrpcRegionLink {
     peers: BTreeMap<String, ClientConfig>,
+    principals: BTreeMap<String, String>,
     timeout: Duration,
 }
 
@@ -43,6 +44,7 @@ impl GrpcRegionLink {
         });
         (!cfg.peers.is_empty()).then(|| GrpcRegionLink {
             peers: peers.collect(),
+            principals: cfg.peer_principals.clone(),
             timeout: Duration::from_millis(cfg.peer_timeout_ms),
         })
     }
@@ -90,6 +92,21 @@ impl GrpcRegionLink {
         })
     }
 
+    /// The answer of one call to `peer`, within `[region] peer_timeout_ms`.
+    async fn within<T>(
+        &self,
+        peer: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<tonic::Response<T>, PeerError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| PeerError::Unreachable {
+                region: peer.into(),
+                detail: "timed out".into(),
+            })?
+            .map_err(|s| self.failed(peer, s))
+    }
+
     /// The error of a call that ended with `status`.
     fn failed(&self, peer: &str, status: tonic::Status) -> PeerError {
         match aws_reason(&status) {
@@ -111,6 +128,10 @@ impl RegionLink for GrpcRegionLink {
         self.peers.keys().cloned().collect()
     }
 
+    fn peer_principal(&self, region: &str) -> Option<String> {
+        self.principals.get(region).cloned()
+    }
+
     async fn accept_replica(
         &self,
         peer: &str,
@@ -120,13 +141,7 @@ impl RegionLink for GrpcRegionLink {
         let endpoint = cfg.endpoint.clone().unwrap_or_default();
         let msg = accept_replica_message(req);
         let request = Self::request(cfg, &endpoint, msg, ACCEPT_REPLICA)?;
-        let answer = tokio::time::timeout(self.timeout, client.accept_replica(request))
-            .await
-            .map_err(|_| PeerError::Unreachable {
-                region: peer.into(),
-                detail: "timed out".into(),
-            })?
-            .map_err(|s| self.failed(peer, s))?;
+        let answer = self.within(peer, client.accept_replica(request)).await?;
         accept_replica_answer(answer.into_inner()).map_err(|e| {
             PeerError::Refused(KmsError::Internal(format!("{peer} answered badly: {e}")))
         })
@@ -140,13 +155,8 @@ impl RegionLink for GrpcRegionLink {
         let (mut client, cfg) = self.client(peer).await?;
         let endpoint = cfg.endpoint.clone().unwrap_or_default();
         let request = Self::request(cfg, &endpoint, update_message(req), UPDATE_MULTI_REGION_KEY)?;
-        tokio::time::timeout(self.timeout, client.update_multi_region_key(request))
-            .await
-            .map_err(|_| PeerError::Unreachable {
-                region: peer.into(),
-                detail: "timed out".into(),
-            })?
-            .map_err(|s| self.failed(peer, s))?;
+        self.within(peer, client.update_multi_region_key(request))
+            .await?;
         Ok(Empty)
     }
 }

@@ -88,8 +88,14 @@ impl Region {
             )
         };
         // A third peer, configured but never trusted by this token's SO: no key can go there.
+        // Who each peer's daemon is here: the real peer calls as the admin; the untrusted
+        // one would be user2, so the admin cannot speak for it.
+        let principals = format!(
+            "[region.peer_principals]\n\"{}\" = \"{ADMIN}\"\n\"{UNTRUSTED}\" = \"{USER2}\"\n",
+            peer.name
+        );
         let text = format!(
-            "{text}\n[kms]\nregion = \"{name}\"\n{AWS_DOOR_SECTION}\n{}\n{}",
+            "{text}\n[kms]\nregion = \"{name}\"\n{AWS_DOOR_SECTION}\n{}\n{}\n{principals}",
             peer_section(peer.name),
             peer_section(UNTRUSTED),
             name = self.name,
@@ -291,6 +297,19 @@ async fn assert_macs_cross(a: &mut Client, b: &mut Client, id: &str) {
         };
         assert!(metadata(there.verify_mac(req).await, "verify mac").mac_valid);
     }
+}
+
+/// `key_id` does not exist in the Region of `c`.
+async fn assert_absent(c: &mut Client, key_id: &str) {
+    let req = pb::DescribeKeyRequest {
+        key_id: key_id.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        reason(c.describe_key(req).await),
+        "NotFoundException",
+        "{key_id}"
+    );
 }
 
 /// In wrapped residency the replica's versions are blobs under the Region's master: no token
@@ -578,6 +597,21 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         "AccessDeniedException",
         "p11kms:AcceptReplica",
     );
+    let impostor = pb::AcceptReplicaRequest {
+        source_region: UNTRUSTED.into(),
+        primary_region: UNTRUSTED.into(),
+        ..order.clone()
+    };
+    let as_other = region_client(eu_server.addr, "admin")
+        .await
+        .accept_replica(impostor)
+        .await;
+    assert_refused(
+        as_other,
+        "the admin speaking for another Region",
+        "AccessDeniedException",
+        "is not the daemon of ap-south-1",
+    );
     let tampered = region_client(eu_server.addr, "admin")
         .await
         .accept_replica(order)
@@ -588,16 +622,7 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         "KMSInternalException",
         "refused the key material",
     );
-    assert_eq!(
-        reason(
-            b.describe_key(pb::DescribeKeyRequest {
-                key_id: fresh.clone(),
-                ..Default::default()
-            })
-            .await
-        ),
-        "NotFoundException"
-    );
+    assert_absent(&mut b, &fresh).await;
     assert!(
         key_objects(&eu_server, &fresh).await.is_empty(),
         "the refused replica left objects"
@@ -617,16 +642,7 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
     );
     let eu_server = eu.start(&eu_clock).await;
     let mut b = admin(eu_server.addr).await;
-    assert_eq!(
-        reason(
-            b.describe_key(pb::DescribeKeyRequest {
-                key_id: fresh.clone(),
-                ..Default::default()
-            })
-            .await
-        ),
-        "NotFoundException"
-    );
+    assert_absent(&mut b, &fresh).await;
     // ... and once it is back, the same key replicates.
     replicate(&mut a, &fresh, EU)
         .await

@@ -58,6 +58,7 @@ impl Kms {
     ) -> Result<AcceptReplicaResponse, KmsError> {
         self.authorize(caller, AuthzRequest::new("p11kms:AcceptReplica", "*"))?;
         self.check_peer_order(
+            caller,
             &req.source_region,
             &req.primary_region,
             &req.replica_regions,
@@ -139,11 +140,12 @@ impl Kms {
     /// key's primary, with this Region among the Regions it names.
     fn check_peer_order(
         &self,
+        caller: &Caller,
         source: &str,
         primary: &str,
         replicas: &[String],
     ) -> Result<(), KmsError> {
-        self.check_known_peer(source)?;
+        self.check_known_peer(caller, source)?;
         let local = &self.settings.region;
         let here = primary == local || replicas.iter().any(|r| r == local);
         if !here || replicas.iter().any(|r| r == primary) {
@@ -154,19 +156,23 @@ impl Kms {
         Ok(())
     }
 
-    /// `source` is one of this Region's configured peers.
-    fn check_known_peer(&self, source: &str) -> Result<(), KmsError> {
-        let known = self
-            .region_link
-            .get()
-            .is_some_and(|l| l.peers().iter().any(|p| p == source));
-        if !known {
+    /// `source` is one of this Region's configured peers, and `caller` is that Region's
+    /// daemon when `[region.peer_principals]` names it.
+    fn check_known_peer(&self, caller: &Caller, source: &str) -> Result<(), KmsError> {
+        let link = self.region_link.get();
+        if !link.is_some_and(|l| l.peers().iter().any(|p| p == source)) {
             return Err(KmsError::AccessDenied(format!(
                 "{source} is not a peer Region of {}.",
                 self.settings.region
             )));
         }
-        Ok(())
+        match link.and_then(|l| l.peer_principal(source)) {
+            Some(p) if p != caller.principal_arn => Err(KmsError::AccessDenied(format!(
+                "{} is not the daemon of {source}.",
+                caller.principal_arn
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The principal a peer acts for, as a caller of this Region (it must exist in this
@@ -376,7 +382,7 @@ impl Kms {
         let current = key.record.multi_region.clone().ok_or_else(|| {
             KmsError::UnsupportedOperation(format!("{} is not a multi-Region key.", key.arn))
         })?;
-        self.check_known_peer(&req.source_region)?;
+        self.check_known_peer(caller, &req.source_region)?;
         // Only the key's primary (or the old primary handing over) sends changes; a replica
         // only reports its own deletion, to the primary.
         if req.source_region != current.primary_region {

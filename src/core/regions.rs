@@ -124,6 +124,8 @@ impl From<PeerError> for KmsError {
 pub trait RegionLink: Send + Sync {
     /// The configured peer Regions.
     fn peers(&self) -> Vec<String>;
+    /// The principal `region`'s daemon is known as here, when configured.
+    fn peer_principal(&self, region: &str) -> Option<String>;
     /// Asks `peer` to make a replica ([`super::region_peer`]'s AcceptReplica).
     async fn accept_replica(
         &self,
