@@ -36,11 +36,7 @@ pub fn parse(id: &str) -> Result<Uuid, BadKeyId> {
 
 /// The key id of 16 key-id bytes: `mrk-...` for a multi-Region key, else the hyphenated UUID.
 pub fn render(uuid: &Uuid) -> String {
-    if is_multi_region(uuid) {
-        format!("{MRK_PREFIX}{}", uuid.simple())
-    } else {
-        uuid.hyphenated().to_string()
-    }
+    crate::encoding::key_id_text(*uuid.as_bytes())
 }
 
 /// [`render`] of raw bytes (a ciphertext header's or an HSM object's key id).

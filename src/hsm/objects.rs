@@ -71,7 +71,7 @@ impl fmt::Display for ObjectId {
         write!(
             f,
             "{}/v{}",
-            uuid::Uuid::from_bytes(self.key_id()).hyphenated(),
+            crate::encoding::key_id_text(self.key_id()),
             self.version()
         )
     }
