@@ -77,6 +77,18 @@ pub fn is_pascal_of(wire: &str, snake: &str) -> bool {
     w.next().is_none()
 }
 
+/// A key id's text from its 16 bytes: `mrk-` and 32 hex digits for a multi-Region key (the
+/// bytes of a version-8 UUID), else the hyphenated UUID. Every layer writes key ids through
+/// it (`core::key_id` parses them back; the HSM layer names objects with it).
+pub fn key_id_text(bytes: [u8; 16]) -> String {
+    let uuid = uuid::Uuid::from_bytes(bytes);
+    if uuid.get_version_num() == 8 {
+        format!("mrk-{}", uuid.simple())
+    } else {
+        uuid.hyphenated().to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,17 +145,5 @@ mod tests {
         );
         assert!(percent_decode_strict("%G0").is_err());
         assert!(percent_decode_strict("%FF").is_err());
-    }
-}
-
-/// A key id's text from its 16 bytes: `mrk-` and 32 hex digits for a multi-Region key (the
-/// bytes of a version-8 UUID), else the hyphenated UUID. Every layer writes key ids through
-/// it (`core::key_id` parses them back; the HSM layer names objects with it).
-pub fn key_id_text(bytes: [u8; 16]) -> String {
-    let uuid = uuid::Uuid::from_bytes(bytes);
-    if uuid.get_version_num() == 8 {
-        format!("mrk-{}", uuid.simple())
-    } else {
-        uuid.hyphenated().to_string()
     }
 }

@@ -77,12 +77,18 @@ impl GrpcRegionLink {
     }
 
     /// `msg` as a request for `path`, SigV4-signed when the peer config has an access key.
+    /// Only the config's own credentials count: the daemon never signs with the `AWS_*`
+    /// variables of its environment (the client's fallback), so a peer without an access key
+    /// is reached with its client certificate alone.
     fn request<T: prost::Message>(
         cfg: &ClientConfig,
         endpoint: &str,
         msg: T,
         path: &str,
     ) -> Result<tonic::Request<T>, PeerError> {
+        if cfg.access_key_id.is_none() {
+            return Ok(tonic::Request::new(msg));
+        }
         let signer = cfg.signer_for(endpoint).map_err(|e| {
             PeerError::Refused(KmsError::Internal(format!("peer credentials: {e}")))
         })?;

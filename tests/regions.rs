@@ -739,6 +739,30 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
     let blob = encrypt(&mut a, &fresh, b"once more").await;
     assert_eq!(decrypt(&mut b, &blob).await.unwrap(), b"once more");
 
+    // A change the replica missed (it was down) reaches it once it is back: the primary's
+    // sweeps retry it.
+    eu_server.shutdown().await.unwrap();
+    let enable = pb::EnableKeyRotationRequest {
+        key_id: fresh.clone(),
+        rotation_period_in_days: Some(200),
+    };
+    metadata(
+        a.enable_key_rotation(enable).await,
+        "enable rotation with the replica down",
+    );
+    let eu_server = eu.start(&eu_clock).await;
+    let mut b = admin(eu_server.addr).await;
+    let mut probe = b.clone();
+    let req = pb::GetKeyRotationStatusRequest {
+        key_id: fresh.clone(),
+    };
+    let caught_up = wait_for(async || {
+        let shown = probe.get_key_rotation_status(req.clone()).await;
+        shown.is_ok_and(|r| r.into_inner().rotation_period_in_days == Some(200))
+    })
+    .await;
+    assert!(caught_up, "the replica never took the schedule it missed");
+
     // An AcceptReplica cut off after the replica's row (its daemon stopped there): the row
     // stays in Creating, is never used, and reconciliation removes it once the grace has
     // passed; the primary never listed it.

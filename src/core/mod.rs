@@ -323,6 +323,9 @@ pub struct Kms {
     service_sink: std::sync::OnceLock<Arc<dyn service::ServiceEventSink>>,
     /// How this Region reaches its peer Regions (multi-Region keys, [`regions`]).
     region_link: std::sync::OnceLock<Arc<dyn regions::RegionLink>>,
+    /// (key id, Region) pairs that missed a change to a multi-Region key's shared state,
+    /// retried by the sweeps ([`Kms::resync_regions`]).
+    region_resync: std::sync::Mutex<BTreeSet<(String, String)>>,
     /// Keys whose creation ended without an answer (found in `Creating` at start-up, or left
     /// so by a CreateKey that failed or was dropped), by key id: never in the request cache,
     /// resolved by [`Kms::reconcile_creates`] once the grace period has passed.
@@ -380,6 +383,7 @@ impl Kms {
             usage: usage::UsageTracker::default(),
             service_sink: std::sync::OnceLock::new(),
             region_link: std::sync::OnceLock::new(),
+            region_resync: std::sync::Mutex::new(BTreeSet::new()),
             stranded: std::sync::Mutex::new(BTreeMap::new()),
             loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
             policies: std::sync::Mutex::new(HashMap::new()),

@@ -392,7 +392,8 @@ impl Kms {
         if !stays {
             return self.drop_withdrawn_replica(&key).await;
         }
-        if req.primary_region == local && current.primary_region != local {
+        let becomes_primary = req.primary_region == local && current.primary_region != local;
+        if becomes_primary {
             let target = self.on_behalf_of(&req.principal_arn, &key.record.account)?;
             let resolved = Resolved {
                 key: key.clone(),
@@ -409,7 +410,19 @@ impl Kms {
         if let Some(r) = req.rotation {
             self.take_shared_rotation(&key.record.key_id, r).await?;
         }
-        self.apply_regions(&key, &req).await
+        self.apply_regions(&key, &req).await?;
+        // The new primary answers for the other replicas from now on: its sweeps make sure
+        // each has the swap, whatever the old primary could tell them.
+        if becomes_primary {
+            for r in req
+                .replica_regions
+                .iter()
+                .filter(|r| **r != req.source_region)
+            {
+                self.mark_resync(&req.key_id, r);
+            }
+        }
+        Ok(Empty)
     }
 
     /// At the primary: a replica's Region reports that its replica was deleted. The one

@@ -473,7 +473,8 @@ impl Kms {
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id = %key.record.key_id, region = %region, error = %e,
-                    "a replica did not take the primary's rotation schedule");
+                    "a replica did not take the primary's rotation schedule; will retry");
+                self.mark_resync(&key.record.key_id, region);
             }
         }
     }
@@ -603,7 +604,8 @@ impl Kms {
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id, region = %region, error = %e,
-                    "a peer Region did not take a multi-Region key's new Regions");
+                    "a peer Region did not take a multi-Region key's new Regions; will retry");
+                self.mark_resync(key_id, region);
             }
         }
     }
@@ -832,9 +834,72 @@ impl Kms {
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id = %key.record.key_id, region = %region, error = %e,
-                    "a replica did not switch to the primary's new key material version");
+                    "a replica did not switch to the primary's new key material version; will retry");
+                self.mark_resync(&key.record.key_id, region);
             }
         }
+    }
+}
+
+impl Kms {
+    /// Remembers that `region` missed a change to `key_id`'s shared state: the primary's
+    /// sweeps push the whole state to it until it takes it ([`Kms::resync_regions`]).
+    pub(crate) fn mark_resync(&self, key_id: &str, region: &str) {
+        let mut pending = self.region_resync.lock().unwrap_or_else(|p| p.into_inner());
+        pending.insert((key_id.to_string(), region.to_string()));
+    }
+
+    fn unmark_resync(&self, pair: &(String, String)) {
+        let mut pending = self.region_resync.lock().unwrap_or_else(|p| p.into_inner());
+        pending.remove(pair);
+    }
+
+    /// One sweep's retry of every missed change: where this Region is the key's primary and
+    /// the Region still one of its replicas, the key's Regions, current version and rotation
+    /// schedule are sent whole. A Region that still cannot be reached stays pending; one that
+    /// refuses is logged and dropped (a retry would not change its answer). In memory only: a
+    /// restart forgets them, and the next change to the key reaches every Region again.
+    pub(crate) async fn resync_regions(&self) -> usize {
+        let pending: Vec<(String, String)> = {
+            let p = self.region_resync.lock().unwrap_or_else(|p| p.into_inner());
+            p.iter().cloned().collect()
+        };
+        let Ok(link) = self.link() else { return 0 };
+        let mut done = 0;
+        for pair in pending {
+            let Some(req) = self.whole_state(&pair.0, &pair.1) else {
+                self.unmark_resync(&pair);
+                continue;
+            };
+            match link.update_multi_region_key(&pair.1, req).await {
+                Err(PeerError::Unreachable { .. }) => continue,
+                Err(e) => tracing::warn!(key_id = %pair.0, region = %pair.1, error = %e,
+                    "a replica refused the primary's state; not retried"),
+                Ok(_) => done += 1,
+            }
+            self.unmark_resync(&pair);
+        }
+        done
+    }
+
+    /// The whole shared state of `key_id` for replica `region`, if this Region is still its
+    /// primary and `region` one of its replicas.
+    fn whole_state(&self, key_id: &str, region: &str) -> Option<UpdateMultiRegionKeyRequest> {
+        let key = self.current_key(key_id).ok()?;
+        let m = key.record.multi_region.as_ref()?;
+        let primary_here = m.primary_region == self.settings.region;
+        if !primary_here || !m.replica_regions.iter().any(|r| r == region) {
+            return None;
+        }
+        Some(UpdateMultiRegionKeyRequest {
+            source_region: self.settings.region.clone(),
+            key_id: key_id.to_string(),
+            primary_region: m.primary_region.clone(),
+            replica_regions: m.replica_regions.clone(),
+            current_version: Some(key.record.current_version),
+            rotation: self.shared_rotation(key_id),
+            ..Default::default()
+        })
     }
 }
 

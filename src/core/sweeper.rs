@@ -139,6 +139,10 @@ impl Kms {
                 tracing::error!(error = %e, "interrupted CreateKey reconciliation failed; will retry")
             }
         }
+        let resynced = self.resync_regions().await;
+        if resynced > 0 {
+            tracing::info!(resynced, "replicas took the primary's multi-Region state");
+        }
         match self.rewrap_round(super::rewrap::REWRAP_BATCH).await {
             Ok(a) => done.extend(a),
             Err(e) => tracing::error!(error = %e, "master-key rotation round failed; will retry"),
