@@ -751,7 +751,7 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
         "enable rotation with the replica down",
     );
     let eu_server = eu.start(&eu_clock).await;
-    let mut b = admin(eu_server.addr).await;
+    let b = admin(eu_server.addr).await;
     let mut probe = b.clone();
     let req = pb::GetKeyRotationStatusRequest {
         key_id: fresh.clone(),
