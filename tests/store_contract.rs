@@ -1400,7 +1400,7 @@ async fn pg_previous_schema_is_migrated(pg: &PgServer) {
     assert_eq!((key.description.as_str(), key.row_version), ("old", 1));
     let ks = store.get_key_store("cks-1").await.unwrap().unwrap();
     assert_eq!((ks.sealed_password, ks.row_version), (vec![1], 1));
-    assert_eq!(store.describe().await.unwrap().latest_applied(), 9);
+    assert_eq!(store.describe().await.unwrap().latest_applied(), 10);
 }
 
 async fn pg_stopped_server_is_unavailable_then_recovers(pg: &mut PgServer) {
