@@ -803,4 +803,12 @@ async fn multi_region_keys_replicate_rotate_and_change_primary() {
     }
     us_server.shutdown().await.unwrap();
     eu_server.shutdown().await.unwrap();
+
+    // After every refusal, failure, withdrawal and reconciliation above, `p11kms check` finds
+    // nothing half-made in either Region: no orphan object, no row without its material.
+    for region in [&us, &eu] {
+        let (code, text) = run_check(&region.config).await;
+        assert!(!text.contains("DRIFT"), "{}: {text}", region.name);
+        assert_eq!(code, 0, "{}: {text}", region.name);
+    }
 }
