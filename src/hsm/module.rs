@@ -83,6 +83,27 @@ pub(crate) fn module(path: &Path, token: &str, counters: &Counters) -> Result<In
 
 /// The slot holding the one token labelled `label`. Errors if there is none
 /// or more than one (slot numbers are never used: SoftHSM2 renumbers them).
+/// `C_GetTokenInfo` of `slot`, asked again (up to three times, 20 ms apart) while it answers
+/// `CKR_GENERAL_ERROR`: SoftHSM2 answers so for a token whose files another process is
+/// writing at that moment (seen in CI, another test's daemon saving objects on its own token
+/// while `check` looked for a label). Any other answer is final.
+fn token_info_settled(
+    pkcs11: &Pkcs11,
+    slot: Slot,
+    counters: &Counters,
+) -> Result<cryptoki::slot::TokenInfo, CkError> {
+    let mut tries = 0;
+    loop {
+        match counters.run(Call::GetTokenInfo, || pkcs11.get_token_info(slot)) {
+            Err(CkError::Pkcs11(RvError::GeneralError, _)) if tries < 3 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub(crate) fn find_token(
     pkcs11: &Pkcs11,
     label: &str,
@@ -91,7 +112,7 @@ pub(crate) fn find_token(
     let slots = counters.call(Call::GetSlotList, label, || pkcs11.get_slots_with_token())?;
     let mut found = Vec::new();
     for slot in slots {
-        match counters.run(Call::GetTokenInfo, || pkcs11.get_token_info(slot)) {
+        match token_info_settled(pkcs11, slot, counters) {
             Ok(info) if info.label().trim_end() == label => found.push(slot),
             Ok(_) => {}
             // A slot whose token vanished between the two calls is skipped.
