@@ -270,6 +270,18 @@ impl Kms {
         })
     }
 
+    /// An UpdateMultiRegionKey from this Region naming `key_id`'s Regions `m`, nothing else
+    /// set: every change a Region sends starts from it.
+    fn order(&self, key_id: &str, m: &MultiRegion) -> UpdateMultiRegionKeyRequest {
+        UpdateMultiRegionKeyRequest {
+            source_region: self.settings.region.clone(),
+            key_id: key_id.to_string(),
+            primary_region: m.primary_region.clone(),
+            replica_regions: m.replica_regions.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The key ARN of `key_id` in `region`.
     pub(crate) fn key_arn_in(&self, region: &str, account: &str, key_id: &str) -> String {
         arn::key_arn(&self.settings.partition, region, account, key_id)
@@ -464,12 +476,8 @@ impl Kms {
         let Ok(link) = self.link() else { return };
         for region in &m.replica_regions {
             let req = UpdateMultiRegionKeyRequest {
-                source_region: self.settings.region.clone(),
-                key_id: key.record.key_id.clone(),
-                primary_region: m.primary_region.clone(),
-                replica_regions: m.replica_regions.clone(),
                 rotation: self.shared_rotation(&key.record.key_id),
-                ..Default::default()
+                ..self.order(&key.record.key_id, m)
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id = %key.record.key_id, region = %region, error = %e,
@@ -538,13 +546,7 @@ impl Kms {
         m: &MultiRegion,
         region: &str,
     ) -> bool {
-        let probe = UpdateMultiRegionKeyRequest {
-            source_region: self.settings.region.clone(),
-            key_id: key.record.key_id.clone(),
-            primary_region: m.primary_region.clone(),
-            replica_regions: m.replica_regions.clone(),
-            ..Default::default()
-        };
+        let probe = self.order(&key.record.key_id, m);
         !matches!(
             link.update_multi_region_key(region, probe).await,
             Err(PeerError::Refused(KmsError::NotFound(_)))
@@ -562,14 +564,8 @@ impl Kms {
         before: &MultiRegion,
     ) {
         let req = UpdateMultiRegionKeyRequest {
-            source_region: self.settings.region.clone(),
             principal_arn: caller.principal_arn.clone(),
-            key_id: key.record.key_id.clone(),
-            primary_region: before.primary_region.clone(),
-            replica_regions: before.replica_regions.clone(),
-            new_version: None,
-            current_version: None,
-            rotation: None,
+            ..self.order(&key.record.key_id, before)
         };
         if let Err(e) = link.update_multi_region_key(region, req).await {
             tracing::error!(key_id = %key.record.key_id, region, error = %e,
@@ -593,14 +589,8 @@ impl Kms {
             .filter(|r| r.as_str() != local && !skip.contains(&r.as_str()));
         for region in others {
             let req = UpdateMultiRegionKeyRequest {
-                source_region: local.to_string(),
                 principal_arn: principal_arn.to_string(),
-                key_id: key_id.to_string(),
-                primary_region: after.primary_region.clone(),
-                replica_regions: after.replica_regions.clone(),
-                new_version: None,
-                current_version: None,
-                rotation: None,
+                ..self.order(key_id, after)
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id, region = %region, error = %e,
@@ -640,14 +630,8 @@ impl Kms {
                     }
                     let after = swapped(m, &target);
                     let order = UpdateMultiRegionKeyRequest {
-                        source_region: self.settings.region.clone(),
                         principal_arn: caller.principal_arn.clone(),
-                        key_id: key.record.key_id.clone(),
-                        primary_region: after.primary_region.clone(),
-                        replica_regions: after.replica_regions.clone(),
-                        new_version: None,
-                        current_version: None,
-                        rotation: None,
+                        ..self.order(&key.record.key_id, &after)
                     };
                     link.update_multi_region_key(&target, order)
                         .await
@@ -769,18 +753,12 @@ impl Kms {
         for region in &m.replica_regions {
             let material = self.wrap_for_peer(&key, version, region).await?;
             let req = UpdateMultiRegionKeyRequest {
-                source_region: self.settings.region.clone(),
-                principal_arn: String::new(),
-                key_id: key_id.to_string(),
-                primary_region: m.primary_region.clone(),
-                replica_regions: m.replica_regions.clone(),
                 new_version: Some(ReplicaVersion {
                     version,
                     created_at_ms,
                     material,
                 }),
-                current_version: None,
-                rotation: None,
+                ..self.order(key_id, &m)
             };
             match link.update_multi_region_key(region, req).await {
                 Ok(_) => {}
@@ -823,14 +801,8 @@ impl Kms {
         let Ok(link) = self.link() else { return };
         for region in &m.replica_regions {
             let req = UpdateMultiRegionKeyRequest {
-                source_region: self.settings.region.clone(),
-                principal_arn: String::new(),
-                key_id: key.record.key_id.clone(),
-                primary_region: m.primary_region.clone(),
-                replica_regions: m.replica_regions.clone(),
-                new_version: None,
                 current_version: Some(key.record.current_version),
-                rotation: None,
+                ..self.order(&key.record.key_id, m)
             };
             if let Err(e) = link.update_multi_region_key(region, req).await {
                 tracing::warn!(key_id = %key.record.key_id, region = %region, error = %e,
@@ -892,13 +864,9 @@ impl Kms {
             return None;
         }
         Some(UpdateMultiRegionKeyRequest {
-            source_region: self.settings.region.clone(),
-            key_id: key_id.to_string(),
-            primary_region: m.primary_region.clone(),
-            replica_regions: m.replica_regions.clone(),
             current_version: Some(key.record.current_version),
             rotation: self.shared_rotation(key_id),
-            ..Default::default()
+            ..self.order(key_id, m)
         })
     }
 }
