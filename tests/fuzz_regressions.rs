@@ -112,3 +112,20 @@ fn every_seed_goes_through_its_harness() {
         assert_eq!(outcomes.get(seed).map(String::as_str), Some(want), "{seed}");
     }
 }
+
+/// The XKS harness's "never quotes the body" check tells a quoted body from a body that is
+/// a piece of the door's fixed wording.
+#[test]
+fn the_xks_quote_check_tells_an_echo_from_a_coincidence() {
+    let body = br#""a secret the caller sent, quoted back""#;
+    let echo = |b: &[u8]| Some(format!("bad input: {}", String::from_utf8_lossy(b)));
+    assert!(harness::quotes_body(body, &echo(body).unwrap(), echo));
+    let fixed = |_: &[u8]| Some(String::from("The request body is not valid JSON (line 1)."));
+    let wording = b"The request body is not valid JSON";
+    assert!(!harness::quotes_body(
+        wording,
+        &fixed(wording).unwrap(),
+        fixed
+    ));
+    assert!(!harness::quotes_body(b"short", "short", echo));
+}
