@@ -2,7 +2,8 @@
 # Installs what p11kms needs on a Debian or Ubuntu machine, only where it is missing:
 # SoftHSM2 (the dev and test HSM), OpenSC (pkcs11-tool, for operators), the openssl CLI
 # (BYOK import tests), PostgreSQL (the shared store backend and its tests), and a C compiler
-# (the tests build a small PKCS#11 fault-injection shim). Rust itself must already be
+# (the tests build a small PKCS#11 fault-injection shim), Node.js with npm and Chromium (the
+# operator console's build and its browser tests). Rust itself must already be
 # installed (https://rustup.rs): this script says so and stops if it is not.
 set -euo pipefail
 
@@ -22,6 +23,11 @@ have_initdb() {
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null 2>&1
 }
 have_initdb || need+=(postgresql)
+# The operator console (console/): built with Node.js and npm (scripts/console.sh), and its
+# end-to-end tests drive Debian's Chromium headless through playwright-core (never a browser
+# that a test tool downloads).
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""

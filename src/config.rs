@@ -18,6 +18,7 @@ use crate::identity::arn::Arn;
 use crate::identity::directory::AccountFiles;
 use crate::identity::{CertBinding, CertMatcher, DirectoryFiles};
 
+pub mod console;
 pub mod store;
 pub mod xks;
 
@@ -121,6 +122,9 @@ pub struct Config {
     /// The peer Regions of multi-Region keys (this Region is `[kms] region`).
     #[serde(default)]
     pub region: RegionConfig,
+    /// The operator console served on the AWS door's listener; off unless enabled.
+    #[serde(default)]
+    pub console: console::ConsoleConfig,
 }
 
 /// `[region]`: the other p11kms Regions this one replicates multi-Region keys with.
@@ -625,6 +629,7 @@ impl Config {
             fix(p);
         }
         self.xks.resolve_paths(fix);
+        self.console.resolve_paths(fix);
         for peer in self.region.peers.values_mut() {
             for p in [
                 &mut peer.ca_cert,
@@ -662,6 +667,7 @@ impl Config {
         self.validate_audit()?;
         self.validate_node()?;
         self.validate_region()?;
+        self.console.validate(self.aws_json.enabled)?;
         self.store.validate()?;
         self.validate_identity()
     }
@@ -1172,6 +1178,30 @@ data_dir = "data"
             let e = Config::from_toml(&with(bad), d.path()).unwrap_err();
             assert!(e.to_string().contains("creating_grace_secs"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_console_needs_the_aws_door_and_a_built_console() {
+        let d = dir_with_files();
+        let c = Config::from_toml(BASE, d.path()).unwrap();
+        assert!(!c.console.enabled);
+        assert_eq!(c.console.assets, d.path().join("console/dist"));
+        let with = |aws: bool| {
+            let door = if aws {
+                "[aws_json]\nenabled = true\n"
+            } else {
+                ""
+            };
+            format!("{BASE}{door}[console]\nenabled = true\nassets = \"ui\"\n")
+        };
+        let e = Config::from_toml(&with(false), d.path()).unwrap_err();
+        assert!(e.to_string().contains("[aws_json] enabled"), "{e}");
+        let e = Config::from_toml(&with(true), d.path()).unwrap_err();
+        assert!(e.to_string().contains("scripts/console.sh"), "{e}");
+        std::fs::create_dir(d.path().join("ui")).unwrap();
+        std::fs::write(d.path().join("ui/index.html"), "<!doctype html>").unwrap();
+        let c = Config::from_toml(&with(true), d.path()).unwrap();
+        assert_eq!(c.console.assets, d.path().join("ui"));
     }
 
     #[test]

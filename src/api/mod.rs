@@ -9,6 +9,7 @@
 //! ([`listener`]) and the same shutdown signal.
 
 pub mod aws_json;
+pub mod console;
 pub mod gate;
 pub mod grpc;
 pub mod http;

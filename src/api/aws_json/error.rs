@@ -13,6 +13,7 @@
 //! | unknown `X-Amz-Target` | 400 | UnknownOperationException |
 //! | no `X-Amz-Target` (and not an STS form) | 400 | UnknownOperationException |
 //! | a method other than POST | 405 (`Allow: POST`) | UnknownOperationException |
+//! | an `Origin` header other than the listener's own (a page of another site) | 403 | AccessDeniedException |
 //! | body over `max_body_bytes`, refused before it is read in full or parsed | 413 | RequestEntityTooLargeException |
 //! | body not JSON, not an object, or a member of the wrong type (named, never its value) | 400 | SerializationException |
 //! | a body outside the AWS model's constraints (`model`) | 400 | ValidationException |
@@ -63,6 +64,23 @@ impl WireError {
             ..WireError::new(
                 "UnknownOperationException",
                 format!("The HTTP method {method} is not supported; AWS JSON requests are POST /."),
+            )
+        }
+    }
+
+    /// A request from a browser page of another origin: CORS is allowed for the operator
+    /// console's own origin only (`api::console`).
+    pub fn foreign_origin(xml: bool) -> WireError {
+        let name = if xml {
+            "AccessDenied"
+        } else {
+            "AccessDeniedException"
+        };
+        WireError {
+            status: StatusCode::FORBIDDEN,
+            ..WireError::new(
+                name,
+                "Requests from a web page of another origin are not accepted.",
             )
         }
     }

@@ -38,6 +38,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, Method, Request};
 use http_body_util::BodyExt;
 
+use crate::api::console::{self, ConsoleAssets};
 use crate::api::gate::{Gate, RefusedAt, RequestInfo};
 use crate::api::http::{
     headers_as_signed, sigv4_input, ConnInfo, DoorDeps, HttpBinding, HttpDoor, RequestCtx, TlsFiles,
@@ -59,12 +60,14 @@ pub use crate::identity::sigv4::MAX_SKEW_SECS;
 /// The operation name recorded for requests whose operation is unknown.
 pub const UNKNOWN_OPERATION: &str = "Unknown";
 
-/// The door: the engine's gate, the authenticator, and the body limit.
+/// The door: the engine's gate, the authenticator, the body limit, and the operator
+/// console's files when `[console]` is enabled.
 #[derive(Debug)]
 pub struct AwsJsonDoor {
     gate: Gate,
     auth: Arc<Authenticator>,
     max_body_bytes: usize,
+    console: Option<Arc<ConsoleAssets>>,
 }
 
 /// Where a request goes: a KMS operation (AWS JSON) or STS (Query protocol, XML).
@@ -133,17 +136,34 @@ impl HttpDoor for AwsJsonDoor {
     }
 
     fn build(config: &Config, deps: &DoorDeps) -> AwsJsonDoor {
-        AwsJsonDoor::new(
+        let door = AwsJsonDoor::new(
             deps.auth.clone(),
             deps.gate.clone(),
             config.aws_json.max_body_bytes,
-        )
+        );
+        match config
+            .console
+            .enabled
+            .then(|| ConsoleAssets::load(&config.console.assets))
+        {
+            Some(Ok(assets)) => door.with_console(assets),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "[console] assets could not be read: the console is not served");
+                door
+            }
+            None => door,
+        }
     }
 
-    /// Serves one HTTP request: admitted (or refused) step by step, then run through the
-    /// gate.
+    /// Serves one HTTP request: a console file, or a request admitted (or refused) step by
+    /// step, then run through the gate.
     async fn handle(&self, ctx: RequestCtx, req: Request<Body>) -> Response {
         let (parts, body) = req.into_parts();
+        if let Some(console) = &self.console {
+            if console::is_console_path(parts.uri.path()) {
+                return console.serve(&parts);
+            }
+        }
         let conn = ctx.conn;
         let mut info = request_info(ctx, &parts.headers);
         match self.admit(conn, &mut info, &parts, body).await {
@@ -160,6 +180,15 @@ impl AwsJsonDoor {
             gate,
             auth,
             max_body_bytes,
+            console: None,
+        }
+    }
+
+    /// The door serving the operator console's files under `/console/` too.
+    pub fn with_console(self, assets: ConsoleAssets) -> AwsJsonDoor {
+        AwsJsonDoor {
+            console: Some(Arc::new(assets)),
+            ..self
         }
     }
 
@@ -175,6 +204,9 @@ impl AwsJsonDoor {
     ) -> Result<Admitted, Refused> {
         let route = route(parts).map_err(|e| Refused::anonymous(e, false))?;
         let xml = matches!(route, Route::Sts);
+        if console::is_foreign_origin(parts, conn.secure) {
+            return Err(Refused::anonymous(WireError::foreign_origin(xml), xml));
+        }
         if let Route::Kms(op) = route {
             info.operation = op.name;
         }
