@@ -1,0 +1,332 @@
+// The create-key wizard, step by step as AWS's console: key type, usage, spec and origin;
+// alias, description and tags; key administrators; key users (both from the identity
+// directory, P11kmsAdmin.ListPrincipals); the generated key policy for review (editable);
+// then CreateKey (and CreateAlias).
+
+import {
+  CreateAliasCommand,
+  CreateKeyCommand,
+  CustomKeyStoresListEntry,
+  DescribeCustomKeyStoresCommand,
+  KeySpec,
+  KeyUsageType,
+  OriginType,
+} from '@aws-sdk/client-kms';
+import { admin, caller, kms } from './api';
+import { busy, errorBox, field, h, render, select, uid } from './dom';
+import { consolePolicy, KeyKind, pointAtLine, validatePolicy } from './policy';
+
+/** A principal of the identity directory (ListPrincipals). */
+interface Principal {
+  Arn: string;
+  Type: 'User' | 'Role';
+  Name: string;
+}
+
+interface ListPrincipalsResponse {
+  Principals: Principal[];
+  Truncated: boolean;
+  NextMarker?: string;
+}
+
+/** Every user and role of the identity directory. */
+export async function listPrincipals(): Promise<Principal[]> {
+  const all: Principal[] = [];
+  let marker: string | undefined;
+  do {
+    const out = await admin<ListPrincipalsResponse>('ListPrincipals', marker ? { Limit: 1000, Marker: marker } : { Limit: 1000 });
+    all.push(...out.Principals);
+    marker = out.Truncated ? out.NextMarker : undefined;
+  } while (marker);
+  return all;
+}
+
+type KeyType = 'SYMMETRIC' | 'ASYMMETRIC' | 'HMAC';
+
+/** Everything the wizard has chosen so far. */
+interface Choices {
+  type: KeyType;
+  usage: KeyUsageType;
+  spec: KeySpec;
+  origin: OriginType;
+  customKeyStoreId: string;
+  xksKeyId: string;
+  alias: string;
+  description: string;
+  tags: { TagKey: string; TagValue: string }[];
+  admins: string[];
+  adminsMayDelete: boolean;
+  users: string[];
+  policy: string;
+}
+
+const SPECS: Record<string, KeySpec[]> = {
+  'SYMMETRIC/ENCRYPT_DECRYPT': ['SYMMETRIC_DEFAULT'],
+  'ASYMMETRIC/ENCRYPT_DECRYPT': ['RSA_2048', 'RSA_3072', 'RSA_4096'],
+  'ASYMMETRIC/SIGN_VERIFY': ['RSA_2048', 'RSA_3072', 'RSA_4096', 'ECC_NIST_P256', 'ECC_NIST_P384', 'ECC_NIST_P521', 'ECC_SECG_P256K1'],
+  'ASYMMETRIC/KEY_AGREEMENT': ['ECC_NIST_P256', 'ECC_NIST_P384', 'ECC_NIST_P521'],
+  'HMAC/GENERATE_VERIFY_MAC': ['HMAC_224', 'HMAC_256', 'HMAC_384', 'HMAC_512'],
+} as Record<string, KeySpec[]>;
+
+const USAGES: Record<KeyType, KeyUsageType[]> = {
+  SYMMETRIC: ['ENCRYPT_DECRYPT'],
+  ASYMMETRIC: ['ENCRYPT_DECRYPT', 'SIGN_VERIFY', 'KEY_AGREEMENT'],
+  HMAC: ['GENERATE_VERIFY_MAC'],
+} as Record<KeyType, KeyUsageType[]>;
+
+const STEPS = ['Configure key', 'Add labels', 'Define key administrative permissions', 'Define key usage permissions', 'Review'];
+
+function kindOf(c: Choices): KeyKind {
+  if (c.type === 'SYMMETRIC') return 'SYMMETRIC';
+  if (c.type === 'HMAC') return 'HMAC';
+  return c.usage as KeyKind;
+}
+
+function generatedPolicy(c: Choices): string {
+  const p = consolePolicy({ account: caller().account, kind: kindOf(c), admins: c.admins, users: c.users, adminsMayDelete: c.adminsMayDelete });
+  return JSON.stringify(p, null, 4);
+}
+
+function radioGroup(legend: string, name: string, options: [string, string][], value: string, onChange: (v: string) => void): HTMLElement {
+  const set = h('fieldset', { class: 'radios' }, h('legend', {}, legend));
+  for (const [v, text] of options) {
+    const id = uid(name);
+    const input = h('input', { type: 'radio', name, id, value: v, checked: v === value });
+    input.addEventListener('change', () => onChange(v));
+    set.appendChild(h('div', { class: 'radio' }, input, h('label', { for: id }, text)));
+  }
+  return set;
+}
+
+/** Step 1: type, usage, spec, origin (and the custom key store). */
+function stepConfigure(c: Choices, stores: CustomKeyStoresListEntry[], redraw: () => void): HTMLElement {
+  const specs = SPECS[`${c.type}/${c.usage}`] ?? [];
+  if (!specs.includes(c.spec)) c.spec = specs[0];
+  const spec = select('keySpec', specs.map((s) => [s, s]), c.spec);
+  spec.addEventListener('change', () => (c.spec = spec.value as KeySpec));
+  const origin = select('origin', [
+    ['AWS_KMS', 'p11kms (key material made in the HSM)'],
+    ['EXTERNAL', 'External (import key material)'],
+    ['AWS_CLOUDHSM', 'Custom key store (an HSM key store)'],
+    ['EXTERNAL_KEY_STORE', 'External key store (XKS)'],
+  ], c.origin);
+  origin.addEventListener('change', () => {
+    c.origin = origin.value as OriginType;
+    redraw();
+  });
+  const store = select('customKeyStoreId', [['', 'Choose a key store'], ...stores.map((s) => [s.CustomKeyStoreId!, `${s.CustomKeyStoreName} (${s.CustomKeyStoreId}, ${s.ConnectionState})`] as [string, string])], c.customKeyStoreId);
+  store.addEventListener('change', () => (c.customKeyStoreId = store.value));
+  const xks = h('input', { name: 'xksKeyId', value: c.xksKeyId, autocomplete: 'off' });
+  xks.addEventListener('input', () => (c.xksKeyId = xks.value));
+  const needsStore = c.origin === 'AWS_CLOUDHSM' || c.origin === 'EXTERNAL_KEY_STORE';
+  return h(
+    'div',
+    {},
+    radioGroup('Key type', 'keyType', [['SYMMETRIC', 'Symmetric'], ['ASYMMETRIC', 'Asymmetric'], ['HMAC', 'HMAC']], c.type, (v) => {
+      c.type = v as KeyType;
+      c.usage = USAGES[c.type][0];
+      redraw();
+    }),
+    c.type === 'ASYMMETRIC'
+      ? radioGroup('Key usage', 'keyUsage', USAGES.ASYMMETRIC.map((u) => [u, u]), c.usage, (v) => {
+          c.usage = v as KeyUsageType;
+          redraw();
+        })
+      : h('p', {}, `Key usage: ${c.usage}`),
+    field('Key spec', spec),
+    field('Key material origin', origin),
+    needsStore ? field('Custom key store', store, stores.length ? undefined : 'No custom key stores are visible to you.') : null,
+    c.origin === 'EXTERNAL_KEY_STORE' ? field('External key ID (XKS)', xks) : null,
+  );
+}
+
+function tagRow(c: Choices, i: number, redraw: () => void): HTMLElement {
+  const t = c.tags[i];
+  const k = h('input', { name: `tagKey${i}`, value: t.TagKey, autocomplete: 'off' });
+  const v = h('input', { name: `tagValue${i}`, value: t.TagValue, autocomplete: 'off' });
+  k.addEventListener('input', () => (t.TagKey = k.value));
+  v.addEventListener('input', () => (t.TagValue = v.value));
+  const remove = h('button', { type: 'button', 'aria-label': `Remove tag ${i + 1}` }, 'Remove');
+  remove.addEventListener('click', () => {
+    c.tags.splice(i, 1);
+    redraw();
+  });
+  return h('div', { class: 'tag-row' }, field(`Tag ${i + 1} key`, k), field(`Tag ${i + 1} value`, v), remove);
+}
+
+/** Step 2: alias, description, tags. */
+function stepLabels(c: Choices, redraw: () => void): HTMLElement {
+  const alias = h('input', { name: 'alias', value: c.alias, autocomplete: 'off', placeholder: 'alias/my-key' });
+  alias.addEventListener('input', () => (c.alias = alias.value));
+  const desc = h('textarea', { name: 'description', rows: 2 }, c.description);
+  desc.addEventListener('input', () => (c.description = desc.value));
+  const add = h('button', { type: 'button' }, 'Add tag');
+  add.addEventListener('click', () => {
+    c.tags.push({ TagKey: '', TagValue: '' });
+    redraw();
+  });
+  return h(
+    'div',
+    {},
+    field('Alias', alias, 'Optional; "alias/" is added when missing.'),
+    field('Description', desc),
+    h('fieldset', {}, h('legend', {}, 'Tags'), ...c.tags.map((_, i) => tagRow(c, i, redraw)), add),
+  );
+}
+
+/** A checkbox list of principals; `chosen` is updated in place. */
+function principalPicker(legend: string, name: string, all: Principal[], chosen: string[]): HTMLElement {
+  const set = h('fieldset', { class: 'picker' }, h('legend', {}, legend));
+  if (!all.length) set.appendChild(h('p', {}, 'The identity directory has no users or roles.'));
+  for (const p of all) {
+    const id = uid(name);
+    const box = h('input', { type: 'checkbox', name, id, value: p.Arn, checked: chosen.includes(p.Arn) });
+    box.addEventListener('change', () => {
+      const at = chosen.indexOf(p.Arn);
+      if (box.checked && at < 0) chosen.push(p.Arn);
+      if (!box.checked && at >= 0) chosen.splice(at, 1);
+    });
+    set.appendChild(h('div', { class: 'check' }, box, h('label', { for: id }, `${p.Name} (${p.Type})`, h('small', { class: 'arn' }, p.Arn))));
+  }
+  return set;
+}
+
+/** Step 5: the generated policy for review, editable, validated; then create. */
+function stepReview(c: Choices, area: HTMLTextAreaElement, problem: HTMLElement): HTMLElement {
+  const reset = h('button', { type: 'button' }, 'Reset to the generated policy');
+  reset.addEventListener('click', () => {
+    c.policy = generatedPolicy(c);
+    area.value = c.policy;
+  });
+  area.addEventListener('input', () => (c.policy = area.value));
+  return h(
+    'div',
+    {},
+    h(
+      'dl',
+      { class: 'facts' },
+      ...[
+        ['Key type', `${c.type} / ${c.usage}`],
+        ['Key spec', c.spec],
+        ['Origin', c.origin + (c.customKeyStoreId ? ` (${c.customKeyStoreId})` : '')],
+        ['Alias', c.alias || '—'],
+        ['Description', c.description || '—'],
+        ['Tags', c.tags.filter((t) => t.TagKey).map((t) => `${t.TagKey}=${t.TagValue}`).join(', ') || '—'],
+        ['Key administrators', c.admins.join(', ') || '—'],
+        ['Key users', c.users.join(', ') || '—'],
+      ].flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]),
+    ),
+    field('Key policy', area, 'The policy AWS’s console generates for these choices. You may edit it.'),
+    reset,
+    problem,
+  );
+}
+
+function normalAlias(a: string): string {
+  const t = a.trim();
+  return !t || t.startsWith('alias/') ? t : `alias/${t}`;
+}
+
+/** Creates the key (and its alias); returns its id. */
+async function create(c: Choices): Promise<string> {
+  const meta = (
+    await kms().send(
+      new CreateKeyCommand({
+        KeySpec: c.spec,
+        KeyUsage: c.usage,
+        Origin: c.origin,
+        CustomKeyStoreId: c.customKeyStoreId || undefined,
+        XksKeyId: c.origin === 'EXTERNAL_KEY_STORE' ? c.xksKeyId : undefined,
+        Description: c.description || undefined,
+        Tags: c.tags.filter((t) => t.TagKey).length ? c.tags.filter((t) => t.TagKey) : undefined,
+        Policy: c.policy,
+      }),
+    )
+  ).KeyMetadata!;
+  const alias = normalAlias(c.alias);
+  if (alias) await kms().send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: meta.KeyId! }));
+  return meta.KeyId!;
+}
+
+/** Renders the wizard. */
+export async function wizardPage(): Promise<void> {
+  const c: Choices = {
+    type: 'SYMMETRIC', usage: 'ENCRYPT_DECRYPT', spec: 'SYMMETRIC_DEFAULT', origin: 'AWS_KMS', customKeyStoreId: '', xksKeyId: '',
+    alias: '', description: '', tags: [], admins: [], adminsMayDelete: true, users: [], policy: '',
+  };
+  let step = 0;
+  let principals: Principal[] = [];
+  let stores: CustomKeyStoresListEntry[] = [];
+  const slot = h('div', { class: 'slot' });
+  const body = h('div', { class: 'step-body' });
+  const area = h('textarea', { name: 'policy', rows: 24, spellcheck: 'false', class: 'code' });
+  const problem = h('div', { class: 'slot' });
+  const back = h('button', { type: 'button' }, 'Previous');
+  const next = h('button', { type: 'button', class: 'primary' }, 'Next');
+  const steps = h('ol', { class: 'steps' });
+
+  const draw = () => {
+    steps.replaceChildren(...STEPS.map((s, i) => h('li', { 'aria-current': i === step ? 'step' : undefined }, `Step ${i + 1}: ${s}`)));
+    const heading = h('h2', { tabindex: '-1' }, STEPS[step]);
+    const content =
+      step === 0 ? stepConfigure(c, stores, draw)
+      : step === 1 ? stepLabels(c, draw)
+      : step === 2 ? h('div', {}, principalPicker('Key administrators', 'admins', principals, c.admins), adminDeletion(c))
+      : step === 3 ? principalPicker('Key users', 'users', principals, c.users)
+      : stepReview(c, area, problem);
+    body.replaceChildren(heading, content);
+    back.disabled = step === 0;
+    next.textContent = step === STEPS.length - 1 ? 'Create key' : 'Next';
+  };
+  back.addEventListener('click', () => {
+    step -= 1;
+    draw();
+    body.querySelector('h2')?.focus();
+  });
+  next.addEventListener('click', () => void onNext());
+  const onNext = async () => {
+    if (step === 0 && (c.origin === 'AWS_CLOUDHSM' || c.origin === 'EXTERNAL_KEY_STORE') && !c.customKeyStoreId) {
+      slot.replaceChildren(errorBox(new Error('Choose a custom key store for this origin.')));
+      return;
+    }
+    slot.replaceChildren();
+    if (step === 3) {
+      c.policy = generatedPolicy(c);
+      area.value = c.policy;
+    }
+    if (step < STEPS.length - 1) {
+      step += 1;
+      draw();
+      body.querySelector('h2')?.focus();
+      return;
+    }
+    const p = validatePolicy(area.value);
+    if (p) {
+      problem.replaceChildren(h('div', { class: 'error', role: 'alert' }, h('strong', {}, `Line ${p.line}`), `: ${p.message}`));
+      pointAtLine(area, p.line);
+      return;
+    }
+    problem.replaceChildren();
+    await busy(next, slot, async () => {
+      const id = await create(c);
+      location.hash = `#/keys/${encodeURIComponent(id)}`;
+    });
+  };
+  render(h('h1', {}, 'Create key'), steps, body, slot, h('div', { class: 'actions' }, back, next));
+  try {
+    [principals, stores] = await Promise.all([
+      listPrincipals(),
+      kms().send(new DescribeCustomKeyStoresCommand({})).then((o) => o.CustomKeyStores ?? [], () => []),
+    ]);
+  } catch (e) {
+    slot.replaceChildren(errorBox(e));
+  }
+  draw();
+}
+
+function adminDeletion(c: Choices): HTMLElement {
+  const id = uid('del');
+  const box = h('input', { type: 'checkbox', id, name: 'adminsMayDelete', checked: c.adminsMayDelete });
+  box.addEventListener('change', () => (c.adminsMayDelete = box.checked));
+  return h('div', { class: 'check' }, box, h('label', { for: id }, 'Allow key administrators to delete this key'));
+}
