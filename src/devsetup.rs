@@ -221,8 +221,8 @@ fn dev_authorization_details() -> String {
     .unwrap_or_default()
 }
 
-/// The addresses a dev daemon listens on. A second dev instance on one machine needs three
-/// addresses of its own (and a data directory of its own).
+/// The addresses a dev daemon listens on, and what it serves there. A second dev instance on
+/// one machine needs three addresses of its own (and a data directory of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevListen {
     /// The gRPC door (`[server] listen`).
@@ -231,6 +231,8 @@ pub struct DevListen {
     pub aws: String,
     /// The Prometheus endpoint (`[metrics] listen`).
     pub metrics: String,
+    /// The built operator console to serve on the AWS door (`[console] assets`), if any.
+    pub console: Option<PathBuf>,
 }
 
 impl Default for DevListen {
@@ -239,6 +241,7 @@ impl Default for DevListen {
             grpc: "127.0.0.1:8443".into(),
             aws: "127.0.0.1:4443".into(),
             metrics: "127.0.0.1:9464".into(),
+            console: None,
         }
     }
 }
@@ -401,7 +404,7 @@ tls = true
 # Prometheus metrics at http://{metrics}/metrics.
 [metrics]
 listen = "{metrics}"
-
+{console}
 # Who is who: the dev account's users and policies (aws iam get-account-authorization-details
 # format), and credentials (access keys, certificate bindings). Reloaded on SIGHUP.
 [identity]
@@ -416,7 +419,21 @@ authorization_details = "identity/{DEV_ACCOUNT}.json"
         aws = listen.aws,
         metrics = listen.metrics,
         aws_port = listen.aws.rsplit(':').next().unwrap_or("4443"),
+        console = console_section(listen),
     )
+}
+
+/// The `[console]` section: the operator console at `https://localhost:<aws port>/console/`
+/// when a built console was named, else a comment saying how to get one.
+fn console_section(listen: &DevListen) -> String {
+    let port = listen.aws.rsplit(':').next().unwrap_or("4443");
+    match &listen.console {
+        Some(dir) => format!(
+            "\n# The operator console: https://localhost:{port}/console/ (docs/console.md).\n[console]\nenabled = true\nassets = \"{}\"\n",
+            dir.display()
+        ),
+        None => "\n# The operator console (docs/console.md): build it with scripts/console.sh, then\n# [console] enabled = true, assets = \"<source tree>/console/dist\".\n".into(),
+    }
 }
 
 /// The CLI's config for the dev daemon (`client.toml`), written once.
@@ -479,5 +496,25 @@ mod tests {
         let before = fs::read(pki.join("ca.pem")).unwrap();
         dev_setup(d.path(), &DevListen::default()).unwrap();
         assert_eq!(before, fs::read(pki.join("ca.pem")).unwrap());
+    }
+
+    #[test]
+    fn a_named_console_is_served_by_the_dev_config() {
+        let d = tempfile::tempdir().unwrap();
+        let ui = d.path().join("ui");
+        fs::create_dir(&ui).unwrap();
+        fs::write(ui.join("index.html"), "<!doctype html>").unwrap();
+        let listen = DevListen {
+            console: Some(ui.clone()),
+            ..DevListen::default()
+        };
+        let data = d.path().join("data");
+        let out = dev_setup(&data, &listen).unwrap();
+        let config = crate::config::Config::load(&out.config).unwrap();
+        assert!(config.console.enabled);
+        assert_eq!(config.console.assets, ui);
+        let plain = dev_setup(&d.path().join("other"), &DevListen::default()).unwrap();
+        let config = crate::config::Config::load(&plain.config).unwrap();
+        assert!(!config.console.enabled);
     }
 }

@@ -25,6 +25,10 @@ pub struct DevSetupArgs {
     /// The metrics endpoint's address.
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_listen: std::net::SocketAddr,
+    /// The built operator console (`console/dist` after `scripts/console.sh`) to serve on the
+    /// AWS door under `/console/`.
+    #[arg(long)]
+    console: Option<PathBuf>,
 }
 
 /// `serve`: logging as configured, then the daemon until SIGINT or SIGTERM.
@@ -119,6 +123,7 @@ pub fn dev_setup(args: DevSetupArgs) -> Result<ExitCode, String> {
         grpc: args.listen.to_string(),
         aws: args.aws_listen.to_string(),
         metrics: args.metrics_listen.to_string(),
+        console: args.console,
     };
     let out = p11kms::devsetup::dev_setup(&args.data_dir, &addrs).map_err(|e| e.to_string())?;
     let conf = &out.softhsm2_conf;
