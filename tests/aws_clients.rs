@@ -1815,3 +1815,104 @@ async fn plain_http_only_on_loopback() {
     );
     server.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The operator console's files, and other origins
+
+/// A GET of `path` on the door, unsigned (the console's files need no credentials).
+async fn get(door: &Door, path: &str) -> RawResponse {
+    let port = door.server.aws_json_addr.unwrap().port();
+    let h = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n");
+    raw(door, &h, b"").await
+}
+
+/// A header of a raw response, by name.
+fn header_of(r: &RawResponse, name: &str) -> Option<String> {
+    r.headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_and_other_origins_are_refused() {
+    let ui = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ui.path().join("index.html"),
+        "<!doctype html><title>p11kms</title>",
+    )
+    .unwrap();
+    std::fs::create_dir(ui.path().join("assets")).unwrap();
+    std::fs::write(ui.path().join("assets/app-0c1d.js"), "export {}").unwrap();
+    let section = format!(
+        "[console]\nenabled = true\nassets = \"{}\"\n",
+        ui.path().display()
+    );
+    let door = start_door_with("aws-console", &section).await;
+
+    let index = get(&door, "/console/").await;
+    assert_eq!(index.status, 200, "{}", index.headers);
+    assert!(index.body.contains("<title>p11kms</title>"));
+    let csp = header_of(&index, "content-security-policy").expect("a CSP");
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(
+        header_of(&index, "cache-control").as_deref(),
+        Some("no-store")
+    );
+    let js = get(&door, "/console/assets/app-0c1d.js").await;
+    assert_eq!(js.status, 200);
+    assert!(header_of(&js, "content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert_eq!(get(&door, "/console").await.status, 308);
+    for outside in [
+        "/console/../p11kms.toml",
+        "/console/%2e%2e/db",
+        "/console/none.js",
+    ] {
+        assert_eq!(get(&door, outside).await.status, 404, "{outside}");
+    }
+    // Everything else on the door is still POST only.
+    assert_eq!(get(&door, "/").await.status, 405);
+
+    // A signed request from the console's own origin runs; from another site's page, it is
+    // refused before its signature is even looked at.
+    let admin = fixture_credentials(AK_ADMIN);
+    let own = format!(
+        "https://127.0.0.1:{}",
+        door.server.aws_json_addr.unwrap().port()
+    );
+    let from = |origin: &str| {
+        let headers = [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", "TrentService.ListKeys"),
+            ("origin", origin),
+        ];
+        let sign = Sign {
+            access_key_id: AK_ADMIN,
+            secret: admin.secret_access_key.as_str(),
+            service: "kms",
+            skew_secs: 0,
+        };
+        head(&door, "POST", &headers, b"{}", Some(sign))
+    };
+    let r = raw(&door, &from(&own), b"{}").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(header_of(&r, "access-control-allow-origin"), None);
+    for foreign in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        let r = raw(&door, &from(foreign), b"{}").await;
+        assert_eq!(r.status, 403, "{foreign}: {}", r.body);
+        assert_eq!(r.error_type(), "AccessDeniedException");
+        assert_eq!(header_of(&r, "access-control-allow-origin"), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_console_nothing_is_served_under_console() {
+    let door = start_door("aws-no-console").await;
+    let r = get(&door, "/console/").await;
+    assert_eq!(r.status, 405, "{}", r.headers);
+    assert_eq!(r.error_type(), "UnknownOperationException");
+}
