@@ -1,7 +1,9 @@
 //! The doors onto the engine. A door only translates: wire types to core types and back, and
 //! `KmsError` to the wire's error shape, in one place per door. It holds no business logic.
 //!
-//! The XKS door ([`xks`]) serves AWS KMS's external key store proxy API.
+//! The XKS door ([`xks`]) serves AWS KMS's external key store proxy API. The AWS door also
+//! serves the operator console's static files ([`console`]): a browser client of that door,
+//! which signs its own requests.
 //!
 //! The HTTP-based doors run on one listener ([`http`]): each implements [`http::HttpDoor`]
 //! and is listed once in [`HTTP_DOORS`]; [`crate::server`] starts the ones the config
