@@ -103,7 +103,7 @@ function searchForm(run: (body: Record<string, unknown>) => void): HTMLFormEleme
 
 /** Renders the audit page; the trail is verified on arrival. */
 export async function auditPage(): Promise<void> {
-  const results = h('div', { class: 'slot' });
+  const results = h('div', { class: 'slot audit-results' });
   const detail = h('div', { class: 'event-detail' });
   const more = h('button', { type: 'button', hidden: true }, 'More events');
   const info = status();

@@ -90,7 +90,13 @@ export function table(caption: string, headers: string[], rows: Child[][]): HTML
     {},
     h('caption', {}, caption),
     h('thead', {}, h('tr', {}, ...headers.map((x) => h('th', { scope: 'col' }, x)))),
-    h('tbody', {}, ...rows.map((r) => h('tr', {}, ...r.map((c) => h('td', {}, c))))),
+    h(
+      'tbody',
+      {},
+      ...(rows.length
+        ? rows.map((r) => h('tr', {}, ...r.map((c) => h('td', {}, c))))
+        : [h('tr', { class: 'empty' }, h('td', { colspan: headers.length }, 'None'))]),
+    ),
   );
 }
 

@@ -171,13 +171,16 @@ async function policySection(id: string): Promise<HTMLElement> {
   const area = h('textarea', { name: 'keyPolicy', rows: 24, spellcheck: 'false', class: 'code', readonly: true }, pretty);
   const edit = h('button', { type: 'button' }, 'Edit');
   const save = h('button', { type: 'button', class: 'danger', hidden: true }, 'Save policy');
+  const discard = h('button', { type: 'button', hidden: true }, 'Discard changes');
   const problem = h('div', { class: 'slot' });
   edit.addEventListener('click', () => {
     area.readOnly = false;
     save.hidden = false;
+    discard.hidden = false;
     edit.hidden = true;
     area.focus();
   });
+  discard.addEventListener('click', () => void keyPage(currentKey));
   save.addEventListener('click', async () => {
     problem.replaceChildren();
     const p = validatePolicy(area.value);
@@ -193,7 +196,7 @@ async function policySection(id: string): Promise<HTMLElement> {
     });
   });
   s.el.insertBefore(field('Policy document', area), s.slot);
-  s.el.insertBefore(h('div', { class: 'actions' }, edit, save), s.slot);
+  s.el.insertBefore(h('div', { class: 'actions' }, edit, save, discard), s.slot);
   s.el.insertBefore(problem, s.slot);
   return s.el;
 }

@@ -174,20 +174,45 @@ function stepLabels(c: Choices, redraw: () => void): HTMLElement {
   );
 }
 
-/** A checkbox list of principals; `chosen` is updated in place. */
-function principalPicker(legend: string, name: string, all: Principal[], chosen: string[]): HTMLElement {
+/** One checkbox of a principal picker, kept in step with `chosen`. */
+function principalBox(name: string, p: Principal, chosen: string[]): HTMLElement {
+  const id = uid(name);
+  const box = h('input', { type: 'checkbox', name, id, value: p.Arn, checked: chosen.includes(p.Arn) });
+  box.addEventListener('change', () => {
+    const at = chosen.indexOf(p.Arn);
+    if (box.checked && at < 0) chosen.push(p.Arn);
+    if (!box.checked && at >= 0) chosen.splice(at, 1);
+  });
+  return h('div', { class: 'check' }, box, h('label', { for: id }, `${p.Name} (${p.Type})`, h('small', { class: 'arn' }, p.Arn)));
+}
+
+/**
+ * A checkbox list of the directory's principals (or why it could not be read), plus a field
+ * for a principal it does not list (another account's, say); `chosen` is updated in place.
+ */
+function principalPicker(legend: string, name: string, all: Principal[], chosen: string[], loadError: unknown): HTMLElement {
   const set = h('fieldset', { class: 'picker' }, h('legend', {}, legend));
-  if (!all.length) set.appendChild(h('p', {}, 'The identity directory has no users or roles.'));
-  for (const p of all) {
-    const id = uid(name);
-    const box = h('input', { type: 'checkbox', name, id, value: p.Arn, checked: chosen.includes(p.Arn) });
-    box.addEventListener('change', () => {
-      const at = chosen.indexOf(p.Arn);
-      if (box.checked && at < 0) chosen.push(p.Arn);
-      if (!box.checked && at >= 0) chosen.splice(at, 1);
-    });
-    set.appendChild(h('div', { class: 'check' }, box, h('label', { for: id }, `${p.Name} (${p.Type})`, h('small', { class: 'arn' }, p.Arn))));
-  }
+  const list = h('div', {});
+  if (loadError) list.appendChild(h('div', {}, h('p', {}, 'The identity directory could not be read:'), errorBox(loadError)));
+  else if (!all.length) list.appendChild(h('p', {}, 'The identity directory has no users or roles.'));
+  const known = new Set(all.map((p) => p.Arn));
+  const extra = chosen.filter((a) => !known.has(a)).map((a): Principal => ({ Arn: a, Type: a.includes(':role/') ? 'Role' : 'User', Name: a.split(/[:/]/).pop() ?? a }));
+  for (const p of [...all, ...extra]) list.appendChild(principalBox(name, p, chosen));
+  const other = h('input', { name: `${name}Other`, autocomplete: 'off', spellcheck: 'false', placeholder: 'arn:aws:iam::444455556666:root' });
+  const add = h('button', { type: 'button' }, 'Add principal');
+  add.addEventListener('click', () => {
+    const arn = other.value.trim();
+    if (!/^arn:aws[a-z-]*:iam::\d{12}:(root|user\/.+|role\/.+)$/.test(arn) || chosen.includes(arn)) {
+      other.setCustomValidity('Enter a user, role or account root ARN not already chosen.');
+      other.reportValidity();
+      return;
+    }
+    other.setCustomValidity('');
+    chosen.push(arn);
+    list.appendChild(principalBox(name, { Arn: arn, Type: arn.includes(':role/') ? 'Role' : 'User', Name: arn.split(/[:/]/).pop() ?? arn }, chosen));
+    other.value = '';
+  });
+  set.append(list, h('div', { class: 'toolbar' }, field(`Other principal (${legend.toLowerCase()})`, other), add));
   return set;
 }
 
@@ -257,6 +282,7 @@ export async function wizardPage(): Promise<void> {
   let step = 0;
   let principals: Principal[] = [];
   let stores: CustomKeyStoresListEntry[] = [];
+  let loadError: unknown = null;
   const slot = h('div', { class: 'slot' });
   const body = h('div', { class: 'step-body' });
   const area = h('textarea', { name: 'policy', rows: 24, spellcheck: 'false', class: 'code' });
@@ -271,8 +297,8 @@ export async function wizardPage(): Promise<void> {
     const content =
       step === 0 ? stepConfigure(c, stores, draw)
       : step === 1 ? stepLabels(c, draw)
-      : step === 2 ? h('div', {}, principalPicker('Key administrators', 'admins', principals, c.admins), adminDeletion(c))
-      : step === 3 ? principalPicker('Key users', 'users', principals, c.users)
+      : step === 2 ? h('div', {}, principalPicker('Key administrators', 'admins', principals, c.admins, loadError), adminDeletion(c))
+      : step === 3 ? principalPicker('Key users', 'users', principals, c.users, loadError)
       : stepReview(c, area, problem);
     body.replaceChildren(heading, content);
     back.disabled = step === 0;
@@ -319,7 +345,7 @@ export async function wizardPage(): Promise<void> {
       kms().send(new DescribeCustomKeyStoresCommand({})).then((o) => o.CustomKeyStores ?? [], () => []),
     ]);
   } catch (e) {
-    slot.replaceChildren(errorBox(e));
+    loadError = e;
   }
   draw();
 }
