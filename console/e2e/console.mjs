@@ -227,6 +227,7 @@ async function explain(page, principal, name) {
     named: await page.locator('.deciding-name').allInnerTexts(),
     highlighted: await page.locator('.statement.deciding').evaluateAll((els) => els.map((e) => e.dataset.statement)),
     none: await page.locator('.no-deciding').count(),
+    message: await page.locator('.facts dd').first().innerText(),
   };
 }
 
@@ -238,6 +239,7 @@ async function checkExplain(page) {
   const bob = await explain(page, input.users.bob.arn, '12-explain-bob-denied');
   check(bob.decision === 'Deny', `bob's Encrypt: ${bob.decision}`);
   check(bob.named.length === 0 && bob.highlighted.length === 0 && bob.none === 1, `bob's denial names statements: ${bob.named}`);
+  check(bob.message.includes(`${input.users.bob.arn} is not authorized to perform: kms:Encrypt`), `bob's denial message: ${bob.message}`);
   log('explain: alice allowed by "Allow use of the key"; bob denied, no statement allows');
 }
 

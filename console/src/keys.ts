@@ -103,7 +103,7 @@ export async function keysPage(): Promise<void> {
       nextMarker = out.Truncated ? out.NextMarker : undefined;
       const aliases = await aliasesByKey();
       rows = await Promise.all((out.Keys ?? []).map((k) => describe(k.KeyId!, aliases)));
-      info.textContent = `${rows.length} keys on this page.`;
+      info.textContent = `${rows.length} ${rows.length === 1 ? "key" : "keys"} on this page.`;
       draw();
     } catch (e) {
       info.textContent = '';
