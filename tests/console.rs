@@ -331,7 +331,8 @@ async fn the_console_creates_explains_audits_and_keeps_its_secrets() {
     let key = created["keyId"].as_str().expect("the created key id");
     run.boto3_checks(&created).await;
 
-    let wizard = json!({"keyId": key, "policy": created["policy"]});
+    let wizard = json!({"keyId": key, "policy": created["policy"],
+                        "createKeyRequestId": created["createKeyRequestId"]});
     run.browser("inspect", wizard.clone()).await;
 
     let (file, line) = edit_create_key_record(&data, key);

@@ -54,7 +54,10 @@ async function launch() {
   });
   context.setDefaultTimeout(TIMEOUT);
   context.on('request', (r) => requestUrls.push(r.url()));
-  context.on('response', (r) => collectSessionSecrets(r));
+  context.on('response', (r) => {
+    void collectSessionSecrets(r);
+    void noteRequestIds(r);
+  });
   context.on('page', watch);
   for (const p of context.pages()) watch(p);
   return { context, profile };
@@ -78,6 +81,14 @@ async function collectSessionSecrets(response) {
     const m = new RegExp(`<${tag}>([^<]+)</${tag}>`).exec(body);
     if (m) sessionSecrets.push(m[1]);
   }
+}
+
+/** The request id the door gave each KMS operation the console called (last one wins). */
+const requestIds = {};
+async function noteRequestIds(response) {
+  const target = (await response.request().allHeaders())['x-amz-target'];
+  const id = response.headers()['x-amzn-requestid'];
+  if (target && id) requestIds[target.split('.').pop()] = id;
 }
 
 async function shot(page, name) {
@@ -203,6 +214,8 @@ async function phaseCreate(page) {
   await h1.waitFor();
   results.keyId = await h1.getAttribute('data-key-id');
   results.policy = policy;
+  results.createKeyRequestId = requestIds.CreateKey;
+  check(results.createKeyRequestId, 'the CreateKey response had no request id');
   check(/^[0-9a-f-]{36}$/.test(results.keyId ?? ''), `created key id ${results.keyId}`);
   check((await page.getByTestId('key-state').innerText()) === 'Enabled', 'the new key is not Enabled');
   log(`created key ${results.keyId}`);
@@ -290,21 +303,34 @@ async function checkLockout(page) {
   check((await page.getByLabel('Policy document').inputValue()).includes('Allow access for Key Administrators'), 'the refused policy changed the key');
 }
 
+/** Searches the trail with the audit page's form; returns the result rows' texts. */
+async function searchTrail(page, fields, expect) {
+  await page.getByLabel('Key (id or ARN)').fill(fields.key ?? '');
+  await page.getByLabel('Operation').fill(fields.operation ?? '');
+  await page.getByLabel('Outcome').selectOption(fields.outcome ?? '');
+  await page.getByRole('button', { name: 'Search' }).click();
+  await waitOrFail(page.locator('.audit-results tbody tr', { hasText: expect }).first(), page.locator('main'), `searching the trail for ${expect}`);
+  return page.locator('.audit-results tbody tr:not(.empty)').allInnerTexts();
+}
+
 async function checkAuditVerified(page) {
   await go(page, '#/audit', 'Audit trail');
   const v = page.locator('[data-verified]');
   await waitOrFail(v, page.locator('main'), 'verifying the trail');
   check((await v.getAttribute('data-verified')) === 'true', `the untouched trail does not verify: ${await v.innerText()}`);
-  await page.getByLabel('Key (id or ARN)').fill(input.keyId);
-  await page.getByRole('button', { name: 'Search' }).click();
-  await waitOrFail(page.locator('.audit-results tbody tr', { hasText: 'PutKeyPolicy' }).first(), page.locator('main'), 'searching the trail');
-  const rows = await page.locator('.audit-results tbody tr:not(.empty)').allInnerTexts();
-  for (const op of ['CreateKey', 'GetKeyPolicy', 'PutKeyPolicy']) check(rows.some((r) => r.includes(op) && r.includes(input.users.admin.arn)), `the audit page does not list the console's ${op}: ${rows.join(' | ')}`);
-  check(rows.some((r) => r.includes('PutKeyPolicy') && r.includes('MalformedPolicyDocumentException')), 'the refused PutKeyPolicy is not listed as a failure');
+  const admin = input.users.admin.arn;
+  const byKey = await searchTrail(page, { key: input.keyId }, 'PutKeyPolicy');
+  for (const op of ['GetKeyPolicy', 'PutKeyPolicy']) check(byKey.some((r) => r.includes(op) && r.includes(admin)), `the audit page does not list the console's ${op}: ${byKey.join(' | ')}`);
+  const failed = await searchTrail(page, { key: input.keyId, outcome: 'Failure' }, 'PutKeyPolicy');
+  check(failed.every((r) => !r.includes('Success')), `Outcome=Failure lists successes: ${failed.join(' | ')}`);
+  check(failed.some((r) => r.includes('PutKeyPolicy') && r.includes('MalformedPolicyDocumentException')), 'the refused PutKeyPolicy is not listed as a failure');
+  await shot(page, '15-audit-failures');
+  const created = await searchTrail(page, { key: input.keyId, operation: 'CreateKey' }, 'CreateKey');
+  check(created.length === 1 && created[0].includes(admin) && created[0].includes(input.createKeyRequestId), `the console's CreateKey (request ${input.createKeyRequestId}) is not listed once: ${created.join(' | ')}`);
   await page.locator('.audit-results tbody tr', { hasText: 'CreateKey' }).getByRole('button', { name: /^Show event/ }).click();
   const full = await page.locator('pre.event').innerText();
   check(full.includes('"eventName": "CreateKey"') && full.includes(input.keyId), 'the event in full is not the CreateKey');
-  await shot(page, '15-audit-verified');
+  await shot(page, '16-audit-verified-event');
 }
 
 async function checkHealth(page) {
@@ -313,7 +339,7 @@ async function checkHealth(page) {
   check((await page.locator('[data-health="HSM"]').innerText()).includes('healthy'), 'HSM health');
   check((await page.locator('svg.chart').count()) === 2, 'the health page has no charts');
   check((await page.locator('svg.chart rect').count()) > 0, 'the request chart shows no requests');
-  await shot(page, '16-health');
+  await shot(page, '17-health');
 }
 
 async function phaseInspect(page) {

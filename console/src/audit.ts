@@ -24,8 +24,8 @@ interface SearchResponse {
 
 interface Problem {
   Kind: string;
-  File?: string;
-  Line?: number;
+  File?: string | null;
+  Line?: number | null;
   Detail: string;
 }
 
@@ -60,9 +60,9 @@ async function verify(out: HTMLElement): Promise<void> {
     h(
       'div',
       { class: 'node' },
-      h('p', {}, `Node ${n.Node}: ${n.Records} records, ${n.Checkpoints} checkpoints`),
+      h('p', {}, `${n.Node ? `Node ${n.Node}` : 'This node'}: ${n.Records} records, ${n.Checkpoints} checkpoints`),
       n.Problems.length
-        ? table(`Problems on node ${n.Node}`, ['Kind', 'File', 'Line', 'Detail'], n.Problems.map((p) => [p.Kind, p.File ?? '—', p.Line === undefined ? '—' : String(p.Line), p.Detail]))
+        ? table(`Problems${n.Node ? ` on node ${n.Node}` : ''}`, ['Kind', 'File', 'Line', 'Detail'], n.Problems.map((p) => [p.Kind, p.File ?? '—', p.Line == null ? '—' : String(p.Line), p.Detail]))
         : null,
     ),
   );
