@@ -273,79 +273,103 @@ async function create(c: Choices): Promise<string> {
   return meta.KeyId!;
 }
 
+/** The wizard's state between steps: the choices and what was loaded for the pickers. */
+interface Wizard {
+  c: Choices;
+  step: number;
+  principals: Principal[];
+  stores: CustomKeyStoresListEntry[];
+  loadError: unknown;
+  area: HTMLTextAreaElement;
+  problem: HTMLElement;
+}
+
+/** The content of the current step. */
+function stepView(w: Wizard, redraw: () => void): HTMLElement {
+  const { c } = w;
+  switch (w.step) {
+    case 0:
+      return stepConfigure(c, w.stores, redraw);
+    case 1:
+      return stepLabels(c, redraw);
+    case 2:
+      return h('div', {}, principalPicker('Key administrators', 'admins', w.principals, c.admins, w.loadError), adminDeletion(c));
+    case 3:
+      return principalPicker('Key users', 'users', w.principals, c.users, w.loadError);
+    default:
+      return stepReview(c, w.area, w.problem);
+  }
+}
+
+/** Whether the current step may be left forward; shows why not in `slot`. */
+function stepDone(w: Wizard, slot: HTMLElement): boolean {
+  const needsStore = w.c.origin === 'AWS_CLOUDHSM' || w.c.origin === 'EXTERNAL_KEY_STORE';
+  if (w.step === 0 && needsStore && !w.c.customKeyStoreId) {
+    slot.replaceChildren(errorBox(new Error('Choose a custom key store for this origin.')));
+    return false;
+  }
+  slot.replaceChildren();
+  return true;
+}
+
+/** The last step: validates the policy (pointing at its line), creates, opens the key. */
+async function finish(w: Wizard, button: HTMLButtonElement, slot: HTMLElement): Promise<void> {
+  const p = validatePolicy(w.area.value);
+  if (p) {
+    w.problem.replaceChildren(h('div', { class: 'error', role: 'alert' }, h('strong', {}, `Line ${p.line}`), `: ${p.message}`));
+    pointAtLine(w.area, p.line);
+    return;
+  }
+  w.problem.replaceChildren();
+  await busy(button, slot, async () => {
+    const id = await create(w.c);
+    location.hash = `#/keys/${encodeURIComponent(id)}`;
+  });
+}
+
 /** Renders the wizard. */
 export async function wizardPage(): Promise<void> {
-  const c: Choices = {
-    type: 'SYMMETRIC', usage: 'ENCRYPT_DECRYPT', spec: 'SYMMETRIC_DEFAULT', origin: 'AWS_KMS', customKeyStoreId: '', xksKeyId: '',
-    alias: '', description: '', tags: [], admins: [], adminsMayDelete: true, users: [], policy: '',
+  const w: Wizard = {
+    c: {
+      type: 'SYMMETRIC', usage: 'ENCRYPT_DECRYPT', spec: 'SYMMETRIC_DEFAULT', origin: 'AWS_KMS', customKeyStoreId: '', xksKeyId: '',
+      alias: '', description: '', tags: [], admins: [], adminsMayDelete: true, users: [], policy: '',
+    },
+    step: 0, principals: [], stores: [], loadError: null,
+    area: h('textarea', { name: 'policy', rows: 24, spellcheck: 'false', class: 'code' }),
+    problem: h('div', { class: 'slot' }),
   };
-  let step = 0;
-  let principals: Principal[] = [];
-  let stores: CustomKeyStoresListEntry[] = [];
-  let loadError: unknown = null;
   const slot = h('div', { class: 'slot' });
   const body = h('div', { class: 'step-body' });
-  const area = h('textarea', { name: 'policy', rows: 24, spellcheck: 'false', class: 'code' });
-  const problem = h('div', { class: 'slot' });
   const back = h('button', { type: 'button' }, 'Previous');
   const next = h('button', { type: 'button', class: 'primary' }, 'Next');
   const steps = h('ol', { class: 'steps' });
-
   const draw = () => {
-    steps.replaceChildren(...STEPS.map((s, i) => h('li', { 'aria-current': i === step ? 'step' : undefined }, `Step ${i + 1}: ${s}`)));
-    const heading = h('h2', { tabindex: '-1' }, STEPS[step]);
-    const content =
-      step === 0 ? stepConfigure(c, stores, draw)
-      : step === 1 ? stepLabels(c, draw)
-      : step === 2 ? h('div', {}, principalPicker('Key administrators', 'admins', principals, c.admins, loadError), adminDeletion(c))
-      : step === 3 ? principalPicker('Key users', 'users', principals, c.users, loadError)
-      : stepReview(c, area, problem);
-    body.replaceChildren(heading, content);
-    back.disabled = step === 0;
-    next.textContent = step === STEPS.length - 1 ? 'Create key' : 'Next';
+    steps.replaceChildren(...STEPS.map((s, i) => h('li', { 'aria-current': i === w.step ? 'step' : undefined }, `Step ${i + 1}: ${s}`)));
+    body.replaceChildren(h('h2', { tabindex: '-1' }, STEPS[w.step]), stepView(w, draw));
+    back.disabled = w.step === 0;
+    next.textContent = w.step === STEPS.length - 1 ? 'Create key' : 'Next';
   };
-  back.addEventListener('click', () => {
-    step -= 1;
+  const move = (by: number) => {
+    w.step += by;
+    w.problem.replaceChildren();
     draw();
     body.querySelector('h2')?.focus();
-  });
-  next.addEventListener('click', () => void onNext());
-  const onNext = async () => {
-    if (step === 0 && (c.origin === 'AWS_CLOUDHSM' || c.origin === 'EXTERNAL_KEY_STORE') && !c.customKeyStoreId) {
-      slot.replaceChildren(errorBox(new Error('Choose a custom key store for this origin.')));
-      return;
-    }
-    slot.replaceChildren();
-    if (step === 3) {
-      c.policy = generatedPolicy(c);
-      area.value = c.policy;
-    }
-    if (step < STEPS.length - 1) {
-      step += 1;
-      draw();
-      body.querySelector('h2')?.focus();
-      return;
-    }
-    const p = validatePolicy(area.value);
-    if (p) {
-      problem.replaceChildren(h('div', { class: 'error', role: 'alert' }, h('strong', {}, `Line ${p.line}`), `: ${p.message}`));
-      pointAtLine(area, p.line);
-      return;
-    }
-    problem.replaceChildren();
-    await busy(next, slot, async () => {
-      const id = await create(c);
-      location.hash = `#/keys/${encodeURIComponent(id)}`;
-    });
   };
+  back.addEventListener('click', () => move(-1));
+  next.addEventListener('click', () => {
+    if (w.step === STEPS.length - 1) return void finish(w, next, slot);
+    if (!stepDone(w, slot)) return;
+    if (w.step === 3) w.area.value = w.c.policy = generatedPolicy(w.c);
+    move(1);
+  });
   render(h('h1', {}, 'Create key'), steps, body, slot, h('div', { class: 'actions' }, back, next));
   try {
-    [principals, stores] = await Promise.all([
+    [w.principals, w.stores] = await Promise.all([
       listPrincipals(),
       kms().send(new DescribeCustomKeyStoresCommand({})).then((o) => o.CustomKeyStores ?? [], () => []),
     ]);
   } catch (e) {
-    loadError = e;
+    w.loadError = e;
   }
   draw();
 }
