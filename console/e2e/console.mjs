@@ -91,7 +91,18 @@ async function noteRequestIds(response) {
   if (target && id) requestIds[target.split('.').pop()] = id;
 }
 
+/** Every visible form control on the page has a label a screen reader reads. */
+async function checkLabels(page, name) {
+  const unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll('input, select, textarea')]
+      .filter((el) => el.offsetParent !== null && el.labels.length === 0 && !el.getAttribute('aria-label'))
+      .map((el) => el.getAttribute('name') ?? el.outerHTML.slice(0, 60)),
+  );
+  check(unlabelled.length === 0, `${name}: form controls without a label: ${unlabelled.join(', ')}`);
+}
+
 async function shot(page, name) {
+  if (!name.startsWith('failure')) await checkLabels(page, name);
   fs.mkdirSync(input.screenshots, { recursive: true });
   await page.screenshot({ path: path.join(input.screenshots, `${name}.png`), fullPage: true });
   log(`screenshot ${name}.png`);
@@ -104,6 +115,27 @@ async function expectSignInOnly(page, what) {
   await page.getByRole('heading', { level: 1, name: 'Sign in' }).waitFor();
   check(await page.locator('#nav').isHidden(), `${what}: the navigation is shown to a signed-out browser`);
   check((await page.locator('main table, main .card:not(.signin)').count()) === 0, `${what}: signed-out page shows more than the sign-in form`);
+}
+
+/** Signs in with the keyboard only, checking that the focused control is visibly marked. */
+async function signInByKeyboard(page, user) {
+  await page.goto(url('#/keys'));
+  await expectSignInOnly(page, 'before sign-in');
+  const focused = () => page.evaluate(() => document.activeElement?.getAttribute('name') ?? document.activeElement?.tagName);
+  check((await focused()) === 'accessKeyId', `the sign-in page does not focus the access key field: ${await focused()}`);
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  check(outline !== 'none', 'the focused field has no visible focus outline');
+  await page.keyboard.type(user.accessKeyId);
+  for (const [name, text] of [['secretAccessKey', user.secretAccessKey], ['sessionToken', ''], ['region', null], ['roleArn', '']]) {
+    await page.keyboard.press('Tab');
+    check((await focused()) === name, `Tab does not reach ${name} (at ${await focused()})`);
+    if (text) await page.keyboard.type(text);
+  }
+  await page.keyboard.press('Tab');
+  check((await focused()) === 'BUTTON', 'Tab does not reach the Sign in button');
+  await page.keyboard.press('Enter');
+  await page.locator('#who', { hasText: 'Signed in as' }).waitFor();
+  log(`${await page.locator('#who').innerText()} (by keyboard)`);
 }
 
 /** Signs in through the form; `role` makes it an AssumeRole sign-in. */
@@ -197,7 +229,7 @@ async function phaseCreate(page) {
   await page.goto(url('#/audit'));
   await expectSignInOnly(page, 'signed out, #/audit');
   await shot(page, '01-signin');
-  await signIn(page, input.users.admin);
+  await signInByKeyboard(page, input.users.admin);
   await page.getByRole('heading', { level: 1, name: 'Keys' }).waitFor();
   await shot(page, '02-keys-empty');
   await wizardConfigure(page);
