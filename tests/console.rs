@@ -319,6 +319,8 @@ async fn the_console_creates_explains_audits_and_keeps_its_secrets() {
     let ident = write_identity(&scratch, &users);
     let (server, endpoint) = start_console(&data, &ident, &console).await;
     let screenshots = manifest_dir().join("target/console-screenshots");
+    // This run's screenshots only (a failure's from an earlier run would mislead).
+    let _ = std::fs::remove_dir_all(&screenshots);
     let run = Run {
         endpoint,
         users,
