@@ -30,15 +30,23 @@ function axes(root: SVGSVGElement, max: number, labels: string[]): void {
     root.appendChild(svg('text', { x: PAD.left - 6, y: y + 4, class: 'axis-label', 'text-anchor': 'end' }, formatNumber(max * f)));
   }
   const n = labels.length;
-  for (const i of [0, Math.floor((n - 1) / 2), n - 1]) {
-    if (n === 0) break;
+  if (n === 0) return;
+  const ticks: [number, string][] = [[0, 'start'], [Math.floor((n - 1) / 2), 'middle'], [n - 1, 'end']];
+  for (const [i, anchor] of ticks) {
     const x = PAD.left + ((W - PAD.left - PAD.right) * (i + 0.5)) / n;
-    root.appendChild(svg('text', { x, y: H - 8, class: 'axis-label', 'text-anchor': 'middle' }, labels[i]));
+    root.appendChild(svg('text', { x, y: H - 8, class: 'axis-label', 'text-anchor': anchor }, labels[i]));
   }
 }
 
+/** The smallest of 1, 2, 5 times a power of ten at or above `v` (and at least 1). */
+function niceCeiling(v: number): number {
+  if (v <= 1) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 5, 10].map((m) => m * p).find((c) => c >= v)!;
+}
+
 function formatNumber(v: number): string {
-  return v >= 100 || v === 0 ? String(Math.round(v)) : v.toFixed(1);
+  return v >= 100 || Number.isInteger(v) ? String(Math.round(v)) : v.toFixed(1);
 }
 
 function draw(root: SVGSVGElement, s: Series, max: number, n: number, slot: number, slots: number): void {
@@ -60,7 +68,7 @@ function draw(root: SVGSVGElement, s: Series, max: number, n: number, slot: numb
 
 /** An SVG chart of `series` over the x `labels`, with a title and a legend. */
 export function chart(title: string, labels: string[], series: Series[], unit: string): HTMLElement {
-  const max = Math.max(1, ...series.flatMap((s) => s.values)) * 1.1;
+  const max = niceCeiling(Math.max(...series.flatMap((s) => s.values), 0));
   const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img' });
   const totals = series.map((s) => `${s.name}: max ${formatNumber(Math.max(0, ...s.values))}${unit}`).join('; ');
   root.setAttribute('aria-label', `${title}. ${totals}`);

@@ -39,7 +39,7 @@ function charts(r: Health['Requests']): HTMLElement {
     'div',
     { class: 'charts' },
     chart(
-      `Requests and errors per second (${r.IntervalSeconds} s intervals)`,
+      `Requests and errors per second (${r.IntervalSeconds} s intervals, UTC)`,
       labels,
       [
         { name: 'requests/s', values: r.Points.map((p) => perSecond(p.Requests)), cls: 's-requests', kind: 'bar' },
@@ -47,7 +47,7 @@ function charts(r: Health['Requests']): HTMLElement {
       ],
       '/s',
     ),
-    chart('Latency (ms)', labels, [
+    chart('Latency in ms (UTC)', labels, [
       { name: 'mean', values: r.Points.map((p) => p.LatencyMeanMs), cls: 's-mean', kind: 'line' },
       { name: 'max', values: r.Points.map((p) => p.LatencyMaxMs), cls: 's-max', kind: 'line' },
     ], ' ms'),
