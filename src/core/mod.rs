@@ -5,7 +5,9 @@
 //! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift),
 //! [`keystores`] (custom key stores) over [`connections`] (each store's device and connection
 //! life cycle; [`Kms::device_of`] routes a key to its store's device), [`xks`] (the
-//! operations of the XKS door: AWS KMS's external key store proxy API).
+//! operations of the XKS door: AWS KMS's external key store proxy API), [`admin`] and
+//! [`audit_trail`] (the console's operator operations: the directory's principals, the
+//! node's health, its audit trail searched and verified).
 //! [`operation`] gives every operation one shape and lists them; [`domain`] holds the typed
 //! key spec, key usage, origin, key state and grant operation, [`algorithms`] the API's
 //! algorithm names, both parsed once by the doors; [`specs`] is the key catalogue. Each
