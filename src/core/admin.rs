@@ -223,28 +223,39 @@ impl Kms {
         let (limit, after) = self.markers.start(LIST_PRINCIPALS, &req.page, 1000, 100)?;
         self.authorize(caller, AuthzRequest::new("p11kms:ListPrincipals", "*"))?;
         let directory = self.directory.current();
-        let mut all: Vec<DirectoryPrincipal> = directory
-            .users_and_roles()
-            .map(|e| DirectoryPrincipal {
-                arn: e.arn.clone(),
-                principal_type: match e.kind {
-                    crate::identity::directory::EntryKind::Role => DirectoryPrincipalType::Role,
-                    _ => DirectoryPrincipalType::User,
-                },
-                name: e.name.clone(),
-            })
-            .filter(|p| after.as_deref().is_none_or(|a| p.arn.as_str() > a))
-            .collect();
-        all.sort_by(|a, b| a.arn.cmp(&b.arn));
-        let next_marker = (all.len() > limit).then(|| {
-            all.truncate(limit);
-            self.markers.seal(LIST_PRINCIPALS, &all[limit - 1].arn)
+        let all = directory.users_and_roles().map(|e| DirectoryPrincipal {
+            arn: e.arn.clone(),
+            principal_type: match e.kind {
+                crate::identity::directory::EntryKind::Role => DirectoryPrincipalType::Role,
+                _ => DirectoryPrincipalType::User,
+            },
+            name: e.name.clone(),
         });
+        let (principals, last) = page_of(all, after.as_deref(), limit);
         Ok(ListPrincipalsResponse {
-            principals: all,
-            next_marker,
+            principals,
+            next_marker: last.map(|arn| self.markers.seal(LIST_PRINCIPALS, &arn)),
         })
     }
+}
+
+/// One page, sorted by ARN, of the principals after `after`, and the ARN the next page
+/// starts after when there is one.
+fn page_of(
+    all: impl Iterator<Item = DirectoryPrincipal>,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<DirectoryPrincipal>, Option<String>) {
+    let mut page: Vec<DirectoryPrincipal> = all
+        .filter(|p| after.is_none_or(|a| p.arn.as_str() > a))
+        .collect();
+    page.sort_by(|a, b| a.arn.cmp(&b.arn));
+    if page.len() <= limit {
+        return (page, None);
+    }
+    page.truncate(limit);
+    let last = page.last().map(|p| p.arn.clone());
+    (page, last)
 }
 
 /// GetHealth input: nothing.
@@ -347,6 +358,34 @@ mod tests {
         validation(m.open("ListPrincipals", payload));
         validation(m.open("ListPrincipals", "not a marker"));
         validation(m.open("ListPrincipals", ""));
+    }
+
+    /// Pages of two walk the principals in ARN order, each once, whatever the directory's
+    /// order.
+    #[test]
+    fn principals_page_in_arn_order() {
+        let p = |arn: &str| DirectoryPrincipal {
+            arn: arn.into(),
+            principal_type: DirectoryPrincipalType::User,
+            name: arn.into(),
+        };
+        let all = ["d", "a", "c", "e", "b"].map(p);
+        let mut after = None;
+        let mut seen = Vec::new();
+        loop {
+            let (page, last) = page_of(all.iter().cloned(), after.as_deref(), 2);
+            assert!(page.len() <= 2);
+            seen.extend(page.into_iter().map(|p| p.arn));
+            match last {
+                Some(l) => after = Some(l),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+        let (page, last) = page_of(all.iter().cloned(), None, 5);
+        assert_eq!((page.len(), last), (5, None));
+        let (page, last) = page_of(all.iter().cloned(), Some("e"), 5);
+        assert_eq!((page.len(), last), (0, None));
     }
 
     #[test]

@@ -238,10 +238,9 @@ fn search(
         if after.is_some_and(|a| segment > a.segment) {
             continue;
         }
-        let data = std::fs::read(dir.join(&name))?;
-        let data = &data[..crate::audit::writer::unpadded_len(&data)];
-        for line in data.split(|b| *b == b'\n').rev() {
-            let Some((sequence, ev)) = event_of(line) else {
+        let mut lines = LinesBackwards::open(&dir.join(&name), BLOCK)?;
+        while let Some(line) = lines.next_line()? {
+            let Some((sequence, ev)) = event_of(&line) else {
                 continue;
             };
             let here = Position { segment, sequence };
@@ -259,6 +258,69 @@ fn search(
         }
     }
     Ok((out, None))
+}
+
+/// How much of a segment file a search reads at a time, from its end.
+const BLOCK: u64 = 256 * 1024;
+
+/// The lines of a file from its last to its first, read in blocks from the end: a search
+/// that fills its page early reads only the tail of a segment (up to 64 MiB by default).
+/// Runs of NUL bytes alone (preallocated space, never part of a record) read as empty.
+struct LinesBackwards {
+    file: std::fs::File,
+    /// Where the bytes not yet read end.
+    pos: u64,
+    block: u64,
+    /// The bytes before the first newline of what was read: a line whose start is not read
+    /// yet.
+    carry: Vec<u8>,
+    /// Complete lines read, in file order (the next one is the last).
+    lines: Vec<Vec<u8>>,
+}
+
+impl LinesBackwards {
+    fn open(path: &Path, block: u64) -> std::io::Result<LinesBackwards> {
+        let file = std::fs::File::open(path)?;
+        let pos = file.metadata()?.len();
+        Ok(LinesBackwards {
+            file,
+            pos,
+            block,
+            carry: Vec::new(),
+            lines: Vec::new(),
+        })
+    }
+
+    /// The line before the last one returned (without its newline), or `None` at the start.
+    fn next_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::{Read, Seek, SeekFrom};
+        loop {
+            if let Some(line) = self.lines.pop() {
+                return Ok(Some(line));
+            }
+            if self.pos == 0 {
+                let rest = std::mem::take(&mut self.carry);
+                return Ok((!rest.is_empty()).then_some(rest));
+            }
+            let n = self.block.min(self.pos);
+            self.pos -= n;
+            let mut bytes = vec![0u8; n as usize];
+            self.file.seek(SeekFrom::Start(self.pos))?;
+            self.file.read_exact(&mut bytes)?;
+            bytes.extend_from_slice(&self.carry);
+            // A piece of nothing but NULs is unused space (a record never holds a NUL).
+            let piece = |p: &[u8]| {
+                if p.iter().all(|b| *b == 0) {
+                    Vec::new()
+                } else {
+                    p.to_vec()
+                }
+            };
+            let mut pieces = bytes.split(|b| *b == b'\n');
+            self.carry = piece(pieces.next().unwrap_or_default());
+            self.lines = pieces.map(piece).collect();
+        }
+    }
 }
 
 /// An event record line: its sequence and the record (other records and lines that are not
@@ -440,6 +502,29 @@ mod tests {
             by(|f| f.end = Some("2026-01-01T00:00:03.000Z".into())),
             [3, 2]
         );
+    }
+
+    /// Read backwards in blocks of any size, a file gives its lines last to first, NUL
+    /// padding dropped.
+    #[test]
+    fn lines_come_back_last_first_whatever_the_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut bytes = b"one\ntwo\n\nthree-is-longer\nfour\n".to_vec();
+        bytes.extend_from_slice(&[0u8; 10]);
+        std::fs::write(&path, &bytes).unwrap();
+        for block in [1, 2, 3, 5, 7, 64, 1024] {
+            let mut lines = LinesBackwards::open(&path, block).unwrap();
+            let mut got = Vec::new();
+            while let Some(l) = lines.next_line().unwrap() {
+                got.push(String::from_utf8(l).unwrap());
+            }
+            let want = ["", "four", "three-is-longer", "", "two", "one"];
+            let got: Vec<&str> = got.iter().map(String::as_str).collect();
+            // The NUL padding after the last newline reads as one empty (or no) line.
+            let got = got.strip_prefix(&[""]).unwrap_or(&got);
+            assert_eq!(got, &want[1..], "block {block}");
+        }
     }
 
     #[test]

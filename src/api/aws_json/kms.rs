@@ -1,5 +1,5 @@
 //! The KMS operations of the AWS door (`X-Amz-Target: TrentService.<Operation>`), and the
-//! door's custom operations (`X-Amz-Target: P11kmsAdmin.<Operation>`, [`ADMIN_OPERATIONS`]):
+//! door's custom operations (`X-Amz-Target: P11kmsAdmin.<Operation>`, [`P11KMS_ADMIN`]):
 //! ExplainAccess, and the console's ListPrincipals, SearchAuditTrail, VerifyAuditTrail and
 //! GetHealth (`kms/admin.rs`).
 //!
@@ -226,7 +226,7 @@ pub const EXPLAIN_ACCESS: Operation = op::<ExplainRequest>();
 /// The `P11kmsAdmin.<Operation>` operations: gRPC AdminService operations the console (a
 /// client of this door only) needs. AWS's model has none of them, so the model check passes
 /// their bodies to their own readers.
-pub const ADMIN_OPERATIONS: &[Operation] = &[
+pub const P11KMS_ADMIN: &[Operation] = &[
     EXPLAIN_ACCESS,
     admin_op::<ListPrincipalsRequest>(),
     admin_op::<SearchAuditTrailRequest>(),
@@ -287,7 +287,7 @@ pub fn operation(target: &str) -> Option<&'static Operation> {
         return OPERATIONS.iter().find(|o| o.name == op);
     }
     let op = target.strip_prefix("P11kmsAdmin.")?;
-    ADMIN_OPERATIONS.iter().find(|o| o.name == op)
+    P11KMS_ADMIN.iter().find(|o| o.name == op)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ mod tests {
         use crate::core::operation::OPERATIONS as CORE;
         let aws: Vec<&str> = OPERATIONS
             .iter()
-            .chain(ADMIN_OPERATIONS)
+            .chain(P11KMS_ADMIN)
             .map(|o| o.name)
             .chain(super::super::sts::ACTIONS.iter().copied())
             .collect();

@@ -139,7 +139,10 @@ fn node_report(r: NodeReport, this_node: Option<&str>) -> Value {
         .iter()
         .map(|p| {
             let (file, line) = problem_place(p);
-            json!({"Kind": p.kind.to_string(), "File": file, "Line": line, "Detail": p.detail})
+            // File and Line are left out when the problem sits on no line.
+            super::compact(
+                json!({"Kind": p.kind.to_string(), "File": file, "Line": line, "Detail": p.detail}),
+            )
         })
         .collect();
     json!({
@@ -241,6 +244,40 @@ mod tests {
         assert_eq!(
             body,
             json!({"Events": events, "Truncated": true, "NextMarker": "m"})
+        );
+    }
+
+    #[test]
+    fn a_verification_names_file_and_line_when_it_has_them() {
+        use crate::audit::{Problem, ProblemKind, VerifyReport};
+        let problem = |kind, location: Option<&str>| Problem {
+            sequence: Some(7),
+            kind,
+            location: location.map(str::to_string),
+            detail: "d".into(),
+        };
+        let report = VerifyReport {
+            records: 9,
+            checkpoints: 2,
+            problems: vec![
+                problem(ProblemKind::Edited, Some("audit-000001.jsonl:7")),
+                problem(ProblemKind::Deleted, None),
+            ],
+            ..Default::default()
+        };
+        let body = VerifyAuditTrailResponse {
+            verified: false,
+            nodes: vec![NodeReport { node: None, report }],
+            node: Some("n1".into()),
+        }
+        .render();
+        assert_eq!(
+            body,
+            json!({"Verified": false, "Nodes": [{"Node": "n1", "Records": 9, "Checkpoints": 2,
+            "Problems": [
+                {"Kind": "edited", "File": "audit-000001.jsonl", "Line": 7, "Detail": "d"},
+                {"Kind": "deleted", "Detail": "d"},
+            ]}]})
         );
     }
 }
