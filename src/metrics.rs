@@ -21,6 +21,9 @@ use prometheus_client::registry::Registry;
 use crate::core::Kms;
 use crate::hsm::stats::{HistogramSnapshot, HsmStats, LATENCY_BUCKETS};
 
+mod ring;
+pub use ring::{HealthProbe, RequestRing};
+
 /// Labels of the request counter. The values are borrowed `'static` strings on the request
 /// path, so looking a series up allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +79,10 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<OperationLabels, Histogram>,
     xks: Family<XksLabels, Counter>,
+    /// The last minutes of requests, for GetHealth.
+    ring: Arc<RequestRing>,
+    /// The engine, whose clock times the ring.
+    kms: Arc<Kms>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -407,7 +414,7 @@ impl Metrics {
             "XKS door requests, by logical key store (URI path prefix), operation and outcome (Success or the XKS error name)",
             xks.clone(),
         );
-        registry.register_collector(Box::new(EngineCollector { kms }));
+        registry.register_collector(Box::new(EngineCollector { kms: kms.clone() }));
         for source in extra {
             registry.register_collector(Box::new(SourceCollector(source)));
         }
@@ -416,11 +423,20 @@ impl Metrics {
             requests,
             latency,
             xks,
+            ring: Arc::new(RequestRing::default()),
+            kms,
         }
     }
 
-    /// Records one request. `outcome` is `Success` or the AWS exception name; pass it
-    /// borrowed when it is `'static` (the request path), so that nothing is allocated.
+    /// The ring of the last minutes' requests (GetHealth reads it through
+    /// [`HealthProbe`]).
+    pub fn request_ring(&self) -> Arc<RequestRing> {
+        self.ring.clone()
+    }
+
+    /// Records one request (and counts it in the [`RequestRing`]). `outcome` is `Success` or
+    /// the AWS exception name; pass it borrowed when it is `'static` (the request path), so
+    /// that nothing is allocated.
     pub fn request(
         &self,
         door: &'static str,
@@ -428,6 +444,8 @@ impl Metrics {
         outcome: Cow<'static, str>,
         latency: Duration,
     ) {
+        let error = outcome != "Success";
+        self.ring.record(self.kms.now_ms(), error, latency);
         self.requests
             .get_or_create(&RequestLabels {
                 door: Cow::Borrowed(door),

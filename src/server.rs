@@ -302,16 +302,42 @@ pub async fn close_hsm(hsm: &Arc<Hsm>) {
 }
 
 /// Opens the audit trail: the HSM-resident checkpoint key (created at first start), its
-/// public key exported to the data directory, and the writer.
-async fn open_audit(config: &Config, kms: &Arc<Kms>) -> Result<Arc<AuditLog>, ServerError> {
+/// public key exported to the data directory, and the writer. Returns the writer and the
+/// public key (DER), which VerifyAuditTrail verifies checkpoints with.
+async fn open_audit(
+    config: &Config,
+    kms: &Arc<Kms>,
+) -> Result<(Arc<AuditLog>, Vec<u8>), ServerError> {
     let signer = HsmCheckpointSigner::new(kms.hsm().clone(), crate::audit::AUDIT_KEY_LABEL).await?;
     std::fs::create_dir_all(&config.store.data_dir)?;
     export_public_key(&config.store.data_dir, signer.public_key_spki_der())
         .map_err(|e| ServerError::Audit(e.to_string()))?;
+    let public_key = signer.public_key_spki_der().to_vec();
     let log = AuditLog::open(config.audit_config(), Some(Arc::new(signer)))
         .await
         .map_err(|e| ServerError::Audit(e.to_string()))?;
-    Ok(Arc::new(log))
+    Ok((Arc::new(log), public_key))
+}
+
+/// Wires the admin operations' view of this node: its audit trail (directory, node id,
+/// checkpoint key) and the live figures GetHealth reads (the writer's health, the request
+/// ring every door's requests are counted in).
+fn wire_admin(
+    config: &Config,
+    kms: &Kms,
+    audit: &Arc<AuditLog>,
+    public_key: Vec<u8>,
+    metrics: &Metrics,
+) {
+    kms.set_admin_wiring(crate::core::admin::AdminWiring {
+        audit_dir: audit.dir().to_path_buf(),
+        node: config.node.id.clone(),
+        audit_public_key: public_key,
+        probe: Arc::new(crate::metrics::HealthProbe {
+            audit: audit.clone(),
+            ring: metrics.request_ring(),
+        }),
+    });
 }
 
 /// Keeps the gRPC health service in step with the HSM and the audit trail: SERVING while a
@@ -670,7 +696,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
     reconcile_at_start(&kms).await;
     let listener = bind(Listener::Grpc, config.server.listen).await?;
     let addr = listener.local_addr()?;
-    let audit = open_audit(config, &kms).await?;
+    let (audit, audit_public_key) = open_audit(config, &kms).await?;
     let refusals = Arc::new(crate::audit::RefusalAuditor::new(
         audit.clone(),
         config.refusal_config(),
@@ -683,6 +709,7 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         sources.push(Box::new(crate::metrics::NodeInfo(node.clone())));
     }
     let metrics = Arc::new(Metrics::new(kms.clone(), sources));
+    wire_admin(config, &kms, &audit, audit_public_key, &metrics);
     kms.set_service_sink(Arc::new(crate::audit::ServiceAuditSink::new(
         audit.clone(),
         config.kms.region.clone(),

@@ -590,7 +590,7 @@ pub(crate) fn segment_index(name: &str) -> Option<u64> {
 }
 
 /// The segment files of `node` in `dir`, by index (another node's files are not ours).
-fn list_segments(dir: &Path, node: Option<&str>) -> std::io::Result<Vec<(u64, String)>> {
+pub(crate) fn list_segments(dir: &Path, node: Option<&str>) -> std::io::Result<Vec<(u64, String)>> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir)? {
         let e = e?;

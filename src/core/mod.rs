@@ -5,7 +5,9 @@
 //! agreement, MACs, data key pairs), [`sweeper`] (deletion), [`reconcile`] (store/token drift),
 //! [`keystores`] (custom key stores) over [`connections`] (each store's device and connection
 //! life cycle; [`Kms::device_of`] routes a key to its store's device), [`xks`] (the
-//! operations of the XKS door: AWS KMS's external key store proxy API).
+//! operations of the XKS door: AWS KMS's external key store proxy API), [`admin`] and
+//! [`audit_trail`] (the console's operator operations: the directory's principals, the
+//! node's health, its audit trail searched and verified).
 //! [`operation`] gives every operation one shape and lists them; [`domain`] holds the typed
 //! key spec, key usage, origin, key state and grant operation, [`algorithms`] the API's
 //! algorithm names, both parsed once by the doors; [`specs`] is the key catalogue. Each
@@ -16,9 +18,11 @@
 //! version a cryptographic call uses), `rotation_key` (the rotation settings), `change_tags`.
 //! No operation reaches the device or the store without an allow.
 
+pub mod admin;
 pub mod algorithms;
 pub mod aliases;
 pub mod asym;
+pub mod audit_trail;
 pub mod authz;
 pub mod blob_check;
 mod change;
@@ -341,6 +345,10 @@ pub struct Kms {
     policies: std::sync::Mutex<HashMap<Arc<str>, std::sync::Weak<Policy>>>,
     /// The blobs of wrapped key versions ([`residency`]): the default device's blob source.
     blobs: Arc<residency::Blobs>,
+    /// This node's audit trail and live figures, for the admin operations ([`admin`]).
+    admin: std::sync::OnceLock<admin::AdminWiring>,
+    /// The admin operations' paging markers ([`admin::Markers`]).
+    markers: admin::Markers,
 }
 
 impl std::fmt::Debug for Kms {
@@ -388,6 +396,8 @@ impl Kms {
             loaded_at_seq: std::sync::atomic::AtomicI64::new(0),
             policies: std::sync::Mutex::new(HashMap::new()),
             blobs,
+            admin: std::sync::OnceLock::new(),
+            markers: admin::Markers::default(),
         };
         kms.hsm.set_blob_source(kms.blobs.clone());
         if kms.settings.residency == residency::Residency::Wrapped {

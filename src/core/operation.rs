@@ -129,6 +129,13 @@ use super::usage::{GetKeyLastUsageRequest, KeyLastUsageOutput};
 
 // Each family imports its types just above its block; keep the blocks in this order.
 
+use super::admin::{
+    GetHealthRequest, GetHealthResponse, ListPrincipalsRequest, ListPrincipalsResponse,
+};
+use super::audit_trail::{
+    SearchAuditTrailRequest, SearchAuditTrailResponse, VerifyAuditTrailRequest,
+    VerifyAuditTrailResponse,
+};
 use super::explain::{ExplainRequest, ExplainResponse};
 use super::grants::{
     CreateGrantRequest, CreateGrantResponse, ListGrantsRequest, ListGrantsResponse,
@@ -189,7 +196,8 @@ operations! {
         => GenerateDataKeyPairWithoutPlaintextResponse = generate_data_key_pair_without_plaintext;
 
     // Grants (grants.rs), rotation (rotation.rs), imported key material (import.rs),
-    // ExplainAccess (explain.rs), STS (sts.rs).
+    // ExplainAccess (explain.rs), the console's operator operations (admin.rs,
+    // audit_trail.rs), STS (sts.rs).
     CreateGrant: CreateGrantRequest => CreateGrantResponse = create_grant;
     ListGrants: ListGrantsRequest => ListGrantsResponse = list_grants;
     ListRetirableGrants: ListRetirableGrantsRequest => ListGrantsResponse = list_retirable_grants;
@@ -204,6 +212,10 @@ operations! {
     ImportKeyMaterial: ImportKeyMaterialRequest => KeyMaterialResponse = import_key_material;
     DeleteImportedKeyMaterial: DeleteImportedKeyMaterialRequest => KeyMaterialResponse = delete_imported_key_material;
     ExplainAccess: ExplainRequest => ExplainResponse = explain_access;
+    ListPrincipals: ListPrincipalsRequest => ListPrincipalsResponse = list_principals;
+    SearchAuditTrail: SearchAuditTrailRequest => SearchAuditTrailResponse = search_audit_trail;
+    VerifyAuditTrail: VerifyAuditTrailRequest => VerifyAuditTrailResponse = verify_audit_trail;
+    GetHealth: GetHealthRequest => GetHealthResponse = get_health;
     AssumeRole: AssumeRoleRequest => AssumeRoleResponse = assume_role;
     GetCallerIdentity: GetCallerIdentityRequest => CallerIdentity = get_caller_identity;
 

@@ -1,5 +1,7 @@
 //! The KMS operations of the AWS door (`X-Amz-Target: TrentService.<Operation>`), and the
-//! door's one custom operation `P11kmsAdmin.ExplainAccess`.
+//! door's custom operations (`X-Amz-Target: P11kmsAdmin.<Operation>`, [`P11KMS_ADMIN`]):
+//! ExplainAccess, and the console's ListPrincipals, SearchAuditTrail, VerifyAuditTrail and
+//! GetHealth (`kms/admin.rs`).
 //!
 //! Each operation parses its JSON input (PascalCase AWS member names, base64 blobs, members
 //! outside the AWS model ignored, `null` the same as absent; [`super::model`] has validated
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::core::admin::{GetHealthRequest, ListPrincipalsRequest};
 use crate::core::aliases::{
     AliasListEntry, CreateAliasRequest, DeleteAliasRequest, ListAliasesRequest, UpdateAliasRequest,
 };
@@ -26,6 +29,7 @@ use crate::core::asym::{
     GenerateDataKeyPairWithoutPlaintextRequest, GenerateMacRequest, GetPublicKeyRequest,
     SignRequest, VerifyMacRequest, VerifyRequest,
 };
+use crate::core::audit_trail::{SearchAuditTrailRequest, VerifyAuditTrailRequest};
 use crate::core::crypto::{
     DecryptRequest, EncryptRequest, GenerateDataKeyRequest, GenerateDataKeyWithoutPlaintextRequest,
     GenerateRandomRequest, ReEncryptRequest,
@@ -219,12 +223,71 @@ where
 /// `P11kmsAdmin.ExplainAccess`: the gRPC AdminService's ExplainAccess on this door.
 pub const EXPLAIN_ACCESS: Operation = op::<ExplainRequest>();
 
+/// The `P11kmsAdmin.<Operation>` operations: gRPC AdminService operations the console (a
+/// client of this door only) needs. AWS's model has none of them, so the model check passes
+/// their bodies to their own readers.
+pub const P11KMS_ADMIN: &[Operation] = &[
+    EXPLAIN_ACCESS,
+    admin_op::<ListPrincipalsRequest>(),
+    admin_op::<SearchAuditTrailRequest>(),
+    admin_op::<VerifyAuditTrailRequest>(),
+    admin_op::<GetHealthRequest>(),
+];
+
+/// A table entry for a console operation: as [`op`], except that a body its reader refuses
+/// is answered ValidationException (the console's contract) rather than
+/// SerializationException, and that its answer is not compacted (the audit events it returns
+/// are the records exactly as stored; its renderer leaves out absent members itself).
+const fn admin_op<O>() -> Operation
+where
+    O: operation::Operation + FromJson,
+    O::Response: Render,
+{
+    Operation {
+        name: O::NAME,
+        service: KMS,
+        prepare: run_admin::<O>,
+        parameters: parameters::<O>,
+    }
+}
+
+/// [`run`] for a console operation (see [`admin_op`]).
+fn run_admin<O>(kms: Arc<Kms>, caller: Caller, body: Value) -> Result<Prepared, serde_json::Error>
+where
+    O: operation::Operation + FromJson,
+    O::Response: Render,
+{
+    let request = match O::from_json(body) {
+        Ok(r) => r,
+        Err(e) => {
+            // The readers' messages name the member and its type, never the value.
+            let message = e.to_string();
+            let call: Call = Box::pin(async move { Err(KmsError::Validation(message)) });
+            return Ok(Prepared {
+                params: json!({}),
+                call,
+            });
+        }
+    };
+    let params = request.request_parameters();
+    let call: Call = Box::pin(async move {
+        let response = request.run(kms, caller).await?;
+        let elements = response.response_elements();
+        Ok(Reply {
+            body: response.render(),
+            elements,
+        })
+    });
+    Ok(Prepared { params, call })
+}
+
 /// The operation an `X-Amz-Target` names, if this door serves it.
 pub fn operation(target: &str) -> Option<&'static Operation> {
     if let Some(op) = target.strip_prefix("TrentService.") {
         return OPERATIONS.iter().find(|o| o.name == op);
     }
-    (target == "P11kmsAdmin.ExplainAccess").then_some(&EXPLAIN_ACCESS)
+    let op = target.strip_prefix("P11kmsAdmin.")?;
+    P11KMS_ADMIN.iter().find(|o| o.name == op)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,6 +355,7 @@ pub fn key_last_usage_body(out: &KeyLastUsageOutput) -> Value {
 mod members;
 
 // One file per operation family: each reads its requests and renders its responses.
+mod admin;
 mod aliases;
 mod asym;
 mod crypto;
@@ -318,7 +382,7 @@ mod tests {
         use crate::core::operation::OPERATIONS as CORE;
         let aws: Vec<&str> = OPERATIONS
             .iter()
-            .chain(std::iter::once(&EXPLAIN_ACCESS))
+            .chain(P11KMS_ADMIN)
             .map(|o| o.name)
             .chain(super::super::sts::ACTIONS.iter().copied())
             .collect();
@@ -355,10 +419,22 @@ mod tests {
         assert!(operation("TrentService.Encrypt").is_some());
         assert!(operation("TrentService.Nope").is_none());
         assert!(operation("Encrypt").is_none());
-        assert_eq!(
-            operation("P11kmsAdmin.ExplainAccess").map(|o| o.name),
-            Some("ExplainAccess")
-        );
+        for name in [
+            "ExplainAccess",
+            "ListPrincipals",
+            "SearchAuditTrail",
+            "VerifyAuditTrail",
+            "GetHealth",
+        ] {
+            let target = format!("P11kmsAdmin.{name}");
+            assert_eq!(operation(&target).map(|o| o.name), Some(name));
+            assert!(
+                super::super::model::reads(name).is_none(),
+                "{name} is not AWS's"
+            );
+        }
+        assert!(operation("P11kmsAdmin.Encrypt").is_none());
+        assert!(operation("TrentService.GetHealth").is_none());
     }
 
     /// GetKeyLastUsage is served by both doors, and its audit parameters name the key only.

@@ -1,6 +1,16 @@
-//! `p11kms.v1.AdminService`: operator tools (ExplainAccess, MigrateResidency).
+//! `p11kms.v1.AdminService`: operator tools (ExplainAccess, MigrateResidency) and the
+//! console's operations (ListPrincipals, SearchAuditTrail, VerifyAuditTrail, GetHealth).
 
-use super::convert::{from_message, to_message};
+use super::convert::{from_message, to_message, ts};
+use crate::audit::NodeReport;
+use crate::core::admin::{
+    ComponentHealth, DirectoryPrincipal, GetHealthRequest, GetHealthResponse,
+    ListPrincipalsRequest, ListPrincipalsResponse, RequestPoint,
+};
+use crate::core::audit_trail::{
+    problem_place, SearchAuditTrailRequest, SearchAuditTrailResponse, VerifyAuditTrailRequest,
+    VerifyAuditTrailResponse,
+};
 use crate::core::explain::{policy_type_name, ExplainRequest, ExplainResponse};
 use crate::core::migrate::{
     MigrateResidencyRequest, MigrateResidencyResponse, SkipReason, SkippedKey,
@@ -15,7 +25,100 @@ impl AdminService as TABLE, signed as "kms";
 operations {
     explain_access(ExplainAccessRequest) -> ExplainAccessResponse = ExplainRequest;
     migrate_residency(MigrateResidencyRequest) -> MigrateResidencyResponse = MigrateResidencyRequest;
+    list_principals(ListPrincipalsRequest) -> ListPrincipalsResponse = ListPrincipalsRequest;
+    search_audit_trail(SearchAuditTrailRequest) -> SearchAuditTrailResponse = SearchAuditTrailRequest;
+    verify_audit_trail(VerifyAuditTrailRequest) -> VerifyAuditTrailResponse = VerifyAuditTrailRequest;
+    get_health(GetHealthRequest) -> GetHealthResponse = GetHealthRequest;
 }
+}
+
+from_message!(pb::ListPrincipalsRequest => ListPrincipalsRequest { page });
+from_message!(pb::SearchAuditTrailRequest => SearchAuditTrailRequest {
+    key_id, principal, operation, outcome, start_time, end_time, page
+});
+from_message!(pb::VerifyAuditTrailRequest => VerifyAuditTrailRequest {});
+from_message!(pb::GetHealthRequest => GetHealthRequest {});
+
+to_message!(page: ListPrincipalsResponse => pb::ListPrincipalsResponse {
+    truncated = page.next_marker.is_some(),
+    principals = page.principals.into_iter().map(principal).collect(),
+    next_marker
+});
+
+/// One user or role on the wire.
+fn principal(p: DirectoryPrincipal) -> pb::DirectoryPrincipal {
+    pb::DirectoryPrincipal {
+        arn: p.arn,
+        r#type: p.principal_type.as_str().to_string(),
+        name: p.name,
+    }
+}
+
+// Each event is its stored record, as one JSON object.
+to_message!(page: SearchAuditTrailResponse => pb::SearchAuditTrailResponse {
+    truncated = page.next_marker.is_some(),
+    events_json = page.events.iter().map(ToString::to_string).collect(),
+    next_marker
+});
+
+impl From<VerifyAuditTrailResponse> for pb::VerifyAuditTrailResponse {
+    fn from(r: VerifyAuditTrailResponse) -> Self {
+        let node = r.node.as_deref();
+        pb::VerifyAuditTrailResponse {
+            verified: r.verified,
+            nodes: r.nodes.into_iter().map(|n| trail_node(n, node)).collect(),
+        }
+    }
+}
+
+/// One node's report on the wire, each problem at its file and line when known.
+fn trail_node(n: NodeReport, this_node: Option<&str>) -> pb::AuditTrailNode {
+    let problems = n.report.problems.iter().map(|p| {
+        let (file, line) = problem_place(p);
+        pb::AuditTrailProblem {
+            kind: p.kind.to_string(),
+            file: file.unwrap_or_default(),
+            line: line.unwrap_or_default(),
+            detail: p.detail.clone(),
+        }
+    });
+    pb::AuditTrailNode {
+        node: n
+            .node
+            .as_deref()
+            .or(this_node)
+            .unwrap_or_default()
+            .to_string(),
+        records: n.report.records,
+        checkpoints: n.report.checkpoints,
+        problems: problems.collect(),
+    }
+}
+
+impl From<GetHealthResponse> for pb::GetHealthResponse {
+    fn from(r: GetHealthResponse) -> Self {
+        let health = |h: ComponentHealth| pb::ComponentHealth {
+            healthy: h.healthy,
+            detail: h.detail,
+        };
+        pb::GetHealthResponse {
+            hsm: Some(health(r.hsm)),
+            audit: Some(health(r.audit)),
+            interval_seconds: u32::try_from(r.interval_seconds).unwrap_or_default(),
+            points: r.points.iter().map(request_point).collect(),
+        }
+    }
+}
+
+/// One point of the request series on the wire.
+fn request_point(p: &RequestPoint) -> pb::RequestPoint {
+    pb::RequestPoint {
+        time: Some(ts(p.time_s * 1000)),
+        requests: p.requests,
+        errors: p.errors,
+        latency_mean_ms: p.latency_mean_ms,
+        latency_max_ms: p.latency_max_ms,
+    }
 }
 
 from_message!(pb::ExplainAccessRequest => ExplainRequest {

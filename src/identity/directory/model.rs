@@ -432,6 +432,18 @@ impl Directory {
         self.accounts.keys().map(String::as_str)
     }
 
+    /// Every user and role of every account (not the account roots), in no particular
+    /// order: the principals an operator picks from (the console's key administrators and
+    /// key users).
+    pub fn users_and_roles(&self) -> impl Iterator<Item = &PrincipalEntry> {
+        let users = self
+            .principals
+            .values()
+            .filter(|e| e.kind == EntryKind::User);
+        let roles = self.roles.values().map(|r| &r.principal);
+        users.chain(roles).map(|e| e.as_ref())
+    }
+
     /// The account's root ARN, if the account is known.
     pub fn account_root(&self, account_id: &str) -> Option<&str> {
         self.accounts.get(account_id).map(|a| a.root.arn.as_str())
