@@ -12,6 +12,8 @@ interface AuditEvent {
   eventID?: string;
   requestID?: string;
   errorCode?: string;
+  /** "intent" on the record written before a change is made. */
+  phase?: string;
   userIdentity?: { arn?: string };
   [k: string]: unknown;
 }
@@ -50,8 +52,20 @@ function showEvent(ev: AuditEvent, detail: HTMLElement): void {
 function eventRow(ev: AuditEvent, detail: HTMLElement): (Node | string)[] {
   const show = h('button', { type: 'button', 'aria-label': `Show event ${ev.eventID}` }, 'Show');
   show.addEventListener('click', () => showEvent(ev, detail));
-  const outcome = ev.errorCode ? h('span', { class: 'failure' }, ev.errorCode) : h('span', { class: 'success' }, 'Success');
+  const outcome =
+    ev.phase === 'intent' ? h('span', { class: 'intent', title: 'Written before the change was made; the outcome follows in its own record' }, 'Intent')
+    : ev.errorCode ? h('span', { class: 'failure' }, ev.errorCode)
+    : h('span', { class: 'success' }, 'Success');
   return [ev.eventTime ?? '', ev.eventName ?? '', ev.userIdentity?.arn ?? '—', outcome, ev.requestID ?? '', show];
+}
+
+/** The verifier's answer in one sentence. */
+function verdict(r: VerifyResponse): string {
+  if (!r.Verified) return 'The trail does NOT verify: see the problems below.';
+  const checkpoints = r.Nodes.reduce((n, x) => n + x.Checkpoints, 0);
+  return checkpoints
+    ? `The trail verifies: the hash chain is intact and ${checkpoints} HSM-signed checkpoint${checkpoints === 1 ? '' : 's'} check out.`
+    : 'The trail verifies: the hash chain is intact (no HSM-signed checkpoint has been written yet).';
 }
 
 async function verify(out: HTMLElement): Promise<void> {
@@ -67,7 +81,7 @@ async function verify(out: HTMLElement): Promise<void> {
     ),
   );
   out.replaceChildren(
-    h('p', { class: r.Verified ? 'verified ok' : 'verified bad', 'data-verified': String(r.Verified) }, r.Verified ? 'The trail verifies: the chain is intact and the checkpoints’ HSM signatures are valid.' : 'The trail does NOT verify.'),
+    h('p', { class: r.Verified ? 'verified ok' : 'verified bad', 'data-verified': String(r.Verified) }, verdict(r)),
     ...nodes,
   );
 }
