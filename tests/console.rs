@@ -34,6 +34,7 @@ use common::*;
 use p11kms::core::SystemClock;
 use p11kms::server::{self, RunningServer, ServerOptions};
 use serde_json::{json, Value};
+use zeroize::Zeroizing;
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/Engineering";
 
@@ -41,7 +42,7 @@ const ROLE: &str = "arn:aws:iam::111122223333:role/Engineering";
 struct User {
     name: &'static str,
     access_key_id: &'static str,
-    secret: String,
+    secret: Zeroizing<String>,
 }
 
 impl User {
@@ -51,7 +52,8 @@ impl User {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         )[..40]
-            .to_string();
+            .to_string()
+            .into();
         User {
             name,
             access_key_id,
@@ -165,7 +167,7 @@ fn write_identity(dir: &Path, u: &Users) -> PathBuf {
     let keys: Vec<Value> = [&u.admin, &u.alice, &u.bob]
         .iter()
         .map(|x| {
-            json!({"AccessKeyId": x.access_key_id, "SecretAccessKey": x.secret,
+            json!({"AccessKeyId": x.access_key_id, "SecretAccessKey": x.secret.as_str(),
                    "UserArn": x.arn(), "Status": "Active"})
         })
         .collect();
@@ -219,7 +221,7 @@ struct Run {
 
 impl Run {
     fn user_json(u: &User) -> Value {
-        json!({"accessKeyId": u.access_key_id, "secretAccessKey": u.secret, "arn": u.arn()})
+        json!({"accessKeyId": u.access_key_id, "secretAccessKey": u.secret.as_str(), "arn": u.arn()})
     }
 
     /// Runs phase `phase` of console.mjs with `extra` inputs; returns its results.

@@ -257,9 +257,10 @@ async function phaseCreate(page) {
 // ------------------------------------------------------------------------------------------
 // Phase "inspect": keys list, explain, the lockout refusal, audit verified, health.
 
-async function explain(page, principal, name) {
+async function explain(page, principal, name, context = '') {
   await go(page, '#/explain', 'Why was I denied?');
   await page.getByLabel('Principal (ARN)').fill(principal);
+  await page.getByLabel('Encryption context (one key=value a line)').fill(context);
   await page.getByLabel('Action').selectOption('kms:Encrypt');
   await page.getByLabel('Key', { exact: true }).fill(input.keyId);
   await page.getByRole('button', { name: 'Explain' }).click();
@@ -277,7 +278,7 @@ async function explain(page, principal, name) {
 }
 
 async function checkExplain(page) {
-  const alice = await explain(page, input.users.alice.arn, '11-explain-alice-allowed');
+  const alice = await explain(page, input.users.alice.arn, '11-explain-alice-allowed', 'purpose=console-e2e\ntenant=acme');
   check(alice.decision === 'Allow', `alice's Encrypt: ${alice.decision}`);
   check(alice.named.includes('Allow use of the key'), `alice's deciding statements: ${alice.named}`);
   check(alice.highlighted.length === 1 && alice.highlighted[0] === 'Allow use of the key', `highlighted for alice: ${alice.highlighted}`);
@@ -358,6 +359,11 @@ async function checkAuditVerified(page) {
   check(failed.every((r) => !r.includes('Success')), `Outcome=Failure lists successes: ${failed.join(' | ')}`);
   check(failed.some((r) => r.includes('PutKeyPolicy') && r.includes('MalformedPolicyDocumentException')), 'the refused PutKeyPolicy is not listed as a failure');
   await shot(page, '15-audit-failures');
+  const later = new Date(Date.now() + 3_600_000).toISOString().slice(0, 16);
+  await page.getByLabel('From').fill(later);
+  await page.getByRole('button', { name: 'Search' }).click();
+  await waitOrFail(page.locator('.audit-results tbody tr.empty'), page.locator('main'), 'searching the trail from an hour ahead');
+  await page.getByLabel('From').fill('');
   // A CreateKey record names no key (the key did not exist when it was asked for): found by
   // operation and principal, it is the request the browser was answered.
   // (A change has two records: its intent, written before it is made, and its outcome.)
