@@ -215,9 +215,10 @@ async fn search(addr: SocketAddr, key_id: &str, key_arn: &str) {
         .iter()
         .map(|e| e["eventName"].as_str().unwrap())
         .collect();
-    // The trail names the key in `resources` of the requests that used it (CreateKey's
-    // event names it in its responseElements only).
-    assert_eq!(names, ["Encrypt", "Encrypt"]);
+    // The trail names the key in `resources` of the requests on it, its CreateKey included
+    // (the event, then its intent record, newest first).
+    assert_eq!(names, ["Encrypt", "Encrypt", "CreateKey", "CreateKey"]);
+    assert_eq!(events[3]["phase"], "intent", "{}", events[3]);
     // Newest first: the denied Encrypt was the last request on the key.
     assert_eq!(events[0]["eventName"], "Encrypt");
     assert_eq!(

@@ -515,6 +515,9 @@ impl Kms {
         if req.policy.is_some() && !req.bypass_policy_lockout_safety_check {
             self.creation_lockout_check(caller, &record, &compiled)?;
         }
+        // The audit trail names the new key among the event's resources, as CloudTrail does.
+        let arn = self.key_arn(&record.account, &record.key_id);
+        super::record::key(&arn, &record.account);
         let cached = if choice.origin == Origin::External {
             self.create_pending_import(record, req.tags, compiled)
                 .await?
