@@ -37,6 +37,8 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/Engineering";
+/// Keys made besides the wizard's, so that the keys list has a second page.
+const PAGING_KEYS: usize = 20;
 
 /// A user of the test's identity directory: name, access key id, and a fresh secret.
 struct User {
@@ -171,7 +173,9 @@ fn write_identity(dir: &Path, u: &Users) -> PathBuf {
                    "UserArn": x.arn(), "Status": "Active"})
         })
         .collect();
-    let creds = json!({"AccessKeys": keys, "CertificateBindings": []});
+    // The admin's gRPC certificate (tests/common's `admin`), to make keys for the list's paging.
+    let bindings = json!([{"SubjectCN": "admin", "Principal": u.admin.arn()}]);
+    let creds = json!({"AccessKeys": keys, "CertificateBindings": bindings});
     write_secret(&ident.join("credentials.json"), creds.to_string());
     write_secret(
         &ident.join(format!("{ACCOUNT}.json")),
@@ -335,8 +339,15 @@ async fn the_console_creates_explains_audits_and_keeps_its_secrets() {
     let key = created["keyId"].as_str().expect("the created key id");
     run.boto3_checks(&created).await;
 
+    // More keys than the keys list shows on a page (20), made over gRPC.
+    let mut grpc = admin(server.addr).await;
+    for _ in 0..PAGING_KEYS {
+        create_key(&mut grpc).await;
+    }
+
     let wizard = json!({"keyId": key, "policy": created["policy"],
-                        "createKeyRequestId": created["createKeyRequestId"]});
+                        "createKeyRequestId": created["createKeyRequestId"],
+                        "totalKeys": PAGING_KEYS + 1});
     run.browser("inspect", wizard.clone()).await;
 
     let (file, line) = edit_create_key_record(&data, key);

@@ -289,8 +289,29 @@ async function checkExplain(page) {
   log('explain: alice allowed by "Allow use of the key"; bob denied, no statement allows');
 }
 
+/** The key ids of the keys list's current page, once `caption` says it is shown. */
+async function keysOnPage(page, caption) {
+  await page.locator('caption', { hasText: caption }).waitFor();
+  return page.locator('tbody tr:not(.empty) td:first-child').allInnerTexts();
+}
+
+/** Pages through the keys list (20 a page): every key once; Previous goes back. */
+async function checkPaging(page) {
+  const first = await keysOnPage(page, 'page 1,');
+  check(first.length === 20, `page 1 shows ${first.length} keys`);
+  await page.getByRole('button', { name: 'Next page' }).click();
+  const second = await keysOnPage(page, 'page 2,');
+  check(first.length + second.length === input.totalKeys && !second.some((k) => first.includes(k)), `pages 1 and 2 show ${first.length} + ${second.length} keys of ${input.totalKeys}`);
+  check(await page.getByRole('button', { name: 'Next page' }).isDisabled(), 'a third page is offered');
+  await shot(page, '10-keys-page-2');
+  await page.getByRole('button', { name: 'Previous page' }).click();
+  check((await keysOnPage(page, 'page 1,')).join() === first.join(), 'Previous page does not show page 1 again');
+  return second.includes(input.keyId) ? 2 : 1;
+}
+
 async function checkKeysList(page) {
   await go(page, '#/keys', 'Keys');
+  if ((await checkPaging(page)) === 2) await page.getByRole('button', { name: 'Next page' }).click();
   const row = page.locator('tbody tr', { hasText: input.keyId });
   await row.waitFor();
   const text = await row.innerText();
@@ -300,7 +321,7 @@ async function checkKeysList(page) {
   check((await page.locator('tbody tr:not(.empty)').count()) === 0, 'the filter does not filter');
   await page.getByLabel('Filter (id, alias, description, spec)').fill('console-e2e');
   check((await page.locator('tbody tr:not(.empty)').count()) === 1, 'the filter loses the key');
-  await shot(page, '10-keys-list');
+  await shot(page, '10-keys-list-filtered');
 }
 
 /** Cancelling a confirmation changes nothing. */
@@ -367,9 +388,12 @@ async function checkAuditVerified(page) {
   // A CreateKey record names no key (the key did not exist when it was asked for): found by
   // operation and principal, it is the request the browser was answered.
   // (A change has two records: its intent, written before it is made, and its outcome.)
-  const created = (await searchTrail(page, { principal: admin, operation: 'CreateKey' }, 'CreateKey')).filter((r) => !r.includes('Intent'));
-  check(created.length === 1 && created[0].includes(admin) && created[0].includes(input.createKeyRequestId) && created[0].includes('Success'), `the console's CreateKey (request ${input.createKeyRequestId}) is not listed once: ${created.join(' | ')}`);
-  await page.locator('.audit-results tbody tr', { hasText: 'CreateKey' }).filter({ hasNotText: 'Intent' }).getByRole('button', { name: /^Show event/ }).click();
+  const requestId = input.createKeyRequestId;
+  const rows = await searchTrail(page, { principal: admin, operation: 'CreateKey' }, requestId);
+  const created = rows.filter((r) => r.includes(requestId) && !r.includes('Intent'));
+  check(rows.every((r) => r.includes('CreateKey') && r.includes(admin)), `the search by operation and principal lists others: ${rows.join(' | ')}`);
+  check(created.length === 1 && created[0].includes('Success'), `the console's CreateKey (request ${requestId}) is not listed once: ${created.join(' | ')}`);
+  await page.locator('.audit-results tbody tr', { hasText: requestId }).filter({ hasNotText: 'Intent' }).getByRole('button', { name: /^Show event/ }).click();
   const full = await page.locator('pre.event').innerText();
   check(full.includes('"eventName": "CreateKey"') && full.includes('made by the console end-to-end test') && full.includes('key-consolepolicy-3'), 'the event in full is not the console\'s CreateKey');
   await shot(page, '16-audit-verified-event');
@@ -416,7 +440,8 @@ async function phaseTampered(page, context) {
   const who = await signIn(page, input.users.bob, input.roleArn);
   check(who.includes(':assumed-role/Engineering/'), `the role sign-in is ${who}`);
   await page.getByRole('heading', { level: 1, name: 'Keys' }).waitFor();
-  await page.locator('tbody tr', { hasText: input.keyId }).waitFor();
+  const seen = await keysOnPage(page, 'page 1,');
+  check(seen.length === 20, `the role sees ${seen.length} keys on page 1`);
   await shot(page, '21-keys-as-role');
   await go(page, '#/audit', 'Audit trail');
   const denied = await errorText(page.locator('main'));
