@@ -241,22 +241,21 @@ fn policy_error_name(e: &p11kms::policy::PolicyError) -> &'static str {
 // ---------------------------------------------------------------------------------------
 // AWS JSON door: body decoding and model validation
 
-/// The first byte picks the operation (every `TrentService` operation and ExplainAccess);
-/// the rest is the request body, decoded and checked as the door does after authentication:
-/// JSON object, the audit parameters (mistyped members dropped), the model check.
+/// The first byte picks the operation (every `TrentService` operation, then every
+/// `P11kmsAdmin` one: ExplainAccess and the console's); the rest is the request body, decoded
+/// and checked as the door does after authentication: JSON object, the audit parameters
+/// (mistyped members dropped), the model check.
 pub fn aws_json(data: &[u8]) -> String {
     let Some((&selector, body)) = data.split_first() else {
         return "rejected: empty input".into();
     };
-    let count = kms::OPERATIONS.len() + 1;
-    let op = kms::OPERATIONS
-        .get(usize::from(selector) % count)
-        .unwrap_or(&kms::EXPLAIN_ACCESS);
-    let target = if op.name == kms::EXPLAIN_ACCESS.name {
-        "P11kmsAdmin.ExplainAccess".to_string()
-    } else {
-        format!("TrentService.{}", op.name)
+    let count = kms::OPERATIONS.len() + kms::P11KMS_ADMIN.len();
+    let at = usize::from(selector) % count;
+    let (op, service) = match kms::OPERATIONS.get(at) {
+        Some(op) => (op, "TrentService"),
+        None => (&kms::P11KMS_ADMIN[at - kms::OPERATIONS.len()], "P11kmsAdmin"),
     };
+    let target = format!("{service}.{}", op.name);
     assert_eq!(kms::operation(&target).map(|o| o.name), Some(op.name));
     let value = match aws_json::decode_kms_body(body) {
         Ok(v) => v,
