@@ -232,6 +232,10 @@ async function phaseCreate(page) {
   await signInByKeyboard(page, input.users.admin);
   await page.getByRole('heading', { level: 1, name: 'Keys' }).waitFor();
   await shot(page, '02-keys-empty');
+  await page.locator('.skip').focus();
+  await page.keyboard.press('Enter');
+  check(page.url().endsWith('#/keys'), `the skip link changed the route: ${page.url()}`);
+  check(await page.evaluate(() => document.activeElement?.id === 'main'), 'the skip link does not move focus to the page');
   await wizardConfigure(page);
   await wizardPeople(page);
   await page.getByRole('heading', { level: 2, name: 'Review' }).waitFor();

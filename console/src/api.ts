@@ -134,9 +134,22 @@ export async function admin<T>(op: string, body: object): Promise<T> {
   }
   const res = await fetch(url, { method: 'POST', headers, body: payload, credentials: 'omit' });
   const text = await res.text();
-  const json = text ? JSON.parse(text) : {};
+  const json = parseBody(text);
   if (!res.ok) throw new AwsError(errorName(json, res), json.message ?? json.Message ?? text);
+  if (json === NOT_JSON) throw new AwsError('InvalidResponse', `P11kmsAdmin.${op} answered with a body that is not JSON`);
   return json as T;
+}
+
+const NOT_JSON = Object.freeze({}) as { __type?: string; message?: string; Message?: string };
+
+/** A response body as JSON; NOT_JSON when it is not (an error page, say). */
+function parseBody(text: string): typeof NOT_JSON {
+  if (!text) return {};
+  try {
+    return JSON.parse(text);
+  } catch {
+    return NOT_JSON;
+  }
 }
 
 function errorName(json: { __type?: string }, res: Response): string {

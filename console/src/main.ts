@@ -56,5 +56,10 @@ document.getElementById('signout')!.addEventListener('click', () => {
   location.hash = '#/signin';
   void route();
 });
+// The skip link moves focus to the page without touching the hash (the hash is the route).
+document.querySelector('.skip')!.addEventListener('click', (ev) => {
+  ev.preventDefault();
+  document.getElementById('main')!.focus();
+});
 window.addEventListener('hashchange', () => void route());
 void route();
