@@ -179,7 +179,7 @@ async function errorText(scope) {
 // Phase "create": signed-out view, sign-in, the wizard end to end.
 
 async function wizardConfigure(page) {
-  await go(page, '#/create', 'Create key');
+  await page.getByRole('navigation').getByRole('link', { name: 'Create key' }).click();
   await page.getByRole('heading', { level: 2, name: 'Configure key' }).waitFor();
   await page.getByLabel('Symmetric', { exact: true }).check();
   check((await page.getByLabel('Key spec').inputValue()) === 'SYMMETRIC_DEFAULT', 'symmetric key spec');
@@ -210,6 +210,39 @@ async function wizardPeople(page) {
   await page.getByRole('button', { name: 'Next' }).click();
 }
 
+/** The wizard's review policy for a key type (and usage), admin administering, alice using. */
+async function reviewPolicyFor(page, type, usage) {
+  // The navigation's link, also when the wizard is already shown: it starts afresh.
+  await page.getByRole('navigation').getByRole('link', { name: 'Create key' }).click();
+  await page.getByRole('heading', { level: 2, name: 'Configure key' }).waitFor();
+  await page.getByLabel(type, { exact: true }).check();
+  if (usage) await page.getByLabel(usage, { exact: true }).check();
+  for (let i = 0; i < 2; i++) await page.getByRole('button', { name: 'Next' }).click();
+  await page.getByRole('group', { name: 'Key administrators' }).getByRole('checkbox', { name: /^admin \(User\)/ }).check();
+  await page.getByRole('button', { name: 'Next' }).click();
+  await page.getByRole('group', { name: 'Key users' }).getByRole('checkbox', { name: /^alice \(User\)/ }).check();
+  await page.getByRole('button', { name: 'Next' }).click();
+  await page.getByRole('heading', { level: 2, name: 'Review' }).waitFor();
+  return JSON.parse(await page.getByLabel('Key policy').inputValue());
+}
+
+/** The key users' statements AWS's console writes for asymmetric and HMAC keys (no grants). */
+async function checkOtherKindsPolicies(page) {
+  const kinds = [
+    ['HMAC', undefined, ['kms:DescribeKey', 'kms:GenerateMac', 'kms:VerifyMac']],
+    ['Asymmetric', 'SIGN_VERIFY', ['kms:DescribeKey', 'kms:GetPublicKey', 'kms:Sign', 'kms:Verify']],
+    ['Asymmetric', 'ENCRYPT_DECRYPT', ['kms:Encrypt', 'kms:Decrypt', 'kms:ReEncrypt*', 'kms:DescribeKey', 'kms:GetPublicKey']],
+  ];
+  for (const [type, usage, actions] of kinds) {
+    const doc = await reviewPolicyFor(page, type, usage);
+    const sids = doc.Statement.map((st) => st.Sid);
+    const use = doc.Statement.find((st) => st.Sid === 'Allow use of the key');
+    check(sids.join() === 'Enable IAM User Permissions,Allow access for Key Administrators,Allow use of the key', `${type} ${usage ?? ''}: statements ${sids}`);
+    check(JSON.stringify(use.Action) === JSON.stringify(actions) && use.Principal.AWS === input.users.alice.arn, `${type} ${usage ?? ''}: key users' statement ${JSON.stringify(use)}`);
+  }
+  log('the wizard writes AWS console policies for HMAC and asymmetric keys too');
+}
+
 /** Breaks the review's policy with a trailing comma and checks the error names its line. */
 async function wizardValidation(page, area, policy) {
   const lines = policy.split('\n');
@@ -236,6 +269,7 @@ async function phaseCreate(page) {
   await page.keyboard.press('Enter');
   check(page.url().endsWith('#/keys'), `the skip link changed the route: ${page.url()}`);
   check(await page.evaluate(() => document.activeElement?.id === 'main'), 'the skip link does not move focus to the page');
+  await checkOtherKindsPolicies(page);
   await wizardConfigure(page);
   await wizardPeople(page);
   await page.getByRole('heading', { level: 2, name: 'Review' }).waitFor();

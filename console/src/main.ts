@@ -61,5 +61,13 @@ document.querySelector('.skip')!.addEventListener('click', (ev) => {
   ev.preventDefault();
   document.getElementById('main')!.focus();
 });
+// A link to the page already shown starts it afresh (the hash does not change, so no hashchange).
+document.getElementById('nav')!.addEventListener('click', (ev) => {
+  const a = (ev.target as Element).closest('a');
+  if (a && a.getAttribute('href') === location.hash) {
+    ev.preventDefault();
+    void route();
+  }
+});
 window.addEventListener('hashchange', () => void route());
 void route();
