@@ -69,6 +69,7 @@ export function signOut(): void {
   session = null;
 }
 
+/** Whether credentials are held (the router shows the sign-in page otherwise). */
 export function signedIn(): boolean {
   return session !== null;
 }
