@@ -253,7 +253,10 @@ pub fn aws_json(data: &[u8]) -> String {
     let at = usize::from(selector) % count;
     let (op, service) = match kms::OPERATIONS.get(at) {
         Some(op) => (op, "TrentService"),
-        None => (&kms::P11KMS_ADMIN[at - kms::OPERATIONS.len()], "P11kmsAdmin"),
+        None => (
+            &kms::P11KMS_ADMIN[at - kms::OPERATIONS.len()],
+            "P11kmsAdmin",
+        ),
     };
     let target = format!("{service}.{}", op.name);
     assert_eq!(kms::operation(&target).map(|o| o.name), Some(op.name));
