@@ -27,7 +27,6 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
@@ -247,7 +246,7 @@ impl Run {
         write_secret(&input_path, input.to_string());
         let mut c = hermetic_command("node", &self.scratch);
         c.arg(self.console.join("e2e/console.mjs")).arg(&input_path);
-        run(c, &format!("console.mjs {phase}")).await;
+        run_ok(c, &format!("console.mjs {phase}")).await;
         let out = std::fs::read_to_string(&results).expect("the phase's results");
         serde_json::from_str(&out).unwrap()
     }
@@ -269,24 +268,8 @@ impl Run {
             )
             .env("CONSOLE_KEY_ID", created["keyId"].as_str().unwrap())
             .env("CONSOLE_WIZARD_POLICY", &policy);
-        run(c, "console_checks.py").await;
+        run_ok(c, "console_checks.py").await;
     }
-}
-
-/// Runs a child to completion; fails the test with its output unless it succeeded.
-async fn run(mut c: Command, what: &str) {
-    let what = what.to_string();
-    let out = tokio::task::spawn_blocking(move || c.output().expect("run a child"))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    eprintln!("{what}:\n{stdout}");
 }
 
 /// Edits one byte of the trail's CreateKey record of `key` in place (the daemon keeps

@@ -57,16 +57,7 @@ async fn python(dir: &Path, endpoint: &str, args: Vec<String>) {
             "P11KMS_FIXTURE_CREDENTIALS",
             fixtures_dir().join("credentials.json"),
         );
-    let out = tokio::task::spawn_blocking(move || c.output().expect("run python"))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "key_catalogue_checks.py {args:?} failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    eprintln!("key_catalogue_checks.py {}:\n{stdout}", args[0]);
+    run_ok(c, &format!("key_catalogue_checks.py {args:?}")).await;
 }
 
 async fn create(c: &mut Client, spec: &str, usage: &str) -> pb::KeyMetadata {

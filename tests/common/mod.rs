@@ -1087,3 +1087,20 @@ pub async fn start_from(config: &Path) -> RunningServer {
         .await
         .expect("daemon starts")
 }
+
+/// Runs a child (a client, a script) to completion off the async runtime, failing the test with
+/// its output unless it succeeded; prints its standard output under `what`.
+pub async fn run_ok(mut c: Command, what: &str) {
+    let what = what.to_string();
+    let out = tokio::task::spawn_blocking(move || c.output().expect("run a child"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    eprintln!("{what}:\n{stdout}");
+}

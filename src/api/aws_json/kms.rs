@@ -99,16 +99,26 @@ where
     O::Response: Render,
 {
     let request = O::from_json(body)?;
+    Ok(prepared(request, kms, caller, compact))
+}
+
+/// A read request's audit parameters and engine call, whose answer is rendered then shaped
+/// by `shape` (AWS's operations leave absent members out).
+fn prepared<O>(request: O, kms: Arc<Kms>, caller: Caller, shape: fn(Value) -> Value) -> Prepared
+where
+    O: operation::Operation,
+    O::Response: Render,
+{
     let params = request.request_parameters();
     let call: Call = Box::pin(async move {
         let response = request.run(kms, caller).await?;
         let elements = response.response_elements();
         Ok(Reply {
-            body: compact(response.render()),
+            body: shape(response.render()),
             elements,
         })
     });
-    Ok(Prepared { params, call })
+    Prepared { params, call }
 }
 
 /// The audit parameters of a request body read as the core request `O`.
@@ -212,10 +222,15 @@ where
     O: operation::Operation + FromJson,
     O::Response: Render,
 {
+    entry::<O>(run::<O>)
+}
+
+/// The table entry of `O`, read and run by `prepare`.
+const fn entry<O: operation::Operation + FromJson>(prepare: Prepare) -> Operation {
     Operation {
         name: O::NAME,
         service: KMS,
-        prepare: run::<O>,
+        prepare,
         parameters: parameters::<O>,
     }
 }
@@ -243,12 +258,7 @@ where
     O: operation::Operation + FromJson,
     O::Response: Render,
 {
-    Operation {
-        name: O::NAME,
-        service: KMS,
-        prepare: run_admin::<O>,
-        parameters: parameters::<O>,
-    }
+    entry::<O>(run_admin::<O>)
 }
 
 /// [`run`] for a console operation (see [`admin_op`]).
@@ -269,16 +279,7 @@ where
             });
         }
     };
-    let params = request.request_parameters();
-    let call: Call = Box::pin(async move {
-        let response = request.run(kms, caller).await?;
-        let elements = response.response_elements();
-        Ok(Reply {
-            body: response.render(),
-            elements,
-        })
-    });
-    Ok(Prepared { params, call })
+    Ok(prepared(request, kms, caller, |v| v))
 }
 
 /// The operation an `X-Amz-Target` names, if this door serves it.
