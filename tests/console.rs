@@ -195,7 +195,8 @@ async fn start_console(data: &Path, ident: &Path, console: &Path) -> (RunningSer
         &ident.display().to_string(),
     ) + AWS_DOOR_SECTION
         + &format!(
-            "\n[console]\nenabled = true\nassets = \"{}\"\n",
+            "\n[console]\nenabled = true\nassets = \"{}\"\n\
+             [audit]\ncheckpoint_every_events = 25\n",
             console.join("dist").display()
         );
     let config = load_config_text(&data.join("p11kms.toml"), text);
