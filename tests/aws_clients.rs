@@ -42,21 +42,15 @@ async fn start_door(name: &str) -> Door {
 async fn start_door_with(name: &str, extra: &str) -> Door {
     let dir = data_dir(name);
     let config = config_with(&dir, &(AWS_DOOR_SECTION.to_owned() + extra));
-    let server = server::start(
-        &config,
-        ServerOptions {
-            clock: Arc::new(SystemClock),
-            sweep_interval: None,
-        },
-    )
-    .await
-    .expect("daemon starts");
-    let addr = server.aws_json_addr.expect("the AWS door is enabled");
-    assert!(addr.ip().is_loopback());
+    let options = ServerOptions {
+        clock: Arc::new(SystemClock),
+        sweep_interval: None,
+    };
+    let (server, endpoint) = serve_aws_door(&config, options).await;
     let scratch = dir.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     Door {
-        endpoint: format!("https://127.0.0.1:{}", addr.port()),
+        endpoint,
         dir,
         server,
         scratch,
@@ -148,15 +142,7 @@ async fn python_with(
     for (k, v) in vars {
         c.env(k, v);
     }
-    let out = output(c).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    eprintln!("{script}:\n{stdout}");
+    run_ok(c, script).await;
 }
 
 fn unb64(s: &str) -> Vec<u8> {

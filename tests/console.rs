@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use common::*;
 use p11kms::core::SystemClock;
-use p11kms::server::{self, RunningServer, ServerOptions};
+use p11kms::server::{RunningServer, ServerOptions};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -200,18 +200,11 @@ async fn start_console(data: &Path, ident: &Path, console: &Path) -> (RunningSer
             console.join("dist").display()
         );
     let config = load_config_text(&data.join("p11kms.toml"), text);
-    let server = server::start(
-        &config,
-        ServerOptions {
-            clock: Arc::new(SystemClock),
-            sweep_interval: None,
-        },
-    )
-    .await
-    .expect("daemon starts");
-    let addr = server.aws_json_addr.expect("the AWS door is enabled");
-    assert!(addr.ip().is_loopback());
-    (server, format!("https://127.0.0.1:{}", addr.port()))
+    let options = ServerOptions {
+        clock: Arc::new(SystemClock),
+        sweep_interval: None,
+    };
+    serve_aws_door(&config, options).await
 }
 
 /// One run's fixed inputs for the browser phases.

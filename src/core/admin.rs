@@ -153,13 +153,7 @@ impl Markers {
         max: i32,
         default: usize,
     ) -> Result<(usize, Option<String>), KmsError> {
-        let limit = match page.limit {
-            None => default,
-            Some(l) => {
-                super::validate::int_range("limit", l, 1, max)?;
-                l as usize
-            }
-        };
+        let limit = super::validate::limit_in(page.limit, max, default)?;
         let after = match page.marker.as_deref() {
             None => None,
             Some(m) => Some(self.open(operation, m)?),
@@ -246,16 +240,10 @@ fn page_of(
     after: Option<&str>,
     limit: usize,
 ) -> (Vec<DirectoryPrincipal>, Option<String>) {
-    let mut page: Vec<DirectoryPrincipal> = all
-        .filter(|p| after.is_none_or(|a| p.arn.as_str() > a))
-        .collect();
-    page.sort_by(|a, b| a.arn.cmp(&b.arn));
-    if page.len() <= limit {
-        return (page, None);
-    }
-    page.truncate(limit);
-    let last = page.last().map(|p| p.arn.clone());
-    (page, last)
+    let mut sorted: Vec<DirectoryPrincipal> = all.collect();
+    sorted.sort_by(|a, b| a.arn.cmp(&b.arn));
+    let items = sorted.into_iter().map(|p| (p.arn.clone(), p));
+    super::validate::page_after(items, after, limit)
 }
 
 /// GetHealth input: nothing.

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::authz::AuthzRequest;
 use super::operation::{request_parameters, Page, ResponseElements};
 use super::{Kms, KmsError};
-use crate::audit::{NodeReport, Problem};
+use crate::audit::{NodeReport, Problem, ProblemKind};
 use crate::identity::Caller;
 use crate::wire_enum::wire_enum;
 
@@ -172,8 +172,7 @@ impl Filter {
 
     /// Whether an event record matches every filter given.
     fn matches(&self, ev: &Value) -> bool {
-        let text = |v: &Value| v.as_str().map(str::to_string);
-        let time = text(&ev["eventTime"]).unwrap_or_default();
+        let time = ev["eventTime"].as_str().unwrap_or_default();
         self.operation
             .as_ref()
             .is_none_or(|o| ev["eventName"] == o.as_str())
@@ -183,14 +182,8 @@ impl Filter {
                 .is_none_or(|p| ev["userIdentity"]["arn"] == p.as_str())
             && self.key_id.as_ref().is_none_or(|k| names_key(ev, k))
             && self.outcome.is_none_or(|o| outcome_is(ev, o))
-            && self
-                .start
-                .as_ref()
-                .is_none_or(|s| time.as_str() >= s.as_str())
-            && self
-                .end
-                .as_ref()
-                .is_none_or(|e| time.as_str() <= e.as_str())
+            && self.start.as_ref().is_none_or(|s| time >= s.as_str())
+            && self.end.as_ref().is_none_or(|e| time <= e.as_str())
     }
 }
 
@@ -392,9 +385,12 @@ impl Kms {
                 Ok(crate::audit::verify_trails(&files, Some(&key)))
             };
             // The live segment is being written: a line read half-written looks torn. A
-            // problem is reported when a second look, a moment later, still finds one.
+            // torn line is reported when a second look, a moment later, still finds one.
             let first = verify()?;
-            if first.iter().all(|n| n.report.is_ok()) {
+            let torn = |n: &NodeReport| {
+                (n.report.problems.iter()).any(|p| p.kind == ProblemKind::Truncated)
+            };
+            if !first.iter().any(torn) {
                 return Ok(first);
             }
             std::thread::sleep(SECOND_LOOK);

@@ -151,10 +151,15 @@ pub fn tag_key(k: &str) -> Result<(), KmsError> {
 
 /// The page size: 1-1000, default 100.
 pub fn limit(limit: Option<i32>) -> Result<usize, KmsError> {
+    limit_in(limit, 1000, 100)
+}
+
+/// The page size: 1-`max`, `default` when absent.
+pub fn limit_in(limit: Option<i32>, max: i32, default: usize) -> Result<usize, KmsError> {
     match limit {
-        None => Ok(100),
+        None => Ok(default),
         Some(l) => {
-            int_range("limit", l, 1, 1000)?;
+            int_range("limit", l, 1, max)?;
             Ok(l as usize)
         }
     }
@@ -187,6 +192,17 @@ pub fn page<T>(
     after: Option<&str>,
     limit: usize,
 ) -> (Vec<T>, Option<String>) {
+    let (out, last) = page_after(items, after, limit);
+    (out, last.map(|l| encode_marker(&l)))
+}
+
+/// One page of items (in position order) after `after`, with the position of the last item
+/// when more follow (for callers that make their own markers of it).
+pub fn page_after<T>(
+    items: impl Iterator<Item = (String, T)>,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<T>, Option<String>) {
     let mut out = Vec::new();
     let mut last = None;
     let mut more = false;
@@ -201,12 +217,7 @@ pub fn page<T>(
         last = Some(pos);
         out.push(item);
     }
-    let marker = if more {
-        last.map(|l| encode_marker(&l))
-    } else {
-        None
-    };
-    (out, marker)
+    (out, if more { last } else { None })
 }
 
 /// Alias name rules: `alias/` prefix, 1-256 chars of `[a-zA-Z0-9:/_-]`, `alias/aws/` reserved

@@ -81,8 +81,6 @@ pub(crate) fn module(path: &Path, token: &str, counters: &Counters) -> Result<In
     Ok(loaded)
 }
 
-/// The slot holding the one token labelled `label`. Errors if there is none
-/// or more than one (slot numbers are never used: SoftHSM2 renumbers them).
 /// `C_GetTokenInfo` of `slot`, asked again (up to three times, 20 ms apart) while it answers
 /// `CKR_GENERAL_ERROR`: SoftHSM2 answers so for a token whose files another process is
 /// writing at that moment (seen in CI, another test's daemon saving objects on its own token
@@ -104,6 +102,8 @@ fn token_info_settled(
     }
 }
 
+/// The slot holding the one token labelled `label`. Errors if there is none
+/// or more than one (slot numbers are never used: SoftHSM2 renumbers them).
 pub(crate) fn find_token(
     pkcs11: &Pkcs11,
     label: &str,

@@ -198,10 +198,13 @@ pub fn config_with(data_dir: &Path, extra: &str) -> Config {
 /// Starts the daemon with the AWS door enabled ([`AWS_DOOR_SECTION`]); returns it and the
 /// door's `https://127.0.0.1:<port>` endpoint.
 pub async fn start_aws_door(data_dir: &Path, options: ServerOptions) -> (RunningServer, String) {
-    let config = config_with(data_dir, AWS_DOOR_SECTION);
-    let server = server::start(&config, options)
-        .await
-        .expect("daemon starts");
+    serve_aws_door(&config_with(data_dir, AWS_DOOR_SECTION), options).await
+}
+
+/// Starts the daemon on `config`, whose AWS door must be enabled on loopback; returns it and
+/// the door's `https://127.0.0.1:<port>` endpoint.
+pub async fn serve_aws_door(config: &Config, options: ServerOptions) -> (RunningServer, String) {
+    let server = server::start(config, options).await.expect("daemon starts");
     let addr = server.aws_json_addr.expect("the AWS door is enabled");
     assert!(addr.ip().is_loopback());
     let endpoint = format!("https://127.0.0.1:{}", addr.port());
