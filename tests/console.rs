@@ -12,7 +12,9 @@
 //! 3. `inspect`: the keys list; the explain page names the deciding statement for alice and
 //!    none for bob (implicit deny); a policy edit that would lock the admin out is refused with
 //!    AWS's exception and message; the audit page lists the console's requests and shows the
-//!    trail verified; the health page draws its charts; signing out leaves the sign-in page.
+//!    trail verified; the key page's actions (tags, rotation, a grant, disable/enable,
+//!    schedule/cancel deletion) each take effect; the health page draws its charts; signing
+//!    out leaves the sign-in page.
 //! 4. The test edits one byte of a record on disk; `tampered`: the audit page shows the trail
 //!    failing at that file and line; bob signs in by assuming a role; a fresh signed-out page
 //!    calls no API.

@@ -395,6 +395,68 @@ async function checkLockout(page) {
   check((await page.getByLabel('Policy document').inputValue()).includes('Allow access for Key Administrators'), 'the refused policy changed the key');
 }
 
+/** A section of the key page, by its heading. */
+function keySection(page, name) {
+  return page.locator('section', { has: page.getByRole('heading', { level: 2, name }) });
+}
+
+/**
+ * Clicks `label` in the key page's section `sectionName` (accepting its confirmation
+ * `confirm`, when the action asks one), then waits for `done` to appear, failing with the
+ * console's AWS error if one shows instead.
+ */
+async function keyAction(page, sectionName, label, confirm, done, what) {
+  const section = keySection(page, sectionName);
+  await section.getByRole('button', { name: label, exact: true }).first().click();
+  if (confirm) await page.getByRole('dialog', { name: confirm }).getByRole('button', { name: label }).click();
+  await waitOrFail(done, page.locator('main'), what);
+}
+
+/** The key state shown on the key page, once it reads `state`. */
+function keyState(page, state) {
+  return page.locator('[data-testid="key-state"]', { hasText: new RegExp(`^${state}$`) });
+}
+
+/** The key page's actions, each done through the console and read back from the daemon. */
+async function checkKeyActions(page) {
+  await go(page, `#/keys/${input.keyId}`, /^Key /);
+  const tags = keySection(page, 'Tags');
+  await tags.getByLabel('Tag key', { exact: true }).fill('stage');
+  await tags.getByLabel('Tag value', { exact: true }).fill('e2e');
+  const tagRow = keySection(page, 'Tags').locator('tbody tr', { hasText: 'stage' });
+  await keyAction(page, 'Tags', 'Add tag', null, tagRow, 'tagging the key');
+  await keySection(page, 'Tags').getByRole('button', { name: 'Remove tag stage' }).click();
+  await tagRow.waitFor({ state: 'detached' });
+  // The page is drawn again from the daemon's answers: the wizard's tag, and not the removed one.
+  await waitOrFail(keySection(page, 'Tags').locator('tbody tr', { hasText: 'team' }), page.locator('main'), 'untagging the key');
+  check((await tagRow.count()) === 0, 'the removed tag is listed again');
+
+  const every = keySection(page, 'Key rotation').getByText(/^enabled, every 365 days$/);
+  await keyAction(page, 'Key rotation', 'Enable automatic rotation', null, every, 'enabling rotation');
+  const onDemand = keySection(page, 'Key rotation').locator('tbody tr', { hasText: 'ON_DEMAND' });
+  await keyAction(page, 'Key rotation', 'Rotate now', 'Rotate this key now?', onDemand, 'rotating the key now');
+
+  const grants = keySection(page, 'Grants');
+  await grants.getByLabel('Grantee principal').fill(input.users.alice.arn);
+  await grants.getByLabel('Grant name').fill('console-e2e-grant');
+  await grants.getByLabel('Operations').selectOption(['Encrypt', 'Decrypt']);
+  const grantRow = keySection(page, 'Grants').locator('tbody tr', { hasText: 'console-e2e-grant' });
+  await keyAction(page, 'Grants', 'Create grant', null, grantRow, 'creating a grant');
+  const granted = await grantRow.innerText();
+  check(/\bDecrypt, Encrypt\b/.test(granted) && granted.includes(input.users.alice.arn), `the grant: ${granted}`);
+  await shot(page, '14b-key-actions');
+  const noGrant = keySection(page, 'Grants').locator('tbody tr.empty');
+  await keyAction(page, 'Grants', 'Revoke', 'Revoke this grant?', noGrant, 'revoking the grant');
+
+  await keyAction(page, 'Key state', 'Disable key', 'Disable this key?', keyState(page, 'Disabled'), 'disabling the key');
+  await keyAction(page, 'Key state', 'Enable key', null, keyState(page, 'Enabled'), 'enabling the key');
+  await keySection(page, 'Key state').getByLabel('Waiting period (days)').fill('7');
+  await keyAction(page, 'Key state', 'Schedule key deletion', 'Schedule deletion of this key?', keyState(page, 'PendingDeletion'), 'scheduling deletion');
+  await keyAction(page, 'Key state', 'Cancel key deletion', null, keyState(page, 'Disabled'), 'cancelling deletion');
+  await keyAction(page, 'Key state', 'Enable key', null, keyState(page, 'Enabled'), 'enabling the key again');
+  log('key page: tag, rotation, grant, disable/enable, schedule/cancel deletion done');
+}
+
 /** Searches the trail with the audit page's form; returns the result rows' texts. */
 async function searchTrail(page, fields, expect) {
   await page.getByLabel('Key (id or ARN)').fill(fields.key ?? '');
@@ -455,6 +517,7 @@ async function phaseInspect(page) {
   await checkExplain(page);
   await checkLockout(page);
   await checkAuditVerified(page);
+  await checkKeyActions(page);
   await checkHealth(page);
   await page.reload();
   await expectSignInOnly(page, 'after a reload (the credentials were in memory only)');
