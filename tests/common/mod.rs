@@ -62,11 +62,7 @@ pub fn manifest_dir() -> PathBuf {
 pub fn fixtures_dir() -> PathBuf {
     static COPY: OnceLock<PathBuf> = OnceLock::new();
     COPY.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("p11kms-fixtures-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
+        let dir = process_dir("fixtures");
         for entry in std::fs::read_dir(manifest_dir().join("tests/fixtures/identity")).unwrap() {
             let entry = entry.unwrap();
             write_secret(
@@ -89,11 +85,7 @@ pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
 /// Creates the token and PKI once per test binary.
 pub fn env() -> &'static Env {
     ENV.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("p11kms-it-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
+        let dir = process_dir("it");
         let softhsm_dir = dir.join("softhsm");
         let out = hermetic_command("bash", &dir)
             .arg(manifest_dir().join("softhsm-config/init-token.sh"))
@@ -594,13 +586,41 @@ pub fn hermetic_command(program: impl AsRef<std::ffi::OsStr>, scratch: &Path) ->
 /// An empty directory of this test process, for children's HOME and working directory.
 pub fn scratch_dir() -> &'static Path {
     static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
-    SCRATCH.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("p11kms-cwd-")
-            .tempdir()
-            .expect("tempdir")
-            .keep()
-    })
+    SCRATCH.get_or_init(|| process_dir("cwd"))
+}
+
+/// A temporary directory that lives as long as this test process: statics are never dropped,
+/// so it is named `p11kms-<kind>-<pid>-…` and the next test process to make one removes those
+/// whose process has ended (each run's token, PKI and databases are tens of MB).
+fn process_dir(kind: &str) -> PathBuf {
+    let prefix = format!("p11kms-{kind}-");
+    remove_dirs_of_ended_processes(&prefix);
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir()
+        .expect("tempdir")
+        .keep()
+}
+
+/// Removes `<tmp>/<prefix><pid>-…` directories whose process no longer runs.
+fn remove_dirs_of_ended_processes(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The `p11kms` binary under test as a [`hermetic_command`] in [`scratch_dir`]: it finds no
