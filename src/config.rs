@@ -333,6 +333,10 @@ pub struct HsmSection {
     /// Wrapped residency: unwrapped keys each HSM worker keeps as session objects.
     #[serde(default = "default_wrapped_cache")]
     pub wrapped_cache: usize,
+    /// Who runs fast HSM jobs: `workers` (default; right for network HSMs) or `inline` (the
+    /// request's own thread, for devices whose calls take tens of microseconds).
+    #[serde(default)]
+    pub dispatch: crate::hsm::JobDispatch,
     /// `[[hsm.cluster]]`: further devices the operator offers for custom key stores.
     #[serde(default)]
     pub cluster: Vec<ClusterSection>,
@@ -1106,6 +1110,7 @@ impl Config {
         cfg.stall_limit = Duration::from_millis(self.hsm.stall_limit_ms);
         cfg.session_key_copies = self.hsm.session_key_copies;
         cfg.wrapped_cache = self.hsm.wrapped_cache;
+        cfg.dispatch = self.hsm.dispatch;
         // SoftHSM2 keeps token objects in files that several daemons may share: they take
         // one lock file beside its config around creating and destroying token objects.
         cfg.shared_token_lock = self

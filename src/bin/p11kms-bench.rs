@@ -398,6 +398,10 @@ struct Cli {
     /// HSM worker threads of the own daemon (default: the daemon's default).
     #[arg(long)]
     hsm_workers: Option<usize>,
+    /// `[hsm] dispatch` of the own daemon: `workers` or `inline` (default: the daemon's
+    /// default, `workers`), for A/B runs.
+    #[arg(long, value_parser = ["workers", "inline"])]
+    hsm_dispatch: Option<String>,
     /// Log level of the own daemon.
     #[arg(long, default_value = "info")]
     daemon_log_level: String,
@@ -1102,6 +1106,11 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
             } else {
                 ""
             }
+            + &cli
+                .hsm_dispatch
+                .as_ref()
+                .map(|d| format!("dispatch = \"{d}\"\n"))
+                .unwrap_or_default()
             + &wrapped_lines(cli),
         data = q(&world.dir.join("data")),
         level = toml_str(&cli.daemon_log_level),
@@ -2333,6 +2342,7 @@ impl Bench<'_> {
             "key_store": own.then_some(if store.is_some() { "custom" } else { "default" }),
             "custom_key_store_id": store,
             "daemon_session_key_copies": !cli.no_session_key_copies,
+            "daemon_hsm_dispatch": cli.hsm_dispatch.as_deref().unwrap_or("workers"),
             "daemon_residency": if cli.wrapped { "wrapped" } else { "token" },
             "hsm_calls_per_op": self.hsm_calls_of(load, op),
             "spread_keys": self.spread.as_ref().filter(|_| op == Op::Encrypt).map(|k| k.len()),

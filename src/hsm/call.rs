@@ -104,6 +104,8 @@ pub(crate) struct Counters {
     pub(crate) timeouts: AtomicU64,
     /// Jobs run a second time because their session died under them (`pool::Retry`).
     pub(crate) retries: AtomicU64,
+    /// Jobs the submitting thread ran itself on an inline session (inline dispatch).
+    pub(crate) inline: AtomicU64,
     /// Abandoned workers whose stuck call has not returned yet (the device is degraded).
     pub(crate) stuck: AtomicUsize,
     /// Workers abandoned (and replaced) so far.
@@ -127,6 +129,7 @@ impl Default for Counters {
             busy: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
             stuck: AtomicUsize::new(0),
             replaced: AtomicU64::new(0),
             probes: AtomicU64::new(0),

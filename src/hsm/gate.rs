@@ -62,6 +62,13 @@ impl Gate {
         }
     }
 
+    /// Whether a shared share would be granted now without waiting (no writer holds or
+    /// awaits the gate). A hint: it may change the moment it is read.
+    fn open_to_readers(&self) -> bool {
+        let s = self.lock();
+        !s.writer && s.writers_waiting == 0
+    }
+
     fn release(&self, write: bool) {
         let mut s = self.lock();
         if write {
@@ -81,6 +88,12 @@ pub(crate) enum GateId {
     TokenObjects,
     /// The pool's session gate (see `Shared::session_gate`).
     Session,
+}
+
+/// Whether a shared job could take both gates now without waiting: inline dispatch never
+/// makes a calling thread wait behind an exclusive job.
+pub(crate) fn readers_may_enter(shared: &Shared) -> bool {
+    shared.session_gate.open_to_readers() && shared.token_objects.open_to_readers()
 }
 
 fn gate(id: GateId, shared: &Shared) -> &Gate {

@@ -17,6 +17,15 @@
 //!   abandoned threads exist at once. While any exists the device is *degraded*.
 //! - Shutdown drops the sending side: workers drain what is queued, close
 //!   their sessions and exit; `shutdown` joins them (abandoned ones are left to finish).
+//! - With inline dispatch (`hsm.dispatch = "inline"`, for devices whose calls take tens of
+//!   microseconds) the pool also keeps a few *inline sessions*. A fast shared job (encrypt,
+//!   decrypt, sign, data keys: [`LockClass::Shared`] and [`Retry::OnLostSession`]) submitted
+//!   while nothing is queued, no exclusive job holds or awaits a gate and an inline session is
+//!   idle runs at once on the submitting thread: no hand-off to a worker and back. Anything
+//!   else, and any job that finds the inline sessions busy, goes to the queue as above. The
+//!   watchdog watches inline sessions as it watches workers: a stuck inline call is abandoned
+//!   and its session replaced, though the calling thread stays in the call until it returns
+//!   (which is why network HSMs keep the default, `workers`).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,7 +40,7 @@ use cryptoki::session::Session;
 
 use super::call::Call;
 use super::error::{from_cryptoki, is_session_broken, HsmError};
-use super::gate::{GateId, WorkerSlot};
+use super::gate::{self, GateId, WorkerSlot};
 use super::module;
 use super::Shared;
 
@@ -228,6 +237,30 @@ impl WorkerCtx {
 /// A worker thread and its slot.
 type Worker = (Arc<WorkerSlot>, JoinHandle<()>);
 
+/// A session that submitting threads run jobs on themselves, with the slot the watchdog
+/// watches it by.
+type InlineSession = (WorkerCtx, Arc<WorkerSlot>);
+
+/// The inline sessions of a pool with inline dispatch.
+struct InlineSessions {
+    /// Sessions no thread is using now.
+    idle: Mutex<Vec<InlineSession>>,
+    /// The slot of every live inline session, idle or in use (for the watchdog).
+    slots: Mutex<Vec<Arc<WorkerSlot>>>,
+    /// Sessions to keep.
+    count: usize,
+}
+
+impl InlineSessions {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<InlineSession>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WorkerSlot>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// State the pool shares with its watchdog: what it takes to start a worker, and the workers.
 struct Supervisor {
     shared: Arc<Shared>,
@@ -247,6 +280,8 @@ struct Supervisor {
     stopping: Condvar,
     /// Whether "too many stuck workers" was logged (once per episode).
     cap_logged: AtomicBool,
+    /// Inline sessions (`None` unless inline dispatch is on).
+    inline: Option<InlineSessions>,
 }
 
 impl Supervisor {
@@ -277,10 +312,9 @@ impl Supervisor {
         })
     }
 
-    /// Start a worker thread on `session`.
-    fn spawn(self: &Arc<Self>, session: Session) -> Result<(), HsmError> {
+    /// A worker context on `session`, with a new slot.
+    fn new_ctx(&self, session: Session) -> (WorkerCtx, Arc<WorkerSlot>) {
         let n = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(WorkerSlot::new(n));
         let opened_in = self.shared.reset_epoch.load(Ordering::SeqCst);
         let ctx = WorkerCtx {
             session,
@@ -289,6 +323,20 @@ impl Supervisor {
             opened_in,
             wrapped: self.shared.wrapped.new_worker_cache(opened_in),
         };
+        (ctx, Arc::new(WorkerSlot::new(n)))
+    }
+
+    /// Add an idle inline session on `session`.
+    fn add_inline(&self, inline: &InlineSessions, session: Session) {
+        let (ctx, slot) = self.new_ctx(session);
+        inline.slots().push(Arc::clone(&slot));
+        inline.idle().push((ctx, slot));
+    }
+
+    /// Start a worker thread on `session`.
+    fn spawn(self: &Arc<Self>, session: Session) -> Result<(), HsmError> {
+        let (ctx, slot) = self.new_ctx(session);
+        let n = slot.n;
         let sup = Arc::clone(self);
         let mine = Arc::clone(&slot);
         let handle = thread::Builder::new()
@@ -312,7 +360,12 @@ impl Supervisor {
         let now = self.now_ms();
         let limit = u64::try_from(self.stall_limit.as_millis()).unwrap_or(u64::MAX);
         let counters = &self.shared.counters;
-        for (slot, _) in self.slots().iter() {
+        let mut watched: Vec<Arc<WorkerSlot>> =
+            self.slots().iter().map(|(s, _)| Arc::clone(s)).collect();
+        if let Some(inline) = &self.inline {
+            watched.extend(inline.slots().iter().cloned());
+        }
+        for slot in &watched {
             let Some(busy) = slot.busy_for(now) else {
                 continue;
             };
@@ -348,6 +401,32 @@ impl Supervisor {
                 return;
             }
         }
+        self.replace_missing_inline();
+    }
+
+    /// Open inline sessions until `count` non-abandoned ones exist (an abandoned one closes
+    /// itself when its call returns).
+    fn replace_missing_inline(&self) {
+        let Some(inline) = &self.inline else { return };
+        let live = {
+            let mut slots = inline.slots();
+            slots.retain(|s| !s.is_abandoned());
+            slots.len()
+        };
+        for _ in live..inline.count {
+            match self.open_session() {
+                Ok(session) => self.add_inline(inline, session),
+                Err(e) => {
+                    tracing::warn!(token = %self.shared.token, error = %e, "could not open a replacement inline HSM session; will try again");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the pool is shutting down.
+    fn stopping(&self) -> bool {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sleep `tick` unless stopped; true once the pool is stopping.
@@ -385,14 +464,16 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Open one R/W session per worker (on the calling thread, so failures
-    /// surface from `Hsm::open`) and start the workers and the watchdog.
+    /// Open one R/W session per worker and per inline session (on the calling thread, so
+    /// failures surface from `Hsm::open`) and start the workers and the watchdog.
+    /// `inline_sessions` 0 leaves inline dispatch off.
     pub(crate) fn start(
         shared: &Arc<Shared>,
         workers: usize,
         queue_depth: usize,
         acquire_timeout: Duration,
         stall_limit: Duration,
+        inline_sessions: usize,
     ) -> Result<Pool, HsmError> {
         let (tx, rx) = sync_channel::<Task>(queue_depth);
         let sup = Arc::new(Supervisor {
@@ -408,7 +489,17 @@ impl Pool {
             stop: Mutex::new(false),
             stopping: Condvar::new(),
             cap_logged: AtomicBool::new(false),
+            inline: (inline_sessions > 0).then(|| InlineSessions {
+                idle: Mutex::new(Vec::new()),
+                slots: Mutex::new(Vec::new()),
+                count: inline_sessions,
+            }),
         });
+        if let Some(inline) = &sup.inline {
+            for _ in 0..inline_sessions {
+                sup.add_inline(inline, sup.open_session()?);
+            }
+        }
         let mut sessions = Vec::with_capacity(workers);
         for _ in 0..workers {
             sessions.push(sup.open_session()?);
@@ -440,10 +531,14 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Enqueue a job without blocking, in `lane`.
+    /// Run a job on the calling thread when inline dispatch takes it (see the module
+    /// header), else enqueue it without blocking, in `lane`.
     pub(crate) fn try_submit(&self, job: Job, lane: Lane) -> Result<(), SubmitError> {
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(SubmitError::Closed)?;
+        let Err(job) = self.run_inline(job, lane) else {
+            return Ok(());
+        };
         // Count before sending so that a worker never decrements first.
         self.sup.queued.fetch_add(1, Ordering::Relaxed);
         if lane == Lane::First {
@@ -467,6 +562,40 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Run `job` at once on this thread if it is a fast shared job, nothing is queued, no
+    /// exclusive job holds or awaits a gate, and an inline session is idle; otherwise hand
+    /// it back for the queue.
+    fn run_inline(&self, job: Job, lane: Lane) -> Result<(), Job> {
+        let Some(inline) = &self.sup.inline else {
+            return Err(job);
+        };
+        let fast_shared = lane == Lane::Queue
+            && job.lock == LockClass::Shared
+            && job.retry == Retry::OnLostSession;
+        if !fast_shared
+            || self.sup.queued.load(Ordering::Relaxed) > 0
+            || !gate::readers_may_enter(&self.sup.shared)
+        {
+            return Err(job);
+        }
+        let Some((mut ctx, slot)) = inline.idle().pop() else {
+            return Err(job);
+        };
+        self.sup
+            .shared
+            .counters
+            .inline
+            .fetch_add(1, Ordering::Relaxed);
+        run_job(&mut ctx, &slot, &self.sup, job);
+        if slot.is_abandoned() || self.sup.stopping() {
+            inline.slots().retain(|s| !Arc::ptr_eq(s, &slot));
+            retire(ctx, &slot);
+        } else {
+            inline.idle().push((ctx, slot));
+        }
+        Ok(())
     }
 
     /// The queue wait limit.
@@ -501,6 +630,13 @@ impl Pool {
         }
         let tx = self.tx.write().unwrap_or_else(|p| p.into_inner()).take();
         drop(tx);
+        if let Some(inline) = &self.sup.inline {
+            let idle = std::mem::take(&mut *inline.idle());
+            for (ctx, slot) in idle {
+                inline.slots().retain(|s| !Arc::ptr_eq(s, &slot));
+                retire(ctx, &slot);
+            }
+        }
         let slots = std::mem::take(&mut *self.sup.slots());
         let me = thread::current().id();
         for (slot, t) in slots {
@@ -526,6 +662,12 @@ fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
         let Some(job) = next_job(sup) else { break };
         run_job(&mut ctx, slot, sup, job);
     }
+    retire(ctx, slot);
+}
+
+/// Close a worker's or inline session's session for good. An abandoned one's call has just
+/// returned: it is closed with no job running and every session copy forgotten first.
+fn retire(ctx: WorkerCtx, slot: &WorkerSlot) {
     let shared = Arc::clone(&ctx.shared);
     // An abandoned worker's session copies die with its session, and other workers may be
     // using them (the copy cache is shared): close it with no job running (the session gate,

@@ -91,6 +91,9 @@ pub struct HsmStats {
     pub rejected_timeout: u64,
     /// Jobs run a second time, on a fresh session, because their session died under them.
     pub retried_lost_session: u64,
+    /// Jobs run at once on the submitting thread, on an inline session (`hsm.dispatch =
+    /// "inline"`), rather than by a worker.
+    pub inline_jobs: u64,
     /// Workers abandoned while stuck in a PKCS#11 call whose call has not returned yet; the
     /// device is degraded while this is above zero.
     pub stuck_workers: usize,

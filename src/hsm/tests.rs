@@ -196,13 +196,17 @@ fn open(label: &str) -> Arc<Hsm> {
 /// of the library at another path (as a store on another device has its own library).
 fn open_other_instance() -> Arc<Hsm> {
     static COPY: OnceLock<PathBuf> = OnceLock::new();
-    let copy = COPY.get_or_init(|| {
-        let path = env()._dir.path().join("libsofthsm2-second-instance.so");
-        std::fs::copy(MODULE, &path).expect("copy the module");
-        path
-    });
+    let copy = COPY.get_or_init(|| module_copy("second-instance"));
     let cfg = HsmConfig::new(copy, &env().other, Pin::new(env().pin.clone()));
     Hsm::open(&cfg).expect("open the second module instance")
+}
+
+/// A copy of the module at a path of its own, `name`d: opened from there it is a module
+/// instance of its own, with its own token-object gate that other tests' jobs never take.
+pub(super) fn module_copy(name: &str) -> PathBuf {
+    let path = env()._dir.path().join(format!("libsofthsm2-{name}.so"));
+    std::fs::copy(MODULE, &path).expect("copy the module");
+    path
 }
 
 pub(super) fn new_id() -> ObjectId {
