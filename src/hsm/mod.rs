@@ -242,12 +242,12 @@ pub enum JobDispatch {
 }
 
 impl JobDispatch {
-    /// Inline sessions to keep: one per runtime thread (the async runtime starts one per
-    /// core), none for [`JobDispatch::Workers`].
+    /// Inline sessions to keep: one (a job runs inline only while no other HSM job is in
+    /// flight, so a second would never be used), none for [`JobDispatch::Workers`].
     fn inline_sessions(self) -> usize {
         match self {
             JobDispatch::Workers => 0,
-            JobDispatch::Inline => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            JobDispatch::Inline => 1,
         }
     }
 }

@@ -18,18 +18,19 @@
 //! - Shutdown drops the sending side: workers drain what is queued, close
 //!   their sessions and exit; `shutdown` joins them (abandoned ones are left to finish).
 //! - With inline dispatch (`hsm.dispatch = "inline"`, for devices whose calls take tens of
-//!   microseconds) the pool also keeps a few *inline sessions*. A fast shared job (encrypt,
+//!   microseconds) the pool also keeps an *inline session*. A fast shared job (encrypt,
 //!   decrypt, sign, data keys: [`LockClass::Shared`] and [`Retry::OnLostSession`]) submitted
-//!   while nothing is queued, no exclusive job holds or awaits a gate and an inline session is
-//!   idle runs at once on the submitting thread: no hand-off to a worker and back. Anything
-//!   else, and any job that finds the inline sessions busy, goes to the queue as above. The
+//!   under light load (fast jobs on average 150 µs or more apart), while the workers are idle
+//!   (nothing queued, none running a job), no exclusive job holds or awaits a gate and the
+//!   inline session is idle runs at once on the submitting thread: no wake-up of a sleeping
+//!   worker and back. Anything else goes to the queue as above. The
 //!   watchdog watches inline sessions as it watches workers: a stuck inline call is abandoned
 //!   and its session replaced, though the calling thread stays in the call until it returns
 //!   (which is why network HSMs keep the default, `workers`).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
@@ -241,6 +242,13 @@ type Worker = (Arc<WorkerSlot>, JoinHandle<()>);
 /// watches it by.
 type InlineSession = (WorkerCtx, Arc<WorkerSlot>);
 
+/// Below this mean gap between fast jobs (about 6,700 jobs a second) the workers are kept
+/// awake by the load itself, and handing jobs to them is cheaper than running device work on
+/// the runtime's threads between requests. Measured on SoftHSM2 (`docs/benchmarks.md`,
+/// "Inline dispatch"): a lone caller's jobs come 250-450 µs apart and gain from inline runs,
+/// four or more callers' come 60-100 µs apart and lose.
+const INLINE_MIN_GAP_US: u64 = 150;
+
 /// The inline sessions of a pool with inline dispatch.
 struct InlineSessions {
     /// Sessions no thread is using now.
@@ -249,9 +257,26 @@ struct InlineSessions {
     slots: Mutex<Vec<Arc<WorkerSlot>>>,
     /// Sessions to keep.
     count: usize,
+    /// When the last fast job was submitted (µs since the pool started).
+    last_fast_job_us: AtomicU64,
+    /// Moving mean of the gap between fast jobs, µs (weight 1/16 per job).
+    mean_gap_us: AtomicU64,
 }
 
 impl InlineSessions {
+    /// Note a fast job submitted at `now_us`; whether the load is light enough to run it
+    /// inline (the mean gap between fast jobs is at least [`INLINE_MIN_GAP_US`]). The two
+    /// atomics may race with another submitter: the mean is a hint either way.
+    fn light_load(&self, now_us: u64) -> bool {
+        let gap = now_us.saturating_sub(self.last_fast_job_us.swap(now_us, Ordering::Relaxed));
+        let mean = self.mean_gap_us.load(Ordering::Relaxed);
+        // A pause counts as a few lone jobs' gap, so that load arriving after it is seen as
+        // load within a few dozen jobs.
+        let mean = (mean * 15 + gap.min(4 * INLINE_MIN_GAP_US)) / 16;
+        self.mean_gap_us.store(mean, Ordering::Relaxed);
+        mean >= INLINE_MIN_GAP_US
+    }
+
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<InlineSession>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -268,6 +293,8 @@ struct Supervisor {
     /// [`Lane::First`] jobs, taken before the queue's.
     first: Mutex<VecDeque<Job>>,
     queued: Arc<AtomicUsize>,
+    /// Worker threads running a job now (inline jobs not counted).
+    working: AtomicUsize,
     /// Time origin of [`WorkerSlot`] timestamps.
     started: Instant,
     /// Device work longer than this abandons the worker.
@@ -481,6 +508,7 @@ impl Pool {
             rx: Arc::new(Mutex::new(rx)),
             first: Mutex::new(VecDeque::new()),
             queued: Arc::new(AtomicUsize::new(0)),
+            working: AtomicUsize::new(0),
             started: Instant::now(),
             stall_limit,
             workers,
@@ -493,6 +521,8 @@ impl Pool {
                 idle: Mutex::new(Vec::new()),
                 slots: Mutex::new(Vec::new()),
                 count: inline_sessions,
+                last_fast_job_us: AtomicU64::new(0),
+                mean_gap_us: AtomicU64::new(INLINE_MIN_GAP_US),
             }),
         });
         if let Some(inline) = &sup.inline {
@@ -564,9 +594,13 @@ impl Pool {
         }
     }
 
-    /// Run `job` at once on this thread if it is a fast shared job, nothing is queued, no
-    /// exclusive job holds or awaits a gate, and an inline session is idle; otherwise hand
-    /// it back for the queue.
+    /// Run `job` at once on this thread if it is a fast shared job, the load is light (fast
+    /// jobs come on average at least [`INLINE_MIN_GAP_US`] apart), the workers are idle
+    /// (nothing queued, none running a job), no exclusive job holds or awaits a gate, and the
+    /// inline session is idle; otherwise hand it back for the queue. Under load the workers
+    /// are awake and take queued jobs back to back, so a hand-off costs little and keeps
+    /// device work off the runtime threads; when they sleep, waking one and being woken back
+    /// is most of a lone request's HSM cost.
     fn run_inline(&self, job: Job, lane: Lane) -> Result<(), Job> {
         let Some(inline) = &self.sup.inline else {
             return Err(job);
@@ -574,8 +608,13 @@ impl Pool {
         let fast_shared = lane == Lane::Queue
             && job.lock == LockClass::Shared
             && job.retry == Retry::OnLostSession;
-        if !fast_shared
+        if !fast_shared {
+            return Err(job);
+        }
+        let now_us = u64::try_from(self.sup.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if !inline.light_load(now_us)
             || self.sup.queued.load(Ordering::Relaxed) > 0
+            || self.sup.working.load(Ordering::Relaxed) > 0
             || !gate::readers_may_enter(&self.sup.shared)
         {
             return Err(job);
@@ -660,7 +699,9 @@ impl Drop for Pool {
 fn worker_loop(mut ctx: WorkerCtx, slot: &WorkerSlot, sup: &Supervisor) {
     while !slot.is_abandoned() {
         let Some(job) = next_job(sup) else { break };
+        sup.working.fetch_add(1, Ordering::Relaxed);
         run_job(&mut ctx, slot, sup, job);
+        sup.working.fetch_sub(1, Ordering::Relaxed);
     }
     retire(ctx, slot);
 }
@@ -791,5 +832,49 @@ fn run_once(
             tracing::error!(token = %shared.token, "an HSM job panicked");
             Outcome::Done
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> InlineSessions {
+        InlineSessions {
+            idle: Mutex::new(Vec::new()),
+            slots: Mutex::new(Vec::new()),
+            count: 1,
+            last_fast_job_us: AtomicU64::new(0),
+            mean_gap_us: AtomicU64::new(INLINE_MIN_GAP_US),
+        }
+    }
+
+    /// Feeds jobs `gap` µs apart from `*now`; what `light_load` said for the last one.
+    fn jobs(s: &InlineSessions, now: &mut u64, gap: u64, n: usize) -> bool {
+        let mut light = false;
+        for _ in 0..n {
+            *now += gap;
+            light = s.light_load(*now);
+        }
+        light
+    }
+
+    #[test]
+    fn inline_runs_follow_the_rate_of_fast_jobs() {
+        let s = sessions();
+        let mut now = 1_000_000;
+        assert!(jobs(&s, &mut now, 400, 1), "a lone caller's first job");
+        assert!(jobs(&s, &mut now, 250, 50), "a lone caller, relaxed audit");
+        assert!(!jobs(&s, &mut now, 90, 50), "four callers");
+        assert!(!jobs(&s, &mut now, 60, 50), "thirty-two callers");
+        // A pause does not flip a busy pool to inline by itself; a lone caller after it soon
+        // runs inline, and a burst after a pause is seen as load within a few dozen jobs.
+        assert!(!jobs(&s, &mut now, 1_000_000, 1));
+        assert!(jobs(&s, &mut now, 400, 10));
+        assert!(!jobs(&s, &mut now, 60, 30));
+        // An earlier time than the last (two racing submitters) counts as no gap.
+        now -= 50_000;
+        s.light_load(now);
+        assert!(s.mean_gap_us.load(Ordering::Relaxed) < 4 * INLINE_MIN_GAP_US);
     }
 }
