@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::hsm::{HsmConfig, Pin};
+use crate::hsm::{HsmConfig, JobDispatch, Pin};
 use crate::identity::arn::Arn;
 use crate::identity::directory::AccountFiles;
 use crate::identity::{CertBinding, CertMatcher, DirectoryFiles};
@@ -336,7 +336,7 @@ pub struct HsmSection {
     /// Who runs fast HSM jobs: `workers` (default; right for network HSMs) or `inline` (the
     /// request's own thread, for devices whose calls take tens of microseconds).
     #[serde(default)]
-    pub dispatch: crate::hsm::JobDispatch,
+    pub dispatch: JobDispatch,
     /// `[[hsm.cluster]]`: further devices the operator offers for custom key stores.
     #[serde(default)]
     pub cluster: Vec<ClusterSection>,
@@ -1159,6 +1159,19 @@ data_dir = "data"
         assert_eq!(c.read_pin().unwrap().expose(), "1234");
         assert!(format!("{:?}", c.hsm_config().unwrap()).contains("redacted"));
         assert!(!format!("{:?}", c.hsm_config().unwrap()).contains("1234"));
+    }
+
+    #[test]
+    fn hsm_dispatch_defaults_to_workers_and_names_its_choices() {
+        let d = dir_with_files();
+        let with = |v: &str| BASE.replace("[store]", &format!("dispatch = {v}\n[store]"));
+        let c = Config::from_toml(BASE, d.path()).unwrap();
+        assert_eq!(c.hsm_config().unwrap().dispatch, JobDispatch::Workers);
+        let c = Config::from_toml(&with("\"inline\""), d.path()).unwrap();
+        assert_eq!(c.hsm_config().unwrap().dispatch, JobDispatch::Inline);
+        let e = Config::from_toml(&with("\"fast\""), d.path()).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("workers") && e.contains("inline"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! | [`policy`] | the pure policy language: parsing, compilation, conditions, evaluation with a trace |
 //! | [`identity`] | ARNs, principals, the [`identity::Caller`] that authentication yields, certificate bindings |
 //! | [`metrics`] | Prometheus metrics: requests, latencies, HSM calls and queue, decisions, audit; `metrics::ring`: the last 15 minutes of requests in 10 s points, for GetHealth |
-//! | [`hsm`] | everything PKCS#11 (the only place `cryptoki` is imported): module, token, sessions, handle cache, operations; `wrapped`: key material wrapped under trusted master keys and unwrapped per worker; `region`, `region_peer`: moving key material between Regions' devices under SO-trusted transport keys, a key pair's private half under a trusted carrier key |
+//! | [`hsm`] | everything PKCS#11 (the only place `cryptoki` is imported): module, token, sessions, handle cache, operations; `pool`: the worker threads, the queue, the watchdog and inline dispatch (a request's own thread runs its fast job under light load); `wrapped`: key material wrapped under trusted master keys and unwrapped per worker; `region`, `region_peer`: moving key material between Regions' devices under SO-trusted transport keys, a key pair's private half under a trusted carrier key |
 //! | [`store`] | metadata persistence behind [`store::MetadataStore`]: one SQL implementation over sqlx's `Any` driver, SQLite embedded by default or PostgreSQL shared by several nodes (row versions, the change log, stored sessions, the lead of background duties) |
 //! | [`ciphertext`] | ciphertext format v1 and its AAD |
 //! | [`audit`] | the tamper-evident audit trail: events, the hash-chained group-committed writer, HSM-signed checkpoints, the offline verifier |

@@ -991,6 +991,72 @@ async fn a_slow_call_never_holds_up_a_request_another_worker_could_take() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// With `hsm.dispatch = "inline"` a lone caller's jobs run on the request's own thread, and
+/// keep the pool's guarantees there: a lost session is retried once invisibly, and a stalled
+/// call on the inline session is abandoned past `stall_limit_ms` and its session replaced,
+/// while other requests are served by the workers and the stalled one still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_dispatch_keeps_the_retry_and_the_watchdog() {
+    let Some(f) = faults().await else { return };
+    let config = shim_config_with(
+        &f,
+        "inline-dispatch",
+        "dispatch = \"inline\"\nstall_limit_ms = 500",
+    );
+    let (server, mut c, key, blob) = start_with_blob(&config).await;
+    let stats = |s: &RunningServer| s.kms.hsm().stats();
+
+    let before = stats(&server);
+    f.burst("C_Encrypt", SESSION_HANDLE_INVALID, 1);
+    let fresh = encrypt(&mut c, &key, PLAINTEXT).await.expect("encrypt");
+    assert_opens(&mut c, &fresh, "decrypt after a lost inline session").await;
+    let after = stats(&server);
+    assert_eq!(f.injected(), 1);
+    assert_eq!(after.retried_lost_session - before.retried_lost_session, 1);
+    assert!(
+        after.inline_jobs >= before.inline_jobs + 2,
+        "a lone caller's jobs ran inline: {} -> {}",
+        before.inline_jobs,
+        after.inline_jobs
+    );
+
+    // A stalled C_Decrypt on the inline session.
+    let before = stats(&server);
+    f.delay("C_Decrypt", 2000);
+    let slow = {
+        let mut c = c.clone();
+        tokio::spawn(async move { decrypt(&mut c, &blob).await })
+    };
+    let mut polls = 0;
+    while stats(&server).stuck_workers == 0 {
+        polls += 1;
+        assert!(polls < 300, "the stalled inline call was never abandoned");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stuck = stats(&server);
+    assert_eq!(
+        stuck.inline_jobs,
+        before.inline_jobs + 1,
+        "the Decrypt ran inline"
+    );
+    assert_eq!(stuck.workers_replaced, before.workers_replaced + 1);
+    for i in 0..5 {
+        encrypt(&mut c, &key, PLAINTEXT)
+            .await
+            .unwrap_or_else(|e| panic!("encrypt #{i} beside the stalled inline call: {e:?}"));
+    }
+    assert!(
+        !slow.is_finished(),
+        "the Encrypts waited for the stalled call"
+    );
+    f.unset("delay_C_Decrypt");
+    let pt = slow.await.expect("task").expect("the stalled Decrypt");
+    assert_eq!(pt, PLAINTEXT);
+    assert_eq!(stats(&server).stuck_workers, 0);
+    assert_opens(&mut c, &fresh, "decrypt on the replacement session").await;
+    server.shutdown().await.expect("shutdown");
+}
+
 /// Each queued job keeps its own deadline: with the only worker inside a stalled C_Decrypt
 /// (below the stall limit), an Encrypt that waits in the queue past `acquire_timeout_ms` fails
 /// with DependencyTimeoutException and never reaches the device; the stalled Decrypt itself
