@@ -524,6 +524,14 @@ impl<H: Copy> Lru<H> {
         Some(*h)
     }
 
+    /// Whether `id` is still cached as `h` (nothing evicted or replaced it).
+    pub(crate) fn holds(&self, id: &Slot, h: H) -> bool
+    where
+        H: PartialEq,
+    {
+        self.map.get(id).is_some_and(|(held, _)| *held == h)
+    }
+
     /// Insert `h` for `id`; returns the handles that left (a previous one for `id`, the least
     /// recently used ones past capacity; `h` itself when the capacity is 0).
     pub(crate) fn insert(&mut self, id: Slot, h: H) -> Vec<H> {
@@ -1416,6 +1424,10 @@ pub(crate) fn with_wrapped<T>(
             Err(e) if e.kind == HsmErrorKind::ObjectNotFound => {
                 lock(&ctx.wrapped).remove(&slot);
             }
+            // Evicted while in use: an object destroyed halfway through a call may fail in
+            // any way (SoftHSM2 reads a destroyed object's CKA_ENCRYPT as false and answers
+            // CKR_KEY_FUNCTION_NOT_PERMITTED), so any failure after an eviction is a miss.
+            Err(_) if !lock(&ctx.wrapped).holds(&slot, h) => {}
             other => return Some(other),
         }
     }
@@ -1661,11 +1673,13 @@ mod tests {
             "2 was least recently used"
         );
         assert_eq!(lru.get(&slot(2, 1)), None);
+        assert!(lru.holds(&slot(3, 1), 30));
         assert_eq!(
             lru.insert(slot(3, 1), 31),
             vec![30],
             "a replaced handle leaves"
         );
+        assert!(!lru.holds(&slot(3, 1), 30) && lru.holds(&slot(3, 1), 31));
         assert_eq!(lru.len(), 2);
         // Full: the key's second version pushes out the least recently used (1/v1).
         assert_eq!(lru.insert((id(3, 1), Part::Public), 32), vec![10]);
@@ -1673,6 +1687,7 @@ mod tests {
         let mut gone = lru.remove_key(&[3; 16]);
         gone.sort();
         assert_eq!(gone, vec![32], "every part of every version of key 3, only");
+        assert!(!lru.holds(&(id(3, 1), Part::Public), 32));
         assert_eq!(lru.get(&slot(1, 2)), Some(12));
         let mut none = Lru::<u64>::new(0, 0);
         assert_eq!(

@@ -187,6 +187,58 @@ async fn unwrapped_copies_are_sensitive_and_wrap_only_under_trusted_keys() {
         .rv_is("CKR_KEY_NOT_WRAPPABLE"));
 }
 
+/// A cached copy evicted and destroyed by another job while in use is a miss whatever the
+/// failed call said (a half-destroyed object fails in any way: SoftHSM2 answered
+/// CKR_KEY_FUNCTION_NOT_PERMITTED in a rotation under load), so the use is made again on a
+/// fresh copy; a failure with no eviction is the answer, with no second try.
+#[tokio::test]
+async fn a_copy_evicted_while_in_use_is_made_again() {
+    let source = Arc::new(MapSource::default());
+    let hsm = open_with(shared_token(), &source, |_| {});
+    let a = new_id();
+    source.put(a, hsm.generate_wrapped_aes(a).await.unwrap());
+    let probe = hsm.submit(LockClass::Shared, "test_evicted_in_use", move |ctx| {
+        let first = resolved_handle(ctx, &a)?;
+        let (mut calls, mut evicted) = (0, 0);
+        let answer = wrapped::with_wrapped(ctx, &a, objects::Part::Secret, &mut |ctx, h| {
+            calls += 1;
+            if calls == 1 {
+                evicted = wrapped::evict_wrapped(ctx, &a.key_id());
+                return Err(HsmError::new(
+                    HsmErrorKind::Other,
+                    "C_EncryptInit",
+                    "t",
+                    "gone",
+                ));
+            }
+            Ok(h)
+        });
+        let again = answer.expect("a wrapped key")?;
+        let mut failures = 0;
+        let failed = wrapped::with_wrapped(ctx, &a, objects::Part::Secret, &mut |_, _| {
+            failures += 1;
+            Err::<(), _>(HsmError::new(
+                HsmErrorKind::Other,
+                "C_EncryptInit",
+                "t",
+                "no",
+            ))
+        });
+        Ok((
+            first,
+            calls,
+            again,
+            failures,
+            failed.map(|r| r.map_err(|e| e.kind)),
+        ))
+    });
+    let (first, calls, again, failures, failed) = probe.await.unwrap();
+    assert_eq!(calls, 2, "the use is made again after the eviction");
+    assert_ne!(again, first, "on a fresh copy");
+    assert_eq!(failures, 1, "no eviction: no second try");
+    assert_eq!(failed, Some(Err(HsmErrorKind::Other)));
+}
+
 #[tokio::test]
 async fn a_cold_cache_decrypts_from_the_blob_alone() {
     let source = Arc::new(MapSource::default());
