@@ -670,6 +670,13 @@ impl Hsm {
         self.pool.queued()
     }
 
+    /// Whether no job waits and no worker runs one: with inline dispatch, only then does a
+    /// fast job run on its caller's thread. A worker counts as busy until just after its job
+    /// has answered.
+    pub fn pool_idle(&self) -> bool {
+        self.pool.idle()
+    }
+
     /// The most jobs the queue holds (`queue_depth`); beyond it requests are throttled.
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity

@@ -264,6 +264,18 @@ struct InlineSessions {
 }
 
 impl InlineSessions {
+    /// `count` sessions to keep (opened by the caller). A new pool has seen no load: its mean
+    /// gap starts as after a pause.
+    fn new(count: usize) -> Self {
+        InlineSessions {
+            idle: Mutex::new(Vec::new()),
+            slots: Mutex::new(Vec::new()),
+            count,
+            last_fast_job_us: AtomicU64::new(0),
+            mean_gap_us: AtomicU64::new(4 * INLINE_MIN_GAP_US),
+        }
+    }
+
     /// Note a fast job submitted at `now_us`; whether the load is light enough to run it
     /// inline (the mean gap between fast jobs is at least [`INLINE_MIN_GAP_US`]). The two
     /// atomics may race with another submitter: the mean is a hint either way.
@@ -517,13 +529,7 @@ impl Pool {
             stop: Mutex::new(false),
             stopping: Condvar::new(),
             cap_logged: AtomicBool::new(false),
-            inline: (inline_sessions > 0).then(|| InlineSessions {
-                idle: Mutex::new(Vec::new()),
-                slots: Mutex::new(Vec::new()),
-                count: inline_sessions,
-                last_fast_job_us: AtomicU64::new(0),
-                mean_gap_us: AtomicU64::new(INLINE_MIN_GAP_US),
-            }),
+            inline: (inline_sessions > 0).then(|| InlineSessions::new(inline_sessions)),
         });
         if let Some(inline) = &sup.inline {
             for _ in 0..inline_sessions {
@@ -650,6 +656,13 @@ impl Pool {
     /// Jobs waiting in the queue.
     pub(crate) fn queued(&self) -> usize {
         self.sup.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether no job waits and no worker runs one. A worker counts as running its job until
+    /// just after the job has sent its answer, so a caller may see the pool busy for a moment
+    /// after its answer came: tests that expect an inline run wait for this first.
+    pub(crate) fn idle(&self) -> bool {
+        self.queued() == 0 && self.sup.working.load(Ordering::Relaxed) == 0
     }
 
     /// Stop the watchdog, close the queue, let the workers drain it and join them (abandoned
@@ -839,16 +852,6 @@ fn run_once(
 mod tests {
     use super::*;
 
-    fn sessions() -> InlineSessions {
-        InlineSessions {
-            idle: Mutex::new(Vec::new()),
-            slots: Mutex::new(Vec::new()),
-            count: 1,
-            last_fast_job_us: AtomicU64::new(0),
-            mean_gap_us: AtomicU64::new(INLINE_MIN_GAP_US),
-        }
-    }
-
     /// Feeds jobs `gap` µs apart from `*now`; what `light_load` said for the last one.
     fn jobs(s: &InlineSessions, now: &mut u64, gap: u64, n: usize) -> bool {
         let mut light = false;
@@ -861,9 +864,13 @@ mod tests {
 
     #[test]
     fn inline_runs_follow_the_rate_of_fast_jobs() {
-        let s = sessions();
-        let mut now = 1_000_000;
-        assert!(jobs(&s, &mut now, 400, 1), "a lone caller's first job");
+        let s = InlineSessions::new(1);
+        let mut now = 0;
+        assert!(
+            jobs(&s, &mut now, 10, 1),
+            "a new pool's first job, however soon"
+        );
+        assert!(jobs(&s, &mut now, 400, 1), "a lone caller's next job");
         assert!(jobs(&s, &mut now, 250, 50), "a lone caller, relaxed audit");
         assert!(!jobs(&s, &mut now, 90, 50), "four callers");
         assert!(!jobs(&s, &mut now, 60, 50), "thirty-two callers");

@@ -66,7 +66,13 @@ struct Env {
     region_probe: [String; 2],
     /// Multi-Region keys: two regions' tokens for the region jobs' tests.
     region_jobs: [String; 2],
+    /// Tokens each used by one test through a module instance of its own
+    /// ([`own_instance`]).
+    own: [String; OWN_TOKENS],
 }
+
+/// How many tests may have a module instance and a token of their own.
+const OWN_TOKENS: usize = 4;
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
@@ -83,10 +89,15 @@ fn env() -> &'static Env {
             "a", "b", "c", "dup", "other", "w", "wc", "wr", "rpa", "rpb", "rja", "rjb",
         ]
         .map(|n| format!("p11kms-test-{n}-{tag}"));
+        let own: [String; OWN_TOKENS] =
+            std::array::from_fn(|i| format!("p11kms-test-own{i}-{tag}"));
         let mut conf = None;
         for label in [
             &a, &b, &c, &dup, &other, &wrapped, &ceremony, &rotation, &rpa, &rpb, &rja, &rjb,
-        ] {
+        ]
+        .into_iter()
+        .chain(&own)
+        {
             let out = Command::new("bash")
                 .arg(INIT_TOKEN)
                 .arg(dir.path())
@@ -147,6 +158,7 @@ fn env() -> &'static Env {
             rotation,
             region_probe: [rpa, rpb],
             region_jobs: [rja, rjb],
+            own,
         }
     })
 }
@@ -199,6 +211,21 @@ fn open_other_instance() -> Arc<Hsm> {
     let copy = COPY.get_or_init(|| module_copy("second-instance"));
     let cfg = HsmConfig::new(copy, &env().other, Pin::new(env().pin.clone()));
     Hsm::open(&cfg).expect("open the second module instance")
+}
+
+/// A config for a test that needs a module instance of its own (`test`: its name): a copy of
+/// the module ([`module_copy`]) and a token that no other instance uses. SoftHSM2 guards its
+/// token files with `fcntl` locks, which do not exclude one another within a process, so two
+/// instances in one process must never share a token: one may read a file while the other
+/// rewrites it, and then take the token for invalid (seen in CI on 2026-12-07).
+pub(super) fn own_instance(test: &str) -> HsmConfig {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let label = env().own.get(n).unwrap_or_else(|| {
+        panic!("{test}: more than {OWN_TOKENS} tests want a token of their own")
+    });
+    HsmConfig::new(module_copy(test), label, Pin::new(env().pin.clone()))
 }
 
 /// A copy of the module at a path of its own, `name`d: opened from there it is a module

@@ -10,12 +10,11 @@ use zeroize::Zeroizing;
 use super::tests::{aad_bytes, aad_with, new_id, test_config};
 use super::*;
 
-/// An `Hsm` with inline dispatch on the shared test token through a module instance of the
-/// test's own (`test`: its name): no other test's exclusive job ever holds its gate (which
-/// would send fast jobs to the queue).
+/// An `Hsm` with inline dispatch through a module instance and on a token of the test's own
+/// (`test`: its name): no other test's exclusive job ever holds its gate (which would send
+/// fast jobs to the queue).
 fn open_inline(test: &str, tune: impl FnOnce(&mut HsmConfig)) -> Arc<Hsm> {
-    let mut c = test_config();
-    c.module = super::tests::module_copy(test);
+    let mut c = super::tests::own_instance(test);
     c.dispatch = JobDispatch::Inline;
     tune(&mut c);
     Hsm::open(&c).expect("open Hsm")
@@ -40,6 +39,8 @@ async fn fast_jobs_run_on_the_calling_thread_and_the_rest_on_workers() {
         1,
         "an exclusive job is never inline"
     );
+    // The worker counts as busy until just after its answer; an inline run needs it idle.
+    wait_for(|| hsm.pool_idle()).await;
     let sealed = hsm
         .encrypt_gcm(id, Zeroizing::new(b"inline".to_vec()), aad_with(b"d"))
         .await
