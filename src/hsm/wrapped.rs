@@ -611,6 +611,9 @@ pub(crate) struct WrappedShared {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) evictions: AtomicU64,
+    /// How many times [`WrappedShared::evict_key`] has begun: a copy made from a blob read
+    /// before one began is not cached (it may be of the evicted key).
+    key_evictions: AtomicU64,
 }
 
 impl WrappedShared {
@@ -625,6 +628,7 @@ impl WrappedShared {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            key_evictions: AtomicU64::new(0),
         }
     }
 
@@ -663,6 +667,8 @@ impl WrappedShared {
     /// Remove every version of `key_id` from every worker's cache: the handles still alive in
     /// reset epoch `epoch` (the caller destroys them) and how many entries went.
     fn evict_key(&self, key_id: &[u8; 16], epoch: u64) -> (Vec<ObjectHandle>, usize) {
+        // Counted before any cache is searched (see `cache_unless_evicted`).
+        self.key_evictions.fetch_add(1, Ordering::SeqCst);
         let mut live = Vec::new();
         let mut n = 0;
         for cache in self.live_caches() {
@@ -1100,6 +1106,27 @@ pub(crate) fn destroy_session_objects(ctx: &mut WorkerCtx, handles: &[ObjectHand
 /// Put `h` in this worker's cache for `id`, destroying what it pushes out.
 fn cache(ctx: &mut WorkerCtx, id: Slot, h: ObjectHandle) {
     let out = lock(&ctx.wrapped).insert(id, h);
+    drop_evicted(ctx, out);
+}
+
+/// [`cache`] a copy made from a blob read when `seen` key evictions had begun, unless another
+/// has begun since: that one may be of this key and have searched this cache already, so the
+/// copy (of a blob since replaced or deleted) is destroyed instead. Checked under the cache's
+/// lock, which an eviction takes after counting itself.
+fn cache_unless_evicted(ctx: &mut WorkerCtx, id: Slot, h: ObjectHandle, seen: u64) {
+    let out = {
+        let mut c = lock(&ctx.wrapped);
+        if ctx.shared.wrapped.key_evictions.load(Ordering::SeqCst) == seen {
+            c.insert(id, h)
+        } else {
+            vec![h]
+        }
+    };
+    drop_evicted(ctx, out);
+}
+
+/// Destroy the copies a cache let go, counted as evictions.
+fn drop_evicted(ctx: &mut WorkerCtx, out: Vec<ObjectHandle>) {
     if !out.is_empty() {
         let n = out.len() as u64;
         ctx.shared.wrapped.evictions.fetch_add(n, Ordering::Relaxed);
@@ -1431,6 +1458,7 @@ pub(crate) fn with_wrapped<T>(
             other => return Some(other),
         }
     }
+    let seen = ctx.shared.wrapped.key_evictions.load(Ordering::SeqCst);
     let (blob, spki) = {
         let source = ctx.shared.wrapped.source()?;
         let blob = source.blob(*id)?;
@@ -1457,7 +1485,7 @@ pub(crate) fn with_wrapped<T>(
     Some(made.and_then(|h| {
         // Cached after the use: with capacity 0 the cache hands `h` straight back to destroy.
         let answer = f(ctx, h);
-        cache(ctx, slot, h);
+        cache_unless_evicted(ctx, slot, h, seen);
         answer
     }))
 }

@@ -190,7 +190,8 @@ async fn unwrapped_copies_are_sensitive_and_wrap_only_under_trusted_keys() {
 /// A cached copy evicted and destroyed by another job while in use is a miss whatever the
 /// failed call said (a half-destroyed object fails in any way: SoftHSM2 answered
 /// CKR_KEY_FUNCTION_NOT_PERMITTED in a rotation under load), so the use is made again on a
-/// fresh copy; a failure with no eviction is the answer, with no second try.
+/// fresh copy; a failure with no eviction is the answer, with no second try. And a copy made
+/// while its key is being evicted is not kept.
 #[tokio::test]
 async fn a_copy_evicted_while_in_use_is_made_again() {
     let source = Arc::new(MapSource::default());
@@ -224,19 +225,32 @@ async fn a_copy_evicted_while_in_use_is_made_again() {
                 "no",
             ))
         });
-        Ok((
-            first,
-            calls,
-            again,
-            failures,
-            failed.map(|r| r.map_err(|e| e.kind)),
-        ))
+        let failed = failed.map(|r| r.map_err(|e| e.kind));
+        // A copy made from a blob read before an eviction of its key began is not kept.
+        wrapped::evict_wrapped(ctx, &a.key_id());
+        let during = wrapped::with_wrapped(ctx, &a, objects::Part::Secret, &mut |ctx, _| {
+            Ok(wrapped::evict_wrapped(ctx, &a.key_id()))
+        });
+        let during = during.map(|r| r.map_err(|e| e.kind));
+        Ok((first, [calls, evicted], again, failures, failed, during))
     });
-    let (first, calls, again, failures, failed) = probe.await.unwrap();
+    let (first, [calls, evicted], again, failures, failed, during) = probe.await.unwrap();
+    // This worker's copy, and the generating worker's if another worker generated it.
+    assert!(
+        (1..=2).contains(&evicted),
+        "the cached copy was evicted: {evicted}"
+    );
     assert_eq!(calls, 2, "the use is made again after the eviction");
     assert_ne!(again, first, "on a fresh copy");
     assert_eq!(failures, 1, "no eviction: no second try");
     assert_eq!(failed, Some(Err(HsmErrorKind::Other)));
+    assert_eq!(
+        during,
+        Some(Ok(0)),
+        "a miss: nothing of the key was cached then"
+    );
+    let resident = hsm.stats().wrapped_cache_resident;
+    assert_eq!(resident, 0, "the copy made during an eviction was not kept");
 }
 
 #[tokio::test]
