@@ -693,7 +693,6 @@ pub async fn start(config: &Config, options: ServerOptions) -> Result<RunningSer
         &config.kms.region,
     ));
     kms.start_usage_tracking().await?;
-    reconcile_at_start(&kms).await;
     let listener = bind(Listener::Grpc, config.server.listen).await?;
     let addr = listener.local_addr()?;
     let (audit, audit_public_key) = open_audit(config, &kms).await?;
@@ -778,7 +777,9 @@ async fn check_bindings(kms: &Arc<Kms>, bindings: &[CertBinding]) -> Result<(), 
     ))))
 }
 
-/// Compares the store with the token; drift is logged, never repaired here.
+/// Compares the store with the token; drift is logged, never repaired here. It runs beside
+/// the doors, not before them: it reads the whole store a second time after the cache load
+/// (about half of the start-up time with a million keys), and it only ever warns.
 async fn reconcile_at_start(kms: &Kms) {
     match kms.reconcile().await {
         Ok(report) if !report.is_clean() => tracing::warn!(
@@ -907,7 +908,15 @@ fn spawn_background(
         config.server.allow_group_readable_secrets,
         cancel.clone(),
     );
+    let (k, c) = (kms.clone(), cancel.clone());
+    let reconcile = tokio::spawn(async move {
+        tokio::select! {
+            _ = c.cancelled() => {}
+            _ = reconcile_at_start(&k) => {}
+        }
+    });
     let mut tasks = vec![
+        ("start-up reconciliation", reconcile),
         ("deletion sweeper", sweeper),
         ("key usage flusher", usage_flusher),
         ("custom key store watch", store_watch),

@@ -104,6 +104,7 @@ struct Pass<'a> {
     by_class: ObjectsByClass<'a>,
     /// Token objects some stored key version (or the sealing key) accounts for.
     accounted: BTreeSet<([u8; 16], u32)>,
+    /// When the token was listed (before it was): key versions made since are not judged.
     now: i64,
     report: DriftReport,
 }
@@ -121,16 +122,18 @@ impl Pass<'_> {
 impl Kms {
     /// Compares every stored key version with the token's objects. The store is read a
     /// page at a time, as the start-up load reads it: a million keys are never held at once.
+    ///
+    /// It may run while the daemon serves (the daemon's start-up pass does, and `check` may):
+    /// a key version made after the token was listed is not judged, and an orphan is reported
+    /// only if it is still on the token at the end (its key may have been deleted meanwhile).
     pub async fn reconcile(&self) -> Result<DriftReport, KmsError> {
-        // Token objects only: session objects (key copies, key pairs being generated) are
-        // working state of this process, not custody.
-        let mut objects = self.hsm.list_objects().await?;
-        objects.retain(|o| o.token);
+        let now = self.now_ms();
+        let objects = self.token_objects().await?;
         let mut pass = Pass {
             on_token: objects.iter().filter_map(|o| split_id(&o.id)).collect(),
             by_class: by_class(&objects),
             accounted: BTreeSet::new(),
-            now: self.now_ms(),
+            now,
             report: DriftReport {
                 objects_on_token: objects.len(),
                 ..DriftReport::default()
@@ -175,7 +178,19 @@ impl Kms {
             .filter(|o| !crate::hsm::region::is_region_object(&o.id, &o.label))
             .filter(|o| split_id(&o.id).is_none_or(|k| !accounted.contains(&k)))
             .collect();
+        if !report.orphan_objects.is_empty() {
+            let still = self.token_objects().await?;
+            report.orphan_objects.retain(|o| still.contains(o));
+        }
         Ok(report)
+    }
+
+    /// The token objects of this store's device. Session objects (key copies, key pairs being
+    /// generated) are working state of this process, not custody.
+    async fn token_objects(&self) -> Result<Vec<ObjectInfo>, KmsError> {
+        let mut objects = self.hsm.list_objects().await?;
+        objects.retain(|o| o.token);
+        Ok(objects)
     }
 
     /// Reconciliation of one stored key against the token.
@@ -202,6 +217,10 @@ impl Kms {
         }
         for v in &b.versions {
             pass.account((uuid, v.version));
+            if v.created_at_ms > pass.now {
+                // Made after the token was listed (the daemon serves meanwhile).
+                continue;
+            }
             if v.version > b.key.current_version {
                 let made = v.wrapped.is_some() || pass.on_token.contains(&(uuid, v.version));
                 let rotation = (b.key.key_id.clone(), v.version, made);
