@@ -779,7 +779,7 @@ async fn check_bindings(kms: &Arc<Kms>, bindings: &[CertBinding]) -> Result<(), 
 
 /// Compares the store with the token; drift is logged, never repaired here. It runs beside
 /// the doors, not before them: it reads the whole store a second time after the cache load
-/// (about half of the start-up time with a million keys), and it only ever warns.
+/// (more than half of the start-up time with a million keys), and it only ever warns.
 async fn reconcile_at_start(kms: &Kms) {
     match kms.reconcile().await {
         Ok(report) if !report.is_clean() => tracing::warn!(
