@@ -12,9 +12,9 @@ mod postgres;
 
 use p11kms::store::{
     AliasRecord, Backend, ChangeKind, Duty, GrantRecord, ImportedVersion, KeyBundle, KeyLifecycle,
-    KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore, MultiRegion,
-    PgSettings, PgTls, RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob, Tag,
-    UsageOperation,
+    KeyRecord, KeyShape, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore,
+    MultiRegion, PgSettings, PgTls, RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob,
+    Tag, UsageOperation,
 };
 use postgres::PgServer;
 use std::collections::BTreeMap;
@@ -679,6 +679,16 @@ async fn wrapped_blobs_round_trip_and_are_compare_and_set(store: Store) {
     let all = store.load_all().await.unwrap();
     let t1 = all.iter().find(|b| b.key.key_id == "t1").unwrap();
     assert_eq!(t1.versions[0].wrapped, None, "a token version has no blob");
+    // Reconciliation's view: the same keys with only the columns it compares.
+    let mut shapes = Vec::new();
+    store
+        .load_shapes(&mut |page| shapes.extend(page))
+        .await
+        .unwrap();
+    let expected: Vec<KeyShape> = all.iter().map(KeyShape::from).collect();
+    assert_eq!(shapes, expected);
+    let shape = |id: &str| shapes.iter().find(|k| k.key_id == id).unwrap().versions[0];
+    assert!(shape("w1").wrapped && !shape("t1").wrapped);
     let under1 = store.blobs_under_master_in(None, 1, 10).await.unwrap();
     assert_eq!(under1.len(), 1);
     assert_eq!((under1[0].key_id.as_str(), under1[0].version), ("w1", 1));

@@ -15,7 +15,7 @@ use super::service::{ServiceAction, ServiceEventName};
 use super::{CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::WrappingKeyId;
 use crate::hsm::{ObjectId, ObjectInfo};
-use crate::store::{KeyBundle, KeyRecord, KeyState, KeyVersion};
+use crate::store::{KeyRecord, KeyShape, KeyState, KeyVersion};
 
 /// A key whose creation stopped between its two phases.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +142,12 @@ impl Kms {
         // The sealing key of custom key store passwords is accounted for.
         let sealing = super::connections::SEALING_KEY;
         pass.account((sealing.key_id(), sealing.version()));
+        // Only the columns it compares: a pass beside a serving daemon holds and moves a
+        // fraction of what the cache load does.
         self.store
-            .load_pages(&mut |page| {
-                for b in &page {
-                    self.reconcile_key(b, &mut pass);
+            .load_shapes(&mut |page| {
+                for k in &page {
+                    self.reconcile_key(k, &mut pass);
                 }
             })
             .await?;
@@ -194,46 +196,46 @@ impl Kms {
     }
 
     /// Reconciliation of one stored key against the token.
-    fn reconcile_key(&self, b: &KeyBundle, pass: &mut Pass<'_>) {
+    fn reconcile_key(&self, k: &KeyShape, pass: &mut Pass<'_>) {
         pass.report.keys_checked += 1;
-        let Ok(uuid) = crate::core::key_id::parse(&b.key.key_id) else {
+        let Ok(uuid) = crate::core::key_id::parse(&k.key_id) else {
             return;
         };
         // Keys of custom key stores have their objects on their store's device, except keys
         // of external stores (an XksKeyId): their inner material is on this token.
-        if b.key.custom_key_store_id.is_some() && b.key.xks_key_id.is_none() {
+        if k.custom_key_store_id.is_some() && k.xks_key_id.is_none() {
             return;
         }
         let uuid = *uuid.as_bytes();
-        if b.key.state == KeyState::Creating {
+        if k.state == KeyState::Creating {
             pass.account((uuid, 1));
             pass.report.interrupted.push(InterruptedCreate {
-                key_id: b.key.key_id.clone(),
-                hsm_object_present: material_complete(&pass.by_class, uuid, 1, &b.key.key_spec),
-                age_ms: pass.now.saturating_sub(b.key.created_at_ms),
-                overdue: self.creation_overdue(&b.key, pass.now),
+                key_id: k.key_id.clone(),
+                hsm_object_present: material_complete(&pass.by_class, uuid, 1, &k.key_spec),
+                age_ms: pass.now.saturating_sub(k.created_at_ms),
+                overdue: self.creation_overdue(k.created_at_ms, pass.now),
             });
             return;
         }
-        for v in &b.versions {
+        for v in &k.versions {
             pass.account((uuid, v.version));
             if v.created_at_ms > pass.now {
                 // Made after the token was listed (the daemon serves meanwhile).
                 continue;
             }
-            if v.version > b.key.current_version {
-                let made = v.wrapped.is_some() || pass.on_token.contains(&(uuid, v.version));
-                let rotation = (b.key.key_id.clone(), v.version, made);
+            if v.version > k.current_version {
+                let made = v.wrapped || pass.on_token.contains(&(uuid, v.version));
+                let rotation = (k.key_id.clone(), v.version, made);
                 pass.report.interrupted_rotations.push(rotation);
                 continue;
             }
             // A wrapped version's material is its blob (`check --all-blobs` unwraps them).
             // Imported material that expired or was deleted is absent by design.
-            if v.wrapped.is_some() || b.key.state == KeyState::PendingImport {
+            if v.wrapped || k.state == KeyState::PendingImport {
                 continue;
             }
-            if !material_complete(&pass.by_class, uuid, v.version, &b.key.key_spec) {
-                let missing = (b.key.key_id.clone(), v.version);
+            if !material_complete(&pass.by_class, uuid, v.version, &k.key_spec) {
+                let missing = (k.key_id.clone(), v.version);
                 pass.report.missing_objects.push(missing);
             }
         }
@@ -265,9 +267,10 @@ impl Kms {
             .remove(key_id);
     }
 
-    /// Whether a `Creating` key is older than the grace period at `now`.
-    fn creation_overdue(&self, record: &KeyRecord, now: i64) -> bool {
-        now.saturating_sub(record.created_at_ms) >= self.settings.creating_grace_ms
+    /// Whether a `Creating` key made at `created_at_ms` is older than the grace period at
+    /// `now`.
+    fn creation_overdue(&self, created_at_ms: i64, now: i64) -> bool {
+        now.saturating_sub(created_at_ms) >= self.settings.creating_grace_ms
     }
 
     /// Resolves every stranded `Creating` key older than the grace period: with its HSM
@@ -283,7 +286,7 @@ impl Kms {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|r| self.creation_overdue(r, now))
+            .filter(|r| self.creation_overdue(r.created_at_ms, now))
             .cloned()
             .collect();
         if due.is_empty() {

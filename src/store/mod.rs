@@ -370,6 +370,55 @@ pub struct KeyBundle {
     pub tags: Vec<Tag>,
 }
 
+/// What store/token reconciliation compares of a stored key: no policy, description, tags or
+/// blob bytes, so that a pass over a million keys moves a fraction of the full rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyShape {
+    pub key_id: String,
+    pub key_spec: String,
+    pub state: KeyState,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    pub current_version: u32,
+    pub custom_key_store_id: Option<String>,
+    pub xks_key_id: Option<String>,
+    /// Sorted by version.
+    pub versions: Vec<VersionShape>,
+}
+
+/// What reconciliation compares of a key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionShape {
+    pub version: u32,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Whether its material is a wrapped blob here rather than a token object.
+    pub wrapped: bool,
+}
+
+impl From<&KeyBundle> for KeyShape {
+    fn from(b: &KeyBundle) -> Self {
+        KeyShape {
+            key_id: b.key.key_id.clone(),
+            key_spec: b.key.key_spec.clone(),
+            state: b.key.state,
+            created_at_ms: b.key.created_at_ms,
+            current_version: b.key.current_version,
+            custom_key_store_id: b.key.custom_key_store_id.clone(),
+            xks_key_id: b.key.xks_key_id.clone(),
+            versions: b
+                .versions
+                .iter()
+                .map(|v| VersionShape {
+                    version: v.version,
+                    created_at_ms: v.created_at_ms,
+                    wrapped: v.wrapped.is_some(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Rotation schedule and imported-material state of one key (migration 0004). Keys without
 /// a row have rotation disabled and no imported material.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -624,6 +673,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn load_pages(
         &self,
         each: &mut (dyn FnMut(Vec<KeyBundle>) + Send),
+    ) -> Result<(), StoreError>;
+    /// Every key's [`KeyShape`] a page at a time, in key id order, in one read transaction
+    /// (store/token reconciliation).
+    async fn load_shapes(
+        &self,
+        each: &mut (dyn FnMut(Vec<KeyShape>) + Send),
     ) -> Result<(), StoreError>;
     /// Removes a key with its versions, tags and aliases, in one transaction.
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError>;

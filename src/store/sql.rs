@@ -24,9 +24,10 @@
 
 use super::{
     AliasRecord, Backend, BlobRow, Change, ChangeKind, Duty, GrantRecord, ImportTokenRecord,
-    ImportedVersion, KeyBundle, KeyLifecycle, KeyRecord, KeyState, KeyStoreRecord, KeyUsageRecord,
-    KeyVersion, LeaderGuard, MetadataStore, MultiRegion, OrphanRecord, RotationEntry,
-    SessionRecord, StoreError, StoreInfo, StoredBlob, Tag, UsageOperation,
+    ImportedVersion, KeyBundle, KeyLifecycle, KeyRecord, KeyShape, KeyState, KeyStoreRecord,
+    KeyUsageRecord, KeyVersion, LeaderGuard, MetadataStore, MultiRegion, OrphanRecord,
+    RotationEntry, SessionRecord, StoreError, StoreInfo, StoredBlob, Tag, UsageOperation,
+    VersionShape,
 };
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -607,12 +608,129 @@ async fn load_page(
     Ok(bundles)
 }
 
+/// What the paged loads read: a key's rows, one page of keys at a time.
+trait Paged: Sized + Send {
+    fn key_id(&self) -> &str;
+    /// The keys after `after` (by key id), at most [`LOAD_PAGE`].
+    fn page(
+        tx: &mut Transaction<'static, Any>,
+        after: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send;
+}
+
+impl Paged for KeyBundle {
+    fn key_id(&self) -> &str {
+        &self.key.key_id
+    }
+    fn page(
+        tx: &mut Transaction<'static, Any>,
+        after: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send {
+        load_page(tx, after)
+    }
+}
+
+impl Paged for KeyShape {
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+    fn page(
+        tx: &mut Transaction<'static, Any>,
+        after: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send {
+        load_shape_page(tx, after)
+    }
+}
+
+/// Every key as `T`, page by page in one read transaction, so that only one page of rows is
+/// in memory at a time: a node with a million keys does not hold three million rows at once.
+async fn load_paged<T: Paged>(
+    pool: &AnyPool,
+    each: &mut (dyn FnMut(Vec<T>) + Send),
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mut after = String::new();
+    loop {
+        let page = T::page(&mut tx, &after).await?;
+        let Some(last) = page.last() else { break };
+        after = last.key_id().to_owned();
+        let full = page.len() == LOAD_PAGE as usize;
+        each(page);
+        if !full {
+            break;
+        }
+    }
+    tx.commit().await.map_err(db_err)
+}
+
+/// [`load_page`] for reconciliation: the keys after `after` as [`KeyShape`]s, reading only
+/// the columns it compares.
+async fn load_shape_page(
+    tx: &mut Transaction<'static, Any>,
+    after: &str,
+) -> Result<Vec<KeyShape>, StoreError> {
+    let key_rows = sqlx::query(
+        "SELECT key_id, key_spec, state, created_at_ms, current_version, custom_key_store_id, \
+         xks_key_id FROM keys WHERE key_id > $1 ORDER BY key_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(LOAD_PAGE)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let mut shapes = Vec::with_capacity(key_rows.len());
+    let mut index = HashMap::with_capacity(key_rows.len());
+    for row in &key_rows {
+        let key_id: String = row.try_get("key_id").map_err(db_err)?;
+        index.insert(key_id.clone(), shapes.len());
+        shapes.push(KeyShape {
+            key_spec: row.try_get("key_spec").map_err(db_err)?,
+            state: state_from_row(row, &key_id)?,
+            created_at_ms: row.try_get("created_at_ms").map_err(db_err)?,
+            current_version: get_u32(row, "current_version", &key_id)?,
+            custom_key_store_id: row.try_get("custom_key_store_id").map_err(db_err)?,
+            xks_key_id: row.try_get("xks_key_id").map_err(db_err)?,
+            versions: Vec::new(),
+            key_id,
+        });
+    }
+    let Some(last) = shapes.last().map(|k| k.key_id.clone()) else {
+        return Ok(shapes);
+    };
+    let version_rows = sqlx::query(
+        "SELECT key_id, version, created_at_ms, wrap_master FROM key_versions \
+         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version",
+    )
+    .bind(after)
+    .bind(&last)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    for row in &version_rows {
+        let key_id: String = row.try_get("key_id").map_err(db_err)?;
+        let Some(&i) = index.get(&key_id) else {
+            continue;
+        };
+        let master: Option<i64> = row.try_get("wrap_master").map_err(db_err)?;
+        shapes[i].versions.push(VersionShape {
+            version: get_u32(row, "version", &key_id)?,
+            created_at_ms: row.try_get("created_at_ms").map_err(db_err)?,
+            wrapped: master.is_some(),
+        });
+    }
+    Ok(shapes)
+}
+
+/// A key row's `state` column.
+fn state_from_row(row: &AnyRow, key_id: &str) -> Result<KeyState, StoreError> {
+    let text: String = row.try_get("state").map_err(db_err)?;
+    KeyState::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("key {key_id}: unknown key state {text:?}")))
+}
+
 fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     let key_id: String = row.try_get("key_id").map_err(db_err)?;
-    let state_text: String = row.try_get("state").map_err(db_err)?;
-    let state = KeyState::parse(&state_text).ok_or_else(|| {
-        StoreError::Corrupt(format!("key {key_id}: unknown key state {state_text:?}"))
-    })?;
+    let state = state_from_row(row, &key_id)?;
     let pending_window_days = match row
         .try_get::<Option<i64>, _>("pending_window_days")
         .map_err(db_err)?
@@ -1125,21 +1243,14 @@ impl MetadataStore for SqlStore {
         &self,
         each: &mut (dyn FnMut(Vec<KeyBundle>) + Send),
     ) -> Result<(), StoreError> {
-        // Page by page in one read transaction, so that only one page of rows is in memory
-        // at a time: a node with 100,000 keys does not hold 300,000 rows at once.
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let mut after = String::new();
-        loop {
-            let page = load_page(&mut tx, &after).await?;
-            let Some(last) = page.last() else { break };
-            after = last.key.key_id.clone();
-            let full = page.len() == LOAD_PAGE as usize;
-            each(page);
-            if !full {
-                break;
-            }
-        }
-        tx.commit().await.map_err(db_err)
+        load_paged(&self.pool, each).await
+    }
+
+    async fn load_shapes(
+        &self,
+        each: &mut (dyn FnMut(Vec<KeyShape>) + Send),
+    ) -> Result<(), StoreError> {
+        load_paged(&self.pool, each).await
     }
 
     async fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
@@ -2189,6 +2300,16 @@ mod tests {
         let loaded = store.load_all().await.unwrap();
         assert_eq!(loaded.len(), N as usize);
         assert_eq!(loaded, expected);
+        let mut shapes = Vec::new();
+        store
+            .load_shapes(&mut |page| shapes.extend(page))
+            .await
+            .unwrap();
+        let expected_shapes: Vec<KeyShape> = expected.iter().map(KeyShape::from).collect();
+        assert_eq!(
+            shapes, expected_shapes,
+            "reconciliation's columns, in key id order"
+        );
         for n in [0, 1, 999, N - 1] {
             let one = store.get_key(&key_id(n)).await.unwrap().unwrap();
             assert!(loaded.contains(&one));
