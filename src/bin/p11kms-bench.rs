@@ -473,6 +473,10 @@ struct Cli {
     /// into the store while the daemon is stopped; for a million keys).
     #[arg(long, value_enum, default_value_t = StartupSeed::Api)]
     startup_seed: StartupSeed,
+    /// Restarts timed after seeding (each one its own JSON line): several start-up samples
+    /// from one seeding, which for a million keys takes minutes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    startup_restarts: u32,
     /// Concurrent CreateKey calls while seeding the startup suite's keys.
     #[arg(long, default_value_t = 8)]
     seed_concurrency: usize,
@@ -2971,7 +2975,9 @@ fn startup_suite(
         StartupSeed::Api => count_keys(bench)?,
         StartupSeed::Direct => have + made,
     };
-    emit(&restart(d, "startup", total)?);
+    for _ in 0..cli.startup_restarts {
+        emit(&restart(d, "startup", total)?);
+    }
     bench.server_pid = Some(d.pid);
     bench.load = Load::Grpc(nodes::Nodes::single(
         target.endpoint.clone(),

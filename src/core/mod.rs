@@ -409,8 +409,14 @@ impl Kms {
         kms.loaded_at_seq
             .store(seq, std::sync::atomic::Ordering::SeqCst);
         kms.key_stores.load(kms.store.list_key_stores().await?);
+        let started = std::time::Instant::now();
         kms.load_key_usage().await?;
         kms.reload_all().await?;
+        tracing::info!(
+            keys = kms.key_count(),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "key cache loaded"
+        );
         kms.sessions
             .set_vault(Arc::new(session_vault::StoredSessions::new(
                 kms.store.clone(),
