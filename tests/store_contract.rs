@@ -12,9 +12,9 @@ mod postgres;
 
 use p11kms::store::{
     AliasRecord, Backend, ChangeKind, Duty, GrantRecord, ImportedVersion, KeyBundle, KeyLifecycle,
-    KeyRecord, KeyShape, KeyState, KeyStoreRecord, KeyUsageRecord, KeyVersion, MetadataStore,
-    MultiRegion, PgSettings, PgTls, RotationEntry, SessionRecord, SqlStore, StoreError, StoredBlob,
-    Tag, UsageOperation,
+    KeyRecord, KeyShape, KeySpec, KeyState, KeyStoreRecord, KeyUsage, KeyUsageRecord, KeyVersion,
+    MetadataStore, MultiRegion, Origin, PgSettings, PgTls, RotationEntry, SessionRecord, SqlStore,
+    StoreError, StoredBlob, Tag, UsageOperation,
 };
 use postgres::PgServer;
 use std::collections::BTreeMap;
@@ -42,9 +42,9 @@ fn key_record(key_id: &str, state: KeyState) -> KeyRecord {
         key_id: key_id.to_owned(),
         account: ACCOUNT.to_owned(),
         description: format!("key {key_id}"),
-        key_spec: "SYMMETRIC_DEFAULT".to_owned(),
-        key_usage: "ENCRYPT_DECRYPT".to_owned(),
-        origin: "AWS_KMS".to_owned(),
+        key_spec: KeySpec::SymmetricDefault,
+        key_usage: KeyUsage::EncryptDecrypt,
+        origin: Origin::AwsKms,
         state,
         created_at_ms: 1_700_000_000_000,
         deletion_date_ms: None,
@@ -295,7 +295,7 @@ async fn update_key_overwrites_mutable_columns_only(store: Store) {
         policy: r#"{"Statement":[{"Effect":"Deny"}]}"#.into(),
         // Immutable columns: ignored by update_key.
         account: "999999999999".to_owned(),
-        key_spec: "RSA_2048".to_owned(),
+        key_spec: KeySpec::Rsa2048,
         created_at_ms: 5,
         ..original.clone()
     };
@@ -303,7 +303,7 @@ async fn update_key_overwrites_mutable_columns_only(store: Store) {
     let stored = store.get_key("k1").await.unwrap().unwrap().key;
     let expected = KeyRecord {
         account: original.account.clone(),
-        key_spec: original.key_spec.clone(),
+        key_spec: original.key_spec,
         created_at_ms: original.created_at_ms,
         row_version: original.row_version + 1,
         ..changed.clone()

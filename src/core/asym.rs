@@ -394,7 +394,7 @@ pub(super) fn on_same_key(same: bool) -> (&'static str, CtxValue) {
 }
 
 fn pair_of(resolved: &Resolved) -> Option<PairSpec> {
-    match specs::kind(&resolved.key.record.key_spec) {
+    match specs::kind(resolved.key.record.key_spec) {
         Some(SpecKind::Pair(p)) => Some(p),
         _ => None,
     }
@@ -443,7 +443,7 @@ impl Kms {
         ];
         let resolved = self.key_in_use(caller, input.key_id, input.action, conditions)?;
         let r = &resolved.key.record;
-        let (scheme, hash) = specs::signing_scheme(&r.key_spec, &r.key_usage, algorithm)?;
+        let (scheme, hash) = specs::signing_scheme(r.key_spec, r.key_usage, algorithm)?;
         let digest = to_be_signed(scheme, hash, algorithm, input.message, message_type)?;
         super::record::key_version(resolved.key.record.current_version);
         Ok(PreparedSignature {
@@ -522,11 +522,11 @@ impl Kms {
         Ok(GetPublicKeyResponse {
             key_id: resolved.key.arn.clone(),
             public_key,
-            key_spec: r.key_spec.clone(),
-            key_usage: r.key_usage.clone(),
-            encryption_algorithms: specs::encryption_algorithms_of(&r.key_spec, &r.key_usage),
-            signing_algorithms: specs::signing_algorithms_of(&r.key_spec, &r.key_usage),
-            key_agreement_algorithms: specs::key_agreement_algorithms_of(&r.key_spec, &r.key_usage),
+            key_spec: r.key_spec.to_string(),
+            key_usage: r.key_usage.to_string(),
+            encryption_algorithms: specs::encryption_algorithms_of(r.key_spec, r.key_usage),
+            signing_algorithms: specs::signing_algorithms_of(r.key_spec, r.key_usage),
+            key_agreement_algorithms: specs::key_agreement_algorithms_of(r.key_spec, r.key_usage),
         })
     }
 
@@ -586,7 +586,7 @@ impl Kms {
             key_id: resolved.key.arn.clone(),
             shared_secret,
             key_agreement_algorithm: algorithm,
-            key_origin: r.origin.clone(),
+            key_origin: r.origin.to_string(),
         })
     }
 
@@ -943,7 +943,7 @@ impl Kms {
         let condition = ("kms:MacAlgorithm", CtxValue::one(algorithm.as_str()));
         let resolved = self.key_in_use(caller, key_id, action, [condition])?;
         let r = &resolved.key.record;
-        let alg = specs::mac_algorithm(&r.key_spec, &r.key_usage, algorithm)?;
+        let alg = specs::mac_algorithm(r.key_spec, r.key_usage, algorithm)?;
         Ok((resolved, alg))
     }
 

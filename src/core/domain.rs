@@ -1,8 +1,9 @@
 //! The typed domain of keys: key spec, key usage, origin and key state, parsed once at the
-//! edge (the doors read the wire strings into these) and spelled the AWS way again by
-//! `as_str()` (the store keeps that spelling, so its rows are unchanged); and the grant
-//! operations, which the engine checks a grant's operation names against (requests, grants
-//! and the store keep the names).
+//! edge (the doors read the wire strings into these, the store its columns) and spelled the
+//! AWS way again by `as_str()` (the store keeps that spelling, so its rows are unchanged);
+//! and the grant operations, which the engine checks a grant's operation names against
+//! (requests, grants and the store keep the names). The key record holds the four key enums,
+//! so they are declared with it in [`crate::store`] and named here.
 //!
 //! Each enum lists every value of the AWS service model, including values this build does not
 //! create (`ML_KEM_512`, `ENCAPSULATE_DECAPSULATE`, `AWS_CLOUDHSM`...): the model check admits
@@ -10,33 +11,6 @@
 
 pub(crate) use crate::wire_enum::wire_enum;
 pub use crate::wire_enum::{UnknownValue, WireEnum};
-
-wire_enum!(
-    /// A key's KeySpec (also read from the deprecated CustomerMasterKeySpec).
-    KeySpec {
-        Rsa2048 = "RSA_2048",
-        Rsa3072 = "RSA_3072",
-        Rsa4096 = "RSA_4096",
-        EccNistP256 = "ECC_NIST_P256",
-        EccNistP384 = "ECC_NIST_P384",
-        EccNistP521 = "ECC_NIST_P521",
-        EccSecgP256k1 = "ECC_SECG_P256K1",
-        /// AES-256-GCM, the default.
-        SymmetricDefault = "SYMMETRIC_DEFAULT",
-        Hmac224 = "HMAC_224",
-        Hmac256 = "HMAC_256",
-        Hmac384 = "HMAC_384",
-        Hmac512 = "HMAC_512",
-        Sm2 = "SM2",
-        MlDsa44 = "ML_DSA_44",
-        MlDsa65 = "ML_DSA_65",
-        MlDsa87 = "ML_DSA_87",
-        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
-        MlKem512 = "ML_KEM_512",
-        MlKem768 = "ML_KEM_768",
-        MlKem1024 = "ML_KEM_1024",
-    }
-);
 
 impl KeySpec {
     /// An HMAC key spec (`HMAC_224` ... `HMAC_512`).
@@ -94,33 +68,9 @@ wire_enum!(
     }
 );
 
-wire_enum!(
-    /// A key's KeyUsage.
-    KeyUsage {
-        SignVerify = "SIGN_VERIFY",
-        /// Symmetric keys, RSA encryption keys; the default.
-        EncryptDecrypt = "ENCRYPT_DECRYPT",
-        GenerateVerifyMac = "GENERATE_VERIFY_MAC",
-        KeyAgreement = "KEY_AGREEMENT",
-        EncapsulateDecapsulate = "ENCAPSULATE_DECAPSULATE",
-    }
-);
-
-wire_enum!(
-    /// Where a key's material comes from.
-    Origin {
-        /// Generated inside the HSM; the default.
-        AwsKms = "AWS_KMS",
-        /// Imported by the caller (BYOK).
-        External = "EXTERNAL",
-        AwsCloudhsm = "AWS_CLOUDHSM",
-        ExternalKeyStore = "EXTERNAL_KEY_STORE",
-    }
-);
-
-/// A key's state. The store's enum is the one type (rows keep its AWS spelling); it is named
-/// here with the other key enums.
-pub use crate::store::KeyState;
+/// A key's spec, usage, origin and state. The store's enums are the one types (rows keep their
+/// AWS spelling); they are named here with the other key enums.
+pub use crate::store::{KeySpec, KeyState, KeyUsage, Origin};
 
 #[cfg(test)]
 mod tests {

@@ -715,7 +715,7 @@ fn check_grant_key_state(resolved: &Resolved) -> Result<(), KmsError> {
 /// Every operation of the grant must make sense for the key's spec and usage.
 fn check_grant_operations_usable(resolved: &Resolved, ops: &[String]) -> Result<(), KmsError> {
     let record = &resolved.key.record;
-    let specific = super::specs::grant_operations(&record.key_spec, &record.key_usage);
+    let specific = super::specs::grant_operations(record.key_spec, record.key_usage);
     let usable = |op: &String| {
         let Ok(op) = op.parse::<GrantOperation>() else {
             return false;

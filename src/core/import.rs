@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::authz::{iso8601, AuthzRequest, CtxValue};
 use super::change::{Retry, CHANGE_ATTEMPTS};
+use super::domain::Origin;
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::operation::{redacted_debug, request_parameters, response_elements};
 use super::residency::{self, Wrapped};
@@ -145,7 +146,7 @@ pub struct KeyMaterialResponse {
 /// What the key's material becomes on the token (class IMP: EXTERNAL origin only).
 fn material_kind(key: &CachedKey) -> Result<MaterialKind, KmsError> {
     let r = &key.record;
-    if r.origin != "EXTERNAL" {
+    if r.origin != Origin::External {
         return Err(KmsError::UnsupportedOperation(format!(
             "{} has origin {}; importing key material needs a key with origin EXTERNAL.",
             key.arn, r.origin
@@ -154,7 +155,7 @@ fn material_kind(key: &CachedKey) -> Result<MaterialKind, KmsError> {
     if r.key_spec == SYMMETRIC_DEFAULT {
         return Ok(MaterialKind::Aes256);
     }
-    HmacSpec::parse(&r.key_spec)
+    HmacSpec::parse(r.key_spec.as_str())
         .map(MaterialKind::Hmac)
         .ok_or_else(|| {
             KmsError::UnsupportedOperation(format!(

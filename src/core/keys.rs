@@ -22,9 +22,9 @@ use crate::store::{KeyRecord, KeyState, KeyVersion, MultiRegion, Tag};
 
 /// The default key spec (AES-256-GCM). The other specs this build creates are listed in
 /// [`specs`].
-pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+pub const SYMMETRIC_DEFAULT: KeySpec = KeySpec::SymmetricDefault;
 /// The usage of symmetric keys.
-pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
+pub const ENCRYPT_DECRYPT: KeyUsage = KeyUsage::EncryptDecrypt;
 
 /// The key specs the engine knows (the model also admits the ML-KEM specs, which it refuses).
 const KNOWN_KEY_SPECS: &[KeySpec] = &[
@@ -294,12 +294,12 @@ impl KeyChoice {
             return Err(not_in_enum("keyUsage", KNOWN_USAGES, KeyUsage::as_str));
         }
         let origin = req.origin.unwrap_or(Origin::AwsKms);
-        let Some(kind) = specs::kind(spec.as_str()) else {
+        let Some(kind) = specs::kind(spec) else {
             return Err(KmsError::UnsupportedOperation(format!(
                 "KeySpec {spec} is not supported by this p11kms build."
             )));
         };
-        if !specs::usages(spec.as_str()).contains(&usage.as_str()) {
+        if !specs::usages(spec).contains(&usage) {
             return Err(KmsError::Validation(format!(
                 "KeyUsage {usage} is not compatible with KeySpec {spec}."
             )));
@@ -359,7 +359,7 @@ pub use crate::policy::default_key_policy;
 
 /// A device refusal to create a key pair (for instance a curve the token does not know)
 /// is UnsupportedOperationException naming the mechanism and curve; anything else maps as usual.
-fn creation_error(spec: &str, kind: SpecKind, e: HsmError) -> KmsError {
+fn creation_error(spec: KeySpec, kind: SpecKind, e: HsmError) -> KmsError {
     let SpecKind::Pair(pair) = kind else {
         return e.into();
     };
@@ -371,7 +371,7 @@ fn creation_error(spec: &str, kind: SpecKind, e: HsmError) -> KmsError {
         PairSpec::Ec(c) => format!("CKM_EC_KEY_PAIR_GEN on curve {}", c.name()),
         PairSpec::Ed25519 => "CKM_EC_EDWARDS_KEY_PAIR_GEN on edwards25519".to_string(),
     };
-    tracing::warn!(spec, error = %e, "the HSM refused to generate a key pair");
+    tracing::warn!(spec = spec.as_str(), error = %e, "the HSM refused to generate a key pair");
     KmsError::UnsupportedOperation(format!(
         "The HSM token does not support KeySpec {spec}: {what} was refused ({}).",
         e.rv.as_deref().unwrap_or("no return value")
@@ -401,21 +401,9 @@ impl Drop for Creation<'_> {
 }
 
 impl Kms {
-    /// KeyMetadata for a cached key. Its record holds the AWS spellings it was stored with;
-    /// one this build cannot read is an internal error, not a guess.
+    /// KeyMetadata for a cached key.
     pub fn key_metadata(&self, key: &CachedKey) -> Result<KeyMetadata, KmsError> {
         let r = &key.record;
-        let stored = |what: &str, v: &str| {
-            KmsError::Internal(format!(
-                "key {} has an unknown stored {what} '{v}'",
-                r.key_id
-            ))
-        };
-        let key_spec =
-            KeySpec::parse(&r.key_spec).ok_or_else(|| stored("key spec", &r.key_spec))?;
-        let key_usage =
-            KeyUsage::parse(&r.key_usage).ok_or_else(|| stored("key usage", &r.key_usage))?;
-        let origin = Origin::parse(&r.origin).ok_or_else(|| stored("origin", &r.origin))?;
         let mut m = KeyMetadata {
             aws_account_id: r.account.clone(),
             key_id: r.key_id.clone(),
@@ -423,16 +411,16 @@ impl Kms {
             creation_date_ms: r.created_at_ms,
             enabled: r.state == KeyState::Enabled,
             description: r.description.clone(),
-            key_usage,
+            key_usage: r.key_usage,
             key_state: key.state(),
             deletion_date_ms: r.deletion_date_ms,
-            origin,
+            origin: r.origin,
             key_manager: self.key_manager(&r.key_id).into(),
-            key_spec,
-            encryption_algorithms: specs::encryption_algorithms(&r.key_spec, &r.key_usage),
-            signing_algorithms: specs::signing_algorithms(&r.key_spec, &r.key_usage),
-            mac_algorithms: specs::mac_algorithms(&r.key_spec),
-            key_agreement_algorithms: specs::key_agreement_algorithms(&r.key_spec, &r.key_usage),
+            key_spec: r.key_spec,
+            encryption_algorithms: specs::encryption_algorithms(r.key_spec, r.key_usage),
+            signing_algorithms: specs::signing_algorithms(r.key_spec, r.key_usage),
+            mac_algorithms: specs::mac_algorithms(r.key_spec),
+            key_agreement_algorithms: specs::key_agreement_algorithms(r.key_spec, r.key_usage),
             multi_region: r.multi_region.is_some(),
             multi_region_configuration: self.multi_region_configuration(key),
             pending_deletion_window_in_days: r.pending_window_days,
@@ -454,7 +442,7 @@ impl Kms {
                 .clone()
                 .map(|id| super::external::XksKeyConfiguration { id }),
         };
-        if origin == Origin::External {
+        if r.origin == Origin::External {
             let l = self.lifecycle_of(&r.key_id);
             m.valid_to_ms = l.valid_to_ms;
             m.expiration_model = l.expiration_model;
@@ -495,9 +483,9 @@ impl Kms {
             key_id: crate::core::key_id::render(&uuid),
             account: caller.account.clone(),
             description: req.description,
-            key_spec: choice.spec.as_str().to_string(),
-            key_usage: choice.usage.as_str().to_string(),
-            origin: choice.origin.as_str().to_string(),
+            key_spec: choice.spec,
+            key_usage: choice.usage,
+            origin: choice.origin,
             state: KeyState::Creating,
             created_at_ms: self.now_ms(),
             deletion_date_ms: None,
@@ -698,7 +686,7 @@ impl Kms {
                 if let Err(se) = self.store.delete_key(&key_id).await {
                     tracing::error!(key_id, error = %se, "could not roll back a failed CreateKey row");
                 }
-                return Err(creation_error(&record.key_spec, kind, e));
+                return Err(creation_error(record.key_spec, kind, e));
             }
         };
         if self.hooks.interrupt_create() == InterruptCreate::AfterHsmObject {
@@ -741,7 +729,7 @@ impl Kms {
                 Wrapped::secret(hsm.generate_wrapped_hmac(object, a).await?)
             }
             SpecKind::Pair(p) if wrapped => {
-                let usage = specs::pair_usage(&record.key_usage);
+                let usage = specs::pair_usage(record.key_usage);
                 let (blob, spki) = hsm.generate_wrapped_pair(object, p, usage).await?;
                 Wrapped::pair(blob, spki)
             }
@@ -763,14 +751,14 @@ impl Kms {
             }
             SpecKind::Symmetric => return hsm.generate_aes_key(object).await.map(|()| None),
             SpecKind::Pair(p) if record.multi_region.is_some() => {
-                let usage = specs::pair_usage(&record.key_usage);
+                let usage = specs::pair_usage(record.key_usage);
                 return hsm
                     .generate_multi_region_pair(object, p, usage)
                     .await
                     .map(|_| None);
             }
             SpecKind::Pair(p) => {
-                let usage = specs::pair_usage(&record.key_usage);
+                let usage = specs::pair_usage(record.key_usage);
                 return hsm.generate_key_pair(object, p, usage).await.map(|()| None);
             }
             SpecKind::Hmac(a) => return hsm.generate_hmac_key(object, a).await.map(|()| None),
@@ -1288,7 +1276,7 @@ mod tests {
             detail: None,
         };
         let e = creation_error(
-            "ECC_SECG_P256K1",
+            KeySpec::EccSecgP256k1,
             SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1)),
             refused.clone(),
         );
@@ -1302,7 +1290,7 @@ mod tests {
         let mut gone = refused;
         gone.kind = HsmErrorKind::Unavailable;
         let e = creation_error(
-            "ECC_SECG_P256K1",
+            KeySpec::EccSecgP256k1,
             SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1)),
             gone,
         );

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::domain::Origin;
 use super::keys::{ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT};
 use super::policies::compile_key_policy;
 use super::rotation::DEFAULT_ROTATION_PERIOD_DAYS;
@@ -308,9 +309,9 @@ impl Kms {
                 key_id,
                 account: caller.account.clone(),
                 description: managed_key_description(service),
-                key_spec: SYMMETRIC_DEFAULT.into(),
-                key_usage: ENCRYPT_DECRYPT.into(),
-                origin: "AWS_KMS".into(),
+                key_spec: SYMMETRIC_DEFAULT,
+                key_usage: ENCRYPT_DECRYPT,
+                origin: Origin::AwsKms,
                 state: KeyState::Enabled,
                 created_at_ms: self.now_ms(),
                 deletion_date_ms: None,

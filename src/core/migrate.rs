@@ -298,7 +298,7 @@ impl Kms {
 
     /// Moves one key under its change lock; a lost compare-and-set is a skip (`Changed`).
     async fn migrate_key(&self, key: &CachedKey, to: Residency) -> Result<KeyMove, KmsError> {
-        if super::specs::is_pair(&key.record.key_spec) {
+        if super::specs::is_pair(key.record.key_spec) {
             let detail = "a key pair stays in the residency it was made in (a wrapped pair's public key is only in the store; a token pair is never extractable)";
             return Ok(KeyMove::Skipped(SkipReason::KeyPair, detail.into()));
         }

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
+use super::domain::KeySpec;
 use super::service::{ServiceAction, ServiceEventName};
 use super::{CachedKey, Kms, KmsError};
 use crate::hsm::unwrap::WrappingKeyId;
@@ -85,7 +86,7 @@ fn material_complete(
     objects: &ObjectsByClass<'_>,
     uuid: [u8; 16],
     version: u32,
-    spec: &str,
+    spec: KeySpec,
 ) -> bool {
     let classes: &[&str] = if super::specs::is_pair(spec) {
         &["PRIVATE_KEY", "PUBLIC_KEY"]
@@ -211,7 +212,7 @@ impl Kms {
             pass.account((uuid, 1));
             pass.report.interrupted.push(InterruptedCreate {
                 key_id: k.key_id.clone(),
-                hsm_object_present: material_complete(&pass.by_class, uuid, 1, &k.key_spec),
+                hsm_object_present: material_complete(&pass.by_class, uuid, 1, k.key_spec),
                 age_ms: pass.now.saturating_sub(k.created_at_ms),
                 overdue: self.creation_overdue(k.created_at_ms, pass.now),
             });
@@ -234,7 +235,7 @@ impl Kms {
             if v.wrapped || k.state == KeyState::PendingImport {
                 continue;
             }
-            if !material_complete(&pass.by_class, uuid, v.version, &k.key_spec) {
+            if !material_complete(&pass.by_class, uuid, v.version, k.key_spec) {
                 let missing = (k.key_id.clone(), v.version);
                 pass.report.missing_objects.push(missing);
             }
@@ -338,9 +339,9 @@ impl Kms {
             .is_some_and(|m| m.primary_region != self.settings.region);
         let complete = match &key.store {
             _ if replica => false,
-            None => material_complete(objects, key.uuid, 1, &key.record.key_spec),
+            None => material_complete(objects, key.uuid, 1, key.record.key_spec),
             Some(s) if s.is_external() => {
-                material_complete(objects, key.uuid, 1, &key.record.key_spec)
+                material_complete(objects, key.uuid, 1, key.record.key_spec)
             }
             // A key of a custom key store: its object is on that store's device, which is
             // asked while connected; otherwise the key waits for the store.
@@ -392,7 +393,7 @@ impl Kms {
     /// tags and aliases (and its lifecycle row, by cascade).
     async fn remove_incomplete(&self, key: &CachedKey) -> Result<(), KmsError> {
         let key_id = &key.record.key_id;
-        let pair = super::specs::is_pair(&key.record.key_spec);
+        let pair = super::specs::is_pair(key.record.key_spec);
         // A replica's row names the versions its primary sent (1 to current); any other key
         // was being made with version 1.
         for version in 1..=key.record.current_version.max(1) {

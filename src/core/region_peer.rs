@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
+use super::domain::{KeySpec, KeyUsage, Origin};
 use super::operation::{request_parameters, response_elements, Empty};
 use super::policies::compile_key_policy;
 use super::regions::{
@@ -224,11 +225,16 @@ impl Kms {
 
     /// The replica's row, in `Creating`.
     fn replica_record(&self, req: &AcceptReplicaRequest) -> Result<KeyRecord, KmsError> {
-        if super::specs::kind(&req.key_spec).is_none() || req.versions.is_empty() {
+        let spec = KeySpec::parse(&req.key_spec).filter(|s| super::specs::kind(*s).is_some());
+        let (Some(key_spec), Some(key_usage), false) = (
+            spec,
+            KeyUsage::parse(&req.key_usage),
+            req.versions.is_empty(),
+        ) else {
             return Err(KmsError::Validation(
-                "The replica's key spec or key material is missing.".into(),
+                "The replica's key spec, key usage or key material is missing.".into(),
             ));
-        }
+        };
         if !req
             .versions
             .iter()
@@ -246,9 +252,9 @@ impl Kms {
             key_id: req.key_id.clone(),
             account: req.account.clone(),
             description: req.description.clone(),
-            key_spec: req.key_spec.clone(),
-            key_usage: req.key_usage.clone(),
-            origin: "AWS_KMS".into(),
+            key_spec,
+            key_usage,
+            origin: Origin::AwsKms,
             state: KeyState::Creating,
             // The replica's own creation (AWS shows it so; the creating grace counts from it).
             created_at_ms: self.now_ms(),
@@ -336,10 +342,7 @@ impl Kms {
         uuid: uuid::Uuid,
         versions: &[ReplicaVersion],
     ) {
-        let pair = matches!(
-            super::specs::kind(&record.key_spec),
-            Some(SpecKind::Pair(_))
-        );
+        let pair = matches!(super::specs::kind(record.key_spec), Some(SpecKind::Pair(_)));
         for v in versions {
             let object = ObjectId::new(*uuid.as_bytes(), v.version);
             let destroyed = match pair {
@@ -574,7 +577,7 @@ impl Kms {
     /// row are removed at once; it was never answered to anyone as made.
     async fn drop_withdrawn_replica(&self, key: &Arc<CachedKey>) -> Result<Empty, KmsError> {
         let pair = matches!(
-            super::specs::kind(&key.record.key_spec),
+            super::specs::kind(key.record.key_spec),
             Some(SpecKind::Pair(_))
         );
         for &v in &key.versions {

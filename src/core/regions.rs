@@ -440,8 +440,8 @@ impl Kms {
             principal_arn: caller.principal_arn.clone(),
             key_id: r.key_id.clone(),
             account: r.account.clone(),
-            key_spec: r.key_spec.clone(),
-            key_usage: r.key_usage.clone(),
+            key_spec: r.key_spec.to_string(),
+            key_usage: r.key_usage.to_string(),
             current_version: r.current_version,
             primary_region: after.primary_region.clone(),
             replica_regions: after.replica_regions.clone(),
@@ -523,9 +523,9 @@ impl Kms {
         hsm: &Hsm,
         record: &KeyRecord,
     ) -> Result<BlobKind, KmsError> {
-        match super::specs::kind(&record.key_spec) {
+        match super::specs::kind(record.key_spec) {
             Some(SpecKind::Pair(p)) => {
-                let usage = super::specs::pair_usage(&record.key_usage);
+                let usage = super::specs::pair_usage(record.key_usage);
                 Ok(hsm.pair_blob_kind(p, usage).await?)
             }
             Some(kind) => Ok(secret_blob_kind(kind)),

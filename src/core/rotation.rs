@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::authz::{AuthzRequest, CtxValue};
 use super::change::Retry;
+use super::domain::Origin;
 use super::keys::{key_material_id, SYMMETRIC_DEFAULT};
 use super::operation::{request_parameters, response_elements, Empty, Page, ResponseElements};
 use super::residency::Wrapped;
@@ -139,7 +140,7 @@ fn check_rotatable(key: &CachedKey) -> Result<(), KmsError> {
             key.arn, r.key_spec
         )));
     }
-    if r.origin != "AWS_KMS" {
+    if r.origin != Origin::AwsKms {
         return Err(KmsError::UnsupportedOperation(format!(
             "{} has origin {}; rotation applies to keys with AWS_KMS key material only.",
             key.arn, r.origin
@@ -444,7 +445,7 @@ impl Kms {
             check_rotatable(&resolved.key)?;
         }
         let key = &resolved.key;
-        let imported = key.record.origin == "EXTERNAL";
+        let imported = key.record.origin == Origin::External;
         let lifecycle = imported.then(|| self.lifecycle_of(&key.record.key_id));
         let entry = |version: u32, rotation: Option<(i64, String)>| {
             let (rotation_date_ms, rotation_type) = rotation.unzip();

@@ -4,18 +4,18 @@
 use super::algorithms::{
     EncryptionAlgorithm, Hash, KeyAgreementAlgorithm, MacAlgorithm, SigningAlgorithm,
 };
-use super::domain::{GrantOperation, KeySpec};
+use super::domain::{GrantOperation, KeySpec, KeyUsage};
 use super::KmsError;
 use crate::hsm::{Curve, MacAlg, PairSpec, PairUsage, ShaAlg, SignScheme};
 
 /// The usage of symmetric keys (and RSA encryption keys).
-pub const ENCRYPT_DECRYPT: &str = "ENCRYPT_DECRYPT";
+pub const ENCRYPT_DECRYPT: KeyUsage = KeyUsage::EncryptDecrypt;
 /// The usage of signing keys.
-pub const SIGN_VERIFY: &str = "SIGN_VERIFY";
+pub const SIGN_VERIFY: KeyUsage = KeyUsage::SignVerify;
 /// The usage of HMAC keys.
-pub const GENERATE_VERIFY_MAC: &str = "GENERATE_VERIFY_MAC";
+pub const GENERATE_VERIFY_MAC: KeyUsage = KeyUsage::GenerateVerifyMac;
 /// KeyUsage of ECC keys that derive shared secrets (DeriveSharedSecret, ECDH).
-pub const KEY_AGREEMENT: &str = "KEY_AGREEMENT";
+pub const KEY_AGREEMENT: KeyUsage = KeyUsage::KeyAgreement;
 
 /// What kind of HSM object(s) back a key spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,32 +29,38 @@ pub enum SpecKind {
 }
 
 /// The kind of a key spec this build supports; `None` for specs it does not create.
-pub fn kind(spec: &str) -> Option<SpecKind> {
+pub fn kind(spec: KeySpec) -> Option<SpecKind> {
     Some(match spec {
-        "SYMMETRIC_DEFAULT" => SpecKind::Symmetric,
-        "RSA_2048" => SpecKind::Pair(PairSpec::Rsa(2048)),
-        "RSA_3072" => SpecKind::Pair(PairSpec::Rsa(3072)),
-        "RSA_4096" => SpecKind::Pair(PairSpec::Rsa(4096)),
-        "ECC_NIST_P256" => SpecKind::Pair(PairSpec::Ec(Curve::P256)),
-        "ECC_NIST_P384" => SpecKind::Pair(PairSpec::Ec(Curve::P384)),
-        "ECC_NIST_P521" => SpecKind::Pair(PairSpec::Ec(Curve::P521)),
-        "ECC_SECG_P256K1" => SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1)),
-        "ECC_NIST_EDWARDS25519" => SpecKind::Pair(PairSpec::Ed25519),
-        "HMAC_224" => SpecKind::Hmac(MacAlg::Sha224),
-        "HMAC_256" => SpecKind::Hmac(MacAlg::Sha256),
-        "HMAC_384" => SpecKind::Hmac(MacAlg::Sha384),
-        "HMAC_512" => SpecKind::Hmac(MacAlg::Sha512),
-        _ => return None,
+        KeySpec::SymmetricDefault => SpecKind::Symmetric,
+        KeySpec::Rsa2048 => SpecKind::Pair(PairSpec::Rsa(2048)),
+        KeySpec::Rsa3072 => SpecKind::Pair(PairSpec::Rsa(3072)),
+        KeySpec::Rsa4096 => SpecKind::Pair(PairSpec::Rsa(4096)),
+        KeySpec::EccNistP256 => SpecKind::Pair(PairSpec::Ec(Curve::P256)),
+        KeySpec::EccNistP384 => SpecKind::Pair(PairSpec::Ec(Curve::P384)),
+        KeySpec::EccNistP521 => SpecKind::Pair(PairSpec::Ec(Curve::P521)),
+        KeySpec::EccSecgP256k1 => SpecKind::Pair(PairSpec::Ec(Curve::Secp256k1)),
+        KeySpec::EccNistEdwards25519 => SpecKind::Pair(PairSpec::Ed25519),
+        KeySpec::Hmac224 => SpecKind::Hmac(MacAlg::Sha224),
+        KeySpec::Hmac256 => SpecKind::Hmac(MacAlg::Sha256),
+        KeySpec::Hmac384 => SpecKind::Hmac(MacAlg::Sha384),
+        KeySpec::Hmac512 => SpecKind::Hmac(MacAlg::Sha512),
+        KeySpec::Sm2
+        | KeySpec::MlDsa44
+        | KeySpec::MlDsa65
+        | KeySpec::MlDsa87
+        | KeySpec::MlKem512
+        | KeySpec::MlKem768
+        | KeySpec::MlKem1024 => return None,
     })
 }
 
 /// Whether a key is backed by a key pair.
-pub fn is_pair(spec: &str) -> bool {
+pub fn is_pair(spec: KeySpec) -> bool {
     matches!(kind(spec), Some(SpecKind::Pair(_)))
 }
 
 /// The usages a supported spec allows.
-pub fn usages(spec: &str) -> &'static [&'static str] {
+pub fn usages(spec: KeySpec) -> &'static [KeyUsage] {
     match kind(spec) {
         Some(SpecKind::Symmetric) => &[ENCRYPT_DECRYPT],
         Some(SpecKind::Pair(PairSpec::Rsa(_))) => &[ENCRYPT_DECRYPT, SIGN_VERIFY],
@@ -66,7 +72,7 @@ pub fn usages(spec: &str) -> &'static [&'static str] {
 }
 
 /// The HSM usage of a key pair's private half.
-pub fn pair_usage(usage: &str) -> PairUsage {
+pub fn pair_usage(usage: KeyUsage) -> PairUsage {
     match usage {
         SIGN_VERIFY => PairUsage::Sign,
         KEY_AGREEMENT => PairUsage::KeyAgreement,
@@ -75,7 +81,10 @@ pub fn pair_usage(usage: &str) -> PairUsage {
 }
 
 /// The key agreement algorithms of a key of `spec`/`usage`.
-pub fn key_agreement_algorithms_of(spec: &str, usage: &str) -> &'static [KeyAgreementAlgorithm] {
+pub fn key_agreement_algorithms_of(
+    spec: KeySpec,
+    usage: KeyUsage,
+) -> &'static [KeyAgreementAlgorithm] {
     match kind(spec) {
         Some(SpecKind::Pair(PairSpec::Ec(_))) if usage == KEY_AGREEMENT => {
             &[KeyAgreementAlgorithm::Ecdh]
@@ -85,7 +94,7 @@ pub fn key_agreement_algorithms_of(spec: &str, usage: &str) -> &'static [KeyAgre
 }
 
 /// The encryption algorithms of a key of `spec`/`usage`.
-pub fn encryption_algorithms_of(spec: &str, usage: &str) -> &'static [EncryptionAlgorithm] {
+pub fn encryption_algorithms_of(spec: KeySpec, usage: KeyUsage) -> &'static [EncryptionAlgorithm] {
     match kind(spec) {
         Some(SpecKind::Symmetric) => &[EncryptionAlgorithm::SymmetricDefault],
         Some(SpecKind::Pair(PairSpec::Rsa(_))) if usage == ENCRYPT_DECRYPT => &[
@@ -97,7 +106,7 @@ pub fn encryption_algorithms_of(spec: &str, usage: &str) -> &'static [Encryption
 }
 
 /// The signing algorithms of a key of `spec`/`usage`.
-pub fn signing_algorithms_of(spec: &str, usage: &str) -> &'static [SigningAlgorithm] {
+pub fn signing_algorithms_of(spec: KeySpec, usage: KeyUsage) -> &'static [SigningAlgorithm] {
     use SigningAlgorithm::*;
     if usage != SIGN_VERIFY {
         return &[];
@@ -126,7 +135,7 @@ fn names<T: Copy>(list: &[T], name: fn(T) -> &'static str) -> Vec<String> {
 }
 
 /// KeyMetadata's KeyAgreementAlgorithms.
-pub fn key_agreement_algorithms(spec: &str, usage: &str) -> Vec<String> {
+pub fn key_agreement_algorithms(spec: KeySpec, usage: KeyUsage) -> Vec<String> {
     names(
         key_agreement_algorithms_of(spec, usage),
         KeyAgreementAlgorithm::as_str,
@@ -134,7 +143,7 @@ pub fn key_agreement_algorithms(spec: &str, usage: &str) -> Vec<String> {
 }
 
 /// KeyMetadata's EncryptionAlgorithms.
-pub fn encryption_algorithms(spec: &str, usage: &str) -> Vec<String> {
+pub fn encryption_algorithms(spec: KeySpec, usage: KeyUsage) -> Vec<String> {
     names(
         encryption_algorithms_of(spec, usage),
         EncryptionAlgorithm::as_str,
@@ -142,12 +151,12 @@ pub fn encryption_algorithms(spec: &str, usage: &str) -> Vec<String> {
 }
 
 /// KeyMetadata's SigningAlgorithms.
-pub fn signing_algorithms(spec: &str, usage: &str) -> Vec<String> {
+pub fn signing_algorithms(spec: KeySpec, usage: KeyUsage) -> Vec<String> {
     names(signing_algorithms_of(spec, usage), SigningAlgorithm::as_str)
 }
 
 /// KeyMetadata's MacAlgorithms.
-pub fn mac_algorithms(spec: &str) -> Vec<String> {
+pub fn mac_algorithms(spec: KeySpec) -> Vec<String> {
     match kind(spec) {
         Some(SpecKind::Hmac(a)) => vec![MacAlgorithm::from(a).as_str().into()],
         _ => Vec::new(),
@@ -157,8 +166,8 @@ pub fn mac_algorithms(spec: &str) -> Vec<String> {
 /// The signature scheme and hash of `algorithm` on a key of `spec`/`usage`:
 /// InvalidKeyUsageException for an algorithm the key cannot use.
 pub fn signing_scheme(
-    spec: &str,
-    usage: &str,
+    spec: KeySpec,
+    usage: KeyUsage,
     algorithm: SigningAlgorithm,
 ) -> Result<(SignScheme, Hash), KmsError> {
     if !signing_algorithms_of(spec, usage).contains(&algorithm) {
@@ -184,7 +193,11 @@ pub fn oaep_max_plaintext(bits: u32, hash: ShaAlg) -> usize {
 }
 
 /// The MAC algorithm of an HMAC key, checking the requested one.
-pub fn mac_algorithm(spec: &str, usage: &str, algorithm: MacAlgorithm) -> Result<MacAlg, KmsError> {
+pub fn mac_algorithm(
+    spec: KeySpec,
+    usage: KeyUsage,
+    algorithm: MacAlgorithm,
+) -> Result<MacAlg, KmsError> {
     match kind(spec) {
         Some(SpecKind::Hmac(a))
             if usage == GENERATE_VERIFY_MAC && MacAlgorithm::from(a) == algorithm =>
@@ -199,7 +212,7 @@ pub fn mac_algorithm(spec: &str, usage: &str, algorithm: MacAlgorithm) -> Result
 
 /// The data key pair specs this build generates.
 pub fn data_key_pair_spec(spec: &str) -> Result<PairSpec, KmsError> {
-    match kind(spec) {
+    match KeySpec::parse(spec).and_then(kind) {
         Some(SpecKind::Pair(p)) => Ok(p),
         _ => {
             let known: Vec<&str> = KeySpec::data_key_pair_specs()
@@ -230,7 +243,7 @@ pub const KEY_GRANT_OPERATIONS: &[GrantOperation] = &[
 /// Grant operations that make sense for a key of `spec`/`usage` (kms-spec 1.5 CreateGrant):
 /// [`KEY_GRANT_OPERATIONS`] and, per kind of key, the cryptographic ones listed here; `None`
 /// for a spec this build does not create (no operation makes sense on it).
-pub fn grant_operations(spec: &str, usage: &str) -> Option<&'static [GrantOperation]> {
+pub fn grant_operations(spec: KeySpec, usage: KeyUsage) -> Option<&'static [GrantOperation]> {
     use GrantOperation::*;
     Some(match kind(spec)? {
         SpecKind::Symmetric => &[
@@ -254,16 +267,20 @@ pub fn grant_operations(spec: &str, usage: &str) -> Option<&'static [GrantOperat
 mod tests {
     use super::*;
 
+    fn spec(name: &str) -> KeySpec {
+        KeySpec::parse(name).unwrap()
+    }
+
     #[test]
     fn grant_operations_follow_the_kind_of_key() {
         use GrantOperation::*;
-        let hmac = grant_operations("HMAC_256", GENERATE_VERIFY_MAC).unwrap();
+        let hmac = grant_operations(spec("HMAC_256"), GENERATE_VERIFY_MAC).unwrap();
         assert!(hmac.contains(&VerifyMac) && !hmac.contains(&GetPublicKey));
-        let agreement = grant_operations("ECC_NIST_P256", KEY_AGREEMENT).unwrap();
+        let agreement = grant_operations(spec("ECC_NIST_P256"), KEY_AGREEMENT).unwrap();
         assert_eq!(agreement, [DeriveSharedSecret, GetPublicKey]);
-        let symmetric = grant_operations("SYMMETRIC_DEFAULT", ENCRYPT_DECRYPT).unwrap();
+        let symmetric = grant_operations(spec("SYMMETRIC_DEFAULT"), ENCRYPT_DECRYPT).unwrap();
         assert!(symmetric.contains(&GenerateDataKeyPair) && !symmetric.contains(&Sign));
-        assert_eq!(grant_operations("SM2", SIGN_VERIFY), None);
+        assert_eq!(grant_operations(spec("SM2"), SIGN_VERIFY), None);
     }
 
     #[test]
@@ -284,20 +301,27 @@ mod tests {
 
     #[test]
     fn catalogue() {
-        assert_eq!(signing_algorithms("RSA_2048", SIGN_VERIFY).len(), 6);
-        assert!(signing_algorithms("RSA_2048", ENCRYPT_DECRYPT).is_empty());
+        assert_eq!(signing_algorithms(spec("RSA_2048"), SIGN_VERIFY).len(), 6);
+        assert!(signing_algorithms(spec("RSA_2048"), ENCRYPT_DECRYPT).is_empty());
         assert_eq!(
-            signing_algorithms("ECC_SECG_P256K1", SIGN_VERIFY),
+            signing_algorithms(spec("ECC_SECG_P256K1"), SIGN_VERIFY),
             vec!["ECDSA_SHA_256"]
         );
-        assert_eq!(encryption_algorithms("RSA_4096", ENCRYPT_DECRYPT).len(), 2);
-        assert_eq!(mac_algorithms("HMAC_384"), vec!["HMAC_SHA_384"]);
+        assert_eq!(
+            encryption_algorithms(spec("RSA_4096"), ENCRYPT_DECRYPT).len(),
+            2
+        );
+        assert_eq!(mac_algorithms(spec("HMAC_384")), vec!["HMAC_SHA_384"]);
         assert_eq!(oaep_max_plaintext(2048, ShaAlg::Sha1), 214);
         assert_eq!(oaep_max_plaintext(2048, ShaAlg::Sha256), 190);
         assert_eq!(oaep_max_plaintext(3072, ShaAlg::Sha1), 342);
         assert_eq!(oaep_max_plaintext(4096, ShaAlg::Sha256), 446);
         assert!(matches!(
-            signing_scheme("ECC_NIST_P256", SIGN_VERIFY, SigningAlgorithm::EcdsaSha384),
+            signing_scheme(
+                spec("ECC_NIST_P256"),
+                SIGN_VERIFY,
+                SigningAlgorithm::EcdsaSha384
+            ),
             Err(KmsError::InvalidKeyUsage(_))
         ));
         use SigningAlgorithm::{EcdsaSha512, Ed25519Sha512, RsassaPkcs1V15Sha512, RsassaPssSha384};
@@ -309,15 +333,25 @@ mod tests {
             ("ECC_NIST_EDWARDS25519", Ed25519Sha512, SignScheme::Ed25519, Hash::Sha512),
         ];
         for (spec, algorithm, scheme, hash) in schemes {
-            let got = signing_scheme(spec, SIGN_VERIFY, algorithm).unwrap();
+            let got = signing_scheme(super::KeySpec::parse(spec).unwrap(), SIGN_VERIFY, algorithm)
+                .unwrap();
             assert_eq!(got, (scheme, hash), "{spec} {algorithm}");
         }
         assert!(matches!(
-            mac_algorithm("HMAC_256", GENERATE_VERIFY_MAC, MacAlgorithm::HmacSha512),
+            mac_algorithm(
+                spec("HMAC_256"),
+                GENERATE_VERIFY_MAC,
+                MacAlgorithm::HmacSha512
+            ),
             Err(KmsError::InvalidKeyUsage(_))
         ));
         assert_eq!(
-            mac_algorithm("HMAC_256", GENERATE_VERIFY_MAC, MacAlgorithm::HmacSha256).unwrap(),
+            mac_algorithm(
+                spec("HMAC_256"),
+                GENERATE_VERIFY_MAC,
+                MacAlgorithm::HmacSha256
+            )
+            .unwrap(),
             MacAlg::Sha256
         );
     }

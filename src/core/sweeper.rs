@@ -83,7 +83,7 @@ impl Kms {
 
     async fn destroy_key_now(&self, key: &CachedKey, now: i64) -> Result<(), KmsError> {
         let key_id = &key.record.key_id;
-        let pair = super::specs::is_pair(&key.record.key_spec);
+        let pair = super::specs::is_pair(key.record.key_spec);
         // Import wrapping keys first (their token rows go with the key), then every
         // version of the key material.
         self.destroy_wrapping_keys_of(key_id).await?;

@@ -207,6 +207,57 @@ wire_enum!(
     }
 );
 
+wire_enum!(
+    /// A key's KeySpec (also read from the deprecated CustomerMasterKeySpec).
+    KeySpec {
+        Rsa2048 = "RSA_2048",
+        Rsa3072 = "RSA_3072",
+        Rsa4096 = "RSA_4096",
+        EccNistP256 = "ECC_NIST_P256",
+        EccNistP384 = "ECC_NIST_P384",
+        EccNistP521 = "ECC_NIST_P521",
+        EccSecgP256k1 = "ECC_SECG_P256K1",
+        /// AES-256-GCM, the default.
+        SymmetricDefault = "SYMMETRIC_DEFAULT",
+        Hmac224 = "HMAC_224",
+        Hmac256 = "HMAC_256",
+        Hmac384 = "HMAC_384",
+        Hmac512 = "HMAC_512",
+        Sm2 = "SM2",
+        MlDsa44 = "ML_DSA_44",
+        MlDsa65 = "ML_DSA_65",
+        MlDsa87 = "ML_DSA_87",
+        EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
+        MlKem512 = "ML_KEM_512",
+        MlKem768 = "ML_KEM_768",
+        MlKem1024 = "ML_KEM_1024",
+    }
+);
+
+wire_enum!(
+    /// A key's KeyUsage.
+    KeyUsage {
+        SignVerify = "SIGN_VERIFY",
+        /// Symmetric keys, RSA encryption keys; the default.
+        EncryptDecrypt = "ENCRYPT_DECRYPT",
+        GenerateVerifyMac = "GENERATE_VERIFY_MAC",
+        KeyAgreement = "KEY_AGREEMENT",
+        EncapsulateDecapsulate = "ENCAPSULATE_DECAPSULATE",
+    }
+);
+
+wire_enum!(
+    /// Where a key's material comes from.
+    Origin {
+        /// Generated inside the HSM; the default.
+        AwsKms = "AWS_KMS",
+        /// Imported by the caller (BYOK).
+        External = "EXTERNAL",
+        AwsCloudhsm = "AWS_CLOUDHSM",
+        ExternalKeyStore = "EXTERNAL_KEY_STORE",
+    }
+);
+
 /// One KMS key's metadata row. Key ids are lowercase UUID strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -215,11 +266,11 @@ pub struct KeyRecord {
     pub account: String,
     pub description: String,
     /// `SYMMETRIC_DEFAULT`, `RSA_2048`, ...
-    pub key_spec: String,
+    pub key_spec: KeySpec,
     /// `ENCRYPT_DECRYPT`, `SIGN_VERIFY`, ...
-    pub key_usage: String,
-    /// `AWS_KMS` or `EXTERNAL`.
-    pub origin: String,
+    pub key_usage: KeyUsage,
+    /// `AWS_KMS`, `EXTERNAL`, `EXTERNAL_KEY_STORE`.
+    pub origin: Origin,
     pub state: KeyState,
     /// Unix milliseconds.
     pub created_at_ms: i64,
@@ -375,7 +426,7 @@ pub struct KeyBundle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyShape {
     pub key_id: String,
-    pub key_spec: String,
+    pub key_spec: KeySpec,
     pub state: KeyState,
     /// Unix milliseconds.
     pub created_at_ms: i64,
@@ -400,7 +451,7 @@ impl From<&KeyBundle> for KeyShape {
     fn from(b: &KeyBundle) -> Self {
         KeyShape {
             key_id: b.key.key_id.clone(),
-            key_spec: b.key.key_spec.clone(),
+            key_spec: b.key.key_spec,
             state: b.key.state,
             created_at_ms: b.key.created_at_ms,
             current_version: b.key.current_version,
