@@ -583,14 +583,13 @@ async fn load_page(
     tx: &mut Transaction<'static, Any>,
     after: &str,
 ) -> Result<Vec<KeyBundle>, StoreError> {
-    let key_rows = sqlx::query(&format!(
-        "SELECT {KEY_COLUMNS} FROM keys WHERE key_id > $1 ORDER BY key_id LIMIT $2"
-    ))
-    .bind(after)
-    .bind(LOAD_PAGE)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
+    let [keys_sql, versions_sql, tags_sql] = page_queries();
+    let key_rows = sqlx::query(&keys_sql)
+        .bind(after)
+        .bind(LOAD_PAGE)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?;
     let keys: Vec<KeyRecord> = key_rows
         .iter()
         .map(key_from_row)
@@ -599,20 +598,17 @@ async fn load_page(
     let Some(last) = keys.last().map(|k| k.key_id.clone()) else {
         return Ok(Vec::new());
     };
-    let version_rows = sqlx::query(&format!(
-        "SELECT {VERSION_COLUMNS} FROM key_versions \
-         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version"
-    ))
-    .bind(after)
-    .bind(&last)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
+    let version_rows = sqlx::query(&versions_sql)
+        .bind(after)
+        .bind(&last)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?;
     let versions = version_rows
         .iter()
         .map(version_from_row)
         .collect::<Result<_, _>>()?;
-    let tag_rows = sqlx::query(TAGS_OF_RANGE)
+    let tag_rows = sqlx::query(&tags_sql)
         .bind(after)
         .bind(&last)
         .fetch_all(&mut **tx)
@@ -625,9 +621,21 @@ async fn load_page(
     Ok(assemble(keys, versions, tags))
 }
 
-/// The tags of the keys in a key-id range (`> $1`, `<= $2`), sorted.
-const TAGS_OF_RANGE: &str = "SELECT key_id, tag_key, tag_value FROM tags \
-     WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, tag_key";
+/// The three queries of a page of the full load, in order: the keys after `$1` (at most
+/// `$2`), then the versions and the tags of the key-id range `> $1`, `<= $2`, each sorted.
+/// Both readers run them: sqlx's ([`load_page`]) and SQLite's bulk reader ([`bulk`]).
+fn page_queries() -> [String; 3] {
+    [
+        format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id > $1 ORDER BY key_id LIMIT $2"),
+        format!(
+            "SELECT {VERSION_COLUMNS} FROM key_versions \
+             WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version"
+        ),
+        "SELECT key_id, tag_key, tag_value FROM tags \
+         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, tag_key"
+            .to_owned(),
+    ]
+}
 
 /// One page's bundles from its key rows and the version and tag rows of the same key-id range
 /// (each sorted). Rows without a key row cannot exist while foreign keys are enforced; they

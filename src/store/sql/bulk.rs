@@ -19,8 +19,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Statement};
 
 use super::{
-    assemble, drain, key_from_row, tag_from_row, version_from_row, ColumnValue, Columns,
-    KEY_COLUMNS, LOAD_PAGE, TAGS_OF_RANGE, VERSION_COLUMNS,
+    assemble, drain, key_from_row, page_queries, tag_from_row, version_from_row, ColumnValue,
+    Columns, LOAD_PAGE,
 };
 use crate::store::{KeyBundle, StoreError};
 
@@ -79,7 +79,7 @@ pub(super) async fn load_pages(
     drain(next, reader, each).await
 }
 
-/// The three statements of a page ([`super::load_page`]'s queries).
+/// The three statements of a page ([`page_queries`]).
 struct PageStatements<'c> {
     keys: Statement<'c>,
     versions: Statement<'c>,
@@ -96,15 +96,11 @@ fn read_pages(file: &Path, send: &mut dyn FnMut(Vec<KeyBundle>) -> bool) -> Resu
     // Dropped at the end, which rolls the (read-only) transaction back.
     let tx = conn.transaction().map_err(sqlite_err)?;
     let prepare = |sql: &str| tx.prepare(sql).map_err(sqlite_err);
+    let [keys, versions, tags] = page_queries();
     let mut statements = PageStatements {
-        keys: prepare(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE key_id > $1 ORDER BY key_id LIMIT $2"
-        ))?,
-        versions: prepare(&format!(
-            "SELECT {VERSION_COLUMNS} FROM key_versions \
-             WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version"
-        ))?,
-        tags: prepare(TAGS_OF_RANGE)?,
+        keys: prepare(&keys)?,
+        versions: prepare(&versions)?,
+        tags: prepare(&tags)?,
     };
     let mut after = String::new();
     loop {
