@@ -1035,14 +1035,20 @@ async fn inline_dispatch_keeps_the_retry_and_the_watchdog() {
     // A stalled C_Decrypt on the inline session.
     idle().await;
     let before = stats(&server);
-    f.delay("C_Decrypt", 2000);
-    let slow = {
+    // 3 s: the watchdog (a 125 ms tick) must see the call past its 500 ms limit, and the five
+    // Encrypts below must finish, while it is still stalled, on a loaded CI machine too.
+    f.delay("C_Decrypt", 3000);
+    let mut slow = {
         let mut c = c.clone();
         tokio::spawn(async move { decrypt(&mut c, &blob).await })
     };
     let mut polls = 0;
     while stats(&server).stuck_workers == 0 {
         polls += 1;
+        if slow.is_finished() {
+            let done = (&mut slow).await;
+            panic!("the Decrypt returned before the watchdog abandoned it: {done:?}");
+        }
         assert!(polls < 300, "the stalled inline call was never abandoned");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
