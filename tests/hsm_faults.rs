@@ -1042,12 +1042,14 @@ async fn inline_dispatch_keeps_the_retry_and_the_watchdog() {
         let mut c = c.clone();
         tokio::spawn(async move { decrypt(&mut c, &blob).await })
     };
+    // Wait on the replacement count, which only grows: `stuck_workers` falls back to 0 when
+    // the call returns, so a poll that sleeps past the stall would miss it.
     let mut polls = 0;
-    while stats(&server).stuck_workers == 0 {
+    while stats(&server).workers_replaced == before.workers_replaced {
         polls += 1;
         if slow.is_finished() {
             let done = (&mut slow).await;
-            panic!("the Decrypt returned before the watchdog abandoned it: {done:?}");
+            panic!("the Decrypt returned and was never abandoned: {done:?}");
         }
         assert!(polls < 300, "the stalled inline call was never abandoned");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1059,6 +1061,10 @@ async fn inline_dispatch_keeps_the_retry_and_the_watchdog() {
         "the Decrypt ran inline"
     );
     assert_eq!(stuck.workers_replaced, before.workers_replaced + 1);
+    assert_eq!(
+        stuck.stuck_workers, 1,
+        "the abandoned call counts as stuck until it returns"
+    );
     for i in 0..5 {
         encrypt(&mut c, &key, PLAINTEXT)
             .await
