@@ -735,8 +735,8 @@ async fn drain<T>(
     }
 }
 
-/// [`load_paged`]'s reader: sends every page in key-id order, and stops early (rolling the
-/// read transaction back) when the receiver is gone.
+/// [`load_paged`]'s reader: sends every page in key-id order, and stops early when the
+/// receiver is gone (the read transaction ends either way).
 async fn read_pages<T: Paged>(
     pool: AnyPool,
     pages: tokio::sync::mpsc::Sender<Vec<T>>,
