@@ -35,10 +35,58 @@ pub(crate) fn find_part(
         Attribute::Token(true),
         Attribute::Id(id.0.to_vec()),
     ];
-    let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
-    at_most_one(ctx, &found, |n| {
+    find_unique(ctx, &search, |n| {
         format!("{n} {part:?} objects share the CKA_ID of {id}")
     })
+}
+
+/// Pauses before the objects a search found several of are looked at again (see
+/// [`find_unique`]).
+const CLASH_PAUSES_MS: [u64; 3] = [1, 2, 4];
+
+/// The one object `search` finds, `None` for none; an error (detail from `clash`) when
+/// several match what should be unique.
+///
+/// When several are found, each is asked again after a short pause, up to three times,
+/// whether it is still a token object, before the clash is believed: SoftHSM2's
+/// `C_CopyObject` puts the copy in the session store with every attribute of the original,
+/// `CKA_TOKEN` included, before it applies the copy's template, so a search in another
+/// thread can see a token object twice for an instant (a worker copying a key into its
+/// session while another looks the key up). The copy it saw is then a session object, or
+/// gone.
+pub(crate) fn find_unique(
+    ctx: &mut WorkerCtx,
+    search: &[Attribute],
+    clash: impl FnOnce(usize) -> String,
+) -> Result<Option<ObjectHandle>, HsmError> {
+    let mut found = ctx.call(Call::FindObjects, |s| s.find_objects(search))?;
+    for pause in CLASH_PAUSES_MS {
+        if found.len() < 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+        found = still_token_objects(ctx, &found)?;
+    }
+    at_most_one(ctx, &found, clash)
+}
+
+/// Those of `handles` that are still token objects (a destroyed one is left out).
+fn still_token_objects(
+    ctx: &mut WorkerCtx,
+    handles: &[ObjectHandle],
+) -> Result<Vec<ObjectHandle>, HsmError> {
+    let mut kept = Vec::with_capacity(handles.len());
+    for &h in handles {
+        match ctx.call(Call::GetAttributeValue, |s| {
+            s.get_attributes(h, &[AttributeType::Token])
+        }) {
+            Ok(a) if a.contains(&Attribute::Token(true)) => kept.push(h),
+            Ok(_) => {}
+            Err(e) if e.rv_is("CKR_OBJECT_HANDLE_INVALID") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(kept)
 }
 
 /// The one handle a search found, `None` for none; an error (detail from `clash`, given how

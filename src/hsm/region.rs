@@ -141,8 +141,7 @@ pub(super) fn find(
     ctx: &mut WorkerCtx,
     search: &[Attribute],
 ) -> Result<Option<ObjectHandle>, HsmError> {
-    let found = ctx.call(Call::FindObjects, |s| s.find_objects(search))?;
-    super::ops::at_most_one(ctx, &found, |n| format!("{n} objects share a region label"))
+    super::ops::find_unique(ctx, search, |n| format!("{n} objects share a region label"))
 }
 
 pub(super) fn transport_half(class: ObjectClass) -> [Attribute; 3] {

@@ -642,6 +642,53 @@ async fn session_copies_serve_the_same_key_and_go_with_it() {
     assert_eq!(e.kind, HsmErrorKind::ObjectNotFound, "{e}");
 }
 
+/// SoftHSM2's `C_CopyObject` shows a token object twice for an instant (the copy carries
+/// the original's `CKA_TOKEN` until its template is applied): lookups by `CKA_ID` made
+/// while another thread of the process copies the key still find it once, never a clash.
+#[tokio::test]
+async fn lookups_while_the_key_is_copied_find_it_once() {
+    use cryptoki::object::Attribute;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const LOOKUPS: usize = 3000;
+    let hsm = open(&env().a);
+    let id = new_id();
+    hsm.generate_aes_key(id).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let copier = {
+        let done = done.clone();
+        let c = call::Counters::default();
+        let pkcs11 = module::module(std::path::Path::new(MODULE), &env().a, &c)
+            .unwrap()
+            .pkcs11;
+        let slot = module::find_token(&pkcs11, &env().a, &c).unwrap();
+        let s = pkcs11.open_rw_session(slot).unwrap();
+        let h = s.find_objects(&[Attribute::Token(true), Attribute::Id(id.0.to_vec())]);
+        let h = h.unwrap()[0];
+        std::thread::spawn(move || {
+            let mut copies = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                let copy = s.copy_object(h, &[Attribute::Token(false)]).unwrap();
+                s.destroy_object(copy).unwrap();
+                copies += 1;
+            }
+            copies
+        })
+    };
+    let found = hsm
+        .submit(LockClass::Shared, "test_lookups", move |ctx| {
+            let mut found = 0;
+            for _ in 0..LOOKUPS {
+                found += usize::from(ops::find_part(ctx, &id, objects::Part::Secret)?.is_some());
+            }
+            Ok(found)
+        })
+        .await;
+    done.store(true, Ordering::SeqCst);
+    let copies = copier.join().unwrap();
+    assert!(copies > 0, "the copier ran");
+    assert_eq!(found.unwrap(), LOOKUPS, "every lookup found the key once");
+}
+
 #[tokio::test]
 async fn a_key_the_device_will_not_copy_is_used_from_the_token() {
     let hsm = open(&env().a);

@@ -355,9 +355,8 @@ fn find_wrapping_key(ctx: &mut WorkerCtx, id: &WrappingKeyId) -> Result<ObjectHa
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::Id(id.cka_id()),
     ];
-    let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
     let clash = |n| format!("{n} objects share the CKA_ID of {}", id.label());
-    super::ops::at_most_one(ctx, &found, clash)?.ok_or_else(|| {
+    super::ops::find_unique(ctx, &search, clash)?.ok_or_else(|| {
         HsmError::not_found(
             ctx.token(),
             format!("no import wrapping key {}", id.label()),

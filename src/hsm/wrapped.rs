@@ -742,8 +742,7 @@ pub(crate) fn find_one(
         Attribute::Token(true),
         Attribute::Id(id.to_vec()),
     ];
-    let found = ctx.call(Call::FindObjects, |s| s.find_objects(&search))?;
-    super::ops::at_most_one(ctx, &found, |n| {
+    super::ops::find_unique(ctx, &search, |n| {
         format!("{n} objects share a master CKA_ID")
     })
 }
