@@ -259,7 +259,7 @@ fn a_session_issued_by_a_works_on_b_at_once(pg: &mut PgServer) -> CaseFuture<'_>
                 "AssumeRole",
             ))
             .await
-            .expect("bob assumes Engineering on A")
+            .unwrap_or_else(|e| panic!("bob assumes Engineering on A: {e}\n{}", nodes[0].log()))
             .into_inner();
         let c = out.credentials.expect("credentials");
         let creds = |token: &str| p11kms::client::AccessKeyCredentials {

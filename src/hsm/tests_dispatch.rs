@@ -140,7 +140,9 @@ async fn a_stuck_inline_call_is_abandoned_and_its_session_replaced() {
         .unwrap();
     assert!(!stuck_on.starts_with("hsm-worker-"), "{stuck_on}");
 
-    wait_for(|| hsm.stats().stuck_workers == 1).await;
+    // workers_replaced only grows: a poll that wakes late cannot miss it, as it could miss
+    // stuck_workers, which falls back to 0 when the call returns.
+    wait_for(|| hsm.stats().workers_replaced == 1).await;
     assert_eq!(hsm.random(16).await.unwrap().len(), 16);
     assert!(
         !released.load(Ordering::SeqCst),
