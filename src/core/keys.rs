@@ -402,7 +402,7 @@ impl Drop for Creation<'_> {
 
 impl Kms {
     /// KeyMetadata for a cached key.
-    pub fn key_metadata(&self, key: &CachedKey) -> Result<KeyMetadata, KmsError> {
+    pub fn key_metadata(&self, key: &CachedKey) -> KeyMetadata {
         let r = &key.record;
         let mut m = KeyMetadata {
             aws_account_id: r.account.clone(),
@@ -447,7 +447,7 @@ impl Kms {
             m.valid_to_ms = l.valid_to_ms;
             m.expiration_model = l.expiration_model;
         }
-        Ok(m)
+        m
     }
 
     /// CreateKey: a new CMK (symmetric, key pair or HMAC) generated inside the HSM, created in
@@ -520,7 +520,7 @@ impl Kms {
             cached
         };
         Ok(CreateKeyResponse {
-            key_metadata: self.key_metadata(&cached)?,
+            key_metadata: self.key_metadata(&cached),
         })
     }
 
@@ -778,7 +778,7 @@ impl Kms {
             .await?;
         self.authorize_key(caller, "kms:DescribeKey", &resolved, None)?;
         Ok(DescribeKeyResponse {
-            key_metadata: self.key_metadata(&resolved.key)?,
+            key_metadata: self.key_metadata(&resolved.key),
         })
     }
 

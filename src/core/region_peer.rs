@@ -131,7 +131,7 @@ impl Kms {
         self.cache_write().deleted.remove(&uuid);
         tracing::info!(key_id = %req.key_id, source = %req.source_region, "replica key created");
         Ok(AcceptReplicaResponse {
-            key_metadata: self.key_metadata(&cached)?,
+            key_metadata: self.key_metadata(&cached),
             policy: cached.record.policy.to_string(),
             tags: req.tags,
         })

@@ -584,12 +584,7 @@ async fn load_page(
     after: &str,
 ) -> Result<Vec<KeyBundle>, StoreError> {
     let [keys_sql, versions_sql, tags_sql] = page_queries();
-    let key_rows = sqlx::query(&keys_sql)
-        .bind(after)
-        .bind(LOAD_PAGE)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?;
+    let key_rows = page_rows(tx, &keys_sql, after).await?;
     let keys: Vec<KeyRecord> = key_rows
         .iter()
         .map(key_from_row)
@@ -598,27 +593,40 @@ async fn load_page(
     let Some(last) = keys.last().map(|k| k.key_id.clone()) else {
         return Ok(Vec::new());
     };
-    let version_rows = sqlx::query(&versions_sql)
-        .bind(after)
-        .bind(&last)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?;
+    let version_rows = range_rows(tx, &versions_sql, after, &last).await?;
     let versions = version_rows
         .iter()
         .map(version_from_row)
         .collect::<Result<_, _>>()?;
-    let tag_rows = sqlx::query(&tags_sql)
-        .bind(after)
-        .bind(&last)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?;
+    let tag_rows = range_rows(tx, &tags_sql, after, &last).await?;
     let tags = tag_rows
         .iter()
         .map(tag_from_row)
         .collect::<Result<_, _>>()?;
     Ok(assemble(keys, versions, tags))
+}
+
+/// The rows of a page's key query `sql`: the keys after `after` (`$1`), at most
+/// [`LOAD_PAGE`] (`$2`).
+async fn page_rows(
+    tx: &mut Transaction<'static, Any>,
+    sql: &str,
+    after: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    let q = sqlx::query(sql).bind(after).bind(LOAD_PAGE);
+    q.fetch_all(&mut **tx).await.map_err(db_err)
+}
+
+/// The rows of a page's range query `sql`: key ids after `after` (`$1`), up to and including
+/// `last` (`$2`).
+async fn range_rows(
+    tx: &mut Transaction<'static, Any>,
+    sql: &str,
+    after: &str,
+    last: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    let q = sqlx::query(sql).bind(after).bind(last);
+    q.fetch_all(&mut **tx).await.map_err(db_err)
 }
 
 /// The three queries of a page of the full load, in order: the keys after `$1` (at most
@@ -761,15 +769,10 @@ async fn load_shape_page(
     tx: &mut Transaction<'static, Any>,
     after: &str,
 ) -> Result<Vec<KeyShape>, StoreError> {
-    let key_rows = sqlx::query(
-        "SELECT key_id, key_spec, state, created_at_ms, current_version, custom_key_store_id, \
-         xks_key_id FROM keys WHERE key_id > $1 ORDER BY key_id LIMIT $2",
-    )
-    .bind(after)
-    .bind(LOAD_PAGE)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
+    let keys_sql = "SELECT key_id, key_spec, state, created_at_ms, current_version, \
+                    custom_key_store_id, xks_key_id FROM keys \
+                    WHERE key_id > $1 ORDER BY key_id LIMIT $2";
+    let key_rows = page_rows(tx, keys_sql, after).await?;
     let mut shapes = Vec::with_capacity(key_rows.len());
     let mut index = HashMap::with_capacity(key_rows.len());
     for row in &key_rows {
@@ -789,15 +792,9 @@ async fn load_shape_page(
     let Some(last) = shapes.last().map(|k| k.key_id.clone()) else {
         return Ok(shapes);
     };
-    let version_rows = sqlx::query(
-        "SELECT key_id, version, created_at_ms, wrap_master FROM key_versions \
-         WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version",
-    )
-    .bind(after)
-    .bind(&last)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
+    let versions_sql = "SELECT key_id, version, created_at_ms, wrap_master FROM key_versions \
+                        WHERE key_id > $1 AND key_id <= $2 ORDER BY key_id, version";
+    let version_rows = range_rows(tx, versions_sql, after, &last).await?;
     for row in &version_rows {
         let key_id: String = row.try_get("key_id").map_err(db_err)?;
         let Some(&i) = index.get(&key_id) else {
