@@ -77,13 +77,13 @@ fn still_token_objects(
 ) -> Result<Vec<ObjectHandle>, HsmError> {
     let mut kept = Vec::with_capacity(handles.len());
     for &h in handles {
-        match ctx.call(Call::GetAttributeValue, |s| {
+        match ctx.call_raw(Call::GetAttributeValue, |s| {
             s.get_attributes(h, &[AttributeType::Token])
         }) {
             Ok(a) if a.contains(&Attribute::Token(true)) => kept.push(h),
             Ok(_) => {}
-            Err(e) if e.rv_is("CKR_OBJECT_HANDLE_INVALID") => {}
-            Err(e) => return Err(e),
+            Err(e) if is_handle_invalid(&e) => {}
+            Err(e) => return Err(ctx.fail(Call::GetAttributeValue, &e)),
         }
     }
     Ok(kept)
