@@ -447,9 +447,9 @@ struct Cli {
     /// With --wrapped: `hsm.wrapped_cache` (unwrapped keys per worker; 0 unwraps every use).
     #[arg(long, requires = "wrapped")]
     wrapped_cache: Option<usize>,
-    /// gRPC door: make this many symmetric keys (CreateKey, --seed-concurrency) before the
-    /// crypto suite, and send each Encrypt of the encrypt case to one of them drawn uniformly
-    /// at random. With --wrapped, the encrypt case's raw baseline is then the cache miss
+    /// gRPC or AWS door: make this many symmetric keys (CreateKey over gRPC,
+    /// --seed-concurrency) before the crypto suite, and send each Encrypt of the encrypt case
+    /// to one of them drawn uniformly at random. With --wrapped, the encrypt case's raw baseline is then the cache miss
     /// (tag check + unwrap + encrypt + destroy on the device).
     #[arg(long, default_value_t = 0)]
     spread_keys: usize,
@@ -1783,6 +1783,15 @@ impl Load {
                         .map_err(|s| reason(&s))
                 })
             }
+            (Load::Aws(pool), Some(_)) if fixture.spread.is_some() => {
+                let keys = fixture.spread.as_deref().map_or(&[][..], Vec::as_slice);
+                let payload = fixture.plaintext.len();
+                let mut conn = pool.worker(i).await;
+                closed_loop!(deadline, async {
+                    let call = aws::encrypt_call(pick_key(keys), payload);
+                    pool.call(&mut conn, &call).await
+                })
+            }
             (Load::Aws(pool), Some(call)) => {
                 let mut conn = pool.worker(i).await;
                 closed_loop!(deadline, pool.call(&mut conn, call))
@@ -2007,17 +2016,23 @@ impl Bench<'_> {
                 self.rt.block_on(xks::call_of(pool, case, payload))
             }
         };
-        Some(call.map(|call| Fixture {
-            op,
-            signing: self.cli.signing,
-            key_id: self.key_id.clone(),
-            store: self.store_of(op).map(str::to_owned),
-            plaintext: Vec::new(),
-            ciphertext: Vec::new(),
-            signature: Vec::new(),
-            data_key_len: 0,
-            http: Some(call),
-            spread: None,
+        Some(call.map(|call| {
+            Fixture {
+                op,
+                signing: self.cli.signing,
+                key_id: self.key_id.clone(),
+                store: self.store_of(op).map(str::to_owned),
+                // The spread's Encrypts are made per request, of this plaintext's length.
+                plaintext: vec![0x5au8; payload],
+                ciphertext: Vec::new(),
+                signature: Vec::new(),
+                data_key_len: 0,
+                http: Some(call),
+                spread: self
+                    .spread
+                    .clone()
+                    .filter(|_| op == Op::Encrypt && matches!(load, Load::Aws(_))),
+            }
         }))
     }
 
@@ -2795,9 +2810,8 @@ fn seed_keys(
 }
 
 /// `--spread-keys`: makes that many symmetric keys and answers their ids.
-fn spread_keys(bench: &Bench<'_>) -> Result<Vec<String>, String> {
+fn spread_keys(bench: &Bench<'_>, conn: &Conn) -> Result<Vec<String>, String> {
     let cli = bench.cli;
-    let conn = bench.load.grpc()?;
     let timeout = Duration::from_secs(cli.seed_timeout);
     let (made, errors, took) = seed_keys(
         bench.rt,
@@ -3126,6 +3140,9 @@ fn concurrency_levels(cli: &Cli) -> Vec<usize> {
 /// and the load's authentication.
 struct Loaded {
     load: Load,
+    /// The own daemon's gRPC connection (fixtures and `--spread-keys` make keys through it
+    /// whatever the door); none with an external XKS proxy.
+    grpc: Option<Conn>,
     key_id: String,
     store_id: Option<String>,
     auth: &'static str,
@@ -3170,6 +3187,7 @@ fn open_load(
     };
     Ok(Loaded {
         load,
+        grpc: Some(conn),
         key_id,
         store_id,
         auth,
@@ -3277,6 +3295,7 @@ fn open_external_xks(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Loaded, 
     };
     Ok(Loaded {
         load: open_remote_xks(cli, rt, ep)?,
+        grpc: None,
         key_id: key_id.clone(),
         store_id: None,
         auth: "sigv4",
@@ -3285,8 +3304,8 @@ fn open_external_xks(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<Loaded, 
 
 /// The options that go with one door only: an error naming the first misplaced one.
 fn check_door_options(cli: &Cli) -> Result<(), String> {
-    if cli.spread_keys > 0 && cli.door != Door::Grpc {
-        return Err("--spread-keys needs the gRPC door".into());
+    if cli.spread_keys > 0 && cli.door == Door::Xks {
+        return Err("--spread-keys needs the gRPC or the AWS door".into());
     }
     if cli.door != Door::Xks && cli.xks_endpoint.is_some() {
         return Err("--xks-endpoint needs --door xks".into());
@@ -3380,7 +3399,11 @@ fn run(cli: Cli) -> Result<bool, String> {
         spread: None,
     };
     if cli.spread_keys > 0 && cli.suite.contains(&Suite::Crypto) {
-        bench.spread = Some(Arc::new(spread_keys(&bench)?));
+        let conn = loaded
+            .grpc
+            .as_ref()
+            .ok_or("--spread-keys needs the own daemon")?;
+        bench.spread = Some(Arc::new(spread_keys(&bench, conn)?));
     }
 
     if cli.suite.contains(&Suite::Crypto) {

@@ -144,6 +144,14 @@ pub fn serves(op: Op) -> bool {
 /// The request of case `op` under `key_id` with a `payload`-byte plaintext (data keys:
 /// `data_key_len` bytes); for decrypt and re-encrypt, of the ciphertext of one Encrypt made
 /// first.
+/// Encrypt of `payload` bytes under `key_id`.
+pub fn encrypt_call(key_id: &str, payload: usize) -> Call {
+    kms_call(
+        "Encrypt",
+        &json!({"KeyId": key_id, "Plaintext": B64.encode(vec![0x5au8; payload])}),
+    )
+}
+
 pub async fn call_of(
     pool: &Pool,
     op: Op,
@@ -151,10 +159,7 @@ pub async fn call_of(
     payload: usize,
     data_key_len: usize,
 ) -> Result<Call, String> {
-    let encrypt = kms_call(
-        "Encrypt",
-        &json!({"KeyId": key_id, "Plaintext": B64.encode(vec![0x5au8; payload])}),
-    );
+    let encrypt = encrypt_call(key_id, payload);
     let data_key = json!({"KeyId": key_id, "NumberOfBytes": data_key_len});
     match op {
         Op::CallerIdentity => return Ok(caller_identity_call()),
