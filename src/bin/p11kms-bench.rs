@@ -449,8 +449,8 @@ struct Cli {
     wrapped_cache: Option<usize>,
     /// gRPC or AWS door: make this many symmetric keys (CreateKey over gRPC,
     /// --seed-concurrency) before the crypto suite, and send each Encrypt of the encrypt case
-    /// to one of them drawn uniformly at random. With --wrapped, the encrypt case's raw baseline is then the cache miss
-    /// (tag check + unwrap + encrypt + destroy on the device).
+    /// to one of them drawn uniformly at random. With --wrapped, the encrypt case's raw
+    /// baseline is then the cache miss (tag check + unwrap + encrypt + destroy on the device).
     #[arg(long, default_value_t = 0)]
     spread_keys: usize,
     /// Key kind of the sign and verify cases (MessageType RAW): ECDSA_SHA_256 on ECC_NIST_P256,

@@ -141,9 +141,6 @@ pub fn serves(op: Op) -> bool {
     )
 }
 
-/// The request of case `op` under `key_id` with a `payload`-byte plaintext (data keys:
-/// `data_key_len` bytes); for decrypt and re-encrypt, of the ciphertext of one Encrypt made
-/// first.
 /// Encrypt of `payload` bytes under `key_id`.
 pub fn encrypt_call(key_id: &str, payload: usize) -> Call {
     kms_call(
@@ -152,6 +149,9 @@ pub fn encrypt_call(key_id: &str, payload: usize) -> Call {
     )
 }
 
+/// The request of case `op` under `key_id` with a `payload`-byte plaintext (data keys:
+/// `data_key_len` bytes); for decrypt and re-encrypt, of the ciphertext of one Encrypt made
+/// first.
 pub async fn call_of(
     pool: &Pool,
     op: Op,
