@@ -1224,3 +1224,42 @@ fn segment_names_carry_the_node() {
         assert_eq!(parse_segment_name(bad), None, "{bad}");
     }
 }
+
+// ---------------------------------------------------------------- the segment identity check
+
+/// The writer checks its segment's identity before every batch, and that check must not read
+/// the file's timestamps. On Linux 6.13 and later (multigrain timestamps) a stat that reads
+/// them makes the file's next write take a fine-grained time, which dirties the inode, and
+/// the group commit's `fdatasync` then writes the inode block as well: one more disk round
+/// trip per sync.
+///
+/// The probe: after a queried file's write (fine-grained time `T`, which also becomes the
+/// kernel's timestamp floor), a write to a second, unqueried file takes the floor, `T`. A
+/// second write to the first file after the identity check keeps `T` unless the check
+/// queried the times (then it takes a later, fine-grained time). A clock tick in between
+/// also moves it, so any of 20 tries may show it. On kernels without multigrain timestamps
+/// every write takes the coarse time, and both kinds of check pass.
+#[test]
+fn the_segment_identity_check_reads_no_timestamps() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (fa, fb) = (
+        std::fs::File::create(&a).unwrap(),
+        std::fs::File::create(&b).unwrap(),
+    );
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let unchanged = (0..20).any(|i| {
+        mtime(&a); // queried: a's next write takes a fine-grained time
+        fa.write_all_at(b"1", i).unwrap();
+        fb.write_all_at(b"1", i).unwrap();
+        let id = super::writer::FileId::at(&a).unwrap();
+        assert_eq!(id, super::writer::FileId::at(&a).unwrap());
+        fa.write_all_at(b"2", i).unwrap();
+        mtime(&a) == mtime(&b)
+    });
+    assert!(
+        unchanged,
+        "a write after the identity check always took a new fine-grained time"
+    );
+}

@@ -58,7 +58,7 @@
 //!   data-only fdatasync on an idle disk.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -66,6 +66,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::{statx, AtFlags, Statx, StatxFlags, CWD};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
@@ -682,8 +683,46 @@ struct Segment {
     records: u64,
     /// Event records in this segment.
     events: u64,
-    /// (device, inode) of the file as opened.
-    id: (u64, u64),
+    /// The file's identity as opened.
+    id: FileId,
+}
+
+/// A file's identity: its device and inode numbers, read with `statx` asking for the
+/// inode number alone.
+///
+/// Asking for no timestamp matters. On Linux 6.13 and later a stat that reads ctime or
+/// mtime makes the file's next write stamp a fine-grained time, which dirties the inode;
+/// the next `fdatasync` then writes the inode block after the data, a second disk round
+/// trip per group commit. The writer checks the identity before every batch, so a full
+/// `stat` there cost every sync that round trip (docs/benchmarks.md, "Group commit: the
+/// identity check no longer writes the inode").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev_major: u32,
+    dev_minor: u32,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file now at `path` (symbolic links followed).
+    pub(crate) fn at(path: &Path) -> std::io::Result<FileId> {
+        let x = statx(CWD, path, AtFlags::empty(), StatxFlags::INO)?;
+        Ok(FileId::from_statx(&x))
+    }
+
+    /// The identity of the open `file`.
+    fn of(file: &File) -> std::io::Result<FileId> {
+        let x = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::INO)?;
+        Ok(FileId::from_statx(&x))
+    }
+
+    fn from_statx(x: &Statx) -> FileId {
+        FileId {
+            dev_major: x.stx_dev_major,
+            dev_minor: x.stx_dev_minor,
+            ino: x.stx_ino,
+        }
+    }
 }
 
 impl Segment {
@@ -1347,9 +1386,9 @@ impl Writer {
     /// still the one at its path).
     fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
         let seg = self.seg.as_mut().ok_or("no open audit segment")?;
-        let on_disk = fs::metadata(&seg.path)
+        let on_disk = FileId::at(&seg.path)
             .map_err(|e| format!("audit segment {}: {e}", seg.path.display()))?;
-        if (on_disk.dev(), on_disk.ino()) != seg.id {
+        if on_disk != seg.id {
             return Err(format!(
                 "audit segment {} was removed or replaced",
                 seg.path.display()
@@ -1487,9 +1526,9 @@ impl Writer {
             .write_all_at(&line, 0)
             .and_then(|()| write_zeros(&file, line.len() as u64, allocated))
             .and_then(|()| file.sync_data())
-            .and_then(|()| file.metadata())
+            .and_then(|()| FileId::of(&file))
             .map_err(|e| format!("writing {}: {e}", path.display()));
-        let meta = match written {
+        let id = match written {
             Ok(m) => m,
             Err(e) => {
                 let _ = fs::remove_file(&path);
@@ -1510,7 +1549,7 @@ impl Writer {
             opened: Instant::now(),
             records: 0,
             events: 0,
-            id: (meta.dev(), meta.ino()),
+            id,
         });
         self.last_segment_name = Some(name.clone());
         self.dirty = false;
