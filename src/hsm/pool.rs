@@ -1,7 +1,8 @@
 //! HSM worker threads, the bounded job queue, deadlines and lock classes (call counters: `call`).
 //!
 //! `workers` threads named `hsm-worker-N` each own one R/W session and take
-//! jobs from one shared bounded queue (`std::sync::mpsc::sync_channel`).
+//! jobs from one shared bounded queue (a `flume` MPMC channel: an arriving job wakes one
+//! idle worker, and the others stay asleep).
 //! - A job submitted with [`Lane::First`] (the audit trail's checkpoint signature, which the
 //!   audit writer waits for with every batch behind it) goes ahead of the queued jobs: the
 //!   next worker to finish a job takes it, and an idle worker is woken for it.
@@ -31,13 +32,13 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cryptoki::error::Error as CkError;
 use cryptoki::session::Session;
+use flume::{Receiver, Sender, TrySendError};
 
 use super::call::Call;
 use super::error::{from_cryptoki, is_session_broken, HsmError};
@@ -301,7 +302,7 @@ impl InlineSessions {
 /// State the pool shares with its watchdog: what it takes to start a worker, and the workers.
 struct Supervisor {
     shared: Arc<Shared>,
-    rx: Arc<Mutex<Receiver<Task>>>,
+    rx: Receiver<Task>,
     /// [`Lane::First`] jobs, taken before the queue's.
     first: Mutex<VecDeque<Job>>,
     queued: Arc<AtomicUsize>,
@@ -495,7 +496,7 @@ fn watchdog(sup: &Arc<Supervisor>) {
 
 /// The worker pool of one `Hsm`.
 pub(crate) struct Pool {
-    tx: RwLock<Option<SyncSender<Task>>>,
+    tx: RwLock<Option<Sender<Task>>>,
     sup: Arc<Supervisor>,
     watchdog: Mutex<Option<JoinHandle<()>>>,
     workers: usize,
@@ -514,10 +515,10 @@ impl Pool {
         stall_limit: Duration,
         inline_sessions: usize,
     ) -> Result<Pool, HsmError> {
-        let (tx, rx) = sync_channel::<Task>(queue_depth);
+        let (tx, rx) = flume::bounded::<Task>(queue_depth);
         let sup = Arc::new(Supervisor {
             shared: Arc::clone(shared),
-            rx: Arc::new(Mutex::new(rx)),
+            rx,
             first: Mutex::new(VecDeque::new()),
             queued: Arc::new(AtomicUsize::new(0)),
             working: AtomicUsize::new(0),
@@ -757,9 +758,7 @@ fn next_job(sup: &Supervisor) -> Option<Job> {
         if let Some(job) = sup.take_first() {
             return Some(job);
         }
-        // Only one worker waits in recv at a time; the others wait for the
-        // lock. Either way the lock is released before the job runs.
-        let next = sup.rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let next = sup.rx.recv();
         match next {
             Ok(Task::Run(job)) => {
                 sup.queued.fetch_sub(1, Ordering::Relaxed);
