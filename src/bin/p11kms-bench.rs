@@ -601,12 +601,34 @@ fn stat_ticks(path: &str) -> Option<u64> {
 }
 
 /// CPU of a process: total, of its `hsm-worker-*` threads (the PKCS#11 calls), and per
-/// thread name (trailing `-N` / digits stripped: `hsm-worker`, `tokio-rt-worker`, ...).
+/// thread name (trailing `-N` / digits stripped: `hsm-worker`, `tokio-rt-worker`, ...),
+/// with each thread name's context switches.
 #[derive(Clone, Debug, Default)]
 struct ProcCpu {
     total: u64,
     hsm: u64,
     by_thread: BTreeMap<String, u64>,
+    switches: BTreeMap<String, Switches>,
+}
+
+/// Context switches of a thread (or a group of threads): `[voluntary, involuntary]`. A
+/// voluntary one is a sleep (a wait for a lock, a queue, the disk, the network); an
+/// involuntary one is a preemption.
+type Switches = [u64; 2];
+
+/// A thread's context switches from its `/proc/<pid>/task/<tid>/status`.
+fn thread_switches(path: &str) -> Switches {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    [
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    ]
 }
 
 fn thread_group(comm: &str) -> String {
@@ -633,6 +655,9 @@ fn proc_cpu(pid: u32) -> Option<ProcCpu> {
             if comm.starts_with("hsm-worker") {
                 out.hsm += ticks;
             }
+            let sw = thread_switches(&format!("/proc/{pid}/task/{tid}/status"));
+            let group = out.switches.entry(thread_group(&comm)).or_default();
+            (group[0], group[1]) = (group[0] + sw[0], group[1] + sw[1]);
             *out.by_thread.entry(thread_group(&comm)).or_default() += ticks;
         }
     }
@@ -1659,6 +1684,7 @@ struct PhaseResult {
     errors: BTreeMap<String, u64>,
     server_cpu: Option<(u64, u64)>,
     server_threads: BTreeMap<String, u64>,
+    server_switches: BTreeMap<String, Switches>,
     client_cpu: u64,
 }
 
@@ -1856,6 +1882,14 @@ async fn daemon_phase(
             let before = a.by_thread.get(name).copied().unwrap_or(0);
             out.server_threads
                 .insert(name.clone(), t.saturating_sub(before));
+        }
+        for (name, sw) in &b.switches {
+            let before = a.switches.get(name).copied().unwrap_or_default();
+            let d = [
+                sw[0].saturating_sub(before[0]),
+                sw[1].saturating_sub(before[1]),
+            ];
+            out.server_switches.insert(name.clone(), d);
         }
     }
     out
@@ -2439,6 +2473,12 @@ impl Bench<'_> {
         } else {
             BTreeMap::new()
         };
+        let switches: BTreeMap<&String, [f64; 2]> = all
+            .server_switches
+            .iter()
+            .filter(|(_, sw)| all.ops > 0 && sw[0] + sw[1] > 0)
+            .map(|(k, sw)| (k, sw.map(|n| round3(n as f64 / all.ops as f64))))
+            .collect();
         let cpu_busy = (secs_d > 0.0).then(|| {
             let server = if have_server {
                 server_total as f64 / self.tck
@@ -2454,6 +2494,7 @@ impl Bench<'_> {
             "server_hsm_thread_cpu_us_per_op": server_hsm_cpu,
             "server_cpu_us_per_op_outside_hsm_threads": outside,
             "server_cpu_us_per_op_by_thread": by_thread,
+            "server_context_switches_per_op_by_thread": switches,
             "client_cpu_us_per_op": client_cpu,
             "machine_cpu_busy": cpu_busy,
             "server_hsm_threads_cpu_cores": hsm_cores,
@@ -2608,6 +2649,10 @@ impl PhaseTally {
         all.client_cpu += p.client_cpu;
         for (k, v) in &p.server_threads {
             *all.server_threads.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &p.server_switches {
+            let sum = all.server_switches.entry(k.clone()).or_default();
+            (sum[0], sum[1]) = (sum[0] + v[0], sum[1] + v[1]);
         }
         match p.server_cpu {
             Some((t, h)) => {
