@@ -21,6 +21,9 @@ struct GateState {
     readers: usize,
     writer: bool,
     writers_waiting: usize,
+    /// Threads asleep on `changed`: a release wakes them only if there are any, since a
+    /// `notify_all` is a system call even when nobody waits (two per job, one per gate).
+    sleepers: usize,
 }
 
 impl Gate {
@@ -31,6 +34,7 @@ impl Gate {
                 readers: 0,
                 writer: false,
                 writers_waiting: 0,
+                sleepers: 0,
             }),
             changed: Condvar::new(),
         }
@@ -40,8 +44,11 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wait<'a>(&self, g: MutexGuard<'a, GateState>) -> MutexGuard<'a, GateState> {
-        self.changed.wait(g).unwrap_or_else(|p| p.into_inner())
+    fn wait<'a>(&self, mut g: MutexGuard<'a, GateState>) -> MutexGuard<'a, GateState> {
+        g.sleepers += 1;
+        let mut g = self.changed.wait(g).unwrap_or_else(|p| p.into_inner());
+        g.sleepers -= 1;
+        g
     }
 
     /// Block until a share (`write`: the only one) is granted.
@@ -76,8 +83,11 @@ impl Gate {
         } else {
             s.readers = s.readers.saturating_sub(1);
         }
+        let sleepers = s.sleepers > 0;
         drop(s);
-        self.changed.notify_all();
+        if sleepers {
+            self.changed.notify_all();
+        }
     }
 }
 
@@ -214,5 +224,63 @@ pub(crate) fn token_objects_exclusive(hsm: &super::Hsm) -> Share<'_> {
         gate,
         id: GateId::TokenObjects,
         write: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Gate;
+
+    /// Spawns a thread that takes a share of `gate`, reports it, and gives it back.
+    fn taker(
+        gate: &Arc<Gate>,
+        write: bool,
+        got: &mpsc::Sender<bool>,
+    ) -> std::thread::JoinHandle<()> {
+        let (gate, got) = (Arc::clone(gate), got.clone());
+        std::thread::spawn(move || {
+            gate.acquire(write);
+            got.send(write).unwrap();
+            gate.release(write);
+        })
+    }
+
+    /// Releases wake exactly when someone sleeps on the gate: a writer asleep behind a
+    /// reader, and two readers asleep behind a writer, are let in by the release that frees
+    /// the gate (a lost wake-up would leave them asleep and fail the receive).
+    #[test]
+    fn a_release_wakes_the_sleepers_it_lets_in() {
+        let gate = Arc::new(Gate::new());
+        let (got, rx) = mpsc::channel();
+        for _ in 0..100 {
+            gate.acquire(false);
+            let writer = taker(&gate, true, &got);
+            while gate.lock().sleepers < 1 {
+                std::thread::yield_now();
+            }
+            assert!(rx.try_recv().is_err(), "a writer got in beside a reader");
+            gate.release(false);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+            writer.join().unwrap();
+
+            gate.acquire(true);
+            let readers = [taker(&gate, false, &got), taker(&gate, false, &got)];
+            while gate.lock().sleepers < 2 {
+                std::thread::yield_now();
+            }
+            assert!(rx.try_recv().is_err(), "a reader got in beside a writer");
+            gate.release(true);
+            for _ in 0..2 {
+                assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(false));
+            }
+            for r in readers {
+                r.join().unwrap();
+            }
+            assert_eq!(gate.lock().sleepers, 0);
+        }
     }
 }
