@@ -694,8 +694,8 @@ struct Segment {
 /// mtime makes the file's next write stamp a fine-grained time, which dirties the inode;
 /// the next `fdatasync` then writes the inode block after the data, a second disk round
 /// trip per group commit. The writer checks the identity before every batch, so a full
-/// `stat` there cost every sync that round trip (docs/benchmarks.md, "Group commit: the
-/// identity check no longer writes the inode").
+/// `stat` there cost every sync that round trip (docs/benchmarks.md, "The audit segment's
+/// identity check wrote the inode at every group commit").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileId {
     dev_major: u32,
