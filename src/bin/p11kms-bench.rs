@@ -616,6 +616,14 @@ struct ProcCpu {
 /// involuntary one is a preemption.
 type Switches = [u64; 2];
 
+/// Adds `v` to `sum`, or subtracts it with `minus` (saturating: a thread that exited
+/// between two readings drops out of the later one).
+fn add_switches(sum: &mut Switches, v: Switches, minus: bool) {
+    for (s, v) in sum.iter_mut().zip(v) {
+        *s = if minus { s.saturating_sub(v) } else { *s + v };
+    }
+}
+
 /// A thread's context switches from its `/proc/<pid>/task/<tid>/status`.
 fn thread_switches(path: &str) -> Switches {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -655,10 +663,10 @@ fn proc_cpu(pid: u32) -> Option<ProcCpu> {
             if comm.starts_with("hsm-worker") {
                 out.hsm += ticks;
             }
+            let group = thread_group(&comm);
             let sw = thread_switches(&format!("/proc/{pid}/task/{tid}/status"));
-            let group = out.switches.entry(thread_group(&comm)).or_default();
-            (group[0], group[1]) = (group[0] + sw[0], group[1] + sw[1]);
-            *out.by_thread.entry(thread_group(&comm)).or_default() += ticks;
+            add_switches(out.switches.entry(group.clone()).or_default(), sw, false);
+            *out.by_thread.entry(group).or_default() += ticks;
         }
     }
     Some(out)
@@ -1884,11 +1892,12 @@ async fn daemon_phase(
                 .insert(name.clone(), t.saturating_sub(before));
         }
         for (name, sw) in &b.switches {
-            let before = a.switches.get(name).copied().unwrap_or_default();
-            let d = [
-                sw[0].saturating_sub(before[0]),
-                sw[1].saturating_sub(before[1]),
-            ];
+            let mut d = *sw;
+            add_switches(
+                &mut d,
+                a.switches.get(name).copied().unwrap_or_default(),
+                true,
+            );
             out.server_switches.insert(name.clone(), d);
         }
     }
@@ -2651,8 +2660,7 @@ impl PhaseTally {
             *all.server_threads.entry(k.clone()).or_default() += v;
         }
         for (k, v) in &p.server_switches {
-            let sum = all.server_switches.entry(k.clone()).or_default();
-            (sum[0], sum[1]) = (sum[0] + v[0], sum[1] + v[1]);
+            add_switches(all.server_switches.entry(k.clone()).or_default(), *v, false);
         }
         match p.server_cpu {
             Some((t, h)) => {

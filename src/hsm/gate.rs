@@ -249,6 +249,19 @@ mod tests {
         })
     }
 
+    /// Waits until `n` threads sleep on `gate`; fails after 10 s (a share granted that should
+    /// not have been would leave the thread awake for ever).
+    fn await_sleepers(gate: &Gate, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gate.lock().sleepers < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} sleepers never came"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// Releases wake exactly when someone sleeps on the gate: a writer asleep behind a
     /// reader, and two readers asleep behind a writer, are let in by the release that frees
     /// the gate (a lost wake-up would leave them asleep and fail the receive).
@@ -259,9 +272,7 @@ mod tests {
         for _ in 0..100 {
             gate.acquire(false);
             let writer = taker(&gate, true, &got);
-            while gate.lock().sleepers < 1 {
-                std::thread::yield_now();
-            }
+            await_sleepers(&gate, 1);
             assert!(rx.try_recv().is_err(), "a writer got in beside a reader");
             gate.release(false);
             assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
@@ -269,9 +280,7 @@ mod tests {
 
             gate.acquire(true);
             let readers = [taker(&gate, false, &got), taker(&gate, false, &got)];
-            while gate.lock().sleepers < 2 {
-                std::thread::yield_now();
-            }
+            await_sleepers(&gate, 2);
             assert!(rx.try_recv().is_err(), "a reader got in beside a writer");
             gate.release(true);
             for _ in 0..2 {
