@@ -642,6 +642,32 @@ async fn key_usage_is_replaced_in_batches_and_skips_deleted_keys(store: Store) {
     assert_eq!(store.usage_tracking_start(200).await.unwrap(), 100);
 }
 
+/// A flush after a busy interval writes one row per key used: more rows than one statement
+/// takes, live and destroyed keys interleaved, a key named twice (the last row counts).
+async fn key_usage_flush_of_many_keys_writes_each_live_key_once(store: Store) {
+    let id = |i: usize| format!("{i:08x}-3333-4333-8333-333333333333");
+    for i in (0..600).step_by(2) {
+        create_enabled(&*store, &id(i), &[]).await;
+    }
+    let use_of = |i: usize, at: i64| KeyUsageRecord {
+        key_id: id(i),
+        operation: UsageOperation::Encrypt,
+        used_at_ms: at,
+        event_id: format!("event-{i}-{at}"),
+        request_id: format!("request-{i}-{at}"),
+    };
+    let mut batch: Vec<_> = (0..600).map(|i| use_of(i, 1)).collect();
+    batch.push(use_of(4, 2));
+    assert_eq!(store.put_key_usage(&batch).await.unwrap(), 300);
+    let mut stored = store.load_key_usage().await.unwrap();
+    stored.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    let expected: Vec<_> = (0..600)
+        .step_by(2)
+        .map(|i| use_of(i, if i == 4 { 2 } else { 1 }))
+        .collect();
+    assert_eq!(stored, expected);
+}
+
 // ---------------------------------------------------------------------------------------
 // Wrapped residency (migration 0009): blobs kept with their versions.
 
@@ -1480,6 +1506,7 @@ fn contract_cases() -> Vec<(&'static str, Case)> {
         insert_key_with_repeated_tag_key_keeps_last,
         remove_tags_ignores_absent_keys,
         key_usage_is_replaced_in_batches_and_skips_deleted_keys,
+        key_usage_flush_of_many_keys_writes_each_live_key_once,
         stale_row_version_conflicts_and_changes_nothing,
         concurrent_updates_with_one_expected_version_one_wins,
         tags_and_lifecycle_raise_row_version,

@@ -840,8 +840,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn usage_tracking_start(&self, now_ms: i64) -> Result<i64, StoreError>;
     /// Every key's last recorded use.
     async fn load_key_usage(&self) -> Result<Vec<KeyUsageRecord>, StoreError>;
-    /// Stores a batch of last uses in one transaction (each replaces the key's previous one);
-    /// rows of keys that no longer exist are skipped. Returns the number of rows written.
+    /// Stores a batch of last uses in one transaction (each replaces the key's previous one;
+    /// of several rows for one key the last counts); rows of keys that no longer exist are
+    /// skipped. Returns the number of rows written.
     async fn put_key_usage(&self, rows: &[KeyUsageRecord]) -> Result<u64, StoreError>;
 
     // Custom key stores (migration 0006).

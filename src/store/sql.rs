@@ -185,6 +185,51 @@ const VERSION_COLUMNS: &str =
     "key_id, version, created_at_ms, wrapped_blob, wrap_master, public_key";
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
+/// Key-usage rows per upsert statement: a flush after a busy interval on a store of many keys
+/// writes one row per key used, and one statement per row made that a burst of round trips
+/// (issue 19's 100,000 keys: about 7 µs of store-thread CPU per request). Five parameters a
+/// row stay far below SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
+const USAGE_ROWS_PER_STATEMENT: usize = 256;
+
+/// The last of each key's rows, in their order: one upsert may not touch a row twice.
+fn last_use_per_key(rows: &[KeyUsageRecord]) -> Vec<&KeyUsageRecord> {
+    let mut seen = std::collections::HashSet::new();
+    let mut last: Vec<_> = rows
+        .iter()
+        .rev()
+        .filter(|u| seen.insert(u.key_id.as_str()))
+        .collect();
+    last.reverse();
+    last
+}
+
+/// The upsert of `n` key-usage rows. Rows of keys destroyed since the use was recorded are
+/// skipped, not an error. The rows name distinct keys ([`last_use_per_key`]).
+fn usage_upsert_sql(n: usize) -> String {
+    let values = (0..n)
+        .map(|i| {
+            let p = 5 * i;
+            format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO key_last_usage (key_id, operation, used_at_ms, event_id, request_id) \
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v \
+         WHERE EXISTS (SELECT 1 FROM keys WHERE keys.key_id = v.column1) \
+         ON CONFLICT (key_id) DO UPDATE SET operation = excluded.operation, \
+         used_at_ms = excluded.used_at_ms, event_id = excluded.event_id, \
+         request_id = excluded.request_id"
+    )
+}
+
 const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
      created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
      custom_key_store_id, xks_key_id, row_version, mr_primary_region, mr_replica_regions";
@@ -1857,25 +1902,22 @@ impl MetadataStore for SqlStore {
     async fn put_key_usage(&self, rows: &[KeyUsageRecord]) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
         let mut written = 0;
-        for u in rows {
-            // Keys destroyed since the use was recorded are skipped, not an error.
-            written += sqlx::query(
-                "INSERT INTO key_last_usage (key_id, operation, used_at_ms, event_id, request_id) \
-                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM keys WHERE key_id = $6) \
-                 ON CONFLICT (key_id) DO UPDATE SET operation = excluded.operation, \
-                 used_at_ms = excluded.used_at_ms, event_id = excluded.event_id, \
-                 request_id = excluded.request_id",
-            )
-            .bind(&u.key_id)
-            .bind(u.operation.as_str())
-            .bind(u.used_at_ms)
-            .bind(&u.event_id)
-            .bind(&u.request_id)
-            .bind(&u.key_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
+        for chunk in last_use_per_key(rows).chunks(USAGE_ROWS_PER_STATEMENT) {
+            let sql = usage_upsert_sql(chunk.len());
+            let mut query = sqlx::query(&sql);
+            for u in chunk {
+                query = query
+                    .bind(&u.key_id)
+                    .bind(u.operation.as_str())
+                    .bind(u.used_at_ms)
+                    .bind(&u.event_id)
+                    .bind(&u.request_id);
+            }
+            written += query
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
         }
         tx.commit().await.map_err(db_err)?;
         Ok(written)
