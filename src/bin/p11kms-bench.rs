@@ -416,6 +416,11 @@ struct Cli {
     /// daemon's default, 1000).
     #[arg(long)]
     audit_checkpoint_every_events: Option<u64>,
+    /// `[kms] key_usage_flush_interval_secs` of the own daemon (at least 1; default: the
+    /// daemon's default, 60): a short interval puts the flush of the keys' last uses inside
+    /// the measured phases.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    key_usage_flush_secs: Option<u64>,
     /// Own daemon only: put the PKCS#11 fault shim (`tests/fault-shim/shim.c`, compiled with
     /// `cc`) between the daemon and SoftHSM2, sleeping this many milliseconds before each
     /// call of --hsm-delay-calls: a network HSM's latency. The raw loop runs on the real
@@ -1169,6 +1174,9 @@ fn config_text(cli: &Cli, world: &World, accounts: &[String], creds: &Path) -> S
         world.metrics_addr,
         toml_str(&cli.region)
     ));
+    if let Some(n) = cli.key_usage_flush_secs {
+        text.push_str(&format!("key_usage_flush_interval_secs = {n}\n"));
+    }
     if let Some(addr) = world.aws {
         text.push_str(&format!(
             "\n[aws_json]\nenabled = true\nlisten = \"{addr}\"\ntls = {}\n",
@@ -3717,6 +3725,14 @@ mod tests {
         let (cfg, text, _) = written_config(&[]);
         assert!(!text.contains("[audit]"), "{text}");
         assert_eq!(cfg.audit.preallocate_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn the_key_usage_flush_option_reaches_the_kms_section() {
+        let (cfg, text, _) = written_config(&["--key-usage-flush-secs", "1"]);
+        assert_eq!(cfg.kms.key_usage_flush_interval_secs, 1, "{text}");
+        let (cfg, _, _) = written_config(&[]);
+        assert_eq!(cfg.kms.key_usage_flush_interval_secs, 60);
     }
 
     #[test]
