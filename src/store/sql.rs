@@ -1904,7 +1904,10 @@ impl MetadataStore for SqlStore {
         let mut written = 0;
         for chunk in last_use_per_key(rows).chunks(USAGE_ROWS_PER_STATEMENT) {
             let sql = usage_upsert_sql(chunk.len());
-            let mut query = sqlx::query(&sql);
+            // Only the full-chunk text recurs; a last, shorter chunk is not worth a cached
+            // prepared statement on every connection.
+            let full = chunk.len() == USAGE_ROWS_PER_STATEMENT;
+            let mut query = sqlx::query(&sql).persistent(full);
             for u in chunk {
                 query = query
                     .bind(&u.key_id)
