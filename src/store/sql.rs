@@ -185,6 +185,10 @@ const VERSION_COLUMNS: &str =
     "key_id, version, created_at_ms, wrapped_blob, wrap_master, public_key";
 
 /// The column list every key query selects, in [`key_from_row`]'s order.
+const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
+     created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
+     custom_key_store_id, xks_key_id, row_version, mr_primary_region, mr_replica_regions";
+
 /// Key-usage rows per upsert statement: a flush after a busy interval on a store of many keys
 /// writes one row per key used, and one statement per row made that a burst of round trips
 /// (issue 19's 100,000 keys: about 7 µs of store-thread CPU per request). Five parameters a
@@ -229,10 +233,6 @@ fn usage_upsert_sql(n: usize) -> String {
          request_id = excluded.request_id"
     )
 }
-
-const KEY_COLUMNS: &str = "key_id, account, description, key_spec, key_usage, origin, state, \
-     created_at_ms, deletion_date_ms, pending_window_days, current_version, policy, \
-     custom_key_store_id, xks_key_id, row_version, mr_primary_region, mr_replica_regions";
 
 /// TLS towards PostgreSQL (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
